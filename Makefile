@@ -1,0 +1,79 @@
+# lbcdn developer commands. GNU make; needs only python3 (with venv) on a Debian machine.
+#
+#   make install    .venv with the package and its test extras (quick when already done)
+#   make run        install, then serve config/default.yaml
+#   make test       install, Debian packages the suite needs, typecheck, pytest
+#   make typecheck  mypy lbcdn
+#   make bench      install, nginx + wrk, benchmarks/run.py  (BENCH_ARGS="--duration 5 proxy")
+#   make clean
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Rebuilt when pyproject.toml changes (or the venv is missing).
+STAMP  := $(VENV)/.installed
+
+CONFIG     ?= config/default.yaml
+PYTEST_ARGS ?= -q
+BENCH_ARGS ?=
+
+# Debian packages the test suite needs (real peers for end-to-end tests). Extend, do not replace.
+TEST_DEBS  := curl
+BENCH_DEBS := nginx wrk util-linux
+
+# apt-get directly as root, else through sudo when there is one (else apt-get fails loudly).
+SUDO := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
+
+# $(call apt_ensure,PACKAGES): install only the missing ones; apt-get update first.
+define apt_ensure
+	@missing=""; \
+	for p in $(1); do \
+	  dpkg -s "$$p" 2>/dev/null | grep -q '^Status: install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+endef
+
+.PHONY: help venv install run test typecheck pytest test-debs bench bench-debs clean
+
+help:
+	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+venv install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/lbcdn serve --config $(CONFIG)
+
+test-debs:
+	$(call apt_ensure,$(TEST_DEBS))
+
+typecheck: $(STAMP)
+	$(BIN)/mypy lbcdn
+
+pytest: $(STAMP) test-debs
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: pytest typecheck
+
+bench-debs:
+	$(call apt_ensure,$(BENCH_DEBS))
+
+bench: $(STAMP) bench-debs
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache benchmarks/results
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

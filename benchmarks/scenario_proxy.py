@@ -1,0 +1,77 @@
+"""Scenario `proxy`: pass-through proxying, lbcdn against nginx, side by side.
+
+A backend nginx serves a 1 KiB file. wrk measures, in this order and in the same run, the
+backend directly (baseline), nginx as a reverse proxy and lbcdn, each after a warm-up run.
+With --rounds N the three are measured N times, interleaved, and the round with the median
+req/s of each server is reported (the machine is shared: single runs are noisy).
+Targets (issue 2): lbcdn req/s >= 1.0x nginx; lbcdn p99 <= nginx p99 + 1 ms.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from harness import Bench, BenchError, WrkResult, table, verdict
+
+TARGET_RATIO = 1.0
+TARGET_P99_EXTRA_MS = 1.0
+
+
+def run(bench: Bench) -> None:
+    backend = bench.nginx_backend()
+    nginx = bench.nginx_proxy(backend.port)
+    lbcdn = bench.lbcdn(backend.port)
+    subjects = [("backend direct", backend), ("nginx proxy", nginx), (lbcdn.name, lbcdn)]
+    print(f"  backend :{backend.port}  nginx :{nginx.port}  {lbcdn.name} :{lbcdn.port}  "
+          f"(servers on cpu {bench.server_cpu}, wrk on cpu {bench.client_cpu}, "
+          f"-c{bench.connections} -d{bench.duration_s:g}s x{bench.rounds})")
+
+    runs: dict[str, list[WrkResult]] = {name: [] for name, _ in subjects}
+    width = max(len(name) for name, _ in subjects)
+    for r in range(bench.rounds):
+        for name, server in subjects:
+            if bench.warmup_s > 0:
+                bench.wrk(server.port, duration_s=bench.warmup_s)
+            res = bench.wrk(server.port)
+            runs[name].append(res)
+            print(f"  round {r + 1}: {name:<{width}} {res.rps:>10.0f} req/s  p50 {res.p50_ms:.2f} ms"
+                  f"  p99 {res.p99_ms:.2f} ms  errors {res.errors}")
+
+    best = {name: _median_run(rs) for name, rs in runs.items()}
+    base, ng, lb = best["backend direct"], best["nginx proxy"], best[lbcdn.name]
+    if ng.rps <= 0:
+        raise BenchError("nginx proxy served nothing")
+
+    rows = []
+    for name, res in best.items():
+        ratio = f"{res.rps / ng.rps:.2f}x"
+        dp99 = f"{res.p99_ms - ng.p99_ms:+.2f}"
+        rows.append([name, f"{res.rps:.0f}", f"{res.p50_ms:.2f}", f"{res.p99_ms:.2f}", ratio,
+                     dp99, str(res.errors)])
+    print()
+    print(table(["server", "req/s", "p50 ms", "p99 ms", "vs nginx", "p99 - nginx ms", "errors"],
+                rows))
+
+    ratio = lb.rps / ng.rps
+    extra = lb.p99_ms - ng.p99_ms
+    clean = lb.errors == 0
+    print()
+    print(f"  {verdict(ratio >= TARGET_RATIO and clean)}  req/s lbcdn/nginx = {ratio:.2f}x "
+          f"(target >= {TARGET_RATIO:.1f}x{', and no errors' if not clean else ''})")
+    print(f"  {verdict(extra <= TARGET_P99_EXTRA_MS and clean)}  p99 lbcdn - nginx = "
+          f"{extra:+.2f} ms (target <= +{TARGET_P99_EXTRA_MS:g} ms)")
+    if not clean:
+        print(f"  lbcdn answered {lb.non_2xx} non-2xx responses and had {lb.socket_errors} "
+              f"socket errors: its numbers do not count")
+
+    bench.results["proxy"] = {
+        name: {"rps": r.rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors,
+               "all_rps": [x.rps for x in runs[name]]}
+        for name, r in best.items()
+    } | {"ratio": ratio, "p99_extra_ms": extra, "baseline_rps": base.rps,
+         "pass": ratio >= TARGET_RATIO and extra <= TARGET_P99_EXTRA_MS and clean}
+
+
+def _median_run(rs: list[WrkResult]) -> WrkResult:
+    med = statistics.median_low([r.rps for r in rs])
+    return next(r for r in rs if r.rps == med)
