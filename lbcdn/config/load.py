@@ -1,0 +1,465 @@
+"""Configuration loading: a YAML file -> a validated `Config`, or a `ConfigError` listing
+every problem found, each with its YAML path (`routes[2].match.path: must start with "/"`).
+
+Job: read and parse the YAML strictly (syntax errors carry file, line and column; duplicate
+keys are errors), hand the tree to the generic reflective loader (reflect.py), and register
+here what the generic loader cannot know:
+- the special YAML shapes (pools keyed by name, `host:port` targets, a route's single action
+  key, `match.host` as a string or a list, `default_route` without `match`);
+- the semantic checks (unique names and addresses, pools that exist, host and path syntax,
+  redirect and fixed-response rules).
+
+Rules: validation happens once, here; the rest of the daemon trusts a `Config`. Shape hooks
+reuse `Loader.dataclass` for everything that is not special, so new schema fields need no
+change in this file. Secrets come from the environment via `${VAR}` (see env.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from lbcdn.config import names
+from lbcdn.config.reflect import (FIELD_HOOKS, INVALID, RENAMES, TYPE_HOOKS, VALIDATORS,
+                                  Loader, describe, index, join)
+from lbcdn.config.schema import (AdminConfig, Config, FixedResponseAction, ForwardAction,
+                                 ListenerConfig, MatchConfig, PoolConfig, RedirectAction,
+                                 RouteConfig, TargetConfig)
+
+__all__ = ["ConfigError", "load_config", "parse_config"]
+
+MAX_FIXED_BODY_BYTES = 1 << 20
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+REDIRECT_PROTOCOLS = ("http", "https", "#{protocol}")
+REDIRECT_PLACEHOLDERS = ("#{protocol}", "#{host}", "#{port}", "#{path}", "#{query}")
+ACTION_KEYS = ("forward", "redirect", "fixed_response")
+
+
+class ConfigError(Exception):
+    """Everything wrong with a configuration: a list of (YAML path, message).
+
+    For problems with the file as a whole (unreadable, YAML syntax) the path is the file name,
+    with `:line:column` when known.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]], source: str = "<config>") -> None:
+        self.problems = list(problems)
+        self.source = source
+        super().__init__(str(self))
+
+    def lines(self) -> list[str]:
+        return [f"{path}: {message}" if path else message for path, message in self.problems]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+# -- reading YAML ------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, which plain YAML loading silently overwrites."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<:` merges are meant to be overridden
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # unhashable key; the base constructor reports it
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {first.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(source: str, e: yaml.YAMLError) -> tuple[str, str]:
+    mark = getattr(e, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+    problem = getattr(e, "problem", None) or str(e)
+    context = getattr(e, "context", None)
+    return where, f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate the YAML file at `path`; raises ConfigError."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError([(source, f"cannot read: {e.strerror or e}")], source) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([(source, f"not valid UTF-8 (byte {e.start})")], source) from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError([_yaml_problem(source, e)], source) from None
+    return parse_config(data, source, env)
+
+
+def parse_config(data: object, source: str = "<config>",
+                 env: Mapping[str, str] | None = None) -> Config:
+    """Validate already-parsed YAML; `env` defaults to os.environ. Raises ConfigError."""
+    if data is None:
+        raise ConfigError([(source, "the configuration is empty")], source)
+    if not isinstance(data, Mapping):
+        raise ConfigError([(source, f"the top level must be a mapping, got {describe(data)}")],
+                          source)
+    loader = Loader(os.environ if env is None else env)
+    config = loader.value(Config, data, "")
+    if loader.problems or config is INVALID:
+        raise ConfigError(loader.problems or [(source, "invalid configuration")], source)
+    assert isinstance(config, Config)
+    return config
+
+
+# -- shape hooks -------------------------------------------------------------------------
+
+
+def _pools(ld: Loader, data: object, path: str) -> Any:
+    """`pools: {NAME: body}`: the key is the pool's name."""
+    if not isinstance(data, Mapping):
+        return ld.error(path, f"expected a mapping of pool name to pool, got {describe(data)}")
+    out: dict[str, PoolConfig] = {}
+    ok = True
+    # Routes are checked against every pool named, even one whose body has errors, so a
+    # typo inside a pool does not also produce "unknown pool" errors.
+    ld.notes["pool_names"] = [n for n in data if isinstance(n, str)]
+    for name, body in data.items():
+        sub = join(path, name)
+        if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+            ld.error(sub, "a pool name must be a non-empty string without spaces")
+            ok = False
+            continue
+        if isinstance(body, Mapping) and "name" in body:
+            ld.error(join(sub, "name"), "not allowed: a pool's name is its key under pools")
+            body = {k: v for k, v in body.items() if k != "name"}
+            ok = False
+        pool = ld.dataclass(PoolConfig, body, sub, given={"name": name})
+        if pool is INVALID:
+            ok = False
+        else:
+            out[name] = pool
+    if not ok:
+        ld.partial[path] = [(join(path, n), p) for n, p in out.items()]
+    return out if ok else INVALID
+
+
+def _target_port(ld: Loader, port: int, path: str) -> Any:
+    meta = TargetConfig.__dataclass_fields__["port"].metadata
+    if not meta["min"] <= port <= meta["max"]:
+        return ld.error(path, f"port must be {meta['min']}-{meta['max']}; got {port}")
+    return port
+
+
+def _host_port(ld: Loader, data: object, path: str) -> tuple[Any, Any]:
+    """A `host:port` string (IPv6 as `[::1]:8080`) -> (host, port), or INVALIDs."""
+    text = ld.string(data, path)
+    if text is INVALID:
+        return INVALID, INVALID
+    parsed = names.split_host_port(text)
+    if parsed is None:
+        ld.error(path, f'expected "host:port" (IPv6 as "[::1]:8080"), got {describe(text)}')
+        return INVALID, INVALID
+    host, port = parsed
+    problem = names.target_host_problem(host)
+    if problem:
+        ld.error(path, problem)
+        host = INVALID
+    return host, _target_port(ld, port, path)
+
+
+def _target(ld: Loader, data: object, path: str) -> Any:
+    """A target: `"host:port"`, `{host, port, weight}` or `{address: "host:port", weight}`."""
+    if isinstance(data, str):
+        host, port = _host_port(ld, data, path)
+        if host is INVALID or port is INVALID:
+            return INVALID
+        return TargetConfig(host=host, port=port)
+    if isinstance(data, Mapping) and "address" in data:
+        both = [k for k in ("host", "port") if k in data]
+        if both:
+            ld.error(join(path, both[0]), "give either address or host and port, not both")
+        host, port = _host_port(ld, data["address"], join(path, "address"))
+        rest = {k: v for k, v in data.items() if k not in ("address", "host", "port")}
+        target = ld.dataclass(TargetConfig, rest, path, given={"host": host, "port": port},
+                              extra_keys=("address",))
+        return INVALID if both else target
+    if isinstance(data, Mapping) or data is None or isinstance(data, list):
+        return ld.dataclass(TargetConfig, data, path)
+    return ld.error(path, f'expected "host:port" or a mapping, got {describe(data)}')
+
+
+def _target_host(ld: Loader, data: object, path: str) -> Any:
+    host = ld.string(data, path)
+    if host is INVALID:
+        return INVALID
+    host = host.lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # brackets belong to URLs, not to an address
+    problem = names.target_host_problem(host)
+    return ld.error(path, problem) if problem else host
+
+
+def _forward(ld: Loader, data: object, path: str) -> Any:
+    if isinstance(data, Mapping):
+        return ld.dataclass(ForwardAction, data, path)
+    name = ld.string(data, path)
+    if name is INVALID:
+        return INVALID
+    if not name:
+        return ld.error(path, "expected a pool name")
+    return ForwardAction(pool=name)
+
+
+def _route_like(ld: Loader, data: object, path: str, *, default: bool) -> Any:
+    if not isinstance(data, Mapping):
+        return ld.error(path, f"expected a mapping, got {describe(data)}")
+    present = [k for k in ACTION_KEYS if k in data]
+    # Each action given is loaded, even when there are too many, to report its own errors.
+    actions: list[Any] = []
+    for key in present:
+        sub = join(path, key)
+        if key == "forward":
+            actions.append(_forward(ld, data[key], sub))
+        elif key == "redirect":
+            actions.append(ld.dataclass(RedirectAction, data[key], sub))
+        else:
+            actions.append(ld.dataclass(FixedResponseAction, data[key], sub))
+    action: Any = actions[0] if len(actions) == 1 else INVALID
+    if not present:
+        ld.error(path, "needs exactly one action: forward, redirect or fixed_response")
+    elif len(present) > 1:
+        ld.error(path, f"has {len(present)} actions ({', '.join(present)}); give exactly one "
+                       "of forward, redirect, fixed_response")
+    rest = {k: v for k, v in data.items() if k not in ACTION_KEYS}
+    given: dict[str, Any] = {"action": action}
+    if default:
+        if "match" in rest:
+            ld.error(join(path, "match"),
+                     "not allowed: default_route applies to requests no route matched")
+            del rest["match"]
+            given["action"] = INVALID
+        given["match"] = MatchConfig()
+        if "name" not in rest:
+            given["name"] = "default"
+    return ld.dataclass(RouteConfig, rest, path, given=given, extra_keys=ACTION_KEYS)
+
+
+def _route(ld: Loader, data: object, path: str) -> Any:
+    return _route_like(ld, data, path, default=False)
+
+
+def _default_route(ld: Loader, data: object, path: str) -> Any:
+    return _route_like(ld, data, path, default=True)
+
+
+def _match_hosts(ld: Loader, data: object, path: str) -> Any:
+    """`match.host`: one host or a list; lower-cased, one trailing dot dropped."""
+    items: list[tuple[object, str]]
+    if isinstance(data, list):
+        items = [(h, index(path, i)) for i, h in enumerate(data)]
+    else:
+        items = [(data, path)]
+    out: list[str] = []
+    ok = True
+    for raw, sub in items:
+        host = ld.string(raw, sub)
+        if host is INVALID:
+            ok = False
+            continue
+        host = host.lower()
+        host = host[:-1] if host.endswith(".") and len(host) > 1 else host
+        problem = names.match_host_problem(host)
+        if problem:
+            ok = ld.error(sub, problem) is not INVALID
+        out.append(host)
+    return tuple(out) if ok else INVALID
+
+
+TYPE_HOOKS[TargetConfig] = _target
+TYPE_HOOKS[RouteConfig] = _route
+FIELD_HOOKS[(Config, "pools")] = _pools
+FIELD_HOOKS[(Config, "default_route")] = _default_route
+FIELD_HOOKS[(MatchConfig, "hosts")] = _match_hosts
+FIELD_HOOKS[(TargetConfig, "host")] = _target_host
+RENAMES[MatchConfig] = {"hosts": "host"}
+
+
+# -- semantic checks ---------------------------------------------------------------------
+
+
+def _check_listener(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    if "request_id_header" in v:
+        problem = names.header_token_problem(v["request_id_header"])
+        if problem:
+            ld.error(join(path, "request_id_header"), problem)
+    if "address" in v:
+        problem = names.bind_address_problem(v["address"])
+        if problem:
+            ld.error(join(path, "address"), problem)
+    one, total = v.get("max_header_bytes"), v.get("max_headers_total_bytes")
+    if one is not None and total is not None and one > total:
+        ld.error(join(path, "max_header_bytes"),
+                 f"must not exceed max_headers_total_bytes ({total})")
+
+
+def _check_admin(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    if v.get("port") and "address" in v:
+        problem = names.bind_address_problem(v["address"])
+        if problem:
+            ld.error(join(path, "address"), problem)
+    if v.get("token") == "":
+        ld.error(join(path, "token"), "must not be empty (leave it out to set no token)")
+
+
+def _check_pool(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    if "targets" in v and not v["targets"]:
+        ld.error(join(path, "targets"), "must list at least one target")
+    host_header = v.get("host_header")
+    if host_header is not None and host_header not in ("preserve", "target"):
+        hp = names.split_host_port(host_header)
+        problem = names.match_host_problem(hp[0] if hp else host_header.lower())
+        if problem or host_header.startswith("*"):
+            ld.error(join(path, "host_header"),
+                     "must be preserve, target, or a host name (with an optional port)")
+
+
+_WS_OR_CTL = re.compile(r"[\x00-\x20\x7f]")
+
+
+def _check_path(ld: Loader, value: str | None, path: str) -> None:
+    if value is None:
+        return
+    if not value.startswith("/"):
+        ld.error(path, 'must start with "/"')
+    elif _WS_OR_CTL.search(value):
+        ld.error(path, "must not contain spaces or control characters")
+
+
+def _check_match(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    _check_path(ld, v.get("path_prefix"), join(path, "path_prefix"))
+    _check_path(ld, v.get("path"), join(path, "path"))
+
+
+def _unknown_placeholders(text: str) -> list[str]:
+    return [m for m in re.findall(r"#\{[^}]*\}", text) if m not in REDIRECT_PLACEHOLDERS]
+
+
+def _check_redirect(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    if "status" in v and v["status"] not in REDIRECT_STATUSES:
+        ld.error(join(path, "status"), "must be one of 301, 302, 303, 307, 308; "
+                                       f"got {v['status']}")
+    if "protocol" in v and v["protocol"] not in REDIRECT_PROTOCOLS:
+        ld.error(join(path, "protocol"),
+                 f'must be one of "http", "https", "#{{protocol}}"; got "{v["protocol"]}"')
+    if "path" in v and not v["path"].startswith("/"):
+        ld.error(join(path, "path"), 'must start with "/"')
+    for key in ("host", "port", "path", "query"):
+        bad = _unknown_placeholders(v.get(key, ""))
+        if bad:
+            ld.error(join(path, key), f"unknown placeholder {bad[0]} (known: "
+                                      f"{', '.join(REDIRECT_PLACEHOLDERS)})")
+        elif key == "port" and "#{" not in v.get(key, "#{"):
+            port = v["port"]
+            if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+                ld.error(join(path, "port"), 'must be a port number 1-65535 or use "#{port}"')
+    if v.get("host") == "":
+        ld.error(join(path, "host"), "must not be empty")
+
+
+def _check_fixed(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    body = v.get("body")
+    if body is not None:
+        size = len(body.encode("utf-8", "surrogatepass"))
+        if size > MAX_FIXED_BODY_BYTES:
+            ld.error(join(path, "body"), f"must be at most {MAX_FIXED_BODY_BYTES} bytes "
+                                         f"(1 MiB); got {size}")
+    ctype = v.get("content_type")
+    if ctype is not None and (not ctype or re.search(r"[\x00-\x1f\x7f]", ctype)):
+        ld.error(join(path, "content_type"), "must be a non-empty header value without "
+                                             "control characters")
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Would binding both addresses on one port collide? Wildcards cover their family
+    (and `::` covers IPv4 too: Linux binds it dual-stack by default)."""
+    if a == b or "::" in (a, b):
+        return True
+    if "0.0.0.0" in (a, b):
+        other = b if a == "0.0.0.0" else a
+        return ":" not in other
+    return False
+
+
+def _items(ld: Loader, v: Mapping[str, Any], key: str) -> list[tuple[str, Any]]:
+    """(path, item) pairs of a top-level list, or of its valid items when it failed."""
+    if key in v:
+        return [(index(key, i), x) for i, x in enumerate(v[key])]
+    return list(ld.partial.get(key, []))
+
+
+def _check_config(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    if "listeners" in v and not v["listeners"]:
+        ld.error("listeners", "must list at least one listener")
+    listeners: list[tuple[str, ListenerConfig]] = _items(ld, v, "listeners")
+    seen: dict[str, str] = {}
+    for where, lst in listeners:
+        if lst.name in seen:
+            ld.error(join(where, "name"),
+                     f'duplicate listener name "{lst.name}" (also {seen[lst.name]})')
+        seen.setdefault(lst.name, where)
+
+    # Every socket the daemon binds, in order, with the YAML path that names its port.
+    binds: list[tuple[str, str, int]] = [(w, x.address, x.port) for w, x in listeners]
+    binds += [(w, x.address, x.port) for w, x in _items(ld, v, "demo_backends")]
+    admin: AdminConfig | None = v.get("admin")
+    if admin is not None and admin.port != 0:
+        binds.append(("admin", admin.address, admin.port))
+    for j, (where, addr, port) in enumerate(binds):
+        for other, oaddr, oport in binds[:j]:
+            if port == oport and _overlaps(addr, oaddr):
+                ld.error(join(where, "port"),
+                         f"{names.format_host_port(addr, port)} is already used by {other} "
+                         f"({names.format_host_port(oaddr, oport)})")
+                break
+
+    routes: list[tuple[str, RouteConfig]] = _items(ld, v, "routes")
+    if "default_route" in v:
+        routes.append(("default_route", v["default_route"]))
+    pool_names: list[str] | None = ld.notes.get("pool_names")
+    if pool_names is None and "pools" in v:
+        pool_names = list(v["pools"])  # `pools:` not given: the default, no pools
+    if pool_names is not None:
+        known = ", ".join(pool_names) or "none"
+        for where, route in routes:
+            if isinstance(route.action, ForwardAction) and route.action.pool not in pool_names:
+                ld.error(join(where, "forward"),
+                         f'unknown pool "{route.action.pool}" (known: {known})')
+    first: dict[str, str] = {}
+    for where, route in routes:
+        if route.name in first:
+            ld.error(join(where, "name"),
+                     f'duplicate route name "{route.name}" (also {first[route.name]})')
+        first.setdefault(route.name, where)
+
+
+VALIDATORS.setdefault(ListenerConfig, []).append(_check_listener)
+VALIDATORS.setdefault(AdminConfig, []).append(_check_admin)
+VALIDATORS.setdefault(PoolConfig, []).append(_check_pool)
+VALIDATORS.setdefault(MatchConfig, []).append(_check_match)
+VALIDATORS.setdefault(RedirectAction, []).append(_check_redirect)
+VALIDATORS.setdefault(FixedResponseAction, []).append(_check_fixed)
+VALIDATORS.setdefault(Config, []).append(_check_config)
