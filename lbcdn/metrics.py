@@ -1,0 +1,274 @@
+"""Every Prometheus metric lbcdn exports, declared in one place, and the cheap path to them.
+
+Rules of this module:
+- All metrics live on the module-level `REGISTRY`, never prometheus-client's global default, so a
+  test process can build many daemons and nothing else in the process leaks into /metrics.
+- The data plane never touches a prometheus-client object per request. `RouteMetrics.observe()`
+  and `PoolMetrics.upstream_time()` add to plain Python ints and lists held by a pre-bound object
+  (one per listener+route, one per pool), and `flush()` moves the accumulated deltas into the
+  prometheus-client children in one go. prometheus-client takes a lock on every `inc()` and walks
+  the bucket list on every `observe()` (~1.9 us for one request's four updates here, ~0.3 us for
+  the local path); at the request rates in DESIGN.md that difference is several percent of a core.
+  `render_metrics()` flushes first, so a scrape always sees everything observed before it.
+- Loop thread only: the accumulators are not locked, which is only safe because every caller
+  (listener, upstream pool, admin handler) runs on the one event loop thread of its process.
+- Rare events (upstream errors, connection open/close, access-log drops) go straight to the
+  prometheus-client children: they are not worth batching, and gauges must be live.
+
+Multiprocess mode (issue 7, not built yet): prometheus-client picks its value storage when it is
+first imported, from the PROMETHEUS_MULTIPROC_DIR environment variable. The worker launcher sets
+that variable (one fresh directory per daemon run) before any worker imports this module; the
+declarations below then write to per-process mmap files unchanged. Gauges already carry
+`multiprocess_mode="livesum"` (ignored in single-process mode) so dead workers drop out of them.
+Workers would call `flush()` from a ~1 s timer instead of at scrape time, and `render_metrics()`
+in the control process would build a fresh `CollectorRegistry` with
+`prometheus_client.multiprocess.MultiProcessCollector(registry)` when the variable is set, rather
+than reading `REGISTRY` (and `mark_process_dead(pid)` is called when a worker exits).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Final, Literal
+
+import prometheus_client
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+# The *_created series double the output size and Prometheus ignores them unless a feature flag
+# is on; one daemon per process, so switching them off process-wide is ours to decide.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+REGISTRY: Final = CollectorRegistry()
+# RSS, CPU, open fds: the first things looked at when a proxy misbehaves. Read at scrape time.
+ProcessCollector(registry=REGISTRY)
+
+# 100 us (a cache hit on loopback) .. 60 s (the default upstream response timeout); roughly
+# 1-2.5-5 steps so p50/p99 estimates stay within a factor of ~2.5 anywhere in that range.
+DURATION_BUCKETS: Final[tuple[float, ...]] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+# With +Inf appended, bisect_left(_BOUNDS, x) is the index of the first bucket with le >= x,
+# the same bucket prometheus-client's own observe() would pick.
+_BOUNDS: Final[tuple[float, ...]] = DURATION_BUCKETS + (float("inf"),)
+
+UpstreamErrorKind = Literal[
+    "connect_refused", "connect_timeout", "reset", "response_timeout", "malformed_response",
+    "no_target",
+]
+UPSTREAM_ERROR_KINDS: Final[tuple[str, ...]] = (
+    "connect_refused", "connect_timeout", "reset", "response_timeout", "malformed_response",
+    "no_target",
+)
+
+HTTP_REQUESTS: Final = Counter(
+    "lbcdn_http_requests_total", "Requests answered, by listener, route and status class.",
+    ["listener", "route", "status_class"], registry=REGISTRY)
+HTTP_REQUEST_DURATION: Final = Histogram(
+    "lbcdn_http_request_duration_seconds",
+    "Time from the first byte of the request head to the last byte of the response.",
+    ["route"], buckets=DURATION_BUCKETS, registry=REGISTRY)
+UPSTREAM_DURATION: Final = Histogram(
+    "lbcdn_upstream_duration_seconds",
+    "Time from sending a request upstream to receiving the response head.",
+    ["pool"], buckets=DURATION_BUCKETS, registry=REGISTRY)
+UPSTREAM_ERRORS: Final = Counter(
+    "lbcdn_upstream_errors_total", "Failed upstream exchanges, by pool and kind.",
+    ["pool", "kind"], registry=REGISTRY)
+CLIENT_CONNECTIONS: Final = Gauge(
+    "lbcdn_client_connections", "Open client connections.", ["listener"],
+    multiprocess_mode="livesum", registry=REGISTRY)
+UPSTREAM_CONNECTIONS: Final = Gauge(
+    "lbcdn_upstream_connections", "Open upstream connections: active (carrying a request) "
+    "or idle (kept alive in the pool).", ["pool", "state"],
+    multiprocess_mode="livesum", registry=REGISTRY)
+BYTES: Final = Counter(
+    "lbcdn_bytes_total", "Bytes received from (in) and sent to (out) clients, "
+    "heads and bodies.", ["listener", "direction"], registry=REGISTRY)
+ACCESS_LOG_DROPPED: Final = Counter(
+    "lbcdn_access_log_dropped_total",
+    "Access log lines dropped because the writer fell too far behind.", registry=REGISTRY)
+
+# Objects holding deltas not yet moved into prometheus-client; each appears at most once.
+_dirty: list[RouteMetrics | PoolMetrics] = []
+
+
+def _status_class(index: int) -> str:
+    return f"{index}xx"
+
+
+def _add_to_histogram(child: Histogram, counts: list[int], total: float) -> None:
+    """Add a batch of observations (per-bucket counts over _BOUNDS, and their sum) to a
+    histogram child. prometheus-client only offers observe() one value at a time, so this uses
+    its per-bucket value objects (`_buckets`, non-cumulative, and `_sum`), stable since 0.4;
+    tests/test_metrics.py checks the result against observe() so a change there fails a test."""
+    buckets = child._buckets
+    for i, n in enumerate(counts):
+        if n:
+            buckets[i].inc(n)
+            counts[i] = 0
+    child._sum.inc(total)
+
+
+class RouteMetrics:
+    """Per-request metrics of one route on one listener. Get it from `route_metrics()`."""
+
+    __slots__ = ("listener", "route", "_status", "_hist", "_seconds", "_bytes_in", "_bytes_out",
+                 "_dirty", "_status_children", "_duration", "_bytes_in_child",
+                 "_bytes_out_child")
+
+    def __init__(self, listener: str, route: str) -> None:
+        self.listener = listener
+        self.route = route
+        # Index = status // 100; 10 slots so a backend's odd "799" cannot raise IndexError.
+        self._status = [0] * 10
+        self._hist = [0] * len(_BOUNDS)
+        self._seconds = 0.0
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._dirty = False
+        # Status-class children are bound on first use so /metrics shows only classes seen.
+        self._status_children: list[Counter | None] = [None] * 10
+        self._duration = HTTP_REQUEST_DURATION.labels(route)
+        self._bytes_in_child = BYTES.labels(listener, "in")
+        self._bytes_out_child = BYTES.labels(listener, "out")
+
+    def observe(self, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
+        """Record one finished request. Called once per request: keep it allocation-free."""
+        self._status[status // 100 if 100 <= status < 1000 else 0] += 1
+        self._hist[bisect_left(_BOUNDS, seconds)] += 1
+        self._seconds += seconds
+        self._bytes_in += bytes_in
+        self._bytes_out += bytes_out
+        if not self._dirty:
+            self._dirty = True
+            _dirty.append(self)
+
+    def _flush(self) -> None:
+        self._dirty = False
+        status = self._status
+        for i, n in enumerate(status):
+            if n:
+                child = self._status_children[i]
+                if child is None:
+                    child = HTTP_REQUESTS.labels(self.listener, self.route, _status_class(i))
+                    self._status_children[i] = child
+                child.inc(n)
+                status[i] = 0
+        _add_to_histogram(self._duration, self._hist, self._seconds)
+        self._seconds = 0.0
+        if self._bytes_in:
+            self._bytes_in_child.inc(self._bytes_in)
+            self._bytes_in = 0
+        if self._bytes_out:
+            self._bytes_out_child.inc(self._bytes_out)
+            self._bytes_out = 0
+
+
+class PoolMetrics:
+    """Metrics of one backend pool. Get it from `pool_metrics()`.
+
+    `active` and `idle` are the live gauges of upstream connections in each state; the
+    connection pool moves a connection between them with inc()/dec()."""
+
+    __slots__ = ("pool", "_hist", "_seconds", "_dirty", "_duration", "_errors", "active", "idle")
+
+    def __init__(self, pool: str) -> None:
+        self.pool = pool
+        self._hist = [0] * len(_BOUNDS)
+        self._seconds = 0.0
+        self._dirty = False
+        self._duration = UPSTREAM_DURATION.labels(pool)
+        self._errors: dict[str, Counter] = {}
+        self.active: Gauge = UPSTREAM_CONNECTIONS.labels(pool, "active")
+        self.idle: Gauge = UPSTREAM_CONNECTIONS.labels(pool, "idle")
+
+    def upstream_time(self, seconds: float) -> None:
+        """Record the time to the response head of one upstream exchange."""
+        self._hist[bisect_left(_BOUNDS, seconds)] += 1
+        self._seconds += seconds
+        if not self._dirty:
+            self._dirty = True
+            _dirty.append(self)
+
+    def error(self, kind: UpstreamErrorKind) -> None:
+        """Count one failed upstream exchange."""
+        child = self._errors.get(kind)
+        if child is None:
+            if kind not in UPSTREAM_ERROR_KINDS:
+                # A typo here would silently create a new series; fail loudly in tests instead.
+                raise ValueError(f"unknown upstream error kind {kind!r}")
+            child = self._errors[kind] = UPSTREAM_ERRORS.labels(self.pool, kind)
+        child.inc()
+
+    def _flush(self) -> None:
+        self._dirty = False
+        _add_to_histogram(self._duration, self._hist, self._seconds)
+        self._seconds = 0.0
+
+
+class ListenerMetrics:
+    """Connection gauge of one listener. Get it from `listener_metrics()`."""
+
+    __slots__ = ("listener", "connections")
+
+    def __init__(self, listener: str) -> None:
+        self.listener = listener
+        self.connections: Gauge = CLIENT_CONNECTIONS.labels(listener)
+
+    def connection_opened(self) -> None:
+        self.connections.inc()
+
+    def connection_closed(self) -> None:
+        self.connections.dec()
+
+
+_routes: dict[tuple[str, str], RouteMetrics] = {}
+_pools: dict[str, PoolMetrics] = {}
+_listeners: dict[str, ListenerMetrics] = {}
+
+
+def route_metrics(listener: str, route: str) -> RouteMetrics:
+    """The RouteMetrics of (listener, route); the same object on every call, so the data plane
+    can look it up once per route when it builds its runtime and keep it."""
+    key = (listener, route)
+    rm = _routes.get(key)
+    if rm is None:
+        rm = _routes[key] = RouteMetrics(listener, route)
+    return rm
+
+
+def pool_metrics(pool: str) -> PoolMetrics:
+    """The PoolMetrics of a pool; the same object on every call."""
+    pm = _pools.get(pool)
+    if pm is None:
+        pm = _pools[pool] = PoolMetrics(pool)
+    return pm
+
+
+def listener_metrics(listener: str) -> ListenerMetrics:
+    """The ListenerMetrics of a listener; the same object on every call."""
+    lm = _listeners.get(listener)
+    if lm is None:
+        lm = _listeners[listener] = ListenerMetrics(listener)
+    return lm
+
+
+def flush() -> None:
+    """Move every accumulated observation into the prometheus-client metrics."""
+    while _dirty:
+        _dirty.pop()._flush()
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """The Prometheus text exposition of everything, and its Content-Type."""
+    flush()
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
