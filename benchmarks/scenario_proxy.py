@@ -44,9 +44,9 @@ def run(bench: Bench) -> None:
 
     rows = []
     for name, res in best.items():
-        ratio = f"{res.rps / ng.rps:.2f}x"
+        ratio_s = f"{res.rps / ng.rps:.2f}x"
         dp99 = f"{res.p99_ms - ng.p99_ms:+.2f}"
-        rows.append([name, f"{res.rps:.0f}", f"{res.p50_ms:.2f}", f"{res.p99_ms:.2f}", ratio,
+        rows.append([name, f"{res.rps:.0f}", f"{res.p50_ms:.2f}", f"{res.p99_ms:.2f}", ratio_s,
                      dp99, str(res.errors)])
     print()
     print(table(["server", "req/s", "p50 ms", "p99 ms", "vs nginx", "p99 - nginx ms", "errors"],
