@@ -263,15 +263,16 @@ class Loader:
         fields = {renames.get(f.name, f.name): f for f in dataclasses.fields(cls)
                   if f.name not in given}
         allowed = sorted([*fields, *extra_keys])
+        complete = all(v is not INVALID for v in given.values())
         for key in data:
             if not isinstance(key, str):
-                self.error(join(path, key), "keys must be strings")
+                complete = self.error(join(path, key), "keys must be strings") is not INVALID
             elif key not in fields and key not in extra_keys:
                 near = difflib.get_close_matches(key, allowed, n=1)
                 hint = f"did you mean {near[0]!r}? " if near else ""
                 self.error(join(path, key), f"unknown key ({hint}allowed: {', '.join(allowed)})")
+                complete = False
         values: dict[str, Any] = {}
-        complete = all(v is not INVALID for v in given.values())
         values.update((k, v) for k, v in given.items() if v is not INVALID)
         for key, f in fields.items():
             sub = join(path, key)

@@ -1,0 +1,118 @@
+"""The command line: `lbcdn serve | check-config | demo-backend`, `--version`, `--log-level`.
+
+Rules: this module only parses arguments, loads configuration and hands over; the daemon and
+the demo backend live elsewhere and are imported only by the command that needs them, so
+`--version` and `check-config` start fast and do not depend on the data plane. Exit codes:
+0 success, 1 invalid configuration or failure, 2 usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+from lbcdn import __version__
+
+if TYPE_CHECKING:
+    from lbcdn.config.load import ConfigError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _add_log_level(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # The sub-command copy uses SUPPRESS so that leaving it out keeps a value given before
+    # the sub-command instead of overwriting it with None.
+    parser.add_argument("--log-level", choices=LOG_LEVELS,
+                        default=None if top else argparse.SUPPRESS,
+                        help="daemon log level (overrides logging.level in the config)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lbcdn",
+        description="Load balancer, CDN edge cache, bucket origin and authoritative DNS.")
+    parser.add_argument("--version", action="version", version=f"lbcdn {__version__}")
+    _add_log_level(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", "-c", required=True, metavar="FILE",
+                       help="YAML configuration file")
+    _add_log_level(serve, top=False)
+    serve.set_defaults(func=_serve)
+
+    check = sub.add_parser("check-config", help="validate configuration files and exit")
+    check.add_argument("files", nargs="+", metavar="FILE", help="YAML configuration file")
+    _add_log_level(check, top=False)
+    check.set_defaults(func=_check_config)
+
+    demo = sub.add_parser("demo-backend",
+                          help="run the built-in demo HTTP backend (a load-test target)")
+    demo.add_argument("--address", default="127.0.0.1", help="address to bind (default: "
+                      "127.0.0.1)")
+    demo.add_argument("--port", type=int, required=True, help="port to listen on")
+    demo.add_argument("--name", default="demo", help="name shown in responses (default: demo)")
+    _add_log_level(demo, top=False)
+    demo.set_defaults(func=_demo_backend)
+    return parser
+
+
+def _report(error: ConfigError, file: str) -> None:
+    for line in error.lines():
+        print(line, file=sys.stderr)
+    n = len(error.problems)
+    print(f"{file}: invalid ({n} error{'s' if n != 1 else ''})", file=sys.stderr)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from lbcdn.config.load import ConfigError, load_config
+    status = 0
+    for file in args.files:
+        try:
+            load_config(file)
+        except ConfigError as e:
+            _report(e, file)
+            status = 1
+        else:
+            print(f"{file}: ok")
+    return status
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from lbcdn.config.load import ConfigError, load_config
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        _report(e, args.config)
+        return 1
+    from lbcdn.daemon import serve
+    return int(serve(config, log_level=args.log_level))
+
+
+def _demo_backend(args: argparse.Namespace) -> int:
+    if not 1 <= args.port <= 65535:
+        print(f"lbcdn demo-backend: --port must be 1-65535, got {args.port}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=(args.log_level or "info").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from lbcdn.demo.backend import run_demo_backend
+    return int(run_demo_backend(args.address, args.port, args.name))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `lbcdn` console script and `python -m lbcdn`; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version and usage errors: argparse exits itself
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return code

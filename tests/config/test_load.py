@@ -1,0 +1,458 @@
+"""The config loader: shapes, defaults, semantic checks and their exact YAML paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lbcdn.config.load import ConfigError, load_config, parse_config
+from lbcdn.config.schema import (Config, FixedResponseAction, ForwardAction, MatchConfig,
+                                 RedirectAction, RouteConfig, TargetConfig)
+
+REPO = Path(__file__).resolve().parents[2]
+LISTENER = {"name": "web", "port": 8080}
+
+
+def cfg(**sections: Any) -> dict[str, Any]:
+    """A minimal valid config plus the given sections."""
+    return {"listeners": [LISTENER], **sections}
+
+
+def with_pool(**sections: Any) -> dict[str, Any]:
+    return cfg(pools={"app": {"targets": ["127.0.0.1:9001"]}}, **sections)
+
+
+def errors(data: object, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env=env or {})
+    return info.value.lines()
+
+
+def route(**body: Any) -> dict[str, Any]:
+    return {"name": "r", **body}
+
+
+# -- defaults and shapes -------------------------------------------------------------------
+
+def test_minimal_config_gets_defaults() -> None:
+    config = parse_config(cfg(), env={})
+    assert config == Config(listeners=config.listeners)
+    lst = config.listeners[0]
+    assert (lst.address, lst.idle_timeout_s, lst.x_forwarded_for) == ("0.0.0.0", 60.0, "append")
+    assert config.default_route.action == FixedResponseAction(
+        status=404, body="no route matches this request\n")
+    assert config.admin.port == 9901 and config.admin.token is None
+    assert config.routes == () and config.pools == {}
+
+
+def test_target_shapes() -> None:
+    config = parse_config(cfg(pools={"app": {"targets": [
+        "10.0.0.1:80",
+        "[::1]:8080",
+        "Backend.Internal:81",
+        {"host": "b", "port": 82, "weight": 3},
+        {"host": "[::1]", "port": 83},
+        {"address": "c:84", "weight": 0},
+        {"address": "[fe80::1]:85"},
+    ]}}), env={})
+    pool = config.pools["app"]
+    assert pool.name == "app"
+    assert pool.targets == (
+        TargetConfig("10.0.0.1", 80), TargetConfig("::1", 8080),
+        TargetConfig("backend.internal", 81), TargetConfig("b", 82, 3), TargetConfig("::1", 83),
+        TargetConfig("c", 84, 0), TargetConfig("fe80::1", 85))
+
+
+def test_actions() -> None:
+    config = parse_config(with_pool(routes=[
+        {"name": "a", "forward": "app"},
+        {"name": "b", "forward": {"pool": "app"}},
+        {"name": "c", "redirect": {"protocol": "https", "status": 308}},
+        {"name": "d", "fixed_response": {"status": 200, "body": "hi"}},
+    ]), env={})
+    assert [r.action for r in config.routes] == [
+        ForwardAction("app"), ForwardAction("app"),
+        RedirectAction(status=308, protocol="https"),
+        FixedResponseAction(status=200, body="hi")]
+
+
+def test_match_hosts_string_or_list_lowercased() -> None:
+    config = parse_config(with_pool(routes=[
+        route(match={"host": "WWW.Example.COM."}, forward="app"),
+        {"name": "r2", "match": {"host": ["a.example.com", "*.B.example.com"],
+                                 "path_prefix": "/api/", "path": "/api/*.json"},
+         "forward": "app", "max_body_bytes": 0},
+    ]), env={})
+    assert config.routes[0].match == MatchConfig(hosts=("www.example.com",))
+    assert config.routes[1].match == MatchConfig(
+        hosts=("a.example.com", "*.b.example.com"), path_prefix="/api/", path="/api/*.json")
+    assert config.routes[1].max_body_bytes == 0
+
+
+def test_default_route() -> None:
+    config = parse_config(with_pool(default_route={"forward": "app"}), env={})
+    assert config.default_route == RouteConfig(name="default", action=ForwardAction("app"))
+    config = parse_config(cfg(default_route={"name": "fallback", "fixed_response": {}}), env={})
+    assert config.default_route.name == "fallback"
+
+
+def test_admin_port_zero_disables_collision_check() -> None:
+    config = parse_config({"listeners": [{"name": "a", "port": 9901, "address": "127.0.0.1"}],
+                           "admin": {"port": 0}}, env={})
+    assert config.admin.port == 0
+
+
+# -- environment ---------------------------------------------------------------------------
+
+def test_env_secret_and_port() -> None:
+    config = parse_config(cfg(admin={"token": "${TOKEN}", "port": "${ADMIN_PORT:-9999}"},
+                              logging={"access_log": {"path": "/var/log/$${X}.log"}}),
+                          env={"TOKEN": "s3cret"})
+    assert config.admin.token == "s3cret"
+    assert config.admin.port == 9999
+    assert config.logging.access_log.path == "/var/log/${X}.log"
+
+
+def test_env_unset_is_an_error_naming_path_and_variable() -> None:
+    assert errors(cfg(admin={"token": "${LBCDN_TEST_UNSET}"})) == [
+        "admin.token: environment variable LBCDN_TEST_UNSET is not set "
+        "(use ${LBCDN_TEST_UNSET:-default} to give a default)"]
+
+
+def test_env_in_targets_and_hosts() -> None:
+    config = parse_config(cfg(
+        pools={"app": {"targets": ["${BACKEND}", {"address": "${B2:-b:2}"}]}},
+        routes=[route(match={"host": "${SITE}"}, forward="app")]),
+        env={"BACKEND": "a:1", "SITE": "Example.com"})
+    assert config.pools["app"].targets == (TargetConfig("a", 1), TargetConfig("b", 2))
+    assert config.routes[0].match.hosts == ("example.com",)
+
+
+def test_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LBCDN_TEST_TOKEN", "from-os")
+    config = parse_config(cfg(admin={"token": "${LBCDN_TEST_TOKEN}"}))
+    assert config.admin.token == "from-os"
+
+
+# -- error messages, each with its exact YAML path ----------------------------------------
+
+CASES: list[tuple[dict[str, Any], list[str]]] = [
+    # structure and types
+    ({}, ["listeners: missing (required)"]),
+    ({"listeners": []}, ["listeners: must list at least one listener"]),
+    (cfg(bogus=1), ["bogus: unknown key (allowed: admin, default_route, demo_backends, "
+                    "listeners, logging, pools, routes, shutdown)"]),
+    ({"listeners": [{"name": "web"}]}, ["listeners[0].port: missing (required)"]),
+    ({"listeners": [{"name": "web", "port": "80"}]},
+     ['listeners[0].port: expected an integer, got a string ("80")']),
+    ({"listeners": [{"name": "web", "port": 0}]}, ["listeners[0].port: must be >= 1; got 0"]),
+    ({"listeners": [{"name": "web", "port": 70000}]},
+     ["listeners[0].port: must be <= 65535; got 70000"]),
+    ({"listeners": [{"name": "web", "port": True}]},
+     ["listeners[0].port: expected an integer, got a boolean"]),
+    ({"listeners": [{"name": "web", "port": 80, "idle_timeout_s": 0}]},
+     ["listeners[0].idle_timeout_s: must be >= 0.001; got 0"]),
+    ({"listeners": [{"name": "web", "port": 80, "x_forwarded_for": "drop"}]},
+     ['listeners[0].x_forwarded_for: must be one of "append", "preserve", "remove"; got "drop"']),
+    ({"listeners": [{"name": "web", "port": 80, "request_id_header": "X Id"}]},
+     ["listeners[0].request_id_header: 'X Id' is not a valid header name "
+      "(letters, digits and !#$%&'*+-.^_`|~)"]),
+    ({"listeners": [{"name": "web", "port": 80, "address": "not an address"}]},
+     ["listeners[0].address: 'not an address' is not a valid host name "
+      "(letters, digits, '-' and '_' in dot-separated labels)"]),
+    ({"listeners": [{"name": "web", "port": 80, "max_header_bytes": 40000}]},
+     ["listeners[0].max_header_bytes: must not exceed max_headers_total_bytes (32768)"]),
+    (cfg(logging={"level": "trace"}),
+     ['logging.level: must be one of "debug", "info", "warning", "error"; got "trace"']),
+    (cfg(logging={"access_log": {"enabled": "yes"}}),
+     ['logging.access_log.enabled: expected true or false, got a string ("yes")']),
+    (cfg(shutdown={"drain_timeout_s": -1}), ["shutdown.drain_timeout_s: must be >= 0; got -1"]),
+    (cfg(admin={"token": ""}), ["admin.token: must not be empty (leave it out to set no token)"]),
+    (cfg(admin=None), ["admin: expected a mapping, got null"]),
+    # uniqueness of names and sockets
+    ({"listeners": [LISTENER, {"name": "web", "port": 8081}]},
+     ['listeners[1].name: duplicate listener name "web" (also listeners[0])']),
+    ({"listeners": [LISTENER, {"name": "b", "port": 8080}]},
+     ["listeners[1].port: 0.0.0.0:8080 is already used by listeners[0] (0.0.0.0:8080)"]),
+    ({"listeners": [LISTENER, {"name": "b", "port": 8080, "address": "127.0.0.1"}]},
+     ["listeners[1].port: 127.0.0.1:8080 is already used by listeners[0] (0.0.0.0:8080)"]),
+    ({"listeners": [{"name": "a", "port": 80, "address": "::"},
+                    {"name": "b", "port": 80, "address": "10.0.0.1"}]},
+     ["listeners[1].port: 10.0.0.1:80 is already used by listeners[0] ([::]:80)"]),
+    (cfg(demo_backends=[{"name": "d", "port": 8080}]),
+     ["demo_backends[0].port: 127.0.0.1:8080 is already used by listeners[0] (0.0.0.0:8080)"]),
+    (cfg(demo_backends=[{"name": "d", "port": 9901}]),
+     ["admin.port: 127.0.0.1:9901 is already used by demo_backends[0] (127.0.0.1:9901)"]),
+    # pools and targets
+    (cfg(pools={"app": {"targets": []}}), ["pools.app.targets: must list at least one target"]),
+    (cfg(pools={"app": {}}), ["pools.app.targets: missing (required)"]),
+    (cfg(pools={"app": {"name": "x", "targets": ["a:1"]}}),
+     ["pools.app.name: not allowed: a pool's name is its key under pools"]),
+    (cfg(pools=[{"name": "app"}]),
+     ["pools: expected a mapping of pool name to pool, got a list"]),
+    (cfg(pools={"app": {"targets": ["a"]}}),
+     ['pools.app.targets[0]: expected "host:port" (IPv6 as "[::1]:8080"), got a string ("a")']),
+    (cfg(pools={"app": {"targets": ["::1:80"]}}),
+     ['pools.app.targets[0]: expected "host:port" (IPv6 as "[::1]:8080"), '
+      'got a string ("::1:80")']),
+    (cfg(pools={"app": {"targets": ["a:0"]}}),
+     ["pools.app.targets[0]: port must be 1-65535; got 0"]),
+    (cfg(pools={"app": {"targets": ["bad host:80"]}}),
+     ["pools.app.targets[0]: 'bad host' is not a valid host name "
+      "(letters, digits, '-' and '_' in dot-separated labels)"]),
+    (cfg(pools={"app": {"targets": [{"host": "a", "port": 1, "weight": 1001}]}}),
+     ["pools.app.targets[0].weight: must be <= 1000; got 1001"]),
+    (cfg(pools={"app": {"targets": [{"host": "a"}]}}),
+     ["pools.app.targets[0].port: missing (required)"]),
+    (cfg(pools={"app": {"targets": [{"address": "a:1", "port": 2}]}}),
+     ["pools.app.targets[0].port: give either address or host and port, not both"]),
+    (cfg(pools={"app": {"targets": [{"address": "a:1", "wieght": 2}]}}),
+     ["pools.app.targets[0].wieght: unknown key (did you mean 'weight'? "
+      "allowed: address, weight)"]),
+    (cfg(pools={"app": {"targets": [80]}}),
+     ['pools.app.targets[0]: expected "host:port" or a mapping, got an integer']),
+    (cfg(pools={"app": {"targets": ["a:1"], "host_header": "bad host"}}),
+     ["pools.app.host_header: must be preserve, target, or a host name (with an optional port)"]),
+    # routes and actions
+    (with_pool(routes=[route()]),
+     ["routes[0]: needs exactly one action: forward, redirect or fixed_response"]),
+    (with_pool(routes=[route(forward="app", fixed_response={})]),
+     ["routes[0]: has 2 actions (forward, fixed_response); give exactly one of forward, "
+      "redirect, fixed_response"]),
+    (with_pool(routes=[{"forward": "app"}]), ["routes[0].name: missing (required)"]),
+    (with_pool(routes=[route(forward="app", action="x")]),
+     ["routes[0].action: unknown key (allowed: fixed_response, forward, match, max_body_bytes, "
+      "name, redirect)"]),
+    (with_pool(routes=[route(forward="app"), route(forward="app")]),
+     ['routes[1].name: duplicate route name "r" (also routes[0])']),
+    (with_pool(routes=[route(name="default", forward="app")]),
+     ['default_route.name: duplicate route name "default" (also routes[0])']),
+    (with_pool(routes=[route(forward="app"), {"name": "s", "forward": "x"}]),
+     ['routes[1].forward: unknown pool "x" (known: app)']),
+    (cfg(routes=[route(forward={"pool": "x"})]),
+     ['routes[0].forward: unknown pool "x" (known: none)']),
+    (with_pool(routes=[route(forward={"pol": "app"})]),
+     ["routes[0].forward.pol: unknown key (did you mean 'pool'? allowed: pool)",
+      "routes[0].forward.pool: missing (required)"]),
+    (with_pool(routes=[route(forward="")]), ["routes[0].forward: expected a pool name"]),
+    (with_pool(routes=[route(forward="app", max_body_bytes=-1)]),
+     ["routes[0].max_body_bytes: must be >= 0; got -1"]),
+    (with_pool(routes=[route(forward="app", match={"path": "api/*"})]),
+     ['routes[0].match.path: must start with "/"']),
+    (with_pool(routes=[route(forward="app", match={"path_prefix": "api"})]),
+     ['routes[0].match.path_prefix: must start with "/"']),
+    (with_pool(routes=[route(forward="app", match={"path_prefix": "/a b"})]),
+     ["routes[0].match.path_prefix: must not contain spaces or control characters"]),
+    (with_pool(routes=[route(forward="app", match={"hosts": ["a.com"]})]),
+     ["routes[0].match.hosts: unknown key (did you mean 'host'? "
+      "allowed: host, path, path_prefix)"]),
+    (with_pool(routes=[route(forward="app", match={"host": ["a.com", "w*.b.com"]})]),
+     ["routes[0].match.host[1]: 'w*.b.com': a wildcard must be the whole first label, "
+      "as in '*.example.com'"]),
+    (with_pool(routes=[route(forward="app", match={"host": "a.com:80"})]),
+     ["routes[0].match.host: 'a.com:80': give the host name without a port"]),
+    (with_pool(routes=[route(forward="app", match={"host": "a_b!.com"})]),
+     ["routes[0].match.host: 'a_b!.com' is not a valid host name "
+      "(letters, digits, '-' and '_' in dot-separated labels)"]),
+    (cfg(routes=[route(redirect={"status": 200})]),
+     ["routes[0].redirect.status: must be one of 301, 302, 303, 307, 308; got 200"]),
+    (cfg(routes=[route(redirect={"protocol": "ftp"})]),
+     ['routes[0].redirect.protocol: must be one of "http", "https", "#{protocol}"; got "ftp"']),
+    (cfg(routes=[route(redirect={"path": "#{path}"})]),
+     ['routes[0].redirect.path: must start with "/"']),
+    (cfg(routes=[route(redirect={"query": "a=#{qs}"})]),
+     ["routes[0].redirect.query: unknown placeholder #{qs} (known: #{protocol}, #{host}, "
+      "#{port}, #{path}, #{query})"]),
+    (cfg(routes=[route(redirect={"port": "http"})]),
+     ['routes[0].redirect.port: must be a port number 1-65535 or use "#{port}"']),
+    (cfg(routes=[route(redirect={"status": "301"})]),
+     ['routes[0].redirect.status: expected an integer, got a string ("301")']),
+    (cfg(routes=[route(fixed_response={"status": 199})]),
+     ["routes[0].fixed_response.status: must be >= 200; got 199"]),
+    (cfg(routes=[route(fixed_response={"body": "x" * (1024 * 1024 + 1)})]),
+     ["routes[0].fixed_response.body: must be at most 1048576 bytes (1 MiB); got 1048577"]),
+    (cfg(routes=[route(fixed_response={"content_type": "text/plain\r\nX: y"})]),
+     ["routes[0].fixed_response.content_type: must be a non-empty header value without "
+      "control characters"]),
+    (cfg(routes={"name": "r"}), ["routes: expected a list, got a mapping"]),
+    # default route
+    (cfg(default_route={"match": {"host": "a.com"}, "fixed_response": {}}),
+     ["default_route.match: not allowed: default_route applies to requests no route matched"]),
+    (cfg(default_route={"forward": "nope"}),
+     ['default_route.forward: unknown pool "nope" (known: none)']),
+    (cfg(default_route={}),
+     ["default_route: needs exactly one action: forward, redirect or fixed_response"]),
+]
+
+
+@pytest.mark.parametrize("data, expected", CASES, ids=[e[0][:60] for _, e in CASES])
+def test_error_messages(data: dict[str, Any], expected: list[str]) -> None:
+    assert errors(data) == expected
+
+
+def test_many_errors_collected_in_one_pass() -> None:
+    lines = errors({
+        "listeners": [{"name": "web", "port": 80}, {"name": "web", "port": 81},
+                      {"name": "x", "port": 0}],
+        "pools": {"app": {"targets": ["nope"]}},
+        "routes": [
+            {"name": "a", "forward": "app", "match": {"path": "x"}},
+            {"name": "b", "forward": "missing"},
+        ],
+        "logging": {"level": "loud"},
+    })
+    assert lines == [
+        "listeners[2].port: must be >= 1; got 0",
+        'pools.app.targets[0]: expected "host:port" (IPv6 as "[::1]:8080"), '
+        'got a string ("nope")',
+        'routes[0].match.path: must start with "/"',
+        'logging.level: must be one of "debug", "info", "warning", "error"; got "loud"',
+        'listeners[1].name: duplicate listener name "web" (also listeners[0])',
+        # the pool with a broken target still counts as known; the missing one does not
+        'routes[1].forward: unknown pool "missing" (known: app)',
+    ]
+
+
+def test_config_error_str_and_attributes() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(cfg(routes=[route(fixed_response={}, match={"path": "x"})]), env={})
+    err = info.value
+    assert err.problems == [("routes[0].match.path", 'must start with "/"')]
+    assert str(err) == 'routes[0].match.path: must start with "/"'
+
+
+# -- files ---------------------------------------------------------------------------------
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "lbcdn.yaml"
+    path.write_text(text)
+    return path
+
+
+def file_errors(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    return info.value.lines()
+
+
+def test_load_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "listeners:\n  - {name: web, port: 8080}\n")
+    assert load_config(path, env={}).listeners[0].port == 8080
+    assert load_config(str(path), env={}).listeners[0].name == "web"
+
+
+def test_yaml_syntax_error_has_file_line_column(tmp_path: Path) -> None:
+    path = write(tmp_path, "listeners:\n  - name: web\n    port: [8080\n")
+    (line,) = file_errors(path)
+    assert line.startswith(f"{path}:4:1: YAML syntax error: ")
+
+
+def test_yaml_bad_indentation(tmp_path: Path) -> None:
+    path = write(tmp_path, "listeners:\n  - name: web\n   port: 8080\n")
+    (line,) = file_errors(path)
+    assert line.startswith(f"{path}:3:")
+    assert "YAML syntax error" in line
+
+
+def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "admin:\n  port: 1\n  port: 2\nlisteners: []\n")
+    assert file_errors(path) == [
+        f"{path}:3:3: YAML syntax error: duplicate key 'port' (first given on line 2)"]
+
+
+def test_yaml_merge_keys_may_override(tmp_path: Path) -> None:
+    path = write(tmp_path, "listeners:\n  - &b {name: a, port: 80}\n"
+                           "  - {<<: *b, name: b, port: 81}\n")
+    assert [x.name for x in load_config(path, env={}).listeners] == ["a", "b"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "the configuration is empty"),
+    ("# only a comment\n", "the configuration is empty"),
+    ("- a\n- b\n", "the top level must be a mapping, got a list"),
+    ("just text\n", 'the top level must be a mapping, got a string ("just text")'),
+])
+def test_empty_and_non_mapping_files(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    assert file_errors(path) == [f"{path}: {message}"]
+
+
+def test_missing_and_undecodable_files(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert file_errors(missing) == [f"{missing}: cannot read: No such file or directory"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"listeners: \xff\n")
+    assert file_errors(bad) == [f"{bad}: not valid UTF-8 (byte 11)"]
+
+
+# -- the documented example ----------------------------------------------------------------
+
+EXAMPLE = REPO / "config" / "example-full.yaml"
+
+
+def test_full_example_is_valid() -> None:
+    config = load_config(EXAMPLE, env={})
+    assert [lst.name for lst in config.listeners] == ["public", "internal"]
+    assert config.listeners[1].port == 8081
+    assert config.admin.token == "example-only-change-me"
+    assert config.routes[3].action == FixedResponseAction(
+        status=503, body="Down for maintenance; the fee is $0.\n")
+    assert load_config(EXAMPLE, env={"LBCDN_ADMIN_TOKEN": "t"}).admin.token == "t"
+
+
+def _yaml_keys(node: object, out: set[str], prefix: str = "") -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out.add(f"{prefix}{key}")
+            _yaml_keys(value, out, f"{prefix}{key}.")
+    elif isinstance(node, list):
+        for item in node:
+            _yaml_keys(item, out, prefix)
+
+
+def _schema_keys(cls: type, out: set[str], prefix: str = "") -> None:
+    """Every YAML key the schema accepts, following the loader's special shapes."""
+    import dataclasses
+    from typing import get_args, get_type_hints
+    renames = {"hosts": "host"}
+    for f in dataclasses.fields(cls):
+        tp = get_type_hints(cls)[f.name]
+        if cls is RouteConfig and f.name == "action":
+            for key, action in (("forward", ForwardAction), ("redirect", RedirectAction),
+                                ("fixed_response", FixedResponseAction)):
+                out.add(f"{prefix}{key}")
+                _schema_keys(action, out, f"{prefix}{key}.")
+            continue
+        if f.name == "name" and cls.__name__ == "PoolConfig":
+            continue
+        key = renames.get(f.name, f.name)
+        out.add(f"{prefix}{key}")
+        inner = [a for a in (get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)]
+        if f.name == "pools":
+            out.discard(f"{prefix}{key}")
+            inner = []
+        for sub in inner:
+            assert isinstance(sub, type)
+            _schema_keys(sub, out, f"{prefix}{key}.")
+
+
+def test_full_example_uses_every_key() -> None:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    used: set[str] = set()
+    _yaml_keys(data, used)
+    # Pools are keyed by name: fold `pools.<name>.` into `pools.*.`.
+    used = {".".join(["pools", "*", *k.split(".")[2:]]) if k.startswith("pools.") else k
+            for k in used}
+    expected: set[str] = set()
+    _schema_keys(Config, expected)
+    from lbcdn.config.schema import PoolConfig
+    _schema_keys(PoolConfig, expected, "pools.*.")
+    expected.add("pools")
+    # default_route is a route: its own keys must be shown, its actions are shown on routes.
+    expected -= {k for k in expected if k.startswith("default_route.")
+                 and k.split(".")[1] in ("match", "forward", "redirect", "fixed_response")}
+    missing = sorted(k for k in expected if k not in used)
+    assert missing == [], f"config/example-full.yaml does not show: {missing}"

@@ -1,0 +1,176 @@
+"""The command line: real `python -m lbcdn` runs for the entry point, in-process runs of
+`main()` for the rest (fast), with the daemon and demo backend replaced by fakes."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lbcdn import __version__
+from lbcdn.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD = "listeners:\n  - {name: web, port: 8080}\n"
+BAD = ("listeners:\n  - {name: web, port: 0}\n"
+       "routes:\n  - {name: r, match: {path: x}, fixed_response: {}}\n")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lbcdn", *args], capture_output=True,
+                          text=True, timeout=30, cwd=REPO)
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    return path
+
+
+@pytest.fixture
+def bad(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD)
+    return path
+
+
+# -- through the real entry point ------------------------------------------------------
+
+def test_version_subprocess() -> None:
+    result = run("--version")
+    assert (result.returncode, result.stdout) == (0, f"lbcdn {__version__}\n")
+
+
+def test_check_config_subprocess(good: Path, bad: Path) -> None:
+    ok = run("check-config", str(good))
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, f"{good}: ok\n", "")
+    fail = run("check-config", str(bad))
+    assert fail.returncode == 1
+    assert fail.stdout == ""
+    assert fail.stderr.splitlines() == [
+        "listeners[0].port: must be >= 1; got 0",
+        'routes[0].match.path: must start with "/"',
+        f"{bad}: invalid (2 errors)",
+    ]
+
+
+def test_full_example_passes_check_config() -> None:
+    result = run("check-config", "config/example-full.yaml")
+    assert (result.returncode, result.stdout) == (0, "config/example-full.yaml: ok\n"), \
+        result.stderr
+
+
+# -- in process ------------------------------------------------------------------------
+
+def test_check_config_several_files(good: Path, bad: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(good), str(bad)]) == 1
+    out, err = capsys.readouterr()
+    assert out == f"{good}: ok\n"
+    assert err.endswith(f"{bad}: invalid (2 errors)\n")
+
+
+def test_check_config_yaml_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("listeners: [\n")
+    assert main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}:2:1: YAML syntax error: ")
+    assert err.endswith(f"{path}: invalid (1 error)\n")
+
+
+def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "none.yaml"
+    assert main(["check-config", str(missing)]) == 1
+    assert f"{missing}: cannot read: No such file or directory" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert main(["serve"]) == 2  # --config is required
+    assert main(["frobnicate"]) == 2
+    assert main(["--log-level", "loud", "check-config", "x"]) == 2
+    assert "usage: lbcdn" in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("serve", "check-config", "demo-backend"):
+        assert command in out
+
+
+@pytest.fixture
+def fake_daemon(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, str | None]]:
+    calls: list[tuple[Any, str | None]] = []
+
+    def serve(config: Any, log_level: str | None = None) -> int:
+        calls.append((config, log_level))
+        return 7
+
+    module = types.ModuleType("lbcdn.daemon")
+    module.serve = serve  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "lbcdn.daemon", module)
+    return calls
+
+
+def test_serve_loads_config_and_hands_over(good: Path,
+                                           fake_daemon: list[tuple[Any, str | None]]) -> None:
+    assert main(["serve", "--config", str(good)]) == 7
+    config, level = fake_daemon[0]
+    assert config.listeners[0].port == 8080 and level is None
+
+
+@pytest.mark.parametrize("argv, level", [
+    (["--log-level", "debug", "serve"], "debug"),
+    (["serve", "--log-level", "warning"], "warning"),
+    (["--log-level", "debug", "serve", "--log-level", "error"], "error"),
+])
+def test_serve_log_level_global_or_local(good: Path, argv: list[str], level: str,
+                                         fake_daemon: list[tuple[Any, str | None]]) -> None:
+    assert main([*argv, "--config", str(good)]) == 7
+    assert fake_daemon[0][1] == level
+
+
+def test_serve_invalid_config_does_not_start(bad: Path, capsys: pytest.CaptureFixture[str],
+                                             fake_daemon: list[tuple[Any, str | None]]) -> None:
+    assert main(["serve", "-c", str(bad)]) == 1
+    assert fake_daemon == []
+    assert 'routes[0].match.path: must start with "/"' in capsys.readouterr().err
+
+
+@pytest.fixture
+def fake_demo(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, str]]:
+    calls: list[tuple[str, int, str]] = []
+
+    def run_demo_backend(address: str, port: int, name: str) -> int:
+        calls.append((address, port, name))
+        return 0
+
+    # demo-backend configures root logging; keep that from leaking into other tests.
+    monkeypatch.setattr(logging.root, "handlers", list(logging.root.handlers))
+    monkeypatch.setattr(logging.root, "level", logging.root.level)
+    module = types.ModuleType("lbcdn.demo.backend")
+    module.run_demo_backend = run_demo_backend  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "lbcdn.demo.backend", module)
+    return calls
+
+
+def test_demo_backend(fake_demo: list[tuple[str, int, str]]) -> None:
+    assert main(["demo-backend", "--port", "9100"]) == 0
+    assert main(["demo-backend", "--address", "127.0.0.2", "--port", "9101", "--name", "x"]) == 0
+    assert fake_demo == [("127.0.0.1", 9100, "demo"), ("127.0.0.2", 9101, "x")]
+
+
+def test_demo_backend_port_checked(fake_demo: list[tuple[str, int, str]],
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo-backend", "--port", "0"]) == 2
+    assert main(["demo-backend"]) == 2
+    assert fake_demo == []
+    assert "--port must be 1-65535, got 0" in capsys.readouterr().err
