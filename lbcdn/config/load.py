@@ -197,7 +197,7 @@ def _target(ld: Loader, data: object, path: str) -> Any:
         target = ld.dataclass(TargetConfig, rest, path, given={"host": host, "port": port},
                               extra_keys=("address",))
         return INVALID if both else target
-    if isinstance(data, Mapping) or data is None or isinstance(data, list):
+    if isinstance(data, Mapping):
         return ld.dataclass(TargetConfig, data, path)
     return ld.error(path, f'expected "host:port" or a mapping, got {describe(data)}')
 
