@@ -87,7 +87,7 @@ class PoolConfig:
     response_timeout_s: float = doc(
         "Longest wait for the response head, and longest pause between response body reads; "
         "then 504.", 60.0, lo=0.001)
-    max_idle_per_target: int = doc("Idle keep-alive connections kept per target.", 32,
+    max_idle_per_target: int = doc("Idle keep-alive connections kept per target.", 64,
                                    lo=0, hi=100000)
     idle_timeout_s: float = doc(
         "An idle upstream connection is closed after this long (keep it below the backend's "

@@ -1,0 +1,1 @@
+"""Target state and pick policies (pure: no sockets)."""

@@ -1,0 +1,1 @@
+"""The HTTP listener: client connections (bytes, limits, order) and exchanges (what to answer)."""

@@ -1,0 +1,309 @@
+"""The client side of the listener: one asyncio.Protocol per accepted connection.
+
+Its job is the bytes: parse requests with httptools, enforce the head limits and timeouts, keep
+pipelined requests in order, and apply back-pressure. What to do with a request is the
+`Exchange`'s job (lbcdn.edge.exchange); this module never looks at routes or backends.
+
+Rules:
+- Requests are answered strictly in arrival order. Only the first exchange in `exchanges` is
+  active; later (pipelined) ones wait, their bodies buffered, and reading pauses once more than a
+  few are waiting or their buffered bodies pass a bound.
+- A request that breaks a limit or the framing rules gets its 4xx after the responses to the
+  requests before it, and the connection closes; nothing after it is parsed.
+- One deadline per connection, whose meaning follows the state: header timeout while a head is
+  arriving (not extended by trickled bytes), body timeout between body reads, idle timeout between
+  requests and while the client is not reading our response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from time import monotonic
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from lbcdn.http.errors import HttpError, error_response
+from lbcdn.http.head import check_request
+from lbcdn.timers import Deadline
+from lbcdn import writebatch
+from lbcdn.writebatch import Writer
+
+if TYPE_CHECKING:
+    from lbcdn.edge.exchange import Exchange
+    from lbcdn.edge.listener import Listener
+
+# reasons reading from the client is paused; reading resumes when none is left
+PAUSE_UPSTREAM = 1        # the upstream cannot take the request body as fast as it comes
+PAUSE_PIPELINE = 2        # too many pipelined requests waiting
+PAUSE_BODY = 4            # request bodies buffered while no upstream connection is attached
+MAX_PIPELINED = 16
+MAX_BUFFERED_BODY = 256 * 1024
+
+
+class ClientConnection(Writer, asyncio.Protocol):
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.config = listener.config
+        self.loop = listener.loop
+        self.transport: asyncio.Transport | None = None
+        self._pending: list[bytes] | None = None
+        self.client_ip = ""
+        self.client_port = 0
+        self.parser = httptools.HttpRequestParser(self)
+        self.deadline = Deadline(self.loop, self._timed_out)
+        self.exchanges: deque[Exchange] = deque()
+        self.parsing: Exchange | None = None   # whose body the parser is reading
+        self.closed = False
+        self.draining = False
+        self.write_paused = False
+        self.tunnel: Exchange | None = None
+        self._pause = 0
+        self._in_head = False
+        self._head_started = 0.0
+        self._head_raw = 0
+        self._url: list[bytes] = []
+        self._url_len = 0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers_len = 0
+        self._error: HttpError | None = None
+        self._stopped = False   # parsing ended after an error or an upgrade
+        self.buffered_body = 0
+        self.bytes_in = 0
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_ip, self.client_port = peer[0], peer[1]
+        self.listener.connection_made(self)
+        self.deadline.set(self.config.idle_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.deadline.cancel()
+        self.listener.connection_lost(self)
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
+            tunnel.client_lost()
+        while self.exchanges:
+            self.exchanges.popleft().client_lost()
+
+    def data_received(self, data: bytes) -> None:
+        owner = writebatch.begin()
+        try:
+            self._received(data)
+        finally:
+            if owner:
+                writebatch.end()
+
+    def _received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self.tunnel is not None:
+            self.tunnel.client_tunnel_data(data)
+            return
+        if self._stopped:
+            if self.exchanges and self.exchanges[-1].upgrade_pending:
+                self.exchanges[-1].client_tunnel_data(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._stopped = True
+            rest = data[exc.args[0]:]
+            ex = self.exchanges[-1] if self.exchanges else None
+            if ex is not None and ex.upgrade_pending and rest:
+                ex.client_tunnel_data(rest)
+            return
+        except httptools.HttpParserError as exc:
+            err = self._error
+            if err is None:
+                detail = str(exc).strip() or "malformed request"
+                err = HttpError(400, f"malformed request ({detail})")
+            self._stopped = True
+            self.fail(err)
+            return
+        if self._in_head:
+            self._head_raw += len(data)
+            if self._head_raw > self.config.max_headers_total_bytes + \
+                    self.config.max_request_line_bytes:
+                self._stopped = True
+                self.fail(HttpError(431, "request head too large"))
+        elif self.parsing is not None and self._pause == 0:
+            self.deadline.set(self.config.body_timeout_s)
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes after its request still gets the answer (keep the
+        # transport open for writing) unless nothing is in progress.
+        if self.exchanges or self.tunnel is not None:
+            return True
+        return None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        target = self.tunnel or (self.exchanges[0] if self.exchanges else None)
+        if target is not None:
+            target.client_paused(True)
+        self.deadline.set(self.config.idle_timeout_s)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        target = self.tunnel or (self.exchanges[0] if self.exchanges else None)
+        if target is not None:
+            target.client_paused(False)
+        self.deadline.clear()
+
+    # -- httptools callbacks --------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_raw = 0
+        self._url = []
+        self._url_len = 0
+        self._headers = []
+        self._headers_len = 0
+        self._head_started = monotonic()
+        self.deadline.set(self.config.header_timeout_s)
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._url_len += len(url)
+        if self._url_len > self.config.max_request_line_bytes:
+            self._error = HttpError(414, "request line too long")
+            raise self._error
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value) + 4
+        self._headers_len += size
+        if size > self.config.max_header_bytes:
+            self._error = HttpError(431, "a request header is too large")
+            raise self._error
+        if self._headers_len > self.config.max_headers_total_bytes:
+            self._error = HttpError(431, "request headers too large")
+            raise self._error
+        self._headers.append((name, value))
+        if len(self._headers) > self.config.max_header_count:
+            self._error = HttpError(431, "too many request headers")
+            raise self._error
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self.parser
+        try:
+            head = check_request(
+                parser.get_method(), b"".join(self._url),
+                b"1.1" if parser.get_http_version() == "1.1" else b"1.0",
+                self._headers, parser.should_keep_alive(), parser.should_upgrade(),
+                self.listener.id_header_lower)
+        except HttpError as err:
+            self._error = err
+            raise
+        from lbcdn.edge.exchange import Exchange
+        ex = Exchange(self, head, self._head_started)
+        self.parsing = ex
+        self.exchanges.append(ex)
+        self.deadline.clear()
+        if len(self.exchanges) == 1:
+            ex.start()
+        elif len(self.exchanges) > MAX_PIPELINED:
+            self.pause(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is not None:
+            ex.request_body(body)
+
+    def on_message_complete(self) -> None:
+        ex, self.parsing = self.parsing, None
+        if ex is not None:
+            ex.request_done()
+        if not self.exchanges and not self.closed:
+            self.deadline.set(self.config.idle_timeout_s)
+
+    # -- used by exchanges ----------------------------------------------------------------
+    def pause(self, reason: int) -> None:
+        if self._pause == 0 and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+            self.deadline.clear()
+        self._pause |= reason
+
+    def resume(self, reason: int) -> None:
+        if not self._pause & reason:
+            return
+        self._pause &= ~reason
+        if self._pause == 0 and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+            if self.parsing is not None:
+                self.deadline.set(self.config.body_timeout_s)
+
+    def exchange_finished(self, ex: Exchange, keep_alive: bool) -> None:
+        """The active exchange has written its whole response and read its whole request."""
+        assert self.exchanges and self.exchanges[0] is ex
+        self.exchanges.popleft()
+        if not keep_alive or self.draining:
+            self.close()
+            return
+        self.resume(PAUSE_PIPELINE)
+        if self.exchanges:
+            self.exchanges[0].start()
+        elif self._in_head:
+            pass  # the next head is arriving; its header deadline is already set
+        elif self._stopped:
+            self.close()
+        else:
+            self.deadline.set(self.config.idle_timeout_s)
+
+    def fail(self, err: HttpError) -> None:
+        """A framing or limit error: answer it in order, then close."""
+        from lbcdn.edge.exchange import Exchange
+        parsing = self.parsing
+        if parsing is not None:
+            # the error is inside the body of a request already under way
+            self.parsing = None
+            parsing.request_broken(err)
+            return
+        ex = Exchange.for_error(self, err, self._head_started)
+        self.exchanges.append(ex)
+        if len(self.exchanges) == 1:
+            ex.start()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.flush()
+            self.closed = True
+            self.deadline.cancel()
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self._pending = None
+        if self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+        self.deadline.cancel()
+
+    def drain(self) -> None:
+        """Shutdown: finish what is in progress, then close; close idle connections now."""
+        self.draining = True
+        if not self.exchanges and not self._in_head and self.tunnel is None:
+            self.close()
+
+    def _timed_out(self) -> None:
+        if self.closed:
+            return
+        if self._in_head:
+            self._stopped = True
+            self.fail(HttpError(408, "timed out reading the request head"))
+        elif self.parsing is not None and self.exchanges and \
+                self.exchanges[0] is self.parsing and not self.parsing.response_started:
+            self._stopped = True
+            self.fail(HttpError(408, "timed out reading the request body"))
+        else:
+            # idle keep-alive, a client that stopped reading, or a stalled body mid-response
+            self.abort()

@@ -1,0 +1,549 @@
+"""One request and its response at the edge: route it, answer it or proxy it.
+
+The exchange is driven by events from the client connection (request body chunks, end of
+request, client gone, client stopped/started reading) and from the upstream connection (interim,
+head, body, done, failed, upgraded, stopped/started reading). It writes to both and decides:
+- framing towards the client: Content-Length kept; an unknown length becomes chunked for HTTP/1.1
+  clients and close-delimited for HTTP/1.0 ones; HEAD, 1xx, 204 and 304 carry no body;
+- framing towards the backend: always HTTP/1.1, request bodies keep their Content-Length or are
+  re-chunked;
+- the one transparent retry: a reused keep-alive connection that dies before any response byte
+  (the backend closed it while we were sending) is retried once on a new connection, provided the
+  request body sent so far was small enough to keep (REPLAY_MAX_BYTES);
+- which failure maps to which status: connect refused / reset / malformed -> 502, connect or
+  response timeout -> 504, no target -> 503. After the response has started, a failure can only
+  be signalled by closing the client connection.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from time import monotonic
+from itertools import count
+from typing import TYPE_CHECKING
+
+from lbcdn.config.schema import FixedResponseAction, ForwardAction, RedirectAction, RouteConfig
+from lbcdn.http.errors import HttpError, error_response, reason
+from lbcdn.http.head import HOP_BY_HOP, RequestHead, ResponseHead, response_has_body
+from lbcdn.routing import redirect_location
+from lbcdn.tasks import spawn
+from lbcdn.upstream.pool import ConnectError, Pool, Target
+
+if TYPE_CHECKING:
+    from lbcdn.edge.connection import ClientConnection
+    from lbcdn.upstream.connection import UpstreamConnection
+
+REPLAY_MAX_BYTES = 64 * 1024
+MAX_TUNNEL_BUFFER = 1024 * 1024
+
+_id_prefix = os.urandom(4).hex()
+_id_counter = count(1)
+
+_ERROR_HEAD = RequestHead(b"-", b"-", b"-", None, b"1.1", [], b"", None, False, False, None,
+                          False, set(), None)
+
+
+def new_request_id() -> str:
+    return f"{_id_prefix}{next(_id_counter):012x}"
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """`example.com:8080` -> (example.com, 8080); `[::1]` -> ([::1], None)."""
+    if value.startswith("["):
+        end = value.find("]")
+        host, rest = value[:end + 1], value[end + 1:]
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = value.partition(":")
+    return host, int(port) if port.isdigit() and 0 < int(port) < 65536 else None
+
+
+class Exchange:
+    __slots__ = (
+        "conn", "head", "listener", "started", "request_id", "route", "error", "body_done",
+        "body_buf", "body_bytes", "discard", "upstream", "pool", "target", "status",
+        "response_started", "response_done", "resp_chunked", "keep_alive", "bytes_out",
+        "sent_at", "upstream_time", "replay", "replay_bytes", "retried", "upgrade_pending",
+        "tunnel_buf", "finished", "reused_conn",
+    )
+
+    def __init__(self, conn: ClientConnection, head: RequestHead, started: float) -> None:
+        self.conn = conn
+        self.head = head
+        self.listener = conn.listener
+        self.started = started
+        self.request_id = head.request_id.decode() if head.request_id else new_request_id()
+        self.route: RouteConfig | None = None
+        self.error: HttpError | None = None
+        self.body_done = not head.has_body
+        self.body_buf: list[bytes] = []
+        self.body_bytes = 0
+        self.discard = False
+        self.upstream: UpstreamConnection | None = None
+        self.pool: Pool | None = None
+        self.target: Target | None = None
+        self.status = 0
+        self.response_started = False
+        self.response_done = False
+        self.resp_chunked = False
+        # an upgrade request's connection cannot carry another request unless it switches
+        self.keep_alive = head.keep_alive and head.upgrade is None
+        self.bytes_out = 0
+        self.sent_at = 0.0
+        self.upstream_time: float | None = None
+        self.replay: list[bytes] | None = []
+        self.replay_bytes = 0
+        self.retried = False
+        self.upgrade_pending = head.upgrade is not None
+        self.tunnel_buf: list[bytes] = []
+        self.finished = False
+        self.reused_conn = False
+
+    @classmethod
+    def for_error(cls, conn: ClientConnection, err: HttpError, started: float) -> Exchange:
+        ex = cls(conn, _ERROR_HEAD, started)
+        ex.error = err
+        ex.keep_alive = False
+        return ex
+
+    # -- start ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Called when this exchange becomes the connection's active one."""
+        if self.error is not None:
+            self.respond_error(self.error)
+            return
+        head = self.head
+        route = self.route = self.listener.router.match(head.host, head.path)
+        limit = route.max_body_bytes
+        if limit is not None and (head.content_length or 0) > limit or \
+                limit is not None and self.body_bytes > limit:
+            self.respond_error(HttpError(413, "request body too large"))
+            return
+        action = route.action
+        if isinstance(action, ForwardAction):
+            self.forward(self.listener.pools[action.pool])
+        elif isinstance(action, RedirectAction):
+            self.redirect(action)
+        elif isinstance(action, FixedResponseAction):
+            body = action.body.encode()
+            self.respond_local(action.status, [(b"Content-Type", action.content_type.encode())],
+                               body)
+        else:  # pragma: no cover - the loader admits no other action
+            self.respond_error(HttpError(500, "route has no action"))
+
+    def redirect(self, action: RedirectAction) -> None:
+        head = self.head
+        host, port = split_host(head.host.decode("latin-1"))
+        location = redirect_location(
+            action, scheme="http", host=host, port=port or self.listener.port,
+            path=head.path.decode("latin-1"), query=(head.query or b"").decode("latin-1"))
+        if location is None:
+            self.respond_error(HttpError(500, "redirect loop", close=False))
+            return
+        self.respond_local(action.status, [(b"Location", location.encode("latin-1")),
+                                           (b"Content-Type", b"text/plain")], b"")
+
+    # -- local answers --------------------------------------------------------------------
+    def respond_local(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self._end_request_early()
+        parts = [b"HTTP/1.1 %d %s\r\nServer: lbcdn\r\n" % (status, reason(status))]
+        for name, value in headers:
+            parts += [name, b": ", value, b"\r\n"]
+        if response_has_body(b"GET", status):
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        self._connection_header(parts)
+        parts.append(b"\r\n")
+        if self.head.method != b"HEAD" and response_has_body(b"GET", status):
+            parts.append(body)
+        data = b"".join(parts)
+        self.status = status
+        self.response_started = True
+        self.bytes_out += len(data)
+        self.conn.write(data)
+        self.response_done = True
+        self._maybe_finish()
+
+    def respond_error(self, err: HttpError) -> None:
+        if self.response_started:
+            self._abort()
+            return
+        self._end_request_early()
+        if err.close:
+            self.keep_alive = False
+        close = not self.keep_alive or self.conn.draining
+        data = error_response(err.status, self.request_id, err.detail, close=close,
+                              head_only=self.head.method == b"HEAD",
+                              id_header=self.listener.id_header)
+        self.status = err.status
+        self.response_started = True
+        self.bytes_out += len(data)
+        self.conn.write(data)
+        self.response_done = True
+        self._maybe_finish()
+
+    def _end_request_early(self) -> None:
+        """A final response goes out before the request body was read: drop what is left of
+        it. A client that asked for 100-continue will probably never send it, so close."""
+        if not self.body_done:
+            self.discard = True
+            self.body_buf = []
+            if self.head.expect_continue:
+                self.keep_alive = False
+        self.upgrade_pending = False
+
+    def _connection_header(self, parts: list[bytes]) -> None:
+        if not self.keep_alive or self.conn.draining:
+            self.keep_alive = False
+            parts.append(b"Connection: close\r\n")
+        elif self.head.version == b"1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+
+    # -- proxying -------------------------------------------------------------------------
+    def forward(self, pool: Pool) -> None:
+        target = pool.pick()
+        if target is None:
+            pool.metrics.error("no_target")
+            self.respond_error(HttpError(503, "no target available", close=False))
+            return
+        self.pool = pool
+        self.target = target
+        target.in_flight += 1
+        conn = pool.take_idle(target)
+        if conn is not None:
+            self.reused_conn = True
+            self.attach(conn)
+        else:
+            spawn(self._connect(pool, target), "upstream-connect")
+
+    async def _connect(self, pool: Pool, target: Target) -> None:
+        try:
+            conn = await pool.connect(target)
+        except ConnectError as exc:
+            if not self.finished:
+                pool.metrics.error(exc.kind)  # type: ignore[arg-type]
+                if exc.kind == "connect_timeout":
+                    self.respond_error(HttpError(504, "upstream connect timed out",
+                                                 close=not self.body_done))
+                else:
+                    self.respond_error(HttpError(502, "upstream connection failed",
+                                                 close=not self.body_done))
+            return
+        if self.finished or self.conn.closed:
+            pool.release(conn)
+            return
+        self.reused_conn = False
+        self.attach(conn)
+
+    def attach(self, upstream: UpstreamConnection) -> None:
+        self.upstream = upstream
+        head = self.head
+        self.sent_at = monotonic()
+        upstream.begin(self, head.method == b"HEAD")
+        upstream.write(self._upstream_head(upstream.target))
+        buffered, self.body_buf = self.body_buf, []
+        if buffered:
+            size = 0
+            for chunk in buffered:
+                size += len(chunk)
+                self._send_body(chunk)
+            self.conn.buffered_body -= size
+            if self.conn.buffered_body <= 0:
+                from lbcdn.edge.connection import PAUSE_BODY
+                self.conn.buffered_body = 0
+                self.conn.resume(PAUSE_BODY)
+        if self.body_done and head.chunked and not self.discard:
+            upstream.write(b"0\r\n\r\n")
+
+    def _upstream_head(self, target: Target) -> bytes:
+        head = self.head
+        listener = self.listener
+        parts = [head.method, b" ", head.target, b" HTTP/1.1\r\nHost: "]
+        mode = self.pool.host_header if self.pool is not None else b"preserve"
+        if mode == b"preserve":
+            parts.append(head.host or target.key.encode())
+        elif mode == b"target":
+            parts.append(target.key.encode())
+        else:
+            parts.append(mode)
+        parts.append(b"\r\n")
+        xff: list[bytes] = []
+        via: list[bytes] = []
+        skip = head.drop
+        special = listener.special_headers
+        for name, value in head.headers:
+            n = name.lower()
+            if n in skip:
+                continue
+            if n in special:
+                if n == b"x-forwarded-for":
+                    xff.append(value)
+                elif n == b"via":
+                    via.append(value)
+                continue  # host, x-forwarded-proto/port and the request id are set below
+            parts += [name, b": ", value, b"\r\n"]
+        mode_xff = listener.config.x_forwarded_for
+        if mode_xff == "append":
+            xff.append(self.conn.client_ip.encode())
+        if xff and mode_xff != "remove":
+            parts += [b"X-Forwarded-For: ", b", ".join(xff), b"\r\n"]
+        via.append(b"1.1 lbcdn")
+        parts += [b"X-Forwarded-Proto: http\r\nX-Forwarded-Port: ", listener.port_bytes,
+                  b"\r\nVia: ", b", ".join(via), b"\r\n",
+                  listener.id_header, b": ", self.request_id.encode(), b"\r\n"]
+        if head.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if head.upgrade is not None:
+            parts += [b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n"]
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def _send_body(self, data: bytes) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        if self.head.chunked:
+            upstream.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
+        else:
+            upstream.write(data)
+        upstream.touch()
+        replay = self.replay
+        if replay is not None:
+            self.replay_bytes += len(data)
+            if self.replay_bytes > REPLAY_MAX_BYTES:
+                self.replay = None
+            else:
+                replay.append(data)
+
+    # -- events from the client connection ------------------------------------------------
+    def request_body(self, data: bytes) -> None:
+        self.body_bytes += len(data)
+        route = self.route
+        if route is not None and route.max_body_bytes is not None and \
+                self.body_bytes > route.max_body_bytes:
+            self.request_broken(HttpError(413, "request body too large"))
+            return
+        if self.discard:
+            return
+        if self.upstream is not None:
+            self._send_body(data)
+        else:
+            self.body_buf.append(data)
+            conn = self.conn
+            conn.buffered_body += len(data)
+            if conn.buffered_body > 256 * 1024:
+                from lbcdn.edge.connection import PAUSE_BODY
+                conn.pause(PAUSE_BODY)
+
+    def request_done(self) -> None:
+        self.body_done = True
+        if self.discard:
+            self._maybe_finish()
+        elif self.upstream is not None and self.head.chunked:
+            self.upstream.write(b"0\r\n\r\n")
+
+    def request_broken(self, err: HttpError) -> None:
+        """The request body broke a rule or timed out: no more of it will be read."""
+        self.body_done = True
+        self.keep_alive = False
+        self.conn.parsing = None
+        if self.conn.exchanges and self.conn.exchanges[0] is not self:
+            self.error = err  # answered in turn, when it becomes active
+            return
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+        self.respond_error(err)
+
+    def client_paused(self, paused: bool) -> None:
+        upstream = self.upstream
+        if upstream is not None:
+            if paused:
+                upstream.pause_reading()
+            else:
+                upstream.resume_reading()
+
+    def client_lost(self) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.abort()
+        if not self.finished:
+            if not self.response_done and self.status == 0:
+                self.status = 499  # nginx's "client closed request"
+            self._record()
+
+    def client_tunnel_data(self, data: bytes) -> None:
+        if self.upgrade_pending:
+            self.tunnel_buf.append(data)
+            if sum(map(len, self.tunnel_buf)) > MAX_TUNNEL_BUFFER:
+                self._abort()
+        elif self.upstream is not None:
+            self.upstream.write(data)
+
+    # -- events from the upstream connection ----------------------------------------------
+    def upstream_interim(self, status: int, reason_: bytes,
+                         headers: list[tuple[bytes, bytes]]) -> None:
+        if self.head.version != b"1.1" or self.response_started:
+            return
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason_ or reason(status))]
+        for name, value in headers:
+            if name.lower() not in HOP_BY_HOP:
+                parts += [name, b": ", value, b"\r\n"]
+        parts.append(b"\r\n")
+        self.conn.write(b"".join(parts))
+
+    def upstream_head(self, resp: ResponseHead) -> None:
+        self.upstream_time = monotonic() - self.sent_at
+        if self.pool is not None:
+            self.pool.metrics.upstream_time(self.upstream_time)
+        self.replay = None
+        self.status = resp.status
+        head = self.head
+        parts = [b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason or reason(resp.status))]
+        drop = resp.drop
+        for name, value in resp.headers:
+            if name.lower() not in drop:
+                parts += [name, b": ", value, b"\r\n"]
+        if head.method != b"HEAD" and response_has_body(b"GET", resp.status) and \
+                resp.content_length is None:
+            if head.version == b"1.1":
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+                self.resp_chunked = True
+            else:
+                self.keep_alive = False  # close-delimited, the only framing 1.0 knows
+        if not resp.keep_alive and not self.body_done:
+            self.keep_alive = False
+        self._connection_header(parts)
+        parts.append(b"\r\n")
+        data = b"".join(parts)
+        self.response_started = True
+        self.bytes_out += len(data)
+        self.conn.write(data)
+
+    def upstream_body(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        if self.resp_chunked:
+            self.conn.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
+        else:
+            self.conn.write(data)
+
+    def upstream_done(self) -> None:
+        self.upstream = None
+        if self.resp_chunked:
+            self.conn.write(b"0\r\n\r\n")
+            self.bytes_out += 5
+        self.response_done = True
+        self._maybe_finish()
+
+    def upstream_reusable(self) -> bool:
+        """Whether the upstream connection may carry another request: only when all of this
+        request went out, or the backend would read our next request as this one's body."""
+        return self.body_done and not self.discard
+
+    def upstream_failed(self, kind: str) -> None:
+        upstream, self.upstream = self.upstream, None
+        if self.finished:
+            return
+        if self.conn.tunnel is self:
+            self.conn.close()  # the tunnel's backend side closed
+            self._record()
+            return
+        pool = self.pool
+        if (kind == "reset" and self.reused_conn and not self.retried and upstream is not None
+                and not upstream.got_bytes and self.replay is not None and pool is not None
+                and self.target is not None and not self.response_started):
+            # the backend closed a pooled connection as we reused it: one fresh try
+            self.retried = True
+            self.body_buf = self.replay + self.body_buf
+            self.replay = []
+            self.replay_bytes = 0
+            spawn(self._connect(pool, self.target), "upstream-retry")
+            return
+        if pool is not None:
+            pool.metrics.error(kind)  # type: ignore[arg-type]
+        if kind == "response_timeout":
+            self.respond_error(HttpError(504, "upstream timed out", close=not self.body_done))
+        else:
+            self.respond_error(HttpError(502, "bad response from upstream",
+                                         close=not self.body_done))
+
+    def upstream_paused(self, paused: bool) -> None:
+        from lbcdn.edge.connection import PAUSE_UPSTREAM
+        if paused:
+            self.conn.pause(PAUSE_UPSTREAM)
+        else:
+            self.conn.resume(PAUSE_UPSTREAM)
+
+    def upstream_upgraded(self, resp: ResponseHead, rest: bytes) -> None:
+        upstream = self.upstream
+        if not self.upgrade_pending or upstream is None:
+            self._abort()
+            return
+        self.upgrade_pending = False
+        self.status = 101
+        parts = [b"HTTP/1.1 101 %s\r\n" % (resp.reason or b"Switching Protocols")]
+        for name, value in resp.headers:
+            n = name.lower()
+            if n not in resp.drop or n in (b"connection", b"upgrade"):
+                parts += [name, b": ", value, b"\r\n"]
+        parts.append(b"\r\n")
+        conn = self.conn
+        conn.write(b"".join(parts))
+        self.response_started = True
+        # the connection now belongs to the tunnel: take it out of the request queue
+        if conn.exchanges and conn.exchanges[0] is self:
+            conn.exchanges.popleft()
+        conn.tunnel = self
+        self._record()
+        if rest:
+            conn.write(rest)
+        for chunk in self.tunnel_buf:
+            upstream.write(chunk)
+        self.tunnel_buf = []
+
+    # -- the end --------------------------------------------------------------------------
+    def _maybe_finish(self) -> None:
+        if self.finished or not self.response_done:
+            return
+        if self.body_done or not self.keep_alive:
+            self._record()
+            self.conn.exchange_finished(self, self.keep_alive)
+        else:
+            self.discard = True  # finish when the rest of the request body has been read
+
+    def _abort(self) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.abort()
+        self.keep_alive = False
+        if not self.finished:
+            self._record()
+        self.conn.abort()
+
+    def _record(self) -> None:
+        self.finished = True
+        target = self.target
+        if target is not None:
+            target.in_flight -= 1
+        elapsed = monotonic() - self.started
+        route = self.route
+        route_name = route.name if route is not None else "-"
+        self.listener.route_metrics(route_name).observe(
+            self.status, elapsed, self.body_bytes, self.bytes_out)
+        access_log = self.listener.access_log
+        if access_log.enabled:
+            head = self.head
+            user_agent = ""
+            for name, value in head.headers:
+                if name.lower() == b"user-agent":
+                    user_agent = value.decode("latin-1")
+            access_log.log({
+                "time": time.time(), "listener": self.listener.name,
+                "client": self.conn.client_ip, "method": head.method.decode("latin-1"),
+                "path": head.target.decode("latin-1"), "status": self.status,
+                "bytes_in": self.body_bytes, "bytes_out": self.bytes_out,
+                "route": route_name, "target": target.key if target is not None else None,
+                "upstream_time_s": None if self.upstream_time is None else round(self.upstream_time, 6), "total_time_s": round(elapsed, 6),
+                "request_id": self.request_id, "user_agent": user_agent,
+            })
+
+

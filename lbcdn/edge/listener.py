@@ -1,0 +1,88 @@
+"""A listening socket and the state its connections share.
+
+A Listener is built from its ListenerConfig plus the shared runtime parts (router, pools, access
+log). It owns the set of open client connections so shutdown can drain them: stop accepting,
+close idle connections, let busy ones finish their exchange (they then close instead of keeping
+alive), and abort whatever is left at the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from lbcdn.config.schema import ListenerConfig
+from lbcdn.edge.connection import ClientConnection
+from lbcdn.logs import AccessLog
+from lbcdn.metrics import RouteMetrics, listener_metrics, route_metrics
+from lbcdn.routing import Router
+from lbcdn.upstream.pool import Pool
+
+log = logging.getLogger("lbcdn.edge")
+
+
+class Listener:
+    def __init__(self, config: ListenerConfig, router: Router, pools: Mapping[str, Pool],
+                 access_log: AccessLog) -> None:
+        self.config = config
+        self.name = config.name
+        self.router = router
+        self.pools = pools
+        self.access_log = access_log
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[ClientConnection] = set()
+        self.metrics = listener_metrics(config.name)
+        self.id_header = config.request_id_header.encode()
+        self.id_header_lower = self.id_header.lower()
+        # request headers the exchange rewrites itself instead of copying
+        self.special_headers = frozenset({b"host", b"x-forwarded-for", b"x-forwarded-proto",
+                                          b"x-forwarded-port", b"via", self.id_header_lower})
+        self.port = config.port
+        self.port_bytes = str(config.port).encode()
+        self._route_metrics: dict[str, RouteMetrics] = {}
+        self._server: asyncio.AbstractServer | None = None
+
+    def route_metrics(self, route: str) -> RouteMetrics:
+        rm = self._route_metrics.get(route)
+        if rm is None:
+            rm = self._route_metrics[route] = route_metrics(self.name, route)
+        return rm
+
+    async def start(self) -> None:
+        self._server = await self.loop.create_server(
+            lambda: ClientConnection(self), self.config.address, self.config.port,
+            backlog=self.config.backlog, reuse_address=True)
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+        self.port_bytes = str(self.port).encode()
+        log.info("listener %s on %s:%d", self.name, self.config.address, self.port)
+
+    def connection_made(self, conn: ClientConnection) -> None:
+        self.connections.add(conn)
+        self.metrics.connection_opened()
+
+    def connection_lost(self, conn: ClientConnection) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.metrics.connection_closed()
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, deadline: float) -> None:
+        """Stop accepting and wait (until the loop time `deadline`) for connections to end."""
+        self.stop_accepting()
+        for conn in list(self.connections):
+            conn.drain()
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "address": self.config.address, "port": self.port,
+                "open_connections": len(self.connections)}

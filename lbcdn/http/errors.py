@@ -1,0 +1,42 @@
+"""Errors lbcdn answers itself, and the one place they turn into a status and bytes.
+
+Who was at fault decides the status: the client (400, 405, 408, 413, 414, 417, 431) or the
+upstream (502 bad response or reset, 503 nothing to send to, 504 too slow). Bodies are short, name
+lbcdn and the request id, and never carry internals (no exception text, no target addresses).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class HttpError(Exception):
+    """A request lbcdn answers itself with `status`. `detail` is safe to show the client."""
+
+    def __init__(self, status: int, detail: str = "", *, close: bool = True) -> None:
+        super().__init__(detail or str(status))
+        self.status = status
+        self.detail = detail
+        self.close = close
+
+
+def reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Unknown"
+
+
+def error_response(status: int, request_id: str, detail: str = "", *, close: bool = True,
+                   head_only: bool = False, extra_headers: bytes = b"",
+                   id_header: bytes = b"X-Request-Id") -> bytes:
+    """A complete HTTP/1.1 error response. `extra_headers` are ready-made header lines."""
+    phrase = reason(status)
+    body = b"%d %s%s\nlbcdn request id: %s\n" % (
+        status, phrase, (": " + detail).encode("ascii", "replace") if detail else b"",
+        request_id.encode("ascii", "replace"))
+    head = b"HTTP/1.1 %d %s\r\nServer: lbcdn\r\nContent-Type: text/plain; charset=utf-8\r\n" \
+           b"Content-Length: %d\r\n%s: %s\r\n%s%s\r\n" % (
+               status, phrase, len(body), id_header, request_id.encode("ascii", "replace"), extra_headers,
+               b"Connection: close\r\n" if close else b"")
+    return head if head_only else head + body

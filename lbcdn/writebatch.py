@@ -1,0 +1,87 @@
+"""Coalesce the writes one read causes into one send per socket.
+
+A proxied response usually arrives in one read: head and body. Written as they are produced, that
+is two or three send() calls to the client; each costs as much as parsing the whole response.
+While a batch is open (`with batch():` around a data_received), `Writer.write` only queues, and
+closing the batch sends each touched socket's bytes with one writelines(). The event loop runs one
+callback at a time, so one module-level batch is all that is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+
+class _Transport(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def writelines(self, data: list[bytes]) -> None: ...
+
+
+class Writer:
+    """Mixin for a protocol object: `write()` to its transport, batched when a batch is open.
+    The class using it sets `transport`, `closed` and `_pending` (None) in its __init__."""
+    transport: _Transport | None
+    closed: bool
+    _pending: list[bytes] | None
+
+    def write(self, data: bytes) -> None:
+        if _open:
+            pending = self._pending
+            if pending is None:
+                self._pending = [data]
+                _touched.append(self)
+            else:
+                pending.append(data)
+        elif self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        if _open:
+            pending = self._pending
+            if pending is None:
+                self._pending = list(parts)
+                _touched.append(self)
+            else:
+                pending.extend(parts)
+        elif self.transport is not None and not self.closed:
+            self.transport.writelines(parts)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending and self.transport is not None and not self.closed:
+            if len(pending) == 1:
+                self.transport.write(pending[0])
+            else:
+                self.transport.writelines(pending)
+
+
+_open = False
+_touched: list[Writer] = []
+
+
+def begin() -> bool:
+    """Open a batch; returns False when one is already open (the caller must not end it)."""
+    global _open
+    if _open:
+        return False
+    _open = True
+    return True
+
+
+def end() -> None:
+    global _open
+    _open = False
+    while _touched:
+        _touched.pop().flush()
+
+
+@contextmanager
+def batch() -> Iterator[None]:
+    owner = begin()
+    try:
+        yield
+    finally:
+        if owner:
+            end()
