@@ -449,6 +449,26 @@ async def test_head_over_64_kib_is_refused(conn: Conn) -> None:
     assert await at_eof(reader)
 
 
+async def test_one_endless_header_line_is_refused(conn: Conn) -> None:
+    reader, writer = conn
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: ")
+    for _ in range(40):  # 160 KiB in several reads, and never a line end
+        writer.write(b"v" * 4096)
+        await writer.drain()
+        await asyncio.sleep(0.001)
+    resp = await read_response(reader)
+    assert resp.status == 431
+
+
+async def test_many_pipelined_requests_in_one_write(conn: Conn) -> None:
+    reader, writer = conn
+    # Far more than 64 KiB of small requests at once: none of them is too large.
+    batch = b"".join(get(f"/{i}", "X-Pad: " + "p" * 200) for i in range(600))
+    writer.write(batch)
+    for i in range(600):
+        assert (await read_response(reader)).json()["path"] == f"/{i}"
+
+
 # --- WebSocket ------------------------------------------------------------------------------
 
 
