@@ -202,3 +202,154 @@ async def raw_exchange(port: int, data: bytes, *, read_timeout_s: float = 5.0,
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+
+# -- reading responses off a raw socket, and raw backends ----------------------------------------
+
+class RawResponse:
+    """One HTTP/1.x response as read off the wire by `read_response`."""
+
+    def __init__(self, version: str, status: int, reason: str, headers: list[tuple[str, str]],
+                 body: bytes, framing: str, interim: list[int]) -> None:
+        self.version = version
+        self.status = status
+        self.reason = reason
+        self.headers = headers        # as received, in order
+        self.body = body              # de-chunked when framing == "chunked"
+        self.framing = framing        # "length" | "chunked" | "close" | "none"
+        self.interim = interim        # statuses of the 1xx responses before this one
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name` (case-insensitive), or None."""
+        for n, v in self.headers:
+            if n.lower() == name.lower():
+                return v
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+    def names(self) -> set[str]:
+        """Lower-cased header names."""
+        return {n.lower() for n, _ in self.headers}
+
+    def __repr__(self) -> str:
+        return (f"RawResponse({self.status} {self.reason!r}, {self.headers!r}, "
+                f"{len(self.body)} body bytes, {self.framing})")
+
+
+async def read_response(reader: asyncio.StreamReader, method: str = "GET",
+                        timeout_s: float = 5.0) -> RawResponse:
+    """Read exactly one response (after any 1xx) with strict framing. Raises
+    asyncio.IncompleteReadError when the peer closes before the framing says the response
+    ended (a truncated body), ValueError on a malformed chunk, TimeoutError when slow."""
+    async with asyncio.timeout(timeout_s):
+        interim: list[int] = []
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head[:-4].decode("latin-1").split("\r\n")
+            version, status_text, *rest = lines[0].split(" ", 2)
+            status = int(status_text)
+            headers: list[tuple[str, str]] = []
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers.append((name, value.strip()))
+            if 100 <= status < 200 and status != 101:
+                interim.append(status)
+                continue
+            break
+        resp = RawResponse(version, status, rest[0] if rest else "", headers, b"", "none",
+                           interim)
+        if method == "HEAD" or status < 200 or status in (204, 304):
+            return resp
+        te = resp.header("Transfer-Encoding")
+        cl = resp.header("Content-Length")
+        if te is not None and te.strip().lower() == "chunked":
+            resp.framing = "chunked"
+            parts: list[bytes] = []
+            while True:
+                size_line = await reader.readuntil(b"\r\n")
+                size_text = size_line[:-2].split(b";", 1)[0]
+                if not size_text or any(c not in b"0123456789abcdefABCDEF" for c in size_text):
+                    raise ValueError(f"bad chunk size line {size_line!r}")
+                size = int(size_text, 16)
+                if size == 0:
+                    while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                        pass  # trailer fields
+                    break
+                parts.append(await reader.readexactly(size))
+                if await reader.readexactly(2) != b"\r\n":
+                    raise ValueError("chunk data not followed by CRLF")
+            resp.body = b"".join(parts)
+        elif cl is not None:
+            resp.framing = "length"
+            resp.body = await reader.readexactly(int(cl))
+        else:
+            resp.framing = "close"
+            resp.body = await reader.read(-1)
+        return resp
+
+
+async def wait_closed_by_peer(reader: asyncio.StreamReader, timeout_s: float = 5.0) -> bytes:
+    """Read until EOF (the peer closed); returns what arrived meanwhile. TimeoutError when the
+    peer keeps the connection open."""
+    async with asyncio.timeout(timeout_s):
+        return await reader.read(-1)
+
+
+@contextlib.asynccontextmanager
+async def raw_backend(handler: Any) -> AsyncIterator[int]:
+    """A misbehaving-backend helper: an asyncio server on 127.0.0.1 running
+    `await handler(reader, writer)` per connection; yields its port. Connections still open at
+    the end are closed, handler tasks cancelled."""
+    tasks: set[asyncio.Task[Any]] = set()
+    writers: set[asyncio.StreamWriter] = set()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        writers.add(writer)
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writers.discard(writer)
+            tasks.discard(task)
+            writer.close()
+
+    server = await asyncio.start_server(on_connect, HOST, 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        for writer in list(writers):
+            writer.transport.abort()
+        for task in list(tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 2)
+
+
+async def read_request(reader: asyncio.StreamReader, timeout_s: float = 5.0
+                       ) -> tuple[str, list[tuple[str, str]], bytes]:
+    """For raw backends: one request (line, headers, body de-chunked). IncompleteReadError
+    when the peer closes first."""
+    async with asyncio.timeout(timeout_s):
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head[:-4].decode("latin-1").split("\r\n")
+        headers = [(n, v.strip()) for n, _, v in (line.partition(":") for line in lines[1:])]
+        values = {n.lower(): v for n, v in headers}
+        body = b""
+        if values.get("transfer-encoding", "").lower() == "chunked":
+            parts: list[bytes] = []
+            while size := int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16):
+                parts.append(await reader.readexactly(size))
+                await reader.readexactly(2)
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                pass
+            body = b"".join(parts)
+        elif "content-length" in values:
+            body = await reader.readexactly(int(values["content-length"]))
+        return lines[0], headers, body
