@@ -353,3 +353,191 @@ async def read_request(reader: asyncio.StreamReader, timeout_s: float = 5.0
         elif "content-length" in values:
             body = await reader.readexactly(int(values["content-length"]))
         return lines[0], headers, body
+
+
+class RawResult:
+    """What `raw_request` saw: the bytes, and whether the server closed (EOF or reset) before
+    the timeout."""
+
+    def __init__(self, data: bytes, closed: bool, reset: bool, elapsed_s: float) -> None:
+        self.data = data
+        self.closed = closed
+        self.reset = reset
+        self.elapsed_s = elapsed_s
+
+    def __repr__(self) -> str:
+        return (f"RawResult(closed={self.closed}, reset={self.reset}, "
+                f"elapsed_s={self.elapsed_s:.2f}, data={self.data[:400]!r})")
+
+
+async def raw_request(port: int, data: bytes, *, read_timeout_s: float = 5.0) -> RawResult:
+    """Like `raw_exchange`, but also tells whether the server closed the connection."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    started = time.monotonic()
+    chunks: list[bytes] = []
+    closed = reset = False
+    try:
+        writer.write(data)
+        with contextlib.suppress(asyncio.TimeoutError):
+            async with asyncio.timeout(read_timeout_s):
+                try:
+                    await writer.drain()
+                    while chunk := await reader.read(65536):
+                        chunks.append(chunk)
+                    closed = True
+                except (ConnectionResetError, BrokenPipeError):
+                    closed = reset = True
+        return RawResult(b"".join(chunks), closed, reset, time.monotonic() - started)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+class ParsedResponse:
+    def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                 body: bytes, raw_head: bytes) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+        self.raw_head = raw_head
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of `name`, or None."""
+        values = self.header_list(name)
+        return values[-1] if values else None
+
+    def header_list(self, name: str) -> list[bytes]:
+        n = name.lower().encode()
+        return [v for k, v in self.headers if k.lower() == n]
+
+    def __repr__(self) -> str:
+        return f"ParsedResponse({self.status}, {self.headers!r}, {self.body[:200]!r})"
+
+
+class IncompleteResponse(Exception):
+    """The bytes end before the response does (a truncated body or head)."""
+
+
+def parse_responses(data: bytes, head_requests: set[int] = frozenset()  # type: ignore[assignment]
+                    ) -> list[ParsedResponse]:
+    """Split HTTP/1.1 response bytes into responses, framed the way a client must (interim
+    1xx, 204/304, HEAD by index in `head_requests` of final responses, Content-Length, chunked,
+    read-until-close). Raises IncompleteResponse when the data ends inside a framed message."""
+    out: list[ParsedResponse] = []
+    finals = 0
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\r\n\r\n", pos)
+        if end < 0:
+            raise IncompleteResponse(data[pos:pos + 200])
+        raw_head = data[pos:end + 4]
+        lines = data[pos:end].split(b"\r\n")
+        version, status_s, *rest = lines[0].split(b" ", 2)
+        if not version.startswith(b"HTTP/1.") or not status_s.isdigit():
+            raise ValueError(f"bad status line {lines[0]!r}")
+        status = int(status_s)
+        headers = []
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers.append((name, value.strip(b" \t")))
+        pos = end + 4
+        names = {k.lower(): v for k, v in headers}
+        if 100 <= status < 200 and status != 101:
+            out.append(ParsedResponse(status, rest[0] if rest else b"", headers, b"", raw_head))
+            continue
+        if status in (101, 204, 304) or finals in head_requests:
+            body = b""
+        elif b"transfer-encoding" in names:
+            parts = []
+            while True:
+                line_end = data.find(b"\r\n", pos)
+                if line_end < 0:
+                    raise IncompleteResponse(data[pos:pos + 200])
+                size = int(data[pos:line_end].split(b";")[0], 16)
+                pos = line_end + 2
+                if size == 0:
+                    trailer_end = data.find(b"\r\n", pos)
+                    while trailer_end != pos:
+                        if trailer_end < 0:
+                            raise IncompleteResponse(data[pos:pos + 200])
+                        pos = trailer_end + 2
+                        trailer_end = data.find(b"\r\n", pos)
+                    pos += 2
+                    break
+                if len(data) < pos + size + 2:
+                    raise IncompleteResponse(data[pos:pos + 200])
+                parts.append(data[pos:pos + size])
+                if data[pos + size:pos + size + 2] != b"\r\n":
+                    raise ValueError("chunk data not followed by CRLF")
+                pos += size + 2
+            body = b"".join(parts)
+        elif b"content-length" in names:
+            n = int(names[b"content-length"])
+            if len(data) < pos + n:
+                raise IncompleteResponse(data[pos:pos + 200])
+            body = data[pos:pos + n]
+            pos += n
+        else:
+            body = data[pos:]
+            pos = len(data)
+        out.append(ParsedResponse(status, rest[0] if rest else b"", headers, body, raw_head))
+        finals += 1
+    return out
+
+
+class RawClient:
+    """One client connection speaking raw HTTP/1.x, for exact requests and exact reading:
+    `await RawClient.open(port)`, `await c.request(...)` -> RawResponse, `await c.close()`."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int, timeout_s: float = 5.0) -> RawClient:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(HOST, port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def request(self, method: str = "GET", target: str = "/",
+                      headers: list[tuple[str, str]] | None = None, body: bytes = b"",
+                      version: str = "1.1", host: str | None = "test.local",
+                      timeout_s: float = 5.0) -> RawResponse:
+        """Send one request (Host first unless `host` is None; Content-Length added for a
+        body unless `headers` frame it) and read its response."""
+        lines = [f"{method} {target} HTTP/{version}"]
+        if host is not None:
+            lines.append(f"Host: {host}")
+        given = [(n, v) for n, v in (headers or [])]
+        names = {n.lower() for n, _ in given}
+        if body and "content-length" not in names and "transfer-encoding" not in names:
+            given.append(("Content-Length", str(len(body))))
+        lines += [f"{n}: {v}" for n, v in given]
+        await self.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        return await read_response(self.reader, method, timeout_s)
+
+    async def response(self, method: str = "GET", timeout_s: float = 5.0) -> RawResponse:
+        return await read_response(self.reader, method, timeout_s)
+
+    async def closed_by_peer(self, timeout_s: float = 2.0) -> bool:
+        """True when the peer closes (EOF or reset) within the time, with no stray bytes."""
+        try:
+            data = await wait_closed_by_peer(self.reader, timeout_s)
+        except TimeoutError:
+            return False
+        except ConnectionError:
+            return True
+        if data:
+            raise AssertionError(f"bytes after the response: {data[:200]!r}")
+        return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
