@@ -78,6 +78,24 @@ async def test_503_when_the_pool_has_only_weight_zero_targets() -> None:
             assert rid != "mine-1"
 
 
+async def test_error_to_http10_keep_alive_client_is_consistent() -> None:
+    # RFC 9112 9.3: an HTTP/1.0 connection persists only when the response says keep-alive;
+    # an error that keeps the connection open must say so, or close it.
+    cfg = proxy_config()
+    cfg["pools"]["app"]["targets"] = [{"host": HOST, "port": free_port(), "weight": 0}]
+    async with running_daemon(cfg), client(listener_port(cfg)) as c:
+        resp = await c.request("GET", "/", version="1.0", host=None,
+                               headers=[("Connection", "keep-alive")])
+        assert resp.status == 503
+        if resp.header("Connection") == "keep-alive":
+            again = await c.request("GET", "/", version="1.0", host=None,
+                                    headers=[("Connection", "keep-alive")])
+            assert again.status == 503
+        else:
+            assert await c.closed_by_peer(2.0), \
+                f"no keep-alive in {resp.headers} yet the connection stays open"
+
+
 async def test_error_uses_the_custom_request_id_header() -> None:
     cfg = proxy_config(free_port())
     cfg["listeners"][0]["request_id_header"] = "X-Trace-Id"

@@ -594,6 +594,81 @@ async def test_backend_chunk_extensions_and_trailers_are_reframed() -> None:
                 assert resp.body == b"hello world"
 
 
+def _scripted_backend(responses: list[bytes], linger_s: float = 1.0) -> Any:
+    """A backend answering the n-th request of each connection with responses[n] (the last
+    one repeats), and recording which connection each request came on. It never closes first
+    (until linger_s of silence), so reuse is the proxy's decision alone."""
+    seen: list[tuple[int, str]] = []
+    count = [0]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = count[0]
+        count[0] += 1
+        n = 0
+        while True:
+            try:
+                line, _, _ = await read_request(reader, timeout_s=linger_s)
+            except TimeoutError:
+                return
+            seen.append((index, line.split(" ")[1]))
+            writer.write(responses[min(n, len(responses) - 1)])
+            await writer.drain()
+            n += 1
+
+    handler.seen = seen  # type: ignore[attr-defined]
+    return handler
+
+
+@pytest.mark.parametrize("first", [
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\nETag: \"v1\"\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 99\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+])
+async def test_no_body_status_with_framing_headers_does_not_wait_for_a_body(
+        first: bytes) -> None:
+    handler = _scripted_backend([first, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+    async with raw_backend(handler) as backend:
+        cfg = proxy_config(backend)
+        async with running_daemon(cfg), client(listener_port(cfg)) as c:
+            resp = await c.request("GET", "/cond", timeout_s=2)
+            assert resp.status == int(first[9:12])
+            second = await c.request("GET", "/next", timeout_s=2)
+            assert second.status == 200 and second.body == b"ok"
+    # the 204/304 ended at its head, so the same upstream connection carried the next request
+    assert handler.seen == [(0, "/cond"), (0, "/next")]
+
+
+@pytest.mark.parametrize("response", [
+    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+])
+async def test_backend_response_that_ends_the_connection_is_not_reused(response: bytes) -> None:
+    # RFC 9112 9.3: HTTP/1.0 without keep-alive, or Connection: close, ends the connection
+    # after this response, even if the backend is slow to actually close it.
+    handler = _scripted_backend([response])
+    async with raw_backend(handler) as backend:
+        cfg = proxy_config(backend)
+        async with running_daemon(cfg), client(listener_port(cfg)) as c:
+            for path in ("/1", "/2"):
+                resp = await c.request("GET", path, timeout_s=3)
+                assert resp.status == 200 and resp.body == b"ok"
+    assert handler.seen == [(0, "/1"), (1, "/2")]
+
+
+async def test_http10_keep_alive_backend_response_is_reused() -> None:
+    handler = _scripted_backend(
+        [b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"])
+    async with raw_backend(handler) as backend:
+        cfg = proxy_config(backend)
+        async with running_daemon(cfg), client(listener_port(cfg)) as c:
+            for path in ("/1", "/2"):
+                resp = await c.request("GET", path, timeout_s=3)
+                assert resp.status == 200 and resp.body == b"ok"
+                assert "connection" not in resp.names() or \
+                    resp.header("Connection") == "keep-alive"
+    assert handler.seen == [(0, "/1"), (0, "/2")]
+
+
 async def test_client_connection_close_keeps_the_upstream_connection() -> None:
     async with proxy() as (port, _, _):
         async with client(port) as c:

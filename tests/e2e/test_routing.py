@@ -127,6 +127,15 @@ async def test_forward_route_reaches_the_pool_with_query() -> None:
         assert json.loads(resp.body)["query"] == "limit=5"
 
 
+async def test_absolute_form_authority_is_the_host_for_routing() -> None:
+    # RFC 9112 3.2.2: with an absolute-form target the Host header is ignored
+    async with routed(FORWARD_DEFAULT) as (_, c):
+        resp = await c.request("GET", "http://exact.example/z", host="other.example")
+        assert body_of(resp) == "exact\n"
+        resp = await c.request("GET", "http://other.example/z", host="exact.example")
+        assert backend_path(resp) == "/z"
+
+
 async def test_path_routing_ignores_the_query() -> None:
     async with routed(None) as (_, c):
         resp = await c.request("GET", "/assets/a.css?v=3")
