@@ -367,6 +367,30 @@ async def test_request_with_a_body_over_64k_is_not_replayed() -> None:
     assert [(i, p) for i, p, _ in flaky.seen] == [(0, "/first"), (0, "/big")]
 
 
+async def test_retry_happens_only_once() -> None:
+    seen: list[tuple[int, str]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = max((i for i, _ in seen), default=-1) + 1
+        while True:
+            line, _, _ = await read_request(reader)
+            seen.append((index, line.split(" ")[1]))
+            if len(seen) == 1:
+                writer.write(ok_response(b"{}"))
+                await writer.drain()
+            else:
+                writer.close()  # every later request: closed unanswered
+                return
+
+    async with raw_backend(handler) as backend:
+        cfg = proxy_config(backend)
+        async with running_daemon(cfg), client(listener_port(cfg)) as c:
+            assert (await c.request("GET", "/first")).status == 200
+            resp = await c.request("GET", "/second")
+            assert_lbcdn_error(resp, 502)
+    assert seen == [(0, "/first"), (0, "/second"), (1, "/second")]
+
+
 async def test_no_retry_on_a_fresh_connection_that_fails() -> None:
     attempts = []
 

@@ -295,6 +295,14 @@ async def test_invalid_client_request_id_is_replaced(bad: str) -> None:
         assert len(ids) == 1 and ids[0] != bad and ids[0]
 
 
+async def test_two_client_request_ids_forward_exactly_one() -> None:
+    async with proxy() as (port, _, _), client(port) as c:
+        data = echo(await c.request("GET", "/", headers=[("X-Request-Id", "first-id"),
+                                                         ("X-Request-Id", "second-id")]))
+        ids = seen(data, "X-Request-Id")
+        assert len(ids) == 1 and ids[0] in ("first-id", "second-id")
+
+
 async def test_custom_request_id_header() -> None:
     async with proxy(listener={"request_id_header": "X-Trace-Id"}) as (port, _, _), \
             client(port) as c:
