@@ -1,0 +1,172 @@
+"""`config/default.yaml` (what `make run` starts) really works: the daemon runs it, with its
+ports moved to free ones, and the README's curl commands get what the README says.
+
+The port rewrite keeps the file's own wiring: every port number is replaced by the same new
+port wherever it appears (a demo backend's `port` and the pool target `127.0.0.1:9001` that
+points at it move together).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.harness import DaemonProcess, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT = REPO / "config" / "default.yaml"
+_HOST_PORT = re.compile(r"^(\[[^\]]+\]|[^:\[\]]+):(\d+)$")
+
+
+def rewrite_ports(config: Any, ports: dict[int, int]) -> Any:
+    """A copy of `config` with each port number mapped to a free port (the same old port
+    always to the same new one): `port:` values and `host:port` target strings."""
+    def new(old: int) -> int:
+        if old not in ports:
+            ports[old] = free_port()
+        return ports[old]
+
+    if isinstance(config, dict):
+        out: dict[str, Any] = {}
+        for key, value in config.items():
+            if key == "port" and isinstance(value, int) and value != 0:
+                out[key] = new(value)
+            elif key == "port" and isinstance(value, str) and value.isdigit():
+                out[key] = new(int(value))
+            elif key == "address" and isinstance(value, str) and _HOST_PORT.match(value):
+                m = _HOST_PORT.match(value)
+                assert m is not None
+                out[key] = f"{m.group(1)}:{new(int(m.group(2)))}"
+            else:
+                out[key] = rewrite_ports(value, ports)
+        return out
+    if isinstance(config, list):
+        return [rewrite_ports(item, ports) for item in config]
+    if isinstance(config, str):
+        m = _HOST_PORT.match(config)
+        if m is not None:
+            return f"{m.group(1)}:{new(int(m.group(2)))}"
+    return config
+
+
+def test_rewrite_ports_keeps_targets_in_step() -> None:
+    ports: dict[int, int] = {}
+    out = rewrite_ports({"demo_backends": [{"name": "a", "port": 9001}],
+                         "pools": {"p": {"targets": ["127.0.0.1:9001",
+                                                     {"host": "127.0.0.1", "port": 9002},
+                                                     {"address": "[::1]:9001"}]}},
+                         "admin": {"port": 9901}}, ports)
+    assert set(ports) == {9001, 9002, 9901}
+    assert out["demo_backends"][0]["port"] == ports[9001]
+    assert out["pools"]["p"]["targets"] == [f"127.0.0.1:{ports[9001]}",
+                                            {"host": "127.0.0.1", "port": ports[9002]},
+                                            {"address": f"[::1]:{ports[9001]}"}]
+    assert out["admin"]["port"] == ports[9901]
+
+
+@pytest.fixture(scope="module")
+def default_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonProcess,
+                                                                                dict[int, int]]]:
+    assert DEFAULT.exists(), f"{DEFAULT} is missing (make run starts it)"
+    original = yaml.safe_load(DEFAULT.read_text())
+    ports: dict[int, int] = {}
+    config = rewrite_ports(original, ports)
+    assert {8080, 9901} <= set(ports), f"default.yaml no longer uses 8080/9901: {ports}"
+    daemon = DaemonProcess(config, tmp_path_factory.mktemp("default-config"))
+    try:
+        yield daemon, ports
+    finally:
+        code = daemon.stop()
+        assert code == 0, daemon.stderr()
+
+
+def curl(*args: str) -> str:
+    result = subprocess.run(["curl", "-s", "--max-time", "10", *args], capture_output=True,
+                            text=True, timeout=20)
+    assert result.returncode == 0, (args, result.returncode, result.stderr)
+    return result.stdout
+
+
+def base(ports: dict[int, int]) -> str:
+    return f"http://127.0.0.1:{ports[8080]}"
+
+
+def test_fixed_response_hello(default_daemon: tuple[DaemonProcess, dict[int, int]]) -> None:
+    _, ports = default_daemon
+    out = curl("-w", "\n%{http_code} %{content_type}", f"{base(ports)}/hello")
+    assert out == "hello from lbcdn\n\n200 text/plain"
+
+
+def test_redirect(default_daemon: tuple[DaemonProcess, dict[int, int]]) -> None:
+    _, ports = default_daemon
+    out = curl("-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+               f"{base(ports)}/old/guide.html?x=1")
+    assert out == f"301 {base(ports)}/docs/old/guide.html?x=1"
+
+
+def test_proxied_round_robin_over_both_demo_backends(
+        default_daemon: tuple[DaemonProcess, dict[int, int]]) -> None:
+    _, ports = default_daemon
+    seen = []
+    for _ in range(4):
+        answer = json.loads(curl(f"{base(ports)}/anything?q=1"))
+        assert answer["path"] == "/anything"
+        assert answer["query"] == "q=1"
+        seen.append(answer["backend"])
+    assert sorted(seen) == ["app-1", "app-1", "app-2", "app-2"]
+    assert seen[0] != seen[1]
+
+
+def test_status_and_headers_come_through(
+        default_daemon: tuple[DaemonProcess, dict[int, int]]) -> None:
+    _, ports = default_daemon
+    assert curl("-o", "/dev/null", "-w", "%{http_code}", f"{base(ports)}/status/503") == "503"
+    head = curl("-D", "-", "-o", "/dev/null", f"{base(ports)}/status/200")
+    assert head.startswith("HTTP/1.1 200 ")
+    assert re.search(r"(?im)^x-backend: app-[12]$", head), head
+
+
+def test_download_and_upload_with_curl(default_daemon: tuple[DaemonProcess, dict[int, int]],
+                                       tmp_path: Path) -> None:
+    _, ports = default_daemon
+    out = tmp_path / "bytes.bin"
+    code = curl("-o", str(out), "-w", "%{http_code}", f"{base(ports)}/bytes/1048576")
+    assert code == "200"
+    assert out.read_bytes() == b"0123456789abcdef" * 65536
+    answer = json.loads(curl("--data-binary", f"@{out}", f"{base(ports)}/sink"))
+    assert answer["body_bytes"] == 1048576
+
+
+def test_admin_health_and_metrics(default_daemon: tuple[DaemonProcess, dict[int, int]]) -> None:
+    _, ports = default_daemon
+    admin = f"http://127.0.0.1:{ports[9901]}"
+    assert json.loads(curl(f"{admin}/healthz")) == {"status": "ok"}
+    curl(f"{base(ports)}/hello")
+    metrics = curl("-w", "\n%{http_code}", f"{admin}/metrics")
+    assert metrics.endswith("\n200")
+    assert "# TYPE" in metrics
+
+
+def test_access_log_lines(default_daemon: tuple[DaemonProcess, dict[int, int]]) -> None:
+    """The default config logs each request as one JSON line (to stdout)."""
+    daemon, ports = default_daemon
+    curl("-H", "X-Request-Id: default-config-test", f"{base(ports)}/hello")
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in daemon.stdout().splitlines() if line.strip()]
+        hits = [e for e in lines if e.get("request_id") == "default-config-test"]
+        if hits:
+            break
+        time.sleep(0.05)
+    assert len(hits) == 1, daemon.stdout()[-2000:]
+    entry = hits[0]
+    assert (entry["method"], entry["path"], entry["status"], entry["route"]) == \
+        ("GET", "/hello", 200, "hello")
