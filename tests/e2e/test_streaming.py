@@ -154,6 +154,30 @@ def read_pattern_body(sock: socket.socket, n: int, rest: bytes,
     return checker
 
 
+def read_chunked_pattern_body(sock: socket.socket, rest: bytes) -> int:
+    """Read a chunked body to its last chunk, checking the framing strictly and the data
+    against the pattern; returns the data byte count. Nothing may follow the last chunk."""
+    checker = PatternChecker()
+    buf = bytearray(rest)
+    deadline = time.monotonic() + TRANSFER_DEADLINE_S
+    while True:
+        while b"\r\n" not in buf:
+            chunk = sock.recv(MIB)
+            assert chunk, "connection closed inside a chunk size line"
+            buf += chunk
+        line, _, after = bytes(buf).partition(b"\r\n")
+        assert line and all(c in b"0123456789abcdef" for c in line), line[:40]
+        size = int(line, 16)
+        body = read_exact(sock, size + 2, after[:size + 2])
+        assert body[size:] == b"\r\n"
+        buf = bytearray(after[size + 2:])
+        if size == 0:
+            assert buf == b""
+            return checker.total
+        checker.feed(memoryview(body)[:size])
+        assert time.monotonic() < deadline, "transfer too slow"
+
+
 def report(what: str, nbytes: int, elapsed: float, sampler: RssSampler) -> None:
     print(f"\n{what}: {nbytes / MIB:.0f} MiB in {elapsed:.2f} s = "
           f"{nbytes / MIB / elapsed:.0f} MiB/s; daemon RSS {sampler.baseline_kib // 1024} MiB "
@@ -224,25 +248,7 @@ def test_chunked_download_256mib_is_rechunked_with_bounded_rss(
         assert status == 200
         assert headers.get("transfer-encoding") == "chunked"
         assert "content-length" not in headers
-        checker = PatternChecker()
-        buf = bytearray(rest)
-        while True:
-            while b"\r\n" not in buf:
-                chunk = sock.recv(65536)
-                assert chunk, "closed inside a chunk size line"
-                buf += chunk
-            line, _, after = bytes(buf).partition(b"\r\n")
-            assert line and all(c in b"0123456789abcdef" for c in line), line[:40]
-            size = int(line, 16)
-            body = read_exact(sock, size + 2, after[:size + 2])
-            extra = after[size + 2:]
-            assert body[size:] == b"\r\n"
-            if size == 0:
-                assert extra == b""
-                break
-            checker.feed(memoryview(body)[:size])
-            buf = bytearray(extra)
-        assert checker.total == n
+        assert read_chunked_pattern_body(sock, rest) == n
         assert_keep_alive_works(sock)
     assert sampler.growth_kib() < RSS_GROWTH_MAX_KIB, sampler.growth_kib()
 
@@ -310,6 +316,70 @@ def test_slow_reader_pauses_upstream_and_rss_stays_bounded(
           f"overall {sampler.growth_kib() / 1024:.1f} MiB")
     assert paused_growth < RSS_GROWTH_MAX_KIB, paused_growth
     assert sampler.growth_kib() < RSS_GROWTH_MAX_KIB, sampler.growth_kib()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_full_duplex_echo_256mib(proxy_process: DaemonProcess, chunked: bool) -> None:
+    """/echo answers while the body is still arriving: the client sends and reads at the same
+    time, and the daemon must keep both directions moving without buffering either."""
+    port = listener_port(proxy_process.config)
+    n = 256 * MIB
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % n
+    errors: list[BaseException] = []
+    with connect(port, timeout_s=20) as sock, RssSampler(proxy_process) as sampler:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\n" + framing + b"\r\n\r\n")
+
+        def send_body() -> None:
+            try:
+                _send_pattern(sock, n, chunked=chunked)
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+
+        sender = threading.Thread(target=send_body, daemon=True)
+        sender.start()
+        status, headers, rest = read_head(sock)
+        assert status == 200
+        if chunked:
+            assert headers.get("transfer-encoding") == "chunked"
+            assert read_chunked_pattern_body(sock, rest) == n
+        else:
+            assert headers["content-length"] == str(n)
+            read_pattern_body(sock, n, rest)
+        sender.join(20)
+        assert not sender.is_alive()
+        assert not errors, errors
+        assert_keep_alive_works(sock)
+    assert sampler.growth_kib() < RSS_GROWTH_MAX_KIB, sampler.growth_kib()
+
+
+async def test_client_leaving_mid_download_closes_the_upstream_connection() -> None:
+    """A client that disconnects during a big response: the backend connection is closed
+    (not returned to the pool half-read, not left streaming into nowhere)."""
+    async with demo_backend() as backend_port:
+        config = proxy_config(backend_port)
+        async with running_daemon(config) as daemon:
+            reader, writer = await asyncio.open_connection(HOST, listener_port(config))
+            writer.write(b"GET /bytes/%d HTTP/1.1\r\nHost: t\r\n\r\n" % GIB)
+            async with asyncio.timeout(5):
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(MIB)
+            writer.transport.abort()
+            pool = daemon.pools["app"]
+            async with asyncio.timeout(3):
+                while True:
+                    target = pool.describe()["targets"][0]  # type: ignore[index]
+                    if target["open_connections"] == 0 and target["in_flight"] == 0:
+                        break
+                    await asyncio.sleep(0.02)
+            assert target["idle_connections"] == 0
+            # and the daemon still serves
+            reader, writer = await asyncio.open_connection(HOST, listener_port(config))
+            writer.write(b"GET /status/200 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            async with asyncio.timeout(3):
+                data = await reader.read(-1)
+            writer.close()
+            assert data.startswith(b"HTTP/1.1 200 "), data
 
 
 # -- curl, a real client -----------------------------------------------------------------
