@@ -34,6 +34,7 @@ class Daemon:
         self.admin: AdminServer | None = None
         self.demo_servers: list[asyncio.AbstractServer] = []
         self._draining = False
+        self._stopped = False
         self._stop = asyncio.Event()
 
     @property
@@ -48,6 +49,15 @@ class Daemon:
         }
 
     async def start(self) -> None:
+        """Start everything, or (when a port is taken, say) nothing: what had started is
+        stopped again before the error propagates."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         config = self.config
         self.access_log.start()
         for backend in config.demo_backends:
@@ -78,6 +88,9 @@ class Daemon:
         await self.stop()
 
     async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         self._draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.shutdown.drain_timeout_s
@@ -102,7 +115,6 @@ async def _main(config: Config) -> int:
         await daemon.start()
     except OSError as exc:
         log.error("could not start: %s", exc)
-        await daemon.stop()
         return 1
     await daemon.run_until_stopped()
     return 0

@@ -48,6 +48,22 @@ class Writer:
         elif self.transport is not None and not self.closed:
             self.transport.writelines(parts)
 
+    def mark(self) -> tuple[list[bytes], int] | None:
+        """Where the next write will land, for `rewind`; None when it goes out at once."""
+        if not _open:
+            return None
+        if self._pending is None:
+            self._pending = []
+            _touched.append(self)
+        return self._pending, len(self._pending)
+
+    def rewind(self, mark: tuple[list[bytes], int] | None) -> bool:
+        """Drop what was written since `mark`, if none of it was sent yet."""
+        if mark is None or mark[0] is not self._pending:
+            return False
+        del mark[0][mark[1]:]
+        return True
+
     def flush(self) -> None:
         pending, self._pending = self._pending, None
         if pending and self.transport is not None and not self.closed:

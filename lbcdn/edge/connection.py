@@ -43,6 +43,16 @@ MAX_PIPELINED = 16
 MAX_BUFFERED_BODY = 256 * 1024
 
 
+def _version(version: str) -> bytes:
+    if version == "1.1":
+        return b"1.1"
+    if version == "1.0":
+        return b"1.0"
+    if version[:1] > "1":
+        raise HttpError(505, "HTTP version not supported")
+    raise HttpError(400, "unsupported HTTP version")  # HTTP/0.9 simple requests
+
+
 class ClientConnection(Writer, asyncio.Protocol):
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
@@ -51,6 +61,7 @@ class ClientConnection(Writer, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._pending: list[bytes] | None = None
         self.client_ip = ""
+        self.client_ip_bytes = b""
         self.client_port = 0
         self.parser = httptools.HttpRequestParser(self)
         self.deadline = Deadline(self.loop, self._timed_out)
@@ -60,6 +71,7 @@ class ClientConnection(Writer, asyncio.Protocol):
         self.draining = False
         self.write_paused = False
         self.tunnel: Exchange | None = None
+        self.eof = False
         self._pause = 0
         self._in_head = False
         self._head_started = 0.0
@@ -83,6 +95,7 @@ class ClientConnection(Writer, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip, self.client_port = peer[0], peer[1]
+            self.client_ip_bytes = self.client_ip.encode()
         self.listener.connection_made(self)
         self.deadline.set(self.config.idle_timeout_s)
 
@@ -140,9 +153,13 @@ class ClientConnection(Writer, asyncio.Protocol):
             self.deadline.set(self.config.body_timeout_s)
 
     def eof_received(self) -> bool | None:
-        # A client that half-closes after its request still gets the answer (keep the
-        # transport open for writing) unless nothing is in progress.
-        if self.exchanges or self.tunnel is not None:
+        # A client that half-closes after its requests still gets the answers (keep the
+        # transport open for writing); a tunnel passes the half-close on to the backend.
+        self.eof = True
+        if self.tunnel is not None:
+            self.tunnel.client_eof()
+            return True
+        if self.exchanges:
             return True
         return None
 
@@ -198,9 +215,9 @@ class ClientConnection(Writer, asyncio.Protocol):
         try:
             head = check_request(
                 parser.get_method(), b"".join(self._url),
-                b"1.1" if parser.get_http_version() == "1.1" else b"1.0",
+                _version(parser.get_http_version()),
                 self._headers, parser.should_keep_alive(), parser.should_upgrade(),
-                self.listener.id_header_lower)
+                self.listener.header_kinds)
         except HttpError as err:
             self._error = err
             raise
@@ -246,7 +263,7 @@ class ClientConnection(Writer, asyncio.Protocol):
         """The active exchange has written its whole response and read its whole request."""
         assert self.exchanges and self.exchanges[0] is ex
         self.exchanges.popleft()
-        if not keep_alive or self.draining:
+        if not keep_alive or self.draining or (self.eof and not self.exchanges):
             self.close()
             return
         self.resume(PAUSE_PIPELINE)

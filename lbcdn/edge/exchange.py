@@ -24,8 +24,9 @@ from itertools import count
 from typing import TYPE_CHECKING
 
 from lbcdn.config.schema import FixedResponseAction, ForwardAction, RedirectAction, RouteConfig
+from lbcdn.http.date import http_date
 from lbcdn.http.errors import HttpError, error_response, reason
-from lbcdn.http.head import HOP_BY_HOP, RequestHead, ResponseHead, response_has_body
+from lbcdn.http.head import RequestHead, ResponseHead, response_has_body
 from lbcdn.routing import redirect_location
 from lbcdn.tasks import spawn
 from lbcdn.upstream.pool import ConnectError, Pool, Target
@@ -40,8 +41,7 @@ MAX_TUNNEL_BUFFER = 1024 * 1024
 _id_prefix = os.urandom(4).hex()
 _id_counter = count(1)
 
-_ERROR_HEAD = RequestHead(b"-", b"-", b"-", None, b"1.1", [], b"", None, False, False, None,
-                          False, set(), None)
+_ERROR_HEAD = RequestHead(b"-", b"-", b"-", None, b"1.1", [], b"")
 
 
 def new_request_id() -> str:
@@ -60,45 +60,45 @@ def split_host(value: str) -> tuple[str, int | None]:
 
 
 class Exchange:
-    __slots__ = (
-        "conn", "head", "listener", "started", "request_id", "route", "error", "body_done",
-        "body_buf", "body_bytes", "discard", "upstream", "pool", "target", "status",
-        "response_started", "response_done", "resp_chunked", "keep_alive", "bytes_out",
-        "sent_at", "upstream_time", "replay", "replay_bytes", "retried", "upgrade_pending",
-        "tunnel_buf", "finished", "reused_conn",
-    )
+    # Class-level defaults: an exchange is created per request, and most of its state keeps
+    # the default for most requests; only what differs is stored on the instance.
+    route: RouteConfig | None = None
+    error: HttpError | None = None
+    discard = False
+    upstream: UpstreamConnection | None = None
+    pool: Pool | None = None
+    target: Target | None = None
+    status = 0
+    response_started = False
+    response_done = False
+    resp_chunked = False
+    bytes_out = 0
+    body_bytes = 0
+    sent_at = 0.0
+    upstream_time: float | None = None
+    replay_bytes = 0
+    retried = False
+    finished = False
+    reused_conn = False
+    upgrade_pending = False
+    out_mark: tuple[list[bytes], int] | None = None
 
     def __init__(self, conn: ClientConnection, head: RequestHead, started: float) -> None:
         self.conn = conn
         self.head = head
         self.listener = conn.listener
         self.started = started
-        self.request_id = head.request_id.decode() if head.request_id else new_request_id()
-        self.route: RouteConfig | None = None
-        self.error: HttpError | None = None
-        self.body_done = not head.has_body
+        rid = head.request_id
+        self.request_id = rid.decode() if rid else new_request_id()
+        self.body_done = not (head.chunked or head.content_length)
         self.body_buf: list[bytes] = []
-        self.body_bytes = 0
-        self.discard = False
-        self.upstream: UpstreamConnection | None = None
-        self.pool: Pool | None = None
-        self.target: Target | None = None
-        self.status = 0
-        self.response_started = False
-        self.response_done = False
-        self.resp_chunked = False
         # an upgrade request's connection cannot carry another request unless it switches
-        self.keep_alive = head.keep_alive and head.upgrade is None
-        self.bytes_out = 0
-        self.sent_at = 0.0
-        self.upstream_time: float | None = None
+        self.keep_alive = head.keep_alive
         self.replay: list[bytes] | None = []
-        self.replay_bytes = 0
-        self.retried = False
-        self.upgrade_pending = head.upgrade is not None
-        self.tunnel_buf: list[bytes] = []
-        self.finished = False
-        self.reused_conn = False
+        if head.upgrade is not None:
+            self.keep_alive = False
+            self.upgrade_pending = True
+            self.tunnel_buf: list[bytes] = []
 
     @classmethod
     def for_error(cls, conn: ClientConnection, err: HttpError, started: float) -> Exchange:
@@ -147,7 +147,8 @@ class Exchange:
     # -- local answers --------------------------------------------------------------------
     def respond_local(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self._end_request_early()
-        parts = [b"HTTP/1.1 %d %s\r\nServer: lbcdn\r\n" % (status, reason(status))]
+        parts = [b"HTTP/1.1 %d %s\r\nServer: lbcdn\r\nDate: %s\r\n" % (
+            status, reason(status), http_date())]
         for name, value in headers:
             parts += [name, b": ", value, b"\r\n"]
         if response_has_body(b"GET", status):
@@ -165,22 +166,38 @@ class Exchange:
         self._maybe_finish()
 
     def respond_error(self, err: HttpError) -> None:
-        if self.response_started:
-            self._abort()
+        if self.response_started and not self._unsend_response():
+            self._abort()  # part of the response is on its way: only closing can tell
             return
         self._end_request_early()
         if err.close:
             self.keep_alive = False
-        close = not self.keep_alive or self.conn.draining
-        data = error_response(err.status, self.request_id, err.detail, close=close,
+        if not self.keep_alive or self.conn.draining:
+            self.keep_alive = False
+            connection = b"close"
+        else:
+            connection = b"keep-alive" if self.head.version == b"1.0" else b""
+        data = error_response(err.status, self.request_id, err.detail, connection=connection,
                               head_only=self.head.method == b"HEAD",
-                              id_header=self.listener.id_header)
+                              extra_headers=err.headers, id_header=self.listener.id_header)
         self.status = err.status
         self.response_started = True
         self.bytes_out += len(data)
         self.conn.write(data)
         self.response_done = True
         self._maybe_finish()
+
+    def _unsend_response(self) -> bool:
+        """Take back the response written so far, if it is all still in the write batch (a
+        backend that sends a good head and a broken body in one packet then gets a 502)."""
+        mark = self.out_mark
+        if mark is None or not self.conn.rewind(mark):
+            return False
+        self.out_mark = None
+        self.response_started = False
+        self.resp_chunked = False
+        self.bytes_out = 0
+        return True
 
     def _end_request_early(self) -> None:
         """A final response goes out before the request body was read: drop what is left of
@@ -258,43 +275,30 @@ class Exchange:
     def _upstream_head(self, target: Target) -> bytes:
         head = self.head
         listener = self.listener
-        parts = [head.method, b" ", head.target, b" HTTP/1.1\r\nHost: "]
-        mode = self.pool.host_header if self.pool is not None else b"preserve"
+        pool = self.pool
+        mode = pool.host_header if pool is not None else b"preserve"
         if mode == b"preserve":
-            parts.append(head.host or target.key.encode())
+            host = head.host or target.key_bytes
         elif mode == b"target":
-            parts.append(target.key.encode())
+            host = target.key_bytes
         else:
-            parts.append(mode)
-        parts.append(b"\r\n")
-        xff: list[bytes] = []
-        via: list[bytes] = []
-        skip = head.drop
-        special = listener.special_headers
-        for name, value in head.headers:
-            n = name.lower()
-            if n in skip:
-                continue
-            if n in special:
-                if n == b"x-forwarded-for":
-                    xff.append(value)
-                elif n == b"via":
-                    via.append(value)
-                continue  # host, x-forwarded-proto/port and the request id are set below
-            parts += [name, b": ", value, b"\r\n"]
+            host = mode
+        parts = [head.method, b" ", head.target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+        parts += head.fwd
         mode_xff = listener.config.x_forwarded_for
         if mode_xff == "append":
-            xff.append(self.conn.client_ip.encode())
-        if xff and mode_xff != "remove":
-            parts += [b"X-Forwarded-For: ", b", ".join(xff), b"\r\n"]
-        via.append(b"1.1 lbcdn")
-        parts += [b"X-Forwarded-Proto: http\r\nX-Forwarded-Port: ", listener.port_bytes,
-                  b"\r\nVia: ", b", ".join(via), b"\r\n",
-                  listener.id_header, b": ", self.request_id.encode(), b"\r\n"]
+            client = self.conn.client_ip_bytes
+            xff = b", ".join(head.xff) + b", " + client if head.xff else client
+            parts += (b"X-Forwarded-For: ", xff, b"\r\n")
+        elif mode_xff == "preserve" and head.xff:
+            parts += (b"X-Forwarded-For: ", b", ".join(head.xff), b"\r\n")
+        via = b", ".join(head.via) + b", 1.1 lbcdn" if head.via else b"1.1 lbcdn"
+        parts += (listener.forwarded_headers, b"Via: ", via, b"\r\n",
+                  listener.id_header, b": ", self.request_id.encode(), b"\r\n")
         if head.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         if head.upgrade is not None:
-            parts += [b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n"]
+            parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
         parts.append(b"\r\n")
         return b"".join(parts)
 
@@ -371,6 +375,15 @@ class Exchange:
                 self.status = 499  # nginx's "client closed request"
             self._record()
 
+    def client_eof(self) -> None:
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None:
+            if upstream.transport.can_write_eof():
+                upstream.flush()
+                upstream.transport.write_eof()
+            else:
+                upstream.close()
+
     def client_tunnel_data(self, data: bytes) -> None:
         if self.upgrade_pending:
             self.tunnel_buf.append(data)
@@ -380,16 +393,11 @@ class Exchange:
             self.upstream.write(data)
 
     # -- events from the upstream connection ----------------------------------------------
-    def upstream_interim(self, status: int, reason_: bytes,
-                         headers: list[tuple[bytes, bytes]]) -> None:
+    def upstream_interim(self, resp: ResponseHead) -> None:
         if self.head.version != b"1.1" or self.response_started:
-            return
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason_ or reason(status))]
-        for name, value in headers:
-            if name.lower() not in HOP_BY_HOP:
-                parts += [name, b": ", value, b"\r\n"]
-        parts.append(b"\r\n")
-        self.conn.write(b"".join(parts))
+            return  # HTTP/1.0 clients do not expect 1xx (RFC 9110 15.2)
+        self.conn.write(b"".join([b"HTTP/1.1 %d %s\r\n" % (
+            resp.status, resp.reason or reason(resp.status)), *resp.fwd, b"\r\n"]))
 
     def upstream_head(self, resp: ResponseHead) -> None:
         self.upstream_time = monotonic() - self.sent_at
@@ -399,10 +407,7 @@ class Exchange:
         self.status = resp.status
         head = self.head
         parts = [b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason or reason(resp.status))]
-        drop = resp.drop
-        for name, value in resp.headers:
-            if name.lower() not in drop:
-                parts += [name, b": ", value, b"\r\n"]
+        parts += resp.fwd
         if head.method != b"HEAD" and response_has_body(b"GET", resp.status) and \
                 resp.content_length is None:
             if head.version == b"1.1":
@@ -417,6 +422,7 @@ class Exchange:
         data = b"".join(parts)
         self.response_started = True
         self.bytes_out += len(data)
+        self.out_mark = self.conn.mark()
         self.conn.write(data)
 
     def upstream_body(self, data: bytes) -> None:
@@ -441,11 +447,10 @@ class Exchange:
 
     def upstream_failed(self, kind: str) -> None:
         upstream, self.upstream = self.upstream, None
-        if self.finished:
-            return
         if self.conn.tunnel is self:
             self.conn.close()  # the tunnel's backend side closed
-            self._record()
+            return
+        if self.finished:
             return
         pool = self.pool
         if (kind == "reset" and self.reused_conn and not self.retried and upstream is not None
@@ -481,10 +486,11 @@ class Exchange:
         self.upgrade_pending = False
         self.status = 101
         parts = [b"HTTP/1.1 101 %s\r\n" % (resp.reason or b"Switching Protocols")]
+        parts += resp.fwd
+        parts.append(b"Connection: upgrade\r\n")
         for name, value in resp.headers:
-            n = name.lower()
-            if n not in resp.drop or n in (b"connection", b"upgrade"):
-                parts += [name, b": ", value, b"\r\n"]
+            if name.lower() == b"upgrade":
+                parts += (name, b": ", value, b"\r\n")
         parts.append(b"\r\n")
         conn = self.conn
         conn.write(b"".join(parts))
@@ -532,10 +538,6 @@ class Exchange:
         access_log = self.listener.access_log
         if access_log.enabled:
             head = self.head
-            user_agent = ""
-            for name, value in head.headers:
-                if name.lower() == b"user-agent":
-                    user_agent = value.decode("latin-1")
             access_log.log({
                 "time": time.time(), "listener": self.listener.name,
                 "client": self.conn.client_ip, "method": head.method.decode("latin-1"),
@@ -543,7 +545,7 @@ class Exchange:
                 "bytes_in": self.body_bytes, "bytes_out": self.bytes_out,
                 "route": route_name, "target": target.key if target is not None else None,
                 "upstream_time_s": None if self.upstream_time is None else round(self.upstream_time, 6), "total_time_s": round(elapsed, 6),
-                "request_id": self.request_id, "user_agent": user_agent,
+                "request_id": self.request_id, "user_agent": head.user_agent.decode("latin-1"),
             })
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from lbcdn.config.schema import ListenerConfig
 from lbcdn.edge.connection import ClientConnection
+from lbcdn.http.head import request_header_kinds
 from lbcdn.logs import AccessLog
 from lbcdn.metrics import RouteMetrics, listener_metrics, route_metrics
 from lbcdn.routing import Router
@@ -35,13 +36,14 @@ class Listener:
         self.metrics = listener_metrics(config.name)
         self.id_header = config.request_id_header.encode()
         self.id_header_lower = self.id_header.lower()
-        # request headers the exchange rewrites itself instead of copying
-        self.special_headers = frozenset({b"host", b"x-forwarded-for", b"x-forwarded-proto",
-                                          b"x-forwarded-port", b"via", self.id_header_lower})
-        self.port = config.port
-        self.port_bytes = str(config.port).encode()
+        self.header_kinds = request_header_kinds(self.id_header_lower)
+        self._set_port(config.port)
         self._route_metrics: dict[str, RouteMetrics] = {}
         self._server: asyncio.AbstractServer | None = None
+
+    def _set_port(self, port: int) -> None:
+        self.port = port
+        self.forwarded_headers = b"X-Forwarded-Proto: http\r\nX-Forwarded-Port: %d\r\n" % port
 
     def route_metrics(self, route: str) -> RouteMetrics:
         rm = self._route_metrics.get(route)
@@ -54,8 +56,7 @@ class Listener:
             lambda: ClientConnection(self), self.config.address, self.config.port,
             backlog=self.config.backlog, reuse_address=True)
         sock = self._server.sockets[0]
-        self.port = sock.getsockname()[1]
-        self.port_bytes = str(self.port).encode()
+        self._set_port(sock.getsockname()[1])
         log.info("listener %s on %s:%d", self.name, self.config.address, self.port)
 
     def connection_made(self, conn: ClientConnection) -> None:

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+from lbcdn.http.date import http_date
+
 
 class HttpError(Exception):
     """A request lbcdn answers itself with `status`. `detail` is safe to show the client."""
 
-    def __init__(self, status: int, detail: str = "", *, close: bool = True) -> None:
+    def __init__(self, status: int, detail: str = "", *, close: bool = True,
+                 headers: bytes = b"") -> None:
         super().__init__(detail or str(status))
         self.status = status
         self.detail = detail
         self.close = close
+        self.headers = headers  # ready-made header lines, e.g. b"Allow: GET\r\n" on a 405
 
 
 def reason(status: int) -> bytes:
@@ -27,16 +31,17 @@ def reason(status: int) -> bytes:
         return b"Unknown"
 
 
-def error_response(status: int, request_id: str, detail: str = "", *, close: bool = True,
-                   head_only: bool = False, extra_headers: bytes = b"",
-                   id_header: bytes = b"X-Request-Id") -> bytes:
-    """A complete HTTP/1.1 error response. `extra_headers` are ready-made header lines."""
+def error_response(status: int, request_id: str, detail: str = "", *,
+                   connection: bytes = b"close", head_only: bool = False,
+                   extra_headers: bytes = b"", id_header: bytes = b"X-Request-Id") -> bytes:
+    """A complete HTTP/1.1 error response. `connection` is the Connection header value to send
+    (b"" for none); `extra_headers` are ready-made header lines."""
     phrase = reason(status)
+    rid = request_id.encode("ascii", "replace")
     body = b"%d %s%s\nlbcdn request id: %s\n" % (
-        status, phrase, (": " + detail).encode("ascii", "replace") if detail else b"",
-        request_id.encode("ascii", "replace"))
-    head = b"HTTP/1.1 %d %s\r\nServer: lbcdn\r\nContent-Type: text/plain; charset=utf-8\r\n" \
-           b"Content-Length: %d\r\n%s: %s\r\n%s%s\r\n" % (
-               status, phrase, len(body), id_header, request_id.encode("ascii", "replace"), extra_headers,
-               b"Connection: close\r\n" if close else b"")
+        status, phrase, (": " + detail).encode("ascii", "replace") if detail else b"", rid)
+    head = b"HTTP/1.1 %d %s\r\nServer: lbcdn\r\nDate: %s\r\n" \
+           b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s: %s\r\n%s%s\r\n" % (
+               status, phrase, http_date(), len(body), id_header, rid, extra_headers,
+               b"Connection: %s\r\n" % connection if connection else b"")
     return head if head_only else head + body

@@ -7,7 +7,7 @@ whitespace before the colon. What it lets through and this module refuses:
   other transfer coding, and a proxy that guesses is how requests get smuggled;
 - a missing or repeated Host on HTTP/1.1, or a Host that is not a host[:port];
 - request-targets that are not origin-form, absolute-form, or `*` for OPTIONS;
-- on responses, the same Transfer-Encoding rule (-> 502 by the caller).
+Responses are read by lbcdn.http.response, with the same rules.
 Header names are compared lower-cased; values are forwarded byte for byte.
 """
 
@@ -32,18 +32,46 @@ def connection_tokens(value: bytes) -> set[bytes]:
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 
+# What a request header is to the proxy. Ordinary end-to-end headers (the great majority) are not
+# in the table and are copied to `RequestHead.fwd` as they come.
+H_DROP, H_HOST, H_CL, H_TE, H_CONNECTION, H_EXPECT, H_UPGRADE, H_XFF, H_VIA, H_ID, H_UA = range(11)
+
+
+def request_header_kinds(id_header: bytes) -> dict[bytes, int]:
+    """The lookup table for check_request; `id_header` is the lower-cased request id header."""
+    kinds = {name: H_DROP for name in HOP_BY_HOP}
+    kinds.update({
+        b"host": H_HOST, b"content-length": H_CL, b"transfer-encoding": H_TE,
+        b"connection": H_CONNECTION, b"expect": H_EXPECT, b"upgrade": H_UPGRADE,
+        b"x-forwarded-for": H_XFF, b"x-forwarded-proto": H_DROP, b"x-forwarded-port": H_DROP,
+        b"via": H_VIA, b"user-agent": H_UA,
+    })
+    kinds[id_header] = H_ID
+    return kinds
+
+
+_DEFAULT_KINDS = request_header_kinds(b"x-request-id")
+
+
 class RequestHead:
-    """A validated request head. `headers` is the list as received."""
+    """A validated request head.
+
+    `fwd` holds the end-to-end header lines to send upstream, as (name, ": ", value, CRLF)
+    pieces ready for b"".join: hop-by-hop headers, those named in Connection, and those the
+    proxy sets itself (Host, X-Forwarded-*, Via, the request id) are left out; the latter are
+    kept in their own fields."""
 
     __slots__ = ("method", "target", "path", "query", "version", "headers", "host",
                  "content_length", "chunked", "keep_alive", "upgrade", "expect_continue",
-                 "drop", "request_id")
+                 "fwd", "xff", "via", "request_id", "user_agent")
 
     def __init__(self, method: bytes, target: bytes, path: bytes, query: bytes | None,
                  version: bytes, headers: list[tuple[bytes, bytes]], host: bytes,
-                 content_length: int | None, chunked: bool, keep_alive: bool,
-                 upgrade: bytes | None, expect_continue: bool, drop: set[bytes],
-                 request_id: bytes | None) -> None:
+                 content_length: int | None = None, chunked: bool = False,
+                 keep_alive: bool = False, upgrade: bytes | None = None,
+                 expect_continue: bool = False, fwd: list[bytes] | None = None,
+                 xff: list[bytes] | None = None, via: list[bytes] | None = None,
+                 request_id: bytes | None = None, user_agent: bytes = b"") -> None:
         self.method = method
         self.target = target
         self.path = path
@@ -56,19 +84,33 @@ class RequestHead:
         self.keep_alive = keep_alive
         self.upgrade = upgrade
         self.expect_continue = expect_continue
-        # lower-cased names not to forward: hop-by-hop plus those named in Connection
-        self.drop = drop
+        self.fwd = fwd if fwd is not None else []
+        self.xff = xff
+        self.via = via
         # the client's own request id, when it sent a usable one
         self.request_id = request_id
+        self.user_agent = user_agent
 
     @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
 
 
+def _without(fwd: list[bytes], names: set[bytes]) -> list[bytes]:
+    """`fwd` minus the header lines whose (lower-cased) name is in `names`."""
+    out: list[bytes] = []
+    for i in range(0, len(fwd), 4):
+        if fwd[i].lower() not in names:
+            out += fwd[i:i + 4]
+    return out
+
+
+_PLAIN_CONNECTION = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+
 def check_request(method: bytes, target: bytes, version: bytes,
                   headers: list[tuple[bytes, bytes]], keep_alive: bool,
-                  upgrade: bool, id_header: bytes = b"x-request-id") -> RequestHead:
+                  upgrade: bool, kinds: dict[bytes, int] = _DEFAULT_KINDS) -> RequestHead:
     """Validate a parsed request head; raise HttpError(4xx) naming what was wrong."""
     host: bytes | None = None
     hosts = 0
@@ -77,28 +119,58 @@ def check_request(method: bytes, target: bytes, version: bytes,
     expect_continue = False
     upgrade_value: bytes | None = None
     request_id: bytes | None = None
-    drop: set[bytes] = set(HOP_BY_HOP)
+    user_agent = b""
+    xff: list[bytes] | None = None
+    via: list[bytes] | None = None
+    named: set[bytes] | None = None
+    fwd: list[bytes] = []
+    get = kinds.get
     for name, value in headers:
-        n = name.lower()
-        if n == b"host":
+        kind = get(name.lower())
+        if kind is None:
+            fwd += (name, b": ", value, b"\r\n")
+        elif kind == H_HOST:
             hosts += 1
             host = value.strip()
-        elif n == b"content-length":
+        elif kind == H_UA:
+            user_agent = value
+            fwd += (name, b": ", value, b"\r\n")
+        elif kind == H_CL:
             content_length = int(value)  # llhttp has checked digits and duplicates
-        elif n == b"transfer-encoding":
-            if chunked or value.strip().lower() != b"chunked":
-                raise HttpError(400, "unsupported Transfer-Encoding (only a single chunked)")
+            fwd += (name, b": ", value, b"\r\n")
+        elif kind == H_TE:
+            codings = [c.strip().lower() for c in value.split(b",")]
+            if chunked or version != b"1.1" or codings != [b"chunked"]:
+                if not chunked and version == b"1.1" and codings[-1] == b"chunked" \
+                        and all(codings) and b"chunked" not in codings[:-1]:
+                    # well framed, but a coding we do not implement (RFC 9112 6.1)
+                    raise HttpError(501, "unsupported transfer coding")
+                raise HttpError(400, "invalid Transfer-Encoding (only a single chunked)")
             chunked = True
-        elif n == b"connection":
-            drop |= connection_tokens(value)
-        elif n == b"expect":
+        elif kind == H_CONNECTION:
+            tokens = connection_tokens(value) - _PLAIN_CONNECTION
+            if tokens:
+                named = tokens if named is None else named | tokens
+        elif kind == H_EXPECT:
             if value.strip().lower() != b"100-continue":
                 raise HttpError(417, "unsupported Expect value")
             expect_continue = True
-        elif n == b"upgrade":
+            fwd += (name, b": ", value, b"\r\n")
+        elif kind == H_UPGRADE:
             upgrade_value = value
-        elif n == id_header:
+        elif kind == H_XFF:
+            xff = [value] if xff is None else xff + [value]
+        elif kind == H_VIA:
+            via = [value] if via is None else via + [value]
+        elif kind == H_ID:
             request_id = value if len(value) <= 128 and _TOKEN_RE.match(value) else None
+        # H_DROP: hop-by-hop, or set by the proxy itself
+    if named is not None:
+        fwd = _without(fwd, named)
+        if b"x-forwarded-for" in named:
+            xff = None
+        if b"via" in named:
+            via = None
     if chunked and content_length is not None:
         raise HttpError(400, "both Content-Length and Transfer-Encoding")
     if hosts > 1:
@@ -127,7 +199,8 @@ def check_request(method: bytes, target: bytes, version: bytes,
     elif target == b"*" and method == b"OPTIONS":
         path, sep, query = b"*", b"", b""
     elif method == b"CONNECT":
-        raise HttpError(405, "CONNECT is not supported")
+        raise HttpError(405, "CONNECT is not supported",
+                        headers=b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n")
     else:
         raise HttpError(400, "invalid request-target")
     if hosts == 0:
@@ -137,48 +210,26 @@ def check_request(method: bytes, target: bytes, version: bytes,
     assert host is not None
     return RequestHead(method, target, path, query if sep else None, version, headers, host,
                        content_length, chunked, keep_alive,
-                       upgrade_value if upgrade else None, expect_continue, drop, request_id)
+                       upgrade_value if upgrade else None, expect_continue, fwd, xff, via,
+                       request_id, user_agent)
 
 
 class ResponseHead:
+    """A validated response head; `fwd` holds the end-to-end header lines, ready to join."""
+
     __slots__ = ("status", "reason", "headers", "content_length", "chunked", "keep_alive",
-                 "drop")
+                 "fwd")
 
     def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                  content_length: int | None, chunked: bool, keep_alive: bool,
-                 drop: set[bytes]) -> None:
+                 fwd: list[bytes]) -> None:
         self.status = status
         self.reason = reason
         self.headers = headers
         self.content_length = content_length
         self.chunked = chunked
         self.keep_alive = keep_alive
-        self.drop = drop
-
-
-def check_response(status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                   keep_alive: bool) -> ResponseHead:
-    """Validate an upstream response head; raise HttpError(502) when it is malformed."""
-    content_length: int | None = None
-    chunked = False
-    drop: set[bytes] = set(HOP_BY_HOP)
-    for name, value in headers:
-        n = name.lower()
-        if n == b"content-length":
-            if content_length is not None:
-                raise HttpError(502, "upstream sent a malformed response")
-            content_length = int(value)
-        elif n == b"transfer-encoding":
-            if chunked or value.strip().lower() != b"chunked":
-                raise HttpError(502, "upstream sent a malformed response")
-            chunked = True
-        elif n == b"connection":
-            drop |= connection_tokens(value)
-    if chunked and content_length is not None:
-        raise HttpError(502, "upstream sent a malformed response")
-    if not 100 <= status <= 599:
-        raise HttpError(502, "upstream sent a malformed response")
-    return ResponseHead(status, reason, headers, content_length, chunked, keep_alive, drop)
+        self.fwd = fwd
 
 
 def is_token(value: bytes) -> bool:

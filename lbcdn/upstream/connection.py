@@ -1,11 +1,11 @@
-"""One keep-alive connection to a backend target, speaking HTTP/1.1 with httptools.
+"""One keep-alive connection to a backend target, speaking HTTP/1.1.
 
-The connection does not decide anything about the request it carries: it parses the response and
-hands events to its owner (an `UpstreamOwner`, the edge's exchange), and reports failures with a
-kind the metrics and the status mapping understand. A fresh response parser is made for every
-exchange, so a HEAD response (whose Content-Length describes a body that never comes) cannot
-confuse the next one. Bytes that arrive while the connection sits idle in the pool mean the
-backend is broken or closing: the connection is dropped, never reused.
+The connection does not decide anything about the request it carries: it reads the response with
+lbcdn.http.response.ResponseReader and hands events to its owner (an `UpstreamOwner`, the edge's
+exchange), and reports failures with a kind the metrics and the status mapping understand. A
+fresh reader is made for every exchange, so a HEAD response (whose Content-Length describes a
+body that never comes) cannot confuse the next one. Bytes that arrive while the connection sits
+idle in the pool mean the backend is broken or closing: the connection is dropped, never reused.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Protocol
 
-import httptools
-
-from lbcdn.http.errors import HttpError
-from lbcdn.http.head import ResponseHead, check_response
 from lbcdn import writebatch
+from lbcdn.http.errors import HttpError
+from lbcdn.http.head import ResponseHead
+from lbcdn.http.response import ResponseReader
 from lbcdn.timers import Deadline
 from lbcdn.writebatch import Writer
 
@@ -26,8 +25,7 @@ if TYPE_CHECKING:
 
 
 class UpstreamOwner(Protocol):
-    def upstream_interim(self, status: int, reason: bytes,
-                         headers: list[tuple[bytes, bytes]]) -> None: ...
+    def upstream_interim(self, head: ResponseHead) -> None: ...
     def upstream_head(self, head: ResponseHead) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_done(self) -> None: ...
@@ -50,13 +48,8 @@ class UpstreamConnection(Writer, asyncio.Protocol):
         self.idle_since = 0.0
         self.in_idle = False
         self.tunnel: UpstreamOwner | None = None
-        self._parser: httptools.HttpResponseParser | None = None
-        self._head_only = False
-        self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._head: ResponseHead | None = None
-        self._interim = False
-        self._close_delimited = False
+        self._reader: ResponseReader | None = None
+        self._timeout = pool.config.response_timeout_s
         self._deadline = Deadline(asyncio.get_event_loop(), self._timed_out)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -69,18 +62,13 @@ class UpstreamConnection(Writer, asyncio.Protocol):
         """Take on a new exchange; the caller writes the request right after."""
         self.owner = owner
         self.got_bytes = False
-        self._head_only = head_only
-        self._head = None
-        self._headers = []
-        self._interim = False
-        self._close_delimited = False
-        self._parser = httptools.HttpResponseParser(self)
-        self._deadline.set(self.pool.config.response_timeout_s)
+        self._reader = ResponseReader(self, head_only)
+        self._deadline.set(self._timeout)
 
     def touch(self) -> None:
         """The exchange made progress (a body chunk sent): push the deadline back."""
         if self._deadline.at is not None:
-            self._deadline.set(self.pool.config.response_timeout_s)
+            self._deadline.set(self._timeout)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
@@ -91,7 +79,7 @@ class UpstreamConnection(Writer, asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
             if self.owner is not None and self.tunnel is None:
-                self._deadline.set(self.pool.config.response_timeout_s)
+                self._deadline.set(self._timeout)
 
     def close(self) -> None:
         if not self.closed:
@@ -112,15 +100,19 @@ class UpstreamConnection(Writer, asyncio.Protocol):
         self.closed = True
         self._deadline.cancel()
         self.pool.connection_closed(self)
-        owner, self.owner = self.owner, None
         tunnel, self.tunnel = self.tunnel, None
         if tunnel is not None:
             tunnel.upstream_failed("closed")
-        elif owner is not None:
-            if self._head is not None and self._close_delimited:
-                owner.upstream_done()  # read-until-close framing ends here
-            else:
-                owner.upstream_failed("reset")
+            return
+        reader = self._reader
+        if self.owner is not None and reader is not None:
+            try:
+                if reader.eof():
+                    return  # read-until-close framing ended here
+            except HttpError:
+                pass
+            owner, self.owner = self.owner, None
+            owner.upstream_failed("reset")
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost finishes the exchange
@@ -143,37 +135,25 @@ class UpstreamConnection(Writer, asyncio.Protocol):
 
     # -- data -----------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        owner = writebatch.begin()
-        try:
-            self._received(data)
-        finally:
-            if owner:
-                writebatch.end()
-
-    def _received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.upstream_body(data)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.upstream_body(data)
             return
-        owner = self.owner
-        if owner is None or self._parser is None:
+        reader = self._reader
+        if self.owner is None or reader is None:
             self.abort()  # unsolicited bytes on an idle connection
             return
         self.got_bytes = True
         if self._deadline.at is not None:
-            self._deadline.set(self.pool.config.response_timeout_s)
+            self._deadline.set(self._timeout)
+        owns_batch = writebatch.begin()
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            head = self._head
-            if head is None or head.status != 101:
-                self._fail("malformed_response")
-                return
-            self._deadline.cancel()
-            self.tunnel = owner
-            self.owner = None
-            owner.upstream_upgraded(head, data[exc.args[0]:])
-        except (httptools.HttpParserError, HttpError, ValueError):
+            reader.feed(data)
+        except HttpError:
             self._fail("malformed_response")
+        finally:
+            if owns_batch:
+                writebatch.end()
 
     def _fail(self, kind: str) -> None:
         owner, self.owner = self.owner, None
@@ -181,51 +161,34 @@ class UpstreamConnection(Writer, asyncio.Protocol):
         if owner is not None:
             owner.upstream_failed(kind)
 
-    # httptools callbacks
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
+    # ResponseSink
+    def response_interim(self, head: ResponseHead) -> None:
+        if self.owner is not None:
+            self.owner.upstream_interim(head)
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+    def response_head(self, head: ResponseHead) -> None:
+        if self.owner is not None:
+            self.owner.upstream_head(head)
 
-    def on_headers_complete(self) -> None:
-        parser = self._parser
-        assert parser is not None and self.owner is not None
-        status = parser.get_status_code()
-        headers, self._headers = self._headers, []
-        reason, self._reason = self._reason, b""
-        if 100 <= status < 200 and status != 101:
-            self._interim = True
-            self.owner.upstream_interim(status, reason, headers)
-            return
-        head = check_response(status, reason, headers, parser.should_keep_alive())
-        self._head = head
-        if status == 101:
-            return  # the parser raises HttpParserUpgrade next
-        self._close_delimited = (head.content_length is None and not head.chunked
-                                 and not self._head_only and status not in (204, 304))
-        self.owner.upstream_head(head)
-        if self._head_only:
-            self._finish(head.keep_alive)
-
-    def on_body(self, data: bytes) -> None:
-        if self.owner is not None and not self._head_only:
+    def response_body(self, data: bytes) -> None:
+        if self.owner is not None:
             self.owner.upstream_body(data)
 
-    def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
+    def response_upgrade(self, head: ResponseHead, rest: bytes) -> None:
+        owner, self.owner = self.owner, None
+        self._deadline.cancel()
+        self._reader = None
+        if owner is None:
+            self.abort()
             return
-        head = self._head
-        if head is None or head.status == 101 or self._head_only:
-            return
-        self._finish(head.keep_alive and not self._close_delimited)
+        self.tunnel = owner
+        owner.upstream_upgraded(head, rest)
 
-    def _finish(self, keep_alive: bool) -> None:
+    def response_done(self, reusable: bool) -> None:
         owner, self.owner = self.owner, None
         self._deadline.clear()
-        self._parser = None
-        if keep_alive and owner is not None and owner.upstream_reusable():
+        self._reader = None
+        if reusable and owner is not None and owner.upstream_reusable():
             self.reused = True
             self.pool.release(self)
         else:

@@ -20,7 +20,7 @@ from lbcdn.upstream.connection import UpstreamConnection
 
 
 class Target:
-    __slots__ = ("host", "port", "weight", "key", "idle", "in_flight", "open")
+    __slots__ = ("host", "port", "weight", "key", "key_bytes", "idle", "in_flight", "open")
 
     def __init__(self, config: TargetConfig) -> None:
         self.host = config.host
@@ -28,6 +28,7 @@ class Target:
         self.weight = config.weight
         host = f"[{config.host}]" if ":" in config.host else config.host
         self.key = f"{host}:{config.port}"
+        self.key_bytes = self.key.encode()
         self.idle: list[UpstreamConnection] = []
         self.in_flight = 0
         self.open = 0
@@ -47,9 +48,15 @@ class Pool:
         self.targets = [Target(t) for t in config.targets]
         self.balancer: RoundRobin[Target] = RoundRobin(self.targets)
         self.metrics: PoolMetrics = pool_metrics(config.name)
+        # read at scrape time: moving a gauge on every request would cost more than the request
+        self.metrics.idle.set_function(self.idle_count)
+        self.metrics.active.set_function(lambda: len(self.connections) - self.idle_count())
         self.connections: set[UpstreamConnection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self.closed = False
+
+    def idle_count(self) -> int:
+        return sum(len(t.idle) for t in self.targets)
 
     def pick(self) -> Target | None:
         return self.balancer.pick()
@@ -65,8 +72,6 @@ class Pool:
 
     def _leave_idle(self, conn: UpstreamConnection) -> None:
         conn.in_idle = False
-        self.metrics.idle.dec()
-        self.metrics.active.inc()
 
     async def connect(self, target: Target) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
@@ -88,7 +93,6 @@ class Pool:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connections.add(conn)
         conn.target.open += 1
-        self.metrics.active.inc()
 
     def connection_closed(self, conn: UpstreamConnection) -> None:
         if conn not in self.connections:
@@ -98,7 +102,6 @@ class Pool:
         if conn.in_idle:
             conn.target.idle.remove(conn)
             self._leave_idle(conn)
-        self.metrics.active.dec()
 
     def release(self, conn: UpstreamConnection) -> None:
         """An exchange finished cleanly on `conn`: keep it for reuse, or close it."""
@@ -109,8 +112,6 @@ class Pool:
         conn.idle_since = time.monotonic()
         conn.in_idle = True
         idle.append(conn)
-        self.metrics.active.dec()
-        self.metrics.idle.inc()
         if self._sweeper is None:
             self._schedule_sweep()
 

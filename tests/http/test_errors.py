@@ -48,7 +48,7 @@ def test_error_response_is_well_framed(status: int) -> None:
 
 
 def test_keep_alive_error_has_no_connection_close() -> None:
-    _, headers, _ = split(error_response(503, "r", close=False))
+    _, headers, _ = split(error_response(503, "r", connection=b""))
     assert b"connection" not in headers
 
 

@@ -1,0 +1,278 @@
+"""A strict HTTP/1.1 response reader for upstream connections: bytes in, events out, no I/O.
+
+Why not httptools here: llhttp reports every header through a Python callback, and a proxy then
+walks the headers again to rebuild them. A backend's response head is forwarded nearly
+unchanged, so this reader validates the whole head with one regular expression, finds the few
+headers that matter (framing and hop-by-hop) with another, and forwards the rest as one slice.
+Bodies with a Content-Length are passed on as the slices that arrived, without copying.
+
+The grammar is RFC 9112's, without the leniencies: a status line `HTTP/1.x NNN [reason]`;
+header lines `token ":" value` where value is HT, SP, VCHAR or obs-text (so no CR, LF, NUL,
+no obs-fold, no whitespace before the colon); CRLF line ends only. Content-Length must be
+digits and appear once; Transfer-Encoding must be exactly `chunked` and not come with a
+Content-Length; chunk sizes are hex digits only (no sign, prefix or whitespace) with CRLF line
+ends. Anything else raises HttpError(502): a malformed response never reaches the client.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+from lbcdn.http.errors import HttpError
+from lbcdn.http.head import HOP_BY_HOP, ResponseHead, connection_tokens
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_CHUNK_LINE = 4096
+
+_VALUE = rb"[\t\x20-\x7e\x80-\xff]*"
+_HEAD_RE = re.compile(
+    rb"HTTP/1\.[01] [0-9]{3}(?: " + _VALUE + rb")?\r\n"
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:" + _VALUE + rb"\r\n)*\r\n")
+_CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;[\t\x20-\x7e\x80-\xff]*)?\r\n")
+_BARE_LF_RE = re.compile(rb"(?<!\r)\n")
+_TRAILER_LINE_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:" + _VALUE + rb"\r\n")
+
+_MALFORMED = "upstream sent a malformed response"
+
+# states
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, _DONE = range(8)
+
+
+class ResponseSink(Protocol):
+    def response_interim(self, head: ResponseHead) -> None: ...
+    def response_head(self, head: ResponseHead) -> None: ...
+    def response_body(self, data: bytes) -> None: ...
+    def response_done(self, reusable: bool) -> None: ...
+    def response_upgrade(self, head: ResponseHead, rest: bytes) -> None: ...
+
+
+def parse_head(head: bytes) -> ResponseHead:
+    """Validate a complete response head (through its final CRLF CRLF) and build the
+    ResponseHead whose `fwd` holds its end-to-end header lines."""
+    if _HEAD_RE.fullmatch(head) is None:
+        raise HttpError(502, _MALFORMED)
+    status = int(head[9:12])
+    line_end = head.find(b"\r\n")
+    reason = head[13:line_end]
+    http10 = head[7] == 0x30  # b"0"
+    content_length: int | None = None
+    chunked = False
+    conn_close = http10
+    named: set[bytes] | None = None
+    upgrade: bytes | None = None
+    cuts: list[tuple[int, int]] = []
+    # The grammar check above guarantees `\r\nname:` starts each header line, so a
+    # case-sensitive scan of a lower-cased copy finds the headers that matter (twice as fast
+    # as a case-insensitive one).
+    for m in _SPECIAL_RE.finditer(head.lower(), line_end):
+        pos = m.start()
+        name = m.group(1)
+        end = head.find(b"\r\n", pos + 2)
+        value = head[m.end():end].strip(b" \t")
+        if name == b"content-length":
+            if content_length is not None or not value.isdigit():
+                raise HttpError(502, _MALFORMED)
+            content_length = int(value)
+        else:
+            cuts.append((pos, end))
+            if name == b"transfer-encoding":
+                if chunked or value.lower() != b"chunked":
+                    raise HttpError(502, _MALFORMED)
+                chunked = True
+            elif name == b"connection":
+                tokens = connection_tokens(value)
+                if b"close" in tokens:
+                    conn_close = True
+                elif http10 and b"keep-alive" in tokens:
+                    conn_close = False
+                tokens -= _PLAIN
+                if tokens:
+                    named = tokens if named is None else named | tokens
+            elif name == b"upgrade":
+                upgrade = value
+    if chunked and content_length is not None:
+        raise HttpError(502, _MALFORMED)
+    if not 100 <= status <= 599:
+        raise HttpError(502, _MALFORMED)
+    # the header block without the status line, the hop-by-hop lines and the final CRLF;
+    # it starts with the status line's CRLF
+    if cuts:
+        cuts.sort()
+        pieces = []
+        pos = line_end
+        for start, end in cuts:
+            pieces.append(head[pos:start])
+            pos = end
+        pieces.append(head[pos:-4])
+        block = b"".join(pieces)
+    else:
+        block = head[line_end:-4]
+    if named:
+        block = b"".join(line for line in _lines(block)
+                         if line[2:line.find(b":")].lower() not in named)
+    fwd = [block[2:], b"\r\n"] if block else []
+    headers = [(b"Upgrade", upgrade)] if upgrade is not None else []
+    return ResponseHead(status, reason, headers, content_length, chunked, not conn_close, fwd)
+
+
+_SPECIAL_RE = re.compile(rb"\r\n(content-length|transfer-encoding|connection|keep-alive|"
+                         rb"proxy-connection|te|trailer|upgrade):")
+_PLAIN = frozenset({b"close", b"keep-alive", b"upgrade"}) | HOP_BY_HOP
+
+
+def _lines(block: bytes) -> list[bytes]:
+    """b"\r\nA: 1\r\nB: 2" -> [b"\r\nA: 1", b"\r\nB: 2"]."""
+    return [b"\r\n" + part for part in block.split(b"\r\n")[1:]]
+
+
+class ResponseReader:
+    """Reads one response (and the interim ones before it) from an upstream connection."""
+
+    __slots__ = ("_sink", "_head_only", "_state", "_buf", "_remaining", "_keep_alive")
+
+    def __init__(self, sink: ResponseSink, head_only: bool) -> None:
+        self._sink = sink
+        self._head_only = head_only
+        self._state = _HEAD
+        self._buf = b""
+        self._remaining = 0
+        self._keep_alive = False
+
+    def feed(self, data: bytes) -> None:
+        state = self._state
+        if state == _LENGTH:
+            # the hot path: a body slice of a Content-Length response
+            n = len(data)
+            if n < self._remaining:
+                self._remaining -= n
+                self._sink.response_body(data)
+                return
+        elif state == _UNTIL_CLOSE:
+            self._sink.response_body(data)
+            return
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        while data:
+            state = self._state
+            if state == _HEAD:
+                data = self._read_head(data)
+            elif state == _LENGTH:
+                n = self._remaining
+                if len(data) < n:
+                    self._remaining -= len(data)
+                    self._sink.response_body(data)
+                    return
+                self._sink.response_body(data[:n] if len(data) > n else data)
+                self._finish(len(data) > n)
+                return
+            elif state == _CHUNK_SIZE:
+                m = _CHUNK_SIZE_RE.match(data)
+                if m is None:
+                    if b"\n" in data[:MAX_CHUNK_LINE] or len(data) >= MAX_CHUNK_LINE:
+                        raise HttpError(502, _MALFORMED)
+                    self._buf = data
+                    return
+                size = int(m.group(1), 16)
+                data = data[m.end():]
+                if size == 0:
+                    self._state = _TRAILERS
+                else:
+                    self._remaining = size
+                    self._state = _CHUNK_DATA
+            elif state == _CHUNK_DATA:
+                n = self._remaining
+                if len(data) <= n:
+                    self._remaining -= len(data)
+                    self._sink.response_body(data)
+                    if self._remaining == 0:
+                        self._state = _CHUNK_END
+                    return
+                self._sink.response_body(data[:n])
+                data = data[n:]
+                self._state = _CHUNK_END
+            elif state == _CHUNK_END:
+                if len(data) < 2:
+                    if data != b"\r":
+                        raise HttpError(502, _MALFORMED)
+                    self._buf = data
+                    return
+                if data[:2] != b"\r\n":
+                    raise HttpError(502, _MALFORMED)
+                data = data[2:]
+                self._state = _CHUNK_SIZE
+            elif state == _TRAILERS:
+                if data[:2] == b"\r\n":
+                    self._finish(len(data) > 2)
+                    return
+                end = data.find(b"\r\n")
+                if end < 0:
+                    if len(data) >= MAX_CHUNK_LINE or b"\n" in data:
+                        raise HttpError(502, _MALFORMED)
+                    self._buf = data
+                    return
+                if _TRAILER_LINE_RE.fullmatch(data, 0, end + 2) is None:
+                    raise HttpError(502, _MALFORMED)
+                data = data[end + 2:]  # trailers are not forwarded
+            elif state == _UNTIL_CLOSE:
+                self._sink.response_body(data)
+                return
+            else:  # _DONE: bytes after the response; the connection cannot be trusted
+                raise HttpError(502, _MALFORMED)
+            if self._state == _DONE:
+                return
+
+    def eof(self) -> bool:
+        """The backend closed the connection; True if that completed the response."""
+        if self._state == _UNTIL_CLOSE:
+            self._state = _DONE
+            self._keep_alive = False
+            self._sink.response_done(False)
+            return True
+        return self._state == _DONE
+
+    def _read_head(self, data: bytes) -> bytes:
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            if len(data) > MAX_HEAD_BYTES or _BARE_LF_RE.search(data):
+                raise HttpError(502, _MALFORMED)
+            self._buf = data
+            return b""
+        end += 4
+        if end > MAX_HEAD_BYTES:
+            raise HttpError(502, _MALFORMED)
+        head = parse_head(data[:end] if end < len(data) else data)
+        rest = data[end:] if end < len(data) else b""
+        status = head.status
+        sink = self._sink
+        if status < 200:
+            if status == 101:
+                self._state = _DONE
+                sink.response_upgrade(head, rest)
+                return b""
+            sink.response_interim(head)
+            return rest
+        self._keep_alive = head.keep_alive
+        sink.response_head(head)
+        if self._head_only or status == 204 or status == 304:
+            self._finish(bool(rest))
+            return b""
+        elif head.chunked:
+            self._state = _CHUNK_SIZE
+        elif head.content_length is not None:
+            if head.content_length == 0:
+                self._finish(bool(rest))
+                return b""
+            else:
+                self._remaining = head.content_length
+                self._state = _LENGTH
+        else:
+            self._state = _UNTIL_CLOSE
+        return rest
+
+    def _finish(self, leftover: bool = False) -> None:
+        """The response is complete. Bytes after it (`leftover`) mean the backend does not
+        frame its responses the way we read them: its connection is not reused."""
+        self._state = _DONE
+        self._sink.response_done(self._keep_alive and not leftover)
