@@ -26,6 +26,12 @@ from tests.e2e.harness import HOST, demo_backend, listener_port, proxy_config, r
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
+def tunnel_config(backend_port: int) -> dict[str, Any]:
+    # a short drain: a tunnel the proxy failed to close must not hold each test's teardown
+    # for the default 5 s
+    return proxy_config(backend_port, shutdown={"drain_timeout_s": 1})
+
+
 @contextlib.asynccontextmanager
 async def observed_backend() -> AsyncIterator[tuple[int, BackendState]]:
     """A demo backend in this loop whose open connections the test can see."""
@@ -81,7 +87,7 @@ def split_responses(data: bytes) -> list[tuple[bytes, bytes, bytes]]:
 
 async def test_early_hints_reach_http11_client_before_the_200() -> None:
     async with demo_backend() as backend_port:
-        config = proxy_config(backend_port)
+        config = tunnel_config(backend_port)
         async with running_daemon(config):
             data = await exchange(listener_port(config),
                                   b"GET /early-hints HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
@@ -96,7 +102,7 @@ async def test_early_hints_reach_http11_client_before_the_200() -> None:
 
 async def test_early_hints_not_sent_to_http10_client() -> None:
     async with demo_backend() as backend_port:
-        config = proxy_config(backend_port)
+        config = tunnel_config(backend_port)
         async with running_daemon(config):
             data = await exchange(listener_port(config),
                                   b"GET /early-hints HTTP/1.0\r\nHost: t\r\n\r\n")
@@ -109,7 +115,7 @@ async def test_early_hints_not_sent_to_http10_client() -> None:
 async def test_early_hints_then_keep_alive_continues() -> None:
     """The 103 is not the response: the next request on the connection gets its own answer."""
     async with demo_backend() as backend_port:
-        config = proxy_config(backend_port)
+        config = tunnel_config(backend_port)
         async with running_daemon(config):
             data = await exchange(listener_port(config),
                                   b"GET /early-hints HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -125,7 +131,7 @@ async def test_early_hints_then_keep_alive_continues() -> None:
 
 async def test_websocket_echo_through_the_proxy_and_clean_close() -> None:
     async with observed_backend() as (backend_port, state):
-        config = proxy_config(backend_port)
+        config = tunnel_config(backend_port)
         async with running_daemon(config) as daemon, \
                 aiohttp.ClientSession(timeout=TIMEOUT) as session:
             url = f"http://{HOST}:{listener_port(config)}/ws"
@@ -163,7 +169,7 @@ async def test_websocket_echo_through_the_proxy_and_clean_close() -> None:
 async def test_websocket_client_vanishing_closes_backend_connection() -> None:
     """No close handshake: the client's TCP connection just ends."""
     async with observed_backend() as (backend_port, state):
-        config = proxy_config(backend_port)
+        config = tunnel_config(backend_port)
         async with running_daemon(config) as daemon:
             reader, writer = await asyncio.open_connection(HOST, listener_port(config))
             key = base64.b64encode(os.urandom(16)).decode()
@@ -183,7 +189,7 @@ async def test_websocket_client_vanishing_closes_backend_connection() -> None:
 
 async def test_websocket_backend_closing_closes_client_connection() -> None:
     async with observed_backend() as (backend_port, state):
-        config = proxy_config(backend_port)
+        config = tunnel_config(backend_port)
         async with running_daemon(config) as daemon, \
                 aiohttp.ClientSession(timeout=TIMEOUT) as session:
             url = f"http://{HOST}:{listener_port(config)}/ws"
@@ -202,7 +208,7 @@ async def test_websocket_bytes_sent_with_the_handshake_are_not_lost() -> None:
     """A client may send its first frame right behind the upgrade request, before the 101;
     the proxy must hold those bytes and forward them once the tunnel is up."""
     async with demo_backend() as backend_port:
-        config = proxy_config(backend_port)
+        config = tunnel_config(backend_port)
         async with running_daemon(config):
             reader, writer = await asyncio.open_connection(HOST, listener_port(config))
             try:
@@ -226,7 +232,7 @@ async def test_websocket_bytes_sent_with_the_handshake_are_not_lost() -> None:
 
 async def test_ws_without_upgrade_gets_426_from_backend() -> None:
     async with demo_backend() as backend_port:
-        config = proxy_config(backend_port)
+        config = tunnel_config(backend_port)
         async with running_daemon(config), aiohttp.ClientSession(timeout=TIMEOUT) as session:
             async with session.get(f"http://{HOST}:{listener_port(config)}/ws") as resp:
                 assert resp.status == 426
