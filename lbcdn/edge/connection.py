@@ -120,6 +120,7 @@ class ClientConnection(Writer, asyncio.Protocol):
     def _received(self, data: bytes) -> None:
         self.bytes_in += len(data)
         if self.tunnel is not None:
+            self.deadline.set(self.config.idle_timeout_s)  # ALB's idle timeout applies
             self.tunnel.client_tunnel_data(data)
             return
         if self._stopped:

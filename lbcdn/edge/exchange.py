@@ -427,7 +427,10 @@ class Exchange:
 
     def upstream_body(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        if self.resp_chunked:
+        if self.conn.tunnel is self:
+            self.conn.deadline.set(self.conn.config.idle_timeout_s)
+            self.conn.write(data)
+        elif self.resp_chunked:
             self.conn.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
         else:
             self.conn.write(data)
@@ -499,6 +502,7 @@ class Exchange:
         if conn.exchanges and conn.exchanges[0] is self:
             conn.exchanges.popleft()
         conn.tunnel = self
+        conn.deadline.set(conn.config.idle_timeout_s)
         self._record()
         if rest:
             conn.write(rest)

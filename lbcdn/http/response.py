@@ -81,6 +81,10 @@ def parse_head(head: bytes) -> ResponseHead:
                     raise HttpError(502, _MALFORMED)
                 chunked = True
             elif name == b"connection":
+                if value == b"keep-alive" or value == b"Keep-Alive":
+                    if http10:
+                        conn_close = False
+                    continue  # the usual value, without a set of tokens
                 tokens = connection_tokens(value)
                 if b"close" in tokens:
                     conn_close = True

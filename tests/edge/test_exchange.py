@@ -1,0 +1,43 @@
+"""Exchange behaviour that needs a scripted backend: the upgrade tunnel's idle timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.e2e.harness import (HOST, listener_port, proxy_config, raw_backend, read_request,
+                               running_daemon, wait_closed_by_peer)
+
+
+async def test_idle_tunnel_is_closed_after_the_idle_timeout() -> None:
+    backend_closed = asyncio.Event()
+
+    async def upgrade_then_idle(reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-test\r\n"
+                     b"Connection: Upgrade\r\n\r\n")
+        await writer.drain()
+        await reader.read(-1)  # until the proxy closes its side
+        backend_closed.set()
+
+    async with raw_backend(upgrade_then_idle) as port:
+        config = proxy_config(port)
+        config["listeners"][0]["idle_timeout_s"] = 0.5
+        async with running_daemon(config):
+            reader, writer = await asyncio.open_connection(HOST, listener_port(config))
+            writer.write(b"GET /t HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+                         b"Upgrade: x-test\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+            assert head.startswith(b"HTTP/1.1 101 ")
+            started = time.monotonic()
+            # traffic in the tunnel keeps it open past the timeout ...
+            for _ in range(3):
+                await asyncio.sleep(0.3)
+                writer.write(b"ping")
+            assert not backend_closed.is_set()
+            # ... silence closes both sides
+            await wait_closed_by_peer(reader, timeout_s=3)
+            assert time.monotonic() - started >= 0.9 + 0.5 - 0.1
+            await asyncio.wait_for(backend_closed.wait(), 3)
+            writer.close()

@@ -1,0 +1,158 @@
+"""ResponseReader without sockets: events for every framing, fed whole and byte by byte."""
+
+from __future__ import annotations
+
+import pytest
+
+from lbcdn.http.errors import HttpError
+from lbcdn.http.head import ResponseHead
+from lbcdn.http.response import ResponseReader
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+
+    def response_interim(self, head: ResponseHead) -> None:
+        self.events.append(("interim", head.status))
+
+    def response_head(self, head: ResponseHead) -> None:
+        self.events.append(("head", (head.status, b"".join(head.fwd))))
+
+    def response_body(self, data: bytes) -> None:
+        if self.events and self.events[-1][0] == "body":
+            self.events[-1] = ("body", self.events[-1][1] + data)  # type: ignore[operator]
+        else:
+            self.events.append(("body", data))
+
+    def response_done(self, reusable: bool) -> None:
+        self.events.append(("done", reusable))
+
+    def response_upgrade(self, head: ResponseHead, rest: bytes) -> None:
+        self.events.append(("upgrade", (head.status, head.headers, rest)))
+
+
+def read(data: bytes, head_only: bool = False, bytewise: bool = False,
+         eof: bool = False) -> list[tuple[str, object]]:
+    sink = Sink()
+    reader = ResponseReader(sink, head_only)
+    if bytewise:
+        for i in range(len(data)):
+            reader.feed(data[i:i + 1])
+    else:
+        reader.feed(data)
+    if eof:
+        reader.eof()
+    return sink.events
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nServer: t\r\n"
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_content_length(bytewise: bool) -> None:
+    events = read(HEAD + b"Content-Length: 5\r\n\r\nhello", bytewise=bytewise)
+    assert events == [("head", (200, b"Server: t\r\nContent-Length: 5\r\n")),
+                      ("body", b"hello"), ("done", True)]
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_chunked_with_extensions_and_trailers(bytewise: bool) -> None:
+    data = (HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+            b"5;name=value\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n")
+    events = read(data, bytewise=bytewise)
+    assert events == [("head", (200, b"Server: t\r\n")), ("body", b"hello 0123456789"),
+                      ("done", True)]
+
+
+def test_hop_by_hop_and_connection_named_headers_are_not_forwarded() -> None:
+    data = (b"HTTP/1.1 200 OK\r\nConnection: X-Private, keep-alive\r\nKeep-Alive: timeout=5\r\n"
+            b"X-Private: 1\r\nX-Public: 2\r\nTrailer: a\r\nUpgrade: h2c\r\n"
+            b"Content-Length: 0\r\n\r\n")
+    assert read(data) == [("head", (200, b"X-Public: 2\r\nContent-Length: 0\r\n")),
+                          ("done", True)]
+
+
+def test_close_delimited_ends_at_eof() -> None:
+    events = read(HEAD + b"\r\nsome body", eof=True)
+    assert events == [("head", (200, b"Server: t\r\n")), ("body", b"some body"),
+                      ("done", False)]
+
+
+def test_truncated_body_is_not_a_response() -> None:
+    sink = Sink()
+    reader = ResponseReader(sink, False)
+    reader.feed(HEAD + b"Content-Length: 10\r\n\r\nabc")
+    assert reader.eof() is False
+    assert sink.events[-1] == ("body", b"abc")
+
+
+def test_connection_close_and_http10_are_not_reusable() -> None:
+    assert read(HEAD + b"Connection: close\r\nContent-Length: 0\r\n\r\n")[-1] == ("done", False)
+    assert read(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")[-1] == ("done", False)
+    assert read(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+                )[-1] == ("done", True)
+
+
+def test_bytes_after_the_response_make_it_not_reusable() -> None:
+    assert read(HEAD + b"Content-Length: 2\r\n\r\nokEXTRA") == [
+        ("head", (200, b"Server: t\r\nContent-Length: 2\r\n")), ("body", b"ok"),
+        ("done", False)]
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_no_body_statuses(status: int) -> None:
+    events = read(b"HTTP/1.1 %d X\r\nContent-Length: 5\r\n\r\n" % status)
+    assert events[-1] == ("done", True) and all(e[0] != "body" for e in events)
+
+
+def test_head_request_ignores_content_length() -> None:
+    assert read(HEAD + b"Content-Length: 100\r\n\r\n", head_only=True)[-1] == ("done", True)
+
+
+def test_interim_responses_come_before_the_final_one() -> None:
+    data = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+            + HEAD + b"Content-Length: 1\r\n\r\nx")
+    assert [e[0] for e in read(data)] == ["interim", "interim", "head", "body", "done"]
+
+
+def test_switching_protocols_hands_over_the_rest() -> None:
+    events = read(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\n\r\n\x81\x02hi")
+    assert events == [("upgrade", (101, [(b"Upgrade", b"websocket")], b"\x81\x02hi"))]
+
+
+@pytest.mark.parametrize("data", [
+    b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+    b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX : a\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nNoColon\r\n\r\n",
+    b"HTTP/2 200 OK\r\n\r\n",
+    b"HTTP/1.1 2000 OK\r\n\r\n",
+    b"HTTP/1.1 099 OK\r\n\r\n",
+    b"HTTP/1.1 600 OK\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n 5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloX\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n",
+], ids=["bare-lf", "nul", "obs-fold", "space-before-colon", "no-colon", "http2", "status-4",
+        "status-low", "status-high", "cl-twice", "cl-plus", "cl-and-te", "te-gzip",
+        "chunk-0x", "chunk-minus", "chunk-space", "chunk-bare-lf", "chunk-too-long",
+        "chunk-overflow"])
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_malformed_is_502(data: bytes, bytewise: bool) -> None:
+    with pytest.raises(HttpError) as info:
+        read(data, bytewise=bytewise)
+    assert info.value.status == 502
+
+
+def test_head_larger_than_the_limit_is_refused_before_it_ends() -> None:
+    with pytest.raises(HttpError):
+        read(HEAD + b"X: " + b"a" * 70000)
