@@ -1,0 +1,143 @@
+"""The README's configuration reference must keep up with the schema.
+
+Between `<!-- config-reference:start -->` and `<!-- config-reference:end -->`, README.md has one
+table per config dataclass, each introduced by `<!-- schema: ClassName -->`. For every dataclass
+reachable from `Config` (the route action union included) this test checks that its table
+exists, has a row for every YAML key of the class and no row for a key the schema does not have,
+and that each row shows the field's default (or says "required") and its numeric bounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import pytest
+import yaml
+
+import lbcdn.config.load  # noqa: F401  (registers the YAML renames and shape hooks)
+from lbcdn.config import schema
+from lbcdn.config.reflect import RENAMES
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+START = "<!-- config-reference:start -->"
+END = "<!-- config-reference:end -->"
+_TABLE_MARK = re.compile(r"<!-- schema: (\w+) -->")
+_ROW = re.compile(r"^\|\s*`([A-Za-z0-9_]+)`\s*\|(.*)\|\s*$")
+
+# YAML keys that are not dataclass fields, and fields that are not YAML keys.
+# RouteConfig.action is written as one of three keys; a target may be `address: host:port`.
+ACTION_KEYS = ("forward", "redirect", "fixed_response")
+EXTRA_KEYS: dict[type, tuple[str, ...]] = {schema.TargetConfig: ("address",)}
+
+
+def reachable(root: type) -> list[type]:
+    """Every dataclass reachable from `root` through field types, in discovery order."""
+    seen: list[type] = []
+
+    def visit(tp: Any) -> None:
+        origin = get_origin(tp)
+        if origin in (tuple, dict, Union, types.UnionType):
+            for arg in get_args(tp):
+                visit(arg)
+        elif isinstance(tp, type) and dataclasses.is_dataclass(tp) and tp not in seen:
+            seen.append(tp)
+            for hint in get_type_hints(tp).values():
+                visit(hint)
+
+    visit(root)
+    return seen
+
+
+CLASSES = reachable(schema.Config)
+
+
+def yaml_keys(cls: type) -> dict[str, dataclasses.Field[Any] | None]:
+    """The YAML keys of `cls` -> the field each one sets (None for keys that are not fields)."""
+    renames = RENAMES.get(cls, {})
+    keys: dict[str, dataclasses.Field[Any] | None] = {}
+    for f in dataclasses.fields(cls):
+        if cls is schema.RouteConfig and f.name == "action":
+            keys.update((k, None) for k in ACTION_KEYS)
+        else:
+            keys[renames.get(f.name, f.name)] = f
+    keys.update((k, None) for k in EXTRA_KEYS.get(cls, ()))
+    return keys
+
+
+def reference_tables(text: str) -> dict[str, dict[str, list[str]]]:
+    """Class name -> {key: [type, default, meaning] cells} from the README's reference section."""
+    assert text.count(START) == 1 and text.count(END) == 1, "reference markers missing"
+    section = text[text.index(START) + len(START):text.index(END)]
+    tables: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for line in section.splitlines():
+        mark = _TABLE_MARK.search(line)
+        if mark:
+            assert mark.group(1) not in tables, f"two tables for {mark.group(1)}"
+            current = tables[mark.group(1)] = {}
+            continue
+        row = _ROW.match(line.strip())
+        if row and current is not None:
+            key = row.group(1)
+            assert key not in current, f"two rows for `{key}`"
+            current[key] = [c.strip() for c in row.group(2).split(" | ")]
+    return tables
+
+
+@pytest.fixture(scope="module")
+def tables() -> dict[str, dict[str, list[str]]]:
+    return reference_tables(README.read_text(encoding="utf-8"))
+
+
+def test_reachable_classes_include_every_action() -> None:
+    for cls in (schema.ForwardAction, schema.RedirectAction, schema.FixedResponseAction,
+                schema.MatchConfig, schema.TargetConfig, schema.AccessLogConfig):
+        assert cls in CLASSES
+
+
+def test_every_config_class_has_a_table(tables: dict[str, dict[str, list[str]]]) -> None:
+    names = {cls.__name__ for cls in CLASSES}
+    assert sorted(names - set(tables)) == [], "config classes without a README table"
+    assert sorted(set(tables) - names) == [], "README tables for classes not in the schema"
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_table_rows_match_yaml_keys(cls: type,
+                                    tables: dict[str, dict[str, list[str]]]) -> None:
+    rows = tables.get(cls.__name__, {})
+    keys = yaml_keys(cls)
+    assert sorted(set(keys) - set(rows)) == [], f"keys of {cls.__name__} missing in the README"
+    assert sorted(set(rows) - set(keys)) == [], f"README rows for keys {cls.__name__} lacks"
+
+
+def _fmt(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_rows_show_defaults_and_bounds(cls: type,
+                                       tables: dict[str, dict[str, list[str]]]) -> None:
+    rows = tables.get(cls.__name__, {})
+    for key, f in yaml_keys(cls).items():
+        if f is None or key not in rows:
+            continue
+        assert len(rows[key]) == 3, f"{cls.__name__}.{key}: expected key | type | default | meaning"
+        type_cell, default_cell, meaning = rows[key]
+        assert meaning, f"{cls.__name__}.{key}: no meaning given"
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if lo is not None and hi is not None:
+            assert f"{_fmt(lo)}–{_fmt(hi)}" in type_cell, f"{cls.__name__}.{key}: range"
+        elif lo is not None:
+            assert f"≥ {_fmt(lo)}" in type_cell, f"{cls.__name__}.{key}: lower bound"
+        if f.default is schema.REQUIRED or (f.default is dataclasses.MISSING
+                                            and f.default_factory is dataclasses.MISSING):
+            assert "required" in default_cell, f"{cls.__name__}.{key}: should say required"
+        elif f.default is not dataclasses.MISSING and f.default is not None:
+            code = re.search(r"`([^`]*)`", default_cell)
+            assert code is not None, f"{cls.__name__}.{key}: default not shown"
+            assert yaml.safe_load(code.group(1)) == f.default, \
+                f"{cls.__name__}.{key}: README default {code.group(1)} != {f.default!r}"
