@@ -1,0 +1,355 @@
+"""Zone transfer as a primary: AXFR/IXFR out over TCP, NOTIFY out over UDP, NOTIFY in.
+
+Job: let real secondaries (Knot DNS, NSD, BIND) copy lbcdn's zones and hear about changes.
+
+Rules:
+- AXFR (RFC 5936) only over TCP and only to clients inside `allow_transfer` (CIDRs; empty means
+  nobody): anyone else gets REFUSED, a name that is not a served zone apex gets NOTAUTH. The
+  answer is a sequence of messages, each under `max_message_bytes`, SOA first and SOA last, the
+  question in the first message only, AA set. TSIG is not supported.
+- IXFR (RFC 1995) is answered the way RFC 1995 section 4 allows when no history is kept: a
+  client whose serial is current gets the single SOA ("up to date"), any other gets the full
+  zone in AXFR form. Over UDP, AXFR and IXFR are left to the engine.
+- NOTIFY out (RFC 1996): `Notifier` watches the engine's version; when a zone's SOA serial
+  changes it sends NOTIFY over UDP to every configured secondary, retrying with a doubling
+  timeout until the matching response (same id, QR, opcode NOTIFY) arrives or the retries run
+  out. A newer change for the same zone and secondary replaces a pending one.
+- NOTIFY in: lbcdn is a primary only, so a NOTIFY for a served zone is REFUSED (what Knot does
+  without a `notify` ACL), one for any other name NOTAUTH.
+- Decisions are pure functions over bytes; only `Notifier` does I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from dnslib import (
+    OPCODE,
+    QTYPE,
+    RCODE,
+    RR,
+    SOA,
+    DNSBuffer,
+    DNSError,
+    DNSHeader,
+    DNSQuestion,
+    DNSRecord,
+)
+
+from lbcdn.tasks import spawn
+
+log = logging.getLogger("lbcdn.dns.transfer")
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ZoneSource(Protocol):
+    """What transfers need from lbcdn.dns.engine.Engine."""
+
+    def answer(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> bytes | None: ...
+
+    def zone_for(self, name: str) -> Any: ...
+
+    def axfr_records(self, zone_name: str) -> list[RR]: ...
+
+    @property
+    def version(self) -> int: ...
+
+
+def parse_networks(cidrs: Iterable[str]) -> tuple[IpNetwork, ...]:
+    """CIDRs (or bare addresses) -> networks; raises ValueError naming the bad one."""
+    out: list[IpNetwork] = []
+    for c in cidrs:
+        try:
+            out.append(ipaddress.ip_network(c, strict=False))
+        except ValueError as e:
+            raise ValueError(f"not an address or CIDR: {c!r} ({e})") from None
+    return tuple(out)
+
+
+def client_allowed(address: str, networks: Sequence[IpNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+def opcode_of(message: bytes) -> int:
+    return (message[2] >> 3) & 0x0F if len(message) >= 3 else -1
+
+
+def is_transfer_query(message: bytes) -> bool:
+    """Cheap pre-check for the TCP path: a QUERY whose (single) question type is AXFR or IXFR.
+    Reads the qtype after the first name without dnslib."""
+    if len(message) < 17 or message[2] & 0x80 or opcode_of(message) != 0:
+        return False
+    i = 12
+    n = len(message)
+    while i < n:
+        length = message[i]
+        if length == 0:
+            if i + 3 > n:
+                return False
+            return int.from_bytes(message[i + 1:i + 3], "big") in (QTYPE.AXFR, QTYPE.IXFR)
+        if length & 0xC0:
+            return False
+        i += length + 1
+    return False
+
+
+def _error(query: DNSRecord, rcode: int, *, aa: bool = False) -> bytes:
+    reply = DNSRecord(DNSHeader(id=query.header.id, qr=1, aa=int(aa), opcode=query.header.opcode,
+                                rd=query.header.rd, rcode=rcode), q=query.q)
+    return bytes(reply.pack())
+
+
+def _zone_records(source: ZoneSource, name: str) -> list[RR] | None:
+    """The zone's AXFR records when `name` is a served zone's apex, else None."""
+    try:
+        if source.zone_for(name) is None:
+            return None
+        records = source.axfr_records(name)
+    except (KeyError, ValueError, LookupError):
+        return None
+    if len(records) < 2 or records[0].rtype != QTYPE.SOA:
+        return None
+    if str(records[0].rname).lower().rstrip(".") != name.lower().rstrip("."):
+        return None
+    return records
+
+
+def _serial(rr: RR) -> int:
+    rdata = rr.rdata
+    assert isinstance(rdata, SOA)
+    return int(rdata.times[0])
+
+
+def transfer_response(query_wire: bytes, client: str, source: ZoneSource,
+                      allow: Sequence[IpNetwork], *, max_message_bytes: int = 16384
+                      ) -> list[bytes]:
+    """The TCP messages answering one AXFR or IXFR query (a malformed one gets FORMERR)."""
+    try:
+        query = DNSRecord.parse(query_wire)
+    except (DNSError, ValueError, IndexError, UnicodeDecodeError):
+        if len(query_wire) < 12:
+            return []
+        hdr = DNSHeader(id=int.from_bytes(query_wire[:2], "big"), qr=1, rcode=RCODE.FORMERR)
+        return [bytes(DNSRecord(hdr).pack())]
+    if len(query.questions) != 1 or query.q.qtype not in (QTYPE.AXFR, QTYPE.IXFR):
+        return [_error(query, RCODE.FORMERR)]
+    if not client_allowed(client, allow):
+        return [_error(query, RCODE.REFUSED)]
+    name = str(query.q.qname)
+    records = _zone_records(source, name)
+    if records is None:
+        return [_error(query, RCODE.NOTAUTH)]
+    soa = records[0]
+    if query.q.qtype == QTYPE.IXFR:
+        theirs = [rr for rr in query.auth if rr.rtype == QTYPE.SOA]
+        if theirs and _serial(theirs[0]) == _serial(soa):
+            return [_pack(query, [soa], first=True)]
+    return _split(query, records, max_message_bytes)
+
+
+def _rr_size(rr: RR) -> int:
+    buf = DNSBuffer()
+    rr.pack(buf)  # uncompressed: an upper bound on its size inside a message
+    return len(buf.data)
+
+
+def _pack(query: DNSRecord, records: list[RR], *, first: bool) -> bytes:
+    header = DNSHeader(id=query.header.id, qr=1, aa=1, rd=query.header.rd)
+    msg = DNSRecord(header, q=query.q if first else None, rr=records)
+    if not first:
+        msg.questions = []
+    return bytes(msg.pack())
+
+
+def _split(query: DNSRecord, records: list[RR], limit: int) -> list[bytes]:
+    # 12 header bytes plus the question bound the first message's fixed part.
+    budget = limit - 12 - (len(str(query.q.qname)) + 6)
+    out: list[bytes] = []
+    batch: list[RR] = []
+    used = 0
+    for rr in records:
+        size = _rr_size(rr)
+        if batch and used + size > budget:
+            out.append(_pack(query, batch, first=not out))
+            batch, used = [], 0
+        batch.append(rr)
+        used += size
+    if batch:
+        out.append(_pack(query, batch, first=not out))
+    return out
+
+
+def notify_response(query_wire: bytes, source: ZoneSource) -> bytes | None:
+    """Answer to a NOTIFY received by this primary; None = silence (a response, or garbage)."""
+    if len(query_wire) < 12 or query_wire[2] & 0x80:
+        return None
+    try:
+        query = DNSRecord.parse(query_wire)
+    except (DNSError, ValueError, IndexError, UnicodeDecodeError):
+        hdr = DNSHeader(id=int.from_bytes(query_wire[:2], "big"), qr=1, opcode=OPCODE.NOTIFY,
+                        rcode=RCODE.FORMERR)
+        return bytes(DNSRecord(hdr).pack())
+    if len(query.questions) != 1:
+        return _error(query, RCODE.FORMERR)
+    served = _zone_records(source, str(query.q.qname)) is not None
+    return _error(query, RCODE.REFUSED if served else RCODE.NOTAUTH)
+
+
+def notify_message(zone: str, soa: RR | None, msg_id: int) -> bytes:
+    """A NOTIFY for `zone` (RFC 1996: AA set, SOA question, the new SOA as a hint)."""
+    header = DNSHeader(id=msg_id, qr=0, aa=1, opcode=OPCODE.NOTIFY, rd=0)
+    msg = DNSRecord(header)
+    msg.add_question(DNSQuestion(zone, QTYPE.SOA))
+    if soa is not None:
+        msg.add_answer(soa)
+    return bytes(msg.pack())
+
+
+def is_notify_ack(wire: bytes, msg_id: int) -> bool:
+    return (len(wire) >= 12 and int.from_bytes(wire[:2], "big") == msg_id
+            and bool(wire[2] & 0x80) and opcode_of(wire) == OPCODE.NOTIFY)
+
+
+def current_soa(source: ZoneSource, zone: str) -> RR | None:
+    """The zone's SOA as the engine answers it (cheap: one SOA query, not the whole zone)."""
+    q = DNSRecord.question(zone, "SOA")
+    wire = source.answer(bytes(q.pack()), tcp=True)
+    if wire is None:
+        return None
+    try:
+        reply = DNSRecord.parse(wire)
+    except (DNSError, ValueError, IndexError, UnicodeDecodeError):
+        return None
+    for rr in reply.rr:
+        if rr.rtype == QTYPE.SOA:
+            return rr
+    return None
+
+
+class _AckProtocol(asyncio.DatagramProtocol):
+    def __init__(self, msg_id: int) -> None:
+        self.msg_id = msg_id
+        self.acked: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if is_notify_ack(data, self.msg_id) and not self.acked.done():
+            self.acked.set_result(True)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and friends: keep waiting; the retry timer decides.
+        pass
+
+
+class Notifier:
+    """Sends NOTIFY to secondaries when a served zone's serial changes."""
+
+    def __init__(self, source: ZoneSource, zones: Sequence[str],
+                 secondaries: Sequence[tuple[str, int]], *, timeout_s: float = 1.0,
+                 retries: int = 5, poll_interval_s: float = 0.25,
+                 rng: random.Random | None = None) -> None:
+        self.source = source
+        self.zones = tuple(zones)
+        self.secondaries = tuple(secondaries)
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.poll_interval_s = poll_interval_s
+        self.rng = rng or random.Random()
+        self._serials: dict[str, int | None] = {}
+        self._version: int | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._pending: dict[tuple[str, str, int], asyncio.Task[bool]] = {}
+        self.sent = 0
+        self.acked = 0
+        self.failed = 0
+
+    async def start(self) -> None:
+        self._version = self.source.version
+        for zone in self.zones:
+            soa = current_soa(self.source, zone)
+            self._serials[zone] = _serial(soa) if soa is not None else None
+        if self.secondaries:
+            self._watch = spawn(self._watch_loop(), "dns-notify-watch")
+
+    async def stop(self) -> None:
+        tasks = [t for t in [self._watch, *self._pending.values()] if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._watch = None
+        self._pending.clear()
+
+    def check(self) -> list[str]:
+        """Compare serials now (the watch loop does this on every version change); send NOTIFY
+        for each zone whose serial moved. Returns those zones."""
+        self._version = self.source.version
+        changed: list[str] = []
+        for zone in self.zones:
+            soa = current_soa(self.source, zone)
+            serial = _serial(soa) if soa is not None else None
+            if serial != self._serials.get(zone):
+                self._serials[zone] = serial
+                if soa is not None:
+                    changed.append(zone)
+                    for host, port in self.secondaries:
+                        self._send_later(zone, soa, host, port)
+        return changed
+
+    def _send_later(self, zone: str, soa: RR, host: str, port: int) -> None:
+        key = (zone, host, port)
+        old = self._pending.pop(key, None)
+        if old is not None:
+            old.cancel()
+        task = spawn(self.notify_one(zone, soa, host, port), f"dns-notify {zone} {host}:{port}")
+        self._pending[key] = task
+        task.add_done_callback(lambda t: self._pending.pop(key, None)
+                               if self._pending.get(key) is t else None)
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            if self.source.version != self._version:
+                try:
+                    self.check()
+                except Exception:  # an engine bug must not end NOTIFY for good
+                    log.exception("NOTIFY check failed")
+
+    async def notify_one(self, zone: str, soa: RR | None, host: str, port: int) -> bool:
+        """Send one NOTIFY and wait for its answer, retrying; True when acknowledged."""
+        msg_id = self.rng.randrange(0, 65536)
+        wire = notify_message(zone, soa, msg_id)
+        loop = asyncio.get_running_loop()
+        transport, proto = await loop.create_datagram_endpoint(
+            lambda: _AckProtocol(msg_id), remote_addr=(host, port))
+        try:
+            timeout = self.timeout_s
+            for _ in range(self.retries):
+                transport.sendto(wire)
+                self.sent += 1
+                try:
+                    await asyncio.wait_for(asyncio.shield(proto.acked), timeout)
+                    self.acked += 1
+                    return True
+                except asyncio.TimeoutError:
+                    timeout *= 2
+            self.failed += 1
+            log.warning("NOTIFY %s to %s:%d: no answer after %d tries", zone, host, port,
+                        self.retries)
+            return False
+        finally:
+            transport.close()
