@@ -88,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
         _report(e, args.config)
         return 1
     from lbcdn.daemon import serve
-    return int(serve(config, log_level=args.log_level))
+    return int(serve(config, log_level=args.log_level, config_path=args.config))
 
 
 def _demo_backend(args: argparse.Namespace) -> int:

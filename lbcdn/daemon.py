@@ -1,41 +1,66 @@
-"""Builds the runtime from a Config, starts components in order and stops them in reverse.
+"""Builds the runtime from a Config, starts components in order, swaps it on reload, and stops
+it in reverse.
 
 Start order: demo backends (so the first proxied request finds them), pools, listeners, admin.
+
+Reload (SIGHUP or POST /api/reload): the file is read and validated first; if it is invalid
+nothing changes and the error is reported. Otherwise new listeners are opened before anything
+else changes (a port that cannot be bound fails the reload, and what was opened is closed again),
+then the new router, pools and access log are swapped into the listeners that stay — their
+sockets are never closed, so no connection attempt is refused. Requests already in flight finish
+with the route and pool they started with; listeners that are gone stop accepting and drain.
+
 Stop (SIGTERM / SIGINT): /healthz turns 503 at once, listeners stop accepting and drain up to
 `shutdown.drain_timeout_s`, then pools, admin and demo backends close, and the access log is
-flushed. A second signal during the drain cuts it short.
+flushed. A second signal during the drain cuts it short. SIGUSR1 reopens the access log file
+(after logrotate moved it), as nginx does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
 from lbcdn.admin.app import AdminServer, create_admin_app, start_admin
-from lbcdn.config.schema import Config
+from lbcdn.config.load import load_config
+from lbcdn.config.schema import Config, DemoBackendConfig
 from lbcdn.demo.backend import start_demo_backend
 from lbcdn.edge.listener import Listener
 from lbcdn.logs import AccessLog, setup_logging
 from lbcdn.routing import Router
+from lbcdn.tasks import spawn
 from lbcdn.upstream.pool import Pool
 
 log = logging.getLogger("lbcdn.daemon")
 
 
+class ReloadError(Exception):
+    """A reload that changed nothing; the message says why."""
+
+
 class Daemon:
     """The running daemon; also the admin API's view of it (lbcdn.admin.state.AdminState)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | os.PathLike[str] | None = None,
+                 log_level: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path
+        self.log_level = log_level   # from the command line: wins over the file's
         self.access_log = AccessLog(config.logging.access_log)
         self.pools: dict[str, Pool] = {}
         self.listeners: list[Listener] = []
         self.admin: AdminServer | None = None
-        self.demo_servers: list[asyncio.AbstractServer] = []
+        self.demo_servers: dict[DemoBackendConfig, asyncio.AbstractServer] = {}
+        self.reloads = 0
         self._draining = False
         self._stopped = False
         self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._retired: set[asyncio.Task[None]] = set()
 
     @property
     def draining(self) -> bool:
@@ -46,8 +71,10 @@ class Daemon:
             "listeners": [listener.describe() for listener in self.listeners],
             "routes": [r.name for r in self.config.routes] + [self.config.default_route.name],
             "pools": [pool.describe() for pool in self.pools.values()],
+            "reloads": self.reloads,
         }
 
+    # -- start ----------------------------------------------------------------------------
     async def start(self) -> None:
         """Start everything, or (when a port is taken, say) nothing: what had started is
         stopped again before the error propagates."""
@@ -60,21 +87,131 @@ class Daemon:
     async def _start(self) -> None:
         config = self.config
         self.access_log.start()
-        for backend in config.demo_backends:
-            self.demo_servers.append(
-                await start_demo_backend(backend.address, backend.port, backend.name))
-            log.info("demo backend %s on %s:%d", backend.name, backend.address, backend.port)
+        await self._sync_demo_backends(config)
         self.pools = {name: Pool(pool) for name, pool in config.pools.items()}
         router = Router(config.routes, config.default_route)
         for lc in config.listeners:
             listener = Listener(lc, router, self.pools, self.access_log)
-            await listener.start()
             self.listeners.append(listener)
+            await listener.start()
+        await self._start_admin(config)
+
+    async def _start_admin(self, config: Config) -> None:
         if config.admin.port:
             app = create_admin_app(self, config.admin.token)
             self.admin = await start_admin(app, config.admin.address, config.admin.port)
             log.info("admin API on %s:%d", config.admin.address, self.admin.port)
 
+    async def _sync_demo_backends(self, config: Config) -> None:
+        wanted = set(config.demo_backends)
+        for backend, server in list(self.demo_servers.items()):
+            if backend not in wanted:
+                server.close()
+                del self.demo_servers[backend]
+        for backend in config.demo_backends:
+            if backend not in self.demo_servers:
+                self.demo_servers[backend] = await start_demo_backend(
+                    backend.address, backend.port, backend.name)
+                log.info("demo backend %s on %s:%d", backend.name, backend.address,
+                         backend.port)
+
+    # -- reload ---------------------------------------------------------------------------
+    async def reload(self) -> None:
+        """Re-read the config file and swap the runtime. Raises ConfigError (invalid file,
+        nothing changed) or ReloadError (e.g. a new port could not be bound)."""
+        if self.config_path is None:
+            raise ReloadError("the daemon was not started from a config file")
+        async with self._reload_lock:
+            if self._draining:
+                raise ReloadError("shutting down")
+            config = load_config(self.config_path)
+            await self._apply(config)
+            self.reloads += 1
+            log.info("configuration reloaded from %s", self.config_path)
+
+    async def _apply(self, config: Config) -> None:
+        old = self.config
+        loop = asyncio.get_running_loop()
+        # 1. what can fail: open the new listeners first
+        kept = {(l.config.address, l.config.port): l for l in self.listeners}
+        pools = {name: (self.pools[name] if name in self.pools and
+                        self.pools[name].config == pc else Pool(pc))
+                 for name, pc in config.pools.items()}
+        router = Router(config.routes, config.default_route)
+        access_log = self.access_log
+        if config.logging.access_log != old.logging.access_log:
+            access_log = AccessLog(config.logging.access_log)
+        opened: list[Listener] = []
+        try:
+            for lc in config.listeners:
+                if (lc.address, lc.port) not in kept:
+                    listener = Listener(lc, router, pools, access_log)
+                    await listener.start()
+                    opened.append(listener)
+            await self._sync_demo_backends(config)
+        except OSError as exc:
+            for listener in opened:
+                listener.stop_accepting()
+            for name, pool in pools.items():
+                if self.pools.get(name) is not pool:
+                    pool.close()
+            raise ReloadError(f"could not apply the new configuration: {exc}") from exc
+        # 2. swap: nothing below can fail
+        if access_log is not self.access_log:
+            access_log.start()
+        listeners: list[Listener] = []
+        new_iter = iter(opened)
+        for lc in config.listeners:
+            key = (lc.address, lc.port)
+            if key in kept:
+                listener = kept.pop(key)
+                listener.update(lc, router, pools, access_log)
+            else:
+                listener = next(new_iter)
+            listeners.append(listener)
+        deadline = loop.time() + config.shutdown.drain_timeout_s
+        for gone in kept.values():
+            log.info("listener %s removed: draining", gone.name)
+            self._retire(gone.drain(deadline))
+        for name, pool in self.pools.items():
+            if pools.get(name) is not pool:
+                pool.close()  # idle connections now; busy ones when their exchange ends
+        if access_log is not self.access_log:
+            self.access_log.stop()
+        self.listeners, self.pools, self.access_log, self.config = \
+            listeners, pools, access_log, config
+        if self.log_level is None and config.logging.level != old.logging.level:
+            setup_logging(config.logging.level)
+        if config.admin != old.admin:
+            # after this request's answer: the reload may have come through the admin API
+            self._retire(self._restart_admin(config))
+
+    async def _restart_admin(self, config: Config) -> None:
+        await asyncio.sleep(0.1)
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
+        await self._start_admin(config)
+
+    def _retire(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = spawn(coro, "daemon-retire")
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    def request_reload(self) -> None:
+        spawn(self._reload_logged(), "reload")
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except Exception as exc:  # ConfigError, ReloadError: the old config stays
+            log.error("reload failed, configuration unchanged: %s", exc)
+
+    def reopen_logs(self) -> None:
+        self.access_log.reopen()
+        log.info("access log reopened")
+
+    # -- stop -----------------------------------------------------------------------------
     def request_stop(self) -> None:
         if self._stop.is_set():
             self._draining = True
@@ -95,22 +232,26 @@ class Daemon:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.shutdown.drain_timeout_s
         log.info("draining (up to %.1f s)", self.config.shutdown.drain_timeout_s)
-        await asyncio.gather(*(listener.drain(deadline) for listener in self.listeners))
+        await asyncio.gather(*(listener.drain(deadline) for listener in self.listeners),
+                             *self._retired)
         for pool in self.pools.values():
             pool.close()
         if self.admin is not None:
             await self.admin.stop()
-        for server in self.demo_servers:
+        for server in self.demo_servers.values():
             server.close()
         self.access_log.stop()
         log.info("stopped")
 
 
-async def _main(config: Config) -> int:
-    daemon = Daemon(config)
+async def _main(config: Config, config_path: str | os.PathLike[str] | None,
+                log_level: str | None) -> int:
+    daemon = Daemon(config, config_path, log_level)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
+    loop.add_signal_handler(signal.SIGUSR1, daemon.reopen_logs)
     try:
         await daemon.start()
     except OSError as exc:
@@ -120,11 +261,13 @@ async def _main(config: Config) -> int:
     return 0
 
 
-def serve(config: Config, log_level: str | None = None) -> int:
-    """Run the daemon until SIGTERM/SIGINT; return the process exit code."""
+def serve(config: Config, log_level: str | None = None,
+          config_path: str | os.PathLike[str] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; return the process exit code. With `config_path`,
+    SIGHUP and POST /api/reload re-read that file."""
     setup_logging(log_level or config.logging.level)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
-        return asyncio.run(_main(config))
-    return uvloop.run(_main(config))
+        return asyncio.run(_main(config, config_path, log_level))
+    return uvloop.run(_main(config, config_path, log_level))

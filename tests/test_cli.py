@@ -106,12 +106,15 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
         assert command in out
 
 
-@pytest.fixture
-def fake_daemon(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, str | None]]:
-    calls: list[tuple[Any, str | None]] = []
+FakeCalls = list[tuple[Any, str | None, str | None]]
 
-    def serve(config: Any, log_level: str | None = None) -> int:
-        calls.append((config, log_level))
+
+@pytest.fixture
+def fake_daemon(monkeypatch: pytest.MonkeyPatch) -> FakeCalls:
+    calls: list[tuple[Any, str | None, str | None]] = []
+
+    def serve(config: Any, log_level: str | None = None, config_path: str | None = None) -> int:
+        calls.append((config, log_level, config_path))
         return 7
 
     module = types.ModuleType("lbcdn.daemon")
@@ -121,10 +124,11 @@ def fake_daemon(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, str | None]]
 
 
 def test_serve_loads_config_and_hands_over(good: Path,
-                                           fake_daemon: list[tuple[Any, str | None]]) -> None:
+                                           fake_daemon: FakeCalls) -> None:
     assert main(["serve", "--config", str(good)]) == 7
-    config, level = fake_daemon[0]
+    config, level, path = fake_daemon[0]
     assert config.listeners[0].port == 8080 and level is None
+    assert path == str(good)  # so SIGHUP can re-read the same file  # so SIGHUP can re-read the same file
 
 
 @pytest.mark.parametrize("argv, level", [
@@ -133,13 +137,13 @@ def test_serve_loads_config_and_hands_over(good: Path,
     (["--log-level", "debug", "serve", "--log-level", "error"], "error"),
 ])
 def test_serve_log_level_global_or_local(good: Path, argv: list[str], level: str,
-                                         fake_daemon: list[tuple[Any, str | None]]) -> None:
+                                         fake_daemon: FakeCalls) -> None:
     assert main([*argv, "--config", str(good)]) == 7
     assert fake_daemon[0][1] == level
 
 
 def test_serve_invalid_config_does_not_start(bad: Path, capsys: pytest.CaptureFixture[str],
-                                             fake_daemon: list[tuple[Any, str | None]]) -> None:
+                                             fake_daemon: FakeCalls) -> None:
     assert main(["serve", "-c", str(bad)]) == 1
     assert fake_daemon == []
     assert 'routes[0].match.path: must start with "/"' in capsys.readouterr().err

@@ -88,6 +88,7 @@ async def test_describe_shape() -> None:
             "pools": [{"name": "app", "targets": [
                 {"target": f"{HOST}:{demo}", "weight": 1, "in_flight": 0,
                  "open_connections": 0, "idle_connections": 0}]}],
+            "reloads": 0,
         }
         # a client connection held open after one proxied request: one open client
         # connection, one idle pooled upstream connection

@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from lbcdn.admin.state import AdminState
+from lbcdn.config.load import ConfigError
 from lbcdn.metrics import render_metrics
 
 log = logging.getLogger("lbcdn.admin")
@@ -107,6 +108,26 @@ async def _runtime(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE_KEY].describe(), dumps=_dumps)
 
 
+async def _reload(request: web.Request) -> web.Response:
+    try:
+        await request.app[STATE_KEY].reload()
+    except ConfigError as exc:
+        return web.json_response({"error": "invalid configuration; nothing changed",
+                                  "problems": exc.lines()}, status=400)
+    except Exception as exc:
+        log.error("reload failed: %s", exc)
+        return json_error(409, f"reload failed; nothing changed: {exc}")
+    return web.json_response({"status": "reloaded"})
+
+
+@web.middleware
+async def _no_token_read_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Without a token, the API may be read but not used to change anything."""
+    if _is_api(request) and request.method not in ("GET", "HEAD", "OPTIONS"):
+        return json_error(403, "state-changing API calls need admin.token to be configured")
+    return await handler(request)
+
+
 def create_admin_app(state: AdminState, token: str | None) -> web.Application:
     """Build the admin application. `token` None leaves /api/ open (for loopback-only setups);
     an empty token is refused, as it most likely is an unset environment variable."""
@@ -115,11 +136,14 @@ def create_admin_app(state: AdminState, token: str | None) -> web.Application:
     middlewares: list[Middleware] = [_errors_middleware]
     if token is not None:
         middlewares.append(_auth_middleware(token.strip()))
+    else:
+        middlewares.append(_no_token_read_only)
     app = web.Application(middlewares=middlewares)
     app[STATE_KEY] = state
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/api/runtime", _runtime)
+    app.router.add_post("/api/reload", _reload)
     return app
 
 

@@ -21,3 +21,9 @@ class AdminState(Protocol):
         """A JSON-able view of the runtime: listeners, routes, pools and targets with their
         current state. Called on the event loop per request to /api/runtime: keep it cheap."""
         ...
+
+    async def reload(self) -> None:
+        """Re-read the configuration file and swap the runtime. Raises
+        lbcdn.config.load.ConfigError (invalid, nothing changed) or another Exception whose
+        message says why nothing changed."""
+        ...

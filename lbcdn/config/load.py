@@ -321,7 +321,7 @@ def _check_admin(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         problem = names.bind_address_problem(v["address"])
         if problem:
             ld.error(join(path, "address"), problem)
-    if v.get("token") == "":
+    if isinstance(v.get("token"), str) and not v["token"].strip():
         ld.error(join(path, "token"), "must not be empty (leave it out to set no token)")
 
 

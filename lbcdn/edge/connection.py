@@ -72,6 +72,7 @@ class ClientConnection(Writer, asyncio.Protocol):
         self.write_paused = False
         self.tunnel: Exchange | None = None
         self.eof = False
+        self.gauge = listener.metrics
         self._pause = 0
         self._in_head = False
         self._head_started = 0.0

@@ -41,6 +41,21 @@ class Listener:
         self._route_metrics: dict[str, RouteMetrics] = {}
         self._server: asyncio.AbstractServer | None = None
 
+    def update(self, config: ListenerConfig, router: Router, pools: Mapping[str, Pool],
+               access_log: AccessLog) -> None:
+        """Reload: new connections see the new config; open ones keep theirs, and exchanges in
+        flight keep the route and pool they started with. The socket stays open."""
+        self.config = config
+        self.name = config.name
+        self.router = router
+        self.pools = pools
+        self.access_log = access_log
+        self.metrics = listener_metrics(config.name)
+        self.id_header = config.request_id_header.encode()
+        self.id_header_lower = self.id_header.lower()
+        self.header_kinds = request_header_kinds(self.id_header_lower)
+        self._route_metrics = {}
+
     def _set_port(self, port: int) -> None:
         self.port = port
         self.forwarded_headers = b"X-Forwarded-Proto: http\r\nX-Forwarded-Port: %d\r\n" % port
@@ -61,12 +76,13 @@ class Listener:
 
     def connection_made(self, conn: ClientConnection) -> None:
         self.connections.add(conn)
+        conn.gauge = self.metrics  # the listener may be renamed by a reload meanwhile
         self.metrics.connection_opened()
 
     def connection_lost(self, conn: ClientConnection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
-            self.metrics.connection_closed()
+            conn.gauge.connection_closed()
 
     def stop_accepting(self) -> None:
         if self._server is not None:

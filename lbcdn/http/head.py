@@ -179,6 +179,9 @@ def check_request(method: bytes, target: bytes, version: bytes,
         raise HttpError(400, "invalid Host header")
 
     # request-target forms, RFC 9112 3.2
+    if method == b"CONNECT":
+        raise HttpError(405, "CONNECT is not supported",
+                        headers=b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n")
     if target[:1] == b"/":
         path, sep, query = target.partition(b"?")
     elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
@@ -198,9 +201,6 @@ def check_request(method: bytes, target: bytes, version: bytes,
         target = path + sep + query
     elif target == b"*" and method == b"OPTIONS":
         path, sep, query = b"*", b"", b""
-    elif method == b"CONNECT":
-        raise HttpError(405, "CONNECT is not supported",
-                        headers=b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n")
     else:
         raise HttpError(400, "invalid request-target")
     if hosts == 0:

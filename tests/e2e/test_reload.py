@@ -1,0 +1,244 @@
+"""Reload (SIGHUP, POST /api/reload, Daemon.reload) and log reopening (SIGUSR1), end to end:
+a valid new config takes effect without refusing or failing a single request, an invalid one
+changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from lbcdn.config.load import ConfigError, load_config
+from lbcdn.daemon import Daemon, ReloadError
+from tests.e2e.harness import (HOST, DaemonProcess, admin_port, backend_process, demo_backend,
+                               free_port, listener_port, proxy_config)
+
+
+def with_hello(config: dict[str, Any], body: str) -> dict[str, Any]:
+    config = dict(config)
+    config["routes"] = [{"name": "hello", "match": {"path": "/hello"},
+                         "fixed_response": {"body": body}}]
+    return config
+
+
+async def get(session: aiohttp.ClientSession, port: int, path: str) -> tuple[int, str]:
+    async with session.get(f"http://{HOST}:{port}{path}") as resp:
+        return resp.status, await resp.text()
+
+
+async def test_reload_swaps_routes_and_keeps_open_connections(tmp_path: Path) -> None:
+    async with demo_backend() as bport:
+        config = with_hello(proxy_config(bport), "one")
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(config))
+        daemon = Daemon(load_config(path), path)
+        await daemon.start()
+        try:
+            port = listener_port(config)
+            async with aiohttp.ClientSession() as session:
+                assert await get(session, port, "/hello") == (200, "one")
+                path.write_text(yaml.safe_dump(with_hello(config, "two")))
+                await daemon.reload()
+                # the same pooled client connection now sees the new route
+                assert await get(session, port, "/hello") == (200, "two")
+                status, body = await get(session, port, "/proxied")
+                assert status == 200 and '"backend"' in body
+            assert daemon.reloads == 1
+        finally:
+            await daemon.stop()
+
+
+async def test_invalid_config_changes_nothing(tmp_path: Path) -> None:
+    config = with_hello(proxy_config(free_port()), "one")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    daemon = Daemon(load_config(path), path)
+    await daemon.start()
+    try:
+        path.write_text("listeners: [{name: web, port: 0}]\nsurprise: 1\n")
+        with pytest.raises(ConfigError) as info:
+            await daemon.reload()
+        assert "surprise" in str(info.value)
+        async with aiohttp.ClientSession() as session:
+            assert await get(session, listener_port(config), "/hello") == (200, "one")
+        assert daemon.reloads == 0
+    finally:
+        await daemon.stop()
+
+
+async def test_listeners_added_and_removed(tmp_path: Path) -> None:
+    config = with_hello(proxy_config(free_port()), "x")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    daemon = Daemon(load_config(path), path)
+    await daemon.start()
+    try:
+        old_port = listener_port(config)
+        new_port = free_port()
+        config2 = dict(config, listeners=[{"name": "second", "address": HOST,
+                                           "port": new_port}])
+        path.write_text(yaml.safe_dump(config2))
+        await daemon.reload()
+        async with aiohttp.ClientSession() as session:
+            assert await get(session, new_port, "/hello") == (200, "x")
+        deadline = time.monotonic() + 5
+        while True:  # the removed listener stops accepting (after draining: nothing open)
+            try:
+                _, w = await asyncio.open_connection(HOST, old_port)
+                w.close()
+            except OSError:
+                break
+            assert time.monotonic() < deadline, "removed listener still accepts"
+            await asyncio.sleep(0.05)
+    finally:
+        await daemon.stop()
+
+
+async def test_port_taken_fails_the_reload_and_keeps_the_old_runtime(tmp_path: Path) -> None:
+    import socket
+    config = with_hello(proxy_config(free_port()), "x")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    daemon = Daemon(load_config(path), path)
+    await daemon.start()
+    try:
+        with socket.socket() as blocker:
+            blocker.bind((HOST, 0))
+            blocker.listen()
+            busy = blocker.getsockname()[1]
+            config2 = dict(config, listeners=config["listeners"] + [
+                {"name": "busy", "address": HOST, "port": busy}])
+            config2 = with_hello(config2, "y")
+            path.write_text(yaml.safe_dump(config2))
+            with pytest.raises(ReloadError):
+                await daemon.reload()
+        async with aiohttp.ClientSession() as session:
+            assert await get(session, listener_port(config), "/hello") == (200, "x")
+    finally:
+        await daemon.stop()
+
+
+async def test_admin_reload_endpoint(tmp_path: Path) -> None:
+    config = with_hello(proxy_config(free_port(), admin={"token": "s3cret"}), "one")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    daemon = Daemon(load_config(path), path)
+    await daemon.start()
+    url = f"http://{HOST}:{admin_port(config)}/api/reload"
+    auth = {"Authorization": "Bearer s3cret"}
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url) as resp:
+                assert resp.status == 401
+            path.write_text("listeners: []\n")
+            async with session.post(url, headers=auth) as resp:
+                assert resp.status == 400
+                body = await resp.json()
+                assert body["problems"] and "listeners" in body["problems"][0]
+            path.write_text(yaml.safe_dump(with_hello(config, "two")))
+            async with session.post(url, headers=auth) as resp:
+                assert (resp.status, await resp.json()) == (200, {"status": "reloaded"})
+            assert await get(session, listener_port(config), "/hello") == (200, "two")
+    finally:
+        await daemon.stop()
+
+
+async def test_without_a_token_the_api_cannot_change_state(tmp_path: Path) -> None:
+    config = proxy_config(free_port())
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    daemon = Daemon(load_config(path), path)
+    await daemon.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://{HOST}:{admin_port(config)}/api/reload") as resp:
+                assert resp.status == 403
+                assert "admin.token" in (await resp.json())["error"]
+        assert daemon.reloads == 0
+    finally:
+        await daemon.stop()
+
+
+async def _load(port: int, rate: int, seconds: float) -> list[int | str]:
+    """A fixed-rate load: `rate` requests a second for `seconds`, half on a kept-alive
+    connection pool, half on new connections. Returns statuses, or the error text."""
+    results: list[int | str] = []
+    keep = aiohttp.ClientSession()
+    fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+
+    async def one(session: aiohttp.ClientSession, path: str) -> None:
+        try:
+            async with session.get(f"http://{HOST}:{port}{path}",
+                                   timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                await resp.read()
+                results.append(resp.status)
+        except Exception as exc:  # a refused or reset request is a failure to count
+            results.append(f"{type(exc).__name__}: {exc}")
+
+    tasks = []
+    start = time.monotonic()
+    n = int(rate * seconds)
+    for i in range(n):
+        await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+        tasks.append(asyncio.ensure_future(one(keep if i % 2 else fresh, f"/r{i}")))
+    await asyncio.gather(*tasks)
+    await keep.close()
+    await fresh.close()
+    return results
+
+
+@pytest.mark.slow
+async def test_sighup_reloads_under_load_without_a_failed_request(tmp_path: Path) -> None:
+    with backend_process() as backend:
+        config = with_hello(proxy_config(backend.port), "v0")
+        config["logging"]["level"] = "info"
+        daemon = DaemonProcess(config, tmp_path)
+        try:
+            port = listener_port(config)
+            async with aiohttp.ClientSession() as session:
+                slow = asyncio.ensure_future(get(session, port, "/delay/2500"))
+                load = asyncio.ensure_future(_load(port, rate=100, seconds=3.0))
+                for i in range(1, 6):
+                    await asyncio.sleep(0.45)
+                    daemon.path.write_text(yaml.safe_dump(with_hello(config, f"v{i}")))
+                    os.kill(daemon.pid, signal.SIGHUP)
+                results = await load
+                status, _ = await slow
+                await asyncio.sleep(0.3)
+                assert await get(session, port, "/hello") == (200, "v5")
+            failures = [r for r in results if r != 200]
+            assert not failures, failures[:5]
+            assert len(results) == 300
+            assert status == 200  # the slow request in flight across all five reloads
+            assert daemon.stderr().count("configuration reloaded") == 5
+        finally:
+            assert daemon.stop() == 0
+
+
+async def test_sigusr1_reopens_the_access_log(tmp_path: Path) -> None:
+    log_path = tmp_path / "access.log"
+    config = with_hello(proxy_config(free_port()), "x")
+    config["logging"] = {"level": "info", "access_log": {"enabled": True,
+                                                         "path": str(log_path)}}
+    daemon = DaemonProcess(config, tmp_path)
+    try:
+        port = listener_port(config)
+        async with aiohttp.ClientSession() as session:
+            await get(session, port, "/hello?before")
+            await asyncio.sleep(0.3)
+            os.rename(log_path, tmp_path / "access.log.1")
+            os.kill(daemon.pid, signal.SIGUSR1)
+            await asyncio.sleep(0.3)
+            await get(session, port, "/hello?after")
+    finally:
+        assert daemon.stop() == 0
+    assert "before" in (tmp_path / "access.log.1").read_text()
+    after = log_path.read_text()
+    assert "after" in after and "before" not in after
