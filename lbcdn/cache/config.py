@@ -1,0 +1,313 @@
+"""Configuration of the edge cache: CloudFront's model of policies, origins and behaviors.
+
+Job: the frozen dataclasses the reflective config loader (lbcdn.config.reflect) builds from the
+`cache:` section of the YAML, plus the cross-field checks it runs (registered in VALIDATORS at
+import, as lbcdn.config.load does for its own classes).
+
+Rules:
+- Field names are YAML keys, units in names; every field documents itself with `doc(...)`.
+- Things are named by their key: `policies: {NAME: ...}`, `origins: {ID: ...}`,
+  `origin_groups: {ID: ...}`, `distributions: {NAME: ...}`; a behavior names its origin (or
+  origin group) and its policy by those keys, and a route names its distribution.
+- Defaults are CloudFront's where CloudFront has one (TTLs 86400 / 0 / 31536000, connection
+  timeout 10 s and 3 attempts, error caching minimum TTL 10 s), nginx's where it has none
+  (proxy_cache_lock_timeout 5 s).
+- Config is data only; the runtime (stores, collapsing, compiled behaviors) is built from it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lbcdn.config.reflect import VALIDATORS, Loader, join
+from lbcdn.config.schema import REQUIRED, doc
+
+QueryStringBehavior = Literal["none", "allow", "all_except", "all"]
+
+# Methods CloudFront lets a behavior allow, and those it may cache.
+KNOWN_METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "POST", "PATCH", "DELETE")
+CACHEABLE_METHODS = ("GET", "HEAD", "OPTIONS")
+# CloudFront: an origin group fails over on a chosen subset of these.
+FAILOVER_STATUSES = (400, 403, 404, 416, 500, 502, 503, 504)
+# CloudFront: custom error responses exist for these origin statuses.
+ERROR_STATUSES = (400, 403, 404, 405, 414, 416, 500, 501, 502, 503, 504)
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_COOKIE_NAME = _HEADER_NAME
+
+
+@dataclass(frozen=True)
+class QueryStringsConfig:
+    behavior: QueryStringBehavior = doc(
+        "Which query parameters are in the cache key (and forwarded): `none`, `allow` (only "
+        "`names`), `all_except` (all but `names`) or `all`. Kept ones are sorted.", "none")
+    names: tuple[str, ...] = doc(
+        "Parameter names for `allow` / `all_except`.", default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class CachePolicyConfig:
+    """What is cached for how long, and what the cache key holds (a CloudFront cache policy)."""
+    default_ttl_s: int = doc(
+        "Freshness when the origin gives none (no CDN-Cache-Control, s-maxage, max-age or "
+        "Expires); also caps the Last-Modified heuristic.", 86400, lo=0, hi=31536000 * 100)
+    min_ttl_s: int = doc(
+        "Lower clamp of an origin-given freshness lifetime.", 0, lo=0, hi=31536000 * 100)
+    max_ttl_s: int = doc(
+        "Upper clamp of an origin-given freshness lifetime.", 31536000, lo=0, hi=31536000 * 100)
+    query_strings: QueryStringsConfig = doc(
+        "Query strings in the cache key.", default_factory=QueryStringsConfig)
+    headers: tuple[str, ...] = doc(
+        "Request headers whose values are in the cache key (case-insensitive names).",
+        default_factory=tuple)
+    cookies: tuple[str, ...] = doc(
+        "Cookie names whose values are in the cache key.", default_factory=tuple)
+    allowed_methods: tuple[str, ...] = doc(
+        "Methods passed to the origin; others get 405. Unsafe ones invalidate on success.",
+        default_factory=lambda: ("GET", "HEAD"))
+    cached_methods: tuple[str, ...] = doc(
+        "Methods whose responses are cached (GET and HEAD always; OPTIONS may be added).",
+        default_factory=lambda: ("GET", "HEAD"))
+    compress: bool = doc(
+        "Compress compressible types (gzip, brotli) for clients that accept it.", True)
+    cache_set_cookie: bool = doc(
+        "Store responses carrying Set-Cookie (the cookie is then served to everyone).", False)
+    stale_while_revalidate_s: float = doc(
+        "Serve stale this long after expiry while one background request revalidates; a "
+        "response's own stale-while-revalidate wins.", 0.0, lo=0)
+    stale_if_error_s: float = doc(
+        "Serve stale this long after expiry when the origin fails (5xx, timeout, refused); "
+        "a response's own stale-if-error wins.", 0.0, lo=0)
+    collapse: bool = doc(
+        "Concurrent misses for one key make one origin request; the others wait for it.", True)
+    lock_timeout_s: float = doc(
+        "How long a collapsed request waits for the leader's response head before it goes "
+        "to the origin itself (nginx proxy_cache_lock_timeout).", 5.0, lo=0.001)
+
+
+@dataclass(frozen=True)
+class OriginConfig:
+    """Where misses go: exactly one of `pool`, `bucket`, `url`."""
+    pool: str | None = doc("A pool name (the balancer picks a target).", None)
+    bucket: str | None = doc("A bucket origin name.", None)
+    url: str | None = doc("An external origin, `http://host[:port]` or `https://...`.", None)
+    origin_path: str = doc(
+        "Prefix put before the request path (`/prod` makes `/a.png` fetch `/prod/a.png`); "
+        "starts with `/`, no trailing `/`.", "")
+    connect_timeout_s: float = doc("TCP connect timeout per attempt.", 10.0, lo=0.001, hi=60)
+    connect_attempts: int = doc("Connection attempts before the origin counts as failed.",
+                                3, lo=1, hi=10)
+    response_timeout_s: float = doc(
+        "Longest wait for the response head, and between body reads.", 30.0, lo=0.001)
+
+
+@dataclass(frozen=True)
+class OriginGroupConfig:
+    """Failover: requests go to `primary`; on a listed status or a connection failure, once
+    more to `secondary` (only for GET, HEAD and OPTIONS, as CloudFront does)."""
+    primary: str = doc("Origin id tried first.", REQUIRED)
+    secondary: str = doc("Origin id tried on failover.", REQUIRED)
+    failover_statuses: tuple[int, ...] = doc(
+        "Origin statuses that fail over (from 400, 403, 404, 416, 500, 502, 503, 504).",
+        default_factory=lambda: (500, 502, 503, 504))
+
+
+@dataclass(frozen=True)
+class BehaviorConfig:
+    path_pattern: str = doc(
+        "CloudFront path pattern: `*` any run of characters, `?` one; `*` alone matches all.",
+        REQUIRED)
+    origin: str = doc("Origin id or origin group id.", REQUIRED)
+    policy: str = doc("Cache policy name.", "default")
+
+
+@dataclass(frozen=True)
+class ErrorResponseConfig:
+    error_code: int = doc("Origin status this applies to.", REQUIRED, lo=400, hi=599)
+    response_page_path: str | None = doc(
+        "Path (fetched through the distribution, so cached) served instead of the error.", None)
+    response_code: int | None = doc("Status sent to the client; default: error_code.", None,
+                                    lo=200, hi=599)
+    error_caching_min_ttl_s: int = doc(
+        "How long the error (or the replacement) is cached when the origin gives no TTL.",
+        10, lo=0, hi=31536000)
+
+
+@dataclass(frozen=True)
+class DistributionConfig:
+    """A set of ordered behaviors (first match wins; `default_behavior` last), error pages."""
+    default_behavior: BehaviorConfig = doc(
+        "What a path matching no behavior uses (its path_pattern must be `*`).", REQUIRED)
+    behaviors: tuple[BehaviorConfig, ...] = doc("Ordered behaviors.", default_factory=tuple)
+    custom_error_responses: tuple[ErrorResponseConfig, ...] = doc(
+        "Custom error responses by origin status.", default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    memory_max_bytes: int = doc("Memory tier size (bodies plus heads), LRU.", 256 << 20, lo=0)
+    max_object_bytes: int = doc(
+        "Largest object kept in memory; larger ones go to disk, or pass through.", 16 << 20,
+        lo=0)
+    disk_path: str | None = doc("Directory of the disk tier; none when unset.", None)
+    disk_max_bytes: int = doc("Disk tier size, LRU.", 10 << 30, lo=0)
+    disk_max_object_bytes: int = doc("Largest object kept on disk.", 1 << 30, lo=0)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    storage: StorageConfig = doc("Memory and disk tiers.", default_factory=StorageConfig)
+    policies: dict[str, CachePolicyConfig] = doc(
+        "Cache policies by name; `default` exists unless given.",
+        default_factory=lambda: {"default": CachePolicyConfig()})
+    origins: dict[str, OriginConfig] = doc("Origins by id.", default_factory=dict)
+    origin_groups: dict[str, OriginGroupConfig] = doc("Origin groups by id.",
+                                                      default_factory=dict)
+    distributions: dict[str, DistributionConfig] = doc(
+        "Distributions by name; a route's `cache` names one.", default_factory=dict)
+
+    def policy(self, name: str) -> CachePolicyConfig:
+        if name == "default" and name not in self.policies:
+            return CachePolicyConfig()
+        return self.policies[name]
+
+
+# -- checks ----------------------------------------------------------------------------------
+
+def _names_problem(items: tuple[str, ...], pattern: re.Pattern[str], what: str) -> str | None:
+    for name in items:
+        if not pattern.match(name):
+            return f"{name!r} is not a valid {what} name"
+    return None
+
+
+def _check_query(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    behavior, names = v.get("behavior"), v.get("names")
+    if behavior in ("allow", "all_except") and not names:
+        ld.error(join(path, "names"), f"must list at least one name for {behavior}")
+    if behavior in ("none", "all") and names:
+        ld.error(join(path, "names"), f"must be empty for {behavior}")
+
+
+def _check_policy(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    lo, default, hi = v.get("min_ttl_s"), v.get("default_ttl_s"), v.get("max_ttl_s")
+    if lo is not None and default is not None and lo > default:
+        ld.error(join(path, "min_ttl_s"), f"must not exceed default_ttl_s ({default})")
+    if default is not None and hi is not None and default > hi:
+        ld.error(join(path, "default_ttl_s"), f"must not exceed max_ttl_s ({hi})")
+    for key, what in (("headers", "header"), ("cookies", "cookie")):
+        problem = _names_problem(v.get(key, ()), _HEADER_NAME, what)
+        if problem:
+            ld.error(join(path, key), problem)
+    allowed = v.get("allowed_methods")
+    for key in ("allowed_methods", "cached_methods"):
+        methods = v.get(key)
+        if methods is None:
+            continue
+        known = KNOWN_METHODS if key == "allowed_methods" else CACHEABLE_METHODS
+        bad = [m for m in methods if m not in known]
+        if bad:
+            ld.error(join(path, key), f"unknown method {bad[0]!r} (known: {', '.join(known)})")
+        elif "GET" not in methods or "HEAD" not in methods:
+            ld.error(join(path, key), "must include GET and HEAD")
+    cached = v.get("cached_methods")
+    if allowed is not None and cached is not None:
+        extra = [m for m in cached if m not in allowed]
+        if extra:
+            ld.error(join(path, "cached_methods"), f"{extra[0]} is not in allowed_methods")
+
+
+def _check_origin(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    given = [k for k in ("pool", "bucket", "url") if v.get(k) is not None]
+    if len(given) != 1:
+        ld.error(path, "needs exactly one of pool, bucket, url"
+                 + (f" (got {', '.join(given)})" if given else ""))
+    url = v.get("url")
+    if url is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?", url):
+        ld.error(join(path, "url"), "must be http(s)://host[:port] without a path "
+                                    "(use origin_path)")
+    op = v.get("origin_path")
+    if op and (not op.startswith("/") or op.endswith("/") or re.search(r"[\s?#]", op)):
+        ld.error(join(path, "origin_path"),
+                 'must start with "/", not end with "/", and hold no spaces, "?" or "#"')
+
+
+def _check_group(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    statuses = v.get("failover_statuses")
+    if statuses is not None:
+        if not statuses:
+            ld.error(join(path, "failover_statuses"), "must list at least one status")
+        bad = [s for s in statuses if s not in FAILOVER_STATUSES]
+        if bad:
+            ld.error(join(path, "failover_statuses"),
+                     f"{bad[0]} is not one of {', '.join(map(str, FAILOVER_STATUSES))}")
+    if v.get("primary") is not None and v.get("primary") == v.get("secondary"):
+        ld.error(join(path, "secondary"), "must differ from primary")
+
+
+def _check_behavior(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    pattern = v.get("path_pattern")
+    if pattern is not None and (not pattern or re.search(r"[\x00-\x20\x7f]", pattern)):
+        ld.error(join(path, "path_pattern"), "must be non-empty without spaces")
+
+
+def _check_error_response(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    code = v.get("error_code")
+    if code is not None and code not in ERROR_STATUSES:
+        ld.error(join(path, "error_code"),
+                 f"must be one of {', '.join(map(str, ERROR_STATUSES))}")
+    page = v.get("response_page_path")
+    if page is not None and not page.startswith("/"):
+        ld.error(join(path, "response_page_path"), 'must start with "/"')
+    if v.get("response_code") is not None and page is None:
+        ld.error(join(path, "response_code"), "needs response_page_path")
+
+
+def _check_distribution(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    default = v.get("default_behavior")
+    if default is not None and default.path_pattern != "*":
+        ld.error(join(join(path, "default_behavior"), "path_pattern"), 'must be "*"')
+    seen: set[int] = set()
+    for i, err in enumerate(v.get("custom_error_responses", ())):
+        if err.error_code in seen:
+            ld.error(f"{join(path, 'custom_error_responses')}[{i}].error_code",
+                     f"duplicate error_code {err.error_code}")
+        seen.add(err.error_code)
+
+
+def _check_cache(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    origins = set(v.get("origins", {}))
+    groups: Mapping[str, OriginGroupConfig] = v.get("origin_groups", {})
+    policies = set(v.get("policies", {"default": None}))
+    policies.add("default")  # `CacheConfig.policy("default")` always resolves
+    for gid, group in groups.items():
+        where = join(join(path, "origin_groups"), gid)
+        if gid in origins:
+            ld.error(where, "an origin group must not share an id with an origin")
+        for key in ("primary", "secondary"):
+            if getattr(group, key) not in origins:
+                ld.error(join(where, key), f"unknown origin {getattr(group, key)!r}")
+    targets = origins | set(groups)
+    for name, dist in v.get("distributions", {}).items():
+        where = join(join(path, "distributions"), name)
+        pairs = [(f"{join(where, 'behaviors')}[{i}]", b) for i, b in enumerate(dist.behaviors)]
+        pairs.append((join(where, "default_behavior"), dist.default_behavior))
+        for bpath, behavior in pairs:
+            if behavior.origin not in targets:
+                ld.error(join(bpath, "origin"), f"unknown origin or origin group "
+                                                f"{behavior.origin!r}")
+            if behavior.policy not in policies:
+                ld.error(join(bpath, "policy"), f"unknown cache policy {behavior.policy!r}")
+
+
+VALIDATORS.setdefault(QueryStringsConfig, []).append(_check_query)
+VALIDATORS.setdefault(CachePolicyConfig, []).append(_check_policy)
+VALIDATORS.setdefault(OriginConfig, []).append(_check_origin)
+VALIDATORS.setdefault(OriginGroupConfig, []).append(_check_group)
+VALIDATORS.setdefault(BehaviorConfig, []).append(_check_behavior)
+VALIDATORS.setdefault(ErrorResponseConfig, []).append(_check_error_response)
+VALIDATORS.setdefault(DistributionConfig, []).append(_check_distribution)
+VALIDATORS.setdefault(CacheConfig, []).append(_check_cache)
