@@ -440,3 +440,65 @@ async def test_rate_limiting_drops_and_slips_over_udp_but_not_tcp(engine: StandI
     finally:
         await srv.stop()
 
+
+
+# --------------------------------------------------------------------------- fuzz
+
+class ThreadedServer:
+    """A DnsServer on its own event loop in a thread, for synchronous (hypothesis) tests."""
+
+    def __init__(self, engine: Any) -> None:
+        import threading
+        self.loop = asyncio.new_event_loop()
+        self.server = DnsServer(engine, address=HOST, port=0)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(5)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def mutations() -> Any:
+    from hypothesis import strategies as st
+    valid = [query(n, t).to_wire() for n, t in [("www.example.com", "A"),
+                                                ("big.example.com", "TXT"),
+                                                ("x.other.org", "AAAA")]]
+    valid.append(query("www.example.com", "A", use_edns=0, payload=4096).to_wire())
+    flips = st.tuples(st.sampled_from(valid),
+                      st.lists(st.tuples(st.integers(0, 80), st.integers(0, 255)), max_size=6),
+                      st.integers(0, 90))
+
+    def mutate(arg: tuple[bytes, list[tuple[int, int]], int]) -> bytes:
+        wire, edits, cut = arg
+        b = bytearray(wire)
+        for pos, val in edits:
+            if pos < len(b):
+                b[pos] = val
+        return bytes(b[:max(cut, 0)] if cut < len(b) else b)
+
+    return st.one_of(st.binary(max_size=600), flips.map(mutate))
+
+
+def test_fuzzed_packets_never_break_the_udp_server() -> None:
+    from hypothesis import HealthCheck, given, settings
+
+    srv = ThreadedServer(StandInEngine())
+    port = srv.server.udp_port
+    try:
+        @settings(max_examples=300, deadline=None, derandomize=True,
+                  suppress_health_check=[HealthCheck.too_slow])
+        @given(mutations())
+        def check(packet: bytes) -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(packet, (HOST, port))
+
+        check()
+        reply = dns.query.udp(query("www.example.com", "A"), HOST, port=port, timeout=2)
+        assert reply.rcode() == dns.rcode.NOERROR
+        assert srv.server.stats.udp_errors == 0
+    finally:
+        srv.close()
