@@ -1,0 +1,145 @@
+"""HTTP semantics of serving a stored object (pure): conditional requests and a single Range.
+
+Rules (RFC 9110 §13 and §14, as S3 applies them):
+- Preconditions in RFC order: If-Match (else If-Unmodified-Since) -> 412; If-None-Match (else
+  If-Modified-Since, GET/HEAD only) -> 304 for GET/HEAD. ETags compare strongly for If-Match and
+  weakly for If-None-Match; `*` matches any existing object. Dates have second resolution.
+- Range: one `bytes=` range only. A syntactically invalid header or several ranges are
+  ignored (the whole object, 200), as S3 does; an unsatisfiable one is 416 with
+  `Content-Range: bytes */size`. If-Range with a differing validator also yields 200.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Literal
+
+
+def http_date(ts: float) -> str:
+    return email.utils.formatdate(math.floor(ts), usegmt=True)
+
+
+def iso8601(ts: float) -> str:
+    """S3's XML timestamp form: 2009-10-12T17:50:30.000Z."""
+    dt = datetime.fromtimestamp(ts, timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_http_date(value: str) -> float | None:
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _etag_matches(header: str, etag: str, *, weak: bool) -> bool:
+    if header.strip() == "*":
+        return True
+    for part in header.split(","):
+        tag = part.strip()
+        if tag.startswith("W/"):
+            if not weak:
+                continue
+            tag = tag[2:]
+        if tag.strip('"') == etag:
+            return True
+    return False
+
+
+Outcome = Literal["ok", "not_modified", "precondition_failed"]
+
+
+def evaluate_preconditions(method: str, headers: Mapping[str, str], etag: str,
+                           last_modified: float) -> Outcome:
+    """Which answer the conditional headers call for, for an existing object."""
+    lm = math.floor(last_modified)
+    if_match = headers.get("If-Match")
+    if if_match is not None:
+        if not _etag_matches(if_match, etag, weak=False):
+            return "precondition_failed"
+    else:
+        ius = headers.get("If-Unmodified-Since")
+        if ius is not None:
+            t = parse_http_date(ius)
+            if t is not None and lm > t:
+                return "precondition_failed"
+    safe = method in ("GET", "HEAD")
+    inm = headers.get("If-None-Match")
+    if inm is not None:
+        if _etag_matches(inm, etag, weak=True):
+            return "not_modified" if safe else "precondition_failed"
+    elif safe:
+        ims = headers.get("If-Modified-Since")
+        if ims is not None:
+            t = parse_http_date(ims)
+            if t is not None and lm <= t:
+                return "not_modified"
+    return "ok"
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+    def content_range(self, size: int) -> str:
+        return f"bytes {self.start}-{self.end}/{size}"
+
+
+class Unsatisfiable(Exception):
+    """The Range cannot be served: answer 416 with `Content-Range: bytes */size`."""
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The one range to serve, None for the whole object; raises Unsatisfiable."""
+    if header is None:
+        return None
+    unit, sep, spec = header.strip().partition("=")
+    if not sep or unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    first, last = first.strip(), last.strip()
+    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+        return None
+    if first == "":
+        if last == "":
+            return None
+        n = int(last)
+        if n == 0 or size == 0:
+            raise Unsatisfiable()
+        return ByteRange(max(0, size - n), size - 1)
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None  # invalid syntax: ignored
+    if start >= size:
+        raise Unsatisfiable()
+    return ByteRange(start, min(end, size - 1))
+
+
+def if_range_allows(header: str | None, etag: str, last_modified: float) -> bool:
+    """False when If-Range names another version (serve the whole object)."""
+    if header is None:
+        return True
+    value = header.strip()
+    if value.startswith('"') or value.startswith("W/"):
+        return not value.startswith("W/") and value.strip('"') == etag
+    t = parse_http_date(value)
+    return t is not None and math.floor(last_modified) == t
+
+
+__all__ = ["ByteRange", "Outcome", "Unsatisfiable", "evaluate_preconditions", "http_date",
+           "if_range_allows", "iso8601", "parse_http_date", "parse_range"]

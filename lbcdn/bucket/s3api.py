@@ -1,0 +1,572 @@
+"""The S3 REST API (aiohttp handler): path-style and virtual-host-style requests.
+
+Flow of one request: request id -> bucket/key from Host and the raw path (keys.py) -> SigV4
+(runtime.authenticate) -> operation chosen by method and sub-resource -> permission
+(access.py) -> storage work in a thread -> XML or object response. Every failure is an
+S3Error rendered once, in `handle`, as S3's XML error with the request id (no body for HEAD).
+
+Rules: bodies are read only through the verifying body reader, and an object is committed only
+after the reader finished without error (a failed, aborted or disconnected upload leaves the
+previous version untouched). Keys are decoded once from the raw path, never from aiohttp's
+normalized one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from lbcdn.bucket import xmlio
+from lbcdn.bucket.access import Action, User
+from lbcdn.bucket.errors import S3Error, render_error
+from lbcdn.bucket.httpsem import (Unsatisfiable, evaluate_preconditions, if_range_allows,
+                                  parse_range)
+from lbcdn.bucket.keys import check_key, check_prefix, decode_key, decode_path, split_path, storable_key
+from lbcdn.bucket.runtime import BucketRuntime
+from lbcdn.bucket.serve import Changed, object_headers, open_checked, send_file
+from lbcdn.bucket.storage import STORED_HEADERS, ObjectInfo, PendingWrite, new_request_id
+from lbcdn.bucket.websiteconf import parse_website_xml, render_website_xml
+
+log = logging.getLogger("lbcdn.bucket.s3api")
+
+MAX_XML_BODY = 2 << 20
+_RESPONSE_OVERRIDES = {
+    "response-content-type": "Content-Type",
+    "response-content-language": "Content-Language",
+    "response-expires": "Expires",
+    "response-cache-control": "Cache-Control",
+    "response-content-disposition": "Content-Disposition",
+    "response-content-encoding": "Content-Encoding",
+}
+_COPY_CONDITIONS = {
+    "x-amz-copy-source-if-match": "If-Match",
+    "x-amz-copy-source-if-none-match": "If-None-Match",
+    "x-amz-copy-source-if-modified-since": "If-Modified-Since",
+    "x-amz-copy-source-if-unmodified-since": "If-Unmodified-Since",
+}
+_UNSUPPORTED_SUBRESOURCES = ("acl", "policy", "cors", "lifecycle", "tagging", "replication",
+                             "encryption", "logging", "notification", "object-lock",
+                             "legal-hold", "retention", "torrent", "restore", "select",
+                             "analytics", "inventory", "metrics", "accelerate",
+                             "requestPayment", "ownershipControls", "intelligent-tiering",
+                             "publicAccessBlock", "attributes")
+
+
+def parse_query(raw: str) -> list[tuple[str, str]]:
+    """Decoded query pairs, `+` kept literal (as SigV4 wants)."""
+    pairs = []
+    for part in raw.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            pairs.append((unquote(name, errors="surrogateescape"),
+                          unquote(value, errors="surrogateescape")))
+    return pairs
+
+
+class Req:
+    """What the handlers need to know about one request, parsed once."""
+
+    def __init__(self, request: web.Request, request_id: str) -> None:
+        self.request = request
+        self.request_id = request_id
+        self.method = request.method
+        raw = request.raw_path
+        self.raw_path, _, self.raw_query = raw.partition("?")
+        self.query_list = parse_query(self.raw_query)
+        self.query: dict[str, str] = dict(self.query_list)
+        self.headers = request.headers
+        self.bucket = ""
+        self.raw_key = ""
+        self.key = ""
+        self.auth: Any = None
+        self.user: User | None = None
+
+    @property
+    def resource(self) -> str:
+        return f"/{self.bucket}/{self.key}" if self.key else (
+            f"/{self.bucket}" if self.bucket else "/")
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _unb64(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
+    except (binascii.Error, UnicodeError, ValueError):
+        raise S3Error("InvalidArgument", "The continuation token provided is incorrect",
+                      extra={"ArgumentName": "continuation-token"}) from None
+
+
+def _int_param(q: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    text = q.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise S3Error("InvalidArgument", f"Provided {name} not an integer or within integer "
+                      "range", extra={"ArgumentName": name, "ArgumentValue": text}) from None
+    if value < lo:
+        raise S3Error("InvalidArgument", f"Argument {name} must be an integer between "
+                      f"{lo} and {hi}", extra={"ArgumentName": name, "ArgumentValue": text})
+    return min(value, hi)
+
+
+def stored_headers_from(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers S3 keeps with an object, lower-case, from a PUT / CreateMultipartUpload."""
+    out: dict[str, str] = {}
+    for name in STORED_HEADERS:
+        value = headers.get(name)
+        if value is None:
+            continue
+        if name == "content-encoding":
+            # aws-chunked is the transfer framing, not part of the object.
+            value = ",".join(v.strip() for v in value.split(",")
+                             if v.strip().lower() != "aws-chunked")
+            if not value:
+                continue
+        out[name] = value
+    for name, value in headers.items():
+        lname = name.lower()
+        if lname.startswith("x-amz-meta-"):
+            out[lname] = value
+    return out
+
+
+class S3Api:
+    """aiohttp handler for the S3 REST API over a BucketRuntime."""
+
+    def __init__(self, runtime: BucketRuntime) -> None:
+        self.rt = runtime
+        self.storage = runtime.storage
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        req = Req(request, new_request_id())
+        try:
+            resp = await self._dispatch(req)
+        except S3Error as e:
+            resp = self.error_response(req, e)
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("S3 request failed: %s %s", req.method, req.raw_path)
+            resp = self.error_response(req, S3Error("InternalError"))
+        if not resp.prepared:
+            resp.headers["x-amz-request-id"] = req.request_id
+            resp.headers["x-amz-id-2"] = req.request_id
+        return resp
+
+    def error_response(self, req: Req, err: S3Error) -> web.Response:
+        err.with_resource(req.resource)
+        headers = {"x-amz-request-id": req.request_id, "x-amz-id-2": req.request_id}
+        if err.code == "InvalidRange" and "ActualObjectSize" in err.extra:
+            headers["Content-Range"] = f"bytes */{err.extra['ActualObjectSize']}"
+        if err.status == 304 or req.method == "HEAD":
+            return web.Response(status=err.status, headers=headers)
+        return web.Response(status=err.status, body=render_error(err, req.request_id),
+                            content_type="application/xml", headers=headers)
+
+    # -- routing ----------------------------------------------------------------------------
+
+    async def _dispatch(self, req: Req) -> web.StreamResponse:
+        host = req.headers.get("Host", "")
+        vbucket = self.rt.virtual_bucket(host)
+        if vbucket is not None:
+            req.bucket, req.raw_key = vbucket, req.raw_path.lstrip("/")
+        else:
+            req.bucket, req.raw_key = split_path(req.raw_path)
+            req.bucket = decode_path(req.bucket)
+        req.auth = self.rt.authenticate(req.method, req.raw_path, req.query_list, req.headers,
+                                        self.rt.now())
+        req.user = self.rt.user_for(req.auth)
+        q = req.query
+        for sub in _UNSUPPORTED_SUBRESOURCES:
+            if sub in q:
+                raise S3Error("NotImplemented", f"The {sub} sub-resource is not implemented.")
+        if not req.bucket:
+            if req.method == "GET":
+                return await self.list_buckets(req)
+            raise S3Error("MethodNotAllowed")
+        if not req.raw_key:
+            return await self._bucket_op(req)
+        req.key = decode_key(req.raw_key)
+        return await self._object_op(req)
+
+    async def _bucket_op(self, req: Req) -> web.StreamResponse:
+        m, q = req.method, req.query
+        if m == "PUT":
+            return await (self.put_website(req) if "website" in q else self.create_bucket(req))
+        if m == "HEAD":
+            return await self.head_bucket(req)
+        if m == "DELETE":
+            return await (self.delete_website(req) if "website" in q
+                          else self.delete_bucket(req))
+        if m == "GET":
+            if "location" in q:
+                return await self.get_location(req)
+            if "website" in q:
+                return await self.get_website(req)
+            if "uploads" in q:
+                return await self.list_uploads(req)
+            if "versioning" in q:
+                await self._bucket_allowed(req, "list")
+                return self._xml(f'{xmlio.HEAD}<VersioningConfiguration xmlns="{xmlio.NS}"/>'
+                                 .encode())
+            return await self.list_objects(req, v2=q.get("list-type") == "2")
+        if m == "POST" and "delete" in q:
+            return await self.delete_objects(req)
+        raise S3Error("MethodNotAllowed")
+
+    async def _object_op(self, req: Req) -> web.StreamResponse:
+        m, q = req.method, req.query
+        if m == "PUT":
+            if "uploadId" in q or "partNumber" in q:
+                if "x-amz-copy-source" in req.headers:
+                    raise S3Error("NotImplemented", "UploadPartCopy is not implemented.")
+                return await self.upload_part(req)
+            if "x-amz-copy-source" in req.headers:
+                return await self.copy_object(req)
+            return await self.put_object(req)
+        if m in ("GET", "HEAD"):
+            if "uploadId" in q and m == "GET":
+                return await self.list_parts(req)
+            return await self.get_object(req, head=m == "HEAD")
+        if m == "DELETE":
+            if "uploadId" in q:
+                return await self.abort_upload(req)
+            return await self.delete_object(req)
+        if m == "POST":
+            if "uploads" in q:
+                return await self.create_upload(req)
+            if "uploadId" in q:
+                return await self.complete_upload(req)
+        raise S3Error("MethodNotAllowed")
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _xml(self, body: bytes, status: int = 200) -> web.Response:
+        return web.Response(status=status, body=body, content_type="application/xml")
+
+    async def _bucket_allowed(self, req: Req, action: Action, key: str | None = None,
+                              bucket: str | None = None) -> None:
+        name = bucket or req.bucket
+        state = await asyncio.to_thread(self.storage.bucket_state, name)
+        if not self.rt.policy.allowed(req.user, action, name, key, state.owner):
+            raise S3Error("AccessDenied")
+
+    async def _read_small_body(self, req: Req) -> bytes:
+        length = req.request.content_length
+        if length is not None and length > MAX_XML_BODY:
+            raise S3Error("MalformedXML", "The XML you provided was too large.")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in self.rt.body_reader(req.request.content, req.auth, req.headers):
+            size += len(chunk)
+            if size > MAX_XML_BODY:
+                raise S3Error("MalformedXML", "The XML you provided was too large.")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _declared_length(self, req: Req) -> int:
+        h = req.headers
+        decoded = h.get("x-amz-decoded-content-length")
+        text = decoded if decoded is not None else h.get("Content-Length")
+        if text is None:
+            raise S3Error("MissingContentLength")
+        try:
+            length = int(text)
+        except ValueError:
+            raise S3Error("InvalidArgument", "Content-Length is not a number.") from None
+        if length > self.rt.config.max_object_bytes:
+            raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed "
+                          "size", extra={"MaxSizeAllowed": str(self.rt.config.max_object_bytes),
+                                         "ProposedSize": str(length)})
+        return length
+
+    async def _receive(self, req: Req) -> PendingWrite:
+        """Stream the verified body into a temp file; the caller commits or aborts it."""
+        declared = self._declared_length(req)
+        reader = self.rt.body_reader(req.request.content, req.auth, req.headers)
+        hashes = hasattr(reader, "md5_hex")
+        pending = await asyncio.to_thread(self.storage.begin_write, hash_md5=not hashes)
+        try:
+            async for chunk in reader:
+                pending.write(chunk)
+                if pending.size > declared:
+                    raise S3Error("IncompleteBody", "The body is longer than declared.")
+            if pending.size != declared:
+                raise S3Error("IncompleteBody")
+            if hashes:
+                pending.etag = str(getattr(reader, "md5_hex"))
+        except BaseException:
+            pending.abort()
+            raise
+        return pending
+
+    # -- service and buckets ----------------------------------------------------------------
+
+    async def list_buckets(self, req: Req) -> web.StreamResponse:
+        if req.user is None:
+            raise S3Error("AccessDenied")
+        user = req.user
+        buckets = await asyncio.to_thread(self.storage.list_buckets)
+        visible = [b for b in buckets if self.rt.policy.visible(user, b.name, b.owner)]
+        return self._xml(xmlio.list_buckets(visible, user.name))
+
+    async def create_bucket(self, req: Req) -> web.StreamResponse:
+        if not self.rt.policy.may_create_buckets(req.user):
+            raise S3Error("AccessDenied")
+        assert req.user is not None
+        body = await self._read_small_body(req)
+        constraint = xmlio.parse_create_bucket(body)
+        if constraint and constraint != self.rt.config.region:
+            raise S3Error("IllegalLocationConstraintException",
+                          f"The {constraint} location constraint is incompatible with the "
+                          "region specific endpoint this request was sent to.", status=400)
+        await asyncio.to_thread(self.storage.create_bucket, req.bucket, req.user.name)
+        return web.Response(status=200, headers={"Location": f"/{req.bucket}"})
+
+    async def head_bucket(self, req: Req) -> web.StreamResponse:
+        state = await asyncio.to_thread(self.storage.bucket_state, req.bucket)
+        if not any(self.rt.policy.allowed(req.user, a, req.bucket, None, state.owner)
+                   for a in ("read", "list", "write", "manage")):
+            raise S3Error("AccessDenied")
+        return web.Response(status=200, headers={"x-amz-bucket-region": self.rt.config.region})
+
+    async def delete_bucket(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "manage")
+        await asyncio.to_thread(self.storage.delete_bucket, req.bucket)
+        return web.Response(status=204)
+
+    async def get_location(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "list")
+        return self._xml(xmlio.location(self.rt.config.region))
+
+    async def put_website(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "manage")
+        body = await self._read_small_body(req)
+        cfg = parse_website_xml(body)
+        await asyncio.to_thread(self.storage.set_website, req.bucket, render_website_xml(cfg))
+        return web.Response(status=200)
+
+    async def get_website(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "manage")
+        cfg = await asyncio.to_thread(self.rt.website_config, req.bucket)
+        if cfg is None:
+            raise S3Error("NoSuchWebsiteConfiguration", extra={"BucketName": req.bucket})
+        return self._xml(render_website_xml(cfg).encode("utf-8"))
+
+    async def delete_website(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "manage")
+        await asyncio.to_thread(self.storage.set_website, req.bucket, None)
+        return web.Response(status=204)
+
+    async def list_objects(self, req: Req, *, v2: bool) -> web.StreamResponse:
+        await self._bucket_allowed(req, "list")
+        q = req.query
+        prefix = check_prefix(q.get("prefix", ""))
+        delimiter = q.get("delimiter", "")
+        max_keys = _int_param(q, "max-keys", 1000, 0, 1000)
+        enc = q.get("encoding-type")
+        if enc is not None and enc != "url":
+            raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request",
+                          extra={"ArgumentName": "encoding-type", "ArgumentValue": enc})
+        url = enc == "url"
+        if v2:
+            token = q.get("continuation-token")
+            start_after = q.get("start-after")
+            after = _unb64(token) if token is not None else (start_after or "")
+            result = await asyncio.to_thread(self.storage.list_objects, req.bucket, prefix,
+                                             delimiter, after, max_keys)
+            next_token = (_b64(result.next_after) if result.truncated and result.next_after
+                          is not None else None)
+            return self._xml(xmlio.list_objects_v2(
+                req.bucket, result, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
+                url=url, start_after=start_after, token=token, next_token=next_token))
+        marker = q.get("marker", "")
+        result = await asyncio.to_thread(self.storage.list_objects, req.bucket, prefix,
+                                         delimiter, marker, max_keys)
+        return self._xml(xmlio.list_objects_v1(req.bucket, result, prefix=prefix,
+                                               delimiter=delimiter, max_keys=max_keys, url=url,
+                                               marker=marker))
+
+    # -- objects ----------------------------------------------------------------------------
+
+    async def put_object(self, req: Req) -> web.StreamResponse:
+        storable_key(req.key)
+        await self._bucket_allowed(req, "write", req.key)
+        pending = await self._receive(req)
+        info = await asyncio.to_thread(self.storage.commit, pending, req.bucket, req.key,
+                                       stored_headers_from(req.headers))
+        return web.Response(status=200, headers={"ETag": f'"{info.etag}"'})
+
+    async def get_object(self, req: Req, *, head: bool) -> web.StreamResponse:
+        await self._bucket_allowed(req, "read", req.key)
+        q = req.query
+        overrides = {h: q[p] for p, h in _RESPONSE_OVERRIDES.items() if p in q}
+        if overrides and req.user is None:
+            raise S3Error("InvalidRequest", "Request specific response headers cannot be used "
+                                            "for anonymous GET requests.")
+        for _ in range(3):
+            info = await asyncio.to_thread(self.storage.stat_object, req.bucket, req.key)
+            try:
+                fd = await asyncio.to_thread(open_checked, info)
+                break
+            except Changed:
+                continue
+        else:
+            raise S3Error("InternalError", "The object kept changing while being read.")
+        try:
+            outcome = evaluate_preconditions(req.method, req.headers, info.etag,
+                                             info.last_modified)
+            headers = object_headers(info)
+            if outcome == "not_modified":
+                return web.Response(status=304, headers={
+                    k: v for k, v in headers.items() if k in ("ETag", "Last-Modified")})
+            if outcome == "precondition_failed":
+                raise S3Error("PreconditionFailed", extra={"Condition": "If-Match"})
+            rng = None
+            if if_range_allows(req.headers.get("If-Range"), info.etag, info.last_modified):
+                try:
+                    rng = parse_range(req.headers.get("Range"), info.size)
+                except Unsatisfiable:
+                    raise S3Error("InvalidRange", extra={
+                        "RangeRequested": req.headers.get("Range", ""),
+                        "ActualObjectSize": str(info.size)}) from None
+            headers.update(overrides)
+            if info.parts:
+                headers["x-amz-mp-parts-count"] = str(info.parts)
+            headers["x-amz-request-id"] = req.request_id
+            headers["x-amz-id-2"] = req.request_id
+        except BaseException:
+            os.close(fd)
+            raise
+        return await send_file(req.request, fd, info, 206 if rng else 200, headers, rng, head)
+
+    async def delete_object(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "write", req.key)
+        await asyncio.to_thread(self.storage.delete_object, req.bucket, req.key)
+        return web.Response(status=204)
+
+    async def delete_objects(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "write")
+        if "Content-MD5" not in req.headers and not any(
+                h.lower().startswith("x-amz-checksum-") or h.lower() == "x-amz-trailer"
+                for h in req.headers):
+            raise S3Error("InvalidRequest", "Missing required header for this request: "
+                                            "Content-MD5 or x-amz-checksum-*")
+        body = await self._read_small_body(req)
+        keys, quiet = xmlio.parse_delete(body)
+        deleted: list[str] = []
+        errors: list[tuple[str, S3Error]] = []
+
+        def work() -> None:
+            for key in keys:
+                try:
+                    storable_key(key)
+                    self.storage.delete_object(req.bucket, key)
+                    deleted.append(key)
+                except S3Error as e:
+                    errors.append((key, e))
+
+        await asyncio.to_thread(work)
+        return self._xml(xmlio.delete_result(deleted, errors, quiet))
+
+    async def copy_object(self, req: Req) -> web.StreamResponse:
+        storable_key(req.key)
+        source = req.headers["x-amz-copy-source"].split("?", 1)[0]
+        src_bucket, _, src_raw_key = decode_path(source).lstrip("/").partition("/")
+        if not src_bucket or not src_raw_key:
+            raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and "
+                          "key: sourcebucket/sourcekey", extra={
+                              "ArgumentName": "x-amz-copy-source"})
+        src_key = check_key(src_raw_key)
+        await self._bucket_allowed(req, "read", src_key, bucket=src_bucket)
+        await self._bucket_allowed(req, "write", req.key)
+        directive = req.headers.get("x-amz-metadata-directive", "COPY").upper()
+        if directive not in ("COPY", "REPLACE"):
+            raise S3Error("InvalidArgument", "Unknown metadata directive.",
+                          extra={"ArgumentName": "x-amz-metadata-directive"})
+        src = await asyncio.to_thread(self.storage.stat_object, src_bucket, src_key)
+        if (src_bucket, src_key) == (req.bucket, req.key) and directive == "COPY":
+            raise S3Error("InvalidRequest", "This copy request is illegal because it is trying "
+                          "to copy an object to itself without changing the object's metadata, "
+                          "storage class, website redirect location or encryption attributes.")
+        cond = {std: req.headers[amz] for amz, std in _COPY_CONDITIONS.items()
+                if amz in req.headers}
+        if cond and evaluate_preconditions("GET", cond, src.etag, src.last_modified) != "ok":
+            raise S3Error("PreconditionFailed")
+        headers = None if directive == "COPY" else stored_headers_from(req.headers)
+        info = await asyncio.to_thread(self.storage.copy_object, src_bucket, src_key,
+                                       req.bucket, req.key, headers)
+        return self._xml(xmlio.copy_result(info))
+
+    # -- multipart --------------------------------------------------------------------------
+
+    async def create_upload(self, req: Req) -> web.StreamResponse:
+        storable_key(req.key)
+        await self._bucket_allowed(req, "write", req.key)
+        owner = req.user.name if req.user else None
+        upload = await asyncio.to_thread(self.storage.create_upload, req.bucket, req.key,
+                                         stored_headers_from(req.headers), owner)
+        return self._xml(xmlio.initiate_result(upload))
+
+    async def upload_part(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "write", req.key)
+        number = _int_param(req.query, "partNumber", 0, 1, 10000)
+        if number < 1 or "uploadId" not in req.query:
+            raise S3Error("InvalidArgument", "Part number must be an integer between 1 and "
+                          "10000, inclusive", extra={"ArgumentName": "partNumber"})
+        upload = await asyncio.to_thread(self.storage.get_upload, req.bucket, req.key,
+                                         req.query["uploadId"])
+        pending = await self._receive(req)
+        part = await asyncio.to_thread(self.storage.commit_part, pending, upload, number)
+        return web.Response(status=200, headers={"ETag": f'"{part.etag}"'})
+
+    async def complete_upload(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "write", req.key)
+        upload = await asyncio.to_thread(self.storage.get_upload, req.bucket, req.key,
+                                         req.query["uploadId"])
+        wanted = xmlio.parse_complete(await self._read_small_body(req))
+        info: ObjectInfo = await asyncio.to_thread(self.storage.complete_upload, upload, wanted)
+        host = req.headers.get("Host", "")
+        return self._xml(xmlio.complete_result(f"http://{host}/{req.bucket}/{req.raw_key}",
+                                               req.bucket, info))
+
+    async def abort_upload(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "write", req.key)
+        upload = await asyncio.to_thread(self.storage.get_upload, req.bucket, req.key,
+                                         req.query["uploadId"])
+        await asyncio.to_thread(self.storage.abort_upload, upload)
+        return web.Response(status=204)
+
+    async def list_parts(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "write", req.key)
+        upload = await asyncio.to_thread(self.storage.get_upload, req.bucket, req.key,
+                                         req.query["uploadId"])
+        marker = _int_param(req.query, "part-number-marker", 0, 0, 10000)
+        max_parts = _int_param(req.query, "max-parts", 1000, 0, 1000)
+        parts = [p for p in await asyncio.to_thread(self.storage.list_parts, upload)
+                 if p.number > marker]
+        truncated = len(parts) > max_parts
+        return self._xml(xmlio.list_parts(upload, parts[:max_parts], marker=marker,
+                                          max_parts=max_parts, truncated=truncated))
+
+    async def list_uploads(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "list")
+        prefix = check_prefix(req.query.get("prefix", ""))
+        max_uploads = _int_param(req.query, "max-uploads", 1000, 0, 1000)
+        uploads = await asyncio.to_thread(self.storage.list_uploads, req.bucket, prefix)
+        truncated = len(uploads) > max_uploads
+        return self._xml(xmlio.list_uploads(req.bucket, uploads[:max_uploads], prefix=prefix,
+                                            max_uploads=max_uploads, truncated=truncated))

@@ -1,0 +1,670 @@
+"""Buckets on disk: a bucket is a directory under the root, an object is a file in it.
+
+Layout (everything lbcdn owns lives in `<root>/.lbcdn/`, which no key can reach because a
+bucket name cannot start with a dot and keys are resolved inside their bucket directory):
+
+    <root>/<bucket>/<key>                          object data (files dropped in by hand too)
+    <root>/.lbcdn/meta/<bucket>/<h2>/<h>/<ino>.json metadata of key (h = sha256 of the key)
+    <root>/.lbcdn/buckets/<bucket>.json            owner, creation time, website configuration
+    <root>/.lbcdn/uploads/<id>/                    multipart uploads in progress
+    <root>/.lbcdn/tmp/                             temporary files (emptied at start)
+
+Rules:
+- Writes are atomic: data goes to a temp file, is fsynced, and its metadata is written (temp,
+  fsync, rename) under the temp file's inode number *before* the data is renamed into place.
+  Metadata is only believed when (size, mtime_ns, inode) of the file match what it records,
+  so a crash between the two renames leaves the old object with its old metadata, and a file
+  changed by hand is treated as a new hand-dropped file.
+- ETags: MD5 of the content for single PUTs and copies, `md5-of-md5s-N` for multipart; for a
+  hand-dropped file computed once and stored (the same identity check invalidates it).
+- Every path is resolved (symlinks included) and must stay inside the bucket directory.
+- All methods here block (disk I/O); the async callers run them in a thread, except
+  `PendingWrite.write`, which only appends to the page cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import mimetypes
+import os
+import re
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from lbcdn.bucket.config import valid_bucket_name
+from lbcdn.bucket.errors import S3Error
+from lbcdn.bucket.keys import check_key, storable_key
+
+# Headers S3 stores with an object and returns on GET/HEAD (plus every x-amz-meta-*).
+STORED_HEADERS = ("content-type", "cache-control", "content-encoding", "content-disposition",
+                  "content-language", "expires", "x-amz-website-redirect-location")
+_UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_COPY_CHUNK = 1 << 20
+MAX_PARTS = 10000
+
+Identity = tuple[int, int, int]  # (size, mtime_ns, inode)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    path: str                       # real path of the data file
+    size: int
+    mtime_ns: int
+    etag: str                       # without quotes
+    headers: dict[str, str]         # stored headers (STORED_HEADERS, x-amz-meta-*), lower-case
+    parts: int = 0                  # number of parts for multipart objects
+
+    @property
+    def last_modified(self) -> float:
+        return self.mtime_ns / 1e9
+
+    @property
+    def content_type(self) -> str:
+        ct = self.headers.get("content-type")
+        if ct:
+            return ct
+        guessed, _ = mimetypes.guess_type(self.key, strict=False)
+        return guessed or "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class BucketState:
+    name: str
+    created: float
+    owner: str | None = None        # user name
+    website: str | None = None      # stored PutBucketWebsite XML
+
+
+@dataclass(frozen=True)
+class ListResult:
+    contents: list[ObjectInfo]
+    prefixes: list[str]
+    truncated: bool
+    next_after: str | None          # resume point (exclusive) when truncated
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    upload_id: str
+    bucket: str
+    key: str
+    initiated: float
+    headers: dict[str, str]
+    owner: str | None
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    number: int
+    etag: str
+    size: int
+    last_modified: float
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _inside(path: str, base: str) -> bool:
+    return path == base or path.startswith(base + os.sep)
+
+
+def _write_json_atomic(path: str, data: Any, tmp_dir: str) -> None:
+    fd, tmp = _mkstemp(tmp_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _mkstemp(tmp_dir: str) -> tuple[int, str]:
+    path = os.path.join(tmp_dir, secrets.token_hex(12))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    return fd, path
+
+
+class PendingWrite:
+    """An object (or part) being received: appended to a temp file while its MD5 is computed.
+    Nothing is visible until `commit`; `abort` (or a crash) leaves only a temp file behind."""
+
+    def __init__(self, storage: Storage, *, hash_md5: bool = True) -> None:
+        self.storage = storage
+        self.fd, self.tmp_path = _mkstemp(storage.tmp_dir)
+        # Off when the body reader hashes already; then the caller sets `etag`.
+        self.md5 = hashlib.md5() if hash_md5 else None
+        self.etag: str | None = None
+        self.size = 0
+        self.closed = False
+
+    def digest(self) -> str:
+        if self.etag is not None:
+            return self.etag
+        if self.md5 is None:
+            raise ValueError("no MD5 computed and no ETag given")
+        return self.md5.hexdigest()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        if self.md5 is not None:
+            self.md5.update(view)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.size += len(data)
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp_path)
+
+    def _sync_close(self) -> os.stat_result:
+        os.fsync(self.fd)
+        st = os.fstat(self.fd)
+        os.close(self.fd)
+        self.closed = True
+        return st
+
+
+class Storage:
+    """The bucket directories under `root` (see the module docstring for the layout)."""
+
+    def __init__(self, root: str, *, min_part_bytes: int = 5 << 20) -> None:
+        self.root = os.path.realpath(root)
+        self.area = os.path.join(self.root, ".lbcdn")
+        self.tmp_dir = os.path.join(self.area, "tmp")
+        self.meta_dir = os.path.join(self.area, "meta")
+        self.state_dir = os.path.join(self.area, "buckets")
+        self.uploads_dir = os.path.join(self.area, "uploads")
+        self.min_part_bytes = min_part_bytes
+        # In-memory copy of metadata by data path; believed only while the identity matches.
+        self._meta_cache: dict[str, tuple[Identity, ObjectInfo]] = {}
+
+    def prepare(self) -> None:
+        """Create the layout and drop temp files a crash left behind."""
+        for d in (self.root, self.tmp_dir, self.meta_dir, self.state_dir, self.uploads_dir):
+            os.makedirs(d, exist_ok=True)
+        for name in os.listdir(self.tmp_dir):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.tmp_dir, name))
+
+    # -- buckets ---------------------------------------------------------------------------
+
+    def bucket_dir(self, bucket: str) -> str:
+        if not valid_bucket_name(bucket):
+            raise S3Error("NoSuchBucket", resource=f"/{bucket}", extra={"BucketName": bucket})
+        return os.path.join(self.root, bucket)
+
+    def bucket_exists(self, bucket: str) -> bool:
+        return valid_bucket_name(bucket) and os.path.isdir(os.path.join(self.root, bucket))
+
+    def require_bucket(self, bucket: str) -> str:
+        path = self.bucket_dir(bucket)
+        if not os.path.isdir(path):
+            raise S3Error("NoSuchBucket", resource=f"/{bucket}", extra={"BucketName": bucket})
+        return os.path.realpath(path)
+
+    def list_buckets(self) -> list[BucketState]:
+        out = []
+        for name in sorted(os.listdir(self.root)):
+            if valid_bucket_name(name) and os.path.isdir(os.path.join(self.root, name)):
+                out.append(self.bucket_state(name))
+        return out
+
+    def bucket_state(self, bucket: str) -> BucketState:
+        path = self.require_bucket(bucket)
+        try:
+            with open(os.path.join(self.state_dir, bucket + ".json"), encoding="utf-8") as f:
+                data = json.load(f)
+            return BucketState(bucket, float(data["created"]), data.get("owner"),
+                               data.get("website"))
+        except (OSError, ValueError, KeyError):
+            return BucketState(bucket, os.stat(path).st_mtime)
+
+    def _save_state(self, state: BucketState) -> None:
+        _write_json_atomic(os.path.join(self.state_dir, state.name + ".json"),
+                           {"created": state.created, "owner": state.owner,
+                            "website": state.website}, self.tmp_dir)
+
+    def create_bucket(self, bucket: str, owner: str | None) -> None:
+        if not valid_bucket_name(bucket):
+            raise S3Error("InvalidBucketName", resource=f"/{bucket}",
+                          extra={"BucketName": bucket})
+        path = os.path.join(self.root, bucket)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            existing = self.bucket_state(bucket)
+            if existing.owner is None or existing.owner == owner:
+                raise S3Error("BucketAlreadyOwnedByYou", resource=f"/{bucket}",
+                              extra={"BucketName": bucket}) from None
+            raise S3Error("BucketAlreadyExists", "The requested bucket name is not available.",
+                          resource=f"/{bucket}", extra={"BucketName": bucket}) from None
+        self._save_state(BucketState(bucket, time.time(), owner))
+        _fsync_dir(self.root)
+
+    def ensure_bucket(self, bucket: str, owner: str | None) -> None:
+        """Create a configured bucket at start when missing (idempotent)."""
+        if not self.bucket_exists(bucket):
+            self.create_bucket(bucket, owner)
+
+    def delete_bucket(self, bucket: str) -> None:
+        path = self.require_bucket(bucket)
+        for _ in self.iter_keys(bucket):
+            raise S3Error("BucketNotEmpty", resource=f"/{bucket}", extra={"BucketName": bucket})
+        shutil.rmtree(path)  # only empty directories can be left
+        shutil.rmtree(os.path.join(self.meta_dir, bucket), ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.state_dir, bucket + ".json"))
+        for upload in self.list_uploads(bucket):
+            shutil.rmtree(os.path.join(self.uploads_dir, upload.upload_id), ignore_errors=True)
+
+    def set_website(self, bucket: str, xml: str | None) -> None:
+        state = self.bucket_state(bucket)
+        self._save_state(BucketState(state.name, state.created, state.owner, xml))
+
+    # -- paths -----------------------------------------------------------------------------
+
+    def _resolve(self, bucket: str, key: str) -> tuple[str, str]:
+        """(bucket real dir, real path of key) or AccessDenied when it escapes the bucket."""
+        base = self.require_bucket(bucket)
+        path = os.path.realpath(os.path.join(base, key))
+        if not _inside(path, base) or path == base:
+            raise S3Error("AccessDenied", "The key resolves outside its bucket.",
+                          resource=f"/{bucket}/{key}")
+        return base, path
+
+    def _meta_key_dir(self, bucket: str, key: str) -> str:
+        h = _key_hash(key)
+        return os.path.join(self.meta_dir, bucket, h[:2], h)
+
+    # -- objects ---------------------------------------------------------------------------
+
+    def stat_object(self, bucket: str, key: str) -> ObjectInfo:
+        """The object's info (ETag computed and stored on first sight); NoSuchKey when there
+        is no regular file at the key inside the bucket."""
+        check_key(key)
+        _, path = self._resolve(bucket, key)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", extra={"Key": key}) from None
+        if not stat.S_ISREG(st.st_mode) or key.endswith("/"):
+            raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", extra={"Key": key})
+        return self._info(bucket, key, path, st)
+
+    def _info(self, bucket: str, key: str, path: str, st: os.stat_result) -> ObjectInfo:
+        ident: Identity = (st.st_size, st.st_mtime_ns, st.st_ino)
+        cached = self._meta_cache.get(path)
+        if cached is not None and cached[0] == ident and cached[1].key == key:
+            return cached[1]
+        meta_path = os.path.join(self._meta_key_dir(bucket, key), f"{st.st_ino}.json")
+        info: ObjectInfo | None = None
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                data = json.load(f)
+            if tuple(data["identity"]) == ident and data["key"] == key:
+                info = ObjectInfo(key, path, st.st_size, st.st_mtime_ns, data["etag"],
+                                  dict(data.get("headers", {})), int(data.get("parts", 0)))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if info is None:
+            # A hand-dropped (or hand-changed) file: hash it once and remember the result.
+            md5 = hashlib.md5()
+            with open(path, "rb") as f:
+                while chunk := f.read(_COPY_CHUNK):
+                    md5.update(chunk)
+            info = ObjectInfo(key, path, st.st_size, st.st_mtime_ns, md5.hexdigest(), {})
+            with contextlib.suppress(OSError):
+                self._write_meta(bucket, key, ident, info)
+        if len(self._meta_cache) > 50000:
+            self._meta_cache.clear()
+        self._meta_cache[path] = (ident, info)
+        return info
+
+    def _write_meta(self, bucket: str, key: str, ident: Identity, info: ObjectInfo) -> None:
+        _write_json_atomic(os.path.join(self._meta_key_dir(bucket, key), f"{ident[2]}.json"),
+                           {"key": key, "identity": list(ident), "etag": info.etag,
+                            "headers": info.headers, "parts": info.parts}, self.tmp_dir)
+
+    def begin_write(self, *, hash_md5: bool = True) -> PendingWrite:
+        return PendingWrite(self, hash_md5=hash_md5)
+
+    def commit(self, pending: PendingWrite, bucket: str, key: str, headers: dict[str, str],
+               *, etag: str | None = None, parts: int = 0) -> ObjectInfo:
+        """Make `pending` the object at `key`: fsync, metadata under the new inode, rename."""
+        storable_key(key)
+        try:
+            base, path = self._resolve(bucket, key)
+            parent = os.path.dirname(path)
+            st = pending._sync_close()
+            ident: Identity = (st.st_size, st.st_mtime_ns, st.st_ino)
+            info = ObjectInfo(key, path, st.st_size, st.st_mtime_ns,
+                              etag or pending.digest(), dict(headers), parts)
+            self._write_meta(bucket, key, ident, info)
+            try:
+                os.makedirs(parent, exist_ok=True)
+                if not _inside(os.path.realpath(parent), base):
+                    raise S3Error("AccessDenied", "The key resolves outside its bucket.")
+                if os.path.isdir(path):
+                    raise IsADirectoryError(path)
+                os.rename(pending.tmp_path, path)
+            except (NotADirectoryError, IsADirectoryError, FileExistsError):
+                raise S3Error("InvalidArgument", "An object already uses a prefix of this key "
+                                                 "(or this key is a prefix of others).",
+                              resource=f"/{bucket}/{key}") from None
+            _fsync_dir(parent)
+        except BaseException:
+            pending.abort()
+            raise
+        self._drop_other_meta(bucket, key, keep=st.st_ino)
+        self._meta_cache[path] = (ident, info)
+        return info
+
+    def _drop_other_meta(self, bucket: str, key: str, keep: int | None) -> None:
+        d = self._meta_key_dir(bucket, key)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(d):
+                if name != f"{keep}.json":
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(d, name))
+
+    def delete_object(self, bucket: str, key: str) -> None:
+        """Remove the object (no error when it does not exist, as S3), then empty parents."""
+        check_key(key)
+        base, path = self._resolve(bucket, key)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                return
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        self._meta_cache.pop(path, None)
+        self._drop_other_meta(bucket, key, keep=None)
+        with contextlib.suppress(OSError):
+            os.rmdir(self._meta_key_dir(bucket, key))
+        parent = os.path.dirname(path)
+        while parent != base and _inside(parent, base):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break
+            parent = os.path.dirname(parent)
+
+    def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+                    headers: dict[str, str] | None) -> ObjectInfo:
+        """Copy data (and, when `headers` is None, the stored headers) to a new object."""
+        src = self.stat_object(src_bucket, src_key)
+        storable_key(dst_key)
+        pending = self.begin_write()
+        try:
+            with open(src.path, "rb") as f:
+                while chunk := f.read(_COPY_CHUNK):
+                    pending.write(chunk)
+        except BaseException:
+            pending.abort()
+            raise
+        return self.commit(pending, dst_bucket, dst_key,
+                           dict(src.headers) if headers is None else headers)
+
+    # -- listing ---------------------------------------------------------------------------
+
+    def iter_keys(self, bucket: str, prefix: str = "", after: str = "") -> Iterator[str]:
+        """Keys starting with `prefix` and greater than `after`, in UTF-8 byte order (which is
+        code point order, so str comparison), walking only the directories that can hold them.
+        Symlinked directories are not followed; symlinked files are listed only when they
+        resolve to a regular file inside the bucket."""
+        base = self.require_bucket(bucket)
+        dir_part, _, name_prefix = prefix.rpartition("/")
+        if dir_part:
+            try:
+                check_key(dir_part)
+            except S3Error:
+                return
+            start = os.path.join(base, dir_part)
+            if not _inside(os.path.realpath(start), base) or os.path.islink(start):
+                return
+            yield from self._walk(base, start, dir_part + "/", name_prefix, after)
+        else:
+            yield from self._walk(base, base, "", name_prefix, after)
+
+    def _walk(self, base: str, dirpath: str, keyprefix: str, name_prefix: str,
+              after: str) -> Iterator[str]:
+        entries: list[tuple[str, bool]] = []
+        try:
+            it = os.scandir(dirpath)
+        except OSError:
+            return
+        with it:
+            for e in it:
+                name = e.name
+                if not name.startswith(name_prefix):
+                    continue
+                try:
+                    name.encode("utf-8")
+                    if e.is_dir(follow_symlinks=False):
+                        entries.append((keyprefix + name + "/", True))
+                    elif e.is_file(follow_symlinks=False):
+                        entries.append((keyprefix + name, False))
+                    elif e.is_symlink():
+                        real = os.path.realpath(e.path)
+                        if _inside(real, base) and os.path.isfile(real):
+                            entries.append((keyprefix + name, False))
+                except (UnicodeEncodeError, OSError):
+                    continue  # names that are not UTF-8 cannot be keys
+        entries.sort()
+        for k, is_dir in entries:
+            if is_dir:
+                if after >= k and not after.startswith(k):
+                    continue  # every key under k sorts before `after`
+                yield from self._walk(base, os.path.join(base, k[:-1]), k, "", after)
+            elif k > after:
+                try:
+                    check_key(k)
+                except S3Error:
+                    continue  # a hand-dropped name no request could address
+                yield k
+
+    def list_objects(self, bucket: str, prefix: str = "", delimiter: str = "",
+                     after: str = "", max_keys: int = 1000) -> ListResult:
+        contents: list[ObjectInfo] = []
+        prefixes: list[str] = []
+        last: str | None = None
+        it = self.iter_keys(bucket, prefix, after)
+        while True:
+            key = next(it, None)
+            if key is None:
+                return ListResult(contents, prefixes, False, None)
+            if len(contents) + len(prefixes) >= max_keys:
+                return ListResult(contents, prefixes, max_keys > 0, last)
+            if delimiter:
+                i = key.find(delimiter, len(prefix))
+                if i >= 0:
+                    cp = key[:i + len(delimiter)]
+                    prefixes.append(cp)
+                    # Resume past everything under the common prefix.
+                    last = cp + "\U0010ffff"
+                    it = self.iter_keys(bucket, prefix, last)
+                    continue
+            try:
+                contents.append(self.stat_object(bucket, key))
+            except S3Error:
+                continue  # vanished (or changed into a directory) while listing
+            last = key
+
+    # -- multipart -------------------------------------------------------------------------
+
+    def _upload_dir(self, upload_id: str) -> str:
+        if not _UPLOAD_ID.fullmatch(upload_id):
+            raise S3Error("NoSuchUpload", extra={"UploadId": upload_id})
+        return os.path.join(self.uploads_dir, upload_id)
+
+    def create_upload(self, bucket: str, key: str, headers: dict[str, str],
+                      owner: str | None) -> UploadInfo:
+        self.require_bucket(bucket)
+        storable_key(key)
+        self._resolve(bucket, key)
+        upload_id = secrets.token_urlsafe(36)
+        info = UploadInfo(upload_id, bucket, key, time.time(), dict(headers), owner)
+        d = os.path.join(self.uploads_dir, upload_id)
+        os.makedirs(d)
+        _write_json_atomic(os.path.join(d, "upload.json"),
+                           {"bucket": bucket, "key": key, "initiated": info.initiated,
+                            "headers": headers, "owner": owner}, self.tmp_dir)
+        return info
+
+    def get_upload(self, bucket: str, key: str, upload_id: str) -> UploadInfo:
+        d = self._upload_dir(upload_id)
+        try:
+            with open(os.path.join(d, "upload.json"), encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            raise S3Error("NoSuchUpload", extra={"UploadId": upload_id}) from None
+        if data["bucket"] != bucket or data["key"] != key:
+            raise S3Error("NoSuchUpload", extra={"UploadId": upload_id})
+        return UploadInfo(upload_id, bucket, key, float(data["initiated"]),
+                          dict(data.get("headers", {})), data.get("owner"))
+
+    def commit_part(self, pending: PendingWrite, upload: UploadInfo, number: int) -> PartInfo:
+        d = self._upload_dir(upload.upload_id)
+        try:
+            pending._sync_close()
+            part = PartInfo(number, pending.digest(), pending.size, time.time())
+            _write_json_atomic(os.path.join(d, f"part-{number:05d}.json"),
+                               {"etag": part.etag, "size": part.size,
+                                "last_modified": part.last_modified}, self.tmp_dir)
+            os.rename(pending.tmp_path, os.path.join(d, f"part-{number:05d}"))
+        except FileNotFoundError:
+            pending.abort()
+            raise S3Error("NoSuchUpload", extra={"UploadId": upload.upload_id}) from None
+        except BaseException:
+            pending.abort()
+            raise
+        return part
+
+    def list_parts(self, upload: UploadInfo) -> list[PartInfo]:
+        d = self._upload_dir(upload.upload_id)
+        parts = []
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            raise S3Error("NoSuchUpload", extra={"UploadId": upload.upload_id}) from None
+        for name in names:
+            m = re.fullmatch(r"part-(\d{5})\.json", name)
+            if not m or not os.path.exists(os.path.join(d, name[:-5])):
+                continue
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                with open(os.path.join(d, name), encoding="utf-8") as f:
+                    data = json.load(f)
+                parts.append(PartInfo(int(m.group(1)), data["etag"], int(data["size"]),
+                                      float(data["last_modified"])))
+        parts.sort(key=lambda p: p.number)
+        return parts
+
+    def complete_upload(self, upload: UploadInfo,
+                        wanted: list[tuple[int, str]]) -> ObjectInfo:
+        """Join the listed parts (numbers ascending, ETags matching) into the object."""
+        if not wanted:
+            raise S3Error("MalformedXML", "You must specify at least one part.")
+        numbers = [n for n, _ in wanted]
+        if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
+            raise S3Error("InvalidPartOrder")
+        have = {p.number: p for p in self.list_parts(upload)}
+        chosen: list[PartInfo] = []
+        for i, (n, etag) in enumerate(wanted):
+            part = have.get(n)
+            if part is None or part.etag != etag.strip('"').lower():
+                raise S3Error("InvalidPart", extra={"PartNumber": str(n), "ETag": etag})
+            if i < len(wanted) - 1 and part.size < self.min_part_bytes:
+                raise S3Error("EntityTooSmall", extra={
+                    "ProposedSize": str(part.size), "MinSizeAllowed": str(self.min_part_bytes),
+                    "PartNumber": str(n), "ETag": part.etag})
+            chosen.append(part)
+        d = self._upload_dir(upload.upload_id)
+        pending = self.begin_write()
+        try:
+            for part in chosen:
+                with open(os.path.join(d, f"part-{part.number:05d}"), "rb") as src:
+                    _copy_range(src.fileno(), pending.fd, part.size)
+                pending.size += part.size
+        except BaseException:
+            pending.abort()
+            raise
+        md5s = b"".join(bytes.fromhex(p.etag) for p in chosen)
+        etag = f"{hashlib.md5(md5s).hexdigest()}-{len(chosen)}"
+        info = self.commit(pending, upload.bucket, upload.key, upload.headers, etag=etag,
+                           parts=len(chosen))
+        shutil.rmtree(d, ignore_errors=True)
+        return info
+
+    def abort_upload(self, upload: UploadInfo) -> None:
+        shutil.rmtree(self._upload_dir(upload.upload_id), ignore_errors=True)
+
+    def list_uploads(self, bucket: str, prefix: str = "") -> list[UploadInfo]:
+        out = []
+        try:
+            names = os.listdir(self.uploads_dir)
+        except FileNotFoundError:
+            return []
+        for upload_id in names:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                with open(os.path.join(self.uploads_dir, upload_id, "upload.json"),
+                          encoding="utf-8") as f:
+                    data = json.load(f)
+                if data["bucket"] == bucket and data["key"].startswith(prefix):
+                    out.append(UploadInfo(upload_id, bucket, data["key"],
+                                          float(data["initiated"]),
+                                          dict(data.get("headers", {})), data.get("owner")))
+        out.sort(key=lambda u: (u.key, u.initiated))
+        return out
+
+
+def _copy_range(src_fd: int, dst_fd: int, count: int) -> None:
+    """Append `count` bytes of src to dst in the kernel when it can (copy_file_range)."""
+    offset = 0
+    while offset < count:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, count - offset, offset)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            n = 0
+        if n == 0:
+            data = os.pread(src_fd, min(_COPY_CHUNK, count - offset), offset)
+            if not data:
+                raise S3Error("InternalError", "A part file is shorter than recorded.")
+            n = os.write(dst_fd, data)
+        offset += n
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(8).upper()
+
+
+__all__ = ["BucketState", "ListResult", "ObjectInfo", "PartInfo", "PendingWrite", "Storage",
+           "UploadInfo", "STORED_HEADERS", "new_request_id"]

@@ -1,0 +1,217 @@
+"""S3 XML bodies (pure): parsing request documents and rendering result documents.
+
+Rules: requests are parsed with ElementTree (no DTDs or entities are expanded by it), with the
+S3 namespace optional, and anything unexpected is MalformedXML. Results are rendered as S3
+renders them, namespace included; with `encoding-type=url` keys and prefixes are
+percent-encoded (`+` too, because botocore decodes with unquote_plus).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from urllib.parse import quote
+from xml.sax.saxutils import escape
+
+from lbcdn.bucket.errors import S3Error
+from lbcdn.bucket.httpsem import iso8601
+from lbcdn.bucket.storage import BucketState, ListResult, ObjectInfo, PartInfo, UploadInfo
+
+NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
+MAX_DELETE_KEYS = 1000
+
+
+def _parse(body: bytes, root_tag: str) -> ET.Element:
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        raise S3Error("MalformedXML")
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        raise S3Error("MalformedXML") from None
+    for el in root.iter():
+        if isinstance(el.tag, str) and "}" in el.tag:
+            el.tag = el.tag.split("}", 1)[1]
+    if root.tag != root_tag:
+        raise S3Error("MalformedXML")
+    return root
+
+
+def parse_delete(body: bytes) -> tuple[list[str], bool]:
+    """DeleteObjects body -> (keys, quiet)."""
+    root = _parse(body, "Delete")
+    keys = [obj.findtext("Key") or "" for obj in root.findall("Object")]
+    if not keys or len(keys) > MAX_DELETE_KEYS:
+        raise S3Error("MalformedXML")
+    quiet = (root.findtext("Quiet") or "").strip().lower() == "true"
+    return keys, quiet
+
+
+def parse_complete(body: bytes) -> list[tuple[int, str]]:
+    """CompleteMultipartUpload body -> [(part number, etag)] in the given order."""
+    root = _parse(body, "CompleteMultipartUpload")
+    parts = []
+    for part in root.findall("Part"):
+        try:
+            number = int((part.findtext("PartNumber") or "").strip())
+        except ValueError:
+            raise S3Error("MalformedXML") from None
+        parts.append((number, (part.findtext("ETag") or "").strip()))
+    return parts
+
+
+def parse_create_bucket(body: bytes) -> str | None:
+    """CreateBucketConfiguration body (optional) -> LocationConstraint."""
+    if not body.strip():
+        return None
+    root = _parse(body, "CreateBucketConfiguration")
+    return root.findtext("LocationConstraint")
+
+
+def _enc(value: str, url: bool) -> str:
+    return escape(quote(value, safe="/") if url else value)
+
+
+def _tag(name: str, value: str | int | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return f"<{name}>{escape(str(value))}</{name}>"
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def list_buckets(buckets: Iterable[BucketState], owner: str) -> bytes:
+    out = [HEAD, f'<ListAllMyBucketsResult xmlns="{NS}">',
+           f"<Owner><ID>{escape(owner)}</ID><DisplayName>{escape(owner)}</DisplayName></Owner>",
+           "<Buckets>"]
+    for b in buckets:
+        out.append(f"<Bucket><Name>{escape(b.name)}</Name>"
+                   f"<CreationDate>{iso8601(b.created)}</CreationDate></Bucket>")
+    out.append("</Buckets></ListAllMyBucketsResult>")
+    return "".join(out).encode("utf-8")
+
+
+def location(region: str) -> bytes:
+    # us-east-1 is reported as an empty LocationConstraint, as S3 does.
+    value = "" if region == "us-east-1" else escape(region)
+    return f'{HEAD}<LocationConstraint xmlns="{NS}">{value}</LocationConstraint>'.encode()
+
+
+def _contents(info: ObjectInfo, url: bool) -> str:
+    return (f"<Contents><Key>{_enc(info.key, url)}</Key>"
+            f"<LastModified>{iso8601(info.last_modified)}</LastModified>"
+            f"<ETag>&quot;{escape(info.etag)}&quot;</ETag><Size>{info.size}</Size>"
+            "<StorageClass>STANDARD</StorageClass></Contents>")
+
+
+def list_objects_v2(bucket: str, result: ListResult, *, prefix: str, delimiter: str,
+                    max_keys: int, url: bool, start_after: str | None,
+                    token: str | None, next_token: str | None) -> bytes:
+    out = [HEAD, f'<ListBucketResult xmlns="{NS}">', _tag("Name", bucket),
+           f"<Prefix>{_enc(prefix, url)}</Prefix>"]
+    if delimiter:
+        out.append(f"<Delimiter>{_enc(delimiter, url)}</Delimiter>")
+    out.append(_tag("MaxKeys", max_keys))
+    if url:
+        out.append("<EncodingType>url</EncodingType>")
+    out.append(_tag("KeyCount", len(result.contents) + len(result.prefixes)))
+    out.append(f"<IsTruncated>{_bool(result.truncated)}</IsTruncated>")
+    if token is not None:
+        out.append(_tag("ContinuationToken", token))
+    if next_token is not None:
+        out.append(_tag("NextContinuationToken", next_token))
+    if start_after is not None:
+        out.append(f"<StartAfter>{_enc(start_after, url)}</StartAfter>")
+    out.extend(_contents(i, url) for i in result.contents)
+    out.extend(f"<CommonPrefixes><Prefix>{_enc(p, url)}</Prefix></CommonPrefixes>"
+               for p in result.prefixes)
+    out.append("</ListBucketResult>")
+    return "".join(out).encode("utf-8")
+
+
+def list_objects_v1(bucket: str, result: ListResult, *, prefix: str, delimiter: str,
+                    max_keys: int, url: bool, marker: str) -> bytes:
+    out = [HEAD, f'<ListBucketResult xmlns="{NS}">', _tag("Name", bucket),
+           f"<Prefix>{_enc(prefix, url)}</Prefix>", f"<Marker>{_enc(marker, url)}</Marker>"]
+    if delimiter:
+        out.append(f"<Delimiter>{_enc(delimiter, url)}</Delimiter>")
+    out.append(_tag("MaxKeys", max_keys))
+    if url:
+        out.append("<EncodingType>url</EncodingType>")
+    out.append(f"<IsTruncated>{_bool(result.truncated)}</IsTruncated>")
+    if result.truncated and delimiter and result.next_after is not None:
+        # NextMarker is sent only with a delimiter; clients use the last key otherwise.
+        last = result.next_after.rstrip("\U0010ffff")
+        out.append(f"<NextMarker>{_enc(last, url)}</NextMarker>")
+    out.extend(_contents(i, url) for i in result.contents)
+    out.extend(f"<CommonPrefixes><Prefix>{_enc(p, url)}</Prefix></CommonPrefixes>"
+               for p in result.prefixes)
+    out.append("</ListBucketResult>")
+    return "".join(out).encode("utf-8")
+
+
+def delete_result(deleted: list[str], errors: list[tuple[str, S3Error]], quiet: bool) -> bytes:
+    out = [HEAD, f'<DeleteResult xmlns="{NS}">']
+    if not quiet:
+        out.extend(f"<Deleted>{_tag('Key', k)}</Deleted>" for k in deleted)
+    out.extend(f"<Error>{_tag('Key', k)}{_tag('Code', e.code)}{_tag('Message', e.message)}"
+               "</Error>" for k, e in errors)
+    out.append("</DeleteResult>")
+    return "".join(out).encode("utf-8")
+
+
+def copy_result(info: ObjectInfo) -> bytes:
+    return (f'{HEAD}<CopyObjectResult xmlns="{NS}">'
+            f"<LastModified>{iso8601(info.last_modified)}</LastModified>"
+            f"<ETag>&quot;{escape(info.etag)}&quot;</ETag></CopyObjectResult>").encode()
+
+
+def initiate_result(upload: UploadInfo) -> bytes:
+    return (f'{HEAD}<InitiateMultipartUploadResult xmlns="{NS}">{_tag("Bucket", upload.bucket)}'
+            f'{_tag("Key", upload.key)}{_tag("UploadId", upload.upload_id)}'
+            "</InitiateMultipartUploadResult>").encode()
+
+
+def complete_result(location_url: str, bucket: str, info: ObjectInfo) -> bytes:
+    return (f'{HEAD}<CompleteMultipartUploadResult xmlns="{NS}">'
+            f'{_tag("Location", location_url)}{_tag("Bucket", bucket)}{_tag("Key", info.key)}'
+            f"<ETag>&quot;{escape(info.etag)}&quot;</ETag></CompleteMultipartUploadResult>"
+            ).encode()
+
+
+def list_parts(upload: UploadInfo, parts: list[PartInfo], *, marker: int, max_parts: int,
+               truncated: bool) -> bytes:
+    out = [HEAD, f'<ListPartsResult xmlns="{NS}">', _tag("Bucket", upload.bucket),
+           _tag("Key", upload.key), _tag("UploadId", upload.upload_id),
+           _tag("PartNumberMarker", marker)]
+    if parts:
+        out.append(_tag("NextPartNumberMarker", parts[-1].number))
+    out += [_tag("MaxParts", max_parts), f"<IsTruncated>{_bool(truncated)}</IsTruncated>",
+            "<StorageClass>STANDARD</StorageClass>"]
+    for p in parts:
+        out.append(f"<Part>{_tag('PartNumber', p.number)}"
+                   f"<LastModified>{iso8601(p.last_modified)}</LastModified>"
+                   f"<ETag>&quot;{p.etag}&quot;</ETag>{_tag('Size', p.size)}</Part>")
+    out.append("</ListPartsResult>")
+    return "".join(out).encode("utf-8")
+
+
+def list_uploads(bucket: str, uploads: list[UploadInfo], *, prefix: str, max_uploads: int,
+                 truncated: bool) -> bytes:
+    out = [HEAD, f'<ListMultipartUploadsResult xmlns="{NS}">', _tag("Bucket", bucket),
+           "<KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>"]
+    if uploads and truncated:
+        out.append(_tag("NextKeyMarker", uploads[-1].key))
+        out.append(_tag("NextUploadIdMarker", uploads[-1].upload_id))
+    out += [f"<Prefix>{escape(prefix)}</Prefix>", _tag("MaxUploads", max_uploads),
+            f"<IsTruncated>{_bool(truncated)}</IsTruncated>"]
+    for u in uploads:
+        out.append(f"<Upload>{_tag('Key', u.key)}{_tag('UploadId', u.upload_id)}"
+                   f"<Initiated>{iso8601(u.initiated)}</Initiated>"
+                   "<StorageClass>STANDARD</StorageClass></Upload>")
+    out.append("</ListMultipartUploadsResult>")
+    return "".join(out).encode("utf-8")
