@@ -1,0 +1,246 @@
+"""The Dockerfile and the image's built-in config (deploy/docker/config.yaml). No Docker engine
+runs here, so the image is not built: its text is checked (non-root numeric user, tini as
+PID 1, SIGTERM, the config path, ports, the Makefile's install steps), and what the image
+would run is run: `tini -- lbcdn serve` as PID 1 of a new PID namespace (as in a container),
+configured only by environment variables, proxying to a demo backend, stopped by a SIGTERM
+sent from outside the namespace (as `docker stop` does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lbcdn.config.load import ConfigError, load_config
+from tests.deploy.helpers import DEPLOY, REPO
+from tests.e2e.harness import HOST, backend_process, free_port, wait_for_port
+
+DOCKERFILE = REPO / "Dockerfile"
+ENV_CONFIG = DEPLOY / "docker" / "config.yaml"
+IMAGE_CONFIG = "/etc/lbcdn/config.yaml"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        pending += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            word, _, rest = pending.strip().partition(" ")
+            out.append((word, rest))
+            pending = ""
+    return out
+
+
+def args_of(word: str) -> list[str]:
+    return [rest for w, rest in instructions() if w == word]
+
+
+def exec_form(word: str) -> list[str]:
+    [text] = args_of(word)
+    value = json.loads(text)
+    assert isinstance(value, list)
+    return [str(v) for v in value]
+
+
+# -- the Dockerfile ----------------------------------------------------------------------
+
+
+def test_runs_as_a_fixed_non_root_uid() -> None:
+    [user] = args_of("USER")
+    uid, gid = user.split(":")
+    assert uid.isdigit() and gid.isdigit()  # numeric: runAsNonRoot can verify it
+    assert int(uid) != 0 and int(gid) != 0
+    runs = " ".join(args_of("RUN"))
+    assert f"--uid {uid}" in runs and f"--gid {gid}" in runs
+
+
+def test_tini_is_pid_1_and_sigterm_stops() -> None:
+    assert "apt-get install -y --no-install-recommends tini" in " ".join(args_of("RUN"))
+    assert exec_form("ENTRYPOINT") == ["tini", "--", "lbcdn"]
+    assert args_of("STOPSIGNAL") == ["SIGTERM"]
+    assert exec_form("CMD") == ["serve", "--config", IMAGE_CONFIG]
+
+
+def test_ships_the_environment_config_where_serve_reads_it() -> None:
+    copies = [c.split() for c in args_of("COPY")]
+    assert ["deploy/docker/config.yaml", IMAGE_CONFIG] in copies
+    for *sources, _ in copies:
+        for source in sources:
+            assert (REPO / source).exists(), source
+
+
+def test_install_steps_are_the_makefiles() -> None:
+    """Same interpreter line, a venv, and pip install of this pyproject.toml only."""
+    assert args_of("FROM") == ["python:3.11-slim"]
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^PYTHON \?= python3$", makefile, re.M)
+    assert "$(PYTHON) -m venv $(VENV)" in makefile
+    runs = " ".join(args_of("RUN"))
+    assert "python3 -m venv /opt/lbcdn/venv" in runs
+    assert re.findall(r"pip install (\S+)", runs) == ["."]
+
+
+def test_exposed_ports_and_healthcheck_match_the_built_in_config() -> None:
+    cfg = load_config(ENV_CONFIG, env={"LBCDN_UPSTREAM": "app:8000"})
+    [exposed] = args_of("EXPOSE")
+    assert set(exposed.split()) == {f"{cfg.listeners[0].port}/tcp", f"{cfg.admin.port}/tcp",
+                                    "5353/udp", "5353/tcp"}
+    [health] = args_of("HEALTHCHECK")
+    assert f"http://{cfg.admin.address}:{cfg.admin.port}/healthz" in health
+
+
+# -- the built-in config -----------------------------------------------------------------
+
+
+def documented_variables() -> dict[str, str]:
+    """NAME -> default from the table in the config file's header comment."""
+    rows = re.findall(r"^# \| (LBCDN_\w+)\s*\| ([^|]*?)\s*\|", ENV_CONFIG.read_text(), re.M)
+    return dict(rows)
+
+
+def test_every_variable_is_documented_with_its_default() -> None:
+    text = "\n".join(line for line in ENV_CONFIG.read_text().splitlines()
+                     if not line.startswith("#"))
+    used = {name: default if sep else "required"
+            for name, sep, default in re.findall(r"\$\{(\w+)(:-)?([^}]*)\}", text)}
+    assert used == documented_variables()
+
+
+def test_defaults_suit_a_container() -> None:
+    cfg = load_config(ENV_CONFIG, env={"LBCDN_UPSTREAM": "app.internal:8000"})
+    [listener] = cfg.listeners
+    assert (listener.address, listener.port) == ("0.0.0.0", 8080)
+    # No token can be set here, so the admin API stays inside the container.
+    assert (cfg.admin.address, cfg.admin.port, cfg.admin.token) == ("127.0.0.1", 9901, None)
+    [target] = cfg.pools["app"].targets
+    assert (target.host, target.port) == ("app.internal", 8000)
+    assert cfg.shutdown.drain_timeout_s == 30
+    assert cfg.logging.access_log.enabled is True and cfg.logging.access_log.path is None
+
+
+def test_every_setting_follows_its_variable() -> None:
+    cfg = load_config(ENV_CONFIG, env={
+        "LBCDN_UPSTREAM": "[::1]:9000", "LBCDN_UPSTREAM_HOST_HEADER": "target",
+        "LBCDN_HTTP_ADDRESS": "::", "LBCDN_HTTP_PORT": "80",
+        "LBCDN_ADMIN_ADDRESS": "0.0.0.0", "LBCDN_ADMIN_PORT": "0",
+        "LBCDN_LOG_LEVEL": "debug", "LBCDN_ACCESS_LOG": "false", "LBCDN_DRAIN_TIMEOUT_S": "2.5"})
+    [listener] = cfg.listeners
+    assert (listener.address, listener.port) == ("::", 80)
+    [target] = cfg.pools["app"].targets
+    assert (target.host, target.port) == ("::1", 9000)
+    assert cfg.pools["app"].host_header == "target"
+    assert (cfg.admin.address, cfg.admin.port) == ("0.0.0.0", 0)
+    assert cfg.logging.level == "debug"
+    assert cfg.logging.access_log.enabled is False
+    assert cfg.shutdown.drain_timeout_s == 2.5
+
+
+def test_upstream_is_required_and_bad_values_name_their_path() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(ENV_CONFIG, env={})
+    assert err.value.lines() == [
+        "pools.app.targets[0]: environment variable LBCDN_UPSTREAM is not set "
+        "(use ${LBCDN_UPSTREAM:-default} to give a default)"]
+    with pytest.raises(ConfigError) as err:
+        load_config(ENV_CONFIG, env={"LBCDN_UPSTREAM": "app:8000", "LBCDN_HTTP_PORT": "http"})
+    assert [p for p, _ in err.value.problems] == ["listeners[0].port"]
+
+
+# -- the image's process tree, run ---------------------------------------------------------
+
+
+def in_container(env: dict[str, str], stderr: Any) -> subprocess.Popen[bytes]:
+    """`tini -- lbcdn serve --config deploy/docker/config.yaml` as PID 1 of a new PID
+    namespace (the network is the host's, so 127.0.0.1 reaches it)."""
+    unshare, tini = shutil.which("unshare"), shutil.which("tini")
+    assert unshare and tini, "unshare (util-linux) and tini are needed: make test installs them"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LBCDN_")}
+    return subprocess.Popen(
+        [unshare, "--pid", "--fork", "--kill-child", tini, "--",
+         sys.executable, "-m", "lbcdn", "serve", "--config", str(ENV_CONFIG)],
+        env={**base, **env}, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+
+
+def pid_1_of(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int:
+    """The host PID of the process that `unshare --fork` started (tini)."""
+    deadline = time.monotonic() + timeout_s
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    while time.monotonic() < deadline:
+        pids = children.read_text().split()
+        if pids:
+            return int(pids[0])
+        time.sleep(0.02)
+    raise TimeoutError("unshare started no child")
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return int(r.status), bytes(r.read())
+    except urllib.error.HTTPError as e:
+        return int(e.code), bytes(e.read())
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)  # --kill-child takes the namespace down too
+        proc.wait(10)
+
+
+def test_image_process_serves_from_env_and_drains_on_sigterm_as_pid_1(tmp_path: Path) -> None:
+    with backend_process("app") as backend:
+        http, admin = free_port(), free_port()
+        env = {"LBCDN_UPSTREAM": f"{HOST}:{backend.port}", "LBCDN_HTTP_ADDRESS": HOST,
+               "LBCDN_HTTP_PORT": str(http), "LBCDN_ADMIN_PORT": str(admin),
+               "LBCDN_ACCESS_LOG": "false", "LBCDN_DRAIN_TIMEOUT_S": "5"}
+        log = tmp_path / "stderr"
+        with open(log, "wb") as stderr:
+            proc = in_container(env, stderr)
+        try:
+            init = pid_1_of(proc)
+            status = Path(f"/proc/{init}/status").read_text()
+            assert re.search(r"^Name:\s+tini$", status, re.M), status
+            assert re.search(r"^NSpid:\s+\d+\s+1$", status, re.M), status  # PID 1 inside
+            wait_for_port(http, proc=proc)
+            wait_for_port(admin, proc=proc)
+            code, body = get(f"http://{HOST}:{http}/from-env")
+            assert code == 200
+            assert json.loads(body)["backend"] == "app"
+            assert json.loads(body)["path"] == "/from-env"
+            assert get(f"http://{HOST}:{admin}/healthz")[0] == 200
+            # As `docker stop` does: SIGTERM to PID 1 from outside its namespace. tini passes
+            # it on; lbcdn drains and exits 0, and so does tini.
+            os.kill(init, signal.SIGTERM)
+            assert proc.wait(15) == 0, log.read_text()
+        finally:
+            stop(proc)
+    text = log.read_text()
+    assert "draining (up to 5.0 s)" in text and "stopped" in text, text
+
+
+def test_image_process_exit_code_passes_through_tini(tmp_path: Path) -> None:
+    """A config error (LBCDN_UPSTREAM unset) makes the container exit 1, with the reason."""
+    log = tmp_path / "stderr"
+    with open(log, "wb") as stderr:
+        proc = in_container({}, stderr)
+    try:
+        assert proc.wait(30) == 1
+    finally:
+        stop(proc)
+    assert "LBCDN_UPSTREAM is not set" in log.read_text()
