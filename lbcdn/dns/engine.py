@@ -1,0 +1,472 @@
+"""The answer engine: one wire-format query in, one wire-format response out (no I/O).
+
+Job: everything issue 6's "Protocol, exactly" asks of an authoritative server, over the
+zones it is given, with routing policies read from a HealthView; plus what the network half
+needs around it (cache keys, a version to invalidate prepared answers, AXFR records) and
+atomic change batches (changes.py) with optional persistence.
+
+Rules:
+- Answers: AA on authoritative data; NXDOMAIN vs NODATA with the SOA in authority at the
+  negative TTL (RFC 2308); CNAME chains followed inside the zone, the rcode that of the last
+  name (RFC 6604); wildcards per RFC 4592 (not across empty non-terminals); referrals
+  without AA, with in-zone glue that is never dropped (TC instead); DS at a delegation point
+  answered by the parent side; REFUSED, RA clear, outside every zone and for classes other
+  than IN; ANY answered with one RRset (RFC 8482); types the name lacks -> NODATA.
+- Header: id, opcode, RD and CD copied; QR set; RA, Z and AD clear.
+- EDNS(0): an OPT answers an OPT (DO copied, our payload size = max_udp); version > 0 ->
+  BADVERS; options ignored. UDP limit: min(client payload, max_udp), 512 without EDNS, never
+  below 512. Too big: first optional additional records are dropped, then everything but
+  the question and OPT is dropped and TC set. TCP: no limit but 65535.
+- The question is answered in the client's case: the response is built for the lower-cased
+  name (so every spelling gets the same bytes) and the query's name bytes are copied over
+  the question; owner names are compression pointers into it and follow.
+- Prepared answers: `cacheable_key` is not None only when the answer is a function of the
+  key and `version`: answers that involve a weighted pick, a multivalue shuffle or a simple
+  set's rotation (anything `policy.varies` says) are computed every time, so weights hold per
+  query as in Route 53. `version` changes on every zone change, and on every health change
+  the engine learns of: `health_changed()`, `poll_health()`, or a `generation` attribute on
+  the HealthView that changes with every transition (read on each `version` access).
+  Versions come from one process-wide counter, so a new Engine never reuses an old number.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import dnslib
+from dnslib import EDNS0, RR, DNSBuffer, DNSLabel
+
+from lbcdn.dns import policy
+from lbcdn.dns.changes import (Change, ChangeError, ChangeStore, Overlay, apply_batch, replay,
+                               update_overlay)
+from lbcdn.dns.names import Name, is_subdomain, to_text, to_wire
+from lbcdn.dns.policy import HealthView
+from lbcdn.dns.rdata import target_of
+from lbcdn.dns.zone import (T_A, T_AAAA, T_CNAME, T_NS, T_SOA, AliasDirectory, RecordSet,
+                            Value, Zone, ZoneError, generate_ptrs, zone_origin)
+from lbcdn.dns.wire import FORMERR, Query, cache_key, parse_query
+
+__all__ = ["Engine", "HealthView", "Change", "ChangeError"]
+
+log = logging.getLogger("lbcdn.dns.engine")
+
+NOERROR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 2, 3, 4, 5, 16
+T_MX, T_SRV, T_DS, T_IXFR, T_AXFR, T_ANY = 15, 33, 43, 251, 252, 255
+CLASS_IN = 1
+EDNS_CAP = 1232          # RFC 9715 / DNS flag day 2020: no fragmentation
+MAX_CHAIN = 12           # CNAMEs followed before giving up (loops end earlier)
+TCP_MAX = 65535
+# RFC 8482: one RRset for ANY. This order favours what ANY askers usually want.
+ANY_ORDER = (T_CNAME, T_A, T_AAAA, T_MX, 16, T_SRV, 257, 12, T_NS, T_SOA)
+META_TYPES = frozenset({T_IXFR, T_AXFR, 253, 254})  # transfers and MAILA/MAILB
+
+_VERSIONS = itertools.count(1)
+
+
+@dataclass
+class _Answer:
+    rcode: int = NOERROR
+    aa: bool = True
+    answer: list[RR] = field(default_factory=list)
+    authority: list[RR] = field(default_factory=list)
+    required: list[RR] = field(default_factory=list)   # glue: TC rather than drop
+    optional: list[RR] = field(default_factory=list)   # may be dropped to fit
+
+
+class _AllHealthy:
+    def is_healthy(self, check_id: str) -> bool:
+        return True
+
+
+def _rrs(owner: DNSLabel, rtype: int, ttl: int, values: Sequence[Value]) -> list[RR]:
+    return [RR(owner, rtype, CLASS_IN, ttl, v.rd) for v in values]
+
+
+class Engine:
+    def __init__(self, zones: Sequence[Zone], health: HealthView, rng: random.Random | None = None,
+                 *, store: ChangeStore | None = None, aliases: AliasDirectory | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._health = health
+        self._rng = rng or random.Random()
+        self._store = store
+        self._aliases = aliases
+        self._clock = clock
+        self._turns: dict[tuple[Name, int], int] = {}
+        self._zones: dict[Name, Zone] = {}
+        self._overlays: dict[Name, Overlay] = {}
+        self.restore_problems: list[str] = []
+        zone_list = list(zones)
+        if store is not None:
+            zone_list = [self._restore(z, store) for z in zone_list]
+        generate_ptrs(zone_list)
+        for z in zone_list:
+            if z.origin in self._zones:
+                raise ZoneError([f"zone {z.name} given twice"])
+            self._zones[z.origin] = z
+        self._version = next(_VERSIONS)
+        self._seen_generation: object = getattr(health, "generation", None)
+        self._health_snapshot: dict[str, bool] = {}
+        self._derive()
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _restore(self, zone: Zone, store: ChangeStore) -> Zone:
+        try:
+            overlay = store.load(zone.name)
+        except ChangeError as e:
+            self.restore_problems.extend(f"{zone.name}: {p}" for p in e.problems)
+            return zone
+        if overlay is None:
+            return zone
+        restored, kept, problems = replay(zone, overlay, aliases=self._aliases,
+                                          now=self._clock())
+        self.restore_problems.extend(f"{zone.name}: {p}" for p in problems)
+        self._overlays[zone.origin] = kept
+        return restored
+
+    def _bump(self) -> None:
+        self._version = next(_VERSIONS)
+
+    @property
+    def version(self) -> int:
+        """Changes whenever zones or health may change what answers say."""
+        gen = getattr(self._health, "generation", None)
+        if gen != self._seen_generation:
+            self._seen_generation = gen
+            self._bump()
+        return self._version
+
+    def health_changed(self) -> None:
+        """Tell the engine a health state changed (prepared answers must go)."""
+        self._bump()
+
+    def poll_health(self) -> bool:
+        """Compare every health check the zones use with the last poll; bump the version and
+        return True when one changed. For HealthViews without `generation`."""
+        snap = {c: self._health.is_healthy(c) for c in sorted(self._checks)}
+        if snap != self._health_snapshot:
+            self._health_snapshot = snap
+            self._bump()
+            return True
+        return False
+
+    @property
+    def zones(self) -> list[Zone]:
+        return list(self._zones.values())
+
+    def _derive(self) -> None:
+        """Recompute what answering needs besides the zones: which owner names have answers
+        that vary (cacheable_key says None for them) and which checks are in use."""
+        volatile: set[Name] = set()
+        wild_parents: set[Name] = set()
+        checks: set[str] = set()
+        for zone in self._zones.values():
+            for name in zone.names():
+                node = zone.node(name) or {}
+                for group in node.values():
+                    checks |= policy.health_checks(group)
+                    if policy.varies(group):
+                        volatile.add(name)
+                        if name and name[0] == b"*":
+                            wild_parents.add(name[1:])
+        # A CNAME leading (within its zone) to a varying name varies too.
+        for _ in range(MAX_CHAIN):
+            grew = False
+            for zone in self._zones.values():
+                for name in zone.names():
+                    if name in volatile:
+                        continue
+                    group = zone.group(name, T_CNAME)
+                    if not group:
+                        continue
+                    _, vals = policy.static_values(group)
+                    target = target_of(vals[0].rd) if vals else None
+                    if target is not None and (target in volatile or any(
+                            is_subdomain(target, p) for p in wild_parents)):
+                        volatile.add(name)
+                        if name and name[0] == b"*":
+                            wild_parents.add(name[1:])
+                        grew = True
+            if not grew:
+                break
+        self._volatile = {to_wire(n) for n in volatile}
+        self._volatile_wild = [to_wire(p) for p in wild_parents]
+        self._checks = checks
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def zone_for(self, name: str) -> Zone | None:
+        """The served zone with the longest origin containing `name` (text form)."""
+        try:
+            key = zone_origin(name)
+        except ValueError:
+            return None
+        return self._zone_for(key)
+
+    def _zone_for(self, name: Name) -> Zone | None:
+        zones = self._zones
+        for k in range(len(name), -1, -1):
+            z = zones.get(name[len(name) - k:] if k else ())
+            if z is not None:
+                return z
+        return None
+
+    def axfr_records(self, zone_name: str) -> list[RR]:
+        """Every record of the zone, SOA first and last. Routing-policy sets appear in their
+        health-independent form (policy.static_values). KeyError when not served."""
+        zone = self._zones.get(zone_origin(zone_name))
+        if zone is None:
+            raise KeyError(f"not a served zone: {zone_name}")
+        soa_set = zone.soa_set
+        soa = _rrs(DNSLabel(zone.origin), T_SOA, soa_set.ttl, soa_set.values)
+        out = list(soa)
+        for name in sorted(zone.names(), key=lambda n: n[::-1]):
+            node = zone.node(name) or {}
+            owner = DNSLabel(name)
+            for rtype in sorted(node):
+                if rtype == T_SOA and name == zone.origin:
+                    continue
+                ttl, values = policy.static_values(node[rtype])
+                out.extend(_rrs(owner, rtype, ttl, values))
+        out.extend(soa)
+        return out
+
+    # -- changes -------------------------------------------------------------------------
+
+    def apply_changes(self, zone: str, changes: list[Change]) -> None:
+        """Apply a change batch to one zone: all or nothing, visible to the next query,
+        persisted before it is visible when a store is set. Raises ChangeError."""
+        try:
+            origin = zone_origin(zone)
+        except ValueError as e:
+            raise ChangeError([str(e)]) from None
+        current = self._zones.get(origin)
+        if current is None:
+            raise ChangeError([f"not a served zone: {zone}"])
+        new = apply_batch(current, changes, aliases=self._aliases, now=self._clock())
+        zones = [new if z.origin == origin else z for z in self._zones.values()]
+        generate_ptrs(zones, now=self._clock())
+        if self._store is not None:
+            overlay = self._overlays.get(origin) or Overlay(new.serial, {})
+            overlay = update_overlay(overlay, changes, new)
+            try:
+                self._store.save(new.name, overlay)
+            except OSError as e:
+                raise ChangeError([f"cannot save the change: {e.strerror or e}"]) from None
+            self._overlays[origin] = overlay
+        self._zones = {z.origin: z for z in zones}
+        self._derive()
+        self._bump()
+
+    # -- answering -----------------------------------------------------------------------
+
+    def cacheable_key(self, query: bytes) -> bytes | None:
+        """Key under which `answer(query)`'s output may be stored and replayed (patching the
+        id, and copying the query's question bytes over the stored question, equal but for
+        ASCII case) while `version` is unchanged; None when it must be computed each time.
+        Transport and max_udp are not in the key: keep one table per transport and pass one
+        max_udp per Engine."""
+        q = parse_query(query)
+        if q is None or q.error or q.question is None:
+            return None
+        key = cache_key(q)
+        if self._volatile:
+            wire = q.question[:q.qname_len].lower()
+            if wire in self._volatile:
+                return None
+            if self._volatile_wild:
+                for parent in self._volatile_wild:
+                    if wire.endswith(parent):
+                        return None
+        return key
+
+    def answer(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> bytes | None:
+        """Full processing of one wire-format query -> wire-format response, or None = send
+        nothing (unreadable header, or the packet is a response). See the module rules."""
+        try:
+            q = parse_query(query)
+        except (IndexError, ValueError):  # the reader is total; this is a last guard
+            return None
+        if q is None:
+            return None
+        try:
+            return self._answer(q, tcp, max_udp)
+        except Exception:  # a bug must cost one SERVFAIL, not the server
+            log.exception("dns: answering failed")
+            return self._pack(q, _Answer(rcode=SERVFAIL, aa=False), tcp, max_udp)
+
+    def _answer(self, q: Query, tcp: bool, max_udp: int) -> bytes:
+        if q.error:
+            return self._pack(q, _Answer(rcode=q.error, aa=False), tcp, max_udp)
+        if q.edns is not None and q.edns.version != 0:
+            return self._pack(q, _Answer(rcode=BADVERS, aa=False), tcp, max_udp)
+        if q.qtype in META_TYPES:
+            return self._pack(q, _Answer(rcode=NOTIMP, aa=False), tcp, max_udp)
+        if q.qtype == 41:  # OPT is not a question
+            return self._pack(q, _Answer(rcode=FORMERR, aa=False), tcp, max_udp)
+        zone = self._zone_for(q.qname) if q.qclass == CLASS_IN else None
+        if zone is None:
+            return self._pack(q, _Answer(rcode=REFUSED, aa=False), tcp, max_udp)
+        return self._pack(q, self._resolve(zone, q.qname, q.qtype), tcp, max_udp)
+
+    def _select(self, group: Sequence[RecordSet]) -> tuple[int, list[Value]]:
+        first = group[0]
+        turn = 0
+        if first.policy == "simple" and len(first.values) > 1:
+            k = (first.name, first.rtype)
+            turn = self._turns.get(k, 0)
+            self._turns[k] = turn + 1
+        return policy.select(group, self._health, self._rng, turn)
+
+    def _resolve(self, zone: Zone, qname: Name, qtype: int) -> _Answer:
+        ans = _Answer()
+        name = qname
+        seen = {qname}
+        for hop in range(MAX_CHAIN + 1):
+            cut = zone.cut_for(name)
+            if cut is not None and not (qtype == T_DS and cut == name):
+                self._referral(zone, cut, ans)
+                ans.aa = hop > 0  # after a CNAME the answer part is still ours
+                return ans
+            owner = DNSLabel(name)
+            node = zone.node(name)
+            if node is None:
+                if not zone.exists(name):
+                    node = self._wildcard(zone, name)
+                    if node is None:
+                        ans.rcode = NXDOMAIN
+                        self._negative(zone, ans)
+                        return ans
+                else:
+                    self._negative(zone, ans)   # empty non-terminal: NODATA
+                    return ans
+            if qtype == T_ANY:
+                for rtype in (*ANY_ORDER, *sorted(node)):
+                    if rtype in node:
+                        ttl, values = self._select(node[rtype])
+                        ans.answer.extend(_rrs(owner, rtype, ttl, values))
+                        break
+                return ans
+            group = node.get(qtype)
+            if group:
+                ttl, values = self._select(group)
+                ans.answer.extend(_rrs(owner, qtype, ttl, values))
+                self._additional(zone, values, ans)
+                return ans
+            cname = node.get(T_CNAME)
+            if cname and qtype != T_CNAME:
+                ttl, values = self._select(cname)
+                ans.answer.extend(_rrs(owner, T_CNAME, ttl, values[:1]))
+                target = target_of(values[0].rd) if values else None
+                if target is None or target in seen or not is_subdomain(target, zone.origin):
+                    return ans
+                seen.add(target)
+                name = target
+                continue
+            self._negative(zone, ans)
+            return ans
+        return ans
+
+    def _wildcard(self, zone: Zone, name: Name) -> dict[int, tuple[RecordSet, ...]] | None:
+        """RFC 4592: the `*` child of the closest encloser, if it exists."""
+        if not zone.has_wildcards:
+            return None
+        for k in range(1, len(name) - len(zone.origin) + 1):
+            encloser = name[k:]
+            if zone.exists(encloser):
+                return zone.node((b"*", *encloser))
+        return None
+
+    def _negative(self, zone: Zone, ans: _Answer) -> None:
+        soa_set = zone.soa_set
+        ans.authority.extend(_rrs(DNSLabel(zone.origin), T_SOA, zone.negative_ttl,
+                                  soa_set.values))
+
+    def _referral(self, zone: Zone, cut: Name, ans: _Answer) -> None:
+        ttl, values = policy.static_values(zone.group(cut, T_NS))
+        ans.authority.extend(_rrs(DNSLabel(cut), T_NS, ttl, values))
+        for v in values:
+            target = target_of(v.rd)
+            if target is None or not is_subdomain(target, zone.origin):
+                continue
+            # Glue under the cut is required to reach the child; other in-zone addresses
+            # are a courtesy that may be dropped.
+            into = ans.required if is_subdomain(target, cut) else ans.optional
+            self._addresses(zone, target, into, glue=True)
+
+    def _additional(self, zone: Zone, values: Sequence[Value], ans: _Answer) -> None:
+        for v in values:
+            if isinstance(v.rd, (dnslib.MX, dnslib.SRV, dnslib.NS)):
+                target = target_of(v.rd)
+                if target is not None and is_subdomain(target, zone.origin):
+                    self._addresses(zone, target, ans.optional, glue=False)
+
+    def _addresses(self, zone: Zone, target: Name, into: list[RR], *, glue: bool) -> None:
+        if not glue and zone.cut_for(target) is not None:
+            return  # occluded: below a delegation, only a referral may use it
+        node = zone.node(target)
+        if not node:
+            return
+        owner = DNSLabel(target)
+        for rtype in (T_A, T_AAAA):
+            if rtype in node:
+                ttl, values = policy.static_values(node[rtype])
+                for rr in _rrs(owner, rtype, ttl, values):
+                    if rr not in into:
+                        into.append(rr)
+
+    # -- building the response -----------------------------------------------------------
+
+    def _pack(self, q: Query, ans: _Answer, tcp: bool, max_udp: int) -> bytes:
+        if tcp:
+            limit = TCP_MAX
+        elif q.edns is None:
+            limit = 512
+        else:
+            limit = max(512, min(q.edns.payload, max_udp))
+        opt: list[RR] = []
+        if q.edns is not None:
+            opt = [EDNS0(udp_len=max(512, max_udp), ext_rcode=ans.rcode >> 4,
+                         flags="do" if q.edns.do else "")]
+        out = self._build(q, ans, ans.required + ans.optional + opt, False)
+        if len(out) > limit and ans.optional:
+            out = self._build(q, ans, ans.required + opt, False)
+        if len(out) > limit:
+            out = self._build(q, _Answer(rcode=ans.rcode, aa=ans.aa), opt, True)
+        return out
+
+    def _build(self, q: Query, ans: _Answer, additional: list[RR], tc: bool) -> bytes:
+        flags = 0x8000 | (q.flags & 0x7800) | (q.flags & 0x0100) | (q.flags & 0x0010)
+        if ans.aa:
+            flags |= 0x0400
+        if tc:
+            flags |= 0x0200
+        flags |= ans.rcode & 0xF
+        has_q = q.question is not None
+        header = (q.id.to_bytes(2, "big") + flags.to_bytes(2, "big")
+                  + (1 if has_q else 0).to_bytes(2, "big")
+                  + len(ans.answer).to_bytes(2, "big")
+                  + len(ans.authority).to_bytes(2, "big")
+                  + len(additional).to_bytes(2, "big"))
+        buf = DNSBuffer(header)
+        buf.offset = len(header)
+        if has_q and q.question is not None:
+            # Lower-cased, so every spelling of the name gets the same bytes and compression
+            # pointers; the client's spelling is copied back in below.
+            buf.encode_name(DNSLabel(q.qname))
+            buf.append(q.question[q.qname_len:])
+        for rr in ans.answer:
+            rr.pack(buf)
+        for rr in ans.authority:
+            rr.pack(buf)
+        for rr in additional:
+            rr.pack(buf)
+        out = bytes(buf.data)
+        if has_q and q.question is not None:
+            out = out[:12] + q.question[:q.qname_len] + out[12 + q.qname_len:]
+        return out

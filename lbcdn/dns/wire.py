@@ -1,0 +1,183 @@
+"""Reading a query off the wire, without dnslib: header, the one question, EDNS(0).
+
+Job: turn query bytes into a `Query` that says either what was asked or which error to
+answer with, and derive the cache key of a query. The engine and `cacheable_key` share this
+one reader, so they can never disagree about what a packet means.
+
+Rules:
+- Silence (None) when the header is unreadable (under 12 bytes) or QR is set: never answer
+  a response, which is how reflection loops start.
+- Any opcode but QUERY -> NOTIMP. For QUERY: not exactly one question, a compressed or
+  over-long question name, records in the answer or authority section, more than one OPT,
+  an OPT not owned by the root or with broken options, or bytes after the last record ->
+  FORMERR. Other additional records (e.g. TSIG, unsupported) are skipped.
+- The question name is kept as sent (case included) and also lower-cased for lookups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lbcdn.dns.names import Name
+
+OPCODE_QUERY = 0
+FORMERR, NOTIMP = 1, 4
+T_OPT = 41
+
+
+@dataclass(frozen=True, slots=True)
+class Edns:
+    payload: int       # the client's UDP payload size as sent
+    version: int
+    do: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    id: int
+    flags: int                 # the 16 header flag bits as sent
+    error: int                 # 0, or the rcode to answer with (FORMERR, NOTIMP)
+    question: bytes | None     # the question section as sent, when readable
+    qname_len: int = 0         # length of the name at the start of `question`
+    qname: Name = ()           # lower-cased labels
+    qtype: int = 0
+    qclass: int = 0
+    edns: Edns | None = None   # None: no OPT (or a broken one)
+
+    @property
+    def opcode(self) -> int:
+        return (self.flags >> 11) & 0xF
+
+
+def _question(data: bytes, pos: int) -> tuple[Name, int] | None:
+    """The uncompressed name at `pos` -> (labels lower-cased, end offset)."""
+    labels: list[bytes] = []
+    n = len(data)
+    start = pos
+    while True:
+        if pos >= n:
+            return None
+        length = data[pos]
+        if length == 0:
+            pos += 1
+            break
+        if length > 63:      # a compression pointer or a reserved label type
+            return None
+        end = pos + 1 + length
+        if end > n:
+            return None
+        labels.append(data[pos + 1:end].lower())
+        pos = end
+    if pos - start > 255:
+        return None
+    return tuple(labels), pos
+
+
+def _skip_name(data: bytes, pos: int) -> int:
+    """End offset of a possibly compressed name, or -1."""
+    n = len(data)
+    while pos < n:
+        length = data[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            return pos + 2 if pos + 2 <= n else -1
+        if length & 0xC0:
+            return -1
+        pos += 1 + length
+    return -1
+
+
+def _record(data: bytes, pos: int) -> tuple[int, int, int, int, int] | None:
+    """(end of owner, type, class, ttl, end of record) of the record at `pos`."""
+    name_end = _skip_name(data, pos)
+    if name_end < 0 or name_end + 10 > len(data):
+        return None
+    rtype = int.from_bytes(data[name_end:name_end + 2], "big")
+    rclass = int.from_bytes(data[name_end + 2:name_end + 4], "big")
+    ttl = int.from_bytes(data[name_end + 4:name_end + 8], "big")
+    rdlen = int.from_bytes(data[name_end + 8:name_end + 10], "big")
+    end = name_end + 10 + rdlen
+    if end > len(data):
+        return None
+    return name_end, rtype, rclass, ttl, end
+
+
+def _options_ok(data: bytes, start: int, end: int) -> bool:
+    pos = start
+    while pos < end:
+        if pos + 4 > end:
+            return False
+        pos += 4 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return pos == end
+
+
+def parse_query(data: bytes) -> Query | None:
+    """Query bytes -> Query (check `.error`), or None when nothing must be sent."""
+    if len(data) < 12 or data[2] & 0x80:
+        return None
+    qid = int.from_bytes(data[0:2], "big")
+    flags = int.from_bytes(data[2:4], "big")
+    qd = int.from_bytes(data[4:6], "big")
+    an = int.from_bytes(data[6:8], "big")
+    ns = int.from_bytes(data[8:10], "big")
+    ar = int.from_bytes(data[10:12], "big")
+    opcode = (flags >> 11) & 0xF
+    question: bytes | None = None
+    qname: Name = ()
+    qtype = qclass = 0
+    pos = 12
+    ok = qd == 1
+    if qd >= 1:
+        parsed = _question(data, 12)
+        if parsed is not None and parsed[1] + 4 <= len(data):
+            qname, qend = parsed
+            qtype = int.from_bytes(data[qend:qend + 2], "big")
+            qclass = int.from_bytes(data[qend + 2:qend + 4], "big")
+            pos = qend + 4
+            if qd == 1:
+                question = data[12:pos]
+        else:
+            ok = False
+    qname_len = (pos - 4 - 12) if question is not None else 0
+    edns: Edns | None = None
+    if ok:
+        ok = an == 0 and ns == 0
+    if ok:
+        for _ in range(ar):
+            rec = _record(data, pos)
+            if rec is None:
+                ok = False
+                break
+            name_end, rtype, rclass, ttl, end = rec
+            if rtype == T_OPT:
+                if edns is not None or name_end != pos + 1 or data[pos] != 0 or \
+                        not _options_ok(data, name_end + 10, end):
+                    edns = None
+                    ok = False
+                    break
+                edns = Edns(rclass, (ttl >> 16) & 0xFF, bool(ttl & 0x8000))
+            pos = end
+        if ok and pos != len(data):
+            ok = False
+    if opcode != OPCODE_QUERY:
+        return Query(qid, flags, NOTIMP, question, qname_len, qname, qtype, qclass,
+                     edns if ok else None)
+    if not ok:
+        return Query(qid, flags, FORMERR, question, qname_len, qname, qtype, qclass, None)
+    return Query(qid, flags, 0, question, qname_len, qname, qtype, qclass, edns)
+
+
+def cache_key(q: Query) -> bytes:
+    """What identifies the answer to an error-free query: the RD and CD bits (copied into
+    the answer), the EDNS facts that change it (present, version, DO, payload size clamped
+    to 512-65535), and the question with its name lower-cased."""
+    assert q.question is not None
+    flags = bytes(((q.flags >> 8) & 0x01, q.flags & 0x10))
+    if q.edns is None:
+        edns = b"-"
+    else:
+        size = min(max(q.edns.payload, 512), 65535)
+        edns = bytes((q.edns.version, q.edns.do)) + size.to_bytes(2, "big")
+    name = q.question[:q.qname_len]
+    return flags + edns + name.lower() + q.question[q.qname_len:]
