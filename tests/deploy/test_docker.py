@@ -80,9 +80,14 @@ def test_tini_is_pid_1_and_sigterm_stops() -> None:
 def test_ships_the_environment_config_where_serve_reads_it() -> None:
     copies = [c.split() for c in args_of("COPY")]
     assert ["deploy/docker/config.yaml", IMAGE_CONFIG] in copies
+    ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
     for *sources, _ in copies:
         for source in sources:
             assert (REPO / source).exists(), source
+            # A source left out of the build context fails `docker build` only.
+            parts = Path(source).parts
+            assert not [p for p in ignored if p in parts or p == source], (source, ignored)
 
 
 def test_install_steps_are_the_makefiles() -> None:
