@@ -9,9 +9,10 @@ its own `Check` and pushes results to the state machine and to callbacks. Keys a
 (a pool target, a Route 53 health-check id), so pools and DNS share the checker.
 
 Rules:
-- A probe costs one connect, one write and a parse with httptools, no task of its own beyond the
-  one the scheduler spawns; the connection is closed with an RST (SO_LINGER 0, as HAProxy does)
-  so 1,000 probes a second leave no TIME_WAIT sockets behind.
+- A check of an address over http or tcp is a non-blocking socket driven by loop callbacks
+  (no task, future or transport) and a parse with httptools; https and host names take the
+  general asyncio-transport path. Either way the connection is closed with an RST (SO_LINGER 0,
+  as HAProxy does) so 1,000 checks a second leave no TIME_WAIT sockets behind.
 - Scheduling: a target's first check comes at a random point within min(interval, 1 s) of its
   registration, then every interval stretched or shrunk by up to `jitter` (seeded rng
   injectable), counted from the start of the previous check so slow answers do not drift it.
@@ -22,8 +23,10 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import os
 import random
 import socket
 import ssl
@@ -31,7 +34,7 @@ import struct
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar, cast
 
 import httptools
 
@@ -70,6 +73,15 @@ class ProbeSpec:
         host = self.host_header or _host_port(self.address, self.port)
         return (f"{self.method} {self.path} HTTP/1.1\r\nHost: {host}\r\n".encode("latin-1")
                 + b"User-Agent: " + USER_AGENT + b"\r\nAccept: */*\r\nConnection: close\r\n\r\n")
+
+    @cached_property
+    def family(self) -> int | None:
+        """AF_INET/AF_INET6 when `address` is an address literal (no resolving needed)."""
+        try:
+            ip = ipaddress.ip_address(self.address)
+        except ValueError:
+            return None
+        return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
     @cached_property
     def server_hostname(self) -> str | None:
@@ -113,27 +125,235 @@ def tls_context() -> ssl.SSLContext:
     return _tls_context
 
 
-class _ProbeProtocol(asyncio.Protocol):
-    """Sends the request and decides as soon as enough of the answer has arrived."""
+class _Judge:
+    """Parses one answer with httptools and decides as soon as enough of it has arrived."""
 
-    __slots__ = ("spec", "done", "transport", "parser", "status", "body", "head_done",
-                 "connected")
+    __slots__ = ("spec", "parser", "status", "body", "head_done", "verdict")
 
-    def __init__(self, spec: ProbeSpec, done: asyncio.Future[tuple[Outcome, int | None, str]]
-                 ) -> None:
+    def __init__(self, spec: ProbeSpec) -> None:
         self.spec = spec
-        self.done = done
-        self.transport: asyncio.Transport | None = None
-        self.parser: httptools.HttpResponseParser | None = None
+        self.parser = httptools.HttpResponseParser(self)
         self.status: int | None = None
         self.body = bytearray()
         self.head_done = False
-        self.connected = False
+        self.verdict: tuple[Outcome, str] | None = None
 
-    def finish(self, outcome: Outcome, detail: str = "") -> None:
-        if not self.done.done():
-            self.done.set_result((outcome, self.status, detail))
-        self.close()
+    def feed(self, data: bytes) -> None:
+        if self.verdict is not None:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self.verdict = (Outcome.BAD_RESPONSE, f"malformed response: {e}")
+
+    def eof(self, exc: BaseException | None = None) -> None:
+        if self.verdict is not None:
+            return
+        if self.head_done:
+            # a body delimited by the end of the connection, or cut short: judge what came
+            self._judge_body()
+            return
+        why = f": {exc}" if exc else ""
+        self.verdict = (Outcome.CONNECT_FAILED,
+                        f"connection closed before a complete response{why}")
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            return  # an interim answer: wait for the final one
+        self.status = status
+        self.head_done = True
+        spec = self.spec
+        if status not in spec.matcher.codes:
+            self.verdict = (Outcome.CODE_MISMATCH,
+                            f"Health checks failed with these codes: [{status}]")
+        elif spec.search_string is None or spec.method == "HEAD":
+            self.verdict = (Outcome.PASS, "")
+
+    def on_body(self, data: bytes) -> None:
+        if self.verdict is None:
+            self.body += data
+            if len(self.body) >= SEARCH_WINDOW_BYTES:
+                self._judge_body()
+
+    def on_message_complete(self) -> None:
+        if self.head_done and self.verdict is None:
+            self._judge_body()
+
+    def _judge_body(self) -> None:
+        needle = self.spec.search_string
+        if needle is None or needle in self.body[:SEARCH_WINDOW_BYTES]:
+            self.verdict = (Outcome.PASS, "")
+        else:
+            self.verdict = (Outcome.STRING_MISMATCH,
+                            "search string not found in the first 5120 bytes of the body")
+
+
+def _timeout_detail(spec: ProbeSpec, connected: bool) -> str:
+    what = "complete answer" if connected else "connection"
+    return f"no {what} within {spec.timeout_s:g} s"
+
+
+class _RawProbe:
+    """The cheap path for http and tcp to an address: a non-blocking socket driven by
+    add_writer/add_reader callbacks. No task, future or transport per check; this is what
+    keeps 1,000 checks a second at a few percent of a core."""
+
+    __slots__ = ("loop", "spec", "on_done", "judge", "sock", "fd", "timer", "start",
+                 "connected", "pending", "watching", "starting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, spec: ProbeSpec,
+                 on_done: Callable[[ProbeResult], None]) -> None:
+        self.loop = loop
+        self.spec = spec
+        self.on_done: Callable[[ProbeResult], None] | None = on_done
+        self.judge: _Judge | None = None
+        self.sock: socket.socket | None = None
+        self.fd = -1
+        self.timer: asyncio.TimerHandle | None = None
+        self.start = loop.time()
+        self.connected = False
+        self.pending = b""
+        self.watching = ""  # "r", "w" or ""
+        self.starting = False
+
+    def begin(self, family: int) -> None:
+        # a result found before begin() returns is delivered on the next loop turn, so
+        # the caller has its handle before it hears back
+        self.starting = True
+        try:
+            self._begin(family)
+        finally:
+            self.starting = False
+
+    def _begin(self, family: int) -> None:
+        spec = self.spec
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError as e:
+            self._finish(Outcome.INTERNAL_ERROR, f"no socket: {e.strerror or e}")
+            return
+        self.sock = sock
+        self.fd = sock.fileno()
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            rc = sock.connect_ex((spec.address, spec.port))
+        except OSError as e:
+            self._finish(Outcome.CONNECT_FAILED, f"connect failed: {e.strerror or e}")
+            return
+        if rc not in (0, errno.EINPROGRESS):
+            self._finish(Outcome.CONNECT_FAILED, f"connect failed: {os.strerror(rc)}")
+            return
+        self.timer = self.loop.call_at(self.start + spec.timeout_s, self._timed_out)
+        if rc == 0:
+            self._connected()
+        else:
+            self._watch("w")
+
+    def _watch(self, what: str) -> None:
+        loop, fd = self.loop, self.fd
+        if self.watching == "r":
+            loop.remove_reader(fd)
+        elif self.watching == "w":
+            loop.remove_writer(fd)
+        if what == "r":
+            loop.add_reader(fd, self._readable)
+        elif what == "w":
+            loop.add_writer(fd, self._writable)
+        self.watching = what
+
+    def _writable(self) -> None:
+        sock = self.sock
+        assert sock is not None
+        if not self.connected:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._finish(Outcome.CONNECT_FAILED, f"connect failed: {os.strerror(err)}")
+                return
+            self._connected()
+            return
+        self._send()
+
+    def _connected(self) -> None:
+        self.connected = True
+        if self.spec.protocol == "tcp":
+            self._finish(Outcome.PASS, "")
+            return
+        self.judge = _Judge(self.spec)
+        self.pending = self.spec.request
+        self._send()
+
+    def _send(self) -> None:
+        assert self.sock is not None
+        try:
+            n = self.sock.send(self.pending)
+        except BlockingIOError:
+            n = 0
+        except OSError as e:
+            self._finish(Outcome.CONNECT_FAILED, f"send failed: {e.strerror or e}")
+            return
+        self.pending = self.pending[n:]
+        self._watch("w" if self.pending else "r")
+
+    def _readable(self) -> None:
+        assert self.sock is not None and self.judge is not None
+        judge = self.judge
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            judge.eof(e)
+        else:
+            if data:
+                judge.feed(data)
+            else:
+                judge.eof()
+        if judge.verdict is not None:
+            self._finish(*judge.verdict)
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        self._finish(Outcome.TIMEOUT, _timeout_detail(self.spec, self.connected))
+
+    def cancel(self) -> None:
+        self.on_done = None
+        self._close()
+
+    def _close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.sock is not None:
+            self._watch("")
+            self.sock.close()  # SO_LINGER 0: an RST, no TIME_WAIT
+            self.sock = None
+
+    def _finish(self, outcome: Outcome, detail: str) -> None:
+        self._close()
+        on_done, self.on_done = self.on_done, None
+        if on_done is not None:
+            status = self.judge.status if self.judge is not None else None
+            result = ProbeResult(outcome, status, self.loop.time() - self.start, detail)
+            if self.starting:
+                self.loop.call_soon(on_done, result)
+            else:
+                on_done(result)
+
+
+class _ProbeProtocol(asyncio.Protocol):
+    """The general path (https, host names): an asyncio transport feeding a _Judge."""
+
+    __slots__ = ("spec", "done", "transport", "judge", "connected")
+
+    def __init__(self, spec: ProbeSpec, done: asyncio.Future[tuple[Outcome, str]]) -> None:
+        self.spec = spec
+        self.done = done
+        self.transport: asyncio.Transport | None = None
+        self.judge = _Judge(spec)
+        self.connected = False
 
     def close(self) -> None:
         transport = self.transport
@@ -141,11 +361,16 @@ class _ProbeProtocol(asyncio.Protocol):
             self.transport = None
             transport.abort()
 
-    # -- asyncio.Protocol ----------------------------------------------------------------
+    def _decided(self) -> None:
+        verdict = self.judge.verdict
+        if verdict is not None:
+            if not self.done.done():
+                self.done.set_result(verdict)
+            self.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike
+        self.transport = tr = cast(asyncio.Transport, transport)
         self.connected = True
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -157,103 +382,85 @@ class _ProbeProtocol(asyncio.Protocol):
             self.close()
             return
         if self.spec.protocol == "tcp":
-            self.finish(Outcome.PASS)
+            self.judge.verdict = (Outcome.PASS, "")
+            self._decided()
             return
-        self.parser = httptools.HttpResponseParser(self)
-        transport.write(self.spec.request)
+        tr.write(self.spec.request)
 
     def data_received(self, data: bytes) -> None:
-        parser = self.parser
-        if parser is None or self.done.done():
-            return
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            self.finish(Outcome.BAD_RESPONSE, f"malformed response: {e}")
+        self.judge.feed(data)
+        self._decided()
 
     def eof_received(self) -> bool | None:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if self.done.done():
-            return
-        if self.head_done:
-            # a body delimited by the end of the connection, or cut short: judge what came
-            self._judge_body()
-            return
-        why = f": {exc}" if exc else ""
-        self.done.set_result((Outcome.CONNECT_FAILED, self.status,
-                              f"connection closed before a complete response{why}"))
-
-    # -- httptools callbacks -------------------------------------------------------------
-
-    def on_headers_complete(self) -> None:
-        assert self.parser is not None
-        self.status = status = self.parser.get_status_code()
-        if 100 <= status < 200:
-            self.status = None  # an interim answer: wait for the final one
-            return
-        self.head_done = True
-        spec = self.spec
-        if status not in spec.matcher.codes:
-            self.finish(Outcome.CODE_MISMATCH,
-                        f"Health checks failed with these codes: [{status}]")
-        elif spec.search_string is None or spec.method == "HEAD":
-            self.finish(Outcome.PASS)
-
-    def on_body(self, data: bytes) -> None:
-        if self.done.done():
-            return
-        self.body += data
-        if len(self.body) >= SEARCH_WINDOW_BYTES:
-            self._judge_body()
-
-    def on_message_complete(self) -> None:
-        if self.head_done and not self.done.done():
-            self._judge_body()
-
-    def _judge_body(self) -> None:
-        needle = self.spec.search_string
-        if needle is None or needle in self.body[:SEARCH_WINDOW_BYTES]:
-            self.finish(Outcome.PASS)
-        else:
-            self.finish(Outcome.STRING_MISMATCH,
-                        "search string not found in the first 5120 bytes of the body")
+        self.judge.eof(exc)
+        self._decided()
 
 
-async def probe(spec: ProbeSpec) -> ProbeResult:
-    """Check one target once. Never raises (but for cancellation)."""
+async def _probe_via_transport(spec: ProbeSpec) -> ProbeResult:
     loop = asyncio.get_running_loop()
     start = loop.time()
-    done: asyncio.Future[tuple[Outcome, int | None, str]] = loop.create_future()
+    done: asyncio.Future[tuple[Outcome, str]] = loop.create_future()
     proto = _ProbeProtocol(spec, done)
     tls = tls_context() if spec.protocol == "https" else None
     try:
         async with asyncio.timeout(spec.timeout_s):
             await loop.create_connection(lambda: proto, spec.address, spec.port, ssl=tls,
                                          server_hostname=spec.server_hostname)
-            outcome, status, detail = await done
+            outcome, detail = await done
     except TimeoutError:
-        what = "complete answer" if proto.connected else "connection"
-        outcome, status, detail = (Outcome.TIMEOUT, proto.status,
-                                   f"no {what} within {spec.timeout_s:g} s")
+        outcome, detail = Outcome.TIMEOUT, _timeout_detail(spec, proto.connected)
     except ssl.SSLError as e:
-        outcome, status, detail = Outcome.CONNECT_FAILED, None, f"TLS handshake failed: {e}"
+        outcome, detail = Outcome.CONNECT_FAILED, f"TLS handshake failed: {e}"
     except OSError as e:
-        outcome, status, detail = (Outcome.CONNECT_FAILED, None,
-                                   f"connect failed: {e.strerror or e}")
-    except asyncio.CancelledError:
-        proto.close()
-        raise
+        outcome, detail = Outcome.CONNECT_FAILED, f"connect failed: {e.strerror or e}"
     except Exception as e:  # a bug of ours must not take the checker down
         log.exception("health probe of %s:%s failed", spec.address, spec.port)
-        outcome, status, detail = Outcome.INTERNAL_ERROR, None, f"internal error: {e!r}"
+        outcome, detail = Outcome.INTERNAL_ERROR, f"internal error: {e!r}"
     finally:
         proto.close()
         if not done.done():
             done.cancel()
-    return ProbeResult(outcome, status, loop.time() - start, detail)
+    return ProbeResult(outcome, proto.judge.status, loop.time() - start, detail)
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> object: ...
+
+
+def start_probe(spec: ProbeSpec, on_done: Callable[[ProbeResult], None]) -> Cancellable:
+    """Start one check; `on_done(result)` runs exactly once unless the returned handle is
+    cancelled first. Must run on the event loop."""
+    loop = asyncio.get_running_loop()
+    family = spec.family
+    if family is not None and spec.protocol != "https":
+        raw = _RawProbe(loop, spec, on_done)
+        raw.begin(family)
+        return raw
+
+    async def run() -> None:
+        on_done(await _probe_via_transport(spec))
+
+    return spawn(run(), "health-probe")
+
+
+async def probe(spec: ProbeSpec) -> ProbeResult:
+    """Check one target once. Never raises (but for cancellation)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[ProbeResult] = loop.create_future()
+
+    def set_result(result: ProbeResult) -> None:
+        if not done.done():
+            done.set_result(result)
+
+    handle = start_probe(spec, set_result)
+    try:
+        return await done
+    finally:
+        handle.cancel()
 
 
 @dataclass(frozen=True)
@@ -306,7 +513,7 @@ class _Entry(Generic[K]):
         self.check = check
         self.health = health
         self.timer: asyncio.Handle | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.task: Cancellable | None = None
         self.next_at = 0.0
 
 
@@ -389,7 +596,7 @@ class HealthChecker(Generic[K]):
             self._schedule_first(entry)
 
     async def stop(self) -> None:
-        tasks = [e.task for e in self._entries.values() if e.task is not None]
+        tasks = [e.task for e in self._entries.values() if isinstance(e.task, asyncio.Task)]
         for entry in self._entries.values():
             self._cancel(entry)
         if tasks:
@@ -427,16 +634,17 @@ class HealthChecker(Generic[K]):
         if not entry.health.probed:
             self._schedule_next(entry)
             return
-        entry.task = spawn(self._run(entry), f"{self._name}-check")
+        if self._probe is None:
+            entry.task = start_probe(entry.check.spec, lambda r: self._done(entry, r))
+        else:
+            entry.task = spawn(self._run_custom(entry, self._probe), f"{self._name}-check")
 
-    async def _run(self, entry: _Entry[K]) -> None:
-        try:
-            if self._probe is not None:
-                result = await self._probe(entry.check.spec)
-            else:
-                result = await probe(entry.check.spec)
-        finally:
-            entry.task = None
+    async def _run_custom(self, entry: _Entry[K],
+                          fn: Callable[[ProbeSpec], Awaitable[ProbeResult]]) -> None:
+        self._done(entry, await fn(entry.check.spec))
+
+    def _done(self, entry: _Entry[K], result: ProbeResult) -> None:
+        entry.task = None
         self.checks_run += 1
         if self._entries.get(entry.key) is not entry:
             return  # removed or replaced while probing
