@@ -183,15 +183,16 @@ def in_container(env: dict[str, str], stderr: Any) -> subprocess.Popen[bytes]:
 
 
 def pid_1_of(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int:
-    """The host PID of the process that `unshare --fork` started (tini)."""
+    """The host PID of the process that `unshare --fork` started, once it has become tini
+    (right after the fork it is still a copy of unshare)."""
     deadline = time.monotonic() + timeout_s
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     while time.monotonic() < deadline:
         pids = children.read_text().split()
-        if pids:
+        if pids and Path(f"/proc/{pids[0]}/comm").read_text().strip() == "tini":
             return int(pids[0])
         time.sleep(0.02)
-    raise TimeoutError("unshare started no child")
+    raise TimeoutError("unshare started no tini")
 
 
 def get(url: str) -> tuple[int, bytes]:
