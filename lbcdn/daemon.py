@@ -22,20 +22,27 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Coroutine
 from typing import Any
 
 from lbcdn.admin.app import AdminServer, create_admin_app, start_admin
 from lbcdn.config.load import load_config
-from lbcdn.config.schema import Config, DemoBackendConfig
+from lbcdn.config.schema import Config, DemoBackendConfig, ListenerConfig
 from lbcdn.demo.backend import start_demo_backend
 from lbcdn.edge.listener import Listener
+from lbcdn.tls import ServerTls
 from lbcdn.logs import AccessLog, setup_logging
 from lbcdn.routing import Router
 from lbcdn.tasks import spawn
 from lbcdn.upstream.pool import Pool
 
 log = logging.getLogger("lbcdn.daemon")
+
+
+def _listener_key(lc: ListenerConfig) -> tuple[str, int, bool]:
+    """Listeners with the same key keep their socket across a reload."""
+    return lc.address, lc.port, lc.tls is not None
 
 
 class ReloadError(Exception):
@@ -133,7 +140,7 @@ class Daemon:
         old = self.config
         loop = asyncio.get_running_loop()
         # 1. what can fail: open the new listeners first
-        kept = {(l.config.address, l.config.port): l for l in self.listeners}
+        kept = {_listener_key(l.config): l for l in self.listeners}
         pools = {name: (self.pools[name] if name in self.pools and
                         self.pools[name].config == pc else Pool(pc))
                  for name, pc in config.pools.items()}
@@ -144,12 +151,16 @@ class Daemon:
         opened: list[Listener] = []
         try:
             for lc in config.listeners:
-                if (lc.address, lc.port) not in kept:
+                if _listener_key(lc) not in kept:
                     listener = Listener(lc, router, pools, access_log)
                     await listener.start()
                     opened.append(listener)
             await self._sync_demo_backends(config)
-        except OSError as exc:
+            for lc in config.listeners:  # certificates of the listeners that stay
+                staying = kept.get(_listener_key(lc))
+                if staying is not None and staying.tls is not None and lc.tls is not None:
+                    ServerTls(lc.tls)  # loads them once: a bad file fails here, not mid-swap
+        except (OSError, ssl.SSLError) as exc:
             for listener in opened:
                 listener.stop_accepting()
             for name, pool in pools.items():
@@ -162,7 +173,7 @@ class Daemon:
         listeners: list[Listener] = []
         new_iter = iter(opened)
         for lc in config.listeners:
-            key = (lc.address, lc.port)
+            key = _listener_key(lc)
             if key in kept:
                 listener = kept.pop(key)
                 listener.update(lc, router, pools, access_log)

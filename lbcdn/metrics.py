@@ -61,12 +61,12 @@ DURATION_BUCKETS: Final[tuple[float, ...]] = (
 _BOUNDS: Final[tuple[float, ...]] = DURATION_BUCKETS + (float("inf"),)
 
 UpstreamErrorKind = Literal[
-    "connect_refused", "connect_timeout", "reset", "response_timeout", "malformed_response",
-    "no_target",
+    "connect_refused", "connect_timeout", "tls_handshake", "reset", "response_timeout",
+    "malformed_response", "no_target",
 ]
 UPSTREAM_ERROR_KINDS: Final[tuple[str, ...]] = (
-    "connect_refused", "connect_timeout", "reset", "response_timeout", "malformed_response",
-    "no_target",
+    "connect_refused", "connect_timeout", "tls_handshake", "reset", "response_timeout",
+    "malformed_response", "no_target",
 )
 
 HTTP_REQUESTS: Final = Counter(

@@ -83,7 +83,7 @@ async def test_describe_shape() -> None:
         view = daemon.describe()
         assert view == {
             "listeners": [{"name": "web", "address": HOST, "port": port,
-                           "open_connections": 0}],
+                           "open_connections": 0, "protocol": "http"}],
             "routes": ["hello", "default"],
             "pools": [{"name": "app", "targets": [
                 {"target": f"{HOST}:{demo}", "weight": 1, "in_flight": 0,

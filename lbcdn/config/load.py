@@ -26,9 +26,9 @@ import yaml
 from lbcdn.config import names
 from lbcdn.config.reflect import (FIELD_HOOKS, INVALID, RENAMES, TYPE_HOOKS, VALIDATORS,
                                   Loader, describe, index, join)
-from lbcdn.config.schema import (AdminConfig, Config, FixedResponseAction, ForwardAction,
-                                 ListenerConfig, MatchConfig, PoolConfig, RedirectAction,
-                                 RouteConfig, TargetConfig)
+from lbcdn.config.schema import (AdminConfig, CertificateConfig, Config, FixedResponseAction,
+                                 ForwardAction, ListenerConfig, ListenerTlsConfig, MatchConfig,
+                                 PoolConfig, RedirectAction, RouteConfig, TargetConfig)
 
 __all__ = ["ConfigError", "load_config", "parse_config"]
 
@@ -316,6 +316,26 @@ def _check_listener(ld: Loader, v: Mapping[str, Any], path: str) -> None:
                  f"must not exceed max_headers_total_bytes ({total})")
 
 
+def _check_certificate(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    for key in ("cert_file", "key_file"):
+        if key in v and not os.access(v[key], os.R_OK):
+            ld.error(join(path, key), f"cannot read {v[key]!r}")
+    for i, name in enumerate(v.get("server_names", ())):
+        problem = names.match_host_problem(name.lower())
+        if problem:
+            ld.error(index(join(path, "server_names"), i), problem)
+
+
+def _check_listener_tls(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    if "certificates" in v and not v["certificates"]:
+        ld.error(join(path, "certificates"), "needs at least one certificate")
+
+
+def _check_route(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    if v.get("https_redirect_status", 301) not in (301, 308):
+        ld.error(join(path, "https_redirect_status"), "must be 301 or 308")
+
+
 def _check_admin(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     if v.get("port") and "address" in v:
         problem = names.bind_address_problem(v["address"])
@@ -463,3 +483,6 @@ VALIDATORS.setdefault(MatchConfig, []).append(_check_match)
 VALIDATORS.setdefault(RedirectAction, []).append(_check_redirect)
 VALIDATORS.setdefault(FixedResponseAction, []).append(_check_fixed)
 VALIDATORS.setdefault(Config, []).append(_check_config)
+VALIDATORS.setdefault(CertificateConfig, []).append(_check_certificate)
+VALIDATORS.setdefault(ListenerTlsConfig, []).append(_check_listener_tls)
+VALIDATORS.setdefault(RouteConfig, []).append(_check_route)

@@ -41,6 +41,25 @@ XffMode = Literal["append", "preserve", "remove"]
 
 
 @dataclass(frozen=True)
+class CertificateConfig:
+    cert_file: str = doc("PEM certificate chain (leaf first).", REQUIRED)
+    key_file: str = doc("PEM private key of the certificate.", REQUIRED)
+    server_names: tuple[str, ...] = doc(
+        "Names (SNI) this certificate answers for; `*.example.com` allowed. Default: the "
+        "DNS names in the certificate's subjectAltName.", default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ListenerTlsConfig:
+    """An HTTPS listener: TLS 1.2 and 1.3 only, ECDHE with AES-GCM or ChaCha20 for TLS 1.2,
+    session tickets for resumption. Re-read on every reload."""
+    certificates: tuple[CertificateConfig, ...] = doc(
+        "Certificates chosen by SNI; the first one is the default (no SNI or no match).",
+        REQUIRED)
+    min_version: Literal["1.2", "1.3"] = doc("Oldest TLS version accepted.", "1.2")
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
     name: str = doc("Listener name, used in logs and metrics.", REQUIRED)
     port: int = doc("TCP port to listen on.", REQUIRED, lo=1, hi=65535)
@@ -66,6 +85,7 @@ class ListenerConfig:
     request_id_header: str = doc(
         "Header carrying the request id; generated when the client sent none.", "X-Request-Id")
     backlog: int = doc("listen() backlog.", 1024, lo=1, hi=65535)
+    tls: ListenerTlsConfig | None = doc("Serve HTTPS on this listener.", None)
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,16 @@ class TargetConfig:
     host: str = doc("Backend host name or address.", REQUIRED)
     port: int = doc("Backend port.", REQUIRED, lo=1, hi=65535)
     weight: int = doc("Relative share of requests; 0 takes none.", 1, lo=0, hi=1000)
+
+
+@dataclass(frozen=True)
+class UpstreamTlsConfig:
+    """HTTPS to the pool's targets, with SNI and certificate verification."""
+    verify: bool = doc("Verify the target's certificate and host name.", True)
+    ca_file: str | None = doc("PEM CA bundle to verify against; the system's when unset.", None)
+    server_name: str | None = doc(
+        "SNI and verified name; default: the target's host (or the pool's literal "
+        "host_header).", None)
 
 
 @dataclass(frozen=True)
@@ -87,6 +117,7 @@ class PoolConfig:
     response_timeout_s: float = doc(
         "Longest wait for the response head, and longest pause between response body reads; "
         "then 504.", 60.0, lo=0.001)
+    tls: UpstreamTlsConfig | None = doc("Connect to the targets with TLS.", None)
     max_idle_per_target: int = doc("Idle keep-alive connections kept per target.", 64,
                                    lo=0, hi=100000)
     idle_timeout_s: float = doc(
@@ -140,6 +171,12 @@ class RouteConfig:
     match: MatchConfig = doc("Conditions; all given ones must hold.", default_factory=MatchConfig)
     max_body_bytes: int | None = doc("Largest request body accepted; larger gets 413.", None,
                                      lo=0)
+    viewer_protocol: Literal["allow-all", "redirect-to-https", "https-only"] = doc(
+        "CloudFront's viewer protocol policy: serve plain HTTP too, redirect it to HTTPS "
+        "(`https_redirect_status`), or refuse it with 403.", "allow-all")
+    https_redirect_status: int = doc("301 or 308 for redirect-to-https.", 301, lo=301, hi=308)
+    hsts_max_age_s: int | None = doc(
+        "Send Strict-Transport-Security with this max-age on HTTPS responses.", None, lo=0)
 
 
 @dataclass(frozen=True)

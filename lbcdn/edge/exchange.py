@@ -82,6 +82,7 @@ class Exchange:
     reused_conn = False
     upgrade_pending = False
     out_mark: tuple[list[bytes], int] | None = None
+    extra_headers = b""   # header lines the route adds to every response (HSTS)
 
     def __init__(self, conn: ClientConnection, head: RequestHead, started: float) -> None:
         self.conn = conn
@@ -114,7 +115,20 @@ class Exchange:
             self.respond_error(self.error)
             return
         head = self.head
-        route = self.route = self.listener.router.match(head.host, head.path)
+        listener = self.listener
+        route = self.route = listener.router.match(head.host, head.path)
+        if route.viewer_protocol != "allow-all" or route.hsts_max_age_s is not None:
+            if listener.tls is None:
+                if route.viewer_protocol == "https-only":
+                    self.respond_error(HttpError(403, "this resource is served over HTTPS only",
+                                                 close=False))
+                    return
+                if route.viewer_protocol == "redirect-to-https":
+                    self.redirect_to_https(route.https_redirect_status)
+                    return
+            elif route.hsts_max_age_s is not None:
+                self.extra_headers = b"Strict-Transport-Security: max-age=%d\r\n" % (
+                    route.hsts_max_age_s)
         limit = route.max_body_bytes
         if limit is not None and (head.content_length or 0) > limit or \
                 limit is not None and self.body_bytes > limit:
@@ -132,11 +146,17 @@ class Exchange:
         else:  # pragma: no cover - the loader admits no other action
             self.respond_error(HttpError(500, "route has no action"))
 
+    def redirect_to_https(self, status: int) -> None:
+        head = self.head
+        host, _ = split_host(head.host.decode("latin-1"))
+        self.respond_local(status, [(b"Location", b"https://%s%s" % (
+            host.encode("latin-1"), head.target)), (b"Content-Type", b"text/plain")], b"")
+
     def redirect(self, action: RedirectAction) -> None:
         head = self.head
         host, port = split_host(head.host.decode("latin-1"))
         location = redirect_location(
-            action, scheme="http", host=host, port=port or self.listener.port,
+            action, scheme=self.listener.scheme, host=host, port=port or self.listener.port,
             path=head.path.decode("latin-1"), query=(head.query or b"").decode("latin-1"))
         if location is None:
             self.respond_error(HttpError(500, "redirect loop", close=False))
@@ -151,6 +171,7 @@ class Exchange:
             status, reason(status), http_date())]
         for name, value in headers:
             parts += [name, b": ", value, b"\r\n"]
+        parts.append(self.extra_headers)
         if response_has_body(b"GET", status):
             parts.append(b"Content-Length: %d\r\n" % len(body))
         self._connection_header(parts)
@@ -408,6 +429,7 @@ class Exchange:
         head = self.head
         parts = [b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason or reason(resp.status))]
         parts += resp.fwd
+        parts.append(self.extra_headers)
         if head.method != b"HEAD" and response_has_body(b"GET", resp.status) and \
                 resp.content_length is None:
             if head.version == b"1.1":

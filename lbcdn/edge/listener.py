@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from lbcdn.config.schema import ListenerConfig
 from lbcdn.edge.connection import ClientConnection
+from lbcdn.tls import ServerTls
 from lbcdn.http.head import request_header_kinds
 from lbcdn.logs import AccessLog
 from lbcdn.metrics import RouteMetrics, listener_metrics, route_metrics
@@ -37,6 +38,8 @@ class Listener:
         self.id_header = config.request_id_header.encode()
         self.id_header_lower = self.id_header.lower()
         self.header_kinds = request_header_kinds(self.id_header_lower)
+        self.tls = ServerTls(config.tls) if config.tls is not None else None
+        self.scheme = "https" if self.tls is not None else "http"
         self._set_port(config.port)
         self._route_metrics: dict[str, RouteMetrics] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -54,11 +57,14 @@ class Listener:
         self.id_header = config.request_id_header.encode()
         self.id_header_lower = self.id_header.lower()
         self.header_kinds = request_header_kinds(self.id_header_lower)
+        if self.tls is not None and config.tls is not None:
+            self.tls.load(config.tls)  # new handshakes use the new certificates
         self._route_metrics = {}
 
     def _set_port(self, port: int) -> None:
         self.port = port
-        self.forwarded_headers = b"X-Forwarded-Proto: http\r\nX-Forwarded-Port: %d\r\n" % port
+        self.forwarded_headers = b"X-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\n" % (
+            self.scheme.encode(), port)
 
     def route_metrics(self, route: str) -> RouteMetrics:
         rm = self._route_metrics.get(route)
@@ -69,7 +75,8 @@ class Listener:
     async def start(self) -> None:
         self._server = await self.loop.create_server(
             lambda: ClientConnection(self), self.config.address, self.config.port,
-            backlog=self.config.backlog, reuse_address=True)
+            backlog=self.config.backlog, reuse_address=True,
+            ssl=self.tls.context if self.tls is not None else None)
         sock = self._server.sockets[0]
         self._set_port(sock.getsockname()[1])
         log.info("listener %s on %s:%d", self.name, self.config.address, self.port)
@@ -102,4 +109,4 @@ class Listener:
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "address": self.config.address, "port": self.port,
-                "open_connections": len(self.connections)}
+                "open_connections": len(self.connections), "protocol": self.scheme}

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 
 from lbcdn.balancer.round_robin import RoundRobin
 from lbcdn.config.schema import PoolConfig, TargetConfig
+from lbcdn.tls import client_context
 from lbcdn.metrics import PoolMetrics, pool_metrics
 from lbcdn.upstream.connection import UpstreamConnection
 
@@ -45,6 +47,7 @@ class Pool:
         self.config = config
         self.name = config.name
         self.host_header = config.host_header.encode()
+        self.ssl = client_context(config.tls) if config.tls is not None else None
         self.targets = [Target(t) for t in config.targets]
         self.balancer: RoundRobin[Target] = RoundRobin(self.targets)
         self.metrics: PoolMetrics = pool_metrics(config.name)
@@ -78,13 +81,26 @@ class Pool:
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: UpstreamConnection(self, target),
-                                       target.host, target.port),
+                                       target.host, target.port, ssl=self.ssl,
+                                       server_hostname=self._server_name(target)),
                 self.config.connect_timeout_s)
         except asyncio.TimeoutError:
             raise ConnectError("connect_timeout") from None
+        except ssl.SSLError:
+            raise ConnectError("tls_handshake") from None
         except OSError:
             raise ConnectError("connect_refused") from None
         return conn
+
+    def _server_name(self, target: Target) -> str | None:
+        tls = self.config.tls
+        if tls is None:
+            return None
+        if tls.server_name:
+            return tls.server_name
+        if self.config.host_header not in ("preserve", "target"):
+            return self.config.host_header
+        return target.host
 
     def connection_opened(self, conn: UpstreamConnection) -> None:
         assert conn.transport is not None

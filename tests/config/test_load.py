@@ -224,8 +224,8 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
       "redirect, fixed_response"]),
     (with_pool(routes=[{"forward": "app"}]), ["routes[0].name: missing (required)"]),
     (with_pool(routes=[route(forward="app", action="x")]),
-     ["routes[0].action: unknown key (allowed: fixed_response, forward, match, max_body_bytes, "
-      "name, redirect)"]),
+     ["routes[0].action: unknown key (allowed: fixed_response, forward, hsts_max_age_s, "
+      "https_redirect_status, match, max_body_bytes, name, redirect, viewer_protocol)"]),
     (with_pool(routes=[route(forward="app"), route(forward="app")]),
      ['routes[1].name: duplicate route name "r" (also routes[0])']),
     (with_pool(routes=[route(name="default", forward="app")]),
@@ -395,7 +395,8 @@ EXAMPLE = REPO / "config" / "example-full.yaml"
 
 def test_full_example_is_valid() -> None:
     config = load_config(EXAMPLE, env={})
-    assert [lst.name for lst in config.listeners] == ["public", "internal"]
+    assert [lst.name for lst in config.listeners] == ["public", "internal", "public-tls"]
+    assert config.listeners[2].tls is not None
     assert config.listeners[1].port == 8081
     assert config.admin.token == "example-only-change-me"
     assert config.routes[3].action == FixedResponseAction(
