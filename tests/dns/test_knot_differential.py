@@ -17,11 +17,15 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import dns.flags
 import dns.message
+import dns.opcode
 import dns.query
 import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
 import pytest
 from dnslib import QTYPE, RR, A
 
@@ -64,6 +68,9 @@ server:
     udp-workers: 1
     tcp-workers: 1
     background-workers: 1
+    # lbcdn serves class IN only (REFUSED otherwise); no version.bind/id.server in Knot
+    version: ""
+    identity: ""
 log:
   - target: stderr
     any: info
@@ -170,3 +177,157 @@ acl:
         assert soa.answer[0][0].serial == 2
         assert notifier.acked >= 1
         assert "notify, incoming" in knot_log(tmp_path)
+
+
+# --------------------------------------------------------------------------- differential
+
+ZONE_FILE = """$ORIGIN example.com.
+$TTL 300
+@        3600 IN SOA ns1.example.com. hostmaster.example.com. 2026112501 7200 900 1209600 600
+@        3600 IN NS   ns1
+@        3600 IN NS   ns2.example.net.
+ns1           IN A    192.0.2.53
+@             IN A    192.0.2.10
+@             IN MX   10 mail
+@             IN CAA  0 issue "letsencrypt.org"
+mail          IN A    192.0.2.25
+mail          IN AAAA 2001:db8::25
+www           IN A    192.0.2.1
+www           IN AAAA 2001:db8::1
+alias         IN CNAME www
+chain1        IN CNAME chain2
+chain2        IN CNAME www
+ext           IN CNAME www.example.org.
+dangling      IN CNAME nothere
+*.wild        IN A    192.0.2.77
+txt           IN TXT  "hello" "world"
+_sip._tcp     IN SRV  10 60 5060 sip
+sip           IN A    192.0.2.80
+ptr           IN PTR  www
+sub           IN NS   ns.sub
+ns.sub        IN A    192.0.2.100
+deep.a.b      IN A    192.0.2.5
+""" + "".join(f'big IN TXT "{"x" * 60}{i}"\n' for i in range(30))
+
+# (name, type, make_query options). Single-valued record sets only: a simple record set
+# with several values rotates its order per answer in lbcdn (Route 53) but not in Knot; the
+# comparison is order-insensitive anyway, but it would keep those answers off the fast path.
+QUESTIONS: list[tuple[str, str, dict[str, object]]] = [
+    ("www.example.com", "A", {}),
+    ("www.example.com", "AAAA", {}),
+    ("WwW.ExAmPlE.cOm", "A", {}),                  # case kept in the question
+    ("example.com", "SOA", {}),
+    ("example.com", "NS", {}),                     # in-zone NS target address in additional
+    ("example.com", "MX", {}),                     # MX target addresses in additional
+    ("example.com", "CAA", {}),
+    ("example.com", "A", {}),
+    ("nothere.example.com", "A", {}),              # NXDOMAIN, SOA with the negative TTL
+    ("www.example.com", "MX", {}),                 # NODATA
+    ("www.example.com", "TYPE65534", {}),          # unknown type at an existing name: NODATA
+    ("a.b.example.com", "A", {}),                  # empty non-terminal: NODATA
+    ("alias.example.com", "A", {}),                # CNAME followed in the zone
+    ("chain1.example.com", "AAAA", {}),            # two CNAMEs
+    ("alias.example.com", "CNAME", {}),            # the CNAME itself
+    ("ext.example.com", "A", {}),                  # CNAME out of the zone: stop there
+    ("dangling.example.com", "A", {}),             # CNAME to a name that does not exist
+    ("x.wild.example.com", "A", {}),               # wildcard
+    ("y.x.wild.example.com", "A", {}),             # wildcard, deeper
+    ("x.wild.example.com", "MX", {}),              # wildcard NODATA
+    ("txt.example.com", "TXT", {}),
+    ("_sip._tcp.example.com", "SRV", {}),
+    ("ptr.example.com", "PTR", {}),
+    ("sub.example.com", "NS", {}),                 # referral (no AA), glue
+    ("host.sub.example.com", "A", {}),             # referral below the cut
+    ("www.example.org", "A", {}),                  # outside every zone: REFUSED
+    ("big.example.com", "TXT", {}),                # TC without EDNS (512)
+    ("big.example.com", "TXT", {"use_edns": 0, "payload": 4096}),  # TC above 1232
+    ("www.example.com", "A", {"use_edns": 0, "payload": 1232}),    # OPT echoed
+    ("nothere.example.com", "A", {"use_edns": 0, "payload": 512}),
+    ("example.com", "SOA", {"use_edns": 1}),       # BADVERS
+    ("www.example.com", "A", {"flags": 0}),        # RD clear stays clear
+    ("www.example.com", "A", {"flags": dns.flags.RD | dns.flags.CD}),
+    ("www.example.com", "ANY", {}),                # RFC 8482: one RRset
+    ("version.bind", "TXT", {"rdclass": "CH"}),    # not IN: REFUSED
+    ("example.com", "SOA", {"opcode": "STATUS"}),  # NOTIMP
+]
+
+# Differences accepted: answer field -> why. Anything else that differs fails the test.
+ACCEPTED: dict[str, str] = {
+    # RFC 4035 3.1.6: a server MUST copy CD from the query into the response (BIND does);
+    # Knot clears it when the zone is unsigned. The CD bit means nothing to an unsigned
+    # authoritative answer either way, and resolvers do not check it.
+    "CD": "lbcdn copies CD (RFC 4035 3.1.6), Knot clears it for unsigned zones",
+}
+
+
+def engine_for(zone_file: Path) -> Any:
+    from lbcdn.dns.config import DnsConfig, ZoneConfig
+    from lbcdn.dns.engine import Engine
+    from lbcdn.dns.zone import build_zones
+
+    class AllHealthy:
+        def is_healthy(self, check_id: str) -> bool:
+            return True
+
+    cfg = DnsConfig(zones=(ZoneConfig(name="example.com", file=str(zone_file)),))
+    return Engine(build_zones(cfg, now=time.time()), AllHealthy())
+
+
+def section(rrsets: list[Any]) -> set[str]:
+    """A section as a set of one-record lines with TTLs (order-insensitive)."""
+    out: set[str] = set()
+    for rrset in rrsets:
+        for rd in rrset:
+            out.add(f"{rrset.name.to_text().lower()} {rrset.ttl} "
+                    f"{dns.rdataclass.to_text(rrset.rdclass)} "
+                    f"{dns.rdatatype.to_text(rrset.rdtype)} {rd.to_text().lower()}")
+    return out
+
+
+def summary(r: dns.message.Message) -> dict[str, object]:
+    flags = r.flags
+    return {
+        "rcode": dns.rcode.to_text(r.rcode()),
+        "AA": bool(flags & dns.flags.AA), "TC": bool(flags & dns.flags.TC),
+        "RA": bool(flags & dns.flags.RA), "RD": bool(flags & dns.flags.RD),
+        "CD": bool(flags & dns.flags.CD),
+        "question": [q.to_text() for q in r.question],  # case-sensitive: case must be kept
+        "answer": section(r.answer), "authority": section(r.authority),
+        "additional": section(r.additional),
+        "edns": r.edns, "payload": r.payload if r.edns >= 0 else None,
+    }
+
+
+@pytest.mark.slow
+async def test_same_answers_as_knot(tmp_path: Path) -> None:
+    zone_file = tmp_path / "example.com.zone"
+    zone_file.write_text(ZONE_FILE)
+    srv = DnsServer(engine_for(zone_file), address=HOST, port=0)
+    await srv.start()
+    zones = f"""  - domain: example.com
+    file: "{zone_file}"
+"""
+    try:
+        with knotd(tmp_path, zones) as port:
+            await wait_for(port, "example.com", "SOA", lambda r: bool(r.answer), tmp_path)
+            mismatches: list[str] = []
+            for name, rdtype, kw in QUESTIONS:
+                for transport in ("udp", "tcp"):
+                    got = {}
+                    for who, p in (("knot", port), ("lbcdn", srv.udp_port)):
+                        opts = {k: v for k, v in kw.items() if k != "opcode"}
+                        q = dns.message.make_query(name, rdtype, **opts)  # type: ignore[arg-type]
+                        q.id = 4242
+                        if "opcode" in kw:
+                            q.set_opcode(dns.opcode.from_text(str(kw["opcode"])))
+                        fn = dns.query.udp if transport == "udp" else dns.query.tcp
+                        r = await asyncio.to_thread(fn, q, HOST, port=p, timeout=2)
+                        got[who] = summary(r)
+                    diff = {k: (got["knot"][k], got["lbcdn"][k]) for k in got["knot"]
+                            if got["knot"][k] != got["lbcdn"][k] and k not in ACCEPTED}
+                    if diff:
+                        mismatches.append(f"{name} {rdtype} {kw} {transport}: "
+                                          f"(knot, lbcdn) {diff}")
+            assert not mismatches, "\n".join(mismatches)
+    finally:
+        await srv.stop()
