@@ -205,9 +205,10 @@ def test_container_ports_match_the_config() -> None:
 
 def test_dns_block_waits_commented_out_with_the_container_port() -> None:
     """DNS is not in the config schema yet: its block is commented out, ready to enable."""
+    from lbcdn.dns.config import load_dns_config
     assert "dns" not in config()
-    dns = commented_block(config_text(), "dns")
-    assert dns == {"listeners": [{"address": "0.0.0.0", "port": 5353}]}
+    dns = load_dns_config(commented_block(config_text(), "dns"))
+    assert [(x.address, x.port) for x in dns.listeners] == [("0.0.0.0", 5353)]
 
 
 def test_probes_ask_admin_healthz() -> None:
