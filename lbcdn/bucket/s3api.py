@@ -418,7 +418,14 @@ class S3Api:
             raise S3Error("InvalidRequest", "Request specific response headers cannot be used "
                                             "for anonymous GET requests.")
         for _ in range(3):
-            info = await asyncio.to_thread(self.storage.stat_object, req.bucket, req.key)
+            try:
+                info = await asyncio.to_thread(self.storage.stat_object, req.bucket, req.key)
+            except S3Error as e:
+                if e.code == "NoSuchKey":
+                    # As S3: without list permission a missing key is indistinguishable
+                    # from a forbidden one.
+                    await self._bucket_allowed(req, "list")
+                raise
             try:
                 fd = await asyncio.to_thread(open_checked, info)
                 break

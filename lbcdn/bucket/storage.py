@@ -177,11 +177,12 @@ class PendingWrite:
         self.size += len(data)
 
     def abort(self) -> None:
+        """Drop the temp file (also after `_sync_close`, when a commit failed late)."""
         if not self.closed:
             self.closed = True
             os.close(self.fd)
-            with contextlib.suppress(OSError):
-                os.unlink(self.tmp_path)
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp_path)
 
     def _sync_close(self) -> os.stat_result:
         os.fsync(self.fd)
@@ -359,6 +360,7 @@ class Storage:
                *, etag: str | None = None, parts: int = 0) -> ObjectInfo:
         """Make `pending` the object at `key`: fsync, metadata under the new inode, rename."""
         storable_key(key)
+        orphan_meta: str | None = None  # the new version's metadata, until the rename
         try:
             base, path = self._resolve(bucket, key)
             parent = os.path.dirname(path)
@@ -366,6 +368,7 @@ class Storage:
             ident: Identity = (st.st_size, st.st_mtime_ns, st.st_ino)
             info = ObjectInfo(key, path, st.st_size, st.st_mtime_ns,
                               etag or pending.digest(), dict(headers), parts)
+            orphan_meta = os.path.join(self._meta_key_dir(bucket, key), f"{st.st_ino}.json")
             self._write_meta(bucket, key, ident, info)
             try:
                 os.makedirs(parent, exist_ok=True)
@@ -374,6 +377,7 @@ class Storage:
                 if os.path.isdir(path):
                     raise IsADirectoryError(path)
                 os.rename(pending.tmp_path, path)
+                orphan_meta = None
             except (NotADirectoryError, IsADirectoryError, FileExistsError):
                 raise S3Error("InvalidArgument", "An object already uses a prefix of this key "
                                                  "(or this key is a prefix of others).",
@@ -381,6 +385,9 @@ class Storage:
             _fsync_dir(parent)
         except BaseException:
             pending.abort()
+            if orphan_meta is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(orphan_meta)
             raise
         self._drop_other_meta(bucket, key, keep=st.st_ino)
         self._meta_cache[path] = (ident, info)
@@ -495,6 +502,12 @@ class Storage:
         contents: list[ObjectInfo] = []
         prefixes: list[str] = []
         last: str | None = None
+        if delimiter and after.startswith(prefix):
+            i = after.find(delimiter, len(prefix))
+            if i >= 0:
+                # The marker rolls up into a common prefix that sorts before it: skip all of
+                # it (otherwise the prefix would be returned again, after its own marker).
+                after = max(after, after[:i + len(delimiter)] + "\U0010ffff")
         it = self.iter_keys(bucket, prefix, after)
         while True:
             key = next(it, None)

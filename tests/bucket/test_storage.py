@@ -1,0 +1,279 @@
+"""Storage on disk: atomic writes, metadata beside the object, ETags, listing order and
+paging, multipart, and the ways a key could escape its bucket."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from lbcdn.bucket.errors import S3Error
+from lbcdn.bucket.storage import Storage
+
+
+@pytest.fixture
+def st(tmp_path: Path) -> Storage:
+    s = Storage(str(tmp_path / "root"), min_part_bytes=4)
+    s.prepare()
+    s.create_bucket("bkt", "alice")
+    return s
+
+
+def put(st: Storage, key: str, data: bytes, headers: dict[str, str] | None = None,
+        bucket: str = "bkt") -> str:
+    w = st.begin_write()
+    w.write(data)
+    return st.commit(w, bucket, key, headers or {}).etag
+
+
+def test_put_then_stat(st: Storage) -> None:
+    etag = put(st, "a/b.txt", b"hello", {"content-type": "text/x", "x-amz-meta-k": "v"})
+    assert etag == hashlib.md5(b"hello").hexdigest()
+    info = st.stat_object("bkt", "a/b.txt")
+    assert (info.size, info.etag, info.content_type) == (5, etag, "text/x")
+    assert info.headers["x-amz-meta-k"] == "v"
+    assert Path(st.root, "bkt", "a", "b.txt").read_bytes() == b"hello"
+    # metadata lives outside the bucket, in the .lbcdn area
+    assert not any(p.name.endswith(".json") for p in Path(st.root, "bkt").rglob("*"))
+
+
+def test_metadata_survives_restart(st: Storage) -> None:
+    put(st, "k", b"x", {"cache-control": "max-age=60"})
+    again = Storage(st.root)
+    again.prepare()
+    assert again.stat_object("bkt", "k").headers == {"cache-control": "max-age=60"}
+
+
+def test_hand_dropped_file_etag_cached_until_change(st: Storage) -> None:
+    path = Path(st.root, "bkt", "hand.html")
+    path.write_bytes(b"<p>one</p>")
+    info = st.stat_object("bkt", "hand.html")
+    assert info.etag == hashlib.md5(b"<p>one</p>").hexdigest()
+    assert info.content_type == "text/html"
+    # stored: a fresh Storage finds the cached ETag without hashing (the file is unchanged)
+    fresh = Storage(st.root)
+    assert fresh.stat_object("bkt", "hand.html").etag == info.etag
+    path.write_bytes(b"<p>two!</p>")
+    os.utime(path, ns=(info.mtime_ns + 10**9, info.mtime_ns + 10**9))
+    assert fresh.stat_object("bkt", "hand.html").etag == hashlib.md5(b"<p>two!</p>").hexdigest()
+
+
+def test_file_replaced_by_hand_drops_stale_metadata(st: Storage) -> None:
+    put(st, "k.bin", b"old", {"content-type": "text/old"})
+    path = Path(st.root, "bkt", "k.bin")
+    tmp = path.with_name("other")
+    tmp.write_bytes(b"new content")
+    os.rename(tmp, path)
+    info = st.stat_object("bkt", "k.bin")
+    assert info.etag == hashlib.md5(b"new content").hexdigest()
+    assert "content-type" not in info.headers
+
+
+def test_aborted_write_leaves_old_object(st: Storage) -> None:
+    put(st, "k", b"old")
+    w = st.begin_write()
+    w.write(b"new partial")
+    w.abort()
+    assert Path(st.root, "bkt", "k").read_bytes() == b"old"
+    assert os.listdir(st.tmp_dir) == []
+
+
+def test_crash_between_metadata_and_rename_keeps_old_metadata(st: Storage) -> None:
+    """Metadata of the new version is keyed by its inode, so the old version keeps its own."""
+    put(st, "k", b"old", {"content-type": "text/old"})
+    w = st.begin_write()
+    w.write(b"new")
+    w._sync_close()
+    # what commit writes before the rename, then "crash" (no rename)
+    stt = os.stat(w.tmp_path)
+    from lbcdn.bucket.storage import ObjectInfo
+    st._write_meta("bkt", "k", (stt.st_size, stt.st_mtime_ns, stt.st_ino),
+                   ObjectInfo("k", "", 3, stt.st_mtime_ns, "x", {"content-type": "text/new"}))
+    fresh = Storage(st.root)
+    fresh.prepare()  # drops the temp file
+    info = fresh.stat_object("bkt", "k")
+    assert info.headers == {"content-type": "text/old"}
+    assert Path(info.path).read_bytes() == b"old"
+
+
+def test_temp_files_cleared_at_start(st: Storage) -> None:
+    w = st.begin_write()
+    w.write(b"junk")
+    Storage(st.root).prepare()
+    assert os.listdir(st.tmp_dir) == []
+
+
+def test_delete_removes_empty_parents(st: Storage) -> None:
+    put(st, "a/b/c", b"1")
+    put(st, "a/d", b"2")
+    st.delete_object("bkt", "a/b/c")
+    assert not Path(st.root, "bkt", "a", "b").exists()
+    assert Path(st.root, "bkt", "a", "d").exists()
+    st.delete_object("bkt", "missing")  # no error, as S3
+    with pytest.raises(S3Error) as e:
+        st.stat_object("bkt", "a/b/c")
+    assert e.value.code == "NoSuchKey"
+
+
+def test_key_conflicts_with_prefix(st: Storage) -> None:
+    put(st, "a", b"file")
+    with pytest.raises(S3Error) as e:
+        put(st, "a/b", b"x")
+    assert e.value.code == "InvalidArgument"
+    assert os.listdir(st.tmp_dir) == []
+
+
+def test_listing_order_is_utf8_byte_order(st: Storage) -> None:
+    keys = ["a-c", "a/b", "a0", "b", "é", "Z", "a/b/c-", "a/b-"]
+    for k in keys:
+        if k == "a/b":
+            continue  # a/b is a directory here
+        put(st, k, b"x")
+    got = list(st.iter_keys("bkt"))
+    want = sorted((k for k in keys if k != "a/b"), key=lambda k: k.encode("utf-8"))
+    assert got == want
+
+
+def test_listing_prefix_delimiter_and_paging(st: Storage) -> None:
+    for k in ["photos/2024/a.jpg", "photos/2024/b.jpg", "photos/2025/c.jpg", "photos/x.jpg",
+              "readme", "zz/1"]:
+        put(st, k, b"x")
+    r = st.list_objects("bkt", prefix="photos/", delimiter="/")
+    assert [i.key for i in r.contents] == ["photos/x.jpg"]
+    assert r.prefixes == ["photos/2024/", "photos/2025/"]
+    r = st.list_objects("bkt", delimiter="/")
+    assert r.prefixes == ["photos/", "zz/"] and [i.key for i in r.contents] == ["readme"]
+    # paging one entry at a time visits everything once, in order
+    seen: list[str] = []
+    after = ""
+    while True:
+        r = st.list_objects("bkt", prefix="photos/", delimiter="/", after=after, max_keys=1)
+        seen += r.prefixes + [i.key for i in r.contents]
+        if not r.truncated:
+            break
+        assert r.next_after is not None
+        after = r.next_after
+    assert seen == ["photos/2024/", "photos/2025/", "photos/x.jpg"]
+    assert [i.key for i in st.list_objects("bkt", prefix="pho").contents][:1] == \
+        ["photos/2024/a.jpg"]
+    assert [i.key for i in st.list_objects("bkt", after="photos/2025/c.jpg").contents] == \
+        ["photos/x.jpg", "readme", "zz/1"]
+
+
+def test_bucket_lifecycle(st: Storage) -> None:
+    with pytest.raises(S3Error) as e:
+        st.create_bucket("bkt", "alice")
+    assert e.value.code == "BucketAlreadyOwnedByYou"
+    with pytest.raises(S3Error) as e:
+        st.create_bucket("bkt", "bob")
+    assert e.value.code == "BucketAlreadyExists"
+    for bad in ("ab", "UPPER", ".lbcdn", "a..b", "192.168.1.1", "-ab"):
+        with pytest.raises(S3Error) as e:
+            st.create_bucket(bad, "alice")
+        assert e.value.code == "InvalidBucketName"
+    put(st, "k", b"x")
+    with pytest.raises(S3Error) as e:
+        st.delete_bucket("bkt")
+    assert e.value.code == "BucketNotEmpty"
+    st.delete_object("bkt", "k")
+    st.delete_bucket("bkt")
+    assert [b.name for b in st.list_buckets()] == []
+
+
+def test_multipart(st: Storage) -> None:
+    up = st.create_upload("bkt", "big", {"content-type": "a/b"}, "alice")
+    etags = []
+    for n, data in ((1, b"aaaa"), (2, b"bbbb"), (3, b"c")):
+        w = st.begin_write()
+        w.write(data)
+        etags.append((n, st.commit_part(w, up, n).etag))
+    assert [p.number for p in st.list_parts(up)] == [1, 2, 3]
+    assert [u.upload_id for u in st.list_uploads("bkt")] == [up.upload_id]
+    with pytest.raises(S3Error) as e:
+        st.complete_upload(up, [etags[1], etags[0]])
+    assert e.value.code == "InvalidPartOrder"
+    with pytest.raises(S3Error) as e:
+        st.complete_upload(up, [(1, etags[0][1]), (2, "0" * 32)])
+    assert e.value.code == "InvalidPart"
+    with pytest.raises(S3Error) as e:
+        st.complete_upload(up, [etags[2], (4, "x")])
+    assert e.value.code in ("InvalidPart", "EntityTooSmall")
+    info = st.complete_upload(up, etags)
+    md5s = b"".join(hashlib.md5(d).digest() for d in (b"aaaa", b"bbbb", b"c"))
+    assert info.etag == hashlib.md5(md5s).hexdigest() + "-3"
+    assert Path(info.path).read_bytes() == b"aaaabbbbc"
+    assert st.stat_object("bkt", "big").headers == {"content-type": "a/b"}
+    with pytest.raises(S3Error) as e:
+        st.get_upload("bkt", "big", up.upload_id)
+    assert e.value.code == "NoSuchUpload"
+
+
+def test_small_non_final_part_is_refused(tmp_path: Path) -> None:
+    s = Storage(str(tmp_path / "r"), min_part_bytes=10)
+    s.prepare()
+    s.create_bucket("bkt", None)
+    up = s.create_upload("bkt", "k", {}, None)
+    tags = []
+    for n in (1, 2):
+        w = s.begin_write()
+        w.write(b"tiny")
+        tags.append((n, s.commit_part(w, up, n).etag))
+    with pytest.raises(S3Error) as e:
+        s.complete_upload(up, tags)
+    assert e.value.code == "EntityTooSmall"
+
+
+def test_upload_id_cannot_traverse(st: Storage) -> None:
+    with pytest.raises(S3Error) as e:
+        st.get_upload("bkt", "k", "../../meta")
+    assert e.value.code == "NoSuchUpload"
+
+
+def test_symlink_escaping_bucket_is_refused(st: Storage, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"secret")
+    os.symlink(outside / "secret", Path(st.root, "bkt", "link"))
+    os.symlink(outside, Path(st.root, "bkt", "dirlink"))
+    for key in ("link", "dirlink/secret"):
+        with pytest.raises(S3Error) as e:
+            st.stat_object("bkt", key)
+        assert e.value.code == "AccessDenied"
+    with pytest.raises(S3Error):
+        put(st, "dirlink/new", b"x")
+    assert not (outside / "new").exists()
+    assert list(st.iter_keys("bkt")) == []  # neither is listed
+
+
+def test_symlink_inside_bucket_is_served(st: Storage) -> None:
+    put(st, "real.txt", b"data")
+    os.symlink("real.txt", Path(st.root, "bkt", "alias.txt"))
+    assert st.stat_object("bkt", "alias.txt").size == 4
+    assert list(st.iter_keys("bkt")) == ["alias.txt", "real.txt"]
+
+
+def test_metadata_and_temp_areas_are_not_buckets(st: Storage) -> None:
+    for name in (".lbcdn", "tmp"):
+        with pytest.raises(S3Error) as e:
+            st.stat_object(name, "meta")
+        assert e.value.code == "NoSuchBucket"
+    assert ".lbcdn" not in [b.name for b in st.list_buckets()]
+
+
+def test_copy(st: Storage) -> None:
+    put(st, "src", b"payload", {"content-type": "text/a"})
+    info = st.copy_object("bkt", "src", "bkt", "dst", None)
+    assert info.etag == hashlib.md5(b"payload").hexdigest()
+    assert st.stat_object("bkt", "dst").headers == {"content-type": "text/a"}
+    st.copy_object("bkt", "src", "bkt", "dst2", {"content-type": "text/b"})
+    assert st.stat_object("bkt", "dst2").content_type == "text/b"
+
+
+def test_website_state(st: Storage) -> None:
+    st.set_website("bkt", "<x/>")
+    assert st.bucket_state("bkt").website == "<x/>"
+    assert st.bucket_state("bkt").owner == "alice"
+    st.set_website("bkt", None)
+    assert st.bucket_state("bkt").website is None
