@@ -232,9 +232,13 @@ class Fill:
         for listener in list(self._listeners):
             listener(self)
 
+    def reader_possible(self) -> bool:
+        """Can a new reader still start from the first byte?"""
+        return self.base == 0 and self.error is None
+
     def reader(self) -> FillReader | None:
         """A reader from the first byte; None when the start has already been dropped."""
-        if self.base > 0:
+        if not self.reader_possible():
             return None
         r = FillReader(self)
         self._readers.append(r)
