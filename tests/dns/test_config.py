@@ -1,0 +1,148 @@
+"""The `dns:` config section through the reflective loader: defaults, shapes, and every
+check naming its YAML path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lbcdn.config.load import ConfigError
+from lbcdn.dns.config import (DnsConfig, alias_problems, load_dns_config)
+
+
+def problems(data: Any) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_dns_config(data)
+    return info.value.lines()
+
+
+def test_defaults() -> None:
+    cfg = load_dns_config({})
+    assert cfg == DnsConfig()
+    assert cfg.max_udp_payload_bytes == 1232 and not cfg.rate_limit.enabled
+    cfg = load_dns_config({"listeners": [{"port": 5300}], "zones": [{"name": "example.com"}]})
+    assert cfg.listeners[0].address == "0.0.0.0" and cfg.listeners[0].tcp_idle_timeout_s == 10
+    zone = cfg.zones[0]
+    assert zone.ttl_s == 300 and zone.soa.serial is None and zone.ns == ()
+
+
+def test_full_example_loads() -> None:
+    cfg = load_dns_config({
+        "listeners": [{"address": "127.0.0.1", "port": 5300}],
+        "public_addresses": ["192.0.2.53"],
+        "allow_transfer": ["127.0.0.1", "10.0.0.0/8", "::1"],
+        "notify": ["127.0.0.1:5301", "[::1]:53"],
+        "rate_limit": {"enabled": True, "responses_per_s": 50, "slip": 2},
+        "state_dir": "/var/lib/lbcdn",
+        "health_checks": [{"id": "web1", "protocol": "https", "host": "192.0.2.10",
+                           "path": "/health", "search_string": "ok"},
+                          {"id": "db", "protocol": "tcp", "host": "192.0.2.20", "port": 5432}],
+        "zones": [{"name": "example.com", "ptr_from_addresses": True, "records": [
+            {"name": "@", "type": "A", "alias": {"listener": "web"}},
+            {"name": "www", "type": "A", "values": ["192.0.2.10"], "policy": "failover",
+             "set_identifier": "p", "failover": "PRIMARY", "health_check": "web1"},
+            {"name": "www", "type": "A", "values": ["192.0.2.11"], "policy": "failover",
+             "set_identifier": "s", "failover": "SECONDARY"},
+            {"name": "api", "type": "A", "values": ["192.0.2.12"], "policy": "weighted",
+             "set_identifier": "a", "weight": 10,
+             "health_check": "pool/web/192.0.2.12:80"},
+            {"name": "txt", "type": "TXT", "values": ['"a b" c']},
+        ]}]})
+    assert cfg.zones[0].records[1].failover == "PRIMARY"
+    assert cfg.health_checks[1].port == 5432
+
+
+@pytest.mark.parametrize("record, expect", [
+    ({"name": "a", "type": "A", "values": ["1.2.3"]}, "records[0].values[0]: not an IPv4"),
+    ({"name": "a", "type": "AAAA", "values": ["192.0.2.1"]}, "values[0]: not an IPv6"),
+    ({"name": "a", "type": "MX", "values": ["mail"]}, "values[0]: MX needs"),
+    ({"name": "a", "type": "MX", "values": ["70000 mail"]}, "values[0]: MX preference"),
+    ({"name": "a", "type": "TXT", "values": ['"' + "x" * 300 + '"']}, "at most 255"),
+    ({"name": "a", "type": "CAA", "values": ["0 is-sue x"]}, "CAA tag"),
+    ({"name": "a", "type": "SRV", "values": ["1 2 3"]}, "SRV needs"),
+    ({"name": "a", "type": "CNAME", "values": ["b", "c"]}, "exactly one value"),
+    ({"name": "a", "type": "A", "values": []}, "at least one value"),
+    ({"name": "a", "type": "SOA", "values": ["x"]}, "`soa:`"),
+    ({"name": "a", "type": "SPF", "values": ["x"]}, "records[0].type: must be one of"),
+    ({"name": "a..b", "type": "A", "values": ["192.0.2.1"]}, "name: 'a..b': empty label"),
+    ({"name": "a.*", "type": "A", "values": ["192.0.2.1"]}, "leftmost"),
+    ({"name": "x" * 64, "type": "A", "values": ["192.0.2.1"]}, "longer than 63"),
+    ({"name": "a", "type": "A", "values": ["192.0.2.1"], "weight": 3}, "weight: only for"),
+    ({"name": "a", "type": "A", "values": ["192.0.2.1"], "policy": "weighted"},
+     "set_identifier: required"),
+    ({"name": "a", "type": "A", "values": ["192.0.2.1"], "policy": "weighted",
+      "set_identifier": "x"}, "weight: required"),
+    ({"name": "a", "type": "A", "values": ["192.0.2.1"], "policy": "weighted",
+      "set_identifier": "x", "weight": 256}, "weight: must be <= 255"),
+    ({"name": "a", "type": "A", "values": ["192.0.2.1"], "policy": "failover",
+      "set_identifier": "x"}, "failover: required"),
+    ({"name": "a", "type": "A", "values": ["192.0.2.1"], "policy": "failover",
+      "set_identifier": "x", "failover": "TERTIARY"}, "failover: must be one of"),
+    ({"name": "a", "type": "NS", "values": ["b"], "policy": "multivalue",
+      "set_identifier": "x"}, "simple only"),
+    ({"name": "a", "type": "A", "values": ["192.0.2.1"], "alias": {"pool": "p"}},
+     "an alias takes no values"),
+    ({"name": "a", "type": "MX", "alias": {"pool": "p"}}, "only A and AAAA"),
+    ({"name": "a", "type": "A", "alias": {"pool": "p", "listener": "l"}}, "exactly one of"),
+    ({"name": "a", "type": "A", "values": ["192.0.2.1"], "ttl": 5}, "did you mean 'ttl_s'"),
+    ({"name": "a", "type": "A", "values": ["192.0.2.1"], "policy": "multivalue",
+      "set_identifier": "x", "health_check": "nope"}, "unknown health check 'nope'"),
+    ({"name": "@", "type": "CNAME", "values": ["b"]}, "apex"),
+    ({"name": "a.example.org.", "type": "A", "values": ["192.0.2.1"]}, "outside the zone"),
+])
+def test_record_problems(record: dict[str, Any], expect: str) -> None:
+    lines = problems({"zones": [{"name": "example.com", "records": [record]}]})
+    assert any(expect in line and line.startswith("dns.zones[0].records[0]")
+               for line in lines), lines
+
+
+def test_duplicates_and_mixed_policies() -> None:
+    lines = problems({"zones": [{"name": "example.com", "records": [
+        {"name": "a", "type": "A", "values": ["192.0.2.1"]},
+        {"name": "A.example.com.", "type": "A", "values": ["192.0.2.2"]},
+        {"name": "b", "type": "A", "values": ["192.0.2.1"], "policy": "weighted",
+         "set_identifier": "x", "weight": 1},
+        {"name": "b", "type": "A", "values": ["192.0.2.1"], "policy": "multivalue",
+         "set_identifier": "y"},
+    ]}, {"name": "EXAMPLE.com."}]})
+    text = "\n".join(lines)
+    assert "dns.zones[0].records[1]: duplicate record set a.example.com. A" in text
+    assert "dns.zones[0].records[3].policy: multivalue mixed with weighted" in text
+    assert "dns.zones[1].name: duplicate zone example.com." in text
+
+
+def test_section_level_problems() -> None:
+    lines = problems({
+        "allow_transfer": ["10.0.0.0/33"], "notify": ["192.0.2.1", "host.example:53"],
+        "public_addresses": ["nope"], "max_udp_payload_bytes": 100,
+        "listeners": [{"port": 53}, {"port": 53}],
+        "health_checks": [{"id": "a", "host": "h", "protocol": "tcp"},
+                          {"id": "a", "host": "h", "path": "x"}],
+        "zones": [{"name": "*.example.com"}]})
+    text = "\n".join(lines)
+    for expect in ("dns.allow_transfer[0]: not an address or CIDR",
+                   'dns.notify[0]: expected "host:port"',
+                   "dns.notify[1]: 'host.example' is not an IP address",
+                   "dns.public_addresses[0]: not an IP address",
+                   "dns.max_udp_payload_bytes: must be >= 512",
+                   "dns.listeners[1].port: 0.0.0.0 port 53 is already used by dns.listeners[0]",
+                   "dns.health_checks[0].port: required for tcp",
+                   "dns.health_checks[1].id: duplicate health check id 'a'",
+                   'dns.health_checks[1].path: must start with "/"',
+                   "dns.zones[0].name: a zone name cannot be a wildcard"):
+        assert expect in text, text
+
+
+def test_alias_problems_cross_section() -> None:
+    cfg = load_dns_config({"zones": [{"name": "example.com", "records": [
+        {"name": "@", "type": "A", "alias": {"listener": "web"}},
+        {"name": "x", "type": "A", "alias": {"pool": "nope"}}]}]})
+    assert alias_problems(cfg, ["web"], ["app"]) == [
+        ("dns.zones[0].records[1].alias.pool", "unknown pool 'nope'")]
+
+
+def test_environment_interpolation_in_config() -> None:
+    cfg = load_dns_config({"zones": [{"name": "${ZONE}"}], "state_dir": "${STATE:-/tmp/x}"},
+                          env={"ZONE": "example.com"})
+    assert cfg.zones[0].name == "example.com" and cfg.state_dir == "/tmp/x"
