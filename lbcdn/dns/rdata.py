@@ -60,13 +60,14 @@ def logical_lines(text: str) -> Iterator[Line]:
     at_line_start = True
     while i < n:
         c = text[i]
-        if at_line_start and depth == 0:
-            if tokens:
-                yield Line(indented, tuple(tokens), start)
-            tokens = []
-            indented = c in " \t"
-            start = line
+        if at_line_start:
             at_line_start = False
+            if depth == 0:  # inside parentheses a new line continues the record
+                if tokens:
+                    yield Line(indented, tuple(tokens), start)
+                tokens = []
+                indented = c in " \t"
+                start = line
         if c == "\n":
             line += 1
             at_line_start = True
