@@ -303,6 +303,12 @@ def parse_authorization(value: str) -> tuple[str, dict[str, str]]:
     return algorithm, components
 
 
+def _unsupported_mechanism() -> S3Error:
+    """SigV2, as S3 answers it in the regions that only take SigV4."""
+    return S3Error("InvalidRequest", "The authorization mechanism you have provided is not "
+                                     "supported. Please use AWS4-HMAC-SHA256.")
+
+
 def _header_malformed(detail: str, extra: dict[str, str] | None = None) -> S3Error:
     return S3Error("AuthorizationHeaderMalformed",
                    f"The authorization header is malformed; {detail}", extra=extra)
@@ -346,8 +352,10 @@ def _signed_header_list(text: str, fail: S3Error) -> tuple[str, ...]:
 
 def _from_header(value: str, grouped: Mapping[str, Sequence[str]], region: str) -> _Presented:
     algorithm, components = parse_authorization(value)
+    if algorithm == "AWS":
+        raise _unsupported_mechanism()
     if algorithm != ALGORITHM:
-        # SigV2 ('AWS akid:sig') and SigV4a are not served.
+        # SigV4a and anything else unknown.
         raise S3Error("InvalidArgument", "Unsupported Authorization Type",
                       extra={"ArgumentName": "Authorization", "ArgumentValue": value[:64]})
     credential = components.get("Credential")
@@ -476,6 +484,10 @@ def authenticate(method: str, raw_path: str, query: list[tuple[str, str]],
     params = dict(query)
     authorization = grouped.get("authorization")
     presigned = any(name in params for name in (Q_SIGNATURE, Q_ALGORITHM, Q_CREDENTIAL))
+    if "Signature" in params and "AWSAccessKeyId" in params:
+        # A SigV2 presigned URL (what botocore presigns by default for us-east-1): refused
+        # loudly rather than served as if anonymous.
+        raise _unsupported_mechanism()
     content_sha = grouped.get("x-amz-content-sha256")
     declared = content_sha[-1].strip() if content_sha else None
 
@@ -547,8 +559,8 @@ def _check_time(presented: _Presented, now: datetime,
             "MaxAllowedSkewMilliseconds": str(int(MAX_SKEW.total_seconds() * 1000))})
 
 
-# Unsigned x-amz-* headers tolerated on presigned URLs: the payload declaration does not
-# authorize anything (the body is UNSIGNED-PAYLOAD unless the header was signed).
+# Unsigned x-amz-* headers tolerated on presigned URLs: the payload declaration authorizes
+# nothing (the body is UNSIGNED-PAYLOAD unless the header was signed).
 _PRESIGN_UNSIGNED_OK = frozenset({"x-amz-content-sha256"})
 
 

@@ -330,8 +330,17 @@ def test_malformed_authorization_header(authorization: str, fragment: str) -> No
     assert fragment in err.message
 
 
-def test_sigv2_is_an_unsupported_authorization_type() -> None:
+def test_sigv2_is_an_unsupported_mechanism() -> None:
     err = _error(_get_headers(Authorization="AWS AKIAIOSFODNN7EXAMPLE:frJIUN8DYpKDtOLCwo="))
+    assert (err.code, err.status) == ("InvalidRequest", 400)
+    assert "Please use AWS4-HMAC-SHA256" in err.message
+    query = parse_query("AWSAccessKeyId=AKIAIOSFODNN7EXAMPLE&Expires=1369353600&Signature=x")
+    err = _error(DOC_HOST.copy(), query=query)
+    assert (err.code, err.status) == ("InvalidRequest", 400)
+
+
+def test_unknown_algorithm_is_an_unsupported_authorization_type() -> None:
+    err = _error(_get_headers(Authorization="AWS4-ECDSA-P256-SHA256 Credential=x"))
     assert (err.code, err.status) == ("InvalidArgument", 400)
 
 
