@@ -30,6 +30,8 @@ MAX_BYTES = 10_000_000
 GZIP_LEVEL = 6
 BROTLI_QUALITY = 5
 OUR_CODINGS = (b"br", b"gzip")   # preference order when q-values tie
+# Fields of a compressed variant a 304 must not overwrite (entry.freshened `keep`).
+VARIANT_FIELDS = frozenset({b"content-encoding", b"etag", b"vary"})
 
 _COMPRESSIBLE_TYPES = frozenset({
     b"application/javascript", b"application/x-javascript", b"application/ecmascript",

@@ -75,7 +75,8 @@ def validator_matches(stored_etag: bytes | None, stored_last_modified: bytes | N
     if etags:
         tag = etags[0].strip()
         if tag[:2] != b"W/":
-            return stored_etag == tag
+            # W/ + tag: a compressed variant weakened the origin's strong tag itself.
+            return stored_etag in (tag, b"W/" + tag)
         return stored_etag is not None and stored_etag.removeprefix(b"W/") == tag[2:]
     lms = get_all(fresh, b"last-modified")
     if lms:

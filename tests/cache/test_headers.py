@@ -54,6 +54,8 @@ def test_not_modified_headers() -> None:
     (b'"a"', None, [("ETag", '"b"')], False),
     (None, None, [("ETag", '"b"')], False),
     (b'W/"a"', None, [("ETag", 'W/"a"')], True),
+    (b'W/"a"', None, [("ETag", '"a"')], True),     # our compressed variant's weakened tag
+    (b'"a"', None, [("ETag", 'W/"a"')], True),      # weak comparison for weak tags
     (None, b"Mon", [("Last-Modified", "Mon")], True),
     (None, b"Mon", [("Last-Modified", "Tue")], False),
     (b'"a"', None, [], True),
