@@ -26,6 +26,7 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import scenario_dns  # noqa: E402
 import scenario_idle  # noqa: E402
 import scenario_proxy  # noqa: E402
 from harness import REPO, Bench, BenchError, Scenario  # noqa: E402
@@ -35,6 +36,8 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
               scenario_proxy.run),
     "idle": ("RSS added by 10,000 idle keep-alive client connections to lbcdn",
              scenario_idle.run),
+    "dns": ("authoritative UDP qps: Knot DNS (1 UDP worker) and lbcdn DnsServer (dnsperf)",
+            scenario_dns.run),
 }
 
 
