@@ -599,7 +599,7 @@ def test_fuzz_random_bytes_never_raise(data: bytes, tcp: bool) -> None:
     FUZZ_ENGINE.cacheable_key(data)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)),
                                         max_size=6),
        st.integers(0, 400), st.binary(max_size=20), st.booleans())
@@ -612,6 +612,6 @@ def test_fuzz_mutated_queries_never_raise(seed: bytes, flips: list[tuple[int, in
     data = bytes(wire[:cut] if cut < len(wire) else wire) + tail
     out = FUZZ_ENGINE.answer(data, tcp=tcp, max_udp=1232)
     _check(out, tcp)
-    if out is not None:
-        dns.message.from_wire(out, question_only=True) if out[4:6] != b"\x00\x00" else None
+    if out is not None and (out[2] >> 3) & 0xF == 0:
+        dns.message.from_wire(out)  # a QUERY response must parse whole
     FUZZ_ENGINE.cacheable_key(data)
