@@ -226,7 +226,9 @@ class PayloadReader:
     # ------------------------------------------------------------ aws-chunked
 
     async def _fill(self) -> None:
-        data = await self._stream.read(self._chunk_size)
+        # Small reads for framing lines: chunk data then mostly bypasses the buffer (`_take`
+        # reads it straight from the stream), which saves a copy of every byte.
+        data = await self._stream.read(min(self._chunk_size, 2 * MAX_LINE_BYTES))
         if data:
             self._buffer += data
         else:
