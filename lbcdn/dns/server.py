@@ -34,6 +34,7 @@ from typing import Any, Protocol, cast
 
 from dnslib import RR
 
+from lbcdn.dns.config import DnsConfig
 from lbcdn.dns.fastpath import FastPath
 from lbcdn.dns.rrl import RateLimiter, Verdict, truncated_response
 from lbcdn.dns.transfer import (
@@ -349,3 +350,41 @@ class DnsServer:
             n = self.stats.tcp_errors
         if n & (n - 1) == 0:  # 1st, 2nd, 4th, 8th...: visible, but a flood cannot fill the log
             log.exception("DNS %s handling failed (%d so far)", where, n)
+
+
+def parse_host_port(text: str, default_port: int = 53) -> tuple[str, int]:
+    """`host:port`, `host`, `[v6]:port` or a bare IPv6 address -> (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    n = int(port) if port else default_port
+    if not 0 < n < 65536:
+        raise ValueError(f"port out of range in {text!r}")
+    return host, n
+
+
+def servers_from_config(cfg: DnsConfig, engine: ServerEngine, *,
+                        clock: Callable[[], float] = time.monotonic) -> list[DnsServer]:
+    """One DnsServer per configured listener, sharing one rate limiter; the first one owns
+    the NOTIFY sender (so each change is announced once)."""
+    rl = cfg.rate_limit
+    limiter = (RateLimiter(responses_per_s=rl.responses_per_s, burst=rl.burst, slip=rl.slip,
+                           ipv4_prefix=rl.ipv4_prefix, ipv6_prefix=rl.ipv6_prefix,
+                           max_tracked=rl.max_tracked, clock=clock)
+               if rl.enabled else None)
+    notifier = (Notifier(engine, [z.name for z in cfg.zones],
+                         [parse_host_port(n) for n in cfg.notify]) if cfg.notify else None)
+    servers: list[DnsServer] = []
+    for i, lc in enumerate(cfg.listeners):
+        servers.append(DnsServer(
+            engine, address=lc.address, port=lc.port, max_udp=cfg.max_udp_payload_bytes,
+            tcp_idle_timeout_s=lc.tcp_idle_timeout_s, allow_transfer=cfg.allow_transfer,
+            rate_limiter=limiter, notifier=notifier if i == 0 else None, clock=clock))
+    return servers

@@ -502,3 +502,61 @@ def test_fuzzed_packets_never_break_the_udp_server() -> None:
         assert srv.server.stats.udp_errors == 0
     finally:
         srv.close()
+
+
+def test_fuzzed_packets_never_break_the_server_with_the_real_engine(tmp_path: Any) -> None:
+    from hypothesis import HealthCheck, given, settings
+
+    from tests.dns.test_knot_differential import ZONE_FILE, engine_for
+
+    zone = tmp_path / "example.com.zone"
+    zone.write_text(ZONE_FILE)
+    srv = ThreadedServer(engine_for(zone))
+    port = srv.server.udp_port
+    try:
+        @settings(max_examples=300, deadline=None, derandomize=True,
+                  suppress_health_check=[HealthCheck.too_slow])
+        @given(mutations())
+        def check(packet: bytes) -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(packet, (HOST, port))
+
+        check()
+        reply = dns.query.udp(query("www.example.com", "A"), HOST, port=port, timeout=2)
+        assert reply.rcode() == dns.rcode.NOERROR and reply.answer
+        assert srv.server.stats.udp_errors == 0
+    finally:
+        srv.close()
+
+
+# --------------------------------------------------------------------------- from config
+
+def test_parse_host_port() -> None:
+    from lbcdn.dns.server import parse_host_port
+    assert parse_host_port("192.0.2.1:5300") == ("192.0.2.1", 5300)
+    assert parse_host_port("ns2.example.net") == ("ns2.example.net", 53)
+    assert parse_host_port("[2001:db8::1]:5353") == ("2001:db8::1", 5353)
+    assert parse_host_port("2001:db8::1") == ("2001:db8::1", 53)
+    for bad in (":53", "host:0", "host:x"):
+        with pytest.raises(ValueError):
+            parse_host_port(bad)
+
+
+async def test_servers_from_config(engine: StandInEngine) -> None:
+    from lbcdn.dns.config import DnsConfig, DnsListenerConfig, RateLimitConfig, ZoneConfig
+    from lbcdn.dns.server import servers_from_config
+    cfg = DnsConfig(listeners=(DnsListenerConfig(port=1053, address=HOST,
+                                                 tcp_idle_timeout_s=3.0),
+                               DnsListenerConfig(port=1054, address=HOST)),
+                    zones=(ZoneConfig(name="example.com"),),
+                    allow_transfer=("10.0.0.0/8",), notify=("127.0.0.1:5399",),
+                    max_udp_payload_bytes=1400,
+                    rate_limit=RateLimitConfig(enabled=True, responses_per_s=7))
+    a, b = servers_from_config(cfg, engine)
+    assert (a.port, b.port, a.tcp_idle_timeout_s) == (1053, 1054, 3.0)
+    assert a.fastpath.max_udp == 1400 and [str(n) for n in a.allow_transfer] == ["10.0.0.0/8"]
+    assert a.rate_limiter is b.rate_limiter and a.rate_limiter is not None
+    assert a.rate_limiter.rate == 7
+    assert a.notifier is not None and b.notifier is None
+    assert a.notifier.secondaries == (("127.0.0.1", 5399),)
+    assert a.notifier.zones == ("example.com",)
