@@ -27,6 +27,7 @@ from types import FrameType
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scenario_dns  # noqa: E402
+import scenario_bucket  # noqa: E402
 import scenario_idle  # noqa: E402
 import scenario_proxy  # noqa: E402
 from harness import REPO, Bench, BenchError, Scenario  # noqa: E402
@@ -36,6 +37,7 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
               scenario_proxy.run),
     "idle": ("RSS added by 10,000 idle keep-alive client connections to lbcdn",
              scenario_idle.run),
+    "bucket": ("bucket origin: 256 MiB GET vs nginx (sendfile), 256 MiB PUT via boto3", scenario_bucket.run),
     "dns": ("authoritative UDP qps: Knot DNS (1 UDP worker) and lbcdn DnsServer (dnsperf)",
             scenario_dns.run),
 }
