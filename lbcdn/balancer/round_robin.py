@@ -1,13 +1,17 @@
 """Weighted round robin over a pool's targets.
 
 Smooth weighted round robin (the nginx scheme) spreads a heavy target's turns between the others'
-instead of sending its whole share in a row. A pick is O(n) in the number of targets with a weight,
-which is fine at the sizes of this issue; the pools issue brings O(log n) policies. Targets with
-weight 0 are never picked.
+instead of sending its whole share in a row; it is O(n) a pick, so it serves pools of up to
+SMOOTH_MAX targets. Larger pools with unequal weights use earliest-deadline-first scheduling on a
+heap (each target's next turn is due every 1/weight; Envoy's weighted round robin does the same):
+O(log n) a pick, the same shares over every cycle of sum(weights) picks. Equal weights rotate in
+O(1). Targets with weight 0 are never picked. `weights` overrides the targets' own (slow start
+passes ramped, possibly fractional, weights).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
@@ -19,16 +23,26 @@ class Weighted(Protocol):
 
 T = TypeVar("T", bound=Weighted)
 
+SMOOTH_MAX = 64
+
 
 class RoundRobin(Generic[T]):
-    def __init__(self, targets: Sequence[T]) -> None:
-        self._targets = [t for t in targets if t.weight > 0]
-        self._current = [0] * len(self._targets)
-        self._total = sum(t.weight for t in self._targets)
-        self._uniform = len({t.weight for t in self._targets}) <= 1
+    def __init__(self, targets: Sequence[T], weights: Sequence[float] | None = None) -> None:
+        ws = [t.weight for t in targets] if weights is None else list(weights)
+        pairs = [(t, w) for t, w in zip(targets, ws) if w > 0]
+        self._targets = [t for t, _ in pairs]
+        self._weights = [w for _, w in pairs]
+        self._current = [0.0] * len(pairs)
+        self._total = sum(self._weights)
+        self._uniform = len(set(self._weights)) <= 1
         self._next = 0
+        # EDF: (deadline, index); a target's k-th turn in a cycle is due at (k + 1) / weight
+        self._heap: list[tuple[float, int]] | None = None
+        if not self._uniform and len(pairs) > SMOOTH_MAX:
+            self._heap = [(1.0 / w, i) for i, w in enumerate(self._weights)]
+            heapq.heapify(self._heap)
 
-    def pick(self) -> T | None:
+    def pick(self, key: bytes | None = None) -> T | None:
         targets = self._targets
         if not targets:
             return None
@@ -36,11 +50,25 @@ class RoundRobin(Generic[T]):
             i = self._next
             self._next = (i + 1) % len(targets)
             return targets[i]
+        heap = self._heap
+        if heap is not None:
+            due, i = heap[0]
+            heapq.heapreplace(heap, (due + 1.0 / self._weights[i], i))
+            return targets[i]
         best = 0
         current = self._current
-        for i, t in enumerate(targets):
-            current[i] += t.weight
+        for i, w in enumerate(self._weights):
+            current[i] += w
             if current[i] > current[best]:
                 best = i
         current[best] -= self._total
         return targets[best]
+
+    def started(self, target: T) -> None:
+        """A request went to `target` (round robin does not care)."""
+
+    def finished(self, target: T) -> None:
+        """A request to `target` ended (round robin does not care)."""
+
+
+WeightedRoundRobin = RoundRobin

@@ -573,6 +573,10 @@ class HealthChecker(Generic[K]):
     def state_of(self, key: K) -> TargetHealth:
         return self._entries[key].health
 
+    def next_check_at(self, key: K) -> float:
+        """Loop time the current or next check of `key` was scheduled for."""
+        return self._entries[key].next_at
+
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 

@@ -1,0 +1,91 @@
+"""Retries: whether a failed attempt may be tried again, and the budget that bounds them.
+
+Pure. The rules (issue 3, after ALB, Envoy and nginx's proxy_next_upstream):
+- a failed connect sent nothing: retried for any method;
+- a reset or a 502-class failure (the upstream closed or answered garbage) is retried only for
+  idempotent methods, only when no response byte reached the client, and only when the request
+  body (if any) can be replayed: it was buffered whole, within buffer_body_max_bytes;
+- response timeouts are not retried: the upstream may still be working on it, and retrying
+  slow requests is how an overload spreads;
+- at most `max` retries a request, and the pool's RetryBudget must allow each one.
+
+RetryBudget keeps counts of first attempts and retries in a sliding window of 10 buckets and
+allows a retry while retries stay within `percent` of requests (or under `min_retries`, so a
+quiet pool can still retry at all). O(1) a call.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+class Failure(enum.StrEnum):
+    CONNECT = "connect"        # refused or timed out connecting: nothing was sent
+    RESET = "reset"            # connection reset or closed before the response head
+    BAD_GATEWAY = "bad_gateway"  # a malformed response head
+    TIMEOUT = "timeout"        # no response head in time
+
+
+def may_retry(method: bytes, failure: Failure, *, response_started: bool, body_replayable: bool,
+              retries_done: int, max_retries: int) -> bool:
+    """May this failed attempt be tried again on another target (before asking the budget)?"""
+    if retries_done >= max_retries or response_started:
+        return False
+    if failure is Failure.CONNECT:
+        return True
+    if failure is Failure.TIMEOUT:
+        return False
+    return method in IDEMPOTENT and body_replayable
+
+
+class RetryBudget:
+    BUCKETS = 10
+
+    def __init__(self, percent: float = 20.0, window_s: float = 10.0,
+                 min_retries: int = 3) -> None:
+        self.percent = percent
+        self.min_retries = min_retries
+        self._width = window_s / self.BUCKETS
+        self._requests = [0] * self.BUCKETS
+        self._retries = [0] * self.BUCKETS
+        self._epoch: int | None = None  # index of the newest bucket, in bucket widths
+        self._total_requests = 0
+        self._total_retries = 0
+
+    def _advance(self, now: float) -> int:
+        epoch = math.floor(now / self._width)
+        last = self._epoch
+        if last is None:
+            self._epoch = epoch
+        elif epoch > last:
+            # clear the buckets that fell out of the window (all of them after a long pause)
+            for e in range(last + 1, min(epoch, last + self.BUCKETS) + 1):
+                b = e % self.BUCKETS
+                self._total_requests -= self._requests[b]
+                self._total_retries -= self._retries[b]
+                self._requests[b] = self._retries[b] = 0
+            self._epoch = epoch
+        return (self._epoch or 0) % self.BUCKETS
+
+    def request(self, now: float) -> None:
+        """A first attempt was sent."""
+        b = self._advance(now)
+        self._requests[b] += 1
+        self._total_requests += 1
+
+    def allowed(self, now: float) -> int:
+        self._advance(now)
+        return max(self.min_retries, int(self._total_requests * self.percent / 100))
+
+    def try_retry(self, now: float) -> bool:
+        """Take one retry from the budget; False when it is spent."""
+        b = self._advance(now)
+        if self._total_retries >= max(self.min_retries,
+                                      int(self._total_requests * self.percent / 100)):
+            return False
+        self._retries[b] += 1
+        self._total_retries += 1
+        return True

@@ -1,0 +1,53 @@
+"""Retry decisions and the sliding-window retry budget, with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from lbcdn.balancer.retry import Failure, RetryBudget, may_retry
+
+
+@pytest.mark.parametrize("method, failure, started, replayable, done, expected", [
+    (b"POST", Failure.CONNECT, False, False, 0, True),     # nothing was sent
+    (b"POST", Failure.RESET, False, True, 0, False),       # not idempotent
+    (b"GET", Failure.RESET, False, True, 0, True),
+    (b"PUT", Failure.BAD_GATEWAY, False, True, 0, True),
+    (b"PUT", Failure.BAD_GATEWAY, False, False, 0, False),  # body not buffered
+    (b"GET", Failure.RESET, True, True, 0, False),         # a byte reached the client
+    (b"GET", Failure.TIMEOUT, False, True, 0, False),      # never retry timeouts
+    (b"GET", Failure.CONNECT, False, True, 1, False),      # max reached
+    (b"GET", Failure.CONNECT, True, True, 0, False),
+])
+def test_may_retry(method: bytes, failure: Failure, started: bool, replayable: bool,
+                   done: int, expected: bool) -> None:
+    assert may_retry(method, failure, response_started=started, body_replayable=replayable,
+                     retries_done=done, max_retries=1) is expected
+
+
+def test_budget_is_twenty_percent_of_requests() -> None:
+    b = RetryBudget(percent=20, window_s=10, min_retries=0)
+    for i in range(100):
+        b.request(i * 0.01)
+    granted = sum(b.try_retry(1.0) for _ in range(50))
+    assert granted == 20
+    assert b.allowed(1.0) == 20
+
+
+def test_min_retries_for_quiet_pools() -> None:
+    b = RetryBudget(percent=20, window_s=10, min_retries=3)
+    b.request(0.0)
+    assert [b.try_retry(0.1) for _ in range(4)] == [True, True, True, False]
+
+
+def test_window_slides() -> None:
+    b = RetryBudget(percent=50, window_s=10, min_retries=0)
+    for _ in range(10):
+        b.request(0.5)
+    assert sum(b.try_retry(0.5) for _ in range(10)) == 5
+    assert not b.try_retry(9.9)          # still inside the window
+    for _ in range(10):
+        b.request(5.5)
+    assert sum(b.try_retry(10.5) for _ in range(10)) == 5  # 0.5's requests and retries left
+    assert b.allowed(10.5) == 5
+    assert b.allowed(100.0) == 0          # a long pause empties everything
+    assert not b.try_retry(100.0)

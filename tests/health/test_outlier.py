@@ -1,0 +1,89 @@
+"""Outlier detection with a fake clock: consecutive counts, growing ejections that decay, the
+share cap, and never ejecting the last target."""
+
+from __future__ import annotations
+
+from lbcdn.health.config import OutlierConfig
+from lbcdn.health.outlier import Ejection, OutlierDetector, Result
+
+S, E5, EC = Result.SUCCESS, Result.HTTP_5XX, Result.CONNECT_FAILURE
+
+
+def detector(n: int = 10, **kw: object) -> OutlierDetector[str]:
+    args: dict[str, object] = {"enabled": True, "consecutive_5xx": 3,
+                               "consecutive_connect_failures": 2, "base_ejection_s": 10.0,
+                               "max_ejection_s": 25.0, "max_ejection_percent": 20.0}
+    args.update(kw)
+    d: OutlierDetector[str] = OutlierDetector(OutlierConfig(**args))  # type: ignore[arg-type]
+    for i in range(n):
+        d.add(f"t{i}")
+    return d
+
+
+def test_consecutive_5xx_counted_exactly_and_reset_by_success() -> None:
+    d = detector()
+    assert d.record("t0", E5, 0) is None
+    assert d.record("t0", E5, 0) is None
+    assert d.record("t0", S, 0) is None          # resets
+    assert d.record("t0", E5, 1) is None
+    assert d.record("t0", E5, 1) is None
+    assert d.record("t0", E5, 1) == Ejection(11.0, 1, E5)
+    assert d.is_ejected("t0", 10.9) and not d.is_ejected("t0", 11.0)
+
+
+def test_connect_failures_counted_separately() -> None:
+    d = detector()
+    d.record("t0", E5, 0)
+    d.record("t0", E5, 0)
+    assert d.record("t0", EC, 0) is None
+    assert d.record("t0", EC, 0) == Ejection(10.0, 1, EC)
+
+
+def test_ejection_time_grows_caps_and_decays() -> None:
+    d = detector()
+    assert d.record("t0", EC, 0) is None
+    assert d.record("t0", EC, 0) == Ejection(10.0, 1, EC)
+    d.record("t0", EC, 10)
+    assert d.record("t0", EC, 10) == Ejection(30.0, 2, EC)        # 2 x base
+    d.record("t0", EC, 30)
+    assert d.record("t0", EC, 30) == Ejection(55.0, 3, EC)        # 3 x base capped at 25
+    # clean from 55: the count falls one per base_ejection_s
+    d.record("t0", EC, 75)
+    assert d.record("t0", EC, 75) == Ejection(95.0, 2, EC)        # (3 - 2 + 1) x base
+
+
+def test_cap_on_the_ejected_share() -> None:
+    d = detector(n=10)  # 20% of 10: two at once
+    for k in ("t0", "t1", "t2"):
+        d.record(k, EC, 0)
+        d.record(k, EC, 0)
+    assert sorted(d.ejected(0)) == ["t0", "t1"]
+    assert d.record("t2", EC, 10.5) is not None   # room again once the first two are back
+
+
+def test_at_least_one_but_never_the_last() -> None:
+    d = detector(n=2, max_ejection_percent=0)
+    d.record("t0", EC, 0)
+    assert d.record("t0", EC, 0) is not None  # at least one may go
+    d.record("t1", EC, 0)
+    assert d.record("t1", EC, 0) is None      # not the last one standing
+    single = detector(n=1)
+    single.record("t0", EC, 0)
+    assert single.record("t0", EC, 0) is None
+
+
+def test_disabled_unknown_and_removed() -> None:
+    d = detector(enabled=False)
+    for _ in range(10):
+        assert d.record("t0", E5, 0) is None
+    d2 = detector()
+    assert d2.record("nope", E5, 0) is None and not d2.is_ejected("nope", 0)
+    d2.record("t0", EC, 0)
+    d2.record("t0", EC, 0)
+    d2.remove("t0")
+    assert not d2.is_ejected("t0", 1)
+
+
+def test_zero_threshold_ignores_that_kind() -> None:
+    d = detector(consecutive_5xx=0)
+    assert all(d.record("t0", E5, 0) is None for _ in range(50))
