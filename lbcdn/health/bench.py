@@ -24,14 +24,20 @@ from lbcdn.health.state import Transition
 _ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
 
 
+_KEEP = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
 class _Server(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if b"\r\n\r\n" in data:
-            self.transport.write(_ANSWER)
-            self.transport.close()
+            if b"Connection: close" in data:
+                self.transport.write(_ANSWER)
+                self.transport.close()
+            else:
+                self.transport.write(_KEEP)
 
 
 def _serve(ports: list[int], ready: "multiprocessing.queues.Queue[list[int]]") -> None:
@@ -52,7 +58,8 @@ def _cpu() -> tuple[float, float]:
     return r.ru_utime, r.ru_stime
 
 
-async def _run(ports: list[int], targets: int, interval: float, seconds: float) -> None:
+async def _run(ports: list[int], targets: int, interval: float, seconds: float,
+               keep_alive: bool) -> None:
     outcomes: Counter[str] = Counter()
 
     def on_result(key: int, result: ProbeResult, tr: Transition | None) -> None:
@@ -60,7 +67,8 @@ async def _run(ports: list[int], targets: int, interval: float, seconds: float) 
 
     checker: HealthChecker[int] = HealthChecker(on_result=on_result, rng=random.Random(1))
     for i in range(targets):
-        spec = ProbeSpec("http", "127.0.0.1", ports[i % len(ports)], timeout_s=interval * 0.9)
+        spec = ProbeSpec("http", "127.0.0.1", ports[i % len(ports)], timeout_s=interval * 0.9,
+                         keep_alive=keep_alive)
         checker.add_target(i, Check(spec, interval_s=interval, jitter=0.1))
     await checker.start()
     await asyncio.sleep(2 * interval)  # warm-up: first checks spread, caches warm
@@ -72,7 +80,8 @@ async def _run(ports: list[int], targets: int, interval: float, seconds: float) 
     cpu = user + system
     await checker.stop()
     total = sum(outcomes.values())
-    print(f"targets={targets} interval={interval:g}s window={wall:.1f}s")
+    print(f"targets={targets} interval={interval:g}s window={wall:.1f}s "
+          f"{'one kept connection per target' if keep_alive else 'a new connection per check'}")
     print(f"checks/s={total / wall:.0f} outcomes={dict(outcomes)}")
     print(f"checker CPU: {100 * cpu / wall:.1f}% of one core "
           f"({1e6 * cpu / max(total, 1):.0f} us per check: {1e6 * user / max(total, 1):.0f} "
@@ -85,6 +94,8 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--ports", type=int, default=4)
+    ap.add_argument("--keep-alive", action="store_true",
+                    help="reuse one connection per target between checks")
     args = ap.parse_args()
     ctx = multiprocessing.get_context("spawn")
     ready: multiprocessing.queues.Queue[list[int]] = ctx.Queue()
@@ -93,7 +104,7 @@ def main() -> None:
     try:
         ports = ready.get(timeout=10)
         import uvloop
-        uvloop.run(_run(ports, args.targets, args.interval, args.seconds))
+        uvloop.run(_run(ports, args.targets, args.interval, args.seconds, args.keep_alive))
     finally:
         server.terminate()
         server.join(5)

@@ -59,6 +59,11 @@ class HealthCheckConfig:
     search_string: str | None = doc(
         "When set, an http/https check passes only if this text appears in the first 5120 "
         "bytes of the response body (as Route 53's string matching).", None)
+    reuse_connection: bool = doc(
+        "http checks keep one connection per target open between checks (as Envoy does) "
+        "instead of opening a new one each time (as ALB does). Much cheaper for many "
+        "targets at short intervals, but a backend that stops accepting new connections "
+        "stays healthy on its old one.", False)
     jitter: float = doc(
         "Each interval is stretched or shrunk at random by up to this fraction, and first "
         "checks are spread over one interval, so targets are not probed in lockstep.",

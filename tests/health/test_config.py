@@ -69,7 +69,7 @@ def test_full_section() -> None:
     ({"health": {"search_string": ""}}, "pools.web.health.search_string: must be 1-255 bytes"),
     ({"health": {"host": "a b"}}, "pools.web.health.host: must be a non-empty host name without spaces"),
     ({"health": {"jitter": 0.9}}, "pools.web.health.jitter: must be <= 0.5; got 0.9"),
-    ({"health": {"intervall_s": 1}}, "pools.web.health.intervall_s: unknown key (did you mean 'interval_s'? allowed: enabled, healthy_threshold, host, interval_s, jitter, matcher, method, path, port, protocol, search_string, timeout_s, unhealthy_threshold)"),
+    ({"health": {"intervall_s": 1}}, "pools.web.health.intervall_s: unknown key (did you mean 'interval_s'? allowed: enabled, healthy_threshold, host, interval_s, jitter, matcher, method, path, port, protocol, reuse_connection, search_string, timeout_s, unhealthy_threshold)"),
     ({"balance": {"algorithm": "fastest"}}, 'pools.web.balance.algorithm: must be one of "round_robin", "least_outstanding_requests", "weighted_random", "weighted_round_robin", "random_two_choices", "consistent_hash"; got "fastest"'),
     ({"balance": {"hash_key": "ip"}}, "pools.web.balance.hash_key: must be client_ip, path, header:NAME or cookie:NAME; got 'ip'"),
     ({"balance": {"hash_key": "header:"}}, "pools.web.balance.hash_key: header name must not be empty"),

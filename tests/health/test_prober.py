@@ -7,6 +7,7 @@ import asyncio
 import random
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import pytest
 
 from lbcdn.health.config import HealthCheckConfig
 from lbcdn.health.matcher import parse_matcher
-from lbcdn.health.prober import Check, HealthChecker, ProbeResult, ProbeSpec, probe
+from lbcdn.health.prober import (Check, ConnectionSlot, HealthChecker, ProbeResult, ProbeSpec,
+                                 probe, start_probe)
 from lbcdn.health.state import Outcome, Reason, State, Thresholds, Transition
 
 
@@ -29,6 +31,7 @@ class Backend:
         self.tls = tls
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
+        self.connections = 0
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self.handle, "127.0.0.1", self.port,
@@ -44,7 +47,14 @@ class Backend:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.add(writer)
+        self.connections += 1
         try:
+            while self.mode == "keep":  # answer on one connection until the client leaves
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.hits += 1
+                self.heads.append(head)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nkept")
+                await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")
             self.hits += 1
             self.heads.append(head)
@@ -196,6 +206,60 @@ async def test_probe_https_self_signed(tmp_path: Path) -> None:
     assert ProbeSpec("https", "10.0.0.1", 443).server_hostname == ""
 
 
+async def check(s: ProbeSpec, slot: ConnectionSlot) -> ProbeResult:
+    done: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
+    start_probe(s, done.set_result, slot)
+    return await done
+
+
+async def test_keep_alive_reuses_one_connection(backend: Backend) -> None:
+    backend.mode = "keep"
+    slot = ConnectionSlot()
+    s = spec(backend.port, keep_alive=True)
+    assert b"Connection: close" not in s.request
+    for _ in range(5):
+        assert (await check(s, slot)).ok
+    assert backend.hits == 5 and backend.connections == 1
+    slot.close()
+
+
+async def test_keep_alive_after_the_backend_closed_the_idle_connection(backend: Backend) -> None:
+    slot = ConnectionSlot()
+    s = spec(backend.port, keep_alive=True)
+    for _ in range(3):  # "ok" answers keep-alive, then the backend aborts the connection
+        assert (await check(s, slot)).ok
+        await asyncio.sleep(0.05)
+        assert slot.sock is None  # the idle watcher saw the close and dropped it
+    assert backend.connections == 3
+
+
+async def test_keep_alive_race_is_retried_on_a_new_connection(backend: Backend) -> None:
+    backend.mode = "keep"
+    slot = ConnectionSlot()
+    s = spec(backend.port, keep_alive=True)
+    assert (await check(s, slot)).ok
+    assert slot.sock is not None
+    for w in list(backend.writers):
+        w.transport.abort()  # the backend drops the idle connection ...
+    time.sleep(0.05)          # ... and (blocking the loop) the idle watcher cannot notice
+    assert (await check(s, slot)).ok  # sent on the dead one, retried on a new one
+    assert backend.connections == 2 and backend.hits == 2
+    slot.close()
+
+
+async def test_checker_closes_kept_connections(backend: Backend) -> None:
+    backend.mode = "keep"
+    checker: HealthChecker[str] = HealthChecker(rng=random.Random(5))
+    cfg = HealthCheckConfig(reuse_connection=True, interval_s=0.05, timeout_s=0.04, jitter=0)
+    checker.add_target("a", Check.for_target(cfg, "127.0.0.1", backend.port))
+    await checker.start()
+    await asyncio.sleep(1.3)
+    assert backend.hits >= 3 and backend.connections == 1
+    await checker.stop()
+    await asyncio.sleep(0.05)
+    assert not backend.writers  # our side closed it
+
+
 def test_check_from_config_and_route53() -> None:
     cfg = HealthCheckConfig(port=9000, path="/h", matcher="200-299", search_string="ok",
                             interval_s=10, timeout_s=2, healthy_threshold=3,
@@ -204,7 +268,8 @@ def test_check_from_config_and_route53() -> None:
     assert (c.spec.address, c.spec.port, c.spec.path, c.spec.host_header) == (
         "10.0.0.5", 9000, "/h", "10.0.0.5:8080")
     assert c.spec.search_string == b"ok" and 204 in c.spec.matcher
-    assert c.thresholds == Thresholds(3, 4) and c.interval_s == 10
+    assert c.thresholds == Thresholds(3, 4) and c.interval_s == 10 and not c.spec.keep_alive
+    assert Check.for_target(HealthCheckConfig(reuse_connection=True), "h", 1).spec.keep_alive
     r53 = Check.route53(protocol="http", address="192.0.2.1", port=80, fqdn="www.example",
                         request_interval_s=10, failure_threshold=2)
     assert 301 in r53.spec.matcher and 404 not in r53.spec.matcher
