@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import ssl
 import subprocess
 import time
@@ -431,3 +432,37 @@ async def test_stop_cancels_probes_in_flight(backend: Backend) -> None:
     await asyncio.wait_for(checker.stop(), 1.0)
     left = [t for t in asyncio.all_tasks() if t.get_name() == "health-check"]
     assert left == []
+
+
+def test_raw_probe_under_uvloop() -> None:
+    """The daemon runs uvloop, whose transports and fd watchers differ from asyncio's."""
+    import uvloop
+
+    async def main() -> None:
+        b = Backend()
+        await b.start()
+        try:
+            assert (await probe(spec(b.port))).ok
+            b.mode = "status:500"
+            assert (await probe(spec(b.port))).outcome is Outcome.CODE_MISMATCH
+            b.mode = "hang"
+            assert (await probe(spec(b.port, timeout_s=0.1))).outcome is Outcome.TIMEOUT
+            b.mode = "keep"
+            slot = ConnectionSlot()
+            for _ in range(3):
+                assert (await check(spec(b.port, keep_alive=True), slot)).ok
+            assert b.connections == 4
+            slot.close()
+        finally:
+            await b.stop()
+        port = await free_port()
+        assert (await probe(spec(port, protocol="tcp"))).outcome is Outcome.CONNECT_FAILED
+
+    uvloop.run(asyncio.wait_for(main(), 10))
+
+
+def test_ipv6_literal_spec() -> None:
+    # (no IPv6 socket: tests stay on 127.0.0.1, and some CI containers have no ::1)
+    s = ProbeSpec("http", "::1", 80)
+    assert s.family == socket.AF_INET6 and s.request.split(b"\r\n")[1] == b"Host: [::1]:80"
+    assert ProbeSpec("http", "backend.internal", 80).family is None  # resolved by asyncio
