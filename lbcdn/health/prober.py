@@ -52,6 +52,8 @@ log = logging.getLogger("lbcdn.health")
 
 USER_AGENT = b"lbcdn-health-checker/1.0"
 FIRST_CHECK_SPREAD_S = 1.0
+# a kept connection is reused only when its whole answer was at most this big
+KEEP_ALIVE_READ_MAX_BYTES = 65536
 _LINGER_RST = struct.pack("ii", 1, 0)
 _MATCH_200 = parse_matcher("200")
 
@@ -256,7 +258,8 @@ class _RawProbe:
     keeps 1,000 checks a second at a few percent of a core."""
 
     __slots__ = ("loop", "spec", "on_done", "judge", "sock", "fd", "timer", "start",
-                 "connected", "pending", "watching", "starting", "slot", "reused", "family")
+                 "connected", "pending", "watching", "starting", "slot", "reused", "family",
+                 "received")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, spec: ProbeSpec,
                  on_done: Callable[[ProbeResult], None],
@@ -276,6 +279,7 @@ class _RawProbe:
         self.slot = slot
         self.reused = False
         self.family: int = socket.AF_INET
+        self.received = 0
 
     def begin(self, family: int) -> None:
         # a result found before begin() returns is delivered on the next loop turn, so
@@ -371,7 +375,10 @@ class _RawProbe:
         except BlockingIOError:
             n = 0
         except OSError as e:
-            self._finish(Outcome.CONNECT_FAILED, f"send failed: {e.strerror or e}")
+            if self.reused:
+                self._retry_fresh()
+            else:
+                self._finish(Outcome.CONNECT_FAILED, f"send failed: {e.strerror or e}")
             return
         self.pending = self.pending[n:]
         self._watch("w" if self.pending else "r")
@@ -387,23 +394,29 @@ class _RawProbe:
             judge.eof(e)
         else:
             if data:
+                self.received += len(data)
                 judge.feed(data)
             else:
                 judge.eof()
         verdict = judge.verdict
         if verdict is None:
             return
-        if (self.reused and verdict[0] is Outcome.CONNECT_FAILED and judge.status is None):
-            # the kept connection was closed under us (the keep-alive race): nothing was
-            # answered, so try once more on a new connection within the same deadline
-            self._drop_socket()
-            self.reused = False
-            self.connected = False
-            self._open(self.family)
+        if self.reused and verdict[0] is Outcome.CONNECT_FAILED and judge.status is None:
+            self._retry_fresh()
             return
-        if self.spec.keep_alive and not judge.complete and verdict[0] is not Outcome.BAD_RESPONSE:
+        if (self.spec.keep_alive and not judge.complete and verdict[0] is not
+                Outcome.BAD_RESPONSE and self.received < KEEP_ALIVE_READ_MAX_BYTES):
             return  # decided, but read the rest of the answer so the connection can be reused
         self._finish(*verdict)
+
+    def _retry_fresh(self) -> None:
+        """The kept connection was closed under us (the keep-alive race) and nothing was
+        answered: try once more on a new connection within the same deadline."""
+        self._drop_socket()
+        self.reused = False
+        self.connected = False
+        self.received = 0
+        self._open(self.family)
 
     def _drop_socket(self) -> None:
         if self.sock is not None:
@@ -413,6 +426,10 @@ class _RawProbe:
 
     def _timed_out(self) -> None:
         self.timer = None
+        judge = self.judge
+        if judge is not None and judge.verdict is not None:
+            self._finish(*judge.verdict)  # decided; only the rest of a kept answer was late
+            return
         self._finish(Outcome.TIMEOUT, _timeout_detail(self.spec, self.connected))
 
     def cancel(self) -> None:

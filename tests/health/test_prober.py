@@ -82,6 +82,10 @@ class Backend:
                 writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nthe needle, then EOF")
             elif mode == "interim":
                 writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            elif mode == "slowbody":
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+                await writer.drain()
+                await asyncio.sleep(30)
             elif mode == "slowhead":
                 writer.write(b"HTTP/1.1 200 OK\r\n")
                 await writer.drain()
@@ -466,3 +470,16 @@ def test_ipv6_literal_spec() -> None:
     s = ProbeSpec("http", "::1", 80)
     assert s.family == socket.AF_INET6 and s.request.split(b"\r\n")[1] == b"Host: [::1]:80"
     assert ProbeSpec("http", "backend.internal", 80).family is None  # resolved by asyncio
+
+
+async def test_keep_alive_big_answer_is_not_kept(backend: Backend) -> None:
+    backend.mode = "body:" + "x" * 100000
+    slot = ConnectionSlot()
+    r = await check(spec(backend.port, keep_alive=True, search_string=b"xxx"), slot)
+    assert r.ok and slot.sock is None
+
+
+async def test_keep_alive_verdict_stands_when_the_rest_is_late(backend: Backend) -> None:
+    backend.mode = "slowbody"  # head, then the body never completes
+    r = await check(spec(backend.port, keep_alive=True, timeout_s=0.2), ConnectionSlot())
+    assert r.outcome is Outcome.PASS and r.status == 200
