@@ -18,7 +18,8 @@ import time
 from collections import Counter
 from typing import cast
 
-from lbcdn.health.prober import Check, HealthChecker, ProbeResult, ProbeSpec
+from lbcdn.health.checker import Check, HealthChecker
+from lbcdn.health.prober import ProbeResult, ProbeSpec
 from lbcdn.health.state import Transition
 
 _ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"

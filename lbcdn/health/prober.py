@@ -1,12 +1,10 @@
-"""Active health checks: one probe (async, on a raw asyncio.Protocol) and the scheduler that
-probes many targets on jittered intervals and feeds their state machines.
+"""One active health check: connect, ask, judge the answer within a timeout.
 
-Job: `probe(spec)` opens a fresh connection (TLS for https, certificates not verified, as ALB
-does not), sends one request, and reports an Outcome: the status must be in the matcher, the
-optional search string must appear in the first 5120 bytes of the body, and all of it must
-happen within the timeout. `HealthChecker` keeps one `TargetHealth` per key, probes each key on
-its own `Check` and pushes results to the state machine and to callbacks. Keys are any hashable
-(a pool target, a Route 53 health-check id), so pools and DNS share the checker.
+Job: `probe(spec)` / `start_probe(spec, on_done)` open a connection (TLS for https,
+certificates not verified, as ALB does not), send one request, and report an Outcome: the
+status must be in the matcher, the optional search string must appear in the first 5120 bytes
+of the body, and all of it must happen within the timeout. Scheduling many checks and keeping
+target states is lbcdn.health.checker's job.
 
 Rules:
 - A check of an address over http or tcp is a non-blocking socket driven by loop callbacks
@@ -18,11 +16,8 @@ Rules:
   retried once on a new connection within the same timeout. Measured on the 2-core dev box
   (lbcdn.health.bench): 1,000 targets at 1 s cost ~8.5% of a core with reuse, ~15-18% with a
   new connection per check (of which ~9% is the kernel's TCP connect/close itself).
-- Scheduling: a target's first check comes at a random point within min(interval, 1 s) of its
-  registration, then every interval stretched or shrunk by up to `jitter` (seeded rng
-  injectable), counted from the start of the previous check so slow answers do not drift it.
-- Targets that the state machine says are not probed (draining, unused, maintenance) keep their
-  timer but skip the check.
+- `start_probe` never raises and calls `on_done` exactly once (unless cancelled), never
+  before it has returned its handle.
 """
 
 from __future__ import annotations
@@ -32,33 +27,30 @@ import errno
 import ipaddress
 import logging
 import os
-import random
 import socket
 import ssl
 import struct
-from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Generic, Literal, Protocol, TypeVar, cast
+from typing import Literal, Protocol, cast
 
 import httptools
 
-from lbcdn.health.config import HealthCheckConfig
 from lbcdn.health.matcher import SEARCH_WINDOW_BYTES, Matcher, parse_matcher
-from lbcdn.health.state import Outcome, TargetHealth, Thresholds, Transition
+from lbcdn.health.state import Outcome
 from lbcdn.tasks import spawn
 
 log = logging.getLogger("lbcdn.health")
 
 USER_AGENT = b"lbcdn-health-checker/1.0"
-FIRST_CHECK_SPREAD_S = 1.0
 # a kept connection is reused only when its whole answer was at most this big
 KEEP_ALIVE_READ_MAX_BYTES = 65536
 _LINGER_RST = struct.pack("ii", 1, 0)
 _MATCH_200 = parse_matcher("200")
 
 
-def _host_port(host: str, port: int) -> str:
+def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -78,7 +70,7 @@ class ProbeSpec:
 
     @cached_property
     def request(self) -> bytes:
-        host = self.host_header or _host_port(self.address, self.port)
+        host = self.host_header or host_port(self.address, self.port)
         connection = b"" if self.keep_alive else b"Connection: close\r\n"
         return (f"{self.method} {self.path} HTTP/1.1\r\nHost: {host}\r\n".encode("latin-1")
                 + b"User-Agent: " + USER_AGENT + b"\r\nAccept: */*\r\n" + connection
@@ -584,208 +576,3 @@ async def probe(spec: ProbeSpec) -> ProbeResult:
         return await done
     finally:
         handle.cancel()
-
-
-@dataclass(frozen=True)
-class Check:
-    """One target's health check: the probe, how often, and the thresholds."""
-    spec: ProbeSpec
-    interval_s: float = 30.0
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    jitter: float = 0.1
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.spec.timeout_s < self.interval_s:
-            raise ValueError("the timeout must be less than the interval")
-
-    @classmethod
-    def for_target(cls, cfg: HealthCheckConfig, host: str, port: int) -> Check:
-        """A pool target's check from its pool's `health:` section."""
-        spec = ProbeSpec(
-            protocol=cfg.protocol, address=host, port=cfg.port or port, path=cfg.path,
-            method=cfg.method, host_header=cfg.host or _host_port(host, port),
-            timeout_s=cfg.timeout_s, matcher=parse_matcher(cfg.matcher),
-            search_string=None if cfg.search_string is None else cfg.search_string.encode(),
-            keep_alive=cfg.reuse_connection and cfg.protocol == "http")
-        return cls(spec, cfg.interval_s,
-                   Thresholds(cfg.healthy_threshold, cfg.unhealthy_threshold),
-                   cfg.jitter, cfg.enabled)
-
-    @classmethod
-    def route53(cls, *, protocol: Literal["http", "https", "tcp"], address: str, port: int,
-                path: str = "/", fqdn: str | None = None, search_string: str | None = None,
-                request_interval_s: float = 30.0, failure_threshold: int = 3,
-                timeout_s: float = 4.0, jitter: float = 0.1) -> Check:
-        """A Route 53 style check: 2xx and 3xx pass, the same threshold both ways."""
-        spec = ProbeSpec(
-            protocol=protocol, address=address, port=port, path=path,
-            host_header=fqdn or None, timeout_s=timeout_s, matcher=parse_matcher("200-399"),
-            search_string=None if search_string is None else search_string.encode())
-        return cls(spec, request_interval_s,
-                   Thresholds(failure_threshold, failure_threshold, initial_healthy=1), jitter)
-
-
-K = TypeVar("K", bound=Hashable)
-
-
-class _Entry(Generic[K]):
-    __slots__ = ("key", "check", "health", "timer", "task", "next_at", "slot")
-
-    def __init__(self, key: K, check: Check, health: TargetHealth) -> None:
-        self.key = key
-        self.check = check
-        self.health = health
-        self.timer: asyncio.Handle | None = None
-        self.task: Cancellable | None = None
-        self.next_at = 0.0
-        self.slot = ConnectionSlot()
-
-
-class HealthChecker(Generic[K]):
-    """Probes registered keys on their own schedules and keeps their TargetHealth.
-
-    `on_result(key, result, transition)` runs after every check (transition None when the
-    state did not change); `clock` gives `now` for the state machines (default: loop.time);
-    `probe_fn` replaces the network probe (tests, or a DNS-side wrapper)."""
-
-    def __init__(self, *, on_result: Callable[[K, ProbeResult, Transition | None], None]
-                 | None = None, rng: random.Random | None = None,
-                 clock: Callable[[], float] | None = None,
-                 probe_fn: Callable[[ProbeSpec], Awaitable[ProbeResult]] | None = None,
-                 deregistration_delay_s: float = 300.0, name: str = "health") -> None:
-        self._entries: dict[K, _Entry[K]] = {}
-        self._on_result = on_result
-        self._rng = rng or random.Random()
-        self._clock = clock
-        self._probe = probe_fn
-        self._delay = deregistration_delay_s
-        self._name = name
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.checks_run = 0
-
-    def _now(self) -> float:
-        if self._clock is not None:
-            return self._clock()
-        assert self._loop is not None
-        return self._loop.time()
-
-    # -- registry ------------------------------------------------------------------------
-
-    def add_target(self, key: K, check: Check, health: TargetHealth | None = None
-                   ) -> TargetHealth:
-        """Start checking `key` (replacing its check if already known; its health is kept)."""
-        old = self._entries.get(key)
-        if old is not None:
-            self._cancel(old)
-            health = health or old.health
-        if health is None:
-            now = self._clock() if self._clock is not None else (
-                self._loop.time() if self._loop is not None else 0.0)
-            health = TargetHealth(check.thresholds, now, checks_enabled=check.enabled,
-                                  deregistration_delay_s=self._delay)
-        entry = _Entry(key, check, health)
-        self._entries[key] = entry
-        if self._loop is not None:
-            self._schedule_first(entry)
-        return health
-
-    def remove_target(self, key: K) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._cancel(entry)
-
-    def state_of(self, key: K) -> TargetHealth:
-        return self._entries[key].health
-
-    def next_check_at(self, key: K) -> float:
-        """Loop time the current or next check of `key` was scheduled for."""
-        return self._entries[key].next_at
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._entries
-
-    def keys(self) -> list[K]:
-        return list(self._entries)
-
-    def check_soon(self, key: K) -> None:
-        """Probe `key` now (e.g. after maintenance ends) instead of at its next turn."""
-        entry = self._entries[key]
-        if self._loop is not None and entry.task is None:
-            if entry.timer is not None:
-                entry.timer.cancel()
-            entry.next_at = self._loop.time()
-            entry.timer = self._loop.call_soon(self._fire, entry)
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        for entry in self._entries.values():
-            self._schedule_first(entry)
-
-    async def stop(self) -> None:
-        tasks = [e.task for e in self._entries.values() if isinstance(e.task, asyncio.Task)]
-        for entry in self._entries.values():
-            self._cancel(entry)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self._loop = None
-
-    # -- scheduling ----------------------------------------------------------------------
-
-    def _cancel(self, entry: _Entry[K]) -> None:
-        if entry.timer is not None:
-            entry.timer.cancel()
-            entry.timer = None
-        if entry.task is not None:
-            entry.task.cancel()
-            entry.task = None
-        entry.slot.close()
-
-    def _schedule_first(self, entry: _Entry[K]) -> None:
-        assert self._loop is not None
-        spread = min(entry.check.interval_s, FIRST_CHECK_SPREAD_S)
-        entry.next_at = self._loop.time() + self._rng.random() * spread
-        entry.timer = self._loop.call_at(entry.next_at, self._fire, entry)
-
-    def _schedule_next(self, entry: _Entry[K]) -> None:
-        loop = self._loop
-        if loop is None or self._entries.get(entry.key) is not entry:
-            return
-        check = entry.check
-        j = check.jitter
-        step = check.interval_s * (1.0 + self._rng.uniform(-j, j)) if j else check.interval_s
-        entry.next_at = max(entry.next_at + step, loop.time())
-        entry.timer = loop.call_at(entry.next_at, self._fire, entry)
-
-    def _fire(self, entry: _Entry[K]) -> None:
-        entry.timer = None
-        if not entry.health.probed:
-            self._schedule_next(entry)
-            return
-        if self._probe is None:
-            entry.task = start_probe(entry.check.spec, lambda r: self._done(entry, r),
-                                     entry.slot)
-        else:
-            entry.task = spawn(self._run_custom(entry, self._probe), f"{self._name}-check")
-
-    async def _run_custom(self, entry: _Entry[K],
-                          fn: Callable[[ProbeSpec], Awaitable[ProbeResult]]) -> None:
-        self._done(entry, await fn(entry.check.spec))
-
-    def _done(self, entry: _Entry[K], result: ProbeResult) -> None:
-        entry.task = None
-        self.checks_run += 1
-        if self._entries.get(entry.key) is not entry:
-            return  # removed or replaced while probing
-        transition = entry.health.observe(result.outcome, self._now(), result.detail)
-        if transition is not None:
-            log.info("%s %s: %s -> %s (%s) %s", self._name, entry.key, transition.old,
-                     transition.new, transition.reason or "-", result.detail)
-        if self._on_result is not None:
-            try:
-                self._on_result(entry.key, result, transition)
-            except Exception:
-                log.exception("health result callback failed for %s", entry.key)
-        self._schedule_next(entry)

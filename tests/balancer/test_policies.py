@@ -154,7 +154,7 @@ def test_build_policy(algorithm: str, cls: str) -> None:
     assert cls in {c.__name__ for c in type(policy).__mro__}
     picked = policy.pick(b"k")
     assert picked in ts
-    policy.started(picked)  # type: ignore[arg-type]
-    policy.finished(picked)  # type: ignore[arg-type]
+    policy.started(picked)
+    policy.finished(picked)
     assert build_policy(BalanceConfig(algorithm=algorithm), [],  # type: ignore[arg-type]
                         rng=random.Random(1)).pick(b"k") is None
