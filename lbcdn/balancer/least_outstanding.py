@@ -113,53 +113,57 @@ class _Heap(LeastOutstanding[T]):
         self._inv = [1.0 / w for _, w in pairs]
         self._count = [max(0, t.in_flight) for t, _ in pairs]
         self._index = {id(t): i for i, t in enumerate(self._targets)}
-        self._seq = list(range(len(pairs)))  # initial ties: in target order
+        # each target's key, (load, last pick), as one tuple: compared in C; initial ties
+        # break in target order
+        self._key = [(c * inv, i) for i, (c, inv) in enumerate(zip(self._count, self._inv))]
         self._clock = len(pairs)
-        self._heap = sorted(range(len(pairs)), key=self._key)
+        self._heap = sorted(range(len(pairs)), key=self._key.__getitem__)
         self._pos = [0] * len(pairs)
         for p, i in enumerate(self._heap):
             self._pos[i] = p
 
-    def _key(self, i: int) -> tuple[float, int]:
-        return (self._count[i] * self._inv[i], self._seq[i])
-
-    def _less(self, a: int, b: int) -> bool:
-        la, lb = self._count[a] * self._inv[a], self._count[b] * self._inv[b]
-        return la < lb or (la == lb and self._seq[a] < self._seq[b])
-
-    def _swap(self, p: int, q: int) -> None:
-        heap, pos = self._heap, self._pos
-        heap[p], heap[q] = heap[q], heap[p]
-        pos[heap[p]] = p
-        pos[heap[q]] = q
-
     def _up(self, p: int) -> None:
-        heap = self._heap
+        # moves the hole up instead of swapping: one write per level
+        heap, pos, key = self._heap, self._pos, self._key
+        i = heap[p]
+        k = key[i]
         while p > 0:
             parent = (p - 1) >> 1
-            if not self._less(heap[p], heap[parent]):
+            j = heap[parent]
+            if not k < key[j]:
                 break
-            self._swap(p, parent)
+            heap[p] = j
+            pos[j] = p
             p = parent
+        heap[p] = i
+        pos[i] = p
 
     def _down(self, p: int) -> None:
-        heap, n = self._heap, len(self._heap)
+        heap, pos, key = self._heap, self._pos, self._key
+        n = len(heap)
+        i = heap[p]
+        k = key[i]
         while True:
             child = 2 * p + 1
             if child >= n:
-                return
-            if child + 1 < n and self._less(heap[child + 1], heap[child]):
+                break
+            c = heap[child]
+            if child + 1 < n and key[heap[child + 1]] < key[c]:
                 child += 1
-            if not self._less(heap[child], heap[p]):
-                return
-            self._swap(p, child)
+                c = heap[child]
+            if not key[c] < k:
+                break
+            heap[p] = c
+            pos[c] = p
             p = child
+        heap[p] = i
+        pos[i] = p
 
     def pick(self, key: bytes | None = None) -> T | None:
         if not self._heap:
             return None
         i = self._heap[0]
-        self._seq[i] = self._clock
+        self._key[i] = (self._key[i][0], self._clock)  # behind its equals
         self._clock += 1
         self._down(0)
         return self._targets[i]
@@ -167,13 +171,15 @@ class _Heap(LeastOutstanding[T]):
     def started(self, target: T) -> None:
         i = self._index.get(id(target))
         if i is not None:
-            self._count[i] += 1
+            c = self._count[i] = self._count[i] + 1
+            self._key[i] = (c * self._inv[i], self._key[i][1])
             self._down(self._pos[i])
 
     def finished(self, target: T) -> None:
         i = self._index.get(id(target))
         if i is not None and self._count[i] > 0:
-            self._count[i] -= 1
+            c = self._count[i] = self._count[i] - 1
+            self._key[i] = (c * self._inv[i], self._key[i][1])
             self._up(self._pos[i])
 
     def outstanding(self, target: T) -> int:
