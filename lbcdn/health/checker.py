@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
@@ -81,7 +82,7 @@ K = TypeVar("K", bound=Hashable)
 
 
 class _Entry(Generic[K]):
-    __slots__ = ("key", "check", "health", "timer", "task", "next_at", "slot")
+    __slots__ = ("key", "check", "health", "timer", "task", "next_at", "slot", "drain_timer")
 
     def __init__(self, key: K, check: Check, health: TargetHealth) -> None:
         self.key = key
@@ -91,22 +92,28 @@ class _Entry(Generic[K]):
         self.task: Cancellable | None = None
         self.next_at = 0.0
         self.slot = ConnectionSlot()
+        self.drain_timer: asyncio.TimerHandle | None = None
 
 
 class HealthChecker(Generic[K]):
     """Probes registered keys on their own schedules and keeps their TargetHealth.
 
     `on_result(key, result, transition)` runs after every check (transition None when the
-    state did not change); `clock` gives `now` for the state machines (default: loop.time);
-    `probe_fn` replaces the network probe (tests, or a DNS-side wrapper)."""
+    state did not change); `on_change(key, transition)` after every state change, whether a
+    check, draining, maintenance or registration caused it; `clock` gives `now` for the state
+    machines (default: the loop's clock); `probe_fn` replaces the network probe (tests, or a
+    DNS-side wrapper)."""
 
     def __init__(self, *, on_result: Callable[[K, ProbeResult, Transition | None], None]
-                 | None = None, rng: random.Random | None = None,
+                 | None = None,
+                 on_change: Callable[[K, Transition], None] | None = None,
+                 rng: random.Random | None = None,
                  clock: Callable[[], float] | None = None,
                  probe_fn: Callable[[ProbeSpec], Awaitable[ProbeResult]] | None = None,
                  deregistration_delay_s: float = 300.0, name: str = "health") -> None:
         self._entries: dict[K, _Entry[K]] = {}
         self._on_result = on_result
+        self._on_change = on_change
         self._rng = rng or random.Random()
         self._clock = clock
         self._probe = probe_fn
@@ -118,8 +125,9 @@ class HealthChecker(Generic[K]):
     def _now(self) -> float:
         if self._clock is not None:
             return self._clock()
-        assert self._loop is not None
-        return self._loop.time()
+        if self._loop is not None:
+            return self._loop.time()
+        return time.monotonic()  # what asyncio's loop clock is
 
     # -- registry ------------------------------------------------------------------------
 
@@ -131,9 +139,7 @@ class HealthChecker(Generic[K]):
             self._cancel(old)
             health = health or old.health
         if health is None:
-            now = self._clock() if self._clock is not None else (
-                self._loop.time() if self._loop is not None else 0.0)
-            health = TargetHealth(check.thresholds, now, checks_enabled=check.enabled,
+            health = TargetHealth(check.thresholds, self._now(), checks_enabled=check.enabled,
                                   deregistration_delay_s=self._delay)
         entry = _Entry(key, check, health)
         self._entries[key] = entry
@@ -168,12 +174,86 @@ class HealthChecker(Generic[K]):
             entry.next_at = self._loop.time()
             entry.timer = self._loop.call_soon(self._fire, entry)
 
+    # -- registration, draining, maintenance ---------------------------------------------
+
+    def _emit(self, key: K, transition: Transition | None) -> None:
+        if transition is None:
+            return
+        log.info("%s %s: %s -> %s (%s)", self._name, key, transition.old, transition.new,
+                 transition.reason or "-")
+        if self._on_change is not None:
+            try:
+                self._on_change(key, transition)
+            except Exception:
+                log.exception("health change callback failed for %s", key)
+
+    def deregister(self, key: K, in_flight: int) -> Transition | None:
+        """Start draining `key` (unused at once when nothing is in flight); its checks stop.
+        The target stays known (state `draining`, then `unused`) until remove_target."""
+        entry = self._entries[key]
+        transition = entry.health.deregister(self._now(), in_flight)
+        self._emit(key, transition)
+        self._arm_drain(entry)
+        return transition
+
+    def register(self, key: K) -> Transition | None:
+        """Take a draining or deregistered target back: it starts over as a new target."""
+        entry = self._entries[key]
+        transition = entry.health.register(self._now())
+        self._disarm_drain(entry)
+        self._emit(key, transition)
+        if transition is not None:
+            self.check_soon(key)
+        return transition
+
+    def set_maintenance(self, key: K, on: bool) -> Transition | None:
+        entry = self._entries[key]
+        transition = entry.health.set_maintenance(on, self._now())
+        self._emit(key, transition)
+        if transition is not None and not on:
+            self.check_soon(key)
+        return transition
+
+    def in_flight_changed(self, key: K, in_flight: int) -> Transition | None:
+        """The data plane's in-flight count for a draining target: at 0 draining ends."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        transition = entry.health.in_flight_changed(in_flight, self._now())
+        if transition is not None:
+            self._disarm_drain(entry)
+            self._emit(key, transition)
+        return transition
+
+    def _arm_drain(self, entry: _Entry[K]) -> None:
+        self._disarm_drain(entry)
+        deadline = entry.health.next_deadline()
+        if deadline is not None and self._loop is not None:
+            # a delay, not call_at: the injected clock need not be the loop's
+            entry.drain_timer = self._loop.call_later(max(0.0, deadline - self._now()),
+                                                      self._drain_due, entry)
+
+    def _disarm_drain(self, entry: _Entry[K]) -> None:
+        if entry.drain_timer is not None:
+            entry.drain_timer.cancel()
+            entry.drain_timer = None
+
+    def _drain_due(self, entry: _Entry[K]) -> None:
+        entry.drain_timer = None
+        if self._entries.get(entry.key) is not entry:
+            return
+        transition = entry.health.tick(self._now())
+        self._emit(entry.key, transition)
+        if transition is None:
+            self._arm_drain(entry)  # the clocks disagreed by a hair: wait the rest
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         for entry in self._entries.values():
             self._schedule_first(entry)
+            self._arm_drain(entry)
 
     async def stop(self) -> None:
         tasks = [e.task for e in self._entries.values() if isinstance(e.task, asyncio.Task)]
@@ -186,6 +266,7 @@ class HealthChecker(Generic[K]):
     # -- scheduling ----------------------------------------------------------------------
 
     def _cancel(self, entry: _Entry[K]) -> None:
+        self._disarm_drain(entry)
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
@@ -231,9 +312,7 @@ class HealthChecker(Generic[K]):
         if self._entries.get(entry.key) is not entry:
             return  # removed or replaced while probing
         transition = entry.health.observe(result.outcome, self._now(), result.detail)
-        if transition is not None:
-            log.info("%s %s: %s -> %s (%s) %s", self._name, entry.key, transition.old,
-                     transition.new, transition.reason or "-", result.detail)
+        self._emit(entry.key, transition)
         if self._on_result is not None:
             try:
                 self._on_result(entry.key, result, transition)

@@ -202,3 +202,44 @@ async def test_stop_cancels_probes_in_flight(backend: Backend) -> None:
     assert left == []
 
 
+
+
+async def passing(_: ProbeSpec) -> ProbeResult:
+    return ProbeResult(Outcome.PASS)
+
+
+async def test_draining_ends_at_the_deadline_or_when_idle() -> None:
+    changes: list[tuple[str, State, State]] = []
+    checker: HealthChecker[str] = HealthChecker(
+        on_change=lambda k, t: changes.append((k, t.old, t.new)), rng=random.Random(6),
+        probe_fn=passing, deregistration_delay_s=0.2)
+    tcp = Check(ProbeSpec("tcp", "a", 1, timeout_s=0.01), interval_s=0.02, jitter=0)
+    checker.add_target("a", tcp)
+    checker.add_target("b", tcp)
+    await checker.start()
+    try:
+        await asyncio.sleep(0.1)
+        assert checker.state_of("a").state is State.HEALTHY
+        checker.deregister("a", in_flight=2)
+        checker.deregister("b", in_flight=1)
+        assert checker.state_of("a").reason is Reason.DEREGISTRATION_IN_PROGRESS
+        checker.in_flight_changed("b", 0)               # b: nothing left in flight, done early
+        assert checker.state_of("b").state is State.UNUSED
+        await asyncio.sleep(0.1)
+        assert checker.state_of("a").state is State.DRAINING
+        await asyncio.sleep(0.2)                         # a: the deadline
+        assert (checker.state_of("a").state, checker.state_of("a").reason) == (
+            State.UNUSED, Reason.NOT_REGISTERED)
+        assert ("a", State.DRAINING, State.UNUSED) in changes
+        assert ("b", State.DRAINING, State.UNUSED) in changes
+        checker.register("a")                            # back: checked again at once
+        await asyncio.sleep(0.05)
+        assert checker.state_of("a").state is State.HEALTHY
+        checker.set_maintenance("a", True)
+        assert checker.state_of("a").reason is Reason.IN_MAINTENANCE
+        checker.set_maintenance("a", False)
+        await asyncio.sleep(0.05)
+        assert checker.state_of("a").state is State.HEALTHY
+        assert checker.in_flight_changed("nope", 0) is None
+    finally:
+        await checker.stop()
