@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
+import tempfile
 from typing import TYPE_CHECKING
 
 from lbcdn import __version__
@@ -40,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", "-c", required=True, metavar="FILE",
                        help="YAML configuration file")
+    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                       help="data-plane worker processes sharing the listeners (default: the "
+                            "number of cores); 1 runs everything in one process")
     _add_log_level(serve, top=False)
     serve.set_defaults(func=_serve)
 
@@ -47,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+", metavar="FILE", help="YAML configuration file")
     _add_log_level(check, top=False)
     check.set_defaults(func=_check_config)
+
+    worker = sub.add_parser("worker", help="(internal) a data-plane worker of `serve`")
+    worker.add_argument("--control-fd", type=int, required=True)
+    worker.add_argument("--index", type=int, required=True)
+    _add_log_level(worker, top=False)
+    worker.set_defaults(func=_worker)
 
     demo = sub.add_parser("demo-backend",
                           help="run the built-in demo HTTP backend (a load-test target)")
@@ -87,8 +99,24 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         _report(e, args.config)
         return 1
+    if args.workers < 1:
+        print(f"lbcdn serve: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        # before prometheus-client is imported: it picks its storage at import time
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lbcdn-metrics-")
+        from lbcdn.workers import serve_workers
+        try:
+            return serve_workers(config, args.config, args.workers, args.log_level)
+        finally:
+            shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
     from lbcdn.daemon import serve
     return int(serve(config, log_level=args.log_level, config_path=args.config))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from lbcdn.workers import run_worker
+    return run_worker(args.control_fd, args.index, args.log_level)
 
 
 def _demo_backend(args: argparse.Namespace) -> int:

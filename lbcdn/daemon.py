@@ -53,7 +53,10 @@ class Daemon:
     """The running daemon; also the admin API's view of it (lbcdn.admin.state.AdminState)."""
 
     def __init__(self, config: Config, config_path: str | os.PathLike[str] | None = None,
-                 log_level: str | None = None) -> None:
+                 log_level: str | None = None, role: str = "single") -> None:
+        # role "single": everything in this process; "worker": the data plane only, listeners
+        # shared with the other workers through SO_REUSEPORT (lbcdn.workers runs the rest)
+        self.role = role
         self.config = config
         self.config_path = config_path
         self.log_level = log_level   # from the command line: wins over the file's
@@ -100,16 +103,18 @@ class Daemon:
         for lc in config.listeners:
             listener = Listener(lc, router, self.pools, self.access_log)
             self.listeners.append(listener)
-            await listener.start()
+            await listener.start(reuse_port=self.role == "worker")
         await self._start_admin(config)
 
     async def _start_admin(self, config: Config) -> None:
-        if config.admin.port:
+        if config.admin.port and self.role == "single":
             app = create_admin_app(self, config.admin.token)
             self.admin = await start_admin(app, config.admin.address, config.admin.port)
             log.info("admin API on %s:%d", config.admin.address, self.admin.port)
 
     async def _sync_demo_backends(self, config: Config) -> None:
+        if self.role != "single":
+            return  # the control process runs them
         wanted = set(config.demo_backends)
         for backend, server in list(self.demo_servers.items()):
             if backend not in wanted:
@@ -131,10 +136,19 @@ class Daemon:
         async with self._reload_lock:
             if self._draining:
                 raise ReloadError("shutting down")
-            config = load_config(self.config_path)
-            await self._apply(config)
-            self.reloads += 1
+            await self.apply(load_config(self.config_path))
             log.info("configuration reloaded from %s", self.config_path)
+
+    async def apply(self, config: Config) -> None:
+        """Swap in a validated configuration (see the module docstring)."""
+        await self._apply(config)
+        self.reloads += 1
+
+    def update_gauges(self) -> None:
+        """Set the connection gauges (workers: prometheus-client's multiprocess mode cannot
+        read them through functions at scrape time)."""
+        for pool in self.pools.values():
+            pool.update_gauges()
 
     async def _apply(self, config: Config) -> None:
         old = self.config
@@ -153,7 +167,7 @@ class Daemon:
             for lc in config.listeners:
                 if _listener_key(lc) not in kept:
                     listener = Listener(lc, router, pools, access_log)
-                    await listener.start()
+                    await listener.start(reuse_port=self.role == "worker")
                     opened.append(listener)
             await self._sync_demo_backends(config)
             for lc in config.listeners:  # certificates of the listeners that stay

@@ -28,6 +28,7 @@ than reading `REGISTRY` (and `mark_process_dead(pid)` is called when a worker ex
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
 from typing import Final, Literal
 
@@ -269,6 +270,13 @@ def flush() -> None:
 
 
 def render_metrics() -> tuple[bytes, str]:
-    """The Prometheus text exposition of everything, and its Content-Type."""
+    """The Prometheus text exposition of everything, and its Content-Type. With workers
+    (PROMETHEUS_MULTIPROC_DIR set) the samples of every worker, aggregated."""
     flush()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        ProcessCollector(registry=registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

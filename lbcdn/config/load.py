@@ -30,7 +30,7 @@ from lbcdn.config.schema import (AdminConfig, CertificateConfig, Config, FixedRe
                                  ForwardAction, ListenerConfig, ListenerTlsConfig, MatchConfig,
                                  PoolConfig, RedirectAction, RouteConfig, TargetConfig)
 
-__all__ = ["ConfigError", "load_config", "parse_config"]
+__all__ = ["ConfigError", "load_config", "load_config_text", "parse_config"]
 
 MAX_FIXED_BODY_BYTES = 1 << 20
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
@@ -102,6 +102,12 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError([(source, f"not valid UTF-8 (byte {e.start})")], source) from None
+    return load_config_text(text, source, env)
+
+
+def load_config_text(text: str, source: str = "<config>",
+                     env: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate YAML text (what load_config read from `source`)."""
     try:
         data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as e:

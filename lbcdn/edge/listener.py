@@ -72,10 +72,10 @@ class Listener:
             rm = self._route_metrics[route] = route_metrics(self.name, route)
         return rm
 
-    async def start(self) -> None:
+    async def start(self, reuse_port: bool = False) -> None:
         self._server = await self.loop.create_server(
             lambda: ClientConnection(self), self.config.address, self.config.port,
-            backlog=self.config.backlog, reuse_address=True,
+            backlog=self.config.backlog, reuse_address=True, reuse_port=reuse_port or None,
             ssl=self.tls.context if self.tls is not None else None)
         sock = self._server.sockets[0]
         self._set_port(sock.getsockname()[1])

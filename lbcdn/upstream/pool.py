@@ -58,6 +58,11 @@ class Pool:
         self._sweeper: asyncio.TimerHandle | None = None
         self.closed = False
 
+    def update_gauges(self) -> None:
+        idle = self.idle_count()
+        self.metrics.idle.set(idle)
+        self.metrics.active.set(len(self.connections) - idle)
+
     def idle_count(self) -> int:
         return sum(len(t.idle) for t in self.targets)
 

@@ -109,6 +109,8 @@ class DaemonProcess:
         self._stdout = open(self.stdout_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lbcdn", "serve", "--config", str(self.path),
+             # one process unless a test asks for workers: RSS and signals are then exact
+             *([] if "--workers" in (extra_args or []) else ["--workers", "1"]),
              *(extra_args or [])],
             stdout=self._stdout, stderr=self._stderr, start_new_session=True,
             env={**os.environ, **(env or {})})

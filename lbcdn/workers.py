@@ -1,0 +1,331 @@
+"""`lbcdn serve --workers N`: one control process and N data-plane worker processes.
+
+The control process owns the configuration, the admin API and the demo backends; it validates
+every configuration before any worker sees it, pushes it to the workers over a socket pair (one
+JSON message a line), restarts a worker that dies, and forwards SIGTERM/SIGINT so the workers
+drain. Workers run the data plane only (lbcdn.daemon.Daemon in "worker" role): each binds every
+listener with SO_REUSEPORT, so the kernel spreads connections across them and a restarting
+worker never leaves a port unserved while the others live.
+
+Messages, control -> worker: {"op": "config", "yaml": TEXT} (first message: start with it) and
+{"op": "reload", "yaml": TEXT, "id": N}. Worker -> control: {"op": "ready"} and
+{"op": "reloaded", "id": N, "error": null | TEXT}.
+
+Metrics: the control process sets PROMETHEUS_MULTIPROC_DIR (a fresh directory) before
+prometheus-client is imported anywhere; workers write their samples there and flush their
+per-request accumulators every second, and /metrics (in the control process) aggregates them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from lbcdn.admin.app import AdminServer, create_admin_app, start_admin
+from lbcdn.config.load import load_config, load_config_text
+from lbcdn.config.schema import Config, DemoBackendConfig
+from lbcdn.demo.backend import start_demo_backend
+from lbcdn.logs import setup_logging
+from lbcdn.tasks import spawn
+
+log = logging.getLogger("lbcdn.workers")
+
+RESTART_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+class Worker:
+    """The control process's handle on one worker process."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.ready = asyncio.Event()
+        self.restarts = 0
+        self.started_at = 0.0
+        self.acks: dict[int, asyncio.Future[str | None]] = {}
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(json.dumps(message).encode() + b"\n")
+
+
+class Supervisor:
+    """The control process: also the admin API's view of the daemon (AdminState)."""
+
+    def __init__(self, config: Config, config_path: str, config_text: str, workers: int,
+                 log_level: str | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.config_text = config_text
+        self.log_level = log_level
+        self.workers = [Worker(i) for i in range(workers)]
+        self.admin: AdminServer | None = None
+        self.demo_servers: dict[DemoBackendConfig, asyncio.AbstractServer] = {}
+        self.reloads = 0
+        self._draining = False
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._next_ack = 0
+        self._monitor: asyncio.Task[None] | None = None
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "workers": [{"index": w.index, "pid": w.pid, "ready": w.ready.is_set(),
+                         "restarts": w.restarts} for w in self.workers],
+            "listeners": [{"name": l.name, "address": l.address, "port": l.port,
+                           "protocol": "https" if l.tls else "http"}
+                          for l in self.config.listeners],
+            "routes": [r.name for r in self.config.routes] + [self.config.default_route.name],
+            "pools": [{"name": p.name, "targets": [f"{t.host}:{t.port}" for t in p.targets]}
+                      for p in self.config.pools.values()],
+            "reloads": self.reloads,
+        }
+
+    # -- start / stop ---------------------------------------------------------------------
+    async def start(self) -> None:
+        for backend in self.config.demo_backends:
+            self.demo_servers[backend] = await start_demo_backend(
+                backend.address, backend.port, backend.name)
+        for worker in self.workers:
+            await self._spawn(worker)
+        try:
+            async with asyncio.timeout(30):
+                await asyncio.gather(*(w.ready.wait() for w in self.workers))
+        except TimeoutError:
+            raise OSError("workers did not start; see their log lines above") from None
+        if self.config.admin.port:
+            app = create_admin_app(self, self.config.admin.token)
+            self.admin = await start_admin(app, self.config.admin.address,
+                                           self.config.admin.port)
+            log.info("admin API on %s:%d", self.config.admin.address, self.admin.port)
+        self._monitor = spawn(self._watch(), "workers-monitor")
+        log.info("%d workers serving", len(self.workers))
+
+    async def _spawn(self, worker: Worker) -> None:
+        ours, theirs = socket.socketpair()
+        args = [sys.executable, "-m", "lbcdn", "worker", "--control-fd", str(theirs.fileno()),
+                "--index", str(worker.index)]
+        if self.log_level:
+            args += ["--log-level", self.log_level]
+        worker.proc = subprocess.Popen(args, pass_fds=[theirs.fileno()])
+        theirs.close()
+        worker.started_at = time.monotonic()
+        worker.ready.clear()
+        worker.reader, worker.writer = await asyncio.open_connection(sock=ours)
+        worker.send({"op": "config", "yaml": self.config_text, "source": self.config_path})
+        spawn(self._listen(worker, worker.reader), f"worker-{worker.index}-channel")
+
+    async def _listen(self, worker: Worker, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            message = json.loads(line)
+            if message["op"] == "ready":
+                worker.ready.set()
+            elif message["op"] == "reloaded":
+                future = worker.acks.pop(message["id"], None)
+                if future is not None and not future.done():
+                    future.set_result(message.get("error"))
+
+    async def _watch(self) -> None:
+        """Restart workers that die, with a growing pause when they keep dying."""
+        while not self._draining:
+            await asyncio.sleep(0.2)
+            for worker in self.workers:
+                proc = worker.proc
+                if proc is None or proc.poll() is None or self._draining:
+                    continue
+                log.error("worker %d (pid %d) exited with %s; restarting", worker.index,
+                          proc.pid, proc.returncode)
+                worker.ready.clear()
+                _mark_dead(proc.pid)
+                for future in worker.acks.values():
+                    if not future.done():
+                        future.set_result("worker died")
+                worker.acks.clear()
+                recent = time.monotonic() - worker.started_at < 10
+                delay = RESTART_BACKOFF_S[min(worker.restarts, len(RESTART_BACKOFF_S) - 1)]
+                worker.restarts += 1
+                if recent:
+                    await asyncio.sleep(delay)
+                if not self._draining:
+                    await self._spawn(worker)
+
+    def request_stop(self) -> None:
+        if self._stop.is_set():
+            for worker in self.workers:  # second signal: workers cut their drain short
+                _signal(worker, signal.SIGTERM)
+        self._stop.set()
+
+    async def run_until_stopped(self) -> None:
+        await self._stop.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        self._draining = True
+        for worker in self.workers:
+            _signal(worker, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.shutdown.drain_timeout_s + 5
+        for worker in self.workers:
+            proc = worker.proc
+            while proc is not None and proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if self._monitor is not None:
+            self._monitor.cancel()
+        if self.admin is not None:
+            await self.admin.stop()
+        for server in self.demo_servers.values():
+            server.close()
+        log.info("stopped")
+
+    # -- reload ---------------------------------------------------------------------------
+    async def reload(self) -> None:
+        """Validate the file, then have every worker apply it. Raises ConfigError when the
+        file is invalid (nothing changes) or RuntimeError naming workers that refused."""
+        async with self._reload_lock:
+            with open(self.config_path, encoding="utf-8") as f:
+                text = f.read()
+            config = load_config_text(text, self.config_path)
+            loop = asyncio.get_running_loop()
+            self._next_ack += 1
+            waits = []
+            for worker in self.workers:
+                future: asyncio.Future[str | None] = loop.create_future()
+                worker.acks[self._next_ack] = future
+                worker.send({"op": "reload", "yaml": text, "id": self._next_ack,
+                             "source": self.config_path})
+                waits.append(future)
+            async with asyncio.timeout(30):
+                errors = [e for e in await asyncio.gather(*waits) if e]
+            if errors:
+                raise RuntimeError("; ".join(sorted(set(errors))))
+            # later restarts start from the new configuration
+            self.config, self.config_text = config, text
+            self.reloads += 1
+            if self.log_level is None:
+                setup_logging(config.logging.level)
+            log.info("configuration reloaded from %s", self.config_path)
+
+    def request_reload(self) -> None:
+        spawn(self._reload_logged(), "reload")
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except Exception as exc:
+            log.error("reload failed: %s", exc)
+
+    def reopen_logs(self) -> None:
+        for worker in self.workers:
+            _signal(worker, signal.SIGUSR1)
+
+
+def _signal(worker: Worker, sig: signal.Signals) -> None:
+    if worker.proc is not None and worker.proc.poll() is None:
+        worker.proc.send_signal(sig)
+
+
+def _mark_dead(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+async def _control_main(config_path: str, workers: int, log_level: str | None) -> int:
+    with open(config_path, encoding="utf-8") as f:
+        text = f.read()
+    config = load_config_text(text, config_path)
+    supervisor = Supervisor(config, config_path, text, workers, log_level)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, supervisor.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, supervisor.request_reload)
+    loop.add_signal_handler(signal.SIGUSR1, supervisor.reopen_logs)
+    try:
+        await supervisor.start()
+    except OSError as exc:
+        log.error("could not start: %s", exc)
+        await supervisor.stop()
+        return 1
+    await supervisor.run_until_stopped()
+    return 0
+
+
+def serve_workers(config: Config, config_path: str, workers: int,
+                  log_level: str | None) -> int:
+    """Run the control process (until SIGTERM/SIGINT) with `workers` data-plane workers."""
+    setup_logging(log_level or config.logging.level)
+    import uvloop
+    return uvloop.run(_control_main(config_path, workers, log_level))
+
+
+# -- the worker side ------------------------------------------------------------------------
+async def _worker_main(control_fd: int, index: int, log_level: str | None) -> int:
+    from lbcdn import metrics
+    from lbcdn.daemon import Daemon
+    sock = socket.socket(fileno=control_fd)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    first = json.loads(await reader.readline())
+    config = load_config_text(first["yaml"], first["source"])
+    daemon = Daemon(config, None, log_level, role="worker")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGUSR1, daemon.reopen_logs)
+    try:
+        await daemon.start()
+    except OSError as exc:
+        log.error("worker %d could not start: %s", index, exc)
+        return 1
+    writer.write(b'{"op": "ready"}\n')
+
+    async def channel() -> None:
+        while line := await reader.readline():
+            message = json.loads(line)
+            if message["op"] == "reload":
+                error: str | None = None
+                try:
+                    await daemon.apply(load_config_text(message["yaml"], message["source"]))
+                except Exception as exc:
+                    error = f"worker {index}: {exc}"
+                writer.write(json.dumps({"op": "reloaded", "id": message["id"],
+                                         "error": error}).encode() + b"\n")
+        daemon.request_stop()  # the control process is gone: drain and exit
+
+    async def flush_metrics() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            metrics.flush()
+            daemon.update_gauges()
+
+    tasks = [spawn(channel(), "control-channel"), spawn(flush_metrics(), "metrics-flush")]
+    await daemon.run_until_stopped()
+    metrics.flush()
+    for task in tasks:
+        task.cancel()
+    return 0
+
+
+def run_worker(control_fd: int, index: int, log_level: str | None) -> int:
+    setup_logging(log_level or "info")
+    import uvloop
+    return uvloop.run(_worker_main(control_fd, index, log_level))

@@ -1,0 +1,108 @@
+"""`lbcdn serve --workers N` end to end: a control process, N workers on shared ports, reload
+pushed to every worker, dead workers restarted, metrics aggregated, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.harness import (DaemonProcess, admin_port, listener_port, proxy_config,
+                               wait_for_port)
+
+pytestmark = pytest.mark.slow
+
+
+def fixed(body: str, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    config = dict(base or proxy_config(1))  # the pool is unused: the default route answers
+    config["default_route"] = {"fixed_response": {"body": body}}
+    config["logging"] = {"level": "info", "access_log": {"enabled": False}}
+    return config
+
+
+def get(port: int, path: str = "/") -> tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                 headers={"Connection": "close"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return resp.status, resp.read().decode()
+
+
+def runtime(config: dict[str, Any]) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port(config)}/api/runtime",
+                                timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def wait_for(predicate: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def pids_alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    return alive
+
+
+def test_workers_serve_reload_restart_and_stop(tmp_path: Path) -> None:
+    config = fixed("v1")
+    daemon = DaemonProcess(config, tmp_path, ["--workers", "2"])
+    try:
+        port = listener_port(config)
+        wait_for_port(admin_port(config))  # the admin API starts once every worker is ready
+        assert all(w["ready"] for w in runtime(config)["workers"])
+        workers = runtime(config)["workers"]
+        assert len(workers) == 2
+        pids = [w["pid"] for w in workers]
+        assert len(set(pids)) == 2 and daemon.pid not in pids
+        for _ in range(20):
+            assert get(port) == (200, "v1")
+
+        # metrics of every worker, aggregated by the control process (workers flush each 1 s)
+        def counted() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port(config)}/metrics") as r:
+                text = r.read().decode()
+            line = [l for l in text.splitlines() if l.startswith(
+                'lbcdn_http_requests_total{listener="web",route="default",status_class="2xx"}')]
+            return bool(line) and float(line[0].split()[-1]) == 20.0
+        wait_for(counted)
+
+        # a reload reaches every worker
+        daemon.path.write_text(yaml.safe_dump(fixed("v2", config)))
+        os.kill(daemon.pid, signal.SIGHUP)
+        wait_for(lambda: runtime(config)["reloads"] == 1)
+        assert {get(port)[1] for _ in range(20)} == {"v2"}
+
+        # an invalid file changes nothing
+        daemon.path.write_text("listeners: oops\n")
+        os.kill(daemon.pid, signal.SIGHUP)
+        time.sleep(0.5)
+        assert runtime(config)["reloads"] == 1
+        assert get(port) == (200, "v2")
+
+        # a worker that dies is replaced, and keeps the new configuration
+        os.kill(pids[0], signal.SIGKILL)
+        wait_for(lambda: runtime(config)["workers"][0]["restarts"] == 1
+                 and runtime(config)["workers"][0]["ready"])
+        new_pid = runtime(config)["workers"][0]["pid"]
+        assert new_pid != pids[0]
+        assert {get(port)[1] for _ in range(20)} == {"v2"}
+        pids[0] = new_pid
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()
+    wait_for(lambda: not pids_alive(pids), timeout_s=5)
+    assert "exited with -9; restarting" in daemon.stderr()
