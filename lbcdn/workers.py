@@ -106,11 +106,15 @@ class Supervisor:
                 backend.address, backend.port, backend.name)
         for worker in self.workers:
             await self._spawn(worker)
-        try:
-            async with asyncio.timeout(30):
-                await asyncio.gather(*(w.ready.wait() for w in self.workers))
-        except TimeoutError:
-            raise OSError("workers did not start; see their log lines above") from None
+        deadline = time.monotonic() + 30
+        while not all(w.ready.is_set() for w in self.workers):
+            for worker in self.workers:
+                assert worker.proc is not None
+                if worker.proc.poll() is not None:  # it logged why (a port in use, say)
+                    raise OSError(f"worker {worker.index} exited while starting")
+            if time.monotonic() > deadline:
+                raise OSError("workers did not start within 30 s")
+            await asyncio.sleep(0.02)
         if self.config.admin.port:
             app = create_admin_app(self, self.config.admin.token)
             self.admin = await start_admin(app, self.config.admin.address,
@@ -134,7 +138,13 @@ class Supervisor:
         spawn(self._listen(worker, worker.reader), f"worker-{worker.index}-channel")
 
     async def _listen(self, worker: Worker, reader: asyncio.StreamReader) -> None:
-        while line := await reader.readline():
+        while True:
+            try:
+                line = await reader.readline()
+            except ConnectionError:
+                line = b""
+            if not line:
+                return  # the worker is gone; _watch restarts it
             message = json.loads(line)
             if message["op"] == "ready":
                 worker.ready.set()
@@ -284,7 +294,10 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
     from lbcdn.daemon import Daemon
     sock = socket.socket(fileno=control_fd)
     reader, writer = await asyncio.open_connection(sock=sock)
-    first = json.loads(await reader.readline())
+    line = await reader.readline()
+    if not line:
+        return 1  # the control process went away before we started
+    first = json.loads(line)
     config = load_config_text(first["yaml"], first["source"])
     daemon = Daemon(config, None, log_level, role="worker")
     loop = asyncio.get_running_loop()
@@ -299,7 +312,13 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
     writer.write(b'{"op": "ready"}\n')
 
     async def channel() -> None:
-        while line := await reader.readline():
+        while True:
+            try:
+                line = await reader.readline()
+            except ConnectionError:
+                line = b""
+            if not line:
+                break
             message = json.loads(line)
             if message["op"] == "reload":
                 error: str | None = None

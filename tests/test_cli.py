@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import os
 import sys
 import types
 from pathlib import Path
@@ -117,18 +118,35 @@ def fake_daemon(monkeypatch: pytest.MonkeyPatch) -> FakeCalls:
         calls.append((config, log_level, config_path))
         return 7
 
+    def serve_workers(config: Any, config_path: str, workers: int,
+                      log_level: str | None) -> int:
+        calls.append((config, log_level, f"{config_path} x{workers}"))
+        return 8
+
     module = types.ModuleType("lbcdn.daemon")
     module.serve = serve  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "lbcdn.daemon", module)
+    workers = types.ModuleType("lbcdn.workers")
+    workers.serve_workers = serve_workers  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "lbcdn.workers", workers)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     return calls
 
 
 def test_serve_loads_config_and_hands_over(good: Path,
                                            fake_daemon: FakeCalls) -> None:
-    assert main(["serve", "--config", str(good)]) == 7
+    assert main(["serve", "--config", str(good), "--workers", "1"]) == 7
     config, level, path = fake_daemon[0]
     assert config.listeners[0].port == 8080 and level is None
-    assert path == str(good)  # so SIGHUP can re-read the same file  # so SIGHUP can re-read the same file
+    assert path == str(good)  # so SIGHUP can re-read the same file
+
+
+def test_serve_with_workers_runs_the_control_process(good: Path,
+                                                     fake_daemon: FakeCalls) -> None:
+    assert main(["serve", "--config", str(good), "--workers", "3"]) == 8
+    assert fake_daemon[0][2] == f"{good} x3"
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ  # removed again afterwards
+    assert main(["serve", "--config", str(good), "--workers", "0"]) == 2  # so SIGHUP can re-read the same file
 
 
 @pytest.mark.parametrize("argv, level", [
@@ -138,7 +156,7 @@ def test_serve_loads_config_and_hands_over(good: Path,
 ])
 def test_serve_log_level_global_or_local(good: Path, argv: list[str], level: str,
                                          fake_daemon: FakeCalls) -> None:
-    assert main([*argv, "--config", str(good)]) == 7
+    assert main([*argv, "--config", str(good), "--workers", "1"]) == 7
     assert fake_daemon[0][1] == level
 
 
