@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lbcdn.config.reflect import VALIDATORS, Loader, join
-from lbcdn.config.schema import REQUIRED, doc
+from lbcdn.config.fields import REQUIRED, doc
 
 # S3 bucket naming rules (the current ones): 3-63 chars of a-z 0-9 . -, starting and ending
 # with a letter or digit, no "..", not an IP address.

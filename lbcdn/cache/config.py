@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lbcdn.config.reflect import VALIDATORS, Loader, join
-from lbcdn.config.schema import REQUIRED, doc
+from lbcdn.config.fields import REQUIRED, doc
 
 QueryStringBehavior = Literal["none", "allow", "all_except", "all"]
 

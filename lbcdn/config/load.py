@@ -26,6 +26,7 @@ import yaml
 from lbcdn.config import names
 from lbcdn.config.reflect import (FIELD_HOOKS, INVALID, RENAMES, TYPE_HOOKS, VALIDATORS,
                                   Loader, describe, index, join)
+from lbcdn.dns.config import alias_problems
 from lbcdn.config.schema import (AdminConfig, CertificateConfig, Config, FixedResponseAction,
                                  ForwardAction, ListenerConfig, ListenerTlsConfig, MatchConfig,
                                  PoolConfig, RedirectAction, RouteConfig, TargetConfig)
@@ -480,6 +481,25 @@ def _check_config(ld: Loader, v: Mapping[str, Any], path: str) -> None:
             ld.error(join(where, "name"),
                      f'duplicate route name "{route.name}" (also {first[route.name]})')
         first.setdefault(route.name, where)
+
+    cache = v.get("cache")
+    if cache is not None and cache is not INVALID:
+        dists = ", ".join(cache.distributions) or "none"
+        for where, route in routes:
+            if route.cache is not None and route.cache not in cache.distributions:
+                ld.error(join(where, "cache"),
+                         f'unknown distribution "{route.cache}" (known: {dists})')
+        if pool_names is not None:
+            for name, origin in cache.origins.items():
+                if origin.pool is not None and origin.pool not in pool_names:
+                    ld.error(join(join(join("cache", "origins"), name), "pool"),
+                             f'unknown pool "{origin.pool}" (known: '
+                             f'{", ".join(pool_names) or "none"})')
+    dns = v.get("dns")
+    if dns is not None and dns is not INVALID and pool_names is not None:
+        for where, message in alias_problems(dns, [l.name for _, l in listeners],
+                                             list(pool_names)):
+            ld.error(where, message)
 
 
 VALIDATORS.setdefault(ListenerConfig, []).append(_check_listener)

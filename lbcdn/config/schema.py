@@ -15,27 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 
-def doc(text: str, default: Any = None, *, lo: float | None = None, hi: float | None = None,
-        **kw: Any) -> Any:
-    """A dataclass field with documentation and optional numeric bounds (inclusive)."""
-    meta: dict[str, Any] = {"doc": text}
-    if lo is not None:
-        meta["min"] = lo
-    if hi is not None:
-        meta["max"] = hi
-    if "default_factory" in kw:
-        return field(default_factory=kw["default_factory"], metadata=meta)
-    if default is REQUIRED:
-        return field(metadata=meta)
-    return field(default=default, metadata=meta)
+from lbcdn.bucket.config import BucketsConfig
+from lbcdn.cache.config import CacheConfig
+from lbcdn.config.fields import REQUIRED, doc  # re-exported for the component configs
+from lbcdn.dns.config import DnsConfig
+from lbcdn.health.config import PoolPolicyConfig
 
-
-class _Required:
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED: Any = _Required()
 
 XffMode = Literal["append", "preserve", "remove"]
 
@@ -106,7 +91,9 @@ class UpstreamTlsConfig:
 
 
 @dataclass(frozen=True)
-class PoolConfig:
+class PoolConfig(PoolPolicyConfig):
+    """A pool: its targets and how they are reached, plus (from PoolPolicyConfig) health
+    checks, outlier detection, balancing, retries, slow start, draining and limits."""
     name: str = doc("Pool name (the key under `pools`).", REQUIRED)
     targets: tuple[TargetConfig, ...] = doc(
         "Backends: `host:port` strings or {host, port, weight} mappings.", REQUIRED)
@@ -171,6 +158,9 @@ class RouteConfig:
     match: MatchConfig = doc("Conditions; all given ones must hold.", default_factory=MatchConfig)
     max_body_bytes: int | None = doc("Largest request body accepted; larger gets 413.", None,
                                      lo=0)
+    cache: str | None = doc(
+        "Serve through this edge-cache distribution (a key of `cache.distributions`): its "
+        "behaviors choose the origin and cache policy.", None)
     viewer_protocol: Literal["allow-all", "redirect-to-https", "https-only"] = doc(
         "CloudFront's viewer protocol policy: serve plain HTTP too, redirect it to HTTPS "
         "(`https_redirect_status`), or refuse it with 403.", "allow-all")
@@ -234,3 +224,8 @@ class Config:
     shutdown: ShutdownConfig = doc("Graceful shutdown.", default_factory=ShutdownConfig)
     demo_backends: tuple[DemoBackendConfig, ...] = doc(
         "Built-in demo backends to start.", default_factory=tuple)
+    cache: CacheConfig = doc("Edge cache (CloudFront): storage, policies, origins, "
+                             "distributions.", default_factory=CacheConfig)
+    buckets: BucketsConfig | None = doc(
+        "Bucket origin (S3 API and static websites); absent: off.", None)
+    dns: DnsConfig | None = doc("Authoritative DNS (Route 53); absent: no DNS server.", None)

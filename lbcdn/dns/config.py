@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lbcdn.config.reflect import VALIDATORS, Loader, index, join
-from lbcdn.config.schema import REQUIRED, doc
+from lbcdn.config.fields import REQUIRED, doc
 from lbcdn.dns.names import BadName, Name, is_subdomain, is_wildcard, parse_name, to_text
 from lbcdn.dns.rdata import TYPES, BadRdata, parse_rdata_text
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from lbcdn.config import names
 from lbcdn.config.reflect import VALIDATORS, Loader, join
-from lbcdn.config.schema import doc
+from lbcdn.config.fields import doc
 from lbcdn.health.matcher import parse_matcher
 
 Algorithm = Literal["round_robin", "least_outstanding_requests", "weighted_random",
