@@ -21,8 +21,11 @@ PYTEST_ARGS ?= -q
 BENCH_ARGS ?=
 
 # Debian packages the test suite needs (real peers for end-to-end tests). Extend, do not replace.
-TEST_DEBS  := curl
-BENCH_DEBS := nginx wrk util-linux
+# knot: a real DNS secondary/primary; systemd: systemd-analyze for the unit file; docker-compose:
+# `config` validation; tini + util-linux (unshare): the container's PID 1; openssl: test
+# certificates; chromium: the status page in a real browser.
+TEST_DEBS  := curl openssl knot systemd docker-compose tini util-linux chromium
+BENCH_DEBS := nginx wrk util-linux dnsperf knot
 
 # apt-get directly as root, else through sudo when there is one (else apt-get fails loudly).
 SUDO := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
@@ -55,6 +58,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 venv install: $(STAMP)
 
 run: $(STAMP)
+	@mkdir -p var/buckets/site && cp -rn config/demo-site/. var/buckets/site/
 	$(BIN)/lbcdn serve --config $(CONFIG)
 
 test-debs:
@@ -75,5 +79,5 @@ bench: $(STAMP) bench-debs
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache benchmarks/results
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache benchmarks/results var
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

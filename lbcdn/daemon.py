@@ -26,10 +26,10 @@ import ssl
 from collections.abc import Coroutine
 from typing import Any
 
-from lbcdn.admin.app import AdminServer, create_admin_app, start_admin
+from lbcdn.control import ControlPlane, config_dir
+from lbcdn.dns.engine import Engine
 from lbcdn.config.load import load_config
-from lbcdn.config.schema import Config, DemoBackendConfig, ListenerConfig
-from lbcdn.demo.backend import start_demo_backend
+from lbcdn.config.schema import Config, ListenerConfig
 from lbcdn.edge.listener import Listener
 from lbcdn.tls import ServerTls
 from lbcdn.logs import AccessLog, setup_logging
@@ -63,8 +63,8 @@ class Daemon:
         self.access_log = AccessLog(config.logging.access_log)
         self.pools: dict[str, Pool] = {}
         self.listeners: list[Listener] = []
-        self.admin: AdminServer | None = None
-        self.demo_servers: dict[DemoBackendConfig, asyncio.AbstractServer] = {}
+        # admin API, demo backends, bucket origin, DNS: here, unless a control process runs them
+        self.control = ControlPlane(self, config_dir(config_path)) if role == "single" else None
         self.reloads = 0
         self._draining = False
         self._stopped = False
@@ -76,12 +76,17 @@ class Daemon:
     def draining(self) -> bool:
         return self._draining
 
+    def dns_engine(self) -> Engine | None:
+        dns = self.control.dns if self.control is not None else None
+        return dns.engine if dns is not None else None
+
     def describe(self) -> dict[str, object]:
         return {
             "listeners": [listener.describe() for listener in self.listeners],
             "routes": [r.name for r in self.config.routes] + [self.config.default_route.name],
             "pools": [pool.describe() for pool in self.pools.values()],
             "reloads": self.reloads,
+            **(self.control.describe() if self.control is not None else {}),
         }
 
     # -- start ----------------------------------------------------------------------------
@@ -97,35 +102,14 @@ class Daemon:
     async def _start(self) -> None:
         config = self.config
         self.access_log.start()
-        await self._sync_demo_backends(config)
+        if self.control is not None:
+            await self.control.start(config)
         self.pools = {name: Pool(pool) for name, pool in config.pools.items()}
         router = Router(config.routes, config.default_route)
         for lc in config.listeners:
             listener = Listener(lc, router, self.pools, self.access_log)
             self.listeners.append(listener)
             await listener.start(reuse_port=self.role == "worker")
-        await self._start_admin(config)
-
-    async def _start_admin(self, config: Config) -> None:
-        if config.admin.port and self.role == "single":
-            app = create_admin_app(self, config.admin.token)
-            self.admin = await start_admin(app, config.admin.address, config.admin.port)
-            log.info("admin API on %s:%d", config.admin.address, self.admin.port)
-
-    async def _sync_demo_backends(self, config: Config) -> None:
-        if self.role != "single":
-            return  # the control process runs them
-        wanted = set(config.demo_backends)
-        for backend, server in list(self.demo_servers.items()):
-            if backend not in wanted:
-                server.close()
-                del self.demo_servers[backend]
-        for backend in config.demo_backends:
-            if backend not in self.demo_servers:
-                self.demo_servers[backend] = await start_demo_backend(
-                    backend.address, backend.port, backend.name)
-                log.info("demo backend %s on %s:%d", backend.name, backend.address,
-                         backend.port)
 
     # -- reload ---------------------------------------------------------------------------
     async def reload(self) -> None:
@@ -169,12 +153,13 @@ class Daemon:
                     listener = Listener(lc, router, pools, access_log)
                     await listener.start(reuse_port=self.role == "worker")
                     opened.append(listener)
-            await self._sync_demo_backends(config)
+            if self.control is not None:
+                await self.control.apply(config)
             for lc in config.listeners:  # certificates of the listeners that stay
                 staying = kept.get(_listener_key(lc))
                 if staying is not None and staying.tls is not None and lc.tls is not None:
                     ServerTls(lc.tls)  # loads them once: a bad file fails here, not mid-swap
-        except (OSError, ssl.SSLError) as exc:
+        except Exception as exc:  # a port in use, a certificate or zone file that fails
             for listener in opened:
                 listener.stop_accepting()
             for name, pool in pools.items():
@@ -207,16 +192,6 @@ class Daemon:
             listeners, pools, access_log, config
         if self.log_level is None and config.logging.level != old.logging.level:
             setup_logging(config.logging.level)
-        if config.admin != old.admin:
-            # after this request's answer: the reload may have come through the admin API
-            self._retire(self._restart_admin(config))
-
-    async def _restart_admin(self, config: Config) -> None:
-        await asyncio.sleep(0.1)
-        if self.admin is not None:
-            await self.admin.stop()
-            self.admin = None
-        await self._start_admin(config)
 
     def _retire(self, coro: Coroutine[Any, Any, None]) -> None:
         task = spawn(coro, "daemon-retire")
@@ -261,10 +236,8 @@ class Daemon:
                              *self._retired)
         for pool in self.pools.values():
             pool.close()
-        if self.admin is not None:
-            await self.admin.stop()
-        for server in self.demo_servers.values():
-            server.close()
+        if self.control is not None:
+            await self.control.stop()
         self.access_log.stop()
         log.info("stopped")
 

@@ -29,10 +29,10 @@ import sys
 import time
 from typing import Any
 
-from lbcdn.admin.app import AdminServer, create_admin_app, start_admin
-from lbcdn.config.load import load_config, load_config_text
-from lbcdn.config.schema import Config, DemoBackendConfig
-from lbcdn.demo.backend import start_demo_backend
+from lbcdn.config.load import load_config_text
+from lbcdn.config.schema import Config
+from lbcdn.control import ControlPlane, config_dir
+from lbcdn.dns.engine import Engine
 from lbcdn.logs import setup_logging
 from lbcdn.tasks import spawn
 
@@ -73,8 +73,7 @@ class Supervisor:
         self.config_text = config_text
         self.log_level = log_level
         self.workers = [Worker(i) for i in range(workers)]
-        self.admin: AdminServer | None = None
-        self.demo_servers: dict[DemoBackendConfig, asyncio.AbstractServer] = {}
+        self.control = ControlPlane(self, config_dir(config_path))
         self.reloads = 0
         self._draining = False
         self._stop = asyncio.Event()
@@ -85,6 +84,9 @@ class Supervisor:
     @property
     def draining(self) -> bool:
         return self._draining
+
+    def dns_engine(self) -> Engine | None:
+        return self.control.dns.engine if self.control.dns is not None else None
 
     def describe(self) -> dict[str, object]:
         return {
@@ -97,13 +99,12 @@ class Supervisor:
             "pools": [{"name": p.name, "targets": [f"{t.host}:{t.port}" for t in p.targets]}
                       for p in self.config.pools.values()],
             "reloads": self.reloads,
+            **self.control.describe(),
         }
 
     # -- start / stop ---------------------------------------------------------------------
     async def start(self) -> None:
-        for backend in self.config.demo_backends:
-            self.demo_servers[backend] = await start_demo_backend(
-                backend.address, backend.port, backend.name)
+        await self.control.start(self.config)
         for worker in self.workers:
             await self._spawn(worker)
         deadline = time.monotonic() + 30
@@ -115,11 +116,6 @@ class Supervisor:
             if time.monotonic() > deadline:
                 raise OSError("workers did not start within 30 s")
             await asyncio.sleep(0.02)
-        if self.config.admin.port:
-            app = create_admin_app(self, self.config.admin.token)
-            self.admin = await start_admin(app, self.config.admin.address,
-                                           self.config.admin.port)
-            log.info("admin API on %s:%d", self.config.admin.address, self.admin.port)
         self._monitor = spawn(self._watch(), "workers-monitor")
         log.info("%d workers serving", len(self.workers))
 
@@ -201,10 +197,7 @@ class Supervisor:
                 proc.wait()
         if self._monitor is not None:
             self._monitor.cancel()
-        if self.admin is not None:
-            await self.admin.stop()
-        for server in self.demo_servers.values():
-            server.close()
+        await self.control.stop()
         log.info("stopped")
 
     # -- reload ---------------------------------------------------------------------------
@@ -228,6 +221,7 @@ class Supervisor:
                 errors = [e for e in await asyncio.gather(*waits) if e]
             if errors:
                 raise RuntimeError("; ".join(sorted(set(errors))))
+            await self.control.apply(config)
             # later restarts start from the new configuration
             self.config, self.config_text = config, text
             self.reloads += 1

@@ -63,8 +63,8 @@ def test_workers_serve_reload_restart_and_stop(tmp_path: Path) -> None:
     daemon = DaemonProcess(config, tmp_path, ["--workers", "2"])
     try:
         port = listener_port(config)
-        wait_for_port(admin_port(config))  # the admin API starts once every worker is ready
-        assert all(w["ready"] for w in runtime(config)["workers"])
+        wait_for_port(admin_port(config))
+        wait_for(lambda: all(w["ready"] for w in runtime(config)["workers"]))
         workers = runtime(config)["workers"]
         assert len(workers) == 2
         pids = [w["pid"] for w in workers]

@@ -22,6 +22,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from lbcdn.admin import dns
 from lbcdn.admin.state import AdminState
 from lbcdn.config.load import ConfigError
 from lbcdn.metrics import render_metrics
@@ -144,6 +145,7 @@ def create_admin_app(state: AdminState, token: str | None) -> web.Application:
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/api/runtime", _runtime)
     app.router.add_post("/api/reload", _reload)
+    dns.add_routes(app)
     return app
 
 

@@ -7,7 +7,10 @@ Later issues add methods here for the state-changing endpoints (targets, purge, 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from lbcdn.dns.engine import Engine
 
 
 class AdminState(Protocol):
@@ -20,6 +23,10 @@ class AdminState(Protocol):
     def describe(self) -> dict[str, object]:
         """A JSON-able view of the runtime: listeners, routes, pools and targets with their
         current state. Called on the event loop per request to /api/runtime: keep it cheap."""
+        ...
+
+    def dns_engine(self) -> Engine | None:
+        """The DNS answer engine, when a DNS server runs (for change batches)."""
         ...
 
     async def reload(self) -> None:

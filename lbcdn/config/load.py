@@ -113,7 +113,26 @@ def load_config_text(text: str, source: str = "<config>",
         data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as e:
         raise ConfigError([_yaml_problem(source, e)], source) from None
-    return parse_config(data, source, env)
+    config = parse_config(data, source, env)
+    if config.dns is not None:
+        _check_zones(config, source)
+    return config
+
+
+def _check_zones(config: Config, source: str) -> None:
+    """Build the DNS zones once, so a broken zone file or record is a configuration error
+    (in check-config too), not a failure at start. Zone files are relative to `source`."""
+    import time
+
+    from lbcdn.dns.alias import aliases_from_config
+    from lbcdn.dns.zone import ZoneError, build_zones
+    assert config.dns is not None
+    base = os.path.dirname(os.path.abspath(source)) if os.path.exists(source) else "."
+    try:
+        build_zones(config.dns, now=time.time(), base_dir=base, aliases=aliases_from_config(
+            config.listeners, config.pools, config.dns.public_addresses))
+    except ZoneError as e:
+        raise ConfigError([("", p) for p in e.problems], source) from None
 
 
 def parse_config(data: object, source: str = "<config>",

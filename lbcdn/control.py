@@ -1,0 +1,133 @@
+"""The services that run once per daemon, beside the HTTP data plane: the admin API, the
+demo backends, the bucket origin and the DNS server.
+
+In a single process the Daemon owns them; with `--workers N` the control process does, so a
+DNS answer or an S3 upload never depends on which worker the kernel picked. On reload a service
+whose configuration did not change keeps running untouched; one that changed is stopped and
+started again from the new configuration (a taken port fails the reload, and the old service is
+started back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from lbcdn.admin.app import AdminServer, create_admin_app, start_admin
+from lbcdn.admin.state import AdminState
+from lbcdn.bucket.server import BucketServer
+from lbcdn.config.schema import Config, DemoBackendConfig
+from lbcdn.demo.backend import start_demo_backend
+from lbcdn.dns.runtime import DnsRuntime
+
+log = logging.getLogger("lbcdn.control")
+
+
+class ControlPlane:
+    def __init__(self, state: AdminState, base_dir: str = ".") -> None:
+        self.state = state
+        self.base_dir = base_dir
+        self.config: Config | None = None
+        self.admin: AdminServer | None = None
+        self.demo_servers: dict[DemoBackendConfig, asyncio.AbstractServer] = {}
+        self.buckets: BucketServer | None = None
+        self.dns: DnsRuntime | None = None
+
+    async def start(self, config: Config) -> None:
+        """Start everything, or raise (OSError: a port in use) with nothing left running."""
+        try:
+            await self._sync_demo_backends(config)
+            if config.buckets is not None:
+                self.buckets = BucketServer(config.buckets)
+                await self.buckets.start()
+                log.info("bucket origin on %s", self.buckets.ports)
+            if config.dns is not None:
+                self.dns = self._dns(config)
+                await self.dns.start()
+            await self._start_admin(config)
+        except BaseException:
+            await self.stop()
+            raise
+        self.config = config
+
+    def _dns(self, config: Config) -> DnsRuntime:
+        assert config.dns is not None
+        return DnsRuntime(config.dns, config.listeners, config.pools, base_dir=self.base_dir)
+
+    async def _start_admin(self, config: Config) -> None:
+        if config.admin.port:
+            app = create_admin_app(self.state, config.admin.token)
+            self.admin = await start_admin(app, config.admin.address, config.admin.port)
+            log.info("admin API on %s:%d", config.admin.address, self.admin.port)
+
+    async def _sync_demo_backends(self, config: Config) -> None:
+        wanted = set(config.demo_backends)
+        for backend, server in list(self.demo_servers.items()):
+            if backend not in wanted:
+                server.close()
+                del self.demo_servers[backend]
+        for backend in config.demo_backends:
+            if backend not in self.demo_servers:
+                self.demo_servers[backend] = await start_demo_backend(
+                    backend.address, backend.port, backend.name)
+                log.info("demo backend %s on %s:%d", backend.name, backend.address,
+                         backend.port)
+
+    async def apply(self, config: Config) -> None:
+        """Reload: restart what changed. Raises OSError when a new port cannot be bound."""
+        old = self.config
+        assert old is not None
+        await self._sync_demo_backends(config)
+        if config.buckets != old.buckets:
+            if self.buckets is not None:
+                await self.buckets.stop()
+                self.buckets = None
+            if config.buckets is not None:
+                self.buckets = BucketServer(config.buckets)
+                await self.buckets.start()
+        if (config.dns, config.listeners, config.pools) != (old.dns, old.listeners, old.pools):
+            fresh = self._dns(config) if config.dns is not None else None  # may raise
+            if self.dns is not None:
+                await self.dns.stop()
+            self.dns = fresh
+            if fresh is not None:
+                await fresh.start()
+        self.config = config
+        if config.admin != old.admin:
+            # after this request's answer: the reload may have come through the admin API
+            asyncio.get_running_loop().call_later(
+                0.1, lambda: asyncio.ensure_future(self._restart_admin(config)))
+
+    async def _restart_admin(self, config: Config) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
+        await self._start_admin(config)
+
+    async def stop(self) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
+        if self.dns is not None:
+            await self.dns.stop()
+            self.dns = None
+        if self.buckets is not None:
+            await self.buckets.stop()
+            self.buckets = None
+        for server in self.demo_servers.values():
+            server.close()
+        self.demo_servers.clear()
+
+    def describe(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        if self.buckets is not None:
+            out["buckets"] = self.buckets.ports
+        if self.dns is not None:
+            out["dns"] = self.dns.describe()
+        return out
+
+
+def config_dir(path: str | os.PathLike[str] | None) -> str:
+    """Relative file names in the config (zone files) are relative to its directory."""
+    return os.path.dirname(os.path.abspath(path)) if path is not None else "."
