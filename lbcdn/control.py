@@ -39,8 +39,7 @@ class ControlPlane:
         try:
             await self._sync_demo_backends(config)
             if config.buckets is not None:
-                self.buckets = BucketServer(config.buckets)
-                await self.buckets.start()
+                self.buckets = await _start_buckets(config)
                 log.info("bucket origin on %s", self.buckets.ports)
             if config.dns is not None:
                 self.dns = self._dns(config)
@@ -84,8 +83,7 @@ class ControlPlane:
                 await self.buckets.stop()
                 self.buckets = None
             if config.buckets is not None:
-                self.buckets = BucketServer(config.buckets)
-                await self.buckets.start()
+                self.buckets = await _start_buckets(config)
         if (config.dns, config.listeners, config.pools) != (old.dns, old.listeners, old.pools):
             fresh = self._dns(config) if config.dns is not None else None  # may raise
             if self.dns is not None:
@@ -126,6 +124,18 @@ class ControlPlane:
         if self.dns is not None:
             out["dns"] = self.dns.describe()
         return out
+
+
+async def _start_buckets(config: Config) -> BucketServer:
+    assert config.buckets is not None
+    server = BucketServer(config.buckets)
+    try:
+        await server.start()
+    except OSError as exc:
+        b = config.buckets
+        raise OSError(exc.errno, f"bucket origin (buckets.port {b.port}, website_port "
+                                 f"{b.website_port}): {exc.strerror or exc}") from None
+    return server
 
 
 def config_dir(path: str | os.PathLike[str] | None) -> str:

@@ -22,7 +22,6 @@ import asyncio
 import logging
 import os
 import signal
-import ssl
 from collections.abc import Coroutine
 from typing import Any
 
