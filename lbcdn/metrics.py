@@ -99,7 +99,7 @@ ACCESS_LOG_DROPPED: Final = Counter(
     "Access log lines dropped because the writer fell too far behind.", registry=REGISTRY)
 
 # Objects holding deltas not yet moved into prometheus-client; each appears at most once.
-_dirty: list[RouteMetrics | PoolMetrics] = []
+_dirty: list[RouteMetrics | PoolMetrics | TargetMetrics] = []
 
 
 def _status_class(index: int) -> str:
@@ -280,3 +280,94 @@ def render_metrics() -> tuple[bytes, str]:
         ProcessCollector(registry=registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+# -- pools as target groups (issue 3): health, ejections, retries, per-target traffic ----------
+
+TARGET_HEALTH: Final = Gauge(
+    "lbcdn_target_health", "1 for the state each target is in now (initial, healthy, unhealthy, "
+    "draining, unused, unavailable), 0 for the others.", ["pool", "target", "state"],
+    multiprocess_mode="livemax", registry=REGISTRY)
+HEALTH_CHECKS: Final = Counter(
+    "lbcdn_health_checks_total", "Active health checks, by pool and outcome (pass, timeout, "
+    "connect_failed, code_mismatch, string_mismatch, bad_response, internal_error).",
+    ["pool", "outcome"], registry=REGISTRY)
+HEALTH_CHECK_DURATION: Final = Histogram(
+    "lbcdn_health_check_duration_seconds", "Time one active health check took.", ["pool"],
+    buckets=DURATION_BUCKETS, registry=REGISTRY)
+OUTLIER_EJECTIONS: Final = Counter(
+    "lbcdn_outlier_ejections_total", "Targets ejected by outlier detection, by cause (5xx, "
+    "connect_failure).", ["pool", "target", "cause"], registry=REGISTRY)
+UPSTREAM_RETRIES: Final = Counter(
+    "lbcdn_upstream_retries_total", "Requests retried on another target (outcome retried), or "
+    "not retried because the retry budget was spent (outcome budget_exhausted).",
+    ["pool", "outcome"], registry=REGISTRY)
+TARGET_REQUESTS: Final = Counter(
+    "lbcdn_target_requests_total", "Attempts sent to each target (retries count on the target "
+    "they went to).", ["pool", "target"], registry=REGISTRY)
+TARGET_DURATION: Final = Histogram(
+    "lbcdn_target_duration_seconds", "Time from sending a request to a target to its response "
+    "head.", ["pool", "target"], buckets=DURATION_BUCKETS, registry=REGISTRY)
+
+
+class TargetMetrics:
+    """Per-target request count and latency, accumulated like RouteMetrics. Get it from
+    `target_metrics()`."""
+
+    __slots__ = ("pool", "target", "_requests", "_hist", "_seconds", "_dirty", "_requests_child",
+                 "_duration")
+
+    def __init__(self, pool: str, target: str) -> None:
+        self.pool = pool
+        self.target = target
+        self._requests = 0
+        self._hist = [0] * len(_BOUNDS)
+        self._seconds = 0.0
+        self._dirty = False
+        self._requests_child: Counter | None = None
+        self._duration: Histogram | None = None
+
+    def observe(self, upstream_seconds: float | None) -> None:
+        """One attempt ended; `upstream_seconds` None when no response head came."""
+        self._requests += 1
+        if upstream_seconds is not None:
+            self._hist[bisect_left(_BOUNDS, upstream_seconds)] += 1
+            self._seconds += upstream_seconds
+        if not self._dirty:
+            self._dirty = True
+            _dirty.append(self)
+
+    def _flush(self) -> None:
+        self._dirty = False
+        if self._requests_child is None:
+            self._requests_child = TARGET_REQUESTS.labels(self.pool, self.target)
+            self._duration = TARGET_DURATION.labels(self.pool, self.target)
+        assert self._duration is not None
+        self._requests_child.inc(self._requests)
+        self._requests = 0
+        _add_to_histogram(self._duration, self._hist, self._seconds)
+        self._seconds = 0.0
+
+
+_targets: dict[tuple[str, str], TargetMetrics] = {}
+
+
+def target_metrics(pool: str, target: str) -> TargetMetrics:
+    """The TargetMetrics of (pool, target); the same object on every call."""
+    key = (pool, target)
+    tm = _targets.get(key)
+    if tm is None:
+        tm = _targets[key] = TargetMetrics(pool, target)
+    return tm
+
+
+def set_target_health(pool: str, target: str, state: str | None) -> None:
+    """Mark `state` as the target's one current state; None removes the target's series."""
+    for s in ("initial", "healthy", "unhealthy", "draining", "unused", "unavailable"):
+        if state is None:
+            try:
+                TARGET_HEALTH.remove(pool, target, s)
+            except KeyError:
+                pass
+        else:
+            TARGET_HEALTH.labels(pool, target, s).set(1 if s == state else 0)

@@ -29,6 +29,9 @@ from lbcdn.http.errors import HttpError, error_response, reason
 from lbcdn.http.head import RequestHead, ResponseHead, response_has_body
 from lbcdn.routing import redirect_location
 from lbcdn.tasks import spawn
+from lbcdn.balancer.retry import Failure, may_retry
+from lbcdn.health.outlier import Result
+from lbcdn.metrics import UPSTREAM_RETRIES
 from lbcdn.upstream.pool import ConnectError, Pool, Target
 
 if TYPE_CHECKING:
@@ -42,6 +45,11 @@ _id_prefix = os.urandom(4).hex()
 _id_counter = count(1)
 
 _ERROR_HEAD = RequestHead(b"-", b"-", b"-", None, b"1.1", [], b"")
+
+
+_FAILURES = {"connect_refused": Failure.CONNECT, "connect_timeout": Failure.CONNECT,
+             "tls_handshake": Failure.CONNECT, "reset": Failure.RESET,
+             "malformed_response": Failure.BAD_GATEWAY, "response_timeout": Failure.TIMEOUT}
 
 
 def new_request_id() -> str:
@@ -82,6 +90,9 @@ class Exchange:
     reused_conn = False
     upgrade_pending = False
     out_mark: tuple[list[bytes], int] | None = None
+    inflight_target: Target | None = None   # the target this exchange counts as in flight
+    tried: list[Target] | None = None       # targets that failed this request (retries)
+    retries = 0
     extra_headers = b""   # header lines the route adds to every response (HSTS)
 
     def __init__(self, conn: ClientConnection, head: RequestHead, started: float) -> None:
@@ -239,14 +250,29 @@ class Exchange:
 
     # -- proxying -------------------------------------------------------------------------
     def forward(self, pool: Pool) -> None:
-        target = pool.pick()
-        if target is None:
+        """Send the request to a target of `pool`: the policy's pick (sticky, hashed, least
+        loaded...), another one on a retry, or a place in the pool's wait queue when every
+        target is at its connection limit."""
+        if self.pool is None:
+            self.pool = pool
+            pool.budget.request(monotonic())
+        head = self.head
+        choice = pool.choose(head.headers, head.path, self.conn.client_ip_bytes,
+                             self.tried or ())
+        if choice is None:
             pool.metrics.error("no_target")
             self.respond_error(HttpError(503, "no target available", close=False))
             return
-        self.pool = pool
-        self.target = target
-        target.in_flight += 1
+        if isinstance(choice, str):  # BUSY: every target at max_connections_per_target
+            if not pool.enqueue(self._dequeued):
+                pool.metrics.error("no_target")
+                self.respond_error(HttpError(503, "pool at capacity", close=False))
+            return
+        target, cookie = choice
+        if cookie is not None and not self.retries:
+            self.extra_headers += b"Set-Cookie: " + cookie + b"\r\n"
+        self.target = self.inflight_target = target
+        pool.started(target)
         conn = pool.take_idle(target)
         if conn is not None:
             self.reused_conn = True
@@ -254,20 +280,26 @@ class Exchange:
         else:
             spawn(self._connect(pool, target), "upstream-connect")
 
+    def _dequeued(self, free: bool) -> bool:
+        """The pool's wait queue calls back: a slot is free (True) or the wait timed out."""
+        pool = self.pool
+        if self.finished or self.conn.closed or pool is None:
+            return False
+        if free:
+            self.forward(pool)
+            return self.inflight_target is not None
+        pool.metrics.error("no_target")
+        self.respond_error(HttpError(503, "pool at capacity", close=False))
+        return False
+
     async def _connect(self, pool: Pool, target: Target) -> None:
         try:
             conn = await pool.connect(target)
         except ConnectError as exc:
-            if not self.finished:
-                pool.metrics.error(exc.kind)  # type: ignore[arg-type]
-                if exc.kind == "connect_timeout":
-                    self.respond_error(HttpError(504, "upstream connect timed out",
-                                                 close=not self.body_done))
-                else:
-                    self.respond_error(HttpError(502, "upstream connection failed",
-                                                 close=not self.body_done))
+            if not self.finished and self.inflight_target is target:
+                self._attempt_failed(exc.kind, None)
             return
-        if self.finished or self.conn.closed:
+        if self.finished or self.conn.closed or self.inflight_target is not target:
             pool.release(conn)
             return
         self.reused_conn = False
@@ -481,19 +513,58 @@ class Exchange:
         if (kind == "reset" and self.reused_conn and not self.retried and upstream is not None
                 and not upstream.got_bytes and self.replay is not None and pool is not None
                 and self.target is not None and not self.response_started):
-            # the backend closed a pooled connection as we reused it: one fresh try
+            # the backend closed a pooled connection as we reused it: one fresh try on the
+            # same target (not a retry: the request never reached the application)
             self.retried = True
             self.body_buf = self.replay + self.body_buf
             self.replay = []
             self.replay_bytes = 0
             spawn(self._connect(pool, self.target), "upstream-retry")
             return
-        if pool is not None:
+        self._attempt_failed(kind, upstream)
+
+    def _attempt_failed(self, kind: str, upstream: UpstreamConnection | None) -> None:
+        """One attempt on a target failed: retry it on another target when the retry rules
+        and the pool's budget allow, else answer 502/504."""
+        pool = self.pool
+        target, self.inflight_target = self.inflight_target, None
+        failure = _FAILURES.get(kind, Failure.RESET)
+        if pool is not None and target is not None:
+            pool.finished(target, 0, self.upstream_time,
+                          Result.CONNECT_FAILURE if failure in (Failure.CONNECT, Failure.RESET)
+                          else Result.HTTP_5XX)
             pool.metrics.error(kind)  # type: ignore[arg-type]
-        if kind == "response_timeout":
-            self.respond_error(HttpError(504, "upstream timed out", close=not self.body_done))
+            cfg = pool.config.retries
+            # nothing sent (a failed connect): the body is all still in body_buf
+            replayable = upstream is None or (
+                self.replay is not None and self.replay_bytes <= cfg.buffer_body_max_bytes)
+            if may_retry(self.head.method, failure, response_started=self.response_started,
+                         body_replayable=replayable, retries_done=self.retries,
+                         max_retries=cfg.max) and not self.conn.closed:
+                tried = (self.tried or []) + [target]
+                if not pool.has_other(tried):
+                    pass  # nowhere else to go: the failure is the answer
+                elif pool.budget.try_retry(monotonic()):
+                    UPSTREAM_RETRIES.labels(pool.name, "retried").inc()
+                    self.retries += 1
+                    self.tried = tried
+                    if upstream is not None:
+                        self.body_buf = (self.replay or []) + self.body_buf
+                        self.replay = []
+                        self.replay_bytes = 0
+                    self.upstream_time = None
+                    self.forward(pool)
+                    return
+                else:
+                    UPSTREAM_RETRIES.labels(pool.name, "budget_exhausted").inc()
+        if kind in ("response_timeout", "connect_timeout"):
+            self.respond_error(HttpError(504, "upstream connect timed out"
+                                         if kind == "connect_timeout" else "upstream timed out",
+                                         close=not self.body_done))
         else:
-            self.respond_error(HttpError(502, "bad response from upstream",
+            self.respond_error(HttpError(502, "upstream connection failed"
+                                         if failure is Failure.CONNECT else
+                                         "bad response from upstream",
                                          close=not self.body_done))
 
     def upstream_paused(self, paused: bool) -> None:
@@ -554,8 +625,9 @@ class Exchange:
     def _record(self) -> None:
         self.finished = True
         target = self.target
-        if target is not None:
-            target.in_flight -= 1
+        attempt, self.inflight_target = self.inflight_target, None
+        if attempt is not None and self.pool is not None:
+            self.pool.finished(attempt, self.status, self.upstream_time)
         elapsed = monotonic() - self.started
         route = self.route
         route_name = route.name if route is not None else "-"

@@ -1,55 +1,169 @@
-"""A backend pool at run time: its targets, the balancer, and keep-alive connections per target.
+"""A backend pool at run time (data plane): its targets, the balancer, keep-alive connections per
+target, outlier ejection, the retry budget, per-target limits and the wait queue.
 
-Rules: idle connections are kept per target, newest first (LIFO keeps a few connections hot and
-lets the rest time out), at most `max_idle_per_target` of them, each for at most
-`idle_timeout_s`. A connection leaves the idle list the moment it is taken or closed, so the data
-plane never writes to a connection the backend has already closed — except in the race where the
-backend closes while our request is in flight, which the edge retries once.
+Rules:
+- The data plane never decides a target's health: the control plane (lbcdn.upstream.targets,
+  in this process or the control process) publishes a snapshot of every target with its state,
+  weight and reason, and `apply()` takes it in. Until the first snapshot, targets are `initial`
+  (or `unavailable` when checks are off), so a fresh pool fails open to them as ALB does.
+- What the pool balances over is `lbcdn.balancer.plan.plan(...)`: rebuilt after a snapshot, an
+  ejection or its end, and at slow-start steps; never per request.
+- Idle connections are kept per target, newest first (LIFO keeps a few connections hot and lets
+  the rest time out), at most `max_idle_per_target` of them, each for at most `idle_timeout_s`.
+  A connection leaves the idle list the moment it is taken or closed. A target that stops taking
+  traffic (draining, unused, removed) loses its idle connections at once; busy ones close when
+  their exchange ends.
+- `max_connections_per_target` caps requests in flight per target; when every routable target is
+  at the cap a request waits in a bounded FIFO (`queue_limit`, at most `connect_timeout_s`) and
+  beyond it gets 503 at once.
+- Per-request work is a few integer updates on the Target; metrics and rates are read from them
+  at scrape or status time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import random
 import socket
 import ssl
 import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
-from lbcdn.balancer.round_robin import RoundRobin
+from lbcdn.balancer.consistent_hash import HashKey, cookie_value
+from lbcdn.balancer.plan import plan
+from lbcdn.balancer.policy import Policy, build_policy
+from lbcdn.balancer.retry import RetryBudget
+from lbcdn.balancer.sticky import StickySessions, target_token
 from lbcdn.config.schema import PoolConfig, TargetConfig
+from lbcdn.health.outlier import Ejection, OutlierDetector, Result
+from lbcdn.health.state import Reason, State, TargetHealth, Thresholds
+from lbcdn.metrics import PoolMetrics, pool_metrics, target_metrics, TargetMetrics
 from lbcdn.tls import client_context
-from lbcdn.metrics import PoolMetrics, pool_metrics
 from lbcdn.upstream.connection import UpstreamConnection
+
+# what `choose` answers when every routable target is at max_connections_per_target
+BUSY: Final = "busy"
+# recent request rate, error rate and latency are measured over windows of this length
+STATS_WINDOW_S: Final = 10.0
+
+
+def target_key(host: str, port: int) -> str:
+    h = f"[{host}]" if ":" in host else host
+    return f"{h}:{port}"
 
 
 class Target:
-    __slots__ = ("host", "port", "weight", "key", "key_bytes", "idle", "in_flight", "open")
+    __slots__ = ("host", "port", "weight", "key", "key_bytes", "idle", "in_flight", "open",
+                 "health", "requests", "errors", "latency_sum", "latency_n", "metrics",
+                 "_mark", "recent")
 
-    def __init__(self, config: TargetConfig) -> None:
-        self.host = config.host
-        self.port = config.port
-        self.weight = config.weight
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        self.key = f"{host}:{config.port}"
+    def __init__(self, host: str, port: int, weight: int = 1, *,
+                 health: TargetHealth | None = None, pool: str = "") -> None:
+        self.host = host
+        self.port = port
+        self.weight = weight
+        self.key = target_key(host, port)
         self.key_bytes = self.key.encode()
         self.idle: list[UpstreamConnection] = []
         self.in_flight = 0
         self.open = 0
+        self.health = health or TargetHealth(Thresholds(), 0.0, checks_enabled=False)
+        # cumulative since the target appeared; `recent` is derived from them per window
+        self.requests = 0
+        self.errors = 0          # 5xx answers and failed attempts
+        self.latency_sum = 0.0   # time to response head, seconds
+        self.latency_n = 0
+        self.metrics: TargetMetrics = target_metrics(pool, self.key)
+        self._mark = (time.monotonic(), 0, 0, 0.0, 0)
+        self.recent: dict[str, float | None] | None = None
+
+    @classmethod
+    def from_config(cls, config: TargetConfig, health: TargetHealth | None = None,
+                    pool: str = "") -> Target:
+        return cls(config.host, config.port, config.weight, health=health, pool=pool)
+
+    @property
+    def state(self) -> State:
+        return self.health.state
+
+    def stats(self, now: float | None = None) -> dict[str, float | None]:
+        """Request rate, error rate and mean latency over the last complete window (or the
+        current one while the first is still running)."""
+        now = time.monotonic() if now is None else now
+        t0, r0, e0, s0, n0 = self._mark
+        reqs, errs = self.requests - r0, self.errors - e0
+        lat_n = self.latency_n - n0
+        current: dict[str, float | None] = {
+            "requests_per_s": reqs / max(now - t0, 1e-3),
+            "error_rate": errs / reqs if reqs else 0.0,
+            "latency_s": (self.latency_sum - s0) / lat_n if lat_n else None}
+        if now - t0 >= STATS_WINDOW_S:
+            self.recent = current
+            self._mark = (now, self.requests, self.errors, self.latency_sum, self.latency_n)
+        return current if self.recent is None else self.recent
+
+    def describe(self) -> dict[str, object]:
+        h = self.health
+        stats = self.stats()
+        return {"target": self.key, "host": self.host, "port": self.port,
+                "weight": self.weight, "state": str(h.state),
+                "reason": None if h.reason is None else str(h.reason),
+                "classic": h.classic, "in_flight": self.in_flight,
+                "open_connections": self.open, "idle_connections": len(self.idle),
+                "requests": self.requests, "errors": self.errors,
+                "error_rate": stats["error_rate"], "latency_s": stats["latency_s"],
+                "requests_per_s": stats["requests_per_s"]}
 
 
 class ConnectError(Exception):
     def __init__(self, kind: str) -> None:
         super().__init__(kind)
-        self.kind = kind  # connect_refused | connect_timeout
+        self.kind = kind  # connect_refused | connect_timeout | tls_handshake
+
+
+class _Waiter:
+    __slots__ = ("callback", "timer", "done")
+
+    def __init__(self, callback: Callable[[bool], bool]) -> None:
+        self.callback = callback   # (True: a slot is free, False: timed out) -> taken?
+        self.timer: asyncio.TimerHandle | None = None
+        self.done = False
 
 
 class Pool:
-    def __init__(self, config: PoolConfig) -> None:
+    def __init__(self, config: PoolConfig, *, rng: random.Random | None = None) -> None:
         self.config = config
         self.name = config.name
         self.host_header = config.host_header.encode()
         self.ssl = client_context(config.tls) if config.tls is not None else None
-        self.targets = [Target(t) for t in config.targets]
-        self.balancer: RoundRobin[Target] = RoundRobin(self.targets)
+        self._rng = rng or random.Random()
+        checks = config.health.enabled
+        self.targets: list[Target] = [
+            Target.from_config(t, TargetHealth(Thresholds(), 0.0, checks_enabled=checks),
+                               config.name)
+            for t in config.targets]
+        self.by_key: dict[str, Target] = {t.key: t for t in self.targets}
+        balance = config.balance
+        self.hash_key = (HashKey.parse(balance.hash_key)
+                         if balance.algorithm == "consistent_hash" else None)
+        self.outlier: OutlierDetector[str] = OutlierDetector(config.outlier)
+        for t in self.targets:
+            self.outlier.add(t.key)
+        r = config.retries
+        self.budget = RetryBudget(r.budget_percent, r.budget_window_s, r.budget_min_retries)
+        self.limit = config.max_connections_per_target
+        self.queue: collections.deque[_Waiter] = collections.deque()
+        self.routable: tuple[Target, ...] = ()
+        self.failed_open = False
+        self.policy: Policy[Target] = build_policy(balance, [])
+        self.sticky: StickySessions[Target] | None = None
+        self._refresh: asyncio.TimerHandle | None = None
+        # called with a target key when a draining target has nothing in flight any more
+        self.on_drained: Callable[[str], None] | None = None
+        # called with (target key, ejection) when outlier detection ejects a target
+        self.on_ejected: Callable[[str, Ejection], None] | None = None
         self.metrics: PoolMetrics = pool_metrics(config.name)
         # read at scrape time: moving a gauge on every request would cost more than the request
         self.metrics.idle.set_function(self.idle_count)
@@ -57,7 +171,233 @@ class Pool:
         self.connections: set[UpstreamConnection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self.closed = False
+        self.replan()
 
+    # -- what to balance over -------------------------------------------------------------
+    def _now(self) -> float:
+        return time.monotonic()  # the loop's clock, readable outside a running loop
+
+    def replan(self) -> None:
+        """Rebuild the policy from the targets' states, ejections and slow start."""
+        now = self._now()
+        ejected = set(self.outlier.ejected(now)) if self.config.outlier.enabled else set()
+        balance = self.config.balance
+        p = plan(self.targets, health_of=lambda t: t.health, now=now,
+                 fail_open=self.config.fail_open, slow_start_s=self.config.slow_start_s,
+                 ejected=(lambda t: t.key in ejected) if ejected else None,
+                 ramp=balance.algorithm != "consistent_hash")
+        self.routable = p.targets
+        self.failed_open = p.failed_open
+        self.policy = build_policy(balance, p.targets, weights=p.weights, rng=self._rng)
+        if balance.sticky is not None:
+            self.sticky = StickySessions(p.targets, self.policy,
+                                         cookie_name=balance.sticky.cookie_name,
+                                         duration_s=balance.sticky.duration_s)
+        next_at = p.refresh_at
+        if ejected:
+            ends = [self.outlier_until(k) for k in ejected]
+            soonest = min((e for e in ends if e is not None), default=None)
+            if soonest is not None:
+                next_at = soonest if next_at is None else min(next_at, soonest)
+        self._schedule_refresh(next_at, now)
+
+    def outlier_until(self, key: str) -> float | None:
+        track = self.outlier._tracks.get(key)
+        return None if track is None else track.until
+
+    def _schedule_refresh(self, at: float | None, now: float) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            self._refresh = None
+        if at is None or self.closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # built outside the loop (tests, config checks): the next change replans
+        self._refresh = loop.call_later(max(0.01, at - now), self._refreshed)
+
+    def _refreshed(self) -> None:
+        self._refresh = None
+        self.replan()
+
+    def choose(self, head_headers: Sequence[tuple[bytes, bytes]], path: bytes,
+               client_ip: bytes, exclude: Sequence[Target] = ()
+               ) -> tuple[Target, bytes | None] | str | None:
+        """Pick a target for a request: (target, Set-Cookie value or None), BUSY when every
+        candidate is at its connection limit, None when no target may take traffic."""
+        key: bytes | None = None
+        hk = self.hash_key
+        if hk is not None:
+            key = hk.extract(client_ip=client_ip, path=path, headers=head_headers)
+        cookie: bytes | None = None
+        target: Target | None
+        sticky = self.sticky
+        if sticky is not None and not exclude:
+            pinned = sticky.pick(cookie_value(head_headers, sticky.cookie_name), key)
+            if pinned is None:
+                return None
+            target = pinned.target
+            cookie = sticky.set_cookie(pinned.cookie)
+        else:
+            target = self.policy.pick(key)
+            if target is None:
+                return None
+        if exclude and target in exclude:
+            target = self._other(exclude)
+            if target is None:
+                return None
+        limit = self.limit
+        if limit is not None and target.in_flight >= limit:
+            other = self._under_limit(exclude)
+            if other is None:
+                return BUSY
+            target, cookie = other, (None if sticky is None else
+                                     sticky.set_cookie(_token(other)))
+        return target, cookie
+
+    def _other(self, exclude: Sequence[Target]) -> Target | None:
+        """A retry's target: another routable one, least loaded first (only on retries)."""
+        others = [t for t in self.routable if t not in exclude and t.weight > 0]
+        if not others:
+            return None
+        least = min(t.in_flight for t in others)
+        return self._rng.choice([t for t in others if t.in_flight == least])
+
+    def has_other(self, exclude: Sequence[Target]) -> bool:
+        """Is there a routable target outside `exclude` (somewhere to retry)?"""
+        return any(t.weight > 0 and t not in exclude for t in self.routable)
+
+    def _under_limit(self, exclude: Sequence[Target]) -> Target | None:
+        # O(n), but only when the policy's pick is saturated
+        limit = self.limit
+        assert limit is not None
+        best: Target | None = None
+        for t in self.routable:
+            if t.weight > 0 and t.in_flight < limit and t not in exclude:
+                if best is None or t.in_flight < best.in_flight:
+                    best = t
+        return best
+
+    # -- the wait queue -------------------------------------------------------------------
+    def enqueue(self, callback: Callable[[bool], bool]) -> bool:
+        """Wait for a free slot; False (answer 503) when the queue is full."""
+        if len(self.queue) >= self.config.queue_limit:
+            return False
+        waiter = _Waiter(callback)
+        loop = asyncio.get_running_loop()
+        waiter.timer = loop.call_later(self.config.connect_timeout_s, self._queue_timeout,
+                                       waiter)
+        self.queue.append(waiter)
+        return True
+
+    def _queue_timeout(self, waiter: _Waiter) -> None:
+        if waiter.done:
+            return
+        waiter.done = True
+        try:
+            self.queue.remove(waiter)
+        except ValueError:
+            pass
+        waiter.callback(False)
+
+    def _wake(self) -> None:
+        while self.queue:
+            waiter = self.queue.popleft()
+            if waiter.done:
+                continue
+            waiter.done = True
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+            if waiter.callback(True):
+                return
+
+    # -- request accounting ---------------------------------------------------------------
+    def started(self, target: Target) -> None:
+        target.in_flight += 1
+        self.policy.started(target)
+
+    def finished(self, target: Target, status: int, upstream_time: float | None,
+                 failure: Result | None = None) -> None:
+        """One attempt on `target` ended: with an HTTP status (the client's, 0 or 499 when
+        it left) and time to the response head, or with `failure` (no usable response)."""
+        target.in_flight -= 1
+        self.policy.finished(target)
+        target.requests += 1
+        if failure is not None or status >= 500:
+            target.errors += 1
+        if upstream_time is not None:
+            target.latency_sum += upstream_time
+            target.latency_n += 1
+        target.metrics.observe(upstream_time)
+        if self.config.outlier.enabled:
+            result = failure or (Result.HTTP_5XX if status >= 500 else
+                                 Result.SUCCESS if status else None)
+            if result is not None:
+                ejection = self.outlier.record(target.key, result, self._now())
+                if ejection is not None:
+                    if self.on_ejected is not None:
+                        self.on_ejected(target.key, ejection)
+                    self.replan()
+        if target.in_flight <= 0 and target.health.state is State.DRAINING:
+            self._close_idle(target)
+            if self.on_drained is not None:
+                self.on_drained(target.key)
+        if self.queue:
+            self._wake()
+
+    # -- the control plane's snapshot -----------------------------------------------------
+    def apply(self, snapshot: Sequence[dict[str, Any]]) -> None:
+        """Take in the control plane's view: every target with host, port, weight, state
+        and reason. Targets not named are gone: their idle connections close now."""
+        now = self._now()
+        old = self.by_key
+        targets: list[Target] = []
+        by_key: dict[str, Target] = {}
+        drained: list[str] = []
+        for entry in snapshot:
+            key = target_key(entry["host"], int(entry["port"]))
+            t = old.get(key)
+            if t is None:
+                t = Target(entry["host"], int(entry["port"]), int(entry["weight"]),
+                           pool=self.name)
+                self.outlier.add(key)
+            t.weight = int(entry["weight"])
+            h = t.health
+            state = State(entry["state"])
+            if h.state is not state:
+                h.state = state
+                h.since = now
+            reason = entry.get("reason")
+            h.reason = None if reason is None else Reason(reason)
+            if state not in (State.HEALTHY, State.UNAVAILABLE, State.INITIAL,
+                             State.UNHEALTHY):
+                self._close_idle(t)
+                if state is State.DRAINING and t.in_flight <= 0:
+                    drained.append(key)
+            targets.append(t)
+            by_key[key] = t
+        for key, t in old.items():
+            if key not in by_key:
+                self.outlier.remove(key)
+                self._close_idle(t)
+        self.targets, self.by_key = targets, by_key
+        self.replan()
+        if self.on_drained is not None:
+            for key in drained:
+                self.on_drained(key)
+
+    def _close_idle(self, target: Target) -> None:
+        while target.idle:
+            conn = target.idle.pop()
+            self._leave_idle(conn)
+            conn.close()
+
+    def takes_traffic(self, target: Target) -> bool:
+        return target.health.state in (State.HEALTHY, State.UNAVAILABLE, State.INITIAL,
+                                       State.UNHEALTHY) and self.by_key.get(target.key) is target
+
+    # -- connections ----------------------------------------------------------------------
     def update_gauges(self) -> None:
         idle = self.idle_count()
         self.metrics.idle.set(idle)
@@ -67,7 +407,8 @@ class Pool:
         return sum(len(t.idle) for t in self.targets)
 
     def pick(self) -> Target | None:
-        return self.balancer.pick()
+        """The policy's pick, ignoring limits and stickiness (tests, tools)."""
+        return self.policy.pick(None)
 
     def take_idle(self, target: Target) -> UpstreamConnection | None:
         idle = target.idle
@@ -126,8 +467,10 @@ class Pool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """An exchange finished cleanly on `conn`: keep it for reuse, or close it."""
-        idle = conn.target.idle
-        if self.closed or conn.closed or len(idle) >= self.config.max_idle_per_target:
+        target = conn.target
+        idle = target.idle
+        if (self.closed or conn.closed or len(idle) >= self.config.max_idle_per_target
+                or not self.takes_traffic(target)):
             conn.close()
             return
         conn.idle_since = time.monotonic()
@@ -160,16 +503,23 @@ class Pool:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        if self._refresh is not None:
+            self._refresh.cancel()
+            self._refresh = None
+        for waiter in list(self.queue):
+            self._queue_timeout(waiter)
         for target in self.targets:
-            while target.idle:
-                conn = target.idle.pop()
-                self._leave_idle(conn)
-                conn.close()
+            self._close_idle(target)
 
     def describe(self) -> dict[str, object]:
         return {
             "name": self.name,
-            "targets": [{"target": t.key, "weight": t.weight, "in_flight": t.in_flight,
-                         "open_connections": t.open, "idle_connections": len(t.idle)}
-                        for t in self.targets],
+            "algorithm": self.config.balance.algorithm,
+            "failed_open": self.failed_open,
+            "queued": len(self.queue),
+            "targets": [t.describe() for t in self.targets],
         }
+
+
+def _token(target: Target) -> bytes:
+    return target_token(target.key)
