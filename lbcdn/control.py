@@ -56,7 +56,7 @@ class ControlPlane:
 
     async def _start_admin(self, config: Config) -> None:
         if config.admin.port:
-            app = create_admin_app(self.state, config.admin.token)
+            app = create_admin_app(self.state, config.admin.token, config.admin)
             self.admin = await start_admin(app, config.admin.address, config.admin.port)
             log.info("admin API on %s:%d", config.admin.address, self.admin.port)
 

@@ -23,7 +23,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from lbcdn.admin import dns
+from lbcdn.admin.peers import fanout_middleware
 from lbcdn.admin.state import AdminState
+from lbcdn.config.schema import AdminConfig
 from lbcdn.config.load import ConfigError
 from lbcdn.metrics import render_metrics
 
@@ -129,7 +131,8 @@ async def _no_token_read_only(request: web.Request, handler: Handler) -> web.Str
     return await handler(request)
 
 
-def create_admin_app(state: AdminState, token: str | None) -> web.Application:
+def create_admin_app(state: AdminState, token: str | None,
+                     config: AdminConfig | None = None) -> web.Application:
     """Build the admin application. `token` None leaves /api/ open (for loopback-only setups);
     an empty token is refused, as it most likely is an unset environment variable."""
     if token is not None and not token.strip():
@@ -139,6 +142,8 @@ def create_admin_app(state: AdminState, token: str | None) -> web.Application:
         middlewares.append(_auth_middleware(token.strip()))
     else:
         middlewares.append(_no_token_read_only)
+    if config is not None and config.peers is not None:
+        middlewares.append(fanout_middleware(config))
     app = web.Application(middlewares=middlewares)
     app[STATE_KEY] = state
     app.router.add_get("/healthz", _healthz)

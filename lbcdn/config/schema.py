@@ -19,7 +19,8 @@ from lbcdn.bucket.config import BucketsConfig
 from lbcdn.cache.config import CacheConfig
 from lbcdn.config.fields import REQUIRED, doc  # re-exported for the component configs
 from lbcdn.dns.config import DnsConfig
-from lbcdn.health.config import PoolPolicyConfig
+from lbcdn.config.reflect import VALIDATORS
+from lbcdn.health.config import PoolPolicyConfig, check_pool_targets
 
 
 XffMode = Literal["append", "preserve", "remove"]
@@ -96,7 +97,8 @@ class PoolConfig(PoolPolicyConfig):
     checks, outlier detection, balancing, retries, slow start, draining and limits."""
     name: str = doc("Pool name (the key under `pools`).", REQUIRED)
     targets: tuple[TargetConfig, ...] = doc(
-        "Backends: `host:port` strings or {host, port, weight} mappings.", REQUIRED)
+        "Backends: `host:port` strings or {host, port, weight} mappings (may be left out "
+        "when `discovery` finds them).", default_factory=tuple)
     host_header: str = doc(
         "Host header sent upstream: `preserve` (the client's), `target` (the target's "
         "host:port), or a literal host name.", "preserve")
@@ -170,6 +172,18 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class PeersConfig:
+    """The other replicas, for fanning out state-changing admin calls (see lbcdn.admin.peers)."""
+    dns_name: str | None = doc(
+        "Name whose addresses are the replicas (a Kubernetes headless Service); re-resolved on "
+        "every call.", None)
+    addresses: tuple[str, ...] = doc("Fixed replica addresses, besides `dns_name`'s.",
+                                     default_factory=tuple)
+    port: int = doc("Their admin port; 0: the same as ours.", 0, lo=0, hi=65535)
+    timeout_s: float = doc("How long one peer may take to answer.", 5.0, lo=0.1)
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     address: str = doc("Admin listener address (keep it on loopback or a private network).",
                        "127.0.0.1")
@@ -177,6 +191,12 @@ class AdminConfig:
     token: str | None = doc(
         "Bearer token required by /api/*; use `${ENV_VAR}` to read it from the environment.",
         None)
+    peers: PeersConfig | None = doc(
+        "Replicas that state-changing admin calls are also sent to.", None)
+    state_dir: str | None = doc(
+        "Directory where changes made through the admin API (targets registered, "
+        "deregistered, weights, maintenance) are kept, so they survive a restart; the config "
+        "file stays the base. Unset: such changes last until the daemon stops.", None)
 
 
 @dataclass(frozen=True)
@@ -229,3 +249,6 @@ class Config:
     buckets: BucketsConfig | None = doc(
         "Bucket origin (S3 API and static websites); absent: off.", None)
     dns: DnsConfig | None = doc("Authoritative DNS (Route 53); absent: no DNS server.", None)
+
+
+VALIDATORS.setdefault(PoolConfig, []).append(check_pool_targets)
