@@ -173,7 +173,11 @@ def _pools(ld: Loader, data: object, path: str) -> Any:
             ld.error(join(sub, "name"), "not allowed: a pool's name is its key under pools")
             body = {k: v for k, v in body.items() if k != "name"}
             ok = False
-        pool = ld.dataclass(PoolConfig, body, sub, given={"name": name})
+        given: dict[str, Any] = {"name": name}
+        if isinstance(body, Mapping) and "targets" not in body and "discovery" not in body:
+            ld.error(join(sub, "targets"), "missing (required)")  # unless discovery finds them
+            given["targets"] = INVALID
+        pool = ld.dataclass(PoolConfig, body, sub, given=given)
         if pool is INVALID:
             ok = False
         else:
@@ -372,7 +376,7 @@ def _check_admin(ld: Loader, v: Mapping[str, Any], path: str) -> None:
 
 
 def _check_pool(ld: Loader, v: Mapping[str, Any], path: str) -> None:
-    if "targets" in v and not v["targets"]:
+    if "targets" in v and not v["targets"] and v.get("discovery") is None:
         ld.error(join(path, "targets"), "must list at least one target")
     host_header = v.get("host_header")
     if host_header is not None and host_header not in ("preserve", "target"):
