@@ -23,9 +23,12 @@ import logging
 import os
 import signal
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Protocol
 
+from lbcdn.cache.invalidation import Invalidation
+from lbcdn.cache.runtime import CacheRuntime
 from lbcdn.control import ControlPlane, config_dir
+from lbcdn.edge import cache_flow
 from lbcdn.dns.engine import Engine
 from lbcdn.config.load import load_config
 from lbcdn.config.schema import Config, ListenerConfig
@@ -62,6 +65,7 @@ class Daemon:
         self.access_log = AccessLog(config.logging.access_log)
         self.pools: dict[str, Pool] = {}
         self.listeners: list[Listener] = []
+        self.cache: CacheRuntime | None = None   # edge cache stores, per process
         # admin API, demo backends, bucket origin, DNS: here, unless a control process runs them
         self.control = ControlPlane(self, config_dir(config_path)) if role == "single" else None
         self.reloads = 0
@@ -104,6 +108,8 @@ class Daemon:
         if self.control is not None:
             await self.control.start(config)
         self.pools = {name: Pool(pool) for name, pool in config.pools.items()}
+        self.cache = CacheRuntime(config.cache, config.buckets)
+        cache_flow.set_runtime(self.cache)
         router = Router(config.routes, config.default_route)
         for lc in config.listeners:
             listener = Listener(lc, router, self.pools, self.access_log)
@@ -146,7 +152,10 @@ class Daemon:
         if config.logging.access_log != old.logging.access_log:
             access_log = AccessLog(config.logging.access_log)
         opened: list[Listener] = []
+        cache = self.cache
         try:
+            if cache is not None:  # kept stores when `cache.storage` did not change
+                cache = cache.reconfigured(config.cache, config.buckets)
             for lc in config.listeners:
                 if _listener_key(lc) not in kept:
                     listener = Listener(lc, router, pools, access_log)
@@ -187,6 +196,11 @@ class Daemon:
                 pool.close()  # idle connections now; busy ones when their exchange ends
         if access_log is not self.access_log:
             self.access_log.stop()
+        if cache is not self.cache:
+            if self.cache is not None:
+                self.cache.close()
+            self.cache = cache
+            cache_flow.set_runtime(cache)
         self.listeners, self.pools, self.access_log, self.config = \
             listeners, pools, access_log, config
         if self.log_level is None and config.logging.level != old.logging.level:
@@ -205,6 +219,10 @@ class Daemon:
             await self.reload()
         except Exception as exc:  # ConfigError, ReloadError: the old config stays
             log.error("reload failed, configuration unchanged: %s", exc)
+
+    async def invalidate_cache(self, inv: Invalidation) -> int:
+        """Apply an invalidation to this process's cache (admin API, lbcdn.admin.cache)."""
+        return self.cache.invalidate(inv) if self.cache is not None else 0
 
     def reopen_logs(self) -> None:
         self.access_log.reopen()
@@ -235,27 +253,47 @@ class Daemon:
                              *self._retired)
         for pool in self.pools.values():
             pool.close()
+        if self.cache is not None:
+            self.cache.close()
+            if cache_flow.get_runtime() is self.cache:
+                cache_flow.set_runtime(None)
         if self.control is not None:
             await self.control.stop()
         self.access_log.stop()
         log.info("stopped")
 
 
-async def _main(config: Config, config_path: str | os.PathLike[str] | None,
-                log_level: str | None) -> int:
-    daemon = Daemon(config, config_path, log_level)
+class Runnable(Protocol):
+    """A whole daemon process: the single-process Daemon, or the workers' control process."""
+    def request_stop(self) -> None: ...
+    def request_reload(self) -> None: ...
+    def reopen_logs(self) -> None: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def run_until_stopped(self) -> None: ...
+
+
+async def run_process(target: Runnable) -> int:
+    """Signals as nginx: TERM/INT drain and stop, HUP reloads, USR1 reopens logs. Returns the
+    exit code."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, daemon.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
-    loop.add_signal_handler(signal.SIGUSR1, daemon.reopen_logs)
+        loop.add_signal_handler(sig, target.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, target.request_reload)
+    loop.add_signal_handler(signal.SIGUSR1, target.reopen_logs)
     try:
-        await daemon.start()
+        await target.start()
     except OSError as exc:
         log.error("could not start: %s", exc)
+        await target.stop()
         return 1
-    await daemon.run_until_stopped()
+    await target.run_until_stopped()
     return 0
+
+
+async def _main(config: Config, config_path: str | os.PathLike[str] | None,
+                log_level: str | None) -> int:
+    return await run_process(Daemon(config, config_path, log_level))
 
 
 def serve(config: Config, log_level: str | None = None,

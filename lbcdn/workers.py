@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from lbcdn.config.load import load_config_text
@@ -134,14 +135,7 @@ class Supervisor:
         spawn(self._listen(worker, worker.reader), f"worker-{worker.index}-channel")
 
     async def _listen(self, worker: Worker, reader: asyncio.StreamReader) -> None:
-        while True:
-            try:
-                line = await reader.readline()
-            except ConnectionError:
-                line = b""
-            if not line:
-                return  # the worker is gone; _watch restarts it
-            message = json.loads(line)
+        async for message in messages(reader):  # ends when the worker is gone (_watch restarts)
             if message["op"] == "ready":
                 worker.ready.set()
             elif message["op"] == "reloaded":
@@ -243,6 +237,18 @@ class Supervisor:
             _signal(worker, signal.SIGUSR1)
 
 
+async def messages(reader: asyncio.StreamReader) -> AsyncIterator[dict[str, Any]]:
+    """The JSON messages of a control channel, one a line, until the other side is gone."""
+    while True:
+        try:
+            line = await reader.readline()
+        except ConnectionError:
+            return
+        if not line:
+            return
+        yield json.loads(line)
+
+
 def _signal(worker: Worker, sig: signal.Signals) -> None:
     if worker.proc is not None and worker.proc.poll() is None:
         worker.proc.send_signal(sig)
@@ -258,20 +264,8 @@ async def _control_main(config_path: str, workers: int, log_level: str | None) -
     with open(config_path, encoding="utf-8") as f:
         text = f.read()
     config = load_config_text(text, config_path)
-    supervisor = Supervisor(config, config_path, text, workers, log_level)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, supervisor.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, supervisor.request_reload)
-    loop.add_signal_handler(signal.SIGUSR1, supervisor.reopen_logs)
-    try:
-        await supervisor.start()
-    except OSError as exc:
-        log.error("could not start: %s", exc)
-        await supervisor.stop()
-        return 1
-    await supervisor.run_until_stopped()
-    return 0
+    from lbcdn.daemon import run_process
+    return await run_process(Supervisor(config, config_path, text, workers, log_level))
 
 
 def serve_workers(config: Config, config_path: str, workers: int,
@@ -306,14 +300,7 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
     writer.write(b'{"op": "ready"}\n')
 
     async def channel() -> None:
-        while True:
-            try:
-                line = await reader.readline()
-            except ConnectionError:
-                line = b""
-            if not line:
-                break
-            message = json.loads(line)
+        async for message in messages(reader):
             if message["op"] == "reload":
                 error: str | None = None
                 try:
