@@ -143,8 +143,8 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
     # structure and types
     ({}, ["listeners: missing (required)"]),
     ({"listeners": []}, ["listeners: must list at least one listener"]),
-    (cfg(bogus=1), ["bogus: unknown key (allowed: admin, default_route, demo_backends, "
-                    "listeners, logging, pools, routes, shutdown)"]),
+    (cfg(bogus=1), ["bogus: unknown key (allowed: admin, buckets, cache, default_route, "
+                    "demo_backends, dns, listeners, logging, pools, routes, shutdown)"]),
     ({"listeners": [{"name": "web"}]}, ["listeners[0].port: missing (required)"]),
     ({"listeners": [{"name": "web", "port": "80"}]},
      ['listeners[0].port: expected an integer, got a string ("80")']),
@@ -224,8 +224,9 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
       "redirect, fixed_response"]),
     (with_pool(routes=[{"forward": "app"}]), ["routes[0].name: missing (required)"]),
     (with_pool(routes=[route(forward="app", action="x")]),
-     ["routes[0].action: unknown key (allowed: fixed_response, forward, hsts_max_age_s, "
-      "https_redirect_status, match, max_body_bytes, name, redirect, viewer_protocol)"]),
+     ["routes[0].action: unknown key (allowed: cache, fixed_response, forward, "
+      "hsts_max_age_s, https_redirect_status, match, max_body_bytes, name, redirect, "
+      "viewer_protocol)"]),
     (with_pool(routes=[route(forward="app"), route(forward="app")]),
      ['routes[1].name: duplicate route name "r" (also routes[0])']),
     (with_pool(routes=[route(name="default", forward="app")]),
@@ -404,54 +405,58 @@ def test_full_example_is_valid() -> None:
     assert load_config(EXAMPLE, env={"LBCDN_ADMIN_TOKEN": "t"}).admin.token == "t"
 
 
-def _yaml_keys(node: object, out: set[str], prefix: str = "") -> None:
+def _yaml_keys(node: object, out: set[str], named: set[str], prefix: str = "") -> None:
+    """Every key path in the YAML; the keys of a mapping keyed by name (`pools`,
+    `cache.policies`, ...: the paths in `named`) are folded into `*`."""
     if isinstance(node, dict):
         for key, value in node.items():
-            out.add(f"{prefix}{key}")
-            _yaml_keys(value, out, f"{prefix}{key}.")
+            here = "*" if prefix.rstrip(".") in named else key
+            out.add(f"{prefix}{here}")
+            _yaml_keys(value, out, named, f"{prefix}{here}.")
     elif isinstance(node, list):
         for item in node:
-            _yaml_keys(item, out, prefix)
+            _yaml_keys(item, out, named, prefix)
 
 
-def _schema_keys(cls: type, out: set[str], prefix: str = "") -> None:
-    """Every YAML key the schema accepts, following the loader's special shapes."""
+def _schema_keys(cls: type, out: set[str], named: set[str], prefix: str = "") -> None:
+    """Every YAML key the schema accepts, following the loader's special shapes; a
+    dict[str, X] field is a mapping keyed by name: its path goes into `named` and X's keys
+    are expected under `<path>.*.`."""
     import dataclasses
-    from typing import get_args, get_type_hints
-    renames = {"hosts": "host"}
+    from typing import get_args, get_origin, get_type_hints
+
+    from lbcdn.config.reflect import RENAMES
+    renames = RENAMES.get(cls, {})  # per class: only MatchConfig renames hosts -> host
     for f in dataclasses.fields(cls):
         tp = get_type_hints(cls)[f.name]
         if cls is RouteConfig and f.name == "action":
             for key, action in (("forward", ForwardAction), ("redirect", RedirectAction),
                                 ("fixed_response", FixedResponseAction)):
                 out.add(f"{prefix}{key}")
-                _schema_keys(action, out, f"{prefix}{key}.")
+                _schema_keys(action, out, named, f"{prefix}{key}.")
             continue
         if f.name == "name" and cls.__name__ == "PoolConfig":
-            continue
+            continue  # a pool's name is its key under `pools`
         key = renames.get(f.name, f.name)
         out.add(f"{prefix}{key}")
+        sub_prefix = f"{prefix}{key}."
+        if get_origin(tp) is dict:
+            named.add(f"{prefix}{key}")
+            sub_prefix += "*."
         inner = [a for a in (get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)]
-        if f.name == "pools":
-            out.discard(f"{prefix}{key}")
-            inner = []
         for sub in inner:
             assert isinstance(sub, type)
-            _schema_keys(sub, out, f"{prefix}{key}.")
+            _schema_keys(sub, out, named, sub_prefix)
 
 
 def test_full_example_uses_every_key() -> None:
     data = yaml.safe_load(EXAMPLE.read_text())
-    used: set[str] = set()
-    _yaml_keys(data, used)
-    # Pools are keyed by name: fold `pools.<name>.` into `pools.*.`.
-    used = {".".join(["pools", "*", *k.split(".")[2:]]) if k.startswith("pools.") else k
-            for k in used}
     expected: set[str] = set()
-    _schema_keys(Config, expected)
-    from lbcdn.config.schema import PoolConfig
-    _schema_keys(PoolConfig, expected, "pools.*.")
-    expected.add("pools")
+    named: set[str] = set()
+    _schema_keys(Config, expected, named)
+    assert {"pools", "cache.policies", "buckets.users", "dns"} - named == {"dns"}
+    used: set[str] = set()
+    _yaml_keys(data, used, named)
     # default_route is a route: its own keys must be shown, its actions are shown on routes.
     expected -= {k for k in expected if k.startswith("default_route.")
                  and k.split(".")[1] in ("match", "forward", "redirect", "fixed_response")}
