@@ -22,7 +22,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from lbcdn.admin import dns
+from lbcdn.admin import cache, dns
 from lbcdn.admin.peers import fanout_middleware
 from lbcdn.admin.state import AdminState
 from lbcdn.config.schema import AdminConfig
@@ -151,6 +151,7 @@ def create_admin_app(state: AdminState, token: str | None,
     app.router.add_get("/api/runtime", _runtime)
     app.router.add_post("/api/reload", _reload)
     dns.add_routes(app)
+    cache.add_routes(app)
     return app
 
 

@@ -28,7 +28,7 @@ from lbcdn.cache.directives import Headers
 from lbcdn.cache.entry import CachedResponse
 from lbcdn.cache.key import variant_key
 
-__all__ = ["CachedResponse", "Fill", "FillReader", "MemoryStore", "Miss"]
+__all__ = ["CachedResponse", "Fill", "FillInfo", "FillReader", "MemoryStore", "Miss"]
 
 
 class Miss:
@@ -192,6 +192,20 @@ class MemoryStore:
 Listener = Callable[["Fill"], None]
 
 
+class FillInfo:
+    """What a reader of a fill needs beyond the bytes: which variant it is (a collapsed waiter
+    whose Vary-selected variant differs must not follow it) and the head to serve."""
+    __slots__ = ("vary", "variant", "head", "length", "age")
+
+    def __init__(self, vary: tuple[bytes, ...], variant: bytes | None, head: bytes,
+                 length: int | None, age: float | None) -> None:
+        self.vary = vary
+        self.variant = variant    # None: `Vary: *`, matches no request
+        self.head = head          # status line + served header lines (no framing, no CRLF)
+        self.length = length      # Content-Length when known in advance
+        self.age = age            # the origin's Age, when it sent one
+
+
 class Fill:
     """An origin response body in progress, readable while it is written."""
 
@@ -209,6 +223,11 @@ class Fill:
         self.storable = expected_bytes is None or expected_bytes <= max_bytes
         self._listeners: list[Listener] = []
         self._readers: list[FillReader] = []
+        self.info: FillInfo | None = None   # set by the network code that starts the fill
+
+    @property
+    def readers(self) -> int:
+        return len(self._readers)
 
     @property
     def finished(self) -> bool:

@@ -35,6 +35,7 @@ from lbcdn.metrics import UPSTREAM_RETRIES
 from lbcdn.upstream.pool import ConnectError, Pool, Target
 
 if TYPE_CHECKING:
+    from lbcdn.edge.cache_flow import ExchangeTap
     from lbcdn.edge.connection import ClientConnection
     from lbcdn.upstream.connection import UpstreamConnection
 
@@ -94,6 +95,7 @@ class Exchange:
     tried: list[Target] | None = None       # targets that failed this request (retries)
     retries = 0
     extra_headers = b""   # header lines the route adds to every response (HSTS)
+    tap: ExchangeTap | None = None   # the edge cache's view of this exchange (cache_flow)
 
     def __init__(self, conn: ClientConnection, head: RequestHead, started: float) -> None:
         self.conn = conn
@@ -144,6 +146,10 @@ class Exchange:
         if limit is not None and (head.content_length or 0) > limit or \
                 limit is not None and self.body_bytes > limit:
             self.respond_error(HttpError(413, "request body too large"))
+            return
+        if route.cache is not None:
+            from lbcdn.edge import cache_flow
+            cache_flow.start(self, route.cache)
             return
         action = route.action
         if isinstance(action, ForwardAction):
@@ -412,6 +418,8 @@ class Exchange:
         self.respond_error(err)
 
     def client_paused(self, paused: bool) -> None:
+        if self.tap is not None:
+            self.tap.client_paused(paused)
         upstream = self.upstream
         if upstream is not None:
             if paused:
@@ -420,6 +428,8 @@ class Exchange:
                 upstream.resume_reading()
 
     def client_lost(self) -> None:
+        if self.tap is not None:
+            self.tap.client_lost()
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.abort()
@@ -453,6 +463,8 @@ class Exchange:
             resp.status, resp.reason or reason(resp.status)), *resp.fwd, b"\r\n"]))
 
     def upstream_head(self, resp: ResponseHead) -> None:
+        if self.tap is not None:
+            self.tap.head(self, resp)
         self.upstream_time = monotonic() - self.sent_at
         if self.pool is not None:
             self.pool.metrics.upstream_time(self.upstream_time)
@@ -490,6 +502,8 @@ class Exchange:
             self.conn.write(data)
 
     def upstream_done(self) -> None:
+        if self.tap is not None:
+            self.tap.done(self)
         self.upstream = None
         if self.resp_chunked:
             self.conn.write(b"0\r\n\r\n")

@@ -1,0 +1,237 @@
+"""The edge cache at run time, per data-plane process: stores, compiled distributions, origins,
+the collapser, and what a reload keeps.
+
+Rules:
+- Built from `CacheConfig` (plus the bucket section, to reach bucket origins); no sockets are
+  opened here. URL and bucket origins get a one-target upstream Pool of their own (built here,
+  connected lazily by the data plane); `pool:` origins name a daemon pool, looked up at request
+  time so a reload's new pool is used.
+- A bucket origin is the bucket's website endpoint reached as a plain HTTP origin:
+  `buckets.website_address:website_port` (the S3 port when no website port is set), with the
+  bucket's first website host (else `<bucket>.<first website_host_suffix>`, else the bucket name)
+  as Host.
+- A reload (`reconfigured`) keeps the stores when `storage` did not change, so a reload never
+  empties the cache; everything else is rebuilt. Pools built here are closed by `close()`.
+- Wall-clock time (`clock`, injectable) drives freshness: Date, Expires and Last-Modified are
+  wall-clock values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lbcdn.bucket.config import BucketsConfig
+from lbcdn.cache.behavior import Distribution
+from lbcdn.cache.collapse import Collapser
+from lbcdn.cache.config import CacheConfig, OriginConfig, StorageConfig
+from lbcdn.cache.disk import DiskStore
+from lbcdn.cache.entry import CachedResponse
+from lbcdn.cache.invalidation import Invalidation, apply
+from lbcdn.cache.metrics import CacheMetrics
+from lbcdn.cache.store import MemoryStore
+from lbcdn.config.schema import PoolConfig, TargetConfig, UpstreamTlsConfig
+from lbcdn.upstream.pool import Pool
+
+log = logging.getLogger("lbcdn.cache")
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class OriginEndpoint:
+    """Where one origin id sends requests."""
+    id: str
+    pool_name: str | None       # a daemon pool (resolved per request)
+    pool: Pool | None           # our own pool (URL and bucket origins)
+    host_header: bytes | None   # None: the client's Host
+    origin_path: bytes
+    connect_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One step of an origin plan: the endpoint, and the statuses that fail over from it."""
+    endpoint: OriginEndpoint
+    failover_statuses: frozenset[int]
+
+
+def _split_url(url: str) -> tuple[str, str, int]:
+    scheme, _, rest = url.partition("://")
+    if rest.startswith("["):
+        end = rest.index("]")
+        host, port_s = rest[1:end], rest[end + 2:]
+    else:
+        host, _, port_s = rest.partition(":")
+    port = int(port_s) if port_s else (443 if scheme == "https" else 80)
+    return scheme, host, port
+
+
+def _origin_pool(oid: str, host: str, port: int, host_header: str, tls: bool,
+                 origin: OriginConfig) -> Pool:
+    return Pool(PoolConfig(
+        name=f"origin:{oid}", targets=(TargetConfig(host=host, port=port),),
+        host_header=host_header, connect_timeout_s=origin.connect_timeout_s,
+        response_timeout_s=origin.response_timeout_s,
+        tls=UpstreamTlsConfig(server_name=host_header.rpartition(":")[0] or None)
+        if tls else None))
+
+
+def _endpoint(oid: str, o: OriginConfig, buckets: BucketsConfig | None) -> OriginEndpoint:
+    path = o.origin_path.encode()
+    if o.pool is not None:
+        return OriginEndpoint(oid, o.pool, None, None, path, o.connect_attempts)
+    if o.url is not None:
+        scheme, host, port = _split_url(o.url)
+        default = 443 if scheme == "https" else 80
+        shown = f"[{host}]" if ":" in host else host
+        host_header = shown if port == default else f"{shown}:{port}"
+        pool = _origin_pool(oid, host, port, host_header, scheme == "https", o)
+        return OriginEndpoint(oid, None, pool, host_header.encode(), path, o.connect_attempts)
+    assert o.bucket is not None
+    if buckets is None:
+        raise ValueError(f"cache origin {oid!r} names bucket {o.bucket!r} but there is no "
+                         f"buckets section")
+    bucket = buckets.buckets.get(o.bucket)
+    host = o.bucket
+    website = bucket.website if bucket is not None else None
+    if website is not None and website.hosts:
+        host = website.hosts[0]
+    elif buckets.website_host_suffixes:
+        host = f"{o.bucket}.{buckets.website_host_suffixes[0]}"
+    port = buckets.website_port or buckets.port
+    address = buckets.website_address if buckets.website_port else buckets.address
+    pool = _origin_pool(oid, address, port, host, False, o)
+    return OriginEndpoint(oid, None, pool, host.encode(), path, o.connect_attempts)
+
+
+class CacheRuntime:
+    def __init__(self, config: CacheConfig, buckets: BucketsConfig | None = None, *,
+                 clock: Clock = time.time, metrics: CacheMetrics | None = None,
+                 memory: MemoryStore | None = None, disk: DiskStore | None = None) -> None:
+        self.config = config
+        self.buckets = buckets
+        self.clock = clock
+        self.metrics = metrics or CacheMetrics()
+        storage = config.storage
+        self.memory = memory or MemoryStore(storage.memory_max_bytes, storage.max_object_bytes)
+        if disk is None and storage.disk_path is not None:
+            disk = DiskStore(storage.disk_path, storage.disk_max_bytes,
+                             storage.disk_max_object_bytes)
+        self.disk = disk
+        self.memory.on_evict = self._evicted
+        self.collapser = Collapser()
+        self.refreshing: set[bytes] = set()   # keys with a background revalidation running
+        self.distributions = {name: Distribution(d, config)
+                              for name, d in config.distributions.items()}
+        self.endpoints = {oid: _endpoint(oid, o, buckets) for oid, o in config.origins.items()}
+        self.plans: dict[str, tuple[Attempt, ...]] = {
+            oid: (Attempt(e, frozenset()),) for oid, e in self.endpoints.items()}
+        for gid, g in config.origin_groups.items():
+            statuses = frozenset(g.failover_statuses)
+            self.plans[gid] = (Attempt(self.endpoints[g.primary], statuses),
+                               Attempt(self.endpoints[g.secondary], frozenset()))
+        self._update_gauges()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def reconfigured(self, config: CacheConfig, buckets: BucketsConfig | None
+                     ) -> CacheRuntime:
+        """The runtime for a new config: same stores when storage is unchanged."""
+        same = config.storage == self.config.storage
+        rt = CacheRuntime(config, buckets, clock=self.clock, metrics=self.metrics,
+                          memory=self.memory if same else None,
+                          disk=self.disk if same else None)
+        if same:
+            rt.collapser = self.collapser
+            rt.refreshing = self.refreshing
+        return rt
+
+    def close(self) -> None:
+        """Close the pools this runtime built (idle connections now, busy ones when done)."""
+        for e in self.endpoints.values():
+            if e.pool is not None:
+                e.pool.close()
+
+    @staticmethod
+    def storage_changed(a: StorageConfig, b: StorageConfig) -> bool:
+        return a != b
+
+    # -- stores ------------------------------------------------------------------------------
+    def _evicted(self, entry: CachedResponse) -> None:
+        self.metrics.evictions["memory"].inc()
+        disk = self.disk
+        if disk is not None and entry.charge <= disk.max_object_bytes:
+            try:
+                asyncio.get_running_loop().run_in_executor(None, disk.put, entry)
+            except RuntimeError:
+                pass  # no loop (a unit test): the entry is simply dropped
+
+    def store(self, entry: CachedResponse) -> str | None:
+        """Keep an entry in memory, else on disk (in a thread); the tier, or None."""
+        if self.memory.put(entry):
+            self._update_gauges()
+            return "memory"
+        disk = self.disk
+        if disk is not None and entry.size <= disk.max_object_bytes:
+            asyncio.get_running_loop().run_in_executor(None, self._disk_put, entry)
+            return "disk"
+        return None
+
+    def _disk_put(self, entry: CachedResponse) -> None:
+        disk = self.disk
+        assert disk is not None
+        before = disk.evictions
+        try:
+            disk.put(entry)
+        except OSError as exc:
+            log.warning("disk cache write failed: %s", exc)
+            return
+        if disk.evictions > before:
+            self.metrics.evictions["disk"].inc(disk.evictions - before)
+        self.metrics.tier("disk", disk.bytes, len(disk))
+
+    def max_object_bytes(self) -> int:
+        """The largest body any tier may keep (a fill beyond it becomes a pass-through)."""
+        storage = self.config.storage
+        limit = min(storage.max_object_bytes, storage.memory_max_bytes)
+        if self.disk is not None:
+            limit = max(limit, min(storage.disk_max_object_bytes, storage.disk_max_bytes))
+        return limit
+
+    def _update_gauges(self) -> None:
+        self.metrics.tier("memory", self.memory.bytes, len(self.memory))
+        if self.disk is not None:
+            self.metrics.tier("disk", self.disk.bytes, len(self.disk))
+
+    def purge_uri(self, host: bytes, path: bytes) -> int:
+        n = self.memory.purge_uri(host, path)
+        if self.disk is not None:
+            n += self.disk.purge_uri(host, path)
+        self._update_gauges()
+        return n
+
+    def invalidate(self, inv: Invalidation) -> int:
+        """Apply an invalidation to every tier of this process; the objects affected."""
+        stores: list[MemoryStore | DiskStore] = [self.memory]
+        if self.disk is not None:
+            stores.append(self.disk)
+        n = apply(inv, stores)
+        self.metrics.purged["soft" if inv.soft else "hard"].inc(n)
+        self._update_gauges()
+        return n
+
+    def describe(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "memory": {"objects": len(self.memory), "bytes": self.memory.bytes,
+                       "max_bytes": self.memory.max_bytes,
+                       "evictions": self.memory.evictions},
+            "distributions": sorted(self.distributions),
+            "origins": sorted(self.plans),
+        }
+        if self.disk is not None:
+            out["disk"] = {"objects": len(self.disk), "bytes": self.disk.bytes,
+                           "max_bytes": self.disk.max_bytes, "evictions": self.disk.evictions}
+        return out
