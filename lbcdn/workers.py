@@ -10,6 +10,9 @@ worker never leaves a port unserved while the others live.
 Messages, control -> worker: {"op": "config", "yaml": TEXT} (first message: start with it) and
 {"op": "reload", "yaml": TEXT, "id": N}. Worker -> control: {"op": "ready"} and
 {"op": "reloaded", "id": N, "error": null | TEXT}.
+Edge-cache invalidations: control -> worker {"op": "invalidate", "id": N, "invalidation": {id,
+paths, tags, soft, hosts}}, worker -> control {"op": "invalidated", "id": N, "purged": COUNT};
+the admin API answers once every live worker applied it.
 
 Metrics: the control process sets PROMETHEUS_MULTIPROC_DIR (a fresh directory) before
 prometheus-client is imported anywhere; workers write their samples there and flush their
@@ -30,6 +33,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from lbcdn.cache.invalidation import Invalidation
 from lbcdn.config.load import load_config_text
 from lbcdn.config.schema import Config
 from lbcdn.control import ControlPlane, config_dir
@@ -80,6 +84,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._next_ack = 0
+        self._purges: dict[tuple[int, int], asyncio.Future[int]] = {}
         self._monitor: asyncio.Task[None] | None = None
 
     @property
@@ -142,6 +147,10 @@ class Supervisor:
                 future = worker.acks.pop(message["id"], None)
                 if future is not None and not future.done():
                     future.set_result(message.get("error"))
+            elif message["op"] == "invalidated":
+                purge = self._purges.pop((worker.index, message["id"]), None)
+                if purge is not None and not purge.done():
+                    purge.set_result(int(message["purged"]))
 
     async def _watch(self) -> None:
         """Restart workers that die, with a growing pause when they keep dying."""
@@ -232,6 +241,25 @@ class Supervisor:
         except Exception as exc:
             log.error("reload failed: %s", exc)
 
+    async def invalidate_cache(self, inv: Invalidation) -> int:
+        """Every worker applies `inv` to its cache; the objects affected, summed. A worker that
+        dies meanwhile restarts with an empty memory tier, so it is not waited for."""
+        loop = asyncio.get_running_loop()
+        self._next_ack += 1
+        ack = self._next_ack
+        waits = []
+        body = {"id": inv.id, "paths": list(inv.paths), "tags": list(inv.tags),
+                "soft": inv.soft, "hosts": list(inv.hosts)}
+        for worker in self.workers:
+            future: asyncio.Future[int] = loop.create_future()
+            self._purges[(worker.index, ack)] = future
+            worker.send({"op": "invalidate", "id": ack, "invalidation": body})
+            waits.append(future)
+        done, _ = await asyncio.wait(waits, timeout=10)
+        for worker in self.workers:
+            self._purges.pop((worker.index, ack), None)
+        return sum(f.result() for f in done)
+
     def reopen_logs(self) -> None:
         for worker in self.workers:
             _signal(worker, signal.SIGUSR1)
@@ -309,6 +337,13 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
                     error = f"worker {index}: {exc}"
                 writer.write(json.dumps({"op": "reloaded", "id": message["id"],
                                          "error": error}).encode() + b"\n")
+            elif message["op"] == "invalidate":
+                i = message["invalidation"]
+                purged = await daemon.invalidate_cache(Invalidation(
+                    i["id"], tuple(i["paths"]), tuple(i["tags"]), bool(i["soft"]),
+                    tuple(i["hosts"]), None, time.time()))
+                writer.write(json.dumps({"op": "invalidated", "id": message["id"],
+                                         "purged": purged}).encode() + b"\n")
         daemon.request_stop()  # the control process is gone: drain and exit
 
     async def flush_metrics() -> None:
