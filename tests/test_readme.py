@@ -4,7 +4,13 @@ Between `<!-- config-reference:start -->` and `<!-- config-reference:end -->`, R
 table per config dataclass, each introduced by `<!-- schema: ClassName -->`. For every dataclass
 reachable from `Config` (the route action union included) this test checks that its table
 exists, has a row for every YAML key of the class and no row for a key the schema does not have,
-and that each row shows the field's default (or says "required") and its numeric bounds.
+and that each row shows the field's default (or says "required") and its numeric bounds. Two
+classes with one name (the pool's and DNS's HealthCheckConfig) are told apart as
+`component.ClassName` (`health.HealthCheckConfig`, `dns.HealthCheckConfig`).
+
+The component sections' tables are rendered from the schema by lbcdn.config.reference; the
+README must hold exactly what it renders, and every `(#anchor)` link in the reference must lead
+to a heading of the README.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ import yaml
 
 import lbcdn.config.load  # noqa: F401  (registers the YAML renames and shape hooks)
 from lbcdn.config import schema
+from lbcdn.config.fields import REQUIRED
 from lbcdn.config.reflect import RENAMES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"
-_TABLE_MARK = re.compile(r"<!-- schema: (\w+) -->")
+_TABLE_MARK = re.compile(r"<!-- schema: ([\w.]+) -->")
 _ROW = re.compile(r"^\|\s*`([A-Za-z0-9_]+)`\s*\|(.*)\|\s*$")
 
 # YAML keys that are not dataclass fields, and fields that are not YAML keys.
@@ -53,6 +60,11 @@ def reachable(root: type) -> list[type]:
 
 
 CLASSES = reachable(schema.Config)
+
+
+def table_id(cls: type) -> str:
+    twins = [c for c in CLASSES if c.__name__ == cls.__name__]
+    return cls.__name__ if len(twins) == 1 else f"{cls.__module__.split('.')[1]}.{cls.__name__}"
 
 
 def yaml_keys(cls: type) -> dict[str, dataclasses.Field[Any] | None]:
@@ -100,7 +112,8 @@ def test_reachable_classes_include_every_action() -> None:
 
 
 def test_every_config_class_has_a_table(tables: dict[str, dict[str, list[str]]]) -> None:
-    names = {cls.__name__ for cls in CLASSES}
+    names = {table_id(cls) for cls in CLASSES}
+    assert len(names) == len(CLASSES), "two classes share a table id"
     assert sorted(names - set(tables)) == [], "config classes without a README table"
     assert sorted(set(tables) - names) == [], "README tables for classes not in the schema"
 
@@ -108,7 +121,7 @@ def test_every_config_class_has_a_table(tables: dict[str, dict[str, list[str]]])
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_table_rows_match_yaml_keys(cls: type,
                                     tables: dict[str, dict[str, list[str]]]) -> None:
-    rows = tables.get(cls.__name__, {})
+    rows = tables.get(table_id(cls), {})
     keys = yaml_keys(cls)
     assert sorted(set(keys) - set(rows)) == [], f"keys of {cls.__name__} missing in the README"
     assert sorted(set(rows) - set(keys)) == [], f"README rows for keys {cls.__name__} lacks"
@@ -121,7 +134,7 @@ def _fmt(number: float) -> str:
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
 def test_rows_show_defaults_and_bounds(cls: type,
                                        tables: dict[str, dict[str, list[str]]]) -> None:
-    rows = tables.get(cls.__name__, {})
+    rows = tables.get(table_id(cls), {})
     for key, f in yaml_keys(cls).items():
         if f is None or key not in rows:
             continue
@@ -133,11 +146,34 @@ def test_rows_show_defaults_and_bounds(cls: type,
             assert f"{_fmt(lo)}–{_fmt(hi)}" in type_cell, f"{cls.__name__}.{key}: range"
         elif lo is not None:
             assert f"≥ {_fmt(lo)}" in type_cell, f"{cls.__name__}.{key}: lower bound"
-        if f.default is schema.REQUIRED or (f.default is dataclasses.MISSING
-                                            and f.default_factory is dataclasses.MISSING):
+        if f.default is REQUIRED or (f.default is dataclasses.MISSING
+                                     and f.default_factory is dataclasses.MISSING):
             assert "required" in default_cell, f"{cls.__name__}.{key}: should say required"
         elif f.default is not dataclasses.MISSING and f.default is not None:
             code = re.search(r"`([^`]*)`", default_cell)
             assert code is not None, f"{cls.__name__}.{key}: default not shown"
             assert yaml.safe_load(code.group(1)) == f.default, \
                 f"{cls.__name__}.{key}: README default {code.group(1)} != {f.default!r}"
+
+
+def test_generated_tables_match_the_schema() -> None:
+    from lbcdn.config import reference
+    text = README.read_text(encoding="utf-8")
+    rendered = reference.generated_tables()
+    assert len(rendered) >= 20, "the component sections should be generated"
+    written = reference.readme_tables(text)
+    stale = sorted(k for k, v in rendered.items() if written.get(k) != v)
+    assert stale == [], ("README tables differ from the schema; run "
+                         "`.venv/bin/python -m lbcdn.config.reference --write README.md`")
+
+
+def _slug(heading: str) -> str:
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_reference_links_lead_to_headings() -> None:
+    text = README.read_text(encoding="utf-8")
+    anchors = {_slug(m.group(1)) for m in re.finditer(r"^#{2,4} (.+)$", text, re.M)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert links, "no links found"
+    assert sorted(links - anchors) == [], "links to headings that do not exist"
