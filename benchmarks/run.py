@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scenario_dns  # noqa: E402
 import scenario_bucket  # noqa: E402
+import scenario_cache  # noqa: E402
 import scenario_idle  # noqa: E402
 import scenario_proxy  # noqa: E402
 from harness import REPO, Bench, BenchError, Scenario  # noqa: E402
@@ -40,6 +41,9 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "bucket": ("bucket origin: 256 MiB GET vs nginx (sendfile), 256 MiB PUT via boto3", scenario_bucket.run),
     "dns": ("authoritative UDP qps: Knot DNS (1 UDP worker) and lbcdn DnsServer (dnsperf)",
             scenario_dns.run),
+    "cache": ("edge cache vs nginx proxy_cache: 1 KiB hit req/s, 64 MiB hit throughput, "
+              "1,000 cold requests -> 1 origin request, RSS with a full 1 GiB memory tier",
+              scenario_cache.run),
 }
 
 
