@@ -22,7 +22,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from lbcdn.cache.invalidation import Invalidation
@@ -38,6 +38,7 @@ from lbcdn.logs import AccessLog, setup_logging
 from lbcdn.routing import Router
 from lbcdn.tasks import spawn
 from lbcdn.upstream.pool import Pool
+from lbcdn.upstream.targets import TargetsControl, stats_of
 
 log = logging.getLogger("lbcdn.daemon")
 
@@ -74,10 +75,37 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._retired: set[asyncio.Task[None]] = set()
+        # pools' targets and health checks: here, unless a control process runs them (then
+        # `on_drained` tells it when a draining target has nothing in flight here)
+        self.targets: TargetsControl | None = None
+        if role == "single":
+            self.targets = TargetsControl(self.apply_targets, state_dir=config.admin.state_dir,
+                                          stats=lambda name: stats_of(self.pools.values(), name))
+        self.on_drained: Callable[[str, str], None] | None = None
 
     @property
     def draining(self) -> bool:
         return self._draining
+
+    def targets_control(self) -> TargetsControl | None:
+        return self.targets
+
+    def apply_targets(self, pool: str, snapshot: list[dict[str, Any]]) -> None:
+        """The control plane's view of a pool's targets (lbcdn.upstream.targets)."""
+        p = self.pools.get(pool)
+        if p is not None:
+            p.apply(snapshot)
+
+    def _wire_pool(self, pool: Pool) -> Pool:
+        name = pool.name
+
+        def drained(key: str) -> None:
+            if self.targets is not None:
+                self.targets.drained(name, key)
+            elif self.on_drained is not None:
+                self.on_drained(name, key)
+        pool.on_drained = drained
+        return pool
 
     def dns_engine(self) -> Engine | None:
         dns = self.control.dns if self.control is not None else None
@@ -107,7 +135,9 @@ class Daemon:
         self.access_log.start()
         if self.control is not None:
             await self.control.start(config)
-        self.pools = {name: Pool(pool) for name, pool in config.pools.items()}
+        self.pools = {name: self._wire_pool(Pool(pool)) for name, pool in config.pools.items()}
+        if self.targets is not None:
+            await self.targets.start(config)
         self.cache = CacheRuntime(config.cache, config.buckets)
         cache_flow.set_runtime(self.cache)
         router = Router(config.routes, config.default_route)
@@ -145,8 +175,12 @@ class Daemon:
         # 1. what can fail: open the new listeners first
         kept = {_listener_key(l.config): l for l in self.listeners}
         pools = {name: (self.pools[name] if name in self.pools and
-                        self.pools[name].config == pc else Pool(pc))
+                        self.pools[name].config == pc else self._wire_pool(Pool(pc)))
                  for name, pc in config.pools.items()}
+        for name, pool in pools.items():  # a rebuilt pool starts from the states known now
+            if self.targets is not None and pool is not self.pools.get(name) \
+                    and name in self.targets.pools:
+                pool.apply(self.targets.pools[name].snapshot())
         router = Router(config.routes, config.default_route)
         access_log = self.access_log
         if config.logging.access_log != old.logging.access_log:
@@ -205,6 +239,8 @@ class Daemon:
             listeners, pools, access_log, config
         if self.log_level is None and config.logging.level != old.logging.level:
             setup_logging(config.logging.level)
+        if self.targets is not None:
+            await self.targets.apply(config)
 
     def _retire(self, coro: Coroutine[Any, Any, None]) -> None:
         task = spawn(coro, "daemon-retire")
@@ -251,6 +287,8 @@ class Daemon:
         log.info("draining (up to %.1f s)", self.config.shutdown.drain_timeout_s)
         await asyncio.gather(*(listener.drain(deadline) for listener in self.listeners),
                              *self._retired)
+        if self.targets is not None:
+            await self.targets.stop()
         for pool in self.pools.values():
             pool.close()
         if self.cache is not None:

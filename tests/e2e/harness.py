@@ -40,7 +40,9 @@ def proxy_config(*targets: int, **overrides: Any) -> dict[str, Any]:
     """A one-listener config forwarding everything to `targets` (ports on 127.0.0.1)."""
     config: dict[str, Any] = {
         "listeners": [{"name": "web", "address": HOST, "port": free_port()}],
-        "pools": {"app": {"targets": [f"{HOST}:{p}" for p in targets]}},
+        # no active health checks: edge tests count the requests their backends see
+        "pools": {"app": {"targets": [f"{HOST}:{p}" for p in targets],
+                          "health": {"enabled": False}}},
         "default_route": {"forward": "app"},
         "admin": {"address": HOST, "port": free_port()},
         "logging": {"level": "warning", "access_log": {"enabled": False}},
