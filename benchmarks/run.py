@@ -31,6 +31,7 @@ import scenario_bucket  # noqa: E402
 import scenario_cache  # noqa: E402
 import scenario_idle  # noqa: E402
 import scenario_proxy  # noqa: E402
+import scenario_tls  # noqa: E402
 from harness import REPO, Bench, BenchError, Scenario  # noqa: E402
 
 SCENARIOS: dict[str, tuple[str, Scenario]] = {
@@ -44,6 +45,8 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "cache": ("edge cache vs nginx proxy_cache: 1 KiB hit req/s, 64 MiB hit throughput, "
               "1,000 cold requests -> 1 origin request, RSS with a full 1 GiB memory tier",
               scenario_cache.run),
+    "tls": ("HTTPS: keep-alive req/s, resumed and full TLS handshakes/s, lbcdn vs nginx",
+            scenario_tls.run),
 }
 
 
