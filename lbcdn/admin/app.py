@@ -22,7 +22,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from lbcdn.admin import cache, dns
+from lbcdn.admin import cache, dns, status, targets
 from lbcdn.admin.peers import fanout_middleware
 from lbcdn.admin.state import AdminState
 from lbcdn.config.schema import AdminConfig
@@ -152,6 +152,8 @@ def create_admin_app(state: AdminState, token: str | None,
     app.router.add_post("/api/reload", _reload)
     dns.add_routes(app)
     cache.add_routes(app)
+    targets.add_routes(app)
+    status.add_routes(app)
     return app
 
 
