@@ -32,6 +32,7 @@ import scenario_cache  # noqa: E402
 import scenario_idle  # noqa: E402
 import scenario_proxy  # noqa: E402
 import scenario_tls  # noqa: E402
+import scenario_workers  # noqa: E402
 from harness import REPO, Bench, BenchError, Scenario  # noqa: E402
 
 SCENARIOS: dict[str, tuple[str, Scenario]] = {
@@ -47,6 +48,8 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
               scenario_cache.run),
     "tls": ("HTTPS: keep-alive req/s, resumed and full TLS handshakes/s, lbcdn vs nginx",
             scenario_tls.run),
+    "workers": ("req/s with lbcdn --workers 1 and 2 vs nginx worker_processes 1 and 2",
+                scenario_workers.run),
 }
 
 

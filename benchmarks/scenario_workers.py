@@ -1,0 +1,217 @@
+"""Scenario `workers`: all cores, lbcdn --workers 1 and 2 against nginx worker_processes 1 and 2.
+
+Plain HTTP pass-through proxying of a 1 KiB file (as in `proxy`), measured twice:
+- 1 worker: the backend nginx and the proxy on --server-cpu (core 0), wrk on --client-cpu
+  (core 1), as in every other scenario;
+- 2 workers: the backend nginx (2 workers), the proxy and wrk all pinned to both cores. This
+  machine has 2 cores, so the load generator shares them with the servers: the 2-worker numbers
+  measure how much proxying each server gets out of a fixed CPU budget, not linear scaling.
+The pinning and the load are the same for lbcdn and nginx in each phase, so the ratio is fair.
+nginx listens with `reuseport` (one socket per worker), as lbcdn's workers share the listeners
+with SO_REUSEPORT, so both spread connections over workers the same way.
+lbcdn runs as `lbcdn serve --workers N` (a control process plus N data-plane processes).
+
+No numeric target in issue 7: the table prints req/s, lbcdn/nginx per phase and each server's
+2-worker/1-worker scaling; the only PASS/FAIL is that lbcdn answered without errors.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from harness import (BODY_1K, Bench, BenchError, Server, WrkResult, descendants, free_port,
+                     need_tools, table, verdict)
+
+WORKER_COUNTS = (1, 2)
+WORKERS_READY_S = 20.0
+
+
+def run(bench: Bench) -> None:
+    need_tools("nginx", "wrk", "taskset")
+    both = f"{bench.server_cpu},{bench.client_cpu}"
+    results: dict[int, dict[str, WrkResult]] = {}
+    lb_name = "lbcdn(nginx-stand-in)" if bench.stand_in else "lbcdn"
+    for n in WORKER_COUNTS:
+        server_cpu, client_cpu = (bench.server_cpu, bench.client_cpu) if n == 1 else (both, both)
+        with _pinned(bench, server_cpu, client_cpu):
+            backend = nginx(bench, f"backend-w{n}", n, backend_port=None)
+            ng = nginx(bench, f"nginx-w{n}", n, backend_port=backend.port)
+            lb = (nginx(bench, f"{lb_name}-w{n}", n, backend_port=backend.port)
+                  if bench.stand_in else lbcdn(bench, f"lbcdn-w{n}", n, backend.port))
+            shared = " (wrk shares these cores with the servers)" if n > 1 else ""
+            print(f"  {n} worker(s): backend :{backend.port}  nginx :{ng.port}  {lb_name} "
+                  f":{lb.port}  servers on cpu {server_cpu}, wrk on cpu {client_cpu}{shared}")
+            results[n] = _measure(bench, n, [("nginx", ng), (lb_name, lb)])
+            for s in (lb, ng, backend):
+                bench.stop(s)
+
+    rows = []
+    for n in WORKER_COUNTS:
+        a, b = results[n]["nginx"], results[n][lb_name]
+        rows.append([f"{n} worker{'s' if n > 1 else ''}", f"{a.rps:.0f}", f"{b.rps:.0f}",
+                     f"{b.rps / a.rps:.2f}x", f"{a.p99_ms:.2f}", f"{b.p99_ms:.2f}",
+                     str(a.errors), str(b.errors)])
+    lo, hi = WORKER_COUNTS[0], WORKER_COUNTS[-1]
+    scale_ng = results[hi]["nginx"].rps / results[lo]["nginx"].rps
+    scale_lb = results[hi][lb_name].rps / results[lo][lb_name].rps
+    rows.append([f"{hi}w / {lo}w", f"{scale_ng:.2f}x", f"{scale_lb:.2f}x", "", "", "", "", ""])
+    print()
+    print(table(["workers", "nginx req/s", f"{lb_name} req/s", "lbcdn/nginx", "nginx p99 ms",
+                 "lbcdn p99 ms", "nginx errors", "lbcdn errors"], rows))
+    print()
+    print(f"  note: {hi} workers on a {hi}-core machine share the cores with wrk and the backend")
+    errors = sum(results[n][lb_name].errors for n in WORKER_COUNTS)
+    print(f"  {verdict(errors == 0)}  {lb_name} answered every request ({errors} errors; the "
+          f"ratios have no target in issue 7)")
+    bench.results["workers"] = {
+        str(n): {name: {"rps": r.rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors}
+                 for name, r in results[n].items()}
+        | {"ratio": results[n][lb_name].rps / results[n]["nginx"].rps}
+        for n in WORKER_COUNTS
+    } | {"scaling_nginx": scale_ng, "scaling_lbcdn": scale_lb, "pass": errors == 0}
+
+
+def _measure(bench: Bench, n: int, subjects: list[tuple[str, Server]]) -> dict[str, WrkResult]:
+    runs: dict[str, list[WrkResult]] = {name: [] for name, _ in subjects}
+    width = max(len(name) for name, _ in subjects)
+    for r in range(bench.rounds):
+        for name, server in subjects:
+            if bench.warmup_s > 0:
+                bench.wrk(server.port, duration_s=bench.warmup_s)
+            res = bench.wrk(server.port)
+            runs[name].append(res)
+            print(f"  round {r + 1}, {n}w: {name:<{width}} {res.rps:>10.0f} req/s  "
+                  f"p99 {res.p99_ms:.2f} ms  errors {res.errors}")
+    if any(r.rps <= 0 for r in runs["nginx"]):
+        raise BenchError("nginx served nothing")
+    out = {}
+    for name, rs in runs.items():
+        med = statistics.median_low([r.rps for r in rs])
+        out[name] = next(r for r in rs if r.rps == med)
+    return out
+
+
+@contextmanager
+def _pinned(bench: Bench, server_cpu: str, client_cpu: str) -> Iterator[None]:
+    # Bench.start and Bench.wrk pin with the bench's CPU lists; a phase borrows other ones.
+    saved = bench.server_cpu, bench.client_cpu
+    bench.server_cpu, bench.client_cpu = server_cpu, client_cpu
+    try:
+        yield
+    finally:
+        bench.server_cpu, bench.client_cpu = saved
+
+
+def nginx(bench: Bench, name: str, workers: int, backend_port: int | None) -> Server:
+    """nginx with `workers` worker processes: a static 1 KiB file server when backend_port is
+    None, else a reverse proxy to it (upstream keep-alive, the headers lbcdn adds)."""
+    d = bench.tmp / name.replace("(", "_").replace(")", "_")
+    d.mkdir(mode=0o755)
+    port = free_port()
+    if backend_port is None:
+        (d / "www").mkdir(mode=0o755)
+        (d / "www" / "1k.bin").write_bytes(BODY_1K)
+        block = f"""
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        root {d}/www;
+        location / {{ }}
+    }}"""
+    else:
+        block = f"""
+    upstream backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 3600s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Request-Id $request_id;
+        }}
+    }}"""
+    conf = d / "nginx.conf"
+    conf.write_text(f"""# generated by benchmarks/scenario_workers.py
+daemon off;
+master_process on;
+worker_processes {workers};
+worker_rlimit_nofile 65536;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{
+    worker_connections 32768;
+}}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 3600s;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    default_type application/octet-stream;
+{block}
+}}
+""")
+    server = bench.start(name, ["nginx", "-p", str(d), "-e", f"{d}/error.log", "-c", str(conf)],
+                         port, path="/1k.bin")
+    _wait_processes(server, workers)
+    return server
+
+
+def lbcdn(bench: Bench, name: str, workers: int, backend_port: int) -> Server:
+    d = bench.tmp / name
+    d.mkdir(mode=0o755)
+    port = free_port()
+    cfg = d / "lbcdn.yaml"
+    cfg.write_text(f"""# generated by benchmarks/scenario_workers.py
+listeners:
+  - name: bench
+    address: 127.0.0.1
+    port: {port}
+pools:
+  backend:
+    targets: ["127.0.0.1:{backend_port}"]
+    max_idle_per_target: 64
+routes:
+  - name: all
+    forward: backend
+admin:
+  port: 0
+logging:
+  level: warning
+  access_log:
+    enabled: false
+""")
+    check = subprocess.run([*bench.lbcdn_cmd, "check-config", str(cfg)], capture_output=True,
+                           text=True, timeout=60, stdin=subprocess.DEVNULL)
+    if check.returncode != 0:
+        raise BenchError(f"lbcdn check-config rejected the generated config:\n"
+                         f"{check.stdout}{check.stderr}\n{cfg.read_text()}")
+    server = bench.start(name, [*bench.lbcdn_cmd, "serve", "--config", str(cfg), "--log-level",
+                                "warning", "--workers", str(workers)], port, path="/1k.bin")
+    if workers > 1:
+        _wait_processes(server, workers)
+    return server
+
+
+def _wait_processes(server: Server, workers: int) -> None:
+    """The first process to answer is not proof that all of them listen: wait until the
+    master/control process has its `workers` children before measuring."""
+    deadline = time.monotonic() + WORKERS_READY_S
+    while len(descendants(server.pid)) < workers:
+        if time.monotonic() > deadline or server.proc.poll() is not None:
+            raise BenchError(f"{server.name}: fewer than {workers} worker processes after "
+                             f"{WORKERS_READY_S:g}s:\n{server.log_tail()}")
+        time.sleep(0.1)
