@@ -37,7 +37,7 @@ from lbcdn.cache.behavior import Behavior, Distribution
 from lbcdn.cache.collapse import Lead, Result, Signal, Waiter
 from lbcdn.cache.compress import VARIANT_FIELDS, Compressor, add_vary, compressed_headers, \
     eligible, negotiate
-from lbcdn.cache.conditional import RangeKind, plan_range, precondition
+from lbcdn.cache.conditional import FULL, RangeKind, plan_range, precondition
 from lbcdn.cache.directives import get_first
 from lbcdn.cache.entry import CachedResponse, build, freshened, serialize_head
 from lbcdn.cache.headers import (Outcome, cache_lines, cache_status, invalidated_uris,
@@ -64,7 +64,12 @@ _runtime: CacheRuntime | None = None
 # Request fields never sent to the origin on a cacheable fetch (see the module rules).
 _NOT_FORWARDED = frozenset({b"if-none-match", b"if-modified-since", b"if-match",
                             b"if-unmodified-since", b"if-range", b"range", b"cookie"})
-_CONN_CLOSE = b"Connection: close\r\n"
+# Request fields that make a request more than a plain lookup: without any of them (most hits)
+# the directive parsing and the precondition / range evaluation are skipped.
+_DIRECTIVE_FIELDS = frozenset({b"cache-control", b"pragma", b"authorization"})
+_CONDITIONAL_FIELDS = frozenset({b"if-none-match", b"if-modified-since", b"if-match",
+                                 b"if-unmodified-since", b"range"})
+_PLAIN = RequestDirectives()
 
 
 class ExchangeTap(Protocol):
@@ -118,6 +123,7 @@ class CacheFlow:
     sender: FillSender | None = None
     fetch: OriginFetch | None = None
     lost = False
+    conditional = False
 
     def __init__(self, ex: Exchange, rt: CacheRuntime, dist: Distribution,
                  path: bytes | None = None, status_override: int | None = None) -> None:
@@ -149,7 +155,10 @@ class CacheFlow:
             PassThrough(self).start()
             return
         ex.tap = self
-        self.req = parse_request(head.headers)
+        names = {n.lower() for n, _ in head.headers}
+        self.req = parse_request(head.headers) if not names.isdisjoint(_DIRECTIVE_FIELDS) \
+            else _PLAIN
+        self.conditional = not names.isdisjoint(_CONDITIONAL_FIELDS)
         self.key = self.behavior.keys.primary(head.method, head.host, self.path, self.query,
                                               head.headers)
         found = self.rt.memory.lookup(self.key, head.headers)
@@ -209,7 +218,7 @@ class CacheFlow:
         method = head.method
         lines = cache_lines(outcome, age, ttl=ttl, stored=stored, fwd_status=fwd_status)
         status = self.status_override or entry.status
-        if 200 <= entry.status < 300 and self.status_override is None:
+        if self.conditional and 200 <= entry.status < 300 and self.status_override is None:
             pre = precondition(method, head.headers, entry.etag, entry.last_modified,
                                entry.date, entry.response_time)
             if pre == 304:
@@ -221,11 +230,11 @@ class CacheFlow:
                 ex.respond_local(412, [(b"Content-Type", b"text/plain")]
                                  + self._lines(outcome), b"precondition failed\n")
                 return
-        if self.status_override is None:
+        if self.conditional and self.status_override is None:
             plan = plan_range(method, entry.status, head.headers, entry.size, entry.etag,
                               entry.last_modified, entry.date)
         else:
-            plan = plan_range(b"HEAD", 0, [], 0, None, None, None)
+            plan = FULL
         if plan.kind is RangeKind.FULL:
             first = entry.head if self.status_override is None else _with_status(entry.head,
                                                                                 status)

@@ -388,6 +388,7 @@ async def test_pool_origin_through_demo_backend() -> None:
     from tests.e2e.harness import demo_backend
     async with demo_backend("d1") as bport:
         config = cdn_config(bport, origins={"o": {"pool": "app"}})
+        config["pools"]["app"]["health"] = {"enabled": False}  # /count must see misses only
         async for d, port, clock in started(config):
             target = "/headers/set?Cache-Control=max-age%3D60"
             r1 = await get(port, target)

@@ -1,0 +1,83 @@
+"""CacheRuntime built from config: origins, failover plans, what a reload keeps, purges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lbcdn.bucket.config import BucketsConfig
+from lbcdn.cache.entry import build
+from lbcdn.cache.invalidation import Registry
+from lbcdn.cache.runtime import CacheRuntime
+from lbcdn.cache.config import CacheConfig, CachePolicyConfig
+from lbcdn.config.load import parse_config
+
+
+def cache_config(raw: dict[str, Any]) -> CacheConfig:
+    config = parse_config({"listeners": [{"name": "w", "port": 1}],
+                           "pools": {"app": {"targets": ["127.0.0.1:1"]}}, "cache": raw})
+    return config.cache
+
+
+def entry(path: bytes, tags: bytes = b"") -> Any:
+    headers = [(b"Cache-Control", b"max-age=60")] + ([(b"Surrogate-Key", tags)] if tags else [])
+    return build(key=b"GET\0h\0" + path, variant=b"", host=b"h", path=path, query=b"",
+                 status=200, headers=headers, chunks=(b"body",), request_time=0.0,
+                 response_time=0.0, policy=CachePolicyConfig(), now=0.0)
+
+
+async def test_origins_and_group_plans() -> None:
+    rt = CacheRuntime(cache_config({
+        "origins": {"web": {"url": "https://cdn.example.com", "origin_path": "/v1"},
+                    "alt": {"url": "http://10.0.0.1:8080", "connect_attempts": 2},
+                    "app": {"pool": "app"}},
+        "origin_groups": {"g": {"primary": "web", "secondary": "alt",
+                                "failover_statuses": [404, 503]}}}))
+    web = rt.endpoints["web"]
+    assert web.host_header == b"cdn.example.com" and web.origin_path == b"/v1"
+    assert web.pool is not None and web.pool.targets[0].port == 443 and web.pool.ssl is not None
+    alt = rt.endpoints["alt"]
+    assert alt.host_header == b"10.0.0.1:8080" and alt.connect_attempts == 2
+    assert rt.endpoints["app"].pool is None and rt.endpoints["app"].pool_name == "app"
+    plan = rt.plans["g"]
+    assert [a.endpoint.id for a in plan] == ["web", "alt"]
+    assert plan[0].failover_statuses == frozenset({404, 503})
+    rt.close()
+
+
+async def test_bucket_origin_is_the_website_endpoint() -> None:
+    buckets = BucketsConfig(root="/tmp/x", port=9000, website_port=9100,
+                            website_host_suffixes=("web.localhost",))
+    rt = CacheRuntime(cache_config({"origins": {"b": {"bucket": "photos"}}}), buckets)
+    b = rt.endpoints["b"]
+    assert b.host_header == b"photos.web.localhost"
+    assert b.pool is not None and b.pool.targets[0].port == 9100
+    with pytest.raises(ValueError):
+        CacheRuntime(cache_config({"origins": {"b": {"bucket": "photos"}}}), None)
+
+
+async def test_reload_keeps_stores_unless_storage_changed() -> None:
+    rt = CacheRuntime(cache_config({}))
+    rt.memory.put(entry(b"/a"))
+    same = rt.reconfigured(cache_config({"policies": {"p": {}}}), None)
+    assert same.memory is rt.memory and len(same.memory) == 1
+    other = rt.reconfigured(cache_config({"storage": {"memory_max_bytes": 1 << 20}}), None)
+    assert other.memory is not rt.memory and len(other.memory) == 0
+
+
+async def test_invalidate_and_purge_uri() -> None:
+    rt = CacheRuntime(cache_config({}))
+    for p, t in ((b"/img/a", b"x"), (b"/img/b", b""), (b"/c", b"x")):
+        rt.memory.put(entry(p, t))
+    reg = Registry()
+    assert rt.invalidate(reg.create(["/img/*"], now=0)) == 2
+    assert rt.invalidate(reg.create(tags=["x"], soft=True, now=0)) == 1
+    assert len(rt.memory) == 1
+    assert rt.purge_uri(b"h", b"/c") == 1 and len(rt.memory) == 0
+
+
+def test_max_object_bytes() -> None:
+    rt = CacheRuntime(cache_config({"storage": {"memory_max_bytes": 1000,
+                                                "max_object_bytes": 5000}}))
+    assert rt.max_object_bytes() == 1000
