@@ -67,7 +67,8 @@ async def system_resolver(name: str, port: int, srv: bool) -> list[tuple[str, in
 async def resolve(config: DiscoveryConfig, resolver: Resolver = system_resolver) -> Found:
     found = await resolver(config.dns_name, config.port or 0, config.srv)
     if not config.srv:
-        found = [(h, config.port or p, config.weight) for h, p, _ in found]
+        # the resolver was asked for config.port; a fake may answer others (tests)
+        found = [(h, p or config.port or 0, config.weight) for h, p, _ in found]
     return frozenset(found)
 
 
