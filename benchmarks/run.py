@@ -31,6 +31,7 @@ import scenario_bucket  # noqa: E402
 import scenario_cache  # noqa: E402
 import scenario_idle  # noqa: E402
 import scenario_proxy  # noqa: E402
+import scenario_reload  # noqa: E402
 import scenario_tls  # noqa: E402
 import scenario_workers  # noqa: E402
 from harness import REPO, Bench, BenchError, Scenario  # noqa: E402
@@ -50,6 +51,8 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
             scenario_tls.run),
     "workers": ("req/s with lbcdn --workers 1 and 2 vs nginx worker_processes 1 and 2",
                 scenario_workers.run),
+    "reload": ("500 req/s while lbcdn reloads 5 times (SIGHUP), slow requests in flight: "
+               "failed / reset", scenario_reload.run),
 }
 
 
