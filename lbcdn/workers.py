@@ -8,7 +8,11 @@ listener with SO_REUSEPORT, so the kernel spreads connections across them and a 
 worker never leaves a port unserved while the others live.
 
 Messages, control -> worker: {"op": "config", "yaml": TEXT} (first message: start with it) and
-{"op": "reload", "yaml": TEXT, "id": N}. Worker -> control: {"op": "ready"} and
+{"op": "reload", "yaml": TEXT, "id": N}, {"op": "targets", "pool": NAME, "targets": [...]}
+(the pool's target snapshot: host, port, weight, state, reason; health checks run in the control
+process). Worker -> control: {"op": "drained", "pool", "target"} (a draining target has nothing
+in flight here), {"op": "stats", "pools": {...}} (live per-target numbers, every second),
+{"op": "ready"} and
 {"op": "reloaded", "id": N, "error": null | TEXT}.
 Edge-cache invalidations: control -> worker {"op": "invalidate", "id": N, "invalidation": {id,
 paths, tags, soft, hosts}}, worker -> control {"op": "invalidated", "id": N, "purged": COUNT};
@@ -37,6 +41,7 @@ from lbcdn.cache.invalidation import Invalidation
 from lbcdn.config.load import load_config_text
 from lbcdn.config.schema import Config
 from lbcdn.control import ControlPlane, config_dir
+from lbcdn.upstream.targets import TargetsControl
 from lbcdn.dns.engine import Engine
 from lbcdn.logs import setup_logging
 from lbcdn.tasks import spawn
@@ -58,6 +63,8 @@ class Worker:
         self.restarts = 0
         self.started_at = 0.0
         self.acks: dict[int, asyncio.Future[str | None]] = {}
+        # the worker's live per-target numbers ({"op": "stats"}, every second)
+        self.stats: dict[str, dict[str, dict[str, Any]]] = {}
 
     @property
     def pid(self) -> int | None:
@@ -79,6 +86,10 @@ class Supervisor:
         self.log_level = log_level
         self.workers = [Worker(i) for i in range(workers)]
         self.control = ControlPlane(self, config_dir(config_path))
+        # pools' targets and health checks run here; workers get {"op": "targets"} snapshots
+        self.targets = TargetsControl(
+            self._publish_targets, state_dir=config.admin.state_dir, stats=self._target_stats,
+            data_planes=lambda: max(1, sum(w.ready.is_set() for w in self.workers)))
         self.reloads = 0
         self._draining = False
         self._stop = asyncio.Event()
@@ -90,6 +101,30 @@ class Supervisor:
     @property
     def draining(self) -> bool:
         return self._draining
+
+    def targets_control(self) -> TargetsControl | None:
+        return self.targets
+
+    def _publish_targets(self, pool: str, snapshot: list[dict[str, Any]]) -> None:
+        for worker in self.workers:
+            worker.send({"op": "targets", "pool": pool, "targets": snapshot})
+
+    def _target_stats(self, pool: str) -> dict[str, dict[str, Any]]:
+        """Every worker's numbers for `pool`, added up (latency: the mean of the workers')."""
+        out: dict[str, dict[str, Any]] = {}
+        for worker in self.workers:
+            for key, row in worker.stats.get(pool, {}).items():
+                acc = out.setdefault(key, {"in_flight": 0, "requests": 0, "errors": 0,
+                                           "requests_per_s": 0.0, "_lat": []})
+                for k in ("in_flight", "requests", "errors", "requests_per_s"):
+                    acc[k] += row.get(k) or 0
+                if row.get("latency_s") is not None:
+                    acc["_lat"].append(row["latency_s"])
+        for acc in out.values():
+            lat = acc.pop("_lat")
+            acc["latency_s"] = sum(lat) / len(lat) if lat else None
+            acc["error_rate"] = acc["errors"] / acc["requests"] if acc["requests"] else 0.0
+        return out
 
     def dns_engine(self) -> Engine | None:
         return self.control.dns.engine if self.control.dns is not None else None
@@ -111,6 +146,8 @@ class Supervisor:
     # -- start / stop ---------------------------------------------------------------------
     async def start(self) -> None:
         await self.control.start(self.config)
+        # before the workers: each one gets every pool's snapshot when it is ready
+        await self.targets.start(self.config)
         for worker in self.workers:
             await self._spawn(worker)
         deadline = time.monotonic() + 30
@@ -143,6 +180,12 @@ class Supervisor:
         async for message in messages(reader):  # ends when the worker is gone (_watch restarts)
             if message["op"] == "ready":
                 worker.ready.set()
+                for name, pool in self.targets.pools.items():  # a (re)started worker
+                    worker.send({"op": "targets", "pool": name, "targets": pool.snapshot()})
+            elif message["op"] == "drained":
+                self.targets.drained(message["pool"], message["target"], worker.index)
+            elif message["op"] == "stats":
+                worker.stats = message["pools"]
             elif message["op"] == "reloaded":
                 future = worker.acks.pop(message["id"], None)
                 if future is not None and not future.done():
@@ -200,6 +243,7 @@ class Supervisor:
                 proc.wait()
         if self._monitor is not None:
             self._monitor.cancel()
+        await self.targets.stop()
         await self.control.stop()
         log.info("stopped")
 
@@ -225,6 +269,7 @@ class Supervisor:
             if errors:
                 raise RuntimeError("; ".join(sorted(set(errors))))
             await self.control.apply(config)
+            await self.targets.apply(config)
             # later restarts start from the new configuration
             self.config, self.config_text = config, text
             self.reloads += 1
@@ -308,6 +353,7 @@ def serve_workers(config: Config, config_path: str, workers: int,
 async def _worker_main(control_fd: int, index: int, log_level: str | None) -> int:
     from lbcdn import metrics
     from lbcdn.daemon import Daemon
+    from lbcdn.upstream.targets import stats_of
     sock = socket.socket(fileno=control_fd)
     reader, writer = await asyncio.open_connection(sock=sock)
     line = await reader.readline()
@@ -327,6 +373,11 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
         return 1
     writer.write(b'{"op": "ready"}\n')
 
+    def drained(pool: str, target: str) -> None:
+        writer.write(json.dumps({"op": "drained", "pool": pool, "target": target}).encode()
+                     + b"\n")
+    daemon.on_drained = drained
+
     async def channel() -> None:
         async for message in messages(reader):
             if message["op"] == "reload":
@@ -337,6 +388,8 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
                     error = f"worker {index}: {exc}"
                 writer.write(json.dumps({"op": "reloaded", "id": message["id"],
                                          "error": error}).encode() + b"\n")
+            elif message["op"] == "targets":
+                daemon.apply_targets(message["pool"], message["targets"])
             elif message["op"] == "invalidate":
                 i = message["invalidation"]
                 purged = await daemon.invalidate_cache(Invalidation(
@@ -351,6 +404,9 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
             await asyncio.sleep(1.0)
             metrics.flush()
             daemon.update_gauges()
+            writer.write(json.dumps({"op": "stats", "pools": {
+                name: stats_of(daemon.pools.values(), name) for name in daemon.pools}}
+            ).encode() + b"\n")
 
     tasks = [spawn(channel(), "control-channel"), spawn(flush_metrics(), "metrics-flush")]
     await daemon.run_until_stopped()

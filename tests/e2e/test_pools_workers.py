@@ -1,0 +1,43 @@
+"""Pools with `--workers 2`: health checks run in the control process and their states reach
+every worker; a deregistered target becomes unused once every worker reports it drained."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import DaemonProcess, listener_port
+from tests.e2e.pools_backend import pool_backends
+from tests.e2e.test_pools import api, get, key, pool_config, state_is, targets
+
+
+@pytest.mark.slow
+async def test_health_states_and_draining_reach_every_worker(tmp_path: Path) -> None:
+    async with pool_backends("a", "b", "c") as (a, b, c):
+        b.health_status = 500
+        cfg = pool_config(a, b, health={"interval_s": 0.1, "timeout_s": 0.05})
+        daemon = await asyncio.to_thread(DaemonProcess, cfg, tmp_path, ["--workers", "2"])
+        try:
+            await state_is(cfg, a, "healthy")
+            await state_is(cfg, b, "unhealthy")
+            for _ in range(10):  # new connections: the kernel spreads them over both workers
+                assert (await get(listener_port(cfg))).body == b"a"
+            status, _ = await api(cfg, "POST", "/api/pools/app/targets", {"address": key(c)})
+            assert status == 201
+            await state_is(cfg, c, "healthy")
+            await asyncio.sleep(0.3)  # the snapshot is on its way to the workers
+            status, _ = await api(cfg, "DELETE", f"/api/pools/app/targets/{key(a)}")
+            assert status == 202
+            started = time.monotonic()
+            await state_is(cfg, a, "unused")  # both workers drained, long before the 5 s delay
+            assert time.monotonic() - started < 3
+            for _ in range(10):
+                assert (await get(listener_port(cfg))).body == b"c"
+            await asyncio.sleep(1.2)  # workers send their numbers every second
+            rows = await targets(cfg)
+            assert rows[key(c)]["requests"] >= 10
+        finally:
+            await asyncio.to_thread(daemon.stop)
