@@ -26,13 +26,13 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from lbcdn.config.schema import Config, PoolConfig
 from lbcdn.health.checker import Check, HealthChecker
-from lbcdn.health.prober import ProbeResult
+from lbcdn.health.prober import ProbeResult, ProbeSpec
 from lbcdn.health.state import State, Transition
 from lbcdn.metrics import HEALTH_CHECK_DURATION, HEALTH_CHECKS, set_target_health
 from lbcdn.upstream.discovery import Discovery, Found, Resolver, system_resolver
@@ -42,6 +42,7 @@ log = logging.getLogger("lbcdn.targets")
 
 Snapshot = list[dict[str, Any]]
 Publish = Callable[[str, Snapshot], None]
+ProbeFn = Callable[[ProbeSpec], Awaitable[ProbeResult]]
 
 
 class TargetError(Exception):
@@ -131,7 +132,8 @@ class _Target:
 class PoolTargets:
     def __init__(self, config: PoolConfig, overrides: PoolOverrides, *,
                  on_change: Callable[[PoolTargets], None], save: Callable[[], None],
-                 resolver: Resolver = system_resolver) -> None:
+                 resolver: Resolver = system_resolver, probe_fn: ProbeFn | None = None
+                 ) -> None:
         self.config = config
         self.name = config.name
         self.overrides = overrides
@@ -140,7 +142,8 @@ class PoolTargets:
         self.targets: dict[str, _Target] = {}
         self.checker: HealthChecker[str] = HealthChecker(
             on_result=self._checked, on_change=self._changed,
-            deregistration_delay_s=config.deregistration_delay_s, name=f"pool {config.name}")
+            deregistration_delay_s=config.deregistration_delay_s, name=f"pool {config.name}",
+            probe_fn=probe_fn)
         self.discovered: Found = frozenset()
         self.discovery = (None if config.discovery is None else
                           Discovery(config.discovery, self._found, resolver=resolver,
@@ -367,7 +370,9 @@ class TargetsControl:
     def __init__(self, publish: Publish, *, state_dir: str | None = None,
                  resolver: Resolver = system_resolver,
                  stats: Callable[[str], dict[str, dict[str, Any]]] | None = None,
-                 data_planes: Callable[[], int] = lambda: 1) -> None:
+                 data_planes: Callable[[], int] = lambda: 1,
+                 probe_fn: ProbeFn | None = None) -> None:
+        self.probe_fn = probe_fn  # tests: replaces the network probe
         self.publish = publish
         self.store = StateStore(state_dir)
         self.resolver = resolver
@@ -390,7 +395,7 @@ class TargetsControl:
     def _build(self, config: PoolConfig) -> PoolTargets:
         overrides = self.overrides.setdefault(config.name, PoolOverrides())
         pool = PoolTargets(config, overrides, on_change=self._pool_changed, save=self._save,
-                           resolver=self.resolver)
+                           resolver=self.resolver, probe_fn=self.probe_fn)
         pool.data_planes = self.data_planes
         return pool
 

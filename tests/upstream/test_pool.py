@@ -1,0 +1,137 @@
+"""The runtime pool without sockets: snapshots in, picks out (limits, exclusions, stickiness,
+ejections, draining callbacks)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from lbcdn.config.load import parse_config
+from lbcdn.config.schema import PoolConfig
+from lbcdn.health.outlier import Result
+from lbcdn.upstream.pool import BUSY, Pool, Target
+
+
+def pool_config(**pool: Any) -> PoolConfig:
+    body = {"targets": ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"], **pool}
+    cfg = parse_config({"listeners": [{"name": "w", "port": 8080}], "pools": {"app": body}})
+    return cfg.pools["app"]
+
+
+def snap(*rows: tuple[str, str], weight: int = 1) -> list[dict[str, Any]]:
+    out = []
+    for host_port, state in rows:
+        host, port = host_port.split(":")
+        out.append({"host": host, "port": int(port), "weight": weight, "state": state,
+                    "reason": None})
+    return out
+
+
+def pick(pool: Pool, exclude: list[Target] | None = None) -> Any:
+    return pool.choose([], b"/", b"1.2.3.4", exclude or [])
+
+
+def test_fresh_pool_fails_open_to_initial_targets() -> None:
+    pool = Pool(pool_config())
+    assert pool.failed_open and len(pool.routable) == 3
+
+
+def test_snapshot_decides_what_is_routable() -> None:
+    pool = Pool(pool_config())
+    pool.apply(snap(("10.0.0.1:80", "healthy"), ("10.0.0.2:80", "initial"),
+                    ("10.0.0.3:80", "draining")))
+    assert [t.key for t in pool.routable] == ["10.0.0.1:80"]
+    assert {pick(pool)[0].key for _ in range(5)} == {"10.0.0.1:80"}
+
+
+def test_fail_open_off_means_none() -> None:
+    pool = Pool(pool_config(fail_open=False))
+    pool.apply(snap(("10.0.0.1:80", "unhealthy")))
+    assert pick(pool) is None
+
+
+def test_retry_excludes_the_failed_target() -> None:
+    pool = Pool(pool_config(health={"enabled": False}), rng=random.Random(1))
+    first = pick(pool)[0]
+    for _ in range(10):
+        assert pick(pool, [first])[0] is not first
+    assert pool.has_other([first]) and not pool.has_other(list(pool.routable))
+
+
+def test_connection_limit_moves_on_then_busy() -> None:
+    pool = Pool(pool_config(health={"enabled": False}, max_connections_per_target=1))
+    taken = []
+    for _ in range(3):
+        t, _ = pick(pool)
+        pool.started(t)
+        taken.append(t)
+    assert len(set(taken)) == 3
+    assert pick(pool) == BUSY
+    pool.finished(taken[0], 200, 0.01)
+    assert pick(pool)[0] is taken[0]
+
+
+def test_sticky_cookie_is_set_and_followed() -> None:
+    pool = Pool(pool_config(health={"enabled": False},
+                            balance={"sticky": {"cookie_name": "LB", "duration_s": 10}}))
+    t, cookie = pick(pool)
+    assert cookie.startswith(b"LB=") and b"Max-Age=10" in cookie
+    value = cookie.split(b";")[0]
+    for _ in range(5):
+        again, _ = pool.choose([(b"Cookie", value)], b"/", b"ip")
+        assert again is t
+
+
+def test_outlier_ejection_replans() -> None:
+    pool = Pool(pool_config(health={"enabled": False},
+                            outlier={"enabled": True, "consecutive_5xx": 2,
+                                     "max_ejection_percent": 50}))
+    bad = pool.targets[0]
+    ejected: list[str] = []
+    pool.on_ejected = lambda key, e: ejected.append(key)
+    for _ in range(2):
+        pool.started(bad)
+        pool.finished(bad, 502, 0.01)
+    assert ejected == [bad.key] and bad not in pool.routable
+    assert bad.errors == 2 and bad.requests == 2
+
+
+def test_connect_failures_count_separately() -> None:
+    pool = Pool(pool_config(health={"enabled": False},
+                            outlier={"enabled": True, "consecutive_connect_failures": 1,
+                                     "max_ejection_percent": 50}))
+    t = pool.targets[1]
+    pool.started(t)
+    pool.finished(t, 0, None, Result.CONNECT_FAILURE)
+    assert t not in pool.routable
+
+
+def test_draining_target_reports_drained_when_idle() -> None:
+    pool = Pool(pool_config())
+    drained: list[str] = []
+    pool.on_drained = drained.append
+    pool.apply(snap(("10.0.0.1:80", "healthy"), ("10.0.0.2:80", "healthy")))
+    t = pool.by_key["10.0.0.2:80"]
+    pool.started(t)
+    pool.apply(snap(("10.0.0.1:80", "healthy"), ("10.0.0.2:80", "draining")))
+    assert drained == [] and t not in pool.routable
+    pool.finished(t, 200, 0.01)
+    assert drained == ["10.0.0.2:80"]
+
+
+def test_snapshot_adds_and_removes_targets() -> None:
+    pool = Pool(pool_config())
+    pool.apply(snap(("10.0.0.9:81", "healthy")))
+    assert list(pool.by_key) == ["10.0.0.9:81"]
+    assert [t.key for t in pool.routable] == ["10.0.0.9:81"]
+
+
+def test_details_show_rates() -> None:
+    pool = Pool(pool_config(health={"enabled": False}))
+    t = pool.targets[0]
+    for status in (200, 200, 500, 200):
+        pool.started(t)
+        pool.finished(t, status, 0.02)
+    row = pool.details()["targets"][0]
+    assert row["requests"] == 4 and row["error_rate"] == 0.25
+    assert abs(row["latency_s"] - 0.02) < 1e-9
