@@ -70,7 +70,9 @@ async def scripted_backend(*steps: Step | bytes) -> AsyncIterator[tuple[int, Scr
 def upstream_config(backend_port: int, **pool: Any) -> dict[str, Any]:
     return {
         "listeners": [{"name": "web", "address": HOST, "port": free_port()}],
-        "pools": {"app": {"targets": [f"{HOST}:{backend_port}"], **pool}},
+        # no active health checks: these tests count the requests the backend sees
+        "pools": {"app": {"targets": [f"{HOST}:{backend_port}"],
+                          "health": {"enabled": False}, **pool}},
         "default_route": {"forward": "app"},
         "admin": {"port": 0},
         "logging": {"level": "error", "access_log": {"enabled": False}},
