@@ -25,7 +25,7 @@ BENCH_ARGS ?=
 # `config` validation; tini + util-linux (unshare): the container's PID 1; openssl: test
 # certificates; chromium: the status page in a real browser.
 TEST_DEBS  := curl openssl knot systemd docker-compose tini util-linux chromium
-BENCH_DEBS := nginx wrk util-linux dnsperf knot
+BENCH_DEBS := nginx wrk util-linux dnsperf knot openssl
 
 # apt-get directly as root, else through sudo when there is one (else apt-get fails loudly).
 SUDO := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
