@@ -117,7 +117,8 @@ def edge_config(backend_port: int, listener: dict[str, Any] | None = None,
                 routes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     config: dict[str, Any] = {
         "listeners": [{"name": "web", "address": HOST, "port": free_port(), **(listener or {})}],
-        "pools": {"app": {"targets": [f"{HOST}:{backend_port}"]}},
+        # no active health checks: these tests read exactly what the backend receives
+        "pools": {"app": {"targets": [f"{HOST}:{backend_port}"], "health": {"enabled": False}}},
         "default_route": {"forward": "app"},
         "admin": {"port": 0},
         "logging": {"level": "error", "access_log": {"enabled": False}},
