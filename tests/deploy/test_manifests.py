@@ -203,12 +203,16 @@ def test_container_ports_match_the_config() -> None:
     assert ports["dns-tcp"] == (5353, "TCP")
 
 
-def test_dns_block_waits_commented_out_with_the_container_port() -> None:
-    """DNS is not in the config schema yet: its block is commented out, ready to enable."""
+def test_dns_listens_on_the_container_port() -> None:
     from lbcdn.dns.config import load_dns_config
-    assert "dns" not in config()
-    dns = load_dns_config(commented_block(config_text(), "dns"))
+    dns = load_dns_config(config()["dns"])
     assert [(x.address, x.port) for x in dns.listeners] == [("0.0.0.0", 5353)]
+    assert [z.name for z in dns.zones] == ["example.internal"]
+
+
+def test_admin_calls_fan_out_to_the_peers_service() -> None:
+    assert config()["admin"]["peers"] == {"dns_name": "lbcdn-peers"}
+    assert find("Service", "lbcdn-peers")["spec"]["clusterIP"] == "None"
 
 
 def test_probes_ask_admin_healthz() -> None:
@@ -249,10 +253,8 @@ def test_pool_targets_the_headless_app_backends_service() -> None:
     [c] = app["spec"]["containers"]
     assert {p["name"]: p["containerPort"] for p in c["ports"]}[port["targetPort"]] == 8000
     assert c["args"][c["args"].index("--port") + 1] == "8000"
-    assert config()["pools"]["app"]["targets"] == [f"app-backends:{port['port']}"]
-    # Pool discovery (issue 3) is not in the schema yet; its block waits commented out.
-    assert "discovery" not in config()["pools"]["app"]
-    discovery = commented_block(config_text(), "discovery")
+    assert "targets" not in config()["pools"]["app"]
+    discovery = config()["pools"]["app"]["discovery"]
     assert discovery["dns_name"] == "app-backends"
     assert discovery["port"] == port["port"]
     assert discovery["interval_s"] > 0
