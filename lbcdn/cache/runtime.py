@@ -31,7 +31,7 @@ from lbcdn.cache.config import CacheConfig, OriginConfig, StorageConfig
 from lbcdn.cache.disk import DiskStore
 from lbcdn.cache.entry import CachedResponse
 from lbcdn.cache.invalidation import Invalidation, apply
-from lbcdn.cache.metrics import CacheMetrics
+from lbcdn.metrics import CacheMetrics
 from lbcdn.cache.store import MemoryStore
 from lbcdn.config.schema import PoolConfig, TargetConfig, UpstreamTlsConfig
 from lbcdn.upstream.pool import Pool
