@@ -242,3 +242,25 @@ async def test_sigusr1_reopens_the_access_log(tmp_path: Path) -> None:
     assert "before" in (tmp_path / "access.log.1").read_text()
     after = log_path.read_text()
     assert "after" in after and "before" not in after
+
+
+async def test_open_websocket_tunnel_survives_a_reload(tmp_path: Path) -> None:
+    async with demo_backend() as bport:
+        config = with_hello(proxy_config(bport), "one")
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(config))
+        daemon = Daemon(load_config(path), path)
+        await daemon.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(
+                        f"http://{HOST}:{listener_port(config)}/ws") as ws:
+                    await ws.send_str("before")
+                    assert (await ws.receive(timeout=3)).data == "before"
+                    path.write_text(yaml.safe_dump(with_hello(config, "two")))
+                    await daemon.reload()
+                    assert await get(session, listener_port(config), "/hello") == (200, "two")
+                    await ws.send_str("after")  # the tunnel opened before still carries data
+                    assert (await ws.receive(timeout=3)).data == "after"
+        finally:
+            await daemon.stop()
