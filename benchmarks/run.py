@@ -30,6 +30,7 @@ import scenario_dns  # noqa: E402
 import scenario_bucket  # noqa: E402
 import scenario_cache  # noqa: E402
 import scenario_idle  # noqa: E402
+import scenario_pools  # noqa: E402
 import scenario_proxy  # noqa: E402
 import scenario_reload  # noqa: E402
 import scenario_tls  # noqa: E402
@@ -53,6 +54,8 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
                 scenario_workers.run),
     "reload": ("500 req/s while lbcdn reloads 5 times (SIGHUP), slow requests in flight: "
                "failed / reset", scenario_reload.run),
+    "pools": ("1,000 health-checked targets: cpu; req/s per balancing algorithm; us per pick",
+              scenario_pools.run),
 }
 
 
