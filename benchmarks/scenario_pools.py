@@ -383,7 +383,8 @@ def _pick_part(bench: Bench, request_cpu_us: float) -> dict[str, PolicyPick]:
     worst, cost = max(out.items(), key=lambda kv: kv[1].extra_us)
     print(f"  {verdict(all(o.passed for o in out.values()))}  10,000 targets add at most "
           f"{cost.extra_us:+.2f} us per pick ({worst}); target < {PICK_MAX_SHARE * 100:g}% of "
-          f"the cpu per request of round robin in part 2 = {budget:.2f} us")
+          f"the cpu per request of round robin in part 2 = {budget:.2f} us"
+          f"{' (of the nginx stand-in, not lbcdn)' if bench.stand_in else ''}")
     return out
 
 
