@@ -99,7 +99,7 @@ ACCESS_LOG_DROPPED: Final = Counter(
     "Access log lines dropped because the writer fell too far behind.", registry=REGISTRY)
 
 # Objects holding deltas not yet moved into prometheus-client; each appears at most once.
-_dirty: list[RouteMetrics | PoolMetrics | TargetMetrics] = []
+_dirty: list[RouteMetrics | PoolMetrics | TargetMetrics | HealthCheckMetrics] = []
 
 
 def _status_class(index: int) -> str:
@@ -359,6 +359,57 @@ def target_metrics(pool: str, target: str) -> TargetMetrics:
     if tm is None:
         tm = _targets[key] = TargetMetrics(pool, target)
     return tm
+
+
+class HealthCheckMetrics:
+    """Active health check results and latency of one pool, accumulated like RouteMetrics (a
+    pool of 1,000 targets at 1 s runs 1,000 checks a second). Get it from
+    `health_check_metrics()`."""
+
+    __slots__ = ("pool", "_outcomes", "_hist", "_seconds", "_dirty", "_children", "_duration")
+
+    def __init__(self, pool: str) -> None:
+        self.pool = pool
+        self._outcomes: dict[str, int] = {}
+        self._hist = [0] * len(_BOUNDS)
+        self._seconds = 0.0
+        self._dirty = False
+        self._children: dict[str, Counter] = {}
+        self._duration: Histogram | None = None
+
+    def observe(self, outcome: str, seconds: float) -> None:
+        """One check ended with `outcome` (an Outcome's value) after `seconds`."""
+        outcomes = self._outcomes
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        self._hist[bisect_left(_BOUNDS, seconds)] += 1
+        self._seconds += seconds
+        if not self._dirty:
+            self._dirty = True
+            _dirty.append(self)
+
+    def _flush(self) -> None:
+        self._dirty = False
+        for outcome, n in self._outcomes.items():
+            child = self._children.get(outcome)
+            if child is None:
+                child = self._children[outcome] = HEALTH_CHECKS.labels(self.pool, outcome)
+            child.inc(n)
+        self._outcomes.clear()
+        if self._duration is None:
+            self._duration = HEALTH_CHECK_DURATION.labels(self.pool)
+        _add_to_histogram(self._duration, self._hist, self._seconds)
+        self._seconds = 0.0
+
+
+_health_checks: dict[str, HealthCheckMetrics] = {}
+
+
+def health_check_metrics(pool: str) -> HealthCheckMetrics:
+    """The HealthCheckMetrics of a pool; the same object on every call."""
+    hm = _health_checks.get(pool)
+    if hm is None:
+        hm = _health_checks[pool] = HealthCheckMetrics(pool)
+    return hm
 
 
 def set_target_health(pool: str, target: str, state: str | None) -> None:

@@ -34,7 +34,7 @@ from lbcdn.config.schema import Config, PoolConfig
 from lbcdn.health.checker import Check, HealthChecker
 from lbcdn.health.prober import ProbeResult, ProbeSpec
 from lbcdn.health.state import State, Transition
-from lbcdn.metrics import HEALTH_CHECK_DURATION, HEALTH_CHECKS, set_target_health
+from lbcdn.metrics import health_check_metrics, set_target_health
 from lbcdn.upstream.discovery import Discovery, Found, Resolver, system_resolver
 from lbcdn.upstream.pool import target_key
 
@@ -136,6 +136,7 @@ class PoolTargets:
                  ) -> None:
         self.config = config
         self.name = config.name
+        self._check_metrics = health_check_metrics(config.name)
         self.overrides = overrides
         self._on_change = on_change
         self._save = save
@@ -244,8 +245,7 @@ class PoolTargets:
 
     # -- health events -------------------------------------------------------------------
     def _checked(self, key: str, result: ProbeResult, transition: Transition | None) -> None:
-        HEALTH_CHECKS.labels(self.name, str(result.outcome)).inc()
-        HEALTH_CHECK_DURATION.labels(self.name).observe(result.latency_s)
+        self._check_metrics.observe(str(result.outcome), result.latency_s)
 
     def _changed(self, key: str, transition: Transition) -> None:
         set_target_health(self.name, key, str(transition.new))
