@@ -44,7 +44,8 @@ from lbcdn.cache.headers import (Outcome, cache_lines, cache_status, invalidated
                                  not_modified_headers, serialize, storable_headers,
                                  validator_matches, x_cache)
 from lbcdn.cache.key import variant_key
-from lbcdn.cache.policy import (RequestDirectives, ResponseMeta, Use, evaluate,
+from lbcdn.cache.policy import (F_NO_CACHE, F_PURGED, RequestDirectives, ResponseMeta, Use,
+                                 evaluate,
                                 is_origin_error, not_storable, parse_request, parse_response,
                                 removed_fields, usable_on_error, validators)
 from lbcdn.cache.runtime import Attempt, CacheRuntime
@@ -70,6 +71,8 @@ _DIRECTIVE_FIELDS = frozenset({b"cache-control", b"pragma", b"authorization"})
 _CONDITIONAL_FIELDS = frozenset({b"if-none-match", b"if-modified-since", b"if-match",
                                  b"if-unmodified-since", b"range"})
 _PLAIN = RequestDirectives()
+# Entries the fast path leaves to the full flow: validated on every use, or soft-purged.
+_NOT_FAST = F_NO_CACHE | F_PURGED
 
 
 class ExchangeTap(Protocol):
@@ -96,7 +99,67 @@ def start(ex: Exchange, distribution: str) -> None:
     if rt is None or dist is None:
         ex.respond_error(HttpError(503, "edge cache not configured", close=False))
         return
-    CacheFlow(ex, rt, dist).start()
+    if not _fast_hit(ex, rt, dist):
+        CacheFlow(ex, rt, dist).start()
+
+
+# The hit fast path: Age, Cache-Status and X-Cache of a fresh hit in one formatting operation.
+_HIT_LINES = b"Age: %d\r\nCache-Status: lbcdn; hit; ttl=%d\r\nX-Cache: Hit from lbcdn\r\n"
+_MAX_AGE = 2147483648
+_SLOW_FIELDS = _DIRECTIVE_FIELDS | _CONDITIONAL_FIELDS
+
+
+def _fast_hit(ex: Exchange, rt: CacheRuntime, dist: Distribution) -> bool:
+    """Answer a plain fresh hit from memory without a CacheFlow (most requests of a CDN).
+
+    Plain: GET or HEAD, no body, none of the fields that need directive parsing,
+    preconditions or ranges. Anything else (and every miss or stale entry) returns False
+    for the full flow, which decides exactly as before: this path only skips work that has
+    no effect on such a request (see CacheFlow.start / found / serve_entry)."""
+    head = ex.head
+    method = head.method
+    if method == b"GET":
+        allowed = "GET"
+    elif method == b"HEAD":
+        allowed = "HEAD"
+    else:
+        return False
+    if head.has_body:
+        return False
+    for name, _ in head.headers:
+        if name.lower() in _SLOW_FIELDS:
+            return False
+    path = head.path
+    behavior = dist.select(path)
+    if allowed not in behavior.policy.allowed_methods:
+        return False
+    entry = rt.memory.lookup(behavior.keys.primary(method, head.host, path, head.query,
+                                                   head.headers), head.headers)
+    if not isinstance(entry, CachedResponse) or entry.flags & _NOT_FAST:
+        return False
+    now = rt.clock()
+    age = entry.initial_age + max(0.0, now - entry.response_time)
+    ttl = entry.lifetime - age
+    if ttl <= 0.0:
+        return False  # stale: the flow decides (stale-while-revalidate, revalidation)
+    rt.metrics.hit.inc()
+    ex._end_request_early()
+    parts = [entry.head, _HIT_LINES % (min(int(age), _MAX_AGE), int(ttl)), ex.extra_headers]
+    if not ex.keep_alive or ex.conn.draining or head.version == b"1.0":
+        ex._connection_header(parts)
+    parts.append(b"\r\n")
+    if method == b"GET":
+        parts.extend(entry.chunks)
+    n = 0
+    for p in parts:
+        n += len(p)
+    ex.status = entry.status
+    ex.response_started = True
+    ex.bytes_out += n
+    ex.conn.writelines(parts)
+    ex.response_done = True
+    ex._maybe_finish()
+    return True
 
 
 def parse_fwd(fwd: list[bytes]) -> list[tuple[bytes, bytes]]:

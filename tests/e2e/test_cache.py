@@ -499,3 +499,49 @@ async def test_disk_tier_survives_restart(origin: Origin, tmp_path: Any) -> None
         assert r.status == 200 and r.body == b"D" * 5000
         assert r.header("X-Cache") == "Hit from lbcdn"
     assert origin.hits["/d"] == 1
+
+
+async def test_plain_hit_fast_path_answers_as_the_full_flow(
+        origin: Origin, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain fresh hit is answered without a CacheFlow, byte for byte as the full flow
+    answers it (a harmless request Cache-Control forces the full flow)."""
+    from lbcdn.edge import cache_flow
+    flows: list[object] = []
+    real = cache_flow.CacheFlow
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        flows.append(args)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(cache_flow, "CacheFlow", counting)
+    origin.set("/f", Answer(headers=[("Cache-Control", "max-age=100"), ("ETag", '"v1"'),
+                                     ("X-Extra", "1")], body=b"fast body"))
+    full = [("Cache-Control", "max-age=1000")]
+    async for d, port, clock in started(cdn_config(origin.port)):
+        await get(port, "/f")
+        assert len(flows) == 1
+        clock.now += 30.5
+        for method in ("GET", "HEAD"):
+            for extra in ([], [("Connection", "close")]):
+                n = len(flows)
+                fast = await get(port, "/f", extra, method=method)
+                assert len(flows) == n  # no CacheFlow: the fast path answered
+                slow = await get(port, "/f", extra + full, method=method)
+                assert len(flows) == n + 1
+                assert fast.status == slow.status == 200
+                assert fast.headers == slow.headers and fast.body == slow.body
+                assert fast.header("Age") == "30" and cc(fast) == "lbcdn; hit; ttl=69"
+        c = await RawClient.open(port)
+        try:  # keep-alive on one connection: two fast hits in a row
+            for _ in range(2):
+                r = await c.request("GET", "/f")
+                assert r.body == b"fast body" and r.header("X-Cache") == "Hit from lbcdn"
+        finally:
+            await c.close()
+        # conditionals, stale entries and other methods take the full flow
+        n = len(flows)
+        r = await get(port, "/f", [("If-None-Match", '"v1"')])
+        assert r.status == 304 and len(flows) == n + 1
+        clock.now += 100
+        r = await get(port, "/f")
+        assert len(flows) == n + 2 and origin.hits["/f"] == 2
+        assert r.header("X-Cache") != "Hit from lbcdn"
