@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import re
 import socket
-import statistics
 import struct
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import Bench, BenchError, Server, free_port, need_tools, table, verdict
+from harness import (Bench, BenchError, Server, free_port, median_by, need_tools, run_tool, table,
+                     verdict)
 
 TARGET_RATIO = 0.9
 ORIGIN = "example.com"
@@ -116,14 +114,7 @@ def dnsperf(bench: Bench, port: int, queries: Path, duration_s: float,
            "-d", str(queries), "-l", str(dur), "-q", "256", "-t", "2", "-b", "4096"]
     if max_qps is not None:
         cmd += ["-Q", str(int(max_qps))]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=dur + 60,
-                             stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as e:
-        raise BenchError(f"dnsperf did not finish: {' '.join(cmd)}") from e
-    if out.returncode != 0:
-        raise BenchError(f"dnsperf failed ({out.returncode}): {out.stderr or out.stdout}")
-    return parse_dnsperf(out.stdout)
+    return parse_dnsperf(run_tool(cmd, dur + 60))
 
 
 def dns_ready(port: int) -> bool:
@@ -143,22 +134,8 @@ def dns_ready(port: int) -> bool:
 
 def start_dns(bench: Bench, name: str, cmd: list[str], port: int,
               timeout_s: float = 20.0) -> Server:
-    log = bench.tmp / f"{name}.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(["taskset", "-c", bench.server_cpu, *cmd], stdout=f,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    server = Server(name, port, proc, log)
-    bench.servers.append(server)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{name} exited with {proc.returncode}:\n{server.log_tail()}")
-        if dns_ready(port):
-            return server
-        time.sleep(0.1)
-    raise BenchError(f"{name} not answering on port {port} after {timeout_s}s:\n"
-                     f"{server.log_tail()}")
+    """Bench.start, but ready means the server answers a DNS query."""
+    return bench.start(name, cmd, port, timeout_s=timeout_s, ready=dns_ready)
 
 
 def knot(bench: Bench, zone_file: Path) -> Server:
@@ -261,5 +238,4 @@ def run(bench: Bench) -> None:
 
 
 def _median(rs: list[PerfResult]) -> PerfResult:
-    med = statistics.median_low([r.qps for r in rs])
-    return next(r for r in rs if r.qps == med)
+    return median_by(rs, lambda r: r.qps)

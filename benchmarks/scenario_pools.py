@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -36,9 +35,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import (BODY_1K, Bench, BenchError, Server, WrkResult, free_port, need_tools,
-                     raise_nofile, table, verdict)
-from scenario_tls import cpu_seconds
+from harness import (Bench, BenchError, Server, WrkResult, cpu_seconds, free_port, interleave,
+                     lbcdn_yaml, median_by, need_tools, nginx_proxy_block, raise_nofile, table,
+                     verdict)
 
 HERE = Path(__file__).resolve().parent
 
@@ -121,16 +120,12 @@ def _start_targets(bench: Bench, count: int) -> tuple[Server, list[int]]:
     d = bench.tmp / "targets"
     d.mkdir(mode=0o755)
     ports_file, log = d / "ports.json", d / "targets.log"
-    cmd = ["taskset", "-c", bench.client_cpu, sys.executable, str(HERE / "pool_targets.py"),
-           "--count", str(count), "--ports-file", str(ports_file)]
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    server = Server("targets", 0, proc, log)
-    bench.servers.append(server)
+    cmd = [sys.executable, str(HERE / "pool_targets.py"), "--count", str(count),
+           "--ports-file", str(ports_file)]
+    server = bench.spawn("targets", cmd, 0, cpu=bench.client_cpu, log=log)
     deadline = time.monotonic() + 20
     while not ports_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
+        if server.proc.poll() is not None or time.monotonic() > deadline:
             raise BenchError(f"the targets helper did not start:\n{server.log_tail()}")
         time.sleep(0.05)
     ports: list[int] = json.loads(ports_file.read_text())
@@ -232,7 +227,7 @@ class PolicyRun:
 
 
 def _policy_part(bench: Bench) -> dict[str, PolicyRun]:
-    b1, b2 = _backend(bench, "backend-1"), _backend(bench, "backend-2")
+    b1, b2 = bench.nginx_backend("backend-1"), bench.nginx_backend("backend-2")
     daemons: list[tuple[str, Server]] = []
     for algo in ALGORITHMS:
         if bench.stand_in:
@@ -252,18 +247,13 @@ def _policy_part(bench: Bench) -> dict[str, PolicyRun]:
           + ", ".join(f"{a} :{s.port}" for a, s in daemons)
           + f" (cpu {bench.server_cpu}; wrk cpu {bench.client_cpu}, -c{bench.connections} "
           f"-d{bench.duration_s:g}s x{bench.rounds})")
-    runs: dict[str, list[tuple[WrkResult, float]]] = {a: [] for a, _ in daemons}
     width = max(len(a) for a in ALGORITHMS)
-    for r in range(bench.rounds):
-        for algo, server in daemons:
-            if bench.warmup_s > 0:
-                bench.wrk(server.port, duration_s=bench.warmup_s)
-            cpu0 = cpu_seconds(server.pid)
-            res = bench.wrk(server.port)
-            cpu_us = (cpu_seconds(server.pid) - cpu0) / max(res.requests, 1) * 1e6
-            runs[algo].append((res, cpu_us))
-            print(f"     round {r + 1}: {algo:<{width}} {res.rps:>9.0f} req/s  cpu {cpu_us:.0f} "
-                  f"us/req  p99 {res.p99_ms:.2f} ms  errors {res.errors}")
+
+    def show(r: int, algo: str, run: tuple[WrkResult, float]) -> str:
+        res, cpu_us = run
+        return (f"     round {r}: {algo:<{width}} {res.rps:>9.0f} req/s  cpu {cpu_us:.0f} "
+                f"us/req  p99 {res.p99_ms:.2f} ms  errors {res.errors}")
+    runs = interleave(bench.rounds, daemons, bench.wrk_cpu, show)
     for _, server in daemons:
         bench.stop(server)
     best = {a: _median(rs) for a, rs in runs.items()}
@@ -293,50 +283,15 @@ def _policy_part(bench: Bench) -> dict[str, PolicyRun]:
     return out
 
 
-def _backend(bench: Bench, name: str) -> Server:
-    """As Bench.nginx_backend (nginx, 1 worker, a 1 KiB file at /1k.bin), under another name."""
-    d = bench._dir(name)
-    (d / "www").mkdir(mode=0o755)
-    (d / "www" / "1k.bin").write_bytes(BODY_1K)
-    port = free_port()
-    block = f"""
-    server {{
-        listen 127.0.0.1:{port};
-        root {d}/www;
-        location / {{ }}
-    }}"""
-    return bench._nginx(name, d, block, port)
-
-
 def _nginx_balancer(bench: Bench, algo: str, ports: tuple[int, ...]) -> Server:
     port = free_port()
-    servers = "\n".join(f"        server 127.0.0.1:{p};" for p in ports)
-    block = f"""
-    upstream backend {{
-        {NGINX_BALANCE[algo]}
-{servers}
-        keepalive 64;
-        keepalive_requests 1000000;
-        keepalive_timeout 3600s;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Request-Id $request_id;
-        }}
-    }}"""
+    block = nginx_proxy_block(port, ports, balance=NGINX_BALANCE[algo])
     name = f"{algo}(nginx-stand-in)"
     return bench._nginx(name, bench._dir(name), block, port)
 
 
 def _median(rs: list[tuple[WrkResult, float]]) -> tuple[WrkResult, float]:
-    med = statistics.median_low([r.rps for r, _ in rs])
-    return next(x for x in rs if x[0].rps == med)
+    return median_by(rs, lambda x: x[0].rps)
 
 
 # --------------------------------------------------------------------------- 3. pick cost
@@ -393,33 +348,9 @@ def _pick_part(bench: Bench, request_cpu_us: float) -> dict[str, PolicyPick]:
 def _lbcdn(bench: Bench, name: str, pool_yaml: str, *, admin_port: int = 0,
            path: str = "/") -> Server:
     """lbcdn serve --workers 1 with one listener forwarding everything to pool `pool_yaml`."""
-    d = bench.tmp / name
-    d.mkdir(mode=0o755)
     port = free_port()
     pool_name = pool_yaml.split(":", 1)[0].strip()
-    cfg = d / "lbcdn.yaml"
-    cfg.write_text(f"""# generated by benchmarks/scenario_pools.py
-listeners:
-  - name: bench
-    address: 127.0.0.1
-    port: {port}
-    idle_timeout_s: 60
-pools:
-{pool_yaml}routes:
-  - name: all
-    forward: {pool_name}
-admin:
-  port: {admin_port}
-logging:
-  level: warning
-  access_log:
-    enabled: false
-""")
-    check = subprocess.run([*bench.lbcdn_cmd, "check-config", str(cfg)], capture_output=True,
-                           text=True, timeout=60, stdin=subprocess.DEVNULL)
-    if check.returncode != 0:
-        raise BenchError(f"lbcdn check-config rejected the generated config:\n"
-                         f"{check.stdout}{check.stderr}")
-    cmd = [*bench.lbcdn_cmd, "serve", "--config", str(cfg), "--log-level", "warning",
-           "--workers", "1"]
-    return bench.start(name, cmd, port, path=path)
+    cfg = bench.lbcdn_config(name, lbcdn_yaml(port, pool_yaml, forward=pool_name,
+                                              listener_extra=["idle_timeout_s: 60"],
+                                              admin_port=admin_port), echo=False)
+    return bench.start(name, bench.lbcdn_serve_cmd(cfg, workers=1), port, path=path)

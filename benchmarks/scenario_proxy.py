@@ -9,9 +9,7 @@ Targets (issue 2): lbcdn req/s >= 1.0x nginx; lbcdn p99 <= nginx p99 + 1 ms.
 
 from __future__ import annotations
 
-import statistics
-
-from harness import Bench, BenchError, WrkResult, table, verdict
+from harness import Bench, BenchError, Server, WrkResult, interleave, median_by, table, verdict
 
 TARGET_RATIO = 1.0
 TARGET_P99_EXTRA_MS = 1.0
@@ -26,16 +24,17 @@ def run(bench: Bench) -> None:
           f"(servers on cpu {bench.server_cpu}, wrk on cpu {bench.client_cpu}, "
           f"-c{bench.connections} -d{bench.duration_s:g}s x{bench.rounds})")
 
-    runs: dict[str, list[WrkResult]] = {name: [] for name, _ in subjects}
     width = max(len(name) for name, _ in subjects)
-    for r in range(bench.rounds):
-        for name, server in subjects:
-            if bench.warmup_s > 0:
-                bench.wrk(server.port, duration_s=bench.warmup_s)
-            res = bench.wrk(server.port)
-            runs[name].append(res)
-            print(f"  round {r + 1}: {name:<{width}} {res.rps:>10.0f} req/s  p50 {res.p50_ms:.2f} ms"
-                  f"  p99 {res.p99_ms:.2f} ms  errors {res.errors}")
+
+    def measure(server: Server) -> WrkResult:
+        if bench.warmup_s > 0:
+            bench.wrk(server.port, duration_s=bench.warmup_s)
+        return bench.wrk(server.port)
+
+    def show(r: int, name: str, res: WrkResult) -> str:
+        return (f"  round {r}: {name:<{width}} {res.rps:>10.0f} req/s  p50 {res.p50_ms:.2f} ms"
+                f"  p99 {res.p99_ms:.2f} ms  errors {res.errors}")
+    runs = interleave(bench.rounds, subjects, measure, show)
 
     best = {name: _median_run(rs) for name, rs in runs.items()}
     base, ng, lb = best["backend direct"], best["nginx proxy"], best[lbcdn.name]
@@ -73,5 +72,4 @@ def run(bench: Bench) -> None:
 
 
 def _median_run(rs: list[WrkResult]) -> WrkResult:
-    med = statistics.median_low([r.rps for r in rs])
-    return next(r for r in rs if r.rps == med)
+    return median_by(rs, lambda r: r.rps)

@@ -24,14 +24,13 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import Bench, BenchError, Server, free_port, http_get, need_tools, table, verdict
+from harness import Bench, Server, free_port, http_get, need_tools, table, verdict
 
 RATE = 500                # requests per second, all kinds together
 WORKERS = 1               # lbcdn serve --workers
@@ -82,14 +81,9 @@ def run(bench: Bench) -> None:
     port = free_port()
     cfg = d / "lbcdn.yaml"
     _write_config(cfg, port, backend.port, 0)
-    check = subprocess.run([*bench.lbcdn_cmd, "check-config", str(cfg)], capture_output=True,
-                           text=True, timeout=60, stdin=subprocess.DEVNULL)
-    if check.returncode != 0:
-        raise BenchError(f"lbcdn check-config rejected the generated config:\n"
-                         f"{check.stdout}{check.stderr}\n{cfg.read_text()}")
-    lbcdn = bench.start("lbcdn", [*bench.lbcdn_cmd, "serve", "--config", str(cfg),
-                                  "--log-level", "info", "--workers", str(WORKERS)], port,
-                        path="/fixed")
+    bench.check_lbcdn_config(cfg)
+    lbcdn = bench.start("lbcdn", bench.lbcdn_serve_cmd(cfg, workers=WORKERS, log_level="info"),
+                        port, path="/fixed")
     for _ in range(20):  # warm the upstream pool and code paths
         http_get(port, "/proxied")
     print(f"  demo backend :{backend.port}  lbcdn :{port} (--workers {WORKERS}, server cpu "
