@@ -152,3 +152,26 @@ def test_route_metrics_is_cached() -> None:
 def test_access_log_drop_counter_is_declared() -> None:
     body, _ = render_metrics()
     assert b"# TYPE lbcdn_access_log_dropped_total counter" in body
+
+
+def test_health_check_metrics_are_accumulated_then_flushed() -> None:
+    hm = metrics.health_check_metrics("hc-pool")
+    assert metrics.health_check_metrics("hc-pool") is hm
+    before = metrics.HEALTH_CHECKS.labels("hc-pool", "pass")._value.get()
+    for _ in range(3):
+        hm.observe("pass", 0.0003)
+    hm.observe("timeout", 0.5)
+    # nothing reaches prometheus-client until a flush
+    assert metrics.HEALTH_CHECKS.labels("hc-pool", "pass")._value.get() == before
+    metrics.flush()
+    assert metrics.HEALTH_CHECKS.labels("hc-pool", "pass")._value.get() == before + 3
+    assert metrics.HEALTH_CHECKS.labels("hc-pool", "timeout")._value.get() >= 1
+    fam = {f.name: f for f in text_string_to_metric_families(
+        metrics.render_metrics()[0].decode())}
+    samples = {(s.name, s.labels.get("le")): s.value
+               for s in fam["lbcdn_health_check_duration_seconds"].samples
+               if s.labels.get("pool") == "hc-pool"}
+    assert samples[("lbcdn_health_check_duration_seconds_count", None)] == 4
+    assert samples[("lbcdn_health_check_duration_seconds_bucket", "0.0005")] == 3
+    metrics.flush()  # a second flush adds nothing
+    assert metrics.HEALTH_CHECKS.labels("hc-pool", "pass")._value.get() == before + 3

@@ -61,10 +61,12 @@ class HealthCheckConfig:
         "When set, an http/https check passes only if this text appears in the first 5120 "
         "bytes of the response body (as Route 53's string matching).", None)
     reuse_connection: bool = doc(
-        "http checks keep one connection per target open between checks (as Envoy does) "
-        "instead of opening a new one each time (as ALB does). Much cheaper for many "
-        "targets at short intervals, but a backend that stops accepting new connections "
-        "stays healthy on its old one.", False)
+        "http checks keep one connection per target open between checks (as Envoy does, the "
+        "default) instead of opening a new one each time (as ALB does). Trade-off: a backend "
+        "that stops accepting new connections (full accept queue, listener closed) stays "
+        "healthy on its kept one; set false to test the accept path on every check, at about "
+        "2.5x the CPU (1,000 targets at 1 s: ~5% of a core kept, ~13% new, on the 2-core dev "
+        "box).", True)
     jitter: float = doc(
         "Each interval is stretched or shrunk at random by up to this fraction, and first "
         "checks are spread over one interval, so targets are not probed in lockstep.",

@@ -37,8 +37,11 @@ def test_check_from_config_and_route53() -> None:
     assert (c.spec.address, c.spec.port, c.spec.path, c.spec.host_header) == (
         "10.0.0.5", 9000, "/h", "10.0.0.5:8080")
     assert c.spec.search_string == b"ok" and 204 in c.spec.matcher
-    assert c.thresholds == Thresholds(3, 4) and c.interval_s == 10 and not c.spec.keep_alive
-    assert Check.for_target(HealthCheckConfig(reuse_connection=True), "h", 1).spec.keep_alive
+    assert c.thresholds == Thresholds(3, 4) and c.interval_s == 10 and c.spec.keep_alive
+    assert not Check.for_target(HealthCheckConfig(reuse_connection=False), "h",
+                                1).spec.keep_alive
+    # tcp checks have nothing to keep
+    assert not Check.for_target(HealthCheckConfig(protocol="tcp"), "h", 1).spec.keep_alive
     r53 = Check.route53(protocol="http", address="192.0.2.1", port=80, fqdn="www.example",
                         request_interval_s=10, failure_threshold=2)
     assert 301 in r53.spec.matcher and 404 not in r53.spec.matcher
@@ -243,3 +246,49 @@ async def test_draining_ends_at_the_deadline_or_when_idle() -> None:
         assert checker.in_flight_changed("nope", 0) is None
     finally:
         await checker.stop()
+
+
+async def test_checks_due_close_together_share_one_timer() -> None:
+    """Starts go out on a grid of min(20 ms, interval / 20): one loop timer per grid slot, each
+    check at or after its scheduled time and less than one grid step (plus timer lateness)
+    after it."""
+    loop = asyncio.get_running_loop()
+    lag: list[float] = []
+
+    async def fake_probe(s: ProbeSpec) -> ProbeResult:
+        lag.append(loop.time() - checker.next_check_at(s.address))
+        return ProbeResult(Outcome.PASS)
+
+    checker: HealthChecker[str] = HealthChecker(rng=random.Random(11), probe_fn=fake_probe)
+    for i in range(300):
+        checker.add_target(f"t{i}", Check(ProbeSpec("tcp", f"t{i}", 1, timeout_s=0.1),
+                                          interval_s=1.0))
+    await checker.start()
+    try:
+        # 300 first checks spread over 1 s would take ~300 timers; the 20 ms grid has 51 slots
+        assert len(checker._slot_timers) <= 51
+        await asyncio.sleep(1.2)
+    finally:
+        await checker.stop()
+    assert len(lag) >= 300
+    assert min(lag) >= -1e-9
+    assert sorted(lag)[len(lag) // 2] < 0.02 + 0.01  # median within one grid step (+ lateness)
+    assert not checker._slot_timers
+
+
+async def test_short_intervals_get_a_finer_grid() -> None:
+    check = Check(ProbeSpec("tcp", "a", 1, timeout_s=0.01), interval_s=0.02, jitter=0)
+    times: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def fake_probe(s: ProbeSpec) -> ProbeResult:
+        times.append(loop.time())
+        return ProbeResult(Outcome.PASS)
+
+    checker: HealthChecker[str] = HealthChecker(rng=random.Random(1), probe_fn=fake_probe)
+    checker.add_target("a", check)
+    await checker.start()
+    await asyncio.sleep(0.5)
+    await checker.stop()
+    # a 20 ms grid would let a 20 ms interval slip to 40 ms; its 1 ms grid keeps ~25 checks
+    assert len(times) >= 15
