@@ -545,3 +545,29 @@ async def test_plain_hit_fast_path_answers_as_the_full_flow(
         r = await get(port, "/f")
         assert len(flows) == n + 2 and origin.hits["/f"] == 2
         assert r.header("X-Cache") != "Hit from lbcdn"
+
+
+async def _get_close(port: int, target: str) -> int:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+                     .encode())
+        data = await reader.read()
+        return int(data[9:12])
+    finally:
+        writer.close()
+
+
+@pytest.mark.slow
+async def test_collapsing_1000_connections_one_origin_request(origin: Origin) -> None:
+    """The bench's cold burst: 1,000 clients on their own connections (Connection: close)
+    for one query-keyed URL; the origin counts requests for that exact target only, so an
+    unrelated request (a health probe) cannot pass for a second fetch."""
+    origin.set("/burst", Answer(headers=[("Cache-Control", "max-age=60")], body=b"b" * 1024,
+                                delay_s=0.2))
+    async for d, port, clock in started(cdn_config(origin.port)):
+        async with asyncio.timeout(60):
+            statuses = await asyncio.gather(*(_get_close(port, "/burst?cold=1")
+                                              for _ in range(1000)))
+        assert statuses.count(200) == 1000
+        assert [line for line, _ in origin.requests] == ["GET /burst?cold=1 HTTP/1.1"]
