@@ -9,7 +9,8 @@ head, body, done, failed, upgraded, stopped/started reading). It writes to both 
   re-chunked;
 - the one transparent retry: a reused keep-alive connection that dies before any response byte
   (the backend closed it while we were sending) is retried once on a new connection, provided the
-  request body sent so far was small enough to keep (REPLAY_MAX_BYTES);
+  request body sent so far was small enough to keep (the pool's
+  `retries.buffer_body_max_bytes`);
 - which failure maps to which status: connect refused / reset / malformed -> 502, connect or
   response timeout -> 504, no target -> 503. After the response has started, a failure can only
   be signalled by closing the client connection.
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from lbcdn.edge.connection import ClientConnection
     from lbcdn.upstream.connection import UpstreamConnection
 
-REPLAY_MAX_BYTES = 64 * 1024
 MAX_TUNNEL_BUFFER = 1024 * 1024
 
 _id_prefix = os.urandom(4).hex()
@@ -372,7 +372,8 @@ class Exchange:
         replay = self.replay
         if replay is not None:
             self.replay_bytes += len(data)
-            if self.replay_bytes > REPLAY_MAX_BYTES:
+            pool = self.pool
+            if pool is None or self.replay_bytes > pool.config.retries.buffer_body_max_bytes:
                 self.replay = None
             else:
                 replay.append(data)

@@ -367,6 +367,20 @@ async def test_request_with_a_body_over_64k_is_not_replayed() -> None:
     assert [(i, p) for i, p, _ in flaky.seen] == [(0, "/first"), (0, "/big")]
 
 
+async def test_a_larger_replay_buffer_replays_a_larger_body() -> None:
+    flaky = FlakyBackend()
+    body = b"z" * (100 * 1024)
+    async with raw_backend(flaky.handle) as backend:
+        cfg = proxy_config(backend)
+        cfg["pools"]["app"]["retries"] = {"buffer_body_max_bytes": 200 * 1024}
+        async with running_daemon(cfg), client(listener_port(cfg)) as c:
+            assert (await c.request("GET", "/first")).status == 200
+            resp = await c.request("POST", "/big", body=body)
+            assert resp.status == 200, resp
+            assert json.loads(resp.body)["sha256"] == hashlib.sha256(body).hexdigest()
+    assert [(i, p) for i, p, _ in flaky.seen] == [(0, "/first"), (0, "/big"), (1, "/big")]
+
+
 async def test_retry_happens_only_once() -> None:
     seen: list[tuple[int, str]] = []
 
