@@ -6,7 +6,7 @@
    timeout_s: 0.5}` and takes no traffic. Once every target is healthy (admin API) and one
    more interval has passed, lbcdn's CPU time (utime + stime of it and any children, from
    /proc/PID/stat) is read over --duration seconds, once with `reuse_connection: false` (a new
-   connection per check, as ALB does; the default) and once with `true`. Target: < 10% of
+   connection per check, as ALB does) and once with `true` (the default). Target: < 10% of
    one core. Checks per second come from its /metrics, read outside the window.
 2. Balancing. Two nginx backends (1 KiB file) and three lbcdn daemons whose pool of those two
    has `balance.algorithm` round_robin, least_outstanding_requests and consistent_hash
