@@ -7,8 +7,10 @@ targets is the control plane's job (lbcdn.upstream.targets); this module only sa
 
 Rules:
 - A/AAAA through the loop's getaddrinfo (what /etc/hosts and the system resolver answer, as a
-  Kubernetes headless Service or a Compose service name needs); SRV through aiodns when it is
-  installed (priority: only the lowest priority's records; weight: the SRV weight, at least 1).
+  Kubernetes headless Service or a Compose service name needs); SRV, and everything when
+  `nameservers` are given, through aiodns (c-ares) asking DNS directly (priority: only the
+  lowest priority's records; weight: the SRV weight, at least 1; targets' addresses from the
+  additional section when present).
 - A failed lookup changes nothing: the last good answer stays (a DNS outage must not empty a
   pool). An empty but successful answer does empty it, after `empty_after` such answers in a row.
 """
@@ -20,6 +22,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from lbcdn.config.fields import REQUIRED, doc
 from lbcdn.tasks import spawn
@@ -38,22 +41,68 @@ class DiscoveryConfig:
     port: int | None = doc("Port of the discovered addresses (A/AAAA; SRV records carry their "
                            "own).", None, lo=1, hi=65535)
     interval_s: float = doc("Re-resolve this often.", 30.0, lo=0.05, hi=86400)
-    srv: bool = doc("Resolve an SRV record (needs aiodns) instead of A/AAAA.", False)
+    srv: bool = doc("Resolve an SRV record instead of A/AAAA.", False)
+    nameservers: tuple[str, ...] = doc(
+        "DNS servers to ask (`ip` or `ip:port`, e.g. Consul's `127.0.0.1:8600`) instead of the "
+        "system's resolver.", default_factory=tuple)
     weight: int = doc("Weight of every A/AAAA-discovered target.", 1, lo=0, hi=1000)
     empty_after: int = doc("Successful empty answers in a row before the pool is emptied.", 2,
                            lo=1, hi=100)
 
 
-async def system_resolver(name: str, port: int, srv: bool) -> list[tuple[str, int, int]]:
-    """A/AAAA via getaddrinfo, SRV via aiodns."""
+async def dns_lookup(name: str, port: int, srv: bool,
+                     nameservers: tuple[str, ...] = ()) -> list[tuple[str, int, int]]:
+    """Ask DNS servers directly (aiodns/c-ares): SRV records (only the lowest priority; their
+    targets' addresses taken from the additional section when the server sent them, as
+    Consul and lbcdn's own DNS do), or A and AAAA records. A name that does not exist, or has
+    no such records, is an empty answer; other failures raise (the caller keeps its last
+    answer)."""
+    import aiodns
+    from aiodns.error import DNSError
+    resolver = aiodns.DNSResolver(nameservers=list(nameservers) or None)
+
+    async def ask(qtype: str) -> Any:
+        try:
+            return await resolver.query_dns(name, qtype)
+        except DNSError as exc:
+            if exc.args and exc.args[0] in (aiodns.error.ARES_ENOTFOUND,
+                                            aiodns.error.ARES_ENODATA):
+                return None
+            raise OSError(f"DNS lookup of {name} {qtype} failed: {exc}") from None
+
     if srv:
-        import aiodns  # type: ignore[import-not-found,unused-ignore]
-        answers = await aiodns.DNSResolver().query(name, "SRV")
-        if not answers:
+        result = await ask("SRV")
+        if result is None:
             return []
-        best = min(a.priority for a in answers)
-        return [(a.host.rstrip("."), int(a.port), max(1, int(a.weight)))
-                for a in answers if a.priority == best]
+        records = [rr.data for rr in result.answer if rr.type == 33]
+        if not records:
+            return []
+        addresses: dict[str, list[str]] = {}
+        for rr in result.additional:
+            if rr.type in (1, 28):
+                addresses.setdefault(rr.name.rstrip(".").lower(), []).append(rr.data.addr)
+        best = min(r.priority for r in records)
+        found = []
+        for r in records:
+            if r.priority != best:
+                continue
+            host = r.target.rstrip(".")
+            for address in addresses.get(host.lower(), [host]):
+                found.append((address, int(r.port), max(1, int(r.weight))))
+        return found
+    found = []
+    for qtype in ("A", "AAAA"):
+        result = await ask(qtype)
+        if result is not None:
+            found += [(rr.data.addr, port, 1) for rr in result.answer if rr.type in (1, 28)]
+    return found
+
+
+async def system_resolver(name: str, port: int, srv: bool) -> list[tuple[str, int, int]]:
+    """A/AAAA via getaddrinfo (the system's resolver, /etc/hosts included), SRV via the
+    system's DNS servers."""
+    if srv:
+        return await dns_lookup(name, port, True)
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
@@ -65,7 +114,11 @@ async def system_resolver(name: str, port: int, srv: bool) -> list[tuple[str, in
 
 
 async def resolve(config: DiscoveryConfig, resolver: Resolver = system_resolver) -> Found:
-    found = await resolver(config.dns_name, config.port or 0, config.srv)
+    if config.nameservers and resolver is system_resolver:
+        found = await dns_lookup(config.dns_name, config.port or 0, config.srv,
+                                 config.nameservers)
+    else:
+        found = await resolver(config.dns_name, config.port or 0, config.srv)
     if not config.srv:
         # the resolver was asked for config.port; a fake may answer others (tests)
         found = [(h, p or config.port or 0, config.weight) for h, p, _ in found]

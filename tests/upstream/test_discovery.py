@@ -61,3 +61,38 @@ async def test_runs_on_its_interval_and_stops() -> None:
     assert 3 <= n <= 5
     await asyncio.sleep(0.1)
     assert calls == n
+
+
+async def test_srv_and_addresses_from_named_dns_servers() -> None:
+    """Real lookups through aiodns, against lbcdn's own DNS server on a free port."""
+    from lbcdn.config.load import parse_config
+    from lbcdn.dns.runtime import DnsRuntime
+    from lbcdn.upstream.discovery import DiscoveryConfig, resolve
+    from tests.e2e.harness import free_port
+    dns_port = free_port()
+    cfg = parse_config({
+        "listeners": [{"name": "web", "address": "127.0.0.1", "port": free_port()}],
+        "dns": {"listeners": [{"address": "127.0.0.1", "port": dns_port}],
+                "zones": [{"name": "example.test", "records": [
+                    {"name": "_http._tcp.app", "type": "SRV",
+                     "values": ["10 5 8080 a.example.test.", "10 7 8081 b.example.test.",
+                                "20 1 9999 c.example.test."]},
+                    {"name": "a", "type": "A", "values": ["127.0.0.1"]},
+                    {"name": "b", "type": "A", "values": ["127.0.0.2"]},
+                    {"name": "app", "type": "A", "values": ["127.0.0.3", "127.0.0.4"]}]}]}})
+    assert cfg.dns is not None
+    runtime = DnsRuntime(cfg.dns, cfg.listeners, cfg.pools)
+    await runtime.start()
+    try:
+        servers = (f"127.0.0.1:{dns_port}",)
+        srv = DiscoveryConfig(dns_name="_http._tcp.app.example.test", srv=True,
+                              nameservers=servers)
+        # the lowest priority only, addresses from the additional section, SRV weights
+        assert await resolve(srv) == {("127.0.0.1", 8080, 5), ("127.0.0.2", 8081, 7)}
+        plain = DiscoveryConfig(dns_name="app.example.test", port=9000, nameservers=servers)
+        assert await resolve(plain) == {("127.0.0.3", 9000, 1), ("127.0.0.4", 9000, 1)}
+        gone = DiscoveryConfig(dns_name="nothing.example.test", port=9000,
+                               nameservers=servers)
+        assert await resolve(gone) == frozenset()
+    finally:
+        await runtime.stop()
