@@ -25,7 +25,7 @@ import yaml
 
 from lbcdn.config.load import parse_config
 from lbcdn.daemon import Daemon
-from lbcdn.demo.backend import start_demo_backend
+from lbcdn.demo.backend import bound_address, start_demo_backend
 
 HOST = "127.0.0.1"
 
@@ -79,7 +79,7 @@ async def demo_backend(name: str = "b1") -> AsyncIterator[int]:
     """A built-in demo backend in this event loop; yields its port."""
     server = await start_demo_backend(HOST, 0, name)
     try:
-        yield int(server.sockets[0].getsockname()[1])
+        yield bound_address(server)[1]
     finally:
         server.close()
 
