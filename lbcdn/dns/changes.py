@@ -23,11 +23,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Protocol
 
+from lbcdn.atomicfile import write_atomic
 from lbcdn.dns.config import AliasConfig, RecordSetConfig, load_record_set
 from lbcdn.dns.names import BadName, Name, is_subdomain, parse_name, to_text
 from lbcdn.dns.rdata import TYPES
@@ -272,25 +272,7 @@ class JsonChangeStore:
                 from None
 
     def save(self, zone: str, overlay: Overlay) -> None:
-        os.makedirs(self.state_dir, exist_ok=True)
         path = self.path(zone)
         body = json.dumps({"format": FORMAT, "zone": zone, "serial": overlay.serial,
                            "entries": overlay.entries}, indent=1, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(prefix=".dns-zone-", suffix=".tmp", dir=self.state_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        dfd = os.open(self.state_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(path, body, prefix=".dns-zone-")

@@ -25,11 +25,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lbcdn.atomicfile import write_atomic
 from lbcdn.config.schema import Config, PoolConfig
 from lbcdn.health.checker import Check, HealthChecker
 from lbcdn.health.prober import ProbeResult, ProbeSpec
@@ -96,23 +96,10 @@ class StateStore:
     def save(self, overrides: dict[str, PoolOverrides]) -> None:
         if self.path is None:
             return
-        directory = os.path.dirname(self.path)
-        os.makedirs(directory, exist_ok=True)
         body = {"version": 1, "pools": {n: o.to_json() for n, o in sorted(overrides.items())
                                         if o.added or o.removed or o.weights or o.maintenance}}
-        fd, tmp = tempfile.mkstemp(prefix=".targets.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(body, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomic(self.path, json.dumps(body, indent=1, sort_keys=True),
+                     prefix=".targets.")
 
 
 # -- one pool ------------------------------------------------------------------------------
