@@ -16,17 +16,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Generic
+
+from lbcdn.balancer.loaded import Loaded, T
 
 
-class Loaded(Protocol):
-    @property
-    def weight(self) -> int: ...
-    @property
-    def in_flight(self) -> int: ...
-
-
-T = TypeVar("T", bound=Loaded)
 
 
 class LeastOutstanding(Generic[T]):

@@ -13,17 +13,11 @@ import itertools
 import random
 from bisect import bisect_right
 from collections.abc import Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Generic
+
+from lbcdn.balancer.loaded import Loaded, T
 
 
-class Loaded(Protocol):
-    @property
-    def weight(self) -> int: ...
-    @property
-    def in_flight(self) -> int: ...
-
-
-T = TypeVar("T", bound=Loaded)
 
 
 class WeightedRandom(Generic[T]):
