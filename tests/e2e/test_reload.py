@@ -5,9 +5,11 @@ changes nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,20 @@ from lbcdn.config.load import ConfigError, load_config
 from lbcdn.daemon import Daemon, ReloadError
 from tests.e2e.harness import (HOST, DaemonProcess, admin_port, backend_process, demo_backend,
                                free_port, listener_port, proxy_config)
+
+
+@contextlib.asynccontextmanager
+async def daemon_from_file(tmp_path: Path, config: dict[str, Any]
+                           ) -> AsyncIterator[tuple[Daemon, Path]]:
+    """A daemon started from a config file the test can then rewrite and reload."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    daemon = Daemon(load_config(path), path)
+    await daemon.start()
+    try:
+        yield daemon, path
+    finally:
+        await daemon.stop()
 
 
 def with_hello(config: dict[str, Any], body: str) -> dict[str, Any]:
@@ -36,11 +52,7 @@ async def get(session: aiohttp.ClientSession, port: int, path: str) -> tuple[int
 async def test_reload_swaps_routes_and_keeps_open_connections(tmp_path: Path) -> None:
     async with demo_backend() as bport:
         config = with_hello(proxy_config(bport), "one")
-        path = tmp_path / "c.yaml"
-        path.write_text(yaml.safe_dump(config))
-        daemon = Daemon(load_config(path), path)
-        await daemon.start()
-        try:
+        async with daemon_from_file(tmp_path, config) as (daemon, path):
             port = listener_port(config)
             async with aiohttp.ClientSession() as session:
                 assert await get(session, port, "/hello") == (200, "one")
@@ -51,17 +63,11 @@ async def test_reload_swaps_routes_and_keeps_open_connections(tmp_path: Path) ->
                 status, body = await get(session, port, "/proxied")
                 assert status == 200 and '"backend"' in body
             assert daemon.reloads == 1
-        finally:
-            await daemon.stop()
 
 
 async def test_invalid_config_changes_nothing(tmp_path: Path) -> None:
     config = with_hello(proxy_config(free_port()), "one")
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config))
-    daemon = Daemon(load_config(path), path)
-    await daemon.start()
-    try:
+    async with daemon_from_file(tmp_path, config) as (daemon, path):
         path.write_text("listeners: [{name: web, port: 0}]\nsurprise: 1\n")
         with pytest.raises(ConfigError) as info:
             await daemon.reload()
@@ -69,17 +75,11 @@ async def test_invalid_config_changes_nothing(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as session:
             assert await get(session, listener_port(config), "/hello") == (200, "one")
         assert daemon.reloads == 0
-    finally:
-        await daemon.stop()
 
 
 async def test_listeners_added_and_removed(tmp_path: Path) -> None:
     config = with_hello(proxy_config(free_port()), "x")
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config))
-    daemon = Daemon(load_config(path), path)
-    await daemon.start()
-    try:
+    async with daemon_from_file(tmp_path, config) as (daemon, path):
         old_port = listener_port(config)
         new_port = free_port()
         config2 = dict(config, listeners=[{"name": "second", "address": HOST,
@@ -97,18 +97,12 @@ async def test_listeners_added_and_removed(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, "removed listener still accepts"
             await asyncio.sleep(0.05)
-    finally:
-        await daemon.stop()
 
 
 async def test_port_taken_fails_the_reload_and_keeps_the_old_runtime(tmp_path: Path) -> None:
     import socket
     config = with_hello(proxy_config(free_port()), "x")
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config))
-    daemon = Daemon(load_config(path), path)
-    await daemon.start()
-    try:
+    async with daemon_from_file(tmp_path, config) as (daemon, path):
         with socket.socket() as blocker:
             blocker.bind((HOST, 0))
             blocker.listen()
@@ -121,19 +115,13 @@ async def test_port_taken_fails_the_reload_and_keeps_the_old_runtime(tmp_path: P
                 await daemon.reload()
         async with aiohttp.ClientSession() as session:
             assert await get(session, listener_port(config), "/hello") == (200, "x")
-    finally:
-        await daemon.stop()
 
 
 async def test_admin_reload_endpoint(tmp_path: Path) -> None:
     config = with_hello(proxy_config(free_port(), admin={"token": "s3cret"}), "one")
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config))
-    daemon = Daemon(load_config(path), path)
-    await daemon.start()
     url = f"http://{HOST}:{admin_port(config)}/api/reload"
     auth = {"Authorization": "Bearer s3cret"}
-    try:
+    async with daemon_from_file(tmp_path, config) as (daemon, path):
         async with aiohttp.ClientSession() as session:
             async with session.post(url) as resp:
                 assert resp.status == 401
@@ -146,24 +134,16 @@ async def test_admin_reload_endpoint(tmp_path: Path) -> None:
             async with session.post(url, headers=auth) as resp:
                 assert (resp.status, await resp.json()) == (200, {"status": "reloaded"})
             assert await get(session, listener_port(config), "/hello") == (200, "two")
-    finally:
-        await daemon.stop()
 
 
 async def test_without_a_token_the_api_cannot_change_state(tmp_path: Path) -> None:
     config = proxy_config(free_port())
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config))
-    daemon = Daemon(load_config(path), path)
-    await daemon.start()
-    try:
+    async with daemon_from_file(tmp_path, config) as (daemon, path):
         async with aiohttp.ClientSession() as session:
             async with session.post(f"http://{HOST}:{admin_port(config)}/api/reload") as resp:
                 assert resp.status == 403
                 assert "admin.token" in (await resp.json())["error"]
         assert daemon.reloads == 0
-    finally:
-        await daemon.stop()
 
 
 async def _load(port: int, rate: int, seconds: float) -> list[int | str]:
@@ -247,11 +227,7 @@ async def test_sigusr1_reopens_the_access_log(tmp_path: Path) -> None:
 async def test_open_websocket_tunnel_survives_a_reload(tmp_path: Path) -> None:
     async with demo_backend() as bport:
         config = with_hello(proxy_config(bport), "one")
-        path = tmp_path / "c.yaml"
-        path.write_text(yaml.safe_dump(config))
-        daemon = Daemon(load_config(path), path)
-        await daemon.start()
-        try:
+        async with daemon_from_file(tmp_path, config) as (daemon, path):
             async with aiohttp.ClientSession() as session:
                 async with session.ws_connect(
                         f"http://{HOST}:{listener_port(config)}/ws") as ws:
@@ -262,5 +238,3 @@ async def test_open_websocket_tunnel_survives_a_reload(tmp_path: Path) -> None:
                     assert await get(session, listener_port(config), "/hello") == (200, "two")
                     await ws.send_str("after")  # the tunnel opened before still carries data
                     assert (await ws.receive(timeout=3)).data == "after"
-        finally:
-            await daemon.stop()
