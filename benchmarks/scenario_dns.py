@@ -6,9 +6,11 @@ plane alone, one process). Both are pinned to the server CPU, dnsperf to the cli
 gets a warm-up, then `dnsperf -l <duration> -q 256` (as many queries in flight as it can keep);
 with --rounds N the two are measured N times, interleaved, and the median round is reported.
 Then lbcdn gets a run capped at half its measured peak (`-Q`), which must lose nothing.
-Two query mixes, each measured that way: "mixed" (what a busy server sees, including answers
-lbcdn computes every time: rotated address sets, and whatever the engine marks volatile) and
-"prepared" (only answers the fast path may replay: the design's ceiling).
+Two query mixes, each measured that way: "mixed" (what a busy server sees: the apex, a name
+whose address set lbcdn rotates per answer, CNAMEs, negative answers, mixed case) and
+"prepared" (only fixed answers, each one exact-table hit in the fast path: the design's
+ceiling). Every answer of both mixes is served from prepared bytes; the fast-path counters
+printed at the end say so ("uncacheable" counts answers the engine computed per query).
 Targets (issue 6): lbcdn qps >= 0.9x Knot's; no lost queries at half of lbcdn's peak rate.
 """
 
@@ -49,8 +51,9 @@ sip          IN A    192.0.2.80
 """
 
 # "mixed": what a busy authoritative server sees: hot positive answers, the apex (SOA, MX,
-# NS), a name with several addresses (rotated per answer by lbcdn, as Route 53 does), CNAMEs,
-# negative answers, a client spelling names in mixed case.
+# NS), a name with several addresses (rotated per answer by lbcdn, as Route 53 does: its
+# rotations are prepared and sent in turn), CNAMEs, negative answers, a client spelling names
+# in mixed case.
 QUERIES = """www.example.com A
 www.example.com AAAA
 api.example.com A
@@ -67,7 +70,7 @@ WWW.Example.com A
 example.com SOA
 """
 
-# "prepared": only names whose answers the engine lets the fast path replay: the ceiling of
+# "prepared": only names with one fixed answer (no rotation, not the apex): the ceiling of
 # the prepared-answer design, for comparison with the mixed run.
 QUERIES_PREPARED = """www.example.com A
 www.example.com AAAA

@@ -20,19 +20,27 @@ Rules:
 - The question is answered in the client's case: the response is built for the lower-cased
   name (so every spelling gets the same bytes) and the query's name bytes are copied over
   the question; owner names are compression pointers into it and follow.
-- Prepared answers: `cacheable_key` is not None only when the answer is a function of the
-  key and `version`: answers that involve a weighted pick, a multivalue shuffle or a simple
-  set's rotation (anything `policy.varies` says) are computed every time, so weights hold per
-  query as in Route 53. `version` changes on every zone change, and on every health change
-  the engine learns of: `health_changed()`, `poll_health()`, or a `generation` attribute on
-  the HealthView that changes with every transition (read on each `version` access).
-  Versions come from one process-wide counter, so a new Engine never reuses an old number.
+- Rotation: `answer()` gives each simple set's rotations in turn (a counter per set).
+- Prepared answers: `prepare()` gives every answer a query can get while `version` stays, for
+  the fast path to replay under `cacheable_key(query)`: one when the answer is fixed; when it
+  reads a simple set whose order rotates, all its rotations (index k = turn k), to be sent in
+  turn; only one, marked not to be replayed, when it involves a random pick (weighted,
+  multivalue: computed every time, so weights hold per query as in Route 53), an engine
+  failure, or more than MAX_ROTATIONS rotations. How an answer varies is learnt while
+  building it, from the record sets it reads (its CNAME chain and the final set; additional
+  and authority data come from health-independent static values): a rotating set at a name
+  does not make the other types there vary.
+- `version` changes on every zone change, and on every health change the engine learns of:
+  `health_changed()`, `poll_health()`, or a `generation` attribute on the HealthView that
+  changes with every transition (read on each `version` access). Versions come from one
+  process-wide counter, so a new Engine never reuses an old number.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -44,14 +52,15 @@ from dnslib import EDNS0, RR, DNSBuffer, DNSLabel
 from lbcdn.dns import policy
 from lbcdn.dns.changes import (Change, ChangeError, ChangeStore, Overlay, apply_batch, replay,
                                update_overlay)
-from lbcdn.dns.names import Name, is_subdomain, to_text, to_wire
+from lbcdn.dns.fastpath import Prepared
+from lbcdn.dns.names import Name, is_subdomain
 from lbcdn.dns.policy import HealthView
 from lbcdn.dns.rdata import target_of
 from lbcdn.dns.zone import (T_A, T_AAAA, T_CNAME, T_NS, T_SOA, AliasDirectory, RecordSet,
                             Value, Zone, ZoneError, generate_ptrs, zone_origin)
 from lbcdn.dns.wire import FORMERR, Query, cache_key, parse_query
 
-__all__ = ["Engine", "HealthView", "Change", "ChangeError"]
+__all__ = ["Engine", "HealthView", "Change", "ChangeError", "Prepared"]
 
 log = logging.getLogger("lbcdn.dns.engine")
 
@@ -64,6 +73,9 @@ TCP_MAX = 65535
 # RFC 8482: one RRset for ANY. This order favours what ANY askers usually want.
 ANY_ORDER = (T_CNAME, T_A, T_AAAA, T_MX, 16, T_SRV, 257, 12, T_NS, T_SOA)
 META_TYPES = frozenset({T_IXFR, T_AXFR, 253, 254})  # transfers and MAILA/MAILB
+# Rotations prepared per question: building them costs one answer each after every version
+# change, and a set that large is truncated over UDP anyway.
+MAX_ROTATIONS = 64
 
 _VERSIONS = itertools.count(1)
 
@@ -76,6 +88,8 @@ class _Answer:
     authority: list[RR] = field(default_factory=list)
     required: list[RR] = field(default_factory=list)   # glue: TC rather than drop
     optional: list[RR] = field(default_factory=list)   # may be dropped to fit
+    period: int = 1        # turns after which the answer repeats (policy.Selection.period)
+    replay: bool = True    # False: a random pick or a failure went into it
 
 
 class _AllHealthy:
@@ -160,42 +174,11 @@ class Engine:
         return list(self._zones.values())
 
     def _derive(self) -> None:
-        """Recompute what answering needs besides the zones: which owner names have answers
-        that vary (cacheable_key says None for them) and which checks are in use."""
-        volatile: set[Name] = set()
-        wild_parents: set[Name] = set()
+        """Recompute which health checks the zones use (poll_health compares them)."""
         checks: set[str] = set()
         for zone in self._zones.values():
-            for name in zone.names():
-                node = zone.node(name) or {}
-                for group in node.values():
-                    checks |= policy.health_checks(group)
-                    if policy.varies(group):
-                        volatile.add(name)
-                        if name and name[0] == b"*":
-                            wild_parents.add(name[1:])
-        # A CNAME leading (within its zone) to a varying name varies too.
-        for _ in range(MAX_CHAIN):
-            grew = False
-            for zone in self._zones.values():
-                for name in zone.names():
-                    if name in volatile:
-                        continue
-                    group = zone.group(name, T_CNAME)
-                    if not group:
-                        continue
-                    _, vals = policy.static_values(group)
-                    target = target_of(vals[0].rd) if vals else None
-                    if target is not None and (target in volatile or any(
-                            is_subdomain(target, p) for p in wild_parents)):
-                        volatile.add(name)
-                        if name and name[0] == b"*":
-                            wild_parents.add(name[1:])
-                        grew = True
-            if not grew:
-                break
-        self._volatile = {to_wire(n) for n in volatile}
-        self._volatile_wild = [to_wire(p) for p in wild_parents]
+            for rs in zone.record_sets():
+                checks |= policy.health_checks((rs,))
         self._checks = checks
 
     # -- lookups -------------------------------------------------------------------------
@@ -266,64 +249,88 @@ class Engine:
     # -- answering -----------------------------------------------------------------------
 
     def cacheable_key(self, query: bytes) -> bytes | None:
-        """Key under which `answer(query)`'s output may be stored and replayed (patching the
-        id, and copying the query's question bytes over the stored question, equal but for
-        ASCII case) while `version` is unchanged; None when it must be computed each time.
-        Transport and max_udp are not in the key: keep one table per transport and pass one
-        max_udp per Engine."""
+        """Key under which `prepare(query)`'s answers, when replayable, may be stored and
+        replayed (patching the id, and copying the query's question bytes over the stored
+        question, equal but for ASCII case) while `version` is unchanged; None for a query
+        answered with an error or silence. Transport and max_udp are not in the key: keep one
+        table per transport and pass one max_udp per Engine."""
         q = parse_query(query)
         if q is None or q.error or q.question is None:
             return None
-        key = cache_key(q)
-        if self._volatile:
-            wire = q.question[:q.qname_len].lower()
-            if wire in self._volatile:
-                return None
-            if self._volatile_wild:
-                for parent in self._volatile_wild:
-                    if wire.endswith(parent):
-                        return None
-        return key
+        return cache_key(q)
 
     def answer(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> bytes | None:
         """Full processing of one wire-format query -> wire-format response, or None = send
         nothing (unreadable header, or the packet is a response). See the module rules."""
-        try:
-            q = parse_query(query)
-        except (IndexError, ValueError):  # the reader is total; this is a last guard
-            return None
+        q = self._parse(query)
+        return None if q is None else self._respond(q, tcp, max_udp, None)[0]
+
+    def prepare(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> Prepared | None:
+        """Every answer to `query` under the current version, in turn order, or None = send
+        nothing; see "Prepared answers" in the module rules."""
+        q = self._parse(query)
         if q is None:
             return None
+        out, ans = self._respond(q, tcp, max_udp, 0)
+        if not ans.replay or ans.period > MAX_ROTATIONS:
+            if ans.period > 1:  # rotations inside it still take turns, per set
+                out, _ = self._respond(q, tcp, max_udp, None)
+            return Prepared((out,), replay=False)
+        rest = (self._respond(q, tcp, max_udp, k)[0] for k in range(1, ans.period))
+        return Prepared((out, *rest), replay=True)
+
+    @staticmethod
+    def _parse(query: bytes) -> Query | None:
         try:
-            return self._answer(q, tcp, max_udp)
+            return parse_query(query)
+        except (IndexError, ValueError):  # the reader is total; this is a last guard
+            return None
+
+    def _respond(self, q: Query, tcp: bool, max_udp: int,
+                 turn: int | None) -> tuple[bytes, _Answer]:
+        """The response to `q` with every rotating set at `turn` (None: each set's own
+        counter), and the _Answer that says how it varies."""
+        try:
+            ans = self._outcome(q, turn)
+            return self._pack(q, ans, tcp, max_udp), ans
         except Exception:  # a bug must cost one SERVFAIL, not the server
             log.exception("dns: answering failed")
-            return self._pack(q, _Answer(rcode=SERVFAIL, aa=False), tcp, max_udp)
+            ans = _Answer(rcode=SERVFAIL, aa=False, replay=False)
+            return self._pack(q, ans, tcp, max_udp), ans
 
-    def _answer(self, q: Query, tcp: bool, max_udp: int) -> bytes:
+    def _outcome(self, q: Query, turn: int | None) -> _Answer:
         if q.error:
-            return self._pack(q, _Answer(rcode=q.error, aa=False), tcp, max_udp)
+            return _Answer(rcode=q.error, aa=False)
         if q.edns is not None and q.edns.version != 0:
-            return self._pack(q, _Answer(rcode=BADVERS, aa=False), tcp, max_udp)
+            return _Answer(rcode=BADVERS, aa=False)
         if q.qtype in META_TYPES:
-            return self._pack(q, _Answer(rcode=NOTIMP, aa=False), tcp, max_udp)
+            return _Answer(rcode=NOTIMP, aa=False)
         if q.qtype == 41:  # OPT is not a question
-            return self._pack(q, _Answer(rcode=FORMERR, aa=False), tcp, max_udp)
+            return _Answer(rcode=FORMERR, aa=False)
         zone = self._zone_for(q.qname) if q.qclass == CLASS_IN else None
         if zone is None:
-            return self._pack(q, _Answer(rcode=REFUSED, aa=False), tcp, max_udp)
-        return self._pack(q, self._resolve(zone, q.qname, q.qtype), tcp, max_udp)
+            return _Answer(rcode=REFUSED, aa=False)
+        return self._resolve(zone, q.qname, q.qtype, turn)
 
-    def _select(self, group: Sequence[RecordSet]) -> tuple[int, list[Value]]:
-        first = group[0]
-        turn = 0
-        if first.policy == "simple" and len(first.values) > 1:
-            k = (first.name, first.rtype)
-            turn = self._turns.get(k, 0)
-            self._turns[k] = turn + 1
-        return policy.select(group, self._health, self._rng, turn)
+    def _select(self, group: Sequence[RecordSet], ans: _Answer,
+                turn: int | None) -> tuple[int, list[Value]]:
+        """policy.select at `turn`, or (None) at the set's own counter, advanced when the set
+        rotates; notes in `ans` how the selection varies."""
+        if turn is None:
+            k = (group[0].name, group[0].rtype)
+            own = self._turns.get(k, 0)
+            sel = policy.select(group, self._health, self._rng, own)
+            if sel.period is not None and sel.period > 1:
+                self._turns[k] = own + 1
+        else:
+            sel = policy.select(group, self._health, self._rng, turn)
+        if sel.period is None:
+            ans.replay = False
+        else:
+            ans.period = math.lcm(ans.period, sel.period)
+        return sel.ttl, sel.values
 
-    def _resolve(self, zone: Zone, qname: Name, qtype: int) -> _Answer:
+    def _resolve(self, zone: Zone, qname: Name, qtype: int, turn: int | None) -> _Answer:
         ans = _Answer()
         name = qname
         seen = {qname}
@@ -348,19 +355,19 @@ class Engine:
             if qtype == T_ANY:
                 for rtype in (*ANY_ORDER, *sorted(node)):
                     if rtype in node:
-                        ttl, values = self._select(node[rtype])
+                        ttl, values = self._select(node[rtype], ans, turn)
                         ans.answer.extend(_rrs(owner, rtype, ttl, values))
                         break
                 return ans
             group = node.get(qtype)
             if group:
-                ttl, values = self._select(group)
+                ttl, values = self._select(group, ans, turn)
                 ans.answer.extend(_rrs(owner, qtype, ttl, values))
                 self._additional(zone, values, ans)
                 return ans
             cname = node.get(T_CNAME)
             if cname and qtype != T_CNAME:
-                ttl, values = self._select(cname)
+                ttl, values = self._select(cname, ans, turn)
                 ans.answer.extend(_rrs(owner, T_CNAME, ttl, values[:1]))
                 target = target_of(values[0].rd) if values else None
                 if target is None or target in seen or not is_subdomain(target, zone.origin):

@@ -5,34 +5,51 @@ dict lookup and one bytes concatenation; the engine (dnslib parse + build, ~40 u
 a miss, and again for everything after a zone or health change.
 
 Rules:
-- Only answers the engine calls cacheable (`cacheable_key(query)` is not None) are stored, and
-  only for the engine `version` they were built under: any version bump empties both levels
-  before the next lookup, so a change is visible on the very next query.
+- Only answers the engine prepares as replayable (`prepare(query).replay`, under a
+  `cacheable_key(query)` that is not None) are stored, and only for the engine `version` they
+  were built under: any version bump empties every table before the next lookup, so a change
+  is visible on the very next query.
+- An answer that rotates (a simple set with several values) comes prepared as its N rotations;
+  they are stored together and sent in turn, one per query, so each client asking again sees
+  the next rotation, as from the engine itself.
 - Level 1 ("exact") is keyed by the query minus its 2-byte id, and stores the answer minus its
-  id. Same bytes after the id means the same question, flags and EDNS, so the replay is the
-  engine's own answer with the id patched: nothing to interpret, nothing to get wrong.
+  id (or, in its own table, the cycle of rotations minus their ids; only a query missing the
+  fixed table looks there, so a fixed answer's hit costs what it did). Same bytes after the id
+  means the same question, flags and EDNS, so the replay is the engine's own answer with the
+  id patched: nothing to interpret, nothing to get wrong.
 - Level 2 ("keyed") is keyed by the engine's `cacheable_key`, which treats queries that differ
   only in the case of the name (or anything else the engine says does not matter) as one. A hit
   there patches the id and copies the query's question bytes over the stored question (same
   length, equal ignoring ASCII case, checked), so the client sees its own spelling of the name;
   compressed owner names in the answer point at that question and follow its case. The result
-  is then stored in level 1 under this query's exact bytes.
-- UDP and TCP answers differ (size cap, TC) so each transport has its own pair of tables.
+  is then stored in level 1 under this query's exact bytes (rotations starting again at 0).
+- UDP and TCP answers differ (size cap, TC) so each transport has its own tables.
 - Bounded without per-hit bookkeeping: a table that reaches `max_entries` is cleared whole on
   the next insert (an LRU would cost a move-to-end on every hit). A flood of random names then
-  costs at most one rebuild of each hot name per `max_entries` misses, and memory stays bounded.
+  costs at most one rebuild of each hot name per `max_entries` misses, and memory stays bounded
+  (a rotating entry holds at most the engine's MAX_ROTATIONS answers).
 - No I/O, no clock: the servers own sockets; this only maps bytes to bytes.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """The engine's answers to one query under its current version."""
+    answers: tuple[bytes, ...]  # rotation k at index k, sent in turn; one when fixed
+    replay: bool                # False: answers[0] was made for this query alone; keep nothing
 
 
 class AnswerEngine(Protocol):
     """What the fast path needs from lbcdn.dns.engine.Engine."""
 
-    def answer(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> bytes | None: ...
+    def prepare(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> Prepared | None: ...
 
     def cacheable_key(self, query: bytes) -> bytes | None: ...
 
@@ -59,15 +76,18 @@ def question_end(message: bytes) -> int:
 
 
 class _Tables:
-    __slots__ = ("exact", "keyed")
+    __slots__ = ("exact", "cycles", "keyed")
 
     def __init__(self) -> None:
         self.exact: dict[bytes, bytes] = {}
-        # engine key -> (answer minus id, end of its question section)
-        self.keyed: dict[bytes, tuple[bytes, int]] = {}
+        # query minus id -> its rotations minus their ids, endlessly in turn
+        self.cycles: dict[bytes, Iterator[bytes]] = {}
+        # engine key -> (answers minus id, end of their question section)
+        self.keyed: dict[bytes, tuple[tuple[bytes, ...], int]] = {}
 
     def clear(self) -> None:
         self.exact.clear()
+        self.cycles.clear()
         self.keyed.clear()
 
 
@@ -112,8 +132,7 @@ class FastPath:
         return self._miss(query, self._tcp, True)
 
     def entries(self) -> int:
-        return (len(self._udp.exact) + len(self._udp.keyed) + len(self._tcp.exact)
-                + len(self._tcp.keyed))
+        return sum(len(t.exact) + len(t.cycles) + len(t.keyed) for t in (self._udp, self._tcp))
 
     def _flush(self) -> None:
         self._version = self.engine.version
@@ -122,41 +141,57 @@ class FastPath:
         self.flushes += 1
 
     def _miss(self, query: bytes, tables: _Tables, tcp: bool) -> bytes | None:
+        cycle = tables.cycles.get(query[2:])
+        if cycle is not None:
+            return query[:2] + next(cycle)
         self.misses += 1
         engine = self.engine
         key = engine.cacheable_key(query)
-        if key is None:
+        if key is not None:
+            entry = tables.keyed.get(key)
+            if entry is not None:
+                tails = self._replay(query, *entry)
+                if tails is not None:
+                    self.keyed_hits += 1
+                    return self._store_exact(tables, query, tails)
+        prepared = engine.prepare(query, tcp=tcp, max_udp=self.max_udp)
+        if prepared is None:
+            return None
+        out = prepared.answers[0]
+        if key is None or not prepared.replay:
             self.uncacheable += 1
-            return engine.answer(query, tcp=tcp, max_udp=self.max_udp)
-        entry = tables.keyed.get(key)
-        if entry is not None:
-            tail, qend = entry
-            out = self._replay(query, tail, qend)
-            if out is not None:
-                self.keyed_hits += 1
-                self._store_exact(tables, query, out)
-                return out
-        out = engine.answer(query, tcp=tcp, max_udp=self.max_udp)
-        if out is None or len(out) < 12 or engine.version != self._version:
+            return out
+        if len(out) < 12 or engine.version != self._version:
             # A version that moved while answering means this answer may already be stale:
             # serve it once, keep nothing.
             return out
-        self._store_exact(tables, query, out)
+        tails = tuple(a[2:] for a in prepared.answers)
         qend = question_end(out)
         if qend > 0:
             if len(tables.keyed) >= self.max_entries:
                 tables.keyed.clear()
-            tables.keyed[key] = (out[2:], qend)
-        return out
+            tables.keyed[key] = (tails, qend)
+        return self._store_exact(tables, query, tails)
 
     @staticmethod
-    def _replay(query: bytes, tail: bytes, qend: int) -> bytes | None:
-        # tail is the answer minus its id: its question occupies tail[10:qend-2].
-        if len(query) < qend or query[12:qend].lower() != tail[10:qend - 2].lower():
+    def _replay(query: bytes, tails: tuple[bytes, ...], qend: int) -> tuple[bytes, ...] | None:
+        # Each tail is an answer minus its id: its question occupies tail[10:qend-2].
+        first = tails[0]
+        if len(query) < qend or query[12:qend].lower() != first[10:qend - 2].lower():
             return None
-        return query[:2] + tail[:10] + query[12:qend] + tail[qend - 2:]
+        question = query[12:qend]
+        return tuple(t[:10] + question + t[qend - 2:] for t in tails)
 
-    def _store_exact(self, tables: _Tables, query: bytes, out: bytes) -> None:
-        if len(tables.exact) >= self.max_entries:
-            tables.exact.clear()
-        tables.exact[query[2:]] = out[2:]
+    def _store_exact(self, tables: _Tables, query: bytes, tails: tuple[bytes, ...]) -> bytes:
+        """Keep `tails` for this exact query; return the answer to send now (the first)."""
+        if len(tails) == 1:
+            if len(tables.exact) >= self.max_entries:
+                tables.exact.clear()
+            tables.exact[query[2:]] = tails[0]
+        else:
+            if len(tables.cycles) >= self.max_entries:
+                tables.cycles.clear()
+            cycle = itertools.cycle(tails)
+            next(cycle)
+            tables.cycles[query[2:]] = cycle
+        return query[:2] + tails[0]

@@ -5,11 +5,16 @@ told apart by set identifier that share one policy (the zone checks that).
 
 Rules (Route 53's):
 - simple: every value, the order rotated by one per answer (`turn`); values carrying their own
-  health check (alias targets) are left out while unhealthy.
+  health check (alias targets) are left out while unhealthy. NS sets are not rotated: Route 53
+  answers its delegation set in one order, Knot DNS answers every set in one order, and an NS
+  set is the same data in a referral, an apex answer and a zone transfer.
 - weighted: one set, picked at random in proportion to weight among the healthy sets with a
   weight above 0; weight-0 sets only when no such set exists.
 - failover: PRIMARY while healthy (or unchecked), else SECONDARY while healthy.
-- multivalue: up to 8 values from healthy sets, in random order.
+- multivalue: up to 8 distinct values from healthy sets, in random order.
+- Every selection says how it varies (`Selection.period`): for the same health, turn
+  t + period gives what turn t gives (1: always the same answer), or None when the answer is
+  a random pick. Prepared answers (engine.prepare) are built from it.
 - Fail open: when health leaves nothing to answer, answer as if everything were healthy. An
   authoritative server that answers nothing only moves the outage to the client.
 - `static_values` is the health-independent view used where answers must not vary
@@ -20,11 +25,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from lbcdn.dns.zone import RecordSet, Value
+from lbcdn.dns.zone import T_NS, RecordSet, Value
 
 MULTIVALUE_MAX = 8
+
+
+class Selection(NamedTuple):
+    ttl: int
+    values: list[Value]
+    period: int | None   # turns after which the selection repeats; None: a random pick
 
 
 class HealthView(Protocol):
@@ -43,18 +54,18 @@ def _healthy_values(rs: RecordSet, health: HealthView) -> list[Value]:
 
 
 def select(group: Sequence[RecordSet], health: HealthView, rng: random.Random,
-           turn: int) -> tuple[int, list[Value]]:
-    """(TTL, values) to answer for one name and type."""
+           turn: int) -> Selection:
+    """TTL, values and period to answer for one name and type."""
     if not group:
-        return 0, []
+        return Selection(0, [], 1)
     policy = group[0].policy
     if policy == "simple":
         rs = group[0]
         values = _healthy_values(rs, health)
-        if len(values) > 1:
-            k = turn % len(values)
-            values = values[k:] + values[:k]
-        return rs.ttl, values
+        if len(values) < 2 or rs.rtype == T_NS:
+            return Selection(rs.ttl, values, 1)
+        k = turn % len(values)
+        return Selection(rs.ttl, values[k:] + values[:k], len(values))
     if policy == "failover":
         primary = next((s for s in group if s.failover == "PRIMARY"), None)
         secondary = next((s for s in group if s.failover == "SECONDARY"), None)
@@ -64,28 +75,32 @@ def select(group: Sequence[RecordSet], health: HealthView, rng: random.Random,
             chosen = secondary
         else:
             chosen = primary or secondary or group[0]
-        return chosen.ttl, _healthy_values(chosen, health)
+        return Selection(chosen.ttl, _healthy_values(chosen, health), 1)
     if policy == "weighted":
         healthy = [s for s in group if _ok(s.health_check, health)] or list(group)
-        weighted = [s for s in healthy if (s.weight or 0) > 0]
-        if weighted:
-            total = sum(s.weight or 0 for s in weighted)
+        candidates = [s for s in healthy if (s.weight or 0) > 0]
+        if candidates:
+            total = sum(s.weight or 0 for s in candidates)
             point = rng.random() * total
-            for s in weighted:
+            for s in candidates:
                 point -= s.weight or 0
                 if point < 0:
                     break
             chosen = s
         else:
+            candidates = healthy
             chosen = healthy[rng.randrange(len(healthy))]
-        return chosen.ttl, _healthy_values(chosen, health)
+        return Selection(chosen.ttl, _healthy_values(chosen, health),
+                         1 if len(candidates) == 1 else None)
     # multivalue
     sets = [s for s in group if _ok(s.health_check, health)] or list(group)
     picked: list[Value] = []
     for s in sets:
         picked.extend(_healthy_values(s, health))
-    rng.shuffle(picked)
-    return min(s.ttl for s in sets), _dedup(picked)[:MULTIVALUE_MAX]
+    distinct = _dedup(picked)
+    rng.shuffle(distinct)
+    return Selection(min(s.ttl for s in sets), distinct[:MULTIVALUE_MAX],
+                     1 if len(distinct) == 1 else None)
 
 
 def _dedup(values: list[Value]) -> list[Value]:
@@ -117,20 +132,6 @@ def static_values(group: Sequence[RecordSet]) -> tuple[int, list[Value]]:
     for s in sets:
         values.extend(s.values)
     return min(s.ttl for s in sets), _dedup(values)
-
-
-def varies(group: Sequence[RecordSet]) -> bool:
-    """Can two answers for this group differ while health stays the same?"""
-    if not group:
-        return False
-    policy = group[0].policy
-    if policy == "simple":
-        return len(group[0].values) > 1
-    if policy == "weighted":
-        return len(group) > 1
-    if policy == "multivalue":
-        return sum(len(s.values) for s in group) > 1
-    return False
 
 
 def health_checks(group: Sequence[RecordSet]) -> set[str]:

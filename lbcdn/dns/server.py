@@ -35,7 +35,7 @@ from typing import Any, Protocol, cast
 from dnslib import RR
 
 from lbcdn.dns.config import DnsConfig
-from lbcdn.dns.fastpath import FastPath
+from lbcdn.dns.fastpath import FastPath, Prepared
 from lbcdn.dns.rrl import RateLimiter, Verdict, truncated_response
 from lbcdn.dns.transfer import (
     Notifier,
@@ -54,6 +54,8 @@ class ServerEngine(Protocol):
     """What the server needs from lbcdn.dns.engine.Engine (answering and transfers)."""
 
     def answer(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> bytes | None: ...
+
+    def prepare(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> Prepared | None: ...
 
     def cacheable_key(self, query: bytes) -> bytes | None: ...
 

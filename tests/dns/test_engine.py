@@ -503,19 +503,86 @@ def test_replay_with_patched_id_and_case_equals_answer(engine: Engine) -> None:
     assert replayed == engine.answer(wire2, tcp=False, max_udp=1232)
 
 
-def test_varying_answers_are_not_cacheable() -> None:
-    e = make_engine([
-        {"name": "rr", "type": "A", "values": ["192.0.2.1", "192.0.2.2"]},
-        {"name": "one", "type": "A", "values": ["192.0.2.1"]},
-        {"name": "to-rr", "type": "CNAME", "values": ["rr"]},
-        {"name": "to-to-rr", "type": "CNAME", "values": ["to-rr"]},
-        {"name": "*.w", "type": "A", "values": ["192.0.2.1", "192.0.2.2"]},
-    ])
-    assert _key(e, "rr.example.com") is None
-    assert _key(e, "to-rr.example.com") is None
-    assert _key(e, "to-to-rr.example.com") is None
-    assert _key(e, "x.w.example.com") is None
-    assert _key(e, "one.example.com") is not None
+def _prepared(engine: Engine, name: str, rtype: str = "A",
+              tcp: bool = False) -> tuple[list[list[str]], bool]:
+    """prepare() for one question -> (the answer section of each answer, replay)."""
+    p = engine.prepare(dns.message.make_query(name, rtype).to_wire(), tcp=tcp, max_udp=1232)
+    assert p is not None
+    return [[rd.to_text() for rrset in dns.message.from_wire(a).answer for rd in rrset]
+            for a in p.answers], p.replay
+
+
+VARYING = [
+    {"name": "rr", "type": "A", "values": ["192.0.2.1", "192.0.2.2"]},
+    {"name": "rr", "type": "MX", "values": ["10 mail"]},
+    {"name": "one", "type": "A", "values": ["192.0.2.1"]},
+    {"name": "to-rr", "type": "CNAME", "values": ["rr"]},
+    {"name": "to-to-rr", "type": "CNAME", "values": ["to-rr"]},
+    {"name": "*.w", "type": "A", "values": ["192.0.2.1", "192.0.2.2"]},
+    {"name": "*.w", "type": "TXT", "values": ['"fixed"']},
+    {"name": "w8", "type": "A", "values": ["192.0.2.1"], "policy": "weighted",
+     "set_identifier": "a", "weight": 1},
+    {"name": "w8", "type": "A", "values": ["192.0.2.2"], "policy": "weighted",
+     "set_identifier": "b", "weight": 1},
+    {"name": "w8", "type": "TXT", "values": ['"fixed"']},
+    {"name": "w-rr", "type": "CNAME", "values": ["rr"], "policy": "weighted",
+     "set_identifier": "a", "weight": 1},
+    {"name": "w-rr", "type": "CNAME", "values": ["one"], "policy": "weighted",
+     "set_identifier": "b", "weight": 1},
+    {"name": "huge", "type": "A", "values": [f"10.0.{i // 250}.{i % 250}" for i in range(65)]},
+]
+
+
+def test_prepared_rotations_are_per_name_and_type() -> None:
+    e = make_engine(VARYING)
+    rotations = [["192.0.2.1", "192.0.2.2"], ["192.0.2.2", "192.0.2.1"]]
+    assert _prepared(e, "rr.example.com") == (rotations, True)
+    assert _prepared(e, "rr.example.com", "MX") == ([["10 mail.example.com."]], True)
+    assert _prepared(e, "one.example.com") == ([["192.0.2.1"]], True)
+    for name in ("to-rr", "to-to-rr"):
+        answers, replay = _prepared(e, f"{name}.example.com")
+        assert replay and [a[-2:] for a in answers] == rotations
+    assert _prepared(e, "x.w.example.com") == (rotations, True)
+    assert _prepared(e, "x.w.example.com", "TXT") == ([['"fixed"']], True)
+    assert _prepared(e, "w8.example.com", "TXT") == ([['"fixed"']], True)
+    assert _prepared(e, "w8.example.com")[1] is False
+    assert _prepared(e, "nothing.example.com")[1] is True
+    # the apex NS set (two values) is answered in one order, like Knot DNS and Route 53
+    assert _prepared(e, "example.com", "NS") == (
+        [["ns1.example.com.", "ns2.example.net."]], True)
+
+
+def test_prepared_rotations_are_what_answer_gives_in_turn() -> None:
+    for name in ("rr", "to-to-rr", "x.w"):
+        wire = dns.message.make_query(f"{name}.example.com", "A", use_edns=0).to_wire()
+        prepared = make_engine(VARYING).prepare(wire, tcp=True)
+        e = make_engine(VARYING)
+        assert prepared is not None
+        assert list(prepared.answers) == [e.answer(wire, tcp=True) for _ in range(2)]
+
+
+def test_random_picks_and_huge_sets_are_prepared_per_query_and_still_rotate() -> None:
+    e = make_engine(VARYING)
+    firsts = set()
+    for _ in range(40):
+        answers, replay = _prepared(e, "w-rr.example.com")
+        assert not replay and len(answers) == 1
+        if len(answers[0]) == 3:  # the weighted CNAME led to the rotating set
+            firsts.add(answers[0][1])
+    assert firsts == {"192.0.2.1", "192.0.2.2"}
+    seen = []
+    for _ in range(3):
+        answers, replay = _prepared(e, "huge.example.com", tcp=True)
+        assert not replay and len(answers) == 1 and len(answers[0]) == 65
+        seen.append(answers[0][0])
+    assert seen == ["10.0.0.0", "10.0.0.1", "10.0.0.2"]
+
+
+def test_prepare_stays_silent_where_answer_does(engine: Engine) -> None:
+    assert engine.prepare(b"\x00", tcp=False) is None
+    response = bytearray(dns.message.make_query("www.example.com", "A").to_wire())
+    response[2] |= 0x80
+    assert engine.prepare(bytes(response), tcp=False) is None
 
 
 def test_errors_are_not_cacheable(engine: Engine) -> None:

@@ -8,18 +8,21 @@ import dns.message
 import dns.rdatatype
 import pytest
 
-from lbcdn.dns.fastpath import FastPath, question_end
+from lbcdn.dns.fastpath import FastPath, Prepared, question_end
 from tests.dns.test_server import StandInEngine
 
 
 class FakeEngine:
     """Answers with the query's header flipped to a response and a marker of how many times
-    it was asked; keys by the lower-cased question (like a real engine would)."""
+    it was asked (and which rotation, when `rotations` > 1); keys by the lower-cased question
+    (like a real engine would)."""
 
     def __init__(self) -> None:
         self.version = 1
         self.calls = 0
         self.cacheable = True
+        self.replay = True
+        self.rotations = 1
         self.bump_while_answering = False
 
     def cacheable_key(self, query: bytes) -> bytes | None:
@@ -28,7 +31,7 @@ class FakeEngine:
             return None
         return query[2:3] + query[12:end].lower()
 
-    def answer(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> bytes | None:
+    def prepare(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> Prepared | None:
         self.calls += 1
         if self.bump_while_answering:
             self.version += 1
@@ -36,13 +39,17 @@ class FakeEngine:
             return None
         end = question_end(query)
         if end < 0:
-            return query[:2] + b"\x81\x01" + b"\x00" * 8  # FORMERR, no question
-        marker = f"{'T' if tcp else 'U'}{self.calls}v{self.version}".encode()
+            return Prepared((query[:2] + b"\x81\x01" + b"\x00" * 8,), False)  # FORMERR
+        base = f"{'T' if tcp else 'U'}{self.calls}v{self.version}"
+        markers = [base] if self.rotations == 1 else [f"{base}r{k}" for k in range(self.rotations)]
         # QR AA + RD copied; one answer pointing at the question name; a TXT with the marker
         header = query[:2] + bytes((0x84 | (query[2] & 0x01), 0)) + b"\x00\x01\x00\x01\x00\x00\x00\x00"
-        rr = (b"\xc0\x0c\x00\x10\x00\x01\x00\x00\x00\x3c" + (len(marker) + 1).to_bytes(2, "big")
-              + bytes([len(marker)]) + marker)
-        return header + query[12:end] + rr
+        answers = []
+        for m in markers:
+            rr = (b"\xc0\x0c\x00\x10\x00\x01\x00\x00\x00\x3c" + (len(m) + 1).to_bytes(2, "big")
+                  + bytes([len(m)]) + m.encode())
+            answers.append(header + query[12:end] + rr)
+        return Prepared(tuple(answers), self.replay)
 
 
 def q(name: str, rdtype: str = "A", qid: int = 1, **kw: object) -> bytes:
@@ -132,6 +139,48 @@ def test_uncacheable_and_silent_answers_are_computed_every_time() -> None:
     assert e.calls == 4
 
 
+def test_answers_not_to_replay_are_computed_every_time() -> None:
+    e = FakeEngine()
+    e.replay = False
+    fp = FastPath(e)
+    assert [marker(fp.answer_udp(q("a.example"))) for _ in range(2)] == ["U1v1", "U2v1"]
+    assert fp.uncacheable == 2 and fp.entries() == 0
+
+
+def test_rotations_are_sent_in_turn() -> None:
+    e = FakeEngine()
+    e.rotations = 3
+    fp = FastPath(e)
+    got = [marker(fp.answer_udp(q("rr.example", qid=i))) for i in range(7)]
+    assert got == ["U1v1r0", "U1v1r1", "U1v1r2"] * 2 + ["U1v1r0"]
+    assert e.calls == 1 and fp.misses == 1 and fp.lookups == 7
+    out = fp.answer_udp(q("rr.example", qid=0x1234))
+    assert out is not None and out[:2] == b"\x12\x34"
+
+
+def test_rotations_replayed_for_another_spelling_start_again_in_its_case() -> None:
+    e = FakeEngine()
+    e.rotations = 2
+    fp = FastPath(e)
+    fp.answer_udp(q("rr.example"))
+    outs = [fp.answer_udp(q("RR.Example", qid=9)) for _ in range(3)]
+    assert e.calls == 1 and fp.keyed_hits == 1
+    assert [marker(o) for o in outs] == ["U1v1r0", "U1v1r1", "U1v1r0"]
+    r = dns.message.from_wire(outs[1])  # type: ignore[arg-type]
+    assert r.id == 9 and r.answer[0].name.to_text() == "RR.Example."
+
+
+def test_a_version_bump_ends_a_cycle_at_once() -> None:
+    e = FakeEngine()
+    e.rotations = 3
+    fp = FastPath(e)
+    assert marker(fp.answer_udp(q("rr.example"))) == "U1v1r0"
+    e.version = 2
+    e.rotations = 2
+    assert [marker(fp.answer_udp(q("rr.example"))) for _ in range(3)] == [
+        "U2v2r0", "U2v2r1", "U2v2r0"]
+
+
 def test_udp_and_tcp_answers_are_kept_apart() -> None:
     e = FakeEngine()
     fp = FastPath(e)
@@ -141,8 +190,10 @@ def test_udp_and_tcp_answers_are_kept_apart() -> None:
     assert marker(fp.answer_udp(q("a.example"))) == "U1v1"
 
 
-def test_tables_stay_bounded() -> None:
+@pytest.mark.parametrize("rotations", [1, 2])
+def test_tables_stay_bounded(rotations: int) -> None:
     e = FakeEngine()
+    e.rotations = rotations
     fp = FastPath(e, max_entries=10)
     for i in range(100):
         fp.answer_udp(q(f"n{i}.example"))

@@ -9,7 +9,7 @@ import dns.message
 
 from lbcdn.dns.alias import aliases_from_config, pool_check_id
 from lbcdn.dns.config import AliasConfig
-from lbcdn.dns.policy import select, static_values, varies
+from lbcdn.dns.policy import select, static_values
 from lbcdn.dns.rdata import parse_rdata_text
 from lbcdn.dns.wire import FORMERR, NOTIMP, cache_key, parse_query
 from lbcdn.dns.zone import RecordSet, Value
@@ -55,15 +55,49 @@ def test_weighted_zero_weights_and_fail_open() -> None:
     assert text(select(group, Down("h"), random.Random(), 0)[1]) == ["192.0.2.1"]
 
 
-def test_static_values_and_varies() -> None:
+def test_static_values() -> None:
     weighted = [rs(a("192.0.2.1"), "weighted", set_identifier="a", weight=1),
                 rs(a("192.0.2.2"), "weighted", set_identifier="b", weight=0)]
     assert text(static_values(weighted)[1]) == ["192.0.2.1"]
     failover = [rs(a("192.0.2.2"), "failover", set_identifier="s", failover="SECONDARY"),
                 rs(a("192.0.2.1"), "failover", set_identifier="p", failover="PRIMARY")]
     assert text(static_values(failover)[1]) == ["192.0.2.1"]
-    assert varies(weighted) and not varies(failover)
-    assert not varies([rs(a("192.0.2.1"))]) and varies([rs(a("192.0.2.1", "192.0.2.2"))])
+
+
+def period(group: list[RecordSet], health: Down | None = None) -> int | None:
+    return select(group, health or Down(), random.Random(1), 0).period
+
+
+def test_period_says_how_a_selection_varies() -> None:
+    three = [rs(a("192.0.2.1", "192.0.2.2") + a("192.0.2.3", check="c"))]
+    assert period(three) == 3 and period(three, Down("c")) == 2
+    assert [text(select(three, Down(), random.Random(), t).values) for t in (0, 3)] == [
+        ["192.0.2.1", "192.0.2.2", "192.0.2.3"]] * 2
+    assert period([rs(a("192.0.2.1"))]) == 1
+    weighted = [rs(a("192.0.2.1"), "weighted", set_identifier="a", weight=1, health_check="h"),
+                rs(a("192.0.2.2"), "weighted", set_identifier="b", weight=2)]
+    assert period(weighted) is None
+    assert period(weighted, Down("h")) == 1  # one candidate left: no chance involved
+    zeros = [rs(a("192.0.2.1"), "weighted", set_identifier="a", weight=0),
+             rs(a("192.0.2.2"), "weighted", set_identifier="b", weight=0)]
+    assert period(zeros) is None and period(zeros[:1]) == 1
+    failover = [rs(a("192.0.2.1", "192.0.2.2"), "failover", set_identifier="p",
+                   failover="PRIMARY")]
+    assert period(failover) == 1
+    multi = [rs(a("192.0.2.1"), "multivalue", set_identifier="a"),
+             rs(a("192.0.2.1"), "multivalue", set_identifier="b")]
+    assert period(multi) == 1  # one distinct value
+    multi.append(rs(a("192.0.2.2"), "multivalue", set_identifier="c"))
+    assert period(multi) is None
+
+
+def test_ns_sets_keep_their_order() -> None:
+    """Route 53 and Knot DNS answer an NS set in one order; so does a referral here."""
+    ns = tuple(Value.of(parse_rdata_text(2, x, ()), None) for x in ("ns1.example.com.",
+                                                                     "ns2.example.net."))
+    group = [RecordSet(NAME, 2, 60, ns)]
+    firsts = {str(select(group, Down(), random.Random(), t).values[0].rd) for t in range(4)}
+    assert firsts == {"ns1.example.com."} and period(group) == 1
 
 
 def test_parse_query_shapes() -> None:

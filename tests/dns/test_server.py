@@ -35,6 +35,7 @@ from dnslib import (
     DNSRecord,
 )
 
+from lbcdn.dns.fastpath import Prepared
 from lbcdn.dns.rrl import RateLimiter
 from lbcdn.dns.server import DnsServer
 
@@ -103,6 +104,10 @@ class StandInEngine:
         edns = b"E" if q.ar else b"-"
         return (str(q.q.qname).lower().encode() + struct.pack("!HH", q.q.qtype, q.q.qclass)
                 + bytes([query[2] & 0x79]) + edns)
+
+    def prepare(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> Prepared | None:
+        out = self.answer(query, tcp=tcp, max_udp=max_udp)
+        return None if out is None else Prepared((out,), replay=True)
 
     def answer(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> bytes | None:
         self.answered += 1
@@ -527,6 +532,70 @@ def test_fuzzed_packets_never_break_the_server_with_the_real_engine(tmp_path: An
         assert srv.server.stats.udp_errors == 0
     finally:
         srv.close()
+
+
+# --------------------------------------------------------------------------- real engine
+
+LB = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+ROTATING: list[dict[str, Any]] = [
+    {"name": "lb", "type": "A", "values": LB},
+    {"name": "lb", "type": "MX", "values": ["10 mail"]},
+    {"name": "mail", "type": "A", "values": ["192.0.2.25", "192.0.2.26"]},
+    {"name": "to-lb", "type": "CNAME", "values": ["lb"]},
+    {"name": "f", "type": "A", "values": ["192.0.2.1"], "policy": "failover",
+     "set_identifier": "p", "failover": "PRIMARY", "health_check": "a"},
+    {"name": "f", "type": "A", "values": ["192.0.2.2"], "policy": "failover",
+     "set_identifier": "s", "failover": "SECONDARY"},
+]
+
+
+@pytest.fixture
+async def real() -> AsyncIterator[tuple[DnsServer, Any, Any]]:
+    """A DnsServer in front of the real engine (ROTATING records) and its health view."""
+    from tests.dns.test_engine import Health, make_engine
+    health = Health()
+    engine = make_engine(ROTATING, health)
+    srv = DnsServer(engine, address=HOST, port=0)
+    await srv.start()
+    try:
+        yield srv, engine, health
+    finally:
+        await srv.stop()
+
+
+def addresses(r: Any) -> list[str]:
+    return [rd.address for rrset in r.answer if rrset.rdtype == dns.rdatatype.A for rd in rrset]
+
+
+@pytest.mark.parametrize("transport", [udp, tcp])
+async def test_each_rotation_in_turn_from_prepared_answers(real: Any, transport: Any) -> None:
+    srv, _, _ = real
+    seen = [addresses(await transport(srv, query("lb.example.com"))) for _ in range(7)]
+    assert seen == [LB, LB[1:] + LB[:1], LB[2:] + LB[:2]] * 2 + [LB]
+    assert srv.fastpath.misses == 1  # the engine built the three rotations once
+    chain = [addresses(await transport(srv, query("To-LB.example.com"))) for _ in range(4)]
+    assert chain == [LB, LB[1:] + LB[:1], LB[2:] + LB[:2], LB]
+    # the MX at the rotating name is one prepared answer: its additional addresses do not move
+    mx = [await transport(srv, query("lb.example.com", "MX")) for _ in range(3)]
+    assert all(r.answer == mx[0].answer and r.additional == mx[0].additional for r in mx)
+    assert srv.fastpath.misses == 3 and srv.fastpath.uncacheable == 0
+
+
+async def test_a_zone_or_health_change_shows_on_the_next_query(real: Any) -> None:
+    from lbcdn.dns.changes import parse_changes
+    srv, engine, health = real
+    assert addresses(await udp(srv, query("lb.example.com"))) == LB
+    engine.apply_changes("example.com", parse_changes({"changes": [{
+        "action": "UPSERT", "record": {"name": "lb", "type": "A",
+                                       "values": ["192.0.2.21", "192.0.2.22"]}}]}))
+    seen = [addresses(await udp(srv, query("lb.example.com"))) for _ in range(3)]
+    assert seen == [["192.0.2.21", "192.0.2.22"], ["192.0.2.22", "192.0.2.21"],
+                    ["192.0.2.21", "192.0.2.22"]]
+    assert [addresses(await tcp(srv, query("f.example.com"))) for _ in range(2)] == [
+        ["192.0.2.1"]] * 2
+    health.set("a", False)
+    assert addresses(await tcp(srv, query("f.example.com"))) == ["192.0.2.2"]
+    assert addresses(await udp(srv, query("f.example.com"))) == ["192.0.2.2"]
 
 
 # --------------------------------------------------------------------------- from config
