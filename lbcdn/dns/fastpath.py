@@ -24,10 +24,11 @@ Rules:
   compressed owner names in the answer point at that question and follow its case. The result
   is then stored in level 1 under this query's exact bytes (rotations starting again at 0).
 - UDP and TCP answers differ (size cap, TC) so each transport has its own tables.
-- Bounded without per-hit bookkeeping: a table that reaches `max_entries` is cleared whole on
-  the next insert (an LRU would cost a move-to-end on every hit). A flood of random names then
-  costs at most one rebuild of each hot name per `max_entries` misses, and memory stays bounded
-  (a rotating entry holds at most the engine's MAX_ROTATIONS answers).
+- Bounded without per-hit bookkeeping: a table that would hold more than `max_entries`
+  answers is cleared whole on the next insert (an LRU would cost a move-to-end on every hit).
+  Answers, not entries, are counted: a rotating entry holds N of them, and the spellings of
+  one name are many. A flood of random names then costs at most one rebuild of each hot name
+  per `max_entries` misses, and memory stays bounded.
 - No I/O, no clock: the servers own sockets; this only maps bytes to bytes.
 """
 
@@ -76,7 +77,7 @@ def question_end(message: bytes) -> int:
 
 
 class _Tables:
-    __slots__ = ("exact", "cycles", "keyed")
+    __slots__ = ("exact", "cycles", "keyed", "in_cycles", "in_keyed")
 
     def __init__(self) -> None:
         self.exact: dict[bytes, bytes] = {}
@@ -84,11 +85,17 @@ class _Tables:
         self.cycles: dict[bytes, Iterator[bytes]] = {}
         # engine key -> (answers minus id, end of their question section)
         self.keyed: dict[bytes, tuple[tuple[bytes, ...], int]] = {}
+        self.in_cycles = 0   # answers held by `cycles`
+        self.in_keyed = 0    # answers held by `keyed`
 
     def clear(self) -> None:
         self.exact.clear()
         self.cycles.clear()
         self.keyed.clear()
+        self.in_cycles = self.in_keyed = 0
+
+    def held(self) -> int:
+        return len(self.exact) + self.in_cycles + self.in_keyed
 
 
 class FastPath:
@@ -132,7 +139,8 @@ class FastPath:
         return self._miss(query, self._tcp, True)
 
     def entries(self) -> int:
-        return sum(len(t.exact) + len(t.cycles) + len(t.keyed) for t in (self._udp, self._tcp))
+        """Answers held, in every table."""
+        return self._udp.held() + self._tcp.held()
 
     def _flush(self) -> None:
         self._version = self.engine.version
@@ -168,9 +176,11 @@ class FastPath:
         tails = tuple(a[2:] for a in prepared.answers)
         qend = question_end(out)
         if qend > 0:
-            if len(tables.keyed) >= self.max_entries:
+            if tables.in_keyed + len(tails) > self.max_entries:
                 tables.keyed.clear()
+                tables.in_keyed = 0
             tables.keyed[key] = (tails, qend)
+            tables.in_keyed += len(tails)
         return self._store_exact(tables, query, tails)
 
     @staticmethod
@@ -189,9 +199,11 @@ class FastPath:
                 tables.exact.clear()
             tables.exact[query[2:]] = tails[0]
         else:
-            if len(tables.cycles) >= self.max_entries:
+            if tables.in_cycles + len(tails) > self.max_entries:
                 tables.cycles.clear()
+                tables.in_cycles = 0
             cycle = itertools.cycle(tails)
             next(cycle)
             tables.cycles[query[2:]] = cycle
+            tables.in_cycles += len(tails)
         return query[:2] + tails[0]

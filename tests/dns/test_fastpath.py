@@ -202,6 +202,18 @@ def test_tables_stay_bounded(rotations: int) -> None:
     assert e.calls == 100  # the newest survived the last clear
 
 
+def test_rotations_count_as_answers_toward_the_bound() -> None:
+    """Spellings of one rotating name are many: each kept cycle counts all its answers."""
+    e = FakeEngine()
+    e.rotations = 4
+    fp = FastPath(e, max_entries=10)
+    for i in range(64):
+        name = "".join(c.upper() if i >> k & 1 else c for k, c in enumerate("rotate"))
+        assert marker(fp.answer_udp(q(f"{name}.example"))) == "U1v1r0"
+        assert fp.entries() <= 10 + 4  # the cycles, and the one keyed entry
+    assert e.calls == 1 and fp.keyed_hits == 63
+
+
 def test_max_entries_must_be_positive() -> None:
     with pytest.raises(ValueError):
         FastPath(FakeEngine(), max_entries=0)
