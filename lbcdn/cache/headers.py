@@ -120,6 +120,8 @@ class Outcome(enum.Enum):
     STALE_ON_ERROR = "stale-error"     # stale from cache because the origin failed
     REFRESH_HIT = "refresh-hit"        # revalidated: the origin said 304
     MISS = "miss"                      # fetched: nothing usable stored
+    STALE_MISS = "stale-miss"          # fetched: a stored response was selected but had to be
+                                       # validated, and the origin sent a new one
     URI_MISS = "uri-miss"              # fetched: nothing stored for the URI at all
     VARY_MISS = "vary-miss"            # fetched: stored, but no variant matched
     REQUEST = "request"                # fetched because the request said so (no-cache)
@@ -130,13 +132,15 @@ class Outcome(enum.Enum):
 _X_CACHE = {
     Outcome.HIT: b"Hit from lbcdn", Outcome.STALE_HIT: b"Hit from lbcdn",
     Outcome.STALE_ON_ERROR: b"Hit from lbcdn", Outcome.REFRESH_HIT: b"RefreshHit from lbcdn",
-    Outcome.MISS: b"Miss from lbcdn", Outcome.URI_MISS: b"Miss from lbcdn",
+    Outcome.MISS: b"Miss from lbcdn", Outcome.STALE_MISS: b"Miss from lbcdn",
+    Outcome.URI_MISS: b"Miss from lbcdn",
     Outcome.VARY_MISS: b"Miss from lbcdn", Outcome.REQUEST: b"Miss from lbcdn",
     Outcome.BYPASS: b"Miss from lbcdn", Outcome.ERROR: b"Error from lbcdn",
 }
 
 _FWD = {
-    Outcome.REFRESH_HIT: b"stale", Outcome.MISS: b"miss", Outcome.URI_MISS: b"uri-miss",
+    Outcome.REFRESH_HIT: b"stale", Outcome.STALE_MISS: b"stale", Outcome.MISS: b"miss",
+    Outcome.URI_MISS: b"uri-miss",
     Outcome.VARY_MISS: b"vary-miss", Outcome.REQUEST: b"request", Outcome.BYPASS: b"bypass",
     Outcome.ERROR: b"miss", Outcome.STALE_ON_ERROR: b"stale",
 }

@@ -83,6 +83,9 @@ def test_cache_status_values() -> None:
     assert cache_status(Outcome.HIT, ttl=42.7) == b"lbcdn; hit; ttl=42"
     assert cache_status(Outcome.STALE_HIT, ttl=-3.2) == b"lbcdn; hit; ttl=-4"
     assert cache_status(Outcome.MISS, stored=True) == b"lbcdn; fwd=miss; stored"
+    # a stored response was selected but stale, and the origin sent a new one (RFC 9211 2.2)
+    assert cache_status(Outcome.STALE_MISS, stored=True) == b"lbcdn; fwd=stale; stored"
+    assert x_cache(Outcome.STALE_MISS) == b"Miss from lbcdn"
     assert cache_status(Outcome.URI_MISS, stored=True, collapsed=True) == \
         b"lbcdn; fwd=uri-miss; stored; collapsed"
     assert cache_status(Outcome.REFRESH_HIT, fwd_status=304, ttl=60) == \
