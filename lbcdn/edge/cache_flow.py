@@ -49,6 +49,7 @@ from lbcdn.cache.policy import (F_NO_CACHE, F_PURGED, RequestDirectives, Respons
                                 is_origin_error, not_storable, parse_request, parse_response,
                                 removed_fields, usable_on_error, validators)
 from lbcdn.cache.runtime import Attempt, CacheRuntime
+from lbcdn.edge.exchange import record
 from lbcdn.cache.store import Fill, FillInfo, FillReader, Miss
 from lbcdn.http.errors import HttpError, reason
 from lbcdn.http.head import RequestHead, ResponseHead
@@ -57,6 +58,8 @@ from lbcdn.tasks import spawn
 from lbcdn.upstream.pool import ConnectError, Pool, Target
 
 if TYPE_CHECKING:
+    from lbcdn.config.schema import RouteConfig
+    from lbcdn.edge.connection import ClientConnection, KnownHead
     from lbcdn.edge.exchange import Exchange
     from lbcdn.upstream.connection import UpstreamConnection
 
@@ -109,46 +112,64 @@ _MAX_AGE = 2147483648
 _SLOW_FIELDS = _DIRECTIVE_FIELDS | _CONDITIONAL_FIELDS
 
 
-def _fast_hit(ex: Exchange, rt: CacheRuntime, dist: Distribution) -> bool:
-    """Answer a plain fresh hit from memory without a CacheFlow (most requests of a CDN).
+def _plain_key(head: RequestHead, dist: Distribution) -> bytes | None:
+    """The primary key of a plain request, or None when the request is not plain.
 
     Plain: GET or HEAD, no body, none of the fields that need directive parsing,
-    preconditions or ranges. Anything else (and every miss or stale entry) returns False
-    for the full flow, which decides exactly as before: this path only skips work that has
-    no effect on such a request (see CacheFlow.start / found / serve_entry)."""
-    head = ex.head
+    preconditions or ranges, a method the behavior allows. Anything else goes to the full
+    flow, which decides exactly as before: the fast paths only skip work that has no effect
+    on such a request (see CacheFlow.start / found / serve_entry)."""
     method = head.method
     if method == b"GET":
         allowed = "GET"
     elif method == b"HEAD":
         allowed = "HEAD"
     else:
-        return False
+        return None
     if head.has_body:
-        return False
+        return None
     for name, _ in head.headers:
         if name.lower() in _SLOW_FIELDS:
-            return False
+            return None
     path = head.path
     behavior = dist.select(path)
     if allowed not in behavior.policy.allowed_methods:
-        return False
-    entry = rt.memory.lookup(behavior.keys.primary(method, head.host, path, head.query,
-                                                   head.headers), head.headers)
+        return None
+    return behavior.keys.primary(method, head.host, path, head.query, head.headers)
+
+
+def _fresh_hit(rt: CacheRuntime, primary: bytes, head: RequestHead
+               ) -> tuple[CachedResponse, int, int] | None:
+    """A fresh memory entry for a plain request, with its Age and remaining ttl in whole
+    seconds, or None for the full flow (a miss, a stale entry, one that must be validated on
+    every use)."""
+    entry = rt.memory.lookup(primary, head.headers)
     if not isinstance(entry, CachedResponse) or entry.flags & _NOT_FAST:
-        return False
-    now = rt.clock()
-    age = entry.initial_age + max(0.0, now - entry.response_time)
+        return None
+    age = entry.initial_age + max(0.0, rt.clock() - entry.response_time)
     ttl = entry.lifetime - age
     if ttl <= 0.0:
-        return False  # stale: the flow decides (stale-while-revalidate, revalidation)
+        return None  # stale: the flow decides (stale-while-revalidate, revalidation)
     rt.metrics.hit.inc()
+    return entry, min(int(age), _MAX_AGE), int(ttl)
+
+
+def _fast_hit(ex: Exchange, rt: CacheRuntime, dist: Distribution) -> bool:
+    """Answer a plain fresh hit from memory without a CacheFlow (most requests of a CDN)."""
+    head = ex.head
+    primary = _plain_key(head, dist)
+    if primary is None:
+        return False
+    hit = _fresh_hit(rt, primary, head)
+    if hit is None:
+        return False
+    entry, age, ttl = hit
     ex._end_request_early()
-    parts = [entry.head, _HIT_LINES % (min(int(age), _MAX_AGE), int(ttl)), ex.extra_headers]
+    parts = [entry.head, _HIT_LINES % (age, ttl), ex.extra_headers]
     if not ex.keep_alive or ex.conn.draining or head.version == b"1.0":
         ex._connection_header(parts)
     parts.append(b"\r\n")
-    if method == b"GET":
+    if head.method == b"GET":
         parts.extend(entry.chunks)
     n = 0
     for p in parts:
@@ -160,6 +181,83 @@ def _fast_hit(ex: Exchange, rt: CacheRuntime, dist: Distribution) -> bool:
     ex.response_done = True
     ex._maybe_finish()
     return True
+
+
+# Answers up to this size are kept whole in the HitPlan for the second they are valid in.
+_RENDER_MAX = 8192
+
+
+class HitPlan:
+    """How a known head (lbcdn.edge.connection.KnownHead) is looked up: its route and primary
+    key, worked out once per head and cache runtime; and the last small answer made from it,
+    reusable while the entry, its Age and its ttl (whole seconds) are the same."""
+    __slots__ = ("rt", "route", "primary", "entry", "age", "ttl", "answer")
+
+    def __init__(self, rt: CacheRuntime | None, route: RouteConfig | None,
+                 primary: bytes) -> None:
+        self.rt = rt
+        self.route = route
+        self.primary = primary
+        self.entry: CachedResponse | None = None
+        self.age = -1
+        self.ttl = -1
+        self.answer = b""
+
+
+NO_PLAN = HitPlan(None, None, b"")
+
+
+def answer_known(conn: ClientConnection, known: KnownHead) -> bool:
+    """Answer a known head from memory when it is a plain fresh hit, with no Exchange: the
+    connection has nothing in progress, so the answer goes out at once. False: nothing was
+    done, the caller starts an Exchange as usual (which may still find the hit)."""
+    rt = _runtime
+    plan = known.plan
+    if plan is None or plan.rt is not rt:
+        plan = known.plan = _plan(conn, known.head, rt)
+        if plan is NO_PLAN:
+            return False
+    assert rt is not None
+    head = known.head
+    started = monotonic()
+    hit = _fresh_hit(rt, plan.primary, head)
+    if hit is None:
+        return False
+    entry, age, ttl = hit
+    if plan.entry is entry and plan.age == age and plan.ttl == ttl:
+        answer = plan.answer
+    else:
+        parts = [entry.head, _HIT_LINES % (age, ttl), b"\r\n"]
+        if head.method == b"GET":
+            parts.extend(entry.chunks)
+        if entry.size > _RENDER_MAX:
+            n = 0
+            for p in parts:
+                n += len(p)
+            conn.writelines(parts)
+            record(conn, head, plan.route, entry.status, started, 0, n, None, None, None)
+            return True
+        answer = b"".join(parts)
+        plan.entry, plan.age, plan.ttl, plan.answer = entry, age, ttl, answer
+    conn.write(answer)
+    record(conn, head, plan.route, entry.status, started, 0, len(answer), None, None, None)
+    return True
+
+
+def _plan(conn: ClientConnection, head: RequestHead, rt: CacheRuntime | None) -> HitPlan:
+    """The HitPlan of a head: NO_PLAN unless it is an HTTP/1.1 keep-alive plain request to a
+    cache route that adds nothing of its own (HTTPS redirects, HSTS) to its answers."""
+    if rt is None or head.version != b"1.1" or not head.keep_alive:
+        return NO_PLAN
+    route = conn.listener.router.match(head.host, head.path)
+    if route.cache is None or route.viewer_protocol != "allow-all" or \
+            route.hsts_max_age_s is not None:
+        return NO_PLAN
+    dist = rt.distributions.get(route.cache)
+    primary = _plain_key(head, dist) if dist is not None else None
+    if primary is None:
+        return NO_PLAN
+    return HitPlan(rt, route, primary)
 
 
 def parse_fwd(fwd: list[bytes]) -> list[tuple[bytes, bytes]]:
@@ -266,7 +364,8 @@ class CacheFlow:
             self.gateway_timeout()
         else:
             self.entry = entry
-            self.outcome = Outcome.REQUEST if self.req.no_cache else Outcome.MISS
+            # RFC 9211 2.2: a response was selected but could not be used as it was
+            self.outcome = Outcome.REQUEST if self.req.no_cache else Outcome.STALE_MISS
             self.start_fetch(conditional=entry)
 
     def gateway_timeout(self) -> None:
@@ -1022,7 +1121,7 @@ class PassThrough:
     def head(self, ex: Exchange, resp: ResponseHead) -> None:
         self.status = resp.status
         self.headers = parse_fwd(resp.fwd)
-        resp.fwd.append(cache_lines(Outcome.BYPASS, None))
+        ex.extra_headers += cache_lines(Outcome.BYPASS, None)  # heads are not ours to change
 
     def done(self, ex: Exchange) -> None:
         head = self.flow.ex.head if self.original is None else self.original

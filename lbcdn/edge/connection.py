@@ -13,6 +13,15 @@ Rules:
 - One deadline per connection, whose meaning follows the state: header timeout while a head is
   arriving (not extended by trickled bytes), body timeout between body reads, idle timeout between
   requests and while the client is not reading our response.
+- Known heads: a read that is exactly one complete bodiless request head, arriving between
+  requests, is looked up in the listener's `known_heads` before it is parsed. The validated
+  `RequestHead` is a pure function of those bytes and of the listener's config, so when the same
+  bytes were parsed and accepted before (keep-alive clients repeat their heads byte for byte),
+  that result is used as is and the parser is not fed: it stays between messages, where the
+  bytes would have left it. Only heads that parsed cleanly, alone, with no body and no upgrade are
+  remembered; the table is bounded and emptied when the listener's config changes. A known head
+  on a connection with nothing in progress may be answered by the edge cache directly
+  (`cache_flow.answer_known`: a plain fresh hit, no Exchange at all).
 """
 
 from __future__ import annotations
@@ -25,13 +34,16 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from lbcdn.edge import cache_flow
+from lbcdn.edge.cache_flow import NO_PLAN
 from lbcdn.http.errors import HttpError, error_response
-from lbcdn.http.head import check_request
+from lbcdn.http.head import RequestHead, check_request
 from lbcdn.timers import Deadline
 from lbcdn import writebatch
 from lbcdn.writebatch import Writer
 
 if TYPE_CHECKING:
+    from lbcdn.edge.cache_flow import HitPlan
     from lbcdn.edge.exchange import Exchange
     from lbcdn.edge.listener import Listener
 
@@ -41,6 +53,8 @@ PAUSE_PIPELINE = 2        # too many pipelined requests waiting
 PAUSE_BODY = 4            # request bodies buffered while no upstream connection is attached
 MAX_PIPELINED = 16
 MAX_BUFFERED_BODY = 256 * 1024
+KNOWN_HEAD_MAX_BYTES = 2048   # longer heads (big cookies) are parsed every time
+_END = b"\r\n\r\n"
 
 
 def _version(version: str) -> bytes:
@@ -51,6 +65,16 @@ def _version(version: str) -> bytes:
     if version[:1] > "1":
         raise HttpError(505, "HTTP version not supported")
     raise HttpError(400, "unsupported HTTP version")  # HTTP/0.9 simple requests
+
+
+class KnownHead:
+    """A remembered head (see "Known heads") and what the edge cache worked out for it once:
+    `plan` is None until asked, NO_PLAN when the head can never be a plain cache hit."""
+    __slots__ = ("head", "plan")
+
+    def __init__(self, head: RequestHead) -> None:
+        self.head = head
+        self.plan: HitPlan | None = None
 
 
 class ClientConnection(Writer, asyncio.Protocol):
@@ -85,6 +109,8 @@ class ClientConnection(Writer, asyncio.Protocol):
         self._stopped = False   # parsing ended after an error or an upgrade
         self.buffered_body = 0
         self.bytes_in = 0
+        self._begun = 0        # messages begun during the current feed
+        self._learn: RequestHead | None = None   # head to remember once this feed ends well
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -128,6 +154,19 @@ class ClientConnection(Writer, asyncio.Protocol):
             if self.exchanges and self.exchanges[-1].upgrade_pending:
                 self.exchanges[-1].client_tunnel_data(data)
             return
+        between = not self._in_head and self.parsing is None
+        if between and data[-4:] == _END:
+            known = self.listener.known_heads.get(data)
+            if known is not None:
+                if known.plan is not NO_PLAN and not self.exchanges and not self.draining \
+                        and not self.write_paused and cache_flow.answer_known(self, known):
+                    self.deadline.set(self.config.idle_timeout_s)
+                    return
+                self._begin(known.head, monotonic())
+                self.on_message_complete()
+                return
+        self._begun = 0
+        self._learn = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -145,6 +184,12 @@ class ClientConnection(Writer, asyncio.Protocol):
             self._stopped = True
             self.fail(err)
             return
+        learn = self._learn
+        if learn is not None:
+            self._learn = None
+            if between and self._begun == 1 and not self._in_head and self.parsing is None \
+                    and len(data) <= KNOWN_HEAD_MAX_BYTES and data[-4:] == _END:
+                self.listener.remember_head(data, KnownHead(learn))
         if self._in_head:
             self._head_raw += len(data)
             if self._head_raw > self.config.max_headers_total_bytes + \
@@ -181,6 +226,7 @@ class ClientConnection(Writer, asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._begun += 1
         self._in_head = True
         self._head_raw = 0
         self._url = []
@@ -223,8 +269,13 @@ class ClientConnection(Writer, asyncio.Protocol):
         except HttpError as err:
             self._error = err
             raise
+        if head.upgrade is None and not head.has_body:
+            self._learn = head
+        self._begin(head, self._head_started)
+
+    def _begin(self, head: RequestHead, started: float) -> None:
         from lbcdn.edge.exchange import Exchange
-        ex = Exchange(self, head, self._head_started)
+        ex = Exchange(self, head, started)
         self.parsing = ex
         self.exchanges.append(ex)
         self.deadline.clear()

@@ -639,26 +639,32 @@ class Exchange:
 
     def _record(self) -> None:
         self.finished = True
-        target = self.target
         attempt, self.inflight_target = self.inflight_target, None
         if attempt is not None and self.pool is not None:
             self.pool.finished(attempt, self.status, self.upstream_time)
-        elapsed = monotonic() - self.started
-        route = self.route
-        route_name = route.name if route is not None else "-"
-        self.listener.route_metrics(route_name).observe(
-            self.status, elapsed, self.body_bytes, self.bytes_out)
-        access_log = self.listener.access_log
-        if access_log.enabled:
-            head = self.head
-            access_log.log({
-                "time": time.time(), "listener": self.listener.name,
-                "client": self.conn.client_ip, "method": head.method.decode("latin-1"),
-                "path": head.target.decode("latin-1"), "status": self.status,
-                "bytes_in": self.body_bytes, "bytes_out": self.bytes_out,
-                "route": route_name, "target": target.key if target is not None else None,
-                "upstream_time_s": None if self.upstream_time is None else round(self.upstream_time, 6), "total_time_s": round(elapsed, 6),
-                "request_id": self.request_id, "user_agent": head.user_agent.decode("latin-1"),
-            })
+        record(self.conn, self.head, self.route, self.status, self.started, self.body_bytes,
+               self.bytes_out, self.target, self.upstream_time, self.request_id)
 
 
+def record(conn: ClientConnection, head: RequestHead, route: RouteConfig | None, status: int,
+           started: float, bytes_in: int, bytes_out: int, target: Target | None,
+           upstream_time: float | None, request_id: str | None) -> None:
+    """Metrics and the access log line of one finished request (request_id None: make one
+    only if the line is written)."""
+    listener = conn.listener
+    elapsed = monotonic() - started
+    route_name = route.name if route is not None else "-"
+    listener.route_metrics(route_name).observe(status, elapsed, bytes_in, bytes_out)
+    access_log = listener.access_log
+    if access_log.enabled:
+        access_log.log({
+            "time": time.time(), "listener": listener.name,
+            "client": conn.client_ip, "method": head.method.decode("latin-1"),
+            "path": head.target.decode("latin-1"), "status": status,
+            "bytes_in": bytes_in, "bytes_out": bytes_out,
+            "route": route_name, "target": target.key if target is not None else None,
+            "upstream_time_s": None if upstream_time is None else round(upstream_time, 6),
+            "total_time_s": round(elapsed, 6),
+            "request_id": request_id or new_request_id(),
+            "user_agent": head.user_agent.decode("latin-1"),
+        })

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 
 from lbcdn.config.schema import ListenerConfig
-from lbcdn.edge.connection import ClientConnection
+from lbcdn.edge.connection import ClientConnection, KnownHead
 from lbcdn.tls import ServerTls
 from lbcdn.http.head import request_header_kinds
 from lbcdn.logs import AccessLog
@@ -22,6 +22,8 @@ from lbcdn.routing import Router
 from lbcdn.upstream.pool import Pool
 
 log = logging.getLogger("lbcdn.edge")
+
+KNOWN_HEADS_MAX = 4096
 
 
 class Listener:
@@ -42,6 +44,8 @@ class Listener:
         self.scheme = "https" if self.tls is not None else "http"
         self._set_port(config.port)
         self._route_metrics: dict[str, RouteMetrics] = {}
+        # raw head bytes -> their validated head (see lbcdn.edge.connection, "Known heads")
+        self.known_heads: dict[bytes, KnownHead] = {}
         self._server: asyncio.AbstractServer | None = None
 
     def update(self, config: ListenerConfig, router: Router, pools: Mapping[str, Pool],
@@ -60,6 +64,13 @@ class Listener:
         if self.tls is not None and config.tls is not None:
             self.tls.load(config.tls)  # new handshakes use the new certificates
         self._route_metrics = {}
+        self.known_heads = {}
+
+    def remember_head(self, raw: bytes, head: KnownHead) -> None:
+        known = self.known_heads
+        if len(known) >= KNOWN_HEADS_MAX:
+            known.clear()  # an LRU would cost a move on every hit; refilling is cheap
+        known[raw] = head
 
     def _set_port(self, port: int) -> None:
         self.port = port

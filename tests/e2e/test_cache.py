@@ -571,3 +571,40 @@ async def test_collapsing_1000_connections_one_origin_request(origin: Origin) ->
                                               for _ in range(1000)))
         assert statuses.count(200) == 1000
         assert [line for line, _ in origin.requests] == ["GET /burst?cold=1 HTTP/1.1"]
+
+
+async def test_hits_on_one_keep_alive_connection_follow_clock_purge_and_staleness(
+        origin: Origin) -> None:
+    """The same head again and again on one connection (the edge answers those without an
+    exchange): Age and ttl move with the clock, a purge and staleness are seen at once."""
+    origin.set("/k", Answer(headers=[("Cache-Control", "max-age=100"), ("ETag", '"v1"')]))
+    async for d, port, clock in started(cdn_config(origin.port)):
+        assert d.cache is not None
+        c = await RawClient.open(port)
+        try:
+            seen = []
+            for step in (0, 0, 7, 0, 50):
+                clock.now += step
+                r = await c.request("GET", "/k")
+                assert r.status == 200 and r.body == b"hello"
+                seen.append((r.header("X-Cache"), r.header("Age"), cc(r)))
+            assert seen == [("Miss from lbcdn", None, "lbcdn; fwd=uri-miss; stored"),
+                            ("Hit from lbcdn", "0", "lbcdn; hit; ttl=100"),
+                            ("Hit from lbcdn", "7", "lbcdn; hit; ttl=93"),
+                            ("Hit from lbcdn", "7", "lbcdn; hit; ttl=93"),
+                            ("Hit from lbcdn", "57", "lbcdn; hit; ttl=43")]
+            head = await c.request("HEAD", "/k")
+            assert head.body == b"" and head.header("Age") == "57"
+            assert origin.hits["/k"] == 1
+            d.cache.purge_uri(b"test.local", b"/k")
+            r = await c.request("GET", "/k")
+            assert r.header("X-Cache") == "Miss from lbcdn" and origin.hits["/k"] == 2
+            clock.now += 101
+            r = await c.request("GET", "/k")
+            assert "fwd=stale" in cc(r) and origin.hits["/k"] == 3
+            r = await c.request("GET", "/k", version="1.0",
+                                headers=[("Connection", "keep-alive")])
+            assert r.header("X-Cache") == "Hit from lbcdn"
+            assert r.header("Connection") == "keep-alive"
+        finally:
+            await c.close()
