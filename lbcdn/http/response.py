@@ -5,6 +5,9 @@ walks the headers again to rebuild them. A backend's response head is forwarded 
 unchanged, so this reader validates the whole head with one regular expression, finds the few
 headers that matter (framing and hop-by-hop) with another, and forwards the rest as one slice.
 Bodies with a Content-Length are passed on as the slices that arrived, without copying.
+Backends repeat their heads byte for byte (only Date moves, once a second), so the outcome of
+parsing a head is remembered by its bytes, and a read that starts with the head remembered last
+is not even searched for the end of its head; each response still gets its own ResponseHead.
 
 The grammar is RFC 9112's, without the leniencies: a status line `HTTP/1.x NNN [reason]`;
 header lines `token ":" value` where value is HT, SP, VCHAR or obs-text (so no CR, LF, NUL,
@@ -47,9 +50,49 @@ class ResponseSink(Protocol):
     def response_upgrade(self, head: ResponseHead, rest: bytes) -> None: ...
 
 
+# What parse_head learns from a head, kept by its bytes: status, reason, content_length, chunked,
+# keep_alive, the forwarded header block (or b""), the Upgrade value (or None).
+_Parsed = tuple[int, bytes, int | None, bool, bool, bytes, bytes | None]
+
+# Parsing is a pure function of the head's bytes, and a backend repeats its heads byte for byte
+# (Date changes once a second), so a head seen before is not parsed again. The table is bounded
+# in entries and in head size and emptied when full; only heads that parsed cleanly are kept.
+# `_last` is the head remembered most recently: a read that starts with it needs no search for
+# the end of its head (that head ends at its first CRLF CRLF, so the read's head is exactly it).
+MEMO_MAX_ENTRIES = 256
+MEMO_MAX_HEAD_BYTES = 2048
+_parsed: dict[bytes, _Parsed] = {}
+_last: tuple[bytes, _Parsed] | None = None
+
+
 def parse_head(head: bytes) -> ResponseHead:
     """Validate a complete response head (through its final CRLF CRLF) and build the
-    ResponseHead whose `fwd` holds its end-to-end header lines."""
+    ResponseHead whose `fwd` holds its end-to-end header lines. Every call returns a new
+    ResponseHead (its owner may add to `fwd`)."""
+    return _response_head(_remembered(head))
+
+
+def _remembered(head: bytes) -> _Parsed:
+    global _last
+    if len(head) > MEMO_MAX_HEAD_BYTES:
+        return _parse(head)
+    parsed = _parsed.get(head)
+    if parsed is None:
+        parsed = _parse(head)
+        if len(_parsed) >= MEMO_MAX_ENTRIES:
+            _parsed.clear()
+        _parsed[head] = parsed
+    _last = head, parsed
+    return parsed
+
+
+def _response_head(parsed: _Parsed) -> ResponseHead:
+    status, reason, content_length, chunked, keep_alive, block, upgrade = parsed
+    return ResponseHead(status, reason, [] if upgrade is None else [(b"Upgrade", upgrade)],
+                        content_length, chunked, keep_alive, [block, b"\r\n"] if block else [])
+
+
+def _parse(head: bytes) -> _Parsed:
     if _HEAD_RE.fullmatch(head) is None:
         raise HttpError(502, _MALFORMED)
     status = int(head[9:12])
@@ -115,9 +158,7 @@ def parse_head(head: bytes) -> ResponseHead:
     if named:
         block = b"".join(line for line in _lines(block)
                          if line[2:line.find(b":")].lower() not in named)
-    fwd = [block[2:], b"\r\n"] if block else []
-    headers = [(b"Upgrade", upgrade)] if upgrade is not None else []
-    return ResponseHead(status, reason, headers, content_length, chunked, not conn_close, fwd)
+    return status, reason, content_length, chunked, not conn_close, block[2:], upgrade
 
 
 _SPECIAL_RE = re.compile(rb"\r\n(content-length|transfer-encoding|connection|keep-alive|"
@@ -237,16 +278,21 @@ class ResponseReader:
         return self._state == _DONE
 
     def _read_head(self, data: bytes) -> bytes:
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
-            if len(data) > MAX_HEAD_BYTES or _BARE_LF_RE.search(data):
+        last = _last
+        if last is not None and data.startswith(last[0]):
+            end = len(last[0])
+            head = _response_head(last[1])
+        else:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                if len(data) > MAX_HEAD_BYTES or _BARE_LF_RE.search(data):
+                    raise HttpError(502, _MALFORMED)
+                self._buf = data
+                return b""
+            end += 4
+            if end > MAX_HEAD_BYTES:
                 raise HttpError(502, _MALFORMED)
-            self._buf = data
-            return b""
-        end += 4
-        if end > MAX_HEAD_BYTES:
-            raise HttpError(502, _MALFORMED)
-        head = parse_head(data[:end] if end < len(data) else data)
+            head = _response_head(_remembered(data[:end] if end < len(data) else data))
         rest = data[end:] if end < len(data) else b""
         status = head.status
         sink = self._sink
@@ -259,18 +305,21 @@ class ResponseReader:
             return rest
         self._keep_alive = head.keep_alive
         sink.response_head(head)
+        n = head.content_length
         if self._head_only or status == 204 or status == 304:
             self._finish(bool(rest))
             return b""
+        elif n is not None:
+            if len(rest) >= n:
+                # the usual case: the whole body came with the head (or there is none)
+                if n:
+                    sink.response_body(rest if len(rest) == n else rest[:n])
+                self._finish(len(rest) > n)
+                return b""
+            self._remaining = n
+            self._state = _LENGTH
         elif head.chunked:
             self._state = _CHUNK_SIZE
-        elif head.content_length is not None:
-            if head.content_length == 0:
-                self._finish(bool(rest))
-                return b""
-            else:
-                self._remaining = head.content_length
-                self._state = _LENGTH
         else:
             self._state = _UNTIL_CLOSE
         return rest

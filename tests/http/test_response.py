@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from lbcdn.http import response
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import ResponseHead
-from lbcdn.http.response import ResponseReader
+from lbcdn.http.response import ResponseReader, parse_head
 
 
 class Sink:
@@ -156,3 +157,73 @@ def test_malformed_is_502(data: bytes, bytewise: bool) -> None:
 def test_head_larger_than_the_limit_is_refused_before_it_ends() -> None:
     with pytest.raises(HttpError):
         read(HEAD + b"X: " + b"a" * 70000)
+
+
+# -- remembered heads ------------------------------------------------------------------------
+
+REPEATED = [
+    HEAD + b"Content-Length: 5\r\n\r\nhello",
+    HEAD + b"Content-Length: 5\r\n\r\nhel",                       # body still to come
+    HEAD + b"Content-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n",  # bytes after the response
+    HEAD + b"Content-Length: 0\r\n\r\n" + HEAD + b"Content-Length: 0\r\n\r\n",
+    HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    HEAD + b"Connection: close, X-A\r\nX-A: 1\r\nX-B: 2\r\n\r\nrest",
+    b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + HEAD + b"Content-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi",
+    b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+]
+
+
+@pytest.fixture
+def cold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No head remembered from earlier tests."""
+    monkeypatch.setattr(response, "_parsed", {})
+    monkeypatch.setattr(response, "_last", None)
+
+
+@pytest.mark.usefixtures("cold")
+@pytest.mark.parametrize("data", REPEATED)
+def test_a_remembered_head_reads_the_same_as_a_fresh_one(data: bytes) -> None:
+    fresh = read(data, eof=True)
+    assert response._last is not None       # remembered: the next read takes the shortcut
+    assert read(data, eof=True) == fresh
+    response._last = None                   # remembered in the table only
+    assert read(data, eof=True) == fresh
+
+
+@pytest.mark.usefixtures("cold")
+def test_a_read_that_starts_with_the_remembered_head_ends_its_head_there() -> None:
+    first = HEAD + b"Content-Length: 4\r\n\r\n"
+    assert read(first + b"body")[-1] == ("done", True)
+    # the same head, then a body that looks like more header lines and a blank line
+    assert read(first + b"X: 1\r\n\r\nmore") == [
+        ("head", (200, b"Server: t\r\nContent-Length: 4\r\n")), ("body", b"X: 1"),
+        ("done", False)]
+
+
+@pytest.mark.usefixtures("cold")
+def test_every_parse_gives_a_new_response_head() -> None:
+    data = HEAD + b"Content-Length: 0\r\n\r\n"
+    first = parse_head(data)
+    first.fwd.append(b"X-Cache: MISS\r\n")  # what the edge cache does to a head it forwards
+    second = parse_head(data)
+    assert second is not first and second.fwd == [b"Server: t\r\nContent-Length: 0", b"\r\n"]
+
+
+@pytest.mark.usefixtures("cold")
+def test_the_table_of_heads_is_bounded() -> None:
+    for i in range(response.MEMO_MAX_ENTRIES + 10):
+        parse_head(HEAD + b"X-N: %d\r\n\r\n" % i)
+    assert 0 < len(response._parsed) <= response.MEMO_MAX_ENTRIES
+    big = HEAD + b"X: " + b"a" * response.MEMO_MAX_HEAD_BYTES + b"\r\n\r\n"
+    parse_head(big)
+    assert big not in response._parsed
+
+
+@pytest.mark.usefixtures("cold")
+def test_a_malformed_head_is_never_remembered() -> None:
+    bad = b"HTTP/1.1 200 OK\r\nX : a\r\nContent-Length: 0\r\n\r\n"
+    for _ in range(2):
+        with pytest.raises(HttpError):
+            read(bad)
+    assert response._parsed == {} and response._last is None
