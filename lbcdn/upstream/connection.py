@@ -144,8 +144,6 @@ class UpstreamConnection(Writer, asyncio.Protocol):
             self.abort()  # unsolicited bytes on an idle connection
             return
         self.got_bytes = True
-        if self._deadline.at is not None:
-            self._deadline.set(self._timeout)
         owns_batch = writebatch.begin()
         try:
             reader.feed(data)
@@ -154,6 +152,10 @@ class UpstreamConnection(Writer, asyncio.Protocol):
         finally:
             if owns_batch:
                 writebatch.end()
+        # progress pushes the deadline back, if the exchange still runs (usually this read
+        # completed it, and the deadline was cleared)
+        if self._deadline.at is not None:
+            self._deadline.set(self._timeout)
 
     def _fail(self, kind: str) -> None:
         owner, self.owner = self.owner, None
