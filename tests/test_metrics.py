@@ -175,3 +175,16 @@ def test_health_check_metrics_are_accumulated_then_flushed() -> None:
     assert samples[("lbcdn_health_check_duration_seconds_bucket", "0.0005")] == 3
     metrics.flush()  # a second flush adds nothing
     assert metrics.HEALTH_CHECKS.labels("hc-pool", "pass")._value.get() == before + 3
+
+
+def test_cache_hits_are_counted_then_flushed_into_the_results_counter() -> None:
+    from lbcdn.metrics import CacheMetrics
+    cm = CacheMetrics()
+    flush()
+    before = sample("lbcdn_cache_requests_total", result="hit") or 0.0
+    for _ in range(3):
+        cm.count_hit()
+    assert (sample("lbcdn_cache_requests_total", result="hit") or 0.0) == before
+    render_metrics()
+    flush()
+    assert sample("lbcdn_cache_requests_total", result="hit") == before + 3

@@ -49,7 +49,7 @@ from lbcdn.cache.policy import (F_NO_CACHE, F_PURGED, RequestDirectives, Respons
                                 is_origin_error, not_storable, parse_request, parse_response,
                                 removed_fields, usable_on_error, validators)
 from lbcdn.cache.runtime import Attempt, CacheRuntime
-from lbcdn.edge.exchange import record
+from lbcdn.edge.exchange import log_access, record
 from lbcdn.cache.store import Fill, FillInfo, FillReader, Miss
 from lbcdn.http.errors import HttpError, reason
 from lbcdn.http.head import RequestHead, ResponseHead
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from lbcdn.config.schema import RouteConfig
     from lbcdn.edge.connection import ClientConnection, KnownHead
     from lbcdn.edge.exchange import Exchange
+    from lbcdn.metrics import RouteMetrics
     from lbcdn.upstream.connection import UpstreamConnection
 
 _runtime: CacheRuntime | None = None
@@ -146,12 +147,13 @@ def _fresh_hit(rt: CacheRuntime, primary: bytes, head: RequestHead
     entry = rt.memory.lookup(primary, head.headers)
     if not isinstance(entry, CachedResponse) or entry.flags & _NOT_FAST:
         return None
-    age = entry.initial_age + max(0.0, rt.clock() - entry.response_time)
+    resident = rt.clock() - entry.response_time
+    age = entry.initial_age + resident if resident > 0.0 else entry.initial_age
     ttl = entry.lifetime - age
     if ttl <= 0.0:
         return None  # stale: the flow decides (stale-while-revalidate, revalidation)
-    rt.metrics.hit.inc()
-    return entry, min(int(age), _MAX_AGE), int(ttl)
+    rt.metrics.count_hit()
+    return entry, int(age) if age < _MAX_AGE else _MAX_AGE, int(ttl)
 
 
 def _fast_hit(ex: Exchange, rt: CacheRuntime, dist: Distribution) -> bool:
@@ -188,15 +190,17 @@ _RENDER_MAX = 8192
 
 
 class HitPlan:
-    """How a known head (lbcdn.edge.connection.KnownHead) is looked up: its route and primary
-    key, worked out once per head and cache runtime; and the last small answer made from it,
-    reusable while the entry, its Age and its ttl (whole seconds) are the same."""
-    __slots__ = ("rt", "route", "primary", "entry", "age", "ttl", "answer")
+    """How a known head (lbcdn.edge.connection.KnownHead) is looked up: its route, route
+    metrics and primary key, worked out once per head and cache runtime; and the last small
+    answer made from it, reusable while the entry, its Age and its ttl (whole seconds) are the
+    same."""
+    __slots__ = ("rt", "route", "metrics", "primary", "entry", "age", "ttl", "answer")
 
     def __init__(self, rt: CacheRuntime | None, route: RouteConfig | None,
-                 primary: bytes) -> None:
+                 metrics: RouteMetrics | None, primary: bytes) -> None:
         self.rt = rt
         self.route = route
+        self.metrics = metrics
         self.primary = primary
         self.entry: CachedResponse | None = None
         self.age = -1
@@ -204,20 +208,21 @@ class HitPlan:
         self.answer = b""
 
 
-NO_PLAN = HitPlan(None, None, b"")
+NO_PLAN = HitPlan(None, None, None, b"")
 
 
 def answer_known(conn: ClientConnection, known: KnownHead) -> bool:
     """Answer a known head from memory when it is a plain fresh hit, with no Exchange: the
-    connection has nothing in progress, so the answer goes out at once. False: nothing was
-    done, the caller starts an Exchange as usual (which may still find the hit)."""
+    connection has nothing in progress and no write batch is open, so the answer goes out at
+    once. False: nothing was done, the caller starts an Exchange as usual (which may still
+    find the hit)."""
     rt = _runtime
     plan = known.plan
     if plan is None or plan.rt is not rt:
         plan = known.plan = _plan(conn, known.head, rt)
         if plan is NO_PLAN:
             return False
-    assert rt is not None
+    assert rt is not None and plan.metrics is not None and conn.transport is not None
     head = known.head
     started = monotonic()
     hit = _fresh_hit(rt, plan.primary, head)
@@ -231,16 +236,20 @@ def answer_known(conn: ClientConnection, known: KnownHead) -> bool:
         if head.method == b"GET":
             parts.extend(entry.chunks)
         if entry.size > _RENDER_MAX:
+            conn.transport.writelines(parts)
             n = 0
             for p in parts:
                 n += len(p)
-            conn.writelines(parts)
             record(conn, head, plan.route, entry.status, started, 0, n, None, None, None)
             return True
         answer = b"".join(parts)
         plan.entry, plan.age, plan.ttl, plan.answer = entry, age, ttl, answer
-    conn.write(answer)
-    record(conn, head, plan.route, entry.status, started, 0, len(answer), None, None, None)
+    conn.transport.write(answer)
+    elapsed = monotonic() - started
+    plan.metrics.observe(entry.status, elapsed, 0, len(answer))
+    if conn.listener.access_log.enabled:
+        log_access(conn, head, plan.metrics.route, entry.status, elapsed, 0, len(answer), None,
+                   None, None)
     return True
 
 
@@ -257,7 +266,7 @@ def _plan(conn: ClientConnection, head: RequestHead, rt: CacheRuntime | None) ->
     primary = _plain_key(head, dist) if dist is not None else None
     if primary is None:
         return NO_PLAN
-    return HitPlan(rt, route, primary)
+    return HitPlan(rt, route, conn.listener.route_metrics(route.name), primary)
 
 
 def parse_fwd(fwd: list[bytes]) -> list[tuple[bytes, bytes]]:
@@ -352,7 +361,7 @@ class CacheFlow:
         d = evaluate(entry, self.req, now)
         use = d.use
         if use is Use.FRESH:
-            self.rt.metrics.hit.inc()
+            self.rt.metrics.count_hit()
             self.serve_entry(entry, Outcome.HIT, d.age, d.ttl)
         elif use is Use.STALE or use is Use.STALE_REVALIDATE:
             self.rt.metrics.results["stale"].inc()

@@ -137,15 +137,29 @@ class ClientConnection(Writer, asyncio.Protocol):
             self.exchanges.popleft().client_lost()
 
     def data_received(self, data: bytes) -> None:
+        known = None
+        if data[-4:] == _END and not self._in_head and self.parsing is None and \
+                self.tunnel is None and not self._stopped:
+            known = self.listener.known_heads.get(data)
+            if known is not None and known.plan is not NO_PLAN and not self.exchanges and \
+                    not self.draining and not self.write_paused and \
+                    cache_flow.answer_known(self, known):
+                self.bytes_in += len(data)
+                self.deadline.set(self.config.idle_timeout_s)
+                return
         owner = writebatch.begin()
         try:
-            self._received(data)
+            self._received(data, known)
         finally:
             if owner:
                 writebatch.end()
 
-    def _received(self, data: bytes) -> None:
+    def _received(self, data: bytes, known: KnownHead | None) -> None:
         self.bytes_in += len(data)
+        if known is not None:
+            self._begin(known.head, monotonic())
+            self.on_message_complete()
+            return
         if self.tunnel is not None:
             self.deadline.set(self.config.idle_timeout_s)  # ALB's idle timeout applies
             self.tunnel.client_tunnel_data(data)
@@ -155,16 +169,6 @@ class ClientConnection(Writer, asyncio.Protocol):
                 self.exchanges[-1].client_tunnel_data(data)
             return
         between = not self._in_head and self.parsing is None
-        if between and data[-4:] == _END:
-            known = self.listener.known_heads.get(data)
-            if known is not None:
-                if known.plan is not NO_PLAN and not self.exchanges and not self.draining \
-                        and not self.write_paused and cache_flow.answer_known(self, known):
-                    self.deadline.set(self.config.idle_timeout_s)
-                    return
-                self._begin(known.head, monotonic())
-                self.on_message_complete()
-                return
         self._begun = 0
         self._learn = None
         try:

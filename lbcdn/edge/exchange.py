@@ -655,16 +655,23 @@ def record(conn: ClientConnection, head: RequestHead, route: RouteConfig | None,
     elapsed = monotonic() - started
     route_name = route.name if route is not None else "-"
     listener.route_metrics(route_name).observe(status, elapsed, bytes_in, bytes_out)
-    access_log = listener.access_log
-    if access_log.enabled:
-        access_log.log({
-            "time": time.time(), "listener": listener.name,
-            "client": conn.client_ip, "method": head.method.decode("latin-1"),
-            "path": head.target.decode("latin-1"), "status": status,
-            "bytes_in": bytes_in, "bytes_out": bytes_out,
-            "route": route_name, "target": target.key if target is not None else None,
-            "upstream_time_s": None if upstream_time is None else round(upstream_time, 6),
-            "total_time_s": round(elapsed, 6),
-            "request_id": request_id or new_request_id(),
-            "user_agent": head.user_agent.decode("latin-1"),
-        })
+    if listener.access_log.enabled:
+        log_access(conn, head, route_name, status, elapsed, bytes_in, bytes_out, target,
+                   upstream_time, request_id)
+
+
+def log_access(conn: ClientConnection, head: RequestHead, route_name: str, status: int,
+               elapsed: float, bytes_in: int, bytes_out: int, target: Target | None,
+               upstream_time: float | None, request_id: str | None) -> None:
+    listener = conn.listener
+    listener.access_log.log({
+        "time": time.time(), "listener": listener.name,
+        "client": conn.client_ip, "method": head.method.decode("latin-1"),
+        "path": head.target.decode("latin-1"), "status": status,
+        "bytes_in": bytes_in, "bytes_out": bytes_out,
+        "route": route_name, "target": target.key if target is not None else None,
+        "upstream_time_s": None if upstream_time is None else round(upstream_time, 6),
+        "total_time_s": round(elapsed, 6),
+        "request_id": request_id or new_request_id(),
+        "user_agent": head.user_agent.decode("latin-1"),
+    })
