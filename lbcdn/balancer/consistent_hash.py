@@ -41,6 +41,8 @@ def hash64(data: bytes) -> int:
 
 
 class ConsistentHash(Generic[T]):
+    counts_requests = False
+
     def __init__(self, targets: Sequence[T], weights: Sequence[float] | None = None, *,
                  vnodes: int = 100, max_points: int = MAX_POINTS) -> None:
         ws = [t.weight for t in targets] if weights is None else list(weights)

@@ -26,6 +26,8 @@ from lbcdn.balancer.loaded import Loaded, T
 class LeastOutstanding(Generic[T]):
     """Picks the least loaded target; `LeastOutstanding(targets)` chooses the structure."""
 
+    counts_requests = True
+
     def __new__(cls, targets: Sequence[T], weights: Sequence[float] | None = None
                 ) -> LeastOutstanding[T]:
         if cls is LeastOutstanding:

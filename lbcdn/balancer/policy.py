@@ -6,8 +6,9 @@ or a weight changes: health transitions, slow-start steps, registrations), then 
 Rules for every policy:
 - `pick(key)` is O(1) or O(log n) in the number of targets; `key` is the request's hash key
   (consistent_hash uses it, the others ignore it); None means nothing can be picked.
-- `started(t)` / `finished(t)` are called when a request to `t` begins and ends; only
-  least-outstanding-requests keeps state from them, the others read `t.in_flight` or nothing.
+- `started(t)` / `finished(t)` are called when a request to `t` begins and ends, if the
+  policy's `counts_requests` is true: only least-outstanding-requests keeps state from them,
+  the others read `t.in_flight` or nothing (and are spared two calls a request).
 - Weight 0 targets are never picked. `weights` overrides the targets' own weights.
 - Randomness comes from the injected `rng`, so tests are repeatable.
 """
@@ -39,6 +40,8 @@ T = TypeVar("T", bound=TargetView)
 
 
 class Policy(Protocol[T]):
+    counts_requests: bool
+
     def pick(self, key: bytes | None = None) -> T | None: ...
     def started(self, target: T) -> None: ...
     def finished(self, target: T) -> None: ...

@@ -21,6 +21,8 @@ from lbcdn.balancer.loaded import Loaded, T
 
 
 class WeightedRandom(Generic[T]):
+    counts_requests = False
+
     def __init__(self, targets: Sequence[T], weights: Sequence[float] | None = None, *,
                  rng: random.Random | None = None) -> None:
         ws = [t.weight for t in targets] if weights is None else list(weights)

@@ -11,7 +11,8 @@ Pure. The rules (issue 3, after ALB, Envoy and nginx's proxy_next_upstream):
 
 RetryBudget keeps counts of first attempts and retries in a sliding window of 10 buckets and
 allows a retry while retries stay within `percent` of requests (or under `min_retries`, so a
-quiet pool can still retry at all). O(1) a call.
+quiet pool can still retry at all). O(1) a call; `request` (once per request) only adds to the
+newest bucket until that bucket's time is up.
 """
 
 from __future__ import annotations
@@ -52,10 +53,14 @@ class RetryBudget:
         self._requests = [0] * self.BUCKETS
         self._retries = [0] * self.BUCKETS
         self._epoch: int | None = None  # index of the newest bucket, in bucket widths
+        self._bucket = 0                # its slot in the lists
+        self._bucket_end = -math.inf    # when the newest bucket's time is up
         self._total_requests = 0
         self._total_retries = 0
 
     def _advance(self, now: float) -> int:
+        if now < self._bucket_end:
+            return self._bucket
         epoch = math.floor(now / self._width)
         last = self._epoch
         if last is None:
@@ -68,11 +73,14 @@ class RetryBudget:
                 self._total_retries -= self._retries[b]
                 self._requests[b] = self._retries[b] = 0
             self._epoch = epoch
-        return (self._epoch or 0) % self.BUCKETS
+        newest = self._epoch or 0
+        self._bucket = newest % self.BUCKETS
+        self._bucket_end = (newest + 1) * self._width
+        return self._bucket
 
     def request(self, now: float) -> None:
         """A first attempt was sent."""
-        b = self._advance(now)
+        b = self._bucket if now < self._bucket_end else self._advance(now)
         self._requests[b] += 1
         self._total_requests += 1
 

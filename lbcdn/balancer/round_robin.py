@@ -27,6 +27,8 @@ SMOOTH_MAX = 64
 
 
 class RoundRobin(Generic[T]):
+    counts_requests = False
+
     def __init__(self, targets: Sequence[T], weights: Sequence[float] | None = None) -> None:
         ws = [t.weight for t in targets] if weights is None else list(weights)
         pairs = [(t, w) for t, w in zip(targets, ws) if w > 0]

@@ -47,6 +47,8 @@ from lbcdn.upstream.connection import UpstreamConnection
 BUSY: Final = "busy"
 # recent request rate, error rate and latency are measured over windows of this length
 STATS_WINDOW_S: Final = 10.0
+# the states in which a target takes new requests (and keeps idle connections)
+SERVING: Final = frozenset({State.HEALTHY, State.UNAVAILABLE, State.INITIAL, State.UNHEALTHY})
 
 
 def target_key(host: str, port: int) -> str:
@@ -56,8 +58,8 @@ def target_key(host: str, port: int) -> str:
 
 class Target:
     __slots__ = ("host", "port", "weight", "key", "key_bytes", "idle", "in_flight", "open",
-                 "health", "requests", "errors", "latency_sum", "latency_n", "metrics",
-                 "_mark", "recent")
+                 "health", "serving", "requests", "errors", "latency_sum", "latency_n",
+                 "metrics", "_mark", "recent")
 
     def __init__(self, host: str, port: int, weight: int = 1, *,
                  health: TargetHealth | None = None, pool: str = "") -> None:
@@ -70,6 +72,9 @@ class Target:
         self.in_flight = 0
         self.open = 0
         self.health = health or TargetHealth(Thresholds(), 0.0, checks_enabled=False)
+        # takes new requests in its pool: a SERVING state, and not removed from the pool (the
+        # pool keeps it up to date, so releasing a connection does not ask every time)
+        self.serving = self.health.state in SERVING
         # cumulative since the target appeared; `recent` is derived from them per window
         self.requests = 0
         self.errors = 0          # 5xx answers and failed attempts
@@ -149,6 +154,7 @@ class Pool:
         self.hash_key = (HashKey.parse(balance.hash_key)
                          if balance.algorithm == "consistent_hash" else None)
         self.outlier: OutlierDetector[str] = OutlierDetector(config.outlier)
+        self.outlier_enabled = config.outlier.enabled
         for t in self.targets:
             self.outlier.add(t.key)
         r = config.retries
@@ -315,14 +321,16 @@ class Pool:
     # -- request accounting ---------------------------------------------------------------
     def started(self, target: Target) -> None:
         target.in_flight += 1
-        self.policy.started(target)
+        if self.policy.counts_requests:
+            self.policy.started(target)
 
     def finished(self, target: Target, status: int, upstream_time: float | None,
                  failure: Result | None = None) -> None:
         """One attempt on `target` ended: with an HTTP status (the client's, 0 or 499 when
         it left) and time to the response head, or with `failure` (no usable response)."""
         target.in_flight -= 1
-        self.policy.finished(target)
+        if self.policy.counts_requests:
+            self.policy.finished(target)
         target.requests += 1
         if failure is not None or status >= 500:
             target.errors += 1
@@ -330,7 +338,7 @@ class Pool:
             target.latency_sum += upstream_time
             target.latency_n += 1
         target.metrics.observe(upstream_time)
-        if self.config.outlier.enabled:
+        if self.outlier_enabled:
             result = failure or (Result.HTTP_5XX if status >= 500 else
                                  Result.SUCCESS if status else None)
             if result is not None:
@@ -339,7 +347,8 @@ class Pool:
                     if self.on_ejected is not None:
                         self.on_ejected(target.key, ejection)
                     self.replan()
-        if target.in_flight <= 0 and target.health.state is State.DRAINING:
+        if target.in_flight <= 0 and not target.serving and \
+                target.health.state is State.DRAINING:
             self._close_idle(target)
             if self.on_drained is not None:
                 self.on_drained(target.key)
@@ -370,15 +379,16 @@ class Pool:
                 h.since = now
             reason = entry.get("reason")
             h.reason = None if reason is None else Reason(reason)
-            if state not in (State.HEALTHY, State.UNAVAILABLE, State.INITIAL,
-                             State.UNHEALTHY):
+            t.serving = state in SERVING
+            if not t.serving:
                 self._close_idle(t)
                 if state is State.DRAINING and t.in_flight <= 0:
                     drained.append(key)
             targets.append(t)
             by_key[key] = t
         for key, t in old.items():
-            if key not in by_key:
+            if by_key.get(key) is not t:
+                t.serving = False  # gone: its busy connections close when their exchange ends
                 self.outlier.remove(key)
                 self._close_idle(t)
         self.targets, self.by_key = targets, by_key
@@ -390,12 +400,8 @@ class Pool:
     def _close_idle(self, target: Target) -> None:
         while target.idle:
             conn = target.idle.pop()
-            self._leave_idle(conn)
+            conn.in_idle = False
             conn.close()
-
-    def takes_traffic(self, target: Target) -> bool:
-        return target.health.state in (State.HEALTHY, State.UNAVAILABLE, State.INITIAL,
-                                       State.UNHEALTHY) and self.by_key.get(target.key) is target
 
     # -- connections ----------------------------------------------------------------------
     def update_gauges(self) -> None:
@@ -414,13 +420,10 @@ class Pool:
         idle = target.idle
         while idle:
             conn = idle.pop()
-            self._leave_idle(conn)
+            conn.in_idle = False
             if not conn.closed:
                 return conn
         return None
-
-    def _leave_idle(self, conn: UpstreamConnection) -> None:
-        conn.in_idle = False
 
     async def connect(self, target: Target) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
@@ -463,14 +466,14 @@ class Pool:
         conn.target.open -= 1
         if conn.in_idle:
             conn.target.idle.remove(conn)
-            self._leave_idle(conn)
+            conn.in_idle = False
 
     def release(self, conn: UpstreamConnection) -> None:
         """An exchange finished cleanly on `conn`: keep it for reuse, or close it."""
         target = conn.target
         idle = target.idle
         if (self.closed or conn.closed or len(idle) >= self.config.max_idle_per_target
-                or not self.takes_traffic(target)):
+                or not target.serving):
             conn.close()
             return
         conn.idle_since = time.monotonic()
@@ -491,7 +494,7 @@ class Pool:
             # oldest first: the list is used as a stack, so expired ones sit at the bottom
             while target.idle and target.idle[0].idle_since <= limit:
                 conn = target.idle.pop(0)
-                self._leave_idle(conn)
+                conn.in_idle = False
                 conn.close()
             any_idle = any_idle or bool(target.idle)
         if any_idle and not self.closed:

@@ -51,3 +51,13 @@ def test_window_slides() -> None:
     assert b.allowed(10.5) == 5
     assert b.allowed(100.0) == 0          # a long pause empties everything
     assert not b.try_retry(100.0)
+
+
+def test_requests_land_in_the_bucket_of_their_time() -> None:
+    b = RetryBudget(percent=100, window_s=10, min_retries=0)
+    b.request(0.999)   # bucket [0, 1)
+    b.request(1.0)     # bucket [1, 2): the newest bucket's time is up
+    b.request(1.5)
+    assert b.allowed(1.9) == 3
+    assert b.allowed(10.5) == 2   # [0, 1) fell out of the window
+    assert b.allowed(11.0) == 0

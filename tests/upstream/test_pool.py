@@ -135,3 +135,47 @@ def test_details_show_rates() -> None:
     row = pool.details()["targets"][0]
     assert row["requests"] == 4 and row["error_rate"] == 0.25
     assert abs(row["latency_s"] - 0.02) < 1e-9
+
+
+class Conn:
+    """What release() and take_idle() use of an UpstreamConnection."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.closed = self.in_idle = False
+        self.idle_since = 0.0
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_only_targets_that_take_traffic_keep_idle_connections() -> None:
+    pool = Pool(pool_config())
+    pool.apply(snap(("10.0.0.1:80", "healthy"), ("10.0.0.2:80", "unhealthy"),
+                    ("10.0.0.3:80", "healthy")))
+    a, b, c = (pool.by_key[f"10.0.0.{i}:80"] for i in (1, 2, 3))
+    conns = {t.key: Conn(t) for t in (a, b, c)}
+    pool.apply(snap(("10.0.0.1:80", "draining"), ("10.0.0.2:80", "unhealthy")))  # 3 is gone
+    for conn in conns.values():
+        pool.release(conn)  # type: ignore[arg-type]
+    assert [k for k, conn in conns.items() if conn.closed] == ["10.0.0.1:80", "10.0.0.3:80"]
+    assert pool.take_idle(b) is conns["10.0.0.2:80"] and not conns["10.0.0.2:80"].in_idle
+    # a target that comes back is a new target: the old one's connections still close
+    pool.apply(snap(("10.0.0.2:80", "healthy"), ("10.0.0.3:80", "healthy")))
+    assert pool.by_key["10.0.0.3:80"] is not c
+    late = Conn(c)
+    pool.release(late)  # type: ignore[arg-type]
+    assert late.closed and pool.by_key["10.0.0.3:80"].idle == []
+
+
+def test_least_outstanding_counts_requests_through_the_pool() -> None:
+    pool = Pool(pool_config(health={"enabled": False},
+                            balance={"algorithm": "least_outstanding_requests"}))
+    busy = pick(pool)[0]
+    pool.started(busy)
+    assert all(pick(pool)[0] is not busy for _ in range(4))
+    pool.finished(busy, 200, 0.01)
+    for t in pool.targets:
+        if t is not busy:
+            pool.started(t)
+    assert pick(pool)[0] is busy
