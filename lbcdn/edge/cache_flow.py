@@ -49,7 +49,7 @@ from lbcdn.cache.policy import (F_NO_CACHE, F_PURGED, RequestDirectives, Respons
                                 is_origin_error, not_storable, parse_request, parse_response,
                                 removed_fields, usable_on_error, validators)
 from lbcdn.cache.runtime import Attempt, CacheRuntime
-from lbcdn.edge.exchange import log_access, record
+from lbcdn.edge.accounting import log_access, record
 from lbcdn.cache.store import Fill, FillInfo, FillReader, Miss
 from lbcdn.http.errors import HttpError, reason
 from lbcdn.http.head import RequestHead, ResponseHead

@@ -36,6 +36,7 @@ import httptools
 
 from lbcdn.edge import cache_flow
 from lbcdn.edge.cache_flow import NO_PLAN
+from lbcdn.edge.exchange import Exchange
 from lbcdn.http.errors import HttpError, error_response
 from lbcdn.http.head import RequestHead, check_request
 from lbcdn.timers import Deadline
@@ -44,7 +45,6 @@ from lbcdn.writebatch import Writer
 
 if TYPE_CHECKING:
     from lbcdn.edge.cache_flow import HitPlan
-    from lbcdn.edge.exchange import Exchange
     from lbcdn.edge.listener import Listener
 
 # reasons reading from the client is paused; reading resumes when none is left
@@ -278,7 +278,6 @@ class ClientConnection(Writer, asyncio.Protocol):
         self._begin(head, self._head_started)
 
     def _begin(self, head: RequestHead, started: float) -> None:
-        from lbcdn.edge.exchange import Exchange
         ex = Exchange(self, head, started)
         self.parsing = ex
         self.exchanges.append(ex)
@@ -323,7 +322,8 @@ class ClientConnection(Writer, asyncio.Protocol):
         if not keep_alive or self.draining or (self.eof and not self.exchanges):
             self.close()
             return
-        self.resume(PAUSE_PIPELINE)
+        if self._pause:
+            self.resume(PAUSE_PIPELINE)
         if self.exchanges:
             self.exchanges[0].start()
         elif self._in_head:
@@ -335,7 +335,6 @@ class ClientConnection(Writer, asyncio.Protocol):
 
     def fail(self, err: HttpError) -> None:
         """A framing or limit error: answer it in order, then close."""
-        from lbcdn.edge.exchange import Exchange
         parsing = self.parsing
         if parsing is not None:
             # the error is inside the body of a request already under way

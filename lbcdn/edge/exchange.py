@@ -18,12 +18,11 @@ head, body, done, failed, upgraded, stopped/started reading). It writes to both 
 
 from __future__ import annotations
 
-import os
-import time
 from time import monotonic
-from itertools import count
 from typing import TYPE_CHECKING
 
+from lbcdn.edge import cache_flow
+from lbcdn.edge.accounting import new_request_id, record
 from lbcdn.config.schema import FixedResponseAction, ForwardAction, RedirectAction, RouteConfig
 from lbcdn.http.date import http_date
 from lbcdn.http.errors import HttpError, error_response, reason
@@ -42,19 +41,12 @@ if TYPE_CHECKING:
 
 MAX_TUNNEL_BUFFER = 1024 * 1024
 
-_id_prefix = os.urandom(4).hex()
-_id_counter = count(1)
-
 _ERROR_HEAD = RequestHead(b"-", b"-", b"-", None, b"1.1", [], b"")
 
 
 _FAILURES = {"connect_refused": Failure.CONNECT, "connect_timeout": Failure.CONNECT,
              "tls_handshake": Failure.CONNECT, "reset": Failure.RESET,
              "malformed_response": Failure.BAD_GATEWAY, "response_timeout": Failure.TIMEOUT}
-
-
-def new_request_id() -> str:
-    return f"{_id_prefix}{next(_id_counter):012x}"
 
 
 def split_host(value: str) -> tuple[str, int | None]:
@@ -148,7 +140,6 @@ class Exchange:
             self.respond_error(HttpError(413, "request body too large"))
             return
         if route.cache is not None:
-            from lbcdn.edge import cache_flow
             cache_flow.start(self, route.cache)
             return
         action = route.action
@@ -645,33 +636,3 @@ class Exchange:
         record(self.conn, self.head, self.route, self.status, self.started, self.body_bytes,
                self.bytes_out, self.target, self.upstream_time, self.request_id)
 
-
-def record(conn: ClientConnection, head: RequestHead, route: RouteConfig | None, status: int,
-           started: float, bytes_in: int, bytes_out: int, target: Target | None,
-           upstream_time: float | None, request_id: str | None) -> None:
-    """Metrics and the access log line of one finished request (request_id None: make one
-    only if the line is written)."""
-    listener = conn.listener
-    elapsed = monotonic() - started
-    route_name = route.name if route is not None else "-"
-    listener.route_metrics(route_name).observe(status, elapsed, bytes_in, bytes_out)
-    if listener.access_log.enabled:
-        log_access(conn, head, route_name, status, elapsed, bytes_in, bytes_out, target,
-                   upstream_time, request_id)
-
-
-def log_access(conn: ClientConnection, head: RequestHead, route_name: str, status: int,
-               elapsed: float, bytes_in: int, bytes_out: int, target: Target | None,
-               upstream_time: float | None, request_id: str | None) -> None:
-    listener = conn.listener
-    listener.access_log.log({
-        "time": time.time(), "listener": listener.name,
-        "client": conn.client_ip, "method": head.method.decode("latin-1"),
-        "path": head.target.decode("latin-1"), "status": status,
-        "bytes_in": bytes_in, "bytes_out": bytes_out,
-        "route": route_name, "target": target.key if target is not None else None,
-        "upstream_time_s": None if upstream_time is None else round(upstream_time, 6),
-        "total_time_s": round(elapsed, 6),
-        "request_id": request_id or new_request_id(),
-        "user_agent": head.user_agent.decode("latin-1"),
-    })

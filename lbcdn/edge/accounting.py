@@ -1,0 +1,58 @@
+"""What is written down about every finished request: route metrics and the access log line,
+and the request id that ties a log line to what the backend saw.
+
+Used by the exchange (lbcdn.edge.exchange) and by the cache hits answered without one
+(lbcdn.edge.cache_flow.answer_known), so a request is recorded the same way either way.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from itertools import count
+from time import monotonic
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lbcdn.config.schema import RouteConfig
+    from lbcdn.edge.connection import ClientConnection
+    from lbcdn.http.head import RequestHead
+    from lbcdn.upstream.pool import Target
+
+_id_prefix = os.urandom(4).hex()
+_id_counter = count(1)
+
+
+def new_request_id() -> str:
+    return f"{_id_prefix}{next(_id_counter):012x}"
+
+
+def record(conn: ClientConnection, head: RequestHead, route: RouteConfig | None, status: int,
+           started: float, bytes_in: int, bytes_out: int, target: Target | None,
+           upstream_time: float | None, request_id: str | None) -> None:
+    """Metrics and the access log line of one finished request (request_id None: make one
+    only if the line is written)."""
+    listener = conn.listener
+    elapsed = monotonic() - started
+    route_name = route.name if route is not None else "-"
+    listener.route_metrics(route_name).observe(status, elapsed, bytes_in, bytes_out)
+    if listener.access_log.enabled:
+        log_access(conn, head, route_name, status, elapsed, bytes_in, bytes_out, target,
+                   upstream_time, request_id)
+
+
+def log_access(conn: ClientConnection, head: RequestHead, route_name: str, status: int,
+               elapsed: float, bytes_in: int, bytes_out: int, target: Target | None,
+               upstream_time: float | None, request_id: str | None) -> None:
+    listener = conn.listener
+    listener.access_log.log({
+        "time": time.time(), "listener": listener.name,
+        "client": conn.client_ip, "method": head.method.decode("latin-1"),
+        "path": head.target.decode("latin-1"), "status": status,
+        "bytes_in": bytes_in, "bytes_out": bytes_out,
+        "route": route_name, "target": target.key if target is not None else None,
+        "upstream_time_s": None if upstream_time is None else round(upstream_time, 6),
+        "total_time_s": round(elapsed, 6),
+        "request_id": request_id or new_request_id(),
+        "user_agent": head.user_agent.decode("latin-1"),
+    })
