@@ -44,6 +44,18 @@ MAX_TUNNEL_BUFFER = 1024 * 1024
 _ERROR_HEAD = RequestHead(b"-", b"-", b"-", None, b"1.1", [], b"")
 
 
+# (status, reason from the backend) -> our status line; bounded (a backend picks the reasons)
+_status_lines: dict[tuple[int, bytes], bytes] = {}
+
+
+def _status_line(status: int, backend_reason: bytes) -> bytes:
+    line = b"HTTP/1.1 %d %s\r\n" % (status, backend_reason or reason(status))
+    if len(_status_lines) >= 256:
+        _status_lines.clear()
+    _status_lines[(status, backend_reason)] = line
+    return line
+
+
 _FAILURES = {"connect_refused": Failure.CONNECT, "connect_timeout": Failure.CONNECT,
              "tls_handshake": Failure.CONNECT, "reset": Failure.RESET,
              "malformed_response": Failure.BAD_GATEWAY, "response_timeout": Failure.TIMEOUT}
@@ -461,13 +473,16 @@ class Exchange:
         if self.pool is not None:
             self.pool.metrics.upstream_time(self.upstream_time)
         self.replay = None
-        self.status = resp.status
+        status = self.status = resp.status
         head = self.head
-        parts = [b"HTTP/1.1 %d %s\r\n" % (resp.status, resp.reason or reason(resp.status))]
+        line = _status_lines.get((status, resp.reason))
+        if line is None:
+            line = _status_line(status, resp.reason)
+        parts = [line]
         parts += resp.fwd
         parts.append(self.extra_headers)
-        if head.method != b"HEAD" and response_has_body(b"GET", resp.status) and \
-                resp.content_length is None:
+        if resp.content_length is None and head.method != b"HEAD" and \
+                response_has_body(b"GET", status):
             if head.version == b"1.1":
                 parts.append(b"Transfer-Encoding: chunked\r\n")
                 self.resp_chunked = True
