@@ -104,53 +104,49 @@ def _parse(head: bytes) -> _Parsed:
     conn_close = http10
     named: set[bytes] | None = None
     upgrade: bytes | None = None
-    cuts: list[tuple[int, int]] = []
-    # The grammar check above guarantees `\r\nname:` starts each header line, so a
-    # case-sensitive scan of a lower-cased copy finds the headers that matter (twice as fast
-    # as a case-insensitive one).
+    # the header block without the status line, the hop-by-hop lines and the final CRLF, as
+    # the pieces between the hop-by-hop lines; it starts with the status line's CRLF
+    pieces: list[bytes] = []
+    pos = line_end
+    # The grammar check above guarantees `\r\nname:` starts each header line and that no
+    # value holds a CR, so a case-sensitive scan of a lower-cased copy finds the headers that
+    # matter with their values (twice as fast as a case-insensitive one). The values it gives
+    # are lower-cased: only Upgrade's is taken from the head itself.
     for m in _SPECIAL_RE.finditer(head.lower(), line_end):
-        pos = m.start()
-        name = m.group(1)
-        end = head.find(b"\r\n", pos + 2)
-        value = head[m.end():end].strip(b" \t")
+        name, value = m.group(1, 2)
+        value = value.strip(b" \t")
         if name == b"content-length":
             if content_length is not None or not value.isdigit():
                 raise HttpError(502, _MALFORMED)
             content_length = int(value)
-        else:
-            cuts.append((pos, end))
-            if name == b"transfer-encoding":
-                if chunked or value.lower() != b"chunked":
-                    raise HttpError(502, _MALFORMED)
-                chunked = True
-            elif name == b"connection":
-                if value == b"keep-alive" or value == b"Keep-Alive":
-                    if http10:
-                        conn_close = False
-                    continue  # the usual value, without a set of tokens
-                tokens = connection_tokens(value)
-                if b"close" in tokens:
-                    conn_close = True
-                elif http10 and b"keep-alive" in tokens:
+            continue
+        start, end = m.span()
+        pieces.append(head[pos:start])
+        pos = end
+        if name == b"connection":
+            if value == b"keep-alive":
+                if http10:
                     conn_close = False
-                tokens -= _PLAIN
-                if tokens:
-                    named = tokens if named is None else named | tokens
-            elif name == b"upgrade":
-                upgrade = value
+                continue  # the usual value, without a set of tokens
+            tokens = connection_tokens(value)
+            if b"close" in tokens:
+                conn_close = True
+            elif http10 and b"keep-alive" in tokens:
+                conn_close = False
+            tokens -= _PLAIN
+            if tokens:
+                named = tokens if named is None else named | tokens
+        elif name == b"transfer-encoding":
+            if chunked or value != b"chunked":
+                raise HttpError(502, _MALFORMED)
+            chunked = True
+        elif name == b"upgrade":
+            upgrade = head[m.start(2):end].strip(b" \t")
     if chunked and content_length is not None:
         raise HttpError(502, _MALFORMED)
     if not 100 <= status <= 599:
         raise HttpError(502, _MALFORMED)
-    # the header block without the status line, the hop-by-hop lines and the final CRLF;
-    # it starts with the status line's CRLF
-    if cuts:
-        cuts.sort()
-        pieces = []
-        pos = line_end
-        for start, end in cuts:
-            pieces.append(head[pos:start])
-            pos = end
+    if pieces:
         pieces.append(head[pos:-4])
         block = b"".join(pieces)
     else:
@@ -162,7 +158,7 @@ def _parse(head: bytes) -> _Parsed:
 
 
 _SPECIAL_RE = re.compile(rb"\r\n(content-length|transfer-encoding|connection|keep-alive|"
-                         rb"proxy-connection|te|trailer|upgrade):")
+                         rb"proxy-connection|te|trailer|upgrade):([^\r]*)")
 _PLAIN = frozenset({b"close", b"keep-alive", b"upgrade"}) | HOP_BY_HOP
 
 

@@ -227,3 +227,14 @@ def test_a_malformed_head_is_never_remembered() -> None:
         with pytest.raises(HttpError):
             read(bad)
     assert response._parsed == {} and response._last is None
+
+
+@pytest.mark.usefixtures("cold")
+def test_header_values_are_read_case_blind_and_upgrade_is_forwarded_as_sent() -> None:
+    head = parse_head(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: \tWebSocket/13 \r\n"
+                      b"Connection:Upgrade\r\n\r\n")
+    assert head.headers == [(b"Upgrade", b"WebSocket/13")] and head.fwd == []
+    http10 = parse_head(b"HTTP/1.0 200 OK\r\nConnection: KEEP-ALIVE\r\nX-A: B\r\n"
+                        b"Transfer-Encoding: Chunked \r\n\r\n")
+    assert http10.keep_alive and http10.chunked and http10.fwd == [b"X-A: B", b"\r\n"]
+    assert not parse_head(b"HTTP/1.1 200 OK\r\nConnection: Close\r\n\r\n").keep_alive
