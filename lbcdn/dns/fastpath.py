@@ -10,8 +10,9 @@ Rules:
   were built under: any version bump empties every table before the next lookup, so a change
   is visible on the very next query.
 - An answer that rotates (a simple set with several values) comes prepared as its N rotations;
-  they are stored together and sent in turn, one per query, so each client asking again sees
-  the next rotation, as from the engine itself.
+  they are stored together and sent in turn, one per query. The turn belongs to the engine's
+  key, so every query keyed alike shares it: other ids, other spellings, and other EDNS
+  options (a resolver sending a fresh DNS COOKIE each time still sees the next rotation).
 - Level 1 ("exact") is keyed by the query minus its 2-byte id, and stores the answer minus its
   id (or, in its own table, the cycle of rotations minus their ids; only a query missing the
   fixed table looks there, so a fixed answer's hit costs what it did). Same bytes after the id
@@ -22,7 +23,7 @@ Rules:
   there patches the id and copies the query's question bytes over the stored question (same
   length, equal ignoring ASCII case, checked), so the client sees its own spelling of the name;
   compressed owner names in the answer point at that question and follow its case. The result
-  is then stored in level 1 under this query's exact bytes (rotations starting again at 0).
+  is then stored in level 1 under this query's exact bytes.
 - UDP and TCP answers differ (size cap, TC) so each transport has its own tables.
 - Bounded without per-hit bookkeeping: a table that would hold more than `max_entries`
   answers is cleared whole on the next insert (an LRU would cost a move-to-end on every hit).
@@ -81,10 +82,10 @@ class _Tables:
 
     def __init__(self) -> None:
         self.exact: dict[bytes, bytes] = {}
-        # query minus id -> its rotations minus their ids, endlessly in turn
-        self.cycles: dict[bytes, Iterator[bytes]] = {}
-        # engine key -> (answers minus id, end of their question section)
-        self.keyed: dict[bytes, tuple[tuple[bytes, ...], int]] = {}
+        # query minus id -> (its rotations minus their ids, the key's turns: 0, 1, 2, ...)
+        self.cycles: dict[bytes, tuple[tuple[bytes, ...], Iterator[int]]] = {}
+        # engine key -> (answers minus id, end of their question section, turns)
+        self.keyed: dict[bytes, tuple[tuple[bytes, ...], int, Iterator[int]]] = {}
         self.in_cycles = 0   # answers held by `cycles`
         self.in_keyed = 0    # answers held by `keyed`
 
@@ -151,17 +152,19 @@ class FastPath:
     def _miss(self, query: bytes, tables: _Tables, tcp: bool) -> bytes | None:
         cycle = tables.cycles.get(query[2:])
         if cycle is not None:
-            return query[:2] + next(cycle)
+            tails, turns = cycle
+            return query[:2] + tails[next(turns) % len(tails)]
         self.misses += 1
         engine = self.engine
         key = engine.cacheable_key(query)
         if key is not None:
             entry = tables.keyed.get(key)
             if entry is not None:
-                tails = self._replay(query, *entry)
-                if tails is not None:
+                stored, qend, turns = entry
+                replayed = self._replay(query, stored, qend)
+                if replayed is not None:
                     self.keyed_hits += 1
-                    return self._store_exact(tables, query, tails)
+                    return self._store_exact(tables, query, replayed, turns)
         prepared = engine.prepare(query, tcp=tcp, max_udp=self.max_udp)
         if prepared is None:
             return None
@@ -174,14 +177,15 @@ class FastPath:
             # serve it once, keep nothing.
             return out
         tails = tuple(a[2:] for a in prepared.answers)
+        turns = itertools.count()
         qend = question_end(out)
         if qend > 0:
             if tables.in_keyed + len(tails) > self.max_entries:
                 tables.keyed.clear()
                 tables.in_keyed = 0
-            tables.keyed[key] = (tails, qend)
+            tables.keyed[key] = (tails, qend, turns)
             tables.in_keyed += len(tails)
-        return self._store_exact(tables, query, tails)
+        return self._store_exact(tables, query, tails, turns)
 
     @staticmethod
     def _replay(query: bytes, tails: tuple[bytes, ...], qend: int) -> tuple[bytes, ...] | None:
@@ -192,18 +196,18 @@ class FastPath:
         question = query[12:qend]
         return tuple(t[:10] + question + t[qend - 2:] for t in tails)
 
-    def _store_exact(self, tables: _Tables, query: bytes, tails: tuple[bytes, ...]) -> bytes:
-        """Keep `tails` for this exact query; return the answer to send now (the first)."""
+    def _store_exact(self, tables: _Tables, query: bytes, tails: tuple[bytes, ...],
+                     turns: Iterator[int]) -> bytes:
+        """Keep `tails` for this exact query; return the answer to send now (the first, or
+        the rotation whose turn it is)."""
         if len(tails) == 1:
             if len(tables.exact) >= self.max_entries:
                 tables.exact.clear()
             tables.exact[query[2:]] = tails[0]
-        else:
-            if tables.in_cycles + len(tails) > self.max_entries:
-                tables.cycles.clear()
-                tables.in_cycles = 0
-            cycle = itertools.cycle(tails)
-            next(cycle)
-            tables.cycles[query[2:]] = cycle
-            tables.in_cycles += len(tails)
-        return query[:2] + tails[0]
+            return query[:2] + tails[0]
+        if tables.in_cycles + len(tails) > self.max_entries:
+            tables.cycles.clear()
+            tables.in_cycles = 0
+        tables.cycles[query[2:]] = (tails, turns)
+        tables.in_cycles += len(tails)
+        return query[:2] + tails[next(turns) % len(tails)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import dns.edns
 import dns.message
 import dns.rdatatype
 import pytest
@@ -158,16 +159,23 @@ def test_rotations_are_sent_in_turn() -> None:
     assert out is not None and out[:2] == b"\x12\x34"
 
 
-def test_rotations_replayed_for_another_spelling_start_again_in_its_case() -> None:
+def test_the_turn_is_shared_by_every_query_keyed_alike() -> None:
+    """Another spelling, or another EDNS option (a fresh DNS COOKIE per query), continues the
+    rotation where the last query left it, in the client's own case."""
     e = FakeEngine()
-    e.rotations = 2
+    e.rotations = 3
     fp = FastPath(e)
-    fp.answer_udp(q("rr.example"))
-    outs = [fp.answer_udp(q("RR.Example", qid=9)) for _ in range(3)]
+    assert marker(fp.answer_udp(q("rr.example"))) == "U1v1r0"
+    outs = [fp.answer_udp(q("RR.Example", qid=9)) for _ in range(2)]
+    assert [marker(o) for o in outs] == ["U1v1r1", "U1v1r2"]
+    assert marker(fp.answer_udp(q("rr.example"))) == "U1v1r0"
     assert e.calls == 1 and fp.keyed_hits == 1
-    assert [marker(o) for o in outs] == ["U1v1r0", "U1v1r1", "U1v1r0"]
     r = dns.message.from_wire(outs[1])  # type: ignore[arg-type]
     assert r.id == 9 and r.answer[0].name.to_text() == "RR.Example."
+    # the fake keys by question only, as the real engine ignores EDNS options
+    cookies = [q("rr.example", use_edns=0, options=[dns.edns.GenericOption(10, bytes([i]) * 8)])
+               for i in range(3)]
+    assert [marker(fp.answer_udp(c)) for c in cookies] == ["U1v1r1", "U1v1r2", "U1v1r0"]
 
 
 def test_a_version_bump_ends_a_cycle_at_once() -> None:
@@ -209,7 +217,7 @@ def test_rotations_count_as_answers_toward_the_bound() -> None:
     fp = FastPath(e, max_entries=10)
     for i in range(64):
         name = "".join(c.upper() if i >> k & 1 else c for k, c in enumerate("rotate"))
-        assert marker(fp.answer_udp(q(f"{name}.example"))) == "U1v1r0"
+        assert marker(fp.answer_udp(q(f"{name}.example"))) == f"U1v1r{i % 4}"
         assert fp.entries() <= 10 + 4  # the cycles, and the one keyed entry
     assert e.calls == 1 and fp.keyed_hits == 63
 

@@ -10,11 +10,13 @@ test_knot_differential.py.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.opcode
@@ -579,6 +581,10 @@ async def test_each_rotation_in_turn_from_prepared_answers(real: Any, transport:
     mx = [await transport(srv, query("lb.example.com", "MX")) for _ in range(3)]
     assert all(r.answer == mx[0].answer and r.additional == mx[0].additional for r in mx)
     assert srv.fastpath.misses == 3 and srv.fastpath.uncacheable == 0
+    # a resolver sending a fresh DNS COOKIE with every query still gets each rotation in turn
+    fresh = [await transport(srv, query("lb.example.com", use_edns=0, options=[
+        dns.edns.GenericOption(10, os.urandom(8))])) for _ in range(4)]
+    assert [addresses(r) for r in fresh] == [LB, LB[1:] + LB[:1], LB[2:] + LB[:2], LB]
 
 
 async def test_a_zone_or_health_change_shows_on_the_next_query(real: Any) -> None:
