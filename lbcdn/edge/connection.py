@@ -138,7 +138,7 @@ class ClientConnection(Writer, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         known = None
-        if data[-4:] == _END and not self._in_head and self.parsing is None and \
+        if data.endswith(_END) and not self._in_head and self.parsing is None and \
                 self.tunnel is None and not self._stopped:
             known = self.listener.known_heads.get(data)
             if known is not None and known.plan is not NO_PLAN and not self.exchanges and \
