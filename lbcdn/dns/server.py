@@ -4,11 +4,13 @@ Job: move bytes between clients and the answer engine (through the prepared-answ
 and hand zone-transfer traffic to transfer.py. All answering decisions live elsewhere.
 
 Rules:
-- UDP (asyncio.DatagramProtocol, uvloop in the daemon): one datagram in, at most one out. The
-  engine (or the fast path replaying it) decides; None means silence (responses, unreadable
-  headers). Optional response rate limiting (rrl.py) applies to answers, not to silence. Any
-  exception while handling one packet is counted and logged (sparsely) and never reaches the
-  loop: a bad packet cannot stop the server.
+- UDP: one datagram in, at most one out. The engine (or the fast path replaying it) decides;
+  None means silence (responses, unreadable headers). Optional response rate limiting
+  (rrl.py) applies to answers, not to silence. Any exception while handling one packet is
+  counted and logged (sparsely) and never reaches the loop: a bad packet cannot stop the
+  server. Datagrams are read and answered in batches (udpbatch.py: recvmmsg/sendmmsg) when
+  the loop reports the socket readable, at most UDP_ROUNDS batches before the loop runs
+  other work (TCP, timers) again; a datagram over UDP_MAX_QUERY bytes is dropped.
 - TCP (RFC 1035 4.2.2, RFC 7766): 2-byte length prefix, any number of queries per connection,
   answered in order. A connection with no complete query for `tcp_idle_timeout_s` is closed, as
   is one that sends a zero-length message. Messages are at most 65535 bytes by framing. When the
@@ -44,10 +46,14 @@ from lbcdn.dns.transfer import (
     parse_networks,
     transfer_response,
 )
+from lbcdn.dns.udpbatch import DatagramBatch, datagram_batch
 
 log = logging.getLogger("lbcdn.dns.server")
 
 _OPCODE_NOTIFY_BITS = 4 << 3
+UDP_BATCH = 64          # datagrams per recvmmsg/sendmmsg
+UDP_ROUNDS = 4          # batches per readiness before other work gets the loop
+UDP_MAX_QUERY = 4096    # longer datagrams are dropped: no query is that long
 
 
 class ServerEngine(Protocol):
@@ -71,6 +77,7 @@ class ServerEngine(Protocol):
 class DnsStats:
     """Plain counters for the metrics exporter (the fast path counts lookups and misses)."""
     udp_errors: int = 0
+    udp_send_failures: int = 0   # answers the kernel would not send (see udpbatch.py)
     udp_rrl_dropped: int = 0
     udp_rrl_slipped: int = 0
     tcp_connections: int = 0
@@ -84,42 +91,41 @@ class DnsStats:
     notify_received: int = 0
 
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, server: DnsServer) -> None:
+class _Udp:
+    """One UDP socket's datagrams, answered in batches whenever the loop finds it readable."""
+
+    def __init__(self, server: DnsServer, io: DatagramBatch) -> None:
         self.server = server
+        self.io = io
         self.answer = server.fastpath.answer_udp
         self.rrl = server.rate_limiter
-        self.transport: asyncio.DatagramTransport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def readable(self) -> None:
+        io = self.io
+        for _ in range(UDP_ROUNDS):
+            if io.exchange(self.datagram) < io.batch:
+                break
+        self.server.stats.udp_send_failures = io.send_failures
 
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+    def datagram(self, data: bytes, i: int) -> bytes | None:
         try:
             if len(data) > 2 and data[2] & 0x78:  # any opcode but QUERY: not the hot path
                 out = self.server.other_opcode(data)
             else:
                 out = self.answer(data)
-            if out is None:
-                return
-            if self.rrl is not None:
-                verdict = self.rrl.check(addr[0])
-                if verdict is not Verdict.ANSWER:
-                    if verdict is Verdict.DROP:
-                        self.server.stats.udp_rrl_dropped += 1
-                        return
-                    self.server.stats.udp_rrl_slipped += 1
-                    out = truncated_response(data)
-                    if out is None:
-                        return
-            assert self.transport is not None
-            self.transport.sendto(out, addr)
+            if out is None or self.rrl is None:
+                return out
+            verdict = self.rrl.check(self.io.peer(i))
+            if verdict is Verdict.ANSWER:
+                return out
+            if verdict is Verdict.DROP:
+                self.server.stats.udp_rrl_dropped += 1
+                return None
+            self.server.stats.udp_rrl_slipped += 1
+            return truncated_response(data)
         except Exception:
             self.server.count_error("udp")
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for earlier answers (client gone): nothing to do, and never fatal.
-        pass
+            return None
 
 
 class _Tcp(asyncio.Protocol):
@@ -212,6 +218,7 @@ class DnsServer:
                  rate_limiter: RateLimiter | None = None, fastpath_entries: int = 100_000,
                  notifier: Notifier | None = None, reuse_port: bool = False,
                  udp_rcvbuf_bytes: int = 4 << 20,
+                 udp_io: Callable[..., DatagramBatch] = datagram_batch,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.address = address
@@ -224,10 +231,12 @@ class DnsServer:
         self.notifier = notifier
         self.reuse_port = reuse_port
         self.udp_rcvbuf_bytes = udp_rcvbuf_bytes
+        self.max_udp = max_udp
+        self.udp_io = udp_io  # how datagrams are read and sent (udpbatch.py)
         self.clock = clock
         self.stats = DnsStats()
         self.tcp_conns: set[_Tcp] = set()
-        self._udp_transport: asyncio.DatagramTransport | None = None
+        self._udp_sock: socket.socket | None = None
         self._tcp_server: asyncio.AbstractServer | None = None
         self._udp_port = 0
         self._tcp_port = 0
@@ -259,9 +268,10 @@ class DnsServer:
                 raise
             break
         try:
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self),
-                                                               sock=udp_sock)
-            self._udp_transport = transport
+            udp = _Udp(self, self.udp_io(udp_sock, batch=UDP_BATCH, max_datagram=UDP_MAX_QUERY,
+                                         max_reply=max(512, self.max_udp)))
+            loop.add_reader(udp_sock.fileno(), udp.readable)
+            self._udp_sock = udp_sock
             self._tcp_server = await loop.create_server(lambda: _Tcp(self), sock=tcp_sock,
                                                         backlog=1024)
             self._udp_port = self._tcp_port = port
@@ -277,9 +287,10 @@ class DnsServer:
     async def stop(self) -> None:
         if self.notifier is not None:
             await self.notifier.stop()
-        if self._udp_transport is not None:
-            self._udp_transport.close()
-            self._udp_transport = None
+        if self._udp_sock is not None:
+            asyncio.get_running_loop().remove_reader(self._udp_sock.fileno())
+            self._udp_sock.close()
+            self._udp_sock = None
         if self._tcp_server is not None:
             self._tcp_server.close()
             for conn in list(self.tcp_conns):

@@ -40,6 +40,12 @@ from dnslib import (
 from lbcdn.dns.fastpath import Prepared
 from lbcdn.dns.rrl import RateLimiter
 from lbcdn.dns.server import DnsServer
+from lbcdn.dns.udpbatch import PlainBatch, datagram_batch
+
+# Tests of UDP behaviour run on both kinds of UDP I/O (recvmmsg batches on Linux, and the
+# recvfrom fallback) through this indirect parametrization of the `server` fixture.
+BOTH_UDP_IO = pytest.mark.parametrize("server", [datagram_batch, PlainBatch], indirect=True,
+                                      ids=["platform-io", "plain-io"])
 
 HOST = "127.0.0.1"
 ZONE = "example.com."
@@ -157,9 +163,11 @@ def engine() -> StandInEngine:
 
 
 @pytest.fixture
-async def server(engine: StandInEngine) -> AsyncIterator[DnsServer]:
+async def server(engine: StandInEngine, request: pytest.FixtureRequest) -> AsyncIterator[DnsServer]:
+    """A server on the platform's UDP I/O, or (indirect parametrization) on the one given."""
     srv = DnsServer(engine, address=HOST, port=0, tcp_idle_timeout_s=0.5,
-                    allow_transfer=["127.0.0.0/8"])
+                    allow_transfer=["127.0.0.0/8"],
+                    udp_io=getattr(request, "param", datagram_batch))
     await srv.start()
     try:
         yield srv
@@ -206,6 +214,7 @@ def query(name: str, rdtype: str = "A", **kw: Any) -> dns.message.Message:
 
 # --------------------------------------------------------------------------- UDP
 
+@BOTH_UDP_IO
 async def test_udp_answer_with_records_and_same_port_for_tcp(server: DnsServer) -> None:
     assert server.udp_port == server.tcp_port and server.udp_port > 0
     r = await udp(server, query("www.example.com", "A"))
@@ -214,6 +223,7 @@ async def test_udp_answer_with_records_and_same_port_for_tcp(server: DnsServer) 
     assert sorted(rr.address for rr in r.answer[0]) == ["192.0.2.1", "192.0.2.2"]
 
 
+@BOTH_UDP_IO
 async def test_udp_repeated_queries_come_from_the_fast_path_with_their_own_ids(
         server: DnsServer, engine: StandInEngine) -> None:
     for _ in range(5):
@@ -264,6 +274,24 @@ async def test_garbage_does_not_stop_the_server(server: DnsServer, garbage: byte
     assert r.rcode() == dns.rcode.NOERROR
 
 
+@BOTH_UDP_IO
+async def test_a_burst_of_queries_gets_every_answer(server: DnsServer) -> None:
+    """More datagrams than one batch (and than UDP_ROUNDS batches) waiting at once."""
+    def burst() -> set[int]:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            s.settimeout(2)
+            for i in range(400):
+                q = query("www.example.com" if i % 2 else "WWW.example.com", "A")
+                q.id = i
+                s.sendto(q.to_wire(), (HOST, server.udp_port))
+            return {struct.unpack("!H", s.recv(4096)[:2])[0] for _ in range(400)}
+
+    assert await asyncio.to_thread(burst) == set(range(400))
+    assert server.stats.udp_send_failures == 0
+
+
+@BOTH_UDP_IO
 async def test_an_engine_exception_is_counted_and_the_server_keeps_answering(
         server: DnsServer, engine: StandInEngine) -> None:
     engine.fail_on = "boom"
@@ -426,10 +454,12 @@ async def test_start_fails_cleanly_when_the_port_is_taken(engine: StandInEngine)
 
 # --------------------------------------------------------------------------- RRL on the wire
 
-async def test_rate_limiting_drops_and_slips_over_udp_but_not_tcp(engine: StandInEngine) -> None:
+@pytest.mark.parametrize("udp_io", [datagram_batch, PlainBatch])
+async def test_rate_limiting_drops_and_slips_over_udp_but_not_tcp(engine: StandInEngine,
+                                                                  udp_io: Any) -> None:
     now = [0.0]
     rrl = RateLimiter(responses_per_s=1, burst=2, slip=2, clock=lambda: now[0])
-    srv = DnsServer(engine, address=HOST, port=0, rate_limiter=rrl)
+    srv = DnsServer(engine, address=HOST, port=0, rate_limiter=rrl, udp_io=udp_io)
     await srv.start()
     try:
         wire = query("www.example.com").to_wire()
