@@ -12,6 +12,9 @@ whose address set lbcdn rotates per answer, CNAMEs, negative answers, mixed case
 ceiling). Every answer of both mixes is served from prepared bytes; the fast-path counters
 printed at the end say so ("uncacheable" counts answers the engine computed per query).
 Targets (issue 6): lbcdn qps >= 0.9x Knot's; no lost queries at half of lbcdn's peak rate.
+Each run also reports the server's CPU time per answered query: when other work shares the
+server CPU, qps measures the share a server got as much as the server, while CPU per query
+does not; the ratio of the two servers' CPU per query is printed beside the qps ratio.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import re
 import socket
 import struct
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import (Bench, BenchError, Server, free_port, median_by, need_tools, run_tool, table,
-                     verdict)
+import statistics
+
+from harness import (Bench, BenchError, Server, cpu_seconds, free_port, median_by, need_tools,
+                     run_tool, table, verdict)
 
 TARGET_RATIO = 0.9
 ORIGIN = "example.com"
@@ -93,6 +98,7 @@ class PerfResult:
     lost: int
     avg_latency_ms: float
     raw: str
+    cpu_us_per_query: float = field(default=float("nan"))  # the server's, during the run
 
 
 def parse_dnsperf(out: str) -> PerfResult:
@@ -207,14 +213,19 @@ def run(bench: Bench) -> None:
             for name, server in subjects:
                 if bench.warmup_s > 0:
                     dnsperf(bench, server.port, queries, bench.warmup_s)
+                cpu0 = cpu_seconds(server.pid)
                 res = dnsperf(bench, server.port, queries, bench.duration_s)
+                res.cpu_us_per_query = ((cpu_seconds(server.pid) - cpu0)
+                                        / max(res.completed, 1) * 1e6)
                 runs[name].append(res)
                 print(f"  {mix} round {r + 1}: {name:<5} {res.qps:>10.0f} qps  "
-                      f"avg {res.avg_latency_ms:.2f} ms  lost {res.lost}/{res.sent}")
+                      f"avg {res.avg_latency_ms:.2f} ms  lost {res.lost}/{res.sent}  "
+                      f"cpu {res.cpu_us_per_query:.2f} us/query")
             # The two runs of one round are seconds apart: on a shared machine their ratio
             # drifts less than the ratio of two medians taken from different rounds.
-            print(f"  {mix} round {r + 1}: lbcdn/knot "
-                  f"{runs['lbcdn'][-1].qps / max(runs['knot'][-1].qps, 1):.2f}x")
+            kr, lr = runs["knot"][-1], runs["lbcdn"][-1]
+            print(f"  {mix} round {r + 1}: lbcdn/knot {lr.qps / max(kr.qps, 1):.2f}x qps, "
+                  f"{_cpu_ratio(kr, lr):.2f}x by cpu per query")
         best = {name: _median(rs) for name, rs in runs.items()}
         k, l = best["knot"], best["lbcdn"]
         if k.qps <= 0:
@@ -233,13 +244,20 @@ def run(bench: Bench) -> None:
               f"(target >= {TARGET_RATIO:.1f}x)")
         print(f"  {verdict(calm.lost == 0)}  {mix}: lbcdn at half its peak ({half:.0f} qps "
               f"asked, {calm.qps:.0f} answered): lost {calm.lost} of {calm.sent} (target 0)")
+        cpu_ratio = statistics.median(_cpu_ratio(a, b) for a, b in zip(runs["knot"],
+                                                                        runs["lbcdn"]))
+        print(f"  note  {mix}: knot cpu per query / lbcdn cpu per query = {cpu_ratio:.2f}x "
+              f"(median of rounds; the qps ratio two idle cores would give)")
         print()
         results[mix] = {
             name: {"qps": x.qps, "avg_latency_ms": x.avg_latency_ms, "lost": x.lost,
-                   "all_qps": [y.qps for y in runs[name]]} for name, x in best.items()
+                   "all_qps": [y.qps for y in runs[name]],
+                   "all_cpu_us_per_query": [y.cpu_us_per_query for y in runs[name]]}
+            for name, x in best.items()
         } | {"ratio": ratio, "round_ratios": [b.qps / max(a.qps, 1) for a, b in
                                                zip(runs["knot"], runs["lbcdn"])],
-             "half_rate_qps": half, "half_rate_lost": calm.lost, "pass": ok}
+             "cpu_ratio": cpu_ratio, "half_rate_qps": half, "half_rate_lost": calm.lost,
+             "pass": ok}
     bench.stop(lb)  # its last log line: fast-path counters for the whole run
     stats = lb.log_tail(1)
     print(f"  lbcdn fast path over the whole run: {stats}")
@@ -248,3 +266,8 @@ def run(bench: Bench) -> None:
 
 def _median(rs: list[PerfResult]) -> PerfResult:
     return median_by(rs, lambda r: r.qps)
+
+
+def _cpu_ratio(knot: PerfResult, lbcdn: PerfResult) -> float:
+    """knot's CPU per query over lbcdn's: above 1 when lbcdn spends less per answer."""
+    return knot.cpu_us_per_query / lbcdn.cpu_us_per_query if lbcdn.cpu_us_per_query else 0.0
