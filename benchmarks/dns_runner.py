@@ -48,7 +48,8 @@ async def serve(args: argparse.Namespace) -> None:
     await server.stop()
     fp = server.fastpath
     print(f"lookups {fp.lookups} misses {fp.misses} keyed_hits {fp.keyed_hits} "
-          f"uncacheable {fp.uncacheable} udp_errors {server.stats.udp_errors}", flush=True)
+          f"uncacheable {fp.uncacheable} udp_errors {server.stats.udp_errors} "
+          f"udp_send_failures {server.stats.udp_send_failures}", flush=True)
 
 
 def main() -> None:
