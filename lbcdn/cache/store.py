@@ -48,6 +48,10 @@ class MemoryStore:
         self._variants: dict[bytes, set[bytes]] = {}
         self._paths: dict[tuple[bytes, bytes], set[bytes]] = {}
         self._tags: dict[bytes, set[bytes]] = {}
+        # Bumped by every change to what is stored (put, delete, purge, clear, and so every
+        # eviction): a reader that remembers an entry with the generation it saw may use it
+        # again while the generation is the same, without a lookup.
+        self.generation = 0
         # Called with each entry evicted for space (not when deleted or replaced): the
         # daemon may demote it to the disk tier, and counts it.
         self.on_evict: Callable[[CachedResponse], None] | None = None
@@ -92,6 +96,7 @@ class MemoryStore:
         """Store (or replace) an entry; False when it is too large for this tier."""
         if not self.fits(entry.charge):
             return False
+        self.generation += 1
         primary = entry.key
         if self._vary.get(primary, entry.vary) != entry.vary:
             self.delete(primary)
@@ -137,6 +142,7 @@ class MemoryStore:
 
     def delete(self, primary: bytes) -> int:
         """Remove every variant of `primary`; returns how many."""
+        self.generation += 1
         n = 0
         for variant in list(self._variants.get(primary, ())):
             entry = self._lru.pop((primary, variant))
@@ -145,6 +151,7 @@ class MemoryStore:
         return n
 
     def _soft(self, primary: bytes) -> int:
+        self.generation += 1
         n = 0
         for variant in list(self._variants.get(primary, ())):
             entry = self._lru[(primary, variant)]
@@ -179,6 +186,7 @@ class MemoryStore:
         return self._purge(primaries, soft)
 
     def clear(self) -> None:
+        self.generation += 1
         self._lru.clear()
         self._vary.clear()
         self._variants.clear()

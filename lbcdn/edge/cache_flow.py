@@ -145,7 +145,13 @@ def _fresh_hit(rt: CacheRuntime, primary: bytes, head: RequestHead
     seconds, or None for the full flow (a miss, a stale entry, one that must be validated on
     every use)."""
     entry = rt.memory.lookup(primary, head.headers)
-    if not isinstance(entry, CachedResponse) or entry.flags & _NOT_FAST:
+    if not isinstance(entry, CachedResponse):
+        return None
+    return _fresh(rt, entry)
+
+
+def _fresh(rt: CacheRuntime, entry: CachedResponse) -> tuple[CachedResponse, int, int] | None:
+    if entry.flags & _NOT_FAST:
         return None
     resident = rt.clock() - entry.response_time
     age = entry.initial_age + resident if resident > 0.0 else entry.initial_age
@@ -193,8 +199,11 @@ class HitPlan:
     """How a known head (lbcdn.edge.connection.KnownHead) is looked up: its route, route
     metrics and primary key, worked out once per head and cache runtime; and the last small
     answer made from it, reusable while the entry, its Age and its ttl (whole seconds) are the
-    same."""
-    __slots__ = ("rt", "route", "metrics", "primary", "entry", "age", "ttl", "answer")
+    same. While the memory store's generation is the one the entry was found under, nothing
+    stored has changed and the entry is used without a lookup (its LRU position is then
+    refreshed by the first lookup after the next change, before any eviction could pick it)."""
+    __slots__ = ("rt", "route", "metrics", "primary", "entry", "generation", "age", "ttl",
+                 "answer")
 
     def __init__(self, rt: CacheRuntime | None, route: RouteConfig | None,
                  metrics: RouteMetrics | None, primary: bytes) -> None:
@@ -203,6 +212,7 @@ class HitPlan:
         self.metrics = metrics
         self.primary = primary
         self.entry: CachedResponse | None = None
+        self.generation = -1
         self.age = -1
         self.ttl = -1
         self.answer = b""
@@ -225,11 +235,17 @@ def answer_known(conn: ClientConnection, known: KnownHead) -> bool:
     assert rt is not None and plan.metrics is not None and conn.transport is not None
     head = known.head
     started = monotonic()
-    hit = _fresh_hit(rt, plan.primary, head)
+    generation = rt.memory.generation
+    remembered = plan.entry
+    if remembered is not None and plan.generation == generation:
+        hit = _fresh(rt, remembered)
+    else:
+        hit = _fresh_hit(rt, plan.primary, head)
     if hit is None:
         return False
     entry, age, ttl = hit
-    if plan.entry is entry and plan.age == age and plan.ttl == ttl:
+    if remembered is entry and plan.age == age and plan.ttl == ttl:
+        plan.generation = generation
         answer = plan.answer
     else:
         parts = [entry.head, _HIT_LINES % (age, ttl), b"\r\n"]
@@ -243,7 +259,8 @@ def answer_known(conn: ClientConnection, known: KnownHead) -> bool:
             record(conn, head, plan.route, entry.status, started, 0, n, None, None, None)
             return True
         answer = b"".join(parts)
-        plan.entry, plan.age, plan.ttl, plan.answer = entry, age, ttl, answer
+        plan.entry, plan.generation = entry, generation
+        plan.age, plan.ttl, plan.answer = age, ttl, answer
     conn.transport.write(answer)
     elapsed = monotonic() - started
     plan.metrics.observe(entry.status, elapsed, 0, len(answer))

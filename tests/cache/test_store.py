@@ -137,6 +137,35 @@ def test_purges() -> None:
     assert len(s) == 0 and s.bytes == 0
 
 
+def test_generation_moves_with_every_change_and_only_then() -> None:
+    one = entry("/0", b"x" * 1000).charge
+    s = MemoryStore(one * 2, one * 2)
+    seen = [s.generation]
+
+    def changed() -> bool:
+        moved = s.generation != seen[-1]
+        seen.append(s.generation)
+        return moved
+
+    s.put(entry("/0", b"x" * 1000))
+    assert changed()
+    s.lookup(b"h|/0", [])
+    s.get(b"h|/0", b"")
+    s.purge_uri(b"h", b"/none")
+    assert not changed()                       # reading (and purging nothing) changes nothing
+    s.put(entry("/1", b"x" * 1000))
+    assert changed()
+    s.put(entry("/2", b"x" * 1000))            # evicts /0
+    assert changed() and s.lookup(b"h|/0", []) == Miss.URI
+    s.purge_uri(b"h", b"/1", soft=True)
+    assert changed()
+    s.purge_uri(b"h", b"/1")
+    assert changed()
+    assert not s.put(entry("/big", b"x" * 5000)) and not changed()   # refused: nothing stored
+    s.clear()
+    assert changed()
+
+
 # -- fill --------------------------------------------------------------------------------------
 
 def test_fill_readers_follow_along() -> None:

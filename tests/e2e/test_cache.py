@@ -596,12 +596,18 @@ async def test_hits_on_one_keep_alive_connection_follow_clock_purge_and_stalenes
             head = await c.request("HEAD", "/k")
             assert head.body == b"" and head.header("Age") == "57"
             assert origin.hits["/k"] == 1
+            d.cache.memory.purge_uri(b"test.local", b"/k", soft=True)  # stale from now on
+            r = await c.request("GET", "/k")
+            assert r.header("X-Cache") != "Hit from lbcdn" and "fwd=stale" in cc(r)
+            assert origin.hits["/k"] == 2
             d.cache.purge_uri(b"test.local", b"/k")
             r = await c.request("GET", "/k")
-            assert r.header("X-Cache") == "Miss from lbcdn" and origin.hits["/k"] == 2
+            assert r.header("X-Cache") == "Miss from lbcdn" and origin.hits["/k"] == 3
+            r = await c.request("GET", "/k")
+            assert r.header("X-Cache") == "Hit from lbcdn" and r.header("Age") == "0"
             clock.now += 101
             r = await c.request("GET", "/k")
-            assert "fwd=stale" in cc(r) and origin.hits["/k"] == 3
+            assert "fwd=stale" in cc(r) and origin.hits["/k"] == 4
             r = await c.request("GET", "/k", version="1.0",
                                 headers=[("Connection", "keep-alive")])
             assert r.header("X-Cache") == "Hit from lbcdn"
