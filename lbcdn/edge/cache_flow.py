@@ -153,13 +153,18 @@ def _fresh_hit(rt: CacheRuntime, primary: bytes, head: RequestHead
 def _fresh(rt: CacheRuntime, entry: CachedResponse) -> tuple[CachedResponse, int, int] | None:
     if entry.flags & _NOT_FAST:
         return None
-    resident = rt.clock() - entry.response_time
-    age = entry.initial_age + resident if resident > 0.0 else entry.initial_age
-    ttl = entry.lifetime - age
+    age, ttl = _age_ttl(entry, rt.clock())
     if ttl <= 0.0:
         return None  # stale: the flow decides (stale-while-revalidate, revalidation)
     rt.metrics.count_hit()
     return entry, int(age) if age < _MAX_AGE else _MAX_AGE, int(ttl)
+
+
+def _age_ttl(entry: CachedResponse, now: float) -> tuple[float, float]:
+    """RFC 9111 4.2.3 current age, and the freshness left, at wall-clock time `now`."""
+    resident = now - entry.response_time
+    age = entry.initial_age + resident if resident > 0.0 else entry.initial_age
+    return age, entry.lifetime - age
 
 
 def _fast_hit(ex: Exchange, rt: CacheRuntime, dist: Distribution) -> bool:
@@ -201,9 +206,11 @@ class HitPlan:
     answer made from it, reusable while the entry, its Age and its ttl (whole seconds) are the
     same. While the memory store's generation is the one the entry was found under, nothing
     stored has changed and the entry is used without a lookup (its LRU position is then
-    refreshed by the first lookup after the next change, before any eviction could pick it)."""
-    __slots__ = ("rt", "route", "metrics", "primary", "entry", "generation", "age", "ttl",
-                 "answer")
+    refreshed by the first lookup after the next change, before any eviction could pick it);
+    and from `since` until `until` (wall clock), when the whole seconds of its Age or ttl next
+    change, the answer made is the answer to send."""
+    __slots__ = ("rt", "route", "metrics", "primary", "entry", "generation", "since", "until",
+                 "age", "ttl", "answer", "status")
 
     def __init__(self, rt: CacheRuntime | None, route: RouteConfig | None,
                  metrics: RouteMetrics | None, primary: bytes) -> None:
@@ -213,6 +220,8 @@ class HitPlan:
         self.primary = primary
         self.entry: CachedResponse | None = None
         self.generation = -1
+        self.since = self.until = 0.0
+        self.status = 0
         self.age = -1
         self.ttl = -1
         self.answer = b""
@@ -237,37 +246,58 @@ def answer_known(conn: ClientConnection, known: KnownHead) -> bool:
     started = monotonic()
     generation = rt.memory.generation
     remembered = plan.entry
-    if remembered is not None and plan.generation == generation:
-        hit = _fresh(rt, remembered)
-    else:
-        hit = _fresh_hit(rt, plan.primary, head)
-    if hit is None:
-        return False
-    entry, age, ttl = hit
-    if remembered is entry and plan.age == age and plan.ttl == ttl:
-        plan.generation = generation
+    if plan.generation == generation and plan.since <= rt.clock() < plan.until:
+        rt.metrics.count_hit()
         answer = plan.answer
     else:
-        parts = [entry.head, _HIT_LINES % (age, ttl), b"\r\n"]
-        if head.method == b"GET":
-            parts.extend(entry.chunks)
-        if entry.size > _RENDER_MAX:
+        if remembered is not None and plan.generation == generation:
+            hit = _fresh(rt, remembered)
+        else:
+            hit = _fresh_hit(rt, plan.primary, head)
+        if hit is None:
+            return False
+        answer = _render(rt, plan, hit, generation, head.method == b"GET")
+        if not answer:  # too large to keep: written in parts
+            entry = hit[0]
+            parts = [entry.head, _HIT_LINES % hit[1:], b"\r\n"]
+            if head.method == b"GET":
+                parts.extend(entry.chunks)
             conn.transport.writelines(parts)
             n = 0
             for p in parts:
                 n += len(p)
             record(conn, head, plan.route, entry.status, started, 0, n, None, None, None)
             return True
-        answer = b"".join(parts)
-        plan.entry, plan.generation = entry, generation
-        plan.age, plan.ttl, plan.answer = age, ttl, answer
     conn.transport.write(answer)
     elapsed = monotonic() - started
-    plan.metrics.observe(entry.status, elapsed, 0, len(answer))
+    status = plan.status
+    plan.metrics.observe(status, elapsed, 0, len(answer))
     if conn.listener.access_log.enabled:
-        log_access(conn, head, plan.metrics.route, entry.status, elapsed, 0, len(answer), None,
+        log_access(conn, head, plan.metrics.route, status, elapsed, 0, len(answer), None,
                    None, None)
     return True
+
+
+def _render(rt: CacheRuntime, plan: HitPlan, hit: tuple[CachedResponse, int, int],
+            generation: int, body: bool) -> bytes:
+    """The answer for a fresh hit, kept in the plan until its Age or ttl second ends; b""
+    when the entry is too large to keep whole."""
+    entry, age, ttl = hit
+    if entry.size > _RENDER_MAX:
+        return b""
+    if plan.entry is not entry or plan.age != age or plan.ttl != ttl:
+        parts = [entry.head, _HIT_LINES % (age, ttl), b"\r\n"]
+        if body:
+            parts.extend(entry.chunks)
+        plan.entry, plan.age, plan.ttl, plan.answer = entry, age, ttl, b"".join(parts)
+        plan.status = entry.status
+    plan.generation = generation
+    # until the next whole second of Age, or of the ttl counting down, whichever comes first
+    # (zero or less when one already moved: the next request works it out again)
+    now = plan.since = rt.clock()   # a wall clock set back must not keep the answer longer
+    exact_age, exact_ttl = _age_ttl(entry, now)
+    plan.until = now + min(age + 1 - exact_age, exact_ttl - ttl)
+    return plan.answer
 
 
 def _plan(conn: ClientConnection, head: RequestHead, rt: CacheRuntime | None) -> HitPlan:

@@ -614,3 +614,27 @@ async def test_hits_on_one_keep_alive_connection_follow_clock_purge_and_stalenes
             assert r.header("Connection") == "keep-alive"
         finally:
             await c.close()
+
+
+async def test_a_remembered_hit_changes_with_each_second_and_a_clock_set_back(
+        origin: Origin) -> None:
+    """The answer to a known head is kept only while its Age and ttl seconds hold, and only
+    for clock readings from when it was made."""
+    origin.set("/s", Answer(headers=[("Cache-Control", "max-age=10")]))
+    async for d, port, clock in started(cdn_config(origin.port)):
+        c = await RawClient.open(port)
+        try:
+            ages = []
+            for step in (0, 0, 0.1, 0.1, 1.0, 2.5, -3.0, 6.0, 4.0):
+                clock.now += step
+                r = await c.request("GET", "/s")
+                ages.append((r.header("Age"), cc(r)))
+        finally:
+            await c.close()
+        assert ages[0] == (None, "lbcdn; fwd=uri-miss; stored")
+        assert ages[1:7] == [("0", "lbcdn; hit; ttl=10"), ("0", "lbcdn; hit; ttl=9"),
+                             ("0", "lbcdn; hit; ttl=9"), ("1", "lbcdn; hit; ttl=8"),
+                             ("3", "lbcdn; hit; ttl=6"), ("0", "lbcdn; hit; ttl=9")]
+        assert ages[7] == ("6", "lbcdn; hit; ttl=3")
+        assert ages[8][0] is None and "fwd=stale" in ages[8][1]   # 10.7 s: stale, fetched
+        assert origin.hits["/s"] == 2
