@@ -173,17 +173,22 @@ def run(bench: Bench) -> None:
         http_get(s.port, "/64m.bin", timeout=60)
     hits: dict[str, list[WrkResult]] = {n: [] for n, _ in subjects}
     bigs: dict[str, list[WrkResult]] = {n: [] for n, _ in subjects}
+    cpus: dict[str, list[float]] = {n: [] for n, _ in subjects}
     for r in range(bench.rounds):
         for name, s in subjects:
-            if bench.warmup_s > 0:
-                bench.wrk(s.port, duration_s=bench.warmup_s)
-            res = bench.wrk(s.port)
+            res, cpu_us = bench.wrk_cpu(s)
             hits[name].append(res)
+            cpus[name].append(cpu_us)
             big = _wrk_big(bench, s.port)
             bigs[name].append(big)
             print(f"  round {r + 1}: {name:<18} 1 KiB hit {res.rps:>9.0f} req/s  "
                   f"p99 {res.p99_ms:.2f} ms  64 MiB {big.rps * BIG / 2**20:>7.0f} MiB/s  "
-                  f"errors {res.errors + big.errors}")
+                  f"errors {res.errors + big.errors}  cpu {cpu_us:.1f} us/hit")
+        ng_r, lb_r = hits["nginx proxy_cache"][-1], hits["lbcdn cache"][-1]
+        if ng_r.rps > 0 and lb_r.rps > 0:
+            print(f"  round {r + 1}: lbcdn/nginx {lb_r.rps / ng_r.rps:.2f}x req/s, "
+                  f"{cpus['nginx proxy_cache'][-1] / cpus['lbcdn cache'][-1]:.2f}x by cpu "
+                  f"per hit")
     h = {n: _median(rs) for n, rs in hits.items()}
     b = {n: _median(rs) for n, rs in bigs.items()}
     ng_h, lb_h = h["nginx proxy_cache"], h["lbcdn cache"]
@@ -238,6 +243,10 @@ def run(bench: Bench) -> None:
     print()
     print(f"  {verdict(ok_hit)}  1 KiB hit req/s lbcdn/nginx = {hit_ratio:.2f}x "
           f"(target >= {HIT_TARGET}x)")
+    cpu_ratio = statistics.median(cpus["nginx proxy_cache"]) / statistics.median(
+        cpus["lbcdn cache"])
+    print(f"  note  1 KiB hit: nginx cpu per hit / lbcdn cpu per hit = {cpu_ratio:.2f}x "
+          f"(medians; what the req/s ratio would be with the server core to itself)")
     print(f"  {verdict(ok_big)}  64 MiB throughput lbcdn/nginx = {big_ratio:.2f}x "
           f"(target >= {BIG_TARGET}x)")
     print(f"  {verdict(ok_collapse)}  1000 concurrent cold requests -> {origin_requests} "
@@ -248,5 +257,6 @@ def run(bench: Bench) -> None:
         "hit_rps": {"nginx": ng_h.rps, "lbcdn": lb_h.rps}, "hit_ratio": hit_ratio,
         "big_mib_s": {"nginx": ng_b.rps * BIG / 2**20, "lbcdn": lb_b.rps * BIG / 2**20},
         "big_ratio": big_ratio, "cold_origin_requests": origin_requests, "rss_kib": rss,
+        "hit_cpu_us": cpus, "hit_cpu_ratio": cpu_ratio,
         "pass": ok_hit and ok_big and ok_collapse and ok_rss,
     }
