@@ -61,7 +61,8 @@ class RecordSetConfig:
         default_factory=tuple)
     ttl_s: int | None = doc("TTL; default: the zone's `ttl_s`.", None, lo=0, hi=MAX_TTL)
     policy: Policy = doc(
-        "Routing policy: simple (all values, order rotated), weighted (one record set picked "
+        "Routing policy: simple (all values, order rotated per answer; NS sets keep their "
+        "order), weighted (one record set picked "
         "by weight), failover (PRIMARY while healthy, else SECONDARY), multivalue (up to 8 "
         "healthy record sets, shuffled).", "simple")
     set_identifier: str | None = doc(
