@@ -413,9 +413,11 @@ def health_check_metrics(pool: str) -> HealthCheckMetrics:
 
 
 def set_target_health(pool: str, target: str, state: str | None) -> None:
-    """Mark `state` as the target's one current state; None removes the target's series."""
+    """Mark `state` as the target's one current state; None removes the target's series (with
+    workers, where prometheus-client cannot remove series, it sets them all to 0)."""
+    removable = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     for s in ("initial", "healthy", "unhealthy", "draining", "unused", "unavailable"):
-        if state is None:
+        if state is None and removable:
             try:
                 TARGET_HEALTH.remove(pool, target, s)
             except KeyError:

@@ -188,3 +188,21 @@ def test_cache_hits_are_counted_then_flushed_into_the_results_counter() -> None:
     render_metrics()
     flush()
     assert sample("lbcdn_cache_requests_total", result="hit") == before + 3
+
+
+def test_target_health_series_removed_or_zeroed_with_workers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+    from lbcdn.metrics import set_target_health
+    pool = uniq("p")
+    set_target_health(pool, "t:1", "healthy")
+    assert sample("lbcdn_target_health", pool=pool, target="t:1", state="healthy") == 1
+    set_target_health(pool, "t:1", None)
+    assert sample("lbcdn_target_health", pool=pool, target="t:1", state="healthy") is None
+    # with workers prometheus-client cannot remove a series: it is set to 0, without a warning
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent")
+    set_target_health(pool, "t:2", "healthy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        set_target_health(pool, "t:2", None)
+    assert sample("lbcdn_target_health", pool=pool, target="t:2", state="healthy") == 0
