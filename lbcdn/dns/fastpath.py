@@ -40,6 +40,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from lbcdn.memo import remember
+
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
@@ -201,10 +203,7 @@ class FastPath:
         """Keep `tails` for this exact query; return the answer to send now (the first, or
         the rotation whose turn it is)."""
         if len(tails) == 1:
-            if len(tables.exact) >= self.max_entries:
-                tables.exact.clear()
-            tables.exact[query[2:]] = tails[0]
-            return query[:2] + tails[0]
+            return query[:2] + remember(tables.exact, query[2:], tails[0], self.max_entries)
         if tables.in_cycles + len(tails) > self.max_entries:
             tables.cycles.clear()
             tables.in_cycles = 0

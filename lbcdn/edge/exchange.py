@@ -27,6 +27,7 @@ from lbcdn.config.schema import FixedResponseAction, ForwardAction, RedirectActi
 from lbcdn.http.date import http_date
 from lbcdn.http.errors import HttpError, error_response, reason
 from lbcdn.http.head import RequestHead, ResponseHead, response_has_body
+from lbcdn.memo import remember
 from lbcdn.routing import redirect_location
 from lbcdn.tasks import spawn
 from lbcdn.balancer.retry import Failure, may_retry
@@ -49,11 +50,8 @@ _status_lines: dict[tuple[int, bytes], bytes] = {}
 
 
 def _status_line(status: int, backend_reason: bytes) -> bytes:
-    line = b"HTTP/1.1 %d %s\r\n" % (status, backend_reason or reason(status))
-    if len(_status_lines) >= 256:
-        _status_lines.clear()
-    _status_lines[(status, backend_reason)] = line
-    return line
+    return remember(_status_lines, (status, backend_reason),
+                    b"HTTP/1.1 %d %s\r\n" % (status, backend_reason or reason(status)), 256)
 
 
 _FAILURES = {"connect_refused": Failure.CONNECT, "connect_timeout": Failure.CONNECT,

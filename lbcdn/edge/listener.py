@@ -17,6 +17,7 @@ from lbcdn.edge.connection import ClientConnection, KnownHead
 from lbcdn.tls import ServerTls
 from lbcdn.http.head import request_header_kinds
 from lbcdn.logs import AccessLog
+from lbcdn.memo import remember
 from lbcdn.metrics import RouteMetrics, listener_metrics, route_metrics
 from lbcdn.routing import Router
 from lbcdn.upstream.pool import Pool
@@ -67,10 +68,7 @@ class Listener:
         self.known_heads = {}
 
     def remember_head(self, raw: bytes, head: KnownHead) -> None:
-        known = self.known_heads
-        if len(known) >= KNOWN_HEADS_MAX:
-            known.clear()  # an LRU would cost a move on every hit; refilling is cheap
-        known[raw] = head
+        remember(self.known_heads, raw, head, KNOWN_HEADS_MAX)
 
     def _set_port(self, port: int) -> None:
         self.port = port

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import HOP_BY_HOP, ResponseHead, connection_tokens
+from lbcdn.memo import remember
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_CHUNK_LINE = 4096
@@ -78,10 +79,7 @@ def _remembered(head: bytes) -> _Parsed:
         return _parse(head)
     parsed = _parsed.get(head)
     if parsed is None:
-        parsed = _parse(head)
-        if len(_parsed) >= MEMO_MAX_ENTRIES:
-            _parsed.clear()
-        _parsed[head] = parsed
+        parsed = remember(_parsed, head, _parse(head), MEMO_MAX_ENTRIES)
     _last = head, parsed
     return parsed
 

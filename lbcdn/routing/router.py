@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from lbcdn.config.schema import RouteConfig
+from lbcdn.memo import remember
 
 # One candidate: (path prefix or None, compiled pattern's fullmatch or None, route).
 _Candidate = tuple[bytes | None, Callable[[bytes], re.Match[bytes] | None] | None, RouteConfig]
@@ -136,10 +137,7 @@ class Router:
         request had none); `path` is the request path without the query."""
         cands = self._host_cache.get(host)
         if cands is None:
-            cands = self._candidates_for(host)
-            if len(self._host_cache) >= HOST_CACHE_MAX:
-                self._host_cache.clear()
-            self._host_cache[host] = cands
+            cands = remember(self._host_cache, host, self._candidates_for(host), HOST_CACHE_MAX)
         if not isinstance(path, bytes):
             path = path.encode("utf-8", "surrogateescape")
         for prefix, fullmatch, route in cands:
