@@ -14,9 +14,9 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lbcdn.config.schema import RouteConfig
     from lbcdn.edge.connection import ClientConnection
     from lbcdn.http.head import RequestHead
+    from lbcdn.metrics import RouteMetrics
     from lbcdn.upstream.pool import Target
 
 _id_prefix = os.urandom(4).hex()
@@ -27,30 +27,22 @@ def new_request_id() -> str:
     return f"{_id_prefix}{next(_id_counter):012x}"
 
 
-def record(conn: ClientConnection, head: RequestHead, route: RouteConfig | None, status: int,
-           started: float, bytes_in: int, bytes_out: int, target: Target | None,
-           upstream_time: float | None, request_id: str | None) -> None:
-    """Metrics and the access log line of one finished request (request_id None: make one
-    only if the line is written)."""
-    listener = conn.listener
+def record(conn: ClientConnection, head: RequestHead, metrics: RouteMetrics, status: int,
+           started: float, bytes_in: int, bytes_out: int, target: Target | None = None,
+           upstream_time: float | None = None, request_id: str | None = None) -> None:
+    """Route metrics and the access log line of one finished request (request_id None: make
+    one only if the line is written)."""
     elapsed = monotonic() - started
-    route_name = route.name if route is not None else "-"
-    listener.route_metrics(route_name).observe(status, elapsed, bytes_in, bytes_out)
-    if listener.access_log.enabled:
-        log_access(conn, head, route_name, status, elapsed, bytes_in, bytes_out, target,
-                   upstream_time, request_id)
-
-
-def log_access(conn: ClientConnection, head: RequestHead, route_name: str, status: int,
-               elapsed: float, bytes_in: int, bytes_out: int, target: Target | None,
-               upstream_time: float | None, request_id: str | None) -> None:
+    metrics.observe(status, elapsed, bytes_in, bytes_out)
     listener = conn.listener
+    if not listener.access_log.enabled:
+        return
     listener.access_log.log({
         "time": time.time(), "listener": listener.name,
         "client": conn.client_ip, "method": head.method.decode("latin-1"),
         "path": head.target.decode("latin-1"), "status": status,
         "bytes_in": bytes_in, "bytes_out": bytes_out,
-        "route": route_name, "target": target.key if target is not None else None,
+        "route": metrics.route, "target": target.key if target is not None else None,
         "upstream_time_s": None if upstream_time is None else round(upstream_time, 6),
         "total_time_s": round(elapsed, 6),
         "request_id": request_id or new_request_id(),

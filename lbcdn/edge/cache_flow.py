@@ -49,7 +49,7 @@ from lbcdn.cache.policy import (F_NO_CACHE, F_PURGED, RequestDirectives, Respons
                                 is_origin_error, not_storable, parse_request, parse_response,
                                 removed_fields, usable_on_error, validators)
 from lbcdn.cache.runtime import Attempt, CacheRuntime
-from lbcdn.edge.accounting import log_access, record
+from lbcdn.edge.accounting import record
 from lbcdn.cache.store import Fill, FillInfo, FillReader, Miss
 from lbcdn.http.errors import HttpError, reason
 from lbcdn.http.head import RequestHead, ResponseHead
@@ -58,7 +58,6 @@ from lbcdn.tasks import spawn
 from lbcdn.upstream.pool import ConnectError, Pool, Target
 
 if TYPE_CHECKING:
-    from lbcdn.config.schema import RouteConfig
     from lbcdn.edge.connection import ClientConnection, KnownHead
     from lbcdn.edge.exchange import Exchange
     from lbcdn.metrics import RouteMetrics
@@ -201,33 +200,29 @@ _RENDER_MAX = 8192
 
 
 class HitPlan:
-    """How a known head (lbcdn.edge.connection.KnownHead) is looked up: its route, route
-    metrics and primary key, worked out once per head and cache runtime; and the last small
-    answer made from it, reusable while the entry, its Age and its ttl (whole seconds) are the
-    same. While the memory store's generation is the one the entry was found under, nothing
+    """How a known head (lbcdn.edge.connection.KnownHead) is looked up: its route's metrics
+    and its primary key, worked out once per head and cache runtime; and the last small answer
+    made from it. While the memory store's generation is the one the entry was found under, nothing
     stored has changed and the entry is used without a lookup (its LRU position is then
     refreshed by the first lookup after the next change, before any eviction could pick it);
     and from `since` until `until` (wall clock), when the whole seconds of its Age or ttl next
     change, the answer made is the answer to send."""
-    __slots__ = ("rt", "route", "metrics", "primary", "entry", "generation", "since", "until",
-                 "age", "ttl", "answer", "status")
+    __slots__ = ("rt", "metrics", "primary", "entry", "generation", "since", "until",
+                 "answer", "status")
 
-    def __init__(self, rt: CacheRuntime | None, route: RouteConfig | None,
-                 metrics: RouteMetrics | None, primary: bytes) -> None:
+    def __init__(self, rt: CacheRuntime | None, metrics: RouteMetrics | None,
+                 primary: bytes) -> None:
         self.rt = rt
-        self.route = route
         self.metrics = metrics
         self.primary = primary
         self.entry: CachedResponse | None = None
         self.generation = -1
         self.since = self.until = 0.0
         self.status = 0
-        self.age = -1
-        self.ttl = -1
         self.answer = b""
 
 
-NO_PLAN = HitPlan(None, None, None, b"")
+NO_PLAN = HitPlan(None, None, b"")
 
 
 def answer_known(conn: ClientConnection, known: KnownHead) -> bool:
@@ -245,59 +240,43 @@ def answer_known(conn: ClientConnection, known: KnownHead) -> bool:
     head = known.head
     started = monotonic()
     generation = rt.memory.generation
-    remembered = plan.entry
     if plan.generation == generation and plan.since <= rt.clock() < plan.until:
         rt.metrics.count_hit()
         answer = plan.answer
+        conn.transport.write(answer)
+        record(conn, head, plan.metrics, plan.status, started, 0, len(answer))
+        return True
+    remembered = plan.entry
+    if remembered is not None and plan.generation == generation:
+        hit = _fresh(rt, remembered)
     else:
-        if remembered is not None and plan.generation == generation:
-            hit = _fresh(rt, remembered)
-        else:
-            hit = _fresh_hit(rt, plan.primary, head)
-        if hit is None:
-            return False
-        answer = _render(rt, plan, hit, generation, head.method == b"GET")
-        if not answer:  # too large to keep: written in parts
-            entry = hit[0]
-            parts = [entry.head, _HIT_LINES % hit[1:], b"\r\n"]
-            if head.method == b"GET":
-                parts.extend(entry.chunks)
-            conn.transport.writelines(parts)
-            n = 0
-            for p in parts:
-                n += len(p)
-            record(conn, head, plan.route, entry.status, started, 0, n, None, None, None)
-            return True
-    conn.transport.write(answer)
-    elapsed = monotonic() - started
-    status = plan.status
-    plan.metrics.observe(status, elapsed, 0, len(answer))
-    if conn.listener.access_log.enabled:
-        log_access(conn, head, plan.metrics.route, status, elapsed, 0, len(answer), None,
-                   None, None)
+        hit = _fresh_hit(rt, plan.primary, head)
+    if hit is None:
+        return False
+    entry, age, ttl = hit
+    parts = [entry.head, _HIT_LINES % (age, ttl), b"\r\n"]
+    if head.method == b"GET":
+        parts.extend(entry.chunks)
+    if entry.size <= _RENDER_MAX:
+        _keep(rt, plan, entry, age, ttl, b"".join(parts), generation)
+    conn.transport.writelines(parts)
+    n = 0
+    for p in parts:
+        n += len(p)
+    record(conn, head, plan.metrics, entry.status, started, 0, n)
     return True
 
 
-def _render(rt: CacheRuntime, plan: HitPlan, hit: tuple[CachedResponse, int, int],
-            generation: int, body: bool) -> bytes:
-    """The answer for a fresh hit, kept in the plan until its Age or ttl second ends; b""
-    when the entry is too large to keep whole."""
-    entry, age, ttl = hit
-    if entry.size > _RENDER_MAX:
-        return b""
-    if plan.entry is not entry or plan.age != age or plan.ttl != ttl:
-        parts = [entry.head, _HIT_LINES % (age, ttl), b"\r\n"]
-        if body:
-            parts.extend(entry.chunks)
-        plan.entry, plan.age, plan.ttl, plan.answer = entry, age, ttl, b"".join(parts)
-        plan.status = entry.status
-    plan.generation = generation
-    # until the next whole second of Age, or of the ttl counting down, whichever comes first
-    # (zero or less when one already moved: the next request works it out again)
+def _keep(rt: CacheRuntime, plan: HitPlan, entry: CachedResponse, age: int, ttl: int,
+          answer: bytes, generation: int) -> None:
+    """Keep a small answer in its plan until the next whole second of its Age, or of its ttl
+    counting down, whichever comes first (zero or less when one already moved: the next
+    request works it out again)."""
+    plan.entry, plan.generation, plan.status = entry, generation, entry.status
+    plan.answer = answer
     now = plan.since = rt.clock()   # a wall clock set back must not keep the answer longer
     exact_age, exact_ttl = _age_ttl(entry, now)
     plan.until = now + min(age + 1 - exact_age, exact_ttl - ttl)
-    return plan.answer
 
 
 def _plan(conn: ClientConnection, head: RequestHead, rt: CacheRuntime | None) -> HitPlan:
@@ -313,7 +292,7 @@ def _plan(conn: ClientConnection, head: RequestHead, rt: CacheRuntime | None) ->
     primary = _plain_key(head, dist) if dist is not None else None
     if primary is None:
         return NO_PLAN
-    return HitPlan(rt, route, conn.listener.route_metrics(route.name), primary)
+    return HitPlan(rt, conn.listener.route_metrics(route.name), primary)
 
 
 def parse_fwd(fwd: list[bytes]) -> list[tuple[bytes, bytes]]:

@@ -646,6 +646,9 @@ class Exchange:
         attempt, self.inflight_target = self.inflight_target, None
         if attempt is not None and self.pool is not None:
             self.pool.finished(attempt, self.status, self.upstream_time)
-        record(self.conn, self.head, self.route, self.status, self.started, self.body_bytes,
-               self.bytes_out, self.target, self.upstream_time, self.request_id)
+        route = self.route
+        record(self.conn, self.head,
+               self.listener.route_metrics(route.name if route is not None else "-"),
+               self.status, self.started, self.body_bytes, self.bytes_out, self.target,
+               self.upstream_time, self.request_id)
 

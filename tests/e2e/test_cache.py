@@ -8,6 +8,7 @@ import gzip
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -638,3 +639,23 @@ async def test_a_remembered_hit_changes_with_each_second_and_a_clock_set_back(
         assert ages[7] == ("6", "lbcdn; hit; ttl=3")
         assert ages[8][0] is None and "fwd=stale" in ages[8][1]   # 10.7 s: stale, fetched
         assert origin.hits["/s"] == 2
+
+
+async def test_hits_answered_without_an_exchange_are_logged_and_counted(
+        origin: Origin, tmp_path: Path) -> None:
+    origin.set("/l", Answer(headers=[("Cache-Control", "max-age=100")]))
+    log_path = tmp_path / "access.log"
+    config = cdn_config(origin.port, logging={
+        "level": "warning", "access_log": {"enabled": True, "path": str(log_path)}})
+    async for d, port, clock in started(config):
+        c = await RawClient.open(port)
+        try:
+            for _ in range(3):
+                assert (await c.request("GET", "/l")).status == 200
+        finally:
+            await c.close()
+        assert origin.hits["/l"] == 1
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [(r["path"], r["status"], r["route"]) for r in records] == [("/l", 200, "cdn")] * 3
+    assert all(r["bytes_out"] > 5 for r in records)
+    assert len({r["request_id"] for r in records}) == 3
