@@ -34,7 +34,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Protocol
 
 from lbcdn.cache.behavior import Behavior, Distribution
-from lbcdn.cache.collapse import Lead, Result, Signal, Waiter
+from lbcdn.cache.collapse import Lead, Result, Waiter
 from lbcdn.cache.compress import VARIANT_FIELDS, Compressor, add_vary, compressed_headers, \
     eligible, negotiate
 from lbcdn.cache.conditional import FULL, RangeKind, plan_range, precondition

@@ -37,7 +37,7 @@ import httptools
 from lbcdn.edge import cache_flow
 from lbcdn.edge.cache_flow import NO_PLAN
 from lbcdn.edge.exchange import Exchange
-from lbcdn.http.errors import HttpError, error_response
+from lbcdn.http.errors import HttpError
 from lbcdn.http.head import RequestHead, check_request
 from lbcdn.timers import Deadline
 from lbcdn import writebatch
@@ -192,7 +192,7 @@ class ClientConnection(Writer, asyncio.Protocol):
         if learn is not None:
             self._learn = None
             if between and self._begun == 1 and not self._in_head and self.parsing is None \
-                    and len(data) <= KNOWN_HEAD_MAX_BYTES and data[-4:] == _END:
+                    and len(data) <= KNOWN_HEAD_MAX_BYTES and data.endswith(_END):
                 self.listener.remember_head(data, KnownHead(learn))
         if self._in_head:
             self._head_raw += len(data)

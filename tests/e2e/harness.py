@@ -545,3 +545,13 @@ class RawClient:
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def raw_client(port: int) -> AsyncIterator[RawClient]:
+    """`async with raw_client(port) as c:` a RawClient, closed at the end."""
+    c = await RawClient.open(port)
+    try:
+        yield c
+    finally:
+        await c.close()

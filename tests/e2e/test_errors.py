@@ -6,7 +6,6 @@ admin API, access log)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import re
@@ -14,7 +13,7 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +24,9 @@ from tests.e2e.harness import (
     HOST, RawClient, RawResponse, admin_port, demo_backend, free_port, listener_port,
     proxy_config, raw_backend, read_request, read_response, running_daemon,
 )
+from tests.e2e.harness import raw_client as client
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@contextlib.asynccontextmanager
-async def client(port: int) -> AsyncIterator[RawClient]:
-    c = await RawClient.open(port)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 def assert_lbcdn_error(resp: RawResponse, status: int, *, secrets: tuple[str, ...] = ()) -> str:

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import (
-    HOST, RawClient, RawResponse, demo_backend, listener_port, proxy_config, raw_backend,
+    HOST, RawResponse, demo_backend, listener_port, proxy_config, raw_backend,
     read_request, running_daemon,
 )
+from tests.e2e.harness import raw_client as client
 
 PATTERN = b"0123456789abcdef"
 
@@ -55,15 +56,6 @@ async def proxy(**overrides: Any) -> AsyncIterator[tuple[int, int, dict[str, Any
         cfg["pools"]["app"].update(pool)
         async with running_daemon(cfg):
             yield listener_port(cfg), backend, cfg
-
-
-@contextlib.asynccontextmanager
-async def client(port: int) -> AsyncIterator[RawClient]:
-    c = await RawClient.open(port)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 # -- keep-alive ---------------------------------------------------------------------------------

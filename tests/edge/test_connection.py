@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from lbcdn.daemon import Daemon
-from tests.e2e.harness import (RawClient, listener_port, proxy_config, raw_backend,
+from tests.e2e.harness import (listener_port, proxy_config, raw_backend, raw_client,
                                read_request, running_daemon)
 
 HEAD = b"GET /k?x=1 HTTP/1.1\r\nHost: test.local\r\nUser-Agent: t\r\n\r\n"
@@ -41,14 +41,11 @@ async def echo_proxy() -> AsyncIterator[tuple[Daemon, int]]:
 
 async def test_a_repeated_head_is_remembered_and_answered_like_the_first() -> None:
     async with echo_proxy() as (daemon, port):
-        c = await RawClient.open(port)
-        try:
+        async with raw_client(port) as c:
             answers = []
             for _ in range(3):
                 await c.send(HEAD)
                 answers.append(await c.response())
-        finally:
-            await c.close()
         assert list(known(daemon)) == [HEAD]
         assert known(daemon)[HEAD].head.target == b"/k?x=1"
         bodies = [r.body.split() for r in answers]
@@ -60,8 +57,7 @@ async def test_a_repeated_head_is_remembered_and_answered_like_the_first() -> No
 
 async def test_heads_with_bodies_pipelined_or_rejected_are_not_remembered() -> None:
     async with echo_proxy() as (daemon, port):
-        c = await RawClient.open(port)
-        try:
+        async with raw_client(port) as c:
             post = b"POST /p HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2\r\n\r\n"
             await c.send(post)  # the head alone in one read, its body in the next
             await asyncio.sleep(0.05)
@@ -70,23 +66,17 @@ async def test_heads_with_bodies_pipelined_or_rejected_are_not_remembered() -> N
             await c.send(HEAD + HEAD)  # two requests in one read
             assert (await c.response()).status == 200
             assert (await c.response()).status == 200
-        finally:
-            await c.close()
         bad = b"GET /b HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
         for _ in range(2):  # rejected every time: a refused head is never remembered
-            c = await RawClient.open(port)
-            try:
+            async with raw_client(port) as c:
                 await c.send(bad)
                 assert (await c.response()).status == 400
-            finally:
-                await c.close()
         assert known(daemon) == {}
 
 
 async def test_a_reload_forgets_the_known_heads() -> None:
     async with echo_proxy() as (daemon, port):
-        c = await RawClient.open(port)
-        try:
+        async with raw_client(port) as c:
             await c.send(HEAD)
             assert (await c.response()).status == 200
             assert HEAD in known(daemon)
@@ -96,5 +86,3 @@ async def test_a_reload_forgets_the_known_heads() -> None:
             assert known(daemon) == {}
             await c.send(HEAD)
             assert (await c.response()).status == 200
-        finally:
-            await c.close()
