@@ -520,21 +520,26 @@ def mutations() -> Any:
     return st.one_of(st.binary(max_size=600), flips.map(mutate))
 
 
-def test_fuzzed_packets_never_break_the_udp_server() -> None:
+def fuzz_then_ask(port: int) -> dns.message.Message:
+    """Send 300 fuzzed datagrams to the server on `port`, then a good query; its answer."""
     from hypothesis import HealthCheck, given, settings
 
+    @settings(max_examples=300, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(mutations())
+    def check(packet: bytes) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(packet, (HOST, port))
+
+    check()
+    return dns.query.udp(query("www.example.com", "A"), HOST, port=port, timeout=2)
+
+
+def test_fuzzed_packets_never_break_the_udp_server() -> None:
     srv = ThreadedServer(StandInEngine())
     port = srv.server.udp_port
     try:
-        @settings(max_examples=300, deadline=None, derandomize=True,
-                  suppress_health_check=[HealthCheck.too_slow])
-        @given(mutations())
-        def check(packet: bytes) -> None:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.sendto(packet, (HOST, port))
-
-        check()
-        reply = dns.query.udp(query("www.example.com", "A"), HOST, port=port, timeout=2)
+        reply = fuzz_then_ask(port)
         assert reply.rcode() == dns.rcode.NOERROR
         assert srv.server.stats.udp_errors == 0
     finally:
@@ -542,8 +547,6 @@ def test_fuzzed_packets_never_break_the_udp_server() -> None:
 
 
 def test_fuzzed_packets_never_break_the_server_with_the_real_engine(tmp_path: Any) -> None:
-    from hypothesis import HealthCheck, given, settings
-
     from tests.dns.test_knot_differential import ZONE_FILE, engine_for
 
     zone = tmp_path / "example.com.zone"
@@ -551,15 +554,7 @@ def test_fuzzed_packets_never_break_the_server_with_the_real_engine(tmp_path: An
     srv = ThreadedServer(engine_for(zone))
     port = srv.server.udp_port
     try:
-        @settings(max_examples=300, deadline=None, derandomize=True,
-                  suppress_health_check=[HealthCheck.too_slow])
-        @given(mutations())
-        def check(packet: bytes) -> None:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.sendto(packet, (HOST, port))
-
-        check()
-        reply = dns.query.udp(query("www.example.com", "A"), HOST, port=port, timeout=2)
+        reply = fuzz_then_ask(port)
         assert reply.rcode() == dns.rcode.NOERROR and reply.answer
         assert srv.server.stats.udp_errors == 0
     finally:
