@@ -114,7 +114,7 @@ class AccessLog:
         self._wake = threading.Event()
         # True while the writer is (about to be) waiting on _wake; see log() for why this is safe.
         self._sleeping = False
-        self._thread: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
         self._file: IO[str] | None = None
         self._failing = False
 
@@ -135,27 +135,27 @@ class AccessLog:
             self._wake.set()
 
     def start(self) -> None:
-        if not self.enabled or self._thread is not None:
+        if not self.enabled or self._worker is not None:
             return
         self._open()
-        self._thread = threading.Thread(target=self._run, name="lbcdn-access-log", daemon=True)
-        self._thread.start()
+        self._worker = threading.Thread(target=self._run, name="lbcdn-access-log", daemon=True)
+        self._worker.start()
 
     def stop(self) -> None:
         """Write everything queued so far, close the output and end the writer thread."""
-        thread = self._thread
+        thread = self._worker
         if thread is None:
             return
         self._queue.append(_STOP)
         self._wake.set()
         thread.join()
-        self._thread = None
+        self._worker = None
         # Nothing would ever drain the queue again; later log() calls become no-ops.
         self.enabled = False
 
     def reopen(self) -> None:
         """Reopen the output file (after logrotate renamed it); a no-op for stdout."""
-        if self._thread is None:
+        if self._worker is None:
             return
         self._queue.append(_REOPEN)
         self._wake.set()

@@ -9,20 +9,15 @@ callback at a time, so one module-level batch is all that is needed.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol
-
-
-class _Transport(Protocol):
-    def write(self, data: bytes) -> None: ...
-    def writelines(self, data: list[bytes]) -> None: ...
 
 
 class Writer:
     """Mixin for a protocol object: `write()` to its transport, batched when a batch is open.
     The class using it sets `transport`, `closed` and `_pending` (None) in its __init__."""
-    transport: _Transport | None
+    transport: asyncio.Transport | None
     closed: bool
     _pending: list[bytes] | None
 

@@ -82,7 +82,7 @@ class ClientConnection(Writer, asyncio.Protocol):
         self.listener = listener
         self.config = listener.config
         self.loop = listener.loop
-        self.transport: asyncio.Transport | None = None
+        self.transport = None
         self._pending: list[bytes] | None = None
         self.client_ip = ""
         self.client_ip_bytes = b""
@@ -170,11 +170,11 @@ class ClientConnection(Writer, asyncio.Protocol):
             return
         between = not self._in_head and self.parsing is None
         self._begun = 0
-        self._learn = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._stopped = True
+            self._learn = None
             rest = data[exc.args[0]:]
             ex = self.exchanges[-1] if self.exchanges else None
             if ex is not None and ex.upgrade_pending and rest:
@@ -186,6 +186,7 @@ class ClientConnection(Writer, asyncio.Protocol):
                 detail = str(exc).strip() or "malformed request"
                 err = HttpError(400, f"malformed request ({detail})")
             self._stopped = True
+            self._learn = None
             self.fail(err)
             return
         learn = self._learn

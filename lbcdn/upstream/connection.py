@@ -39,7 +39,7 @@ class UpstreamConnection(Writer, asyncio.Protocol):
     def __init__(self, pool: Pool, target: Target) -> None:
         self.pool = pool
         self.target = target
-        self.transport: asyncio.Transport | None = None
+        self.transport = None
         self._pending: list[bytes] | None = None
         self.owner: UpstreamOwner | None = None
         self.reused = False          # has carried at least one complete exchange

@@ -9,6 +9,7 @@ from typing import Any
 from lbcdn.config.load import parse_config
 from lbcdn.config.schema import PoolConfig
 from lbcdn.health.outlier import Result
+from lbcdn.upstream.connection import UpstreamConnection
 from lbcdn.upstream.pool import BUSY, Pool, Target
 
 
@@ -137,34 +138,22 @@ def test_details_show_rates() -> None:
     assert abs(row["latency_s"] - 0.02) < 1e-9
 
 
-class Conn:
-    """What release() and take_idle() use of an UpstreamConnection."""
-
-    def __init__(self, target: Target) -> None:
-        self.target = target
-        self.closed = self.in_idle = False
-        self.idle_since = 0.0
-
-    def close(self) -> None:
-        self.closed = True
-
-
 async def test_only_targets_that_take_traffic_keep_idle_connections() -> None:
     pool = Pool(pool_config())
     pool.apply(snap(("10.0.0.1:80", "healthy"), ("10.0.0.2:80", "unhealthy"),
                     ("10.0.0.3:80", "healthy")))
     a, b, c = (pool.by_key[f"10.0.0.{i}:80"] for i in (1, 2, 3))
-    conns = {t.key: Conn(t) for t in (a, b, c)}
+    conns = {t.key: UpstreamConnection(pool, t) for t in (a, b, c)}  # never connected
     pool.apply(snap(("10.0.0.1:80", "draining"), ("10.0.0.2:80", "unhealthy")))  # 3 is gone
     for conn in conns.values():
-        pool.release(conn)  # type: ignore[arg-type]
+        pool.release(conn)
     assert [k for k, conn in conns.items() if conn.closed] == ["10.0.0.1:80", "10.0.0.3:80"]
     assert pool.take_idle(b) is conns["10.0.0.2:80"] and not conns["10.0.0.2:80"].in_idle
     # a target that comes back is a new target: the old one's connections still close
     pool.apply(snap(("10.0.0.2:80", "healthy"), ("10.0.0.3:80", "healthy")))
     assert pool.by_key["10.0.0.3:80"] is not c
-    late = Conn(c)
-    pool.release(late)  # type: ignore[arg-type]
+    late = UpstreamConnection(pool, c)
+    pool.release(late)
     assert late.closed and pool.by_key["10.0.0.3:80"].idle == []
 
 
