@@ -1,8 +1,9 @@
 # lbcdn developer commands. GNU make; needs only python3 (with venv) on a Debian machine.
 #
 #   make install    .venv with the package and its test extras (quick when already done)
-#   make run        install, then serve config/default.yaml
-#   make test       install, Debian packages the suite needs, typecheck, pytest
+#   make native     compile the hot-path modules with mypyc (when a source changed)
+#   make run        install, compile if a compiler is there, serve config/default.yaml
+#   make test       install, Debian packages the suite needs, compile, typecheck, pytest
 #   make typecheck  mypy lbcdn
 #   make bench      install, nginx + wrk, benchmarks/run.py  (BENCH_ARGS="--duration 5 proxy")
 #   make clean
@@ -20,12 +21,20 @@ CONFIG     ?= config/default.yaml
 PYTEST_ARGS ?= -q
 BENCH_ARGS ?=
 
+# The hot path compiled with mypyc (lbcdn/native.py) needs a C compiler and Python.h; Debian's
+# python3-dev only when this interpreter has no headers of its own (pyenv and python.org do).
+NATIVE_DEBS := gcc libc6-dev $(shell $(PYTHON) -c 'import os, sysconfig; \
+  print("" if os.path.exists(sysconfig.get_paths()["include"] + "/Python.h") else "python3-dev")')
+
 # Debian packages the test suite needs (real peers for end-to-end tests). Extend, do not replace.
 # knot: a real DNS secondary/primary; systemd: systemd-analyze for the unit file; docker-compose:
 # `config` validation; tini + util-linux (unshare): the container's PID 1; openssl: test
 # certificates; chromium: the status page in a real browser.
-TEST_DEBS  := curl openssl knot systemd docker-compose tini util-linux chromium
-BENCH_DEBS := nginx wrk util-linux dnsperf knot openssl
+TEST_DEBS  := curl openssl knot systemd docker-compose tini util-linux chromium $(NATIVE_DEBS)
+BENCH_DEBS := nginx wrk util-linux dnsperf knot openssl $(NATIVE_DEBS)
+
+# Rebuilds only when a compiled module's source changed; fails on a compile error.
+NATIVE := $(BIN)/python -m lbcdn.native build --if-stale
 
 # apt-get directly as root, else through sudo when there is one (else apt-get fails loudly).
 SUDO := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
@@ -43,10 +52,10 @@ define apt_ensure
 	fi
 endef
 
-.PHONY: help venv install run test typecheck pytest test-debs bench bench-debs clean
+.PHONY: help venv install native run test typecheck pytest test-debs bench bench-debs clean
 
 help:
-	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,10p' Makefile | sed 's/^# \{0,1\}//'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,7 +66,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 venv install: $(STAMP)
 
+native: $(STAMP)
+	$(NATIVE)
+
+# Without a C compiler the demo runs interpreted (same behaviour, more CPU per request).
 run: $(STAMP)
+	$(NATIVE) --optional
 	@mkdir -p var/buckets/site && cp -rn config/demo-site/. var/buckets/site/
 	$(BIN)/lbcdn serve --config $(CONFIG)
 
@@ -68,6 +82,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy lbcdn
 
 pytest: $(STAMP) test-debs
+	$(NATIVE)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: pytest typecheck
@@ -76,8 +91,10 @@ bench-debs:
 	$(call apt_ensure,$(BENCH_DEBS))
 
 bench: $(STAMP) bench-debs
+	$(NATIVE)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache benchmarks/results var
+	find lbcdn -name '*.so' -delete && rm -f lbcdn/_native.json
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

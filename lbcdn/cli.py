@@ -16,7 +16,7 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING
 
-from lbcdn import __version__
+from lbcdn import __version__, native
 
 if TYPE_CHECKING:
     from lbcdn.config.load import ConfigError
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lbcdn",
         description="Load balancer, CDN edge cache, bucket origin and authoritative DNS.")
-    parser.add_argument("--version", action="version", version=f"lbcdn {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"lbcdn {__version__} (hot path {native.describe()})")
     _add_log_level(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -94,6 +95,12 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from lbcdn.config.load import ConfigError, load_config
+    stale = native.stale()
+    if stale:
+        print(f"lbcdn serve: compiled modules are older than their sources ({', '.join(stale)}):"
+              " run `python -m lbcdn.native build` (or `clean` to run interpreted)",
+              file=sys.stderr)
+        return 1
     try:
         config = load_config(args.config)
     except ConfigError as e:

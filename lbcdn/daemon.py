@@ -25,6 +25,7 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
+from lbcdn import native
 from lbcdn.cache.invalidation import Invalidation
 from lbcdn.cache.runtime import CacheRuntime
 from lbcdn.control import ControlPlane, config_dir
@@ -325,6 +326,7 @@ async def run_process(target: Runnable) -> int:
         log.error("could not start: %s", exc)
         await target.stop()
         return 1
+    log.info("running; hot path %s", native.describe())
     await target.run_until_stopped()
     return 0
 

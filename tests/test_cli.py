@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from lbcdn import __version__
+from lbcdn import __version__, native
 from lbcdn.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,8 @@ def bad(tmp_path: Path) -> Path:
 
 def test_version_subprocess() -> None:
     result = run("--version")
-    assert (result.returncode, result.stdout) == (0, f"lbcdn {__version__}\n")
+    assert (result.returncode, result.stdout) == (
+        0, f"lbcdn {__version__} (hot path {native.describe()})\n")
 
 
 def test_check_config_subprocess(good: Path, bad: Path) -> None:

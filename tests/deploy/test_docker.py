@@ -78,7 +78,8 @@ def test_tini_is_pid_1_and_sigterm_stops() -> None:
 
 
 def test_ships_the_environment_config_where_serve_reads_it() -> None:
-    copies = [c.split() for c in args_of("COPY")]
+    # COPY --from=<stage> copies between stages, not from the build context
+    copies = [c.split() for c in args_of("COPY") if not c.startswith("--from=")]
     assert ["deploy/docker/config.yaml", IMAGE_CONFIG] in copies
     ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
@@ -91,14 +92,19 @@ def test_ships_the_environment_config_where_serve_reads_it() -> None:
 
 
 def test_install_steps_are_the_makefiles() -> None:
-    """Same interpreter line, a venv, and pip install of this pyproject.toml only."""
-    assert args_of("FROM") == ["python:3.11-slim"]
+    """Same interpreter line, a venv, pip install of this pyproject.toml only, and the hot path
+    compiled as `make native` does, in a build stage whose package replaces the plain one."""
+    assert args_of("FROM") == ["python:3.11-slim AS native", "python:3.11-slim"]
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^PYTHON \?= python3$", makefile, re.M)
     assert "$(PYTHON) -m venv $(VENV)" in makefile
+    assert "$(BIN)/python -m lbcdn.native build" in makefile
     runs = " ".join(args_of("RUN"))
-    assert "python3 -m venv /opt/lbcdn/venv" in runs
-    assert re.findall(r"pip install (\S+)", runs) == ["."]
+    assert runs.count("python3 -m venv /opt/lbcdn/venv") == 2
+    assert re.findall(r"pip install (\S+)", runs) == ["'.[native]'", "."]
+    assert "/opt/lbcdn/venv/bin/python -m lbcdn.native build" in runs
+    site = "/opt/lbcdn/venv/lib/python3.11/site-packages/lbcdn"
+    assert args_of("COPY")[-2] == f"--from=native {site} {site}"
 
 
 def test_exposed_ports_and_healthcheck_match_the_built_in_config() -> None:

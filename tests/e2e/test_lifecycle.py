@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lbcdn import __version__
+from lbcdn import __version__, native
 from tests.e2e.harness import (HOST, BackendProcess, DaemonProcess, admin_port, backend_process,
                                free_port, listener_port, proxy_config)
 
@@ -224,13 +224,14 @@ def test_idle_daemon_exits_at_once_with_idle_connections_open(backend: BackendPr
 # -- the command line --------------------------------------------------------------------
 
 def test_cli_version() -> None:
+    version = f"lbcdn {__version__} (hot path {native.describe()})"
     result = run_cli("--version")
-    assert (result.returncode, result.stdout.strip()) == (0, f"lbcdn {__version__}")
+    assert (result.returncode, result.stdout.strip()) == (0, version)
     script = Path(sys.executable).parent / "lbcdn"
     if script.exists():  # the console script installed by pip
         result = subprocess.run([str(script), "--version"], capture_output=True, text=True,
                                 timeout=20)
-        assert (result.returncode, result.stdout.strip()) == (0, f"lbcdn {__version__}")
+        assert (result.returncode, result.stdout.strip()) == (0, version)
 
 
 def test_cli_check_config_default_yaml(tmp_path: Path) -> None:
