@@ -77,7 +77,9 @@ class KnownHead:
         self.plan: HitPlan | None = None
 
 
-class ClientConnection(Writer, asyncio.Protocol):
+# An asyncio protocol by its methods, not by subclassing asyncio.Protocol: a non-compiled base
+# would make mypyc build a non-native class (attribute access through a dict).
+class ClientConnection(Writer):
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
         self.config = listener.config

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from typing import cast
 
 from lbcdn.config.schema import ListenerConfig
 from lbcdn.edge.connection import ClientConnection, KnownHead
@@ -83,12 +84,16 @@ class Listener:
 
     async def start(self, reuse_port: bool = False) -> None:
         self._server = await self.loop.create_server(
-            lambda: ClientConnection(self), self.config.address, self.config.port,
+            self._connection, self.config.address, self.config.port,
             backlog=self.config.backlog, reuse_address=True, reuse_port=reuse_port or None,
             ssl=self.tls.context if self.tls is not None else None)
         sock = self._server.sockets[0]
         self._set_port(sock.getsockname()[1])
         log.info("listener %s on %s:%d", self.name, self.config.address, self.port)
+
+    def _connection(self) -> asyncio.Protocol:
+        # the loop takes any object with the protocol methods; the stubs want the base class
+        return cast(asyncio.Protocol, ClientConnection(self))
 
     def connection_made(self, conn: ClientConnection) -> None:
         self.connections.add(conn)

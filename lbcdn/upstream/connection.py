@@ -35,7 +35,8 @@ class UpstreamOwner(Protocol):
     def upstream_reusable(self) -> bool: ...
 
 
-class UpstreamConnection(Writer, asyncio.Protocol):
+# An asyncio protocol by its methods only; see lbcdn.edge.connection.ClientConnection.
+class UpstreamConnection(Writer):
     def __init__(self, pool: Pool, target: Target) -> None:
         self.pool = pool
         self.target = target

@@ -29,7 +29,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from lbcdn.balancer.consistent_hash import HashKey, cookie_value
 from lbcdn.balancer.plan import plan
@@ -427,9 +427,12 @@ class Pool:
 
     async def connect(self, target: Target) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
+        conn = UpstreamConnection(self, target)
+        # the loop takes any object with the protocol methods; the stubs want the base class
+        protocol = cast(asyncio.Protocol, conn)
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(self, target),
+            await asyncio.wait_for(
+                loop.create_connection(lambda: protocol,
                                        target.host, target.port, ssl=self.ssl,
                                        server_hostname=self._server_name(target)),
                 self.config.connect_timeout_s)
