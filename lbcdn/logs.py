@@ -27,7 +27,7 @@ from typing import IO, Final
 from lbcdn.config.schema import AccessLogConfig
 from lbcdn.metrics import ACCESS_LOG_DROPPED
 
-log = logging.getLogger("lbcdn.logs")
+log: Final = logging.getLogger("lbcdn.logs")
 
 _LEVELS: Final[dict[str, int]] = {
     "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,

@@ -99,7 +99,8 @@ ACCESS_LOG_DROPPED: Final = Counter(
     "Access log lines dropped because the writer fell too far behind.", registry=REGISTRY)
 
 # Objects holding deltas not yet moved into prometheus-client; each appears at most once.
-_dirty: list[RouteMetrics | PoolMetrics | TargetMetrics | HealthCheckMetrics | CacheMetrics] = []
+_dirty: Final[list[RouteMetrics | PoolMetrics | TargetMetrics | HealthCheckMetrics
+                   | CacheMetrics]] = []
 
 
 def _status_class(index: int) -> str:
@@ -232,9 +233,9 @@ class ListenerMetrics:
         self.connections.dec()
 
 
-_routes: dict[tuple[str, str], RouteMetrics] = {}
-_pools: dict[str, PoolMetrics] = {}
-_listeners: dict[str, ListenerMetrics] = {}
+_routes: Final[dict[tuple[str, str], RouteMetrics]] = {}
+_pools: Final[dict[str, PoolMetrics]] = {}
+_listeners: Final[dict[str, ListenerMetrics]] = {}
 
 
 def route_metrics(listener: str, route: str) -> RouteMetrics:
@@ -349,7 +350,7 @@ class TargetMetrics:
         self._seconds = 0.0
 
 
-_targets: dict[tuple[str, str], TargetMetrics] = {}
+_targets: Final[dict[tuple[str, str], TargetMetrics]] = {}
 
 
 def target_metrics(pool: str, target: str) -> TargetMetrics:
@@ -401,7 +402,7 @@ class HealthCheckMetrics:
         self._seconds = 0.0
 
 
-_health_checks: dict[str, HealthCheckMetrics] = {}
+_health_checks: Final[dict[str, HealthCheckMetrics]] = {}
 
 
 def health_check_metrics(pool: str) -> HealthCheckMetrics:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Final
 
 
 class Writer:
@@ -22,22 +23,22 @@ class Writer:
     _pending: list[bytes] | None
 
     def write(self, data: bytes) -> None:
-        if _open:
+        if _state.open:
             pending = self._pending
             if pending is None:
                 self._pending = [data]
-                _touched.append(self)
+                _state.touched.append(self)
             else:
                 pending.append(data)
         elif self.transport is not None and not self.closed:
             self.transport.write(data)
 
     def writelines(self, parts: list[bytes]) -> None:
-        if _open:
+        if _state.open:
             pending = self._pending
             if pending is None:
                 self._pending = list(parts)
-                _touched.append(self)
+                _state.touched.append(self)
             else:
                 pending.extend(parts)
         elif self.transport is not None and not self.closed:
@@ -45,11 +46,11 @@ class Writer:
 
     def mark(self) -> tuple[list[bytes], int] | None:
         """Where the next write will land, for `rewind`; None when it goes out at once."""
-        if not _open:
+        if not _state.open:
             return None
         if self._pending is None:
             self._pending = []
-            _touched.append(self)
+            _state.touched.append(self)
         return self._pending, len(self._pending)
 
     def rewind(self, mark: tuple[list[bytes], int] | None) -> bool:
@@ -68,24 +69,31 @@ class Writer:
                 self.transport.writelines(pending)
 
 
-_open = False
-_touched: list[Writer] = []
+class _Batch:
+    """The one batch: an object's attributes, not module globals, so compiled code reads them
+    directly instead of through the module's dict."""
+
+    def __init__(self) -> None:
+        self.open = False
+        self.touched: list[Writer] = []
+
+
+_state: Final = _Batch()
 
 
 def begin() -> bool:
     """Open a batch; returns False when one is already open (the caller must not end it)."""
-    global _open
-    if _open:
+    if _state.open:
         return False
-    _open = True
+    _state.open = True
     return True
 
 
 def end() -> None:
-    global _open
-    _open = False
-    while _touched:
-        _touched.pop().flush()
+    _state.open = False
+    touched = _state.touched
+    while touched:
+        touched.pop().flush()
 
 
 @contextmanager

@@ -44,8 +44,8 @@ def calls(w: Writer) -> list[tuple[str, object]]:
 @pytest.fixture(autouse=True)
 def no_batch_left_open() -> None:
     yield
-    assert writebatch._open is False
-    assert writebatch._touched == []
+    assert writebatch._state.open is False
+    assert writebatch._state.touched == []
 
 
 def test_without_a_batch_writes_go_straight_through() -> None:

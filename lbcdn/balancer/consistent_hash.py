@@ -20,10 +20,10 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Final, Generic, Literal, Protocol, TypeVar
 
-MAX_POINTS = 1 << 18
-JUMP_SIZE = 1 << 16
+MAX_POINTS: Final = 1 << 18
+JUMP_SIZE: Final = 1 << 16
 
 
 class Keyed(Protocol):

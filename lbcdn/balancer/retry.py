@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import enum
 import math
+from typing import Final
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 class Failure(enum.StrEnum):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 
 class Weighted(Protocol):
@@ -23,7 +23,7 @@ class Weighted(Protocol):
 
 T = TypeVar("T", bound=Weighted)
 
-SMOOTH_MAX = 64
+SMOOTH_MAX: Final = 64
 
 
 class RoundRobin(Generic[T]):

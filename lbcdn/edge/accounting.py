@@ -11,7 +11,7 @@ import os
 import time
 from itertools import count
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import Final, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lbcdn.edge.connection import ClientConnection
@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from lbcdn.metrics import RouteMetrics
     from lbcdn.upstream.pool import Target
 
-_id_prefix = os.urandom(4).hex()
-_id_counter = count(1)
+_id_prefix: Final = os.urandom(4).hex()
+_id_counter: Final = count(1)
 
 
 def new_request_id() -> str:

@@ -30,7 +30,7 @@ import asyncio
 import socket
 from time import monotonic
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Final, TYPE_CHECKING
 
 import httptools
 
@@ -48,13 +48,13 @@ if TYPE_CHECKING:
     from lbcdn.edge.listener import Listener
 
 # reasons reading from the client is paused; reading resumes when none is left
-PAUSE_UPSTREAM = 1        # the upstream cannot take the request body as fast as it comes
-PAUSE_PIPELINE = 2        # too many pipelined requests waiting
-PAUSE_BODY = 4            # request bodies buffered while no upstream connection is attached
-MAX_PIPELINED = 16
-MAX_BUFFERED_BODY = 256 * 1024
-KNOWN_HEAD_MAX_BYTES = 2048   # longer heads (big cookies) are parsed every time
-_END = b"\r\n\r\n"
+PAUSE_UPSTREAM: Final = 1        # the upstream cannot take the request body as fast as it comes
+PAUSE_PIPELINE: Final = 2        # too many pipelined requests waiting
+PAUSE_BODY: Final = 4            # request bodies buffered while no upstream connection is attached
+MAX_PIPELINED: Final = 16
+MAX_BUFFERED_BODY: Final = 256 * 1024
+KNOWN_HEAD_MAX_BYTES: Final = 2048   # longer heads (big cookies) are parsed every time
+_END: Final = b"\r\n\r\n"
 
 
 def _version(version: str) -> bytes:

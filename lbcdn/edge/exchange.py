@@ -19,7 +19,7 @@ head, body, done, failed, upgraded, stopped/started reading). It writes to both 
 from __future__ import annotations
 
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import Final, TYPE_CHECKING
 
 from lbcdn.edge import cache_flow
 from lbcdn.edge.accounting import new_request_id, record
@@ -40,13 +40,13 @@ if TYPE_CHECKING:
     from lbcdn.edge.connection import ClientConnection
     from lbcdn.upstream.connection import UpstreamConnection
 
-MAX_TUNNEL_BUFFER = 1024 * 1024
+MAX_TUNNEL_BUFFER: Final = 1024 * 1024
 
-_ERROR_HEAD = RequestHead(b"-", b"-", b"-", None, b"1.1", [], b"")
+_ERROR_HEAD: Final = RequestHead(b"-", b"-", b"-", None, b"1.1", [], b"")
 
 
 # (status, reason from the backend) -> our status line; bounded (a backend picks the reasons)
-_status_lines: dict[tuple[int, bytes], bytes] = {}
+_status_lines: Final[dict[tuple[int, bytes], bytes]] = {}
 
 
 def _status_line(status: int, backend_reason: bytes) -> bytes:
@@ -54,7 +54,7 @@ def _status_line(status: int, backend_reason: bytes) -> bytes:
                     b"HTTP/1.1 %d %s\r\n" % (status, backend_reason or reason(status)), 256)
 
 
-_FAILURES = {"connect_refused": Failure.CONNECT, "connect_timeout": Failure.CONNECT,
+_FAILURES: Final = {"connect_refused": Failure.CONNECT, "connect_timeout": Failure.CONNECT,
              "tls_handshake": Failure.CONNECT, "reset": Failure.RESET,
              "malformed_response": Failure.BAD_GATEWAY, "response_timeout": Failure.TIMEOUT}
 

@@ -13,19 +13,21 @@ Header names are compared lower-cased; values are forwarded byte for byte.
 
 from __future__ import annotations
 
+from typing import Final
+
 import re
 
 from lbcdn.http.errors import HttpError
 
 # RFC 9110 7.6.1 plus the legacy ones proxies still strip.
-HOP_BY_HOP = frozenset({
+HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade",
 })
 
 # reg-name / IPv4 / [IPv6] with an optional port; nothing that could turn into a path or userinfo.
-_HOST_RE = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?\Z")
-_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_HOST_RE: Final = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?\Z")
+_TOKEN_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
 
 def connection_tokens(value: bytes) -> set[bytes]:
@@ -34,7 +36,17 @@ def connection_tokens(value: bytes) -> set[bytes]:
 
 # What a request header is to the proxy. Ordinary end-to-end headers (the great majority) are not
 # in the table and are copied to `RequestHead.fwd` as they come.
-H_DROP, H_HOST, H_CL, H_TE, H_CONNECTION, H_EXPECT, H_UPGRADE, H_XFF, H_VIA, H_ID, H_UA = range(11)
+H_DROP: Final = 0
+H_HOST: Final = 1
+H_CL: Final = 2
+H_TE: Final = 3
+H_CONNECTION: Final = 4
+H_EXPECT: Final = 5
+H_UPGRADE: Final = 6
+H_XFF: Final = 7
+H_VIA: Final = 8
+H_ID: Final = 9
+H_UA: Final = 10
 
 
 def request_header_kinds(id_header: bytes) -> dict[bytes, int]:
@@ -50,7 +62,7 @@ def request_header_kinds(id_header: bytes) -> dict[bytes, int]:
     return kinds
 
 
-_DEFAULT_KINDS = request_header_kinds(b"x-request-id")
+_DEFAULT_KINDS: Final = request_header_kinds(b"x-request-id")
 
 
 class RequestHead:
@@ -105,7 +117,7 @@ def _without(fwd: list[bytes], names: set[bytes]) -> list[bytes]:
     return out
 
 
-_PLAIN_CONNECTION = frozenset({b"close", b"keep-alive", b"upgrade"})
+_PLAIN_CONNECTION: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 
 def check_request(method: bytes, target: bytes, version: bytes,

@@ -20,24 +20,24 @@ ends. Anything else raises HttpError(502): a malformed response never reaches th
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from typing import Final, Protocol
 
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import HOP_BY_HOP, ResponseHead, connection_tokens
 from lbcdn.memo import remember
 
-MAX_HEAD_BYTES = 64 * 1024
-MAX_CHUNK_LINE = 4096
+MAX_HEAD_BYTES: Final = 64 * 1024
+MAX_CHUNK_LINE: Final = 4096
 
-_VALUE = rb"[\t\x20-\x7e\x80-\xff]*"
-_HEAD_RE = re.compile(
+_VALUE: Final = rb"[\t\x20-\x7e\x80-\xff]*"
+_HEAD_RE: Final = re.compile(
     rb"HTTP/1\.[01] [0-9]{3}(?: " + _VALUE + rb")?\r\n"
     rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:" + _VALUE + rb"\r\n)*\r\n")
-_CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;[\t\x20-\x7e\x80-\xff]*)?\r\n")
-_BARE_LF_RE = re.compile(rb"(?<!\r)\n")
-_TRAILER_LINE_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:" + _VALUE + rb"\r\n")
+_CHUNK_SIZE_RE: Final = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;[\t\x20-\x7e\x80-\xff]*)?\r\n")
+_BARE_LF_RE: Final = re.compile(rb"(?<!\r)\n")
+_TRAILER_LINE_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:" + _VALUE + rb"\r\n")
 
-_MALFORMED = "upstream sent a malformed response"
+_MALFORMED: Final = "upstream sent a malformed response"
 
 # states
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, _DONE = range(8)
@@ -60,9 +60,9 @@ _Parsed = tuple[int, bytes, int | None, bool, bool, bytes, bytes | None]
 # in entries and in head size and emptied when full; only heads that parsed cleanly are kept.
 # `_last` is the head remembered most recently: a read that starts with it needs no search for
 # the end of its head (that head ends at its first CRLF CRLF, so the read's head is exactly it).
-MEMO_MAX_ENTRIES = 256
-MEMO_MAX_HEAD_BYTES = 2048
-_parsed: dict[bytes, _Parsed] = {}
+MEMO_MAX_ENTRIES: Final = 256
+MEMO_MAX_HEAD_BYTES: Final = 2048
+_parsed: Final[dict[bytes, _Parsed]] = {}
 _last: tuple[bytes, _Parsed] | None = None
 
 
@@ -155,9 +155,9 @@ def _parse(head: bytes) -> _Parsed:
     return status, reason, content_length, chunked, not conn_close, block[2:], upgrade
 
 
-_SPECIAL_RE = re.compile(rb"\r\n(content-length|transfer-encoding|connection|keep-alive|"
+_SPECIAL_RE: Final = re.compile(rb"\r\n(content-length|transfer-encoding|connection|keep-alive|"
                          rb"proxy-connection|te|trailer|upgrade):([^\r]*)")
-_PLAIN = frozenset({b"close", b"keep-alive", b"upgrade"}) | HOP_BY_HOP
+_PLAIN: Final = frozenset({b"close", b"keep-alive", b"upgrade"}) | HOP_BY_HOP
 
 
 def _lines(block: bytes) -> list[bytes]:

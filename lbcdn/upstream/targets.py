@@ -27,7 +27,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from lbcdn.atomicfile import write_atomic
 from lbcdn.config.schema import Config, PoolConfig
@@ -38,7 +38,7 @@ from lbcdn.metrics import health_check_metrics, set_target_health
 from lbcdn.upstream.discovery import Discovery, Found, Resolver, system_resolver
 from lbcdn.upstream.pool import target_key
 
-log = logging.getLogger("lbcdn.targets")
+log: Final = logging.getLogger("lbcdn.targets")
 
 Snapshot = list[dict[str, Any]]
 Publish = Callable[[str, Snapshot], None]
