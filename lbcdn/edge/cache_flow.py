@@ -943,7 +943,7 @@ class OriginFetch:
         self.method = b"GET" if head.method == b"HEAD" else head.method
         target = path + (b"?" + query if query else b"")
         self.target_bytes = target
-        self.request_id = ex.request_id.encode()
+        self.request_id = ex.request_id
         skip = _NOT_FORWARDED | ({b"accept-encoding"} if drop_accept_encoding else set())
         fwd = head.fwd
         lines: list[bytes] = []

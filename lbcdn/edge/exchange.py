@@ -105,7 +105,7 @@ class Exchange:
         self.listener = conn.listener
         self.started = started
         rid = head.request_id
-        self.request_id = rid.decode() if rid else new_request_id()
+        self.request_id = rid or new_request_id()
         self.body_done = not (head.chunked or head.content_length)
         self.body_buf: list[bytes] = []
         # an upgrade request's connection cannot carry another request unless it switches
@@ -354,7 +354,7 @@ class Exchange:
             parts += (b"X-Forwarded-For: ", b", ".join(head.xff), b"\r\n")
         via = b", ".join(head.via) + b", 1.1 lbcdn" if head.via else b"1.1 lbcdn"
         parts += (listener.forwarded_headers, b"Via: ", via, b"\r\n",
-                  listener.id_header, b": ", self.request_id.encode(), b"\r\n")
+                  listener.id_header, b": ", self.request_id, b"\r\n")
         if head.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         if head.upgrade is not None:

@@ -31,17 +31,16 @@ def reason(status: int) -> bytes:
         return b"Unknown"
 
 
-def error_response(status: int, request_id: str, detail: str = "", *,
+def error_response(status: int, request_id: bytes, detail: str = "", *,
                    connection: bytes = b"close", head_only: bool = False,
                    extra_headers: bytes = b"", id_header: bytes = b"X-Request-Id") -> bytes:
     """A complete HTTP/1.1 error response. `connection` is the Connection header value to send
     (b"" for none); `extra_headers` are ready-made header lines."""
     phrase = reason(status)
-    rid = request_id.encode("ascii", "replace")
     body = b"%d %s%s\nlbcdn request id: %s\n" % (
-        status, phrase, (": " + detail).encode("ascii", "replace") if detail else b"", rid)
+        status, phrase, (": " + detail).encode("ascii", "replace") if detail else b"", request_id)
     head = b"HTTP/1.1 %d %s\r\nServer: lbcdn\r\nDate: %s\r\n" \
            b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s: %s\r\n%s%s\r\n" % (
-               status, phrase, http_date(), len(body), id_header, rid, extra_headers,
+               status, phrase, http_date(), len(body), id_header, request_id, extra_headers,
                b"Connection: %s\r\n" % connection if connection else b"")
     return head if head_only else head + body

@@ -35,7 +35,7 @@ def test_reason_phrases() -> None:
 
 @pytest.mark.parametrize("status", [400, 405, 408, 413, 414, 417, 431, 502, 503, 504])
 def test_error_response_is_well_framed(status: int) -> None:
-    data = error_response(status, "rid-1", "what went wrong")
+    data = error_response(status, b"rid-1", "what went wrong")
     lines, headers, body = split(data)
     assert lines[0] == b"HTTP/1.1 %d %s" % (status, reason(status))
     assert int(headers[b"content-length"]) == len(body)
@@ -48,13 +48,13 @@ def test_error_response_is_well_framed(status: int) -> None:
 
 
 def test_keep_alive_error_has_no_connection_close() -> None:
-    _, headers, _ = split(error_response(503, "r", connection=b""))
+    _, headers, _ = split(error_response(503, b"r", connection=b""))
     assert b"connection" not in headers
 
 
 def test_head_only_keeps_the_length_of_the_body_it_omits() -> None:
-    full = error_response(404, "r", "x")
-    head = error_response(404, "r", "x", head_only=True)
+    full = error_response(404, b"r", "x")
+    head = error_response(404, b"r", "x", head_only=True)
     assert full.startswith(head) and head.endswith(b"\r\n\r\n")
     _, headers, body = split(head)
     assert body == b""
@@ -62,7 +62,7 @@ def test_head_only_keeps_the_length_of_the_body_it_omits() -> None:
 
 
 def test_extra_headers_and_custom_id_header() -> None:
-    data = error_response(405, "r9", extra_headers=b"Allow: GET, HEAD\r\n",
+    data = error_response(405, b"r9", extra_headers=b"Allow: GET, HEAD\r\n",
                           id_header=b"X-Trace")
     _, headers, _ = split(data)
     assert headers[b"allow"] == b"GET, HEAD"
@@ -72,7 +72,7 @@ def test_extra_headers_and_custom_id_header() -> None:
 
 def test_detail_cannot_inject_header_lines() -> None:
     # the detail lands in the body only, never in the head
-    data = error_response(400, "r", "evil\r\nSet-Cookie: a=b")
+    data = error_response(400, b"r", "evil\r\nSet-Cookie: a=b")
     head, _, body = data.partition(b"\r\n\r\n")
     assert b"Set-Cookie" not in head
     assert int(split(data)[1][b"content-length"]) == len(body)
