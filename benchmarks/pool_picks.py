@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lbcdn.balancer.consistent_hash import ConsistentHash  # noqa: E402
-from lbcdn.balancer.least_outstanding import LeastOutstanding  # noqa: E402
+from lbcdn.balancer.least_outstanding import LeastOutstanding, least_outstanding  # noqa: E402
 from lbcdn.balancer.random_choice import RandomTwoChoices, WeightedRandom  # noqa: E402
 from lbcdn.balancer.round_robin import RoundRobin  # noqa: E402
 from lbcdn.balancer.sticky import StickySessions, target_token  # noqa: E402
@@ -77,7 +77,7 @@ def measure(size: int, picks: int) -> list[PickCost]:
         assert isinstance(rr, RoundRobin)
         add(f"round_robin ({label})", ms, rr.pick)
     for label, group in (("equal", uniform), ("weighted", ts)):
-        built, ms = _timed_build(lambda: LeastOutstanding(group))
+        built, ms = _timed_build(lambda: least_outstanding(group))
         assert isinstance(built, LeastOutstanding)
         lor: LeastOutstanding[_Target] = built
 

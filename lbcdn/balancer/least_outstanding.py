@@ -21,21 +21,19 @@ from typing import Generic
 from lbcdn.balancer.loaded import Loaded, T
 
 
+def least_outstanding(targets: Sequence[T], weights: Sequence[float] | None = None
+                      ) -> LeastOutstanding[T]:
+    """The structure that suits the weights: buckets when they are equal, else a heap."""
+    ws = [t.weight for t in targets] if weights is None else list(weights)
+    if len({w for w in ws if w > 0}) <= 1:
+        return _Buckets(targets, weights)
+    return _Heap(targets, weights)
 
 
 class LeastOutstanding(Generic[T]):
-    """Picks the least loaded target; `LeastOutstanding(targets)` chooses the structure."""
+    """Picks the least loaded target; build one with `least_outstanding(targets, weights)`."""
 
     counts_requests = True
-
-    def __new__(cls, targets: Sequence[T], weights: Sequence[float] | None = None
-                ) -> LeastOutstanding[T]:
-        if cls is LeastOutstanding:
-            ws = [t.weight for t in targets] if weights is None else list(weights)
-            if len({w for w in ws if w > 0}) <= 1:
-                return object.__new__(_Buckets)
-            return object.__new__(_Heap)
-        return object.__new__(cls)
 
     def pick(self, key: bytes | None = None) -> T | None:
         raise NotImplementedError

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
 from lbcdn.balancer.consistent_hash import ConsistentHash
-from lbcdn.balancer.least_outstanding import LeastOutstanding
+from lbcdn.balancer.least_outstanding import least_outstanding
 from lbcdn.balancer.random_choice import RandomTwoChoices, WeightedRandom
 from lbcdn.balancer.round_robin import RoundRobin
 from lbcdn.health.config import BalanceConfig
@@ -56,7 +56,7 @@ def build_policy(config: BalanceConfig, targets: Sequence[T], *,
     if algorithm in ("round_robin", "weighted_round_robin"):
         return RoundRobin(targets, weights)
     if algorithm == "least_outstanding_requests":
-        return LeastOutstanding(targets, weights)
+        return least_outstanding(targets, weights)
     if algorithm == "weighted_random":
         return WeightedRandom(targets, weights, rng=rng)
     if algorithm == "random_two_choices":

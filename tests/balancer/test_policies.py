@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lbcdn.balancer.least_outstanding import LeastOutstanding
+from lbcdn.balancer.least_outstanding import least_outstanding
 from lbcdn.balancer.policy import build_policy
 from lbcdn.balancer.random_choice import RandomTwoChoices, WeightedRandom
 from lbcdn.balancer.round_robin import SMOOTH_MAX, RoundRobin
@@ -50,7 +50,7 @@ def test_fractional_weights_override() -> None:
 @pytest.mark.parametrize("w", [1, 4])
 def test_least_outstanding_picks_the_least_loaded_and_rotates_ties(w: int) -> None:
     ts = targets(w, w, w)
-    lor = LeastOutstanding(ts)
+    lor = least_outstanding(ts)
     assert [lor.pick().key for _ in range(3)] == ["t0", "t1", "t2"]  # type: ignore[union-attr]
     lor.started(ts[0])
     lor.started(ts[1])
@@ -68,7 +68,7 @@ def test_least_outstanding_picks_the_least_loaded_and_rotates_ties(w: int) -> No
 def test_least_outstanding_is_exact_against_brute_force(weights: list[int]) -> None:
     rng = random.Random(5)
     ts = [T(f"t{i}", rng.choice(weights)) for i in range(200)]
-    lor = LeastOutstanding(ts)
+    lor = least_outstanding(ts)
     count = {t.key: 0 for t in ts}
     for _ in range(5000):
         if rng.random() < 0.6:
@@ -88,7 +88,7 @@ def test_least_outstanding_is_exact_against_brute_force(weights: list[int]) -> N
 
 def test_least_outstanding_heap_rotates_ties_too() -> None:
     ts = targets(2, 1, 1)
-    lor = LeastOutstanding(ts)
+    lor = least_outstanding(ts)
     assert [lor.pick().key for _ in range(3)] == ["t0", "t1", "t2"]  # type: ignore[union-attr]
     lor.started(ts[0])
     lor.started(ts[0])   # 2 per weight 2 = 1.0
@@ -99,10 +99,10 @@ def test_least_outstanding_heap_rotates_ties_too() -> None:
 def test_least_outstanding_starts_from_in_flight_and_skips_weight_zero() -> None:
     ts = targets(1, 1, 0)
     ts[0].in_flight = 3
-    lor = LeastOutstanding(ts)
+    lor = least_outstanding(ts)
     assert [lor.pick() for _ in range(4)] == [ts[1]] * 4  # never the busy one, never weight 0
     lor.finished(ts[2])  # not in the policy: ignored
-    assert LeastOutstanding([]).pick() is None
+    assert least_outstanding([]).pick() is None
 
 
 # -- random ------------------------------------------------------------------------------------
