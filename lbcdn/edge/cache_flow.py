@@ -257,12 +257,14 @@ def answer_known(conn: ClientConnection, known: KnownHead) -> bool:
     parts = [entry.head, _HIT_LINES % (age, ttl), b"\r\n"]
     if head.method == b"GET":
         parts.extend(entry.chunks)
-    if entry.size <= _RENDER_MAX:
-        _keep(rt, plan, entry, age, ttl, b"".join(parts), generation)
-    conn.transport.writelines(parts)
-    n = 0
-    for p in parts:
-        n += len(p)
+    if entry.size <= _RENDER_MAX:  # joined once: kept for the next hits and written as one
+        answer = b"".join(parts)
+        _keep(rt, plan, entry, age, ttl, answer, generation)
+        conn.transport.write(answer)
+        n = len(answer)
+    else:
+        conn.transport.writelines(parts)
+        n = sum(map(len, parts))
     record(conn, head, plan.metrics, entry.status, started, 0, n)
     return True
 

@@ -55,8 +55,9 @@ def _status_line(status: int, backend_reason: bytes) -> bytes:
 
 
 _FAILURES: Final = {"connect_refused": Failure.CONNECT, "connect_timeout": Failure.CONNECT,
-             "tls_handshake": Failure.CONNECT, "reset": Failure.RESET,
-             "malformed_response": Failure.BAD_GATEWAY, "response_timeout": Failure.TIMEOUT}
+                    "tls_handshake": Failure.CONNECT, "reset": Failure.RESET,
+                    "malformed_response": Failure.BAD_GATEWAY,
+                    "response_timeout": Failure.TIMEOUT}
 
 
 def split_host(value: str) -> tuple[str, int | None]:

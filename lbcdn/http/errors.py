@@ -41,6 +41,6 @@ def error_response(status: int, request_id: bytes, detail: str = "", *,
         status, phrase, (": " + detail).encode("ascii", "replace") if detail else b"", request_id)
     head = b"HTTP/1.1 %d %s\r\nServer: lbcdn\r\nDate: %s\r\n" \
            b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s: %s\r\n%s%s\r\n" % (
-               status, phrase, http_date(), len(body), id_header, request_id, extra_headers,
-               b"Connection: %s\r\n" % connection if connection else b"")
+               status, phrase, http_date(), len(body), id_header, request_id,
+               extra_headers, b"Connection: %s\r\n" % connection if connection else b"")
     return head if head_only else head + body

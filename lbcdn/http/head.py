@@ -26,7 +26,8 @@ HOP_BY_HOP: Final = frozenset({
 })
 
 # reg-name / IPv4 / [IPv6] with an optional port; nothing that could turn into a path or userinfo.
-_HOST_RE: Final = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?\Z")
+_HOST_RE: Final = re.compile(
+    rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?\Z")
 _TOKEN_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
 
@@ -117,7 +118,7 @@ def _without(fwd: list[bytes], names: set[bytes]) -> list[bytes]:
     return out
 
 
-_PLAIN_CONNECTION: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
+PLAIN_CONNECTION: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 
 def check_request(method: bytes, target: bytes, version: bytes,
@@ -160,7 +161,7 @@ def check_request(method: bytes, target: bytes, version: bytes,
                 raise HttpError(400, "invalid Transfer-Encoding (only a single chunked)")
             chunked = True
         elif kind == H_CONNECTION:
-            tokens = connection_tokens(value) - _PLAIN_CONNECTION
+            tokens = connection_tokens(value) - PLAIN_CONNECTION
             if tokens:
                 named = tokens if named is None else named | tokens
         elif kind == H_EXPECT:

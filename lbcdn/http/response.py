@@ -23,7 +23,7 @@ import re
 from typing import Final, Protocol
 
 from lbcdn.http.errors import HttpError
-from lbcdn.http.head import HOP_BY_HOP, ResponseHead, connection_tokens
+from lbcdn.http.head import HOP_BY_HOP, PLAIN_CONNECTION, ResponseHead, connection_tokens
 from lbcdn.memo import remember
 
 MAX_HEAD_BYTES: Final = 64 * 1024
@@ -157,7 +157,7 @@ def _parse(head: bytes) -> _Parsed:
 
 _SPECIAL_RE: Final = re.compile(rb"\r\n(content-length|transfer-encoding|connection|keep-alive|"
                          rb"proxy-connection|te|trailer|upgrade):([^\r]*)")
-_PLAIN: Final = frozenset({b"close", b"keep-alive", b"upgrade"}) | HOP_BY_HOP
+_PLAIN: Final = PLAIN_CONNECTION | HOP_BY_HOP
 
 
 def _lines(block: bytes) -> list[bytes]:
