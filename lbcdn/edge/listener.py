@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from typing import cast
+import socket
+from collections.abc import Mapping, Sequence
+from typing import Final, Protocol, cast
 
 from lbcdn.config.schema import ListenerConfig
 from lbcdn.edge.connection import ClientConnection, KnownHead
@@ -25,7 +26,16 @@ from lbcdn.upstream.pool import Pool
 
 log = logging.getLogger("lbcdn.edge")
 
-KNOWN_HEADS_MAX = 4096
+KNOWN_HEADS_MAX: Final = 4096
+
+
+class _Server(Protocol):
+    """What is used of the loop's server. Typed by its methods: uvloop's `sockets` is a list
+    where asyncio's stubs say tuple, and compiled code checks the declared type."""
+    @property
+    def sockets(self) -> Sequence[socket.socket]: ...
+    def close(self) -> None: ...
+    async def wait_closed(self) -> None: ...
 
 
 class Listener:
@@ -48,7 +58,7 @@ class Listener:
         self._route_metrics: dict[str, RouteMetrics] = {}
         # raw head bytes -> their validated head (see lbcdn.edge.connection, "Known heads")
         self.known_heads: dict[bytes, KnownHead] = {}
-        self._server: asyncio.AbstractServer | None = None
+        self._server: _Server | None = None
 
     def update(self, config: ListenerConfig, router: Router, pools: Mapping[str, Pool],
                access_log: AccessLog) -> None:
@@ -83,10 +93,11 @@ class Listener:
         return rm
 
     async def start(self, reuse_port: bool = False) -> None:
-        self._server = await self.loop.create_server(
+        server = await self.loop.create_server(
             self._connection, self.config.address, self.config.port,
             backlog=self.config.backlog, reuse_address=True, reuse_port=reuse_port or None,
             ssl=self.tls.context if self.tls is not None else None)
+        self._server = cast(_Server, server)
         sock = self._server.sockets[0]
         self._set_port(sock.getsockname()[1])
         log.info("listener %s on %s:%d", self.name, self.config.address, self.port)
