@@ -27,7 +27,6 @@ from lbcdn.config.schema import FixedResponseAction, ForwardAction, RedirectActi
 from lbcdn.http.date import http_date
 from lbcdn.http.errors import HttpError, error_response, reason
 from lbcdn.http.head import RequestHead, ResponseHead, response_has_body
-from lbcdn.memo import remember
 from lbcdn.routing import redirect_location
 from lbcdn.tasks import spawn
 from lbcdn.balancer.retry import Failure, may_retry
@@ -43,15 +42,6 @@ if TYPE_CHECKING:
 MAX_TUNNEL_BUFFER: Final = 1024 * 1024
 
 _ERROR_HEAD: Final = RequestHead(b"-", b"-", b"-", None, b"1.1", [], b"")
-
-
-# (status, reason from the backend) -> our status line; bounded (a backend picks the reasons)
-_status_lines: Final[dict[tuple[int, bytes], bytes]] = {}
-
-
-def _status_line(status: int, backend_reason: bytes) -> bytes:
-    return remember(_status_lines, (status, backend_reason),
-                    b"HTTP/1.1 %d %s\r\n" % (status, backend_reason or reason(status)), 256)
 
 
 _FAILURES: Final = {"connect_refused": Failure.CONNECT, "connect_timeout": Failure.CONNECT,
@@ -334,10 +324,28 @@ class Exchange:
             upstream.write(b"0\r\n\r\n")
 
     def _upstream_head(self, target: Target) -> bytes:
+        """The request head for `target`, its request id last. All before the id depends only
+        on the head, the target, the pool's Host mode, the client's address and the listener
+        (its config and port), and keep-alive clients repeat their heads byte for byte (the
+        listener's known heads hand out the same RequestHead), so it is kept on the head with
+        what it was made from, and made again when any of that differs."""
         head = self.head
         listener = self.listener
         pool = self.pool
         mode = pool.host_header if pool is not None else b"preserve"
+        client = self.conn.client_ip_bytes
+        config = listener.config
+        forwarded = listener.forwarded_headers
+        memo = head.upstream_lead
+        if memo is None or memo[0] is not target or memo[1] is not mode or \
+                memo[2] is not config or memo[3] is not forwarded or memo[4] != client:
+            memo = head.upstream_lead = (target, mode, config, forwarded, client,
+                                         self._upstream_lead(target, mode, client))
+        return b"".join((memo[5], self.request_id, b"\r\n\r\n"))
+
+    def _upstream_lead(self, target: Target, mode: bytes, client: bytes) -> bytes:
+        head = self.head
+        listener = self.listener
         if mode == b"preserve":
             host = head.host or target.key_bytes
         elif mode == b"target":
@@ -348,19 +356,17 @@ class Exchange:
         parts += head.fwd
         mode_xff = listener.config.x_forwarded_for
         if mode_xff == "append":
-            client = self.conn.client_ip_bytes
             xff = b", ".join(head.xff) + b", " + client if head.xff else client
             parts += (b"X-Forwarded-For: ", xff, b"\r\n")
         elif mode_xff == "preserve" and head.xff:
             parts += (b"X-Forwarded-For: ", b", ".join(head.xff), b"\r\n")
         via = b", ".join(head.via) + b", 1.1 lbcdn" if head.via else b"1.1 lbcdn"
-        parts += (listener.forwarded_headers, b"Via: ", via, b"\r\n",
-                  listener.id_header, b": ", self.request_id, b"\r\n")
+        parts += (listener.forwarded_headers, b"Via: ", via, b"\r\n")
         if head.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         if head.upgrade is not None:
             parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
-        parts.append(b"\r\n")
+        parts += (listener.id_header, b": ")
         return b"".join(parts)
 
     def _send_body(self, data: bytes) -> None:
@@ -462,8 +468,7 @@ class Exchange:
     def upstream_interim(self, resp: ResponseHead) -> None:
         if self.head.version != b"1.1" or self.response_started:
             return  # HTTP/1.0 clients do not expect 1xx (RFC 9110 15.2)
-        self.conn.write(b"".join([b"HTTP/1.1 %d %s\r\n" % (
-            resp.status, resp.reason or reason(resp.status)), *resp.fwd, b"\r\n"]))
+        self.conn.write(resp.lead + b"\r\n")
 
     def upstream_head(self, resp: ResponseHead) -> None:
         if self.tap is not None:
@@ -474,12 +479,7 @@ class Exchange:
         self.replay = None
         status = self.status = resp.status
         head = self.head
-        line = _status_lines.get((status, resp.reason))
-        if line is None:
-            line = _status_line(status, resp.reason)
-        parts = [line]
-        parts += resp.fwd
-        parts.append(self.extra_headers)
+        parts = [resp.lead, self.extra_headers]
         if resp.content_length is None and head.method != b"HEAD" and \
                 response_has_body(b"GET", status):
             if head.version == b"1.1":

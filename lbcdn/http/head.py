@@ -17,7 +17,7 @@ from typing import Final
 
 import re
 
-from lbcdn.http.errors import HttpError
+from lbcdn.http.errors import HttpError, reason as reason_phrase
 
 # RFC 9110 7.6.1 plus the legacy ones proxies still strip.
 HOP_BY_HOP: Final = frozenset({
@@ -76,7 +76,7 @@ class RequestHead:
 
     __slots__ = ("method", "target", "path", "query", "version", "headers", "host",
                  "content_length", "chunked", "keep_alive", "upgrade", "expect_continue",
-                 "fwd", "xff", "via", "request_id", "user_agent")
+                 "fwd", "xff", "via", "request_id", "user_agent", "upstream_lead")
 
     def __init__(self, method: bytes, target: bytes, path: bytes, query: bytes | None,
                  version: bytes, headers: list[tuple[bytes, bytes]], host: bytes,
@@ -103,6 +103,9 @@ class RequestHead:
         # the client's own request id, when it sent a usable one
         self.request_id = request_id
         self.user_agent = user_agent
+        # what the proxy made of this head for a backend, with what it depended on (see
+        # lbcdn.edge.exchange.Exchange._upstream_head); heads are shared by known-head lookups
+        self.upstream_lead: tuple[object, bytes, object, bytes, bytes, bytes] | None = None
 
     @property
     def has_body(self) -> bool:
@@ -228,10 +231,13 @@ def check_request(method: bytes, target: bytes, version: bytes,
 
 
 class ResponseHead:
-    """A validated response head; `fwd` holds the end-to-end header lines, ready to join."""
+    """A validated response head; `fwd` holds the end-to-end header lines, ready to join, and
+    `lead` is what a proxy sends first: our HTTP/1.1 status line (the backend's reason, or the
+    standard one) and those lines. Heads read from a backend are remembered by their bytes and
+    shared by every response with the same head: never modify one."""
 
     __slots__ = ("status", "reason", "headers", "content_length", "chunked", "keep_alive",
-                 "fwd")
+                 "fwd", "lead")
 
     def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                  content_length: int | None, chunked: bool, keep_alive: bool,
@@ -243,6 +249,8 @@ class ResponseHead:
         self.chunked = chunked
         self.keep_alive = keep_alive
         self.fwd = fwd
+        self.lead = b"HTTP/1.1 %d %s\r\n%s" % (status, reason or reason_phrase(status),
+                                               b"".join(fwd))
 
 
 def is_token(value: bytes) -> bool:

@@ -51,29 +51,21 @@ class ResponseSink(Protocol):
     def response_upgrade(self, head: ResponseHead, rest: bytes) -> None: ...
 
 
-# What parse_head learns from a head, kept by its bytes: status, reason, content_length, chunked,
-# keep_alive, the forwarded header block (or b""), the Upgrade value (or None).
-_Parsed = tuple[int, bytes, int | None, bool, bool, bytes, bytes | None]
-
 # Parsing is a pure function of the head's bytes, and a backend repeats its heads byte for byte
-# (Date changes once a second), so a head seen before is not parsed again. The table is bounded
-# in entries and in head size and emptied when full; only heads that parsed cleanly are kept.
+# (Date changes once a second), so a head seen before is not parsed again: its ResponseHead is
+# shared (never modified). The table is bounded in entries and in head size and emptied when
+# full; only heads that parsed cleanly are kept.
 # `_last` is the head remembered most recently: a read that starts with it needs no search for
 # the end of its head (that head ends at its first CRLF CRLF, so the read's head is exactly it).
 MEMO_MAX_ENTRIES: Final = 256
 MEMO_MAX_HEAD_BYTES: Final = 2048
-_parsed: Final[dict[bytes, _Parsed]] = {}
-_last: tuple[bytes, _Parsed] | None = None
+_parsed: Final[dict[bytes, ResponseHead]] = {}
+_last: tuple[bytes, ResponseHead] | None = None
 
 
 def parse_head(head: bytes) -> ResponseHead:
     """Validate a complete response head (through its final CRLF CRLF) and build the
-    ResponseHead whose `fwd` holds its end-to-end header lines. Every call returns a new
-    ResponseHead (its owner may add to `fwd`)."""
-    return _response_head(_remembered(head))
-
-
-def _remembered(head: bytes) -> _Parsed:
+    ResponseHead whose `fwd` holds its end-to-end header lines (shared: see `_parsed`)."""
     global _last
     if len(head) > MEMO_MAX_HEAD_BYTES:
         return _parse(head)
@@ -84,13 +76,7 @@ def _remembered(head: bytes) -> _Parsed:
     return parsed
 
 
-def _response_head(parsed: _Parsed) -> ResponseHead:
-    status, reason, content_length, chunked, keep_alive, block, upgrade = parsed
-    return ResponseHead(status, reason, [] if upgrade is None else [(b"Upgrade", upgrade)],
-                        content_length, chunked, keep_alive, [block, b"\r\n"] if block else [])
-
-
-def _parse(head: bytes) -> _Parsed:
+def _parse(head: bytes) -> ResponseHead:
     if _HEAD_RE.fullmatch(head) is None:
         raise HttpError(502, _MALFORMED)
     status = int(head[9:12])
@@ -152,7 +138,9 @@ def _parse(head: bytes) -> _Parsed:
     if named:
         block = b"".join(line for line in _lines(block)
                          if line[2:line.find(b":")].lower() not in named)
-    return status, reason, content_length, chunked, not conn_close, block[2:], upgrade
+    block = block[2:]
+    return ResponseHead(status, reason, [] if upgrade is None else [(b"Upgrade", upgrade)],
+                        content_length, chunked, not conn_close, [block, b"\r\n"] if block else [])
 
 
 _SPECIAL_RE: Final = re.compile(rb"\r\n(content-length|transfer-encoding|connection|keep-alive|"
@@ -275,7 +263,7 @@ class ResponseReader:
         last = _last
         if last is not None and data.startswith(last[0]):
             end = len(last[0])
-            head = _response_head(last[1])
+            head = last[1]
         else:
             end = data.find(b"\r\n\r\n")
             if end < 0:
@@ -286,7 +274,7 @@ class ResponseReader:
             end += 4
             if end > MAX_HEAD_BYTES:
                 raise HttpError(502, _MALFORMED)
-            head = _response_head(_remembered(data[:end] if end < len(data) else data))
+            head = parse_head(data[:end] if end < len(data) else data)
         rest = data[end:] if end < len(data) else b""
         status = head.status
         sink = self._sink

@@ -500,9 +500,12 @@ class RawClient:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int, timeout_s: float = 5.0) -> RawClient:
+    async def open(cls, port: int, timeout_s: float = 5.0, source: str | None = None
+                   ) -> RawClient:
+        """source: the client's own address (another loopback address, say)."""
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(HOST, port)
+            reader, writer = await asyncio.open_connection(
+                HOST, port, local_addr=(source, 0) if source is not None else None)
         return cls(reader, writer)
 
     async def send(self, data: bytes) -> None:
@@ -548,9 +551,9 @@ class RawClient:
 
 
 @contextlib.asynccontextmanager
-async def raw_client(port: int) -> AsyncIterator[RawClient]:
+async def raw_client(port: int, source: str | None = None) -> AsyncIterator[RawClient]:
     """`async with raw_client(port) as c:` a RawClient, closed at the end."""
-    c = await RawClient.open(port)
+    c = await RawClient.open(port, source=source)
     try:
         yield c
     finally:

@@ -222,6 +222,27 @@ async def test_x_forwarded_for_modes(mode: str, sent: list[tuple[str, str]],
         assert seen(data, "X-Forwarded-For") == expected
 
 
+async def test_the_same_head_from_two_clients_is_made_for_each() -> None:
+    """Repeated heads reuse what was made of them for the backend: only for the same client
+    address (and target, below)."""
+    head = [("X-Forwarded-For", "1.2.3.4")]
+    async with proxy() as (port, _, _), client(port) as one, \
+            client(port, source="127.0.0.2") as two:
+        for _ in range(3):
+            for c, addr in ((one, "127.0.0.1"), (two, "127.0.0.2"), (two, "127.0.0.2")):
+                data = echo(await c.request("GET", "/same", headers=head))
+                assert seen(data, "X-Forwarded-For") == [f"1.2.3.4, {addr}"]
+
+
+async def test_the_same_head_to_two_targets_is_made_for_each() -> None:
+    async with demo_backend("b1") as b1, demo_backend("b2") as b2:
+        cfg = proxy_config(b1, b2)
+        cfg["pools"]["app"]["host_header"] = "target"
+        async with running_daemon(cfg), client(listener_port(cfg)) as c:
+            hosts = [seen(echo(await c.request("GET", "/same")), "Host") for _ in range(4)]
+    assert sorted(hosts) == sorted([[f"{HOST}:{b1}"], [f"{HOST}:{b2}"]] * 2)
+
+
 async def test_x_forwarded_proto_and_port_are_set_not_trusted() -> None:
     async with proxy() as (port, _, _), client(port) as c:
         data = echo(await c.request("GET", "/", headers=[("X-Forwarded-Proto", "https"),

@@ -202,12 +202,15 @@ def test_a_read_that_starts_with_the_remembered_head_ends_its_head_there() -> No
 
 
 @pytest.mark.usefixtures("cold")
-def test_every_parse_gives_a_new_response_head() -> None:
+def test_a_repeated_head_is_shared_and_leads_with_our_status_line() -> None:
     data = HEAD + b"Content-Length: 0\r\n\r\n"
     first = parse_head(data)
-    first.fwd.append(b"X-Cache: MISS\r\n")  # what the edge cache does to a head it forwards
-    second = parse_head(data)
-    assert second is not first and second.fwd == [b"Server: t\r\nContent-Length: 0", b"\r\n"]
+    assert parse_head(data) is first
+    assert first.lead == b"HTTP/1.1 200 OK\r\nServer: t\r\nContent-Length: 0\r\n"
+    # a 1.0 backend and an empty reason: our version, the standard reason
+    assert parse_head(b"HTTP/1.0 404 \r\nX: 1\r\n\r\n").lead == \
+        b"HTTP/1.1 404 Not Found\r\nX: 1\r\n"
+    assert parse_head(b"HTTP/1.1 204 \r\n\r\n").lead == b"HTTP/1.1 204 No Content\r\n"
 
 
 @pytest.mark.usefixtures("cold")
