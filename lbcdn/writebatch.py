@@ -5,11 +5,17 @@ is two or three send() calls to the client; each costs as much as parsing the wh
 While a batch is open (`with batch():` around a data_received), `Writer.write` only queues, and
 closing the batch sends each touched socket's bytes with one writelines(). The event loop runs one
 callback at a time, so one module-level batch is all that is needed.
+
+The batch also carries the event's clock: `now()` inside a batch is the monotonic time at which
+it opened, so the several timestamps one read leads to (request start, upstream send and
+response times, the idle connection's age) cost one clock read. Outside a batch it reads the
+clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
@@ -76,6 +82,7 @@ class _Batch:
     def __init__(self) -> None:
         self.open = False
         self.touched: list[Writer] = []
+        self.now = 0.0   # time.monotonic() when the open batch opened
 
 
 _state: Final = _Batch()
@@ -86,7 +93,13 @@ def begin() -> bool:
     if _state.open:
         return False
     _state.open = True
+    _state.now = time.monotonic()
     return True
+
+
+def now() -> float:
+    """time.monotonic(), read once per event (see the module's docstring)."""
+    return _state.now if _state.open else time.monotonic()
 
 
 def end() -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import time
-from time import monotonic
 from typing import Final, TYPE_CHECKING
+
+from lbcdn import writebatch
 
 if TYPE_CHECKING:
     from lbcdn.edge.connection import ClientConnection
@@ -53,7 +54,7 @@ def record(conn: ClientConnection, head: RequestHead, metrics: RouteMetrics, sta
            upstream_time: float | None = None, request_id: bytes | None = None) -> None:
     """Route metrics and the access log line of one finished request (request_id None: make
     one only if the line is written)."""
-    elapsed = monotonic() - started
+    elapsed = writebatch.now() - started
     metrics.observe(status, elapsed, bytes_in, bytes_out)
     listener = conn.listener
     if not listener.access_log.enabled:

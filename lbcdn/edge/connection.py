@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from time import monotonic
 from collections import deque
 from typing import Final, TYPE_CHECKING
 
@@ -44,6 +43,7 @@ from lbcdn import writebatch
 from lbcdn.writebatch import Writer
 
 if TYPE_CHECKING:
+    from lbcdn.config.schema import ListenerConfig
     from lbcdn.edge.cache_flow import HitPlan
     from lbcdn.edge.listener import Listener
 
@@ -67,6 +67,24 @@ def _version(version: str) -> bytes:
     raise HttpError(400, "unsupported HTTP version")  # HTTP/0.9 simple requests
 
 
+class Limits:
+    """The listener settings a connection reads on every request and header, copied out of
+    its config (a dataclass, whose attributes are dict lookups) into native attributes. A
+    connection keeps the limits of the config it was opened under."""
+    __slots__ = ("header_timeout_s", "idle_timeout_s", "body_timeout_s",
+                 "max_request_line_bytes", "max_header_bytes", "max_headers_total_bytes",
+                 "max_header_count")
+
+    def __init__(self, config: ListenerConfig) -> None:
+        self.header_timeout_s = config.header_timeout_s
+        self.idle_timeout_s = config.idle_timeout_s
+        self.body_timeout_s = config.body_timeout_s
+        self.max_request_line_bytes = config.max_request_line_bytes
+        self.max_header_bytes = config.max_header_bytes
+        self.max_headers_total_bytes = config.max_headers_total_bytes
+        self.max_header_count = config.max_header_count
+
+
 class KnownHead:
     """A remembered head (see "Known heads") and what the edge cache worked out for it once:
     `plan` is None until asked, NO_PLAN when the head can never be a plain cache hit."""
@@ -82,7 +100,7 @@ class KnownHead:
 class ClientConnection(Writer):
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
-        self.config = listener.config
+        self.limits = listener.limits
         self.loop = listener.loop
         self.transport = None
         self._pending: list[bytes] | None = None
@@ -126,7 +144,7 @@ class ClientConnection(Writer):
             self.client_ip, self.client_port = peer[0], peer[1]
             self.client_ip_bytes = self.client_ip.encode()
         self.listener.connection_made(self)
-        self.deadline.set(self.config.idle_timeout_s)
+        self.deadline.set(self.limits.idle_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -147,7 +165,7 @@ class ClientConnection(Writer):
                     not self.draining and not self.write_paused and \
                     cache_flow.answer_known(self, known):
                 self.bytes_in += len(data)
-                self.deadline.set(self.config.idle_timeout_s)
+                self.deadline.set(self.limits.idle_timeout_s)
                 return
         owner = writebatch.begin()
         try:
@@ -159,11 +177,11 @@ class ClientConnection(Writer):
     def _received(self, data: bytes, known: KnownHead | None) -> None:
         self.bytes_in += len(data)
         if known is not None:
-            self._begin(known.head, monotonic())
+            self._begin(known.head, writebatch.now())
             self.on_message_complete()
             return
         if self.tunnel is not None:
-            self.deadline.set(self.config.idle_timeout_s)  # ALB's idle timeout applies
+            self.deadline.set(self.limits.idle_timeout_s)  # ALB's idle timeout applies
             self.tunnel.client_tunnel_data(data)
             return
         if self._stopped:
@@ -199,12 +217,12 @@ class ClientConnection(Writer):
                 self.listener.remember_head(data, KnownHead(learn))
         if self._in_head:
             self._head_raw += len(data)
-            if self._head_raw > self.config.max_headers_total_bytes + \
-                    self.config.max_request_line_bytes:
+            if self._head_raw > self.limits.max_headers_total_bytes + \
+                    self.limits.max_request_line_bytes:
                 self._stopped = True
                 self.fail(HttpError(431, "request head too large"))
         elif self.parsing is not None and self._pause == 0:
-            self.deadline.set(self.config.body_timeout_s)
+            self.deadline.set(self.limits.body_timeout_s)
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after its requests still gets the answers (keep the
@@ -222,7 +240,7 @@ class ClientConnection(Writer):
         target = self.tunnel or (self.exchanges[0] if self.exchanges else None)
         if target is not None:
             target.client_paused(True)
-        self.deadline.set(self.config.idle_timeout_s)
+        self.deadline.set(self.limits.idle_timeout_s)
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -240,27 +258,27 @@ class ClientConnection(Writer):
         self._url_len = 0
         self._headers = []
         self._headers_len = 0
-        self._head_started = monotonic()
-        self.deadline.set(self.config.header_timeout_s)
+        self._head_started = writebatch.now()
+        self.deadline.set(self.limits.header_timeout_s)
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
         self._url_len += len(url)
-        if self._url_len > self.config.max_request_line_bytes:
+        if self._url_len > self.limits.max_request_line_bytes:
             self._error = HttpError(414, "request line too long")
             raise self._error
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value) + 4
         self._headers_len += size
-        if size > self.config.max_header_bytes:
+        if size > self.limits.max_header_bytes:
             self._error = HttpError(431, "a request header is too large")
             raise self._error
-        if self._headers_len > self.config.max_headers_total_bytes:
+        if self._headers_len > self.limits.max_headers_total_bytes:
             self._error = HttpError(431, "request headers too large")
             raise self._error
         self._headers.append((name, value))
-        if len(self._headers) > self.config.max_header_count:
+        if len(self._headers) > self.limits.max_header_count:
             self._error = HttpError(431, "too many request headers")
             raise self._error
 
@@ -300,7 +318,7 @@ class ClientConnection(Writer):
         if ex is not None:
             ex.request_done()
         if not self.exchanges and not self.closed:
-            self.deadline.set(self.config.idle_timeout_s)
+            self.deadline.set(self.limits.idle_timeout_s)
 
     # -- used by exchanges ----------------------------------------------------------------
     def pause(self, reason: int) -> None:
@@ -316,7 +334,7 @@ class ClientConnection(Writer):
         if self._pause == 0 and self.transport is not None and not self.closed:
             self.transport.resume_reading()
             if self.parsing is not None:
-                self.deadline.set(self.config.body_timeout_s)
+                self.deadline.set(self.limits.body_timeout_s)
 
     def exchange_finished(self, ex: Exchange, keep_alive: bool) -> None:
         """The active exchange has written its whole response and read its whole request."""
@@ -334,7 +352,7 @@ class ClientConnection(Writer):
         elif self._stopped:
             self.close()
         else:
-            self.deadline.set(self.config.idle_timeout_s)
+            self.deadline.set(self.limits.idle_timeout_s)
 
     def fail(self, err: HttpError) -> None:
         """A framing or limit error: answer it in order, then close."""

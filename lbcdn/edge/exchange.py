@@ -18,9 +18,9 @@ head, body, done, failed, upgraded, stopped/started reading). It writes to both 
 
 from __future__ import annotations
 
-from time import monotonic
 from typing import Final, TYPE_CHECKING
 
+from lbcdn import writebatch
 from lbcdn.edge import cache_flow
 from lbcdn.edge.accounting import new_request_id, record
 from lbcdn.config.schema import FixedResponseAction, ForwardAction, RedirectAction, RouteConfig
@@ -253,7 +253,7 @@ class Exchange:
         target is at its connection limit."""
         if self.pool is None:
             self.pool = pool
-            pool.budget.request(monotonic())
+            pool.budget.request(writebatch.now())
         head = self.head
         choice = pool.choose(head.headers, head.path, self.conn.client_ip_bytes,
                              self.tried or ())
@@ -306,7 +306,7 @@ class Exchange:
     def attach(self, upstream: UpstreamConnection) -> None:
         self.upstream = upstream
         head = self.head
-        self.sent_at = monotonic()
+        self.sent_at = writebatch.now()
         upstream.begin(self, head.method == b"HEAD")
         upstream.write(self._upstream_head(upstream.target))
         buffered, self.body_buf = self.body_buf, []
@@ -473,7 +473,7 @@ class Exchange:
     def upstream_head(self, resp: ResponseHead) -> None:
         if self.tap is not None:
             self.tap.head(self, resp)
-        self.upstream_time = monotonic() - self.sent_at
+        self.upstream_time = writebatch.now() - self.sent_at
         if self.pool is not None:
             self.pool.metrics.upstream_time(self.upstream_time)
         self.replay = None
@@ -500,7 +500,7 @@ class Exchange:
     def upstream_body(self, data: bytes) -> None:
         self.bytes_out += len(data)
         if self.conn.tunnel is self:
-            self.conn.deadline.set(self.conn.config.idle_timeout_s)
+            self.conn.deadline.set(self.conn.limits.idle_timeout_s)
             self.conn.write(data)
         elif self.resp_chunked:
             self.conn.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
@@ -564,7 +564,7 @@ class Exchange:
                 tried = (self.tried or []) + [target]
                 if not pool.has_other(tried):
                     pass  # nowhere else to go: the failure is the answer
-                elif pool.budget.try_retry(monotonic()):
+                elif pool.budget.try_retry(writebatch.now()):
                     UPSTREAM_RETRIES.labels(pool.name, "retried").inc()
                     self.retries += 1
                     self.tried = tried
@@ -615,7 +615,7 @@ class Exchange:
         if conn.exchanges and conn.exchanges[0] is self:
             conn.exchanges.popleft()
         conn.tunnel = self
-        conn.deadline.set(conn.config.idle_timeout_s)
+        conn.deadline.set(conn.limits.idle_timeout_s)
         self._record()
         if rest:
             conn.write(rest)

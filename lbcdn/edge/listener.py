@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final, Protocol, cast
 
 from lbcdn.config.schema import ListenerConfig
-from lbcdn.edge.connection import ClientConnection, KnownHead
+from lbcdn.edge.connection import ClientConnection, KnownHead, Limits
 from lbcdn.tls import ServerTls
 from lbcdn.http.head import request_header_kinds
 from lbcdn.logs import AccessLog
@@ -42,6 +42,7 @@ class Listener:
     def __init__(self, config: ListenerConfig, router: Router, pools: Mapping[str, Pool],
                  access_log: AccessLog) -> None:
         self.config = config
+        self.limits = Limits(config)
         self.name = config.name
         self.router = router
         self.pools = pools
@@ -65,6 +66,7 @@ class Listener:
         """Reload: new connections see the new config; open ones keep theirs, and exchanges in
         flight keep the route and pool they started with. The socket stays open."""
         self.config = config
+        self.limits = Limits(config)
         self.name = config.name
         self.router = router
         self.pools = pools

@@ -39,8 +39,15 @@ _TRAILER_LINE_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:" + _VALUE 
 
 _MALFORMED: Final = "upstream sent a malformed response"
 
-# states
-_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, _DONE = range(8)
+# states (Final: compiled code reads them as constants, not from the module's dict)
+_HEAD: Final = 0
+_LENGTH: Final = 1
+_CHUNK_SIZE: Final = 2
+_CHUNK_DATA: Final = 3
+_CHUNK_END: Final = 4
+_TRAILERS: Final = 5
+_UNTIL_CLOSE: Final = 6
+_DONE: Final = 7
 
 
 class ResponseSink(Protocol):

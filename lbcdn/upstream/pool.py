@@ -41,6 +41,7 @@ from lbcdn.health.outlier import Ejection, OutlierDetector, Result
 from lbcdn.health.state import Reason, State, TargetHealth, Thresholds
 from lbcdn.metrics import PoolMetrics, pool_metrics, target_metrics, TargetMetrics
 from lbcdn.tls import client_context
+from lbcdn import writebatch
 from lbcdn.upstream.connection import UpstreamConnection
 
 # what `choose` answers when every routable target is at max_connections_per_target
@@ -160,6 +161,7 @@ class Pool:
         r = config.retries
         self.budget = RetryBudget(r.budget_percent, r.budget_window_s, r.budget_min_retries)
         self.limit = config.max_connections_per_target
+        self.max_idle = config.max_idle_per_target
         self.queue: collections.deque[_Waiter] = collections.deque()
         self.routable: tuple[Target, ...] = ()
         self.failed_open = False
@@ -475,11 +477,11 @@ class Pool:
         """An exchange finished cleanly on `conn`: keep it for reuse, or close it."""
         target = conn.target
         idle = target.idle
-        if (self.closed or conn.closed or len(idle) >= self.config.max_idle_per_target
+        if (self.closed or conn.closed or len(idle) >= self.max_idle
                 or not target.serving):
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = writebatch.now()
         conn.in_idle = True
         idle.append(conn)
         if self._sweeper is None:

@@ -121,8 +121,9 @@ def test_proxied_round_robin_over_both_demo_backends(
         assert answer["path"] == "/anything"
         assert answer["query"] == "q=1"
         seen.append(answer["backend"])
-    assert sorted(seen) == ["app-1", "app-1", "app-2", "app-2"]
-    assert seen[0] != seen[1]
+    # both answer; not exactly two each: the demo pool's health checks may move a target from
+    # `initial` to `healthy` meanwhile, and the rebuilt balancer starts its rotation again
+    assert set(seen) == {"app-1", "app-2"}
 
 
 def test_status_and_headers_come_through(
