@@ -37,6 +37,7 @@ from lbcdn.upstream.pool import ConnectError, Pool, Target
 if TYPE_CHECKING:
     from lbcdn.edge.cache_flow import ExchangeTap
     from lbcdn.edge.connection import ClientConnection
+    from lbcdn.edge.listener import RoutePlan
     from lbcdn.upstream.connection import UpstreamConnection
 
 MAX_TUNNEL_BUFFER: Final = 1024 * 1024
@@ -65,6 +66,7 @@ class Exchange:
     # Class-level defaults: an exchange is created per request, and most of its state keeps
     # the default for most requests; only what differs is stored on the instance.
     route: RouteConfig | None = None
+    plan: RoutePlan | None = None
     error: HttpError | None = None
     discard = False
     upstream: UpstreamConnection | None = None
@@ -123,6 +125,10 @@ class Exchange:
         head = self.head
         listener = self.listener
         route = self.route = listener.router.match(head.host, head.path)
+        plan = self.plan = listener.route_plan(route)
+        if plan.forward is not None:
+            self.forward(plan.forward)
+            return
         if route.viewer_protocol != "allow-all" or route.hsts_max_age_s is not None:
             if listener.tls is None:
                 if route.viewer_protocol == "https-only":
@@ -647,9 +653,9 @@ class Exchange:
         attempt, self.inflight_target = self.inflight_target, None
         if attempt is not None and self.pool is not None:
             self.pool.finished(attempt, self.status, self.upstream_time)
-        route = self.route
+        plan = self.plan
         record(self.conn, self.head,
-               self.listener.route_metrics(route.name if route is not None else "-"),
+               plan.metrics if plan is not None else self.listener.route_metrics("-"),
                self.status, self.started, self.body_bytes, self.bytes_out, self.target,
                self.upstream_time, self.request_id)
 

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import Final, Protocol, cast
 
-from lbcdn.config.schema import ListenerConfig
+from lbcdn.config.schema import ForwardAction, ListenerConfig, RouteConfig
 from lbcdn.edge.connection import ClientConnection, KnownHead, Limits
 from lbcdn.tls import ServerTls
 from lbcdn.http.head import request_header_kinds
@@ -38,6 +38,18 @@ class _Server(Protocol):
     async def wait_closed(self) -> None: ...
 
 
+class RoutePlan:
+    """What a listener works out once per route: its metrics, and for a plain forward (any
+    viewer protocol, no HSTS, no body limit, no cache) the pool, so that a request on such a
+    route reads no more of the route's settings."""
+    __slots__ = ("route", "metrics", "forward")
+
+    def __init__(self, route: RouteConfig, metrics: RouteMetrics, forward: Pool | None) -> None:
+        self.route = route
+        self.metrics = metrics
+        self.forward = forward
+
+
 class Listener:
     def __init__(self, config: ListenerConfig, router: Router, pools: Mapping[str, Pool],
                  access_log: AccessLog) -> None:
@@ -57,6 +69,7 @@ class Listener:
         self.scheme = "https" if self.tls is not None else "http"
         self._set_port(config.port)
         self._route_metrics: dict[str, RouteMetrics] = {}
+        self._plans: dict[str, RoutePlan] = {}
         # raw head bytes -> their validated head (see lbcdn.edge.connection, "Known heads")
         self.known_heads: dict[bytes, KnownHead] = {}
         self._server: _Server | None = None
@@ -78,6 +91,7 @@ class Listener:
         if self.tls is not None and config.tls is not None:
             self.tls.load(config.tls)  # new handshakes use the new certificates
         self._route_metrics = {}
+        self._plans = {}
         self.known_heads = {}
 
     def remember_head(self, raw: bytes, head: KnownHead) -> None:
@@ -93,6 +107,19 @@ class Listener:
         if rm is None:
             rm = self._route_metrics[route] = route_metrics(self.name, route)
         return rm
+
+    def route_plan(self, route: RouteConfig) -> RoutePlan:
+        plan = self._plans.get(route.name)
+        if plan is None or plan.route is not route:
+            action = route.action
+            plain = route.viewer_protocol == "allow-all" and route.hsts_max_age_s is None \
+                and route.max_body_bytes is None and route.cache is None \
+                and isinstance(action, ForwardAction)
+            forward = self.pools[action.pool] if plain and isinstance(action, ForwardAction) \
+                else None
+            plan = self._plans[route.name] = RoutePlan(route, self.route_metrics(route.name),
+                                                       forward)
+        return plan
 
     async def start(self, reuse_port: bool = False) -> None:
         server = await self.loop.create_server(
