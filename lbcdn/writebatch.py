@@ -20,10 +20,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
 
+from mypy_extensions import trait
 
+
+@trait
 class Writer:
     """Mixin for a protocol object: `write()` to its transport, batched when a batch is open.
-    The class using it sets `transport`, `closed` and `_pending` (None) in its __init__."""
+    The class using it sets `transport`, `closed` and `_pending` (None) in its __init__. A
+    trait, so that a class can have it beside a base class (compiled code allows one base)."""
     transport: asyncio.Transport | None
     closed: bool
     _pending: list[bytes] | None

@@ -4,9 +4,15 @@ the outermost batch ends. Closed writers and writers without a transport send no
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 import pytest
 
 from lbcdn import writebatch
+from lbcdn.config.load import parse_config
+from lbcdn.upstream.connection import UpstreamConnection
+from lbcdn.upstream.pool import Pool
 from lbcdn.writebatch import Writer
 
 
@@ -28,11 +34,14 @@ class FakeTransport:
 
 
 def conn() -> Writer:
-    """A bare Writer as a protocol sets it up (the class is compiled: no subclass here)."""
-    w = Writer()
+    """A real Writer (an upstream connection: Writer is a compiled trait, which neither makes
+    instances nor takes interpreted subclasses) on a fake transport. Needs a running loop."""
+    cfg = parse_config({"listeners": [{"name": "w", "port": 8080}],
+                        "pools": {"app": {"targets": ["10.0.0.1:80"],
+                                          "health": {"enabled": False}}}})
+    pool = Pool(cfg.pools["app"])
+    w = UpstreamConnection(pool, pool.targets[0])
     w.transport = FakeTransport()  # type: ignore[assignment]
-    w.closed = False
-    w._pending = None
     return w
 
 
@@ -42,20 +51,20 @@ def calls(w: Writer) -> list[tuple[str, object]]:
 
 
 @pytest.fixture(autouse=True)
-def no_batch_left_open() -> None:
+def no_batch_left_open() -> Iterator[None]:
     yield
     assert writebatch._state.open is False
     assert writebatch._state.touched == []
 
 
-def test_without_a_batch_writes_go_straight_through() -> None:
+async def test_without_a_batch_writes_go_straight_through() -> None:
     c = conn()
     c.write(b"a")
     c.writelines([b"b", b"c"])
     assert calls(c) == [("write", b"a"), ("writelines", [b"b", b"c"])]
 
 
-def test_one_write_in_a_batch_is_one_write_at_the_end() -> None:
+async def test_one_write_in_a_batch_is_one_write_at_the_end() -> None:
     c = conn()
     with writebatch.batch():
         c.write(b"head")
@@ -63,7 +72,7 @@ def test_one_write_in_a_batch_is_one_write_at_the_end() -> None:
     assert calls(c) == [("write", b"head")]
 
 
-def test_several_writes_in_a_batch_become_one_writelines_in_order() -> None:
+async def test_several_writes_in_a_batch_become_one_writelines_in_order() -> None:
     c = conn()
     with writebatch.batch():
         c.write(b"1")
@@ -73,7 +82,7 @@ def test_several_writes_in_a_batch_become_one_writelines_in_order() -> None:
     assert calls(c) == [("writelines", [b"1", b"2", b"3", b"4", b"5"])]
 
 
-def test_writelines_first_in_a_batch_copies_the_list() -> None:
+async def test_writelines_first_in_a_batch_copies_the_list() -> None:
     c = conn()
     parts = [b"a", b"b"]
     with writebatch.batch():
@@ -83,7 +92,7 @@ def test_writelines_first_in_a_batch_copies_the_list() -> None:
     assert calls(c) == [("writelines", [b"a", b"b", b"c"])]
 
 
-def test_each_touched_writer_flushes_once() -> None:
+async def test_each_touched_writer_flushes_once() -> None:
     a, b, untouched = conn(), conn(), conn()
     with writebatch.batch():
         a.write(b"a1")
@@ -94,7 +103,7 @@ def test_each_touched_writer_flushes_once() -> None:
     assert calls(untouched) == []
 
 
-def test_nested_batch_does_not_end_the_outer_one() -> None:
+async def test_nested_batch_does_not_end_the_outer_one() -> None:
     c = conn()
     with writebatch.batch():
         c.write(b"x")
@@ -113,7 +122,7 @@ def test_begin_returns_false_when_already_open() -> None:
         writebatch.end()
 
 
-def test_batch_flushes_even_when_the_body_raises() -> None:
+async def test_batch_flushes_even_when_the_body_raises() -> None:
     c = conn()
     with pytest.raises(RuntimeError):
         with writebatch.batch():
@@ -122,7 +131,7 @@ def test_batch_flushes_even_when_the_body_raises() -> None:
     assert calls(c) == [("write", b"partial")]
 
 
-def test_writer_closed_during_the_batch_sends_nothing() -> None:
+async def test_writer_closed_during_the_batch_sends_nothing() -> None:
     c = conn()
     with writebatch.batch():
         c.write(b"x")
@@ -131,7 +140,7 @@ def test_writer_closed_during_the_batch_sends_nothing() -> None:
     assert c._pending is None
 
 
-def test_closed_writer_outside_a_batch_sends_nothing() -> None:
+async def test_closed_writer_outside_a_batch_sends_nothing() -> None:
     c = conn()
     c.closed = True
     c.write(b"x")
@@ -139,7 +148,7 @@ def test_closed_writer_outside_a_batch_sends_nothing() -> None:
     assert calls(c) == []
 
 
-def test_writer_without_transport_drops_silently() -> None:
+async def test_writer_without_transport_drops_silently() -> None:
     c = conn()
     c.transport = None
     c.write(b"x")
@@ -148,7 +157,7 @@ def test_writer_without_transport_drops_silently() -> None:
     assert c._pending is None
 
 
-def test_explicit_flush_inside_a_batch_sends_now_and_later_writes_queue_again() -> None:
+async def test_explicit_flush_inside_a_batch_sends_now_and_later_writes_queue_again() -> None:
     # what close() does: flush what is pending before closing the transport
     c = conn()
     with writebatch.batch():
@@ -159,7 +168,7 @@ def test_explicit_flush_inside_a_batch_sends_now_and_later_writes_queue_again() 
     assert calls(c) == [("write", b"a"), ("write", b"b")]
 
 
-def test_a_new_batch_after_the_end_starts_empty() -> None:
+async def test_a_new_batch_after_the_end_starts_empty() -> None:
     c = conn()
     with writebatch.batch():
         c.write(b"1")
@@ -167,3 +176,13 @@ def test_a_new_batch_after_the_end_starts_empty() -> None:
         c.write(b"2")
     assert calls(c) == [("write", b"1"), ("write", b"2")]
     assert c.transport.sent() == b"12"  # type: ignore[union-attr]
+
+
+def test_now_is_read_once_per_batch() -> None:
+    with writebatch.batch():
+        first = writebatch.now()
+        time.sleep(0.002)
+        assert writebatch.now() == first
+    assert writebatch.now() > first  # outside a batch: the clock itself
+    with writebatch.batch():
+        assert writebatch.now() > first

@@ -55,13 +55,13 @@ from lbcdn.http.errors import HttpError, reason
 from lbcdn.http.head import RequestHead, ResponseHead
 from lbcdn.routing.router import normalize_host
 from lbcdn.tasks import spawn
+from lbcdn.upstream.connection import UpstreamConnection, UpstreamOwner
 from lbcdn.upstream.pool import ConnectError, Pool, Target
 
 if TYPE_CHECKING:
     from lbcdn.edge.connection import ClientConnection, KnownHead
     from lbcdn.edge.exchange import Exchange
     from lbcdn.metrics import RouteMetrics
-    from lbcdn.upstream.connection import UpstreamConnection
 
 _runtime: CacheRuntime | None = None
 
@@ -919,7 +919,7 @@ def background_refresh(rt: CacheRuntime, dist: Distribution, behavior: Behavior,
     MissJob(rt, dist, behavior, ex, entry.key, path, query, conditional=entry).start()
 
 
-class OriginFetch:
+class OriginFetch(UpstreamOwner):
     """One request to an origin (with connect attempts and origin-group failover), as the
     owner of an upstream connection. Reports to a MissJob."""
 

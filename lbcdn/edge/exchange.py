@@ -32,13 +32,13 @@ from lbcdn.tasks import spawn
 from lbcdn.balancer.retry import Failure, may_retry
 from lbcdn.health.outlier import Result
 from lbcdn.metrics import UPSTREAM_RETRIES
+from lbcdn.upstream.connection import UpstreamConnection, UpstreamOwner
 from lbcdn.upstream.pool import ConnectError, Pool, Target
 
 if TYPE_CHECKING:
     from lbcdn.edge.cache_flow import ExchangeTap
     from lbcdn.edge.connection import ClientConnection
     from lbcdn.edge.listener import RoutePlan
-    from lbcdn.upstream.connection import UpstreamConnection
 
 MAX_TUNNEL_BUFFER: Final = 1024 * 1024
 
@@ -62,7 +62,7 @@ def split_host(value: str) -> tuple[str, int | None]:
     return host, int(port) if port.isdigit() and 0 < int(port) < 65536 else None
 
 
-class Exchange:
+class Exchange(UpstreamOwner):
     # Class-level defaults: an exchange is created per request, and most of its state keeps
     # the default for most requests; only what differs is stored on the instance.
     route: RouteConfig | None = None

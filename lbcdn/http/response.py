@@ -20,7 +20,9 @@ ends. Anything else raises HttpError(502): a malformed response never reaches th
 from __future__ import annotations
 
 import re
-from typing import Final, Protocol
+from typing import Final
+
+from mypy_extensions import mypyc_attr
 
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import HOP_BY_HOP, PLAIN_CONNECTION, ResponseHead, connection_tokens
@@ -50,12 +52,25 @@ _UNTIL_CLOSE: Final = 6
 _DONE: Final = 7
 
 
-class ResponseSink(Protocol):
-    def response_interim(self, head: ResponseHead) -> None: ...
-    def response_head(self, head: ResponseHead) -> None: ...
-    def response_body(self, data: bytes) -> None: ...
-    def response_done(self, reusable: bool) -> None: ...
-    def response_upgrade(self, head: ResponseHead, rest: bytes) -> None: ...
+@mypyc_attr(allow_interpreted_subclasses=True)
+class ResponseSink:
+    """What a ResponseReader reports to. A base class, not a Protocol: compiled code calls a
+    base class's methods through its method table, a Protocol's by looking up their names."""
+
+    def response_interim(self, head: ResponseHead) -> None:
+        raise NotImplementedError
+
+    def response_head(self, head: ResponseHead) -> None:
+        raise NotImplementedError
+
+    def response_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def response_done(self, reusable: bool) -> None:
+        raise NotImplementedError
+
+    def response_upgrade(self, head: ResponseHead, rest: bytes) -> None:
+        raise NotImplementedError
 
 
 # Parsing is a pure function of the head's bytes, and a backend repeats its heads byte for byte

@@ -11,12 +11,14 @@ idle in the pool mean the backend is broken or closing: the connection is droppe
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
+
+from mypy_extensions import mypyc_attr
 
 from lbcdn import writebatch
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import ResponseHead
-from lbcdn.http.response import ResponseReader
+from lbcdn.http.response import ResponseReader, ResponseSink
 from lbcdn.timers import Deadline
 from lbcdn.writebatch import Writer
 
@@ -24,19 +26,38 @@ if TYPE_CHECKING:
     from lbcdn.upstream.pool import Pool, Target
 
 
-class UpstreamOwner(Protocol):
-    def upstream_interim(self, head: ResponseHead) -> None: ...
-    def upstream_head(self, head: ResponseHead) -> None: ...
-    def upstream_body(self, data: bytes) -> None: ...
-    def upstream_done(self) -> None: ...
-    def upstream_upgraded(self, head: ResponseHead, rest: bytes) -> None: ...
-    def upstream_failed(self, kind: str) -> None: ...
-    def upstream_paused(self, paused: bool) -> None: ...
-    def upstream_reusable(self) -> bool: ...
+@mypyc_attr(allow_interpreted_subclasses=True)
+class UpstreamOwner:
+    """Who an upstream connection works for (the edge's exchange, the cache's origin fetch).
+    A base class for the reason given at lbcdn.http.response.ResponseSink."""
+
+    def upstream_interim(self, head: ResponseHead) -> None:
+        raise NotImplementedError
+
+    def upstream_head(self, head: ResponseHead) -> None:
+        raise NotImplementedError
+
+    def upstream_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def upstream_done(self) -> None:
+        raise NotImplementedError
+
+    def upstream_upgraded(self, head: ResponseHead, rest: bytes) -> None:
+        raise NotImplementedError
+
+    def upstream_failed(self, kind: str) -> None:
+        raise NotImplementedError
+
+    def upstream_paused(self, paused: bool) -> None:
+        raise NotImplementedError
+
+    def upstream_reusable(self) -> bool:
+        raise NotImplementedError
 
 
 # An asyncio protocol by its methods only; see lbcdn.edge.connection.ClientConnection.
-class UpstreamConnection(Writer):
+class UpstreamConnection(ResponseSink, Writer):
     def __init__(self, pool: Pool, target: Target) -> None:
         self.pool = pool
         self.target = target
@@ -164,7 +185,7 @@ class UpstreamConnection(Writer):
         if owner is not None:
             owner.upstream_failed(kind)
 
-    # ResponseSink
+    # -- ResponseSink ---------------------------------------------------------------------
     def response_interim(self, head: ResponseHead) -> None:
         if self.owner is not None:
             self.owner.upstream_interim(head)

@@ -7,10 +7,10 @@ import pytest
 from lbcdn.http import response
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import ResponseHead
-from lbcdn.http.response import ResponseReader, parse_head
+from lbcdn.http.response import ResponseReader, ResponseSink, parse_head
 
 
-class Sink:
+class Sink(ResponseSink):
     def __init__(self) -> None:
         self.events: list[tuple[str, object]] = []
 

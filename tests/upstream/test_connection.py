@@ -7,7 +7,7 @@ from typing import Any
 
 from lbcdn.config.load import parse_config
 from lbcdn.http.head import ResponseHead
-from lbcdn.upstream.connection import UpstreamConnection
+from lbcdn.upstream.connection import UpstreamConnection, UpstreamOwner
 from lbcdn.upstream.pool import Pool
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"
@@ -34,7 +34,7 @@ class Transport:
         self.aborted = True
 
 
-class Owner:
+class Owner(UpstreamOwner):
     def __init__(self) -> None:
         self.events: list[tuple[str, object]] = []
 
