@@ -48,6 +48,7 @@ MODULES = (
     "lbcdn/upstream/connection.py",
     "lbcdn/upstream/pool.py",
     "lbcdn/upstream/targets.py",
+    "lbcdn/balancer/base.py",
     "lbcdn/balancer/loaded.py",
     "lbcdn/balancer/round_robin.py",
     "lbcdn/balancer/random_choice.py",

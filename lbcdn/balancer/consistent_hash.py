@@ -20,7 +20,9 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Generic, Literal, Protocol, TypeVar
+from typing import Final, Literal, Protocol, TypeVar
+
+from lbcdn.balancer.base import Policy
 
 MAX_POINTS: Final = 1 << 18
 JUMP_SIZE: Final = 1 << 16
@@ -40,9 +42,7 @@ def hash64(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
-class ConsistentHash(Generic[T]):
-    counts_requests = False
-
+class ConsistentHash(Policy[T]):
     def __init__(self, targets: Sequence[T], weights: Sequence[float] | None = None, *,
                  vnodes: int = 100, max_points: int = MAX_POINTS) -> None:
         ws = [t.weight for t in targets] if weights is None else list(weights)
@@ -87,11 +87,6 @@ class ConsistentHash(Generic[T]):
         p = bisect_left(self._hashes, h, self._jump[top], self._jump[top + 1])
         return targets[self._owners[p if p < len(self._owners) else 0]]
 
-    def started(self, target: T) -> None:
-        pass
-
-    def finished(self, target: T) -> None:
-        pass
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Generic
-
+from lbcdn.balancer.base import Policy
 from lbcdn.balancer.loaded import Loaded, T
 
 
@@ -30,19 +29,10 @@ def least_outstanding(targets: Sequence[T], weights: Sequence[float] | None = No
     return _Heap(targets, weights)
 
 
-class LeastOutstanding(Generic[T]):
+class LeastOutstanding(Policy[T]):
     """Picks the least loaded target; build one with `least_outstanding(targets, weights)`."""
 
     counts_requests = True
-
-    def pick(self, key: bytes | None = None) -> T | None:
-        raise NotImplementedError
-
-    def started(self, target: T) -> None:
-        raise NotImplementedError
-
-    def finished(self, target: T) -> None:
-        raise NotImplementedError
 
     def outstanding(self, target: T) -> int:
         raise NotImplementedError

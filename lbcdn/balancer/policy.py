@@ -19,6 +19,7 @@ import random
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
+from lbcdn.balancer.base import Policy
 from lbcdn.balancer.consistent_hash import ConsistentHash
 from lbcdn.balancer.least_outstanding import least_outstanding
 from lbcdn.balancer.random_choice import RandomTwoChoices, WeightedRandom
@@ -37,14 +38,6 @@ class TargetView(Protocol):
 
 
 T = TypeVar("T", bound=TargetView)
-
-
-class Policy(Protocol[T]):
-    counts_requests: bool
-
-    def pick(self, key: bytes | None = None) -> T | None: ...
-    def started(self, target: T) -> None: ...
-    def finished(self, target: T) -> None: ...
 
 
 def build_policy(config: BalanceConfig, targets: Sequence[T], *,

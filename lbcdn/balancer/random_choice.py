@@ -13,16 +13,15 @@ import itertools
 import random
 from bisect import bisect_right
 from collections.abc import Sequence
-from typing import Generic
+
+from lbcdn.balancer.base import Policy
 
 from lbcdn.balancer.loaded import Loaded, T
 
 
 
 
-class WeightedRandom(Generic[T]):
-    counts_requests = False
-
+class WeightedRandom(Policy[T]):
     def __init__(self, targets: Sequence[T], weights: Sequence[float] | None = None, *,
                  rng: random.Random | None = None) -> None:
         ws = [t.weight for t in targets] if weights is None else list(weights)
@@ -46,11 +45,6 @@ class WeightedRandom(Generic[T]):
             return None
         return self._targets[self._index()]
 
-    def started(self, target: T) -> None:
-        pass
-
-    def finished(self, target: T) -> None:
-        pass
 
 
 class RandomTwoChoices(WeightedRandom[T]):

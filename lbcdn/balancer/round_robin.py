@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
-from typing import Final, Generic, Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
+
+from lbcdn.balancer.base import Policy
 
 
 class Weighted(Protocol):
@@ -26,9 +28,7 @@ T = TypeVar("T", bound=Weighted)
 SMOOTH_MAX: Final = 64
 
 
-class RoundRobin(Generic[T]):
-    counts_requests = False
-
+class RoundRobin(Policy[T]):
     def __init__(self, targets: Sequence[T], weights: Sequence[float] | None = None) -> None:
         ws = [t.weight for t in targets] if weights is None else list(weights)
         pairs = [(t, w) for t, w in zip(targets, ws) if w > 0]
@@ -66,11 +66,6 @@ class RoundRobin(Generic[T]):
         current[best] -= self._total
         return targets[best]
 
-    def started(self, target: T) -> None:
-        """A request went to `target` (round robin does not care)."""
-
-    def finished(self, target: T) -> None:
-        """A request to `target` ended (round robin does not care)."""
 
 
 WeightedRoundRobin = RoundRobin

@@ -33,7 +33,8 @@ from typing import Any, Final, cast
 
 from lbcdn.balancer.consistent_hash import HashKey, cookie_value
 from lbcdn.balancer.plan import plan
-from lbcdn.balancer.policy import Policy, build_policy
+from lbcdn.balancer.base import Policy
+from lbcdn.balancer.policy import build_policy
 from lbcdn.balancer.retry import RetryBudget
 from lbcdn.balancer.sticky import StickySessions, target_token
 from lbcdn.config.schema import PoolConfig, TargetConfig
