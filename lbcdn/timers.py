@@ -12,17 +12,18 @@ from collections.abc import Callable
 
 
 class Deadline:
-    __slots__ = ("_loop", "_callback", "_handle", "_when", "at")
+    __slots__ = ("_loop", "_time", "_callback", "_handle", "_when", "at")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
         self._loop = loop
+        self._time = loop.time   # bound once: set() runs a few times per request
         self._callback = callback
         self._handle: asyncio.TimerHandle | None = None
         self._when = 0.0
         self.at: float | None = None
 
     def set(self, delay: float) -> None:
-        at = self._loop.time() + delay
+        at = self._time() + delay
         self.at = at
         if self._handle is None:
             self._when = at
@@ -46,7 +47,7 @@ class Deadline:
         at = self.at
         if at is None:
             return
-        if self._loop.time() < at:
+        if self._time() < at:
             self._when = at
             self._handle = self._loop.call_at(at, self._fire)
             return

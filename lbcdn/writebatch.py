@@ -90,6 +90,7 @@ class _Batch:
 
 
 _state: Final = _Batch()
+_monotonic: Final = time.monotonic   # a C static, not a lookup on the time module
 
 
 def begin() -> bool:
@@ -97,13 +98,13 @@ def begin() -> bool:
     if _state.open:
         return False
     _state.open = True
-    _state.now = time.monotonic()
+    _state.now = _monotonic()
     return True
 
 
 def now() -> float:
     """time.monotonic(), read once per event (see the module's docstring)."""
-    return _state.now if _state.open else time.monotonic()
+    return _state.now if _state.open else _monotonic()
 
 
 def end() -> None:

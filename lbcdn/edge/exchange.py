@@ -619,7 +619,7 @@ class Exchange(UpstreamOwner):
         self.response_started = True
         # the connection now belongs to the tunnel: take it out of the request queue
         if conn.exchanges and conn.exchanges[0] is self:
-            conn.exchanges.popleft()
+            conn.exchanges.pop(0)
         conn.tunnel = self
         conn.deadline.set(conn.limits.idle_timeout_s)
         self._record()

@@ -77,24 +77,32 @@ class ResponseSink:
 # (Date changes once a second), so a head seen before is not parsed again: its ResponseHead is
 # shared (never modified). The table is bounded in entries and in head size and emptied when
 # full; only heads that parsed cleanly are kept.
-# `_last` is the head remembered most recently: a read that starts with it needs no search for
+# `_recent.last` is the head remembered most recently: a read that starts with it needs no search for
 # the end of its head (that head ends at its first CRLF CRLF, so the read's head is exactly it).
 MEMO_MAX_ENTRIES: Final = 256
 MEMO_MAX_HEAD_BYTES: Final = 2048
 _parsed: Final[dict[bytes, ResponseHead]] = {}
-_last: tuple[bytes, ResponseHead] | None = None
+
+
+class _Recent:
+    """Holds `last` (an attribute, not a module global: compiled code reads it directly)."""
+
+    def __init__(self) -> None:
+        self.last: tuple[bytes, ResponseHead] | None = None
+
+
+_recent: Final = _Recent()
 
 
 def parse_head(head: bytes) -> ResponseHead:
     """Validate a complete response head (through its final CRLF CRLF) and build the
     ResponseHead whose `fwd` holds its end-to-end header lines (shared: see `_parsed`)."""
-    global _last
     if len(head) > MEMO_MAX_HEAD_BYTES:
         return _parse(head)
     parsed = _parsed.get(head)
     if parsed is None:
         parsed = remember(_parsed, head, _parse(head), MEMO_MAX_ENTRIES)
-    _last = head, parsed
+    _recent.last = head, parsed
     return parsed
 
 
@@ -282,7 +290,7 @@ class ResponseReader:
         return self._state == _DONE
 
     def _read_head(self, data: bytes) -> bytes:
-        last = _last
+        last = _recent.last
         if last is not None and data.startswith(last[0]):
             end = len(last[0])
             head = last[1]

@@ -178,16 +178,16 @@ REPEATED = [
 def cold(monkeypatch: pytest.MonkeyPatch) -> None:
     """No head remembered from earlier tests."""
     response._parsed.clear()  # a Final table: compiled code holds it, so empty it in place
-    monkeypatch.setattr(response, "_last", None)
+    monkeypatch.setattr(response._recent, "last", None)
 
 
 @pytest.mark.usefixtures("cold")
 @pytest.mark.parametrize("data", REPEATED)
 def test_a_remembered_head_reads_the_same_as_a_fresh_one(data: bytes) -> None:
     fresh = read(data, eof=True)
-    assert response._last is not None       # remembered: the next read takes the shortcut
+    assert response._recent.last is not None       # remembered: the next read takes the shortcut
     assert read(data, eof=True) == fresh
-    response._last = None                   # remembered in the table only
+    response._recent.last = None                   # remembered in the table only
     assert read(data, eof=True) == fresh
 
 
@@ -229,7 +229,7 @@ def test_a_malformed_head_is_never_remembered() -> None:
     for _ in range(2):
         with pytest.raises(HttpError):
             read(bad)
-    assert response._parsed == {} and response._last is None
+    assert response._parsed == {} and response._recent.last is None
 
 
 @pytest.mark.usefixtures("cold")
