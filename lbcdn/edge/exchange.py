@@ -485,19 +485,24 @@ class Exchange(UpstreamOwner):
         self.replay = None
         status = self.status = resp.status
         head = self.head
-        parts = [resp.lead, self.extra_headers]
         if resp.content_length is None and head.method != b"HEAD" and \
                 response_has_body(b"GET", status):
             if head.version == b"1.1":
-                parts.append(b"Transfer-Encoding: chunked\r\n")
                 self.resp_chunked = True
             else:
                 self.keep_alive = False  # close-delimited, the only framing 1.0 knows
         if not resp.keep_alive and not self.body_done:
             self.keep_alive = False
-        self._connection_header(parts)
-        parts.append(b"\r\n")
-        data = b"".join(parts)
+        if self.keep_alive and head.version == b"1.1" and not self.resp_chunked and \
+                not self.extra_headers and not self.conn.draining:
+            data = resp.whole  # no line of ours to add: the remembered head as it is
+        else:
+            parts = [resp.lead, self.extra_headers]
+            if self.resp_chunked:
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            self._connection_header(parts)
+            parts.append(b"\r\n")
+            data = b"".join(parts)
         self.response_started = True
         self.bytes_out += len(data)
         self.out_mark = self.conn.mark()

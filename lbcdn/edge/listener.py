@@ -69,7 +69,7 @@ class Listener:
         self.scheme = "https" if self.tls is not None else "http"
         self._set_port(config.port)
         self._route_metrics: dict[str, RouteMetrics] = {}
-        self._plans: dict[str, RoutePlan] = {}
+        self._plans: dict[int, RoutePlan] = {}   # by id(route): no dataclass field read
         # raw head bytes -> their validated head (see lbcdn.edge.connection, "Known heads")
         self.known_heads: dict[bytes, KnownHead] = {}
         self._server: _Server | None = None
@@ -109,7 +109,7 @@ class Listener:
         return rm
 
     def route_plan(self, route: RouteConfig) -> RoutePlan:
-        plan = self._plans.get(route.name)
+        plan = self._plans.get(id(route))
         if plan is None or plan.route is not route:
             action = route.action
             plain = route.viewer_protocol == "allow-all" and route.hsts_max_age_s is None \
@@ -117,7 +117,7 @@ class Listener:
                 and isinstance(action, ForwardAction)
             forward = self.pools[action.pool] if plain and isinstance(action, ForwardAction) \
                 else None
-            plan = self._plans[route.name] = RoutePlan(route, self.route_metrics(route.name),
+            plan = self._plans[id(route)] = RoutePlan(route, self.route_metrics(route.name),
                                                        forward)
         return plan
 

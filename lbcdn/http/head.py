@@ -233,11 +233,12 @@ def check_request(method: bytes, target: bytes, version: bytes,
 class ResponseHead:
     """A validated response head; `fwd` holds the end-to-end header lines, ready to join, and
     `lead` is what a proxy sends first: our HTTP/1.1 status line (the backend's reason, or the
-    standard one) and those lines. Heads read from a backend are remembered by their bytes and
+    standard one) and those lines; `whole` is `lead` and the blank line, the whole head when the
+    proxy adds no line of its own. Heads read from a backend are remembered by their bytes and
     shared by every response with the same head: never modify one."""
 
     __slots__ = ("status", "reason", "headers", "content_length", "chunked", "keep_alive",
-                 "fwd", "lead")
+                 "fwd", "lead", "whole")
 
     def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                  content_length: int | None, chunked: bool, keep_alive: bool,
@@ -251,6 +252,7 @@ class ResponseHead:
         self.fwd = fwd
         self.lead = b"HTTP/1.1 %d %s\r\n%s" % (status, reason or reason_phrase(status),
                                                b"".join(fwd))
+        self.whole = self.lead + b"\r\n"
 
 
 def is_token(value: bytes) -> bool:
