@@ -33,6 +33,7 @@ from typing import cast
 import httptools
 
 from lbcdn.demo import routes
+from lbcdn.http.date import http_date
 from lbcdn.demo.routes import PATTERN_CHUNK, Kind, Route, has_no_body, status_line
 from lbcdn.demo.websocket import (OP_CLOSE, OP_PING, OP_PONG, FrameDecoder, WebSocketError,
                                   accept_key, encode_frame)
@@ -81,8 +82,19 @@ class BackendState:
             raise ValueError(f"demo backend name {name!r} must be printable ASCII")
         self.name = name
         self.backend_line = b"X-Backend: " + name.encode("ascii") + b"\r\n"
+        self._date = b""
+        self._lines = b""
         self.requests = 0
         self.connections: set[DemoProtocol] = set()
+
+    def lines(self) -> bytes:
+        """X-Backend and Date (RFC 9110 6.6.1: an origin server with a clock sends one), the
+        same bytes object for a whole second."""
+        date = http_date()
+        if date is not self._date:
+            self._date = date
+            self._lines = b"%sDate: %s\r\n" % (self.backend_line, date)
+        return self._lines
 
     def close_connections(self) -> None:
         for conn in list(self.connections):
@@ -514,7 +526,7 @@ class DemoProtocol(asyncio.Protocol):
 
     def _write_response(self, req: _Request, status: int, body: bytes, content_type: bytes,
                         extra: bytes = b"", *, connection_header: bool = True) -> None:
-        parts = [status_line(status), self._state.backend_line]
+        parts = [status_line(status), self._state.lines()]
         if has_no_body(status):
             body = b""
             parts.append(extra)
@@ -532,7 +544,7 @@ class DemoProtocol(asyncio.Protocol):
 
     def _write_error(self, status: int) -> None:
         body = _ERROR_BODIES.get(status, b"error\n")
-        self._write(b"".join((status_line(status), self._state.backend_line, _TEXT,
+        self._write(b"".join((status_line(status), self._state.lines(), _TEXT,
                               b"Content-Length: %d\r\n" % len(body), _CLOSE, b"\r\n", body)))
 
     def _connection_line(self, req: _Request) -> bytes:
@@ -552,7 +564,7 @@ class DemoProtocol(asyncio.Protocol):
             framing = b""
         else:
             framing = b"Content-Length: %d\r\n" % (req.content_length or 0)
-        self._write(b"".join((status_line(200), self._state.backend_line, _OCTETS, framing,
+        self._write(b"".join((status_line(200), self._state.lines(), _OCTETS, framing,
                               self._connection_line(req), b"\r\n")))
         for chunk in req.chunks:
             self._queued_bytes -= len(chunk)
@@ -576,7 +588,7 @@ class DemoProtocol(asyncio.Protocol):
             framing = _CHUNKED
         else:
             framing = b"Content-Length: %d\r\n" % route.number
-        self._write(b"".join((status_line(200), self._state.backend_line, _OCTETS, framing,
+        self._write(b"".join((status_line(200), self._state.lines(), _OCTETS, framing,
                               self._connection_line(req), b"\r\n")))
         if req.method == b"HEAD":
             req.done = True
@@ -615,7 +627,7 @@ class DemoProtocol(asyncio.Protocol):
         self._write(b"".join((
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
             b"Sec-WebSocket-Accept: ", accept_key(req.ws_key).encode("ascii"), b"\r\n",
-            self._state.backend_line, b"\r\n")))
+            self._state.lines(), b"\r\n")))
         req.done = True
         self._queue.clear()
         self._ws = FrameDecoder()

@@ -494,10 +494,13 @@ class Exchange(UpstreamOwner):
         if not resp.keep_alive and not self.body_done:
             self.keep_alive = False
         if self.keep_alive and head.version == b"1.1" and not self.resp_chunked and \
-                not self.extra_headers and not self.conn.draining:
+                not self.extra_headers and resp.has_date and not self.conn.draining:
             data = resp.whole  # no line of ours to add: the remembered head as it is
         else:
             parts = [resp.lead, self.extra_headers]
+            if not resp.has_date:
+                # RFC 9110 6.6.1: a recipient with a clock adds the Date a response lacks
+                parts += (b"Date: ", http_date(), b"\r\n")
             if self.resp_chunked:
                 parts.append(b"Transfer-Encoding: chunked\r\n")
             self._connection_header(parts)

@@ -234,15 +234,16 @@ class ResponseHead:
     """A validated response head; `fwd` holds the end-to-end header lines, ready to join, and
     `lead` is what a proxy sends first: our HTTP/1.1 status line (the backend's reason, or the
     standard one) and those lines; `whole` is `lead` and the blank line, the whole head when the
-    proxy adds no line of its own. Heads read from a backend are remembered by their bytes and
+    proxy adds no line of its own; `has_date` says whether the head has a Date field. Heads read
+    from a backend are remembered by their bytes and
     shared by every response with the same head: never modify one."""
 
     __slots__ = ("status", "reason", "headers", "content_length", "chunked", "keep_alive",
-                 "fwd", "lead", "whole")
+                 "fwd", "lead", "whole", "has_date")
 
     def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                  content_length: int | None, chunked: bool, keep_alive: bool,
-                 fwd: list[bytes]) -> None:
+                 fwd: list[bytes], has_date: bool = True) -> None:
         self.status = status
         self.reason = reason
         self.headers = headers
@@ -253,6 +254,7 @@ class ResponseHead:
         self.lead = b"HTTP/1.1 %d %s\r\n%s" % (status, reason or reason_phrase(status),
                                                b"".join(fwd))
         self.whole = self.lead + b"\r\n"
+        self.has_date = has_date
 
 
 def is_token(value: bytes) -> bool:

@@ -126,7 +126,8 @@ def _parse(head: bytes) -> ResponseHead:
     # value holds a CR, so a case-sensitive scan of a lower-cased copy finds the headers that
     # matter with their values (twice as fast as a case-insensitive one). The values it gives
     # are lower-cased: only Upgrade's is taken from the head itself.
-    for m in _SPECIAL_RE.finditer(head.lower(), line_end):
+    lower = head.lower()
+    for m in _SPECIAL_RE.finditer(lower, line_end):
         name, value = m.group(1, 2)
         value = value.strip(b" \t")
         if name == b"content-length":
@@ -170,7 +171,8 @@ def _parse(head: bytes) -> ResponseHead:
                          if line[2:line.find(b":")].lower() not in named)
     block = block[2:]
     return ResponseHead(status, reason, [] if upgrade is None else [(b"Upgrade", upgrade)],
-                        content_length, chunked, not conn_close, [block, b"\r\n"] if block else [])
+                        content_length, chunked, not conn_close, [block, b"\r\n"] if block else [],
+                        has_date=b"\r\ndate:" in lower)
 
 
 _SPECIAL_RE: Final = re.compile(rb"\r\n(content-length|transfer-encoding|connection|keep-alive|"

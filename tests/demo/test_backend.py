@@ -5,6 +5,7 @@ and memory staying bounded while 64 MiB go each way through a backend in a subpr
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import json
 import os
@@ -141,6 +142,8 @@ async def test_echo_describes_the_request(conn: Conn) -> None:
     assert resp.header("X-Backend") == NAME
     assert resp.header("Content-Type") == "application/json"
     assert int(resp.header("Content-Length") or -1) == len(resp.body)
+    date = resp.header("Date") or ""  # an origin server with a clock sends Date
+    assert email.utils.parsedate_to_datetime(date).tzname() == "UTC", date
     echo = resp.json()
     local = writer.get_extra_info("sockname")
     assert echo == {"backend": NAME, "method": "GET", "path": "/some/where",

@@ -195,6 +195,28 @@ async def test_response_hop_by_hop_headers_are_not_forwarded() -> None:
                 assert all("x-hop" not in v.lower() for v in resp.header_all("Connection"))
 
 
+async def _dateless_backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+
+async def test_a_response_without_date_gets_one_and_one_with_date_keeps_its_own() -> None:
+    """RFC 9110 6.6.1: a recipient with a clock appends the Date a forwarded response lacks."""
+    async with raw_backend(_dateless_backend) as backend:
+        cfg = proxy_config(backend)
+        async with running_daemon(cfg), client(listener_port(cfg)) as c:
+            for _ in range(2):  # the second answer comes from the remembered head
+                resp = await c.request("GET", "/")
+                dates = resp.header_all("Date")
+                assert len(dates) == 1 and dates[0].endswith(" GMT"), resp.headers
+                assert resp.body == b"ok"
+    async with proxy() as (port, _, _), client(port) as c:
+        resp = await c.request("GET", "/")  # the demo backend sends its own Date
+        assert len(resp.header_all("Date")) == 1
+
+
 async def test_demo_backend_keep_alive_response_header_is_dropped() -> None:
     async with proxy() as (port, _, _), client(port) as c:
         resp = await c.request("GET", "/headers/set?Keep-Alive=timeout%3D9&X-Set=yes")

@@ -213,6 +213,16 @@ def test_a_repeated_head_is_shared_and_leads_with_our_status_line() -> None:
     assert parse_head(b"HTTP/1.1 204 \r\n\r\n").lead == b"HTTP/1.1 204 No Content\r\n"
 
 
+@pytest.mark.parametrize("head, has_date", [
+    (HEAD + b"Date: Wed, 25 Nov 2026 20:00:00 GMT\r\n\r\n", True),
+    (HEAD + b"dATE: Wed, 25 Nov 2026 20:00:00 GMT\r\n\r\n", True),
+    (HEAD + b"X-Date: 1\r\n\r\n", False),
+    (HEAD + b"\r\n", False),
+])
+def test_a_head_says_whether_it_has_a_date(head: bytes, has_date: bool) -> None:
+    assert parse_head(head).has_date is has_date
+
+
 @pytest.mark.usefixtures("cold")
 def test_the_table_of_heads_is_bounded() -> None:
     for i in range(response.MEMO_MAX_ENTRIES + 10):
