@@ -24,6 +24,7 @@ from lbcdn.cache.headers import merge_not_modified, serialize, storable_headers
 from lbcdn.cache.policy import (DEFAULT_ERROR_TTL_S, F_PURGED, ResponseMeta, corrected_initial_age,
                                 freshness_lifetime, parse_response, removed_fields,
                                 stale_windows, storage_flags)
+from lbcdn.http.date import http_date_at
 from lbcdn.http.errors import reason as reason_phrase
 
 ENTRY_OVERHEAD = 512
@@ -80,6 +81,15 @@ def parse_tags(headers: Headers) -> frozenset[bytes]:
     return frozenset(tags)
 
 
+def with_date(headers: Headers, received: float) -> Headers:
+    """`headers`, with a Date of `received` when they have none: RFC 9110 6.6.1, a cache
+    appends the Date a response lacks. Only what is served gets it; the stored fields do not,
+    so the entry's age still counts from its response time, not from a whole second."""
+    if get_first(headers, b"date") is not None:
+        return headers
+    return [*headers, (b"Date", http_date_at(received))]
+
+
 def serialize_head(status: int, headers: Headers, size: int, reason: bytes = b"") -> bytes:
     lines = serialize([(n, v) for n, v in headers if n.lower() != b"content-length"])
     return (b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))
@@ -102,7 +112,7 @@ def build(*, key: bytes, variant: bytes, host: bytes, path: bytes, query: bytes,
     lm_raw = get_first(stored, b"last-modified")
     return CachedResponse(
         key=key, variant=variant, vary=meta.vary, host=host, path=path, query=query,
-        status=status, headers=stored, head=serialize_head(status, stored, size, reason),
+        status=status, headers=stored, head=serialize_head(status, with_date(stored, response_time), size, reason),
         chunks=chunks, size=size, request_time=request_time, response_time=response_time,
         date=meta.date,
         initial_age=corrected_initial_age(meta.age, meta.date, request_time, response_time),

@@ -39,7 +39,7 @@ from lbcdn.cache.compress import VARIANT_FIELDS, Compressor, add_vary, compresse
     eligible, negotiate
 from lbcdn.cache.conditional import FULL, RangeKind, plan_range, precondition
 from lbcdn.cache.directives import get_first
-from lbcdn.cache.entry import CachedResponse, build, freshened, serialize_head
+from lbcdn.cache.entry import CachedResponse, build, freshened, serialize_head, with_date
 from lbcdn.cache.headers import (Outcome, cache_lines, cache_status, invalidated_uris,
                                  not_modified_headers, serialize, storable_headers,
                                  validator_matches, x_cache)
@@ -443,7 +443,8 @@ class CacheFlow:
                 return
             self._finish_head(parts, status, entry.chunks, entry.size)
             return
-        kept = [(n, v) for n, v in entry.headers if n.lower() != b"content-range"]
+        kept = [(n, v) for n, v in with_date(entry.headers, entry.response_time)
+                if n.lower() != b"content-range"]
         if plan.kind is RangeKind.UNSATISFIABLE:
             parts = [serialize_head(416, kept + [(b"Content-Range", plan.content_range(
                 entry.size))], 0), lines]
@@ -803,7 +804,7 @@ class MissJob:
         fill.storable = fill.storable and self.storable
         fill.info = FillInfo(served_meta.vary, variant,
                              b"HTTP/1.1 %d %s\r\n" % (status, resp.reason or reason(status))
-                             + serialize(served), length,
+                             + serialize(with_date(served, now)), length,
                              float(meta.age) if meta.age else None)
         if self.lead is not None:
             if self.storable:

@@ -15,5 +15,10 @@ def http_date() -> bytes:
     now = int(time.time())
     if now != _second:
         _second = now
-        _value = formatdate(now, usegmt=True).encode()
+        _value = http_date_at(now)
     return _value
+
+
+def http_date_at(when: float) -> bytes:
+    """IMF-fixdate of `when` (seconds since the epoch)."""
+    return formatdate(when, usegmt=True).encode()

@@ -4,6 +4,7 @@ requests, real sockets, a fake wall clock for freshness (`daemon.cache.clock`)."
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import gzip
 import json
 import time
@@ -92,6 +93,29 @@ async def test_miss_then_hit_with_age_cache_status_and_x_cache(origin: Origin) -
         head = await get(port, "/a", method="HEAD")
         assert head.status == 200 and head.body == b"" and head.header("Content-Length") == "5"
         assert origin.hits["/a"] == 1
+
+
+async def test_a_response_without_date_is_served_with_the_time_it_was_received(
+        origin: Origin) -> None:
+    """RFC 9110 6.6.1: a cache appends the Date an origin left out; an origin's own is kept."""
+    own = email.utils.formatdate(time.time(), usegmt=True)
+    origin.set("/d", Answer(headers=[("Cache-Control", "max-age=100")]))
+    origin.set("/own", Answer(headers=[("Cache-Control", "max-age=100"), ("Date", own)]))
+    async for d, port, clock in started(cdn_config(origin.port)):
+        received = clock.now
+        miss = await get(port, "/d")
+        clock.now += 30
+        hit = await get(port, "/d")
+        part = await get(port, "/d", headers=[("Range", "bytes=0-1")])
+        assert part.status == 206 and part.body == b"he"
+        for r in (miss, hit, part):
+            dates = r.header_all("Date")
+            assert len(dates) == 1, r.headers
+            assert abs(email.utils.parsedate_to_datetime(dates[0]).timestamp() - received) < 1
+        assert hit.header("Age") == "30" and cc(hit) == "lbcdn; hit; ttl=70"
+        for _ in range(2):
+            assert (await get(port, "/own")).header_all("Date") == [own]
+    assert origin.hits["/d"] == 1
 
 
 async def test_not_stored_no_store_private_set_cookie_authorization(origin: Origin) -> None:
