@@ -112,7 +112,8 @@ def build(*, key: bytes, variant: bytes, host: bytes, path: bytes, query: bytes,
     lm_raw = get_first(stored, b"last-modified")
     return CachedResponse(
         key=key, variant=variant, vary=meta.vary, host=host, path=path, query=query,
-        status=status, headers=stored, head=serialize_head(status, with_date(stored, response_time), size, reason),
+        status=status, headers=stored,
+        head=serialize_head(status, with_date(stored, response_time), size, reason),
         chunks=chunks, size=size, request_time=request_time, response_time=response_time,
         date=meta.date,
         initial_age=corrected_initial_age(meta.age, meta.date, request_time, response_time),

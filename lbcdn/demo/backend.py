@@ -33,10 +33,10 @@ from typing import cast
 import httptools
 
 from lbcdn.demo import routes
-from lbcdn.http.date import http_date
 from lbcdn.demo.routes import PATTERN_CHUNK, Kind, Route, has_no_body, status_line
 from lbcdn.demo.websocket import (OP_CLOSE, OP_PING, OP_PONG, FrameDecoder, WebSocketError,
                                   accept_key, encode_frame)
+from lbcdn.http.date import http_date
 
 log = logging.getLogger("lbcdn.demo")
 

@@ -615,9 +615,7 @@ class Exchange(UpstreamOwner):
             return
         self.upgrade_pending = False
         self.status = 101
-        parts = [b"HTTP/1.1 101 %s\r\n" % (resp.reason or b"Switching Protocols")]
-        parts += resp.fwd
-        parts.append(b"Connection: upgrade\r\n")
+        parts = [resp.lead, b"Connection: upgrade\r\n"]
         for name, value in resp.headers:
             if name.lower() == b"upgrade":
                 parts += (name, b": ", value, b"\r\n")

@@ -112,11 +112,11 @@ class Listener:
         plan = self._plans.get(id(route))
         if plan is None or plan.route is not route:
             action = route.action
-            plain = route.viewer_protocol == "allow-all" and route.hsts_max_age_s is None \
-                and route.max_body_bytes is None and route.cache is None \
-                and isinstance(action, ForwardAction)
-            forward = self.pools[action.pool] if plain and isinstance(action, ForwardAction) \
-                else None
+            forward = None
+            if isinstance(action, ForwardAction) and route.viewer_protocol == "allow-all" \
+                    and route.hsts_max_age_s is None and route.max_body_bytes is None \
+                    and route.cache is None:
+                forward = self.pools[action.pool]
             plan = self._plans[id(route)] = RoutePlan(route, self.route_metrics(route.name),
                                                        forward)
         return plan

@@ -235,8 +235,8 @@ class ResponseHead:
     `lead` is what a proxy sends first: our HTTP/1.1 status line (the backend's reason, or the
     standard one) and those lines; `whole` is `lead` and the blank line, the whole head when the
     proxy adds no line of its own; `has_date` says whether the head has a Date field. Heads read
-    from a backend are remembered by their bytes and
-    shared by every response with the same head: never modify one."""
+    from a backend are remembered by their bytes and shared by every response with the same
+    head: never modify one."""
 
     __slots__ = ("status", "reason", "headers", "content_length", "chunked", "keep_alive",
                  "fwd", "lead", "whole", "has_date")

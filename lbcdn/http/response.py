@@ -77,8 +77,9 @@ class ResponseSink:
 # (Date changes once a second), so a head seen before is not parsed again: its ResponseHead is
 # shared (never modified). The table is bounded in entries and in head size and emptied when
 # full; only heads that parsed cleanly are kept.
-# `_recent.last` is the head remembered most recently: a read that starts with it needs no search for
-# the end of its head (that head ends at its first CRLF CRLF, so the read's head is exactly it).
+# `_recent.last` is the head remembered most recently: a read that starts with it needs no search
+# for the end of its head (that head ends at its first CRLF CRLF, so the read's head is exactly
+# it).
 MEMO_MAX_ENTRIES: Final = 256
 MEMO_MAX_HEAD_BYTES: Final = 2048
 _parsed: Final[dict[bytes, ResponseHead]] = {}
@@ -176,7 +177,7 @@ def _parse(head: bytes) -> ResponseHead:
 
 
 _SPECIAL_RE: Final = re.compile(rb"\r\n(content-length|transfer-encoding|connection|keep-alive|"
-                         rb"proxy-connection|te|trailer|upgrade):([^\r]*)")
+                                rb"proxy-connection|te|trailer|upgrade):([^\r]*)")
 _PLAIN: Final = PLAIN_CONNECTION | HOP_BY_HOP
 
 

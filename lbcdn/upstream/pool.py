@@ -42,8 +42,8 @@ from lbcdn.health.outlier import Ejection, OutlierDetector, Result
 from lbcdn.health.state import Reason, State, TargetHealth, Thresholds
 from lbcdn.metrics import PoolMetrics, pool_metrics, target_metrics, TargetMetrics
 from lbcdn.tls import client_context
-from lbcdn import writebatch
 from lbcdn.upstream.connection import UpstreamConnection
+from lbcdn import writebatch
 
 # what `choose` answers when every routable target is at max_connections_per_target
 BUSY: Final = "busy"
