@@ -8,6 +8,7 @@ mounted config really proxies to two demo backends named like the apps (run on 1
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
@@ -240,6 +241,16 @@ async def test_mounted_config_proxies_to_the_two_apps() -> None:
             async with http.get(f"http://{HOST}:{web}/hello") as r:
                 assert r.status == 200
                 assert await r.text() == "hello from lbcdn in compose\n"
+            # The pool is health checked (the default): a target gets traffic once its first
+            # check has passed, and the two first checks are jittered apart.
+            admin = f"http://{HOST}:{cfg['admin']['port']}/api/pools/app/targets"
+            deadline = time.monotonic() + 10
+            states: list[str] = []
+            while states != ["healthy", "healthy"] and time.monotonic() < deadline:
+                async with http.get(admin) as r:
+                    states = [t["state"] for t in (await r.json())["targets"]]
+                await asyncio.sleep(0.05)
+            assert states == ["healthy", "healthy"]
             seen = []
             for path in ("/api/x", "/api/y", "/", "/other"):
                 async with http.get(f"http://{HOST}:{web}{path}") as r:
