@@ -230,7 +230,8 @@ def nginx_static_block(port: int, root: Path, listen_opts: str = "") -> str:
 def nginx_proxy_block(port: int, backend_ports: Sequence[int], *, listen_opts: str = "",
                       balance: str = "", server_extra: Sequence[str] = ()) -> str:
     """A reverse proxy with upstream keep-alive that adds the headers lbcdn adds by default
-    (X-Forwarded-For/-Proto, a request id), so that nginx and lbcdn do the same work."""
+    (X-Forwarded-For/-Proto/-Port, Via, a request id), so that nginx and lbcdn do the same
+    work, and the backend behind each parses the same header lines."""
     listen = f"127.0.0.1:{port} {listen_opts}".rstrip()
     upstream = ([balance] if balance else []) + [f"server 127.0.0.1:{p};" for p in backend_ports]
     return f"""
@@ -247,6 +248,8 @@ def nginx_proxy_block(port: int, backend_ports: Sequence[int], *, listen_opts: s
             proxy_set_header Connection "";
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Port $server_port;
+            proxy_set_header Via "1.1 nginx";
             proxy_set_header X-Request-Id $request_id;
         }}
     }}"""
