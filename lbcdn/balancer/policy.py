@@ -42,12 +42,15 @@ T = TypeVar("T", bound=TargetView)
 
 def build_policy(config: BalanceConfig, targets: Sequence[T], *,
                  weights: Sequence[float] | None = None,
-                 rng: random.Random | None = None) -> Policy[T]:
-    """The policy `config.algorithm` names, over `targets`."""
+                 rng: random.Random | None = None,
+                 after: Policy[T] | None = None) -> Policy[T]:
+    """The policy `config.algorithm` names, over `targets`; `after` is the one it replaces
+    (round robin goes on from where that one was)."""
     rng = rng or random.Random()
     algorithm = config.algorithm
     if algorithm in ("round_robin", "weighted_round_robin"):
-        return RoundRobin(targets, weights)
+        return RoundRobin(targets, weights,
+                          after=after if isinstance(after, RoundRobin) else None)
     if algorithm == "least_outstanding_requests":
         return least_outstanding(targets, weights)
     if algorithm == "weighted_random":

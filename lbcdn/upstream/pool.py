@@ -197,7 +197,8 @@ class Pool:
                  ramp=balance.algorithm != "consistent_hash")
         self.routable = p.targets
         self.failed_open = p.failed_open
-        self.policy = build_policy(balance, p.targets, weights=p.weights, rng=self._rng)
+        self.policy = build_policy(balance, p.targets, weights=p.weights, rng=self._rng,
+                                   after=self.policy)
         if balance.sticky is not None:
             self.sticky = StickySessions(p.targets, self.policy,
                                          cookie_name=balance.sticky.cookie_name,

@@ -97,3 +97,42 @@ def test_input_sequence_is_not_modified() -> None:
     targets = [T("a", 0), T("b")]
     RoundRobin(targets).pick()
     assert targets == [T("a", 0), T("b")]
+
+
+def test_a_rebuilt_rotation_goes_on_after_the_last_pick() -> None:
+    a, b, c = T("a"), T("b"), T("c")
+    rr = RoundRobin([a, b, c])
+    assert picks(rr, 2) == ["a", "b"]
+    rr = RoundRobin([a, b, c], after=rr)       # e.g. a health transition elsewhere
+    assert picks(rr, 4) == ["c", "a", "b", "c"]
+
+
+def test_rebuilding_after_every_pick_still_rotates() -> None:
+    # slow start and health checks rebuild often; each rebuild must not restart at "a"
+    targets = [T("a"), T("b"), T("c")]
+    rr = RoundRobin(targets)
+    seen = []
+    for _ in range(6):
+        seen += picks(rr, 1)
+        rr = RoundRobin(targets, after=rr)
+    assert seen == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_a_rebuilt_rotation_without_the_last_pick_keeps_its_place() -> None:
+    a, b, c = T("a"), T("b"), T("c")
+    rr = RoundRobin([a, b, c])
+    assert picks(rr, 2) == ["a", "b"]
+    rr = RoundRobin([a, c], after=rr)           # b left the pool
+    assert picks(rr, 3) == ["a", "c", "a"]
+
+
+def test_smooth_weights_keep_their_credit_across_rebuilds() -> None:
+    targets = [T("a", 5), T("b", 1), T("c", 1)]
+    once = RoundRobin(targets)
+    expected = picks(once, 14)
+    rr = RoundRobin(targets)
+    seen = []
+    for _ in range(14):
+        seen += picks(rr, 1)
+        rr = RoundRobin(targets, after=rr)
+    assert seen == expected

@@ -83,6 +83,17 @@ def test_sticky_cookie_is_set_and_followed() -> None:
         assert isinstance(again, tuple) and again[0] is t
 
 
+def test_round_robin_goes_on_across_snapshots() -> None:
+    # every snapshot rebuilds the policy; the rotation must not start over at the first target
+    pool = Pool(pool_config(health={"enabled": False}))
+    rows = [("10.0.0.1:80", "healthy"), ("10.0.0.2:80", "healthy"), ("10.0.0.3:80", "healthy")]
+    seen = []
+    for _ in range(6):
+        pool.apply(snap(*rows))
+        seen.append(pick(pool)[0].key)
+    assert seen == ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"] * 2
+
+
 def test_outlier_ejection_replans() -> None:
     pool = Pool(pool_config(health={"enabled": False},
                             outlier={"enabled": True, "consecutive_5xx": 2,
