@@ -29,7 +29,7 @@ from lbcdn.http.errors import HttpError, error_response, reason
 from lbcdn.http.head import RequestHead, ResponseHead, response_has_body
 from lbcdn.routing import redirect_location
 from lbcdn.tasks import spawn
-from lbcdn.balancer.retry import Failure, may_retry
+from lbcdn.balancer.retry import IDEMPOTENT, Failure, may_retry
 from lbcdn.health.outlier import Result
 from lbcdn.metrics import UPSTREAM_RETRIES
 from lbcdn.upstream.connection import UpstreamConnection, UpstreamOwner
@@ -313,7 +313,10 @@ class Exchange(UpstreamOwner):
         self.upstream = upstream
         head = self.head
         self.sent_at = writebatch.now()
-        upstream.begin(self, head.method == b"HEAD")
+        # the response timeout waits for the whole request, unless the client waits for a
+        # 100 Continue: then the backend is what everyone waits for
+        upstream.begin(self, head.method == b"HEAD",
+                       sending=not self.body_done and not head.expect_continue)
         upstream.write(self._upstream_head(upstream.target))
         buffered, self.body_buf = self.body_buf, []
         if buffered:
@@ -414,10 +417,13 @@ class Exchange(UpstreamOwner):
 
     def request_done(self) -> None:
         self.body_done = True
+        upstream = self.upstream
         if self.discard:
             self._maybe_finish()
-        elif self.upstream is not None and self.head.chunked:
-            self.upstream.write(b"0\r\n\r\n")
+        elif upstream is not None:
+            if self.head.chunked:
+                upstream.write(b"0\r\n\r\n")
+            upstream.sent()
 
     def request_broken(self, err: HttpError) -> None:
         """The request body broke a rule or timed out: no more of it will be read."""
@@ -472,6 +478,8 @@ class Exchange(UpstreamOwner):
 
     # -- events from the upstream connection ----------------------------------------------
     def upstream_interim(self, resp: ResponseHead) -> None:
+        if resp.status == 100 and not self.body_done and self.upstream is not None:
+            self.upstream.body_follows()
         if self.head.version != b"1.1" or self.response_started:
             return  # HTTP/1.0 clients do not expect 1xx (RFC 9110 15.2)
         self.conn.write(resp.lead + b"\r\n")
@@ -546,9 +554,12 @@ class Exchange(UpstreamOwner):
         pool = self.pool
         if (kind == "reset" and self.reused_conn and not self.retried and upstream is not None
                 and not upstream.got_bytes and self.replay is not None and pool is not None
-                and self.target is not None and not self.response_started):
+                and self.target is not None and not self.response_started
+                and self.head.method in IDEMPOTENT):
             # the backend closed a pooled connection as we reused it: one fresh try on the
-            # same target (not a retry: the request never reached the application)
+            # same target. Only for idempotent methods (RFC 9110 9.2.2): whether the backend
+            # closed before or after reading the request cannot be told apart, and a POST
+            # must not be applied twice.
             self.retried = True
             self.body_buf = self.replay + self.body_buf
             self.replay = []
@@ -610,8 +621,14 @@ class Exchange(UpstreamOwner):
 
     def upstream_upgraded(self, resp: ResponseHead, rest: bytes) -> None:
         upstream = self.upstream
-        if not self.upgrade_pending or upstream is None:
+        if upstream is None:
             self._abort()
+            return
+        if not self.upgrade_pending:
+            # a 101 to a request that asked for no upgrade: a broken backend (RFC 9110 15.2.2)
+            upstream.tunnel = None
+            upstream.abort()
+            self.upstream_failed("malformed_response")
             return
         self.upgrade_pending = False
         self.status = 101

@@ -6,6 +6,12 @@ exchange), and reports failures with a kind the metrics and the status mapping u
 fresh reader is made for every exchange, so a HEAD response (whose Content-Length describes a
 body that never comes) cannot confuse the next one. Bytes that arrive while the connection sits
 idle in the pool mean the backend is broken or closing: the connection is dropped, never reused.
+
+The response timeout (the pool's `response_timeout_s`) runs while the connection waits for the
+backend: from the moment the whole request was written (`sent()`), and between response reads.
+While the request body is still coming from the client, the client's pace is not the backend's
+fault: the listener's body timeout governs then, unless the backend stops reading what we send
+(the transport pauses writing) or has started to answer.
 """
 
 from __future__ import annotations
@@ -70,6 +76,9 @@ class UpstreamConnection(ResponseSink, Writer):
         self.idle_since = 0.0
         self.in_idle = False
         self.tunnel: UpstreamOwner | None = None
+        self.sending = False         # the request body is still coming from the client
+        self._reading_paused = False
+        self._writing_paused = False
         self._reader: ResponseReader | None = None
         self._timeout = pool.config.response_timeout_s
         self._deadline = Deadline(asyncio.get_event_loop(), self._timed_out)
@@ -80,28 +89,52 @@ class UpstreamConnection(ResponseSink, Writer):
         self.transport = transport  # type: ignore[assignment]
         self.pool.connection_opened(self)
 
-    def begin(self, owner: UpstreamOwner, head_only: bool) -> None:
-        """Take on a new exchange; the caller writes the request right after."""
+    def begin(self, owner: UpstreamOwner, head_only: bool, sending: bool = False) -> None:
+        """Take on a new exchange; the caller writes the request right after. `sending`: more
+        of the request body is to come from the client (see `sent()`)."""
         self.owner = owner
         self.got_bytes = False
+        self.sending = sending
         self._reader = ResponseReader(self, head_only)
-        self._deadline.set(self._timeout)
+        self._arm()
+
+    def sent(self) -> None:
+        """The whole request has been written: from now on the backend is waited for."""
+        if self.sending:
+            self.sending = False
+            self._arm()
+
+    def body_follows(self) -> None:
+        """The backend asked for the body (100 Continue): until it has all been sent, the
+        client's pace governs."""
+        if not self.sending:
+            self.sending = True
+            self._arm()
 
     def touch(self) -> None:
-        """The exchange made progress (a body chunk sent): push the deadline back."""
+        """The exchange made progress (a body chunk sent): push a running deadline back."""
         if self._deadline.at is not None:
             self._deadline.set(self._timeout)
+
+    def _arm(self) -> None:
+        """Run the response timeout while the exchange waits for the backend, else stop it."""
+        if self.owner is not None and self.tunnel is None and not self._reading_paused and (
+                not self.sending or self._writing_paused or self.got_bytes):
+            self._deadline.set(self._timeout)
+        else:
+            self._deadline.clear()
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
+            self._reading_paused = True
             self._deadline.clear()
 
     def resume_reading(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
-            if self.owner is not None and self.tunnel is None:
-                self._deadline.set(self._timeout)
+            self._reading_paused = False
+            self._arm()
 
     def close(self) -> None:
         if not self.closed:
@@ -140,11 +173,15 @@ class UpstreamConnection(ResponseSink, Writer):
         return None  # close the transport; connection_lost finishes the exchange
 
     def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._arm()
         target = self.tunnel or self.owner
         if target is not None:
             target.upstream_paused(True)
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._arm()
         target = self.tunnel or self.owner
         if target is not None:
             target.upstream_paused(False)
@@ -175,9 +212,8 @@ class UpstreamConnection(ResponseSink, Writer):
             if owns_batch:
                 writebatch.end()
         # progress pushes the deadline back, if the exchange still runs (usually this read
-        # completed it, and the deadline was cleared)
-        if self._deadline.at is not None:
-            self._deadline.set(self._timeout)
+        # completed it, and the deadline was cleared; `_arm` reads the owner afresh)
+        self._arm()
 
     def _fail(self, kind: str) -> None:
         owner, self.owner = self.owner, None

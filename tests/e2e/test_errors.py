@@ -228,6 +228,70 @@ async def test_504_when_the_backend_is_too_slow() -> None:
             assert ok.status == 200 and json.loads(ok.body)["path"] == "/delay/10"
 
 
+async def test_a_stalled_upload_is_the_clients_408_not_the_backends_504() -> None:
+    # the response timeout waits for the whole request: while the client holds back the rest
+    # of its body, the listener's body timeout is the one that runs
+    async with demo_backend() as backend:
+        cfg = proxy_config(backend)
+        cfg["pools"]["app"]["response_timeout_s"] = 0.3
+        cfg["listeners"][0]["body_timeout_s"] = 1.0
+        async with running_daemon(cfg) as daemon, client(listener_port(cfg)) as c:
+            start = time.monotonic()
+            await c.send(b"POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+            resp = await c.response(timeout_s=5)
+            elapsed = time.monotonic() - start
+            assert_lbcdn_error(resp, 408)
+            assert 0.9 <= elapsed < 3, elapsed
+            [target] = daemon.pools["app"].targets
+            assert target.errors == 0  # not held against the backend
+
+
+async def test_a_slow_upload_within_the_body_timeout_goes_through() -> None:
+    async with demo_backend() as backend:
+        cfg = proxy_config(backend)
+        cfg["pools"]["app"]["response_timeout_s"] = 0.3
+        async with running_daemon(cfg), client(listener_port(cfg)) as c:
+            await c.send(b"POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n")
+            for part in (b"ab", b"cd", b"ef"):
+                await asyncio.sleep(0.25)   # 0.75 s in all, well past the response timeout
+                await c.send(part)
+            resp = await c.response(timeout_s=5)
+            assert resp.status == 200, resp
+            assert json.loads(resp.body)["body_bytes"] == 6
+
+
+async def test_a_backend_that_never_sends_100_continue_times_out_as_504() -> None:
+    # the client waits for the 100 before sending its body: the backend is the one waited for
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(5)
+
+    async with raw_backend(handler) as backend:
+        cfg = proxy_config(backend)
+        cfg["pools"]["app"]["response_timeout_s"] = 0.3
+        async with running_daemon(cfg), client(listener_port(cfg)) as c:
+            await c.send(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                         b"Expect: 100-continue\r\n\r\n")
+            resp = await c.response(timeout_s=5)
+            assert_lbcdn_error(resp, 504)
+
+
+async def test_a_101_to_a_request_without_upgrade_is_a_502() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n"
+                     b"Upgrade: foo\r\n\r\nsurprise")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async with raw_backend(handler) as backend:
+        cfg = proxy_config(backend)
+        async with running_daemon(cfg), client(listener_port(cfg)) as c:
+            resp = await c.request("GET", "/plain")
+            assert_lbcdn_error(resp, 502)
+            assert b"surprise" not in resp.body
+
+
 # -- failures after the response started --------------------------------------------------------
 
 @pytest.mark.parametrize("abort_after", [0, 1000, 70000])
@@ -316,14 +380,14 @@ async def test_reused_connection_closed_by_backend_is_retried_once(reset: bool) 
     assert [(i, p) for i, p, _ in flaky.seen] == [(0, "/first"), (0, "/second"), (1, "/second")]
 
 
-async def test_small_post_is_replayed_with_its_body_intact() -> None:
+async def test_small_put_is_replayed_with_its_body_intact() -> None:
     flaky = FlakyBackend()
     body = bytes(range(256)) * 20
     async with raw_backend(flaky.handle) as backend:
         cfg = proxy_config(backend)
         async with running_daemon(cfg), client(listener_port(cfg)) as c:
             assert (await c.request("GET", "/first")).status == 200
-            resp = await c.request("POST", "/post", body=body)
+            resp = await c.request("PUT", "/put", body=body)
             assert resp.status == 200, resp
             data = json.loads(resp.body)
             assert data["connection"] == 1
@@ -331,19 +395,32 @@ async def test_small_post_is_replayed_with_its_body_intact() -> None:
             assert data["sha256"] == hashlib.sha256(body).hexdigest()
 
 
-async def test_small_chunked_post_is_replayed_with_its_body_intact() -> None:
+async def test_small_chunked_put_is_replayed_with_its_body_intact() -> None:
     flaky = FlakyBackend()
     async with raw_backend(flaky.handle) as backend:
         cfg = proxy_config(backend)
         async with running_daemon(cfg), client(listener_port(cfg)) as c:
             assert (await c.request("GET", "/first")).status == 200
-            await c.send(b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            await c.send(b"PUT /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
                          b"\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n")
             resp = await c.response()
             assert resp.status == 200, resp
             data = json.loads(resp.body)
             assert data["connection"] == 1
             assert data["sha256"] == hashlib.sha256(b"abcdefg").hexdigest()
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+async def test_non_idempotent_request_is_not_replayed(method: str) -> None:
+    # RFC 9110 9.2.2: the backend may have applied it before closing; a 502 is the answer
+    flaky = FlakyBackend()
+    async with raw_backend(flaky.handle) as backend:
+        cfg = proxy_config(backend)
+        async with running_daemon(cfg), client(listener_port(cfg)) as c:
+            assert (await c.request("GET", "/first")).status == 200
+            resp = await c.request(method, "/order", body=b"buy 1")
+            assert_lbcdn_error(resp, 502, secrets=(str(backend),))
+    assert [(i, p, b) for i, p, b in flaky.seen] == [(0, "/first", b""), (0, "/order", b"buy 1")]
 
 
 async def test_request_with_a_body_over_64k_is_not_replayed() -> None:
@@ -353,7 +430,7 @@ async def test_request_with_a_body_over_64k_is_not_replayed() -> None:
         cfg = proxy_config(backend)
         async with running_daemon(cfg), client(listener_port(cfg)) as c:
             assert (await c.request("GET", "/first")).status == 200
-            resp = await c.request("POST", "/big", body=body)
+            resp = await c.request("PUT", "/big", body=body)
             assert_lbcdn_error(resp, 502, secrets=(str(backend),))
     assert [(i, p) for i, p, _ in flaky.seen] == [(0, "/first"), (0, "/big")]
 
@@ -366,7 +443,7 @@ async def test_a_larger_replay_buffer_replays_a_larger_body() -> None:
         cfg["pools"]["app"]["retries"] = {"buffer_body_max_bytes": 200 * 1024}
         async with running_daemon(cfg), client(listener_port(cfg)) as c:
             assert (await c.request("GET", "/first")).status == 200
-            resp = await c.request("POST", "/big", body=body)
+            resp = await c.request("PUT", "/big", body=body)
             assert resp.status == 200, resp
             assert json.loads(resp.body)["sha256"] == hashlib.sha256(body).hexdigest()
     assert [(i, p) for i, p, _ in flaky.seen] == [(0, "/first"), (0, "/big"), (1, "/big")]
