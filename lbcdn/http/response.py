@@ -149,7 +149,7 @@ def _parse(head: bytes) -> ResponseHead:
                 conn_close = True
             elif http10 and b"keep-alive" in tokens:
                 conn_close = False
-            tokens -= _PLAIN
+            tokens -= _NOT_NAMED
             if tokens:
                 named = tokens if named is None else named | tokens
         elif name == b"transfer-encoding":
@@ -173,12 +173,15 @@ def _parse(head: bytes) -> ResponseHead:
     block = block[2:]
     return ResponseHead(status, reason, [] if upgrade is None else [(b"Upgrade", upgrade)],
                         content_length, chunked, not conn_close, [block, b"\r\n"] if block else [],
-                        has_date=b"\r\ndate:" in lower)
+                        # a Date named in Connection is gone; the proxy adds one (RFC 9110 6.6.1)
+                        has_date=b"\r\ndate:" in lower and not (named and b"date" in named))
 
 
 _SPECIAL_RE: Final = re.compile(rb"\r\n(content-length|transfer-encoding|connection|keep-alive|"
                                 rb"proxy-connection|te|trailer|upgrade):([^\r]*)")
-_PLAIN: Final = PLAIN_CONNECTION | HOP_BY_HOP
+# Connection options that remove no line: hop-by-hop fields go anyway, and Content-Length frames
+# the body we forward (RFC 9112 6.3: a proxy cannot drop it and still forward the same message).
+_NOT_NAMED: Final = PLAIN_CONNECTION | HOP_BY_HOP | {b"content-length"}
 
 
 def _lines(block: bytes) -> list[bytes]:

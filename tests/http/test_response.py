@@ -74,6 +74,27 @@ def test_hop_by_hop_and_connection_named_headers_are_not_forwarded() -> None:
                           ("done", True)]
 
 
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_connection_cannot_remove_the_framing(bytewise: bool) -> None:
+    # RFC 9112 6.3: the body is framed by Content-Length or chunked whatever Connection names
+    data = (b"HTTP/1.1 200 OK\r\nConnection: Content-Length, X-A\r\nX-A: 1\r\n"
+            b"Content-Length: 2\r\n\r\nok")
+    assert read(data, bytewise=bytewise) == [("head", (200, b"Content-Length: 2\r\n")),
+                                             ("body", b"ok"), ("done", True)]
+    assert parse_head(data[:-2]).content_length == 2
+    data = (b"HTTP/1.1 200 OK\r\nConnection: Transfer-Encoding\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+    assert read(data, bytewise=bytewise) == [("head", (200, b"")), ("body", b"ok"),
+                                             ("done", True)]
+
+
+def test_a_date_named_in_connection_is_removed_and_the_head_has_none() -> None:
+    # RFC 9110 7.6.1 removes it; 6.6.1 then has the proxy add its own
+    head = parse_head(b"HTTP/1.1 200 OK\r\nConnection: Date\r\n"
+                      b"Date: Wed, 25 Nov 2026 20:00:00 GMT\r\nContent-Length: 0\r\n\r\n")
+    assert head.fwd == [b"Content-Length: 0", b"\r\n"] and not head.has_date
+
+
 def test_close_delimited_ends_at_eof() -> None:
     events = read(HEAD + b"\r\nsome body", eof=True)
     assert events == [("head", (200, b"Server: t\r\n")), ("body", b"some body"),

@@ -322,6 +322,30 @@ async def test_bodiless_status_passes_without_body_and_reuses_the_connection(
         assert script.connection_of_each_request() == [0, 0], script
 
 
+CONNECTION_NAMES = {
+    "content-length": b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 2\r\n"
+                      b"\r\nok",
+    "transfer-encoding": b"HTTP/1.1 200 OK\r\nConnection: Transfer-Encoding\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    "date": b"HTTP/1.1 200 OK\r\nConnection: Date\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n"
+            b"Content-Length: 2\r\n\r\nok",
+}
+
+
+@pytest.mark.parametrize("first", CONNECTION_NAMES.values(), ids=CONNECTION_NAMES.keys())
+async def test_headers_named_in_connection_leave_the_response_framed_and_dated(
+        first: bytes) -> None:
+    # RFC 9110 7.6.1 drops what Connection names, but not the framing (RFC 9112 6.3) and not
+    # the Date a response must carry (RFC 9110 6.6.1)
+    async with proxy_to(first, GOOD) as (port, script):
+        res = await raw_request(port, request(b"/a", close=False) + request(b"/b"))
+        responses = parse_responses(res.data)
+        assert [(r.status, r.body) for r in responses] == [(200, b"ok"), (200, b"good")], res
+        assert len(responses[0].header_list("Date")) == 1, res
+        assert responses[0].header("Date") != b"Sun, 06 Nov 1994 08:49:37 GMT", res
+        assert script.connection_of_each_request() == [0, 0], script
+
+
 INTERIM = (b"HTTP/1.1 100 Continue\r\n\r\n"
            b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n" + GOOD)
 
