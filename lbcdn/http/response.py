@@ -112,7 +112,9 @@ def _parse(head: bytes) -> ResponseHead:
         raise HttpError(502, _MALFORMED)
     status = int(head[9:12])
     line_end = head.find(b"\r\n")
-    reason = head[13:line_end]
+    # `HTTP/1.1 200\r\n` (no SP before an empty reason, RFC 9112 4) must not slice [13:12]:
+    # compiled, a bytes slice that ends before it starts is an error, not b""
+    reason = head[13:line_end] if line_end > 13 else b""
     http10 = head[7] == 0x30  # b"0"
     content_length: int | None = None
     chunked = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from lbcdn.http import response
@@ -142,6 +144,48 @@ def test_switching_protocols_hands_over_the_rest() -> None:
     events = read(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                   b"Connection: Upgrade\r\n\r\n\x81\x02hi")
     assert events == [("upgrade", (101, [(b"Upgrade", b"websocket")], b"\x81\x02hi"))]
+
+
+@pytest.mark.parametrize("line, lead", [
+    (b"HTTP/1.1 200", b"HTTP/1.1 200 OK"),        # no SP before the empty reason
+    (b"HTTP/1.1 200 ", b"HTTP/1.1 200 OK"),
+    (b"HTTP/1.0 404", b"HTTP/1.1 404 Not Found"),
+    (b"HTTP/1.1 200  two spaces", b"HTTP/1.1 200  two spaces"),
+    (b"HTTP/1.1 200 \t\x80\xff", b"HTTP/1.1 200 \t\x80\xff"),
+])
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_status_lines_with_odd_or_no_reasons(line: bytes, lead: bytes, bytewise: bool) -> None:
+    # RFC 9112 4: the reason phrase may be empty; ours is then the standard one
+    data = line + b"\r\nContent-Length: 2\r\n\r\nok"
+    status = int(line[9:12])
+    assert read(data, bytewise=bytewise) == [
+        ("head", (status, b"Content-Length: 2\r\n")), ("body", b"ok"),
+        ("done", line.startswith(b"HTTP/1.1"))]
+    assert parse_head(data[:-2]).lead == lead + b"\r\nContent-Length: 2\r\n"
+    assert read(b"HTTP/1.1 100\r\n\r\n" + data)[0] == ("interim", 100)
+
+
+def test_random_status_lines_parse_or_are_502() -> None:
+    rng = random.Random(9112)
+    odd = [b" ", b"  ", b"\t", b"\r", b"\n", b"1", b"x", b"-", b"\x00", b"\x7f", b"\xff", b":"]
+
+    def sp() -> bytes:  # mostly the SP the grammar wants
+        return b" " if rng.random() < 0.7 else b"".join(rng.sample(odd, rng.randrange(4)))
+
+    accepted = 0
+    for _ in range(3000):
+        # `HTTP/1.x NNN reason` with pieces left out, doubled or replaced by odd bytes
+        line = (rng.choice([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.", b"HTTP/2"]) + sp()
+                + (b"%d" % rng.randrange(1200))[:rng.randrange(1, 5)] + sp()
+                + rng.choice([b"", b"OK", b"Not Found"]) + sp())
+        data = line + rng.choice([b"\r\n", b"\r\nX: 1\r\n"]) + b"Content-Length: 0\r\n\r\n"
+        try:
+            read(data, eof=True)
+        except HttpError as e:  # anything else escaping is a bug
+            assert e.status == 502
+        else:
+            accepted += 1
+    assert accepted > 100  # and those went through the reader
 
 
 @pytest.mark.parametrize("data", [

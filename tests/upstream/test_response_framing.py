@@ -322,6 +322,17 @@ async def test_bodiless_status_passes_without_body_and_reuses_the_connection(
         assert script.connection_of_each_request() == [0, 0], script
 
 
+@pytest.mark.parametrize("line", [b"HTTP/1.1 200", b"HTTP/1.1 200 "], ids=["no-sp", "sp"])
+async def test_status_line_without_reason_gets_the_standard_one(line: bytes) -> None:
+    # RFC 9112 4: the reason phrase may be empty (and real servers leave out the SP before it)
+    async with proxy_to(line + b"\r\nContent-Length: 2\r\n\r\nok", GOOD) as (port, script):
+        res = await raw_request(port, request(b"/a", close=False) + request(b"/b"))
+        assert res.data.startswith(b"HTTP/1.1 200 OK\r\n"), res
+        responses = parse_responses(res.data)
+        assert [(r.status, r.body) for r in responses] == [(200, b"ok"), (200, b"good")], res
+        assert script.connection_of_each_request() == [0, 0], script
+
+
 CONNECTION_NAMES = {
     "content-length": b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 2\r\n"
                       b"\r\nok",
