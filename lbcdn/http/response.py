@@ -13,8 +13,9 @@ The grammar is RFC 9112's, without the leniencies: a status line `HTTP/1.x NNN [
 header lines `token ":" value` where value is HT, SP, VCHAR or obs-text (so no CR, LF, NUL,
 no obs-fold, no whitespace before the colon); CRLF line ends only. Content-Length must be
 digits and appear once; Transfer-Encoding must be exactly `chunked` and not come with a
-Content-Length; chunk sizes are hex digits only (no sign, prefix or whitespace) with CRLF line
-ends. Anything else raises HttpError(502): a malformed response never reaches the client.
+Content-Length; chunk sizes are hex digits only (no sign, prefix or whitespace before them,
+at most 15 after leading zeros) with CRLF line ends. Anything else raises HttpError(502): a
+malformed response never reaches the client.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ _VALUE: Final = rb"[\t\x20-\x7e\x80-\xff]*"
 _HEAD_RE: Final = re.compile(
     rb"HTTP/1\.[01] [0-9]{3}(?: " + _VALUE + rb")?\r\n"
     rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:" + _VALUE + rb"\r\n)*\r\n")
-_CHUNK_SIZE_RE: Final = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;[\t\x20-\x7e\x80-\xff]*)?\r\n")
+# chunk-size, then chunk-ext with the BWS RFC 9112 7.1.1 allows before its ";"; leading zeros
+# are no part of the at most 15 hex digits (60 bits) a size may have
+_CHUNK_SIZE_RE: Final = re.compile(
+    rb"0*([0-9A-Fa-f]{1,15})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?\r\n")
 _BARE_LF_RE: Final = re.compile(rb"(?<!\r)\n")
 _TRAILER_LINE_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:" + _VALUE + rb"\r\n")
 

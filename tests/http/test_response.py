@@ -76,6 +76,17 @@ def test_hop_by_hop_and_connection_named_headers_are_not_forwarded() -> None:
                           ("done", True)]
 
 
+@pytest.mark.parametrize("size_line", [b"5 ;foo = bar", b"5\t; a=\"b c\"", b"0" * 20 + b"5"],
+                         ids=["bws-in-ext", "tab-and-quoted-ext", "leading-zeros"])
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_chunk_size_lines_rfc9112_allows(size_line: bytes, bytewise: bool) -> None:
+    # RFC 9112 7.1: chunk-size is 1*HEXDIG; 7.1.1: BWS around chunk-ext's ";" and "="
+    data = (HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + size_line + b"\r\nhello\r\n"
+            b"0\r\n\r\n")
+    assert read(data, bytewise=bytewise) == [("head", (200, b"Server: t\r\n")),
+                                             ("body", b"hello"), ("done", True)]
+
+
 @pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
 def test_connection_cannot_remove_the_framing(bytewise: bool) -> None:
     # RFC 9112 6.3: the body is framed by Content-Length or chunked whatever Connection names
@@ -208,10 +219,14 @@ def test_random_status_lines_parse_or_are_502() -> None:
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloX\r\n0\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n000fffffffffffffffff\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5 ;x\nhello\r\n0\r\n\r\n",
 ], ids=["bare-lf", "nul", "obs-fold", "space-before-colon", "no-colon", "http2", "status-4",
         "status-low", "status-high", "cl-twice", "cl-plus", "cl-and-te", "te-gzip",
         "chunk-0x", "chunk-minus", "chunk-space", "chunk-bare-lf", "chunk-too-long",
-        "chunk-overflow"])
+        "chunk-overflow", "chunk-overflow-after-zeros", "chunk-space-no-ext",
+        "chunk-ext-bare-lf"])
 @pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
 def test_malformed_is_502(data: bytes, bytewise: bool) -> None:
     with pytest.raises(HttpError) as info:

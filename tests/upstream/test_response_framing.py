@@ -193,6 +193,8 @@ BAD_BODIES = {
     "chunk-size-hex-prefix": Step(CHUNKED_HEAD + b"0x4\r\nLEAK\r\n0\r\n\r\n"),
     "chunk-size-minus": Step(CHUNKED_HEAD + b"-4\r\nLEAK\r\n0\r\n\r\n"),
     "chunk-size-overflow": Step(CHUNKED_HEAD + b"ffffffffffffffffff\r\nLEAK\r\n0\r\n\r\n"),
+    "chunk-size-overflow-after-zeros": Step(CHUNKED_HEAD + b"0000ffffffffffffffffff\r\nLEAK\r\n"
+                                            b"0\r\n\r\n"),
     "chunk-data-too-long": Step(CHUNKED_HEAD + b"2\r\nLEAK\r\n0\r\n\r\n"),
     "chunk-size-bare-lf": Step(CHUNKED_HEAD + b"4\nLEAK\r\n0\r\n\r\n"),
     "chunked-truncated": Step(CHUNKED_HEAD + b"4\r\nLEAK\r\n", close=True),
@@ -239,6 +241,17 @@ async def test_backend_closing_without_answer_on_fresh_connection_is_502() -> No
         res = await raw_request(port, request(b"/first"))
         assert_502(res)
         await assert_next_request_uses_new_connection(port, script)
+
+
+async def test_chunk_lines_rfc9112_allows_pass() -> None:
+    # RFC 9112 7.1.1: BWS before chunk-ext's ";" and around its "="; chunk sizes are 1*HEXDIG
+    chunked = (CHUNKED_HEAD + b"2 ;foo = bar\r\nok\r\n" + b"0" * 20 + b"2\r\n!!\r\n"
+               b"0\r\n\r\n")
+    async with proxy_to(chunked, GOOD) as (port, script):
+        res = await raw_request(port, request(b"/a", close=False) + request(b"/b"))
+        responses = parse_responses(res.data)
+        assert [(r.status, r.body) for r in responses] == [(200, b"ok!!"), (200, b"good")], res
+        assert script.connection_of_each_request() == [0, 0], script
 
 
 # -- timeouts and refused connections ------------------------------------------------------------
