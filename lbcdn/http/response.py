@@ -115,6 +115,8 @@ def _parse(head: bytes) -> ResponseHead:
     if _HEAD_RE.fullmatch(head) is None:
         raise HttpError(502, _MALFORMED)
     status = int(head[9:12])
+    # RFC 9110 8.6: no Content-Length on a 1xx or a 204; one that came is checked, not forwarded
+    no_length = status < 200 or status == 204
     line_end = head.find(b"\r\n")
     # `HTTP/1.1 200\r\n` (no SP before an empty reason, RFC 9112 4) must not slice [13:12]:
     # compiled, a bytes slice that ends before it starts is an error, not b""
@@ -125,8 +127,9 @@ def _parse(head: bytes) -> ResponseHead:
     conn_close = http10
     named: set[bytes] | None = None
     upgrade: bytes | None = None
-    # the header block without the status line, the hop-by-hop lines and the final CRLF, as
-    # the pieces between the hop-by-hop lines; it starts with the status line's CRLF
+    # the header block without the status line, the hop-by-hop lines (and a Content-Length
+    # not forwarded) and the final CRLF, as the pieces between the lines left out; it starts
+    # with the status line's CRLF
     pieces: list[bytes] = []
     pos = line_end
     # The grammar check above guarantees `\r\nname:` starts each header line and that no
@@ -141,7 +144,8 @@ def _parse(head: bytes) -> ResponseHead:
             if content_length is not None or not value.isdigit():
                 raise HttpError(502, _MALFORMED)
             content_length = int(value)
-            continue
+            if not no_length:
+                continue  # forwarded: it frames the body
         start, end = m.span()
         pieces.append(head[pos:start])
         pos = end
@@ -178,7 +182,8 @@ def _parse(head: bytes) -> ResponseHead:
                          if line[2:line.find(b":")].lower() not in named)
     block = block[2:]
     return ResponseHead(status, reason, [] if upgrade is None else [(b"Upgrade", upgrade)],
-                        content_length, chunked, not conn_close, [block, b"\r\n"] if block else [],
+                        None if no_length else content_length, chunked, not conn_close,
+                        [block, b"\r\n"] if block else [],
                         # a Date named in Connection is gone; the proxy adds one (RFC 9110 6.6.1)
                         has_date=b"\r\ndate:" in lower and not (named and b"date" in named))
 

@@ -135,10 +135,19 @@ def test_bytes_after_the_response_make_it_not_reusable() -> None:
         ("done", False)]
 
 
-@pytest.mark.parametrize("status", [204, 304])
-def test_no_body_statuses(status: int) -> None:
-    events = read(b"HTTP/1.1 %d X\r\nContent-Length: 5\r\n\r\n" % status)
-    assert events[-1] == ("done", True) and all(e[0] != "body" for e in events)
+@pytest.mark.parametrize("status, fwd", [(204, b""), (304, b"Content-Length: 5\r\n")])
+def test_no_body_statuses(status: int, fwd: bytes) -> None:
+    # RFC 9110 8.6: a 204 has no Content-Length; a 304's is the representation's length
+    data = b"HTTP/1.1 %d X\r\nContent-Length: 5\r\n\r\n" % status
+    assert read(data) == [("head", (status, fwd)), ("done", True)]
+    assert parse_head(data).content_length == (None if status == 204 else 5)
+
+
+def test_interim_responses_forward_no_content_length() -> None:
+    # RFC 9110 8.6: nor may a 1xx have one
+    head = parse_head(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\nContent-Length: 0\r\n\r\n")
+    assert head.lead == b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n"
+    assert head.content_length is None
 
 
 def test_head_request_ignores_content_length() -> None:

@@ -321,16 +321,16 @@ async def test_head_response_with_length_and_no_body_reuses_the_connection() -> 
 @pytest.mark.parametrize("status", [204, 304])
 async def test_bodiless_status_passes_without_body_and_reuses_the_connection(
         status: int) -> None:
-    extra = b"ETag: \"v1\"\r\nContent-Length: 100\r\n" if status == 304 else b""
-    first = b"HTTP/1.1 %d X\r\n%s\r\n" % (status, extra)
+    # RFC 9110 8.6: a 304's Content-Length is the selected representation's (kept); a 204 has
+    # none (dropped)
+    first = b"HTTP/1.1 %d X\r\nETag: \"v1\"\r\nContent-Length: 100\r\n\r\n" % status
     async with proxy_to(first, GOOD) as (port, script):
         res = await raw_request(port, request(b"/a", close=False) + request(b"/b"))
         responses = parse_responses(res.data)
         assert [r.status for r in responses] == [status, 200], res
         assert responses[0].body == b""
         assert responses[0].header("Transfer-Encoding") is None, res
-        if status == 204:
-            assert responses[0].header("Content-Length") is None, res
+        assert responses[0].header("Content-Length") == (None if status == 204 else b"100"), res
         assert responses[1].body == b"good"
         assert script.connection_of_each_request() == [0, 0], script
 
@@ -368,6 +368,16 @@ async def test_headers_named_in_connection_leave_the_response_framed_and_dated(
         assert len(responses[0].header_list("Date")) == 1, res
         assert responses[0].header("Date") != b"Sun, 06 Nov 1994 08:49:37 GMT", res
         assert script.connection_of_each_request() == [0, 0], script
+
+
+async def test_body_sent_after_a_204_head_is_not_forwarded_and_not_reused() -> None:
+    async with proxy_to(b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\nLEAK", GOOD) \
+            as (port, script):
+        res = await raw_request(port, request(b"/first"))
+        responses = parse_responses(res.data)
+        assert [(r.status, r.body) for r in responses] == [(204, b"")], res
+        assert responses[0].header("Content-Length") is None and b"LEAK" not in res.data, res
+        await assert_next_request_uses_new_connection(port, script)
 
 
 INTERIM = (b"HTTP/1.1 100 Continue\r\n\r\n"
