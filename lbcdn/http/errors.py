@@ -8,6 +8,7 @@ lbcdn and the request id, and never carry internals (no exception text, no targe
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Final
 
 from lbcdn.http.date import http_date
 
@@ -24,11 +25,17 @@ class HttpError(Exception):
         self.headers = headers  # ready-made header lines, e.g. b"Allow: GET\r\n" on a 405
 
 
+# The registered reason phrases: RFC 9110's names where Python's list still has RFC 7231's.
+_PHRASES: Final = {s.value: s.phrase.encode() for s in HTTPStatus} | {
+    413: b"Content Too Large", 414: b"URI Too Long", 416: b"Range Not Satisfiable",
+    422: b"Unprocessable Content",
+}
+
+
 def reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b"Unknown"
+    """The standard reason phrase of `status`; b"" for an unregistered code (RFC 9112 4: the
+    reason phrase may be empty)."""
+    return _PHRASES.get(status, b"")
 
 
 def error_response(status: int, request_id: bytes, detail: str = "", *,

@@ -30,7 +30,17 @@ def test_reason_phrases() -> None:
     assert reason(400) == b"Bad Request"
     assert reason(431) == b"Request Header Fields Too Large"
     assert reason(504) == b"Gateway Timeout"
-    assert reason(599) == b"Unknown"
+    assert reason(599) == b""  # unregistered: an empty reason (RFC 9112 4), not a made-up one
+
+
+@pytest.mark.parametrize("status, phrase", [
+    (413, b"Content Too Large"), (414, b"URI Too Long"), (416, b"Range Not Satisfiable"),
+    (422, b"Unprocessable Content"),
+])
+def test_reason_phrases_are_rfc9110s(status: int, phrase: bytes) -> None:
+    # RFC 9110 15.5 renamed these; Python's http.HTTPStatus (before 3.13) has the old names
+    assert reason(status) == phrase
+    assert error_response(status, b"r").startswith(b"HTTP/1.1 %d %s\r\n" % (status, phrase))
 
 
 @pytest.mark.parametrize("status", [400, 405, 408, 413, 414, 417, 431, 502, 503, 504])

@@ -300,6 +300,10 @@ def test_a_repeated_head_is_shared_and_leads_with_our_status_line() -> None:
     assert parse_head(b"HTTP/1.0 404 \r\nX: 1\r\n\r\n").lead == \
         b"HTTP/1.1 404 Not Found\r\nX: 1\r\n"
     assert parse_head(b"HTTP/1.1 204 \r\n\r\n").lead == b"HTTP/1.1 204 No Content\r\n"
+    assert parse_head(b"HTTP/1.1 413 \r\n\r\n").lead == b"HTTP/1.1 413 Content Too Large\r\n"
+    # an unregistered code keeps the backend's reason, or has none
+    assert parse_head(b"HTTP/1.1 599 Mine\r\n\r\n").lead == b"HTTP/1.1 599 Mine\r\n"
+    assert parse_head(b"HTTP/1.1 599\r\n\r\n").lead == b"HTTP/1.1 599 \r\n"
 
 
 @pytest.mark.parametrize("head, has_date", [

@@ -335,14 +335,21 @@ async def test_bodiless_status_passes_without_body_and_reuses_the_connection(
         assert script.connection_of_each_request() == [0, 0], script
 
 
-@pytest.mark.parametrize("line", [b"HTTP/1.1 200", b"HTTP/1.1 200 "], ids=["no-sp", "sp"])
-async def test_status_line_without_reason_gets_the_standard_one(line: bytes) -> None:
+@pytest.mark.parametrize("line, ours", [
+    (b"HTTP/1.1 200", b"HTTP/1.1 200 OK"),
+    (b"HTTP/1.1 200 ", b"HTTP/1.1 200 OK"),
+    (b"HTTP/1.1 413", b"HTTP/1.1 413 Content Too Large"),  # RFC 9110's name, not RFC 7231's
+    (b"HTTP/1.1 599", b"HTTP/1.1 599 "),                   # unregistered: no made-up reason
+], ids=["no-sp", "sp", "413", "unregistered"])
+async def test_status_line_without_reason_gets_the_standard_one(line: bytes, ours: bytes
+                                                                ) -> None:
     # RFC 9112 4: the reason phrase may be empty (and real servers leave out the SP before it)
     async with proxy_to(line + b"\r\nContent-Length: 2\r\n\r\nok", GOOD) as (port, script):
         res = await raw_request(port, request(b"/a", close=False) + request(b"/b"))
-        assert res.data.startswith(b"HTTP/1.1 200 OK\r\n"), res
+        assert res.data.startswith(ours + b"\r\n"), res
         responses = parse_responses(res.data)
-        assert [(r.status, r.body) for r in responses] == [(200, b"ok"), (200, b"good")], res
+        assert [(r.status, r.body) for r in responses] == [(int(line[9:]), b"ok"),
+                                                           (200, b"good")], res
         assert script.connection_of_each_request() == [0, 0], script
 
 
