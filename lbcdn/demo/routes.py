@@ -13,11 +13,11 @@ Rules:
 from __future__ import annotations
 
 import enum
-import http
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from lbcdn.demo.websocket import valid_client_key
+from lbcdn.http.errors import reason
 
 PATTERN = b"0123456789abcdef"
 CHUNK_BYTES = 64 * 1024
@@ -179,11 +179,7 @@ def status_line(status: int) -> bytes:
     """`HTTP/1.1 <status> <reason>\\r\\n`, cached because a benchmark asks for 200 each time."""
     line = _STATUS_LINES.get(status)
     if line is None:
-        try:
-            phrase = http.HTTPStatus(status).phrase
-        except ValueError:
-            phrase = "Unknown"
-        line = f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1")
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
         _STATUS_LINES[status] = line
     return line
 

@@ -66,7 +66,8 @@ def test_websocket_handshake_checks() -> None:
 
 def test_status_lines_and_bodyless_statuses() -> None:
     assert status_line(200) == b"HTTP/1.1 200 OK\r\n"
-    assert status_line(599) == b"HTTP/1.1 599 Unknown\r\n"
+    assert status_line(413) == b"HTTP/1.1 413 Content Too Large\r\n"
+    assert status_line(599) == b"HTTP/1.1 599 \r\n"
     assert has_no_body(204) and has_no_body(304) and not has_no_body(200)
 
 
