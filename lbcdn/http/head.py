@@ -122,6 +122,10 @@ def _without(fwd: list[bytes], names: set[bytes]) -> list[bytes]:
 
 
 PLAIN_CONNECTION: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Connection options that never remove a request header: the framing fields and Host decide what
+# the request is, so naming them in Connection changes nothing (Transfer-Encoding and Host are
+# written by the proxy itself anyway); dropping Content-Length would leave the body unframed.
+_KEEP_NAMED: Final = PLAIN_CONNECTION | {b"content-length", b"transfer-encoding", b"host"}
 
 
 def check_request(method: bytes, target: bytes, version: bytes,
@@ -164,7 +168,7 @@ def check_request(method: bytes, target: bytes, version: bytes,
                 raise HttpError(400, "invalid Transfer-Encoding (only a single chunked)")
             chunked = True
         elif kind == H_CONNECTION:
-            tokens = connection_tokens(value) - PLAIN_CONNECTION
+            tokens = connection_tokens(value) - _KEEP_NAMED
             if tokens:
                 named = tokens if named is None else named | tokens
         elif kind == H_EXPECT:

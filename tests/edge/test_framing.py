@@ -603,6 +603,24 @@ async def test_zero_length_chunked_body_does_not_swallow_next_request(proxy: Edg
     assert proxy.rec.requests[0].body == b""
 
 
+@pytest.mark.parametrize("named", [b"Content-Length", b"content-length, host, transfer-encoding"])
+async def test_connection_naming_content_length_keeps_the_body_framed(
+        proxy: Edge, named: bytes) -> None:
+    # A proxy that drops the header lines named in Connection must not drop Content-Length:
+    # the body would reach the backend unframed and be read as the next request.
+    data = (b"POST /first HTTP/1.1\r\nHost: example.com\r\nConnection: %s\r\n"
+            b"Content-Length: %d\r\n\r\n%s"
+            b"GET /second HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+            % (named, len(HIDDEN), HIDDEN))
+    res = await proxy.send(data)
+    responses = parse_responses(res.data)
+    assert [r.status for r in responses] == [200, 200], res
+    assert [json.loads(r.body)["path"] for r in responses] == ["/first", "/second"]
+    assert proxy.rec.paths() == ["/first", "/second"]
+    assert proxy.rec.requests[0].body == HIDDEN
+    assert (b"Content-Length", b"%d" % len(HIDDEN)) in proxy.rec.requests[0].headers
+
+
 async def test_get_with_body_is_forwarded_with_its_body(proxy: Edge) -> None:
     # A GET may carry Content-Length; a proxy that ignored it would read "HIDDEN" as a request.
     data = (b"GET /first HTTP/1.1\r\nHost: example.com\r\nContent-Length: %d\r\n\r\n%s"

@@ -135,6 +135,18 @@ def test_connection_named_headers_are_dropped() -> None:
     assert forwarded(head.fwd) == b"X-Kept: 2\r\n"
 
 
+def test_framing_headers_named_in_connection_are_kept() -> None:
+    # RFC 9112 6.3: the body length comes from Content-Length; a Connection option naming it
+    # must not leave the forwarded body without its length (nor unsettle Host or chunked).
+    head = req(headers=H + [(b"Connection", b"Content-Length, Host"),
+                            (b"Content-Length", b"3")], method=b"POST")
+    assert forwarded(head.fwd) == b"Content-Length: 3\r\n"
+    assert head.content_length == 3 and head.host == b"example.com"
+    head = req(headers=H + [(b"Connection", b"transfer-encoding"),
+                            (b"Transfer-Encoding", b"chunked")], method=b"POST")
+    assert head.chunked
+
+
 def test_upgrade_kept_only_when_parser_says_upgrade() -> None:
     hs = H + [(b"Connection", b"upgrade"), (b"Upgrade", b"websocket")]
     assert check_request(b"GET", b"/", b"1.1", hs, True, True).upgrade == b"websocket"
