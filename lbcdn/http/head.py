@@ -212,9 +212,8 @@ def check_request(method: bytes, target: bytes, version: bytes,
         authority = rest[:end]
         if not authority or b"@" in authority or not _HOST_RE.match(authority):
             raise HttpError(400, "invalid request-target")
-        # absolute-form wins over the Host header (RFC 9112 3.2.2)
+        # absolute-form wins over the Host header (RFC 9112 3.2.2), which 1.1 still requires
         host = authority
-        hosts = 1
         path, sep, query = (rest[end:] or b"/").partition(b"?")
         if path[:1] != b"/":
             path = b"/" + path
@@ -223,11 +222,10 @@ def check_request(method: bytes, target: bytes, version: bytes,
         path, sep, query = b"*", b"", b""
     else:
         raise HttpError(400, "invalid request-target")
-    if hosts == 0:
-        if version == b"1.1":
-            raise HttpError(400, "missing Host header")
+    if hosts == 0 and version == b"1.1":
+        raise HttpError(400, "missing Host header")  # absolute-form or not (RFC 9112 3.2)
+    if host is None:
         host = b""
-    assert host is not None
     return RequestHead(method, target, path, query if sep else None, version, headers, host,
                        content_length, chunked, keep_alive,
                        upgrade_value if upgrade else None, expect_continue, fwd, xff, via,

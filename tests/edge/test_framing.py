@@ -403,6 +403,13 @@ async def test_absolute_form_wins_over_host(proxy: Edge) -> None:
     assert (b"Host", b"origin.example") in proxy.rec.requests[0].headers
 
 
+async def test_absolute_form_without_host_on_http11_is_rejected(proxy: Edge) -> None:
+    # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request that lacks Host, even when
+    # the target is in absolute-form.
+    res = await proxy.send(get(target=b"http://origin.example/p", host=None))
+    assert_rejected(res, 400, proxy.rec)
+
+
 async def test_options_asterisk_is_forwarded(proxy: Edge) -> None:
     res = await proxy.send(b"OPTIONS * HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
     assert_ok(res, proxy.rec, path="*")

@@ -97,10 +97,15 @@ def test_absolute_form_takes_host_and_becomes_origin_form() -> None:
     head = req(b"http://Origin.example:81/a/b?x=1", headers=[(b"Host", b"other")])
     assert (head.host, head.target, head.path, head.query) == (
         b"Origin.example:81", b"/a/b?x=1", b"/a/b", b"x=1")
-    head = req(b"https://h.example", headers=[])
+    head = req(b"https://h.example", headers=[], version=b"1.0")
     assert (head.host, head.target, head.path) == (b"h.example", b"/", b"/")
-    head = req(b"http://h.example?q", headers=[])
+    head = req(b"http://h.example?q", headers=[], version=b"1.0")
     assert (head.target, head.path, head.query) == (b"/?q", b"/", b"q")
+
+
+def test_absolute_form_does_not_excuse_a_missing_host_on_http11() -> None:
+    # RFC 9112 3.2: a 1.1 request without Host gets 400, whatever the form of its target.
+    assert "Host" in refused(400, target=b"http://h.example/x", headers=[])
 
 
 def test_double_slash_is_origin_form() -> None:
