@@ -5,7 +5,8 @@ duplicate or non-digit Content-Length, bad chunk sizes, bare LF, CR/LF/NUL in va
 whitespace before the colon. What it lets through and this module refuses:
 - Transfer-Encoding other than exactly `chunked` (`,chunked`, `gzip, chunked`): we speak no
   other transfer coding, and a proxy that guesses is how requests get smuggled;
-- a missing or repeated Host on HTTP/1.1, or a Host that is not a host[:port];
+- a missing or repeated Host on HTTP/1.1, or a Host that is not a host[:port] (an empty one
+  included);
 - request-targets that are not origin-form, absolute-form, or `*` for OPTIONS;
 Responses are read by lbcdn.http.response, with the same rules.
 Header names are compared lower-cased; values are forwarded byte for byte.
@@ -26,8 +27,9 @@ HOP_BY_HOP: Final = frozenset({
 })
 
 # reg-name / IPv4 / [IPv6] with an optional port; nothing that could turn into a path or userinfo.
+# Never empty: an http URI with an empty host is invalid (RFC 9110 4.2.1).
 _HOST_RE: Final = re.compile(
-    rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?\Z")
+    rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?\Z")
 _TOKEN_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
 
@@ -210,7 +212,7 @@ def check_request(method: bytes, target: bytes, version: bytes,
         qmark = rest.find(b"?")
         end = min(i for i in (slash, qmark, len(rest)) if i >= 0)
         authority = rest[:end]
-        if not authority or b"@" in authority or not _HOST_RE.match(authority):
+        if b"@" in authority or not _HOST_RE.match(authority):
             raise HttpError(400, "invalid request-target")
         # absolute-form wins over the Host header (RFC 9112 3.2.2), which 1.1 still requires
         host = authority

@@ -355,9 +355,10 @@ async def test_duplicate_identical_host_is_rejected(proxy: Edge) -> None:
     assert_rejected(res, 400, proxy.rec)
 
 
-@pytest.mark.parametrize("host", [b"a b", b"a/b", b"user@a", b"a:80:80", b"a:port", b"[::1"],
+@pytest.mark.parametrize("host", [b"a b", b"a/b", b"user@a", b"a:80:80", b"a:port", b"[::1", b"",
+                                  b":80"],
                          ids=["space", "slash", "userinfo", "two-ports", "named-port",
-                              "open-bracket"])
+                              "open-bracket", "empty", "port-only"])
 async def test_invalid_host_value_is_rejected(proxy: Edge, host: bytes) -> None:
     res = await proxy.send(get(host=host))
     assert_rejected(res, 400, proxy.rec)

@@ -76,9 +76,11 @@ def test_host_rules() -> None:
     assert "Host" in refused(400, headers=[])
     refused(400, headers=H + H)
     refused(400, headers=[(b"Host", b"a"), (b"HOST", b"b")])
-    for bad in (b"a b", b"a/b", b"u@a", b"a:1:2", b"a:x", b"[::1"):
+    # an empty host is no host (RFC 9110 4.2.1), with a port or not, on 1.0 too
+    for bad in (b"a b", b"a/b", b"u@a", b"a:1:2", b"a:x", b"[::1", b"", b":80"):
         refused(400, headers=[(b"Host", bad)])
-    for good in (b"a.example:8080", b"[::1]:80", b"127.0.0.1", b""):
+        refused(400, headers=[(b"Host", bad)], version=b"1.0")
+    for good in (b"a.example:8080", b"[::1]:80", b"127.0.0.1", b"a:"):
         assert req(headers=[(b"Host", good)]).host == good
 
 
@@ -87,8 +89,8 @@ def test_http10_without_host() -> None:
     assert head.host == b"" and head.version == b"1.0"
 
 
-@pytest.mark.parametrize("target", [b"foo", b"http://", b"http:///p", b"http://u@h/",
-                                    b"ftp://h/", b"?a", b"*", b""])
+@pytest.mark.parametrize("target", [b"foo", b"http://", b"http:///p", b"http://:80/",
+                                    b"http://u@h/", b"ftp://h/", b"?a", b"*", b""])
 def test_invalid_targets(target: bytes) -> None:
     refused(400, target=target)
 
