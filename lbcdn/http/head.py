@@ -176,8 +176,10 @@ def check_request(method: bytes, target: bytes, version: bytes,
         elif kind == H_EXPECT:
             if value.strip().lower() != b"100-continue":
                 raise HttpError(417, "unsupported Expect value")
-            expect_continue = True
-            fwd += (name, b": ", value, b"\r\n")
+            if version == b"1.1":
+                expect_continue = True
+                fwd += (name, b": ", value, b"\r\n")
+            # an HTTP/1.0 client cannot have meant it: ignored, not forwarded (RFC 9110 10.1.1)
         elif kind == H_UPGRADE:
             upgrade_value = value
         elif kind == H_XFF:

@@ -640,6 +640,15 @@ async def test_get_with_body_is_forwarded_with_its_body(proxy: Edge) -> None:
     assert proxy.rec.requests[0].body == HIDDEN
 
 
+async def test_expect_100_continue_from_http10_is_not_forwarded(proxy: Edge) -> None:
+    # RFC 9110 10.1.1: ignored in an HTTP/1.0 request, so the backend (spoken to in 1.1) must
+    # not be asked to send a 100 Continue either.
+    res = await proxy.send(b"POST /ten HTTP/1.0\r\nHost: example.com\r\n"
+                           b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\nhello")
+    assert_ok(res, proxy.rec, b"hello", path="/ten")
+    assert all(name.lower() != b"expect" for name, _ in proxy.rec.requests[0].headers)
+
+
 # -- pipelining --------------------------------------------------------------------------------
 
 async def test_three_pipelined_requests_are_answered_in_order() -> None:

@@ -135,6 +135,17 @@ def forwarded(fwd: list[bytes]) -> bytes:
     return b"".join(fwd)
 
 
+def test_expect_100_continue_is_ignored_on_http10() -> None:
+    # RFC 9110 10.1.1: a server MUST ignore a 100-continue expectation in an HTTP/1.0 request;
+    # forwarded as 1.1, it would make the backend wait to send a 100 the client cannot read.
+    hs = H + [(b"Expect", b"100-continue"), (b"Content-Length", b"5")]
+    head = req(headers=hs, method=b"POST", version=b"1.0")
+    assert not head.expect_continue
+    assert forwarded(head.fwd) == b"Content-Length: 5\r\n"
+    assert forwarded(req(headers=hs, method=b"POST").fwd) == \
+        b"Expect: 100-continue\r\nContent-Length: 5\r\n"
+
+
 def test_connection_named_headers_are_dropped() -> None:
     head = req(headers=H + [(b"Connection", b"close, X-Secret ,, Keep-Alive"),
                             (b"X-Secret", b"1"), (b"Keep-Alive", b"timeout=5"),
