@@ -57,13 +57,21 @@ _END: Final = b"\r\n\r\n"
 
 
 def _version(version: str) -> bytes:
-    if version == "1.1":
-        return b"1.1"
+    """The version a request is served as; llhttp (lenient on versions) passes any X.Y."""
     if version == "1.0":
         return b"1.0"
+    if version[:1] == "1":
+        return b"1.1"  # 1.1, or a later 1.x served as the highest we implement (RFC 9110 2.5)
     if version[:1] > "1":
         raise HttpError(505, "HTTP version not supported")
     raise HttpError(400, "unsupported HTTP version")  # HTTP/0.9 simple requests
+
+
+def _version_missing(head: bytes) -> bool:
+    """Whether `head`, the start of a request head, is exactly a request line without a version
+    (`GET /x`, HTTP/0.9). llhttp only says so when a byte after the line arrives (its version
+    then reads 0.9), and a 0.9 client sends none."""
+    return head.endswith(b"\n") and len(head.split(None, 2)) == 2
 
 
 class Limits:
@@ -107,6 +115,8 @@ class ClientConnection(Writer):
         self.client_ip_bytes = b""
         self.client_port = 0
         self.parser = httptools.HttpRequestParser(self)
+        # llhttp refuses versions it does not know (1.2, 3.0) as malformed; `_version` decides
+        self.parser.set_dangerous_leniencies(lenient_version=True)
         self.deadline = Deadline(self.loop, self._timed_out)
         # in arrival order; a list, not a deque: compiled code has list operations built in,
         # and it holds at most MAX_PIPELINED + 1
@@ -222,6 +232,12 @@ class ClientConnection(Writer):
                     self.limits.max_request_line_bytes:
                 self._stopped = True
                 self.fail(HttpError(431, "request head too large"))
+            elif self.parser.get_http_version() == "0.9" or \
+                    (between and self._begun == 1 and _version_missing(data)):
+                # a request line without a version: an HTTP/0.9 request has no headers, so
+                # there is nothing to wait for
+                self._stopped = True
+                self.fail(HttpError(400, "unsupported HTTP version"))
         elif self.parsing is not None and self._pause == 0:
             self.deadline.set(self.limits.body_timeout_s)
 

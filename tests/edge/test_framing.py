@@ -441,10 +441,31 @@ async def test_invalid_request_line_is_rejected(proxy: Edge, line: bytes) -> Non
     assert_rejected(res, 400, proxy.rec)
 
 
-async def test_http2_version_on_http1_listener_is_505(proxy: Edge) -> None:
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/3.0", b"HTTP/9.9"])
+async def test_http2_version_on_http1_listener_is_505(proxy: Edge, version: bytes) -> None:
     # RFC 9110 15.6.6: a major version the server does not support -> 505 (nginx too).
-    res = await proxy.send(b"GET / HTTP/2.0\r\nHost: example.com\r\n\r\n")
+    res = await proxy.send(b"GET / " + version + b"\r\nHost: example.com\r\n\r\n")
     assert_rejected(res, 505, proxy.rec)
+
+
+async def test_later_http1_minor_version_is_served_as_http11(proxy: Edge) -> None:
+    # RFC 9110 2.5: a request with a higher minor version is processed as the highest minor
+    # version the server implements (nginx answers 200 too).
+    res = await proxy.send(get(target=b"/v", version=b"HTTP/1.2"))
+    assert_ok(res, proxy.rec, path="/v")
+    assert res.data.startswith(b"HTTP/1.1 200 ")
+    assert proxy.rec.requests[0].version == "1.1"
+
+
+@pytest.mark.parametrize("data", [b"GET /x\r\n", b"GET /x\r\nHost: a\r\n",
+                                  b"\r\nGET  http://a/x\r\n"],
+                         ids=["line-only", "with-header", "absolute-form"])
+async def test_request_line_without_version_is_400_without_waiting(
+        proxy: Edge, data: bytes) -> None:
+    # HTTP/0.9 (`GET /x`, no headers to follow): refused at once, not after the header timeout
+    res = await proxy.send(data, timeout_s=3.0)
+    assert_rejected(res, 400, proxy.rec)
+    assert res.elapsed_s < 2.0
 
 
 # -- limits ---------------------------------------------------------------------------------------
