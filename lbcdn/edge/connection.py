@@ -36,7 +36,7 @@ from lbcdn.edge import cache_flow
 from lbcdn.edge.cache_flow import NO_PLAN
 from lbcdn.edge.exchange import Exchange
 from lbcdn.http.errors import HttpError
-from lbcdn.http.head import RequestHead, check_request
+from lbcdn.http.head import RequestHead, check_request, is_token
 from lbcdn.timers import Deadline
 from lbcdn import writebatch
 from lbcdn.writebatch import Writer
@@ -214,8 +214,11 @@ class ClientConnection(Writer):
         except httptools.HttpParserError as exc:
             err = self._error
             if err is None:
-                detail = str(exc).strip() or "malformed request"
-                err = HttpError(400, f"malformed request ({detail})")
+                if self._unknown_method(exc, data, between):
+                    err = HttpError(501, "method not implemented")
+                else:
+                    detail = str(exc).strip() or "malformed request"
+                    err = HttpError(400, f"malformed request ({detail})")
             self._stopped = True
             self._learn = None
             self.fail(err)
@@ -240,6 +243,21 @@ class ClientConnection(Writer):
                 self.fail(HttpError(400, "unsupported HTTP version"))
         elif self.parsing is not None and self._pause == 0:
             self.deadline.set(self.limits.body_timeout_s)
+
+    def _unknown_method(self, exc: httptools.HttpParserError, data: bytes,
+                        between: bool) -> bool:
+        """Whether llhttp refused a request only for a method it does not know, though a
+        well-formed one: methods are extensible tokens, and one a server does not implement
+        gets 501 (RFC 9110 9.1, 15.6.2); a method that is no token stays a 400."""
+        if isinstance(exc, httptools.HttpParserInvalidMethodError):
+            # llhttp stops inside the method, at the start of the request, and says not
+            # where: known when the request is the first one begun in this read
+            if not between or self._begun != 1:
+                return False
+            method, sp, _ = data.lstrip(b"\r\n").partition(b" ")
+            return bool(sp) and is_token(method)
+        # an RTSP method (DESCRIBE, SETUP...) that llhttp knows, on an HTTP/x.y line
+        return str(exc) == "Invalid method for HTTP/x.x request"
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after its requests still gets the answers (keep the

@@ -417,6 +417,25 @@ async def test_options_asterisk_is_forwarded(proxy: Edge) -> None:
     assert proxy.rec.requests[0].method == "OPTIONS"
 
 
+@pytest.mark.parametrize("method", [b"BREW", b"X-CUSTOM", b"DESCRIBE", b"GETS", b"get",
+                                    b"A" * 100],
+                         ids=["brew", "x-custom", "rtsp-describe", "gets", "lowercase", "long"])
+async def test_extension_method_is_not_implemented(proxy: Edge, method: bytes) -> None:
+    # RFC 9110 9.1: methods are extensible tokens; one the server does not implement gets 501
+    # (15.6.2), not the 400 of a malformed request.
+    res = await proxy.send(method + b" /x HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert_rejected(res, 501, proxy.rec)
+    assert b"method not implemented" in parse_responses(res.data)[0].body
+
+
+@pytest.mark.parametrize("line", [b"GE(T /x HTTP/1.1", b"GET\t/x HTTP/1.1",
+                                  b"G\x80 /x HTTP/1.1"],
+                         ids=["paren", "tab-separator", "non-ascii"])
+async def test_method_that_is_not_a_token_is_rejected(proxy: Edge, line: bytes) -> None:
+    res = await proxy.send(line + b"\r\nHost: example.com\r\n\r\n")
+    assert_rejected(res, 400, proxy.rec)
+
+
 async def test_connect_is_refused_with_405(proxy: Edge) -> None:
     res = await proxy.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
     assert_rejected(res, 405, proxy.rec)
