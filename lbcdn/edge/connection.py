@@ -10,6 +10,10 @@ Rules:
   few are waiting or their buffered bodies pass a bound.
 - A request that breaks a limit or the framing rules gets its 4xx after the responses to the
   requests before it, and the connection closes; nothing after it is parsed.
+- Upgrades: after a request whose Upgrade `check_request` keeps, parsing stops (what follows is
+  the tunnel's, once the backend switches). One it declines (h2c) is served as a plain request:
+  llhttp stops after its head all the same, so a new parser reads its body through a made-up
+  head with the same framing (`_body_framing`), and then the requests that follow.
 - One deadline per connection, whose meaning follows the state: header timeout while a head is
   arriving (not extended by trickled bytes), body timeout between body reads, idle timeout between
   requests and while the client is not reading our response.
@@ -67,6 +71,16 @@ def _version(version: str) -> bytes:
     raise HttpError(400, "unsupported HTTP version")  # HTTP/0.9 simple requests
 
 
+def _body_framing(head: RequestHead) -> bytes:
+    """A made-up request head with the body framing of `head`, fed to llhttp when it stopped
+    after `head` for an Upgrade lbcdn declined: it skipped the body as the new protocol's, and
+    now reads it as it would have, then goes on to the next request."""
+    framing = b"Transfer-Encoding: chunked" if head.chunked else \
+        b"Content-Length: %d" % (head.content_length or 0)
+    return b"PUT / HTTP/1.1\r\n%s\r\n%s\r\n" % (
+        framing, b"" if head.keep_alive else b"Connection: close\r\n")
+
+
 def _version_missing(head: bytes) -> bool:
     """Whether `head`, the start of a request head, is exactly a request line without a version
     (`GET /x`, HTTP/0.9). llhttp only says so when a byte after the line arrives (its version
@@ -114,9 +128,7 @@ class ClientConnection(Writer):
         self.client_ip = ""
         self.client_ip_bytes = b""
         self.client_port = 0
-        self.parser = httptools.HttpRequestParser(self)
-        # llhttp refuses versions it does not know (1.2, 3.0) as malformed; `_version` decides
-        self.parser.set_dangerous_leniencies(lenient_version=True)
+        self.parser = self._new_parser()
         self.deadline = Deadline(self.loop, self._timed_out)
         # in arrival order; a list, not a deque: compiled code has list operations built in,
         # and it holds at most MAX_PIPELINED + 1
@@ -142,6 +154,15 @@ class ClientConnection(Writer):
         self.bytes_in = 0
         self._begun = 0        # messages begun during the current feed
         self._learn: RequestHead | None = None   # head to remember once this feed ends well
+        # a head whose Upgrade was declined, and when it began: llhttp stops after it as if the
+        # protocol switched, and its request begins when parsing resumes (`_body_framing`)
+        self._declined: tuple[RequestHead, float] | None = None
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        # llhttp refuses versions it does not know (1.2, 3.0) as malformed; `_version` decides
+        parser.set_dangerous_leniencies(lenient_version=True)
+        return parser
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -201,28 +222,39 @@ class ClientConnection(Writer):
             return
         between = not self._in_head and self.parsing is None
         self._begun = 0
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._stopped = True
-            self._learn = None
-            rest = data[exc.args[0]:]
-            ex = self.exchanges[-1] if self.exchanges else None
-            if ex is not None and ex.upgrade_pending and rest:
-                ex.client_tunnel_data(rest)
-            return
-        except httptools.HttpParserError as exc:
-            err = self._error
-            if err is None:
-                if self._unknown_method(exc, data, between):
-                    err = HttpError(501, "method not implemented")
-                else:
-                    detail = str(exc).strip() or "malformed request"
-                    err = HttpError(400, f"malformed request ({detail})")
-            self._stopped = True
-            self._learn = None
-            self.fail(err)
-            return
+        fed = data
+        while True:
+            try:
+                self.parser.feed_data(fed)
+            except httptools.HttpParserUpgrade as exc:
+                rest = fed[exc.args[0]:]
+                declined = self._declined
+                if declined is not None:
+                    # llhttp stopped after a head whose Upgrade lbcdn declined: a new parser
+                    # reads that request's body (it may have closed, on Connection: close),
+                    # then what follows
+                    self.parser = self._new_parser()
+                    fed = _body_framing(declined[0]) + rest
+                    continue
+                self._stopped = True
+                self._learn = None
+                ex = self.exchanges[-1] if self.exchanges else None
+                if ex is not None and ex.upgrade_pending and rest:
+                    ex.client_tunnel_data(rest)
+                return
+            except httptools.HttpParserError as exc:
+                err = self._error
+                if err is None:
+                    if self._unknown_method(exc, data, between):
+                        err = HttpError(501, "method not implemented")
+                    else:
+                        detail = str(exc).strip() or "malformed request"
+                        err = HttpError(400, f"malformed request ({detail})")
+                self._stopped = True
+                self._learn = None
+                self.fail(err)
+                return
+            break
         learn = self._learn
         if learn is not None:
             self._learn = None
@@ -319,6 +351,13 @@ class ClientConnection(Writer):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        declined = self._declined
+        if declined is not None:
+            # the made-up head that carries a declined upgrade's body framing: the request is
+            # the one whose head came before it
+            self._declined = None
+            self._begin(declined[0], declined[1])
+            return
         parser = self.parser
         try:
             head = check_request(
@@ -329,6 +368,9 @@ class ClientConnection(Writer):
         except HttpError as err:
             self._error = err
             raise
+        if head.upgrade is None and parser.should_upgrade():  # declined: begun on resuming
+            self._declined = (head, self._head_started)
+            return
         if head.upgrade is None and not head.has_body:
             self._learn = head
         self._begin(head, self._head_started)

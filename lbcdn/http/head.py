@@ -8,6 +8,7 @@ whitespace before the colon. What it lets through and this module refuses:
 - a missing or repeated Host on HTTP/1.1, or a Host that is not a host[:port] (an empty one
   included);
 - request-targets that are not origin-form, absolute-form, or `*` for OPTIONS;
+An Upgrade that offers only h2c is ignored: the request is served as a plain one.
 Responses are read by lbcdn.http.response, with the same rules.
 Header names are compared lower-cased; values are forwarded byte for byte.
 """
@@ -124,6 +125,7 @@ def _without(fwd: list[bytes], names: set[bytes]) -> list[bytes]:
 
 
 PLAIN_CONNECTION: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
+_H2C: Final = frozenset({b"h2c"})
 # Connection options that never remove a request header: the framing fields and Host decide what
 # the request is, so naming them in Connection changes nothing (Transfer-Encoding and Host are
 # written by the proxy itself anyway); dropping Content-Length would leave the body unframed.
@@ -189,6 +191,11 @@ def check_request(method: bytes, target: bytes, version: bytes,
         elif kind == H_ID:
             request_id = value if len(value) <= 128 and _TOKEN_RE.match(value) else None
         # H_DROP: hop-by-hop, or set by the proxy itself
+    if upgrade_value is not None and connection_tokens(upgrade_value) == _H2C:
+        # HTTP/2 over cleartext (curl --http2, Java clients): lbcdn speaks HTTP/1.1 to its
+        # backends, and one that switched would leave an unrouted tunnel (h2c smuggling). A
+        # server may ignore Upgrade (RFC 9110 7.8): a plain request, forwarded without it.
+        upgrade_value = None
     if named is not None:
         fwd = _without(fwd, named)
         if b"x-forwarded-for" in named:

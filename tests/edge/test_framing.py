@@ -689,6 +689,56 @@ async def test_expect_100_continue_from_http10_is_not_forwarded(proxy: Edge) -> 
     assert all(name.lower() != b"expect" for name, _ in proxy.rec.requests[0].headers)
 
 
+# -- Upgrade: h2c ------------------------------------------------------------------------------
+
+H2C = (b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+       b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n")
+SECOND = b"GET /second HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+
+
+def assert_plain_h2c_request(rec: Recorder, body: bytes) -> None:
+    """The backend got the h2c request as a plain one, its body included, then the second."""
+    assert rec.paths() == ["/first", "/second"], rec
+    assert rec.requests[0].body == body
+    names = {name.lower() for name, _ in rec.requests[0].headers}
+    assert not names & {b"upgrade", b"http2-settings", b"connection"}, rec.requests[0].headers
+
+
+BODIES = {
+    "content-length": (b"Content-Length: 7\r\n", b"hello=1"),
+    "chunked": (b"Transfer-Encoding: chunked\r\n",
+                b"3\r\nhel\r\n4\r\nlo=1\r\n0\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("framing,body", BODIES.values(), ids=BODIES.keys())
+async def test_h2c_upgrade_with_body_is_served_as_a_plain_request(
+        proxy: Edge, framing: bytes, body: bytes) -> None:
+    # curl --http2 -d ... on http://: llhttp takes what follows an Upgrade head for the new
+    # protocol; the body must still reach the backend, and the next request stay a request.
+    res = await proxy.send(b"POST /first HTTP/1.1\r\nHost: example.com\r\n" + H2C + framing +
+                           b"\r\n" + body + SECOND)
+    responses = parse_responses(res.data)
+    assert [r.status for r in responses] == [200, 200], res
+    assert json.loads(responses[0].body)["body"] == "hello=1"
+    assert_plain_h2c_request(proxy.rec, b"hello=1")
+
+
+async def test_h2c_upgrade_without_body_is_served_as_a_plain_request(proxy: Edge) -> None:
+    res = await proxy.send(b"GET /first HTTP/1.1\r\nHost: example.com\r\n" + H2C + b"\r\n" +
+                           SECOND)
+    assert [r.status for r in parse_responses(res.data)] == [200, 200], res
+    assert_plain_h2c_request(proxy.rec, b"")
+
+
+async def test_h2c_upgrade_with_body_and_connection_close(proxy: Edge) -> None:
+    res = await proxy.send(b"POST /first HTTP/1.1\r\nHost: example.com\r\n"
+                           b"Connection: close, Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                           b"Content-Length: 7\r\n\r\nhello=1")
+    assert res.closed, res
+    assert_ok(res, proxy.rec, b"hello=1", path="/first")
+
+
 # -- pipelining --------------------------------------------------------------------------------
 
 async def test_three_pipelined_requests_are_answered_in_order() -> None:

@@ -171,6 +171,22 @@ def test_upgrade_kept_only_when_parser_says_upgrade() -> None:
     assert check_request(b"GET", b"/", b"1.1", hs, True, False).upgrade is None
 
 
+@pytest.mark.parametrize("offer", [b"h2c", b"H2C", b" h2c ,"])
+def test_an_upgrade_to_h2c_alone_is_ignored(offer: bytes) -> None:
+    # curl --http2 on http://: lbcdn speaks HTTP/1.1 to backends, so no switch to h2c (and no
+    # tunnel a backend's 101 would open); HTTP2-Settings, named in Connection, goes too
+    hs = H + [(b"Connection", b"Upgrade, HTTP2-Settings"), (b"Upgrade", offer),
+              (b"HTTP2-Settings", b"AAMAAABkAAQCAAAAAAIAAAAA"), (b"X-Kept", b"1")]
+    head = check_request(b"GET", b"/", b"1.1", hs, True, True)
+    assert head.upgrade is None
+    assert forwarded(head.fwd) == b"X-Kept: 1\r\n"
+
+
+def test_an_upgrade_offering_more_than_h2c_is_kept() -> None:
+    hs = H + [(b"Connection", b"upgrade"), (b"Upgrade", b"h2c, websocket")]
+    assert check_request(b"GET", b"/", b"1.1", hs, True, True).upgrade == b"h2c, websocket"
+
+
 def test_request_id_only_when_a_sane_token() -> None:
     def rid(value: bytes) -> bytes | None:
         return req(headers=H + [(b"X-Request-Id", value)]).request_id
