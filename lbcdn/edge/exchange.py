@@ -26,7 +26,7 @@ from lbcdn.edge.accounting import new_request_id, record
 from lbcdn.config.schema import FixedResponseAction, ForwardAction, RedirectAction, RouteConfig
 from lbcdn.http.date import http_date
 from lbcdn.http.errors import HttpError, error_response, reason
-from lbcdn.http.head import RequestHead, ResponseHead, response_has_body
+from lbcdn.http.head import ALLOWED_METHODS, RequestHead, ResponseHead, response_has_body
 from lbcdn.routing import redirect_location
 from lbcdn.tasks import spawn
 from lbcdn.balancer.retry import IDEMPOTENT, Failure, may_retry
@@ -123,6 +123,9 @@ class Exchange(UpstreamOwner):
             self.respond_error(self.error)
             return
         head = self.head
+        if head.final_recipient:  # OPTIONS with Max-Forwards: 0 (RFC 9110 7.6.2)
+            self.respond_local(200, [(b"Allow", ALLOWED_METHODS)], b"")
+            return
         listener = self.listener
         route = self.route = listener.router.match(head.host, head.path)
         plan = self.plan = listener.route_plan(route)

@@ -79,7 +79,8 @@ class RequestHead:
 
     __slots__ = ("method", "target", "path", "query", "version", "headers", "host",
                  "content_length", "chunked", "keep_alive", "upgrade", "expect_continue",
-                 "fwd", "xff", "via", "request_id", "user_agent", "upstream_lead")
+                 "fwd", "xff", "via", "request_id", "user_agent", "upstream_lead",
+                 "final_recipient")
 
     def __init__(self, method: bytes, target: bytes, path: bytes, query: bytes | None,
                  version: bytes, headers: list[tuple[bytes, bytes]], host: bytes,
@@ -109,6 +110,8 @@ class RequestHead:
         # what the proxy made of this head for a backend, with what it depended on (see
         # lbcdn.edge.exchange.Exchange._upstream_head); heads are shared by known-head lookups
         self.upstream_lead: tuple[object, bytes, object, bytes, bytes, bytes] | None = None
+        # an OPTIONS with `Max-Forwards: 0`: lbcdn answers it itself (RFC 9110 7.6.2)
+        self.final_recipient = False
 
     @property
     def has_body(self) -> bool:
@@ -125,6 +128,9 @@ def _without(fwd: list[bytes], names: set[bytes]) -> list[bytes]:
 
 
 PLAIN_CONNECTION: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
+# the methods lbcdn forwards (CONNECT and TRACE get 405 with this list)
+ALLOWED_METHODS: Final = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+ALLOW_LINE: Final = b"Allow: " + ALLOWED_METHODS + b"\r\n"
 _H2C: Final = frozenset({b"h2c"})
 # Connection options that never remove a request header: the framing fields and Host decide what
 # the request is, so naming them in Connection changes nothing (Transfer-Encoding and Host are
@@ -191,10 +197,13 @@ def check_request(method: bytes, target: bytes, version: bytes,
         elif kind == H_ID:
             request_id = value if len(value) <= 128 and _TOKEN_RE.match(value) else None
         # H_DROP: hop-by-hop, or set by the proxy itself
-    if upgrade_value is not None and connection_tokens(upgrade_value) == _H2C:
+    if upgrade_value is not None and (connection_tokens(upgrade_value) == _H2C or chunked
+                                      or content_length):
         # HTTP/2 over cleartext (curl --http2, Java clients): lbcdn speaks HTTP/1.1 to its
-        # backends, and one that switched would leave an unrouted tunnel (h2c smuggling). A
-        # server may ignore Upgrade (RFC 9110 7.8): a plain request, forwarded without it.
+        # backends, and one that switched would leave an unrouted tunnel (h2c smuggling). An
+        # upgrade request with a body (a WebSocket handshake has none) would have its body
+        # taken for the new protocol's bytes. A server may ignore Upgrade (RFC 9110 7.8): a
+        # plain request, forwarded without it.
         upgrade_value = None
     if named is not None:
         fwd = _without(fwd, named)
@@ -210,9 +219,9 @@ def check_request(method: bytes, target: bytes, version: bytes,
         raise HttpError(400, "invalid Host header")
 
     # request-target forms, RFC 9112 3.2
-    if method == b"CONNECT":
-        raise HttpError(405, "CONNECT is not supported",
-                        headers=b"Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n")
+    if method == b"CONNECT" or method == b"TRACE":
+        # TRACE echoes the request, cookies and all, to whoever can make a browser send it
+        raise HttpError(405, f"{method.decode()} is not supported", headers=ALLOW_LINE)
     if target[:1] == b"/":
         path, sep, query = target.partition(b"?")
     elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
@@ -237,10 +246,23 @@ def check_request(method: bytes, target: bytes, version: bytes,
         raise HttpError(400, "missing Host header")  # absolute-form or not (RFC 9112 3.2)
     if host is None:
         host = b""
-    return RequestHead(method, target, path, query if sep else None, version, headers, host,
+    final_recipient = False
+    if method == b"OPTIONS":
+        # RFC 9110 7.6.2: an intermediary decrements Max-Forwards, and answers at zero
+        for i in range(0, len(fwd), 4):
+            if fwd[i].lower() == b"max-forwards":
+                value = fwd[i + 2].strip()
+                if value.isdigit():
+                    hops = int(value)
+                    final_recipient = hops == 0
+                    fwd[i + 2] = b"%d" % max(hops - 1, 0)
+                break
+    head = RequestHead(method, target, path, query if sep else None, version, headers, host,
                        content_length, chunked, keep_alive,
                        upgrade_value if upgrade else None, expect_continue, fwd, xff, via,
                        request_id, user_agent)
+    head.final_recipient = final_recipient
+    return head
 
 
 class ResponseHead:

@@ -739,6 +739,45 @@ async def test_h2c_upgrade_with_body_and_connection_close(proxy: Edge) -> None:
     assert_ok(res, proxy.rec, b"hello=1", path="/first")
 
 
+@pytest.mark.parametrize("framing,body", BODIES.values(), ids=BODIES.keys())
+async def test_any_upgrade_with_body_is_served_as_a_plain_request(
+        proxy: Edge, framing: bytes, body: bytes) -> None:
+    # a WebSocket handshake has no body; one that does would lose it to the tunnel
+    res = await proxy.send(b"POST /first HTTP/1.1\r\nHost: example.com\r\n"
+                           b"Connection: Upgrade\r\nUpgrade: foo\r\n" + framing + b"\r\n" +
+                           body + SECOND)
+    responses = parse_responses(res.data)
+    assert [r.status for r in responses] == [200, 200], res
+    assert json.loads(responses[0].body)["body"] == "hello=1"
+    assert_plain_h2c_request(proxy.rec, b"hello=1")
+
+
+# -- TRACE and Max-Forwards --------------------------------------------------------------------
+
+async def test_trace_is_refused_with_405(proxy: Edge) -> None:
+    res = await proxy.send(b"TRACE / HTTP/1.1\r\nHost: example.com\r\nCookie: s=1\r\n\r\n")
+    assert_rejected(res, 405, proxy.rec)
+    assert parse_responses(res.data)[0].header("Allow") == \
+        b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+
+async def test_options_with_max_forwards_zero_is_answered_by_lbcdn(proxy: Edge) -> None:
+    res = await proxy.send(b"OPTIONS /x HTTP/1.1\r\nHost: example.com\r\nMax-Forwards: 0\r\n"
+                           b"Connection: close\r\n\r\n")
+    [resp] = parse_responses(res.data)
+    assert resp.status == 200, res
+    assert resp.header("Allow") == b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+    assert proxy.rec.bytes_received == 0
+
+
+async def test_options_max_forwards_is_decremented(proxy: Edge) -> None:
+    res = await proxy.send(b"OPTIONS * HTTP/1.1\r\nHost: example.com\r\nMax-Forwards: 3\r\n"
+                           b"Connection: close\r\n\r\n")
+    assert [r.status for r in parse_responses(res.data)] == [200], res
+    [seen] = proxy.rec.requests
+    assert (b"Max-Forwards", b"2") in seen.headers, seen.headers
+
+
 # -- pipelining --------------------------------------------------------------------------------
 
 async def test_three_pipelined_requests_are_answered_in_order() -> None:
