@@ -97,24 +97,27 @@ class _Heap(LeastOutstanding[T]):
         self._inv = [1.0 / w for _, w in pairs]
         self._count = [max(0, t.in_flight) for t, _ in pairs]
         self._index = {id(t): i for i, t in enumerate(self._targets)}
-        # each target's key, (load, last pick), as one tuple: compared in C; initial ties
+        # each target's key is (load, last pick), kept as two lists of native numbers rather
+        # than tuples (compared field by field in compiled code, not as objects); initial ties
         # break in target order
-        self._key = [(c * inv, i) for i, (c, inv) in enumerate(zip(self._count, self._inv))]
+        self._load = [c * inv for c, inv in zip(self._count, self._inv)]
+        self._seq = list(range(len(pairs)))
         self._clock = len(pairs)
-        self._heap = sorted(range(len(pairs)), key=self._key.__getitem__)
+        self._heap = sorted(range(len(pairs)), key=lambda i: (self._load[i], i))
         self._pos = [0] * len(pairs)
         for p, i in enumerate(self._heap):
             self._pos[i] = p
 
     def _up(self, p: int) -> None:
         # moves the hole up instead of swapping: one write per level
-        heap, pos, key = self._heap, self._pos, self._key
+        heap, pos, load, seq = self._heap, self._pos, self._load, self._seq
         i = heap[p]
-        k = key[i]
+        li, si = load[i], seq[i]
         while p > 0:
             parent = (p - 1) >> 1
             j = heap[parent]
-            if not k < key[j]:
+            lj = load[j]
+            if not (li < lj or (li == lj and si < seq[j])):
                 break
             heap[p] = j
             pos[j] = p
@@ -123,19 +126,23 @@ class _Heap(LeastOutstanding[T]):
         pos[i] = p
 
     def _down(self, p: int) -> None:
-        heap, pos, key = self._heap, self._pos, self._key
+        heap, pos, load, seq = self._heap, self._pos, self._load, self._seq
         n = len(heap)
         i = heap[p]
-        k = key[i]
+        li, si = load[i], seq[i]
         while True:
             child = 2 * p + 1
             if child >= n:
                 break
             c = heap[child]
-            if child + 1 < n and key[heap[child + 1]] < key[c]:
-                child += 1
-                c = heap[child]
-            if not key[c] < k:
+            lc = load[c]
+            if child + 1 < n:
+                d = heap[child + 1]
+                ld = load[d]
+                if ld < lc or (ld == lc and seq[d] < seq[c]):
+                    child += 1
+                    c, lc = d, ld
+            if not (lc < li or (lc == li and seq[c] < si)):
                 break
             heap[p] = c
             pos[c] = p
@@ -147,7 +154,7 @@ class _Heap(LeastOutstanding[T]):
         if not self._heap:
             return None
         i = self._heap[0]
-        self._key[i] = (self._key[i][0], self._clock)  # behind its equals
+        self._seq[i] = self._clock  # behind its equals
         self._clock += 1
         self._down(0)
         return self._targets[i]
@@ -156,14 +163,14 @@ class _Heap(LeastOutstanding[T]):
         i = self._index.get(id(target))
         if i is not None:
             c = self._count[i] = self._count[i] + 1
-            self._key[i] = (c * self._inv[i], self._key[i][1])
+            self._load[i] = c * self._inv[i]
             self._down(self._pos[i])
 
     def finished(self, target: T) -> None:
         i = self._index.get(id(target))
         if i is not None and self._count[i] > 0:
             c = self._count[i] = self._count[i] - 1
-            self._key[i] = (c * self._inv[i], self._key[i][1])
+            self._load[i] = c * self._inv[i]
             self._up(self._pos[i])
 
     def outstanding(self, target: T) -> int:
