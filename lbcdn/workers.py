@@ -5,7 +5,9 @@ every configuration before any worker sees it, pushes it to the workers over a s
 JSON message a line), restarts a worker that dies, and forwards SIGTERM/SIGINT so the workers
 drain. Workers run the data plane only (lbcdn.daemon.Daemon in "worker" role): each binds every
 listener with SO_REUSEPORT, so the kernel spreads connections across them and a restarting
-worker never leaves a port unserved while the others live.
+worker never leaves a port unserved while the others live. SO_REUSEPORT would as readily let a
+second lbcdn (or two listeners naming one address two ways) share a port without a word, so the
+control process first claims every listener's port itself, without it (`claim_ports`).
 
 Messages, control -> worker: {"op": "config", "yaml": TEXT} (first message: start with it) and
 {"op": "reload", "yaml": TEXT, "id": N}, {"op": "targets", "pool": NAME, "targets": [...]}
@@ -34,12 +36,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from lbcdn.cache.invalidation import Invalidation
 from lbcdn.config.load import load_config_text
-from lbcdn.config.schema import Config
+from lbcdn.config.schema import Config, ListenerConfig
 from lbcdn.control import ControlPlane, config_dir
 from lbcdn.upstream.targets import TargetsControl
 from lbcdn.dns.engine import Engine
@@ -49,6 +51,34 @@ from lbcdn.tasks import spawn
 log = logging.getLogger("lbcdn.workers")
 
 RESTART_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+def claim_ports(listeners: Iterable[ListenerConfig]) -> None:
+    """Raise OSError if a listener's address and port is taken: by any other socket listening
+    there, or by another of `listeners` that names the same address otherwise (`localhost`
+    and `127.0.0.1`). Each is bound and listened on without SO_REUSEPORT, all at once, then
+    closed before the workers bind them with it."""
+    socks: list[socket.socket] = []
+    try:
+        for listener in listeners:
+            for family, kind, proto, _, addr in socket.getaddrinfo(
+                    listener.address or None, listener.port, type=socket.SOCK_STREAM,
+                    flags=socket.AI_PASSIVE):
+                sock = socket.socket(family, kind, proto)
+                socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the workers
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    sock.bind(addr)
+                    sock.listen(1)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"listener {listener.name!r} cannot bind "
+                                             f"{listener.address}:{listener.port}: "
+                                             f"{exc.strerror}") from None
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 class Worker:
@@ -145,6 +175,7 @@ class Supervisor:
 
     # -- start / stop ---------------------------------------------------------------------
     async def start(self) -> None:
+        claim_ports(self.config.listeners)
         await self.control.start(self.config)
         # before the workers: each one gets every pool's snapshot when it is ready
         await self.targets.start(self.config)
@@ -255,6 +286,8 @@ class Supervisor:
             with open(self.config_path, encoding="utf-8") as f:
                 text = f.read()
             config = load_config_text(text, self.config_path)
+            ours = {(l.address, l.port) for l in self.config.listeners}
+            claim_ports(l for l in config.listeners if (l.address, l.port) not in ours)
             loop = asyncio.get_running_loop()
             self._next_ack += 1
             waits = []

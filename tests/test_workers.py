@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -14,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.harness import (DaemonProcess, admin_port, listener_port, proxy_config,
-                               wait_for_port)
+from tests.e2e.harness import (DaemonProcess, admin_port, free_port, listener_port,
+                               proxy_config, wait_for_port)
 
 pytestmark = pytest.mark.slow
 
@@ -106,3 +109,48 @@ def test_workers_serve_reload_restart_and_stop(tmp_path: Path) -> None:
         assert daemon.stop() == 0, daemon.stderr()
     wait_for(lambda: not pids_alive(pids), timeout_s=5)
     assert "exited with -9; restarting" in daemon.stderr()
+
+
+def test_a_second_instance_on_the_same_port_refuses_to_start(tmp_path: Path) -> None:
+    # workers bind with SO_REUSEPORT, which alone would let a second lbcdn take half the
+    # connections; the control process claims the port without it first
+    first = fixed("first")
+    (tmp_path / "a").mkdir()
+    daemon = DaemonProcess(first, tmp_path / "a", ["--workers", "2"])
+    try:
+        wait_for(lambda: all(w["ready"] for w in runtime(first)["workers"]))
+        second = fixed("second", first)
+        second["admin"] = {**first["admin"], "port": free_port()}
+        (tmp_path / "b").mkdir()
+        other = DaemonProcess(second, tmp_path / "b", ["--workers", "2"])
+        try:
+            assert other.proc.wait(30) == 1
+        finally:
+            other.kill()
+        assert "cannot bind" in other.stderr() and "in use" in other.stderr(), other.stderr()
+        assert {get(listener_port(first))[1] for _ in range(20)} == {"first"}
+
+        # a reload that adds a listener on a port someone else listens on changes nothing
+        with socket.create_server(("127.0.0.1", 0)) as taken:
+            grown = fixed("grown", first)
+            grown["listeners"] = first["listeners"] + [
+                {"name": "taken", "address": "127.0.0.1", "port": taken.getsockname()[1]}]
+            daemon.path.write_text(yaml.safe_dump(grown))
+            os.kill(daemon.pid, signal.SIGHUP)
+            wait_for(lambda: "listener 'taken' cannot bind" in daemon.stderr())
+        assert runtime(first)["reloads"] == 0
+        assert get(listener_port(first)) == (200, "first")
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()
+
+
+def test_two_listeners_naming_one_address_two_ways_refuse_to_start(tmp_path: Path) -> None:
+    config = fixed("x")
+    port = listener_port(config)
+    config["listeners"].append({"name": "same", "address": "localhost", "port": port})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run([sys.executable, "-m", "lbcdn", "serve", "--config", str(path),
+                           "--workers", "2"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "listener 'same' cannot bind localhost:" in proc.stderr, proc.stderr
