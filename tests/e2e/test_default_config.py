@@ -174,3 +174,11 @@ def test_access_log_lines(default_daemon: tuple[DaemonProcess, dict[int, int]]) 
     entry = hits[0]
     assert (entry["method"], entry["path"], entry["status"], entry["route"]) == \
         ("GET", "/hello", 200, "hello")
+
+
+def test_the_site_pool_is_health_checked_with_a_host_the_website_serves() -> None:
+    # the website endpoint picks the bucket by Host: a check sent with the target's address
+    # gets 404, and the demo's site target would show unhealthy for good
+    config = yaml.safe_load(DEFAULT.read_text())
+    hosts = config["buckets"]["buckets"]["site"]["website"]["hosts"]
+    assert config["pools"]["site"]["health"]["host"] in hosts
