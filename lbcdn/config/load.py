@@ -82,6 +82,35 @@ class _StrictLoader(yaml.SafeLoader):
             seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        text = self.construct_scalar(node)
+        if not _YAML12_INT.match(text):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{text!r} is not a decimal integer", node.start_mark)
+        return int(text)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        text = self.construct_scalar(node)
+        if not _YAML12_FLOAT.match(text):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{text!r} is not a number", node.start_mark)
+        return float(super().construct_yaml_float(node))
+
+
+# Numbers follow the YAML 1.2 core schema, not YAML 1.1's: `0100` is 100 (not octal 64),
+# `301:20` and `0x46A0` stay strings (not base 60 and hex), `1e3` is a float (not a string).
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_YAML12_INT = re.compile(r"[-+]?[0-9]+\Z")
+_YAML12_FLOAT = re.compile(r"(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                           r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))\Z")
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_implicit_resolver(_INT_TAG, _YAML12_INT, list("-+0123456789"))
+_StrictLoader.add_implicit_resolver(_FLOAT_TAG, _YAML12_FLOAT, list("-+0123456789."))
+_StrictLoader.add_constructor(_INT_TAG, _StrictLoader.construct_yaml_int)
+_StrictLoader.add_constructor(_FLOAT_TAG, _StrictLoader.construct_yaml_float)
+
 
 def _yaml_problem(source: str, e: yaml.YAMLError) -> tuple[str, str]:
     mark = getattr(e, "problem_mark", None)

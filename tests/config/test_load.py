@@ -462,3 +462,38 @@ def test_full_example_uses_every_key() -> None:
                  and k.split(".")[1] in ("match", "forward", "redirect", "fixed_response")}
     missing = sorted(k for k in expected if k not in used)
     assert missing == [], f"config/example-full.yaml does not show: {missing}"
+
+
+# -- YAML 1.2 numbers ------------------------------------------------------------------------
+
+def listener_yaml(tmp_path: Path, extra: str) -> Path:
+    return write(tmp_path, f"listeners:\n  - {{name: web, {extra}}}\n")
+
+
+def test_yaml_integers_are_decimal(tmp_path: Path) -> None:
+    for text, port in [("0100", 100), ("08080", 8080), ("+8080", 8080)]:
+        assert load_config(listener_yaml(tmp_path, f"port: {text}"), env={}).listeners[0].port \
+            == port, text
+
+
+def test_yaml_11_integer_forms_are_strings(tmp_path: Path) -> None:
+    for text in ["301:20", "0x46A0", "0b1", "1_000", "0o17"]:
+        assert file_errors(listener_yaml(tmp_path, f"port: {text}")) == [
+            f'listeners[0].port: expected an integer, got a string ("{text}")'], text
+
+
+def test_yaml_12_floats(tmp_path: Path) -> None:
+    for text, value in [("1e3", 1000.0), ("2.5E-1", 0.25), (".5", 0.5), ("1.", 1.0),
+                        ("7", 7.0)]:
+        path = listener_yaml(tmp_path, f"port: 80, idle_timeout_s: {text}")
+        assert load_config(path, env={}).listeners[0].idle_timeout_s == value, text
+    for text in [".inf", "-.Inf", ".NaN"]:  # still numbers, refused as not finite
+        assert file_errors(listener_yaml(tmp_path, f"port: 80, idle_timeout_s: {text}")) == [
+            "listeners[0].idle_timeout_s: must be a finite number"], text
+    assert yaml.safe_load("a: 0100") == {"a": 64}  # only lbcdn's loader follows YAML 1.2
+
+
+def test_yaml_explicit_int_tag_must_be_decimal(tmp_path: Path) -> None:
+    path = listener_yaml(tmp_path, "port: !!int 0x50")
+    assert file_errors(path) == [
+        f"{path}:2:23: YAML syntax error: '0x50' is not a decimal integer"]
