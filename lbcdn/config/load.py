@@ -16,17 +16,19 @@ change in this file. Secrets come from the environment via `${VAR}` (see env.py)
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
+from lbcdn.bucket.config import BucketsConfig
 from lbcdn.config import names
 from lbcdn.config.reflect import (FIELD_HOOKS, INVALID, RENAMES, TYPE_HOOKS, VALIDATORS,
                                   Loader, describe, index, join)
-from lbcdn.dns.config import alias_problems
+from lbcdn.dns.config import DnsConfig, alias_problems
 from lbcdn.config.schema import (AdminConfig, CertificateConfig, Config, FixedResponseAction,
                                  ForwardAction, ListenerConfig, ListenerTlsConfig, MatchConfig,
                                  PoolConfig, RedirectAction, RouteConfig, TargetConfig)
@@ -472,15 +474,72 @@ def _check_fixed(ld: Loader, v: Mapping[str, Any], path: str) -> None:
                                              "control characters")
 
 
-def _overlaps(a: str, b: str) -> bool:
-    """Would binding both addresses on one port collide? Wildcards cover their family
-    (and `::` covers IPv4 too: Linux binds it dual-stack by default)."""
-    if a == b or "::" in (a, b):
-        return True
-    if "0.0.0.0" in (a, b):
-        other = b if a == "0.0.0.0" else a
-        return ":" not in other
-    return False
+class _Bind(NamedTuple):
+    """A socket the daemon binds: the YAML path of its port, its address and port, whether an
+    IPv6 wildcard there also takes IPv4 (a dual-stack socket), and the section whose own
+    validator already compares its sockets by their written address (bucket origin, DNS)."""
+    where: str
+    address: str
+    port: int
+    dual_stack: bool = False
+    section: str = ""
+
+    @property
+    def owner(self) -> str:
+        return self.where.removesuffix(".port")
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address an IP literal means (`::ffff:127.0.0.1` is 127.0.0.1); None for a name."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _overlaps(a: _Bind, b: _Bind) -> bool:
+    """Would binding both sockets on one port collide?
+
+    IP literals are compared by value. `0.0.0.0` covers every IPv4 address and `::` every
+    IPv6 address. Listeners, admin and demo backends are asyncio servers, which bind `::`
+    IPV6_V6ONLY, so `0.0.0.0` and `::` may share a port there (nginx's `listen 80;
+    listen [::]:80;`); the bucket origin and DNS bind plain sockets, dual-stack on Linux by
+    default, where `::` takes IPv4 too. A host name (`localhost`) is compared as written and
+    overlaps every wildcard; what it resolves to is checked when it is bound."""
+    ia, ib = _ip(a.address), _ip(b.address)
+    if ia is None or ib is None:
+        wild = [ip for ip in (ia, ib) if ip is not None and ip.is_unspecified]
+        return a.address.lower() == b.address.lower() or bool(wild)
+    if ia.version == ib.version:
+        return ia == ib or ia.is_unspecified or ib.is_unspecified
+    v6, v6_bind = (ia, a) if ia.version == 6 else (ib, b)
+    return v6.is_unspecified and v6_bind.dual_stack
+
+
+def _binds(ld: Loader, v: Mapping[str, Any],
+           listeners: list[tuple[str, ListenerConfig]]) -> list[_Bind]:
+    """Every socket the daemon binds, in order (port 0, "pick a free one", never collides).
+    Each is a TCP socket (DNS binds UDP beside it), so two on one port compete."""
+    binds = [_Bind(join(w, "port"), x.address, x.port) for w, x in listeners]
+    binds += [_Bind(join(w, "port"), x.address, x.port) for w, x in _items(ld, v, "demo_backends")]
+    admin: AdminConfig | None = v.get("admin")
+    if admin is not None and admin.port != 0:
+        binds.append(_Bind("admin.port", admin.address, admin.port))
+    buckets: BucketsConfig | None = v.get("buckets")
+    if buckets is not None:
+        if buckets.port:
+            binds.append(_Bind("buckets.port", buckets.address, buckets.port, True, "buckets"))
+        if buckets.website_port:
+            binds.append(_Bind("buckets.website_port", buckets.website_address,
+                               buckets.website_port, True, "buckets"))
+    dns: DnsConfig | None = v.get("dns")
+    if dns is not None:
+        binds += [_Bind(join(index("dns.listeners", i), "port"), x.address, x.port, True, "dns")
+                  for i, x in enumerate(dns.listeners)]
+    return binds
 
 
 def _items(ld: Loader, v: Mapping[str, Any], key: str) -> list[tuple[str, Any]]:
@@ -501,19 +560,16 @@ def _check_config(ld: Loader, v: Mapping[str, Any], path: str) -> None:
                      f'duplicate listener name "{lst.name}" (also {seen[lst.name]})')
         seen.setdefault(lst.name, where)
 
-    # Every socket the daemon binds, in order, with the YAML path that names its port.
-    binds: list[tuple[str, str, int]] = [(w, x.address, x.port) for w, x in listeners]
-    binds += [(w, x.address, x.port) for w, x in _items(ld, v, "demo_backends")]
-    admin: AdminConfig | None = v.get("admin")
-    if admin is not None and admin.port != 0:
-        binds.append(("admin", admin.address, admin.port))
-    for j, (where, addr, port) in enumerate(binds):
-        for other, oaddr, oport in binds[:j]:
-            if port == oport and _overlaps(addr, oaddr):
-                ld.error(join(where, "port"),
-                         f"{names.format_host_port(addr, port)} is already used by {other} "
-                         f"({names.format_host_port(oaddr, oport)})")
-                break
+    binds = _binds(ld, v, listeners)
+    for j, b in enumerate(binds):
+        for o in binds[:j]:
+            if b.port != o.port or not _overlaps(b, o):
+                continue
+            if b.section and b.section == o.section and b.address == o.address:
+                break  # the section's own validator said so
+            ld.error(b.where, f"{names.format_host_port(b.address, b.port)} is already used by "
+                              f"{o.owner} ({names.format_host_port(o.address, o.port)})")
+            break
 
     routes: list[tuple[str, RouteConfig]] = _items(ld, v, "routes")
     if "default_route" in v:

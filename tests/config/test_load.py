@@ -180,8 +180,8 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
     ({"listeners": [LISTENER, {"name": "b", "port": 8080, "address": "127.0.0.1"}]},
      ["listeners[1].port: 127.0.0.1:8080 is already used by listeners[0] (0.0.0.0:8080)"]),
     ({"listeners": [{"name": "a", "port": 80, "address": "::"},
-                    {"name": "b", "port": 80, "address": "10.0.0.1"}]},
-     ["listeners[1].port: 10.0.0.1:80 is already used by listeners[0] ([::]:80)"]),
+                    {"name": "b", "port": 80, "address": "::1"}]},
+     ["listeners[1].port: [::1]:80 is already used by listeners[0] ([::]:80)"]),
     (cfg(demo_backends=[{"name": "d", "port": 8080}]),
      ["demo_backends[0].port: 127.0.0.1:8080 is already used by listeners[0] (0.0.0.0:8080)"]),
     (cfg(demo_backends=[{"name": "d", "port": 9901}]),
@@ -323,6 +323,80 @@ def test_config_error_str_and_attributes() -> None:
     err = info.value
     assert err.problems == [("routes[0].match.path", 'must start with "/"')]
     assert str(err) == 'routes[0].match.path: must start with "/"'
+
+
+# -- sockets: every one the daemon binds, addresses compared by value ------------------------
+
+def two_listeners(a: str, b: str) -> dict[str, Any]:
+    return {"listeners": [{"name": "a", "port": 80, "address": a},
+                          {"name": "b", "port": 80, "address": b}]}
+
+
+@pytest.mark.parametrize("a, b", [
+    ("127.0.0.1", "::ffff:127.0.0.1"),
+    ("0:0:0:0:0:0:0:0", "::1"),
+    ("::0", "0:0::1"),
+    ("::1", "0:0::1"),
+    ("0.0.0.0", "::ffff:10.0.0.1"),
+])
+def test_ip_literals_are_compared_by_value(a: str, b: str) -> None:
+    fmt = f"[{b}]" if ":" in b else b
+    assert errors(two_listeners(a, b)) == [
+        f"listeners[1].port: {fmt}:80 is already used by listeners[0] "
+        f"({f'[{a}]' if ':' in a else a}:80)"]
+
+
+def test_ipv4_and_ipv6_wildcards_may_share_a_port() -> None:
+    # asyncio binds `::` IPV6_V6ONLY: nginx's `listen 80; listen [::]:80;`
+    config = parse_config(two_listeners("0.0.0.0", "::"), env={})
+    assert [x.address for x in config.listeners] == ["0.0.0.0", "::"]
+    parse_config(two_listeners("::", "10.0.0.1"), env={})
+    parse_config({"listeners": [{"name": "a", "port": 80, "address": "0.0.0.0"},
+                                {"name": "b", "port": 9901, "address": "::"}],
+                  "demo_backends": [{"name": "d", "port": 80, "address": "::"}]}, env={})
+    # the same family still clashes
+    assert errors(two_listeners("0.0.0.0", "127.0.0.1")) == [
+        "listeners[1].port: 127.0.0.1:80 is already used by listeners[0] (0.0.0.0:80)"]
+    assert errors(two_listeners("::", "::1")) == [
+        "listeners[1].port: [::1]:80 is already used by listeners[0] ([::]:80)"]
+
+
+BUCKETS = {"root": "/nonexistent/buckets"}
+
+
+@pytest.mark.parametrize("sections, expected", [
+    ({"buckets": {**BUCKETS, "port": 8080}},
+     "buckets.port: 127.0.0.1:8080 is already used by listeners[0] (0.0.0.0:8080)"),
+    ({"buckets": {**BUCKETS, "website_port": 9901}},
+     "buckets.website_port: 127.0.0.1:9901 is already used by admin (127.0.0.1:9901)"),
+    ({"buckets": {**BUCKETS, "port": 9100, "website_port": 9100,
+                  "website_address": "0.0.0.0"}},
+     "buckets.website_port: 0.0.0.0:9100 is already used by buckets (127.0.0.1:9100)"),
+    ({"demo_backends": [{"name": "d", "port": 9000}], "buckets": BUCKETS},
+     "buckets.port: 127.0.0.1:9000 is already used by demo_backends[0] (127.0.0.1:9000)"),
+    ({"dns": {"listeners": [{"address": "127.0.0.1", "port": 8080}]}},
+     "dns.listeners[0].port: 127.0.0.1:8080 is already used by listeners[0] (0.0.0.0:8080)"),
+    ({"dns": {"listeners": [{"address": "::", "port": 8080}]}},  # dual-stack: IPv4 too
+     "dns.listeners[0].port: [::]:8080 is already used by listeners[0] (0.0.0.0:8080)"),
+    ({"dns": {"listeners": [{"port": 53}, {"address": "127.0.0.1", "port": 53}]}},
+     "dns.listeners[1].port: 127.0.0.1:53 is already used by dns.listeners[0] (0.0.0.0:53)"),
+    ({"buckets": {**BUCKETS, "address": "::", "port": 53},
+      "dns": {"listeners": [{"address": "127.0.0.1", "port": 53}]}},
+     "dns.listeners[0].port: 127.0.0.1:53 is already used by buckets ([::]:53)"),
+])
+def test_bucket_and_dns_sockets_are_cross_checked(sections: dict[str, Any],
+                                                  expected: str) -> None:
+    assert errors(cfg(**sections)) == [expected]
+
+
+def test_dns_and_bucket_sockets_clash_only_where_they_overlap() -> None:
+    parse_config(cfg(buckets={**BUCKETS, "port": 0, "website_port": 0},
+                     dns={"listeners": [{"address": "::1", "port": 8080}]}), env={})
+    assert errors(cfg(dns={"listeners": [{"address": "10.0.0.1", "port": 8080}]})) == [
+        "dns.listeners[0].port: 10.0.0.1:8080 is already used by listeners[0] (0.0.0.0:8080)"]
+    # one clash inside a section is reported once, by the section's own check
+    assert errors(cfg(dns={"listeners": [{"port": 53}, {"port": 53}]})) == [
+        "dns.listeners[1].port: 0.0.0.0 port 53 is already used by dns.listeners[0]"]
 
 
 # -- files ---------------------------------------------------------------------------------
