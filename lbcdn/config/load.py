@@ -435,8 +435,49 @@ def _check_match(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     _check_path(ld, v.get("path"), join(path, "path"))
 
 
+_PLACEHOLDER = re.compile(r"#\{[^}]*\}")
+# What each placeholder stands for when a redirect host is checked for syntax.
+_SAMPLE_VALUES = {"#{protocol}": "http", "#{host}": "example.com", "#{port}": "80",
+                  "#{path}": "p", "#{query}": "q"}
+
+
 def _unknown_placeholders(text: str) -> list[str]:
-    return [m for m in re.findall(r"#\{[^}]*\}", text) if m not in REDIRECT_PLACEHOLDERS]
+    return [m for m in _PLACEHOLDER.findall(text) if m not in REDIRECT_PLACEHOLDERS]
+
+
+def _redirect_host_problem(host: str) -> str | None:
+    """A redirect's host: a host name or IP literal (IPv6 bracketed or not), placeholders
+    allowed; no port (that is `port`), path, query or user."""
+    text = _PLACEHOLDER.sub(lambda m: _SAMPLE_VALUES.get(m.group(), "x"), host).lower()
+    if text.startswith("[") and text.endswith("]") and ":" in text and names.is_ip(text[1:-1]):
+        return None
+    if names.is_ip(text):
+        return None
+    if any(c in text for c in "/?#@\\"):
+        return f"{host!r}: give a host name or IP address only, without scheme, path or query"
+    if ":" in text:
+        return f"{host!r}: give the host without a port (the port goes in `port`)"
+    problem = names.hostname_problem(text[:-1] if text.endswith(".") else text)
+    if problem and "#{" in host:  # the message would quote the sample values
+        return (f"{host!r} is not a valid host name (letters, digits, '-' and '_' in "
+                "dot-separated labels)")
+    return problem
+
+
+def _redirect_part_problem(key: str, value: str) -> str | None:
+    """Syntax of a redirect's host, path or query (placeholders already known to be valid)."""
+    if _WS_OR_CTL.search(value):
+        return "must not contain spaces or control characters"
+    literal = _PLACEHOLDER.sub("", value)  # a `#` of a placeholder is not a fragment
+    if key == "host":
+        return _redirect_host_problem(value)
+    if key == "path" and ("?" in literal or "#" in literal):
+        return 'must not contain "?" or "#" (give the query in `query`)'
+    if key == "query" and value.startswith("?"):
+        return 'give the query without its leading "?"'
+    if key == "query" and "#" in literal:
+        return 'must not contain "#"'
+    return None
 
 
 def _check_redirect(ld: Loader, v: Mapping[str, Any], path: str) -> None:
@@ -446,19 +487,26 @@ def _check_redirect(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     if "protocol" in v and v["protocol"] not in REDIRECT_PROTOCOLS:
         ld.error(join(path, "protocol"),
                  f'must be one of "http", "https", "#{{protocol}}"; got "{v["protocol"]}"')
-    if "path" in v and not v["path"].startswith("/"):
-        ld.error(join(path, "path"), 'must start with "/"')
     for key in ("host", "port", "path", "query"):
-        bad = _unknown_placeholders(v.get(key, ""))
-        if bad:
-            ld.error(join(path, key), f"unknown placeholder {bad[0]} (known: "
-                                      f"{', '.join(REDIRECT_PLACEHOLDERS)})")
-        elif key == "port" and "#{" not in v.get(key, "#{"):
+        if key not in v:
+            continue
+        bad = _unknown_placeholders(v[key])
+        problem = None
+        if key == "host" and not v[key]:
+            problem = "must not be empty"
+        elif key == "path" and not v[key].startswith("/"):
+            problem = 'must start with "/"'
+        elif bad:
+            problem = f"unknown placeholder {bad[0]} (known: {', '.join(REDIRECT_PLACEHOLDERS)})"
+        elif key == "port":
             port = v["port"]
-            if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-                ld.error(join(path, "port"), 'must be a port number 1-65535 or use "#{port}"')
-    if v.get("host") == "":
-        ld.error(join(path, "host"), "must not be empty")
+            if "#{" not in port and not (port.isascii() and port.isdigit()
+                                         and 1 <= int(port) <= 65535):
+                problem = 'must be a port number 1-65535 or use "#{port}"'
+        else:
+            problem = _redirect_part_problem(key, v[key])
+        if problem:
+            ld.error(join(path, key), problem)
 
 
 def _check_fixed(ld: Loader, v: Mapping[str, Any], path: str) -> None:

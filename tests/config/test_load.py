@@ -399,6 +399,50 @@ def test_dns_and_bucket_sockets_clash_only_where_they_overlap() -> None:
         "dns.listeners[1].port: 0.0.0.0 port 53 is already used by dns.listeners[0]"]
 
 
+# -- redirect targets ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("key, value, message", [
+    ("path", "/x\r\nSet-Cookie: evil=2", "must not contain spaces or control characters"),
+    ("path", "/a b", "must not contain spaces or control characters"),
+    ("path", "/a?b=1", 'must not contain "?" or "#" (give the query in `query`)'),
+    ("path", "/#{path}#top", 'must not contain "?" or "#" (give the query in `query`)'),
+    ("query", "a=1\r\nX: y", "must not contain spaces or control characters"),
+    ("query", "a=1#frag", 'must not contain "#"'),
+    ("query", "?a=1", 'give the query without its leading "?"'),
+    ("host", "exa mple.com", "must not contain spaces or control characters"),
+    ("host", "a.com\r\nX: y", "must not contain spaces or control characters"),
+    ("host", "a.com/evil", "'a.com/evil': give a host name or IP address only, without scheme, "
+                           "path or query"),
+    ("host", "evil.com?a.com", "'evil.com?a.com': give a host name or IP address only, without "
+                               "scheme, path or query"),
+    ("host", "user@a.com", "'user@a.com': give a host name or IP address only, without scheme, "
+                           "path or query"),
+    ("host", "a.com:8443", "'a.com:8443': give the host without a port (the port goes in `port`)"),
+    ("host", "#{host}:#{port}",
+     "'#{host}:#{port}': give the host without a port (the port goes in `port`)"),
+    ("host", "a_b!.com", "'a_b!.com' is not a valid host name (letters, digits, '-' and '_' in "
+                         "dot-separated labels)"),
+    ("host", "www..#{host}", "'www..#{host}' is not a valid host name (letters, digits, '-' and "
+                             "'_' in dot-separated labels)"),
+])
+def test_redirect_host_path_and_query_syntax(key: str, value: str, message: str) -> None:
+    assert errors(cfg(routes=[route(redirect={key: value})])) == [
+        f"routes[0].redirect.{key}: {message}"]
+    assert errors(cfg(default_route={"redirect": {key: value}})) == [
+        f"default_route.redirect.{key}: {message}"]
+
+
+def test_redirect_parts_accept_placeholders_and_addresses() -> None:
+    hosts = ["#{host}", "www.#{host}", "#{host}.cdn.example", "Example.COM.", "10.0.0.1",
+             "[2001:db8::1]", "2001:db8::1"]
+    config = parse_config(cfg(routes=[
+        route(name=f"h{i}", redirect={"host": h}) for i, h in enumerate(hosts)] + [
+        route(name="p", redirect={"path": "/new/#{path}", "query": "#{query}&from=old"})]),
+        env={})
+    assert [r.action.host for r in config.routes[:-1]] == hosts  # type: ignore[union-attr]
+    assert errors(cfg(routes=[route(redirect={"host": "a.com:1"})])) != []
+
+
 # -- files ---------------------------------------------------------------------------------
 
 def write(tmp_path: Path, text: str) -> Path:
