@@ -362,9 +362,27 @@ RENAMES[MatchConfig] = {"hosts": "host"}
 # -- semantic checks ---------------------------------------------------------------------
 
 
+# Headers that cannot carry the request id: they frame the message or belong to one hop
+# (the proxy reads, drops or rewrites them), or the proxy sets them itself.
+_FRAMING_HEADERS = ("content-length", "transfer-encoding", "host", "connection", "keep-alive",
+                    "te", "trailer", "upgrade", "proxy-connection", "expect")
+_PROXY_HEADERS = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-port", "via")
+
+
+def _request_id_header_problem(name: str) -> str | None:
+    problem = names.header_token_problem(name)
+    if problem:
+        return problem
+    if name.lower() in _FRAMING_HEADERS:
+        return f"{name!r} frames the request or belongs to one hop; choose another header"
+    if name.lower() in _PROXY_HEADERS:
+        return f"{name!r} is set by the proxy itself; choose another header"
+    return None
+
+
 def _check_listener(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     if "request_id_header" in v:
-        problem = names.header_token_problem(v["request_id_header"])
+        problem = _request_id_header_problem(v["request_id_header"])
         if problem:
             ld.error(join(path, "request_id_header"), problem)
     if "address" in v:

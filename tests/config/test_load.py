@@ -399,6 +399,25 @@ def test_dns_and_bucket_sockets_clash_only_where_they_overlap() -> None:
         "dns.listeners[1].port: 0.0.0.0 port 53 is already used by dns.listeners[0]"]
 
 
+# -- request id header ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "HOST", "Connection",
+                                  "Keep-Alive", "TE", "Trailer", "Upgrade", "Proxy-Connection",
+                                  "Expect"])
+def test_request_id_header_may_not_frame_the_request(name: str) -> None:
+    assert errors({"listeners": [{**LISTENER, "request_id_header": name}]}) == [
+        f"listeners[0].request_id_header: {name!r} frames the request or belongs to one hop; "
+        "choose another header"]
+
+
+@pytest.mark.parametrize("name", ["X-Forwarded-For", "x-forwarded-proto", "X-Forwarded-Port",
+                                  "Via"])
+def test_request_id_header_may_not_be_one_the_proxy_sets(name: str) -> None:
+    assert errors({"listeners": [{**LISTENER, "request_id_header": name}]}) == [
+        f"listeners[0].request_id_header: {name!r} is set by the proxy itself; "
+        "choose another header"]
+
+
 # -- redirect targets ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("key, value, message", [
