@@ -29,7 +29,7 @@ from lbcdn.config import names
 from lbcdn.config.reflect import (FIELD_HOOKS, INVALID, RENAMES, TYPE_HOOKS, VALIDATORS,
                                   Loader, describe, index, join)
 from lbcdn.dns.config import DnsConfig, alias_problems
-from lbcdn.config.schema import (AdminConfig, CertificateConfig, Config, FixedResponseAction,
+from lbcdn.config.schema import (AccessLogConfig, AdminConfig, CertificateConfig, Config, FixedResponseAction,
                                  ForwardAction, ListenerConfig, ListenerTlsConfig, MatchConfig,
                                  PoolConfig, RedirectAction, RouteConfig, TargetConfig)
 
@@ -405,6 +405,22 @@ def _check_certificate(ld: Loader, v: Mapping[str, Any], path: str) -> None:
             ld.error(index(join(path, "server_names"), i), problem)
 
 
+def _check_access_log(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    """The access log file is opened at start: a path that cannot be opened stops `serve`."""
+    file = v.get("path")
+    if file is None or v.get("enabled") is False:
+        return
+    where = join(path, "path")
+    if not file.strip():
+        ld.error(where, "must not be empty (leave it out to log to stdout)")
+    elif os.path.isdir(file):
+        ld.error(where, f"{file!r} is a directory; give the path of a file")
+    else:
+        parent = os.path.dirname(os.path.abspath(file))
+        if not os.path.isdir(parent):
+            ld.error(where, f"the directory {parent!r} does not exist")
+
+
 def _check_listener_tls(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     if "certificates" in v and not v["certificates"]:
         ld.error(join(path, "certificates"), "needs at least one certificate")
@@ -685,4 +701,5 @@ VALIDATORS.setdefault(FixedResponseAction, []).append(_check_fixed)
 VALIDATORS.setdefault(Config, []).append(_check_config)
 VALIDATORS.setdefault(CertificateConfig, []).append(_check_certificate)
 VALIDATORS.setdefault(ListenerTlsConfig, []).append(_check_listener_tls)
+VALIDATORS.setdefault(AccessLogConfig, []).append(_check_access_log)
 VALIDATORS.setdefault(RouteConfig, []).append(_check_route)

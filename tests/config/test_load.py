@@ -399,6 +399,27 @@ def test_dns_and_bucket_sockets_clash_only_where_they_overlap() -> None:
         "dns.listeners[1].port: 0.0.0.0 port 53 is already used by dns.listeners[0]"]
 
 
+# -- access log file -----------------------------------------------------------------------
+
+def access_log(path: str, **more: Any) -> dict[str, Any]:
+    return cfg(logging={"access_log": {"path": path, **more}})
+
+
+def test_access_log_path_must_be_a_file_in_an_existing_directory(tmp_path: Path) -> None:
+    where = "logging.access_log.path"
+    assert errors(access_log("")) == [
+        f"{where}: must not be empty (leave it out to log to stdout)"]
+    assert errors(access_log(str(tmp_path))) == [
+        f"{where}: {str(tmp_path)!r} is a directory; give the path of a file"]
+    missing = tmp_path / "nope" / "access.log"
+    assert errors(access_log(str(missing))) == [
+        f"{where}: the directory {str(tmp_path / 'nope')!r} does not exist"]
+    # a new file in an existing directory is fine; so is anything when the log is off
+    assert parse_config(access_log(str(tmp_path / "access.log")), env={}) \
+        .logging.access_log.path == str(tmp_path / "access.log")
+    parse_config(access_log(str(missing), enabled=False), env={})
+
+
 # -- request id header ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "HOST", "Connection",
