@@ -26,7 +26,7 @@ import yaml
 
 import lbcdn.config.load  # noqa: F401  (registers the YAML renames and shape hooks)
 from lbcdn.config import schema
-from lbcdn.config.fields import REQUIRED
+from lbcdn.config.fields import REQUIRED, bounds
 from lbcdn.config.reflect import RENAMES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -141,7 +141,7 @@ def test_rows_show_defaults_and_bounds(cls: type,
         assert len(rows[key]) == 3, f"{cls.__name__}.{key}: expected key | type | default | meaning"
         type_cell, default_cell, meaning = rows[key]
         assert meaning, f"{cls.__name__}.{key}: no meaning given"
-        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        lo, hi = bounds(f)
         if lo is not None and hi is not None:
             assert f"{_fmt(lo)}–{_fmt(hi)}" in type_cell, f"{cls.__name__}.{key}: range"
         elif lo is not None:

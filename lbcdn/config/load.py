@@ -381,6 +381,8 @@ def _request_id_header_problem(name: str) -> str | None:
 
 
 def _check_listener(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    if isinstance(v.get("name"), str) and not v["name"].strip():
+        ld.error(join(path, "name"), "must not be empty")
     if "request_id_header" in v:
         problem = _request_id_header_problem(v["request_id_header"])
         if problem:
@@ -427,6 +429,8 @@ def _check_listener_tls(ld: Loader, v: Mapping[str, Any], path: str) -> None:
 
 
 def _check_route(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    if isinstance(v.get("name"), str) and not v["name"].strip():
+        ld.error(join(path, "name"), "must not be empty")
     if v.get("https_redirect_status", 301) not in (301, 308):
         ld.error(join(path, "https_redirect_status"), "must be 301 or 308")
 
@@ -443,6 +447,14 @@ def _check_admin(ld: Loader, v: Mapping[str, Any], path: str) -> None:
 def _check_pool(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     if "targets" in v and not v["targets"] and v.get("discovery") is None:
         ld.error(join(path, "targets"), "must list at least one target")
+    first: dict[tuple[object, int], int] = {}
+    for i, target in enumerate(v.get("targets", ())):
+        key = (_ip(target.host) or target.host, target.port)
+        if key in first:
+            ld.error(index(join(path, "targets"), i),
+                     f"{names.format_host_port(target.host, target.port)} is listed twice "
+                     f"(targets[{first[key]}] and targets[{i}]); give it once, with a weight")
+        first.setdefault(key, i)
     host_header = v.get("host_header")
     if host_header is not None and host_header not in ("preserve", "target"):
         hp = names.split_host_port(host_header)
@@ -467,6 +479,14 @@ def _check_path(ld: Loader, value: str | None, path: str) -> None:
 def _check_match(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     _check_path(ld, v.get("path_prefix"), join(path, "path_prefix"))
     _check_path(ld, v.get("path"), join(path, "path"))
+    # The request path never holds a query or a fragment. In `path`, `?` is the
+    # one-character wildcard, so only `#` is refused there.
+    for key, chars in (("path_prefix", "?#"), ("path", "#")):
+        value = v.get(key)
+        bad = [c for c in chars if value and value.startswith("/") and c in value]
+        if bad:
+            ld.error(join(path, key), f'must not contain "{bad[0]}": it would never match, as '
+                                      "the query (and fragment) are not part of the path")
 
 
 _PLACEHOLDER = re.compile(r"#\{[^}]*\}")
@@ -543,6 +563,12 @@ def _check_redirect(ld: Loader, v: Mapping[str, Any], path: str) -> None:
             ld.error(join(path, key), problem)
 
 
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# RFC 9110 media type: type "/" subtype *( OWS ";" OWS [ token "=" ( token / quoted-string ) ] )
+_MEDIA_TYPE = re.compile(rf'{_TOKEN}/{_TOKEN}'
+                         rf'(?:[ \t]*;[ \t]*(?:{_TOKEN}=(?:{_TOKEN}|"(?:[^"\\]|\\.)*"))?)*')
+
+
 def _check_fixed(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     body = v.get("body")
     if body is not None:
@@ -554,6 +580,14 @@ def _check_fixed(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     if ctype is not None and (not ctype or re.search(r"[\x00-\x1f\x7f]", ctype)):
         ld.error(join(path, "content_type"), "must be a non-empty header value without "
                                              "control characters")
+    elif ctype is not None and not _MEDIA_TYPE.fullmatch(ctype):
+        ld.error(join(path, "content_type"), 'must be a media type, type/subtype with optional '
+                                             f'parameters ("text/html; charset=utf-8"); got '
+                                             f'{ctype!r}')
+    status = v.get("status")
+    if isinstance(status, int) and 300 <= status <= 399:
+        ld.error(join(path, "status"), "must be 2xx, 4xx or 5xx (as ALB); for a 3xx use a "
+                                       "`redirect` action")
 
 
 class _Bind(NamedTuple):
@@ -641,6 +675,13 @@ def _check_config(ld: Loader, v: Mapping[str, Any], path: str) -> None:
             ld.error(join(where, "name"),
                      f'duplicate listener name "{lst.name}" (also {seen[lst.name]})')
         seen.setdefault(lst.name, where)
+
+    demo_names: dict[str, str] = {}
+    for where, demo in _items(ld, v, "demo_backends"):
+        if demo.name in demo_names:
+            ld.error(join(where, "name"), f'duplicate demo backend name "{demo.name}" '
+                                          f"(also {demo_names[demo.name]})")
+        demo_names.setdefault(demo.name, where)
 
     binds = _binds(ld, v, listeners)
     for j, b in enumerate(binds):

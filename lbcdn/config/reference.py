@@ -33,7 +33,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 import lbcdn.config.load  # noqa: F401  (registers the YAML renames and shape hooks)
-from lbcdn.config.fields import REQUIRED
+from lbcdn.config.fields import REQUIRED, bounds
 from lbcdn.config.reflect import RENAMES
 from lbcdn.config.schema import Config
 
@@ -173,7 +173,7 @@ def default_cell(f: dataclasses.Field[Any]) -> str:
 def row(cls: type, f: dataclasses.Field[Any], hint: Any, paths: dict[type, str]) -> str:
     key = RENAMES.get(cls, {}).get(f.name, f.name)
     kind = type_cell(hint, paths)
-    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    lo, hi = bounds(f)
     if lo is not None and hi is not None:
         kind += f", {_fmt(lo)}–{_fmt(hi)}"
     elif lo is not None:

@@ -8,7 +8,8 @@ Rules:
 - Supported types: str, int, float, bool, Literal[...], `X | None`, tuple[X, ...],
   dict[str, X] and nested dataclasses. Anything else is a programming error (TypeError).
 - Strict: unknown keys, missing required keys and wrong types are errors; bool is not an int;
-  an int is accepted for a float; `metadata["min"]` / `["max"]` bounds are enforced.
+  an int is accepted for a float; `metadata["min"]` / `["max"]` bounds are enforced, and a
+  duration (`*_s`) without a max is capped at fields.MAX_DURATION_S (one year).
 - Every string value goes through environment interpolation (see env.py). A number or bool
   written as a `${VAR}` string is converted after interpolation, so `port: ${PORT}` works.
 - Special YAML shapes are handled by hooks that the shape-specific module registers
@@ -32,6 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from lbcdn.config.env import EnvError, interpolate
+from lbcdn.config.fields import bounds
 
 
 class _Invalid:
@@ -101,7 +103,9 @@ def field_default(f: dataclasses.Field[Any]) -> Any:
 
 
 def _fmt_num(x: float) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
+    if isinstance(x, float):
+        return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
+    return str(x)
 
 
 class Loader:
@@ -303,8 +307,7 @@ class Loader:
     def check_bounds(self, f: dataclasses.Field[Any], v: Any, path: str) -> Any:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return v
-        lo = f.metadata.get("min")
-        hi = f.metadata.get("max")
+        lo, hi = bounds(f)
         if lo is not None and v < lo:
             return self.error(path, f"must be >= {_fmt_num(lo)}; got {_fmt_num(v)}")
         if hi is not None and v > hi:

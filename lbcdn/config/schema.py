@@ -168,7 +168,8 @@ class RouteConfig:
         "(`https_redirect_status`), or refuse it with 403.", "allow-all")
     https_redirect_status: int = doc("301 or 308 for redirect-to-https.", 301, lo=301, hi=308)
     hsts_max_age_s: int | None = doc(
-        "Send Strict-Transport-Security with this max-age on HTTPS responses.", None, lo=0)
+        "Send Strict-Transport-Security with this max-age on HTTPS responses.", None, lo=0,
+        hi=2**31 - 1)  # HTTP's delta-seconds limit; HSTS preloading asks for years
 
 
 @dataclass(frozen=True)

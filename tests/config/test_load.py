@@ -483,6 +483,85 @@ def test_redirect_parts_accept_placeholders_and_addresses() -> None:
     assert errors(cfg(routes=[route(redirect={"host": "a.com:1"})])) != []
 
 
+# -- lax values ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data, expected", [
+    ({"listeners": [{"name": "", "port": 80}]}, ["listeners[0].name: must not be empty"]),
+    ({"listeners": [{"name": " ", "port": 80}]}, ["listeners[0].name: must not be empty"]),
+    (cfg(routes=[route(name="", fixed_response={})]), ["routes[0].name: must not be empty"]),
+    (cfg(default_route={"name": "", "fixed_response": {}}),
+     ["default_route.name: must not be empty"]),
+    (cfg(demo_backends=[{"name": "d", "port": 9001}, {"name": "d", "port": 9002}]),
+     ['demo_backends[1].name: duplicate demo backend name "d" (also demo_backends[0])']),
+    (cfg(pools={"app": {"targets": ["10.0.0.1:80", "b:81", {"host": "10.0.0.1", "port": 80}]}}),
+     ["pools.app.targets[2]: 10.0.0.1:80 is listed twice (targets[0] and targets[2]); "
+      "give it once, with a weight"]),
+    (cfg(pools={"app": {"targets": ["[::1]:80", {"address": "[0:0::1]:80", "weight": 2}]}}),
+     ["pools.app.targets[1]: [0:0::1]:80 is listed twice (targets[0] and targets[1]); "
+      "give it once, with a weight"]),
+    (cfg(routes=[route(fixed_response={"status": 302})]),
+     ["routes[0].fixed_response.status: must be 2xx, 4xx or 5xx (as ALB); for a 3xx use a "
+      "`redirect` action"]),
+    (cfg(default_route={"fixed_response": {"status": 399}}),
+     ["default_route.fixed_response.status: must be 2xx, 4xx or 5xx (as ALB); for a 3xx use a "
+      "`redirect` action"]),
+    (cfg(routes=[route(fixed_response={"content_type": "html"})]),
+     ["routes[0].fixed_response.content_type: must be a media type, type/subtype with optional "
+      "parameters (\"text/html; charset=utf-8\"); got 'html'"]),
+    (cfg(routes=[route(fixed_response={"content_type": "text/html; charset"})]),
+     ["routes[0].fixed_response.content_type: must be a media type, type/subtype with optional "
+      "parameters (\"text/html; charset=utf-8\"); got 'text/html; charset'"]),
+    (cfg(routes=[route(fixed_response={}, match={"path_prefix": "/search?q="})]),
+     ['routes[0].match.path_prefix: must not contain "?": it would never match, as the query '
+      "(and fragment) are not part of the path"]),
+    (cfg(routes=[route(fixed_response={}, match={"path_prefix": "/a#b"})]),
+     ['routes[0].match.path_prefix: must not contain "#": it would never match, as the query '
+      "(and fragment) are not part of the path"]),
+    (cfg(routes=[route(fixed_response={}, match={"path": "/docs/*#intro"})]),
+     ['routes[0].match.path: must not contain "#": it would never match, as the query '
+      "(and fragment) are not part of the path"]),
+])
+def test_lax_values_are_refused(data: dict[str, Any], expected: list[str]) -> None:
+    assert errors(data) == expected
+
+
+def test_media_types_and_path_wildcards_still_accepted() -> None:
+    config = parse_config(cfg(routes=[
+        route(name="a", fixed_response={"content_type": 'text/html; charset="utf-8";q=1'},
+              match={"path": "/img/?.png"}),
+        route(name="b", fixed_response={"status": 204, "content_type": "application/json"})]),
+        env={})
+    assert config.routes[1].action == FixedResponseAction(204, "application/json")
+    assert config.routes[0].match.path == "/img/?.png"  # `?`: one character, not a query
+    assert errors(cfg(routes=[route(fixed_response={"content_type": "x"})])) != []
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"listeners": [{**LISTENER, "header_timeout_s": 1e300}]},
+     ["listeners[0].header_timeout_s: must be <= 31536000; got 1e+300"]),
+    (cfg(shutdown={"drain_timeout_s": 31536001}),
+     ["shutdown.drain_timeout_s: must be <= 31536000; got 31536001"]),
+    (cfg(pools={"app": {"targets": ["a:1"], "response_timeout_s": 1e30}}),
+     ["pools.app.response_timeout_s: must be <= 31536000; got 1e+30"]),
+    (cfg(admin={"peers": {"timeout_s": 1e9}}),
+     ["admin.peers.timeout_s: must be <= 31536000; got 1000000000"]),
+    (cfg(routes=[route(fixed_response={}, hsts_max_age_s=2**31)]),
+     ["routes[0].hsts_max_age_s: must be <= 2147483647; got 2147483648"]),
+])
+def test_durations_are_capped_at_a_year(data: dict[str, Any], expected: list[str]) -> None:
+    assert errors(data) == expected
+
+
+def test_duration_cap_spares_rates_and_own_bounds() -> None:
+    from lbcdn.config.fields import MAX_DURATION_S
+    config = parse_config(cfg(shutdown={"drain_timeout_s": MAX_DURATION_S},
+                              routes=[route(fixed_response={}, hsts_max_age_s=63072000)],
+                              dns={"rate_limit": {"responses_per_s": 1e8}}), env={})
+    assert config.shutdown.drain_timeout_s == 31536000
+    assert config.routes[0].hsts_max_age_s == 63072000  # two years, as HSTS preloading asks
+    assert errors(cfg(shutdown={"drain_timeout_s": MAX_DURATION_S + 1})) != []
+
+
 # -- files ---------------------------------------------------------------------------------
 
 def write(tmp_path: Path, text: str) -> Path:
