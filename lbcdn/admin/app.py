@@ -7,6 +7,8 @@ Rules of this module:
   endpoint added later under /api/ is protected without doing anything. The check looks at both
   the request path and the route it resolved to, so no spelling of a URL reaches an /api/
   handler unchecked, and unknown /api/ paths answer 401 rather than revealing what exists.
+  A missing or wrong token is 401 with `WWW-Authenticate: Bearer` (RFC 6750; a wrong one adds
+  error="invalid_token"); 403 only answers state changes when no token is configured at all.
 - Every error is JSON `{"error": "..."}`, including aiohttp's own 404/405 and crashes (500,
   details only in the daemon log).
 - aiohttp is used here on purpose (DESIGN.md): the admin API is not a hot path.
@@ -69,8 +71,12 @@ def _auth_middleware(token: str) -> Middleware:
             return json_error(401, "authorization required: send 'Authorization: Bearer <token>'",
                               {"WWW-Authenticate": 'Bearer realm="lbcdn-admin"'})
         # Constant-time compare so response timing does not leak how much of a guess matched.
+        # A wrong token is 401 with error="invalid_token" (RFC 6750 section 3.1), not 403:
+        # 403 is kept for what no token could allow (see _no_token_read_only).
         if not hmac.compare_digest(credentials.strip().encode(), expected):
-            return json_error(403, "invalid token")
+            return json_error(401, "invalid token",
+                              {"WWW-Authenticate": 'Bearer realm="lbcdn-admin", '
+                                                   'error="invalid_token"'})
         return await handler(request)
 
     return auth

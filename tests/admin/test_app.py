@@ -82,6 +82,8 @@ async def test_api_without_authorization_is_401(admin: Admin) -> None:
     async with admin.session.get(admin.url + "/api/runtime") as resp:
         assert resp.status == 401
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+        # RFC 6750 3.1: no error code when the request carried no credentials
+        assert "error=" not in resp.headers["WWW-Authenticate"]
         assert "error" in await resp.json()
 
 
@@ -93,11 +95,16 @@ async def test_api_with_other_scheme_or_no_credentials_is_401(admin: Admin, head
 
 
 @pytest.mark.parametrize("token", ["wrong", TOKEN + "x", TOKEN[:-1], "\u00e9t\u00e9"])
-async def test_api_with_wrong_token_is_403(admin: Admin, token: str) -> None:
-    async with admin.session.get(admin.url + "/api/runtime",
-                                 headers={"Authorization": f"Bearer {token}"}) as resp:
-        assert resp.status == 403
-        assert await resp.json() == {"error": "invalid token"}
+async def test_api_with_wrong_token_is_401_invalid_token(admin: Admin, token: str) -> None:
+    # RFC 6750 3.1: an invalid token is 401 with error="invalid_token", not 403
+    for method, path in (("GET", "/api/runtime"), ("POST", "/api/reload"), ("GET", "/api/nope")):
+        async with admin.session.request(method, admin.url + path,
+                                         headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 401
+            challenge = resp.headers["WWW-Authenticate"]
+            assert challenge.startswith("Bearer ")
+            assert 'error="invalid_token"' in challenge
+            assert await resp.json() == {"error": "invalid token"}
 
 
 async def test_api_with_token_returns_runtime(admin: Admin) -> None:
@@ -164,6 +171,16 @@ async def test_no_token_leaves_api_open(open_admin: Admin) -> None:
     async with open_admin.session.get(open_admin.url + "/api/runtime") as resp:
         assert resp.status == 200
         assert await resp.json() == open_admin.state.view
+
+
+async def test_no_token_refuses_state_changes_with_403(open_admin: Admin) -> None:
+    # no token could make this allowed: 403, and no challenge to send one
+    async with open_admin.session.post(open_admin.url + "/api/reload",
+                                       headers={"Authorization": "Bearer anything"}) as resp:
+        assert resp.status == 403
+        assert "WWW-Authenticate" not in resp.headers
+        assert await resp.json() == {
+            "error": "state-changing API calls need admin.token to be configured"}
 
 
 def test_empty_token_is_refused() -> None:

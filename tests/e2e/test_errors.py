@@ -624,7 +624,8 @@ async def test_admin_token_protects_the_api_only() -> None:
                     assert "Bearer" in r.headers.get("WWW-Authenticate", "")
                 async with s.get(f"{base}/api/runtime",
                                  headers={"Authorization": "Bearer wrong"}) as r:
-                    assert r.status == 403
+                    assert r.status == 401  # RFC 6750 3.1
+                    assert 'error="invalid_token"' in r.headers["WWW-Authenticate"]
                 async with s.get(f"{base}/api/runtime",
                                  headers={"Authorization": "Bearer s3cret-token"}) as r:
                     assert r.status == 200
