@@ -116,7 +116,9 @@ class Daemon:
         return {
             "listeners": [listener.describe() for listener in self.listeners],
             "routes": [r.name for r in self.config.routes] + [self.config.default_route.name],
-            "pools": [pool.describe() for pool in self.pools.values()],
+            # the data plane's view (README, /api/runtime): algorithm, failed_open, queued, and
+            # per target its state and reason with the live numbers
+            "pools": [pool.details() for pool in self.pools.values()],
             "reloads": self.reloads,
             **(self.control.describe() if self.control is not None else {}),
         }

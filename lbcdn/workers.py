@@ -13,8 +13,9 @@ Messages, control -> worker: {"op": "config", "yaml": TEXT} (first message: star
 {"op": "reload", "yaml": TEXT, "id": N}, {"op": "targets", "pool": NAME, "targets": [...]}
 (the pool's target snapshot: host, port, weight, state, reason; health checks run in the control
 process). Worker -> control: {"op": "drained", "pool", "target"} (a draining target has nothing
-in flight here), {"op": "stats", "pools": {...}} (live per-target numbers, every second),
-{"op": "ready"} and
+in flight here), {"op": "stats", "pools": {POOL: {TARGET: {...}}}, "queues": {POOL:
+{"failed_open", "queued"}}} (live per-target and per-pool numbers, every second; the admin API
+adds them up over the workers), {"op": "ready"} and
 {"op": "reloaded", "id": N, "error": null | TEXT}.
 Edge-cache invalidations: control -> worker {"op": "invalidate", "id": N, "invalidation": {id,
 paths, tags, soft, hosts}}, worker -> control {"op": "invalidated", "id": N, "purged": COUNT};
@@ -95,6 +96,8 @@ class Worker:
         self.acks: dict[int, asyncio.Future[str | None]] = {}
         # the worker's live per-target numbers ({"op": "stats"}, every second)
         self.stats: dict[str, dict[str, dict[str, Any]]] = {}
+        # and per pool: {"failed_open": bool, "queued": int}
+        self.queues: dict[str, dict[str, Any]] = {}
 
     @property
     def pid(self) -> int | None:
@@ -140,20 +143,41 @@ class Supervisor:
             worker.send({"op": "targets", "pool": pool, "targets": snapshot})
 
     def _target_stats(self, pool: str) -> dict[str, dict[str, Any]]:
-        """Every worker's numbers for `pool`, added up (latency: the mean of the workers')."""
-        out: dict[str, dict[str, Any]] = {}
+        """Every worker's numbers for `pool`, added up. Counts are summed; latency and error
+        rate (each worker's over its last stats window) are averaged weighted by each worker's
+        request rate in that window, so a worker that served one request does not count as
+        much as one that served thousands. Every target of the pool has a row (zeros until
+        the workers report)."""
+        control = self.targets.pools.get(pool)
+        out: dict[str, dict[str, Any]] = {
+            key: _zero_stats() for key in (control.targets if control is not None else ())}
         for worker in self.workers:
             for key, row in worker.stats.get(pool, {}).items():
-                acc = out.setdefault(key, {"in_flight": 0, "requests": 0, "errors": 0,
-                                           "requests_per_s": 0.0, "_lat": []})
-                for k in ("in_flight", "requests", "errors", "requests_per_s"):
+                acc = out.setdefault(key, _zero_stats())
+                for k in _SUMMED:
                     acc[k] += row.get(k) or 0
+                rate = row.get("requests_per_s") or 0.0
                 if row.get("latency_s") is not None:
-                    acc["_lat"].append(row["latency_s"])
+                    acc["_lat"].append((row["latency_s"], rate))
+                acc["_err"].append((row.get("error_rate") or 0.0, rate))
         for acc in out.values():
-            lat = acc.pop("_lat")
-            acc["latency_s"] = sum(lat) / len(lat) if lat else None
-            acc["error_rate"] = acc["errors"] / acc["requests"] if acc["requests"] else 0.0
+            acc["latency_s"] = _weighted_mean(acc.pop("_lat"))
+            acc["error_rate"] = _weighted_mean(acc.pop("_err")) or 0.0
+        return out
+
+    def _runtime_pools(self) -> list[dict[str, Any]]:
+        """/api/runtime's pools, as a single process shows them (Pool.details()): the control
+        plane's target states joined with the workers' numbers added up."""
+        out = []
+        for pool in self.targets.describe():
+            name = pool["name"]
+            queues = [w.queues[name] for w in self.workers if name in w.queues]
+            out.append({
+                "name": name, "algorithm": pool["algorithm"],
+                "failed_open": any(q.get("failed_open") for q in queues),
+                "queued": sum(int(q.get("queued") or 0) for q in queues),
+                "targets": [{k: row.get(k) for k in _RUNTIME_TARGET_KEYS}
+                            for row in pool["targets"]]})
         return out
 
     def dns_engine(self) -> Engine | None:
@@ -167,8 +191,7 @@ class Supervisor:
                            "protocol": "https" if l.tls else "http"}
                           for l in self.config.listeners],
             "routes": [r.name for r in self.config.routes] + [self.config.default_route.name],
-            "pools": [{"name": p.name, "targets": [f"{t.host}:{t.port}" for t in p.targets]}
-                      for p in self.config.pools.values()],
+            "pools": self._runtime_pools(),
             "reloads": self.reloads,
             **self.control.describe(),
         }
@@ -217,6 +240,7 @@ class Supervisor:
                 self.targets.drained(message["pool"], message["target"], worker.index)
             elif message["op"] == "stats":
                 worker.stats = message["pools"]
+                worker.queues = message.get("queues", {})
             elif message["op"] == "reloaded":
                 future = worker.acks.pop(message["id"], None)
                 if future is not None and not future.done():
@@ -237,6 +261,7 @@ class Supervisor:
                 log.error("worker %d (pid %d) exited with %s; restarting", worker.index,
                           proc.pid, proc.returncode)
                 worker.ready.clear()
+                worker.stats, worker.queues = {}, {}  # nothing in flight there any more
                 _mark_dead(proc.pid)
                 for future in worker.acks.values():
                     if not future.done():
@@ -343,6 +368,30 @@ class Supervisor:
             _signal(worker, signal.SIGUSR1)
 
 
+# per-target numbers the workers report that add up across workers
+_SUMMED = ("in_flight", "requests", "errors", "requests_per_s", "open_connections",
+           "idle_connections")
+# a target in /api/runtime, in the order lbcdn.upstream.pool.Target.describe() gives
+_RUNTIME_TARGET_KEYS = ("target", "host", "port", "weight", "state", "reason", "classic",
+                        "in_flight", "open_connections", "idle_connections", "requests",
+                        "errors", "error_rate", "latency_s", "requests_per_s")
+
+
+def _zero_stats() -> dict[str, Any]:
+    return {"in_flight": 0, "requests": 0, "errors": 0, "requests_per_s": 0.0,
+            "open_connections": 0, "idle_connections": 0, "_lat": [], "_err": []}
+
+
+def _weighted_mean(values: list[tuple[float, float]]) -> float | None:
+    """The mean of (value, weight) pairs; unweighted when every weight is 0; None if empty."""
+    if not values:
+        return None
+    total = sum(w for _, w in values)
+    if total <= 0:
+        return sum(v for v, _ in values) / len(values)
+    return sum(v * w for v, w in values) / total
+
+
 async def messages(reader: asyncio.StreamReader) -> AsyncIterator[dict[str, Any]]:
     """The JSON messages of a control channel, one a line, until the other side is gone."""
     while True:
@@ -438,7 +487,9 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
             metrics.flush()
             daemon.update_gauges()
             writer.write(json.dumps({"op": "stats", "pools": {
-                name: stats_of(daemon.pools.values(), name) for name in daemon.pools}}
+                name: stats_of(daemon.pools.values(), name) for name in daemon.pools},
+                "queues": {name: {"failed_open": pool.failed_open, "queued": len(pool.queue)}
+                           for name, pool in daemon.pools.items()}}
             ).encode() + b"\n")
 
     tasks = [spawn(channel(), "control-channel"), spawn(flush_metrics(), "metrics-flush")]

@@ -81,15 +81,25 @@ async def test_describe_shape() -> None:
     await daemon.start()
     try:
         view = daemon.describe()
+        pools = view.pop("pools")
         assert view == {
             "listeners": [{"name": "web", "address": HOST, "port": port,
                            "open_connections": 0, "protocol": "http"}],
             "routes": ["hello", "default"],
-            "pools": [{"name": "app", "targets": [
-                {"target": f"{HOST}:{demo}", "weight": 1, "in_flight": 0,
-                 "open_connections": 0, "idle_connections": 0}]}],
             "reloads": 0,
         }
+        [pool] = pools  # type: ignore[misc]
+        assert {k: pool[k] for k in ("name", "algorithm", "queued")} == \
+            {"name": "app", "algorithm": "round_robin", "queued": 0}
+        [row] = pool["targets"]
+        assert {k: row[k] for k in ("target", "host", "port", "weight", "in_flight",
+                                    "open_connections", "idle_connections", "requests",
+                                    "errors", "latency_s")} == \
+            {"target": f"{HOST}:{demo}", "host": HOST, "port": demo, "weight": 1,
+             "in_flight": 0, "open_connections": 0, "idle_connections": 0, "requests": 0,
+             "errors": 0, "latency_s": None}
+        assert {"state", "reason", "classic", "failed_open"} <= set(row) | set(pool)
+        view["pools"] = pools
         # a client connection held open after one proxied request: one open client
         # connection, one idle pooled upstream connection
         reader, writer = await asyncio.open_connection(HOST, port)

@@ -154,3 +154,28 @@ def test_two_listeners_naming_one_address_two_ways_refuse_to_start(tmp_path: Pat
                            "--workers", "2"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr
     assert "listener 'same' cannot bind localhost:" in proc.stderr, proc.stderr
+
+
+async def test_target_stats_add_up_and_weight_latency_by_request_rate(tmp_path: Path) -> None:
+    from lbcdn.config.load import load_config_text
+    from lbcdn.workers import Supervisor
+    path = tmp_path / "lbcdn.yaml"
+    text = yaml.safe_dump(proxy_config(1))
+    sup = Supervisor(load_config_text(text, str(path)), str(path), text, 3, None)
+    row = {"in_flight": 1, "requests": 10, "errors": 1, "error_rate": 0.1, "latency_s": 0.010,
+           "requests_per_s": 10.0, "open_connections": 2, "idle_connections": 1}
+    sup.workers[0].stats = {"app": {"t:1": row}}
+    sup.workers[1].stats = {"app": {"t:1": {**row, "requests": 30, "errors": 0,
+                                            "error_rate": 0.0, "latency_s": 0.050,
+                                            "requests_per_s": 30.0}}}
+    # a worker that has not served this target in its window: no latency, no weight
+    sup.workers[2].stats = {"app": {"t:1": {**row, "requests": 5, "errors": 0,
+                                            "error_rate": 0.0, "latency_s": None,
+                                            "requests_per_s": 0.0}}}
+    got = sup._target_stats("app")["t:1"]
+    assert (got["in_flight"], got["requests"], got["errors"], got["open_connections"],
+            got["idle_connections"]) == (3, 45, 1, 6, 3)
+    assert got["requests_per_s"] == pytest.approx(40.0)
+    assert got["latency_s"] == pytest.approx((0.010 * 10 + 0.050 * 30) / 40)
+    assert got["error_rate"] == pytest.approx(1 / 40)
+    assert sup._target_stats("other") == {}

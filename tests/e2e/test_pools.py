@@ -360,3 +360,51 @@ async def test_metrics_show_health_retries_and_targets() -> None:
             assert 'lbcdn_health_checks_total{outcome="pass",pool="app"}' in text
             assert f'lbcdn_target_requests_total{{pool="app",target="{key(a)}"}}' in text
             assert "lbcdn_health_check_duration_seconds_bucket" in text
+
+
+# What README's admin API section documents for /api/runtime's pools and targets.
+RUNTIME_POOL_KEYS = {"name", "algorithm", "failed_open", "queued", "targets"}
+RUNTIME_TARGET_KEYS = {"target", "host", "port", "weight", "state", "reason", "classic",
+                       "in_flight", "open_connections", "idle_connections", "requests",
+                       "errors", "error_rate", "latency_s", "requests_per_s"}
+
+
+def check_runtime_pools(pools: list[dict[str, Any]], a: PoolBackend, b: PoolBackend,
+                        requests: int) -> None:
+    """/api/runtime's pools after `requests` requests to healthy `a` (`b` is unhealthy)."""
+    [pool] = pools
+    assert set(pool) == RUNTIME_POOL_KEYS
+    assert (pool["name"], pool["algorithm"], pool["failed_open"], pool["queued"]) == \
+        ("app", "round_robin", False, 0)
+    rows = {t["target"]: t for t in pool["targets"]}
+    assert set(rows) == {key(a), key(b)}
+    for row in rows.values():
+        assert set(row) == RUNTIME_TARGET_KEYS
+    ra, rb = rows[key(a)], rows[key(b)]
+    assert (ra["host"], ra["port"], ra["weight"]) == (HOST, a.port, 1)
+    assert (ra["state"], ra["reason"], ra["classic"]) == ("healthy", None, "InService")
+    assert (ra["requests"], ra["errors"], ra["error_rate"], ra["in_flight"]) == \
+        (requests, 0, 0.0, 0)
+    assert ra["latency_s"] is not None and 0 < ra["latency_s"] < 1
+    assert ra["requests_per_s"] > 0
+    assert ra["open_connections"] >= 1 and ra["idle_connections"] >= 1
+    assert (rb["state"], rb["reason"], rb["classic"]) == \
+        ("unhealthy", "Target.ResponseCodeMismatch", "OutOfService")
+    assert (rb["requests"], rb["latency_s"], rb["open_connections"]) == (0, None, 0)
+
+
+async def test_runtime_shows_pools_as_documented() -> None:
+    async with pool_backends("a", "b") as (a, b):
+        b.health_status = 500
+        cfg = pool_config(a, b)
+        async with running_daemon(cfg):
+            await state_is(cfg, a, "healthy")
+            await state_is(cfg, b, "unhealthy")
+            for _ in range(5):
+                assert (await get(listener_port(cfg))).body == b"a"
+            status, view = await api(cfg, "GET", "/api/runtime")
+            assert status == 200
+            check_runtime_pools(view["pools"], a, b, 5)
+            row = (await targets(cfg))[key(a)]
+            assert (row["requests"], row["errors"]) == (5, 0)
+            assert row["latency_s"] is not None and row["open_connections"] >= 1
