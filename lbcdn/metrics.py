@@ -202,6 +202,10 @@ class PoolMetrics:
         self._errors: dict[str, Counter] = {}
         self.active: Gauge = UPSTREAM_CONNECTIONS.labels(pool, "active")
         self.idle: Gauge = UPSTREAM_CONNECTIONS.labels(pool, "idle")
+        # present (0) from the start: with workers, prometheus-client's multiprocess mode only
+        # shows a series some process has touched
+        for outcome in RETRY_OUTCOMES:
+            UPSTREAM_RETRIES.labels(pool, outcome).inc(0)
 
     def upstream_time(self, seconds: float) -> None:
         """Record the time to the response head of one upstream exchange."""
@@ -313,6 +317,8 @@ UPSTREAM_RETRIES: Final = Counter(
     "lbcdn_upstream_retries_total", "Requests retried on another target (outcome retried), or "
     "not retried because the retry budget was spent (outcome budget_exhausted).",
     ["pool", "outcome"], registry=REGISTRY)
+RETRY_OUTCOMES: Final = ("retried", "budget_exhausted")
+EJECTION_CAUSES: Final = ("5xx", "connect_failure")  # lbcdn.health.outlier.Result
 TARGET_REQUESTS: Final = Counter(
     "lbcdn_target_requests_total", "Attempts sent to each target (retries count on the target "
     "they went to).", ["pool", "target"], registry=REGISTRY)
@@ -369,6 +375,8 @@ def target_metrics(pool: str, target: str) -> TargetMetrics:
     tm = _targets.get(key)
     if tm is None:
         tm = _targets[key] = TargetMetrics(pool, target)
+        for cause in EJECTION_CAUSES:  # present (0) from the start, as the retries
+            OUTLIER_EJECTIONS.labels(pool, target, cause).inc(0)
     return tm
 
 

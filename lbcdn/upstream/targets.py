@@ -180,7 +180,10 @@ class PoolTargets:
             t = self.targets.get(key)
             if t is None:
                 t = self.targets[key] = _Target(host, port, weight)
-                checker.add_target(key, self._check_for(t))
+                # its series from the start: `initial`, or `unavailable` without health checks
+                # (a state no transition ever reaches for a target that starts in it)
+                set_target_health(self.name, key, str(checker.add_target(
+                    key, self._check_for(t)).state))
             t.weight = weight
             t.origins = origins
             t.gone = False

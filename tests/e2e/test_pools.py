@@ -408,3 +408,50 @@ async def test_runtime_shows_pools_as_documented() -> None:
             row = (await targets(cfg))[key(a)]
             assert (row["requests"], row["errors"]) == (5, 0)
             assert row["latency_s"] is not None and row["open_connections"] >= 1
+
+
+async def scrape(cfg: dict[str, Any]) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """/metrics parsed with prometheus-client's parser: (sample name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://{HOST}:{admin_port(cfg)}/metrics") as r:
+            assert r.status == 200
+            text = await r.text()
+    return {(smp.name, frozenset(smp.labels.items())): smp.value
+            for family in text_string_to_metric_families(text) for smp in family.samples}
+
+
+def check_pool_metrics_from_start(samples: dict[tuple[str, frozenset[tuple[str, str]]], float],
+                                  target: str, pool: str = "app") -> None:
+    """A pool without health checks, before any traffic: its target is `unavailable`, and
+    the ejection and retry counters are there at 0."""
+    def value(name: str, **labels: str) -> float | None:
+        return samples.get((name, frozenset(labels.items())))
+    for state in ("initial", "healthy", "unhealthy", "draining", "unused", "unavailable"):
+        assert value("lbcdn_target_health", pool=pool, target=target, state=state) == \
+            (1.0 if state == "unavailable" else 0.0), state
+    for cause in ("5xx", "connect_failure"):
+        assert value("lbcdn_outlier_ejections_total", pool=pool, target=target,
+                     cause=cause) == 0.0
+    for outcome in ("retried", "budget_exhausted"):
+        assert value("lbcdn_upstream_retries_total", pool=pool, outcome=outcome) == 0.0
+
+
+async def test_metrics_unchecked_targets_are_unavailable_and_counters_start_at_zero() -> None:
+    async with pool_backends("a") as (a,):
+        cfg = pool_config(a, health={"enabled": False})
+        # a pool name of its own: this process's metrics registry outlives earlier tests
+        cfg["pools"] = {"fresh": cfg["pools"]["app"]}
+        cfg["default_route"] = {"forward": "fresh"}
+        async with running_daemon(cfg):
+            status, body = await api(cfg, "GET", "/api/pools/fresh/targets")
+            assert status == 200 and body["targets"][0]["state"] == "unavailable"
+            check_pool_metrics_from_start(await scrape(cfg), key(a), "fresh")
+            # a registered target too
+            status, _ = await api(cfg, "POST", "/api/pools/fresh/targets",
+                                  {"address": f"{HOST}:1"})
+            assert status == 201
+            samples = await scrape(cfg)
+            assert samples[("lbcdn_target_health", frozenset(
+                {"pool": "fresh", "target": f"{HOST}:1", "state": "unavailable"}.items()))] \
+                == 1.0

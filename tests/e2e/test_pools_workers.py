@@ -11,8 +11,8 @@ import pytest
 
 from tests.e2e.harness import DaemonProcess, listener_port
 from tests.e2e.pools_backend import pool_backends
-from tests.e2e.test_pools import api, check_runtime_pools, get, key, pool_config, state_is, \
-    targets, wait_for
+from tests.e2e.test_pools import api, check_pool_metrics_from_start, check_runtime_pools, get, \
+    key, pool_config, scrape, state_is, targets, wait_for
 
 
 @pytest.mark.slow
@@ -67,5 +67,17 @@ async def test_runtime_adds_up_the_workers_numbers(tmp_path: Path) -> None:
             assert status == 200
             assert len(view["workers"]) == 2
             check_runtime_pools(view["pools"], a, b, 12)
+        finally:
+            await asyncio.to_thread(daemon.stop)
+
+
+@pytest.mark.slow
+async def test_metrics_unavailable_targets_and_zero_counters_with_workers(tmp_path: Path
+                                                                          ) -> None:
+    async with pool_backends("a") as (a,):
+        cfg = pool_config(a, health={"enabled": False})
+        daemon = await asyncio.to_thread(DaemonProcess, cfg, tmp_path, ["--workers", "2"])
+        try:
+            check_pool_metrics_from_start(await scrape(cfg), key(a))
         finally:
             await asyncio.to_thread(daemon.stop)
