@@ -35,7 +35,9 @@ from lbcdn.config.load import load_config
 from lbcdn.config.schema import Config, ListenerConfig
 from lbcdn.edge.listener import Listener
 from lbcdn.tls import ServerTls
+from lbcdn.health.outlier import Ejection
 from lbcdn.logs import AccessLog, setup_logging
+from lbcdn.metrics import OUTLIER_EJECTIONS
 from lbcdn.routing import Router
 from lbcdn.tasks import spawn
 from lbcdn.upstream.pool import Pool
@@ -106,6 +108,10 @@ class Daemon:
             elif self.on_drained is not None:
                 self.on_drained(name, key)
         pool.on_drained = drained
+
+        def ejected(key: str, ejection: Ejection) -> None:
+            OUTLIER_EJECTIONS.labels(name, key, str(ejection.cause)).inc()
+        pool.on_ejected = ejected
         return pool
 
     def dns_engine(self) -> Engine | None:

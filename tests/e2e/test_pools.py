@@ -242,6 +242,9 @@ async def test_outlier_detection_ejects_a_failing_target() -> None:
             pool = daemon.pools["app"]
             ejected = pool.outlier.ejected(time.monotonic())
             assert len(ejected) == 1  # the cap: half of two targets
+            samples = await scrape(cfg)
+            assert samples[("lbcdn_outlier_ejections_total", frozenset(
+                {"pool": "app", "target": ejected[0], "cause": "5xx"}.items()))] == 1.0
             keep = ({key(a), key(b)} - set(ejected)).pop()
             for _ in range(4):
                 resp = await get(listener_port(cfg), "/")
