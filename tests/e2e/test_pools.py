@@ -5,8 +5,9 @@ jitter, so thresholds can be counted exactly."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,19 @@ async def state_is(cfg: dict[str, Any], b: PoolBackend, state: str) -> None:
         row = (await targets(cfg)).get(key(b))
         return row is not None and row["state"] == state
     await wait_for(check)
+
+
+@contextlib.asynccontextmanager
+async def healthy_and_unhealthy() -> AsyncIterator[tuple[PoolBackend, PoolBackend,
+                                                          dict[str, Any]]]:
+    """A running daemon whose pool has `a`, healthy, and `b`, failing its checks (500)."""
+    async with pool_backends("a", "b") as (a, b):
+        b.health_status = 500
+        cfg = pool_config(a, b)
+        async with running_daemon(cfg):
+            await state_is(cfg, a, "healthy")
+            await state_is(cfg, b, "unhealthy")
+            yield a, b, cfg
 
 
 async def test_thresholds_are_counted_exactly() -> None:
@@ -397,20 +411,15 @@ def check_runtime_pools(pools: list[dict[str, Any]], a: PoolBackend, b: PoolBack
 
 
 async def test_runtime_shows_pools_as_documented() -> None:
-    async with pool_backends("a", "b") as (a, b):
-        b.health_status = 500
-        cfg = pool_config(a, b)
-        async with running_daemon(cfg):
-            await state_is(cfg, a, "healthy")
-            await state_is(cfg, b, "unhealthy")
-            for _ in range(5):
-                assert (await get(listener_port(cfg))).body == b"a"
-            status, view = await api(cfg, "GET", "/api/runtime")
-            assert status == 200
-            check_runtime_pools(view["pools"], a, b, 5)
-            row = (await targets(cfg))[key(a)]
-            assert (row["requests"], row["errors"]) == (5, 0)
-            assert row["latency_s"] is not None and row["open_connections"] >= 1
+    async with healthy_and_unhealthy() as (a, b, cfg):
+        for _ in range(5):
+            assert (await get(listener_port(cfg))).body == b"a"
+        status, view = await api(cfg, "GET", "/api/runtime")
+        assert status == 200
+        check_runtime_pools(view["pools"], a, b, 5)
+        row = (await targets(cfg))[key(a)]
+        assert (row["requests"], row["errors"]) == (5, 0)
+        assert row["latency_s"] is not None and row["open_connections"] >= 1
 
 
 async def scrape(cfg: dict[str, Any]) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

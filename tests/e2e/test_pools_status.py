@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import HOST, admin_port, running_daemon
-from tests.e2e.pools_backend import pool_backends
-from tests.e2e.test_pools import key, pool_config, state_is
+from tests.e2e.harness import HOST, admin_port
+from tests.e2e.test_pools import healthy_and_unhealthy, key
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -43,13 +42,8 @@ def row_of(dom: str, target: str) -> str:
 
 @pytest.mark.slow
 async def test_status_page_in_chromium_shows_healthy_and_unhealthy(tmp_path: Path) -> None:
-    async with pool_backends("a", "b") as (a, b):
-        b.health_status = 500
-        cfg = pool_config(a, b)
-        async with running_daemon(cfg):
-            await state_is(cfg, a, "healthy")
-            await state_is(cfg, b, "unhealthy")
-            dom = await dump_dom(f"http://{HOST}:{admin_port(cfg)}/", tmp_path / "profile")
+    async with healthy_and_unhealthy() as (a, b, cfg):
+        dom = await dump_dom(f"http://{HOST}:{admin_port(cfg)}/", tmp_path / "profile")
     assert "<title>lbcdn status</title>" in dom
     assert 'data-pool="app"' in dom and "round_robin" in dom
     healthy, unhealthy = row_of(dom, key(a)), row_of(dom, key(b))

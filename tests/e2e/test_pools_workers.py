@@ -4,71 +4,73 @@ every worker; a deregistered target becomes unused once every worker reports it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.e2e.harness import DaemonProcess, listener_port
-from tests.e2e.pools_backend import pool_backends
+from tests.e2e.pools_backend import PoolBackend, pool_backends
 from tests.e2e.test_pools import api, check_pool_metrics_from_start, check_runtime_pools, get, \
     key, pool_config, scrape, state_is, targets, wait_for
 
 
+@contextlib.asynccontextmanager
+async def two_workers(tmp_path: Path, a: PoolBackend, b: PoolBackend
+                      ) -> AsyncIterator[dict[str, Any]]:
+    """`lbcdn serve --workers 2` over a pool of `a`, healthy, and `b`, failing its checks."""
+    b.health_status = 500
+    cfg = pool_config(a, b, health={"interval_s": 0.1, "timeout_s": 0.05})
+    daemon = await asyncio.to_thread(DaemonProcess, cfg, tmp_path, ["--workers", "2"])
+    try:
+        await state_is(cfg, a, "healthy")
+        await state_is(cfg, b, "unhealthy")
+        yield cfg
+    finally:
+        await asyncio.to_thread(daemon.stop)
+
+
 @pytest.mark.slow
 async def test_health_states_and_draining_reach_every_worker(tmp_path: Path) -> None:
-    async with pool_backends("a", "b", "c") as (a, b, c):
-        b.health_status = 500
-        cfg = pool_config(a, b, health={"interval_s": 0.1, "timeout_s": 0.05})
-        daemon = await asyncio.to_thread(DaemonProcess, cfg, tmp_path, ["--workers", "2"])
-        try:
-            await state_is(cfg, a, "healthy")
-            await state_is(cfg, b, "unhealthy")
-            for _ in range(10):  # new connections: the kernel spreads them over both workers
-                assert (await get(listener_port(cfg))).body == b"a"
-            status, _ = await api(cfg, "POST", "/api/pools/app/targets", {"address": key(c)})
-            assert status == 201
-            await state_is(cfg, c, "healthy")
-            await asyncio.sleep(0.3)  # the snapshot is on its way to the workers
-            status, _ = await api(cfg, "DELETE", f"/api/pools/app/targets/{key(a)}")
-            assert status == 202
-            started = time.monotonic()
-            await state_is(cfg, a, "unused")  # both workers drained, long before the 5 s delay
-            assert time.monotonic() - started < 3
-            for _ in range(10):
-                assert (await get(listener_port(cfg))).body == b"c"
-            await asyncio.sleep(1.2)  # workers send their numbers every second
-            rows = await targets(cfg)
-            assert rows[key(c)]["requests"] >= 10
-        finally:
-            await asyncio.to_thread(daemon.stop)
+    async with pool_backends("a", "b", "c") as (a, b, c), two_workers(tmp_path, a, b) as cfg:
+        for _ in range(10):  # new connections: the kernel spreads them over both workers
+            assert (await get(listener_port(cfg))).body == b"a"
+        status, _ = await api(cfg, "POST", "/api/pools/app/targets", {"address": key(c)})
+        assert status == 201
+        await state_is(cfg, c, "healthy")
+        await asyncio.sleep(0.3)  # the snapshot is on its way to the workers
+        status, _ = await api(cfg, "DELETE", f"/api/pools/app/targets/{key(a)}")
+        assert status == 202
+        started = time.monotonic()
+        await state_is(cfg, a, "unused")  # both workers drained, long before the 5 s delay
+        assert time.monotonic() - started < 3
+        for _ in range(10):
+            assert (await get(listener_port(cfg))).body == b"c"
+        await asyncio.sleep(1.2)  # workers send their numbers every second
+        rows = await targets(cfg)
+        assert rows[key(c)]["requests"] >= 10
 
 
 @pytest.mark.slow
 async def test_runtime_adds_up_the_workers_numbers(tmp_path: Path) -> None:
-    async with pool_backends("a", "b") as (a, b):
-        b.health_status = 500
-        cfg = pool_config(a, b, health={"interval_s": 0.1, "timeout_s": 0.05})
-        daemon = await asyncio.to_thread(DaemonProcess, cfg, tmp_path, ["--workers", "2"])
-        try:
-            await state_is(cfg, a, "healthy")
-            await state_is(cfg, b, "unhealthy")
-            await asyncio.sleep(0.3)  # the snapshot is on its way to the workers
-            for _ in range(12):  # new connections: the kernel spreads them over both workers
-                assert (await get(listener_port(cfg))).body == b"a"
+    async with pool_backends("a", "b") as (a, b), two_workers(tmp_path, a, b) as cfg:
+        await asyncio.sleep(0.3)  # the snapshot is on its way to the workers
+        for _ in range(12):  # new connections: the kernel spreads them over both workers
+            assert (await get(listener_port(cfg))).body == b"a"
 
-            async def counted() -> bool:  # workers send their numbers every second
-                return (await targets(cfg))[key(a)]["requests"] == 12
-            await wait_for(counted)
-            row = (await targets(cfg))[key(a)]
-            assert row["latency_s"] is not None and row["open_connections"] >= 1
-            assert (row["errors"], row["error_rate"]) == (0, 0.0)
-            status, view = await api(cfg, "GET", "/api/runtime")
-            assert status == 200
-            assert len(view["workers"]) == 2
-            check_runtime_pools(view["pools"], a, b, 12)
-        finally:
-            await asyncio.to_thread(daemon.stop)
+        async def counted() -> bool:  # workers send their numbers every second
+            return (await targets(cfg))[key(a)]["requests"] == 12
+        await wait_for(counted)
+        row = (await targets(cfg))[key(a)]
+        assert row["latency_s"] is not None and row["open_connections"] >= 1
+        assert (row["errors"], row["error_rate"]) == (0, 0.0)
+        status, view = await api(cfg, "GET", "/api/runtime")
+        assert status == 200
+        assert len(view["workers"]) == 2
+        check_runtime_pools(view["pools"], a, b, 12)
 
 
 @pytest.mark.slow
