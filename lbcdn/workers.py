@@ -311,8 +311,9 @@ class Supervisor:
             with open(self.config_path, encoding="utf-8") as f:
                 text = f.read()
             config = load_config_text(text, self.config_path)
-            ours = {(l.address, l.port) for l in self.config.listeners}
-            claim_ports(l for l in config.listeners if (l.address, l.port) not in ours)
+            # new ports only: our workers hold the others (and may move one to a new address)
+            ours = {l.port for l in self.config.listeners}
+            claim_ports(l for l in config.listeners if l.port not in ours)
             loop = asyncio.get_running_loop()
             self._next_ack += 1
             waits = []

@@ -140,6 +140,14 @@ def test_a_second_instance_on_the_same_port_refuses_to_start(tmp_path: Path) -> 
             wait_for(lambda: "listener 'taken' cannot bind" in daemon.stderr())
         assert runtime(first)["reloads"] == 0
         assert get(listener_port(first)) == (200, "first")
+
+        # a port our workers hold may move to another address of its
+        moved = fixed("moved", first)
+        moved["listeners"] = [{**first["listeners"][0], "address": "localhost"}]
+        daemon.path.write_text(yaml.safe_dump(moved))
+        os.kill(daemon.pid, signal.SIGHUP)
+        wait_for(lambda: runtime(first)["reloads"] == 1)
+        assert {get(listener_port(first))[1] for _ in range(10)} == {"moved"}
     finally:
         assert daemon.stop() == 0, daemon.stderr()
 
