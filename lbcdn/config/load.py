@@ -29,6 +29,7 @@ from lbcdn.config import names
 from lbcdn.config.reflect import (FIELD_HOOKS, INVALID, RENAMES, TYPE_HOOKS, VALIDATORS,
                                   Loader, describe, index, join)
 from lbcdn.dns.config import DnsConfig, alias_problems
+from lbcdn.http.head import HOP_BY_HOP
 from lbcdn.config.schema import (AccessLogConfig, AdminConfig, CertificateConfig, Config, FixedResponseAction,
                                  ForwardAction, ListenerConfig, ListenerTlsConfig, MatchConfig,
                                  PoolConfig, RedirectAction, RouteConfig, TargetConfig)
@@ -364,8 +365,7 @@ RENAMES[MatchConfig] = {"hosts": "host"}
 
 # Headers that cannot carry the request id: they frame the message or belong to one hop
 # (the proxy reads, drops or rewrites them), or the proxy sets them itself.
-_FRAMING_HEADERS = ("content-length", "transfer-encoding", "host", "connection", "keep-alive",
-                    "te", "trailer", "upgrade", "proxy-connection", "expect")
+_FRAMING_HEADERS = {h.decode() for h in HOP_BY_HOP} | {"content-length", "host", "expect"}
 _PROXY_HEADERS = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-port", "via")
 
 
@@ -563,7 +563,7 @@ def _check_redirect(ld: Loader, v: Mapping[str, Any], path: str) -> None:
             ld.error(join(path, key), problem)
 
 
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN = names.TOKEN_PATTERN
 # RFC 9110 media type: type "/" subtype *( OWS ";" OWS [ token "=" ( token / quoted-string ) ] )
 _MEDIA_TYPE = re.compile(rf'{_TOKEN}/{_TOKEN}'
                          rf'(?:[ \t]*;[ \t]*(?:{_TOKEN}=(?:{_TOKEN}|"(?:[^"\\]|\\.)*"))?)*')

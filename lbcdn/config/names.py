@@ -10,7 +10,8 @@ import ipaddress
 import re
 
 # RFC 9110 token characters: what a header field name may contain.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+TOKEN_PATTERN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN = re.compile(TOKEN_PATTERN)
 # A host-name label. Underscore is outside RFC 1123 but common in container service names,
 # and matching is literal, so accepting it costs nothing.
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?")

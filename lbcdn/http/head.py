@@ -128,14 +128,14 @@ def _without(fwd: list[bytes], names: set[bytes]) -> list[bytes]:
 
 
 PLAIN_CONNECTION: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Connection options that remove no header line, in requests and responses alike: the usual
+# values, hop-by-hop fields (dropped anyway), and Content-Length: dropping a named one would
+# leave the body unframed (RFC 9112 6.3). (A request's Host is never a forwarded line.)
+CONNECTION_KEEPS: Final = PLAIN_CONNECTION | HOP_BY_HOP | {b"content-length"}
 # the methods lbcdn forwards (CONNECT and TRACE get 405 with this list)
 ALLOWED_METHODS: Final = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 ALLOW_LINE: Final = b"Allow: " + ALLOWED_METHODS + b"\r\n"
 _H2C: Final = frozenset({b"h2c"})
-# Connection options that never remove a request header: the framing fields and Host decide what
-# the request is, so naming them in Connection changes nothing (Transfer-Encoding and Host are
-# written by the proxy itself anyway); dropping Content-Length would leave the body unframed.
-_KEEP_NAMED: Final = PLAIN_CONNECTION | {b"content-length", b"transfer-encoding", b"host"}
 
 
 def check_request(method: bytes, target: bytes, version: bytes,
@@ -178,7 +178,7 @@ def check_request(method: bytes, target: bytes, version: bytes,
                 raise HttpError(400, "invalid Transfer-Encoding (only a single chunked)")
             chunked = True
         elif kind == H_CONNECTION:
-            tokens = connection_tokens(value) - _KEEP_NAMED
+            tokens = connection_tokens(value) - CONNECTION_KEEPS
             if tokens:
                 named = tokens if named is None else named | tokens
         elif kind == H_EXPECT:

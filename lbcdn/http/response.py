@@ -26,7 +26,7 @@ from typing import Final
 from mypy_extensions import mypyc_attr
 
 from lbcdn.http.errors import HttpError
-from lbcdn.http.head import HOP_BY_HOP, PLAIN_CONNECTION, ResponseHead, connection_tokens
+from lbcdn.http.head import CONNECTION_KEEPS, ResponseHead, connection_tokens
 from lbcdn.memo import remember
 
 MAX_HEAD_BYTES: Final = 64 * 1024
@@ -159,7 +159,7 @@ def _parse(head: bytes) -> ResponseHead:
                 conn_close = True
             elif http10 and b"keep-alive" in tokens:
                 conn_close = False
-            tokens -= _NOT_NAMED
+            tokens -= CONNECTION_KEEPS
             if tokens:
                 named = tokens if named is None else named | tokens
         elif name == b"transfer-encoding":
@@ -190,9 +190,6 @@ def _parse(head: bytes) -> ResponseHead:
 
 _SPECIAL_RE: Final = re.compile(rb"\r\n(content-length|transfer-encoding|connection|keep-alive|"
                                 rb"proxy-connection|te|trailer|upgrade):([^\r]*)")
-# Connection options that remove no line: hop-by-hop fields go anyway, and Content-Length frames
-# the body we forward (RFC 9112 6.3: a proxy cannot drop it and still forward the same message).
-_NOT_NAMED: Final = PLAIN_CONNECTION | HOP_BY_HOP | {b"content-length"}
 
 
 def _lines(block: bytes) -> list[bytes]:

@@ -521,15 +521,6 @@ class Pool:
         for target in self.targets:
             self._close_idle(target)
 
-    def describe(self) -> dict[str, object]:
-        """The /api/runtime view: connections per target."""
-        return {
-            "name": self.name,
-            "targets": [{"target": t.key, "weight": t.weight, "in_flight": t.in_flight,
-                         "open_connections": t.open, "idle_connections": len(t.idle)}
-                        for t in self.targets],
-        }
-
     def details(self) -> dict[str, Any]:
         """Everything the targets API and the status page show from the data plane."""
         return {
