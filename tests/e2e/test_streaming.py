@@ -368,7 +368,7 @@ async def test_client_leaving_mid_download_closes_the_upstream_connection() -> N
             pool = daemon.pools["app"]
             async with asyncio.timeout(3):
                 while True:
-                    target = pool.describe()["targets"][0]  # type: ignore[index]
+                    target = pool.details()["targets"][0]
                     if target["open_connections"] == 0 and target["in_flight"] == 0:
                         break
                     await asyncio.sleep(0.02)
