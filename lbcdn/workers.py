@@ -3,7 +3,9 @@
 The control process owns the configuration, the admin API and the demo backends; it validates
 every configuration before any worker sees it, pushes it to the workers over a socket pair (one
 JSON message a line), restarts a worker that dies, and forwards SIGTERM/SIGINT so the workers
-drain. Workers run the data plane only (lbcdn.daemon.Daemon in "worker" role): each binds every
+drain. A worker whose control process dies (kill -9, a crash) exits at once, with status 1,
+cutting its connections: the daemon is never left half alive, its supervisor restarts it
+whole. Workers run the data plane only (lbcdn.daemon.Daemon in "worker" role): each binds every
 listener with SO_REUSEPORT, so the kernel spreads connections across them and a restarting
 worker never leaves a port unserved while the others live. SO_REUSEPORT would as readily let a
 second lbcdn (or two listeners naming one address two ways) share a port without a word, so the
@@ -32,6 +34,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,6 +55,8 @@ from lbcdn.tasks import spawn
 log = logging.getLogger("lbcdn.workers")
 
 RESTART_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+# how long a worker whose control process died may take to exit before it is cut short
+ORPHAN_EXIT_S = 3.0
 
 
 def claim_ports(listeners: Iterable[ListenerConfig]) -> None:
@@ -460,8 +465,10 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
         writer.write(json.dumps({"op": "drained", "pool": pool, "target": target}).encode()
                      + b"\n")
     daemon.on_drained = drained
+    orphaned = False  # the control process died under us
 
     async def channel() -> None:
+        nonlocal orphaned
         async for message in messages(reader):
             if message["op"] == "reload":
                 error: str | None = None
@@ -480,7 +487,19 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
                     tuple(i["hosts"]), None, time.time()))
                 writer.write(json.dumps({"op": "invalidated", "id": message["id"],
                                          "purged": purged}).encode() + b"\n")
-        daemon.request_stop()  # the control process is gone: drain and exit
+        # The channel ends only when the control process is gone (killed, crashed: a normal
+        # stop waits for us to exit first). Nobody would restart us, reload us or run the
+        # health checks any more, and our ports would keep a restarted daemon from starting:
+        # exit at once, so that whatever supervises the daemon restarts it whole.
+        log.error("worker %d: the control process is gone: closing listeners and "
+                  "connections, exiting", index)
+        orphaned = True
+        for listener in daemon.listeners:
+            listener.stop_accepting()
+        daemon.request_stop()
+        daemon.request_stop()  # as a second SIGTERM: cut the connections, no drain
+        # a backstop: listeners retired by a reload still drain up to their deadline
+        loop.call_later(ORPHAN_EXIT_S, os._exit, 1)
 
     async def flush_metrics() -> None:
         while True:
@@ -495,9 +514,16 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
 
     tasks = [spawn(channel(), "control-channel"), spawn(flush_metrics(), "metrics-flush")]
     await daemon.run_until_stopped()
-    metrics.flush()
     for task in tasks:
         task.cancel()
+    if orphaned:
+        # nobody will read the metrics any more, nor remove their directory: the first
+        # worker out does (one still stopping writes to files it has open, or not at all)
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            shutil.rmtree(directory, ignore_errors=True)
+        return 1
+    metrics.flush()
     return 0
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.harness import (DaemonProcess, admin_port, free_port, listener_port,
+from tests.e2e.harness import (HOST, DaemonProcess, admin_port, free_port, listener_port,
                                proxy_config, wait_for_port)
 
 pytestmark = pytest.mark.slow
@@ -59,6 +59,35 @@ def pids_alive(pids: list[int]) -> list[int]:
         except ProcessLookupError:
             pass
     return alive
+
+
+def alive_in_group(pgid: int) -> list[int]:
+    """The processes of process group `pgid` that have not exited (from /proc; a zombie that
+    waits for its parent to reap it has exited)."""
+    alive = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # it exited meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(entry))
+    return alive
+
+
+def port_free(port: int) -> bool:
+    """Whether a new daemon could listen on `port` (as the control process claims it)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+            s.listen(1)
+        except OSError:
+            return False
+        return True
 
 
 def test_workers_serve_reload_restart_and_stop(tmp_path: Path) -> None:
@@ -187,3 +216,58 @@ async def test_target_stats_add_up_and_weight_latency_by_request_rate(tmp_path: 
     assert got["latency_s"] == pytest.approx((0.010 * 10 + 0.050 * 30) / 40)
     assert got["error_rate"] == pytest.approx(1 / 40)
     assert sup._target_stats("other") == {}
+
+
+def test_killing_the_control_process_takes_the_whole_daemon_down_at_once(tmp_path: Path) -> None:
+    # a backend that never answers (connections wait in its backlog): requests stay in flight,
+    # which a graceful drain would wait 30 s for
+    silent = socket.create_server((HOST, 0))
+    config = proxy_config(silent.getsockname()[1], shutdown={"drain_timeout_s": 30})
+    config["pools"]["app"]["response_timeout_s"] = 60
+    temp = tmp_path / "tmp"  # where the control process makes its metrics directory
+    temp.mkdir()
+    (tmp_path / "first").mkdir()
+    daemon = DaemonProcess(config, tmp_path / "first", ["--workers", "2"],
+                           env={"TMPDIR": str(temp)})
+    clients: list[socket.socket] = []
+    try:
+        wait_for_port(admin_port(config))
+        wait_for(lambda: all(w["ready"] for w in runtime(config)["workers"]))
+        assert len(alive_in_group(daemon.pid)) == 3 and os.listdir(temp)
+        for _ in range(6):
+            clients.append(socket.create_connection((HOST, listener_port(config))))
+            clients[-1].sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: runtime(config)["pools"][0]["targets"][0]["in_flight"] == 6)
+
+        os.kill(daemon.pid, signal.SIGKILL)
+        assert daemon.proc.wait(5) == -signal.SIGKILL
+        started = time.monotonic()
+        wait_for(lambda: not alive_in_group(daemon.pid), timeout_s=5)
+        assert time.monotonic() - started < 5
+        assert port_free(listener_port(config)) and port_free(admin_port(config))
+        assert os.listdir(temp) == []  # the metrics directory went with the daemon
+        for client in clients:  # requests in flight were cut, not left hanging
+            client.settimeout(1)
+            try:
+                assert client.recv(1) == b""
+            except ConnectionResetError:
+                pass
+        assert "the control process is gone" in daemon.stderr(), daemon.stderr()
+    finally:
+        daemon.kill()
+        silent.close()
+        for client in clients:
+            client.close()
+
+    # whatever supervises the daemon can start it again at once, on the same ports
+    with socket.create_server((HOST, 0)) as backend:
+        config = proxy_config(backend.getsockname()[1], listeners=config["listeners"],
+                              admin=config["admin"])
+        config["default_route"] = {"fixed_response": {"body": "again"}}
+        (tmp_path / "again").mkdir()
+        again = DaemonProcess(config, tmp_path / "again", ["--workers", "2"],
+                              env={"TMPDIR": str(temp)})
+        try:
+            assert get(listener_port(config)) == (200, "again")
+        finally:
+            assert again.stop() == 0, again.stderr()
