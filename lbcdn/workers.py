@@ -16,9 +16,9 @@ Messages, control -> worker: {"op": "config", "yaml": TEXT} (first message: star
 (the pool's target snapshot: host, port, weight, state, reason; health checks run in the control
 process). Worker -> control: {"op": "drained", "pool", "target"} (a draining target has nothing
 in flight here), {"op": "stats", "pools": {POOL: {TARGET: {...}}}, "queues": {POOL:
-{"failed_open", "queued"}}} (live per-target and per-pool numbers, every second; the admin API
-adds them up over the workers), {"op": "ready"} and
-{"op": "reloaded", "id": N, "error": null | TEXT}.
+{"failed_open", "queued"}}, "listeners": {LISTENER: OPEN_CONNECTIONS}} (live per-target,
+per-pool and per-listener numbers, every second; the admin API adds them up over the
+workers), {"op": "ready"} and {"op": "reloaded", "id": N, "error": null | TEXT}.
 Edge-cache invalidations: control -> worker {"op": "invalidate", "id": N, "invalidation": {id,
 paths, tags, soft, hosts}}, worker -> control {"op": "invalidated", "id": N, "purged": COUNT};
 the admin API answers once every live worker applied it.
@@ -103,6 +103,8 @@ class Worker:
         self.stats: dict[str, dict[str, dict[str, Any]]] = {}
         # and per pool: {"failed_open": bool, "queued": int}
         self.queues: dict[str, dict[str, Any]] = {}
+        # and per listener: its open client connections
+        self.connections: dict[str, int] = {}
 
     @property
     def pid(self) -> int | None:
@@ -193,6 +195,8 @@ class Supervisor:
             "workers": [{"index": w.index, "pid": w.pid, "ready": w.ready.is_set(),
                          "restarts": w.restarts} for w in self.workers],
             "listeners": [{"name": l.name, "address": l.address, "port": l.port,
+                           "open_connections": sum(w.connections.get(l.name, 0)
+                                                   for w in self.workers),
                            "protocol": "https" if l.tls else "http"}
                           for l in self.config.listeners],
             "routes": [r.name for r in self.config.routes] + [self.config.default_route.name],
@@ -246,6 +250,7 @@ class Supervisor:
             elif message["op"] == "stats":
                 worker.stats = message["pools"]
                 worker.queues = message.get("queues", {})
+                worker.connections = message.get("listeners", {})
             elif message["op"] == "reloaded":
                 future = worker.acks.pop(message["id"], None)
                 if future is not None and not future.done():
@@ -266,7 +271,8 @@ class Supervisor:
                 log.error("worker %d (pid %d) exited with %s; restarting", worker.index,
                           proc.pid, proc.returncode)
                 worker.ready.clear()
-                worker.stats, worker.queues = {}, {}  # nothing in flight there any more
+                # nothing in flight there any more
+                worker.stats, worker.queues, worker.connections = {}, {}, {}
                 _mark_dead(proc.pid)
                 for future in worker.acks.values():
                     if not future.done():
@@ -509,7 +515,9 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
             writer.write(json.dumps({"op": "stats", "pools": {
                 name: stats_of(daemon.pools.values(), name) for name in daemon.pools},
                 "queues": {name: {"failed_open": pool.failed_open, "queued": len(pool.queue)}
-                           for name, pool in daemon.pools.items()}}
+                           for name, pool in daemon.pools.items()},
+                "listeners": {listener.name: len(listener.connections)
+                              for listener in daemon.listeners}}
             ).encode() + b"\n")
 
     tasks = [spawn(channel(), "control-channel"), spawn(flush_metrics(), "metrics-flush")]

@@ -3,6 +3,7 @@ pushed to every worker, dead workers restarted, metrics aggregated, clean shutdo
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -271,3 +272,27 @@ def test_killing_the_control_process_takes_the_whole_daemon_down_at_once(tmp_pat
             assert get(listener_port(config)) == (200, "again")
         finally:
             assert again.stop() == 0, again.stderr()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_runtime_counts_each_listeners_open_connections(tmp_path: Path, workers: str) -> None:
+    config = fixed("hi")
+    daemon = DaemonProcess(config, tmp_path, ["--workers", workers])
+    clients: list[http.client.HTTPConnection] = []
+    try:
+        wait_for_port(admin_port(config))
+
+        def open_connections() -> int:
+            return int(runtime(config)["listeners"][0]["open_connections"])
+        for _ in range(3):  # idle keep-alive connections, after one request each
+            clients.append(http.client.HTTPConnection(HOST, listener_port(config), timeout=5))
+            clients[-1].request("GET", "/")
+            assert clients[-1].getresponse().read() == b"hi"
+        wait_for(lambda: open_connections() == 3)  # workers report every second
+        for client in clients[:2]:
+            client.close()
+        wait_for(lambda: open_connections() == 1)
+    finally:
+        for client in clients:
+            client.close()
+        assert daemon.stop() == 0, daemon.stderr()
