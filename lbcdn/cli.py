@@ -16,7 +16,7 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING
 
-from lbcdn import __version__, native
+from lbcdn import __version__, cpus, native
 
 if TYPE_CHECKING:
     from lbcdn.config.load import ConfigError
@@ -44,9 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", "-c", required=True, metavar="FILE",
                        help="YAML configuration file")
-    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
-                       help="data-plane worker processes sharing the listeners (default: the "
-                            "number of cores); 1 runs everything in one process")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="data-plane worker processes sharing the listeners (default: "
+                            "$LBCDN_WORKERS, else the CPUs this process may use: its CPU "
+                            "affinity, capped by the cgroup CPU quota); 1 runs everything in "
+                            "one process")
     _add_log_level(serve, top=False)
     serve.set_defaults(func=_serve)
 
@@ -106,15 +108,23 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         _report(e, args.config)
         return 1
-    if args.workers < 1:
-        print(f"lbcdn serve: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+    try:
+        workers, why = cpus.workers(args.workers, os.environ.get(cpus.ENV))
+    except ValueError as e:
+        print(f"lbcdn serve: {e}", file=sys.stderr)
         return 2
-    if args.workers > 1:
+    if workers > 1:
         # before prometheus-client is imported: it picks its storage at import time
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lbcdn-metrics-")
+    from lbcdn.logs import setup_logging
+    setup_logging(args.log_level or config.logging.level)
+    logging.getLogger("lbcdn.cli").info(
+        "%d worker%s (%s)%s", workers, "s" if workers > 1 else "", why,
+        "" if workers > 1 else ": everything in one process")
+    if workers > 1:
         from lbcdn.workers import serve_workers
         try:
-            return serve_workers(config, args.config, args.workers, args.log_level)
+            return serve_workers(args.config, workers, args.log_level)
         finally:
             shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
     from lbcdn.daemon import serve

@@ -347,8 +347,7 @@ async def _main(config: Config, config_path: str | os.PathLike[str] | None,
 def serve(config: Config, log_level: str | None = None,
           config_path: str | os.PathLike[str] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; return the process exit code. With `config_path`,
-    SIGHUP and POST /api/reload re-read that file."""
-    setup_logging(log_level or config.logging.level)
+    SIGHUP and POST /api/reload re-read that file. Logging is set up already (lbcdn.cli)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it

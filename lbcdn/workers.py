@@ -435,10 +435,10 @@ async def _control_main(config_path: str, workers: int, log_level: str | None) -
     return await run_process(Supervisor(config, config_path, text, workers, log_level))
 
 
-def serve_workers(config: Config, config_path: str, workers: int,
-                  log_level: str | None) -> int:
-    """Run the control process (until SIGTERM/SIGINT) with `workers` data-plane workers."""
-    setup_logging(log_level or config.logging.level)
+def serve_workers(config_path: str, workers: int, log_level: str | None) -> int:
+    """Run the control process (until SIGTERM/SIGINT) with `workers` data-plane workers,
+    from the configuration file `config_path` (validated already). Logging is set up already
+    (lbcdn.cli)."""
     import uvloop
     return uvloop.run(_control_main(config_path, workers, log_level))
 

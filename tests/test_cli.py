@@ -119,9 +119,8 @@ def fake_daemon(monkeypatch: pytest.MonkeyPatch) -> FakeCalls:
         calls.append((config, log_level, config_path))
         return 7
 
-    def serve_workers(config: Any, config_path: str, workers: int,
-                      log_level: str | None) -> int:
-        calls.append((config, log_level, f"{config_path} x{workers}"))
+    def serve_workers(config_path: str, workers: int, log_level: str | None) -> int:
+        calls.append((None, log_level, f"{config_path} x{workers}"))
         return 8
 
     module = types.ModuleType("lbcdn.daemon")
@@ -131,6 +130,10 @@ def fake_daemon(monkeypatch: pytest.MonkeyPatch) -> FakeCalls:
     workers.serve_workers = serve_workers  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "lbcdn.workers", workers)
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.delenv("LBCDN_WORKERS", raising=False)
+    # serve configures root logging; keep that from leaking into other tests
+    monkeypatch.setattr(logging.root, "handlers", list(logging.root.handlers))
+    monkeypatch.setattr(logging.root, "level", logging.root.level)
     return calls
 
 
@@ -148,6 +151,22 @@ def test_serve_with_workers_runs_the_control_process(good: Path,
     assert fake_daemon[0][2] == f"{good} x3"
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ  # removed again afterwards
     assert main(["serve", "--config", str(good), "--workers", "0"]) == 2  # so SIGHUP can re-read the same file
+
+
+def test_serve_worker_count_from_the_environment_and_logged(
+        good: Path, fake_daemon: FakeCalls, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LBCDN_WORKERS", "3")
+    assert main(["serve", "--config", str(good)]) == 8
+    assert fake_daemon[-1][2] == f"{good} x3"
+    assert "INFO lbcdn.cli 3 workers (LBCDN_WORKERS=3)" in capsys.readouterr().err
+    assert main(["serve", "--config", str(good), "--workers", "1"]) == 7  # the flag wins
+    assert "1 worker (--workers): everything in one process" in capsys.readouterr().err
+
+    monkeypatch.setenv("LBCDN_WORKERS", "many")
+    assert main(["serve", "--config", str(good)]) == 2
+    assert capsys.readouterr().err == \
+        "lbcdn serve: LBCDN_WORKERS must be a positive integer, got 'many'\n"
 
 
 @pytest.mark.parametrize("argv, level", [

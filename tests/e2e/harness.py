@@ -101,7 +101,10 @@ class DaemonProcess:
     """`python -m lbcdn serve --config FILE` in a subprocess, with its own process group."""
 
     def __init__(self, config: dict[str, Any], tmp: Path, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, prefix: list[str] | None = None,
+                 own_workers: bool = False) -> None:
+        """`prefix`: a command to run it under (`taskset -c 0`); `own_workers`: no
+        `--workers`, the daemon picks its count itself."""
         self.config = config
         self.path = tmp / "lbcdn.yaml"
         self.path.write_text(yaml.safe_dump(config))
@@ -110,9 +113,9 @@ class DaemonProcess:
         self._stderr = open(self.stderr_path, "wb")
         self._stdout = open(self.stdout_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lbcdn", "serve", "--config", str(self.path),
+            [*(prefix or []), sys.executable, "-m", "lbcdn", "serve", "--config", str(self.path),
              # one process unless a test asks for workers: RSS and signals are then exact
-             *([] if "--workers" in (extra_args or []) else ["--workers", "1"]),
+             *([] if own_workers or "--workers" in (extra_args or []) else ["--workers", "1"]),
              *(extra_args or [])],
             stdout=self._stdout, stderr=self._stderr, start_new_session=True,
             env={**os.environ, **(env or {})})
