@@ -242,9 +242,7 @@ def test_killing_the_control_process_takes_the_whole_daemon_down_at_once(tmp_pat
 
         os.kill(daemon.pid, signal.SIGKILL)
         assert daemon.proc.wait(5) == -signal.SIGKILL
-        started = time.monotonic()
-        wait_for(lambda: not alive_in_group(daemon.pid), timeout_s=5)
-        assert time.monotonic() - started < 5
+        wait_for(lambda: not alive_in_group(daemon.pid), timeout_s=5)  # not the 30 s drain
         assert port_free(listener_port(config)) and port_free(admin_port(config))
         assert os.listdir(temp) == []  # the metrics directory went with the daemon
         for client in clients:  # requests in flight were cut, not left hanging
