@@ -6,7 +6,8 @@ A pool of two real backends on loopback addresses of their own (a DNS answer tel
 apart by address) with fast health checks; a zone with an alias to the pool
 (`evaluate_target_health`) and a failover pair whose PRIMARY follows one pool target. Stopping
 that target takes it out of the alias answer and fails the pair over, as soon as the pool marks
-it unhealthy; starting it again brings both back."""
+it unhealthy; starting it again brings both back. The admin API and the status page show which
+health state each record set follows."""
 
 from __future__ import annotations
 
@@ -122,3 +123,59 @@ async def test_dns_follows_pool_health(tmp_path: Path, workers: list[str]) -> No
         await a.stop()
         await b.stop()
 
+
+def records_by_set(body: dict[str, Any]) -> dict[tuple[str, str, str | None], dict[str, Any]]:
+    return {(r["name"], r["type"], r["set_identifier"]): r for r in body["records"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", WORKERS)
+async def test_admin_api_and_status_page_show_the_health_each_record_set_follows(
+        tmp_path: Path, workers: list[str]) -> None:
+    a, b = PoolBackend("a", "127.0.0.2"), PoolBackend("b", "127.0.0.3")
+    b.health_status = 500
+    await a.start()
+    await b.start()
+    daemon: DaemonProcess | None = None
+    try:
+        cfg = dns_health_config(b, a)  # the PRIMARY follows b, which fails its checks
+        daemon = await asyncio.to_thread(DaemonProcess, cfg, tmp_path, workers)
+        await until(cfg, [a.address], ["192.0.2.2"], 10)
+
+        body = await api(cfg, "/api/dns/zones/example.test/records")
+        assert (body["zone"], type(body["serial"])) == ("example.test.", int)
+        sets = records_by_set(body)
+        www = sets[("www.example.test.", "A", None)]
+        assert (www["health"], www["alias"]) == (
+            None, {"listener": None, "pool": "app", "evaluate_target_health": True})
+        assert www["values"] == [  # in the pool's order
+            {"value": b.address, "health": {"source": "pool", "id": f"pool/app/{key(b)}",
+                                            "pool": "app", "target": key(b),
+                                            "healthy": False}},
+            {"value": a.address, "health": {"source": "pool", "id": f"pool/app/{key(a)}",
+                                            "pool": "app", "target": key(a),
+                                            "healthy": True}}]
+        main = sets[("svc.example.test.", "A", "main")]
+        assert (main["policy"], main["failover"], main["ttl_s"]) == ("failover", "PRIMARY", 5)
+        assert main["health"] == {"source": "pool", "id": f"pool/app/{key(b)}", "pool": "app",
+                                  "target": key(b), "healthy": False}
+        assert main["values"] == [{"value": "192.0.2.1", "health": None}]
+        assert sets[("svc.example.test.", "A", "backup")]["health"] is None
+        ext = sets[("ext.example.test.", "A", "one")]["health"]
+        assert (ext["source"], ext["id"]) == ("route53_check", "ext")
+        assert sets[("example.test.", "SOA", None)]["health"] is None
+
+        page = await api(cfg, "/")
+        assert f'data-health="pool/app/{key(a)}" data-healthy="true"' in page
+        assert f'data-health="pool/app/{key(b)}" data-healthy="false"' in page
+        assert 'data-health="ext"' in page
+        assert "192.0.2.2" not in page  # the SECONDARY follows nothing: not listed
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s:
+            url = f"http://{HOST}:{admin_port(cfg)}/api/dns/zones/www.example.test/records"
+            async with s.get(url) as r:
+                assert r.status == 404
+    finally:
+        if daemon is not None:
+            await asyncio.to_thread(daemon.stop)
+        await a.stop()
+        await b.stop()
