@@ -19,15 +19,19 @@ from lbcdn.admin.state import AdminState
 from lbcdn.bucket.server import BucketServer
 from lbcdn.config.schema import Config, DemoBackendConfig
 from lbcdn.demo.backend import start_demo_backend
-from lbcdn.dns.runtime import DnsRuntime
+from lbcdn.dns.runtime import DnsRuntime, PoolHealth
 
 log = logging.getLogger("lbcdn.control")
 
 
 class ControlPlane:
-    def __init__(self, state: AdminState, base_dir: str = ".") -> None:
+    def __init__(self, state: AdminState, base_dir: str = ".",
+                 pool_health: PoolHealth | None = None) -> None:
         self.state = state
         self.base_dir = base_dir
+        # the pools' health checks, which run beside this in the same process: DNS records
+        # that follow a pool target answer by their states
+        self.pool_health = pool_health
         self.config: Config | None = None
         self.admin: AdminServer | None = None
         self.demo_servers: dict[DemoBackendConfig, asyncio.AbstractServer] = {}
@@ -52,7 +56,8 @@ class ControlPlane:
 
     def _dns(self, config: Config) -> DnsRuntime:
         assert config.dns is not None
-        return DnsRuntime(config.dns, config.listeners, config.pools, base_dir=self.base_dir)
+        return DnsRuntime(config.dns, config.listeners, config.pools, base_dir=self.base_dir,
+                          pool_health=self.pool_health)
 
     async def _start_admin(self, config: Config) -> None:
         if config.admin.port:

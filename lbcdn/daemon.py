@@ -70,14 +70,6 @@ class Daemon:
         self.pools: dict[str, Pool] = {}
         self.listeners: list[Listener] = []
         self.cache: CacheRuntime | None = None   # edge cache stores, per process
-        # admin API, demo backends, bucket origin, DNS: here, unless a control process runs them
-        self.control = ControlPlane(self, config_dir(config_path)) if role == "single" else None
-        self.reloads = 0
-        self._draining = False
-        self._stopped = False
-        self._stop = asyncio.Event()
-        self._reload_lock = asyncio.Lock()
-        self._retired: set[asyncio.Task[None]] = set()
         # pools' targets and health checks: here, unless a control process runs them (then
         # `on_drained` tells it when a draining target has nothing in flight here)
         self.targets: TargetsControl | None = None
@@ -85,6 +77,16 @@ class Daemon:
             self.targets = TargetsControl(self.apply_targets, state_dir=config.admin.state_dir,
                                           stats=lambda name: stats_of(self.pools.values(), name))
         self.on_drained: Callable[[str, str], None] | None = None
+        # admin API, demo backends, bucket origin, DNS (following the pools' health): here,
+        # unless a control process runs them
+        self.control = (ControlPlane(self, config_dir(config_path), self.targets)
+                        if role == "single" else None)
+        self.reloads = 0
+        self._draining = False
+        self._stopped = False
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._retired: set[asyncio.Task[None]] = set()
 
     @property
     def draining(self) -> bool:

@@ -125,11 +125,11 @@ class Supervisor:
         self.config_text = config_text
         self.log_level = log_level
         self.workers = [Worker(i) for i in range(workers)]
-        self.control = ControlPlane(self, config_dir(config_path))
         # pools' targets and health checks run here; workers get {"op": "targets"} snapshots
         self.targets = TargetsControl(
             self._publish_targets, state_dir=config.admin.state_dir, stats=self._target_stats,
             data_planes=lambda: max(1, sum(w.ready.is_set() for w in self.workers)))
+        self.control = ControlPlane(self, config_dir(config_path), self.targets)
         self.reloads = 0
         self._draining = False
         self._stop = asyncio.Event()

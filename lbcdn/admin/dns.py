@@ -4,6 +4,10 @@ POST /api/dns/zones/{zone}/changes  {"changes": [{"action": "CREATE|UPSERT|DELET
                                                   "record": {...record set as in the config}}]}
 -> 200 {"zone", "serial"} or 400 {"error", "problems": [...]}; 404 for a zone not served.
 GET  /api/dns/zones -> the served zones with their serials.
+GET  /api/dns/zones/{zone}/records -> {"zone", "serial", "records": [{name, type, ttl_s,
+     policy, set_identifier, weight, failover, alias, health, values: [{value, health}]}]}:
+     every record set and which health state it follows (lbcdn.dns.view); 404 for a zone
+     not served.
 Changes are visible in answers at once and kept in `dns.state_dir` across restarts.
 """
 
@@ -16,6 +20,8 @@ from aiohttp import web
 from lbcdn.admin.state import AdminState
 from lbcdn.dns.changes import ChangeError, parse_changes
 from lbcdn.dns.engine import Engine
+from lbcdn.dns.view import zone_records
+from lbcdn.dns.zone import zone_origin
 
 
 def _engine(request: web.Request) -> Engine:
@@ -31,6 +37,17 @@ async def _zones(request: web.Request) -> web.Response:
     engine = _engine(request)
     return web.json_response({"zones": [
         {"zone": z.name, "serial": z.serial} for z in engine.zones]})
+
+
+async def _records(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    zone_name = request.match_info["zone"]
+    zone = engine.zone_for(zone_name)  # the zone holding the name: it must be the apex
+    if zone is None or zone.origin != zone_origin(zone_name):
+        return web.json_response({"error": f"zone {zone_name!r} is not served here"},
+                                 status=404)
+    return web.json_response({"zone": zone.name, "serial": zone.serial,
+                              "records": zone_records(zone, engine.health)})
 
 
 async def _changes(request: web.Request) -> web.Response:
@@ -55,4 +72,5 @@ async def _changes(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/dns/zones", _zones)
+    app.router.add_get("/api/dns/zones/{zone}/records", _records)
     app.router.add_post("/api/dns/zones/{zone}/changes", _changes)

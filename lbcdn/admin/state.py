@@ -26,7 +26,7 @@ class AdminState(Protocol):
         ...
 
     def dns_engine(self) -> Engine | None:
-        """The DNS answer engine, when a DNS server runs (for change batches)."""
+        """The DNS answer engine, when a DNS server runs (change batches, the records view)."""
         ...
 
     async def reload(self) -> None:

@@ -3,11 +3,14 @@
 Job: one self-contained HTML page (inline CSS, no scripts, no external assets) listing every pool
 with its algorithm and health check, and every target with its state (and the Classic ELB word,
 InService / OutOfService), reason code, weight, requests in flight, recent latency and error
-rate. It refreshes itself every few seconds with a meta refresh, so it works with scripts off.
+rate; and, when DNS is served, every record set that follows a health state (a pool target's or
+a Route 53 check's) with what it reads now. It refreshes itself every few seconds with a meta
+refresh, so it works with scripts off.
 
-Rules: the page is rendered from the same view as GET /api/pools/{pool}/targets (the control
-plane's states joined with the data plane's live numbers); every value is HTML-escaped. It is
-read-only and outside /api/, like /healthz: it changes nothing and shows no secrets.
+Rules: the page is rendered from the same views as GET /api/pools/{pool}/targets (the control
+plane's states joined with the data plane's live numbers) and GET /api/dns/zones/{zone}/records;
+every value is HTML-escaped. It is read-only and outside /api/, like /healthz: it changes
+nothing and shows no secrets.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from html import escape
 from typing import Any
 
 from aiohttp import web
+
+from lbcdn.dns.view import zone_records
 
 REFRESH_S = 5
 
@@ -55,7 +60,49 @@ def _target_row(t: dict[str, Any]) -> str:
         f'<td class="num">{int(t.get("requests", 0))}</td></tr>')
 
 
-def render(pools: list[dict[str, Any]]) -> str:
+def _follows(health: dict[str, Any]) -> str:
+    if health["source"] == "pool":
+        return f'pool {escape(str(health["pool"]))}, target {escape(str(health["target"]))}'
+    return f'Route 53 check {escape(str(health["id"]))}'
+
+
+def _health_row(record: dict[str, Any], value: str, health: dict[str, Any]) -> str:
+    sid = f' ({record["set_identifier"]})' if record["set_identifier"] else ""
+    policy = record["failover"] or record["policy"]
+    word = "healthy" if health["healthy"] else "unhealthy"
+    return (
+        f'<tr class="dns-health" data-health="{escape(str(health["id"]))}" '
+        f'data-healthy="{"true" if health["healthy"] else "false"}">'
+        f'<td>{escape(record["name"] + " " + record["type"] + sid)}</td>'
+        f'<td>{escape(str(policy))}</td><td>{escape(value)}</td>'
+        f'<td>{_follows(health)}</td>'
+        f'<td><span class="state {word}">{word}</span></td></tr>')
+
+
+def _dns_section(zones: list[dict[str, Any]]) -> list[str]:
+    parts = []
+    for zone in zones:
+        rows = []
+        for record in zone["records"]:
+            if record["health"] is not None:
+                values = ", ".join(v["value"] for v in record["values"])
+                rows.append(_health_row(record, values, record["health"]))
+            rows += [_health_row(record, v["value"], v["health"])
+                     for v in record["values"] if v["health"] is not None]
+        parts.append(
+            f'<section class="zone" data-zone="{escape(zone["zone"])}">'
+            f'<h2>DNS {escape(zone["zone"])}</h2><p class="meta">Record sets that follow a '
+            "health state: left out of answers (or failed over) while it reads unhealthy; "
+            "answered anyway when nothing else is healthy.</p>"
+            "<table><thead><tr><th>record set</th><th>policy</th><th>values</th>"
+            "<th>follows</th><th>now</th></tr></thead><tbody>")
+        parts += rows or ['<tr><td colspan=5>none follows a health state</td></tr>']
+        parts.append("</tbody></table></section>")
+    return parts
+
+
+def render(pools: list[dict[str, Any]], zones: list[dict[str, Any]] | None = None) -> str:
+    """`zones`: [{"zone", "records": lbcdn.dns.view.zone_records(...)}] when DNS is served."""
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f'<meta http-equiv="refresh" content="{REFRESH_S}">',
@@ -81,18 +128,24 @@ def render(pools: list[dict[str, Any]]) -> str:
         if not pool["targets"]:
             parts.append('<tr><td colspan=8>no targets</td></tr>')
         parts.append("</tbody></table></section>")
+    parts += _dns_section(zones or [])
     parts.append("</body></html>")
     return "".join(parts)
 
 
 async def status_page(request: web.Request) -> web.Response:
+    from lbcdn.admin.app import STATE_KEY
     from lbcdn.admin.targets import control_of
     from lbcdn.upstream.targets import TargetError
     try:
         pools = control_of(request).describe()
     except TargetError:
         pools = []
-    return web.Response(text=render(pools), content_type="text/html",
+    engine = request.app[STATE_KEY].dns_engine()
+    zones = [] if engine is None else [
+        {"zone": zone.name, "records": zone_records(zone, engine.health, following_health=True)}
+        for zone in engine.zones]
+    return web.Response(text=render(pools, zones), content_type="text/html",
                         headers={"Cache-Control": "no-store"})
 
 

@@ -28,6 +28,15 @@ def pool_check_id(pool: str, host: str, port: int) -> str:
     return f"pool/{pool}/{shown}:{port}"
 
 
+def parse_pool_check(check_id: str) -> tuple[str, str] | None:
+    """(pool, target) of a `pool/<pool>/<host>:<port>` health check id, else None. A pool
+    name may hold a `/`, a target never does: the last `/` splits them."""
+    if not check_id.startswith("pool/"):
+        return None
+    pool, _, target = check_id[5:].rpartition("/")
+    return (pool, target) if pool and target else None
+
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)

@@ -126,7 +126,8 @@ class HealthCheckConfig:
     search_string: str | None = doc(
         "HTTP(S): also pass only when this appears in the first 5120 bytes of the body.", None)
     interval_s: float = doc("Time between probes.", 30.0, lo=1)
-    timeout_s: float = doc("A probe not done in this long fails.", 4.0, lo=0.1)
+    timeout_s: float = doc("A probe not done in this long fails; must be less than interval_s.",
+                           4.0, lo=0.1)
     failure_threshold: int = doc(
         "Consecutive results needed to switch between healthy and unhealthy.", 3, lo=1, hi=10)
 
@@ -333,6 +334,9 @@ def _check_dns(ld: Loader, v: Mapping[str, Any], path: str) -> None:
             ld.error(join(where, "port"), "required for tcp health checks")
         if hc.protocol != "tcp" and not hc.path.startswith("/"):
             ld.error(join(where, "path"), 'must start with "/"')
+        if hc.timeout_s >= hc.interval_s:  # else the checker refuses it at start
+            ld.error(join(where, "timeout_s"),
+                     f"must be less than interval_s ({hc.interval_s:g})")
     zones_seen: dict[Name, str] = {}
     for i, zone in enumerate(v.get("zones", ())):
         where = index(join(path, "zones"), i)

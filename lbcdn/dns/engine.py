@@ -170,6 +170,11 @@ class Engine:
         return False
 
     @property
+    def health(self) -> HealthView:
+        """What the routing policies read (lbcdn.dns.view shows it per record set)."""
+        return self._health
+
+    @property
     def zones(self) -> list[Zone]:
         return list(self._zones.values())
 

@@ -5,15 +5,21 @@ A reload builds a new engine and hands it to the running servers (the sockets st
 health checks are rebuilt only when their configuration changed, so their state survives
 reloads. Changes made through the admin API are kept in `dns.state_dir` and replayed on top of
 the configuration at start.
+
+Pool health: a record set that follows a pool target (`health_check: pool/NAME/HOST:PORT`, or an
+alias to a pool with `evaluate_target_health`) reads the state the pools' health checks keep
+(`PoolHealth`: lbcdn.upstream.targets.TargetsControl), the one the balancer is given. It runs in
+the process that runs DNS, in one process and in the workers' control process alike; DNS keeps
+no pool state of its own.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from typing import Protocol
 
-from lbcdn.dns.alias import aliases_from_config
+from lbcdn.dns.alias import aliases_from_config, parse_pool_check
 from lbcdn.dns.changes import JsonChangeStore, MemoryStore
 from lbcdn.dns.config import DnsConfig
 from lbcdn.dns.engine import Engine
@@ -24,23 +30,43 @@ from lbcdn.health.checker import Check, HealthChecker
 log = logging.getLogger("lbcdn.dns")
 
 
-class _Health:
-    """The engine's HealthView over the Route 53 checks (and, for `pool/...` ids, the pools'
-    target health when the daemon provides it). `generation` bumps on every change so the
-    engine drops its prepared answers."""
+class PoolHealth(Protocol):
+    """The pools' target health (lbcdn.upstream.targets.TargetsControl)."""
 
-    def __init__(self, pool_health: Callable[[str], bool | None] | None) -> None:
+    @property
+    def generation(self) -> int:
+        """Bumps on every change of a target's state."""
+        ...
+
+    def target_healthy(self, pool: str, key: str) -> bool | None:
+        """None: the pool has no such target."""
+        ...
+
+
+class _Health:
+    """The engine's HealthView over the Route 53 checks and, for `pool/...` ids, the pools'
+    target health. `generation` changes on every change of either, so the engine drops its
+    prepared answers."""
+
+    def __init__(self, pools: PoolHealth | None) -> None:
         self.checker: HealthChecker[str] = HealthChecker(on_change=self._changed, name="dns")
-        self.generation = 0
-        self._pool_health = pool_health
+        self._own = 0
+        self._pools = pools
 
     def _changed(self, key: str, transition: object) -> None:
-        self.generation += 1
+        self._own += 1
+
+    @property
+    def generation(self) -> int:
+        # both only grow, so their sum changes whenever either does (read on every query)
+        return self._own + (self._pools.generation if self._pools is not None else 0)
 
     def is_healthy(self, check_id: str) -> bool:
-        if check_id.startswith("pool/"):
-            known = self._pool_health(check_id) if self._pool_health is not None else None
-            return True if known is None else known
+        pool_target = parse_pool_check(check_id)
+        if pool_target is not None:
+            known = (self._pools.target_healthy(*pool_target) if self._pools is not None
+                     else None)
+            return True if known is None else known  # a target the pool lacks fails open
         try:
             return self.checker.state_of(check_id).serving
         except KeyError:
@@ -49,8 +75,7 @@ class _Health:
 
 class DnsRuntime:
     def __init__(self, config: DnsConfig, listeners: object, pools: object, *,
-                 base_dir: str = ".",
-                 pool_health: Callable[[str], bool | None] | None = None) -> None:
+                 base_dir: str = ".", pool_health: PoolHealth | None = None) -> None:
         self.config = config
         self.health = _Health(pool_health)
         for hc in config.health_checks:

@@ -371,8 +371,12 @@ class TargetsControl:
         self.overrides: dict[str, PoolOverrides] = {}
         self.pools: dict[str, PoolTargets] = {}
         self.started = False
+        # bumps on every change of a target set or state: readers in this process that keep
+        # answers derived from the states (the DNS engine) know when to drop them
+        self.generation = 0
 
     def _pool_changed(self, pool: PoolTargets) -> None:
+        self.generation += 1
         if self.pools.get(pool.name) is pool:
             self.publish(pool.name, pool.snapshot())
 
@@ -400,6 +404,7 @@ class TargetsControl:
     def publish_all(self) -> None:
         """Send every pool's snapshot (after a reload built new data-plane pools, or to a
         worker that just started)."""
+        self.generation += 1
         for pool in self.pools.values():
             self.publish(pool.name, pool.snapshot())
 
@@ -440,6 +445,15 @@ class TargetsControl:
             p.drained(key, source)
 
     # -- views ---------------------------------------------------------------------------
+    def target_healthy(self, pool: str, key: str) -> bool | None:
+        """Whether the balancer may send `pool`'s target `key` traffic now (healthy, or
+        unchecked): what DNS records that follow a pool target answer by. None when the pool
+        has no such target."""
+        p = self.pools.get(pool)
+        if p is None or key not in p.targets:
+            return None
+        return p.checker.state_of(key).serving
+
     def describe_pool(self, name: str) -> dict[str, Any]:
         pool = self.pool(name)
         live = self.stats(name)

@@ -27,3 +27,30 @@ def test_render_shows_every_target_escaped() -> None:
 
 def test_render_without_pools() -> None:
     assert "No pools are configured." in render([])
+
+
+def test_render_shows_which_health_each_record_set_follows() -> None:
+    pool_check = {"source": "pool", "id": "pool/app/10.0.0.1:80", "pool": "app",
+                  "target": "10.0.0.1:80", "healthy": False}
+    html = render([], [{"zone": "example.com.", "records": [
+        {"name": "www.example.com.", "type": "A", "set_identifier": None, "policy": "simple",
+         "failover": None, "health": None,
+         "values": [{"value": "10.0.0.1", "health": pool_check},
+                    {"value": "10.0.0.2", "health": {**pool_check, "id": "pool/app/10.0.0.2:80",
+                                                     "target": "10.0.0.2:80",
+                                                     "healthy": True}}]},
+        {"name": "svc.example.com.", "type": "A", "set_identifier": "<p>",
+         "policy": "failover", "failover": "PRIMARY",
+         "health": {"source": "route53_check", "id": "ext", "healthy": True},
+         "values": [{"value": "192.0.2.1", "health": None}]}]}])
+    assert 'data-zone="example.com."' in html
+    assert 'data-health="pool/app/10.0.0.1:80" data-healthy="false"' in html
+    assert 'data-health="pool/app/10.0.0.2:80" data-healthy="true"' in html
+    assert "pool app, target 10.0.0.1:80" in html
+    assert 'data-health="ext" data-healthy="true"' in html and "Route 53 check ext" in html
+    assert "svc.example.com. A (&lt;p&gt;)" in html and "PRIMARY" in html
+
+
+def test_render_zone_without_health() -> None:
+    html = render([], [{"zone": "example.com.", "records": []}])
+    assert "none follows a health state" in html

@@ -118,7 +118,8 @@ def test_section_level_problems() -> None:
         "public_addresses": ["nope"], "max_udp_payload_bytes": 100,
         "listeners": [{"port": 53}, {"port": 53}],
         "health_checks": [{"id": "a", "host": "h", "protocol": "tcp"},
-                          {"id": "a", "host": "h", "path": "x"}],
+                          {"id": "a", "host": "h", "path": "x"},
+                          {"id": "c", "host": "h", "interval_s": 1}],
         "zones": [{"name": "*.example.com"}]})
     text = "\n".join(lines)
     for expect in ("dns.allow_transfer[0]: not an address or CIDR",
@@ -130,6 +131,8 @@ def test_section_level_problems() -> None:
                    "dns.health_checks[0].port: required for tcp",
                    "dns.health_checks[1].id: duplicate health check id 'a'",
                    'dns.health_checks[1].path: must start with "/"',
+                   # the 4 s default timeout: a probe cannot outlast the interval
+                   "dns.health_checks[2].timeout_s: must be less than interval_s (1)",
                    "dns.zones[0].name: a zone name cannot be a wildcard"):
         assert expect in text, text
 

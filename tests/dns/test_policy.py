@@ -7,7 +7,7 @@ import struct
 
 import dns.message
 
-from lbcdn.dns.alias import aliases_from_config, pool_check_id
+from lbcdn.dns.alias import aliases_from_config, parse_pool_check, pool_check_id
 from lbcdn.dns.config import AliasConfig
 from lbcdn.dns.policy import select, static_values
 from lbcdn.dns.rdata import parse_rdata_text
@@ -138,3 +138,7 @@ def test_aliases_from_config() -> None:
     assert d.alias_addresses(AliasConfig(pool="web")) == [
         ("192.0.2.1", "pool/web/192.0.2.1:80"), ("2001:db8::1", "pool/web/[2001:db8::1]:8080")]
     assert pool_check_id("p", "::1", 1) == "pool/p/[::1]:1"
+    assert parse_pool_check("pool/p/[::1]:1") == ("p", "[::1]:1")
+    assert parse_pool_check("pool/a/b/192.0.2.1:80") == ("a/b", "192.0.2.1:80")
+    assert parse_pool_check("ext") is None
+    assert parse_pool_check("pool/192.0.2.1:80") is None

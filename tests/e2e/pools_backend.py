@@ -1,4 +1,5 @@
-"""A scriptable backend for the pool tests, on 127.0.0.1 with a run-time port.
+"""A scriptable backend for the pool tests, on 127.0.0.1 (or another loopback address, for
+DNS answers that must tell targets apart) with a run-time port.
 
 `/health` answers `health_status` (200 by default); `/slow` waits `slow_s` before answering;
 `/boom` closes the connection without a byte (a reset before any response byte); `/fail`
@@ -16,8 +17,9 @@ from tests.e2e.harness import HOST, read_request
 
 
 class PoolBackend:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, address: str = HOST) -> None:
         self.name = name
+        self.address = address
         self.health_status = 200
         self.slow_s = 1.0
         self.hits: Counter[str] = Counter()
@@ -29,7 +31,7 @@ class PoolBackend:
         self.open = 0
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, HOST, self.port,
+        self.server = await asyncio.start_server(self._handle, self.address, self.port,
                                                  reuse_address=True)
         self.port = int(self.server.sockets[0].getsockname()[1])
 

@@ -67,6 +67,31 @@ async def test_targets_become_healthy_and_unhealthy() -> None:
         await control.stop()
 
 
+async def test_target_healthy_and_generation_follow_every_state_change() -> None:
+    """What DNS reads (lbcdn.dns.runtime.PoolHealth): the balancer's view, and a counter that
+    moves with it."""
+    FAILING.add(1002)
+    control = TargetsControl(Published(), probe_fn=probe)
+    await control.start(config())
+    try:
+        started = control.generation
+        await until(lambda: control.target_healthy("app", "127.0.0.1:1002") is False
+                    and control.target_healthy("app", "127.0.0.1:1001") is True)
+        assert control.generation > started
+        seen = control.generation
+        FAILING.clear()
+        await until(lambda: control.target_healthy("app", "127.0.0.1:1002") is True)
+        assert control.generation > seen
+        assert control.target_healthy("app", "127.0.0.1:9") is None
+        assert control.target_healthy("nope", "127.0.0.1:1001") is None
+        seen = control.generation
+        control.pool("app").set_maintenance("127.0.0.1:1001", True)  # no traffic: no DNS
+        assert control.target_healthy("app", "127.0.0.1:1001") is False
+        assert control.generation > seen
+    finally:
+        await control.stop()
+
+
 async def test_api_changes_persist_and_apply_over_the_config(tmp_path: Path) -> None:
     pub = Published()
     control = TargetsControl(pub, state_dir=str(tmp_path), probe_fn=probe)
