@@ -74,7 +74,7 @@ def test_full_config_and_behaviors() -> None:
     assert d.select(b"/").origin == "ha"
     assert d.error_ttl_s(404) == 60 and d.error_ttl_s(503) == 0 and d.error_ttl_s(500) == 10
     # the behavior's key builder uses its policy
-    assert img.keys.forwarded_query(b"x=1&v=2") == b"v=2"
+    assert img.keys.kept_query(b"x=1&v=2") == b"v=2"
 
 
 def test_policy_default_resolves_without_policies() -> None:
