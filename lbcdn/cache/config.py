@@ -276,12 +276,16 @@ def _check_policy(ld: Loader, v: Mapping[str, Any], path: str) -> None:
             ld.error(join(path, "cached_methods"), f"{extra[0]} is not in allowed_methods")
 
 
-# Header names an origin request policy may not list: Host is the edge's to set, and a response
-# to an Authorization must not answer others unless the key holds it (CloudFront refuses both).
+# Header names an origin request policy may not list: Host is the edge's to set, a response to
+# an Authorization must not answer others unless the key holds it (CloudFront refuses both),
+# and Cookie and Accept-Encoding have rules of their own (lbcdn.cache.forwarding).
 _NOT_LISTABLE = {"host": "Host is set by the edge (the viewer's for a pool origin, the "
                           "origin's own for url and bucket origins)",
                  "authorization": "Authorization is forwarded only when the cache policy's "
-                                  "headers key on it"}
+                                  "headers key on it",
+                 "cookie": "cookies are listed under cookies",
+                 "accept-encoding": "Accept-Encoding is the cache's own (see the cache "
+                                    "policy's compress)"}
 
 
 def _check_origin_request_policy(ld: Loader, v: Mapping[str, Any], path: str) -> None:

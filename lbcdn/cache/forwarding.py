@@ -20,7 +20,7 @@ Rules:
   request itself, so it also gets the fields that describe the body (Content-Length,
   Content-Type, Content-Encoding, Expect) and the conditionals and Range.
 - Cookies and query parameters by name (case-sensitive); kept query parameters sorted as in
-  the key.
+  the key. A cache policy keying on the whole Cookie header forwards every cookie.
 
 Everything is worked out once per behavior at config load: a filter is (all_but, names), either
 "only these names" or "all but these", and a union of two filters is again one.
@@ -85,8 +85,10 @@ class Forwarding:
         self.fill = without(headers, OWN_RULES | CONDITIONAL_FIELDS)
         self.passthrough = without(union(headers, (False, BODY_FIELDS | CONDITIONAL_FIELDS)),
                                    OWN_RULES)
-        self.cookies = union((False, frozenset(c.encode() for c in policy.cookies)),
-                             _filter(orp.cookies if orp else None, False))
+        cookies: Filter = (False, frozenset(c.encode() for c in policy.cookies))
+        if b"cookie" in keyed[1]:
+            cookies = (True, frozenset())  # the whole Cookie header is in the key
+        self.cookies = union(cookies, _filter(orp.cookies if orp else None, False))
         qs = policy.query_strings
         self.query = union(_filter(ForwardedValuesConfig(qs.behavior, qs.names), False),
                            _filter(orp.query_strings if orp else None, False))

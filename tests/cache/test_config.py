@@ -140,6 +140,14 @@ ORP_BEHAVIOR = {"origins": {"o": {"pool": "a"}}, "distributions": {"d": {
      "forwarded only when the cache policy's headers key on it"),
     ({"origin_request_policies": {"x": {"headers": {"behavior": "allow", "names": ["Host"]}}}},
      "cache.origin_request_policies.x.headers.names: 'Host': Host is set by the edge"),
+    ({"origin_request_policies": {"x": {"headers": {"behavior": "allow",
+                                                    "names": ["Cookie"]}}}},
+     "cache.origin_request_policies.x.headers.names: 'Cookie': cookies are listed under "
+     "cookies"),
+    ({"origin_request_policies": {"x": {"headers": {"behavior": "allow",
+                                                    "names": ["accept-encoding"]}}}},
+     "cache.origin_request_policies.x.headers.names: 'accept-encoding': Accept-Encoding is "
+     "the cache's own"),
     ({"origin_request_policies": {"x": {"header": {}}}},
      "cache.origin_request_policies.x.header: unknown key"),
     ({**ORP_BEHAVIOR, "origin_request_policies": {"y": {}}},

@@ -119,6 +119,10 @@ def test_cookies_keyed_listed_all_and_all_but() -> None:
         lines, passthrough=False))["cookie"] == "lang=fr; theme=dark; flag"
     # names are case-sensitive, as in the key
     assert keyed.lines(fwd(("Cookie", "LANG=fr")), passthrough=False) == []
+    # a key holding the whole Cookie header: every cookie is forwarded
+    whole = Forwarding(CachePolicyConfig(headers=("Cookie",)), None)
+    assert sent(whole.lines(lines, passthrough=False))["cookie"] == \
+        "session=9; lang=fr; theme=dark; flag"
 
 
 @pytest.mark.parametrize("accept, compress, expected", [
