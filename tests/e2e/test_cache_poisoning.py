@@ -51,14 +51,17 @@ def reflect(method: str, headers: list[tuple[str, str]]) -> Answer:
 def config(origin: Origin, **over: Any) -> dict[str, Any]:
     """Everything through the cache with the default policy (nothing but the URL path in the
     key), except /keyed/* (a policy keying on a header, a cookie and a query parameter) and
-    /plain/* (a route without cache: the plain proxy)."""
+    /raw/* (a policy that leaves compression to the origin) and /plain/* (a route without
+    cache: the plain proxy)."""
     cfg = cdn_config(origin.port, policy={
         "query_strings": {"behavior": "none"},
         "allowed_methods": ["GET", "HEAD", "OPTIONS", "PUT", "POST", "PATCH", "DELETE"]},
-        behaviors=[{"path_pattern": "/keyed/*", "origin": "o", "policy": "keyed"}], **over)
+        behaviors=[{"path_pattern": "/keyed/*", "origin": "o", "policy": "keyed"},
+                   {"path_pattern": "/raw/*", "origin": "o", "policy": "raw"}], **over)
     cfg["cache"]["policies"]["keyed"] = {
         "query_strings": {"behavior": "allow", "names": ["v"]}, "headers": ["X-Device"],
         "cookies": ["lang"]}
+    cfg["cache"]["policies"]["raw"] = {"compress": False}
     cfg["routes"].insert(0, {"name": "plain", "forward": "app",
                              "match": {"path_prefix": "/plain/"}})
     return cfg
@@ -107,6 +110,7 @@ async def test_nothing_outside_the_key_reaches_the_origin_or_poisons_the_cache(
             await header_in_vary_outside_the_key(origin, port)
             await cookies(origin, port, workers)
             await query_strings(origin, port)
+            await accept_encoding(origin, port)
             await pass_through_and_plain_route(origin, port)
 
 
@@ -166,6 +170,24 @@ async def query_strings(origin: Origin, port: int) -> None:
     await get(port, "/keyed/q?v=2")
     targets = {line.split(" ")[1] for line, _ in origin.requests if "/q" in line}
     assert targets == {"/q", "/keyed/q?v=1", "/keyed/q?v=2"}
+
+
+async def accept_encoding(origin: Origin, port: int) -> None:
+    """Without `compress` the origin gets the one coding the cache keys the variant under: a
+    client that also accepts deflate cannot make a deflate body the `gzip` variant."""
+    def encoded(method: str, headers: list[tuple[str, str]]) -> Answer:
+        accept = dict((n.lower(), v) for n, v in headers).get("accept-encoding", "")
+        coding = next((c for c in ("deflate", "gzip") if c in accept), None)
+        return Answer(headers=[("Cache-Control", "max-age=600"), ("Vary", "Accept-Encoding")]
+                      + ([("Content-Encoding", coding)] if coding else []),
+                      body=(coding or "identity").encode())
+    origin.set("/raw/t", encoded)
+    for _ in range(ATTACKS):
+        await get(port, "/raw/t", [("Accept-Encoding", "gzip, deflate")])
+    for _ in range(CLEAN):
+        r = await get(port, "/raw/t", [("Accept-Encoding", "gzip")])
+        assert r.header("Content-Encoding") == "gzip" and r.body == b"gzip"
+    assert {h.get("accept-encoding") for h in received(origin, "/raw/t")} == {"gzip"}
 
 
 async def pass_through_and_plain_route(origin: Origin, port: int) -> None:
