@@ -66,8 +66,9 @@ class OriginRequestPolicyConfig:
     request policy). Values here reach the origin but are not in the key, so every answer
     the origin builds from them is served to everyone."""
     headers: ForwardedValuesConfig = doc(
-        "Viewer request headers forwarded (`Host` is always the edge's; `Authorization` only "
-        "through the cache key or `all`).", default_factory=ForwardedValuesConfig)
+        "Viewer request headers forwarded. Not listable: `Host` (the edge's), `Cookie` (see "
+        "`cookies`), `Accept-Encoding` (the cache's), `Authorization` (only through the cache "
+        "key, or `all`).", default_factory=ForwardedValuesConfig)
     cookies: ForwardedValuesConfig = doc(
         "Viewer cookies forwarded, by name.", default_factory=ForwardedValuesConfig)
     query_strings: ForwardedValuesConfig = doc(
