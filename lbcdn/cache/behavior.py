@@ -1,10 +1,12 @@
-"""A distribution's behaviors compiled for the request path: path -> (origin, policy, keys).
+"""A distribution's behaviors compiled for the request path: path -> (origin, policy, keys,
+forwarding).
 
 Rules (CloudFront): behaviors are tried in order and the first whose path pattern matches the
 request path wins; the default behavior (`*`) takes the rest. Patterns use the router's glob
 syntax (lbcdn.routing.router.compile_path_pattern: `*` any run, `?` one character), matched
 against the path without the query. Everything derivable from config is built once here: the
-compiled pattern, the KeyBuilder, the policy, the error responses by status.
+compiled pattern, the KeyBuilder, the policy, what origin requests carry (Forwarding), the
+error responses by status.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 from lbcdn.cache.config import (BehaviorConfig, CacheConfig, CachePolicyConfig,
                                 DistributionConfig, ErrorResponseConfig)
+from lbcdn.cache.forwarding import Forwarding
 from lbcdn.cache.key import KeyBuilder
 from lbcdn.routing.router import compile_path_pattern
 
@@ -26,6 +29,7 @@ class Behavior:
     policy_name: str
     policy: CachePolicyConfig
     keys: KeyBuilder
+    forwarding: Forwarding
 
 
 class Distribution:
@@ -52,4 +56,5 @@ class Distribution:
 
 def _behavior(b: BehaviorConfig, cache: CacheConfig) -> Behavior:
     policy = cache.policy(b.policy)
-    return Behavior(b.path_pattern, b.origin, b.policy, policy, KeyBuilder(policy))
+    return Behavior(b.path_pattern, b.origin, b.policy, policy, KeyBuilder(policy),
+                    Forwarding(policy, cache.origin_request_policy(b.origin_request_policy)))

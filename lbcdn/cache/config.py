@@ -6,9 +6,11 @@ import, as lbcdn.config.load does for its own classes).
 
 Rules:
 - Field names are YAML keys, units in names; every field documents itself with `doc(...)`.
-- Things are named by their key: `policies: {NAME: ...}`, `origins: {ID: ...}`,
-  `origin_groups: {ID: ...}`, `distributions: {NAME: ...}`; a behavior names its origin (or
-  origin group) and its policy by those keys, and a route names its distribution.
+- Things are named by their key: `policies: {NAME: ...}`, `origin_request_policies:
+  {NAME: ...}`, `origins: {ID: ...}`, `origin_groups: {ID: ...}`, `distributions: {NAME: ...}`;
+  a behavior names its origin (or origin group), its cache policy and its origin request policy
+  by those keys, and a route names its distribution. CloudFront's managed origin request
+  policies (MANAGED_ORIGIN_REQUEST_POLICIES) exist under their names unless defined.
 - Defaults are CloudFront's where CloudFront has one (TTLs 86400 / 0 / 31536000, connection
   timeout 10 s and 3 attempts, error caching minimum TTL 10 s), nginx's where it has none
   (proxy_cache_lock_timeout 5 s).
@@ -46,6 +48,48 @@ class QueryStringsConfig:
         "`names`), `all_except` (all but `names`) or `all`. Kept ones are sorted.", "none")
     names: tuple[str, ...] = doc(
         "Parameter names for `allow` / `all_except`.", default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ForwardedValuesConfig:
+    behavior: QueryStringBehavior = doc(
+        "Which viewer values are sent to the origin besides those in the cache key: `none`, "
+        "`allow` (only `names`), `all_except` (all but `names`) or `all`.", "none")
+    names: tuple[str, ...] = doc(
+        "Names for `allow` / `all_except` (header names are case-insensitive).",
+        default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class OriginRequestPolicyConfig:
+    """What a behavior's origin requests carry besides the cache key (a CloudFront origin
+    request policy). Values here reach the origin but are not in the key, so every answer
+    the origin builds from them is served to everyone."""
+    headers: ForwardedValuesConfig = doc(
+        "Viewer request headers forwarded. Not listable: `Host` (the edge's), `Cookie` (see "
+        "`cookies`), `Accept-Encoding` (the cache's), `Authorization` (only through the cache "
+        "key, or `all`).", default_factory=ForwardedValuesConfig)
+    cookies: ForwardedValuesConfig = doc(
+        "Viewer cookies forwarded, by name.", default_factory=ForwardedValuesConfig)
+    query_strings: ForwardedValuesConfig = doc(
+        "Query parameters forwarded, by name (sorted, as in the key).",
+        default_factory=ForwardedValuesConfig)
+
+
+def _names(behavior: QueryStringBehavior, *names: str) -> ForwardedValuesConfig:
+    return ForwardedValuesConfig(behavior, names)
+
+
+# CloudFront's managed origin request policies that make sense here (the Host ones do not:
+# Host is always the one the origin expects).
+MANAGED_ORIGIN_REQUEST_POLICIES: dict[str, OriginRequestPolicyConfig] = {
+    "AllViewer": OriginRequestPolicyConfig(_names("all"), _names("all"), _names("all")),
+    "CORS-CustomOrigin": OriginRequestPolicyConfig(_names("allow", "Origin")),
+    "CORS-S3Origin": OriginRequestPolicyConfig(_names(
+        "allow", "Origin", "Access-Control-Request-Headers", "Access-Control-Request-Method")),
+    "UserAgentRefererHeaders": OriginRequestPolicyConfig(_names(
+        "allow", "User-Agent", "Referer")),
+}
 
 
 @dataclass(frozen=True)
@@ -122,6 +166,10 @@ class BehaviorConfig:
         REQUIRED)
     origin: str = doc("Origin id or origin group id.", REQUIRED)
     policy: str = doc("Cache policy name.", "default")
+    origin_request_policy: str | None = doc(
+        "Origin request policy name (one defined, or a managed one: `AllViewer`, "
+        "`CORS-CustomOrigin`, `CORS-S3Origin`, `UserAgentRefererHeaders`); unset: the origin "
+        "gets only what the cache key holds.", None)
 
 
 @dataclass(frozen=True)
@@ -163,6 +211,9 @@ class CacheConfig:
     policies: dict[str, CachePolicyConfig] = doc(
         "Cache policies by name; `default` exists unless given.",
         default_factory=lambda: {"default": CachePolicyConfig()})
+    origin_request_policies: dict[str, OriginRequestPolicyConfig] = doc(
+        "Origin request policies by name; the managed ones exist unless given.",
+        default_factory=dict)
     origins: dict[str, OriginConfig] = doc("Origins by id.", default_factory=dict)
     origin_groups: dict[str, OriginGroupConfig] = doc("Origin groups by id.",
                                                       default_factory=dict)
@@ -173,6 +224,12 @@ class CacheConfig:
         if name == "default" and name not in self.policies:
             return CachePolicyConfig()
         return self.policies[name]
+
+    def origin_request_policy(self, name: str | None) -> OriginRequestPolicyConfig | None:
+        if name is None:
+            return None
+        found = self.origin_request_policies.get(name)
+        return found if found is not None else MANAGED_ORIGIN_REQUEST_POLICIES[name]
 
 
 # -- checks ----------------------------------------------------------------------------------
@@ -218,6 +275,36 @@ def _check_policy(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         extra = [m for m in cached if m not in allowed]
         if extra:
             ld.error(join(path, "cached_methods"), f"{extra[0]} is not in allowed_methods")
+
+
+# Header names an origin request policy may not list: Host is the edge's to set, a response to
+# an Authorization must not answer others unless the key holds it (CloudFront refuses both),
+# and Cookie and Accept-Encoding have rules of their own (lbcdn.cache.forwarding).
+_NOT_LISTABLE = {"host": "Host is set by the edge (the viewer's for a pool origin, the "
+                          "origin's own for url and bucket origins)",
+                 "authorization": "Authorization is forwarded only when the cache policy's "
+                                  "headers key on it",
+                 "cookie": "cookies are listed under cookies",
+                 "accept-encoding": "Accept-Encoding is the cache's own (see the cache "
+                                    "policy's compress)"}
+
+
+def _check_origin_request_policy(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    for key, pattern in (("headers", _HEADER_NAME), ("cookies", _COOKIE_NAME),
+                         ("query_strings", None)):
+        values = v.get(key)
+        if values is None:
+            continue
+        where = join(join(path, key), "names")
+        if pattern is not None:
+            problem = _names_problem(values.names, pattern, key.rstrip("s"))
+            if problem:
+                ld.error(where, problem)
+        if key == "headers" and values.behavior == "allow":
+            for name in values.names:
+                why = _NOT_LISTABLE.get(name.lower())
+                if why:
+                    ld.error(where, f"{name!r}: {why}")
 
 
 def _check_origin(ld: Loader, v: Mapping[str, Any], path: str) -> None:
@@ -283,6 +370,8 @@ def _check_cache(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     groups: Mapping[str, OriginGroupConfig] = v.get("origin_groups", {})
     policies = set(v.get("policies", {"default": None}))
     policies.add("default")  # `CacheConfig.policy("default")` always resolves
+    request_policies = set(v.get("origin_request_policies", {})) | set(
+        MANAGED_ORIGIN_REQUEST_POLICIES)
     for gid, group in groups.items():
         where = join(join(path, "origin_groups"), gid)
         if gid in origins:
@@ -301,9 +390,15 @@ def _check_cache(ld: Loader, v: Mapping[str, Any], path: str) -> None:
                                                 f"{behavior.origin!r}")
             if behavior.policy not in policies:
                 ld.error(join(bpath, "policy"), f"unknown cache policy {behavior.policy!r}")
+            orp = behavior.origin_request_policy
+            if orp is not None and orp not in request_policies:
+                ld.error(join(bpath, "origin_request_policy"),
+                         f"unknown origin request policy {orp!r}")
 
 
 VALIDATORS.setdefault(QueryStringsConfig, []).append(_check_query)
+VALIDATORS.setdefault(ForwardedValuesConfig, []).append(_check_query)
+VALIDATORS.setdefault(OriginRequestPolicyConfig, []).append(_check_origin_request_policy)
 VALIDATORS.setdefault(CachePolicyConfig, []).append(_check_policy)
 VALIDATORS.setdefault(OriginConfig, []).append(_check_origin)
 VALIDATORS.setdefault(OriginGroupConfig, []).append(_check_group)

@@ -92,9 +92,8 @@ class KeyBuilder:
             parts.append(cookie_values(headers, self.cookies))
         return _SEP.join(parts)
 
-    def forwarded_query(self, query: bytes | None) -> bytes | None:
-        """The query sent to the origin: the one in the key (CloudFront forwards what it keys
-        on), or None when nothing is kept."""
+    def kept_query(self, query: bytes | None) -> bytes | None:
+        """The query as the key keeps it (an entry's `query`), or None when nothing is kept."""
         q = normalize_query(query, self.qs_behavior, self.qs_names)
         return q or None
 

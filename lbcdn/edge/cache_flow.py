@@ -16,11 +16,11 @@ build the key, look up memory (then disk, in a thread), and then
   the cache headers and, on success, invalidates the target URI, Location and Content-Location).
 
 Rules:
-- The origin request is built here: origin path + path + the query the policy keeps; the
-  client's conditionals and Range are dropped (we fetch full objects and answer those ourselves),
-  Accept-Encoding is dropped when the policy compresses (we compress), cookies are reduced to
-  the allow-listed ones (CloudFront forwards what it keys on); HEAD misses fetch with GET so the
-  answer can be stored.
+- The origin request is built here: origin path + path, and of the viewer's query, headers and
+  cookies only what the behavior's Forwarding lets through (lbcdn.cache.forwarding: the cache
+  key plus the origin request policy, so nothing the key ignores can shape a stored answer),
+  then the edge's own fields; a pass-through gets the same filter, with the fields its origin
+  needs to answer it. HEAD misses fetch with GET so the answer can be stored.
 - An origin fetch outlives its client when others read it or the cache wants it; a pass-through
   fetch whose only client left is aborted. A storable fill is read at origin speed (bounded by the
   largest object a tier keeps); a pass-through one pauses the origin while its client is slow.
@@ -52,7 +52,7 @@ from lbcdn.cache.runtime import Attempt, CacheRuntime
 from lbcdn.edge.accounting import record
 from lbcdn.cache.store import Fill, FillInfo, FillReader, Miss
 from lbcdn.http.errors import HttpError, reason
-from lbcdn.http.head import RequestHead, ResponseHead
+from lbcdn.http.head import RequestHead, ResponseHead, forwarded_for
 from lbcdn.routing.router import normalize_host
 from lbcdn.tasks import spawn
 from lbcdn.upstream.connection import UpstreamConnection, UpstreamOwner
@@ -65,9 +65,6 @@ if TYPE_CHECKING:
 
 _runtime: CacheRuntime | None = None
 
-# Request fields never sent to the origin on a cacheable fetch (see the module rules).
-_NOT_FORWARDED = frozenset({b"if-none-match", b"if-modified-since", b"if-match",
-                            b"if-unmodified-since", b"if-range", b"range", b"cookie"})
 # Request fields that make a request more than a plain lookup: without any of them (most hits)
 # the directive parsing and the precondition / range evaluation are skipped.
 _DIRECTIVE_FIELDS = frozenset({b"cache-control", b"pragma", b"authorization"})
@@ -732,9 +729,11 @@ class MissJob:
     def start(self) -> None:
         extra = validators(self.conditional) if self.conditional is not None else []
         self.request_time = self.rt.clock()
+        forwarding = self.behavior.forwarding
         self.fetch = OriginFetch(self.rt, self.rt.plans[self.behavior.origin], self.ex,
-                                 self.path, self.behavior.keys.forwarded_query(self.query),
-                                 self.policy.compress, self.behavior.keys.cookies, extra, self)
+                                 self.path, forwarding.query_for(self.query),
+                                 forwarding.lines(self.head.fwd, passthrough=False), extra,
+                                 self)
         self.fetch.start()
 
     # -- events from the fetch ---------------------------------------------------------------
@@ -864,7 +863,7 @@ class MissJob:
         assert info is not None and info.variant is not None
         entry = build(key=self.key, variant=info.variant, host=normalize_host(self.head.host),
                       path=self.path,
-                      query=self.behavior.keys.forwarded_query(self.query) or b"",
+                      query=self.behavior.keys.kept_query(self.query) or b"",
                       status=fill.status, headers=self.headers, chunks=body,
                       request_time=self.request_time, response_time=now, policy=self.policy,
                       now=now, error_ttl_s=self.dist.error_ttl_s(fill.status))
@@ -934,8 +933,8 @@ class OriginFetch(UpstreamOwner):
     paused = False
 
     def __init__(self, rt: CacheRuntime, plan: tuple[Attempt, ...], ex: Exchange, path: bytes,
-                 query: bytes | None, drop_accept_encoding: bool, cookies: frozenset[bytes],
-                 extra: list[tuple[bytes, bytes]], job: MissJob) -> None:
+                 query: bytes | None, lines: list[bytes], extra: list[tuple[bytes, bytes]],
+                 job: MissJob) -> None:
         self.rt = rt
         self.plan = plan
         self.step = 0
@@ -947,31 +946,15 @@ class OriginFetch(UpstreamOwner):
         target = path + (b"?" + query if query else b"")
         self.target_bytes = target
         self.request_id = ex.request_id
-        skip = _NOT_FORWARDED | ({b"accept-encoding"} if drop_accept_encoding else set())
-        fwd = head.fwd
-        lines: list[bytes] = []
-        for i in range(0, len(fwd), 4):
-            if fwd[i].lower() not in skip:
-                lines += fwd[i:i + 4]
-        if cookies:
-            kept = []
-            for n, v in head.headers:
-                if n.lower() == b"cookie":
-                    for pair in v.split(b";"):
-                        name, eq, _ = pair.strip().partition(b"=")
-                        if eq and name in cookies:
-                            kept.append(pair.strip())
-            if kept:
-                lines.append(b"Cookie: " + b"; ".join(kept) + b"\r\n")
         for n, v in extra:
-            lines.append(n + b": " + v + b"\r\n")
-        xff = ex.conn.client_ip_bytes
-        if head.xff:
-            xff = b", ".join(head.xff) + b", " + xff
+            lines += (n, b": ", v, b"\r\n")
+        xff = forwarded_for(self.listener.config.x_forwarded_for, head.xff,
+                            ex.conn.client_ip_bytes)
+        if xff is not None:
+            lines += (b"X-Forwarded-For: ", xff, b"\r\n")
         via = b", ".join(head.via) + b", 1.1 lbcdn" if head.via else b"1.1 lbcdn"
-        lines += (b"X-Forwarded-For: ", xff, b"\r\n", self.listener.forwarded_headers,
-                  b"Via: ", via, b"\r\n", self.listener.id_header, b": ", self.request_id,
-                  b"\r\n")
+        lines += (self.listener.forwarded_headers, b"Via: ", via, b"\r\n",
+                  self.listener.id_header, b": ", self.request_id, b"\r\n")
         self.rest = b"".join(lines)
 
     def start(self) -> None:
@@ -1136,7 +1119,7 @@ class PassThrough:
         self.ex = flow.ex
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
-        self.original: RequestHead | None = None
+        self.original = flow.ex.head
 
     def start(self) -> None:
         flow, ex = self.flow, self.ex
@@ -1146,23 +1129,27 @@ class PassThrough:
         if pool is None:
             flow.on_failed("no_target")
             return
+        # the exchange builds the upstream request from its head (Host comes from the pool:
+        # literal for URL and bucket origins): a copy with what the behavior forwards
         head = ex.head
-        if e.origin_path:
-            # the exchange builds the upstream request from its head (Host comes from the
-            # pool: literal for URL and bucket origins)
-            self.original = head
-            ex.head = _retarget(head, e.origin_path + head.target)
+        forwarding = flow.behavior.forwarding
+        query = forwarding.query_for(head.query)
+        target = e.origin_path + head.path + (b"?" + query if query else b"")
+        ex.head = _forwarded(head, target, query, forwarding.lines(head.fwd, passthrough=True))
         ex.tap = self
         flow.rt.metrics.results["bypass"].inc()
         ex.forward(pool)
 
     def head(self, ex: Exchange, resp: ResponseHead) -> None:
+        # the request is not sent again (no retry after a response head): from here on the
+        # exchange, and its access log line, see what the client asked
+        ex.head = self.original
         self.status = resp.status
         self.headers = parse_fwd(resp.fwd)
         ex.extra_headers += cache_lines(Outcome.BYPASS, None)  # heads are not ours to change
 
     def done(self, ex: Exchange) -> None:
-        head = self.flow.ex.head if self.original is None else self.original
+        head = self.original
         uris = invalidated_uris(head.method, self.status, head.host, head.target, self.headers)
         for host, uri in uris:
             path = uri.partition(b"?")[0]
@@ -1175,11 +1162,12 @@ class PassThrough:
         pass
 
 
-def _retarget(head: RequestHead, target: bytes) -> RequestHead:
-    """A copy of the request head for another target (the origin path put before it)."""
-    path, _, query = target.partition(b"?")
-    return RequestHead(head.method, target, path, query or None, head.version, head.headers,
-                       head.host, head.content_length, head.chunked, head.keep_alive, head.upgrade,
-                       head.expect_continue, head.fwd, head.xff, head.via, head.request_id,
-                       head.user_agent)
+def _forwarded(head: RequestHead, target: bytes, query: bytes | None,
+               fwd: list[bytes]) -> RequestHead:
+    """A copy of the request head as the origin gets it: another target (origin path, the
+    forwarded query) and the forwarded header lines."""
+    return RequestHead(head.method, target, target.partition(b"?")[0], query, head.version,
+                       head.headers, head.host, head.content_length, head.chunked,
+                       head.keep_alive, head.upgrade, head.expect_continue, fwd, head.xff,
+                       head.via, head.request_id, head.user_agent)
 

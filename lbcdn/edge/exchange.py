@@ -26,7 +26,8 @@ from lbcdn.edge.accounting import new_request_id, record
 from lbcdn.config.schema import FixedResponseAction, ForwardAction, RedirectAction, RouteConfig
 from lbcdn.http.date import http_date
 from lbcdn.http.errors import HttpError, error_response, reason
-from lbcdn.http.head import ALLOWED_METHODS, RequestHead, ResponseHead, response_has_body
+from lbcdn.http.head import ALLOWED_METHODS, RequestHead, ResponseHead, forwarded_for, \
+    response_has_body
 from lbcdn.routing import redirect_location
 from lbcdn.tasks import spawn
 from lbcdn.balancer.retry import IDEMPOTENT, Failure, may_retry
@@ -366,12 +367,9 @@ class Exchange(UpstreamOwner):
             host = mode
         parts = [head.method, b" ", head.target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
         parts += head.fwd
-        mode_xff = listener.config.x_forwarded_for
-        if mode_xff == "append":
-            xff = b", ".join(head.xff) + b", " + client if head.xff else client
+        xff = forwarded_for(listener.config.x_forwarded_for, head.xff, client)
+        if xff is not None:
             parts += (b"X-Forwarded-For: ", xff, b"\r\n")
-        elif mode_xff == "preserve" and head.xff:
-            parts += (b"X-Forwarded-For: ", b", ".join(head.xff), b"\r\n")
         via = b", ".join(head.via) + b", 1.1 lbcdn" if head.via else b"1.1 lbcdn"
         parts += (listener.forwarded_headers, b"Via: ", via, b"\r\n")
         if head.chunked:

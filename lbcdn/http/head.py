@@ -127,6 +127,16 @@ def _without(fwd: list[bytes], names: set[bytes]) -> list[bytes]:
     return out
 
 
+def forwarded_for(mode: str, xff: list[bytes] | None, client: bytes) -> bytes | None:
+    """The X-Forwarded-For value sent upstream under the listener's `x_forwarded_for` mode
+    (`append`, `preserve`, `remove`), None for none; `xff`: the values received."""
+    if mode == "append":
+        return b", ".join(xff) + b", " + client if xff else client
+    if mode == "preserve" and xff:
+        return b", ".join(xff)
+    return None
+
+
 PLAIN_CONNECTION: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Connection options that remove no header line, in requests and responses alike: the usual
 # values, hop-by-hop fields (dropped anyway), and Content-Length: dropping a named one would

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from lbcdn.cache.behavior import Distribution
-from lbcdn.cache.config import CacheConfig, CachePolicyConfig
+from lbcdn.cache.config import MANAGED_ORIGIN_REQUEST_POLICIES, CacheConfig, \
+    CachePolicyConfig
 from lbcdn.config.reflect import Loader
 
 
@@ -74,7 +75,7 @@ def test_full_config_and_behaviors() -> None:
     assert d.select(b"/").origin == "ha"
     assert d.error_ttl_s(404) == 60 and d.error_ttl_s(503) == 0 and d.error_ttl_s(500) == 10
     # the behavior's key builder uses its policy
-    assert img.keys.forwarded_query(b"x=1&v=2") == b"v=2"
+    assert img.keys.kept_query(b"x=1&v=2") == b"v=2"
 
 
 def test_policy_default_resolves_without_policies() -> None:
@@ -83,6 +84,79 @@ def test_policy_default_resolves_without_policies() -> None:
                               "path_pattern": "*", "origin": "o"}}}})
     assert problems == []
     assert cfg.policy("default") == CachePolicyConfig()
+
+
+def test_origin_request_policies_defined_and_managed() -> None:
+    cfg, problems = load({
+        "origin_request_policies": {"app": {
+            "headers": {"behavior": "allow", "names": ["Referer"]},
+            "cookies": {"behavior": "all_except", "names": ["tracking"]},
+            "query_strings": {"behavior": "all"}}},
+        "origins": {"o": {"pool": "x"}},
+        "distributions": {"d": {
+            "default_behavior": {"path_pattern": "*", "origin": "o",
+                                 "origin_request_policy": "app"},
+            "behaviors": [{"path_pattern": "/cors/*", "origin": "o",
+                           "origin_request_policy": "CORS-S3Origin"},
+                          {"path_pattern": "/plain/*", "origin": "o"}]}}})
+    assert problems == []
+    app = cfg.origin_request_policy("app")
+    assert app.headers.names == ("Referer",) and app.cookies.behavior == "all_except"
+    assert cfg.origin_request_policy("CORS-S3Origin") is \
+        MANAGED_ORIGIN_REQUEST_POLICIES["CORS-S3Origin"]
+    assert cfg.origin_request_policy(None) is None
+    d = Distribution(cfg.distributions["d"], cfg)
+    assert d.select(b"/x").forwarding.query_for(b"b=2&a=1") == b"a=1&b=2"
+    assert d.select(b"/cors/a").forwarding.lines([b"Origin", b": ", b"https://a", b"\r\n"],
+                                                 passthrough=False) != []
+    assert d.select(b"/plain/a").forwarding.lines([b"Origin", b": ", b"https://a", b"\r\n"],
+                                                  passthrough=False) == []
+
+
+def test_a_defined_origin_request_policy_wins_over_a_managed_one() -> None:
+    cfg, problems = load({"origin_request_policies": {"AllViewer": {}}})
+    assert problems == []
+    assert cfg.origin_request_policy("AllViewer").headers.behavior == "none"
+
+
+ORP_BEHAVIOR = {"origins": {"o": {"pool": "a"}}, "distributions": {"d": {
+    "default_behavior": {"path_pattern": "*", "origin": "o", "origin_request_policy": "x"}}}}
+
+
+@pytest.mark.parametrize("patch, expected", [
+    ({"origin_request_policies": {"x": {"headers": {"behavior": "allow"}}}},
+     "cache.origin_request_policies.x.headers.names: must list at least one name for allow"),
+    ({"origin_request_policies": {"x": {"cookies": {"behavior": "none", "names": ["a"]}}}},
+     "cache.origin_request_policies.x.cookies.names: must be empty for none"),
+    ({"origin_request_policies": {"x": {"headers": {"behavior": "allow",
+                                                    "names": ["Bad Header"]}}}},
+     "cache.origin_request_policies.x.headers.names: 'Bad Header' is not a valid header"),
+    ({"origin_request_policies": {"x": {"cookies": {"behavior": "allow",
+                                                    "names": ["a;b"]}}}},
+     "cache.origin_request_policies.x.cookies.names: 'a;b' is not a valid cookie name"),
+    ({"origin_request_policies": {"x": {"headers": {"behavior": "allow",
+                                                    "names": ["authorization"]}}}},
+     "cache.origin_request_policies.x.headers.names: 'authorization': Authorization is "
+     "forwarded only when the cache policy's headers key on it"),
+    ({"origin_request_policies": {"x": {"headers": {"behavior": "allow", "names": ["Host"]}}}},
+     "cache.origin_request_policies.x.headers.names: 'Host': Host is set by the edge"),
+    ({"origin_request_policies": {"x": {"headers": {"behavior": "allow",
+                                                    "names": ["Cookie"]}}}},
+     "cache.origin_request_policies.x.headers.names: 'Cookie': cookies are listed under "
+     "cookies"),
+    ({"origin_request_policies": {"x": {"headers": {"behavior": "allow",
+                                                    "names": ["accept-encoding"]}}}},
+     "cache.origin_request_policies.x.headers.names: 'accept-encoding': Accept-Encoding is "
+     "the cache's own"),
+    ({"origin_request_policies": {"x": {"header": {}}}},
+     "cache.origin_request_policies.x.header: unknown key"),
+    ({**ORP_BEHAVIOR, "origin_request_policies": {"y": {}}},
+     "cache.distributions.d.default_behavior.origin_request_policy: unknown origin request "
+     "policy 'x'"),
+])
+def test_origin_request_policy_problems(patch: dict[str, Any], expected: str) -> None:
+    value, problems = load(patch)
+    assert any(p.startswith(expected) for p in problems), problems
 
 
 @pytest.mark.parametrize("patch, expected", [

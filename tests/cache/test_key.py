@@ -54,10 +54,10 @@ def test_headers_and_cookies_in_key() -> None:
     assert key(query=b"v=1") != key(query=b"v=2")
 
 
-def test_forwarded_query() -> None:
+def test_kept_query() -> None:
     kb = KeyBuilder(replace(P, query_strings=QueryStringsConfig("all_except", ("utm",))))
-    assert kb.forwarded_query(b"utm=1&b=2&a=1") == b"a=1&b=2"
-    assert kb.forwarded_query(b"utm=1") is None
+    assert kb.kept_query(b"utm=1&b=2&a=1") == b"a=1&b=2"
+    assert kb.kept_query(b"utm=1") is None
 
 
 def test_variant_key() -> None:

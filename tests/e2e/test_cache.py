@@ -22,6 +22,7 @@ from tests.e2e.harness import (HOST, RawClient, RawResponse, admin_port, free_po
 
 
 def cdn_config(origin: int, *, policy: dict[str, Any] | None = None,
+               request_policy: dict[str, Any] | str | None = None,
                origins: dict[str, Any] | None = None, groups: dict[str, Any] | None = None,
                behaviors: list[dict[str, Any]] | None = None,
                errors: list[dict[str, Any]] | None = None,
@@ -33,6 +34,12 @@ def cdn_config(origin: int, *, policy: dict[str, Any] | None = None,
             "default_behavior": {"path_pattern": "*", "origin": "o"},
             "behaviors": behaviors or [], "custom_error_responses": errors or []}},
     }
+    if isinstance(request_policy, dict):  # the default behavior's origin request policy
+        cache["origin_request_policies"] = {"viewer": request_policy}
+        request_policy = "viewer"
+    if request_policy is not None:
+        cache["distributions"]["site"]["default_behavior"]["origin_request_policy"] = \
+            request_policy
     if groups:
         cache["origin_groups"] = groups
     if storage:
@@ -274,7 +281,10 @@ async def test_vary_variants_and_vary_star(origin: Origin) -> None:
                       body=lang.encode())
     origin.set("/v", by_lang)
     origin.set("/star", Answer(headers=[("Cache-Control", "max-age=60"), ("Vary", "*")]))
-    async for d, port, clock in started(cdn_config(origin.port)):
+    # the origin sees Accept-Language only when the behavior forwards it
+    config = cdn_config(origin.port, request_policy={
+        "headers": {"behavior": "allow", "names": ["Accept-Language"]}})
+    async for d, port, clock in started(config):
         assert (await get(port, "/v", [("Accept-Language", "en")])).body == b"en"
         assert (await get(port, "/v", [("Accept-Language", "fr")])).body == b"fr"
         r = await get(port, "/v", [("Accept-Language", "EN")])

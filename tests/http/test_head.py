@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from lbcdn.http.errors import HttpError
-from lbcdn.http.head import check_request, connection_tokens, is_token, response_has_body
+from lbcdn.http.head import check_request, connection_tokens, forwarded_for, is_token, \
+    response_has_body
 from lbcdn.http.response import parse_head
 
 H = [(b"Host", b"example.com")]
@@ -254,3 +255,15 @@ def test_helpers() -> None:
     assert not response_has_body(b"GET", 204) and not response_has_body(b"GET", 304)
     assert not response_has_body(b"GET", 103)
     assert response_has_body(b"GET", 200) and response_has_body(b"POST", 404)
+
+
+@pytest.mark.parametrize("mode, received, expected", [
+    ("append", None, b"10.0.0.1"),
+    ("append", [b"1.1.1.1", b"2.2.2.2"], b"1.1.1.1, 2.2.2.2, 10.0.0.1"),
+    ("preserve", None, None),
+    ("preserve", [b"1.1.1.1", b"2.2.2.2"], b"1.1.1.1, 2.2.2.2"),
+    ("remove", [b"1.1.1.1"], None),
+])
+def test_forwarded_for_per_mode(mode: str, received: list[bytes] | None,
+                                expected: bytes | None) -> None:
+    assert forwarded_for(mode, received, b"10.0.0.1") == expected
