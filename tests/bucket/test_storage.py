@@ -192,15 +192,15 @@ def test_multipart(st: Storage) -> None:
     assert [p.number for p in st.list_parts(up)] == [1, 2, 3]
     assert [u.upload_id for u in st.list_uploads("bkt")] == [up.upload_id]
     with pytest.raises(S3Error) as e:
-        st.complete_upload(up, [etags[1], etags[0]])
+        st.complete_upload("bkt", "big", up.upload_id, [etags[1], etags[0]])
     assert e.value.code == "InvalidPartOrder"
     with pytest.raises(S3Error) as e:
-        st.complete_upload(up, [(1, etags[0][1]), (2, "0" * 32)])
+        st.complete_upload("bkt", "big", up.upload_id, [(1, etags[0][1]), (2, "0" * 32)])
     assert e.value.code == "InvalidPart"
     with pytest.raises(S3Error) as e:
-        st.complete_upload(up, [etags[2], (4, "x")])
+        st.complete_upload("bkt", "big", up.upload_id, [etags[2], (4, "x")])
     assert e.value.code in ("InvalidPart", "EntityTooSmall")
-    info = st.complete_upload(up, etags)
+    info = st.complete_upload("bkt", "big", up.upload_id, etags)
     md5s = b"".join(hashlib.md5(d).digest() for d in (b"aaaa", b"bbbb", b"c"))
     assert info.etag == hashlib.md5(md5s).hexdigest() + "-3"
     assert Path(info.path).read_bytes() == b"aaaabbbbc"
@@ -221,7 +221,7 @@ def test_small_non_final_part_is_refused(tmp_path: Path) -> None:
         w.write(b"tiny")
         tags.append((n, s.commit_part(w, up, n).etag))
     with pytest.raises(S3Error) as e:
-        s.complete_upload(up, tags)
+        s.complete_upload("bkt", "k", up.upload_id, tags)
     assert e.value.code == "EntityTooSmall"
 
 
