@@ -757,7 +757,8 @@ class Storage:
 
         def record(info: ObjectInfo, ident: Identity) -> None:
             _write_json_atomic(self._record_path(upload.upload_id), {
-                "bucket": upload.bucket, "key": upload.key, "identity": list(ident), "etag": etag, "headers": upload.headers,
+                "bucket": upload.bucket, "key": upload.key, "identity": list(ident),
+                "etag": etag, "headers": upload.headers,
                 "parts": [[p.number, p.etag] for p in chosen], "completed": self.clock()},
                 self.tmp_dir)
             _fsync_dir(self.completed_dir)

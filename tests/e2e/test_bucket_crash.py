@@ -71,7 +71,8 @@ class Restartable:
         return [str(p.relative_to(area)) for d in ("tmp", "uploads") for p in (area / d).iterdir()]
 
 
-def wait_until(condition: Callable[[], bool], done: threading.Event, timeout_s: float = 20) -> None:
+def wait_until(condition: Callable[[], bool], done: threading.Event,
+               timeout_s: float = 20) -> None:
     """Poll (tightly: the windows are milliseconds) until `condition` or until `done`."""
     deadline = time.monotonic() + timeout_s
     while not done.is_set() and time.monotonic() < deadline:
