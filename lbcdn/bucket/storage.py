@@ -726,7 +726,8 @@ class Storage:
                 info = self._complete(self.get_upload(bucket, key, upload_id), wanted)
             else:
                 info = self._replay(record, bucket, key, upload_id, wanted)
-        self._sweep_completed()
+        with contextlib.suppress(OSError):  # housekeeping: never fails the Complete
+            self._sweep_completed()
         return info
 
     def _complete(self, upload: UploadInfo, wanted: list[tuple[int, str]]) -> ObjectInfo:
