@@ -79,8 +79,8 @@ STORED_HEADERS = ("content-type", "cache-control", "content-encoding", "content-
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _COPY_CHUNK = 1 << 20
 MAX_PARTS = 10000
-# S3 answers a repeated Complete of a just-completed upload with success "for a while"; a
-# client retrying after a timeout or a restart does so within minutes.
+# S3 answers a repeated Complete of a completed upload with success again (observed by its
+# users, not documented, for how long unsaid); a client retries within minutes.
 COMPLETED_TTL_S = 24 * 3600.0
 _SWEEP_EVERY_S = 600.0
 
