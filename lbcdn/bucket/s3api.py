@@ -542,10 +542,10 @@ class S3Api:
 
     async def complete_upload(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write", req.key)
-        upload = await asyncio.to_thread(self.storage.get_upload, req.bucket, req.key,
-                                         req.query["uploadId"])
         wanted = xmlio.parse_complete(await self._read_small_body(req))
-        info: ObjectInfo = await asyncio.to_thread(self.storage.complete_upload, upload, wanted)
+        # Also answers a retry of a Complete that succeeded (storage keeps a record).
+        info: ObjectInfo = await asyncio.to_thread(self.storage.complete_upload, req.bucket,
+                                                   req.key, req.query["uploadId"], wanted)
         host = req.headers.get("Host", "")
         return self._xml(xmlio.complete_result(f"http://{host}/{req.bucket}/{req.raw_key}",
                                                req.bucket, info))

@@ -7,6 +7,9 @@ bucket name cannot start with a dot and keys are resolved inside their bucket di
     <root>/.lbcdn/meta/<bucket>/<h2>/<h>/<ino>.json metadata of key (h = sha256 of the key)
     <root>/.lbcdn/buckets/<bucket>.json            owner, creation time, website configuration
     <root>/.lbcdn/uploads/<id>/                    multipart uploads in progress
+    <root>/.lbcdn/uploads/<id>/part-<n>.json       part n: its ETag (names its data) and size
+    <root>/.lbcdn/uploads/<id>/part-<n>-<etag>     part n's data
+    <root>/.lbcdn/completed/<id>.json              completion record of an upload
     <root>/.lbcdn/tmp/                             temporary files (emptied at start)
 
 Rules:
@@ -20,6 +23,32 @@ Rules:
 - Every path is resolved (symlinks included) and must stay inside the bucket directory.
 - All methods here block (disk I/O); the async callers run them in a thread, except
   `PendingWrite.write`, which only appends to the page cache.
+
+Multipart uploads survive a kill -9 at any point (the names in quotes are the `checkpoint`
+steps, where the tests crash on purpose):
+- An upload is created in tmp/ and renamed into uploads/, so it exists whole or not at all.
+- UploadPart renames the part's data to `part-<n>-<etag>` ("part_data"), then atomically
+  replaces `part-<n>.json`; that replace is the commit point. A part is believed only when the
+  data its JSON names exists, so a crash leaves the previous version of the part (if any).
+- CompleteMultipartUpload, in this order:
+  1. check the part list, assemble the parts into a temp file in tmp/ ("assembled");
+  2. fsync it, write the object's metadata under its inode (as any PUT);
+  3. write the completion record `completed/<id>.json` (bucket, key, part list, ETag, and the
+     identity of the assembled file) and fsync its directory ("recorded");
+  4. rename the file onto the key and fsync the directory: the commit point ("committed");
+  5. move `uploads/<id>` into tmp/ in one rename ("detached"), then delete it.
+  Recovery (`_settle`, at start for every record, and before any Complete of that upload):
+  a record whose upload directory is still there is rolled forward (step 5) when the object
+  at its key has the recorded identity, else rolled back (record deleted: the upload and all
+  its parts are intact and the assembled temp file goes with tmp/). A record without its
+  upload is a finished completion: a retried Complete with the same part list answers from
+  it, as S3 does, until it is COMPLETED_TTL_S old; expired records are swept at start and,
+  at most every _SWEEP_EVERY_S, after a Complete.
+- Aborts and deleted buckets move the upload directory into tmp/ in one rename, too, so no
+  upload is ever listed with some of its parts gone.
+- Parts, Complete and Abort of one upload take that upload's lock, so a Complete never sees a
+  part half-replaced and two Completes of one upload run one after the other (the second
+  answers from the record).
 """
 
 from __future__ import annotations
@@ -34,8 +63,9 @@ import re
 import secrets
 import shutil
 import stat
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +79,10 @@ STORED_HEADERS = ("content-type", "cache-control", "content-encoding", "content-
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _COPY_CHUNK = 1 << 20
 MAX_PARTS = 10000
+# S3 answers a repeated Complete of a completed upload with success again (observed by its
+# users, not documented, for how long unsaid); a client retries within minutes.
+COMPLETED_TTL_S = 24 * 3600.0
+_SWEEP_EVERY_S = 600.0
 
 Identity = tuple[int, int, int]  # (size, mtime_ns, inode)
 
@@ -141,6 +175,23 @@ def _write_json_atomic(path: str, data: Any, tmp_dir: str) -> None:
         raise
 
 
+def completion_recovery(upload_present: bool, object_committed: bool, age_s: float) -> str:
+    """What to do with a completion record (see the module docstring): "roll_forward" (the
+    object is in place: drop the upload), "roll_back" (it is not: drop the record, the upload
+    stays), "keep" (a finished completion, still answered to retries) or "expire"."""
+    if upload_present:
+        return "roll_forward" if object_committed else "roll_back"
+    return "expire" if age_s >= COMPLETED_TTL_S else "keep"
+
+
+def _part_data(number: int, etag: str) -> str:
+    return f"part-{number:05d}-{etag}"
+
+
+def _no_checkpoint(step: str) -> None:
+    pass
+
+
 def _mkstemp(tmp_dir: str) -> tuple[int, str]:
     path = os.path.join(tmp_dir, secrets.token_hex(12))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -195,24 +246,44 @@ class PendingWrite:
 class Storage:
     """The bucket directories under `root` (see the module docstring for the layout)."""
 
-    def __init__(self, root: str, *, min_part_bytes: int = 5 << 20) -> None:
+    def __init__(self, root: str, *, min_part_bytes: int = 5 << 20,
+                 clock: Callable[[], float] = time.time) -> None:
         self.root = os.path.realpath(root)
         self.area = os.path.join(self.root, ".lbcdn")
         self.tmp_dir = os.path.join(self.area, "tmp")
         self.meta_dir = os.path.join(self.area, "meta")
         self.state_dir = os.path.join(self.area, "buckets")
         self.uploads_dir = os.path.join(self.area, "uploads")
+        self.completed_dir = os.path.join(self.area, "completed")
         self.min_part_bytes = min_part_bytes
+        self.clock = clock
+        # Called with the name of each step of the multipart protocol as it is passed; the
+        # tests make it crash the process there.
+        self.checkpoint: Callable[[str], None] = _no_checkpoint
         # In-memory copy of metadata by data path; believed only while the identity matches.
         self._meta_cache: dict[str, tuple[Identity, ObjectInfo]] = {}
+        # Per-upload locks with their number of holders and waiters.
+        self._upload_locks: dict[str, tuple[threading.Lock, int]] = {}
+        self._upload_locks_guard = threading.Lock()
+        self._last_sweep = 0.0
 
     def prepare(self) -> None:
-        """Create the layout and drop temp files a crash left behind."""
-        for d in (self.root, self.tmp_dir, self.meta_dir, self.state_dir, self.uploads_dir):
+        """Create the layout, settle the completions a crash interrupted, drop expired
+        completion records and the temp files a crash left behind."""
+        for d in (self.root, self.tmp_dir, self.meta_dir, self.state_dir, self.uploads_dir,
+                  self.completed_dir):
             os.makedirs(d, exist_ok=True)
+        for name in os.listdir(self.completed_dir):
+            if name.endswith(".json") and _UPLOAD_ID.fullmatch(name[:-5]):
+                self._settle(name[:-5])
+        self._last_sweep = self.clock()
         for name in os.listdir(self.tmp_dir):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.tmp_dir, name))
+            path = os.path.join(self.tmp_dir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)  # a discarded upload
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
     # -- buckets ---------------------------------------------------------------------------
 
@@ -283,7 +354,8 @@ class Storage:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.state_dir, bucket + ".json"))
         for upload in self.list_uploads(bucket):
-            shutil.rmtree(os.path.join(self.uploads_dir, upload.upload_id), ignore_errors=True)
+            with self._upload_lock(upload.upload_id):
+                self._discard_upload(upload.upload_id)
 
     def set_website(self, bucket: str, xml: str | None) -> None:
         state = self.bucket_state(bucket)
@@ -357,8 +429,11 @@ class Storage:
         return PendingWrite(self, hash_md5=hash_md5)
 
     def commit(self, pending: PendingWrite, bucket: str, key: str, headers: dict[str, str],
-               *, etag: str | None = None, parts: int = 0) -> ObjectInfo:
-        """Make `pending` the object at `key`: fsync, metadata under the new inode, rename."""
+               *, etag: str | None = None, parts: int = 0,
+               before_rename: Callable[[ObjectInfo, Identity], None] | None = None
+               ) -> ObjectInfo:
+        """Make `pending` the object at `key`: fsync, metadata under the new inode, rename.
+        `before_rename` runs just before the rename (a Complete writes its record there)."""
         storable_key(key)
         orphan_meta: str | None = None  # the new version's metadata, until the rename
         try:
@@ -376,6 +451,8 @@ class Storage:
                     raise S3Error("AccessDenied", "The key resolves outside its bucket.")
                 if os.path.isdir(path):
                     raise IsADirectoryError(path)
+                if before_rename is not None:
+                    before_rename(info, ident)
                 os.rename(pending.tmp_path, path)
                 orphan_meta = None
             except (NotADirectoryError, IsADirectoryError, FileExistsError):
@@ -537,6 +614,25 @@ class Storage:
             raise S3Error("NoSuchUpload", extra={"UploadId": upload_id})
         return os.path.join(self.uploads_dir, upload_id)
 
+    def _record_path(self, upload_id: str) -> str:
+        return os.path.join(self.completed_dir, upload_id + ".json")
+
+    @contextlib.contextmanager
+    def _upload_lock(self, upload_id: str) -> Iterator[None]:
+        with self._upload_locks_guard:
+            lock, users = self._upload_locks.get(upload_id, (threading.Lock(), 0))
+            self._upload_locks[upload_id] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._upload_locks_guard:
+                lock, users = self._upload_locks[upload_id]
+                if users == 1:
+                    del self._upload_locks[upload_id]
+                else:
+                    self._upload_locks[upload_id] = (lock, users - 1)
+
     def create_upload(self, bucket: str, key: str, headers: dict[str, str],
                       owner: str | None) -> UploadInfo:
         self.require_bucket(bucket)
@@ -544,11 +640,16 @@ class Storage:
         self._resolve(bucket, key)
         upload_id = secrets.token_urlsafe(36)
         info = UploadInfo(upload_id, bucket, key, time.time(), dict(headers), owner)
-        d = os.path.join(self.uploads_dir, upload_id)
-        os.makedirs(d)
-        _write_json_atomic(os.path.join(d, "upload.json"),
-                           {"bucket": bucket, "key": key, "initiated": info.initiated,
-                            "headers": headers, "owner": owner}, self.tmp_dir)
+        staging = os.path.join(self.tmp_dir, upload_id)
+        os.mkdir(staging)
+        try:
+            _write_json_atomic(os.path.join(staging, "upload.json"),
+                               {"bucket": bucket, "key": key, "initiated": info.initiated,
+                                "headers": headers, "owner": owner}, self.tmp_dir)
+            os.rename(staging, os.path.join(self.uploads_dir, upload_id))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return info
 
     def get_upload(self, bucket: str, key: str, upload_id: str) -> UploadInfo:
@@ -568,10 +669,17 @@ class Storage:
         try:
             pending._sync_close()
             part = PartInfo(number, pending.digest(), pending.size, time.time())
-            _write_json_atomic(os.path.join(d, f"part-{number:05d}.json"),
-                               {"etag": part.etag, "size": part.size,
-                                "last_modified": part.last_modified}, self.tmp_dir)
-            os.rename(pending.tmp_path, os.path.join(d, f"part-{number:05d}"))
+            data = _part_data(number, part.etag)
+            with self._upload_lock(upload.upload_id):
+                os.rename(pending.tmp_path, os.path.join(d, data))
+                self.checkpoint("part_data")
+                _write_json_atomic(os.path.join(d, f"part-{number:05d}.json"),
+                                   {"etag": part.etag, "size": part.size,
+                                    "last_modified": part.last_modified}, self.tmp_dir)
+                for name in os.listdir(d):  # the data of the version this one replaced
+                    if name.startswith(f"part-{number:05d}-") and name != data:
+                        with contextlib.suppress(OSError):
+                            os.unlink(os.path.join(d, name))
         except FileNotFoundError:
             pending.abort()
             raise S3Error("NoSuchUpload", extra={"UploadId": upload.upload_id}) from None
@@ -589,24 +697,40 @@ class Storage:
             raise S3Error("NoSuchUpload", extra={"UploadId": upload.upload_id}) from None
         for name in names:
             m = re.fullmatch(r"part-(\d{5})\.json", name)
-            if not m or not os.path.exists(os.path.join(d, name[:-5])):
+            if not m:
                 continue
-            with contextlib.suppress(OSError, ValueError, KeyError):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 with open(os.path.join(d, name), encoding="utf-8") as f:
                     data = json.load(f)
-                parts.append(PartInfo(int(m.group(1)), data["etag"], int(data["size"]),
-                                      float(data["last_modified"])))
+                number = int(m.group(1))
+                if os.path.exists(os.path.join(d, _part_data(number, str(data["etag"])))):
+                    parts.append(PartInfo(number, str(data["etag"]), int(data["size"]),
+                                          float(data["last_modified"])))
         parts.sort(key=lambda p: p.number)
         return parts
 
-    def complete_upload(self, upload: UploadInfo,
+    def complete_upload(self, bucket: str, key: str, upload_id: str,
                         wanted: list[tuple[int, str]]) -> ObjectInfo:
-        """Join the listed parts (numbers ascending, ETags matching) into the object."""
+        """Join the listed parts (numbers ascending, ETags matching) into the object. For an
+        upload completed already with this part list, the object it made (as S3 answers a
+        retried Complete)."""
         if not wanted:
             raise S3Error("MalformedXML", "You must specify at least one part.")
         numbers = [n for n, _ in wanted]
         if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
             raise S3Error("InvalidPartOrder")
+        self._upload_dir(upload_id)  # a malformed id is NoSuchUpload
+        with self._upload_lock(upload_id):
+            record = self._settle(upload_id)
+            if record is None:
+                info = self._complete(self.get_upload(bucket, key, upload_id), wanted)
+            else:
+                info = self._replay(record, bucket, key, upload_id, wanted)
+        with contextlib.suppress(OSError):  # housekeeping: never fails the Complete
+            self._sweep_completed()
+        return info
+
+    def _complete(self, upload: UploadInfo, wanted: list[tuple[int, str]]) -> ObjectInfo:
         have = {p.number: p for p in self.list_parts(upload)}
         chosen: list[PartInfo] = []
         for i, (n, etag) in enumerate(wanted):
@@ -622,21 +746,103 @@ class Storage:
         pending = self.begin_write()
         try:
             for part in chosen:
-                with open(os.path.join(d, f"part-{part.number:05d}"), "rb") as src:
+                with open(os.path.join(d, _part_data(part.number, part.etag)), "rb") as src:
                     _copy_range(src.fileno(), pending.fd, part.size)
                 pending.size += part.size
+            self.checkpoint("assembled")
         except BaseException:
             pending.abort()
             raise
         md5s = b"".join(bytes.fromhex(p.etag) for p in chosen)
         etag = f"{hashlib.md5(md5s).hexdigest()}-{len(chosen)}"
-        info = self.commit(pending, upload.bucket, upload.key, upload.headers, etag=etag,
-                           parts=len(chosen))
-        shutil.rmtree(d, ignore_errors=True)
+
+        def record(info: ObjectInfo, ident: Identity) -> None:
+            _write_json_atomic(self._record_path(upload.upload_id), {
+                "bucket": upload.bucket, "key": upload.key, "identity": list(ident),
+                "etag": etag, "headers": upload.headers,
+                "parts": [[p.number, p.etag] for p in chosen], "completed": self.clock()},
+                self.tmp_dir)
+            _fsync_dir(self.completed_dir)
+            self.checkpoint("recorded")
+
+        try:
+            info = self.commit(pending, upload.bucket, upload.key, upload.headers, etag=etag,
+                               parts=len(chosen), before_rename=record)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self._settle(upload.upload_id)  # the record goes, unless the rename happened
+            raise
+        self.checkpoint("committed")
+        self._discard_upload(upload.upload_id)
         return info
 
+    def _replay(self, record: dict[str, Any], bucket: str, key: str, upload_id: str,
+                wanted: list[tuple[int, str]]) -> ObjectInfo:
+        """The answer to a Complete of an upload that is completed already."""
+        same = [[n, etag.strip('"').lower()] for n, etag in wanted] == record["parts"]
+        if (record["bucket"], record["key"]) != (bucket, key) or not same:
+            raise S3Error("NoSuchUpload", extra={"UploadId": upload_id})
+        size, mtime_ns, _ = record["identity"]
+        return ObjectInfo(key, self._record_target(record), size, mtime_ns, record["etag"],
+                          dict(record["headers"]), len(record["parts"]))
+
+    def _record_target(self, record: dict[str, Any]) -> str:
+        # Not a stored path: the root may have been mounted elsewhere since.
+        return os.path.join(self.root, str(record["bucket"]), str(record["key"]))
+
+    def _settle(self, upload_id: str) -> dict[str, Any] | None:
+        """Roll an interrupted completion forward or back, drop an expired record (see the
+        module docstring); the record of a finished completion, else None."""
+        path = self._record_path(upload_id)
+        try:
+            with open(path, encoding="utf-8") as f:
+                record: dict[str, Any] = json.load(f)
+            ident = tuple(record["identity"])
+            age_s = self.clock() - float(record["completed"])
+            target = self._record_target(record)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # written atomically: missing, or damaged by hand
+        upload_present = os.path.isdir(os.path.join(self.uploads_dir, upload_id))
+        committed = False
+        if upload_present:
+            with contextlib.suppress(OSError):
+                st = os.stat(target)
+                committed = (st.st_size, st.st_mtime_ns, st.st_ino) == ident
+        action = completion_recovery(upload_present, committed, age_s)
+        if action in ("roll_back", "expire"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return None
+        if action == "roll_forward":
+            self._discard_upload(upload_id)
+        return record
+
+    def _sweep_completed(self) -> None:
+        """Drop expired completion records, at most every _SWEEP_EVERY_S."""
+        now = self.clock()
+        if now - self._last_sweep < _SWEEP_EVERY_S:
+            return
+        self._last_sweep = now
+        for name in os.listdir(self.completed_dir):
+            upload_id = name.removesuffix(".json")
+            if (name.endswith(".json") and _UPLOAD_ID.fullmatch(upload_id)
+                    and not os.path.isdir(os.path.join(self.uploads_dir, upload_id))):
+                with self._upload_lock(upload_id):
+                    self._settle(upload_id)
+
+    def _discard_upload(self, upload_id: str) -> None:
+        """Remove an upload in one step (a rename into tmp/), then its files."""
+        trash = os.path.join(self.tmp_dir, secrets.token_hex(12))
+        try:
+            os.rename(self._upload_dir(upload_id), trash)
+        except FileNotFoundError:
+            return
+        self.checkpoint("detached")
+        shutil.rmtree(trash, ignore_errors=True)
+
     def abort_upload(self, upload: UploadInfo) -> None:
-        shutil.rmtree(self._upload_dir(upload.upload_id), ignore_errors=True)
+        with self._upload_lock(upload.upload_id):
+            self._discard_upload(upload.upload_id)
 
     def list_uploads(self, bucket: str, prefix: str = "") -> list[UploadInfo]:
         out = []

@@ -161,6 +161,18 @@ def test_multipart_complete_abort_and_errors(s3: Any) -> None:
     assert r["ETag"].endswith('-2"')
     g = s3.get_object(Bucket="site", Key="mp.bin")
     assert g["Body"].read() == b"".join(parts_data) and g["ContentType"] == "x/mp"
+    # a retried Complete (the client missed the answer) succeeds again, as on S3
+    again = s3.complete_multipart_upload(Bucket="site", Key="mp.bin", UploadId=uid,
+                                         MultipartUpload={"Parts": [
+                                             {"PartNumber": i + 1, "ETag": t}
+                                             for i, t in enumerate(etags)]})
+    assert (again["ETag"], again["Key"]) == (r["ETag"], "mp.bin")
+    with pytest.raises(ClientError) as e:  # another part list is no retry
+        s3.complete_multipart_upload(Bucket="site", Key="mp.bin", UploadId=uid,
+                                     MultipartUpload={"Parts": [
+                                         {"PartNumber": 1, "ETag": etags[0]}]})
+    assert code(e) == ("NoSuchUpload", 404)
+    assert "Uploads" not in s3.list_multipart_uploads(Bucket="site")
     # abort
     uid2 = s3.create_multipart_upload(Bucket="site", Key="gone.bin")["UploadId"]
     s3.upload_part(Bucket="site", Key="gone.bin", UploadId=uid2, PartNumber=1, Body=b"x")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from lbcdn.bucket.errors import S3Error
-from lbcdn.bucket.storage import Storage
+from lbcdn.bucket.storage import COMPLETED_TTL_S, ObjectInfo, Storage, completion_recovery
 
 
 @pytest.fixture
@@ -192,15 +194,15 @@ def test_multipart(st: Storage) -> None:
     assert [p.number for p in st.list_parts(up)] == [1, 2, 3]
     assert [u.upload_id for u in st.list_uploads("bkt")] == [up.upload_id]
     with pytest.raises(S3Error) as e:
-        st.complete_upload(up, [etags[1], etags[0]])
+        st.complete_upload("bkt", "big", up.upload_id, [etags[1], etags[0]])
     assert e.value.code == "InvalidPartOrder"
     with pytest.raises(S3Error) as e:
-        st.complete_upload(up, [(1, etags[0][1]), (2, "0" * 32)])
+        st.complete_upload("bkt", "big", up.upload_id, [(1, etags[0][1]), (2, "0" * 32)])
     assert e.value.code == "InvalidPart"
     with pytest.raises(S3Error) as e:
-        st.complete_upload(up, [etags[2], (4, "x")])
+        st.complete_upload("bkt", "big", up.upload_id, [etags[2], (4, "x")])
     assert e.value.code in ("InvalidPart", "EntityTooSmall")
-    info = st.complete_upload(up, etags)
+    info = st.complete_upload("bkt", "big", up.upload_id, etags)
     md5s = b"".join(hashlib.md5(d).digest() for d in (b"aaaa", b"bbbb", b"c"))
     assert info.etag == hashlib.md5(md5s).hexdigest() + "-3"
     assert Path(info.path).read_bytes() == b"aaaabbbbc"
@@ -221,7 +223,7 @@ def test_small_non_final_part_is_refused(tmp_path: Path) -> None:
         w.write(b"tiny")
         tags.append((n, s.commit_part(w, up, n).etag))
     with pytest.raises(S3Error) as e:
-        s.complete_upload(up, tags)
+        s.complete_upload("bkt", "k", up.upload_id, tags)
     assert e.value.code == "EntityTooSmall"
 
 
@@ -277,3 +279,226 @@ def test_website_state(st: Storage) -> None:
     assert st.bucket_state("bkt").owner == "alice"
     st.set_website("bkt", None)
     assert st.bucket_state("bkt").website is None
+
+
+# -- crashes: a forked child runs the operation and dies (os._exit, as kill -9: no cleanup
+# runs) at one step of the protocol; a new Storage over the same directory is the restart.
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def crash_at(st: Storage, step: str, action: Callable[[], object]) -> None:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            st.checkpoint = lambda s: os._exit(9) if s == step else None
+            action()
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 9, f"the child never reached {step!r}"
+
+
+def restart(st: Storage, clock: Callable[[], float] | None = None) -> Storage:
+    fresh = Storage(st.root, min_part_bytes=st.min_part_bytes, **(
+        {"clock": clock} if clock else {}))
+    fresh.prepare()
+    return fresh
+
+
+PARTS = (b"aaaa", b"bbbb", b"c")
+WHOLE = b"".join(PARTS)
+MP_ETAG = hashlib.md5(b"".join(hashlib.md5(d).digest() for d in PARTS)).hexdigest() + "-3"
+
+
+def upload_parts(st: Storage, key: str = "big") -> tuple[str, list[tuple[int, str]]]:
+    up = st.create_upload("bkt", key, {"content-type": "a/b"}, "alice")
+    tags = []
+    for n, data in enumerate(PARTS, 1):
+        w = st.begin_write()
+        w.write(data)
+        tags.append((n, '"' + st.commit_part(w, up, n).etag + '"'))
+    return up.upload_id, tags
+
+
+def leftovers(st: Storage) -> list[str]:
+    """What a finished multipart upload may not leave behind."""
+    return os.listdir(st.tmp_dir) + os.listdir(st.uploads_dir)
+
+
+def test_completion_recovery_decisions() -> None:
+    assert completion_recovery(True, True, 0) == "roll_forward"
+    assert completion_recovery(True, False, 0) == "roll_back"
+    assert completion_recovery(True, False, COMPLETED_TTL_S * 2) == "roll_back"
+    assert completion_recovery(False, False, 0) == "keep"
+    assert completion_recovery(False, False, COMPLETED_TTL_S) == "expire"
+
+
+@pytest.mark.parametrize("step", ["assembled", "recorded"])
+def test_crash_before_commit_point_keeps_upload_whole(st: Storage, step: str) -> None:
+    put(st, "big", b"old version")
+    uid, tags = upload_parts(st)
+    crash_at(st, step, lambda: st.complete_upload("bkt", "big", uid, tags))
+    st = restart(st)
+    assert Path(st.root, "bkt", "big").read_bytes() == b"old version"
+    assert [u.upload_id for u in st.list_uploads("bkt")] == [uid]
+    up = st.get_upload("bkt", "big", uid)
+    assert [(p.number, f'"{p.etag}"') for p in st.list_parts(up)] == tags
+    assert os.listdir(st.tmp_dir) == [] and os.listdir(st.completed_dir) == []
+    info = st.complete_upload("bkt", "big", uid, tags)  # the retry completes it
+    assert info.etag == MP_ETAG and Path(info.path).read_bytes() == WHOLE
+    assert st.stat_object("bkt", "big").headers == {"content-type": "a/b"}
+    assert leftovers(st) == []
+
+
+@pytest.mark.parametrize("step", ["committed", "detached"])
+def test_crash_after_commit_point_rolls_forward(st: Storage, step: str) -> None:
+    uid, tags = upload_parts(st)
+    crash_at(st, step, lambda: st.complete_upload("bkt", "big", uid, tags))
+    st = restart(st)
+    info = st.stat_object("bkt", "big")
+    assert (info.etag, info.parts, info.headers) == (MP_ETAG, 3, {"content-type": "a/b"})
+    assert Path(info.path).read_bytes() == WHOLE
+    assert st.list_uploads("bkt") == [] and leftovers(st) == []
+    again = st.complete_upload("bkt", "big", uid, tags)  # the retry succeeds, same ETag
+    assert (again.key, again.etag, again.size) == ("big", MP_ETAG, len(WHOLE))
+
+
+def test_retried_complete_answers_from_record_until_it_expires(tmp_path: Path) -> None:
+    clock = Clock()
+    st = Storage(str(tmp_path / "root"), min_part_bytes=4, clock=clock)
+    st.prepare()
+    st.create_bucket("bkt", "alice")
+    uid, tags = upload_parts(st)
+    first = st.complete_upload("bkt", "big", uid, tags)
+    assert st.complete_upload("bkt", "big", uid, [(n, e.strip('"')) for n, e in tags]) == first
+    for other in (tags[:2], [(1, tags[0][1]), (2, tags[1][1]), (3, '"' + "0" * 32 + '"')]):
+        with pytest.raises(S3Error) as e:  # another part list is not a retry
+            st.complete_upload("bkt", "big", uid, other)
+        assert e.value.code == "NoSuchUpload"
+    with pytest.raises(S3Error) as e:
+        st.complete_upload("bkt", "other-key", uid, tags)
+    assert e.value.code == "NoSuchUpload"
+    with pytest.raises(S3Error) as e:  # parts, list and abort: the upload is gone
+        st.get_upload("bkt", "big", uid)
+    assert e.value.code == "NoSuchUpload"
+    # kept across a restart, dropped at start once expired
+    clock.now += COMPLETED_TTL_S - 1
+    st = restart(st, clock)
+    assert st.complete_upload("bkt", "big", uid, tags).etag == MP_ETAG
+    clock.now += 2
+    restart(st, clock)
+    assert os.listdir(st.completed_dir) == []
+    with pytest.raises(S3Error) as e:
+        st.complete_upload("bkt", "big", uid, tags)
+    assert e.value.code == "NoSuchUpload"
+
+
+def test_expired_records_are_swept_by_a_later_complete(tmp_path: Path) -> None:
+    clock = Clock()
+    st = Storage(str(tmp_path / "root"), min_part_bytes=4, clock=clock)
+    st.prepare()
+    st.create_bucket("bkt", "alice")
+    uid, tags = upload_parts(st, "one")
+    st.complete_upload("bkt", "one", uid, tags)
+    clock.now += COMPLETED_TTL_S
+    uid2, tags2 = upload_parts(st, "two")
+    st.complete_upload("bkt", "two", uid2, tags2)
+    assert os.listdir(st.completed_dir) == [uid2 + ".json"]
+
+
+def test_failure_before_commit_point_rolls_back_in_process(st: Storage) -> None:
+    uid, tags = upload_parts(st)
+
+    def fail(step: str) -> None:
+        if step == "recorded":
+            raise OSError("disk full")
+
+    st.checkpoint = fail
+    with pytest.raises(OSError):
+        st.complete_upload("bkt", "big", uid, tags)
+    assert os.listdir(st.completed_dir) == [] and os.listdir(st.tmp_dir) == []
+    with pytest.raises(S3Error):
+        st.stat_object("bkt", "big")
+    st.checkpoint = lambda step: None
+    assert st.complete_upload("bkt", "big", uid, tags).etag == MP_ETAG
+    assert leftovers(st) == []
+
+
+def test_failure_after_commit_point_is_finished_by_the_retry(st: Storage) -> None:
+    uid, tags = upload_parts(st)
+
+    def fail(step: str) -> None:
+        if step == "committed":
+            raise OSError("I/O error")
+
+    st.checkpoint = fail
+    with pytest.raises(OSError):
+        st.complete_upload("bkt", "big", uid, tags)
+    st.checkpoint = lambda step: None
+    assert st.complete_upload("bkt", "big", uid, tags).etag == MP_ETAG
+    assert st.list_uploads("bkt") == [] and leftovers(st) == []
+
+
+def test_concurrent_completes_of_one_upload_agree(st: Storage) -> None:
+    uid, tags = upload_parts(st)
+    results: list[ObjectInfo | BaseException] = []
+
+    def complete() -> None:
+        try:
+            results.append(st.complete_upload("bkt", "big", uid, tags))
+        except BaseException as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=complete) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert [r.etag for r in results if isinstance(r, ObjectInfo)] == [MP_ETAG] * 4, results
+    assert Path(st.root, "bkt", "big").read_bytes() == WHOLE
+    assert leftovers(st) == []
+
+
+def test_crash_while_replacing_a_part_keeps_the_old_part(st: Storage) -> None:
+    uid, tags = upload_parts(st)
+    up = st.get_upload("bkt", "big", uid)
+
+    def replace_part_one() -> None:
+        w = st.begin_write()
+        w.write(b"AAAA")
+        st.commit_part(w, up, 1)
+
+    crash_at(st, "part_data", replace_part_one)
+    st = restart(st)
+    assert [(p.number, f'"{p.etag}"') for p in st.list_parts(up)] == tags
+    assert Path(st.complete_upload("bkt", "big", uid, tags).path).read_bytes() == WHOLE
+
+
+def test_replaced_part_is_the_one_completed(st: Storage) -> None:
+    uid, tags = upload_parts(st)
+    up = st.get_upload("bkt", "big", uid)
+    w = st.begin_write()
+    w.write(b"AAAA")
+    new = st.commit_part(w, up, 1)
+    assert sorted(os.listdir(st._upload_dir(uid))) == sorted(
+        ["upload.json"] + [f"part-{n:05d}.json" for n in (1, 2, 3)]
+        + [f"part-{n:05d}-{e.strip(chr(34))}" for n, e in [(1, new.etag), *tags[1:]]])
+    info = st.complete_upload("bkt", "big", uid, [(1, new.etag), *tags[1:]])
+    assert Path(info.path).read_bytes() == b"AAAAbbbbc"
+
+
+def test_crash_during_abort_leaves_no_half_upload(st: Storage) -> None:
+    uid, _ = upload_parts(st)
+    up = st.get_upload("bkt", "big", uid)
+    crash_at(st, "detached", lambda: st.abort_upload(up))
+    st = restart(st)
+    assert st.list_uploads("bkt") == [] and leftovers(st) == []
+    with pytest.raises(S3Error) as e:
+        st.get_upload("bkt", "big", uid)
+    assert e.value.code == "NoSuchUpload"
