@@ -188,6 +188,21 @@ def _part_data(number: int, etag: str) -> str:
     return f"part-{number:05d}-{etag}"
 
 
+def _name_part_data(upload_dir: str) -> None:
+    """Rename the data of parts uploaded by an earlier version (`part-<n>`, no ETag in its
+    name) to `part-<n>-<etag>`, so that an upload in progress across an upgrade keeps its
+    parts. A part whose record cannot be read was never committed, and is left to Abort."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(upload_dir):
+            if not re.fullmatch(r"part-\d{5}", name):
+                continue
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                with open(os.path.join(upload_dir, name + ".json"), encoding="utf-8") as f:
+                    etag = str(json.load(f)["etag"])
+                os.rename(os.path.join(upload_dir, name),
+                          os.path.join(upload_dir, _part_data(int(name[5:]), etag)))
+
+
 def _no_checkpoint(step: str) -> None:
     pass
 
@@ -277,6 +292,9 @@ class Storage:
             if name.endswith(".json") and _UPLOAD_ID.fullmatch(name[:-5]):
                 self._settle(name[:-5])
         self._last_sweep = self.clock()
+        for name in os.listdir(self.uploads_dir):
+            if _UPLOAD_ID.fullmatch(name):
+                _name_part_data(os.path.join(self.uploads_dir, name))
         for name in os.listdir(self.tmp_dir):
             path = os.path.join(self.tmp_dir, name)
             if os.path.isdir(path) and not os.path.islink(path):

@@ -502,3 +502,16 @@ def test_crash_during_abort_leaves_no_half_upload(st: Storage) -> None:
     with pytest.raises(S3Error) as e:
         st.get_upload("bkt", "big", uid)
     assert e.value.code == "NoSuchUpload"
+
+
+def test_parts_of_an_earlier_version_survive_the_upgrade(st: Storage) -> None:
+    # Before parts were named by ETag, a part's data was `part-<n>` beside `part-<n>.json`.
+    uid, tags = upload_parts(st)
+    d = st._upload_dir(uid)
+    for n, etag in tags:
+        os.rename(os.path.join(d, f"part-{n:05d}-{etag.strip(chr(34))}"),
+                  os.path.join(d, f"part-{n:05d}"))
+    st = restart(st)
+    up = st.get_upload("bkt", "big", uid)
+    assert [(p.number, f'"{p.etag}"') for p in st.list_parts(up)] == tags
+    assert Path(st.complete_upload("bkt", "big", uid, tags).path).read_bytes() == WHOLE
