@@ -36,6 +36,7 @@ from lbcdn.config.schema import Config, ListenerConfig
 from lbcdn.edge.listener import Listener
 from lbcdn.tls import ServerTls
 from lbcdn.health.outlier import Ejection
+from lbcdn.fdlimit import raise_nofile
 from lbcdn.logs import AccessLog, setup_logging
 from lbcdn.metrics import OUTLIER_EJECTIONS
 from lbcdn.routing import Router
@@ -349,6 +350,7 @@ def serve(config: Config, log_level: str | None = None,
     """Run the daemon until SIGTERM/SIGINT; return the process exit code. With `config_path`,
     SIGHUP and POST /api/reload re-read that file."""
     setup_logging(log_level or config.logging.level)
+    raise_nofile()  # before any socket; the workers inherit it
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it
