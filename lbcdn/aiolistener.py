@@ -6,9 +6,11 @@ process's memory or descriptors, nor fill its log, so each connection gets what 
 connection gets (lbcdn.http.headguard decides, this module acts):
 - the head limits (414/431/400) and the header timeout (408), checked on every byte before
   aiohttp parses it; the body timeout between body reads; the idle timeout between requests;
-- a cap on open connections (`max_connections`): one more is answered 503 with Retry-After and
-  closed (its bytes are read and dropped for a moment, so the answer is not lost to a reset;
-  past REFUSING_MAX such at once, new ones are closed at once);
+- a cap on open connections (`max_connections`): at the cap, the connection idle longest (as
+  nginx reuses connections; idle for EVICT_IDLE_S at least, so a burst of new connections does
+  not close its own members before their first byte) makes room; with none idle, the new one is answered 503 with
+  Retry-After and closed (its bytes are read and dropped for a moment, so the answer is not
+  lost to a reset; past min(REFUSING_MAX, cap) such at once, new ones are closed at once);
 - a bad request or a refusal costs at most one short daemon-log line per listener every few
   seconds (LogLimiter), never a traceback; nor does a client that goes away mid-response.
 
@@ -22,7 +24,7 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -32,7 +34,7 @@ from lbcdn.config.limits import HttpLimitsConfig
 from lbcdn.edge.accounting import new_request_id
 from lbcdn.http.date import http_date
 from lbcdn.http.errors import HttpError, error_response, reason
-from lbcdn.http.headguard import BODY, HEAD, HeadGuard
+from lbcdn.http.headguard import BODY, HEAD, IDLE, HeadGuard
 from lbcdn.logs import LogLimiter, held_note
 from lbcdn.timers import Deadline
 
@@ -41,6 +43,7 @@ log = logging.getLogger("lbcdn.listener")
 REFUSING_MAX: Final = 64        # refused connections lingering at once (each holds an fd)
 REFUSAL_LINGER_S: Final = 1.0   # how long a refused connection's bytes are read and dropped
 RETRY_AFTER_S: Final = 1
+EVICT_IDLE_S: Final = 1.0       # idle this long, a connection may make room for a new one
 
 _LOG_LIMIT: Final = LogLimiter()
 
@@ -71,6 +74,9 @@ class AppListener:
         self.json_errors = json_errors
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Handler] = set()
+        # the idle ones among them and since when, longest idle first (a dict keeps
+        # insertion order)
+        self.idle: dict[_Handler, float] = {}
         self.refusing: set[_Refusal] = set()
         self.port = 0
         self._listening: asyncio.AbstractServer | None = None
@@ -91,14 +97,21 @@ class AppListener:
     def _protocol(self) -> asyncio.BaseProtocol:
         # Counted here, not in connection_made: the loop may accept a batch before any of them
         # is told it is made.
+        if len(self.connections) >= self.max_connections and self.idle and \
+                next(iter(self.idle.values())) <= self.loop.time() - EVICT_IDLE_S:
+            # as nginx reuses connections: the one idle longest (between requests, or not yet
+            # sent a byte) makes room, as its idle timeout would later
+            self.note("reused", logging.WARNING, "%d connections open (max_connections): "
+                      "closing idle ones for new ones", len(self.connections))
+            next(iter(self.idle)).evict()
         if len(self.connections) < self.max_connections:
             handler = _Handler(self)
             self.connections.add(handler)
             return handler
         self.note("refused", logging.WARNING,
                   "%d connections open (max_connections): refusing more", len(self.connections))
-        refused = _Refusal(self, answer=len(self.refusing) < REFUSING_MAX)
-        return refused
+        return _Refusal(self, answer=len(self.refusing) < min(REFUSING_MAX,
+                                                                self.max_connections))
 
     def note(self, kind: str, level: int, message: str, *args: Any) -> None:
         """One daemon-log line about a client, unless one of this `kind` went out lately."""
@@ -137,15 +150,25 @@ class _Handler(RequestHandler):
         if peer:
             self._peer = str(peer[0])
         super().connection_made(transport)
+        self._listener.idle[self] = self._listener.loop.time()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._deadline.cancel()
         self._listener.connections.discard(self)
+        self._listener.idle.pop(self, None)
         super().connection_lost(exc)
+
+    def evict(self) -> None:
+        """Close this idle connection now: a new one needs its place."""
+        self._listener.connections.discard(self)
+        self._listener.idle.pop(self, None)
+        self._stopped = True
+        self.force_close()
 
     def data_received(self, data: bytes) -> None:
         if self._stopped:
             return
+        self._listener.idle.pop(self, None)
         guard = self._guard
         was_head, heads = guard.phase == HEAD, guard.heads
         err = guard.feed(data)
@@ -168,6 +191,9 @@ class _Handler(RequestHandler):
             return await super().finish_response(request, resp, start_time)
         finally:
             self._answered += 1
+            if self._answered == self._passed and self._guard.phase == IDLE and \
+                    not self._stopped and self.transport is not None:
+                self._listener.idle[self] = self._listener.loop.time()
 
     def _refuse(self, err: HttpError) -> None:
         self._stopped = True
@@ -228,7 +254,8 @@ class _Refusal(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         if not self._answer:
             transport.abort()

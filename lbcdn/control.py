@@ -156,10 +156,7 @@ def connection_caps(config: Config, limit: int) -> dict[str, int]:
     """The connection cap of each control listener ("admin", "s3", "website"): as configured,
     or lower when their descriptors (with those of the connections being refused) would not
     fit under the descriptor limit `limit` with room left for health checks, DNS and files."""
-    wanted = {name: (cap + REFUSING_MAX, fds)
-              for name, (cap, fds) in _configured_caps(config).items()}
-    fitted = fit_caps(wanted, limit)
-    return {name: max(1, fitted[name] - REFUSING_MAX) for name in wanted}
+    return fit_caps(_configured_caps(config), limit, REFUSING_MAX)
 
 
 async def _start_buckets(config: Config) -> BucketServer:

@@ -44,14 +44,28 @@ def nofile() -> int:
     return _NR_OPEN if soft == resource.RLIM_INFINITY else soft
 
 
-def fit_caps(wanted: Mapping[str, tuple[int, int]], limit: int) -> dict[str, int]:
-    """`wanted`: name -> (connection cap, descriptors one connection may hold). The caps as
-    they are when their descriptors fit in `limit` less the reserve; else all scaled down in
-    the same proportion (each at least 1)."""
-    reserve = max(RESERVE_MIN, int(limit * RESERVE_SHARE))
-    budget = max(limit - reserve, 0)
-    need = sum(cap * fds for cap, fds in wanted.values())
-    if need <= budget:
-        return {name: cap for name, (cap, _) in wanted.items()}
-    scale = budget / need
-    return {name: max(1, int(cap * scale)) for name, (cap, _) in wanted.items()}
+def fit_caps(wanted: Mapping[str, tuple[int, int]], limit: int,
+             refusing_max: int) -> dict[str, int]:
+    """`wanted`: listener -> (connection cap, descriptors one connection may hold); a listener
+    also holds up to min(refusing_max, its cap) connections it is refusing. The caps as they
+    are when all those descriptors fit in `limit` less the reserve; else all scaled down by
+    the largest common factor that fits (each cap at least 1)."""
+    budget = max(limit - max(RESERVE_MIN, int(limit * RESERVE_SHARE)), 0)
+
+    def scaled(factor: float) -> dict[str, int]:
+        return {name: max(1, int(cap * factor)) for name, (cap, _) in wanted.items()}
+
+    def fits(caps: Mapping[str, int]) -> bool:
+        return sum((cap + min(refusing_max, cap)) * wanted[name][1]
+                   for name, cap in caps.items()) <= budget
+
+    if fits(scaled(1.0)):
+        return scaled(1.0)
+    low, high = 0.0, 1.0   # fits(scaled(low)) or low is 0; not fits(scaled(high))
+    for _ in range(40):
+        mid = (low + high) / 2
+        if fits(scaled(mid)):
+            low = mid
+        else:
+            high = mid
+    return scaled(low)
