@@ -288,6 +288,7 @@ async def serve_app(app: web.Application, name: str, address: str, port: int,
                     limits: HttpLimitsConfig, max_connections: int, *,
                     shutdown_timeout_s: float, json_errors: bool = False) -> AppListener:
     """Start serving `app` on address:port (0 picks a free port; `.port` tells which)."""
+    # access_log=None: probes and scrapes every few seconds would drown the daemon log
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=shutdown_timeout_s)
     await runner.setup()
