@@ -2,7 +2,7 @@
 edge's rules: slowloris heads are closed at the header timeout, oversized heads get 414/431 and
 one short log line (never a traceback), unfinished heads cannot grow the process, a connection
 flood is refused clearly while the rest keeps working and descriptors stay free, and a client
-leaving in the middle of an S3 GET is not logged. Real daemons, in one process and with
+leaving in the middle of an S3 GET or upload is not logged (a stalled upload is cut). Real daemons, in one process and with
 `--workers 2` (where these listeners live in the control process)."""
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config as BotoConfig
+from botocore.credentials import Credentials
 
 from tests.e2e.harness import HOST, DaemonProcess, free_port, proxy_config, wait_for_port
 
@@ -290,17 +293,40 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
+def _signed_put_head(port: int, key: str, length: int) -> bytes:
+    host = f"{HOST}:{port}"
+    req = AWSRequest(method="PUT", url=f"http://{host}/site/{key}", headers={
+        "Host": host, "Content-Length": str(length), "x-amz-content-sha256": "UNSIGNED-PAYLOAD"})
+    SigV4Auth(Credentials("AKIDEXAMPLE1", "s3cr3t"), "s3", "us-east-1").add_auth(req)
+    return (f"PUT /site/{key} HTTP/1.1\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in req.headers.items()) + "\r\n").encode()
+
+
 @pytest.mark.slow
 @WORKERS
-async def test_a_client_leaving_mid_s3_get_is_not_logged(tmp_path: Path, workers: int) -> None:
-    with control_daemon(tmp_path, workers) as (daemon, ports):
+async def test_a_client_leaving_mid_s3_get_or_put_is_not_logged(tmp_path: Path,
+                                                                workers: int) -> None:
+    with control_daemon(tmp_path, workers, {"body_timeout_s": 1}) as (daemon, ports):
         logged = len(daemon.stderr())
         for _ in range(20):
             reader, writer = await asyncio.open_connection(HOST, ports["s3"])
             writer.write(b"GET /site/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
             await reader.readexactly(256 * 1024)
             _reset(writer)
+        # an upload that goes away, and one that stalls (cut at the body timeout)
+        for stall in (False, True):
+            reader, writer = await asyncio.open_connection(HOST, ports["s3"])
+            writer.write(_signed_put_head(ports["s3"], "up.bin", 1 << 20) + b"x" * 100_000)
+            await writer.drain()
+            await asyncio.sleep(0.3)
+            if stall:
+                started = time.monotonic()
+                assert await asyncio.wait_for(reader.read(-1), 5) == b""
+                assert time.monotonic() - started < 3
+            else:
+                _reset(writer)
         await asyncio.sleep(0.5)
         assert await status_of(ports["s3"], "s3") == 403
         new = daemon.stderr()[logged:]
         assert "Traceback" not in new and "ERROR" not in new, new[:3000]
+        assert "408 to 127.0.0.1 (timed out reading the request body)" in new
