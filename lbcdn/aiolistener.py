@@ -5,7 +5,8 @@ beside the health checks and the DNS server. A client of theirs must not be able
 process's memory or descriptors, nor fill its log, so each connection gets what an edge
 connection gets (lbcdn.http.headguard decides, this module acts):
 - the head limits (414/431/400) and the header timeout (408), checked on every byte before
-  aiohttp parses it; the body timeout between body reads; the idle timeout between requests;
+  aiohttp parses it; the body timeout between body reads; the idle timeout between requests
+  and while the client leaves a response unread (sendfile bodies: lbcdn.bucket.sendfile);
 - a cap on open connections (`max_connections`): at the cap, the connection idle longest (as
   nginx reuses connections; idle for EVICT_IDLE_S at least, so a burst of new connections does
   not close its own members before their first byte) makes room; with none idle, the new one is answered 503 with
@@ -140,6 +141,8 @@ class _Handler(RequestHandler):
         self._limits = limits
         self._guard = HeadGuard(limits)
         self._deadline = Deadline(listener.loop, self._timed_out)
+        # a client that leaves our response unread: cut after its idle timeout, as on the edge
+        self._unread = Deadline(listener.loop, self._cut)
         self._stopped = False    # the guard refused: nothing more is read
         self._passed = 0         # request heads handed to aiohttp
         self._answered = 0       # ... and answered by it
@@ -154,9 +157,23 @@ class _Handler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._deadline.cancel()
+        self._unread.cancel()
         self._listener.connections.discard(self)
         self._listener.idle.pop(self, None)
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._unread.set(self._limits.idle_timeout_s)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._unread.clear()
+
+    def _cut(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()   # close() would wait for the unread bytes to be taken
+        self.force_close()
 
     def evict(self) -> None:
         """Close this idle connection now: a new one needs its place."""

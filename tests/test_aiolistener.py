@@ -1,5 +1,5 @@
-"""lbcdn.aiolistener in one event loop, real sockets: body timeout, a bad head behind a request
-in progress, the connection cap (idle connections make room, others get 503), and the admin
+"""lbcdn.aiolistener in one event loop, real sockets: body timeout, a response left unread, a
+bad head behind a request in progress, the connection cap (idle connections make room, others get 503), and the admin
 API's JSON error shape. The daemon-level behaviour is in tests/e2e/test_control_listeners.py."""
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ HOST = "127.0.0.1"
 
 async def _slow(request: web.Request) -> web.Response:
     await asyncio.sleep(float(request.query.get("s", "0")))
+    if "big" in request.query:
+        return web.Response(body=b"x" * (32 << 20))
     body = await request.read()
     return web.Response(text=f"got {len(body)}\n")
 
@@ -102,5 +104,18 @@ async def test_at_the_cap_an_idle_connection_makes_room_else_503(
         assert refusal.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1\r\n" in refusal
         for w in (idle_writer, busy_writer, busy2_writer, writer, refused_writer):
             w.close()
+    finally:
+        await listener.stop()
+
+
+async def test_a_response_left_unread_is_cut_at_the_idle_timeout() -> None:
+    listener = await listening(HttpLimitsConfig(idle_timeout_s=0.5))
+    try:
+        reader, writer = await asyncio.open_connection(HOST, listener.port)
+        writer.write(b"GET /?big HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(2)      # reading nothing
+        got = len(await read_all(reader))
+        assert 0 < got < 32 << 20, got
+        writer.close()
     finally:
         await listener.stop()

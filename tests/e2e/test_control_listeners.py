@@ -2,7 +2,8 @@
 edge's rules: slowloris heads are closed at the header timeout, oversized heads get 414/431 and
 one short log line (never a traceback), unfinished heads cannot grow the process, a connection
 flood is refused clearly while the rest keeps working and descriptors stay free, and a client
-leaving in the middle of an S3 GET or upload is not logged (a stalled upload is cut). Real daemons, in one process and with
+leaving in the middle of an S3 GET or upload is not logged (a stalled upload is cut, and so is
+a response left unread). Real daemons, in one process and with
 `--workers 2` (where these listeners live in the control process)."""
 
 from __future__ import annotations
@@ -330,3 +331,20 @@ async def test_a_client_leaving_mid_s3_get_or_put_is_not_logged(tmp_path: Path,
         new = daemon.stderr()[logged:]
         assert "Traceback" not in new and "ERROR" not in new, new[:3000]
         assert "408 to 127.0.0.1 (timed out reading the request body)" in new
+
+
+@pytest.mark.slow
+@WORKERS
+async def test_an_object_left_unread_is_cut_at_the_idle_timeout(tmp_path: Path,
+                                                                workers: int) -> None:
+    with control_daemon(tmp_path, workers, {"idle_timeout_s": 1}) as (_, ports):
+        for name, host in (("s3", b"x"), ("website", b"site.localhost")):
+            reader, writer = await asyncio.open_connection(HOST, ports[name])
+            path = b"/site/big.bin" if name == "s3" else b"/big.bin"
+            writer.write(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, host))
+            await asyncio.sleep(3)      # reading nothing: the sendfile stalls
+            async with asyncio.timeout(5):
+                got = len(await reader.read(-1))
+            writer.close()
+            assert 0 < got < 8 << 20, (name, got)   # cut off, not sent in full
+            assert await status_of(ports[name], name) in (200, 403)
