@@ -14,12 +14,14 @@ import asyncio
 import logging
 import os
 
-from lbcdn.admin.app import AdminServer, create_admin_app, start_admin
+from lbcdn.admin.app import create_admin_app, start_admin
 from lbcdn.admin.state import AdminState
+from lbcdn.aiolistener import REFUSING_MAX, AppListener
 from lbcdn.bucket.server import BucketServer
 from lbcdn.config.schema import Config, DemoBackendConfig
 from lbcdn.demo.backend import start_demo_backend
 from lbcdn.dns.runtime import DnsRuntime, PoolHealth
+from lbcdn.fdlimit import fit_caps, nofile
 
 log = logging.getLogger("lbcdn.control")
 
@@ -33,13 +35,19 @@ class ControlPlane:
         # that follow a pool target answer by their states
         self.pool_health = pool_health
         self.config: Config | None = None
-        self.admin: AdminServer | None = None
+        self.admin: AppListener | None = None
         self.demo_servers: dict[DemoBackendConfig, asyncio.AbstractServer] = {}
         self.buckets: BucketServer | None = None
         self.dns: DnsRuntime | None = None
 
     async def start(self, config: Config) -> None:
         """Start everything, or raise (OSError: a port in use) with nothing left running."""
+        limit = nofile()
+        configured = _configured_caps(config)
+        for name, cap in connection_caps(config, limit).items():
+            if cap < configured[name][0]:
+                log.warning("%s listener: max_connections lowered from %d to %d to fit the "
+                            "file descriptor limit (%d)", name, configured[name][0], cap, limit)
         try:
             await self._sync_demo_backends(config)
             if config.buckets is not None:
@@ -62,7 +70,9 @@ class ControlPlane:
     async def _start_admin(self, config: Config) -> None:
         if config.admin.port:
             app = create_admin_app(self.state, config.admin.token, config.admin)
-            self.admin = await start_admin(app, config.admin.address, config.admin.port)
+            self.admin = await start_admin(app, config.admin.address, config.admin.port,
+                                           config.admin.limits,
+                                           connection_caps(config, nofile())["admin"])
             log.info("admin API on %s:%d", config.admin.address, self.admin.port)
 
     async def _sync_demo_backends(self, config: Config) -> None:
@@ -131,11 +141,34 @@ class ControlPlane:
         return out
 
 
+# Descriptors one connection may hold: its socket; on the bucket listeners also the object
+# file it reads and the socket's duplicate that sendfile writes through.
+_FDS_ADMIN = 1
+_FDS_BUCKETS = 3
+
+
+def _configured_caps(config: Config) -> dict[str, tuple[int, int]]:
+    """Each control listener's max_connections and the descriptors one connection may hold."""
+    wanted = {"admin": (config.admin.limits.max_connections, _FDS_ADMIN)}
+    if config.buckets is not None:
+        wanted["s3"] = (config.buckets.limits.max_connections, _FDS_BUCKETS)
+        if config.buckets.website_port is not None:
+            wanted["website"] = (config.buckets.limits.max_connections, _FDS_BUCKETS)
+    return wanted
+
+
+def connection_caps(config: Config, limit: int) -> dict[str, int]:
+    """The connection cap of each control listener ("admin", "s3", "website"): as configured,
+    or lower when their descriptors (with those of the connections being refused) would not
+    fit under the descriptor limit `limit` with room left for health checks, DNS and files."""
+    return fit_caps(_configured_caps(config), limit, REFUSING_MAX)
+
+
 async def _start_buckets(config: Config) -> BucketServer:
     assert config.buckets is not None
     server = BucketServer(config.buckets)
     try:
-        await server.start()
+        await server.start(connection_caps(config, nofile()))
     except OSError as exc:
         b = config.buckets
         raise OSError(exc.errno, f"bucket origin (buckets.port {b.port}, website_port "

@@ -36,6 +36,7 @@ from lbcdn.config.schema import Config, ListenerConfig
 from lbcdn.edge.listener import Listener
 from lbcdn.tls import ServerTls
 from lbcdn.health.outlier import Ejection
+from lbcdn.fdlimit import raise_nofile
 from lbcdn.logs import AccessLog, setup_logging
 from lbcdn.metrics import OUTLIER_EJECTIONS
 from lbcdn.routing import Router
@@ -350,6 +351,7 @@ def serve(config: Config, log_level: str | None = None,
           config_path: str | os.PathLike[str] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; return the process exit code. With `config_path`,
     SIGHUP and POST /api/reload re-read that file. Logging is set up already (lbcdn.cli)."""
+    raise_nofile()  # before any socket
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep running without it

@@ -75,6 +75,32 @@ def format_time(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{msec:03d}Z"
 
 
+class LogLimiter:
+    """At most one daemon-log line per `interval_s` for each key (say, a listener and a kind of
+    client error): a flood of bad requests costs a line every few seconds, not a line each, and
+    the line let through says how many were left out before it. Keys are a small fixed set."""
+    __slots__ = ("interval_s", "_next", "_held")
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, key: str, now: float) -> int | None:
+        """None: stay quiet (the event is counted); else log now, saying that this many were
+        held back since the last line."""
+        if now < self._next.get(key, 0.0):
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._next[key] = now + self.interval_s
+        return self._held.pop(key, 0)
+
+
+def held_note(held: int) -> str:
+    """The suffix of a line that LogLimiter let through after holding others back."""
+    return f" ({held} more since the last line)" if held else ""
+
+
 class _Control:
     def __init__(self, name: str) -> None:
         self.name = name

@@ -49,6 +49,7 @@ from lbcdn.config.schema import Config, ListenerConfig
 from lbcdn.control import ControlPlane, config_dir
 from lbcdn.upstream.targets import TargetsControl
 from lbcdn.dns.engine import Engine
+from lbcdn.fdlimit import raise_nofile
 from lbcdn.logs import setup_logging
 from lbcdn.tasks import spawn
 
@@ -439,6 +440,7 @@ def serve_workers(config_path: str, workers: int, log_level: str | None) -> int:
     """Run the control process (until SIGTERM/SIGINT) with `workers` data-plane workers,
     from the configuration file `config_path` (validated already). Logging is set up already
     (lbcdn.cli)."""
+    raise_nofile()  # before any socket; the workers inherit it
     import uvloop
     return uvloop.run(_control_main(config_path, workers, log_level))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lbcdn.config.schema import AccessLogConfig
-from lbcdn.logs import AccessLog, format_time, setup_logging
+from lbcdn.logs import AccessLog, LogLimiter, format_time, held_note, setup_logging
 from lbcdn.metrics import REGISTRY
 
 
@@ -180,3 +180,13 @@ def test_setup_logging_one_line_per_record(monkeypatch: pytest.MonkeyPatch) -> N
     assert stamp.endswith("Z") and "T" in stamp and len(stamp) == 24
     assert (level, name, message) == ("INFO", "lbcdn.test", "hello world")
     assert "RuntimeError: boom" in lines[1] and "\\n" in lines[1]
+
+
+def test_log_limiter_lets_one_line_through_per_interval_and_counts_the_rest() -> None:
+    limiter = LogLimiter(interval_s=10.0)
+    assert limiter.allow("admin client", 100.0) == 0
+    assert [limiter.allow("admin client", t) for t in (100.5, 105.0, 109.9)] == [None] * 3
+    assert limiter.allow("s3 client", 101.0) == 0          # keys are independent
+    assert limiter.allow("admin client", 110.0) == 3        # says how many were held back
+    assert limiter.allow("admin client", 121.0) == 0
+    assert held_note(3) == " (3 more since the last line)" and held_note(0) == ""

@@ -25,9 +25,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from lbcdn.admin import cache, dns, status, targets
+from lbcdn.aiolistener import AppListener, serve_app
 from lbcdn.admin.peers import fanout_middleware
 from lbcdn.admin.state import AdminState
 from lbcdn.config.schema import AdminConfig
+from lbcdn.config.limits import HttpLimitsConfig
 from lbcdn.config.load import ConfigError
 from lbcdn.metrics import render_metrics
 
@@ -163,29 +165,14 @@ def create_admin_app(state: AdminState, token: str | None,
     return app
 
 
-class AdminServer:
-    """A started admin listener."""
-
-    def __init__(self, runner: web.AppRunner, port: int) -> None:
-        self._runner = runner
-        self.port = port
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
-
-
-async def start_admin(app: web.Application, address: str, port: int) -> AdminServer:
-    """Listen on address:port (0 picks a free port; `.port` tells which)."""
-    # access_log=None: scrapes and probes every few seconds would drown the daemon log.
+async def start_admin(app: web.Application, address: str, port: int,
+                      limits: HttpLimitsConfig | None = None,
+                      max_connections: int | None = None) -> AppListener:
+    """Listen on address:port (0 picks a free port; `.port` tells which), with `limits`
+    (default: admin.limits' defaults) and a connection cap (default: theirs)."""
+    limits = limits or HttpLimitsConfig()
     # shutdown_timeout: admin requests are short; a stuck client must not hold shutdown for
-    # aiohttp's default 60 s.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-    await runner.setup()
-    site = web.TCPSite(runner, address, port)
-    try:
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound = runner.addresses[0]
-    return AdminServer(runner, int(bound[1]))
+    # aiohttp's default 60 s. Errors the listener answers itself are JSON, as the API's.
+    return await serve_app(app, "admin", address, port, limits,
+                           max_connections or limits.max_connections,
+                           shutdown_timeout_s=2.0, json_errors=True)

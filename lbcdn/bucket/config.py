@@ -15,6 +15,7 @@ from typing import Any
 
 from lbcdn.config.reflect import VALIDATORS, Loader, join
 from lbcdn.config.fields import REQUIRED, doc
+from lbcdn.config.limits import HttpLimitsConfig
 
 # S3 bucket naming rules (the current ones): 3-63 chars of a-z 0-9 . -, starting and ending
 # with a letter or digit, no "..", not an IP address.
@@ -100,6 +101,9 @@ class BucketsConfig:
     clock_skew_s: float = doc("Largest accepted difference between a request's signing time "
                               "and ours (S3: 15 minutes).", 900.0, lo=1)
     drain_timeout_s: float = doc("On stop, how long in-flight requests may run.", 10.0, lo=0)
+    limits: HttpLimitsConfig = doc("Limits on the clients of the S3 API and website listeners "
+                                   "(each listener has its own `max_connections`).",
+                                   default_factory=HttpLimitsConfig)
 
 
 def _check_users(loader: Loader, values: Mapping[str, Any], path: str) -> None:

@@ -458,7 +458,8 @@ class S3Api:
         except BaseException:
             os.close(fd)
             raise
-        return await send_file(req.request, fd, info, 206 if rng else 200, headers, rng, head)
+        return await send_file(req.request, fd, info, 206 if rng else 200, headers, rng, head,
+                               self.rt.config.limits.idle_timeout_s)
 
     async def delete_object(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write", req.key)

@@ -5,7 +5,7 @@ fallback reads the file through Python. Here the socket's descriptor is duplicat
 transport keeps owning the original; the event loop may watch the duplicate) and os.sendfile
 runs on it without blocking; when the socket buffer is full we wait for it to become writable.
 Rules: the caller has flushed the response head and writes nothing else meanwhile; a client
-that goes away raises ConnectionError.
+that goes away, or reads nothing for `stall_timeout_s`, raises ConnectionError.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 _MAX_CHUNK = 1 << 30
 
 
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int, timeout_s: float | None) -> None:
     fut: asyncio.Future[None] = loop.create_future()
 
     def ready() -> None:
@@ -26,7 +26,9 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
 
     loop.add_writer(fd, ready)
     try:
-        await fut
+        await asyncio.wait_for(fut, timeout_s)
+    except asyncio.TimeoutError:
+        raise ConnectionResetError("client stopped reading") from None
     finally:
         loop.remove_writer(fd)
 
@@ -39,9 +41,11 @@ async def drain_transport(transport: Any) -> None:
         await asyncio.sleep(0.001)
 
 
-async def sendfile(transport: Any, file_fd: int, offset: int, count: int) -> int:
+async def sendfile(transport: Any, file_fd: int, offset: int, count: int,
+                   stall_timeout_s: float | None = None) -> int:
     """Send `count` bytes of `file_fd` from `offset` on the transport's socket; returns the
-    number sent (less only when the file shrank)."""
+    number sent (less only when the file shrank). A client that takes nothing for
+    `stall_timeout_s` (None: no limit) is given up (ConnectionResetError)."""
     sock = transport.get_extra_info("socket")
     if sock is None:
         raise ConnectionResetError("no socket")
@@ -56,7 +60,7 @@ async def sendfile(transport: Any, file_fd: int, offset: int, count: int) -> int
             try:
                 n = os.sendfile(fd, file_fd, offset + sent, min(count - sent, _MAX_CHUNK))
             except BlockingIOError:
-                await _writable(loop, fd)
+                await _writable(loop, fd, stall_timeout_s)
                 continue
             except (BrokenPipeError, ConnectionResetError):
                 raise

@@ -63,8 +63,9 @@ Changed = _Changed
 
 async def send_file(request: web.Request, fd: int, info: ObjectInfo, status: int,
                     headers: dict[str, str], rng: ByteRange | None,
-                    head_only: bool) -> web.StreamResponse:
-    """Send the head and (unless HEAD) the selected bytes of `fd`; closes `fd`."""
+                    head_only: bool, stall_timeout_s: float) -> web.StreamResponse:
+    """Send the head and (unless HEAD) the selected bytes of `fd`; closes `fd`. A client
+    that reads nothing for `stall_timeout_s` is cut off (its idle timeout)."""
     try:
         offset, length = (rng.start, rng.length) if rng else (0, info.size)
         resp = web.StreamResponse(status=status, headers=headers)
@@ -81,7 +82,7 @@ async def send_file(request: web.Request, fd: int, info: ObjectInfo, status: int
             transport = request.transport
             if transport is None:
                 raise ConnectionResetError("client went away")
-            await sendfile(transport, fd, offset, length)
+            await sendfile(transport, fd, offset, length, stall_timeout_s)
         await resp.write_eof()
         return resp
     finally:

@@ -8,17 +8,18 @@ free ones).
 
 Rules: start() either binds everything or, on failure, closes what it bound and re-raises;
 stop() stops accepting, lets in-flight requests run up to `drain_timeout_s`, then closes.
+Both listeners have the edge's limits (`buckets.limits`, lbcdn.aiolistener).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from lbcdn.aiolistener import AppListener, serve_app
 from lbcdn.bucket.config import BucketsConfig
 from lbcdn.bucket.runtime import BucketRuntime
 from lbcdn.bucket.s3api import S3Api
@@ -27,20 +28,13 @@ from lbcdn.bucket.website import Website
 log = logging.getLogger("lbcdn.bucket.server")
 
 
-def _bound_port(runner: web.AppRunner) -> int:
-    for addr in runner.addresses:
-        if isinstance(addr, tuple):
-            return int(addr[1])
-    raise RuntimeError("no bound address")
-
-
 class BucketServer:
     def __init__(self, config: BucketsConfig, runtime: BucketRuntime | None = None) -> None:
         self.config = config
         self.runtime = runtime or BucketRuntime.build(config)
         self.api = S3Api(self.runtime)
         self.website = Website(self.runtime)
-        self._runners: list[web.AppRunner] = []
+        self._listeners: list[AppListener] = []
         self.port: int | None = None
         self.website_port: int | None = None
 
@@ -61,44 +55,39 @@ class BucketServer:
 
     def _app(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
              ) -> web.Application:
-        app = web.Application(client_max_size=1 << 20, handler_args={"max_field_size": 16384})
+        app = web.Application(client_max_size=1 << 20)
         app.router.add_route("*", "/{tail:.*}", handler)
         return app
 
-    async def _serve(self, app: web.Application, address: str, port: int) -> int:
-        runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                               shutdown_timeout=self.config.drain_timeout_s)
-        await runner.setup()
-        self._runners.append(runner)
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((address, port))
-            sock.listen(1024)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        site = web.SockSite(runner, sock)
-        await site.start()
-        return _bound_port(runner)
+    async def _serve(self, name: str, app: web.Application, address: str, port: int,
+                     max_connections: int) -> int:
+        listener = await serve_app(app, name, address, port, self.config.limits,
+                                   max_connections,
+                                   shutdown_timeout_s=self.config.drain_timeout_s)
+        self._listeners.append(listener)
+        return listener.port
 
-    async def start(self) -> None:
+    async def start(self, caps: Mapping[str, int] | None = None) -> None:
+        """`caps`: the connection cap of the "s3" and "website" listeners, when not
+        `limits.max_connections` (fitted to the descriptor limit by the caller)."""
+        caps = caps or {}
+        cfg = self.config
+        default = cfg.limits.max_connections
         try:
             await asyncio.to_thread(self.runtime.prepare)
-            cfg = self.config
-            self.port = await self._serve(self._app(self._s3_handler), cfg.address, cfg.port)
+            self.port = await self._serve("S3 API", self._app(self._s3_handler), cfg.address,
+                                          cfg.port, caps.get("s3", default))
             log.info("S3 API on %s:%d (root %s)", cfg.address, self.port, cfg.root)
             if cfg.website_port is not None:
-                self.website_port = await self._serve(self._app(self.website.handle),
-                                                      cfg.website_address, cfg.website_port)
+                self.website_port = await self._serve(
+                    "website", self._app(self.website.handle), cfg.website_address,
+                    cfg.website_port, caps.get("website", default))
                 log.info("bucket websites on %s:%d", cfg.website_address, self.website_port)
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self) -> None:
-        runners, self._runners = self._runners, []
-        for runner in reversed(runners):
-            await runner.cleanup()
+        listeners, self._listeners = self._listeners, []
+        for listener in reversed(listeners):
+            await listener.stop()

@@ -204,4 +204,4 @@ class Website:
             os.close(fd)
             raise
         return await send_file(request, fd, info, 206 if rng else status, headers, rng,
-                               request.method == "HEAD")
+                               request.method == "HEAD", self.rt.config.limits.idle_timeout_s)

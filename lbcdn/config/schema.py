@@ -18,6 +18,7 @@ from typing import Any, Literal
 from lbcdn.bucket.config import BucketsConfig
 from lbcdn.cache.config import CacheConfig
 from lbcdn.config.fields import REQUIRED, doc  # re-exported for the component configs
+from lbcdn.config.limits import HttpLimitsConfig, limit_field
 from lbcdn.dns.config import DnsConfig
 from lbcdn.config.reflect import VALIDATORS
 from lbcdn.health.config import PoolPolicyConfig, check_pool_targets
@@ -50,21 +51,13 @@ class ListenerConfig:
     name: str = doc("Listener name, used in logs and metrics.", REQUIRED)
     port: int = doc("TCP port to listen on.", REQUIRED, lo=1, hi=65535)
     address: str = doc("Address to bind.", "0.0.0.0")
-    header_timeout_s: float = doc(
-        "Time allowed to receive a whole request head; then 408.", 10.0, lo=0.001)
-    idle_timeout_s: float = doc(
-        "Idle keep-alive time between requests before the connection is closed (ELB: 60 s).",
-        60.0, lo=0.001)
-    body_timeout_s: float = doc(
-        "Longest pause while reading a request body; then 408.", 60.0, lo=0.001)
-    max_request_line_bytes: int = doc("Longest request line; longer gets 414.", 8192,
-                                      lo=64, hi=1 << 20)
-    max_header_bytes: int = doc("Longest single header line; longer gets 431.", 8192,
-                                lo=64, hi=1 << 20)
-    max_headers_total_bytes: int = doc("Largest request head in all; larger gets 431.", 32768,
-                                       lo=256, hi=1 << 22)
-    max_header_count: int = doc("Most header fields in one request; more gets 431.", 100,
-                                lo=1, hi=10000)
+    header_timeout_s: float = limit_field("header_timeout_s")
+    idle_timeout_s: float = limit_field("idle_timeout_s")
+    body_timeout_s: float = limit_field("body_timeout_s")
+    max_request_line_bytes: int = limit_field("max_request_line_bytes")
+    max_header_bytes: int = limit_field("max_header_bytes")
+    max_headers_total_bytes: int = limit_field("max_headers_total_bytes")
+    max_header_count: int = limit_field("max_header_count")
     x_forwarded_for: XffMode = doc(
         "X-Forwarded-For handling: append the client address, preserve as received, "
         "or remove.", "append")
@@ -198,6 +191,8 @@ class AdminConfig:
         "Directory where changes made through the admin API (targets registered, "
         "deregistered, weights, maintenance) are kept, so they survive a restart; the config "
         "file stays the base. Unset: such changes last until the daemon stops.", None)
+    limits: HttpLimitsConfig = doc("Limits on the admin listener's clients.",
+                                   default_factory=HttpLimitsConfig)
 
 
 @dataclass(frozen=True)

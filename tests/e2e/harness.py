@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -102,9 +103,10 @@ class DaemonProcess:
 
     def __init__(self, config: dict[str, Any], tmp: Path, extra_args: list[str] | None = None,
                  env: dict[str, str] | None = None, prefix: list[str] | None = None,
-                 own_workers: bool = False) -> None:
+                 own_workers: bool = False, nofile: int | None = None) -> None:
         """`prefix`: a command to run it under (`taskset -c 0`); `own_workers`: no
-        `--workers`, the daemon picks its count itself."""
+        `--workers`, the daemon picks its count itself; `nofile`: the daemon's file descriptor
+        limit (soft and hard), when not ours."""
         self.config = config
         self.path = tmp / "lbcdn.yaml"
         self.path.write_text(yaml.safe_dump(config))
@@ -118,7 +120,9 @@ class DaemonProcess:
              *([] if own_workers or "--workers" in (extra_args or []) else ["--workers", "1"]),
              *(extra_args or [])],
             stdout=self._stdout, stderr=self._stderr, start_new_session=True,
-            env={**os.environ, **(env or {})})
+            env={**os.environ, **(env or {})},
+            preexec_fn=None if nofile is None else lambda: resource.setrlimit(
+                resource.RLIMIT_NOFILE, (nofile, nofile)))
         try:
             wait_for_port(listener_port(config), proc=self.proc)
         except BaseException:

@@ -1,0 +1,94 @@
+"""HeadGuard: the edge's request-head limits for a connection that another parser serves.
+
+The control process's listeners are aiohttp servers (lbcdn.aiolistener). aiohttp bounds single
+lines and the header count, but not a head in all, nor how long it may take to arrive. The guard
+sees every byte of the connection before aiohttp does, follows the message boundaries with its
+own llhttp parser (httptools, as the edge), and says what the edge would: 414 for a long
+request line, 431 for a long header line, too many headers or too large a head, 400 for bytes
+that are no HTTP/1.1, and which timeout applies now (head, body, or none between requests).
+
+No I/O and no clock: the caller feeds bytes, asks `phase`, and arms its own timers.
+An Upgrade (or CONNECT) request is served by aiohttp as a declined upgrade; the guard starts
+over after its head, so a body sent with one is read as the next head (and most likely 400).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import httptools
+
+from lbcdn.config.limits import HttpLimitsConfig
+from lbcdn.http.errors import HttpError
+
+IDLE: Final = 0   # between requests (or before the first byte)
+HEAD: Final = 1   # a request head is arriving
+BODY: Final = 2   # a request body is arriving
+
+
+class HeadGuard:
+    def __init__(self, limits: HttpLimitsConfig) -> None:
+        self.limits = limits
+        self.phase = IDLE
+        self.heads = 0          # complete request heads seen
+        self._parser = self._new_parser()
+        self._head_bytes = 0
+        self._url_len = 0
+        self._headers_len = 0
+        self._header_count = 0
+        self._error: HttpError | None = None
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        parser.set_dangerous_leniencies(lenient_version=True)  # as the edge: versions are ours
+        return parser
+
+    def feed(self, data: bytes) -> HttpError | None:
+        """Take the next bytes read; the error to answer (then close), or None."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._parser = self._new_parser()
+            self.phase = IDLE
+            return self.feed(data[exc.args[0]:]) if exc.args[0] < len(data) else None
+        except httptools.HttpParserError as exc:
+            return self._error or HttpError(
+                400, f"malformed request ({str(exc).strip() or 'bad syntax'})")
+        if self.phase == HEAD:
+            # a line still arriving is not seen by the callbacks: count its bytes here
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_headers_total_bytes + \
+                    self.limits.max_request_line_bytes:
+                return HttpError(431, "request head too large")
+        return None
+
+    # -- httptools callbacks --------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.phase = HEAD
+        self._head_bytes = self._url_len = self._headers_len = self._header_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url_len += len(url)
+        if self._url_len > self.limits.max_request_line_bytes:
+            self._error = HttpError(414, "request line too long")
+            raise self._error
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value) + 4
+        self._headers_len += size
+        self._header_count += 1
+        if size > self.limits.max_header_bytes:
+            self._error = HttpError(431, "a request header is too large")
+        elif self._headers_len > self.limits.max_headers_total_bytes:
+            self._error = HttpError(431, "request headers too large")
+        elif self._header_count > self.limits.max_header_count:
+            self._error = HttpError(431, "too many request headers")
+        if self._error is not None:
+            raise self._error
+
+    def on_headers_complete(self) -> None:
+        self.heads += 1
+        self.phase = BODY
+
+    def on_message_complete(self) -> None:
+        self.phase = IDLE
