@@ -7,6 +7,16 @@ capped at max_ejection_s. The count falls by one for every base_ejection_s the t
 stays clean, so a target that failed once long ago is not punished forever (Envoy's scheme).
 At most max_ejection_percent of the pool is ejected at once, but at least one target may be
 ejected, and never the last one that is not ejected: the balancer then has someone to send to.
+
+A failed connect is different: nothing reached the target, and it says the target cannot take
+requests now (refused, unreachable, timed out, TLS failed), not that it is statistically worse.
+So, unless `connect_failure_ejection_s` is 0, the first one ejects the target at once, even with
+outlier detection off and without the share cap, for connect_failure_ejection_s x 2^(ejections
+- 1) up to max_ejection_s (the same ejection count and decay); failed connects while it is out
+(requests that were already connecting) do not lengthen it. When it ends, real traffic tries
+the target again; the caller retries a failed connect on another target, so the try costs the
+client nothing but the connect. The routing still falls back to ejected targets when every
+serving one is out (lbcdn.health.state.routable).
 """
 
 from __future__ import annotations
@@ -23,14 +33,15 @@ from lbcdn.health.config import OutlierConfig
 class Result(enum.StrEnum):
     SUCCESS = "success"
     HTTP_5XX = "5xx"
-    CONNECT_FAILURE = "connect_failure"
+    CONNECT_FAILURE = "connect_failure"  # the connect failed: the request was not sent
+    RESET = "reset"  # the connection broke before a response head (counted as connect failures)
 
 
 @dataclass(frozen=True)
 class Ejection:
     until: float
     count: int       # how many times this target has been ejected (the multiplier)
-    cause: Result
+    cause: Result    # HTTP_5XX or CONNECT_FAILURE (consecutive resets eject as the latter)
 
 
 class _Track:
@@ -89,7 +100,11 @@ class OutlierDetector(Generic[K]):
         """One request's outcome on `key`; an Ejection when this one ejects the target."""
         cfg = self.config
         t = self._tracks.get(key)
-        if t is None or not cfg.enabled:
+        if t is None:
+            return None
+        if result is Result.CONNECT_FAILURE and cfg.connect_failure_ejection_s > 0:
+            return self._connect_failed(t, now)
+        if not cfg.enabled:
             return None
         self._expire(t, now)
         if result is Result.SUCCESS:
@@ -109,4 +124,17 @@ class OutlierDetector(Generic[K]):
         t.count += 1
         t.c5xx = t.cconn = 0
         t.until = now + min(cfg.base_ejection_s * t.count, cfg.max_ejection_s)
-        return Ejection(t.until, t.count, result)
+        return Ejection(t.until, t.count, Result.HTTP_5XX if result is Result.HTTP_5XX
+                        else Result.CONNECT_FAILURE)
+
+    def _connect_failed(self, t: _Track, now: float) -> Ejection | None:
+        self._expire(t, now)
+        if t.until is not None:
+            return None  # already out: attempts that were connecting when it failed
+        cfg = self.config
+        t.count += 1
+        t.c5xx = t.cconn = 0
+        # the exponent is capped only so that a target failing for weeks cannot overflow
+        backoff = cfg.connect_failure_ejection_s * 2.0 ** min(t.count - 1, 40)
+        t.until = now + min(backoff, cfg.max_ejection_s)
+        return Ejection(t.until, t.count, Result.CONNECT_FAILURE)

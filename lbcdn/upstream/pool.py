@@ -156,6 +156,8 @@ class Pool:
         self.hash_key = (HashKey.parse(balance.hash_key)
                          if balance.algorithm == "consistent_hash" else None)
         self.outlier: OutlierDetector[str] = OutlierDetector(config.outlier)
+        # every outcome feeds outlier detection when it is on; failed connects always do
+        # (they eject at once unless outlier.connect_failure_ejection_s is 0)
         self.outlier_enabled = config.outlier.enabled
         for t in self.targets:
             self.outlier.add(t.key)
@@ -189,7 +191,7 @@ class Pool:
     def replan(self) -> None:
         """Rebuild the policy from the targets' states, ejections and slow start."""
         now = self._now()
-        ejected = set(self.outlier.ejected(now)) if self.config.outlier.enabled else set()
+        ejected = set(self.outlier.ejected(now))
         balance = self.config.balance
         p = plan(self.targets, health_of=lambda t: t.health, now=now,
                  fail_open=self.config.fail_open, slow_start_s=self.config.slow_start_s,
@@ -342,7 +344,7 @@ class Pool:
             target.latency_sum += upstream_time
             target.latency_n += 1
         target.metrics.observe(upstream_time)
-        if self.outlier_enabled:
+        if self.outlier_enabled or failure is Result.CONNECT_FAILURE:
             result = failure or (Result.HTTP_5XX if status >= 500 else
                                  Result.SUCCESS if status else None)
             if result is not None:
