@@ -219,6 +219,17 @@ async def test_connect_failure_is_retried_on_another_target() -> None:
                 assert resp.status == 200 and resp.body == b"a"
 
 
+async def test_failed_connects_are_retried_on_each_target_once_then_502() -> None:
+    """Free retries of failed connects end with the pool's targets: every target refusing is
+    one 502 after one connect to each, not a loop."""
+    cfg = pool_config(health={"enabled": False})
+    cfg["pools"]["app"]["targets"] = [f"{HOST}:{free_port()}" for _ in range(3)]
+    async with running_daemon(cfg) as daemon:
+        resp = await get(listener_port(cfg), "/", method="POST", body=b"x")
+        assert resp.status == 502
+        assert [t.errors for t in daemon.pools["app"].targets] == [1, 1, 1]
+
+
 async def test_reset_retries_idempotent_but_never_duplicates_a_post() -> None:
     async with pool_backends("a", "b") as (a, b):
         cfg = pool_config(a, b, health={"enabled": False})

@@ -118,6 +118,37 @@ def test_connect_failures_count_separately() -> None:
     assert t not in pool.routable
 
 
+def test_a_failed_connect_ejects_at_once_with_outlier_detection_off() -> None:
+    pool = Pool(pool_config(health={"enabled": False}))
+    ejected: list[str] = []
+    pool.on_ejected = lambda key, e: ejected.append(key)
+    ok, dead = pool.targets[0], pool.targets[1]
+    pool.started(ok)
+    pool.finished(ok, 200, 0.01)
+    pool.started(dead)
+    pool.finished(dead, 0, None, Result.CONNECT_FAILURE)
+    assert ejected == [dead.key] and dead not in pool.routable and len(pool.routable) == 2
+    # resets and 5xx eject only with outlier detection on
+    for result in (Result.RESET, Result.RESET, Result.RESET, Result.RESET, Result.RESET):
+        pool.started(ok)
+        pool.finished(ok, 0, None, result)
+    assert ejected == [dead.key]
+    # every target refusing: the balancer still has them all (the failure is the answer)
+    for t in pool.targets:
+        pool.started(t)
+        pool.finished(t, 0, None, Result.CONNECT_FAILURE)
+    assert len(pool.routable) == 3
+
+
+def test_failed_connects_eject_only_when_configured() -> None:
+    pool = Pool(pool_config(health={"enabled": False},
+                            outlier={"connect_failure_ejection_s": 0}))
+    t = pool.targets[0]
+    pool.started(t)
+    pool.finished(t, 0, None, Result.CONNECT_FAILURE)
+    assert t in pool.routable
+
+
 def test_draining_target_reports_drained_when_idle() -> None:
     pool = Pool(pool_config())
     drained: list[str] = []
