@@ -134,3 +134,34 @@ async def test_kill_9_of_a_target_under_load(tmp_path: Path, workers: str,
         # connection has one request outstanding
         assert result.errors <= connections, result
         assert set(result.statuses) <= {200, 502} and not result.failures, result
+
+
+@WORKERS
+async def test_sigstop_of_a_target_under_load(tmp_path: Path, workers: str) -> None:
+    """A backend stopped with SIGSTOP: its kernel still completes connects, nobody answers.
+    Requests already sent to it cannot be retried (it may act on them when it continues): they
+    wait `response_timeout_s` and get 504. New ones stop going there once the health checks
+    mark it unhealthy (`unhealthy_threshold` x `interval_s` + `timeout_s`). Here both are
+    short (2 s, checks every 1 s); README's Operations section gives the numbers with the
+    defaults. The bound: no client waits longer than the response timeout, no error but 504,
+    and each client connection meets the stalled target at most a few times."""
+    with backends(3) as procs:
+        timeout_s = 2.0
+        cfg = config([b.port for b in procs], response_timeout_s=timeout_s,
+                     health={"enabled": True, "interval_s": 1, "timeout_s": 0.5, "jitter": 0})
+        async with daemon(cfg, tmp_path, workers):
+            await all_healthy(cfg, 3)
+            port = listener_port(cfg)
+            connections = 8
+            load = asyncio.create_task(run_load(port, duration_s=6.0, connections=connections,
+                                                timeout_s=10))
+            await asyncio.sleep(1.0)
+            os.killpg(procs[1].proc.pid, signal.SIGSTOP)
+            result = await load
+            rows = await targets(cfg)
+    print(result)
+    assert rows[f"{HOST}:{procs[1].port}"]["state"] == "unhealthy"
+    assert set(result.statuses) <= {200, 504} and not result.failures, result
+    assert max(result.latencies) < timeout_s + 1.5, result
+    assert 0 < result.errors <= 3 * connections, result
+    assert result.statuses[200] > 500, result  # the others kept serving
