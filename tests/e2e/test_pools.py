@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,30 @@ async def test_failed_connects_are_retried_on_each_target_once_then_502() -> Non
         resp = await get(listener_port(cfg), "/", method="POST", body=b"x")
         assert resp.status == 502
         assert [t.errors for t in daemon.pools["app"].targets] == [1, 1, 1]
+
+
+@contextlib.contextmanager
+def full_backlog() -> Iterator[int]:
+    """A port whose listener never accepts and whose accept queue is full: the kernel drops
+    new SYNs, so a connect times out (a stalled backend under load)."""
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind((HOST, 0))
+        listener.listen(0)  # room for one queued connection
+        filler.connect(listener.getsockname())
+        yield int(listener.getsockname()[1])
+
+
+async def test_a_connect_timeout_is_retried_and_ejects_the_target() -> None:
+    async with pool_backends("a") as (a,):
+        with full_backlog() as stalled:
+            cfg = pool_config(a, health={"enabled": False}, connect_timeout_s=0.3)
+            cfg["pools"]["app"]["targets"].append(f"{HOST}:{stalled}")
+            async with running_daemon(cfg) as daemon:
+                for _ in range(6):
+                    resp = await get(listener_port(cfg), "/", method="POST", body=b"x")
+                    assert (resp.status, resp.body) == (200, b"a")
+                # one connect timed out; the target was out for the rest
+                assert daemon.pools["app"].by_key[f"{HOST}:{stalled}"].errors == 1
 
 
 async def test_reset_retries_idempotent_but_never_duplicates_a_post() -> None:
