@@ -111,13 +111,13 @@ class Target:
             self._mark = (now, self.requests, self.errors, self.latency_sum, self.latency_n)
         return current if self.recent is None else self.recent
 
-    def describe(self) -> dict[str, object]:
+    def describe(self, ejected: bool = False) -> dict[str, object]:
         h = self.health
         stats = self.stats()
         return {"target": self.key, "host": self.host, "port": self.port,
                 "weight": self.weight, "state": str(h.state),
                 "reason": None if h.reason is None else str(h.reason),
-                "classic": h.classic, "in_flight": self.in_flight,
+                "classic": h.classic, "ejected": ejected, "in_flight": self.in_flight,
                 "open_connections": self.open, "idle_connections": len(self.idle),
                 "requests": self.requests, "errors": self.errors,
                 "error_rate": stats["error_rate"], "latency_s": stats["latency_s"],
@@ -525,12 +525,13 @@ class Pool:
 
     def details(self) -> dict[str, Any]:
         """Everything the targets API and the status page show from the data plane."""
+        now = self._now()
         return {
             "name": self.name,
             "algorithm": self.config.balance.algorithm,
             "failed_open": self.failed_open,
             "queued": len(self.queue),
-            "targets": [t.describe() for t in self.targets],
+            "targets": [t.describe(self.outlier.is_ejected(t.key, now)) for t in self.targets],
         }
 
 

@@ -418,7 +418,7 @@ async def test_metrics_show_health_retries_and_targets() -> None:
 # What README's admin API section documents for /api/runtime's pools and targets.
 RUNTIME_POOL_KEYS = {"name", "algorithm", "failed_open", "queued", "targets"}
 RUNTIME_TARGET_KEYS = {"target", "host", "port", "weight", "state", "reason", "classic",
-                       "in_flight", "open_connections", "idle_connections", "requests",
+                       "ejected", "in_flight", "open_connections", "idle_connections", "requests",
                        "errors", "error_rate", "latency_s", "requests_per_s"}
 
 
@@ -435,7 +435,8 @@ def check_runtime_pools(pools: list[dict[str, Any]], a: PoolBackend, b: PoolBack
         assert set(row) == RUNTIME_TARGET_KEYS
     ra, rb = rows[key(a)], rows[key(b)]
     assert (ra["host"], ra["port"], ra["weight"]) == (HOST, a.port, 1)
-    assert (ra["state"], ra["reason"], ra["classic"]) == ("healthy", None, "InService")
+    assert (ra["state"], ra["reason"], ra["classic"], ra["ejected"]) == \
+        ("healthy", None, "InService", False)
     assert (ra["requests"], ra["errors"], ra["error_rate"], ra["in_flight"]) == \
         (requests, 0, 0.0, 0)
     assert ra["latency_s"] is not None and 0 < ra["latency_s"] < 1

@@ -128,6 +128,8 @@ def test_a_failed_connect_ejects_at_once_with_outlier_detection_off() -> None:
     pool.started(dead)
     pool.finished(dead, 0, None, Result.CONNECT_FAILURE)
     assert ejected == [dead.key] and dead not in pool.routable and len(pool.routable) == 2
+    rows = {row["target"]: row["ejected"] for row in pool.details()["targets"]}
+    assert rows == {ok.key: False, dead.key: True, pool.targets[2].key: False}
     # resets and 5xx eject only with outlier detection on
     for result in (Result.RESET, Result.RESET, Result.RESET, Result.RESET, Result.RESET):
         pool.started(ok)
