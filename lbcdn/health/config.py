@@ -88,6 +88,12 @@ class OutlierConfig:
         "`enabled` is false and regardless of max_ejection_percent, for this long x 2^(times "
         "ejected - 1), at most max_ejection_s; then real traffic tries it again. 0 turns this "
         "off.", 1.0, lo=0, hi=3600)
+    stalled_after_s: float = doc(
+        "A target that has kept a request waiting this long for its response head, and has "
+        "answered nobody for as long while another target answered since that request was "
+        "sent, is ejected as by outlier "
+        "detection (also when `enabled` is false): new requests go elsewhere; those it holds "
+        "wait for response_timeout_s. 0 turns this off.", 10.0, lo=0, hi=3600)
     base_ejection_s: float = doc(
         "An ejection lasts this long times the number of times the target has been ejected "
         "(the count falls by one for every base_ejection_s it stays clean).", 30.0,

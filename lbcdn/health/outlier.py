@@ -17,6 +17,15 @@ outlier detection off and without the share cap, for connect_failure_ejection_s 
 the target again; the caller retries a failed connect on another target, so the try costs the
 client nothing but the connect. The routing still falls back to ejected targets when every
 serving one is out (lbcdn.health.state.routable).
+
+A stalled target (stopped, deadlocked: its kernel still accepts, nobody answers) holds what it
+was sent until the response timeout, and round robin keeps sending it every n-th request until
+the health checks notice. `stalled()` says when to stop that sooner: a request has waited
+`stalled_after_s` for its response head, the target has answered nobody for as long, and another
+target has answered since that request was sent (so a pool whose requests are all slow is left
+alone; all clients may be waiting on the stalled target by then, so "recently" would not do). Such a target
+is ejected as by outlier detection (base_ejection_s x count, within the share cap), even when
+`enabled` is false. The requests it holds are not retried: it may still act on them.
 """
 
 from __future__ import annotations
@@ -35,13 +44,14 @@ class Result(enum.StrEnum):
     HTTP_5XX = "5xx"
     CONNECT_FAILURE = "connect_failure"  # the connect failed: the request was not sent
     RESET = "reset"  # the connection broke before a response head (counted as connect failures)
+    STALLED = "stalled"  # see `stalled()`
 
 
 @dataclass(frozen=True)
 class Ejection:
     until: float
     count: int       # how many times this target has been ejected (the multiplier)
-    cause: Result    # HTTP_5XX or CONNECT_FAILURE (consecutive resets eject as the latter)
+    cause: Result    # HTTP_5XX, CONNECT_FAILURE (consecutive resets eject as it) or STALLED
 
 
 class _Track:
@@ -104,9 +114,11 @@ class OutlierDetector(Generic[K]):
             return None
         if result is Result.CONNECT_FAILURE and cfg.connect_failure_ejection_s > 0:
             return self._connect_failed(t, now)
+        self._expire(t, now)
+        if result is Result.STALLED:
+            return self._eject(t, now, result)
         if not cfg.enabled:
             return None
-        self._expire(t, now)
         if result is Result.SUCCESS:
             t.c5xx = t.cconn = 0
             return None
@@ -117,15 +129,21 @@ class OutlierDetector(Generic[K]):
             t.cconn += 1
             tripped = (cfg.consecutive_connect_failures > 0
                        and t.cconn >= cfg.consecutive_connect_failures)
-        if not tripped or t.until is not None:
+        if not tripped:
+            return None
+        return self._eject(t, now, Result.HTTP_5XX if result is Result.HTTP_5XX
+                           else Result.CONNECT_FAILURE)
+
+    def _eject(self, t: _Track, now: float, cause: Result) -> Ejection | None:
+        if t.until is not None:
             return None
         if len(self.ejected(now)) >= self.max_ejected():
             return None  # the cap: keep counting, eject when room frees up
+        cfg = self.config
         t.count += 1
         t.c5xx = t.cconn = 0
         t.until = now + min(cfg.base_ejection_s * t.count, cfg.max_ejection_s)
-        return Ejection(t.until, t.count, Result.HTTP_5XX if result is Result.HTTP_5XX
-                        else Result.CONNECT_FAILURE)
+        return Ejection(t.until, t.count, cause)
 
     def _connect_failed(self, t: _Track, now: float) -> Ejection | None:
         self._expire(t, now)
@@ -138,3 +156,11 @@ class OutlierDetector(Generic[K]):
         backoff = cfg.connect_failure_ejection_s * 2.0 ** min(t.count - 1, 40)
         t.until = now + min(backoff, cfg.max_ejection_s)
         return Ejection(t.until, t.count, Result.CONNECT_FAILURE)
+
+
+def stalled(waiting_s: float, silent_s: float, others_silent_s: float, after_s: float) -> bool:
+    """Is a target stalled? `waiting_s`: how long its oldest request has waited for a response
+    head; `silent_s`: since its last response head; `others_silent_s`: since the last response
+    head of any other target of the pool; `after_s`: the threshold (0: never)."""
+    return (after_s > 0 and waiting_s >= after_s and silent_s >= after_s
+            and others_silent_s < waiting_s)

@@ -140,15 +140,17 @@ async def test_kill_9_of_a_target_under_load(tmp_path: Path, workers: str,
 async def test_sigstop_of_a_target_under_load(tmp_path: Path, workers: str) -> None:
     """A backend stopped with SIGSTOP: its kernel still completes connects, nobody answers.
     Requests already sent to it cannot be retried (it may act on them when it continues): they
-    wait `response_timeout_s` and get 504. New ones stop going there once the health checks
-    mark it unhealthy (`unhealthy_threshold` x `interval_s` + `timeout_s`). Here both are
-    short (2 s, checks every 1 s); README's Operations section gives the numbers with the
-    defaults. The bound: no client waits longer than the response timeout, no error but 504,
-    and each client connection meets the stalled target at most a few times."""
+    wait `response_timeout_s` and get 504. New ones stop going there once it is found stalled
+    (a request waited `outlier.stalled_after_s` while the others answered), long before the
+    health checks (ALB's 30 s) notice. Both times are short here (3 s and 1 s); README's
+    Operations section gives the numbers with the defaults. The bound: each client connection
+    meets the stalled target once (it is out for base_ejection_s, longer than the run), no
+    client waits longer than the response timeout, no error but 504."""
     with backends(3) as procs:
-        timeout_s = 2.0
+        timeout_s = 3.0
         cfg = config([b.port for b in procs], response_timeout_s=timeout_s,
-                     health={"enabled": True, "interval_s": 1, "timeout_s": 0.5, "jitter": 0})
+                     health={"enabled": True},
+                     outlier={"stalled_after_s": 1, "base_ejection_s": 30})
         async with daemon(cfg, tmp_path, workers):
             await all_healthy(cfg, 3)
             port = listener_port(cfg)
@@ -158,10 +160,15 @@ async def test_sigstop_of_a_target_under_load(tmp_path: Path, workers: str) -> N
             await asyncio.sleep(1.0)
             os.killpg(procs[1].proc.pid, signal.SIGSTOP)
             result = await load
+            await asyncio.sleep(1.2)  # workers report their numbers every second
             rows = await targets(cfg)
+            samples = await scrape(cfg)
     print(result)
-    assert rows[f"{HOST}:{procs[1].port}"]["state"] == "unhealthy"
+    stopped = f"{HOST}:{procs[1].port}"
+    assert (rows[stopped]["state"], rows[stopped]["ejected"]) == ("healthy", True)
+    assert counter(samples, "lbcdn_outlier_ejections_total", target=stopped,
+                   cause="stalled") >= 1
     assert set(result.statuses) <= {200, 504} and not result.failures, result
     assert max(result.latencies) < timeout_s + 1.5, result
-    assert 0 < result.errors <= 3 * connections, result
+    assert 0 < result.errors <= connections, result
     assert result.statuses[200] > 500, result  # the others kept serving

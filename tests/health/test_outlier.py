@@ -4,8 +4,10 @@ connect."""
 
 from __future__ import annotations
 
+import pytest
+
 from lbcdn.health.config import OutlierConfig
-from lbcdn.health.outlier import Ejection, OutlierDetector, Result
+from lbcdn.health.outlier import Ejection, OutlierDetector, Result, stalled
 
 S, E5, EC, ER = Result.SUCCESS, Result.HTTP_5XX, Result.CONNECT_FAILURE, Result.RESET
 
@@ -129,3 +131,24 @@ def test_a_long_outage_does_not_overflow_the_backoff() -> None:
         e = d.record("t0", EC, now)
         assert e is not None and e.until - now <= 300.0
         now = e.until
+
+
+@pytest.mark.parametrize("waiting, silent, others, expected", [
+    (10, 10, 0.5, True),     # waited, silent, and another target answered meanwhile
+    (30, 30, 12, True),      # the others answered since it was sent, if not recently
+    (9.9, 10, 0.5, False),   # not waiting long enough
+    (10, 9.9, 0.5, False),   # answered someone else recently: slow request, live target
+    (10, 10, 10, False),     # nobody answered since: a slow pool, not one stalled target
+    (30, 30, 31, False),
+])
+def test_stalled(waiting: float, silent: float, others: float, expected: bool) -> None:
+    assert stalled(waiting, silent, others, 10.0) is expected
+    assert stalled(waiting, silent, others, 0.0) is False  # off
+
+
+def test_a_stalled_target_is_ejected_like_an_outlier_even_when_detection_is_off() -> None:
+    d = detector(n=3, enabled=False, max_ejection_percent=0)
+    assert d.record("t0", Result.STALLED, 0) == Ejection(10.0, 1, Result.STALLED)
+    assert d.record("t0", Result.STALLED, 5) is None      # already out
+    assert d.record("t1", Result.STALLED, 5) is None      # the share cap holds (one of three)
+    assert d.record("t0", Result.STALLED, 10) == Ejection(30.0, 2, Result.STALLED)

@@ -3,7 +3,9 @@ ejections, draining callbacks)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from typing import Any
 
 from lbcdn.config.load import parse_config
@@ -149,6 +151,45 @@ def test_failed_connects_eject_only_when_configured() -> None:
     pool.started(t)
     pool.finished(t, 0, None, Result.CONNECT_FAILURE)
     assert t in pool.routable
+
+
+class Waiting:
+    """A connection whose backend owes a response head since `since` (the loop's clock)."""
+
+    def __init__(self, target: Target, since: float | None) -> None:
+        self.target = target
+        self.since = since
+
+    def waiting_since(self) -> float | None:
+        return self.since
+
+
+async def test_a_stalled_target_is_ejected_while_the_others_answer() -> None:
+    pool = Pool(pool_config(health={"enabled": False}, outlier={"stalled_after_s": 2}))
+    ejected: list[tuple[str, str]] = []
+    pool.on_ejected = lambda key, e: ejected.append((key, str(e.cause)))
+    loop_now, now = asyncio.get_running_loop().time(), time.monotonic()
+    a, b, c = pool.targets
+    a.answered_at = c.answered_at = now
+    b.answered_at = now - 5
+    pool.connections = {Waiting(a, loop_now - 3), Waiting(b, loop_now - 3),  # type: ignore
+                        Waiting(b, None), Waiting(c, loop_now - 1)}
+    pool.check_stalls()
+    # a waits as long, but answered others meanwhile; c has not waited long enough
+    assert ejected == [(b.key, "stalled")] and pool.routable == (a, c)
+    pool.close()
+
+
+async def test_stall_checks_run_while_requests_are_in_flight() -> None:
+    pool = Pool(pool_config(health={"enabled": False}))
+    t = pool.targets[0]
+    pool.started(t)
+    assert pool._stall_check is not None
+    pool.close()
+    assert pool._stall_check is None
+    off = Pool(pool_config(health={"enabled": False}, outlier={"stalled_after_s": 0}))
+    off.started(off.targets[0])
+    assert off._stall_check is None
 
 
 def test_draining_target_reports_drained_when_idle() -> None:
