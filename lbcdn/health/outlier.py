@@ -79,6 +79,14 @@ class OutlierDetector(Generic[K]):
     def remove(self, key: K) -> None:
         self._tracks.pop(key, None)
 
+    def reinstate(self, key: K) -> None:
+        """The target passed its health checks again: end its ejection and forget the count
+        (passive health only decides until active checks have a say)."""
+        t = self._tracks.get(key)
+        if t is not None:
+            t.until = None
+            t.count = t.c5xx = t.cconn = 0
+
     def _expire(self, t: _Track, now: float) -> None:
         if t.until is not None and now >= t.until:
             t.clean_since = t.until

@@ -425,6 +425,8 @@ class Pool:
             if h.state is not state:
                 h.state = state
                 h.since = now
+                if state is State.HEALTHY:
+                    self.outlier.reinstate(key)  # a passing check outranks passive health
             reason = entry.get("reason")
             h.reason = None if reason is None else Reason(reason)
             t.serving = state in SERVING

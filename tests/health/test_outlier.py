@@ -152,3 +152,14 @@ def test_a_stalled_target_is_ejected_like_an_outlier_even_when_detection_is_off(
     assert d.record("t0", Result.STALLED, 5) is None      # already out
     assert d.record("t1", Result.STALLED, 5) is None      # the share cap holds (one of three)
     assert d.record("t0", Result.STALLED, 10) == Ejection(30.0, 2, Result.STALLED)
+
+
+def test_reinstate_ends_an_ejection_and_its_count() -> None:
+    d = detector(n=3, enabled=False, connect_failure_ejection_s=1.0)
+    for now in (0.0, 1.0, 3.0):
+        d.record("t0", EC, now)
+    assert d.is_ejected("t0", 5.0)
+    d.reinstate("t0")
+    d.reinstate("nope")
+    assert not d.is_ejected("t0", 5.0)
+    assert d.record("t0", EC, 5.0) == Ejection(6.0, 1, EC)  # starts over at 1 s

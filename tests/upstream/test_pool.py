@@ -144,6 +144,19 @@ def test_a_failed_connect_ejects_at_once_with_outlier_detection_off() -> None:
     assert len(pool.routable) == 3
 
 
+def test_a_passing_health_check_ends_an_ejection() -> None:
+    pool = Pool(pool_config())
+    rows = [("10.0.0.1:80", "healthy"), ("10.0.0.2:80", "healthy"), ("10.0.0.3:80", "healthy")]
+    pool.apply(snap(*rows))
+    dead = pool.by_key["10.0.0.2:80"]
+    pool.started(dead)
+    pool.finished(dead, 0, None, Result.CONNECT_FAILURE)
+    assert dead not in pool.routable
+    pool.apply(snap(rows[0], ("10.0.0.2:80", "unhealthy"), rows[2]))
+    pool.apply(snap(*rows))
+    assert dead in pool.routable
+
+
 def test_failed_connects_eject_only_when_configured() -> None:
     pool = Pool(pool_config(health={"enabled": False},
                             outlier={"connect_failure_ejection_s": 0}))
