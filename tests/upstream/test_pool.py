@@ -11,7 +11,7 @@ from typing import Any
 from lbcdn.config.load import parse_config
 from lbcdn.config.schema import PoolConfig
 from lbcdn.health.outlier import Result
-from lbcdn.upstream.connection import UpstreamConnection
+from lbcdn.upstream.connection import UpstreamConnection, UpstreamOwner
 from lbcdn.upstream.pool import BUSY, Pool, Target
 
 
@@ -166,30 +166,32 @@ def test_failed_connects_eject_only_when_configured() -> None:
     assert t in pool.routable
 
 
-class Waiting:
-    """A connection whose backend owes a response head since `since` (the loop's clock)."""
-
-    def __init__(self, target: Target, since: float | None) -> None:
-        self.target = target
-        self.since = since
-
-    def waiting_since(self) -> float | None:
-        return self.since
+def waiting(pool: Pool, target: Target, for_s: float | None) -> UpstreamConnection:
+    """A connection to `target` whose backend has owed a response head for `for_s` seconds
+    (None: an idle one)."""
+    conn = UpstreamConnection(pool, target)
+    if for_s is not None:
+        conn.begin(UpstreamOwner(), False)   # the whole request is sent: the backend owes
+        conn._deadline.at -= for_s           # ... since `for_s` ago
+    return conn
 
 
 async def test_a_stalled_target_is_ejected_while_the_others_answer() -> None:
     pool = Pool(pool_config(health={"enabled": False}, outlier={"stalled_after_s": 2}))
     ejected: list[tuple[str, str]] = []
     pool.on_ejected = lambda key, e: ejected.append((key, str(e.cause)))
-    loop_now, now = asyncio.get_running_loop().time(), time.monotonic()
+    now = time.monotonic()
     a, b, c = pool.targets
     a.answered_at = c.answered_at = now
     b.answered_at = now - 5
-    pool.connections = {Waiting(a, loop_now - 3), Waiting(b, loop_now - 3),  # type: ignore
-                        Waiting(b, None), Waiting(c, loop_now - 1)}
+    conns = [waiting(pool, a, 3), waiting(pool, b, 3), waiting(pool, b, None),
+             waiting(pool, c, 1)]
+    pool.connections = set(conns)
     pool.check_stalls()
     # a waits as long, but answered others meanwhile; c has not waited long enough
     assert ejected == [(b.key, "stalled")] and pool.routable == (a, c)
+    for conn in conns:
+        conn.abort()
     pool.close()
 
 
