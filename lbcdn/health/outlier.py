@@ -1,7 +1,8 @@
 """Passive health (outlier detection): eject a target that keeps failing real requests.
 
-Pure, with `now` passed in. Per target, consecutive 5xx answers and consecutive connect failures
-are counted separately (a success resets both); reaching `consecutive_5xx` or
+Pure, with `now` passed in. Per target, consecutive 5xx answers and consecutive connection
+failures (resets before a response head; failed connects too when they do not eject at once,
+below) are counted separately (a success resets both); reaching `consecutive_5xx` or
 `consecutive_connect_failures` ejects the target for base_ejection_s x (its ejection count),
 capped at max_ejection_s. The count falls by one for every base_ejection_s the target then
 stays clean, so a target that failed once long ago is not punished forever (Envoy's scheme).
@@ -23,9 +24,10 @@ was sent until the response timeout, and round robin keeps sending it every n-th
 the health checks notice. `stalled()` says when to stop that sooner: a request has waited
 `stalled_after_s` for its response head, the target has answered nobody for as long, and another
 target has answered since that request was sent (so a pool whose requests are all slow is left
-alone; all clients may be waiting on the stalled target by then, so "recently" would not do). Such a target
-is ejected as by outlier detection (base_ejection_s x count, within the share cap), even when
-`enabled` is false. The requests it holds are not retried: it may still act on them.
+alone; every client may be waiting on the stalled target by then, so "recently" would not do).
+Such a target is ejected as by outlier detection (base_ejection_s x count, within the share
+cap), even when `enabled` is false. The requests it holds are not retried: it may still act on
+them. A target that turns healthy again (active checks) is reinstated: `reinstate()`.
 """
 
 from __future__ import annotations
