@@ -312,13 +312,13 @@ HEALTH_CHECK_DURATION: Final = Histogram(
     buckets=DURATION_BUCKETS, registry=REGISTRY)
 OUTLIER_EJECTIONS: Final = Counter(
     "lbcdn_outlier_ejections_total", "Targets ejected by outlier detection, by cause (5xx, "
-    "connect_failure).", ["pool", "target", "cause"], registry=REGISTRY)
+    "connect_failure, stalled).", ["pool", "target", "cause"], registry=REGISTRY)
 UPSTREAM_RETRIES: Final = Counter(
     "lbcdn_upstream_retries_total", "Requests retried on another target (outcome retried), or "
     "not retried because the retry budget was spent (outcome budget_exhausted).",
     ["pool", "outcome"], registry=REGISTRY)
 RETRY_OUTCOMES: Final = ("retried", "budget_exhausted")
-EJECTION_CAUSES: Final = ("5xx", "connect_failure")  # lbcdn.health.outlier.Result
+EJECTION_CAUSES: Final = ("5xx", "connect_failure", "stalled")  # lbcdn.health.outlier.Result
 TARGET_REQUESTS: Final = Counter(
     "lbcdn_target_requests_total", "Attempts sent to each target (retries count on the target "
     "they went to).", ["pool", "target"], registry=REGISTRY)

@@ -164,6 +164,7 @@ class Supervisor:
                 acc = out.setdefault(key, _zero_stats())
                 for k in _SUMMED:
                     acc[k] += row.get(k) or 0
+                acc["ejected"] = acc["ejected"] or bool(row.get("ejected"))
                 rate = row.get("requests_per_s") or 0.0
                 if row.get("latency_s") is not None:
                     acc["_lat"].append((row["latency_s"], rate))
@@ -386,13 +387,14 @@ _SUMMED = ("in_flight", "requests", "errors", "requests_per_s", "open_connection
            "idle_connections")
 # a target in /api/runtime, in the order lbcdn.upstream.pool.Target.describe() gives
 _RUNTIME_TARGET_KEYS = ("target", "host", "port", "weight", "state", "reason", "classic",
-                        "in_flight", "open_connections", "idle_connections", "requests",
-                        "errors", "error_rate", "latency_s", "requests_per_s")
+                        "ejected", "in_flight", "open_connections", "idle_connections",
+                        "requests", "errors", "error_rate", "latency_s", "requests_per_s")
 
 
 def _zero_stats() -> dict[str, Any]:
-    return {"in_flight": 0, "requests": 0, "errors": 0, "requests_per_s": 0.0,
-            "open_connections": 0, "idle_connections": 0, "_lat": [], "_err": []}
+    return {"ejected": False, "in_flight": 0, "requests": 0, "errors": 0,
+            "requests_per_s": 0.0, "open_connections": 0, "idle_connections": 0, "_lat": [],
+            "_err": []}
 
 
 def _weighted_mean(values: list[tuple[float, float]]) -> float | None:

@@ -216,6 +216,9 @@ async def test_target_stats_add_up_and_weight_latency_by_request_rate(tmp_path: 
     assert got["requests_per_s"] == pytest.approx(40.0)
     assert got["latency_s"] == pytest.approx((0.010 * 10 + 0.050 * 30) / 40)
     assert got["error_rate"] == pytest.approx(1 / 40)
+    assert got["ejected"] is False
+    sup.workers[1].stats["app"]["t:1"]["ejected"] = True  # out in one worker: shown as out
+    assert sup._target_stats("app")["t:1"]["ejected"] is True
     assert sup._target_stats("other") == {}
 
 

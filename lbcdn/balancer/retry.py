@@ -1,13 +1,16 @@
 """Retries: whether a failed attempt may be tried again, and the budget that bounds them.
 
 Pure. The rules (issue 3, after ALB, Envoy and nginx's proxy_next_upstream):
-- a failed connect sent nothing: retried for any method;
+- a failed connect (refused, unreachable, timed out, TLS failed) sent nothing: retried for any
+  method, on every other target if need be, outside `max` and the budget (FREE): no target can
+  do the work twice, so there is nothing for a budget to bound, and a target that refuses must
+  cost clients nothing (issue 13). The caller bounds it by the targets not yet tried;
 - a reset or a 502-class failure (the upstream closed or answered garbage) is retried only for
   idempotent methods, only when no response byte reached the client, and only when the request
   body (if any) can be replayed: it was buffered whole, within buffer_body_max_bytes;
 - response timeouts are not retried: the upstream may still be working on it, and retrying
   slow requests is how an overload spreads;
-- at most `max` retries a request, and the pool's RetryBudget must allow each one.
+- those (BUDGETED) are at most `max` a request, and the pool's RetryBudget must allow each one.
 
 RetryBudget keeps counts of first attempts and retries in a sliding window of 10 buckets and
 allows a retry while retries stay within `percent` of requests (or under `min_retries`, so a
@@ -31,16 +34,23 @@ class Failure(enum.StrEnum):
     TIMEOUT = "timeout"        # no response head in time
 
 
-def may_retry(method: bytes, failure: Failure, *, response_started: bool, body_replayable: bool,
-              retries_done: int, max_retries: int) -> bool:
-    """May this failed attempt be tried again on another target (before asking the budget)?"""
-    if retries_done >= max_retries or response_started:
-        return False
+class Retry(enum.Enum):
+    NO = 0
+    FREE = 1      # nothing was sent: retry without asking the budget
+    BUDGETED = 2  # the target may have acted on it: only if the budget allows
+
+
+def decide_retry(method: bytes, failure: Failure, *, response_started: bool,
+                 body_replayable: bool, retries_done: int, max_retries: int) -> Retry:
+    """May this failed attempt be tried again on another target, and does that need the
+    budget? `retries_done` counts the budgeted retries of this request so far."""
+    if response_started:
+        return Retry.NO
     if failure is Failure.CONNECT:
-        return True
-    if failure is Failure.TIMEOUT:
-        return False
-    return method in IDEMPOTENT and body_replayable
+        return Retry.FREE
+    if retries_done >= max_retries or failure is Failure.TIMEOUT:
+        return Retry.NO
+    return Retry.BUDGETED if method in IDEMPOTENT and body_replayable else Retry.NO
 
 
 class RetryBudget:

@@ -30,7 +30,7 @@ from lbcdn.http.head import ALLOWED_METHODS, RequestHead, ResponseHead, forwarde
     response_has_body
 from lbcdn.routing import redirect_location
 from lbcdn.tasks import spawn
-from lbcdn.balancer.retry import IDEMPOTENT, Failure, may_retry
+from lbcdn.balancer.retry import IDEMPOTENT, Failure, Retry, decide_retry
 from lbcdn.health.outlier import Result
 from lbcdn.metrics import UPSTREAM_RETRIES
 from lbcdn.upstream.connection import UpstreamConnection, UpstreamOwner
@@ -277,7 +277,7 @@ class Exchange(UpstreamOwner):
                 self.respond_error(HttpError(503, "pool at capacity", close=False))
             return
         target, cookie = choice
-        if cookie is not None and not self.retries:
+        if cookie is not None and self.tried is None:
             self.extra_headers += b"Set-Cookie: " + cookie + b"\r\n"
         self.target = self.inflight_target = target
         pool.started(target)
@@ -576,23 +576,28 @@ class Exchange(UpstreamOwner):
         target, self.inflight_target = self.inflight_target, None
         failure = _FAILURES.get(kind, Failure.RESET)
         if pool is not None and target is not None:
+            # a failed connect ejects the target before the retry picks another one
             pool.finished(target, 0, self.upstream_time,
-                          Result.CONNECT_FAILURE if failure in (Failure.CONNECT, Failure.RESET)
-                          else Result.HTTP_5XX)
+                          Result.CONNECT_FAILURE if failure is Failure.CONNECT else
+                          Result.RESET if failure is Failure.RESET else Result.HTTP_5XX)
             pool.metrics.error(kind)  # type: ignore[arg-type]
             cfg = pool.config.retries
             # nothing sent (a failed connect): the body is all still in body_buf
             replayable = upstream is None or (
                 self.replay is not None and self.replay_bytes <= cfg.buffer_body_max_bytes)
-            if may_retry(self.head.method, failure, response_started=self.response_started,
-                         body_replayable=replayable, retries_done=self.retries,
-                         max_retries=cfg.max) and not self.conn.closed:
+            retry = decide_retry(self.head.method, failure,
+                                 response_started=self.response_started,
+                                 body_replayable=replayable, retries_done=self.retries,
+                                 max_retries=cfg.max)
+            if retry is not Retry.NO and not self.conn.closed:
+                # every failed target is excluded, so free retries end with the pool's targets
                 tried = (self.tried or []) + [target]
                 if not pool.has_other(tried):
                     pass  # nowhere else to go: the failure is the answer
-                elif pool.budget.try_retry(writebatch.now()):
+                elif retry is Retry.FREE or pool.budget.try_retry(writebatch.now()):
                     UPSTREAM_RETRIES.labels(pool.name, "retried").inc()
-                    self.retries += 1
+                    if retry is Retry.BUDGETED:
+                        self.retries += 1
                     self.tried = tried
                     if upstream is not None:
                         self.body_buf = (self.replay or []) + self.body_buf

@@ -79,8 +79,21 @@ class OutlierConfig:
     consecutive_5xx: int = doc(
         "Consecutive 5xx responses that eject a target; 0 ignores 5xx.", 5, lo=0, hi=1000)
     consecutive_connect_failures: int = doc(
-        "Consecutive failed connects (refused, timed out, reset before a response) that "
-        "eject a target; 0 ignores them.", 5, lo=0, hi=1000)
+        "Consecutive connections that broke before a response head (reset, closed) that "
+        "eject a target; 0 ignores them. Failed connects eject sooner: "
+        "connect_failure_ejection_s.", 5, lo=0, hi=1000)
+    connect_failure_ejection_s: float = doc(
+        "A failed connect (refused, unreachable, timed out, TLS handshake failed: the request "
+        "was not sent, and is retried on another target) ejects its target at once, also when "
+        "`enabled` is false and regardless of max_ejection_percent, for this long x 2^(times "
+        "ejected - 1), at most max_ejection_s; then real traffic tries it again. 0 turns this "
+        "off.", 1.0, lo=0, hi=3600)
+    stalled_after_s: float = doc(
+        "A target that has kept a request waiting this long for its response head, and has "
+        "answered nobody for as long while another target answered since that request was "
+        "sent, is ejected as by outlier "
+        "detection (also when `enabled` is false): new requests go elsewhere; those it holds "
+        "wait for response_timeout_s. 0 turns this off.", 10.0, lo=0, hi=3600)
     base_ejection_s: float = doc(
         "An ejection lasts this long times the number of times the target has been ejected "
         "(the count falls by one for every base_ejection_s it stays clean).", 30.0,
@@ -121,12 +134,13 @@ class BalanceConfig:
 @dataclass(frozen=True)
 class RetryConfig:
     max: int = doc(
-        "Retries of one request on another target: any method after a failed connect "
-        "(nothing was sent); idempotent methods also after a reset or 502-class failure "
-        "before any response byte reached the client.", 1, lo=0, hi=5)
+        "Retries of one request on another target after it was sent: idempotent methods, "
+        "after a reset or 502-class failure before any response byte reached the client. A "
+        "failed connect (nothing was sent) is retried for any method on every other target, "
+        "outside `max` and the budget.", 1, lo=0, hi=5)
     budget_percent: float = doc(
-        "Retries may add at most this share of requests over `budget_window_s`, so retries "
-        "cannot multiply an outage.", 20.0, lo=0, hi=100)
+        "Retries of sent requests may add at most this share of requests over "
+        "`budget_window_s`, so retries cannot multiply an outage.", 20.0, lo=0, hi=100)
     budget_window_s: float = doc("Sliding window of the retry budget.", 10.0, lo=0.1, hi=600)
     budget_min_retries: int = doc(
         "Retries always allowed per window, so a quiet pool can still retry.", 3,

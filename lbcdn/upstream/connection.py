@@ -186,6 +186,14 @@ class UpstreamConnection(ResponseSink, Writer):
         if target is not None:
             target.upstream_paused(False)
 
+    def waiting_since(self) -> float | None:
+        """Since when (the loop's clock) the backend owes this exchange a response head, or
+        None when it owes none (idle, still receiving the body, answering, a tunnel)."""
+        at = self._deadline.at
+        if self.owner is None or self.got_bytes or self.sending or at is None:
+            return None
+        return at - self._timeout
+
     def _timed_out(self) -> None:
         owner, self.owner = self.owner, None
         self.abort()
@@ -227,6 +235,7 @@ class UpstreamConnection(ResponseSink, Writer):
             self.owner.upstream_interim(head)
 
     def response_head(self, head: ResponseHead) -> None:
+        self.target.answered_at = writebatch.now()  # alive: see Pool.check_stalls
         if self.owner is not None:
             self.owner.upstream_head(head)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import random
 import socket
 import ssl
@@ -38,7 +39,7 @@ from lbcdn.balancer.policy import build_policy
 from lbcdn.balancer.retry import RetryBudget
 from lbcdn.balancer.sticky import StickySessions, target_token
 from lbcdn.config.schema import PoolConfig, TargetConfig
-from lbcdn.health.outlier import Ejection, OutlierDetector, Result
+from lbcdn.health.outlier import Ejection, OutlierDetector, Result, stalled
 from lbcdn.health.state import Reason, State, TargetHealth, Thresholds
 from lbcdn.metrics import PoolMetrics, pool_metrics, target_metrics, TargetMetrics
 from lbcdn.tls import client_context
@@ -61,7 +62,7 @@ def target_key(host: str, port: int) -> str:
 class Target:
     __slots__ = ("host", "port", "weight", "key", "key_bytes", "idle", "in_flight", "open",
                  "health", "serving", "requests", "errors", "latency_sum", "latency_n",
-                 "metrics", "_mark", "recent")
+                 "metrics", "_mark", "recent", "answered_at")
 
     def __init__(self, host: str, port: int, weight: int = 1, *,
                  health: TargetHealth | None = None, pool: str = "") -> None:
@@ -85,6 +86,9 @@ class Target:
         self.metrics: TargetMetrics = target_metrics(pool, self.key)
         self._mark = (time.monotonic(), 0, 0, 0.0, 0)
         self.recent: dict[str, float | None] | None = None
+        # its last response head (time.monotonic()); from its start, so a new target is not
+        # taken for stalled before it had a chance to answer
+        self.answered_at = self._mark[0]
 
     @classmethod
     def from_config(cls, config: TargetConfig, health: TargetHealth | None = None,
@@ -111,13 +115,13 @@ class Target:
             self._mark = (now, self.requests, self.errors, self.latency_sum, self.latency_n)
         return current if self.recent is None else self.recent
 
-    def describe(self) -> dict[str, object]:
+    def describe(self, ejected: bool = False) -> dict[str, object]:
         h = self.health
         stats = self.stats()
         return {"target": self.key, "host": self.host, "port": self.port,
                 "weight": self.weight, "state": str(h.state),
                 "reason": None if h.reason is None else str(h.reason),
-                "classic": h.classic, "in_flight": self.in_flight,
+                "classic": h.classic, "ejected": ejected, "in_flight": self.in_flight,
                 "open_connections": self.open, "idle_connections": len(self.idle),
                 "requests": self.requests, "errors": self.errors,
                 "error_rate": stats["error_rate"], "latency_s": stats["latency_s"],
@@ -156,6 +160,8 @@ class Pool:
         self.hash_key = (HashKey.parse(balance.hash_key)
                          if balance.algorithm == "consistent_hash" else None)
         self.outlier: OutlierDetector[str] = OutlierDetector(config.outlier)
+        # every outcome feeds outlier detection when it is on; failed connects always do
+        # (they eject at once unless outlier.connect_failure_ejection_s is 0)
         self.outlier_enabled = config.outlier.enabled
         for t in self.targets:
             self.outlier.add(t.key)
@@ -179,6 +185,7 @@ class Pool:
         self.metrics.active.set_function(lambda: len(self.connections) - self.idle_count())
         self.connections: set[UpstreamConnection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
+        self._stall_check: asyncio.TimerHandle | None = None
         self.closed = False
         self.replan()
 
@@ -189,7 +196,7 @@ class Pool:
     def replan(self) -> None:
         """Rebuild the policy from the targets' states, ejections and slow start."""
         now = self._now()
-        ejected = set(self.outlier.ejected(now)) if self.config.outlier.enabled else set()
+        ejected = set(self.outlier.ejected(now))
         balance = self.config.balance
         p = plan(self.targets, health_of=lambda t: t.health, now=now,
                  fail_open=self.config.fail_open, slow_start_s=self.config.slow_start_s,
@@ -327,6 +334,40 @@ class Pool:
         target.in_flight += 1
         if self.policy.counts_requests:
             self.policy.started(target)
+        if self._stall_check is None and self.config.outlier.stalled_after_s > 0:
+            self._schedule_stall_check()
+
+    # -- stalled targets (lbcdn.health.outlier.stalled) -----------------------------------
+    def _schedule_stall_check(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # outside the loop (tests, tools): nothing is really in flight
+        every = min(1.0, self.config.outlier.stalled_after_s / 2)
+        self._stall_check = loop.call_later(every, self.check_stalls)
+
+    def check_stalls(self) -> None:
+        """Eject the targets that stalled; runs while exchanges are in flight, every second
+        at most (O(connections))."""
+        self._stall_check = None
+        if self.closed:
+            return
+        after = self.config.outlier.stalled_after_s
+        loop_now = asyncio.get_running_loop().time()
+        oldest: dict[Target, float] = {}
+        for conn in self.connections:
+            since = conn.waiting_since()
+            if since is not None and since < oldest.get(conn.target, math.inf):
+                oldest[conn.target] = since
+        if not oldest:
+            return  # nothing in flight: the next request starts the checks again
+        now = self._now()
+        for target, since in oldest.items():
+            others = max((t.answered_at for t in self.routable if t is not target),
+                         default=-math.inf)
+            if stalled(loop_now - since, now - target.answered_at, now - others, after):
+                self._record(target, Result.STALLED, now)
+        self._schedule_stall_check()
 
     def finished(self, target: Target, status: int, upstream_time: float | None,
                  failure: Result | None = None) -> None:
@@ -342,15 +383,11 @@ class Pool:
             target.latency_sum += upstream_time
             target.latency_n += 1
         target.metrics.observe(upstream_time)
-        if self.outlier_enabled:
+        if self.outlier_enabled or failure is Result.CONNECT_FAILURE:
             result = failure or (Result.HTTP_5XX if status >= 500 else
                                  Result.SUCCESS if status else None)
             if result is not None:
-                ejection = self.outlier.record(target.key, result, self._now())
-                if ejection is not None:
-                    if self.on_ejected is not None:
-                        self.on_ejected(target.key, ejection)
-                    self.replan()
+                self._record(target, result, self._now())
         if target.in_flight <= 0 and not target.serving and \
                 target.health.state is State.DRAINING:
             self._close_idle(target)
@@ -358,6 +395,13 @@ class Pool:
                 self.on_drained(target.key)
         if self.queue:
             self._wake()
+
+    def _record(self, target: Target, result: Result, now: float) -> None:
+        ejection = self.outlier.record(target.key, result, now)
+        if ejection is not None:
+            if self.on_ejected is not None:
+                self.on_ejected(target.key, ejection)
+            self.replan()
 
     # -- the control plane's snapshot -----------------------------------------------------
     def apply(self, snapshot: Sequence[dict[str, Any]]) -> None:
@@ -381,6 +425,8 @@ class Pool:
             if h.state is not state:
                 h.state = state
                 h.since = now
+                if state is State.HEALTHY:
+                    self.outlier.reinstate(key)  # a passing check outranks passive health
             reason = entry.get("reason")
             h.reason = None if reason is None else Reason(reason)
             t.serving = state in SERVING
@@ -516,6 +562,9 @@ class Pool:
         if self._refresh is not None:
             self._refresh.cancel()
             self._refresh = None
+        if self._stall_check is not None:
+            self._stall_check.cancel()
+            self._stall_check = None
         for waiter in list(self.queue):
             self._queue_timeout(waiter)
         for target in self.targets:
@@ -523,12 +572,13 @@ class Pool:
 
     def details(self) -> dict[str, Any]:
         """Everything the targets API and the status page show from the data plane."""
+        now = self._now()
         return {
             "name": self.name,
             "algorithm": self.config.balance.algorithm,
             "failed_open": self.failed_open,
             "queued": len(self.queue),
-            "targets": [t.describe() for t in self.targets],
+            "targets": [t.describe(self.outlier.is_ejected(t.key, now)) for t in self.targets],
         }
 
 

@@ -459,8 +459,8 @@ class TargetsControl:
         live = self.stats(name)
         targets = []
         for row in pool.describe():
-            row.update({"in_flight": 0, "requests": 0, "error_rate": 0.0, "latency_s": None,
-                        "requests_per_s": 0.0})
+            row.update({"ejected": False, "in_flight": 0, "requests": 0, "error_rate": 0.0,
+                        "latency_s": None, "requests_per_s": 0.0})
             row.update(live.get(row["target"], {}))
             targets.append(row)
         cfg = pool.config
@@ -486,7 +486,7 @@ def stats_of(pools: Iterable[Any], name: str) -> dict[str, dict[str, Any]]:
             out: dict[str, dict[str, Any]] = {}
             for row in pool.details()["targets"]:
                 out[row["target"]] = {k: row[k] for k in (
-                    "in_flight", "requests", "errors", "error_rate", "latency_s",
+                    "ejected", "in_flight", "requests", "errors", "error_rate", "latency_s",
                     "requests_per_s", "open_connections", "idle_connections")}
             return out
     return {}

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import pytest
 
-from lbcdn.balancer.retry import Failure, RetryBudget, may_retry
+from lbcdn.balancer.retry import Failure, Retry, RetryBudget, decide_retry
+
+
+NO, FREE, BUDGETED = Retry.NO, Retry.FREE, Retry.BUDGETED
 
 
 @pytest.mark.parametrize("method, failure, started, replayable, done, expected", [
-    (b"POST", Failure.CONNECT, False, False, 0, True),     # nothing was sent
-    (b"POST", Failure.RESET, False, True, 0, False),       # not idempotent
-    (b"GET", Failure.RESET, False, True, 0, True),
-    (b"PUT", Failure.BAD_GATEWAY, False, True, 0, True),
-    (b"PUT", Failure.BAD_GATEWAY, False, False, 0, False),  # body not buffered
-    (b"GET", Failure.RESET, True, True, 0, False),         # a byte reached the client
-    (b"GET", Failure.TIMEOUT, False, True, 0, False),      # never retry timeouts
-    (b"GET", Failure.CONNECT, False, True, 1, False),      # max reached
-    (b"GET", Failure.CONNECT, True, True, 0, False),
+    (b"POST", Failure.CONNECT, False, False, 0, FREE),     # nothing was sent
+    (b"POST", Failure.RESET, False, True, 0, NO),          # not idempotent
+    (b"GET", Failure.RESET, False, True, 0, BUDGETED),
+    (b"PUT", Failure.BAD_GATEWAY, False, True, 0, BUDGETED),
+    (b"PUT", Failure.BAD_GATEWAY, False, False, 0, NO),    # body not buffered
+    (b"GET", Failure.RESET, True, True, 0, NO),            # a byte reached the client
+    (b"GET", Failure.TIMEOUT, False, True, 0, NO),         # never retry timeouts
+    (b"GET", Failure.RESET, False, True, 1, NO),           # max reached
+    (b"GET", Failure.CONNECT, False, True, 1, FREE),       # connects do not count to max
+    (b"POST", Failure.CONNECT, False, True, 5, FREE),
+    (b"GET", Failure.CONNECT, True, True, 0, NO),
 ])
-def test_may_retry(method: bytes, failure: Failure, started: bool, replayable: bool,
-                   done: int, expected: bool) -> None:
-    assert may_retry(method, failure, response_started=started, body_replayable=replayable,
-                     retries_done=done, max_retries=1) is expected
+def test_decide_retry(method: bytes, failure: Failure, started: bool, replayable: bool,
+                      done: int, expected: Retry) -> None:
+    assert decide_retry(method, failure, response_started=started, body_replayable=replayable,
+                        retries_done=done, max_retries=1) is expected
 
 
 def test_budget_is_twenty_percent_of_requests() -> None:

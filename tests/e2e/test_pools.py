@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,41 @@ async def test_connect_failure_is_retried_on_another_target() -> None:
                 assert resp.status == 200 and resp.body == b"a"
 
 
+async def test_failed_connects_are_retried_on_each_target_once_then_502() -> None:
+    """Free retries of failed connects end with the pool's targets: every target refusing is
+    one 502 after one connect to each, not a loop."""
+    cfg = pool_config(health={"enabled": False})
+    cfg["pools"]["app"]["targets"] = [f"{HOST}:{free_port()}" for _ in range(3)]
+    async with running_daemon(cfg) as daemon:
+        resp = await get(listener_port(cfg), "/", method="POST", body=b"x")
+        assert resp.status == 502
+        assert [t.errors for t in daemon.pools["app"].targets] == [1, 1, 1]
+
+
+@contextlib.contextmanager
+def full_backlog() -> Iterator[int]:
+    """A port whose listener never accepts and whose accept queue is full: the kernel drops
+    new SYNs, so a connect times out (a stalled backend under load)."""
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind((HOST, 0))
+        listener.listen(0)  # room for one queued connection
+        filler.connect(listener.getsockname())
+        yield int(listener.getsockname()[1])
+
+
+async def test_a_connect_timeout_is_retried_and_ejects_the_target() -> None:
+    async with pool_backends("a") as (a,):
+        with full_backlog() as stalled:
+            cfg = pool_config(a, health={"enabled": False}, connect_timeout_s=0.3)
+            cfg["pools"]["app"]["targets"].append(f"{HOST}:{stalled}")
+            async with running_daemon(cfg) as daemon:
+                for _ in range(6):
+                    resp = await get(listener_port(cfg), "/", method="POST", body=b"x")
+                    assert (resp.status, resp.body) == (200, b"a")
+                # one connect timed out; the target was out for the rest
+                assert daemon.pools["app"].by_key[f"{HOST}:{stalled}"].errors == 1
+
+
 async def test_reset_retries_idempotent_but_never_duplicates_a_post() -> None:
     async with pool_backends("a", "b") as (a, b):
         cfg = pool_config(a, b, health={"enabled": False})
@@ -382,7 +418,7 @@ async def test_metrics_show_health_retries_and_targets() -> None:
 # What README's admin API section documents for /api/runtime's pools and targets.
 RUNTIME_POOL_KEYS = {"name", "algorithm", "failed_open", "queued", "targets"}
 RUNTIME_TARGET_KEYS = {"target", "host", "port", "weight", "state", "reason", "classic",
-                       "in_flight", "open_connections", "idle_connections", "requests",
+                       "ejected", "in_flight", "open_connections", "idle_connections", "requests",
                        "errors", "error_rate", "latency_s", "requests_per_s"}
 
 
@@ -399,7 +435,8 @@ def check_runtime_pools(pools: list[dict[str, Any]], a: PoolBackend, b: PoolBack
         assert set(row) == RUNTIME_TARGET_KEYS
     ra, rb = rows[key(a)], rows[key(b)]
     assert (ra["host"], ra["port"], ra["weight"]) == (HOST, a.port, 1)
-    assert (ra["state"], ra["reason"], ra["classic"]) == ("healthy", None, "InService")
+    assert (ra["state"], ra["reason"], ra["classic"], ra["ejected"]) == \
+        ("healthy", None, "InService", False)
     assert (ra["requests"], ra["errors"], ra["error_rate"], ra["in_flight"]) == \
         (requests, 0, 0.0, 0)
     assert ra["latency_s"] is not None and 0 < ra["latency_s"] < 1

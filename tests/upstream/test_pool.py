@@ -3,13 +3,15 @@ ejections, draining callbacks)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from typing import Any
 
 from lbcdn.config.load import parse_config
 from lbcdn.config.schema import PoolConfig
 from lbcdn.health.outlier import Result
-from lbcdn.upstream.connection import UpstreamConnection
+from lbcdn.upstream.connection import UpstreamConnection, UpstreamOwner
 from lbcdn.upstream.pool import BUSY, Pool, Target
 
 
@@ -116,6 +118,93 @@ def test_connect_failures_count_separately() -> None:
     pool.started(t)
     pool.finished(t, 0, None, Result.CONNECT_FAILURE)
     assert t not in pool.routable
+
+
+def test_a_failed_connect_ejects_at_once_with_outlier_detection_off() -> None:
+    pool = Pool(pool_config(health={"enabled": False}))
+    ejected: list[str] = []
+    pool.on_ejected = lambda key, e: ejected.append(key)
+    ok, dead = pool.targets[0], pool.targets[1]
+    pool.started(ok)
+    pool.finished(ok, 200, 0.01)
+    pool.started(dead)
+    pool.finished(dead, 0, None, Result.CONNECT_FAILURE)
+    assert ejected == [dead.key] and dead not in pool.routable and len(pool.routable) == 2
+    rows = {row["target"]: row["ejected"] for row in pool.details()["targets"]}
+    assert rows == {ok.key: False, dead.key: True, pool.targets[2].key: False}
+    # resets and 5xx eject only with outlier detection on
+    for result in (Result.RESET, Result.RESET, Result.RESET, Result.RESET, Result.RESET):
+        pool.started(ok)
+        pool.finished(ok, 0, None, result)
+    assert ejected == [dead.key]
+    # every target refusing: the balancer still has them all (the failure is the answer)
+    for t in pool.targets:
+        pool.started(t)
+        pool.finished(t, 0, None, Result.CONNECT_FAILURE)
+    assert len(pool.routable) == 3
+
+
+def test_a_passing_health_check_ends_an_ejection() -> None:
+    pool = Pool(pool_config())
+    rows = [("10.0.0.1:80", "healthy"), ("10.0.0.2:80", "healthy"), ("10.0.0.3:80", "healthy")]
+    pool.apply(snap(*rows))
+    dead = pool.by_key["10.0.0.2:80"]
+    pool.started(dead)
+    pool.finished(dead, 0, None, Result.CONNECT_FAILURE)
+    assert dead not in pool.routable
+    pool.apply(snap(rows[0], ("10.0.0.2:80", "unhealthy"), rows[2]))
+    pool.apply(snap(*rows))
+    assert dead in pool.routable
+
+
+def test_failed_connects_eject_only_when_configured() -> None:
+    pool = Pool(pool_config(health={"enabled": False},
+                            outlier={"connect_failure_ejection_s": 0}))
+    t = pool.targets[0]
+    pool.started(t)
+    pool.finished(t, 0, None, Result.CONNECT_FAILURE)
+    assert t in pool.routable
+
+
+def waiting(pool: Pool, target: Target, for_s: float | None) -> UpstreamConnection:
+    """A connection to `target` whose backend has owed a response head for `for_s` seconds
+    (None: an idle one)."""
+    conn = UpstreamConnection(pool, target)
+    if for_s is not None:
+        conn.begin(UpstreamOwner(), False)   # the whole request is sent: the backend owes
+        conn._deadline.at -= for_s           # ... since `for_s` ago
+    return conn
+
+
+async def test_a_stalled_target_is_ejected_while_the_others_answer() -> None:
+    pool = Pool(pool_config(health={"enabled": False}, outlier={"stalled_after_s": 2}))
+    ejected: list[tuple[str, str]] = []
+    pool.on_ejected = lambda key, e: ejected.append((key, str(e.cause)))
+    now = time.monotonic()
+    a, b, c = pool.targets
+    a.answered_at = c.answered_at = now
+    b.answered_at = now - 5
+    conns = [waiting(pool, a, 3), waiting(pool, b, 3), waiting(pool, b, None),
+             waiting(pool, c, 1)]
+    pool.connections = set(conns)
+    pool.check_stalls()
+    # a waits as long, but answered others meanwhile; c has not waited long enough
+    assert ejected == [(b.key, "stalled")] and pool.routable == (a, c)
+    for conn in conns:
+        conn.abort()
+    pool.close()
+
+
+async def test_stall_checks_run_while_requests_are_in_flight() -> None:
+    pool = Pool(pool_config(health={"enabled": False}))
+    t = pool.targets[0]
+    pool.started(t)
+    assert pool._stall_check is not None
+    pool.close()
+    assert pool._stall_check is None
+    off = Pool(pool_config(health={"enabled": False}, outlier={"stalled_after_s": 0}))
+    off.started(off.targets[0])
+    assert off._stall_check is None
 
 
 def test_draining_target_reports_drained_when_idle() -> None:
