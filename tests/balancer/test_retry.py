@@ -15,6 +15,7 @@ from lbcdn.balancer.retry import Failure, RetryBudget, may_retry
     (b"PUT", Failure.BAD_GATEWAY, False, False, 0, False),  # body not buffered
     (b"GET", Failure.RESET, True, True, 0, False),         # a byte reached the client
     (b"GET", Failure.TIMEOUT, False, True, 0, False),      # never retry timeouts
+    (b"GET", Failure.CUT, False, True, 0, False),          # nor cuts at a deregistration
     (b"GET", Failure.CONNECT, False, True, 1, False),      # max reached
     (b"GET", Failure.CONNECT, True, True, 0, False),
 ])
