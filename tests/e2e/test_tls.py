@@ -4,6 +4,7 @@ HTTPS to backends — with certificates made by trustme and real TLS clients (Py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import subprocess
@@ -19,7 +20,8 @@ from aiohttp import web
 
 from lbcdn.config.load import load_config
 from lbcdn.daemon import Daemon
-from tests.e2e.harness import HOST, demo_backend, free_port, listener_port, proxy_config, running_daemon
+from tests.e2e.harness import HOST, DaemonProcess, demo_backend, free_port, listener_port, \
+    proxy_config, running_daemon
 
 
 @pytest.fixture
@@ -106,7 +108,7 @@ async def test_only_tls12_and_13_and_sessions_resume(tmp_path: Path, ca: trustme
                 old.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer TLS 1.0/1.1
                 old.minimum_version = ssl.TLSVersion.TLSv1
                 old.maximum_version = ssl.TLSVersion.TLSv1_1
-            with pytest.raises(ssl.SSLError):  # refused (alert or plain close)
+            with pytest.raises(ssl.SSLError, match="TLSV1_ALERT_PROTOCOL_VERSION"):
                 await in_thread(handshake, port, ca, "a.test", ctx=old)
             tls12 = client_ctx(ca, ssl.TLSVersion.TLSv1_2)
             _, version, session, reused = await in_thread(handshake, port, ca, "a.test",
@@ -115,6 +117,64 @@ async def test_only_tls12_and_13_and_sessions_resume(tmp_path: Path, ca: trustme
             _, _, _, reused = await in_thread(handshake, port, ca, "a.test", ctx=tls12,
                                               session=session)
             assert reused
+
+
+def old_client(ca: trustme.CA) -> ssl.SSLContext:
+    """A client that offers only TLS 1.0 and 1.1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = client_ctx(ca)
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    return ctx
+
+
+def s_client(port: int, *args: str) -> str:
+    out = subprocess.run(["openssl", "s_client", "-connect", f"{HOST}:{port}",
+                          "-servername", "a.test", *args], input="", capture_output=True,
+                         text=True, timeout=20)
+    assert out.returncode != 0, out.stdout
+    return out.stdout + out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [None, "2"])
+async def test_refused_versions_and_ciphers_get_their_alert(tmp_path: Path, ca: trustme.CA,
+                                                            workers: str | None) -> None:
+    """Not an EOF: the client learns why (protocol_version 70, handshake_failure 40)."""
+    async with demo_backend() as b:
+        config = tls_config(b, tmp_path, ca)
+        strict = {"name": "tls13", "address": HOST, "port": free_port(),
+                  "tls": {**config["listeners"][1]["tls"], "min_version": "1.3"}}
+        config["listeners"].append(strict)
+        async with contextlib.AsyncExitStack() as stack:
+            if workers is None:
+                await stack.enter_async_context(running_daemon(config))
+            else:
+                daemon = await in_thread(DaemonProcess, config, tmp_path, ["--workers", workers])
+                stack.push_async_callback(in_thread, daemon.stop)
+            port, port13 = listener_port(config, 1), listener_port(config, 2)
+            for _ in range(4):  # new connections: with workers, the kernel spreads them
+                with pytest.raises(ssl.SSLError, match="TLSV1_ALERT_PROTOCOL_VERSION"):
+                    await in_thread(handshake, port, ca, "a.test", ctx=old_client(ca))
+                tls12 = client_ctx(ca, ssl.TLSVersion.TLSv1_2)
+                tls12.set_ciphers("AES128-SHA256:AES256-GCM-SHA384")  # no ECDHE: refused
+                with pytest.raises(ssl.SSLError, match="SSLV3_ALERT_HANDSHAKE_FAILURE"):
+                    await in_thread(handshake, port, ca, "a.test", ctx=tls12)
+                with pytest.raises(ssl.SSLError, match="TLSV1_ALERT_PROTOCOL_VERSION"):
+                    await in_thread(handshake, port13, ca, "a.test",
+                                    ctx=client_ctx(ca, ssl.TLSVersion.TLSv1_2))
+            assert "alert protocol version" in await in_thread(s_client, port, "-tls1_1")
+            assert "alert handshake failure" in await in_thread(
+                s_client, port, "-tls1_2", "-cipher", "AES128-SHA")
+            assert "alert protocol version" in await in_thread(s_client, port13, "-tls1_2")
+            # what is accepted still works, on every listener
+            assert (await in_thread(handshake, port, ca, "a.test"))[1] == "TLSv1.3"
+            _, version, _, _ = await in_thread(handshake, port, ca, "a.test",
+                                               ctx=client_ctx(ca, ssl.TLSVersion.TLSv1_2))
+            assert version == "TLSv1.2"
+            assert (await in_thread(handshake, port13, ca, "a.test"))[1] == "TLSv1.3"
 
 
 async def test_curl_over_https_and_forwarded_proto(tmp_path: Path, ca: trustme.CA) -> None:
