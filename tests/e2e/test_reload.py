@@ -258,8 +258,8 @@ async def keepalive_load(port: int, clients: int, seconds: float,
 async def test_reload_storm_under_keepalive_load_loses_nothing(tmp_path: Path,
                                                                workers: str) -> None:
     """Five SIGHUPs, each with a changed config, while six keep-alive clients send requests
-    (with bodies, slow ones across the reloads) as fast as they are answered: not one request
-    lost or failed, no connection closed."""
+    (some with bodies) as fast as they are answered and two more send slow ones that are in
+    flight across the reloads: not one request lost or failed, no connection closed."""
     with backend_process("b1") as b1, backend_process("b2") as b2:
         config = storm_config(proxy_config(b1.port), 0, b1.port, b2.port)
         config["logging"]["level"] = "info"
@@ -267,17 +267,22 @@ async def test_reload_storm_under_keepalive_load_loses_nothing(tmp_path: Path,
                                          ["--workers", workers])
         try:
             port = listener_port(config)
-            load = asyncio.ensure_future(keepalive_load(port, clients=6, seconds=4.0, requests=[
-                ("GET", "/", b""), ("GET", "/hello", b""), ("GET", "/bytes/4096", b""),
-                ("POST", "/echo", b"x" * 20_000), ("GET", "/delay/150", b"")]))
+            load = asyncio.gather(
+                keepalive_load(port, clients=6, seconds=4.0, requests=[
+                    ("GET", "/", b""), ("GET", "/hello", b""), ("GET", "/bytes/4096", b""),
+                    ("POST", "/echo", b"x" * 20_000)]),
+                # requests in flight across every reload
+                keepalive_load(port, clients=2, seconds=4.0, requests=[
+                    ("GET", "/delay/400", b"")]))
             for step in range(1, 6):
                 await asyncio.sleep(0.6)
                 daemon.path.write_text(yaml.safe_dump(storm_config(config, step, b1.port,
                                                                    b2.port)))
                 os.kill(daemon.pid, signal.SIGHUP)
-            answered, failures = await load
-            assert not failures, (len(failures), failures[:5])
-            assert answered >= 300, answered
+            (answered, failures), (slow, slow_failures) = await load
+            print(f"reload storm, --workers {workers}: {answered} + {slow} slow requests")
+            assert not failures + slow_failures, (failures + slow_failures)[:5]
+            assert answered >= 300 and slow >= 10, (answered, slow)
             await asyncio.sleep(0.5)
             async with aiohttp.ClientSession() as session:
                 assert await get(session, port, "/hello") == (200, "v5")
