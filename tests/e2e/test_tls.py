@@ -8,6 +8,7 @@ import contextlib
 import socket
 import ssl
 import subprocess
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,63 @@ async def test_refused_versions_and_ciphers_get_their_alert(tmp_path: Path, ca: 
                                                ctx=client_ctx(ca, ssl.TLSVersion.TLSv1_2))
             assert version == "TLSv1.2"
             assert (await in_thread(handshake, port13, ca, "a.test"))[1] == "TLSv1.3"
+
+
+def trickled_handshake(port: int, ca: trustme.CA, pieces: int) -> bytes:
+    """A TLS 1.3 GET whose ClientHello goes out in `pieces` writes, 50 ms apart (through a
+    MemoryBIO client, so the bytes on the wire are under the test's control)."""
+    ctx = client_ctx(ca)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="a.test")
+    with socket.create_connection((HOST, port), timeout=5) as raw:
+        with pytest.raises(ssl.SSLWantReadError):
+            tls.do_handshake()
+        hello = outgoing.read()
+        step = -(-len(hello) // pieces)
+        for at in range(0, len(hello), step):
+            raw.sendall(hello[at:at + step])
+            time.sleep(0.05)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        tls.write(b"GET /trickled HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw.sendall(outgoing.read())
+        data = b""
+        while True:  # until the server's close_notify or its close
+            try:
+                part = tls.read(65536)
+                if not part:
+                    return data
+                data += part
+            except ssl.SSLWantReadError:
+                chunk = raw.recv(65536)
+                if not chunk:
+                    return data
+                incoming.write(chunk)
+            except ssl.SSLZeroReturnError:
+                return data
+
+
+async def test_a_trickled_client_hello_is_read_whole_then_handed_to_tls(
+        tmp_path: Path, ca: trustme.CA) -> None:
+    async with demo_backend() as b:
+        config = tls_config(b, tmp_path, ca)
+        config["listeners"][1]["header_timeout_s"] = 2
+        async with running_daemon(config):
+            port = listener_port(config, 1)
+            response = await in_thread(trickled_handshake, port, ca, 5)
+            assert response.startswith(b"HTTP/1.1 200 ") and b"/trickled" in response
+            # no ClientHello at all: closed at the header timeout
+            reader, writer = await asyncio.open_connection(HOST, port)
+            started = time.monotonic()
+            with contextlib.suppress(ConnectionResetError):
+                assert await asyncio.wait_for(reader.read(), 6) == b""
+            assert 1.5 < time.monotonic() - started < 5
+            writer.close()
 
 
 async def test_curl_over_https_and_forwarded_proto(tmp_path: Path, ca: trustme.CA) -> None:
