@@ -73,11 +73,11 @@ def _bucket(seconds: float) -> int:
 
 UpstreamErrorKind = Literal[
     "connect_refused", "connect_timeout", "tls_handshake", "reset", "response_timeout",
-    "malformed_response", "no_target",
+    "malformed_response", "no_target", "deregistered",
 ]
 UPSTREAM_ERROR_KINDS: Final[tuple[str, ...]] = (
     "connect_refused", "connect_timeout", "tls_handshake", "reset", "response_timeout",
-    "malformed_response", "no_target",
+    "malformed_response", "no_target", "deregistered",
 )
 
 HTTP_REQUESTS: Final = Counter(

@@ -10,18 +10,129 @@ Rules:
   the listening socket and open connections stay as they are.
 - SNI names come from the config or, by default, from the certificate's subjectAltName DNS
   names. `*.example.com` matches exactly one label, as in certificate matching (RFC 6125).
+- A refused handshake gets its alert. asyncio's and uvloop's TLS transports close the
+  connection at once when a handshake fails, dropping the alert OpenSSL wrote (CPython
+  gh-98078): clients would see an EOF instead of `protocol_version` or `handshake_failure`. So
+  the listener reads the ClientHello first (lbcdn.edge.tls_gate) and `hello_verdict` decides,
+  as OpenSSL would, whether the listener's versions and cipher suites refuse it; a refusal is
+  answered with the alert, anything else (including what is not a well-formed ClientHello) goes
+  on to OpenSSL unchanged.
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Sequence
+from typing import Final
 
 from cryptography import x509
 
 from lbcdn.config.schema import CertificateConfig, ListenerTlsConfig, UpstreamTlsConfig
 
 CIPHERS_TLS12 = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+TLS12: Final = 0x0303
+TLS13: Final = 0x0304
+ALERT_HANDSHAKE_FAILURE: Final = 40
+ALERT_PROTOCOL_VERSION: Final = 70
+NEED_MORE: Final = -1     # hello_verdict: the ClientHello is not all there yet
+PASS: Final = 0           # hello_verdict: let OpenSSL handle it
+MAX_HELLO_BYTES: Final = 64 * 1024  # a longer ClientHello is left to OpenSSL
+_HANDSHAKE: Final = 22
+_CLIENT_HELLO: Final = 1
+_SUPPORTED_VERSIONS: Final = 43
+
+
+class HelloPolicy:
+    """What a server context accepts, in wire codes: protocol versions, and per version the
+    cipher suites."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.versions = frozenset(
+            {TLS13} if context.minimum_version is ssl.TLSVersion.TLSv1_3 else {TLS12, TLS13})
+        suites: dict[int, set[int]] = {TLS12: set(), TLS13: set()}
+        for cipher in context.get_ciphers():
+            suites[TLS13 if cipher["protocol"] == "TLSv1.3" else TLS12].add(
+                int(cipher["id"]) & 0xFFFF)
+        self.suites = {v: frozenset(s) for v, s in suites.items()}
+
+
+def _grease(code: int) -> bool:
+    """RFC 8701 values (0x0A0A, 0x1A1A...): offered to keep servers honest, never chosen."""
+    return code & 0x0F0F == 0x0A0A and code >> 8 == code & 0xFF
+
+
+def _hello_message(data: bytes) -> tuple[bytes, int] | int:
+    """The ClientHello body from the handshake records at the start of `data`, with the record
+    version; NEED_MORE, or PASS for anything else."""
+    message = bytearray()
+    record_version = 0
+    at = 0
+    while True:
+        if len(data) < at + 5:
+            return NEED_MORE
+        if data[at] != _HANDSHAKE or data[at + 1] != 3:
+            return PASS
+        record_version = record_version or int.from_bytes(data[at + 1:at + 3], "big")
+        length = int.from_bytes(data[at + 3:at + 5], "big")
+        if len(data) < at + 5 + length:
+            return NEED_MORE
+        message += data[at + 5:at + 5 + length]
+        at += 5 + length
+        if len(message) >= 4:
+            if message[0] != _CLIENT_HELLO:
+                return PASS
+            size = int.from_bytes(message[1:4], "big")
+            if len(message) >= 4 + size:
+                return bytes(message[4:4 + size]), record_version
+
+
+def hello_verdict(data: bytes, policy: HelloPolicy) -> tuple[int, int]:
+    """(verdict, record version) for the first bytes a client sent: NEED_MORE, PASS, or the
+    alert OpenSSL would refuse the ClientHello with (ALERT_PROTOCOL_VERSION when no version the
+    client offers is one we accept, ALERT_HANDSHAKE_FAILURE when no cipher suite it offers for
+    the version chosen is). Pure; anything malformed is PASS."""
+    found = _hello_message(data)
+    if isinstance(found, int):
+        return (NEED_MORE if found == NEED_MORE and len(data) < MAX_HELLO_BYTES else PASS), 0
+    body, record_version = found
+    try:
+        legacy = int.from_bytes(body[0:2], "big")
+        at = 34
+        at += 1 + body[at]                                  # session id
+        n = int.from_bytes(body[at:at + 2], "big")
+        suites = {int.from_bytes(body[i:i + 2], "big") for i in range(at + 2, at + 2 + n, 2)}
+        at += 2 + n
+        at += 1 + body[at]                                  # compression methods
+        offered: set[int] | None = None
+        if at + 2 <= len(body):
+            end = at + 2 + int.from_bytes(body[at:at + 2], "big")
+            at += 2
+            while at + 4 <= end:
+                kind = int.from_bytes(body[at:at + 2], "big")
+                size = int.from_bytes(body[at + 2:at + 4], "big")
+                if kind == _SUPPORTED_VERSIONS:
+                    listed = body[at + 5:at + 5 + body[at + 4]]
+                    offered = {int.from_bytes(listed[i:i + 2], "big")
+                               for i in range(0, len(listed) - 1, 2)}
+                at += 4 + size
+    except IndexError:
+        return PASS, 0
+    if len(body) < 35 or at > len(body):
+        return PASS, 0
+    if offered is None:  # no supported_versions: the legacy field is the highest it speaks
+        offered = {TLS12} if legacy >= TLS12 else {legacy}
+    mutual = {v for v in offered if not _grease(v)} & policy.versions
+    if not mutual:
+        return ALERT_PROTOCOL_VERSION, record_version
+    if not suites & policy.suites[max(mutual)]:
+        return ALERT_HANDSHAKE_FAILURE, record_version
+    return PASS, record_version
+
+
+def alert_record(description: int, record_version: int) -> bytes:
+    """A fatal alert in one TLS record, in the record version the client used."""
+    return bytes((21, record_version >> 8, record_version & 0xFF, 0, 2, 2, description))
 
 
 def _server_context(min_version: str) -> ssl.SSLContext:
@@ -52,6 +163,7 @@ class ServerTls:
     def __init__(self, config: ListenerTlsConfig) -> None:
         self.context = _server_context(config.min_version)
         self.context.sni_callback = self._select
+        self.policy = HelloPolicy(self.context)
         self._exact: dict[str, ssl.SSLContext] = {}
         self._wildcard: dict[str, ssl.SSLContext] = {}
         self.load(config)

@@ -9,7 +9,8 @@ Pure. The rules (issue 3, after ALB, Envoy and nginx's proxy_next_upstream):
   idempotent methods, only when no response byte reached the client, and only when the request
   body (if any) can be replayed: it was buffered whole, within buffer_body_max_bytes;
 - response timeouts are not retried: the upstream may still be working on it, and retrying
-  slow requests is how an overload spreads;
+  slow requests is how an overload spreads; nor are requests cut at the end of a target's
+  deregistration delay (ALB answers them 502 too);
 - those (BUDGETED) are at most `max` a request, and the pool's RetryBudget must allow each one.
 
 RetryBudget keeps counts of first attempts and retries in a sliding window of 10 buckets and
@@ -32,6 +33,7 @@ class Failure(enum.StrEnum):
     RESET = "reset"            # connection reset or closed before the response head
     BAD_GATEWAY = "bad_gateway"  # a malformed response head
     TIMEOUT = "timeout"        # no response head in time
+    CUT = "cut"                # the edge closed it: the target's deregistration delay ran out
 
 
 class Retry(enum.Enum):
@@ -48,7 +50,7 @@ def decide_retry(method: bytes, failure: Failure, *, response_started: bool,
         return Retry.NO
     if failure is Failure.CONNECT:
         return Retry.FREE
-    if retries_done >= max_retries or failure is Failure.TIMEOUT:
+    if retries_done >= max_retries or failure is Failure.TIMEOUT or failure is Failure.CUT:
         return Retry.NO
     return Retry.BUDGETED if method in IDEMPOTENT and body_replayable else Retry.NO
 

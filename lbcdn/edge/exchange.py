@@ -11,7 +11,8 @@ head, body, done, failed, upgraded, stopped/started reading). It writes to both 
   (the backend closed it while we were sending) is retried once on a new connection, provided the
   request body sent so far was small enough to keep (the pool's
   `retries.buffer_body_max_bytes`);
-- which failure maps to which status: connect refused / reset / malformed -> 502, connect or
+- which failure maps to which status: connect refused / reset / malformed / cut at the end of
+  the target's deregistration delay -> 502, connect or
   response timeout -> 504, no target -> 503. After the response has started, a failure can only
   be signalled by closing the client connection.
 """
@@ -49,7 +50,7 @@ _ERROR_HEAD: Final = RequestHead(b"-", b"-", b"-", None, b"1.1", [], b"")
 _FAILURES: Final = {"connect_refused": Failure.CONNECT, "connect_timeout": Failure.CONNECT,
                     "tls_handshake": Failure.CONNECT, "reset": Failure.RESET,
                     "malformed_response": Failure.BAD_GATEWAY,
-                    "response_timeout": Failure.TIMEOUT}
+                    "response_timeout": Failure.TIMEOUT, "deregistered": Failure.CUT}
 
 
 def split_host(value: str) -> tuple[str, int | None]:
@@ -470,6 +471,7 @@ class Exchange(UpstreamOwner):
                 upstream.close()
 
     def client_tunnel_data(self, data: bytes) -> None:
+        self.body_bytes += len(data)  # a tunnel's bytes in, as its access log line counts them
         if self.upgrade_pending:
             self.tunnel_buf.append(data)
             if sum(map(len, self.tunnel_buf)) > MAX_TUNNEL_BUFFER:
@@ -576,8 +578,10 @@ class Exchange(UpstreamOwner):
         target, self.inflight_target = self.inflight_target, None
         failure = _FAILURES.get(kind, Failure.RESET)
         if pool is not None and target is not None:
-            # a failed connect ejects the target before the retry picks another one
+            # a failed connect ejects the target before the retry picks another one; a cut is
+            # the edge's doing, not a failure of the target
             pool.finished(target, 0, self.upstream_time,
+                          None if failure is Failure.CUT else
                           Result.CONNECT_FAILURE if failure is Failure.CONNECT else
                           Result.RESET if failure is Failure.RESET else Result.HTTP_5XX)
             pool.metrics.error(kind)  # type: ignore[arg-type]
@@ -615,7 +619,8 @@ class Exchange(UpstreamOwner):
         else:
             self.respond_error(HttpError(502, "upstream connection failed"
                                          if failure is Failure.CONNECT else
-                                         "bad response from upstream",
+                                         "the target was deregistered" if failure is Failure.CUT
+                                         else "bad response from upstream",
                                          close=not self.body_done))
 
     def upstream_paused(self, paused: bool) -> None:
@@ -638,21 +643,29 @@ class Exchange(UpstreamOwner):
             return
         self.upgrade_pending = False
         self.status = 101
+        self.upstream_time = writebatch.now() - self.sent_at
+        if self.pool is not None:
+            self.pool.metrics.upstream_time(self.upstream_time)
         parts = [resp.lead, b"Connection: upgrade\r\n"]
         for name, value in resp.headers:
             if name.lower() == b"upgrade":
                 parts += (name, b": ", value, b"\r\n")
         parts.append(b"\r\n")
+        data = b"".join(parts)
+        self.bytes_out += len(data)
         conn = self.conn
-        conn.write(b"".join(parts))
+        conn.write(data)
         self.response_started = True
-        # the connection now belongs to the tunnel: take it out of the request queue
+        # the connection now belongs to the tunnel: take it out of the request queue. The
+        # tunnel stays in flight on its target (drained, and cut at the end of a deregistration
+        # delay, like a request) and is recorded when it closes (client_lost), with the bytes
+        # that went through it both ways.
         if conn.exchanges and conn.exchanges[0] is self:
             conn.exchanges.pop(0)
         conn.tunnel = self
         conn.deadline.set(conn.limits.idle_timeout_s)
-        self._record()
         if rest:
+            self.bytes_out += len(rest)
             conn.write(rest)
         for chunk in self.tunnel_buf:
             upstream.write(chunk)

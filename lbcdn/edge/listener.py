@@ -16,6 +16,7 @@ from typing import Final, Protocol, cast
 
 from lbcdn.config.schema import ForwardAction, ListenerConfig, RouteConfig
 from lbcdn.edge.connection import ClientConnection, KnownHead, Limits
+from lbcdn.edge.tls_gate import TlsGate
 from lbcdn.tls import ServerTls
 from lbcdn.http.head import request_header_kinds
 from lbcdn.logs import AccessLog
@@ -61,6 +62,7 @@ class Listener:
         self.access_log = access_log
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
+        self.gates: set[TlsGate] = set()   # HTTPS connections before their handshake is done
         self.metrics = listener_metrics(config.name)
         self.id_header = config.request_id_header.encode()
         self.id_header_lower = self.id_header.lower()
@@ -124,14 +126,15 @@ class Listener:
     async def start(self, reuse_port: bool = False) -> None:
         server = await self.loop.create_server(
             self._connection, self.config.address, self.config.port,
-            backlog=self.config.backlog, reuse_address=True, reuse_port=reuse_port or None,
-            ssl=self.tls.context if self.tls is not None else None)
+            backlog=self.config.backlog, reuse_address=True, reuse_port=reuse_port or None)
         self._server = cast(_Server, server)
         sock = self._server.sockets[0]
         self._set_port(sock.getsockname()[1])
         log.info("listener %s on %s:%d", self.name, self.config.address, self.port)
 
     def _connection(self) -> asyncio.Protocol:
+        if self.tls is not None:
+            return TlsGate(self, self.tls)  # TLS starts after it has read the ClientHello
         # the loop takes any object with the protocol methods; the stubs want the base class
         return cast(asyncio.Protocol, ClientConnection(self))
 
@@ -158,6 +161,8 @@ class Listener:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.abort()
+        for gate in list(self.gates):
+            gate.abort()
         if self._server is not None:
             await self._server.wait_closed()
 

@@ -223,6 +223,11 @@ class UpstreamConnection(ResponseSink, Writer):
         # completed it, and the deadline was cleared; `_arm` reads the owner afresh)
         self._arm()
 
+    def cut(self) -> None:
+        """The target's deregistration delay ran out with this connection busy: end its
+        exchange (or tunnel) as ALB does, by closing the connection."""
+        self._fail("deregistered")
+
     def _fail(self, kind: str) -> None:
         owner, self.owner = self.owner, None
         self.abort()

@@ -8,6 +8,9 @@ Rules:
   (or `unavailable` when checks are off), so a fresh pool fails open to them as ALB does.
 - What the pool balances over is `lbcdn.balancer.plan.plan(...)`: rebuilt after a snapshot, an
   ejection or its end, and at slow-start steps; never per request.
+- A target whose deregistration ended (`unused` after `draining`, or gone from the snapshot)
+  has its busy connections cut: requests still in flight when the delay runs out end then, as
+  on ALB (lbcdn.upstream.connection's `cut`; the client gets a 502 or a cut response).
 - Idle connections are kept per target, newest first (LIFO keeps a few connections hot and lets
   the rest time out), at most `max_idle_per_target` of them, each for at most `idle_timeout_s`.
   A connection leaves the idle list the moment it is taken or closed. A target that stops taking
@@ -412,6 +415,7 @@ class Pool:
         targets: list[Target] = []
         by_key: dict[str, Target] = {}
         drained: list[str] = []
+        ended: list[Target] = []   # deregistration over: what is still in flight is cut
         for entry in snapshot:
             key = target_key(entry["host"], int(entry["port"]))
             t = old.get(key)
@@ -422,7 +426,8 @@ class Pool:
             t.weight = int(entry["weight"])
             h = t.health
             state = State(entry["state"])
-            if h.state is not state:
+            changed = h.state is not state
+            if changed:
                 h.state = state
                 h.since = now
                 if state is State.HEALTHY:
@@ -434,14 +439,21 @@ class Pool:
                 self._close_idle(t)
                 if state is State.DRAINING and t.in_flight <= 0:
                     drained.append(key)
+                elif changed and h.reason is Reason.NOT_REGISTERED:
+                    ended.append(t)
             targets.append(t)
             by_key[key] = t
         for key, t in old.items():
             if by_key.get(key) is not t:
-                t.serving = False  # gone: its busy connections close when their exchange ends
+                t.serving = False  # gone (forgotten once its draining ended)
                 self.outlier.remove(key)
                 self._close_idle(t)
+                ended.append(t)
         self.targets, self.by_key = targets, by_key
+        if ended:
+            for conn in list(self.connections):
+                if conn.target in ended and not conn.in_idle:
+                    conn.cut()
         self.replan()
         if self.on_drained is not None:
             for key in drained:

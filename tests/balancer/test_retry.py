@@ -18,6 +18,7 @@ NO, FREE, BUDGETED = Retry.NO, Retry.FREE, Retry.BUDGETED
     (b"PUT", Failure.BAD_GATEWAY, False, False, 0, NO),    # body not buffered
     (b"GET", Failure.RESET, True, True, 0, NO),            # a byte reached the client
     (b"GET", Failure.TIMEOUT, False, True, 0, NO),         # never retry timeouts
+    (b"GET", Failure.CUT, False, True, 0, NO),             # nor cuts at a deregistration
     (b"GET", Failure.RESET, False, True, 1, NO),           # max reached
     (b"GET", Failure.CONNECT, False, True, 1, FREE),       # connects do not count to max
     (b"POST", Failure.CONNECT, False, True, 5, FREE),

@@ -2,7 +2,8 @@
 DNS answers that must tell targets apart) with a run-time port.
 
 `/health` answers `health_status` (200 by default); `/slow` waits `slow_s` before answering;
-`/boom` closes the connection without a byte (a reset before any response byte); `/fail`
+`/stall` sends its head and half of its body, then waits `slow_s` for the rest; `/boom` closes
+the connection without a byte (a reset before any response byte); `/fail`
 answers 500; anything else 200 with the backend's name as the body. Every request is counted
 by path, so tests can count health checks and proxied requests exactly."""
 
@@ -67,6 +68,15 @@ class PoolBackend:
                     return
                 if path == "/health":
                     status, body = self.health_status, b"health"
+                elif path == "/stall":
+                    body = self.name.encode() * 2
+                    writer.write(b"HTTP/1.1 200 X\r\nContent-Length: %d\r\n\r\n%s" % (
+                        len(body), body[:len(body) // 2]))
+                    await writer.drain()
+                    await asyncio.sleep(self.slow_s)
+                    writer.write(body[len(body) // 2:])
+                    await writer.drain()
+                    continue
                 elif path == "/fail":
                     status, body = 500, b"failed"
                 else:

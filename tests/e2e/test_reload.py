@@ -19,8 +19,8 @@ import yaml
 
 from lbcdn.config.load import ConfigError, load_config
 from lbcdn.daemon import Daemon, ReloadError
-from tests.e2e.harness import (HOST, DaemonProcess, admin_port, backend_process, demo_backend,
-                               free_port, listener_port, proxy_config)
+from tests.e2e.harness import (HOST, DaemonProcess, RawClient, admin_port, backend_process,
+                               demo_backend, free_port, listener_port, proxy_config)
 
 
 @contextlib.asynccontextmanager
@@ -200,6 +200,95 @@ async def test_sighup_reloads_under_load_without_a_failed_request(tmp_path: Path
             assert daemon.stderr().count("configuration reloaded") == 5
         finally:
             assert daemon.stop() == 0
+
+
+def storm_config(config: dict[str, Any], step: int, b1: int, b2: int) -> dict[str, Any]:
+    """Step `step` of a reload storm: every step changes what a reload can change while
+    requests run: the fixed route's body, the pool's targets (one, then both) and settings
+    (a rebuilt pool), health checks, a listener limit."""
+    config = with_hello(config, f"v{step}")
+    targets = [f"{HOST}:{b1}"] if step % 2 == 0 else [f"{HOST}:{b1}", f"{HOST}:{b2}"]
+    config["pools"] = {"app": {
+        "targets": targets, "max_idle_per_target": 8 + step,
+        "health": {"enabled": step % 3 != 2, "path": "/status/200", "interval_s": 0.2,
+                   "timeout_s": 0.1,
+                   "healthy_threshold": 2}}}
+    config["listeners"] = [{**config["listeners"][0], "idle_timeout_s": 60 + step}]
+    return config
+
+
+async def keepalive_load(port: int, clients: int, seconds: float,
+                         requests: list[tuple[str, str, bytes]], most: int = 4000
+                         ) -> tuple[int, list[str]]:
+    """`clients` keep-alive connections, each sending `requests` (method, path, body) in turn
+    for `seconds` (and at most `most` requests): (answered, failures). A failure is anything
+    but a 200, or a connection that closed or broke under a request; the client then opens a
+    new one."""
+    failures: list[str] = []
+    answered = 0
+    deadline = time.monotonic() + seconds
+
+    async def client() -> None:
+        nonlocal answered
+        conn = await RawClient.open(port)
+        try:
+            for n in range(most):
+                if time.monotonic() > deadline:
+                    break
+                method, path, body = requests[n % len(requests)]
+                try:
+                    resp = await conn.request(method, path, body=body, timeout_s=10)
+                except Exception as exc:
+                    failures.append(f"{path}: {type(exc).__name__}: {exc}")
+                    await conn.close()
+                    conn = await RawClient.open(port)
+                    continue
+                answered += 1
+                if resp.status != 200:
+                    failures.append(f"{path}: {resp.status} {resp.body[:200]!r}")
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return answered, failures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_reload_storm_under_keepalive_load_loses_nothing(tmp_path: Path,
+                                                               workers: str) -> None:
+    """Five SIGHUPs, each with a changed config, while six keep-alive clients send requests
+    (some with bodies) as fast as they are answered and two more send slow ones that are in
+    flight across the reloads: not one request lost or failed, no connection closed."""
+    with backend_process("b1") as b1, backend_process("b2") as b2:
+        config = storm_config(proxy_config(b1.port), 0, b1.port, b2.port)
+        config["logging"]["level"] = "info"
+        daemon = await asyncio.to_thread(DaemonProcess, config, tmp_path,
+                                         ["--workers", workers])
+        try:
+            port = listener_port(config)
+            load = asyncio.gather(
+                keepalive_load(port, clients=6, seconds=4.0, requests=[
+                    ("GET", "/", b""), ("GET", "/hello", b""), ("GET", "/bytes/4096", b""),
+                    ("POST", "/echo", b"x" * 20_000)]),
+                # requests in flight across every reload
+                keepalive_load(port, clients=2, seconds=4.0, requests=[
+                    ("GET", "/delay/400", b"")]))
+            for step in range(1, 6):
+                await asyncio.sleep(0.6)
+                daemon.path.write_text(yaml.safe_dump(storm_config(config, step, b1.port,
+                                                                   b2.port)))
+                os.kill(daemon.pid, signal.SIGHUP)
+            (answered, failures), (slow, slow_failures) = await load
+            print(f"reload storm, --workers {workers}: {answered} + {slow} slow requests")
+            assert not failures + slow_failures, (failures + slow_failures)[:5]
+            assert answered >= 300 and slow >= 10, (answered, slow)
+            await asyncio.sleep(0.5)
+            async with aiohttp.ClientSession() as session:
+                assert await get(session, port, "/hello") == (200, "v5")
+            assert daemon.stderr().count("configuration reloaded") == 5, daemon.stderr()
+        finally:
+            assert await asyncio.to_thread(daemon.stop) == 0
 
 
 async def test_sigusr1_reopens_the_access_log(tmp_path: Path) -> None:

@@ -4,9 +4,11 @@ HTTPS to backends — with certificates made by trustme and real TLS clients (Py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import subprocess
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ from aiohttp import web
 
 from lbcdn.config.load import load_config
 from lbcdn.daemon import Daemon
-from tests.e2e.harness import HOST, demo_backend, free_port, listener_port, proxy_config, running_daemon
+from tests.e2e.harness import HOST, DaemonProcess, demo_backend, free_port, listener_port, \
+    proxy_config, running_daemon
 
 
 @pytest.fixture
@@ -106,7 +109,7 @@ async def test_only_tls12_and_13_and_sessions_resume(tmp_path: Path, ca: trustme
                 old.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer TLS 1.0/1.1
                 old.minimum_version = ssl.TLSVersion.TLSv1
                 old.maximum_version = ssl.TLSVersion.TLSv1_1
-            with pytest.raises(ssl.SSLError):  # refused (alert or plain close)
+            with pytest.raises(ssl.SSLError, match="TLSV1_ALERT_PROTOCOL_VERSION"):
                 await in_thread(handshake, port, ca, "a.test", ctx=old)
             tls12 = client_ctx(ca, ssl.TLSVersion.TLSv1_2)
             _, version, session, reused = await in_thread(handshake, port, ca, "a.test",
@@ -115,6 +118,121 @@ async def test_only_tls12_and_13_and_sessions_resume(tmp_path: Path, ca: trustme
             _, _, _, reused = await in_thread(handshake, port, ca, "a.test", ctx=tls12,
                                               session=session)
             assert reused
+
+
+def old_client(ca: trustme.CA) -> ssl.SSLContext:
+    """A client that offers only TLS 1.0 and 1.1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = client_ctx(ca)
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    return ctx
+
+
+def s_client(port: int, *args: str) -> str:
+    out = subprocess.run(["openssl", "s_client", "-connect", f"{HOST}:{port}",
+                          "-servername", "a.test", *args], input="", capture_output=True,
+                         text=True, timeout=20)
+    assert out.returncode != 0, out.stdout
+    return out.stdout + out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [None, "2"])
+async def test_refused_versions_and_ciphers_get_their_alert(tmp_path: Path, ca: trustme.CA,
+                                                            workers: str | None) -> None:
+    """Not an EOF: the client learns why (protocol_version 70, handshake_failure 40)."""
+    async with demo_backend() as b:
+        config = tls_config(b, tmp_path, ca)
+        strict = {"name": "tls13", "address": HOST, "port": free_port(),
+                  "tls": {**config["listeners"][1]["tls"], "min_version": "1.3"}}
+        config["listeners"].append(strict)
+        async with contextlib.AsyncExitStack() as stack:
+            if workers is None:
+                await stack.enter_async_context(running_daemon(config))
+            else:
+                daemon = await in_thread(DaemonProcess, config, tmp_path, ["--workers", workers])
+                stack.push_async_callback(in_thread, daemon.stop)
+            port, port13 = listener_port(config, 1), listener_port(config, 2)
+            for _ in range(4):  # new connections: with workers, the kernel spreads them
+                with pytest.raises(ssl.SSLError, match="TLSV1_ALERT_PROTOCOL_VERSION"):
+                    await in_thread(handshake, port, ca, "a.test", ctx=old_client(ca))
+                tls12 = client_ctx(ca, ssl.TLSVersion.TLSv1_2)
+                tls12.set_ciphers("AES128-SHA256:AES256-GCM-SHA384")  # no ECDHE: refused
+                with pytest.raises(ssl.SSLError, match="SSLV3_ALERT_HANDSHAKE_FAILURE"):
+                    await in_thread(handshake, port, ca, "a.test", ctx=tls12)
+                with pytest.raises(ssl.SSLError, match="TLSV1_ALERT_PROTOCOL_VERSION"):
+                    await in_thread(handshake, port13, ca, "a.test",
+                                    ctx=client_ctx(ca, ssl.TLSVersion.TLSv1_2))
+            assert "alert protocol version" in await in_thread(s_client, port, "-tls1_1")
+            assert "alert handshake failure" in await in_thread(
+                s_client, port, "-tls1_2", "-cipher", "AES128-SHA")
+            assert "alert protocol version" in await in_thread(s_client, port13, "-tls1_2")
+            # what is accepted still works, on every listener
+            assert (await in_thread(handshake, port, ca, "a.test"))[1] == "TLSv1.3"
+            _, version, _, _ = await in_thread(handshake, port, ca, "a.test",
+                                               ctx=client_ctx(ca, ssl.TLSVersion.TLSv1_2))
+            assert version == "TLSv1.2"
+            assert (await in_thread(handshake, port13, ca, "a.test"))[1] == "TLSv1.3"
+
+
+def trickled_handshake(port: int, ca: trustme.CA, pieces: int) -> bytes:
+    """A TLS 1.3 GET whose ClientHello goes out in `pieces` writes, 50 ms apart (through a
+    MemoryBIO client, so the bytes on the wire are under the test's control)."""
+    ctx = client_ctx(ca)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="a.test")
+    with socket.create_connection((HOST, port), timeout=5) as raw:
+        with pytest.raises(ssl.SSLWantReadError):
+            tls.do_handshake()
+        hello = outgoing.read()
+        step = -(-len(hello) // pieces)
+        for at in range(0, len(hello), step):
+            raw.sendall(hello[at:at + step])
+            time.sleep(0.05)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        tls.write(b"GET /trickled HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw.sendall(outgoing.read())
+        data = b""
+        while True:  # until the server's close_notify or its close
+            try:
+                part = tls.read(65536)
+                if not part:
+                    return data
+                data += part
+            except ssl.SSLWantReadError:
+                chunk = raw.recv(65536)
+                if not chunk:
+                    return data
+                incoming.write(chunk)
+            except ssl.SSLZeroReturnError:
+                return data
+
+
+async def test_a_trickled_client_hello_is_read_whole_then_handed_to_tls(
+        tmp_path: Path, ca: trustme.CA) -> None:
+    async with demo_backend() as b:
+        config = tls_config(b, tmp_path, ca)
+        config["listeners"][1]["header_timeout_s"] = 2
+        async with running_daemon(config):
+            port = listener_port(config, 1)
+            response = await in_thread(trickled_handshake, port, ca, 5)
+            assert response.startswith(b"HTTP/1.1 200 ") and b"/trickled" in response
+            # no ClientHello at all: closed at the header timeout
+            reader, writer = await asyncio.open_connection(HOST, port)
+            started = time.monotonic()
+            with contextlib.suppress(ConnectionResetError):
+                assert await asyncio.wait_for(reader.read(), 6) == b""
+            assert 1.5 < time.monotonic() - started < 5
+            writer.close()
 
 
 async def test_curl_over_https_and_forwarded_proto(tmp_path: Path, ca: trustme.CA) -> None:

@@ -15,13 +15,16 @@ import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from lbcdn.demo.backend import BackendState, start_backend
 from lbcdn.demo.websocket import accept_key
-from tests.e2e.harness import HOST, demo_backend, listener_port, proxy_config, running_daemon
+from tests.e2e.harness import HOST, admin_port, demo_backend, listener_port, proxy_config, \
+    running_daemon
+from tests.e2e.test_proxy import access_log_lines
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 
@@ -164,6 +167,62 @@ async def test_websocket_echo_through_the_proxy_and_clean_close() -> None:
             listener = daemon.listeners[0]
             await wait_until(lambda: not state.connections, what="backend connection closed")
             await wait_until(lambda: not listener.connections, what="client connection closed")
+
+
+async def test_websocket_access_log_line_counts_both_ways_and_the_upstream_time(
+        tmp_path: Path) -> None:
+    """One line per tunnel, written when it closes: what went through it each way (frames
+    included) and the time to the backend's 101."""
+    log_path = tmp_path / "access.log"
+    async with observed_backend() as (backend_port, _):
+        config = tunnel_config(backend_port)
+        config["logging"] = {"level": "warning",
+                             "access_log": {"enabled": True, "path": str(log_path)}}
+        async with running_daemon(config) as daemon, \
+                aiohttp.ClientSession(timeout=TIMEOUT) as session:
+            url = f"http://{HOST}:{listener_port(config)}/ws"
+            async with session.ws_connect(url, autoping=False, compress=0) as ws:
+                await ws.send_bytes(b"x" * 100_000)
+                msg = await ws.receive(timeout=5)
+                assert (msg.type, len(msg.data)) == (aiohttp.WSMsgType.BINARY, 100_000)
+                assert await ws.close(code=1000)
+            listener = daemon.listeners[0]
+            await wait_until(lambda: not listener.connections, what="client connection closed")
+    lines = [line for line in access_log_lines(log_path) if line["path"] == "/ws"]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line["status"] == 101 and line["target"] == f"{HOST}:{backend_port}"
+    # client frames: 2 + 8 (64-bit length) + 4 (mask) + payload; its close: 2 + 4 + code
+    assert line["bytes_in"] == 14 + 100_000 + 8
+    # the 101 head, the echo (2 + 8 + payload, unmasked) and the backend's close (2 + code)
+    assert 10 + 100_000 + 4 + 60 < line["bytes_out"] < 10 + 100_000 + 4 + 400, line
+    assert line["upstream_time_s"] is not None
+    assert 0 < line["upstream_time_s"] <= line["total_time_s"]
+
+
+async def test_websocket_tunnel_drains_and_closes_at_the_deregistration_delay() -> None:
+    """A tunnel counts as in flight on its target: deregistering the target lets it run for
+    the delay (it is not cut at once), then closes it."""
+    async with observed_backend() as (backend_port, _):
+        config = tunnel_config(backend_port)
+        config["pools"]["app"]["deregistration_delay_s"] = 1
+        config["admin"]["token"] = "t"
+        async with running_daemon(config), \
+                aiohttp.ClientSession(timeout=TIMEOUT) as session:
+            url = f"http://{HOST}:{listener_port(config)}/ws"
+            async with session.ws_connect(url, autoping=False, compress=0) as ws:
+                async with session.delete(
+                        f"http://{HOST}:{admin_port(config)}/api/pools/app/targets/"
+                        f"{HOST}:{backend_port}", headers={"Authorization": "Bearer t"}) as r:
+                    assert r.status == 202
+                started = asyncio.get_running_loop().time()
+                await ws.send_str("still here")
+                msg = await ws.receive(timeout=3)
+                assert (msg.type, msg.data) == (aiohttp.WSMsgType.TEXT, "still here")
+                msg = await ws.receive(timeout=5)
+                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                    aiohttp.WSMsgType.ERROR), msg
+                assert 0.7 < asyncio.get_running_loop().time() - started < 4
 
 
 async def test_websocket_client_vanishing_closes_backend_connection() -> None:

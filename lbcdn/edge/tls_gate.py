@@ -1,0 +1,107 @@
+"""The first bytes of a connection to an HTTPS listener: the ClientHello, read before TLS starts.
+
+Why: a refused handshake must reach the client as its TLS alert, which the loop's TLS transport
+drops (see lbcdn.tls, "A refused handshake gets its alert"). The gate reads the ClientHello,
+asks `lbcdn.tls.hello_verdict`, and either writes the alert and closes, or hands the
+connection to TLS (`loop.start_tls`) with the bytes it read put back in front, and once the
+handshake is done to the listener's ClientConnection, as if the loop's TLS server had made it.
+
+Rules:
+- The ClientHello must arrive within the listener's `header_timeout_s`; the handshake after it
+  has the loop's TLS handshake timeout, as before.
+- The listener keeps its gates, so shutdown closes connections still shaking hands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import TYPE_CHECKING, cast
+
+from lbcdn.edge.connection import ClientConnection
+from lbcdn.tasks import spawn
+from lbcdn.tls import NEED_MORE, PASS, alert_record, hello_verdict
+
+if TYPE_CHECKING:
+    from lbcdn.edge.listener import Listener
+    from lbcdn.tls import ServerTls
+
+
+class TlsGate(asyncio.Protocol):
+    def __init__(self, listener: Listener, tls: ServerTls) -> None:
+        self.listener = listener
+        self.tls = tls
+        self.transport: asyncio.Transport | None = None
+        self.hello = b""
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.listener.gates.add(self)
+        self.timer = asyncio.get_running_loop().call_later(
+            self.listener.limits.header_timeout_s, self.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done()
+
+    def data_received(self, data: bytes) -> None:
+        self.hello += data
+        verdict, version = hello_verdict(self.hello, self.tls.policy)
+        if verdict == NEED_MORE:
+            return
+        transport = self.transport
+        assert transport is not None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if verdict != PASS:
+            transport.write(alert_record(verdict, version))
+            transport.close()
+            return
+        transport.pause_reading()
+        spawn(self._handshake(transport), "tls-handshake")
+
+    def eof_received(self) -> bool | None:
+        return None  # gone before its ClientHello was whole: close
+
+    async def _handshake(self, transport: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        conn = ClientConnection(self.listener)
+        # start_tls puts its TLS protocol on the transport before it waits for the handshake,
+        # and starts the handshake in a callback: this one, queued first, gives that protocol
+        # the ClientHello the gate read, so the handshake starts with it.
+        loop.call_soon(self._replay, transport)
+        try:
+            tls_transport = await loop.start_tls(
+                transport, cast(asyncio.BaseProtocol, conn), self.tls.context,
+                server_side=True)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError):
+            transport.abort()  # refused by OpenSSL (no alert then), or gone, or too slow
+            return
+        finally:
+            self._done()
+        if tls_transport is None or transport.is_closing():
+            return
+        conn.connection_made(tls_transport)
+
+    def _replay(self, transport: asyncio.Transport) -> None:
+        protocol = cast(asyncio.BufferedProtocol, transport.get_protocol())
+        data = memoryview(self.hello)
+        while data:
+            buf = memoryview(protocol.get_buffer(len(data)))
+            n = min(len(buf), len(data))
+            buf[:n] = data[:n]
+            protocol.buffer_updated(n)
+            data = data[n:]
+        self.hello = b""
+
+    def abort(self) -> None:
+        self._done()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _done(self) -> None:
+        self.listener.gates.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
