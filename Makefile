@@ -81,9 +81,13 @@ test-debs:
 typecheck: $(STAMP)
 	$(BIN)/mypy lbcdn
 
+# The whole suite on the compiled hot path (LBCDN_NATIVE=1: the build must have taken), then the
+# unit tests of the compiled modules once more interpreted: behaviour must not depend on it.
 pytest: $(STAMP) test-debs
 	$(NATIVE)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	LBCDN_NATIVE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	unit=$$($(BIN)/python -m lbcdn.native tests) && \
+	  LBCDN_NATIVE=0 $(BIN)/python -m pytest $(PYTEST_ARGS) $$unit
 
 test: pytest typecheck
 
