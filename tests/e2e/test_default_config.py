@@ -112,7 +112,9 @@ def default_daemon(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     tmp = tmp_path_factory.mktemp("default-config")
     # as `make run` does, in a directory of the test's own: the demo site in the bucket `site`
     config["buckets"]["root"] = str(tmp / "buckets")
-    shutil.copytree(REPO / "config" / "demo-site", tmp / "buckets" / "site")
+    # (copied as `cp` does: modified now, not when checked out)
+    shutil.copytree(REPO / "config" / "demo-site", tmp / "buckets" / "site",
+                    copy_function=shutil.copy)
     with held(taken):
         daemon = DaemonProcess(config, tmp, extra_args=["--workers", str(request.param)])
         try:
@@ -242,6 +244,12 @@ def test_the_site_is_served_through_the_edge_cache(
     assert "<h1>Served by lbcdn's bucket origin</h1>" in page
     # the first may be a hit already (an earlier test, or the line above, on this worker)
     assert site_twice(ports)[1] == "Hit from lbcdn"
+    # fresh for the policy's 60 s, though the file was copied in a moment ago (the Last-Modified
+    # heuristic alone would give it a fraction of a second)
+    head = curl("-o", "/dev/null", "-o", "/dev/null", "-D", "-", "-H", "Host: site.localhost",
+                f"{base(ports)}/style.css", f"{base(ports)}/style.css")
+    ttl = re.findall(r"(?im)^cache-status: lbcdn; hit; ttl=(\d+)\r?$", head)
+    assert ttl and int(ttl[0]) >= 50, head
     code, answer = invalidate(ports, "-H", f"Authorization: Bearer {TOKEN}")
     assert code == 201, answer
     assert answer["status"] == "Completed" and answer["paths"] == ["/*"], answer
