@@ -7,6 +7,7 @@
 #   make test       install, Debian packages the suite needs, compile, typecheck, pytest
 #   make typecheck  mypy lbcdn
 #   make bench      install, nginx + wrk, benchmarks/run.py  (BENCH_ARGS="--duration 5 proxy")
+#   make docs       the documentation site (docs/, mkdocs.yml) into site/, links checked
 #   make clean
 
 SHELL := /bin/bash
@@ -20,6 +21,7 @@ BIN    := $(VENV)/bin
 # first `make run` does not wait for the test tools.
 STAMP     := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
+DOCS_STAMP := $(VENV)/.installed-docs
 
 CONFIG     ?= config/default.yaml
 PYTEST_ARGS ?= -q
@@ -56,10 +58,10 @@ define apt_ensure
 	fi
 endef
 
-.PHONY: help venv install native run test typecheck pytest test-debs bench bench-debs clean
+.PHONY: help venv install native run test typecheck pytest test-debs bench bench-debs docs clean
 
 help:
-	@sed -n '3,10p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -113,7 +115,15 @@ bench: $(STAMP) bench-debs
 	$(NATIVE)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
+$(DOCS_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[docs]'
+	@touch $@
+
+# --strict (also set in mkdocs.yml) fails on any warning: broken links, anchors, nav entries.
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache benchmarks/results var
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache benchmarks/results var site
 	find lbcdn -name '*.so' -delete && rm -f lbcdn/_native.json
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
