@@ -29,10 +29,11 @@ _FIELDS: Final[dict[str, tuple[str, float, float, float | None]]] = {
 }
 
 
-def limit_field(name: str) -> Any:
-    """The documented, bounded dataclass field of limit `name` (a key of the edge's listener)."""
+def limit_field(name: str, meaning: str | None = None) -> Any:
+    """The documented, bounded dataclass field of limit `name` (a key of the edge's listener);
+    `meaning` replaces the shared text where a listener does more than the others."""
     text, default, lo, hi = _FIELDS[name]
-    return doc(text, default if name.endswith("_s") else int(default), lo=lo, hi=hi)
+    return doc(meaning or text, default if name.endswith("_s") else int(default), lo=lo, hi=hi)
 
 
 @dataclass(frozen=True)

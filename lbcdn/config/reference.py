@@ -1,22 +1,23 @@
 """Markdown reference tables rendered from the config schema's own metadata.
 
 Job: one table per config dataclass (`key | type | default | meaning`) built from the field
-type hints, defaults, `doc(...)` texts and `min`/`max` bounds, so the README's reference for
-the component sections (pool policy, edge cache, buckets, DNS) cannot drift from the code.
-`python -m lbcdn.config.reference README.md` reports tables that differ from the schema;
-with `--write` it rewrites them in place.
+type hints, defaults, `doc(...)` texts and `min`/`max` bounds, so the configuration reference
+(docs/reference/configuration.md) cannot drift from the code.
+`python -m lbcdn.config.reference docs/reference/configuration.md` reports tables that differ
+from the schema; with `--write` it rewrites them in place. tests/test_docs.py
+fails when they differ.
 
 Rules:
-- Pure text in, text out; nothing here reads the YAML loader's state except RENAMES.
-- A table is the block of `|` lines right after its `<!-- schema: ID -->` marker. Every class
-  declared outside lbcdn/config/schema.py (the component configs: lbcdn/health/config.py,
-  lbcdn/cache/config.py, ...) is rendered, so a new component section needs only a marker; the
-  core schema's tables stay hand-written because their cells say more than the field docs, and
-  tests/test_readme.py checks those for keys, defaults and bounds instead.
+- Pure text in, text out; nothing here reads the YAML loader's state except RENAMES and the
+  keys its shape hooks accept (ACTION_KEYS, SHAPE_KEYS).
+- A table is the block of `|` lines right after its `<!-- schema: ID -->` marker. Every
+  reachable class is rendered: what a table says is the field's own `doc(...)` text, so a
+  better explanation goes there, never into the page.
 - A table ID is the class name, or `component.ClassName` when two reachable classes share a
   name (the pool's and DNS's HealthCheckConfig).
 - Links point at the section heading of the nested class: the heading is the class's YAML path
-  in backticks (`pools.NAME.health`), and the anchor is GitHub's slug of it.
+  in backticks (`pools.NAME.health`), and the anchor is its slug (GitHub's and MkDocs' agree
+  on these).
 """
 
 from __future__ import annotations
@@ -32,16 +33,23 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-import lbcdn.config.load  # noqa: F401  (registers the YAML renames and shape hooks)
 from lbcdn.config.fields import REQUIRED, bounds
+from lbcdn.config.load import ACTION_KEYS  # also registers the YAML renames and shape hooks
 from lbcdn.config.reflect import RENAMES
-from lbcdn.config.schema import Config
+from lbcdn.config.schema import Config, RouteConfig, TargetConfig
 
-HAND_WRITTEN_MODULE = Config.__module__
 MARK = re.compile(r"<!-- schema: ([\w.]+) -->")
 _ACRONYMS = {"dns": "DNS", "soa": "SOA"}
 # A class reached by several paths is documented under the one that reads best.
 _PREFERRED_PATH = {"BehaviorConfig": "cache.distributions.NAME.behaviors[]"}
+# A union field written as one of several keys, each holding one member of the union (in
+# order): a route's action is `forward`, `redirect` or `fixed_response` (lbcdn.config.load).
+ALTERNATIVE_KEYS: dict[tuple[type, str], tuple[str, ...]] = {(RouteConfig, "action"): ACTION_KEYS}
+# YAML keys a shape hook accepts besides the fields: key -> (type cell, meaning).
+SHAPE_KEYS: dict[type, dict[str, tuple[str, str]]] = {
+    TargetConfig: {"address": ("string", "`host:port` (IPv6 as `[::1]:9002`), instead of "
+                                         "`host` and `port` (not together with them).")},
+}
 
 
 def reachable(root: type = Config) -> list[type]:
@@ -68,8 +76,13 @@ def section_paths(root: type = Config) -> dict[type, str]:
 
     def walk(cls: type, path: str) -> None:
         for name, hint in get_type_hints(cls).items():
-            key = RENAMES.get(cls, {}).get(name, name)
-            visit(hint, f"{path}.{key}" if path else key)
+            prefix = f"{path}." if path else ""
+            keys = ALTERNATIVE_KEYS.get((cls, name))
+            if keys is not None:
+                for key, member in zip(keys, get_args(hint), strict=True):
+                    visit(member, prefix + key)
+                continue
+            visit(hint, prefix + RENAMES.get(cls, {}).get(name, name))
 
     walk(root, "")
     return paths
@@ -184,21 +197,36 @@ def row(cls: type, f: dataclasses.Field[Any], hint: Any, paths: dict[type, str])
     return f"| `{key}` | {kind} | {default_cell(f)} | {meaning} |"
 
 
+def alternative_rows(cls: type, f: dataclasses.Field[Any], hint: Any,
+                     paths: dict[type, str]) -> list[str]:
+    """One row per key of a field written as one of several keys (a route's action)."""
+    keys = ALTERNATIVE_KEYS[(cls, f.name)]
+    choice = ", ".join(f"`{k}`" for k in keys)
+    meaning = f.metadata["doc"].replace("|", "\\|")
+    return [f"| `{key}` | {type_cell(member, paths)} | — | {meaning} Exactly one of {choice}. |"
+            for key, member in zip(keys, get_args(hint), strict=True)]
+
+
 def render_table(cls: type, paths: dict[type, str] | None = None) -> str:
     """The markdown table of one dataclass (header included, no marker, no trailing newline)."""
     paths = section_paths() if paths is None else paths
     hints = get_type_hints(cls)
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    lines += [row(cls, f, hints[f.name], paths) for f in dataclasses.fields(cls)]
+    for f in dataclasses.fields(cls):
+        if (cls, f.name) in ALTERNATIVE_KEYS:
+            lines += alternative_rows(cls, f, hints[f.name], paths)
+        else:
+            lines.append(row(cls, f, hints[f.name], paths))
+    lines += [f"| `{key}` | {kind} | — | {meaning} |"
+              for key, (kind, meaning) in SHAPE_KEYS.get(cls, {}).items()]
     return "\n".join(lines)
 
 
 def generated_tables(root: type = Config) -> dict[str, str]:
-    """Table ID -> rendered table, for every reachable class not declared in schema.py."""
+    """Table ID -> rendered table, for every reachable class."""
     paths = section_paths(root)
     ids = table_ids(list(paths))
-    return {ids[cls]: render_table(cls, paths) for cls in paths
-            if cls.__module__ != HAND_WRITTEN_MODULE}
+    return {ids[cls]: render_table(cls, paths) for cls in paths}
 
 
 def readme_tables(text: str) -> dict[str, str]:

@@ -157,21 +157,23 @@ class PoolPolicyConfig:
                                  default_factory=OutlierConfig)
     balance: BalanceConfig = doc("Balancing algorithm and sticky sessions.",
                                  default_factory=BalanceConfig)
-    retries: RetryConfig = doc("Retries and the retry budget.", default_factory=RetryConfig)
+    retries: RetryConfig = doc("Retries on another target and the retry budget.",
+                               default_factory=RetryConfig)
     slow_start_s: float = doc(
         "A new or recovered target's share rises linearly over this window (only while some "
         "other healthy target is not in slow start); 0 disables.", 0.0, lo=0, hi=900)
     deregistration_delay_s: float = doc(
-        "A deregistered target drains this long at most: no new requests, in-flight ones "
-        "finish; it becomes unused as soon as nothing is in flight.", 300.0, lo=0, hi=3600)
+        "A deregistered target drains this long at most: no new requests, in-flight ones may "
+        "finish; it becomes unused as soon as nothing is in flight, and when the delay runs "
+        "out the requests still in flight are cut (as on ALB).", 300.0, lo=0, hi=3600)
     fail_open: bool = doc(
-        "When no target is healthy, route to every registered target (as ALB); false "
+        "When no target is healthy, route to every registered target (as ALB); `false` "
         "answers 503 instead.", True)
     max_connections_per_target: int | None = doc(
         "Most concurrent requests one target gets; unset: no limit.", None, lo=1, hi=1000000)
     queue_limit: int = doc(
         "Requests that may wait for a free target when every target is at "
-        "max_connections_per_target; beyond it 503 at once.", 100, lo=0, hi=1000000)
+        "`max_connections_per_target`; beyond it 503 at once.", 100, lo=0, hi=1000000)
     discovery: DiscoveryConfig | None = doc(
         "Find targets in DNS (A/AAAA or SRV), re-resolved on an interval; targets that appear "
         "are added, those that disappear drain. Unset: only the fixed `targets`.", None)

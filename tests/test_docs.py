@@ -1,22 +1,26 @@
-"""The README's configuration reference must keep up with the schema.
+"""The documentation: a README a newcomer reads in ten minutes, a site that builds with no broken
+link, and a configuration reference in step with the schema.
 
-Between `<!-- config-reference:start -->` and `<!-- config-reference:end -->`, README.md has one
-table per config dataclass, each introduced by `<!-- schema: ClassName -->`. For every dataclass
-reachable from `Config` (the route action union included) this test checks that its table
-exists, has a row for every YAML key of the class and no row for a key the schema does not have,
-and that each row shows the field's default (or says "required") and its numeric bounds. Two
-classes with one name (the pool's and DNS's HealthCheckConfig) are told apart as
-`component.ClassName` (`health.HealthCheckConfig`, `dns.HealthCheckConfig`).
-
-The component sections' tables are rendered from the schema by lbcdn.config.reference; the
-README must hold exactly what it renders, and every `(#anchor)` link in the reference must lead
-to a heading of the README.
+- README.md stays under 15 KB, and its relative links lead to files (and headings) that exist.
+- `mkdocs build --strict` of docs/ succeeds: mkdocs.yml makes broken links, missing anchors and
+  nav entries without a page warnings, and strict mode fails on any warning.
+- docs/reference/configuration.md holds, between `<!-- config-reference:start -->` and
+  `<!-- config-reference:end -->`, one table per config dataclass, each introduced by
+  `<!-- schema: ClassName -->` under a heading that is the class's YAML path. For every
+  dataclass reachable from `Config` (the route action union included) this test checks that its
+  table exists, has a row for every YAML key of the class and no row for a key the schema does
+  not have, and that each row shows the field's default (or says "required") and its numeric
+  bounds. Two classes with one name (the pool's and DNS's HealthCheckConfig) are told apart as
+  `component.ClassName` (`health.HealthCheckConfig`, `dns.HealthCheckConfig`). Every table is
+  what lbcdn.config.reference renders from the schema, none is written by hand.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 import types
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -29,7 +33,10 @@ from lbcdn.config import schema
 from lbcdn.config.fields import REQUIRED, bounds
 from lbcdn.config.reflect import RENAMES
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+REFERENCE = REPO / "docs" / "reference" / "configuration.md"
+README_MAX_BYTES = 15_000
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"
 _TABLE_MARK = re.compile(r"<!-- schema: ([\w.]+) -->")
@@ -81,7 +88,7 @@ def yaml_keys(cls: type) -> dict[str, dataclasses.Field[Any] | None]:
 
 
 def reference_tables(text: str) -> dict[str, dict[str, list[str]]]:
-    """Class name -> {key: [type, default, meaning] cells} from the README's reference section."""
+    """Class name -> {key: [type, default, meaning] cells} from the reference section."""
     assert text.count(START) == 1 and text.count(END) == 1, "reference markers missing"
     section = text[text.index(START) + len(START):text.index(END)]
     tables: dict[str, dict[str, list[str]]] = {}
@@ -102,7 +109,7 @@ def reference_tables(text: str) -> dict[str, dict[str, list[str]]]:
 
 @pytest.fixture(scope="module")
 def tables() -> dict[str, dict[str, list[str]]]:
-    return reference_tables(README.read_text(encoding="utf-8"))
+    return reference_tables(REFERENCE.read_text(encoding="utf-8"))
 
 
 def test_reachable_classes_include_every_action() -> None:
@@ -114,8 +121,8 @@ def test_reachable_classes_include_every_action() -> None:
 def test_every_config_class_has_a_table(tables: dict[str, dict[str, list[str]]]) -> None:
     names = {table_id(cls) for cls in CLASSES}
     assert len(names) == len(CLASSES), "two classes share a table id"
-    assert sorted(names - set(tables)) == [], "config classes without a README table"
-    assert sorted(set(tables) - names) == [], "README tables for classes not in the schema"
+    assert sorted(names - set(tables)) == [], "config classes without a reference table"
+    assert sorted(set(tables) - names) == [], "reference tables for classes not in the schema"
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
@@ -123,8 +130,8 @@ def test_table_rows_match_yaml_keys(cls: type,
                                     tables: dict[str, dict[str, list[str]]]) -> None:
     rows = tables.get(table_id(cls), {})
     keys = yaml_keys(cls)
-    assert sorted(set(keys) - set(rows)) == [], f"keys of {cls.__name__} missing in the README"
-    assert sorted(set(rows) - set(keys)) == [], f"README rows for keys {cls.__name__} lacks"
+    assert sorted(set(keys) - set(rows)) == [], f"keys of {cls.__name__} missing in the reference"
+    assert sorted(set(rows) - set(keys)) == [], f"reference rows for keys {cls.__name__} lacks"
 
 
 def _fmt(number: float) -> str:
@@ -153,27 +160,67 @@ def test_rows_show_defaults_and_bounds(cls: type,
             code = re.search(r"`([^`]*)`", default_cell)
             assert code is not None, f"{cls.__name__}.{key}: default not shown"
             assert yaml.safe_load(code.group(1)) == f.default, \
-                f"{cls.__name__}.{key}: README default {code.group(1)} != {f.default!r}"
+                f"{cls.__name__}.{key}: reference default {code.group(1)} != {f.default!r}"
 
 
 def test_generated_tables_match_the_schema() -> None:
     from lbcdn.config import reference
-    text = README.read_text(encoding="utf-8")
     rendered = reference.generated_tables()
-    assert len(rendered) >= 20, "the component sections should be generated"
-    written = reference.readme_tables(text)
+    written = reference.readme_tables(REFERENCE.read_text(encoding="utf-8"))
+    assert sorted(rendered) == sorted(written), "a table per reachable class, and no other"
     stale = sorted(k for k, v in rendered.items() if written.get(k) != v)
-    assert stale == [], ("README tables differ from the schema; run "
-                         "`.venv/bin/python -m lbcdn.config.reference --write README.md`")
+    assert stale == [], ("the configuration reference differs from the schema; run "
+                         "`.venv/bin/python -m lbcdn.config.reference "
+                         "docs/reference/configuration.md --write`")
+
+
+def test_each_table_sits_under_its_yaml_path() -> None:
+    """The heading over a table is the section's YAML path, which the tables' links point at."""
+    from lbcdn.config import reference
+    paths = reference.section_paths()
+    ids = reference.table_ids(list(paths))
+    heading = None
+    under: dict[str, str | None] = {}
+    for line in REFERENCE.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+        mark = _TABLE_MARK.search(line)
+        if mark:
+            under[mark.group(1)] = heading
+    expected = {ids[cls]: (f"`{path}`" if path else "Top level") for cls, path in paths.items()}
+    assert under == expected
+
+
+def test_readme_is_short() -> None:
+    size = len(README.read_bytes())
+    assert size < README_MAX_BYTES, f"README.md is {size} bytes; move detail into docs/"
 
 
 def _slug(heading: str) -> str:
-    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+    return re.sub(r"[^\w\- ]", "", heading.replace("`", "").strip().lower()).replace(" ", "-")
 
 
-def test_reference_links_lead_to_headings() -> None:
-    text = README.read_text(encoding="utf-8")
-    anchors = {_slug(m.group(1)) for m in re.finditer(r"^#{2,4} (.+)$", text, re.M)}
-    links = set(re.findall(r"\]\(#([^)]+)\)", text))
-    assert links, "no links found"
-    assert sorted(links - anchors) == [], "links to headings that do not exist"
+def test_readme_links_lead_somewhere() -> None:
+    links = re.findall(r"\]\(([^)\s]+)\)", README.read_text(encoding="utf-8"))
+    local = [link for link in links if not re.match(r"[a-z]+:", link)]
+    assert len(local) >= 10, "the README should point into docs/"
+    broken = []
+    for link in local:
+        path, _, anchor = link.partition("#")
+        target = REPO / path
+        if not target.exists():
+            broken.append(link)
+        elif anchor:
+            headings = re.findall(r"^#{1,6} (.+)$", target.read_text(encoding="utf-8"), re.M)
+            if anchor not in {_slug(h) for h in headings}:
+                broken.append(link)
+    assert broken == []
+
+
+def test_site_builds_strictly(tmp_path: Path) -> None:
+    """`make docs`, into a temporary directory: any broken link or anchor fails the build."""
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
+                           "--site-dir", str(tmp_path / "site")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "site" / "reference" / "configuration" / "index.html").exists()
