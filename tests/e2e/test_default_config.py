@@ -1,5 +1,6 @@
 """`config/default.yaml` (what `make run` starts) really works: the daemon runs it, with its
-ports moved to free ones, and the README's curl commands get what the README says. It runs
+ports moved to free ones, and the curl commands of docs/getting-started.md's "Try it" get
+what that page says (and those of the README's tour run without an error). It runs
 while the file's own ports are taken (as they are while `make run` serves), in one process and
 with two workers (`make run` starts one per CPU).
 
@@ -269,17 +270,16 @@ def test_the_admin_token_guards_the_api(
 
 
 README = REPO / "README.md"
-# What a README example must show again: status lines, redirects, cache outcomes. Dates, ids,
+GETTING_STARTED = REPO / "docs" / "getting-started.md"
+# What a "Try it" example must show again: status lines, redirects, cache outcomes. Dates, ids,
 # counts, backends (each worker has its own turn) and health states vary from run to run.
 _STABLE_LINE = re.compile(r"^(HTTP/1\.1 \d{3}\b.*|Location: .*|X-Cache: .*)$")
 
 
 def try_it_commands() -> list[tuple[str, list[str]]]:
-    """The `$ command` lines of the README's "Try it" console blocks (with their `\\`
-    continuation lines), each with the output the README shows for it."""
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("\n## Try it\n"):]
-    section = section[:section.index("\n## ", 1)]
+    """The `$ command` lines of the "Try it" console blocks of docs/getting-started.md (with
+    their `\\` continuation lines), each with the output the page shows for it."""
+    section = _section(GETTING_STARTED, "Try it")
     commands: list[tuple[str, list[str]]] = []
     for block in re.findall(r"```console\n(.*?)```", section, re.S):
         lines = block.splitlines()
@@ -296,6 +296,40 @@ def try_it_commands() -> list[tuple[str, list[str]]]:
     return commands
 
 
+def _section(page: Path, heading: str) -> str:
+    """The `## heading` section of a markdown page, up to the next `## ` heading or the end."""
+    text = page.read_text(encoding="utf-8")
+    section = text[text.index(f"\n## {heading}\n"):]
+    end = section.find("\n## ", 1)
+    return section if end < 0 else section[:end]
+
+
+def _moved(ports: dict[int, int], text: str) -> str:
+    return re.sub(r"127\.0\.0\.1:(\d+)",
+                  lambda m: f"127.0.0.1:{ports.get(int(m.group(1)), int(m.group(1)))}", text)
+
+
+def test_readme_tour_commands_work_on_the_demo(
+        default_daemon: tuple[DaemonProcess, dict[int, int]], tmp_path: Path) -> None:
+    """Every command of the README's tour (its `sh` blocks), run as written with the ports
+    moved, exits 0 (with pipefail: a `grep` that finds nothing fails it) and answers no
+    `"error"`; `dig` is left to tests/dns, `.venv/bin/lbcdn check-config` to tests/test_cli."""
+    _, ports = default_daemon
+    section = _section(README, "A tour of the demo")
+    ran = 0
+    for block in re.findall(r"```sh\n(.*?)```", section, re.S):
+        for command in block.replace("\\\n", "").splitlines():
+            if command.startswith(("dig ", ".venv/")):
+                continue
+            result = subprocess.run(["bash", "-o", "pipefail", "-c", _moved(ports, command)],
+                                    cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                                    env={"PATH": "/usr/bin:/bin"})
+            assert result.returncode == 0, (command, result.stdout, result.stderr)
+            assert '"error"' not in result.stdout, (command, result.stdout)
+            ran += 1
+    assert ran >= 10
+
+
 def test_readme_try_it_commands_work_on_the_demo(
         default_daemon: tuple[DaemonProcess, dict[int, int]], tmp_path: Path) -> None:
     """Every curl command of "Try it", run as written (ports moved), with the token the README
@@ -304,9 +338,7 @@ def test_readme_try_it_commands_work_on_the_demo(
     invalidate(ports, "-H", f"Authorization: Bearer {TOKEN}")  # the examples start uncached
 
     def moved(text: str) -> str:
-        return re.sub(r"127\.0\.0\.1:(\d+)",
-                      lambda m: f"127.0.0.1:{ports.get(int(m.group(1)), int(m.group(1)))}",
-                      text)
+        return _moved(ports, text)
 
     ran = 0
     for command, output in try_it_commands():
