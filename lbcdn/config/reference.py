@@ -39,7 +39,7 @@ from lbcdn.config.reflect import RENAMES
 from lbcdn.config.schema import Config, RouteConfig, TargetConfig
 
 MARK = re.compile(r"<!-- schema: ([\w.]+) -->")
-_ACRONYMS = {"dns": "DNS", "soa": "SOA"}
+_ACRONYMS = {"dns": "DNS", "soa": "SOA", "tls": "TLS"}
 # A class reached by several paths is documented under the one that reads best.
 _PREFERRED_PATH = {"BehaviorConfig": "cache.distributions.NAME.behaviors[]"}
 # A union field written as one of several keys, each holding one member of the union (in
