@@ -31,7 +31,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
-from lbcdn.config.limits import HttpLimitsConfig
+from lbcdn.configkit.limits import HttpLimitsConfig
 from lbcdn.edge.accounting import new_request_id
 from lbcdn.http.date import http_date
 from lbcdn.http.errors import HttpError, error_response, reason

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from lbcdn import __version__, cpus, native
 
 if TYPE_CHECKING:
-    from lbcdn.config.load import ConfigError
+    from lbcdn.configkit.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -82,7 +82,8 @@ def _report(error: ConfigError, file: str) -> None:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from lbcdn.config.load import ConfigError, load_config
+    from lbcdn.config.load import load_config
+    from lbcdn.configkit.errors import ConfigError
     status = 0
     for file in args.files:
         try:
@@ -96,7 +97,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from lbcdn.config.load import ConfigError, load_config
+    from lbcdn.config.load import load_config
+    from lbcdn.configkit.errors import ConfigError
     stale = native.stale()
     if stale:
         print(f"lbcdn serve: compiled modules are older than their sources ({', '.join(stale)}):"

@@ -26,8 +26,8 @@ import yaml
 
 import lbcdn.config.load  # noqa: F401  (registers the YAML renames and shape hooks)
 from lbcdn.config import schema
-from lbcdn.config.fields import REQUIRED, bounds
-from lbcdn.config.reflect import RENAMES
+from lbcdn.configkit.fields import REQUIRED, bounds
+from lbcdn.configkit.reflect import RENAMES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START = "<!-- config-reference:start -->"

@@ -29,8 +29,8 @@ from lbcdn.aiolistener import AppListener, serve_app
 from lbcdn.admin.peers import fanout_middleware
 from lbcdn.admin.state import AdminState
 from lbcdn.config.schema import AdminConfig
-from lbcdn.config.limits import HttpLimitsConfig
-from lbcdn.config.load import ConfigError
+from lbcdn.configkit.limits import HttpLimitsConfig
+from lbcdn.configkit.errors import ConfigError
 from lbcdn.metrics import render_metrics
 
 log = logging.getLogger("lbcdn.admin")

@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
 
-from lbcdn.config.names import split_host_port
+from lbcdn.configkit.names import split_host_port
 from lbcdn.upstream.targets import TargetError, TargetsControl
 
 

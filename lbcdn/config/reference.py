@@ -33,8 +33,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 import lbcdn.config.load  # noqa: F401  (registers the YAML renames and shape hooks)
-from lbcdn.config.fields import REQUIRED, bounds
-from lbcdn.config.reflect import RENAMES
+from lbcdn.configkit.fields import REQUIRED, bounds
+from lbcdn.configkit.reflect import RENAMES
 from lbcdn.config.schema import Config
 
 HAND_WRITTEN_MODULE = Config.__module__

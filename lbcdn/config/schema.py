@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 from lbcdn.bucket.config import BucketsConfig
 from lbcdn.cache.config import CacheConfig
-from lbcdn.config.fields import REQUIRED, doc  # re-exported for the component configs
-from lbcdn.config.limits import HttpLimitsConfig, limit_field
+from lbcdn.configkit.fields import REQUIRED, doc
+from lbcdn.configkit.limits import HttpLimitsConfig, limit_field
 from lbcdn.dns.config import DnsConfig
-from lbcdn.config.reflect import VALIDATORS
+from lbcdn.configkit.reflect import VALIDATORS
 from lbcdn.health.config import PoolPolicyConfig, check_pool_targets
 
 

@@ -3,7 +3,7 @@
 Job: the frozen dataclasses for the keys a pool gains with issue 3 (`health`, `outlier`,
 `balance`, `retries`, `slow_start_s`, `deregistration_delay_s`, `fail_open`,
 `max_connections_per_target`, `queue_limit`), documented where they are declared, and the
-cross-field checks the reflective loader (lbcdn.config.reflect) runs on them.
+cross-field checks the reflective loader (lbcdn.configkit.reflect) runs on them.
 
 Rules: defaults are those of an ALB target group (health checks every 30 s, 5 s timeout,
 healthy after 5 passes, unhealthy after 2 failures, matcher 200, deregistration delay 300 s,
@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lbcdn.config import names
-from lbcdn.config.reflect import VALIDATORS, Loader, join
-from lbcdn.config.fields import doc
+from lbcdn.configkit import names
+from lbcdn.configkit.reflect import VALIDATORS, Loader, join
+from lbcdn.configkit.fields import doc
 from lbcdn.health.matcher import parse_matcher
 from lbcdn.upstream.discovery import DiscoveryConfig
 

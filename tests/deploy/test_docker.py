@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from lbcdn.config.load import ConfigError, load_config
+from lbcdn.config.load import load_config
+from lbcdn.configkit.errors import ConfigError
 from tests.deploy.helpers import DEPLOY, REPO
 from tests.e2e.harness import HOST, backend_process, free_port, wait_for_port
 
