@@ -31,9 +31,12 @@ from lbcdn.configkit.reflect import (FIELD_HOOKS, INVALID, RENAMES, TYPE_HOOKS, 
                                   Loader, describe, index, join)
 from lbcdn.dns.config import DnsConfig, alias_problems
 from lbcdn.http.head import HOP_BY_HOP
-from lbcdn.config.schema import (AccessLogConfig, AdminConfig, CertificateConfig, Config, FixedResponseAction,
-                                 ForwardAction, ListenerConfig, ListenerTlsConfig, MatchConfig,
-                                 PoolConfig, RedirectAction, RouteConfig, TargetConfig)
+from lbcdn.config.schema import AccessLogConfig, AdminConfig, Config
+from lbcdn.edge.config import ListenerConfig
+from lbcdn.routing.config import (FixedResponseAction, ForwardAction, MatchConfig, RedirectAction,
+                                  RouteConfig)
+from lbcdn.tls import CertificateConfig, ListenerTlsConfig
+from lbcdn.upstream.config import PoolConfig, TargetConfig
 
 __all__ = ["load_config", "load_config_text", "parse_config"]
 

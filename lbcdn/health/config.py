@@ -23,7 +23,6 @@ from lbcdn.configkit import names
 from lbcdn.configkit.reflect import VALIDATORS, Loader, join
 from lbcdn.configkit.fields import doc
 from lbcdn.health.matcher import parse_matcher
-from lbcdn.upstream.discovery import DiscoveryConfig
 
 Algorithm = Literal["round_robin", "least_outstanding_requests", "weighted_random",
                     "weighted_round_robin", "random_two_choices", "consistent_hash"]
@@ -172,9 +171,6 @@ class PoolPolicyConfig:
     queue_limit: int = doc(
         "Requests that may wait for a free target when every target is at "
         "max_connections_per_target; beyond it 503 at once.", 100, lo=0, hi=1000000)
-    discovery: DiscoveryConfig | None = doc(
-        "Find targets in DNS (A/AAAA or SRV), re-resolved on an interval; targets that appear "
-        "are added, those that disappear drain. Unset: only the fixed `targets`.", None)
 
 
 _CTL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
@@ -232,14 +228,6 @@ def _check_outlier(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     base, cap = v.get("base_ejection_s"), v.get("max_ejection_s")
     if base is not None and cap is not None and cap < base:
         ld.error(join(path, "max_ejection_s"), f"must be at least base_ejection_s ({base:g})")
-
-
-def check_pool_targets(ld: Loader, v: Mapping[str, Any], path: str) -> None:
-    """Cross-field checks of a pool's discovery (registered on PoolConfig by the schema, which
-    this module cannot import; lbcdn.config.load checks that targets or discovery is given)."""
-    d = v.get("discovery")
-    if isinstance(d, DiscoveryConfig) and not d.srv and d.port is None:
-        ld.error(join(join(path, "discovery"), "port"), "required for A/AAAA discovery (srv: false)")
 
 
 VALIDATORS.setdefault(HealthCheckConfig, []).append(_check_health)

@@ -41,7 +41,7 @@ from lbcdn.balancer.base import Policy
 from lbcdn.balancer.policy import build_policy
 from lbcdn.balancer.retry import RetryBudget
 from lbcdn.balancer.sticky import StickySessions, target_token
-from lbcdn.config.schema import PoolConfig, TargetConfig
+from lbcdn.upstream.config import PoolConfig, TargetConfig
 from lbcdn.health.outlier import Ejection, OutlierDetector, Result, stalled
 from lbcdn.health.state import Reason, State, TargetHealth, Thresholds
 from lbcdn.metrics import PoolMetrics, pool_metrics, target_metrics, TargetMetrics

@@ -10,8 +10,10 @@ import yaml
 
 from lbcdn.config.load import load_config, parse_config
 from lbcdn.configkit.errors import ConfigError
-from lbcdn.config.schema import (Config, FixedResponseAction, ForwardAction, MatchConfig,
-                                 RedirectAction, RouteConfig, TargetConfig)
+from lbcdn.config.schema import Config
+from lbcdn.routing.config import (FixedResponseAction, ForwardAction, MatchConfig, RedirectAction,
+                                  RouteConfig)
+from lbcdn.upstream.config import TargetConfig
 
 REPO = Path(__file__).resolve().parents[2]
 LISTENER = {"name": "web", "port": 8080}
