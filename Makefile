@@ -2,7 +2,8 @@
 #
 #   make install    .venv with the package and its test extras (quick when already done)
 #   make native     compile the hot-path modules with mypyc (when a source changed)
-#   make run        install, compile if a compiler is there, serve config/default.yaml
+#   make run        install what running needs, compile if a compiler is there, serve
+#                   config/default.yaml
 #   make test       install, Debian packages the suite needs, compile, typecheck, pytest
 #   make typecheck  mypy lbcdn
 #   make bench      install, nginx + wrk, benchmarks/run.py  (BENCH_ARGS="--duration 5 proxy")
@@ -14,8 +15,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Rebuilt when pyproject.toml changes (or the venv is missing).
-STAMP  := $(VENV)/.installed
+# Rebuilt when pyproject.toml changes (or the venv is missing). STAMP: the package and its test
+# extras (test, bench, typecheck); RUN_STAMP: what `make run` needs, a subset of it, so that a
+# first `make run` does not wait for the test tools.
+STAMP     := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 CONFIG     ?= config/default.yaml
 PYTEST_ARGS ?= -q
@@ -62,6 +66,17 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@ $(RUN_STAMP)
+
+# mypy (the `native` extra: mypyc) only when this machine can compile the hot path (a C compiler
+# and Python.h, as lbcdn.native checks); without them `make run` runs interpreted anyway.
+RUN_EXTRAS = $(shell $(PYTHON) -c 'import os, shutil, sysconfig; \
+  cc = (sysconfig.get_config_var("CC") or "cc").split()[0]; \
+  ok = shutil.which(cc) and os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"); \
+  print("[native]" if ok else "")')
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.$(RUN_EXTRAS)'
 	@touch $@
 
 venv install: $(STAMP)
@@ -70,7 +85,7 @@ native: $(STAMP)
 	$(NATIVE)
 
 # Without a C compiler the demo runs interpreted (same behaviour, more CPU per request).
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(NATIVE) --optional
 	@mkdir -p var/buckets/site && cp -rn config/demo-site/. var/buckets/site/
 	$(BIN)/lbcdn serve --config $(CONFIG)
@@ -81,9 +96,13 @@ test-debs:
 typecheck: $(STAMP)
 	$(BIN)/mypy lbcdn
 
+# The whole suite on the compiled hot path (LBCDN_NATIVE=1: the build must have taken), then the
+# unit tests of the compiled modules once more interpreted: behaviour must not depend on it.
 pytest: $(STAMP) test-debs
 	$(NATIVE)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	LBCDN_NATIVE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	unit=$$($(BIN)/python -m lbcdn.native tests) && \
+	  LBCDN_NATIVE=0 $(BIN)/python -m pytest $(PYTEST_ARGS) $$unit
 
 test: pytest typecheck
 

@@ -99,11 +99,9 @@ def _check_config(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from lbcdn.config.load import load_config
     from lbcdn.configkit.errors import ConfigError
-    stale = native.stale()
-    if stale:
-        print(f"lbcdn serve: compiled modules are older than their sources ({', '.join(stale)}):"
-              " run `python -m lbcdn.native build` (or `clean` to run interpreted)",
-              file=sys.stderr)
+    refusal = native.refusal()
+    if refusal is not None:
+        print(f"lbcdn serve: {refusal}", file=sys.stderr)
         return 1
     try:
         config = load_config(args.config)
