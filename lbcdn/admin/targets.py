@@ -27,7 +27,7 @@ from aiohttp import web
 
 from lbcdn.admin.keys import control_of
 from lbcdn.configkit.names import split_host_port
-from lbcdn.upstream.targets import TargetError, TargetsControl
+from lbcdn.upstream.targets import TargetError
 
 
 def _error(exc: TargetError) -> web.Response:

@@ -7,9 +7,9 @@ cross-field checks the reflective loader (lbcdn.configkit.reflect) runs on them.
 
 Rules: defaults are those of an ALB target group (health checks every 30 s, 5 s timeout,
 healthy after 5 passes, unhealthy after 2 failures, matcher 200, deregistration delay 300 s,
-fail open when every target is unhealthy). `PoolPolicyConfig` is keyword-only so the schema's
-`PoolConfig` can inherit it and keep its own required fields first. Importing this module
-registers its validators.
+fail open when every target is unhealthy). `PoolPolicyConfig` is keyword-only so
+lbcdn.upstream.config's `PoolConfig` can inherit it and keep its own required fields first.
+Importing this module registers its validators.
 """
 
 from __future__ import annotations
