@@ -38,12 +38,13 @@ RUN python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["
  && python3 -m venv /opt/lbcdn/venv \
  && /opt/lbcdn/venv/bin/pip install -r runtime.txt \
  && /opt/lbcdn/venv/bin/pip install --target /opt/lbcdn/native -r native.txt
-# Then the package (README.md is named by pyproject.toml, so it is needed to build), compiled
-COPY README.md ./
+# Then the package, compiled in place: run from the venv's site-packages, `-m` imports lbcdn
+# from there. pyproject.toml names README.md as the long description, which nothing in the
+# image reads: an empty one stands in, so that editing the README rebuilds nothing. Nothing
+# installs into the venv after that, so pip and setuptools leave it.
 COPY lbcdn ./lbcdn
-# in place: run from the venv's site-packages, `-m` imports lbcdn from there. Nothing installs
-# into the venv after that, so pip and setuptools leave it.
-RUN /opt/lbcdn/venv/bin/pip install --no-deps . \
+RUN : > README.md \
+ && /opt/lbcdn/venv/bin/pip install --no-deps . \
  && cd /opt/lbcdn/venv/lib/python3*/site-packages \
  && PYTHONPATH=/opt/lbcdn/native /opt/lbcdn/venv/bin/python -m lbcdn.native build \
  && /opt/lbcdn/venv/bin/python -m pip uninstall -y -q pip setuptools

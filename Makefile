@@ -60,9 +60,9 @@ endef
 # (3.11) and venv made by debootstrap, kept in $(IMAGE_CACHE) (a tar) and imported into
 # buildah's storage as $(LOCAL_BASE). IMAGE_BASE=docker.io/library/python:3.11-slim builds on
 # the public image instead, as `docker build .` does. buildah runs the build's steps in a
-# chroot (no container runtime, no cgroups needed) and keeps each step as a cached layer, so a
-# build from unchanged inputs takes seconds; the host's CA bundle is lent to the steps, for a
-# TLS-intercepting proxy in front of PyPI.
+# chroot (no container runtime, no cgroups needed), both stages at once, and keeps each step
+# as a cached layer, so a build from unchanged files takes seconds; the host's CA bundle is
+# lent to the steps, for a TLS-intercepting proxy in front of PyPI.
 IMAGE         ?= lbcdn:$(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' lbcdn/__init__.py)
 LOCAL_BASE    := localhost/lbcdn-base:bookworm
 IMAGE_BASE    ?= $(LOCAL_BASE)
@@ -118,9 +118,9 @@ image-debs:
 	$(call apt_ensure,$(IMAGE_DEBS))
 
 image: image-debs $(if $(filter $(LOCAL_BASE),$(IMAGE_BASE)),image-base)
-	$(BUILDAH) bud --isolation chroot --layers --format docker \
+	$(BUILDAH) bud --isolation chroot --layers --jobs 2 --format docker \
 	  --volume $(HOST_CA):/etc/ssl/certs/ca-certificates.crt:ro \
-	  --build-arg BASE_IMAGE=$(IMAGE_BASE) --tag $(IMAGE) .
+	  --build-arg BASE_IMAGE=$(IMAGE_BASE) --tag $(IMAGE) --iidfile $(IMAGE_CACHE)/image.id .
 	@$(BUILDAH) images --format '{{.Name}}:{{.Tag}} {{.Size}}' $(IMAGE)
 
 # PATH and LANG as Debian's and Python's images set them (an image made from a bare tree has

@@ -23,13 +23,15 @@ from typing import Any
 import pytest
 
 from lbcdn import __version__
+from tests.deploy.conftest import BUILD
 from tests.deploy.helpers import REPO, get, pid_1_of, stop
 from tests.e2e.harness import HOST, backend_process, free_port, wait_for_port
 
 pytestmark = pytest.mark.slow
 
-IMAGE = f"localhost/lbcdn:{__version__}"
 BASE = "localhost/lbcdn-base:bookworm"  # the Makefile's LOCAL_BASE
+# What `make image` built last, by ID: another checkout may retag lbcdn:VERSION meanwhile.
+IMAGE_ID = REPO / "build" / "image" / "image.id"
 # Measured at 256.5 MB, of which the Debian base is 175.8 MB and lbcdn's layers (tini, the
 # venv, the config) 80.6 MB; about 20% more is allowed for each.
 SIZE_BUDGET_MB = 310
@@ -66,6 +68,7 @@ def layer_sizes(image: str) -> list[int]:
 
 @dataclass(frozen=True)
 class Image:
+    id: str
     root: Path
     config: dict[str, Any]  # the Docker image config: User, Env, Entrypoint, Healthcheck, ...
 
@@ -97,17 +100,21 @@ class Image:
 
 
 @pytest.fixture(scope="module")
-def image() -> Iterator[Image]:
+def image(request: pytest.FixtureRequest) -> Iterator[Image]:
     assert os.geteuid() == 0, "buildah, mount and chroot need root (CI runs as root)"
-    started = time.monotonic()
-    build = subprocess.run(["make", "--no-print-directory", "image"], cwd=REPO,
-                           capture_output=True, text=True, timeout=1500)
-    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
-    print(f"make image: {time.monotonic() - started:.1f} s")
-    config = json.loads(buildah("inspect", "--type", "image", IMAGE))["Docker"]["config"]
-    container = buildah("from", "--pull=never", IMAGE).strip()
+    build = request.config.stash[BUILD]  # started by conftest.py when the session began
+    waited = time.monotonic()
+    code, output = build.wait(timeout_s=1500)
+    print(f"make image: {time.monotonic() - build.started:.1f} s, "
+          f"{time.monotonic() - waited:.1f} s of them waited for here")
+    assert code == 0, output
+    built = IMAGE_ID.read_text().strip()
+    info = json.loads(buildah("inspect", "--type", "image", built))
+    assert f"localhost/lbcdn:{__version__}" in buildah("images", "--format", "{{.Name}}:{{.Tag}}",
+                                                       built).split()
+    container = buildah("from", "--pull=never", built).strip()
     try:
-        yield Image(Path(buildah("mount", container).strip()), config)
+        yield Image(built, Path(buildah("mount", container).strip()), info["Docker"]["config"])
     finally:
         buildah("rm", container)  # unmounts it too
 
@@ -192,7 +199,7 @@ def test_image_runs_the_compiled_hot_path_without_build_tools(image: Image) -> N
 
 
 def test_image_size_within_budget(image: Image) -> None:
-    sizes, base = layer_sizes(IMAGE), layer_sizes(BASE)
+    sizes, base = layer_sizes(image.id), layer_sizes(BASE)
     assert sizes[:len(base)] == base
     total, own = sum(sizes) / 1e6, sum(sizes[len(base):]) / 1e6
     print(f"image {total:.1f} MB, lbcdn's layers {own:.1f} MB")
