@@ -11,13 +11,14 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 import pytest
 
 from tests.deploy.helpers import REPO
 
-IMAGE_TESTS = "test_image.py"
+IMAGE_TESTS = Path(__file__).with_name("test_image.py")
 
 
 @dataclass
@@ -56,9 +57,9 @@ BUILD = pytest.StashKey[Build]()
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected what they do
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    image = [item for item in items if item.path.name == IMAGE_TESTS]
+    image = [item for item in items if item.path == IMAGE_TESTS]
     if image and not config.option.collectonly:
-        items[:] = [item for item in items if item.path.name != IMAGE_TESTS] + image
+        items[:] = [item for item in items if item.path != IMAGE_TESTS] + image
         config.stash[BUILD] = Build()
 
 
