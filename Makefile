@@ -7,6 +7,7 @@
 #   make test       install, Debian packages the suite needs, compile, typecheck, pytest
 #   make typecheck  mypy lbcdn
 #   make bench      install, nginx + wrk, benchmarks/run.py  (BENCH_ARGS="--duration 5 proxy")
+#   make image      the container image (Dockerfile) with buildah, on a debootstrapped Debian
 #   make docs       the documentation site (docs/, mkdocs.yml) into site/, links checked
 #   make clean
 
@@ -35,8 +36,11 @@ NATIVE_DEBS := gcc libc6-dev $(shell $(PYTHON) -c 'import os, sysconfig; \
 # Debian packages the test suite needs (real peers for end-to-end tests). Extend, do not replace.
 # knot: a real DNS secondary/primary; systemd: systemd-analyze for the unit file; docker-compose:
 # `config` validation; tini + util-linux (unshare): the container's PID 1; openssl: test
-# certificates; chromium: the status page in a real browser.
-TEST_DEBS  := curl openssl knot systemd docker-compose tini util-linux chromium $(NATIVE_DEBS)
+# certificates; chromium: the status page in a real browser; IMAGE_DEBS: tests/deploy/
+# test_image.py runs `make image`.
+IMAGE_DEBS := debootstrap buildah ca-certificates
+TEST_DEBS  := curl openssl knot systemd docker-compose tini util-linux chromium $(NATIVE_DEBS) \
+              $(IMAGE_DEBS)
 BENCH_DEBS := nginx wrk util-linux dnsperf knot openssl $(NATIVE_DEBS)
 
 # Rebuilds only when a compiled module's source changed; fails on a compile error.
@@ -58,7 +62,23 @@ define apt_ensure
 	fi
 endef
 
-.PHONY: help venv install native run test typecheck pytest test-debs bench bench-debs docs clean
+# The container image. No image registry is needed: the base is a Debian bookworm with python3
+# (3.11) and venv made by debootstrap, kept in $(IMAGE_CACHE) (a tar) and imported into
+# buildah's storage as $(LOCAL_BASE). IMAGE_BASE=docker.io/library/python:3.11-slim builds on
+# the public image instead, as `docker build .` does. buildah runs the build's steps in a
+# chroot (no container runtime, no cgroups needed), both stages at once, and keeps each step
+# as a cached layer, so a build from unchanged files takes seconds; the host's CA bundle is
+# lent to the steps, for a TLS-intercepting proxy in front of PyPI.
+IMAGE         ?= lbcdn:$(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' lbcdn/__init__.py)
+LOCAL_BASE    := localhost/lbcdn-base:bookworm
+IMAGE_BASE    ?= $(LOCAL_BASE)
+IMAGE_CACHE   := build/image
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+BUILDAH       := $(SUDO) buildah
+HOST_CA       := /etc/ssl/certs/ca-certificates.crt
+
+.PHONY: help venv install native run test typecheck pytest test-debs bench bench-debs docs clean \
+        image image-debs image-base
 
 help:
 	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
@@ -114,6 +134,31 @@ bench-debs:
 bench: $(STAMP) bench-debs
 	$(NATIVE)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+image-debs:
+	$(call apt_ensure,$(IMAGE_DEBS))
+
+image: image-debs $(if $(filter $(LOCAL_BASE),$(IMAGE_BASE)),image-base)
+	$(BUILDAH) bud --isolation chroot --layers --jobs 2 --format docker \
+	  --volume $(HOST_CA):/etc/ssl/certs/ca-certificates.crt:ro \
+	  --build-arg BASE_IMAGE=$(IMAGE_BASE) --tag $(IMAGE) --iidfile $(IMAGE_CACHE)/image.id .
+	@$(BUILDAH) images --format '{{.Name}}:{{.Tag}} {{.Size}}' $(IMAGE)
+
+# PATH and LANG as Debian's and Python's images set them (an image made from a bare tree has
+# no environment at all).
+image-base: image-debs
+	@$(BUILDAH) inspect --type image $(LOCAL_BASE) >/dev/null 2>&1 || { \
+	  $(MAKE) --no-print-directory $(IMAGE_CACHE)/bookworm.tar && \
+	  printf '%s\n' 'FROM scratch' 'ADD bookworm.tar /' 'CMD ["bash"]' \
+	    'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' | \
+	  $(BUILDAH) bud --quiet --file - --tag $(LOCAL_BASE) $(IMAGE_CACHE); }
+
+$(IMAGE_CACHE)/bookworm.tar:
+	@mkdir -p $(IMAGE_CACHE) && $(SUDO) rm -rf $@.root
+	$(SUDO) debootstrap --variant=minbase --include=python3,python3-venv bookworm $@.root \
+	  $(DEBIAN_MIRROR) >$@.log || { tail -n 20 $@.log; exit 1; }
+	$(SUDO) rm -rf $@.root/var/cache/apt/archives/*.deb $@.root/var/lib/apt/lists/*
+	$(SUDO) tar -C $@.root -cf $@.tmp . && mv $@.tmp $@ && $(SUDO) rm -rf $@.root
 
 $(DOCS_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[docs]'

@@ -57,6 +57,7 @@ MODULES = (
     "lbcdn/http/head.py",
     "lbcdn/http/response.py",
     "lbcdn/http/errors.py",
+    "lbcdn/http/request_id.py",
     "lbcdn/upstream/connection.py",
     "lbcdn/upstream/pool.py",
     "lbcdn/upstream/targets.py",

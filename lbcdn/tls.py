@@ -23,11 +23,46 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Sequence
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, Literal
 
 from cryptography import x509
 
-from lbcdn.config.schema import CertificateConfig, ListenerTlsConfig, UpstreamTlsConfig
+from lbcdn.configkit.fields import REQUIRED, doc
+
+@dataclass(frozen=True)
+class CertificateConfig:
+    cert_file: str = doc(
+        "PEM certificate chain, leaf first (relative paths: from the working directory).",
+        REQUIRED)
+    key_file: str = doc("PEM private key of the certificate.", REQUIRED)
+    server_names: tuple[str, ...] = doc(
+        "SNI names this certificate answers for; `*.example.com` matches one label. "
+        "Empty: the DNS names of the certificate's subjectAltName.", default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ListenerTlsConfig:
+    """An HTTPS listener: TLS 1.2 and 1.3 only, ECDHE with AES-GCM or ChaCha20 for TLS 1.2,
+    session tickets for resumption. Re-read on every reload."""
+    certificates: tuple[CertificateConfig, ...] = doc(
+        "Chosen by SNI; the first one is the default (no SNI, or no name matches). At "
+        "least one.",
+        REQUIRED)
+    min_version: Literal["1.2", "1.3"] = doc("Oldest TLS version accepted.", "1.2")
+
+
+@dataclass(frozen=True)
+class UpstreamTlsConfig:
+    """HTTPS to the pool's targets, with SNI and certificate verification."""
+    verify: bool = doc(
+        "Verify the target's certificate chain and name; `false` accepts any certificate.", True)
+    ca_file: str | None = doc(
+        "PEM CA bundle to verify against. Unset: the system's CA bundle.", None)
+    server_name: str | None = doc(
+        "Sent as SNI and verified against the certificate. Unset: `host_header` when it "
+        "is a literal, else the target's host.", None)
+
 
 CIPHERS_TLS12 = "ECDHE+AESGCM:ECDHE+CHACHA20"
 

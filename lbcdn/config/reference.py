@@ -33,10 +33,12 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from lbcdn.config.fields import REQUIRED, bounds
 from lbcdn.config.load import ACTION_KEYS  # also registers the YAML renames and shape hooks
-from lbcdn.config.reflect import RENAMES
-from lbcdn.config.schema import Config, RouteConfig, TargetConfig
+from lbcdn.config.schema import Config
+from lbcdn.configkit.fields import REQUIRED, bounds
+from lbcdn.configkit.reflect import RENAMES
+from lbcdn.routing.config import RouteConfig
+from lbcdn.upstream.config import TargetConfig
 
 MARK = re.compile(r"<!-- schema: ([\w.]+) -->")
 _ACRONYMS = {"dns": "DNS", "soa": "SOA", "tls": "TLS"}

@@ -1,0 +1,59 @@
+"""Configuration of an HTTP listener (one entry of `listeners`): address, limits, client
+address handling and TLS.
+
+Declared here, below the root schema (lbcdn.config.schema), so the edge reads it without
+importing the schema. Data only: imports nothing of the edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from lbcdn.configkit.fields import REQUIRED, doc
+from lbcdn.configkit.limits import limit_field
+from lbcdn.tls import ListenerTlsConfig
+
+
+XffMode = Literal["append", "preserve", "remove"]
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    name: str = doc(
+        "Listener name, used in logs (`listener`) and metrics (`listener` label); "
+        "unique, not empty.", REQUIRED)
+    port: int = doc("TCP port to listen on.", REQUIRED, lo=1, hi=65535)
+    address: str = doc(
+        "Address to bind: an IPv4/IPv6 literal or a host name such as `localhost`. "
+        "`0.0.0.0` is every IPv4 address, `::` every IPv6 address (bound IPv6-only: list "
+        "both for both).", "0.0.0.0")
+    header_timeout_s: float = limit_field("header_timeout_s",
+        "Time allowed to receive a whole request head, counted from its first byte "
+        "(trickling bytes does not extend it); then 408 and close.")
+    idle_timeout_s: float = limit_field("idle_timeout_s",
+        "Idle keep-alive time between requests (ELB's default) before the connection is "
+        "closed silently; also how long a client may leave our response unread.")
+    body_timeout_s: float = limit_field("body_timeout_s",
+        "Longest pause while reading a request body; then 408 (or a close, if the "
+        "response has started).")
+    max_request_line_bytes: int = limit_field("max_request_line_bytes",
+        "Longest request-target; longer gets 414.")
+    max_header_bytes: int = limit_field("max_header_bytes")
+    max_headers_total_bytes: int = limit_field("max_headers_total_bytes")
+    max_header_count: int = limit_field("max_header_count")
+    x_forwarded_for: XffMode = doc(
+        "`append`: the client's address is appended to the X-Forwarded-For received (or "
+        "starts it); `preserve`: forwarded as received (none if none); `remove`: never "
+        "sent upstream.", "append")
+    request_id_header: str = doc(
+        "Header carrying the request id (see [Proxying](../guides/edge.md#proxying)). "
+        "Not one that frames the request or belongs to one hop (`Content-Length`, "
+        "`Transfer-Encoding`, `Host`, `Connection`, `Keep-Alive`, `TE`, `Trailer`, "
+        "`Upgrade`, `Proxy-Connection`, `Expect`) nor one the proxy sets "
+        "(`X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Port`, `Via`); "
+        "case-insensitive.", "X-Request-Id")
+    backlog: int = doc(
+        "`listen()` backlog.", 1024, lo=1, hi=65535)
+    tls: ListenerTlsConfig | None = doc(
+        "Serve HTTPS on this listener. Unset: plain HTTP.", None)
