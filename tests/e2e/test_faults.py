@@ -19,7 +19,7 @@ import pytest
 from tests.e2e.harness import HOST, BackendProcess, DaemonProcess, free_port, listener_port, \
     proxy_config
 from tests.e2e.load import run_load
-from tests.e2e.test_pools import scrape, targets, wait_for
+from tests.e2e.test_pools import scrape, targets
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ async def all_healthy(cfg: dict[str, Any], n: int) -> None:
     async def check() -> bool:
         rows = await targets(cfg)
         return sum(r["state"] == "healthy" for r in rows.values()) == n
-    await wait_for(check, timeout_s=10)
+    await until(check, timeout_s=10)
 
 
 def counter(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
