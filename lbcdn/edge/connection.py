@@ -46,7 +46,7 @@ from lbcdn import writebatch
 from lbcdn.writebatch import Writer
 
 if TYPE_CHECKING:
-    from lbcdn.config.schema import ListenerConfig
+    from lbcdn.edge.config import ListenerConfig
     from lbcdn.edge.cache_flow import HitPlan
     from lbcdn.edge.listener import Listener
 

@@ -17,7 +17,8 @@ import aiohttp
 import pytest
 import yaml
 
-from lbcdn.config.load import ConfigError, load_config
+from lbcdn.config.load import load_config
+from lbcdn.configkit.errors import ConfigError
 from lbcdn.daemon import Daemon, ReloadError
 from tests.e2e.harness import (HOST, DaemonProcess, RawClient, admin_port, backend_process,
                                demo_backend, free_port, listener_port, proxy_config, until)
