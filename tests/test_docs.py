@@ -226,4 +226,4 @@ def test_site_builds_strictly(tmp_path: Path) -> None:
                            "--site-dir", str(tmp_path / "site")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "site" / "reference" / "configuration" / "index.html").exists()
+    assert (tmp_path / "site" / "reference" / "configuration.html").exists()
