@@ -71,7 +71,10 @@ async def test_a_connection_flood_leaves_the_daemon_working(tmp_path: Path, work
     config = proxy_config(backend.port, logging={"level": "info",
                                                  "access_log": {"enabled": False}})
     config["listeners"][0]["header_timeout_s"] = HEADER_TIMEOUT_S
-    config["pools"]["app"]["health"] = {"path": "/", "interval_s": 0.5, "timeout_s": 0.4}
+    # a new connection (a descriptor) for each check: without the cap, in one process, the
+    # flood took them all and the target was marked unhealthy
+    config["pools"]["app"]["health"] = {"path": "/", "interval_s": 0.5, "timeout_s": 0.4,
+                                        "reuse_connection": False}
     config["dns"] = {"listeners": [{"address": HOST, "port": dns_port}], "zones": [
         {"name": "example.test", "records": [
             {"name": "www", "type": "A", "ttl_s": 5,
