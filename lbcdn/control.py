@@ -150,7 +150,7 @@ class ControlPlane:
 _FDS_ADMIN = 1
 _FDS_BUCKETS = 3
 _FDS_EDGE = 2
-EDGE = "edge "   # an edge listener's key among the caps: EDGE + its index (names may repeat)
+EDGE = "edge "   # an edge listener's key among the caps: EDGE + its name
 
 
 def _configured_caps(config: Config, control: bool, edge: bool) -> dict[str, tuple[int, int]]:
@@ -164,14 +164,14 @@ def _configured_caps(config: Config, control: bool, edge: bool) -> dict[str, tup
             if config.buckets.website_port is not None:
                 wanted["website"] = (config.buckets.limits.max_connections, _FDS_BUCKETS)
     if edge:
-        for index, lc in enumerate(config.listeners):
-            wanted[EDGE + str(index)] = (lc.max_connections, _FDS_EDGE)
+        for lc in config.listeners:
+            wanted[EDGE + lc.name] = (lc.max_connections, _FDS_EDGE)
     return wanted
 
 
 def connection_caps(config: Config, limit: int, control: bool, edge: bool) -> dict[str, int]:
     """The connection cap of each listener in a process: the control listeners ("admin", "s3",
-    "website") when `control`, the edge listeners (EDGE + index) when `edge`; as configured,
+    "website") when `control`, the edge listeners (EDGE + name) when `edge`; as configured,
     or lower when their descriptors (with those of the connections being refused) would not
     fit under the descriptor limit `limit` with room left for health checks, DNS and files."""
     return fit_caps(_configured_caps(config, control, edge), limit, REFUSING_MAX)
@@ -183,8 +183,7 @@ def log_lowered(config: Config, limit: int, caps: Mapping[str, int], edge: bool)
     configured = _configured_caps(config, control=True, edge=True)
     for name, cap in caps.items():
         if name.startswith(EDGE) == edge and cap < configured[name][0]:
-            label = f"listener {config.listeners[int(name[len(EDGE):])].name}" if edge \
-                else f"{name} listener"
+            label = f"listener {name[len(EDGE):]}" if edge else f"{name} listener"
             log.warning("%s: max_connections lowered from %d to %d to fit the file "
                         "descriptor limit (%d)", label, configured[name][0], cap, limit)
 

@@ -156,8 +156,8 @@ class Daemon:
         cache_flow.set_runtime(self.cache)
         router = Router(config.routes, config.default_route)
         caps = self._edge_caps(config)
-        for index, lc in enumerate(config.listeners):
-            listener = Listener(lc, router, self.pools, self.access_log, caps[EDGE + str(index)])
+        for lc in config.listeners:
+            listener = Listener(lc, router, self.pools, self.access_log, caps[EDGE + lc.name])
             self.listeners.append(listener)
             await listener.start(reuse_port=self.role == "worker")
 
@@ -215,9 +215,9 @@ class Daemon:
         try:
             if cache is not None:  # kept stores when `cache.storage` did not change
                 cache = cache.reconfigured(config.cache, config.buckets)
-            for index, lc in enumerate(config.listeners):
+            for lc in config.listeners:
                 if _listener_key(lc) not in kept:
-                    listener = Listener(lc, router, pools, access_log, caps[EDGE + str(index)])
+                    listener = Listener(lc, router, pools, access_log, caps[EDGE + lc.name])
                     await listener.start(reuse_port=self.role == "worker")
                     opened.append(listener)
             if self.control is not None:
@@ -238,11 +238,11 @@ class Daemon:
             access_log.start()
         listeners: list[Listener] = []
         new_iter = iter(opened)
-        for index, lc in enumerate(config.listeners):
+        for lc in config.listeners:
             key = _listener_key(lc)
             if key in kept:
                 listener = kept.pop(key)
-                listener.update(lc, router, pools, access_log, caps[EDGE + str(index)])
+                listener.update(lc, router, pools, access_log, caps[EDGE + lc.name])
             else:
                 listener = next(new_iter)
             listeners.append(listener)
