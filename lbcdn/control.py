@@ -150,6 +150,7 @@ class ControlPlane:
 _FDS_ADMIN = 1
 _FDS_BUCKETS = 3
 _FDS_EDGE = 2
+_EDGE_UNSET = 1_000_000   # an edge listener's max_connections unset: what the limit holds
 EDGE = "edge "   # an edge listener's key among the caps: EDGE + its name
 
 
@@ -165,7 +166,8 @@ def _configured_caps(config: Config, control: bool, edge: bool) -> dict[str, tup
                 wanted["website"] = (config.buckets.limits.max_connections, _FDS_BUCKETS)
     if edge:
         for lc in config.listeners:
-            wanted[EDGE + lc.name] = (lc.max_connections, _FDS_EDGE)
+            cap = _EDGE_UNSET if lc.max_connections is None else lc.max_connections
+            wanted[EDGE + lc.name] = (cap, _FDS_EDGE)
     return wanted
 
 
@@ -179,11 +181,18 @@ def connection_caps(config: Config, limit: int, control: bool, edge: bool) -> di
 
 def log_lowered(config: Config, limit: int, caps: Mapping[str, int], edge: bool) -> None:
     """A warning for each edge listener (`edge`) or control listener (not `edge`) in `caps`
-    (connection_caps under `limit`) whose cap is lower than configured."""
+    (connection_caps under `limit`) whose cap is lower than configured; an edge listener's
+    cap that is unset, sized from the limit, is said at INFO."""
     configured = _configured_caps(config, control=True, edge=True)
+    unset = {EDGE + lc.name for lc in config.listeners if lc.max_connections is None}
     for name, cap in caps.items():
-        if name.startswith(EDGE) == edge and cap < configured[name][0]:
-            label = f"listener {name[len(EDGE):]}" if edge else f"{name} listener"
+        if name.startswith(EDGE) != edge:
+            continue
+        label = f"listener {name[len(EDGE):]}" if edge else f"{name} listener"
+        if name in unset:
+            log.info("%s: max_connections %d (what the file descriptor limit, %d, holds)",
+                     label, cap, limit)
+        elif cap < configured[name][0]:
             log.warning("%s: max_connections lowered from %d to %d to fit the file "
                         "descriptor limit (%d)", label, configured[name][0], cap, limit)
 
