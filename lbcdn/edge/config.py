@@ -55,5 +55,15 @@ class ListenerConfig:
         "case-insensitive.", "X-Request-Id")
     backlog: int = doc(
         "`listen()` backlog.", 1024, lo=1, hi=65535)
+    max_connections: int | None = doc(
+        "Most client connections open at once on this listener, per worker with "
+        "`--workers` (HAProxy's `maxconn`, nginx's `worker_connections`). At the cap a "
+        "connection idle for a second or more is closed to make room; with none, the new "
+        "one gets 503 with `Retry-After: 1` and is closed. Unset, it is sized from the "
+        "file descriptor limit (said in the log at start); set, it is lowered at start "
+        "(with a warning) when the limit cannot hold it, counting an upstream connection "
+        "for each (see "
+        "[Operations](../operations.md#a-connection-flood-on-an-edge-listener)).", None,
+        lo=1, hi=1_000_000)
     tls: ListenerTlsConfig | None = doc(
         "Serve HTTPS on this listener. Unset: plain HTTP.", None)

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.harness import DaemonProcess, free_port
+from tests.e2e.harness import DaemonProcess, free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / "config" / "default.yaml"
@@ -309,6 +309,28 @@ def _moved(ports: dict[int, int], text: str) -> str:
                   lambda m: f"127.0.0.1:{ports.get(int(m.group(1)), int(m.group(1)))}", text)
 
 
+def run_example(command: str, ports: dict[int, int], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A documented shell command, run as written with the ports moved, with pipefail and the
+    demo's token. With workers, /metrics holds what they reported, each once a second, so a
+    /metrics command is given 5 s to find what it greps for."""
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "-o", "pipefail", "-c", _moved(ports, command)],
+                              cwd=cwd, capture_output=True, text=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin", "LBCDN_ADMIN_TOKEN": TOKEN})
+
+    results = [run()]
+
+    def passed() -> bool:
+        if results[-1].returncode != 0:
+            results.append(run())
+        return results[-1].returncode == 0
+
+    if "/metrics" in command:
+        with contextlib.suppress(AssertionError):   # the caller reports the last failure
+            wait_until(passed, timeout_s=5, interval_s=0.2)
+    return results[-1]
+
+
 def test_readme_tour_commands_work_on_the_demo(
         default_daemon: tuple[DaemonProcess, dict[int, int]], tmp_path: Path) -> None:
     """Every command of the README's tour (its `sh` blocks), run as written with the ports
@@ -321,9 +343,7 @@ def test_readme_tour_commands_work_on_the_demo(
         for command in block.replace("\\\n", "").splitlines():
             if command.startswith(("dig ", ".venv/")):
                 continue
-            result = subprocess.run(["bash", "-o", "pipefail", "-c", _moved(ports, command)],
-                                    cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                                    env={"PATH": "/usr/bin:/bin"})
+            result = run_example(command, ports, tmp_path)
             assert result.returncode == 0, (command, result.stdout, result.stderr)
             assert '"error"' not in result.stdout, (command, result.stdout)
             ran += 1
@@ -337,25 +357,14 @@ def test_readme_try_it_commands_work_on_the_demo(
     _, ports = default_daemon
     invalidate(ports, "-H", f"Authorization: Bearer {TOKEN}")  # the examples start uncached
 
-    def moved(text: str) -> str:
-        return _moved(ports, text)
-
     ran = 0
     for command, output in try_it_commands():
         if command.startswith(("dig ", "export ")):
             continue
-        # with workers, /metrics holds what they reported, each once a second
-        deadline = time.monotonic() + (5 if "/metrics" in command else 0)
-        while True:
-            result = subprocess.run(["bash", "-o", "pipefail", "-c", moved(command)],
-                                    cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                                    env={"PATH": "/usr/bin:/bin", "LBCDN_ADMIN_TOKEN": TOKEN})
-            if result.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        result = run_example(command, ports, tmp_path)
         assert result.returncode == 0, (command, result.stderr)
         actual = [line.rstrip("\r") for line in result.stdout.splitlines()]
-        expected = [moved(line) for line in output if _STABLE_LINE.match(line)]
+        expected = [_moved(ports, line) for line in output if _STABLE_LINE.match(line)]
         assert [line for line in actual if _STABLE_LINE.match(line)] == expected, command
         if not any('"error"' in line for line in output):
             assert not [line for line in actual if '"error"' in line], (command, actual)

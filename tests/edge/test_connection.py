@@ -82,7 +82,7 @@ async def test_a_reload_forgets_the_known_heads() -> None:
             assert HEAD in known(daemon)
             listener = daemon.listeners[0]
             listener.update(listener.config, listener.router, listener.pools,
-                            listener.access_log)
+                            listener.access_log, listener.max_connections)
             assert known(daemon) == {}
             await c.send(HEAD)
             assert (await c.response()).status == 200
