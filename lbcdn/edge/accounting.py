@@ -14,7 +14,7 @@ from typing import Final, TYPE_CHECKING
 from lbcdn import writebatch
 
 if TYPE_CHECKING:
-    from lbcdn.edge.connection import ClientConnection
+    from lbcdn.edge.stream import ClientStream
     from lbcdn.http.head import RequestHead
     from lbcdn.metrics import RouteMetrics
     from lbcdn.upstream.pool import Target
@@ -49,7 +49,7 @@ def new_request_id() -> bytes:
     return ids.lead + _ID_TAILS[n]
 
 
-def record(conn: ClientConnection, head: RequestHead, metrics: RouteMetrics, status: int,
+def record(conn: ClientStream, head: RequestHead, metrics: RouteMetrics, status: int,
            started: float, bytes_in: int, bytes_out: int, target: Target | None = None,
            upstream_time: float | None = None, request_id: bytes | None = None) -> None:
     """Route metrics and the access log line of one finished request (request_id None: make

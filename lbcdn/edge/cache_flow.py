@@ -59,8 +59,8 @@ from lbcdn.upstream.connection import UpstreamConnection, UpstreamOwner
 from lbcdn.upstream.pool import ConnectError, Pool, Target
 
 if TYPE_CHECKING:
-    from lbcdn.edge.connection import ClientConnection, KnownHead
     from lbcdn.edge.exchange import Exchange
+    from lbcdn.edge.stream import ClientStream
     from lbcdn.metrics import RouteMetrics
 
 _runtime: CacheRuntime | None = None
@@ -186,7 +186,7 @@ def _fast_hit(ex: Exchange, rt: CacheRuntime, dist: Distribution) -> bool:
     ex.status = entry.status
     ex.response_started = True
     ex.bytes_out += n
-    ex.conn.writelines(parts)
+    ex.conn.respond_parts(parts)
     ex.response_done = True
     ex._maybe_finish()
     return True
@@ -222,7 +222,18 @@ class HitPlan:
 NO_PLAN = HitPlan(None, None, b"")
 
 
-def answer_known(conn: ClientConnection, known: KnownHead) -> bool:
+class KnownHead:
+    """A head the listener remembers (lbcdn.edge.connection, "Known heads") and what the edge
+    cache worked out for it once: `plan` is None until asked, NO_PLAN when the head can never
+    be a plain cache hit."""
+    __slots__ = ("head", "plan")
+
+    def __init__(self, head: RequestHead) -> None:
+        self.head = head
+        self.plan: HitPlan | None = None
+
+
+def answer_known(conn: ClientStream, known: KnownHead) -> bool:
     """Answer a known head from memory when it is a plain fresh hit, with no Exchange: the
     connection has nothing in progress and no write batch is open, so the answer goes out at
     once. False: nothing was done, the caller starts an Exchange as usual (which may still
@@ -233,14 +244,14 @@ def answer_known(conn: ClientConnection, known: KnownHead) -> bool:
         plan = known.plan = _plan(conn, known.head, rt)
         if plan is NO_PLAN:
             return False
-    assert rt is not None and plan.metrics is not None and conn.transport is not None
+    assert rt is not None and plan.metrics is not None
     head = known.head
     started = monotonic()
     generation = rt.memory.generation
     if plan.generation == generation and plan.since <= rt.clock() < plan.until:
         rt.metrics.count_hit()
         answer = plan.answer
-        conn.transport.write(answer)
+        conn.respond(answer)
         record(conn, head, plan.metrics, plan.status, started, 0, len(answer))
         return True
     remembered = plan.entry
@@ -257,10 +268,10 @@ def answer_known(conn: ClientConnection, known: KnownHead) -> bool:
     if entry.size <= _RENDER_MAX:  # joined once: kept for the next hits and written as one
         answer = b"".join(parts)
         _keep(rt, plan, entry, age, ttl, answer, generation)
-        conn.transport.write(answer)
+        conn.respond(answer)
         n = len(answer)
     else:
-        conn.transport.writelines(parts)
+        conn.respond_parts(parts)
         n = sum(map(len, parts))
     record(conn, head, plan.metrics, entry.status, started, 0, n)
     return True
@@ -278,7 +289,7 @@ def _keep(rt: CacheRuntime, plan: HitPlan, entry: CachedResponse, age: int, ttl:
     plan.until = now + min(age + 1 - exact_age, exact_ttl - ttl)
 
 
-def _plan(conn: ClientConnection, head: RequestHead, rt: CacheRuntime | None) -> HitPlan:
+def _plan(conn: ClientStream, head: RequestHead, rt: CacheRuntime | None) -> HitPlan:
     """The HitPlan of a head: NO_PLAN unless it is an HTTP/1.1 keep-alive plain request to a
     cache route that adds nothing of its own (HTTPS redirects, HSTS) to its answers."""
     if rt is None or head.version != b"1.1" or not head.keep_alive:
@@ -471,7 +482,7 @@ class CacheFlow:
         ex.status = status
         ex.response_started = True
         ex.bytes_out += n
-        ex.conn.writelines(parts)
+        ex.conn.respond_parts(parts)
         ex.response_done = True
         ex._maybe_finish()
 
@@ -644,7 +655,7 @@ class FillSender:
         ex.status = status
         ex.response_started = True
         ex.bytes_out += len(data)
-        ex.conn.write(data)
+        ex.conn.start_response(data)
         if self.head_only:
             self.close()
             ex.response_done = True
@@ -667,16 +678,16 @@ class FillSender:
                 out: list[bytes] = []
                 for c in chunks:
                     out += (b"%x\r\n" % len(c), c, b"\r\n")
-                ex.conn.writelines(out)
+                ex.conn.send_body_parts(out)
             else:
-                ex.conn.writelines(chunks)
+                ex.conn.send_body_parts(chunks)
         if self.reader.at_end:
             self.close()
             if fill.error is not None:
                 ex._abort()  # the response has started: only closing can tell
                 return
             if self.chunked:
-                ex.conn.write(b"0\r\n\r\n")
+                ex.conn.send_body(b"0\r\n\r\n")
                 ex.bytes_out += 5
             ex.response_done = True
             ex._maybe_finish()

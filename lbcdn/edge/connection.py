@@ -37,8 +37,9 @@ from typing import Final, TYPE_CHECKING
 import httptools
 
 from lbcdn.edge import cache_flow
-from lbcdn.edge.cache_flow import NO_PLAN
+from lbcdn.edge.cache_flow import NO_PLAN, KnownHead
 from lbcdn.edge.exchange import Exchange
+from lbcdn.edge.stream import PAUSE_BODY, PAUSE_PIPELINE, ClientStream
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import RequestHead, check_request, is_token
 from lbcdn.timers import Deadline
@@ -47,13 +48,8 @@ from lbcdn.writebatch import Writer
 
 if TYPE_CHECKING:
     from lbcdn.config.schema import ListenerConfig
-    from lbcdn.edge.cache_flow import HitPlan
     from lbcdn.edge.listener import Listener
 
-# reasons reading from the client is paused; reading resumes when none is left
-PAUSE_UPSTREAM: Final = 1        # the upstream cannot take the request body as fast as it comes
-PAUSE_PIPELINE: Final = 2        # too many pipelined requests waiting
-PAUSE_BODY: Final = 4            # request bodies buffered while no upstream connection is attached
 MAX_PIPELINED: Final = 16
 MAX_BUFFERED_BODY: Final = 256 * 1024
 KNOWN_HEAD_MAX_BYTES: Final = 2048   # longer heads (big cookies) are parsed every time
@@ -106,19 +102,10 @@ class Limits:
         self.max_header_count = config.max_header_count
 
 
-class KnownHead:
-    """A remembered head (see "Known heads") and what the edge cache worked out for it once:
-    `plan` is None until asked, NO_PLAN when the head can never be a plain cache hit."""
-    __slots__ = ("head", "plan")
-
-    def __init__(self, head: RequestHead) -> None:
-        self.head = head
-        self.plan: HitPlan | None = None
-
-
 # An asyncio protocol by its methods, not by subclassing asyncio.Protocol: a non-compiled base
-# would make mypyc build a non-native class (attribute access through a dict).
-class ClientConnection(Writer):
+# would make mypyc build a non-native class (attribute access through a dict). The HTTP/1.1
+# adapter: the exchanges it carries see only its ClientStream side.
+class ClientConnection(ClientStream, Writer):
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
         self.limits = listener.limits
@@ -397,7 +384,57 @@ class ClientConnection(Writer):
         if not self.exchanges and not self.closed:
             self.deadline.set(self.limits.idle_timeout_s)
 
-    # -- used by exchanges ----------------------------------------------------------------
+    # -- ClientStream: used by exchanges ---------------------------------------------------
+    def start_response(self, head: bytes) -> None:
+        self.write(head)
+
+    def send_body(self, data: bytes) -> None:
+        self.write(data)
+
+    def send_body_parts(self, parts: list[bytes]) -> None:
+        self.writelines(parts)
+
+    def respond(self, data: bytes) -> None:
+        self.write(data)
+
+    def respond_parts(self, parts: list[bytes]) -> None:
+        self.writelines(parts)
+
+    def checkpoint(self) -> tuple[list[bytes], int] | None:
+        return self.mark()
+
+    def take_back(self, mark: tuple[list[bytes], int] | None) -> bool:
+        return self.rewind(mark)
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    def body_buffered(self, size: int) -> None:
+        self.buffered_body += size
+        if self.buffered_body > MAX_BUFFERED_BODY:
+            self.pause(PAUSE_BODY)
+
+    def body_unbuffered(self, size: int) -> None:
+        self.buffered_body -= size
+        if self.buffered_body <= 0:
+            self.buffered_body = 0
+            self.resume(PAUSE_BODY)
+
+    def request_stopped(self, ex: object) -> bool:
+        self.parsing = None
+        return not self.exchanges or self.exchanges[0] is ex
+
+    def become_tunnel(self, ex: object) -> None:
+        # the connection now belongs to the tunnel: out of the request queue
+        assert isinstance(ex, Exchange)
+        if self.exchanges and self.exchanges[0] is ex:
+            self.exchanges.pop(0)
+        self.tunnel = ex
+        self.deadline.set(self.limits.idle_timeout_s)
+
+    def tunnel_active(self) -> None:
+        self.deadline.set(self.limits.idle_timeout_s)
+
     def pause(self, reason: int) -> None:
         if self._pause == 0 and self.transport is not None and not self.closed:
             self.transport.pause_reading()
@@ -413,9 +450,7 @@ class ClientConnection(Writer):
             if self.parsing is not None:
                 self.deadline.set(self.limits.body_timeout_s)
 
-    def exchange_finished(self, ex: Exchange, keep_alive: bool) -> None:
-        """The active exchange has written its whole response and read its whole request."""
-        assert self.exchanges and self.exchanges[0] is ex
+    def end(self, keep_alive: bool) -> None:
         self.exchanges.pop(0)
         if not keep_alive or self.draining or (self.eof and not self.exchanges):
             self.close()

@@ -24,6 +24,7 @@ from typing import Final, TYPE_CHECKING
 from lbcdn import writebatch
 from lbcdn.edge import cache_flow
 from lbcdn.edge.accounting import new_request_id, record
+from lbcdn.edge.stream import PAUSE_UPSTREAM, ClientStream
 from lbcdn.config.schema import FixedResponseAction, ForwardAction, RedirectAction, RouteConfig
 from lbcdn.http.date import http_date
 from lbcdn.http.errors import HttpError, error_response, reason
@@ -39,7 +40,6 @@ from lbcdn.upstream.pool import ConnectError, Pool, Target
 
 if TYPE_CHECKING:
     from lbcdn.edge.cache_flow import ExchangeTap
-    from lbcdn.edge.connection import ClientConnection
     from lbcdn.edge.listener import RoutePlan
 
 MAX_TUNNEL_BUFFER: Final = 1024 * 1024
@@ -87,6 +87,7 @@ class Exchange(UpstreamOwner):
     finished = False
     reused_conn = False
     upgrade_pending = False
+    tunneling = False
     out_mark: tuple[list[bytes], int] | None = None
     inflight_target: Target | None = None   # the target this exchange counts as in flight
     tried: list[Target] | None = None       # targets that failed this request (retries)
@@ -94,7 +95,7 @@ class Exchange(UpstreamOwner):
     extra_headers = b""   # header lines the route adds to every response (HSTS)
     tap: ExchangeTap | None = None   # the edge cache's view of this exchange (cache_flow)
 
-    def __init__(self, conn: ClientConnection, head: RequestHead, started: float) -> None:
+    def __init__(self, conn: ClientStream, head: RequestHead, started: float) -> None:
         self.conn = conn
         self.head = head
         self.listener = conn.listener
@@ -112,7 +113,7 @@ class Exchange(UpstreamOwner):
             self.tunnel_buf: list[bytes] = []
 
     @classmethod
-    def for_error(cls, conn: ClientConnection, err: HttpError, started: float) -> Exchange:
+    def for_error(cls, conn: ClientStream, err: HttpError, started: float) -> Exchange:
         ex = cls(conn, _ERROR_HEAD, started)
         ex.error = err
         ex.keep_alive = False
@@ -202,7 +203,7 @@ class Exchange(UpstreamOwner):
         self.status = status
         self.response_started = True
         self.bytes_out += len(data)
-        self.conn.write(data)
+        self.conn.respond(data)
         self.response_done = True
         self._maybe_finish()
 
@@ -224,7 +225,7 @@ class Exchange(UpstreamOwner):
         self.status = err.status
         self.response_started = True
         self.bytes_out += len(data)
-        self.conn.write(data)
+        self.conn.respond(data)
         self.response_done = True
         self._maybe_finish()
 
@@ -232,7 +233,7 @@ class Exchange(UpstreamOwner):
         """Take back the response written so far, if it is all still in the write batch (a
         backend that sends a good head and a broken body in one packet then gets a 502)."""
         mark = self.out_mark
-        if mark is None or not self.conn.rewind(mark):
+        if mark is None or not self.conn.take_back(mark):
             return False
         self.out_mark = None
         self.response_started = False
@@ -292,7 +293,7 @@ class Exchange(UpstreamOwner):
     def _dequeued(self, free: bool) -> bool:
         """The pool's wait queue calls back: a slot is free (True) or the wait timed out."""
         pool = self.pool
-        if self.finished or self.conn.closed or pool is None:
+        if self.finished or self.conn.is_closed() or pool is None:
             return False
         if free:
             self.forward(pool)
@@ -308,7 +309,7 @@ class Exchange(UpstreamOwner):
             if not self.finished and self.inflight_target is target:
                 self._attempt_failed(exc.kind, None)
             return
-        if self.finished or self.conn.closed or self.inflight_target is not target:
+        if self.finished or self.conn.is_closed() or self.inflight_target is not target:
             pool.release(conn)
             return
         self.reused_conn = False
@@ -329,11 +330,7 @@ class Exchange(UpstreamOwner):
             for chunk in buffered:
                 size += len(chunk)
                 self._send_body(chunk)
-            self.conn.buffered_body -= size
-            if self.conn.buffered_body <= 0:
-                from lbcdn.edge.connection import PAUSE_BODY
-                self.conn.buffered_body = 0
-                self.conn.resume(PAUSE_BODY)
+            self.conn.body_unbuffered(size)
         if self.body_done and head.chunked and not self.discard:
             upstream.write(b"0\r\n\r\n")
 
@@ -411,11 +408,7 @@ class Exchange(UpstreamOwner):
             self._send_body(data)
         else:
             self.body_buf.append(data)
-            conn = self.conn
-            conn.buffered_body += len(data)
-            if conn.buffered_body > 256 * 1024:
-                from lbcdn.edge.connection import PAUSE_BODY
-                conn.pause(PAUSE_BODY)
+            self.conn.body_buffered(len(data))
 
     def request_done(self) -> None:
         self.body_done = True
@@ -431,8 +424,7 @@ class Exchange(UpstreamOwner):
         """The request body broke a rule or timed out: no more of it will be read."""
         self.body_done = True
         self.keep_alive = False
-        self.conn.parsing = None
-        if self.conn.exchanges and self.conn.exchanges[0] is not self:
+        if not self.conn.request_stopped(self):
             self.error = err  # answered in turn, when it becomes active
             return
         if self.upstream is not None:
@@ -485,7 +477,7 @@ class Exchange(UpstreamOwner):
             self.upstream.body_follows()
         if self.head.version != b"1.1" or self.response_started:
             return  # HTTP/1.0 clients do not expect 1xx (RFC 9110 15.2)
-        self.conn.write(resp.lead + b"\r\n")
+        self.conn.start_response(resp.lead + b"\r\n")
 
     def upstream_head(self, resp: ResponseHead) -> None:
         if self.tap is not None:
@@ -519,25 +511,25 @@ class Exchange(UpstreamOwner):
             data = b"".join(parts)
         self.response_started = True
         self.bytes_out += len(data)
-        self.out_mark = self.conn.mark()
-        self.conn.write(data)
+        self.out_mark = self.conn.checkpoint()
+        self.conn.start_response(data)
 
     def upstream_body(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        if self.conn.tunnel is self:
-            self.conn.deadline.set(self.conn.limits.idle_timeout_s)
-            self.conn.write(data)
+        if self.tunneling:
+            self.conn.tunnel_active()
+            self.conn.send_body(data)
         elif self.resp_chunked:
-            self.conn.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
+            self.conn.send_body_parts([b"%x\r\n" % len(data), data, b"\r\n"])
         else:
-            self.conn.write(data)
+            self.conn.send_body(data)
 
     def upstream_done(self) -> None:
         if self.tap is not None:
             self.tap.done(self)
         self.upstream = None
         if self.resp_chunked:
-            self.conn.write(b"0\r\n\r\n")
+            self.conn.send_body(b"0\r\n\r\n")
             self.bytes_out += 5
         self.response_done = True
         self._maybe_finish()
@@ -549,7 +541,7 @@ class Exchange(UpstreamOwner):
 
     def upstream_failed(self, kind: str) -> None:
         upstream, self.upstream = self.upstream, None
-        if self.conn.tunnel is self:
+        if self.tunneling:
             self.conn.close()  # the tunnel's backend side closed
             return
         if self.finished:
@@ -593,7 +585,7 @@ class Exchange(UpstreamOwner):
                                  response_started=self.response_started,
                                  body_replayable=replayable, retries_done=self.retries,
                                  max_retries=cfg.max)
-            if retry is not Retry.NO and not self.conn.closed:
+            if retry is not Retry.NO and not self.conn.is_closed():
                 # every failed target is excluded, so free retries end with the pool's targets
                 tried = (self.tried or []) + [target]
                 if not pool.has_other(tried):
@@ -624,7 +616,6 @@ class Exchange(UpstreamOwner):
                                          close=not self.body_done))
 
     def upstream_paused(self, paused: bool) -> None:
-        from lbcdn.edge.connection import PAUSE_UPSTREAM
         if paused:
             self.conn.pause(PAUSE_UPSTREAM)
         else:
@@ -654,19 +645,16 @@ class Exchange(UpstreamOwner):
         data = b"".join(parts)
         self.bytes_out += len(data)
         conn = self.conn
-        conn.write(data)
+        conn.start_response(data)
         self.response_started = True
-        # the connection now belongs to the tunnel: take it out of the request queue. The
-        # tunnel stays in flight on its target (drained, and cut at the end of a deregistration
-        # delay, like a request) and is recorded when it closes (client_lost), with the bytes
-        # that went through it both ways.
-        if conn.exchanges and conn.exchanges[0] is self:
-            conn.exchanges.pop(0)
-        conn.tunnel = self
-        conn.deadline.set(conn.limits.idle_timeout_s)
+        # the stream now belongs to the tunnel. The tunnel stays in flight on its target
+        # (drained, and cut at the end of a deregistration delay, like a request) and is
+        # recorded when it closes (client_lost), with the bytes that went through it both ways.
+        self.tunneling = True
+        conn.become_tunnel(self)
         if rest:
             self.bytes_out += len(rest)
-            conn.write(rest)
+            conn.send_body(rest)
         for chunk in self.tunnel_buf:
             upstream.write(chunk)
         self.tunnel_buf = []
@@ -677,7 +665,7 @@ class Exchange(UpstreamOwner):
             return
         if self.body_done or not self.keep_alive:
             self._record()
-            self.conn.exchange_finished(self, self.keep_alive)
+            self.conn.end(self.keep_alive)
         else:
             self.discard = True  # finish when the rest of the request body has been read
 

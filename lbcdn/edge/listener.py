@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Final, Protocol, cast
 
 from lbcdn.config.schema import ForwardAction, ListenerConfig, RouteConfig
-from lbcdn.edge.connection import ClientConnection, KnownHead, Limits
+from lbcdn.edge.cache_flow import KnownHead
+from lbcdn.edge.connection import ClientConnection, Limits
 from lbcdn.edge.tls_gate import TlsGate
 from lbcdn.tls import ServerTls
 from lbcdn.http.head import request_header_kinds
