@@ -173,22 +173,8 @@ def _fast_hit(ex: Exchange, rt: CacheRuntime, dist: Distribution) -> bool:
     if hit is None:
         return False
     entry, age, ttl = hit
-    ex._end_request_early()
-    parts = [entry.head, _HIT_LINES % (age, ttl), ex.extra_headers]
-    if not ex.keep_alive or ex.conn.draining or head.version == b"1.0":
-        ex._connection_header(parts)
-    parts.append(b"\r\n")
-    if head.method == b"GET":
-        parts.extend(entry.chunks)
-    n = 0
-    for p in parts:
-        n += len(p)
-    ex.status = entry.status
-    ex.response_started = True
-    ex.bytes_out += n
-    ex.conn.respond_parts(parts)
-    ex.response_done = True
-    ex._maybe_finish()
+    ex.respond_cached([entry.head, _HIT_LINES % (age, ttl)], entry.status,
+                      entry.chunks if head.method == b"GET" else None)
     return True
 
 
@@ -360,7 +346,7 @@ class CacheFlow:
         if not cacheable or head.has_body:
             PassThrough(self).start()
             return
-        ex.tap = self
+        ex.set_tap(self)
         names = {n.lower() for n, _ in head.headers}
         self.req = parse_request(head.headers) if not names.isdisjoint(_DIRECTIVE_FIELDS) \
             else _PLAIN
@@ -469,22 +455,8 @@ class CacheFlow:
                      chunks: tuple[bytes, ...] | None, size: int = 0) -> None:
         """Write a complete response from cache (head parts without the final CRLF)."""
         ex = self.ex
-        ex.tap = None
-        ex._end_request_early()
-        parts.append(ex.extra_headers)
-        ex._connection_header(parts)
-        parts.append(b"\r\n")
-        if chunks:
-            parts.extend(chunks)
-        n = 0
-        for p in parts:
-            n += len(p)
-        ex.status = status
-        ex.response_started = True
-        ex.bytes_out += n
-        ex.conn.respond_parts(parts)
-        ex.response_done = True
-        ex._maybe_finish()
+        ex.set_tap(None)
+        ex.respond_cached(parts, status, chunks)
 
     # -- misses ------------------------------------------------------------------------------
     def miss(self, why: str) -> None:
@@ -558,7 +530,7 @@ class CacheFlow:
         self.serve_entry(entry, Outcome.STALE_ON_ERROR, d.age, d.ttl, fwd_status=status)
 
     def on_failed(self, kind: str) -> None:
-        if self.lost or self.ex.finished:
+        if self.lost or self.ex.is_finished():
             return
         self.rt.metrics.results["error"].inc()
         status = 504 if kind in ("connect_timeout", "response_timeout") else (
@@ -620,8 +592,7 @@ class FillSender:
         ex, fill = self.ex, self.fill
         info = fill.info
         assert info is not None
-        ex.tap = self.flow
-        ex._end_request_early()
+        ex.set_tap(self.flow)
         status = self.flow.status_override or fill.status
         head = info.head if self.flow.status_override is None else _with_status(info.head,
                                                                                 status)
@@ -646,20 +617,11 @@ class FillSender:
         elif ex.head.version == b"1.1":
             parts.append(b"Transfer-Encoding: chunked\r\n")
             self.chunked = True
-        else:
-            ex.keep_alive = False
-        parts.append(ex.extra_headers)
-        ex._connection_header(parts)
-        parts.append(b"\r\n")
-        data = b"".join(parts)
-        ex.status = status
-        ex.response_started = True
-        ex.bytes_out += len(data)
-        ex.conn.start_response(data)
+        ex.start_cached(parts, status, close_delimited=not self.head_only and
+                        info.length is None and not self.chunked)
         if self.head_only:
             self.close()
-            ex.response_done = True
-            ex._maybe_finish()
+            ex.end_cached()
             return
         fill.listen(self.on_fill)
         self.on_fill(fill)
@@ -673,24 +635,21 @@ class FillSender:
             n = 0
             for c in chunks:
                 n += len(c)
-            ex.bytes_out += n
             if self.chunked:
                 out: list[bytes] = []
                 for c in chunks:
                     out += (b"%x\r\n" % len(c), c, b"\r\n")
-                ex.conn.send_body_parts(out)
+                ex.send_cached(out, n)
             else:
-                ex.conn.send_body_parts(chunks)
+                ex.send_cached(chunks, n)
         if self.reader.at_end:
             self.close()
             if fill.error is not None:
-                ex._abort()  # the response has started: only closing can tell
+                ex.abort()  # the response has started: only closing can tell
                 return
             if self.chunked:
-                ex.conn.send_body(b"0\r\n\r\n")
-                ex.bytes_out += 5
-            ex.response_done = True
-            ex._maybe_finish()
+                ex.send_cached([b"0\r\n\r\n"], 5)
+            ex.end_cached()
 
     def client_paused(self, paused: bool) -> None:
         self.paused = paused
@@ -1042,8 +1001,7 @@ class OriginFetch(UpstreamOwner):
         elapsed = monotonic() - self.sent_at
         attempt = self.plan[self.step]
         self.rt.metrics.origin_time(attempt.endpoint.id, elapsed)
-        if self.ex.upstream_time is None:
-            self.ex.upstream_time = elapsed
+        self.ex.origin_answered(elapsed)
         if resp.status in attempt.failover_statuses and self.step + 1 < len(self.plan):
             self.abort_connection()
             self.step += 1
@@ -1146,18 +1104,16 @@ class PassThrough:
         forwarding = flow.behavior.forwarding
         query = forwarding.query_for(head.query)
         target = e.origin_path + head.path + (b"?" + query if query else b"")
-        ex.head = _forwarded(head, target, query, forwarding.lines(head.fwd, passthrough=True))
-        ex.tap = self
         flow.rt.metrics.results["bypass"].inc()
-        ex.forward(pool)
+        ex.forward_as(_forwarded(head, target, query,
+                                 forwarding.lines(head.fwd, passthrough=True)), pool, self)
 
     def head(self, ex: Exchange, resp: ResponseHead) -> None:
         # the request is not sent again (no retry after a response head): from here on the
         # exchange, and its access log line, see what the client asked
-        ex.head = self.original
         self.status = resp.status
         self.headers = parse_fwd(resp.fwd)
-        ex.extra_headers += cache_lines(Outcome.BYPASS, None)  # heads are not ours to change
+        ex.answered_as(self.original, cache_lines(Outcome.BYPASS, None))  # heads: not ours
 
     def done(self, ex: Exchange) -> None:
         head = self.original

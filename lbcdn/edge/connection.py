@@ -38,7 +38,7 @@ import httptools
 
 from lbcdn.edge import cache_flow
 from lbcdn.edge.cache_flow import NO_PLAN, KnownHead
-from lbcdn.edge.exchange import Exchange
+from lbcdn.edge.exchange import SENDING, SWITCHING, Exchange
 from lbcdn.edge.stream import PAUSE_BODY, PAUSE_PIPELINE, ClientStream
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import RequestHead, check_request, is_token
@@ -204,7 +204,7 @@ class ClientConnection(ClientStream, Writer):
             self.tunnel.client_tunnel_data(data)
             return
         if self._stopped:
-            if self.exchanges and self.exchanges[-1].upgrade_pending:
+            if self.exchanges and self.exchanges[-1].state == SWITCHING:
                 self.exchanges[-1].client_tunnel_data(data)
             return
         between = not self._in_head and self.parsing is None
@@ -226,7 +226,7 @@ class ClientConnection(ClientStream, Writer):
                 self._stopped = True
                 self._learn = None
                 ex = self.exchanges[-1] if self.exchanges else None
-                if ex is not None and ex.upgrade_pending and rest:
+                if ex is not None and ex.state == SWITCHING and rest:
                     ex.client_tunnel_data(rest)
                 return
             except httptools.HttpParserError as exc:
@@ -507,7 +507,7 @@ class ClientConnection(ClientStream, Writer):
             self._stopped = True
             self.fail(HttpError(408, "timed out reading the request head"))
         elif self.parsing is not None and self.exchanges and \
-                self.exchanges[0] is self.parsing and not self.parsing.response_started:
+                self.exchanges[0] is self.parsing and self.parsing.state < SENDING:
             self._stopped = True
             self.fail(HttpError(408, "timed out reading the request body"))
         else:
