@@ -2,7 +2,7 @@
 and the request id that ties a log line to what the backend saw.
 
 Used by the exchange (lbcdn.edge.exchange) and by the cache hits answered without one
-(lbcdn.edge.cache_flow.answer_known), so a request is recorded the same way either way.
+(lbcdn.edge.cache_hit.answer_known), so a request is recorded the same way either way.
 """
 
 from __future__ import annotations

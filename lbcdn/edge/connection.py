@@ -25,7 +25,7 @@ Rules:
   bytes would have left it. Only heads that parsed cleanly, alone, with no body and no upgrade are
   remembered; the table is bounded and emptied when the listener's config changes. A known head
   on a connection with nothing in progress may be answered by the edge cache directly
-  (`cache_flow.answer_known`: a plain fresh hit, no Exchange at all).
+  (`cache_hit.answer_known`: a plain fresh hit, no Exchange at all).
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ from typing import Final, TYPE_CHECKING
 
 import httptools
 
-from lbcdn.edge import cache_flow
-from lbcdn.edge.cache_flow import NO_PLAN, KnownHead
+from lbcdn.edge.cache_hit import NO_PLAN, KnownHead, answer_known
 from lbcdn.edge.exchange import SENDING, SWITCHING, Exchange
 from lbcdn.edge.stream import PAUSE_BODY, PAUSE_PIPELINE, ClientStream
 from lbcdn.http.errors import HttpError
@@ -182,7 +181,7 @@ class ClientConnection(ClientStream, Writer):
             known = self.listener.known_heads.get(data)
             if known is not None and known.plan is not NO_PLAN and not self.exchanges and \
                     not self.draining and not self.write_paused and \
-                    cache_flow.answer_known(self, known):
+                    answer_known(self, known):
                 self.bytes_in += len(data)
                 self.deadline.set(self.limits.idle_timeout_s)
                 return

@@ -24,7 +24,7 @@ from typing import Final, TYPE_CHECKING
 from lbcdn import writebatch
 from lbcdn.edge import cache_flow
 from lbcdn.edge.accounting import new_request_id, record
-from lbcdn.edge.stream import PAUSE_UPSTREAM, ClientStream
+from lbcdn.edge.stream import PAUSE_UPSTREAM, ClientStream, ExchangeTap
 from lbcdn.config.schema import FixedResponseAction, ForwardAction, RedirectAction, RouteConfig
 from lbcdn.http.date import http_date
 from lbcdn.http.errors import HttpError, error_response, reason
@@ -39,7 +39,6 @@ from lbcdn.upstream.connection import UpstreamConnection, UpstreamOwner
 from lbcdn.upstream.pool import ConnectError, Pool, Target
 
 if TYPE_CHECKING:
-    from lbcdn.edge.cache_flow import ExchangeTap
     from lbcdn.edge.listener import RoutePlan
 
 MAX_TUNNEL_BUFFER: Final = 1024 * 1024
@@ -120,7 +119,7 @@ class Exchange(UpstreamOwner):
     tried: list[Target] | None = None       # targets that failed this request (retries)
     retries = 0
     extra_headers = b""   # header lines the route adds to every response (HSTS)
-    tap: ExchangeTap | None = None   # the edge cache's view of this exchange (cache_flow)
+    tap: ExchangeTap | None = None   # the edge cache's view of this exchange
 
     def __init__(self, conn: ClientStream, head: RequestHead, started: float) -> None:
         self.conn = conn
@@ -269,7 +268,7 @@ class Exchange(UpstreamOwner):
         self.bytes_out = 0
         return True
 
-    # -- the cache side's surface (lbcdn.edge.cache_flow) -----------------------------------
+    # -- the cache side's surface (lbcdn.edge.cache_*) ---------------------------------------
     def set_tap(self, tap: ExchangeTap | None) -> None:
         """Who hears of this exchange's upstream head and end, and its client's flow."""
         self.tap = tap
@@ -577,7 +576,7 @@ class Exchange(UpstreamOwner):
 
     def upstream_head(self, resp: ResponseHead) -> None:
         if self.tap is not None:
-            self.tap.head(self, resp)
+            self.tap.head(resp)
         self.upstream_time = writebatch.now() - self.sent_at
         if self.pool is not None:
             self.pool.metrics.upstream_time(self.upstream_time)
@@ -622,7 +621,7 @@ class Exchange(UpstreamOwner):
 
     def upstream_done(self) -> None:
         if self.tap is not None:
-            self.tap.done(self)
+            self.tap.done()
         self.upstream = None
         if self.resp_chunked:
             self.conn.send_body(b"0\r\n\r\n")

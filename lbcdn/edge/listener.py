@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final, Protocol, cast
 
 from lbcdn.config.schema import ForwardAction, ListenerConfig, RouteConfig
-from lbcdn.edge.cache_flow import KnownHead
+from lbcdn.edge.cache_hit import KnownHead
 from lbcdn.edge.connection import ClientConnection, Limits
 from lbcdn.edge.tls_gate import TlsGate
 from lbcdn.tls import ServerTls

@@ -28,6 +28,7 @@ from mypy_extensions import mypyc_attr
 
 if TYPE_CHECKING:
     from lbcdn.edge.listener import Listener
+    from lbcdn.http.head import ResponseHead
 
 # reasons reading from the client is paused; reading resumes when none is left
 PAUSE_UPSTREAM: Final = 1        # the upstream cannot take the request body as fast as it comes
@@ -112,4 +113,22 @@ class ClientStream:
 
     def tunnel_active(self) -> None:
         """Bytes went through the tunnel: its idle timeout starts again."""
+        raise NotImplementedError
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class ExchangeTap:
+    """What an exchange tells the cache side of it (Exchange.tap): its upstream's response head
+    and end, and its client's flow control and departure."""
+
+    def head(self, resp: ResponseHead) -> None:
+        raise NotImplementedError
+
+    def done(self) -> None:
+        raise NotImplementedError
+
+    def client_paused(self, paused: bool) -> None:
+        raise NotImplementedError
+
+    def client_lost(self) -> None:
         raise NotImplementedError

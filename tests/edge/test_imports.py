@@ -39,8 +39,8 @@ def _runtime_imports(tree: ast.Module) -> set[str]:
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and \
                 node.test.id == "TYPE_CHECKING":
-            for child in node.orelse:
-                visit(child)
+            for stmt in node.orelse:
+                visit(stmt)
             return
         if isinstance(node, ast.ImportFrom) and node.module is not None:
             if node.module == "lbcdn.edge":
