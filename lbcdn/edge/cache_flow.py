@@ -1,7 +1,9 @@
 """The cache side of an exchange: a route with `cache:` is answered here instead of by its action.
 
 Job: drive lbcdn.cache's pure decisions with real sockets. For one request: pick the behavior,
-build the key, look up memory (then disk, in a thread), and then
+build the key, look up memory (then disk, in a thread), and then (plain fresh hits never get
+here: lbcdn.edge.cache_hit answers them; the pieces below live in fill_sender, miss_job,
+origin_fetch and passthrough)
 - hit (fresh, or stale that the client or stale-while-revalidate allows): write the stored head,
   Age / Cache-Status / X-Cache and the stored chunks; client conditionals and ranges are answered
   from the entry (304 / 412 / 206 / 416), HEAD from the GET entry; stale-while-revalidate starts
@@ -16,7 +18,8 @@ build the key, look up memory (then disk, in a thread), and then
   the cache headers and, on success, invalidates the target URI, Location and Content-Location).
 
 Rules:
-- The origin request is built here: origin path + path, and of the viewer's query, headers and
+- The origin request (lbcdn.http.head.origin_request, the builder the proxy path uses too):
+  origin path + path, and of the viewer's query, headers and
   cookies only what the behavior's Forwarding lets through (lbcdn.cache.forwarding: the cache
   key plus the origin request policy, so nothing the key ignores can shape a stored answer),
   then the edge's own fields; a pass-through gets the same filter, with the fields its origin
@@ -24,7 +27,8 @@ Rules:
 - An origin fetch outlives its client when others read it or the cache wants it; a pass-through
   fetch whose only client left is aborted. A storable fill is read at origin speed (bounded by the
   largest object a tier keeps); a pass-through one pauses the origin while its client is slow.
-- The runtime is per process (`set_runtime`, done by the daemon on start and reload).
+- The runtime is per process (lbcdn.edge.cache_hit.set_runtime, done by the daemon on start and
+  reload).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from lbcdn.edge.fill_sender import FillSender
 from lbcdn.edge.miss_job import MissJob, background_refresh
 from lbcdn.edge.passthrough import PassThrough
 from lbcdn.edge.stream import ExchangeTap
-from lbcdn.http.errors import HttpError
+from lbcdn.http.errors import HttpError, failure_status
 from lbcdn.http.head import ResponseHead
 from lbcdn.tasks import spawn
 
@@ -293,8 +297,7 @@ class CacheFlow(ExchangeTap):
         if self.lost or self.ex.is_finished():
             return
         self.rt.metrics.results["error"].inc()
-        status = 504 if kind in ("connect_timeout", "response_timeout") else (
-            503 if kind == "no_target" else 502)
+        status = failure_status(kind)
         lines = self._lines(Outcome.ERROR)
         err = HttpError(status, "origin failed" if status != 504 else "origin timed out",
                         close=False, headers=b"".join(b"%s: %s\r\n" % p for p in lines))

@@ -11,10 +11,13 @@ head, body, done, failed, upgraded, stopped/started reading). It writes to both 
   (the backend closed it while we were sending) is retried once on a new connection, provided the
   request body sent so far was small enough to keep (the pool's
   `retries.buffer_body_max_bytes`);
-- which failure maps to which status: connect refused / reset / malformed / cut at the end of
-  the target's deregistration delay -> 502, connect or
-  response timeout -> 504, no target -> 503. After the response has started, a failure can only
-  be signalled by closing the client connection.
+- failures before the response started get the status of lbcdn.http.errors.failure_status (502,
+  503 or 504, the same map as the cache's); after it started, a failure can only be signalled
+  by closing the client stream.
+
+The exchange writes to its client through a ClientStream (lbcdn.edge.stream) and never sees
+the protocol adapter behind it; its response side is one state machine (WAITING ... FINISHED
+below, with the table of allowed transitions).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from lbcdn.edge.accounting import new_request_id, record
 from lbcdn.edge.stream import PAUSE_UPSTREAM, ClientStream, ExchangeTap
 from lbcdn.config.schema import FixedResponseAction, ForwardAction, RedirectAction, RouteConfig
 from lbcdn.http.date import http_date
-from lbcdn.http.errors import HttpError, error_response, reason
-from lbcdn.http.head import ALLOWED_METHODS, RequestHead, ResponseHead, forwarded_for, \
+from lbcdn.http.errors import HttpError, error_response, failure_status, reason
+from lbcdn.http.head import ALLOWED_METHODS, RequestHead, ResponseHead, origin_request, \
     response_has_body
 from lbcdn.routing import redirect_location
 from lbcdn.tasks import spawn
@@ -430,7 +433,7 @@ class Exchange(UpstreamOwner):
             upstream.write(b"0\r\n\r\n")
 
     def _upstream_head(self, target: Target) -> bytes:
-        """The request head for `target`, its request id last. All before the id depends only
+        """The request head for `target` (lbcdn.http.head.origin_request), its request id last. All before the id depends only
         on the head, the target, the pool's Host mode, the client's address and the listener
         (its config and port), and keep-alive clients repeat their heads byte for byte (the
         listener's known heads hand out the same RequestHead), so it is kept on the head with
@@ -458,19 +461,10 @@ class Exchange(UpstreamOwner):
             host = target.key_bytes
         else:
             host = mode
-        parts = [head.method, b" ", head.target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
-        parts += head.fwd
-        xff = forwarded_for(listener.config.x_forwarded_for, head.xff, client)
-        if xff is not None:
-            parts += (b"X-Forwarded-For: ", xff, b"\r\n")
-        via = b", ".join(head.via) + b", 1.1 lbcdn" if head.via else b"1.1 lbcdn"
-        parts += (listener.forwarded_headers, b"Via: ", via, b"\r\n")
-        if head.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        if head.upgrade is not None:
-            parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
-        parts += (listener.id_header, b": ")
-        return b"".join(parts)
+        return b"".join(origin_request(
+            head.method, head.target, host, head.fwd, [], head, listener.config.x_forwarded_for,
+            client, listener.forwarded_headers, listener.id_header, chunked=head.chunked,
+            upgrade=head.upgrade))
 
     def _send_body(self, data: bytes) -> None:
         upstream = self.upstream
@@ -700,16 +694,13 @@ class Exchange(UpstreamOwner):
                     return
                 else:
                     UPSTREAM_RETRIES.labels(pool.name, "budget_exhausted").inc()
-        if kind in ("response_timeout", "connect_timeout"):
-            self.respond_error(HttpError(504, "upstream connect timed out"
-                                         if kind == "connect_timeout" else "upstream timed out",
-                                         close=not self.body_done))
-        else:
-            self.respond_error(HttpError(502, "upstream connection failed"
-                                         if failure is Failure.CONNECT else
-                                         "the target was deregistered" if failure is Failure.CUT
-                                         else "bad response from upstream",
-                                         close=not self.body_done))
+        status = failure_status(kind)
+        self.respond_error(HttpError(
+            status, ("upstream connect timed out" if kind == "connect_timeout" else
+                     "upstream timed out") if status == 504 else
+            "upstream connection failed" if failure is Failure.CONNECT else
+            "the target was deregistered" if failure is Failure.CUT else
+            "bad response from upstream", close=not self.body_done))
 
     def upstream_paused(self, paused: bool) -> None:
         if paused:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from lbcdn.cache.headers import parse_fwd
 from lbcdn.cache.runtime import Attempt, CacheRuntime
-from lbcdn.http.head import ResponseHead, forwarded_for
+from lbcdn.http.head import ResponseHead, origin_request
 from lbcdn.tasks import spawn
 from lbcdn.upstream.connection import UpstreamConnection, UpstreamOwner
 from lbcdn.upstream.pool import ConnectError, Pool, Target
@@ -43,27 +43,22 @@ class OriginFetch(UpstreamOwner):
         self.job = job
         head = ex.head
         self.method = b"GET" if head.method == b"HEAD" else head.method
-        target = path + (b"?" + query if query else b"")
-        self.target_bytes = target
+        self.target_bytes = path + (b"?" + query if query else b"")
         self.request_id = ex.request_id
-        for n, v in extra:
-            lines += (n, b": ", v, b"\r\n")
-        xff = forwarded_for(self.listener.config.x_forwarded_for, head.xff,
-                            ex.conn.client_ip_bytes)
-        if xff is not None:
-            lines += (b"X-Forwarded-For: ", xff, b"\r\n")
-        via = b", ".join(head.via) + b", 1.1 lbcdn" if head.via else b"1.1 lbcdn"
-        lines += (self.listener.forwarded_headers, b"Via: ", via, b"\r\n",
-                  self.listener.id_header, b": ", self.request_id, b"\r\n")
-        self.rest = b"".join(lines)
+        self.lines = lines
+        self.extra = extra
 
     def start(self) -> None:
         self._try()
 
     def _request(self, endpoint_host: bytes | None, origin_path: bytes) -> bytes:
-        host = endpoint_host if endpoint_host is not None else self.ex.head.host
-        return b"".join([self.method, b" ", origin_path, self.target_bytes,
-                         b" HTTP/1.1\r\nHost: ", host, b"\r\n", self.rest, b"\r\n"])
+        head = self.ex.head
+        listener = self.listener
+        host = endpoint_host if endpoint_host is not None else head.host
+        return b"".join(origin_request(
+            self.method, origin_path + self.target_bytes, host, self.lines, self.extra, head,
+            listener.config.x_forwarded_for, self.ex.conn.client_ip_bytes,
+            listener.forwarded_headers, listener.id_header)) + self.request_id + b"\r\n\r\n"
 
     def _try(self) -> None:
         attempt = self.plan[self.step]
