@@ -1,7 +1,7 @@
-# lbcdn container image. No Docker engine runs on our dev or CI machines, so this file is not
-# built there (tests/deploy/test_docker.py checks its text and runs its built-in config): keep
-# its steps the same as the Makefile's (`python3 -m venv`, then pip install of this
-# pyproject.toml; here without the test extras and not editable).
+# lbcdn container image. `make image` builds it with buildah from a Debian bookworm base that
+# debootstrap makes (no image registry needed) and tests/deploy/test_image.py runs what it built;
+# its steps are the Makefile's (`python3 -m venv`, pip install of this pyproject.toml without
+# the test extras, `python -m lbcdn.native build`).
 #
 #   docker build -t lbcdn:0.1.0 .
 #   docker run --rm -p 8080:8080 -e LBCDN_UPSTREAM=app.internal:8000 lbcdn:0.1.0
@@ -12,25 +12,47 @@
 # file over it for anything more (several pools, routes, an admin token, the cache, DNS).
 # Any config may read variables itself with ${NAME} and ${NAME:-default}.
 
-# Build stage: the hot-path modules compiled with mypyc, as `make native` does (lbcdn/native.py),
-# here so that neither the C compiler nor mypy ship in the image.
-FROM python:3.11-slim AS native
-RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
- && rm -rf /var/lib/apt/lists/*
-WORKDIR /opt/lbcdn/src
-COPY pyproject.toml README.md ./
-COPY lbcdn ./lbcdn
-RUN python3 -m venv /opt/lbcdn/venv \
- && /opt/lbcdn/venv/bin/pip install '.[native]' \
- && /opt/lbcdn/venv/bin/python -m lbcdn.native build
+# Any Debian-based image whose `python3` is 3.11 or newer with venv (`make image` passes its
+# debootstrapped bookworm with python3 and python3-venv).
+ARG BASE_IMAGE=python:3.11-slim
 
-FROM python:3.11-slim
+# Build stage: the venv the image ships, its hot-path modules compiled with mypyc as `make
+# native` does (lbcdn/native.py), here so that neither the C compiler nor mypy ship. Python.h:
+# the python images have their own; Debian's python3 needs python3-dev (as in the Makefile).
+FROM ${BASE_IMAGE} AS native
+# pip trusts the system's CAs, not its own copy of them: a build behind a TLS-intercepting
+# proxy then works once that file has the proxy's CA (`make image` mounts the host's).
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev $(python3 -c 'import os, sysconfig; \
+      print("" if os.path.exists(sysconfig.get_paths()["include"] + "/Python.h") else "python3-dev")') \
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/lbcdn/src
+# The dependencies first, in a layer of their own that a change to lbcdn/ keeps: the runtime
+# ones into the venv the image ships, the build's (the `native` extra: mypy, whose mypyc
+# compiles) into a directory of their own that stays in this stage.
+COPY pyproject.toml ./
+RUN python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+      open("runtime.txt", "w").write("\n".join(p["dependencies"])); \
+      open("native.txt", "w").write("\n".join(p["optional-dependencies"]["native"]))' \
+ && python3 -m venv /opt/lbcdn/venv \
+ && /opt/lbcdn/venv/bin/pip install -r runtime.txt \
+ && /opt/lbcdn/venv/bin/pip install --target /opt/lbcdn/native -r native.txt
+# Then the package, compiled in place: run from the venv's site-packages, `-m` imports lbcdn
+# from there. pyproject.toml names README.md as the long description, which nothing in the
+# image reads: an empty one stands in, so that editing the README rebuilds nothing. Nothing
+# installs into the venv after that, so pip and setuptools leave it.
+COPY lbcdn ./lbcdn
+RUN : > README.md \
+ && /opt/lbcdn/venv/bin/pip install --no-deps . \
+ && cd /opt/lbcdn/venv/lib/python3*/site-packages \
+ && PYTHONPATH=/opt/lbcdn/native /opt/lbcdn/venv/bin/python -m lbcdn.native build \
+ && /opt/lbcdn/venv/bin/python -m pip uninstall -y -q pip setuptools
+
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/lbcdn/venv/bin:$PATH
 
 # tini as PID 1: the kernel gives PID 1 no default signal handlers and makes it reap every
@@ -38,7 +60,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # zombies, and exits with lbcdn's exit code.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends tini \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
 
 # A fixed numeric uid/gid so that Kubernetes' runAsNonRoot can verify the user (it cannot for
 # a user given by name) and volume ownership (fsGroup) is predictable.
@@ -48,18 +70,11 @@ RUN groupadd --system --gid 10001 lbcdn \
  && install -d -o lbcdn -g lbcdn -m 0750 /var/lib/lbcdn \
  && install -d -m 0755 /etc/lbcdn
 
-# Same as `make install`: a venv, then pip install of the project (README.md is named by
-# pyproject.toml, so it is needed to build).
-WORKDIR /opt/lbcdn/src
-COPY pyproject.toml README.md ./
-COPY lbcdn ./lbcdn
-RUN python3 -m venv /opt/lbcdn/venv \
- && /opt/lbcdn/venv/bin/pip install . \
- && rm -rf /opt/lbcdn/src
-# The same package, compiled; `lbcdn --version` says "hot path compiled".
-COPY --from=native /opt/lbcdn/venv/lib/python3.11/site-packages/lbcdn \
-     /opt/lbcdn/venv/lib/python3.11/site-packages/lbcdn
-RUN lbcdn --version
+# The venv as built (its python is the base's, at the same path in both stages). The build
+# fails unless every hot-path module in it is compiled from its current source.
+COPY --from=native /opt/lbcdn/venv /opt/lbcdn/venv
+RUN lbcdn --version \
+ && test "$(python3 -m lbcdn.native status)" = "lbcdn hot path: compiled"
 
 # The built-in, environment-driven config; mounting a file (or a ConfigMap) here replaces it.
 COPY deploy/docker/config.yaml /etc/lbcdn/config.yaml
@@ -74,9 +89,11 @@ USER 10001:10001
 # non-root user cannot bind 53, so publish 53 -> 5353). The config decides what listens.
 EXPOSE 8080/tcp 9901/tcp 5353/udp 5353/tcp
 
-# The slim image has no curl: ask the admin health endpoint with Python's stdlib.
+# GET /healthz of the admin API that the config in use sets up (its address and port, which a
+# mounted config or LBCDN_ADMIN_PORT may change); a config of your own at another path needs
+# `--health-cmd "lbcdn healthcheck --config PATH"`.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python3", "-c", "import sys, urllib.request; r = urllib.request.urlopen('http://127.0.0.1:9901/healthz', timeout=2); sys.exit(0 if r.status == 200 else 1)"]
+    CMD ["lbcdn", "healthcheck", "--config", "/etc/lbcdn/config.yaml"]
 
 # SIGTERM: /healthz turns 503, listeners stop accepting, in-flight requests drain for up to
 # shutdown.drain_timeout_s, exit 0. Give `docker stop -t` / stop_grace_period /

@@ -2,10 +2,12 @@
 #
 #   make install    .venv with the package and its test extras (quick when already done)
 #   make native     compile the hot-path modules with mypyc (when a source changed)
-#   make run        install, compile if a compiler is there, serve config/default.yaml
+#   make run        install what running needs, compile if a compiler is there, serve
+#                   config/default.yaml
 #   make test       install, Debian packages the suite needs, compile, typecheck, pytest
 #   make typecheck  mypy lbcdn
 #   make bench      install, nginx + wrk, benchmarks/run.py  (BENCH_ARGS="--duration 5 proxy")
+#   make image      the container image (Dockerfile) with buildah, on a debootstrapped Debian
 #   make clean
 
 SHELL := /bin/bash
@@ -14,8 +16,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Rebuilt when pyproject.toml changes (or the venv is missing).
-STAMP  := $(VENV)/.installed
+# Rebuilt when pyproject.toml changes (or the venv is missing). STAMP: the package and its test
+# extras (test, bench, typecheck); RUN_STAMP: what `make run` needs, a subset of it, so that a
+# first `make run` does not wait for the test tools.
+STAMP     := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 CONFIG     ?= config/default.yaml
 PYTEST_ARGS ?= -q
@@ -29,8 +34,11 @@ NATIVE_DEBS := gcc libc6-dev $(shell $(PYTHON) -c 'import os, sysconfig; \
 # Debian packages the test suite needs (real peers for end-to-end tests). Extend, do not replace.
 # knot: a real DNS secondary/primary; systemd: systemd-analyze for the unit file; docker-compose:
 # `config` validation; tini + util-linux (unshare): the container's PID 1; openssl: test
-# certificates; chromium: the status page in a real browser.
-TEST_DEBS  := curl openssl knot systemd docker-compose tini util-linux chromium $(NATIVE_DEBS)
+# certificates; chromium: the status page in a real browser; IMAGE_DEBS: tests/deploy/
+# test_image.py runs `make image`.
+IMAGE_DEBS := debootstrap buildah ca-certificates
+TEST_DEBS  := curl openssl knot systemd docker-compose tini util-linux chromium $(NATIVE_DEBS) \
+              $(IMAGE_DEBS)
 BENCH_DEBS := nginx wrk util-linux dnsperf knot openssl $(NATIVE_DEBS)
 
 # Rebuilds only when a compiled module's source changed; fails on a compile error.
@@ -52,16 +60,43 @@ define apt_ensure
 	fi
 endef
 
-.PHONY: help venv install native run test typecheck pytest test-debs bench bench-debs clean
+# The container image. No image registry is needed: the base is a Debian bookworm with python3
+# (3.11) and venv made by debootstrap, kept in $(IMAGE_CACHE) (a tar) and imported into
+# buildah's storage as $(LOCAL_BASE). IMAGE_BASE=docker.io/library/python:3.11-slim builds on
+# the public image instead, as `docker build .` does. buildah runs the build's steps in a
+# chroot (no container runtime, no cgroups needed), both stages at once, and keeps each step
+# as a cached layer, so a build from unchanged files takes seconds; the host's CA bundle is
+# lent to the steps, for a TLS-intercepting proxy in front of PyPI.
+IMAGE         ?= lbcdn:$(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' lbcdn/__init__.py)
+LOCAL_BASE    := localhost/lbcdn-base:bookworm
+IMAGE_BASE    ?= $(LOCAL_BASE)
+IMAGE_CACHE   := build/image
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+BUILDAH       := $(SUDO) buildah
+HOST_CA       := /etc/ssl/certs/ca-certificates.crt
+
+.PHONY: help venv install native run test typecheck pytest test-debs bench bench-debs clean \
+        image image-debs image-base
 
 help:
-	@sed -n '3,10p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@ $(RUN_STAMP)
+
+# mypy (the `native` extra: mypyc) only when this machine can compile the hot path (a C compiler
+# and Python.h, as lbcdn.native checks); without them `make run` runs interpreted anyway.
+RUN_EXTRAS = $(shell $(PYTHON) -c 'import os, shutil, sysconfig; \
+  cc = (sysconfig.get_config_var("CC") or "cc").split()[0]; \
+  ok = shutil.which(cc) and os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"); \
+  print("[native]" if ok else "")')
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.$(RUN_EXTRAS)'
 	@touch $@
 
 venv install: $(STAMP)
@@ -70,7 +105,7 @@ native: $(STAMP)
 	$(NATIVE)
 
 # Without a C compiler the demo runs interpreted (same behaviour, more CPU per request).
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(NATIVE) --optional
 	@mkdir -p var/buckets/site && cp -rn config/demo-site/. var/buckets/site/
 	$(BIN)/lbcdn serve --config $(CONFIG)
@@ -81,9 +116,13 @@ test-debs:
 typecheck: $(STAMP)
 	$(BIN)/mypy lbcdn
 
+# The whole suite on the compiled hot path (LBCDN_NATIVE=1: the build must have taken), then the
+# unit tests of the compiled modules once more interpreted: behaviour must not depend on it.
 pytest: $(STAMP) test-debs
 	$(NATIVE)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	LBCDN_NATIVE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	unit=$$($(BIN)/python -m lbcdn.native tests) && \
+	  LBCDN_NATIVE=0 $(BIN)/python -m pytest $(PYTEST_ARGS) $$unit
 
 test: pytest typecheck
 
@@ -93,6 +132,31 @@ bench-debs:
 bench: $(STAMP) bench-debs
 	$(NATIVE)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+image-debs:
+	$(call apt_ensure,$(IMAGE_DEBS))
+
+image: image-debs $(if $(filter $(LOCAL_BASE),$(IMAGE_BASE)),image-base)
+	$(BUILDAH) bud --isolation chroot --layers --jobs 2 --format docker \
+	  --volume $(HOST_CA):/etc/ssl/certs/ca-certificates.crt:ro \
+	  --build-arg BASE_IMAGE=$(IMAGE_BASE) --tag $(IMAGE) --iidfile $(IMAGE_CACHE)/image.id .
+	@$(BUILDAH) images --format '{{.Name}}:{{.Tag}} {{.Size}}' $(IMAGE)
+
+# PATH and LANG as Debian's and Python's images set them (an image made from a bare tree has
+# no environment at all).
+image-base: image-debs
+	@$(BUILDAH) inspect --type image $(LOCAL_BASE) >/dev/null 2>&1 || { \
+	  $(MAKE) --no-print-directory $(IMAGE_CACHE)/bookworm.tar && \
+	  printf '%s\n' 'FROM scratch' 'ADD bookworm.tar /' 'CMD ["bash"]' \
+	    'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8' | \
+	  $(BUILDAH) bud --quiet --file - --tag $(LOCAL_BASE) $(IMAGE_CACHE); }
+
+$(IMAGE_CACHE)/bookworm.tar:
+	@mkdir -p $(IMAGE_CACHE) && $(SUDO) rm -rf $@.root
+	$(SUDO) debootstrap --variant=minbase --include=python3,python3-venv bookworm $@.root \
+	  $(DEBIAN_MIRROR) >$@.log || { tail -n 20 $@.log; exit 1; }
+	$(SUDO) rm -rf $@.root/var/cache/apt/archives/*.deb $@.root/var/lib/apt/lists/*
+	$(SUDO) tar -C $@.root -cf $@.tmp . && mv $@.tmp $@ && $(SUDO) rm -rf $@.root
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache benchmarks/results var

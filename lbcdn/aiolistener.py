@@ -31,11 +31,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
-from lbcdn.config.limits import HttpLimitsConfig
-from lbcdn.edge.accounting import new_request_id
+from lbcdn.configkit.limits import HttpLimitsConfig
 from lbcdn.http.date import http_date
 from lbcdn.http.errors import HttpError, error_response, reason
 from lbcdn.http.headguard import BODY, HEAD, IDLE, HeadGuard
+from lbcdn.http.request_id import new_request_id
 from lbcdn.logs import LogLimiter, held_note
 from lbcdn.timers import Deadline
 

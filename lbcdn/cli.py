@@ -1,4 +1,5 @@
-"""The command line: `lbcdn serve | check-config | demo-backend`, `--version`, `--log-level`.
+"""The command line: `lbcdn serve | check-config | healthcheck | demo-backend`, `--version`,
+`--log-level`.
 
 Rules: this module only parses arguments, loads configuration and hands over; the daemon and
 the demo backend live elsewhere and are imported only by the command that needs them, so
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 from lbcdn import __version__, cpus, native
 
 if TYPE_CHECKING:
-    from lbcdn.config.load import ConfigError
+    from lbcdn.configkit.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -57,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_log_level(check, top=False)
     check.set_defaults(func=_check_config)
 
+    health = sub.add_parser(
+        "healthcheck", help="ask /healthz of the admin API that FILE configures; exit 0 on "
+                            "200 (a container HEALTHCHECK that follows the config's port)")
+    health.add_argument("--config", "-c", required=True, metavar="FILE",
+                        help="YAML configuration file of the running daemon")
+    health.add_argument("--timeout-s", type=float, default=2.0, metavar="SECONDS",
+                        help="give up after this long (default: 2)")
+    health.set_defaults(func=_healthcheck)
+
     worker = sub.add_parser("worker", help="(internal) a data-plane worker of `serve`")
     worker.add_argument("--control-fd", type=int, required=True)
     worker.add_argument("--index", type=int, required=True)
@@ -82,7 +92,8 @@ def _report(error: ConfigError, file: str) -> None:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from lbcdn.config.load import ConfigError, load_config
+    from lbcdn.config.load import load_config
+    from lbcdn.configkit.errors import ConfigError
     status = 0
     for file in args.files:
         try:
@@ -95,13 +106,52 @@ def _check_config(args: argparse.Namespace) -> int:
     return status
 
 
+def healthz_address(address: str, port: int) -> tuple[str, int] | None:
+    """Where the admin listener bound to (address, port) is reached from its own host: a
+    wildcard address through loopback. None when the admin API is off (port 0)."""
+    if port == 0:
+        return None
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(address, address)
+    return host, port
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    import http.client
+    from lbcdn.config.load import load_config
+    from lbcdn.configkit.errors import ConfigError
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        _report(e, args.config)
+        return 1
+    where = healthz_address(config.admin.address, config.admin.port)
+    if where is None:
+        # Nothing to ask; the daemon is PID 1's only child, so the container ends with it.
+        print("lbcdn healthcheck: the admin API is off (admin.port: 0): nothing to ask")
+        return 0
+    host, port = where
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
+    # http.client rather than urllib: no proxy from the environment may answer for us.
+    conn = http.client.HTTPConnection(host, port, timeout=args.timeout_s)
+    try:
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        body = response.read(200).decode("utf-8", "replace").strip()
+    except (OSError, http.client.HTTPException) as e:
+        print(f"lbcdn healthcheck: {url}: {e or type(e).__name__}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    print(f"{url}: {response.status} {body}")
+    return 0 if response.status == 200 else 1
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from lbcdn.config.load import ConfigError, load_config
-    stale = native.stale()
-    if stale:
-        print(f"lbcdn serve: compiled modules are older than their sources ({', '.join(stale)}):"
-              " run `python -m lbcdn.native build` (or `clean` to run interpreted)",
-              file=sys.stderr)
+    from lbcdn.config.load import load_config
+    from lbcdn.configkit.errors import ConfigError
+    refusal = native.refusal()
+    if refusal is not None:
+        print(f"lbcdn serve: {refusal}", file=sys.stderr)
         return 1
     try:
         config = load_config(args.config)

@@ -32,7 +32,8 @@ from lbcdn.control import ControlPlane, config_dir
 from lbcdn.edge import cache_hit
 from lbcdn.dns.engine import Engine
 from lbcdn.config.load import load_config
-from lbcdn.config.schema import Config, ListenerConfig
+from lbcdn.config.schema import Config
+from lbcdn.edge.config import ListenerConfig
 from lbcdn.edge.listener import Listener
 from lbcdn.tls import ServerTls
 from lbcdn.health.outlier import Ejection
@@ -67,7 +68,8 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.log_level = log_level   # from the command line: wins over the file's
-        self.access_log = AccessLog(config.logging.access_log)
+        self.access_log = AccessLog(config.logging.access_log.enabled,
+                                    config.logging.access_log.path)
         self.pools: dict[str, Pool] = {}
         self.listeners: list[Listener] = []
         self.cache: CacheRuntime | None = None   # edge cache stores, per process
@@ -149,7 +151,7 @@ class Daemon:
             await self.control.start(config)
         self.pools = {name: self._wire_pool(Pool(pool)) for name, pool in config.pools.items()}
         if self.targets is not None:
-            await self.targets.start(config)
+            await self.targets.start(config.pools)
         self.cache = CacheRuntime(config.cache, config.buckets)
         cache_hit.set_runtime(self.cache)
         router = Router(config.routes, config.default_route)
@@ -196,7 +198,8 @@ class Daemon:
         router = Router(config.routes, config.default_route)
         access_log = self.access_log
         if config.logging.access_log != old.logging.access_log:
-            access_log = AccessLog(config.logging.access_log)
+            access_log = AccessLog(config.logging.access_log.enabled,
+                                   config.logging.access_log.path)
         opened: list[Listener] = []
         cache = self.cache
         try:
@@ -252,7 +255,7 @@ class Daemon:
         if self.log_level is None and config.logging.level != old.logging.level:
             setup_logging(config.logging.level)
         if self.targets is not None:
-            await self.targets.apply(config)
+            await self.targets.apply(config.pools)
 
     def _retire(self, coro: Coroutine[Any, Any, None]) -> None:
         task = spawn(coro, "daemon-retire")

@@ -24,7 +24,6 @@ import time
 from collections import deque
 from typing import IO, Final
 
-from lbcdn.config.schema import AccessLogConfig
 from lbcdn.metrics import ACCESS_LOG_DROPPED
 
 log: Final = logging.getLogger("lbcdn.logs")
@@ -131,9 +130,9 @@ class AccessLog:
     after the file was renamed, the writer opens `path` anew.
     """
 
-    def __init__(self, config: AccessLogConfig, max_queue: int = 100_000) -> None:
-        self.enabled = config.enabled
-        self.path = config.path
+    def __init__(self, enabled: bool, path: str | None, max_queue: int = 100_000) -> None:
+        self.enabled = enabled
+        self.path = path
         self.max_queue = max_queue
         self.dropped = 0
         self._queue: deque[dict[str, object] | _Control] = deque()

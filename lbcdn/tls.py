@@ -23,11 +23,41 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Sequence
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, Literal
 
 from cryptography import x509
 
-from lbcdn.config.schema import CertificateConfig, ListenerTlsConfig, UpstreamTlsConfig
+from lbcdn.configkit.fields import REQUIRED, doc
+
+@dataclass(frozen=True)
+class CertificateConfig:
+    cert_file: str = doc("PEM certificate chain (leaf first).", REQUIRED)
+    key_file: str = doc("PEM private key of the certificate.", REQUIRED)
+    server_names: tuple[str, ...] = doc(
+        "Names (SNI) this certificate answers for; `*.example.com` allowed. Default: the "
+        "DNS names in the certificate's subjectAltName.", default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class ListenerTlsConfig:
+    """An HTTPS listener: TLS 1.2 and 1.3 only, ECDHE with AES-GCM or ChaCha20 for TLS 1.2,
+    session tickets for resumption. Re-read on every reload."""
+    certificates: tuple[CertificateConfig, ...] = doc(
+        "Certificates chosen by SNI; the first one is the default (no SNI or no match).",
+        REQUIRED)
+    min_version: Literal["1.2", "1.3"] = doc("Oldest TLS version accepted.", "1.2")
+
+
+@dataclass(frozen=True)
+class UpstreamTlsConfig:
+    """HTTPS to the pool's targets, with SNI and certificate verification."""
+    verify: bool = doc("Verify the target's certificate and host name.", True)
+    ca_file: str | None = doc("PEM CA bundle to verify against; the system's when unset.", None)
+    server_name: str | None = doc(
+        "SNI and verified name; default: the target's host (or the pool's literal "
+        "host_header).", None)
+
 
 CIPHERS_TLS12 = "ECDHE+AESGCM:ECDHE+CHACHA20"
 

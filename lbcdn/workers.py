@@ -45,7 +45,8 @@ from typing import Any
 
 from lbcdn.cache.invalidation import Invalidation
 from lbcdn.config.load import load_config_text
-from lbcdn.config.schema import Config, ListenerConfig
+from lbcdn.config.schema import Config
+from lbcdn.edge.config import ListenerConfig
 from lbcdn.control import ControlPlane, config_dir
 from lbcdn.upstream.targets import TargetsControl
 from lbcdn.dns.engine import Engine
@@ -212,7 +213,7 @@ class Supervisor:
         claim_ports(self.config.listeners)
         await self.control.start(self.config)
         # before the workers: each one gets every pool's snapshot when it is ready
-        await self.targets.start(self.config)
+        await self.targets.start(self.config.pools)
         for worker in self.workers:
             await self._spawn(worker)
         deadline = time.monotonic() + 30
@@ -341,7 +342,7 @@ class Supervisor:
             if errors:
                 raise RuntimeError("; ".join(sorted(set(errors))))
             await self.control.apply(config)
-            await self.targets.apply(config)
+            await self.targets.apply(config.pools)
             # later restarts start from the new configuration
             self.config, self.config_text = config, text
             self.reloads += 1

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from lbcdn import aiolistener
 from lbcdn.aiolistener import AppListener, serve_app
-from lbcdn.config.limits import HttpLimitsConfig
+from lbcdn.configkit.limits import HttpLimitsConfig
 
 HOST = "127.0.0.1"
 

@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import http.server
 import logging
-import subprocess
 import os
+import socket
+import subprocess
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,9 @@ from typing import Any
 import pytest
 
 from lbcdn import __version__, native
-from lbcdn.cli import main
+from lbcdn.cli import healthz_address, main
+from tests.e2e.harness import (HOST, DaemonProcess, admin_port, free_port, proxy_config,
+                               wait_for_port)
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = "listeners:\n  - {name: web, port: 8080}\n"
@@ -104,8 +110,87 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("serve", "check-config", "demo-backend"):
+    for command in ("serve", "check-config", "healthcheck", "demo-backend"):
         assert command in out
+
+
+@pytest.mark.parametrize("address, port, reached", [
+    ("127.0.0.1", 9901, ("127.0.0.1", 9901)),
+    ("0.0.0.0", 9901, ("127.0.0.1", 9901)),
+    ("::", 9902, ("::1", 9902)),
+    ("10.1.2.3", 80, ("10.1.2.3", 80)),
+    ("127.0.0.1", 0, None),  # admin API off
+])
+def test_healthz_address(address: str, port: int, reached: tuple[str, int] | None) -> None:
+    assert healthz_address(address, port) == reached
+
+
+def test_healthcheck_asks_the_admin_port_of_the_config(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    daemon = DaemonProcess(proxy_config(free_port()), tmp_path)
+    port = admin_port(daemon.config)
+    url = f"http://{HOST}:{port}/healthz"
+    try:
+        wait_for_port(port, proc=daemon.proc)
+        assert main(["healthcheck", "--config", str(daemon.path)]) == 0
+        assert capsys.readouterr().out == f'{url}: 200 {{"status": "ok"}}\n'
+    finally:
+        assert daemon.stop() == 0
+    assert main(["healthcheck", "-c", str(daemon.path)]) == 1
+    assert capsys.readouterr().err == (
+        f"lbcdn healthcheck: {url}: [Errno 111] Connection refused\n")
+
+
+def test_healthcheck_fails_on_a_draining_or_silent_admin_api(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.yaml"
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind((HOST, 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        config.write_text(GOOD + f"admin: {{port: {port}}}\n")
+        started = time.monotonic()
+        assert main(["healthcheck", "-c", str(config), "--timeout-s", "0.3"]) == 1
+        assert time.monotonic() - started < 5
+        assert capsys.readouterr().err.endswith("/healthz: timed out\n")
+
+    draining = http.server.HTTPServer((HOST, 0), Draining)
+    thread = threading.Thread(target=draining.serve_forever, daemon=True)
+    thread.start()
+    try:
+        config.write_text(GOOD + f"admin: {{port: {draining.server_port}}}\n")
+        assert main(["healthcheck", "-c", str(config)]) == 1
+        assert capsys.readouterr().out.endswith('/healthz: 503 {"status": "draining"}\n')
+    finally:
+        draining.shutdown()
+        draining.server_close()
+
+
+class Draining(http.server.BaseHTTPRequestHandler):
+    """/healthz of a daemon that got SIGTERM."""
+
+    def do_GET(self) -> None:
+        body = b'{"status": "draining"}'
+        self.send_response(503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_healthcheck_without_admin_api_or_with_a_bad_config(
+        good: Path, bad: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    off = tmp_path / "off.yaml"
+    off.write_text(GOOD + "admin: {port: 0}\n")
+    assert main(["healthcheck", "-c", str(off)]) == 0
+    assert capsys.readouterr().out == (
+        "lbcdn healthcheck: the admin API is off (admin.port: 0): nothing to ask\n")
+    assert main(["healthcheck", "-c", str(bad)]) == 1
+    assert capsys.readouterr().err.endswith(f"{bad}: invalid (2 errors)\n")
+    assert main(["healthcheck"]) == 2  # --config is required
 
 
 FakeCalls = list[tuple[Any, str | None, str | None]]

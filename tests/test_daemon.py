@@ -14,7 +14,7 @@ import pytest
 
 from lbcdn.config.load import parse_config
 from lbcdn.daemon import Daemon
-from tests.e2e.harness import HOST, admin_port, free_port, listener_port, proxy_config
+from tests.e2e.harness import HOST, admin_port, free_port, listener_port, proxy_config, until
 
 TIMEOUT = aiohttp.ClientTimeout(total=5)
 
@@ -138,7 +138,8 @@ async def test_stop_order_drains_listeners_before_admin_and_backends() -> None:
         reader, writer = await asyncio.open_connection(HOST, port)
         writer.write(b"GET /delay/600 HTTP/1.1\r\nHost: t\r\n\r\n")
         await writer.drain()
-        await asyncio.sleep(0.1)
+        await until(lambda: daemon.pools["app"].targets[0].in_flight == 1,
+                    what="the request with the backend")
         assert daemon.draining is False
         stopping = asyncio.create_task(daemon.stop())
         await asyncio.sleep(0)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from lbcdn.config.schema import AccessLogConfig
 from lbcdn.logs import AccessLog, LogLimiter, format_time, held_note, setup_logging
 from lbcdn.metrics import REGISTRY
 
@@ -42,7 +41,7 @@ def test_format_time_is_iso_utc_with_ms() -> None:
 
 def test_writes_json_lines_and_stop_flushes(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
-    alog = AccessLog(AccessLogConfig(enabled=True, path=str(path)))
+    alog = AccessLog(True, str(path))
     alog.start()
     for i in range(1000):
         alog.log(record(i))
@@ -58,7 +57,7 @@ def test_writes_json_lines_and_stop_flushes(tmp_path: Path) -> None:
 def test_appends_to_existing_file(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     path.write_text('{"old":1}\n')
-    alog = AccessLog(AccessLogConfig(enabled=True, path=str(path)))
+    alog = AccessLog(True, str(path))
     alog.start()
     alog.log(record(1))
     alog.stop()
@@ -67,7 +66,7 @@ def test_appends_to_existing_file(tmp_path: Path) -> None:
 
 def test_string_time_and_odd_values_pass_through(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
-    alog = AccessLog(AccessLogConfig(enabled=True, path=str(path)))
+    alog = AccessLog(True, str(path))
     alog.start()
     alog.log(record(1, time="2024-01-01T00:00:00.000Z", path='/a"b\n\u00e9', target=None,
                     extra=Path("/x")))
@@ -83,7 +82,7 @@ def test_string_time_and_odd_values_pass_through(tmp_path: Path) -> None:
 
 def test_disabled_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
-    alog = AccessLog(AccessLogConfig(enabled=False, path=str(path)))
+    alog = AccessLog(False, str(path))
     alog.start()
     alog.log(record(1))
     alog.stop()
@@ -93,7 +92,7 @@ def test_disabled_writes_nothing(tmp_path: Path) -> None:
 def test_stdout_when_no_path(monkeypatch: pytest.MonkeyPatch) -> None:
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
-    alog = AccessLog(AccessLogConfig(enabled=True, path=None))
+    alog = AccessLog(True, None)
     alog.start()
     alog.log(record(7))
     alog.stop()
@@ -103,7 +102,7 @@ def test_stdout_when_no_path(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_reopen_after_rename_writes_to_new_file(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     rotated = tmp_path / "access.log.1"
-    alog = AccessLog(AccessLogConfig(enabled=True, path=str(path)))
+    alog = AccessLog(True, str(path))
     alog.start()
     alog.log(record(1))
     path.rename(rotated)  # what logrotate does before signalling
@@ -119,7 +118,7 @@ def test_overflow_drops_and_counts(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     before = dropped_total()
     # Not started yet: nothing drains, so the bound is what decides.
-    alog = AccessLog(AccessLogConfig(enabled=True, path=str(path)), max_queue=3)
+    alog = AccessLog(True, str(path), max_queue=3)
     for i in range(10):
         alog.log(record(i))
     assert alog.dropped == 7
@@ -131,7 +130,7 @@ def test_overflow_drops_and_counts(tmp_path: Path) -> None:
 
 def test_log_after_stop_is_a_no_op(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
-    alog = AccessLog(AccessLogConfig(enabled=True, path=str(path)))
+    alog = AccessLog(True, str(path))
     alog.start()
     alog.stop()
     alog.log(record(1))
@@ -143,7 +142,7 @@ def test_write_failure_counts_drops_and_recovers(tmp_path: Path) -> None:
     logdir = tmp_path / "logs"
     logdir.mkdir()
     path = logdir / "access.log"
-    alog = AccessLog(AccessLogConfig(enabled=True, path=str(path)))
+    alog = AccessLog(True, str(path))
     alog.start()
     logdir.rename(tmp_path / "gone")  # the open file moves with it; reopen then fails
     alog.reopen()

@@ -25,9 +25,12 @@ import pytest
 import yaml
 
 import lbcdn.config.load  # noqa: F401  (registers the YAML renames and shape hooks)
-from lbcdn.config import schema
-from lbcdn.config.fields import REQUIRED, bounds
-from lbcdn.config.reflect import RENAMES
+from lbcdn.config.schema import AccessLogConfig, Config
+from lbcdn.configkit.fields import REQUIRED, bounds
+from lbcdn.configkit.reflect import RENAMES
+from lbcdn.routing.config import FixedResponseAction, ForwardAction, MatchConfig, RedirectAction, \
+    RouteConfig
+from lbcdn.upstream.config import TargetConfig
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START = "<!-- config-reference:start -->"
@@ -38,7 +41,7 @@ _ROW = re.compile(r"^\|\s*`([A-Za-z0-9_]+)`\s*\|(.*)\|\s*$")
 # YAML keys that are not dataclass fields, and fields that are not YAML keys.
 # RouteConfig.action is written as one of three keys; a target may be `address: host:port`.
 ACTION_KEYS = ("forward", "redirect", "fixed_response")
-EXTRA_KEYS: dict[type, tuple[str, ...]] = {schema.TargetConfig: ("address",)}
+EXTRA_KEYS: dict[type, tuple[str, ...]] = {TargetConfig: ("address",)}
 
 
 def reachable(root: type) -> list[type]:
@@ -59,7 +62,7 @@ def reachable(root: type) -> list[type]:
     return seen
 
 
-CLASSES = reachable(schema.Config)
+CLASSES = reachable(Config)
 
 
 def table_id(cls: type) -> str:
@@ -72,7 +75,7 @@ def yaml_keys(cls: type) -> dict[str, dataclasses.Field[Any] | None]:
     renames = RENAMES.get(cls, {})
     keys: dict[str, dataclasses.Field[Any] | None] = {}
     for f in dataclasses.fields(cls):
-        if cls is schema.RouteConfig and f.name == "action":
+        if cls is RouteConfig and f.name == "action":
             keys.update((k, None) for k in ACTION_KEYS)
         else:
             keys[renames.get(f.name, f.name)] = f
@@ -106,8 +109,8 @@ def tables() -> dict[str, dict[str, list[str]]]:
 
 
 def test_reachable_classes_include_every_action() -> None:
-    for cls in (schema.ForwardAction, schema.RedirectAction, schema.FixedResponseAction,
-                schema.MatchConfig, schema.TargetConfig, schema.AccessLogConfig):
+    for cls in (ForwardAction, RedirectAction, FixedResponseAction,
+                MatchConfig, TargetConfig, AccessLogConfig):
         assert cls in CLASSES
 
 

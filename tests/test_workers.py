@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 import yaml
 
 from tests.e2e.harness import (HOST, DaemonProcess, admin_port, free_port, listener_port,
-                               proxy_config, wait_for_port)
+                               proxy_config, wait_for_port, wait_until)
 
 pytestmark = pytest.mark.slow
 
@@ -42,13 +41,6 @@ def runtime(config: dict[str, Any]) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port(config)}/api/runtime",
                                 timeout=5) as resp:
         return json.loads(resp.read())
-
-
-def wait_for(predicate: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def pids_alive(pids: list[int]) -> list[int]:
@@ -97,7 +89,7 @@ def test_workers_serve_reload_restart_and_stop(tmp_path: Path) -> None:
     try:
         port = listener_port(config)
         wait_for_port(admin_port(config))
-        wait_for(lambda: all(w["ready"] for w in runtime(config)["workers"]))
+        wait_until(lambda: all(w["ready"] for w in runtime(config)["workers"]))
         workers = runtime(config)["workers"]
         assert len(workers) == 2
         pids = [w["pid"] for w in workers]
@@ -112,24 +104,24 @@ def test_workers_serve_reload_restart_and_stop(tmp_path: Path) -> None:
             line = [l for l in text.splitlines() if l.startswith(
                 'lbcdn_http_requests_total{listener="web",route="default",status_class="2xx"}')]
             return bool(line) and float(line[0].split()[-1]) == 20.0
-        wait_for(counted)
+        wait_until(counted)
 
         # a reload reaches every worker
         daemon.path.write_text(yaml.safe_dump(fixed("v2", config)))
         os.kill(daemon.pid, signal.SIGHUP)
-        wait_for(lambda: runtime(config)["reloads"] == 1)
+        wait_until(lambda: runtime(config)["reloads"] == 1)
         assert {get(port)[1] for _ in range(20)} == {"v2"}
 
         # an invalid file changes nothing
         daemon.path.write_text("listeners: oops\n")
         os.kill(daemon.pid, signal.SIGHUP)
-        time.sleep(0.5)
+        wait_until(lambda: "reload failed" in daemon.stderr(), what="the refused reload")
         assert runtime(config)["reloads"] == 1
         assert get(port) == (200, "v2")
 
         # a worker that dies is replaced, and keeps the new configuration
         os.kill(pids[0], signal.SIGKILL)
-        wait_for(lambda: runtime(config)["workers"][0]["restarts"] == 1
+        wait_until(lambda: runtime(config)["workers"][0]["restarts"] == 1
                  and runtime(config)["workers"][0]["ready"])
         new_pid = runtime(config)["workers"][0]["pid"]
         assert new_pid != pids[0]
@@ -137,7 +129,7 @@ def test_workers_serve_reload_restart_and_stop(tmp_path: Path) -> None:
         pids[0] = new_pid
     finally:
         assert daemon.stop() == 0, daemon.stderr()
-    wait_for(lambda: not pids_alive(pids), timeout_s=5)
+    wait_until(lambda: not pids_alive(pids), timeout_s=5)
     assert "exited with -9; restarting" in daemon.stderr()
 
 
@@ -148,7 +140,7 @@ def test_a_second_instance_on_the_same_port_refuses_to_start(tmp_path: Path) -> 
     (tmp_path / "a").mkdir()
     daemon = DaemonProcess(first, tmp_path / "a", ["--workers", "2"])
     try:
-        wait_for(lambda: all(w["ready"] for w in runtime(first)["workers"]))
+        wait_until(lambda: all(w["ready"] for w in runtime(first)["workers"]))
         second = fixed("second", first)
         second["admin"] = {**first["admin"], "port": free_port()}
         (tmp_path / "b").mkdir()
@@ -167,7 +159,7 @@ def test_a_second_instance_on_the_same_port_refuses_to_start(tmp_path: Path) -> 
                 {"name": "taken", "address": "127.0.0.1", "port": taken.getsockname()[1]}]
             daemon.path.write_text(yaml.safe_dump(grown))
             os.kill(daemon.pid, signal.SIGHUP)
-            wait_for(lambda: "listener 'taken' cannot bind" in daemon.stderr())
+            wait_until(lambda: "listener 'taken' cannot bind" in daemon.stderr())
         assert runtime(first)["reloads"] == 0
         assert get(listener_port(first)) == (200, "first")
 
@@ -176,7 +168,7 @@ def test_a_second_instance_on_the_same_port_refuses_to_start(tmp_path: Path) -> 
         moved["listeners"] = [{**first["listeners"][0], "address": "localhost"}]
         daemon.path.write_text(yaml.safe_dump(moved))
         os.kill(daemon.pid, signal.SIGHUP)
-        wait_for(lambda: runtime(first)["reloads"] == 1)
+        wait_until(lambda: runtime(first)["reloads"] == 1)
         assert {get(listener_port(first))[1] for _ in range(10)} == {"moved"}
     finally:
         assert daemon.stop() == 0, daemon.stderr()
@@ -236,16 +228,16 @@ def test_killing_the_control_process_takes_the_whole_daemon_down_at_once(tmp_pat
     clients: list[socket.socket] = []
     try:
         wait_for_port(admin_port(config))
-        wait_for(lambda: all(w["ready"] for w in runtime(config)["workers"]))
+        wait_until(lambda: all(w["ready"] for w in runtime(config)["workers"]))
         assert len(alive_in_group(daemon.pid)) == 3 and os.listdir(temp)
         for _ in range(6):
             clients.append(socket.create_connection((HOST, listener_port(config))))
             clients[-1].sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        wait_for(lambda: runtime(config)["pools"][0]["targets"][0]["in_flight"] == 6)
+        wait_until(lambda: runtime(config)["pools"][0]["targets"][0]["in_flight"] == 6)
 
         os.kill(daemon.pid, signal.SIGKILL)
         assert daemon.proc.wait(5) == -signal.SIGKILL
-        wait_for(lambda: not alive_in_group(daemon.pid), timeout_s=5)  # not the 30 s drain
+        wait_until(lambda: not alive_in_group(daemon.pid), timeout_s=5)  # not the 30 s drain
         assert port_free(listener_port(config)) and port_free(admin_port(config))
         assert os.listdir(temp) == []  # the metrics directory went with the daemon
         for client in clients:  # requests in flight were cut, not left hanging
@@ -289,10 +281,10 @@ def test_runtime_counts_each_listeners_open_connections(tmp_path: Path, workers:
             clients.append(http.client.HTTPConnection(HOST, listener_port(config), timeout=5))
             clients[-1].request("GET", "/")
             assert clients[-1].getresponse().read() == b"hi"
-        wait_for(lambda: open_connections() == 3)  # workers report every second
+        wait_until(lambda: open_connections() == 3)  # workers report every second
         for client in clients[:2]:
             client.close()
-        wait_for(lambda: open_connections() == 1)
+        wait_until(lambda: open_connections() == 1)
     finally:
         for client in clients:
             client.close()

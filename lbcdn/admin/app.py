@@ -26,16 +26,15 @@ from aiohttp.typedefs import Handler, Middleware
 
 from lbcdn.admin import cache, dns, status, targets
 from lbcdn.aiolistener import AppListener, serve_app
+from lbcdn.admin.keys import STATE_KEY
 from lbcdn.admin.peers import fanout_middleware
 from lbcdn.admin.state import AdminState
 from lbcdn.config.schema import AdminConfig
-from lbcdn.config.limits import HttpLimitsConfig
-from lbcdn.config.load import ConfigError
+from lbcdn.configkit.limits import HttpLimitsConfig
+from lbcdn.configkit.errors import ConfigError
 from lbcdn.metrics import render_metrics
 
 log = logging.getLogger("lbcdn.admin")
-
-STATE_KEY: Final = web.AppKey("lbcdn_admin_state", AdminState)
 
 _API_PREFIX: Final = "/api/"
 

@@ -21,6 +21,7 @@ from typing import Final, Protocol, runtime_checkable
 
 from aiohttp import web
 
+from lbcdn.admin.keys import STATE_KEY
 from lbcdn.cache.invalidation import Invalidation, InvalidationError, Registry
 
 
@@ -35,7 +36,6 @@ REGISTRY_KEY: Final = web.AppKey("lbcdn_cache_invalidations", Registry)
 
 
 def _invalidator(request: web.Request) -> CacheInvalidator:
-    from lbcdn.admin.app import STATE_KEY
     state = request.app[STATE_KEY]
     if not isinstance(state, CacheInvalidator):
         raise web.HTTPNotFound(reason="this daemon has no edge cache")

@@ -17,6 +17,7 @@ import json
 
 from aiohttp import web
 
+from lbcdn.admin.keys import STATE_KEY
 from lbcdn.admin.state import AdminState
 from lbcdn.dns.changes import ChangeError, parse_changes
 from lbcdn.dns.engine import Engine
@@ -25,7 +26,6 @@ from lbcdn.dns.zone import zone_origin
 
 
 def _engine(request: web.Request) -> Engine:
-    from lbcdn.admin.app import STATE_KEY
     state: AdminState = request.app[STATE_KEY]
     engine = state.dns_engine()
     if engine is None:

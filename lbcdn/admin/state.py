@@ -31,6 +31,6 @@ class AdminState(Protocol):
 
     async def reload(self) -> None:
         """Re-read the configuration file and swap the runtime. Raises
-        lbcdn.config.load.ConfigError (invalid, nothing changed) or another Exception whose
+        lbcdn.configkit.errors.ConfigError (invalid, nothing changed) or another Exception whose
         message says why nothing changed."""
         ...

@@ -20,7 +20,9 @@ from typing import Any
 
 from aiohttp import web
 
+from lbcdn.admin.keys import STATE_KEY, control_of
 from lbcdn.dns.view import zone_records
+from lbcdn.upstream.targets import TargetError
 
 REFRESH_S = 5
 
@@ -134,9 +136,6 @@ def render(pools: list[dict[str, Any]], zones: list[dict[str, Any]] | None = Non
 
 
 async def status_page(request: web.Request) -> web.Response:
-    from lbcdn.admin.app import STATE_KEY
-    from lbcdn.admin.targets import control_of
-    from lbcdn.upstream.targets import TargetError
     try:
         pools = control_of(request).describe()
     except TargetError:

@@ -15,34 +15,19 @@ PATCH  /api/pools/{pool}/targets/{target}         {"weight": N} and/or {"mainten
 Rules: changes apply at once (the control plane publishes to the data plane) and persist in
 `admin.state_dir`. Errors are JSON {"error"} with 400 (bad body), 404 (unknown pool or target).
 Authentication is the app's: everything here is under /api/. The daemon offers the targets
-through `TargetsProvider`; a daemon without one answers 503.
+through `lbcdn.admin.keys.TargetsProvider`; a daemon without one answers 503.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from aiohttp import web
 
-from lbcdn.config.names import split_host_port
-from lbcdn.upstream.targets import TargetError, TargetsControl
-
-
-@runtime_checkable
-class TargetsProvider(Protocol):
-    def targets_control(self) -> TargetsControl | None:
-        """The pools' control plane, where it runs in this process."""
-        ...
-
-
-def control_of(request: web.Request) -> TargetsControl:
-    from lbcdn.admin.app import STATE_KEY
-    state = request.app[STATE_KEY]
-    control = state.targets_control() if isinstance(state, TargetsProvider) else None
-    if control is None:
-        raise TargetError(503, "targets are not managed by this process")
-    return control
+from lbcdn.admin.keys import control_of
+from lbcdn.configkit.names import split_host_port
+from lbcdn.upstream.targets import TargetError
 
 
 def _error(exc: TargetError) -> web.Response:

@@ -1,7 +1,7 @@
 """The `buckets:` configuration section: where buckets live, who may do what, website hosting.
 
 Rules: frozen dataclasses with `doc(...)` fields, loaded and validated by the generic reflective
-loader (lbcdn.config.reflect) like the rest of the tree; cross-field checks are registered as
+loader (lbcdn.configkit.reflect) like the rest of the tree; cross-field checks are registered as
 validators here, so the YAML path of every problem is named. Secrets come from the environment
 (`secret_access_key: ${ALICE_SECRET}`). Config is data; BucketServer builds its runtime from it.
 """
@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lbcdn.config.reflect import VALIDATORS, Loader, join
-from lbcdn.config.fields import REQUIRED, doc
-from lbcdn.config.limits import HttpLimitsConfig
+from lbcdn.configkit.errors import ConfigError
+from lbcdn.configkit.reflect import INVALID, VALIDATORS, Loader, join
+from lbcdn.configkit.fields import REQUIRED, doc
+from lbcdn.configkit.limits import HttpLimitsConfig
 
 # S3 bucket naming rules (the current ones): 3-63 chars of a-z 0-9 . -, starting and ending
 # with a letter or digit, no "..", not an IP address.
@@ -144,9 +145,6 @@ def load_buckets_config(data: object, env: Mapping[str, str] | None = None,
                         path: str = "buckets") -> BucketsConfig:
     """Load a `buckets:` mapping alone (tests, tools); raises ConfigError with YAML paths."""
     import os
-
-    from lbcdn.config.load import ConfigError
-    from lbcdn.config.reflect import INVALID
 
     loader = Loader(os.environ if env is None else env)
     value = loader.value(BucketsConfig, data, path)

@@ -1,6 +1,6 @@
 """Configuration of the edge cache: CloudFront's model of policies, origins and behaviors.
 
-Job: the frozen dataclasses the reflective config loader (lbcdn.config.reflect) builds from the
+Job: the frozen dataclasses the reflective config loader (lbcdn.configkit.reflect) builds from the
 `cache:` section of the YAML, plus the cross-field checks it runs (registered in VALIDATORS at
 import, as lbcdn.config.load does for its own classes).
 
@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lbcdn.config.reflect import VALIDATORS, Loader, join
-from lbcdn.config.fields import REQUIRED, doc
+from lbcdn.configkit.reflect import VALIDATORS, Loader, join
+from lbcdn.configkit.fields import REQUIRED, doc
 
 QueryStringBehavior = Literal["none", "allow", "all_except", "all"]
 

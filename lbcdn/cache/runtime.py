@@ -33,7 +33,8 @@ from lbcdn.cache.entry import CachedResponse
 from lbcdn.cache.invalidation import Invalidation, apply
 from lbcdn.metrics import CacheMetrics
 from lbcdn.cache.store import MemoryStore
-from lbcdn.config.schema import PoolConfig, TargetConfig, UpstreamTlsConfig
+from lbcdn.tls import UpstreamTlsConfig
+from lbcdn.upstream.config import PoolConfig, TargetConfig
 from lbcdn.upstream.pool import Pool
 
 log = logging.getLogger("lbcdn.cache")

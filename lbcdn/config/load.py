@@ -25,41 +25,26 @@ from typing import Any, NamedTuple
 import yaml
 
 from lbcdn.bucket.config import BucketsConfig
-from lbcdn.config import names
-from lbcdn.config.reflect import (FIELD_HOOKS, INVALID, RENAMES, TYPE_HOOKS, VALIDATORS,
+from lbcdn.configkit import names
+from lbcdn.configkit.errors import ConfigError
+from lbcdn.configkit.reflect import (FIELD_HOOKS, INVALID, RENAMES, TYPE_HOOKS, VALIDATORS,
                                   Loader, describe, index, join)
 from lbcdn.dns.config import DnsConfig, alias_problems
 from lbcdn.http.head import HOP_BY_HOP
-from lbcdn.config.schema import (AccessLogConfig, AdminConfig, CertificateConfig, Config, FixedResponseAction,
-                                 ForwardAction, ListenerConfig, ListenerTlsConfig, MatchConfig,
-                                 PoolConfig, RedirectAction, RouteConfig, TargetConfig)
+from lbcdn.config.schema import AccessLogConfig, AdminConfig, Config
+from lbcdn.edge.config import ListenerConfig
+from lbcdn.routing.config import (FixedResponseAction, ForwardAction, MatchConfig, RedirectAction,
+                                  RouteConfig)
+from lbcdn.tls import CertificateConfig, ListenerTlsConfig
+from lbcdn.upstream.config import PoolConfig, TargetConfig
 
-__all__ = ["ConfigError", "load_config", "load_config_text", "parse_config"]
+__all__ = ["load_config", "load_config_text", "parse_config"]
 
 MAX_FIXED_BODY_BYTES = 1 << 20
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 REDIRECT_PROTOCOLS = ("http", "https", "#{protocol}")
 REDIRECT_PLACEHOLDERS = ("#{protocol}", "#{host}", "#{port}", "#{path}", "#{query}")
 ACTION_KEYS = ("forward", "redirect", "fixed_response")
-
-
-class ConfigError(Exception):
-    """Everything wrong with a configuration: a list of (YAML path, message).
-
-    For problems with the file as a whole (unreadable, YAML syntax) the path is the file name,
-    with `:line:column` when known.
-    """
-
-    def __init__(self, problems: list[tuple[str, str]], source: str = "<config>") -> None:
-        self.problems = list(problems)
-        self.source = source
-        super().__init__(str(self))
-
-    def lines(self) -> list[str]:
-        return [f"{path}: {message}" if path else message for path, message in self.problems]
-
-    def __str__(self) -> str:
-        return "\n".join(self.lines())
 
 
 # -- reading YAML ------------------------------------------------------------------------

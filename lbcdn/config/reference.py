@@ -9,10 +9,11 @@ with `--write` it rewrites them in place.
 Rules:
 - Pure text in, text out; nothing here reads the YAML loader's state except RENAMES.
 - A table is the block of `|` lines right after its `<!-- schema: ID -->` marker. Every class
-  declared outside lbcdn/config/schema.py (the component configs: lbcdn/health/config.py,
-  lbcdn/cache/config.py, ...) is rendered, so a new component section needs only a marker; the
-  core schema's tables stay hand-written because their cells say more than the field docs, and
-  tests/test_readme.py checks those for keys, defaults and bounds instead.
+  declared outside the core schema's modules (HAND_WRITTEN_MODULES; the component configs:
+  lbcdn/health/config.py, lbcdn/cache/config.py, ...) is rendered, so a new component section
+  needs only a marker; the core schema's tables stay hand-written because their cells say more
+  than the field docs, and tests/test_readme.py checks those for keys, defaults and bounds
+  instead.
 - A table ID is the class name, or `component.ClassName` when two reachable classes share a
   name (the pool's and DNS's HealthCheckConfig).
 - Links point at the section heading of the nested class: the heading is the class's YAML path
@@ -33,11 +34,18 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 import lbcdn.config.load  # noqa: F401  (registers the YAML renames and shape hooks)
-from lbcdn.config.fields import REQUIRED, bounds
-from lbcdn.config.reflect import RENAMES
+from lbcdn.configkit.fields import REQUIRED, bounds
+from lbcdn.configkit.reflect import RENAMES
 from lbcdn.config.schema import Config
+from lbcdn.edge.config import ListenerConfig
+from lbcdn.routing.config import RouteConfig
+from lbcdn.tls import ListenerTlsConfig
+from lbcdn.upstream.config import PoolConfig
 
-HAND_WRITTEN_MODULE = Config.__module__
+# The core schema's tables are hand-written: the root schema's and those of the sections it
+# declares below itself (listeners, TLS, pools and targets, routes; see lbcdn.config.schema).
+HAND_WRITTEN_MODULES = frozenset(
+    c.__module__ for c in (Config, ListenerConfig, ListenerTlsConfig, PoolConfig, RouteConfig))
 MARK = re.compile(r"<!-- schema: ([\w.]+) -->")
 _ACRONYMS = {"dns": "DNS", "soa": "SOA"}
 # A class reached by several paths is documented under the one that reads best.
@@ -194,11 +202,11 @@ def render_table(cls: type, paths: dict[type, str] | None = None) -> str:
 
 
 def generated_tables(root: type = Config) -> dict[str, str]:
-    """Table ID -> rendered table, for every reachable class not declared in schema.py."""
+    """Table ID -> rendered table, for every reachable class outside HAND_WRITTEN_MODULES."""
     paths = section_paths(root)
     ids = table_ids(list(paths))
     return {ids[cls]: render_table(cls, paths) for cls in paths
-            if cls.__module__ != HAND_WRITTEN_MODULE}
+            if cls.__module__ not in HAND_WRITTEN_MODULES}
 
 
 def readme_tables(text: str) -> dict[str, str]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, Protocol
 
 from lbcdn.atomicfile import write_atomic
+from lbcdn.configkit.errors import ConfigError
 from lbcdn.dns.config import AliasConfig, RecordSetConfig, load_record_set
 from lbcdn.dns.names import BadName, Name, is_subdomain, parse_name, to_text
 from lbcdn.dns.rdata import TYPES
@@ -53,7 +54,6 @@ class Change:
 def parse_changes(data: object) -> list[Change]:
     """An admin API body -> changes. Shape: `{"changes": [{"action": "UPSERT", "record":
     {...record set as in the config...}}, ...]}` (or the bare list). Raises ChangeError."""
-    from lbcdn.config.load import ConfigError
     items = data.get("changes") if isinstance(data, Mapping) else data
     if isinstance(data, Mapping) and set(data) - {"changes"}:
         raise ChangeError([f"unknown key(s): {', '.join(sorted(set(data) - {'changes'}))}"])

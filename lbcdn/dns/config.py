@@ -1,5 +1,5 @@
 """The `dns:` config section: frozen dataclasses read by the reflective loader
-(lbcdn.config.reflect), plus the checks it cannot know, registered as validators.
+(lbcdn.configkit.reflect), plus the checks it cannot know, registered as validators.
 
 Rules:
 - Same habits as lbcdn/config/schema.py: field names are YAML keys, units in names, every
@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lbcdn.config.reflect import VALIDATORS, Loader, index, join
-from lbcdn.config.fields import REQUIRED, doc
+from lbcdn.configkit.errors import ConfigError
+from lbcdn.configkit.reflect import INVALID, VALIDATORS, Loader, index, join
+from lbcdn.configkit.fields import REQUIRED, doc
 from lbcdn.dns.names import BadName, Name, is_subdomain, is_wildcard, parse_name, to_text
 from lbcdn.dns.rdata import TYPES, BadRdata, parse_rdata_text
 
@@ -389,9 +390,7 @@ VALIDATORS.setdefault(DnsConfig, []).append(_check_dns)
 def load_dns_config(data: object, path: str = "dns",
                     env: Mapping[str, str] | None = None) -> DnsConfig:
     """Load a parsed `dns:` section alone (tests, the admin API); raises
-    lbcdn.config.load.ConfigError. The daemon gets it as part of `Config`."""
-    from lbcdn.config.load import ConfigError  # late: load.py imports the whole schema
-    from lbcdn.config.reflect import INVALID
+    lbcdn.configkit.errors.ConfigError. The daemon gets it as part of `Config`."""
     ld = Loader({} if env is None else env)
     value = ld.value(DnsConfig, data, path)
     if ld.problems or value is INVALID:
@@ -402,8 +401,6 @@ def load_dns_config(data: object, path: str = "dns",
 
 def load_record_set(data: object, path: str = "record") -> RecordSetConfig:
     """One record set from JSON/YAML data (change batches use it); raises ConfigError."""
-    from lbcdn.config.load import ConfigError
-    from lbcdn.config.reflect import INVALID
     ld = Loader({})
     # API data is literal: escape `$` so environment interpolation gives it back unchanged.
     value = ld.value(RecordSetConfig, _literal(data), path)

@@ -46,7 +46,7 @@ from lbcdn import writebatch
 from lbcdn.writebatch import Writer
 
 if TYPE_CHECKING:
-    from lbcdn.config.schema import ListenerConfig
+    from lbcdn.edge.config import ListenerConfig
     from lbcdn.edge.listener import Listener
 
 MAX_PIPELINED: Final = 16

@@ -26,13 +26,14 @@ from typing import Final, TYPE_CHECKING
 
 from lbcdn import writebatch
 from lbcdn.edge import cache_flow
-from lbcdn.edge.accounting import new_request_id, record
+from lbcdn.edge.accounting import record
 from lbcdn.edge.stream import PAUSE_UPSTREAM, ClientStream, ExchangeTap
-from lbcdn.config.schema import FixedResponseAction, ForwardAction, RedirectAction, RouteConfig
+from lbcdn.routing.config import FixedResponseAction, ForwardAction, RedirectAction, RouteConfig
 from lbcdn.http.date import http_date
 from lbcdn.http.errors import HttpError, error_response, failure_status, reason
 from lbcdn.http.head import ALLOWED_METHODS, RequestHead, ResponseHead, origin_request, \
     response_has_body
+from lbcdn.http.request_id import new_request_id
 from lbcdn.routing import redirect_location
 from lbcdn.tasks import spawn
 from lbcdn.balancer.retry import IDEMPOTENT, Failure, Retry, decide_retry

@@ -14,7 +14,8 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import Final, Protocol, cast
 
-from lbcdn.config.schema import ForwardAction, ListenerConfig, RouteConfig
+from lbcdn.edge.config import ListenerConfig
+from lbcdn.routing.config import ForwardAction, RouteConfig
 from lbcdn.edge.cache_hit import KnownHead
 from lbcdn.edge.connection import ClientConnection, Limits
 from lbcdn.edge.tls_gate import TlsGate

@@ -3,13 +3,13 @@
 Job: the frozen dataclasses for the keys a pool gains with issue 3 (`health`, `outlier`,
 `balance`, `retries`, `slow_start_s`, `deregistration_delay_s`, `fail_open`,
 `max_connections_per_target`, `queue_limit`), documented where they are declared, and the
-cross-field checks the reflective loader (lbcdn.config.reflect) runs on them.
+cross-field checks the reflective loader (lbcdn.configkit.reflect) runs on them.
 
 Rules: defaults are those of an ALB target group (health checks every 30 s, 5 s timeout,
 healthy after 5 passes, unhealthy after 2 failures, matcher 200, deregistration delay 300 s,
-fail open when every target is unhealthy). `PoolPolicyConfig` is keyword-only so the schema's
-`PoolConfig` can inherit it and keep its own required fields first. Importing this module
-registers its validators.
+fail open when every target is unhealthy). `PoolPolicyConfig` is keyword-only so
+lbcdn.upstream.config's `PoolConfig` can inherit it and keep its own required fields first.
+Importing this module registers its validators.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lbcdn.config import names
-from lbcdn.config.reflect import VALIDATORS, Loader, join
-from lbcdn.config.fields import doc
+from lbcdn.configkit import names
+from lbcdn.configkit.reflect import VALIDATORS, Loader, join
+from lbcdn.configkit.fields import doc
 from lbcdn.health.matcher import parse_matcher
-from lbcdn.upstream.discovery import DiscoveryConfig
 
 Algorithm = Literal["round_robin", "least_outstanding_requests", "weighted_random",
                     "weighted_round_robin", "random_two_choices", "consistent_hash"]
@@ -172,9 +171,6 @@ class PoolPolicyConfig:
     queue_limit: int = doc(
         "Requests that may wait for a free target when every target is at "
         "max_connections_per_target; beyond it 503 at once.", 100, lo=0, hi=1000000)
-    discovery: DiscoveryConfig | None = doc(
-        "Find targets in DNS (A/AAAA or SRV), re-resolved on an interval; targets that appear "
-        "are added, those that disappear drain. Unset: only the fixed `targets`.", None)
 
 
 _CTL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
@@ -232,14 +228,6 @@ def _check_outlier(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     base, cap = v.get("base_ejection_s"), v.get("max_ejection_s")
     if base is not None and cap is not None and cap < base:
         ld.error(join(path, "max_ejection_s"), f"must be at least base_ejection_s ({base:g})")
-
-
-def check_pool_targets(ld: Loader, v: Mapping[str, Any], path: str) -> None:
-    """Cross-field checks of a pool's discovery (registered on PoolConfig by the schema, which
-    this module cannot import; lbcdn.config.load checks that targets or discovery is given)."""
-    d = v.get("discovery")
-    if isinstance(d, DiscoveryConfig) and not d.srv and d.port is None:
-        ld.error(join(join(path, "discovery"), "port"), "required for A/AAAA discovery (srv: false)")
 
 
 VALIDATORS.setdefault(HealthCheckConfig, []).append(_check_health)

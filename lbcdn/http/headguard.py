@@ -18,7 +18,7 @@ from typing import Final
 
 import httptools
 
-from lbcdn.config.limits import HttpLimitsConfig
+from lbcdn.configkit.limits import HttpLimitsConfig
 from lbcdn.http.errors import HttpError
 
 IDLE: Final = 0   # between requests (or before the first byte)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from lbcdn.config.schema import RedirectAction
+from lbcdn.routing.config import RedirectAction
 
 _PLACEHOLDER = re.compile(r"#\{(protocol|host|port|path|query)\}")
 _DEFAULT_PORTS = {"http": "80", "https": "443"}

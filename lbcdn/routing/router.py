@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from lbcdn.config.schema import RouteConfig
+from lbcdn.routing.config import RouteConfig
 from lbcdn.memo import remember
 
 # One candidate: (path prefix or None, compiled pattern's fullmatch or None, route).

@@ -29,7 +29,9 @@ from lbcdn.timers import Deadline
 from lbcdn.writebatch import Writer
 
 if TYPE_CHECKING:
-    from lbcdn.upstream.pool import Pool, Target
+    # Only the annotation of `target`: the edge reads a connection's target as the pool's
+    # Target. At run time connection.py imports nothing of the pool (which imports it).
+    from lbcdn.upstream.pool import Target
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -62,9 +64,29 @@ class UpstreamOwner:
         raise NotImplementedError
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
+class ConnectionHome:
+    """What a connection needs from the pool that opened it (lbcdn.upstream.pool.Pool, or a
+    test's fake): the pool subclasses it, so this module does not import the pool. A base class
+    for the reason given at lbcdn.http.response.ResponseSink."""
+
+    # the pool's response_timeout_s, read by each new connection
+    response_timeout_s: float
+
+    def connection_opened(self, conn: UpstreamConnection) -> None:
+        raise NotImplementedError
+
+    def connection_closed(self, conn: UpstreamConnection) -> None:
+        raise NotImplementedError
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """An exchange finished cleanly on `conn`: keep it for reuse, or close it."""
+        raise NotImplementedError
+
+
 # An asyncio protocol by its methods only; see lbcdn.edge.connection.ClientConnection.
 class UpstreamConnection(ResponseSink, Writer):
-    def __init__(self, pool: Pool, target: Target) -> None:
+    def __init__(self, pool: ConnectionHome, target: Target) -> None:
         self.pool = pool
         self.target = target
         self.transport = None
@@ -80,7 +102,7 @@ class UpstreamConnection(ResponseSink, Writer):
         self._reading_paused = False
         self._writing_paused = False
         self._reader: ResponseReader | None = None
-        self._timeout = pool.config.response_timeout_s
+        self._timeout = pool.response_timeout_s
         self._deadline = Deadline(asyncio.get_event_loop(), self._timed_out)
 
     # -- lifecycle ------------------------------------------------------------------------

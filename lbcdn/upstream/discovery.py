@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lbcdn.config.fields import REQUIRED, doc
+from lbcdn.configkit.fields import REQUIRED, doc
 from lbcdn.tasks import spawn
 
 log = logging.getLogger("lbcdn.discovery")

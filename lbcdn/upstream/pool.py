@@ -41,12 +41,12 @@ from lbcdn.balancer.base import Policy
 from lbcdn.balancer.policy import build_policy
 from lbcdn.balancer.retry import RetryBudget
 from lbcdn.balancer.sticky import StickySessions, target_token
-from lbcdn.config.schema import PoolConfig, TargetConfig
+from lbcdn.upstream.config import PoolConfig, TargetConfig
 from lbcdn.health.outlier import Ejection, OutlierDetector, Result, stalled
 from lbcdn.health.state import Reason, State, TargetHealth, Thresholds
 from lbcdn.metrics import PoolMetrics, pool_metrics, target_metrics, TargetMetrics
 from lbcdn.tls import client_context
-from lbcdn.upstream.connection import UpstreamConnection
+from lbcdn.upstream.connection import ConnectionHome, UpstreamConnection
 from lbcdn import writebatch
 
 # what `choose` answers when every routable target is at max_connections_per_target
@@ -146,9 +146,10 @@ class _Waiter:
         self.done = False
 
 
-class Pool:
+class Pool(ConnectionHome):
     def __init__(self, config: PoolConfig, *, rng: random.Random | None = None) -> None:
         self.config = config
+        self.response_timeout_s = config.response_timeout_s
         self.name = config.name
         self.host_header = config.host_header.encode()
         self.ssl = client_context(config.tls) if config.tls is not None else None

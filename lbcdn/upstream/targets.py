@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from lbcdn.atomicfile import write_atomic
-from lbcdn.config.schema import Config, PoolConfig
+from lbcdn.upstream.config import PoolConfig
 from lbcdn.health.checker import Check, HealthChecker
 from lbcdn.health.prober import ProbeResult, ProbeSpec
 from lbcdn.health.state import State, Transition
@@ -393,9 +393,9 @@ class TargetsControl:
         pool.data_planes = self.data_planes
         return pool
 
-    async def start(self, config: Config) -> None:
+    async def start(self, pools: dict[str, PoolConfig]) -> None:
         self.overrides = self.store.load()
-        self.pools = {name: self._build(pc) for name, pc in config.pools.items()}
+        self.pools = {name: self._build(pc) for name, pc in pools.items()}
         for pool in self.pools.values():
             await pool.start()
         self.started = True
@@ -408,11 +408,11 @@ class TargetsControl:
         for pool in self.pools.values():
             self.publish(pool.name, pool.snapshot())
 
-    async def apply(self, config: Config) -> None:
+    async def apply(self, pools: dict[str, PoolConfig]) -> None:
         for name in list(self.pools):
-            if name not in config.pools:
+            if name not in pools:
                 await self.pools.pop(name).stop()
-        for name, pc in config.pools.items():
+        for name, pc in pools.items():
             pool = self.pools.get(name)
             if pool is None:
                 pool = self.pools[name] = self._build(pc)

@@ -4,7 +4,7 @@ import pytest
 
 from lbcdn.bucket.access import AccessPolicy
 from lbcdn.bucket.config import load_buckets_config
-from lbcdn.config.load import ConfigError
+from lbcdn.configkit.errors import ConfigError
 
 BASE = {"root": "/srv/b", "users": {"alice": {"access_key_id": "AKIDA",
                                               "secret_access_key": "${A_SECRET}"},

@@ -9,7 +9,7 @@ import pytest
 from lbcdn.cache.behavior import Distribution
 from lbcdn.cache.config import MANAGED_ORIGIN_REQUEST_POLICIES, CacheConfig, \
     CachePolicyConfig
-from lbcdn.config.reflect import Loader
+from lbcdn.configkit.reflect import Loader
 
 
 def load(data: object) -> tuple[Any, list[str]]:

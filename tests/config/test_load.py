@@ -8,9 +8,12 @@ from typing import Any
 import pytest
 import yaml
 
-from lbcdn.config.load import ConfigError, load_config, parse_config
-from lbcdn.config.schema import (Config, FixedResponseAction, ForwardAction, MatchConfig,
-                                 RedirectAction, RouteConfig, TargetConfig)
+from lbcdn.config.load import load_config, parse_config
+from lbcdn.configkit.errors import ConfigError
+from lbcdn.config.schema import Config
+from lbcdn.routing.config import (FixedResponseAction, ForwardAction, MatchConfig, RedirectAction,
+                                  RouteConfig)
+from lbcdn.upstream.config import TargetConfig
 
 REPO = Path(__file__).resolve().parents[2]
 LISTENER = {"name": "web", "port": 8080}
@@ -553,7 +556,7 @@ def test_durations_are_capped_at_a_year(data: dict[str, Any], expected: list[str
 
 
 def test_duration_cap_spares_rates_and_own_bounds() -> None:
-    from lbcdn.config.fields import MAX_DURATION_S
+    from lbcdn.configkit.fields import MAX_DURATION_S
     config = parse_config(cfg(shutdown={"drain_timeout_s": MAX_DURATION_S},
                               routes=[route(fixed_response={}, hsts_max_age_s=63072000)],
                               dns={"rate_limit": {"responses_per_s": 1e8}}), env={})
@@ -662,7 +665,7 @@ def _schema_keys(cls: type, out: set[str], named: set[str], prefix: str = "") ->
     import dataclasses
     from typing import get_args, get_origin, get_type_hints
 
-    from lbcdn.config.reflect import RENAMES
+    from lbcdn.configkit.reflect import RENAMES
     renames = RENAMES.get(cls, {})  # per class: only MatchConfig renames hosts -> host
     for f in dataclasses.fields(cls):
         tp = get_type_hints(cls)[f.name]

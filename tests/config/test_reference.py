@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lbcdn.config import reference
-from lbcdn.config.fields import REQUIRED, doc
+from lbcdn.configkit.fields import REQUIRED, doc
 from lbcdn.config.schema import Config
 
 

@@ -1,12 +1,17 @@
 """Shared by the deployment tests: where the files are, running `lbcdn check-config` the way an
-operator does, and reading the commented-out config blocks that wait for a feature."""
+operator does, reading the commented-out config blocks that wait for a feature, and watching a
+process tree that runs as a container would (tini as PID 1 of its own PID namespace)."""
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,3 +53,30 @@ def commented_block(text: str, key: str) -> Any:
 def variables_without_default(text: str) -> set[str]:
     """Names of `${NAME}` references (no `:-default`) in a config text, comments included."""
     return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text))
+
+
+def pid_1_of(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int:
+    """The host PID of the process that `unshare --fork` started, once it has become tini
+    (right after the fork it is still a copy of unshare)."""
+    deadline = time.monotonic() + timeout_s
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    while time.monotonic() < deadline:
+        pids = children.read_text().split()
+        if pids and Path(f"/proc/{pids[0]}/comm").read_text().strip() == "tini":
+            return int(pids[0])
+        time.sleep(0.02)
+    raise TimeoutError("unshare started no tini")
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return int(r.status), bytes(r.read())
+    except urllib.error.HTTPError as e:
+        return int(e.code), bytes(e.read())
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)  # --kill-child takes the namespace down too
+        proc.wait(10)

@@ -1,9 +1,10 @@
-"""The Dockerfile and the image's built-in config (deploy/docker/config.yaml). No Docker engine
-runs here, so the image is not built: its text is checked (non-root numeric user, tini as
-PID 1, SIGTERM, the config path, ports, the Makefile's install steps), and what the image
-would run is run: `tini -- lbcdn serve` as PID 1 of a new PID namespace (as in a container),
-configured only by environment variables, proxying to a demo backend, stopped by a SIGTERM
-sent from outside the namespace (as `docker stop` does).
+"""The Dockerfile and the image's built-in config (deploy/docker/config.yaml). test_image.py
+builds the image and runs it; here, without building, its text is checked (the base as an ARG,
+non-root numeric user, tini as PID 1, SIGTERM, the config path, ports, the HEALTHCHECK, the
+Makefile's install steps), and what the image would run is run from this tree: `tini -- lbcdn
+serve` as PID 1 of a new PID namespace (as in a container), configured only by environment
+variables, proxying to a demo backend, stopped by a SIGTERM sent from outside the namespace
+(as `docker stop` does).
 """
 
 from __future__ import annotations
@@ -15,16 +16,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lbcdn.config.load import ConfigError, load_config
-from tests.deploy.helpers import DEPLOY, REPO
+from lbcdn.config.load import load_config
+from lbcdn.configkit.errors import ConfigError
+from tests.deploy.helpers import DEPLOY, REPO, get, pid_1_of, stop
 from tests.e2e.harness import HOST, backend_process, free_port, wait_for_port
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -91,20 +91,44 @@ def test_ships_the_environment_config_where_serve_reads_it() -> None:
             assert not [p for p in ignored if p in parts or p == source], (source, ignored)
 
 
+def test_base_is_an_arg_defaulting_to_the_public_python_image() -> None:
+    assert args_of("ARG") == ["BASE_IMAGE=python:3.11-slim"]
+    assert args_of("FROM") == ["${BASE_IMAGE} AS native", "${BASE_IMAGE}"]
+    assert "--build-arg BASE_IMAGE=$(IMAGE_BASE)" in (REPO / "Makefile").read_text()
+
+
+def stage_runs(index: int) -> str:
+    """The RUN arguments of build stage `index` (0: native, 1: the image), joined."""
+    stages: list[list[str]] = []
+    for word, rest in instructions():
+        if word == "FROM":
+            stages.append([])
+        elif word == "RUN" and stages:
+            stages[-1].append(rest)
+    return " ".join(stages[index])
+
+
 def test_install_steps_are_the_makefiles() -> None:
-    """Same interpreter line, a venv, pip install of this pyproject.toml only, and the hot path
-    compiled as `make native` does, in a build stage whose package replaces the plain one."""
-    assert args_of("FROM") == ["python:3.11-slim AS native", "python:3.11-slim"]
+    """Same interpreter line, a venv, this pyproject.toml's runtime dependencies in it and its
+    `native` extra beside it, the package without the test extras, and the hot path compiled
+    as `make native` does, in a build stage whose venv the image copies."""
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^PYTHON \?= python3$", makefile, re.M)
     assert "$(PYTHON) -m venv $(VENV)" in makefile
     assert "$(BIN)/python -m lbcdn.native build" in makefile
-    runs = " ".join(args_of("RUN"))
-    assert runs.count("python3 -m venv /opt/lbcdn/venv") == 2
-    assert re.findall(r"pip install (\S+)", runs) == ["'.[native]'", "."]
-    assert "/opt/lbcdn/venv/bin/python -m lbcdn.native build" in runs
-    site = "/opt/lbcdn/venv/lib/python3.11/site-packages/lbcdn"
-    assert args_of("COPY")[-2] == f"--from=native {site} {site}"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["optional-dependencies"]["native"]
+    build = stage_runs(0)
+    assert 'p["dependencies"]' in build and 'p["optional-dependencies"]["native"]' in build
+    assert build.count("python3 -m venv /opt/lbcdn/venv") == 1
+    assert "/opt/lbcdn/venv/bin/pip install -r runtime.txt" in build
+    assert "pip install --target /opt/lbcdn/native -r native.txt" in build
+    assert "/opt/lbcdn/venv/bin/pip install --no-deps ." in build
+    assert "/opt/lbcdn/venv/bin/python -m lbcdn.native build" in build
+    # the image installs nothing with pip: it copies the venv built and compiled above
+    assert "pip" not in stage_runs(1)
+    [copied] = [c for c in args_of("COPY") if c.startswith("--from=")]
+    assert copied == "--from=native /opt/lbcdn/venv /opt/lbcdn/venv"
 
 
 def test_exposed_ports_and_healthcheck_match_the_built_in_config() -> None:
@@ -112,8 +136,12 @@ def test_exposed_ports_and_healthcheck_match_the_built_in_config() -> None:
     [exposed] = args_of("EXPOSE")
     assert set(exposed.split()) == {f"{cfg.listeners[0].port}/tcp", f"{cfg.admin.port}/tcp",
                                     "5353/udp", "5353/tcp"}
+    # The health check reads the admin listener from the config that CMD serves.
     [health] = args_of("HEALTHCHECK")
-    assert f"http://{cfg.admin.address}:{cfg.admin.port}/healthz" in health
+    options, _, command = health.partition(" CMD ")
+    assert json.loads(command) == ["lbcdn", "healthcheck", "--config", IMAGE_CONFIG]
+    assert str(cfg.admin.port) not in options + command
+    assert exec_form("CMD")[-2:] == ["--config", IMAGE_CONFIG]
 
 
 # -- the built-in config -----------------------------------------------------------------
@@ -186,33 +214,6 @@ def in_container(env: dict[str, str], stderr: Any) -> subprocess.Popen[bytes]:
         [unshare, "--pid", "--fork", "--kill-child", tini, "--",
          sys.executable, "-m", "lbcdn", "serve", "--config", str(ENV_CONFIG)],
         env={**base, **env}, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-
-
-def pid_1_of(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int:
-    """The host PID of the process that `unshare --fork` started, once it has become tini
-    (right after the fork it is still a copy of unshare)."""
-    deadline = time.monotonic() + timeout_s
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-    while time.monotonic() < deadline:
-        pids = children.read_text().split()
-        if pids and Path(f"/proc/{pids[0]}/comm").read_text().strip() == "tini":
-            return int(pids[0])
-        time.sleep(0.02)
-    raise TimeoutError("unshare started no tini")
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return int(r.status), bytes(r.read())
-    except urllib.error.HTTPError as e:
-        return int(e.code), bytes(e.read())
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)  # --kill-child takes the namespace down too
-        proc.wait(10)
 
 
 def test_image_process_serves_from_env_and_drains_on_sigterm_as_pid_1(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from lbcdn.config.load import ConfigError
+from lbcdn.configkit.errors import ConfigError
 from lbcdn.dns.config import (DnsConfig, alias_problems, load_dns_config)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import resource
 import signal
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,17 +86,44 @@ async def demo_backend(name: str = "b1") -> AsyncIterator[int]:
         server.close()
 
 
+# Waiting for something to happen: poll for the event itself rather than sleeping a fixed
+# time. The bound is generous (a loaded CI machine is slow) and costs nothing when the event
+# comes early, since the wait ends as soon as it does.
+
+def wait_until(predicate: Callable[[], object], timeout_s: float = 10.0,
+               interval_s: float = 0.02, what: str = "") -> None:
+    """Block until `predicate()` is true; AssertionError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what or predicate}")
+        time.sleep(interval_s)
+
+
+async def until(predicate: Callable[[], object | Awaitable[object]], timeout_s: float = 10.0,
+                interval_s: float = 0.02, what: str = "") -> None:
+    """`wait_until` for the event loop; `predicate` may be a coroutine function (an admin API
+    call, say)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done = predicate()
+        if inspect.isawaitable(done):
+            done = await done
+        if done:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what or predicate}")
+        await asyncio.sleep(interval_s)
+
+
 def wait_for_port(port: int, timeout_s: float = 15.0, proc: subprocess.Popen[bytes] | None = None
                   ) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening")
         with socket.socket() as s:
-            if s.connect_ex((HOST, port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {HOST}:{port} after {timeout_s} s")
+            return s.connect_ex((HOST, port)) == 0
+    wait_until(listening, timeout_s, 0.05, f"something listening on {HOST}:{port}")
 
 
 class DaemonProcess:

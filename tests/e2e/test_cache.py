@@ -18,7 +18,7 @@ import pytest
 from lbcdn.daemon import Daemon
 from tests.e2e.cache_origin import Answer, Origin, scripted_origin
 from tests.e2e.harness import (HOST, RawClient, RawResponse, admin_port, free_port,
-                               listener_port, proxy_config, running_daemon)
+                               listener_port, proxy_config, running_daemon, until)
 
 
 def cdn_config(origin: int, *, policy: dict[str, Any] | None = None,
@@ -216,7 +216,8 @@ async def test_stale_while_revalidate_serves_stale_and_refreshes_once(origin: Or
         rs = await asyncio.gather(*(get(port, "/s") for _ in range(5)))
         assert all(r.header("X-N") == "1" and r.header("X-Cache") == "Hit from lbcdn"
                    for r in rs)
-        await asyncio.sleep(0.5)
+        assert d.cache is not None
+        await until(lambda: not d.cache.refreshing, what="the background revalidation")
         assert origin.hits["/s"] == 2
         r = await get(port, "/s")
         assert r.header("X-N") == "2" and r.header("X-Cache") == "Hit from lbcdn"
@@ -528,7 +529,8 @@ async def test_disk_tier_survives_restart(origin: Origin, tmp_path: Any) -> None
                                               "max_object_bytes": 1000})
     async for d, port, clock in started(config):
         await get(port, "/d")
-        await asyncio.sleep(0.3)  # the disk write runs in a thread
+        assert d.cache is not None and d.cache.disk is not None
+        await until(lambda: len(d.cache.disk) == 1, what="the disk write (in a thread)")
     async for d, port, clock in started(config):
         r = await get(port, "/d")
         assert r.status == 200 and r.body == b"D" * 5000

@@ -25,7 +25,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config as BotoConfig
 from botocore.credentials import Credentials
 
-from tests.e2e.harness import HOST, DaemonProcess, free_port, proxy_config, wait_for_port
+from tests.e2e.harness import HOST, DaemonProcess, free_port, proxy_config, until, wait_for_port
 
 WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "workers-2"])
 
@@ -109,8 +109,10 @@ async def exchange(port: int, data: bytes, timeout_s: float = 5.0) -> bytes:
         writer.close()
 
 
-async def slowloris(port: int, stop: asyncio.Event) -> tuple[bytes, float]:
-    """A head trickled a line every 0.1 s; what the server answered and when it closed."""
+async def slowloris(port: int, stop: asyncio.Event, trickling: asyncio.Event
+                    ) -> tuple[bytes, float]:
+    """A head trickled a line every 0.1 s (`trickling` is set once the first lines are out);
+    what the server answered and when it closed."""
     reader, writer = await asyncio.open_connection(HOST, port)
     started = time.monotonic()
 
@@ -120,6 +122,7 @@ async def slowloris(port: int, stop: asyncio.Event) -> tuple[bytes, float]:
             while not stop.is_set():
                 writer.write(b"X-Slow: 1\r\n")
                 await writer.drain()
+                trickling.set()
                 await asyncio.sleep(0.1)
 
     task = asyncio.create_task(trickle())
@@ -138,8 +141,12 @@ async def test_slowloris_head_is_closed_at_the_header_timeout(tmp_path: Path,
                                                               workers: int) -> None:
     with control_daemon(tmp_path, workers) as (_, ports):
         stop = asyncio.Event()
-        slow = [asyncio.create_task(slowloris(ports[name], stop)) for name in NAMES]
-        await asyncio.sleep(0.3)
+        trickling = {name: asyncio.Event() for name in NAMES}
+        slow = [asyncio.create_task(slowloris(ports[name], stop, trickling[name]))
+                for name in NAMES]
+        async with asyncio.timeout(10):
+            for event in trickling.values():
+                await event.wait()
         # meanwhile normal clients get answers on every listener
         assert [await status_of(ports[name], name) for name in NAMES] == [200, 403, 200]
         results = await asyncio.gather(*slow)
@@ -242,9 +249,7 @@ NOFILE = 600
 
 async def _healthy(daemon: DaemonProcess) -> None:
     """Wait for the `site` pool's target (the website port) to pass its health checks."""
-    async with asyncio.timeout(10):
-        while "-> healthy" not in daemon.stderr():
-            await asyncio.sleep(0.1)
+    await until(lambda: "-> healthy" in daemon.stderr(), interval_s=0.1, what="`site` healthy")
 
 
 @pytest.mark.slow
@@ -326,7 +331,8 @@ async def test_a_client_leaving_mid_s3_get_or_put_is_not_logged(tmp_path: Path,
                 assert time.monotonic() - started < 3
             else:
                 _reset(writer)
-        await asyncio.sleep(0.5)
+        await until(lambda: "timed out reading the request body" in daemon.stderr()[logged:],
+                    what="the stalled upload's log line")
         assert await status_of(ports["s3"], "s3") == 403
         new = daemon.stderr()[logged:]
         assert "Traceback" not in new and "ERROR" not in new, new[:3000]

@@ -22,7 +22,7 @@ import pytest
 
 from tests.e2e.harness import (
     HOST, RawClient, RawResponse, admin_port, demo_backend, free_port, listener_port,
-    proxy_config, raw_backend, read_request, read_response, running_daemon,
+    proxy_config, raw_backend, read_request, read_response, running_daemon, until,
 )
 from tests.e2e.harness import raw_client as client
 
@@ -180,10 +180,11 @@ async def test_stray_bytes_after_a_response_drop_the_connection() -> None:
 
     async with raw_backend(handler) as backend:
         cfg = proxy_config(backend)
-        async with running_daemon(cfg), client(listener_port(cfg)) as c:
+        async with running_daemon(cfg) as d, client(listener_port(cfg)) as c:
             first = await c.request("GET", "/1")
             assert first.status == 200 and json.loads(first.body) == {"connection": 0}
-            await asyncio.sleep(0.1)
+            await until(lambda: d.pools["app"].targets[0].open == 0,
+                        what="the pool dropping the connection")
             second = await c.request("GET", "/2")
             # the connection that carried stray bytes was dropped, not reused
             assert second.status == 200 and json.loads(second.body) == {"connection": 1}
@@ -502,9 +503,10 @@ async def test_idle_connection_closed_by_backend_is_not_reused() -> None:
 
     async with raw_backend(handler) as backend:
         cfg = proxy_config(backend)
-        async with running_daemon(cfg), client(listener_port(cfg)) as c:
+        async with running_daemon(cfg) as d, client(listener_port(cfg)) as c:
             assert json.loads((await c.request("GET", "/a")).body)["connection"] == 1
-            await asyncio.sleep(0.3)
+            await until(lambda: d.pools["app"].targets[0].open == 0,
+                        what="the pool seeing the backend's close")
             resp = await c.request("GET", "/b")
             assert resp.status == 200
             assert json.loads(resp.body)["connection"] == 2
@@ -588,10 +590,10 @@ async def test_metrics_client_connections_gauge() -> None:
             finally:
                 for c in clients:
                     await c.close()
-            async with asyncio.timeout(3):
-                while value(await scrape(cfg), "lbcdn_client_connections",
-                            listener=name) != 0:
-                    await asyncio.sleep(0.05)
+
+            async def none_open() -> bool:
+                return value(await scrape(cfg), "lbcdn_client_connections", listener=name) == 0
+            await until(none_open, timeout_s=3, interval_s=0.05)
 
 
 async def test_admin_healthz_and_runtime() -> None:

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import HOST, BackendProcess, DaemonProcess, free_port, listener_port, \
-    proxy_config
+    proxy_config, until
 from tests.e2e.load import run_load
-from tests.e2e.test_pools import scrape, targets, wait_for
+from tests.e2e.test_pools import scrape, targets
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ async def all_healthy(cfg: dict[str, Any], n: int) -> None:
     async def check() -> bool:
         rows = await targets(cfg)
         return sum(r["state"] == "healthy" for r in rows.values()) == n
-    await wait_for(check, timeout_s=10)
+    await until(check, timeout_s=10)
 
 
 def counter(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
@@ -160,11 +160,14 @@ async def test_sigstop_of_a_target_under_load(tmp_path: Path, workers: str) -> N
             await asyncio.sleep(1.0)
             os.killpg(procs[1].proc.pid, signal.SIGSTOP)
             result = await load
-            await asyncio.sleep(1.2)  # workers report their numbers every second
+            stopped = f"{HOST}:{procs[1].port}"
+
+            async def reported() -> bool:  # workers report their numbers every second
+                return bool((await targets(cfg))[stopped]["ejected"])
+            await until(reported)
             rows = await targets(cfg)
             samples = await scrape(cfg)
     print(result)
-    stopped = f"{HOST}:{procs[1].port}"
     assert (rows[stopped]["state"], rows[stopped]["ejected"]) == ("healthy", True)
     assert counter(samples, "lbcdn_outlier_ejections_total", target=stopped,
                    cause="stalled") >= 1

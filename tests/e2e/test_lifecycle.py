@@ -23,7 +23,7 @@ import yaml
 
 from lbcdn import __version__, native
 from tests.e2e.harness import (HOST, BackendProcess, DaemonProcess, admin_port, backend_process,
-                               free_port, listener_port, proxy_config)
+                               free_port, listener_port, proxy_config, wait_until)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,6 +90,15 @@ def healthz(port: int) -> tuple[int, Any]:
     return status, json.loads(body)
 
 
+def in_flight(admin: int) -> int:
+    """The requests the daemon has with its targets now (the targets API)."""
+    with send(admin, b"GET /api/pools/app/targets HTTP/1.1\r\nHost: a\r\n"
+              b"Connection: close\r\n\r\n") as sock:
+        status, _, body = read_response(sock)
+    assert status == 200, body
+    return sum(int(t["in_flight"]) for t in json.loads(body)["targets"])
+
+
 def wait_refused(port: int, timeout_s: float) -> float:
     start = time.monotonic()
     while not refuses(port):
@@ -129,7 +138,7 @@ def test_signal_drains_in_flight_request_then_exits_0(backend: BackendProcess, t
         assert status == 200
         assert "close" not in headers.get("connection", "").lower()
         slow = send(port, get("/delay/1500"))
-        time.sleep(0.3)  # the request is with the backend now
+        wait_until(lambda: in_flight(admin) == 1, what="the request is with the backend")
         t0 = time.monotonic()
         daemon.proc.send_signal(sig)
 
@@ -165,7 +174,8 @@ def test_drain_deadline_cuts_slow_request_and_exits_0(backend: BackendProcess,
     daemon = DaemonProcess(config, tmp_path)
     try:
         slow = send(listener_port(config), get("/delay/6000"))
-        time.sleep(0.3)
+        wait_until(lambda: in_flight(admin_port(config)) == 1,
+                   what="the request is with the backend")
         t0 = time.monotonic()
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.proc.wait(timeout=6) == 0
@@ -186,9 +196,10 @@ def test_second_signal_cuts_the_drain_short(backend: BackendProcess, tmp_path: P
     daemon = DaemonProcess(config, tmp_path)
     try:
         slow = send(listener_port(config), get("/delay/10000"))
-        time.sleep(0.3)
+        wait_until(lambda: in_flight(admin_port(config)) == 1,
+                   what="the request is with the backend")
         daemon.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        wait_until(lambda: healthz(admin_port(config))[0] == 503, what="draining")
         assert daemon.proc.poll() is None  # still draining
         t0 = time.monotonic()
         daemon.proc.send_signal(signal.SIGTERM)

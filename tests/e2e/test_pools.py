@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 
 from lbcdn.daemon import Daemon
 from tests.e2e.harness import HOST, RawClient, RawResponse, admin_port, free_port, \
-    listener_port, proxy_config, running_daemon
+    listener_port, proxy_config, running_daemon, until
 from tests.e2e.pools_backend import PoolBackend, pool_backends
 
 TOKEN = "s3cret"
@@ -55,14 +55,6 @@ async def targets(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {t["target"]: t for t in body["targets"]}
 
 
-async def wait_for(pred: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.01)
-
-
 def key(b: PoolBackend) -> str:
     return f"{HOST}:{b.port}"
 
@@ -71,7 +63,7 @@ async def state_is(cfg: dict[str, Any], b: PoolBackend, state: str) -> None:
     async def check() -> bool:
         row = (await targets(cfg)).get(key(b))
         return row is not None and row["state"] == state
-    await wait_for(check)
+    await until(check)
 
 
 @contextlib.asynccontextmanager
@@ -161,7 +153,7 @@ async def test_register_weight_maintenance_deregister_with_draining(tmp_path: Pa
             await api(cfg, "PATCH", f"/api/pools/app/targets/{key(a)}", {"weight": 0})
             assert (await get(listener_port(cfg))).body == b"c"
             slow = asyncio.ensure_future(get(listener_port(cfg), "/slow"))
-            await wait_for(lambda: _true(c.hits["/slow"] == 1))
+            await until(lambda: c.hits["/slow"] == 1)
             open_before = c.open
             status, _ = await api(cfg, "DELETE", f"/api/pools/app/targets/{key(c)}")
             assert status == 202
@@ -169,7 +161,7 @@ async def test_register_weight_maintenance_deregister_with_draining(tmp_path: Pa
             assert row["state"] == "draining"
             assert row["reason"] == "Target.DeregistrationInProgress"
             assert row["in_flight"] == 1
-            await wait_for(lambda: _true(c.open < open_before))  # idle one closed
+            await until(lambda: c.open < open_before)  # idle one closed
             resp = await slow
             assert resp.status == 200 and resp.body == b"c"  # the in-flight one completed
             await state_is(cfg, c, "unused")  # early: nothing in flight, long before 5 s
@@ -185,12 +177,6 @@ async def test_register_weight_maintenance_deregister_with_draining(tmp_path: Pa
             rows = await targets(cfg)
             assert set(rows) == {key(a), key(c)}
             assert rows[key(a)]["weight"] == 3 and rows[key(c)]["weight"] == 1
-
-
-def _true(value: bool) -> Awaitable[bool]:
-    future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    future.set_result(value)
-    return future
 
 
 async def test_targets_api_needs_the_token_and_checks_input() -> None:
@@ -344,11 +330,11 @@ async def test_max_connections_and_queue_limit_answer_503_quickly() -> None:
         a.slow_s = 1.0
         cfg = pool_config(a, health={"enabled": False}, max_connections_per_target=1,
                           queue_limit=1)
-        async with running_daemon(cfg):
+        async with running_daemon(cfg) as d:
             slow = asyncio.ensure_future(get(listener_port(cfg), "/slow"))
-            await wait_for(lambda: _true(a.hits["/slow"] == 1))
+            await until(lambda: a.hits["/slow"] == 1)
             queued = asyncio.ensure_future(get(listener_port(cfg), "/"))
-            await asyncio.sleep(0.05)
+            await until(lambda: len(d.pools["app"].queue) == 1)
             started = time.monotonic()
             resp = await get(listener_port(cfg), "/")
             assert resp.status == 503 and time.monotonic() - started < 0.5
@@ -394,7 +380,7 @@ async def test_discovery_follows_dns(monkeypatch: pytest.MonkeyPatch) -> None:
 
             async def a_gone() -> bool:
                 return key(a) not in await targets(cfg)
-            await wait_for(a_gone)  # drained (nothing in flight) and forgotten
+            await until(a_gone)  # drained (nothing in flight) and forgotten
             for _ in range(3):
                 assert (await get(listener_port(cfg))).body == b"b"
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import DaemonProcess, listener_port, raw_request
+from tests.e2e.harness import DaemonProcess, listener_port, raw_request, until
 from tests.e2e.pools_backend import PoolBackend, pool_backends
 from tests.e2e.test_pools import api, check_pool_metrics_from_start, check_runtime_pools, get, \
-    key, pool_config, scrape, state_is, targets, wait_for, _true
+    key, pool_config, scrape, state_is, targets
 
 
 @contextlib.asynccontextmanager
@@ -51,9 +51,9 @@ async def test_health_states_and_draining_reach_every_worker(tmp_path: Path) -> 
         assert time.monotonic() - started < 3
         for _ in range(10):
             assert (await get(listener_port(cfg))).body == b"c"
-        await asyncio.sleep(1.2)  # workers send their numbers every second
-        rows = await targets(cfg)
-        assert rows[key(c)]["requests"] >= 10
+        async def counted() -> bool:  # workers send their numbers every second
+            return (await targets(cfg))[key(c)]["requests"] >= 10
+        await until(counted)
 
 
 @pytest.mark.slow
@@ -65,7 +65,7 @@ async def test_runtime_adds_up_the_workers_numbers(tmp_path: Path) -> None:
 
         async def counted() -> bool:  # workers send their numbers every second
             return (await targets(cfg))[key(a)]["requests"] == 12
-        await wait_for(counted)
+        await until(counted)
         row = (await targets(cfg))[key(a)]
         assert row["latency_s"] is not None and row["open_connections"] >= 1
         assert (row["errors"], row["error_rate"]) == (0, 0.0)
@@ -108,7 +108,7 @@ async def test_deregistration_delay_cuts_what_is_still_in_flight(tmp_path: Path,
                     port, b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" %
                     path.encode(), read_timeout_s=20))
             before_head, mid_body = request("/slow"), request("/stall")
-            await wait_for(lambda: _true(a.hits["/slow"] == 1 and a.hits["/stall"] == 1))
+            await until(lambda: a.hits["/slow"] == 1 and a.hits["/stall"] == 1)
             started = time.monotonic()
             status, _ = await api(cfg, "DELETE", f"/api/pools/app/targets/{key(a)}")
             assert status == 202

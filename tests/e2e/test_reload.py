@@ -17,10 +17,11 @@ import aiohttp
 import pytest
 import yaml
 
-from lbcdn.config.load import ConfigError, load_config
+from lbcdn.config.load import load_config
+from lbcdn.configkit.errors import ConfigError
 from lbcdn.daemon import Daemon, ReloadError
 from tests.e2e.harness import (HOST, DaemonProcess, RawClient, admin_port, backend_process,
-                               demo_backend, free_port, listener_port, proxy_config)
+                               demo_backend, free_port, listener_port, proxy_config, until)
 
 
 @contextlib.asynccontextmanager
@@ -88,15 +89,16 @@ async def test_listeners_added_and_removed(tmp_path: Path) -> None:
         await daemon.reload()
         async with aiohttp.ClientSession() as session:
             assert await get(session, new_port, "/hello") == (200, "x")
-        deadline = time.monotonic() + 5
-        while True:  # the removed listener stops accepting (after draining: nothing open)
+
+        async def refused() -> bool:
             try:
                 _, w = await asyncio.open_connection(HOST, old_port)
-                w.close()
             except OSError:
-                break
-            assert time.monotonic() < deadline, "removed listener still accepts"
-            await asyncio.sleep(0.05)
+                return True
+            w.close()
+            return False
+        # the removed listener stops accepting (after draining: nothing open)
+        await until(refused, timeout_s=5, interval_s=0.05, what="the removed listener refusing")
 
 
 async def test_port_taken_fails_the_reload_and_keeps_the_old_runtime(tmp_path: Path) -> None:
@@ -191,7 +193,8 @@ async def test_sighup_reloads_under_load_without_a_failed_request(tmp_path: Path
                     os.kill(daemon.pid, signal.SIGHUP)
                 results = await load
                 status, _ = await slow
-                await asyncio.sleep(0.3)
+                await until(lambda: daemon.stderr().count("configuration reloaded") == 5,
+                            what="the fifth reload")
                 assert await get(session, port, "/hello") == (200, "v5")
             failures = [r for r in results if r != 200]
             assert not failures, failures[:5]
@@ -283,7 +286,9 @@ async def test_reload_storm_under_keepalive_load_loses_nothing(tmp_path: Path,
             print(f"reload storm, --workers {workers}: {answered} + {slow} slow requests")
             assert not failures + slow_failures, (failures + slow_failures)[:5]
             assert answered >= 300 and slow >= 10, (answered, slow)
-            await asyncio.sleep(0.5)
+            # logged once every worker has applied it
+            await until(lambda: daemon.stderr().count("configuration reloaded") == 5,
+                        what="the fifth reload")
             async with aiohttp.ClientSession() as session:
                 assert await get(session, port, "/hello") == (200, "v5")
             assert daemon.stderr().count("configuration reloaded") == 5, daemon.stderr()
@@ -301,10 +306,12 @@ async def test_sigusr1_reopens_the_access_log(tmp_path: Path) -> None:
         port = listener_port(config)
         async with aiohttp.ClientSession() as session:
             await get(session, port, "/hello?before")
-            await asyncio.sleep(0.3)
+            # the access log is written by a thread of its own
+            await until(lambda: log_path.exists() and "before" in log_path.read_text(),
+                        what="the first request's log line")
             os.rename(log_path, tmp_path / "access.log.1")
             os.kill(daemon.pid, signal.SIGUSR1)
-            await asyncio.sleep(0.3)
+            await until(lambda: "access log reopened" in daemon.stderr(), what="the reopen")
             await get(session, port, "/hello?after")
     finally:
         assert daemon.stop() == 0

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import (HOST, DaemonProcess, backend_process, demo_backend, listener_port,
-                               proxy_config, running_daemon)
+                               proxy_config, running_daemon, until)
 
 PATTERN = b"0123456789abcdef"
 MIB = 1 << 20
@@ -366,13 +366,10 @@ async def test_client_leaving_mid_download_closes_the_upstream_connection() -> N
                 await reader.readexactly(MIB)
             writer.transport.abort()
             pool = daemon.pools["app"]
-            async with asyncio.timeout(3):
-                while True:
-                    target = pool.details()["targets"][0]
-                    if target["open_connections"] == 0 and target["in_flight"] == 0:
-                        break
-                    await asyncio.sleep(0.02)
-            assert target["idle_connections"] == 0
+            await until(lambda: (pool.details()["targets"][0]["open_connections"],
+                                 pool.details()["targets"][0]["in_flight"]) == (0, 0),
+                        timeout_s=3)
+            assert pool.details()["targets"][0]["idle_connections"] == 0
             # and the daemon still serves
             reader, writer = await asyncio.open_connection(HOST, listener_port(config))
             writer.write(b"GET /status/200 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")

@@ -23,7 +23,7 @@ import aiohttp
 from lbcdn.demo.backend import BackendState, start_backend
 from lbcdn.demo.websocket import accept_key
 from tests.e2e.harness import HOST, admin_port, demo_backend, listener_port, proxy_config, \
-    running_daemon
+    running_daemon, until
 from tests.e2e.test_proxy import access_log_lines
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -44,14 +44,6 @@ async def observed_backend() -> AsyncIterator[tuple[int, BackendState]]:
     finally:
         server.close()
         state.close_connections()
-
-
-async def wait_until(predicate: Any, timeout_s: float = 3.0, what: str = "") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        await asyncio.sleep(0.01)
 
 
 async def exchange(port: int, request: bytes, timeout_s: float = 3.0) -> bytes:
@@ -165,8 +157,8 @@ async def test_websocket_echo_through_the_proxy_and_clean_close() -> None:
                 assert ws.close_code == 1000
             # the client closed: the tunnel ends and the backend connection goes away
             listener = daemon.listeners[0]
-            await wait_until(lambda: not state.connections, what="backend connection closed")
-            await wait_until(lambda: not listener.connections, what="client connection closed")
+            await until(lambda: not state.connections, what="backend connection closed")
+            await until(lambda: not listener.connections, what="client connection closed")
 
 
 async def test_websocket_access_log_line_counts_both_ways_and_the_upstream_time(
@@ -187,7 +179,7 @@ async def test_websocket_access_log_line_counts_both_ways_and_the_upstream_time(
                 assert (msg.type, len(msg.data)) == (aiohttp.WSMsgType.BINARY, 100_000)
                 assert await ws.close(code=1000)
             listener = daemon.listeners[0]
-            await wait_until(lambda: not listener.connections, what="client connection closed")
+            await until(lambda: not listener.connections, what="client connection closed")
     lines = [line for line in access_log_lines(log_path) if line["path"] == "/ws"]
     assert len(lines) == 1, lines
     line = lines[0]
@@ -239,10 +231,10 @@ async def test_websocket_client_vanishing_closes_backend_connection() -> None:
                 head = await reader.readuntil(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 101 "), head
             assert f"Sec-WebSocket-Accept: {accept_key(key)}".encode() in head
-            await wait_until(lambda: len(state.connections) == 1, what="backend connected")
+            await until(lambda: len(state.connections) == 1, what="backend connected")
             writer.transport.abort()
-            await wait_until(lambda: not state.connections, what="backend connection closed")
-            await wait_until(lambda: not daemon.listeners[0].connections,
+            await until(lambda: not state.connections, what="backend connection closed")
+            await until(lambda: not daemon.listeners[0].connections,
                              what="client connection gone")
 
 
@@ -259,7 +251,7 @@ async def test_websocket_backend_closing_closes_client_connection() -> None:
                 msg = await ws.receive(timeout=3)
                 assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
                                     aiohttp.WSMsgType.CLOSING), msg
-            await wait_until(lambda: not daemon.listeners[0].connections,
+            await until(lambda: not daemon.listeners[0].connections,
                              what="client connection closed by the proxy")
 
 

@@ -207,7 +207,7 @@ class Client:
 async def listener() -> AsyncIterator[Listener]:
     config = load_config_text(CONFIG)
     yield Listener(config.listeners[0], Router(config.routes, config.default_route), {},
-                   AccessLog(config.logging.access_log))
+                   AccessLog(config.logging.access_log.enabled, config.logging.access_log.path))
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fill_sender", "origin_fetch"),
     ("cache_hit",),
     ("accounting",),
-    ("stream",),
+    ("stream", "config"),
 )
 
 

@@ -13,6 +13,7 @@ from lbcdn.health.checker import Check, HealthChecker
 from lbcdn.health.config import HealthCheckConfig
 from lbcdn.health.prober import ProbeResult, ProbeSpec
 from lbcdn.health.state import Outcome, Reason, State, Thresholds, Transition
+from tests.e2e.harness import until
 from tests.health.backend import Backend, spec
 
 
@@ -22,11 +23,10 @@ async def test_checker_closes_kept_connections(backend: Backend) -> None:
     cfg = HealthCheckConfig(reuse_connection=True, interval_s=0.05, timeout_s=0.04, jitter=0)
     checker.add_target("a", Check.for_target(cfg, "127.0.0.1", backend.port))
     await checker.start()
-    await asyncio.sleep(1.3)
+    await until(lambda: backend.hits >= 3, what="three checks")
     assert backend.hits >= 3 and backend.connections == 1
     await checker.stop()
-    await asyncio.sleep(0.05)
-    assert not backend.writers  # our side closed it
+    await until(lambda: not backend.writers, what="our side closing it")
 
 
 def test_check_from_config_and_route53() -> None:

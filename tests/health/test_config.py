@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from lbcdn.config.reflect import Loader
-from lbcdn.config.schema import REQUIRED, doc
+from lbcdn.configkit.reflect import Loader
+from lbcdn.configkit.fields import REQUIRED, doc
 from lbcdn.health.config import (BalanceConfig, HealthCheckConfig, OutlierConfig,
                                  PoolPolicyConfig, RetryConfig, StickyConfig)
 

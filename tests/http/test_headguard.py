@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lbcdn.config.limits import HttpLimitsConfig
+from lbcdn.configkit.limits import HttpLimitsConfig
 from lbcdn.http.headguard import BODY, HEAD, IDLE, HeadGuard
 
 

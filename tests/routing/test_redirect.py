@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lbcdn.config.schema import RedirectAction
+from lbcdn.routing.config import RedirectAction
 from lbcdn.routing import redirect_location
 
 

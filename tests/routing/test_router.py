@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lbcdn.config.schema import FixedResponseAction, ForwardAction, MatchConfig, RouteConfig
+from lbcdn.routing.config import FixedResponseAction, ForwardAction, MatchConfig, RouteConfig
 from lbcdn.routing import Router
 from lbcdn.routing import router as router_mod
 from lbcdn.routing.router import compile_path_pattern, normalize_host

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from lbcdn.config.load import parse_config
-from lbcdn.config.schema import PoolConfig
+from lbcdn.upstream.config import PoolConfig
 from lbcdn.health.outlier import Result
 from lbcdn.upstream.connection import UpstreamConnection, UpstreamOwner
 from lbcdn.upstream.pool import BUSY, Pool, Target

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from lbcdn.config.load import parse_config
-from lbcdn.config.schema import Config
 from lbcdn.health.prober import ProbeResult, ProbeSpec
 from lbcdn.health.state import Outcome
+from lbcdn.upstream.config import PoolConfig
 from lbcdn.upstream.targets import TargetError, TargetsControl
 
 FAILING: set[int] = set()
@@ -24,11 +24,11 @@ async def probe(spec: ProbeSpec) -> ProbeResult:
     return ProbeResult(Outcome.PASS, 200)
 
 
-def config(**pool: Any) -> Config:
+def pools(**pool: Any) -> dict[str, PoolConfig]:
     body = {"targets": ["127.0.0.1:1001", "127.0.0.1:1002"],
             "health": {"interval_s": 0.02, "timeout_s": 0.01, "jitter": 0},
             "deregistration_delay_s": 5, **pool}
-    return parse_config({"listeners": [{"name": "w", "port": 8080}], "pools": {"app": body}})
+    return parse_config({"listeners": [{"name": "w", "port": 8080}], "pools": {"app": body}}).pools
 
 
 class Published:
@@ -57,7 +57,7 @@ async def test_targets_become_healthy_and_unhealthy() -> None:
     FAILING.add(1002)
     pub = Published()
     control = TargetsControl(pub, probe_fn=probe)
-    await control.start(config())
+    await control.start(pools())
     try:
         assert pub.states() == {1001: "initial", 1002: "initial"}
         await until(lambda: pub.states() == {1001: "healthy", 1002: "unhealthy"})
@@ -72,7 +72,7 @@ async def test_target_healthy_and_generation_follow_every_state_change() -> None
     moves with it."""
     FAILING.add(1002)
     control = TargetsControl(Published(), probe_fn=probe)
-    await control.start(config())
+    await control.start(pools())
     try:
         started = control.generation
         await until(lambda: control.target_healthy("app", "127.0.0.1:1002") is False
@@ -95,7 +95,7 @@ async def test_target_healthy_and_generation_follow_every_state_change() -> None
 async def test_api_changes_persist_and_apply_over_the_config(tmp_path: Path) -> None:
     pub = Published()
     control = TargetsControl(pub, state_dir=str(tmp_path), probe_fn=probe)
-    await control.start(config())
+    await control.start(pools())
     pool = control.pool("app")
     pool.register("127.0.0.1", 1003, 5)
     pool.set_weight("127.0.0.1:1001", 7)
@@ -113,7 +113,7 @@ async def test_api_changes_persist_and_apply_over_the_config(tmp_path: Path) -> 
 
     pub2 = Published()
     again = TargetsControl(pub2, state_dir=str(tmp_path), probe_fn=probe)
-    await again.start(config())
+    await again.start(pools())
     try:
         rows = {r["port"]: r for r in pub2.last["app"]}
         assert set(rows) == {1001, 1003}
@@ -126,7 +126,7 @@ async def test_api_changes_persist_and_apply_over_the_config(tmp_path: Path) -> 
 async def test_draining_waits_for_every_data_plane() -> None:
     pub = Published()
     control = TargetsControl(pub, probe_fn=probe, data_planes=lambda: 2)
-    await control.start(config())
+    await control.start(pools())
     try:
         pool = control.pool("app")
         pool.deregister("127.0.0.1:1001")
@@ -142,7 +142,7 @@ async def test_draining_waits_for_every_data_plane() -> None:
 async def test_draining_ends_at_the_deregistration_delay() -> None:
     pub = Published()
     control = TargetsControl(pub, probe_fn=probe)
-    await control.start(config(deregistration_delay_s=0.05))
+    await control.start(pools(deregistration_delay_s=0.05))
     try:
         control.pool("app").deregister("127.0.0.1:1001")
         assert pub.states()[1001] == "draining"
@@ -163,7 +163,7 @@ async def test_discovery_adds_and_drains_targets() -> None:
     cfg = parse_config({"listeners": [{"name": "w", "port": 8080}], "pools": {"app": {
         "discovery": {"dns_name": "app.internal", "port": 8000, "interval_s": 0.05},
         "health": {"interval_s": 0.02, "timeout_s": 0.01, "jitter": 0}}}})
-    await control.start(cfg)
+    await control.start(cfg.pools)
     try:
         def hosts() -> dict[str, str]:
             return {r["host"]: r["state"] for r in pub.last.get("app", [])}
@@ -179,10 +179,10 @@ async def test_discovery_adds_and_drains_targets() -> None:
 async def test_reload_keeps_health_and_drains_removed_targets() -> None:
     pub = Published()
     control = TargetsControl(pub, probe_fn=probe)
-    await control.start(config())
+    await control.start(pools())
     try:
         await until(lambda: set(pub.states().values()) == {"healthy"})
-        await control.apply(config(targets=["127.0.0.1:1001"]))
+        await control.apply(pools(targets=["127.0.0.1:1001"]))
         assert pub.states() == {1001: "healthy", 1002: "draining"}
         control.drained("app", "127.0.0.1:1002")
         assert pub.states() == {1001: "healthy"}

@@ -1,10 +1,10 @@
-"""Request ids (metrics and access-log lines are checked end to end in tests/e2e)."""
+"""Request ids (the access-log lines that carry them are checked end to end in tests/e2e)."""
 
 from __future__ import annotations
 
 import re
 
-from lbcdn.edge.accounting import new_request_id
+from lbcdn.http.request_id import new_request_id
 
 
 def test_request_ids_are_unique_hex_tokens_of_one_process() -> None:

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 import pytest
 
-from lbcdn.config.reflect import INVALID, VALIDATORS, Loader, describe, join
-from lbcdn.config.schema import REQUIRED, doc
+from lbcdn.configkit.reflect import INVALID, VALIDATORS, Loader, describe, join
+from lbcdn.configkit.fields import REQUIRED, doc
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lbcdn.config import names
+from lbcdn.configkit import names
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lbcdn.config.env import EnvError, interpolate
+from lbcdn.configkit.env import EnvError, interpolate
 
 ENV = {"TOKEN": "s3cret", "EMPTY": "", "PORT": "8080"}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from lbcdn.config.fields import doc
+from lbcdn.configkit.fields import doc
 
 # name -> (meaning, default, min, max)
 _FIELDS: Final[dict[str, tuple[str, float, float, float | None]]] = {

@@ -32,8 +32,8 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from lbcdn.config.env import EnvError, interpolate
-from lbcdn.config.fields import bounds
+from lbcdn.configkit.env import EnvError, interpolate
+from lbcdn.configkit.fields import bounds
 
 
 class _Invalid:

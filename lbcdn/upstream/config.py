@@ -1,0 +1,63 @@
+"""Configuration of a pool (one entry of `pools`): its targets, how they are reached, and (from
+lbcdn.health.config.PoolPolicyConfig) its health checks, balancing, retries and limits.
+
+Declared here, below the root schema (lbcdn.config.schema), so the pool and the cache's own
+pools read it without importing the schema. Importing this module registers its validator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lbcdn.configkit.fields import REQUIRED, doc
+from lbcdn.configkit.reflect import VALIDATORS, Loader, join
+from lbcdn.health.config import PoolPolicyConfig
+from lbcdn.tls import UpstreamTlsConfig
+from lbcdn.upstream.discovery import DiscoveryConfig
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    host: str = doc("Backend host name or address.", REQUIRED)
+    port: int = doc("Backend port.", REQUIRED, lo=1, hi=65535)
+    weight: int = doc("Relative share of requests; 0 takes none.", 1, lo=0, hi=1000)
+
+
+@dataclass(frozen=True)
+class PoolConfig(PoolPolicyConfig):
+    """A pool: its targets and how they are reached, plus (from PoolPolicyConfig) health
+    checks, outlier detection, balancing, retries, slow start, draining and limits."""
+    name: str = doc("Pool name (the key under `pools`).", REQUIRED)
+    targets: tuple[TargetConfig, ...] = doc(
+        "Backends: `host:port` strings or {host, port, weight} mappings (may be left out "
+        "when `discovery` finds them).", default_factory=tuple)
+    host_header: str = doc(
+        "Host header sent upstream: `preserve` (the client's), `target` (the target's "
+        "host:port), or a literal host name.", "preserve")
+    connect_timeout_s: float = doc("Upstream TCP connect timeout; then 504.", 5.0, lo=0.001)
+    response_timeout_s: float = doc(
+        "Longest wait for the response head, and longest pause between response body reads; "
+        "then 504.", 60.0, lo=0.001)
+    tls: UpstreamTlsConfig | None = doc("Connect to the targets with TLS.", None)
+    max_idle_per_target: int = doc("Idle keep-alive connections kept per target.", 64,
+                                   lo=0, hi=100000)
+    idle_timeout_s: float = doc(
+        "An idle upstream connection is closed after this long (keep it below the backend's "
+        "own keep-alive timeout).", 50.0, lo=0.001)
+    discovery: DiscoveryConfig | None = doc(
+        "Find targets in DNS (A/AAAA or SRV), re-resolved on an interval; targets that appear "
+        "are added, those that disappear drain. Unset: only the fixed `targets`.", None)
+
+
+def _check_discovery(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    """Cross-field checks of a pool's discovery (lbcdn.config.load checks that targets or
+    discovery is given)."""
+    d = v.get("discovery")
+    if isinstance(d, DiscoveryConfig) and not d.srv and d.port is None:
+        ld.error(join(join(path, "discovery"), "port"),
+                 "required for A/AAAA discovery (srv: false)")
+
+
+VALIDATORS.setdefault(PoolConfig, []).append(_check_discovery)
