@@ -137,6 +137,7 @@ image-debs:
 	$(call apt_ensure,$(IMAGE_DEBS))
 
 image: image-debs $(if $(filter $(LOCAL_BASE),$(IMAGE_BASE)),image-base)
+	@mkdir -p $(IMAGE_CACHE)
 	$(BUILDAH) bud --isolation chroot --layers --jobs 2 --format docker \
 	  --volume $(HOST_CA):/etc/ssl/certs/ca-certificates.crt:ro \
 	  --build-arg BASE_IMAGE=$(IMAGE_BASE) --tag $(IMAGE) --iidfile $(IMAGE_CACHE)/image.id .

@@ -25,7 +25,7 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -37,13 +37,11 @@ from lbcdn.http.errors import HttpError, error_response, reason
 from lbcdn.http.headguard import BODY, HEAD, IDLE, HeadGuard
 from lbcdn.http.request_id import new_request_id
 from lbcdn.logs import LogLimiter, held_note
+from lbcdn.refusal import REFUSING_MAX, RETRY_AFTER, Refusal
 from lbcdn.timers import Deadline
 
 log = logging.getLogger("lbcdn.listener")
 
-REFUSING_MAX: Final = 64        # refused connections lingering at once (each holds an fd)
-REFUSAL_LINGER_S: Final = 1.0   # how long a refused connection's bytes are read and dropped
-RETRY_AFTER_S: Final = 1
 EVICT_IDLE_S: Final = 1.0       # idle this long, a connection may make room for a new one
 
 _LOG_LIMIT: Final = LogLimiter()
@@ -78,7 +76,7 @@ class AppListener:
         # the idle ones among them and since when, longest idle first (a dict keeps
         # insertion order)
         self.idle: dict[_Handler, float] = {}
-        self.refusing: set[_Refusal] = set()
+        self.refusing: set[Refusal] = set()
         self.port = 0
         self._listening: asyncio.AbstractServer | None = None
 
@@ -111,8 +109,9 @@ class AppListener:
             return handler
         self.note("refused", logging.WARNING,
                   "%d connections open (max_connections): refusing more", len(self.connections))
-        return _Refusal(self, answer=len(self.refusing) < min(REFUSING_MAX,
-                                                                self.max_connections))
+        answer = error_bytes(503, "too many connections", self.json_errors, RETRY_AFTER) \
+            if len(self.refusing) < min(REFUSING_MAX, self.max_connections) else None
+        return Refusal(self.refusing, self.loop, answer)
 
     def note(self, kind: str, level: int, message: str, *args: Any) -> None:
         """One daemon-log line about a client, unless one of this `kind` went out lately."""
@@ -258,47 +257,6 @@ class _Handler(RequestHandler):
             resp.force_close()
             return resp
         return super().handle_error(request, status, exc, message)
-
-
-class _Refusal(asyncio.Protocol):
-    """A connection over the cap: 503 at once, its bytes dropped until it closes or
-    REFUSAL_LINGER_S pass. With `answer` False (too many being refused) closed at once."""
-
-    def __init__(self, listener: AppListener, answer: bool) -> None:
-        self._listener = listener
-        self._answer = answer
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it
-        transport = cast(asyncio.Transport, transport)
-        self._transport = transport
-        if not self._answer:
-            transport.abort()
-            return
-        listener = self._listener
-        listener.refusing.add(self)
-        transport.write(error_bytes(503, "too many connections", listener.json_errors,
-                                    b"Retry-After: %d\r\n" % RETRY_AFTER_S))
-        if transport.can_write_eof():
-            transport.write_eof()
-        self._timer = listener.loop.call_later(REFUSAL_LINGER_S, transport.close)
-
-    def data_received(self, data: bytes) -> None:
-        pass
-
-    def eof_received(self) -> bool | None:
-        return None   # the client is done: close
-
-    def abort(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._listener.refusing.discard(self)
 
 
 async def serve_app(app: web.Application, name: str, address: str, port: int,

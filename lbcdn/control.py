@@ -13,23 +13,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 
 from lbcdn.admin.app import create_admin_app, start_admin
 from lbcdn.admin.state import AdminState
-from lbcdn.aiolistener import REFUSING_MAX, AppListener
+from lbcdn.aiolistener import AppListener
 from lbcdn.bucket.server import BucketServer
 from lbcdn.config.schema import Config, DemoBackendConfig
 from lbcdn.demo.backend import start_demo_backend
 from lbcdn.dns.runtime import DnsRuntime, PoolHealth
 from lbcdn.fdlimit import fit_caps, nofile
+from lbcdn.refusal import REFUSING_MAX
 
 log = logging.getLogger("lbcdn.control")
 
 
 class ControlPlane:
     def __init__(self, state: AdminState, base_dir: str = ".",
-                 pool_health: PoolHealth | None = None) -> None:
+                 pool_health: PoolHealth | None = None, edge: bool = False) -> None:
         self.state = state
+        # the edge listeners run in this process too (one process): their connections share
+        # its descriptors with these listeners' (see connection_caps)
+        self.edge = edge
         self.base_dir = base_dir
         # the pools' health checks, which run beside this in the same process: DNS records
         # that follow a pool target answer by their states
@@ -42,16 +47,11 @@ class ControlPlane:
 
     async def start(self, config: Config) -> None:
         """Start everything, or raise (OSError: a port in use) with nothing left running."""
-        limit = nofile()
-        configured = _configured_caps(config)
-        for name, cap in connection_caps(config, limit).items():
-            if cap < configured[name][0]:
-                log.warning("%s listener: max_connections lowered from %d to %d to fit the "
-                            "file descriptor limit (%d)", name, configured[name][0], cap, limit)
+        log_lowered(config, nofile(), self.caps(config), edge=False)
         try:
             await self._sync_demo_backends(config)
             if config.buckets is not None:
-                self.buckets = await _start_buckets(config)
+                self.buckets = await _start_buckets(config, self.caps(config))
                 log.info("bucket origin on %s", self.buckets.ports)
             if config.dns is not None:
                 self.dns = self._dns(config)
@@ -61,6 +61,9 @@ class ControlPlane:
             await self.stop()
             raise
         self.config = config
+
+    def caps(self, config: Config) -> dict[str, int]:
+        return connection_caps(config, nofile(), control=True, edge=self.edge)
 
     def _dns(self, config: Config) -> DnsRuntime:
         assert config.dns is not None
@@ -72,7 +75,7 @@ class ControlPlane:
             app = create_admin_app(self.state, config.admin.token, config.admin)
             self.admin = await start_admin(app, config.admin.address, config.admin.port,
                                            config.admin.limits,
-                                           connection_caps(config, nofile())["admin"])
+                                           self.caps(config)["admin"])
             log.info("admin API on %s:%d", config.admin.address, self.admin.port)
 
     async def _sync_demo_backends(self, config: Config) -> None:
@@ -98,7 +101,7 @@ class ControlPlane:
                 await self.buckets.stop()
                 self.buckets = None
             if config.buckets is not None:
-                self.buckets = await _start_buckets(config)
+                self.buckets = await _start_buckets(config, self.caps(config))
         if (config.dns, config.listeners, config.pools) != (old.dns, old.listeners, old.pools):
             fresh = self._dns(config) if config.dns is not None else None  # may raise
             if self.dns is not None:
@@ -142,33 +145,63 @@ class ControlPlane:
 
 
 # Descriptors one connection may hold: its socket; on the bucket listeners also the object
-# file it reads and the socket's duplicate that sendfile writes through.
+# file it reads and the socket's duplicate that sendfile writes through; on an edge listener
+# also the upstream connection it may be forwarding to (cache files: in the reserve).
 _FDS_ADMIN = 1
 _FDS_BUCKETS = 3
+_FDS_EDGE = 2
+_EDGE_UNSET = 1_000_000   # an edge listener's max_connections unset: what the limit holds
+EDGE = "edge "   # an edge listener's key among the caps: EDGE + its name
 
 
-def _configured_caps(config: Config) -> dict[str, tuple[int, int]]:
-    """Each control listener's max_connections and the descriptors one connection may hold."""
-    wanted = {"admin": (config.admin.limits.max_connections, _FDS_ADMIN)}
-    if config.buckets is not None:
-        wanted["s3"] = (config.buckets.limits.max_connections, _FDS_BUCKETS)
-        if config.buckets.website_port is not None:
-            wanted["website"] = (config.buckets.limits.max_connections, _FDS_BUCKETS)
+def _configured_caps(config: Config, control: bool, edge: bool) -> dict[str, tuple[int, int]]:
+    """The max_connections of the control listeners and/or the edge listeners, and the
+    descriptors one connection may hold."""
+    wanted: dict[str, tuple[int, int]] = {}
+    if control:
+        wanted["admin"] = (config.admin.limits.max_connections, _FDS_ADMIN)
+        if config.buckets is not None:
+            wanted["s3"] = (config.buckets.limits.max_connections, _FDS_BUCKETS)
+            if config.buckets.website_port is not None:
+                wanted["website"] = (config.buckets.limits.max_connections, _FDS_BUCKETS)
+    if edge:
+        for lc in config.listeners:
+            cap = _EDGE_UNSET if lc.max_connections is None else lc.max_connections
+            wanted[EDGE + lc.name] = (cap, _FDS_EDGE)
     return wanted
 
 
-def connection_caps(config: Config, limit: int) -> dict[str, int]:
-    """The connection cap of each control listener ("admin", "s3", "website"): as configured,
+def connection_caps(config: Config, limit: int, control: bool, edge: bool) -> dict[str, int]:
+    """The connection cap of each listener in a process: the control listeners ("admin", "s3",
+    "website") when `control`, the edge listeners (EDGE + name) when `edge`; as configured,
     or lower when their descriptors (with those of the connections being refused) would not
     fit under the descriptor limit `limit` with room left for health checks, DNS and files."""
-    return fit_caps(_configured_caps(config), limit, REFUSING_MAX)
+    return fit_caps(_configured_caps(config, control, edge), limit, REFUSING_MAX)
 
 
-async def _start_buckets(config: Config) -> BucketServer:
+def log_lowered(config: Config, limit: int, caps: Mapping[str, int], edge: bool) -> None:
+    """A warning for each edge listener (`edge`) or control listener (not `edge`) in `caps`
+    (connection_caps under `limit`) whose cap is lower than configured; an edge listener's
+    cap that is unset, sized from the limit, is said at INFO."""
+    configured = _configured_caps(config, control=True, edge=True)
+    unset = {EDGE + lc.name for lc in config.listeners if lc.max_connections is None}
+    for name, cap in caps.items():
+        if name.startswith(EDGE) != edge:
+            continue
+        label = f"listener {name[len(EDGE):]}" if edge else f"{name} listener"
+        if name in unset:
+            log.info("%s: max_connections %d (what the file descriptor limit, %d, holds)",
+                     label, cap, limit)
+        elif cap < configured[name][0]:
+            log.warning("%s: max_connections lowered from %d to %d to fit the file "
+                        "descriptor limit (%d)", label, configured[name][0], cap, limit)
+
+
+async def _start_buckets(config: Config, caps: dict[str, int]) -> BucketServer:
     assert config.buckets is not None
     server = BucketServer(config.buckets)
     try:
-        await server.start(connection_caps(config, nofile()))
+        await server.start(caps)
     except OSError as exc:
         b = config.buckets
         raise OSError(exc.errno, f"bucket origin (buckets.port {b.port}, website_port "

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from lbcdn import native
 from lbcdn.cache.invalidation import Invalidation
 from lbcdn.cache.runtime import CacheRuntime
-from lbcdn.control import ControlPlane, config_dir
+from lbcdn.control import EDGE, ControlPlane, config_dir, connection_caps, log_lowered
 from lbcdn.edge import cache_hit
 from lbcdn.dns.engine import Engine
 from lbcdn.config.load import load_config
@@ -37,7 +37,7 @@ from lbcdn.edge.config import ListenerConfig
 from lbcdn.edge.listener import Listener
 from lbcdn.tls import ServerTls
 from lbcdn.health.outlier import Ejection
-from lbcdn.fdlimit import raise_nofile
+from lbcdn.fdlimit import nofile, raise_nofile
 from lbcdn.logs import AccessLog, setup_logging
 from lbcdn.metrics import OUTLIER_EJECTIONS
 from lbcdn.routing import Router
@@ -82,7 +82,7 @@ class Daemon:
         self.on_drained: Callable[[str, str], None] | None = None
         # admin API, demo backends, bucket origin, DNS (following the pools' health): here,
         # unless a control process runs them
-        self.control = (ControlPlane(self, config_dir(config_path), self.targets)
+        self.control = (ControlPlane(self, config_dir(config_path), self.targets, edge=True)
                         if role == "single" else None)
         self.reloads = 0
         self._draining = False
@@ -155,10 +155,19 @@ class Daemon:
         self.cache = CacheRuntime(config.cache, config.buckets)
         cache_hit.set_runtime(self.cache)
         router = Router(config.routes, config.default_route)
+        caps = self._edge_caps(config)
         for lc in config.listeners:
-            listener = Listener(lc, router, self.pools, self.access_log)
+            listener = Listener(lc, router, self.pools, self.access_log, caps[EDGE + lc.name])
             self.listeners.append(listener)
             await listener.start(reuse_port=self.role == "worker")
+
+    def _edge_caps(self, config: Config) -> dict[str, int]:
+        """The edge listeners' connection caps, fitted under the descriptor limit with the
+        control listeners' when they share this process (lbcdn.control.connection_caps)."""
+        limit = nofile()
+        caps = connection_caps(config, limit, control=self.control is not None, edge=True)
+        log_lowered(config, limit, caps, edge=True)
+        return caps
 
     # -- reload ---------------------------------------------------------------------------
     async def reload(self) -> None:
@@ -201,13 +210,14 @@ class Daemon:
             access_log = AccessLog(config.logging.access_log.enabled,
                                    config.logging.access_log.path)
         opened: list[Listener] = []
+        caps = self._edge_caps(config)
         cache = self.cache
         try:
             if cache is not None:  # kept stores when `cache.storage` did not change
                 cache = cache.reconfigured(config.cache, config.buckets)
             for lc in config.listeners:
                 if _listener_key(lc) not in kept:
-                    listener = Listener(lc, router, pools, access_log)
+                    listener = Listener(lc, router, pools, access_log, caps[EDGE + lc.name])
                     await listener.start(reuse_port=self.role == "worker")
                     opened.append(listener)
             if self.control is not None:
@@ -232,7 +242,7 @@ class Daemon:
             key = _listener_key(lc)
             if key in kept:
                 listener = kept.pop(key)
-                listener.update(lc, router, pools, access_log)
+                listener.update(lc, router, pools, access_log, caps[EDGE + lc.name])
             else:
                 listener = next(new_iter)
             listeners.append(listener)

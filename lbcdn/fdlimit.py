@@ -48,24 +48,26 @@ def fit_caps(wanted: Mapping[str, tuple[int, int]], limit: int,
              refusing_max: int) -> dict[str, int]:
     """`wanted`: listener -> (connection cap, descriptors one connection may hold); a listener
     also holds up to min(refusing_max, its cap) connections it is refusing. The caps as they
-    are when all those descriptors fit in `limit` less the reserve; else all scaled down by
-    the largest common factor that fits (each cap at least 1)."""
+    are when all those descriptors fit in `limit` less the reserve; else the largest lowered
+    first: each cap is min(its own, a common ceiling), the highest ceiling that fits (each cap
+    at least 1). So a listener with a large cap (the edge's) does not starve one with a small
+    cap (the admin API's) in the same process."""
     budget = max(limit - max(RESERVE_MIN, int(limit * RESERVE_SHARE)), 0)
 
-    def scaled(factor: float) -> dict[str, int]:
-        return {name: max(1, int(cap * factor)) for name, (cap, _) in wanted.items()}
+    def capped(ceiling: int) -> dict[str, int]:
+        return {name: max(1, min(cap, ceiling)) for name, (cap, _) in wanted.items()}
 
     def fits(caps: Mapping[str, int]) -> bool:
         return sum((cap + min(refusing_max, cap)) * wanted[name][1]
                    for name, cap in caps.items()) <= budget
 
-    if fits(scaled(1.0)):
-        return scaled(1.0)
-    low, high = 0.0, 1.0   # fits(scaled(low)) or low is 0; not fits(scaled(high))
-    for _ in range(40):
-        mid = (low + high) / 2
-        if fits(scaled(mid)):
+    low, high = 1, max((cap for cap, _ in wanted.values()), default=1)
+    if fits(capped(high)):
+        return capped(high)
+    while high - low > 1:   # fits(capped(low)) or low is 1; not fits(capped(high))
+        mid = (low + high) // 2
+        if fits(capped(mid)):
             low = mid
         else:
             high = mid
-    return scaled(low)
+    return capped(low)

@@ -1,5 +1,5 @@
-"""lbcdn.fdlimit: the control listeners' connection caps fit under the descriptor limit with a
-reserve left, scaled down together when they do not; the soft limit is raised to the hard."""
+"""lbcdn.fdlimit: the listeners' connection caps fit under the descriptor limit with a reserve
+left, the largest lowered first when they do not; the soft limit is raised to the hard."""
 
 from __future__ import annotations
 
@@ -26,6 +26,14 @@ def test_caps_that_do_not_fit_are_scaled_down_together_leaving_the_reserve() -> 
         bigger = {name: cap + 1 for name, cap in caps.items()}
         assert need(bigger) > limit - max(RESERVE_MIN, limit // 10)   # the largest that fits
     assert fit_caps(WANTED, 600, 64) == {"admin": 24, "s3": 24, "website": 24}
+
+
+def test_a_large_edge_cap_is_lowered_before_the_admin_api_s() -> None:
+    wanted = {"admin": (1024, 1), "edge 0": (10_000, 2)}
+    assert fit_caps(wanted, 400, 64) == {"admin": 24, "edge 0": 24}
+    assert fit_caps(wanted, 4096, 64) == {"admin": 1024, "edge 0": 1235}
+    assert fit_caps({"admin": (16, 1), "edge 0": (10_000, 2)}, 400, 64) == \
+        {"admin": 16, "edge 0": 28}
 
 
 def test_every_listener_keeps_at_least_one_connection() -> None:

@@ -36,4 +36,10 @@ class ListenerConfig:
     request_id_header: str = doc(
         "Header carrying the request id; generated when the client sent none.", "X-Request-Id")
     backlog: int = doc("listen() backlog.", 1024, lo=1, hi=65535)
+    max_connections: int | None = doc(
+        "Most client connections open at once on this listener (per worker with --workers); "
+        "unset: as many as the file descriptor limit holds. At the cap a connection idle for "
+        "a second or more is closed to make room; with none, the new one is answered 503 with "
+        "Retry-After and closed. Lowered at start (with a warning) when the file descriptor "
+        "limit cannot hold them, each with an upstream connection.", None, lo=1, hi=1_000_000)
     tls: ListenerTlsConfig | None = doc("Serve HTTPS on this listener.", None)

@@ -499,6 +499,14 @@ class ClientConnection(ClientStream, Writer):
         if not self.exchanges and not self._in_head and self.tunnel is None:
             self.close()
 
+    def idle_since(self, before: float) -> bool:
+        """Whether this connection has waited for a request (between requests, or before its
+        first byte) since the loop time `before` or earlier: it may be closed to make room."""
+        at = self.deadline.at
+        return at is not None and not self.exchanges and not self._in_head and \
+            self.parsing is None and self.tunnel is None and not self.write_paused and \
+            not self.closed and at - self.limits.idle_timeout_s <= before
+
     def _timed_out(self) -> None:
         if self.closed:
             return

@@ -4,6 +4,15 @@ A Listener is built from its ListenerConfig plus the shared runtime parts (route
 log). It owns the set of open client connections so shutdown can drain them: stop accepting,
 close idle connections, let busy ones finish their exchange (they then close instead of keeping
 alive), and abort whatever is left at the deadline.
+
+Connection cap (`max_connections`, fitted under the descriptor limit by lbcdn.fdlimit): a flood
+of idle connections must not take the descriptors that upstream connections, cache files,
+health checks and DNS need. At the cap, a connection waiting for a request for EVICT_IDLE_S or
+more makes room (as nginx reuses connections); with none found among the first EVICT_SCAN, the
+new one gets 503 with Retry-After and is closed (lbcdn.refusal). Refusing rather than leaving
+clients in the backlog: a client learns at once to come back, and a refusal costs a descriptor
+for a second at most. Counted when the loop asks for the protocol (it may accept a batch
+before any of them is made): one compare per connection, nothing per request.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from typing import Final, Protocol, cast
 
@@ -21,15 +31,22 @@ from lbcdn.edge.connection import ClientConnection, Limits
 from lbcdn.edge.tls_gate import TlsGate
 from lbcdn.tls import ServerTls
 from lbcdn.http.head import request_header_kinds
-from lbcdn.logs import AccessLog
+from lbcdn.http.errors import error_response
+from lbcdn.http.request_id import new_request_id
+from lbcdn.logs import AccessLog, LogLimiter, held_note
 from lbcdn.memo import remember
 from lbcdn.metrics import RouteMetrics, listener_metrics, route_metrics
+from lbcdn.refusal import REFUSING_MAX, RETRY_AFTER, Refusal
 from lbcdn.routing import Router
 from lbcdn.upstream.pool import Pool
 
 log = logging.getLogger("lbcdn.edge")
 
 KNOWN_HEADS_MAX: Final = 4096
+EVICT_IDLE_S: Final = 1.0   # waiting this long, a connection may make room for a new one
+EVICT_SCAN: Final = 64      # connections looked at for one to close (a flood is not O(n^2))
+
+_LOG_LIMIT: Final = LogLimiter()
 
 
 class _Server(Protocol):
@@ -55,8 +72,9 @@ class RoutePlan:
 
 class Listener:
     def __init__(self, config: ListenerConfig, router: Router, pools: Mapping[str, Pool],
-                 access_log: AccessLog) -> None:
+                 access_log: AccessLog, max_connections: int) -> None:
         self.config = config
+        self.max_connections = max_connections   # config's, or lower (lbcdn.control)
         self.limits = Limits(config)
         self.name = config.name
         self.router = router
@@ -65,6 +83,7 @@ class Listener:
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
         self.gates: set[TlsGate] = set()   # HTTPS connections before their handshake is done
+        self.refusing: set[Refusal] = set()
         self.metrics = listener_metrics(config.name)
         self.id_header = config.request_id_header.encode()
         self.id_header_lower = self.id_header.lower()
@@ -79,10 +98,11 @@ class Listener:
         self._server: _Server | None = None
 
     def update(self, config: ListenerConfig, router: Router, pools: Mapping[str, Pool],
-               access_log: AccessLog) -> None:
+               access_log: AccessLog, max_connections: int) -> None:
         """Reload: new connections see the new config; open ones keep theirs, and exchanges in
         flight keep the route and pool they started with. The socket stays open."""
         self.config = config
+        self.max_connections = max_connections
         self.limits = Limits(config)
         self.name = config.name
         self.router = router
@@ -135,10 +155,52 @@ class Listener:
         log.info("listener %s on %s:%d", self.name, self.config.address, self.port)
 
     def _connection(self) -> asyncio.Protocol:
+        if len(self.connections) + len(self.gates) >= self.max_connections and \
+                not self._make_room():
+            return self._refusal()
         if self.tls is not None:
-            return TlsGate(self, self.tls)  # TLS starts after it has read the ClientHello
+            gate = TlsGate(self, self.tls)  # TLS starts after it has read the ClientHello
+            self.gates.add(gate)
+            return gate
+        conn = ClientConnection(self)
+        self.connections.add(conn)   # counted now: see the module docstring
         # the loop takes any object with the protocol methods; the stubs want the base class
-        return cast(asyncio.Protocol, ClientConnection(self))
+        return cast(asyncio.Protocol, conn)
+
+    def _make_room(self) -> bool:
+        """At the cap: close a connection waiting for a request since EVICT_IDLE_S ago."""
+        before = self.loop.time() - EVICT_IDLE_S
+        idle: ClientConnection | None = None
+        looked = 0
+        for conn in self.connections:
+            if conn.idle_since(before):
+                idle = conn
+                break
+            looked += 1
+            if looked >= EVICT_SCAN:
+                break
+        if idle is None:
+            return False
+        self._note("reused", "closing idle connections for new ones")
+        self.connection_lost(idle)   # its place is taken now, not when the loop says it closed
+        idle.close()
+        return True
+
+    def _refusal(self) -> asyncio.Protocol:
+        self._note("refused", "refusing more")
+        answer: bytes | None = None
+        if len(self.refusing) < min(REFUSING_MAX, self.max_connections):
+            answer = error_response(503, new_request_id(), "too many connections",
+                                    extra_headers=RETRY_AFTER)
+        return Refusal(self.refusing, self.loop, answer)
+
+    def _note(self, kind: str, what: str) -> None:
+        """One daemon-log line, unless one of this kind went out lately (LogLimiter)."""
+        held = _LOG_LIMIT.allow(f"{self.name} {kind}", time.monotonic())
+        if held is not None:
+            log.warning("listener %s: %d connections open (max_connections %d): %s%s",
+                        self.name, len(self.connections) + len(self.gates),
+                        self.max_connections, what, held_note(held))
 
     def connection_made(self, conn: ClientConnection) -> None:
         self.connections.add(conn)
@@ -165,6 +227,8 @@ class Listener:
             conn.abort()
         for gate in list(self.gates):
             gate.abort()
+        for refused in list(self.refusing):
+            refused.abort()
         if self._server is not None:
             await self._server.wait_closed()
 

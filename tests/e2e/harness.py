@@ -153,6 +153,9 @@ class DaemonProcess:
                 resource.RLIMIT_NOFILE, (nofile, nofile)))
         try:
             wait_for_port(listener_port(config), proc=self.proc)
+        except RuntimeError as exc:  # it exited: say why, from its own log
+            self.kill()
+            raise RuntimeError(f"{exc}; its log ends:\n{self.stderr()[-3000:]}") from None
         except BaseException:
             self.kill()
             raise

@@ -39,6 +39,9 @@ def control_config(tmp: Path, limits: dict[str, Any] | None = None) -> dict[str,
     limits = {"header_timeout_s": HEADER_TIMEOUT_S, **(limits or {})}
     config = proxy_config(web, admin={"limits": limits},
                           logging={"level": "info", "access_log": {"enabled": False}})
+    # the edge listener is unused here: in one process its descriptors would be fitted with
+    # these listeners' (lbcdn.control.connection_caps) and lower their caps
+    config["listeners"][0]["max_connections"] = 1
     config["pools"]["site"] = {"targets": [f"{HOST}:{web}"],
                                "health": {"interval_s": 0.5, "timeout_s": 0.4, "path": "/",
                                           "host": "site.localhost"}}

@@ -95,7 +95,7 @@ async def test_a_reload_forgets_the_known_heads() -> None:
             assert HEAD in known(daemon)
             listener = daemon.listeners[0]
             listener.update(listener.config, listener.router, listener.pools,
-                            listener.access_log)
+                            listener.access_log, listener.max_connections)
             assert known(daemon) == {}
             await c.send(HEAD)
             assert (await c.response()).status == 200
@@ -207,7 +207,8 @@ class Client:
 async def listener() -> AsyncIterator[Listener]:
     config = load_config_text(CONFIG)
     yield Listener(config.listeners[0], Router(config.routes, config.default_route), {},
-                   AccessLog(config.logging.access_log.enabled, config.logging.access_log.path))
+                   AccessLog(config.logging.access_log.enabled, config.logging.access_log.path),
+                   max_connections=100)
 
 
 @pytest.fixture
