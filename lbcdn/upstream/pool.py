@@ -505,6 +505,12 @@ class Pool(ConnectionHome):
             raise ConnectError("tls_handshake") from None
         except OSError:
             raise ConnectError("connect_refused") from None
+        if conn.closed:
+            # the backend's kernel completed the handshake and the connection died before we
+            # resumed (a backend killed with connections in its accept backlog resets them):
+            # nothing was sent on it, so to the caller it is a refused connect. Handed out, it
+            # would carry a request nobody answers and no connection_lost is left to come.
+            raise ConnectError("connect_refused")
         return conn
 
     def _server_name(self, target: Target) -> str | None:
