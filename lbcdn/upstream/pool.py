@@ -479,13 +479,20 @@ class Pool(ConnectionHome):
         """The policy's pick, ignoring limits and stickiness (tests, tools)."""
         return self.policy.pick(None)
 
-    def take_idle(self, target: Target) -> UpstreamConnection | None:
+    def take_idle(self, target: Target, checked: bool = False) -> UpstreamConnection | None:
+        """The newest idle connection to `target`. `checked`: for a request that cannot be
+        retried (not idempotent), skip the ones the backend has already closed although the
+        loop has not told us yet (a killed backend's), at the cost of a poll(2) each."""
         idle = target.idle
         while idle:
             conn = idle.pop()
             conn.in_idle = False
-            if not conn.closed:
-                return conn
+            if conn.closed:
+                continue
+            if checked and conn.peer_closed():
+                conn.abort()
+                continue
+            return conn
         return None
 
     async def connect(self, target: Target) -> UpstreamConnection:
