@@ -111,12 +111,15 @@ async def test_kill_9_of_a_target_under_load(tmp_path: Path, workers: str,
     (a connection its kernel accepted and reset before the daemon used it is a refused
     connect, not a request left waiting). A GET that dies with it is retried on another
     target: none fails. A POST is never sent twice (the backend may have acted on it), so the
-    POSTs that may fail are the ones the backend had been sent and not answered when it died:
-    each client connection has one request outstanding, so at most `connections`. After the
-    kill no POST should reach it: new connects are refused (retried elsewhere, the target
-    ejected), and a pooled idle connection is polled for the FIN/RST the kernel sent at the
-    kill before a POST is written on it. What could still add one is a POST written in the
-    microseconds between that poll and the kernel closing the dead process's socket."""
+    POSTs that may fail are the ones the backend had been sent and not answered when its
+    sockets closed: those in flight at the signal, and those sent while the kernel was still
+    tearing the process down (its sockets still open: nothing to notice; on a loaded machine
+    that takes long enough for every client connection to land there). A client connection
+    then waits for that one answer, so at most one per client connection: `connections`.
+    Once the sockets are closed no POST reaches it: new connects are refused (retried
+    elsewhere, the target ejected), and a pooled idle connection is polled for the FIN/RST
+    before a POST is written on it (unpolled, each stale pooled connection cost a 502, a
+    client connection could meet several)."""
     with backends(3) as procs:
         cfg = config([b.port for b in procs], health={"enabled": True})  # ALB's defaults
         async with daemon(cfg, tmp_path, workers):
