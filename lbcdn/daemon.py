@@ -29,7 +29,7 @@ from lbcdn import native
 from lbcdn.cache.invalidation import Invalidation
 from lbcdn.cache.runtime import CacheRuntime
 from lbcdn.control import EDGE, ControlPlane, config_dir, connection_caps, log_lowered
-from lbcdn.edge import cache_flow
+from lbcdn.edge import cache_hit
 from lbcdn.dns.engine import Engine
 from lbcdn.config.load import load_config
 from lbcdn.config.schema import Config
@@ -153,7 +153,7 @@ class Daemon:
         if self.targets is not None:
             await self.targets.start(config.pools)
         self.cache = CacheRuntime(config.cache, config.buckets)
-        cache_flow.set_runtime(self.cache)
+        cache_hit.set_runtime(self.cache)
         router = Router(config.routes, config.default_route)
         caps = self._edge_caps(config)
         for lc in config.listeners:
@@ -259,7 +259,7 @@ class Daemon:
             if self.cache is not None:
                 self.cache.close()
             self.cache = cache
-            cache_flow.set_runtime(cache)
+            cache_hit.set_runtime(cache)
         self.listeners, self.pools, self.access_log, self.config = \
             listeners, pools, access_log, config
         if self.log_level is None and config.logging.level != old.logging.level:
@@ -318,8 +318,8 @@ class Daemon:
             pool.close()
         if self.cache is not None:
             self.cache.close()
-            if cache_flow.get_runtime() is self.cache:
-                cache_flow.set_runtime(None)
+            if cache_hit.get_runtime() is self.cache:
+                cache_hit.set_runtime(None)
         if self.control is not None:
             await self.control.stop()
         self.access_log.stop()

@@ -53,6 +53,7 @@ MODULES = (
     "lbcdn/edge/connection.py",
     "lbcdn/edge/exchange.py",
     "lbcdn/edge/accounting.py",
+    "lbcdn/edge/stream.py",
     "lbcdn/edge/listener.py",
     "lbcdn/http/head.py",
     "lbcdn/http/response.py",

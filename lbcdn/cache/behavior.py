@@ -48,6 +48,14 @@ class Distribution:
                 return behavior
         return self.default
 
+    def error_page(self, status: int) -> tuple[bytes, int] | None:
+        """The custom error response for an origin's `status`: the page to fetch through the
+        cache instead, and the status to send it with; None: the error as it is."""
+        e = self.errors.get(status)
+        if e is None or e.response_page_path is None:
+            return None
+        return e.response_page_path.encode(), e.response_code or status
+
     def error_ttl_s(self, status: int, default: float = 10.0) -> float:
         """Error caching minimum TTL for an origin error status (CloudFront default 10 s)."""
         e = self.errors.get(status)

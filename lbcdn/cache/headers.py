@@ -21,6 +21,7 @@ import enum
 from urllib.parse import urljoin, urlsplit
 
 from lbcdn.cache.directives import Headers, get_all
+from lbcdn.http.errors import reason
 from lbcdn.http.head import HOP_BY_HOP, connection_tokens
 
 NOT_STORED = HOP_BY_HOP | frozenset({b"proxy-authenticate", b"proxy-authentication-info",
@@ -186,3 +187,18 @@ def cache_lines(outcome: Outcome, age: float | None, *, ttl: float | None = None
     member = cache_status(outcome, ttl=ttl, stored=stored, fwd_status=fwd_status,
                           collapsed=collapsed, detail=detail)
     return out + b"Cache-Status: " + member + b"\r\nX-Cache: " + x_cache(outcome) + b"\r\n"
+
+
+def parse_fwd(fwd: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """A ResponseHead's `fwd` lines back to (name, value) pairs."""
+    out: list[tuple[bytes, bytes]] = []
+    for line in b"".join(fwd).split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            out.append((name, value.strip(b" \t")))
+    return out
+
+
+def with_status(head: bytes, status: int) -> bytes:
+    """A serialized head with another status line (custom error responses)."""
+    return b"HTTP/1.1 %d %s" % (status, reason(status)) + head[head.index(b"\r\n"):]

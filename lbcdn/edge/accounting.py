@@ -2,7 +2,7 @@
 (with the request id from lbcdn.http.request_id that ties it to what the backend saw).
 
 Used by the exchange (lbcdn.edge.exchange) and by the cache hits answered without one
-(lbcdn.edge.cache_flow.answer_known), so a request is recorded the same way either way.
+(lbcdn.edge.cache_hit.answer_known), so a request is recorded the same way either way.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from lbcdn import writebatch
 from lbcdn.http.request_id import new_request_id
 
 if TYPE_CHECKING:
-    from lbcdn.edge.connection import ClientConnection
+    from lbcdn.edge.stream import ClientStream
     from lbcdn.http.head import RequestHead
     from lbcdn.metrics import RouteMetrics
     from lbcdn.upstream.pool import Target
 
-def record(conn: ClientConnection, head: RequestHead, metrics: RouteMetrics, status: int,
+def record(conn: ClientStream, head: RequestHead, metrics: RouteMetrics, status: int,
            started: float, bytes_in: int, bytes_out: int, target: Target | None = None,
            upstream_time: float | None = None, request_id: bytes | None = None) -> None:
     """Route metrics and the access log line of one finished request (request_id None: make

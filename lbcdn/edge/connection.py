@@ -25,7 +25,7 @@ Rules:
   bytes would have left it. Only heads that parsed cleanly, alone, with no body and no upgrade are
   remembered; the table is bounded and emptied when the listener's config changes. A known head
   on a connection with nothing in progress may be answered by the edge cache directly
-  (`cache_flow.answer_known`: a plain fresh hit, no Exchange at all).
+  (`cache_hit.answer_known`: a plain fresh hit, no Exchange at all).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from typing import Final, TYPE_CHECKING
 
 import httptools
 
-from lbcdn.edge import cache_flow
-from lbcdn.edge.cache_flow import NO_PLAN
-from lbcdn.edge.exchange import Exchange
+from lbcdn.edge.cache_hit import NO_PLAN, KnownHead, answer_known
+from lbcdn.edge.exchange import SENDING, SWITCHING, Exchange
+from lbcdn.edge.stream import PAUSE_BODY, PAUSE_PIPELINE, ClientStream
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import RequestHead, check_request, is_token
 from lbcdn.timers import Deadline
@@ -47,13 +47,8 @@ from lbcdn.writebatch import Writer
 
 if TYPE_CHECKING:
     from lbcdn.edge.config import ListenerConfig
-    from lbcdn.edge.cache_flow import HitPlan
     from lbcdn.edge.listener import Listener
 
-# reasons reading from the client is paused; reading resumes when none is left
-PAUSE_UPSTREAM: Final = 1        # the upstream cannot take the request body as fast as it comes
-PAUSE_PIPELINE: Final = 2        # too many pipelined requests waiting
-PAUSE_BODY: Final = 4            # request bodies buffered while no upstream connection is attached
 MAX_PIPELINED: Final = 16
 MAX_BUFFERED_BODY: Final = 256 * 1024
 KNOWN_HEAD_MAX_BYTES: Final = 2048   # longer heads (big cookies) are parsed every time
@@ -106,19 +101,10 @@ class Limits:
         self.max_header_count = config.max_header_count
 
 
-class KnownHead:
-    """A remembered head (see "Known heads") and what the edge cache worked out for it once:
-    `plan` is None until asked, NO_PLAN when the head can never be a plain cache hit."""
-    __slots__ = ("head", "plan")
-
-    def __init__(self, head: RequestHead) -> None:
-        self.head = head
-        self.plan: HitPlan | None = None
-
-
 # An asyncio protocol by its methods, not by subclassing asyncio.Protocol: a non-compiled base
-# would make mypyc build a non-native class (attribute access through a dict).
-class ClientConnection(Writer):
+# would make mypyc build a non-native class (attribute access through a dict). The HTTP/1.1
+# adapter: the exchanges it carries see only its ClientStream side.
+class ClientConnection(ClientStream, Writer):
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
         self.limits = listener.limits
@@ -195,7 +181,7 @@ class ClientConnection(Writer):
             known = self.listener.known_heads.get(data)
             if known is not None and known.plan is not NO_PLAN and not self.exchanges and \
                     not self.draining and not self.write_paused and \
-                    cache_flow.answer_known(self, known):
+                    answer_known(self, known):
                 self.bytes_in += len(data)
                 self.deadline.set(self.limits.idle_timeout_s)
                 return
@@ -217,7 +203,7 @@ class ClientConnection(Writer):
             self.tunnel.client_tunnel_data(data)
             return
         if self._stopped:
-            if self.exchanges and self.exchanges[-1].upgrade_pending:
+            if self.exchanges and self.exchanges[-1].state == SWITCHING:
                 self.exchanges[-1].client_tunnel_data(data)
             return
         between = not self._in_head and self.parsing is None
@@ -239,7 +225,7 @@ class ClientConnection(Writer):
                 self._stopped = True
                 self._learn = None
                 ex = self.exchanges[-1] if self.exchanges else None
-                if ex is not None and ex.upgrade_pending and rest:
+                if ex is not None and ex.state == SWITCHING and rest:
                     ex.client_tunnel_data(rest)
                 return
             except httptools.HttpParserError as exc:
@@ -397,7 +383,57 @@ class ClientConnection(Writer):
         if not self.exchanges and not self.closed:
             self.deadline.set(self.limits.idle_timeout_s)
 
-    # -- used by exchanges ----------------------------------------------------------------
+    # -- ClientStream: used by exchanges ---------------------------------------------------
+    def start_response(self, head: bytes) -> None:
+        self.write(head)
+
+    def send_body(self, data: bytes) -> None:
+        self.write(data)
+
+    def send_body_parts(self, parts: list[bytes]) -> None:
+        self.writelines(parts)
+
+    def respond(self, data: bytes) -> None:
+        self.write(data)
+
+    def respond_parts(self, parts: list[bytes]) -> None:
+        self.writelines(parts)
+
+    def checkpoint(self) -> tuple[list[bytes], int] | None:
+        return self.mark()
+
+    def take_back(self, mark: tuple[list[bytes], int] | None) -> bool:
+        return self.rewind(mark)
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    def body_buffered(self, size: int) -> None:
+        self.buffered_body += size
+        if self.buffered_body > MAX_BUFFERED_BODY:
+            self.pause(PAUSE_BODY)
+
+    def body_unbuffered(self, size: int) -> None:
+        self.buffered_body -= size
+        if self.buffered_body <= 0:
+            self.buffered_body = 0
+            self.resume(PAUSE_BODY)
+
+    def request_stopped(self, ex: object) -> bool:
+        self.parsing = None
+        return not self.exchanges or self.exchanges[0] is ex
+
+    def become_tunnel(self, ex: object) -> None:
+        # the connection now belongs to the tunnel: out of the request queue
+        assert isinstance(ex, Exchange)
+        if self.exchanges and self.exchanges[0] is ex:
+            self.exchanges.pop(0)
+        self.tunnel = ex
+        self.deadline.set(self.limits.idle_timeout_s)
+
+    def tunnel_active(self) -> None:
+        self.deadline.set(self.limits.idle_timeout_s)
+
     def pause(self, reason: int) -> None:
         if self._pause == 0 and self.transport is not None and not self.closed:
             self.transport.pause_reading()
@@ -413,9 +449,7 @@ class ClientConnection(Writer):
             if self.parsing is not None:
                 self.deadline.set(self.limits.body_timeout_s)
 
-    def exchange_finished(self, ex: Exchange, keep_alive: bool) -> None:
-        """The active exchange has written its whole response and read its whole request."""
-        assert self.exchanges and self.exchanges[0] is ex
+    def end(self, keep_alive: bool) -> None:
         self.exchanges.pop(0)
         if not keep_alive or self.draining or (self.eof and not self.exchanges):
             self.close()
@@ -480,7 +514,7 @@ class ClientConnection(Writer):
             self._stopped = True
             self.fail(HttpError(408, "timed out reading the request head"))
         elif self.parsing is not None and self.exchanges and \
-                self.exchanges[0] is self.parsing and not self.parsing.response_started:
+                self.exchanges[0] is self.parsing and self.parsing.state < SENDING:
             self._stopped = True
             self.fail(HttpError(408, "timed out reading the request body"))
         else:

@@ -11,10 +11,13 @@ head, body, done, failed, upgraded, stopped/started reading). It writes to both 
   (the backend closed it while we were sending) is retried once on a new connection, provided the
   request body sent so far was small enough to keep (the pool's
   `retries.buffer_body_max_bytes`);
-- which failure maps to which status: connect refused / reset / malformed / cut at the end of
-  the target's deregistration delay -> 502, connect or
-  response timeout -> 504, no target -> 503. After the response has started, a failure can only
-  be signalled by closing the client connection.
+- failures before the response started get the status of lbcdn.http.errors.failure_status (502,
+  503 or 504, the same map as the cache's); after it started, a failure can only be signalled
+  by closing the client stream.
+
+The exchange writes to its client through a ClientStream (lbcdn.edge.stream) and never sees
+the protocol adapter behind it; its response side is one state machine (WAITING ... FINISHED
+below, with the table of allowed transitions).
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from typing import Final, TYPE_CHECKING
 from lbcdn import writebatch
 from lbcdn.edge import cache_flow
 from lbcdn.edge.accounting import record
+from lbcdn.edge.stream import PAUSE_UPSTREAM, ClientStream, ExchangeTap
 from lbcdn.routing.config import FixedResponseAction, ForwardAction, RedirectAction, RouteConfig
 from lbcdn.http.date import http_date
-from lbcdn.http.errors import HttpError, error_response, reason
-from lbcdn.http.head import ALLOWED_METHODS, RequestHead, ResponseHead, forwarded_for, \
+from lbcdn.http.errors import HttpError, error_response, failure_status, reason
+from lbcdn.http.head import ALLOWED_METHODS, RequestHead, ResponseHead, origin_request, \
     response_has_body
 from lbcdn.http.request_id import new_request_id
 from lbcdn.routing import redirect_location
@@ -39,11 +43,40 @@ from lbcdn.upstream.connection import UpstreamConnection, UpstreamOwner
 from lbcdn.upstream.pool import ConnectError, Pool, Target
 
 if TYPE_CHECKING:
-    from lbcdn.edge.cache_flow import ExchangeTap
-    from lbcdn.edge.connection import ClientConnection
     from lbcdn.edge.listener import RoutePlan
 
 MAX_TUNNEL_BUFFER: Final = 1024 * 1024
+
+# The response side of an exchange, one state at a time (h11's style: the states, and a table
+# of the transitions allowed; any other is a bug and raises). Ordered: from SENDING on, bytes of
+# the response went out.
+WAITING: Final = 0     # no response yet
+SWITCHING: Final = 1   # no response yet; the request asked to switch protocols (Upgrade)
+SENDING: Final = 2     # the head went out, the body is on its way
+SENT: Final = 3        # the whole response went out (the request body may still be arriving)
+TUNNEL: Final = 4      # the backend switched protocols: bytes pass both ways
+FINISHED: Final = 5    # recorded: nothing more happens
+STATE_NAMES: Final = ("WAITING", "SWITCHING", "SENDING", "SENT", "TUNNEL", "FINISHED")
+# allowed next states of each state, as bits (1 << state)
+_NEXT: Final = (
+    1 << SENDING | 1 << SENT | 1 << FINISHED,                          # WAITING
+    1 << WAITING | 1 << SENDING | 1 << SENT | 1 << TUNNEL | 1 << FINISHED,  # SWITCHING
+    1 << WAITING | 1 << SENT | 1 << FINISHED,   # SENDING (WAITING: an unsent head taken back)
+    1 << FINISHED,                                                     # SENT
+    1 << FINISHED,                                                     # TUNNEL
+    0,                                                                 # FINISHED
+)
+
+
+class InvalidTransition(Exception):
+    pass
+
+
+def next_state(state: int, new: int) -> int:
+    """`new` if the table allows it after `state`, else InvalidTransition."""
+    if not _NEXT[state] >> new & 1:
+        raise InvalidTransition(f"exchange: {STATE_NAMES[state]} -> {STATE_NAMES[new]}")
+    return new
 
 _ERROR_HEAD: Final = RequestHead(b"-", b"-", b"-", None, b"1.1", [], b"")
 
@@ -76,8 +109,7 @@ class Exchange(UpstreamOwner):
     pool: Pool | None = None
     target: Target | None = None
     status = 0
-    response_started = False
-    response_done = False
+    state = WAITING
     resp_chunked = False
     bytes_out = 0
     body_bytes = 0
@@ -85,17 +117,15 @@ class Exchange(UpstreamOwner):
     upstream_time: float | None = None
     replay_bytes = 0
     retried = False
-    finished = False
     reused_conn = False
-    upgrade_pending = False
     out_mark: tuple[list[bytes], int] | None = None
     inflight_target: Target | None = None   # the target this exchange counts as in flight
     tried: list[Target] | None = None       # targets that failed this request (retries)
     retries = 0
     extra_headers = b""   # header lines the route adds to every response (HSTS)
-    tap: ExchangeTap | None = None   # the edge cache's view of this exchange (cache_flow)
+    tap: ExchangeTap | None = None   # the edge cache's view of this exchange
 
-    def __init__(self, conn: ClientConnection, head: RequestHead, started: float) -> None:
+    def __init__(self, conn: ClientStream, head: RequestHead, started: float) -> None:
         self.conn = conn
         self.head = head
         self.listener = conn.listener
@@ -109,11 +139,11 @@ class Exchange(UpstreamOwner):
         self.replay: list[bytes] | None = []
         if head.upgrade is not None:
             self.keep_alive = False
-            self.upgrade_pending = True
+            self.state = SWITCHING
             self.tunnel_buf: list[bytes] = []
 
     @classmethod
-    def for_error(cls, conn: ClientConnection, err: HttpError, started: float) -> Exchange:
+    def for_error(cls, conn: ClientStream, err: HttpError, started: float) -> Exchange:
         ex = cls(conn, _ERROR_HEAD, started)
         ex.error = err
         ex.keep_alive = False
@@ -201,15 +231,17 @@ class Exchange(UpstreamOwner):
             parts.append(body)
         data = b"".join(parts)
         self.status = status
-        self.response_started = True
+        self.state = next_state(self.state, SENT)
         self.bytes_out += len(data)
-        self.conn.write(data)
-        self.response_done = True
+        self.conn.respond(data)
         self._maybe_finish()
 
     def respond_error(self, err: HttpError) -> None:
-        if self.response_started and not self._unsend_response():
-            self._abort()  # part of the response is on its way: only closing can tell
+        state = self.state
+        if state == FINISHED:
+            return  # answered, or the client left: nobody to tell
+        if state >= SENDING and not self._unsend_response():
+            self.abort()  # part of the response is on its way: only closing can tell
             return
         self._end_request_early()
         if err.close:
@@ -223,23 +255,90 @@ class Exchange(UpstreamOwner):
                               head_only=self.head.method == b"HEAD",
                               extra_headers=err.headers, id_header=self.listener.id_header)
         self.status = err.status
-        self.response_started = True
+        self.state = next_state(self.state, SENT)
         self.bytes_out += len(data)
-        self.conn.write(data)
-        self.response_done = True
+        self.conn.respond(data)
         self._maybe_finish()
 
     def _unsend_response(self) -> bool:
         """Take back the response written so far, if it is all still in the write batch (a
         backend that sends a good head and a broken body in one packet then gets a 502)."""
         mark = self.out_mark
-        if mark is None or not self.conn.rewind(mark):
+        if mark is None or self.state != SENDING or not self.conn.take_back(mark):
             return False
         self.out_mark = None
-        self.response_started = False
+        self.state = next_state(self.state, WAITING)
         self.resp_chunked = False
         self.bytes_out = 0
         return True
+
+    # -- the cache side's surface (lbcdn.edge.cache_*) ---------------------------------------
+    def set_tap(self, tap: ExchangeTap | None) -> None:
+        """Who hears of this exchange's upstream head and end, and its client's flow."""
+        self.tap = tap
+
+    def is_finished(self) -> bool:
+        return self.state == FINISHED
+
+    def respond_cached(self, parts: list[bytes], status: int,
+                       body: tuple[bytes, ...] | None) -> None:
+        """A whole response from the edge cache: `parts` are its head lines (this exchange
+        adds its own and the blank line), then `body`."""
+        self._end_request_early()
+        parts.append(self.extra_headers)
+        self._connection_header(parts)
+        parts.append(b"\r\n")
+        if body:
+            parts.extend(body)
+        n = 0
+        for p in parts:
+            n += len(p)
+        self.status = status
+        self.state = next_state(self.state, SENT)
+        self.bytes_out += n
+        self.conn.respond_parts(parts)
+        self._maybe_finish()
+
+    def start_cached(self, parts: list[bytes], status: int, close_delimited: bool) -> None:
+        """The head of a response from the edge cache whose body follows (`send_cached`,
+        `end_cached`); `close_delimited`: the body ends with the connection."""
+        self._end_request_early()
+        if close_delimited:
+            self.keep_alive = False
+        parts.append(self.extra_headers)
+        self._connection_header(parts)
+        parts.append(b"\r\n")
+        data = b"".join(parts)
+        self.status = status
+        self.state = next_state(self.state, SENDING)
+        self.bytes_out += len(data)
+        self.conn.start_response(data)
+
+    def send_cached(self, parts: list[bytes], size: int) -> None:
+        """Body bytes from the cache, framed; `size` of them are the body's."""
+        self.bytes_out += size
+        self.conn.send_body_parts(parts)
+
+    def end_cached(self) -> None:
+        self.state = next_state(self.state, SENT)
+        self._maybe_finish()
+
+    def origin_answered(self, elapsed: float) -> None:
+        """The cache's origin fetch for this exchange got its head after `elapsed` s."""
+        if self.upstream_time is None:
+            self.upstream_time = elapsed
+
+    def forward_as(self, head: RequestHead, pool: Pool, tap: ExchangeTap) -> None:
+        """Proxy `head` (the request as the origin gets it) to `pool`, told to `tap`."""
+        self.head = head
+        self.tap = tap
+        self.forward(pool)
+
+    def answered_as(self, head: RequestHead, lines: bytes) -> None:
+        """The origin answered: from here on this exchange (and its access log line) sees the
+        request as `head` again, and its response head gets `lines` too."""
+        self.head = head
+        self.extra_headers += lines
 
     def _end_request_early(self) -> None:
         """A final response goes out before the request body was read: drop what is left of
@@ -249,7 +348,6 @@ class Exchange(UpstreamOwner):
             self.body_buf = []
             if self.head.expect_continue:
                 self.keep_alive = False
-        self.upgrade_pending = False
 
     def _connection_header(self, parts: list[bytes]) -> None:
         if not self.keep_alive or self.conn.draining:
@@ -295,7 +393,7 @@ class Exchange(UpstreamOwner):
     def _dequeued(self, free: bool) -> bool:
         """The pool's wait queue calls back: a slot is free (True) or the wait timed out."""
         pool = self.pool
-        if self.finished or self.conn.closed or pool is None:
+        if self.state == FINISHED or self.conn.is_closed() or pool is None:
             return False
         if free:
             self.forward(pool)
@@ -308,10 +406,11 @@ class Exchange(UpstreamOwner):
         try:
             conn = await pool.connect(target)
         except ConnectError as exc:
-            if not self.finished and self.inflight_target is target:
+            if self.state != FINISHED and self.inflight_target is target:
                 self._attempt_failed(exc.kind, None)
             return
-        if self.finished or self.conn.closed or self.inflight_target is not target:
+        if self.state == FINISHED or self.conn.is_closed() or \
+                self.inflight_target is not target:
             pool.release(conn)
             return
         self.reused_conn = False
@@ -332,16 +431,12 @@ class Exchange(UpstreamOwner):
             for chunk in buffered:
                 size += len(chunk)
                 self._send_body(chunk)
-            self.conn.buffered_body -= size
-            if self.conn.buffered_body <= 0:
-                from lbcdn.edge.connection import PAUSE_BODY
-                self.conn.buffered_body = 0
-                self.conn.resume(PAUSE_BODY)
+            self.conn.body_unbuffered(size)
         if self.body_done and head.chunked and not self.discard:
             upstream.write(b"0\r\n\r\n")
 
     def _upstream_head(self, target: Target) -> bytes:
-        """The request head for `target`, its request id last. All before the id depends only
+        """The request head for `target` (lbcdn.http.head.origin_request), its request id last. All before the id depends only
         on the head, the target, the pool's Host mode, the client's address and the listener
         (its config and port), and keep-alive clients repeat their heads byte for byte (the
         listener's known heads hand out the same RequestHead), so it is kept on the head with
@@ -369,19 +464,10 @@ class Exchange(UpstreamOwner):
             host = target.key_bytes
         else:
             host = mode
-        parts = [head.method, b" ", head.target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
-        parts += head.fwd
-        xff = forwarded_for(listener.config.x_forwarded_for, head.xff, client)
-        if xff is not None:
-            parts += (b"X-Forwarded-For: ", xff, b"\r\n")
-        via = b", ".join(head.via) + b", 1.1 lbcdn" if head.via else b"1.1 lbcdn"
-        parts += (listener.forwarded_headers, b"Via: ", via, b"\r\n")
-        if head.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        if head.upgrade is not None:
-            parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
-        parts += (listener.id_header, b": ")
-        return b"".join(parts)
+        return b"".join(origin_request(
+            head.method, head.target, host, head.fwd, [], head, listener.config.x_forwarded_for,
+            client, listener.forwarded_headers, listener.id_header, chunked=head.chunked,
+            upgrade=head.upgrade))
 
     def _send_body(self, data: bytes) -> None:
         upstream = self.upstream
@@ -414,11 +500,7 @@ class Exchange(UpstreamOwner):
             self._send_body(data)
         else:
             self.body_buf.append(data)
-            conn = self.conn
-            conn.buffered_body += len(data)
-            if conn.buffered_body > 256 * 1024:
-                from lbcdn.edge.connection import PAUSE_BODY
-                conn.pause(PAUSE_BODY)
+            self.conn.body_buffered(len(data))
 
     def request_done(self) -> None:
         self.body_done = True
@@ -434,8 +516,7 @@ class Exchange(UpstreamOwner):
         """The request body broke a rule or timed out: no more of it will be read."""
         self.body_done = True
         self.keep_alive = False
-        self.conn.parsing = None
-        if self.conn.exchanges and self.conn.exchanges[0] is not self:
+        if not self.conn.request_stopped(self):
             self.error = err  # answered in turn, when it becomes active
             return
         if self.upstream is not None:
@@ -459,8 +540,8 @@ class Exchange(UpstreamOwner):
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.abort()
-        if not self.finished:
-            if not self.response_done and self.status == 0:
+        if self.state != FINISHED:
+            if self.state != SENT and self.status == 0:
                 self.status = 499  # nginx's "client closed request"
             self._record()
 
@@ -475,10 +556,10 @@ class Exchange(UpstreamOwner):
 
     def client_tunnel_data(self, data: bytes) -> None:
         self.body_bytes += len(data)  # a tunnel's bytes in, as its access log line counts them
-        if self.upgrade_pending:
+        if self.state == SWITCHING:
             self.tunnel_buf.append(data)
             if sum(map(len, self.tunnel_buf)) > MAX_TUNNEL_BUFFER:
-                self._abort()
+                self.abort()
         elif self.upstream is not None:
             self.upstream.write(data)
 
@@ -486,13 +567,13 @@ class Exchange(UpstreamOwner):
     def upstream_interim(self, resp: ResponseHead) -> None:
         if resp.status == 100 and not self.body_done and self.upstream is not None:
             self.upstream.body_follows()
-        if self.head.version != b"1.1" or self.response_started:
+        if self.head.version != b"1.1" or self.state >= SENDING:
             return  # HTTP/1.0 clients do not expect 1xx (RFC 9110 15.2)
-        self.conn.write(resp.lead + b"\r\n")
+        self.conn.start_response(resp.lead + b"\r\n")
 
     def upstream_head(self, resp: ResponseHead) -> None:
         if self.tap is not None:
-            self.tap.head(self, resp)
+            self.tap.head(resp)
         self.upstream_time = writebatch.now() - self.sent_at
         if self.pool is not None:
             self.pool.metrics.upstream_time(self.upstream_time)
@@ -520,29 +601,29 @@ class Exchange(UpstreamOwner):
             self._connection_header(parts)
             parts.append(b"\r\n")
             data = b"".join(parts)
-        self.response_started = True
+        self.state = next_state(self.state, SENDING)
         self.bytes_out += len(data)
-        self.out_mark = self.conn.mark()
-        self.conn.write(data)
+        self.out_mark = self.conn.checkpoint()
+        self.conn.start_response(data)
 
     def upstream_body(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        if self.conn.tunnel is self:
-            self.conn.deadline.set(self.conn.limits.idle_timeout_s)
-            self.conn.write(data)
+        if self.state == TUNNEL:
+            self.conn.tunnel_active()
+            self.conn.send_body(data)
         elif self.resp_chunked:
-            self.conn.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
+            self.conn.send_body_parts([b"%x\r\n" % len(data), data, b"\r\n"])
         else:
-            self.conn.write(data)
+            self.conn.send_body(data)
 
     def upstream_done(self) -> None:
         if self.tap is not None:
-            self.tap.done(self)
+            self.tap.done()
         self.upstream = None
         if self.resp_chunked:
-            self.conn.write(b"0\r\n\r\n")
+            self.conn.send_body(b"0\r\n\r\n")
             self.bytes_out += 5
-        self.response_done = True
+        self.state = next_state(self.state, SENT)
         self._maybe_finish()
 
     def upstream_reusable(self) -> bool:
@@ -552,15 +633,16 @@ class Exchange(UpstreamOwner):
 
     def upstream_failed(self, kind: str) -> None:
         upstream, self.upstream = self.upstream, None
-        if self.conn.tunnel is self:
+        state = self.state
+        if state == TUNNEL:
             self.conn.close()  # the tunnel's backend side closed
             return
-        if self.finished:
+        if state == FINISHED:
             return
         pool = self.pool
         if (kind == "reset" and self.reused_conn and not self.retried and upstream is not None
                 and not upstream.got_bytes and self.replay is not None and pool is not None
-                and self.target is not None and not self.response_started
+                and self.target is not None and state < SENDING
                 and self.head.method in IDEMPOTENT):
             # the backend closed a pooled connection as we reused it: one fresh try on the
             # same target. Only for idempotent methods (RFC 9110 9.2.2): whether the backend
@@ -593,10 +675,10 @@ class Exchange(UpstreamOwner):
             replayable = upstream is None or (
                 self.replay is not None and self.replay_bytes <= cfg.buffer_body_max_bytes)
             retry = decide_retry(self.head.method, failure,
-                                 response_started=self.response_started,
+                                 response_started=self.state >= SENDING,
                                  body_replayable=replayable, retries_done=self.retries,
                                  max_retries=cfg.max)
-            if retry is not Retry.NO and not self.conn.closed:
+            if retry is not Retry.NO and not self.conn.is_closed():
                 # every failed target is excluded, so free retries end with the pool's targets
                 tried = (self.tried or []) + [target]
                 if not pool.has_other(tried):
@@ -615,19 +697,15 @@ class Exchange(UpstreamOwner):
                     return
                 else:
                     UPSTREAM_RETRIES.labels(pool.name, "budget_exhausted").inc()
-        if kind in ("response_timeout", "connect_timeout"):
-            self.respond_error(HttpError(504, "upstream connect timed out"
-                                         if kind == "connect_timeout" else "upstream timed out",
-                                         close=not self.body_done))
-        else:
-            self.respond_error(HttpError(502, "upstream connection failed"
-                                         if failure is Failure.CONNECT else
-                                         "the target was deregistered" if failure is Failure.CUT
-                                         else "bad response from upstream",
-                                         close=not self.body_done))
+        status = failure_status(kind)
+        self.respond_error(HttpError(
+            status, ("upstream connect timed out" if kind == "connect_timeout" else
+                     "upstream timed out") if status == 504 else
+            "upstream connection failed" if failure is Failure.CONNECT else
+            "the target was deregistered" if failure is Failure.CUT else
+            "bad response from upstream", close=not self.body_done))
 
     def upstream_paused(self, paused: bool) -> None:
-        from lbcdn.edge.connection import PAUSE_UPSTREAM
         if paused:
             self.conn.pause(PAUSE_UPSTREAM)
         else:
@@ -636,15 +714,14 @@ class Exchange(UpstreamOwner):
     def upstream_upgraded(self, resp: ResponseHead, rest: bytes) -> None:
         upstream = self.upstream
         if upstream is None:
-            self._abort()
+            self.abort()
             return
-        if not self.upgrade_pending:
+        if self.state != SWITCHING:
             # a 101 to a request that asked for no upgrade: a broken backend (RFC 9110 15.2.2)
             upstream.tunnel = None
             upstream.abort()
             self.upstream_failed("malformed_response")
             return
-        self.upgrade_pending = False
         self.status = 101
         self.upstream_time = writebatch.now() - self.sent_at
         if self.pool is not None:
@@ -657,44 +734,40 @@ class Exchange(UpstreamOwner):
         data = b"".join(parts)
         self.bytes_out += len(data)
         conn = self.conn
-        conn.write(data)
-        self.response_started = True
-        # the connection now belongs to the tunnel: take it out of the request queue. The
-        # tunnel stays in flight on its target (drained, and cut at the end of a deregistration
-        # delay, like a request) and is recorded when it closes (client_lost), with the bytes
-        # that went through it both ways.
-        if conn.exchanges and conn.exchanges[0] is self:
-            conn.exchanges.pop(0)
-        conn.tunnel = self
-        conn.deadline.set(conn.limits.idle_timeout_s)
+        conn.start_response(data)
+        # the stream now belongs to the tunnel. The tunnel stays in flight on its target
+        # (drained, and cut at the end of a deregistration delay, like a request) and is
+        # recorded when it closes (client_lost), with the bytes that went through it both ways.
+        self.state = next_state(self.state, TUNNEL)
+        conn.become_tunnel(self)
         if rest:
             self.bytes_out += len(rest)
-            conn.write(rest)
+            conn.send_body(rest)
         for chunk in self.tunnel_buf:
             upstream.write(chunk)
         self.tunnel_buf = []
 
     # -- the end --------------------------------------------------------------------------
     def _maybe_finish(self) -> None:
-        if self.finished or not self.response_done:
+        if self.state != SENT:
             return
         if self.body_done or not self.keep_alive:
             self._record()
-            self.conn.exchange_finished(self, self.keep_alive)
+            self.conn.end(self.keep_alive)
         else:
             self.discard = True  # finish when the rest of the request body has been read
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.abort()
         self.keep_alive = False
-        if not self.finished:
+        if self.state != FINISHED:
             self._record()
         self.conn.abort()
 
     def _record(self) -> None:
-        self.finished = True
+        self.state = next_state(self.state, FINISHED)
         attempt, self.inflight_target = self.inflight_target, None
         if attempt is not None and self.pool is not None:
             self.pool.finished(attempt, self.status, self.upstream_time)

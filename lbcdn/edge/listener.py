@@ -26,7 +26,8 @@ from typing import Final, Protocol, cast
 
 from lbcdn.edge.config import ListenerConfig
 from lbcdn.routing.config import ForwardAction, RouteConfig
-from lbcdn.edge.connection import ClientConnection, KnownHead, Limits
+from lbcdn.edge.cache_hit import KnownHead
+from lbcdn.edge.connection import ClientConnection, Limits
 from lbcdn.edge.tls_gate import TlsGate
 from lbcdn.tls import ServerTls
 from lbcdn.http.head import request_header_kinds

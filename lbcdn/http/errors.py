@@ -38,6 +38,17 @@ def reason(status: int) -> bytes:
     return _PHRASES.get(status, b"")
 
 
+def failure_status(kind: str) -> int:
+    """The status a request is answered with when its upstream failed in this way (before any
+    of the response was sent): 504 too slow, 503 nothing to send to, 502 the rest (refused,
+    reset, a malformed response, cut at the end of a deregistration delay)."""
+    if kind == "connect_timeout" or kind == "response_timeout":
+        return 504
+    if kind == "no_target":
+        return 503
+    return 502
+
+
 def error_response(status: int, request_id: bytes, detail: str = "", *,
                    connection: bytes = b"close", head_only: bool = False,
                    extra_headers: bytes = b"", id_header: bytes = b"X-Request-Id") -> bytes:

@@ -137,6 +137,34 @@ def forwarded_for(mode: str, xff: list[bytes] | None, client: bytes) -> bytes | 
     return None
 
 
+def origin_request(method: bytes, target: bytes, host: bytes, fwd: list[bytes],
+                   extra: list[tuple[bytes, bytes]], head: RequestHead, x_forwarded_for: str,
+                   client: bytes, forwarded_headers: bytes, id_header: bytes, *,
+                   chunked: bool = False, upgrade: bytes | None = None) -> list[bytes]:
+    """The one request head lbcdn sends to an origin, whichever way the request leaves (a
+    proxied request, a cache fill or revalidation, each attempt of an origin group): request
+    line and Host, the forwarded lines `fwd`, `extra` fields (a revalidation's validators), then
+    the edge's own: X-Forwarded-For under the listener's mode, the listener's forwarded headers,
+    Via, the body's framing and the Upgrade asked for, and last the request id's field name
+    (`head`: the client's request, for its X-Forwarded-For and Via). The request id, and the
+    blank line, follow per request."""
+    parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+    parts += fwd
+    for name, value in extra:
+        parts += (name, b": ", value, b"\r\n")
+    xff = forwarded_for(x_forwarded_for, head.xff, client)
+    if xff is not None:
+        parts += (b"X-Forwarded-For: ", xff, b"\r\n")
+    via = b", ".join(head.via) + b", 1.1 lbcdn" if head.via else b"1.1 lbcdn"
+    parts += (forwarded_headers, b"Via: ", via, b"\r\n")
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if upgrade is not None:
+        parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+    parts += (id_header, b": ")
+    return parts
+
+
 PLAIN_CONNECTION: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Connection options that remove no header line, in requests and responses alike: the usual
 # values, hop-by-hop fields (dropped anyway), and Content-Length: dropping a named one would

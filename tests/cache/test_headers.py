@@ -6,7 +6,9 @@ import pytest
 
 from lbcdn.cache.headers import (Outcome, age_value, cache_lines, cache_status,
                                  invalidated_uris, merge_not_modified, not_modified_headers,
-                                 serialize, storable_headers, validator_matches, x_cache)
+                                 parse_fwd, serialize, storable_headers, validator_matches,
+                                 with_status, x_cache)
+from lbcdn.http.response import parse_head
 
 
 def h(*pairs: tuple[str, str]) -> list[tuple[bytes, bytes]]:
@@ -108,3 +110,16 @@ def test_x_cache_and_lines() -> None:
         b"Age: 12\r\nCache-Status: lbcdn; hit; ttl=5\r\nX-Cache: Hit from lbcdn\r\n")
     assert cache_lines(Outcome.MISS, None).startswith(b"Cache-Status: lbcdn; fwd=miss\r\n")
     assert age_value(-1) == b"0" and age_value(1e12) == b"2147483648"
+
+
+def test_parse_fwd_round_trips_a_response_head() -> None:
+    resp = parse_head(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=5\r\nConnection: x-a\r\n"
+                      b"X-A: dropped\r\nETag:  \"t\" \r\nContent-Length: 3\r\n\r\n")
+    assert parse_fwd(resp.fwd) == [(b"Cache-Control", b"max-age=5"), (b"ETag", b'"t"'),
+                                   (b"Content-Length", b"3")]
+    assert parse_fwd([]) == []
+
+
+def test_with_status_replaces_only_the_status_line() -> None:
+    head = b"HTTP/1.1 200 OK\r\nA: b\r\nContent-Length: 1\r\n"
+    assert with_status(head, 404) == b"HTTP/1.1 404 Not Found\r\nA: b\r\nContent-Length: 1\r\n"

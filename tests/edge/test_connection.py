@@ -1,4 +1,9 @@
-"""The client connection's known heads, through real sockets: a head repeated byte for byte on
+"""The client connection (lbcdn.edge.connection).
+
+As a protocol object, in uvicorn's style: bytes fed to `data_received` over a fake transport,
+time moved by a fake clock, so timeouts (header, body, idle, a client that stops reading) and
+flow control (pause/resume reading for several reasons at once) are checked exactly, without
+sockets or sleeps. Through real sockets: the known heads, where a head repeated byte for byte on
 a keep-alive connection is taken from the listener's table instead of being parsed again, and
 only heads that parsed cleanly, alone and without a body are remembered."""
 
@@ -6,10 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
+
+from lbcdn.config.load import load_config_text
 from lbcdn.daemon import Daemon
+from lbcdn.edge.connection import MAX_BUFFERED_BODY, ClientConnection
+from lbcdn.edge.listener import Listener
+from lbcdn.edge.stream import PAUSE_BODY, PAUSE_UPSTREAM
+from lbcdn.logs import AccessLog
+from lbcdn.routing import Router
 from tests.e2e.harness import (listener_port, proxy_config, raw_backend, raw_client,
                                read_request, running_daemon)
 
@@ -86,3 +99,225 @@ async def test_a_reload_forgets_the_known_heads() -> None:
             assert known(daemon) == {}
             await c.send(HEAD)
             assert (await c.response()).status == 200
+
+
+# -- the protocol object over a fake transport and clock ------------------------------------
+HEADER_S, BODY_S, IDLE_S = 5.0, 7.0, 30.0
+CONFIG = f"""
+listeners:
+  - name: web
+    address: 127.0.0.1
+    port: 18080
+    header_timeout_s: {HEADER_S}
+    body_timeout_s: {BODY_S}
+    idle_timeout_s: {IDLE_S}
+default_route:
+  fixed_response: {{status: 200, content_type: text/plain, body: "ok"}}
+logging: {{access_log: {{enabled: false}}}}
+"""
+GET = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+class Timer:
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Clock:
+    """The loop as a Deadline sees it: time() and call_at(), on a clock moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.timers: list[Timer] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(when, callback)
+        self.timers.append(timer)
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        while True:
+            due = [t for t in self.timers if not t.cancelled and t.when <= self.now]
+            if not due:
+                return
+            timer = min(due, key=lambda t: t.when)
+            self.timers.remove(timer)
+            timer.callback()
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.reading = True
+        self.pauses = 0
+        self.closed = False
+        self.aborted = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.out.append(b"".join(parts))
+
+    def pause_reading(self) -> None:
+        self.reading = False
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def take(self) -> bytes:
+        data, self.out = b"".join(self.out), []
+        return data
+
+
+class Client:
+    def __init__(self, listener: Listener, clock: Clock) -> None:
+        self.clock = clock
+        self.transport = Transport()
+        self.conn = ClientConnection(listener)
+        self.conn.connection_made(self.transport)  # type: ignore[arg-type]
+
+    def send(self, data: bytes) -> None:
+        self.conn.data_received(data)
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[Listener]:
+    config = load_config_text(CONFIG)
+    yield Listener(config.listeners[0], Router(config.routes, config.default_route), {},
+                   AccessLog(config.logging.access_log.enabled, config.logging.access_log.path),
+                   max_connections=100)
+
+
+@pytest.fixture
+def client(listener: Listener) -> Client:
+    clock = Clock()
+    listener.loop = clock  # type: ignore[assignment]
+    return Client(listener, clock)
+
+
+def status_lines(data: bytes) -> list[bytes]:
+    """The status lines of the responses in `data` (a body may end right before one)."""
+    return [b"HTTP/1.1 " + part.split(b"\r\n", 1)[0] for part in data.split(b"HTTP/1.1 ")[1:]]
+
+
+async def test_requests_are_answered_and_the_idle_timeout_closes(client: Client) -> None:
+    client.send(GET + GET)
+    assert status_lines(client.transport.take()) == [b"HTTP/1.1 200 OK"] * 2
+    client.clock.advance(IDLE_S - 0.1)
+    assert not client.transport.aborted
+    client.send(GET)   # a request moves the idle deadline
+    assert status_lines(client.transport.take()) == [b"HTTP/1.1 200 OK"]
+    client.clock.advance(IDLE_S - 0.1)
+    assert not client.transport.aborted
+    client.clock.advance(0.2)
+    assert client.transport.aborted and client.transport.take() == b""
+
+
+async def test_a_trickled_head_gets_408_at_the_header_timeout(client: Client) -> None:
+    client.send(b"GET / HTTP/1.1\r\n")
+    for _ in range(4):   # bytes that trickle in do not move the header deadline
+        client.clock.advance(HEADER_S / 5)
+        client.send(b"X-A: 1\r\n")
+    assert client.transport.take() == b""
+    client.clock.advance(HEADER_S / 5 + 0.01)
+    out = client.transport.take()
+    assert status_lines(out) == [b"HTTP/1.1 408 Request Timeout"]
+    assert b"timed out reading the request head" in out
+    assert client.transport.closed
+
+
+async def test_a_stalled_body_closes_at_the_body_timeout(client: Client) -> None:
+    client.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+    # answered at once (a fixed response); the rest of the body is read and dropped
+    assert status_lines(client.transport.take()) == [b"HTTP/1.1 200 OK"]
+    client.clock.advance(BODY_S - 0.1)
+    client.send(b"de")   # each read of the body moves its deadline
+    client.clock.advance(BODY_S - 0.1)
+    assert not client.transport.aborted
+    client.clock.advance(0.2)
+    assert client.transport.aborted
+
+
+async def test_a_client_that_stops_reading_is_cut_at_the_idle_timeout(client: Client) -> None:
+    client.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab")
+    client.conn.pause_writing()   # the client's window is full
+    client.clock.advance(IDLE_S - 0.1)
+    assert not client.transport.aborted
+    client.clock.advance(0.2)
+    assert client.transport.aborted
+
+
+async def test_reading_resumes_only_when_every_reason_to_pause_is_gone(client: Client) -> None:
+    conn, transport = client.conn, client.transport
+    conn.pause(PAUSE_UPSTREAM)
+    conn.pause(PAUSE_BODY)
+    assert not transport.reading and transport.pauses == 1
+    conn.resume(PAUSE_UPSTREAM)
+    assert not transport.reading
+    conn.resume(PAUSE_UPSTREAM)   # not a reason any more: nothing changes
+    assert not transport.reading
+    conn.resume(PAUSE_BODY)
+    assert transport.reading
+
+
+async def test_buffered_request_bodies_pause_reading_past_their_bound(client: Client) -> None:
+    conn, transport = client.conn, client.transport
+    conn.body_buffered(MAX_BUFFERED_BODY)
+    assert transport.reading
+    conn.body_buffered(1)
+    assert not transport.reading
+    conn.body_unbuffered(MAX_BUFFERED_BODY)
+    assert not transport.reading   # one byte still waits for an upstream
+    conn.body_unbuffered(1)
+    assert transport.reading
+
+
+async def test_no_deadline_runs_while_reading_is_paused(client: Client) -> None:
+    client.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+    client.transport.take()
+    client.conn.pause(PAUSE_UPSTREAM)   # we stopped reading: the client is not slow
+    client.clock.advance(BODY_S * 3)
+    assert not client.transport.aborted
+    client.conn.resume(PAUSE_UPSTREAM)  # reading again: the body deadline starts over
+    client.clock.advance(BODY_S - 0.1)
+    assert not client.transport.aborted
+    client.clock.advance(0.2)
+    assert client.transport.aborted
+
+
+async def test_shutdown_closes_an_idle_connection_and_finishes_a_busy_one(
+        listener: Listener) -> None:
+    clock = Clock()
+    listener.loop = clock  # type: ignore[assignment]
+    idle, busy = Client(listener, clock), Client(listener, clock)
+    busy.send(b"GET / HTTP/1.1\r\nHost: a\r\n")   # a head on its way
+    idle.conn.drain()
+    busy.conn.drain()
+    assert idle.transport.closed and not busy.transport.closed
+    busy.send(b"\r\n")
+    out = busy.transport.take()
+    assert status_lines(out) == [b"HTTP/1.1 200 OK"] and b"Connection: close" in out
+    assert busy.transport.closed

@@ -1,9 +1,15 @@
-"""Exchange behaviour that needs a scripted backend: the upgrade tunnel's idle timeout."""
+"""Exchange behaviour that needs a scripted backend: the upgrade tunnel's idle timeout; and
+the table of the exchange's response states."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+
+import pytest
+
+from lbcdn.edge.exchange import (FINISHED, SENDING, SENT, STATE_NAMES, SWITCHING, TUNNEL,
+                                 WAITING, InvalidTransition, next_state)
 
 from tests.e2e.harness import (HOST, listener_port, proxy_config, raw_backend, read_request,
                                running_daemon, wait_closed_by_peer)
@@ -41,3 +47,27 @@ async def test_idle_tunnel_is_closed_after_the_idle_timeout() -> None:
             assert time.monotonic() - started >= 0.9 + 0.5 - 0.1
             await asyncio.wait_for(backend_closed.wait(), 3)
             writer.close()
+
+
+@pytest.mark.parametrize(("path"), [
+    (WAITING, SENT, FINISHED),                       # a local answer
+    (WAITING, SENDING, SENT, FINISHED),              # a proxied or cached response
+    (WAITING, SENDING, WAITING, SENT, FINISHED),     # a head taken back for a 502
+    (SWITCHING, TUNNEL, FINISHED),                   # an upgrade
+    (SWITCHING, SENDING, SENT, FINISHED),            # an upgrade the backend declined
+    (WAITING, FINISHED),                             # the client left first
+])
+def test_the_paths_an_exchange_takes_are_allowed(path: tuple[int, ...]) -> None:
+    state = path[0]
+    for new in path[1:]:
+        state = next_state(state, new)
+    assert state == FINISHED
+
+
+@pytest.mark.parametrize(("state", "new"), [
+    (FINISHED, SENT), (FINISHED, FINISHED), (SENT, SENDING), (SENT, WAITING),
+    (WAITING, TUNNEL), (TUNNEL, SENDING), (SENDING, TUNNEL), (WAITING, SWITCHING),
+])
+def test_any_other_transition_raises(state: int, new: int) -> None:
+    with pytest.raises(InvalidTransition, match=f"{STATE_NAMES[state]} -> {STATE_NAMES[new]}"):
+        next_state(state, new)

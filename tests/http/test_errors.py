@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lbcdn.http.errors import HttpError, error_response, reason
+from lbcdn.http.errors import HttpError, error_response, failure_status, reason
 
 
 def split(data: bytes) -> tuple[list[bytes], dict[bytes, bytes], bytes]:
@@ -87,3 +87,12 @@ def test_detail_cannot_inject_header_lines() -> None:
     assert b"Set-Cookie" not in head
     assert int(split(data)[1][b"content-length"]) == len(body)
 
+
+
+@pytest.mark.parametrize(("kind", "status"), [
+    ("connect_timeout", 504), ("response_timeout", 504), ("no_target", 503),
+    ("connect_refused", 502), ("reset", 502), ("malformed_response", 502),
+    ("tls_handshake", 502), ("deregistered", 502),
+])
+def test_one_map_from_an_upstream_failure_to_a_status(kind: str, status: int) -> None:
+    assert failure_status(kind) == status

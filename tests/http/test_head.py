@@ -7,6 +7,7 @@ import pytest
 
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import check_request, connection_tokens, forwarded_for, is_token, \
+    origin_request, \
     response_has_body
 from lbcdn.http.response import parse_head
 
@@ -267,3 +268,20 @@ def test_helpers() -> None:
 def test_forwarded_for_per_mode(mode: str, received: list[bytes] | None,
                                 expected: bytes | None) -> None:
     assert forwarded_for(mode, received, b"10.0.0.1") == expected
+
+
+def test_origin_request_is_one_head_for_every_way_to_an_origin() -> None:
+    head = check_request(b"POST", b"/a?b", b"1.1",
+                         [(b"Host", b"h"), (b"X-Forwarded-For", b"1.1.1.1"), (b"Via", b"1.0 p"),
+                          (b"Transfer-Encoding", b"chunked")], True, False)
+    lines = origin_request(b"POST", b"/o/a?b", b"origin", [b"X-A: 1\r\n"],
+                           [(b"If-None-Match", b'"v"')], head, "append", b"10.0.0.1",
+                           b"X-Forwarded-Proto: http\r\n", b"X-Request-Id", chunked=True)
+    assert b"".join(lines) == (
+        b"POST /o/a?b HTTP/1.1\r\nHost: origin\r\nX-A: 1\r\nIf-None-Match: \"v\"\r\n"
+        b"X-Forwarded-For: 1.1.1.1, 10.0.0.1\r\nX-Forwarded-Proto: http\r\n"
+        b"Via: 1.0 p, 1.1 lbcdn\r\nTransfer-Encoding: chunked\r\nX-Request-Id: ")
+    removed = b"".join(origin_request(b"GET", b"/", b"o", [], [], head, "remove", b"10.0.0.1",
+                                      b"", b"Id", upgrade=b"websocket"))
+    assert b"X-Forwarded-For" not in removed and b"Transfer-Encoding" not in removed
+    assert removed.endswith(b"Connection: upgrade\r\nUpgrade: websocket\r\nId: ")
