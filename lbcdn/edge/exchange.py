@@ -381,7 +381,9 @@ class Exchange(UpstreamOwner):
             self.extra_headers += b"Set-Cookie: " + cookie + b"\r\n"
         self.target = self.inflight_target = target
         pool.started(target)
-        conn = pool.take_idle(target)
+        # a request that is not retried when a reused connection turns out dead is not
+        # written on one the backend has visibly closed already
+        conn = pool.take_idle(target, head.method not in IDEMPOTENT)
         if conn is not None:
             self.reused_conn = True
             self.attach(conn)

@@ -17,6 +17,7 @@ fault: the listener's body timeout governs then, unless the backend stops readin
 from __future__ import annotations
 
 import asyncio
+import select
 from typing import TYPE_CHECKING
 
 from mypy_extensions import mypyc_attr
@@ -172,6 +173,21 @@ class UpstreamConnection(ResponseSink, Writer):
         self._deadline.cancel()
         if self.transport is not None:
             self.transport.abort()
+
+    def peer_closed(self) -> bool:
+        """Has the backend closed or reset this idle connection already? Its FIN or RST may
+        sit in the kernel while the loop has not delivered it yet (it comes in the loop's next
+        round), and a request written now would be lost with it. One poll(2), no wait: an
+        idle connection that is readable at all (EOF, RST, unsolicited bytes) is not reused."""
+        transport = self.transport
+        if transport is None:
+            return True
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -479,13 +479,20 @@ class Pool(ConnectionHome):
         """The policy's pick, ignoring limits and stickiness (tests, tools)."""
         return self.policy.pick(None)
 
-    def take_idle(self, target: Target) -> UpstreamConnection | None:
+    def take_idle(self, target: Target, checked: bool = False) -> UpstreamConnection | None:
+        """The newest idle connection to `target`. `checked`: for a request that cannot be
+        retried (not idempotent), skip the ones the backend has already closed although the
+        loop has not told us yet (a killed backend's), at the cost of a poll(2) each."""
         idle = target.idle
         while idle:
             conn = idle.pop()
             conn.in_idle = False
-            if not conn.closed:
-                return conn
+            if conn.closed:
+                continue
+            if checked and conn.peer_closed():
+                conn.abort()
+                continue
+            return conn
         return None
 
     async def connect(self, target: Target) -> UpstreamConnection:
@@ -505,6 +512,12 @@ class Pool(ConnectionHome):
             raise ConnectError("tls_handshake") from None
         except OSError:
             raise ConnectError("connect_refused") from None
+        if conn.closed:
+            # the backend's kernel completed the handshake and the connection died before we
+            # resumed (a backend killed with connections in its accept backlog resets them):
+            # nothing was sent on it, so to the caller it is a refused connect. Handed out, it
+            # would carry a request nobody answers and no connection_lost is left to come.
+            raise ConnectError("connect_refused")
         return conn
 
     def _server_name(self, target: Target) -> str | None:

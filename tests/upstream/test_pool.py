@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import struct
 import time
 from typing import Any
+
+import pytest
 
 from lbcdn.config.load import parse_config
 from lbcdn.upstream.config import PoolConfig
 from lbcdn.health.outlier import Result
 from lbcdn.upstream.connection import UpstreamConnection, UpstreamOwner
-from lbcdn.upstream.pool import BUSY, Pool, Target
+from lbcdn.upstream.pool import BUSY, ConnectError, Pool, Target
 
 
 def pool_config(**pool: Any) -> PoolConfig:
@@ -205,6 +209,69 @@ async def test_stall_checks_run_while_requests_are_in_flight() -> None:
     off = Pool(pool_config(health={"enabled": False}, outlier={"stalled_after_s": 0}))
     off.started(off.targets[0])
     assert off._stall_check is None
+
+
+class _Transport:
+    """What a connection needs of its transport here: its socket (none) and close/abort."""
+
+    def get_extra_info(self, name: str) -> Any:
+        return None
+
+    def close(self) -> None:
+        pass
+
+    abort = close
+
+
+async def test_a_connection_that_dies_before_connect_returns_is_a_refused_connect(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed backend's kernel may complete our handshake from its accept backlog and reset
+    the connection before `connect` resumes: handed out, that connection would carry a request
+    nobody answers (its connection_lost has already run). It is a refused connect instead."""
+    async def create_connection(self: Any, factory: Any, *args: Any, **kwargs: Any) -> Any:
+        conn = factory()
+        conn.connection_made(_Transport())
+        conn.connection_lost(ConnectionResetError())
+        return conn.transport, conn
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(type(loop), "create_connection", create_connection)
+    pool = Pool(pool_config(health={"enabled": False}))
+    target = pool.targets[0]
+    with pytest.raises(ConnectError) as failed:
+        await pool.connect(target)
+    assert failed.value.kind == "connect_refused"
+    assert (pool.connections, target.open) == (set(), 0)
+    pool.close()
+
+
+async def test_a_checked_take_skips_idle_connections_the_backend_already_closed() -> None:
+    """A backend closes idle connections (killed, or its keep-alive timeout) while the loop
+    is busy: the FIN is in our kernel before the loop delivers it. A request that cannot be
+    retried (a POST) must not be written on such a connection; one that can may take it."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    pool = Pool(pool_config(targets=[f"127.0.0.1:{port}"], health={"enabled": False}))
+    target = pool.targets[0]
+    conns = [await pool.connect(target) for _ in range(3)]
+    accepted = [server.accept()[0] for _ in conns]
+    for conn in conns:
+        pool.release(conn)
+    accepted[2].close()   # the newest idle connection: taken first
+    accepted[1].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    accepted[1].close()   # reset
+    time.sleep(0.1)       # the FIN and RST arrive; the loop does not run meanwhile
+    assert pool.take_idle(target, checked=True) is conns[0]
+    assert conns[1].closed and conns[2].closed and target.idle == []
+    pool.release(conns[0])
+    accepted[0].close()
+    time.sleep(0.1)
+    assert pool.take_idle(target) is conns[0]   # unchecked (a GET, retried if it dies)
+    conns[0].abort()
+    server.close()
+    pool.close()
 
 
 def test_draining_target_reports_drained_when_idle() -> None:
