@@ -96,8 +96,8 @@ def _shared_library() -> Path:
     return ROOT / (GROUP.replace(".", "/") + "__mypyc" + _suffix())
 
 
-def _digest(path: str) -> str:
-    return hashlib.sha256((ROOT / path).read_bytes()).hexdigest()
+def _digest(path: str, root: Path = ROOT) -> str:
+    return hashlib.sha256((root / path).read_bytes()).hexdigest()
 
 
 def _cc() -> str:
@@ -266,8 +266,10 @@ def build() -> None:
             os.chdir(here)
         for built in (*map(_extension, MODULES), _shared_library()):
             shutil.copy2(src / built.relative_to(ROOT), built)
-    RECORD.write_text(json.dumps({"toolchain": toolchain(),
-                                  "sources": {p: _digest(p) for p in MODULES}}, indent=1) + "\n")
+        # the sources as compiled: a file edited during the build then reads as stale
+        sources = {p: _digest(p, src) for p in MODULES}
+    RECORD.write_text(json.dumps({"toolchain": toolchain(), "sources": sources},
+                                 indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
