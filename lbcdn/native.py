@@ -96,8 +96,8 @@ def _shared_library() -> Path:
     return ROOT / (GROUP.replace(".", "/") + "__mypyc" + _suffix())
 
 
-def _digest(path: str, root: Path = ROOT) -> str:
-    return hashlib.sha256((root / path).read_bytes()).hexdigest()
+def _digest(path: str, root: Path | None = None) -> str:
+    return hashlib.sha256(((root or ROOT) / path).read_bytes()).hexdigest()
 
 
 def _cc() -> str:
