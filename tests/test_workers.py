@@ -298,7 +298,6 @@ async def test_a_worker_whose_restart_fails_is_started_again_later(
     # the monitor keeps trying rather than ending, which stopped every later restart
     import errno
 
-    from lbcdn import workers as workers_module
     from lbcdn.config.load import load_config_text
     from lbcdn.workers import Supervisor
     path = tmp_path / "lbcdn.yaml"
@@ -310,14 +309,14 @@ async def test_a_worker_whose_restart_fails_is_started_again_later(
         first = sup.workers[0].proc
         assert first is not None
         real_popen = subprocess.Popen
-        failures = []
+        failures: list[int] = []
 
         def popen(*args: Any, **kwargs: Any) -> Any:
             if len(failures) < 2:
                 failures.append(1)
                 raise OSError(errno.EMFILE, "Too many open files")
             return real_popen(*args, **kwargs)
-        monkeypatch.setattr(workers_module.subprocess, "Popen", popen)
+        monkeypatch.setattr("lbcdn.workers.subprocess.Popen", popen)
         first.kill()
         deadline = asyncio.get_running_loop().time() + 20
         while not (sup.workers[0].ready.is_set() and sup.workers[0].proc is not first):
