@@ -2,7 +2,8 @@
 
 Rules (as S3's website endpoints behave):
 - GET and HEAD only (405 otherwise); requests are anonymous, so an object is served only where
-  the bucket is public-read (or its key is under a public prefix).
+  it is public: the config's `public_read` (or a public prefix), a bucket policy allowing
+  s3:GetObject to everyone, or a public-read object ACL (runtime.allowed).
 - RedirectAllRequestsTo answers every request with a 301. Routing rules without an error
   condition apply before the lookup, those with one after it (websiteconf.match_rule).
 - `/` and every `folder/` get the index document; `folder` without the slash, where
@@ -24,6 +25,7 @@ from html import escape
 
 from aiohttp import web
 
+from lbcdn.bucket.access import Action
 from lbcdn.bucket.errors import S3Error
 from lbcdn.bucket.httpsem import (Unsatisfiable, evaluate_preconditions, if_range_allows,
                                   parse_range)
@@ -122,7 +124,7 @@ class Website:
             if e.code not in ("NoSuchKey", "InvalidObjectName", "AccessDenied"):
                 raise
             info = None
-        if info is not None and not self.rt.policy.allowed(None, "read", bucket, lookup):
+        if info is not None and not await self._public("read", bucket, lookup, info):
             return await self._fail(request, bucket, cfg, key, S3Error("AccessDenied"),
                                     request_id, proto)
         if info is None:
@@ -133,10 +135,10 @@ class Website:
                     found = await self._find(bucket, folder_index)
                 except S3Error:
                     found = None
-                if found is not None and self.rt.policy.allowed(None, "read", bucket,
-                                                                folder_index):
+                if found is not None and await self._public("read", bucket, folder_index,
+                                                            found):
                     return self._redirect(302, f"/{raw_path.lstrip('/')}/")
-            listable = self.rt.policy.allowed(None, "list", bucket)
+            listable = await self._public("list", bucket)
             err = S3Error("NoSuchKey", extra={"Key": lookup}) if listable else \
                 S3Error("AccessDenied")
             return await self._fail(request, bucket, cfg, key, err, request_id, proto)
@@ -144,6 +146,10 @@ class Website:
         if redirect:
             return self._redirect(301, redirect)
         return await self._send(request, bucket, info, 200, request_id)
+
+    async def _public(self, action: Action, bucket: str, key: str | None = None,
+                      info: ObjectInfo | None = None) -> bool:
+        return await asyncio.to_thread(self.rt.allowed, None, action, bucket, key, info)
 
     async def _find(self, bucket: str, key: str) -> ObjectInfo | None:
         try:
@@ -165,7 +171,7 @@ class Website:
                 doc = await self._find(bucket, cfg.error_key)
             except S3Error:
                 doc = None
-            if doc is not None and self.rt.policy.allowed(None, "read", bucket, cfg.error_key):
+            if doc is not None and await self._public("read", bucket, cfg.error_key, doc):
                 return await self._send(request, bucket, doc, err.status, request_id, plain=True)
         return self._error(request, err, request_id, key)
 
