@@ -85,20 +85,17 @@ class AccessStore:
     def load(self, bucket: str) -> BucketAccess:
         path = self._path(bucket)
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return BucketAccess()
-        try:
-            fid = _file_id(os.fstat(fd))
+            fid = _file_id(os.stat(path))
             cached = self._cache.get(bucket)
             if cached is not None and cached[0] == fid:
                 return cached[1]
-            with os.fdopen(fd, "rb") as f:
-                fd = -1
+            with open(path, "rb") as f:
+                # The identity of what was read: a replace between the stat and the open
+                # must not be cached under the old file's identity.
+                fid = _file_id(os.fstat(f.fileno()))
                 raw = f.read()
-        finally:
-            if fd >= 0:
-                os.close(fd)
+        except FileNotFoundError:
+            return BucketAccess()
         try:
             access = _decode(json.loads(raw), bucket)
         except (ValueError, KeyError, TypeError, S3Error) as e:

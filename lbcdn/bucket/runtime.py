@@ -113,7 +113,13 @@ class BucketRuntime:
         """Whether `user` (None: anonymous) may do `action` (blocking: reads the bucket's
         state and stored access settings; NoSuchBucket when it does not exist). `info`: the
         object at `key`, when the caller has it already."""
-        owner = self.storage.bucket_state(bucket).owner
+        if user is None:
+            # The owner matters to signed-in users only; spare anonymous reads (every website
+            # request) reading the bucket's state file.
+            self.storage.require_bucket(bucket)
+            owner = None
+        else:
+            owner = self.storage.bucket_state(bucket).owner
         if action not in ("read", "list"):
             return self.policy.allowed(user, action, bucket, key, owner)
         access = self.access.load(bucket)
