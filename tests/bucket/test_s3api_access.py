@@ -188,3 +188,19 @@ def test_configured_buckets_keep_their_yaml_access(server: ThreadServer, s3: Any
     s3.put_object(Bucket="site", Key="index.html", Body=b"yaml")
     assert anon(server, "/", website_host="site.example") == (200, b"yaml")
     assert anon(server, "/site/index.html") == (200, b"yaml")
+
+
+def test_settings_survive_a_restart(server: ThreadServer, pub: Any) -> None:
+    pub.put_public_access_block(Bucket="pub", PublicAccessBlockConfiguration=OPEN)
+    pub.put_bucket_policy(Bucket="pub", Policy=public_policy("pub", resource="index.html"))
+    pub.put_object(Bucket="pub", Key="a.txt", Body=b"a", ACL="public-read")
+    server.stop()
+    again = ThreadServer(server.config).start()
+    try:
+        assert anon(again, "/pub/index.html") == (200, b"home")
+        assert anon(again, "/pub/a.txt") == (200, b"a")
+        assert anon(again, "/pub/private/secret.txt")[0] == 403
+        s3 = client(again)
+        assert s3.get_public_access_block(Bucket="pub")["PublicAccessBlockConfiguration"] == OPEN
+    finally:
+        again.stop()
