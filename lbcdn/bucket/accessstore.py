@@ -140,8 +140,8 @@ class AccessStore:
         if acl == PRIVATE:
             self.forget_object(bucket, key)
             return
-        write_atomic(self._object_path(bucket, key), json.dumps({"key": key, "object": list(identity), "acl": acl},
-                                      separators=(",", ":")))
+        record = {"key": key, "object": list(identity), "acl": acl}
+        write_atomic(self._object_path(bucket, key), json.dumps(record, separators=(",", ":")))
 
     def forget_object(self, bucket: str, key: str) -> None:
         """The object was deleted: drop its ACL record (stale anyway, by identity)."""
