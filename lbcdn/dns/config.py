@@ -425,25 +425,39 @@ def nsid_bytes(text: str) -> bytes:
     return text.encode("utf-8")
 
 
+def _check_tsig_key(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    if "name" in v:
+        try:
+            key_name(v["name"])
+        except BadName as e:
+            ld.error(join(path, "name"), str(e))
+    if (v.get("secret") is None) == (v.get("secret_file") is None):
+        ld.error(path, "give exactly one of secret or secret_file")
+    elif v.get("secret") is not None:
+        try:
+            decode_secret(v["secret"])
+        except ValueError as e:
+            ld.error(join(path, "secret"), str(e))
+
+
+def _items(ld: Loader, v: Mapping[str, Any], path: str, key: str) -> list[tuple[str, Any]]:
+    """The entries of list `key` with their paths; only the valid ones when some are not."""
+    if key in v:
+        return [(index(join(path, key), i), x) for i, x in enumerate(v[key])]
+    return list(ld.partial.get(join(path, key), []))
+
+
 def _check_tsig(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     keys: dict[Name, str] = {}
-    for i, kc in enumerate(v.get("tsig_keys", ())):
-        where = index(join(path, "tsig_keys"), i)
+    key_items = _items(ld, v, path, "tsig_keys")
+    for where, kc in key_items:
         try:
             name = key_name(kc.name)
-        except BadName as e:
-            ld.error(join(where, "name"), str(e))
-            continue
+        except BadName:
+            continue  # reported by _check_tsig_key
         if name in keys:
             ld.error(join(where, "name"), f"duplicate key {kc.name!r} (also {keys[name]})")
         keys.setdefault(name, where)
-        if (kc.secret is None) == (kc.secret_file is None):
-            ld.error(where, "give exactly one of secret or secret_file")
-        elif kc.secret is not None:
-            try:
-                decode_secret(kc.secret)
-            except ValueError as e:
-                ld.error(join(where, "secret"), str(e))
     for i, sc in enumerate(v.get("secondaries", ())):
         where = index(join(path, "secondaries"), i)
         try:
@@ -455,9 +469,9 @@ def _check_tsig(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         except BadName as e:
             ld.error(join(where, "tsig_key"), str(e))
             continue
-        if not known:
+        if not known and "tsig_keys" in v:  # else a broken key may be the one meant
             ld.error(join(where, "tsig_key"), f"unknown key {sc.tsig_key!r} (known: "
-                     f"{', '.join(kc.name for kc in v.get('tsig_keys', ())) or 'none'})")
+                     f"{', '.join(kc.name for _, kc in key_items) or 'none'})")
     nsid = v.get("nsid")
     if nsid is not None:
         try:
@@ -491,6 +505,7 @@ VALIDATORS.setdefault(SoaConfig, []).append(_check_soa)
 VALIDATORS.setdefault(ZoneConfig, []).append(_check_zone)
 VALIDATORS.setdefault(DnsConfig, []).append(_check_dns)
 VALIDATORS.setdefault(DnsConfig, []).append(_check_tsig)
+VALIDATORS.setdefault(TsigKeyConfig, []).append(_check_tsig_key)
 
 
 def load_dns_config(data: object, path: str = "dns",
