@@ -188,9 +188,13 @@ def parse_query(data: bytes) -> Query | None:
     return Query(qid, flags, error, question, qname_len, qname, qtype, qclass, edns, tsig)
 
 
-def ede_data(code: int, text: str = "") -> bytes:
+# RFC 8914 3.1: code 0 SHOULD come with an EXTRA-TEXT
+EDE_TEXT = {EDE_OTHER: "server failure, see its log"}
+
+
+def ede_data(code: int) -> bytes:
     """The EDNS option data of an Extended DNS Error (RFC 8914 2)."""
-    return code.to_bytes(2, "big") + text.encode("utf-8")
+    return code.to_bytes(2, "big") + EDE_TEXT.get(code, "").encode("utf-8")
 
 
 def cache_key(q: Query) -> bytes:
