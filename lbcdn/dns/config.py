@@ -165,7 +165,7 @@ class TsigKeyConfig:
 
 
 @dataclass(frozen=True)
-class SecondaryConfig:
+class SecondaryKeyConfig:
     """A secondary whose requests must be signed: its AXFR/IXFR requests are refused unless
     signed with `tsig_key`, and NOTIFYs sent to it are signed with it."""
     address: str = doc("Address or CIDR the secondary sends from (and, for `notify` "
@@ -190,7 +190,7 @@ class DnsConfig:
         "Secondaries (`host:port`, IPv6 as `[::1]:53`) sent NOTIFY when a zone changes.",
         default_factory=tuple)
     tsig_keys: tuple[TsigKeyConfig, ...] = doc("TSIG keys (RFC 8945).", default_factory=tuple)
-    secondaries: tuple[SecondaryConfig, ...] = doc(
+    secondaries: tuple[SecondaryKeyConfig, ...] = doc(
         "Secondaries that must sign with a TSIG key: a transfer request from an address "
         "listed here is answered only when signed with its key (whether or not "
         "`allow_transfer` lists it too); NOTIFYs to it are signed.", default_factory=tuple)
