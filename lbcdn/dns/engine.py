@@ -17,15 +17,15 @@ Rules:
 - EDNS(0): an OPT answers an OPT, FORMERR and NOTIMP replies included (DO copied, our payload
   size = max_udp); version > 0 -> BADVERS. Options: NSID (RFC 5001) answered with `nsid`
   when set; REFUSED and SERVFAIL carry an Extended DNS Error (RFC 8914: 20 Not
-  Authoritative, 0 Other for a failure); others ignored. UDP limit: min(client payload, max_udp), 512 without EDNS, never
-  below 512. Too big: first optional additional records are dropped, then everything but
+  Authoritative, 0 Other for a failure); others ignored. UDP limit: min(client payload,
+  max_udp), 512 without EDNS, never below 512. Too big: first optional additional records are dropped, then everything but
   the question and OPT is dropped and TC set. TCP: no limit but 65535.
 - The question is answered in the client's case: the response is built for the lower-cased
   name (so every spelling gets the same bytes) and the query's name bytes are copied over
   the question; owner names are compression pointers into it and follow.
 - TSIG (RFC 8945): a signed query is checked with `tsig_keys` (tsig.py), never prepared for
   replay; a good one is answered as unsigned and the answer signed, a bad one gets the TSIG
-  error reply.
+  error reply (logged sparsely: UDP senders can be spoofed).
 - Rotation: `answer()` gives each simple set's rotations in turn (a counter per set).
 - Prepared answers: `prepare()` gives every answer a query can get while `version` stays, for
   the fast path to replay under `cacheable_key(query)`: one when the answer is fixed; when it
@@ -117,6 +117,7 @@ class Engine:
         self._health = health
         self._tsig_keys: tsig.Keyring = tsig_keys or {}
         self._nsid = nsid
+        self._tsig_refusals = tsig.SparseLog(log)
         self._rng = rng or random.Random()
         self._store = store
         self._aliases = aliases
@@ -304,8 +305,8 @@ class Engine:
         now = self._clock()
         verdict = tsig.verify(query, q.tsig, self._tsig_keys, now)
         if verdict.error:
-            log.warning("dns: TSIG %s for a query signed with key %s",
-                        tsig.ERROR_NAMES[verdict.error], verdict.key_text)
+            self._tsig_refusals.warning("dns: TSIG %s for a query signed with key %s",
+                                        tsig.ERROR_NAMES[verdict.error], verdict.key_text)
             return tsig.error_reply(verdict, now, max_udp=max_udp)
         plain = self._parse(verdict.message)
         if plain is None:

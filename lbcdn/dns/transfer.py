@@ -154,6 +154,10 @@ def _error(query: DNSRecord, rcode: int, *, aa: bool = False, ede: int = -1) -> 
     return bytes(reply.pack())
 
 
+# NOTIFY comes over UDP too, where senders can be spoofed: its refusals are logged sparsely
+_notify_refusals = tsig.SparseLog(log)
+
+
 def _signed(query_wire: bytes, keys: tsig.Keyring, now: float, what: str, client: str
             ) -> tuple[bytes, tsig.Verdict | None, list[bytes] | None]:
     """Check a request's TSIG: (the request to answer, the verdict to sign replies with or
@@ -163,8 +167,9 @@ def _signed(query_wire: bytes, keys: tsig.Keyring, now: float, what: str, client
         return query_wire, None, None
     verdict = tsig.verify(query_wire, q.tsig, keys, now)
     if verdict.error:
-        log.warning("dns: %s from %s refused: TSIG %s (key %s)", what, client or "?",
-                    tsig.ERROR_NAMES[verdict.error], verdict.key_text)
+        warn = _notify_refusals.warning if what == "NOTIFY" else log.warning
+        warn("dns: %s from %s refused: TSIG %s (key %s)", what, client or "?",
+             tsig.ERROR_NAMES[verdict.error], verdict.key_text)
         reply = tsig.error_reply(verdict, now)
         return query_wire, None, [] if reply is None else [reply]
     return verdict.message, verdict, None

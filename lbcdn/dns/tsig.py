@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,21 @@ def build_keys(configs: Sequence[TsigKeyConfig], base_dir: str = ".",
     if problems:
         raise KeyProblem(problems)
     return keys
+
+
+class SparseLog:
+    """Warnings a flood of spoofed UDP packets could repeat: the 1st, 2nd, 4th, 8th... are
+    logged, with the count, so they are seen but cannot fill the log."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.count = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        self.count += 1
+        n = self.count
+        if n & (n - 1) == 0:
+            self.logger.warning(msg + " (%d so far)", *args, n)
 
 
 # -- reading ------------------------------------------------------------------------------

@@ -161,3 +161,17 @@ def test_build_keys_reads_secret_files_and_names_bad_ones(tmp_path: Path) -> Non
                     TsigKeyConfig(name="b", secret_file="missing.key")], str(tmp_path))
     assert info.value.problems == [
         ("dns.tsig_keys[1].secret_file", "cannot read missing.key: No such file or directory")]
+
+
+def test_refusals_from_spoofable_senders_are_logged_sparsely(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from lbcdn.dns.tsig import SparseLog
+    sparse = SparseLog(logging.getLogger("test.tsig"))
+    with caplog.at_level(logging.WARNING, "test.tsig"):
+        for i in range(9):
+            sparse.warning("refused %d", i)
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused 0 (1 so far)", "refused 1 (2 so far)", "refused 3 (4 so far)",
+        "refused 7 (8 so far)"]
