@@ -18,8 +18,8 @@ Rules:
 - NOTIFY out (RFC 1996): `Notifier` watches the engine's version; when a zone's SOA serial
   changes it sends NOTIFY over UDP to every configured secondary (signed with its TSIG key
   when it has one), retrying with a doubling
-  timeout until the matching response (same id, QR, opcode NOTIFY) arrives or the retries run
-  out. A newer change for the same zone and secondary replaces a pending one.
+  timeout until the matching response (same id, QR, opcode NOTIFY; signed by the same key
+  over our MAC when ours was signed) arrives or the retries run out. A newer change for the same zone and secondary replaces a pending one.
 - NOTIFY in: lbcdn is a primary only, so a NOTIFY for a served zone is REFUSED (what Knot does
   without a `notify` ACL; EDE 18), one for any other name NOTAUTH; signed like any reply.
 - Decisions are pure functions over bytes; only `Notifier` does I/O.
@@ -52,7 +52,7 @@ from dnslib import (
 
 from lbcdn.dns import tsig
 from lbcdn.dns.names import Name
-from lbcdn.dns.wire import EDE_PROHIBITED, OPT_EDE, ede_data, parse_query
+from lbcdn.dns.wire import EDE_PROHIBITED, OPT_EDE, ede_data, parse_query, tsig_offset
 from lbcdn.tasks import spawn
 
 log = logging.getLogger("lbcdn.dns.transfer")
@@ -333,14 +333,29 @@ def current_soa(source: ZoneSource, zone: str) -> RR | None:
     return None
 
 
+def ack_signed(wire: bytes, key: tsig.Key, request_mac: bytes, now: float) -> bool:
+    """Whether the answer to a NOTIFY signed with `key` (MAC `request_mac`) is signed by the
+    same key over it (RFC 8945 5.3: an answer failing that is dropped)."""
+    at = tsig_offset(wire)
+    return at > 0 and tsig.verify(wire, at, {key.name: key}, now,
+                                  request_mac=request_mac).error == tsig.NOERROR
+
+
 class _AckProtocol(asyncio.DatagramProtocol):
-    def __init__(self, msg_id: int) -> None:
+    def __init__(self, msg_id: int, key: tsig.Key | None, mac: bytes) -> None:
         self.msg_id = msg_id
+        self.key = key
+        self.mac = mac
+        self.unsigned = 0   # answers dropped for a missing or bad TSIG
         self.acked: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        if is_notify_ack(data, self.msg_id) and not self.acked.done():
-            self.acked.set_result(True)
+        if not is_notify_ack(data, self.msg_id) or self.acked.done():
+            return
+        if self.key is not None and not ack_signed(data, self.key, self.mac, time.time()):
+            self.unsigned += 1
+            return
+        self.acked.set_result(True)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and friends: keep waiting; the retry timer decides.
@@ -431,12 +446,13 @@ class Notifier:
         msg_id = self.rng.randrange(0, 65536)
         wire = notify_message(zone, soa, msg_id)
         key = self.keys.get((host, port))
+        mac = b""
         if key is not None:
             # Signed once: the retries (seconds apart) stay well inside the fudge.
-            wire = tsig.sign(wire, key, time.time())[0]
+            wire, mac = tsig.sign(wire, key, time.time())
         loop = asyncio.get_running_loop()
         transport, proto = await loop.create_datagram_endpoint(
-            lambda: _AckProtocol(msg_id), remote_addr=(host, port))
+            lambda: _AckProtocol(msg_id, key, mac), remote_addr=(host, port))
         try:
             timeout = self.timeout_s
             for _ in range(self.retries):
@@ -449,8 +465,9 @@ class Notifier:
                 except asyncio.TimeoutError:
                     timeout *= 2
             self.failed += 1
-            log.warning("NOTIFY %s to %s:%d: no answer after %d tries", zone, host, port,
-                        self.retries)
+            log.warning("NOTIFY %s to %s:%d: no answer after %d tries%s", zone, host, port,
+                        self.retries, f" ({proto.unsigned} answers without a valid TSIG by "
+                        f"{key.text})" if key is not None and proto.unsigned else "")
             return False
         finally:
             transport.close()

@@ -19,7 +19,8 @@ Rules:
 - Digests are over the message as it was before the TSIG was added (original id, ARCOUNT
   without it) and the TSIG variables with names in canonical (lower-case, uncompressed) form.
 - Verifying is done on the original bytes; names in a TSIG may be compressed, they are read
-  following pointers.
+  following pointers. The answer to a NOTIFY we signed counts only when signed by the same
+  key over our MAC (`verify(..., request_mac=)`).
 """
 
 from __future__ import annotations
@@ -182,8 +183,10 @@ def _timers(time_signed: int) -> bytes:
     return time_signed.to_bytes(6, "big") + FUDGE_S.to_bytes(2, "big")
 
 
-def verify(message: bytes, at: int, keys: Keyring, now: float) -> Verdict:
-    """Check the TSIG record at offset `at` (wire.Query.tsig) of a request."""
+def verify(message: bytes, at: int, keys: Keyring, now: float, *,
+           request_mac: bytes | None = None) -> Verdict:
+    """Check the TSIG record at offset `at` (wire.Query.tsig, wire.tsig_offset) of a request,
+    or of the reply to a request we signed with `request_mac`."""
     try:
         owner, pos = _read_name(message, at)
         if _u16(message, pos) != T_TSIG or pos + 10 > len(message):
@@ -215,9 +218,10 @@ def verify(message: bytes, at: int, keys: Keyring, now: float) -> Verdict:
     size = hashlib.new(full).digest_size
     if mac_size > size or mac_size < max(10, (size + 1) // 2):
         return _with(verdict, FORMERR, None)
-    expected = key.digest(stripped + _variables(owner, algorithm, time_signed,
-                                                _u16(message, p + 2),
-                                                message[p + 6:p + 6 + other_len]))
+    prior = b"" if request_mac is None else len(request_mac).to_bytes(2, "big") + request_mac
+    expected = key.digest(prior + stripped + _variables(owner, algorithm, time_signed,
+                                                        _u16(message, p + 2),
+                                                        message[p + 6:p + 6 + other_len]))
     if not hmac.compare_digest(expected[:mac_size], mac):
         return _with(verdict, BADSIG, None)
     if abs(int(now) - time_signed) > fudge:

@@ -192,6 +192,27 @@ def parse_query(data: bytes) -> Query | None:
 EDE_TEXT = {EDE_OTHER: "server failure, see its log"}
 
 
+def tsig_offset(data: bytes) -> int:
+    """Offset of the TSIG record closing a message (a response too), or 0 when there is none
+    or the message cannot be walked."""
+    if len(data) < 12:
+        return 0
+    qd, an, ns, ar = (int.from_bytes(data[i:i + 2], "big") for i in (4, 6, 8, 10))
+    pos = 12
+    for _ in range(qd):
+        end = _skip_name(data, pos)
+        if end < 0:
+            return 0
+        pos = end + 4
+    last = rtype = 0
+    for _ in range(an + ns + ar):
+        rec = _record(data, pos)
+        if rec is None:
+            return 0
+        last, rtype, pos = pos, rec[1], rec[4]
+    return last if rtype == T_TSIG and pos == len(data) else 0
+
+
 def ede_data(code: int) -> bytes:
     """The EDNS option data of an Extended DNS Error (RFC 8914 2)."""
     return code.to_bytes(2, "big") + EDE_TEXT.get(code, "").encode("utf-8")
