@@ -11,7 +11,8 @@ from lbcdn.cache.compress import Compressor
 from lbcdn.cache.entry import CachedResponse, build, with_date
 from lbcdn.cache.headers import serialize
 from lbcdn.cache.miss import Revalidated, fill_head, refreshed, revalidated
-from lbcdn.cache.policy import RequestDirectives, ResponseMeta, usable_on_error, validators
+from lbcdn.cache.policy import RequestDirectives, ResponseMeta, corrected_initial_age, \
+    usable_on_error, validators
 from lbcdn.cache.runtime import CacheRuntime
 from lbcdn.cache.store import Fill, FillInfo
 from lbcdn.edge.fill_sender import FillSender
@@ -113,7 +114,8 @@ class MissJob:
         fill.info = FillInfo(plan.vary, plan.variant,
                              b"HTTP/1.1 %d %s\r\n" % (status, resp.reason or reason(status))
                              + serialize(with_date(served, now)), length,
-                             float(meta.age) if meta.age else None)
+                             corrected_initial_age(meta.age, meta.date, self.request_time, now)
+                             if meta.age else None)
         if self.lead is not None:
             if self.storable:
                 rt.collapser.publish(self.lead, fill)
@@ -175,7 +177,8 @@ class MissJob:
                       query=self.behavior.keys.kept_query(self.query) or b"",
                       status=fill.status, headers=self.headers, chunks=body,
                       request_time=self.request_time, response_time=now, policy=self.policy,
-                      now=now, error_ttl_s=self.dist.error_ttl_s(fill.status))
+                      now=now, error_ttl_s=self.dist.error_ttl_s(fill.status),
+                      age=self.meta.age)
         self.rt.store(entry)
 
     def fetch_failed(self, kind: str) -> None:

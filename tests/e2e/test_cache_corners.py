@@ -1,0 +1,37 @@
+"""Edge-cache corners found by trying it as a new user would (issue 16): the Age a response
+arrives with, the default TTL against the Last-Modified heuristic, custom error responses and
+error caching, 304 header updates, extension methods, and request collapsing for stale and
+purged entries. A real daemon in front of a scripted origin, real sockets; a fake wall clock
+(`daemon.cache.clock`) where freshness is the point."""
+
+from __future__ import annotations
+
+import email.utils
+
+from tests.e2e.cache_origin import Answer, Origin
+from tests.e2e.test_cache import cc, cdn_config, get, origin, started
+
+__all__ = ["origin"]  # the fixture
+
+
+async def test_the_age_a_response_arrives_with_counts(origin: Origin) -> None:
+    """RFC 9111 4.2.3: an origin's (or a parent cache's) Age is part of the corrected initial
+    age; the Age sent on hits is the current age, and the freshness left shrinks with it."""
+    origin.set("/old", Answer(headers=[("Cache-Control", "max-age=3600"), ("Age", "7200"),
+                                       ("ETag", '"o"')]))
+    origin.set("/young", Answer(headers=[("Cache-Control", "max-age=3600"), ("Age", "100")]))
+    async for d, port, clock in started(cdn_config(origin.port)):
+        miss = await get(port, "/young")
+        assert miss.header("Age") == "100" and "stored" in cc(miss)
+        clock.now += 1
+        hit = await get(port, "/young")
+        assert hit.header("Age") == "101" and cc(hit) == "lbcdn; hit; ttl=3499"
+        clock.now += 10
+        full = await get(port, "/young", headers=[("Cache-Control", "max-stale=0")])
+        assert full.header("Age") == "111" and cc(full) == "lbcdn; hit; ttl=3489"
+        assert origin.hits["/young"] == 1
+        await get(port, "/old")
+        again = await get(port, "/old")   # older than its max-age on arrival: stale at once
+        assert "fwd=stale" in cc(again), again.headers
+        assert origin.hits["/old"] == 2
+        assert origin.last_headers("/old").get("if-none-match") == '"o"'
