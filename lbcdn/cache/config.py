@@ -97,11 +97,17 @@ class CachePolicyConfig:
     """What is cached for how long, and what the cache key holds (a CloudFront cache policy)."""
     default_ttl_s: int = doc(
         "Freshness when the origin gives none (no CDN-Cache-Control, s-maxage, max-age or "
-        "Expires); also caps the Last-Modified heuristic.", 86400, lo=0, hi=31536000 * 100)
+        "Expires), as CloudFront's Default TTL; with `heuristic_freshness`, the cap of the "
+        "Last-Modified heuristic.", 86400, lo=0, hi=31536000 * 100)
     min_ttl_s: int = doc(
         "Lower clamp of an origin-given freshness lifetime.", 0, lo=0, hi=31536000 * 100)
     max_ttl_s: int = doc(
         "Upper clamp of an origin-given freshness lifetime.", 31536000, lo=0, hi=31536000 * 100)
+    heuristic_freshness: bool = doc(
+        "Without explicit freshness, use RFC 9111 4.2.2's heuristic instead of "
+        "`default_ttl_s`: 10% of the time since Last-Modified (capped by `default_ttl_s`, "
+        "at least `min_ttl_s`), for statuses cacheable by default or `public` responses. "
+        "Off: `default_ttl_s`, as CloudFront.", False)
     query_strings: QueryStringsConfig = doc(
         "Query strings in the cache key.", default_factory=QueryStringsConfig)
     headers: tuple[str, ...] = doc(

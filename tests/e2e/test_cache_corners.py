@@ -35,3 +35,29 @@ async def test_the_age_a_response_arrives_with_counts(origin: Origin) -> None:
         assert "fwd=stale" in cc(again), again.headers
         assert origin.hits["/old"] == 2
         assert origin.last_headers("/old").get("if-none-match") == '"o"'
+
+
+async def test_default_ttl_wins_over_the_last_modified_heuristic(origin: Origin) -> None:
+    """No explicit freshness: the policy's default_ttl_s (CloudFront's Default TTL), not 10% of
+    the time since Last-Modified; a policy with heuristic_freshness asks for the heuristic."""
+    config = cdn_config(origin.port, policy={"default_ttl_s": 60}, behaviors=[
+        {"path_pattern": "/h/*", "origin": "o", "policy": "heuristic"}])
+    config["cache"]["policies"]["heuristic"] = {"default_ttl_s": 60,
+                                                "heuristic_freshness": True}
+    async for d, port, clock in started(config):
+        clock.now = float(int(clock.now))  # Date has whole seconds
+        day = 86400
+        headers = [("Date", email.utils.formatdate(clock.now, usegmt=True)),
+                   ("Last-Modified", email.utils.formatdate(clock.now - 5, usegmt=True))]
+        old = [headers[0], ("Last-Modified",
+                            email.utils.formatdate(clock.now - day, usegmt=True))]
+        origin.set("/lm", Answer(headers=headers))
+        origin.set("/h/recent", Answer(headers=headers))
+        origin.set("/h/old", Answer(headers=old))
+        for path in ("/lm", "/h/recent", "/h/old"):
+            await get(port, path)
+        clock.now += 30
+        hit = await get(port, "/lm")
+        assert cc(hit) == "lbcdn; hit; ttl=30" and origin.hits["/lm"] == 1
+        assert "fwd=stale" in cc(await get(port, "/h/recent"))  # 10% of 5 s
+        assert cc(await get(port, "/h/old")) == "lbcdn; hit; ttl=30"  # 10% of a day, capped
