@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lbcdn.cache.behavior import Behavior, Distribution
-from lbcdn.cache.collapse import Lead
+from lbcdn.cache.collapse import Lead, Reuse
 from lbcdn.cache.compress import Compressor
 from lbcdn.cache.entry import CachedResponse, build, with_date
 from lbcdn.cache.headers import serialize
@@ -82,14 +82,14 @@ class MissJob:
                 entry, replaces = refreshed(entry, headers, self.request_time, now, self.policy)
                 if replaces:
                     rt.store(entry)
-                self._release()
+                self._release(Reuse(entry))
                 if client is not None:
                     rt.metrics.results["refresh_hit"].inc()
                     client.on_not_modified(entry)
                 return
             if verdict is Revalidated.STALE_ON_ERROR:
                 self.fetch.abort()
-                self._release()
+                self._release(Reuse(entry, failed=True, fwd_status=status))
                 if client is not None:
                     client.on_stale_on_error(entry, status)
                 return
@@ -184,12 +184,15 @@ class MissJob:
     def fetch_failed(self, kind: str) -> None:
         rt = self.rt
         rt.refreshing.discard(self.key)
-        self._release()
         fill = self.fill
+        entry = self.conditional
+        if fill is not None or entry is None:
+            self._release()
+        else:  # a revalidation with no answer: waiters may stand the stale entry in for it
+            self._release(Reuse(entry, failed=True))
         if fill is not None:
             fill.fail(kind)
             return
-        entry = self.conditional
         client = self.client
         if entry is not None:
             rt.metrics.revalidations["error"].inc()
@@ -199,10 +202,15 @@ class MissJob:
         if client is not None:
             client.on_failed(kind)
 
-    def _release(self) -> None:
-        if self.lead is not None:
-            self.rt.collapser.release(self.lead)
+    def _release(self, reuse: Reuse | None = None) -> None:
+        """Let the waiters collapsed on our lead go: answered from `reuse`, else alone."""
+        lead = self.lead
+        if lead is not None:
             self.lead = None
+            if reuse is not None:
+                self.rt.collapser.settle(lead, reuse)
+            else:
+                self.rt.collapser.release(lead)
 
     # -- from our client's sender -----------------------------------------------------------
     def client_paused(self, paused: bool) -> None:
