@@ -178,6 +178,12 @@ class CacheFlow(ExchangeTap):
     def serve_entry(self, entry: CachedResponse, outcome: Outcome, age: float | None,
                     ttl: float | None, *, stored: bool = False, fwd_status: int | None = None,
                     collapsed: bool = False) -> None:
+        """Answer with a stored response, or with the custom error response that replaces
+        it when it is an origin error that has one."""
+        page = self.error_page(entry.status)
+        if page is not None:
+            self.on_error_page(page)
+            return
         ex = self.ex
         head = ex.head
         method = head.method
@@ -307,6 +313,10 @@ class CacheFlow(ExchangeTap):
         info = fill.info
         if info is None or variant_key(info.vary, self.ex.head.headers) != info.variant:
             return False
+        page = self.error_page(fill.status)
+        if page is not None:
+            self.on_error_page(page)
+            return True
         reader = fill.reader()
         if reader is None:
             return False
@@ -341,11 +351,19 @@ class CacheFlow(ExchangeTap):
                         close=False, headers=b"".join(b"%s: %s\r\n" % p for p in lines))
         self.ex.respond_error(err)
 
-    def on_error_page(self, page: bytes, code: int) -> None:
-        """A custom error response: the page, fetched through the cache, with `code`."""
-        if self.lost:
-            return
-        CacheFlow(self.ex, self.rt, self.dist, path=page, status_override=code).start()
+    def error_page(self, status: int) -> tuple[bytes, int] | None:
+        """The custom error response (page path, status) that replaces an origin's `status`
+        for this request; None: the origin's answer as it is (the page's own flow has
+        `status_override`)."""
+        if status < 400 or self.status_override is not None:
+            return None
+        return self.dist.error_page(status)
+
+    def on_error_page(self, page: tuple[bytes, int]) -> None:
+        """Answer with a custom error response: the page, fetched through the cache."""
+        if not self.lost:
+            path, code = page
+            CacheFlow(self.ex, self.rt, self.dist, path=path, status_override=code).start()
 
     # -- tap: events from the exchange --------------------------------------------------------
     def head(self, resp: ResponseHead) -> None:

@@ -93,15 +93,14 @@ class MissJob:
                 if client is not None:
                     client.on_stale_on_error(entry, status)
                 return
-        if status >= 400 and client is not None and client.status_override is None:
-            page = self.dist.error_page(status)
-            if page is not None:
-                self.fetch.abort()
-                self._release()
-                client.on_error_page(*page)
-                return
+        page = client.error_page(status) if client is not None else None
         plan = fill_head(self.head.method, status, headers, resp.content_length, self.req,
                          self.policy, self.head.headers, negotiated=client is not None)
+        if client is not None and page is not None and plan.why is not None:
+            self.fetch.abort()  # nothing to keep: the client gets the page
+            self._release()
+            client.on_error_page(page)
+            return
         meta = self.meta = plan.meta
         if plan.coding is not None:
             self.compressor = Compressor(plan.coding)
@@ -122,7 +121,11 @@ class MissJob:
             else:
                 rt.collapser.release(self.lead)
             self.lead = None
-        if client is not None and not client.lost:
+        if client is not None and page is not None:
+            # a custom error response: the origin's error is read on and stored (for the
+            # error caching minimum TTL when it gives none); the client gets the page
+            client.on_error_page(page)
+        elif client is not None and not client.lost:
             outcome = client.outcome
             if self.storable:
                 rt.metrics.results["miss"].inc()

@@ -6,6 +6,7 @@ purged entries. A real daemon in front of a scripted origin, real sockets; a fak
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 
 from tests.e2e.cache_origin import Answer, Origin
@@ -61,3 +62,30 @@ async def test_default_ttl_wins_over_the_last_modified_heuristic(origin: Origin)
         assert cc(hit) == "lbcdn; hit; ttl=30" and origin.hits["/lm"] == 1
         assert "fwd=stale" in cc(await get(port, "/h/recent"))  # 10% of 5 s
         assert cc(await get(port, "/h/old")) == "lbcdn; hit; ttl=30"  # 10% of a day, capped
+
+
+async def test_custom_error_response_caches_the_origin_error(origin: Origin) -> None:
+    """With a page configured, the origin's 404 is still cached for error_caching_min_ttl_s
+    (8 requests over 8 s with a 5 s minimum: 2 origin requests); every answer is the page
+    with the configured status; the page is an object of its own, cached by its own
+    freshness."""
+    origin.set("/missing", Answer(404, [], b"origin's own 404"))
+    origin.set("/errors/404.html", Answer(headers=[("Cache-Control", "max-age=600")],
+                                          body=b"<h1>not here</h1>"))
+    config = cdn_config(origin.port, policy={"default_ttl_s": 3600}, errors=[
+        {"error_code": 404, "response_page_path": "/errors/404.html", "response_code": 410,
+         "error_caching_min_ttl_s": 5}])
+    async for d, port, clock in started(config):
+        for _ in range(8):
+            r = await get(port, "/missing")
+            assert (r.status, r.body) == (410, b"<h1>not here</h1>"), r
+            clock.now += 1
+        assert origin.hits["/missing"] == 2
+        assert origin.hits["/errors/404.html"] == 1
+        page = await get(port, "/errors/404.html")
+        assert page.status == 200 and cc(page).startswith("lbcdn; hit")
+        # requests collapsed on the error's fetch get the page too
+        origin.set("/slow-missing", Answer(404, [], b"origin's own 404", delay_s=0.3))
+        answers = await asyncio.gather(*(get(port, "/slow-missing") for _ in range(20)))
+        assert {(r.status, r.body) for r in answers} == {(410, b"<h1>not here</h1>")}
+        assert origin.hits["/slow-missing"] == 1
