@@ -89,3 +89,53 @@ async def test_custom_error_response_caches_the_origin_error(origin: Origin) -> 
         answers = await asyncio.gather(*(get(port, "/slow-missing") for _ in range(20)))
         assert {(r.status, r.body) for r in answers} == {(410, b"<h1>not here</h1>")}
         assert origin.hits["/slow-missing"] == 1
+
+
+async def test_a_304_updates_stored_fields_but_not_those_the_body_depends_on(
+        origin: Origin) -> None:
+    """RFC 9111 3.2 / 4.3.4: after a 304 the stored response carries the 304's fields
+    (new ones added, others replaced), except Content-Length, Content-Encoding, Content-Type
+    and Vary: the stored body is what it was, and so is how it is described and selected."""
+    def answer(method: str, headers: list[tuple[str, str]]) -> Answer:
+        if dict((n.lower(), v) for n, v in headers).get("if-none-match") == '"v1"':
+            return Answer(304, [("ETag", '"v1"'), ("Cache-Control", "max-age=10"),
+                                ("Content-Type", "application/json"),
+                                ("Content-Encoding", "gzip"), ("Content-Length", "0"),
+                                ("Vary", "Cookie"), ("X-Version", "2"), ("X-Added", "yes")])
+        return Answer(200, [("ETag", '"v1"'), ("Cache-Control", "max-age=10"),
+                            ("Content-Type", "image/png"), ("Vary", "Accept"),
+                            ("X-Version", "1")], b"body")
+    origin.set("/r", answer)
+    async for d, port, clock in started(cdn_config(origin.port)):
+        await get(port, "/r")
+        clock.now += 20
+        for expected_cache in ("RefreshHit from lbcdn", "Hit from lbcdn"):
+            r = await get(port, "/r")
+            assert r.header("X-Cache") == expected_cache
+            assert (r.status, r.body) == (200, b"body")
+            assert r.header_all("Content-Length") == ["4"]
+            assert r.header("Content-Type") == "image/png"
+            assert r.header("Content-Encoding") is None and r.header("Vary") == "Accept"
+            assert (r.header("X-Version"), r.header("X-Added")) == ("2", "yes")
+        assert origin.hits["/r"] == 2
+
+
+async def test_extension_methods_listed_in_allowed_methods_reach_the_origin(
+        origin: Origin) -> None:
+    """A policy may allow extension methods (PROPFIND, REPORT...): they pass through to the
+    origin as unsafe requests (a success invalidates the URL); a method it does not allow
+    gets 405 with Allow."""
+    origin.set("/dav", Answer(headers=[("Cache-Control", "max-age=60")], body=b"v1"))
+    config = cdn_config(origin.port, policy={
+        "allowed_methods": ["GET", "HEAD", "PROPFIND", "REPORT"]})
+    async for d, port, clock in started(config):
+        assert (await get(port, "/dav")).body == b"v1"
+        origin.set("/dav", Answer(207, [], b"<multistatus/>"))
+        r = await get(port, "/dav", method="PROPFIND")
+        assert (r.status, r.body) == (207, b"<multistatus/>")
+        assert origin.requests[-1][0].startswith("PROPFIND /dav ")
+        origin.set("/dav", Answer(headers=[("Cache-Control", "max-age=60")], body=b"v2"))
+        assert (await get(port, "/dav")).body == b"v2"   # the PROPFIND invalidated it
+        refused = await get(port, "/dav", method="SEARCH")
+        assert refused.status == 405
+        assert refused.header("Allow") == "GET, HEAD, PROPFIND, REPORT"
