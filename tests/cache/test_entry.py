@@ -154,16 +154,19 @@ def test_age_the_response_arrived_with_counts_though_it_is_not_stored() -> None:
     """RFC 9111 4.2.3: the stored fields drop Age, but the initial age keeps it; a 304's own
     Age sets the age of the freshened entry."""
     clock = Clock()
-    arrived = h(("Cache-Control", "max-age=3600"), ("Age", "7200"), ("ETag", '"v1"'))
-    stored_fields = h(("Cache-Control", "max-age=3600"), ("ETag", '"v1"'))
-    common = dict(key=b"k", variant=b"", host=b"example.com", path=b"/p", query=b"",
-                  status=200, chunks=(b"x",), request_time=clock.now - 1.0,
-                  response_time=clock.now, policy=POLICY, now=clock.now)
-    old = build(headers=stored_fields, age=7200, **common)  # type: ignore[arg-type]
+
+    def stored(headers: list[tuple[bytes, bytes]], age: int | None = None) -> CachedResponse:
+        return build(key=b"k", variant=b"", host=b"example.com", path=b"/p", query=b"",
+                     status=200, headers=headers, chunks=(b"x",),
+                     request_time=clock.now - 1.0, response_time=clock.now, policy=POLICY,
+                     now=clock.now, age=age)
+
+    fields = h(("Cache-Control", "max-age=3600"), ("ETag", '"v1"'))
+    old = stored(fields, age=7200)
     assert old.initial_age == 7201.0   # Age + the response delay (corrected_age_value)
-    assert build(headers=arrived, **common).initial_age == 7201.0  # type: ignore[arg-type]
+    assert stored(fields + h(("Age", "7200"))).initial_age == 7201.0
     assert evaluate(old, RequestDirectives(), clock.now).use is Use.REVALIDATE
-    young = build(headers=stored_fields, age=100, **common)  # type: ignore[arg-type]
+    young = stored(fields, age=100)
     d = evaluate(young, RequestDirectives(), clock.advance(1))
     assert (d.use, int(d.age), int(d.ttl)) == (Use.FRESH, 102, 3498)
     refreshed = freshened(young, h(("ETag", '"v1"'), ("Age", "30")), clock.now - 0.5,
