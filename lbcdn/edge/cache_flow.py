@@ -82,7 +82,8 @@ class CacheFlow(ExchangeTap):
     conditional = False
 
     def __init__(self, ex: Exchange, rt: CacheRuntime, dist: Distribution,
-                 path: bytes | None = None, status_override: int | None = None) -> None:
+                 path: bytes | None = None, status_override: int | None = None,
+                 reported: bytes | None = None) -> None:
         self.ex = ex
         self.rt = rt
         self.dist = dist
@@ -90,6 +91,10 @@ class CacheFlow(ExchangeTap):
         self.path = path if path is not None else head.path
         self.query = head.query if path is None else None
         self.status_override = status_override
+        # A custom error page's flow reports the origin error it answers for (its Age,
+        # Cache-Status and X-Cache lines): that is what the client asked for and what decides
+        # when the origin is asked again; the page's own lookup is ours.
+        self.reported = reported
         self.behavior: Behavior = dist.select(self.path)
         self.policy = self.behavior.policy
         self.method = head.method
@@ -180,15 +185,17 @@ class CacheFlow(ExchangeTap):
                     collapsed: bool = False) -> None:
         """Answer with a stored response, or with the custom error response that replaces
         it when it is an origin error that has one."""
+        lines = cache_lines(outcome, age, ttl=ttl, stored=stored, fwd_status=fwd_status,
+                            collapsed=collapsed)
         page = self.error_page(entry.status)
         if page is not None:
-            self.on_error_page(page)
+            self.on_error_page(page, lines)
             return
+        if self.reported is not None:
+            lines = self.reported
         ex = self.ex
         head = ex.head
         method = head.method
-        lines = cache_lines(outcome, age, ttl=ttl, stored=stored, fwd_status=fwd_status,
-                            collapsed=collapsed)
         status = self.status_override or entry.status
         if self.conditional and 200 <= entry.status < 300 and self.status_override is None:
             pre = precondition(method, head.headers, entry.etag, entry.last_modified,
@@ -315,7 +322,8 @@ class CacheFlow(ExchangeTap):
             return False
         page = self.error_page(fill.status)
         if page is not None:
-            self.on_error_page(page)
+            self.on_error_page(page, cache_lines(outcome, info.age, stored=stored,
+                                                 collapsed=collapsed))
             return True
         reader = fill.reader()
         if reader is None:
@@ -359,11 +367,13 @@ class CacheFlow(ExchangeTap):
             return None
         return self.dist.error_page(status)
 
-    def on_error_page(self, page: tuple[bytes, int]) -> None:
-        """Answer with a custom error response: the page, fetched through the cache."""
+    def on_error_page(self, page: tuple[bytes, int], reported: bytes) -> None:
+        """Answer with a custom error response: the page, fetched through the cache, with the
+        `reported` cache lines of the origin error it replaces."""
         if not self.lost:
             path, code = page
-            CacheFlow(self.ex, self.rt, self.dist, path=path, status_override=code).start()
+            CacheFlow(self.ex, self.rt, self.dist, path=path, status_override=code,
+                      reported=reported).start()
 
     # -- tap: events from the exchange --------------------------------------------------------
     def head(self, resp: ResponseHead) -> None:

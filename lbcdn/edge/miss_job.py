@@ -9,7 +9,7 @@ from lbcdn.cache.behavior import Behavior, Distribution
 from lbcdn.cache.collapse import Lead, Reuse
 from lbcdn.cache.compress import Compressor
 from lbcdn.cache.entry import CachedResponse, build, with_date
-from lbcdn.cache.headers import serialize
+from lbcdn.cache.headers import cache_lines, serialize
 from lbcdn.cache.miss import Revalidated, fill_head, refreshed, revalidated
 from lbcdn.cache.policy import RequestDirectives, ResponseMeta, corrected_initial_age, \
     usable_on_error, validators
@@ -99,7 +99,7 @@ class MissJob:
         if client is not None and page is not None and plan.why is not None:
             self.fetch.abort()  # nothing to keep: the client gets the page
             self._release()
-            client.on_error_page(page)
+            client.on_error_page(page, cache_lines(client.outcome, None, stored=self.storable))
             return
         meta = self.meta = plan.meta
         if plan.coding is not None:
@@ -124,7 +124,7 @@ class MissJob:
         if client is not None and page is not None:
             # a custom error response: the origin's error is read on and stored (for the
             # error caching minimum TTL when it gives none); the client gets the page
-            client.on_error_page(page)
+            client.on_error_page(page, cache_lines(client.outcome, None, stored=self.storable))
         elif client is not None and not client.lost:
             outcome = client.outcome
             if self.storable:

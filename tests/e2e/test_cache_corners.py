@@ -67,8 +67,8 @@ async def test_default_ttl_wins_over_the_last_modified_heuristic(origin: Origin)
 async def test_custom_error_response_caches_the_origin_error(origin: Origin) -> None:
     """With a page configured, the origin's 404 is still cached for error_caching_min_ttl_s
     (8 requests over 8 s with a 5 s minimum: 2 origin requests); every answer is the page
-    with the configured status; the page is an object of its own, cached by its own
-    freshness."""
+    with the configured status, and reports the error's Age and ttl; the page is an object of
+    its own, cached by its own freshness."""
     origin.set("/missing", Answer(404, [], b"origin's own 404"))
     origin.set("/errors/404.html", Answer(headers=[("Cache-Control", "max-age=600")],
                                           body=b"<h1>not here</h1>"))
@@ -76,11 +76,19 @@ async def test_custom_error_response_caches_the_origin_error(origin: Origin) -> 
         {"error_code": 404, "response_page_path": "/errors/404.html", "response_code": 410,
          "error_caching_min_ttl_s": 5}])
     async for d, port, clock in started(config):
+        reported = []
         for _ in range(8):
             r = await get(port, "/missing")
             assert (r.status, r.body) == (410, b"<h1>not here</h1>"), r
+            reported.append((r.header("Age"), cc(r)))
             clock.now += 1
         assert origin.hits["/missing"] == 2
+        # the answers report the stored error (what decides when the origin is asked again),
+        # not the page's own entry
+        assert reported == [(None, "lbcdn; fwd=uri-miss; stored")] + [
+            (str(i), f"lbcdn; hit; ttl={5 - i}") for i in range(1, 5)] + [
+            (None, "lbcdn; fwd=stale; stored")] + [
+            (str(i), f"lbcdn; hit; ttl={5 - i}") for i in range(1, 3)]
         assert origin.hits["/errors/404.html"] == 1
         page = await get(port, "/errors/404.html")
         assert page.status == 200 and cc(page).startswith("lbcdn; hit")
