@@ -50,7 +50,6 @@ pools:
     max_idle_per_target: 64{health}
 routes:
   - name: cdn
-    forward: backend
     cache: site
 cache:
   storage:

@@ -68,6 +68,24 @@ def test_check_config_subprocess(good: Path, bad: Path) -> None:
     ]
 
 
+def test_check_config_refuses_an_action_beside_cache(tmp_path: Path) -> None:
+    """A cache route stands alone (its distribution names the origin); an action beside it
+    would never run, so check-config refuses it and names the YAML path."""
+    cache = ("cache:\n  origins: {o: {url: 'http://127.0.0.1:9'}}\n"
+             "  distributions: {site: {default_behavior: {path_pattern: '*', origin: o}}}\n")
+    alone = tmp_path / "alone.yaml"
+    alone.write_text(GOOD + "routes:\n  - {name: r, cache: site}\n" + cache)
+    assert run("check-config", str(alone)).returncode == 0
+    both = tmp_path / "both.yaml"
+    both.write_text(GOOD + "routes:\n  - {name: r, cache: site, fixed_response: {}}\n" + cache)
+    fail = run("check-config", str(both))
+    assert fail.returncode == 1
+    assert fail.stderr.splitlines() == [
+        "routes[0].fixed_response: not with cache: the route is answered through distribution "
+        "'site', whose behaviors name the origin; remove fixed_response",
+        f"{both}: invalid (1 error)"]
+
+
 def test_full_example_passes_check_config() -> None:
     result = run("check-config", "config/example-full.yaml")
     assert (result.returncode, result.stdout) == (0, "config/example-full.yaml: ok\n"), \

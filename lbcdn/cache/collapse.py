@@ -7,6 +7,11 @@ The bookkeeping is a small state machine keyed by the primary cache key:
   `publish`es its Fill: every waiter's callback gets it at once, and requests arriving while
   the body still streams join the Fill directly (`join` returns the Fill) - so a large object
   streams to all of them as it arrives, not when it is complete;
+- a leader that revalidated a stored response and got no new body (a 304, or an origin failure
+  that stale-if-error covers) `settle`s with a Reuse: every waiter answers from the entry it
+  carries (freshened, or stale in place of the failed origin) - so an expired or soft-purged
+  key makes one origin request however many ask for it, as nginx's proxy_cache_lock with
+  proxy_cache_use_stale updating does;
 - when it cannot be shared (not storable, error, a Vary the waiter does not match), the leader
   `release`s: waiters get GO_ALONE and fetch for themselves, as with nginx's proxy_cache_lock;
 - a waiter whose deadline passes (the lock timeout) gets TIMEOUT and fetches for itself; a
@@ -25,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
 
+from lbcdn.cache.entry import CachedResponse
 from lbcdn.cache.store import Fill
 
 
@@ -33,7 +39,17 @@ class Signal(enum.Enum):
     TIMEOUT = "timeout"       # the lock timeout passed: fetch yourself
 
 
-Result = Fill | Signal
+@dataclass(frozen=True, slots=True)
+class Reuse:
+    """A revalidation that brought no new body: `entry` freshened by a 304, or (`failed`) the
+    stale entry, for waiters whose own request lets stale stand in for a failed origin
+    (`fwd_status`: the origin's error status, None when there was no answer)."""
+    entry: CachedResponse
+    failed: bool = False
+    fwd_status: int | None = None
+
+
+Result = Fill | Reuse | Signal
 Callback = Callable[[Result], None]
 
 
@@ -118,6 +134,15 @@ class Collapser:
                     del self._slots[lead.key]
         fill.listen(ended)
 
+    def settle(self, lead: Lead, reuse: Reuse) -> None:
+        """The leader's revalidation ended without a new body: waiters answer from
+        `reuse.entry`; newcomers find the entry in the store."""
+        slot = self._current(lead)
+        if slot is None:
+            return
+        del self._slots[lead.key]
+        self._resolve(slot, reuse)
+
     def release(self, lead: Lead) -> None:
         """The leader's response cannot be shared (or it failed): waiters go alone."""
         slot = self._current(lead)
@@ -131,7 +156,7 @@ class Collapser:
         for w in waiters:
             if not w.done:
                 w.done = True
-                if isinstance(result, Fill):
+                if not isinstance(result, Signal):
                     self.collapsed += 1
                 w.callback(result)
 

@@ -29,8 +29,9 @@ from lbcdn.configkit.fields import REQUIRED, doc
 
 QueryStringBehavior = Literal["none", "allow", "all_except", "all"]
 
-# Methods CloudFront lets a behavior allow, and those it may cache.
-KNOWN_METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "POST", "PATCH", "DELETE")
+# Methods a behavior may cache. It may allow CloudFront's seven (GET, HEAD, OPTIONS, PUT, POST,
+# PATCH, DELETE) and extension methods: any token but CONNECT, which opens a tunnel rather than
+# asking an origin.
 CACHEABLE_METHODS = ("GET", "HEAD", "OPTIONS")
 # CloudFront: an origin group fails over on a chosen subset of these.
 FAILOVER_STATUSES = (400, 403, 404, 416, 500, 502, 503, 504)
@@ -97,11 +98,17 @@ class CachePolicyConfig:
     """What is cached for how long, and what the cache key holds (a CloudFront cache policy)."""
     default_ttl_s: int = doc(
         "Freshness when the origin gives none (no CDN-Cache-Control, s-maxage, max-age or "
-        "Expires); also caps the Last-Modified heuristic.", 86400, lo=0, hi=31536000 * 100)
+        "Expires), as CloudFront's Default TTL; with `heuristic_freshness`, the cap of the "
+        "Last-Modified heuristic.", 86400, lo=0, hi=31536000 * 100)
     min_ttl_s: int = doc(
         "Lower clamp of an origin-given freshness lifetime.", 0, lo=0, hi=31536000 * 100)
     max_ttl_s: int = doc(
         "Upper clamp of an origin-given freshness lifetime.", 31536000, lo=0, hi=31536000 * 100)
+    heuristic_freshness: bool = doc(
+        "Without explicit freshness, use RFC 9111 4.2.2's heuristic instead of "
+        "`default_ttl_s`: 10% of the time since Last-Modified (capped by `default_ttl_s`, "
+        "at least `min_ttl_s`), for statuses cacheable by default or `public` responses. "
+        "Off: `default_ttl_s`, as CloudFront.", False)
     query_strings: QueryStringsConfig = doc(
         "Query strings in the cache key.", default_factory=QueryStringsConfig)
     headers: tuple[str, ...] = doc(
@@ -110,7 +117,10 @@ class CachePolicyConfig:
     cookies: tuple[str, ...] = doc(
         "Cookie names whose values are in the cache key.", default_factory=tuple)
     allowed_methods: tuple[str, ...] = doc(
-        "Methods passed to the origin; others get 405. Unsafe ones invalidate on success.",
+        "Methods passed to the origin; others get 405. CloudFront's are GET, HEAD, OPTIONS, "
+        "PUT, POST, PATCH and DELETE; extension methods (PROPFIND, REPORT, PURGE...) may be "
+        "listed too and pass through. Unsafe ones (all but GET, HEAD, OPTIONS and TRACE) "
+        "invalidate the URL on success.",
         default_factory=lambda: ("GET", "HEAD"))
     cached_methods: tuple[str, ...] = doc(
         "Methods whose responses are cached (GET and HEAD always; OPTIONS may be added).",
@@ -249,6 +259,18 @@ def _check_query(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         ld.error(join(path, "names"), f"must be empty for {behavior}")
 
 
+def _methods_problem(methods: tuple[str, ...], *, cacheable: bool) -> str | None:
+    for m in methods:
+        if cacheable and m not in CACHEABLE_METHODS:
+            return f"unknown method {m!r} (known: {', '.join(CACHEABLE_METHODS)})"
+        if m == "CONNECT" or not _HEADER_NAME.match(m):
+            return f"{m!r} is not a method a cache route passes on (a method is a token; " \
+                   "CONNECT opens a tunnel)"
+    if "GET" not in methods or "HEAD" not in methods:
+        return "must include GET and HEAD"
+    return None
+
+
 def _check_policy(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     lo, default, hi = v.get("min_ttl_s"), v.get("default_ttl_s"), v.get("max_ttl_s")
     if lo is not None and default is not None and lo > default:
@@ -264,12 +286,9 @@ def _check_policy(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         methods = v.get(key)
         if methods is None:
             continue
-        known = KNOWN_METHODS if key == "allowed_methods" else CACHEABLE_METHODS
-        bad = [m for m in methods if m not in known]
-        if bad:
-            ld.error(join(path, key), f"unknown method {bad[0]!r} (known: {', '.join(known)})")
-        elif "GET" not in methods or "HEAD" not in methods:
-            ld.error(join(path, key), "must include GET and HEAD")
+        problem = _methods_problem(methods, cacheable=key == "cached_methods")
+        if problem:
+            ld.error(join(path, key), problem)
     cached = v.get("cached_methods")
     if allowed is not None and cached is not None:
         extra = [m for m in cached if m not in allowed]

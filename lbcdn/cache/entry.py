@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from lbcdn.cache.config import CachePolicyConfig
-from lbcdn.cache.directives import Headers, get_all, get_first, split_list
+from lbcdn.cache.directives import Headers, get_all, get_first, parse_age, split_list
 from lbcdn.cache.headers import merge_not_modified, serialize, storable_headers
 from lbcdn.cache.policy import (DEFAULT_ERROR_TTL_S, F_PURGED, ResponseMeta, corrected_initial_age,
                                 freshness_lifetime, parse_response, removed_fields,
@@ -100,11 +100,15 @@ def build(*, key: bytes, variant: bytes, host: bytes, path: bytes, query: bytes,
           status: int, headers: Headers, chunks: tuple[bytes, ...], request_time: float,
           response_time: float, policy: CachePolicyConfig, now: float,
           meta: ResponseMeta | None = None, reason: bytes = b"",
-          error_ttl_s: float = DEFAULT_ERROR_TTL_S) -> CachedResponse:
+          error_ttl_s: float = DEFAULT_ERROR_TTL_S, age: int | None = None) -> CachedResponse:
     """A CachedResponse for a response `policy.not_storable` accepted. `headers` are the
-    origin's (or the compressed variant's) fields; unstorable ones are dropped here."""
+    origin's (or the compressed variant's) fields; unstorable ones are dropped here. `age`:
+    the Age the response arrived with, when `headers` no longer hold it (the fields a fill
+    serves and stores never do): RFC 9111 4.2.3 counts it in the initial age."""
     if meta is None:
         meta = parse_response(status, headers)
+    if age is None:
+        age = meta.age
     stored = tuple(storable_headers(headers, removed_fields(meta)))
     size = sum(len(c) for c in chunks)
     fresh = freshness_lifetime(meta, policy, response_time, error_ttl_s)
@@ -116,7 +120,7 @@ def build(*, key: bytes, variant: bytes, host: bytes, path: bytes, query: bytes,
         head=serialize_head(status, with_date(stored, response_time), size, reason),
         chunks=chunks, size=size, request_time=request_time, response_time=response_time,
         date=meta.date,
-        initial_age=corrected_initial_age(meta.age, meta.date, request_time, response_time),
+        initial_age=corrected_initial_age(age, meta.date, request_time, response_time),
         lifetime=fresh.lifetime, lifetime_source=fresh.source, flags=storage_flags(meta),
         swr_s=swr, sie_s=sie, etag=meta.etag, last_modified=meta.last_modified,
         last_modified_raw=lm_raw.strip() if lm_raw is not None else None,
@@ -127,12 +131,14 @@ def freshened(entry: CachedResponse, not_modified: Headers, request_time: float,
               response_time: float, policy: CachePolicyConfig, now: float,
               keep: frozenset[bytes] = frozenset()) -> CachedResponse:
     """The entry after a 304 (RFC 9111 4.3.4): headers merged, times and freshness from the
-    validation. `keep`: fields the stored body depends on (a compressed variant's
-    Content-Encoding, ETag, Vary)."""
+    validation, and its age from the 304's own Age (the stored response is exactly as old as
+    the answer that validated it). `keep`: fields the stored body depends on (a compressed
+    variant's Content-Encoding, ETag, Vary)."""
     merged = merge_not_modified(entry.headers, not_modified, keep)
     rebuilt = build(key=entry.key, variant=entry.variant, host=entry.host, path=entry.path,
                     query=entry.query, status=entry.status, headers=merged,
                     chunks=entry.chunks, request_time=request_time,
-                    response_time=response_time, policy=policy, now=now)
+                    response_time=response_time, policy=policy, now=now,
+                    age=parse_age(not_modified))
     # The variant keeps the Vary it was selected with; a soft purge is lifted by validation.
     return replace(rebuilt, vary=entry.vary)

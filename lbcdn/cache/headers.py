@@ -8,9 +8,14 @@ Rules:
 - Never served: CDN-Cache-Control (it targets us, RFC 9213) and an upstream X-Cache (ours
   replaces it). An upstream Cache-Status is kept and ours is added after it: RFC 9211 lists
   caches from the origin outwards.
-- 304 merging (3.2, 4.3.4): every field of the 304 replaces the stored lines of that name, except
-  those not stored, Content-Length and framing fields, and the fields the caller says the stored
-  body depends on (a compressed variant keeps its own Content-Encoding, ETag and Vary).
+- 304 merging (3.2, 4.3.4): every field of the 304 replaces the stored lines of that name
+  (Cache-Control, Expires, Date, ETag, Last-Modified and the origin's own fields alike; new ones
+  are added), except: those not stored (3.1: hop-by-hop, Age...); Content-Length (3.2 names
+  it) and Content-Range (processed, not metadata of the stored body); the fields the stored
+  body's bytes depend on - Content-Encoding and Content-Type (3.2: a cache MAY keep those
+  "necessary to assure integrity of the stored response", and a 304 cannot change the body)
+  and Vary (the variant was selected and keyed with the stored one); and whatever else the
+  caller says the body depends on (a compressed variant's ETag).
 - Invalidation (4.4): a non-error response to an unsafe method invalidates the target URI and
   the Location and Content-Location URIs when they have the same origin (host).
 """
@@ -27,7 +32,8 @@ from lbcdn.http.head import HOP_BY_HOP, connection_tokens
 NOT_STORED = HOP_BY_HOP | frozenset({b"proxy-authenticate", b"proxy-authentication-info",
                                      b"age"})
 NOT_SERVED = frozenset({b"cdn-cache-control", b"x-cache"})
-NOT_MERGED = NOT_STORED | frozenset({b"content-length", b"content-range", b"date"})
+NOT_MERGED = NOT_STORED | frozenset({b"content-length", b"content-range", b"content-encoding",
+                                     b"content-type", b"vary"})
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 # Fields a 304 generated from cache carries (RFC 9110 15.4.5), plus Last-Modified.
 NOT_MODIFIED_FIELDS = frozenset({b"cache-control", b"content-location", b"date", b"etag",
@@ -51,10 +57,9 @@ def serialize(headers: Headers, skip: frozenset[bytes] = NOT_SERVED) -> bytes:
 def merge_not_modified(stored: Headers, fresh: Headers,
                        keep: frozenset[bytes] = frozenset()) -> list[tuple[bytes, bytes]]:
     """Stored header lines updated from a 304 (or a HEAD response) for the same
-    representation. `keep`: names the stored body depends on and must not change.
+    representation. `keep`: more names the stored body depends on and must not change.
     Date is updated: the stored response is now as old as the validation."""
-    skip = (NOT_MERGED - {b"date"}) | keep
-    drop = set(skip)
+    drop = set(NOT_MERGED | keep)
     for value in get_all(fresh, b"connection"):
         drop |= connection_tokens(value)
     updates = [(n, v) for n, v in fresh if n.lower() not in drop]

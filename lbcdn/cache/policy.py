@@ -15,11 +15,11 @@ Rules, with the RFC sections they come from:
 - Freshness lifetime (4.2.1), first found: s-maxage, max-age, Expires - Date (Date missing: the
   response time; Expires invalid: already expired). Origin-given values are clamped to
   [min_ttl, max_ttl] - CloudFront's rule: "max-age (or s-maxage, or Expires) below Minimum TTL
-  -> Minimum TTL; above Maximum TTL -> Maximum TTL". Without any, CloudFront uses Default TTL;
-  we first try the 4.2.2 heuristic (10% of Date - Last-Modified) for heuristically cacheable
-  statuses or `public`, capped by Default TTL (so the operator's default stays the ceiling),
-  and use Default TTL otherwise - except for error statuses (>= 400) which get the error
-  caching minimum TTL (CloudFront: 10 s). Where CloudFront departs from the RFC we follow the
+  -> Minimum TTL; above Maximum TTL -> Maximum TTL". Without any, Default TTL, as CloudFront
+  - except for error statuses (>= 400) which get the error caching minimum TTL (CloudFront:
+  10 s). A policy with `heuristic_freshness` first tries the 4.2.2 heuristic (10% of Date -
+  Last-Modified) for heuristically cacheable statuses or `public`, capped by Default TTL (so
+  the operator's default stays the ceiling). Where CloudFront departs from the RFC we follow the
   RFC: CloudFront caches `no-store` / `private` responses for Minimum TTL when it is > 0; we
   never store them.
 - Age (4.2.3): apparent_age = max(0, response_time - date); corrected_age_value = age_value +
@@ -205,7 +205,7 @@ def freshness_lifetime(meta: ResponseMeta, policy: CachePolicyConfig, response_t
     if meta.status >= 400:
         return Freshness(float(error_ttl_s), "error-default")
     heuristic_ok = meta.status in HEURISTIC_STATUSES or b"public" in d
-    if heuristic_ok and meta.last_modified is not None:
+    if policy.heuristic_freshness and heuristic_ok and meta.last_modified is not None:
         date = meta.date if meta.date is not None else response_time
         if date > meta.last_modified:
             h = HEURISTIC_FRACTION * (date - meta.last_modified)

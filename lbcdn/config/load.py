@@ -291,8 +291,17 @@ def _route_like(ld: Loader, data: object, path: str, *, default: bool) -> Any:
         else:
             actions.append(ld.dataclass(FixedResponseAction, data[key], sub))
     action: Any = actions[0] if len(actions) == 1 else INVALID
-    if not present:
-        ld.error(path, "needs exactly one action: forward, redirect or fixed_response")
+    cache = data.get("cache")
+    if cache is not None:
+        # the route is answered through the cache: an action would never run
+        for key in present:
+            ld.error(join(path, key), f"not with cache: the route is answered through "
+                                      f"distribution {cache!r}, whose behaviors name the "
+                                      f"origin; remove {key}")
+        action = INVALID if present else None
+    elif not present:
+        ld.error(path, "needs exactly one action: forward, redirect or fixed_response "
+                       "(or cache: DISTRIBUTION)")
     elif len(present) > 1:
         ld.error(path, f"has {len(present)} actions ({', '.join(present)}); give exactly one "
                        "of forward, redirect, fixed_response")

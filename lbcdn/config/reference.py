@@ -81,7 +81,7 @@ def section_paths(root: type = Config) -> dict[type, str]:
             prefix = f"{path}." if path else ""
             keys = ALTERNATIVE_KEYS.get((cls, name))
             if keys is not None:
-                for key, member in zip(keys, get_args(hint), strict=True):
+                for key, member in zip(keys, _members(hint), strict=True):
                     visit(member, prefix + key)
                 continue
             visit(hint, prefix + RENAMES.get(cls, {}).get(name, name))
@@ -205,8 +205,14 @@ def alternative_rows(cls: type, f: dataclasses.Field[Any], hint: Any,
     keys = ALTERNATIVE_KEYS[(cls, f.name)]
     choice = ", ".join(f"`{k}`" for k in keys)
     meaning = f.metadata["doc"].replace("|", "\\|")
-    return [f"| `{key}` | {type_cell(member, paths)} | — | {meaning} Exactly one of {choice}. |"
-            for key, member in zip(keys, get_args(hint), strict=True)]
+    return [f"| `{key}` | {type_cell(member, paths)} | — | {meaning} One of {choice}. |"
+            for key, member in zip(keys, _members(hint), strict=True)]
+
+
+def _members(hint: Any) -> list[Any]:
+    """The types of a field written as one of several keys, one per key (None is no key: a
+    cache route has no action)."""
+    return [m for m in get_args(hint) if m is not type(None)]
 
 
 def render_table(cls: type, paths: dict[type, str] | None = None) -> str:

@@ -37,13 +37,13 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from lbcdn.cache.behavior import Behavior, Distribution
-from lbcdn.cache.collapse import Lead, Result, Waiter
+from lbcdn.cache.collapse import Lead, Result, Reuse, Waiter
 from lbcdn.cache.conditional import FULL, RangeKind, plan_range, precondition
 from lbcdn.cache.entry import CachedResponse, serialize_head, with_date
 from lbcdn.cache.headers import (Outcome, cache_lines, cache_status, not_modified_headers,
                                  serialize, with_status, x_cache)
 from lbcdn.cache.key import variant_key
-from lbcdn.cache.policy import RequestDirectives, Use, evaluate, parse_request
+from lbcdn.cache.policy import RequestDirectives, Use, evaluate, parse_request, usable_on_error
 from lbcdn.cache.runtime import CacheRuntime
 from lbcdn.cache.store import Fill, Miss
 from lbcdn.edge.cache_hit import CONDITIONAL_FIELDS, DIRECTIVE_FIELDS, PLAIN, fast_hit, \
@@ -82,7 +82,8 @@ class CacheFlow(ExchangeTap):
     conditional = False
 
     def __init__(self, ex: Exchange, rt: CacheRuntime, dist: Distribution,
-                 path: bytes | None = None, status_override: int | None = None) -> None:
+                 path: bytes | None = None, status_override: int | None = None,
+                 reported: bytes | None = None) -> None:
         self.ex = ex
         self.rt = rt
         self.dist = dist
@@ -90,6 +91,10 @@ class CacheFlow(ExchangeTap):
         self.path = path if path is not None else head.path
         self.query = head.query if path is None else None
         self.status_override = status_override
+        # A custom error page's flow reports the origin error it answers for (its Age,
+        # Cache-Status and X-Cache lines): that is what the client asked for and what decides
+        # when the origin is asked again; the page's own lookup is ours.
+        self.reported = reported
         self.behavior: Behavior = dist.select(self.path)
         self.policy = self.behavior.policy
         self.method = head.method
@@ -136,7 +141,12 @@ class CacheFlow(ExchangeTap):
         if self.lost:
             return
         if entry is None:
-            self.miss(reason_)
+            # the fill another request led may have ended (and been stored) while we looked
+            found = self.rt.memory.lookup(self.key, self.ex.head.headers)
+            if isinstance(found, CachedResponse):
+                self.found(found)
+            else:
+                self.miss(reason_)
             return
         self.rt.memory.put(entry)  # promote: the next hit is served without a thread hop
         self.found(entry)
@@ -161,19 +171,31 @@ class CacheFlow(ExchangeTap):
             self.entry = entry
             # RFC 9211 2.2: a response was selected but could not be used as it was
             self.outcome = Outcome.REQUEST if self.req.no_cache else Outcome.STALE_MISS
-            self.start_fetch(conditional=entry)
+            if self.policy.collapse and not (self.req.no_cache or self.req.authorization):
+                self.join()  # one revalidation per key; the others answer from it
+            else:
+                self.start_fetch(conditional=entry)
 
     def gateway_timeout(self) -> None:
         self.ex.respond_local(504, [(b"Content-Type", b"text/plain")]
                               + self._lines(Outcome.MISS), b"not in cache (only-if-cached)\n")
 
     def serve_entry(self, entry: CachedResponse, outcome: Outcome, age: float | None,
-                    ttl: float | None, *, stored: bool = False, fwd_status: int | None = None
-                    ) -> None:
+                    ttl: float | None, *, stored: bool = False, fwd_status: int | None = None,
+                    collapsed: bool = False) -> None:
+        """Answer with a stored response, or with the custom error response that replaces
+        it when it is an origin error that has one."""
+        lines = cache_lines(outcome, age, ttl=ttl, stored=stored, fwd_status=fwd_status,
+                            collapsed=collapsed)
+        page = self.error_page(entry.status)
+        if page is not None:
+            self.on_error_page(page, lines)
+            return
+        if self.reported is not None:
+            lines = self.reported
         ex = self.ex
         head = ex.head
         method = head.method
-        lines = cache_lines(outcome, age, ttl=ttl, stored=stored, fwd_status=fwd_status)
         status = self.status_override or entry.status
         if self.conditional and 200 <= entry.status < 300 and self.status_override is None:
             pre = precondition(method, head.headers, entry.etag, entry.last_modified,
@@ -236,11 +258,16 @@ class CacheFlow(ExchangeTap):
         if not self.policy.collapse:
             self.start_fetch()
             return
+        self.join()
+
+    def join(self) -> None:
+        """Join the key's collapsing: lead the one origin request (a fetch, or a revalidation
+        of `self.entry`), follow the fill in progress, or wait for the leader's outcome."""
         loop = asyncio.get_running_loop()
         joined = self.rt.collapser.join(self.key, loop.time(), self.policy.lock_timeout_s,
                                         self._collapsed)
         if isinstance(joined, Lead):
-            self.start_fetch(lead=joined)
+            self.start_fetch(lead=joined, conditional=self.entry)
         elif isinstance(joined, Fill):
             self.rt.metrics.collapsed_shared.inc()
             self.follow(joined, Outcome.HIT, collapsed=True)
@@ -260,8 +287,32 @@ class CacheFlow(ExchangeTap):
             if self.follow(result, Outcome.HIT, collapsed=True):
                 self.rt.metrics.collapsed_shared.inc()
                 return
+        elif isinstance(result, Reuse):
+            if self.reuse(result):
+                self.rt.metrics.collapsed_shared.inc()
+                return
         self.rt.metrics.collapsed_alone.inc()
-        self.start_fetch()
+        self.start_fetch(conditional=self.entry)
+
+    def reuse(self, result: Reuse) -> bool:
+        """Answer from the entry a collapsed revalidation settled on; False when it cannot
+        answer this request (another variant; stale that this request does not accept)."""
+        entry = result.entry
+        if variant_key(entry.vary, self.ex.head.headers) != entry.variant:
+            return False
+        now = self.rt.clock()
+        if result.failed:
+            if not usable_on_error(entry, self.req, now):
+                return False
+            self.rt.metrics.results["stale"].inc()
+            outcome = Outcome.STALE_ON_ERROR
+        else:
+            self.rt.metrics.results["refresh_hit"].inc()
+            outcome = Outcome.REFRESH_HIT
+        d = evaluate(entry, self.req, now)
+        self.serve_entry(entry, outcome, d.age, d.ttl, fwd_status=result.fwd_status,
+                         collapsed=True)
+        return True
 
     def follow(self, fill: Fill, outcome: Outcome, *, collapsed: bool = False,
                stored: bool = False) -> bool:
@@ -269,6 +320,11 @@ class CacheFlow(ExchangeTap):
         info = fill.info
         if info is None or variant_key(info.vary, self.ex.head.headers) != info.variant:
             return False
+        page = self.error_page(fill.status)
+        if page is not None:
+            self.on_error_page(page, cache_lines(outcome, info.age, stored=stored,
+                                                 collapsed=collapsed))
+            return True
         reader = fill.reader()
         if reader is None:
             return False
@@ -303,11 +359,21 @@ class CacheFlow(ExchangeTap):
                         close=False, headers=b"".join(b"%s: %s\r\n" % p for p in lines))
         self.ex.respond_error(err)
 
-    def on_error_page(self, page: bytes, code: int) -> None:
-        """A custom error response: the page, fetched through the cache, with `code`."""
-        if self.lost:
-            return
-        CacheFlow(self.ex, self.rt, self.dist, path=page, status_override=code).start()
+    def error_page(self, status: int) -> tuple[bytes, int] | None:
+        """The custom error response (page path, status) that replaces an origin's `status`
+        for this request; None: the origin's answer as it is (the page's own flow has
+        `status_override`)."""
+        if status < 400 or self.status_override is not None:
+            return None
+        return self.dist.error_page(status)
+
+    def on_error_page(self, page: tuple[bytes, int], reported: bytes) -> None:
+        """Answer with a custom error response: the page, fetched through the cache, with the
+        `reported` cache lines of the origin error it replaces."""
+        if not self.lost:
+            path, code = page
+            CacheFlow(self.ex, self.rt, self.dist, path=path, status_override=code,
+                      reported=reported).start()
 
     # -- tap: events from the exchange --------------------------------------------------------
     def head(self, resp: ResponseHead) -> None:

@@ -92,8 +92,8 @@ def _fresh_hit(rt: CacheRuntime, primary: bytes, head: RequestHead
 
 
 def _fresh(rt: CacheRuntime, entry: CachedResponse) -> tuple[CachedResponse, int, int] | None:
-    if entry.flags & _NOT_FAST:
-        return None
+    if entry.flags & _NOT_FAST or entry.status >= 400:
+        return None  # errors too: a custom error response may replace them (CacheFlow.found)
     age, ttl = _age_ttl(entry, rt.clock())
     if ttl <= 0.0:
         return None  # stale: the flow decides (stale-while-revalidate, revalidation)

@@ -43,8 +43,9 @@ class FillSender:
         status = self.flow.status_override or fill.status
         head = info.head if self.flow.status_override is None else with_status(info.head,
                                                                                 status)
-        parts = [head, cache_lines(self.outcome, info.age, stored=self.stored,
-                                   collapsed=self.collapsed)]
+        reported = self.flow.reported
+        parts = [head, reported if reported is not None else cache_lines(
+            self.outcome, info.age, stored=self.stored, collapsed=self.collapsed)]
         method = ex.head.method
         if self.flow.status_override is None and fill.status == 200:
             pre = precondition(method, ex.head.headers,

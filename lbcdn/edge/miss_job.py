@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lbcdn.cache.behavior import Behavior, Distribution
-from lbcdn.cache.collapse import Lead
+from lbcdn.cache.collapse import Lead, Reuse
 from lbcdn.cache.compress import Compressor
 from lbcdn.cache.entry import CachedResponse, build, with_date
-from lbcdn.cache.headers import serialize
+from lbcdn.cache.headers import cache_lines, serialize
 from lbcdn.cache.miss import Revalidated, fill_head, refreshed, revalidated
-from lbcdn.cache.policy import RequestDirectives, ResponseMeta, usable_on_error, validators
+from lbcdn.cache.policy import RequestDirectives, ResponseMeta, corrected_initial_age, \
+    usable_on_error, validators
 from lbcdn.cache.runtime import CacheRuntime
 from lbcdn.cache.store import Fill, FillInfo
 from lbcdn.edge.fill_sender import FillSender
@@ -81,26 +82,25 @@ class MissJob:
                 entry, replaces = refreshed(entry, headers, self.request_time, now, self.policy)
                 if replaces:
                     rt.store(entry)
-                self._release()
+                self._release(Reuse(entry))
                 if client is not None:
                     rt.metrics.results["refresh_hit"].inc()
                     client.on_not_modified(entry)
                 return
             if verdict is Revalidated.STALE_ON_ERROR:
                 self.fetch.abort()
-                self._release()
+                self._release(Reuse(entry, failed=True, fwd_status=status))
                 if client is not None:
                     client.on_stale_on_error(entry, status)
                 return
-        if status >= 400 and client is not None and client.status_override is None:
-            page = self.dist.error_page(status)
-            if page is not None:
-                self.fetch.abort()
-                self._release()
-                client.on_error_page(*page)
-                return
+        page = client.error_page(status) if client is not None else None
         plan = fill_head(self.head.method, status, headers, resp.content_length, self.req,
                          self.policy, self.head.headers, negotiated=client is not None)
+        if client is not None and page is not None and plan.why is not None:
+            self.fetch.abort()  # nothing to keep: the client gets the page
+            self._release()
+            client.on_error_page(page, cache_lines(client.outcome, None, stored=self.storable))
+            return
         meta = self.meta = plan.meta
         if plan.coding is not None:
             self.compressor = Compressor(plan.coding)
@@ -113,14 +113,19 @@ class MissJob:
         fill.info = FillInfo(plan.vary, plan.variant,
                              b"HTTP/1.1 %d %s\r\n" % (status, resp.reason or reason(status))
                              + serialize(with_date(served, now)), length,
-                             float(meta.age) if meta.age else None)
+                             corrected_initial_age(meta.age, meta.date, self.request_time, now)
+                             if meta.age else None)
         if self.lead is not None:
             if self.storable:
                 rt.collapser.publish(self.lead, fill)
             else:
                 rt.collapser.release(self.lead)
             self.lead = None
-        if client is not None and not client.lost:
+        if client is not None and page is not None:
+            # a custom error response: the origin's error is read on and stored (for the
+            # error caching minimum TTL when it gives none); the client gets the page
+            client.on_error_page(page, cache_lines(client.outcome, None, stored=self.storable))
+        elif client is not None and not client.lost:
             outcome = client.outcome
             if self.storable:
                 rt.metrics.results["miss"].inc()
@@ -175,18 +180,22 @@ class MissJob:
                       query=self.behavior.keys.kept_query(self.query) or b"",
                       status=fill.status, headers=self.headers, chunks=body,
                       request_time=self.request_time, response_time=now, policy=self.policy,
-                      now=now, error_ttl_s=self.dist.error_ttl_s(fill.status))
+                      now=now, error_ttl_s=self.dist.error_ttl_s(fill.status),
+                      age=self.meta.age)
         self.rt.store(entry)
 
     def fetch_failed(self, kind: str) -> None:
         rt = self.rt
         rt.refreshing.discard(self.key)
-        self._release()
         fill = self.fill
+        entry = self.conditional
+        if fill is not None or entry is None:
+            self._release()
+        else:  # a revalidation with no answer: waiters may stand the stale entry in for it
+            self._release(Reuse(entry, failed=True))
         if fill is not None:
             fill.fail(kind)
             return
-        entry = self.conditional
         client = self.client
         if entry is not None:
             rt.metrics.revalidations["error"].inc()
@@ -196,10 +205,15 @@ class MissJob:
         if client is not None:
             client.on_failed(kind)
 
-    def _release(self) -> None:
-        if self.lead is not None:
-            self.rt.collapser.release(self.lead)
+    def _release(self, reuse: Reuse | None = None) -> None:
+        """Let the waiters collapsed on our lead go: answered from `reuse`, else alone."""
+        lead = self.lead
+        if lead is not None:
             self.lead = None
+            if reuse is not None:
+                self.rt.collapser.settle(lead, reuse)
+            else:
+                self.rt.collapser.release(lead)
 
     # -- from our client's sender -----------------------------------------------------------
     def client_paused(self, paused: bool) -> None:

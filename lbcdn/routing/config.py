@@ -76,11 +76,13 @@ Action = ForwardAction | RedirectAction | FixedResponseAction
 @dataclass(frozen=True)
 class RouteConfig:
     """YAML: {name, match, max_body_bytes} plus exactly one of `forward` (a pool name or
-    {pool}), `redirect` or `fixed_response`."""
+    {pool}), `redirect` or `fixed_response` - or `cache` (a distribution) and none of them."""
     name: str = doc(
         "Route name, used in logs (`route`) and metrics (`route` label); unique, not "
         "empty. In `default_route` it defaults to `default`.", REQUIRED)
-    action: Action = doc("What to do with a matching request.", REQUIRED)
+    action: Action | None = doc(
+        "What to do with a matching request; none on a route with `cache` (its distribution "
+        "names the origin).", REQUIRED)
     match: MatchConfig = doc(
         "Conditions; all given ones must hold. Not allowed in `default_route`. Unset: "
         "every request matches.", default_factory=MatchConfig)
@@ -91,8 +93,8 @@ class RouteConfig:
     cache: str | None = doc(
         "Serve through this [edge-cache distribution](#cachedistributionsname) (a key of "
         "`cache.distributions`): its behaviors choose the origin and cache policy. "
-        "Requests on the route are then answered through the cache instead of by the "
-        "route's action. Unset: no cache.", None)
+        "A cache route takes no `forward`, `redirect` or `fixed_response`. Unset: no "
+        "cache.", None)
     viewer_protocol: Literal["allow-all", "redirect-to-https", "https-only"] = doc(
         "CloudFront's viewer protocol policy for plain-HTTP requests: serve them, "
         "redirect them to `https://` (same host and target, default port), or refuse "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from lbcdn.cache.collapse import Collapser, Lead, Result, Signal, Waiter, wait
+from lbcdn.cache.collapse import Collapser, Lead, Result, Reuse, Signal, Waiter, wait
+from lbcdn.cache.config import CachePolicyConfig
+from lbcdn.cache.entry import build
 from lbcdn.cache.store import Fill
 
 
@@ -43,6 +45,28 @@ def test_release_sends_waiters_alone() -> None:
     c.release(lead)               # twice: harmless
     c.publish(lead, fill())       # a stale token: ignored
     assert len(c) == 0
+
+
+def test_a_revalidation_settles_its_waiters_with_the_entry() -> None:
+    """An expired or purged key: the leader revalidates, the waiters answer from its outcome
+    (the freshened entry, or the stale one when the origin failed) without a fetch of their
+    own; the key is then free."""
+    entry = build(key=b"k", variant=b"", host=b"h", path=b"/", query=b"", status=200,
+                  headers=[(b"Cache-Control", b"max-age=60")], chunks=(b"x",),
+                  request_time=0.0, response_time=0.0, policy=CachePolicyConfig(), now=0.0)
+    for reuse in (Reuse(entry), Reuse(entry, failed=True, fwd_status=503)):
+        c = Collapser()
+        got: list[Result] = []
+        lead = c.join(b"k", 0.0, 5.0, got.append)
+        assert isinstance(lead, Lead)
+        for _ in range(3):
+            c.join(b"k", 0.1, 5.0, got.append)
+        c.settle(lead, reuse)
+        assert got == [reuse] * 3 and c.collapsed == 3 and len(c) == 0
+        assert c.expire(100) == 0   # settled waiters do not time out later
+        c.settle(lead, reuse)       # a stale token: ignored
+        assert got == [reuse] * 3
+        assert isinstance(c.join(b"k", 0.2, 5.0, got.append), Lead)
 
 
 def test_lock_timeout() -> None:

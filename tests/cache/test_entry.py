@@ -148,3 +148,29 @@ def test_compressed_variant_is_stored_and_selected() -> None:
     assert fresh.etag == b'W/"v1"' and fresh.lifetime == 5
     assert (b"Content-Encoding", b"gzip") in fresh.headers
     assert (b"Vary", b"Accept-Encoding") in fresh.headers
+
+
+def test_age_the_response_arrived_with_counts_though_it_is_not_stored() -> None:
+    """RFC 9111 4.2.3: the stored fields drop Age, but the initial age keeps it; a 304's own
+    Age sets the age of the freshened entry."""
+    clock = Clock()
+
+    def stored(headers: list[tuple[bytes, bytes]], age: int | None = None) -> CachedResponse:
+        return build(key=b"k", variant=b"", host=b"example.com", path=b"/p", query=b"",
+                     status=200, headers=headers, chunks=(b"x",),
+                     request_time=clock.now - 1.0, response_time=clock.now, policy=POLICY,
+                     now=clock.now, age=age)
+
+    fields = h(("Cache-Control", "max-age=3600"), ("ETag", '"v1"'))
+    old = stored(fields, age=7200)
+    assert old.initial_age == 7201.0   # Age + the response delay (corrected_age_value)
+    assert stored(fields + h(("Age", "7200"))).initial_age == 7201.0
+    assert evaluate(old, RequestDirectives(), clock.now).use is Use.REVALIDATE
+    young = stored(fields, age=100)
+    d = evaluate(young, RequestDirectives(), clock.advance(1))
+    assert (d.use, int(d.age), int(d.ttl)) == (Use.FRESH, 102, 3498)
+    refreshed = freshened(young, h(("ETag", '"v1"'), ("Age", "30")), clock.now - 0.5,
+                          clock.now, POLICY, clock.now)
+    assert refreshed.initial_age == 30.5
+    assert freshened(young, h(("ETag", '"v1"')), clock.now, clock.now, POLICY,
+                     clock.now).initial_age == 0.0

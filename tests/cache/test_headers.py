@@ -44,6 +44,25 @@ def test_merge_not_modified() -> None:
                        ("X-Multi", "3"), ("Date", "new"), ("X-New", "n"))
 
 
+def test_a_304_updates_all_but_the_fields_the_stored_body_depends_on() -> None:
+    """RFC 9111 3.2 / 4.3.4: Content-Length, Content-Range, Content-Encoding, Content-Type
+    and Vary stay as stored (they describe the bytes and the variant we keep); the rest is
+    updated or added, whatever its name."""
+    stored = h(("Content-Type", "text/html"), ("Content-Encoding", "gzip"), ("Vary", "Accept"),
+               ("Content-Length", "10"), ("ETag", '"a"'), ("Cache-Control", "max-age=1"),
+               ("Expires", "old"), ("Last-Modified", "old"), ("Link", "</a>"))
+    fresh = h(("Content-Type", "application/json"), ("Content-Encoding", "identity"),
+              ("Vary", "Accept, Cookie"), ("Content-Length", "99"),
+              ("Content-Range", "bytes 0-1/2"), ("ETag", '"a"'), ("Age", "5"),
+              ("Cache-Control", "max-age=60"), ("Expires", "new"), ("Last-Modified", "new"),
+              ("Link", "</b>"), ("Content-Language", "en"), ("Transfer-Encoding", "chunked"))
+    assert merge_not_modified(stored, fresh) == h(
+        ("Content-Type", "text/html"), ("Content-Encoding", "gzip"), ("Vary", "Accept"),
+        ("Content-Length", "10"), ("ETag", '"a"'), ("Cache-Control", "max-age=60"),
+        ("Expires", "new"), ("Last-Modified", "new"), ("Link", "</b>"),
+        ("Content-Language", "en"))
+
+
 def test_not_modified_headers() -> None:
     stored = h(("Content-Type", "text/html"), ("ETag", '"a"'), ("Vary", "Accept"),
                ("Cache-Control", "max-age=1"), ("Content-Length", "5"), ("Date", "x"))

@@ -27,6 +27,7 @@ def hdrs(*pairs: tuple[str, str | bytes]) -> list[tuple[bytes, bytes]]:
 
 
 D = ("Date", date(NOW))
+H = replace(P, heuristic_freshness=True)
 
 # (id, status, response headers, request headers, policy, storable?, lifetime, source)
 ROWS: list[tuple[str, int, list[tuple[str, str | bytes]], list[tuple[str, str]],
@@ -44,12 +45,16 @@ ROWS: list[tuple[str, int, list[tuple[str, str | bytes]], list[tuple[str, str]],
     ("invalid max-age is stale", 200, [D, ("Cache-Control", "max-age=abc")], [], P, None, 0,
      "max-age"),
     ("no freshness: default TTL", 200, [D], [], P, None, 86400, "default"),
-    ("heuristic 10% of LM age", 200, [D, ("Last-Modified", date(NOW - 1000))], [], P, None,
+    ("Last-Modified: default TTL (CloudFront)", 200, [D, ("Last-Modified", date(NOW - 5))],
+     [], replace(P, default_ttl_s=60), None, 60, "default"),
+    ("heuristic 10% of LM age", 200, [D, ("Last-Modified", date(NOW - 1000))], [], H, None,
      100, "heuristic"),
+    ("heuristic below the default TTL", 200, [D, ("Last-Modified", date(NOW - 5))], [],
+     replace(H, default_ttl_s=60), None, 0.5, "heuristic"),
     ("heuristic capped by default TTL", 200, [D, ("Last-Modified", date(NOW - 10 ** 7))], [],
-     replace(P, default_ttl_s=60), None, 60, "heuristic"),
-    ("LM in the future: default", 200, [D, ("Last-Modified", date(NOW + 10))], [], P, None,
-     86400, "default"),
+     replace(H, default_ttl_s=60), None, 60, "heuristic"),
+    ("heuristic, LM in the future: default", 200, [D, ("Last-Modified", date(NOW + 10))], [],
+     H, None, 86400, "default"),
     ("min TTL raises max-age", 200, [D, ("Cache-Control", "max-age=5")], [],
      replace(P, min_ttl_s=30), None, 30, "max-age"),
     ("max TTL lowers max-age", 200, [D, ("Cache-Control", "max-age=5000")], [],

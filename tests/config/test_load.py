@@ -38,6 +38,10 @@ def route(**body: Any) -> dict[str, Any]:
     return {"name": "r", **body}
 
 
+CACHE = {"origins": {"o": {"pool": "app"}}, "distributions": {"site": {
+    "default_behavior": {"path_pattern": "*", "origin": "o"}}}}
+
+
 # -- defaults and shapes -------------------------------------------------------------------
 
 def test_minimal_config_gets_defaults() -> None:
@@ -221,7 +225,8 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
      ["pools.app.host_header: must be preserve, target, or a host name (with an optional port)"]),
     # routes and actions
     (with_pool(routes=[route()]),
-     ["routes[0]: needs exactly one action: forward, redirect or fixed_response"]),
+     ["routes[0]: needs exactly one action: forward, redirect or fixed_response "
+      "(or cache: DISTRIBUTION)"]),
     (with_pool(routes=[route(forward="app", fixed_response={})]),
      ["routes[0]: has 2 actions (forward, fixed_response); give exactly one of forward, "
       "redirect, fixed_response"]),
@@ -288,8 +293,29 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
     (cfg(default_route={"forward": "nope"}),
      ['default_route.forward: unknown pool "nope" (known: none)']),
     (cfg(default_route={}),
-     ["default_route: needs exactly one action: forward, redirect or fixed_response"]),
+     ["default_route: needs exactly one action: forward, redirect or fixed_response "
+      "(or cache: DISTRIBUTION)"]),
+    # a cache route is answered through its distribution: an action beside it never runs
+    (with_pool(routes=[route(cache="site", forward="app"),
+                       route(name="s", cache="site", redirect={"host": "x.com"},
+                             fixed_response={})], cache=CACHE),
+     ["routes[0].forward: not with cache: the route is answered through distribution "
+      "'site', whose behaviors name the origin; remove forward",
+      "routes[1].redirect: not with cache: the route is answered through distribution "
+      "'site', whose behaviors name the origin; remove redirect",
+      "routes[1].fixed_response: not with cache: the route is answered through distribution "
+      "'site', whose behaviors name the origin; remove fixed_response"]),
+    (with_pool(default_route={"cache": "nope"}, cache=CACHE),
+     ['default_route.cache: unknown distribution "nope" (known: site)']),
 ]
+
+
+def test_a_cache_route_stands_alone() -> None:
+    """Its distribution names the origin: no forward, redirect or fixed_response."""
+    config = parse_config(with_pool(routes=[route(cache="site")], default_route={
+        "cache": "site"}, cache=CACHE), env={})
+    assert (config.routes[0].cache, config.routes[0].action) == ("site", None)
+    assert (config.default_route.cache, config.default_route.action) == ("site", None)
 
 
 @pytest.mark.parametrize("data, expected", CASES, ids=[e[0][:60] for _, e in CASES])

@@ -44,7 +44,7 @@ def cdn_config(origin: int, *, policy: dict[str, Any] | None = None,
         cache["origin_groups"] = groups
     if storage:
         cache["storage"] = storage
-    return proxy_config(origin, routes=[{"name": "cdn", "forward": "app", "cache": "site",
+    return proxy_config(origin, routes=[{"name": "cdn", "cache": "site",
                                          "match": {"path_prefix": "/"}}],
                         cache=cache, **over)
 
