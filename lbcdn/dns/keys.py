@@ -163,17 +163,35 @@ def load_or_create(state_dir: str, origin: Name, algorithm: int,
     """The zone's keys from its file; a new key (saved first) when there is none or when
     none has the configured algorithm (an algorithm change starts over: the old DS must
     then be replaced at the parent)."""
-    path = key_path(state_dir, origin)
-    try:
-        with open(path, encoding="utf-8") as f:
-            keys = _load(f.read(), path)
-    except FileNotFoundError:
-        keys = []
+    keys = load(state_dir, origin)
     if keys and all(k.algorithm == algorithm for k in keys):
         return keys
     keys = [generate(algorithm, time.time() if now is None else now)]
-    save(path, keys)
+    save(key_path(state_dir, origin), keys)
     return keys
+
+
+def load(state_dir: str, origin: Name) -> list[ZoneKey]:
+    """The zone's keys from its file; none when there is no file yet."""
+    path = key_path(state_dir, origin)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return _load(f.read(), path)
+    except FileNotFoundError:
+        return []
+
+
+def roll(path: str, keys: list[ZoneKey], step: str, algorithm: int,
+         now: float) -> list[ZoneKey]:
+    """One rollover step ("start" | "finish"), saved before it is returned (and used)."""
+    if step == "start":
+        new = start_rollover(keys, algorithm, now)
+    elif step == "finish":
+        new = finish_rollover(keys)
+    else:
+        raise DnssecKeyError(f'unknown rollover step {step!r} (steps: "start", "finish")')
+    save(path, new)
+    return new
 
 
 def start_rollover(keys: list[ZoneKey], algorithm: int, now: float) -> list[ZoneKey]:
