@@ -268,8 +268,8 @@ async def test_bad_input(tmp_path: Path) -> None:
             timeout=3)
         assert r.rcode() == dns.rcode.NOERROR and not r.answer
         nsec = [rs for rs in r.authority if rs.rdtype == dns.rdatatype.NSEC]
-        assert nsec and dns.rdatatype.DS not in nsec[0][0].windows_types()  \
-            if hasattr(nsec[0][0], "windows_types") else nsec
+        types = nsec[0][0].to_text().split()[1:]
+        assert "DNSKEY" in types and "SOA" in types and "DS" not in types
 
 
 @pytest.mark.parametrize("workers", WORKERS)
