@@ -27,6 +27,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -54,12 +55,12 @@ class ZoneKey:
     algorithm: int
     created: int          # unix time
 
-    @property
+    @cached_property   # serializing the public key costs more than the signature
     def dnskey(self) -> bytes:
         """DNSKEY record data (RFC 4034 2.1)."""
         return struct.pack("!HBB", CSK_FLAGS, PROTOCOL, self.algorithm) + _public(self.private)
 
-    @property
+    @cached_property
     def tag(self) -> int:
         return key_tag(self.dnskey)
 
