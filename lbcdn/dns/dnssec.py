@@ -112,14 +112,15 @@ class Signer:
     # -- signatures ----------------------------------------------------------------------
 
     def rrsigs(self, owner: Name, rtype: int, ttl: int, rdatas: Sequence[bytes],
-               now: float, labels: int | None = None) -> tuple[RR, ...]:
+               now: float) -> tuple[RR, ...]:
         """RRSIG records over one RRset (canonical rdata), one per key, cached per day."""
         epoch = epoch_of(now)
         if epoch != self._epoch:
             self._cache.clear()
             self._epoch = epoch
         rset = tuple(sorted(set(rdatas)))
-        nlabels = len(owner) if labels is None else labels
+        # RFC 4034 3.1.3: a wildcard owner's `*` is not counted (validators expand it)
+        nlabels = len(owner) - (1 if owner[:1] == (b"*",) else 0)
         key = (owner, rtype, ttl, nlabels, rset)
         hit = self._cache.get(key)
         if hit is not None:

@@ -221,3 +221,32 @@ def test_rollover_keys_double_sign() -> None:
     assert len(sigs) == 2
     r = ask(engine, "example.com.", "DNSKEY")
     assert len(r.answer[0]) == 2
+
+
+def test_transfer_is_signed_with_a_chain() -> None:
+    import dns.rrset
+    engine = make_engine()
+    keys = keyset(engine)
+    records = engine.axfr_records("example.com")
+    text = "\n".join(str(rr.toZone()) for rr in records)
+    rrsets: dict[tuple[str, int, int], dns.rrset.RRset] = {}
+    for line in text.splitlines():
+        rs = dns.rrset.from_text(*line.split(None, 4)[:1], int(line.split()[1]),
+                                 line.split()[2], line.split()[3], line.split(None, 4)[4])
+        k = (rs.name.to_text(), rs.rdtype, rs.covers)
+        if k in rrsets:
+            rrsets[k].union_update(rs)
+        else:
+            rrsets[k] = rs
+    sigs = {(n, c): rs for (n, t, c), rs in rrsets.items() if t == dns.rdatatype.RRSIG}
+    checked = 0
+    for (name, rdtype, _), rs in rrsets.items():
+        if rdtype == dns.rdatatype.RRSIG or (name, rdtype) not in sigs:
+            continue
+        dns.dnssec.validate(rs, sigs[(name, rdtype)], keys)
+        checked += 1
+    # the wildcard's signature does not count its `*` (RFC 4034 3.1.3)
+    assert sigs[("*.wild.example.com.", dns.rdatatype.TXT)][0].labels == 3
+    nsec_owners = [n for (n, t, _) in rrsets if t == dns.rdatatype.NSEC]
+    assert "example.com." in nsec_owners and "ns.sub.example.com." not in nsec_owners
+    assert checked > 10

@@ -305,3 +305,26 @@ async def test_rollover_without_servfail(tmp_path: Path, workers: list[str]) -> 
                              {"step": "finish"})
             assert [k["ds"] for k in done["keys"]] == new
             await ask_for(3 * ttl)
+
+
+async def test_knot_secondary_serves_the_signed_zone(tmp_path: Path) -> None:
+    """Knot transfers the signed zone from lbcdn and serves it; unbound, trusting lbcdn's DS,
+    validates Knot's answers (its NXDOMAIN proofs come from the NSEC chain of the transfer)."""
+    from tests.dns.test_knot_differential import knotd, wait_for
+    cfg = signed_config(tmp_path)
+    with daemon(cfg, tmp_path, []):
+        ds = await ds_lines(cfg)
+        zones = f"  - domain: {ZONE}\n    master: lbcdn\n"
+        extra = f"remote:\n  - id: lbcdn\n    address: {HOST}@{dns_port(cfg)}\n"
+        with knotd(tmp_path / "knot", zones, extra) as knot_port:
+            await wait_for(knot_port, f"www.{ZONE}", "A", lambda r: bool(r.answer),
+                           tmp_path / "knot")
+            with unbound(tmp_path / "unbound", knot_port, ds) as u:
+                for name, rdtype in [(f"www.{ZONE}", "A"), (f"nothing.{ZONE}", "A"),
+                                     (f"a.b.wild.{ZONE}", "TXT"), (ZONE, "DNSKEY")]:
+                    r = await u.ask(name, rdtype)
+                    ok = bool(r.flags & dns.flags.AD) and r.rcode() in (
+                        dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
+                    assert ok, f"{name} {rdtype}: {r}\n{u.log()[-2000:]}"
+                r = await u.ask(f"nothing.{ZONE}", "A")
+                assert r.rcode() == dns.rcode.NXDOMAIN   # Knot proves it with the chain
