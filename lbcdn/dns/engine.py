@@ -174,10 +174,13 @@ class Engine:
     def refresh_signatures(self) -> bool:
         """Call now and then (lbcdn.dns.runtime does, every minute): on a new signing day,
         drop the prepared answers so their signatures are made afresh. True if it did."""
-        epoch = epoch_of(self._clock())
+        now = self._clock()
+        epoch = epoch_of(now)
         if epoch == self._epoch:
             return False
         self._epoch = epoch
+        for origin, signer in self._signers.items():
+            self._publish_keys(origin, signer, now)
         self._bump()
         return True
 
@@ -195,14 +198,19 @@ class Engine:
         if signer is None:
             raise KeyError(f"zone {zone} is not signed")
         signer.set_keys(keys)
-        self._publish_keys(signer.origin, signer)
+        self._publish_keys(signer.origin, signer, self._clock())
         self._bump()
 
-    def _publish_keys(self, origin: Name, signer: Signer) -> None:
+    def _publish_keys(self, origin: Name, signer: Signer, resigned: float | None = None) -> None:
+        """Put the signer's DNSKEY set at the apex. `resigned`: the signatures a secondary
+        holds are outdated (new keys, new signing day): a new serial makes it transfer again
+        (and the Notifier tell it)."""
         zone = self._zones[origin].copy()
         zone.put(RecordSet(origin, T_DNSKEY, signer.dnskey_ttl,
                            tuple(Value.of(RD(k)) for k in signer.dnskeys())))
         zone.finish()
+        if resigned is not None:
+            zone.bump_serial(resigned)
         self._zones[origin] = zone
 
     def poll_health(self) -> bool:

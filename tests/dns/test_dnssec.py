@@ -164,9 +164,12 @@ def test_signature_times_and_daily_refresh() -> None:
     assert sig.inception == day_start - BACKDATE_S and sig.inception < clock.now
     assert sig.expiration == day_start + 14 * DAY
     version = engine.version
+    serial = engine.zones[0].serial
     assert not engine.refresh_signatures()
     clock.now += DAY
     assert engine.refresh_signatures() and engine.version != version
+    # secondaries hold signatures from their last transfer: a new serial makes them refresh
+    assert engine.zones[0].serial > serial
     r2 = ask(engine, "www.example.com.", "A")
     sig2 = [s for s in r2.answer if s.rdtype == dns.rdatatype.RRSIG][0][0]
     assert sig2.inception == sig.inception + DAY
@@ -221,6 +224,9 @@ def test_rollover_keys_double_sign() -> None:
     assert len(sigs) == 2
     r = ask(engine, "example.com.", "DNSKEY")
     assert len(r.answer[0]) == 2
+    serial = engine.zones[0].serial
+    engine.set_keys("example.com", signer.keys[1:])
+    assert engine.zones[0].serial > serial   # secondaries transfer the new keys
 
 
 def test_transfer_is_signed_with_a_chain() -> None:
