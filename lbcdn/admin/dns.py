@@ -79,29 +79,34 @@ async def _changes(request: web.Request) -> web.Response:
                               "serial": zone.serial if zone is not None else None})
 
 
-def _signer(request: web.Request) -> tuple[Engine, Signer]:
+def _signer(request: web.Request) -> tuple[Engine, Signer] | web.Response:
+    """The zone's engine and signer, or the 404 to answer."""
     engine = _engine(request)
     zone_name = request.match_info["zone"]
     try:
         signer = engine.signer(zone_name)
     except (KeyError, ValueError):
-        raise web.HTTPNotFound(text=json.dumps({"error": f"zone {zone_name!r} is not served "
-                                                         "here"}),
-                               content_type="application/json") from None
+        return web.json_response({"error": f"zone {zone_name!r} is not served here"},
+                                 status=404)
     if signer is None:
-        raise web.HTTPNotFound(text=json.dumps({"error": f"zone {zone_name!r} is not signed "
-                                                         "(dnssec.enabled is false)"}),
-                               content_type="application/json")
+        return web.json_response({"error": f"zone {zone_name!r} is not signed "
+                                           "(dnssec.enabled is false)"}, status=404)
     return engine, signer
 
 
 async def _dnssec(request: web.Request) -> web.Response:
-    _, signer = _signer(request)
+    found = _signer(request)
+    if isinstance(found, web.Response):
+        return found
+    signer = found[1]
     return web.json_response(describe(signer.origin, signer.keys))
 
 
 async def _rollover(request: web.Request) -> web.Response:
-    engine, signer = _signer(request)
+    found = _signer(request)
+    if isinstance(found, web.Response):
+        return found
+    engine, signer = found
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):

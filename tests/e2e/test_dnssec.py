@@ -271,6 +271,19 @@ async def test_bad_input(tmp_path: Path) -> None:
         types = nsec[0][0].to_text().split()[1:]
         assert "DNSKEY" in types and "SOA" in types and "DS" not in types
 
+        # The admin API: steps out of order, bad bodies, zones not served.
+        base = f"http://{HOST}:{admin_port(cfg)}/api/dns/zones"
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s:
+            for body, status, says in [({"step": "finish"}, 409, "no rollover in progress"),
+                                       ({"step": "sideways"}, 400, '"step"'),
+                                       ([1], 400, '"step"')]:
+                async with s.post(f"{base}/{ZONE}/dnssec/rollover", json=body) as r:
+                    assert r.status == status and says in (await r.json())["error"]
+            async with s.post(f"{base}/{ZONE}/dnssec/rollover", data=b"{") as r:
+                assert r.status == 400
+            async with s.get(f"{base}/nope.example/dnssec") as r:
+                assert r.status == 404 and "not served" in (await r.json())["error"]
+
 
 @pytest.mark.parametrize("workers", WORKERS)
 async def test_rollover_without_servfail(tmp_path: Path, workers: list[str]) -> None:
