@@ -341,3 +341,89 @@ async def test_knot_secondary_serves_the_signed_zone(tmp_path: Path) -> None:
                     assert ok, f"{name} {rdtype}: {r}\n{u.log()[-2000:]}"
                 r = await u.ask(f"nothing.{ZONE}", "A")
                 assert r.rcode() == dns.rcode.NXDOMAIN   # Knot proves it with the chain
+
+
+SIGNED_FILE = f"""$ORIGIN {ZONE}.
+$TTL 300
+@        3600 IN SOA ns1.{ZONE}. hostmaster.{ZONE}. 2026120701 7200 900 1209600 300
+@        3600 IN NS   ns1
+ns1           IN A    192.0.2.53
+www           IN A    192.0.2.1
+alias         IN CNAME www
+*.wild        IN TXT  "wild"
+deep.ent      IN A    192.0.2.5
+sub           IN NS   ns.sub
+ns.sub        IN A    192.0.2.54
+"""
+
+# (name, type, kind): what the answer is; `kind` says what may differ (see below)
+DIFF_QUERIES = [
+    (f"www.{ZONE}", "A", "positive"), (f"alias.{ZONE}", "A", "positive"),
+    (ZONE, "DNSKEY", "positive"), (ZONE, "SOA", "positive"),
+    (f"a.b.wild.{ZONE}", "TXT", "wildcard"),
+    (f"www.{ZONE}", "AAAA", "nodata"), (ZONE, "DS", "nodata"), (f"ent.{ZONE}", "A", "nodata"),
+    (f"nothing.{ZONE}", "A", "nxdomain"), (f"alias.{ZONE}", "MX", "nodata"),
+    (f"host.sub.{ZONE}", "A", "referral"), (f"sub.{ZONE}", "DS", "nodata"),
+]
+
+
+def structure(r: dns.message.Message, section: list[Any]) -> set[tuple[str, str]]:
+    """(owner, type) of each RRset, RRSIGs as RRSIG/<covered>: structure, not signatures."""
+    return {(rs.name.to_text().lower(), dns.rdatatype.to_text(rs.rdtype) + (
+        "/" + dns.rdatatype.to_text(rs.covers) if rs.rdtype == dns.rdatatype.RRSIG else ""))
+            for rs in section}
+
+
+async def test_same_structure_as_knot_automatic_signing(tmp_path: Path) -> None:
+    """Knot signs the same zone file itself (a CSK, ECDSAP256SHA256); the same DO queries go
+    to both. Answer sections (RRsets and which RRsets are signed) and AA must match. By design
+    (docs/guides/dns.md#dnssec): lbcdn's denial is compact (RFC 9824: NOERROR and one NSEC at
+    the query name) where Knot proves with its NSEC chain (NXDOMAIN, covering NSECs), so
+    negative answers are compared by what they prove; a wildcard answer is signed for the
+    query name by lbcdn, for the wildcard by Knot (which then adds an NSEC proof)."""
+    from tests.dns.test_knot_differential import ask, knotd, wait_for
+    (tmp_path / "zones").mkdir()
+    zone_file = tmp_path / "zones" / f"{ZONE}.zone"
+    zone_file.write_text(SIGNED_FILE)
+    cfg = signed_config(tmp_path)
+    cfg["dns"]["zones"] = [{"name": ZONE, "file": str(zone_file),
+                            "ns": ["ns1"], "dnssec": {"enabled": True}}]
+    policy = "policy:\n  - id: csk\n    algorithm: ecdsap256sha256\n    single-type-signing: on\n"
+    zones = (f"  - domain: {ZONE}\n    file: \"{zone_file}\"\n    dnssec-signing: on\n"
+             f"    dnssec-policy: csk\n    zonefile-sync: -1\n    journal-content: none\n")
+    with daemon(cfg, tmp_path, []), knotd(tmp_path / "knot", zones, policy) as knot_port:
+        await wait_for(knot_port, ZONE, "DNSKEY", lambda r: bool(r.answer), tmp_path / "knot",
+                       timeout_s=15)
+        for name, rdtype, kind in DIFF_QUERIES:
+            k = await ask(knot_port, f"{name}.", rdtype, timeout=2, want_dnssec=True)
+            ours = await ask(dns_port(cfg), f"{name}.", rdtype, timeout=2, want_dnssec=True)
+            what = f"{name} {rdtype}:\nknot:\n{k}\nlbcdn:\n{ours}"
+            assert bool(k.flags & dns.flags.AA) == bool(ours.flags & dns.flags.AA), what
+            if kind == "wildcard":
+                assert {t for _, t in structure(k, k.answer)} == \
+                    {t for _, t in structure(ours, ours.answer)}, what
+                continue
+            assert structure(k, k.answer) == structure(ours, ours.answer), what
+            if kind == "positive":
+                assert ours.rcode() == k.rcode() == dns.rcode.NOERROR, what
+            elif kind == "referral":
+                # NS at the cut, unsigned, and an NSEC there showing no DS: the same in both
+                assert structure(k, k.authority) == structure(ours, ours.authority), what
+            elif kind == "nodata":
+                assert ours.rcode() == k.rcode() == dns.rcode.NOERROR, what
+                assert {(f"{ZONE}.", "SOA"), (f"{ZONE}.", "RRSIG/SOA")} <= \
+                    structure(ours, ours.authority), what
+                # the NSEC at the name lists the same types (Knot's comes from its chain;
+                # an empty non-terminal has none in Knot's chain: a covering one proves it)
+                ours_nsec = [rs for rs in ours.authority if rs.rdtype == dns.rdatatype.NSEC]
+                k_nsec = [rs for rs in k.authority if rs.rdtype == dns.rdatatype.NSEC
+                          and rs.name == ours_nsec[0].name]
+                if k_nsec:   # Knot also publishes CDS/CDNSKEY (RFC 7344); lbcdn does not
+                    knot_types = set(k_nsec[0][0].to_text().split()[1:]) - {"CDS", "CDNSKEY"}
+                    assert set(ours_nsec[0][0].to_text().split()[1:]) == knot_types, what
+            else:
+                assert k.rcode() == dns.rcode.NXDOMAIN and ours.rcode() == dns.rcode.NOERROR
+                types = [rs[0].to_text().split()[1:] for rs in ours.authority
+                         if rs.rdtype == dns.rdatatype.NSEC]
+                assert types == [["RRSIG", "NSEC", "NXNAME"]], what
+                assert any(rs.rdtype == dns.rdatatype.NSEC for rs in k.authority), what
