@@ -50,7 +50,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import dnslib
-from dnslib import EDNS0, RD, RR, DNSBuffer, DNSLabel
+from dnslib import DNSKEY, EDNS0, RR, DNSBuffer, DNSLabel
 
 from lbcdn.dns import policy
 from lbcdn.dns.changes import (Change, ChangeError, ChangeStore, Overlay, apply_batch, replay,
@@ -207,7 +207,8 @@ class Engine:
         (and the Notifier tell it)."""
         zone = self._zones[origin].copy()
         zone.put(RecordSet(origin, T_DNSKEY, signer.dnskey_ttl,
-                           tuple(Value.of(RD(k)) for k in signer.dnskeys())))
+                           tuple(Value.of(DNSKEY(int.from_bytes(k[:2], "big"), k[2], k[3], k[4:]))
+                                 for k in signer.dnskeys())))
         zone.finish()
         if resigned is not None:
             zone.bump_serial(resigned)

@@ -256,3 +256,10 @@ def test_transfer_is_signed_with_a_chain() -> None:
     nsec_owners = [n for (n, t, _) in rrsets if t == dns.rdatatype.NSEC]
     assert "example.com." in nsec_owners and "ns.sub.example.com." not in nsec_owners
     assert checked > 10
+
+
+def test_admin_view_shows_the_dnskey_set() -> None:
+    from lbcdn.dns.view import zone_records
+    engine = make_engine()
+    rows = [r for r in zone_records(engine.zones[0], engine.health) if r["type"] == "DNSKEY"]
+    assert len(rows) == 1 and rows[0]["values"][0]["value"].startswith("257 3 13 ")
