@@ -25,6 +25,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import dns.zone
 import pytest
 
@@ -427,3 +428,84 @@ async def test_same_structure_as_knot_automatic_signing(tmp_path: Path) -> None:
                          if rs.rdtype == dns.rdatatype.NSEC]
                 assert types == [["RRSIG", "NSEC", "NXNAME"]], what
                 assert any(rs.rdtype == dns.rdatatype.NSEC for rs in k.authority), what
+
+
+class _Tamper(asyncio.DatagramProtocol):
+    """A UDP relay in front of lbcdn that changes the address in every A answer (keeping
+    its signature): what an attacker on the path would send."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.transport: asyncio.DatagramTransport | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        task = asyncio.ensure_future(self._relay(data, addr))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _relay(self, data: bytes, addr: tuple[str, int]) -> None:
+        r = await dns.asyncquery.udp(dns.message.from_wire(data), HOST, port=self.upstream,
+                                     timeout=3, ignore_unexpected=True)
+        for rrset in r.answer:
+            if rrset.rdtype == dns.rdatatype.A:
+                rrset.update(dns.rrset.from_text(rrset.name, rrset.ttl, "IN", "A",
+                                                 "203.0.113.66"))
+        assert self.transport is not None
+        self.transport.sendto(r.to_wire(), addr)
+
+
+async def test_tampered_or_expired_answers_servfail(tmp_path: Path) -> None:
+    """The same resolver set-up as above, with lbcdn in process: answers changed on the way
+    (signature kept) and answers whose signatures have expired (lbcdn's clock 30 days back)
+    are bogus: SERVFAIL. The untampered, current answer validates (the control)."""
+    from lbcdn.dns.config import load_dns_config
+    from lbcdn.dns.dnssec import DAY
+    from lbcdn.dns.engine import Engine
+    from lbcdn.dns.keys import describe
+    from lbcdn.dns.runtime import signers_from_config
+    from lbcdn.dns.server import DnsServer
+    from lbcdn.dns.zone import build_zones, zone_origin
+
+    class AllHealthy:
+        def is_healthy(self, check_id: str) -> bool:
+            return True
+
+    zone = signed_config(tmp_path)["dns"]["zones"][0]
+    config = load_dns_config({"zones": [zone]})
+    key_dir = str(tmp_path / "keys")
+
+    async def server(clock_offset_s: float) -> DnsServer:
+        engine = Engine(build_zones(config, now=time.time()), AllHealthy(),
+                        clock=lambda: time.time() + clock_offset_s,
+                        signers=signers_from_config(config, key_dir))
+        srv = DnsServer(engine, address=HOST, port=free_port())
+        await srv.start()
+        return srv
+
+    current, expired = await server(0), await server(-30 * DAY)
+    signer = current.engine.signer(ZONE)  # type: ignore[attr-defined]
+    ds = [k["ds"] for k in describe(zone_origin(ZONE), signer.keys)["keys"]]  # type: ignore
+    loop = asyncio.get_running_loop()
+    relay_port = free_port()
+    transport, relay = await loop.create_datagram_endpoint(
+        lambda: _Tamper(current.udp_port), local_addr=(HOST, relay_port))
+    try:
+        for name, port, good in [("current", current.udp_port, True),
+                                 ("expired", expired.udp_port, False),
+                                 ("tampered", relay_port, False)]:
+            with unbound(tmp_path / f"unbound-{name}", port, ds) as u:
+                r = await u.ask(f"www.{ZONE}", "A")
+                if good:
+                    assert validated(r), f"{name}: {r}\n{u.log()[-2000:]}"
+                else:
+                    assert r.rcode() == dns.rcode.SERVFAIL, f"{name}: {r}"
+                    assert "validation failure" in u.log() or "bogus" in u.log().lower(), \
+                        u.log()[-2000:]
+    finally:
+        transport.close()
+        await current.stop()
+        await expired.stop()
