@@ -118,7 +118,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _dns_ds(args: argparse.Namespace) -> int:
     from lbcdn.config.load import load_config
     from lbcdn.configkit.errors import ConfigError
-    from lbcdn.dns.keys import DnssecKeyError, describe, load
+    from lbcdn.dns.keys import DnssecKeyError, key_rows, load
     from lbcdn.dns.zone import zone_origin
     try:
         config = load_config(args.config)
@@ -145,7 +145,7 @@ def _dns_ds(args: argparse.Namespace) -> int:
         print(f"lbcdn dns ds: no keys for {args.zone} yet: the daemon makes them when it "
               "starts", file=sys.stderr)
         return 1
-    for key in describe(origin, keys)["keys"]:  # type: ignore[attr-defined]
+    for key in key_rows(origin, keys):
         print(key["ds"])
         print(key["dnskey"])
     return 0

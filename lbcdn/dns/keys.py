@@ -107,7 +107,12 @@ def generate(algorithm: int, now: float) -> ZoneKey:
 
 
 def describe(origin: Name, keys: list[ZoneKey]) -> dict[str, object]:
-    """What the admin API and `lbcdn dns ds` show: the DNSKEY and DS of each key."""
+    """What the admin API shows: the zone and `key_rows`."""
+    return {"zone": to_text(origin), "keys": key_rows(origin, keys)}
+
+
+def key_rows(origin: Name, keys: list[ZoneKey]) -> list[dict[str, object]]:
+    """The DNSKEY and DS of each key, as records in presentation form and as fields."""
     out: list[dict[str, object]] = []
     for k in keys:
         ds = ds_rdata(origin, k.dnskey, k.algorithm)
@@ -119,7 +124,7 @@ def describe(origin: Name, keys: list[ZoneKey]) -> dict[str, object]:
             "dnskey": f"{owner} IN DNSKEY {CSK_FLAGS} {PROTOCOL} {k.algorithm} {public}",
             "ds": f"{owner} IN DS {k.tag} {k.algorithm} {DIGEST_SHA256} {ds[4:].hex().upper()}",
         })
-    return {"zone": to_text(origin), "keys": out}
+    return out
 
 
 # -- the file ---------------------------------------------------------------------------------

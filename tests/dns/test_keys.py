@@ -14,8 +14,8 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from lbcdn.dns.keys import (DnssecKeyError, describe, ds_rdata, generate, key_path, load,
-                            load_or_create, roll)
+from lbcdn.dns.keys import (DnssecKeyError, ds_rdata, generate, key_path, key_rows,
+                            load, load_or_create, roll)
 from lbcdn.dns.names import parse_name
 
 ORIGIN = parse_name("example.com.")
@@ -29,7 +29,7 @@ def test_tag_and_ds_match_dnspython(algorithm: int) -> None:
     assert key.tag == dns.dnssec.key_id(rd)
     expect = dns.dnssec.make_ds(dns.name.from_text("example.com."), rd, "SHA256")
     assert ds_rdata(ORIGIN, key.dnskey, algorithm) == expect.to_wire()
-    shown = describe(ORIGIN, [key])["keys"][0]  # type: ignore[index]
+    shown = key_rows(ORIGIN, [key])[0]
     assert shown["ds"] == f"example.com. IN DS {expect.to_text().upper()}".replace(
         "EXAMPLE", "example")
 

@@ -465,7 +465,7 @@ async def test_tampered_or_expired_answers_servfail(tmp_path: Path) -> None:
     from lbcdn.dns.config import load_dns_config
     from lbcdn.dns.dnssec import DAY
     from lbcdn.dns.engine import Engine
-    from lbcdn.dns.keys import describe
+    from lbcdn.dns.keys import key_rows
     from lbcdn.dns.runtime import signers_from_config
     from lbcdn.dns.server import DnsServer
     from lbcdn.dns.zone import build_zones, zone_origin
@@ -488,7 +488,7 @@ async def test_tampered_or_expired_answers_servfail(tmp_path: Path) -> None:
 
     current, expired = await server(0), await server(-30 * DAY)
     signer = current.engine.signer(ZONE)  # type: ignore[attr-defined]
-    ds = [k["ds"] for k in describe(zone_origin(ZONE), signer.keys)["keys"]]  # type: ignore
+    ds = [str(k["ds"]) for k in key_rows(zone_origin(ZONE), signer.keys)]
     loop = asyncio.get_running_loop()
     relay_port = free_port()
     transport, relay = await loop.create_datagram_endpoint(
