@@ -234,11 +234,22 @@ class Supervisor:
                 "--index", str(worker.index)]
         if self.log_level:
             args += ["--log-level", self.log_level]
-        worker.proc = subprocess.Popen(args, pass_fds=[theirs.fileno()])
-        theirs.close()
+        try:
+            worker.proc = subprocess.Popen(args, pass_fds=[theirs.fileno()])
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         worker.started_at = time.monotonic()
         worker.ready.clear()
-        worker.reader, worker.writer = await asyncio.open_connection(sock=ours)
+        try:
+            worker.reader, worker.writer = await asyncio.open_connection(sock=ours)
+        except OSError:  # the worker would wait for a channel that never comes
+            ours.close()
+            worker.proc.kill()
+            worker.proc.wait()
+            raise
         worker.send({"op": "config", "yaml": self.config_text, "source": self.config_path})
         spawn(self._listen(worker, worker.reader), f"worker-{worker.index}-channel")
 
@@ -286,8 +297,22 @@ class Supervisor:
                 worker.restarts += 1
                 if recent:
                     await asyncio.sleep(delay)
-                if not self._draining:
-                    await self._spawn(worker)
+                await self._respawn(worker)
+
+    async def _respawn(self, worker: Worker) -> None:
+        """Start `worker` again; a start that fails (descriptors or memory short, EMFILE,
+        EAGAIN) is tried again with the growing pause until it works or the daemon drains,
+        rather than ending the monitor and with it every later restart."""
+        while not self._draining:
+            try:
+                await self._spawn(worker)
+                return
+            except OSError as exc:
+                delay = RESTART_BACKOFF_S[min(worker.restarts, len(RESTART_BACKOFF_S) - 1)]
+                worker.restarts += 1
+                log.error("could not restart worker %d: %s; trying again in %.1f s",
+                          worker.index, exc, delay)
+                await asyncio.sleep(delay)
 
     def request_stop(self) -> None:
         if self._stop.is_set():

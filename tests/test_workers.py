@@ -3,6 +3,7 @@ pushed to every worker, dead workers restarted, metrics aggregated, clean shutdo
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -289,3 +290,41 @@ def test_runtime_counts_each_listeners_open_connections(tmp_path: Path, workers:
         for client in clients:
             client.close()
         assert daemon.stop() == 0, daemon.stderr()
+
+
+async def test_a_worker_whose_restart_fails_is_started_again_later(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the control process cannot start a worker for a moment (descriptors or processes short):
+    # the monitor keeps trying rather than ending, which stopped every later restart
+    import errno
+
+    from lbcdn.config.load import load_config_text
+    from lbcdn.workers import Supervisor
+    path = tmp_path / "lbcdn.yaml"
+    config = fixed("ok")
+    text = yaml.safe_dump(config)
+    sup = Supervisor(load_config_text(text, str(path)), str(path), text, 1, None)
+    await sup.start()
+    try:
+        first = sup.workers[0].proc
+        assert first is not None
+        real_popen = subprocess.Popen
+        failures: list[int] = []
+
+        def popen(*args: Any, **kwargs: Any) -> Any:
+            if len(failures) < 2:
+                failures.append(1)
+                raise OSError(errno.EMFILE, "Too many open files")
+            return real_popen(*args, **kwargs)
+        monkeypatch.setattr("lbcdn.workers.subprocess.Popen", popen)
+        first.kill()
+        deadline = asyncio.get_running_loop().time() + 20
+        while not (sup.workers[0].ready.is_set() and sup.workers[0].proc is not first):
+            assert asyncio.get_running_loop().time() < deadline, "the worker was not restarted"
+            await asyncio.sleep(0.05)
+        assert len(failures) == 2
+        assert sup.workers[0].restarts >= 3
+        status, body = await asyncio.to_thread(get, listener_port(config))
+        assert (status, body) == (200, "ok")
+    finally:
+        await sup.stop()

@@ -7,7 +7,11 @@ Rules:
   `write` and `list` grants say (`*` = any signed-in user).
 - Anonymous requests may read where the bucket is public-read (or the key starts with a public
   prefix) and list where it is public-list; nothing else.
-- `manage` (create/delete bucket, website configuration) is owner/admin only.
+- `manage` (create/delete bucket, website configuration, policy, ACLs, Block Public Access) is
+  owner/admin only.
+- What was stored through the API (bucket policy, ACLs, Block Public Access; decided in
+  publicaccess.public_decision) comes in as `shared`: its "deny" beats every grant (an explicit
+  Deny in a policy, as in IAM), its "allow" grants anyone, signed or not.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from lbcdn.bucket.bucketpolicy import Decision
 from lbcdn.bucket.config import ANY_USER, BucketConfig, BucketsConfig
 
 Action = Literal["read", "write", "list", "manage"]
@@ -54,7 +59,9 @@ class AccessPolicy:
         return stored_owner
 
     def allowed(self, user: User | None, action: Action, bucket: str, key: str | None = None,
-                stored_owner: str | None = None) -> bool:
+                stored_owner: str | None = None, shared: Decision = None) -> bool:
+        if shared is not None:
+            return shared == "allow"
         bc = self.buckets.get(bucket)
         if user is None:
             if bc is None:

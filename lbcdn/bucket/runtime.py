@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiohttp import StreamReader
 
-from lbcdn.bucket.access import AccessPolicy, User
+from lbcdn.bucket.access import AccessPolicy, Action, User
+from lbcdn.bucket.accessstore import AccessStore, ObjectIdentity
 from lbcdn.bucket.config import BucketsConfig
 from lbcdn.bucket.errors import S3Error
-from lbcdn.bucket.storage import Storage
+from lbcdn.bucket.publicaccess import PUBLIC_READ, may_consult_object_acl, public_decision
+from lbcdn.bucket.storage import ObjectInfo, Storage
 from lbcdn.bucket.websiteconf import WebsiteConfig, parse_website_xml
 
 
@@ -75,6 +77,10 @@ class BucketRuntime:
     authenticate: Authenticator
     body_reader: BodyReaderFactory
     clock: Callable[[], float] = time.time
+    access: AccessStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.access = AccessStore(self.storage.area)
 
     @classmethod
     def build(cls, config: BucketsConfig, *, authenticate: Authenticator | None = None,
@@ -99,6 +105,39 @@ class BucketRuntime:
         if auth.access_key_id is not None and user is None:
             raise S3Error("InvalidAccessKeyId")
         return user
+
+    # -- permissions -------------------------------------------------------------------------
+
+    def allowed(self, user: User | None, action: Action, bucket: str, key: str | None = None,
+                info: ObjectInfo | None = None) -> bool:
+        """Whether `user` (None: anonymous) may do `action` (blocking: reads the bucket's
+        state and stored access settings; NoSuchBucket when it does not exist). `info`: the
+        object at `key`, when the caller has it already."""
+        if user is None:
+            # The owner matters to signed-in users only; spare anonymous reads (every website
+            # request) reading the bucket's state file.
+            self.storage.require_bucket(bucket)
+            owner = None
+        else:
+            owner = self.storage.bucket_state(bucket).owner
+        if action not in ("read", "list"):
+            return self.policy.allowed(user, action, bucket, key, owner)
+        access = self.access.load(bucket)
+        shared = public_decision(access, action, key, False)
+        if shared is None and action == "read" and key is not None \
+                and may_consult_object_acl(access) \
+                and not self.policy.allowed(user, action, bucket, key, owner):
+            # Only now is the object's own ACL worth a look (it costs a stat of the object).
+            shared = public_decision(access, action, key, self._object_public(bucket, key, info))
+        return self.policy.allowed(user, action, bucket, key, owner, shared)
+
+    def _object_public(self, bucket: str, key: str, info: ObjectInfo | None) -> bool:
+        if info is None:
+            try:
+                info = self.storage.stat_object(bucket, key)
+            except S3Error:
+                return False
+        return self.access.object_acl(bucket, key, object_identity(info)) == PUBLIC_READ
 
     # -- hosts ------------------------------------------------------------------------------
 
@@ -135,3 +174,7 @@ class BucketRuntime:
         if bc is not None and bc.website is not None:
             return WebsiteConfig(bc.website.index_document, bc.website.error_document)
         return None
+
+
+def object_identity(info: ObjectInfo) -> ObjectIdentity:
+    return (info.size, info.mtime_ns, info.etag)

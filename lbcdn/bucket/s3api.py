@@ -19,18 +19,21 @@ import binascii
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
 
-from lbcdn.bucket import xmlio
+from lbcdn.bucket import publicaccess, xmlio
 from lbcdn.bucket.access import Action, User
+from lbcdn.bucket.bucketpolicy import parse_policy
 from lbcdn.bucket.errors import S3Error, render_error
 from lbcdn.bucket.httpsem import (Unsatisfiable, evaluate_preconditions, if_range_allows,
                                   parse_range)
 from lbcdn.bucket.keys import check_key, check_prefix, decode_key, decode_path, split_path, storable_key
-from lbcdn.bucket.runtime import BucketRuntime
+from lbcdn.bucket.publicaccess import ALL_BLOCKED, PRIVATE, PUBLIC_READ, BucketAccess
+from lbcdn.bucket.runtime import BucketRuntime, object_identity
 from lbcdn.bucket.serve import Changed, object_headers, open_checked, send_file
 from lbcdn.bucket.storage import STORED_HEADERS, ObjectInfo, PendingWrite, new_request_id
 from lbcdn.bucket.websiteconf import parse_website_xml, render_website_xml
@@ -52,12 +55,15 @@ _COPY_CONDITIONS = {
     "x-amz-copy-source-if-modified-since": "If-Modified-Since",
     "x-amz-copy-source-if-unmodified-since": "If-Unmodified-Since",
 }
-_UNSUPPORTED_SUBRESOURCES = ("acl", "policy", "cors", "lifecycle", "tagging", "replication",
+_UNSUPPORTED_SUBRESOURCES = ("cors", "lifecycle", "tagging", "replication",
                              "encryption", "logging", "notification", "object-lock",
                              "legal-hold", "retention", "torrent", "restore", "select",
                              "analytics", "inventory", "metrics", "accelerate",
                              "requestPayment", "ownershipControls", "intelligent-tiering",
-                             "publicAccessBlock", "attributes")
+                             "attributes")
+
+# Sub-resources of a bucket stored by the access store (bucket policy, ACL, Block Public Access).
+_ACCESS_SUBRESOURCES = ("policy", "policyStatus", "acl", "publicAccessBlock")
 
 
 def parse_query(raw: str) -> list[tuple[str, str]]:
@@ -204,6 +210,9 @@ class S3Api:
 
     async def _bucket_op(self, req: Req) -> web.StreamResponse:
         m, q = req.method, req.query
+        for sub in _ACCESS_SUBRESOURCES:
+            if sub in q and m in ("PUT", "GET", "DELETE"):
+                return await self._bucket_access_op(req, sub)
         if m == "PUT":
             return await (self.put_website(req) if "website" in q else self.create_bucket(req))
         if m == "HEAD":
@@ -229,6 +238,8 @@ class S3Api:
 
     async def _object_op(self, req: Req) -> web.StreamResponse:
         m, q = req.method, req.query
+        if "acl" in q and m in ("PUT", "GET"):
+            return await (self.put_object_acl(req) if m == "PUT" else self.get_object_acl(req))
         if m == "PUT":
             if "uploadId" in q or "partNumber" in q:
                 if "x-amz-copy-source" in req.headers:
@@ -259,9 +270,8 @@ class S3Api:
 
     async def _bucket_allowed(self, req: Req, action: Action, key: str | None = None,
                               bucket: str | None = None) -> None:
-        name = bucket or req.bucket
-        state = await asyncio.to_thread(self.storage.bucket_state, name)
-        if not self.rt.policy.allowed(req.user, action, name, key, state.owner):
+        if not await asyncio.to_thread(self.rt.allowed, req.user, action, bucket or req.bucket,
+                                       key):
             raise S3Error("AccessDenied")
 
     async def _read_small_body(self, req: Req) -> bytes:
@@ -327,6 +337,9 @@ class S3Api:
         if not self.rt.policy.may_create_buckets(req.user):
             raise S3Error("AccessDenied")
         assert req.user is not None
+        if publicaccess.acl_from_headers(req.headers) == PUBLIC_READ:
+            raise S3Error("AccessDenied", "New buckets block public access: create the bucket, "
+                          "then allow it with PutPublicAccessBlock and set the ACL.")
         body = await self._read_small_body(req)
         constraint = xmlio.parse_create_bucket(body)
         if constraint and constraint != self.rt.config.region:
@@ -334,18 +347,24 @@ class S3Api:
                           f"The {constraint} location constraint is incompatible with the "
                           "region specific endpoint this request was sent to.", status=400)
         await asyncio.to_thread(self.storage.create_bucket, req.bucket, req.user.name)
+        # As new S3 buckets: public access stays blocked until the owner allows it (this also
+        # replaces whatever a deleted bucket of the same name left behind).
+        await asyncio.to_thread(self.rt.access.save, req.bucket, BucketAccess(block=ALL_BLOCKED))
         return web.Response(status=200, headers={"Location": f"/{req.bucket}"})
 
     async def head_bucket(self, req: Req) -> web.StreamResponse:
-        state = await asyncio.to_thread(self.storage.bucket_state, req.bucket)
-        if not any(self.rt.policy.allowed(req.user, a, req.bucket, None, state.owner)
-                   for a in ("read", "list", "write", "manage")):
+        def may() -> bool:
+            return any(self.rt.allowed(req.user, a, req.bucket)
+                       for a in ("read", "list", "write", "manage"))
+
+        if not await asyncio.to_thread(may):
             raise S3Error("AccessDenied")
         return web.Response(status=200, headers={"x-amz-bucket-region": self.rt.config.region})
 
     async def delete_bucket(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "manage")
         await asyncio.to_thread(self.storage.delete_bucket, req.bucket)
+        await asyncio.to_thread(self.rt.access.drop, req.bucket)
         return web.Response(status=204)
 
     async def get_location(self, req: Req) -> web.StreamResponse:
@@ -370,6 +389,106 @@ class S3Api:
         await self._bucket_allowed(req, "manage")
         await asyncio.to_thread(self.storage.set_website, req.bucket, None)
         return web.Response(status=204)
+
+    # -- bucket policy, ACL, Block Public Access (publicaccess.py) --------------------------
+
+    async def _bucket_access_op(self, req: Req, sub: str) -> web.StreamResponse:
+        await self._bucket_allowed(req, "manage")
+        m, bucket, store = req.method, req.bucket, self.rt.access
+        access = await asyncio.to_thread(store.load, bucket)
+        if sub == "policyStatus":
+            if m != "GET":
+                raise S3Error("MethodNotAllowed")
+            if access.policy is None:
+                raise _no_policy(bucket)
+            return self._xml(publicaccess.render_policy_status(access.policy.public))
+        if sub == "policy":
+            if m == "GET":
+                if access.policy is None:
+                    raise _no_policy(bucket)
+                return web.Response(body=access.policy.text.encode("utf-8"),
+                                    content_type="application/json")
+            if m == "DELETE":
+                await asyncio.to_thread(store.update, bucket,
+                                        lambda a: replace(a, policy=None))
+                return web.Response(status=204)
+            policy = parse_policy(await self._read_small_body(req), bucket)
+            if policy.public and access.effective_block.block_public_policy:
+                raise S3Error("AccessDenied", "The bucket's BlockPublicPolicy setting refuses "
+                              "a public policy (PutPublicAccessBlock to allow it).")
+            await asyncio.to_thread(store.update, bucket, lambda a: replace(a, policy=policy))
+            return web.Response(status=204)
+        if sub == "acl":
+            if m == "GET":
+                return self._xml(publicaccess.render_acl(await self._owner(req), access.acl))
+            if m == "DELETE":
+                raise S3Error("MethodNotAllowed")
+            acl = await self._acl_of_put_acl(req)
+            self._check_public_acl(access, acl)
+            await asyncio.to_thread(store.update, bucket, lambda a: replace(a, acl=acl))
+            return web.Response(status=200)
+        if m == "GET":
+            if access.block is None:
+                raise S3Error("NoSuchPublicAccessBlockConfiguration", "The public access "
+                              "block configuration was not found", status=404,
+                              extra={"BucketName": bucket})
+            return self._xml(publicaccess.render_block(access.block))
+        if m == "DELETE":
+            await asyncio.to_thread(store.update, bucket, lambda a: replace(a, block=None))
+            return web.Response(status=204)
+        block = publicaccess.parse_block(await self._read_small_body(req))
+        await asyncio.to_thread(store.update, bucket, lambda a: replace(a, block=block))
+        return web.Response(status=200)
+
+    async def _owner(self, req: Req) -> str:
+        state = await asyncio.to_thread(self.storage.bucket_state, req.bucket)
+        return self.rt.policy.owner_of(req.bucket, state.owner) or ""
+
+    async def _acl_of_put_acl(self, req: Req) -> str:
+        """PutBucketAcl / PutObjectAcl: the canned ACL from the headers or the XML body."""
+        body = await self._read_small_body(req)
+        acl = publicaccess.acl_from_headers(req.headers)
+        if acl is not None:
+            if body.strip():
+                raise S3Error("UnexpectedContent", "This request does not support content "
+                              "together with x-amz-acl or x-amz-grant-* headers.", status=400)
+            return acl
+        if not body.strip():
+            raise S3Error("MissingSecurityHeader", "Your request was missing a required "
+                          "header: x-amz-acl or an AccessControlPolicy body.")
+        return publicaccess.acl_from_xml(body)
+
+    def _check_public_acl(self, access: BucketAccess, acl: str) -> None:
+        if acl == PUBLIC_READ and access.effective_block.block_public_acls:
+            raise S3Error("AccessDenied", "The bucket's BlockPublicAcls setting refuses public "
+                          "ACLs (PutPublicAccessBlock to allow them).")
+
+    async def _object_acl_to_set(self, req: Req) -> str | None:
+        """The ACL a PutObject/CopyObject/CreateMultipartUpload asks for, checked: making an
+        object public takes the bucket owner (manage) and an unblocked bucket."""
+        acl = publicaccess.acl_from_headers(req.headers)
+        if acl == PUBLIC_READ:
+            await self._bucket_allowed(req, "manage")
+            self._check_public_acl(await asyncio.to_thread(self.rt.access.load, req.bucket), acl)
+        return acl
+
+    async def put_object_acl(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "write", req.key)
+        acl = await self._acl_of_put_acl(req)
+        if acl == PUBLIC_READ:
+            await self._bucket_allowed(req, "manage")
+        self._check_public_acl(await asyncio.to_thread(self.rt.access.load, req.bucket), acl)
+        info = await asyncio.to_thread(self.storage.stat_object, req.bucket, req.key)
+        await asyncio.to_thread(self.rt.access.set_object_acl, req.bucket, req.key,
+                                object_identity(info), acl)
+        return web.Response(status=200)
+
+    async def get_object_acl(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "read", req.key)
+        info = await asyncio.to_thread(self.storage.stat_object, req.bucket, req.key)
+        acl = await asyncio.to_thread(self.rt.access.object_acl, req.bucket, req.key,
+                                      object_identity(info))
+        return self._xml(publicaccess.render_acl(await self._owner(req), acl))
 
     async def list_objects(self, req: Req, *, v2: bool) -> web.StreamResponse:
         await self._bucket_allowed(req, "list")
@@ -405,9 +524,11 @@ class S3Api:
     async def put_object(self, req: Req) -> web.StreamResponse:
         storable_key(req.key)
         await self._bucket_allowed(req, "write", req.key)
+        acl = await self._object_acl_to_set(req)
         pending = await self._receive(req)
         info = await asyncio.to_thread(self.storage.commit, pending, req.bucket, req.key,
                                        stored_headers_from(req.headers))
+        await self._set_new_object_acl(req.bucket, info, acl)
         return web.Response(status=200, headers={"ETag": f'"{info.etag}"'})
 
     async def get_object(self, req: Req, *, head: bool) -> web.StreamResponse:
@@ -461,9 +582,17 @@ class S3Api:
         return await send_file(req.request, fd, info, 206 if rng else 200, headers, rng, head,
                                self.rt.config.limits.idle_timeout_s)
 
+    async def _set_new_object_acl(self, bucket: str, info: ObjectInfo, acl: str | None) -> None:
+        # A new object without an ACL is private: a record left by the previous version names
+        # that version's identity, so it no longer applies and needs no write here.
+        if acl is not None and acl != PRIVATE:
+            await asyncio.to_thread(self.rt.access.set_object_acl, bucket, info.key,
+                                    object_identity(info), acl)
+
     async def delete_object(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write", req.key)
         await asyncio.to_thread(self.storage.delete_object, req.bucket, req.key)
+        await asyncio.to_thread(self.rt.access.forget_object, req.bucket, req.key)
         return web.Response(status=204)
 
     async def delete_objects(self, req: Req) -> web.StreamResponse:
@@ -483,6 +612,7 @@ class S3Api:
                 try:
                     storable_key(key)
                     self.storage.delete_object(req.bucket, key)
+                    self.rt.access.forget_object(req.bucket, key)
                     deleted.append(key)
                 except S3Error as e:
                     errors.append((key, e))
@@ -501,6 +631,7 @@ class S3Api:
         src_key = check_key(src_raw_key)
         await self._bucket_allowed(req, "read", src_key, bucket=src_bucket)
         await self._bucket_allowed(req, "write", req.key)
+        acl = await self._object_acl_to_set(req)
         directive = req.headers.get("x-amz-metadata-directive", "COPY").upper()
         if directive not in ("COPY", "REPLACE"):
             raise S3Error("InvalidArgument", "Unknown metadata directive.",
@@ -517,6 +648,7 @@ class S3Api:
         headers = None if directive == "COPY" else stored_headers_from(req.headers)
         info = await asyncio.to_thread(self.storage.copy_object, src_bucket, src_key,
                                        req.bucket, req.key, headers)
+        await self._set_new_object_acl(req.bucket, info, acl)
         return self._xml(xmlio.copy_result(info))
 
     # -- multipart --------------------------------------------------------------------------
@@ -524,9 +656,13 @@ class S3Api:
     async def create_upload(self, req: Req) -> web.StreamResponse:
         storable_key(req.key)
         await self._bucket_allowed(req, "write", req.key)
+        acl = await self._object_acl_to_set(req)
         owner = req.user.name if req.user else None
         upload = await asyncio.to_thread(self.storage.create_upload, req.bucket, req.key,
                                          stored_headers_from(req.headers), owner)
+        if acl is not None and acl != PRIVATE:
+            await asyncio.to_thread(self.rt.access.set_upload_acl, req.bucket,
+                                    upload.upload_id, acl)
         return self._xml(xmlio.initiate_result(upload))
 
     async def upload_part(self, req: Req) -> web.StreamResponse:
@@ -545,8 +681,12 @@ class S3Api:
         await self._bucket_allowed(req, "write", req.key)
         wanted = xmlio.parse_complete(await self._read_small_body(req))
         # Also answers a retry of a Complete that succeeded (storage keeps a record).
+        upload_id = req.query["uploadId"]
         info: ObjectInfo = await asyncio.to_thread(self.storage.complete_upload, req.bucket,
-                                                   req.key, req.query["uploadId"], wanted)
+                                                   req.key, upload_id, wanted)
+        acl = await asyncio.to_thread(self.rt.access.upload_acl, req.bucket, upload_id)
+        await self._set_new_object_acl(req.bucket, info, acl)
+        await asyncio.to_thread(self.rt.access.forget_upload, req.bucket, upload_id)
         host = req.headers.get("Host", "")
         return self._xml(xmlio.complete_result(f"http://{host}/{req.bucket}/{req.raw_key}",
                                                req.bucket, info))
@@ -556,6 +696,7 @@ class S3Api:
         upload = await asyncio.to_thread(self.storage.get_upload, req.bucket, req.key,
                                          req.query["uploadId"])
         await asyncio.to_thread(self.storage.abort_upload, upload)
+        await asyncio.to_thread(self.rt.access.forget_upload, req.bucket, upload.upload_id)
         return web.Response(status=204)
 
     async def list_parts(self, req: Req) -> web.StreamResponse:
@@ -578,3 +719,8 @@ class S3Api:
         truncated = len(uploads) > max_uploads
         return self._xml(xmlio.list_uploads(req.bucket, uploads[:max_uploads], prefix=prefix,
                                             max_uploads=max_uploads, truncated=truncated))
+
+
+def _no_policy(bucket: str) -> S3Error:
+    return S3Error("NoSuchBucketPolicy", "The bucket policy does not exist", status=404,
+                   extra={"BucketName": bucket})

@@ -2,7 +2,8 @@
 
 Rules (as S3's website endpoints behave):
 - GET and HEAD only (405 otherwise); requests are anonymous, so an object is served only where
-  the bucket is public-read (or its key is under a public prefix).
+  it is public: the config's `public_read` (or a public prefix), a bucket policy allowing
+  s3:GetObject to everyone, or a public-read object ACL (runtime.allowed).
 - RedirectAllRequestsTo answers every request with a 301. Routing rules without an error
   condition apply before the lookup, those with one after it (websiteconf.match_rule).
 - `/` and every `folder/` get the index document; `folder` without the slash, where
@@ -117,12 +118,12 @@ class Website:
         lookup = key + (cfg.index_suffix or "") if key == "" or key.endswith("/") else key
         try:
             check_key(lookup)
-            info = await self._find(bucket, lookup)
+            info, public = await self._find(bucket, lookup)
         except S3Error as e:
             if e.code not in ("NoSuchKey", "InvalidObjectName", "AccessDenied"):
                 raise
-            info = None
-        if info is not None and not self.rt.policy.allowed(None, "read", bucket, lookup):
+            info, public = None, False
+        if info is not None and not public:
             return await self._fail(request, bucket, cfg, key, S3Error("AccessDenied"),
                                     request_id, proto)
         if info is None:
@@ -130,13 +131,12 @@ class Website:
                 folder_index = f"{key}/{cfg.index_suffix}"
                 try:
                     check_key(folder_index)
-                    found = await self._find(bucket, folder_index)
+                    found_public = (await self._find(bucket, folder_index))[1]
                 except S3Error:
-                    found = None
-                if found is not None and self.rt.policy.allowed(None, "read", bucket,
-                                                                folder_index):
+                    found_public = False
+                if found_public:
                     return self._redirect(302, f"/{raw_path.lstrip('/')}/")
-            listable = self.rt.policy.allowed(None, "list", bucket)
+            listable = await asyncio.to_thread(self.rt.allowed, None, "list", bucket)
             err = S3Error("NoSuchKey", extra={"Key": lookup}) if listable else \
                 S3Error("AccessDenied")
             return await self._fail(request, bucket, cfg, key, err, request_id, proto)
@@ -145,13 +145,19 @@ class Website:
             return self._redirect(301, redirect)
         return await self._send(request, bucket, info, 200, request_id)
 
-    async def _find(self, bucket: str, key: str) -> ObjectInfo | None:
-        try:
-            return await asyncio.to_thread(self.storage.stat_object, bucket, key)
-        except S3Error as e:
-            if e.code == "NoSuchKey":
-                return None
-            raise
+    async def _find(self, bucket: str, key: str) -> tuple[ObjectInfo | None, bool]:
+        """The object at `key` (None: there is none) and whether anyone may read it, in one
+        trip to a thread."""
+        def find() -> tuple[ObjectInfo | None, bool]:
+            try:
+                info = self.storage.stat_object(bucket, key)
+            except S3Error as e:
+                if e.code == "NoSuchKey":
+                    return None, False
+                raise
+            return info, self.rt.allowed(None, "read", bucket, key, info)
+
+        return await asyncio.to_thread(find)
 
     async def _fail(self, request: web.Request, bucket: str, cfg: WebsiteConfig, key: str,
                     err: S3Error, request_id: str, proto: str) -> web.StreamResponse:
@@ -162,10 +168,10 @@ class Website:
                                                     proto))
         if cfg.error_key and 400 <= err.status < 500:
             try:
-                doc = await self._find(bucket, cfg.error_key)
+                doc, public = await self._find(bucket, cfg.error_key)
             except S3Error:
-                doc = None
-            if doc is not None and self.rt.policy.allowed(None, "read", bucket, cfg.error_key):
+                doc, public = None, False
+            if doc is not None and public:
                 return await self._send(request, bucket, doc, err.status, request_id, plain=True)
         return self._error(request, err, request_id, key)
 

@@ -137,19 +137,24 @@ def load_config_text(text: str, source: str = "<config>",
 
 
 def _check_zones(config: Config, source: str) -> None:
-    """Build the DNS zones once, so a broken zone file or record is a configuration error
-    (in check-config too), not a failure at start. Zone files are relative to `source`."""
+    """Build the DNS zones and TSIG keys once, so a broken zone file, record or key file is a
+    configuration error (in check-config too), not a failure at start. Zone files and key
+    files are relative to `source`."""
     import time
 
     from lbcdn.dns.alias import aliases_from_config
+    from lbcdn.dns.tsig import KeyProblem, build_keys
     from lbcdn.dns.zone import ZoneError, build_zones
     assert config.dns is not None
     base = os.path.dirname(os.path.abspath(source)) if os.path.exists(source) else "."
     try:
         build_zones(config.dns, now=time.time(), base_dir=base, aliases=aliases_from_config(
             config.listeners, config.pools, config.dns.public_addresses))
+        build_keys(config.dns.tsig_keys, base)  # secret files must be there and readable
     except ZoneError as e:
         raise ConfigError([("", p) for p in e.problems], source) from None
+    except KeyProblem as e:
+        raise ConfigError(e.problems, source) from None
 
 
 def parse_config(data: object, source: str = "<config>",

@@ -41,7 +41,7 @@ from lbcdn.routing.config import RouteConfig
 from lbcdn.upstream.config import TargetConfig
 
 MARK = re.compile(r"<!-- schema: ([\w.]+) -->")
-_ACRONYMS = {"dns": "DNS", "soa": "SOA", "tls": "TLS"}
+_ACRONYMS = {"dns": "DNS", "soa": "SOA", "tls": "TLS", "tsig": "TSIG"}
 # A class reached by several paths is documented under the one that reads best.
 _PREFERRED_PATH = {"BehaviorConfig": "cache.distributions.NAME.behaviors[]"}
 # A union field written as one of several keys, each holding one member of the union (in

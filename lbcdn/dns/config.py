@@ -15,6 +15,8 @@ Rules:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from lbcdn.dns.rdata import TYPES, BadRdata, parse_rdata_text
 RecordType = Literal["A", "AAAA", "CNAME", "NS", "SOA", "PTR", "MX", "TXT", "SRV", "CAA"]
 Policy = Literal["simple", "weighted", "failover", "multivalue"]
 FailoverRole = Literal["PRIMARY", "SECONDARY"]
+TsigAlgorithm = Literal["hmac-sha256", "hmac-sha1", "hmac-sha512"]
 
 MAX_TTL = 2**31 - 1
 
@@ -160,6 +163,29 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True)
+class TsigKeyConfig:
+    """A TSIG key (RFC 8945) shared with secondaries, as `tsig-keygen` or `keymgr -t` make."""
+    name: str = doc("Key name, a domain name (`xfr-key`, `knot.example.com`); the same on "
+                    "both sides.", REQUIRED)
+    algorithm: TsigAlgorithm = doc("HMAC algorithm.", "hmac-sha256")
+    secret: str | None = doc(
+        "The shared secret in base64; write `${ENV_VAR}` to read it from the environment.",
+        None)
+    secret_file: str | None = doc(
+        "A file holding the base64 secret (relative to the config file's directory), instead "
+        "of `secret`.", None)
+
+
+@dataclass(frozen=True)
+class SecondaryKeyConfig:
+    """A secondary whose requests must be signed: its AXFR/IXFR requests are refused unless
+    signed with `tsig_key`, and NOTIFYs sent to it are signed with it."""
+    address: str = doc("Address or CIDR the secondary sends from (and, for `notify` "
+                       "targets, the address NOTIFYs go to).", REQUIRED)
+    tsig_key: str = doc("Name of a `dns.tsig_keys` key.", REQUIRED)
+
+
+@dataclass(frozen=True)
 class DnsConfig:
     listeners: tuple[DnsListenerConfig, ...] = doc("UDP+TCP listeners.", default_factory=tuple)
     zones: tuple[ZoneConfig, ...] = doc("Hosted zones.", default_factory=tuple)
@@ -175,6 +201,14 @@ class DnsConfig:
     notify: tuple[str, ...] = doc(
         "Secondaries (`host:port`, IPv6 as `[::1]:53`) sent NOTIFY when a zone changes.",
         default_factory=tuple)
+    tsig_keys: tuple[TsigKeyConfig, ...] = doc("TSIG keys (RFC 8945).", default_factory=tuple)
+    secondaries: tuple[SecondaryKeyConfig, ...] = doc(
+        "Secondaries that must sign with a TSIG key: a transfer request from an address "
+        "listed here is answered only when signed with its key (whether or not "
+        "`allow_transfer` lists it too); NOTIFYs to it are signed.", default_factory=tuple)
+    nsid: str | None = doc(
+        "Name server identifier (RFC 5001) sent to clients that ask for it, as Knot's `nsid`: "
+        "text, or hex digits after `0x`; unset: none.", None)
     max_udp_payload_bytes: int = doc(
         "Largest UDP answer to an EDNS client (which may ask for less); 512 without EDNS.",
         1232, lo=512, hi=4096)
@@ -376,6 +410,91 @@ def _check_dns(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         binds.setdefault((lst.address, lst.port), where)
 
 
+def key_name(text: str) -> Name:
+    """A TSIG key's name as written in the config; BadName when it is not one."""
+    name = parse_name(text if text.endswith(".") else text + ".")
+    if not name:
+        raise BadName("a key name cannot be the root")
+    return name
+
+
+def decode_secret(text: str) -> bytes:
+    """A TSIG secret in base64 (as `tsig-keygen` and `keymgr -t` print it) -> bytes;
+    ValueError when it is not."""
+    try:
+        secret = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not valid base64") from None
+    if not secret:
+        raise ValueError("empty secret")
+    return secret
+
+
+def nsid_bytes(text: str) -> bytes:
+    """`dns.nsid` -> the option's bytes: `0x` + hex digits, or the text itself (UTF-8)."""
+    if text[:2].lower() == "0x":
+        return bytes.fromhex(text[2:])
+    return text.encode("utf-8")
+
+
+def _check_tsig_key(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    if "name" in v:
+        try:
+            key_name(v["name"])
+        except BadName as e:
+            ld.error(join(path, "name"), str(e))
+    if (v.get("secret") is None) == (v.get("secret_file") is None):
+        ld.error(path, "give exactly one of secret or secret_file")
+    elif v.get("secret") is not None:
+        try:
+            decode_secret(v["secret"])
+        except ValueError as e:
+            ld.error(join(path, "secret"), str(e))
+
+
+def _items(ld: Loader, v: Mapping[str, Any], path: str, key: str) -> list[tuple[str, Any]]:
+    """The entries of list `key` with their paths; only the valid ones when some are not."""
+    if key in v:
+        return [(index(join(path, key), i), x) for i, x in enumerate(v[key])]
+    return list(ld.partial.get(join(path, key), []))
+
+
+def _check_tsig(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    keys: dict[Name, str] = {}
+    key_items = _items(ld, v, path, "tsig_keys")
+    for where, kc in key_items:
+        try:
+            name = key_name(kc.name)
+        except BadName:
+            continue  # reported by _check_tsig_key
+        if name in keys:
+            ld.error(join(where, "name"), f"duplicate key {kc.name!r} (also {keys[name]})")
+        keys.setdefault(name, where)
+    for i, sc in enumerate(v.get("secondaries", ())):
+        where = index(join(path, "secondaries"), i)
+        try:
+            ipaddress.ip_network(sc.address, strict=False)
+        except ValueError:
+            ld.error(join(where, "address"), f"not an address or CIDR: {sc.address!r}")
+        try:
+            known = key_name(sc.tsig_key) in keys
+        except BadName as e:
+            ld.error(join(where, "tsig_key"), str(e))
+            continue
+        if not known and "tsig_keys" in v:  # else a broken key may be the one meant
+            ld.error(join(where, "tsig_key"), f"unknown key {sc.tsig_key!r} (known: "
+                     f"{', '.join(kc.name for _, kc in key_items) or 'none'})")
+    nsid = v.get("nsid")
+    if nsid is not None:
+        try:
+            data = nsid_bytes(nsid)
+        except ValueError:
+            ld.error(join(path, "nsid"), "not hex digits after 0x")
+            return
+        if not data or len(data) > 128:
+            ld.error(join(path, "nsid"), "must be 1 to 128 bytes")
+
+
 def alias_problems(dns: DnsConfig, listeners: list[str], pools: list[str],
                    path: str = "dns") -> list[tuple[str, str]]:
     """Cross-section check for the lead's Config validator: every alias names a real
@@ -397,6 +516,8 @@ VALIDATORS.setdefault(AliasConfig, []).append(_check_alias)
 VALIDATORS.setdefault(SoaConfig, []).append(_check_soa)
 VALIDATORS.setdefault(ZoneConfig, []).append(_check_zone)
 VALIDATORS.setdefault(DnsConfig, []).append(_check_dns)
+VALIDATORS.setdefault(DnsConfig, []).append(_check_tsig)
+VALIDATORS.setdefault(TsigKeyConfig, []).append(_check_tsig_key)
 
 
 def load_dns_config(data: object, path: str = "dns",

@@ -11,15 +11,21 @@ Rules:
   name (RFC 6604); wildcards per RFC 4592 (not across empty non-terminals); referrals
   without AA, with in-zone glue that is never dropped (TC instead); DS at a delegation point
   answered by the parent side; REFUSED, RA clear, outside every zone and for classes other
-  than IN; ANY answered with one RRset (RFC 8482); types the name lacks -> NODATA.
+  than IN and ANY (QCLASS ANY is answered as IN, as Knot does; RFC 1035 3.2.5); ANY answered
+  with one RRset (RFC 8482); types the name lacks -> NODATA.
 - Header: id, opcode, RD and CD copied; QR set; RA, Z and AD clear.
-- EDNS(0): an OPT answers an OPT (DO copied, our payload size = max_udp); version > 0 ->
-  BADVERS; options ignored. UDP limit: min(client payload, max_udp), 512 without EDNS, never
-  below 512. Too big: first optional additional records are dropped, then everything but
+- EDNS(0): an OPT answers an OPT, FORMERR and NOTIMP replies included (DO copied, our payload
+  size = max_udp); version > 0 -> BADVERS. Options: NSID (RFC 5001) answered with `nsid`
+  when set; REFUSED and SERVFAIL carry an Extended DNS Error (RFC 8914: 20 Not
+  Authoritative, 0 Other for a failure); others ignored. UDP limit: min(client payload,
+  max_udp), 512 without EDNS, never below 512. Too big: first optional additional records are dropped, then everything but
   the question and OPT is dropped and TC set. TCP: no limit but 65535.
 - The question is answered in the client's case: the response is built for the lower-cased
   name (so every spelling gets the same bytes) and the query's name bytes are copied over
   the question; owner names are compression pointers into it and follow.
+- TSIG (RFC 8945): a signed query is checked with `tsig_keys` (tsig.py), never prepared for
+  replay; a good one is answered as unsigned and the answer signed, a bad one gets the TSIG
+  error reply (logged sparsely: UDP senders can be spoofed).
 - Rotation: `answer()` gives each simple set's rotations in turn (a counter per set).
 - Prepared answers: `prepare()` gives every answer a query can get while `version` stays, for
   the fast path to replay under `cacheable_key(query)`: one when the answer is fixed; when it
@@ -50,9 +56,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import dnslib
-from dnslib import DNSKEY, EDNS0, RR, DNSBuffer, DNSLabel
+from dnslib import DNSKEY, EDNS0, RR, DNSBuffer, DNSLabel, EDNSOption
 
-from lbcdn.dns import policy
+from lbcdn.dns import policy, tsig
 from lbcdn.dns.changes import (Change, ChangeError, ChangeStore, Overlay, apply_batch, replay,
                                update_overlay)
 from lbcdn.dns.dnssec import T_DNSKEY, Signer, epoch_of
@@ -63,7 +69,8 @@ from lbcdn.dns.policy import HealthView
 from lbcdn.dns.rdata import target_of
 from lbcdn.dns.zone import (T_A, T_AAAA, T_CNAME, T_NS, T_SOA, AliasDirectory, RecordSet,
                             Value, Zone, ZoneError, generate_ptrs, zone_origin)
-from lbcdn.dns.wire import FORMERR, Query, cache_key, parse_query
+from lbcdn.dns.wire import (EDE_NOT_AUTHORITATIVE, EDE_OTHER, FORMERR, OPT_EDE, OPT_NSID, Query,
+                            cache_key, ede_data, parse_query)
 
 __all__ = ["Engine", "HealthView", "Change", "ChangeError", "Prepared"]
 
@@ -71,7 +78,7 @@ log = logging.getLogger("lbcdn.dns.engine")
 
 NOERROR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 2, 3, 4, 5, 16
 T_MX, T_SRV, T_DS, T_IXFR, T_AXFR, T_ANY = 15, 33, 43, 251, 252, 255
-CLASS_IN = 1
+CLASS_IN, CLASS_ANY = 1, 255
 EDNS_CAP = 1232          # RFC 9715 / DNS flag day 2020: no fragmentation
 MAX_CHAIN = 12           # CNAMEs followed before giving up (loops end earlier)
 TCP_MAX = 65535
@@ -95,6 +102,7 @@ class _Answer:
     optional: list[RR] = field(default_factory=list)   # may be dropped to fit
     period: int = 1        # turns after which the answer repeats (policy.Selection.period)
     replay: bool = True    # False: a random pick or a failure went into it
+    ede: int = -1          # Extended DNS Error code for the OPT (RFC 8914); -1: none
     # NXDOMAIN/NODATA: the name it is about and the types there (None: no such name)
     denied: tuple[Name, tuple[int, ...] | None] | None = None
 
@@ -111,9 +119,12 @@ def _rrs(owner: DNSLabel, rtype: int, ttl: int, values: Sequence[Value]) -> list
 class Engine:
     def __init__(self, zones: Sequence[Zone], health: HealthView, rng: random.Random | None = None,
                  *, store: ChangeStore | None = None, aliases: AliasDirectory | None = None,
-                 clock: Callable[[], float] = time.time,
-                 signers: Mapping[Name, Signer] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, tsig_keys: tsig.Keyring | None = None,
+                 nsid: bytes = b"", signers: Mapping[Name, Signer] | None = None) -> None:
         self._health = health
+        self._tsig_keys: tsig.Keyring = tsig_keys or {}
+        self._nsid = nsid
+        self._tsig_refusals = tsig.SparseLog(log)
         self._signers = dict(signers or {})
         self._rng = rng or random.Random()
         self._store = store
@@ -318,7 +329,7 @@ class Engine:
         answered with an error or silence. Transport and max_udp are not in the key: keep one
         table per transport and pass one max_udp per Engine."""
         q = parse_query(query)
-        if q is None or q.error or q.question is None:
+        if q is None or q.error or q.question is None or q.tsig:
             return None
         return cache_key(q)
 
@@ -326,6 +337,8 @@ class Engine:
         """Full processing of one wire-format query -> wire-format response, or None = send
         nothing (unreadable header, or the packet is a response). See the module rules."""
         q = self._parse(query)
+        if q is not None and q.tsig:
+            return self._signed(q, query, tcp, max_udp)
         return None if q is None else self._respond(q, tcp, max_udp, None)[0]
 
     def prepare(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> Prepared | None:
@@ -334,6 +347,9 @@ class Engine:
         q = self._parse(query)
         if q is None:
             return None
+        if q.tsig:
+            signed = self._signed(q, query, tcp, max_udp)
+            return None if signed is None else Prepared((signed,), replay=False)
         out, ans = self._respond(q, tcp, max_udp, 0)
         if not ans.replay or ans.period > MAX_ROTATIONS:
             if ans.period > 1:  # rotations inside it still take turns, per set
@@ -341,6 +357,18 @@ class Engine:
             return Prepared((out,), replay=False)
         rest = (self._respond(q, tcp, max_udp, k)[0] for k in range(1, ans.period))
         return Prepared((out, *rest), replay=True)
+
+    def _signed(self, q: Query, query: bytes, tcp: bool, max_udp: int) -> bytes | None:
+        now = self._clock()
+        verdict = tsig.verify(query, q.tsig, self._tsig_keys, now)
+        if verdict.error:
+            self._tsig_refusals.warning("dns: TSIG %s for a query signed with key %s",
+                                        tsig.ERROR_NAMES[verdict.error], verdict.key_text)
+            return tsig.error_reply(verdict, now, max_udp=max_udp)
+        plain = self._parse(verdict.message)
+        if plain is None:
+            return None
+        return tsig.sign_replies([self._respond(plain, tcp, max_udp, None)[0]], verdict, now)[0]
 
     @staticmethod
     def _parse(query: bytes) -> Query | None:
@@ -358,7 +386,7 @@ class Engine:
             return self._pack(q, ans, tcp, max_udp), ans
         except Exception:  # a bug must cost one SERVFAIL, not the server
             log.exception("dns: answering failed")
-            ans = _Answer(rcode=SERVFAIL, aa=False, replay=False)
+            ans = _Answer(rcode=SERVFAIL, aa=False, replay=False, ede=EDE_OTHER)
             return self._pack(q, ans, tcp, max_udp), ans
 
     def _outcome(self, q: Query, turn: int | None) -> _Answer:
@@ -370,9 +398,9 @@ class Engine:
             return _Answer(rcode=NOTIMP, aa=False)
         if q.qtype == 41:  # OPT is not a question
             return _Answer(rcode=FORMERR, aa=False)
-        zone = self._zone_for(q.qname) if q.qclass == CLASS_IN else None
+        zone = self._zone_for(q.qname) if q.qclass in (CLASS_IN, CLASS_ANY) else None
         if zone is None:
-            return _Answer(rcode=REFUSED, aa=False)
+            return _Answer(rcode=REFUSED, aa=False, ede=EDE_NOT_AUTHORITATIVE)
         ans = self._resolve(zone, q.qname, q.qtype, turn)
         signer = self._signers.get(zone.origin)
         if signer is not None:
@@ -509,8 +537,13 @@ class Engine:
             limit = max(512, min(q.edns.payload, max_udp))
         opt: list[RR] = []
         if q.edns is not None:
+            options = []
+            if ans.ede >= 0:
+                options.append(EDNSOption(OPT_EDE, ede_data(ans.ede)))
+            if q.edns.nsid and self._nsid:
+                options.append(EDNSOption(OPT_NSID, self._nsid))
             opt = [EDNS0(udp_len=max(512, max_udp), ext_rcode=ans.rcode >> 4,
-                         flags="do" if q.edns.do else "")]
+                         flags="do" if q.edns.do else "", opts=options)]
         out = self._build(q, ans, ans.required + ans.optional + opt, False)
         if len(out) > limit and ans.optional:
             out = self._build(q, ans, ans.required + opt, False)

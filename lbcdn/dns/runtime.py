@@ -22,12 +22,13 @@ from typing import Protocol
 
 from lbcdn.dns.alias import aliases_from_config, parse_pool_check
 from lbcdn.dns.changes import JsonChangeStore, MemoryStore
-from lbcdn.dns.config import DnsConfig
+from lbcdn.dns.config import DnsConfig, nsid_bytes
 from lbcdn.dns.dnssec import Signer
 from lbcdn.dns.engine import Engine
 from lbcdn.dns.keys import ALGORITHMS, key_path, load_or_create
 from lbcdn.dns.names import Name
 from lbcdn.dns.server import DnsServer, servers_from_config
+from lbcdn.dns.tsig import build_keys
 from lbcdn.dns.zone import build_zones, zone_origin
 from lbcdn.tasks import spawn
 from lbcdn.health.checker import Check, HealthChecker
@@ -109,14 +110,16 @@ class DnsRuntime:
                 failure_threshold=hc.failure_threshold, timeout_s=hc.timeout_s))
         aliases = aliases_from_config(listeners, pools, config.public_addresses)  # type: ignore[arg-type]
         store = JsonChangeStore(config.state_dir) if config.state_dir else MemoryStore()
+        keys = build_keys(config.tsig_keys, base_dir)
         self.engine = Engine(build_zones(config, now=time.time(), aliases=aliases,
                                          base_dir=base_dir),
-                             self.health, store=store, aliases=aliases,
+                             self.health, store=store, aliases=aliases, tsig_keys=keys,
+                             nsid=nsid_bytes(config.nsid) if config.nsid else b"",
                              signers=signers_from_config(config, key_dir))
         self._refresher: asyncio.Task[None] | None = None
         for problem in self.engine.restore_problems:
             log.warning("dns: saved change not applied: %s", problem)
-        self.servers: list[DnsServer] = servers_from_config(config, self.engine)
+        self.servers: list[DnsServer] = servers_from_config(config, self.engine, tsig_keys=keys)
 
     async def start(self) -> None:
         await self.health.checker.start()

@@ -16,8 +16,9 @@ Rules:
   is one that sends a zero-length message. Messages are at most 65535 bytes by framing. When the
   client stops reading, we stop reading from it (flow control), so pipelining cannot grow our
   buffers without bound. At most `tcp_max_connections` at once; more are closed on accept.
-- AXFR/IXFR only over TCP, by transfer.py with the `allow_transfer` CIDR list. NOTIFY (opcode 4)
-  on either transport goes to transfer.py too.
+- AXFR/IXFR only over TCP, by transfer.py with the `allow_transfer` CIDR list, the
+  `secondaries` that must sign and the TSIG keys. NOTIFY (opcode 4) on either transport goes
+  to transfer.py too.
 - Port 0 is allowed (tests): UDP binds first, TCP then takes the same port number.
 - start() binds everything or nothing; stop() closes listeners, then open TCP connections.
 """
@@ -36,11 +37,14 @@ from typing import Any, Protocol, cast
 
 from dnslib import RR
 
-from lbcdn.dns.config import DnsConfig
+from lbcdn.dns import tsig
+from lbcdn.dns.config import DnsConfig, key_name
 from lbcdn.dns.fastpath import FastPath, Prepared
 from lbcdn.dns.rrl import RateLimiter, Verdict, truncated_response
 from lbcdn.dns.transfer import (
     Notifier,
+    Secondary,
+    client_allowed,
     is_transfer_query,
     notify_response,
     parse_networks,
@@ -110,7 +114,7 @@ class _Udp:
     def datagram(self, data: bytes, i: int) -> bytes | None:
         try:
             if len(data) > 2 and data[2] & 0x78:  # any opcode but QUERY: not the hot path
-                out = self.server.other_opcode(data)
+                out = self.server.other_opcode(data, self.io.peer(i))
             else:
                 out = self.answer(data)
             if out is None or self.rrl is None:
@@ -219,13 +223,17 @@ class DnsServer:
                  notifier: Notifier | None = None, reuse_port: bool = False,
                  udp_rcvbuf_bytes: int = 4 << 20,
                  udp_io: Callable[..., DatagramBatch] = datagram_batch,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 tsig_keys: tsig.Keyring | None = None,
+                 secondaries: Sequence[Secondary] = ()) -> None:
         self.engine = engine
         self.address = address
         self.port = port
         self.tcp_idle_timeout_s = tcp_idle_timeout_s
         self.tcp_max_connections = tcp_max_connections
         self.allow_transfer = parse_networks(allow_transfer)
+        self.tsig_keys: tsig.Keyring = tsig_keys or {}
+        self.secondaries = tuple(secondaries)
         self.rate_limiter = rate_limiter
         self.fastpath = FastPath(engine, max_entries=fastpath_entries, max_udp=max_udp)
         self.notifier = notifier
@@ -332,16 +340,17 @@ class DnsServer:
 
     # ---- handling (called by the protocols)
 
-    def other_opcode(self, data: bytes) -> bytes | None:
+    def other_opcode(self, data: bytes, peer: str = "") -> bytes | None:
         if data[2] & 0x78 == _OPCODE_NOTIFY_BITS:
             self.stats.notify_received += 1
-            return notify_response(data, self.engine)
+            return notify_response(data, self.engine, keys=self.tsig_keys, client=peer)
         return self.fastpath.answer_udp(data)  # the engine answers NOTIMP (or stays silent)
 
     def handle_tcp(self, msg: bytes, peer: str) -> list[bytes]:
         self.stats.tcp_queries += 1
         if is_transfer_query(msg):
-            replies = transfer_response(msg, peer, self.engine, self.allow_transfer)
+            replies = transfer_response(msg, peer, self.engine, self.allow_transfer,
+                                        keys=self.tsig_keys, secondaries=self.secondaries)
             if len(replies) == 1 and len(replies[0]) >= 4 and replies[0][3] & 0x0F:
                 self.stats.transfers_refused += 1
             else:
@@ -349,7 +358,7 @@ class DnsServer:
             return replies
         if len(msg) > 2 and msg[2] & 0x78 == _OPCODE_NOTIFY_BITS:
             self.stats.notify_received += 1
-            out = notify_response(msg, self.engine)
+            out = notify_response(msg, self.engine, keys=self.tsig_keys, client=peer)
         else:
             out = self.fastpath.answer_tcp(msg)
         return [] if out is None else [out]
@@ -384,20 +393,31 @@ def parse_host_port(text: str, default_port: int = 53) -> tuple[str, int]:
 
 
 def servers_from_config(cfg: DnsConfig, engine: ServerEngine, *,
-                        clock: Callable[[], float] = time.monotonic) -> list[DnsServer]:
+                        clock: Callable[[], float] = time.monotonic,
+                        tsig_keys: tsig.Keyring | None = None) -> list[DnsServer]:
     """One DnsServer per configured listener, sharing one rate limiter; the first one owns
-    the NOTIFY sender (so each change is announced once)."""
+    the NOTIFY sender (so each change is announced once). `tsig_keys`: tsig.build_keys of
+    `cfg.tsig_keys` (secrets may live in files)."""
+    keys = tsig_keys or {}
+    secondaries: list[Secondary] = [(parse_networks([s.address])[0], key_name(s.tsig_key))
+                                    for s in cfg.secondaries]
+    targets = [parse_host_port(n) for n in cfg.notify]
+    # a NOTIFY target inside a secondary's address is signed with that secondary's key
+    signers = {(host, port): keys[name] for host, port in targets
+               for net, name in reversed(secondaries)
+               if name in keys and client_allowed(host, [net])}
     rl = cfg.rate_limit
     limiter = (RateLimiter(responses_per_s=rl.responses_per_s, burst=rl.burst, slip=rl.slip,
                            ipv4_prefix=rl.ipv4_prefix, ipv6_prefix=rl.ipv6_prefix,
                            max_tracked=rl.max_tracked, clock=clock)
                if rl.enabled else None)
-    notifier = (Notifier(engine, [z.name for z in cfg.zones],
-                         [parse_host_port(n) for n in cfg.notify]) if cfg.notify else None)
+    notifier = (Notifier(engine, [z.name for z in cfg.zones], targets, keys=signers)
+                if cfg.notify else None)
     servers: list[DnsServer] = []
     for i, lc in enumerate(cfg.listeners):
         servers.append(DnsServer(
             engine, address=lc.address, port=lc.port, max_udp=cfg.max_udp_payload_bytes,
             tcp_idle_timeout_s=lc.tcp_idle_timeout_s, allow_transfer=cfg.allow_transfer,
-            rate_limiter=limiter, notifier=notifier if i == 0 else None, clock=clock))
+            rate_limiter=limiter, notifier=notifier if i == 0 else None, clock=clock,
+            tsig_keys=keys, secondaries=secondaries))
     return servers

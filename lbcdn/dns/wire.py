@@ -9,8 +9,13 @@ Rules:
   a response, which is how reflection loops start.
 - Any opcode but QUERY -> NOTIMP. For QUERY: not exactly one question, a compressed or
   over-long question name, records in the answer or authority section, more than one OPT,
-  an OPT not owned by the root or with broken options, or bytes after the last record ->
-  FORMERR. Other additional records (e.g. TSIG, unsupported) are skipped.
+  an OPT not owned by the root or with broken options, a TSIG that is not the last record, or
+  bytes after the last record -> FORMERR. Other additional records are skipped.
+- The OPT is read whenever the records can be walked, also in a query answered FORMERR or
+  NOTIMP (no question, an OPT owned by another name, a second OPT: the first one counts), so
+  that every reply to a query with an OPT carries one (RFC 6891 6.1.1, 7).
+- A TSIG record (RFC 8945) is located, not checked: `tsig` is its offset (tsig.py checks it).
+- Of the EDNS options only NSID (RFC 5001) changes an answer: `Edns.nsid` says it was asked.
 - The question name is kept as sent (case included) and also lower-cased for lookups.
 """
 
@@ -22,7 +27,10 @@ from lbcdn.dns.names import Name
 
 OPCODE_QUERY = 0
 FORMERR, NOTIMP = 1, 4
-T_OPT = 41
+T_OPT, T_TSIG = 41, 250
+OPT_NSID, OPT_EDE = 3, 15
+# Extended DNS Errors (RFC 8914) this server gives
+EDE_OTHER, EDE_PROHIBITED, EDE_NOT_AUTHORITATIVE = 0, 18, 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +38,7 @@ class Edns:
     payload: int       # the client's UDP payload size as sent
     version: int
     do: bool
+    nsid: bool = False  # the NSID option was sent (RFC 5001)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +51,8 @@ class Query:
     qname: Name = ()           # lower-cased labels
     qtype: int = 0
     qclass: int = 0
-    edns: Edns | None = None   # None: no OPT (or a broken one)
+    edns: Edns | None = None   # None: no OPT (or records that cannot be walked)
+    tsig: int = 0              # offset of the TSIG record; 0: none
 
     @property
     def opcode(self) -> int:
@@ -103,13 +113,16 @@ def _record(data: bytes, pos: int) -> tuple[int, int, int, int, int] | None:
     return name_end, rtype, rclass, ttl, end
 
 
-def _options_ok(data: bytes, start: int, end: int) -> bool:
+def _options(data: bytes, start: int, end: int) -> list[int] | None:
+    """The option codes of the OPT rdata in data[start:end], or None when malformed."""
+    codes: list[int] = []
     pos = start
     while pos < end:
         if pos + 4 > end:
-            return False
+            return None
+        codes.append(int.from_bytes(data[pos:pos + 2], "big"))
         pos += 4 + int.from_bytes(data[pos + 2:pos + 4], "big")
-    return pos == end
+    return codes if pos == end else None
 
 
 def parse_query(data: bytes) -> Query | None:
@@ -127,7 +140,8 @@ def parse_query(data: bytes) -> Query | None:
     qname: Name = ()
     qtype = qclass = 0
     pos = 12
-    ok = qd == 1
+    ok = qd == 1 and an == 0 and ns == 0
+    walk = True   # the records after the question(s) can be read
     if qd >= 1:
         parsed = _question(data, 12)
         if parsed is not None and parsed[1] + 4 <= len(data):
@@ -137,47 +151,83 @@ def parse_query(data: bytes) -> Query | None:
             pos = qend + 4
             if qd == 1:
                 question = data[12:pos]
+            for _ in range(qd - 1):  # only to reach the OPT of a FORMERR query
+                end = _skip_name(data, pos)
+                pos = end + 4
+                if end < 0 or pos > len(data):
+                    walk = False
+                    break
         else:
-            ok = False
+            ok = walk = False
     qname_len = (pos - 4 - 12) if question is not None else 0
     edns: Edns | None = None
-    if ok:
-        ok = an == 0 and ns == 0
-    if ok:
-        for _ in range(ar):
+    tsig = 0
+    if walk:
+        first_additional = an + ns
+        for i in range(an + ns + ar):
             rec = _record(data, pos)
             if rec is None:
                 ok = False
                 break
             name_end, rtype, rclass, ttl, end = rec
-            if rtype == T_OPT:
-                if edns is not None or name_end != pos + 1 or data[pos] != 0 or \
-                        not _options_ok(data, name_end + 10, end):
-                    edns = None
+            if i >= first_additional and rtype == T_OPT:
+                codes = _options(data, name_end + 10, end)
+                if edns is not None or name_end != pos + 1 or data[pos] != 0 or codes is None:
                     ok = False
-                    break
-                edns = Edns(rclass, (ttl >> 16) & 0xFF, bool(ttl & 0x8000))
+                if edns is None:
+                    edns = Edns(rclass, (ttl >> 16) & 0xFF, bool(ttl & 0x8000),
+                                codes is not None and OPT_NSID in codes)
+            elif i >= first_additional and rtype == T_TSIG:
+                if i != an + ns + ar - 1:
+                    ok = False
+                tsig = pos
             pos = end
-        if ok and pos != len(data):
+        if pos != len(data):
             ok = False
-    if opcode != OPCODE_QUERY:
-        return Query(qid, flags, NOTIMP, question, qname_len, qname, qtype, qclass,
-                     edns if ok else None)
-    if not ok:
-        return Query(qid, flags, FORMERR, question, qname_len, qname, qtype, qclass, None)
-    return Query(qid, flags, 0, question, qname_len, qname, qtype, qclass, edns)
+    error = NOTIMP if opcode != OPCODE_QUERY else 0 if ok else FORMERR
+    return Query(qid, flags, error, question, qname_len, qname, qtype, qclass, edns, tsig)
+
+
+# RFC 8914 3.1: code 0 SHOULD come with an EXTRA-TEXT
+EDE_TEXT = {EDE_OTHER: "server failure, see its log"}
+
+
+def tsig_offset(data: bytes) -> int:
+    """Offset of the TSIG record closing a message (a response too), or 0 when there is none
+    or the message cannot be walked."""
+    if len(data) < 12:
+        return 0
+    qd, an, ns, ar = (int.from_bytes(data[i:i + 2], "big") for i in (4, 6, 8, 10))
+    pos = 12
+    for _ in range(qd):
+        end = _skip_name(data, pos)
+        if end < 0:
+            return 0
+        pos = end + 4
+    last = rtype = 0
+    for _ in range(an + ns + ar):
+        rec = _record(data, pos)
+        if rec is None:
+            return 0
+        last, rtype, pos = pos, rec[1], rec[4]
+    return last if rtype == T_TSIG and pos == len(data) else 0
+
+
+def ede_data(code: int) -> bytes:
+    """The EDNS option data of an Extended DNS Error (RFC 8914 2)."""
+    return code.to_bytes(2, "big") + EDE_TEXT.get(code, "").encode("utf-8")
 
 
 def cache_key(q: Query) -> bytes:
     """What identifies the answer to an error-free query: the RD and CD bits (copied into
-    the answer), the EDNS facts that change it (present, version, DO, payload size clamped
-    to 512-65535), and the question with its name lower-cased."""
+    the answer), the EDNS facts that change it (present, version, DO, NSID asked, payload
+    size clamped to 512-65535), and the question with its name lower-cased."""
     assert q.question is not None
     flags = bytes(((q.flags >> 8) & 0x01, q.flags & 0x10))
     if q.edns is None:
         edns = b"-"
     else:
         size = min(max(q.edns.payload, 512), 65535)
-        edns = bytes((q.edns.version, q.edns.do)) + size.to_bytes(2, "big")
+        edns = bytes((q.edns.version, q.edns.do, q.edns.nsid)) + size.to_bytes(2, "big")
     name = q.question[:q.qname_len]
     return flags + edns + name.lower() + q.question[q.qname_len:]

@@ -149,3 +149,37 @@ def test_environment_interpolation_in_config() -> None:
     cfg = load_dns_config({"zones": [{"name": "${ZONE}"}], "state_dir": "${STATE:-/tmp/x}"},
                           env={"ZONE": "example.com"})
     assert cfg.zones[0].name == "example.com" and cfg.state_dir == "/tmp/x"
+
+
+def test_tsig_keys_secondaries_and_nsid_problems() -> None:
+    lines = problems({
+        "tsig_keys": [{"name": "k1", "secret": "not base64!"},
+                      {"name": "k1", "secret": "c2VjcmV0", "secret_file": "k.key"},
+                      {"name": "k2", "algorithm": "hmac-md5", "secret": "c2VjcmV0"},
+                      {"name": "k3"}],
+        "secondaries": [{"address": "10.0.0.0/33", "tsig_key": "k1"},
+                        {"address": "192.0.2.1", "tsig_key": "nope"}],
+        "nsid": "0xzz"})
+    text = "\n".join(lines)
+    for expect in ("dns.tsig_keys[0].secret: not valid base64",
+                   "dns.tsig_keys[1]: give exactly one of secret or secret_file",
+                   "dns.tsig_keys[2].algorithm:",
+                   "dns.tsig_keys[3]: give exactly one of secret or secret_file",
+                   "dns.secondaries[0].address: not an address or CIDR",
+                   "dns.nsid: not hex digits after 0x"):
+        assert expect in text, text
+    assert problems({"tsig_keys": [{"name": "k1", "secret": "c2VjcmV0"},
+                                   {"name": "k1", "secret": "c2VjcmV0"}],
+                     "secondaries": [{"address": "192.0.2.1", "tsig_key": "nope"}]}) == [
+        "dns.tsig_keys[1].name: duplicate key 'k1' (also dns.tsig_keys[0])",
+        "dns.secondaries[0].tsig_key: unknown key 'nope' (known: k1, k1)"]
+    assert problems({"nsid": "x" * 129}) == ["dns.nsid: must be 1 to 128 bytes"]
+
+
+def test_tsig_secret_from_the_environment_and_nsid_forms() -> None:
+    from lbcdn.dns.config import decode_secret, nsid_bytes
+    cfg = load_dns_config({"tsig_keys": [{"name": "xfr", "secret": "${XFR}"}],
+                           "secondaries": [{"address": "192.0.2.0/24", "tsig_key": "xfr."}]},
+                          env={"XFR": "c2VjcmV0"})
+    assert decode_secret(cfg.tsig_keys[0].secret or "") == b"secret"
+    assert (nsid_bytes("0x6c62"), nsid_bytes("ns1")) == (b"lb", b"ns1")

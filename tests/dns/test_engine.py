@@ -355,6 +355,28 @@ def test_formerr_cases(engine: Engine) -> None:
         assert out is not None and out[:2] == b"\x00\x01"
 
 
+def test_formerr_and_notimp_answers_to_an_opt_carry_an_opt(engine: Engine) -> None:
+    """RFC 6891 6.1.1/7: whatever is wrong with the query, its OPT gets one back."""
+    good_q = b"\x03web\x07example\x03com\x00\x00\x01\x00\x01"
+    opt = b"\x00\x00\x29\x10\x00\x00\x00\x00\x00\x00\x00"
+    tsig_like = b"\x01k\x00\x00\xfa\x00\xff\x00\x00\x00\x00\x00\x00"
+    cases = [
+        (_header(1, 0x0100, 0, ar=1) + opt, dns.rcode.FORMERR),                # no question
+        (_header(1, 0x0100, 2, ar=1) + good_q + good_q + opt, dns.rcode.FORMERR),
+        (_header(1, 0x0100, 1, ar=2) + good_q + opt * 2, dns.rcode.FORMERR),    # two OPTs
+        (_header(1, 0x0100, 1, ar=1) + good_q + b"\xc0\x0c" + opt[1:], dns.rcode.FORMERR),
+        (_header(1, 0x0100, 1, ar=1) + good_q + opt[:-2] + b"\x00\x03abc",   # broken option
+         dns.rcode.FORMERR),
+        (_header(1, 0x0100, 1, ar=2) + good_q + tsig_like + opt, dns.rcode.FORMERR),  # TSIG 1st
+        (_header(1, 0x1000, 1, ar=1) + good_q + opt, dns.rcode.NOTIMP),         # STATUS
+    ]
+    for wire, rcode in cases:
+        out = engine.answer(wire, tcp=False)
+        assert _rcode(out) == rcode, wire
+        r = dns.message.from_wire(out or b"")
+        assert r.edns == 0 and r.payload >= 512, wire
+
+
 def test_notimp_for_other_opcodes(engine: Engine) -> None:
     for opcode in (dns.opcode.IQUERY, dns.opcode.STATUS, dns.opcode.NOTIFY, dns.opcode.UPDATE, 7):
         q = dns.message.make_query("example.com", "SOA")

@@ -250,6 +250,9 @@ QUESTIONS: list[tuple[str, str, dict[str, object]]] = [
     ("www.example.com", "A", {"flags": dns.flags.RD | dns.flags.CD}),
     ("www.example.com", "ANY", {}),                # RFC 8482: one RRset
     ("version.bind", "TXT", {"rdclass": "CH"}),    # not IN: REFUSED
+    ("www.example.com", "A", {"rdclass": "ANY"}),  # QCLASS ANY: answered as IN
+    ("nothere.example.com", "A", {"rdclass": "ANY", "use_edns": 0}),
+    ("www.example.org", "A", {"rdclass": "ANY"}),  # outside every zone: REFUSED
     ("example.com", "SOA", {"opcode": "STATUS"}),  # NOTIMP
 ]
 

@@ -629,6 +629,24 @@ async def test_a_zone_or_health_change_shows_on_the_next_query(real: Any) -> Non
     assert addresses(await udp(srv, query("f.example.com"))) == ["192.0.2.2"]
 
 
+async def test_servfail_from_an_engine_failure_carries_an_extended_dns_error(real: Any) -> None:
+    """RFC 8914: the SERVFAIL a failing health view costs says why (0, Other, with text)."""
+    srv, engine, health = real
+
+    def broken(check_id: str) -> bool:
+        raise RuntimeError("health view broke")
+
+    health.is_healthy = broken
+    health.generation += 1
+    for transport in (udp, tcp):
+        r = await transport(srv, query("f.example.com", use_edns=0))
+        assert r.rcode() == dns.rcode.SERVFAIL and r.edns == 0
+        assert [(o.otype, o.code, o.text) for o in r.options] == [
+            (dns.edns.EDE, 0, "server failure, see its log")]
+    r = await udp(srv, query("f.example.com"))
+    assert r.rcode() == dns.rcode.SERVFAIL and r.edns < 0  # no OPT asked, none sent
+
+
 # --------------------------------------------------------------------------- from config
 
 def test_parse_host_port() -> None:

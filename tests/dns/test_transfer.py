@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import dns.message
 import dns.opcode
@@ -275,3 +276,50 @@ async def test_server_starts_and_stops_its_notifier() -> None:
         await srv.stop()
         t.close()
     assert n._watch is None
+
+
+class SigningSecondary(FakeSecondary):
+    """Checks the NOTIFY's TSIG with `keyring` and answers signed (or, `sign` False, not)."""
+
+    def __init__(self, keyring: Any, sign: bool) -> None:
+        super().__init__(0)
+        self.keyring = keyring
+        self.sign = sign
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        m = dns.message.from_wire(data, keyring=self.keyring)  # raises unless well signed
+        self.seen.append(m)
+        reply = dns.message.make_response(m)   # signed with the request's key over its MAC
+        if not self.sign:
+            reply.tsig = None
+        assert self.transport is not None
+        self.transport.sendto(reply.to_wire(), addr)
+
+
+@pytest.mark.parametrize("signed_ack", [True, False])
+async def test_signed_notify_counts_only_a_signed_answer(signed_ack: bool,
+                                                         caplog: pytest.LogCaptureFixture
+                                                         ) -> None:
+    import base64
+
+    import dns.tsigkeyring
+
+    from lbcdn.dns.tsig import Key
+    secret = bytes(range(32))
+    keyring = dns.tsigkeyring.from_text({"n-key.": base64.b64encode(secret).decode()})
+    loop = asyncio.get_running_loop()
+    t, sec = await loop.create_datagram_endpoint(lambda: SigningSecondary(keyring, signed_ack),
+                                                 local_addr=(HOST, 0))
+    port = t.get_extra_info("sockname")[1]
+    key = Key((b"n-key",), "hmac-sha256", secret)
+    n = Notifier(StandInEngine(), ["example.com"], [(HOST, port)], timeout_s=0.02, retries=3,
+                 keys={(HOST, port): key})
+    try:
+        ok = await asyncio.wait_for(n.notify_one("example.com", None, HOST, port), 2)
+        assert sec.seen and all(m.had_tsig for m in sec.seen)
+        assert ok is signed_ack
+        if not signed_ack:
+            assert len(sec.seen) == 3 and n.failed == 1
+            assert "3 answers without a valid TSIG by n-key" in caplog.text
+    finally:
+        t.close()
