@@ -40,7 +40,8 @@ WORKERS = [pytest.param([], id="one-process"), pytest.param(["--workers", "2"], 
 pytestmark = pytest.mark.slow
 
 
-def signed_config(tmp: Path, *, ttl_s: int = 300, dnskey_ttl_s: int = 3600) -> dict[str, Any]:
+def signed_config(tmp: Path, *, ttl_s: int = 300, dnskey_ttl_s: int = 3600,
+                  algorithm: str = "ECDSAP256SHA256") -> dict[str, Any]:
     cfg = proxy_config(free_port(), admin={"token": TOKEN, "state_dir": str(tmp / "state")})
     cfg["dns"] = {
         "listeners": [{"address": HOST, "port": free_port()}],
@@ -48,7 +49,8 @@ def signed_config(tmp: Path, *, ttl_s: int = 300, dnskey_ttl_s: int = 3600) -> d
         "public_addresses": ["192.0.2.100"],   # ns1.<zone>: kzonecheck wants its glue
         "zones": [{"name": ZONE, "ttl_s": ttl_s,
                    "soa": {"minimum_s": ttl_s, "ttl_s": ttl_s},
-                   "dnssec": {"enabled": True, "dnskey_ttl_s": dnskey_ttl_s},
+                   "dnssec": {"enabled": True, "dnskey_ttl_s": dnskey_ttl_s,
+                              "algorithm": algorithm},
                    "records": [
                        {"name": "www", "type": "A", "values": ["192.0.2.1", "192.0.2.2"]},
                        {"name": "alias", "type": "CNAME", "values": ["www"]},
@@ -235,6 +237,17 @@ async def test_validators_accept_signed_answers(tmp_path: Path, workers: list[st
     # A restart signs with the same key.
     with daemon(cfg, tmp_path, workers):
         assert await ds_lines(cfg) == ds
+
+
+async def test_ed25519_validates(tmp_path: Path) -> None:
+    cfg = signed_config(tmp_path, algorithm="ED25519")
+    with daemon(cfg, tmp_path, []):
+        ds = await ds_lines(cfg)
+        assert " 15 2 " in ds[0]
+        with unbound(tmp_path / "unbound", dns_port(cfg), ds) as u:
+            for name in (f"www.{ZONE}", f"nothing.{ZONE}"):
+                r = await u.ask(name, "A")
+                assert validated(r), f"{name}: {r}\n{u.log()[-2000:]}"
 
 
 async def test_bad_input(tmp_path: Path) -> None:
