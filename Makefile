@@ -37,10 +37,11 @@ NATIVE_DEBS := gcc libc6-dev $(shell $(PYTHON) -c 'import os, sysconfig; \
 # knot: a real DNS secondary/primary; systemd: systemd-analyze for the unit file; docker-compose:
 # `config` validation; tini + util-linux (unshare): the container's PID 1; openssl: test
 # certificates; chromium: the status page in a real browser; IMAGE_DEBS: tests/deploy/
-# test_image.py runs `make image`.
+# test_image.py runs `make image`. knot-dnssecutils (kzonecheck), unbound, bind9-dnsutils
+# (delv): real validators of signed zones (tests/e2e/test_dnssec.py).
 IMAGE_DEBS := debootstrap buildah ca-certificates
 TEST_DEBS  := curl openssl knot systemd docker-compose tini util-linux chromium $(NATIVE_DEBS) \
-              $(IMAGE_DEBS)
+              $(IMAGE_DEBS) knot-dnssecutils unbound bind9-dnsutils
 BENCH_DEBS := nginx wrk util-linux dnsperf knot openssl $(NATIVE_DEBS)
 
 # Rebuilds only when a compiled module's source changed; fails on a compile error.

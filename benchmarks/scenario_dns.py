@@ -12,6 +12,9 @@ whose address set lbcdn rotates per answer, CNAMEs, negative answers, mixed case
 ceiling). Every answer of both mixes is served from prepared bytes; the fast-path counters
 printed at the end say so ("uncacheable" counts answers the engine computed per query).
 Targets (issue 6): lbcdn qps >= 0.9x Knot's; no lost queries at half of lbcdn's peak rate.
+Then "signed" (issue 18): both servers sign the zone (Knot with automatic signing, a CSK
+ECDSAP256SHA256 like lbcdn's online signing) and dnsperf sets the DO bit (-D) on the mixed
+query file; target lbcdn qps >= 0.8x Knot's (SIGNED_TARGET_RATIO).
 Each run also reports the server's CPU time per answered query: when other work shares the
 server CPU, qps measures the share a server got as much as the server, while CPU per query
 does not; the ratio of the two servers' CPU per query is printed beside the qps ratio.
@@ -32,6 +35,7 @@ from harness import (Bench, BenchError, Server, cpu_seconds, free_port, median_b
                      run_tool, table, verdict)
 
 TARGET_RATIO = 0.9
+SIGNED_TARGET_RATIO = 0.8
 ORIGIN = "example.com"
 
 ZONE = """$ORIGIN example.com.
@@ -117,12 +121,14 @@ def parse_dnsperf(out: str) -> PerfResult:
 
 
 def dnsperf(bench: Bench, port: int, queries: Path, duration_s: float,
-            max_qps: float | None = None) -> PerfResult:
+            max_qps: float | None = None, do: bool = False) -> PerfResult:
     dur = max(1, round(duration_s))
     cmd = ["taskset", "-c", bench.client_cpu, "dnsperf", "-s", "127.0.0.1", "-p", str(port),
            "-d", str(queries), "-l", str(dur), "-q", "256", "-t", "2", "-b", "4096"]
     if max_qps is not None:
         cmd += ["-Q", str(int(max_qps))]
+    if do:
+        cmd += ["-D"]
     return parse_dnsperf(run_tool(cmd, dur + 60))
 
 
@@ -147,9 +153,12 @@ def start_dns(bench: Bench, name: str, cmd: list[str], port: int,
     return bench.start(name, cmd, port, timeout_s=timeout_s, ready=dns_ready)
 
 
-def knot(bench: Bench, zone_file: Path) -> Server:
+def knot(bench: Bench, zone_file: Path, signed: bool = False) -> Server:
     need_tools("knotd")
-    d = bench.tmp / "knot"
+    d = bench.tmp / ("knot-signed" if signed else "knot")
+    policy = ("policy:\n  - id: csk\n    algorithm: ecdsap256sha256\n"
+              "    single-type-signing: on\n" if signed else "")
+    signing = "    dnssec-signing: on\n    dnssec-policy: csk\n" if signed else ""
     for sub in ("run", "db"):
         (d / sub).mkdir(parents=True)
     port = free_port()
@@ -166,7 +175,7 @@ log:
     any: warning
 database:
     storage: "{d}/db"
-template:
+{policy}template:
   - id: default
     storage: "{zone_file.parent}"
     zonefile-sync: -1
@@ -174,17 +183,18 @@ template:
 zone:
   - domain: {ORIGIN}
     file: "{zone_file}"
-""")
+{signing}""")
     return start_dns(bench, "knot", ["knotd", "-c", str(conf)], port)
 
 
-def lbcdn_dns(bench: Bench, zone_file: Path) -> Server:
+def lbcdn_dns(bench: Bench, zone_file: Path, signed: bool = False) -> Server:
     port = free_port()
     runner = Path(__file__).resolve().parent / "dns_runner.py"
     lbcdn_python = Path(bench.lbcdn_cmd[0]).parent / "python"
     python = str(lbcdn_python) if lbcdn_python.exists() else sys.executable
+    keys = ["--dnssec", str(bench.tmp / "lbcdn-keys")] if signed else []
     return start_dns(bench, "lbcdn", [python, str(runner), "--zone", str(zone_file),
-                                      "--origin", ORIGIN, "--port", str(port)], port)
+                                      "--origin", ORIGIN, "--port", str(port), *keys], port)
 
 
 def run(bench: Bench) -> None:
@@ -208,60 +218,80 @@ def run(bench: Bench) -> None:
     results: dict[str, object] = {}
     passed = True
     for mix, queries in mixes.items():
-        runs: dict[str, list[PerfResult]] = {name: [] for name, _ in subjects}
-        for r in range(bench.rounds):
-            for name, server in subjects:
-                if bench.warmup_s > 0:
-                    dnsperf(bench, server.port, queries, bench.warmup_s)
-                cpu0 = cpu_seconds(server.pid)
-                res = dnsperf(bench, server.port, queries, bench.duration_s)
-                res.cpu_us_per_query = ((cpu_seconds(server.pid) - cpu0)
-                                        / max(res.completed, 1) * 1e6)
-                runs[name].append(res)
-                print(f"  {mix} round {r + 1}: {name:<5} {res.qps:>10.0f} qps  "
-                      f"avg {res.avg_latency_ms:.2f} ms  lost {res.lost}/{res.sent}  "
-                      f"cpu {res.cpu_us_per_query:.2f} us/query")
-            # The two runs of one round are seconds apart: on a shared machine their ratio
-            # drifts less than the ratio of two medians taken from different rounds.
-            kr, lr = runs["knot"][-1], runs["lbcdn"][-1]
-            print(f"  {mix} round {r + 1}: lbcdn/knot {lr.qps / max(kr.qps, 1):.2f}x qps, "
-                  f"{_cpu_ratio(kr, lr):.2f}x by cpu per query")
-        best = {name: _median(rs) for name, rs in runs.items()}
-        k, l = best["knot"], best["lbcdn"]
-        if k.qps <= 0:
-            raise BenchError("knot answered nothing")
-        half = l.qps / 2
-        calm = dnsperf(bench, lb.port, queries, bench.duration_s, max_qps=half)
-        print()
-        print(table(["server", "qps", "avg ms", "lost", "vs knot"],
-                    [[n, f"{x.qps:.0f}", f"{x.avg_latency_ms:.2f}", str(x.lost),
-                      f"{x.qps / k.qps:.2f}x"] for n, x in best.items()]))
-        ratio = l.qps / k.qps
-        ok = ratio >= TARGET_RATIO and calm.lost == 0
-        passed = passed and ok
-        print()
-        print(f"  {verdict(ratio >= TARGET_RATIO)}  {mix}: qps lbcdn/knot = {ratio:.2f}x "
-              f"(target >= {TARGET_RATIO:.1f}x)")
-        print(f"  {verdict(calm.lost == 0)}  {mix}: lbcdn at half its peak ({half:.0f} qps "
-              f"asked, {calm.qps:.0f} answered): lost {calm.lost} of {calm.sent} (target 0)")
-        cpu_ratio = statistics.median(_cpu_ratio(a, b) for a, b in zip(runs["knot"],
-                                                                        runs["lbcdn"]))
-        print(f"  note  {mix}: knot cpu per query / lbcdn cpu per query = {cpu_ratio:.2f}x "
-              f"(median of rounds; the qps ratio two idle cores would give)")
-        print()
-        results[mix] = {
-            name: {"qps": x.qps, "avg_latency_ms": x.avg_latency_ms, "lost": x.lost,
-                   "all_qps": [y.qps for y in runs[name]],
-                   "all_cpu_us_per_query": [y.cpu_us_per_query for y in runs[name]]}
-            for name, x in best.items()
-        } | {"ratio": ratio, "round_ratios": [b.qps / max(a.qps, 1) for a, b in
-                                               zip(runs["knot"], runs["lbcdn"])],
-             "cpu_ratio": cpu_ratio, "half_rate_qps": half, "half_rate_lost": calm.lost,
-             "pass": ok}
+        results[mix] = _measure(bench, mix, queries, subjects, TARGET_RATIO, do=False)
+        passed = passed and bool(results[mix]["pass"])  # type: ignore[index]
     bench.stop(lb)  # its last log line: fast-path counters for the whole run
     stats = lb.log_tail(1)
     print(f"  lbcdn fast path over the whole run: {stats}")
-    bench.results["dns"] = results | {"lbcdn_fastpath": stats, "pass": passed}
+    bench.stop(kn)
+
+    kn = knot(bench, zone_file, signed=True)
+    lb = lbcdn_dns(bench, zone_file, signed=True)
+    print(f"  signed: knot :{kn.port}  lbcdn :{lb.port}  (DO bit on every query)")
+    results["signed"] = _measure(bench, "signed", mixes["mixed"], [("knot", kn), ("lbcdn", lb)],
+                                 SIGNED_TARGET_RATIO, do=True)
+    passed = passed and bool(results["signed"]["pass"])  # type: ignore[index]
+    bench.stop(lb)
+    signed_stats = lb.log_tail(1)
+    print(f"  lbcdn fast path over the signed run: {signed_stats}")
+    bench.results["dns"] = results | {"lbcdn_fastpath": stats,
+                                      "lbcdn_fastpath_signed": signed_stats, "pass": passed}
+
+
+def _measure(bench: Bench, mix: str, queries: Path, subjects: list[tuple[str, Server]],
+             target: float, *, do: bool) -> dict[str, object]:
+    """Rounds of both servers on one query file, the half-rate run, the verdicts; the
+    results entry of the mix."""
+    lb = dict(subjects)["lbcdn"]
+    runs: dict[str, list[PerfResult]] = {name: [] for name, _ in subjects}
+    for r in range(bench.rounds):
+        for name, server in subjects:
+            if bench.warmup_s > 0:
+                dnsperf(bench, server.port, queries, bench.warmup_s, do=do)
+            cpu0 = cpu_seconds(server.pid)
+            res = dnsperf(bench, server.port, queries, bench.duration_s, do=do)
+            res.cpu_us_per_query = ((cpu_seconds(server.pid) - cpu0)
+                                    / max(res.completed, 1) * 1e6)
+            runs[name].append(res)
+            print(f"  {mix} round {r + 1}: {name:<5} {res.qps:>10.0f} qps  "
+                  f"avg {res.avg_latency_ms:.2f} ms  lost {res.lost}/{res.sent}  "
+                  f"cpu {res.cpu_us_per_query:.2f} us/query")
+        # The two runs of one round are seconds apart: on a shared machine their ratio
+        # drifts less than the ratio of two medians taken from different rounds.
+        kr, lr = runs["knot"][-1], runs["lbcdn"][-1]
+        print(f"  {mix} round {r + 1}: lbcdn/knot {lr.qps / max(kr.qps, 1):.2f}x qps, "
+              f"{_cpu_ratio(kr, lr):.2f}x by cpu per query")
+    best = {name: _median(rs) for name, rs in runs.items()}
+    k, l = best["knot"], best["lbcdn"]
+    if k.qps <= 0:
+        raise BenchError("knot answered nothing")
+    half = l.qps / 2
+    calm = dnsperf(bench, lb.port, queries, bench.duration_s, max_qps=half, do=do)
+    print()
+    print(table(["server", "qps", "avg ms", "lost", "vs knot"],
+                [[n, f"{x.qps:.0f}", f"{x.avg_latency_ms:.2f}", str(x.lost),
+                  f"{x.qps / k.qps:.2f}x"] for n, x in best.items()]))
+    ratio = l.qps / k.qps
+    ok = ratio >= target and calm.lost == 0
+    print()
+    print(f"  {verdict(ratio >= target)}  {mix}: qps lbcdn/knot = {ratio:.2f}x "
+          f"(target >= {target:.1f}x)")
+    print(f"  {verdict(calm.lost == 0)}  {mix}: lbcdn at half its peak ({half:.0f} qps "
+          f"asked, {calm.qps:.0f} answered): lost {calm.lost} of {calm.sent} (target 0)")
+    cpu_ratio = statistics.median(_cpu_ratio(a, b) for a, b in zip(runs["knot"],
+                                                                    runs["lbcdn"]))
+    print(f"  note  {mix}: knot cpu per query / lbcdn cpu per query = {cpu_ratio:.2f}x "
+          f"(median of rounds; the qps ratio two idle cores would give)")
+    print()
+    return {
+        name: {"qps": x.qps, "avg_latency_ms": x.avg_latency_ms, "lost": x.lost,
+               "all_qps": [y.qps for y in runs[name]],
+               "all_cpu_us_per_query": [y.cpu_us_per_query for y in runs[name]]}
+        for name, x in best.items()
+    } | {"ratio": ratio, "round_ratios": [b.qps / max(a.qps, 1) for a, b in
+                                           zip(runs["knot"], runs["lbcdn"])],
+         "cpu_ratio": cpu_ratio, "half_rate_qps": half, "half_rate_lost": calm.lost,
+         "pass": ok}
 
 
 def _median(rs: list[PerfResult]) -> PerfResult:

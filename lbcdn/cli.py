@@ -1,5 +1,5 @@
-"""The command line: `lbcdn serve | check-config | healthcheck | demo-backend`, `--version`,
-`--log-level`.
+"""The command line: `lbcdn serve | check-config | healthcheck | dns ds | demo-backend`,
+`--version`, `--log-level`.
 
 Rules: this module only parses arguments, loads configuration and hands over; the daemon and
 the demo backend live elsewhere and are imported only by the command that needs them, so
@@ -67,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="give up after this long (default: 2)")
     health.set_defaults(func=_healthcheck)
 
+    dns = sub.add_parser("dns", help="DNS tools")
+    dns_sub = dns.add_subparsers(dest="dns_command", metavar="DNS_COMMAND", required=True)
+    ds = dns_sub.add_parser("ds", help="print the DS and DNSKEY records of a signed zone, "
+                                       "for its registrar (read from admin.state_dir)")
+    ds.add_argument("zone", help="zone name, e.g. example.com")
+    ds.add_argument("--config", "-c", required=True, metavar="FILE",
+                    help="YAML configuration file")
+    ds.set_defaults(func=_dns_ds)
+
     worker = sub.add_parser("worker", help="(internal) a data-plane worker of `serve`")
     worker.add_argument("--control-fd", type=int, required=True)
     worker.add_argument("--index", type=int, required=True)
@@ -104,6 +113,42 @@ def _check_config(args: argparse.Namespace) -> int:
         else:
             print(f"{file}: ok")
     return status
+
+
+def _dns_ds(args: argparse.Namespace) -> int:
+    from lbcdn.config.load import load_config
+    from lbcdn.configkit.errors import ConfigError
+    from lbcdn.dns.keys import DnssecKeyError, key_rows, load
+    from lbcdn.dns.zone import zone_origin
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        _report(e, args.config)
+        return 1
+    try:
+        origin = zone_origin(args.zone)
+    except ValueError as e:
+        print(f"lbcdn dns ds: {e}", file=sys.stderr)
+        return 2
+    zones = config.dns.zones if config.dns is not None else ()
+    if not any(zone_origin(z.name) == origin and z.dnssec.enabled for z in zones):
+        print(f"lbcdn dns ds: {args.zone} is not a signed zone of {args.config}",
+              file=sys.stderr)
+        return 1
+    assert config.admin.state_dir is not None  # the config check requires it when signed
+    try:
+        keys = load(config.admin.state_dir, origin)
+    except DnssecKeyError as e:
+        print(f"lbcdn dns ds: {e}", file=sys.stderr)
+        return 1
+    if not keys:
+        print(f"lbcdn dns ds: no keys for {args.zone} yet: the daemon makes them when it "
+              "starts", file=sys.stderr)
+        return 1
+    for key in key_rows(origin, keys):
+        print(key["ds"])
+        print(key["dnskey"])
+    return 0
 
 
 def healthz_address(address: str, port: int) -> tuple[str, int] | None:

@@ -68,7 +68,7 @@ class ControlPlane:
     def _dns(self, config: Config) -> DnsRuntime:
         assert config.dns is not None
         return DnsRuntime(config.dns, config.listeners, config.pools, base_dir=self.base_dir,
-                          pool_health=self.pool_health)
+                          pool_health=self.pool_health, key_dir=config.admin.state_dir)
 
     async def _start_admin(self, config: Config) -> None:
         if config.admin.port:

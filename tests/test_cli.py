@@ -319,3 +319,23 @@ def test_demo_backend_port_checked(fake_demo: list[tuple[str, int, str]],
     assert main(["demo-backend"]) == 2
     assert fake_demo == []
     assert "--port must be 1-65535, got 0" in capsys.readouterr().err
+
+
+def test_dns_ds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`lbcdn dns ds ZONE`: the DS and DNSKEY of each key, read from admin.state_dir; clear
+    errors for an unsigned zone and for keys not made yet (the daemon makes them)."""
+    from lbcdn.dns.keys import load_or_create
+    from lbcdn.dns.names import parse_name
+    path = tmp_path / "lbcdn.yaml"
+    path.write_text(GOOD + f"admin: {{state_dir: {tmp_path / 'state'}}}\n"
+                    "dns:\n  zones:\n    - {name: example.com, dnssec: {enabled: true}}\n"
+                    "    - {name: plain.example}\n")
+    assert main(["dns", "ds", "example.com", "-c", str(path)]) == 1
+    assert "no keys for example.com yet" in capsys.readouterr().err
+    assert main(["dns", "ds", "plain.example", "-c", str(path)]) == 1
+    assert "plain.example is not a signed zone" in capsys.readouterr().err
+    key = load_or_create(str(tmp_path / "state"), parse_name("example.com."), 13)[0]
+    assert main(["dns", "ds", "example.com.", "-c", str(path)]) == 0
+    ds, dnskey = capsys.readouterr().out.splitlines()
+    assert ds.startswith(f"example.com. IN DS {key.tag} 13 2 ")
+    assert dnskey.startswith("example.com. IN DNSKEY 257 3 13 ")

@@ -9,18 +9,27 @@ GET  /api/dns/zones/{zone}/records -> {"zone", "serial", "records": [{name, type
      every record set and which health state it follows (lbcdn.dns.view); 404 for a zone
      not served.
 Changes are visible in answers at once and kept in `dns.state_dir` across restarts.
+GET  /api/dns/zones/{zone}/dnssec -> {"zone", "keys": [{key_tag, algorithm, flags, created,
+     dnskey, ds}]}: what to give the registrar (lbcdn.dns.keys.describe); 404 for a zone not
+     served or not signed.
+POST /api/dns/zones/{zone}/dnssec/rollover {"step": "start" | "finish"} -> 200 as the GET;
+     409 {"error"} for a step out of order, 400 for a bad body. `start` adds a key that
+     double-signs; `finish` drops the old one (see docs/guides/dns.md for the waits).
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 from aiohttp import web
 
 from lbcdn.admin.keys import STATE_KEY
 from lbcdn.admin.state import AdminState
 from lbcdn.dns.changes import ChangeError, parse_changes
+from lbcdn.dns.dnssec import Signer
 from lbcdn.dns.engine import Engine
+from lbcdn.dns.keys import DnssecKeyError, describe, roll
 from lbcdn.dns.view import zone_records
 from lbcdn.dns.zone import zone_origin
 
@@ -70,7 +79,56 @@ async def _changes(request: web.Request) -> web.Response:
                               "serial": zone.serial if zone is not None else None})
 
 
+def _signer(request: web.Request) -> tuple[Engine, Signer] | web.Response:
+    """The zone's engine and signer, or the 404 to answer."""
+    engine = _engine(request)
+    zone_name = request.match_info["zone"]
+    try:
+        signer = engine.signer(zone_name)
+    except (KeyError, ValueError):
+        return web.json_response({"error": f"zone {zone_name!r} is not served here"},
+                                 status=404)
+    if signer is None:
+        return web.json_response({"error": f"zone {zone_name!r} is not signed "
+                                           "(dnssec.enabled is false)"}, status=404)
+    return engine, signer
+
+
+async def _dnssec(request: web.Request) -> web.Response:
+    found = _signer(request)
+    if isinstance(found, web.Response):
+        return found
+    signer = found[1]
+    return web.json_response(describe(signer.origin, signer.keys))
+
+
+async def _rollover(request: web.Request) -> web.Response:
+    found = _signer(request)
+    if isinstance(found, web.Response):
+        return found
+    engine, signer = found
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return web.json_response({"error": "the body must be JSON"}, status=400)
+    step = body.get("step") if isinstance(body, dict) else None
+    if step not in ("start", "finish"):
+        return web.json_response({"error": 'expected {"step": "start"} or {"step": '
+                                           '"finish"}'}, status=400)
+    assert signer.key_file is not None  # the runtime gives every signer its file
+    try:
+        keys = roll(signer.key_file, signer.keys, step, signer.algorithm, time.time())
+    except DnssecKeyError as exc:
+        return web.json_response({"error": str(exc)}, status=409)
+    except OSError as exc:
+        return web.json_response({"error": f"cannot save the keys: {exc}"}, status=500)
+    engine.set_keys(request.match_info["zone"], keys)
+    return web.json_response(describe(signer.origin, signer.keys))
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/dns/zones", _zones)
     app.router.add_get("/api/dns/zones/{zone}/records", _records)
     app.router.add_post("/api/dns/zones/{zone}/changes", _changes)
+    app.router.add_get("/api/dns/zones/{zone}/dnssec", _dnssec)
+    app.router.add_post("/api/dns/zones/{zone}/dnssec/rollover", _rollover)

@@ -726,6 +726,13 @@ def _check_config(ld: Loader, v: Mapping[str, Any], path: str) -> None:
                              f'unknown pool "{origin.pool}" (known: '
                              f'{", ".join(pool_names) or "none"})')
     dns = v.get("dns")
+    admin = v.get("admin")
+    if dns is not None and dns is not INVALID and (
+            admin is None or admin is INVALID or admin.state_dir is None):
+        for i, zone in enumerate(dns.zones):
+            if zone.dnssec.enabled:
+                ld.error(f"dns.zones[{i}].dnssec.enabled", "needs admin.state_dir, where the "
+                         "zone's keys are kept (a new key at every start breaks the DS)")
     if dns is not None and dns is not INVALID and pool_names is not None:
         for where, message in alias_problems(dns, [l.name for _, l in listeners],
                                              list(pool_names)):

@@ -101,6 +101,17 @@ class SoaConfig:
 
 
 @dataclass(frozen=True)
+class DnssecConfig:
+    """Online DNSSEC signing of a zone (lbcdn.dns.dnssec); keys in `admin.state_dir`."""
+    enabled: bool = doc("Sign the zone's answers and transfers.", False)
+    algorithm: Literal["ECDSAP256SHA256", "ED25519"] = doc(
+        "Algorithm of the combined signing key (13 or 15). Changing it makes a new key: the "
+        "DS at the parent must then be replaced.", "ECDSAP256SHA256")
+    dnskey_ttl_s: int = doc("TTL of the DNSKEY set; a key rollover waits this long (plus the "
+                            "DS TTL at the parent) between its steps.", 3600, lo=0, hi=MAX_TTL)
+
+
+@dataclass(frozen=True)
 class ZoneConfig:
     name: str = doc("Zone apex, e.g. `example.com` or `2.0.192.in-addr.arpa`.", REQUIRED)
     ttl_s: int = doc("Default TTL of the zone's records.", 300, lo=0, hi=MAX_TTL)
@@ -116,6 +127,7 @@ class ZoneConfig:
     ptr_from_addresses: bool = doc(
         "Create PTR records for this zone's A/AAAA values in the served reverse zones "
         "(in-addr.arpa / ip6.arpa) that cover them; explicit PTRs win.", False)
+    dnssec: DnssecConfig = doc("DNSSEC signing.", default_factory=DnssecConfig)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,9 @@ Rules:
   building it, from the record sets it reads (its CNAME chain and the final set; additional
   and authority data come from health-independent static values): a rotating set at a name
   does not make the other types there vary.
+- Signed zones (lbcdn.dns.dnssec): the DNSKEY set is put at the apex; `Signer.secure` adds
+  signatures and denial to each answer, so prepared answers hold them too. `version` also
+  changes with the signing day (`refresh_signatures`) and with the keys (`set_keys`).
 - `version` changes on every zone change, and on every health change the engine learns of:
   `health_changed()`, `poll_health()`, or a `generation` attribute on the HealthView that
   changes with every transition (read on each `version` access). Versions come from one
@@ -49,16 +52,18 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import dnslib
-from dnslib import EDNS0, RR, DNSBuffer, DNSLabel, EDNSOption
+from dnslib import DNSKEY, EDNS0, RR, DNSBuffer, DNSLabel, EDNSOption
 
 from lbcdn.dns import policy, tsig
 from lbcdn.dns.changes import (Change, ChangeError, ChangeStore, Overlay, apply_batch, replay,
                                update_overlay)
+from lbcdn.dns.dnssec import T_DNSKEY, Signer, epoch_of
 from lbcdn.dns.fastpath import Prepared
+from lbcdn.dns.keys import ZoneKey
 from lbcdn.dns.names import Name, is_subdomain
 from lbcdn.dns.policy import HealthView
 from lbcdn.dns.rdata import target_of
@@ -98,6 +103,8 @@ class _Answer:
     period: int = 1        # turns after which the answer repeats (policy.Selection.period)
     replay: bool = True    # False: a random pick or a failure went into it
     ede: int = -1          # Extended DNS Error code for the OPT (RFC 8914); -1: none
+    # NXDOMAIN/NODATA: the name it is about and the types there (None: no such name)
+    denied: tuple[Name, tuple[int, ...] | None] | None = None
 
 
 class _AllHealthy:
@@ -113,11 +120,12 @@ class Engine:
     def __init__(self, zones: Sequence[Zone], health: HealthView, rng: random.Random | None = None,
                  *, store: ChangeStore | None = None, aliases: AliasDirectory | None = None,
                  clock: Callable[[], float] = time.time, tsig_keys: tsig.Keyring | None = None,
-                 nsid: bytes = b"") -> None:
+                 nsid: bytes = b"", signers: Mapping[Name, Signer] | None = None) -> None:
         self._health = health
         self._tsig_keys: tsig.Keyring = tsig_keys or {}
         self._nsid = nsid
         self._tsig_refusals = tsig.SparseLog(log)
+        self._signers = dict(signers or {})
         self._rng = rng or random.Random()
         self._store = store
         self._aliases = aliases
@@ -134,6 +142,9 @@ class Engine:
             if z.origin in self._zones:
                 raise ZoneError([f"zone {z.name} given twice"])
             self._zones[z.origin] = z
+        for origin, signer in self._signers.items():
+            self._publish_keys(origin, signer)
+        self._epoch = epoch_of(clock())
         self._version = next(_VERSIONS)
         self._seen_generation: object = getattr(health, "generation", None)
         self._health_snapshot: dict[str, bool] = {}
@@ -170,6 +181,49 @@ class Engine:
     def health_changed(self) -> None:
         """Tell the engine a health state changed (prepared answers must go)."""
         self._bump()
+
+    def refresh_signatures(self) -> bool:
+        """Call now and then (lbcdn.dns.runtime does, every minute): on a new signing day,
+        drop the prepared answers so their signatures are made afresh. True if it did."""
+        now = self._clock()
+        epoch = epoch_of(now)
+        if epoch == self._epoch:
+            return False
+        self._epoch = epoch
+        for origin, signer in self._signers.items():
+            self._publish_keys(origin, signer, now)
+        self._bump()
+        return True
+
+    def signer(self, zone: str) -> Signer | None:
+        """The zone's signer; None for an unsigned zone. KeyError when not served."""
+        origin = zone_origin(zone)
+        if origin not in self._zones:
+            raise KeyError(f"not a served zone: {zone}")
+        return self._signers.get(origin)
+
+    def set_keys(self, zone: str, keys: Sequence[ZoneKey]) -> None:
+        """New keys for a signed zone (a rollover step): published and used from the next
+        answer."""
+        signer = self.signer(zone)
+        if signer is None:
+            raise KeyError(f"zone {zone} is not signed")
+        signer.set_keys(keys)
+        self._publish_keys(signer.origin, signer, self._clock())
+        self._bump()
+
+    def _publish_keys(self, origin: Name, signer: Signer, resigned: float | None = None) -> None:
+        """Put the signer's DNSKEY set at the apex. `resigned`: the signatures a secondary
+        holds are outdated (new keys, new signing day): a new serial makes it transfer again
+        (and the Notifier tell it)."""
+        zone = self._zones[origin].copy()
+        zone.put(RecordSet(origin, T_DNSKEY, signer.dnskey_ttl,
+                           tuple(Value.of(DNSKEY(int.from_bytes(k[:2], "big"), k[2], k[3], k[4:]))
+                                 for k in signer.dnskeys())))
+        zone.finish()
+        if resigned is not None:
+            zone.bump_serial(resigned)
+        self._zones[origin] = zone
 
     def poll_health(self) -> bool:
         """Compare every health check the zones use with the last poll; bump the version and
@@ -234,6 +288,9 @@ class Engine:
                 ttl, values = policy.static_values(node[rtype])
                 out.extend(_rrs(owner, rtype, ttl, values))
         out.extend(soa)
+        signer = self._signers.get(zone.origin)
+        if signer is not None:
+            return signer.sign_transfer(out, zone.cuts, zone.negative_ttl, self._clock())
         return out
 
     # -- changes -------------------------------------------------------------------------
@@ -344,7 +401,13 @@ class Engine:
         zone = self._zone_for(q.qname) if q.qclass in (CLASS_IN, CLASS_ANY) else None
         if zone is None:
             return _Answer(rcode=REFUSED, aa=False, ede=EDE_NOT_AUTHORITATIVE)
-        return self._resolve(zone, q.qname, q.qtype, turn)
+        ans = self._resolve(zone, q.qname, q.qtype, turn)
+        signer = self._signers.get(zone.origin)
+        if signer is not None:
+            ans.answer, ans.authority, ans.rcode = signer.secure(
+                zone, ans.answer, ans.authority, ans.rcode, ans.denied, q.qname, q.qtype,
+                q.edns is not None and q.edns.do, self._clock())
+        return ans
 
     def _select(self, group: Sequence[RecordSet], ans: _Answer,
                 turn: int | None) -> tuple[int, list[Value]]:
@@ -381,10 +444,10 @@ class Engine:
                     node = self._wildcard(zone, name)
                     if node is None:
                         ans.rcode = NXDOMAIN
-                        self._negative(zone, ans)
+                        self._negative(zone, ans, name, None)
                         return ans
                 else:
-                    self._negative(zone, ans)   # empty non-terminal: NODATA
+                    self._negative(zone, ans, name, ())   # empty non-terminal: NODATA
                     return ans
             if qtype == T_ANY:
                 for rtype in (*ANY_ORDER, *sorted(node)):
@@ -409,7 +472,7 @@ class Engine:
                 seen.add(target)
                 name = target
                 continue
-            self._negative(zone, ans)
+            self._negative(zone, ans, name, tuple(node))
             return ans
         return ans
 
@@ -423,7 +486,9 @@ class Engine:
                 return zone.node((b"*", *encloser))
         return None
 
-    def _negative(self, zone: Zone, ans: _Answer) -> None:
+    def _negative(self, zone: Zone, ans: _Answer, name: Name,
+                  types: tuple[int, ...] | None) -> None:
+        ans.denied = (name, types)
         soa_set = zone.soa_set
         ans.authority.extend(_rrs(DNSLabel(zone.origin), T_SOA, zone.negative_ttl,
                                   soa_set.values))

@@ -15,6 +15,7 @@ no pool state of its own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Protocol
@@ -22,10 +23,14 @@ from typing import Protocol
 from lbcdn.dns.alias import aliases_from_config, parse_pool_check
 from lbcdn.dns.changes import JsonChangeStore, MemoryStore
 from lbcdn.dns.config import DnsConfig, nsid_bytes
+from lbcdn.dns.dnssec import Signer
 from lbcdn.dns.engine import Engine
+from lbcdn.dns.keys import ALGORITHMS, key_path, load_or_create
+from lbcdn.dns.names import Name
 from lbcdn.dns.server import DnsServer, servers_from_config
 from lbcdn.dns.tsig import build_keys
-from lbcdn.dns.zone import build_zones
+from lbcdn.dns.zone import build_zones, zone_origin
+from lbcdn.tasks import spawn
 from lbcdn.health.checker import Check, HealthChecker
 
 log = logging.getLogger("lbcdn.dns")
@@ -74,9 +79,27 @@ class _Health:
             return True  # an unknown check fails open, as Route 53 treats a deleted one
 
 
+def signers_from_config(config: DnsConfig, key_dir: str | None) -> dict[Name, Signer]:
+    """A signer per zone with `dnssec.enabled`, its keys read from (or made in) `key_dir`
+    (admin.state_dir: the config check requires it for a signed zone)."""
+    out: dict[Name, Signer] = {}
+    for zc in config.zones:
+        if not zc.dnssec.enabled:
+            continue
+        if key_dir is None:
+            raise ValueError(f"zone {zc.name}: DNSSEC needs admin.state_dir for its keys")
+        origin = zone_origin(zc.name)
+        algorithm = ALGORITHMS[zc.dnssec.algorithm]
+        out[origin] = Signer(origin, load_or_create(key_dir, origin, algorithm),
+                             dnskey_ttl=zc.dnssec.dnskey_ttl_s, algorithm=algorithm,
+                             key_file=key_path(key_dir, origin))
+    return out
+
+
 class DnsRuntime:
     def __init__(self, config: DnsConfig, listeners: object, pools: object, *,
-                 base_dir: str = ".", pool_health: PoolHealth | None = None) -> None:
+                 base_dir: str = ".", pool_health: PoolHealth | None = None,
+                 key_dir: str | None = None) -> None:
         self.config = config
         self.health = _Health(pool_health)
         for hc in config.health_checks:
@@ -91,18 +114,30 @@ class DnsRuntime:
         self.engine = Engine(build_zones(config, now=time.time(), aliases=aliases,
                                          base_dir=base_dir),
                              self.health, store=store, aliases=aliases, tsig_keys=keys,
-                             nsid=nsid_bytes(config.nsid) if config.nsid else b"")
+                             nsid=nsid_bytes(config.nsid) if config.nsid else b"",
+                             signers=signers_from_config(config, key_dir))
+        self._refresher: asyncio.Task[None] | None = None
         for problem in self.engine.restore_problems:
             log.warning("dns: saved change not applied: %s", problem)
         self.servers: list[DnsServer] = servers_from_config(config, self.engine, tsig_keys=keys)
 
     async def start(self) -> None:
         await self.health.checker.start()
+        if any(z.dnssec.enabled for z in self.config.zones):
+            self._refresher = spawn(self._refresh_signatures(), "dns-signatures")
         for server in self.servers:
             await server.start()
             log.info("dns on %s:%d (udp+tcp)", server.address, server.udp_port)
 
+    async def _refresh_signatures(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            self.engine.refresh_signatures()
+
     async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
         for server in reversed(self.servers):
             await server.stop()
         await self.health.checker.stop()

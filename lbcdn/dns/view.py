@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from dnslib import QTYPE
+
 from lbcdn.dns.alias import parse_pool_check
 from lbcdn.dns.names import to_text
 from lbcdn.dns.policy import HealthView, health_checks
@@ -35,7 +37,8 @@ def check_view(check_id: str | None, health: HealthView) -> dict[str, Any] | Non
 
 
 def record_set_view(rs: RecordSet, health: HealthView) -> dict[str, Any]:
-    return {"name": to_text(rs.name), "type": TYPE_NAMES.get(rs.rtype, str(rs.rtype)),
+    # QTYPE: the DNSKEY set a signed zone publishes is not a type users write
+    return {"name": to_text(rs.name), "type": TYPE_NAMES.get(rs.rtype) or QTYPE.get(rs.rtype),
             "ttl_s": rs.ttl, "policy": rs.policy, "set_identifier": rs.set_identifier,
             "weight": rs.weight, "failover": rs.failover,
             "alias": None if rs.alias is None else dataclasses.asdict(rs.alias),

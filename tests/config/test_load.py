@@ -763,3 +763,14 @@ def test_yaml_explicit_int_tag_must_be_decimal(tmp_path: Path) -> None:
     path = listener_yaml(tmp_path, "port: !!int 0x50")
     assert file_errors(path) == [
         f"{path}:2:23: YAML syntax error: '0x50' is not a decimal integer"]
+
+
+def test_dnssec_needs_admin_state_dir() -> None:
+    zone = {"name": "example.com", "dnssec": {"enabled": True}}
+    assert errors(with_pool(dns={"zones": [zone]})) == [
+        "dns.zones[0].dnssec.enabled: needs admin.state_dir, where the zone's keys are kept "
+        "(a new key at every start breaks the DS)"]
+    parse_config(with_pool(dns={"zones": [zone]}, admin={"state_dir": "/var/lib/lbcdn"}),
+                 env={})
+    assert "dns.zones[0].dnssec.algorithm" in errors(with_pool(dns={"zones": [
+        {"name": "example.com", "dnssec": {"algorithm": "RSASHA1"}}]}))[0]
