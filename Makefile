@@ -39,7 +39,7 @@ NATIVE_DEBS := gcc libc6-dev $(shell $(PYTHON) -c 'import os, sysconfig; \
 # certificates; chromium: the status page in a real browser; IMAGE_DEBS: tests/deploy/
 # test_image.py runs `make image`.
 IMAGE_DEBS := debootstrap buildah ca-certificates
-TEST_DEBS  := curl openssl knot systemd docker-compose tini util-linux chromium $(NATIVE_DEBS) \
+TEST_DEBS  := curl openssl knot pebble systemd docker-compose tini util-linux chromium $(NATIVE_DEBS) \
               $(IMAGE_DEBS)
 BENCH_DEBS := nginx wrk util-linux dnsperf knot openssl $(NATIVE_DEBS)
 

@@ -19,6 +19,10 @@ in flight here), {"op": "stats", "pools": {POOL: {TARGET: {...}}}, "queues": {PO
 {"failed_open", "queued"}}, "listeners": {LISTENER: OPEN_CONNECTIONS}} (live per-target,
 per-pool and per-listener numbers, every second; the admin API adds them up over the
 workers), {"op": "ready"} and {"op": "reloaded", "id": N, "error": null | TEXT}.
+ACME (lbcdn.acme.manager runs in the control process): control -> worker {"op": "acme", "id": N,
+"view": {...}} (challenge answers and certificate files to serve; also in the first "config"
+message), worker -> control {"op": "acme-applied", "id": N}; the manager tells the CA to look
+once every live worker applied it.
 Edge-cache invalidations: control -> worker {"op": "invalidate", "id": N, "invalidation": {id,
 paths, tags, soft, hosts}}, worker -> control {"op": "invalidated", "id": N, "purged": COUNT};
 the admin API answers once every live worker applied it.
@@ -43,6 +47,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from lbcdn.acme.manager import AcmeManager
 from lbcdn.cache.invalidation import Invalidation
 from lbcdn.config.load import load_config_text
 from lbcdn.config.schema import Config
@@ -131,7 +136,9 @@ class Supervisor:
         self.targets = TargetsControl(
             self._publish_targets, state_dir=config.admin.state_dir, stats=self._target_stats,
             data_planes=lambda: max(1, sum(w.ready.is_set() for w in self.workers)))
-        self.control = ControlPlane(self, config_dir(config_path), self.targets)
+        self.control = ControlPlane(self, config_dir(config_path), self.targets,
+                                    publish_acme=self._publish_acme)
+        self.acme_view: dict[str, Any] = {"http01": {}, "alpn": {}, "certs": {}}
         self.reloads = 0
         self._draining = False
         self._stop = asyncio.Event()
@@ -146,6 +153,26 @@ class Supervisor:
 
     def targets_control(self) -> TargetsControl | None:
         return self.targets
+
+    def acme_manager(self) -> AcmeManager | None:
+        return self.control.acme
+
+    async def _publish_acme(self, view: dict[str, Any]) -> None:
+        """Every live worker installs `view` (lbcdn.acme.manager) before this returns; a
+        worker starting later gets it with its configuration."""
+        self.acme_view = view
+        loop = asyncio.get_running_loop()
+        self._next_ack += 1
+        waits = []
+        for worker in self.workers:
+            if not worker.ready.is_set():
+                continue
+            future: asyncio.Future[str | None] = loop.create_future()
+            worker.acks[self._next_ack] = future
+            worker.send({"op": "acme", "id": self._next_ack, "view": view})
+            waits.append(future)
+        if waits:
+            await asyncio.wait(waits, timeout=10)
 
     def _publish_targets(self, pool: str, snapshot: list[dict[str, Any]]) -> None:
         for worker in self.workers:
@@ -226,6 +253,7 @@ class Supervisor:
                 raise OSError("workers did not start within 30 s")
             await asyncio.sleep(0.02)
         self._monitor = spawn(self._watch(), "workers-monitor")
+        self.control.run_acme()
         log.info("%d workers serving", len(self.workers))
 
     async def _spawn(self, worker: Worker) -> None:
@@ -239,13 +267,16 @@ class Supervisor:
         worker.started_at = time.monotonic()
         worker.ready.clear()
         worker.reader, worker.writer = await asyncio.open_connection(sock=ours)
-        worker.send({"op": "config", "yaml": self.config_text, "source": self.config_path})
+        worker.send({"op": "config", "yaml": self.config_text, "source": self.config_path,
+                     "acme": self.acme_view})
         spawn(self._listen(worker, worker.reader), f"worker-{worker.index}-channel")
 
     async def _listen(self, worker: Worker, reader: asyncio.StreamReader) -> None:
         async for message in messages(reader):  # ends when the worker is gone (_watch restarts)
             if message["op"] == "ready":
                 worker.ready.set()
+                # the view may have changed since its "config" message
+                worker.send({"op": "acme", "id": 0, "view": self.acme_view})
                 for name, pool in self.targets.pools.items():  # a (re)started worker
                     worker.send({"op": "targets", "pool": name, "targets": pool.snapshot()})
             elif message["op"] == "drained":
@@ -254,7 +285,7 @@ class Supervisor:
                 worker.stats = message["pools"]
                 worker.queues = message.get("queues", {})
                 worker.connections = message.get("listeners", {})
-            elif message["op"] == "reloaded":
+            elif message["op"] in ("reloaded", "acme-applied"):
                 future = worker.acks.pop(message["id"], None)
                 if future is not None and not future.done():
                     future.set_result(message.get("error"))
@@ -461,6 +492,7 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
     first = json.loads(line)
     config = load_config_text(first["yaml"], first["source"])
     daemon = Daemon(config, None, log_level, role="worker")
+    daemon.acme_view = first["acme"]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
@@ -489,6 +521,10 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
                     error = f"worker {index}: {exc}"
                 writer.write(json.dumps({"op": "reloaded", "id": message["id"],
                                          "error": error}).encode() + b"\n")
+            elif message["op"] == "acme":
+                daemon.apply_acme(message["view"])
+                writer.write(json.dumps({"op": "acme-applied", "id": message["id"]}).encode()
+                             + b"\n")
             elif message["op"] == "targets":
                 daemon.apply_targets(message["pool"], message["targets"])
             elif message["op"] == "invalidate":

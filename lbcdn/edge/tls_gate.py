@@ -10,6 +10,9 @@ Rules:
 - The ClientHello must arrive within the listener's `header_timeout_s`; the handshake after it
   has the loop's TLS handshake timeout, as before.
 - The listener keeps its gates, so shutdown closes connections still shaking hands.
+- A ClientHello offering ALPN `acme-tls/1` for a name with a TLS-ALPN-01 challenge up
+  (lbcdn.acme.answers) is answered with that challenge's context (RFC 8737); read only while
+  a challenge is up, so other handshakes pay nothing for it.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import asyncio
 import ssl
 from typing import TYPE_CHECKING, cast
 
+from lbcdn.acme import answers
 from lbcdn.edge.connection import ClientConnection
 from lbcdn.tasks import spawn
-from lbcdn.tls import NEED_MORE, PASS, alert_record, hello_verdict
+from lbcdn.tls import NEED_MORE, PASS, alert_record, hello_sni_alpn, hello_verdict
 
 if TYPE_CHECKING:
     from lbcdn.edge.listener import Listener
@@ -59,12 +63,19 @@ class TlsGate(asyncio.Protocol):
             transport.close()
             return
         transport.pause_reading()
-        spawn(self._handshake(transport), "tls-handshake")
+        context = self.tls.context
+        if answers.ALPN:
+            name, protocols = hello_sni_alpn(self.hello)
+            challenge = answers.ALPN.get(name or "")
+            if challenge is not None and answers.ACME_TLS_ALPN_BYTES in protocols:
+                context = challenge
+        spawn(self._handshake(transport, context), "tls-handshake")
 
     def eof_received(self) -> bool | None:
         return None  # gone before its ClientHello was whole: close
 
-    async def _handshake(self, transport: asyncio.Transport) -> None:
+    async def _handshake(self, transport: asyncio.Transport,
+                         context: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
         conn = ClientConnection(self.listener)
         # start_tls puts its TLS protocol on the transport before it waits for the handshake,
@@ -73,7 +84,7 @@ class TlsGate(asyncio.Protocol):
         loop.call_soon(self._replay, transport)
         try:
             tls_transport = await loop.start_tls(
-                transport, cast(asyncio.BaseProtocol, conn), self.tls.context,
+                transport, cast(asyncio.BaseProtocol, conn), context,
                 server_side=True)
         except (OSError, ssl.SSLError, asyncio.TimeoutError):
             transport.abort()  # refused by OpenSSL (no alert then), or gone, or too slow

