@@ -148,3 +148,28 @@ def test_http01_issues_serves_and_is_reused_after_restart(setup: Setup, args: li
     assert again["not_after"] == cert["not_after"]
     assert_served(setup, names[:1])
     assert setup.pebble.output().count("Issued certificate serial") == orders
+
+
+@pytest.mark.parametrize("args", WORKERS)
+def test_dns01_through_our_own_zone_gets_a_wildcard(setup: Setup, args: list[str]) -> None:
+    names = ["example.test", "*.example.test"]
+    setup.start(setup.config([{"names": names}]), args)  # default: dns-01, our zone
+    [cert] = setup.wait_issued()
+    assert cert["challenge"] == "dns-01"
+    assert_served(setup, ["example.test", "anything.example.test"])
+    # (pebble validates dns-01 only by asking lbcdn's DNS listener for the TXT records:
+    # PEBBLE_VA_ALWAYS_VALID=0, `-dnsserver` our port)
+    # the challenge records are gone again
+    status, body = setup.api("GET", "/api/dns/zones/example.test/records")
+    assert status == 200
+    assert not [r for r in body["records"] if "_acme-challenge" in r["name"]], body
+
+
+@pytest.mark.parametrize("args", WORKERS)
+def test_tls_alpn01_answered_with_the_challenge_certificate(setup: Setup,
+                                                            args: list[str]) -> None:
+    setup.start(setup.config([{"names": ["alpn.example.test"],
+                               "challenge": "tls-alpn-01"}]), args)
+    [cert] = setup.wait_issued()
+    assert cert["challenge"] == "tls-alpn-01"
+    assert_served(setup, ["alpn.example.test"])
