@@ -148,6 +148,14 @@ def test_http01_issues_serves_and_is_reused_after_restart(setup: Setup, args: li
     assert again["not_after"] == cert["not_after"]
     assert_served(setup, names[:1])
     assert setup.pebble.output().count("Issued certificate serial") == orders
+    # a forced renewal, through the admin API, of a certificate years from its renewal
+    serial = served_serial(setup, names[0])
+    status, body = setup.api("POST", "/api/acme/certificates/www.example.test/renew")
+    assert status == 202 and body == {"renewing": cert["id"]}
+    wait_until(lambda: served_serial(setup, names[0]) != serial, 30, 0.3, "forced renewal")
+    assert setup.pebble.output().count("Issued certificate serial") == 2
+    status, body = setup.api("POST", "/api/acme/certificates/nope.example.test/renew")
+    assert status == 404 and "nope.example.test" in body["error"]
 
 
 @pytest.mark.parametrize("args", WORKERS)
@@ -173,3 +181,46 @@ def test_tls_alpn01_answered_with_the_challenge_certificate(setup: Setup,
     [cert] = setup.wait_issued()
     assert cert["challenge"] == "tls-alpn-01"
     assert_served(setup, ["alpn.example.test"])
+
+
+def served_serial(setup: Setup, name: str) -> str:
+    out = subprocess.run(
+        f"openssl s_client -connect {HOST}:{setup.tls_port} -servername {name} </dev/null "
+        "2>/dev/null | openssl x509 -noout -serial", shell=True, capture_output=True,
+        text=True, timeout=20)
+    assert out.stdout.startswith("serial="), out
+    return out.stdout.strip()
+
+
+@pytest.mark.parametrize("args", WORKERS)
+def test_short_lived_certificate_is_renewed_and_swapped_without_dropping(
+        tmp_path: Path, args: list[str]) -> None:
+    import socket
+    import ssl
+    setup = Setup(tmp_path, validity_s=15)   # renewed at two thirds: every ~10 s
+    try:
+        setup.start(setup.config([{"names": ["www.example.test"], "challenge": "http-01"}]),
+                    args)
+        [first] = setup.wait_issued()
+        root = setup.pebble.root(tmp_path)
+        serial = served_serial(setup, "www.example.test")
+        assert first["next_renewal"] - first["not_before"] == pytest.approx(
+            (first["not_after"] - first["not_before"]) * 2 / 3, abs=1)
+        # a keep-alive connection made with the first certificate outlives the swap
+        ctx = ssl.create_default_context(cafile=str(root))
+        raw = socket.create_connection((HOST, setup.tls_port), timeout=10)
+        conn = ctx.wrap_socket(raw, server_hostname="www.example.test")
+        request = b"GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n"
+        conn.sendall(request)
+        assert b"hello from lbcdn" in conn.recv(65536)
+        wait_until(lambda: setup.certificates()[0]["not_after"] > first["not_after"], 40, 0.5,
+                   "the certificate renewed")
+        wait_until(lambda: served_serial(setup, "www.example.test") != serial, 10, 0.3,
+                   "the renewed certificate served")
+        conn.sendall(request)
+        assert b"hello from lbcdn" in conn.recv(65536)
+        conn.close()
+        assert_served(setup, ["www.example.test"])
+        assert len(list((setup.state / "acme").glob("*.crt"))) == 1  # old pairs removed
+    finally:
+        setup.stop()
