@@ -224,3 +224,59 @@ def test_short_lived_certificate_is_renewed_and_swapped_without_dropping(
         assert len(list((setup.state / "acme").glob("*.crt"))) == 1  # old pairs removed
     finally:
         setup.stop()
+
+
+def metrics(setup: Setup) -> str:
+    with urllib.request.urlopen(f"http://{HOST}:{setup.admin}/metrics", timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+def status_page(setup: Setup) -> str:
+    with urllib.request.urlopen(f"http://{HOST}:{setup.admin}/", timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+@pytest.mark.parametrize("args", WORKERS)
+def test_ca_down_keeps_the_old_certificate_and_shows_the_error(setup: Setup,
+                                                               args: list[str]) -> None:
+    setup.start(setup.config([{"names": ["www.example.test"], "challenge": "http-01",
+                               "retry_initial_s": 30}]), args)
+    [cert] = setup.wait_issued()
+    root = setup.pebble.root(setup.tmp)
+    serial = served_serial(setup, "www.example.test")
+    assert 'lbcdn_acme_failing{certificate="www.example.test"} 0.0' in metrics(setup)
+    setup.pebble.stop()
+    status, _ = setup.api("POST", f"/api/acme/certificates/{cert['id']}/renew")
+    assert status == 202
+    wait_until(lambda: setup.certificates()[0]["last_error"], 20, 0.3, "the error shown")
+    [failed] = setup.certificates()
+    assert "cannot reach the CA" in failed["last_error"], failed
+    assert failed["failures"] == 1 and failed["not_after"] == cert["not_after"]
+    assert failed["next_renewal"] > time.time() + 10   # retried after a pause, not at once
+    assert served_serial(setup, "www.example.test") == serial
+    out = curl(setup, "www.example.test", root)
+    assert out.returncode == 0 and out.stdout == "hello from lbcdn\n", out.stderr
+    assert 'lbcdn_acme_failing{certificate="www.example.test"} 1.0' in metrics(setup)
+    assert 'lbcdn_acme_issuances_total{certificate="www.example.test",result="error"} 1.0' \
+        in metrics(setup)
+    page = status_page(setup)
+    assert 'class="acme-cert"' in page and "cannot reach the CA" in page
+    assert setup.daemon is not None
+    assert "issuance failed (the current certificate stays in use)" in setup.daemon.stderr()
+
+
+@pytest.mark.parametrize("args", WORKERS)
+def test_a_failing_challenge_is_reported_and_writes_nothing(setup: Setup,
+                                                           args: list[str]) -> None:
+    # other.test is not in lbcdn's DNS: pebble cannot resolve it, the challenge fails
+    setup.start(setup.config([{"names": ["www.other.test"], "challenge": "http-01"}]), args)
+    wait_until(lambda: setup.certificates()[0]["last_error"], 30, 0.3, "the failure")
+    [cert] = setup.certificates()
+    assert "challenge http-01 for www.other.test failed" in cert["last_error"], cert
+    assert cert["issuer"] is None and cert["not_after"] is None
+    acme = setup.state / "acme"
+    assert not list(acme.glob("*.crt")) and not list(acme.glob("*.json"))
+    assert len(list(acme.glob("account-*.key"))) == 1
+    # the plain listener is not held up by it
+    with urllib.request.urlopen(f"http://{HOST}:{setup.http_port}/", timeout=10) as resp:
+        assert resp.read() == b"hello from lbcdn\n"
