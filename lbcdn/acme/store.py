@@ -79,8 +79,9 @@ class AcmeStore:
         name = "account-" + hashlib.sha256(directory.encode()).hexdigest()[:16]
         path = self._path(name + ".key")
         self._ensure()
-        with open(self._path(name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        fd = os.open(self._path(name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 with open(path, encoding="ascii") as f:
                     return f.read()
@@ -88,6 +89,8 @@ class AcmeStore:
                 pem = create()
                 self._write(name + ".key", pem)
                 return pem
+        finally:
+            os.close(fd)  # and the lock with it
 
     # -- certificates ----------------------------------------------------------------------
     def load(self, cid: str) -> Stored | None:

@@ -1,0 +1,70 @@
+"""`listeners[].tls.acme`: what the loader refuses, each error naming its YAML path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lbcdn.config.load import parse_config
+from lbcdn.configkit.errors import ConfigError
+
+DIRECTORY = "https://ca.test/dir"
+
+
+def config(acme: list[dict[str, Any]] | None, *, state_dir: str | None = "/tmp/x",
+           zones: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+    tls: dict[str, Any] = {} if acme is None else {"acme": acme}
+    out: dict[str, Any] = {"listeners": [{"name": "tls", "port": 8443, "tls": tls}],
+                           "admin": {"state_dir": state_dir} if state_dir else {}}
+    if zones:
+        out["dns"] = {"listeners": [{"port": 5300}],
+                      "zones": [{"name": z, "records": []} for z in zones]}
+    return out
+
+
+def errors(data: object) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env={})
+    return info.value.lines()
+
+
+def test_a_valid_acme_listener_needs_no_certificate_files() -> None:
+    loaded = parse_config(config([{"directory": DIRECTORY, "names": ["www.example.com"]}]),
+                          env={})
+    tls = loaded.listeners[0].tls
+    assert tls is not None and tls.certificates == () and tls.acme[0].names == (
+        "www.example.com",)
+    parse_config(config([{"directory": DIRECTORY, "names": ["*.example.com"]}],
+                        zones=["example.com"]), env={})
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (config(None), "listeners[0].tls.certificates: needs at least one certificate (or an "
+                   "`acme` entry)"),
+    (config([{"directory": DIRECTORY, "names": ["a.example.com"]}], state_dir=None),
+     "listeners[0].tls.acme: ACME needs `admin.state_dir` (where keys and certificates are "
+     "kept)"),
+    (config([{"directory": "ca.test/dir", "names": ["a.example.com"]}]),
+     "listeners[0].tls.acme[0].directory: 'ca.test/dir' is not an http(s) URL"),
+    (config([{"directory": DIRECTORY, "names": []}]),
+     "listeners[0].tls.acme[0].names: needs at least one name"),
+    (config([{"directory": DIRECTORY, "names": ["*.example.com"], "challenge": "http-01"}]),
+     "listeners[0].tls.acme[0].names[0]: '*.example.com': a wildcard name needs the dns-01 "
+     "challenge"),
+    (config([{"directory": DIRECTORY, "names": ["*.example.com"]}]),
+     "listeners[0].tls.acme[0]: '*.example.com': a wildcard name needs dns-01, and lbcdn's "
+     "DNS serves no zone holding it"),
+    (config([{"directory": DIRECTORY, "names": ["10.0.0.1"]}]),
+     "listeners[0].tls.acme[0].names[0]: '10.0.0.1': a DNS name, at most one leading `*.` "
+     "label"),
+    (config([{"directory": DIRECTORY, "names": ["a.example.com"], "challenge": "dns-02"}]),
+     "listeners[0].tls.acme[0].challenge"),
+    (config([{"directory": DIRECTORY, "names": ["a.example.com"], "ca_bundle": "/nope"}]),
+     "listeners[0].tls.acme[0].ca_bundle: cannot read '/nope'"),
+    (config([{"directory": DIRECTORY, "names": ["a.example.com"], "extra": 1}]),
+     "listeners[0].tls.acme[0]"),
+])
+def test_bad_acme_config(data: dict[str, Any], expected: str) -> None:
+    found = errors(data)
+    assert any(line.startswith(expected) or expected in line for line in found), found
