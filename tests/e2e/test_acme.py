@@ -280,3 +280,45 @@ def test_a_failing_challenge_is_reported_and_writes_nothing(setup: Setup,
     # the plain listener is not held up by it
     with urllib.request.urlopen(f"http://{HOST}:{setup.http_port}/", timeout=10) as resp:
         assert resp.read() == b"hello from lbcdn\n"
+
+
+def test_replicas_sharing_a_state_dir_issue_once(setup: Setup) -> None:
+    from lbcdn.acme.store import AcmeStore, cert_id
+    names = ["www.example.test"]
+    config = setup.config([{"names": names, "challenge": "http-01"}])
+    # another replica holds the issuing lock: this one waits, the CA is not asked
+    lock = AcmeStore(str(setup.state)).try_lock(cert_id(setup.pebble.directory, names))
+    assert lock is not None
+    setup.start(config, [])
+    wait_until(lambda: setup.certificates()[0]["issuing"], 10, 0.2, "waiting for the lock")
+    time.sleep(2)
+    assert setup.pebble.output().count("POST /order-plz") == 0
+    assert setup.daemon is not None
+    assert "another process holds the issuing lock" in setup.daemon.stderr()
+    lock.release()
+    [cert] = setup.wait_issued()
+    # a second replica (two workers) on other ports, same state directory: it takes the
+    # stored certificate, and the CA is not asked again
+    other = json.loads(json.dumps(config))
+    other["listeners"][0]["port"], other["listeners"][1]["port"] = free_port(), free_port()
+    other["dns"]["listeners"][0]["port"] = free_port()
+    other["admin"]["port"] = free_port()
+    run = setup.tmp / "replica"
+    run.mkdir()
+    replica = DaemonProcess(other, run, extra_args=["--workers", "2"])
+    try:
+        first_admin = setup.admin
+        setup.admin = other["admin"]["port"]
+        [theirs] = setup.wait_issued()
+        assert theirs["not_after"] == cert["not_after"]
+        root = setup.pebble.root(setup.tmp)
+        out = subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--cacert", str(root), "--resolve",
+             f"www.example.test:{other['listeners'][1]['port']}:{HOST}",
+             f"https://www.example.test:{other['listeners'][1]['port']}/"],
+            capture_output=True, text=True, timeout=20)
+        assert out.returncode == 0 and out.stdout == "hello from lbcdn\n", out.stderr
+        setup.admin = first_admin
+        assert setup.pebble.output().count("Issued certificate serial") == 1
+    finally:
+        replica.stop()
