@@ -38,5 +38,6 @@ class AcmeConfig:
     eab: EabConfig | None = doc("External account binding, for CAs that need one.", None)
     retry_initial_s: float = doc(
         "Pause after a failed issuance or renewal; doubles on each further failure, up to "
-        "an hour (and never past two thirds of what is left of the current certificate).",
+        "an hour (and never more than a third of the time the current certificate has "
+        "left).",
         60.0, lo=0.1)

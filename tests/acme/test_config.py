@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lbcdn.config.load import parse_config
+from lbcdn.config.load import load_config, parse_config
 from lbcdn.configkit.errors import ConfigError
 
 DIRECTORY = "https://ca.test/dir"
@@ -68,3 +72,24 @@ def test_a_valid_acme_listener_needs_no_certificate_files() -> None:
 def test_bad_acme_config(data: dict[str, Any], expected: str) -> None:
     found = errors(data)
     assert any(line.startswith(expected) or expected in line for line in found), found
+
+
+def test_the_pebble_demo_config_matches_pebbles() -> None:
+    """config/acme-pebble.yaml and config/pebble/pebble.json, the three-command demo of
+    docs/guides/tls.md: pebble checks the ports lbcdn listens on and lbcdn asks its API."""
+    root = Path(__file__).resolve().parents[2]
+    os_cwd = Path.cwd()
+    try:
+        os.chdir(root)   # both files name paths from the repository's root, as `make run`
+        loaded = load_config("config/acme-pebble.yaml")
+        pebble = json.loads(Path("config/pebble/pebble.json").read_text())["pebble"]
+        ctx = ssl.create_default_context(cafile="config/pebble/api-ca.pem")
+        ctx.load_cert_chain(pebble["certificate"], pebble["privateKey"])
+    finally:
+        os.chdir(os_cwd)
+    plain, tls = loaded.listeners
+    assert plain.tls is None and tls.tls is not None
+    assert (pebble["httpPort"], pebble["tlsPort"]) == (plain.port, tls.port)
+    assert {a.directory for a in tls.tls.acme} == {f"https://{pebble['listenAddress']}/dir"}
+    assert loaded.dns is not None and loaded.dns.listeners[0].port == 5300
+    assert loaded.admin.state_dir is not None
