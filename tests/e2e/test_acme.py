@@ -322,3 +322,47 @@ def test_replicas_sharing_a_state_dir_issue_once(setup: Setup) -> None:
         assert setup.pebble.output().count("Issued certificate serial") == 1
     finally:
         replica.stop()
+
+
+def test_external_account_binding(tmp_path: Path) -> None:
+    # pebble wants EAB: without it the error says so; with the CA's key id and MAC key the
+    # account is made and the certificate issued
+    mac = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+    setup = Setup(tmp_path, eab={"kid-1": mac})
+    try:
+        names = ["www.example.test"]
+        setup.start(setup.config([
+            {"names": names, "challenge": "http-01"},
+            {"names": ["api.example.test"], "challenge": "http-01",
+             "eab": {"kid": "kid-1", "hmac_key": mac}}]), [])
+        wait_until(lambda: all(c["last_error"] or c["not_after"]
+                               for c in setup.certificates()), 30, 0.3, "both settled")
+        without, with_eab = setup.certificates()
+        assert without["last_error"] == ("newAccount: this CA needs external account binding "
+                                         "(set `eab`)"), without
+        assert with_eab["last_error"] is None and with_eab["issuer"]
+    finally:
+        setup.stop()
+
+
+def test_certificate_files_win_over_acme_and_reloads_keep_acme_certificates(
+        setup: Setup) -> None:
+    import trustme
+    ca = trustme.CA()
+    own = ca.issue_cert("www.example.test")
+    crt, key = setup.tmp / "own.crt", setup.tmp / "own.key"
+    own.cert_chain_pems[0].write_to_path(str(crt))
+    own.private_key_pem.write_to_path(str(key))
+    config = setup.config([{"names": ["www.example.test", "api.example.test"],
+                            "challenge": "http-01"}])
+    config["listeners"][1]["tls"]["certificates"] = [{"cert_file": str(crt),
+                                                      "key_file": str(key)}]
+    setup.start(config, ["--workers", "2"])
+    setup.wait_issued()
+    ca.cert_pem.write_to_path(str(setup.tmp / "own-ca.pem"))
+    openssl_verify(setup, "www.example.test", setup.tmp / "own-ca.pem")   # the file's
+    assert_served(setup, ["api.example.test"])                            # ACME's
+    status, body = setup.api("POST", "/api/reload")
+    assert status == 200, body
+    assert_served(setup, ["api.example.test"])
+    openssl_verify(setup, "www.example.test", setup.tmp / "own-ca.pem")
