@@ -132,7 +132,10 @@ class ControlPlane:
     async def _sync_acme(self, config: Config) -> None:
         """Start, reconfigure or stop the ACME manager (after DNS: dns-01 needs it)."""
         asked = acme_wanted(config)
-        if not asked or config.admin.state_dir is None or self.publish_acme is None:
+        on_demand = {lc.name: (lc.tls.on_demand, lc.port) for lc in config.listeners
+                     if lc.tls is not None and lc.tls.on_demand is not None}
+        if not (asked or on_demand) or config.admin.state_dir is None or \
+                self.publish_acme is None:
             if self.acme is not None:
                 await self.acme.stop()
                 self.acme = None
@@ -140,9 +143,15 @@ class ControlPlane:
         if self.acme is None:
             self.acme = AcmeManager(config.admin.state_dir, self.publish_acme,
                                     lambda: self.dns.engine if self.dns is not None else None)
-        await self.acme.apply(asked)
+        await self.acme.apply(asked, on_demand)
         if self.config is not None:  # a reload: the listeners are up already
             self.acme.run()
+
+    async def acme_demand(self, listener: str, name: str) -> str | None:
+        """A handshake asks for a certificate on demand (lbcdn.acme.manager.demand)."""
+        if self.acme is None:
+            return "no ACME certificates are managed here"
+        return await self.acme.demand(listener, name)
 
     def run_acme(self) -> None:
         """Start issuing and renewing: called once the edge listeners are up."""

@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from lbcdn import native
@@ -91,6 +91,10 @@ class Daemon:
         # what ACME wants served (lbcdn.acme.manager.AcmeManager.view): kept for listeners
         # opened later (start, reload)
         self.acme_view: dict[str, Any] = {"http01": {}, "alpn": {}, "certs": {}}
+        # asks the ACME manager for an on-demand certificate (a worker's goes to the control
+        # process: lbcdn.workers); handed to every listener
+        self.acme_demand: Callable[[str, str], Awaitable[str | None]] | None = (
+            self.control.acme_demand if self.control is not None else None)
         self.reloads = 0
         self._draining = False
         self._stopped = False
@@ -120,6 +124,7 @@ class Daemon:
             tls = listener.tls
             if tls is None:
                 continue
+            listener.acme_demand = self.acme_demand
             certs = tuple(CertificateConfig(cert, key, tuple(names))
                           for names, cert, key in view["certs"].get(listener.name, ()))
             if certs != tls.acme:

@@ -28,7 +28,7 @@ from typing import Final, Literal
 
 from cryptography import x509
 
-from lbcdn.acme.config import AcmeConfig
+from lbcdn.acme.config import AcmeConfig, OnDemandConfig
 from lbcdn.configkit.fields import REQUIRED, doc
 
 @dataclass(frozen=True)
@@ -55,6 +55,9 @@ class ListenerTlsConfig:
         "Certificates obtained and renewed from an ACME CA (see "
         "[TLS](../guides/tls.md#automatic-certificates-acme)), chosen by SNI after those "
         "of `certificates`. Needs `admin.state_dir`.", default_factory=tuple)
+    on_demand: OnDemandConfig | None = doc(
+        "Get a certificate at the first handshake for an allowed name that has none (see "
+        "[TLS](../guides/tls.md#on-demand-certificates)). Needs `admin.state_dir`.", None)
 
 
 @dataclass(frozen=True)
@@ -284,6 +287,10 @@ class ServerTls:
     @staticmethod
     def _names(cert: CertificateConfig) -> Sequence[str]:
         return [n.lower() for n in cert.server_names] or certificate_names(cert.cert_file)
+
+    def has_name(self, name: str) -> bool:
+        """A certificate (not the default) answers for `name` (lower case, no final dot)."""
+        return name in self._exact or name.partition(".")[2] in self._wildcard
 
     def _select(self, sock: ssl.SSLObject, server_name: str | None,
                 base: ssl.SSLContext) -> None:

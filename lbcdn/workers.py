@@ -22,7 +22,10 @@ workers), {"op": "ready"} and {"op": "reloaded", "id": N, "error": null | TEXT}.
 ACME (lbcdn.acme.manager runs in the control process): control -> worker {"op": "acme", "id": N,
 "view": {...}} (challenge answers and certificate files to serve; also in the first "config"
 message), worker -> control {"op": "acme-applied", "id": N}; the manager tells the CA to look
-once every live worker applied it.
+once every live worker applied it. On-demand certificates: worker -> control {"op":
+"acme-demand", "id": N, "listener", "name"} (a handshake waits for it), control -> worker
+{"op": "acme-demanded", "id": N, "error": null | TEXT}, sent after the new certificate was
+published to every worker.
 Edge-cache invalidations: control -> worker {"op": "invalidate", "id": N, "invalidation": {id,
 paths, tags, soft, hosts}}, worker -> control {"op": "invalidated", "id": N, "purged": COUNT};
 the admin API answers once every live worker applied it.
@@ -35,6 +38,7 @@ per-request accumulators every second, and /metrics (in the control process) agg
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -174,6 +178,10 @@ class Supervisor:
         if waits:
             await asyncio.wait(waits, timeout=10)
 
+    async def _demand(self, worker: Worker, message: dict[str, Any]) -> None:
+        error = await self.control.acme_demand(message["listener"], message["name"])
+        worker.send({"op": "acme-demanded", "id": message["id"], "error": error})
+
     def _publish_targets(self, pool: str, snapshot: list[dict[str, Any]]) -> None:
         for worker in self.workers:
             worker.send({"op": "targets", "pool": pool, "targets": snapshot})
@@ -289,6 +297,8 @@ class Supervisor:
                 future = worker.acks.pop(message["id"], None)
                 if future is not None and not future.done():
                     future.set_result(message.get("error"))
+            elif message["op"] == "acme-demand":
+                spawn(self._demand(worker, message), "acme-demand")
             elif message["op"] == "invalidated":
                 purge = self._purges.pop((worker.index, message["id"]), None)
                 if purge is not None and not purge.done():
@@ -493,6 +503,22 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
     config = load_config_text(first["yaml"], first["source"])
     daemon = Daemon(config, None, log_level, role="worker")
     daemon.acme_view = first["acme"]
+    demands: dict[int, asyncio.Future[str | None]] = {}
+    demand_ids = itertools.count(1)
+
+    async def demand(listener: str, name: str) -> str | None:
+        """An on-demand certificate, from the control process (its answer comes once the
+        certificate is installed here)."""
+        ident = next(demand_ids)
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        demands[ident] = future
+        writer.write(json.dumps({"op": "acme-demand", "id": ident, "listener": listener,
+                                 "name": name}).encode() + b"\n")
+        try:
+            return await future
+        finally:
+            demands.pop(ident, None)
+    daemon.acme_demand = demand
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
@@ -525,6 +551,10 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
                 daemon.apply_acme(message["view"])
                 writer.write(json.dumps({"op": "acme-applied", "id": message["id"]}).encode()
                              + b"\n")
+            elif message["op"] == "acme-demanded":
+                waiting = demands.get(message["id"])
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(message["error"])
             elif message["op"] == "targets":
                 daemon.apply_targets(message["pool"], message["targets"])
             elif message["op"] == "invalidate":

@@ -41,3 +41,27 @@ class AcmeConfig:
         "an hour (and never more than a third of the time the current certificate has "
         "left).",
         60.0, lo=0.1)
+
+
+@dataclass(frozen=True)
+class OnDemandConfig:
+    """Certificates obtained at the first handshake for a name that has none (Caddy's
+    on-demand TLS): for names the allow-list admits and the `ask` URL approves, at most
+    `max_per_minute` new ones a minute. That handshake waits for the certificate."""
+    directory: str = doc("The CA's ACME directory URL.", REQUIRED)
+    allow: tuple[str, ...] = doc(
+        "Names that may get a certificate: `shop.example.com`, or `*.example.com` for any "
+        "one label below it. At least one.", REQUIRED)
+    ask: str | None = doc(
+        "URL asked first, as `GET ask?domain=NAME`: a 2xx answer approves the name, "
+        "anything else (or no answer within 5 s) refuses it. Unset: the allow-list alone.",
+        None)
+    max_per_minute: int = doc("New certificates a minute, at most (refusals do not count).",
+                              10, lo=1, hi=10_000)
+    email: str | None = doc("Contact address of the ACME account.", None)
+    challenge: Literal["http-01", "tls-alpn-01"] | None = doc(
+        "Unset: `tls-alpn-01` when this listener is on port 443, else `http-01`.", None)
+    ca_bundle: str | None = doc("PEM bundle to verify the CA's API with.", None)
+    eab: EabConfig | None = doc("External account binding, for CAs that need one.", None)
+    wait_s: float = doc("How long a handshake waits for its certificate before it goes on "
+                        "without (and fails).", 30.0, lo=0.1)

@@ -8,6 +8,10 @@ Rules:
   old certificate keeps being served, and shows in the log, the metrics and `describe()`.
 - Issuing takes the certificate's lock file (lbcdn.acme.store): a replica sharing the state
   directory that finds it taken waits for the holder and picks its certificate up.
+- On-demand certificates (`tls.on_demand`): `demand(listener, name)` is asked by a handshake
+  for a name without a certificate; the name must pass the allow-list, then the `ask` URL,
+  then the listener's rate limit; a refusal is remembered for REFUSAL_TTL_S. A failed
+  issuance is not retried until a handshake asks again after that.
 - Challenge answers and certificates reach the data plane through `publish` (a JSON-able view:
   HTTP-01 tokens, TLS-ALPN-01 challenge certificates, each listener's certificate files),
   which returns once every data-plane process installed it; only then is the CA told to
@@ -25,11 +29,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+from yarl import URL
+
 from lbcdn.acme.answers import challenge_cert
 from lbcdn.acme.client import AcmeClient, AcmeError, Pending, dns01_value, key_pem, load_key, \
     new_key
-from lbcdn.acme.config import AcmeConfig
-from lbcdn.acme.plan import default_challenge, next_attempt
+from lbcdn.acme.config import AcmeConfig, OnDemandConfig
+from lbcdn.acme.plan import RateLimit, default_challenge, name_allowed, next_attempt
 from lbcdn.acme.store import AcmeStore, Stored, cert_id
 from lbcdn.dns.changes import Change, ChangeError
 from lbcdn.dns.config import RecordSetConfig
@@ -41,6 +48,8 @@ log = logging.getLogger("lbcdn.acme")
 
 LOCK_WAIT_S = 1.0        # how often a replica waiting for another's issuance looks again
 DNS01_TTL_S = 0
+REFUSAL_TTL_S = 60.0     # an on-demand name refused (or failed) is not asked for again sooner
+ASK_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,8 @@ class Job:
     last_error: str | None = None
     next_renewal: float | None = None
     issuing: bool = False
+    on_demand: bool = False
+    settled: asyncio.Event = field(default_factory=asyncio.Event)   # on demand: first try done
     force: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -95,14 +106,29 @@ class AcmeManager:
         self.alpn: dict[str, tuple[str, str]] = {}
         self.dns_lock = asyncio.Lock()
         self.running = False
+        # on demand, per listener: its settings, its port, its rate limit
+        self.on_demand: dict[str, tuple[OnDemandConfig, int, RateLimit]] = {}
+        self.refused: dict[str, tuple[float, str]] = {}   # name -> (until, why)
 
     # -- lifecycle -----------------------------------------------------------------------
-    async def apply(self, wanted_now: Sequence[Wanted]) -> None:
+    async def apply(self, wanted_now: Sequence[Wanted],
+                    on_demand: dict[str, tuple[OnDemandConfig, int]] | None = None) -> None:
         """Take the certificates wanted now: publish what is stored, stop the jobs no longer
         wanted (their files stay); new jobs start with `run`, once the listeners that answer
         the challenges are up (at once when it already ran)."""
         by_id = {w.cid: w for w in wanted_now}
+        on_demand = on_demand or {}
+        self.on_demand = {
+            name: (od, port, self.on_demand[name][2] if name in self.on_demand and
+                   self.on_demand[name][0] == od else RateLimit(od.max_per_minute, 60.0))
+            for name, (od, port) in on_demand.items()}
         for cid in list(self.jobs):
+            job = self.jobs[cid]
+            if job.on_demand and all(
+                    self.on_demand.get(lst, (None,))[0] is not None and
+                    job.wanted.config.directory == self.on_demand[lst][0].directory
+                    for lst in job.wanted.listeners):
+                continue  # still asked for on demand
             if cid not in by_id:
                 job = self.jobs.pop(cid)
                 if job.task is not None:
@@ -157,7 +183,8 @@ class AcmeManager:
                 "not_before": s.not_before if s else None,
                 "not_after": s.not_after if s else None,
                 "next_renewal": job.next_renewal, "issuing": job.issuing,
-                "failures": job.failures, "last_error": job.last_error})
+                "failures": job.failures, "last_error": job.last_error,
+                "on_demand": job.on_demand})
         return out
 
     def find(self, key: str) -> Job | None:
@@ -171,6 +198,76 @@ class AcmeManager:
     def force_renew(self, job: Job) -> None:
         job.failures, job.last_failure = 0, None
         job.force.set()
+
+    # -- on demand -------------------------------------------------------------------------
+    async def demand(self, listener: str, name: str) -> str | None:
+        """A handshake on `listener` asks for `name`, which has no certificate: get one (or
+        the stored one) and publish it. None once it is served, else why not."""
+        spec = self.on_demand.get(listener)
+        if spec is None:
+            return f"listener {listener!r} issues no certificates on demand"
+        od, port, limit = spec
+        name = name.lower().rstrip(".")
+        cid = cert_id(od.directory, (name,))
+        job = self.jobs.get(cid)
+        if job is not None:
+            if listener not in job.wanted.listeners:
+                job.wanted = Wanted(cid, job.wanted.config, job.wanted.challenge,
+                                    job.wanted.listeners + (listener,))
+                await self.publish(self.view())
+            await job.settled.wait()
+            return job.last_error if job.stored is None else None
+        now = self.clock()
+        refused = self.refused.get(name)
+        if refused is not None and refused[0] > now:
+            return refused[1]
+        why = await self._refusal(od, name)
+        stored = self.store.load(cid)
+        if why is None and stored is None and not limit.take(now):
+            why = (f"on-demand: more than {od.max_per_minute} new certificates a minute on "
+                   f"listener {listener!r}; {name} refused for now")
+        if why is not None:
+            log.warning("acme %s", why)
+            self.refused[name] = (now + REFUSAL_TTL_S, why)
+            return why
+        challenge = od.challenge or ("tls-alpn-01" if port == 443 else "http-01")
+        config = AcmeConfig(directory=od.directory, names=(name,), email=od.email,
+                            challenge=challenge, ca_bundle=od.ca_bundle, eab=od.eab)
+        job = self.jobs[cid] = Job(Wanted(cid, config, challenge, (listener,)), stored=stored,
+                                   on_demand=True)
+        try:
+            if stored is None:
+                await self._attempt(job, forced=False)
+            else:
+                self._gauges(job)
+                await self.publish(self.view())
+        finally:
+            job.settled.set()
+        if job.stored is None:  # failed: forget it, and refuse it for a while
+            del self.jobs[cid]
+            reason = job.last_error or "issuance failed"
+            self.refused[name] = (self.clock() + REFUSAL_TTL_S, reason)
+            return reason
+        job.task = spawn(self._run(job), f"acme-{cid}")   # renewals from now on
+        return None
+
+    async def _refusal(self, od: OnDemandConfig, name: str) -> str | None:
+        """Why `name` may not have a certificate: the allow-list, then the `ask` URL."""
+        if not name_allowed(name, od.allow):
+            return f"on-demand: {name} is not in the allow-list"
+        if od.ask is None:
+            return None
+        url = URL(od.ask).update_query(domain=name)
+        try:
+            async with aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=ASK_TIMEOUT_S)) as session:
+                async with session.get(url, allow_redirects=False) as resp:
+                    if 200 <= resp.status < 300:
+                        return None
+                    return f"on-demand: {od.ask} answered {resp.status} for {name}"
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            return f"on-demand: {od.ask} could not be asked about {name}: " \
+                   f"{exc or type(exc).__name__}"
 
     # -- one certificate -----------------------------------------------------------------
     async def _run(self, job: Job) -> None:

@@ -43,3 +43,31 @@ def next_attempt(now: float, not_before: float | None, not_after: float | None,
         due = max(due, last_failure + retry_delay(failures, initial_s, last_failure,
                                                   not_after))
     return due
+
+
+def name_allowed(name: str, patterns: Sequence[str]) -> bool:
+    """`name` is one of `patterns`: an exact name, or `*.parent` for one label below it."""
+    name = name.lower().rstrip(".")
+    first, _, parent = name.partition(".")
+    for pattern in patterns:
+        pattern = pattern.lower().rstrip(".")
+        if pattern == name or (pattern.startswith("*.") and first and
+                               pattern[2:] == parent):
+            return True
+    return False
+
+
+class RateLimit:
+    """At most `count` events in any `window_s`: `take(now)` says whether one more may."""
+
+    def __init__(self, count: int, window_s: float) -> None:
+        self.count = count
+        self.window_s = window_s
+        self.times: list[float] = []
+
+    def take(self, now: float) -> bool:
+        self.times = [t for t in self.times if t > now - self.window_s]
+        if len(self.times) >= self.count:
+            return False
+        self.times.append(now)
+        return True

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from lbcdn.acme.config import AcmeConfig
+from lbcdn.acme.config import AcmeConfig, OnDemandConfig
 from lbcdn.bucket.config import BucketsConfig
 from lbcdn.configkit import names
 from lbcdn.configkit.errors import ConfigError
@@ -410,9 +410,9 @@ def _check_access_log(ld: Loader, v: Mapping[str, Any], path: str) -> None:
 
 
 def _check_listener_tls(ld: Loader, v: Mapping[str, Any], path: str) -> None:
-    if not v.get("certificates") and not v.get("acme"):
+    if not v.get("certificates") and not v.get("acme") and not v.get("on_demand"):
         ld.error(join(path, "certificates"), "needs at least one certificate (or an `acme` "
-                                             "entry)")
+                                             "entry, or `on_demand`)")
 
 
 def _check_acme(ld: Loader, v: Mapping[str, Any], path: str) -> None:
@@ -430,6 +430,23 @@ def _check_acme(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         elif name.startswith("*.") and v.get("challenge") not in (None, "dns-01"):
             ld.error(index(join(path, "names"), i),
                      f"{name!r}: a wildcard name needs the dns-01 challenge")
+    bundle = v.get("ca_bundle")
+    if bundle is not None and not os.access(bundle, os.R_OK):
+        ld.error(join(path, "ca_bundle"), f"cannot read {bundle!r}")
+
+
+def _check_on_demand(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    for key in ("directory", "ask"):
+        url = v.get(key)
+        if isinstance(url, str) and not re.match(r"https?://[^/\s]+", url):
+            ld.error(join(path, key), f"{url!r} is not an http(s) URL")
+    if "allow" in v and not v["allow"]:
+        ld.error(join(path, "allow"), "needs at least one name or `*.` pattern")
+    for i, pattern in enumerate(v.get("allow", ())):
+        base = pattern.lower().removeprefix("*.")
+        if names.match_host_problem(base) or "*" in base or names.is_ip(base.strip("[]")):
+            ld.error(index(join(path, "allow"), i),
+                     f"{pattern!r}: a DNS name, or `*.` and a DNS name")
     bundle = v.get("ca_bundle")
     if bundle is not None and not os.access(bundle, os.R_OK):
         ld.error(join(path, "ca_bundle"), f"cannot read {bundle!r}")
@@ -735,10 +752,10 @@ def _check_config(ld: Loader, v: Mapping[str, Any], path: str) -> None:
                              f'{", ".join(pool_names) or "none"})')
     admin = v.get("admin")
     for where, lst in listeners:
-        if lst.tls is None or not lst.tls.acme:
+        if lst.tls is None or not lst.tls.acme and lst.tls.on_demand is None:
             continue
         if admin is None or admin is not INVALID and admin.state_dir is None:
-            ld.error(join(join(where, "tls"), "acme"),
+            ld.error(join(join(where, "tls"), "acme" if lst.tls.acme else "on_demand"),
                      "ACME needs `admin.state_dir` (where keys and certificates are kept)")
         dns_zones = [z.name.lower().rstrip(".") for z in v["dns"].zones] \
             if v.get("dns") not in (None, INVALID) else []
@@ -767,5 +784,6 @@ VALIDATORS.setdefault(Config, []).append(_check_config)
 VALIDATORS.setdefault(CertificateConfig, []).append(_check_certificate)
 VALIDATORS.setdefault(ListenerTlsConfig, []).append(_check_listener_tls)
 VALIDATORS.setdefault(AcmeConfig, []).append(_check_acme)
+VALIDATORS.setdefault(OnDemandConfig, []).append(_check_on_demand)
 VALIDATORS.setdefault(AccessLogConfig, []).append(_check_access_log)
 VALIDATORS.setdefault(RouteConfig, []).append(_check_route)

@@ -13,6 +13,8 @@ Rules:
 - A ClientHello offering ALPN `acme-tls/1` for a name with a TLS-ALPN-01 challenge up
   (lbcdn.acme.answers) is answered with that challenge's context (RFC 8737); read only while
   a challenge is up, so other handshakes pay nothing for it.
+- On a listener with `tls.on_demand`, a ClientHello for a name no certificate answers waits
+  (up to `wait_s`) while the daemon gets one (lbcdn.acme.manager.demand), then goes on.
 """
 
 from __future__ import annotations
@@ -64,12 +66,27 @@ class TlsGate(asyncio.Protocol):
             return
         transport.pause_reading()
         context = self.tls.context
-        if answers.ALPN:
+        on_demand = self.tls.config.on_demand
+        if answers.ALPN or on_demand is not None:
             name, protocols = hello_sni_alpn(self.hello)
             challenge = answers.ALPN.get(name or "")
             if challenge is not None and answers.ACME_TLS_ALPN_BYTES in protocols:
                 context = challenge
+            elif on_demand is not None and name and not self.tls.has_name(name) and \
+                    self.listener.acme_demand is not None:
+                spawn(self._on_demand(transport, name, on_demand.wait_s), "tls-on-demand")
+                return
         spawn(self._handshake(transport, context), "tls-handshake")
+
+    async def _on_demand(self, transport: asyncio.Transport, name: str, wait_s: float) -> None:
+        """Hold the handshake until a certificate for `name` is served, or refused."""
+        assert self.listener.acme_demand is not None
+        try:
+            await asyncio.wait_for(self.listener.acme_demand(self.listener.name, name), wait_s)
+        except asyncio.TimeoutError:
+            pass
+        if not transport.is_closing():
+            await self._handshake(transport, self.tls.context)
 
     def eof_received(self) -> bool | None:
         return None  # gone before its ClientHello was whole: close

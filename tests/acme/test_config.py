@@ -45,7 +45,7 @@ def test_a_valid_acme_listener_needs_no_certificate_files() -> None:
 
 @pytest.mark.parametrize(("data", "expected"), [
     (config(None), "listeners[0].tls.certificates: needs at least one certificate (or an "
-                   "`acme` entry)"),
+                   "`acme` entry, or `on_demand`)"),
     (config([{"directory": DIRECTORY, "names": ["a.example.com"]}], state_dir=None),
      "listeners[0].tls.acme: ACME needs `admin.state_dir` (where keys and certificates are "
      "kept)"),
@@ -93,3 +93,28 @@ def test_the_pebble_demo_config_matches_pebbles() -> None:
     assert {a.directory for a in tls.tls.acme} == {f"https://{pebble['listenAddress']}/dir"}
     assert loaded.dns is not None and loaded.dns.listeners[0].port == 5300
     assert loaded.admin.state_dir is not None
+
+
+def on_demand(**fields: Any) -> dict[str, Any]:
+    data = config(None)
+    data["listeners"][0]["tls"] = {"on_demand": {"directory": DIRECTORY, **fields}}
+    return data
+
+
+def test_on_demand_config() -> None:
+    loaded = parse_config(on_demand(allow=["*.customers.example.com"],
+                                    ask="http://127.0.0.1:9/ask"), env={})
+    tls = loaded.listeners[0].tls
+    assert tls is not None and tls.on_demand is not None
+    assert tls.on_demand.max_per_minute == 10 and tls.on_demand.allow == (
+        "*.customers.example.com",)
+    assert errors(on_demand(allow=[])) == [
+        "listeners[0].tls.on_demand.allow: needs at least one name or `*.` pattern"]
+    assert errors(on_demand(allow=["*.*.x.com"], ask="ask.example.com")) == [
+        "listeners[0].tls.on_demand.ask: 'ask.example.com' is not an http(s) URL",
+        "listeners[0].tls.on_demand.allow[0]: '*.*.x.com': a DNS name, or `*.` and a DNS "
+        "name"]
+    data = on_demand(allow=["a.example.com"])
+    data["admin"] = {}
+    assert errors(data) == ["listeners[0].tls.on_demand: ACME needs `admin.state_dir` (where "
+                            "keys and certificates are kept)"]

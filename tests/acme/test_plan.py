@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lbcdn.acme.plan import MAX_RETRY_S, default_challenge, next_attempt, renew_at, retry_delay
+from lbcdn.acme.plan import MAX_RETRY_S, RateLimit, default_challenge, name_allowed, \
+    next_attempt, renew_at, retry_delay
 
 
 def ours(name: str) -> bool:
@@ -37,3 +38,16 @@ def test_backoff_doubles_caps_and_tightens_near_expiry() -> None:
     # after a failure the next attempt waits for the backoff even when renewal is due
     assert next_attempt(100.0, 0.0, 90.0, 2, 95.0, 60.0) == 95.0 + 120.0  # expired
     assert next_attempt(100.0, 0.0, 9000.0, 1, 95.0, 60.0) == 6000.0
+
+
+def test_on_demand_allow_list_and_rate_limit() -> None:
+    patterns = ["*.shop.example.com", "Exact.example.org."]
+    assert name_allowed("a.shop.example.com", patterns)
+    assert name_allowed("exact.example.org", patterns)
+    assert not name_allowed("shop.example.com", patterns)          # the parent itself
+    assert not name_allowed("a.b.shop.example.com", patterns)      # one label only
+    assert not name_allowed("other.example.org", patterns)
+    limit = RateLimit(2, 60.0)
+    assert [limit.take(t) for t in (0.0, 1.0, 2.0, 59.0)] == [True, True, False, False]
+    assert limit.take(60.5)                  # the first one left the window
+    assert not limit.take(60.9) and limit.take(61.5)   # 1.0 left too

@@ -5,12 +5,15 @@ challenge, bad input. In one process and with `--workers 2`."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
-import os
 import stat
 import subprocess
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -366,3 +369,64 @@ def test_certificate_files_win_over_acme_and_reloads_keep_acme_certificates(
     assert status == 200, body
     assert_served(setup, ["api.example.test"])
     openssl_verify(setup, "www.example.test", setup.tmp / "own-ca.pem")
+
+
+@contextlib.contextmanager
+def ask_server(approved: set[str]) -> Iterator[str]:
+    """The `ask` URL: 200 for the approved names, 403 for the others."""
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            name = query.get("domain", [""])[0]
+            asked.append(name)
+            self.send_response(200 if name in approved else 403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+    server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{HOST}:{server.server_address[1]}/ask"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("args", WORKERS)
+def test_on_demand_issuance_allow_list_ask_and_rate_limit(setup: Setup, args: list[str]) -> None:
+    approved = {"good.shop.example.test", "a.shop.example.test", "b.shop.example.test"}
+    with ask_server(approved) as ask:
+        config = setup.config([])
+        config["listeners"][1]["tls"] = {"on_demand": {
+            "directory": setup.pebble.directory, "ca_bundle": str(setup.pebble.api_ca),
+            "allow": ["*.shop.example.test"], "ask": ask, "max_per_minute": 2,
+            "challenge": "http-01"}}
+        setup.start(config, args)
+        root = setup.pebble.root(setup.tmp)
+        # the first handshake for an allowed, approved name waits for its certificate
+        assert_served(setup, ["good.shop.example.test"])
+        [cert] = setup.certificates()
+        assert cert["on_demand"] and cert["names"] == ["good.shop.example.test"]
+        # refused: not in the allow-list; the ask URL says no
+        for name in ("www.example.test", "bad.shop.example.test"):
+            out = curl(setup, name, root)
+            assert out.returncode != 0, out
+        assert_served(setup, ["a.shop.example.test"])
+        # a third new certificate within a minute: over max_per_minute
+        assert curl(setup, "b.shop.example.test", root).returncode != 0
+        assert setup.daemon is not None
+        log = setup.daemon.stderr()
+        assert "on-demand: www.example.test is not in the allow-list" in log
+        assert f"on-demand: {ask} answered 403 for bad.shop.example.test" in log
+        assert "more than 2 new certificates a minute" in log
+        assert setup.pebble.output().count("Issued certificate serial") == 2
+        # after a restart the stored certificate is used: no issuance, no rate limit spent
+        setup.daemon.stop()
+        setup.start(config, args)
+        assert_served(setup, ["good.shop.example.test", "a.shop.example.test"])
+        assert setup.pebble.output().count("Issued certificate serial") == 2
