@@ -50,6 +50,7 @@ LOCK_WAIT_S = 1.0        # how often a replica waiting for another's issuance lo
 DNS01_TTL_S = 0
 REFUSAL_TTL_S = 60.0     # an on-demand name refused (or failed) is not asked for again sooner
 ASK_TIMEOUT_S = 5.0
+REFUSALS_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,7 @@ class AcmeManager:
                    f"listener {listener!r}; {name} refused for now")
         if why is not None:
             log.warning("acme %s", why)
-            self.refused[name] = (now + REFUSAL_TTL_S, why)
+            self._refuse(name, why)
             return why
         challenge = od.challenge or ("tls-alpn-01" if port == 443 else "http-01")
         config = AcmeConfig(directory=od.directory, names=(name,), email=od.email,
@@ -246,10 +247,19 @@ class AcmeManager:
         if job.stored is None:  # failed: forget it, and refuse it for a while
             del self.jobs[cid]
             reason = job.last_error or "issuance failed"
-            self.refused[name] = (self.clock() + REFUSAL_TTL_S, reason)
+            self._refuse(name, reason)
             return reason
         job.task = spawn(self._run(job), f"acme-{cid}")   # renewals from now on
         return None
+
+    def _refuse(self, name: str, why: str) -> None:
+        """Remember a refusal; a flood of made-up names cannot grow this past REFUSALS_MAX."""
+        now = self.clock()
+        if len(self.refused) >= REFUSALS_MAX:
+            self.refused = {n: r for n, r in self.refused.items() if r[0] > now}
+            if len(self.refused) >= REFUSALS_MAX:
+                self.refused.clear()
+        self.refused[name] = (now + REFUSAL_TTL_S, why)
 
     async def _refusal(self, od: OnDemandConfig, name: str) -> str | None:
         """Why `name` may not have a certificate: the allow-list, then the `ask` URL."""

@@ -24,6 +24,7 @@ import ssl
 from typing import TYPE_CHECKING, cast
 
 from lbcdn.acme import answers
+from lbcdn.acme.plan import name_allowed
 from lbcdn.edge.connection import ClientConnection
 from lbcdn.tasks import spawn
 from lbcdn.tls import NEED_MORE, PASS, alert_record, hello_sni_alpn, hello_verdict
@@ -73,7 +74,8 @@ class TlsGate(asyncio.Protocol):
             if challenge is not None and answers.ACME_TLS_ALPN_BYTES in protocols:
                 context = challenge
             elif on_demand is not None and name and not self.tls.has_name(name) and \
-                    self.listener.acme_demand is not None:
+                    self.listener.acme_demand is not None and \
+                    name_allowed(name, on_demand.allow):  # others: not worth asking about
                 spawn(self._on_demand(transport, name, on_demand.wait_s), "tls-on-demand")
                 return
         spawn(self._handshake(transport, context), "tls-handshake")

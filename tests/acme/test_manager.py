@@ -196,3 +196,28 @@ async def test_a_replica_waits_for_the_issuing_lock_and_takes_the_result(
         assert ca.seen == []
     finally:
         await manager.stop()
+
+
+async def test_on_demand_refusals_are_remembered(tmp_path: Path) -> None:
+    from lbcdn.acme.config import OnDemandConfig
+
+    async def publish(view: dict[str, Any]) -> None:
+        pass
+    now = [1000.0]
+    manager = AcmeManager(str(tmp_path), publish, lambda: None, clock=lambda: now[0])
+    od = OnDemandConfig(directory="http://127.0.0.1:9/dir", allow=("*.shop.test",))
+    await manager.apply([], {"tls": (od, 8443)})
+    assert await manager.demand("plain", "a.shop.test") == \
+        "listener 'plain' issues no certificates on demand"
+    assert await manager.demand("tls", "x.other.test") == \
+        "on-demand: x.other.test is not in the allow-list"
+    # a CA that cannot be reached: the failure is the answer, and is remembered
+    error = await manager.demand("tls", "a.shop.test")
+    assert error is not None and "cannot reach the CA" in error
+    assert manager.jobs == {}
+    assert await manager.demand("tls", "A.shop.test.") == error
+    assert manager.refused["a.shop.test"][0] == 1060.0
+    now[0] += 61   # a minute later it is tried again
+    assert await manager.demand("tls", "a.shop.test") == error
+    assert manager.refused["a.shop.test"][0] == 1121.0
+    await manager.stop()

@@ -97,7 +97,9 @@ def acme_config(pebble_directory: str, api_ca: Path, state_dir: Path, *, http_po
             {"name": "plain", "address": HOST, "port": http_port},
             {"name": "tls", "address": HOST, "port": tls_port, "tls": {"acme": entries}},
         ],
-        "default_route": {"fixed_response": {"status": 200, "body": "hello from lbcdn\n"}},
+        # plain HTTP is redirected to HTTPS: HTTP-01 must be answered before any route
+        "default_route": {"fixed_response": {"status": 200, "body": "hello from lbcdn\n"},
+                          "viewer_protocol": "redirect-to-https"},
         "dns": {"listeners": [{"address": HOST, "port": dns_port}],
                 "zones": [{"name": ZONE, "records": [
                     {"name": "@", "type": "A", "values": [HOST]},
