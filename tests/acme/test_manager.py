@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from lbcdn.acme.client import key_pem, new_key
-from lbcdn.acme.config import AcmeConfig
+from lbcdn.acme.config import AcmeConfig, OnDemandConfig
 from lbcdn.acme.manager import AcmeManager, Wanted
 from lbcdn.acme.store import AcmeStore, cert_id
 from tests.e2e.harness import until
@@ -199,8 +199,6 @@ async def test_a_replica_waits_for_the_issuing_lock_and_takes_the_result(
 
 
 async def test_on_demand_refusals_are_remembered(tmp_path: Path) -> None:
-    from lbcdn.acme.config import OnDemandConfig
-
     async def publish(view: dict[str, Any]) -> None:
         pass
     now = [1000.0]
