@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import hashlib
 import hmac
 import json
@@ -288,6 +289,25 @@ class AcmeClient:
         self.kid = kid
         return kid
 
+    async def renewal_info(self, cert_pem: bytes) -> tuple[float, float] | None:
+        """The renewal window (start, end, Unix seconds) the CA suggests for the leaf of
+        `cert_pem` (ACME Renewal Information, RFC 9773), or None when the CA offers none."""
+        base = (await self.directory()).get("renewalInfo")
+        if not isinstance(base, str):
+            return None
+        url = f"{base.rstrip('/')}/{ari_cert_id(cert_pem)}"
+        status, _, data = await self._request("GET", url, "renewalInfo")
+        if status != 200:
+            raise AcmeError(f"renewalInfo: the CA answered {status}")
+        window = self._json(data, "renewalInfo").get("suggestedWindow")
+        try:
+            assert isinstance(window, dict)
+            start = datetime.datetime.fromisoformat(str(window["start"]).replace("Z", "+00:00"))
+            end = datetime.datetime.fromisoformat(str(window["end"]).replace("Z", "+00:00"))
+        except (AssertionError, KeyError, ValueError):
+            raise AcmeError("renewalInfo: no suggestedWindow with start and end") from None
+        return start.timestamp(), end.timestamp()
+
     async def get(self, url: str, what: str) -> dict[str, Any]:
         _, _, data = await self.post(url, None, what)
         return self._json(data, what)
@@ -375,6 +395,21 @@ class AcmeClient:
                 raise AcmeError(f"{what}: the order is still {status} after "
                                 f"{POLL_TIMEOUT_S:.0f} s")
             await asyncio.sleep(POLL_INTERVAL_S)
+
+
+def ari_cert_id(cert_pem: bytes) -> str:
+    """RFC 9773's certificate id: the leaf's authority key identifier and serial number (its
+    DER content octets), each base64url, joined by a dot."""
+    leaf = x509.load_pem_x509_certificates(cert_pem)[0]
+    try:
+        aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        raise ValueError("the certificate has no authority key identifier") from None
+    if aki.key_identifier is None:
+        raise ValueError("the certificate's authority key identifier has no key id")
+    serial = leaf.serial_number
+    der = serial.to_bytes((serial.bit_length() + 8) // 8, "big")   # a leading 0 if needed
+    return f"{b64url(aki.key_identifier)}.{b64url(der)}"
 
 
 def check_chain(pem: bytes, names: Sequence[str], key: ec.EllipticCurvePrivateKey) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,7 +37,7 @@ from lbcdn.acme.answers import challenge_cert
 from lbcdn.acme.client import AcmeClient, AcmeError, Pending, dns01_value, key_pem, load_key, \
     new_key
 from lbcdn.acme.config import AcmeConfig, OnDemandConfig
-from lbcdn.acme.plan import RateLimit, default_challenge, name_allowed, next_attempt
+from lbcdn.acme.plan import RateLimit, ari_time, default_challenge, name_allowed, next_attempt
 from lbcdn.acme.store import AcmeStore, Stored, cert_id
 from lbcdn.dns.changes import Change, ChangeError
 from lbcdn.dns.config import RecordSetConfig
@@ -51,6 +52,7 @@ DNS01_TTL_S = 0
 REFUSAL_TTL_S = 60.0     # an on-demand name refused (or failed) is not asked for again sooner
 ASK_TIMEOUT_S = 5.0
 REFUSALS_MAX = 10_000
+ARI_RECHECK_S = 6 * 3600.0   # RFC 9773 suggests asking about twice a day
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class Job:
     next_renewal: float | None = None
     issuing: bool = False
     on_demand: bool = False
+    suggested: float | None = None   # when the CA's renewal information says to renew
+    ari_next: float = 0.0            # when to ask it again
     settled: asyncio.Event = field(default_factory=asyncio.Event)   # on demand: first try done
     force: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -284,20 +288,44 @@ class AcmeManager:
         while True:
             now = self.clock()
             s = job.stored
+            if s is not None and now >= job.ari_next:
+                await self._renewal_info(job)
             due = next_attempt(now, s.not_before if s else None, s.not_after if s else None,
                                job.failures, job.last_failure,
                                job.wanted.config.retry_initial_s)
+            if job.suggested is not None and not job.failures:
+                due = min(due, max(job.suggested, now))
             job.next_renewal = due
             forced = False
-            if due > now:
+            wake = min(due, job.ari_next) if s is not None else due
+            if wake > now:
                 try:
-                    await asyncio.wait_for(job.force.wait(), due - now)
+                    await asyncio.wait_for(job.force.wait(), wake - now)
                     forced = True
                 except asyncio.TimeoutError:
-                    pass
+                    if wake < due:
+                        continue   # time to ask the CA's renewal information again
             forced = forced or job.force.is_set()
             job.force.clear()
             await self._attempt(job, forced)
+
+    async def _renewal_info(self, job: Job) -> None:
+        """Ask the CA when to renew (ACME Renewal Information), where it offers that; a
+        failure leaves the two-thirds rule alone."""
+        ac, stored = job.wanted.config, job.stored
+        assert stored is not None
+        job.ari_next = self.clock() + ARI_RECHECK_S
+        job.suggested = None
+        try:
+            with open(stored.cert_file, "rb") as f:
+                pem = f.read()
+            async with AcmeClient(ac.directory, new_key(), ca_bundle=ac.ca_bundle) as client:
+                window = await client.renewal_info(pem)
+        except (AcmeError, OSError, ValueError) as exc:
+            log.info("acme %s: no renewal information: %s", ", ".join(ac.names), exc)
+            return
+        if window is not None:
+            job.suggested = ari_time(window[0], window[1], random.random())
 
     async def _attempt(self, job: Job, forced: bool) -> None:
         cid = job.wanted.cid

@@ -23,6 +23,12 @@ def renew_at(not_before: float, not_after: float) -> float:
     return not_before + (not_after - not_before) * RENEW_FRACTION
 
 
+def ari_time(start: float, end: float, fraction: float) -> float:
+    """A time in the renewal window the CA suggested (RFC 9773: chosen at random in it, so
+    that clients spread out); `fraction` is a random number in [0, 1)."""
+    return start + max(end - start, 0.0) * fraction
+
+
 def retry_delay(failures: int, initial_s: float, now: float,
                 not_after: float | None) -> float:
     """The pause after the `failures`-th failure in a row (1 or more): `initial_s`, doubling,

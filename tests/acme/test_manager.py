@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,8 @@ def self_signed(name: str, tmp: Path) -> tuple[str, str]:
             .public_key(key.public_key()).serial_number(1)
             .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=90))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier(b"\x01\x02\x03", None, None),
+                           critical=False)
             .sign(key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem(key)
 
@@ -219,3 +222,42 @@ async def test_on_demand_refusals_are_remembered(tmp_path: Path) -> None:
     assert await manager.demand("tls", "a.shop.test") == error
     assert manager.refused["a.shop.test"][0] == 1121.0
     await manager.stop()
+
+
+async def test_renewal_information_brings_the_renewal_forward(tmp_path: Path) -> None:
+    """ACME Renewal Information (RFC 9773): the CA's suggested window wins over two thirds
+    of the lifetime when it is earlier."""
+    now = time.time()
+    asked: list[str] = []
+
+    async def directory(request: web.Request) -> web.Response:
+        return web.json_response({"newNonce": base + "/n", "newAccount": base + "/a",
+                                  "newOrder": base + "/o", "renewalInfo": base + "/ari/"})
+
+    async def ari(request: web.Request) -> web.Response:
+        asked.append(request.match_info["id"])
+        def iso(t: float) -> str:
+            return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat() \
+                .replace("+00:00", "Z")
+        return web.json_response({"suggestedWindow": {"start": iso(now + 100),
+                                                      "end": iso(now + 200)}})
+    runner, base = await serve({"/dir": directory, "/ari/{id}": ari})
+    config = AcmeConfig(directory=base + "/dir", names=("a.test",), challenge="http-01")
+    cid = cert_id(config.directory, config.names)
+    chain, key = self_signed("a.test", tmp_path)   # 90 days: two thirds is day 60
+    AcmeStore(str(tmp_path)).save(cid, chain, key, "1")
+
+    async def publish(view: dict[str, Any]) -> None:
+        pass
+    manager = AcmeManager(str(tmp_path), publish, lambda: None)
+    await manager.apply([Wanted(cid, config, "http-01", ("tls",))])
+    manager.run()
+    [job] = manager.jobs.values()
+    try:
+        await until(lambda: job.suggested is not None, 10, what="renewal information")
+        await until(lambda: job.next_renewal is not None and job.next_renewal < now + 300, 5)
+        assert now + 100 <= job.next_renewal <= now + 200
+        assert asked == ["AQID.AQ"]   # key id 01 02 03, serial 1
+    finally:
+        await manager.stop()
+        await runner.cleanup()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lbcdn.acme.plan import MAX_RETRY_S, RateLimit, default_challenge, name_allowed, \
-    next_attempt, renew_at, retry_delay
+from lbcdn.acme.plan import MAX_RETRY_S, RateLimit, ari_time, default_challenge, \
+    name_allowed, next_attempt, renew_at, retry_delay
 
 
 def ours(name: str) -> bool:
@@ -51,3 +51,8 @@ def test_on_demand_allow_list_and_rate_limit() -> None:
     assert [limit.take(t) for t in (0.0, 1.0, 2.0, 59.0)] == [True, True, False, False]
     assert limit.take(60.5)                  # the first one left the window
     assert not limit.take(60.9) and limit.take(61.5)   # 1.0 left too
+
+
+def test_a_time_in_the_suggested_renewal_window() -> None:
+    assert [ari_time(100.0, 200.0, f) for f in (0.0, 0.5, 0.999)] == [100.0, 150.0, 199.9]
+    assert ari_time(100.0, 50.0, 0.7) == 100.0   # an inverted window: its start
