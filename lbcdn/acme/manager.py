@@ -29,9 +29,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
-from yarl import URL
 
 from lbcdn.acme.answers import challenge_cert
 from lbcdn.acme.client import AcmeClient, AcmeError, Pending, dns01_value, key_pem, load_key, \
@@ -271,7 +271,7 @@ class AcmeManager:
             return f"on-demand: {name} is not in the allow-list"
         if od.ask is None:
             return None
-        url = URL(od.ask).update_query(domain=name)
+        url = od.ask + ("&" if "?" in od.ask else "?") + urlencode({"domain": name})
         try:
             async with aiohttp.ClientSession(
                     timeout=aiohttp.ClientTimeout(total=ASK_TIMEOUT_S)) as session:
