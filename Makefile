@@ -40,7 +40,7 @@ NATIVE_DEBS := gcc libc6-dev $(shell $(PYTHON) -c 'import os, sysconfig; \
 # test_image.py runs `make image`. knot-dnssecutils (kzonecheck), unbound, bind9-dnsutils
 # (delv): real validators of signed zones (tests/e2e/test_dnssec.py).
 IMAGE_DEBS := debootstrap buildah ca-certificates
-TEST_DEBS  := curl openssl knot systemd docker-compose tini util-linux chromium $(NATIVE_DEBS) \
+TEST_DEBS  := curl openssl knot pebble systemd docker-compose tini util-linux chromium $(NATIVE_DEBS) \
               $(IMAGE_DEBS) knot-dnssecutils unbound bind9-dnsutils
 BENCH_DEBS := nginx wrk util-linux dnsperf knot openssl $(NATIVE_DEBS)
 

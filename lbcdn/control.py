@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Mapping
 
+from lbcdn.acme.manager import AcmeManager, Publish, Wanted, wanted
 from lbcdn.admin.app import create_admin_app, start_admin
 from lbcdn.admin.state import AdminState
 from lbcdn.aiolistener import AppListener
@@ -30,8 +31,13 @@ log = logging.getLogger("lbcdn.control")
 
 class ControlPlane:
     def __init__(self, state: AdminState, base_dir: str = ".",
-                 pool_health: PoolHealth | None = None, edge: bool = False) -> None:
+                 pool_health: PoolHealth | None = None, edge: bool = False,
+                 publish_acme: Publish | None = None) -> None:
         self.state = state
+        # ACME certificates: the manager runs here; `publish_acme` installs its challenge
+        # answers and certificates in every data-plane process (lbcdn.acme.manager)
+        self.publish_acme = publish_acme
+        self.acme: AcmeManager | None = None
         # the edge listeners run in this process too (one process): their connections share
         # its descriptors with these listeners' (see connection_caps)
         self.edge = edge
@@ -56,6 +62,7 @@ class ControlPlane:
             if config.dns is not None:
                 self.dns = self._dns(config)
                 await self.dns.start()
+            await self._sync_acme(config)
             await self._start_admin(config)
         except BaseException:
             await self.stop()
@@ -109,6 +116,7 @@ class ControlPlane:
             self.dns = fresh
             if fresh is not None:
                 await fresh.start()
+        await self._sync_acme(config)
         self.config = config
         if config.admin != old.admin:
             # after this request's answer: the reload may have come through the admin API
@@ -121,7 +129,39 @@ class ControlPlane:
             self.admin = None
         await self._start_admin(config)
 
+    async def _sync_acme(self, config: Config) -> None:
+        """Start, reconfigure or stop the ACME manager (after DNS: dns-01 needs it)."""
+        asked = acme_wanted(config)
+        on_demand = {lc.name: (lc.tls.on_demand, lc.port) for lc in config.listeners
+                     if lc.tls is not None and lc.tls.on_demand is not None}
+        if not (asked or on_demand) or config.admin.state_dir is None or \
+                self.publish_acme is None:
+            if self.acme is not None:
+                await self.acme.stop()
+                self.acme = None
+            return
+        if self.acme is None:
+            self.acme = AcmeManager(config.admin.state_dir, self.publish_acme,
+                                    lambda: self.dns.engine if self.dns is not None else None)
+        await self.acme.apply(asked, on_demand)
+        if self.config is not None:  # a reload: the listeners are up already
+            self.acme.run()
+
+    async def acme_demand(self, listener: str, name: str) -> str | None:
+        """A handshake asks for a certificate on demand (lbcdn.acme.manager.demand)."""
+        if self.acme is None:
+            return "no ACME certificates are managed here"
+        return await self.acme.demand(listener, name)
+
+    def run_acme(self) -> None:
+        """Start issuing and renewing: called once the edge listeners are up."""
+        if self.acme is not None:
+            self.acme.run()
+
     async def stop(self) -> None:
+        if self.acme is not None:
+            await self.acme.stop()
+            self.acme = None
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
@@ -207,6 +247,18 @@ async def _start_buckets(config: Config, caps: dict[str, int]) -> BucketServer:
         raise OSError(exc.errno, f"bucket origin (buckets.port {b.port}, website_port "
                                  f"{b.website_port}): {exc.strerror or exc}") from None
     return server
+
+
+def acme_wanted(config: Config) -> list[Wanted]:
+    """The ACME certificates `config` asks for; dns-01 is the default where our own DNS
+    serves the name (lbcdn.acme.plan.default_challenge)."""
+    zones = [z.name.lower().rstrip(".") for z in config.dns.zones] if config.dns else []
+
+    def authoritative(name: str) -> bool:
+        name = name.lower().rstrip(".")
+        return any(name == z or name.endswith("." + z) for z in zones)
+    return wanted([(lc.name, lc.port, lc.tls.acme) for lc in config.listeners
+                   if lc.tls is not None and lc.tls.acme], authoritative)
 
 
 def config_dir(path: str | os.PathLike[str] | None) -> str:

@@ -22,10 +22,13 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable, Coroutine
+import ssl
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from lbcdn import native
+from lbcdn.acme import answers
+from lbcdn.acme.manager import AcmeManager
 from lbcdn.cache.invalidation import Invalidation
 from lbcdn.cache.runtime import CacheRuntime
 from lbcdn.control import EDGE, ControlPlane, config_dir, connection_caps, log_lowered
@@ -35,7 +38,7 @@ from lbcdn.config.load import load_config
 from lbcdn.config.schema import Config
 from lbcdn.edge.config import ListenerConfig
 from lbcdn.edge.listener import Listener
-from lbcdn.tls import ServerTls
+from lbcdn.tls import CertificateConfig, ServerTls
 from lbcdn.health.outlier import Ejection
 from lbcdn.fdlimit import nofile, raise_nofile
 from lbcdn.logs import AccessLog, setup_logging
@@ -82,8 +85,16 @@ class Daemon:
         self.on_drained: Callable[[str, str], None] | None = None
         # admin API, demo backends, bucket origin, DNS (following the pools' health): here,
         # unless a control process runs them
-        self.control = (ControlPlane(self, config_dir(config_path), self.targets, edge=True)
+        self.control = (ControlPlane(self, config_dir(config_path), self.targets, edge=True,
+                                     publish_acme=self._publish_acme)
                         if role == "single" else None)
+        # what ACME wants served (lbcdn.acme.manager.AcmeManager.view): kept for listeners
+        # opened later (start, reload)
+        self.acme_view: dict[str, Any] = {"http01": {}, "alpn": {}, "certs": {}}
+        # asks the ACME manager for an on-demand certificate (a worker's goes to the control
+        # process: lbcdn.workers); handed to every listener
+        self.acme_demand: Callable[[str, str], Awaitable[str | None]] | None = (
+            self.control.acme_demand if self.control is not None else None)
         self.reloads = 0
         self._draining = False
         self._stopped = False
@@ -97,6 +108,31 @@ class Daemon:
 
     def targets_control(self) -> TargetsControl | None:
         return self.targets
+
+    def acme_manager(self) -> AcmeManager | None:
+        return self.control.acme if self.control is not None else None
+
+    async def _publish_acme(self, view: dict[str, Any]) -> None:
+        self.apply_acme(view)
+
+    def apply_acme(self, view: dict[str, Any]) -> None:
+        """Serve ACME's challenge answers and certificates (hot: the listeners' sockets and
+        open connections stay; new handshakes use the new certificates)."""
+        self.acme_view = view
+        answers.install(view["http01"], {n: (c, k) for n, (c, k) in view["alpn"].items()})
+        for listener in self.listeners:
+            tls = listener.tls
+            if tls is None:
+                continue
+            listener.acme_demand = self.acme_demand
+            certs = tuple(CertificateConfig(cert, key, tuple(names))
+                          for names, cert, key in view["certs"].get(listener.name, ()))
+            if certs != tls.acme:
+                try:
+                    tls.set_acme(certs)
+                except (OSError, ssl.SSLError) as exc:
+                    log.error("listener %s: ACME certificate not loaded, keeping the "
+                              "previous one: %s", listener.name, exc)
 
     def apply_targets(self, pool: str, snapshot: list[dict[str, Any]]) -> None:
         """The control plane's view of a pool's targets (lbcdn.upstream.targets)."""
@@ -160,6 +196,9 @@ class Daemon:
             listener = Listener(lc, router, self.pools, self.access_log, caps[EDGE + lc.name])
             self.listeners.append(listener)
             await listener.start(reuse_port=self.role == "worker")
+        self.apply_acme(self.acme_view)
+        if self.control is not None:
+            self.control.run_acme()
 
     def _edge_caps(self, config: Config) -> dict[str, int]:
         """The edge listeners' connection caps, fitted under the descriptor limit with the
@@ -264,6 +303,7 @@ class Daemon:
             listeners, pools, access_log, config
         if self.log_level is None and config.logging.level != old.logging.level:
             setup_logging(config.logging.level)
+        self.apply_acme(self.acme_view)  # listeners opened by this reload
         if self.targets is not None:
             await self.targets.apply(config.pools)
 

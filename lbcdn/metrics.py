@@ -525,3 +525,17 @@ class CacheMetrics:
     def tier(self, tier: str, nbytes: int, objects: int) -> None:
         self.bytes[tier].set(nbytes)
         self.objects[tier].set(objects)
+
+
+# -- ACME certificates (issue 19): issuances, renewals failing, expiry -------------------------
+
+ACME_ISSUANCES: Final = Counter(
+    "lbcdn_acme_issuances_total", "ACME issuances and renewals, by certificate (its first "
+    "name) and result (ok, error).", ["certificate", "result"], registry=REGISTRY)
+ACME_FAILING: Final = Gauge(
+    "lbcdn_acme_failing", "1 while the last issuance or renewal of a certificate failed (the "
+    "old certificate, if any, is still served).", ["certificate"],
+    multiprocess_mode="livemax", registry=REGISTRY)
+ACME_NOT_AFTER: Final = Gauge(
+    "lbcdn_acme_certificate_not_after_seconds", "Unix time at which the certificate "
+    "served expires.", ["certificate"], multiprocess_mode="livemax", registry=REGISTRY)

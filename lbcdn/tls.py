@@ -28,6 +28,7 @@ from typing import Final, Literal
 
 from cryptography import x509
 
+from lbcdn.acme.config import AcmeConfig, OnDemandConfig
 from lbcdn.configkit.fields import REQUIRED, doc
 
 @dataclass(frozen=True)
@@ -47,9 +48,16 @@ class ListenerTlsConfig:
     session tickets for resumption. Re-read on every reload."""
     certificates: tuple[CertificateConfig, ...] = doc(
         "Chosen by SNI; the first one is the default (no SNI, or no name matches). At "
-        "least one.",
-        REQUIRED)
+        "least one, unless `acme` gives some; for their names they win over ACME's.",
+        default_factory=tuple)
     min_version: Literal["1.2", "1.3"] = doc("Oldest TLS version accepted.", "1.2")
+    acme: tuple[AcmeConfig, ...] = doc(
+        "Certificates obtained and renewed from an ACME CA (see "
+        "[TLS](../guides/tls.md#automatic-certificates-acme)), chosen by SNI after those "
+        "of `certificates`. Needs `admin.state_dir`.", default_factory=tuple)
+    on_demand: OnDemandConfig | None = doc(
+        "Get a certificate at the first handshake for an allowed name that has none (see "
+        "[TLS](../guides/tls.md#on-demand-certificates)). Needs `admin.state_dir`.", None)
 
 
 @dataclass(frozen=True)
@@ -165,6 +173,44 @@ def hello_verdict(data: bytes, policy: HelloPolicy) -> tuple[int, int]:
     return PASS, record_version
 
 
+_SERVER_NAME: Final = 0
+_ALPN: Final = 16
+
+
+def hello_sni_alpn(data: bytes) -> tuple[str | None, list[bytes]]:
+    """The server name and the ALPN protocols a whole ClientHello at the start of `data`
+    offers ((None, []) for anything else). Pure; anything malformed gives what was read."""
+    found = _hello_message(data)
+    if isinstance(found, int):
+        return None, []
+    body = found[0]
+    sni: str | None = None
+    protocols: list[bytes] = []
+    try:
+        at = 34
+        at += 1 + body[at]
+        at += 2 + int.from_bytes(body[at:at + 2], "big")
+        at += 1 + body[at]
+        end = at + 2 + int.from_bytes(body[at:at + 2], "big")
+        at += 2
+        while at + 4 <= min(end, len(body)):
+            kind = int.from_bytes(body[at:at + 2], "big")
+            size = int.from_bytes(body[at + 2:at + 4], "big")
+            ext = body[at + 4:at + 4 + size]
+            if kind == _SERVER_NAME and len(ext) >= 5 and ext[2] == 0:
+                n = int.from_bytes(ext[3:5], "big")
+                sni = ext[5:5 + n].decode("ascii", "replace").lower().rstrip(".")
+            elif kind == _ALPN and len(ext) >= 2:
+                i = 2
+                while i < len(ext):
+                    protocols.append(bytes(ext[i + 1:i + 1 + ext[i]]))
+                    i += 1 + ext[i]
+            at += 4 + size
+    except IndexError:
+        pass
+    return sni, protocols
+
+
 def alert_record(description: int, record_version: int) -> bytes:
     """A fatal alert in one TLS record, in the record version the client used."""
     return bytes((21, record_version >> 8, record_version & 0xFF, 0, 2, 2, description))
@@ -195,19 +241,25 @@ def certificate_names(cert_file: str) -> list[str]:
 class ServerTls:
     """The SSLContext a listener serves with, and its SNI selection."""
 
-    def __init__(self, config: ListenerTlsConfig) -> None:
+    def __init__(self, config: ListenerTlsConfig,
+                 acme: Sequence[CertificateConfig] = ()) -> None:
         self.context = _server_context(config.min_version)
         self.context.sni_callback = self._select
         self.policy = HelloPolicy(self.context)
         self._exact: dict[str, ssl.SSLContext] = {}
         self._wildcard: dict[str, ssl.SSLContext] = {}
+        self.config = config
+        # certificates from ACME (lbcdn.acme.manager), after the files' for every name
+        self.acme: tuple[CertificateConfig, ...] = tuple(acme)
+        self.has_default = False   # ACME only, none issued yet: handshakes without SNI fail
         self.load(config)
 
     def load(self, config: ListenerTlsConfig) -> None:
         """(Re)load certificates; raises OSError/ssl.SSLError when one cannot be used."""
         exact: dict[str, ssl.SSLContext] = {}
         wildcard: dict[str, ssl.SSLContext] = {}
-        for cert in config.certificates:
+        every = config.certificates + self.acme
+        for cert in every:
             ctx = _server_context(config.min_version)
             ctx.load_cert_chain(cert.cert_file, cert.key_file)
             for name in self._names(cert):
@@ -215,13 +267,30 @@ class ServerTls:
                     wildcard.setdefault(name[2:], ctx)
                 else:
                     exact.setdefault(name, ctx)
-        default = config.certificates[0]
-        self.context.load_cert_chain(default.cert_file, default.key_file)
+        if every:
+            self.context.load_cert_chain(every[0].cert_file, every[0].key_file)
+            self.has_default = True
         self._exact, self._wildcard = exact, wildcard
+        self.config = config
+
+    def set_acme(self, certificates: Sequence[CertificateConfig]) -> None:
+        """Swap the ACME certificates in: new handshakes use them, open connections keep
+        theirs. Raises OSError/ssl.SSLError (and changes nothing) when one cannot be used."""
+        old = self.acme
+        self.acme = tuple(certificates)
+        try:
+            self.load(self.config)
+        except (OSError, ssl.SSLError):
+            self.acme = old
+            raise
 
     @staticmethod
     def _names(cert: CertificateConfig) -> Sequence[str]:
         return [n.lower() for n in cert.server_names] or certificate_names(cert.cert_file)
+
+    def has_name(self, name: str) -> bool:
+        """A certificate (not the default) answers for `name` (lower case, no final dot)."""
+        return name in self._exact or name.partition(".")[2] in self._wildcard
 
     def _select(self, sock: ssl.SSLObject, server_name: str | None,
                 base: ssl.SSLContext) -> None:

@@ -19,6 +19,13 @@ in flight here), {"op": "stats", "pools": {POOL: {TARGET: {...}}}, "queues": {PO
 {"failed_open", "queued"}}, "listeners": {LISTENER: OPEN_CONNECTIONS}} (live per-target,
 per-pool and per-listener numbers, every second; the admin API adds them up over the
 workers), {"op": "ready"} and {"op": "reloaded", "id": N, "error": null | TEXT}.
+ACME (lbcdn.acme.manager runs in the control process): control -> worker {"op": "acme", "id": N,
+"view": {...}} (challenge answers and certificate files to serve; also in the first "config"
+message), worker -> control {"op": "acme-applied", "id": N}; the manager tells the CA to look
+once every live worker applied it. On-demand certificates: worker -> control {"op":
+"acme-demand", "id": N, "listener", "name"} (a handshake waits for it), control -> worker
+{"op": "acme-demanded", "id": N, "error": null | TEXT}, sent after the new certificate was
+published to every worker.
 Edge-cache invalidations: control -> worker {"op": "invalidate", "id": N, "invalidation": {id,
 paths, tags, soft, hosts}}, worker -> control {"op": "invalidated", "id": N, "purged": COUNT};
 the admin API answers once every live worker applied it.
@@ -31,6 +38,7 @@ per-request accumulators every second, and /metrics (in the control process) agg
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -43,6 +51,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from lbcdn.acme.manager import AcmeManager
 from lbcdn.cache.invalidation import Invalidation
 from lbcdn.config.load import load_config_text
 from lbcdn.config.schema import Config
@@ -131,7 +140,9 @@ class Supervisor:
         self.targets = TargetsControl(
             self._publish_targets, state_dir=config.admin.state_dir, stats=self._target_stats,
             data_planes=lambda: max(1, sum(w.ready.is_set() for w in self.workers)))
-        self.control = ControlPlane(self, config_dir(config_path), self.targets)
+        self.control = ControlPlane(self, config_dir(config_path), self.targets,
+                                    publish_acme=self._publish_acme)
+        self.acme_view: dict[str, Any] = {"http01": {}, "alpn": {}, "certs": {}}
         self.reloads = 0
         self._draining = False
         self._stop = asyncio.Event()
@@ -146,6 +157,30 @@ class Supervisor:
 
     def targets_control(self) -> TargetsControl | None:
         return self.targets
+
+    def acme_manager(self) -> AcmeManager | None:
+        return self.control.acme
+
+    async def _publish_acme(self, view: dict[str, Any]) -> None:
+        """Every live worker installs `view` (lbcdn.acme.manager) before this returns; a
+        worker starting later gets it with its configuration."""
+        self.acme_view = view
+        loop = asyncio.get_running_loop()
+        self._next_ack += 1
+        waits = []
+        for worker in self.workers:
+            if not worker.ready.is_set():
+                continue
+            future: asyncio.Future[str | None] = loop.create_future()
+            worker.acks[self._next_ack] = future
+            worker.send({"op": "acme", "id": self._next_ack, "view": view})
+            waits.append(future)
+        if waits:
+            await asyncio.wait(waits, timeout=10)
+
+    async def _demand(self, worker: Worker, message: dict[str, Any]) -> None:
+        error = await self.control.acme_demand(message["listener"], message["name"])
+        worker.send({"op": "acme-demanded", "id": message["id"], "error": error})
 
     def _publish_targets(self, pool: str, snapshot: list[dict[str, Any]]) -> None:
         for worker in self.workers:
@@ -226,6 +261,7 @@ class Supervisor:
                 raise OSError("workers did not start within 30 s")
             await asyncio.sleep(0.02)
         self._monitor = spawn(self._watch(), "workers-monitor")
+        self.control.run_acme()
         log.info("%d workers serving", len(self.workers))
 
     async def _spawn(self, worker: Worker) -> None:
@@ -250,13 +286,16 @@ class Supervisor:
             worker.proc.kill()
             worker.proc.wait()
             raise
-        worker.send({"op": "config", "yaml": self.config_text, "source": self.config_path})
+        worker.send({"op": "config", "yaml": self.config_text, "source": self.config_path,
+                     "acme": self.acme_view})
         spawn(self._listen(worker, worker.reader), f"worker-{worker.index}-channel")
 
     async def _listen(self, worker: Worker, reader: asyncio.StreamReader) -> None:
         async for message in messages(reader):  # ends when the worker is gone (_watch restarts)
             if message["op"] == "ready":
                 worker.ready.set()
+                # the view may have changed since its "config" message
+                worker.send({"op": "acme", "id": 0, "view": self.acme_view})
                 for name, pool in self.targets.pools.items():  # a (re)started worker
                     worker.send({"op": "targets", "pool": name, "targets": pool.snapshot()})
             elif message["op"] == "drained":
@@ -265,10 +304,12 @@ class Supervisor:
                 worker.stats = message["pools"]
                 worker.queues = message.get("queues", {})
                 worker.connections = message.get("listeners", {})
-            elif message["op"] == "reloaded":
+            elif message["op"] in ("reloaded", "acme-applied"):
                 future = worker.acks.pop(message["id"], None)
                 if future is not None and not future.done():
                     future.set_result(message.get("error"))
+            elif message["op"] == "acme-demand":
+                spawn(self._demand(worker, message), "acme-demand")
             elif message["op"] == "invalidated":
                 purge = self._purges.pop((worker.index, message["id"]), None)
                 if purge is not None and not purge.done():
@@ -486,6 +527,23 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
     first = json.loads(line)
     config = load_config_text(first["yaml"], first["source"])
     daemon = Daemon(config, None, log_level, role="worker")
+    daemon.acme_view = first["acme"]
+    demands: dict[int, asyncio.Future[str | None]] = {}
+    demand_ids = itertools.count(1)
+
+    async def demand(listener: str, name: str) -> str | None:
+        """An on-demand certificate, from the control process (its answer comes once the
+        certificate is installed here)."""
+        ident = next(demand_ids)
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        demands[ident] = future
+        writer.write(json.dumps({"op": "acme-demand", "id": ident, "listener": listener,
+                                 "name": name}).encode() + b"\n")
+        try:
+            return await future
+        finally:
+            demands.pop(ident, None)
+    daemon.acme_demand = demand
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
@@ -514,6 +572,14 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
                     error = f"worker {index}: {exc}"
                 writer.write(json.dumps({"op": "reloaded", "id": message["id"],
                                          "error": error}).encode() + b"\n")
+            elif message["op"] == "acme":
+                daemon.apply_acme(message["view"])
+                writer.write(json.dumps({"op": "acme-applied", "id": message["id"]}).encode()
+                             + b"\n")
+            elif message["op"] == "acme-demanded":
+                waiting = demands.get(message["id"])
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(message["error"])
             elif message["op"] == "targets":
                 daemon.apply_targets(message["pool"], message["targets"])
             elif message["op"] == "invalidate":

@@ -9,7 +9,7 @@ import warnings
 import pytest
 
 from lbcdn.tls import ALERT_HANDSHAKE_FAILURE, ALERT_PROTOCOL_VERSION, NEED_MORE, PASS, \
-    HelloPolicy, _server_context, alert_record, hello_verdict
+    HelloPolicy, _server_context, alert_record, hello_sni_alpn, hello_verdict
 
 POLICY_12 = HelloPolicy(_server_context("1.2"))
 POLICY_13 = HelloPolicy(_server_context("1.3"))
@@ -17,7 +17,8 @@ POLICY_13 = HelloPolicy(_server_context("1.3"))
 
 def client_hello(low: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
                  high: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
-                 ciphers: str | None = None) -> bytes:
+                 ciphers: str | None = None, alpn: list[str] | None = None,
+                 server_name: str | None = "a.test") -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -28,8 +29,10 @@ def client_hello(low: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
         if ciphers is not None:
             ctx.set_ciphers(ciphers)
         ctx.minimum_version, ctx.maximum_version = low, high
+        if alpn is not None:
+            ctx.set_alpn_protocols(alpn)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="a.test")
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
     with pytest.raises(ssl.SSLWantReadError):
         obj.do_handshake()
     return outgoing.read()
@@ -80,3 +83,16 @@ def test_a_hello_split_over_two_records() -> None:
 
 def test_alert_record() -> None:
     assert alert_record(ALERT_PROTOCOL_VERSION, 0x0301) == b"\x15\x03\x01\x00\x02\x02\x46"
+
+
+def test_server_name_and_alpn_of_a_hello() -> None:
+    """What the TLS-ALPN-01 answer (lbcdn.edge.tls_gate) reads of a ClientHello."""
+    assert hello_sni_alpn(client_hello(alpn=["acme-tls/1"], server_name="WWW.Example.test")) \
+        == ("www.example.test", [b"acme-tls/1"])
+    assert hello_sni_alpn(client_hello(alpn=["h2", "http/1.1"])) == ("a.test", [b"h2",
+                                                                               b"http/1.1"])
+    assert hello_sni_alpn(client_hello(server_name=None)) == (None, [])
+    hello = client_hello(alpn=["acme-tls/1"])
+    assert hello_sni_alpn(hello[:40]) == (None, [])           # not whole yet
+    assert hello_sni_alpn(b"GET / HTTP/1.1\r\n\r\n") == (None, [])
+    assert hello_sni_alpn(hello[:-3]) == (None, [])

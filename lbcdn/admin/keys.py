@@ -12,6 +12,7 @@ from typing import Final, Protocol, runtime_checkable
 
 from aiohttp import web
 
+from lbcdn.acme.manager import AcmeManager
 from lbcdn.admin.state import AdminState
 from lbcdn.upstream.targets import TargetError, TargetsControl
 
@@ -31,3 +32,15 @@ def control_of(request: web.Request) -> TargetsControl:
     if control is None:
         raise TargetError(503, "targets are not managed by this process")
     return control
+
+
+@runtime_checkable
+class AcmeProvider(Protocol):
+    def acme_manager(self) -> AcmeManager | None:
+        """The ACME manager, where it runs in this process."""
+        ...
+
+
+def acme_of(request: web.Request) -> AcmeManager | None:
+    state = request.app[STATE_KEY]
+    return state.acme_manager() if isinstance(state, AcmeProvider) else None

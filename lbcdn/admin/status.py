@@ -4,7 +4,8 @@ Job: one self-contained HTML page (inline CSS, no scripts, no external assets) l
 with its algorithm and health check, and every target with its state (and the Classic ELB word,
 InService / OutOfService), reason code, weight, requests in flight, recent latency and error
 rate; and, when DNS is served, every record set that follows a health state (a pool target's or
-a Route 53 check's) with what it reads now. It refreshes itself every few seconds with a meta
+a Route 53 check's) with what it reads now; and the ACME certificates (names, issuer, expiry,
+next renewal, last error). It refreshes itself every few seconds with a meta
 refresh, so it works with scripts off.
 
 Rules: the page is rendered from the same views as GET /api/pools/{pool}/targets (the control
@@ -15,12 +16,13 @@ nothing and shows no secrets.
 
 from __future__ import annotations
 
+import time
 from html import escape
 from typing import Any
 
 from aiohttp import web
 
-from lbcdn.admin.keys import STATE_KEY, control_of
+from lbcdn.admin.keys import STATE_KEY, acme_of, control_of
 from lbcdn.dns.view import zone_records
 from lbcdn.upstream.targets import TargetError
 
@@ -103,8 +105,33 @@ def _dns_section(zones: list[dict[str, Any]]) -> list[str]:
     return parts
 
 
-def render(pools: list[dict[str, Any]], zones: list[dict[str, Any]] | None = None) -> str:
-    """`zones`: [{"zone", "records": lbcdn.dns.view.zone_records(...)}] when DNS is served."""
+def _when(t: float | None) -> str:
+    return "–" if t is None else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t))
+
+
+def _acme_section(certs: list[dict[str, Any]]) -> list[str]:
+    if not certs:
+        return []
+    parts = ['<section class="acme"><h2>ACME certificates</h2><p class="meta">Renewed at two '
+             "thirds of their lifetime; a failed renewal keeps the current certificate.</p>"
+             "<table><thead><tr><th>names</th><th>challenge</th><th>issuer</th>"
+             "<th>not after</th><th>next renewal</th><th>last error</th></tr></thead><tbody>"]
+    for c in certs:
+        state = "unhealthy" if c["last_error"] else "healthy"
+        parts.append(
+            f'<tr class="acme-cert" data-cert="{escape(str(c["id"]))}" data-state="{state}">'
+            f'<td>{escape(", ".join(c["names"]))}</td><td>{escape(str(c["challenge"]))}</td>'
+            f'<td>{escape(str(c["issuer"] or "none yet"))}</td><td>{_when(c["not_after"])}</td>'
+            f'<td>{"issuing" if c["issuing"] else _when(c["next_renewal"])}</td>'
+            f'<td class="reason">{escape(str(c["last_error"] or ""))}</td></tr>')
+    parts.append("</tbody></table></section>")
+    return parts
+
+
+def render(pools: list[dict[str, Any]], zones: list[dict[str, Any]] | None = None,
+           certs: list[dict[str, Any]] | None = None) -> str:
+    """`zones`: [{"zone", "records": lbcdn.dns.view.zone_records(...)}] when DNS is served;
+    `certs`: lbcdn.acme.manager.AcmeManager.describe() when ACME is."""
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         f'<meta http-equiv="refresh" content="{REFRESH_S}">',
@@ -131,6 +158,7 @@ def render(pools: list[dict[str, Any]], zones: list[dict[str, Any]] | None = Non
             parts.append('<tr><td colspan=8>no targets</td></tr>')
         parts.append("</tbody></table></section>")
     parts += _dns_section(zones or [])
+    parts += _acme_section(certs or [])
     parts.append("</body></html>")
     return "".join(parts)
 
@@ -144,7 +172,9 @@ async def status_page(request: web.Request) -> web.Response:
     zones = [] if engine is None else [
         {"zone": zone.name, "records": zone_records(zone, engine.health, following_health=True)}
         for zone in engine.zones]
-    return web.Response(text=render(pools, zones), content_type="text/html",
+    acme = acme_of(request)
+    certs = acme.describe() if acme is not None else []
+    return web.Response(text=render(pools, zones, certs), content_type="text/html",
                         headers={"Cache-Control": "no-store"})
 
 

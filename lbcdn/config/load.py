@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from lbcdn.acme.config import AcmeConfig, OnDemandConfig
 from lbcdn.bucket.config import BucketsConfig
 from lbcdn.configkit import names
 from lbcdn.configkit.errors import ConfigError
@@ -423,8 +424,46 @@ def _check_access_log(ld: Loader, v: Mapping[str, Any], path: str) -> None:
 
 
 def _check_listener_tls(ld: Loader, v: Mapping[str, Any], path: str) -> None:
-    if "certificates" in v and not v["certificates"]:
-        ld.error(join(path, "certificates"), "needs at least one certificate")
+    if not v.get("certificates") and not v.get("acme") and not v.get("on_demand"):
+        ld.error(join(path, "certificates"), "needs at least one certificate (or an `acme` "
+                                             "entry, or `on_demand`)")
+
+
+def _check_acme(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    directory = v.get("directory")
+    if isinstance(directory, str) and not re.match(r"https?://[^/\s]+", directory):
+        ld.error(join(path, "directory"), f"{directory!r} is not an http(s) URL")
+    if "names" in v and not v["names"]:
+        ld.error(join(path, "names"), "needs at least one name")
+    for i, name in enumerate(v.get("names", ())):
+        base = name.lower().removeprefix("*.")
+        problem = names.match_host_problem(base)
+        if problem or base.startswith("*") or names.is_ip(base.strip("[]")):
+            ld.error(index(join(path, "names"), i),
+                     problem or f"{name!r}: a DNS name, at most one leading `*.` label")
+        elif name.startswith("*.") and v.get("challenge") not in (None, "dns-01"):
+            ld.error(index(join(path, "names"), i),
+                     f"{name!r}: a wildcard name needs the dns-01 challenge")
+    bundle = v.get("ca_bundle")
+    if bundle is not None and not os.access(bundle, os.R_OK):
+        ld.error(join(path, "ca_bundle"), f"cannot read {bundle!r}")
+
+
+def _check_on_demand(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    for key in ("directory", "ask"):
+        url = v.get(key)
+        if isinstance(url, str) and not re.match(r"https?://[^/\s]+", url):
+            ld.error(join(path, key), f"{url!r} is not an http(s) URL")
+    if "allow" in v and not v["allow"]:
+        ld.error(join(path, "allow"), "needs at least one name or `*.` pattern")
+    for i, pattern in enumerate(v.get("allow", ())):
+        base = pattern.lower().removeprefix("*.")
+        if names.match_host_problem(base) or "*" in base or names.is_ip(base.strip("[]")):
+            ld.error(index(join(path, "allow"), i),
+                     f"{pattern!r}: a DNS name, or `*.` and a DNS name")
+    bundle = v.get("ca_bundle")
+    if bundle is not None and not os.access(bundle, os.R_OK):
+        ld.error(join(path, "ca_bundle"), f"cannot read {bundle!r}")
 
 
 def _check_route(ld: Loader, v: Mapping[str, Any], path: str) -> None:
@@ -725,6 +764,23 @@ def _check_config(ld: Loader, v: Mapping[str, Any], path: str) -> None:
                     ld.error(join(join(join("cache", "origins"), name), "pool"),
                              f'unknown pool "{origin.pool}" (known: '
                              f'{", ".join(pool_names) or "none"})')
+    admin = v.get("admin")
+    for where, lst in listeners:
+        if lst.tls is None or not lst.tls.acme and lst.tls.on_demand is None:
+            continue
+        if admin is None or admin is not INVALID and admin.state_dir is None:
+            ld.error(join(join(where, "tls"), "acme" if lst.tls.acme else "on_demand"),
+                     "ACME needs `admin.state_dir` (where keys and certificates are kept)")
+        dns_zones = [z.name.lower().rstrip(".") for z in v["dns"].zones] \
+            if v.get("dns") not in (None, INVALID) else []
+        for i, ac in enumerate(lst.tls.acme):
+            for name in ac.names:
+                base = name.lower().removeprefix("*.")
+                if name.startswith("*.") and ac.challenge is None and not any(
+                        base == z or base.endswith("." + z) for z in dns_zones):
+                    ld.error(index(join(join(where, "tls"), "acme"), i),
+                             f"{name!r}: a wildcard name needs dns-01, and lbcdn's DNS "
+                             "serves no zone holding it")
     dns = v.get("dns")
     admin = v.get("admin")
     if dns is not None and dns is not INVALID and (
@@ -748,5 +804,7 @@ VALIDATORS.setdefault(FixedResponseAction, []).append(_check_fixed)
 VALIDATORS.setdefault(Config, []).append(_check_config)
 VALIDATORS.setdefault(CertificateConfig, []).append(_check_certificate)
 VALIDATORS.setdefault(ListenerTlsConfig, []).append(_check_listener_tls)
+VALIDATORS.setdefault(AcmeConfig, []).append(_check_acme)
+VALIDATORS.setdefault(OnDemandConfig, []).append(_check_on_demand)
 VALIDATORS.setdefault(AccessLogConfig, []).append(_check_access_log)
 VALIDATORS.setdefault(RouteConfig, []).append(_check_route)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Final, TYPE_CHECKING
 
 from lbcdn import writebatch
+from lbcdn.acme import answers
 from lbcdn.edge import cache_flow
 from lbcdn.edge.accounting import record
 from lbcdn.edge.stream import PAUSE_UPSTREAM, ClientStream, ExchangeTap
@@ -160,6 +161,14 @@ class Exchange(UpstreamOwner):
             self.respond_local(200, [(b"Allow", ALLOWED_METHODS)], b"")
             return
         listener = self.listener
+        if answers.HTTP01 and listener.tls is None and \
+                head.path.startswith(answers.HTTP01_PREFIX):  # before routing: ours
+            key_authorization = answers.HTTP01.get(
+                head.path[len(answers.HTTP01_PREFIX):].decode("latin-1"))
+            if key_authorization is not None:
+                self.respond_local(200, [(b"Content-Type", b"application/octet-stream")],
+                                   key_authorization.encode())
+                return
         route = self.route = listener.router.match(head.host, head.path)
         plan = self.plan = listener.route_plan(route)
         if plan.forward is not None:

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final, Protocol, cast
 
 from lbcdn.edge.config import ListenerConfig
@@ -88,6 +88,9 @@ class Listener:
         self.id_header = config.request_id_header.encode()
         self.id_header_lower = self.id_header.lower()
         self.header_kinds = request_header_kinds(self.id_header_lower)
+        # a handshake asking for a certificate on demand (lbcdn.acme.manager), set by the
+        # daemon: awaits the certificate being served (None) or the reason it is not
+        self.acme_demand: Callable[[str, str], Awaitable[str | None]] | None = None
         self.tls = ServerTls(config.tls) if config.tls is not None else None
         self.scheme = "https" if self.tls is not None else "http"
         self._set_port(config.port)

@@ -10,6 +10,11 @@ Rules:
 - The ClientHello must arrive within the listener's `header_timeout_s`; the handshake after it
   has the loop's TLS handshake timeout, as before.
 - The listener keeps its gates, so shutdown closes connections still shaking hands.
+- A ClientHello offering ALPN `acme-tls/1` for a name with a TLS-ALPN-01 challenge up
+  (lbcdn.acme.answers) is answered with that challenge's context (RFC 8737); read only while
+  a challenge is up, so other handshakes pay nothing for it.
+- On a listener with `tls.on_demand`, a ClientHello for a name no certificate answers waits
+  (up to `wait_s`) while the daemon gets one (lbcdn.acme.manager.demand), then goes on.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import asyncio
 import ssl
 from typing import TYPE_CHECKING, cast
 
+from lbcdn.acme import answers
+from lbcdn.acme.plan import name_allowed
 from lbcdn.edge.connection import ClientConnection
 from lbcdn.tasks import spawn
-from lbcdn.tls import NEED_MORE, PASS, alert_record, hello_verdict
+from lbcdn.tls import NEED_MORE, PASS, alert_record, hello_sni_alpn, hello_verdict
 
 if TYPE_CHECKING:
     from lbcdn.edge.listener import Listener
@@ -59,12 +66,35 @@ class TlsGate(asyncio.Protocol):
             transport.close()
             return
         transport.pause_reading()
-        spawn(self._handshake(transport), "tls-handshake")
+        context = self.tls.context
+        on_demand = self.tls.config.on_demand
+        if answers.ALPN or on_demand is not None:
+            name, protocols = hello_sni_alpn(self.hello)
+            challenge = answers.ALPN.get(name or "")
+            if challenge is not None and answers.ACME_TLS_ALPN_BYTES in protocols:
+                context = challenge
+            elif on_demand is not None and name and not self.tls.has_name(name) and \
+                    self.listener.acme_demand is not None and \
+                    name_allowed(name, on_demand.allow):  # others: not worth asking about
+                spawn(self._on_demand(transport, name, on_demand.wait_s), "tls-on-demand")
+                return
+        spawn(self._handshake(transport, context), "tls-handshake")
+
+    async def _on_demand(self, transport: asyncio.Transport, name: str, wait_s: float) -> None:
+        """Hold the handshake until a certificate for `name` is served, or refused."""
+        assert self.listener.acme_demand is not None
+        try:
+            await asyncio.wait_for(self.listener.acme_demand(self.listener.name, name), wait_s)
+        except asyncio.TimeoutError:
+            pass
+        if not transport.is_closing():
+            await self._handshake(transport, self.tls.context)
 
     def eof_received(self) -> bool | None:
         return None  # gone before its ClientHello was whole: close
 
-    async def _handshake(self, transport: asyncio.Transport) -> None:
+    async def _handshake(self, transport: asyncio.Transport,
+                         context: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
         conn = ClientConnection(self.listener)
         # start_tls puts its TLS protocol on the transport before it waits for the handshake,
@@ -73,7 +103,7 @@ class TlsGate(asyncio.Protocol):
         loop.call_soon(self._replay, transport)
         try:
             tls_transport = await loop.start_tls(
-                transport, cast(asyncio.BaseProtocol, conn), self.tls.context,
+                transport, cast(asyncio.BaseProtocol, conn), context,
                 server_side=True)
         except (OSError, ssl.SSLError, asyncio.TimeoutError):
             transport.abort()  # refused by OpenSSL (no alert then), or gone, or too slow
