@@ -29,7 +29,7 @@ from lbcdn.bucket.access import Action, User
 from lbcdn.bucket.errors import S3Error, render_error
 from lbcdn.bucket.httpsem import (Unsatisfiable, evaluate_preconditions, if_range_allows,
                                   parse_range)
-from lbcdn.bucket.keys import check_key, check_prefix, decode_key, decode_path, split_path, storable_key
+from lbcdn.bucket.keys import check_key, check_prefix, decode_key, decode_path, split_path
 from lbcdn.bucket.runtime import BucketRuntime
 from lbcdn.bucket.serve import Changed, object_headers, open_checked, send_file
 from lbcdn.bucket.storage import STORED_HEADERS, ObjectInfo, PendingWrite, new_request_id
@@ -403,7 +403,6 @@ class S3Api:
     # -- objects ----------------------------------------------------------------------------
 
     async def put_object(self, req: Req) -> web.StreamResponse:
-        storable_key(req.key)
         await self._bucket_allowed(req, "write", req.key)
         pending = await self._receive(req)
         info = await asyncio.to_thread(self.storage.commit, pending, req.bucket, req.key,
@@ -481,7 +480,6 @@ class S3Api:
         def work() -> None:
             for key in keys:
                 try:
-                    storable_key(key)
                     self.storage.delete_object(req.bucket, key)
                     deleted.append(key)
                 except S3Error as e:
@@ -491,7 +489,6 @@ class S3Api:
         return self._xml(xmlio.delete_result(deleted, errors, quiet))
 
     async def copy_object(self, req: Req) -> web.StreamResponse:
-        storable_key(req.key)
         source = req.headers["x-amz-copy-source"].split("?", 1)[0]
         src_bucket, _, src_raw_key = decode_path(source).lstrip("/").partition("/")
         if not src_bucket or not src_raw_key:
@@ -522,7 +519,6 @@ class S3Api:
     # -- multipart --------------------------------------------------------------------------
 
     async def create_upload(self, req: Req) -> web.StreamResponse:
-        storable_key(req.key)
         await self._bucket_allowed(req, "write", req.key)
         owner = req.user.name if req.user else None
         upload = await asyncio.to_thread(self.storage.create_upload, req.bucket, req.key,
