@@ -1,0 +1,239 @@
+"""Every key S3 accepts, through boto3 and the aws CLI against the daemon (in one process and
+with `--workers 2`): keys that cannot be files (a key and keys under it, folder markers,
+300-byte segments, `..`, `//`) are stored, read and listed exactly; listings match S3 (empty
+for prefixes that match nothing, v1 Prefix as given, FetchOwner, ListBuckets paging); metadata
+and Content-Encoding round-trip; a client that goes away mid-GET logs no traceback;
+`Expect: 100-continue` is answered as S3 does; an invalid UTF-8 key is a 400."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config as BotoConfig
+
+from tests.e2e.harness import HOST, DaemonProcess, free_port, proxy_config
+
+KEY_ID, SECRET = "AKIDKEYS", "keys-secret-1"
+AWS = str(Path(sys.executable).parent / "aws")
+WORKERS = [pytest.param([], id="one-process"), pytest.param(["--workers", "2"], id="workers-2")]
+
+ODD_KEYS = ["foo/bar", "foo/bar/xyzzy", "foo/bar/", "folder/", "x" * 300, "a/" + "y" * 300,
+            "../up", "/abs", "a//b", "./dot", "café/ünï ✓", "sp ace+plus%25", "tab\tkey",
+            "k" * 1024]
+
+
+class Daemon:
+    def __init__(self, tmp: Path, workers: list[str]) -> None:
+        self.root = tmp / "buckets"
+        self.port, self.web_port = free_port(), free_port()
+        config = proxy_config(free_port())
+        config["buckets"] = {
+            "root": str(self.root), "port": self.port, "website_port": self.web_port,
+            "users": {"u": {"access_key_id": KEY_ID, "secret_access_key": SECRET,
+                            "admin": True}},
+            "buckets": {"data": {"owner": "u"},
+                        "site": {"owner": "u", "public_read": True,
+                                 "website": {"index_document": "index.html",
+                                             "hosts": ["site.test"]}}}}
+        self.proc = DaemonProcess(config, tmp, workers)
+        self.url = f"http://{HOST}:{self.port}"
+
+    def s3(self) -> Any:
+        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id=KEY_ID,
+                            aws_secret_access_key=SECRET, region_name="us-east-1",
+                            config=BotoConfig(retries={"max_attempts": 1},
+                                              s3={"addressing_style": "path"}))
+
+    def aws(self, cwd: Path, *args: str) -> str:
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET,
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(cwd / "none"),
+               "AWS_SHARED_CREDENTIALS_FILE": str(cwd / "none")}
+        r = subprocess.run([AWS, "--endpoint-url", self.url, *args], env=env, cwd=cwd,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"aws {' '.join(args)}: {r.stdout}\n{r.stderr}"
+        return r.stdout
+
+
+@pytest.fixture(params=WORKERS)
+def daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path, request.param)
+    try:
+        yield d
+    finally:
+        d.proc.stop()
+        log = d.proc.stderr()
+        assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+
+
+def listed(s3: Any, **kw: Any) -> list[str]:
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="data", **kw):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return keys
+
+
+@pytest.mark.slow
+def test_every_key_is_stored_and_listed_exactly(daemon: Daemon) -> None:
+    s3 = daemon.s3()
+    for k in ODD_KEYS:
+        s3.put_object(Bucket="data", Key=k, Body=k.encode())
+    for k in ODD_KEYS:
+        assert s3.get_object(Bucket="data", Key=k)["Body"].read() == k.encode(), k
+    want = sorted(ODD_KEYS, key=lambda k: k.encode())
+    assert listed(s3) == want
+    assert listed(s3, PaginationConfig={"PageSize": 3}) == want
+    v1 = s3.list_objects(Bucket="data", MaxKeys=1000)
+    assert [o["Key"] for o in v1["Contents"]] == want
+    r = s3.list_objects_v2(Bucket="data", Prefix="foo/bar/", Delimiter="/")
+    assert [o["Key"] for o in r["Contents"]] == ["foo/bar/", "foo/bar/xyzzy"]
+    r = s3.list_objects_v2(Bucket="data", Delimiter="/")
+    assert [p["Prefix"] for p in r["CommonPrefixes"]] == ["../", "./", "/", "a/", "café/",
+                                                          "folder/", "foo/"]
+    # a plain key is still the plain file, where the website and operators see it
+    assert (daemon.root / "data" / "foo" / "bar").read_bytes() == b"foo/bar"
+    assert not (daemon.root / "up").exists()
+    s3.delete_objects(Bucket="data", Delete={"Objects": [{"Key": k} for k in ODD_KEYS]})
+    assert listed(s3) == []
+
+
+@pytest.mark.slow
+def test_aws_cli_with_folder_markers_and_conflicting_keys(daemon: Daemon,
+                                                          tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("file")
+    daemon.aws(tmp_path, "s3api", "put-object", "--bucket", "data", "--key", "photos/")
+    daemon.aws(tmp_path, "s3", "cp", "f.txt", "s3://data/photos/a")
+    daemon.aws(tmp_path, "s3", "cp", "f.txt", "s3://data/photos/a/b")
+    daemon.aws(tmp_path, "s3", "cp", "f.txt", "s3://data/" + "z" * 300)
+    out = daemon.aws(tmp_path, "s3", "ls", "--recursive", "s3://data")
+    names = [line.split()[-1] for line in out.splitlines()]
+    assert names == ["photos/", "photos/a", "photos/a/b", "z" * 300]
+    out = daemon.aws(tmp_path, "s3", "ls", "s3://data/photos/")
+    assert "0 \n" in out.replace("0 photos/", "0 \n") or " a\n" in out
+    daemon.aws(tmp_path, "s3", "cp", "s3://data/photos/a/b", "back.txt")
+    assert (tmp_path / "back.txt").read_text() == "file"
+    daemon.aws(tmp_path, "s3", "rm", "--recursive", "s3://data/")
+    assert daemon.aws(tmp_path, "s3", "ls", "--recursive", "s3://data") == ""
+
+
+def test_listing_as_s3(daemon: Daemon) -> None:
+    s3 = daemon.s3()
+    for k in ("a b+c/1", "z/2", "/lead"):
+        s3.put_object(Bucket="data", Key=k, Body=b"x")
+    # prefixes that match nothing list nothing; "/" matches only keys starting with it
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="data", Prefix="/")["Contents"]] \
+        == ["/lead"]
+    for prefix in ("//", "nothing", "z/2/"):
+        assert "Contents" not in s3.list_objects_v2(Bucket="data", Prefix=prefix)
+        assert "Contents" not in s3.list_objects(Bucket="data", Prefix=prefix)
+    # v1 echoes Prefix as given (boto3 asked for url encoding on its own)
+    r = s3.list_objects(Bucket="data", Prefix="a b+c/")
+    assert (r["Prefix"], [o["Key"] for o in r["Contents"]]) == ("a b+c/", ["a b+c/1"])
+    assert r["Contents"][0]["Owner"]["ID"] == "u"
+    r = s3.list_objects_v2(Bucket="data", Prefix="a b+c/")
+    assert r["Prefix"] == "a b+c/" and "Owner" not in r["Contents"][0]
+    r = s3.list_objects_v2(Bucket="data", FetchOwner=True)
+    assert {o["Owner"]["ID"] for o in r["Contents"]} == {"u"}
+    # ListBuckets pages
+    names = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert names == ["data", "site"]
+    first = s3.list_buckets(MaxBuckets=1)
+    assert [b["Name"] for b in first["Buckets"]] == ["data"]
+    second = s3.list_buckets(MaxBuckets=1, ContinuationToken=first["ContinuationToken"])
+    assert [b["Name"] for b in second["Buckets"]] == ["site"]
+    assert "ContinuationToken" not in second
+    assert [b["Name"] for b in s3.list_buckets(Prefix="si")["Buckets"]] == ["site"]
+
+
+def test_metadata_and_content_encoding_round_trip(daemon: Daemon) -> None:
+    s3 = daemon.s3()
+    word = "=?UTF-8?B?" + base64.b64encode("café ✓".encode()).decode() + "?="
+    s3.put_object(Bucket="data", Key="m", Body=b"x", ContentEncoding="gzip, br",
+                  Metadata={"b": word, "q": "=?utf-8?q?caf=C3=A9?=", "plain": "a  b"})
+    head = s3.head_object(Bucket="data", Key="m")
+    # as S3: stored decoded, returned as one UTF-8 B-encoded word
+    assert head["Metadata"] == {"b": word, "q": "=?UTF-8?B?Y2Fmw6k=?=", "plain": "a  b"}
+    assert head["ContentEncoding"] == "gzip, br"
+    # raw UTF-8 in the header (curl, other SDKs) is stored as that text too
+    with socket.create_connection((HOST, daemon.port)) as s:
+        url = s3.generate_presigned_url("get_object", Params={"Bucket": "data", "Key": "m"})
+        s.sendall(f"GET {url.split(str(daemon.port), 1)[1]} HTTP/1.1\r\nHost: x\r\n"
+                  "Connection: close\r\n\r\n".encode())
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert b"x-amz-meta-b: " + word.encode() + b"\r\n" in reply
+
+
+def test_client_gone_during_get_logs_no_traceback(daemon: Daemon) -> None:
+    """Resets in the middle of sendfile (large) and of a small body; the fixture checks the
+    log."""
+    s3 = daemon.s3()
+    s3.put_object(Bucket="data", Key="big", Body=os.urandom(32 << 20))
+    s3.put_object(Bucket="site", Key="small", Body=b"s" * 1000)
+    big_url = s3.generate_presigned_url("get_object", Params={"Bucket": "data", "Key": "big"})
+    target = big_url.split(str(daemon.port), 1)[1]
+    for port, path, host in ((daemon.port, target, "x"), (daemon.web_port, "/small",
+                                                           "site.test")):
+        for _ in range(5):
+            s = socket.create_connection((HOST, port))
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            s.recv(100)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            s.close()  # RST
+    time.sleep(1.0)
+    assert s3.head_object(Bucket="data", Key="big")["ContentLength"] == 32 << 20
+
+
+def expect_exchange(port: int, head: str, body: bytes) -> bytes:
+    """Send the head, wait for the interim (or final) answer as a client honouring
+    `Expect: 100-continue` does, send the body only after a 100, return everything read."""
+    with socket.create_connection((HOST, port)) as s:
+        s.settimeout(10)
+        s.sendall(head.encode())
+        first = s.recv(65536)
+        if not first.startswith(b"HTTP/1.1 100 "):
+            return first
+        s.sendall(body)
+        rest = b""
+        while b"\r\n\r\n" not in rest:
+            rest += s.recv(65536)
+        return first + rest
+
+
+def test_expect_100_continue(daemon: Daemon) -> None:
+    s3 = daemon.s3()
+    # refused before the body is sent: the error, no 100 Continue, connection closed
+    got = expect_exchange(daemon.port, "PUT /data/k HTTP/1.1\r\nHost: x\r\n"
+                          "Content-Length: 5\r\nExpect: 100-continue\r\n\r\n", b"hello")
+    assert got.startswith(b"HTTP/1.1 403 ") and b"AccessDenied" in got, got
+    # allowed: 100 Continue, then the body, then 200
+    url = s3.generate_presigned_url("put_object", Params={"Bucket": "data", "Key": "k"})
+    got = expect_exchange(daemon.port, f"PUT {url.split(str(daemon.port), 1)[1]} HTTP/1.1\r\n"
+                          "Host: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+                          b"hello")
+    assert got.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 "), got
+    assert s3.get_object(Bucket="data", Key="k")["Body"].read() == b"hello"
+    # boto3 sends Expect: 100-continue on PutObject
+    s3.put_object(Bucket="data", Key="k2", Body=b"x" * 100000)
+    assert s3.head_object(Bucket="data", Key="k2")["ContentLength"] == 100000
+
+
+@pytest.mark.parametrize("target", [b"/data/%ff%fe", b"/data/a%c3", b"/data/\xff\xfe"])
+def test_invalid_utf8_key_is_400(daemon: Daemon, target: bytes) -> None:
+    with socket.create_connection((HOST, daemon.port)) as s:
+        s.settimeout(10)
+        s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 400 "), got
