@@ -55,9 +55,15 @@ def decode_key(raw_key: str) -> str:
     return check_key(decode_path(raw_key))
 
 
-def check_prefix(prefix: str) -> str:
-    """A listing prefix may be anything printable; it never reaches the file system unchecked
-    (the walker only descends into directories that exist inside the bucket)."""
-    if "\x00" in prefix:
-        raise S3Error("InvalidArgument", "Prefix contains a NUL byte.")
-    return prefix
+def check_text(value: str, name: str) -> str:
+    """A listing parameter (prefix, delimiter, marker, start-after): UTF-8 text (the query is
+    decoded leniently, for signatures) without NUL; else InvalidArgument, 400."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise S3Error("InvalidArgument", f"The {name} is not valid UTF-8.",
+                      extra={"ArgumentName": name}) from None
+    if "\x00" in value:
+        raise S3Error("InvalidArgument", f"The {name} contains a NUL byte.",
+                      extra={"ArgumentName": name})
+    return value

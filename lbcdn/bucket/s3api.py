@@ -29,7 +29,7 @@ from lbcdn.bucket.access import Action, User
 from lbcdn.bucket.errors import S3Error, render_error
 from lbcdn.bucket.httpsem import (Unsatisfiable, evaluate_preconditions, if_range_allows,
                                   metadata_text, parse_range)
-from lbcdn.bucket.keys import check_key, check_prefix, decode_key, decode_path, split_path
+from lbcdn.bucket.keys import check_key, check_text, decode_key, decode_path, split_path
 from lbcdn.bucket.runtime import BucketRuntime
 from lbcdn.bucket.serve import Changed, object_headers, open_checked, send_file
 from lbcdn.bucket.storage import STORED_HEADERS, ObjectInfo, PendingWrite, new_request_id
@@ -406,8 +406,8 @@ class S3Api:
         state = await asyncio.to_thread(self.storage.bucket_state, req.bucket)
         owner = state.owner or (req.user.name if req.user else "")
         q = req.query
-        prefix = check_prefix(q.get("prefix", ""))
-        delimiter = q.get("delimiter", "")
+        prefix = check_text(q.get("prefix", ""), "prefix")
+        delimiter = check_text(q.get("delimiter", ""), "delimiter")
         max_keys = _int_param(q, "max-keys", 1000, 0, 1000)
         enc = q.get("encoding-type")
         if enc is not None and enc != "url":
@@ -417,6 +417,8 @@ class S3Api:
         if v2:
             token = q.get("continuation-token")
             start_after = q.get("start-after")
+            if start_after is not None:
+                check_text(start_after, "start-after")
             after = _unb64(token) if token is not None else (start_after or "")
             result = await asyncio.to_thread(self.storage.list_objects, req.bucket, prefix,
                                              delimiter, after, max_keys)
@@ -426,7 +428,7 @@ class S3Api:
                 req.bucket, result, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
                 url=url, start_after=start_after, token=token, next_token=next_token,
                 owner=owner if q.get("fetch-owner") == "true" else None))
-        marker = q.get("marker", "")
+        marker = check_text(q.get("marker", ""), "marker")
         result = await asyncio.to_thread(self.storage.list_objects, req.bucket, prefix,
                                          delimiter, marker, max_keys)
         return self._xml(xmlio.list_objects_v1(req.bucket, result, prefix=prefix,
@@ -601,7 +603,7 @@ class S3Api:
 
     async def list_uploads(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "list")
-        prefix = check_prefix(req.query.get("prefix", ""))
+        prefix = check_text(req.query.get("prefix", ""), "prefix")
         max_uploads = _int_param(req.query, "max-uploads", 1000, 0, 1000)
         uploads = await asyncio.to_thread(self.storage.list_uploads, req.bucket, prefix)
         truncated = len(uploads) > max_uploads

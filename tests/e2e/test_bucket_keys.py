@@ -251,6 +251,21 @@ def test_expect_100_continue(daemon: Daemon) -> None:
     assert s3.head_object(Bucket="data", Key="k2")["ContentLength"] == 100000
 
 
+def signed_exchange(daemon: Daemon, method: str, target: str,
+                    headers: dict[str, str] | None = None) -> bytes:
+    req = AWSRequest(method=method, url=daemon.url + target, data=b"", headers=headers or {})
+    S3SigV4Auth(Credentials(KEY_ID, SECRET), "s3", "us-east-1").add_auth(req)
+    sent = {**dict(req.headers.items()), "Content-Length": "0", "Connection": "close",
+            "Host": f"{HOST}:{daemon.port}"}
+    with socket.create_connection((HOST, daemon.port), timeout=10) as s:
+        s.sendall((f"{method} {target} HTTP/1.1\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in sent.items()) + "\r\n").encode())
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    return got
+
+
 @pytest.mark.parametrize("target", [b"/data/%ff%fe", b"/data/a%c3", b"/data/\xff\xfe"])
 def test_invalid_utf8_key_is_400(daemon: Daemon, target: bytes) -> None:
     with socket.create_connection((HOST, daemon.port)) as s:
@@ -260,3 +275,23 @@ def test_invalid_utf8_key_is_400(daemon: Daemon, target: bytes) -> None:
         while chunk := s.recv(65536):
             got += chunk
     assert got.startswith(b"HTTP/1.1 400 "), got
+
+
+@pytest.mark.parametrize("method,target,code", [
+    ("GET", "/data/%FF%FE", b"InvalidURI"),
+    ("PUT", "/data/a%C3", b"InvalidURI"),
+    ("GET", "/data?prefix=%FF", b"InvalidArgument"),
+    ("GET", "/data?delimiter=%C3", b"InvalidArgument"),
+    ("GET", "/data?marker=a%FF", b"InvalidArgument"),
+    ("GET", "/data?list-type=2&start-after=%FF", b"InvalidArgument"),
+    ("GET", "/data?uploads&prefix=%FF", b"InvalidArgument"),
+])
+def test_invalid_utf8_in_signed_requests_is_400(daemon: Daemon, method: str, target: str,
+                                                code: bytes) -> None:
+    got = signed_exchange(daemon, method, target)
+    assert got.startswith(b"HTTP/1.1 400 ") and b"<Code>" + code + b"</Code>" in got, got
+
+
+def test_invalid_utf8_copy_source_is_400(daemon: Daemon) -> None:
+    got = signed_exchange(daemon, "PUT", "/data/dst", {"x-amz-copy-source": "/data/%FF"})
+    assert got.startswith(b"HTTP/1.1 400 ") and b"<Code>InvalidURI</Code>" in got, got
