@@ -122,7 +122,9 @@ def test_aws_cli_with_folder_markers_and_conflicting_keys(daemon: Daemon,
     names = [line.split()[-1] for line in out.splitlines()]
     assert names == ["photos/", "photos/a", "photos/a/b", "z" * 300]
     out = daemon.aws(tmp_path, "s3", "ls", "s3://data/photos/")
-    assert "0 \n" in out.replace("0 photos/", "0 \n") or " a\n" in out
+    # the folder "a/", the folder marker itself (an empty name, 0 bytes) and the object "a"
+    assert [line.split()[-1] if line.split()[-1] != "0" else "" for line in
+            out.splitlines()] == ["a/", "", "a"], out
     daemon.aws(tmp_path, "s3", "cp", "s3://data/photos/a/b", "back.txt")
     assert (tmp_path / "back.txt").read_text() == "file"
     daemon.aws(tmp_path, "s3", "rm", "--recursive", "s3://data/")
@@ -266,32 +268,24 @@ def signed_exchange(daemon: Daemon, method: str, target: str,
     return got
 
 
-@pytest.mark.parametrize("target", [b"/data/%ff%fe", b"/data/a%c3", b"/data/\xff\xfe"])
-def test_invalid_utf8_key_is_400(daemon: Daemon, target: bytes) -> None:
-    with socket.create_connection((HOST, daemon.port)) as s:
-        s.settimeout(10)
-        s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        got = b""
-        while chunk := s.recv(65536):
-            got += chunk
-    assert got.startswith(b"HTTP/1.1 400 "), got
-
-
-@pytest.mark.parametrize("method,target,code", [
-    ("GET", "/data/%FF%FE", b"InvalidURI"),
-    ("PUT", "/data/a%C3", b"InvalidURI"),
-    ("GET", "/data?prefix=%FF", b"InvalidArgument"),
-    ("GET", "/data?delimiter=%C3", b"InvalidArgument"),
-    ("GET", "/data?marker=a%FF", b"InvalidArgument"),
-    ("GET", "/data?list-type=2&start-after=%FF", b"InvalidArgument"),
-    ("GET", "/data?uploads&prefix=%FF", b"InvalidArgument"),
-])
-def test_invalid_utf8_in_signed_requests_is_400(daemon: Daemon, method: str, target: str,
-                                                code: bytes) -> None:
-    got = signed_exchange(daemon, method, target)
-    assert got.startswith(b"HTTP/1.1 400 ") and b"<Code>" + code + b"</Code>" in got, got
-
-
-def test_invalid_utf8_copy_source_is_400(daemon: Daemon) -> None:
-    got = signed_exchange(daemon, "PUT", "/data/dst", {"x-amz-copy-source": "/data/%FF"})
-    assert got.startswith(b"HTTP/1.1 400 ") and b"<Code>InvalidURI</Code>" in got, got
+def test_invalid_utf8_is_400(daemon: Daemon) -> None:
+    for raw in (b"/data/%ff%fe", b"/data/a%c3", b"/data/\xff\xfe"):  # unsigned
+        with socket.create_connection((HOST, daemon.port)) as s:
+            s.settimeout(10)
+            s.sendall(b"GET " + raw + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            got = b""
+            while chunk := s.recv(65536):
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 400 "), got
+    for method, target, code, headers in (
+            ("GET", "/data/%FF%FE", b"InvalidURI", {}),
+            ("PUT", "/data/a%C3", b"InvalidURI", {}),
+            ("GET", "/data?prefix=%FF", b"InvalidArgument", {}),
+            ("GET", "/data?delimiter=%C3", b"InvalidArgument", {}),
+            ("GET", "/data?marker=a%FF", b"InvalidArgument", {}),
+            ("GET", "/data?list-type=2&start-after=%FF", b"InvalidArgument", {}),
+            ("GET", "/data?uploads&prefix=%FF", b"InvalidArgument", {}),
+            ("PUT", "/data/dst", b"InvalidURI", {"x-amz-copy-source": "/data/%FF"})):
+        got = signed_exchange(daemon, method, target, headers)
+        assert got.startswith(b"HTTP/1.1 400 ") and b"<Code>" + code + b"</Code>" in got, \
+            (target, got)
