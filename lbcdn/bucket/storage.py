@@ -17,8 +17,9 @@ Rules:
 - Which keys are files and which are spilled is decided in layout.py (and documented there);
   this class is the only place that turns keys into paths. A key is read from its file first,
   then from the spill area; a spilled copy is believed only with its metadata, and a commit
-  drops the previous version's metadata before removing its data, so the copy a commit
-  replaced can never come back.
+  drops the previous version's metadata before removing its data; a start removes spilled
+  copies left without metadata or shadowed by the key's file (a crash between the two), so
+  the copy a commit replaced never comes back.
 - Writes are atomic: data goes to a temp file, is fsynced, and its metadata is written (temp,
   fsync, rename) under the temp file's inode number *before* the data is renamed into place.
   Metadata is only believed when (size, mtime_ns, inode) of the file match what it records,
@@ -78,9 +79,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from lbcdn.bucket import layout
 from lbcdn.bucket.config import valid_bucket_name
 from lbcdn.bucket.errors import S3Error
-from lbcdn.bucket import layout
 from lbcdn.bucket.keys import MAX_KEY_BYTES, check_key
 
 # Headers S3 stores with an object and returns on GET/HEAD (plus every x-amz-meta-*).
@@ -160,10 +161,6 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 def _inside(path: str, base: str) -> bool:
