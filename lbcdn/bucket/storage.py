@@ -432,20 +432,23 @@ class Storage:
                     return info
         raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", extra={"Key": key})
 
-    def _stored_info(self, bucket: str, key: str, path: str,
+    def _stored_info(self, bucket: str, key: str | None, path: str,
                      st: os.stat_result) -> ObjectInfo | None:
-        """The metadata written for exactly this version of the key's data, if any."""
+        """The metadata written for exactly this version of the data at `path`, if any, of
+        `key` (None: of the key it names, for a spilled copy found by listing its area)."""
         ident: Identity = (st.st_size, st.st_mtime_ns, st.st_ino)
         cached = self._meta_cache.get(path)
-        if cached is not None and cached[0] == ident and cached[1].key == key:
+        if cached is not None and cached[0] == ident and key in (None, cached[1].key):
             return cached[1]
-        meta_path = os.path.join(self._meta_key_dir(bucket, key), f"{st.st_ino}.json")
+        meta_dir = self._meta_key_dir(bucket, key) if key is not None else os.path.join(
+            self.meta_dir, bucket, os.path.relpath(path, os.path.join(self.spill_dir, bucket)))
         try:
-            with open(meta_path, encoding="utf-8") as f:
+            with open(os.path.join(meta_dir, f"{st.st_ino}.json"), encoding="utf-8") as f:
                 data = json.load(f)
-            if tuple(data["identity"]) != ident or data["key"] != key:
+            stored = str(data["key"])
+            if tuple(data["identity"]) != ident or (key is not None and stored != key):
                 return None
-            info = ObjectInfo(key, path, st.st_size, st.st_mtime_ns, data["etag"],
+            info = ObjectInfo(stored, path, st.st_size, st.st_mtime_ns, data["etag"],
                               dict(data.get("headers", {})), int(data.get("parts", 0)))
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -641,21 +644,13 @@ class Storage:
         """The key of one spilled data file, from its metadata (None: not an object)."""
         try:
             st = e.stat(follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            cached = self._meta_cache.get(e.path)
-            ident: Identity = (st.st_size, st.st_mtime_ns, st.st_ino)
-            if cached is not None and cached[0] == ident:
-                return cached[1].key
-            with open(os.path.join(self.meta_dir, bucket, sub, e.name, f"{st.st_ino}.json"),
-                      encoding="utf-8") as f:
-                key = str(json.load(f)["key"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except OSError:
             return None
-        if layout.spill_path(key) != f"{sub}/{e.name}":
+        info = self._stored_info(bucket, None, e.path, st) if stat.S_ISREG(st.st_mode) \
+            else None
+        if info is None or layout.spill_path(info.key) != f"{sub}/{e.name}":
             return None
-        info = self._stored_info(bucket, key, e.path, st)
-        return None if info is None else key
+        return info.key
 
     def iter_keys(self, bucket: str, prefix: str = "", after: str = "",
                   spilled: list[str] | None = None) -> Iterator[str]:
