@@ -135,7 +135,10 @@ class _Handler(RequestHandler):
                          keepalive_timeout=limits.idle_timeout_s,
                          max_line_size=limits.max_request_line_bytes + 64,
                          max_field_size=limits.max_header_bytes,
-                         max_headers=limits.max_header_count + 1)
+                         max_headers=limits.max_header_count + 1,
+                         # a body is what was sent: an S3 PUT with Content-Encoding: gzip
+                         # stores the gzip bytes, as S3 does
+                         auto_decompress=False)
         self._listener = listener
         self._limits = limits
         self._guard = HeadGuard(limits)

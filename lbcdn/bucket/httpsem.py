@@ -1,4 +1,5 @@
-"""HTTP semantics of serving a stored object (pure): conditional requests and a single Range.
+"""HTTP semantics of serving a stored object (pure): conditional requests, a single Range, and
+the RFC 2047 form of non-ASCII user metadata.
 
 Rules (RFC 9110 §13 and §14, as S3 applies them):
 - Preconditions in RFC order: If-Match (else If-Unmodified-Since) -> 412; If-None-Match (else
@@ -11,6 +12,9 @@ Rules (RFC 9110 §13 and §14, as S3 applies them):
 
 from __future__ import annotations
 
+import base64
+import email.errors
+import email.header
 import email.utils
 import math
 from collections.abc import Mapping
@@ -143,3 +147,24 @@ def if_range_allows(header: str | None, etag: str, last_modified: float) -> bool
 
 __all__ = ["ByteRange", "Outcome", "Unsatisfiable", "evaluate_preconditions", "http_date",
            "if_range_allows", "iso8601", "parse_http_date", "parse_range"]
+
+
+def metadata_text(value: str) -> str:
+    """A user metadata header value as the text S3 stores: RFC 2047 encoded words decoded
+    (S3's documented treatment of non-ASCII metadata; boto3 only sends ASCII, so clients
+    encode). A value that does not decode stays as given."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+        return value
+
+
+def metadata_value(text: str) -> str:
+    """Stored metadata text as a header value: non-ASCII text as one RFC 2047 encoded word
+    in UTF-8, as S3 returns it (headers are ASCII on the wire)."""
+    if text.isascii():
+        return text
+    raw = text.encode("utf-8", "surrogateescape")
+    return f"=?UTF-8?B?{base64.b64encode(raw).decode('ascii')}?="

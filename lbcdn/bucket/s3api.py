@@ -23,15 +23,15 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from lbcdn.bucket import publicaccess, xmlio
 from lbcdn.bucket.access import Action, User
 from lbcdn.bucket.bucketpolicy import parse_policy
 from lbcdn.bucket.errors import S3Error, render_error
 from lbcdn.bucket.httpsem import (Unsatisfiable, evaluate_preconditions, if_range_allows,
-                                  parse_range)
-from lbcdn.bucket.keys import check_key, check_prefix, decode_key, decode_path, split_path, storable_key
+                                  metadata_text, parse_range)
+from lbcdn.bucket.keys import check_key, check_text, decode_key, decode_path, split_path
 from lbcdn.bucket.publicaccess import ALL_BLOCKED, PRIVATE, PUBLIC_READ, BucketAccess
 from lbcdn.bucket.runtime import BucketRuntime, object_identity
 from lbcdn.bucket.serve import Changed, object_headers, open_checked, send_file
@@ -94,6 +94,11 @@ class Req:
         self.key = ""
         self.auth: Any = None
         self.user: User | None = None
+        # `Expect: 100-continue`: the interim answer waits until the request passed its checks
+        # (`S3Api._continue`), as on S3, so a refused upload is never sent.
+        self.expects_continue = (request.version == HttpVersion11 and request.headers.get(
+            "Expect", "").lower() == "100-continue")
+        self.continued = False
 
     @property
     def resource(self) -> str:
@@ -135,8 +140,9 @@ def stored_headers_from(headers: Mapping[str, str]) -> dict[str, str]:
         value = headers.get(name)
         if value is None:
             continue
-        if name == "content-encoding":
-            # aws-chunked is the transfer framing, not part of the object.
+        if name == "content-encoding" and "aws-chunked" in value.lower():
+            # aws-chunked is the transfer framing, not part of the object; any other value
+            # is kept byte for byte.
             value = ",".join(v.strip() for v in value.split(",")
                              if v.strip().lower() != "aws-chunked")
             if not value:
@@ -145,7 +151,7 @@ def stored_headers_from(headers: Mapping[str, str]) -> dict[str, str]:
     for name, value in headers.items():
         lname = name.lower()
         if lname.startswith("x-amz-meta-"):
-            out[lname] = value
+            out[lname] = metadata_text(value)
     return out
 
 
@@ -170,6 +176,10 @@ class S3Api:
         if not resp.prepared:
             resp.headers["x-amz-request-id"] = req.request_id
             resp.headers["x-amz-id-2"] = req.request_id
+            if req.expects_continue and not req.continued:
+                # The client holds its body back; one sent anyway after its wait must not be
+                # read as the next request.
+                resp.force_close()
         return resp
 
     def error_response(self, req: Req, err: S3Error) -> web.Response:
@@ -274,10 +284,20 @@ class S3Api:
                                        key):
             raise S3Error("AccessDenied")
 
+    async def _continue(self, req: Req) -> None:
+        """Ask for the body (100 Continue) when the client waits for that; called once the
+        request passed every check that can be made without it."""
+        if req.expects_continue and not req.continued:
+            req.continued = True
+            writer = req.request.writer
+            await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            writer.output_size = 0  # the response proper has not started
+
     async def _read_small_body(self, req: Req) -> bytes:
         length = req.request.content_length
         if length is not None and length > MAX_XML_BODY:
             raise S3Error("MalformedXML", "The XML you provided was too large.")
+        await self._continue(req)
         chunks: list[bytes] = []
         size = 0
         async for chunk in self.rt.body_reader(req.request.content, req.auth, req.headers):
@@ -306,6 +326,7 @@ class S3Api:
     async def _receive(self, req: Req) -> PendingWrite:
         """Stream the verified body into a temp file; the caller commits or aborts it."""
         declared = self._declared_length(req)
+        await self._continue(req)
         reader = self.rt.body_reader(req.request.content, req.auth, req.headers)
         hashes = hasattr(reader, "md5_hex")
         pending = await asyncio.to_thread(self.storage.begin_write, hash_md5=not hashes)
@@ -329,9 +350,18 @@ class S3Api:
         if req.user is None:
             raise S3Error("AccessDenied")
         user = req.user
+        q = req.query
+        limit = _int_param(q, "max-buckets", 10000, 1, 10000)
+        token = q.get("continuation-token")
+        after = _unb64(token) if token is not None else ""
+        prefix = q.get("prefix")
         buckets = await asyncio.to_thread(self.storage.list_buckets)
-        visible = [b for b in buckets if self.rt.policy.visible(user, b.name, b.owner)]
-        return self._xml(xmlio.list_buckets(visible, user.name))
+        visible = [b for b in buckets if self.rt.policy.visible(user, b.name, b.owner)
+                   and b.name > after and b.name.startswith(prefix or "")]
+        page = visible[:limit]
+        next_token = _b64(page[-1].name) if len(visible) > limit else None
+        return self._xml(xmlio.list_buckets(page, user.name, prefix=prefix,
+                                            next_token=next_token))
 
     async def create_bucket(self, req: Req) -> web.StreamResponse:
         if not self.rt.policy.may_create_buckets(req.user):
@@ -492,9 +522,11 @@ class S3Api:
 
     async def list_objects(self, req: Req, *, v2: bool) -> web.StreamResponse:
         await self._bucket_allowed(req, "list")
+        state = await asyncio.to_thread(self.storage.bucket_state, req.bucket)
+        owner = state.owner or (req.user.name if req.user else "")
         q = req.query
-        prefix = check_prefix(q.get("prefix", ""))
-        delimiter = q.get("delimiter", "")
+        prefix = check_text(q.get("prefix", ""), "prefix")
+        delimiter = check_text(q.get("delimiter", ""), "delimiter")
         max_keys = _int_param(q, "max-keys", 1000, 0, 1000)
         enc = q.get("encoding-type")
         if enc is not None and enc != "url":
@@ -504,6 +536,8 @@ class S3Api:
         if v2:
             token = q.get("continuation-token")
             start_after = q.get("start-after")
+            if start_after is not None:
+                check_text(start_after, "start-after")
             after = _unb64(token) if token is not None else (start_after or "")
             result = await asyncio.to_thread(self.storage.list_objects, req.bucket, prefix,
                                              delimiter, after, max_keys)
@@ -511,18 +545,18 @@ class S3Api:
                           is not None else None)
             return self._xml(xmlio.list_objects_v2(
                 req.bucket, result, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
-                url=url, start_after=start_after, token=token, next_token=next_token))
-        marker = q.get("marker", "")
+                url=url, start_after=start_after, token=token, next_token=next_token,
+                owner=owner if q.get("fetch-owner") == "true" else None))
+        marker = check_text(q.get("marker", ""), "marker")
         result = await asyncio.to_thread(self.storage.list_objects, req.bucket, prefix,
                                          delimiter, marker, max_keys)
         return self._xml(xmlio.list_objects_v1(req.bucket, result, prefix=prefix,
                                                delimiter=delimiter, max_keys=max_keys, url=url,
-                                               marker=marker))
+                                               marker=marker, owner=owner))
 
     # -- objects ----------------------------------------------------------------------------
 
     async def put_object(self, req: Req) -> web.StreamResponse:
-        storable_key(req.key)
         await self._bucket_allowed(req, "write", req.key)
         acl = await self._object_acl_to_set(req)
         pending = await self._receive(req)
@@ -610,7 +644,6 @@ class S3Api:
         def work() -> None:
             for key in keys:
                 try:
-                    storable_key(key)
                     self.storage.delete_object(req.bucket, key)
                     self.rt.access.forget_object(req.bucket, key)
                     deleted.append(key)
@@ -621,7 +654,6 @@ class S3Api:
         return self._xml(xmlio.delete_result(deleted, errors, quiet))
 
     async def copy_object(self, req: Req) -> web.StreamResponse:
-        storable_key(req.key)
         source = req.headers["x-amz-copy-source"].split("?", 1)[0]
         src_bucket, _, src_raw_key = decode_path(source).lstrip("/").partition("/")
         if not src_bucket or not src_raw_key:
@@ -654,7 +686,6 @@ class S3Api:
     # -- multipart --------------------------------------------------------------------------
 
     async def create_upload(self, req: Req) -> web.StreamResponse:
-        storable_key(req.key)
         await self._bucket_allowed(req, "write", req.key)
         acl = await self._object_acl_to_set(req)
         owner = req.user.name if req.user else None
@@ -713,7 +744,7 @@ class S3Api:
 
     async def list_uploads(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "list")
-        prefix = check_prefix(req.query.get("prefix", ""))
+        prefix = check_text(req.query.get("prefix", ""), "prefix")
         max_uploads = _int_param(req.query, "max-uploads", 1000, 0, 1000)
         uploads = await asyncio.to_thread(self.storage.list_uploads, req.bucket, prefix)
         truncated = len(uploads) > max_uploads

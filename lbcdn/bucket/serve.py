@@ -13,7 +13,7 @@ import os
 from aiohttp import web
 
 from lbcdn.bucket.errors import S3Error
-from lbcdn.bucket.httpsem import ByteRange, http_date
+from lbcdn.bucket.httpsem import ByteRange, http_date, metadata_value
 from lbcdn.bucket.sendfile import sendfile
 from lbcdn.bucket.storage import ObjectInfo
 
@@ -31,7 +31,8 @@ def object_headers(info: ObjectInfo) -> dict[str, str]:
     for name, value in info.headers.items():
         if name == "content-type":
             continue
-        headers[_canonical(name)] = value
+        headers[_canonical(name)] = metadata_value(value) if name.startswith(
+            "x-amz-meta-") else value
     return headers
 
 

@@ -56,7 +56,7 @@ class BucketServer:
     def _app(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
              ) -> web.Application:
         app = web.Application(client_max_size=1 << 20)
-        app.router.add_route("*", "/{tail:.*}", handler)
+        app.router.add_route("*", "/{tail:.*}", handler, expect_handler=_expect)
         return app
 
     async def _serve(self, name: str, app: web.Application, address: str, port: int,
@@ -91,3 +91,11 @@ class BucketServer:
         listeners, self._listeners = self._listeners, []
         for listener in reversed(listeners):
             await listener.stop()
+
+
+async def _expect(request: web.Request) -> None:
+    """aiohttp answers `Expect: 100-continue` before the handler runs; S3 answers it only
+    once the request is authorized (S3Api sends the 100 itself, before reading the body)."""
+    expect = request.headers.get("Expect", "")
+    if expect and expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")

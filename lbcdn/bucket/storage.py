@@ -4,6 +4,7 @@ Layout (everything lbcdn owns lives in `<root>/.lbcdn/`, which no key can reach 
 bucket name cannot start with a dot and keys are resolved inside their bucket directory):
 
     <root>/<bucket>/<key>                          object data (files dropped in by hand too)
+    <root>/.lbcdn/spill/<bucket>/<h2>/<h>          data of a key that cannot be a file there
     <root>/.lbcdn/meta/<bucket>/<h2>/<h>/<ino>.json metadata of key (h = sha256 of the key)
     <root>/.lbcdn/buckets/<bucket>.json            owner, creation time, website configuration
     <root>/.lbcdn/uploads/<id>/                    multipart uploads in progress
@@ -13,6 +14,12 @@ bucket name cannot start with a dot and keys are resolved inside their bucket di
     <root>/.lbcdn/tmp/                             temporary files (emptied at start)
 
 Rules:
+- Which keys are files and which are spilled is decided in layout.py (and documented there);
+  this class is the only place that turns keys into paths. A key is read from its file first,
+  then from the spill area; a spilled copy is believed only with its metadata, and a commit
+  drops the previous version's metadata before removing its data; a start removes spilled
+  copies left without metadata or shadowed by the key's file (a crash between the two), so
+  the copy a commit replaced never comes back.
 - Writes are atomic: data goes to a temp file, is fsynced, and its metadata is written (temp,
   fsync, rename) under the temp file's inode number *before* the data is renamed into place.
   Metadata is only believed when (size, mtime_ns, inode) of the file match what it records,
@@ -53,9 +60,12 @@ steps, where the tests crash on purpose):
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import hashlib
+import heapq
+import itertools
 import json
 import mimetypes
 import os
@@ -69,9 +79,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from lbcdn.bucket import layout
 from lbcdn.bucket.config import valid_bucket_name
 from lbcdn.bucket.errors import S3Error
-from lbcdn.bucket.keys import check_key, storable_key
+from lbcdn.bucket.keys import MAX_KEY_BYTES, check_key
 
 # Headers S3 stores with an object and returns on GET/HEAD (plus every x-amz-meta-*).
 STORED_HEADERS = ("content-type", "cache-control", "content-encoding", "content-disposition",
@@ -150,10 +161,6 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 def _inside(path: str, base: str) -> bool:
@@ -267,6 +274,7 @@ class Storage:
         self.area = os.path.join(self.root, ".lbcdn")
         self.tmp_dir = os.path.join(self.area, "tmp")
         self.meta_dir = os.path.join(self.area, "meta")
+        self.spill_dir = os.path.join(self.area, "spill")
         self.state_dir = os.path.join(self.area, "buckets")
         self.uploads_dir = os.path.join(self.area, "uploads")
         self.completed_dir = os.path.join(self.area, "completed")
@@ -285,8 +293,8 @@ class Storage:
     def prepare(self) -> None:
         """Create the layout, settle the completions a crash interrupted, drop expired
         completion records and the temp files a crash left behind."""
-        for d in (self.root, self.tmp_dir, self.meta_dir, self.state_dir, self.uploads_dir,
-                  self.completed_dir):
+        for d in (self.root, self.tmp_dir, self.meta_dir, self.spill_dir, self.state_dir,
+                  self.uploads_dir, self.completed_dir):
             os.makedirs(d, exist_ok=True)
         for name in os.listdir(self.completed_dir):
             if name.endswith(".json") and _UPLOAD_ID.fullmatch(name[:-5]):
@@ -295,6 +303,9 @@ class Storage:
         for name in os.listdir(self.uploads_dir):
             if _UPLOAD_ID.fullmatch(name):
                 _name_part_data(os.path.join(self.uploads_dir, name))
+        for name in os.listdir(self.spill_dir):
+            if self.bucket_exists(name):
+                self._settle_spill(name)
         for name in os.listdir(self.tmp_dir):
             path = os.path.join(self.tmp_dir, name)
             if os.path.isdir(path) and not os.path.islink(path):
@@ -369,6 +380,7 @@ class Storage:
             raise S3Error("BucketNotEmpty", resource=f"/{bucket}", extra={"BucketName": bucket})
         shutil.rmtree(path)  # only empty directories can be left
         shutil.rmtree(os.path.join(self.meta_dir, bucket), ignore_errors=True)
+        shutil.rmtree(os.path.join(self.spill_dir, bucket), ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.state_dir, bucket + ".json"))
         for upload in self.list_uploads(bucket):
@@ -381,61 +393,90 @@ class Storage:
 
     # -- paths -----------------------------------------------------------------------------
 
-    def _resolve(self, bucket: str, key: str) -> tuple[str, str]:
-        """(bucket real dir, real path of key) or AccessDenied when it escapes the bucket."""
+    def _locate(self, bucket: str, key: str) -> tuple[str, str | None, str]:
+        """(bucket real dir, real path of the key's file or None when the key cannot be a
+        file, path of its place in the spill area); AccessDenied when the file path leaves
+        the bucket (a symlink)."""
+        check_key(key)
         base = self.require_bucket(bucket)
-        path = os.path.realpath(os.path.join(base, key))
-        if not _inside(path, base) or path == base:
-            raise S3Error("AccessDenied", "The key resolves outside its bucket.",
-                          resource=f"/{bucket}/{key}")
-        return base, path
+        rel = layout.file_path(key)
+        path: str | None = None
+        if rel is not None:
+            path = os.path.realpath(os.path.join(base, rel))
+            if not _inside(path, base) or path == base:
+                raise S3Error("AccessDenied", "The key resolves outside its bucket.",
+                              resource=f"/{bucket}/{key}")
+        return base, path, os.path.join(self.spill_dir, bucket, layout.spill_path(key))
 
     def _meta_key_dir(self, bucket: str, key: str) -> str:
-        h = _key_hash(key)
-        return os.path.join(self.meta_dir, bucket, h[:2], h)
+        return os.path.join(self.meta_dir, bucket, layout.spill_path(key))
 
     # -- objects ---------------------------------------------------------------------------
 
     def stat_object(self, bucket: str, key: str) -> ObjectInfo:
-        """The object's info (ETag computed and stored on first sight); NoSuchKey when there
-        is no regular file at the key inside the bucket."""
-        check_key(key)
-        _, path = self._resolve(bucket, key)
-        try:
-            st = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", extra={"Key": key}) from None
-        if not stat.S_ISREG(st.st_mode) or key.endswith("/"):
-            raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", extra={"Key": key})
-        return self._info(bucket, key, path, st)
+        """The object's info (ETag computed and stored on first sight for a file); NoSuchKey
+        when neither its file nor its spilled copy exists (see layout.py)."""
+        _, path, spill = self._locate(bucket, key)
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                st = os.stat(path)
+                info = self._info(bucket, key, path, st, adopt=True) \
+                    if stat.S_ISREG(st.st_mode) else None
+                if info is not None:
+                    return info
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            st = os.stat(spill)
+            if stat.S_ISREG(st.st_mode):
+                info = self._info(bucket, key, spill, st, adopt=False)
+                if info is not None:
+                    return info
+        raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", extra={"Key": key})
 
-    def _info(self, bucket: str, key: str, path: str, st: os.stat_result) -> ObjectInfo:
+    def _stored_info(self, bucket: str, key: str | None, path: str,
+                     st: os.stat_result) -> ObjectInfo | None:
+        """The metadata written for exactly this version of the data at `path`, if any, of
+        `key` (None: of the key it names, for a spilled copy found by listing its area)."""
         ident: Identity = (st.st_size, st.st_mtime_ns, st.st_ino)
         cached = self._meta_cache.get(path)
-        if cached is not None and cached[0] == ident and cached[1].key == key:
+        if cached is not None and cached[0] == ident and key in (None, cached[1].key):
             return cached[1]
-        meta_path = os.path.join(self._meta_key_dir(bucket, key), f"{st.st_ino}.json")
-        info: ObjectInfo | None = None
+        meta_dir = self._meta_key_dir(bucket, key) if key is not None else os.path.join(
+            self.meta_dir, bucket, os.path.relpath(path, os.path.join(self.spill_dir, bucket)))
         try:
-            with open(meta_path, encoding="utf-8") as f:
+            with open(os.path.join(meta_dir, f"{st.st_ino}.json"), encoding="utf-8") as f:
                 data = json.load(f)
-            if tuple(data["identity"]) == ident and data["key"] == key:
-                info = ObjectInfo(key, path, st.st_size, st.st_mtime_ns, data["etag"],
-                                  dict(data.get("headers", {})), int(data.get("parts", 0)))
+            stored = str(data["key"])
+            if tuple(data["identity"]) != ident or (key is not None and stored != key):
+                return None
+            info = ObjectInfo(stored, path, st.st_size, st.st_mtime_ns, data["etag"],
+                              dict(data.get("headers", {})), int(data.get("parts", 0)))
         except (OSError, ValueError, KeyError, TypeError):
-            pass
-        if info is None:
-            # A hand-dropped (or hand-changed) file: hash it once and remember the result.
-            md5 = hashlib.md5()
-            with open(path, "rb") as f:
-                while chunk := f.read(_COPY_CHUNK):
-                    md5.update(chunk)
-            info = ObjectInfo(key, path, st.st_size, st.st_mtime_ns, md5.hexdigest(), {})
-            with contextlib.suppress(OSError):
-                self._write_meta(bucket, key, ident, info)
+            return None
+        self._remember(path, ident, info)
+        return info
+
+    def _remember(self, path: str, ident: Identity, info: ObjectInfo) -> None:
         if len(self._meta_cache) > 50000:
             self._meta_cache.clear()
         self._meta_cache[path] = (ident, info)
+
+    def _info(self, bucket: str, key: str, path: str, st: os.stat_result, *,
+              adopt: bool) -> ObjectInfo | None:
+        """Info of the data at `path`. Without metadata, a file (`adopt`) is a hand-dropped
+        one, hashed once; a spilled copy is a superseded one (not an object)."""
+        info = self._stored_info(bucket, key, path, st)
+        if info is not None or not adopt:
+            return info
+        # A hand-dropped (or hand-changed) file: hash it once and remember the result.
+        ident: Identity = (st.st_size, st.st_mtime_ns, st.st_ino)
+        md5 = hashlib.md5()
+        with open(path, "rb") as f:
+            while chunk := f.read(_COPY_CHUNK):
+                md5.update(chunk)
+        info = ObjectInfo(key, path, st.st_size, st.st_mtime_ns, md5.hexdigest(), {})
+        with contextlib.suppress(OSError):
+            self._write_meta(bucket, key, ident, info)
+        self._remember(path, ident, info)
         return info
 
     def _write_meta(self, bucket: str, key: str, ident: Identity, info: ObjectInfo) -> None:
@@ -446,47 +487,87 @@ class Storage:
     def begin_write(self, *, hash_md5: bool = True) -> PendingWrite:
         return PendingWrite(self, hash_md5=hash_md5)
 
+    def _file_target(self, base: str, path: str | None) -> str | None:
+        """`path` when the key's file can be put there now (its directories made), else None:
+        the key is spilled (layout.py)."""
+        if path is None:
+            return None
+        parent = os.path.dirname(path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except (NotADirectoryError, FileExistsError):
+            return None  # a prefix of the key is a file
+        if not _inside(os.path.realpath(parent), base):
+            raise S3Error("AccessDenied", "The key resolves outside its bucket.")
+        return None if os.path.isdir(path) else path
+
     def commit(self, pending: PendingWrite, bucket: str, key: str, headers: dict[str, str],
                *, etag: str | None = None, parts: int = 0,
                before_rename: Callable[[ObjectInfo, Identity], None] | None = None
                ) -> ObjectInfo:
-        """Make `pending` the object at `key`: fsync, metadata under the new inode, rename.
+        """Make `pending` the object at `key`: fsync, metadata under the new inode, rename
+        onto the key's file or, when it cannot be one, its spill place (layout.py).
         `before_rename` runs just before the rename (a Complete writes its record there)."""
-        storable_key(key)
         orphan_meta: str | None = None  # the new version's metadata, until the rename
         try:
-            base, path = self._resolve(bucket, key)
-            parent = os.path.dirname(path)
+            base, path, spill = self._locate(bucket, key)
             st = pending._sync_close()
             ident: Identity = (st.st_size, st.st_mtime_ns, st.st_ino)
-            info = ObjectInfo(key, path, st.st_size, st.st_mtime_ns,
-                              etag or pending.digest(), dict(headers), parts)
             orphan_meta = os.path.join(self._meta_key_dir(bucket, key), f"{st.st_ino}.json")
-            self._write_meta(bucket, key, ident, info)
-            try:
-                os.makedirs(parent, exist_ok=True)
-                if not _inside(os.path.realpath(parent), base):
-                    raise S3Error("AccessDenied", "The key resolves outside its bucket.")
-                if os.path.isdir(path):
-                    raise IsADirectoryError(path)
-                if before_rename is not None:
-                    before_rename(info, ident)
-                os.rename(pending.tmp_path, path)
-                orphan_meta = None
-            except (NotADirectoryError, IsADirectoryError, FileExistsError):
-                raise S3Error("InvalidArgument", "An object already uses a prefix of this key "
-                                                 "(or this key is a prefix of others).",
-                              resource=f"/{bucket}/{key}") from None
-            _fsync_dir(parent)
+            self._write_meta(bucket, key, ident, ObjectInfo(
+                key, "", st.st_size, st.st_mtime_ns, etag or pending.digest(), dict(headers),
+                parts))
+            target = self._file_target(base, path)
+            if before_rename is not None:
+                before_rename(ObjectInfo(key, target or spill, st.st_size, st.st_mtime_ns,
+                                         etag or pending.digest(), dict(headers), parts), ident)
+            placed = None
+            if target is not None:
+                try:
+                    os.rename(pending.tmp_path, target)
+                    placed = target
+                except (IsADirectoryError, NotADirectoryError, FileNotFoundError):
+                    pass  # a concurrent write made the path a directory (or its parent a file)
+            if placed is None:
+                os.makedirs(os.path.dirname(spill), exist_ok=True)
+                os.rename(pending.tmp_path, spill)
+                placed = spill
+            orphan_meta = None
+            _fsync_dir(os.path.dirname(placed))
+            self.checkpoint("placed")
         except BaseException:
             pending.abort()
             if orphan_meta is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(orphan_meta)
             raise
+        info = ObjectInfo(key, placed, st.st_size, st.st_mtime_ns, etag or pending.digest(),
+                          dict(headers), parts)
+        # The old version's metadata goes first: a spilled copy without it is no object,
+        # so a crash before the unlink below cannot bring an old version back.
         self._drop_other_meta(bucket, key, keep=st.st_ino)
-        self._meta_cache[path] = (ident, info)
+        if placed != spill:
+            with contextlib.suppress(OSError):
+                os.unlink(spill)
+        self._remember(placed, ident, info)
         return info
+
+    def _settle_spill(self, bucket: str) -> None:
+        """Remove the spilled copies a crash left behind: data without metadata (a version
+        superseded before its unlink), and copies shadowed by the key's file (a key that
+        became a file again, killed between the rename and the clean-up)."""
+        root = os.path.join(self.spill_dir, bucket)
+        for sub in os.listdir(root):
+            with contextlib.suppress(OSError, S3Error):
+                for e in os.scandir(os.path.join(root, sub)):
+                    key = self._spilled_key(bucket, sub, e)
+                    if key is not None:
+                        _, path, _ = self._locate(bucket, key)
+                        if path is None or not os.path.isfile(path):
+                            continue
+                        self._drop_other_meta(bucket, key, keep=os.stat(path).st_ino)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(e.path)
 
     def _drop_other_meta(self, bucket: str, key: str, keep: int | None) -> None:
         d = self._meta_key_dir(bucket, key)
@@ -497,19 +578,24 @@ class Storage:
                         os.unlink(os.path.join(d, name))
 
     def delete_object(self, bucket: str, key: str) -> None:
-        """Remove the object (no error when it does not exist, as S3), then empty parents."""
-        check_key(key)
-        base, path = self._resolve(bucket, key)
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                return
-            os.unlink(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        self._meta_cache.pop(path, None)
+        """Remove the object, its file and any spilled copy (no error when it does not
+        exist, as S3), then empty parent directories."""
+        base, path, spill = self._locate(bucket, key)
         self._drop_other_meta(bucket, key, keep=None)
         with contextlib.suppress(OSError):
             os.rmdir(self._meta_key_dir(bucket, key))
+        for p in (spill, path):
+            if p is None:
+                continue
+            self._meta_cache.pop(p, None)
+            try:
+                if os.path.isdir(p) and not os.path.islink(p):
+                    continue
+                os.unlink(p)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        if path is None:
+            return
         parent = os.path.dirname(path)
         while parent != base and _inside(parent, base):
             try:
@@ -522,7 +608,7 @@ class Storage:
                     headers: dict[str, str] | None) -> ObjectInfo:
         """Copy data (and, when `headers` is None, the stored headers) to a new object."""
         src = self.stat_object(src_bucket, src_key)
-        storable_key(dst_key)
+        check_key(dst_key)
         pending = self.begin_write()
         try:
             with open(src.path, "rb") as f:
@@ -536,24 +622,64 @@ class Storage:
 
     # -- listing ---------------------------------------------------------------------------
 
-    def iter_keys(self, bucket: str, prefix: str = "", after: str = "") -> Iterator[str]:
+    def spilled_keys(self, bucket: str) -> list[str]:
+        """The keys stored in the bucket's spill area, sorted (one scan of it: a listing
+        costs this once per page, so the spill area is meant for the few odd keys)."""
+        keys: list[str] = []
+        root = os.path.join(self.spill_dir, bucket)
+        try:
+            subdirs = os.listdir(root)
+        except FileNotFoundError:
+            return keys
+        for sub in subdirs:
+            with contextlib.suppress(OSError):
+                for e in os.scandir(os.path.join(root, sub)):
+                    key = self._spilled_key(bucket, sub, e)
+                    if key is not None:
+                        keys.append(key)
+        keys.sort()
+        return keys
+
+    def _spilled_key(self, bucket: str, sub: str, e: os.DirEntry[str]) -> str | None:
+        """The key of one spilled data file, from its metadata (None: not an object)."""
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            return None
+        info = self._stored_info(bucket, None, e.path, st) if stat.S_ISREG(st.st_mode) \
+            else None
+        if info is None or layout.spill_path(info.key) != f"{sub}/{e.name}":
+            return None
+        return info.key
+
+    def iter_keys(self, bucket: str, prefix: str = "", after: str = "",
+                  spilled: list[str] | None = None) -> Iterator[str]:
         """Keys starting with `prefix` and greater than `after`, in UTF-8 byte order (which is
-        code point order, so str comparison), walking only the directories that can hold them.
+        code point order, so str comparison): the files (walking only the directories that
+        can hold them) merged with the spilled keys (`spilled`, from `spilled_keys`).
         Symlinked directories are not followed; symlinked files are listed only when they
         resolve to a regular file inside the bucket."""
         base = self.require_bucket(bucket)
-        dir_part, _, name_prefix = prefix.rpartition("/")
-        if dir_part:
-            try:
-                check_key(dir_part)
-            except S3Error:
-                return
-            start = os.path.join(base, dir_part)
-            if not _inside(os.path.realpath(start), base) or os.path.islink(start):
-                return
-            yield from self._walk(base, start, dir_part + "/", name_prefix, after)
-        else:
-            yield from self._walk(base, base, "", name_prefix, after)
+        if spilled is None:
+            spilled = self.spilled_keys(bucket)
+        # The spilled keys with the prefix are one run of the sorted list.
+        lo = max(bisect.bisect_left(spilled, prefix), bisect.bisect_right(spilled, after))
+        spill_keys = itertools.takewhile(lambda k: k.startswith(prefix),
+                                         itertools.islice(spilled, lo, None))
+        files: Iterator[str] = iter(())
+        dir_part = layout.listable_dir(prefix)
+        if dir_part is not None:
+            name_prefix = prefix[len(dir_part) + 1:] if dir_part else prefix
+            start = os.path.join(base, dir_part) if dir_part else base
+            if _inside(os.path.realpath(start), base) and not (dir_part and
+                                                               os.path.islink(start)):
+                files = self._walk(base, start, dir_part + "/" if dir_part else "",
+                                   name_prefix, after)
+        last: str | None = None
+        for key in heapq.merge(files, spill_keys):
+            if key != last:  # a key both a file and spilled (a crash in between)
+                yield key
+                last = key
 
     def _walk(self, base: str, dirpath: str, keyprefix: str, name_prefix: str,
               after: str) -> Iterator[str]:
@@ -585,11 +711,7 @@ class Storage:
                 if after >= k and not after.startswith(k):
                     continue  # every key under k sorts before `after`
                 yield from self._walk(base, os.path.join(base, k[:-1]), k, "", after)
-            elif k > after:
-                try:
-                    check_key(k)
-                except S3Error:
-                    continue  # a hand-dropped name no request could address
+            elif k > after and len(k.encode("utf-8")) <= MAX_KEY_BYTES:
                 yield k
 
     def list_objects(self, bucket: str, prefix: str = "", delimiter: str = "",
@@ -603,7 +725,8 @@ class Storage:
                 # The marker rolls up into a common prefix that sorts before it: skip all of
                 # it (otherwise the prefix would be returned again, after its own marker).
                 after = max(after, after[:i + len(delimiter)] + "\U0010ffff")
-        it = self.iter_keys(bucket, prefix, after)
+        spilled = self.spilled_keys(bucket)
+        it = self.iter_keys(bucket, prefix, after, spilled)
         while True:
             key = next(it, None)
             if key is None:
@@ -617,7 +740,7 @@ class Storage:
                     prefixes.append(cp)
                     # Resume past everything under the common prefix.
                     last = cp + "\U0010ffff"
-                    it = self.iter_keys(bucket, prefix, last)
+                    it = self.iter_keys(bucket, prefix, last, spilled)
                     continue
             try:
                 contents.append(self.stat_object(bucket, key))
@@ -653,9 +776,7 @@ class Storage:
 
     def create_upload(self, bucket: str, key: str, headers: dict[str, str],
                       owner: str | None) -> UploadInfo:
-        self.require_bucket(bucket)
-        storable_key(key)
-        self._resolve(bucket, key)
+        self._locate(bucket, key)
         upload_id = secrets.token_urlsafe(36)
         info = UploadInfo(upload_id, bucket, key, time.time(), dict(headers), owner)
         staging = os.path.join(self.tmp_dir, upload_id)
@@ -801,12 +922,24 @@ class Storage:
         if (record["bucket"], record["key"]) != (bucket, key) or not same:
             raise S3Error("NoSuchUpload", extra={"UploadId": upload_id})
         size, mtime_ns, _ = record["identity"]
-        return ObjectInfo(key, self._record_target(record), size, mtime_ns, record["etag"],
+        path = self._committed_path(record)
+        return ObjectInfo(key, path or "", size, mtime_ns, record["etag"],
                           dict(record["headers"]), len(record["parts"]))
 
-    def _record_target(self, record: dict[str, Any]) -> str:
-        # Not a stored path: the root may have been mounted elsewhere since.
-        return os.path.join(self.root, str(record["bucket"]), str(record["key"]))
+    def _committed_path(self, record: dict[str, Any]) -> str | None:
+        """Where the object a completion record describes is (its file or its spilled copy),
+        None when neither has the recorded identity."""
+        with contextlib.suppress(OSError, S3Error, KeyError, TypeError, ValueError):
+            ident = tuple(record["identity"])
+            _, path, spill = self._locate(str(record["bucket"]), str(record["key"]))
+            for p in (path, spill):
+                if p is None:
+                    continue
+                with contextlib.suppress(OSError):
+                    st = os.stat(p)
+                    if (st.st_size, st.st_mtime_ns, st.st_ino) == ident:
+                        return p
+        return None
 
     def _settle(self, upload_id: str) -> dict[str, Any] | None:
         """Roll an interrupted completion forward or back, drop an expired record (see the
@@ -815,17 +948,11 @@ class Storage:
         try:
             with open(path, encoding="utf-8") as f:
                 record: dict[str, Any] = json.load(f)
-            ident = tuple(record["identity"])
             age_s = self.clock() - float(record["completed"])
-            target = self._record_target(record)
         except (OSError, ValueError, KeyError, TypeError):
             return None  # written atomically: missing, or damaged by hand
         upload_present = os.path.isdir(os.path.join(self.uploads_dir, upload_id))
-        committed = False
-        if upload_present:
-            with contextlib.suppress(OSError):
-                st = os.stat(target)
-                committed = (st.st_size, st.st_mtime_ns, st.st_ino) == ident
+        committed = upload_present and self._committed_path(record) is not None
         action = completion_recovery(upload_present, committed, age_s)
         if action in ("roll_back", "expire"):
             with contextlib.suppress(FileNotFoundError):

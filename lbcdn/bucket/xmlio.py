@@ -8,6 +8,7 @@ percent-encoded (`+` too, because botocore decodes with unquote_plus).
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from urllib.parse import quote
@@ -68,8 +69,15 @@ def parse_create_bucket(body: bytes) -> str | None:
     return root.findtext("LocationConstraint")
 
 
+# Characters XML 1.0 cannot carry literally: written as character references, as S3 does
+# (a key may hold any of them; clients that list them ask for encoding-type=url).
+_XML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
 def _enc(value: str, url: bool) -> str:
-    return escape(quote(value, safe="/") if url else value)
+    if url:
+        return escape(quote(value, safe="/"))
+    return _XML_UNSAFE.sub(lambda m: f"&#x{ord(m.group()):x};", escape(value))
 
 
 def _tag(name: str, value: str | int | None) -> str:
@@ -84,14 +92,18 @@ def _bool(value: bool) -> str:
     return "true" if value else "false"
 
 
-def list_buckets(buckets: Iterable[BucketState], owner: str) -> bytes:
+def list_buckets(buckets: Iterable[BucketState], owner: str, *, prefix: str | None = None,
+                 next_token: str | None = None) -> bytes:
     out = [HEAD, f'<ListAllMyBucketsResult xmlns="{NS}">',
            f"<Owner><ID>{escape(owner)}</ID><DisplayName>{escape(owner)}</DisplayName></Owner>",
            "<Buckets>"]
     for b in buckets:
         out.append(f"<Bucket><Name>{escape(b.name)}</Name>"
                    f"<CreationDate>{iso8601(b.created)}</CreationDate></Bucket>")
-    out.append("</Buckets></ListAllMyBucketsResult>")
+    out.append("</Buckets>")
+    out.append(_tag("ContinuationToken", next_token))
+    out.append(_tag("Prefix", prefix))
+    out.append("</ListAllMyBucketsResult>")
     return "".join(out).encode("utf-8")
 
 
@@ -101,16 +113,20 @@ def location(region: str) -> bytes:
     return f'{HEAD}<LocationConstraint xmlns="{NS}">{value}</LocationConstraint>'.encode()
 
 
-def _contents(info: ObjectInfo, url: bool) -> str:
+def _contents(info: ObjectInfo, url: bool, owner: str | None) -> str:
+    """One object of a listing; `owner` (the bucket's: objects have no owner of their own
+    here, as on S3 with the default BucketOwnerEnforced) only when it is to be shown."""
+    shown = "" if owner is None else (f"<Owner><ID>{escape(owner)}</ID>"
+                                      f"<DisplayName>{escape(owner)}</DisplayName></Owner>")
     return (f"<Contents><Key>{_enc(info.key, url)}</Key>"
             f"<LastModified>{iso8601(info.last_modified)}</LastModified>"
-            f"<ETag>&quot;{escape(info.etag)}&quot;</ETag><Size>{info.size}</Size>"
+            f"<ETag>&quot;{escape(info.etag)}&quot;</ETag><Size>{info.size}</Size>{shown}"
             "<StorageClass>STANDARD</StorageClass></Contents>")
 
 
 def list_objects_v2(bucket: str, result: ListResult, *, prefix: str, delimiter: str,
                     max_keys: int, url: bool, start_after: str | None,
-                    token: str | None, next_token: str | None) -> bytes:
+                    token: str | None, next_token: str | None, owner: str | None) -> bytes:
     out = [HEAD, f'<ListBucketResult xmlns="{NS}">', _tag("Name", bucket),
            f"<Prefix>{_enc(prefix, url)}</Prefix>"]
     if delimiter:
@@ -126,7 +142,7 @@ def list_objects_v2(bucket: str, result: ListResult, *, prefix: str, delimiter: 
         out.append(_tag("NextContinuationToken", next_token))
     if start_after is not None:
         out.append(f"<StartAfter>{_enc(start_after, url)}</StartAfter>")
-    out.extend(_contents(i, url) for i in result.contents)
+    out.extend(_contents(i, url, owner) for i in result.contents)
     out.extend(f"<CommonPrefixes><Prefix>{_enc(p, url)}</Prefix></CommonPrefixes>"
                for p in result.prefixes)
     out.append("</ListBucketResult>")
@@ -134,9 +150,11 @@ def list_objects_v2(bucket: str, result: ListResult, *, prefix: str, delimiter: 
 
 
 def list_objects_v1(bucket: str, result: ListResult, *, prefix: str, delimiter: str,
-                    max_keys: int, url: bool, marker: str) -> bytes:
+                    max_keys: int, url: bool, marker: str, owner: str) -> bytes:
+    """Version 1 listing. Its Prefix is the one given, never encoded: S3 encodes only the
+    other names (botocore, which asks for url encoding unasked, decodes only those)."""
     out = [HEAD, f'<ListBucketResult xmlns="{NS}">', _tag("Name", bucket),
-           f"<Prefix>{_enc(prefix, url)}</Prefix>", f"<Marker>{_enc(marker, url)}</Marker>"]
+           f"<Prefix>{_enc(prefix, False)}</Prefix>", f"<Marker>{_enc(marker, url)}</Marker>"]
     if delimiter:
         out.append(f"<Delimiter>{_enc(delimiter, url)}</Delimiter>")
     out.append(_tag("MaxKeys", max_keys))
@@ -147,7 +165,7 @@ def list_objects_v1(bucket: str, result: ListResult, *, prefix: str, delimiter: 
         # NextMarker is sent only with a delimiter; clients use the last key otherwise.
         last = result.next_after.rstrip("\U0010ffff")
         out.append(f"<NextMarker>{_enc(last, url)}</NextMarker>")
-    out.extend(_contents(i, url) for i in result.contents)
+    out.extend(_contents(i, url, owner) for i in result.contents)
     out.extend(f"<CommonPrefixes><Prefix>{_enc(p, url)}</Prefix></CommonPrefixes>"
                for p in result.prefixes)
     out.append("</ListBucketResult>")

@@ -75,3 +75,19 @@ def test_if_range() -> None:
 def test_formats() -> None:
     assert iso8601(0.5) == "1970-01-01T00:00:00.500Z"
     assert http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+def test_metadata_text_decodes_rfc2047_words() -> None:
+    from lbcdn.bucket.httpsem import metadata_text
+    assert metadata_text("=?UTF-8?B?Y2Fmw6k=?=") == "café"
+    assert metadata_text("=?utf-8?q?caf=C3=A9?=") == "café"
+    assert metadata_text("plain  text") == "plain  text"
+    assert metadata_text("=?bogus?X?zz?=") == "=?bogus?X?zz?="  # not decodable: as given
+    assert metadata_text("café") == "café"  # raw UTF-8 in the header
+
+
+def test_metadata_value_encodes_only_non_ascii() -> None:
+    from lbcdn.bucket.httpsem import metadata_text, metadata_value
+    assert metadata_value("plain") == "plain"
+    assert metadata_value("café ✓") == "=?UTF-8?B?Y2Fmw6kg4pyT?="
+    assert metadata_text(metadata_value("café ✓")) == "café ✓"

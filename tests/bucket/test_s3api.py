@@ -208,9 +208,10 @@ def test_delete_objects(s3: Any) -> None:
     for k in ("d/1", "d/2"):
         s3.put_object(Bucket="shared", Key=k, Body=b"x")
     r = s3.delete_objects(Bucket="shared", Delete={"Objects": [
-        {"Key": "d/1"}, {"Key": "d/2"}, {"Key": "never-there"}, {"Key": "../x"}]})
-    assert sorted(d["Key"] for d in r["Deleted"]) == ["d/1", "d/2", "never-there"]
-    assert [(x["Key"], x["Code"]) for x in r["Errors"]] == [("../x", "InvalidObjectName")]
+        {"Key": "d/1"}, {"Key": "d/2"}, {"Key": "never-there"}, {"Key": "../x"},
+        {"Key": "k" * 1025}]})
+    assert sorted(d["Key"] for d in r["Deleted"]) == ["../x", "d/1", "d/2", "never-there"]
+    assert [(x["Key"], x["Code"]) for x in r["Errors"]] == [("k" * 1025, "KeyTooLongError")]
     assert "Contents" not in s3.list_objects_v2(Bucket="shared")
 
 

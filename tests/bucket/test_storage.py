@@ -4,6 +4,7 @@ paging, multipart, and the ways a key could escape its bucket."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from collections.abc import Callable
@@ -119,11 +120,151 @@ def test_delete_removes_empty_parents(st: Storage) -> None:
     assert e.value.code == "NoSuchKey"
 
 
-def test_key_conflicts_with_prefix(st: Storage) -> None:
+def read(st: Storage, key: str) -> bytes:
+    return Path(st.stat_object("bkt", key).path).read_bytes()
+
+
+def test_key_and_keys_under_it_coexist(st: Storage) -> None:
     put(st, "a", b"file")
-    with pytest.raises(S3Error) as e:
-        put(st, "a/b", b"x")
-    assert e.value.code == "InvalidArgument"
+    put(st, "a/b", b"under a file", {"content-type": "x/y"})
+    put(st, "a/b/c", b"deeper")
+    put(st, "d/e", b"in a directory")
+    put(st, "d", b"named like a directory")
+    assert [read(st, k) for k in ("a", "a/b", "a/b/c", "d/e", "d")] == [
+        b"file", b"under a file", b"deeper", b"in a directory", b"named like a directory"]
+    assert st.stat_object("bkt", "a/b").content_type == "x/y"
+    assert list(st.iter_keys("bkt")) == ["a", "a/b", "a/b/c", "d", "d/e"]
+    assert Path(st.root, "bkt", "a").read_bytes() == b"file"  # the plain key stays a file
+    assert os.listdir(st.tmp_dir) == []
+
+
+def test_spilled_key_becomes_a_file_when_it_can(st: Storage) -> None:
+    put(st, "a", b"file")
+    put(st, "a/b", b"spilled")
+    st.delete_object("bkt", "a")
+    assert read(st, "a/b") == b"spilled"
+    put(st, "a/b", b"now a file")
+    assert Path(st.root, "bkt", "a", "b").read_bytes() == b"now a file"
+    assert st.spilled_keys("bkt") == []
+    assert [p for p in Path(st.spill_dir).rglob("*") if p.is_file()] == []
+    st.delete_object("bkt", "a/b")
+    assert list(st.iter_keys("bkt")) == []
+
+
+@pytest.mark.parametrize("key", ["folder/", "x" * 300, "a/" + "y" * 256 + "/z", "../up",
+                                 "/abs", "a//b", "./a", "a/./b", "nul\x00", "\u00e9" * 512])
+def test_keys_that_cannot_be_files_are_stored_exactly(st: Storage, key: str) -> None:
+    put(st, "plain", b"p")
+    put(st, key, b"odd", {"x-amz-meta-k": "v"})
+    info = st.stat_object("bkt", key)
+    assert (read(st, key), info.key, info.headers) == (b"odd", key, {"x-amz-meta-k": "v"})
+    assert list(st.iter_keys("bkt")) == sorted([key, "plain"])
+    # nothing outside the bucket directory and the spill area
+    assert sorted(p.name for p in Path(st.root, "bkt").iterdir()) == ["plain"]
+    assert not Path(st.root, "up").exists() and not Path("/abs").exists()
+    again = restart(st)
+    assert read(again, key) == b"odd"
+    again.delete_object("bkt", key)
+    with pytest.raises(S3Error):
+        again.stat_object("bkt", key)
+    assert list(again.iter_keys("bkt")) == ["plain"]
+
+
+def test_listing_merges_files_and_spilled_keys(st: Storage) -> None:
+    keys = ["a", "a/", "a/b", "a/b/", "a/b/c", "a-", "b//c", "b/c", "photos/", "photos/1.jpg",
+            "photos/2/", "z"]
+    for k in keys:
+        put(st, k, k.encode())
+    keys.sort()
+    assert list(st.iter_keys("bkt")) == keys
+    pages: list[str] = []
+    after = ""
+    while True:
+        r = st.list_objects("bkt", after=after, max_keys=2)
+        pages += [i.key for i in r.contents]
+        if not r.truncated:
+            break
+        assert r.next_after is not None
+        after = r.next_after
+    assert pages == keys
+    r = st.list_objects("bkt", prefix="photos/", delimiter="/")
+    assert ([i.key for i in r.contents], r.prefixes) == (["photos/", "photos/1.jpg"],
+                                                          ["photos/2/"])
+    r = st.list_objects("bkt", delimiter="/")
+    assert ([i.key for i in r.contents], r.prefixes) == (["a", "a-", "z"],
+                                                          ["a/", "b/", "photos/"])
+    r = st.list_objects("bkt", prefix="b/", delimiter="/")
+    assert ([i.key for i in r.contents], r.prefixes) == (["b/c"], ["b//"])
+
+
+@pytest.mark.parametrize("prefix", ["/", "//", "zz", "a/b/c/", "\u00e9"])
+def test_prefix_matching_nothing_lists_nothing(st: Storage, prefix: str) -> None:
+    for k in ("a", "a/b/c", "z/"):
+        put(st, k, b"x")
+    assert list(st.iter_keys("bkt", prefix)) == []
+    assert st.list_objects("bkt", prefix=prefix).contents == []
+
+
+def test_prefix_of_spilled_keys(st: Storage) -> None:
+    for k in ("/abs", "/abs/x", "a"):
+        put(st, k, b"x")
+    assert list(st.iter_keys("bkt", "/")) == ["/abs", "/abs/x"]
+    assert [i.key for i in st.list_objects("bkt", prefix="/abs/").contents] == ["/abs/x"]
+
+
+def test_bucket_written_by_the_previous_layout_keeps_working(st: Storage) -> None:
+    """Files in the bucket directory, metadata at meta/<bucket>/<h2>/<h>/<inode>.json, written
+    here by hand in the format of the previous version: read back unchanged."""
+    f = Path(st.root, "bkt", "docs", "a.html")
+    f.parent.mkdir()
+    f.write_bytes(b"<p>hi</p>")
+    s = os.stat(f)
+    h = hashlib.sha256(b"docs/a.html").hexdigest()
+    meta = Path(st.meta_dir, "bkt", h[:2], h, f"{s.st_ino}.json")
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"key": "docs/a.html",
+                                "identity": [s.st_size, s.st_mtime_ns, s.st_ino],
+                                "etag": "0123456789abcdef0123456789abcdef",
+                                "headers": {"content-type": "text/html", "x-amz-meta-a": "b"},
+                                "parts": 0}))
+    again = restart(st)
+    info = again.stat_object("bkt", "docs/a.html")
+    assert (info.etag, info.headers["x-amz-meta-a"], info.path) == (
+        "0123456789abcdef0123456789abcdef", "b", str(f))
+    assert list(again.iter_keys("bkt")) == ["docs/a.html"]
+    put(again, "docs/a.html/x", b"now possible")  # the new layout on the same bucket
+    assert list(again.iter_keys("bkt")) == ["docs/a.html", "docs/a.html/x"]
+
+
+def test_crash_when_a_spilled_key_becomes_a_file(st: Storage) -> None:
+    """kill -9 between the rename onto the file and the removal of the spilled copy: the new
+    version is the object, and the old one never comes back (not even after a delete)."""
+    put(st, "a", b"file")
+    put(st, "a/b", b"old, spilled")
+    st.delete_object("bkt", "a")
+    crash_at(st, "placed", lambda: put(st, "a/b", b"new, a file"))
+    assert read(st, "a/b") == b"new, a file"
+    assert list(st.iter_keys("bkt")) == ["a/b"]
+    st = restart(st)
+    assert read(st, "a/b") == b"new, a file"
+    assert st.spilled_keys("bkt") == []
+    assert [p for p in Path(st.spill_dir).rglob("*") if p.is_file()] == []
+    st.delete_object("bkt", "a/b")
+    assert list(st.iter_keys("bkt")) == []
+
+
+@pytest.mark.parametrize("key", ["k", "folder/", "a/b"])
+def test_crash_just_before_the_rename_keeps_the_old_version(st: Storage, key: str) -> None:
+    put(st, "a", b"a file, so that a/b is spilled")
+    put(st, key, b"old", {"content-type": "text/old"})
+    w = st.begin_write()
+    w.write(b"new")
+    crash_at(st, "renaming", lambda: st.commit(
+        w, "bkt", key, {"content-type": "text/new"},
+        before_rename=lambda info, ident: st.checkpoint("renaming")))
+    st = restart(st)
+    info = st.stat_object("bkt", key)
+    assert (read(st, key), info.headers) == (b"old", {"content-type": "text/old"})
     assert os.listdir(st.tmp_dir) == []
 
 
@@ -339,34 +480,36 @@ def test_completion_recovery_decisions() -> None:
     assert completion_recovery(False, False, COMPLETED_TTL_S) == "expire"
 
 
+@pytest.mark.parametrize("key", ["big", "big/"])  # a file, a spilled key
 @pytest.mark.parametrize("step", ["assembled", "recorded"])
-def test_crash_before_commit_point_keeps_upload_whole(st: Storage, step: str) -> None:
-    put(st, "big", b"old version")
-    uid, tags = upload_parts(st)
-    crash_at(st, step, lambda: st.complete_upload("bkt", "big", uid, tags))
+def test_crash_before_commit_point_keeps_upload_whole(st: Storage, step: str, key: str) -> None:
+    put(st, key, b"old version")
+    uid, tags = upload_parts(st, key)
+    crash_at(st, step, lambda: st.complete_upload("bkt", key, uid, tags))
     st = restart(st)
-    assert Path(st.root, "bkt", "big").read_bytes() == b"old version"
+    assert read(st, key) == b"old version"
     assert [u.upload_id for u in st.list_uploads("bkt")] == [uid]
-    up = st.get_upload("bkt", "big", uid)
+    up = st.get_upload("bkt", key, uid)
     assert [(p.number, f'"{p.etag}"') for p in st.list_parts(up)] == tags
     assert os.listdir(st.tmp_dir) == [] and os.listdir(st.completed_dir) == []
-    info = st.complete_upload("bkt", "big", uid, tags)  # the retry completes it
+    info = st.complete_upload("bkt", key, uid, tags)  # the retry completes it
     assert info.etag == MP_ETAG and Path(info.path).read_bytes() == WHOLE
-    assert st.stat_object("bkt", "big").headers == {"content-type": "a/b"}
+    assert st.stat_object("bkt", key).headers == {"content-type": "a/b"}
     assert leftovers(st) == []
 
 
+@pytest.mark.parametrize("key", ["big", "big/"])
 @pytest.mark.parametrize("step", ["committed", "detached"])
-def test_crash_after_commit_point_rolls_forward(st: Storage, step: str) -> None:
-    uid, tags = upload_parts(st)
-    crash_at(st, step, lambda: st.complete_upload("bkt", "big", uid, tags))
+def test_crash_after_commit_point_rolls_forward(st: Storage, step: str, key: str) -> None:
+    uid, tags = upload_parts(st, key)
+    crash_at(st, step, lambda: st.complete_upload("bkt", key, uid, tags))
     st = restart(st)
-    info = st.stat_object("bkt", "big")
+    info = st.stat_object("bkt", key)
     assert (info.etag, info.parts, info.headers) == (MP_ETAG, 3, {"content-type": "a/b"})
     assert Path(info.path).read_bytes() == WHOLE
     assert st.list_uploads("bkt") == [] and leftovers(st) == []
-    again = st.complete_upload("bkt", "big", uid, tags)  # the retry succeeds, same ETag
-    assert (again.key, again.etag, again.size) == ("big", MP_ETAG, len(WHOLE))
+    again = st.complete_upload("bkt", key, uid, tags)  # the retry succeeds, same ETag
+    assert (again.key, again.etag, again.size) == (key, MP_ETAG, len(WHOLE))
 
 
 def test_retried_complete_answers_from_record_until_it_expires(tmp_path: Path) -> None:
