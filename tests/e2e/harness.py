@@ -116,8 +116,11 @@ async def until(predicate: Callable[[], object | Awaitable[object]], timeout_s: 
         await asyncio.sleep(interval_s)
 
 
-def wait_for_port(port: int, timeout_s: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+def wait_for_port(port: int, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None
                   ) -> None:
+    """Until `port` accepts. 30 s: a daemon with workers imports lbcdn in three interpreters,
+    which took 10-18 s on a 2-core machine busy with other tests; a daemon that exits instead
+    is reported at once (`proc`)."""
     def listening() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening")
