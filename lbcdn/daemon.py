@@ -36,6 +36,7 @@ from lbcdn.config.schema import Config
 from lbcdn.edge.config import ListenerConfig
 from lbcdn.edge.listener import Listener
 from lbcdn.tls import ServerTls
+from lbcdn.tlstickets import Rotator, set_keys
 from lbcdn.health.outlier import Ejection
 from lbcdn.fdlimit import nofile, raise_nofile
 from lbcdn.logs import AccessLog, setup_logging
@@ -84,6 +85,9 @@ class Daemon:
         # unless a control process runs them
         self.control = (ControlPlane(self, config_dir(config_path), self.targets, edge=True)
                         if role == "single" else None)
+        # TLS session-ticket keys: rotated here, unless a control process hands them out
+        self.tickets = Rotator(config.tls_session_tickets, set_keys) if role == "single" \
+            else None
         self.reloads = 0
         self._draining = False
         self._stopped = False
@@ -147,6 +151,8 @@ class Daemon:
     async def _start(self) -> None:
         config = self.config
         self.access_log.start()
+        if self.tickets is not None:
+            self.tickets.start()
         if self.control is not None:
             await self.control.start(config)
         self.pools = {name: self._wire_pool(Pool(pool)) for name, pool in config.pools.items()}
@@ -264,6 +270,8 @@ class Daemon:
             listeners, pools, access_log, config
         if self.log_level is None and config.logging.level != old.logging.level:
             setup_logging(config.logging.level)
+        if self.tickets is not None:
+            self.tickets.apply(config.tls_session_tickets)
         if self.targets is not None:
             await self.targets.apply(config.pools)
 
@@ -322,6 +330,8 @@ class Daemon:
                 cache_hit.set_runtime(None)
         if self.control is not None:
             await self.control.stop()
+        if self.tickets is not None:
+            self.tickets.stop()
         self.access_log.stop()
         log.info("stopped")
 

@@ -28,6 +28,7 @@ from typing import Final, Literal
 
 from cryptography import x509
 
+from lbcdn import tlstickets
 from lbcdn.configkit.fields import REQUIRED, doc
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ def _server_context(min_version: str) -> ssl.SSLContext:
     ctx.set_ciphers(CIPHERS_TLS12)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_alpn_protocols(["http/1.1"])
+    tlstickets.install(ctx)  # the daemon's shared ticket keys, so any worker resumes
     return ctx
 
 
