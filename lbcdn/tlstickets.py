@@ -87,6 +87,7 @@ class TicketKeys:
 _TICKET_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
 _OSSL_PARAM_UTF8_STRING = 4
+_TLS13 = 0x0304
 
 
 class _OsslParam(ctypes.Structure):
@@ -103,7 +104,7 @@ class _Slot:
         self.hmac = ctypes.create_string_buffer(key[NAME_BYTES:NAME_BYTES + SECRET_BYTES],
                                                 SECRET_BYTES)
         self.aes = ctypes.create_string_buffer(key[NAME_BYTES + SECRET_BYTES:], SECRET_BYTES)
-        self.result = 2 if renew else 1  # 2: accepted, and the client gets a fresh ticket
+        self.renew = renew
 
 
 class _OpenSsl:
@@ -115,6 +116,9 @@ class _OpenSsl:
         self.set_cb = lib.SSL_CTX_set_tlsext_ticket_key_evp_cb  # AttributeError: not OpenSSL 3
         self.set_cb.argtypes = [ctypes.c_void_p, _TICKET_CB]
         self.set_cb.restype = ctypes.c_int
+        self.version = lib.SSL_version
+        self.version.argtypes = [ctypes.c_void_p]
+        self.version.restype = ctypes.c_int
         self.get_options = lib.SSL_CTX_get_options
         self.get_options.argtypes = [ctypes.c_void_p]
         self.get_options.restype = ctypes.c_uint64
@@ -189,7 +193,7 @@ class _Keyring:
                         "process keeps its own, so a client resumes only on the worker that "
                         "issued its ticket", self.failed)
 
-    def _ticket(self, _ssl_ptr: int | None, key_name: int | None, iv: int | None,
+    def _ticket(self, ssl_ptr: int | None, key_name: int | None, iv: int | None,
                 cipher_ctx: int | None, mac_ctx: int | None, enc: int) -> int:
         openssl = self.openssl
         assert openssl is not None and key_name and iv
@@ -208,7 +212,12 @@ class _Keyring:
         if (init(cipher_ctx, openssl.cipher, None, slot.aes, iv) != 1
                 or openssl.mac_init(mac_ctx, slot.hmac, SECRET_BYTES, openssl.params) != 1):
             return -1
-        return slot.result if not enc else 1
+        if enc:
+            return 1
+        # 2: accepted, and a new ticket goes out. Always in TLS 1.3: there a resumption gets a
+        # new ticket only when asked for, and clients that keep one session per connection
+        # slot (wrk, SSL_clear) would resume only every other time without it.
+        return 2 if slot.renew or openssl.version(ssl_ptr) == _TLS13 else 1
 
 
 _RING = _Keyring()

@@ -139,3 +139,18 @@ def test_a_context_pointer_that_does_not_prove_itself_is_refused(
     monkeypatch.setattr(tlstickets.ctypes.c_void_p, "from_address", lambda _address: wrong)
     with pytest.raises(ValueError, match="not this context's SSL_CTX"):
         openssl.ctx_pointer(ctx)
+
+
+def test_a_tls13_resumption_hands_out_a_new_ticket(cert: trustme.LeafCert) -> None:
+    """Else a client that keeps one session per connection (wrk, anything on SSL_clear)
+    resumes only every other time: OpenSSL sends no ticket on a TLS 1.3 resumption unless the
+    key callback asks for one."""
+    ctx, c13 = server(cert), client(cert, ssl.TLSVersion.TLSv1_3)
+    first, _ = handshake(ctx, c13)
+    session, resumed = handshake(ctx, c13, first)
+    assert resumed and session.id != first.id
+    # TLS 1.2 keeps its ticket (a resumption under the current key issues none)
+    c12 = client(cert, ssl.TLSVersion.TLSv1_2)
+    first, _ = handshake(ctx, c12)
+    session, resumed = handshake(ctx, c12, first)
+    assert resumed and session.id == first.id
