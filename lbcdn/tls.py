@@ -137,7 +137,7 @@ def hello_verdict(data: bytes, policy: HelloPolicy) -> tuple[int, int]:
         at = 34
         at += 1 + body[at]                                  # session id
         n = int.from_bytes(body[at:at + 2], "big")
-        suites = {int.from_bytes(body[i:i + 2], "big") for i in range(at + 2, at + 2 + n, 2)}
+        suites_at = at + 2
         at += 2 + n
         at += 1 + body[at]                                  # compression methods
         offered: set[int] | None = None
@@ -161,9 +161,12 @@ def hello_verdict(data: bytes, policy: HelloPolicy) -> tuple[int, int]:
     mutual = {v for v in offered if not _grease(v)} & policy.versions
     if not mutual:
         return ALERT_PROTOCOL_VERSION, record_version
-    if not suites & policy.suites[max(mutual)]:
-        return ALERT_HANDSHAKE_FAILURE, record_version
-    return PASS, record_version
+    accepted = policy.suites[max(mutual)]
+    # per handshake: stop at the first suite accepted (usually the first offered)
+    for i in range(suites_at, suites_at + n, 2):
+        if int.from_bytes(body[i:i + 2], "big") in accepted:
+            return PASS, record_version
+    return ALERT_HANDSHAKE_FAILURE, record_version
 
 
 def alert_record(description: int, record_version: int) -> bytes:
