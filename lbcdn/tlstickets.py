@@ -133,9 +133,14 @@ class _OpenSsl:
         self.mac_init.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
                                   ctypes.c_void_p]
         self.mac_init.restype = ctypes.c_int
-        cipher = lib.EVP_aes_256_cbc
-        cipher.restype = ctypes.c_void_p
-        self.cipher: int = cipher()
+        # fetched once: EVP_aes_256_cbc() would make every EVP_*Init_ex look it up by name
+        fetch = lib.EVP_CIPHER_fetch
+        fetch.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+        fetch.restype = ctypes.c_void_p
+        cipher = fetch(None, b"AES-256-CBC", None)
+        if not cipher:
+            raise ValueError("OpenSSL has no AES-256-CBC")
+        self.cipher: int = cipher
         self.digest = ctypes.create_string_buffer(b"SHA256")
         self.params = (_OsslParam * 2)(
             _OsslParam(b"digest", _OSSL_PARAM_UTF8_STRING,
