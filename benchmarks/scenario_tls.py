@@ -17,11 +17,17 @@ Three measurements per server, interleaved by round (--rounds N reports the medi
 
 No numeric target in issue 7: the table prints ratios; the only PASS/FAIL is that lbcdn served
 every request without errors (a run with errors does not count).
+
+Then resumption across workers (issue 19): lbcdn --workers 2, `openssl s_time -reuse` for
+RESUME_SECONDS with TLS 1.2 and with TLS 1.3, before and after a reload (SIGHUP); every
+connection after the first must resume, whichever worker the kernel hands it to (PASS/FAIL).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -38,6 +44,8 @@ S_TIME_PROCS = 16          # sequential clients each; enough to keep one server 
 CLOSE_CONNECTIONS = 16     # wrk connections for the Connection: close run
 CIPHERS_TLS12 = "ECDHE+AESGCM:ECDHE+CHACHA20"  # what lbcdn.tls allows; nginx gets the same
 MIN_RESPONSE_BYTES = 1024  # s_time reads the whole response; less than the body means an error
+RESUME_SECONDS = 3
+RELOAD_SETTLE_S = 3.0      # SIGHUP to every worker applying it; reloads take well under that
 
 
 @dataclass
@@ -128,13 +136,38 @@ def run(bench: Bench) -> None:
           "fairer comparison.")
     print(f"  {verdict(lb_errors == 0)}  {lbcdn.name} answered every TLS request "
           f"({lb_errors} errors; the ratios above have no target in issue 7)")
+    resumption = {} if bench.stand_in else resumption_across_workers(bench, backend.port, cert,
+                                                                       key)
+    resumed_all = all(new == 0 and reused > 0 for reused, new in resumption.values())
     bench.results["tls"] = {
         name: {k: {"rate": m.rate, "server_cpu": m.server_cpu, "cpu_us_each": m.cpu_us_each,
                    "errors": m.errors, "p99_ms": m.p99_ms} for k, m in by_kind.items()}
         for name, by_kind in best.items()
     } | {f"ratio_{k}": lb[k].rate / ng[k].rate for k in KINDS} | {
         f"ratio_{k}_per_core": lb[k].per_core / ng[k].per_core for k in KINDS} | {
-        "pass": lb_errors == 0}
+        "pass": lb_errors == 0} | {
+        "resumption_workers_2": {k: {"reused": r, "new": n} for k, (r, n) in resumption.items()},
+        "resumption_pass": resumed_all}
+
+
+def resumption_across_workers(bench: Bench, backend_port: int, cert: Path,
+                              key: Path) -> dict[str, tuple[int, int]]:
+    """(reused, new) connections per TLS version and phase, lbcdn --workers 2."""
+    server = lbcdn_tls(bench, backend_port, cert, key, name="lbcdn-workers-2", workers=2)
+    out: dict[str, tuple[int, int]] = {}
+    for phase in ("before reload", "after reload"):
+        if phase == "after reload":
+            os.kill(server.pid, signal.SIGHUP)
+            time.sleep(RELOAD_SETTLE_S)
+        for version in ("1.2", "1.3"):
+            out[f"TLS {version} {phase}"] = s_time_reuse(bench, server.port, version)
+    print()
+    print(table(["lbcdn --workers 2: s_time -reuse", "resumed", "full"],
+                [[k, str(r), str(n)] for k, (r, n) in out.items()]))
+    ok = all(n == 0 and r > 0 for r, n in out.values())
+    print(f"  {verdict(ok)}  every returning connection resumed, on either worker "
+          f"(target 100%, issue 19)")
+    return out
 
 
 def _measured(server: Server, load: Callable[[], tuple[float, int, float | None]]) -> Measure:
@@ -192,12 +225,12 @@ def nginx_tls_proxy(bench: Bench, backend_port: int, cert: Path, key: Path,
 
 
 def lbcdn_tls(bench: Bench, backend_port: int, cert: Path, key: Path,
-              name: str = "lbcdn") -> Server:
+              name: str = "lbcdn", workers: int = 1) -> Server:
     port = free_port()
     cfg = bench.lbcdn_config(name, lbcdn_yaml(
         port, backend_pool_yaml(backend_port), listener_name="bench-tls", listener_extra=[
             "tls:", "  certificates:", f"    - cert_file: {cert}", f"      key_file: {key}"]))
-    return bench.start(name, bench.lbcdn_serve_cmd(cfg, workers=1), port,
+    return bench.start(name, bench.lbcdn_serve_cmd(cfg, workers=workers), port,
                        ready=http_probe("/1k.bin", https_get))
 
 
@@ -240,3 +273,17 @@ def s_time(bench: Bench, port: int, seconds: int) -> tuple[float, int, float | N
                 p.kill()
                 p.wait(5)
     return total / seconds, errors, None
+
+
+def s_time_reuse(bench: Bench, port: int, version: str) -> tuple[int, int]:
+    """(resumed, full) handshakes of one `openssl s_time -reuse` client: it prints `r` for a
+    resumed connection and `*` for a full one."""
+    cmd = ["taskset", "-c", bench.client_cpu, "openssl", "s_time", "-connect",
+           f"127.0.0.1:{port}", "-reuse", "-time", str(RESUME_SECONDS),
+           "-tls1_3" if version == "1.3" else "-tls1_2", "-www", "/1k.bin"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=RESUME_SECONDS + 30,
+                         stdin=subprocess.DEVNULL)
+    if out.returncode != 0:
+        raise BenchError(f"openssl s_time -reuse failed: {out.stdout[-500:]}{out.stderr}")
+    marks = "".join(line for line in out.stdout.splitlines() if re.fullmatch(r"[r*]+", line))
+    return marks.count("r"), marks.count("*")

@@ -39,6 +39,7 @@ from lbcdn.config.schema import Config
 from lbcdn.edge.config import ListenerConfig
 from lbcdn.edge.listener import Listener
 from lbcdn.tls import CertificateConfig, ServerTls
+from lbcdn.tlstickets import Rotator, set_keys
 from lbcdn.health.outlier import Ejection
 from lbcdn.fdlimit import nofile, raise_nofile
 from lbcdn.logs import AccessLog, setup_logging
@@ -95,6 +96,9 @@ class Daemon:
         # process: lbcdn.workers); handed to every listener
         self.acme_demand: Callable[[str, str], Awaitable[str | None]] | None = (
             self.control.acme_demand if self.control is not None else None)
+        # TLS session-ticket keys: rotated here, unless a control process hands them out
+        self.tickets = Rotator(config.tls_session_tickets, set_keys) if role == "single" \
+            else None
         self.reloads = 0
         self._draining = False
         self._stopped = False
@@ -183,6 +187,8 @@ class Daemon:
     async def _start(self) -> None:
         config = self.config
         self.access_log.start()
+        if self.tickets is not None:
+            self.tickets.start()
         if self.control is not None:
             await self.control.start(config)
         self.pools = {name: self._wire_pool(Pool(pool)) for name, pool in config.pools.items()}
@@ -304,6 +310,8 @@ class Daemon:
         if self.log_level is None and config.logging.level != old.logging.level:
             setup_logging(config.logging.level)
         self.apply_acme(self.acme_view)  # listeners opened by this reload
+        if self.tickets is not None:
+            self.tickets.apply(config.tls_session_tickets)
         if self.targets is not None:
             await self.targets.apply(config.pools)
 
@@ -362,6 +370,8 @@ class Daemon:
                 cache_hit.set_runtime(None)
         if self.control is not None:
             await self.control.stop()
+        if self.tickets is not None:
+            self.tickets.stop()
         self.access_log.stop()
         log.info("stopped")
 

@@ -28,6 +28,7 @@ from typing import Final, Literal
 
 from cryptography import x509
 
+from lbcdn import tlstickets
 from lbcdn.acme.config import AcmeConfig, OnDemandConfig
 from lbcdn.configkit.fields import REQUIRED, doc
 
@@ -144,7 +145,7 @@ def hello_verdict(data: bytes, policy: HelloPolicy) -> tuple[int, int]:
         at = 34
         at += 1 + body[at]                                  # session id
         n = int.from_bytes(body[at:at + 2], "big")
-        suites = {int.from_bytes(body[i:i + 2], "big") for i in range(at + 2, at + 2 + n, 2)}
+        suites_at = at + 2
         at += 2 + n
         at += 1 + body[at]                                  # compression methods
         offered: set[int] | None = None
@@ -168,9 +169,12 @@ def hello_verdict(data: bytes, policy: HelloPolicy) -> tuple[int, int]:
     mutual = {v for v in offered if not _grease(v)} & policy.versions
     if not mutual:
         return ALERT_PROTOCOL_VERSION, record_version
-    if not suites & policy.suites[max(mutual)]:
-        return ALERT_HANDSHAKE_FAILURE, record_version
-    return PASS, record_version
+    accepted = policy.suites[max(mutual)]
+    # per handshake: stop at the first suite accepted (usually the first offered)
+    for i in range(suites_at, suites_at + n, 2):
+        if int.from_bytes(body[i:i + 2], "big") in accepted:
+            return PASS, record_version
+    return ALERT_HANDSHAKE_FAILURE, record_version
 
 
 _SERVER_NAME: Final = 0
@@ -223,6 +227,7 @@ def _server_context(min_version: str) -> ssl.SSLContext:
     ctx.set_ciphers(CIPHERS_TLS12)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_alpn_protocols(["http/1.1"])
+    tlstickets.install(ctx)  # the daemon's shared ticket keys, so any worker resumes
     return ctx
 
 

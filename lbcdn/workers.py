@@ -14,7 +14,8 @@ control process first claims every listener's port itself, without it (`claim_po
 Messages, control -> worker: {"op": "config", "yaml": TEXT} (first message: start with it) and
 {"op": "reload", "yaml": TEXT, "id": N}, {"op": "targets", "pool": NAME, "targets": [...]}
 (the pool's target snapshot: host, port, weight, state, reason; health checks run in the control
-process). Worker -> control: {"op": "drained", "pool", "target"} (a draining target has nothing
+process), {"op": "ticket_keys", "keys": [PREVIOUS, CURRENT, NEXT]} (TLS session-ticket keys, hex;
+also in the "config" message as "ticket_keys"; lbcdn.tlstickets). Worker -> control: {"op": "drained", "pool", "target"} (a draining target has nothing
 in flight here), {"op": "stats", "pools": {POOL: {TARGET: {...}}}, "queues": {POOL:
 {"failed_open", "queued"}}, "listeners": {LISTENER: OPEN_CONNECTIONS}} (live per-target,
 per-pool and per-listener numbers, every second; the admin API adds them up over the
@@ -62,6 +63,7 @@ from lbcdn.dns.engine import Engine
 from lbcdn.fdlimit import raise_nofile
 from lbcdn.logs import setup_logging
 from lbcdn.tasks import spawn
+from lbcdn.tlstickets import Rotator, TicketKeys, set_keys
 
 log = logging.getLogger("lbcdn.workers")
 
@@ -143,6 +145,8 @@ class Supervisor:
         self.control = ControlPlane(self, config_dir(config_path), self.targets,
                                     publish_acme=self._publish_acme)
         self.acme_view: dict[str, Any] = {"http01": {}, "alpn": {}, "certs": {}}
+        # TLS session-ticket keys: made and rotated here, the same in every worker
+        self.tickets = Rotator(config.tls_session_tickets, self._publish_ticket_keys)
         self.reloads = 0
         self._draining = False
         self._stop = asyncio.Event()
@@ -185,6 +189,10 @@ class Supervisor:
     def _publish_targets(self, pool: str, snapshot: list[dict[str, Any]]) -> None:
         for worker in self.workers:
             worker.send({"op": "targets", "pool": pool, "targets": snapshot})
+
+    def _publish_ticket_keys(self, keys: TicketKeys) -> None:
+        for worker in self.workers:
+            worker.send({"op": "ticket_keys", "keys": keys.to_wire()})
 
     def _target_stats(self, pool: str) -> dict[str, dict[str, Any]]:
         """Every worker's numbers for `pool`, added up. Counts are summed; latency and error
@@ -249,6 +257,7 @@ class Supervisor:
         await self.control.start(self.config)
         # before the workers: each one gets every pool's snapshot when it is ready
         await self.targets.start(self.config.pools)
+        self.tickets.start()
         for worker in self.workers:
             await self._spawn(worker)
         deadline = time.monotonic() + 30
@@ -287,7 +296,8 @@ class Supervisor:
             worker.proc.wait()
             raise
         worker.send({"op": "config", "yaml": self.config_text, "source": self.config_path,
-                     "acme": self.acme_view})
+                     "acme": self.acme_view,
+                     "ticket_keys": self.tickets.keys.to_wire()})
         spawn(self._listen(worker, worker.reader), f"worker-{worker.index}-channel")
 
     async def _listen(self, worker: Worker, reader: asyncio.StreamReader) -> None:
@@ -379,6 +389,7 @@ class Supervisor:
                 proc.wait()
         if self._monitor is not None:
             self._monitor.cancel()
+        self.tickets.stop()
         await self.targets.stop()
         await self.control.stop()
         log.info("stopped")
@@ -409,6 +420,7 @@ class Supervisor:
                 raise RuntimeError("; ".join(sorted(set(errors))))
             await self.control.apply(config)
             await self.targets.apply(config.pools)
+            self.tickets.apply(config.tls_session_tickets)
             # later restarts start from the new configuration
             self.config, self.config_text = config, text
             self.reloads += 1
@@ -526,6 +538,7 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
         return 1  # the control process went away before we started
     first = json.loads(line)
     config = load_config_text(first["yaml"], first["source"])
+    set_keys(TicketKeys.from_wire(first["ticket_keys"]))  # before any listener accepts
     daemon = Daemon(config, None, log_level, role="worker")
     daemon.acme_view = first["acme"]
     demands: dict[int, asyncio.Future[str | None]] = {}
@@ -580,6 +593,8 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
                 waiting = demands.get(message["id"])
                 if waiting is not None and not waiting.done():
                     waiting.set_result(message["error"])
+            elif message["op"] == "ticket_keys":
+                set_keys(TicketKeys.from_wire(message["keys"]))
             elif message["op"] == "targets":
                 daemon.apply_targets(message["pool"], message["targets"])
             elif message["op"] == "invalidate":

@@ -27,6 +27,7 @@ from lbcdn.configkit.limits import HttpLimitsConfig
 from lbcdn.dns.config import DnsConfig
 from lbcdn.edge.config import ListenerConfig
 from lbcdn.routing.config import FixedResponseAction, RouteConfig
+from lbcdn.tlstickets import TicketsConfig
 from lbcdn.upstream.config import PoolConfig
 
 
@@ -115,6 +116,9 @@ class Config:
     admin: AdminConfig = doc("Admin API listener.", default_factory=AdminConfig)
     logging: LoggingConfig = doc("Daemon and access logs.", default_factory=LoggingConfig)
     shutdown: ShutdownConfig = doc("Graceful shutdown.", default_factory=ShutdownConfig)
+    tls_session_tickets: TicketsConfig = doc(
+        "TLS session-ticket keys of the HTTPS listeners: shared by all workers, rotated, in "
+        "memory only.", default_factory=TicketsConfig)
     demo_backends: tuple[DemoBackendConfig, ...] = doc(
         "Built-in demo HTTP backends started with the daemon.", default_factory=tuple)
     cache: CacheConfig = doc(

@@ -151,7 +151,8 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
     ({}, ["listeners: missing (required)"]),
     ({"listeners": []}, ["listeners: must list at least one listener"]),
     (cfg(bogus=1), ["bogus: unknown key (allowed: admin, buckets, cache, default_route, "
-                    "demo_backends, dns, listeners, logging, pools, routes, shutdown)"]),
+                    "demo_backends, dns, listeners, logging, pools, routes, shutdown, "
+                    "tls_session_tickets)"]),
     ({"listeners": [{"name": "web"}]}, ["listeners[0].port: missing (required)"]),
     ({"listeners": [{"name": "web", "port": "80"}]},
      ['listeners[0].port: expected an integer, got a string ("80")']),
