@@ -13,12 +13,16 @@ Matching rules (ALB hosts, CloudFront path patterns):
   `path_prefix` must start it; `path` is a pattern that must match it whole: `*` is any run of
   bytes including `/`, `?` exactly one byte, everything else literal. Non-ASCII arrives
   percent-encoded, so in practice `?` is one character.
+- Header, query, method and source-IP conditions: lbcdn.routing.conditions, asked only of the
+  candidates that pass Host and path, with the request's RequestFacts (None when the router has
+  no such conditions: `conditional` says whether the caller must make them).
 - All conditions a route gives must hold; the first route in order wins.
 
 Why it is fast: the list of candidate routes depends only on the Host, so it is computed once per
 distinct raw Host value and kept in a bounded dict; a request then costs one dict lookup plus
 a `startswith` or a regex per candidate, and candidates stop at the first route with no path
-condition. Why patterns are safe: a naive `.*` per star backtracks O(n^k) on a hostile path; we
+condition. A route with other conditions adds one compiled check to its candidate; a config
+of Host and path rules pays only a None test per candidate. Why patterns are safe: a naive `.*` per star backtracks O(n^k) on a hostile path; we
 compile the middle segments into atomic groups (a glob is matched correctly by placing each
 segment at its leftmost fit), which keeps the cost near O(len(path) * len(pattern)).
 """
@@ -28,11 +32,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from lbcdn.routing.actions import RouteActions
+from lbcdn.routing.conditions import Conditions, RequestFacts
 from lbcdn.routing.config import RouteConfig
 from lbcdn.memo import remember
 
-# One candidate: (path prefix or None, compiled pattern's fullmatch or None, route).
-_Candidate = tuple[bytes | None, Callable[[bytes], re.Match[bytes] | None] | None, RouteConfig]
+# One candidate: (path prefix or None, compiled pattern's fullmatch or None, other conditions
+# or None, route).
+_Candidate = tuple[bytes | None, Callable[[bytes], re.Match[bytes] | None] | None,
+                   Conditions | None, RouteConfig]
 
 # Distinct raw Host values remembered; hostile clients can send endless new ones, so the cache is
 # bounded and simply emptied when full (refilling costs a few microseconds per host).
@@ -78,7 +86,8 @@ def compile_path_pattern(pattern: str) -> re.Pattern[bytes]:
 class Router:
     """Ordered routes plus a default; `match(host, path)` returns the route to apply."""
 
-    __slots__ = ("routes", "default", "_any_host", "_exact", "_suffix", "_cands", "_host_cache")
+    __slots__ = ("routes", "default", "conditional", "actions", "_any_host", "_exact", "_suffix", "_cands",
+                 "_host_cache")
 
     def __init__(self, routes: Sequence[RouteConfig], default: RouteConfig) -> None:
         self.routes: tuple[RouteConfig, ...] = tuple(routes)
@@ -88,11 +97,16 @@ class Router:
         self._exact: dict[bytes, list[int]] = {}
         self._suffix: dict[bytes, list[int]] = {}  # b".example.com" -> routes with *.example.com
         self._cands: list[_Candidate] = []
+        self.conditional = False
         for index, route in enumerate(self.routes):
             m = route.match
+            conditions = Conditions.compile(m)
+            if conditions is not None:
+                self.conditional = True
             self._cands.append((
                 m.path_prefix.encode() if m.path_prefix else None,
                 compile_path_pattern(m.path).fullmatch if m.path is not None else None,
+                conditions,
                 route,
             ))
             if not m.hosts:
@@ -100,6 +114,12 @@ class Router:
             for name in m.hosts:
                 self._add_host(name, index, route.name)
         self._host_cache: dict[bytes | str, tuple[_Candidate, ...]] = {}
+        # weighted forwards, rewrites, basic auth: by route name, for the routes that have any
+        self.actions: dict[str, RouteActions] = {}
+        for route in (*self.routes, default):
+            actions = RouteActions.build(route)
+            if actions is not None:
+                self.actions[route.name] = actions
 
     def _add_host(self, name: str, index: int, route_name: str) -> None:
         key = name.strip().lower().rstrip(".").encode()
@@ -126,24 +146,28 @@ class Router:
         for index in sorted(indices):
             cand = self._cands[index]
             cands.append(cand)
-            if cand[0] is None and cand[1] is None:
-                break  # matches every path: nothing after it can ever be chosen
+            if cand[0] is None and cand[1] is None and cand[2] is None:
+                break  # matches every request: nothing after it can ever be chosen
         return tuple(cands)
 
-    def match(self, host: bytes | str, path: bytes | str) -> RouteConfig:
+    def match(self, host: bytes | str, path: bytes | str,
+              facts: RequestFacts | None = None) -> RouteConfig:
         """The first route whose conditions hold for this Host value and path, else the default.
 
         `host` is the raw Host header value (port, case and trailing dot allowed; empty when the
-        request had none); `path` is the request path without the query."""
+        request had none); `path` is the request path without the query; `facts` the rest of
+        the request, which a route with other conditions needs (without, it never matches)."""
         cands = self._host_cache.get(host)
         if cands is None:
             cands = remember(self._host_cache, host, self._candidates_for(host), HOST_CACHE_MAX)
         if not isinstance(path, bytes):
             path = path.encode("utf-8", "surrogateescape")
-        for prefix, fullmatch, route in cands:
+        for prefix, fullmatch, conditions, route in cands:
             if prefix is not None and not path.startswith(prefix):
                 continue
             if fullmatch is not None and fullmatch(path) is None:
+                continue
+            if conditions is not None and (facts is None or not conditions.holds(facts)):
                 continue
             return route
         return self.default

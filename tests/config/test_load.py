@@ -147,7 +147,7 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
     ({}, ["listeners: missing (required)"]),
     ({"listeners": []}, ["listeners: must list at least one listener"]),
     (cfg(bogus=1), ["bogus: unknown key (allowed: admin, buckets, cache, default_route, "
-                    "demo_backends, dns, listeners, logging, pools, routes, shutdown)"]),
+                    "demo_backends, dns, listeners, logging, pools, routes, routing, shutdown)"]),
     ({"listeners": [{"name": "web"}]}, ["listeners[0].port: missing (required)"]),
     ({"listeners": [{"name": "web", "port": "80"}]},
      ['listeners[0].port: expected an integer, got a string ("80")']),
@@ -227,7 +227,7 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
       "redirect, fixed_response"]),
     (with_pool(routes=[{"forward": "app"}]), ["routes[0].name: missing (required)"]),
     (with_pool(routes=[route(forward="app", action="x")]),
-     ["routes[0].action: unknown key (allowed: cache, fixed_response, forward, "
+     ["routes[0].action: unknown key (allowed: basic_auth, cache, fixed_response, forward, "
       "hsts_max_age_s, https_redirect_status, match, max_body_bytes, name, redirect, "
       "viewer_protocol)"]),
     (with_pool(routes=[route(forward="app"), route(forward="app")]),
@@ -239,8 +239,9 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
     (cfg(routes=[route(forward={"pool": "x"})]),
      ['routes[0].forward: unknown pool "x" (known: none)']),
     (with_pool(routes=[route(forward={"pol": "app"})]),
-     ["routes[0].forward.pol: unknown key (did you mean 'pool'? allowed: pool)",
-      "routes[0].forward.pool: missing (required)"]),
+     ["routes[0].forward.pol: unknown key (did you mean 'pool'? allowed: pool, pools, "
+      "rewrite, stickiness)",
+      "routes[0].forward: needs `pool` (one pool) or `pools` (weighted, at least one)"]),
     (with_pool(routes=[route(forward="")]), ["routes[0].forward: expected a pool name"]),
     (with_pool(routes=[route(forward="app", max_body_bytes=-1)]),
      ["routes[0].max_body_bytes: must be >= 0; got -1"]),
@@ -252,7 +253,7 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
      ["routes[0].match.path_prefix: must not contain spaces or control characters"]),
     (with_pool(routes=[route(forward="app", match={"hosts": ["a.com"]})]),
      ["routes[0].match.hosts: unknown key (did you mean 'host'? "
-      "allowed: host, path, path_prefix)"]),
+      "allowed: host, http_header, method, path, path_prefix, query_string, source_ip)"]),
     (with_pool(routes=[route(forward="app", match={"host": ["a.com", "w*.b.com"]})]),
      ["routes[0].match.host[1]: 'w*.b.com': a wildcard must be the whole first label, "
       "as in '*.example.com'"]),
@@ -699,7 +700,8 @@ def test_full_example_uses_every_key() -> None:
     _yaml_keys(data, used, named)
     # default_route is a route: its own keys must be shown, its actions are shown on routes.
     expected -= {k for k in expected if k.startswith("default_route.")
-                 and k.split(".")[1] in ("match", "forward", "redirect", "fixed_response")}
+                 and k.split(".")[1] in ("match", "forward", "redirect", "fixed_response",
+                                         "basic_auth")}
     missing = sorted(k for k in expected if k not in used)
     assert missing == [], f"config/example-full.yaml does not show: {missing}"
 
