@@ -603,6 +603,9 @@ def _check_rewrite(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         elif _WS_OR_CTL.search(replacement):
             ld.error(join(path, f"{what}_replacement"),
                      "must not contain spaces or control characters")
+    for key in ("prefix_replacement", "path_replacement"):
+        if any(c in v.get(key, "") for c in "?#"):
+            ld.error(join(path, key), 'must not contain "?" or "#": the query is kept as sent')
     if _WS_OR_CTL.search(v.get("prefix_replacement", "")):
         ld.error(join(path, "prefix_replacement"), "must not contain spaces or control "
                                                    "characters")
