@@ -841,7 +841,8 @@ CONDITION_CASES: list[tuple[dict[str, Any], list[str]]] = [
                                                                   "a:b": GOOD_HASH}})]),
      ["routes[0].basic_auth.users.ops: must be a bcrypt hash ($2b$12$ and 53 characters); "
       "never the password itself",
-      'routes[0].basic_auth.users["a:b"]: a user name is not empty and has no ':' (RFC 7617)"]),
+      "routes[0].basic_auth.users[\"a:b\"]: a user name is not empty and has no ':' "
+      "(RFC 7617)"]),
     (with_pool(routes=[route(forward="app", match={"method": "GET"})],
                routing={"max_condition_values": 0}),
      ["routing.max_condition_values: must be >= 1; got 0"]),
