@@ -14,7 +14,9 @@ control process first claims every listener's port itself, without it (`claim_po
 Messages, control -> worker: {"op": "config", "yaml": TEXT} (first message: start with it) and
 {"op": "reload", "yaml": TEXT, "id": N}, {"op": "targets", "pool": NAME, "targets": [...]}
 (the pool's target snapshot: host, port, weight, state, reason; health checks run in the control
-process). Worker -> control: {"op": "drained", "pool", "target"} (a draining target has nothing
+process), {"op": "weights", "route": NAME, "weights": {POOL: WEIGHT}} (a weighted forward's
+weights set through the admin API; the control process checks them against its own copy of
+the routes first, and sends them again to a restarted worker). Worker -> control: {"op": "drained", "pool", "target"} (a draining target has nothing
 in flight here), {"op": "stats", "pools": {POOL: {TARGET: {...}}}, "queues": {POOL:
 {"failed_open", "queued"}}, "listeners": {LISTENER: OPEN_CONNECTIONS}} (live per-target,
 per-pool and per-listener numbers, every second; the admin API adds them up over the
@@ -49,6 +51,8 @@ from lbcdn.config.schema import Config
 from lbcdn.edge.config import ListenerConfig
 from lbcdn.control import ControlPlane, config_dir
 from lbcdn.upstream.targets import TargetsControl
+from lbcdn.routing import Router
+from lbcdn.routing.weighted import WeightedForward
 from lbcdn.dns.engine import Engine
 from lbcdn.fdlimit import raise_nofile
 from lbcdn.logs import setup_logging
@@ -132,6 +136,8 @@ class Supervisor:
             self._publish_targets, state_dir=config.admin.state_dir, stats=self._target_stats,
             data_planes=lambda: max(1, sum(w.ready.is_set() for w in self.workers)))
         self.control = ControlPlane(self, config_dir(config_path), self.targets)
+        # the routes as the workers run them: where the admin API's weights are checked and kept
+        self.router = Router(config.routes, config.default_route)
         self.reloads = 0
         self._draining = False
         self._stop = asyncio.Event()
@@ -146,6 +152,22 @@ class Supervisor:
 
     def targets_control(self) -> TargetsControl | None:
         return self.targets
+
+    def weighted_forward(self, route: str) -> WeightedForward | None:
+        return self.router.weighted(route)
+
+    def set_weights(self, route: str, weights: dict[str, int]) -> None:
+        forward = self.router.weighted(route)
+        if forward is None:
+            raise LookupError(f"route {route!r} has no weighted forward")
+        forward.set_weights(weights)   # checks them (ValueError) before any worker sees them
+        for worker in self.workers:
+            self._send_weights(worker, forward)
+
+    @staticmethod
+    def _send_weights(worker: Worker, forward: WeightedForward) -> None:
+        worker.send({"op": "weights", "route": forward.route,
+                     "weights": dict(zip(forward.pools, forward.weights))})
 
     def _publish_targets(self, pool: str, snapshot: list[dict[str, Any]]) -> None:
         for worker in self.workers:
@@ -248,6 +270,9 @@ class Supervisor:
                 worker.ready.set()
                 for name, pool in self.targets.pools.items():  # a (re)started worker
                     worker.send({"op": "targets", "pool": name, "targets": pool.snapshot()})
+                for actions in self.router.actions.values():
+                    if actions.weighted is not None:
+                        self._send_weights(worker, actions.weighted)
             elif message["op"] == "drained":
                 self.targets.drained(message["pool"], message["target"], worker.index)
             elif message["op"] == "stats":
@@ -343,8 +368,9 @@ class Supervisor:
                 raise RuntimeError("; ".join(sorted(set(errors))))
             await self.control.apply(config)
             await self.targets.apply(config.pools)
-            # later restarts start from the new configuration
+            # later restarts start from the new configuration (and its weights)
             self.config, self.config_text = config, text
+            self.router = Router(config.routes, config.default_route)
             self.reloads += 1
             if self.log_level is None:
                 setup_logging(config.logging.level)
@@ -491,6 +517,11 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
                                          "error": error}).encode() + b"\n")
             elif message["op"] == "targets":
                 daemon.apply_targets(message["pool"], message["targets"])
+            elif message["op"] == "weights":
+                try:
+                    daemon.set_weights(message["route"], message["weights"])
+                except (LookupError, ValueError) as exc:  # a reload here got there first
+                    log.warning("worker %d: weights not applied: %s", index, exc)
             elif message["op"] == "invalidate":
                 i = message["invalidation"]
                 purged = await daemon.invalidate_cache(Invalidation(

@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from lbcdn.routing.actions import RouteActions
 from lbcdn.routing.conditions import Conditions, RequestFacts
 from lbcdn.routing.config import RouteConfig
+from lbcdn.routing.weighted import WeightedForward
 from lbcdn.memo import remember
 
 # One candidate: (path prefix or None, compiled pattern's fullmatch or None, other conditions
@@ -120,6 +121,11 @@ class Router:
             actions = RouteActions.build(route)
             if actions is not None:
                 self.actions[route.name] = actions
+
+    def weighted(self, route: str) -> WeightedForward | None:
+        """The weighted forward of the route named `route`, if it has one."""
+        actions = self.actions.get(route)
+        return actions.weighted if actions is not None else None
 
     def _add_host(self, name: str, index: int, route_name: str) -> None:
         key = name.strip().lower().rstrip(".").encode()
