@@ -14,9 +14,12 @@ control process first claims every listener's port itself, without it (`claim_po
 Messages, control -> worker: {"op": "config", "yaml": TEXT} (first message: start with it) and
 {"op": "reload", "yaml": TEXT, "id": N}, {"op": "targets", "pool": NAME, "targets": [...]}
 (the pool's target snapshot: host, port, weight, state, reason; health checks run in the control
-process), {"op": "weights", "route": NAME, "weights": {POOL: WEIGHT}} (a weighted forward's
-weights set through the admin API; the control process checks them against its own copy of
-the routes first, and sends them again to a restarted worker). Worker -> control: {"op": "drained", "pool", "target"} (a draining target has nothing
+process), {"op": "weights", "route": NAME, "weights": {POOL: WEIGHT}, "generation": N} (a
+weighted forward's weights set through the admin API; the control process checks them against
+its own copy of the routes first, and sends them again to a (re)started worker; N is the id of
+the reload whose routes they belong to, 0 for the first configuration, and a worker running
+another generation ignores them: weights sent to a starting worker must not override the
+routes of a reload it applied meanwhile). Worker -> control: {"op": "drained", "pool", "target"} (a draining target has nothing
 in flight here), {"op": "stats", "pools": {POOL: {TARGET: {...}}}, "queues": {POOL:
 {"failed_open", "queued"}}, "listeners": {LISTENER: OPEN_CONNECTIONS}} (live per-target,
 per-pool and per-listener numbers, every second; the admin API adds them up over the
@@ -138,6 +141,7 @@ class Supervisor:
         self.control = ControlPlane(self, config_dir(config_path), self.targets)
         # the routes as the workers run them: where the admin API's weights are checked and kept
         self.router = Router(config.routes, config.default_route)
+        self.generation = 0   # the id of the reload self.router comes from
         self.reloads = 0
         self._draining = False
         self._stop = asyncio.Event()
@@ -164,10 +168,10 @@ class Supervisor:
         for worker in self.workers:
             self._send_weights(worker, forward)
 
-    @staticmethod
-    def _send_weights(worker: Worker, forward: WeightedForward) -> None:
+    def _send_weights(self, worker: Worker, forward: WeightedForward) -> None:
         worker.send({"op": "weights", "route": forward.route,
-                     "weights": dict(zip(forward.pools, forward.weights))})
+                     "weights": dict(zip(forward.pools, forward.weights)),
+                     "generation": self.generation})
 
     def _publish_targets(self, pool: str, snapshot: list[dict[str, Any]]) -> None:
         for worker in self.workers:
@@ -355,11 +359,12 @@ class Supervisor:
             claim_ports(l for l in config.listeners if l.port not in ours)
             loop = asyncio.get_running_loop()
             self._next_ack += 1
+            reload_id = self._next_ack   # an invalidation may take the next id meanwhile
             waits = []
             for worker in self.workers:
                 future: asyncio.Future[str | None] = loop.create_future()
-                worker.acks[self._next_ack] = future
-                worker.send({"op": "reload", "yaml": text, "id": self._next_ack,
+                worker.acks[reload_id] = future
+                worker.send({"op": "reload", "yaml": text, "id": reload_id,
                              "source": self.config_path})
                 waits.append(future)
             async with asyncio.timeout(30):
@@ -371,6 +376,7 @@ class Supervisor:
             # later restarts start from the new configuration (and its weights)
             self.config, self.config_text = config, text
             self.router = Router(config.routes, config.default_route)
+            self.generation = reload_id
             self.reloads += 1
             if self.log_level is None:
                 setup_logging(config.logging.level)
@@ -504,20 +510,23 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
     daemon.on_drained = drained
     orphaned = False  # the control process died under us
 
+    generation = 0   # the reload id of the configuration running here (see "weights")
+
     async def channel() -> None:
-        nonlocal orphaned
+        nonlocal orphaned, generation
         async for message in messages(reader):
             if message["op"] == "reload":
                 error: str | None = None
                 try:
                     await daemon.apply(load_config_text(message["yaml"], message["source"]))
+                    generation = message["id"]
                 except Exception as exc:
                     error = f"worker {index}: {exc}"
                 writer.write(json.dumps({"op": "reloaded", "id": message["id"],
                                          "error": error}).encode() + b"\n")
             elif message["op"] == "targets":
                 daemon.apply_targets(message["pool"], message["targets"])
-            elif message["op"] == "weights":
+            elif message["op"] == "weights" and message["generation"] == generation:
                 try:
                     daemon.set_weights(message["route"], message["weights"])
                 except (LookupError, ValueError) as exc:  # a reload here got there first

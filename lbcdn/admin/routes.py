@@ -33,25 +33,29 @@ class WeightsProvider(Protocol):
         ...
 
 
-def _forward(request: web.Request) -> tuple[WeightsProvider, WeightedForward]:
+def _forward(request: web.Request) -> tuple[WeightsProvider, WeightedForward] | web.Response:
+    """The state and the route's weighted forward, or the 404 to answer."""
     state = request.app[STATE_KEY]
     route = request.match_info["route"]
-    forward = state.weighted_forward(route) if isinstance(state, WeightsProvider) else None
-    if forward is None:
-        raise web.HTTPNotFound(text=json.dumps(
-            {"error": f"route {route!r} has no weighted forward"}),
-            content_type="application/json")
-    assert isinstance(state, WeightsProvider)
-    return state, forward
+    if isinstance(state, WeightsProvider):
+        forward = state.weighted_forward(route)
+        if forward is not None:
+            return state, forward
+    return web.json_response({"error": f"route {route!r} has no weighted forward"}, status=404)
 
 
 async def _get(request: web.Request) -> web.Response:
-    _, forward = _forward(request)
-    return web.json_response(forward.describe())
+    found = _forward(request)
+    if isinstance(found, web.Response):
+        return found
+    return web.json_response(found[1].describe())
 
 
 async def _put(request: web.Request) -> web.Response:
-    state, forward = _forward(request)
+    found = _forward(request)
+    if isinstance(found, web.Response):
+        return found
+    state, forward = found
     try:
         body = await request.json(loads=json.loads)
     except ValueError:
