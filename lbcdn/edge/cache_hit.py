@@ -225,7 +225,7 @@ def _plan(conn: ClientStream, head: RequestHead, rt: CacheRuntime | None) -> Hit
     cache route that adds nothing of its own (HTTPS redirects, HSTS) to its answers."""
     router = conn.listener.router
     # a route chosen by more than Host and path (headers, client address) may differ for the
-    # next request with these very head bytes
+    # next request with these very head bytes; one behind basic auth checks every request
     if rt is None or head.version != b"1.1" or not head.keep_alive or router.conditional:
         return NO_PLAN
     route = router.match(head.host, head.path)

@@ -296,3 +296,29 @@ async def test_basic_auth_asks_checks_and_remembers() -> None:
                                        body=b"hello")
                 assert resp.status == 200 and json.loads(resp.body)["body_bytes"] == 5
                 assert (await c.request("GET", "/other")).status == 200   # other routes: open
+
+
+def cached(backend: int, routes: list[dict[str, Any]]) -> dict[str, Any]:
+    config = proxy_config(backend, cache={
+        "origins": {"o": {"pool": "app"}},
+        "distributions": {"site": {"default_behavior": {"path_pattern": "*", "origin": "o"}}}})
+    config["routes"] = routes
+    return config
+
+
+CACHEABLE = "/headers/set?Cache-Control=max-age%3D60"
+
+
+async def test_cache_hits_answered_from_known_heads_still_honour_source_ip_rules() -> None:
+    """The edge cache answers a repeated head without routing it again (lbcdn.edge.cache_hit);
+    the same head bytes from another client address may belong to another route."""
+    async with demo_backend("app") as backend:
+        config = cached(backend, [rule("office", source_ip="127.0.0.2/32"),
+                                  {"name": "cdn", "cache": "site", "forward": "app"}])
+        port = listener_port(config)
+        async with running_daemon(config):
+            async with raw_client(port) as c:
+                for _ in range(3):
+                    resp = await c.request("GET", CACHEABLE)
+                    assert resp.status == 200 and resp.header("X-Backend") == "app"
+            assert await route_of(port, CACHEABLE, source="127.0.0.2") == "office"
