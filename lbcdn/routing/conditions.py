@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Sequence
 from urllib.parse import unquote_to_bytes
 
@@ -61,15 +62,22 @@ def _globs(patterns: Sequence[str]) -> re.Pattern[bytes]:
                       re.IGNORECASE | re.DOTALL)
 
 
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
 def parse_ip(text: bytes) -> tuple[int, int] | None:
-    """(version, address as int) of an IP literal, IPv4-mapped IPv6 as IPv4; None if not one."""
+    """(version, address as int) of an IP literal, IPv4-mapped IPv6 as IPv4; None if not one.
+    (socket.inet_pton: ipaddress.ip_address costs microseconds, this a fraction of one.)"""
     try:
-        ip = ipaddress.ip_address(text.strip().decode("ascii"))
-    except (ValueError, UnicodeDecodeError):
+        literal = text.strip().decode("ascii")
+        if ":" not in literal:
+            return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, literal), "big")
+        packed = socket.inet_pton(socket.AF_INET6, literal)
+    except (OSError, UnicodeDecodeError, ValueError):
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return 4, int(ip.ipv4_mapped)
-    return ip.version, int(ip)
+    if packed[:12] == _V4_MAPPED:
+        return 4, int.from_bytes(packed[12:], "big")
+    return 6, int.from_bytes(packed, "big")
 
 
 def source_address(client: bytes, xff: list[bytes] | None, hops: int) -> tuple[int, int] | None:
