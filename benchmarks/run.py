@@ -33,6 +33,7 @@ import scenario_idle  # noqa: E402
 import scenario_pools  # noqa: E402
 import scenario_proxy  # noqa: E402
 import scenario_reload  # noqa: E402
+import scenario_rules  # noqa: E402
 import scenario_tls  # noqa: E402
 import scenario_workers  # noqa: E402
 from harness import REPO, Bench, BenchError, Scenario  # noqa: E402
@@ -56,6 +57,8 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
                "failed / reset", scenario_reload.run),
     "pools": ("1,000 health-checked targets: cpu; req/s per balancing algorithm; us per pick",
               scenario_pools.run),
+    "rules": ("us to route a request through 10 and 1,000 rules with mixed conditions",
+              scenario_rules.run),
 }
 
 

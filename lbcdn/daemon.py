@@ -45,6 +45,7 @@ from lbcdn.fdlimit import nofile, raise_nofile
 from lbcdn.logs import AccessLog, setup_logging
 from lbcdn.metrics import OUTLIER_EJECTIONS
 from lbcdn.routing import Router
+from lbcdn.routing.weighted import WeightedForward
 from lbcdn.tasks import spawn
 from lbcdn.upstream.pool import Pool
 from lbcdn.upstream.targets import TargetsControl, stats_of
@@ -76,6 +77,7 @@ class Daemon:
                                     config.logging.access_log.path)
         self.pools: dict[str, Pool] = {}
         self.listeners: list[Listener] = []
+        self.router: Router | None = None   # the listeners' (one per configuration)
         self.cache: CacheRuntime | None = None   # edge cache stores, per process
         # pools' targets and health checks: here, unless a control process runs them (then
         # `on_drained` tells it when a draining target has nothing in flight here)
@@ -138,6 +140,18 @@ class Daemon:
                     log.error("listener %s: ACME certificate not loaded, keeping the "
                               "previous one: %s", listener.name, exc)
 
+    def weighted_forward(self, route: str) -> WeightedForward | None:
+        """The live weights of a route's weighted forward (lbcdn.admin.keys.WeightsProvider)."""
+        return self.router.weighted(route) if self.router is not None else None
+
+    def set_weights(self, route: str, weights: dict[str, int]) -> None:
+        """New weights for a route's weighted forward, at once for the next request;
+        LookupError (no such route) or ValueError (lbcdn.routing.weighted)."""
+        forward = self.weighted_forward(route)
+        if forward is None:
+            raise LookupError(f"route {route!r} has no weighted forward")
+        forward.set_weights(weights)
+
     def apply_targets(self, pool: str, snapshot: list[dict[str, Any]]) -> None:
         """The control plane's view of a pool's targets (lbcdn.upstream.targets)."""
         p = self.pools.get(pool)
@@ -196,7 +210,7 @@ class Daemon:
             await self.targets.start(config.pools)
         self.cache = CacheRuntime(config.cache, config.buckets)
         cache_hit.set_runtime(self.cache)
-        router = Router(config.routes, config.default_route)
+        router = self.router = Router(config.routes, config.default_route)
         caps = self._edge_caps(config)
         for lc in config.listeners:
             listener = Listener(lc, router, self.pools, self.access_log, caps[EDGE + lc.name])
@@ -278,7 +292,9 @@ class Daemon:
                 if self.pools.get(name) is not pool:
                     pool.close()
             raise ReloadError(f"could not apply the new configuration: {exc}") from exc
-        # 2. swap: nothing below can fail
+        # 2. swap: nothing below can fail (weights set through the admin API end here too:
+        # the configuration's are the truth again)
+        self.router = router
         if access_log is not self.access_log:
             access_log.start()
         listeners: list[Listener] = []

@@ -322,6 +322,9 @@ EJECTION_CAUSES: Final = ("5xx", "connect_failure", "stalled")  # lbcdn.health.o
 TARGET_REQUESTS: Final = Counter(
     "lbcdn_target_requests_total", "Attempts sent to each target (retries count on the target "
     "they went to).", ["pool", "target"], registry=REGISTRY)
+ROUTE_POOL_REQUESTS: Final = Counter(
+    "lbcdn_route_pool_requests_total", "Requests a weighted forward sent to each of its pools "
+    "(the canary split), by route and pool.", ["route", "pool"], registry=REGISTRY)
 TARGET_DURATION: Final = Histogram(
     "lbcdn_target_duration_seconds", "Time from sending a request to a target to its response "
     "head.", ["pool", "target"], buckets=DURATION_BUCKETS, registry=REGISTRY)

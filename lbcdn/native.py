@@ -72,6 +72,7 @@ MODULES = (
     "lbcdn/balancer/retry.py",
     "lbcdn/balancer/slow_start.py",
     "lbcdn/routing/router.py",
+    "lbcdn/routing/conditions.py",
     "lbcdn/memo.py",
     "lbcdn/writebatch.py",
     "lbcdn/timers.py",

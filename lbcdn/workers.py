@@ -15,7 +15,13 @@ Messages, control -> worker: {"op": "config", "yaml": TEXT} (first message: star
 {"op": "reload", "yaml": TEXT, "id": N}, {"op": "targets", "pool": NAME, "targets": [...]}
 (the pool's target snapshot: host, port, weight, state, reason; health checks run in the control
 process), {"op": "ticket_keys", "keys": [PREVIOUS, CURRENT, NEXT]} (TLS session-ticket keys, hex;
-also in the "config" message as "ticket_keys"; lbcdn.tlstickets). Worker -> control: {"op": "drained", "pool", "target"} (a draining target has nothing
+also in the "config" message as "ticket_keys"; lbcdn.tlstickets),
+{"op": "weights", "route": NAME, "weights": {POOL: WEIGHT}, "generation": N} (a
+weighted forward's weights set through the admin API; the control process checks them against
+its own copy of the routes first, and sends them again to a (re)started worker; N is the id of
+the reload whose routes they belong to, 0 for the first configuration, and a worker running
+another generation ignores them: weights sent to a starting worker must not override the
+routes of a reload it applied meanwhile). Worker -> control: {"op": "drained", "pool", "target"} (a draining target has nothing
 in flight here), {"op": "stats", "pools": {POOL: {TARGET: {...}}}, "queues": {POOL:
 {"failed_open", "queued"}}, "listeners": {LISTENER: OPEN_CONNECTIONS}} (live per-target,
 per-pool and per-listener numbers, every second; the admin API adds them up over the
@@ -59,6 +65,8 @@ from lbcdn.config.schema import Config
 from lbcdn.edge.config import ListenerConfig
 from lbcdn.control import ControlPlane, config_dir
 from lbcdn.upstream.targets import TargetsControl
+from lbcdn.routing import Router
+from lbcdn.routing.weighted import WeightedForward
 from lbcdn.dns.engine import Engine
 from lbcdn.fdlimit import raise_nofile
 from lbcdn.logs import setup_logging
@@ -147,6 +155,9 @@ class Supervisor:
         self.acme_view: dict[str, Any] = {"http01": {}, "alpn": {}, "certs": {}}
         # TLS session-ticket keys: made and rotated here, the same in every worker
         self.tickets = Rotator(config.tls_session_tickets, self._publish_ticket_keys)
+        # the routes as the workers run them: where the admin API's weights are checked and kept
+        self.router = Router(config.routes, config.default_route)
+        self.generation = 0   # the id of the reload self.router comes from
         self.reloads = 0
         self._draining = False
         self._stop = asyncio.Event()
@@ -185,6 +196,22 @@ class Supervisor:
     async def _demand(self, worker: Worker, message: dict[str, Any]) -> None:
         error = await self.control.acme_demand(message["listener"], message["name"])
         worker.send({"op": "acme-demanded", "id": message["id"], "error": error})
+
+    def weighted_forward(self, route: str) -> WeightedForward | None:
+        return self.router.weighted(route)
+
+    def set_weights(self, route: str, weights: dict[str, int]) -> None:
+        forward = self.router.weighted(route)
+        if forward is None:
+            raise LookupError(f"route {route!r} has no weighted forward")
+        forward.set_weights(weights)   # checks them (ValueError) before any worker sees them
+        for worker in self.workers:
+            self._send_weights(worker, forward)
+
+    def _send_weights(self, worker: Worker, forward: WeightedForward) -> None:
+        worker.send({"op": "weights", "route": forward.route,
+                     "weights": dict(zip(forward.pools, forward.weights)),
+                     "generation": self.generation})
 
     def _publish_targets(self, pool: str, snapshot: list[dict[str, Any]]) -> None:
         for worker in self.workers:
@@ -308,6 +335,9 @@ class Supervisor:
                 worker.send({"op": "acme", "id": 0, "view": self.acme_view})
                 for name, pool in self.targets.pools.items():  # a (re)started worker
                     worker.send({"op": "targets", "pool": name, "targets": pool.snapshot()})
+                for actions in self.router.actions.values():
+                    if actions.weighted is not None:
+                        self._send_weights(worker, actions.weighted)
             elif message["op"] == "drained":
                 self.targets.drained(message["pool"], message["target"], worker.index)
             elif message["op"] == "stats":
@@ -407,11 +437,12 @@ class Supervisor:
             claim_ports(l for l in config.listeners if l.port not in ours)
             loop = asyncio.get_running_loop()
             self._next_ack += 1
+            reload_id = self._next_ack   # an invalidation may take the next id meanwhile
             waits = []
             for worker in self.workers:
                 future: asyncio.Future[str | None] = loop.create_future()
-                worker.acks[self._next_ack] = future
-                worker.send({"op": "reload", "yaml": text, "id": self._next_ack,
+                worker.acks[reload_id] = future
+                worker.send({"op": "reload", "yaml": text, "id": reload_id,
                              "source": self.config_path})
                 waits.append(future)
             async with asyncio.timeout(30):
@@ -421,8 +452,10 @@ class Supervisor:
             await self.control.apply(config)
             await self.targets.apply(config.pools)
             self.tickets.apply(config.tls_session_tickets)
-            # later restarts start from the new configuration
+            # later restarts start from the new configuration (and its weights)
             self.config, self.config_text = config, text
+            self.router = Router(config.routes, config.default_route)
+            self.generation = reload_id
             self.reloads += 1
             if self.log_level is None:
                 setup_logging(config.logging.level)
@@ -574,13 +607,16 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
     daemon.on_drained = drained
     orphaned = False  # the control process died under us
 
+    generation = 0   # the reload id of the configuration running here (see "weights")
+
     async def channel() -> None:
-        nonlocal orphaned
+        nonlocal orphaned, generation
         async for message in messages(reader):
             if message["op"] == "reload":
                 error: str | None = None
                 try:
                     await daemon.apply(load_config_text(message["yaml"], message["source"]))
+                    generation = message["id"]
                 except Exception as exc:
                     error = f"worker {index}: {exc}"
                 writer.write(json.dumps({"op": "reloaded", "id": message["id"],
@@ -597,6 +633,11 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
                 set_keys(TicketKeys.from_wire(message["keys"]))
             elif message["op"] == "targets":
                 daemon.apply_targets(message["pool"], message["targets"])
+            elif message["op"] == "weights" and message["generation"] == generation:
+                try:
+                    daemon.set_weights(message["route"], message["weights"])
+                except (LookupError, ValueError) as exc:  # a reload here got there first
+                    log.warning("worker %d: weights not applied: %s", index, exc)
             elif message["op"] == "invalidate":
                 i = message["invalidation"]
                 purged = await daemon.invalidate_cache(Invalidation(

@@ -24,7 +24,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from lbcdn.admin import acme, cache, dns, status, targets
+from lbcdn.admin import acme, cache, dns, routes, status, targets
 from lbcdn.aiolistener import AppListener, serve_app
 from lbcdn.admin.keys import STATE_KEY
 from lbcdn.admin.peers import fanout_middleware
@@ -161,6 +161,7 @@ def create_admin_app(state: AdminState, token: str | None,
     acme.add_routes(app)
     cache.add_routes(app)
     targets.add_routes(app)
+    routes.add_routes(app)
     status.add_routes(app)
     return app
 

@@ -34,8 +34,10 @@ from lbcdn.dns.config import DnsConfig, alias_problems
 from lbcdn.http.head import HOP_BY_HOP
 from lbcdn.config.schema import AccessLogConfig, AdminConfig, Config
 from lbcdn.edge.config import ListenerConfig
-from lbcdn.routing.config import (FixedResponseAction, ForwardAction, MatchConfig, RedirectAction,
-                                  RouteConfig)
+from lbcdn.routing.config import (BasicAuthConfig, FixedResponseAction, ForwardAction,
+                                  HeaderCondition, MatchConfig, QueryCondition, RedirectAction,
+                                  RewriteConfig, RouteConfig)
+from lbcdn.routing.rewrite import replacement_problem
 from lbcdn.tls import CertificateConfig, ListenerTlsConfig
 from lbcdn.upstream.config import PoolConfig, TargetConfig
 
@@ -351,13 +353,25 @@ def _match_hosts(ld: Loader, data: object, path: str) -> Any:
     return tuple(out) if ok else INVALID
 
 
+def _one_or_list(item: Any) -> Any:
+    """A field hook for a list field that also takes a single item (`method: GET`)."""
+    def hook(ld: Loader, data: object, path: str) -> Any:
+        return ld.value(tuple[item, ...], data if isinstance(data, list) else [data], path)
+    return hook
+
+
 TYPE_HOOKS[TargetConfig] = _target
 TYPE_HOOKS[RouteConfig] = _route
 FIELD_HOOKS[(Config, "pools")] = _pools
 FIELD_HOOKS[(Config, "default_route")] = _default_route
 FIELD_HOOKS[(MatchConfig, "hosts")] = _match_hosts
 FIELD_HOOKS[(TargetConfig, "host")] = _target_host
-RENAMES[MatchConfig] = {"hosts": "host"}
+FIELD_HOOKS[(MatchConfig, "http_headers")] = _one_or_list(HeaderCondition)
+FIELD_HOOKS[(MatchConfig, "methods")] = _one_or_list(str)
+FIELD_HOOKS[(MatchConfig, "source_ips")] = _one_or_list(str)
+FIELD_HOOKS[(HeaderCondition, "values")] = _one_or_list(str)
+RENAMES[MatchConfig] = {"hosts": "host", "http_headers": "http_header", "methods": "method",
+                        "source_ips": "source_ip"}
 
 
 # -- semantic checks ---------------------------------------------------------------------
@@ -503,6 +517,7 @@ def _check_pool(ld: Loader, v: Mapping[str, Any], path: str) -> None:
 
 
 _WS_OR_CTL = re.compile(r"[\x00-\x20\x7f]")
+_CTL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _check_path(ld: Loader, value: str | None, path: str) -> None:
@@ -525,6 +540,143 @@ def _check_match(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         if bad:
             ld.error(join(path, key), f'must not contain "{bad[0]}": it would never match, as '
                                       "the query (and fragment) are not part of the path")
+
+
+# ALB's limits on condition values
+MAX_CONDITION_CHARS = 128
+_METHOD = re.compile(r"[A-Z_-]{1,40}")
+MAX_WEIGHTED_POOLS = 5
+_BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+
+
+def _check_text(ld: Loader, value: str, path: str) -> None:
+    if len(value) > MAX_CONDITION_CHARS:
+        ld.error(path, f"at most {MAX_CONDITION_CHARS} characters (ALB's limit); "
+                       f"got {len(value)}")
+
+
+def _check_header_condition(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    name = v.get("name")
+    if name is not None:
+        problem = names.header_token_problem(name)
+        if "*" in name or "?" in name:
+            problem = "no wildcards in a header name"
+        elif not problem and name.lower() == "host":
+            problem = "use `host` to match the Host header"
+        if problem:
+            ld.error(join(path, "name"), problem)
+    values = v.get("values")
+    if values is not None and not values:
+        ld.error(join(path, "values"), "must list at least one value")
+    for i, value in enumerate(values or ()):
+        _check_text(ld, value, index(join(path, "values"), i))
+
+
+def _check_query_condition(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    for key in ("key", "value"):
+        if v.get(key) is not None:
+            _check_text(ld, v[key], join(path, key))
+    if v.get("key") == "":
+        ld.error(join(path, "key"), "must not be empty (leave it out to match any key)")
+
+
+def _check_conditions(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    for i, method in enumerate(v.get("methods", ())):
+        if not _METHOD.fullmatch(method):
+            ld.error(index(join(path, "method"), i),
+                     f"{method!r}: a method is 1-40 of A-Z, '-' and '_' (case-sensitive, no "
+                     "wildcards)")
+    for i, text in enumerate(v.get("source_ips", ())):
+        where = index(join(path, "source_ip"), i)
+        try:
+            ipaddress.ip_network(text, strict=True)
+        except ValueError as e:
+            if "host bits set" in str(e):
+                net = ipaddress.ip_network(text, strict=False)
+                ld.error(where, f"{text!r} has host bits set; did you mean {net}?")
+            else:
+                ld.error(where, f"{text!r} is not an IPv4 or IPv6 CIDR range (10.0.0.0/8, "
+                                "2001:db8::/32)")
+
+
+def condition_values(match: MatchConfig) -> int:
+    """How many condition values a route lists, counted as ALB does."""
+    return (len(match.hosts) + (match.path_prefix is not None) + (match.path is not None)
+            + sum(len(h.values) for h in match.http_headers) + len(match.query_string)
+            + len(match.methods) + len(match.source_ips))
+
+
+def _check_forward(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    pools = v.get("pools", ())
+    if "pool" in v and "pools" in v:   # both loaded (a default counts as loaded)
+        if v["pool"] is not None and pools:
+            ld.error(path, "give `pool` or `pools`, not both")
+        elif v["pool"] is None and not pools:
+            ld.error(path, "needs `pool` (one pool) or `pools` (weighted, at least one)")
+    if len(pools) > MAX_WEIGHTED_POOLS:
+        ld.error(join(path, "pools"), f"at most {MAX_WEIGHTED_POOLS} pools (ALB's limit); "
+                                      f"got {len(pools)}")
+    seen: dict[str, int] = {}
+    for i, item in enumerate(pools):
+        if item.pool in seen:
+            ld.error(index(join(path, "pools"), i),
+                     f'pool "{item.pool}" is listed twice (pools[{seen[item.pool]}] and '
+                     f"pools[{i}])")
+        seen.setdefault(item.pool, i)
+    if pools and not sum(item.weight for item in pools):
+        ld.error(join(path, "pools"), "at least one weight must be above 0")
+    if v.get("stickiness") is not None and not pools:
+        ld.error(join(path, "stickiness"), "needs `pools` (a single pool has nothing to "
+                                           "stick to; see the pool's `stickiness`)")
+
+
+def _regex_groups(ld: Loader, source: str | None, path: str) -> int | None:
+    if source is None:
+        return None
+    try:
+        return re.compile(source.encode()).groups
+    except re.error as e:
+        ld.error(path, f"not a valid regular expression: {e}")
+        return None
+
+
+def _check_rewrite(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    if v.get("path_prefix") is None and v.get("path_regex") is None and \
+            v.get("host_regex") is None:
+        ld.error(path, "needs path_prefix, path_regex or host_regex")
+    prefix = v.get("path_prefix")
+    if prefix is not None and not prefix.startswith("/"):
+        ld.error(join(path, "path_prefix"), 'must start with "/"')
+    for what in ("path", "host"):
+        groups = _regex_groups(ld, v.get(f"{what}_regex"), join(path, f"{what}_regex"))
+        replacement = v.get(f"{what}_replacement", "")
+        problem = replacement_problem(replacement, groups or 0)
+        if problem and groups is not None:
+            ld.error(join(path, f"{what}_replacement"), problem)
+        elif _WS_OR_CTL.search(replacement):
+            ld.error(join(path, f"{what}_replacement"),
+                     "must not contain spaces or control characters")
+    for key in ("prefix_replacement", "path_replacement"):
+        if any(c in v.get(key, "") for c in "?#"):
+            ld.error(join(path, key), 'must not contain "?" or "#": the query is kept as sent')
+    if _WS_OR_CTL.search(v.get("prefix_replacement", "")):
+        ld.error(join(path, "prefix_replacement"), "must not contain spaces or control "
+                                                   "characters")
+
+
+def _check_basic_auth(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    users = v.get("users")
+    if users is not None and not users:
+        ld.error(join(path, "users"), "must name at least one user")
+    for user, hashed in (users or {}).items():
+        where = join(join(path, "users"), user)
+        if ":" in user or not user:
+            ld.error(where, "a user name is not empty and has no ':' (RFC 7617)")
+        elif not _BCRYPT_HASH.fullmatch(hashed):
+            ld.error(where, "must be a bcrypt hash ($2b$12$ and 53 characters); never the "
+                            "password itself")
+    if _CTL.search(v.get("realm", "")):
+        ld.error(join(path, "realm"), "must not contain control characters")
 
 
 _PLACEHOLDER = re.compile(r"#\{[^}]*\}")
@@ -741,9 +893,24 @@ def _check_config(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     if pool_names is not None:
         known = ", ".join(pool_names) or "none"
         for where, route in routes:
-            if isinstance(route.action, ForwardAction) and route.action.pool not in pool_names:
-                ld.error(join(where, "forward"),
-                         f'unknown pool "{route.action.pool}" (known: {known})')
+            action = route.action
+            if not isinstance(action, ForwardAction):
+                continue
+            if action.pool is not None and action.pool not in pool_names:
+                ld.error(join(where, "forward"), f'unknown pool "{action.pool}" (known: {known})')
+            for i, item in enumerate(action.pools):
+                if item.pool not in pool_names:
+                    ld.error(join(index(join(join(where, "forward"), "pools"), i), "pool"),
+                             f'unknown pool "{item.pool}" (known: {known})')
+    routing = v.get("routing")
+    limit = routing.max_condition_values if routing is not None and routing is not INVALID \
+        else 5
+    for where, route in routes:
+        count = condition_values(route.match)
+        if count > limit:
+            ld.error(join(where, "match"),
+                     f"{count} condition values; at most {limit} per route (ALB's limit; "
+                     "raise routing.max_condition_values)")
     first: dict[str, str] = {}
     for where, route in routes:
         if route.name in first:
@@ -799,6 +966,12 @@ VALIDATORS.setdefault(ListenerConfig, []).append(_check_listener)
 VALIDATORS.setdefault(AdminConfig, []).append(_check_admin)
 VALIDATORS.setdefault(PoolConfig, []).append(_check_pool)
 VALIDATORS.setdefault(MatchConfig, []).append(_check_match)
+VALIDATORS.setdefault(MatchConfig, []).append(_check_conditions)
+VALIDATORS.setdefault(HeaderCondition, []).append(_check_header_condition)
+VALIDATORS.setdefault(QueryCondition, []).append(_check_query_condition)
+VALIDATORS.setdefault(ForwardAction, []).append(_check_forward)
+VALIDATORS.setdefault(RewriteConfig, []).append(_check_rewrite)
+VALIDATORS.setdefault(BasicAuthConfig, []).append(_check_basic_auth)
 VALIDATORS.setdefault(RedirectAction, []).append(_check_redirect)
 VALIDATORS.setdefault(FixedResponseAction, []).append(_check_fixed)
 VALIDATORS.setdefault(Config, []).append(_check_config)

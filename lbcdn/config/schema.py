@@ -26,7 +26,7 @@ from lbcdn.configkit.fields import REQUIRED, doc
 from lbcdn.configkit.limits import HttpLimitsConfig
 from lbcdn.dns.config import DnsConfig
 from lbcdn.edge.config import ListenerConfig
-from lbcdn.routing.config import FixedResponseAction, RouteConfig
+from lbcdn.routing.config import FixedResponseAction, RouteConfig, RoutingConfig
 from lbcdn.tlstickets import TicketsConfig
 from lbcdn.upstream.config import PoolConfig
 
@@ -106,6 +106,7 @@ class Config:
         "Backend pools by name; routes refer to them.", default_factory=dict)
     routes: tuple[RouteConfig, ...] = doc("Ordered routing rules; the first match wins.",
                                           default_factory=tuple)
+    routing: RoutingConfig = doc("Limits of routing rules.", default_factory=RoutingConfig)
     default_route: RouteConfig = doc(
         "What a request matching no route gets; its `name` defaults to `default`. "
         "Written without `match`. Default: a 404 fixed response `no route matches this "

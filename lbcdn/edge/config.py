@@ -46,6 +46,11 @@ class ListenerConfig:
         "`append`: the client's address is appended to the X-Forwarded-For received (or "
         "starts it); `preserve`: forwarded as received (none if none); `remove`: never "
         "sent upstream.", "append")
+    trusted_proxy_hops: int = doc(
+        "How many proxies (load balancers, CDNs) sit in front of this listener and are "
+        "trusted to append the client's address to X-Forwarded-For. Route `source_ip` "
+        "conditions then use the entry this many places from the right (a request with "
+        "fewer entries meets none). 0: the connection's own peer address.", 0, lo=0, hi=32)
     request_id_header: str = doc(
         "Header carrying the request id (see [Proxying](../guides/edge.md#proxying)). "
         "Not one that frames the request or belongs to one hop (`Content-Length`, "

@@ -26,7 +26,7 @@ from typing import Final, TYPE_CHECKING
 
 from lbcdn import writebatch
 from lbcdn.acme import answers
-from lbcdn.edge import cache_flow
+from lbcdn.edge import cache_flow, route_actions
 from lbcdn.edge.accounting import record
 from lbcdn.edge.stream import PAUSE_UPSTREAM, ClientStream, ExchangeTap
 from lbcdn.routing.config import FixedResponseAction, ForwardAction, RedirectAction, RouteConfig
@@ -125,6 +125,7 @@ class Exchange(UpstreamOwner):
     retries = 0
     extra_headers = b""   # header lines the route adds to every response (HSTS)
     tap: ExchangeTap | None = None   # the edge cache's view of this exchange
+    client_head: RequestHead | None = None   # the request as received, when `head` is rewritten
 
     def __init__(self, conn: ClientStream, head: RequestHead, started: float) -> None:
         self.conn = conn
@@ -169,7 +170,9 @@ class Exchange(UpstreamOwner):
                 self.respond_local(200, [(b"Content-Type", b"application/octet-stream")],
                                    key_authorization.encode())
                 return
-        route = self.route = listener.router.match(head.host, head.path)
+        router = listener.router
+        route = self.route = router.match(head.host, head.path, listener.request_facts(
+            head, self.conn.client_ip_bytes) if router.conditional else None)
         plan = self.plan = listener.route_plan(route)
         if plan.forward is not None:
             self.forward(plan.forward)
@@ -191,12 +194,23 @@ class Exchange(UpstreamOwner):
                 limit is not None and self.body_bytes > limit:
             self.respond_error(HttpError(413, "request body too large"))
             return
+        actions = plan.actions
+        if actions is not None and actions.auth is not None and \
+                not route_actions.authorized(self, actions.auth):
+            return
+        self.authorized()
+
+    def authorized(self) -> None:
+        """Carry on with the route's action (after basic authentication, if it asks for it)."""
+        route = self.route
+        plan = self.plan
+        assert route is not None and plan is not None
         if route.cache is not None:
             cache_flow.start(self, route.cache)
             return
         action = route.action
         if isinstance(action, ForwardAction):
-            self.forward(self.listener.pools[action.pool])
+            route_actions.forward(self, action, plan.actions)
         elif isinstance(action, RedirectAction):
             self.redirect(action)
         elif isinstance(action, FixedResponseAction):
@@ -781,7 +795,8 @@ class Exchange(UpstreamOwner):
         if attempt is not None and self.pool is not None:
             self.pool.finished(attempt, self.status, self.upstream_time)
         plan = self.plan
-        record(self.conn, self.head,
+        head = self.client_head
+        record(self.conn, head if head is not None else self.head,
                plan.metrics if plan is not None else self.listener.route_metrics("-"),
                self.status, self.started, self.body_bytes, self.bytes_out, self.target,
                self.upstream_time, self.request_id)

@@ -30,7 +30,7 @@ from lbcdn.edge.cache_hit import KnownHead
 from lbcdn.edge.connection import ClientConnection, Limits
 from lbcdn.edge.tls_gate import TlsGate
 from lbcdn.tls import ServerTls
-from lbcdn.http.head import request_header_kinds
+from lbcdn.http.head import RequestHead, request_header_kinds
 from lbcdn.http.errors import error_response
 from lbcdn.http.request_id import new_request_id
 from lbcdn.logs import AccessLog, LogLimiter, held_note
@@ -38,6 +38,8 @@ from lbcdn.memo import remember
 from lbcdn.metrics import RouteMetrics, listener_metrics, route_metrics
 from lbcdn.refusal import REFUSING_MAX, RETRY_AFTER, Refusal
 from lbcdn.routing import Router
+from lbcdn.routing.actions import RouteActions
+from lbcdn.routing.conditions import RequestFacts
 from lbcdn.upstream.pool import Pool
 
 log = logging.getLogger("lbcdn.edge")
@@ -59,15 +61,18 @@ class _Server(Protocol):
 
 
 class RoutePlan:
-    """What a listener works out once per route: its metrics, and for a plain forward (any
-    viewer protocol, no HSTS, no body limit, no cache) the pool, so that a request on such a
+    """What a listener works out once per route: its metrics, its actions beyond one pool
+    (lbcdn.routing.actions), and for a plain forward to one pool (any viewer protocol, no HSTS,
+    no body limit, no cache, none of those actions) the pool, so that a request on such a
     route reads no more of the route's settings."""
-    __slots__ = ("route", "metrics", "forward")
+    __slots__ = ("route", "metrics", "forward", "actions")
 
-    def __init__(self, route: RouteConfig, metrics: RouteMetrics, forward: Pool | None) -> None:
+    def __init__(self, route: RouteConfig, metrics: RouteMetrics, forward: Pool | None,
+                 actions: RouteActions | None) -> None:
         self.route = route
         self.metrics = metrics
         self.forward = forward
+        self.actions = actions
 
 
 class Listener:
@@ -139,14 +144,21 @@ class Listener:
         plan = self._plans.get(id(route))
         if plan is None or plan.route is not route:
             action = route.action
+            actions = self.router.actions.get(route.name)
             forward = None
-            if isinstance(action, ForwardAction) and route.viewer_protocol == "allow-all" \
+            if isinstance(action, ForwardAction) and action.pool is not None \
+                    and actions is None and route.viewer_protocol == "allow-all" \
                     and route.hsts_max_age_s is None and route.max_body_bytes is None \
                     and route.cache is None:
                 forward = self.pools[action.pool]
             plan = self._plans[id(route)] = RoutePlan(route, self.route_metrics(route.name),
-                                                       forward)
+                                                       forward, actions)
         return plan
+
+    def request_facts(self, head: RequestHead, client: bytes) -> RequestFacts:
+        """What the router's header, query, method and source-IP conditions read."""
+        return RequestFacts(head.method, head.headers, head.query, client, head.xff,
+                            self.config.trusted_proxy_hops)
 
     async def start(self, reuse_port: bool = False) -> None:
         server = await self.loop.create_server(

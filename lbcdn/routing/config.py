@@ -15,6 +15,26 @@ from lbcdn.configkit.fields import REQUIRED, doc
 
 
 @dataclass(frozen=True)
+class HeaderCondition:
+    name: str = doc(
+        "Header name, case-insensitive; no wildcards. Not `Host` (that is `host`).", REQUIRED)
+    values: tuple[str, ...] = doc(
+        "Values, any of which the header must have (one value or a list); case-insensitive, "
+        "`*` any run of characters, `?` exactly one, `\\*` and `\\?` the characters "
+        "themselves. At most 128 characters each.", REQUIRED)
+
+
+@dataclass(frozen=True)
+class QueryCondition:
+    value: str = doc(
+        "Parameter value (percent-decoded, case-insensitive): `*` any run of characters, "
+        "`?` exactly one, `\\*` and `\\?` the characters themselves.", REQUIRED)
+    key: str | None = doc(
+        "Query parameter name (percent-decoded, case-insensitive, wildcards as in `value`). "
+        "Unset: any parameter whose value matches.", None)
+
+
+@dataclass(frozen=True)
 class MatchConfig:
     hosts: tuple[str, ...] = doc(
         "Host names: exact (`www.example.com`), a wildcard first label "
@@ -28,13 +48,69 @@ class MatchConfig:
         "CloudFront-style pattern the whole path must match: `*` any run of characters "
         "(including `/`), `?` exactly one. No `#`: the fragment is never sent. Starts "
         "with `/`.", None)
+    http_headers: tuple[HeaderCondition, ...] = doc(
+        "Header conditions (`{name, values}`, one or a list); each must hold.",
+        default_factory=tuple)
+    query_string: tuple[QueryCondition, ...] = doc(
+        "Query parameters (`{key, value}` pairs); any one present in the query is enough.",
+        default_factory=tuple)
+    methods: tuple[str, ...] = doc(
+        "Request methods (one or a list), case-sensitive as ALB: `GET`, `POST`, ... "
+        "(A-Z, `-`, `_`; no wildcards).", default_factory=tuple)
+    source_ips: tuple[str, ...] = doc(
+        "Client address ranges, IPv4 or IPv6 CIDR (one or a list). The client is the "
+        "connection's peer, or with the listener's `trusted_proxy_hops` the address that "
+        "many entries from the right of X-Forwarded-For.", default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class PoolWeight:
+    pool: str = doc("Name of a pool.", REQUIRED)
+    weight: int = doc(
+        "Relative share of new clients (0-999, as ALB); 0 sends none.", REQUIRED, lo=0, hi=999)
+
+
+@dataclass(frozen=True)
+class Stickiness:
+    duration_s: int = doc(
+        "How long the cookie pins a client to the pool it got first (1 s to 7 days, as "
+        "ALB's target group stickiness).", REQUIRED, lo=1, hi=7 * 86400)
+
+
+@dataclass(frozen=True)
+class RewriteConfig:
+    path_prefix: str | None = doc(
+        "Prefix of the request path to replace with `prefix_replacement` (a path that does "
+        "not start with it is left alone). Starts with `/`.", None)
+    prefix_replacement: str = doc(
+        "What replaces `path_prefix`; empty strips it (the path keeps a leading `/`).", "")
+    path_regex: str | None = doc(
+        "Regular expression (Python syntax) searched in the path; its first match is "
+        "replaced by `path_replacement`. Applied after the prefix rewrite.", None)
+    path_replacement: str = doc(
+        "Replacement for `path_regex`: `$1`..`$9` are its groups (as ALB).", "")
+    host_regex: str | None = doc(
+        "Regular expression searched in the Host (without port); its first match is "
+        "replaced by `host_replacement` (`.*` sets a fixed host). The pool's `host_header: "
+        "preserve` then sends the new Host.", None)
+    host_replacement: str = doc(
+        "Replacement for `host_regex`; `$1`..`$9` are its groups.", "")
 
 
 @dataclass(frozen=True)
 class ForwardAction:
-    pool: str = doc(
+    pool: str | None = doc(
         "Name of the pool to forward to. `forward: app` is short for `forward: {pool: "
-        "app}`.", REQUIRED)
+        "app}`. Give `pool` or `pools`.", None)
+    pools: tuple[PoolWeight, ...] = doc(
+        "Weighted forward to several pools (`{pool, weight}`, at most 5, as ALB): new "
+        "clients are spread by weight; canaries and blue/green. Weights change by reload or "
+        "`PUT /api/routes/{route}/weights`.", default_factory=tuple)
+    stickiness: Stickiness | None = doc(
+        "With `pools`: a cookie pins a client to the pool it got first. Unset: every "
+        "request is spread by weight.", None)
+    rewrite: RewriteConfig | None = doc(
+        "Rewrite the path and Host sent to the pool. Unset: sent as received.", None)
 
 
 @dataclass(frozen=True)
@@ -70,6 +146,23 @@ class FixedResponseAction:
         "Response body (sent as UTF-8), at most 1 MiB.", "")
 
 
+@dataclass(frozen=True)
+class BasicAuthConfig:
+    users: dict[str, str] = doc(
+        "User name -> bcrypt hash of the password (`$2b$...`, made with e.g. `htpasswd "
+        "-nbB user password` or `python -c 'import bcrypt; print(bcrypt.hashpw(b\"pw\", "
+        "bcrypt.gensalt()).decode())'`). At least one.", REQUIRED)
+    realm: str = doc("The realm named in the 401's WWW-Authenticate.", "lbcdn")
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    max_condition_values: int = doc(
+        "Most condition values one route may list (ALB's limit, 5 by default): each host, "
+        "`path_prefix`, `path`, header value, query pair, method and source range counts one.",
+        5, lo=1, hi=10_000)
+
+
 Action = ForwardAction | RedirectAction | FixedResponseAction
 
 
@@ -101,6 +194,9 @@ class RouteConfig:
         "them with 403.", "allow-all")
     https_redirect_status: int = doc(
         "Status of the redirect-to-https answer. 301 or 308.", 301, lo=301, hi=308)
+    basic_auth: BasicAuthConfig | None = doc(
+        "Ask for HTTP basic authentication (RFC 7617) before any action; wrong or missing "
+        "credentials get 401. Unset: no authentication.", None)
     hsts_max_age_s: int | None = doc(
         "Add `Strict-Transport-Security: max-age=N` to this route's HTTPS responses "
         "(HSTS preloading asks for a year or two: 31536000, 63072000). Unset: no header.", None,

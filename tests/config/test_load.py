@@ -151,7 +151,7 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
     ({}, ["listeners: missing (required)"]),
     ({"listeners": []}, ["listeners: must list at least one listener"]),
     (cfg(bogus=1), ["bogus: unknown key (allowed: admin, buckets, cache, default_route, "
-                    "demo_backends, dns, listeners, logging, pools, routes, shutdown, "
+                    "demo_backends, dns, listeners, logging, pools, routes, routing, shutdown, "
                     "tls_session_tickets)"]),
     ({"listeners": [{"name": "web"}]}, ["listeners[0].port: missing (required)"]),
     ({"listeners": [{"name": "web", "port": "80"}]},
@@ -233,7 +233,7 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
       "redirect, fixed_response"]),
     (with_pool(routes=[{"forward": "app"}]), ["routes[0].name: missing (required)"]),
     (with_pool(routes=[route(forward="app", action="x")]),
-     ["routes[0].action: unknown key (allowed: cache, fixed_response, forward, "
+     ["routes[0].action: unknown key (allowed: basic_auth, cache, fixed_response, forward, "
       "hsts_max_age_s, https_redirect_status, match, max_body_bytes, name, redirect, "
       "viewer_protocol)"]),
     (with_pool(routes=[route(forward="app"), route(forward="app")]),
@@ -245,8 +245,9 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
     (cfg(routes=[route(forward={"pool": "x"})]),
      ['routes[0].forward: unknown pool "x" (known: none)']),
     (with_pool(routes=[route(forward={"pol": "app"})]),
-     ["routes[0].forward.pol: unknown key (did you mean 'pool'? allowed: pool)",
-      "routes[0].forward.pool: missing (required)"]),
+     ["routes[0].forward.pol: unknown key (did you mean 'pool'? allowed: pool, pools, "
+      "rewrite, stickiness)",
+      "routes[0].forward: needs `pool` (one pool) or `pools` (weighted, at least one)"]),
     (with_pool(routes=[route(forward="")]), ["routes[0].forward: expected a pool name"]),
     (with_pool(routes=[route(forward="app", max_body_bytes=-1)]),
      ["routes[0].max_body_bytes: must be >= 0; got -1"]),
@@ -258,7 +259,7 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
      ["routes[0].match.path_prefix: must not contain spaces or control characters"]),
     (with_pool(routes=[route(forward="app", match={"hosts": ["a.com"]})]),
      ["routes[0].match.hosts: unknown key (did you mean 'host'? "
-      "allowed: host, path, path_prefix)"]),
+      "allowed: host, http_header, method, path, path_prefix, query_string, source_ip)"]),
     (with_pool(routes=[route(forward="app", match={"host": ["a.com", "w*.b.com"]})]),
      ["routes[0].match.host[1]: 'w*.b.com': a wildcard must be the whole first label, "
       "as in '*.example.com'"]),
@@ -726,7 +727,8 @@ def test_full_example_uses_every_key() -> None:
     _yaml_keys(data, used, named)
     # default_route is a route: its own keys must be shown, its actions are shown on routes.
     expected -= {k for k in expected if k.startswith("default_route.")
-                 and k.split(".")[1] in ("match", "forward", "redirect", "fixed_response")}
+                 and k.split(".")[1] in ("match", "forward", "redirect", "fixed_response",
+                                         "basic_auth")}
     missing = sorted(k for k in expected if k not in used)
     assert missing == [], f"config/example-full.yaml does not show: {missing}"
 
@@ -775,3 +777,125 @@ def test_dnssec_needs_admin_state_dir() -> None:
                  env={})
     assert "dns.zones[0].dnssec.algorithm" in errors(with_pool(dns={"zones": [
         {"name": "example.com", "dnssec": {"algorithm": "RSASHA1"}}]}))[0]
+
+
+# -- issue 20: route conditions, weighted forward, rewrites, basic auth --------------------
+
+def two_pools(**sections: Any) -> dict[str, Any]:
+    return cfg(pools={"blue": {"targets": ["127.0.0.1:9001"]},
+                      "green": {"targets": ["127.0.0.1:9002"]}}, **sections)
+
+
+GOOD_HASH = "$2b$04$" + "a" * 53
+
+
+def test_conditions_and_actions_load_with_their_short_forms() -> None:
+    config = parse_config(two_pools(routes=[route(
+        match={"http_header": {"name": "X-A", "values": "b*"}, "method": "GET",
+               "source_ip": "10.0.0.0/8", "query_string": [{"value": "x"}]},
+        forward={"pools": [{"pool": "blue", "weight": 9}, {"pool": "green", "weight": 1}],
+                 "stickiness": {"duration_s": 60}, "rewrite": {"path_prefix": "/a"}},
+        basic_auth={"users": {"ops": GOOD_HASH}})]), env={})
+    r = config.routes[0]
+    assert r.match.http_headers[0].values == ("b*",)
+    assert r.match.methods == ("GET",) and r.match.source_ips == ("10.0.0.0/8",)
+    assert r.match.query_string[0].key is None
+    assert isinstance(r.action, ForwardAction) and r.action.pools[1].weight == 1
+    assert r.basic_auth is not None and r.basic_auth.realm == "lbcdn"
+
+
+CONDITION_CASES: list[tuple[dict[str, Any], list[str]]] = [
+    (with_pool(routes=[route(forward="app", match={"http_header": {"name": "X-*",
+                                                                   "values": ["a"]}})]),
+     ["routes[0].match.http_header[0].name: no wildcards in a header name"]),
+    (with_pool(routes=[route(forward="app", match={"http_header": {"name": "Host",
+                                                                   "values": ["a"]}})]),
+     ["routes[0].match.http_header[0].name: use `host` to match the Host header"]),
+    (with_pool(routes=[route(forward="app", match={"http_header": {"name": "X-A",
+                                                                   "values": []}})]),
+     ["routes[0].match.http_header[0].values: must list at least one value"]),
+    (with_pool(routes=[route(forward="app", match={"http_header": {"name": "X-A",
+                                                                   "values": ["x" * 129]}})]),
+     ["routes[0].match.http_header[0].values[0]: at most 128 characters (ALB's limit); "
+      "got 129"]),
+    (with_pool(routes=[route(forward="app", match={"query_string": [{"key": "", "value": "a"}]})]),
+     ["routes[0].match.query_string[0].key: must not be empty (leave it out to match any key)"]),
+    (with_pool(routes=[route(forward="app", match={"method": ["GET", "get", "G*"]})]),
+     ["routes[0].match.method[1]: 'get': a method is 1-40 of A-Z, '-' and '_' "
+      "(case-sensitive, no wildcards)",
+      "routes[0].match.method[2]: 'G*': a method is 1-40 of A-Z, '-' and '_' "
+      "(case-sensitive, no wildcards)"]),
+    (with_pool(routes=[route(forward="app", match={"source_ip": ["10.1.2.3/8", "10.0.0.300/8",
+                                                                 "*"]})]),
+     ["routes[0].match.source_ip[0]: '10.1.2.3/8' has host bits set; did you mean 10.0.0.0/8?",
+      "routes[0].match.source_ip[1]: '10.0.0.300/8' is not an IPv4 or IPv6 CIDR range "
+      "(10.0.0.0/8, 2001:db8::/32)",
+      "routes[0].match.source_ip[2]: '*' is not an IPv4 or IPv6 CIDR range "
+      "(10.0.0.0/8, 2001:db8::/32)"]),
+    (with_pool(routes=[route(forward="app", match={"host": ["a.com", "b.com"],
+                                                   "method": ["GET", "PUT"],
+                                                   "source_ip": ["::1/128", "10.0.0.0/8"]})]),
+     ["routes[0].match: 6 condition values; at most 5 per route (ALB's limit; raise "
+      "routing.max_condition_values)"]),
+    (two_pools(routes=[route(forward={"pools": [{"pool": "blue", "weight": 1},
+                                                {"pool": "red", "weight": 1},
+                                                {"pool": "blue", "weight": 0}]})]),
+     ['routes[0].forward.pools[2]: pool "blue" is listed twice (pools[0] and pools[2])',
+      'routes[0].forward.pools[1].pool: unknown pool "red" (known: blue, green)']),
+    (two_pools(routes=[route(forward={"pool": "blue",
+                                      "pools": [{"pool": "green", "weight": 1}]})]),
+     ["routes[0].forward: give `pool` or `pools`, not both"]),
+    (two_pools(routes=[route(forward={"pools": [{"pool": "blue", "weight": 0}]})]),
+     ["routes[0].forward.pools: at least one weight must be above 0"]),
+    (two_pools(routes=[route(forward={"pools": [{"pool": "blue", "weight": 1000}]})]),
+     ["routes[0].forward.pools[0].weight: must be <= 999; got 1000"]),
+    (two_pools(routes=[route(forward={"pools": [{"pool": "blue", "weight": 1}] * 6})]),
+     ["routes[0].forward.pools: at most 5 pools (ALB's limit); got 6"] +
+     [f'routes[0].forward.pools[{i}]: pool "blue" is listed twice (pools[0] and pools[{i}])'
+      for i in range(1, 6)]),
+    (two_pools(routes=[route(forward={"pool": "blue", "stickiness": {"duration_s": 5}})]),
+     ["routes[0].forward.stickiness: needs `pools` (a single pool has nothing to stick to; "
+      "see the pool's `stickiness`)"]),
+    (two_pools(routes=[route(forward={"pools": [{"pool": "blue", "weight": 1}],
+                                      "stickiness": {"duration_s": 0}})]),
+     ["routes[0].forward.stickiness.duration_s: must be >= 1; got 0"]),
+    (with_pool(routes=[route(forward={"pool": "app", "rewrite": {}})]),
+     ["routes[0].forward.rewrite: needs path_prefix, path_regex or host_regex"]),
+    (with_pool(routes=[route(forward={"pool": "app", "rewrite": {
+        "path_prefix": "api", "path_regex": "(", "host_regex": "(a)",
+        "host_replacement": "$2"}})]),
+     ['routes[0].forward.rewrite.path_prefix: must start with "/"',
+      "routes[0].forward.rewrite.path_regex: not a valid regular expression: missing ), "
+      "unterminated subpattern at position 0",
+      "routes[0].forward.rewrite.host_replacement: $2 refers to a group the regex does not "
+      "have (1)"]),
+    (with_pool(routes=[route(forward={"pool": "app", "rewrite": {
+        "path_regex": "x", "path_replacement": "/a?b"}})]),
+     ['routes[0].forward.rewrite.path_replacement: must not contain "?" or "#": the query is '
+      "kept as sent"]),
+    (with_pool(routes=[route(forward="app", basic_auth={"users": {}})]),
+     ["routes[0].basic_auth.users: must name at least one user"]),
+    (with_pool(routes=[route(forward="app", basic_auth={"users": {"ops": "secret",
+                                                                  "a:b": GOOD_HASH}})]),
+     ["routes[0].basic_auth.users.ops: must be a bcrypt hash ($2b$12$ and 53 characters); "
+      "never the password itself",
+      "routes[0].basic_auth.users[\"a:b\"]: a user name is not empty and has no ':' "
+      "(RFC 7617)"]),
+    (with_pool(routes=[route(forward="app", match={"method": "GET"})],
+               routing={"max_condition_values": 0}),
+     ["routing.max_condition_values: must be >= 1; got 0"]),
+]
+
+
+@pytest.mark.parametrize("data, expected", CONDITION_CASES,
+                         ids=[e[0][:60] for _, e in CONDITION_CASES])
+def test_condition_and_action_errors_name_the_path(data: dict[str, Any],
+                                                   expected: list[str]) -> None:
+    assert errors(data) == expected
+
+
+def test_the_condition_value_limit_is_configurable() -> None:
+    data = with_pool(routes=[route(forward="app", match={"method": ["GET", "PUT", "POST",
+                                                                    "HEAD", "DELETE", "PATCH"]})],
+                     routing={"max_condition_values": 6})
+    assert parse_config(data, env={}).routes[0].match.methods[-1] == "PATCH"
