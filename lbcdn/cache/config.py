@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lbcdn.cache.signedurl import load_public_key
 from lbcdn.configkit.reflect import VALIDATORS, Loader, join
 from lbcdn.configkit.fields import REQUIRED, doc
 
@@ -180,6 +181,31 @@ class BehaviorConfig:
         "Origin request policy name (one defined, or a managed one: `AllViewer`, "
         "`CORS-CustomOrigin`, `CORS-S3Origin`, `UserAgentRefererHeaders`); unset: the origin "
         "gets only what the cache key holds.", None)
+    trusted_key_groups: tuple[str, ...] = doc(
+        "Key groups (`cache.key_groups`) whose keys may sign URLs and cookies for this "
+        "behavior (CloudFront's Restrict viewer access): requests without a valid signature "
+        "get 403. Empty: no signature needed.", default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class PublicKeyConfig:
+    """A CloudFront public key: RSA, PEM (`-----BEGIN PUBLIC KEY-----`), exactly one of
+    `pem`, `pem_file`."""
+    pem: str | None = doc("The key itself, PEM text.", None)
+    pem_file: str | None = doc("A file holding the PEM, read at start and on reload.", None)
+
+    def pem_bytes(self) -> bytes:
+        if self.pem is not None:
+            return self.pem.encode()
+        assert self.pem_file is not None
+        with open(self.pem_file, "rb") as f:
+            return f.read()
+
+
+@dataclass(frozen=True)
+class KeyGroupConfig:
+    """Public keys by id: a signed URL or cookie names its key by this id (`Key-Pair-Id`)."""
+    public_keys: dict[str, PublicKeyConfig] = doc("Public keys by key id.", REQUIRED)
 
 
 @dataclass(frozen=True)
@@ -229,6 +255,9 @@ class CacheConfig:
                                                       default_factory=dict)
     distributions: dict[str, DistributionConfig] = doc(
         "Distributions by name; a route's `cache` names one.", default_factory=dict)
+    key_groups: dict[str, KeyGroupConfig] = doc(
+        "Key groups by name, for behaviors' `trusted_key_groups` (signed URLs and cookies).",
+        default_factory=dict)
 
     def policy(self, name: str) -> CachePolicyConfig:
         if name == "default" and name not in self.policies:
@@ -360,6 +389,25 @@ def _check_behavior(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         ld.error(join(path, "path_pattern"), "must be non-empty without spaces")
 
 
+def _check_public_key(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    given = [k for k in ("pem", "pem_file") if v.get(k) is not None]
+    if len(given) != 1:
+        ld.error(path, "needs exactly one of pem, pem_file")
+        return
+    where = join(path, given[0])
+    try:
+        load_public_key(PublicKeyConfig(v.get("pem"), v.get("pem_file")).pem_bytes())
+    except OSError as exc:
+        ld.error(where, f"cannot read {v['pem_file']!r}: {exc.strerror}")
+    except ValueError as exc:
+        ld.error(where, f"not a PEM RSA public key: {exc}")
+
+
+def _check_key_group(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    if not v.get("public_keys", {"": None}):
+        ld.error(join(path, "public_keys"), "must hold at least one key")
+
+
 def _check_error_response(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     code = v.get("error_code")
     if code is not None and code not in ERROR_STATUSES:
@@ -409,6 +457,10 @@ def _check_cache(ld: Loader, v: Mapping[str, Any], path: str) -> None:
                                                 f"{behavior.origin!r}")
             if behavior.policy not in policies:
                 ld.error(join(bpath, "policy"), f"unknown cache policy {behavior.policy!r}")
+            for i, group in enumerate(behavior.trusted_key_groups):
+                if group not in v.get("key_groups", {}):
+                    ld.error(f"{join(bpath, 'trusted_key_groups')}[{i}]",
+                             f"unknown key group {group!r}")
             orp = behavior.origin_request_policy
             if orp is not None and orp not in request_policies:
                 ld.error(join(bpath, "origin_request_policy"),
@@ -423,5 +475,7 @@ VALIDATORS.setdefault(OriginConfig, []).append(_check_origin)
 VALIDATORS.setdefault(OriginGroupConfig, []).append(_check_group)
 VALIDATORS.setdefault(BehaviorConfig, []).append(_check_behavior)
 VALIDATORS.setdefault(ErrorResponseConfig, []).append(_check_error_response)
+VALIDATORS.setdefault(PublicKeyConfig, []).append(_check_public_key)
+VALIDATORS.setdefault(KeyGroupConfig, []).append(_check_key_group)
 VALIDATORS.setdefault(DistributionConfig, []).append(_check_distribution)
 VALIDATORS.setdefault(CacheConfig, []).append(_check_cache)

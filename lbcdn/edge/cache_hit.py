@@ -230,6 +230,8 @@ def _plan(conn: ClientStream, head: RequestHead, rt: CacheRuntime | None) -> Hit
             route.hsts_max_age_s is not None:
         return NO_PLAN
     dist = rt.distributions.get(route.cache)
+    if dist is not None and dist.select(head.path).signed is not None:
+        return NO_PLAN  # each request shows its signature (lbcdn.edge.cache_flow.start)
     primary = _plain_key(head, dist) if dist is not None else None
     if primary is None:
         return NO_PLAN
