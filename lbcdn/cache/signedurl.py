@@ -24,9 +24,9 @@ unmodified):
   parameter or cookie value"), `InvalidKey` ("Unknown Key") for a key id in none of the
   trusted groups, `AccessDenied` ("Access denied") for everything else (no or bad signature,
   malformed policy, expired, too early, other address, other resource).
-- Verifying RSA per request is the expensive part, so what a signature proved (the key id, the
-  signed policy bytes and the signature give a parsed policy or "invalid") is kept in a bounded
-  LRU; the conditions (time, address, resource) are still checked on every request.
+- Verifying RSA per request is the expensive part, so what a signature proved is remembered
+  (bounded LRUs, see Verifier); the conditions (time, address, resource) are still checked on
+  every request.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import json
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 from urllib.parse import unquote_to_bytes
 
 from cryptography.exceptions import InvalidSignature
@@ -56,6 +57,8 @@ _XML = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>%s
 CACHE_ENTRIES = 4096
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,34 +204,83 @@ def _cookies(headers: Headers) -> dict[bytes, bytes]:
     return found
 
 
-class Verifier:
-    """The trusted public keys of one behavior (by key id, from its key groups) and the
-    signatures already verified with them."""
+class _Lru(Generic[K, V]):
+    """A bounded map that forgets the least recently used entry first."""
 
-    __slots__ = ("keys", "verified", "size")
+    __slots__ = ("items", "size")
+
+    def __init__(self, size: int) -> None:
+        self.items: OrderedDict[K, V] = OrderedDict()
+        self.size = size
+
+    def get(self, key: K) -> V | None:
+        value = self.items.get(key)
+        if value is not None:
+            self.items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self.items[key] = value
+        if len(self.items) > self.size:
+            self.items.popitem(last=False)
+
+
+# What a request's signature decided, whatever its address and time: a refusal, or the policy
+# proved and the URL it is checked against.
+Decision = tuple[Denial | None, Policy | None, str]
+_INVALID = Policy(None, "", 0)  # remembered for a signature that proves nothing
+
+
+class Verifier:
+    """The trusted public keys of one behavior (by key id, from its key groups) and what
+    their signatures already decided.
+
+    Two memories: by request (scheme, Host, path, query and, for signed cookies, the Cookie
+    lines) what the signature decided, so a repeated request costs a dict lookup and the
+    conditions; and by signature (key id, signed bytes, signature), the policy proved, so a
+    custom policy's signature (a cookie reused over many URLs) is verified once."""
+
+    __slots__ = ("keys", "decided", "verified")
 
     def __init__(self, keys: dict[str, rsa.RSAPublicKey], size: int = CACHE_ENTRIES) -> None:
         self.keys = keys
-        self.verified: OrderedDict[tuple[bytes, bytes, bytes], Policy | None] = OrderedDict()
-        self.size = size
+        self.decided: _Lru[tuple[bytes, ...], Decision] = _Lru(size)
+        self.verified: _Lru[tuple[bytes, bytes, bytes], Policy] = _Lru(size)
 
     def check(self, scheme: bytes, host: bytes, path: bytes, query: bytes | None,
               headers: Headers, client_ip: str, now: float) -> Denial | None:
         """None: the request is allowed; else why not."""
+        if query is not None and b"Key-Pair-Id=" in query:
+            memo: tuple[bytes, ...] = (scheme, host, path, query)
+        else:
+            memo = (scheme, host, path, query or b"",
+                    *[v for n, v in headers if n.lower() == b"cookie"])
+        decision = self.decided.get(memo)
+        if decision is None:
+            decision = self._decide(scheme, host, path, query, headers)
+            self.decided.put(memo, decision)
+        denial, policy, url = decision
+        if denial is not None:
+            return denial
+        assert policy is not None
+        return None if policy.allows(url, client_ip, now) else ACCESS_DENIED
+
+    def _decide(self, scheme: bytes, host: bytes, path: bytes, query: bytes | None,
+                headers: Headers) -> Decision:
         params, rest = split_query(query)
         if not params.get(b"Key-Pair-Id"):
             params = _cookies(headers)
+        url = (scheme + b"://" + host + path + (b"?" + rest if rest else b"")).decode(
+            "latin-1")
         key_id = params.get(b"Key-Pair-Id")
         if not key_id:
-            return MISSING_KEY
+            return MISSING_KEY, None, url
         key = self.keys.get(key_id.decode("latin-1"))
         if key is None:
-            return UNKNOWN_KEY
+            return UNKNOWN_KEY, None, url
         signature = params.get(b"Signature")
         policy_param = params.get(b"Policy")
         expires = params.get(b"Expires")
-        url = (scheme + b"://" + host + path + (b"?" + rest if rest else b"")).decode(
-            "latin-1")
         canned: int | None = None
         if policy_param is not None:
             signed = policy_param
@@ -236,22 +288,17 @@ class Verifier:
             canned = int(expires)
             signed = canned_policy(url, canned)
         else:
-            return ACCESS_DENIED
+            return ACCESS_DENIED, None, url
         if not signature:
-            return ACCESS_DENIED
+            return ACCESS_DENIED, None, url
         memo = (key_id, signed, signature)
-        verified = self.verified
-        if memo in verified:
-            policy = verified[memo]
-            verified.move_to_end(memo)
-        else:
-            policy = self._verify(key, signed, signature, canned, url)
-            verified[memo] = policy
-            if len(verified) > self.size:
-                verified.popitem(last=False)
-        if policy is None or not policy.allows(url, client_ip, now):
-            return ACCESS_DENIED
-        return None
+        policy = self.verified.get(memo)
+        if policy is None:
+            policy = self._verify(key, signed, signature, canned, url) or _INVALID
+            self.verified.put(memo, policy)
+        if policy is _INVALID:
+            return ACCESS_DENIED, None, url
+        return None, policy, url
 
     @staticmethod
     def _verify(key: rsa.RSAPublicKey, signed: bytes, signature: bytes, canned: int | None,

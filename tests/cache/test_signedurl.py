@@ -140,9 +140,17 @@ def test_verified_signatures_are_cached_but_conditions_checked_each_time() -> No
     assert check(v, url, now=NOW + 61) is ACCESS_DENIED   # expiry still checked
     for n in range(3):                                      # bounded: the first is evicted
         check(v, signer().generate_presigned_url(BASE, date_less_than=at(NOW + n + 100)))
-    assert len(v.verified) == 2
+    assert len(v.verified.items) == len(v.decided.items) == 2
     check(v, url)
     assert len(calls) == 5
+    # one custom policy (a cookie) over many URLs: verified once
+    s = signer()
+    policy = s.build_policy("https://cdn.example.com/*", at(NOW + 60)).encode()
+    cookie = b"CloudFront-Policy=%s; CloudFront-Signature=%s; CloudFront-Key-Pair-Id=K1" % (
+        s._url_b64encode(policy), s._url_b64encode(s.rsa_signer(policy)))
+    for n in range(4):
+        assert check(v, f"https://cdn.example.com/{n}", cookies=cookie) is None
+    assert len(calls) == 6
 
 
 def test_pieces() -> None:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.e2e.cache_origin import Answer, Origin, scripted_origin
-from tests.e2e.harness import HOST, DaemonProcess, listener_port, wait_for_port
+from tests.e2e.harness import HOST, DaemonProcess, RawClient, listener_port, wait_for_port
 from tests.e2e.test_cache import cdn_config
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -147,5 +147,44 @@ async def test_signed_urls_and_cookies(tmp_path: Path, workers: str) -> None:
                 assert fetch(f"{base}/public.txt")[::2] == (200, b"/public.txt")
 
             await asyncio.to_thread(run)
+        finally:
+            daemon.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_repeated_signed_request_expires_on_its_keep_alive_connection(
+        tmp_path: Path, workers: str) -> None:
+    """The same head again and again on one connection (the listener's known-head path, which
+    answers hits without an Exchange) is still checked each time: once its signature expires
+    the cached object is refused."""
+    async with scripted_origin() as origin:
+        origin.set("/private/a.txt", Answer(headers=[("Cache-Control", "max-age=600")],
+                                            body=b"secret"))
+        c = config(origin.port, tmp_path)
+        daemon = DaemonProcess(c, tmp_path, ["--workers", workers])
+        try:
+            port = listener_port(c)
+            await asyncio.to_thread(wait_for_port, port)
+            expires = int(time.time()) + 3
+            url = signer().generate_presigned_url(
+                f"http://{HOST}:{port}/private/a.txt",
+                date_less_than=datetime.datetime.fromtimestamp(expires, datetime.timezone.utc))
+            target = url.split(f"{port}", 1)[1]
+            client = await RawClient.open(port)
+            try:
+                served = 0
+                while time.time() < expires - 0.5:
+                    r = await client.request("GET", target, host=f"{HOST}:{port}")
+                    assert (r.status, r.body) == (200, b"secret"), r
+                    served += 1
+                    await asyncio.sleep(0.05)
+                assert served >= 10
+                await asyncio.sleep(max(0.0, expires - time.time()) + 0.2)
+                r = await client.request("GET", target, host=f"{HOST}:{port}")
+                assert (r.status, r.body) == (403, DENIED), r
+            finally:
+                await client.close()
+            assert origin.hits["/private/a.txt"] == 1
         finally:
             daemon.stop()
