@@ -41,6 +41,7 @@ ERROR_STATUSES = (400, 403, 404, 405, 414, 416, 500, 501, 502, 503, 504)
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _COOKIE_NAME = _HEADER_NAME
+_ORIGIN_URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
@@ -144,11 +145,33 @@ class CachePolicyConfig:
 
 
 @dataclass(frozen=True)
+class S3CredentialsConfig:
+    access_key_id: str = doc("Access key id the edge signs with.", REQUIRED)
+    secret_access_key: str = doc(
+        "Secret key; write `${ENV_VAR}` to read it from the environment.", REQUIRED)
+
+
+@dataclass(frozen=True)
+class S3OriginConfig:
+    """A private S3 bucket (AWS S3, lbcdn's own bucket API, any S3 implementation), asked
+    path-style (`endpoint/bucket/key`) with every request signed with SigV4 (CloudFront's
+    origin access control): the bucket needs no public access."""
+    endpoint: str = doc("The S3 API, `http://host[:port]` or `https://...`.", REQUIRED)
+    bucket: str = doc("Bucket name.", REQUIRED)
+    credentials: S3CredentialsConfig = doc(
+        "The key the edge signs with (it needs s3:GetObject on the bucket).", REQUIRED)
+    region: str = doc("Region in the signature's scope.", "us-east-1")
+
+
+@dataclass(frozen=True)
 class OriginConfig:
-    """Where misses go: exactly one of `pool`, `bucket`, `url`."""
+    """Where misses go: exactly one of `pool`, `bucket`, `url`, `s3`."""
     pool: str | None = doc("A pool name (the balancer picks a target).", None)
     bucket: str | None = doc("A bucket origin name.", None)
     url: str | None = doc("An external origin, `http://host[:port]` or `https://...`.", None)
+    s3: S3OriginConfig | None = doc(
+        "A private S3 bucket whose requests the edge signs (SigV4). GET, HEAD and OPTIONS "
+        "are signed; other methods pass through unsigned.", None)
     origin_path: str = doc(
         "Prefix put before the request path (`/prod` makes `/a.png` fetch `/prod/a.png`); "
         "starts with `/`, no trailing `/`.", "")
@@ -356,18 +379,27 @@ def _check_origin_request_policy(ld: Loader, v: Mapping[str, Any], path: str) ->
 
 
 def _check_origin(ld: Loader, v: Mapping[str, Any], path: str) -> None:
-    given = [k for k in ("pool", "bucket", "url") if v.get(k) is not None]
+    given = [k for k in ("pool", "bucket", "url", "s3") if v.get(k) is not None]
     if len(given) != 1:
-        ld.error(path, "needs exactly one of pool, bucket, url"
+        ld.error(path, "needs exactly one of pool, bucket, url, s3"
                  + (f" (got {', '.join(given)})" if given else ""))
     url = v.get("url")
-    if url is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?", url):
+    if url is not None and not _ORIGIN_URL.fullmatch(url):
         ld.error(join(path, "url"), "must be http(s)://host[:port] without a path "
                                     "(use origin_path)")
     op = v.get("origin_path")
     if op and (not op.startswith("/") or op.endswith("/") or re.search(r"[\s?#]", op)):
         ld.error(join(path, "origin_path"),
                  'must start with "/", not end with "/", and hold no spaces, "?" or "#"')
+
+
+def _check_s3(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    endpoint = v.get("endpoint")
+    if endpoint is not None and not _ORIGIN_URL.fullmatch(endpoint):
+        ld.error(join(path, "endpoint"), "must be http(s)://host[:port] without a path")
+    bucket = v.get("bucket")
+    if bucket is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
+        ld.error(join(path, "bucket"), "must be an S3 bucket name (3-63 of a-z 0-9 . -)")
 
 
 def _check_group(ld: Loader, v: Mapping[str, Any], path: str) -> None:
@@ -473,6 +505,7 @@ VALIDATORS.setdefault(OriginRequestPolicyConfig, []).append(_check_origin_reques
 VALIDATORS.setdefault(CachePolicyConfig, []).append(_check_policy)
 VALIDATORS.setdefault(OriginConfig, []).append(_check_origin)
 VALIDATORS.setdefault(OriginGroupConfig, []).append(_check_group)
+VALIDATORS.setdefault(S3OriginConfig, []).append(_check_s3)
 VALIDATORS.setdefault(BehaviorConfig, []).append(_check_behavior)
 VALIDATORS.setdefault(ErrorResponseConfig, []).append(_check_error_response)
 VALIDATORS.setdefault(PublicKeyConfig, []).append(_check_public_key)

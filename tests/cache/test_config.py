@@ -188,7 +188,7 @@ def test_origin_request_policy_problems(patch: dict[str, Any], expected: str) ->
     ({"policies": {"p": {"ttl": 5}}}, "cache.policies.p.ttl: unknown key"),
     ({"origins": {"o": {}}}, "cache.origins.o: needs exactly one of pool, bucket, url"),
     ({"origins": {"o": {"pool": "a", "url": "http://x"}}},
-     "cache.origins.o: needs exactly one of pool, bucket, url (got pool, url)"),
+     "cache.origins.o: needs exactly one of pool, bucket, url, s3 (got pool, url)"),
     ({"origins": {"o": {"url": "http://x/path"}}},
      "cache.origins.o.url: must be http(s)://host[:port] without a path"),
     ({"origins": {"o": {"url": "ftp://x"}}}, "cache.origins.o.url: must be"),
