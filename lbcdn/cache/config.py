@@ -170,8 +170,8 @@ class OriginConfig:
     bucket: str | None = doc("A bucket origin name.", None)
     url: str | None = doc("An external origin, `http://host[:port]` or `https://...`.", None)
     s3: S3OriginConfig | None = doc(
-        "A private S3 bucket whose requests the edge signs (SigV4). GET, HEAD and OPTIONS "
-        "are signed; other methods pass through unsigned.", None)
+        "A private S3 bucket whose requests the edge signs (SigV4): fills and revalidations; "
+        "pass-throughs (unsafe methods, requests with a body) are not signed.", None)
     origin_path: str = doc(
         "Prefix put before the request path (`/prod` makes `/a.png` fetch `/prod/a.png`); "
         "starts with `/`, no trailing `/`.", "")
