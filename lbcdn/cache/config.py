@@ -146,9 +146,21 @@ class CachePolicyConfig:
 
 @dataclass(frozen=True)
 class S3CredentialsConfig:
+    """The key an S3 origin's requests are signed with: exactly one of `secret_access_key`,
+    `secret_access_key_file`."""
     access_key_id: str = doc("Access key id the edge signs with.", REQUIRED)
-    secret_access_key: str = doc(
-        "Secret key; write `${ENV_VAR}` to read it from the environment.", REQUIRED)
+    secret_access_key: str | None = doc(
+        "Secret key; write `${ENV_VAR}` to read it from the environment.", None)
+    secret_access_key_file: str | None = doc(
+        "A file holding the secret key (surrounding whitespace ignored), read at start and on "
+        "reload.", None)
+
+    def secret(self) -> str:
+        if self.secret_access_key is not None:
+            return self.secret_access_key
+        assert self.secret_access_key_file is not None
+        with open(self.secret_access_key_file, encoding="utf-8") as f:
+            return f.read().strip()
 
 
 @dataclass(frozen=True)
@@ -402,6 +414,21 @@ def _check_s3(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         ld.error(join(path, "bucket"), "must be an S3 bucket name (3-63 of a-z 0-9 . -)")
 
 
+def _check_s3_credentials(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    given = [k for k in ("secret_access_key", "secret_access_key_file") if v.get(k) is not None]
+    if len(given) != 1:
+        ld.error(path, "needs exactly one of secret_access_key, secret_access_key_file")
+        return
+    try:
+        secret = S3CredentialsConfig(v.get("access_key_id", ""), v.get("secret_access_key"),
+                                     v.get("secret_access_key_file")).secret()
+    except OSError as exc:
+        ld.error(join(path, given[0]), f"cannot read {v[given[0]]!r}: {exc.strerror}")
+        return
+    if not secret:
+        ld.error(join(path, given[0]), "must not be empty")
+
+
 def _check_group(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     statuses = v.get("failover_statuses")
     if statuses is not None:
@@ -506,6 +533,7 @@ VALIDATORS.setdefault(CachePolicyConfig, []).append(_check_policy)
 VALIDATORS.setdefault(OriginConfig, []).append(_check_origin)
 VALIDATORS.setdefault(OriginGroupConfig, []).append(_check_group)
 VALIDATORS.setdefault(S3OriginConfig, []).append(_check_s3)
+VALIDATORS.setdefault(S3CredentialsConfig, []).append(_check_s3_credentials)
 VALIDATORS.setdefault(BehaviorConfig, []).append(_check_behavior)
 VALIDATORS.setdefault(ErrorResponseConfig, []).append(_check_error_response)
 VALIDATORS.setdefault(PublicKeyConfig, []).append(_check_public_key)

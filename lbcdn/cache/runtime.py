@@ -121,7 +121,7 @@ def _endpoint(oid: str, o: OriginConfig, buckets: BucketsConfig | None) -> Origi
         return OriginEndpoint(oid, None, pool, host_header.encode(),
                               b"/" + o.s3.bucket.encode() + path, o.connect_attempts,
                               S3Signer(host_header, o.s3.region, keys.access_key_id,
-                                       keys.secret_access_key))
+                                       keys.secret()))
     assert o.bucket is not None
     if buckets is None:
         raise ValueError(f"cache origin {oid!r} names bucket {o.bucket!r} but there is no "

@@ -65,13 +65,12 @@ def moto_server(tmp: Path) -> Iterator[str]:
         log.close()
 
 
-def edge_config(origin_port: int, endpoint: str) -> dict[str, Any]:
+def edge_config(origin_port: int, endpoint: str, secret: dict[str, str]) -> dict[str, Any]:
     # a 1 s default TTL: S3 sends no Cache-Control, so the entry is stale a second later
     return cdn_config(origin_port, policy={"default_ttl_s": 1, "max_ttl_s": 1},
                       origins={"o": {"s3": {
                           "endpoint": endpoint, "bucket": BUCKET,
-                          "credentials": {"access_key_id": KEY_ID,
-                                          "secret_access_key": SECRET}}}})
+                          "credentials": {"access_key_id": KEY_ID, **secret}}}})
 
 
 def through_the_edge(port: int) -> None:
@@ -100,7 +99,9 @@ def through_the_edge(port: int) -> None:
 def test_private_lbcdn_bucket_behind_the_edge(tmp_path: Path, workers: list[str]) -> None:
     s3_port = free_port()
     endpoint = f"http://{HOST}:{s3_port}"
-    config = edge_config(s3_port, endpoint)
+    (tmp_path / "edge-secret").write_text(SECRET + "\n")
+    config = edge_config(s3_port, endpoint,
+                         {"secret_access_key_file": str(tmp_path / "edge-secret")})
     config["buckets"] = {
         "root": str(tmp_path / "buckets"), "port": s3_port,
         "users": {"edge": {"access_key_id": KEY_ID, "secret_access_key": SECRET}},
@@ -124,7 +125,7 @@ def test_moto_s3_behind_the_edge(tmp_path: Path, workers: list[str]) -> None:
         client = s3_client(endpoint)
         client.create_bucket(Bucket=BUCKET)
         client.put_object(Bucket=BUCKET, Key="media/clip.bin", Body=BODY)
-        config = edge_config(free_port(), endpoint)
+        config = edge_config(free_port(), endpoint, {"secret_access_key": SECRET})
         daemon = DaemonProcess(config, tmp_path, workers)
         try:
             wait_for_port(listener_port(config), proc=daemon.proc)
