@@ -314,10 +314,12 @@ def run_signed(bench: Bench) -> None:
     print(f"  origin :{origin.port}  nginx :{nginx.port}  lbcdn :{plain.port}  "
           f"lbcdn signed :{signed.port}")
     hits: dict[str, list[WrkResult]] = {n: [] for n, _, _ in subjects}
+    cpus: dict[str, list[float]] = {n: [] for n, _, _ in subjects}
     for r in range(bench.rounds):
         for name, s, path in subjects:
             res, cpu_us = bench.wrk_cpu(s, path)
             hits[name].append(res)
+            cpus[name].append(cpu_us)
             print(f"  round {r + 1}: {name:<18} 1 KiB hit {res.rps:>9.0f} req/s  "
                   f"p99 {res.p99_ms:.2f} ms  errors {res.errors}  cpu {cpu_us:.1f} us/hit")
     h = {n: _median(rs) for n, rs in hits.items()}
@@ -330,10 +332,15 @@ def run_signed(bench: Bench) -> None:
                 [[n, f"{h[n].rps:.0f}", f"{h[n].p99_ms:.2f}", f"{h[n].rps / ng:.2f}x"]
                  for n, _, _ in subjects]))
     ok = on >= SIGNED_TARGET and h["lbcdn signed URLs"].errors == 0
+    cpu = {n: statistics.median(c) for n, c in cpus.items()}
+    print(f"  note  cpu per hit (medians): nginx {cpu['nginx proxy_cache']:.1f} us, lbcdn "
+          f"{cpu['lbcdn']:.1f} us, signed {cpu['lbcdn signed URLs']:.1f} us; nginx/signed = "
+          f"{cpu['nginx proxy_cache'] / cpu['lbcdn signed URLs']:.2f}x (the req/s ratio with "
+          f"the server core to itself)")
     print(f"  note  signing off: lbcdn/nginx = {off:.2f}x (target {HIT_TARGET}x, scenario "
           f"cache)")
     print(f"  {verdict(ok)}  signing on: lbcdn/nginx = {on:.2f}x (target >= "
           f"{SIGNED_TARGET}x)")
     bench.results["cache-signed"] = {
         "hit_rps": {n: r.rps for n, r in h.items()}, "ratio_off": off, "ratio_on": on,
-        "pass": ok}
+        "hit_cpu_us": cpus, "pass": ok}
