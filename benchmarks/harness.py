@@ -497,13 +497,13 @@ class Bench:
         cmd.append(url)
         return parse_wrk(run_tool(cmd, dur + 60))
 
-    def wrk_cpu(self, server: Server) -> tuple["WrkResult", float]:
+    def wrk_cpu(self, server: Server, path: str = "/1k.bin") -> tuple["WrkResult", float]:
         """A warm-up (if any), then one wrk run against server and the server's cpu
         microseconds per request meanwhile (all its processes)."""
         if self.warmup_s > 0:
-            self.wrk(server.port, duration_s=self.warmup_s)
+            self.wrk(server.port, path, duration_s=self.warmup_s)
         cpu0 = cpu_seconds(server.pid)
-        res = self.wrk(server.port)
+        res = self.wrk(server.port, path)
         return res, (cpu_seconds(server.pid) - cpu0) / max(res.requests, 1) * 1e6
 
 

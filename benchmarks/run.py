@@ -49,6 +49,8 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "cache": ("edge cache vs nginx proxy_cache: 1 KiB hit req/s, 64 MiB hit throughput, "
               "1,000 cold requests -> 1 origin request, RSS with a full 1 GiB memory tier",
               scenario_cache.run),
+    "cache-signed": ("edge cache 1 KiB hit req/s with signed-URL checking off and on vs nginx "
+                     "proxy_cache", scenario_cache.run_signed),
     "tls": ("HTTPS: keep-alive req/s, resumed and full TLS handshakes/s, lbcdn vs nginx",
             scenario_tls.run),
     "workers": ("req/s with lbcdn --workers 1 and 2 vs nginx worker_processes 1 and 2",

@@ -19,6 +19,7 @@ from lbcdn.cache.config import (BehaviorConfig, CacheConfig, CachePolicyConfig,
                                 DistributionConfig, ErrorResponseConfig)
 from lbcdn.cache.forwarding import Forwarding
 from lbcdn.cache.key import KeyBuilder
+from lbcdn.cache.signedurl import COOKIE_NAMES, QUERY_NAMES, Verifier, load_public_key
 from lbcdn.routing.router import compile_path_pattern
 
 
@@ -30,6 +31,8 @@ class Behavior:
     policy: CachePolicyConfig
     keys: KeyBuilder
     forwarding: Forwarding
+    # the behavior's trusted keys when it restricts viewer access (signed URLs / cookies)
+    signed: Verifier | None = None
 
 
 class Distribution:
@@ -64,5 +67,14 @@ class Distribution:
 
 def _behavior(b: BehaviorConfig, cache: CacheConfig) -> Behavior:
     policy = cache.policy(b.policy)
-    return Behavior(b.path_pattern, b.origin, b.policy, policy, KeyBuilder(policy),
-                    Forwarding(policy, cache.origin_request_policy(b.origin_request_policy)))
+    orp = cache.origin_request_policy(b.origin_request_policy)
+    if not b.trusted_key_groups:
+        return Behavior(b.path_pattern, b.origin, b.policy, policy, KeyBuilder(policy),
+                        Forwarding(policy, orp))
+    keys = {key_id: load_public_key(key.pem_bytes())
+            for group in b.trusted_key_groups
+            for key_id, key in cache.key_groups[group].public_keys.items()}
+    # the signature is the viewer's pass, not part of what is asked: CloudFront keeps its
+    # parameters and cookies out of the cache key and the origin request
+    return Behavior(b.path_pattern, b.origin, b.policy, policy, KeyBuilder(policy, QUERY_NAMES),
+                    Forwarding(policy, orp, QUERY_NAMES, COOKIE_NAMES), Verifier(keys))

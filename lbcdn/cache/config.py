@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from lbcdn.cache.signedurl import load_public_key
 from lbcdn.configkit.reflect import VALIDATORS, Loader, join
 from lbcdn.configkit.fields import REQUIRED, doc
 
@@ -40,6 +41,7 @@ ERROR_STATUSES = (400, 403, 404, 405, 414, 416, 500, 501, 502, 503, 504)
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _COOKIE_NAME = _HEADER_NAME
+_ORIGIN_URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
@@ -143,11 +145,45 @@ class CachePolicyConfig:
 
 
 @dataclass(frozen=True)
+class S3CredentialsConfig:
+    """The key an S3 origin's requests are signed with: exactly one of `secret_access_key`,
+    `secret_access_key_file`."""
+    access_key_id: str = doc("Access key id the edge signs with.", REQUIRED)
+    secret_access_key: str | None = doc(
+        "Secret key; write `${ENV_VAR}` to read it from the environment.", None)
+    secret_access_key_file: str | None = doc(
+        "A file holding the secret key (surrounding whitespace ignored), read at start and on "
+        "reload.", None)
+
+    def secret(self) -> str:
+        if self.secret_access_key is not None:
+            return self.secret_access_key
+        assert self.secret_access_key_file is not None
+        with open(self.secret_access_key_file, encoding="utf-8") as f:
+            return f.read().strip()
+
+
+@dataclass(frozen=True)
+class S3OriginConfig:
+    """A private S3 bucket (AWS S3, lbcdn's own bucket API, any S3 implementation), asked
+    path-style (`endpoint/bucket/key`) with every request signed with SigV4 (CloudFront's
+    origin access control): the bucket needs no public access."""
+    endpoint: str = doc("The S3 API, `http://host[:port]` or `https://...`.", REQUIRED)
+    bucket: str = doc("Bucket name.", REQUIRED)
+    credentials: S3CredentialsConfig = doc(
+        "The key the edge signs with (it needs s3:GetObject on the bucket).", REQUIRED)
+    region: str = doc("Region in the signature's scope.", "us-east-1")
+
+
+@dataclass(frozen=True)
 class OriginConfig:
-    """Where misses go: exactly one of `pool`, `bucket`, `url`."""
+    """Where misses go: exactly one of `pool`, `bucket`, `url`, `s3`."""
     pool: str | None = doc("A pool name (the balancer picks a target).", None)
     bucket: str | None = doc("A bucket origin name.", None)
     url: str | None = doc("An external origin, `http://host[:port]` or `https://...`.", None)
+    s3: S3OriginConfig | None = doc(
+        "A private S3 bucket whose requests the edge signs (SigV4): fills and revalidations; "
+        "pass-throughs (unsafe methods, requests with a body) are not signed.", None)
     origin_path: str = doc(
         "Prefix put before the request path (`/prod` makes `/a.png` fetch `/prod/a.png`); "
         "starts with `/`, no trailing `/`.", "")
@@ -180,6 +216,31 @@ class BehaviorConfig:
         "Origin request policy name (one defined, or a managed one: `AllViewer`, "
         "`CORS-CustomOrigin`, `CORS-S3Origin`, `UserAgentRefererHeaders`); unset: the origin "
         "gets only what the cache key holds.", None)
+    trusted_key_groups: tuple[str, ...] = doc(
+        "Key groups (`cache.key_groups`) whose keys may sign URLs and cookies for this "
+        "behavior (CloudFront's Restrict viewer access): requests without a valid signature "
+        "get 403. Empty: no signature needed.", default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class PublicKeyConfig:
+    """A CloudFront public key: RSA, PEM (`-----BEGIN PUBLIC KEY-----`), exactly one of
+    `pem`, `pem_file`."""
+    pem: str | None = doc("The key itself, PEM text.", None)
+    pem_file: str | None = doc("A file holding the PEM, read at start and on reload.", None)
+
+    def pem_bytes(self) -> bytes:
+        if self.pem is not None:
+            return self.pem.encode()
+        assert self.pem_file is not None
+        with open(self.pem_file, "rb") as f:
+            return f.read()
+
+
+@dataclass(frozen=True)
+class KeyGroupConfig:
+    """Public keys by id: a signed URL or cookie names its key by this id (`Key-Pair-Id`)."""
+    public_keys: dict[str, PublicKeyConfig] = doc("Public keys by key id.", REQUIRED)
 
 
 @dataclass(frozen=True)
@@ -229,6 +290,9 @@ class CacheConfig:
                                                       default_factory=dict)
     distributions: dict[str, DistributionConfig] = doc(
         "Distributions by name; a route's `cache` names one.", default_factory=dict)
+    key_groups: dict[str, KeyGroupConfig] = doc(
+        "Key groups by name, for behaviors' `trusted_key_groups` (signed URLs and cookies).",
+        default_factory=dict)
 
     def policy(self, name: str) -> CachePolicyConfig:
         if name == "default" and name not in self.policies:
@@ -327,18 +391,42 @@ def _check_origin_request_policy(ld: Loader, v: Mapping[str, Any], path: str) ->
 
 
 def _check_origin(ld: Loader, v: Mapping[str, Any], path: str) -> None:
-    given = [k for k in ("pool", "bucket", "url") if v.get(k) is not None]
+    given = [k for k in ("pool", "bucket", "url", "s3") if v.get(k) is not None]
     if len(given) != 1:
-        ld.error(path, "needs exactly one of pool, bucket, url"
+        ld.error(path, "needs exactly one of pool, bucket, url, s3"
                  + (f" (got {', '.join(given)})" if given else ""))
     url = v.get("url")
-    if url is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?", url):
+    if url is not None and not _ORIGIN_URL.fullmatch(url):
         ld.error(join(path, "url"), "must be http(s)://host[:port] without a path "
                                     "(use origin_path)")
     op = v.get("origin_path")
     if op and (not op.startswith("/") or op.endswith("/") or re.search(r"[\s?#]", op)):
         ld.error(join(path, "origin_path"),
                  'must start with "/", not end with "/", and hold no spaces, "?" or "#"')
+
+
+def _check_s3(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    endpoint = v.get("endpoint")
+    if endpoint is not None and not _ORIGIN_URL.fullmatch(endpoint):
+        ld.error(join(path, "endpoint"), "must be http(s)://host[:port] without a path")
+    bucket = v.get("bucket")
+    if bucket is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
+        ld.error(join(path, "bucket"), "must be an S3 bucket name (3-63 of a-z 0-9 . -)")
+
+
+def _check_s3_credentials(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    given = [k for k in ("secret_access_key", "secret_access_key_file") if v.get(k) is not None]
+    if len(given) != 1:
+        ld.error(path, "needs exactly one of secret_access_key, secret_access_key_file")
+        return
+    try:
+        secret = S3CredentialsConfig(v.get("access_key_id", ""), v.get("secret_access_key"),
+                                     v.get("secret_access_key_file")).secret()
+    except OSError as exc:
+        ld.error(join(path, given[0]), f"cannot read {v[given[0]]!r}: {exc.strerror}")
+        return
+    if not secret:
+        ld.error(join(path, given[0]), "must not be empty")
 
 
 def _check_group(ld: Loader, v: Mapping[str, Any], path: str) -> None:
@@ -358,6 +446,25 @@ def _check_behavior(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     pattern = v.get("path_pattern")
     if pattern is not None and (not pattern or re.search(r"[\x00-\x20\x7f]", pattern)):
         ld.error(join(path, "path_pattern"), "must be non-empty without spaces")
+
+
+def _check_public_key(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    given = [k for k in ("pem", "pem_file") if v.get(k) is not None]
+    if len(given) != 1:
+        ld.error(path, "needs exactly one of pem, pem_file")
+        return
+    where = join(path, given[0])
+    try:
+        load_public_key(PublicKeyConfig(v.get("pem"), v.get("pem_file")).pem_bytes())
+    except OSError as exc:
+        ld.error(where, f"cannot read {v['pem_file']!r}: {exc.strerror}")
+    except ValueError as exc:
+        ld.error(where, f"not a PEM RSA public key: {exc}")
+
+
+def _check_key_group(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    if not v.get("public_keys", {"": None}):
+        ld.error(join(path, "public_keys"), "must hold at least one key")
 
 
 def _check_error_response(ld: Loader, v: Mapping[str, Any], path: str) -> None:
@@ -409,6 +516,10 @@ def _check_cache(ld: Loader, v: Mapping[str, Any], path: str) -> None:
                                                 f"{behavior.origin!r}")
             if behavior.policy not in policies:
                 ld.error(join(bpath, "policy"), f"unknown cache policy {behavior.policy!r}")
+            for i, group in enumerate(behavior.trusted_key_groups):
+                if group not in v.get("key_groups", {}):
+                    ld.error(f"{join(bpath, 'trusted_key_groups')}[{i}]",
+                             f"unknown key group {group!r}")
             orp = behavior.origin_request_policy
             if orp is not None and orp not in request_policies:
                 ld.error(join(bpath, "origin_request_policy"),
@@ -421,7 +532,11 @@ VALIDATORS.setdefault(OriginRequestPolicyConfig, []).append(_check_origin_reques
 VALIDATORS.setdefault(CachePolicyConfig, []).append(_check_policy)
 VALIDATORS.setdefault(OriginConfig, []).append(_check_origin)
 VALIDATORS.setdefault(OriginGroupConfig, []).append(_check_group)
+VALIDATORS.setdefault(S3OriginConfig, []).append(_check_s3)
+VALIDATORS.setdefault(S3CredentialsConfig, []).append(_check_s3_credentials)
 VALIDATORS.setdefault(BehaviorConfig, []).append(_check_behavior)
 VALIDATORS.setdefault(ErrorResponseConfig, []).append(_check_error_response)
+VALIDATORS.setdefault(PublicKeyConfig, []).append(_check_public_key)
+VALIDATORS.setdefault(KeyGroupConfig, []).append(_check_key_group)
 VALIDATORS.setdefault(DistributionConfig, []).append(_check_distribution)
 VALIDATORS.setdefault(CacheConfig, []).append(_check_cache)

@@ -77,7 +77,11 @@ class Forwarding:
     __slots__ = ("fill", "passthrough", "cookies", "query", "compress")
 
     def __init__(self, policy: CachePolicyConfig,
-                 request_policy: OriginRequestPolicyConfig | None) -> None:
+                 request_policy: OriginRequestPolicyConfig | None,
+                 never_query: frozenset[bytes] = frozenset(),
+                 never_cookies: frozenset[bytes] = frozenset()) -> None:
+        """`never_query` / `never_cookies`: names never forwarded, whatever the policies say
+        (CloudFront's signed-URL parameters and signed cookies)."""
         orp = request_policy
         keyed: Filter = (False, frozenset(h.lower().encode() for h in policy.headers))
         headers = union(union(keyed, _filter(orp.headers if orp else None, True)),
@@ -88,10 +92,12 @@ class Forwarding:
         cookies: Filter = (False, frozenset(c.encode() for c in policy.cookies))
         if b"cookie" in keyed[1]:
             cookies = (True, frozenset())  # the whole Cookie header is in the key
-        self.cookies = union(cookies, _filter(orp.cookies if orp else None, False))
+        self.cookies = without(union(cookies, _filter(orp.cookies if orp else None, False)),
+                               never_cookies)
         qs = policy.query_strings
-        self.query = union(_filter(ForwardedValuesConfig(qs.behavior, qs.names), False),
-                           _filter(orp.query_strings if orp else None, False))
+        self.query = without(union(_filter(ForwardedValuesConfig(qs.behavior, qs.names), False),
+                                   _filter(orp.query_strings if orp else None, False)),
+                             never_query)
         self.compress = policy.compress
 
     def lines(self, fwd: list[bytes], *, passthrough: bool) -> list[bytes]:

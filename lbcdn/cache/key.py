@@ -75,9 +75,20 @@ class KeyBuilder:
 
     __slots__ = ("qs_behavior", "qs_names", "headers", "cookies")
 
-    def __init__(self, policy: CachePolicyConfig) -> None:
-        self.qs_behavior = policy.query_strings.behavior
-        self.qs_names = frozenset(n.encode() for n in policy.query_strings.names)
+    def __init__(self, policy: CachePolicyConfig,
+                 never: frozenset[bytes] = frozenset()) -> None:
+        """`never`: query parameter names never in the key, whatever the policy says
+        (CloudFront's signed-URL parameters on a behavior with trusted key groups)."""
+        behavior = policy.query_strings.behavior
+        names = frozenset(n.encode() for n in policy.query_strings.names)
+        if never and behavior == "all":
+            behavior, names = "all_except", never
+        elif behavior == "all_except":
+            names |= never
+        elif behavior == "allow":
+            names -= never
+        self.qs_behavior = behavior
+        self.qs_names = names
         self.headers = tuple(sorted({h.lower().encode() for h in policy.headers}))
         self.cookies = frozenset(c.encode() for c in policy.cookies)
 

@@ -6,6 +6,8 @@ Rules:
   opened here. URL and bucket origins get a one-target upstream Pool of their own (built here,
   connected lazily by the data plane); `pool:` origins name a daemon pool, looked up at request
   time so a reload's new pool is used.
+- An S3 origin is its endpoint as a URL origin, asked path-style (`/bucket` before the origin
+  path) with every request signed (S3Signer), so the bucket can stay private.
 - A bucket origin is the bucket's website endpoint reached as a plain HTTP origin:
   `buckets.website_address:website_port` (the S3 port when no website port is set), with the
   bucket's first website host (else `<bucket>.<first website_host_suffix>`, else the bucket name)
@@ -23,8 +25,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from lbcdn.bucket.config import BucketsConfig
+from lbcdn.bucket.sigv4 import sign_request
 from lbcdn.cache.behavior import Distribution
 from lbcdn.cache.collapse import Collapser
 from lbcdn.cache.config import CacheConfig, OriginConfig, StorageConfig
@@ -43,14 +47,32 @@ Clock = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)
+class S3Signer:
+    """Signs an S3 origin's requests (SigV4 header auth, lbcdn.bucket.sigv4.sign_request)."""
+    host: str
+    region: str
+    access_key_id: str
+    secret: str
+
+    def fields(self, method: bytes, target: bytes, now: float) -> list[tuple[bytes, bytes]]:
+        path, _, query = target.partition(b"?")
+        signed = sign_request(method.decode("latin-1"), path.decode("utf-8", "surrogateescape"),
+                              query.decode("utf-8", "surrogateescape"), self.host,
+                              self.access_key_id, self.secret, self.region,
+                              datetime.fromtimestamp(now, UTC))
+        return [(n.encode(), v.encode()) for n, v in signed]
+
+
+@dataclass(frozen=True, slots=True)
 class OriginEndpoint:
     """Where one origin id sends requests."""
     id: str
     pool_name: str | None       # a daemon pool (resolved per request)
-    pool: Pool | None           # our own pool (URL and bucket origins)
+    pool: Pool | None           # our own pool (URL, S3 and bucket origins)
     host_header: bytes | None   # None: the client's Host
     origin_path: bytes
     connect_attempts: int
+    s3: S3Signer | None = None  # an S3 origin: its requests are signed
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +107,21 @@ def _endpoint(oid: str, o: OriginConfig, buckets: BucketsConfig | None) -> Origi
     path = o.origin_path.encode()
     if o.pool is not None:
         return OriginEndpoint(oid, o.pool, None, None, path, o.connect_attempts)
-    if o.url is not None:
-        scheme, host, port = _split_url(o.url)
+    url = o.url if o.url is not None else o.s3.endpoint if o.s3 is not None else None
+    if url is not None:
+        scheme, host, port = _split_url(url)
         default = 443 if scheme == "https" else 80
         shown = f"[{host}]" if ":" in host else host
         host_header = shown if port == default else f"{shown}:{port}"
         pool = _origin_pool(oid, host, port, host_header, scheme == "https", o)
-        return OriginEndpoint(oid, None, pool, host_header.encode(), path, o.connect_attempts)
+        if o.s3 is None:
+            return OriginEndpoint(oid, None, pool, host_header.encode(), path,
+                                  o.connect_attempts)
+        keys = o.s3.credentials
+        return OriginEndpoint(oid, None, pool, host_header.encode(),
+                              b"/" + o.s3.bucket.encode() + path, o.connect_attempts,
+                              S3Signer(host_header, o.s3.region, keys.access_key_id,
+                                       keys.secret()))
     assert o.bucket is not None
     if buckets is None:
         raise ValueError(f"cache origin {oid!r} names bucket {o.bucket!r} but there is no "

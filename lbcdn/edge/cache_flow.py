@@ -67,6 +67,14 @@ def start(ex: Exchange, distribution: str) -> None:
     if rt is None or dist is None:
         ex.respond_error(HttpError(503, "edge cache not configured", close=False))
         return
+    head = ex.head
+    signed = dist.select(head.path).signed
+    if signed is not None:
+        denial = signed.check(ex.listener.scheme.encode(), head.host, head.path, head.query,
+                              head.headers, ex.conn.client_ip, rt.clock())
+        if denial is not None:
+            ex.respond_local(403, [(b"Content-Type", b"text/xml")], denial.body())
+            return
     if not fast_hit(ex, rt, dist):
         CacheFlow(ex, rt, dist).start()
 

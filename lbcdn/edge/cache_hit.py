@@ -19,6 +19,7 @@ from lbcdn.cache.behavior import Distribution
 from lbcdn.cache.entry import CachedResponse
 from lbcdn.cache.policy import F_NO_CACHE, F_PURGED, RequestDirectives
 from lbcdn.cache.runtime import CacheRuntime
+from lbcdn.cache.signedurl import Verifier
 from lbcdn.edge.accounting import record
 from lbcdn.http.head import RequestHead
 
@@ -136,7 +137,7 @@ class HitPlan:
     and from `since` until `until` (wall clock), when the whole seconds of its Age or ttl next
     change, the answer made is the answer to send."""
     __slots__ = ("rt", "metrics", "primary", "entry", "generation", "since", "until",
-                 "answer", "status")
+                 "answer", "status", "signed")
 
     def __init__(self, rt: CacheRuntime | None, metrics: RouteMetrics | None,
                  primary: bytes) -> None:
@@ -148,6 +149,9 @@ class HitPlan:
         self.since = self.until = 0.0
         self.status = 0
         self.answer = b""
+        # the behavior's trusted keys: the head's signature is checked on every use (its
+        # time and address conditions), a refusal is the full flow's to send
+        self.signed: Verifier | None = None
 
 
 NO_PLAN = HitPlan(None, None, b"")
@@ -177,6 +181,11 @@ def answer_known(conn: ClientStream, known: KnownHead) -> bool:
             return False
     assert rt is not None and plan.metrics is not None
     head = known.head
+    signed = plan.signed
+    if signed is not None and signed.check(conn.listener.scheme.encode(), head.host, head.path,
+                                           head.query, head.headers, conn.client_ip,
+                                           rt.clock()) is not None:
+        return False
     started = monotonic()
     generation = rt.memory.generation
     if plan.generation == generation and plan.since <= rt.clock() < plan.until:
@@ -234,6 +243,8 @@ def _plan(conn: ClientStream, head: RequestHead, rt: CacheRuntime | None) -> Hit
         return NO_PLAN
     dist = rt.distributions.get(route.cache)
     primary = _plain_key(head, dist) if dist is not None else None
-    if primary is None:
+    if primary is None or dist is None:
         return NO_PLAN
-    return HitPlan(rt, conn.listener.route_metrics(route.name), primary)
+    plan = HitPlan(rt, conn.listener.route_metrics(route.name), primary)
+    plan.signed = dist.select(head.path).signed
+    return plan

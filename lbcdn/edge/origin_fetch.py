@@ -8,7 +8,7 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 from lbcdn.cache.headers import parse_fwd
-from lbcdn.cache.runtime import Attempt, CacheRuntime
+from lbcdn.cache.runtime import Attempt, CacheRuntime, OriginEndpoint
 from lbcdn.http.head import ResponseHead, origin_request
 from lbcdn.tasks import spawn
 from lbcdn.upstream.connection import UpstreamConnection, UpstreamOwner
@@ -51,12 +51,16 @@ class OriginFetch(UpstreamOwner):
     def start(self) -> None:
         self._try()
 
-    def _request(self, endpoint_host: bytes | None, origin_path: bytes) -> bytes:
+    def _request(self, e: OriginEndpoint) -> bytes:
         head = self.ex.head
         listener = self.listener
-        host = endpoint_host if endpoint_host is not None else head.host
+        host = e.host_header if e.host_header is not None else head.host
+        target = e.origin_path + self.target_bytes
+        extra = self.extra
+        if e.s3 is not None:  # signed per attempt: the signature carries its time
+            extra = extra + e.s3.fields(self.method, target, self.rt.clock())
         return b"".join(origin_request(
-            self.method, origin_path + self.target_bytes, host, self.lines, self.extra, head,
+            self.method, target, host, self.lines, extra, head,
             listener.config.x_forwarded_for, self.ex.conn.client_ip_bytes,
             listener.forwarded_headers, listener.id_header)) + self.request_id + b"\r\n\r\n"
 
@@ -104,7 +108,7 @@ class OriginFetch(UpstreamOwner):
         self.upstream = conn
         self.sent_at = monotonic()
         conn.begin(self, False)
-        conn.write(self._request(e.host_header, e.origin_path))
+        conn.write(self._request(e))
         conn.flush()
 
     def _failed(self, kind: str) -> None:

@@ -619,3 +619,21 @@ def test_presigned_url_with_unsigned_amz_header_is_refused() -> None:
 def test_fetch_suite_is_cached(aws4_suite: Path) -> None:
     # The second call must not need the network: it returns the extracted directory as is.
     assert _fetch_suite(aws4_suite.parent) == aws4_suite
+
+
+@pytest.mark.parametrize("key,params", [("a.txt", {}), ("dir/with space+plus~é.bin", {}),
+                                        ("k", {"versionId": "v 1", "a": ""})])
+def test_sign_request_signs_as_botocore_does(key: str, params: dict[str, str]) -> None:
+    """The edge's S3 origin signer (sign_request) makes botocore's Authorization for a GET,
+    and lbcdn's own verifier accepts it."""
+    from lbcdn.bucket.sigv4 import sign_request
+    s = _sign(SIGNERS["botocore-header"], "GET", key, params, {}, b"")
+    stamp = datetime.strptime(s.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    raw_query = "&".join(f"{quote(n, safe='')}={quote(v, safe='')}" for n, v in params.items())
+    ours = dict(sign_request("GET", s.path, raw_query, HOST, ORACLE_AKID, ORACLE_SECRET,
+                             "us-east-1", stamp))
+    assert ours["Authorization"] == s.headers["Authorization"]
+    assert ours["X-Amz-Content-SHA256"] == s.headers["X-Amz-Content-SHA256"]
+    headers = CIMultiDict[str]([("Host", HOST), *ours.items()])
+    assert authenticate("GET", s.path, parse_query(raw_query), headers, ORACLE_CREDS,
+                        s.now).access_key_id == ORACLE_AKID

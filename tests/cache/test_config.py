@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -188,7 +189,7 @@ def test_origin_request_policy_problems(patch: dict[str, Any], expected: str) ->
     ({"policies": {"p": {"ttl": 5}}}, "cache.policies.p.ttl: unknown key"),
     ({"origins": {"o": {}}}, "cache.origins.o: needs exactly one of pool, bucket, url"),
     ({"origins": {"o": {"pool": "a", "url": "http://x"}}},
-     "cache.origins.o: needs exactly one of pool, bucket, url (got pool, url)"),
+     "cache.origins.o: needs exactly one of pool, bucket, url, s3 (got pool, url)"),
     ({"origins": {"o": {"url": "http://x/path"}}},
      "cache.origins.o.url: must be http(s)://host[:port] without a path"),
     ({"origins": {"o": {"url": "ftp://x"}}}, "cache.origins.o.url: must be"),
@@ -242,3 +243,27 @@ def test_origin_request_policy_problems(patch: dict[str, Any], expected: str) ->
 def test_problems_name_their_yaml_path(patch: dict[str, Any], expected: str) -> None:
     value, problems = load(patch)
     assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_s3_origin(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("from-a-file\n")
+    s3 = {"endpoint": "http://127.0.0.1:9000", "bucket": "media",
+          "credentials": {"access_key_id": "AKID", "secret_access_key_file": str(secret)}}
+    value, problems = load({"origins": {"m": {"s3": s3}}})
+    assert problems == []
+    assert value.origins["m"].s3.credentials.secret() == "from-a-file"
+    assert value.origins["m"].s3.region == "us-east-1"
+    bad = {"endpoint": "http://h/path", "bucket": "No_Such",
+           "credentials": {"access_key_id": "AKID", "secret_access_key": "x",
+                           "secret_access_key_file": "/nonexistent"}}
+    _, problems = load({"origins": {"m": {"s3": bad}, "n": {"s3": {
+        "endpoint": "http://h", "bucket": "abc",
+        "credentials": {"access_key_id": "AKID", "secret_access_key_file": "/nonexistent"}}}}})
+    where = "cache.origins.m.s3"
+    assert f"{where}.endpoint: must be http(s)://host[:port] without a path" in problems
+    assert f"{where}.bucket: must be an S3 bucket name (3-63 of a-z 0-9 . -)" in problems
+    assert f"{where}.credentials: needs exactly one of secret_access_key, " \
+           "secret_access_key_file" in problems
+    assert "cache.origins.n.s3.credentials.secret_access_key_file: cannot read " \
+           "'/nonexistent': No such file or directory" in problems

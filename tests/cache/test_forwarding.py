@@ -157,3 +157,14 @@ def test_query_is_the_keyed_and_listed_parameters(
     f = Forwarding(CachePolicyConfig(query_strings=key),
                    orp(query=listed) if listed is not None else None)
     assert f.query_for(query) == expected
+
+
+def test_signing_parameters_and_cookies_never_reach_the_origin() -> None:
+    from lbcdn.cache.config import MANAGED_ORIGIN_REQUEST_POLICIES
+    from lbcdn.cache.signedurl import COOKIE_NAMES, QUERY_NAMES
+    f = Forwarding(CachePolicyConfig(), MANAGED_ORIGIN_REQUEST_POLICIES["AllViewer"],
+                   QUERY_NAMES, COOKIE_NAMES)
+    assert f.query_for(b"v=1&Expires=9&Signature=s&Key-Pair-Id=K&Policy=p") == b"v=1"
+    lines = fwd(("Cookie", "a=1; CloudFront-Policy=p; CloudFront-Signature=s; "
+                           "CloudFront-Key-Pair-Id=K; CloudFront-Expires=9"))
+    assert f.lines(lines, passthrough=False) == fwd(("Cookie", "a=1"))

@@ -82,3 +82,16 @@ def test_variant_key() -> None:
 ])
 def test_accept_encoding_normalized_to_the_coding_chosen(value: str, coding: bytes) -> None:
     assert header_value(h(("Accept-Encoding", value)), b"accept-encoding") == coding
+
+
+@pytest.mark.parametrize("behavior,names,kept", [
+    ("all", (), b"a=1&b=2"), ("all_except", ("b",), b"a=1"), ("allow", ("a", "Expires"), b"a=1"),
+    ("none", (), None)])
+def test_never_keyed_names_leave_the_key_whatever_the_policy(
+        behavior: str, names: tuple[str, ...], kept: bytes | None) -> None:
+    """A behavior with trusted key groups: CloudFront's signing parameters are not keyed."""
+    from lbcdn.cache.signedurl import QUERY_NAMES
+    policy = replace(P, query_strings=QueryStringsConfig(behavior, names))  # type: ignore[arg-type]
+    kb = KeyBuilder(policy, QUERY_NAMES)
+    query = b"b=2&Expires=9&a=1&Signature=s&Key-Pair-Id=K&Policy=p"
+    assert kb.kept_query(query) == kept
