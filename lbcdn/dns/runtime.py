@@ -11,18 +11,30 @@ alias to a pool with `evaluate_target_health`) reads the state the pools' health
 (`PoolHealth`: lbcdn.upstream.targets.TargetsControl), the one the balancer is given. It runs in
 the process that runs DNS, in one process and in the workers' control process alike; DNS keeps
 no pool state of its own.
+
+Calculated checks (Route 53's): healthy while at least `health_threshold` of their children
+are (all: AND, 1: OR), read from the children's current states on every question, so they
+change with them and need no state of their own; `invert` turns any check's result around
+(an unknown child fails open before its parent inverts it, as Route 53 treats a deleted one).
+
+Location data: the CIDR collections and the `.mmdb` location database are loaded here and
+handed to the engine (lbcdn.dns.locate); a database that cannot be read stops the start
+with its path named.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import os
+from collections.abc import Mapping
 from typing import Protocol
 
 from lbcdn.dns.alias import aliases_from_config, parse_pool_check
 from lbcdn.dns.changes import JsonChangeStore, MemoryStore
 from lbcdn.dns.config import DnsConfig, nsid_bytes
 from lbcdn.dns.engine import Engine
+from lbcdn.dns.locate import CidrCollection, GeoDatabase
 from lbcdn.dns.server import DnsServer, servers_from_config
 from lbcdn.dns.tsig import build_keys
 from lbcdn.dns.zone import build_zones
@@ -49,10 +61,14 @@ class _Health:
     target health. `generation` changes on every change of either, so the engine drops its
     prepared answers."""
 
-    def __init__(self, pools: PoolHealth | None) -> None:
+    def __init__(self, pools: PoolHealth | None,
+                 calculated: Mapping[str, tuple[tuple[str, ...], int]] | None = None,
+                 inverted: frozenset[str] = frozenset()) -> None:
         self.checker: HealthChecker[str] = HealthChecker(on_change=self._changed, name="dns")
         self._own = 0
         self._pools = pools
+        self._calculated = dict(calculated or {})   # id -> (children, threshold)
+        self._inverted = inverted
 
     def _changed(self, key: str, transition: object) -> None:
         self._own += 1
@@ -63,6 +79,14 @@ class _Health:
         return self._own + (self._pools.generation if self._pools is not None else 0)
 
     def is_healthy(self, check_id: str) -> bool:
+        found = self._found(check_id)
+        return not found if check_id in self._inverted else found
+
+    def _found(self, check_id: str) -> bool:
+        calculated = self._calculated.get(check_id)
+        if calculated is not None:
+            children, threshold = calculated
+            return sum(self.is_healthy(c) for c in children) >= threshold
         pool_target = parse_pool_check(check_id)
         if pool_target is not None:
             known = (self._pools.target_healthy(*pool_target) if self._pools is not None
@@ -78,8 +102,16 @@ class DnsRuntime:
     def __init__(self, config: DnsConfig, listeners: object, pools: object, *,
                  base_dir: str = ".", pool_health: PoolHealth | None = None) -> None:
         self.config = config
-        self.health = _Health(pool_health)
+        self.health = _Health(
+            pool_health,
+            {hc.id: (hc.child_health_checks, len(hc.child_health_checks)
+                     if hc.health_threshold is None else hc.health_threshold)
+             for hc in config.health_checks if hc.protocol == "calculated"},
+            frozenset(hc.id for hc in config.health_checks if hc.invert))
         for hc in config.health_checks:
+            if hc.protocol == "calculated":
+                continue
+            assert hc.host is not None   # the config check requires it
             port = hc.port or (443 if hc.protocol == "https" else 80)
             self.health.checker.add_target(hc.id, Check.route53(
                 protocol=hc.protocol, address=hc.host, port=port, path=hc.path,
@@ -91,10 +123,25 @@ class DnsRuntime:
         self.engine = Engine(build_zones(config, now=time.time(), aliases=aliases,
                                          base_dir=base_dir),
                              self.health, store=store, aliases=aliases, tsig_keys=keys,
-                             nsid=nsid_bytes(config.nsid) if config.nsid else b"")
+                             nsid=nsid_bytes(config.nsid) if config.nsid else b"",
+                             cidr_collections=[
+                                 CidrCollection(c.name, {loc.name: loc.cidrs
+                                                         for loc in c.locations})
+                                 for c in config.cidr_collections],
+                             geo=self._geo(config, base_dir))
         for problem in self.engine.restore_problems:
             log.warning("dns: saved change not applied: %s", problem)
         self.servers: list[DnsServer] = servers_from_config(config, self.engine, tsig_keys=keys)
+
+    @staticmethod
+    def _geo(config: DnsConfig, base_dir: str) -> GeoDatabase | None:
+        if config.location_database is None:
+            return None
+        path = os.path.join(base_dir, config.location_database)
+        try:
+            return GeoDatabase(path)
+        except (OSError, ValueError) as e:   # maxminddb: InvalidDatabaseError is a ValueError
+            raise ValueError(f"dns.location_database: cannot read {path}: {e}") from None
 
     async def start(self) -> None:
         await self.health.checker.start()
