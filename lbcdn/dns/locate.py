@@ -121,11 +121,15 @@ def place_of(record: object) -> GeoPlace | None:
 
 
 class GeoDatabase:
-    """A MaxMind-format (.mmdb) database, read with MaxMind's reader (memory-mapped)."""
+    """A MaxMind-format (.mmdb) database, read with MaxMind's reader (memory-mapped).
+    OSError when the file cannot be read, ValueError when it is not such a database."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._reader = maxminddb.open_database(path)
+        try:
+            self._reader = maxminddb.open_database(path)
+        except maxminddb.InvalidDatabaseError as e:
+            raise ValueError(f"not a MaxMind DB file: {e}") from None
 
     def locate(self, client: Client) -> tuple[GeoPlace | None, int]:
         """(place or None, scope) for `client`."""

@@ -140,7 +140,7 @@ class DnsRuntime:
         path = os.path.join(base_dir, config.location_database)
         try:
             return GeoDatabase(path)
-        except (OSError, ValueError) as e:   # maxminddb: InvalidDatabaseError is a ValueError
+        except (OSError, ValueError) as e:
             raise ValueError(f"dns.location_database: cannot read {path}: {e}") from None
 
     async def start(self) -> None:
