@@ -5,7 +5,8 @@ POST /api/dns/zones/{zone}/changes  {"changes": [{"action": "CREATE|UPSERT|DELET
 -> 200 {"zone", "serial"} or 400 {"error", "problems": [...]}; 404 for a zone not served.
 GET  /api/dns/zones -> the served zones with their serials.
 GET  /api/dns/zones/{zone}/records -> {"zone", "serial", "records": [{name, type, ttl_s,
-     policy, set_identifier, weight, failover, alias, health, values: [{value, health}]}]}:
+     policy, set_identifier, weight, failover, alias, health, values: [{value, health}],
+     and cidr_routing / geolocation / geoproximity where the policy has them}]}:
      every record set and which health state it follows (lbcdn.dns.view); 404 for a zone
      not served.
 Changes are visible in answers at once and kept in `dns.state_dir` across restarts.

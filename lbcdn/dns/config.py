@@ -514,7 +514,8 @@ def _check_dns(ld: Loader, v: Mapping[str, Any], path: str) -> None:
                 ld.error(join(join(rwhere, "cidr_routing"), "collection"),
                          f"unknown CIDR collection {cr.collection!r} (known: "
                          f"{', '.join(sorted(collections)) or 'none'})")
-            elif cr.location != "*" and cr.location not in collections[cr.collection]:
+                continue
+            if cr.location != "*" and cr.location not in collections[cr.collection]:
                 ld.error(join(join(rwhere, "cidr_routing"), "location"),
                          f"collection {cr.collection!r} has no location {cr.location!r}")
             other = first_collection.setdefault((rec.name, rec.type), cr.collection)

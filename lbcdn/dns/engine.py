@@ -264,6 +264,10 @@ class Engine:
         if current is None:
             raise ChangeError([f"not a served zone: {zone}"])
         new = apply_batch(current, changes, aliases=self._aliases, now=self._clock())
+        problems = policy.routing_problems(new.record_sets(), self._collections,
+                                           self._geo is not None)
+        if problems:
+            raise ChangeError(problems)
         zones = [new if z.origin == origin else z for z in self._zones.values()]
         generate_ptrs(zones, now=self._clock())
         if self._store is not None:

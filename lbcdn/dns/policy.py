@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from lbcdn.dns.locate import CidrCollection, Client, GeoDatabase
@@ -231,6 +231,25 @@ def static_values(group: Sequence[RecordSet]) -> tuple[int, list[Value]]:
     for s in sets:
         values.extend(s.values)
     return min(s.ttl for s in sets), _dedup(values)
+
+
+def routing_problems(sets: Iterable[RecordSet], collections: Mapping[str, CidrCollection],
+                     geo: bool) -> list[str]:
+    """What the client-dependent sets need from outside the zone: a known CIDR collection
+    and location, a location database (`geo`)."""
+    out: list[str] = []
+    for s in sets:
+        cidr = s.cidr_routing
+        if cidr is not None:
+            coll = collections.get(cidr.collection)
+            if coll is None:
+                out.append(f"{s.describe()}: unknown CIDR collection {cidr.collection!r}")
+            elif cidr.location != "*" and cidr.location not in coll.locations:
+                out.append(f"{s.describe()}: collection {cidr.collection!r} has no location "
+                           f"{cidr.location!r}")
+        if s.policy in ("geolocation", "geoproximity") and not geo:
+            out.append(f"{s.describe()}: the {s.policy} policy needs dns.location_database")
+    return out
 
 
 def health_checks(group: Sequence[RecordSet]) -> set[str]:

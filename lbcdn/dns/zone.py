@@ -291,6 +291,14 @@ def _group_problems(group: Sequence[RecordSet]) -> list[str]:
                 out.append(f"{first.describe()}: more than one {role} record set")
     if first.rtype == T_CNAME and sum(len(s.values) for s in group[:1]) != 1:
         out.append(f"{first.describe()}: a CNAME record set has exactly one value")
+    if first.policy == "cidr" and len({s.cidr_routing.collection for s in group
+                                       if s.cidr_routing}) > 1:
+        out.append(f"{first.describe()}: record sets of one name and type use one CIDR "
+                   "collection")
+    places = [s.cidr_routing.location if s.cidr_routing else s.geolocation
+              for s in group if s.policy in ("cidr", "geolocation")]
+    if len(set(places)) < len(places):
+        out.append(f"{first.describe()}: two record sets for one location")
     for s in group:
         if not s.values and s.alias is None:
             out.append(f"{s.describe()}: no values")

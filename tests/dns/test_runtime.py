@@ -74,3 +74,39 @@ def test_without_pool_health_every_pool_target_reads_healthy() -> None:
     assert rt.health.is_healthy("pool/app/192.0.2.10:80")
     assert rt.health.is_healthy("no-such-check")
     assert addresses(rt, "www.example.com.") == ["192.0.2.10", "192.0.2.11"]
+
+
+def test_calculated_and_inverted_checks_follow_their_children() -> None:
+    pools = Pools()
+    a, b = "pool/app/192.0.2.10:80", "pool/app/192.0.2.11:80"
+    config = parse_config({
+        "listeners": [{"name": "web", "address": "127.0.0.1", "port": 8080}],
+        "pools": {"app": {"targets": ["192.0.2.10:80", "192.0.2.11:80"]}},
+        "default_route": {"forward": "app"},
+        "dns": {"listeners": [{"address": "127.0.0.1", "port": 5399}],
+                "health_checks": [
+                    {"id": "and", "protocol": "calculated", "child_health_checks": [a, b]},
+                    {"id": "or", "protocol": "calculated", "child_health_checks": [a, b],
+                     "health_threshold": 1},
+                    {"id": "none", "protocol": "calculated", "child_health_checks": [a, b],
+                     "health_threshold": 0},
+                    {"id": "nand", "protocol": "calculated", "child_health_checks": [a, b],
+                     "invert": True}],
+                "zones": [{"name": "example.com", "records": [
+                    {"name": "svc", "type": "A", "policy": "failover", "set_identifier": "p",
+                     "failover": "PRIMARY", "health_check": "and", "values": ["192.0.2.1"]},
+                    {"name": "svc", "type": "A", "policy": "failover", "set_identifier": "s",
+                     "failover": "SECONDARY", "values": ["192.0.2.2"]}]}]}})
+    assert config.dns is not None
+    rt = DnsRuntime(config.dns, config.listeners, config.pools, pool_health=pools)
+    states = lambda: {c: rt.health.is_healthy(c) for c in ("and", "or", "none", "nand")}  # noqa: E731
+    assert states() == {"and": True, "or": True, "none": True, "nand": False}
+    assert addresses(rt, "svc.example.com.") == ["192.0.2.1"]
+    pools.set("app", "192.0.2.10:80", False)
+    assert states() == {"and": False, "or": True, "none": True, "nand": True}
+    assert addresses(rt, "svc.example.com.") == ["192.0.2.2"]   # the version moved with it
+    pools.set("app", "192.0.2.11:80", False)
+    assert states() == {"and": False, "or": False, "none": True, "nand": True}
+    pools.set("app", "192.0.2.10:80", True)
+    pools.set("app", "192.0.2.11:80", True)
+    assert addresses(rt, "svc.example.com.") == ["192.0.2.1"]
