@@ -552,30 +552,33 @@ def _check_calculated(ld: Loader, hc: HealthCheckConfig, where: str, v: Mapping[
                  f"more than the {len(hc.child_health_checks)} child checks")
 
 
+def _check_collection(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    names: set[str] = set()
+    blocks: dict[object, str] = {}
+    for j, loc in enumerate(v.get("locations", ())):
+        lwhere = index(join(path, "locations"), j)
+        if loc.name in names or loc.name == "*" or not loc.name:
+            ld.error(join(lwhere, "name"), f"duplicate or reserved location {loc.name!r}")
+        names.add(loc.name)
+        for k, text in enumerate(loc.cidrs):
+            try:
+                net = ipaddress.ip_network(text, strict=True)
+            except ValueError as e:
+                ld.error(index(join(lwhere, "cidrs"), k), f"not a CIDR block: {e}")
+                continue
+            if net in blocks:
+                ld.error(index(join(lwhere, "cidrs"), k),
+                         f"{text} is already in location {blocks[net]!r}")
+            blocks.setdefault(net, loc.name)
+
+
 def _check_collections(ld: Loader, v: Mapping[str, Any], path: str) -> dict[str, set[str]]:
-    """Check `cidr_collections`; -> {collection: its location names}."""
+    """Collection names are unique; -> {collection: its location names}."""
     out: dict[str, set[str]] = {}
-    for i, coll in enumerate(v.get("cidr_collections", ())):
-        where = index(join(path, "cidr_collections"), i)
+    for where, coll in _items(ld, v, path, "cidr_collections"):
         if coll.name in out:
             ld.error(join(where, "name"), f"duplicate collection {coll.name!r}")
-        names = out.setdefault(coll.name, set())
-        blocks: dict[object, str] = {}
-        for j, loc in enumerate(coll.locations):
-            lwhere = index(join(where, "locations"), j)
-            if loc.name in names or loc.name == "*" or not loc.name:
-                ld.error(join(lwhere, "name"), f"duplicate or reserved location {loc.name!r}")
-            names.add(loc.name)
-            for k, text in enumerate(loc.cidrs):
-                try:
-                    net = ipaddress.ip_network(text, strict=True)
-                except ValueError as e:
-                    ld.error(index(join(lwhere, "cidrs"), k), f"not a CIDR block: {e}")
-                    continue
-                if net in blocks:
-                    ld.error(index(join(lwhere, "cidrs"), k),
-                             f"{text} is already in location {blocks[net]!r}")
-                blocks.setdefault(net, loc.name)
+        out.setdefault(coll.name, set()).update(loc.name for loc in coll.locations)
     return out
 
 
@@ -683,6 +686,7 @@ def alias_problems(dns: DnsConfig, listeners: list[str], pools: list[str],
 VALIDATORS.setdefault(RecordSetConfig, []).append(_check_record)
 VALIDATORS.setdefault(AliasConfig, []).append(_check_alias)
 VALIDATORS.setdefault(GeolocationConfig, []).append(_check_geolocation)
+VALIDATORS.setdefault(CidrCollectionConfig, []).append(_check_collection)
 VALIDATORS.setdefault(SoaConfig, []).append(_check_soa)
 VALIDATORS.setdefault(ZoneConfig, []).append(_check_zone)
 VALIDATORS.setdefault(DnsConfig, []).append(_check_dns)
@@ -710,6 +714,16 @@ def load_record_set(data: object, path: str = "record") -> RecordSetConfig:
     if ld.problems or value is INVALID:
         raise ConfigError(ld.problems or [(path, "invalid")])
     assert isinstance(value, RecordSetConfig)
+    return value
+
+
+def load_cidr_collection(data: object, path: str = "collection") -> CidrCollectionConfig:
+    """One CIDR collection from JSON data (the admin API); raises ConfigError."""
+    ld = Loader({})
+    value = ld.value(CidrCollectionConfig, _literal(data), path)
+    if ld.problems or value is INVALID:
+        raise ConfigError(ld.problems or [(path, "invalid")])
+    assert isinstance(value, CidrCollectionConfig)
     return value
 
 

@@ -282,6 +282,28 @@ class Engine:
         self._derive()
         self._bump()
 
+    # -- CIDR collections ----------------------------------------------------------------
+
+    @property
+    def cidr_collections(self) -> list[CidrCollection]:
+        return list(self._collections.values())
+
+    def set_cidr_collection(self, name: str, collection: CidrCollection | None) -> None:
+        """Create or replace (None: delete) a CIDR collection, visible to the next query.
+        ChangeError when a record set would lose its collection or location."""
+        collections = dict(self._collections)
+        if collection is None:
+            collections.pop(name, None)
+        else:
+            collections[name] = collection
+        problems = [p for z in self._zones.values()
+                    for p in policy.routing_problems(z.record_sets(), collections,
+                                                     self._geo is not None)]
+        if problems:
+            raise ChangeError(problems)
+        self._collections = collections
+        self._bump()
+
     # -- answering -----------------------------------------------------------------------
 
     def cacheable_key(self, query: bytes) -> bytes | None:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import dns.edns
 import dns.message
 import dns.query
@@ -22,8 +23,9 @@ import dns.rdatatype
 import pytest
 
 from tests.dns.geodb import city, write_geo_db
-from tests.e2e.harness import HOST, DaemonProcess, free_port, proxy_config
+from tests.e2e.harness import HOST, DaemonProcess, admin_port, free_port, proxy_config
 
+TOKEN = "s3cret"
 WORKERS = [pytest.param([], id="one-process"), pytest.param(["--workers", "2"], id="workers-2")]
 
 
@@ -33,7 +35,7 @@ def routing_config(tmp: Path) -> dict[str, Any]:
         "203.0.113.0/24": city("NA", "US", "CA", (37.77, -122.42)),
     })
     port = free_port()
-    cfg = proxy_config(free_port())   # a pool target that is never asked
+    cfg = proxy_config(free_port(), admin={"token": TOKEN})   # a pool target never asked
     cidr = {"type": "A", "policy": "cidr", "ttl_s": 30}
     geoloc = {"name": "geo", "type": "A", "policy": "geolocation", "ttl_s": 30}
     svc = {"name": "svc", "type": "A", "policy": "failover", "ttl_s": 1}
@@ -213,3 +215,53 @@ def test_calculated_and_inverted_checks(daemon: dict[str, Any]) -> None:
     # AND of up and down: unhealthy; OR: healthy; an inverted check of a closed port: healthy
     wait_answers(daemon, {"up": primary, "down": secondary, "both": secondary,
                           "either": primary, "not-down": primary}, 15)
+
+
+async def admin(cfg: dict[str, Any], method: str, path: str,
+                body: object = None) -> tuple[int, Any]:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s:
+        async with s.request(method, f"http://{HOST}:{admin_port(cfg)}{path}",
+                             json=body) as r:
+            return r.status, await r.json()
+
+
+@pytest.mark.slow
+async def test_cidr_collections_through_the_admin_api(daemon: dict[str, Any]) -> None:
+    cfg = daemon
+    path = "/api/dns/cidr-collections"
+    status, body = await admin(cfg, "GET", path)
+    assert status == 200
+    (nets,) = body["collections"]
+    assert nets["name"] == "nets" and nets["locations"][0] == {"name": "office",
+                                                               "cidrs": ["198.51.100.0/24"]}
+    ecs = ("203.0.113.5", 32)
+    assert addresses(await asyncio.to_thread(ask, cfg, "www", ecs=ecs)) == ["192.0.2.9"]
+    moved = {"locations": [{**loc, "cidrs": ["203.0.113.0/24"]} if loc["name"] == "office"
+                           else loc for loc in nets["locations"]]}
+    try:
+        status, body = await admin(cfg, "PUT", f"{path}/nets", moved)
+        assert status == 200, body
+        # visible on the next query, in the process that answers DNS
+        r = await asyncio.to_thread(ask, cfg, "www", ecs=ecs)
+        assert addresses(r) == ["192.0.2.1"] and scope_of(r) == (*ecs, 24)
+        # bad input and taking away what record sets use: refused, nothing changed
+        status, body = await admin(cfg, "PUT", f"{path}/nets",
+                                   {"locations": [{"name": "office", "cidrs": ["10.0.0.1/8"]}]})
+        assert status == 400 and "host bits set" in "\n".join(body["problems"]), body
+        status, body = await admin(cfg, "PUT", f"{path}/nets", {"locations": []})
+        assert status == 400 and any("has no location 'lab'" in p for p in body["problems"])
+        status, body = await admin(cfg, "DELETE", f"{path}/nets")
+        assert status == 400 and any("unknown CIDR collection 'nets'" in p
+                                     for p in body["problems"])
+        assert (await admin(cfg, "DELETE", f"{path}/other"))[0] == 404
+        status, body = await admin(cfg, "PUT", f"{path}/spare",
+                                   {"locations": [{"name": "x", "cidrs": ["2001:db8::/32"]}]})
+        assert status == 200
+        assert (await admin(cfg, "DELETE", f"{path}/spare"))[0] == 200
+        r = await asyncio.to_thread(ask, cfg, "www", ecs=ecs)
+        assert addresses(r) == ["192.0.2.1"]
+    finally:
+        status, body = await admin(cfg, "PUT", f"{path}/nets",
+                                   {"locations": nets["locations"]})
+        assert status == 200, body
+    assert addresses(await asyncio.to_thread(ask, cfg, "www", ecs=ecs)) == ["192.0.2.9"]
