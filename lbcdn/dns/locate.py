@@ -19,6 +19,7 @@ Rules:
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -62,30 +63,51 @@ class CidrCollection:
     def __init__(self, name: str, locations: Mapping[str, Sequence[str]]) -> None:
         self.name = name
         self.locations = {loc: tuple(blocks) for loc, blocks in locations.items()}
-        self._blocks: list[tuple[int, int, int, str]] = []   # (version, network, length, loc)
-        for loc, blocks in self.locations.items():
-            for text in blocks:
+        blocks: dict[int, list[tuple[int, int, str]]] = {4: [], 6: []}
+        for loc, texts in self.locations.items():
+            for text in texts:
                 net = ipaddress.ip_network(text, strict=False)
-                self._blocks.append((net.version, int(net.network_address), net.prefixlen, loc))
+                blocks[net.version].append((int(net.network_address), net.prefixlen, loc))
+        # Per IP version: one table per prefix length, longest first (the longest match is
+        # the first hit), and every block sorted by network address (the scope's neighbours).
+        self._tables: dict[int, list[tuple[int, int, dict[int, str]]]] = {}
+        self._nets: dict[int, list[int]] = {}
+        self._host_bits: dict[int, list[int]] = {}
+        for version, found in blocks.items():
+            bits = _bits(version)
+            tables: dict[int, dict[int, str]] = {}
+            for net, length, loc in found:
+                tables.setdefault(length, {})[net >> (bits - length)] = loc
+            self._tables[version] = [(length, bits - length, tables[length])
+                                     for length in sorted(tables, reverse=True)]
+            found.sort()
+            self._nets[version] = [net for net, _, _ in found]
+            self._host_bits[version] = [bits - length for _, length, _ in found]
 
     def locate(self, client: Client) -> tuple[str | None, int]:
-        """(location or None, scope) for `client`."""
-        bits = _bits(client.version)
-        addr = client.address
-        best: tuple[int, str] | None = None
-        for version, net, length, loc in self._blocks:
-            if version == client.version and (addr ^ net) >> (bits - length) == 0:
-                if best is None or length > best[0]:
-                    best = (length, loc)
-        scope = best[0] if best is not None else 0
-        for version, net, length, loc in self._blocks:
-            if version != client.version or (addr ^ net) >> (bits - length) == 0:
-                continue
-            # A block not holding the address lies inside the client's /p for every p up
-            # to the bits they share: the scope must be longer than that to exclude it.
-            shared = bits - (addr ^ net).bit_length()
-            scope = max(scope, shared + 1)
-        return (best[1] if best is not None else None), min(scope, bits)
+        """(location or None, scope) for `client`; O(prefix lengths used + log blocks)."""
+        version, addr = client.version, client.address
+        bits = _bits(version)
+        best_length, best = -1, ""
+        for length, host_bits, table in self._tables[version]:
+            loc = table.get(addr >> host_bits)
+            if loc is not None:
+                best_length, best = length, loc
+                break
+        # A block not holding the address lies inside the client's /p for every p up to the
+        # bits they share, so the scope must be longer than that. Sorted by address, the
+        # blocks sharing most with it are the nearest on each side that do not hold it (only
+        # blocks starting at or below it can, at most one per prefix length).
+        nets, host_bits_of = self._nets[version], self._host_bits[version]
+        i = bisect.bisect_right(nets, addr)
+        shared_most = bits - (nets[i] ^ addr).bit_length() if i < len(nets) else -1
+        for j in range(i - 1, -1, -1):
+            diff = addr ^ nets[j]
+            if diff >> host_bits_of[j]:
+                shared_most = max(shared_most, bits - diff.bit_length())
+                break
+        scope = min(max(best_length, shared_most + 1, 0), bits)
+        return (best if best_length >= 0 else None), scope
 
 
 class GeoPlace(NamedTuple):

@@ -6,6 +6,8 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lbcdn.dns.locate import (CidrCollection, Client, GeoDatabase, GeoPlace, client_of,
                               client_of_ecs, place_of)
@@ -94,3 +96,30 @@ def test_geo_database_that_is_not_one(tmp_path: Path) -> None:
     bad.write_bytes(b"not a database")
     with pytest.raises(ValueError):
         GeoDatabase(str(bad))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)), max_size=30),
+       st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_scope_holds_for_every_address_in_it(blocks: list[tuple[int, int]], address: int,
+                                             prefix: int) -> None:
+    """The longest match, and a scope that is the shortest prefix of the client's address
+    inside which no block can change the answer (checked against the definition)."""
+    nets = {ipaddress.IPv4Network((a >> (32 - n) << (32 - n) if n else 0, n)) for a, n in blocks}
+    coll = CidrCollection("c", {f"l{i}": [str(net)] for i, net in enumerate(sorted(nets))})
+    addr = address >> (32 - prefix) << (32 - prefix) if prefix else 0
+    location, scope = coll.locate(Client(4, addr, prefix))
+    ip = ipaddress.IPv4Address(addr)
+    holding = [n for n in nets if ip in n]
+    want = max(holding, key=lambda n: n.prefixlen) if holding else None
+    assert location == (None if want is None else
+                        next(k for k, v in coll.locations.items() if v == (str(want),)))
+    area = ipaddress.IPv4Network((addr >> (32 - scope) << (32 - scope) if scope else 0, scope))
+    # no other block starts inside the scope's network: every address there matches alike
+    assert all(n.prefixlen <= scope or not n.subnet_of(area) for n in nets if n != want) \
+        or scope == 32
+    # and one bit less would take one in (or drop the matched block)
+    if 0 < scope < 32:
+        wider = area.supernet()
+        assert (want is not None and want.prefixlen == scope) or any(
+            n.subnet_of(wider) and n.prefixlen > scope - 1 for n in nets if n != want)

@@ -3,8 +3,11 @@ health (lbcdn.dns.runtime.PoolHealth), and a generation that moves with either."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dns.message
 import dns.rdatatype
+import pytest
 
 from lbcdn.config.load import parse_config
 from lbcdn.dns.runtime import DnsRuntime
@@ -110,3 +113,18 @@ def test_calculated_and_inverted_checks_follow_their_children() -> None:
     pools.set("app", "192.0.2.10:80", True)
     pools.set("app", "192.0.2.11:80", True)
     assert addresses(rt, "svc.example.com.") == ["192.0.2.1"]
+
+
+def test_a_location_database_that_cannot_be_read_stops_the_start(tmp_path: Path) -> None:
+    config = parse_config({
+        "listeners": [{"name": "web", "address": "127.0.0.1", "port": 8080}],
+        "pools": {"app": {"targets": ["192.0.2.10:80"]}},
+        "default_route": {"forward": "app"},
+        "dns": {"listeners": [{"address": "127.0.0.1", "port": 5399}],
+                "location_database": "geo.mmdb", "zones": [{"name": "example.com"}]}})
+    assert config.dns is not None
+    with pytest.raises(ValueError, match=r"dns.location_database: cannot read .*geo.mmdb"):
+        DnsRuntime(config.dns, config.listeners, config.pools, base_dir=str(tmp_path))
+    (tmp_path / "geo.mmdb").write_bytes(b"\0" * 64)
+    with pytest.raises(ValueError, match="not a MaxMind DB file"):
+        DnsRuntime(config.dns, config.listeners, config.pools, base_dir=str(tmp_path))
