@@ -76,12 +76,12 @@ class CidrCollection:
         for version, found in blocks.items():
             bits = _bits(version)
             tables: dict[int, dict[int, str]] = {}
-            for net, length, loc in found:
-                tables.setdefault(length, {})[net >> (bits - length)] = loc
+            for start, length, loc in found:
+                tables.setdefault(length, {})[start >> (bits - length)] = loc
             self._tables[version] = [(length, bits - length, tables[length])
                                      for length in sorted(tables, reverse=True)]
             found.sort()
-            self._nets[version] = [net for net, _, _ in found]
+            self._nets[version] = [start for start, _, _ in found]
             self._host_bits[version] = [bits - length for _, length, _ in found]
 
     def locate(self, client: Client) -> tuple[str | None, int]:
