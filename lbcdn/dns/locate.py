@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -165,3 +166,15 @@ class GeoDatabase:
 
     def close(self) -> None:
         self._reader.close()
+
+
+def open_location_database(path: str | None, base_dir: str) -> GeoDatabase | None:
+    """`dns.location_database` opened (relative to `base_dir`), None when unset; ValueError
+    naming the key and the file when it cannot be read."""
+    if path is None:
+        return None
+    full = os.path.join(base_dir, path)
+    try:
+        return GeoDatabase(full)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"dns.location_database: cannot read {full}: {e}") from None

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import time
-import os
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -34,7 +33,7 @@ from lbcdn.dns.alias import aliases_from_config, parse_pool_check
 from lbcdn.dns.changes import JsonChangeStore, MemoryStore
 from lbcdn.dns.config import DnsConfig, nsid_bytes
 from lbcdn.dns.engine import Engine
-from lbcdn.dns.locate import CidrCollection, GeoDatabase
+from lbcdn.dns.locate import CidrCollection, open_location_database
 from lbcdn.dns.server import DnsServer, servers_from_config
 from lbcdn.dns.tsig import build_keys
 from lbcdn.dns.zone import build_zones
@@ -128,20 +127,10 @@ class DnsRuntime:
                                  CidrCollection(c.name, {loc.name: loc.cidrs
                                                          for loc in c.locations})
                                  for c in config.cidr_collections],
-                             geo=self._geo(config, base_dir))
+                             geo=open_location_database(config.location_database, base_dir))
         for problem in self.engine.restore_problems:
             log.warning("dns: saved change not applied: %s", problem)
         self.servers: list[DnsServer] = servers_from_config(config, self.engine, tsig_keys=keys)
-
-    @staticmethod
-    def _geo(config: DnsConfig, base_dir: str) -> GeoDatabase | None:
-        if config.location_database is None:
-            return None
-        path = os.path.join(base_dir, config.location_database)
-        try:
-            return GeoDatabase(path)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"dns.location_database: cannot read {path}: {e}") from None
 
     async def start(self) -> None:
         await self.health.checker.start()
