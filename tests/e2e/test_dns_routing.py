@@ -55,7 +55,12 @@ def routing_config(tmp: Path) -> dict[str, Any]:
             {"id": "both", "protocol": "calculated", "child_health_checks": ["up", "down"]},
             {"id": "either", "protocol": "calculated", "child_health_checks": ["up", "down"],
              "health_threshold": 1},
-            {"id": "not-down", "port": free_port(), "invert": True, **check}],
+            {"id": "not-down", "port": free_port(), "invert": True, **check},
+            # a pool target with health checks off reads healthy (unchecked)
+            {"id": "pool-or-down", "protocol": "calculated", "health_threshold": 1,
+             "child_health_checks": [f"pool/app/{cfg['pools']['app']['targets'][0]}", "down"]},
+            {"id": "not-pool", "protocol": "calculated", "invert": True,
+             "child_health_checks": [f"pool/app/{cfg['pools']['app']['targets'][0]}"]}],
         "zones": [{"name": "example.test", "records": [
             {"name": "www", **cidr, "set_identifier": "office", "values": ["192.0.2.1"],
              "cidr_routing": {"collection": "nets", "location": "office"}},
@@ -77,9 +82,10 @@ def routing_config(tmp: Path) -> dict[str, Any]:
              "geolocation": {"country": "*"}},
             *({**svc, "name": f"{hc}", "set_identifier": "p", "failover": "PRIMARY",
                "health_check": hc, "values": ["192.0.2.21"]} for hc in
-              ("both", "either", "not-down", "up", "down")),
+              ("both", "either", "not-down", "up", "down", "pool-or-down", "not-pool")),
             *({**svc, "name": f"{hc}", "set_identifier": "s", "failover": "SECONDARY",
-               "values": ["192.0.2.22"]} for hc in ("both", "either", "not-down", "up", "down"))]}]}
+               "values": ["192.0.2.22"]} for hc in ("both", "either", "not-down", "up", "down",
+                                                    "pool-or-down", "not-pool"))]}]}
     return cfg
 
 
@@ -212,9 +218,11 @@ def test_malformed_ecs_is_formerr(daemon: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_calculated_and_inverted_checks(daemon: dict[str, Any]) -> None:
     primary, secondary = ["192.0.2.21"], ["192.0.2.22"]
-    # AND of up and down: unhealthy; OR: healthy; an inverted check of a closed port: healthy
+    # AND of up and down: unhealthy; OR: healthy; an inverted check of a closed port: healthy;
+    # a pool target's state (kept by the pools, in the control process with workers) as a child
     wait_answers(daemon, {"up": primary, "down": secondary, "both": secondary,
-                          "either": primary, "not-down": primary}, 15)
+                          "either": primary, "not-down": primary, "pool-or-down": primary,
+                          "not-pool": secondary}, 15)
 
 
 async def admin(cfg: dict[str, Any], method: str, path: str,
