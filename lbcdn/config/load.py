@@ -137,9 +137,9 @@ def load_config_text(text: str, source: str = "<config>",
 
 
 def _check_zones(config: Config, source: str) -> None:
-    """Build the DNS zones and TSIG keys and open the location database once, so a broken zone
-    file, record, key file or database is a configuration error (in check-config too), not a failure at start. Zone files and key
-    files are relative to `source`."""
+    """Build the DNS zones and TSIG keys and open the location database once, so a broken
+    zone file, record, key file or database is a configuration error (in check-config too),
+    not a failure at start. Zone files, key files and the database are relative to `source`."""
     import time
 
     from lbcdn.dns.alias import aliases_from_config

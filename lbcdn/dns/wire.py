@@ -250,7 +250,8 @@ def ede_data(code: int) -> bytes:
 def cache_key(q: Query) -> bytes:
     """What identifies the answer to an error-free query: the RD and CD bits (copied into
     the answer), the EDNS facts that change it (present, version, DO, NSID asked, payload
-    size clamped to 512-65535, the ECS option echoed), and the question with its name lower-cased."""
+    size clamped to 512-65535, the ECS option echoed), and the question with its name
+    lower-cased."""
     assert q.question is not None
     flags = bytes(((q.flags >> 8) & 0x01, q.flags & 0x10))
     if q.edns is None:

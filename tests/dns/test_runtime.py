@@ -102,7 +102,8 @@ def test_calculated_and_inverted_checks_follow_their_children() -> None:
                      "failover": "SECONDARY", "values": ["192.0.2.2"]}]}]}})
     assert config.dns is not None
     rt = DnsRuntime(config.dns, config.listeners, config.pools, pool_health=pools)
-    states = lambda: {c: rt.health.is_healthy(c) for c in ("and", "or", "none", "nand")}  # noqa: E731
+    def states() -> dict[str, bool]:
+        return {c: rt.health.is_healthy(c) for c in ("and", "or", "none", "nand")}
     assert states() == {"and": True, "or": True, "none": True, "nand": False}
     assert addresses(rt, "svc.example.com.") == ["192.0.2.1"]
     pools.set("app", "192.0.2.10:80", False)
