@@ -19,6 +19,7 @@ import pytest
 
 from lbcdn import __version__, native
 from lbcdn.cli import healthz_address, main
+from tests.dns.geodb import city, write_geo_db
 from tests.e2e.harness import (HOST, DaemonProcess, admin_port, free_port, proxy_config,
                                wait_for_port)
 
@@ -339,3 +340,17 @@ def test_dns_ds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ds, dnskey = capsys.readouterr().out.splitlines()
     assert ds.startswith(f"example.com. IN DS {key.tag} 13 2 ")
     assert dnskey.startswith("example.com. IN DNSKEY 257 3 13 ")
+
+
+def test_check_config_opens_the_location_database(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "listeners: [{name: web, port: 8080}]\n"
+        "pools: {app: {targets: ['127.0.0.1:9000']}}\n"
+        "default_route: {forward: app}\n"
+        "dns: {location_database: geo.mmdb, zones: [{name: example.com}]}\n")
+    assert main(["check-config", str(path)]) == 1
+    assert "dns.location_database: cannot read" in capsys.readouterr().err
+    write_geo_db(tmp_path / "geo.mmdb", {"192.0.2.0/24": city("EU", "DE")})
+    assert main(["check-config", str(path)]) == 0

@@ -5,7 +5,8 @@ POST /api/dns/zones/{zone}/changes  {"changes": [{"action": "CREATE|UPSERT|DELET
 -> 200 {"zone", "serial"} or 400 {"error", "problems": [...]}; 404 for a zone not served.
 GET  /api/dns/zones -> the served zones with their serials.
 GET  /api/dns/zones/{zone}/records -> {"zone", "serial", "records": [{name, type, ttl_s,
-     policy, set_identifier, weight, failover, alias, health, values: [{value, health}]}]}:
+     policy, set_identifier, weight, failover, alias, health, values: [{value, health}],
+     and cidr_routing / geolocation / geoproximity where the policy has them}]}:
      every record set and which health state it follows (lbcdn.dns.view); 404 for a zone
      not served.
 Changes are visible in answers at once and kept in `dns.state_dir` across restarts.
@@ -15,6 +16,13 @@ GET  /api/dns/zones/{zone}/dnssec -> {"zone", "keys": [{key_tag, algorithm, flag
 POST /api/dns/zones/{zone}/dnssec/rollover {"step": "start" | "finish"} -> 200 as the GET;
      409 {"error"} for a step out of order, 400 for a bad body. `start` adds a key that
      double-signs; `finish` drops the old one (see docs/guides/dns.md for the waits).
+GET    /api/dns/cidr-collections -> {"collections": [{name, locations: [{name, cidrs}]}]}
+PUT    /api/dns/cidr-collections/{name}  {"locations": [{"name", "cidrs": [...]}]} -> 200 the
+       collection, created or replaced whole; 400 {"error", "problems"} for bad blocks or a
+       location that record sets still use.
+DELETE /api/dns/cidr-collections/{name} -> 200; 404 unknown; 400 while record sets use it.
+Collection changes are visible at once and last until the next restart or reload (the
+configuration's `dns.cidr_collections` is what a start reads).
 """
 
 from __future__ import annotations
@@ -26,10 +34,13 @@ from aiohttp import web
 
 from lbcdn.admin.keys import STATE_KEY
 from lbcdn.admin.state import AdminState
+from lbcdn.configkit.errors import ConfigError
 from lbcdn.dns.changes import ChangeError, parse_changes
+from lbcdn.dns.config import load_cidr_collection
 from lbcdn.dns.dnssec import Signer
 from lbcdn.dns.engine import Engine
 from lbcdn.dns.keys import DnssecKeyError, describe, roll
+from lbcdn.dns.locate import CidrCollection
 from lbcdn.dns.view import zone_records
 from lbcdn.dns.zone import zone_origin
 
@@ -126,7 +137,56 @@ async def _rollover(request: web.Request) -> web.Response:
     return web.json_response(describe(signer.origin, signer.keys))
 
 
+def _collection_view(c: CidrCollection) -> dict[str, object]:
+    return {"name": c.name, "locations": [{"name": loc, "cidrs": list(cidrs)}
+                                          for loc, cidrs in c.locations.items()]}
+
+
+async def _collections(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    return web.json_response({"collections": [_collection_view(c)
+                                              for c in engine.cidr_collections]})
+
+
+async def _put_collection(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    name = request.match_info["name"]
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return web.json_response({"error": "the body must be JSON"}, status=400)
+    if not isinstance(body, dict):
+        return web.json_response({"error": "the body must be a JSON object"}, status=400)
+    try:
+        cfg = load_cidr_collection({**body, "name": name}, f"collection {name}")
+        collection = CidrCollection(name, {loc.name: loc.cidrs for loc in cfg.locations})
+        engine.set_cidr_collection(name, collection)
+    except ConfigError as exc:
+        return web.json_response({"error": "collection refused; nothing changed",
+                                  "problems": exc.lines()}, status=400)
+    except ChangeError as exc:
+        return web.json_response({"error": "collection refused; nothing changed",
+                                  "problems": exc.problems}, status=400)
+    return web.json_response(_collection_view(collection))
+
+
+async def _delete_collection(request: web.Request) -> web.Response:
+    engine = _engine(request)
+    name = request.match_info["name"]
+    if all(c.name != name for c in engine.cidr_collections):
+        return web.json_response({"error": f"no CIDR collection {name!r}"}, status=404)
+    try:
+        engine.set_cidr_collection(name, None)
+    except ChangeError as exc:
+        return web.json_response({"error": "collection in use; nothing changed",
+                                  "problems": exc.problems}, status=400)
+    return web.json_response({"deleted": name})
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/dns/cidr-collections", _collections)
+    app.router.add_put("/api/dns/cidr-collections/{name}", _put_collection)
+    app.router.add_delete("/api/dns/cidr-collections/{name}", _delete_collection)
     app.router.add_get("/api/dns/zones", _zones)
     app.router.add_get("/api/dns/zones/{zone}/records", _records)
     app.router.add_post("/api/dns/zones/{zone}/changes", _changes)

@@ -140,12 +140,13 @@ def load_config_text(text: str, source: str = "<config>",
 
 
 def _check_zones(config: Config, source: str) -> None:
-    """Build the DNS zones and TSIG keys once, so a broken zone file, record or key file is a
-    configuration error (in check-config too), not a failure at start. Zone files and key
-    files are relative to `source`."""
+    """Build the DNS zones and TSIG keys and open the location database once, so a broken
+    zone file, record, key file or database is a configuration error (in check-config too),
+    not a failure at start. Zone files, key files and the database are relative to `source`."""
     import time
 
     from lbcdn.dns.alias import aliases_from_config
+    from lbcdn.dns.locate import open_location_database
     from lbcdn.dns.tsig import KeyProblem, build_keys
     from lbcdn.dns.zone import ZoneError, build_zones
     assert config.dns is not None
@@ -158,6 +159,12 @@ def _check_zones(config: Config, source: str) -> None:
         raise ConfigError([("", p) for p in e.problems], source) from None
     except KeyProblem as e:
         raise ConfigError(e.problems, source) from None
+    try:
+        geo = open_location_database(config.dns.location_database, base)
+    except ValueError as e:
+        raise ConfigError([("", str(e))], source) from None
+    if geo is not None:
+        geo.close()
 
 
 def parse_config(data: object, source: str = "<config>",

@@ -24,7 +24,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, Literal, Protocol
 
 from lbcdn.atomicfile import write_atomic
@@ -144,6 +144,8 @@ def record_data(spec: RecordSetConfig) -> dict[str, Any]:
                          (("listener", value.listener), ("pool", value.pool),
                           ("evaluate_target_health", value.evaluate_target_health))
                          if v is not None}
+            elif is_dataclass(value) and not isinstance(value, type):
+                value = {k: v for k, v in asdict(value).items() if v is not None}
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value

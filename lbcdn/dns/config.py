@@ -5,7 +5,8 @@ Rules:
 - Same habits as lbcdn/config/schema.py: field names are YAML keys, units in names, every
   field documented with `doc(...)`, unknown keys are errors, every error names its YAML path.
 - Route 53 vocabulary: hosted zones, record sets with a routing policy (simple, weighted,
-  failover, multivalue) and a set identifier, alias records, health checks by id.
+  failover, multivalue, cidr, geolocation, geoproximity) and a set identifier, alias records,
+  health checks by id (calculated and inverted ones too), CIDR collections.
 - Syntax is checked at load (names, record values, policy fields, CIDRs); what needs the
   files on disk or other sections (master files, alias targets) is checked when the zones
   are built (lbcdn.dns.zone.build_zones) and by `alias_problems`.
@@ -29,7 +30,8 @@ from lbcdn.dns.names import BadName, Name, is_subdomain, is_wildcard, parse_name
 from lbcdn.dns.rdata import TYPES, BadRdata, parse_rdata_text
 
 RecordType = Literal["A", "AAAA", "CNAME", "NS", "SOA", "PTR", "MX", "TXT", "SRV", "CAA"]
-Policy = Literal["simple", "weighted", "failover", "multivalue"]
+Policy = Literal["simple", "weighted", "failover", "multivalue", "cidr", "geolocation",
+                 "geoproximity"]
 FailoverRole = Literal["PRIMARY", "SECONDARY"]
 TsigAlgorithm = Literal["hmac-sha256", "hmac-sha1", "hmac-sha512"]
 
@@ -55,6 +57,38 @@ class AliasConfig:
 
 
 @dataclass(frozen=True)
+class CidrRoutingConfig:
+    """Route 53 IP-based routing: which location of which CIDR collection this set serves."""
+    collection: str = doc("Name of a `dns.cidr_collections` collection; the same for every "
+                          "set of the name and type.", REQUIRED)
+    location: str = doc("A location of that collection, or `*`: the default set, for clients "
+                        "in no location (or whose set is unhealthy).", REQUIRED)
+
+
+CONTINENTS = ("AF", "AN", "AS", "EU", "NA", "OC", "SA")
+
+
+@dataclass(frozen=True)
+class GeolocationConfig:
+    """Route 53 geolocation: a continent, a country, or a country's subdivision."""
+    continent: str | None = doc("Continent code: AF, AN, AS, EU, NA, OC or SA.", None)
+    country: str | None = doc("ISO 3166-1 alpha-2 country code, or `*` for the default set "
+                              "(clients matching no other set).", None)
+    subdivision: str | None = doc("ISO 3166-2 subdivision code without the country (`CA` "
+                                  "for California); needs `country`.", None)
+
+
+@dataclass(frozen=True)
+class GeoproximityConfig:
+    """Route 53 geoproximity: the set nearest the client is answered."""
+    latitude: float = doc("Latitude of the set's location, degrees.", REQUIRED, lo=-90, hi=90)
+    longitude: float = doc("Longitude of the set's location, degrees.", REQUIRED, lo=-180,
+                           hi=180)
+    bias: int = doc("-99 to 99: distances to this set count (1 - bias/100) times, so a "
+                    "positive bias draws clients from farther away.", 0, lo=-99, hi=99)
+
+
+@dataclass(frozen=True)
 class RecordSetConfig:
     name: str = doc("Owner: relative to the zone (`www`), `@` for the apex, `*.x` wildcards, "
                     "or absolute with a trailing dot.", REQUIRED)
@@ -68,7 +102,9 @@ class RecordSetConfig:
         "Routing policy: simple (all values, order rotated per answer; NS sets keep their "
         "order), weighted (one record set picked "
         "by weight), failover (PRIMARY while healthy, else SECONDARY), multivalue (up to 8 "
-        "healthy record sets, shuffled).", "simple")
+        "healthy record sets, shuffled), cidr (by the client's subnet: `cidr_routing`), "
+        "geolocation (by the client's location: `geolocation`), geoproximity (the nearest "
+        "set: `geoproximity`); the last two need `dns.location_database`.", "simple")
     set_identifier: str | None = doc(
         "Tells apart the record sets of one name and type; required for every policy but "
         "simple.", None)
@@ -80,6 +116,11 @@ class RecordSetConfig:
         "target's health) that must pass for this record set to be answered.", None)
     alias: AliasConfig | None = doc("Answer with a listener's or pool's addresses (A/AAAA).",
                                     None)
+    cidr_routing: CidrRoutingConfig | None = doc("The cidr policy's collection and location.",
+                                                 None)
+    geolocation: GeolocationConfig | None = doc("The geolocation policy's location.", None)
+    geoproximity: GeoproximityConfig | None = doc("The geoproximity policy's coordinates.",
+                                                  None)
 
 
 @dataclass(frozen=True)
@@ -134,8 +175,19 @@ class ZoneConfig:
 class HealthCheckConfig:
     """Route 53 health check; the prober is shared with the pools (lbcdn.health)."""
     id: str = doc("Name that record sets refer to in `health_check`.", REQUIRED)
-    host: str = doc("Address or host name to probe.", REQUIRED)
-    protocol: Literal["http", "https", "tcp"] = doc("HTTP(S) GET, or a TCP connect.", "http")
+    host: str | None = doc("Address or host name to probe; required but for calculated "
+                           "checks.", None)
+    protocol: Literal["http", "https", "tcp", "calculated"] = doc(
+        "HTTP(S) GET, a TCP connect, or calculated: healthy while at least "
+        "`health_threshold` of `child_health_checks` are.", "http")
+    child_health_checks: tuple[str, ...] = doc(
+        "Calculated: ids of the checks it combines (`dns.health_checks` that are not "
+        "calculated, or `pool/NAME/HOST:PORT`).", default_factory=tuple)
+    health_threshold: int | None = doc(
+        "Calculated: how many children must be healthy (all: AND, 1: OR, 0: always "
+        "healthy); default: all of them.", None, lo=0)
+    invert: bool = doc("Report the opposite of what the check finds (Route 53's inverted "
+                       "checks).", False)
     port: int | None = doc("Port; default 80 (http), 443 (https); required for tcp.", None,
                            lo=1, hi=65535)
     path: str = doc("HTTP(S) path to GET; a 2xx or 3xx status passes.", "/")
@@ -186,6 +238,22 @@ class SecondaryKeyConfig:
 
 
 @dataclass(frozen=True)
+class CidrLocationConfig:
+    name: str = doc("Location name that record sets refer to (`cidr_routing.location`).",
+                    REQUIRED)
+    cidrs: tuple[str, ...] = doc("CIDR blocks (`192.0.2.0/24`, `2001:db8::/48`).",
+                                 default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class CidrCollectionConfig:
+    """Route 53 CIDR collection: named locations, each a list of CIDR blocks; a client in a
+    block is in its location (the longest block wins)."""
+    name: str = doc("Collection name that record sets refer to.", REQUIRED)
+    locations: tuple[CidrLocationConfig, ...] = doc("Its locations.", default_factory=tuple)
+
+
+@dataclass(frozen=True)
 class DnsConfig:
     listeners: tuple[DnsListenerConfig, ...] = doc("UDP+TCP listeners.", default_factory=tuple)
     zones: tuple[ZoneConfig, ...] = doc("Hosted zones.", default_factory=tuple)
@@ -213,6 +281,13 @@ class DnsConfig:
         "Largest UDP answer to an EDNS client (which may ask for less); 512 without EDNS.",
         1232, lo=512, hi=4096)
     rate_limit: RateLimitConfig = doc("Response rate limiting.", default_factory=RateLimitConfig)
+    cidr_collections: tuple[CidrCollectionConfig, ...] = doc(
+        "Route 53 CIDR collections, for record sets with the cidr policy.",
+        default_factory=tuple)
+    location_database: str | None = doc(
+        "A MaxMind-format location database (`.mmdb`: GeoLite2/GeoIP2 City or Country) for "
+        "the geolocation and geoproximity policies, relative to the config file's directory; "
+        "read at start and reload.", None)
     state_dir: str | None = doc(
         "Directory where changes made through the admin API are kept across restarts; unset: "
         "they last until the process exits.", None)
@@ -263,8 +338,8 @@ def _check_record(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     if policy == "simple":
         for key in ("set_identifier", "weight", "failover", "health_check"):
             if v.get(key) is not None:
-                ld.error(join(path, key), "only for weighted, failover and multivalue record "
-                                          "sets (set `policy`)")
+                ld.error(join(path, key), "only for record sets with a routing policy (set "
+                                          "`policy`)")
     else:
         if sid is None or sid == "":
             ld.error(join(path, "set_identifier"), f"required for the {policy} policy")
@@ -281,6 +356,34 @@ def _check_record(ld: Loader, v: Mapping[str, Any], path: str) -> None:
             ld.error(join(path, "failover"), "only for the failover policy")
         if policy == "multivalue" and rtype == "CNAME":
             ld.error(join(path, "policy"), "multivalue does not apply to CNAME")
+    for key, wanted in _POLICY_FIELDS.items():
+        if policy == wanted and v.get(key) is None:
+            ld.error(join(path, key), f"required for the {policy} policy")
+        if policy != wanted and v.get(key) is not None:
+            ld.error(join(path, key), f"only for the {wanted} policy")
+
+
+_POLICY_FIELDS = {"cidr_routing": "cidr", "geolocation": "geolocation",
+                  "geoproximity": "geoproximity"}
+
+
+def _check_geolocation(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    continent, country = v.get("continent"), v.get("country")
+    if (continent is None) == (country is None):
+        ld.error(path, "give exactly one of continent or country")
+    if continent is not None and continent not in CONTINENTS:
+        ld.error(join(path, "continent"), f"not a continent code ({', '.join(CONTINENTS)}): "
+                                          f"{continent!r}")
+    if country is not None and country != "*" and not (len(country) == 2
+                                                       and country.isalpha()
+                                                       and country.isupper()):
+        ld.error(join(path, "country"), f"not an ISO 3166-1 alpha-2 code (or `*`): "
+                                        f"{country!r}")
+    sub = v.get("subdivision")
+    if sub is not None and (country is None or country == "*"):
+        ld.error(join(path, "subdivision"), "needs a country")
+    elif sub is not None and not (sub.isalnum() and sub.isupper() and 1 <= len(sub) <= 3):
+        ld.error(join(path, "subdivision"), f"not an ISO 3166-2 subdivision code: {sub!r}")
 
 
 def _check_alias(ld: Loader, v: Mapping[str, Any], path: str) -> None:
@@ -372,11 +475,20 @@ def _check_dns(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         except ValueError:
             ld.error(index(join(path, "public_addresses"), i), f"not an IP address: {addr!r}")
     checks: set[str] = set()
+    calculated = {hc.id for hc in v.get("health_checks", ()) if hc.protocol == "calculated"}
     for i, hc in enumerate(v.get("health_checks", ())):
         where = index(join(path, "health_checks"), i)
         if hc.id in checks:
             ld.error(join(where, "id"), f"duplicate health check id {hc.id!r}")
         checks.add(hc.id)
+        if hc.protocol == "calculated":
+            _check_calculated(ld, hc, where, v, calculated)
+            continue
+        if hc.host is None:
+            ld.error(join(where, "host"), f"required for {hc.protocol} health checks")
+        for key in ("child_health_checks", "health_threshold"):
+            if getattr(hc, key):
+                ld.error(join(where, key), "only for calculated health checks")
         if hc.protocol == "tcp" and hc.port is None:
             ld.error(join(where, "port"), "required for tcp health checks")
         if hc.protocol != "tcp" and not hc.path.startswith("/"):
@@ -384,6 +496,7 @@ def _check_dns(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         if hc.timeout_s >= hc.interval_s:  # else the checker refuses it at start
             ld.error(join(where, "timeout_s"),
                      f"must be less than interval_s ({hc.interval_s:g})")
+    collections = _check_collections(ld, v, path)
     zones_seen: dict[Name, str] = {}
     for i, zone in enumerate(v.get("zones", ())):
         where = index(join(path, "zones"), i)
@@ -395,12 +508,33 @@ def _check_dns(ld: Loader, v: Mapping[str, Any], path: str) -> None:
             ld.error(join(where, "name"), f"duplicate zone {to_text(origin)} "
                                           f"(also {zones_seen[origin]})")
         zones_seen.setdefault(origin, where)
+        first_collection: dict[tuple[str, str], str] = {}
         for j, rec in enumerate(zone.records):
+            rwhere = index(join(where, "records"), j)
             hc = rec.health_check
             if hc is not None and hc not in checks and not hc.startswith("pool/"):
-                ld.error(join(index(join(where, "records"), j), "health_check"),
+                ld.error(join(rwhere, "health_check"),
                          f"unknown health check {hc!r} (known: "
                          f"{', '.join(sorted(checks)) or 'none'})")
+            if rec.policy in ("geolocation", "geoproximity") and not v.get("location_database"):
+                ld.error(join(rwhere, "policy"), f"the {rec.policy} policy needs "
+                                                 "dns.location_database")
+            cr = rec.cidr_routing
+            if cr is None:
+                continue
+            if cr.collection not in collections:
+                ld.error(join(join(rwhere, "cidr_routing"), "collection"),
+                         f"unknown CIDR collection {cr.collection!r} (known: "
+                         f"{', '.join(sorted(collections)) or 'none'})")
+                continue
+            if cr.location != "*" and cr.location not in collections[cr.collection]:
+                ld.error(join(join(rwhere, "cidr_routing"), "location"),
+                         f"collection {cr.collection!r} has no location {cr.location!r}")
+            other = first_collection.setdefault((rec.name, rec.type), cr.collection)
+            if other != cr.collection:
+                ld.error(join(join(rwhere, "cidr_routing"), "collection"),
+                         f"the record sets of one name and type use one collection "
+                         f"(also {other!r})")
     binds: dict[tuple[str, int], str] = {}
     for i, lst in enumerate(v.get("listeners", ())):
         where = index(join(path, "listeners"), i)
@@ -408,6 +542,56 @@ def _check_dns(ld: Loader, v: Mapping[str, Any], path: str) -> None:
             ld.error(join(where, "port"), f"{lst.address} port {lst.port} is already used by "
                                           f"{binds[(lst.address, lst.port)]}")
         binds.setdefault((lst.address, lst.port), where)
+
+
+def _check_calculated(ld: Loader, hc: HealthCheckConfig, where: str, v: Mapping[str, Any],
+                      calculated: set[str]) -> None:
+    known = {c.id for c in v.get("health_checks", ())}
+    if hc.host is not None:
+        ld.error(join(where, "host"), "a calculated check probes nothing")
+    if not hc.child_health_checks:
+        ld.error(join(where, "child_health_checks"), "required for calculated health checks")
+    for k, child in enumerate(hc.child_health_checks):
+        if child in calculated:
+            # as in Route 53: one level, so no cycles and a state is one step from its probes
+            ld.error(index(join(where, "child_health_checks"), k),
+                     f"{child!r} is calculated itself")
+        elif child not in known and not child.startswith("pool/"):
+            ld.error(index(join(where, "child_health_checks"), k),
+                     f"unknown health check {child!r}")
+    if hc.health_threshold is not None and hc.health_threshold > len(hc.child_health_checks):
+        ld.error(join(where, "health_threshold"),
+                 f"more than the {len(hc.child_health_checks)} child checks")
+
+
+def _check_collection(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    names: set[str] = set()
+    blocks: dict[object, str] = {}
+    for j, loc in enumerate(v.get("locations", ())):
+        lwhere = index(join(path, "locations"), j)
+        if loc.name in names or loc.name == "*" or not loc.name:
+            ld.error(join(lwhere, "name"), f"duplicate or reserved location {loc.name!r}")
+        names.add(loc.name)
+        for k, text in enumerate(loc.cidrs):
+            try:
+                net = ipaddress.ip_network(text, strict=True)
+            except ValueError as e:
+                ld.error(index(join(lwhere, "cidrs"), k), f"not a CIDR block: {e}")
+                continue
+            if net in blocks:
+                ld.error(index(join(lwhere, "cidrs"), k),
+                         f"{text} is already in location {blocks[net]!r}")
+            blocks.setdefault(net, loc.name)
+
+
+def _check_collections(ld: Loader, v: Mapping[str, Any], path: str) -> dict[str, set[str]]:
+    """Collection names are unique; -> {collection: its location names}."""
+    out: dict[str, set[str]] = {}
+    for where, coll in _items(ld, v, path, "cidr_collections"):
+        if coll.name in out:
+            ld.error(join(where, "name"), f"duplicate collection {coll.name!r}")
+        out.setdefault(coll.name, set()).update(loc.name for loc in coll.locations)
+    return out
 
 
 def key_name(text: str) -> Name:
@@ -513,6 +697,8 @@ def alias_problems(dns: DnsConfig, listeners: list[str], pools: list[str],
 
 VALIDATORS.setdefault(RecordSetConfig, []).append(_check_record)
 VALIDATORS.setdefault(AliasConfig, []).append(_check_alias)
+VALIDATORS.setdefault(GeolocationConfig, []).append(_check_geolocation)
+VALIDATORS.setdefault(CidrCollectionConfig, []).append(_check_collection)
 VALIDATORS.setdefault(SoaConfig, []).append(_check_soa)
 VALIDATORS.setdefault(ZoneConfig, []).append(_check_zone)
 VALIDATORS.setdefault(DnsConfig, []).append(_check_dns)
@@ -540,6 +726,16 @@ def load_record_set(data: object, path: str = "record") -> RecordSetConfig:
     if ld.problems or value is INVALID:
         raise ConfigError(ld.problems or [(path, "invalid")])
     assert isinstance(value, RecordSetConfig)
+    return value
+
+
+def load_cidr_collection(data: object, path: str = "collection") -> CidrCollectionConfig:
+    """One CIDR collection from JSON data (the admin API); raises ConfigError."""
+    ld = Loader({})
+    value = ld.value(CidrCollectionConfig, _literal(data), path)
+    if ld.problems or value is INVALID:
+        raise ConfigError(ld.problems or [(path, "invalid")])
+    assert isinstance(value, CidrCollectionConfig)
     return value
 
 

@@ -26,6 +26,13 @@ Rules:
 - TSIG (RFC 8945): a signed query is checked with `tsig_keys` (tsig.py), never prepared for
   replay; a good one is answered as unsigned and the answer signed, a bad one gets the TSIG
   error reply (logged sparsely: UDP senders can be spoofed).
+- Client-dependent routing (cidr, geolocation, geoproximity; policy.py): the client is the
+  query's ECS option (RFC 7871) or else the `client` source address given to answer/prepare.
+  An answer that read such a policy is never prepared for replay (it is computed per query,
+  like a random pick), so no cache can give one client's answer to another. A query with
+  ECS gets ECS back with SCOPE PREFIX-LENGTH set: the policy's scope, or 0 when the answer
+  does not depend on the subnet. A client-dependent set with nothing for the client (no
+  match, no default) answers NODATA, as Route 53 does.
 - Rotation: `answer()` gives each simple set's rotations in turn (a counter per set).
 - Prepared answers: `prepare()` gives every answer a query can get while `version` stays, for
   the fast path to replay under `cacheable_key(query)`: one when the answer is fixed; when it
@@ -64,13 +71,14 @@ from lbcdn.dns.changes import (Change, ChangeError, ChangeStore, Overlay, apply_
 from lbcdn.dns.dnssec import T_DNSKEY, Signer, epoch_of
 from lbcdn.dns.fastpath import Prepared
 from lbcdn.dns.keys import ZoneKey
+from lbcdn.dns.locate import CidrCollection, GeoDatabase, client_of, client_of_ecs
 from lbcdn.dns.names import Name, is_subdomain
-from lbcdn.dns.policy import HealthView
+from lbcdn.dns.policy import CLIENT_POLICIES, HealthView, Where
 from lbcdn.dns.rdata import target_of
 from lbcdn.dns.zone import (T_A, T_AAAA, T_CNAME, T_NS, T_SOA, AliasDirectory, RecordSet,
                             Value, Zone, ZoneError, generate_ptrs, zone_origin)
-from lbcdn.dns.wire import (EDE_NOT_AUTHORITATIVE, EDE_OTHER, FORMERR, OPT_EDE, OPT_NSID, Query,
-                            cache_key, ede_data, parse_query)
+from lbcdn.dns.wire import (EDE_NOT_AUTHORITATIVE, EDE_OTHER, FORMERR, OPT_ECS, OPT_EDE,
+                            OPT_NSID, Query, cache_key, ecs_reply, ede_data, parse_query)
 
 __all__ = ["Engine", "HealthView", "Change", "ChangeError", "Prepared"]
 
@@ -105,6 +113,7 @@ class _Answer:
     ede: int = -1          # Extended DNS Error code for the OPT (RFC 8914); -1: none
     # NXDOMAIN/NODATA: the name it is about and the types there (None: no such name)
     denied: tuple[Name, tuple[int, ...] | None] | None = None
+    scope: int = -1        # ECS scope of a client-dependent answer; -1: not dependent
 
 
 class _AllHealthy:
@@ -120,8 +129,12 @@ class Engine:
     def __init__(self, zones: Sequence[Zone], health: HealthView, rng: random.Random | None = None,
                  *, store: ChangeStore | None = None, aliases: AliasDirectory | None = None,
                  clock: Callable[[], float] = time.time, tsig_keys: tsig.Keyring | None = None,
-                 nsid: bytes = b"", signers: Mapping[Name, Signer] | None = None) -> None:
+                 nsid: bytes = b"", signers: Mapping[Name, Signer] | None = None,
+                 cidr_collections: Sequence[CidrCollection] = (),
+                 geo: GeoDatabase | None = None) -> None:
         self._health = health
+        self._collections = {c.name: c for c in cidr_collections}
+        self._geo = geo
         self._tsig_keys: tsig.Keyring = tsig_keys or {}
         self._nsid = nsid
         self._tsig_refusals = tsig.SparseLog(log)
@@ -247,10 +260,13 @@ class Engine:
     def _derive(self) -> None:
         """Recompute which health checks the zones use (poll_health compares them)."""
         checks: set[str] = set()
+        by_client = False
         for zone in self._zones.values():
             for rs in zone.record_sets():
                 checks |= policy.health_checks((rs,))
+                by_client = by_client or rs.policy in CLIENT_POLICIES
         self._checks = checks
+        self._by_client = by_client
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -306,6 +322,10 @@ class Engine:
         if current is None:
             raise ChangeError([f"not a served zone: {zone}"])
         new = apply_batch(current, changes, aliases=self._aliases, now=self._clock())
+        problems = policy.routing_problems(new.record_sets(), self._collections,
+                                           self._geo is not None)
+        if problems:
+            raise ChangeError(problems)
         zones = [new if z.origin == origin else z for z in self._zones.values()]
         generate_ptrs(zones, now=self._clock())
         if self._store is not None:
@@ -318,6 +338,28 @@ class Engine:
             self._overlays[origin] = overlay
         self._zones = {z.origin: z for z in zones}
         self._derive()
+        self._bump()
+
+    # -- CIDR collections ----------------------------------------------------------------
+
+    @property
+    def cidr_collections(self) -> list[CidrCollection]:
+        return list(self._collections.values())
+
+    def set_cidr_collection(self, name: str, collection: CidrCollection | None) -> None:
+        """Create or replace (None: delete) a CIDR collection, visible to the next query.
+        ChangeError when a record set would lose its collection or location."""
+        collections = dict(self._collections)
+        if collection is None:
+            collections.pop(name, None)
+        else:
+            collections[name] = collection
+        problems = [p for z in self._zones.values()
+                    for p in policy.routing_problems(z.record_sets(), collections,
+                                                     self._geo is not None)]
+        if problems:
+            raise ChangeError(problems)
+        self._collections = collections
         self._bump()
 
     # -- answering -----------------------------------------------------------------------
@@ -333,32 +375,36 @@ class Engine:
             return None
         return cache_key(q)
 
-    def answer(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> bytes | None:
+    def answer(self, query: bytes, *, tcp: bool, max_udp: int = 512,
+               client: str = "") -> bytes | None:
         """Full processing of one wire-format query -> wire-format response, or None = send
-        nothing (unreadable header, or the packet is a response). See the module rules."""
+        nothing (unreadable header, or the packet is a response); `client`: the source
+        address. See the module rules."""
         q = self._parse(query)
         if q is not None and q.tsig:
-            return self._signed(q, query, tcp, max_udp)
-        return None if q is None else self._respond(q, tcp, max_udp, None)[0]
+            return self._signed(q, query, tcp, max_udp, client)
+        return None if q is None else self._respond(q, tcp, max_udp, None, client)[0]
 
-    def prepare(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> Prepared | None:
+    def prepare(self, query: bytes, *, tcp: bool, max_udp: int = 512,
+                client: str = "") -> Prepared | None:
         """Every answer to `query` under the current version, in turn order, or None = send
         nothing; see "Prepared answers" in the module rules."""
         q = self._parse(query)
         if q is None:
             return None
         if q.tsig:
-            signed = self._signed(q, query, tcp, max_udp)
+            signed = self._signed(q, query, tcp, max_udp, client)
             return None if signed is None else Prepared((signed,), replay=False)
-        out, ans = self._respond(q, tcp, max_udp, 0)
+        out, ans = self._respond(q, tcp, max_udp, 0, client)
         if not ans.replay or ans.period > MAX_ROTATIONS:
             if ans.period > 1:  # rotations inside it still take turns, per set
-                out, _ = self._respond(q, tcp, max_udp, None)
+                out, _ = self._respond(q, tcp, max_udp, None, client)
             return Prepared((out,), replay=False)
         rest = (self._respond(q, tcp, max_udp, k)[0] for k in range(1, ans.period))
         return Prepared((out, *rest), replay=True)
 
-    def _signed(self, q: Query, query: bytes, tcp: bool, max_udp: int) -> bytes | None:
+    def _signed(self, q: Query, query: bytes, tcp: bool, max_udp: int,
+                client: str) -> bytes | None:
         now = self._clock()
         verdict = tsig.verify(query, q.tsig, self._tsig_keys, now)
         if verdict.error:
@@ -368,7 +414,8 @@ class Engine:
         plain = self._parse(verdict.message)
         if plain is None:
             return None
-        return tsig.sign_replies([self._respond(plain, tcp, max_udp, None)[0]], verdict, now)[0]
+        return tsig.sign_replies([self._respond(plain, tcp, max_udp, None, client)[0]], verdict,
+                                 now)[0]
 
     @staticmethod
     def _parse(query: bytes) -> Query | None:
@@ -377,19 +424,24 @@ class Engine:
         except (IndexError, ValueError):  # the reader is total; this is a last guard
             return None
 
-    def _respond(self, q: Query, tcp: bool, max_udp: int,
-                 turn: int | None) -> tuple[bytes, _Answer]:
+    def _respond(self, q: Query, tcp: bool, max_udp: int, turn: int | None,
+                 client: str = "") -> tuple[bytes, _Answer]:
         """The response to `q` with every rotating set at `turn` (None: each set's own
         counter), and the _Answer that says how it varies."""
         try:
-            ans = self._outcome(q, turn)
+            ans = self._outcome(q, turn, self._where(q, client) if self._by_client else None)
             return self._pack(q, ans, tcp, max_udp), ans
         except Exception:  # a bug must cost one SERVFAIL, not the server
             log.exception("dns: answering failed")
             ans = _Answer(rcode=SERVFAIL, aa=False, replay=False, ede=EDE_OTHER)
             return self._pack(q, ans, tcp, max_udp), ans
 
-    def _outcome(self, q: Query, turn: int | None) -> _Answer:
+    def _where(self, q: Query, client: str) -> Where:
+        ecs = q.edns.ecs if q.edns is not None else b""
+        who = client_of_ecs(ecs) if ecs else client_of(client)
+        return Where(who, self._collections, self._geo)
+
+    def _outcome(self, q: Query, turn: int | None, where: Where | None) -> _Answer:
         if q.error:
             return _Answer(rcode=q.error, aa=False)
         if q.edns is not None and q.edns.version != 0:
@@ -401,33 +453,38 @@ class Engine:
         zone = self._zone_for(q.qname) if q.qclass in (CLASS_IN, CLASS_ANY) else None
         if zone is None:
             return _Answer(rcode=REFUSED, aa=False, ede=EDE_NOT_AUTHORITATIVE)
-        ans = self._resolve(zone, q.qname, q.qtype, turn)
+        ans = self._resolve(zone, q.qname, q.qtype, turn, where)
         signer = self._signers.get(zone.origin)
         if signer is not None:
             ans.answer, ans.authority, ans.rcode = signer.secure(
                 zone, ans.answer, ans.authority, ans.rcode, ans.denied, q.qname, q.qtype,
                 q.edns is not None and q.edns.do, self._clock())
         return ans
+        return self._resolve(zone, q.qname, q.qtype, turn, where)
 
-    def _select(self, group: Sequence[RecordSet], ans: _Answer,
-                turn: int | None) -> tuple[int, list[Value]]:
+    def _select(self, group: Sequence[RecordSet], ans: _Answer, turn: int | None,
+                where: Where | None) -> tuple[int, list[Value]]:
         """policy.select at `turn`, or (None) at the set's own counter, advanced when the set
         rotates; notes in `ans` how the selection varies."""
         if turn is None:
             k = (group[0].name, group[0].rtype)
             own = self._turns.get(k, 0)
-            sel = policy.select(group, self._health, self._rng, own)
+            sel = policy.select(group, self._health, self._rng, own, where)
             if sel.period is not None and sel.period > 1:
                 self._turns[k] = own + 1
         else:
-            sel = policy.select(group, self._health, self._rng, turn)
+            sel = policy.select(group, self._health, self._rng, turn, where)
+        if sel.scope >= 0:
+            ans.replay = False
+            ans.scope = max(ans.scope, sel.scope)
         if sel.period is None:
             ans.replay = False
         else:
             ans.period = math.lcm(ans.period, sel.period)
         return sel.ttl, sel.values
 
-    def _resolve(self, zone: Zone, qname: Name, qtype: int, turn: int | None) -> _Answer:
+    def _resolve(self, zone: Zone, qname: Name, qtype: int, turn: int | None,
+                 where: Where | None) -> _Answer:
         ans = _Answer()
         name = qname
         seen = {qname}
@@ -452,19 +509,23 @@ class Engine:
             if qtype == T_ANY:
                 for rtype in (*ANY_ORDER, *sorted(node)):
                     if rtype in node:
-                        ttl, values = self._select(node[rtype], ans, turn)
+                        ttl, values = self._select(node[rtype], ans, turn, where)
                         ans.answer.extend(_rrs(owner, rtype, ttl, values))
                         break
                 return ans
             group = node.get(qtype)
             if group:
-                ttl, values = self._select(group, ans, turn)
+                ttl, values = self._select(group, ans, turn, where)
+                if not values:   # a client-dependent set with nothing for this client
+                    # NODATA: for this client the name has every type but this one
+                    self._negative(zone, ans, name, tuple(t for t in node if t != qtype))
+                    return ans
                 ans.answer.extend(_rrs(owner, qtype, ttl, values))
                 self._additional(zone, values, ans)
                 return ans
             cname = node.get(T_CNAME)
             if cname and qtype != T_CNAME:
-                ttl, values = self._select(cname, ans, turn)
+                ttl, values = self._select(cname, ans, turn, where)
                 ans.answer.extend(_rrs(owner, T_CNAME, ttl, values[:1]))
                 target = target_of(values[0].rd) if values else None
                 if target is None or target in seen or not is_subdomain(target, zone.origin):
@@ -542,6 +603,8 @@ class Engine:
                 options.append(EDNSOption(OPT_EDE, ede_data(ans.ede)))
             if q.edns.nsid and self._nsid:
                 options.append(EDNSOption(OPT_NSID, self._nsid))
+            if q.edns.ecs and ans.rcode != FORMERR:
+                options.append(EDNSOption(OPT_ECS, ecs_reply(q.edns.ecs, max(ans.scope, 0))))
             opt = [EDNS0(udp_len=max(512, max_udp), ext_rcode=ans.rcode >> 4,
                          flags="do" if q.edns.do else "", opts=options)]
         out = self._build(q, ans, ans.required + ans.optional + opt, False)

@@ -30,6 +30,9 @@ Rules:
   Answers, not entries, are counted: a rotating entry holds N of them, and the spellings of
   one name are many. A flood of random names then costs at most one rebuild of each hot name
   per `max_entries` misses, and memory stays bounded.
+- The client's address reaches the engine on a miss only (`peers.peer(i)` for UDP is asked
+  then, never on a hit): answers that depend on it (client-dependent routing) come prepared
+  as not replayable, so they are computed per query and never stored here.
 - No I/O, no clock: the servers own sockets; this only maps bytes to bytes.
 """
 
@@ -53,12 +56,19 @@ class Prepared:
 class AnswerEngine(Protocol):
     """What the fast path needs from lbcdn.dns.engine.Engine."""
 
-    def prepare(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> Prepared | None: ...
+    def prepare(self, query: bytes, *, tcp: bool, max_udp: int = 512,
+                client: str = "") -> Prepared | None: ...
 
     def cacheable_key(self, query: bytes) -> bytes | None: ...
 
     @property
     def version(self) -> int: ...
+
+
+class Peers(Protocol):
+    """Where the datagrams of a batch came from (lbcdn.dns.udpbatch.DatagramBatch)."""
+
+    def peer(self, i: int) -> str: ...
 
 
 def question_end(message: bytes) -> int:
@@ -121,17 +131,18 @@ class FastPath:
         self.uncacheable = 0   # engine said compute every time (or stay silent)
         self.flushes = 0
 
-    def answer_udp(self, query: bytes) -> bytes | None:
-        """The answer to send for one UDP query, or None for silence."""
+    def answer_udp(self, query: bytes, peers: Peers | None = None, i: int = 0) -> bytes | None:
+        """The answer to send for one UDP query (datagram `i` of `peers`' batch), or None for
+        silence."""
         if self.engine.version != self._version:
             self._flush()
         self.lookups += 1
         tail = self._udp.exact.get(query[2:])
         if tail is not None:
             return query[:2] + tail
-        return self._miss(query, self._udp, False)
+        return self._miss(query, self._udp, False, peers, i)
 
-    def answer_tcp(self, query: bytes) -> bytes | None:
+    def answer_tcp(self, query: bytes, client: str = "") -> bytes | None:
         """The answer to one query received over TCP (no size cap), or None for silence."""
         if self.engine.version != self._version:
             self._flush()
@@ -139,7 +150,7 @@ class FastPath:
         tail = self._tcp.exact.get(query[2:])
         if tail is not None:
             return query[:2] + tail
-        return self._miss(query, self._tcp, True)
+        return self._miss(query, self._tcp, True, None, 0, client)
 
     def entries(self) -> int:
         """Answers held, in every table."""
@@ -151,7 +162,8 @@ class FastPath:
         self._tcp.clear()
         self.flushes += 1
 
-    def _miss(self, query: bytes, tables: _Tables, tcp: bool) -> bytes | None:
+    def _miss(self, query: bytes, tables: _Tables, tcp: bool, peers: Peers | None, i: int,
+              client: str = "") -> bytes | None:
         cycle = tables.cycles.get(query[2:])
         if cycle is not None:
             tails, turns = cycle
@@ -167,7 +179,9 @@ class FastPath:
                 if replayed is not None:
                     self.keyed_hits += 1
                     return self._store_exact(tables, query, replayed, turns)
-        prepared = engine.prepare(query, tcp=tcp, max_udp=self.max_udp)
+        if peers is not None:
+            client = peers.peer(i)
+        prepared = engine.prepare(query, tcp=tcp, max_udp=self.max_udp, client=client)
         if prepared is None:
             return None
         out = prepared.answers[0]

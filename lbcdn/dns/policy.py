@@ -15,6 +15,18 @@ Rules (Route 53's):
 - Every selection says how it varies (`Selection.period`): for the same health, turn
   t + period gives what turn t gives (1: always the same answer), or None when the answer is
   a random pick. Prepared answers (engine.prepare) are built from it.
+- cidr (Route 53 IP-based routing): the set whose `cidr_routing.location` is the client's
+  location in the group's CIDR collection (locate.py), else the default set (location `*`);
+  an unhealthy set gives way to the default.
+- geolocation: the set for the client's subdivision, else its country, else its continent,
+  else the default (country `*`), each unhealthy one giving way to the next.
+- geoproximity: the healthy set nearest the client's coordinates, distances scaled by
+  (1 - bias/100) as Route 53 does; with no coordinates for the client, the first healthy set.
+- The client-dependent policies (cidr, geolocation, geoproximity) give `Selection.scope`: the
+  ECS scope the answer holds for (locate.py), -1 for the others. No client (no address, or an
+  ECS option with SOURCE PREFIX-LENGTH 0: the client opted out) -> the default set, scope 0.
+  Nothing matching and no default -> no values (Route 53 answers NODATA); every set
+  unhealthy -> the most specific match anyway (fail open).
 - Fail open: when health leaves nothing to answer, answer as if everything were healthy. An
   authoritative server that answers nothing only moves the outage to the client.
 - `static_values` is the health-independent view used where answers must not vary
@@ -23,10 +35,12 @@ Rules (Route 53's):
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+from lbcdn.dns.locate import CidrCollection, Client, GeoDatabase
 from lbcdn.dns.zone import T_NS, RecordSet, Value
 
 MULTIVALUE_MAX = 8
@@ -36,6 +50,17 @@ class Selection(NamedTuple):
     ttl: int
     values: list[Value]
     period: int | None   # turns after which the selection repeats; None: a random pick
+    scope: int = -1      # client-dependent: the ECS scope it holds for; -1: not dependent
+
+
+CLIENT_POLICIES = frozenset({"cidr", "geolocation", "geoproximity"})
+
+
+class Where(NamedTuple):
+    """What the client-dependent policies read: the client and the data that locates it."""
+    client: Client | None
+    collections: Mapping[str, CidrCollection]
+    geo: GeoDatabase | None
 
 
 class HealthView(Protocol):
@@ -54,11 +79,18 @@ def _healthy_values(rs: RecordSet, health: HealthView) -> list[Value]:
 
 
 def select(group: Sequence[RecordSet], health: HealthView, rng: random.Random,
-           turn: int) -> Selection:
+           turn: int, where: Where | None = None) -> Selection:
     """TTL, values and period to answer for one name and type."""
     if not group:
         return Selection(0, [], 1)
     policy = group[0].policy
+    if policy in CLIENT_POLICIES:
+        order, scope = _by_client(group, where)
+        chosen = next((s for s in order if _ok(s.health_check, health)),
+                      order[0] if order else None)
+        if chosen is None:
+            return Selection(group[0].ttl, [], 1, scope)
+        return Selection(chosen.ttl, _healthy_values(chosen, health), 1, scope)
     if policy == "simple":
         rs = group[0]
         values = _healthy_values(rs, health)
@@ -103,6 +135,70 @@ def select(group: Sequence[RecordSet], health: HealthView, rng: random.Random,
                      1 if len(distinct) == 1 else None)
 
 
+def _by_client(group: Sequence[RecordSet], where: Where | None) -> tuple[list[RecordSet], int]:
+    """The group's sets in the order a client-dependent policy tries them, and the scope."""
+    client = where.client if where is not None else None
+    if client is not None and client.prefix == 0:
+        client = None
+    policy = group[0].policy
+    if policy == "cidr":
+        location, scope = None, 0
+        cidr = group[0].cidr_routing
+        coll = where.collections.get(cidr.collection) if where and cidr else None
+        if client is not None and coll is not None:
+            location, scope = coll.locate(client)
+        order = [s for s in group if s.cidr_routing and s.cidr_routing.location == location]
+        return order + [s for s in group if s.cidr_routing and s.cidr_routing.location == "*"], \
+            scope
+    place, scope = None, 0
+    if client is not None and where is not None and where.geo is not None:
+        place, scope = where.geo.locate(client)
+    if policy == "geoproximity":
+        if place is None or place.coordinates is None:
+            return list(group), scope
+        lat, lon = place.coordinates
+        return sorted(group, key=lambda s: _biased_km(s, lat, lon)), scope
+    ranked: list[tuple[int, RecordSet]] = []
+    for s in group:
+        g = s.geolocation
+        if g is None:
+            continue
+        if g.country == "*":
+            ranked.append((3, s))
+        elif place is None:
+            continue
+        elif g.subdivision is not None:
+            if g.country == place.country and g.subdivision == place.subdivision:
+                ranked.append((0, s))
+        elif g.country is not None:
+            if g.country == place.country:
+                ranked.append((1, s))
+        elif g.continent == place.continent:
+            ranked.append((2, s))
+    ranked.sort(key=lambda r: r[0])
+    return [s for _, s in ranked], scope
+
+
+EARTH_RADIUS_KM = 6371.0
+
+
+def _biased_km(rs: RecordSet, lat: float, lon: float) -> float:
+    """Route 53's geoproximity: great-circle distance times (1 - bias/100); a positive bias
+    draws clients from farther away."""
+    p = rs.geoproximity
+    if p is None:
+        return math.inf
+    return distance_km(lat, lon, p.latitude, p.longitude) * (1 - p.bias / 100)
+
+
+def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle (haversine) distance."""
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    dphi, dlmb = phi2 - phi1, math.radians(lon2 - lon1)
+    h = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlmb / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
 def _dedup(values: list[Value]) -> list[Value]:
     seen: set[bytes] = set()
     out: list[Value] = []
@@ -116,7 +212,8 @@ def _dedup(values: list[Value]) -> list[Value]:
 def static_values(group: Sequence[RecordSet]) -> tuple[int, list[Value]]:
     """(TTL, values) independent of health and chance: simple -> all; weighted -> the sets
     with weight > 0 (all when every weight is 0); failover -> PRIMARY (else SECONDARY);
-    multivalue -> all."""
+    multivalue -> all; cidr and geolocation -> the default set (else all); geoproximity ->
+    all."""
     if not group:
         return 0, []
     policy = group[0].policy
@@ -126,12 +223,33 @@ def static_values(group: Sequence[RecordSet]) -> tuple[int, list[Value]]:
         sets = primary or list(group[:1])
     elif policy == "weighted":
         sets = [s for s in group if (s.weight or 0) > 0] or list(group)
+    elif policy in ("cidr", "geolocation"):
+        sets = _by_client(group, None)[0] or list(group)
     else:
         sets = list(group)
     values: list[Value] = []
     for s in sets:
         values.extend(s.values)
     return min(s.ttl for s in sets), _dedup(values)
+
+
+def routing_problems(sets: Iterable[RecordSet], collections: Mapping[str, CidrCollection],
+                     geo: bool) -> list[str]:
+    """What the client-dependent sets need from outside the zone: a known CIDR collection
+    and location, a location database (`geo`)."""
+    out: list[str] = []
+    for s in sets:
+        cidr = s.cidr_routing
+        if cidr is not None:
+            coll = collections.get(cidr.collection)
+            if coll is None:
+                out.append(f"{s.describe()}: unknown CIDR collection {cidr.collection!r}")
+            elif cidr.location != "*" and cidr.location not in coll.locations:
+                out.append(f"{s.describe()}: collection {cidr.collection!r} has no location "
+                           f"{cidr.location!r}")
+        if s.policy in ("geolocation", "geoproximity") and not geo:
+            out.append(f"{s.describe()}: the {s.policy} policy needs dns.location_database")
+    return out
 
 
 def health_checks(group: Sequence[RecordSet]) -> set[str]:

@@ -11,6 +11,15 @@ alias to a pool with `evaluate_target_health`) reads the state the pools' health
 (`PoolHealth`: lbcdn.upstream.targets.TargetsControl), the one the balancer is given. It runs in
 the process that runs DNS, in one process and in the workers' control process alike; DNS keeps
 no pool state of its own.
+
+Calculated checks (Route 53's): healthy while at least `health_threshold` of their children
+are (all: AND, 1: OR), read from the children's current states on every question, so they
+change with them and need no state of their own; `invert` turns any check's result around
+(an unknown child fails open before its parent inverts it, as Route 53 treats a deleted one).
+
+Location data: the CIDR collections and the `.mmdb` location database are loaded here and
+handed to the engine (lbcdn.dns.locate); a database that cannot be read stops the start
+with its path named.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Protocol
 
 from lbcdn.dns.alias import aliases_from_config, parse_pool_check
@@ -27,6 +37,7 @@ from lbcdn.dns.dnssec import Signer
 from lbcdn.dns.engine import Engine
 from lbcdn.dns.keys import ALGORITHMS, key_path, load_or_create
 from lbcdn.dns.names import Name
+from lbcdn.dns.locate import CidrCollection, open_location_database
 from lbcdn.dns.server import DnsServer, servers_from_config
 from lbcdn.dns.tsig import build_keys
 from lbcdn.dns.zone import build_zones, zone_origin
@@ -54,10 +65,14 @@ class _Health:
     target health. `generation` changes on every change of either, so the engine drops its
     prepared answers."""
 
-    def __init__(self, pools: PoolHealth | None) -> None:
+    def __init__(self, pools: PoolHealth | None,
+                 calculated: Mapping[str, tuple[tuple[str, ...], int]] | None = None,
+                 inverted: frozenset[str] = frozenset()) -> None:
         self.checker: HealthChecker[str] = HealthChecker(on_change=self._changed, name="dns")
         self._own = 0
         self._pools = pools
+        self._calculated = dict(calculated or {})   # id -> (children, threshold)
+        self._inverted = inverted
 
     def _changed(self, key: str, transition: object) -> None:
         self._own += 1
@@ -68,6 +83,14 @@ class _Health:
         return self._own + (self._pools.generation if self._pools is not None else 0)
 
     def is_healthy(self, check_id: str) -> bool:
+        found = self._found(check_id)
+        return not found if check_id in self._inverted else found
+
+    def _found(self, check_id: str) -> bool:
+        calculated = self._calculated.get(check_id)
+        if calculated is not None:
+            children, threshold = calculated
+            return sum(self.is_healthy(c) for c in children) >= threshold
         pool_target = parse_pool_check(check_id)
         if pool_target is not None:
             known = (self._pools.target_healthy(*pool_target) if self._pools is not None
@@ -101,8 +124,16 @@ class DnsRuntime:
                  base_dir: str = ".", pool_health: PoolHealth | None = None,
                  key_dir: str | None = None) -> None:
         self.config = config
-        self.health = _Health(pool_health)
+        self.health = _Health(
+            pool_health,
+            {hc.id: (hc.child_health_checks, len(hc.child_health_checks)
+                     if hc.health_threshold is None else hc.health_threshold)
+             for hc in config.health_checks if hc.protocol == "calculated"},
+            frozenset(hc.id for hc in config.health_checks if hc.invert))
         for hc in config.health_checks:
+            if hc.protocol == "calculated":
+                continue
+            assert hc.host is not None   # the config check requires it
             port = hc.port or (443 if hc.protocol == "https" else 80)
             self.health.checker.add_target(hc.id, Check.route53(
                 protocol=hc.protocol, address=hc.host, port=port, path=hc.path,
@@ -115,7 +146,12 @@ class DnsRuntime:
                                          base_dir=base_dir),
                              self.health, store=store, aliases=aliases, tsig_keys=keys,
                              nsid=nsid_bytes(config.nsid) if config.nsid else b"",
-                             signers=signers_from_config(config, key_dir))
+                             signers=signers_from_config(config, key_dir),
+                             cidr_collections=[
+                                 CidrCollection(c.name, {loc.name: loc.cidrs
+                                                         for loc in c.locations})
+                                 for c in config.cidr_collections],
+                             geo=open_location_database(config.location_database, base_dir))
         self._refresher: asyncio.Task[None] | None = None
         for problem in self.engine.restore_problems:
             log.warning("dns: saved change not applied: %s", problem)

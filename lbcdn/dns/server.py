@@ -63,9 +63,11 @@ UDP_MAX_QUERY = 4096    # longer datagrams are dropped: no query is that long
 class ServerEngine(Protocol):
     """What the server needs from lbcdn.dns.engine.Engine (answering and transfers)."""
 
-    def answer(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> bytes | None: ...
+    def answer(self, query: bytes, *, tcp: bool, max_udp: int = 512,
+               client: str = "") -> bytes | None: ...
 
-    def prepare(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> Prepared | None: ...
+    def prepare(self, query: bytes, *, tcp: bool, max_udp: int = 512,
+                client: str = "") -> Prepared | None: ...
 
     def cacheable_key(self, query: bytes) -> bytes | None: ...
 
@@ -116,7 +118,7 @@ class _Udp:
             if len(data) > 2 and data[2] & 0x78:  # any opcode but QUERY: not the hot path
                 out = self.server.other_opcode(data, self.io.peer(i))
             else:
-                out = self.answer(data)
+                out = self.answer(data, self.io, i)
             if out is None or self.rrl is None:
                 return out
             verdict = self.rrl.check(self.io.peer(i))
@@ -360,7 +362,7 @@ class DnsServer:
             self.stats.notify_received += 1
             out = notify_response(msg, self.engine, keys=self.tsig_keys, client=peer)
         else:
-            out = self.fastpath.answer_tcp(msg)
+            out = self.fastpath.answer_tcp(msg, peer)
         return [] if out is None else [out]
 
     def count_error(self, where: str) -> None:

@@ -42,6 +42,9 @@ def record_set_view(rs: RecordSet, health: HealthView) -> dict[str, Any]:
             "ttl_s": rs.ttl, "policy": rs.policy, "set_identifier": rs.set_identifier,
             "weight": rs.weight, "failover": rs.failover,
             "alias": None if rs.alias is None else dataclasses.asdict(rs.alias),
+            **{key: dataclasses.asdict(value) for key, value in (
+                ("cidr_routing", rs.cidr_routing), ("geolocation", rs.geolocation),
+                ("geoproximity", rs.geoproximity)) if value is not None},
             "health": check_view(rs.health_check, health),
             "values": [{"value": rdata_text(v.rd), "health": check_view(v.health_check, health)}
                        for v in rs.values]}

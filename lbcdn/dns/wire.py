@@ -15,7 +15,11 @@ Rules:
   NOTIMP (no question, an OPT owned by another name, a second OPT: the first one counts), so
   that every reply to a query with an OPT carries one (RFC 6891 6.1.1, 7).
 - A TSIG record (RFC 8945) is located, not checked: `tsig` is its offset (tsig.py checks it).
-- Of the EDNS options only NSID (RFC 5001) changes an answer: `Edns.nsid` says it was asked.
+- Of the EDNS options only NSID (RFC 5001) and Client Subnet (RFC 7871) change an answer:
+  `Edns.nsid` says NSID was asked, `Edns.ecs` holds the ECS option's data. An ECS option that
+  breaks RFC 7871 6/7.1.1 -> FORMERR: an unknown family, a source prefix longer than the
+  family's, a scope prefix that is not 0, an address longer than the source prefix needs or
+  with bits set past it, or a second ECS option.
 - The question name is kept as sent (case included) and also lower-cased for lookups.
 """
 
@@ -28,7 +32,7 @@ from lbcdn.dns.names import Name
 OPCODE_QUERY = 0
 FORMERR, NOTIMP = 1, 4
 T_OPT, T_TSIG = 41, 250
-OPT_NSID, OPT_EDE = 3, 15
+OPT_NSID, OPT_ECS, OPT_EDE = 3, 8, 15
 # Extended DNS Errors (RFC 8914) this server gives
 EDE_OTHER, EDE_PROHIBITED, EDE_NOT_AUTHORITATIVE = 0, 18, 20
 
@@ -39,6 +43,7 @@ class Edns:
     version: int
     do: bool
     nsid: bool = False  # the NSID option was sent (RFC 5001)
+    ecs: bytes = b""    # the Client Subnet option's data (RFC 7871), well-formed; b"": none
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,16 +118,35 @@ def _record(data: bytes, pos: int) -> tuple[int, int, int, int, int] | None:
     return name_end, rtype, rclass, ttl, end
 
 
-def _options(data: bytes, start: int, end: int) -> list[int] | None:
-    """The option codes of the OPT rdata in data[start:end], or None when malformed."""
-    codes: list[int] = []
+def _options(data: bytes, start: int, end: int) -> list[tuple[int, int, int]] | None:
+    """(code, data start, data end) of each option of the OPT rdata in data[start:end], or
+    None when malformed."""
+    out: list[tuple[int, int, int]] = []
     pos = start
     while pos < end:
         if pos + 4 > end:
             return None
-        codes.append(int.from_bytes(data[pos:pos + 2], "big"))
-        pos += 4 + int.from_bytes(data[pos + 2:pos + 4], "big")
-    return codes if pos == end else None
+        size = int.from_bytes(data[pos + 2:pos + 4], "big")
+        out.append((int.from_bytes(data[pos:pos + 2], "big"), pos + 4, pos + 4 + size))
+        pos += 4 + size
+    return out if pos == end else None
+
+
+def ecs_ok(option: bytes) -> bool:
+    """Whether ECS option data is what RFC 7871 6 allows in a query."""
+    if len(option) < 4:
+        return False
+    family, source, scope = int.from_bytes(option[0:2], "big"), option[2], option[3]
+    bits = 32 if family == 1 else 128 if family == 2 else 0
+    address = option[4:]
+    if not bits or source > bits or scope != 0 or len(address) != (source + 7) // 8:
+        return False
+    return not source % 8 or not address[-1] & (0xFF >> (source % 8))
+
+
+def ecs_reply(option: bytes, scope: int) -> bytes:
+    """The ECS option data of an answer: the query's, with SCOPE PREFIX-LENGTH set."""
+    return option[:3] + bytes((scope,)) + option[4:]
 
 
 def parse_query(data: bytes) -> Query | None:
@@ -171,12 +195,17 @@ def parse_query(data: bytes) -> Query | None:
                 break
             name_end, rtype, rclass, ttl, end = rec
             if i >= first_additional and rtype == T_OPT:
-                codes = _options(data, name_end + 10, end)
-                if edns is not None or name_end != pos + 1 or data[pos] != 0 or codes is None:
+                options = _options(data, name_end + 10, end)
+                if edns is not None or name_end != pos + 1 or data[pos] != 0 or options is None:
                     ok = False
+                ecs = [data[a:b] for code, a, b in options or () if code == OPT_ECS]
+                if len(ecs) > 1 or (ecs and not ecs_ok(ecs[0])):
+                    ok = False
+                    ecs = []
                 if edns is None:
                     edns = Edns(rclass, (ttl >> 16) & 0xFF, bool(ttl & 0x8000),
-                                codes is not None and OPT_NSID in codes)
+                                any(code == OPT_NSID for code, _, _ in options or ()),
+                                ecs[0] if ecs else b"")
             elif i >= first_additional and rtype == T_TSIG:
                 if i != an + ns + ar - 1:
                     ok = False
@@ -221,13 +250,15 @@ def ede_data(code: int) -> bytes:
 def cache_key(q: Query) -> bytes:
     """What identifies the answer to an error-free query: the RD and CD bits (copied into
     the answer), the EDNS facts that change it (present, version, DO, NSID asked, payload
-    size clamped to 512-65535), and the question with its name lower-cased."""
+    size clamped to 512-65535, the ECS option echoed), and the question with its name
+    lower-cased."""
     assert q.question is not None
     flags = bytes(((q.flags >> 8) & 0x01, q.flags & 0x10))
     if q.edns is None:
         edns = b"-"
     else:
         size = min(max(q.edns.payload, 512), 65535)
-        edns = bytes((q.edns.version, q.edns.do, q.edns.nsid)) + size.to_bytes(2, "big")
+        edns = (bytes((q.edns.version, q.edns.do, q.edns.nsid)) + size.to_bytes(2, "big")
+                + bytes((len(q.edns.ecs),)) + q.edns.ecs)
     name = q.question[:q.qname_len]
     return flags + edns + name.lower() + q.question[q.qname_len:]

@@ -26,7 +26,8 @@ from typing import Protocol
 
 from dnslib import RD, SOA, DNSLabel
 
-from lbcdn.dns.config import (AliasConfig, DnsConfig, RecordSetConfig, ZoneConfig)
+from lbcdn.dns.config import (AliasConfig, CidrRoutingConfig, DnsConfig, GeolocationConfig,
+                              GeoproximityConfig, RecordSetConfig, ZoneConfig)
 from lbcdn.dns.masterfile import MasterFileError, parse_master
 from lbcdn.dns.names import (BadName, Name, is_subdomain, is_wildcard, parse_name,
                              reverse_name, to_text)
@@ -68,6 +69,9 @@ class RecordSet:
     health_check: str | None = None
     alias: AliasConfig | None = None
     generated: bool = False
+    cidr_routing: CidrRoutingConfig | None = None
+    geolocation: GeolocationConfig | None = None
+    geoproximity: GeoproximityConfig | None = None
 
     @property
     def ident(self) -> tuple[Name, int, str | None]:
@@ -79,7 +83,9 @@ class RecordSet:
         theirs = other.alias if other.alias is not None else sorted(v.key for v in other.values)
         return (self.ident == other.ident and self.ttl == other.ttl and mine == theirs
                 and (self.policy, self.weight, self.failover, self.health_check)
-                == (other.policy, other.weight, other.failover, other.health_check))
+                == (other.policy, other.weight, other.failover, other.health_check)
+                and (self.cidr_routing, self.geolocation, self.geoproximity)
+                == (other.cidr_routing, other.geolocation, other.geoproximity))
 
     def describe(self) -> str:
         sid = f" ({self.set_identifier})" if self.set_identifier else ""
@@ -285,6 +291,14 @@ def _group_problems(group: Sequence[RecordSet]) -> list[str]:
                 out.append(f"{first.describe()}: more than one {role} record set")
     if first.rtype == T_CNAME and sum(len(s.values) for s in group[:1]) != 1:
         out.append(f"{first.describe()}: a CNAME record set has exactly one value")
+    if first.policy == "cidr" and len({s.cidr_routing.collection for s in group
+                                       if s.cidr_routing}) > 1:
+        out.append(f"{first.describe()}: record sets of one name and type use one CIDR "
+                   "collection")
+    places = [s.cidr_routing.location if s.cidr_routing else s.geolocation
+              for s in group if s.policy in ("cidr", "geolocation")]
+    if len(set(places)) < len(places):
+        out.append(f"{first.describe()}: two record sets for one location")
     for s in group:
         if not s.values and s.alias is None:
             out.append(f"{s.describe()}: no values")
@@ -328,7 +342,9 @@ def record_set_from_spec(spec: RecordSetConfig, origin: Name, default_ttl: int,
     return RecordSet(name=name, rtype=rtype, ttl=default_ttl if spec.ttl_s is None else spec.ttl_s,
                      values=tuple(_unique(values)), policy=spec.policy,
                      set_identifier=spec.set_identifier, weight=spec.weight,
-                     failover=spec.failover, health_check=spec.health_check, alias=spec.alias)
+                     failover=spec.failover, health_check=spec.health_check, alias=spec.alias,
+                     cidr_routing=spec.cidr_routing, geolocation=spec.geolocation,
+                     geoproximity=spec.geoproximity)
 
 
 def _unique(values: Iterable[Value]) -> list[Value]:

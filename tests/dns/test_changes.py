@@ -251,3 +251,14 @@ def test_generated_ptrs_follow_changes() -> None:
     assert answers(e, "2.2.0.192.in-addr.arpa", "PTR")[1] == ["www.example.com."]
     rev = e.zone_for("2.0.192.in-addr.arpa")
     assert rev is not None and rev.serial > before
+
+
+def test_routing_fields_round_trip_through_the_saved_shape() -> None:
+    for extra in ({"policy": "cidr", "cidr_routing": {"collection": "c", "location": "*"}},
+                  {"policy": "geolocation", "geolocation": {"country": "US",
+                                                            "subdivision": "CA"}},
+                  {"policy": "geoproximity", "geoproximity": {"latitude": 1.5,
+                                                              "longitude": -2.0, "bias": 10}}):
+        rec = {"name": "a", "type": "A", "values": ["192.0.2.1"], "set_identifier": "x",
+               **extra}
+        assert record_data(load_record_set(rec)) == rec

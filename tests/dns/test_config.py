@@ -183,3 +183,90 @@ def test_tsig_secret_from_the_environment_and_nsid_forms() -> None:
                           env={"XFR": "c2VjcmV0"})
     assert decode_secret(cfg.tsig_keys[0].secret or "") == b"secret"
     assert (nsid_bytes("0x6c62"), nsid_bytes("ns1")) == (b"lb", b"ns1")
+
+
+def test_client_routing_and_calculated_check_problems() -> None:
+    cidr = {"name": "a", "type": "A", "values": ["192.0.2.1"], "policy": "cidr"}
+    lines = problems({
+        "cidr_collections": [
+            {"name": "c", "locations": [{"name": "x", "cidrs": ["10.0.0.0/8", "10.0.0.1/8"]},
+                                        {"name": "x", "cidrs": ["10.0.0.0/8"]},
+                                        {"name": "*"}]},
+            {"name": "c"}],
+        "health_checks": [
+            {"id": "h", "host": "192.0.2.9", "child_health_checks": ["h"]},
+            {"id": "calc", "protocol": "calculated", "host": "192.0.2.9",
+             "child_health_checks": ["h", "nope", "calc"], "health_threshold": 4},
+            {"id": "empty", "protocol": "calculated"},
+            {"id": "nohost"}],
+        "zones": [{"name": "example.com", "records": [
+            {**cidr, "set_identifier": "1"},
+            {**cidr, "set_identifier": "2", "cidr_routing": {"collection": "d",
+                                                             "location": "x"}},
+            {**cidr, "set_identifier": "3", "cidr_routing": {"collection": "c",
+                                                             "location": "y"}},
+            {**cidr, "name": "b", "set_identifier": "4", "cidr_routing": {
+                "collection": "c", "location": "*"}, "weight": 2},
+            {"name": "g", "type": "A", "values": ["192.0.2.1"], "policy": "geolocation",
+             "set_identifier": "1", "geolocation": {"continent": "XX", "country": "de"}},
+            {"name": "g", "type": "A", "values": ["192.0.2.1"], "policy": "geolocation",
+             "set_identifier": "2", "geolocation": {"continent": "EU", "subdivision": "BY"}},
+            {"name": "p", "type": "A", "values": ["192.0.2.1"], "policy": "geoproximity",
+             "set_identifier": "1", "geoproximity": {"latitude": 91, "longitude": 0}},
+            {"name": "s", "type": "A", "values": ["192.0.2.1"],
+             "cidr_routing": {"collection": "c", "location": "x"}},
+        ]}]})
+    text = "\n".join(lines)
+    for expect in (
+            "dns.cidr_collections[0].locations[0].cidrs[1]: not a CIDR block: 10.0.0.1/8 has "
+            "host bits set",
+            "dns.cidr_collections[0].locations[1].name: duplicate or reserved location 'x'",
+            "dns.cidr_collections[0].locations[1].cidrs[0]: 10.0.0.0/8 is already in "
+            "location 'x'",
+            "dns.cidr_collections[0].locations[2].name: duplicate or reserved location '*'",
+            "dns.cidr_collections[1].name: duplicate collection 'c'",
+            "dns.health_checks[0].child_health_checks: only for calculated health checks",
+            "dns.health_checks[1].host: a calculated check probes nothing",
+            "dns.health_checks[1].child_health_checks[1]: unknown health check 'nope'",
+            "dns.health_checks[1].child_health_checks[2]: 'calc' is calculated itself",
+            "dns.health_checks[1].health_threshold: more than the 3 child checks",
+            "dns.health_checks[2].child_health_checks: required for calculated",
+            "dns.health_checks[3].host: required for http health checks",
+            "dns.zones[0].records[0].cidr_routing: required for the cidr policy",
+            "dns.zones[0].records[3].weight: only for the weighted policy",
+            "dns.zones[0].records[4].geolocation: give exactly one of continent or country",
+            "dns.zones[0].records[4].geolocation.continent: not a continent code",
+            "dns.zones[0].records[4].geolocation.country: not an ISO 3166-1 alpha-2 code",
+            "dns.zones[0].records[5].geolocation.subdivision: needs a country",
+            "dns.zones[0].records[6].geoproximity.latitude: must be <= 90",
+            "dns.zones[0].records[7].cidr_routing: only for the cidr policy"):
+        assert expect in text, text
+
+
+def test_client_routing_cross_checks() -> None:
+    """Checked once every record set reads well: collections, locations, the database."""
+    cidr = {"name": "a", "type": "A", "values": ["192.0.2.1"], "policy": "cidr"}
+    lines = problems({
+        "cidr_collections": [{"name": "c", "locations": [{"name": "x", "cidrs": ["10.0.0.0/8"]}]},
+                             {"name": "e"}],
+        "zones": [{"name": "example.com", "records": [
+            {**cidr, "set_identifier": "1", "cidr_routing": {"collection": "d",
+                                                             "location": "x"}},
+            {**cidr, "set_identifier": "2", "cidr_routing": {"collection": "c",
+                                                             "location": "y"}},
+            {**cidr, "set_identifier": "3", "cidr_routing": {"collection": "c",
+                                                             "location": "*"}},
+            {**cidr, "set_identifier": "4", "cidr_routing": {"collection": "e",
+                                                             "location": "*"}},
+            {"name": "g", "type": "A", "values": ["192.0.2.1"], "policy": "geolocation",
+             "set_identifier": "1", "geolocation": {"country": "*"}}]}]})
+    text = "\n".join(lines)
+    for expect in (
+            "dns.zones[0].records[0].cidr_routing.collection: unknown CIDR collection 'd'",
+            "dns.zones[0].records[1].cidr_routing.location: collection 'c' has no location 'y'",
+            "dns.zones[0].records[3].cidr_routing.collection: the record sets of one name and "
+            "type use one collection (also 'c')",
+            "dns.zones[0].records[4].policy: the geolocation policy needs "
+            "dns.location_database"):
+        assert expect in text, text
+    assert len(lines) == 4, lines

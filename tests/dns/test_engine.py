@@ -20,8 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lbcdn.dns.changes import ChangeError, parse_changes
 from lbcdn.dns.config import load_dns_config
 from lbcdn.dns.engine import Engine
+from lbcdn.dns.locate import CidrCollection
 from lbcdn.dns.zone import build_zones
 
 RECORDS: list[dict[str, Any]] = [
@@ -704,3 +706,71 @@ def test_fuzz_mutated_queries_never_raise(seed: bytes, flips: list[tuple[int, in
     if out is not None and (out[2] >> 3) & 0xF == 0:
         dns.message.from_wire(out)  # a QUERY response must parse whole
     FUZZ_ENGINE.cacheable_key(data)
+
+
+# -- client-dependent routing ---------------------------------------------------------------
+
+def cidr_engine() -> Engine:
+    cfg = load_dns_config({
+        "cidr_collections": [{"name": "nets", "locations": [
+            {"name": "eu", "cidrs": ["198.51.100.0/24"]}]}],
+        "zones": [{"name": "example.com", "records": [
+            {"name": "www", "type": "A", "policy": "cidr", "set_identifier": "eu",
+             "values": ["192.0.2.1"], "cidr_routing": {"collection": "nets", "location": "eu"}},
+            {"name": "only", "type": "A", "policy": "cidr", "set_identifier": "eu",
+             "values": ["192.0.2.2"], "cidr_routing": {"collection": "nets", "location": "eu"}},
+            {"name": "static", "type": "A", "values": ["192.0.2.3"]}]}]})
+    return Engine(build_zones(cfg, now=1_700_000_000), Health(), random.Random(5),
+                  cidr_collections=[CidrCollection("nets", {"eu": ("198.51.100.0/24",)})])
+
+
+def ecs_query(name: str, ecs: tuple[str, int] | None) -> bytes:
+    options = [dns.edns.ECSOption(*ecs)] if ecs else []
+    return dns.message.make_query(name, "A", use_edns=0, options=options).to_wire()
+
+
+def test_client_dependent_answers_are_not_prepared_and_carry_the_scope() -> None:
+    engine = cidr_engine()
+    wire = ecs_query("www.example.com.", ("198.51.100.7", 32))
+    prepared = engine.prepare(wire, tcp=False, max_udp=1232, client="192.0.2.200")
+    assert prepared is not None and not prepared.replay
+    r = dns.message.from_wire(prepared.answers[0])
+    assert rrs(r.answer) == ["www.example.com. 300 in a 192.0.2.1"]
+    assert [(o.address, o.srclen, o.scopelen) for o in r.options] == [("198.51.100.7", 32, 24)]
+    # without ECS the source address decides
+    plain = ecs_query("only.example.com.", None)
+    r = dns.message.from_wire(engine.answer(plain, tcp=False, client="198.51.100.9") or b"")
+    assert rrs(r.answer) == ["only.example.com. 300 in a 192.0.2.2"]
+    # no match and no default: NODATA with the SOA, as Route 53 answers
+    r = dns.message.from_wire(engine.answer(plain, tcp=False, client="192.0.2.200") or b"")
+    assert r.rcode() == dns.rcode.NOERROR and r.answer == [] and len(r.authority) == 1
+    # a fixed answer stays prepared, its ECS echoed with scope 0; the ECS is in its key
+    wire = ecs_query("static.example.com.", ("198.51.100.7", 32))
+    prepared = engine.prepare(wire, tcp=False, max_udp=1232)
+    assert prepared is not None and prepared.replay
+    assert [o.scopelen for o in dns.message.from_wire(prepared.answers[0]).options] == [0]
+    other = ecs_query("static.example.com.", ("203.0.113.0", 24))
+    assert engine.cacheable_key(wire) != engine.cacheable_key(other)
+    assert engine.cacheable_key(wire) != engine.cacheable_key(ecs_query("static.example.com.",
+                                                                        None))
+
+
+def test_change_batches_check_client_routing() -> None:
+    engine = cidr_engine()
+    record = {"name": "new", "type": "A", "policy": "cidr", "set_identifier": "x",
+              "values": ["192.0.2.9"]}
+    for routing, geo, problem in (
+            ({"collection": "nope", "location": "*"}, None, "unknown CIDR collection 'nope'"),
+            ({"collection": "nets", "location": "us"}, None, "has no location 'us'"),
+            (None, {"country": "*"}, "needs dns.location_database")):
+        rec = {**record, "cidr_routing": routing} if routing else {
+            **record, "policy": "geolocation", "geolocation": geo}
+        with pytest.raises(ChangeError) as info:
+            engine.apply_changes("example.com", parse_changes(
+                {"changes": [{"action": "CREATE", "record": rec}]}))
+        assert any(problem in p for p in info.value.problems), info.value.problems
+    engine.apply_changes("example.com", parse_changes({"changes": [{"action": "CREATE", "record": {
+        **record, "cidr_routing": {"collection": "nets", "location": "*"}}}]}))
+    r = dns.message.from_wire(engine.answer(ecs_query("new.example.com.", None), tcp=False)
+                              or b"")
+    assert rrs(r.answer) == ["new.example.com. 300 in a 192.0.2.9"]

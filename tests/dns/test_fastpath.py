@@ -32,7 +32,8 @@ class FakeEngine:
             return None
         return query[2:3] + query[12:end].lower()
 
-    def prepare(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> Prepared | None:
+    def prepare(self, query: bytes, *, tcp: bool, max_udp: int = 512,
+                client: str = "") -> Prepared | None:
         self.calls += 1
         if self.bump_while_answering:
             self.version += 1

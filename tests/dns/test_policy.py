@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import random
 import struct
+from collections.abc import Iterator
 
 import dns.message
+import pytest
 
 from lbcdn.dns.alias import aliases_from_config, parse_pool_check, pool_check_id
-from lbcdn.dns.config import AliasConfig
-from lbcdn.dns.policy import select, static_values
+from lbcdn.dns.config import (AliasConfig, CidrRoutingConfig, GeolocationConfig,
+                              GeoproximityConfig)
+from lbcdn.dns.locate import CidrCollection, Client, GeoDatabase
+from lbcdn.dns.policy import Where, distance_km, select, static_values
 from lbcdn.dns.rdata import parse_rdata_text
 from lbcdn.dns.wire import FORMERR, NOTIMP, cache_key, parse_query
 from lbcdn.dns.zone import RecordSet, Value
+from tests.dns.geodb import city, write_geo_db
 
 NAME = (b"x", b"example", b"com")
 
@@ -142,3 +149,110 @@ def test_aliases_from_config() -> None:
     assert parse_pool_check("pool/a/b/192.0.2.1:80") == ("a/b", "192.0.2.1:80")
     assert parse_pool_check("ext") is None
     assert parse_pool_check("pool/192.0.2.1:80") is None
+
+
+# -- client-dependent policies ------------------------------------------------------------
+
+def _client(text: str) -> Client:
+    addr, _, plen = text.partition("/")
+    ip = ipaddress.ip_address(addr)
+    return Client(ip.version, int(ip), int(plen or ip.max_prefixlen))
+
+
+OFFICES = {"offices": CidrCollection("offices", {"berlin": ["198.51.100.0/24"],
+                                                 "paris": ["203.0.113.0/24"]})}
+
+
+def cidr_group(*locations: str) -> list[RecordSet]:
+    return [rs(a(f"192.0.2.{i + 1}"), "cidr", set_identifier=loc,
+               health_check=f"hc-{loc}", cidr_routing=CidrRoutingConfig("offices", loc))
+            for i, loc in enumerate(locations)]
+
+
+def pick(group: list[RecordSet], client: str | None, health: Down | None = None,
+         geo: GeoDatabase | None = None) -> tuple[list[str], int]:
+    where = Where(_client(client) if client else None, OFFICES, geo)
+    sel = select(group, health or Down(), random.Random(), 0, where)
+    assert sel.period == 1
+    return text(sel.values), sel.scope
+
+
+def test_cidr_picks_the_location_then_the_default() -> None:
+    group = cidr_group("berlin", "paris", "*")
+    assert pick(group, "198.51.100.7") == (["192.0.2.1"], 24)
+    assert pick(group, "203.0.113.0/24") == (["192.0.2.2"], 24)
+    assert pick(group, "192.0.2.0/24")[0] == ["192.0.2.3"]          # in no location
+    assert pick(group, "198.51.100.0/0") == (["192.0.2.3"], 0)      # ECS /0: opted out
+    assert pick(group, None) == (["192.0.2.3"], 0)                  # no address at all
+    # an unhealthy location gives way to the default; everything down: fail open
+    assert pick(group, "198.51.100.7", Down("hc-berlin")) == (["192.0.2.3"], 24)
+    assert pick(group, "198.51.100.7", Down("hc-berlin", "hc-*")) == (["192.0.2.1"], 24)
+
+
+def test_cidr_without_a_default_answers_nothing_for_other_clients() -> None:
+    group = cidr_group("berlin")
+    assert pick(group, "10.0.0.1") == ([], 1)       # 10/8 and 198, 203/8 differ in bit 1
+    assert pick(group, "203.0.113.1") == ([], 24)   # paris has no record set here
+    assert pick(group, "198.51.100.1") == (["192.0.2.1"], 24)
+
+
+def _geo_rs(i: int, **where: str) -> RecordSet:
+    return rs(a(f"192.0.2.{i}"), "geolocation", set_identifier=str(i),
+              health_check=f"g{i}", geolocation=GeolocationConfig(**where))
+
+
+@pytest.fixture(scope="module")
+def geo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GeoDatabase]:
+    path = write_geo_db(tmp_path_factory.mktemp("geo") / "geo.mmdb", {
+        "198.51.100.0/24": city("EU", "DE", "BY", (48.14, 11.58)),     # Munich
+        "198.51.101.0/24": city("EU", "DE", "BE", (52.52, 13.40)),     # Berlin
+        "203.0.113.0/24": city("EU", "FR", None, (48.86, 2.35)),       # Paris
+        "192.0.2.0/24": city("NA", "US", "CA", (37.77, -122.42)),      # San Francisco
+        "100.64.0.0/24": city("AS", "JP"),                              # no coordinates
+    })
+    db = GeoDatabase(str(path))
+    yield db
+    db.close()
+
+
+def test_geolocation_most_specific_first(geo: GeoDatabase) -> None:
+    group = [_geo_rs(1, country="DE", subdivision="BY"), _geo_rs(2, country="DE"),
+             _geo_rs(3, continent="EU"), _geo_rs(4, country="*")]
+    assert pick(group, "198.51.100.1", geo=geo) == (["192.0.2.1"], 24)
+    assert pick(group, "198.51.101.1", geo=geo) == (["192.0.2.2"], 24)
+    assert pick(group, "203.0.113.0/24", geo=geo) == (["192.0.2.3"], 24)
+    assert pick(group, "192.0.2.1", geo=geo)[0] == ["192.0.2.4"]
+    assert pick(group, "10.9.9.9", geo=geo)[0] == ["192.0.2.4"]   # not in the database
+    # unhealthy: the next broader location answers
+    assert pick(group, "198.51.100.1", Down("g1"), geo=geo)[0] == ["192.0.2.2"]
+    assert pick(group, "198.51.100.1", Down("g1", "g2"), geo=geo)[0] == ["192.0.2.3"]
+    assert pick(group[:3], "192.0.2.1", geo=geo)[0] == []             # no default: NODATA
+
+
+def _prox_rs(i: int, lat: float, lon: float, bias: int = 0) -> RecordSet:
+    return rs(a(f"192.0.2.{i}"), "geoproximity", set_identifier=str(i), health_check=f"p{i}",
+              geoproximity=GeoproximityConfig(lat, lon, bias))
+
+
+def test_geoproximity_nearest_with_bias(geo: GeoDatabase) -> None:
+    frankfurt, virginia = (50.11, 8.68), (38.9, -77.0)
+    group = [_prox_rs(1, *frankfurt), _prox_rs(2, *virginia)]
+    assert pick(group, "203.0.113.1", geo=geo) == (["192.0.2.1"], 24)   # Paris
+    assert pick(group, "192.0.2.1", geo=geo) == (["192.0.2.2"], 24)     # San Francisco
+    # Paris-Frankfurt ~480 km, Paris-Virginia ~6200 km: a +99 bias on Virginia (x0.01)
+    # draws Paris over
+    biased = [_prox_rs(1, *frankfurt), _prox_rs(2, *virginia, bias=99)]
+    assert pick(biased, "203.0.113.1", geo=geo)[0] == ["192.0.2.2"]
+    assert pick(group, "203.0.113.1", Down("p1"), geo=geo)[0] == ["192.0.2.2"]
+    # no coordinates for the client: the first healthy set
+    assert pick(group, "100.64.0.1", Down("p1"), geo=geo)[0] == ["192.0.2.2"]
+
+
+def test_distance_km() -> None:
+    assert distance_km(48.86, 2.35, 51.51, -0.13) == pytest.approx(344, abs=5)  # Paris-London
+    assert distance_km(0, 0, 0, 180) == pytest.approx(math.pi * 6371, rel=1e-6)
+
+
+def test_static_values_of_client_policies() -> None:
+    assert text(static_values(cidr_group("berlin", "*"))[1]) == ["192.0.2.2"]
+    assert text(static_values(cidr_group("berlin", "paris"))[1]) == ["192.0.2.1", "192.0.2.2"]

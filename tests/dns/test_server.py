@@ -113,11 +113,13 @@ class StandInEngine:
         return (str(q.q.qname).lower().encode() + struct.pack("!HH", q.q.qtype, q.q.qclass)
                 + bytes([query[2] & 0x79]) + edns)
 
-    def prepare(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> Prepared | None:
+    def prepare(self, query: bytes, *, tcp: bool, max_udp: int = 512,
+                client: str = "") -> Prepared | None:
         out = self.answer(query, tcp=tcp, max_udp=max_udp)
         return None if out is None else Prepared((out,), replay=True)
 
-    def answer(self, query: bytes, *, tcp: bool, max_udp: int = 512) -> bytes | None:
+    def answer(self, query: bytes, *, tcp: bool, max_udp: int = 512,
+               client: str = "") -> bytes | None:
         self.answered += 1
         if len(query) < 12 or query[2] & 0x80:
             return None
