@@ -48,7 +48,7 @@ from lbcdn.edge.cache_hit import NO_PLAN, KnownHead, answer_known
 from lbcdn.edge.exchange import SENDING, SWITCHING, Exchange
 from lbcdn.edge.stream import PAUSE_BODY, PAUSE_PIPELINE, ClientStream
 from lbcdn.http.errors import HttpError
-from lbcdn.http.head import Head, RequestHead, check_request, is_token
+from lbcdn.http.head import Head, HeadLimits, RequestHead, check_request, is_token
 from lbcdn.timers import Deadline
 from lbcdn import writebatch
 from lbcdn.writebatch import Writer
@@ -106,22 +106,19 @@ def _takes_trailers(head: RequestHead) -> bool:
     return False
 
 
-class Limits:
+class Limits(HeadLimits):
     """The listener settings a connection reads on every request and header, copied out of
-    its config (a dataclass, whose attributes are dict lookups) into native attributes. A
+    its config (a dataclass, whose attributes are dict lookups) into native attributes: the
+    head limits (checked by HeadLimits, as the control listeners' are) and the timeouts. A
     connection keeps the limits of the config it was opened under."""
-    __slots__ = ("header_timeout_s", "idle_timeout_s", "body_timeout_s",
-                 "max_request_line_bytes", "max_header_bytes", "max_headers_total_bytes",
-                 "max_header_count")
+    __slots__ = ("header_timeout_s", "idle_timeout_s", "body_timeout_s")
 
     def __init__(self, config: ListenerConfig) -> None:
+        super().__init__(config.max_request_line_bytes, config.max_header_bytes,
+                         config.max_headers_total_bytes, config.max_header_count)
         self.header_timeout_s = config.header_timeout_s
         self.idle_timeout_s = config.idle_timeout_s
         self.body_timeout_s = config.body_timeout_s
-        self.max_request_line_bytes = config.max_request_line_bytes
-        self.max_header_bytes = config.max_header_bytes
-        self.max_headers_total_bytes = config.max_headers_total_bytes
-        self.max_header_count = config.max_header_count
 
 
 # An asyncio protocol by its methods, not by subclassing asyncio.Protocol: a non-compiled base
@@ -283,10 +280,10 @@ class ClientConnection(ClientStream, Writer):
                 self.listener.remember_head(data, KnownHead(learn))
         if self._in_head:
             self._head_raw += len(data)
-            if self._head_raw > self.limits.max_headers_total_bytes + \
-                    self.limits.max_request_line_bytes:
+            err = self.limits.head_error(self._head_raw)
+            if err is not None:
                 self._stopped = True
-                self.fail(HttpError(431, "request head too large"))
+                self.fail(err)
             elif self.parser.get_http_version() == "0.9" or \
                     (between and self._begun == 1 and _version_missing(data)):
                 # a request line without a version: an HTTP/0.9 request has no headers, so
@@ -351,23 +348,19 @@ class ClientConnection(ClientStream, Writer):
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
         self._url_len += len(url)
-        if self._url_len > self.limits.max_request_line_bytes:
-            self._error = HttpError(414, "request line too long")
-            raise self._error
+        err = self.limits.url_error(self._url_len)
+        if err is not None:
+            self._error = err
+            raise err
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value) + 4
         self._headers_len += size
-        if size > self.limits.max_header_bytes:
-            self._error = HttpError(431, "a request header is too large")
-            raise self._error
-        if self._headers_len > self.limits.max_headers_total_bytes:
-            self._error = HttpError(431, "request headers too large")
-            raise self._error
         self._headers.append((name, value))
-        if len(self._headers) > self.limits.max_header_count:
-            self._error = HttpError(431, "too many request headers")
-            raise self._error
+        err = self.limits.header_error(size, self._headers_len, len(self._headers))
+        if err is not None:
+            self._error = err
+            raise err
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -303,6 +303,47 @@ def check_request(method: bytes, target: bytes, version: bytes,
     return head
 
 
+class HeadLimits:
+    """The limits on a request head (lbcdn.configkit.limits names them: the edge's listeners
+    and the control process's share their keys), copied into native attributes, and the one
+    place they are checked: the edge's client connection and the control listeners' HeadGuard
+    ask the same methods while llhttp parses a head. Each returns the error to answer, or
+    None."""
+    __slots__ = ("max_request_line_bytes", "max_header_bytes", "max_headers_total_bytes",
+                 "max_header_count")
+
+    def __init__(self, max_request_line_bytes: int, max_header_bytes: int,
+                 max_headers_total_bytes: int, max_header_count: int) -> None:
+        self.max_request_line_bytes = max_request_line_bytes
+        self.max_header_bytes = max_header_bytes
+        self.max_headers_total_bytes = max_headers_total_bytes
+        self.max_header_count = max_header_count
+
+    def url_error(self, length: int) -> HttpError | None:
+        """The request-target read so far is `length` bytes long."""
+        if length > self.max_request_line_bytes:
+            return HttpError(414, "request line too long")
+        return None
+
+    def header_error(self, size: int, total: int, count: int) -> HttpError | None:
+        """A header line of `size` bytes (name, value, ": " and CRLF) was read; with it the
+        head has `count` header fields of `total` bytes."""
+        if size > self.max_header_bytes:
+            return HttpError(431, "a request header is too large")
+        if total > self.max_headers_total_bytes:
+            return HttpError(431, "request headers too large")
+        if count > self.max_header_count:
+            return HttpError(431, "too many request headers")
+        return None
+
+    def head_error(self, size: int) -> HttpError | None:
+        """`size` bytes of a head arrived, its end not yet (a line still arriving is not seen
+        by the callbacks above)."""
+        if size > self.max_headers_total_bytes + self.max_request_line_bytes:
+            return HttpError(431, "request head too large")
+        return None
+
+
 def field_lines(block: bytes) -> list[tuple[bytes, bytes]]:
     """Serialized header lines (`Name: value` CRLF ..., a status line first or not) back to
     (name, value) pairs, values without their surrounding whitespace."""

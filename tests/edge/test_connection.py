@@ -17,12 +17,14 @@ from typing import Any
 import pytest
 
 from lbcdn.config.load import load_config_text
+from lbcdn.configkit.limits import HttpLimitsConfig
 from lbcdn.daemon import Daemon
 from lbcdn.edge.connection import MAX_BUFFERED_BODY, ClientConnection
 from lbcdn.edge.exchange import Exchange
 from lbcdn.edge.listener import Listener
 from lbcdn.edge.stream import PAUSE_BODY, PAUSE_UPSTREAM
 from lbcdn.http.head import Head, check_request
+from lbcdn.http.headguard import HeadGuard
 from lbcdn.logs import AccessLog
 from lbcdn.routing import Router
 from tests.e2e.harness import (listener_port, proxy_config, raw_backend, raw_client,
@@ -420,3 +422,22 @@ async def test_an_interim_response_goes_to_http11_clients_only(client: Client) -
     answering(client)
     client.conn.interim(Head(100, b"", None, []))
     assert client.transport.take() == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@pytest.mark.parametrize("data", [
+    b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n",
+    b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n",
+    b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 4000) for i in range(9))
+    + b"\r\n",
+    b"GET / HTTP/1.1\r\nX-Long: " + b"v" * 41000,
+])
+async def test_head_limits_are_the_control_listeners_own(client: Client, data: bytes) -> None:
+    """The same limits, checked by the same code (lbcdn.http.head.HeadLimits), as HeadGuard
+    for the control process's listeners: the same bytes get the same status and detail."""
+    expected = HeadGuard(HttpLimitsConfig()).feed(data)
+    assert expected is not None
+    client.send(data)
+    out = client.transport.take()
+    assert status_lines(out)[0].startswith(b"HTTP/1.1 %d " % expected.status)
+    assert expected.detail.encode() in out
