@@ -418,15 +418,15 @@ class ClientConnection(ClientStream, Writer):
     def _head(self, head: Head, body: bool, keep_alive: bool) -> bytes:
         """`head` as it goes out, its framing and Connection field decided (see the module
         docstring); whether the connection stays open after it goes to `self._keep`."""
-        request = self._request()
-        version = request.version if request is not None else b"1.1"
+        exchanges = self.exchanges
+        version = exchanges[0].head.version if exchanges else b"1.1"
         framing = b""
-        chunked = False
-        if body and head.length is None:
+        chunked = body and head.length is None
+        if chunked:
             if version == b"1.1":
                 framing = _CHUNKED
-                chunked = True
             else:
+                chunked = False
                 keep_alive = False  # close-delimited, the only framing 1.0 knows
         if head.status == 101:
             connection = _UPGRADE
@@ -438,7 +438,6 @@ class ClientConnection(ClientStream, Writer):
         else:
             connection = b""
         self._chunked = chunked
-        self._trailers = b""
         self._keep = keep_alive
         whole = head.whole
         if not whole or head.extra or framing or connection:
@@ -518,6 +517,7 @@ class ClientConnection(ClientStream, Writer):
             return False
         self._sent = 0
         self._chunked = False
+        self._trailers = b""
         return True
 
     def is_closed(self) -> bool:

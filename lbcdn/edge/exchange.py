@@ -586,7 +586,7 @@ class Exchange(UpstreamOwner):
         self.state = next_state(self.state, SENDING)
         self.out_mark = self.conn.checkpoint()
         self.keep_alive = self.conn.start_response(
-            out, self.head.method != b"HEAD" and response_has_body(b"GET", status),
+            out, response_has_body(self.head.method, status),
             self.keep_alive)
 
     def upstream_body(self, data: bytes) -> None:
