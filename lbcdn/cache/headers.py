@@ -27,7 +27,7 @@ from urllib.parse import urljoin, urlsplit
 
 from lbcdn.cache.directives import Headers, get_all
 from lbcdn.http.errors import reason
-from lbcdn.http.head import HOP_BY_HOP, connection_tokens
+from lbcdn.http.head import HOP_BY_HOP, connection_tokens, field_lines
 
 NOT_STORED = HOP_BY_HOP | frozenset({b"proxy-authenticate", b"proxy-authentication-info",
                                      b"age"})
@@ -196,12 +196,7 @@ def cache_lines(outcome: Outcome, age: float | None, *, ttl: float | None = None
 
 def parse_fwd(fwd: list[bytes]) -> list[tuple[bytes, bytes]]:
     """A ResponseHead's `fwd` lines back to (name, value) pairs."""
-    out: list[tuple[bytes, bytes]] = []
-    for line in b"".join(fwd).split(b"\r\n"):
-        if line:
-            name, _, value = line.partition(b":")
-            out.append((name, value.strip(b" \t")))
-    return out
+    return field_lines(b"".join(fwd))
 
 
 def with_status(head: bytes, status: int) -> bytes:

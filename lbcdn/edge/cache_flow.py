@@ -53,7 +53,7 @@ from lbcdn.edge.miss_job import MissJob, background_refresh
 from lbcdn.edge.passthrough import PassThrough
 from lbcdn.edge.stream import ExchangeTap
 from lbcdn.http.errors import HttpError, failure_status
-from lbcdn.http.head import ResponseHead
+from lbcdn.http.head import Head, ResponseHead
 from lbcdn.tasks import spawn
 
 if TYPE_CHECKING:
@@ -209,9 +209,9 @@ class CacheFlow(ExchangeTap):
             pre = precondition(method, head.headers, entry.etag, entry.last_modified,
                                entry.date, entry.response_time)
             if pre == 304:
-                parts = [b"HTTP/1.1 304 Not Modified\r\n",
-                         serialize(not_modified_headers(entry.headers)), lines]
-                self._finish_head(parts, 304, None)
+                self._finish_head(Head(304, b"", None, wire=b"HTTP/1.1 304 Not Modified\r\n"
+                                       + serialize(not_modified_headers(entry.headers)),
+                                       extra=lines), None)
                 return
             if pre == 412:
                 ex.respond_local(412, [(b"Content-Type", b"text/plain")]
@@ -225,32 +225,26 @@ class CacheFlow(ExchangeTap):
         if plan.kind is RangeKind.FULL:
             first = entry.head if self.status_override is None else with_status(entry.head,
                                                                                 status)
-            parts = [first, lines]
-            if method == b"HEAD":
-                self._finish_head(parts, status, None)
-                return
-            self._finish_head(parts, status, entry.chunks, entry.size)
+            self._finish_head(Head(status, b"", entry.size, wire=first, extra=lines),
+                              None if method == b"HEAD" else entry.chunks)
             return
         kept = [(n, v) for n, v in with_date(entry.headers, entry.response_time)
                 if n.lower() != b"content-range"]
         if plan.kind is RangeKind.UNSATISFIABLE:
-            parts = [serialize_head(416, kept + [(b"Content-Range", plan.content_range(
-                entry.size))], 0), lines]
-            self._finish_head(parts, 416, (), 0)
+            self._finish_head(Head(416, b"", 0, wire=serialize_head(
+                416, kept + [(b"Content-Range", plan.content_range(entry.size))], 0),
+                extra=lines), ())
             return
-        parts = [serialize_head(206, kept + [(b"Content-Range", plan.content_range(
-            entry.size))], plan.length), lines]
-        if method == b"HEAD":
-            self._finish_head(parts, 206, None)
-            return
-        self._finish_head(parts, 206, (entry.body[plan.start:plan.end + 1],), plan.length)
+        self._finish_head(Head(206, b"", plan.length, wire=serialize_head(
+            206, kept + [(b"Content-Range", plan.content_range(entry.size))], plan.length),
+            extra=lines), None if method == b"HEAD" else (entry.body[plan.start:plan.end + 1],))
 
-    def _finish_head(self, parts: list[bytes], status: int,
-                     chunks: tuple[bytes, ...] | None, size: int = 0) -> None:
-        """Write a complete response from cache (head parts without the final CRLF)."""
+    def _finish_head(self, head: Head, chunks: tuple[bytes, ...] | None) -> None:
+        """Write a complete response from cache: `head` (its HTTP/1.1 form, which has the
+        Content-Length of its body when it has one), then `chunks` (None: no body)."""
         ex = self.ex
         ex.set_tap(None)
-        ex.respond_cached(parts, status, chunks)
+        ex.respond_cached(head, chunks)
 
     # -- misses ------------------------------------------------------------------------------
     def miss(self, why: str) -> None:

@@ -4,7 +4,10 @@
   the fields that need directive parsing, preconditions or ranges) and whose entry is fresh in
   memory is answered here, without a CacheFlow (most requests of a CDN).
 - `answer_known`: a known head (lbcdn.edge.connection, "Known heads") on an idle keep-alive
-  connection is answered without an Exchange at all, from a HitPlan worked out once per head.
+  HTTP/1.1 connection is answered without an Exchange at all, from a HitPlan worked out once per
+  head. It is the HTTP/1.1 adapter's shortcut, the one place the cache side makes wire bytes:
+  a known head is a request's HTTP/1.1 bytes, and its answer is the HTTP/1.1 answer, stored
+  head and body as they are, which the adapter writes.
 Both decide exactly as the full flow (lbcdn.edge.cache_flow) would: they only skip work that has
 no effect on such a request; anything else goes to the full flow.
 - The runtime is per process (`set_runtime`, done by the daemon on start and reload).
@@ -21,7 +24,7 @@ from lbcdn.cache.policy import F_NO_CACHE, F_PURGED, RequestDirectives
 from lbcdn.cache.runtime import CacheRuntime
 from lbcdn.cache.signedurl import Verifier
 from lbcdn.edge.accounting import record
-from lbcdn.http.head import RequestHead
+from lbcdn.http.head import Head, RequestHead
 
 if TYPE_CHECKING:
     from lbcdn.edge.exchange import Exchange
@@ -119,7 +122,8 @@ def fast_hit(ex: Exchange, rt: CacheRuntime, dist: Distribution) -> bool:
     if hit is None:
         return False
     entry, age, ttl = hit
-    ex.respond_cached([entry.head, _HIT_LINES % (age, ttl)], entry.status,
+    ex.respond_cached(Head(entry.status, b"", entry.size, wire=entry.head,
+                           extra=_HIT_LINES % (age, ttl)),
                       entry.chunks if head.method == b"GET" else None)
     return True
 
@@ -168,39 +172,38 @@ class KnownHead:
         self.plan: HitPlan | None = None
 
 
-def answer_known(conn: ClientStream, known: KnownHead) -> bool:
-    """Answer a known head from memory when it is a plain fresh hit, with no Exchange: the
-    connection has nothing in progress and no write batch is open, so the answer goes out at
-    once. False: nothing was done, the caller starts an Exchange as usual (which may still
-    find the hit)."""
+def answer_known(conn: ClientStream, known: KnownHead) -> bytes | list[bytes] | None:
+    """The whole HTTP/1.1 answer to a known head when it is a plain fresh hit from memory, for
+    the adapter to write at once (the connection has nothing in progress), with no Exchange;
+    the hit is counted and recorded. None: nothing was done, the caller starts an Exchange as
+    usual (which may still find the hit)."""
     rt = _runtime
     plan = known.plan
     if plan is None or plan.rt is not rt:
         plan = known.plan = _plan(conn, known.head, rt)
         if plan is NO_PLAN:
-            return False
+            return None
     assert rt is not None and plan.metrics is not None
     head = known.head
     signed = plan.signed
     if signed is not None and signed.check(conn.listener.scheme.encode(), head.host, head.path,
                                            head.query, head.headers, conn.client_ip,
                                            rt.clock()) is not None:
-        return False
+        return None
     started = monotonic()
     generation = rt.memory.generation
     if plan.generation == generation and plan.since <= rt.clock() < plan.until:
         rt.metrics.count_hit()
         answer = plan.answer
-        conn.respond(answer)
         record(conn, head, plan.metrics, plan.status, started, 0, len(answer))
-        return True
+        return answer
     remembered = plan.entry
     if remembered is not None and plan.generation == generation:
         hit = _fresh(rt, remembered)
     else:
         hit = _fresh_hit(rt, plan.primary, head)
     if hit is None:
-        return False
+        return None
     entry, age, ttl = hit
     parts = [entry.head, _HIT_LINES % (age, ttl), b"\r\n"]
     if head.method == b"GET":
@@ -208,13 +211,10 @@ def answer_known(conn: ClientStream, known: KnownHead) -> bool:
     if entry.size <= _RENDER_MAX:  # joined once: kept for the next hits and written as one
         answer = b"".join(parts)
         _keep(rt, plan, entry, age, ttl, answer, generation)
-        conn.respond(answer)
-        n = len(answer)
-    else:
-        conn.respond_parts(parts)
-        n = sum(map(len, parts))
-    record(conn, head, plan.metrics, entry.status, started, 0, n)
-    return True
+        record(conn, head, plan.metrics, entry.status, started, 0, len(answer))
+        return answer
+    record(conn, head, plan.metrics, entry.status, started, 0, sum(map(len, parts)))
+    return parts
 
 
 def _keep(rt: CacheRuntime, plan: HitPlan, entry: CachedResponse, age: int, ttl: int,

@@ -26,6 +26,14 @@ Rules:
   remembered; the table is bounded and emptied when the listener's config changes. A known head
   on a connection with nothing in progress may be answered by the edge cache directly
   (`cache_hit.answer_known`: a plain fresh hit, no Exchange at all).
+- Responses: exchanges hand over a head object and the body's bytes (lbcdn.edge.stream); this
+  adapter frames them. A body of known length goes with its Content-Length (in the head's
+  HTTP/1.1 form already), one of unknown length chunked, or close-delimited for an HTTP/1.0
+  client (the connection then closes after it); HEAD, 1xx, 204 and 304 answers carry none.
+  Trailers go after the last chunk, when the response is chunked and the request said it takes
+  them (TE: trailers); otherwise they are dropped. The Connection field follows keep-alive:
+  `close` when the connection closes after the response, `keep-alive` to an HTTP/1.0 client
+  that keeps it; a head with nothing to add is written as the bytes it already is.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from lbcdn.edge.cache_hit import NO_PLAN, KnownHead, answer_known
 from lbcdn.edge.exchange import SENDING, SWITCHING, Exchange
 from lbcdn.edge.stream import PAUSE_BODY, PAUSE_PIPELINE, ClientStream
 from lbcdn.http.errors import HttpError
-from lbcdn.http.head import RequestHead, check_request, is_token
+from lbcdn.http.head import Head, HeadLimits, RequestHead, check_request, is_token
 from lbcdn.timers import Deadline
 from lbcdn import writebatch
 from lbcdn.writebatch import Writer
@@ -53,6 +61,11 @@ MAX_PIPELINED: Final = 16
 MAX_BUFFERED_BODY: Final = 256 * 1024
 KNOWN_HEAD_MAX_BYTES: Final = 2048   # longer heads (big cookies) are parsed every time
 _END: Final = b"\r\n\r\n"
+_CHUNKED: Final = b"Transfer-Encoding: chunked\r\n"
+_CLOSE: Final = b"Connection: close\r\n"
+_KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
+_UPGRADE: Final = b"Connection: upgrade\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 def _version(version: str) -> bytes:
@@ -83,22 +96,29 @@ def _version_missing(head: bytes) -> bool:
     return head.endswith(b"\n") and len(head.split(None, 2)) == 2
 
 
-class Limits:
+def _takes_trailers(head: RequestHead) -> bool:
+    """Whether a request's TE field says its client takes trailer fields (RFC 9110 10.1.4)."""
+    for name, value in head.headers:
+        if name.lower() == b"te":
+            for coding in value.lower().split(b","):
+                if coding.partition(b";")[0].strip() == b"trailers":
+                    return True
+    return False
+
+
+class Limits(HeadLimits):
     """The listener settings a connection reads on every request and header, copied out of
-    its config (a dataclass, whose attributes are dict lookups) into native attributes. A
+    its config (a dataclass, whose attributes are dict lookups) into native attributes: the
+    head limits (checked by HeadLimits, as the control listeners' are) and the timeouts. A
     connection keeps the limits of the config it was opened under."""
-    __slots__ = ("header_timeout_s", "idle_timeout_s", "body_timeout_s",
-                 "max_request_line_bytes", "max_header_bytes", "max_headers_total_bytes",
-                 "max_header_count")
+    __slots__ = ("header_timeout_s", "idle_timeout_s", "body_timeout_s")
 
     def __init__(self, config: ListenerConfig) -> None:
+        super().__init__(config.max_request_line_bytes, config.max_header_bytes,
+                         config.max_headers_total_bytes, config.max_header_count)
         self.header_timeout_s = config.header_timeout_s
         self.idle_timeout_s = config.idle_timeout_s
         self.body_timeout_s = config.body_timeout_s
-        self.max_request_line_bytes = config.max_request_line_bytes
-        self.max_header_bytes = config.max_header_bytes
-        self.max_headers_total_bytes = config.max_headers_total_bytes
-        self.max_header_count = config.max_header_count
 
 
 # An asyncio protocol by its methods, not by subclassing asyncio.Protocol: a non-compiled base
@@ -143,6 +163,12 @@ class ClientConnection(ClientStream, Writer):
         # a head whose Upgrade was declined, and when it began: llhttp stops after it as if the
         # protocol switched, and its request begins when parsing resumes (`_body_framing`)
         self._declined: tuple[RequestHead, float] | None = None
+        # the response being written: its bytes so far, whether its body is chunked, and
+        # the trailer lines to send after its last chunk
+        self._sent = 0
+        self._chunked = False
+        self._trailers = b""
+        self._keep = False
 
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -180,11 +206,16 @@ class ClientConnection(ClientStream, Writer):
                 self.tunnel is None and not self._stopped:
             known = self.listener.known_heads.get(data)
             if known is not None and known.plan is not NO_PLAN and not self.exchanges and \
-                    not self.draining and not self.write_paused and \
-                    answer_known(self, known):
-                self.bytes_in += len(data)
-                self.deadline.set(self.limits.idle_timeout_s)
-                return
+                    not self.draining and not self.write_paused:
+                answer = answer_known(self, known)
+                if answer is not None:
+                    if isinstance(answer, bytes):
+                        self.write(answer)
+                    else:
+                        self.writelines(answer)
+                    self.bytes_in += len(data)
+                    self.deadline.set(self.limits.idle_timeout_s)
+                    return
         owner = writebatch.begin()
         try:
             self._received(data, known)
@@ -249,10 +280,10 @@ class ClientConnection(ClientStream, Writer):
                 self.listener.remember_head(data, KnownHead(learn))
         if self._in_head:
             self._head_raw += len(data)
-            if self._head_raw > self.limits.max_headers_total_bytes + \
-                    self.limits.max_request_line_bytes:
+            err = self.limits.head_error(self._head_raw)
+            if err is not None:
                 self._stopped = True
-                self.fail(HttpError(431, "request head too large"))
+                self.fail(err)
             elif self.parser.get_http_version() == "0.9" or \
                     (between and self._begun == 1 and _version_missing(data)):
                 # a request line without a version: an HTTP/0.9 request has no headers, so
@@ -317,23 +348,19 @@ class ClientConnection(ClientStream, Writer):
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
         self._url_len += len(url)
-        if self._url_len > self.limits.max_request_line_bytes:
-            self._error = HttpError(414, "request line too long")
-            raise self._error
+        err = self.limits.url_error(self._url_len)
+        if err is not None:
+            self._error = err
+            raise err
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value) + 4
         self._headers_len += size
-        if size > self.limits.max_header_bytes:
-            self._error = HttpError(431, "a request header is too large")
-            raise self._error
-        if self._headers_len > self.limits.max_headers_total_bytes:
-            self._error = HttpError(431, "request headers too large")
-            raise self._error
         self._headers.append((name, value))
-        if len(self._headers) > self.limits.max_header_count:
-            self._error = HttpError(431, "too many request headers")
-            raise self._error
+        err = self.limits.header_error(size, self._headers_len, len(self._headers))
+        if err is not None:
+            self._error = err
+            raise err
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -384,26 +411,114 @@ class ClientConnection(ClientStream, Writer):
             self.deadline.set(self.limits.idle_timeout_s)
 
     # -- ClientStream: used by exchanges ---------------------------------------------------
-    def start_response(self, head: bytes) -> None:
-        self.write(head)
+    def _request(self) -> RequestHead | None:
+        """The head of the request being answered (None for a known head's answer)."""
+        return self.exchanges[0].head if self.exchanges else None
+
+    def _head(self, head: Head, body: bool, keep_alive: bool) -> bytes:
+        """`head` as it goes out, its framing and Connection field decided (see the module
+        docstring); whether the connection stays open after it goes to `self._keep`."""
+        exchanges = self.exchanges
+        version = exchanges[0].head.version if exchanges else b"1.1"
+        framing = b""
+        chunked = body and head.length is None
+        if chunked:
+            if version == b"1.1":
+                framing = _CHUNKED
+            else:
+                chunked = False
+                keep_alive = False  # close-delimited, the only framing 1.0 knows
+        if head.status == 101:
+            connection = _UPGRADE
+        elif not keep_alive or self.draining:
+            keep_alive = False
+            connection = _CLOSE
+        elif version == b"1.0":
+            connection = _KEEP_ALIVE
+        else:
+            connection = b""
+        self._chunked = chunked
+        self._keep = keep_alive
+        whole = head.whole
+        if not whole or head.extra or framing or connection:
+            whole = b"".join((head.wire(), head.extra, framing, connection, b"\r\n"))
+        self._sent = len(whole)
+        return whole
+
+    def start_response(self, head: Head, body: bool, keep_alive: bool) -> bool:
+        self.write(self._head(head, body, keep_alive))
+        return self._keep
+
+    def interim(self, head: Head) -> None:
+        request = self._request()
+        if request is not None and request.version == b"1.1":  # 1.0 knows no 1xx (RFC 9110 15.2)
+            self.write(head.whole or head.wire() + b"\r\n")
 
     def send_body(self, data: bytes) -> None:
-        self.write(data)
+        if self._chunked:
+            size = b"%x\r\n" % len(data)
+            self._sent += len(size) + len(data) + 2
+            self.writelines([size, data, b"\r\n"])
+        else:
+            self._sent += len(data)
+            self.write(data)
 
     def send_body_parts(self, parts: list[bytes]) -> None:
+        if self._chunked:
+            out: list[bytes] = []
+            for data in parts:
+                out += (b"%x\r\n" % len(data), data, b"\r\n")
+            parts = out
+        for data in parts:
+            self._sent += len(data)
         self.writelines(parts)
 
-    def respond(self, data: bytes) -> None:
-        self.write(data)
+    def send_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        request = self._request()
+        if not self._chunked or request is None or not _takes_trailers(request):
+            return  # no place for them (RFC 9110 6.5.1: trailers may be dropped)
+        parts = [self._trailers]
+        for name, value in fields:
+            parts += (name, b": ", value, b"\r\n")
+        self._trailers = b"".join(parts)
 
-    def respond_parts(self, parts: list[bytes]) -> None:
-        self.writelines(parts)
+    def end_response(self) -> None:
+        if self._chunked:
+            self._chunked = False
+            last = b"0\r\n%s\r\n" % self._trailers if self._trailers else _LAST_CHUNK
+            self._trailers = b""
+            self._sent += len(last)
+            self.write(last)
+
+    def respond(self, head: Head, body: tuple[bytes, ...], keep_alive: bool) -> bool:
+        data = self._head(head, bool(body), keep_alive)
+        if not body:
+            self.write(data)
+        elif self._chunked:
+            self.write(data)
+            self.send_body_parts(list(body))
+            self.end_response()
+        else:
+            parts = [data]
+            for part in body:
+                self._sent += len(part)
+                parts.append(part)
+            self.writelines(parts)
+        return self._keep
+
+    def response_bytes(self) -> int:
+        return self._sent
 
     def checkpoint(self) -> tuple[list[bytes], int] | None:
         return self.mark()
 
     def take_back(self, mark: tuple[list[bytes], int] | None) -> bool:
-        return self.rewind(mark)
+        if not self.rewind(mark):
+            return False
+        self._sent = 0
+        self._chunked = False
+        self._trailers = b""
+        return True
 
     def is_closed(self) -> bool:
         return self.closed

@@ -3,8 +3,8 @@
 The exchange is driven by events from the client connection (request body chunks, end of
 request, client gone, client stopped/started reading) and from the upstream connection (interim,
 head, body, done, failed, upgraded, stopped/started reading). It writes to both and decides:
-- framing towards the client: Content-Length kept; an unknown length becomes chunked for HTTP/1.1
-  clients and close-delimited for HTTP/1.0 ones; HEAD, 1xx, 204 and 304 carry no body;
+- whether the response has a body (HEAD, 1xx, 204 and 304 carry none) and its length when known;
+  how that is framed is the client stream's business (lbcdn.edge.stream);
 - framing towards the backend: always HTTP/1.1, request bodies keep their Content-Length or are
   re-chunked;
 - the one transparent retry: a reused keep-alive connection that dies before any response byte
@@ -16,8 +16,10 @@ head, body, done, failed, upgraded, stopped/started reading). It writes to both 
   by closing the client stream.
 
 The exchange writes to its client through a ClientStream (lbcdn.edge.stream) and never sees
-the protocol adapter behind it; its response side is one state machine (WAITING ... FINISHED
-below, with the table of allowed transitions).
+the protocol adapter behind it: it hands over a head object and the body's bytes, and the
+adapter frames them for its protocol. Its state is one state machine in h11's style, with a
+side for each direction: the request (REQ_HEAD ... REQ_FAILED) and the response (WAITING ...
+FINISHED), each with a table of the transitions allowed (below).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from lbcdn.edge.accounting import record
 from lbcdn.edge.stream import PAUSE_UPSTREAM, ClientStream, ExchangeTap
 from lbcdn.routing.config import FixedResponseAction, ForwardAction, RedirectAction, RouteConfig
 from lbcdn.http.date import http_date
-from lbcdn.http.errors import HttpError, error_response, failure_status, reason
-from lbcdn.http.head import ALLOWED_METHODS, RequestHead, ResponseHead, origin_request, \
+from lbcdn.http.errors import HttpError, error_body, error_fields, failure_status
+from lbcdn.http.head import ALLOWED_METHODS, Head, RequestHead, ResponseHead, origin_request, \
     response_has_body
 from lbcdn.http.request_id import new_request_id
 from lbcdn.routing import redirect_location
@@ -48,9 +50,29 @@ if TYPE_CHECKING:
 
 MAX_TUNNEL_BUFFER: Final = 1024 * 1024
 
-# The response side of an exchange, one state at a time (h11's style: the states, and a table
-# of the transitions allowed; any other is a bug and raises). Ordered: from SENDING on, bytes of
-# the response went out.
+# The exchange's state, h11's style: a state for each side, and for each side a table of the
+# transitions allowed; any other is a bug and raises InvalidTransition.
+#
+# The request side. Ordered: from REQ_DONE on, no more of the request will be read.
+REQ_HEAD: Final = 0      # the head arrived; its body is to come
+REQ_BODY: Final = 1      # body bytes are arriving
+REQ_DISCARD: Final = 2   # the response ended before the body did: the rest is read and dropped
+REQ_DONE: Final = 3      # the whole request was read (a request without a body starts here)
+REQ_DROPPED: Final = 4   # the whole request was read, the end of its body dropped
+REQ_FAILED: Final = 5    # the body broke a rule or timed out: no more of it is read
+REQ_STATE_NAMES: Final = ("REQ_HEAD", "REQ_BODY", "REQ_DISCARD", "REQ_DONE", "REQ_DROPPED",
+                          "REQ_FAILED")
+# allowed next states of each state, as bits (1 << state)
+_REQ_NEXT: Final = (
+    1 << REQ_BODY | 1 << REQ_DISCARD | 1 << REQ_DONE | 1 << REQ_FAILED,   # REQ_HEAD
+    1 << REQ_DISCARD | 1 << REQ_DONE | 1 << REQ_FAILED,                   # REQ_BODY
+    1 << REQ_DROPPED | 1 << REQ_FAILED,                                   # REQ_DISCARD
+    0,                                                                    # REQ_DONE
+    0,                                                                    # REQ_DROPPED
+    0,                                                                    # REQ_FAILED
+)
+
+# The response side. Ordered: from SENDING on, bytes of the response went out.
 WAITING: Final = 0     # no response yet
 SWITCHING: Final = 1   # no response yet; the request asked to switch protocols (Upgrade)
 SENDING: Final = 2     # the head went out, the body is on its way
@@ -58,7 +80,6 @@ SENT: Final = 3        # the whole response went out (the request body may still
 TUNNEL: Final = 4      # the backend switched protocols: bytes pass both ways
 FINISHED: Final = 5    # recorded: nothing more happens
 STATE_NAMES: Final = ("WAITING", "SWITCHING", "SENDING", "SENT", "TUNNEL", "FINISHED")
-# allowed next states of each state, as bits (1 << state)
 _NEXT: Final = (
     1 << SENDING | 1 << SENT | 1 << FINISHED,                          # WAITING
     1 << WAITING | 1 << SENDING | 1 << SENT | 1 << TUNNEL | 1 << FINISHED,  # SWITCHING
@@ -74,9 +95,19 @@ class InvalidTransition(Exception):
 
 
 def next_state(state: int, new: int) -> int:
-    """`new` if the table allows it after `state`, else InvalidTransition."""
+    """The response side's `new` state if the table allows it after `state`, else
+    InvalidTransition."""
     if not _NEXT[state] >> new & 1:
         raise InvalidTransition(f"exchange: {STATE_NAMES[state]} -> {STATE_NAMES[new]}")
+    return new
+
+
+def next_req_state(state: int, new: int) -> int:
+    """The request side's `new` state if the table allows it after `state`, else
+    InvalidTransition."""
+    if not _REQ_NEXT[state] >> new & 1:
+        raise InvalidTransition(
+            f"exchange: {REQ_STATE_NAMES[state]} -> {REQ_STATE_NAMES[new]}")
     return new
 
 _ERROR_HEAD: Final = RequestHead(b"-", b"-", b"-", None, b"1.1", [], b"")
@@ -105,14 +136,12 @@ class Exchange(UpstreamOwner):
     route: RouteConfig | None = None
     plan: RoutePlan | None = None
     error: HttpError | None = None
-    discard = False
     upstream: UpstreamConnection | None = None
     pool: Pool | None = None
     target: Target | None = None
     status = 0
-    state = WAITING
-    resp_chunked = False
-    bytes_out = 0
+    state = WAITING        # the response side
+    req = REQ_DONE         # the request side (REQ_HEAD when a body is to come)
     body_bytes = 0
     sent_at = 0.0
     upstream_time: float | None = None
@@ -134,7 +163,8 @@ class Exchange(UpstreamOwner):
         self.started = started
         rid = head.request_id
         self.request_id = rid or new_request_id()
-        self.body_done = not (head.chunked or head.content_length)
+        if head.chunked or head.content_length:
+            self.req = REQ_HEAD
         self.body_buf: list[bytes] = []
         # an upgrade request's connection cannot carry another request unless it switches
         self.keep_alive = head.keep_alive
@@ -240,24 +270,11 @@ class Exchange(UpstreamOwner):
 
     # -- local answers --------------------------------------------------------------------
     def respond_local(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        self._end_request_early()
-        parts = [b"HTTP/1.1 %d %s\r\nServer: lbcdn\r\nDate: %s\r\n" % (
-            status, reason(status), http_date())]
-        for name, value in headers:
-            parts += [name, b": ", value, b"\r\n"]
-        parts.append(self.extra_headers)
-        if response_has_body(b"GET", status):
-            parts.append(b"Content-Length: %d\r\n" % len(body))
-        self._connection_header(parts)
-        parts.append(b"\r\n")
-        if self.head.method != b"HEAD" and response_has_body(b"GET", status):
-            parts.append(body)
-        data = b"".join(parts)
-        self.status = status
-        self.state = next_state(self.state, SENT)
-        self.bytes_out += len(data)
-        self.conn.respond(data)
-        self._maybe_finish()
+        has_body = response_has_body(b"GET", status)
+        head = Head(status, b"", len(body) if has_body else None,
+                    [(b"Server", b"lbcdn"), (b"Date", http_date())] + headers,
+                    extra=self.extra_headers)
+        self._respond(head, (body,) if has_body and self.head.method != b"HEAD" else ())
 
     def respond_error(self, err: HttpError) -> None:
         state = self.state
@@ -266,21 +283,19 @@ class Exchange(UpstreamOwner):
         if state >= SENDING and not self._unsend_response():
             self.abort()  # part of the response is on its way: only closing can tell
             return
-        self._end_request_early()
         if err.close:
             self.keep_alive = False
-        if not self.keep_alive or self.conn.draining:
-            self.keep_alive = False
-            connection = b"close"
-        else:
-            connection = b"keep-alive" if self.head.version == b"1.0" else b""
-        data = error_response(err.status, self.request_id, err.detail, connection=connection,
-                              head_only=self.head.method == b"HEAD",
-                              extra_headers=err.headers, id_header=self.listener.id_header)
-        self.status = err.status
+        body = error_body(err.status, self.request_id, err.detail)
+        head = Head(err.status, b"", len(body),
+                    error_fields(self.request_id, self.listener.id_header), extra=err.headers)
+        self._respond(head, () if self.head.method == b"HEAD" else (body,))
+
+    def _respond(self, head: Head, body: tuple[bytes, ...]) -> None:
+        """A whole response at once (this exchange's own `head`: it may add to it)."""
+        self._end_request_early()
+        self.status = head.status
         self.state = next_state(self.state, SENT)
-        self.bytes_out += len(data)
-        self.conn.respond(data)
+        self.keep_alive = self.conn.respond(head, body, self.keep_alive)
         self._maybe_finish()
 
     def _unsend_response(self) -> bool:
@@ -291,8 +306,6 @@ class Exchange(UpstreamOwner):
             return False
         self.out_mark = None
         self.state = next_state(self.state, WAITING)
-        self.resp_chunked = False
-        self.bytes_out = 0
         return True
 
     # -- the cache side's surface (lbcdn.edge.cache_*) ---------------------------------------
@@ -303,46 +316,29 @@ class Exchange(UpstreamOwner):
     def is_finished(self) -> bool:
         return self.state == FINISHED
 
-    def respond_cached(self, parts: list[bytes], status: int,
-                       body: tuple[bytes, ...] | None) -> None:
-        """A whole response from the edge cache: `parts` are its head lines (this exchange
-        adds its own and the blank line), then `body`."""
-        self._end_request_early()
-        parts.append(self.extra_headers)
-        self._connection_header(parts)
-        parts.append(b"\r\n")
-        if body:
-            parts.extend(body)
-        n = 0
-        for p in parts:
-            n += len(p)
-        self.status = status
-        self.state = next_state(self.state, SENT)
-        self.bytes_out += n
-        self.conn.respond_parts(parts)
-        self._maybe_finish()
+    def respond_cached(self, head: Head, body: tuple[bytes, ...] | None) -> None:
+        """A whole response from the edge cache: its own `head` (this exchange adds its
+        lines), then `body` (None: no body, as for a HEAD request)."""
+        if self.extra_headers:
+            head.extra += self.extra_headers
+        self._respond(head, body or ())
 
-    def start_cached(self, parts: list[bytes], status: int, close_delimited: bool) -> None:
+    def start_cached(self, head: Head, body: bool) -> None:
         """The head of a response from the edge cache whose body follows (`send_cached`,
-        `end_cached`); `close_delimited`: the body ends with the connection."""
+        `end_cached`) when `body`."""
         self._end_request_early()
-        if close_delimited:
-            self.keep_alive = False
-        parts.append(self.extra_headers)
-        self._connection_header(parts)
-        parts.append(b"\r\n")
-        data = b"".join(parts)
-        self.status = status
+        if self.extra_headers:
+            head.extra += self.extra_headers
+        self.status = head.status
         self.state = next_state(self.state, SENDING)
-        self.bytes_out += len(data)
-        self.conn.start_response(data)
+        self.keep_alive = self.conn.start_response(head, body, self.keep_alive)
 
-    def send_cached(self, parts: list[bytes], size: int) -> None:
-        """Body bytes from the cache, framed; `size` of them are the body's."""
-        self.bytes_out += size
+    def send_cached(self, parts: list[bytes]) -> None:
+        """Body bytes from the cache."""
         self.conn.send_body_parts(parts)
 
     def end_cached(self) -> None:
+        self.conn.end_response()
         self.state = next_state(self.state, SENT)
         self._maybe_finish()
 
@@ -366,18 +362,11 @@ class Exchange(UpstreamOwner):
     def _end_request_early(self) -> None:
         """A final response goes out before the request body was read: drop what is left of
         it. A client that asked for 100-continue will probably never send it, so close."""
-        if not self.body_done:
-            self.discard = True
+        if self.req < REQ_DISCARD:
+            self.req = next_req_state(self.req, REQ_DISCARD)
             self.body_buf = []
             if self.head.expect_continue:
                 self.keep_alive = False
-
-    def _connection_header(self, parts: list[bytes]) -> None:
-        if not self.keep_alive or self.conn.draining:
-            self.keep_alive = False
-            parts.append(b"Connection: close\r\n")
-        elif self.head.version == b"1.0":
-            parts.append(b"Connection: keep-alive\r\n")
 
     # -- proxying -------------------------------------------------------------------------
     def forward(self, pool: Pool) -> None:
@@ -446,7 +435,7 @@ class Exchange(UpstreamOwner):
         # the response timeout waits for the whole request, unless the client waits for a
         # 100 Continue: then the backend is what everyone waits for
         upstream.begin(self, head.method == b"HEAD",
-                       sending=not self.body_done and not head.expect_continue)
+                       sending=self.req < REQ_DONE and not head.expect_continue)
         upstream.write(self._upstream_head(upstream.target))
         buffered, self.body_buf = self.body_buf, []
         if buffered:
@@ -455,7 +444,7 @@ class Exchange(UpstreamOwner):
                 size += len(chunk)
                 self._send_body(chunk)
             self.conn.body_unbuffered(size)
-        if self.body_done and head.chunked and not self.discard:
+        if self.req == REQ_DONE and head.chunked:
             upstream.write(b"0\r\n\r\n")
 
     def _upstream_head(self, target: Target) -> bytes:
@@ -517,7 +506,10 @@ class Exchange(UpstreamOwner):
                 self.body_bytes > route.max_body_bytes:
             self.request_broken(HttpError(413, "request body too large"))
             return
-        if self.discard:
+        req = self.req
+        if req == REQ_HEAD:
+            self.req = next_req_state(req, REQ_BODY)
+        elif req == REQ_DISCARD:
             return
         if self.upstream is not None:
             self._send_body(data)
@@ -526,18 +518,22 @@ class Exchange(UpstreamOwner):
             self.conn.body_buffered(len(data))
 
     def request_done(self) -> None:
-        self.body_done = True
-        upstream = self.upstream
-        if self.discard:
+        req = self.req
+        if req == REQ_DISCARD:
+            self.req = next_req_state(req, REQ_DROPPED)
             self._maybe_finish()
-        elif upstream is not None:
+            return
+        if req < REQ_DONE:
+            self.req = next_req_state(req, REQ_DONE)
+        upstream = self.upstream
+        if upstream is not None:
             if self.head.chunked:
                 upstream.write(b"0\r\n\r\n")
             upstream.sent()
 
     def request_broken(self, err: HttpError) -> None:
         """The request body broke a rule or timed out: no more of it will be read."""
-        self.body_done = True
+        self.req = next_req_state(self.req, REQ_FAILED)
         self.keep_alive = False
         if not self.conn.request_stopped(self):
             self.error = err  # answered in turn, when it becomes active
@@ -588,11 +584,10 @@ class Exchange(UpstreamOwner):
 
     # -- events from the upstream connection ----------------------------------------------
     def upstream_interim(self, resp: ResponseHead) -> None:
-        if resp.status == 100 and not self.body_done and self.upstream is not None:
+        if resp.status == 100 and self.req < REQ_DONE and self.upstream is not None:
             self.upstream.body_follows()
-        if self.head.version != b"1.1" or self.state >= SENDING:
-            return  # HTTP/1.0 clients do not expect 1xx (RFC 9110 15.2)
-        self.conn.start_response(resp.lead + b"\r\n")
+        if self.state < SENDING:
+            self.conn.interim(resp)
 
     def upstream_head(self, resp: ResponseHead) -> None:
         if self.tap is not None:
@@ -602,57 +597,38 @@ class Exchange(UpstreamOwner):
             self.pool.metrics.upstream_time(self.upstream_time)
         self.replay = None
         status = self.status = resp.status
-        head = self.head
-        if resp.content_length is None and head.method != b"HEAD" and \
-                response_has_body(b"GET", status):
-            if head.version == b"1.1":
-                self.resp_chunked = True
-            else:
-                self.keep_alive = False  # close-delimited, the only framing 1.0 knows
-        if not resp.keep_alive and not self.body_done:
+        if not resp.keep_alive and self.req < REQ_DONE:
             self.keep_alive = False
-        if self.keep_alive and head.version == b"1.1" and not self.resp_chunked and \
-                not self.extra_headers and resp.has_date and not self.conn.draining:
-            data = resp.whole  # no line of ours to add: the remembered head as it is
-        else:
-            parts = [resp.lead, self.extra_headers]
-            if not resp.has_date:
-                # RFC 9110 6.6.1: a recipient with a clock adds the Date a response lacks
-                parts += (b"Date: ", http_date(), b"\r\n")
-            if self.resp_chunked:
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-            self._connection_header(parts)
-            parts.append(b"\r\n")
-            data = b"".join(parts)
+        extra = self.extra_headers
+        if not resp.has_date:
+            # RFC 9110 6.6.1: a recipient with a clock adds the Date a response lacks
+            extra += b"Date: " + http_date() + b"\r\n"
+        # no field of ours to add: the remembered head as it is
+        out = resp if not extra else Head(status, resp.reason, resp.content_length,
+                                          wire=resp.lead, extra=extra)
         self.state = next_state(self.state, SENDING)
-        self.bytes_out += len(data)
         self.out_mark = self.conn.checkpoint()
-        self.conn.start_response(data)
+        self.keep_alive = self.conn.start_response(
+            out, response_has_body(self.head.method, status),
+            self.keep_alive)
 
     def upstream_body(self, data: bytes) -> None:
-        self.bytes_out += len(data)
         if self.state == TUNNEL:
             self.conn.tunnel_active()
-            self.conn.send_body(data)
-        elif self.resp_chunked:
-            self.conn.send_body_parts([b"%x\r\n" % len(data), data, b"\r\n"])
-        else:
-            self.conn.send_body(data)
+        self.conn.send_body(data)
 
     def upstream_done(self) -> None:
         if self.tap is not None:
             self.tap.done()
         self.upstream = None
-        if self.resp_chunked:
-            self.conn.send_body(b"0\r\n\r\n")
-            self.bytes_out += 5
+        self.conn.end_response()
         self.state = next_state(self.state, SENT)
         self._maybe_finish()
 
     def upstream_reusable(self) -> bool:
         """Whether the upstream connection may carry another request: only when all of this
         request went out, or the backend would read our next request as this one's body."""
-        return self.body_done and not self.discard
+        return self.req == REQ_DONE
 
     def upstream_failed(self, kind: str) -> None:
         upstream, self.upstream = self.upstream, None
@@ -726,7 +702,7 @@ class Exchange(UpstreamOwner):
                      "upstream timed out") if status == 504 else
             "upstream connection failed" if failure is Failure.CONNECT else
             "the target was deregistered" if failure is Failure.CUT else
-            "bad response from upstream", close=not self.body_done))
+            "bad response from upstream", close=self.req < REQ_DONE))
 
     def upstream_paused(self, paused: bool) -> None:
         if paused:
@@ -749,22 +725,19 @@ class Exchange(UpstreamOwner):
         self.upstream_time = writebatch.now() - self.sent_at
         if self.pool is not None:
             self.pool.metrics.upstream_time(self.upstream_time)
-        parts = [resp.lead, b"Connection: upgrade\r\n"]
+        lines: list[bytes] = []
         for name, value in resp.headers:
             if name.lower() == b"upgrade":
-                parts += (name, b": ", value, b"\r\n")
-        parts.append(b"\r\n")
-        data = b"".join(parts)
-        self.bytes_out += len(data)
+                lines += (name, b": ", value, b"\r\n")
         conn = self.conn
-        conn.start_response(data)
+        conn.start_response(Head(101, resp.reason, None, wire=resp.lead,
+                                 extra=b"".join(lines)), False, False)
         # the stream now belongs to the tunnel. The tunnel stays in flight on its target
         # (drained, and cut at the end of a deregistration delay, like a request) and is
         # recorded when it closes (client_lost), with the bytes that went through it both ways.
         self.state = next_state(self.state, TUNNEL)
         conn.become_tunnel(self)
         if rest:
-            self.bytes_out += len(rest)
             conn.send_body(rest)
         for chunk in self.tunnel_buf:
             upstream.write(chunk)
@@ -774,11 +747,13 @@ class Exchange(UpstreamOwner):
     def _maybe_finish(self) -> None:
         if self.state != SENT:
             return
-        if self.body_done or not self.keep_alive:
+        req = self.req
+        if req >= REQ_DONE or not self.keep_alive:
             self._record()
             self.conn.end(self.keep_alive)
-        else:
-            self.discard = True  # finish when the rest of the request body has been read
+        elif req != REQ_DISCARD:
+            # finish when the rest of the request body has been read
+            self.req = next_req_state(req, REQ_DISCARD)
 
     def abort(self) -> None:
         upstream, self.upstream = self.upstream, None
@@ -790,6 +765,8 @@ class Exchange(UpstreamOwner):
         self.conn.abort()
 
     def _record(self) -> None:
+        # the response's bytes: none unless it started (a later one may be under way)
+        bytes_out = self.conn.response_bytes() if self.state >= SENDING else 0
         self.state = next_state(self.state, FINISHED)
         attempt, self.inflight_target = self.inflight_target, None
         if attempt is not None and self.pool is not None:
@@ -798,6 +775,6 @@ class Exchange(UpstreamOwner):
         head = self.client_head
         record(self.conn, head if head is not None else self.head,
                plan.metrics if plan is not None else self.listener.route_metrics("-"),
-               self.status, self.started, self.body_bytes, self.bytes_out, self.target,
+               self.status, self.started, self.body_bytes, bytes_out, self.target,
                self.upstream_time, self.request_id)
 

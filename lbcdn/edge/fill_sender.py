@@ -1,6 +1,7 @@
 """A fill written to one client as it grows: a miss's own client, a collapsed waiter, or a
-newcomer reading a fill in progress (lbcdn.cache.store.Fill). Framing follows the fill: its
-Content-Length when the origin sent one, else chunked (close-delimited for HTTP/1.0)."""
+newcomer reading a fill in progress (lbcdn.cache.store.Fill). The head has the fill's length
+when the origin sent one; the client stream frames the body (chunked, or close-delimited for
+HTTP/1.0, when it has none)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from lbcdn.cache.directives import get_first
 from lbcdn.cache.headers import Outcome, cache_lines, not_modified_headers, serialize, \
     with_status
 from lbcdn.cache.store import Fill, FillReader
+from lbcdn.http.head import Head
 
 if TYPE_CHECKING:
     from lbcdn.edge.cache_flow import CacheFlow
@@ -29,7 +31,6 @@ class FillSender:
         self.outcome = outcome
         self.collapsed = collapsed
         self.stored = stored
-        self.chunked = False
         self.head_only = False
         self.closed = False
         self.paused = False
@@ -44,29 +45,22 @@ class FillSender:
         head = info.head if self.flow.status_override is None else with_status(info.head,
                                                                                 status)
         reported = self.flow.reported
-        parts = [head, reported if reported is not None else cache_lines(
-            self.outcome, info.age, stored=self.stored, collapsed=self.collapsed)]
+        lines = reported if reported is not None else cache_lines(
+            self.outcome, info.age, stored=self.stored, collapsed=self.collapsed)
         method = ex.head.method
         if self.flow.status_override is None and fill.status == 200:
             pre = precondition(method, ex.head.headers,
                                get_first(fill.headers, b"etag"), None, None, 0.0)
             if pre == 304:
-                parts[0] = b"HTTP/1.1 304 Not Modified\r\n" + serialize(
+                head = b"HTTP/1.1 304 Not Modified\r\n" + serialize(
                     not_modified_headers(fill.headers))
                 status = 304
-                self.head_only = True
         has_body = not (status < 200 or status in (204, 304))
-        if method == b"HEAD" or not has_body:
-            self.head_only = True
-            if info.length is not None and has_body:
-                parts.append(b"Content-Length: %d\r\n" % info.length)
-        elif info.length is not None:
-            parts.append(b"Content-Length: %d\r\n" % info.length)
-        elif ex.head.version == b"1.1":
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-            self.chunked = True
-        ex.start_cached(parts, status, close_delimited=not self.head_only and
-                        info.length is None and not self.chunked)
+        self.head_only = method == b"HEAD" or not has_body
+        length = info.length if has_body else None
+        if length is not None:
+            head += b"Content-Length: %d\r\n" % length
+        ex.start_cached(Head(status, b"", length, wire=head, extra=lines), not self.head_only)
         if self.head_only:
             self.close()
             ex.end_cached()
@@ -80,23 +74,12 @@ class FillSender:
         ex = self.ex
         chunks = self.reader.take()
         if chunks:
-            n = 0
-            for c in chunks:
-                n += len(c)
-            if self.chunked:
-                out: list[bytes] = []
-                for c in chunks:
-                    out += (b"%x\r\n" % len(c), c, b"\r\n")
-                ex.send_cached(out, n)
-            else:
-                ex.send_cached(chunks, n)
+            ex.send_cached(chunks)
         if self.reader.at_end:
             self.close()
             if fill.error is not None:
                 ex.abort()  # the response has started: only closing can tell
                 return
-            if self.chunked:
-                ex.send_cached([b"0\r\n\r\n"], 5)
             ex.end_cached()
 
     def client_paused(self, paused: bool) -> None:

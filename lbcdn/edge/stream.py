@@ -4,13 +4,21 @@ The bottom of the edge's import order (listener -> connection -> exchange -> cac
 this module; tests/edge/test_imports.py keeps it so): it imports nothing of lbcdn.edge.
 
 A protocol adapter (the HTTP/1.1 `ClientConnection` today, an HTTP/2 stream next) implements
-`ClientStream`; the exchange writes its response through it and never sees the connection:
-- a response goes out as its head (`start_response`), body bytes (`send_body`,
-  `send_body_parts`) and its end (`end`), or whole at once (`respond`, `respond_parts`); `abort` ends the
-  stream at once, which is how a failure after the head can only be signalled. Heads and bodies
-  are in HTTP/1.1 form (a head is its serialized lines; a body chunked when the head says so),
-  the form stored entries and remembered upstream heads already have; an adapter for another
-  protocol reframes them;
+`ClientStream`; the exchange writes its response through it and never sees the connection.
+The response API knows no wire protocol:
+- a response is a head (`start_response`: a `lbcdn.http.head.Head`, an object with status,
+  reason, fields and the body's length when known), body bytes as they are (`send_body`,
+  `send_body_parts`: never framed by the exchange), trailer fields (`send_trailers`) and its end
+  (`end_response`); or all of it at once (`respond`). A 1xx goes out with `interim`. `abort`
+  ends the stream at once, which is how a failure after the head can only be signalled;
+- the adapter decides the framing for its protocol: the HTTP/1.1 adapter sends Content-Length
+  when the head has a length, chunked (or close-delimited for an HTTP/1.0 client) when not,
+  encodes the chunks and the terminating chunk, the trailers after it when the request allows
+  (TE: trailers), and its Connection field. A head may carry its HTTP/1.1 form already
+  (`Head.wire()`, as stored entries and backends' heads have it), which the HTTP/1.1 adapter
+  writes as it is and another adapter never needs: it reads `Head.fields()`;
+- `end(keep_alive)` says the exchange is over (its response sent and its request read): the
+  stream carries the next request when `keep_alive`;
 - the request comes the other way: the adapter delivers its head (by creating the exchange),
   body chunks, end, failure, and the client's own flow control (`Exchange.client_paused`);
 - reading the request is paused and resumed for a reason (`pause`, `resume`, the PAUSE_*
@@ -28,7 +36,7 @@ from mypy_extensions import mypyc_attr
 
 if TYPE_CHECKING:
     from lbcdn.edge.listener import Listener
-    from lbcdn.http.head import ResponseHead
+    from lbcdn.http.head import Head, ResponseHead
 
 # reasons reading from the client is paused; reading resumes when none is left
 PAUSE_UPSTREAM: Final = 1        # the upstream cannot take the request body as fast as it comes
@@ -47,20 +55,41 @@ class ClientStream:
     draining: bool
 
     # -- the response ---------------------------------------------------------------------
-    def start_response(self, head: bytes) -> None:
+    def start_response(self, head: Head, body: bool, keep_alive: bool) -> bool:
+        """Send `head`; `body`: body bytes follow (not for a HEAD request, nor a 204 or 304).
+        `keep_alive`: the exchange would let the stream carry another request after this one.
+        Returns whether the stream will (an HTTP/1.0 body of unknown length ends with the
+        connection); `end` gets that answer."""
+        raise NotImplementedError
+
+    def interim(self, head: Head) -> None:
+        """An informational (1xx) response before the final one."""
         raise NotImplementedError
 
     def send_body(self, data: bytes) -> None:
+        """Body bytes of the response, as they are."""
         raise NotImplementedError
 
     def send_body_parts(self, parts: list[bytes]) -> None:
         raise NotImplementedError
 
-    def respond(self, data: bytes) -> None:
-        """A whole response (head and body) at once."""
+    def send_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """Trailer fields, after the last body bytes and before `end_response`; dropped when
+        the response or the client cannot carry them."""
         raise NotImplementedError
 
-    def respond_parts(self, parts: list[bytes]) -> None:
+    def end_response(self) -> None:
+        """The response is complete (its body, when it had one, was all sent)."""
+        raise NotImplementedError
+
+    def respond(self, head: Head, body: tuple[bytes, ...], keep_alive: bool) -> bool:
+        """A whole response at once: `start_response(head, bool(body) ...)`, the body parts,
+        `end_response`. An empty `body`: none is sent."""
+        raise NotImplementedError
+
+    def response_bytes(self) -> int:
+        """Bytes of the current response sent so far, its head and framing included (the
+        access log's `bytes_out`)."""
         raise NotImplementedError
 
     def checkpoint(self) -> tuple[list[bytes], int] | None:
@@ -69,7 +98,7 @@ class ClientStream:
 
     def take_back(self, mark: tuple[list[bytes], int] | None) -> bool:
         """Drop what was sent since `mark` if none of it left yet (a 502 for a backend whose
-        good head and broken body came in one read)."""
+        good head and broken body came in one read); the response has not started then."""
         raise NotImplementedError
 
     def end(self, keep_alive: bool) -> None:

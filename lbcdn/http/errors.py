@@ -49,16 +49,33 @@ def failure_status(kind: str) -> int:
     return 502
 
 
+def error_body(status: int, request_id: bytes, detail: str = "") -> bytes:
+    """The body of lbcdn's own error response."""
+    return b"%d %s%s\nlbcdn request id: %s\n" % (
+        status, reason(status), (": " + detail).encode("ascii", "replace") if detail else b"",
+        request_id)
+
+
+def error_fields(request_id: bytes, id_header: bytes = b"X-Request-Id"
+                 ) -> list[tuple[bytes, bytes]]:
+    """The header fields of lbcdn's own error response (its body is `error_body`)."""
+    return [(b"Server", b"lbcdn"), (b"Date", http_date()),
+            (b"Content-Type", b"text/plain; charset=utf-8"), (id_header, request_id)]
+
+
 def error_response(status: int, request_id: bytes, detail: str = "", *,
                    connection: bytes = b"close", head_only: bool = False,
                    extra_headers: bytes = b"", id_header: bytes = b"X-Request-Id") -> bytes:
-    """A complete HTTP/1.1 error response. `connection` is the Connection header value to send
-    (b"" for none); `extra_headers` are ready-made header lines."""
-    phrase = reason(status)
-    body = b"%d %s%s\nlbcdn request id: %s\n" % (
-        status, phrase, (": " + detail).encode("ascii", "replace") if detail else b"", request_id)
-    head = b"HTTP/1.1 %d %s\r\nServer: lbcdn\r\nDate: %s\r\n" \
-           b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s: %s\r\n%s%s\r\n" % (
-               status, phrase, http_date(), len(body), id_header, request_id,
-               extra_headers, b"Connection: %s\r\n" % connection if connection else b"")
-    return head if head_only else head + body
+    """A complete HTTP/1.1 error response, for a connection that speaks no more than that (a
+    listener turning a connection away, the control process's listeners). `connection` is the
+    Connection header value to send (b"" for none); `extra_headers` are ready-made header
+    lines."""
+    body = error_body(status, request_id, detail)
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason(status))]
+    for name, value in error_fields(request_id, id_header):
+        parts += (name, b": ", value, b"\r\n")
+    parts += (b"Content-Length: %d\r\n" % len(body), extra_headers,
+              b"Connection: %s\r\n" % connection if connection else b"", b"\r\n")
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)

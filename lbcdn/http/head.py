@@ -303,30 +303,134 @@ def check_request(method: bytes, target: bytes, version: bytes,
     return head
 
 
-class ResponseHead:
-    """A validated response head; `fwd` holds the end-to-end header lines, ready to join, and
-    `lead` is what a proxy sends first: our HTTP/1.1 status line (the backend's reason, or the
-    standard one) and those lines; `whole` is `lead` and the blank line, the whole head when the
-    proxy adds no line of its own; `has_date` says whether the head has a Date field. Heads read
-    from a backend are remembered by their bytes and shared by every response with the same
-    head: never modify one."""
+class HeadLimits:
+    """The limits on a request head (lbcdn.configkit.limits names them: the edge's listeners
+    and the control process's share their keys), copied into native attributes, and the one
+    place they are checked: the edge's client connection and the control listeners' HeadGuard
+    ask the same methods while llhttp parses a head. Each returns the error to answer, or
+    None."""
+    __slots__ = ("max_request_line_bytes", "max_header_bytes", "max_headers_total_bytes",
+                 "max_header_count")
 
-    __slots__ = ("status", "reason", "headers", "content_length", "chunked", "keep_alive",
-                 "fwd", "lead", "whole", "has_date")
+    def __init__(self, max_request_line_bytes: int, max_header_bytes: int,
+                 max_headers_total_bytes: int, max_header_count: int) -> None:
+        self.max_request_line_bytes = max_request_line_bytes
+        self.max_header_bytes = max_header_bytes
+        self.max_headers_total_bytes = max_headers_total_bytes
+        self.max_header_count = max_header_count
+
+    def url_error(self, length: int) -> HttpError | None:
+        """The request-target read so far is `length` bytes long."""
+        if length > self.max_request_line_bytes:
+            return HttpError(414, "request line too long")
+        return None
+
+    def header_error(self, size: int, total: int, count: int) -> HttpError | None:
+        """A header line of `size` bytes (name, value, ": " and CRLF) was read; with it the
+        head has `count` header fields of `total` bytes."""
+        if size > self.max_header_bytes:
+            return HttpError(431, "a request header is too large")
+        if total > self.max_headers_total_bytes:
+            return HttpError(431, "request headers too large")
+        if count > self.max_header_count:
+            return HttpError(431, "too many request headers")
+        return None
+
+    def head_error(self, size: int) -> HttpError | None:
+        """`size` bytes of a head arrived, its end not yet (a line still arriving is not seen
+        by the callbacks above)."""
+        if size > self.max_headers_total_bytes + self.max_request_line_bytes:
+            return HttpError(431, "request head too large")
+        return None
+
+
+def field_lines(block: bytes) -> list[tuple[bytes, bytes]]:
+    """Serialized header lines (`Name: value` CRLF ..., a status line first or not) back to
+    (name, value) pairs, values without their surrounding whitespace."""
+    out: list[tuple[bytes, bytes]] = []
+    for line in block.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if colon and name[:5] != b"HTTP/":
+            out.append((name, value.strip(b" \t")))
+    return out
+
+
+class Head:
+    """A response head as the exchange hands it to a protocol adapter (lbcdn.edge.stream):
+    `status`, `reason` (b"" for the standard phrase) and `length`, the length of the body when
+    it is known (its Content-Length), else None.
+
+    Its header fields (end-to-end ones only: framing and connection fields are the adapter's)
+    come in one of two forms, and the other is made from it when first asked for:
+    - `fields()`: (name, value) pairs, without Content-Length (that is `length`);
+    - `wire()`: the HTTP/1.1 form, the status line and the field lines, with the Content-Length
+      line of `length` when it is known, without the blank line. Stored entries and the heads
+      read from backends already have it (and heads from backends are remembered and shared), so
+      the HTTP/1.1 adapter writes them as they are; `whole` is `wire()` and the blank line when
+      it was made already (b"" when not).
+    `extra` holds the fields this one response adds (Age, Cache-Status, HSTS, a missing Date),
+    as serialized lines; `fields()` includes them, `wire()` does not. A Head that is shared
+    (a backend's, a stored entry's) is never modified: a response that adds fields gets its own.
+    """
+
+    __slots__ = ("status", "reason", "length", "extra", "whole", "_wire", "_fields")
+
+    def __init__(self, status: int, reason: bytes, length: int | None,
+                 fields: list[tuple[bytes, bytes]] | None = None, wire: bytes = b"",
+                 extra: bytes = b"") -> None:
+        self.status = status
+        self.reason = reason
+        self.length = length
+        self.extra = extra
+        self.whole = b""
+        self._wire = wire
+        self._fields = fields
+
+    def wire(self) -> bytes:
+        wire = self._wire
+        if not wire:
+            parts = [b"HTTP/1.1 %d %s\r\n" % (self.status, self.reason or
+                                                 reason_phrase(self.status))]
+            for name, value in self._fields or ():
+                parts += (name, b": ", value, b"\r\n")
+            if self.length is not None:
+                parts.append(b"Content-Length: %d\r\n" % self.length)
+            wire = self._wire = b"".join(parts)
+        return wire
+
+    def fields(self) -> list[tuple[bytes, bytes]]:
+        own = self._fields
+        if own is None:
+            own = self._fields = [(n, v) for n, v in field_lines(self._wire)
+                                  if n.lower() != b"content-length"]
+        return own + field_lines(self.extra) if self.extra else own
+
+
+class ResponseHead(Head):
+    """A validated response head read from a backend; `fwd` holds the end-to-end header lines,
+    ready to join, and `lead` is what a proxy sends first: our HTTP/1.1 status line (the
+    backend's reason, or the standard one) and those lines (its `wire()`); `whole` is `lead` and
+    the blank line, the whole head when the proxy adds no line of its own; `has_date` says
+    whether the head has a Date field. `headers` holds only the fields the proxy looks at
+    (Upgrade). Heads read from a backend are remembered by their bytes and shared by every
+    response with the same head: never modify one."""
+
+    __slots__ = ("headers", "content_length", "chunked", "keep_alive", "fwd", "lead",
+                 "has_date")
 
     def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                  content_length: int | None, chunked: bool, keep_alive: bool,
                  fwd: list[bytes], has_date: bool = True) -> None:
-        self.status = status
-        self.reason = reason
+        lead = b"HTTP/1.1 %d %s\r\n%s" % (status, reason or reason_phrase(status),
+                                            b"".join(fwd))
+        super().__init__(status, reason, content_length, wire=lead)
         self.headers = headers
         self.content_length = content_length
         self.chunked = chunked
         self.keep_alive = keep_alive
         self.fwd = fwd
-        self.lead = b"HTTP/1.1 %d %s\r\n%s" % (status, reason or reason_phrase(status),
-                                               b"".join(fwd))
-        self.whole = self.lead + b"\r\n"
+        self.lead = lead
+        self.whole = lead + b"\r\n"
         self.has_date = has_date
 
 

@@ -20,6 +20,7 @@ import httptools
 
 from lbcdn.configkit.limits import HttpLimitsConfig
 from lbcdn.http.errors import HttpError
+from lbcdn.http.head import HeadLimits
 
 IDLE: Final = 0   # between requests (or before the first byte)
 HEAD: Final = 1   # a request head is arriving
@@ -28,7 +29,8 @@ BODY: Final = 2   # a request body is arriving
 
 class HeadGuard:
     def __init__(self, limits: HttpLimitsConfig) -> None:
-        self.limits = limits
+        self.limits = HeadLimits(limits.max_request_line_bytes, limits.max_header_bytes,
+                                 limits.max_headers_total_bytes, limits.max_header_count)
         self.phase = IDLE
         self.heads = 0          # complete request heads seen
         self._parser = self._new_parser()
@@ -57,9 +59,7 @@ class HeadGuard:
         if self.phase == HEAD:
             # a line still arriving is not seen by the callbacks: count its bytes here
             self._head_bytes += len(data)
-            if self._head_bytes > self.limits.max_headers_total_bytes + \
-                    self.limits.max_request_line_bytes:
-                return HttpError(431, "request head too large")
+            return self.limits.head_error(self._head_bytes)
         return None
 
     # -- httptools callbacks --------------------------------------------------------------
@@ -69,22 +69,19 @@ class HeadGuard:
 
     def on_url(self, url: bytes) -> None:
         self._url_len += len(url)
-        if self._url_len > self.limits.max_request_line_bytes:
-            self._error = HttpError(414, "request line too long")
-            raise self._error
+        err = self.limits.url_error(self._url_len)
+        if err is not None:
+            self._error = err
+            raise err
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value) + 4
         self._headers_len += size
         self._header_count += 1
-        if size > self.limits.max_header_bytes:
-            self._error = HttpError(431, "a request header is too large")
-        elif self._headers_len > self.limits.max_headers_total_bytes:
-            self._error = HttpError(431, "request headers too large")
-        elif self._header_count > self.limits.max_header_count:
-            self._error = HttpError(431, "too many request headers")
-        if self._error is not None:
-            raise self._error
+        err = self.limits.header_error(size, self._headers_len, self._header_count)
+        if err is not None:
+            self._error = err
+            raise err
 
     def on_headers_complete(self) -> None:
         self.heads += 1

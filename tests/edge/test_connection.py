@@ -17,10 +17,14 @@ from typing import Any
 import pytest
 
 from lbcdn.config.load import load_config_text
+from lbcdn.configkit.limits import HttpLimitsConfig
 from lbcdn.daemon import Daemon
 from lbcdn.edge.connection import MAX_BUFFERED_BODY, ClientConnection
+from lbcdn.edge.exchange import Exchange
 from lbcdn.edge.listener import Listener
 from lbcdn.edge.stream import PAUSE_BODY, PAUSE_UPSTREAM
+from lbcdn.http.head import Head, check_request
+from lbcdn.http.headguard import HeadGuard
 from lbcdn.logs import AccessLog
 from lbcdn.routing import Router
 from tests.e2e.harness import (listener_port, proxy_config, raw_backend, raw_client,
@@ -321,3 +325,119 @@ async def test_shutdown_closes_an_idle_connection_and_finishes_a_busy_one(
     out = busy.transport.take()
     assert status_lines(out) == [b"HTTP/1.1 200 OK"] and b"Connection: close" in out
     assert busy.transport.closed
+
+
+# -- the response API: what the adapter makes of heads and body bytes ------------------------
+def answering(client: Client, version: bytes = b"1.1",
+              headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Make a request (not started) the one the connection answers."""
+    conn = client.conn
+    head = check_request(b"GET", b"/", version, [(b"Host", b"a")] + (headers or []),
+                         True, False, conn.listener.header_kinds)
+    conn.exchanges.append(Exchange(conn, head, 0.0))
+
+
+def fields_head(length: int | None, status: int = 200) -> Head:
+    return Head(status, b"", length, [(b"Server", b"t"), (b"X-A", b"1")])
+
+
+async def test_a_head_with_a_length_goes_as_its_wire_form_and_the_body_as_it_is(
+        client: Client) -> None:
+    answering(client)
+    wire = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 5\r\n"
+    head = Head(200, b"", 5, wire=wire)
+    assert client.conn.start_response(head, True, True)
+    client.conn.send_body(b"hello")
+    client.conn.end_response()
+    assert client.transport.take() == wire + b"\r\nhello"
+    assert client.conn.response_bytes() == len(wire) + 2 + 5
+
+
+async def test_a_body_of_unknown_length_is_chunked_with_its_trailers_when_taken(
+        client: Client) -> None:
+    answering(client, headers=[(b"TE", b"deflate, trailers;q=1")])
+    assert client.conn.start_response(fields_head(None), True, True)
+    client.conn.send_body(b"hello")
+    client.conn.send_body_parts([b" ", b"world"])
+    client.conn.send_trailers([(b"X-Checksum", b"abc")])
+    client.conn.end_response()
+    out = client.transport.take()
+    assert out == (b"HTTP/1.1 200 OK\r\nServer: t\r\nX-A: 1\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n"
+                   b"5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Checksum: abc\r\n\r\n")
+    assert client.conn.response_bytes() == len(out)
+
+
+@pytest.mark.parametrize("te, length", [(None, None), (b"gzip", None), (b"trailers", 5)])
+async def test_trailers_are_dropped_without_te_trailers_or_chunks(
+        client: Client, te: bytes | None, length: int | None) -> None:
+    answering(client, headers=[(b"TE", te)] if te else [])
+    client.conn.start_response(fields_head(length), True, True)
+    client.conn.send_body(b"hello")
+    client.conn.send_trailers([(b"X-Checksum", b"abc")])
+    client.conn.end_response()
+    out = client.transport.take()
+    assert b"X-Checksum" not in out
+    assert out.endswith(b"5\r\nhello\r\n0\r\n\r\n" if length is None else b"\r\nhello")
+
+
+async def test_an_http10_body_of_unknown_length_ends_with_the_connection(
+        client: Client) -> None:
+    answering(client, version=b"1.0")
+    assert not client.conn.start_response(fields_head(None), True, True)
+    client.conn.send_body(b"hello")
+    client.conn.end_response()
+    out = client.transport.take()
+    assert b"Connection: close\r\n\r\nhello" in out and out.endswith(b"\r\n\r\nhello")
+    assert b"Transfer-Encoding" not in out
+
+
+async def test_an_http10_client_that_keeps_the_connection_is_told_so(client: Client) -> None:
+    answering(client, version=b"1.0")
+    assert client.conn.respond(fields_head(2), (b"ok",), True)
+    assert client.transport.take().endswith(
+        b"Content-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+
+
+@pytest.mark.parametrize("status", [204, 304])
+async def test_no_body_no_framing(client: Client, status: int) -> None:
+    answering(client)
+    assert client.conn.respond(fields_head(None, status), (), True)
+    assert client.transport.take() == b"HTTP/1.1 %d %s\r\nServer: t\r\nX-A: 1\r\n\r\n" % (
+        status, b"No Content" if status == 204 else b"Not Modified")
+
+
+async def test_a_draining_connection_says_it_closes(client: Client) -> None:
+    answering(client)
+    client.conn.draining = True
+    assert not client.conn.respond(fields_head(2), (b"ok",), True)
+    assert b"Connection: close\r\n" in client.transport.take()
+
+
+async def test_an_interim_response_goes_to_http11_clients_only(client: Client) -> None:
+    answering(client, version=b"1.0")
+    client.conn.interim(Head(100, b"", None, []))
+    assert client.transport.take() == b""
+    client.conn.exchanges.clear()
+    answering(client)
+    client.conn.interim(Head(100, b"", None, []))
+    assert client.transport.take() == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@pytest.mark.parametrize("data", [
+    b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n",
+    b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n",
+    b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 4000) for i in range(9))
+    + b"\r\n",
+    b"GET / HTTP/1.1\r\nX-Long: " + b"v" * 41000,
+])
+async def test_head_limits_are_the_control_listeners_own(client: Client, data: bytes) -> None:
+    """The same limits, checked by the same code (lbcdn.http.head.HeadLimits), as HeadGuard
+    for the control process's listeners: the same bytes get the same status and detail."""
+    expected = HeadGuard(HttpLimitsConfig()).feed(data)
+    assert expected is not None
+    client.send(data)
+    out = client.transport.take()
+    assert status_lines(out)[0].startswith(b"HTTP/1.1 %d " % expected.status)
+    assert expected.detail.encode() in out

@@ -1,5 +1,5 @@
 """Exchange behaviour that needs a scripted backend: the upgrade tunnel's idle timeout; and
-the table of the exchange's response states."""
+the tables of the exchange's states, for its request side and its response side."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import time
 
 import pytest
 
-from lbcdn.edge.exchange import (FINISHED, SENDING, SENT, STATE_NAMES, SWITCHING, TUNNEL,
-                                 WAITING, InvalidTransition, next_state)
+from lbcdn.edge.exchange import (FINISHED, REQ_BODY, REQ_DISCARD, REQ_DONE, REQ_DROPPED,
+                                 REQ_FAILED, REQ_HEAD, REQ_STATE_NAMES, SENDING, SENT,
+                                 STATE_NAMES, SWITCHING, TUNNEL, WAITING, InvalidTransition,
+                                 next_req_state, next_state)
 
 from tests.e2e.harness import (HOST, listener_port, proxy_config, raw_backend, read_request,
                                running_daemon, wait_closed_by_peer)
@@ -71,3 +73,31 @@ def test_the_paths_an_exchange_takes_are_allowed(path: tuple[int, ...]) -> None:
 def test_any_other_transition_raises(state: int, new: int) -> None:
     with pytest.raises(InvalidTransition, match=f"{STATE_NAMES[state]} -> {STATE_NAMES[new]}"):
         next_state(state, new)
+
+
+@pytest.mark.parametrize(("path"), [
+    (REQ_HEAD, REQ_BODY, REQ_DONE),                  # a body read whole
+    (REQ_HEAD, REQ_DONE),                            # an empty chunked body
+    (REQ_HEAD, REQ_BODY, REQ_DISCARD, REQ_DROPPED),  # answered before the body ended
+    (REQ_HEAD, REQ_DISCARD, REQ_DROPPED),            # answered before any of the body
+    (REQ_HEAD, REQ_BODY, REQ_FAILED),                # a body too large, or too slow
+    (REQ_HEAD, REQ_FAILED),                          # the body timed out before a byte
+    (REQ_HEAD, REQ_DISCARD, REQ_FAILED),             # broke a rule while being dropped
+])
+def test_the_paths_a_request_takes_are_allowed(path: tuple[int, ...]) -> None:
+    state = path[0]
+    for new in path[1:]:
+        state = next_req_state(state, new)
+    assert state == path[-1]
+
+
+@pytest.mark.parametrize(("state", "new"), [
+    (REQ_DONE, REQ_BODY), (REQ_DONE, REQ_DONE), (REQ_DONE, REQ_DISCARD), (REQ_DONE, REQ_FAILED),
+    (REQ_BODY, REQ_HEAD), (REQ_BODY, REQ_DROPPED), (REQ_DISCARD, REQ_DONE),
+    (REQ_DISCARD, REQ_BODY), (REQ_DROPPED, REQ_DONE), (REQ_FAILED, REQ_DONE),
+    (REQ_FAILED, REQ_FAILED), (REQ_HEAD, REQ_DROPPED),
+])
+def test_any_other_request_transition_raises(state: int, new: int) -> None:
+    with pytest.raises(InvalidTransition,
+                       match=f"{REQ_STATE_NAMES[state]} -> {REQ_STATE_NAMES[new]}"):
+        next_req_state(state, new)
