@@ -314,7 +314,7 @@ async def test_cache_hits_answered_from_known_heads_still_honour_source_ip_rules
     the same head bytes from another client address may belong to another route."""
     async with demo_backend("app") as backend:
         config = cached(backend, [rule("office", source_ip="127.0.0.2/32"),
-                                  {"name": "cdn", "cache": "site", "forward": "app"}])
+                                  {"name": "cdn", "cache": "site"}])
         port = listener_port(config)
         async with running_daemon(config):
             async with raw_client(port) as c:

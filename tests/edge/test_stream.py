@@ -152,7 +152,7 @@ async def chunked_origin(reader: asyncio.StreamReader, writer: asyncio.StreamWri
 async def test_exchanges_hand_a_stream_head_objects_and_unframed_body_bytes() -> None:
     async with raw_backend(chunked_origin) as port:
         config = proxy_config(port, routes=[
-            {"name": "cdn", "forward": "app", "cache": "site", "match": {"path_prefix": "/c/"}},
+            {"name": "cdn", "cache": "site", "match": {"path_prefix": "/c/"}},
             {"name": "fixed", "match": {"path_prefix": "/fixed"},
              "fixed_response": {"status": 200, "content_type": "text/plain", "body": "ok"}},
         ], cache={
