@@ -222,12 +222,14 @@ def _keep(rt: CacheRuntime, plan: HitPlan, entry: CachedResponse, age: int, ttl:
 
 def _plan(conn: ClientStream, head: RequestHead, rt: CacheRuntime | None) -> HitPlan:
     """The HitPlan of a head: NO_PLAN unless it is an HTTP/1.1 keep-alive plain request to a
-    cache route that adds nothing of its own (HTTPS redirects, HSTS) to its answers."""
+    cache route that adds nothing of its own (HTTPS redirects, HSTS, a RoutePolicy) to its
+    answers."""
     if rt is None or head.version != b"1.1" or not head.keep_alive:
         return NO_PLAN
     route = conn.listener.router.match(head.host, head.path)
     if route.cache is None or route.viewer_protocol != "allow-all" or \
-            route.hsts_max_age_s is not None:
+            route.hsts_max_age_s is not None or \
+            conn.listener.route_plan(route).policy is not None:  # a rate limit, CORS...
         return NO_PLAN
     dist = rt.distributions.get(route.cache)
     primary = _plain_key(head, dist) if dist is not None else None

@@ -44,6 +44,8 @@ from lbcdn.upstream.pool import ConnectError, Pool, Target
 
 if TYPE_CHECKING:
     from lbcdn.edge.listener import RoutePlan
+    from lbcdn.edge.policy import RoutePolicy
+    from lbcdn.http.headeractions import Values
 
 MAX_TUNNEL_BUFFER: Final = 1024 * 1024
 
@@ -123,6 +125,7 @@ class Exchange(UpstreamOwner):
     tried: list[Target] | None = None       # targets that failed this request (retries)
     retries = 0
     extra_headers = b""   # header lines the route adds to every response (HSTS)
+    policy: RoutePolicy | None = None   # the route's header actions, CORS, rate limit
     tap: ExchangeTap | None = None   # the edge cache's view of this exchange
 
     def __init__(self, conn: ClientStream, head: RequestHead, started: float) -> None:
@@ -177,6 +180,8 @@ class Exchange(UpstreamOwner):
             elif route.hsts_max_age_s is not None:
                 self.extra_headers = b"Strict-Transport-Security: max-age=%d\r\n" % (
                     route.hsts_max_age_s)
+        if plan.policy is not None and self._apply_policy(plan.policy):
+            return
         limit = route.max_body_bytes
         if limit is not None and (head.content_length or 0) > limit or \
                 limit is not None and self.body_bytes > limit:
@@ -196,6 +201,36 @@ class Exchange(UpstreamOwner):
                                body)
         else:  # pragma: no cover - the loader admits no other action
             self.respond_error(HttpError(500, "route has no action"))
+
+    def _apply_policy(self, policy: RoutePolicy) -> bool:
+        """The route's rate limit, CORS preflight and request header actions
+        (lbcdn.edge.policy); True when that answered the request."""
+        head = self.head
+        refused, lines = policy.admit(head, self.conn.client_ip_bytes)
+        if refused is not None:
+            self.respond_error(refused)
+            return True
+        self.policy = policy
+        self.extra_headers += lines
+        answer = policy.preflight(head)
+        if answer is not None:
+            self.respond_local(answer[0], answer[1], b"")
+            return True
+        self.head = policy.request_head(head, self._values())
+        return False
+
+    def _values(self) -> Values:
+        """What `#{...}` in a header action stands for here (lbcdn.http.headeractions)."""
+        host, _ = split_host(self.head.host.decode("latin-1"))
+        return (self.conn.client_ip_bytes, self.request_id, host.encode("latin-1"),
+                self.listener.scheme.encode())
+
+    def _added_lines(self) -> bytes:
+        """The lines this exchange adds to a response it writes itself or from the cache."""
+        policy = self.policy
+        if policy is None:
+            return self.extra_headers
+        return self.extra_headers + policy.local_lines(self.head, self._values())
 
     def redirect_to_https(self, status: int) -> None:
         head = self.head
@@ -222,7 +257,7 @@ class Exchange(UpstreamOwner):
             status, reason(status), http_date())]
         for name, value in headers:
             parts += [name, b": ", value, b"\r\n"]
-        parts.append(self.extra_headers)
+        parts.append(self._added_lines())
         if response_has_body(b"GET", status):
             parts.append(b"Content-Length: %d\r\n" % len(body))
         self._connection_header(parts)
@@ -285,7 +320,7 @@ class Exchange(UpstreamOwner):
         """A whole response from the edge cache: `parts` are its head lines (this exchange
         adds its own and the blank line), then `body`."""
         self._end_request_early()
-        parts.append(self.extra_headers)
+        parts.append(self._added_lines())
         self._connection_header(parts)
         parts.append(b"\r\n")
         if body:
@@ -305,7 +340,7 @@ class Exchange(UpstreamOwner):
         self._end_request_early()
         if close_delimited:
             self.keep_alive = False
-        parts.append(self.extra_headers)
+        parts.append(self._added_lines())
         self._connection_header(parts)
         parts.append(b"\r\n")
         data = b"".join(parts)
@@ -574,6 +609,8 @@ class Exchange(UpstreamOwner):
     def upstream_head(self, resp: ResponseHead) -> None:
         if self.tap is not None:
             self.tap.head(resp)
+        if self.policy is not None:
+            resp = self.policy.response_head(resp, self.head, self._values())
         self.upstream_time = writebatch.now() - self.sent_at
         if self.pool is not None:
             self.pool.metrics.upstream_time(self.upstream_time)

@@ -28,6 +28,7 @@ from lbcdn.edge.config import ListenerConfig
 from lbcdn.routing.config import ForwardAction, RouteConfig
 from lbcdn.edge.cache_hit import KnownHead
 from lbcdn.edge.connection import ClientConnection, Limits
+from lbcdn.edge.policy import RoutePolicy
 from lbcdn.edge.tls_gate import TlsGate
 from lbcdn.tls import ServerTls
 from lbcdn.http.head import request_header_kinds
@@ -62,12 +63,14 @@ class RoutePlan:
     """What a listener works out once per route: its metrics, and for a plain forward (any
     viewer protocol, no HSTS, no body limit, no cache) the pool, so that a request on such a
     route reads no more of the route's settings."""
-    __slots__ = ("route", "metrics", "forward")
+    __slots__ = ("route", "metrics", "forward", "policy")
 
-    def __init__(self, route: RouteConfig, metrics: RouteMetrics, forward: Pool | None) -> None:
+    def __init__(self, route: RouteConfig, metrics: RouteMetrics, forward: Pool | None,
+                 policy: RoutePolicy | None) -> None:
         self.route = route
         self.metrics = metrics
         self.forward = forward
+        self.policy = policy   # header actions, CORS, security headers, rate limit
 
 
 class Listener:
@@ -137,12 +140,17 @@ class Listener:
         if plan is None or plan.route is not route:
             action = route.action
             forward = None
-            if isinstance(action, ForwardAction) and route.viewer_protocol == "allow-all" \
+            policy = None
+            if route.request_headers is not None or route.response_headers is not None or \
+                    route.cors is not None or route.security_headers is not None or \
+                    route.rate_limit is not None:
+                policy = RoutePolicy(route, self.tls is not None)
+            elif isinstance(action, ForwardAction) and route.viewer_protocol == "allow-all" \
                     and route.hsts_max_age_s is None and route.max_body_bytes is None \
                     and route.cache is None:
                 forward = self.pools[action.pool]
             plan = self._plans[id(route)] = RoutePlan(route, self.route_metrics(route.name),
-                                                       forward)
+                                                       forward, policy)
         return plan
 
     async def start(self, reuse_port: bool = False) -> None:

@@ -232,9 +232,9 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
       "redirect, fixed_response"]),
     (with_pool(routes=[{"forward": "app"}]), ["routes[0].name: missing (required)"]),
     (with_pool(routes=[route(forward="app", action="x")]),
-     ["routes[0].action: unknown key (allowed: cache, fixed_response, forward, "
-      "hsts_max_age_s, https_redirect_status, match, max_body_bytes, name, redirect, "
-      "viewer_protocol)"]),
+     ["routes[0].action: unknown key (allowed: cache, cors, fixed_response, forward, "
+      "hsts_max_age_s, https_redirect_status, match, max_body_bytes, name, rate_limit, "
+      "redirect, request_headers, response_headers, security_headers, viewer_protocol)"]),
     (with_pool(routes=[route(forward="app"), route(forward="app")]),
      ['routes[1].name: duplicate route name "r" (also routes[0])']),
     (with_pool(routes=[route(name="default", forward="app")]),

@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tls_gate",),
     ("connection",),
     ("exchange",),
-    ("cache_flow",),
+    ("cache_flow", "policy"),
     ("passthrough", "miss_job"),
     ("fill_sender", "origin_fetch"),
     ("cache_hit",),
