@@ -35,6 +35,7 @@ from lbcdn.http.head import ALLOWED_METHODS, RequestHead, ResponseHead, origin_r
     response_has_body
 from lbcdn.http.request_id import new_request_id
 from lbcdn.routing import redirect_location
+from lbcdn.routing.router import normalize_host
 from lbcdn.tasks import spawn
 from lbcdn.balancer.retry import IDEMPOTENT, Failure, Retry, decide_retry
 from lbcdn.health.outlier import Result
@@ -210,19 +211,18 @@ class Exchange(UpstreamOwner):
         if refused is not None:
             self.respond_error(refused)
             return True
-        self.policy = policy
         self.extra_headers += lines
         answer = policy.preflight(head)
-        if answer is not None:
+        if answer is not None:  # answered as the Fetch standard says, with nothing else
             self.respond_local(answer[0], answer[1], b"")
             return True
+        self.policy = policy
         self.head = policy.request_head(head, self._values())
         return False
 
     def _values(self) -> Values:
         """What `#{...}` in a header action stands for here (lbcdn.http.headeractions)."""
-        host, _ = split_host(self.head.host.decode("latin-1"))
-        return (self.conn.client_ip_bytes, self.request_id, host.encode("latin-1"),
+        return (self.conn.client_ip_bytes, self.request_id, normalize_host(self.head.host),
                 self.listener.scheme.encode())
 
     def _added_lines(self) -> bytes:

@@ -1,10 +1,10 @@
 """Header actions of a route: set, add and remove fields of a request or a response, with
 `#{...}` variables in values (ALB's and CloudFront's response headers policies).
 
-Pure: a route's actions are compiled once (`compile_actions`, which raises ValueError naming
-what is wrong, for the config loader) and applied to a head's forwarded lines, the
-`(name, ": ", value, CRLF)` pieces lbcdn.http.head keeps, giving new pieces: heads are shared
-between requests and never modified.
+Pure: a route's actions are compiled once (HeaderActions, which raises ValueError naming what is
+wrong; the config loader runs the same checks) and applied to a head's forwarded lines (`fwd`
+of lbcdn.http.head's RequestHead and ResponseHead), giving new ones: heads are shared between
+requests and never modified.
 
 Rules:
 - names are compared case-insensitively; `remove` drops every field of a name, `set` drops
@@ -12,7 +12,7 @@ Rules:
   that name (CloudFront's `override: false`); they apply in that order;
 - framing and hop-by-hop fields (Content-Length, Transfer-Encoding, Connection, Host...) are
   lbcdn's to write, so no action may name them: a wrong one would desynchronize the stream;
-- variables: #{client_ip}, #{request_id}, #{host} (the request's Host without port), #{scheme}
+- variables: #{client_ip}, #{request_id}, #{host} (the request's Host, lower case, without port), #{scheme}
   (`http` or `https`); a value renders to bytes with no CR, LF or NUL (a client-controlled Host
   cannot smuggle a line: the parser refused such bytes already, and rendering checks again).
 """
@@ -108,16 +108,21 @@ class HeaderActions:
 
 def rewrite(fwd: list[bytes], drop: frozenset[bytes], add: list[tuple[bytes, bytes]],
             defaults: list[tuple[bytes, bytes]]) -> list[bytes]:
-    """Forwarded pieces `fwd` without the fields named in `drop` (lower case), then `add`,
-    then each of `defaults` whose name is in neither what is left nor `drop`."""
+    """Forwarded pieces `fwd` (any split of whole `name: value CRLF` lines: a request's
+    are four pieces a field, a response's one block) without the fields named in `drop` (lower
+    case), then `add`, then each of `defaults` whose name is in neither what is left nor
+    `drop`; as four pieces a field."""
     out: list[bytes] = []
     present: set[bytes] = set()
-    for i in range(0, len(fwd), 4):
-        lower = fwd[i].lower()
+    for line in b"".join(fwd).split(b"\r\n"):
+        if not line:
+            continue
+        name, _, value = line.partition(b":")
+        lower = name.lower()
         if lower in drop:
             continue
         present.add(lower)
-        out += fwd[i:i + 4]
+        out += (name, b": ", value.strip(b" \t"), b"\r\n")
     for name, value in add:
         out += (name, b": ", value, b"\r\n")
     for name, value in defaults:
