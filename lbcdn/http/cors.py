@@ -61,10 +61,6 @@ class Cors:
         self.max_age = max_age_s
         self.credentials = allow_credentials
 
-    @staticmethod
-    def is_preflight(method: bytes, origin: bytes | None, request_method: bytes | None) -> bool:
-        return method == b"OPTIONS" and origin is not None and request_method is not None
-
     def _allow_origin(self, origin: bytes | None) -> bytes | None:
         """The Access-Control-Allow-Origin value for this Origin, None if not allowed."""
         if origin is None:
