@@ -110,7 +110,8 @@ async def test_flood_gets_the_rate(tmp_path: Path, workers: str) -> None:
     windows = [sum(1 for t, s in answers if s == 200 and second <= t < second + 1)
                for second in range(1, SECONDS - 1)]
     assert abs(per_s - RATE) <= 5, (passed, last, windows)
-    assert all(abs(w - RATE) <= 5 for w in windows), windows
+    # a window is counted by the time the client sent, which a loaded machine blurs a little
+    assert all(abs(w - RATE) <= 10 for w in windows), windows
     limited = re.search(r'^lbcdn_rate_limited_requests_total\{route="limited"\} (\S+)$',
                         metrics, re.M)
     assert limited is not None and float(limited.group(1)) == len(answers) - passed
