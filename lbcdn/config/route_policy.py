@@ -10,7 +10,7 @@ from typing import Any
 
 from lbcdn.configkit.reflect import VALIDATORS, Loader, join
 from lbcdn.http.headeractions import check_name, compile_template
-from lbcdn.routing.config import (CorsConfig, HeaderActionsConfig, RateLimitConfig,
+from lbcdn.routing.config import (CorsConfig, HeaderActionsConfig, RouteRateLimitConfig,
                                   SecurityHeadersConfig)
 
 
@@ -91,4 +91,4 @@ def _check_rate_limit(ld: Loader, v: Mapping[str, Any], path: str) -> None:
 VALIDATORS.setdefault(HeaderActionsConfig, []).append(_check_header_actions)
 VALIDATORS.setdefault(CorsConfig, []).append(_check_cors)
 VALIDATORS.setdefault(SecurityHeadersConfig, []).append(_check_security)
-VALIDATORS.setdefault(RateLimitConfig, []).append(_check_rate_limit)
+VALIDATORS.setdefault(RouteRateLimitConfig, []).append(_check_rate_limit)

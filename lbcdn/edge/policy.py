@@ -25,13 +25,13 @@ from lbcdn.http.head import RequestHead, ResponseHead
 from lbcdn.http.headeractions import HeaderActions, Values, rewrite
 from lbcdn.metrics import RATE_LIMITED
 from lbcdn.ratelimit import ENV, BucketTable, reset_s, retry_after_s
-from lbcdn.routing.config import RateLimitConfig, RouteConfig
+from lbcdn.routing.config import RouteRateLimitConfig, RouteConfig
 
 # Tables by everything that shapes them: a reload keeps a limit's counters unless it changed.
-_TABLES: dict[tuple[str, RateLimitConfig], BucketTable] = {}
+_TABLES: dict[tuple[str, RouteRateLimitConfig], BucketTable] = {}
 
 
-def table_for(route: str, config: RateLimitConfig) -> BucketTable:
+def table_for(route: str, config: RouteRateLimitConfig) -> BucketTable:
     table = _TABLES.get((route, config))
     if table is None:
         directory = os.environ.get(ENV)

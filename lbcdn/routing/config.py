@@ -113,7 +113,7 @@ class RouteConfig:
         "Answer CORS preflights at the edge and add Access-Control-* headers.", None)
     security_headers: SecurityHeadersConfig | None = doc(
         "Security headers added to every response.", None)
-    rate_limit: RateLimitConfig | None = doc(
+    rate_limit: RouteRateLimitConfig | None = doc(
         "Limit requests per client (IP, header or cookie): over it, 429.", None)
 
 
@@ -177,7 +177,7 @@ class SecurityHeadersConfig:
 
 
 @dataclass(frozen=True)
-class RateLimitConfig:
+class RouteRateLimitConfig:
     """A token bucket per key: `burst` tokens, refilled at `rate_per_s`; a request takes one
     or gets 429. Counters are shared by every worker of the daemon."""
     rate_per_s: float = doc(
