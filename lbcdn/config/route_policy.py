@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from lbcdn.configkit.reflect import VALIDATORS, Loader, join
-from lbcdn.http.headeractions import check_name, compile_template
-from lbcdn.routing.config import (CorsConfig, HeaderActionsConfig, RouteRateLimitConfig,
-                                  SecurityHeadersConfig)
+from lbcdn.http.headeractions import REQUEST_RESERVED, check_name, compile_template
+from lbcdn.routing.config import (CorsConfig, HeaderActionsConfig, RouteConfig,
+                                  RouteRateLimitConfig, SecurityHeadersConfig)
 
 
 def _problem(ld: Loader, path: str, check: Any, value: str) -> None:
@@ -88,7 +88,27 @@ def _check_rate_limit(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         _problem(ld, join(path, "key_name"), _token, name)
 
 
+def _check_route_request_headers(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    """Names lbcdn writes on forwarded requests only (X-Forwarded-For, Via...); the rest of
+    each name's checks are _check_header_actions'."""
+    actions = v.get("request_headers")
+    if actions is None:
+        return
+    where = join(path, "request_headers")
+    named = [(join(join(where, kind), name), name)
+             for kind in ("set", "add") for name in getattr(actions, kind)]
+    named += [(join(join(where, "remove"), i), name) for i, name in enumerate(actions.remove)]
+    for at, name in named:
+        if name.lower() in REQUEST_RESERVED:
+            _problem(ld, at, _request_name, name)
+
+
+def _request_name(name: str) -> None:
+    check_name(name, request=True)
+
+
 VALIDATORS.setdefault(HeaderActionsConfig, []).append(_check_header_actions)
+VALIDATORS.setdefault(RouteConfig, []).append(_check_route_request_headers)
 VALIDATORS.setdefault(CorsConfig, []).append(_check_cors)
 VALIDATORS.setdefault(SecurityHeadersConfig, []).append(_check_security)
 VALIDATORS.setdefault(RouteRateLimitConfig, []).append(_check_rate_limit)

@@ -34,6 +34,10 @@ _TABLES: dict[tuple[str, RouteRateLimitConfig], BucketTable] = {}
 def table_for(route: str, config: RouteRateLimitConfig) -> BucketTable:
     table = _TABLES.get((route, config))
     if table is None:
+        # a reload changed this route's limit: the old table goes once the exchanges of the
+        # old configuration that use it are done (its mapping is freed with the last reference)
+        for old in [k for k in _TABLES if k[0] == route]:
+            del _TABLES[old]
         directory = os.environ.get(ENV)
         path = None
         if directory:
@@ -72,7 +76,7 @@ class RoutePolicy:
         req = route.request_headers
         self.request: HeaderActions | None = None
         if req is not None:
-            self.request = HeaderActions(req.remove, req.set, req.add) or None
+            self.request = HeaderActions(req.remove, req.set, req.add, request=True) or None
         resp = route.response_headers
         remove, set_, add = (resp.remove, dict(resp.set), resp.add) if resp else ((), {}, {})
         default: dict[str, str] = {}
@@ -98,8 +102,12 @@ class RoutePolicy:
         self.table = table_for(route.name, self.limit) if self.limit is not None else None
         self.policy_field = b""
         if self.limit is not None:
-            self.policy_field = b'RateLimit-Policy: "%s";q=%d;w=1\r\n' % (
-                route.name.encode(), max(1, round(self.limit.rate_per_s)))
+            # the draft's quota is an integer per window of whole seconds: 100/s is q=100;w=1,
+            # 0.5/s is q=1;w=2
+            rate = self.limit.rate_per_s
+            quota, window = (round(rate), 1) if rate >= 1 else (1, round(1 / rate))
+            self.policy_field = b'RateLimit-Policy: "%s";q=%d;w=%d\r\n' % (
+                route.name.encode(), quota, window)
 
     def admit(self, head: RequestHead, client_ip: bytes) -> tuple[HttpError | None, bytes]:
         """The rate limit's word on this request: (None, the RateLimit fields its response

@@ -32,18 +32,26 @@ RESERVED: Final = frozenset({
     "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
     "trailer", "proxy-connection", "host"})
 
+# request fields the proxy writes itself (lbcdn.http.head.origin_request): an action on them
+# would send them twice
+REQUEST_RESERVED: Final = frozenset({
+    "via", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-port", "x-request-id"})
+
 # A template: literal bytes and variable indices (into VARIABLES), in order.
 Template = tuple[bytes | int, ...]
 # Variable values in VARIABLES order.
 Values = tuple[bytes, bytes, bytes, bytes]
 
 
-def check_name(name: str) -> str:
-    """`name` if it may be acted on, else ValueError saying why."""
+def check_name(name: str, request: bool = False) -> str:
+    """`name` if it may be acted on (in a request: `request`), else ValueError saying why."""
     if not _TOKEN_RE.match(name):
         raise ValueError(f"{name!r} is not a header field name")
     if name.lower() in RESERVED:
         raise ValueError(f"{name!r} is written by lbcdn itself (framing or hop-by-hop)")
+    if request and name.lower() in REQUEST_RESERVED:
+        raise ValueError(f"{name!r} is written by lbcdn itself on forwarded requests (see the "
+                         f"listener's x_forwarded_for and request_id_header)")
     return name
 
 
@@ -80,11 +88,11 @@ class HeaderActions:
 
     def __init__(self, remove: Iterable[str] = (), set: Mapping[str, str] | None = None,
                  add: Mapping[str, str] | None = None,
-                 default: Mapping[str, str] | None = None) -> None:
+                 default: Mapping[str, str] | None = None, *, request: bool = False) -> None:
         def lines(given: Mapping[str, str] | None) -> tuple[tuple[bytes, bytes, Template], ...]:
-            return tuple((check_name(n).lower().encode(), n.encode(), compile_template(v))
-                         for n, v in (given or {}).items())
-        self.remove = frozenset(check_name(n).lower().encode() for n in remove)
+            return tuple((check_name(n, request).lower().encode(), n.encode(),
+                          compile_template(v)) for n, v in (given or {}).items())
+        self.remove = frozenset(check_name(n, request).lower().encode() for n in remove)
         self.set = lines(set)
         self.add = lines(add)
         self.default = lines(default)

@@ -162,14 +162,14 @@ async def test_rate_limit_answers_429_with_its_headers() -> None:
         for _ in range(3):
             resp = await c.request("GET", "/", host="limited.example")
             statuses.append(resp.status)
-            assert resp.header("RateLimit-Policy") == '"limited";q=1;w=1', resp
+            assert resp.header("RateLimit-Policy") == '"limited";q=1;w=2', resp
             assert (resp.header("RateLimit") or "").startswith('"limited";r='), resp
         assert statuses == [200, 200, 200]
         refused = await c.request("GET", "/", host="limited.example")
         assert refused.status == 429, refused
         assert refused.header("Retry-After") == "2"   # 1 token at 0.5/s
         assert refused.header("RateLimit") == '"limited";r=0;t=6', refused
-        assert refused.header("RateLimit-Policy") == '"limited";q=1;w=1'
+        assert refused.header("RateLimit-Policy") == '"limited";q=1;w=2'
         # the connection stays usable, and other routes are not limited
         assert (await c.request("GET", "/", host="sec-keep.example")).status == 200
 

@@ -88,3 +88,10 @@ def test_empty_actions_are_false_and_lines_for_local_answers() -> None:
     actions = HeaderActions(set={"A": "#{scheme}"}, add={"B": "2"}, default={"C": "3"})
     assert actions
     assert actions.lines(VALUES) == b"A: https\r\nB: 2\r\nC: 3\r\n"
+
+
+@pytest.mark.parametrize("name", ["X-Forwarded-For", "via", "X-Request-Id"])
+def test_request_fields_lbcdn_writes_are_refused_on_requests_only(name: str) -> None:
+    with pytest.raises(ValueError, match="on forwarded requests"):
+        HeaderActions(set={name: "x"}, request=True)
+    assert HeaderActions(set={name: "x"})
