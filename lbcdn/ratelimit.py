@@ -37,6 +37,7 @@ _SLOT: Final = struct.Struct("<Qdd")
 SLOT_BYTES: Final = _SLOT.size   # 24
 _SET_BYTES: Final = SLOT_BYTES * WAYS
 _SET: Final = struct.Struct("<" + "Qdd" * WAYS)
+_KEY: Final = struct.Struct("<Q")
 ENV: Final = "LBCDN_SHARED_DIR"
 
 
@@ -97,22 +98,28 @@ class BucketTable:
         data = self.map
         fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, index)
         try:
-            slots = _SET.unpack_from(data, base)   # one call for the set: cheaper than 8
+            # a known key is found by its bytes (a search in C, not a loop of unpacks); a
+            # match must start a slot, not sit across two
+            packed = _KEY.pack(h)
+            end = base + _SET_BYTES
+            at = data.find(packed, base, end)
+            while at >= 0 and (at - base) % SLOT_BYTES:
+                at = data.find(packed, at + 1, end)
+            if at >= 0:
+                _, tokens, stamp = _SLOT.unpack_from(data, at)
+                allowed, left = take(tokens, stamp, now, self.rate, self.burst)
+                _SLOT.pack_into(data, at, h, left, max(now, stamp))
+                return allowed, left
+            # a new key (or one evicted): an empty slot, else the least recently used one
+            slots = _SET.unpack_from(data, base)
             victim = 0
             oldest = math.inf
             for way in range(0, 3 * WAYS, 3):
-                slot_key = slots[way]
-                if slot_key == h:
-                    allowed, left = take(slots[way + 1], slots[way + 2], now, self.rate,
-                                         self.burst)
-                    _SLOT.pack_into(data, base + way * 8, h, left, max(now, slots[way + 2]))
-                    return allowed, left
-                if slot_key == 0:
-                    if oldest > -math.inf:
-                        victim, oldest = way, -math.inf   # an empty slot beats any old one
-                elif slots[way + 2] < oldest:
+                if slots[way] == 0:
+                    victim = way
+                    break
+                if slots[way + 2] < oldest:
                     victim, oldest = way, slots[way + 2]
-            # a new key (or one evicted): a full bucket
             allowed, left = take(self.burst, now, now, self.rate, self.burst)
             _SLOT.pack_into(data, base + victim * 8, h, left, now)
             return allowed, left
