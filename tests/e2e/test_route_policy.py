@@ -187,3 +187,26 @@ async def test_rate_limit_per_header_or_cookie(host: str, first: list[tuple[str,
         # without the key: one bucket for all such requests
         assert (await c.request("GET", "/", host=host)).status == 200
         assert (await c.request("GET", "/", host=host)).status == 429
+
+
+async def test_cache_hits_are_rate_limited_and_get_the_response_fields() -> None:
+    """A hit on a cache route with a policy goes through it: no answer from a known head
+    skips the limit (lbcdn.edge.cache_hit)."""
+    async with demo_backend("app-1") as backend:
+        cfg = proxy_config(backend, routes=[{
+            "name": "cdn", "cache": "site", "match": {"path_prefix": "/"},
+            "rate_limit": {"rate_per_s": 0.01, "burst": 4},
+            "response_headers": {"add": {"X-Edge": "#{scheme}"}}}],
+            cache={"origins": {"o": {"url": f"http://127.0.0.1:{backend}"}},
+                   "distributions": {"site": {"default_behavior": {
+                       "path_pattern": "*", "origin": "o"}}}})
+        async with running_daemon(cfg):
+            c = await RawClient.open(listener_port(cfg))
+            try:
+                answers = [await c.request("GET", "/headers/set?Cache-Control=max-age%3D60")
+                           for _ in range(5)]
+            finally:
+                await c.close()
+    assert [a.status for a in answers] == [200, 200, 200, 200, 429], answers
+    assert all(a.header("X-Edge") == "http" for a in answers[:4]), answers
+    assert all("hit" in (a.header("Cache-Status") or "") for a in answers[1:4]), answers
