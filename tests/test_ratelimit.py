@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,23 +62,28 @@ def test_table_memory_is_bounded_and_evicts_the_least_recently_used() -> None:
         assert not table.hit(b"hot", float(i) + 0.5)[0]   # still remembered: still empty
 
 
-def _hammer(path: str, count: int, out: multiprocessing.Queue[int]) -> None:
-    table = BucketTable(1000, rate=0.001, burst=500, path=path)
+def _hammer(path: str, count: int, go: Any, out: Any) -> None:
+    table = BucketTable(1000, rate=0.001, burst=15000, path=path)
+    go.wait(30)   # both processes start taking at once
     out.put(sum(table.hit(b"shared", 1.0)[0] for _ in range(count)))
 
 
 def test_processes_share_one_table(tmp_path: Path) -> None:
-    """Two processes taking from one bucket at once never get more than it holds."""
+    """Two processes taking from one bucket at once never get more than it holds (without
+    the lock, lost updates let through more)."""
     path = str(tmp_path / "buckets")
-    out: multiprocessing.Queue[int] = multiprocessing.Queue()
-    procs = [multiprocessing.Process(target=_hammer, args=(path, 400, out)) for _ in range(2)]
+    out: Any = multiprocessing.Queue()
+    go: Any = multiprocessing.Event()
+    procs = [multiprocessing.Process(target=_hammer, args=(path, 10000, go, out))
+             for _ in range(2)]
     for p in procs:
         p.start()
+    go.set()
     passed = out.get(timeout=60) + out.get(timeout=60)
     for p in procs:
         p.join(30)
         assert p.exitcode == 0
-    assert passed == 500
+    assert passed == 15000
 
 
 @pytest.mark.parametrize("max_keys", [64, 1_000_000])
