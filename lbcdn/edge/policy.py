@@ -129,9 +129,11 @@ class RoutePolicy:
             return None, self.policy_field + state
         RATE_LIMITED.labels(self.route).inc()
         retry = retry_after_s(tokens, limit.rate_per_s)
+        # with its CORS fields, a script of an allowed origin can read the 429 and wait
+        cors = self._cors_lines(head)
         return HttpError(429, "rate limit exceeded", close=False,
-                         headers=b"Retry-After: %d\r\n%s%s" % (retry, self.policy_field,
-                                                                state)), b""
+                         headers=b"Retry-After: %d\r\n%s%s%s" % (
+                             retry, self.policy_field, state, cors)), b""
 
     def preflight(self, head: RequestHead) -> tuple[int, list[tuple[bytes, bytes]]] | None:
         cors = self.cors
@@ -171,10 +173,11 @@ class RoutePolicy:
         return ResponseHead(resp.status, resp.reason, resp.headers, resp.content_length,
                             resp.chunked, resp.keep_alive, fwd, resp.has_date)
 
+    def _cors_lines(self, head: RequestHead) -> bytes:
+        add, default = self._cors_fields(head)
+        return b"".join(b"%s: %s\r\n" % f for f in add + default)
+
     def local_lines(self, head: RequestHead, values: Values) -> bytes:
         """Fields for a response written here (no origin fields to replace)."""
         out = self.response.lines(values) if self.response is not None else b""
-        if self.cors is not None:
-            add, default = self._cors_fields(head)
-            out += b"".join(b"%s: %s\r\n" % f for f in add + default)
-        return out
+        return out + self._cors_lines(head)

@@ -88,3 +88,14 @@ def test_admit_and_refuse() -> None:
     assert refused is not None and refused.status == 429 and lines == b""
     assert refused.headers.startswith(b"Retry-After: 100\r\n")
     assert p.admit(request([(b"X-Key", b"other")]), b"192.0.2.1")[0] is None
+
+
+def test_a_429_carries_the_cors_fields() -> None:
+    p = policy(rate_limit=RouteRateLimitConfig(rate_per_s=0.01, burst=1, max_keys=64),
+               cors=CorsConfig(allow_origins=("https://a.example",)))
+    head = request([(b"Origin", b"https://a.example")])
+    assert p.admit(head, b"198.51.100.1")[0] is None
+    refused, _ = p.admit(head, b"198.51.100.1")
+    assert refused is not None and refused.status == 429
+    assert refused.headers.endswith(
+        b"Access-Control-Allow-Origin: https://a.example\r\nVary: Origin\r\n")
