@@ -60,9 +60,10 @@ class _Server(Protocol):
 
 
 class RoutePlan:
-    """What a listener works out once per route: its metrics, and for a plain forward (any
-    viewer protocol, no HSTS, no body limit, no cache) the pool, so that a request on such a
-    route reads no more of the route's settings."""
+    """What a listener works out once per route: its metrics, its RoutePolicy when it has
+    header actions, CORS, security headers or a rate limit (lbcdn.edge.policy), and for a
+    plain forward (any viewer protocol, no HSTS, no body limit, no cache, no policy) the pool,
+    so that a request on such a route reads no more of the route's settings."""
     __slots__ = ("route", "metrics", "forward", "policy")
 
     def __init__(self, route: RouteConfig, metrics: RouteMetrics, forward: Pool | None,
