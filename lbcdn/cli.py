@@ -17,7 +17,7 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING
 
-from lbcdn import __version__, cpus, native
+from lbcdn import __version__, cpus, native, ratelimit
 
 if TYPE_CHECKING:
     from lbcdn.configkit.errors import ConfigError
@@ -211,6 +211,8 @@ def _serve(args: argparse.Namespace) -> int:
     if workers > 1:
         # before prometheus-client is imported: it picks its storage at import time
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lbcdn-metrics-")
+        # what the workers share besides metrics: the rate limits' buckets (lbcdn.ratelimit)
+        os.environ[ratelimit.ENV] = tempfile.mkdtemp(prefix="lbcdn-shared-")
     from lbcdn.logs import setup_logging
     setup_logging(args.log_level or config.logging.level)
     logging.getLogger("lbcdn.cli").info(
@@ -222,6 +224,7 @@ def _serve(args: argparse.Namespace) -> int:
             return serve_workers(args.config, workers, args.log_level)
         finally:
             shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
+            shutil.rmtree(os.environ.pop(ratelimit.ENV), ignore_errors=True)
     from lbcdn.daemon import serve
     return int(serve(config, log_level=args.log_level, config_path=args.config))
 

@@ -313,6 +313,9 @@ HEALTH_CHECK_DURATION: Final = Histogram(
 OUTLIER_EJECTIONS: Final = Counter(
     "lbcdn_outlier_ejections_total", "Targets ejected by outlier detection, by cause (5xx, "
     "connect_failure, stalled).", ["pool", "target", "cause"], registry=REGISTRY)
+RATE_LIMITED: Final = Counter(
+    "lbcdn_rate_limited_requests_total", "Requests refused with 429 by a route's rate limit.",
+    ["route"], registry=REGISTRY)
 UPSTREAM_RETRIES: Final = Counter(
     "lbcdn_upstream_retries_total", "Requests retried on another target (outcome retried), or "
     "not retried because the retry budget was spent (outcome budget_exhausted).",

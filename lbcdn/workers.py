@@ -58,6 +58,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from lbcdn import ratelimit
 from lbcdn.acme.manager import AcmeManager
 from lbcdn.cache.invalidation import Invalidation
 from lbcdn.config.load import load_config_text
@@ -679,9 +680,10 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
     if orphaned:
         # nobody will read the metrics any more, nor remove their directory: the first
         # worker out does (one still stopping writes to files it has open, or not at all)
-        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        if directory:
-            shutil.rmtree(directory, ignore_errors=True)
+        for variable in ("PROMETHEUS_MULTIPROC_DIR", ratelimit.ENV):
+            directory = os.environ.get(variable)
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
         return 1
     metrics.flush()
     return 0

@@ -29,7 +29,7 @@ TOP: frozenset[str] = frozenset({"config", "admin", "control", "daemon", "worker
 BELOW_EDGE: frozenset[str] = frozenset({
     "http", "routing", "balancer", "health", "cache", "upstream", "bucket", "dns", "tls",
     "logs", "metrics", "aiolistener", "memo", "timers", "writebatch", "tasks", "atomicfile",
-    "configkit", "demo", "acme"})
+    "configkit", "demo", "acme", "ratelimit"})
 # Import cycles between nodes that cannot be broken yet, as {(importer, imported): reason}.
 KNOWN_CYCLES: dict[tuple[str, str], str] = {}
 

@@ -32,6 +32,7 @@ from lbcdn.configkit.reflect import (FIELD_HOOKS, INVALID, RENAMES, TYPE_HOOKS, 
                                   Loader, describe, index, join)
 from lbcdn.dns.config import DnsConfig, alias_problems
 from lbcdn.http.head import HOP_BY_HOP
+from lbcdn.config import route_policy  # noqa: F401  (registers its checks)
 from lbcdn.config.schema import AccessLogConfig, AdminConfig, Config
 from lbcdn.edge.config import ListenerConfig
 from lbcdn.routing.config import (BasicAuthConfig, FixedResponseAction, ForwardAction,

@@ -231,7 +231,8 @@ def _keep(rt: CacheRuntime, plan: HitPlan, entry: CachedResponse, age: int, ttl:
 
 def _plan(conn: ClientStream, head: RequestHead, rt: CacheRuntime | None) -> HitPlan:
     """The HitPlan of a head: NO_PLAN unless it is an HTTP/1.1 keep-alive plain request to a
-    cache route that adds nothing of its own (HTTPS redirects, HSTS) to its answers."""
+    cache route that adds nothing of its own (HTTPS redirects, HSTS, a RoutePolicy) to its
+    answers."""
     router = conn.listener.router
     # a route chosen by more than Host and path (headers, client address) may differ for the
     # next request with these very head bytes; one behind basic auth checks every request
@@ -239,7 +240,8 @@ def _plan(conn: ClientStream, head: RequestHead, rt: CacheRuntime | None) -> Hit
         return NO_PLAN
     route = router.match(head.host, head.path)
     if route.cache is None or route.viewer_protocol != "allow-all" or \
-            route.hsts_max_age_s is not None or route.basic_auth is not None:
+            route.hsts_max_age_s is not None or route.basic_auth is not None or \
+            conn.listener.route_plan(route).policy is not None:  # a rate limit, CORS...
         return NO_PLAN
     dist = rt.distributions.get(route.cache)
     primary = _plain_key(head, dist) if dist is not None else None

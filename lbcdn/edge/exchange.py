@@ -38,6 +38,7 @@ from lbcdn.http.head import ALLOWED_METHODS, Head, RequestHead, ResponseHead, or
     response_has_body
 from lbcdn.http.request_id import new_request_id
 from lbcdn.routing import redirect_location
+from lbcdn.routing.router import normalize_host
 from lbcdn.tasks import spawn
 from lbcdn.balancer.retry import IDEMPOTENT, Failure, Retry, decide_retry
 from lbcdn.health.outlier import Result
@@ -47,6 +48,8 @@ from lbcdn.upstream.pool import ConnectError, Pool, Target
 
 if TYPE_CHECKING:
     from lbcdn.edge.listener import RoutePlan
+    from lbcdn.edge.policy import RoutePolicy
+    from lbcdn.http.headeractions import Values
 
 MAX_TUNNEL_BUFFER: Final = 1024 * 1024
 
@@ -153,6 +156,7 @@ class Exchange(UpstreamOwner):
     tried: list[Target] | None = None       # targets that failed this request (retries)
     retries = 0
     extra_headers = b""   # header lines the route adds to every response (HSTS)
+    policy: RoutePolicy | None = None   # the route's header actions, CORS, rate limit
     tap: ExchangeTap | None = None   # the edge cache's view of this exchange
     client_head: RequestHead | None = None   # the request as received, when `head` is rewritten
 
@@ -219,6 +223,8 @@ class Exchange(UpstreamOwner):
             elif route.hsts_max_age_s is not None:
                 self.extra_headers = b"Strict-Transport-Security: max-age=%d\r\n" % (
                     route.hsts_max_age_s)
+        if plan.policy is not None and self._apply_policy(plan.policy):
+            return
         limit = route.max_body_bytes
         if limit is not None and (head.content_length or 0) > limit or \
                 limit is not None and self.body_bytes > limit:
@@ -250,6 +256,35 @@ class Exchange(UpstreamOwner):
         else:  # pragma: no cover - the loader admits no other action
             self.respond_error(HttpError(500, "route has no action"))
 
+    def _apply_policy(self, policy: RoutePolicy) -> bool:
+        """The route's rate limit, CORS preflight and request header actions
+        (lbcdn.edge.policy); True when that answered the request."""
+        head = self.head
+        refused, lines = policy.admit(head, self.conn.client_ip_bytes)
+        if refused is not None:
+            self.respond_error(refused)
+            return True
+        self.extra_headers += lines
+        answer = policy.preflight(head)
+        if answer is not None:  # answered as the Fetch standard says, with nothing else
+            self.respond_local(answer[0], answer[1], b"")
+            return True
+        self.policy = policy
+        self.head = policy.request_head(head, self._values())
+        return False
+
+    def _values(self) -> Values:
+        """What `#{...}` in a header action stands for here (lbcdn.http.headeractions)."""
+        return (self.conn.client_ip_bytes, self.request_id, normalize_host(self.head.host),
+                self.listener.scheme.encode())
+
+    def _added_lines(self) -> bytes:
+        """The lines this exchange adds to a response it writes itself or from the cache."""
+        policy = self.policy
+        if policy is None:
+            return self.extra_headers
+        return self.extra_headers + policy.local_lines(self.head, self._values())
+
     def redirect_to_https(self, status: int) -> None:
         head = self.head
         host, _ = split_host(head.host.decode("latin-1"))
@@ -273,7 +308,7 @@ class Exchange(UpstreamOwner):
         has_body = response_has_body(b"GET", status)
         head = Head(status, b"", len(body) if has_body else None,
                     [(b"Server", b"lbcdn"), (b"Date", http_date())] + headers,
-                    extra=self.extra_headers)
+                    extra=self._added_lines())
         self._respond(head, (body,) if has_body and self.head.method != b"HEAD" else ())
 
     def respond_error(self, err: HttpError) -> None:
@@ -319,16 +354,18 @@ class Exchange(UpstreamOwner):
     def respond_cached(self, head: Head, body: tuple[bytes, ...] | None) -> None:
         """A whole response from the edge cache: its own `head` (this exchange adds its
         lines), then `body` (None: no body, as for a HEAD request)."""
-        if self.extra_headers:
-            head.extra += self.extra_headers
+        added = self._added_lines()
+        if added:
+            head.extra += added
         self._respond(head, body or ())
 
     def start_cached(self, head: Head, body: bool) -> None:
         """The head of a response from the edge cache whose body follows (`send_cached`,
         `end_cached`) when `body`."""
         self._end_request_early()
-        if self.extra_headers:
-            head.extra += self.extra_headers
+        added = self._added_lines()
+        if added:
+            head.extra += added
         self.status = head.status
         self.state = next_state(self.state, SENDING)
         self.keep_alive = self.conn.start_response(head, body, self.keep_alive)
@@ -592,6 +629,8 @@ class Exchange(UpstreamOwner):
     def upstream_head(self, resp: ResponseHead) -> None:
         if self.tap is not None:
             self.tap.head(resp)
+        if self.policy is not None:
+            resp = self.policy.response_head(resp, self.head, self._values())
         self.upstream_time = writebatch.now() - self.sent_at
         if self.pool is not None:
             self.pool.metrics.upstream_time(self.upstream_time)

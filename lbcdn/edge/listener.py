@@ -28,6 +28,7 @@ from lbcdn.edge.config import ListenerConfig
 from lbcdn.routing.config import ForwardAction, RouteConfig
 from lbcdn.edge.cache_hit import KnownHead
 from lbcdn.edge.connection import ClientConnection, Limits
+from lbcdn.edge.policy import RoutePolicy
 from lbcdn.edge.tls_gate import TlsGate
 from lbcdn.tls import ServerTls
 from lbcdn.http.head import RequestHead, request_header_kinds
@@ -62,17 +63,19 @@ class _Server(Protocol):
 
 class RoutePlan:
     """What a listener works out once per route: its metrics, its actions beyond one pool
-    (lbcdn.routing.actions), and for a plain forward to one pool (any viewer protocol, no HSTS,
-    no body limit, no cache, none of those actions) the pool, so that a request on such a
-    route reads no more of the route's settings."""
-    __slots__ = ("route", "metrics", "forward", "actions")
+    (lbcdn.routing.actions), its RoutePolicy when it has header actions, CORS, security headers
+    or a rate limit (lbcdn.edge.policy), and for a plain forward to one pool (any viewer
+    protocol, no HSTS, no body limit, no cache, none of those actions, no policy) the pool, so
+    that a request on such a route reads no more of the route's settings."""
+    __slots__ = ("route", "metrics", "forward", "actions", "policy")
 
     def __init__(self, route: RouteConfig, metrics: RouteMetrics, forward: Pool | None,
-                 actions: RouteActions | None) -> None:
+                 actions: RouteActions | None, policy: RoutePolicy | None) -> None:
         self.route = route
         self.metrics = metrics
         self.forward = forward
         self.actions = actions
+        self.policy = policy   # header actions, CORS, security headers, rate limit
 
 
 class Listener:
@@ -146,13 +149,19 @@ class Listener:
             action = route.action
             actions = self.router.actions.get(route.name)
             forward = None
+            policy = None
+            if route.request_headers is not None or route.response_headers is not None or \
+                    route.cors is not None or route.security_headers is not None or \
+                    route.rate_limit is not None:
+                policy = RoutePolicy(route, self.tls is not None)
             if isinstance(action, ForwardAction) and action.pool is not None \
-                    and actions is None and route.viewer_protocol == "allow-all" \
+                    and actions is None and policy is None \
+                    and route.viewer_protocol == "allow-all" \
                     and route.hsts_max_age_s is None and route.max_body_bytes is None \
                     and route.cache is None:
                 forward = self.pools[action.pool]
             plan = self._plans[id(route)] = RoutePlan(route, self.route_metrics(route.name),
-                                                       forward, actions)
+                                                       forward, actions, policy)
         return plan
 
     def request_facts(self, head: RequestHead, client: bytes) -> RequestFacts:

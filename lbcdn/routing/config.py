@@ -201,3 +201,91 @@ class RouteConfig:
         "Add `Strict-Transport-Security: max-age=N` to this route's HTTPS responses "
         "(HSTS preloading asks for a year or two: 31536000, 63072000). Unset: no header.", None,
         lo=0, hi=2**31 - 1)  # HTTP's delta-seconds limit; HSTS preloading asks for years
+    request_headers: HeaderActionsConfig | None = doc(
+        "Header actions on the request forwarded to the origin.", None)
+    response_headers: HeaderActionsConfig | None = doc(
+        "Header actions on the responses to the client (proxied or answered here).", None)
+    cors: CorsConfig | None = doc(
+        "Answer CORS preflights at the edge and add Access-Control-* headers.", None)
+    security_headers: SecurityHeadersConfig | None = doc(
+        "Security headers added to every response.", None)
+    rate_limit: RouteRateLimitConfig | None = doc(
+        "Limit requests per client (IP, header or cookie): over it, 429.", None)
+
+
+@dataclass(frozen=True)
+class HeaderActionsConfig:
+    """Header actions on one side of a route (its requests to the origin, or its responses
+    to the client). Values may hold `#{client_ip}`, `#{request_id}`, `#{host}`, `#{scheme}`."""
+    set: dict[str, str] = doc(
+        "Header name -> value: replaces every field of that name (or adds it).",
+        default_factory=dict)
+    add: dict[str, str] = doc(
+        "Header name -> value: one more field, after any the message has.",
+        default_factory=dict)
+    remove: tuple[str, ...] = doc(
+        "Header names whose fields are dropped (case-insensitive).", default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class CorsConfig:
+    """CloudFront's CORS block of a response headers policy: preflights (OPTIONS with Origin and
+    Access-Control-Request-Method) are answered here and never reach the origin; other
+    responses to an allowed Origin get Access-Control-Allow-Origin (and -Expose-Headers)."""
+    allow_origins: tuple[str, ...] = doc(
+        "Origins allowed, each `scheme://host[:port]` compared exactly (case-insensitive), or "
+        "`*` for any (not with `allow_credentials`).", REQUIRED)
+    allow_methods: tuple[str, ...] = doc(
+        "Methods a preflight may ask for.", default_factory=lambda: ("GET", "HEAD", "POST"))
+    allow_headers: tuple[str, ...] = doc(
+        "Request headers a preflight may ask for (case-insensitive); `*`: any.",
+        default_factory=tuple)
+    expose_headers: tuple[str, ...] = doc(
+        "Response headers scripts may read (Access-Control-Expose-Headers).",
+        default_factory=tuple)
+    max_age_s: int | None = doc(
+        "How long a browser may keep a preflight's answer (Access-Control-Max-Age). Unset: "
+        "the browser's default (5 s).", 600, lo=0, hi=86400)
+    allow_credentials: bool = doc(
+        "Send Access-Control-Allow-Credentials: true (cookies, HTTP auth).", False)
+    override: bool = doc(
+        "Replace the origin's own Access-Control-* response headers; false: keep the "
+        "origin's where it sent them.", True)
+
+
+@dataclass(frozen=True)
+class SecurityHeadersConfig:
+    """CloudFront's security headers block: each header set on every response of the route."""
+    override: bool = doc(
+        "Replace the origin's own fields of these names; false: add each only where the "
+        "origin sent none.", True)
+    strict_transport_security: str | None = doc(
+        "Strict-Transport-Security value (sent on HTTPS responses only), e.g. "
+        "`max-age=63072000; includeSubDomains; preload`.", None)
+    content_type_options: bool = doc(
+        "Send `X-Content-Type-Options: nosniff`.", False)
+    frame_options: Literal["DENY", "SAMEORIGIN"] | None = doc(
+        "X-Frame-Options value.", None)
+    referrer_policy: str | None = doc(
+        "Referrer-Policy value, e.g. `strict-origin-when-cross-origin`.", None)
+    content_security_policy: str | None = doc(
+        "Content-Security-Policy value.", None)
+
+
+@dataclass(frozen=True)
+class RouteRateLimitConfig:
+    """A token bucket per key: `burst` tokens, refilled at `rate_per_s`; a request takes one
+    or gets 429. Counters are shared by every worker of the daemon."""
+    rate_per_s: float = doc(
+        "Sustained requests per second per key.", REQUIRED, lo=0.001, hi=1e9)
+    burst: int = doc(
+        "Bucket size: requests a key may send at once after being idle.", REQUIRED,
+        lo=1, hi=10**9)
+    key: Literal["client_ip", "header", "cookie"] = doc(
+        "What a bucket is per: the client address, a request header's value or a cookie's "
+        "value (requests without it share one bucket).", "client_ip")
+    key_name: str | None = doc(
+        "The header or cookie name, for `key: header` or `key: cookie`.", None)
+    max_keys: int = doc(
+        "Buckets kept (24 bytes each, in memory shared by the workers); the least recently "
+        "used key's bucket is reused past it.", 1_000_000, lo=64, hi=100_000_000)

@@ -233,8 +233,9 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
       "redirect, fixed_response"]),
     (with_pool(routes=[{"forward": "app"}]), ["routes[0].name: missing (required)"]),
     (with_pool(routes=[route(forward="app", action="x")]),
-     ["routes[0].action: unknown key (allowed: basic_auth, cache, fixed_response, forward, "
-      "hsts_max_age_s, https_redirect_status, match, max_body_bytes, name, redirect, "
+     ["routes[0].action: unknown key (allowed: basic_auth, cache, cors, fixed_response, "
+      "forward, hsts_max_age_s, https_redirect_status, match, max_body_bytes, name, "
+      "rate_limit, redirect, request_headers, response_headers, security_headers, "
       "viewer_protocol)"]),
     (with_pool(routes=[route(forward="app"), route(forward="app")]),
      ['routes[1].name: duplicate route name "r" (also routes[0])']),
@@ -725,10 +726,14 @@ def test_full_example_uses_every_key() -> None:
     assert {"pools", "cache.policies", "buckets.users", "dns"} - named == {"dns"}
     used: set[str] = set()
     _yaml_keys(data, used, named)
-    # default_route is a route: its own keys must be shown, its actions are shown on routes.
+    # default_route is a route: its own keys must be shown, its actions and the inside of
+    # its header, CORS and security blocks are shown on routes.
     expected -= {k for k in expected if k.startswith("default_route.")
                  and k.split(".")[1] in ("match", "forward", "redirect", "fixed_response",
                                          "basic_auth")}
+    expected -= {k for k in expected if k.startswith("default_route.") and k.count(".") > 1
+                 and k.split(".")[1] in ("request_headers", "response_headers", "cors",
+                                         "security_headers")}
     missing = sorted(k for k in expected if k not in used)
     assert missing == [], f"config/example-full.yaml does not show: {missing}"
 

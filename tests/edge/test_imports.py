@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tls_gate",),
     ("connection",),
     ("exchange",),
-    ("cache_flow", "route_actions"),
+    ("cache_flow", "route_actions", "policy"),
     ("passthrough", "miss_job"),
     ("fill_sender", "origin_fetch"),
     ("cache_hit",),
