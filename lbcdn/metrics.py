@@ -97,6 +97,10 @@ UPSTREAM_ERRORS: Final = Counter(
 CLIENT_CONNECTIONS: Final = Gauge(
     "lbcdn_client_connections", "Open client connections.", ["listener"],
     multiprocess_mode="livesum", registry=REGISTRY)
+PROXY_REFUSED: Final = Counter(
+    "lbcdn_proxy_protocol_refused_total", "Connections closed for their PROXY protocol header "
+    "(bad, missing, too slow, or from an untrusted address).", ["listener"],
+    registry=REGISTRY)
 UPSTREAM_CONNECTIONS: Final = Gauge(
     "lbcdn_upstream_connections", "Open upstream connections: active (carrying a request) "
     "or idle (kept alive in the pool).", ["pool", "state"],
@@ -245,6 +249,9 @@ class ListenerMetrics:
 
     def connection_closed(self) -> None:
         self.connections.dec()
+
+    def proxy_refused(self) -> None:
+        PROXY_REFUSED.labels(self.listener).inc()
 
 
 _routes: Final[dict[tuple[str, str], RouteMetrics]] = {}

@@ -28,6 +28,7 @@ from lbcdn.edge.config import ListenerConfig
 from lbcdn.routing.config import ForwardAction, RouteConfig
 from lbcdn.edge.cache_hit import KnownHead
 from lbcdn.edge.connection import ClientConnection, Limits
+from lbcdn.edge.proxy_gate import ProxyGate, trusted_networks
 from lbcdn.edge.tls_gate import TlsGate
 from lbcdn.tls import ServerTls
 from lbcdn.http.head import request_header_kinds
@@ -82,7 +83,8 @@ class Listener:
         self.access_log = access_log
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
-        self.gates: set[TlsGate] = set()   # HTTPS connections before their handshake is done
+        # connections before their PROXY header is read or their TLS handshake done
+        self.gates: set[TlsGate | ProxyGate] = set()
         self.refusing: set[Refusal] = set()
         self.metrics = listener_metrics(config.name)
         self.id_header = config.request_id_header.encode()
@@ -92,6 +94,7 @@ class Listener:
         # daemon: awaits the certificate being served (None) or the reason it is not
         self.acme_demand: Callable[[str, str], Awaitable[str | None]] | None = None
         self.tls = ServerTls(config.tls) if config.tls is not None else None
+        self._set_proxy(config)
         self.scheme = "https" if self.tls is not None else "http"
         self._set_port(config.port)
         self._route_metrics: dict[str, RouteMetrics] = {}
@@ -115,11 +118,17 @@ class Listener:
         self.id_header = config.request_id_header.encode()
         self.id_header_lower = self.id_header.lower()
         self.header_kinds = request_header_kinds(self.id_header_lower)
+        self._set_proxy(config)
         if self.tls is not None and config.tls is not None:
             self.tls.load(config.tls)  # new handshakes use the new certificates
         self._route_metrics = {}
         self._plans = {}
         self.known_heads = {}
+
+    def _set_proxy(self, config: ListenerConfig) -> None:
+        pp = config.proxy_protocol
+        self.proxy = (trusted_networks(pp), pp.required) \
+            if pp is not None and pp.accept else None
 
     def remember_head(self, raw: bytes, head: KnownHead) -> None:
         remember(self.known_heads, raw, head, KNOWN_HEADS_MAX)
@@ -161,6 +170,10 @@ class Listener:
         if len(self.connections) + len(self.gates) >= self.max_connections and \
                 not self._make_room():
             return self._refusal()
+        if self.proxy is not None:
+            proxy = ProxyGate(self, self.proxy[0], self.proxy[1])
+            self.gates.add(proxy)
+            return proxy
         if self.tls is not None:
             gate = TlsGate(self, self.tls)  # TLS starts after it has read the ClientHello
             self.gates.add(gate)

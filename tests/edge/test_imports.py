@@ -20,6 +20,7 @@ EDGE = Path(__file__).resolve().parents[2] / "lbcdn" / "edge"
 # layer without a cycle.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("listener",),
+    ("proxy_gate",),
     ("tls_gate",),
     ("connection",),
     ("exchange",),
