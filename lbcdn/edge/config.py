@@ -23,15 +23,15 @@ XffMode = Literal["append", "preserve", "remove"]
 
 @dataclass(frozen=True)
 class ProxyProtocolConfig:
+    trusted: tuple[str, ...] = doc(
+        "Addresses or CIDRs of the load balancers in front. A connection from elsewhere is "
+        "served as a direct client, and closed (and logged) if it starts with a PROXY "
+        "header.", REQUIRED)
     accept: bool = doc(
         "Read a PROXY protocol header (v1 or v2, told apart by its first bytes) at the start "
         "of connections from `trusted` addresses, before TLS on an HTTPS listener; its "
         "client address is then the connection's everywhere (X-Forwarded-For, access log, "
         "balancing). `false`: no header is read.", True)
-    trusted: tuple[str, ...] = doc(
-        "Addresses or CIDRs of the load balancers in front. A connection from elsewhere is "
-        "served as a direct client, and closed (and logged) if it starts with a PROXY "
-        "header.", REQUIRED)
     required: bool = doc(
         "A trusted connection without a header is closed (and logged). `false`: it is "
         "served with its own address.", True)

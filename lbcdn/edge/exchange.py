@@ -413,7 +413,7 @@ class Exchange(UpstreamOwner):
 
     async def _connect(self, pool: Pool, target: Target) -> None:
         try:
-            conn = await pool.connect(target)
+            conn = await pool.connect(target, (self.conn.client_ip, self.conn.client_port))
         except ConnectError as exc:
             if self.state != FINISHED and self.inflight_target is target:
                 self._attempt_failed(exc.kind, None)

@@ -88,17 +88,19 @@ class ProxyGate(asyncio.Protocol):
             if may_be_header(self.data):
                 if len(self.data) < 6:
                     return   # too short to tell yet
-                self._refuse("PROXY header from an untrusted address")
+                self._refuse("untrusted", "PROXY header from an untrusted address")
                 return
             self._hand_on(0, None)
             return
         try:
             header = parse(self.data)
         except ProxyError as exc:
-            if not self.required and not may_be_header(self.data):
-                self._hand_on(0, None)
+            if may_be_header(self.data):
+                self._refuse("bad", str(exc))
+            elif self.required:
+                self._refuse("missing", str(exc))
             else:
-                self._refuse(str(exc))
+                self._hand_on(0, None)
             return
         if header is not None:
             self._hand_on(header.length, header)
@@ -129,11 +131,13 @@ class ProxyGate(asyncio.Protocol):
 
     def _too_slow(self) -> None:
         self.timer = None
-        self._refuse("no whole PROXY header within header_timeout_s" if self.trusted
+        self._refuse("slow", "no whole PROXY header within header_timeout_s" if self.trusted
                      else "nothing received within header_timeout_s")
 
-    def _refuse(self, why: str) -> None:
-        held = _LOG_LIMIT.allow(f"{self.listener.name} proxy", time.monotonic())
+    def _refuse(self, kind: str, why: str) -> None:
+        """Close, with a daemon-log line per listener and `kind` (a fixed few) at most every
+        few seconds."""
+        held = _LOG_LIMIT.allow(f"{self.listener.name} proxy {kind}", time.monotonic())
         if held is not None:
             log.warning("listener %s: connection from %s closed: %s%s", self.listener.name,
                         self.peer[0], why, held_note(held))

@@ -134,6 +134,15 @@ def _parse_v2(data: bytes) -> ProxyHeader | None:
     return ProxyHeader(total, (source, sport))
 
 
+def build(version: str, source: tuple[str, int] | None, dest: tuple[str, int]) -> bytes:
+    """The header of `version` ("v1" or "v2") for a connection to `dest` made for a client at
+    `source`; None: made for lbcdn itself (a health check), said as v1 `UNKNOWN` / v2 `LOCAL`,
+    which tell the receiver to use the connection's own address."""
+    if source is None:
+        return b"PROXY UNKNOWN\r\n" if version == "v1" else V2_SIGNATURE + b"\x20\x00\x00\x00"
+    return build_v1(source, dest) if version == "v1" else build_v2(source, dest)
+
+
 def build_v1(source: tuple[str, int], dest: tuple[str, int]) -> bytes:
     """A v1 line for a TCP connection from `source` to `dest` (both of one IP version; else
     the line says UNKNOWN, as the spec has it for mixed families)."""
