@@ -14,12 +14,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import trustme
 
 from lbcdn.http.proxyproto import V2_SIGNATURE, build_v1, build_v2
-from tests.e2e.harness import HOST, DaemonProcess, RawClient, free_port, listener_port, \
-    proxy_config, raw_backend, raw_request, read_request, wait_for_port, wait_until
+from tests.e2e.harness import HOST, DaemonProcess, RawClient, admin_port, free_port, \
+    listener_port, proxy_config, raw_backend, raw_request, read_request, until, wait_for_port, \
+    wait_until
 from tests.e2e.test_tls import write_cert
 
 UNTRUSTED = "127.0.0.2"   # another loopback address: a client the listener does not trust
@@ -242,9 +244,19 @@ backend app
     server app {HOST}:{backend}
 """, behind):
             cfg = proxy_config(behind)
-            cfg["pools"]["app"]["proxy_protocol"] = version
+            cfg["pools"]["app"].update(proxy_protocol=version, health={
+                "path": "/health", "interval_s": 0.3, "timeout_s": 0.25, "jitter": 0,
+                "healthy_threshold": 2})
             d = daemon(cfg, tmp_path, workers)
             try:
+                # health checks get through HAProxy's accept-proxy too (a LOCAL header)
+                async def healthy() -> bool:
+                    async with aiohttp.ClientSession() as s:
+                        async with s.get(f"http://{HOST}:{admin_port(cfg)}"
+                                         "/api/pools/app/targets") as r:
+                            rows = (await r.json())["targets"]
+                    return [t["state"] for t in rows] == ["healthy"]
+                await until(healthy, 15, what="the target passes its checks")
                 for source in (CLIENT, UNTRUSTED):
                     c = await RawClient.open(listener_port(cfg), source=source)
                     for _ in range(2):
