@@ -774,3 +774,21 @@ def test_dnssec_needs_admin_state_dir() -> None:
                  env={})
     assert "dns.zones[0].dnssec.algorithm" in errors(with_pool(dns={"zones": [
         {"name": "example.com", "dnssec": {"algorithm": "RSASHA1"}}]}))[0]
+
+
+def test_proxy_protocol_errors_name_their_path() -> None:
+    listener = {**LISTENER, "proxy_protocol": {"trusted": ["10.0.0.0/8", "10.0.0.300"],
+                                               "requird": True}}
+    assert errors({"listeners": [{**LISTENER, "proxy_protocol": {}}]}) == [
+        "listeners[0].proxy_protocol.trusted: missing (required)"]
+    assert errors({"listeners": [listener]}) == [
+        "listeners[0].proxy_protocol.requird: unknown key (did you mean 'required'? allowed: "
+        "accept, required, trusted)",
+        "listeners[0].proxy_protocol.trusted[1]: not an address or CIDR: '10.0.0.300'"]
+    assert errors(cfg(pools={"app": {"targets": ["127.0.0.1:9001"],
+                                     "proxy_protocol": "v3"}})) == [
+        'pools.app.proxy_protocol: must be one of "v1", "v2"; got "v3"']
+    ok = parse_config({"listeners": [{**LISTENER, "proxy_protocol": {"trusted": ["::1"]}}]},
+                      env={})
+    pp = ok.listeners[0].proxy_protocol
+    assert pp is not None and (pp.accept, pp.required, pp.trusted) == (True, True, ("::1",))
