@@ -744,6 +744,11 @@ def _check_config(ld: Loader, v: Mapping[str, Any], path: str) -> None:
             if isinstance(route.action, ForwardAction) and route.action.pool not in pool_names:
                 ld.error(join(where, "forward"),
                          f'unknown pool "{route.action.pool}" (known: {known})')
+            if route.mirror is not None and not isinstance(route.action, ForwardAction):
+                ld.error(join(where, "mirror"), "only on a route that forwards")
+            elif route.mirror is not None and route.mirror.pool not in pool_names:
+                ld.error(join(join(where, "mirror"), "pool"),
+                         f'unknown pool "{route.mirror.pool}" (known: {known})')
     first: dict[str, str] = {}
     for where, route in routes:
         if route.name in first:

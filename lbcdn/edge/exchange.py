@@ -28,8 +28,10 @@ from lbcdn import writebatch
 from lbcdn.acme import answers
 from lbcdn.edge import cache_flow
 from lbcdn.edge.accounting import record
+from lbcdn.edge.mirror import Mirror, start as mirror_start
 from lbcdn.edge.stream import PAUSE_UPSTREAM, ClientStream, ExchangeTap
-from lbcdn.routing.config import FixedResponseAction, ForwardAction, RedirectAction, RouteConfig
+from lbcdn.routing.config import FixedResponseAction, ForwardAction, MirrorConfig, \
+    RedirectAction, RouteConfig
 from lbcdn.http.date import http_date
 from lbcdn.http.errors import HttpError, error_response, failure_status, reason
 from lbcdn.http.head import ALLOWED_METHODS, RequestHead, ResponseHead, origin_request, \
@@ -125,6 +127,7 @@ class Exchange(UpstreamOwner):
     retries = 0
     extra_headers = b""   # header lines the route adds to every response (HSTS)
     tap: ExchangeTap | None = None   # the edge cache's view of this exchange
+    mirror: Mirror | None = None     # the copy of this request the route's `mirror` sends
 
     def __init__(self, conn: ClientStream, head: RequestHead, started: float) -> None:
         self.conn = conn
@@ -196,6 +199,8 @@ class Exchange(UpstreamOwner):
             return
         action = route.action
         if isinstance(action, ForwardAction):
+            if route.mirror is not None and head.upgrade is None:
+                self._start_mirror(route.mirror)
             self.forward(self.listener.pools[action.pool])
         elif isinstance(action, RedirectAction):
             self.redirect(action)
@@ -205,6 +210,22 @@ class Exchange(UpstreamOwner):
                                body)
         else:  # pragma: no cover - the loader admits no other action
             self.respond_error(HttpError(500, "route has no action"))
+
+    def _start_mirror(self, config: MirrorConfig) -> None:
+        pool = self.listener.pools[config.pool]
+        mode = pool.host_header
+        mirror = self.mirror = mirror_start(
+            config, pool, lambda target: self._mirror_head(target, mode), self.head.chunked)
+        if mirror is not None:
+            for chunk in self.body_buf:   # what arrived before this exchange became active
+                mirror.body(chunk)
+            if self.body_done:
+                mirror.done()
+
+    def _mirror_head(self, target: Target, mode: bytes) -> bytes:
+        """The head of the copy: as the real one would be for `target`, closing after it."""
+        return b"".join((self._upstream_lead(target, mode, self.conn.client_ip_bytes),
+                         self.request_id, b"\r\nConnection: close\r\n\r\n"))
 
     def redirect_to_https(self, status: int) -> None:
         head = self.head
@@ -505,6 +526,9 @@ class Exchange(UpstreamOwner):
             return
         if self.discard:
             return
+        mirror = self.mirror
+        if mirror is not None:
+            mirror.body(data)
         if self.upstream is not None:
             self._send_body(data)
         else:
@@ -513,6 +537,8 @@ class Exchange(UpstreamOwner):
 
     def request_done(self) -> None:
         self.body_done = True
+        if self.mirror is not None:
+            self.mirror.done()
         upstream = self.upstream
         if self.discard:
             self._maybe_finish()
@@ -524,6 +550,8 @@ class Exchange(UpstreamOwner):
     def request_broken(self, err: HttpError) -> None:
         """The request body broke a rule or timed out: no more of it will be read."""
         self.body_done = True
+        if self.mirror is not None:
+            self.mirror.drop()
         self.keep_alive = False
         if not self.conn.request_stopped(self):
             self.error = err  # answered in turn, when it becomes active

@@ -151,7 +151,7 @@ class Listener:
             forward = None
             if isinstance(action, ForwardAction) and route.viewer_protocol == "allow-all" \
                     and route.hsts_max_age_s is None and route.max_body_bytes is None \
-                    and route.cache is None:
+                    and route.cache is None and route.mirror is None:
                 forward = self.pools[action.pool]
             plan = self._plans[id(route)] = RoutePlan(route, self.route_metrics(route.name),
                                                        forward)

@@ -233,8 +233,8 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
     (with_pool(routes=[{"forward": "app"}]), ["routes[0].name: missing (required)"]),
     (with_pool(routes=[route(forward="app", action="x")]),
      ["routes[0].action: unknown key (allowed: cache, fixed_response, forward, "
-      "hsts_max_age_s, https_redirect_status, match, max_body_bytes, name, redirect, "
-      "viewer_protocol)"]),
+      "hsts_max_age_s, https_redirect_status, match, max_body_bytes, mirror, name, "
+      "redirect, viewer_protocol)"]),
     (with_pool(routes=[route(forward="app"), route(forward="app")]),
      ['routes[1].name: duplicate route name "r" (also routes[0])']),
     (with_pool(routes=[route(name="default", forward="app")]),
@@ -725,7 +725,8 @@ def test_full_example_uses_every_key() -> None:
     _yaml_keys(data, used, named)
     # default_route is a route: its own keys must be shown, its actions are shown on routes.
     expected -= {k for k in expected if k.startswith("default_route.")
-                 and k.split(".")[1] in ("match", "forward", "redirect", "fixed_response")}
+                 and k.split(".")[1] in ("match", "forward", "redirect", "fixed_response",
+                                         "mirror")}
     missing = sorted(k for k in expected if k not in used)
     assert missing == [], f"config/example-full.yaml does not show: {missing}"
 
@@ -792,3 +793,13 @@ def test_proxy_protocol_errors_name_their_path() -> None:
                       env={})
     pp = ok.listeners[0].proxy_protocol
     assert pp is not None and (pp.accept, pp.required, pp.trusted) == (True, True, ("::1",))
+
+
+def test_mirror_needs_a_known_pool_and_a_forward() -> None:
+    assert errors(with_pool(routes=[route(forward="app", mirror={"pool": "nope"})])) == [
+        'routes[0].mirror.pool: unknown pool "nope" (known: app)']
+    assert errors(with_pool(routes=[route(fixed_response={}, mirror={"pool": "app"})])) == [
+        "routes[0].mirror: only on a route that forwards"]
+    assert errors(with_pool(routes=[route(forward="app", mirror={
+        "pool": "app", "percent": 101})])) == [
+        "routes[0].mirror.percent: must be <= 100; got 101"]

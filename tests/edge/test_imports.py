@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("passthrough", "miss_job"),
     ("fill_sender", "origin_fetch"),
     ("cache_hit",),
-    ("accounting",),
+    ("accounting", "mirror"),
     ("stream", "config"),
 )
 
