@@ -28,7 +28,7 @@ from lbcdn.edge.config import ListenerConfig
 from lbcdn.routing.config import ForwardAction, RouteConfig
 from lbcdn.edge.cache_hit import KnownHead
 from lbcdn.edge.connection import ClientConnection, Limits
-from lbcdn.edge.proxy_gate import ProxyGate, trusted_networks
+from lbcdn.edge.proxy_gate import ProxyGate, proxy_settings
 from lbcdn.edge.tls_gate import TlsGate
 from lbcdn.tls import ServerTls
 from lbcdn.http.head import request_header_kinds
@@ -94,7 +94,8 @@ class Listener:
         # daemon: awaits the certificate being served (None) or the reason it is not
         self.acme_demand: Callable[[str, str], Awaitable[str | None]] | None = None
         self.tls = ServerTls(config.tls) if config.tls is not None else None
-        self._set_proxy(config)
+        # trusted networks and `required`, when a PROXY header is read (lbcdn.edge.proxy_gate)
+        self.proxy = proxy_settings(config.proxy_protocol)
         self.scheme = "https" if self.tls is not None else "http"
         self._set_port(config.port)
         self._route_metrics: dict[str, RouteMetrics] = {}
@@ -118,17 +119,12 @@ class Listener:
         self.id_header = config.request_id_header.encode()
         self.id_header_lower = self.id_header.lower()
         self.header_kinds = request_header_kinds(self.id_header_lower)
-        self._set_proxy(config)
+        self.proxy = proxy_settings(config.proxy_protocol)
         if self.tls is not None and config.tls is not None:
             self.tls.load(config.tls)  # new handshakes use the new certificates
         self._route_metrics = {}
         self._plans = {}
         self.known_heads = {}
-
-    def _set_proxy(self, config: ListenerConfig) -> None:
-        pp = config.proxy_protocol
-        self.proxy = (trusted_networks(pp), pp.required) \
-            if pp is not None and pp.accept else None
 
     def remember_head(self, raw: bytes, head: KnownHead) -> None:
         remember(self.known_heads, raw, head, KNOWN_HEADS_MAX)

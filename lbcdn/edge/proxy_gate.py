@@ -40,8 +40,14 @@ _LOG_LIMIT: Final = LogLimiter()
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def trusted_networks(config: ProxyProtocolConfig) -> tuple[Network, ...]:
-    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in config.trusted)
+def proxy_settings(config: ProxyProtocolConfig | None
+                   ) -> tuple[tuple[Network, ...], bool] | None:
+    """What a listener's gates need of its `proxy_protocol`: the trusted networks and whether
+    they must send a header; None when no header is read."""
+    if config is None or not config.accept:
+        return None
+    return (tuple(ipaddress.ip_network(cidr, strict=False) for cidr in config.trusted),
+            config.required)
 
 
 def is_trusted(ip: str, networks: tuple[Network, ...]) -> bool:

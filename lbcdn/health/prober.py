@@ -76,7 +76,8 @@ class ProbeSpec:
     def request(self) -> bytes:
         host = self.host_header or host_port(self.address, self.port)
         connection = b"" if self.keep_alive else b"Connection: close\r\n"
-        return self.proxy_header + (f"{self.method} {self.path} HTTP/1.1\r\nHost: {host}\r\n".encode("latin-1")
+        return (self.proxy_header
+                + f"{self.method} {self.path} HTTP/1.1\r\nHost: {host}\r\n".encode("latin-1")
                 + b"User-Agent: " + USER_AGENT + b"\r\nAccept: */*\r\n" + connection
                 + b"\r\n")
 
