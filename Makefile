@@ -39,9 +39,11 @@ NATIVE_DEBS := gcc libc6-dev $(shell $(PYTHON) -c 'import os, sysconfig; \
 # certificates; chromium: the status page in a real browser; IMAGE_DEBS: tests/deploy/
 # test_image.py runs `make image`. knot-dnssecutils (kzonecheck), unbound, bind9-dnsutils
 # (delv): real validators of signed zones (tests/e2e/test_dnssec.py); pebble: a real ACME CA
-# (tests/e2e/test_acme.py).
+# (tests/e2e/test_acme.py); haproxy: a real PROXY protocol peer in front of and behind lbcdn
+# (tests/e2e/test_proxy_protocol.py).
 IMAGE_DEBS := debootstrap buildah ca-certificates
 TEST_DEBS  := curl openssl knot pebble systemd docker-compose tini util-linux chromium $(NATIVE_DEBS) \
+              haproxy \
               $(IMAGE_DEBS) knot-dnssecutils unbound bind9-dnsutils
 BENCH_DEBS := nginx wrk util-linux dnsperf knot openssl $(NATIVE_DEBS)
 

@@ -97,6 +97,14 @@ UPSTREAM_ERRORS: Final = Counter(
 CLIENT_CONNECTIONS: Final = Gauge(
     "lbcdn_client_connections", "Open client connections.", ["listener"],
     multiprocess_mode="livesum", registry=REGISTRY)
+PROXY_REFUSED: Final = Counter(
+    "lbcdn_proxy_protocol_refused_total", "Connections closed for their PROXY protocol header "
+    "(bad, missing, too slow, or from an untrusted address).", ["listener"],
+    registry=REGISTRY)
+MIRROR_REQUESTS: Final = Counter(
+    "lbcdn_mirror_requests", "Mirrored copies of requests by outcome: sent (answered), "
+    "dropped (over max_in_flight or the buffer, or the request broke off), failed (connect, "
+    "reset, timeout).", ["pool", "outcome"], registry=REGISTRY)
 UPSTREAM_CONNECTIONS: Final = Gauge(
     "lbcdn_upstream_connections", "Open upstream connections: active (carrying a request) "
     "or idle (kept alive in the pool).", ["pool", "state"],
@@ -246,6 +254,9 @@ class ListenerMetrics:
     def connection_closed(self) -> None:
         self.connections.dec()
 
+    def proxy_refused(self) -> None:
+        PROXY_REFUSED.labels(self.listener).inc()
+
 
 _routes: Final[dict[tuple[str, str], RouteMetrics]] = {}
 _pools: Final[dict[str, PoolMetrics]] = {}
@@ -268,6 +279,11 @@ def pool_metrics(pool: str) -> PoolMetrics:
     if pm is None:
         pm = _pools[pool] = PoolMetrics(pool)
     return pm
+
+
+def mirror_outcome(pool: str, outcome: str) -> None:
+    """One mirrored copy ended (lbcdn.edge.mirror): a few a second at most, counted directly."""
+    MIRROR_REQUESTS.labels(pool, outcome).inc()
 
 
 def listener_metrics(listener: str) -> ListenerMetrics:

@@ -902,6 +902,11 @@ def _check_config(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         known = ", ".join(pool_names) or "none"
         for where, route in routes:
             action = route.action
+            if route.mirror is not None and not isinstance(action, ForwardAction):
+                ld.error(join(where, "mirror"), "only on a route that forwards")
+            elif route.mirror is not None and route.mirror.pool not in pool_names:
+                ld.error(join(join(where, "mirror"), "pool"),
+                         f'unknown pool "{route.mirror.pool}" (known: {known})')
             if not isinstance(action, ForwardAction):
                 continue
             if action.pool is not None and action.pool not in pool_names:

@@ -7,15 +7,45 @@ importing the schema. Data only: imports nothing of the edge.
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from lbcdn.configkit.fields import REQUIRED, doc
 from lbcdn.configkit.limits import limit_field
+from lbcdn.configkit.reflect import VALIDATORS, Loader, index, join
 from lbcdn.tls import ListenerTlsConfig
 
 
 XffMode = Literal["append", "preserve", "remove"]
+
+
+@dataclass(frozen=True)
+class ProxyProtocolConfig:
+    trusted: tuple[str, ...] = doc(
+        "Addresses or CIDRs of the load balancers in front. A connection from elsewhere is "
+        "served as a direct client, and closed (and logged) if it starts with a PROXY "
+        "header.", REQUIRED)
+    accept: bool = doc(
+        "Read a PROXY protocol header (v1 or v2, told apart by its first bytes) at the start "
+        "of connections from `trusted` addresses, before TLS on an HTTPS listener; its "
+        "client address is then the connection's everywhere (X-Forwarded-For, access log, "
+        "balancing). `false`: no header is read.", True)
+    required: bool = doc(
+        "A trusted connection without a header is closed (and logged). `false`: it is "
+        "served with its own address.", True)
+
+
+def _check_proxy_protocol(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    for i, cidr in enumerate(v.get("trusted", ())):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            ld.error(index(join(path, "trusted"), i), f"not an address or CIDR: {cidr!r}")
+
+
+VALIDATORS.setdefault(ProxyProtocolConfig, []).append(_check_proxy_protocol)
 
 
 @dataclass(frozen=True)
@@ -72,3 +102,6 @@ class ListenerConfig:
         lo=1, hi=1_000_000)
     tls: ListenerTlsConfig | None = doc(
         "Serve HTTPS on this listener. Unset: plain HTTP.", None)
+    proxy_protocol: ProxyProtocolConfig | None = doc(
+        "Accept the PROXY protocol from the load balancers in front (see "
+        "[PROXY protocol](../guides/edge.md#proxy-protocol)). Unset: none is read.", None)

@@ -185,10 +185,14 @@ class ClientConnection(ClientStream, Writer):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         if peer:
-            self.client_ip, self.client_port = peer[0], peer[1]
-            self.client_ip_bytes = self.client_ip.encode()
+            self.set_client(peer[0], peer[1])
         self.listener.connection_made(self)
         self.deadline.set(self.limits.idle_timeout_s)
+
+    def set_client(self, ip: str, port: int) -> None:
+        """The client's address: the peer's, or the one a PROXY header gave (proxy_gate)."""
+        self.client_ip, self.client_port = ip, port
+        self.client_ip_bytes = ip.encode()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -30,8 +30,10 @@ from lbcdn import writebatch
 from lbcdn.acme import answers
 from lbcdn.edge import cache_flow, route_actions
 from lbcdn.edge.accounting import record
+from lbcdn.edge.mirror import Mirror, start as mirror_start
 from lbcdn.edge.stream import PAUSE_UPSTREAM, ClientStream, ExchangeTap
-from lbcdn.routing.config import FixedResponseAction, ForwardAction, RedirectAction, RouteConfig
+from lbcdn.routing.config import FixedResponseAction, ForwardAction, MirrorConfig, \
+    RedirectAction, RouteConfig
 from lbcdn.http.date import http_date
 from lbcdn.http.errors import HttpError, error_body, error_fields, failure_status
 from lbcdn.http.head import ALLOWED_METHODS, Head, RequestHead, ResponseHead, origin_request, \
@@ -159,6 +161,7 @@ class Exchange(UpstreamOwner):
     policy: RoutePolicy | None = None   # the route's header actions, CORS, rate limit
     tap: ExchangeTap | None = None   # the edge cache's view of this exchange
     client_head: RequestHead | None = None   # the request as received, when `head` is rewritten
+    mirror: Mirror | None = None     # the copy of this request the route's `mirror` sends
 
     def __init__(self, conn: ClientStream, head: RequestHead, started: float) -> None:
         self.conn = conn
@@ -246,6 +249,8 @@ class Exchange(UpstreamOwner):
             return
         action = route.action
         if isinstance(action, ForwardAction):
+            if route.mirror is not None and self.head.upgrade is None:
+                self._start_mirror(route.mirror)
             route_actions.forward(self, action, plan.actions)
         elif isinstance(action, RedirectAction):
             self.redirect(action)
@@ -284,6 +289,22 @@ class Exchange(UpstreamOwner):
         if policy is None:
             return self.extra_headers
         return self.extra_headers + policy.local_lines(self.head, self._values())
+
+    def _start_mirror(self, config: MirrorConfig) -> None:
+        pool = self.listener.pools[config.pool]
+        mode = pool.host_header
+        mirror = self.mirror = mirror_start(
+            config, pool, lambda target: self._mirror_head(target, mode), self.head.chunked)
+        if mirror is not None:
+            for chunk in self.body_buf:   # what arrived before this exchange became active
+                mirror.body(chunk)
+            if self.req == REQ_DONE:
+                mirror.done()
+
+    def _mirror_head(self, target: Target, mode: bytes) -> bytes:
+        """The head of the copy: as the real one would be for `target`, closing after it."""
+        return b"".join((self._upstream_lead(target, mode, self.conn.client_ip_bytes),
+                         self.request_id, b"\r\nConnection: close\r\n\r\n"))
 
     def redirect_to_https(self, status: int) -> None:
         head = self.head
@@ -453,7 +474,7 @@ class Exchange(UpstreamOwner):
 
     async def _connect(self, pool: Pool, target: Target) -> None:
         try:
-            conn = await pool.connect(target)
+            conn = await pool.connect(target, (self.conn.client_ip, self.conn.client_port))
         except ConnectError as exc:
             if self.state != FINISHED and self.inflight_target is target:
                 self._attempt_failed(exc.kind, None)
@@ -548,6 +569,9 @@ class Exchange(UpstreamOwner):
             self.req = next_req_state(req, REQ_BODY)
         elif req == REQ_DISCARD:
             return
+        mirror = self.mirror
+        if mirror is not None:
+            mirror.body(data)
         if self.upstream is not None:
             self._send_body(data)
         else:
@@ -555,6 +579,8 @@ class Exchange(UpstreamOwner):
             self.conn.body_buffered(len(data))
 
     def request_done(self) -> None:
+        if self.mirror is not None:
+            self.mirror.done()
         req = self.req
         if req == REQ_DISCARD:
             self.req = next_req_state(req, REQ_DROPPED)
@@ -571,6 +597,8 @@ class Exchange(UpstreamOwner):
     def request_broken(self, err: HttpError) -> None:
         """The request body broke a rule or timed out: no more of it will be read."""
         self.req = next_req_state(self.req, REQ_FAILED)
+        if self.mirror is not None:
+            self.mirror.drop()
         self.keep_alive = False
         if not self.conn.request_stopped(self):
             self.error = err  # answered in turn, when it becomes active

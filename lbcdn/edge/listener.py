@@ -29,6 +29,7 @@ from lbcdn.routing.config import ForwardAction, RouteConfig
 from lbcdn.edge.cache_hit import KnownHead
 from lbcdn.edge.connection import ClientConnection, Limits
 from lbcdn.edge.policy import RoutePolicy
+from lbcdn.edge.proxy_gate import ProxyGate, proxy_settings
 from lbcdn.edge.tls_gate import TlsGate
 from lbcdn.tls import ServerTls
 from lbcdn.http.head import RequestHead, request_header_kinds
@@ -90,7 +91,8 @@ class Listener:
         self.access_log = access_log
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
-        self.gates: set[TlsGate] = set()   # HTTPS connections before their handshake is done
+        # connections before their PROXY header is read or their TLS handshake done
+        self.gates: set[TlsGate | ProxyGate] = set()
         self.refusing: set[Refusal] = set()
         self.metrics = listener_metrics(config.name)
         self.id_header = config.request_id_header.encode()
@@ -100,6 +102,8 @@ class Listener:
         # daemon: awaits the certificate being served (None) or the reason it is not
         self.acme_demand: Callable[[str, str], Awaitable[str | None]] | None = None
         self.tls = ServerTls(config.tls) if config.tls is not None else None
+        # trusted networks and `required`, when a PROXY header is read (lbcdn.edge.proxy_gate)
+        self.proxy = proxy_settings(config.proxy_protocol)
         self.scheme = "https" if self.tls is not None else "http"
         self._set_port(config.port)
         self._route_metrics: dict[str, RouteMetrics] = {}
@@ -123,6 +127,7 @@ class Listener:
         self.id_header = config.request_id_header.encode()
         self.id_header_lower = self.id_header.lower()
         self.header_kinds = request_header_kinds(self.id_header_lower)
+        self.proxy = proxy_settings(config.proxy_protocol)
         if self.tls is not None and config.tls is not None:
             self.tls.load(config.tls)  # new handshakes use the new certificates
         self._route_metrics = {}
@@ -158,7 +163,7 @@ class Listener:
                     and actions is None and policy is None \
                     and route.viewer_protocol == "allow-all" \
                     and route.hsts_max_age_s is None and route.max_body_bytes is None \
-                    and route.cache is None:
+                    and route.cache is None and route.mirror is None:
                 forward = self.pools[action.pool]
             plan = self._plans[id(route)] = RoutePlan(route, self.route_metrics(route.name),
                                                        forward, actions, policy)
@@ -182,6 +187,10 @@ class Listener:
         if len(self.connections) + len(self.gates) >= self.max_connections and \
                 not self._make_room():
             return self._refusal()
+        if self.proxy is not None:
+            proxy = ProxyGate(self, self.proxy[0], self.proxy[1])
+            self.gates.add(proxy)
+            return proxy
         if self.tls is not None:
             gate = TlsGate(self, self.tls)  # TLS starts after it has read the ClientHello
             self.gates.add(gate)

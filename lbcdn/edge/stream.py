@@ -47,11 +47,12 @@ PAUSE_BODY: Final = 4            # request bodies buffered while no upstream con
 @mypyc_attr(allow_interpreted_subclasses=True)
 class ClientStream:
     """The client side of an exchange (see the module docstring). Attributes every adapter
-    sets: `listener`, `client_ip` (str) and `client_ip_bytes`, `draining` (shutting down: the
-    response ends the stream)."""
+    sets: `listener`, `client_ip` (str), `client_ip_bytes` and `client_port`, `draining`
+    (shutting down: the response ends the stream)."""
     listener: Listener
     client_ip: str
     client_ip_bytes: bytes
+    client_port: int
     draining: bool
 
     # -- the response ---------------------------------------------------------------------

@@ -35,9 +35,11 @@ if TYPE_CHECKING:
 
 
 class TlsGate(asyncio.Protocol):
-    def __init__(self, listener: Listener, tls: ServerTls) -> None:
+    def __init__(self, listener: Listener, tls: ServerTls,
+                 client: tuple[str, int] | None = None) -> None:
         self.listener = listener
         self.tls = tls
+        self.client = client   # the address a PROXY header gave (lbcdn.edge.proxy_gate)
         self.transport: asyncio.Transport | None = None
         self.hello = b""
         self.timer: asyncio.TimerHandle | None = None
@@ -113,6 +115,8 @@ class TlsGate(asyncio.Protocol):
         if tls_transport is None or transport.is_closing():
             return
         conn.connection_made(tls_transport)
+        if self.client is not None:
+            conn.set_client(self.client[0], self.client[1])
 
     def _replay(self, transport: asyncio.Transport) -> None:
         protocol = cast(asyncio.BufferedProtocol, transport.get_protocol())

@@ -39,6 +39,7 @@ from lbcdn.health.matcher import parse_matcher
 from lbcdn.health.prober import (Cancellable, ConnectionSlot, ProbeResult, ProbeSpec,
                                  host_port, start_probe)
 from lbcdn.health.state import TargetHealth, Thresholds, Transition
+from lbcdn.http.proxyproto import build as proxy_header
 from lbcdn.tasks import spawn
 
 log = logging.getLogger("lbcdn.health")
@@ -63,14 +64,18 @@ class Check:
             raise ValueError("the timeout must be less than the interval")
 
     @classmethod
-    def for_target(cls, cfg: HealthCheckConfig, host: str, port: int) -> Check:
-        """A pool target's check from its pool's `health:` section."""
+    def for_target(cls, cfg: HealthCheckConfig, host: str, port: int,
+                   proxy_protocol: str | None = None) -> Check:
+        """A pool target's check from its pool's `health:` section; `proxy_protocol`: the
+        version of PROXY header the target requires (a LOCAL one: the check is lbcdn's)."""
+        header = b"" if proxy_protocol is None else proxy_header(proxy_protocol, None, ("", 0))
         spec = ProbeSpec(
             protocol=cfg.protocol, address=host, port=cfg.port or port, path=cfg.path,
             method=cfg.method, host_header=cfg.host or host_port(host, port),
             timeout_s=cfg.timeout_s, matcher=parse_matcher(cfg.matcher),
             search_string=None if cfg.search_string is None else cfg.search_string.encode(),
-            keep_alive=cfg.reuse_connection and cfg.protocol == "http")
+            keep_alive=cfg.reuse_connection and cfg.protocol == "http" and not header,
+            proxy_header=header)
         return cls(spec, cfg.interval_s,
                    Thresholds(cfg.healthy_threshold, cfg.unhealthy_threshold),
                    cfg.jitter, cfg.enabled)

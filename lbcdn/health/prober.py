@@ -68,12 +68,16 @@ class ProbeSpec:
     matcher: Matcher = _MATCH_200
     search_string: bytes | None = None
     keep_alive: bool = False         # reuse one connection between checks (http only)
+    # sent first on each connection (before TLS): a PROXY protocol header, for a target that
+    # requires one (lbcdn.upstream.config, `proxy_protocol`); never with keep_alive
+    proxy_header: bytes = b""
 
     @cached_property
     def request(self) -> bytes:
         host = self.host_header or host_port(self.address, self.port)
         connection = b"" if self.keep_alive else b"Connection: close\r\n"
-        return (f"{self.method} {self.path} HTTP/1.1\r\nHost: {host}\r\n".encode("latin-1")
+        return (self.proxy_header
+                + f"{self.method} {self.path} HTTP/1.1\r\nHost: {host}\r\n".encode("latin-1")
                 + b"User-Agent: " + USER_AGENT + b"\r\nAccept: */*\r\n" + connection
                 + b"\r\n")
 
@@ -514,6 +518,24 @@ class _ProbeProtocol(asyncio.Protocol):
         self._decided()
 
 
+async def _connect_proxied(spec: ProbeSpec, factory: Callable[[], asyncio.Protocol],
+                           tls: ssl.SSLContext) -> None:
+    """An HTTPS check of a target requiring the PROXY protocol: the header, then TLS."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(spec.address, spec.port, type=socket.SOCK_STREAM)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, address)
+        await loop.sock_sendall(sock, spec.proxy_header)
+        await loop.create_connection(factory, sock=sock, ssl=tls,
+                                     server_hostname=spec.server_hostname)
+    except BaseException:
+        sock.close()
+        raise
+
+
 async def _probe_via_transport(spec: ProbeSpec) -> ProbeResult:
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -522,8 +544,11 @@ async def _probe_via_transport(spec: ProbeSpec) -> ProbeResult:
     tls = tls_context() if spec.protocol == "https" else None
     try:
         async with asyncio.timeout(spec.timeout_s):
-            await loop.create_connection(lambda: proto, spec.address, spec.port, ssl=tls,
-                                         server_hostname=spec.server_hostname)
+            if spec.proxy_header and tls is not None:
+                await _connect_proxied(spec, lambda: proto, tls)
+            else:
+                await loop.create_connection(lambda: proto, spec.address, spec.port, ssl=tls,
+                                             server_hostname=spec.server_hostname)
             outcome, detail = await done
     except TimeoutError:
         outcome, detail = Outcome.TIMEOUT, _timeout_detail(spec, proto.connected)

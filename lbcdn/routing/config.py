@@ -167,6 +167,19 @@ Action = ForwardAction | RedirectAction | FixedResponseAction
 
 
 @dataclass(frozen=True)
+class MirrorConfig:
+    pool: str = doc(
+        "Pool the copies go to (a key of `pools`).", REQUIRED)
+    percent: float = doc(
+        "Share of the route's forwarded requests copied, chosen at random.", 100.0,
+        lo=0.0, hi=100.0)
+    max_in_flight: int = doc(
+        "Most copies under way at once to this pool (per worker); more are dropped "
+        "(counted in `lbcdn_mirror_requests_total{outcome=\"dropped\"}`).", 64,
+        lo=1, hi=100000)
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     """YAML: {name, match, max_body_bytes} plus exactly one of `forward` (a pool name or
     {pool}), `redirect` or `fixed_response` - or `cache` (a distribution) and none of them."""
@@ -211,6 +224,11 @@ class RouteConfig:
         "Security headers added to every response.", None)
     rate_limit: RouteRateLimitConfig | None = doc(
         "Limit requests per client (IP, header or cookie): over it, 429.", None)
+    mirror: MirrorConfig | None = doc(
+        "Send a copy of a share of the requests this route forwards (head and body) to "
+        "another pool, as Envoy's request mirroring does; the copies' answers and failures "
+        "are ignored and never delay the real request (see "
+        "[Request mirroring](../guides/edge.md#request-mirroring)). Unset: none.", None)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from lbcdn.configkit.fields import REQUIRED, doc
 from lbcdn.configkit.reflect import VALIDATORS, Loader, join
@@ -57,6 +57,11 @@ class PoolConfig(PoolPolicyConfig):
     idle_timeout_s: float = doc(
         "An idle upstream connection is closed after this long; keep it below the "
         "backend's own keep-alive timeout.", 50.0, lo=0.001)
+    proxy_protocol: Literal["v1", "v2"] | None = doc(
+        "Send a PROXY protocol header of this version at the start of every connection to "
+        "the targets (before TLS), carrying the client's address (a health check's and a "
+        "cache fill's say `LOCAL`/`UNKNOWN`: lbcdn's own). Such a connection belongs to one "
+        "client, so none is kept idle for reuse. Unset: none is sent.", None)
     discovery: DiscoveryConfig | None = doc(
         "Find targets in DNS (A/AAAA or SRV), re-resolved on an interval; targets that appear "
         "are added, those that disappear drain. Unset: only the fixed `targets`.", None)

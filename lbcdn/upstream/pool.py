@@ -41,6 +41,7 @@ from lbcdn.balancer.base import Policy
 from lbcdn.balancer.policy import build_policy
 from lbcdn.balancer.retry import RetryBudget
 from lbcdn.balancer.sticky import StickySessions, target_token
+from lbcdn.http.proxyproto import build as proxy_header
 from lbcdn.upstream.config import PoolConfig, TargetConfig
 from lbcdn.health.outlier import Ejection, OutlierDetector, Result, stalled
 from lbcdn.health.state import Reason, State, TargetHealth, Thresholds
@@ -173,6 +174,8 @@ class Pool(ConnectionHome):
         self.budget = RetryBudget(r.budget_percent, r.budget_window_s, r.budget_min_retries)
         self.limit = config.max_connections_per_target
         self.max_idle = config.max_idle_per_target
+        # a connection opened with a PROXY header carries one client's address: never reused
+        self.proxy_protocol = config.proxy_protocol or ""
         self.queue: collections.deque[_Waiter] = collections.deque()
         self.routable: tuple[Target, ...] = ()
         self.failed_open = False
@@ -495,17 +498,24 @@ class Pool(ConnectionHome):
             return conn
         return None
 
-    async def connect(self, target: Target) -> UpstreamConnection:
+    async def connect(self, target: Target,
+                      client: tuple[str, int] | None = None) -> UpstreamConnection:
+        """A new connection to `target`; with `proxy_protocol`, opened by a PROXY header for
+        `client` (None: lbcdn's own request)."""
         loop = asyncio.get_running_loop()
         conn = UpstreamConnection(self, target)
         # the loop takes any object with the protocol methods; the stubs want the base class
         protocol = cast(asyncio.Protocol, conn)
         try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: protocol,
-                                       target.host, target.port, ssl=self.ssl,
-                                       server_hostname=self._server_name(target)),
-                self.config.connect_timeout_s)
+            if self.proxy_protocol:
+                await asyncio.wait_for(self._connect_proxied(target, client, protocol),
+                                       self.config.connect_timeout_s)
+            else:
+                await asyncio.wait_for(
+                    loop.create_connection(lambda: protocol,
+                                           target.host, target.port, ssl=self.ssl,
+                                           server_hostname=self._server_name(target)),
+                    self.config.connect_timeout_s)
         except asyncio.TimeoutError:
             raise ConnectError("connect_timeout") from None
         except ssl.SSLError:
@@ -519,6 +529,26 @@ class Pool(ConnectionHome):
             # would carry a request nobody answers and no connection_lost is left to come.
             raise ConnectError("connect_refused")
         return conn
+
+    async def _connect_proxied(self, target: Target, client: tuple[str, int] | None,
+                               protocol: asyncio.Protocol) -> None:
+        """Connect, write the PROXY header, then hand the socket to the loop (and TLS): the
+        header goes before anything of TLS."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+            peer = sock.getpeername()
+            await loop.sock_sendall(sock, proxy_header(
+                self.proxy_protocol, client, (peer[0], peer[1])))
+            await loop.create_connection(lambda: protocol, sock=sock, ssl=self.ssl,
+                                         server_hostname=self._server_name(target))
+        except BaseException:
+            sock.close()
+            raise
 
     def _server_name(self, target: Target) -> str | None:
         tls = self.config.tls
@@ -552,7 +582,7 @@ class Pool(ConnectionHome):
         target = conn.target
         idle = target.idle
         if (self.closed or conn.closed or len(idle) >= self.max_idle
-                or not target.serving):
+                or not target.serving or self.proxy_protocol):
             conn.close()
             return
         conn.idle_since = writebatch.now()

@@ -234,8 +234,8 @@ CASES: list[tuple[dict[str, Any], list[str]]] = [
     (with_pool(routes=[{"forward": "app"}]), ["routes[0].name: missing (required)"]),
     (with_pool(routes=[route(forward="app", action="x")]),
      ["routes[0].action: unknown key (allowed: basic_auth, cache, cors, fixed_response, "
-      "forward, hsts_max_age_s, https_redirect_status, match, max_body_bytes, name, "
-      "rate_limit, redirect, request_headers, response_headers, security_headers, "
+      "forward, hsts_max_age_s, https_redirect_status, match, max_body_bytes, mirror, "
+      "name, rate_limit, redirect, request_headers, response_headers, security_headers, "
       "viewer_protocol)"]),
     (with_pool(routes=[route(forward="app"), route(forward="app")]),
      ['routes[1].name: duplicate route name "r" (also routes[0])']),
@@ -730,7 +730,7 @@ def test_full_example_uses_every_key() -> None:
     # its header, CORS and security blocks are shown on routes.
     expected -= {k for k in expected if k.startswith("default_route.")
                  and k.split(".")[1] in ("match", "forward", "redirect", "fixed_response",
-                                         "basic_auth")}
+                                         "basic_auth", "mirror")}
     expected -= {k for k in expected if k.startswith("default_route.") and k.count(".") > 1
                  and k.split(".")[1] in ("request_headers", "response_headers", "cors",
                                          "security_headers")}
@@ -904,3 +904,31 @@ def test_the_condition_value_limit_is_configurable() -> None:
                                                                     "HEAD", "DELETE", "PATCH"]})],
                      routing={"max_condition_values": 6})
     assert parse_config(data, env={}).routes[0].match.methods[-1] == "PATCH"
+
+
+def test_proxy_protocol_errors_name_their_path() -> None:
+    listener = {**LISTENER, "proxy_protocol": {"trusted": ["10.0.0.0/8", "10.0.0.300"],
+                                               "requird": True}}
+    assert errors({"listeners": [{**LISTENER, "proxy_protocol": {}}]}) == [
+        "listeners[0].proxy_protocol.trusted: missing (required)"]
+    assert errors({"listeners": [listener]}) == [
+        "listeners[0].proxy_protocol.requird: unknown key (did you mean 'required'? allowed: "
+        "accept, required, trusted)",
+        "listeners[0].proxy_protocol.trusted[1]: not an address or CIDR: '10.0.0.300'"]
+    assert errors(cfg(pools={"app": {"targets": ["127.0.0.1:9001"],
+                                     "proxy_protocol": "v3"}})) == [
+        'pools.app.proxy_protocol: must be one of "v1", "v2"; got "v3"']
+    ok = parse_config({"listeners": [{**LISTENER, "proxy_protocol": {"trusted": ["::1"]}}]},
+                      env={})
+    pp = ok.listeners[0].proxy_protocol
+    assert pp is not None and (pp.accept, pp.required, pp.trusted) == (True, True, ("::1",))
+
+
+def test_mirror_needs_a_known_pool_and_a_forward() -> None:
+    assert errors(with_pool(routes=[route(forward="app", mirror={"pool": "nope"})])) == [
+        'routes[0].mirror.pool: unknown pool "nope" (known: app)']
+    assert errors(with_pool(routes=[route(fixed_response={}, mirror={"pool": "app"})])) == [
+        "routes[0].mirror: only on a route that forwards"]
+    assert errors(with_pool(routes=[route(forward="app", mirror={
+        "pool": "app", "percent": 101})])) == [
+        "routes[0].mirror.percent: must be <= 100; got 101"]

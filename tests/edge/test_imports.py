@@ -20,6 +20,7 @@ EDGE = Path(__file__).resolve().parents[2] / "lbcdn" / "edge"
 # layer without a cycle.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("listener",),
+    ("proxy_gate",),
     ("tls_gate",),
     ("connection",),
     ("exchange",),
@@ -27,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("passthrough", "miss_job"),
     ("fill_sender", "origin_fetch"),
     ("cache_hit",),
-    ("accounting",),
+    ("accounting", "mirror"),
     ("stream", "config"),
 )
 

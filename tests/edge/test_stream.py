@@ -28,6 +28,7 @@ class RecordingStream(ClientStream):
         self.listener = listener
         self.client_ip = HOST
         self.client_ip_bytes = HOST.encode()
+        self.client_port = 40000
         self.draining = False
         self.events: list[tuple[Any, ...]] = []
         self.sent = 0
