@@ -226,19 +226,27 @@ def test_kill_9_during_versioned_put_keeps_previous(tmp_path: Path, workers: lis
         s3.put_bucket_versioning(Bucket="data", VersioningConfiguration={"Status": "Enabled"})
         old = os.urandom(1 << 20)
         v1 = s3.put_object(Bucket="data", Key="k", Body=old)["VersionId"]
-        for round_ in range(3):
+        area = d.root / ".lbcdn"
+        # Kill while the body is received, and once the replaced version is kept (its record
+        # written: the rename onto the key follows within microseconds).
+        stages = {
+            "receiving": lambda: any(p.is_file() and p.stat().st_size >= 8 << 20
+                                     for p in (area / "tmp").iterdir()),
+            "kept": lambda: any((area / "versions").glob(f"data/*/*/{v1}.json")),
+        }
+        for stage, reached in stages.items():
             big = os.urandom(64 << 20)
-            done = threading.Event()
 
             def put() -> None:
                 with contextlib.suppress(Exception):  # the connection dies with the daemon
                     s3.put_object(Bucket="data", Key="k", Body=big)
-                done.set()
 
             t = threading.Thread(target=put)
             t.start()
-            # Kill at different moments: while receiving, and once the body is all in.
-            time.sleep(0.05 + 0.3 * round_)
+            deadline = time.monotonic() + 30
+            while not reached() and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            assert reached(), stage
             d.proc.kill()
             t.join(30)
             d.proc = d.start()
