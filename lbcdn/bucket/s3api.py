@@ -31,6 +31,7 @@ from lbcdn.bucket.bucketpolicy import parse_policy
 from lbcdn.bucket.errors import S3Error, render_error
 from lbcdn.bucket.httpsem import (Unsatisfiable, evaluate_preconditions, if_range_allows,
                                   metadata_text, parse_range)
+from lbcdn.bucket.lifecycle import parse_tagging, tags_from_header
 from lbcdn.bucket.keys import check_key, check_text, decode_key, decode_path, split_path
 from lbcdn.bucket.publicaccess import ALL_BLOCKED, PRIVATE, PUBLIC_READ, BucketAccess
 from lbcdn.bucket.runtime import BucketRuntime, object_identity
@@ -55,7 +56,7 @@ _COPY_CONDITIONS = {
     "x-amz-copy-source-if-modified-since": "If-Modified-Since",
     "x-amz-copy-source-if-unmodified-since": "If-Unmodified-Since",
 }
-_UNSUPPORTED_SUBRESOURCES = ("cors", "lifecycle", "tagging", "replication",
+_UNSUPPORTED_SUBRESOURCES = ("cors", "replication",
                              "encryption", "logging", "notification", "object-lock",
                              "legal-hold", "retention", "torrent", "restore", "select",
                              "analytics", "inventory", "metrics", "accelerate",
@@ -226,6 +227,10 @@ class S3Api:
                 return await self._bucket_access_op(req, sub)
         if "versioning" in q and m in ("PUT", "GET"):
             return await self.bucket_versioning(req)
+        if "lifecycle" in q and m in ("PUT", "GET", "DELETE"):
+            return await self.bucket_lifecycle(req)
+        if "tagging" in q:
+            raise S3Error("NotImplemented", "Bucket tagging is not implemented.")
         if m == "PUT":
             return await (self.put_website(req) if "website" in q else self.create_bucket(req))
         if m == "HEAD":
@@ -251,6 +256,8 @@ class S3Api:
         m, q = req.method, req.query
         if "acl" in q and m in ("PUT", "GET"):
             return await (self.put_object_acl(req) if m == "PUT" else self.get_object_acl(req))
+        if "tagging" in q and m in ("PUT", "GET", "DELETE"):
+            return await self.object_tagging(req)
         if m == "PUT":
             if "uploadId" in q or "partNumber" in q:
                 if "x-amz-copy-source" in req.headers:
@@ -434,6 +441,36 @@ class S3Api:
             version_id_marker=vid_marker, max_keys=max_keys, url=enc == "url",
             owner=state.owner or (req.user.name if req.user else "")))
 
+    async def bucket_lifecycle(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "manage")
+        store = self.rt.lifecycle_rules
+        if req.method == "GET":
+            body = await asyncio.to_thread(store.get, req.bucket)
+            if body is None:
+                raise S3Error("NoSuchLifecycleConfiguration", "The lifecycle configuration "
+                              "does not exist", status=404, extra={"BucketName": req.bucket})
+            return self._xml(body)
+        if req.method == "DELETE":
+            await asyncio.to_thread(store.delete, req.bucket)
+            return web.Response(status=204)
+        await asyncio.to_thread(store.put, req.bucket, await self._read_small_body(req))
+        return web.Response(status=200)
+
+    async def object_tagging(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "read" if req.method == "GET" else "write", req.key)
+        info = await asyncio.to_thread(self.rt.versions.get, req.bucket, req.key,
+                                       req.query.get("versionId"))
+        headers = self._version_header(req.bucket, info)
+        if req.method == "GET":
+            tags = await asyncio.to_thread(self.rt.tags.get, req.bucket, info)
+            resp = self._xml(xmlio.tagging(tags))
+            resp.headers.update(headers)
+            return resp
+        tags = {} if req.method == "DELETE" else parse_tagging(
+            await self._read_small_body(req))
+        await asyncio.to_thread(self.rt.tags.put, req.bucket, info, tags)
+        return web.Response(status=204 if req.method == "DELETE" else 200, headers=headers)
+
     def _version_header(self, bucket: str, info: ObjectInfo) -> dict[str, str]:
         """x-amz-version-id, sent (as S3) once the bucket's versioning was configured."""
         if info.version_id == "null" and self.rt.versions.status(bucket) is None:
@@ -602,10 +639,14 @@ class S3Api:
     async def put_object(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write", req.key)
         acl = await self._object_acl_to_set(req)
+        tagging = req.headers.get("x-amz-tagging")
+        tags = tags_from_header(tagging) if tagging is not None else {}
         pending = await self._receive(req)
         info = await asyncio.to_thread(self.storage.commit, pending, req.bucket, req.key,
                                        stored_headers_from(req.headers))
         await self._set_new_object_acl(req.bucket, info, acl)
+        if tags:
+            await asyncio.to_thread(self.rt.tags.put, req.bucket, info, tags)
         return web.Response(status=200, headers={"ETag": f'"{info.etag}"',
                                                   **self._version_header(req.bucket, info)})
 

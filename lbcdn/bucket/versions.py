@@ -286,6 +286,26 @@ class Versions:
                 return version_id, v.info is None
             return version_id, False  # S3 answers 204 for a version that is not there
 
+    def expire(self, bucket: str, info: ObjectInfo) -> bool:
+        """Delete the key's current version (as a DELETE without versionId) only when
+        `info` still is it: the lifecycle's delete never removes a newer upload."""
+        with self._lock(bucket, info.key):
+            cur = self._current(bucket, info.key)
+            if cur is None or (cur.version_id, cur.mtime_ns, cur.etag, cur.size) != (
+                    info.version_id, info.mtime_ns, info.etag, info.size):
+                return False
+            self.delete(bucket, info.key, None)
+            return True
+
+    def remove_lone_marker(self, bucket: str, key: str, version_id: str) -> bool:
+        """Remove a delete marker that is the key's only version (an expired one)."""
+        with self._lock(bucket, key):
+            vs = self.versions_of(bucket, key)
+            if len(vs) != 1 or vs[0].info is not None or vs[0].version_id != version_id:
+                return False
+            self._remove(bucket, key, version_id)
+            return True
+
     def _promote(self, bucket: str, key: str) -> None:
         """Without a current object, make the newest version current when it is an object."""
         if self._current(bucket, key) is not None:
@@ -329,6 +349,13 @@ class Versions:
         keys.sort()
         return keys
 
+    def keys(self, bucket: str, prefix: str = "", after: str = "") -> Iterator[str]:
+        """Keys with a current version or a record here, after `after`, in order."""
+        spilled = self.storage.spilled_keys(bucket)
+        recorded = [k for k in self._version_keys(bucket, prefix) if k > after]
+        return _merge_unique(self.storage.iter_keys(bucket, prefix, after, spilled),
+                             iter(recorded))
+
     def list(self, bucket: str, prefix: str = "", delimiter: str = "", key_marker: str = "",
              version_id_marker: str = "", max_keys: int = 1000) -> VersionListing:
         """ListObjectVersions: versions in key order, newest first within a key, after
@@ -344,10 +371,7 @@ class Versions:
             i = after.find(delimiter, len(prefix))
             if i >= 0:  # the marker is inside a common prefix returned already
                 after = max(after, after[:i + len(delimiter)] + "\U0010ffff")
-        spilled = self.storage.spilled_keys(bucket)
-        recorded = [k for k in self._version_keys(bucket, prefix) if k > after]
-        current = self.storage.iter_keys(bucket, prefix, after, spilled)
-        keys = _merge_unique(current, iter(recorded))
+        keys = self.keys(bucket, prefix, after)
         versions: list[Version] = []
         prefixes: list[str] = []
         last: tuple[str, str | None] | None = None

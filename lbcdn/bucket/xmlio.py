@@ -24,7 +24,7 @@ HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
 MAX_DELETE_KEYS = 1000
 
 
-def _parse(body: bytes, root_tag: str) -> ET.Element:
+def parse_xml(body: bytes, root_tag: str) -> ET.Element:
     if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
         raise S3Error("MalformedXML")
     try:
@@ -41,7 +41,7 @@ def _parse(body: bytes, root_tag: str) -> ET.Element:
 
 def parse_complete(body: bytes) -> list[tuple[int, str]]:
     """CompleteMultipartUpload body -> [(part number, etag)] in the given order."""
-    root = _parse(body, "CompleteMultipartUpload")
+    root = parse_xml(body, "CompleteMultipartUpload")
     parts = []
     for part in root.findall("Part"):
         try:
@@ -56,7 +56,7 @@ def parse_create_bucket(body: bytes) -> str | None:
     """CreateBucketConfiguration body (optional) -> LocationConstraint."""
     if not body.strip():
         return None
-    root = _parse(body, "CreateBucketConfiguration")
+    root = parse_xml(body, "CreateBucketConfiguration")
     return root.findtext("LocationConstraint")
 
 
@@ -234,7 +234,7 @@ def list_uploads(bucket: str, uploads: list[UploadInfo], *, prefix: str, max_upl
 
 def parse_delete(body: bytes) -> tuple[list[tuple[str, str | None]], bool]:
     """DeleteObjects body -> ([(key, version id or None)], quiet)."""
-    root = _parse(body, "Delete")
+    root = parse_xml(body, "Delete")
     objs = [(obj.findtext("Key") or "", obj.findtext("VersionId"))
             for obj in root.findall("Object")]
     if not objs or len(objs) > MAX_DELETE_KEYS:
@@ -244,7 +244,7 @@ def parse_delete(body: bytes) -> tuple[list[tuple[str, str | None]], bool]:
 
 def parse_versioning(body: bytes) -> str:
     """PutBucketVersioning body -> "Enabled" or "Suspended"."""
-    root = _parse(body, "VersioningConfiguration")
+    root = parse_xml(body, "VersioningConfiguration")
     status = (root.findtext("Status") or "").strip()
     if status not in ("Enabled", "Suspended"):
         raise S3Error("MalformedXML", "Status must be Enabled or Suspended.")
@@ -290,3 +290,8 @@ def list_versions(bucket: str, listing: VersionListing, *, prefix: str, delimite
                for p in listing.prefixes)
     out.append("</ListVersionsResult>")
     return "".join(out).encode("utf-8")
+
+
+def tagging(tags: dict[str, str]) -> bytes:
+    body = "".join(f"<Tag>{_tag('Key', k)}{_tag('Value', v)}</Tag>" for k, v in tags.items())
+    return f'{HEAD}<Tagging xmlns="{NS}"><TagSet>{body}</TagSet></Tagging>'.encode()
