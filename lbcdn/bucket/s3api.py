@@ -406,6 +406,7 @@ class S3Api:
                           extra={"BucketName": req.bucket})
         await asyncio.to_thread(self.storage.delete_bucket, req.bucket)
         await asyncio.to_thread(self.rt.versions.drop_bucket, req.bucket)
+        await asyncio.to_thread(self.rt.lifecycle_rules.delete, req.bucket)
         await asyncio.to_thread(self.rt.access.drop, req.bucket)
         return web.Response(status=204)
 
@@ -761,7 +762,9 @@ class S3Api:
             raise S3Error("InvalidArgument", "Unknown metadata directive.",
                           extra={"ArgumentName": "x-amz-metadata-directive"})
         src = await asyncio.to_thread(self.rt.versions.get, src_bucket, src_key, src_version)
-        if (src_bucket, src_key) == (req.bucket, req.key) and directive == "COPY":
+        # Copying an older version onto its own key is how a version is restored (S3 too).
+        if (src_bucket, src_key) == (req.bucket, req.key) and directive == "COPY" and \
+                src_version is None:
             raise S3Error("InvalidRequest", "This copy request is illegal because it is trying "
                           "to copy an object to itself without changing the object's metadata, "
                           "storage class, website redirect location or encryption attributes.")

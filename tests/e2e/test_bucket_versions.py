@@ -156,6 +156,10 @@ def test_versions_markers_and_restore(daemon: Daemon) -> None:
                        CopySource={"Bucket": "data", "Key": "k", "VersionId": "null"})
     assert c["CopySourceVersionId"] == "null" and c["VersionId"] not in (v1, "null")
     assert body(s3, "copy") == b"before"
+    # Copying an old version onto its own key restores it as a new version.
+    s3.copy_object(Bucket="data", Key="k", CopySource={"Bucket": "data", "Key": "k",
+                                                      "VersionId": "null"})
+    assert body(s3, "k") == b"before" and body(s3, "k", VersionId=v1) == b"one"
     # A versioned bucket is not empty while versions remain; deleting them all empties it.
     with pytest.raises(ClientError) as e:
         s3.delete_bucket(Bucket="data")
