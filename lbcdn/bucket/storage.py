@@ -12,6 +12,8 @@ bucket name cannot start with a dot and keys are resolved inside their bucket di
     <root>/.lbcdn/uploads/<id>/part-<n>-<etag>     part n's data
     <root>/.lbcdn/completed/<id>.json              completion record of an upload
     <root>/.lbcdn/tmp/                             temporary files (emptied at start)
+    <root>/.lbcdn/versions/, versioning/          noncurrent versions (versions.py)
+    <root>/.lbcdn/lifecycle/, tags/               lifecycle rules, object tags (lifecycle.py)
 
 Rules:
 - Which keys are files and which are spilled is decided in layout.py (and documented there);

@@ -101,8 +101,19 @@ class Versions:
         storage.version_hook = self._hook
 
     def prepare(self) -> None:
+        """Create the layout; drop the data a crash left without its record (a kept version
+        whose record was not written is still the current one)."""
         os.makedirs(self.dir, exist_ok=True)
         os.makedirs(self.conf_dir, exist_ok=True)
+        for bucket in os.listdir(self.dir):
+            with contextlib.suppress(OSError):
+                for sub in os.listdir(os.path.join(self.dir, bucket)):
+                    for e in os.scandir(os.path.join(self.dir, bucket, sub)):
+                        names = set(os.listdir(e.path))
+                        for name in names:
+                            if not name.endswith(".json") and name + ".json" not in names:
+                                with contextlib.suppress(OSError):
+                                    os.unlink(os.path.join(e.path, name))
 
     # -- bucket state ------------------------------------------------------------------------
 
@@ -216,8 +227,9 @@ class Versions:
         for name in (version_id + ".json", version_id):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(d, name))
-        with contextlib.suppress(OSError):
-            os.removedirs(d)
+        with contextlib.suppress(OSError):  # the key's directory, then its H2 one
+            os.rmdir(d)
+            os.rmdir(os.path.dirname(d))
 
     @contextlib.contextmanager
     def _hook(self, bucket: str, key: str, restore: str | None) -> Iterator[str]:

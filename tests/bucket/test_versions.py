@@ -63,3 +63,15 @@ def test_unversioned_overwrite_of_the_same_null_version_is_not_expired(vs: Versi
     put(vs, "k", b"newer")
     assert not vs.expire("data", seen)
     assert vs.storage.stat_object("data", "k").size == 5
+
+
+def test_start_drops_data_left_without_a_record(vs: Versions) -> None:
+    vs.set_status("data", "Enabled")
+    v1 = put(vs, "k", b"one")
+    put(vs, "k", b"two")
+    d = Path(vs._key_dir("data", "k"))
+    (d / (v1.version_id + ".json")).unlink()  # a crash between the link and the record
+    assert (d / v1.version_id).exists()
+    Versions(vs.storage).prepare()
+    assert not (d / v1.version_id).exists()
+    assert len(vs.versions_of("data", "k")) == 1
