@@ -75,3 +75,18 @@ def test_start_drops_data_left_without_a_record(vs: Versions) -> None:
     Versions(vs.storage).prepare()
     assert not (d / v1.version_id).exists()
     assert len(vs.versions_of("data", "k")) == 1
+
+
+def test_complete_multipart_keeps_the_replaced_version(vs: Versions) -> None:
+    vs.set_status("data", "Enabled")
+    v1 = put(vs, "k", b"one")
+    st = vs.storage
+    upload = st.create_upload("data", "k", {}, "u")
+    p = st.begin_write()
+    p.write(b"multipart")
+    part = st.commit_part(p, upload, 1)
+    done = st.complete_upload("data", "k", upload.upload_id, [(1, part.etag)])
+    assert done.version_id not in ("null", v1.version_id)
+    assert [(v.version_id, v.latest) for v in vs.versions_of("data", "k")] == [
+        (done.version_id, True), (v1.version_id, False)]
+    assert vs.get("data", "k", v1.version_id).size == 3
