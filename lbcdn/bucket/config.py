@@ -76,6 +76,18 @@ class BucketConfig:
 
 
 @dataclass(frozen=True)
+class BucketLifecycleConfig:
+    """The background pass applying buckets' lifecycle rules (PutBucketLifecycleConfiguration)."""
+    interval_s: float = doc("Time between two lifecycle passes.", 3600.0, lo=0.01)
+    max_versions_per_pass: int = doc(
+        "Most object versions one pass examines; the next pass resumes after them.", 10000,
+        lo=1)
+    day_s: float = doc(
+        "Seconds in a lifecycle \"day\" (Days, NoncurrentDays, DaysAfterInitiation). Only "
+        "tests change it, to see rules act within seconds.", 86400.0, lo=0.001)
+
+
+@dataclass(frozen=True)
 class BucketsConfig:
     root: str = doc("Directory holding one directory per bucket (and `.lbcdn/` for metadata "
                     "and temporary files, on the same file system).", REQUIRED)
@@ -102,6 +114,8 @@ class BucketsConfig:
     clock_skew_s: float = doc("Largest accepted difference between a request's signing time "
                               "and ours (S3: 15 minutes).", 900.0, lo=1)
     drain_timeout_s: float = doc("On stop, how long in-flight requests may run.", 10.0, lo=0)
+    lifecycle: BucketLifecycleConfig = doc("Lifecycle rule evaluation.",
+                                           default_factory=BucketLifecycleConfig)
     limits: HttpLimitsConfig = doc("Limits on the clients of the S3 API and website listeners "
                                    "(each listener has its own `max_connections`).",
                                    default_factory=HttpLimitsConfig)

@@ -39,6 +39,7 @@ STATUS: dict[str, int] = {
     "NoSuchBucket": 404,
     "NoSuchKey": 404,
     "NoSuchUpload": 404,
+    "NoSuchVersion": 404,
     "NoSuchWebsiteConfiguration": 404,
     "NotImplemented": 501,
     "NotModified": 304,
@@ -76,6 +77,7 @@ DEFAULT_MESSAGES: dict[str, str] = {
     "NoSuchKey": "The specified key does not exist.",
     "NoSuchUpload": "The specified upload does not exist. The upload ID may be invalid, or "
                     "the upload may have been aborted or completed.",
+    "NoSuchVersion": "The specified version does not exist.",
     "NoSuchWebsiteConfiguration": "The specified bucket does not have a website configuration",
     "NotImplemented": "A header you provided implies functionality that is not implemented.",
     "PreconditionFailed": "At least one of the pre-conditions you specified did not hold",
@@ -94,13 +96,16 @@ class S3Error(Exception):
     """A client-visible S3 failure. `status` defaults from the code's entry in `STATUS`."""
 
     def __init__(self, code: str, message: str | None = None, *, status: int | None = None,
-                 resource: str = "", extra: dict[str, str] | None = None) -> None:
+                 resource: str = "", extra: dict[str, str] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         self.code = code
         self.message = message if message is not None else DEFAULT_MESSAGES.get(code, code)
         self.status = status if status is not None else STATUS.get(code, 400)
         self.resource = resource
         # Extra child elements S3 adds for some codes (e.g. BucketName, Key, UploadId).
         self.extra: dict[str, str] = dict(extra or {})
+        # Response headers S3 sends with some errors (x-amz-delete-marker on a deleted key).
+        self.headers: dict[str, str] = dict(headers or {})
         super().__init__(f"{self.code}: {self.message}")
 
     def with_resource(self, resource: str) -> S3Error:

@@ -25,6 +25,8 @@ from lbcdn.bucket.config import BucketsConfig
 from lbcdn.bucket.errors import S3Error
 from lbcdn.bucket.publicaccess import PUBLIC_READ, may_consult_object_acl, public_decision
 from lbcdn.bucket.storage import ObjectInfo, Storage
+from lbcdn.bucket.lifecycle import Lifecycle, LifecycleStore, Tags
+from lbcdn.bucket.versions import Versions
 from lbcdn.bucket.websiteconf import WebsiteConfig, parse_website_xml
 
 
@@ -78,9 +80,20 @@ class BucketRuntime:
     body_reader: BodyReaderFactory
     clock: Callable[[], float] = time.time
     access: AccessStore = field(init=False)
+    versions: Versions = field(init=False)
+    tags: Tags = field(init=False)
+    lifecycle_rules: LifecycleStore = field(init=False)
+    lifecycle: Lifecycle = field(init=False)
 
     def __post_init__(self) -> None:
         self.access = AccessStore(self.storage.area)
+        self.versions = Versions(self.storage)
+        self.tags = Tags(self.storage)
+        self.lifecycle_rules = LifecycleStore(self.storage)
+        lc = self.config.lifecycle
+        self.lifecycle = Lifecycle(self.storage, self.versions, self.tags,
+                                   self.lifecycle_rules, day_s=lc.day_s,
+                                   max_versions_per_pass=lc.max_versions_per_pass)
 
     @classmethod
     def build(cls, config: BucketsConfig, *, authenticate: Authenticator | None = None,
@@ -94,6 +107,7 @@ class BucketRuntime:
     def prepare(self) -> None:
         """Create the directory layout and the configured buckets (blocking)."""
         self.storage.prepare()
+        self.versions.prepare()
         for name, bc in self.config.buckets.items():
             self.storage.ensure_bucket(name, bc.owner)
 

@@ -31,6 +31,7 @@ from lbcdn.bucket.bucketpolicy import parse_policy
 from lbcdn.bucket.errors import S3Error, render_error
 from lbcdn.bucket.httpsem import (Unsatisfiable, evaluate_preconditions, if_range_allows,
                                   metadata_text, parse_range)
+from lbcdn.bucket.lifecycle import parse_tagging, tags_from_header
 from lbcdn.bucket.keys import check_key, check_text, decode_key, decode_path, split_path
 from lbcdn.bucket.publicaccess import ALL_BLOCKED, PRIVATE, PUBLIC_READ, BucketAccess
 from lbcdn.bucket.runtime import BucketRuntime, object_identity
@@ -55,7 +56,7 @@ _COPY_CONDITIONS = {
     "x-amz-copy-source-if-modified-since": "If-Modified-Since",
     "x-amz-copy-source-if-unmodified-since": "If-Unmodified-Since",
 }
-_UNSUPPORTED_SUBRESOURCES = ("cors", "lifecycle", "tagging", "replication",
+_UNSUPPORTED_SUBRESOURCES = ("cors", "replication",
                              "encryption", "logging", "notification", "object-lock",
                              "legal-hold", "retention", "torrent", "restore", "select",
                              "analytics", "inventory", "metrics", "accelerate",
@@ -184,7 +185,8 @@ class S3Api:
 
     def error_response(self, req: Req, err: S3Error) -> web.Response:
         err.with_resource(req.resource)
-        headers = {"x-amz-request-id": req.request_id, "x-amz-id-2": req.request_id}
+        headers = {"x-amz-request-id": req.request_id, "x-amz-id-2": req.request_id,
+                   **err.headers}
         if err.code == "InvalidRange" and "ActualObjectSize" in err.extra:
             headers["Content-Range"] = f"bytes */{err.extra['ActualObjectSize']}"
         if err.status == 304 or req.method == "HEAD":
@@ -223,6 +225,12 @@ class S3Api:
         for sub in _ACCESS_SUBRESOURCES:
             if sub in q and m in ("PUT", "GET", "DELETE"):
                 return await self._bucket_access_op(req, sub)
+        if "versioning" in q and m in ("PUT", "GET"):
+            return await self.bucket_versioning(req)
+        if "lifecycle" in q and m in ("PUT", "GET", "DELETE"):
+            return await self.bucket_lifecycle(req)
+        if "tagging" in q:
+            raise S3Error("NotImplemented", "Bucket tagging is not implemented.")
         if m == "PUT":
             return await (self.put_website(req) if "website" in q else self.create_bucket(req))
         if m == "HEAD":
@@ -237,10 +245,8 @@ class S3Api:
                 return await self.get_website(req)
             if "uploads" in q:
                 return await self.list_uploads(req)
-            if "versioning" in q:
-                await self._bucket_allowed(req, "list")
-                return self._xml(f'{xmlio.HEAD}<VersioningConfiguration xmlns="{xmlio.NS}"/>'
-                                 .encode())
+            if "versions" in q:
+                return await self.list_versions(req)
             return await self.list_objects(req, v2=q.get("list-type") == "2")
         if m == "POST" and "delete" in q:
             return await self.delete_objects(req)
@@ -250,6 +256,8 @@ class S3Api:
         m, q = req.method, req.query
         if "acl" in q and m in ("PUT", "GET"):
             return await (self.put_object_acl(req) if m == "PUT" else self.get_object_acl(req))
+        if "tagging" in q and m in ("PUT", "GET", "DELETE"):
+            return await self.object_tagging(req)
         if m == "PUT":
             if "uploadId" in q or "partNumber" in q:
                 if "x-amz-copy-source" in req.headers:
@@ -393,9 +401,82 @@ class S3Api:
 
     async def delete_bucket(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "manage")
+        if await asyncio.to_thread(self.rt.versions.has_versions, req.bucket):
+            raise S3Error("BucketNotEmpty", resource=f"/{req.bucket}",
+                          extra={"BucketName": req.bucket})
         await asyncio.to_thread(self.storage.delete_bucket, req.bucket)
+        await asyncio.to_thread(self.rt.versions.drop_bucket, req.bucket)
+        await asyncio.to_thread(self.rt.lifecycle_rules.delete, req.bucket)
         await asyncio.to_thread(self.rt.access.drop, req.bucket)
         return web.Response(status=204)
+
+    async def bucket_versioning(self, req: Req) -> web.StreamResponse:
+        versions = self.rt.versions
+        if req.method == "GET":
+            await self._bucket_allowed(req, "list")
+            await asyncio.to_thread(self.storage.require_bucket, req.bucket)
+            return self._xml(xmlio.versioning(await asyncio.to_thread(versions.status,
+                                                                      req.bucket)))
+        await self._bucket_allowed(req, "manage")
+        status = xmlio.parse_versioning(await self._read_small_body(req))
+        await asyncio.to_thread(versions.set_status, req.bucket, status)
+        return web.Response(status=200)
+
+    async def list_versions(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "list")
+        state = await asyncio.to_thread(self.storage.bucket_state, req.bucket)
+        q = req.query
+        prefix = check_text(q.get("prefix", ""), "prefix")
+        delimiter = check_text(q.get("delimiter", ""), "delimiter")
+        key_marker = check_text(q.get("key-marker", ""), "key-marker")
+        vid_marker = q.get("version-id-marker", "")
+        max_keys = _int_param(q, "max-keys", 1000, 0, 1000)
+        enc = q.get("encoding-type")
+        if enc is not None and enc != "url":
+            raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request",
+                          extra={"ArgumentName": "encoding-type", "ArgumentValue": enc})
+        listing = await asyncio.to_thread(self.rt.versions.list, req.bucket, prefix, delimiter,
+                                          key_marker, vid_marker, max_keys)
+        return self._xml(xmlio.list_versions(
+            req.bucket, listing, prefix=prefix, delimiter=delimiter, key_marker=key_marker,
+            version_id_marker=vid_marker, max_keys=max_keys, url=enc == "url",
+            owner=state.owner or (req.user.name if req.user else "")))
+
+    async def bucket_lifecycle(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "manage")
+        store = self.rt.lifecycle_rules
+        if req.method == "GET":
+            body = await asyncio.to_thread(store.get, req.bucket)
+            if body is None:
+                raise S3Error("NoSuchLifecycleConfiguration", "The lifecycle configuration "
+                              "does not exist", status=404, extra={"BucketName": req.bucket})
+            return self._xml(body)
+        if req.method == "DELETE":
+            await asyncio.to_thread(store.delete, req.bucket)
+            return web.Response(status=204)
+        await asyncio.to_thread(store.put, req.bucket, await self._read_small_body(req))
+        return web.Response(status=200)
+
+    async def object_tagging(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "read" if req.method == "GET" else "write", req.key)
+        info = await asyncio.to_thread(self.rt.versions.get, req.bucket, req.key,
+                                       req.query.get("versionId"))
+        headers = self._version_header(req.bucket, info)
+        if req.method == "GET":
+            tags = await asyncio.to_thread(self.rt.tags.get, req.bucket, info)
+            resp = self._xml(xmlio.tagging(tags))
+            resp.headers.update(headers)
+            return resp
+        tags = {} if req.method == "DELETE" else parse_tagging(
+            await self._read_small_body(req))
+        await asyncio.to_thread(self.rt.tags.put, req.bucket, info, tags)
+        return web.Response(status=204 if req.method == "DELETE" else 200, headers=headers)
+
+    def _version_header(self, bucket: str, info: ObjectInfo) -> dict[str, str]:
+        """x-amz-version-id, sent (as S3) once the bucket's versioning was configured."""
+        if info.version_id == "null" and self.rt.versions.status(bucket) is None:
+            return {}
+        return {"x-amz-version-id": info.version_id}
 
     async def get_location(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "list")
@@ -559,11 +640,16 @@ class S3Api:
     async def put_object(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write", req.key)
         acl = await self._object_acl_to_set(req)
+        tagging = req.headers.get("x-amz-tagging")
+        tags = tags_from_header(tagging) if tagging is not None else {}
         pending = await self._receive(req)
         info = await asyncio.to_thread(self.storage.commit, pending, req.bucket, req.key,
                                        stored_headers_from(req.headers))
         await self._set_new_object_acl(req.bucket, info, acl)
-        return web.Response(status=200, headers={"ETag": f'"{info.etag}"'})
+        if tags:
+            await asyncio.to_thread(self.rt.tags.put, req.bucket, info, tags)
+        return web.Response(status=200, headers={"ETag": f'"{info.etag}"',
+                                                  **self._version_header(req.bucket, info)})
 
     async def get_object(self, req: Req, *, head: bool) -> web.StreamResponse:
         await self._bucket_allowed(req, "read", req.key)
@@ -574,7 +660,8 @@ class S3Api:
                                             "for anonymous GET requests.")
         for _ in range(3):
             try:
-                info = await asyncio.to_thread(self.storage.stat_object, req.bucket, req.key)
+                info = await asyncio.to_thread(self.rt.versions.get, req.bucket, req.key,
+                                               q.get("versionId"))
             except S3Error as e:
                 if e.code == "NoSuchKey":
                     # As S3: without list permission a missing key is indistinguishable
@@ -608,6 +695,7 @@ class S3Api:
             headers.update(overrides)
             if info.parts:
                 headers["x-amz-mp-parts-count"] = str(info.parts)
+            headers.update(self._version_header(req.bucket, info))
             headers["x-amz-request-id"] = req.request_id
             headers["x-amz-id-2"] = req.request_id
         except BaseException:
@@ -625,9 +713,13 @@ class S3Api:
 
     async def delete_object(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write", req.key)
-        await asyncio.to_thread(self.storage.delete_object, req.bucket, req.key)
+        version_id, marker = await asyncio.to_thread(self.rt.versions.delete, req.bucket,
+                                                     req.key, req.query.get("versionId"))
         await asyncio.to_thread(self.rt.access.forget_object, req.bucket, req.key)
-        return web.Response(status=204)
+        headers = {} if version_id is None else {"x-amz-version-id": version_id}
+        if marker:
+            headers["x-amz-delete-marker"] = "true"
+        return web.Response(status=204, headers=headers)
 
     async def delete_objects(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write")
@@ -637,16 +729,16 @@ class S3Api:
             raise S3Error("InvalidRequest", "Missing required header for this request: "
                                             "Content-MD5 or x-amz-checksum-*")
         body = await self._read_small_body(req)
-        keys, quiet = xmlio.parse_delete(body)
-        deleted: list[str] = []
+        objs, quiet = xmlio.parse_delete(body)
+        deleted: list[tuple[str, str | None, str | None, bool]] = []
         errors: list[tuple[str, S3Error]] = []
 
         def work() -> None:
-            for key in keys:
+            for key, asked in objs:
                 try:
-                    self.storage.delete_object(req.bucket, key)
+                    version_id, marker = self.rt.versions.delete(req.bucket, key, asked)
                     self.rt.access.forget_object(req.bucket, key)
-                    deleted.append(key)
+                    deleted.append((key, asked, version_id, marker))
                 except S3Error as e:
                     errors.append((key, e))
 
@@ -654,7 +746,8 @@ class S3Api:
         return self._xml(xmlio.delete_result(deleted, errors, quiet))
 
     async def copy_object(self, req: Req) -> web.StreamResponse:
-        source = req.headers["x-amz-copy-source"].split("?", 1)[0]
+        source, _, source_query = req.headers["x-amz-copy-source"].partition("?")
+        src_version = dict(parse_query(source_query)).get("versionId")
         src_bucket, _, src_raw_key = decode_path(source).lstrip("/").partition("/")
         if not src_bucket or not src_raw_key:
             raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and "
@@ -668,8 +761,10 @@ class S3Api:
         if directive not in ("COPY", "REPLACE"):
             raise S3Error("InvalidArgument", "Unknown metadata directive.",
                           extra={"ArgumentName": "x-amz-metadata-directive"})
-        src = await asyncio.to_thread(self.storage.stat_object, src_bucket, src_key)
-        if (src_bucket, src_key) == (req.bucket, req.key) and directive == "COPY":
+        src = await asyncio.to_thread(self.rt.versions.get, src_bucket, src_key, src_version)
+        # Copying an older version onto its own key is how a version is restored (S3 too).
+        if (src_bucket, src_key) == (req.bucket, req.key) and directive == "COPY" and \
+                src_version is None:
             raise S3Error("InvalidRequest", "This copy request is illegal because it is trying "
                           "to copy an object to itself without changing the object's metadata, "
                           "storage class, website redirect location or encryption attributes.")
@@ -679,9 +774,13 @@ class S3Api:
             raise S3Error("PreconditionFailed")
         headers = None if directive == "COPY" else stored_headers_from(req.headers)
         info = await asyncio.to_thread(self.storage.copy_object, src_bucket, src_key,
-                                       req.bucket, req.key, headers)
+                                       req.bucket, req.key, headers, src)
         await self._set_new_object_acl(req.bucket, info, acl)
-        return self._xml(xmlio.copy_result(info))
+        resp = self._xml(xmlio.copy_result(info))
+        resp.headers.update(self._version_header(req.bucket, info))
+        if src_version is not None:
+            resp.headers["x-amz-copy-source-version-id"] = src.version_id
+        return resp
 
     # -- multipart --------------------------------------------------------------------------
 
@@ -719,8 +818,10 @@ class S3Api:
         await self._set_new_object_acl(req.bucket, info, acl)
         await asyncio.to_thread(self.rt.access.forget_upload, req.bucket, upload_id)
         host = req.headers.get("Host", "")
-        return self._xml(xmlio.complete_result(f"http://{host}/{req.bucket}/{req.raw_key}",
+        resp = self._xml(xmlio.complete_result(f"http://{host}/{req.bucket}/{req.raw_key}",
                                                req.bucket, info))
+        resp.headers.update(self._version_header(req.bucket, info))
+        return resp
 
     async def abort_upload(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write", req.key)

@@ -8,12 +8,14 @@ free ones).
 
 Rules: start() either binds everything or, on failure, closes what it bound and re-raises;
 stop() stops accepting, lets in-flight requests run up to `drain_timeout_s`, then closes.
-Both listeners have the edge's limits (`buckets.limits`, lbcdn.aiolistener).
+Both listeners have the edge's limits (`buckets.limits`, lbcdn.aiolistener). The lifecycle
+pass (lifecycle.py) runs here, in a thread, every `buckets.lifecycle.interval_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -35,6 +37,7 @@ class BucketServer:
         self.api = S3Api(self.runtime)
         self.website = Website(self.runtime)
         self._listeners: list[AppListener] = []
+        self._lifecycle_task: asyncio.Task[None] | None = None
         self.port: int | None = None
         self.website_port: int | None = None
 
@@ -83,11 +86,31 @@ class BucketServer:
                     "website", self._app(self.website.handle), cfg.website_address,
                     cfg.website_port, caps.get("website", default))
                 log.info("bucket websites on %s:%d", cfg.website_address, self.website_port)
+            self._lifecycle_task = asyncio.create_task(self._lifecycle_loop())
         except BaseException:
             await self.stop()
             raise
 
+    async def _lifecycle_loop(self) -> None:
+        """Apply lifecycle rules every `lifecycle.interval_s` (bounded work per pass)."""
+        rt = self.runtime
+        while True:
+            await asyncio.sleep(self.config.lifecycle.interval_s)
+            try:
+                stats = await asyncio.to_thread(rt.lifecycle.run_pass, rt.clock())
+            except Exception:
+                log.exception("lifecycle pass failed")
+                continue
+            if stats.expired or stats.noncurrent_expired or stats.markers_removed or \
+                    stats.uploads_aborted:
+                log.info("lifecycle pass: %s", stats)
+
     async def stop(self) -> None:
+        if self._lifecycle_task is not None:
+            self._lifecycle_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lifecycle_task
+            self._lifecycle_task = None
         listeners, self._listeners = self._listeners, []
         for listener in reversed(listeners):
             await listener.stop()

@@ -12,6 +12,8 @@ bucket name cannot start with a dot and keys are resolved inside their bucket di
     <root>/.lbcdn/uploads/<id>/part-<n>-<etag>     part n's data
     <root>/.lbcdn/completed/<id>.json              completion record of an upload
     <root>/.lbcdn/tmp/                             temporary files (emptied at start)
+    <root>/.lbcdn/versions/, versioning/          noncurrent versions (versions.py)
+    <root>/.lbcdn/lifecycle/, tags/               lifecycle rules, object tags (lifecycle.py)
 
 Rules:
 - Which keys are files and which are spilled is decided in layout.py (and documented there);
@@ -107,6 +109,7 @@ class ObjectInfo:
     etag: str                       # without quotes
     headers: dict[str, str]         # stored headers (STORED_HEADERS, x-amz-meta-*), lower-case
     parts: int = 0                  # number of parts for multipart objects
+    version_id: str = "null"        # "null": written while the bucket was not versioning
 
     @property
     def last_modified(self) -> float:
@@ -214,6 +217,11 @@ def _no_checkpoint(step: str) -> None:
     pass
 
 
+@contextlib.contextmanager
+def _null_version(bucket: str, key: str, restore: str | None) -> Iterator[str]:
+    yield "null"
+
+
 def _mkstemp(tmp_dir: str) -> tuple[int, str]:
     path = os.path.join(tmp_dir, secrets.token_hex(12))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -283,6 +291,11 @@ class Storage:
         # Called with the name of each step of the multipart protocol as it is passed; the
         # tests make it crash the process there.
         self.checkpoint: Callable[[str], None] = _no_checkpoint
+        # Wraps every commit: yields the new version's id after keeping the version it
+        # replaces (versions.py installs it; `restore` is the id of a version made current
+        # again). Without versioning every object is the "null" version.
+        self.version_hook: Callable[[str, str, str | None],
+                                    contextlib.AbstractContextManager[str]] = _null_version
         # In-memory copy of metadata by data path; believed only while the identity matches.
         self._meta_cache: dict[str, tuple[Identity, ObjectInfo]] = {}
         # Per-upload locks with their number of holders and waiters.
@@ -449,7 +462,8 @@ class Storage:
             if tuple(data["identity"]) != ident or (key is not None and stored != key):
                 return None
             info = ObjectInfo(stored, path, st.st_size, st.st_mtime_ns, data["etag"],
-                              dict(data.get("headers", {})), int(data.get("parts", 0)))
+                              dict(data.get("headers", {})), int(data.get("parts", 0)),
+                              str(data.get("version_id", "null")))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         self._remember(path, ident, info)
@@ -482,7 +496,8 @@ class Storage:
     def _write_meta(self, bucket: str, key: str, ident: Identity, info: ObjectInfo) -> None:
         _write_json_atomic(os.path.join(self._meta_key_dir(bucket, key), f"{ident[2]}.json"),
                            {"key": key, "identity": list(ident), "etag": info.etag,
-                            "headers": info.headers, "parts": info.parts}, self.tmp_dir)
+                            "headers": info.headers, "parts": info.parts,
+                            "version_id": info.version_id}, self.tmp_dir)
 
     def begin_write(self, *, hash_md5: bool = True) -> PendingWrite:
         return PendingWrite(self, hash_md5=hash_md5)
@@ -503,11 +518,20 @@ class Storage:
 
     def commit(self, pending: PendingWrite, bucket: str, key: str, headers: dict[str, str],
                *, etag: str | None = None, parts: int = 0,
-               before_rename: Callable[[ObjectInfo, Identity], None] | None = None
-               ) -> ObjectInfo:
+               before_rename: Callable[[ObjectInfo, Identity], None] | None = None,
+               restore: str | None = None) -> ObjectInfo:
         """Make `pending` the object at `key`: fsync, metadata under the new inode, rename
         onto the key's file or, when it cannot be one, its spill place (layout.py).
-        `before_rename` runs just before the rename (a Complete writes its record there)."""
+        `before_rename` runs just before the rename (a Complete writes its record there);
+        `version_hook` around it all keeps the replaced version (`restore`: see there)."""
+        with self.version_hook(bucket, key, restore) as version_id:
+            return self._commit(pending, bucket, key, headers, etag, parts, before_rename,
+                                version_id)
+
+    def _commit(self, pending: PendingWrite, bucket: str, key: str, headers: dict[str, str],
+                etag: str | None, parts: int,
+                before_rename: Callable[[ObjectInfo, Identity], None] | None,
+                version_id: str) -> ObjectInfo:
         orphan_meta: str | None = None  # the new version's metadata, until the rename
         try:
             base, path, spill = self._locate(bucket, key)
@@ -516,11 +540,12 @@ class Storage:
             orphan_meta = os.path.join(self._meta_key_dir(bucket, key), f"{st.st_ino}.json")
             self._write_meta(bucket, key, ident, ObjectInfo(
                 key, "", st.st_size, st.st_mtime_ns, etag or pending.digest(), dict(headers),
-                parts))
+                parts, version_id))
             target = self._file_target(base, path)
             if before_rename is not None:
                 before_rename(ObjectInfo(key, target or spill, st.st_size, st.st_mtime_ns,
-                                         etag or pending.digest(), dict(headers), parts), ident)
+                                         etag or pending.digest(), dict(headers), parts,
+                                         version_id), ident)
             placed = None
             if target is not None:
                 try:
@@ -542,7 +567,7 @@ class Storage:
                     os.unlink(orphan_meta)
             raise
         info = ObjectInfo(key, placed, st.st_size, st.st_mtime_ns, etag or pending.digest(),
-                          dict(headers), parts)
+                          dict(headers), parts, version_id)
         # The old version's metadata goes first: a spilled copy without it is no object,
         # so a crash before the unlink below cannot bring an old version back.
         self._drop_other_meta(bucket, key, keep=st.st_ino)
@@ -605,9 +630,12 @@ class Storage:
             parent = os.path.dirname(parent)
 
     def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
-                    headers: dict[str, str] | None) -> ObjectInfo:
-        """Copy data (and, when `headers` is None, the stored headers) to a new object."""
-        src = self.stat_object(src_bucket, src_key)
+                    headers: dict[str, str] | None, src: ObjectInfo | None = None
+                    ) -> ObjectInfo:
+        """Copy data (and, when `headers` is None, the stored headers) to a new object;
+        `src`: the source version when not the current one."""
+        if src is None:
+            src = self.stat_object(src_bucket, src_key)
         check_key(dst_key)
         pending = self.begin_write()
         try:

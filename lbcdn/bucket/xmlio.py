@@ -17,13 +17,14 @@ from xml.sax.saxutils import escape
 from lbcdn.bucket.errors import S3Error
 from lbcdn.bucket.httpsem import iso8601
 from lbcdn.bucket.storage import BucketState, ListResult, ObjectInfo, PartInfo, UploadInfo
+from lbcdn.bucket.versions import VersionListing
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
 MAX_DELETE_KEYS = 1000
 
 
-def _parse(body: bytes, root_tag: str) -> ET.Element:
+def parse_xml(body: bytes, root_tag: str) -> ET.Element:
     if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
         raise S3Error("MalformedXML")
     try:
@@ -38,19 +39,9 @@ def _parse(body: bytes, root_tag: str) -> ET.Element:
     return root
 
 
-def parse_delete(body: bytes) -> tuple[list[str], bool]:
-    """DeleteObjects body -> (keys, quiet)."""
-    root = _parse(body, "Delete")
-    keys = [obj.findtext("Key") or "" for obj in root.findall("Object")]
-    if not keys or len(keys) > MAX_DELETE_KEYS:
-        raise S3Error("MalformedXML")
-    quiet = (root.findtext("Quiet") or "").strip().lower() == "true"
-    return keys, quiet
-
-
 def parse_complete(body: bytes) -> list[tuple[int, str]]:
     """CompleteMultipartUpload body -> [(part number, etag)] in the given order."""
-    root = _parse(body, "CompleteMultipartUpload")
+    root = parse_xml(body, "CompleteMultipartUpload")
     parts = []
     for part in root.findall("Part"):
         try:
@@ -65,7 +56,7 @@ def parse_create_bucket(body: bytes) -> str | None:
     """CreateBucketConfiguration body (optional) -> LocationConstraint."""
     if not body.strip():
         return None
-    root = _parse(body, "CreateBucketConfiguration")
+    root = parse_xml(body, "CreateBucketConfiguration")
     return root.findtext("LocationConstraint")
 
 
@@ -172,10 +163,16 @@ def list_objects_v1(bucket: str, result: ListResult, *, prefix: str, delimiter: 
     return "".join(out).encode("utf-8")
 
 
-def delete_result(deleted: list[str], errors: list[tuple[str, S3Error]], quiet: bool) -> bytes:
+def delete_result(deleted: list[tuple[str, str | None, str | None, bool]],
+                  errors: list[tuple[str, S3Error]], quiet: bool) -> bytes:
+    """`deleted`: (key, version id asked for, version id deleted or made, delete marker)."""
     out = [HEAD, f'<DeleteResult xmlns="{NS}">']
     if not quiet:
-        out.extend(f"<Deleted>{_tag('Key', k)}</Deleted>" for k in deleted)
+        for key, asked, made, marker in deleted:
+            extra = "" if made is None else (
+                _tag("VersionId", asked) + (_tag("DeleteMarker", "true") if marker else "")
+                + (_tag("DeleteMarkerVersionId", made) if marker else ""))
+            out.append(f"<Deleted>{_tag('Key', key)}{extra}</Deleted>")
     out.extend(f"<Error>{_tag('Key', k)}{_tag('Code', e.code)}{_tag('Message', e.message)}"
                "</Error>" for k, e in errors)
     out.append("</DeleteResult>")
@@ -233,3 +230,68 @@ def list_uploads(bucket: str, uploads: list[UploadInfo], *, prefix: str, max_upl
                    "<StorageClass>STANDARD</StorageClass></Upload>")
     out.append("</ListMultipartUploadsResult>")
     return "".join(out).encode("utf-8")
+
+
+def parse_delete(body: bytes) -> tuple[list[tuple[str, str | None]], bool]:
+    """DeleteObjects body -> ([(key, version id or None)], quiet)."""
+    root = parse_xml(body, "Delete")
+    objs = [(obj.findtext("Key") or "", obj.findtext("VersionId"))
+            for obj in root.findall("Object")]
+    if not objs or len(objs) > MAX_DELETE_KEYS:
+        raise S3Error("MalformedXML")
+    return objs, (root.findtext("Quiet") or "").strip().lower() == "true"
+
+
+def parse_versioning(body: bytes) -> str:
+    """PutBucketVersioning body -> "Enabled" or "Suspended"."""
+    root = parse_xml(body, "VersioningConfiguration")
+    status = (root.findtext("Status") or "").strip()
+    if status not in ("Enabled", "Suspended"):
+        raise S3Error("MalformedXML", "Status must be Enabled or Suspended.")
+    if (root.findtext("MfaDelete") or "Disabled").strip() != "Disabled":
+        raise S3Error("NotImplemented", "MFA delete is not implemented.")
+    return status
+
+
+def versioning(status: str | None) -> bytes:
+    return (f'{HEAD}<VersioningConfiguration xmlns="{NS}">{_tag("Status", status)}'
+            "</VersioningConfiguration>").encode()
+
+
+def list_versions(bucket: str, listing: VersionListing, *, prefix: str, delimiter: str,
+                  key_marker: str, version_id_marker: str, max_keys: int, url: bool,
+                  owner: str) -> bytes:
+    who = (f"<Owner><ID>{escape(owner)}</ID><DisplayName>{escape(owner)}</DisplayName>"
+           "</Owner>")
+    out = [HEAD, f'<ListVersionsResult xmlns="{NS}">', _tag("Name", bucket),
+           f"<Prefix>{_enc(prefix, url)}</Prefix>",
+           f"<KeyMarker>{_enc(key_marker, url)}</KeyMarker>",
+           _tag("VersionIdMarker", version_id_marker)]
+    if listing.truncated and listing.next_key is not None:
+        out.append(f"<NextKeyMarker>{_enc(listing.next_key, url)}</NextKeyMarker>")
+        out.append(_tag("NextVersionIdMarker", listing.next_version_id))
+    out.append(_tag("MaxKeys", max_keys))
+    if delimiter:
+        out.append(f"<Delimiter>{_enc(delimiter, url)}</Delimiter>")
+    if url:
+        out.append("<EncodingType>url</EncodingType>")
+    out.append(f"<IsTruncated>{_bool(listing.truncated)}</IsTruncated>")
+    for v in listing.versions:
+        head = (f"<Key>{_enc(v.key, url)}</Key>{_tag('VersionId', v.version_id)}"
+                f"<IsLatest>{_bool(v.latest)}</IsLatest>"
+                f"<LastModified>{iso8601(v.mtime_ns / 1e9)}</LastModified>")
+        if v.info is None:
+            out.append(f"<DeleteMarker>{head}{who}</DeleteMarker>")
+        else:
+            out.append(f"<Version>{head}<ETag>&quot;{escape(v.info.etag)}&quot;</ETag>"
+                       f"<Size>{v.info.size}</Size><StorageClass>STANDARD</StorageClass>"
+                       f"{who}</Version>")
+    out.extend(f"<CommonPrefixes><Prefix>{_enc(p, url)}</Prefix></CommonPrefixes>"
+               for p in listing.prefixes)
+    out.append("</ListVersionsResult>")
+    return "".join(out).encode("utf-8")
+
+
+def tagging(tags: dict[str, str]) -> bytes:
+    body = "".join(f"<Tag>{_tag('Key', k)}{_tag('Value', v)}</Tag>" for k, v in tags.items())
+    return f'{HEAD}<Tagging xmlns="{NS}"><TagSet>{body}</TagSet></Tagging>'.encode()
