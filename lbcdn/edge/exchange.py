@@ -656,6 +656,9 @@ class Exchange(UpstreamOwner):
             self.conn.tunnel_active()
         self.conn.send_body(data)
 
+    def upstream_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        self.conn.send_trailers(fields)  # an HTTP/2 target's (grpc-status...)
+
     def upstream_done(self) -> None:
         if self.tap is not None:
             self.tap.done()
