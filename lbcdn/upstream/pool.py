@@ -493,7 +493,13 @@ class Pool(ConnectionHome):
     def take_idle(self, target: Target, checked: bool = False) -> UpstreamConnection | None:
         """The newest idle connection to `target`. `checked`: for a request that cannot be
         retried (not idempotent), skip the ones the backend has already closed although the
-        loop has not told us yet (a killed backend's), at the cost of a poll(2) each."""
+        loop has not told us yet (a killed backend's), at the cost of a poll(2) each.
+        An HTTP/2 pool: a new stream on a connection to `target` that takes one more."""
+        if self.h2:
+            for link in self.h2_links.get(target.key, ()):
+                if link.capacity() > 0:
+                    return link.new_stream()
+            return None
         idle = target.idle
         while idle:
             conn = idle.pop()

@@ -1,0 +1,118 @@
+"""Pools whose targets speak HTTP/2 (`protocol: h2c`), end to end: HTTP/1.1 clients through the
+daemon to an HTTP/2 backend (translation, multiplexing, trailers), and gRPC errors of the edge
+itself as gRPC statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from tests.e2e.h2_backend import h2_echo_backend
+from tests.e2e.harness import (free_port, listener_port, proxy_config, raw_client,
+                               raw_exchange, running_daemon)
+
+
+def h2c_config(*ports: int, **pool: Any) -> dict[str, Any]:
+    cfg = proxy_config(*ports)
+    cfg["pools"]["app"].update({"protocol": "h2c", **pool})
+    return cfg
+
+
+def fields(req: dict[str, Any]) -> dict[str, str]:
+    return {n: v for n, v in req["headers"]}
+
+
+async def test_http1_requests_are_translated_to_http2() -> None:
+    async with h2_echo_backend(delay_s=0.0) as (backend, stats):
+        cfg = h2c_config(backend)
+        async with running_daemon(cfg), raw_client(listener_port(cfg)) as c:
+            resp = await c.request("POST", "/echo?x=1", body=b"hello h2",
+                                   host="app.example", headers=[("X-Custom", "v"),
+                                            ("Connection", "keep-alive")])
+            assert resp.status == 200, resp
+            assert resp.header("x-echo") == "yes"
+            req = json.loads(resp.body)
+            seen = fields(req)
+            assert seen[":method"] == "POST"
+            assert seen[":path"] == "/echo?x=1"
+            assert seen[":authority"] == "app.example"
+            assert seen[":scheme"] == "http"
+            assert seen["x-custom"] == "v"
+            assert seen["te"] == "trailers"
+            assert "host" not in seen and "connection" not in seen
+            assert req["body"] == "hello h2"
+            # a second request on the same client connection: a new stream, same connection
+            resp = await c.request("GET", "/again")
+            assert resp.status == 200 and fields(json.loads(resp.body))[":path"] == "/again"
+    assert stats.connections == 1
+
+
+async def test_chunked_upload_and_trailers_reach_an_http1_client() -> None:
+    async with h2_echo_backend(delay_s=0.0) as (backend, _):
+        cfg = h2c_config(backend)
+        async with running_daemon(cfg):
+            raw = await raw_exchange(
+                listener_port(cfg),
+                b"PUT /up HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nConnection: close\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), raw
+    assert b"transfer-encoding: chunked" in head.lower(), raw
+    assert b'"body": "abcdefg"' in body, raw
+    # the backend's HTTP/2 trailer, after the last chunk
+    assert body.lower().endswith(b"0\r\nx-echo-trailer: done\r\n\r\n"), raw
+
+
+@pytest.mark.slow
+async def test_concurrent_requests_are_multiplexed_on_one_connection() -> None:
+    n = 40
+    async with h2_echo_backend(delay_s=0.3) as (backend, stats):
+        cfg = h2c_config(backend)
+        async with running_daemon(cfg):
+            port = listener_port(cfg)
+
+            async def one(i: int) -> str:
+                async with raw_client(port) as c:
+                    resp = await c.request("GET", f"/r{i}")
+                    assert resp.status == 200, resp
+                    return str(fields(json.loads(resp.body))[":path"])
+
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            paths = await asyncio.gather(*(one(i) for i in range(n)))
+            elapsed = loop.time() - t0
+    assert sorted(paths) == sorted(f"/r{i}" for i in range(n))
+    assert stats.connections <= 2, stats.connections
+    assert stats.most_streams >= n // 2, stats.most_streams
+    # answered together, not one after another (n * 0.3 s)
+    assert elapsed < n * 0.3 / 4, elapsed
+
+
+async def test_streams_beyond_the_peers_limit_open_another_connection() -> None:
+    async with h2_echo_backend(delay_s=0.3, max_concurrent_streams=4) as (backend, stats):
+        cfg = h2c_config(backend)
+        async with running_daemon(cfg):
+            port = listener_port(cfg)
+            # one request first, so the backend's SETTINGS (4 streams) are known
+            async with raw_client(port) as c:
+                assert (await c.request("GET", "/warm")).status == 200
+
+            async def one(i: int) -> int:
+                async with raw_client(port) as c:
+                    return (await c.request("GET", f"/r{i}")).status
+
+            statuses = await asyncio.gather(*(one(i) for i in range(8)))
+    assert statuses == [200] * 8
+    assert stats.most_streams <= 8
+    assert 2 <= stats.connections <= 3, stats.connections
+
+
+async def test_unreachable_h2c_target_is_a_503_or_502_for_http_clients() -> None:
+    cfg = h2c_config(free_port())
+    async with running_daemon(cfg), raw_client(listener_port(cfg)) as c:
+        resp = await c.request("GET", "/")
+        assert resp.status in (502, 503), resp
+        assert resp.header("Content-Type") is not None
