@@ -63,12 +63,17 @@ class Check:
             raise ValueError("the timeout must be less than the interval")
 
     @classmethod
-    def for_target(cls, cfg: HealthCheckConfig, host: str, port: int) -> Check:
-        """A pool target's check from its pool's `health:` section."""
+    def for_target(cls, cfg: HealthCheckConfig, host: str, port: int,
+                   tls: bool = False) -> Check:
+        """A pool target's check from its pool's `health:` section; `tls`: the pool speaks
+        TLS to its targets (a grpc check then uses h2 over TLS, else h2c)."""
+        grpc = cfg.protocol == "grpc"
         spec = ProbeSpec(
             protocol=cfg.protocol, address=host, port=cfg.port or port, path=cfg.path,
             method=cfg.method, host_header=cfg.host or host_port(host, port),
-            timeout_s=cfg.timeout_s, matcher=parse_matcher(cfg.matcher),
+            timeout_s=cfg.timeout_s,
+            matcher=parse_matcher(cfg.success_codes(), grpc=grpc),
+            grpc_service=cfg.service, grpc_tls=tls,
             search_string=None if cfg.search_string is None else cfg.search_string.encode(),
             keep_alive=cfg.reuse_connection and cfg.protocol == "http")
         return cls(spec, cfg.interval_s,

@@ -169,7 +169,7 @@ class PoolTargets:
         return out
 
     def _check_for(self, t: _Target) -> Check:
-        return Check.for_target(self.config.health, t.host, t.port)
+        return Check.for_target(self.config.health, t.host, t.port, self.config.tls is not None)
 
     def _sync(self) -> None:
         """Bring the checker in line with the wanted set: new targets start `initial`, gone
