@@ -48,13 +48,21 @@ def is_grpc(content_type: bytes | None) -> bool:
                                                        b"application/grpc;"))
 
 
+def is_grpc_request(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Does a request with these fields expect gRPC's error statuses (its content-type)?"""
+    for name, value in headers:
+        if len(name) == 12 and name.lower() == b"content-type":
+            return is_grpc(value)
+    return False
+
+
 def error_status(http_status: int) -> int:
     """The gRPC code for an error lbcdn answers with `http_status`."""
     return _BY_HTTP.get(http_status, UNKNOWN)
 
 
 def error_fields(http_status: int, message: str) -> list[tuple[bytes, bytes]]:
-    """The fields of the trailers-only response for that error (besides :status 200)."""
+    """The fields of the trailers-only response for that error (its status is 200)."""
     return [(b"content-type", b"application/grpc"),
             (b"grpc-status", str(error_status(http_status)).encode()),
             (b"grpc-message", percent_encode(message))]

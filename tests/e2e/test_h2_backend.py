@@ -116,3 +116,45 @@ async def test_unreachable_h2c_target_is_a_503_or_502_for_http_clients() -> None
         resp = await c.request("GET", "/")
         assert resp.status in (502, 503), resp
         assert resp.header("Content-Type") is not None
+
+
+@pytest.mark.parametrize("pool, grpc_status, message", [
+    ({}, "14", "upstream connection failed"),                       # nothing listens
+    ({"targets": []}, "14", "no target available"),                 # filled in below
+])
+async def test_errors_of_lbcdn_on_grpc_requests_are_grpc_statuses(
+        pool: dict[str, Any], grpc_status: str, message: str) -> None:
+    cfg = h2c_config(free_port())
+    if "targets" in pool:
+        # a pool whose only target is deregistered by weight 0: no target may take traffic
+        cfg["pools"]["app"]["targets"] = [{"host": "127.0.0.1", "port": free_port(),
+                                           "weight": 0}]
+    async with running_daemon(cfg), raw_client(listener_port(cfg)) as c:
+        resp = await c.request("POST", "/pkg.Svc/Method", body=b"\0\0\0\0\0",
+                               headers=[("Content-Type", "application/grpc"),
+                                        ("TE", "trailers")])
+    assert resp.status == 200, resp
+    assert resp.header("content-type") == "application/grpc"
+    assert resp.header("grpc-status") == grpc_status, resp
+    assert resp.header("grpc-message") == message, resp
+    assert resp.body == b""
+
+
+async def test_errors_of_lbcdn_on_other_requests_stay_http_errors() -> None:
+    cfg = h2c_config(free_port())
+    async with running_daemon(cfg), raw_client(listener_port(cfg)) as c:
+        resp = await c.request("POST", "/x", body=b"{}",
+                               headers=[("Content-Type", "application/json")])
+    assert resp.status == 502, resp
+    assert resp.header("grpc-status") is None
+
+
+async def test_response_timeout_on_a_grpc_request_is_deadline_exceeded() -> None:
+    async with h2_echo_backend(delay_s=3.0) as (backend, _):
+        cfg = h2c_config(backend, response_timeout_s=0.3)
+        async with running_daemon(cfg), raw_client(listener_port(cfg)) as c:
+            resp = await c.request("POST", "/pkg.Svc/Slow", body=b"\0\0\0\0\0",
+                                   headers=[("Content-Type", "application/grpc+proto")])
+    assert resp.status == 200, resp
+    assert resp.header("grpc-status") == "4", resp
+    assert resp.header("grpc-message") == "upstream timed out"
