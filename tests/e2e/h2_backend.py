@@ -3,7 +3,8 @@
 - `h2_echo_backend()`: a small server on python-hyper's h2 in this event loop. Each response
   says (as JSON) what the request was (pseudo-headers, fields, body), waits `delay_s` first so
   that concurrent requests overlap, and ends with a trailer `x-echo-trailer: done`. It counts
-  its connections and the most streams it had open at once;
+  its connections and the most streams it had open at once. `/trailers-only` is answered as
+  a gRPC error in one HEADERS frame (grpc-status 12);
 - `grpc_server(status)`: a real grpcio server (threads) with the standard health servicer
   answering `status` for the service "" (and "app").
 """
@@ -73,6 +74,13 @@ class _EchoProtocol(asyncio.Protocol):
     def _respond(self, sid: int) -> None:
         req = self.requests.pop(sid)
         self.stats.requests += 1
+        if (":path", "/trailers-only") in req["headers"]:
+            self.conn.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc"),
+                                         ("grpc-status", "12"), ("grpc-message", "nope")],
+                                   end_stream=True)
+            self.stats.open_streams -= 1
+            self._flush()
+            return
         self.stats.seen.append(req)
         body = json.dumps(req).encode()
         self.conn.send_headers(sid, [(":status", "200"), ("content-type", "application/json"),
