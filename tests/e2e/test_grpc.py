@@ -124,3 +124,26 @@ async def test_grpcio_client_calls_a_grpcio_server_through_lbcdn() -> None:
     assert missing == grpc.StatusCode.NOT_FOUND
     assert n == 2 and watched == [health_pb2.HealthCheckResponse.SERVING,
                                   health_pb2.HealthCheckResponse.NOT_SERVING]
+
+
+@pytest.mark.slow
+async def test_grpcio_client_gets_unavailable_when_no_target_answers() -> None:
+    """lbcdn's own failure reaches a grpcio client as a gRPC status, not an HTML page."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.e2e.harness import free_port
+    cfg = grpc_pool_config(free_port(), enabled=False)
+    cfg["listeners"][0]["http_versions"] = ["h2", "http1.1"]
+    async with running_daemon(cfg):
+        def call() -> tuple[grpc.StatusCode, str]:
+            with grpc.insecure_channel(f"{HOST}:{listener_port(cfg)}") as channel:
+                try:
+                    health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(service=""), timeout=5)
+                except grpc.RpcError as e:
+                    return e.code(), e.details()
+            return grpc.StatusCode.OK, ""
+        code, details = await asyncio.to_thread(call)
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert details == "upstream connection failed"
