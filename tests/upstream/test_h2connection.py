@@ -171,3 +171,18 @@ async def test_a_backend_gone_mid_call_fails_its_streams_as_reset(server: int) -
     link.transport.abort()
     assert await asyncio.wait_for(owner.done, 5) == "reset"
     assert pool.h2_links.get(target.key) == []
+
+
+@pytest.mark.parametrize("pool, message", [
+    ({"protocol": "h2"}, "pools.app.protocol: h2 needs `tls` (use h2c for plain HTTP/2)"),
+    ({"protocol": "h2c", "tls": {}}, "pools.app.protocol: h2c is plain HTTP/2: use h2 with "
+                                     "`tls`"),
+    ({"protocol": "h3"}, "pools.app.protocol: must be one of"),
+])
+def test_protocol_config_errors_name_the_yaml_path(pool: dict[str, object], message: str
+                                                   ) -> None:
+    from lbcdn.configkit.errors import ConfigError
+    with pytest.raises(ConfigError) as err:
+        parse_config({"listeners": [{"name": "w", "port": 8080}],
+                      "pools": {"app": {"targets": ["10.0.0.1:80"], **pool}}})
+    assert message in str(err.value)
