@@ -107,8 +107,10 @@ async def h2_echo_backend(**settings: Any) -> AsyncIterator[tuple[int, EchoStats
 
 
 @contextlib.contextmanager
-def grpc_server(status: str = "SERVING") -> Iterator[tuple[int, Any]]:
-    """A grpcio server on 127.0.0.1 with the health servicer; yields (port, servicer)."""
+def grpc_server(status: str = "SERVING", tls: tuple[bytes, bytes] | None = None
+                ) -> Iterator[tuple[int, Any]]:
+    """A grpcio server on 127.0.0.1 with the health servicer; yields (port, servicer).
+    `tls`: (key PEM, certificate chain PEM) to serve h2 over TLS instead of h2c."""
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -118,7 +120,10 @@ def grpc_server(status: str = "SERVING") -> Iterator[tuple[int, Any]]:
     code = health_pb2.HealthCheckResponse.ServingStatus.Value(status)
     servicer.set("", code)
     servicer.set("app", code)
-    port = server.add_insecure_port(f"{HOST}:0")
+    if tls is None:
+        port = server.add_insecure_port(f"{HOST}:0")
+    else:
+        port = server.add_secure_port(f"{HOST}:0", grpc.ssl_server_credentials([tls]))
     server.start()
     try:
         yield port, servicer

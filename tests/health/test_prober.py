@@ -226,3 +226,17 @@ async def test_grpc_probe_of_a_plain_http_server_is_a_bad_response(backend: Back
 async def test_grpc_probe_of_a_closed_port_fails_to_connect() -> None:
     result = await probe(grpc_spec(await free_port()))
     assert result.outcome is Outcome.CONNECT_FAILED, result
+
+
+async def test_grpc_probe_over_tls_when_the_pool_speaks_h2() -> None:
+    import trustme
+
+    from tests.e2e.h2_backend import grpc_server
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    chain = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
+    with grpc_server("SERVING", tls=(cert.private_key_pem.bytes(), chain)) as (port, _):
+        # certificates are not verified, as ALB's checks do not
+        result = await probe(grpc_spec(port, grpc_tls=True))
+        plain = await probe(grpc_spec(port, timeout_s=1.0))
+    assert result.outcome is Outcome.PASS, result
+    assert plain.outcome is not Outcome.PASS, plain

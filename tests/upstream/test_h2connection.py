@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +187,46 @@ def test_protocol_config_errors_name_the_yaml_path(pool: dict[str, object], mess
         parse_config({"listeners": [{"name": "w", "port": 8080}],
                       "pools": {"app": {"targets": ["10.0.0.1:80"], **pool}}})
     assert message in str(err.value)
+
+
+async def test_protocol_h2_speaks_http2_over_tls_with_alpn(tmp_path: Path) -> None:
+    import trustme
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    chain = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
+    with grpc_server("SERVING", tls=(cert.private_key_pem.bytes(), chain)) as (port, _):
+        cfg = parse_config({"listeners": [{"name": "w", "port": 8080}],
+                            "pools": {"app": {"targets": [f"127.0.0.1:{port}"],
+                                              "health": {"enabled": False}, "protocol": "h2",
+                                              "tls": {"ca_file": str(tmp_path / "ca.pem")}}}})
+        pool = Pool(cfg.pools["app"])
+        owner, _ = await call(pool, check_call())
+        assert grpc.check_response_status(owner.body) == grpc.SERVING
+        assert dict(owner.trailers)[b"grpc-status"] == b"0"
+        pool.close()
+
+
+async def test_protocol_h2_refuses_a_target_that_does_not_choose_h2(tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(ctx)
+    ctx.set_alpn_protocols(["http/1.1"])
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0, ssl=ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        cfg = parse_config({"listeners": [{"name": "w", "port": 8080}],
+                            "pools": {"app": {"targets": [f"127.0.0.1:{port}"],
+                                              "health": {"enabled": False}, "protocol": "h2",
+                                              "tls": {"ca_file": str(tmp_path / "ca.pem")}}}})
+        pool = Pool(cfg.pools["app"])
+        with pytest.raises(ConnectError) as err:
+            await pool.connect(pool.targets[0])
+        assert err.value.kind == "tls_handshake"
+    finally:
+        server.close()
