@@ -45,6 +45,7 @@ class _EchoProtocol(asyncio.Protocol):
             client_side=False, header_encoding="utf-8"))
         self.transport: asyncio.Transport | None = None
         self.requests: dict[int, dict[str, Any]] = {}
+        self.sending: dict[int, bytes] = {}   # response bodies waiting for the windows
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -66,6 +67,9 @@ class _EchoProtocol(asyncio.Protocol):
                                                     event.stream_id)
             elif isinstance(event, h2.events.StreamEnded):
                 self._answer(event.stream_id)
+            elif isinstance(event, h2.events.WindowUpdated):
+                for sid in list(self.sending):
+                    self._send(sid)
         self._flush()
 
     def _answer(self, sid: int) -> None:
@@ -85,9 +89,24 @@ class _EchoProtocol(asyncio.Protocol):
         body = json.dumps(req).encode()
         self.conn.send_headers(sid, [(":status", "200"), ("content-type", "application/json"),
                                      ("x-echo", "yes")])
-        self.conn.send_data(sid, body)
-        self.conn.send_headers(sid, [("x-echo-trailer", "done")], end_stream=True)
-        self.stats.open_streams -= 1
+        self.sending[sid] = body
+        self._send(sid)
+
+    def _send(self, sid: int) -> None:
+        """What the flow-control windows allow of the body; the trailer after the last."""
+        body = self.sending[sid]
+        while body:
+            room = min(self.conn.local_flow_control_window(sid),
+                       self.conn.max_outbound_frame_size)
+            if room <= 0:
+                break
+            self.conn.send_data(sid, body[:room])
+            body = body[room:]
+        self.sending[sid] = body
+        if not body:
+            del self.sending[sid]
+            self.conn.send_headers(sid, [("x-echo-trailer", "done")], end_stream=True)
+            self.stats.open_streams -= 1
         self._flush()
 
     def _flush(self) -> None:

@@ -158,3 +158,15 @@ async def test_response_timeout_on_a_grpc_request_is_deadline_exceeded() -> None
     assert resp.status == 200, resp
     assert resp.header("grpc-status") == "4", resp
     assert resp.header("grpc-message") == "upstream timed out"
+
+
+async def test_bodies_larger_than_the_http2_windows_flow_both_ways() -> None:
+    # 1 MiB up and (echoed) down: far beyond the 64 KiB initial windows, so each side must
+    # wait for and send WINDOW_UPDATEs
+    body = bytes(range(97, 123)) * ((1 << 20) // 26)
+    async with h2_echo_backend(delay_s=0.0) as (backend, _):
+        cfg = h2c_config(backend)
+        async with running_daemon(cfg), raw_client(listener_port(cfg)) as c:
+            resp = await c.request("POST", "/big", body=body, timeout_s=20)
+    assert resp.status == 200, resp
+    assert json.loads(resp.body)["body"] == body.decode()
