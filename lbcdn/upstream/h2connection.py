@@ -17,8 +17,10 @@ so that the edge's exchange (an `UpstreamOwner`) works unchanged:
   speaking HTTP/2 sends them as trailers again, where gRPC clients look for them;
 - flow control both ways: request DATA is sent only within the stream's and the connection's
   send windows (the rest waits for WINDOW_UPDATE, and the client is paused meanwhile); response
-  DATA is acknowledged (window given back) when the owner took it, and not while the owner
-  asked to pause reading: a slow client slows its stream, not the other streams;
+  DATA is acknowledged (window given back) when the owner took it; while the owner asked to
+  pause reading, only the connection's window is given back, the stream's when it reads
+  again: a slow client stops its own stream (at most a stream window, 64 KiB, waits in lbcdn)
+  and not the other streams;
 - a connection takes new streams while fewer than the target's SETTINGS_MAX_CONCURRENT_STREAMS
   are open on it (100 until its SETTINGS arrive) and it did not send GOAWAY; streams above a
   GOAWAY's last stream id fail as `reset` (never processed: the exchange's rules may retry
@@ -28,6 +30,7 @@ so that the edge's exchange (an `UpstreamOwner`) works unchanged:
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from typing import TYPE_CHECKING, cast
 
@@ -231,6 +234,9 @@ class H2Stream(UpstreamConnection):
         if owner is not None and data and not self._head_only:
             owner.upstream_body(data)
         if self._reading_paused:
+            # the connection's window goes back at once (the other streams go on), the
+            # stream's when the owner reads again: at most its window waits here
+            self.link.ack_connection(flow_length)
             self._unacked += flow_length
         else:
             self.link.ack(self.stream_id, flow_length)
@@ -269,7 +275,7 @@ class H2Stream(UpstreamConnection):
         self._reading_paused = False
         unacked, self._unacked = self._unacked, 0
         if unacked and not self.closed:
-            self.link.ack(self.stream_id, unacked)
+            self.link.ack_stream(self.stream_id, unacked)
         self._arm()
 
     def close(self) -> None:
@@ -329,6 +335,11 @@ class H2Connection(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # small frames (WINDOW_UPDATE, a HEADERS) must not wait for the peer's delayed
+            # ACK behind Nagle's algorithm: that stalls a transfer to a few windows a second
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.target.open += 1
         self._counted = True
         self.h2.initiate_connection()
@@ -464,9 +475,19 @@ class H2Connection(asyncio.Protocol):
         self._flush()
 
     def ack(self, sid: int, size: int) -> None:
+        """Give `size` bytes back to the connection's and the stream's windows."""
+        self.ack_connection(size)
+        self.ack_stream(sid, size)
+
+    def ack_connection(self, size: int) -> None:
+        if size and not self.closed:
+            self.h2.increment_flow_control_window(size)
+            self._flush()
+
+    def ack_stream(self, sid: int, size: int) -> None:
         if size and not self.closed:
             try:
-                self.h2.acknowledge_received_data(size, sid)
+                self.h2.increment_flow_control_window(size, stream_id=sid)
             except h2.exceptions.StreamClosedError:
                 pass
             self._flush()

@@ -4,7 +4,7 @@
   says (as JSON) what the request was (pseudo-headers, fields, body), waits `delay_s` first so
   that concurrent requests overlap, and ends with a trailer `x-echo-trailer: done`. It counts
   its connections and the most streams it had open at once. `/trailers-only` is answered as
-  a gRPC error in one HEADERS frame (grpc-status 12);
+  a gRPC error in one HEADERS frame (grpc-status 12), `/bytes/N` with N bytes of `x`;
 - `grpc_server(status)`: a real grpcio server (threads) with the standard health servicer
   answering `status` for the service "" (and "app").
 """
@@ -36,6 +36,7 @@ class EchoStats:
     max_concurrent_streams: int = 100
     delay_s: float = 0.2
     seen: list[dict[str, Any]] = field(default_factory=list)
+    unsent: int = 0   # response bytes waiting for the client's (lbcdn's) windows
 
 
 class _EchoProtocol(asyncio.Protocol):
@@ -86,7 +87,9 @@ class _EchoProtocol(asyncio.Protocol):
             self._flush()
             return
         self.stats.seen.append(req)
-        body = json.dumps(req).encode()
+        path = dict(req["headers"])[":path"]
+        body = (b"x" * int(path[7:]) if path.startswith("/bytes/") else
+                json.dumps(req).encode())
         self.conn.send_headers(sid, [(":status", "200"), ("content-type", "application/json"),
                                      ("x-echo", "yes")])
         self.sending[sid] = body
@@ -103,6 +106,7 @@ class _EchoProtocol(asyncio.Protocol):
             self.conn.send_data(sid, body[:room])
             body = body[room:]
         self.sending[sid] = body
+        self.stats.unsent = sum(map(len, self.sending.values()))
         if not body:
             del self.sending[sid]
             self.conn.send_headers(sid, [("x-echo-trailer", "done")], end_stream=True)

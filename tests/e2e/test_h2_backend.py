@@ -170,3 +170,4 @@ async def test_bodies_larger_than_the_http2_windows_flow_both_ways() -> None:
             resp = await c.request("POST", "/big", body=body, timeout_s=20)
     assert resp.status == 200, resp
     assert json.loads(resp.body)["body"] == body.decode()
+
