@@ -4,7 +4,8 @@ Job: parse an ALB-style success-code matcher (`200`, `200,202`, `200-299`, or a 
 `200,301-302`) into a value that answers "does this status pass?" in O(1), and check a response
 body for a search string within its first 5120 bytes, as Route 53's string-matching checks do.
 
-Rules: codes are 100-599 (gRPC checks: gRPC status codes 0-99, as ALB's gRPC matcher); a range is `lo-hi` with lo <= hi; spaces around items are ignored;
+Rules: codes are 100-599 (gRPC checks: gRPC status codes 0-99, as ALB's gRPC matcher); a
+range is `lo-hi` with lo <= hi; spaces around items are ignored;
 anything else is a ValueError whose message can be shown after a YAML path.
 """
 

@@ -5,7 +5,8 @@ certificates not verified, as ALB does not), send one request, and report an Out
 status must be in the matcher, the optional search string must appear in the first 5120 bytes
 of the body, and all of it must happen within the timeout. A grpc check is one
 grpc.health.v1.Health/Check call over HTTP/2 (h2c, or h2 over TLS by ALPN) on a connection of
-its own: its grpc-status must be in the matcher (gRPC codes) and an OK answer must be SERVING. Scheduling many checks and keeping
+its own: its grpc-status must be in the matcher (gRPC codes) and an OK answer must be SERVING.
+Scheduling many checks and keeping
 target states is lbcdn.health.checker's job.
 
 Rules:
