@@ -6,8 +6,7 @@ status must be in the matcher, the optional search string must appear in the fir
 of the body, and all of it must happen within the timeout. A grpc check is one
 grpc.health.v1.Health/Check call over HTTP/2 (h2c, or h2 over TLS by ALPN) on a connection of
 its own: its grpc-status must be in the matcher (gRPC codes) and an OK answer must be SERVING.
-Scheduling many checks and keeping
-target states is lbcdn.health.checker's job.
+Scheduling many checks and keeping target states is lbcdn.health.checker's job.
 
 Rules:
 - A check of an address over http or tcp is a non-blocking socket driven by loop callbacks
