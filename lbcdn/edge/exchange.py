@@ -35,7 +35,8 @@ from lbcdn.edge.stream import PAUSE_UPSTREAM, ClientStream, ExchangeTap
 from lbcdn.routing.config import FixedResponseAction, ForwardAction, MirrorConfig, \
     RedirectAction, RouteConfig
 from lbcdn.http.date import http_date
-from lbcdn.http.errors import HttpError, error_body, error_fields, failure_status
+from lbcdn.http import grpc
+from lbcdn.http.errors import HttpError, error_body, error_fields, failure_status, reason
 from lbcdn.http.head import ALLOWED_METHODS, Head, RequestHead, ResponseHead, origin_request, \
     response_has_body
 from lbcdn.http.request_id import new_request_id
@@ -341,6 +342,12 @@ class Exchange(UpstreamOwner):
             return
         if err.close:
             self.keep_alive = False
+        if grpc.is_grpc_request(self.head.headers):
+            # a gRPC client reads grpc-status, not an HTML page: a trailers-only answer
+            self._respond(Head(200, b"", 0, grpc.error_fields(
+                err.status, err.detail or reason(err.status).decode()) + [
+                    (self.listener.id_header, self.request_id)]), ())
+            return
         body = error_body(err.status, self.request_id, err.detail)
         head = Head(err.status, b"", len(body),
                     error_fields(self.request_id, self.listener.id_header), extra=err.headers)
@@ -683,6 +690,9 @@ class Exchange(UpstreamOwner):
         if self.state == TUNNEL:
             self.conn.tunnel_active()
         self.conn.send_body(data)
+
+    def upstream_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        self.conn.send_trailers(fields)  # an HTTP/2 target's (grpc-status...)
 
     def upstream_done(self) -> None:
         if self.tap is not None:

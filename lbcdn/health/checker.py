@@ -65,14 +65,19 @@ class Check:
 
     @classmethod
     def for_target(cls, cfg: HealthCheckConfig, host: str, port: int,
-                   proxy_protocol: str | None = None) -> Check:
+                   proxy_protocol: str | None = None, tls: bool = False) -> Check:
         """A pool target's check from its pool's `health:` section; `proxy_protocol`: the
-        version of PROXY header the target requires (a LOCAL one: the check is lbcdn's)."""
+        version of PROXY header the target requires (a LOCAL one: the check is lbcdn's);
+        `tls`: the pool speaks TLS to its targets (a grpc check then uses h2 over TLS, else
+        h2c)."""
         header = b"" if proxy_protocol is None else proxy_header(proxy_protocol, None, ("", 0))
+        grpc = cfg.protocol == "grpc"
         spec = ProbeSpec(
             protocol=cfg.protocol, address=host, port=cfg.port or port, path=cfg.path,
             method=cfg.method, host_header=cfg.host or host_port(host, port),
-            timeout_s=cfg.timeout_s, matcher=parse_matcher(cfg.matcher),
+            timeout_s=cfg.timeout_s,
+            matcher=parse_matcher(cfg.success_codes(), grpc=grpc),
+            grpc_service=cfg.service, grpc_tls=tls,
             search_string=None if cfg.search_string is None else cfg.search_string.encode(),
             keep_alive=cfg.reuse_connection and cfg.protocol == "http" and not header,
             proxy_header=header)

@@ -33,9 +33,14 @@ class HealthCheckConfig:
     enabled: bool = doc(
         "Run active health checks. When false every registered target takes traffic and shows "
         "as `unavailable` (Target.HealthCheckDisabled).", True)
-    protocol: Literal["http", "https", "tcp"] = doc(
+    protocol: Literal["http", "https", "tcp", "grpc"] = doc(
         "`http` or `https` (a request whose status must match `matcher`; certificates are not "
-        "verified, as ALB does not), or `tcp` (a connection that opens passes).", "http")
+        "verified, as ALB does not), `tcp` (a connection that opens passes), or `grpc` (a "
+        "`grpc.health.v1.Health/Check` call over HTTP/2: h2 with TLS when the pool's "
+        "`protocol` is h2, else h2c; its grpc-status must match `matcher` and, when OK, the "
+        "answer must be SERVING).", "http")
+    service: str = doc(
+        "grpc checks: the service name asked about (\"\": the server as a whole).", "")
     port: int | None = doc("Port to probe; default: the target's traffic port.", None,
                            lo=1, hi=65535)
     path: str = doc("Request path (with an optional query) of http/https checks.", "/")
@@ -53,9 +58,10 @@ class HealthCheckConfig:
         "needs one).", 5, lo=1, hi=10)
     unhealthy_threshold: int = doc(
         "Consecutive failing checks that make a target unhealthy.", 2, lo=1, hi=10)
-    matcher: str = doc(
+    matcher: str | None = doc(
         "Status codes that pass: `200`, `200,202`, `200-299`, or a mix such as "
-        "`200,301-302`.", "200")
+        "`200,301-302`; for grpc checks gRPC status codes 0-99 (`0`, `0-99`, `0,12`). "
+        "Unset: `200`, or `0` (OK) for grpc.", None)
     search_string: str | None = doc(
         "When set, an http/https check passes only if this text appears in the first 5120 "
         "bytes of the response body (as Route 53's string matching).", None)
@@ -70,6 +76,10 @@ class HealthCheckConfig:
         "Each interval is stretched or shrunk at random by up to this fraction, and first "
         "checks are spread over one interval, so targets are not probed in lockstep.",
         0.1, lo=0, hi=0.5)
+
+    def success_codes(self) -> str:
+        """The matcher in effect: the given one, else `200` (`0` for grpc checks)."""
+        return self.matcher or ("0" if self.protocol == "grpc" else "200")
 
 
 @dataclass(frozen=True)
@@ -184,9 +194,9 @@ def _check_health(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     timeout, interval = v.get("timeout_s"), v.get("interval_s")
     if timeout is not None and interval is not None and timeout >= interval:
         ld.error(join(path, "timeout_s"), f"must be less than interval_s ({interval:g})")
-    if "matcher" in v:
+    if v.get("matcher") is not None:
         try:
-            parse_matcher(v["matcher"])
+            parse_matcher(v["matcher"], grpc=v.get("protocol") == "grpc")
         except ValueError as e:
             ld.error(join(path, "matcher"), str(e))
     p = v.get("path")
@@ -198,7 +208,7 @@ def _check_health(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         ld.error(join(path, "host"), "must be a non-empty host name without spaces")
     needle = v.get("search_string")
     if needle is not None:
-        if v.get("protocol") == "tcp":
+        if v.get("protocol") in ("tcp", "grpc"):
             ld.error(join(path, "search_string"), "needs protocol http or https")
         elif not 1 <= len(needle.encode()) <= 255:
             ld.error(join(path, "search_string"), "must be 1-255 bytes")

@@ -3,8 +3,10 @@
 Job: `probe(spec)` / `start_probe(spec, on_done)` open a connection (TLS for https,
 certificates not verified, as ALB does not), send one request, and report an Outcome: the
 status must be in the matcher, the optional search string must appear in the first 5120 bytes
-of the body, and all of it must happen within the timeout. Scheduling many checks and keeping
-target states is lbcdn.health.checker's job.
+of the body, and all of it must happen within the timeout. A grpc check is one
+grpc.health.v1.Health/Check call over HTTP/2 (h2c, or h2 over TLS by ALPN) on a connection of
+its own: its grpc-status must be in the matcher (gRPC codes) and an OK answer must be SERVING.
+Scheduling many checks and keeping target states is lbcdn.health.checker's job.
 
 Rules:
 - A check of an address over http or tcp is a non-blocking socket driven by loop callbacks
@@ -36,10 +38,15 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal, Protocol, cast
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 import httptools
 
 from lbcdn.health.matcher import SEARCH_WINDOW_BYTES, Matcher, parse_matcher
 from lbcdn.health.state import Outcome
+from lbcdn.http import grpc
 from lbcdn.tasks import spawn
 
 log = logging.getLogger("lbcdn.health")
@@ -58,7 +65,7 @@ def host_port(host: str, port: int) -> str:
 @dataclass(frozen=True)
 class ProbeSpec:
     """What to probe and what passes."""
-    protocol: Literal["http", "https", "tcp"]
+    protocol: Literal["http", "https", "tcp", "grpc"]
     address: str
     port: int
     path: str = "/"
@@ -71,6 +78,8 @@ class ProbeSpec:
     # sent first on each connection (before TLS): a PROXY protocol header, for a target that
     # requires one (lbcdn.upstream.config, `proxy_protocol`); never with keep_alive
     proxy_header: bytes = b""
+    grpc_service: str = ""           # grpc: the service asked about
+    grpc_tls: bool = False           # grpc: h2 over TLS (ALPN h2), else h2c
 
     @cached_property
     def request(self) -> bytes:
@@ -93,7 +102,7 @@ class ProbeSpec:
     @cached_property
     def server_hostname(self) -> str | None:
         """SNI name for https: the Host header's name unless it is an address."""
-        if self.protocol != "https":
+        if self.protocol != "https" and not (self.protocol == "grpc" and self.grpc_tls):
             return None
         host = self.host_header or self.address
         if host.startswith("["):
@@ -566,6 +575,123 @@ async def _probe_via_transport(spec: ProbeSpec) -> ProbeResult:
     return ProbeResult(outcome, proto.judge.status, loop.time() - start, detail)
 
 
+class _GrpcProbe(asyncio.Protocol):
+    """One grpc.health.v1.Health/Check call on a new HTTP/2 connection (lbcdn.http.grpc
+    encodes the messages). The verdict: grpc-status (trailers, or the headers of a
+    trailers-only answer) in the matcher, and, when it is OK, the answer SERVING."""
+
+    def __init__(self, spec: ProbeSpec, done: asyncio.Future[tuple[Outcome, str]]) -> None:
+        self.spec = spec
+        self.done = done
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None))
+        self.transport: asyncio.Transport | None = None
+        self.connected = False
+        self.body = b""
+        self.fields: dict[bytes, bytes] = {}
+        self.status: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.connected = True
+        spec = self.spec
+        conn = self.h2
+        conn.initiate_connection()
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [
+            (b":method", b"POST"), (b":scheme", b"https" if spec.grpc_tls else b"http"),
+            (b":authority", (spec.host_header or host_port(spec.address, spec.port)).encode()),
+            (b":path", grpc.HEALTH_CHECK_PATH), (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"), (b"user-agent", USER_AGENT)])
+        conn.send_data(sid, grpc.check_request(spec.grpc_service), end_stream=True)
+        self.transport.write(conn.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            self._decide(Outcome.BAD_RESPONSE, f"HTTP/2 protocol error: {e}")
+            return
+        for event in events:
+            if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                self.fields.update(event.headers)
+            elif isinstance(event, h2.events.DataReceived):
+                self.body += event.data
+                self.h2.acknowledge_received_data(event.flow_controlled_length,
+                                                  event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                self._judge()
+            elif isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                self._decide(Outcome.CONNECT_FAILED, "the target reset the health check")
+        if self.transport is not None:
+            self.transport.write(self.h2.data_to_send())
+
+    def _judge(self) -> None:
+        http_status = self.fields.get(b":status", b"")
+        raw = self.fields.get(b"grpc-status")
+        if http_status != b"200" or raw is None or not raw.isdigit():
+            self._decide(Outcome.BAD_RESPONSE,
+                         f"not a gRPC answer (HTTP status {http_status.decode() or '-'})")
+            return
+        code = self.status = int(raw)
+        if code not in self.spec.matcher.codes:
+            self._decide(Outcome.CODE_MISMATCH,
+                         f"Health checks failed with these codes: [{code}]")
+            return
+        if code == grpc.OK:
+            try:
+                serving = grpc.check_response_status(self.body)
+            except ValueError as e:
+                self._decide(Outcome.BAD_RESPONSE, f"bad HealthCheckResponse: {e}")
+                return
+            if serving != grpc.SERVING:
+                name = grpc.STATUS_NAMES.get(serving, str(serving))
+                self._decide(Outcome.CODE_MISMATCH, f"the target answered {name}")
+                return
+        self._decide(Outcome.PASS, "")
+
+    def _decide(self, outcome: Outcome, detail: str) -> None:
+        if not self.done.done():
+            self.done.set_result((outcome, detail))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._decide(Outcome.CONNECT_FAILED, "connection closed before a complete answer")
+
+
+async def _probe_grpc(spec: ProbeSpec) -> ProbeResult:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    done: asyncio.Future[tuple[Outcome, str]] = loop.create_future()
+    proto = _GrpcProbe(spec, done)
+    tls: ssl.SSLContext | None = None
+    if spec.grpc_tls:
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+        tls.set_alpn_protocols(["h2"])
+    try:
+        async with asyncio.timeout(spec.timeout_s):
+            await loop.create_connection(lambda: proto, spec.address, spec.port, ssl=tls,
+                                         server_hostname=spec.server_hostname)
+            outcome, detail = await done
+    except TimeoutError:
+        outcome, detail = Outcome.TIMEOUT, _timeout_detail(spec, proto.connected)
+    except ssl.SSLError as e:
+        outcome, detail = Outcome.CONNECT_FAILED, f"TLS handshake failed: {e}"
+    except OSError as e:
+        outcome, detail = Outcome.CONNECT_FAILED, f"connect failed: {e.strerror or e}"
+    except Exception as e:  # a bug of ours must not take the checker down
+        log.exception("gRPC health probe of %s:%s failed", spec.address, spec.port)
+        outcome, detail = Outcome.INTERNAL_ERROR, f"internal error: {e!r}"
+    finally:
+        if proto.transport is not None:
+            proto.transport.abort()
+        if not done.done():
+            done.cancel()
+    return ProbeResult(outcome, proto.status, loop.time() - start, detail)
+
+
 class Cancellable(Protocol):
     def cancel(self) -> object: ...
 
@@ -577,13 +703,14 @@ def start_probe(spec: ProbeSpec, on_done: Callable[[ProbeResult], None],
     run on the event loop."""
     loop = asyncio.get_running_loop()
     family = spec.family
-    if family is not None and spec.protocol != "https":
+    if family is not None and spec.protocol in ("http", "tcp"):
         raw = _RawProbe(loop, spec, on_done, slot if spec.keep_alive else None)
         raw.begin(family)
         return raw
 
     async def run() -> None:
-        on_done(await _probe_via_transport(spec))
+        on_done(await (_probe_grpc(spec) if spec.protocol == "grpc" else
+                       _probe_via_transport(spec)))
 
     return spawn(run(), "health-probe")
 

@@ -51,6 +51,12 @@ class PoolConfig(PoolPolicyConfig):
         "Continue`.", 60.0, lo=0.001)
     tls: UpstreamTlsConfig | None = doc(
         "Connect to the targets with TLS. Unset: plain HTTP.", None)
+    protocol: Literal["http1.1", "h2", "h2c"] = doc(
+        "What the targets speak: `http1.1`; `h2` (HTTP/2 over TLS, offered by ALPN; needs "
+        "`tls`); or `h2c` (HTTP/2 over plain TCP with prior knowledge; no `tls`). HTTP/2 "
+        "multiplexes many requests on one connection per target (as many at once as the "
+        "target's SETTINGS allow) and passes trailers through: what gRPC backends need.",
+        "http1.1")
     max_idle_per_target: int = doc(
         "Idle keep-alive connections kept per target (0: none are kept).", 64,
         lo=0, hi=100000)
@@ -76,4 +82,16 @@ def _check_discovery(ld: Loader, v: Mapping[str, Any], path: str) -> None:
                  "required for A/AAAA discovery (srv: false)")
 
 
-VALIDATORS.setdefault(PoolConfig, []).append(_check_discovery)
+def _check_protocol(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    protocol = v.get("protocol")
+    if protocol == "h2" and v.get("tls") is None:
+        ld.error(join(path, "protocol"), "h2 needs `tls` (use h2c for plain HTTP/2)")
+    elif protocol == "h2c" and v.get("tls") is not None:
+        ld.error(join(path, "protocol"), "h2c is plain HTTP/2: use h2 with `tls`")
+    if protocol in ("h2", "h2c") and v.get("proxy_protocol") is not None:
+        # an HTTP/2 connection carries many clients' requests: no one client's address
+        ld.error(join(path, "proxy_protocol"), f"not with protocol {protocol} (an HTTP/2 "
+                 "connection is shared by many clients' requests)")
+
+
+VALIDATORS.setdefault(PoolConfig, []).extend((_check_discovery, _check_protocol))

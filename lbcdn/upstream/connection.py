@@ -49,6 +49,10 @@ class UpstreamOwner:
     def upstream_body(self, data: bytes) -> None:
         raise NotImplementedError
 
+    def upstream_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """Trailer fields of the response (from an HTTP/2 target; HTTP/1.1 trailers are not
+        forwarded), before `upstream_done`. An owner that cannot carry them drops them."""
+
     def upstream_done(self) -> None:
         raise NotImplementedError
 
@@ -86,6 +90,9 @@ class ConnectionHome:
 
 
 # An asyncio protocol by its methods only; see lbcdn.edge.connection.ClientConnection.
+# lbcdn.upstream.h2connection.H2Stream subclasses it (interpreted): one stream of an HTTP/2
+# connection, handed to the exchange in place of a connection.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class UpstreamConnection(ResponseSink, Writer):
     def __init__(self, pool: ConnectionHome, target: Target) -> None:
         self.pool = pool
@@ -99,6 +106,7 @@ class UpstreamConnection(ResponseSink, Writer):
         self.idle_since = 0.0
         self.in_idle = False
         self.tunnel: UpstreamOwner | None = None
+        self.multiplexed = False     # an HTTP/2 stream: never kept idle, closed when done
         self.sending = False         # the request body is still coming from the client
         self._reading_paused = False
         self._writing_paused = False

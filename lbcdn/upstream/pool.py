@@ -48,6 +48,7 @@ from lbcdn.health.state import Reason, State, TargetHealth, Thresholds
 from lbcdn.metrics import PoolMetrics, pool_metrics, target_metrics, TargetMetrics
 from lbcdn.tls import client_context
 from lbcdn.upstream.connection import ConnectionHome, UpstreamConnection
+from lbcdn.upstream.h2connection import H2Connection, client_ssl
 from lbcdn import writebatch
 
 # what `choose` answers when every routable target is at max_connections_per_target
@@ -154,6 +155,12 @@ class Pool(ConnectionHome):
         self.name = config.name
         self.host_header = config.host_header.encode()
         self.ssl = client_context(config.tls) if config.tls is not None else None
+        # HTTP/2 targets: their connections by target key (each carries many exchanges)
+        self.h2 = config.protocol != "http1.1"
+        if self.ssl is not None and config.protocol == "h2":
+            self.ssl = client_ssl(self.ssl)
+        self.h2_links: dict[str, list[H2Connection]] = {}
+        self._h2_connecting: dict[str, asyncio.Future[H2Connection]] = {}
         self._rng = rng or random.Random()
         checks = config.health.enabled
         self.targets: list[Target] = [
@@ -464,6 +471,10 @@ class Pool(ConnectionHome):
                 self.on_drained(key)
 
     def _close_idle(self, target: Target) -> None:
+        for link in self.h2_links.pop(target.key, []):
+            link.going_away = True   # takes no new stream; closes when its last one ends
+            if link.active <= 0:
+                link.close()
         while target.idle:
             conn = target.idle.pop()
             conn.in_idle = False
@@ -485,7 +496,13 @@ class Pool(ConnectionHome):
     def take_idle(self, target: Target, checked: bool = False) -> UpstreamConnection | None:
         """The newest idle connection to `target`. `checked`: for a request that cannot be
         retried (not idempotent), skip the ones the backend has already closed although the
-        loop has not told us yet (a killed backend's), at the cost of a poll(2) each."""
+        loop has not told us yet (a killed backend's), at the cost of a poll(2) each.
+        An HTTP/2 pool: a new stream on a connection to `target` that takes one more."""
+        if self.h2:
+            for link in self.h2_links.get(target.key, ()):
+                if link.capacity() > 0:
+                    return link.new_stream()
+            return None
         idle = target.idle
         while idle:
             conn = idle.pop()
@@ -502,6 +519,8 @@ class Pool(ConnectionHome):
                       client: tuple[str, int] | None = None) -> UpstreamConnection:
         """A new connection to `target`; with `proxy_protocol`, opened by a PROXY header for
         `client` (None: lbcdn's own request)."""
+        if self.h2:
+            return await self._h2_connect(target)
         loop = asyncio.get_running_loop()
         conn = UpstreamConnection(self, target)
         # the loop takes any object with the protocol methods; the stubs want the base class
@@ -550,6 +569,56 @@ class Pool(ConnectionHome):
             sock.close()
             raise
 
+    async def _h2_connect(self, target: Target) -> UpstreamConnection:
+        """A stream on a new HTTP/2 connection to `target`; requests that come while it is
+        being made wait for it and share it, as far as its stream limit goes."""
+        pending = self._h2_connecting.get(target.key)
+        if pending is not None:
+            try:
+                link = await asyncio.shield(pending)
+            except ConnectError:
+                raise
+            if link.capacity() > 0:
+                return link.new_stream()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[H2Connection] = loop.create_future()
+        self._h2_connecting[target.key] = future
+        link = H2Connection(self, target, self.ssl is not None)
+        try:
+            try:
+                transport, _ = await asyncio.wait_for(
+                    loop.create_connection(lambda: link, target.host, target.port,
+                                           ssl=self.ssl,
+                                           server_hostname=self._server_name(target)),
+                    self.config.connect_timeout_s)
+            except asyncio.TimeoutError:
+                raise ConnectError("connect_timeout") from None
+            except ssl.SSLError:
+                raise ConnectError("tls_handshake") from None
+            except OSError:
+                raise ConnectError("connect_refused") from None
+            if self.ssl is not None and \
+                    transport.get_extra_info("ssl_object").selected_alpn_protocol() != "h2":
+                transport.abort()
+                raise ConnectError("tls_handshake")  # the target does not speak h2
+            if link.closed:
+                raise ConnectError("connect_refused")
+        except ConnectError as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: the waiters (if any) get it too
+            raise
+        finally:
+            if self._h2_connecting.get(target.key) is future:
+                del self._h2_connecting[target.key]
+        self.h2_links.setdefault(target.key, []).append(link)
+        future.set_result(link)
+        return link.new_stream()
+
+    def h2_lost(self, link: H2Connection) -> None:
+        links = self.h2_links.get(link.target.key)
+        if links is not None and link in links:
+            links.remove(link)
+
     def _server_name(self, target: Target) -> str | None:
         tls = self.config.tls
         if tls is None:
@@ -579,6 +648,9 @@ class Pool(ConnectionHome):
 
     def release(self, conn: UpstreamConnection) -> None:
         """An exchange finished cleanly on `conn`: keep it for reuse, or close it."""
+        if conn.multiplexed:
+            conn.close()  # a stream is not reused; its connection carries on
+            return
         target = conn.target
         idle = target.idle
         if (self.closed or conn.closed or len(idle) >= self.max_idle

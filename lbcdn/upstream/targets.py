@@ -170,7 +170,7 @@ class PoolTargets:
 
     def _check_for(self, t: _Target) -> Check:
         return Check.for_target(self.config.health, t.host, t.port,
-                                self.config.proxy_protocol)
+                                self.config.proxy_protocol, self.config.tls is not None)
 
     def _sync(self) -> None:
         """Bring the checker in line with the wanted set: new targets start `initial`, gone

@@ -20,6 +20,15 @@ def load(data: object, tp: Any = PoolPolicyConfig) -> tuple[Any, list[str]]:
     return value, [f"{p}: {m}" for p, m in ld.problems]
 
 
+def test_grpc_checks_take_grpc_codes() -> None:
+    cfg, problems = load({"health": {"protocol": "grpc", "service": "app"}})
+    assert problems == [] and cfg.health.success_codes() == "0"
+    _, problems = load({"health": {"protocol": "grpc", "matcher": "200"}})
+    assert problems and "matcher" in problems[0] and "gRPC status code" in problems[0]
+    _, problems = load({"health": {"protocol": "grpc", "matcher": "0-99"}})
+    assert problems == []
+
+
 def test_defaults_are_alb_target_group_defaults() -> None:
     cfg, problems = load({})
     assert problems == []
@@ -27,7 +36,7 @@ def test_defaults_are_alb_target_group_defaults() -> None:
     assert (h.protocol, h.port, h.path, h.method, h.host) == ("http", None, "/", "GET", None)
     assert (h.timeout_s, h.interval_s, h.healthy_threshold, h.unhealthy_threshold) == (
         5.0, 30.0, 5, 2)
-    assert h.matcher == "200" and h.search_string is None
+    assert h.matcher is None and h.success_codes() == "200" and h.search_string is None
     assert cfg.deregistration_delay_s == 300.0 and cfg.fail_open is True
     assert cfg.slow_start_s == 0.0
     assert cfg.balance == BalanceConfig() and cfg.balance.algorithm == "round_robin"
@@ -64,12 +73,12 @@ def test_full_section() -> None:
     ({"health": {"unhealthy_threshold": 0}}, "pools.web.health.unhealthy_threshold: must be >= 1; got 0"),
     ({"health": {"matcher": "200-1xx"}}, "pools.web.health.matcher: '200-1xx': '1xx' is not a 3-digit HTTP status code"),
     ({"health": {"path": "health"}}, 'pools.web.health.path: must start with "/" and hold no spaces or control characters'),
-    ({"health": {"protocol": "udp"}}, 'pools.web.health.protocol: must be one of "http", "https", "tcp"; got "udp"'),
+    ({"health": {"protocol": "udp"}}, 'pools.web.health.protocol: must be one of "http", "https", "tcp", "grpc"; got "udp"'),
     ({"health": {"protocol": "tcp", "search_string": "x"}}, "pools.web.health.search_string: needs protocol http or https"),
     ({"health": {"search_string": ""}}, "pools.web.health.search_string: must be 1-255 bytes"),
     ({"health": {"host": "a b"}}, "pools.web.health.host: must be a non-empty host name without spaces"),
     ({"health": {"jitter": 0.9}}, "pools.web.health.jitter: must be <= 0.5; got 0.9"),
-    ({"health": {"intervall_s": 1}}, "pools.web.health.intervall_s: unknown key (did you mean 'interval_s'? allowed: enabled, healthy_threshold, host, interval_s, jitter, matcher, method, path, port, protocol, reuse_connection, search_string, timeout_s, unhealthy_threshold)"),
+    ({"health": {"intervall_s": 1}}, "pools.web.health.intervall_s: unknown key (did you mean 'interval_s'? allowed: enabled, healthy_threshold, host, interval_s, jitter, matcher, method, path, port, protocol, reuse_connection, search_string, service, timeout_s, unhealthy_threshold)"),
     ({"balance": {"algorithm": "fastest"}}, 'pools.web.balance.algorithm: must be one of "round_robin", "least_outstanding_requests", "weighted_random", "weighted_round_robin", "random_two_choices", "consistent_hash"; got "fastest"'),
     ({"balance": {"hash_key": "ip"}}, "pools.web.balance.hash_key: must be client_ip, path, header:NAME or cookie:NAME; got 'ip'"),
     ({"balance": {"hash_key": "header:"}}, "pools.web.balance.hash_key: header name must not be empty"),

@@ -33,3 +33,12 @@ def test_body_window() -> None:
     assert body_contains(pad + b"ok", b"ok")
     assert not body_contains(pad + b"_ok", b"ok")  # straddles byte 5120
     assert not body_contains(b"nothing", b"ok")
+
+
+def test_grpc_matcher_takes_grpc_codes() -> None:
+    from lbcdn.health.matcher import parse_matcher
+    assert parse_matcher("0-99", grpc=True).codes == frozenset(range(100))
+    assert parse_matcher("0,12", grpc=True).codes == frozenset({0, 12})
+    for bad in ("100", "200", "-1", "a", ""):
+        with pytest.raises(ValueError):
+            parse_matcher(bad, grpc=True)

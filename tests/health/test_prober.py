@@ -186,3 +186,57 @@ async def test_keep_alive_verdict_stands_when_the_rest_is_late(backend: Backend)
     backend.mode = "slowbody"  # head, then the body never completes
     r = await check(spec(backend.port, keep_alive=True, timeout_s=0.2), ConnectionSlot())
     assert r.outcome is Outcome.PASS and r.status == 200
+
+
+# -- gRPC health checks (grpc.health.v1.Health/Check) against a real grpcio server ----------
+
+def grpc_spec(port: int, **kw: object) -> ProbeSpec:
+    base: dict[str, object] = {"protocol": "grpc", "address": "127.0.0.1", "port": port,
+                               "timeout_s": 3.0, "matcher": parse_matcher("0", grpc=True)}
+    base.update(kw)
+    return ProbeSpec(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("status, kw, outcome, code", [
+    ("SERVING", {}, Outcome.PASS, 0),
+    ("SERVING", {"grpc_service": "app"}, Outcome.PASS, 0),
+    ("NOT_SERVING", {}, Outcome.CODE_MISMATCH, 0),
+    ("NOT_SERVING", {"grpc_service": "app"}, Outcome.CODE_MISMATCH, 0),
+    # an unknown service is grpc-status 5 (NOT_FOUND), outside matcher 0...
+    ("SERVING", {"grpc_service": "nope"}, Outcome.CODE_MISMATCH, 5),
+    # ...and inside an ALB-style range that takes it
+    ("SERVING", {"grpc_service": "nope", "matcher": parse_matcher("0-99", grpc=True)},
+     Outcome.PASS, 5),
+])
+async def test_grpc_probe_outcomes(status: str, kw: dict[str, object], outcome: Outcome,
+                                   code: int) -> None:
+    from tests.e2e.h2_backend import grpc_server
+    with grpc_server(status) as (port, _):
+        result = await probe(grpc_spec(port, **kw))
+    assert result.outcome is outcome, result
+    assert result.status == code, result
+
+
+async def test_grpc_probe_of_a_plain_http_server_is_a_bad_response(backend: Backend) -> None:
+    backend.mode = "ok"
+    result = await probe(grpc_spec(backend.port, timeout_s=2.0))
+    assert result.outcome in (Outcome.BAD_RESPONSE, Outcome.CONNECT_FAILED), result
+
+
+async def test_grpc_probe_of_a_closed_port_fails_to_connect() -> None:
+    result = await probe(grpc_spec(await free_port()))
+    assert result.outcome is Outcome.CONNECT_FAILED, result
+
+
+async def test_grpc_probe_over_tls_when_the_pool_speaks_h2() -> None:
+    import trustme
+
+    from tests.e2e.h2_backend import grpc_server
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    chain = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
+    with grpc_server("SERVING", tls=(cert.private_key_pem.bytes(), chain)) as (port, _):
+        # certificates are not verified, as ALB's checks do not
+        result = await probe(grpc_spec(port, grpc_tls=True))
+        plain = await probe(grpc_spec(port, timeout_s=1.0))
+    assert result.outcome is Outcome.PASS, result
+    assert plain.outcome is not Outcome.PASS, plain
