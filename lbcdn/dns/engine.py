@@ -25,7 +25,8 @@ Rules:
   the question; owner names are compression pointers into it and follow.
 - TSIG (RFC 8945): a signed query is checked with `tsig_keys` (tsig.py), never prepared for
   replay; a good one is answered as unsigned and the answer signed, a bad one gets the TSIG
-  error reply (logged sparsely: UDP senders can be spoofed).
+  error reply. The size limit counts the TSIG record: a signed answer that does not fit
+  with it is truncated as above and still signed (RFC 8945 5.3) (logged sparsely: UDP senders can be spoofed).
 - Client-dependent routing (cidr, geolocation, geoproximity; policy.py): the client is the
   query's ECS option (RFC 7871) or else the `client` source address given to answer/prepare.
   An answer that read such a policy is never prepared for replay (it is computed per query,
@@ -414,8 +415,10 @@ class Engine:
         plain = self._parse(verdict.message)
         if plain is None:
             return None
-        return tsig.sign_replies([self._respond(plain, tcp, max_udp, None, client)[0]], verdict,
-                                 now)[0]
+        assert verdict.key is not None   # verify found it: the error is NOERROR
+        reply = self._respond(plain, tcp, max_udp, None, client,
+                              reserve=tsig.record_size(verdict.key))[0]
+        return tsig.sign_replies([reply], verdict, now)[0]
 
     @staticmethod
     def _parse(query: bytes) -> Query | None:
@@ -425,16 +428,17 @@ class Engine:
             return None
 
     def _respond(self, q: Query, tcp: bool, max_udp: int, turn: int | None,
-                 client: str = "") -> tuple[bytes, _Answer]:
+                 client: str = "", reserve: int = 0) -> tuple[bytes, _Answer]:
         """The response to `q` with every rotating set at `turn` (None: each set's own
-        counter), and the _Answer that says how it varies."""
+        counter), and the _Answer that says how it varies; `reserve`: bytes of the size limit
+        kept for a record added later (a TSIG)."""
         try:
             ans = self._outcome(q, turn, self._where(q, client) if self._by_client else None)
-            return self._pack(q, ans, tcp, max_udp), ans
+            return self._pack(q, ans, tcp, max_udp, reserve), ans
         except Exception:  # a bug must cost one SERVFAIL, not the server
             log.exception("dns: answering failed")
             ans = _Answer(rcode=SERVFAIL, aa=False, replay=False, ede=EDE_OTHER)
-            return self._pack(q, ans, tcp, max_udp), ans
+            return self._pack(q, ans, tcp, max_udp, reserve), ans
 
     def _where(self, q: Query, client: str) -> Where:
         ecs = q.edns.ecs if q.edns is not None else b""
@@ -589,13 +593,14 @@ class Engine:
 
     # -- building the response -----------------------------------------------------------
 
-    def _pack(self, q: Query, ans: _Answer, tcp: bool, max_udp: int) -> bytes:
+    def _pack(self, q: Query, ans: _Answer, tcp: bool, max_udp: int, reserve: int = 0) -> bytes:
         if tcp:
             limit = TCP_MAX
         elif q.edns is None:
             limit = 512
         else:
             limit = max(512, min(q.edns.payload, max_udp))
+        limit -= reserve
         opt: list[RR] = []
         if q.edns is not None:
             options = []
