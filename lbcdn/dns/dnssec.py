@@ -92,12 +92,14 @@ class Signer:
     """One signed zone's keys and signature cache."""
 
     def __init__(self, origin: Name, keys: list[ZoneKey], *, dnskey_ttl: int,
-                 algorithm: int = 13, key_file: str | None = None) -> None:
+                 algorithm: int = 13, key_file: str | None = None,
+                 serial: int | None = None) -> None:
         self.origin = origin
         self.keys = list(keys)
         self.dnskey_ttl = dnskey_ttl
         self.algorithm = algorithm     # of the keys a rollover makes
         self.key_file = key_file       # where a rollover saves the keys (lbcdn.dns.keys)
+        self.serial = serial           # the last served SOA serial saved there
         self._signer_wire = to_wire(origin)
         self._cache: dict[SigKey, tuple[RR, ...]] = {}
         self._epoch = -1

@@ -71,7 +71,8 @@ from lbcdn.dns.changes import (Change, ChangeError, ChangeStore, Overlay, apply_
                                update_overlay)
 from lbcdn.dns.dnssec import T_DNSKEY, Signer, epoch_of
 from lbcdn.dns.fastpath import Prepared
-from lbcdn.dns.keys import ZoneKey
+from lbcdn.dns.keys import ZoneKey, roll
+from lbcdn.dns.keys import save as save_keys
 from lbcdn.dns.locate import CidrCollection, GeoDatabase, client_of, client_of_ecs
 from lbcdn.dns.names import Name, is_subdomain
 from lbcdn.dns.policy import CLIENT_POLICIES, HealthView, Where
@@ -158,6 +159,8 @@ class Engine:
             self._zones[z.origin] = z
         for origin, signer in self._signers.items():
             self._publish_keys(origin, signer)
+            self._continue_serial(origin, signer)
+        self._save_serials()
         self._epoch = epoch_of(clock())
         self._version = next(_VERSIONS)
         self._seen_generation: object = getattr(health, "generation", None)
@@ -182,6 +185,29 @@ class Engine:
 
     def _bump(self) -> None:
         self._version = next(_VERSIONS)
+        self._save_serials()
+
+    def _continue_serial(self, origin: Name, signer: Signer) -> None:
+        """A signed zone's serial goes on from the last one served (saved with its keys)
+        when that is not below the built one: its signatures, at least, are new, and a
+        fixed `soa.serial` would otherwise undo every bump since it was set."""
+        zone = self._zones[origin]
+        if signer.serial is not None and signer.serial >= zone.serial:
+            zone.set_serial((signer.serial + 1) % 2**32)
+
+    def _save_serials(self) -> None:
+        """Save a signed zone's serial with its keys whenever it changed (rarely: changes,
+        rollovers, a new signing day), so a restart goes on from it."""
+        for origin, signer in self._signers.items():
+            serial = self._zones[origin].serial
+            if serial == signer.serial or signer.key_file is None:
+                continue
+            try:
+                save_keys(signer.key_file, signer.keys, serial)
+            except OSError as e:
+                log.warning("dns: cannot save the serial of %s: %s", self._zones[origin].name, e)
+                continue
+            signer.serial = serial
 
     @property
     def version(self) -> int:
@@ -215,6 +241,17 @@ class Engine:
         if origin not in self._zones:
             raise KeyError(f"not a served zone: {zone}")
         return self._signers.get(origin)
+
+    def roll_keys(self, zone: str, step: str, now: float) -> list[ZoneKey]:
+        """One key rollover step ("start" | "finish", lbcdn.dns.keys.roll) of a signed zone:
+        saved, then published and used. KeyError for a zone not served or not signed;
+        DnssecKeyError for a step out of order; OSError when the keys cannot be saved."""
+        signer = self.signer(zone)
+        if signer is None or signer.key_file is None:
+            raise KeyError(f"zone {zone} is not signed")
+        keys = roll(signer.key_file, signer.keys, step, signer.algorithm, now, signer.serial)
+        self.set_keys(zone, keys)
+        return keys
 
     def set_keys(self, zone: str, keys: Sequence[ZoneKey]) -> None:
         """New keys for a signed zone (a rollover step): published and used from the next
