@@ -79,8 +79,8 @@ from lbcdn.dns.policy import CLIENT_POLICIES, HealthView, Where
 from lbcdn.dns.rdata import target_of
 from lbcdn.dns.zone import (T_A, T_AAAA, T_CNAME, T_NS, T_SOA, AliasDirectory, RecordSet,
                             Value, Zone, ZoneError, generate_ptrs, zone_origin)
-from lbcdn.dns.wire import (EDE_NOT_AUTHORITATIVE, EDE_OTHER, FORMERR, OPT_ECS, OPT_EDE,
-                            OPT_NSID, Query, cache_key, ecs_reply, ede_data, parse_query)
+from lbcdn.dns.wire import (EDE_NOT_AUTHORITATIVE, EDE_OTHER, EDNS_CO, FORMERR, OPT_ECS,
+                            OPT_EDE, OPT_NSID, Query, cache_key, ecs_reply, ede_data, parse_query)
 
 __all__ = ["Engine", "HealthView", "Change", "ChangeError", "Prepared"]
 
@@ -499,7 +499,8 @@ class Engine:
         if signer is not None:
             ans.answer, ans.authority, ans.rcode = signer.secure(
                 zone, ans.answer, ans.authority, ans.rcode, ans.denied, q.qname, q.qtype,
-                q.edns is not None and q.edns.do, self._clock())
+                q.edns is not None and q.edns.do, self._clock(),
+                compact_ok=q.edns is not None and q.edns.co)
         return ans
         return self._resolve(zone, q.qname, q.qtype, turn, where)
 
@@ -649,6 +650,8 @@ class Engine:
                 options.append(EDNSOption(OPT_ECS, ecs_reply(q.edns.ecs, max(ans.scope, 0))))
             opt = [EDNS0(udp_len=max(512, max_udp), ext_rcode=ans.rcode >> 4,
                          flags="do" if q.edns.do else "", opts=options)]
+            if q.edns.co:
+                opt[0].ttl |= EDNS_CO   # we give compact answers that say NXDOMAIN
         out = self._build(q, ans, ans.required + ans.optional + opt, False)
         if len(out) > limit and ans.optional:
             out = self._build(q, ans, ans.required + opt, False)

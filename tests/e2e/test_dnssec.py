@@ -288,6 +288,19 @@ async def test_bad_input(tmp_path: Path) -> None:
         types = nsec[0][0].to_text().split()[1:]
         assert "DNSKEY" in types and "SOA" in types and "DS" not in types
 
+        # Compact Answers OK (RFC 9824 5): the same compact denial, with rcode NXDOMAIN for a
+        # name that does not exist and CO in the reply; NODATA stays NOERROR.
+        for name, rdtype, co, rcode in [
+                ("nothing", "A", True, dns.rcode.NXDOMAIN), ("nothing", "A", False, 0),
+                ("www", "AAAA", True, 0)]:
+            q = dns.message.make_query(f"{name}.{ZONE}.", rdtype, want_dnssec=True,
+                                       ednsflags=dns.flags.DO | (0x4000 if co else 0))
+            r = await dns.asyncquery.udp(q, HOST, port=port, timeout=3)
+            assert (r.rcode(), bool(r.ednsflags & 0x4000)) == (rcode, co), r
+            assert {rs.rdtype for rs in r.authority} >= {dns.rdatatype.NSEC,
+                                                         dns.rdatatype.RRSIG}
+            assert (" NXNAME" in r.to_text() or "TYPE128" in r.to_text()) == (name == "nothing")
+
         # The admin API: steps out of order, bad bodies, zones not served.
         base = f"http://{HOST}:{admin_port(cfg)}/api/dns/zones"
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s:
