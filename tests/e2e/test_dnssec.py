@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -355,31 +355,33 @@ async def test_scheduled_rollover_across_a_restart_without_servfail(
         tmp_path: Path, workers: list[str]) -> None:
     """`dnssec.rollover` with a key lifetime of 14 s and TTLs of 2 s: the control process
     starts the rollover by itself, the daemon restarts in the middle of it and goes on with
-    both keys, and drops the old one only after the largest TTL + the DS wait (2 + 8 s).
+    both keys, and drops the old one only after the largest TTL + the DS wait (2 + 28 s:
+    room for a slow restart on a busy machine; the next rollover then starts at once).
     A validating resolver asking all along never gets SERVFAIL; the parent's DS change is
     played with its anchors, as in the admin API test."""
-    ttl, lifetime, wait = 2, 14, 2 + 8
+    ttl, lifetime, wait = 2, 14, 2 + 28
     cfg = signed_config(tmp_path, ttl_s=ttl, dnskey_ttl_s=ttl, rollover={
-        "csk_lifetime_s": lifetime, "propagation_delay_s": 0, "ds_wait_s": 8})
+        "csk_lifetime_s": lifetime, "propagation_delay_s": 0, "ds_wait_s": 28})
     port = dns_port(cfg)
     d = DaemonProcess(cfg, tmp_path, extra_args=workers)
     try:
         first = await api(cfg, "GET", f"/api/dns/zones/{ZONE}/dnssec")
         old = [k["ds"] for k in first["keys"]]
         with unbound(tmp_path / "unbound", port, old) as u:
-            async def ask_until(keys: int, timeout_s: float) -> list[dict[str, Any]]:
+            async def ask_until(done: Callable[[list[dict[str, Any]]], bool],
+                                timeout_s: float) -> list[dict[str, Any]]:
                 end = time.monotonic() + timeout_s
                 while True:
                     for name in (f"www.{ZONE}", f"nothing.{ZONE}"):
                         r = await u.ask(name, "A")
                         assert validated(r), f"{name}: {r}\n{u.log()[-3000:]}"
                     shown = (await api(cfg, "GET", f"/api/dns/zones/{ZONE}/dnssec"))["keys"]
-                    if len(shown) == keys:
+                    if done(shown):
                         return list(shown)
                     assert time.monotonic() < end, shown
                     await asyncio.sleep(0.2)
 
-            both = await ask_until(2, lifetime + 10)
+            both = await ask_until(lambda keys: len(keys) == 2, lifetime + 20)
             assert both[1]["created"] >= first["keys"][0]["created"] + lifetime
             new = [both[1]["ds"]]
             assert f"put this DS at the parent within {wait} s" in d.stderr()
@@ -388,9 +390,9 @@ async def test_scheduled_rollover_across_a_restart_without_servfail(
             d = DaemonProcess(cfg, tmp_path, extra_args=workers)
             assert await api(cfg, "GET", f"/api/dns/zones/{ZONE}/dnssec") == {
                 "zone": f"{ZONE}.", "keys": both}    # the rollover goes on
-            done = await ask_until(1, wait + 10)
+            # the old key goes (and, its lifetime over, the next rollover may start)
+            await ask_until(lambda keys: keys[0] == both[1], wait + 20)
             assert time.time() >= both[1]["created"] + wait
-            assert [k["ds"] for k in done] == new
             u.set_anchors(new)             # the old DS may go now
             end = time.monotonic() + 2 * ttl
             while time.monotonic() < end:
