@@ -489,7 +489,7 @@ class Engine:
             return _Answer(rcode=BADVERS, aa=False)
         if q.qtype in META_TYPES:
             return _Answer(rcode=NOTIMP, aa=False)
-        if q.qtype == 41:  # OPT is not a question
+        if q.qtype in (41, 128):  # OPT is not a question; nor NXNAME (RFC 9824 3.5)
             return _Answer(rcode=FORMERR, aa=False)
         zone = self._zone_for(q.qname) if q.qclass in (CLASS_IN, CLASS_ANY) else None
         if zone is None:

@@ -301,6 +301,11 @@ async def test_bad_input(tmp_path: Path) -> None:
                                                          dns.rdatatype.RRSIG}
             assert (" NXNAME" in r.to_text() or "TYPE128" in r.to_text()) == (name == "nothing")
 
+        # NXNAME is only a type bitmap's: asking for it is a format error (RFC 9824 3.5)
+        r = await dns.asyncquery.udp(dns.message.make_query(f"www.{ZONE}.", 128), HOST,
+                                     port=port, timeout=3)
+        assert r.rcode() == dns.rcode.FORMERR
+
         # The admin API: steps out of order, bad bodies, zones not served.
         base = f"http://{HOST}:{admin_port(cfg)}/api/dns/zones"
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s:
