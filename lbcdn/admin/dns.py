@@ -39,7 +39,7 @@ from lbcdn.dns.changes import ChangeError, parse_changes
 from lbcdn.dns.config import load_cidr_collection
 from lbcdn.dns.dnssec import Signer
 from lbcdn.dns.engine import Engine
-from lbcdn.dns.keys import DnssecKeyError, describe, roll
+from lbcdn.dns.keys import DnssecKeyError, describe
 from lbcdn.dns.locate import CidrCollection
 from lbcdn.dns.view import zone_records
 from lbcdn.dns.zone import zone_origin
@@ -126,14 +126,12 @@ async def _rollover(request: web.Request) -> web.Response:
     if step not in ("start", "finish"):
         return web.json_response({"error": 'expected {"step": "start"} or {"step": '
                                            '"finish"}'}, status=400)
-    assert signer.key_file is not None  # the runtime gives every signer its file
     try:
-        keys = roll(signer.key_file, signer.keys, step, signer.algorithm, time.time())
+        engine.roll_keys(request.match_info["zone"], step, time.time())
     except DnssecKeyError as exc:
         return web.json_response({"error": str(exc)}, status=409)
     except OSError as exc:
         return web.json_response({"error": f"cannot save the keys: {exc}"}, status=500)
-    engine.set_keys(request.match_info["zone"], keys)
     return web.json_response(describe(signer.origin, signer.keys))
 
 

@@ -142,6 +142,23 @@ class SoaConfig:
 
 
 @dataclass(frozen=True)
+class RolloverConfig:
+    """A combined signing key rolled on a schedule by double signatures (lbcdn.dns.keys):
+    the new key is added and signs next to the old one; the old key is dropped
+    `propagation_delay_s` + the zone's largest TTL (DNSKEY set included) + `ds_wait_s`
+    later. The new DS must be at the parent by then (it is logged, and shown by the admin
+    API and `lbcdn dns ds`, when the rollover starts)."""
+    csk_lifetime_s: int = doc("Start a rollover once the current key is this old.", REQUIRED,
+                              lo=1, hi=MAX_TTL)
+    propagation_delay_s: int = doc(
+        "Time a change takes to reach every name server of the zone (secondaries included).",
+        300, lo=0, hi=MAX_TTL)
+    ds_wait_s: int = doc(
+        "Time given to the parent's DS change: putting the new DS at the parent (the "
+        "registrar's delay) plus the parent's DS TTL.", 2 * 86400, lo=0, hi=MAX_TTL)
+
+
+@dataclass(frozen=True)
 class DnssecConfig:
     """Online DNSSEC signing of a zone (lbcdn.dns.dnssec); keys in `admin.state_dir`."""
     enabled: bool = doc("Sign the zone's answers and transfers.", False)
@@ -150,6 +167,8 @@ class DnssecConfig:
         "DS at the parent must then be replaced.", "ECDSAP256SHA256")
     dnskey_ttl_s: int = doc("TTL of the DNSKEY set; a key rollover waits this long (plus the "
                             "DS TTL at the parent) between its steps.", 3600, lo=0, hi=MAX_TTL)
+    rollover: RolloverConfig | None = doc(
+        "Roll the key on a schedule; default: only through the admin API.", None)
 
 
 @dataclass(frozen=True)

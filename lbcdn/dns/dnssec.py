@@ -15,7 +15,9 @@ Rules:
   NOERROR with one NSEC at the query name whose next name is `\\000.<name>` (nothing else
   lies between) and whose type bitmap lists the types there, plus RRSIG and NSEC, and for a
   name that does not exist the NXNAME pseudo-type (128) only. One signature per denial,
-  no hashing, no zone walking; without DO the answer stays NXDOMAIN/NODATA. A delegation
+  no hashing, no zone walking; without DO the answer stays NXDOMAIN/NODATA. A query with
+  the Compact Answers OK flag (CO, RFC 9824 5) gets the same NSEC with rcode NXDOMAIN for a
+  name that does not exist (and CO in the reply's OPT, lbcdn.dns.engine). A delegation
   gets an NSEC at the cut showing NS and no DS: the child is insecure.
 - Queries for NSEC at an existing name get its NSEC in the answer; for RRSIG, the signatures
   of the name's record sets (health-independent values, as a transfer shows them).
@@ -92,12 +94,14 @@ class Signer:
     """One signed zone's keys and signature cache."""
 
     def __init__(self, origin: Name, keys: list[ZoneKey], *, dnskey_ttl: int,
-                 algorithm: int = 13, key_file: str | None = None) -> None:
+                 algorithm: int = 13, key_file: str | None = None,
+                 serial: int | None = None) -> None:
         self.origin = origin
         self.keys = list(keys)
         self.dnskey_ttl = dnskey_ttl
         self.algorithm = algorithm     # of the keys a rollover makes
         self.key_file = key_file       # where a rollover saves the keys (lbcdn.dns.keys)
+        self.serial = serial           # the last served SOA serial saved there
         self._signer_wire = to_wire(origin)
         self._cache: dict[SigKey, tuple[RR, ...]] = {}
         self._epoch = -1
@@ -173,9 +177,10 @@ class Signer:
 
     def secure(self, zone: Zone, answer: list[RR], authority: list[RR], rcode: int,
                denied: tuple[Name, tuple[int, ...] | None] | None, qname: Name, qtype: int,
-               do: bool, now: float) -> tuple[list[RR], list[RR], int]:
+               do: bool, now: float, compact_ok: bool = False) -> tuple[list[RR], list[RR], int]:
         """(answer, authority, rcode) for an answer from this signed zone. `denied`: the name
-        an NXDOMAIN or NODATA is about and its types (None: it does not exist)."""
+        an NXDOMAIN or NODATA is about and its types (None: it does not exist); `compact_ok`:
+        the query's CO flag."""
         ttl = zone.negative_ttl
         if denied is not None and denied[0] == qname and denied[1] is not None:
             if qtype == T_NSEC:
@@ -204,7 +209,8 @@ class Signer:
             auth.extend(self._sign_rrs([self.nsec(cut, (T_NS,), ttl)], now))
         if denied is not None:
             auth.extend(self._sign_rrs([self.nsec(denied[0], denied[1], ttl)], now))
-            rcode = 0   # RFC 9824: the NSEC says NXDOMAIN (NXNAME); the rcode is NOERROR
+            if not compact_ok:
+                rcode = 0   # RFC 9824: the NSEC says NXDOMAIN (NXNAME); the rcode is NOERROR
         return signed_answer, auth, rcode
 
     # -- transfers -----------------------------------------------------------------------

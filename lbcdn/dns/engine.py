@@ -25,7 +25,8 @@ Rules:
   the question; owner names are compression pointers into it and follow.
 - TSIG (RFC 8945): a signed query is checked with `tsig_keys` (tsig.py), never prepared for
   replay; a good one is answered as unsigned and the answer signed, a bad one gets the TSIG
-  error reply (logged sparsely: UDP senders can be spoofed).
+  error reply. The size limit counts the TSIG record: a signed answer that does not fit
+  with it is truncated as above and still signed (RFC 8945 5.3) (logged sparsely: UDP senders can be spoofed).
 - Client-dependent routing (cidr, geolocation, geoproximity; policy.py): the client is the
   query's ECS option (RFC 7871) or else the `client` source address given to answer/prepare.
   An answer that read such a policy is never prepared for replay (it is computed per query,
@@ -70,15 +71,16 @@ from lbcdn.dns.changes import (Change, ChangeError, ChangeStore, Overlay, apply_
                                update_overlay)
 from lbcdn.dns.dnssec import T_DNSKEY, Signer, epoch_of
 from lbcdn.dns.fastpath import Prepared
-from lbcdn.dns.keys import ZoneKey
+from lbcdn.dns.keys import ZoneKey, roll
+from lbcdn.dns.keys import save as save_keys
 from lbcdn.dns.locate import CidrCollection, GeoDatabase, client_of, client_of_ecs
 from lbcdn.dns.names import Name, is_subdomain
 from lbcdn.dns.policy import CLIENT_POLICIES, HealthView, Where
 from lbcdn.dns.rdata import target_of
 from lbcdn.dns.zone import (T_A, T_AAAA, T_CNAME, T_NS, T_SOA, AliasDirectory, RecordSet,
                             Value, Zone, ZoneError, generate_ptrs, zone_origin)
-from lbcdn.dns.wire import (EDE_NOT_AUTHORITATIVE, EDE_OTHER, FORMERR, OPT_ECS, OPT_EDE,
-                            OPT_NSID, Query, cache_key, ecs_reply, ede_data, parse_query)
+from lbcdn.dns.wire import (EDE_NOT_AUTHORITATIVE, EDE_OTHER, EDNS_CO, FORMERR, OPT_ECS,
+                            OPT_EDE, OPT_NSID, Query, cache_key, ecs_reply, ede_data, parse_query)
 
 __all__ = ["Engine", "HealthView", "Change", "ChangeError", "Prepared"]
 
@@ -157,6 +159,8 @@ class Engine:
             self._zones[z.origin] = z
         for origin, signer in self._signers.items():
             self._publish_keys(origin, signer)
+            self._continue_serial(origin, signer)
+        self._save_serials()
         self._epoch = epoch_of(clock())
         self._version = next(_VERSIONS)
         self._seen_generation: object = getattr(health, "generation", None)
@@ -181,6 +185,29 @@ class Engine:
 
     def _bump(self) -> None:
         self._version = next(_VERSIONS)
+        self._save_serials()
+
+    def _continue_serial(self, origin: Name, signer: Signer) -> None:
+        """A signed zone's serial goes on from the last one served (saved with its keys)
+        when that is not below the built one: its signatures, at least, are new, and a
+        fixed `soa.serial` would otherwise undo every bump since it was set."""
+        zone = self._zones[origin]
+        if signer.serial is not None and signer.serial >= zone.serial:
+            zone.set_serial((signer.serial + 1) % 2**32)
+
+    def _save_serials(self) -> None:
+        """Save a signed zone's serial with its keys whenever it changed (rarely: changes,
+        rollovers, a new signing day), so a restart goes on from it."""
+        for origin, signer in self._signers.items():
+            serial = self._zones[origin].serial
+            if serial == signer.serial or signer.key_file is None:
+                continue
+            try:
+                save_keys(signer.key_file, signer.keys, serial)
+            except OSError as e:
+                log.warning("dns: cannot save the serial of %s: %s", self._zones[origin].name, e)
+                continue
+            signer.serial = serial
 
     @property
     def version(self) -> int:
@@ -214,6 +241,17 @@ class Engine:
         if origin not in self._zones:
             raise KeyError(f"not a served zone: {zone}")
         return self._signers.get(origin)
+
+    def roll_keys(self, zone: str, step: str, now: float) -> list[ZoneKey]:
+        """One key rollover step ("start" | "finish", lbcdn.dns.keys.roll) of a signed zone:
+        saved, then published and used. KeyError for a zone not served or not signed;
+        DnssecKeyError for a step out of order; OSError when the keys cannot be saved."""
+        signer = self.signer(zone)
+        if signer is None or signer.key_file is None:
+            raise KeyError(f"zone {zone} is not signed")
+        keys = roll(signer.key_file, signer.keys, step, signer.algorithm, now, signer.serial)
+        self.set_keys(zone, keys)
+        return keys
 
     def set_keys(self, zone: str, keys: Sequence[ZoneKey]) -> None:
         """New keys for a signed zone (a rollover step): published and used from the next
@@ -414,8 +452,10 @@ class Engine:
         plain = self._parse(verdict.message)
         if plain is None:
             return None
-        return tsig.sign_replies([self._respond(plain, tcp, max_udp, None, client)[0]], verdict,
-                                 now)[0]
+        assert verdict.key is not None   # verify found it: the error is NOERROR
+        reply = self._respond(plain, tcp, max_udp, None, client,
+                              reserve=tsig.record_size(verdict.key))[0]
+        return tsig.sign_replies([reply], verdict, now)[0]
 
     @staticmethod
     def _parse(query: bytes) -> Query | None:
@@ -425,16 +465,17 @@ class Engine:
             return None
 
     def _respond(self, q: Query, tcp: bool, max_udp: int, turn: int | None,
-                 client: str = "") -> tuple[bytes, _Answer]:
+                 client: str = "", reserve: int = 0) -> tuple[bytes, _Answer]:
         """The response to `q` with every rotating set at `turn` (None: each set's own
-        counter), and the _Answer that says how it varies."""
+        counter), and the _Answer that says how it varies; `reserve`: bytes of the size limit
+        kept for a record added later (a TSIG)."""
         try:
             ans = self._outcome(q, turn, self._where(q, client) if self._by_client else None)
-            return self._pack(q, ans, tcp, max_udp), ans
+            return self._pack(q, ans, tcp, max_udp, reserve), ans
         except Exception:  # a bug must cost one SERVFAIL, not the server
             log.exception("dns: answering failed")
             ans = _Answer(rcode=SERVFAIL, aa=False, replay=False, ede=EDE_OTHER)
-            return self._pack(q, ans, tcp, max_udp), ans
+            return self._pack(q, ans, tcp, max_udp, reserve), ans
 
     def _where(self, q: Query, client: str) -> Where:
         ecs = q.edns.ecs if q.edns is not None else b""
@@ -448,7 +489,7 @@ class Engine:
             return _Answer(rcode=BADVERS, aa=False)
         if q.qtype in META_TYPES:
             return _Answer(rcode=NOTIMP, aa=False)
-        if q.qtype == 41:  # OPT is not a question
+        if q.qtype in (41, 128):  # OPT is not a question; nor NXNAME (RFC 9824 3.5)
             return _Answer(rcode=FORMERR, aa=False)
         zone = self._zone_for(q.qname) if q.qclass in (CLASS_IN, CLASS_ANY) else None
         if zone is None:
@@ -458,7 +499,8 @@ class Engine:
         if signer is not None:
             ans.answer, ans.authority, ans.rcode = signer.secure(
                 zone, ans.answer, ans.authority, ans.rcode, ans.denied, q.qname, q.qtype,
-                q.edns is not None and q.edns.do, self._clock())
+                q.edns is not None and q.edns.do, self._clock(),
+                compact_ok=q.edns is not None and q.edns.co)
         return ans
         return self._resolve(zone, q.qname, q.qtype, turn, where)
 
@@ -589,13 +631,14 @@ class Engine:
 
     # -- building the response -----------------------------------------------------------
 
-    def _pack(self, q: Query, ans: _Answer, tcp: bool, max_udp: int) -> bytes:
+    def _pack(self, q: Query, ans: _Answer, tcp: bool, max_udp: int, reserve: int = 0) -> bytes:
         if tcp:
             limit = TCP_MAX
         elif q.edns is None:
             limit = 512
         else:
             limit = max(512, min(q.edns.payload, max_udp))
+        limit -= reserve
         opt: list[RR] = []
         if q.edns is not None:
             options = []
@@ -607,6 +650,8 @@ class Engine:
                 options.append(EDNSOption(OPT_ECS, ecs_reply(q.edns.ecs, max(ans.scope, 0))))
             opt = [EDNS0(udp_len=max(512, max_udp), ext_rcode=ans.rcode >> 4,
                          flags="do" if q.edns.do else "", opts=options)]
+            if q.edns.co:
+                opt[0].ttl |= EDNS_CO   # we give compact answers that say NXDOMAIN
         out = self._build(q, ans, ans.required + ans.optional + opt, False)
         if len(out) > limit and ans.optional:
             out = self._build(q, ans, ans.required + opt, False)

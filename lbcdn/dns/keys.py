@@ -11,11 +11,17 @@ Rules:
   every set carries two signatures and a resolver holding the old DNSKEY set, or trusting
   the old DS, still validates; `finish` drops the older key once the new DS is at the
   parent and the old DNSKEY set has expired from caches (its TTL, plus the DS TTL).
+- On a schedule (`rollover_step`, a pure function of the keys and `now`): "start" once the
+  key is `lifetime_s` old, "finish" `wait_s` after the new key was made. Both times come
+  from the keys' `created`, which the file keeps, so a restart mid-rollover goes on where
+  it was.
 - The file: `<state_dir>/dnssec/<zone>.json` (zone name without the trailing dot, root as
   `root`), private keys as PKCS#8 PEM, mode 0600, replaced atomically (lbcdn.atomicfile).
   Keys are generated only when a signed zone has no file yet, and the file is written before
   the key is used, so a restart signs with the same key and the DS at the registrar stays
   right. DNS runs in the control process only (lbcdn.control), so there is one writer.
+  The file also keeps the last SOA serial served with the keys (`serial`), so that a
+  signed zone's serial never goes back across restarts (lbcdn.dns.engine).
 """
 
 from __future__ import annotations
@@ -134,19 +140,26 @@ def key_path(state_dir: str, origin: Name) -> str:
     return os.path.join(state_dir, "dnssec", stem.replace("/", "_") + ".json")
 
 
-def _dump(keys: list[ZoneKey]) -> str:
+def _dump(keys: list[ZoneKey], serial: int | None) -> str:
     rows = []
     for k in keys:
         pem = k.private.private_bytes(serialization.Encoding.PEM,
                                       serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption()).decode()
         rows.append({"algorithm": k.algorithm, "created": k.created, "private_key": pem})
-    return json.dumps({"keys": rows}, indent=1) + "\n"
+    body: dict[str, object] = {"keys": rows}
+    if serial is not None:
+        body["serial"] = serial
+    return json.dumps(body, indent=1) + "\n"
 
 
-def _load(text: str, path: str) -> list[ZoneKey]:
+def _load(text: str, path: str) -> tuple[list[ZoneKey], int | None]:
     try:
-        rows = json.loads(text)["keys"]
+        body = json.loads(text)
+        rows = body["keys"]
+        serial = body.get("serial")
+        if serial is not None and not isinstance(serial, int):
+            raise ValueError("serial is not a number")
         keys = []
         for row in rows:
             private = serialization.load_pem_private_key(row["private_key"].encode(), None)
@@ -156,11 +169,12 @@ def _load(text: str, path: str) -> list[ZoneKey]:
             keys.append(ZoneKey(private, int(row["algorithm"]), int(row["created"])))
     except (ValueError, KeyError, TypeError) as e:
         raise DnssecKeyError(f"{path}: unreadable DNSSEC key file ({e})") from None
-    return keys
+    return keys, serial
 
 
-def save(path: str, keys: list[ZoneKey]) -> None:
-    write_atomic(path, _dump(keys))   # mkstemp creates the file 0600: never readable by others
+def save(path: str, keys: list[ZoneKey], serial: int | None = None) -> None:
+    """The keys and the last served serial (None: none yet)."""
+    write_atomic(path, _dump(keys, serial))   # mkstemp creates the file 0600: never readable by others
     os.chmod(path, 0o600)
 
 
@@ -173,30 +187,50 @@ def load_or_create(state_dir: str, origin: Name, algorithm: int,
     if keys and all(k.algorithm == algorithm for k in keys):
         return keys
     keys = [generate(algorithm, time.time() if now is None else now)]
-    save(key_path(state_dir, origin), keys)
+    save(key_path(state_dir, origin), keys, saved_serial(state_dir, origin))
     return keys
 
 
 def load(state_dir: str, origin: Name) -> list[ZoneKey]:
     """The zone's keys from its file; none when there is no file yet."""
+    return _read(state_dir, origin)[0]
+
+
+def saved_serial(state_dir: str, origin: Name) -> int | None:
+    """The last SOA serial served with the zone's keys; None when none was saved."""
+    return _read(state_dir, origin)[1]
+
+
+def _read(state_dir: str, origin: Name) -> tuple[list[ZoneKey], int | None]:
     path = key_path(state_dir, origin)
     try:
         with open(path, encoding="utf-8") as f:
             return _load(f.read(), path)
     except FileNotFoundError:
-        return []
+        return [], None
+
+
+def rollover_step(keys: list[ZoneKey], now: float, lifetime_s: int, wait_s: int) -> str | None:
+    """The step of a scheduled rollover due at `now`: "start" when the only key is
+    `lifetime_s` old, "finish" when the new key of a rollover is `wait_s` old; None."""
+    if len(keys) == 1 and now >= keys[0].created + lifetime_s:
+        return "start"
+    if len(keys) == 2 and now >= keys[1].created + wait_s:
+        return "finish"
+    return None
 
 
 def roll(path: str, keys: list[ZoneKey], step: str, algorithm: int,
-         now: float) -> list[ZoneKey]:
-    """One rollover step ("start" | "finish"), saved before it is returned (and used)."""
+         now: float, serial: int | None = None) -> list[ZoneKey]:
+    """One rollover step ("start" | "finish"), saved (with the last served `serial`) before it
+    is returned (and used)."""
     if step == "start":
         new = start_rollover(keys, algorithm, now)
     elif step == "finish":
         new = finish_rollover(keys)
     else:
         raise DnssecKeyError(f'unknown rollover step {step!r} (steps: "start", "finish")')
-    save(path, new)
+    save(path, new, serial)
     return new
 
 

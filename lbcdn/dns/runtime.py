@@ -17,6 +17,11 @@ are (all: AND, 1: OR), read from the children's current states on every question
 change with them and need no state of their own; `invert` turns any check's result around
 (an unknown child fails open before its parent inverts it, as Route 53 treats a deleted one).
 
+Scheduled key rollovers (`dnssec.rollover`): checked every second (lbcdn.dns.keys.rollover_step)
+against the keys' ages, the finish waiting for the zone's largest TTL as it is then (the DNSKEY
+set's included) plus the propagation delay and the DS wait; the steps are the admin API's
+(Engine.roll_keys), logged with the DS to put at the parent.
+
 Location data: the CIDR collections and the `.mmdb` location database are loaded here and
 handed to the engine (lbcdn.dns.locate); a database that cannot be read stops the start
 with its path named.
@@ -35,7 +40,8 @@ from lbcdn.dns.changes import JsonChangeStore, MemoryStore
 from lbcdn.dns.config import DnsConfig, nsid_bytes
 from lbcdn.dns.dnssec import Signer
 from lbcdn.dns.engine import Engine
-from lbcdn.dns.keys import ALGORITHMS, key_path, load_or_create
+from lbcdn.dns.keys import (ALGORITHMS, DnssecKeyError, key_path, key_rows, load_or_create,
+                            rollover_step, saved_serial)
 from lbcdn.dns.names import Name
 from lbcdn.dns.locate import CidrCollection, open_location_database
 from lbcdn.dns.server import DnsServer, servers_from_config
@@ -115,7 +121,8 @@ def signers_from_config(config: DnsConfig, key_dir: str | None) -> dict[Name, Si
         algorithm = ALGORITHMS[zc.dnssec.algorithm]
         out[origin] = Signer(origin, load_or_create(key_dir, origin, algorithm),
                              dnskey_ttl=zc.dnssec.dnskey_ttl_s, algorithm=algorithm,
-                             key_file=key_path(key_dir, origin))
+                             key_file=key_path(key_dir, origin),
+                             serial=saved_serial(key_dir, origin))
     return out
 
 
@@ -152,7 +159,7 @@ class DnsRuntime:
                                                          for loc in c.locations})
                                  for c in config.cidr_collections],
                              geo=open_location_database(config.location_database, base_dir))
-        self._refresher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         for problem in self.engine.restore_problems:
             log.warning("dns: saved change not applied: %s", problem)
         self.servers: list[DnsServer] = servers_from_config(config, self.engine, tsig_keys=keys)
@@ -160,7 +167,9 @@ class DnsRuntime:
     async def start(self) -> None:
         await self.health.checker.start()
         if any(z.dnssec.enabled for z in self.config.zones):
-            self._refresher = spawn(self._refresh_signatures(), "dns-signatures")
+            self._tasks.append(spawn(self._refresh_signatures(), "dns-signatures"))
+        if any(z.dnssec.enabled and z.dnssec.rollover for z in self.config.zones):
+            self._tasks.append(spawn(self._roll_on_schedule(), "dns-rollovers"))
         for server in self.servers:
             await server.start()
             log.info("dns on %s:%d (udp+tcp)", server.address, server.udp_port)
@@ -170,10 +179,43 @@ class DnsRuntime:
             await asyncio.sleep(60)
             self.engine.refresh_signatures()
 
+    async def _roll_on_schedule(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            self.roll_due(time.time())
+
+    def roll_due(self, now: float) -> None:
+        """Take every scheduled rollover step due at `now`."""
+        for zc in self.config.zones:
+            rc = zc.dnssec.rollover
+            signer = self.engine.signer(zc.name) if zc.dnssec.enabled else None
+            if rc is None or signer is None:
+                continue
+            zone = self.engine.zone_for(zc.name)
+            assert zone is not None   # served: signer() raises KeyError otherwise
+            wait_s = (rc.propagation_delay_s + max(rs.ttl for rs in zone.record_sets())
+                      + rc.ds_wait_s)
+            step = rollover_step(signer.keys, now, rc.csk_lifetime_s, wait_s)
+            if step is None:
+                continue
+            try:
+                keys = self.engine.roll_keys(zc.name, step, now)
+            except (DnssecKeyError, OSError) as e:
+                log.error("dns: scheduled key rollover of %s (%s) failed: %s", zc.name, step, e)
+                continue
+            if step == "start":
+                log.warning("dns: %s: key rollover started; put this DS at the parent within "
+                            "%d s (the old key is dropped then): %s", zc.name,
+                            wait_s, key_rows(signer.origin, keys[1:])[0]["ds"])
+            else:
+                log.warning("dns: %s: key rollover finished; the DS of the old key may go: "
+                            "the parent needs only %s", zc.name,
+                            key_rows(signer.origin, keys)[0]["ds"])
+
     async def stop(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            self._refresher = None
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
         for server in reversed(self.servers):
             await server.stop()
         await self.health.checker.stop()

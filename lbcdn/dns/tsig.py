@@ -265,6 +265,15 @@ def sign(message: bytes, key: Key, now: float, *, prior_mac: bytes | None = None
                     other), mac)
 
 
+def record_size(key: Key) -> int:
+    """Bytes the TSIG record of a reply signed with `key` adds (no error, no other data): an
+    answer over UDP must leave room for it (RFC 8945 5.3: a signed reply that does not fit is
+    truncated, and still signed)."""
+    algorithm = ALGORITHMS[key.algorithm]
+    mac = hashlib.new(algorithm[1]).digest_size
+    return len(to_wire(key.name)) + 10 + len(to_wire(algorithm[0])) + 16 + mac
+
+
 def sign_replies(replies: Sequence[bytes], verdict: Verdict, now: float) -> list[bytes]:
     """The replies to a request that passed `verify`, each signed (RFC 8945 5.3.1)."""
     key = verdict.key

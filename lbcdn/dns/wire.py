@@ -33,6 +33,7 @@ OPCODE_QUERY = 0
 FORMERR, NOTIMP = 1, 4
 T_OPT, T_TSIG = 41, 250
 OPT_NSID, OPT_ECS, OPT_EDE = 3, 8, 15
+EDNS_DO, EDNS_CO = 0x8000, 0x4000   # EDNS header flags: DNSSEC OK, Compact Answers OK
 # Extended DNS Errors (RFC 8914) this server gives
 EDE_OTHER, EDE_PROHIBITED, EDE_NOT_AUTHORITATIVE = 0, 18, 20
 
@@ -44,6 +45,7 @@ class Edns:
     do: bool
     nsid: bool = False  # the NSID option was sent (RFC 5001)
     ecs: bytes = b""    # the Client Subnet option's data (RFC 7871), well-formed; b"": none
+    co: bool = False    # Compact Answers OK (RFC 9824 5), with DO: NXDOMAIN for a compact denial
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +205,10 @@ def parse_query(data: bytes) -> Query | None:
                     ok = False
                     ecs = []
                 if edns is None:
-                    edns = Edns(rclass, (ttl >> 16) & 0xFF, bool(ttl & 0x8000),
+                    edns = Edns(rclass, (ttl >> 16) & 0xFF, bool(ttl & EDNS_DO),
                                 any(code == OPT_NSID for code, _, _ in options or ()),
-                                ecs[0] if ecs else b"")
+                                ecs[0] if ecs else b"",
+                                ttl & (EDNS_DO | EDNS_CO) == EDNS_DO | EDNS_CO)
             elif i >= first_additional and rtype == T_TSIG:
                 if i != an + ns + ar - 1:
                     ok = False
@@ -249,7 +252,7 @@ def ede_data(code: int) -> bytes:
 
 def cache_key(q: Query) -> bytes:
     """What identifies the answer to an error-free query: the RD and CD bits (copied into
-    the answer), the EDNS facts that change it (present, version, DO, NSID asked, payload
+    the answer), the EDNS facts that change it (present, version, DO, CO, NSID asked, payload
     size clamped to 512-65535, the ECS option echoed), and the question with its name
     lower-cased."""
     assert q.question is not None
@@ -258,7 +261,8 @@ def cache_key(q: Query) -> bytes:
         edns = b"-"
     else:
         size = min(max(q.edns.payload, 512), 65535)
-        edns = (bytes((q.edns.version, q.edns.do, q.edns.nsid)) + size.to_bytes(2, "big")
+        edns = (bytes((q.edns.version, q.edns.do, q.edns.nsid, q.edns.co))
+                + size.to_bytes(2, "big")
                 + bytes((len(q.edns.ecs),)) + q.edns.ecs)
     name = q.question[:q.qname_len]
     return flags + edns + name.lower() + q.question[q.qname_len:]

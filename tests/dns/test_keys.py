@@ -1,5 +1,6 @@
 """DNSSEC keys: DNSKEY/DS/key tag as dnspython computes them, the key file (0600, reloaded
-as it was), algorithm changes, and rollover steps in order only."""
+as it was, with the last served serial), algorithm changes, rollover steps in order only,
+and when a scheduled rollover takes them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import dns.rdatatype
 import pytest
 
 from lbcdn.dns.keys import (DnssecKeyError, ds_rdata, generate, key_path, key_rows,
-                            load, load_or_create, roll)
+                            load, load_or_create, roll, rollover_step, saved_serial)
 from lbcdn.dns.names import parse_name
 
 ORIGIN = parse_name("example.com.")
@@ -68,3 +69,24 @@ def test_rollover_steps_in_order(tmp_path: Path) -> None:
     assert [k.dnskey for k in done] == [both[1].dnskey]
     with pytest.raises(DnssecKeyError, match="unknown rollover step"):
         roll(path, done, "sideways", 13, time.time())
+
+
+def test_serial_is_kept_with_the_keys(tmp_path: Path) -> None:
+    keys = load_or_create(str(tmp_path), ORIGIN, 13)
+    path = key_path(str(tmp_path), ORIGIN)
+    assert saved_serial(str(tmp_path), ORIGIN) is None
+    both = roll(path, keys, "start", 13, time.time(), serial=2024010107)
+    assert saved_serial(str(tmp_path), ORIGIN) == 2024010107
+    assert [k.dnskey for k in load(str(tmp_path), ORIGIN)] == [k.dnskey for k in both]
+    load_or_create(str(tmp_path), ORIGIN, 15)   # a new algorithm keeps the serial going
+    assert saved_serial(str(tmp_path), ORIGIN) == 2024010107
+
+
+def test_scheduled_steps_follow_the_keys_ages() -> None:
+    old = generate(13, 1000)
+    assert rollover_step([old], 1000 + 99, 100, 30) is None
+    assert rollover_step([old], 1000 + 100, 100, 30) == "start"
+    new = generate(13, 1100)
+    assert rollover_step([old, new], 1100 + 29, 100, 30) is None
+    assert rollover_step([old, new], 1100 + 30, 100, 30) == "finish"
+    assert rollover_step([new], 1100 + 30, 100, 30) is None

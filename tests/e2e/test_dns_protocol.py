@@ -62,6 +62,8 @@ def config(tmp: Path) -> dict[str, Any]:
         "secondaries": [{"address": "127.0.0.1", "tsig_key": "xfr-key"}],
         "zones": [{"name": "example.test", "records": [
             {"name": "www", "type": "A", "values": ["192.0.2.1"]},
+            # 460 bytes unsigned without EDNS: fits 512, but not with a TSIG of ~80 bytes
+            {"name": "pair", "type": "TXT", "values": [f'"{c * 199}"' for c in "ab"]},
             *({"name": f"t{i}", "type": "TXT", "values": [f'"{"x" * 200}"']}
               for i in range(BIG_RECORDS))]}]}
     return cfg
@@ -237,6 +239,22 @@ async def test_stale_signature_gets_a_signed_badtime(served: Served) -> None:
     reply = await asyncio.to_thread(raw, served.port, wire)
     with pytest.raises(dns.tsig.PeerBadTime):  # raised once the reply's MAC checked out
         dns.message.from_wire(reply, keyring=xfr_keyring(), request_mac=mac)
+
+
+@pytest.mark.slow
+async def test_signed_answer_that_does_not_fit_with_its_tsig_is_truncated_and_signed(
+        served: Served) -> None:
+    q = dns.message.make_query("pair." + ZONE, "TXT")      # no EDNS: 512 bytes
+    unsigned = await asyncio.to_thread(raw, served.port, q.to_wire())
+    assert len(unsigned) <= 512 and not dns.message.from_wire(unsigned).flags & dns.flags.TC
+    q.use_tsig(xfr_keyring(), "xfr-key.", algorithm="hmac-sha256")
+    wire = await asyncio.to_thread(raw, served.port, q.to_wire())
+    assert len(wire) <= 512
+    # signed over the request's MAC (dnspython checks it), TC with the answer left out
+    r = dns.message.from_wire(wire, keyring=xfr_keyring(), request_mac=q.mac)
+    assert r.had_tsig and r.flags & dns.flags.TC and not r.answer
+    r = await asyncio.to_thread(ask, served.port, q, True)    # and complete over TCP
+    assert r.had_tsig and len(r.answer[0]) == 2
 
 
 @pytest.mark.slow

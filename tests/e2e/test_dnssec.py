@@ -1,8 +1,9 @@
 """DNSSEC with real validators: lbcdn signs a zone online; Debian's unbound, trusting the DS
 lbcdn reports (admin API, `lbcdn dns ds`), validates its answers (AD), and SERVFAILs when the
 trust anchor is for another key; `delv` validates them too; an AXFR of the zone passes
-`kzonecheck --dnssec on`; the keys survive a restart; a CSK rollover through the admin API
-never makes a validating resolver with short TTLs SERVFAIL. In one process and with
+`kzonecheck --dnssec on`; the keys survive a restart; a CSK rollover through the admin API,
+or on a schedule across a restart, never makes a validating resolver with short TTLs SERVFAIL;
+the SOA serial of a signed zone never goes back across a restart. In one process and with
 `--workers 2` (DNS and the keys live in the control process)."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +42,18 @@ pytestmark = pytest.mark.slow
 
 
 def signed_config(tmp: Path, *, ttl_s: int = 300, dnskey_ttl_s: int = 3600,
-                  algorithm: str = "ECDSAP256SHA256") -> dict[str, Any]:
+                  algorithm: str = "ECDSAP256SHA256", soa: dict[str, Any] | None = None,
+                  rollover: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = proxy_config(free_port(), admin={"token": TOKEN, "state_dir": str(tmp / "state")})
     cfg["dns"] = {
         "listeners": [{"address": HOST, "port": free_port()}],
         "allow_transfer": ["127.0.0.1"],
         "public_addresses": ["192.0.2.100"],   # ns1.<zone>: kzonecheck wants its glue
         "zones": [{"name": ZONE, "ttl_s": ttl_s,
-                   "soa": {"minimum_s": ttl_s, "ttl_s": ttl_s},
+                   "soa": {"minimum_s": ttl_s, "ttl_s": ttl_s, **(soa or {})},
+                   "ns_ttl_s": ttl_s,
                    "dnssec": {"enabled": True, "dnskey_ttl_s": dnskey_ttl_s,
-                              "algorithm": algorithm},
+                              "algorithm": algorithm, "rollover": rollover},
                    "records": [
                        {"name": "www", "type": "A", "values": ["192.0.2.1", "192.0.2.2"]},
                        {"name": "alias", "type": "CNAME", "values": ["www"]},
@@ -285,6 +288,24 @@ async def test_bad_input(tmp_path: Path) -> None:
         types = nsec[0][0].to_text().split()[1:]
         assert "DNSKEY" in types and "SOA" in types and "DS" not in types
 
+        # Compact Answers OK (RFC 9824 5): the same compact denial, with rcode NXDOMAIN for a
+        # name that does not exist and CO in the reply; NODATA stays NOERROR.
+        for name, rdtype, co, rcode in [
+                ("nothing", "A", True, dns.rcode.NXDOMAIN), ("nothing", "A", False, 0),
+                ("www", "AAAA", True, 0)]:
+            q = dns.message.make_query(f"{name}.{ZONE}.", rdtype, want_dnssec=True,
+                                       ednsflags=dns.flags.DO | (0x4000 if co else 0))
+            r = await dns.asyncquery.udp(q, HOST, port=port, timeout=3)
+            assert (r.rcode(), bool(r.ednsflags & 0x4000)) == (rcode, co), r
+            assert {rs.rdtype for rs in r.authority} >= {dns.rdatatype.NSEC,
+                                                         dns.rdatatype.RRSIG}
+            assert (" NXNAME" in r.to_text() or "TYPE128" in r.to_text()) == (name == "nothing")
+
+        # NXNAME is only a type bitmap's: asking for it is a format error (RFC 9824 3.5)
+        r = await dns.asyncquery.udp(dns.message.make_query(f"www.{ZONE}.", 128), HOST,
+                                     port=port, timeout=3)
+        assert r.rcode() == dns.rcode.FORMERR
+
         # The admin API: steps out of order, bad bodies, zones not served.
         base = f"http://{HOST}:{admin_port(cfg)}/api/dns/zones"
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s:
@@ -332,6 +353,85 @@ async def test_rollover_without_servfail(tmp_path: Path, workers: list[str]) -> 
                              {"step": "finish"})
             assert [k["ds"] for k in done["keys"]] == new
             await ask_for(3 * ttl)
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+async def test_scheduled_rollover_across_a_restart_without_servfail(
+        tmp_path: Path, workers: list[str]) -> None:
+    """`dnssec.rollover` with a key lifetime of 14 s and TTLs of 2 s: the control process
+    starts the rollover by itself, the daemon restarts in the middle of it and goes on with
+    both keys, and drops the old one only after the largest TTL + the DS wait (2 + 28 s:
+    room for a slow restart on a busy machine; the next rollover then starts at once).
+    A validating resolver asking all along never gets SERVFAIL; the parent's DS change is
+    played with its anchors, as in the admin API test."""
+    ttl, lifetime, wait = 2, 14, 2 + 28
+    cfg = signed_config(tmp_path, ttl_s=ttl, dnskey_ttl_s=ttl, rollover={
+        "csk_lifetime_s": lifetime, "propagation_delay_s": 0, "ds_wait_s": 28})
+    port = dns_port(cfg)
+    d = DaemonProcess(cfg, tmp_path, extra_args=workers)
+    try:
+        first = await api(cfg, "GET", f"/api/dns/zones/{ZONE}/dnssec")
+        old = [k["ds"] for k in first["keys"]]
+        with unbound(tmp_path / "unbound", port, old) as u:
+            async def ask_until(done: Callable[[list[dict[str, Any]]], bool],
+                                timeout_s: float) -> list[dict[str, Any]]:
+                end = time.monotonic() + timeout_s
+                while True:
+                    for name in (f"www.{ZONE}", f"nothing.{ZONE}"):
+                        r = await u.ask(name, "A")
+                        assert validated(r), f"{name}: {r}\n{u.log()[-3000:]}"
+                    shown = (await api(cfg, "GET", f"/api/dns/zones/{ZONE}/dnssec"))["keys"]
+                    if done(shown):
+                        return list(shown)
+                    assert time.monotonic() < end, shown
+                    await asyncio.sleep(0.2)
+
+            both = await ask_until(lambda keys: len(keys) == 2, lifetime + 20)
+            assert both[1]["created"] >= first["keys"][0]["created"] + lifetime
+            new = [both[1]["ds"]]
+            assert f"put this DS at the parent within {wait} s" in d.stderr()
+            u.set_anchors(old + new)       # the parent publishes both DS
+            d.stop()
+            d = DaemonProcess(cfg, tmp_path, extra_args=workers)
+            assert await api(cfg, "GET", f"/api/dns/zones/{ZONE}/dnssec") == {
+                "zone": f"{ZONE}.", "keys": both}    # the rollover goes on
+            # the old key goes (and, its lifetime over, the next rollover may start)
+            await ask_until(lambda keys: keys[0] == both[1], wait + 20)
+            assert time.time() >= both[1]["created"] + wait
+            u.set_anchors(new)             # the old DS may go now
+            end = time.monotonic() + 2 * ttl
+            while time.monotonic() < end:
+                r = await u.ask(f"www.{ZONE}", "A")
+                assert validated(r), f"{r}\n{u.log()[-3000:]}"
+                await asyncio.sleep(0.2)
+    finally:
+        d.stop()
+
+
+async def soa_serial(port: int) -> int:
+    r = await dns.asyncquery.udp(dns.message.make_query(f"{ZONE}.", "SOA"), HOST, port=port,
+                                 timeout=3)
+    return int(r.answer[0][0].serial)
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+async def test_signed_zone_serial_never_goes_back_across_restarts(
+        tmp_path: Path, workers: list[str]) -> None:
+    """A fixed `soa.serial`: the bumps of a signed zone (here a rollover step; a new signing
+    day does the same) are kept with its keys, so a restart does not serve an older serial
+    a secondary would ignore."""
+    cfg = signed_config(tmp_path, soa={"serial": 2024010101})
+    port = dns_port(cfg)
+    with daemon(cfg, tmp_path, workers):
+        assert await soa_serial(port) == 2024010101
+        await api(cfg, "POST", f"/api/dns/zones/{ZONE}/dnssec/rollover", {"step": "start"})
+        bumped = await soa_serial(port)
+        assert bumped > 2024010101
+    with daemon(cfg, tmp_path, workers):
+        again = await soa_serial(port)
+        assert again > bumped    # new signatures: secondaries transfer again
+    with daemon(cfg, tmp_path, workers):
+        assert await soa_serial(port) > again
 
 
 async def test_knot_secondary_serves_the_signed_zone(tmp_path: Path) -> None:
