@@ -91,6 +91,42 @@ def evaluate_preconditions(method: str, headers: Mapping[str, str], etag: str,
 
 
 @dataclass(frozen=True)
+class WriteCondition:
+    """The conditional-write headers of a PutObject or CompleteMultipartUpload."""
+    if_match: str | None = None     # the ETag the current object must have
+    if_none_match: bool = False     # `If-None-Match: *`: the key must not exist
+
+
+WriteOutcome = Literal["ok", "precondition_failed", "no_such_key"]
+
+
+def write_condition(headers: Mapping[str, str]) -> WriteCondition | None:
+    """The write's condition, None when unconditional. Raises ValueError for an If-None-Match
+    other than `*` (S3 supports only that one on writes)."""
+    if_match = headers.get("If-Match")
+    inm = headers.get("If-None-Match")
+    if inm is not None and inm.strip() != "*":
+        raise ValueError("If-None-Match")
+    if if_match is None and inm is None:
+        return None
+    return WriteCondition(if_match, inm is not None)
+
+
+def check_write(cond: WriteCondition, current_etag: str | None) -> WriteOutcome:
+    """Whether a conditional write may replace the object whose ETag is `current_etag` (None:
+    no object). As S3: If-None-Match fails on any existing object; If-Match on a missing key
+    is NoSuchKey, on another ETag a 412."""
+    if cond.if_none_match and current_etag is not None:
+        return "precondition_failed"
+    if cond.if_match is not None:
+        if current_etag is None:
+            return "no_such_key"
+        if not _etag_matches(cond.if_match, current_etag, weak=False):
+            return "precondition_failed"
+    return "ok"
+
+
+@dataclass(frozen=True)
 class ByteRange:
     start: int
     end: int  # inclusive
@@ -145,8 +181,9 @@ def if_range_allows(header: str | None, etag: str, last_modified: float) -> bool
     return t is not None and math.floor(last_modified) == t
 
 
-__all__ = ["ByteRange", "Outcome", "Unsatisfiable", "evaluate_preconditions", "http_date",
-           "if_range_allows", "iso8601", "parse_http_date", "parse_range"]
+__all__ = ["ByteRange", "Outcome", "Unsatisfiable", "WriteCondition", "WriteOutcome",
+           "check_write", "evaluate_preconditions", "http_date", "if_range_allows", "iso8601",
+           "parse_http_date", "parse_range", "write_condition"]
 
 
 def metadata_text(value: str) -> str:

@@ -29,8 +29,8 @@ from lbcdn.bucket import publicaccess, xmlio
 from lbcdn.bucket.access import Action, User
 from lbcdn.bucket.bucketpolicy import parse_policy
 from lbcdn.bucket.errors import S3Error, render_error
-from lbcdn.bucket.httpsem import (Unsatisfiable, evaluate_preconditions, if_range_allows,
-                                  metadata_text, parse_range)
+from lbcdn.bucket.httpsem import (Unsatisfiable, WriteCondition, evaluate_preconditions,
+                                  if_range_allows, metadata_text, parse_range, write_condition)
 from lbcdn.bucket.keys import check_key, check_text, decode_key, decode_path, split_path
 from lbcdn.bucket.publicaccess import ALL_BLOCKED, PRIVATE, PUBLIC_READ, BucketAccess
 from lbcdn.bucket.runtime import BucketRuntime, object_identity
@@ -131,6 +131,15 @@ def _int_param(q: Mapping[str, str], name: str, default: int, lo: int, hi: int) 
         raise S3Error("InvalidArgument", f"Argument {name} must be an integer between "
                       f"{lo} and {hi}", extra={"ArgumentName": name, "ArgumentValue": text})
     return min(value, hi)
+
+
+def write_condition_of(headers: Mapping[str, str]) -> WriteCondition | None:
+    """If-Match / If-None-Match of a PutObject or CompleteMultipartUpload."""
+    try:
+        return write_condition(headers)
+    except ValueError:
+        raise S3Error("NotImplemented", "If-None-Match on a write supports only `*`.",
+                      extra={"Header": "If-None-Match"}) from None
 
 
 def stored_headers_from(headers: Mapping[str, str]) -> dict[str, str]:
@@ -559,9 +568,10 @@ class S3Api:
     async def put_object(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write", req.key)
         acl = await self._object_acl_to_set(req)
+        condition = write_condition_of(req.headers)
         pending = await self._receive(req)
         info = await asyncio.to_thread(self.storage.commit, pending, req.bucket, req.key,
-                                       stored_headers_from(req.headers))
+                                       stored_headers_from(req.headers), condition=condition)
         await self._set_new_object_acl(req.bucket, info, acl)
         return web.Response(status=200, headers={"ETag": f'"{info.etag}"'})
 
@@ -710,11 +720,12 @@ class S3Api:
 
     async def complete_upload(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write", req.key)
+        condition = write_condition_of(req.headers)
         wanted = xmlio.parse_complete(await self._read_small_body(req))
         # Also answers a retry of a Complete that succeeded (storage keeps a record).
         upload_id = req.query["uploadId"]
         info: ObjectInfo = await asyncio.to_thread(self.storage.complete_upload, req.bucket,
-                                                   req.key, upload_id, wanted)
+                                                   req.key, upload_id, wanted, condition)
         acl = await asyncio.to_thread(self.rt.access.upload_acl, req.bucket, upload_id)
         await self._set_new_object_acl(req.bucket, info, acl)
         await asyncio.to_thread(self.rt.access.forget_upload, req.bucket, upload_id)

@@ -82,6 +82,7 @@ from typing import Any
 from lbcdn.bucket import layout
 from lbcdn.bucket.config import valid_bucket_name
 from lbcdn.bucket.errors import S3Error
+from lbcdn.bucket.httpsem import WriteCondition, check_write
 from lbcdn.bucket.keys import MAX_KEY_BYTES, check_key
 
 # Headers S3 stores with an object and returns on GET/HEAD (plus every x-amz-meta-*).
@@ -285,9 +286,10 @@ class Storage:
         self.checkpoint: Callable[[str], None] = _no_checkpoint
         # In-memory copy of metadata by data path; believed only while the identity matches.
         self._meta_cache: dict[str, tuple[Identity, ObjectInfo]] = {}
-        # Per-upload locks with their number of holders and waiters.
-        self._upload_locks: dict[str, tuple[threading.Lock, int]] = {}
-        self._upload_locks_guard = threading.Lock()
+        # Per-upload and per-key locks with their number of holders and waiters. The S3 API
+        # runs in one process (the control process with --workers), so these are enough.
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+        self._locks_guard = threading.Lock()
         self._last_sweep = 0.0
 
     def prepare(self) -> None:
@@ -384,7 +386,7 @@ class Storage:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.state_dir, bucket + ".json"))
         for upload in self.list_uploads(bucket):
-            with self._upload_lock(upload.upload_id):
+            with self._lock(upload.upload_id):
                 self._discard_upload(upload.upload_id)
 
     def set_website(self, bucket: str, xml: str | None) -> None:
@@ -503,54 +505,85 @@ class Storage:
 
     def commit(self, pending: PendingWrite, bucket: str, key: str, headers: dict[str, str],
                *, etag: str | None = None, parts: int = 0,
-               before_rename: Callable[[ObjectInfo, Identity], None] | None = None
-               ) -> ObjectInfo:
+               before_rename: Callable[[ObjectInfo, Identity], None] | None = None,
+               condition: WriteCondition | None = None) -> ObjectInfo:
         """Make `pending` the object at `key`: fsync, metadata under the new inode, rename
         onto the key's file or, when it cannot be one, its spill place (layout.py).
-        `before_rename` runs just before the rename (a Complete writes its record there)."""
+        `before_rename` runs just before the rename (a Complete writes its record there).
+        `condition` (If-Match / If-None-Match) is checked against the current object under
+        the key's lock, which every commit and delete of the key holds from that check until
+        the old version's metadata is gone: of racing conditional writes exactly one wins."""
         orphan_meta: str | None = None  # the new version's metadata, until the rename
         try:
             base, path, spill = self._locate(bucket, key)
             st = pending._sync_close()
             ident: Identity = (st.st_size, st.st_mtime_ns, st.st_ino)
-            orphan_meta = os.path.join(self._meta_key_dir(bucket, key), f"{st.st_ino}.json")
-            self._write_meta(bucket, key, ident, ObjectInfo(
-                key, "", st.st_size, st.st_mtime_ns, etag or pending.digest(), dict(headers),
-                parts))
-            target = self._file_target(base, path)
-            if before_rename is not None:
-                before_rename(ObjectInfo(key, target or spill, st.st_size, st.st_mtime_ns,
-                                         etag or pending.digest(), dict(headers), parts), ident)
-            placed = None
-            if target is not None:
-                try:
-                    os.rename(pending.tmp_path, target)
-                    placed = target
-                except (IsADirectoryError, NotADirectoryError, FileNotFoundError):
-                    pass  # a concurrent write made the path a directory (or its parent a file)
-            if placed is None:
-                os.makedirs(os.path.dirname(spill), exist_ok=True)
-                os.rename(pending.tmp_path, spill)
-                placed = spill
-            orphan_meta = None
-            _fsync_dir(os.path.dirname(placed))
-            self.checkpoint("placed")
+            with self._key_lock(bucket, key):
+                if condition is not None:
+                    self._check_condition(bucket, key, condition)
+                # Under the lock: a concurrent commit's clean-up would take it for stale.
+                orphan_meta = os.path.join(self._meta_key_dir(bucket, key),
+                                           f"{st.st_ino}.json")
+                self._write_meta(bucket, key, ident, ObjectInfo(
+                    key, "", st.st_size, st.st_mtime_ns, etag or pending.digest(),
+                    dict(headers), parts))
+                placed = self._place(pending, base, path, spill, st, key, headers, etag,
+                                     parts, ident, before_rename)
+                orphan_meta = None
+                info = ObjectInfo(key, placed, st.st_size, st.st_mtime_ns,
+                                  etag or pending.digest(), dict(headers), parts)
+                # The old version's metadata goes first: a spilled copy without it is no
+                # object, so a crash before the unlink below cannot bring an old version back.
+                self._drop_other_meta(bucket, key, keep=st.st_ino)
+                if placed != spill:
+                    with contextlib.suppress(OSError):
+                        os.unlink(spill)
         except BaseException:
             pending.abort()
             if orphan_meta is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(orphan_meta)
             raise
-        info = ObjectInfo(key, placed, st.st_size, st.st_mtime_ns, etag or pending.digest(),
-                          dict(headers), parts)
-        # The old version's metadata goes first: a spilled copy without it is no object,
-        # so a crash before the unlink below cannot bring an old version back.
-        self._drop_other_meta(bucket, key, keep=st.st_ino)
-        if placed != spill:
-            with contextlib.suppress(OSError):
-                os.unlink(spill)
         self._remember(placed, ident, info)
         return info
+
+    def _check_condition(self, bucket: str, key: str, condition: WriteCondition) -> None:
+        try:
+            current: str | None = self.stat_object(bucket, key).etag
+        except S3Error as e:
+            if e.code != "NoSuchKey":
+                raise
+            current = None
+        outcome = check_write(condition, current)
+        if outcome == "no_such_key":
+            raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", extra={"Key": key})
+        if outcome == "precondition_failed":
+            raise S3Error("PreconditionFailed", extra={
+                "Condition": "If-None-Match" if condition.if_none_match else "If-Match"})
+
+    def _place(self, pending: PendingWrite, base: str, path: str | None, spill: str,
+               st: os.stat_result, key: str, headers: dict[str, str], etag: str | None,
+               parts: int, ident: Identity,
+               before_rename: Callable[[ObjectInfo, Identity], None] | None) -> str:
+        """Rename the data onto the key's file or its spill place; where it went."""
+        target = self._file_target(base, path)
+        if before_rename is not None:
+            before_rename(ObjectInfo(key, target or spill, st.st_size, st.st_mtime_ns,
+                                     etag or pending.digest(), dict(headers), parts), ident)
+        placed = None
+        if target is not None:
+            try:
+                os.rename(pending.tmp_path, target)
+                placed = target
+            except (IsADirectoryError, NotADirectoryError, FileNotFoundError):
+                pass  # a concurrent write made the path a directory (or its parent a file)
+        if placed is None:
+            os.makedirs(os.path.dirname(spill), exist_ok=True)
+            os.rename(pending.tmp_path, spill)
+            placed = spill
+        _fsync_dir(os.path.dirname(placed))
+        self.checkpoint("placed")
+        return placed
 
     def _settle_spill(self, bucket: str) -> None:
         """Remove the spilled copies a crash left behind: data without metadata (a version
@@ -581,6 +614,19 @@ class Storage:
         """Remove the object, its file and any spilled copy (no error when it does not
         exist, as S3), then empty parent directories."""
         base, path, spill = self._locate(bucket, key)
+        with self._key_lock(bucket, key):
+            self._unlink_object(bucket, key, path, spill)
+        if path is None:
+            return
+        parent = os.path.dirname(path)
+        while parent != base and _inside(parent, base):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break
+            parent = os.path.dirname(parent)
+
+    def _unlink_object(self, bucket: str, key: str, path: str | None, spill: str) -> None:
         self._drop_other_meta(bucket, key, keep=None)
         with contextlib.suppress(OSError):
             os.rmdir(self._meta_key_dir(bucket, key))
@@ -594,15 +640,6 @@ class Storage:
                 os.unlink(p)
             except (FileNotFoundError, NotADirectoryError):
                 continue
-        if path is None:
-            return
-        parent = os.path.dirname(path)
-        while parent != base and _inside(parent, base):
-            try:
-                os.rmdir(parent)
-            except OSError:
-                break
-            parent = os.path.dirname(parent)
 
     def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
                     headers: dict[str, str] | None) -> ObjectInfo:
@@ -759,20 +796,25 @@ class Storage:
         return os.path.join(self.completed_dir, upload_id + ".json")
 
     @contextlib.contextmanager
-    def _upload_lock(self, upload_id: str) -> Iterator[None]:
-        with self._upload_locks_guard:
-            lock, users = self._upload_locks.get(upload_id, (threading.Lock(), 0))
-            self._upload_locks[upload_id] = (lock, users + 1)
+    def _lock(self, name: str) -> Iterator[None]:
+        """The lock of one upload (its id) or one key (`_key_lock`), while anyone uses it."""
+        with self._locks_guard:
+            lock, users = self._locks.get(name, (threading.Lock(), 0))
+            self._locks[name] = (lock, users + 1)
         try:
             with lock:
                 yield
         finally:
-            with self._upload_locks_guard:
-                lock, users = self._upload_locks[upload_id]
+            with self._locks_guard:
+                lock, users = self._locks[name]
                 if users == 1:
-                    del self._upload_locks[upload_id]
+                    del self._locks[name]
                 else:
-                    self._upload_locks[upload_id] = (lock, users - 1)
+                    self._locks[name] = (lock, users - 1)
+
+    def _key_lock(self, bucket: str, key: str) -> contextlib.AbstractContextManager[None]:
+        # "/" cannot be in an upload id, so key locks never share a name with upload locks.
+        return self._lock(f"/{bucket}/{key}")
 
     def create_upload(self, bucket: str, key: str, headers: dict[str, str],
                       owner: str | None) -> UploadInfo:
@@ -809,7 +851,7 @@ class Storage:
             pending._sync_close()
             part = PartInfo(number, pending.digest(), pending.size, time.time())
             data = _part_data(number, part.etag)
-            with self._upload_lock(upload.upload_id):
+            with self._lock(upload.upload_id):
                 os.rename(pending.tmp_path, os.path.join(d, data))
                 self.checkpoint("part_data")
                 _write_json_atomic(os.path.join(d, f"part-{number:05d}.json"),
@@ -849,27 +891,30 @@ class Storage:
         return parts
 
     def complete_upload(self, bucket: str, key: str, upload_id: str,
-                        wanted: list[tuple[int, str]]) -> ObjectInfo:
-        """Join the listed parts (numbers ascending, ETags matching) into the object. For an
-        upload completed already with this part list, the object it made (as S3 answers a
-        retried Complete)."""
+                        wanted: list[tuple[int, str]],
+                        condition: WriteCondition | None = None) -> ObjectInfo:
+        """Join the listed parts (numbers ascending, ETags matching) into the object, when
+        `condition` holds (see `commit`). For an upload completed already with this part
+        list, the object it made (as S3 answers a retried Complete)."""
         if not wanted:
             raise S3Error("MalformedXML", "You must specify at least one part.")
         numbers = [n for n, _ in wanted]
         if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
             raise S3Error("InvalidPartOrder")
         self._upload_dir(upload_id)  # a malformed id is NoSuchUpload
-        with self._upload_lock(upload_id):
+        with self._lock(upload_id):
             record = self._settle(upload_id)
             if record is None:
-                info = self._complete(self.get_upload(bucket, key, upload_id), wanted)
+                info = self._complete(self.get_upload(bucket, key, upload_id), wanted,
+                                      condition)
             else:
                 info = self._replay(record, bucket, key, upload_id, wanted)
         with contextlib.suppress(OSError):  # housekeeping: never fails the Complete
             self._sweep_completed()
         return info
 
-    def _complete(self, upload: UploadInfo, wanted: list[tuple[int, str]]) -> ObjectInfo:
+    def _complete(self, upload: UploadInfo, wanted: list[tuple[int, str]],
+                  condition: WriteCondition | None) -> ObjectInfo:
         have = {p.number: p for p in self.list_parts(upload)}
         chosen: list[PartInfo] = []
         for i, (n, etag) in enumerate(wanted):
@@ -906,7 +951,7 @@ class Storage:
 
         try:
             info = self.commit(pending, upload.bucket, upload.key, upload.headers, etag=etag,
-                               parts=len(chosen), before_rename=record)
+                               parts=len(chosen), before_rename=record, condition=condition)
         except BaseException:
             with contextlib.suppress(OSError):
                 self._settle(upload.upload_id)  # the record goes, unless the rename happened
@@ -972,7 +1017,7 @@ class Storage:
             upload_id = name.removesuffix(".json")
             if (name.endswith(".json") and _UPLOAD_ID.fullmatch(upload_id)
                     and not os.path.isdir(os.path.join(self.uploads_dir, upload_id))):
-                with self._upload_lock(upload_id):
+                with self._lock(upload_id):
                     self._settle(upload_id)
 
     def _discard_upload(self, upload_id: str) -> None:
@@ -986,7 +1031,7 @@ class Storage:
         shutil.rmtree(trash, ignore_errors=True)
 
     def abort_upload(self, upload: UploadInfo) -> None:
-        with self._upload_lock(upload.upload_id):
+        with self._lock(upload.upload_id):
             self._discard_upload(upload.upload_id)
 
     def list_uploads(self, bucket: str, prefix: str = "") -> list[UploadInfo]:

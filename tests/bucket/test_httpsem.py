@@ -91,3 +91,20 @@ def test_metadata_value_encodes_only_non_ascii() -> None:
     assert metadata_value("plain") == "plain"
     assert metadata_value("café ✓") == "=?UTF-8?B?Y2Fmw6kg4pyT?="
     assert metadata_text(metadata_value("café ✓")) == "café ✓"
+
+
+def test_write_conditions() -> None:
+    from lbcdn.bucket.httpsem import WriteCondition, check_write, write_condition
+    assert write_condition({}) is None
+    assert write_condition({"If-None-Match": "*"}) == WriteCondition(None, True)
+    assert write_condition({"If-Match": '"abc"'}) == WriteCondition('"abc"', False)
+    with pytest.raises(ValueError):
+        write_condition({"If-None-Match": '"abc"'})
+    create = WriteCondition(if_none_match=True)
+    assert check_write(create, None) == "ok"
+    assert check_write(create, "abc") == "precondition_failed"
+    cas = WriteCondition(if_match='"abc"')
+    assert check_write(cas, "abc") == "ok"
+    assert check_write(cas, "abd") == "precondition_failed"
+    assert check_write(cas, None) == "no_such_key"
+    assert check_write(WriteCondition(if_match='W/"abc"'), "abc") == "precondition_failed"
