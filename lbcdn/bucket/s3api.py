@@ -28,6 +28,8 @@ from aiohttp import HttpVersion11, web
 from lbcdn.bucket import publicaccess, xmlio
 from lbcdn.bucket.access import Action, User
 from lbcdn.bucket.bucketpolicy import parse_policy
+from lbcdn.bucket.checksums import (ALGORITHM_HEADER, TYPE_HEADER, checksum_headers,
+                                    object_checksum, part_checksum, upload_checksum)
 from lbcdn.bucket.errors import S3Error, render_error
 from lbcdn.bucket.httpsem import (Unsatisfiable, WriteCondition, evaluate_preconditions,
                                   if_range_allows, metadata_text, parse_range, write_condition)
@@ -348,6 +350,7 @@ class S3Api:
                 raise S3Error("IncompleteBody")
             if hashes:
                 pending.etag = str(getattr(reader, "md5_hex"))
+            pending.checksums = dict(getattr(reader, "checksums", {}))
         except BaseException:
             pending.abort()
             raise
@@ -570,10 +573,12 @@ class S3Api:
         acl = await self._object_acl_to_set(req)
         condition = write_condition_of(req.headers)
         pending = await self._receive(req)
+        headers = stored_headers_from(req.headers) | object_checksum(pending.checksums)
         info = await asyncio.to_thread(self.storage.commit, pending, req.bucket, req.key,
-                                       stored_headers_from(req.headers), condition=condition)
+                                       headers, condition=condition)
         await self._set_new_object_acl(req.bucket, info, acl)
-        return web.Response(status=200, headers={"ETag": f'"{info.etag}"'})
+        return web.Response(status=200, headers={"ETag": f'"{info.etag}"',
+                                                 **checksum_headers(info.headers)})
 
     async def get_object(self, req: Req, *, head: bool) -> web.StreamResponse:
         await self._bucket_allowed(req, "read", req.key)
@@ -616,6 +621,8 @@ class S3Api:
                         "RangeRequested": req.headers.get("Range", ""),
                         "ActualObjectSize": str(info.size)}) from None
             headers.update(overrides)
+            if rng is None and req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+                headers.update(checksum_headers(info.headers))
             if info.parts:
                 headers["x-amz-mp-parts-count"] = str(info.parts)
             headers["x-amz-request-id"] = req.request_id
@@ -699,12 +706,16 @@ class S3Api:
         await self._bucket_allowed(req, "write", req.key)
         acl = await self._object_acl_to_set(req)
         owner = req.user.name if req.user else None
+        checksum = upload_checksum(req.headers.get(ALGORITHM_HEADER),
+                                   req.headers.get(TYPE_HEADER))
         upload = await asyncio.to_thread(self.storage.create_upload, req.bucket, req.key,
-                                         stored_headers_from(req.headers), owner)
+                                         stored_headers_from(req.headers) | checksum, owner)
         if acl is not None and acl != PRIVATE:
             await asyncio.to_thread(self.rt.access.set_upload_acl, req.bucket,
                                     upload.upload_id, acl)
-        return self._xml(xmlio.initiate_result(upload))
+        resp = self._xml(xmlio.initiate_result(upload))
+        resp.headers.update(checksum)
+        return resp
 
     async def upload_part(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write", req.key)
@@ -716,7 +727,8 @@ class S3Api:
                                          req.query["uploadId"])
         pending = await self._receive(req)
         part = await asyncio.to_thread(self.storage.commit_part, pending, upload, number)
-        return web.Response(status=200, headers={"ETag": f'"{part.etag}"'})
+        return web.Response(status=200, headers={"ETag": f'"{part.etag}"',
+                                                 **part_checksum(part.checksums)})
 
     async def complete_upload(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write", req.key)

@@ -76,10 +76,12 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lbcdn.bucket import layout
+from lbcdn.bucket.checksums import (COMPOSITE, TYPE_HEADER, is_checksum_header,
+                                    multipart_checksum)
 from lbcdn.bucket.config import valid_bucket_name
 from lbcdn.bucket.errors import S3Error
 from lbcdn.bucket.httpsem import WriteCondition, check_write
@@ -108,6 +110,7 @@ class ObjectInfo:
     etag: str                       # without quotes
     headers: dict[str, str]         # stored headers (STORED_HEADERS, x-amz-meta-*), lower-case
     parts: int = 0                  # number of parts for multipart objects
+    part_sizes: tuple[int, ...] = ()  # their sizes (objects completed before: unknown)
 
     @property
     def last_modified(self) -> float:
@@ -154,6 +157,7 @@ class PartInfo:
     etag: str
     size: int
     last_modified: float
+    checksums: dict[str, str] = field(default_factory=dict)  # algorithm -> base64
 
 
 def _fsync_dir(path: str) -> None:
@@ -231,6 +235,8 @@ class PendingWrite:
         # Off when the body reader hashes already; then the caller sets `etag`.
         self.md5 = hashlib.md5() if hash_md5 else None
         self.etag: str | None = None
+        # Verified x-amz-checksum-* values of the body (algorithm -> base64), set by the caller.
+        self.checksums: dict[str, str] = {}
         self.size = 0
         self.closed = False
 
@@ -451,7 +457,8 @@ class Storage:
             if tuple(data["identity"]) != ident or (key is not None and stored != key):
                 return None
             info = ObjectInfo(stored, path, st.st_size, st.st_mtime_ns, data["etag"],
-                              dict(data.get("headers", {})), int(data.get("parts", 0)))
+                              dict(data.get("headers", {})), int(data.get("parts", 0)),
+                              tuple(int(n) for n in data.get("part_sizes", ())))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         self._remember(path, ident, info)
@@ -484,7 +491,8 @@ class Storage:
     def _write_meta(self, bucket: str, key: str, ident: Identity, info: ObjectInfo) -> None:
         _write_json_atomic(os.path.join(self._meta_key_dir(bucket, key), f"{ident[2]}.json"),
                            {"key": key, "identity": list(ident), "etag": info.etag,
-                            "headers": info.headers, "parts": info.parts}, self.tmp_dir)
+                            "headers": info.headers, "parts": info.parts,
+                            "part_sizes": list(info.part_sizes)}, self.tmp_dir)
 
     def begin_write(self, *, hash_md5: bool = True) -> PendingWrite:
         return PendingWrite(self, hash_md5=hash_md5)
@@ -504,7 +512,7 @@ class Storage:
         return None if os.path.isdir(path) else path
 
     def commit(self, pending: PendingWrite, bucket: str, key: str, headers: dict[str, str],
-               *, etag: str | None = None, parts: int = 0,
+               *, etag: str | None = None, part_sizes: tuple[int, ...] = (),
                before_rename: Callable[[ObjectInfo, Identity], None] | None = None,
                condition: WriteCondition | None = None) -> ObjectInfo:
         """Make `pending` the object at `key`: fsync, metadata under the new inode, rename
@@ -524,14 +532,13 @@ class Storage:
                 # Under the lock: a concurrent commit's clean-up would take it for stale.
                 orphan_meta = os.path.join(self._meta_key_dir(bucket, key),
                                            f"{st.st_ino}.json")
-                self._write_meta(bucket, key, ident, ObjectInfo(
-                    key, "", st.st_size, st.st_mtime_ns, etag or pending.digest(),
-                    dict(headers), parts))
-                placed = self._place(pending, base, path, spill, st, key, headers, etag,
-                                     parts, ident, before_rename)
+                info = ObjectInfo(key, "", st.st_size, st.st_mtime_ns,
+                                  etag or pending.digest(), dict(headers), len(part_sizes),
+                                  part_sizes)
+                self._write_meta(bucket, key, ident, info)
+                placed = self._place(pending, base, path, spill, info, ident, before_rename)
                 orphan_meta = None
-                info = ObjectInfo(key, placed, st.st_size, st.st_mtime_ns,
-                                  etag or pending.digest(), dict(headers), parts)
+                info = replace(info, path=placed)
                 # The old version's metadata goes first: a spilled copy without it is no
                 # object, so a crash before the unlink below cannot bring an old version back.
                 self._drop_other_meta(bucket, key, keep=st.st_ino)
@@ -562,14 +569,12 @@ class Storage:
                 "Condition": "If-None-Match" if condition.if_none_match else "If-Match"})
 
     def _place(self, pending: PendingWrite, base: str, path: str | None, spill: str,
-               st: os.stat_result, key: str, headers: dict[str, str], etag: str | None,
-               parts: int, ident: Identity,
+               info: ObjectInfo, ident: Identity,
                before_rename: Callable[[ObjectInfo, Identity], None] | None) -> str:
         """Rename the data onto the key's file or its spill place; where it went."""
         target = self._file_target(base, path)
         if before_rename is not None:
-            before_rename(ObjectInfo(key, target or spill, st.st_size, st.st_mtime_ns,
-                                     etag or pending.digest(), dict(headers), parts), ident)
+            before_rename(replace(info, path=target or spill), ident)
         placed = None
         if target is not None:
             try:
@@ -654,8 +659,10 @@ class Storage:
         except BaseException:
             pending.abort()
             raise
-        return self.commit(pending, dst_bucket, dst_key,
-                           dict(src.headers) if headers is None else headers)
+        if headers is None:  # a composite checksum describes parts the copy does not have
+            headers = dict(src.headers) if src.headers.get(TYPE_HEADER) != COMPOSITE else {
+                k: v for k, v in src.headers.items() if not is_checksum_header(k)}
+        return self.commit(pending, dst_bucket, dst_key, headers)
 
     # -- listing ---------------------------------------------------------------------------
 
@@ -849,14 +856,16 @@ class Storage:
         d = self._upload_dir(upload.upload_id)
         try:
             pending._sync_close()
-            part = PartInfo(number, pending.digest(), pending.size, time.time())
+            part = PartInfo(number, pending.digest(), pending.size, time.time(),
+                            dict(pending.checksums))
             data = _part_data(number, part.etag)
             with self._lock(upload.upload_id):
                 os.rename(pending.tmp_path, os.path.join(d, data))
                 self.checkpoint("part_data")
                 _write_json_atomic(os.path.join(d, f"part-{number:05d}.json"),
                                    {"etag": part.etag, "size": part.size,
-                                    "last_modified": part.last_modified}, self.tmp_dir)
+                                    "last_modified": part.last_modified,
+                                    "checksums": part.checksums}, self.tmp_dir)
                 for name in os.listdir(d):  # the data of the version this one replaced
                     if name.startswith(f"part-{number:05d}-") and name != data:
                         with contextlib.suppress(OSError):
@@ -886,7 +895,8 @@ class Storage:
                 number = int(m.group(1))
                 if os.path.exists(os.path.join(d, _part_data(number, str(data["etag"])))):
                     parts.append(PartInfo(number, str(data["etag"]), int(data["size"]),
-                                          float(data["last_modified"])))
+                                          float(data["last_modified"]),
+                                          dict(data.get("checksums", {}))))
         parts.sort(key=lambda p: p.number)
         return parts
 
@@ -939,19 +949,23 @@ class Storage:
             raise
         md5s = b"".join(bytes.fromhex(p.etag) for p in chosen)
         etag = f"{hashlib.md5(md5s).hexdigest()}-{len(chosen)}"
+        headers = {k: v for k, v in upload.headers.items() if not is_checksum_header(k)}
+        headers.update(multipart_checksum(upload.headers,
+                                          [(p.checksums, p.size) for p in chosen]))
+        sizes = tuple(p.size for p in chosen)
 
         def record(info: ObjectInfo, ident: Identity) -> None:
             _write_json_atomic(self._record_path(upload.upload_id), {
                 "bucket": upload.bucket, "key": upload.key, "identity": list(ident),
-                "etag": etag, "headers": upload.headers,
+                "etag": etag, "headers": headers, "part_sizes": list(sizes),
                 "parts": [[p.number, p.etag] for p in chosen], "completed": self.clock()},
                 self.tmp_dir)
             _fsync_dir(self.completed_dir)
             self.checkpoint("recorded")
 
         try:
-            info = self.commit(pending, upload.bucket, upload.key, upload.headers, etag=etag,
-                               parts=len(chosen), before_rename=record, condition=condition)
+            info = self.commit(pending, upload.bucket, upload.key, headers, etag=etag,
+                               part_sizes=sizes, before_rename=record, condition=condition)
         except BaseException:
             with contextlib.suppress(OSError):
                 self._settle(upload.upload_id)  # the record goes, unless the rename happened
@@ -969,7 +983,8 @@ class Storage:
         size, mtime_ns, _ = record["identity"]
         path = self._committed_path(record)
         return ObjectInfo(key, path or "", size, mtime_ns, record["etag"],
-                          dict(record["headers"]), len(record["parts"]))
+                          dict(record["headers"]), len(record["parts"]),
+                          tuple(int(n) for n in record.get("part_sizes", ())))
 
     def _committed_path(self, record: dict[str, Any]) -> str | None:
         """Where the object a completion record describes is (its file or its spilled copy),

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
+from lbcdn.bucket.checksums import part_checksum, xml_fields
 from lbcdn.bucket.errors import S3Error
 from lbcdn.bucket.httpsem import iso8601
 from lbcdn.bucket.storage import BucketState, ListResult, ObjectInfo, PartInfo, UploadInfo
@@ -197,8 +198,12 @@ def initiate_result(upload: UploadInfo) -> bytes:
 def complete_result(location_url: str, bucket: str, info: ObjectInfo) -> bytes:
     return (f'{HEAD}<CompleteMultipartUploadResult xmlns="{NS}">'
             f'{_tag("Location", location_url)}{_tag("Bucket", bucket)}{_tag("Key", info.key)}'
-            f"<ETag>&quot;{escape(info.etag)}&quot;</ETag></CompleteMultipartUploadResult>"
-            ).encode()
+            f"<ETag>&quot;{escape(info.etag)}&quot;</ETag>{_checksums(info.headers)}"
+            "</CompleteMultipartUploadResult>").encode()
+
+
+def _checksums(stored: dict[str, str]) -> str:
+    return "".join(_tag(name, value) for name, value in xml_fields(stored))
 
 
 def list_parts(upload: UploadInfo, parts: list[PartInfo], *, marker: int, max_parts: int,
@@ -213,7 +218,8 @@ def list_parts(upload: UploadInfo, parts: list[PartInfo], *, marker: int, max_pa
     for p in parts:
         out.append(f"<Part>{_tag('PartNumber', p.number)}"
                    f"<LastModified>{iso8601(p.last_modified)}</LastModified>"
-                   f"<ETag>&quot;{p.etag}&quot;</ETag>{_tag('Size', p.size)}</Part>")
+                   f"<ETag>&quot;{p.etag}&quot;</ETag>{_tag('Size', p.size)}"
+                   f"{_checksums(part_checksum(p.checksums))}</Part>")
     out.append("</ListPartsResult>")
     return "".join(out).encode("utf-8")
 

@@ -5,12 +5,17 @@ reads, GetObjectAttributes and checksums."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
+import os
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from awscrt import checksums as crt_checksums
 from botocore.exceptions import ClientError
 
 from tests.e2e.test_bucket_keys import Daemon, daemon  # noqa: F401 (the fixture)
@@ -123,3 +128,110 @@ def test_conditional_put_aws_cli(daemon: Daemon, tmp_path: Path) -> None:
     err = daemon.aws(tmp_path, "s3api", "put-object", "--bucket", "data", "--key", "cli",
                      "--body", "f", "--if-none-match", "*", ok=False)
     assert "PreconditionFailed" in err
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def expected_checksum(algorithm: str, data: bytes) -> str:
+    """Computed here independently of lbcdn (zlib, awscrt, hashlib)."""
+    if algorithm == "CRC32":
+        return _b64(zlib.crc32(data).to_bytes(4, "big"))
+    if algorithm == "CRC32C":
+        return _b64(crt_checksums.crc32c(data).to_bytes(4, "big"))
+    if algorithm == "CRC64NVME":
+        return _b64(crt_checksums.crc64nvme(data).to_bytes(8, "big"))
+    return _b64(hashlib.new(algorithm.lower(), data).digest())
+
+
+ALGORITHMS = ["CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"]
+
+
+def test_checksums_single_put(daemon: Daemon) -> None:
+    s3 = daemon.s3()
+    data = os.urandom(100_000)
+    for alg in ALGORITHMS:
+        want = expected_checksum(alg, data)
+        put = s3.put_object(Bucket="data", Key=f"ck-{alg}", Body=data, ChecksumAlgorithm=alg)
+        assert put[f"Checksum{alg}"] == want
+        head = s3.head_object(Bucket="data", Key=f"ck-{alg}", ChecksumMode="ENABLED")
+        assert (head[f"Checksum{alg}"], head["ChecksumType"]) == (want, "FULL_OBJECT")
+        got = s3.get_object(Bucket="data", Key=f"ck-{alg}", ChecksumMode="ENABLED")
+        assert got[f"Checksum{alg}"] == want and got["Body"].read() == data
+        # Not asked for, or a range: no checksum (a range's bytes have none).
+        plain = s3.head_object(Bucket="data", Key=f"ck-{alg}")
+        assert f"Checksum{alg}" not in plain
+        part = s3.get_object(Bucket="data", Key=f"ck-{alg}", Range="bytes=0-9",
+                             ChecksumMode="ENABLED")
+        assert f"Checksum{alg}" not in part and part["Body"].read() == data[:10]
+        # A checksum that does not match the body is refused; the object stays.
+        wrong = expected_checksum(alg, data + b"x")
+        assert error(s3.put_object, Bucket="data", Key=f"ck-{alg}", Body=data,
+                     **{f"Checksum{alg}": wrong}) == (400, "BadDigest")
+    assert s3.get_object(Bucket="data", Key="ck-SHA1")["Body"].read() == data
+
+
+@pytest.mark.parametrize("alg,kind", [("SHA256", "COMPOSITE"), ("CRC32", "COMPOSITE"),
+                                      ("CRC32C", "FULL_OBJECT"), ("CRC64NVME", "FULL_OBJECT")])
+def test_checksums_multipart(daemon: Daemon, alg: str, kind: str) -> None:
+    s3 = daemon.s3()
+    chunks = [os.urandom(5 * MIB), os.urandom(5 * MIB), os.urandom(1000)]
+    extra = {"ChecksumType": kind} if alg != "CRC64NVME" else {}
+    created = s3.create_multipart_upload(Bucket="data", Key="mpck", ChecksumAlgorithm=alg,
+                                         **extra)
+    assert created["ChecksumAlgorithm"] == alg
+    upload_id = created["UploadId"]
+    parts = []
+    for n, chunk in enumerate(chunks, 1):
+        r = s3.upload_part(Bucket="data", Key="mpck", UploadId=upload_id, PartNumber=n,
+                           Body=chunk, ChecksumAlgorithm=alg)
+        assert r[f"Checksum{alg}"] == expected_checksum(alg, chunk)
+        parts.append({"PartNumber": n, "ETag": r["ETag"],
+                      f"Checksum{alg}": r[f"Checksum{alg}"]})
+    listed = s3.list_parts(Bucket="data", Key="mpck", UploadId=upload_id)["Parts"]
+    assert [p[f"Checksum{alg}"] for p in listed] == [p[f"Checksum{alg}"] for p in parts]
+    done = s3.complete_multipart_upload(Bucket="data", Key="mpck", UploadId=upload_id,
+                                        MultipartUpload={"Parts": parts})
+    if kind == "COMPOSITE":
+        inner = b"".join(base64.b64decode(p[f"Checksum{alg}"]) for p in parts)
+        want = f"{expected_checksum(alg, inner)}-3"
+    else:
+        want = expected_checksum(alg, b"".join(chunks))
+    assert (done[f"Checksum{alg}"], done["ChecksumType"]) == (want, kind)
+    head = s3.head_object(Bucket="data", Key="mpck", ChecksumMode="ENABLED")
+    assert (head[f"Checksum{alg}"], head["ChecksumType"]) == (want, kind)
+    got = s3.get_object(Bucket="data", Key="mpck", ChecksumMode="ENABLED")["Body"].read()
+    assert got == b"".join(chunks)
+
+
+def test_checksum_pairs_s3_refuses(daemon: Daemon) -> None:
+    s3 = daemon.s3()
+    for alg, kind in (("SHA1", "FULL_OBJECT"), ("CRC64NVME", "COMPOSITE")):
+        assert error(s3.create_multipart_upload, Bucket="data", Key="x",
+                     ChecksumAlgorithm=alg, ChecksumType=kind) == (400, "InvalidRequest")
+
+
+def test_checksums_default_transfer_and_cli(daemon: Daemon, tmp_path: Path) -> None:
+    """boto3's managed transfer and the aws CLI with their default checksums (CRC32, sent as
+    an aws-chunked trailer) upload in parts; the downloads verify what comes back."""
+    s3 = daemon.s3()
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(12 * MIB))
+    s3.upload_file(str(src), "data", "big")
+    head = s3.head_object(Bucket="data", Key="big", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC32"].endswith("-2") and head["ChecksumType"] == "COMPOSITE"
+    s3.download_file("data", "big", str(tmp_path / "back"))
+    assert (tmp_path / "back").read_bytes() == src.read_bytes()
+    daemon.aws(tmp_path, "s3", "cp", "big", "s3://data/cli-big")
+    out = json.loads(daemon.aws(tmp_path, "s3api", "head-object", "--bucket", "data", "--key",
+                                "cli-big", "--checksum-mode", "ENABLED"))
+    assert out["ChecksumCRC32"].endswith("-2")
+    small = tmp_path / "small"
+    small.write_bytes(b"hello checksums")
+    daemon.aws(tmp_path, "s3", "cp", "small", "s3://data/cli-small")
+    out = json.loads(daemon.aws(tmp_path, "s3api", "head-object", "--bucket", "data", "--key",
+                                "cli-small", "--checksum-mode", "ENABLED"))
+    assert out["ChecksumCRC32"] == expected_checksum("CRC32", b"hello checksums")
+    daemon.aws(tmp_path, "s3", "cp", "s3://data/cli-big", "cli-back")
+    assert (tmp_path / "cli-back").read_bytes() == src.read_bytes()
