@@ -31,8 +31,10 @@ from lbcdn.bucket.bucketpolicy import parse_policy
 from lbcdn.bucket.checksums import (ALGORITHM_HEADER, TYPE_HEADER, checksum_headers,
                                     object_checksum, part_checksum, upload_checksum)
 from lbcdn.bucket.errors import S3Error, render_error
-from lbcdn.bucket.httpsem import (Unsatisfiable, WriteCondition, evaluate_preconditions,
-                                  if_range_allows, metadata_text, parse_range, write_condition)
+from lbcdn.bucket.httpsem import (ByteRange, Unsatisfiable, WriteCondition,
+                                  evaluate_preconditions, http_date, if_range_allows,
+                                  metadata_text,
+                                  parse_copy_range, parse_range, part_range, write_condition)
 from lbcdn.bucket.keys import check_key, check_text, decode_key, decode_path, split_path
 from lbcdn.bucket.publicaccess import ALL_BLOCKED, PRIVATE, PUBLIC_READ, BucketAccess
 from lbcdn.bucket.runtime import BucketRuntime, object_identity
@@ -61,8 +63,7 @@ _UNSUPPORTED_SUBRESOURCES = ("cors", "lifecycle", "tagging", "replication",
                              "encryption", "logging", "notification", "object-lock",
                              "legal-hold", "retention", "torrent", "restore", "select",
                              "analytics", "inventory", "metrics", "accelerate",
-                             "requestPayment", "ownershipControls", "intelligent-tiering",
-                             "attributes")
+                             "requestPayment", "ownershipControls", "intelligent-tiering")
 
 # Sub-resources of a bucket stored by the access store (bucket policy, ACL, Block Public Access).
 _ACCESS_SUBRESOURCES = ("policy", "policyStatus", "acl", "publicAccessBlock")
@@ -264,7 +265,7 @@ class S3Api:
         if m == "PUT":
             if "uploadId" in q or "partNumber" in q:
                 if "x-amz-copy-source" in req.headers:
-                    raise S3Error("NotImplemented", "UploadPartCopy is not implemented.")
+                    return await self.upload_part_copy(req)
                 return await self.upload_part(req)
             if "x-amz-copy-source" in req.headers:
                 return await self.copy_object(req)
@@ -272,6 +273,8 @@ class S3Api:
         if m in ("GET", "HEAD"):
             if "uploadId" in q and m == "GET":
                 return await self.list_parts(req)
+            if "attributes" in q and m == "GET":
+                return await self.get_object_attributes(req)
             return await self.get_object(req, head=m == "HEAD")
         if m == "DELETE":
             if "uploadId" in q:
@@ -613,7 +616,9 @@ class S3Api:
             if outcome == "precondition_failed":
                 raise S3Error("PreconditionFailed", extra={"Condition": "If-Match"})
             rng = None
-            if if_range_allows(req.headers.get("If-Range"), info.etag, info.last_modified):
+            if "partNumber" in q:
+                rng = self._part_of(req, info)
+            elif if_range_allows(req.headers.get("If-Range"), info.etag, info.last_modified):
                 try:
                     rng = parse_range(req.headers.get("Range"), info.size)
                 except Unsatisfiable:
@@ -632,6 +637,48 @@ class S3Api:
             raise
         return await send_file(req.request, fd, info, 206 if rng else 200, headers, rng, head,
                                self.rt.config.limits.idle_timeout_s)
+
+    def _part_of(self, req: Req, info: ObjectInfo) -> ByteRange | None:
+        """The bytes `?partNumber=N` selects (None: the whole object)."""
+        if "Range" in req.headers:
+            raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber "
+                                            "query parameter")
+        number = _int_param(req.query, "partNumber", 0, 1, 10000)
+        if number < 1:
+            raise S3Error("InvalidArgument", "Part number must be an integer between 1 and "
+                          "10000, inclusive", extra={"ArgumentName": "partNumber"})
+        try:
+            return part_range(info.part_sizes, info.parts, info.size, number)
+        except Unsatisfiable:
+            raise S3Error("InvalidPartNumber", extra={
+                "PartNumberRequested": str(number),
+                "ActualPartCount": str(max(info.parts, 1))}) from None
+        except ValueError as e:
+            raise S3Error("InvalidRequest", f"partNumber cannot be served: {e}.") from None
+
+    async def get_object_attributes(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "read", req.key)
+        wanted = {a.strip() for a in req.headers.get("x-amz-object-attributes", "").split(",")
+                  if a.strip()}
+        unknown = wanted - xmlio.OBJECT_ATTRIBUTES
+        if not wanted or unknown:
+            raise S3Error("InvalidArgument", "Invalid attribute name specified." if unknown
+                          else "x-amz-object-attributes header specifying the attributes to be "
+                          "retrieved is either missing or empty", extra={
+                              "ArgumentName": "x-amz-object-attributes"})
+        # Headers here, unlike ListParts' query parameters.
+        marker = _int_param(req.headers, "x-amz-part-number-marker", 0, 0, 10000)
+        max_parts = _int_param(req.headers, "x-amz-max-parts", 1000, 0, 1000)
+        try:
+            info = await asyncio.to_thread(self.storage.stat_object, req.bucket, req.key)
+        except S3Error as e:
+            if e.code == "NoSuchKey":
+                await self._bucket_allowed(req, "list")
+            raise
+        resp = self._xml(xmlio.object_attributes(info, wanted, marker=marker,
+                                                 max_parts=max_parts))
+        resp.headers["Last-Modified"] = http_date(info.last_modified)
+        return resp
 
     async def _set_new_object_acl(self, bucket: str, info: ObjectInfo, acl: str | None) -> None:
         # A new object without an ACL is private: a record left by the previous version names
@@ -670,7 +717,9 @@ class S3Api:
         await asyncio.to_thread(work)
         return self._xml(xmlio.delete_result(deleted, errors, quiet))
 
-    async def copy_object(self, req: Req) -> web.StreamResponse:
+    async def _copy_source(self, req: Req) -> tuple[str, str, ObjectInfo]:
+        """The x-amz-copy-source object (bucket, key, info) once the caller may read it and
+        its x-amz-copy-source-if-* conditions hold."""
         source = req.headers["x-amz-copy-source"].split("?", 1)[0]
         src_bucket, _, src_raw_key = decode_path(source).lstrip("/").partition("/")
         if not src_bucket or not src_raw_key:
@@ -679,21 +728,25 @@ class S3Api:
                               "ArgumentName": "x-amz-copy-source"})
         src_key = check_key(src_raw_key)
         await self._bucket_allowed(req, "read", src_key, bucket=src_bucket)
+        src = await asyncio.to_thread(self.storage.stat_object, src_bucket, src_key)
+        cond = {std: req.headers[amz] for amz, std in _COPY_CONDITIONS.items()
+                if amz in req.headers}
+        if cond and evaluate_preconditions("GET", cond, src.etag, src.last_modified) != "ok":
+            raise S3Error("PreconditionFailed")
+        return src_bucket, src_key, src
+
+    async def copy_object(self, req: Req) -> web.StreamResponse:
+        src_bucket, src_key, src = await self._copy_source(req)
         await self._bucket_allowed(req, "write", req.key)
         acl = await self._object_acl_to_set(req)
         directive = req.headers.get("x-amz-metadata-directive", "COPY").upper()
         if directive not in ("COPY", "REPLACE"):
             raise S3Error("InvalidArgument", "Unknown metadata directive.",
                           extra={"ArgumentName": "x-amz-metadata-directive"})
-        src = await asyncio.to_thread(self.storage.stat_object, src_bucket, src_key)
         if (src_bucket, src_key) == (req.bucket, req.key) and directive == "COPY":
             raise S3Error("InvalidRequest", "This copy request is illegal because it is trying "
                           "to copy an object to itself without changing the object's metadata, "
                           "storage class, website redirect location or encryption attributes.")
-        cond = {std: req.headers[amz] for amz, std in _COPY_CONDITIONS.items()
-                if amz in req.headers}
-        if cond and evaluate_preconditions("GET", cond, src.etag, src.last_modified) != "ok":
-            raise S3Error("PreconditionFailed")
         headers = None if directive == "COPY" else stored_headers_from(req.headers)
         info = await asyncio.to_thread(self.storage.copy_object, src_bucket, src_key,
                                        req.bucket, req.key, headers)
@@ -719,16 +772,38 @@ class S3Api:
 
     async def upload_part(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write", req.key)
-        number = _int_param(req.query, "partNumber", 0, 1, 10000)
-        if number < 1 or "uploadId" not in req.query:
-            raise S3Error("InvalidArgument", "Part number must be an integer between 1 and "
-                          "10000, inclusive", extra={"ArgumentName": "partNumber"})
+        number = self._part_number(req)
         upload = await asyncio.to_thread(self.storage.get_upload, req.bucket, req.key,
                                          req.query["uploadId"])
         pending = await self._receive(req)
         part = await asyncio.to_thread(self.storage.commit_part, pending, upload, number)
         return web.Response(status=200, headers={"ETag": f'"{part.etag}"',
                                                  **part_checksum(part.checksums)})
+
+    async def upload_part_copy(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "write", req.key)
+        number = self._part_number(req)
+        upload = await asyncio.to_thread(self.storage.get_upload, req.bucket, req.key,
+                                         req.query["uploadId"])
+        _, _, src = await self._copy_source(req)
+        rng = ByteRange(0, src.size - 1)
+        header = req.headers.get("x-amz-copy-source-range")
+        if header is not None:
+            try:
+                rng = parse_copy_range(header, src.size)
+            except ValueError as e:
+                raise S3Error("InvalidArgument", str(e), extra={
+                    "ArgumentName": "x-amz-copy-source-range", "ArgumentValue": header}) from None
+        part = await asyncio.to_thread(self.storage.copy_part, src, rng.start, rng.length,
+                                       upload, number)
+        return self._xml(xmlio.copy_part_result(part))
+
+    def _part_number(self, req: Req) -> int:
+        number = _int_param(req.query, "partNumber", 0, 1, 10000)
+        if number < 1 or "uploadId" not in req.query:
+            raise S3Error("InvalidArgument", "Part number must be an integer between 1 and "
+                          "10000, inclusive", extra={"ArgumentName": "partNumber"})
+        return number
 
     async def complete_upload(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write", req.key)

@@ -80,12 +80,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lbcdn.bucket import layout
-from lbcdn.bucket.checksums import (COMPOSITE, TYPE_HEADER, is_checksum_header,
-                                    multipart_checksum)
+from lbcdn.bucket.checksums import (ALGORITHM_HEADER, COMPOSITE, TYPE_HEADER,
+                                    is_checksum_header, multipart_checksum)
 from lbcdn.bucket.config import valid_bucket_name
 from lbcdn.bucket.errors import S3Error
 from lbcdn.bucket.httpsem import WriteCondition, check_write
 from lbcdn.bucket.keys import MAX_KEY_BYTES, check_key
+from lbcdn.bucket.payload import Checksum
 
 # Headers S3 stores with an object and returns on GET/HEAD (plus every x-amz-meta-*).
 STORED_HEADERS = ("content-type", "cache-control", "content-encoding", "content-disposition",
@@ -877,6 +878,37 @@ class Storage:
             pending.abort()
             raise
         return part
+
+    def copy_part(self, src: ObjectInfo, start: int, length: int, upload: UploadInfo,
+                  number: int) -> PartInfo:
+        """UploadPartCopy: bytes [start, start+length) of the object `src` describes become
+        part `number`, with the checksum the upload declared (checksums.py)."""
+        algorithm = upload.headers.get(ALGORITHM_HEADER)
+        checksum = Checksum(algorithm.lower()) if algorithm else None
+        pending = self.begin_write()
+        try:
+            with open(src.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if (st.st_size, st.st_mtime_ns) != (src.size, src.mtime_ns):
+                    raise S3Error("PreconditionFailed", "The source object changed while "
+                                                        "being copied.")
+                offset = start
+                while offset < start + length:
+                    chunk = os.pread(f.fileno(), min(_COPY_CHUNK, start + length - offset),
+                                     offset)
+                    if not chunk:
+                        raise S3Error("InternalError", "The source object is shorter than "
+                                                       "recorded.")
+                    pending.write(chunk)
+                    if checksum is not None:
+                        checksum.update(chunk)
+                    offset += len(chunk)
+        except BaseException:
+            pending.abort()
+            raise
+        if checksum is not None:
+            pending.checksums = {checksum.algorithm: checksum.b64()}
+        return self.commit_part(pending, upload, number)
 
     def list_parts(self, upload: UploadInfo) -> list[PartInfo]:
         d = self._upload_dir(upload.upload_id)

@@ -11,6 +11,7 @@ import json
 import os
 import threading
 import zlib
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +236,89 @@ def test_checksums_default_transfer_and_cli(daemon: Daemon, tmp_path: Path) -> N
     assert out["ChecksumCRC32"] == expected_checksum("CRC32", b"hello checksums")
     daemon.aws(tmp_path, "s3", "cp", "s3://data/cli-big", "cli-back")
     assert (tmp_path / "cli-back").read_bytes() == src.read_bytes()
+
+
+def test_upload_part_copy(daemon: Daemon, tmp_path: Path) -> None:
+    s3 = daemon.s3()
+    src = os.urandom(6 * MIB + 100)
+    src_etag = s3.put_object(Bucket="data", Key="src", Body=src)["ETag"]
+    upload_id = s3.create_multipart_upload(Bucket="data", Key="joined",
+                                           ChecksumAlgorithm="SHA256")["UploadId"]
+    first = s3.upload_part_copy(Bucket="data", Key="joined", UploadId=upload_id, PartNumber=1,
+                                CopySource={"Bucket": "data", "Key": "src"},
+                                CopySourceRange=f"bytes=0-{5 * MIB}",
+                                CopySourceIfMatch=src_etag)["CopyPartResult"]
+    assert first["ETag"] == f'"{hashlib.md5(src[:5 * MIB + 1]).hexdigest()}"'
+    assert first["ChecksumSHA256"] == expected_checksum("SHA256", src[:5 * MIB + 1])
+    # The aws CLI, the whole source as part 2.
+    out = json.loads(daemon.aws(tmp_path, "s3api", "upload-part-copy", "--bucket", "data",
+                                "--key", "joined", "--upload-id", upload_id, "--part-number",
+                                "2", "--copy-source", "data/src"))
+    second = out["CopyPartResult"]
+    for cond in ({"CopySourceIfNoneMatch": src_etag}, {"CopySourceIfMatch": '"abc"'},
+                 {"CopySourceIfModifiedSince": datetime(2100, 1, 1, tzinfo=timezone.utc)},
+                 {"CopySourceIfUnmodifiedSince": datetime(2000, 1, 1, tzinfo=timezone.utc)}):
+        assert error(s3.upload_part_copy, Bucket="data", Key="joined", UploadId=upload_id,
+                     PartNumber=3, CopySource={"Bucket": "data", "Key": "src"},
+                     **cond) == (412, "PreconditionFailed"), cond
+    for bad in (f"bytes=0-{len(src)}", "bytes=5-", "bytes=9-3", "items=0-1"):
+        assert error(s3.upload_part_copy, Bucket="data", Key="joined", UploadId=upload_id,
+                     PartNumber=3, CopySource={"Bucket": "data", "Key": "src"},
+                     CopySourceRange=bad) == (400, "InvalidArgument"), bad
+    parts = [{"PartNumber": 1, "ETag": first["ETag"], "ChecksumSHA256": first["ChecksumSHA256"]},
+             {"PartNumber": 2, "ETag": second["ETag"], "ChecksumSHA256": second["ChecksumSHA256"]}]
+    # A part listed twice is out of order, as on S3.
+    assert error(s3.complete_multipart_upload, Bucket="data", Key="joined", UploadId=upload_id,
+                 MultipartUpload={"Parts": [parts[0], parts[0], parts[1]]}) == (
+        400, "InvalidPartOrder")
+    done = s3.complete_multipart_upload(Bucket="data", Key="joined", UploadId=upload_id,
+                                        MultipartUpload={"Parts": parts})
+    assert s3.get_object(Bucket="data", Key="joined")["Body"].read() == src[:5 * MIB + 1] + src
+    # A repeated Complete answers as the first did.
+    again = s3.complete_multipart_upload(Bucket="data", Key="joined", UploadId=upload_id,
+                                         MultipartUpload={"Parts": parts})
+    assert (again["ETag"], again["ChecksumSHA256"]) == (done["ETag"], done["ChecksumSHA256"])
+
+
+def test_part_number_reads_and_attributes(daemon: Daemon, tmp_path: Path) -> None:
+    s3 = daemon.s3()
+    chunks = [os.urandom(5 * MIB), os.urandom(5 * MIB), b"tail"]
+    upload_id, parts = _upload(s3, "parts", chunks)
+    s3.complete_multipart_upload(Bucket="data", Key="parts", UploadId=upload_id,
+                                 MultipartUpload={"Parts": parts})
+    start = 0
+    for n, chunk in enumerate(chunks, 1):
+        got = s3.get_object(Bucket="data", Key="parts", PartNumber=n)
+        assert got["Body"].read() == chunk and got["PartsCount"] == 3
+        assert got["ContentRange"] == f"bytes {start}-{start + len(chunk) - 1}/{10 * MIB + 4}"
+        head = s3.head_object(Bucket="data", Key="parts", PartNumber=n)
+        assert head["ContentLength"] == len(chunk) and head["PartsCount"] == 3
+        start += len(chunk)
+    assert error(s3.get_object, Bucket="data", Key="parts", PartNumber=4) == (
+        416, "InvalidPartNumber")
+    assert error(s3.get_object, Bucket="data", Key="parts", PartNumber=1,
+                 Range="bytes=0-1") == (400, "InvalidRequest")
+    s3.put_object(Bucket="data", Key="plain", Body=b"plain body", ChecksumAlgorithm="CRC32")
+    assert s3.get_object(Bucket="data", Key="plain", PartNumber=1)["Body"].read() == \
+        b"plain body"
+    assert error(s3.get_object, Bucket="data", Key="plain", PartNumber=2) == (
+        416, "InvalidPartNumber")
+
+    attrs = s3.get_object_attributes(Bucket="data", Key="parts", ObjectAttributes=[
+        "ETag", "ObjectParts", "StorageClass", "ObjectSize", "Checksum"], MaxParts=2)
+    assert attrs["ETag"] == s3.head_object(Bucket="data", Key="parts")["ETag"].strip('"')
+    assert attrs["ObjectSize"] == 10 * MIB + 4 and attrs["StorageClass"] == "STANDARD"
+    op = attrs["ObjectParts"]
+    assert (op["TotalPartsCount"], op["IsTruncated"], op["NextPartNumberMarker"]) == (3, True, 2)
+    assert [(p["PartNumber"], p["Size"]) for p in op["Parts"]] == [(1, 5 * MIB), (2, 5 * MIB)]
+    rest = s3.get_object_attributes(Bucket="data", Key="parts", ObjectAttributes=["ObjectParts"],
+                                    PartNumberMarker=2)["ObjectParts"]
+    assert [(p["PartNumber"], p["Size"]) for p in rest["Parts"]] == [(3, 4)]
+    out = json.loads(daemon.aws(tmp_path, "s3api", "get-object-attributes", "--bucket", "data",
+                                "--key", "plain", "--object-attributes", "Checksum",
+                                "ObjectSize"))
+    assert out["ObjectSize"] == 10
+    assert out["Checksum"] == {"ChecksumCRC32": expected_checksum("CRC32", b"plain body"),
+                               "ChecksumType": "FULL_OBJECT"}
+    assert error(s3.get_object_attributes, Bucket="data", Key="nope",
+                 ObjectAttributes=["ETag"]) == (404, "NoSuchKey")
