@@ -107,6 +107,31 @@ def xml_fields(stored: Mapping[str, str]) -> list[tuple[str, str]]:
     return out
 
 
+def claimed_checksums(headers: Mapping[str, str]) -> dict[str, str]:
+    """The x-amz-checksum-<algorithm> headers of a request (algorithm -> base64). On
+    CompleteMultipartUpload they claim the object's checksum, not the XML body's."""
+    out = {}
+    for name, value in headers.items():
+        alg = name.lower().removeprefix(CHECKSUM_HEADER_PREFIX)
+        if alg != name.lower() and alg in CHECKSUM_SIZES:
+            out[alg] = value.strip()
+    return out
+
+
+def check_claimed(stored: Mapping[str, str], claimed: Mapping[str, str]) -> None:
+    """A Complete's claimed checksum against the one the parts make (`multipart_checksum`):
+    InvalidRequest when the upload has none of that algorithm, BadDigest when it differs (a
+    composite value may be claimed with or without its `-N`)."""
+    for alg, value in claimed.items():
+        have = stored.get(CHECKSUM_HEADER_PREFIX + alg)
+        if have is None:
+            raise S3Error("InvalidRequest", f"The upload was not created with the "
+                                            f"{alg.upper()} checksum algorithm.")
+        if value.split("-")[0] != have.split("-")[0]:
+            raise S3Error("BadDigest", f"The {alg.upper()} you specified did not match the "
+                                       "calculated checksum.")
+
+
 def is_checksum_header(name: str) -> bool:
     """A stored header that is the checksum (returned only when asked for)."""
     return name.startswith(CHECKSUM_HEADER_PREFIX)

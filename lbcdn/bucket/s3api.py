@@ -24,13 +24,16 @@ from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import HttpVersion11, web
+from multidict import CIMultiDict
 
 from lbcdn.bucket import publicaccess, xmlio
 from lbcdn.bucket.access import Action, User
 from lbcdn.bucket.bucketpolicy import parse_policy
 from lbcdn.bucket.checksums import (ALGORITHM_HEADER, TYPE_HEADER, checksum_headers,
-                                    object_checksum, part_checksum, upload_checksum)
+                                    claimed_checksums, object_checksum, part_checksum,
+                                    upload_checksum)
 from lbcdn.bucket.errors import S3Error, render_error
+from lbcdn.bucket.payload import CHECKSUM_HEADER_PREFIX
 from lbcdn.bucket.httpsem import (ByteRange, Unsatisfiable, WriteCondition,
                                   evaluate_preconditions, http_date, if_range_allows,
                                   metadata_text,
@@ -307,14 +310,17 @@ class S3Api:
             await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             writer.output_size = 0  # the response proper has not started
 
-    async def _read_small_body(self, req: Req) -> bytes:
+    async def _read_small_body(self, req: Req,
+                               headers: Mapping[str, str] | None = None) -> bytes:
+        """The (XML) body, verified by `headers` (default: the request's)."""
         length = req.request.content_length
         if length is not None and length > MAX_XML_BODY:
             raise S3Error("MalformedXML", "The XML you provided was too large.")
         await self._continue(req)
         chunks: list[bytes] = []
         size = 0
-        async for chunk in self.rt.body_reader(req.request.content, req.auth, req.headers):
+        async for chunk in self.rt.body_reader(req.request.content, req.auth,
+                                               req.headers if headers is None else headers):
             size += len(chunk)
             if size > MAX_XML_BODY:
                 raise S3Error("MalformedXML", "The XML you provided was too large.")
@@ -808,11 +814,20 @@ class S3Api:
     async def complete_upload(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write", req.key)
         condition = write_condition_of(req.headers)
-        wanted = xmlio.parse_complete(await self._read_small_body(req))
+        # Its x-amz-checksum-* headers are the object's checksum, not the XML body's.
+        claimed = claimed_checksums(req.headers)
+        body_headers = CIMultiDict((k, v) for k, v in req.headers.items()
+                                   if k.lower().removeprefix(CHECKSUM_HEADER_PREFIX)
+                                   not in claimed)
+        wanted = xmlio.parse_complete(await self._read_small_body(req, body_headers))
+        size_text = req.headers.get("x-amz-mp-object-size")
+        if size_text is not None and not size_text.strip().isdigit():
+            raise S3Error("InvalidArgument", "x-amz-mp-object-size must be a number.")
         # Also answers a retry of a Complete that succeeded (storage keeps a record).
         upload_id = req.query["uploadId"]
-        info: ObjectInfo = await asyncio.to_thread(self.storage.complete_upload, req.bucket,
-                                                   req.key, upload_id, wanted, condition)
+        info: ObjectInfo = await asyncio.to_thread(
+            self.storage.complete_upload, req.bucket, req.key, upload_id, wanted, condition,
+            claimed, int(size_text) if size_text is not None else None)
         acl = await asyncio.to_thread(self.rt.access.upload_acl, req.bucket, upload_id)
         await self._set_new_object_acl(req.bucket, info, acl)
         await asyncio.to_thread(self.rt.access.forget_upload, req.bucket, upload_id)

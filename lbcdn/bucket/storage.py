@@ -80,7 +80,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lbcdn.bucket import layout
-from lbcdn.bucket.checksums import (ALGORITHM_HEADER, COMPOSITE, TYPE_HEADER,
+from lbcdn.bucket.checksums import (ALGORITHM_HEADER, COMPOSITE, TYPE_HEADER, check_claimed,
                                     is_checksum_header, multipart_checksum)
 from lbcdn.bucket.config import valid_bucket_name
 from lbcdn.bucket.errors import S3Error
@@ -934,10 +934,13 @@ class Storage:
 
     def complete_upload(self, bucket: str, key: str, upload_id: str,
                         wanted: list[tuple[int, str]],
-                        condition: WriteCondition | None = None) -> ObjectInfo:
+                        condition: WriteCondition | None = None,
+                        claimed: dict[str, str] | None = None,
+                        object_size: int | None = None) -> ObjectInfo:
         """Join the listed parts (numbers ascending, ETags matching) into the object, when
-        `condition` holds (see `commit`). For an upload completed already with this part
-        list, the object it made (as S3 answers a retried Complete)."""
+        `condition` holds (see `commit`), the parts make the `claimed` checksum (see
+        checksums.check_claimed) and have `object_size` bytes. For an upload completed
+        already with this part list, the object it made (as S3 answers a retried Complete)."""
         if not wanted:
             raise S3Error("MalformedXML", "You must specify at least one part.")
         numbers = [n for n, _ in wanted]
@@ -948,7 +951,7 @@ class Storage:
             record = self._settle(upload_id)
             if record is None:
                 info = self._complete(self.get_upload(bucket, key, upload_id), wanted,
-                                      condition)
+                                      condition, claimed or {}, object_size)
             else:
                 info = self._replay(record, bucket, key, upload_id, wanted)
         with contextlib.suppress(OSError):  # housekeeping: never fails the Complete
@@ -956,7 +959,8 @@ class Storage:
         return info
 
     def _complete(self, upload: UploadInfo, wanted: list[tuple[int, str]],
-                  condition: WriteCondition | None) -> ObjectInfo:
+                  condition: WriteCondition | None, claimed: dict[str, str],
+                  object_size: int | None) -> ObjectInfo:
         have = {p.number: p for p in self.list_parts(upload)}
         chosen: list[PartInfo] = []
         for i, (n, etag) in enumerate(wanted):
@@ -968,6 +972,13 @@ class Storage:
                     "ProposedSize": str(part.size), "MinSizeAllowed": str(self.min_part_bytes),
                     "PartNumber": str(n), "ETag": part.etag})
             chosen.append(part)
+        if object_size is not None and object_size != sum(p.size for p in chosen):
+            raise S3Error("InvalidRequest", f"The provided x-amz-mp-object-size {object_size} "
+                          "does not match the size of the parts.")
+        headers = {k: v for k, v in upload.headers.items() if not is_checksum_header(k)}
+        headers.update(multipart_checksum(upload.headers,
+                                          [(p.checksums, p.size) for p in chosen]))
+        check_claimed(headers, claimed)
         d = self._upload_dir(upload.upload_id)
         pending = self.begin_write()
         try:
@@ -981,9 +992,6 @@ class Storage:
             raise
         md5s = b"".join(bytes.fromhex(p.etag) for p in chosen)
         etag = f"{hashlib.md5(md5s).hexdigest()}-{len(chosen)}"
-        headers = {k: v for k, v in upload.headers.items() if not is_checksum_header(k)}
-        headers.update(multipart_checksum(upload.headers,
-                                          [(p.checksums, p.size) for p in chosen]))
         sizes = tuple(p.size for p in chosen)
 
         def record(info: ObjectInfo, ident: Identity) -> None:

@@ -61,3 +61,18 @@ def test_object_checksum_headers() -> None:
     assert checksum_headers(stored) == {"x-amz-checksum-crc32": "AAAAAA==",
                                         "x-amz-checksum-type": "FULL_OBJECT"}
     assert object_checksum({}) == {}
+
+
+def test_claimed_checksum_of_a_complete() -> None:
+    from lbcdn.bucket.checksums import check_claimed, claimed_checksums
+    claimed = claimed_checksums({"X-Amz-Checksum-CRC32": " AAAAAA== ",
+                                 "x-amz-checksum-type": "FULL_OBJECT", "Content-Type": "a/b"})
+    assert claimed == {"crc32": "AAAAAA=="}
+    check_claimed({"x-amz-checksum-crc32": "AAAAAA=="}, claimed)
+    check_claimed({"x-amz-checksum-crc32": "AAAAAA==-3"}, claimed)  # composite, no -N claimed
+    for stored, code in (({"x-amz-checksum-crc32": "AAAAAQ=="}, "BadDigest"),
+                         ({"x-amz-checksum-sha1": "AAAAAA=="}, "InvalidRequest"), ({},
+                                                                             "InvalidRequest")):
+        with pytest.raises(S3Error) as ei:
+            check_claimed(stored, claimed)
+        assert ei.value.code == code

@@ -322,3 +322,33 @@ def test_part_number_reads_and_attributes(daemon: Daemon, tmp_path: Path) -> Non
                                "ChecksumType": "FULL_OBJECT"}
     assert error(s3.get_object_attributes, Bucket="data", Key="nope",
                  ObjectAttributes=["ETag"]) == (404, "NoSuchKey")
+
+
+def test_complete_with_full_object_checksum(daemon: Daemon) -> None:
+    """A Complete carrying the whole object's CRC (what s3transfer sends when given one) and
+    its size: checked against the parts, not taken for the checksum of the XML body."""
+    s3 = daemon.s3()
+    chunks = [os.urandom(5 * MIB), b"tail"]
+    whole = expected_checksum("CRC32", b"".join(chunks))
+
+    def upload() -> tuple[str, list[dict[str, Any]]]:
+        upload_id = s3.create_multipart_upload(Bucket="data", Key="fo", ChecksumAlgorithm="CRC32",
+                                               ChecksumType="FULL_OBJECT")["UploadId"]
+        parts = []
+        for n, chunk in enumerate(chunks, 1):
+            r = s3.upload_part(Bucket="data", Key="fo", UploadId=upload_id, PartNumber=n,
+                               Body=chunk, ChecksumAlgorithm="CRC32")
+            parts.append({"PartNumber": n, "ETag": r["ETag"], "ChecksumCRC32": r["ChecksumCRC32"]})
+        return upload_id, parts
+
+    upload_id, parts = upload()
+    common = {"Bucket": "data", "Key": "fo", "UploadId": upload_id,
+              "MultipartUpload": {"Parts": parts}, "ChecksumType": "FULL_OBJECT"}
+    assert error(s3.complete_multipart_upload, ChecksumCRC32=expected_checksum("CRC32", b"x"),
+                 **common) == (400, "BadDigest")
+    assert error(s3.complete_multipart_upload, ChecksumSHA256=expected_checksum("SHA256", b"x"),
+                 **common) == (400, "InvalidRequest")
+    assert error(s3.complete_multipart_upload, ChecksumCRC32=whole, MpuObjectSize=3,
+                 **common) == (400, "InvalidRequest")
+    done = s3.complete_multipart_upload(ChecksumCRC32=whole, MpuObjectSize=5 * MIB + 4, **common)
+    assert (done["ChecksumCRC32"], done["ChecksumType"]) == (whole, "FULL_OBJECT")
