@@ -28,6 +28,7 @@ STATUS: dict[str, int] = {
     "InvalidDigest": 400,
     "InvalidPart": 400,
     "InvalidPartOrder": 400,
+    "InvalidPartNumber": 416,
     "InvalidRange": 416,
     "InvalidRequest": 400,
     "InvalidURI": 400,
@@ -69,6 +70,7 @@ DEFAULT_MESSAGES: dict[str, str] = {
     "InvalidPartOrder": "The list of parts was not in ascending order. The parts list must be "
                         "specified in order by part number.",
     "InvalidRange": "The requested range is not satisfiable",
+    "InvalidPartNumber": "The requested partnumber is not satisfiable",
     "MalformedXML": "The XML you provided was not well-formed or did not validate against "
                     "our published schema.",
     "MethodNotAllowed": "The specified method is not allowed against this resource.",

@@ -91,6 +91,42 @@ def evaluate_preconditions(method: str, headers: Mapping[str, str], etag: str,
 
 
 @dataclass(frozen=True)
+class WriteCondition:
+    """The conditional-write headers of a PutObject or CompleteMultipartUpload."""
+    if_match: str | None = None     # the ETag the current object must have
+    if_none_match: bool = False     # `If-None-Match: *`: the key must not exist
+
+
+WriteOutcome = Literal["ok", "precondition_failed", "no_such_key"]
+
+
+def write_condition(headers: Mapping[str, str]) -> WriteCondition | None:
+    """The write's condition, None when unconditional. Raises ValueError for an If-None-Match
+    other than `*` (S3 supports only that one on writes)."""
+    if_match = headers.get("If-Match")
+    inm = headers.get("If-None-Match")
+    if inm is not None and inm.strip() != "*":
+        raise ValueError("If-None-Match")
+    if if_match is None and inm is None:
+        return None
+    return WriteCondition(if_match, inm is not None)
+
+
+def check_write(cond: WriteCondition, current_etag: str | None) -> WriteOutcome:
+    """Whether a conditional write may replace the object whose ETag is `current_etag` (None:
+    no object). As S3: If-None-Match fails on any existing object; If-Match on a missing key
+    is NoSuchKey, on another ETag a 412."""
+    if cond.if_none_match and current_etag is not None:
+        return "precondition_failed"
+    if cond.if_match is not None:
+        if current_etag is None:
+            return "no_such_key"
+        if not _etag_matches(cond.if_match, current_etag, weak=False):
+            return "precondition_failed"
+    return "ok"
+
+
+@dataclass(frozen=True)
 class ByteRange:
     start: int
     end: int  # inclusive
@@ -134,6 +170,38 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     return ByteRange(start, min(end, size - 1))
 
 
+def parse_copy_range(header: str, size: int) -> ByteRange:
+    """An UploadPartCopy `x-amz-copy-source-range` (`bytes=first-last`, both given) of an
+    object of `size` bytes; ValueError with S3's message when malformed or outside it."""
+    unit, sep, spec = header.strip().partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if (not sep or unit.strip() != "bytes" or not dash or not first.strip().isdigit()
+            or not last.strip().isdigit() or int(last) < int(first)):
+        raise ValueError("The x-amz-copy-source-range value must be of the form bytes=first-last"
+                         " where first and last are the zero-based offsets of the first and "
+                         "last bytes to copy")
+    if int(last) >= size:
+        raise ValueError(f"Range specified is not valid for source object of size: {size}")
+    return ByteRange(int(first), int(last))
+
+
+def part_range(part_sizes: tuple[int, ...], parts: int, size: int,
+               number: int) -> ByteRange | None:
+    """The bytes of part `number` of an object (`?partNumber=`): its part of a multipart
+    object, the whole of any other object for part 1 (None). Unsatisfiable for a part it does
+    not have; ValueError when the part sizes were not recorded."""
+    if not parts:
+        if number != 1:
+            raise Unsatisfiable()
+        return None
+    if not part_sizes:
+        raise ValueError("the part sizes of this object were not recorded")
+    if number > len(part_sizes):
+        raise Unsatisfiable()
+    start = sum(part_sizes[:number - 1])
+    return ByteRange(start, start + part_sizes[number - 1] - 1)
+
+
 def if_range_allows(header: str | None, etag: str, last_modified: float) -> bool:
     """False when If-Range names another version (serve the whole object)."""
     if header is None:
@@ -145,8 +213,10 @@ def if_range_allows(header: str | None, etag: str, last_modified: float) -> bool
     return t is not None and math.floor(last_modified) == t
 
 
-__all__ = ["ByteRange", "Outcome", "Unsatisfiable", "evaluate_preconditions", "http_date",
-           "if_range_allows", "iso8601", "parse_http_date", "parse_range"]
+__all__ = ["ByteRange", "Outcome", "Unsatisfiable", "WriteCondition", "WriteOutcome",
+           "check_write", "evaluate_preconditions", "http_date", "if_range_allows", "iso8601",
+           "parse_copy_range", "parse_http_date", "parse_range", "part_range",
+           "write_condition"]
 
 
 def metadata_text(value: str) -> str:

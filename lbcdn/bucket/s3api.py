@@ -24,13 +24,20 @@ from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import HttpVersion11, web
+from multidict import CIMultiDict
 
 from lbcdn.bucket import publicaccess, xmlio
 from lbcdn.bucket.access import Action, User
 from lbcdn.bucket.bucketpolicy import parse_policy
+from lbcdn.bucket.checksums import (ALGORITHM_HEADER, TYPE_HEADER, checksum_headers,
+                                    claimed_checksums, object_checksum, part_checksum,
+                                    upload_checksum)
 from lbcdn.bucket.errors import S3Error, render_error
-from lbcdn.bucket.httpsem import (Unsatisfiable, evaluate_preconditions, if_range_allows,
-                                  metadata_text, parse_range)
+from lbcdn.bucket.payload import CHECKSUM_HEADER_PREFIX
+from lbcdn.bucket.httpsem import (ByteRange, Unsatisfiable, WriteCondition,
+                                  evaluate_preconditions, http_date, if_range_allows,
+                                  metadata_text,
+                                  parse_copy_range, parse_range, part_range, write_condition)
 from lbcdn.bucket.lifecycle import parse_tagging, tags_from_header
 from lbcdn.bucket.keys import check_key, check_text, decode_key, decode_path, split_path
 from lbcdn.bucket.publicaccess import ALL_BLOCKED, PRIVATE, PUBLIC_READ, BucketAccess
@@ -60,8 +67,7 @@ _UNSUPPORTED_SUBRESOURCES = ("cors", "replication",
                              "encryption", "logging", "notification", "object-lock",
                              "legal-hold", "retention", "torrent", "restore", "select",
                              "analytics", "inventory", "metrics", "accelerate",
-                             "requestPayment", "ownershipControls", "intelligent-tiering",
-                             "attributes")
+                             "requestPayment", "ownershipControls", "intelligent-tiering")
 
 # Sub-resources of a bucket stored by the access store (bucket policy, ACL, Block Public Access).
 _ACCESS_SUBRESOURCES = ("policy", "policyStatus", "acl", "publicAccessBlock")
@@ -132,6 +138,15 @@ def _int_param(q: Mapping[str, str], name: str, default: int, lo: int, hi: int) 
         raise S3Error("InvalidArgument", f"Argument {name} must be an integer between "
                       f"{lo} and {hi}", extra={"ArgumentName": name, "ArgumentValue": text})
     return min(value, hi)
+
+
+def write_condition_of(headers: Mapping[str, str]) -> WriteCondition | None:
+    """If-Match / If-None-Match of a PutObject or CompleteMultipartUpload."""
+    try:
+        return write_condition(headers)
+    except ValueError:
+        raise S3Error("NotImplemented", "If-None-Match on a write supports only `*`.",
+                      extra={"Header": "If-None-Match"}) from None
 
 
 def stored_headers_from(headers: Mapping[str, str]) -> dict[str, str]:
@@ -261,7 +276,7 @@ class S3Api:
         if m == "PUT":
             if "uploadId" in q or "partNumber" in q:
                 if "x-amz-copy-source" in req.headers:
-                    raise S3Error("NotImplemented", "UploadPartCopy is not implemented.")
+                    return await self.upload_part_copy(req)
                 return await self.upload_part(req)
             if "x-amz-copy-source" in req.headers:
                 return await self.copy_object(req)
@@ -269,6 +284,8 @@ class S3Api:
         if m in ("GET", "HEAD"):
             if "uploadId" in q and m == "GET":
                 return await self.list_parts(req)
+            if "attributes" in q and m == "GET":
+                return await self.get_object_attributes(req)
             return await self.get_object(req, head=m == "HEAD")
         if m == "DELETE":
             if "uploadId" in q:
@@ -301,14 +318,17 @@ class S3Api:
             await writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             writer.output_size = 0  # the response proper has not started
 
-    async def _read_small_body(self, req: Req) -> bytes:
+    async def _read_small_body(self, req: Req,
+                               headers: Mapping[str, str] | None = None) -> bytes:
+        """The (XML) body, verified by `headers` (default: the request's)."""
         length = req.request.content_length
         if length is not None and length > MAX_XML_BODY:
             raise S3Error("MalformedXML", "The XML you provided was too large.")
         await self._continue(req)
         chunks: list[bytes] = []
         size = 0
-        async for chunk in self.rt.body_reader(req.request.content, req.auth, req.headers):
+        async for chunk in self.rt.body_reader(req.request.content, req.auth,
+                                               req.headers if headers is None else headers):
             size += len(chunk)
             if size > MAX_XML_BODY:
                 raise S3Error("MalformedXML", "The XML you provided was too large.")
@@ -347,6 +367,7 @@ class S3Api:
                 raise S3Error("IncompleteBody")
             if hashes:
                 pending.etag = str(getattr(reader, "md5_hex"))
+            pending.checksums = dict(getattr(reader, "checksums", {}))
         except BaseException:
             pending.abort()
             raise
@@ -642,14 +663,17 @@ class S3Api:
         acl = await self._object_acl_to_set(req)
         tagging = req.headers.get("x-amz-tagging")
         tags = tags_from_header(tagging) if tagging is not None else {}
+        condition = write_condition_of(req.headers)
         pending = await self._receive(req)
+        headers = stored_headers_from(req.headers) | object_checksum(pending.checksums)
         info = await asyncio.to_thread(self.storage.commit, pending, req.bucket, req.key,
-                                       stored_headers_from(req.headers))
+                                       headers, condition=condition)
         await self._set_new_object_acl(req.bucket, info, acl)
         if tags:
             await asyncio.to_thread(self.rt.tags.put, req.bucket, info, tags)
         return web.Response(status=200, headers={"ETag": f'"{info.etag}"',
-                                                  **self._version_header(req.bucket, info)})
+                                                 **checksum_headers(info.headers),
+                                                 **self._version_header(req.bucket, info)})
 
     async def get_object(self, req: Req, *, head: bool) -> web.StreamResponse:
         await self._bucket_allowed(req, "read", req.key)
@@ -685,7 +709,9 @@ class S3Api:
             if outcome == "precondition_failed":
                 raise S3Error("PreconditionFailed", extra={"Condition": "If-Match"})
             rng = None
-            if if_range_allows(req.headers.get("If-Range"), info.etag, info.last_modified):
+            if "partNumber" in q:
+                rng = self._part_of(req, info)
+            elif if_range_allows(req.headers.get("If-Range"), info.etag, info.last_modified):
                 try:
                     rng = parse_range(req.headers.get("Range"), info.size)
                 except Unsatisfiable:
@@ -693,6 +719,8 @@ class S3Api:
                         "RangeRequested": req.headers.get("Range", ""),
                         "ActualObjectSize": str(info.size)}) from None
             headers.update(overrides)
+            if rng is None and req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+                headers.update(checksum_headers(info.headers))
             if info.parts:
                 headers["x-amz-mp-parts-count"] = str(info.parts)
             headers.update(self._version_header(req.bucket, info))
@@ -703,6 +731,48 @@ class S3Api:
             raise
         return await send_file(req.request, fd, info, 206 if rng else 200, headers, rng, head,
                                self.rt.config.limits.idle_timeout_s)
+
+    def _part_of(self, req: Req, info: ObjectInfo) -> ByteRange | None:
+        """The bytes `?partNumber=N` selects (None: the whole object)."""
+        if "Range" in req.headers:
+            raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber "
+                                            "query parameter")
+        number = _int_param(req.query, "partNumber", 0, 1, 10000)
+        if number < 1:
+            raise S3Error("InvalidArgument", "Part number must be an integer between 1 and "
+                          "10000, inclusive", extra={"ArgumentName": "partNumber"})
+        try:
+            return part_range(info.part_sizes, info.parts, info.size, number)
+        except Unsatisfiable:
+            raise S3Error("InvalidPartNumber", extra={
+                "PartNumberRequested": str(number),
+                "ActualPartCount": str(max(info.parts, 1))}) from None
+        except ValueError as e:
+            raise S3Error("InvalidRequest", f"partNumber cannot be served: {e}.") from None
+
+    async def get_object_attributes(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "read", req.key)
+        wanted = {a.strip() for a in req.headers.get("x-amz-object-attributes", "").split(",")
+                  if a.strip()}
+        unknown = wanted - xmlio.OBJECT_ATTRIBUTES
+        if not wanted or unknown:
+            raise S3Error("InvalidArgument", "Invalid attribute name specified." if unknown
+                          else "x-amz-object-attributes header specifying the attributes to be "
+                          "retrieved is either missing or empty", extra={
+                              "ArgumentName": "x-amz-object-attributes"})
+        # Headers here, unlike ListParts' query parameters.
+        marker = _int_param(req.headers, "x-amz-part-number-marker", 0, 0, 10000)
+        max_parts = _int_param(req.headers, "x-amz-max-parts", 1000, 0, 1000)
+        try:
+            info = await asyncio.to_thread(self.storage.stat_object, req.bucket, req.key)
+        except S3Error as e:
+            if e.code == "NoSuchKey":
+                await self._bucket_allowed(req, "list")
+            raise
+        resp = self._xml(xmlio.object_attributes(info, wanted, marker=marker,
+                                                 max_parts=max_parts))
+        resp.headers["Last-Modified"] = http_date(info.last_modified)
+        return resp
 
     async def _set_new_object_acl(self, bucket: str, info: ObjectInfo, acl: str | None) -> None:
         # A new object without an ACL is private: a record left by the previous version names
@@ -745,7 +815,9 @@ class S3Api:
         await asyncio.to_thread(work)
         return self._xml(xmlio.delete_result(deleted, errors, quiet))
 
-    async def copy_object(self, req: Req) -> web.StreamResponse:
+    async def _copy_source(self, req: Req) -> tuple[str, str, ObjectInfo, str | None]:
+        """The x-amz-copy-source object (bucket, key, info, the versionId asked for) once the
+        caller may read it and its x-amz-copy-source-if-* conditions hold."""
         source, _, source_query = req.headers["x-amz-copy-source"].partition("?")
         src_version = dict(parse_query(source_query)).get("versionId")
         src_bucket, _, src_raw_key = decode_path(source).lstrip("/").partition("/")
@@ -755,23 +827,27 @@ class S3Api:
                               "ArgumentName": "x-amz-copy-source"})
         src_key = check_key(src_raw_key)
         await self._bucket_allowed(req, "read", src_key, bucket=src_bucket)
+        src = await asyncio.to_thread(self.rt.versions.get, src_bucket, src_key, src_version)
+        cond = {std: req.headers[amz] for amz, std in _COPY_CONDITIONS.items()
+                if amz in req.headers}
+        if cond and evaluate_preconditions("GET", cond, src.etag, src.last_modified) != "ok":
+            raise S3Error("PreconditionFailed")
+        return src_bucket, src_key, src, src_version
+
+    async def copy_object(self, req: Req) -> web.StreamResponse:
+        src_bucket, src_key, src, src_version = await self._copy_source(req)
         await self._bucket_allowed(req, "write", req.key)
         acl = await self._object_acl_to_set(req)
         directive = req.headers.get("x-amz-metadata-directive", "COPY").upper()
         if directive not in ("COPY", "REPLACE"):
             raise S3Error("InvalidArgument", "Unknown metadata directive.",
                           extra={"ArgumentName": "x-amz-metadata-directive"})
-        src = await asyncio.to_thread(self.rt.versions.get, src_bucket, src_key, src_version)
         # Copying an older version onto its own key is how a version is restored (S3 too).
         if (src_bucket, src_key) == (req.bucket, req.key) and directive == "COPY" and \
                 src_version is None:
             raise S3Error("InvalidRequest", "This copy request is illegal because it is trying "
                           "to copy an object to itself without changing the object's metadata, "
                           "storage class, website redirect location or encryption attributes.")
-        cond = {std: req.headers[amz] for amz, std in _COPY_CONDITIONS.items()
-                if amz in req.headers}
-        if cond and evaluate_preconditions("GET", cond, src.etag, src.last_modified) != "ok":
-            raise S3Error("PreconditionFailed")
         headers = None if directive == "COPY" else stored_headers_from(req.headers)
         info = await asyncio.to_thread(self.storage.copy_object, src_bucket, src_key,
                                        req.bucket, req.key, headers, src)
@@ -788,32 +864,69 @@ class S3Api:
         await self._bucket_allowed(req, "write", req.key)
         acl = await self._object_acl_to_set(req)
         owner = req.user.name if req.user else None
+        checksum = upload_checksum(req.headers.get(ALGORITHM_HEADER),
+                                   req.headers.get(TYPE_HEADER))
         upload = await asyncio.to_thread(self.storage.create_upload, req.bucket, req.key,
-                                         stored_headers_from(req.headers), owner)
+                                         stored_headers_from(req.headers) | checksum, owner)
         if acl is not None and acl != PRIVATE:
             await asyncio.to_thread(self.rt.access.set_upload_acl, req.bucket,
                                     upload.upload_id, acl)
-        return self._xml(xmlio.initiate_result(upload))
+        resp = self._xml(xmlio.initiate_result(upload))
+        resp.headers.update(checksum)
+        return resp
 
     async def upload_part(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write", req.key)
-        number = _int_param(req.query, "partNumber", 0, 1, 10000)
-        if number < 1 or "uploadId" not in req.query:
-            raise S3Error("InvalidArgument", "Part number must be an integer between 1 and "
-                          "10000, inclusive", extra={"ArgumentName": "partNumber"})
+        number = self._part_number(req)
         upload = await asyncio.to_thread(self.storage.get_upload, req.bucket, req.key,
                                          req.query["uploadId"])
         pending = await self._receive(req)
         part = await asyncio.to_thread(self.storage.commit_part, pending, upload, number)
-        return web.Response(status=200, headers={"ETag": f'"{part.etag}"'})
+        return web.Response(status=200, headers={"ETag": f'"{part.etag}"',
+                                                 **part_checksum(part.checksums)})
+
+    async def upload_part_copy(self, req: Req) -> web.StreamResponse:
+        await self._bucket_allowed(req, "write", req.key)
+        number = self._part_number(req)
+        upload = await asyncio.to_thread(self.storage.get_upload, req.bucket, req.key,
+                                         req.query["uploadId"])
+        _, _, src, _ = await self._copy_source(req)
+        rng = ByteRange(0, src.size - 1)
+        header = req.headers.get("x-amz-copy-source-range")
+        if header is not None:
+            try:
+                rng = parse_copy_range(header, src.size)
+            except ValueError as e:
+                raise S3Error("InvalidArgument", str(e), extra={
+                    "ArgumentName": "x-amz-copy-source-range", "ArgumentValue": header}) from None
+        part = await asyncio.to_thread(self.storage.copy_part, src, rng.start, rng.length,
+                                       upload, number)
+        return self._xml(xmlio.copy_part_result(part))
+
+    def _part_number(self, req: Req) -> int:
+        number = _int_param(req.query, "partNumber", 0, 1, 10000)
+        if number < 1 or "uploadId" not in req.query:
+            raise S3Error("InvalidArgument", "Part number must be an integer between 1 and "
+                          "10000, inclusive", extra={"ArgumentName": "partNumber"})
+        return number
 
     async def complete_upload(self, req: Req) -> web.StreamResponse:
         await self._bucket_allowed(req, "write", req.key)
-        wanted = xmlio.parse_complete(await self._read_small_body(req))
+        condition = write_condition_of(req.headers)
+        # Its x-amz-checksum-* headers are the object's checksum, not the XML body's.
+        claimed = claimed_checksums(req.headers)
+        body_headers = CIMultiDict((k, v) for k, v in req.headers.items()
+                                   if k.lower().removeprefix(CHECKSUM_HEADER_PREFIX)
+                                   not in claimed)
+        wanted = xmlio.parse_complete(await self._read_small_body(req, body_headers))
+        size_text = req.headers.get("x-amz-mp-object-size")
+        if size_text is not None and not size_text.strip().isdigit():
+            raise S3Error("InvalidArgument", "x-amz-mp-object-size must be a number.")
         # Also answers a retry of a Complete that succeeded (storage keeps a record).
         upload_id = req.query["uploadId"]
-        info: ObjectInfo = await asyncio.to_thread(self.storage.complete_upload, req.bucket,
-                                                   req.key, upload_id, wanted)
+        info: ObjectInfo = await asyncio.to_thread(
+            self.storage.complete_upload, req.bucket, req.key, upload_id, wanted, condition,
+            claimed, int(size_text) if size_text is not None else None)
         acl = await asyncio.to_thread(self.rt.access.upload_acl, req.bucket, upload_id)
         await self._set_new_object_acl(req.bucket, info, acl)
         await asyncio.to_thread(self.rt.access.forget_upload, req.bucket, upload_id)

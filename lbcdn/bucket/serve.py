@@ -12,6 +12,7 @@ import os
 
 from aiohttp import web
 
+from lbcdn.bucket.checksums import is_checksum_header
 from lbcdn.bucket.errors import S3Error
 from lbcdn.bucket.httpsem import ByteRange, http_date, metadata_value
 from lbcdn.bucket.sendfile import sendfile
@@ -29,8 +30,8 @@ def object_headers(info: ObjectInfo) -> dict[str, str]:
         "Accept-Ranges": "bytes",
     }
     for name, value in info.headers.items():
-        if name == "content-type":
-            continue
+        if name == "content-type" or is_checksum_header(name):
+            continue  # the checksum only when asked for (checksums.py)
         headers[_canonical(name)] = metadata_value(value) if name.startswith(
             "x-amz-meta-") else value
     return headers

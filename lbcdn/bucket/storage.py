@@ -78,13 +78,17 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lbcdn.bucket import layout
+from lbcdn.bucket.checksums import (ALGORITHM_HEADER, COMPOSITE, TYPE_HEADER, check_claimed,
+                                    is_checksum_header, multipart_checksum)
 from lbcdn.bucket.config import valid_bucket_name
 from lbcdn.bucket.errors import S3Error
+from lbcdn.bucket.httpsem import WriteCondition, check_write
 from lbcdn.bucket.keys import MAX_KEY_BYTES, check_key
+from lbcdn.bucket.payload import Checksum
 
 # Headers S3 stores with an object and returns on GET/HEAD (plus every x-amz-meta-*).
 STORED_HEADERS = ("content-type", "cache-control", "content-encoding", "content-disposition",
@@ -110,6 +114,7 @@ class ObjectInfo:
     headers: dict[str, str]         # stored headers (STORED_HEADERS, x-amz-meta-*), lower-case
     parts: int = 0                  # number of parts for multipart objects
     version_id: str = "null"        # "null": written while the bucket was not versioning
+    part_sizes: tuple[int, ...] = ()  # their sizes (objects completed before: unknown)
 
     @property
     def last_modified(self) -> float:
@@ -156,6 +161,7 @@ class PartInfo:
     etag: str
     size: int
     last_modified: float
+    checksums: dict[str, str] = field(default_factory=dict)  # algorithm -> base64
 
 
 def _fsync_dir(path: str) -> None:
@@ -238,6 +244,8 @@ class PendingWrite:
         # Off when the body reader hashes already; then the caller sets `etag`.
         self.md5 = hashlib.md5() if hash_md5 else None
         self.etag: str | None = None
+        # Verified x-amz-checksum-* values of the body (algorithm -> base64), set by the caller.
+        self.checksums: dict[str, str] = {}
         self.size = 0
         self.closed = False
 
@@ -298,9 +306,10 @@ class Storage:
                                     contextlib.AbstractContextManager[str]] = _null_version
         # In-memory copy of metadata by data path; believed only while the identity matches.
         self._meta_cache: dict[str, tuple[Identity, ObjectInfo]] = {}
-        # Per-upload locks with their number of holders and waiters.
-        self._upload_locks: dict[str, tuple[threading.Lock, int]] = {}
-        self._upload_locks_guard = threading.Lock()
+        # Per-upload and per-key locks with their number of holders and waiters. The S3 API
+        # runs in one process (the control process with --workers), so these are enough.
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+        self._locks_guard = threading.Lock()
         self._last_sweep = 0.0
 
     def prepare(self) -> None:
@@ -397,7 +406,7 @@ class Storage:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.state_dir, bucket + ".json"))
         for upload in self.list_uploads(bucket):
-            with self._upload_lock(upload.upload_id):
+            with self._lock(upload.upload_id):
                 self._discard_upload(upload.upload_id)
 
     def set_website(self, bucket: str, xml: str | None) -> None:
@@ -463,7 +472,8 @@ class Storage:
                 return None
             info = ObjectInfo(stored, path, st.st_size, st.st_mtime_ns, data["etag"],
                               dict(data.get("headers", {})), int(data.get("parts", 0)),
-                              str(data.get("version_id", "null")))
+                              str(data.get("version_id", "null")),
+                              tuple(int(n) for n in data.get("part_sizes", ())))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         self._remember(path, ident, info)
@@ -497,7 +507,8 @@ class Storage:
         _write_json_atomic(os.path.join(self._meta_key_dir(bucket, key), f"{ident[2]}.json"),
                            {"key": key, "identity": list(ident), "etag": info.etag,
                             "headers": info.headers, "parts": info.parts,
-                            "version_id": info.version_id}, self.tmp_dir)
+                            "version_id": info.version_id,
+                            "part_sizes": list(info.part_sizes)}, self.tmp_dir)
 
     def begin_write(self, *, hash_md5: bool = True) -> PendingWrite:
         return PendingWrite(self, hash_md5=hash_md5)
@@ -517,65 +528,93 @@ class Storage:
         return None if os.path.isdir(path) else path
 
     def commit(self, pending: PendingWrite, bucket: str, key: str, headers: dict[str, str],
-               *, etag: str | None = None, parts: int = 0,
+               *, etag: str | None = None, part_sizes: tuple[int, ...] = (),
                before_rename: Callable[[ObjectInfo, Identity], None] | None = None,
+               condition: WriteCondition | None = None,
                restore: str | None = None) -> ObjectInfo:
         """Make `pending` the object at `key`: fsync, metadata under the new inode, rename
         onto the key's file or, when it cannot be one, its spill place (layout.py).
-        `before_rename` runs just before the rename (a Complete writes its record there);
+        `before_rename` runs just before the rename (a Complete writes its record there).
+        `condition` (If-Match / If-None-Match) is checked against the current object under
+        the key's lock, which every commit and delete of the key holds from that check until
+        the old version's metadata is gone: of racing conditional writes exactly one wins.
         `version_hook` around it all keeps the replaced version (`restore`: see there)."""
         with self.version_hook(bucket, key, restore) as version_id:
-            return self._commit(pending, bucket, key, headers, etag, parts, before_rename,
-                                version_id)
+            return self._commit(pending, bucket, key, headers, etag, part_sizes, before_rename,
+                                condition, version_id)
 
     def _commit(self, pending: PendingWrite, bucket: str, key: str, headers: dict[str, str],
-                etag: str | None, parts: int,
+                etag: str | None, part_sizes: tuple[int, ...],
                 before_rename: Callable[[ObjectInfo, Identity], None] | None,
-                version_id: str) -> ObjectInfo:
+                condition: WriteCondition | None, version_id: str) -> ObjectInfo:
         orphan_meta: str | None = None  # the new version's metadata, until the rename
         try:
             base, path, spill = self._locate(bucket, key)
             st = pending._sync_close()
             ident: Identity = (st.st_size, st.st_mtime_ns, st.st_ino)
-            orphan_meta = os.path.join(self._meta_key_dir(bucket, key), f"{st.st_ino}.json")
-            self._write_meta(bucket, key, ident, ObjectInfo(
-                key, "", st.st_size, st.st_mtime_ns, etag or pending.digest(), dict(headers),
-                parts, version_id))
-            target = self._file_target(base, path)
-            if before_rename is not None:
-                before_rename(ObjectInfo(key, target or spill, st.st_size, st.st_mtime_ns,
-                                         etag or pending.digest(), dict(headers), parts,
-                                         version_id), ident)
-            placed = None
-            if target is not None:
-                try:
-                    os.rename(pending.tmp_path, target)
-                    placed = target
-                except (IsADirectoryError, NotADirectoryError, FileNotFoundError):
-                    pass  # a concurrent write made the path a directory (or its parent a file)
-            if placed is None:
-                os.makedirs(os.path.dirname(spill), exist_ok=True)
-                os.rename(pending.tmp_path, spill)
-                placed = spill
-            orphan_meta = None
-            _fsync_dir(os.path.dirname(placed))
-            self.checkpoint("placed")
+            with self._key_lock(bucket, key):
+                if condition is not None:
+                    self._check_condition(bucket, key, condition)
+                # Under the lock: a concurrent commit's clean-up would take it for stale.
+                orphan_meta = os.path.join(self._meta_key_dir(bucket, key),
+                                           f"{st.st_ino}.json")
+                info = ObjectInfo(key, "", st.st_size, st.st_mtime_ns,
+                                  etag or pending.digest(), dict(headers), len(part_sizes),
+                                  version_id, part_sizes)
+                self._write_meta(bucket, key, ident, info)
+                placed = self._place(pending, base, path, spill, info, ident, before_rename)
+                orphan_meta = None
+                info = replace(info, path=placed)
+                # The old version's metadata goes first: a spilled copy without it is no
+                # object, so a crash before the unlink below cannot bring an old version back.
+                self._drop_other_meta(bucket, key, keep=st.st_ino)
+                if placed != spill:
+                    with contextlib.suppress(OSError):
+                        os.unlink(spill)
         except BaseException:
             pending.abort()
             if orphan_meta is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(orphan_meta)
             raise
-        info = ObjectInfo(key, placed, st.st_size, st.st_mtime_ns, etag or pending.digest(),
-                          dict(headers), parts, version_id)
-        # The old version's metadata goes first: a spilled copy without it is no object,
-        # so a crash before the unlink below cannot bring an old version back.
-        self._drop_other_meta(bucket, key, keep=st.st_ino)
-        if placed != spill:
-            with contextlib.suppress(OSError):
-                os.unlink(spill)
         self._remember(placed, ident, info)
         return info
+
+    def _check_condition(self, bucket: str, key: str, condition: WriteCondition) -> None:
+        try:
+            current: str | None = self.stat_object(bucket, key).etag
+        except S3Error as e:
+            if e.code != "NoSuchKey":
+                raise
+            current = None
+        outcome = check_write(condition, current)
+        if outcome == "no_such_key":
+            raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", extra={"Key": key})
+        if outcome == "precondition_failed":
+            raise S3Error("PreconditionFailed", extra={
+                "Condition": "If-None-Match" if condition.if_none_match else "If-Match"})
+
+    def _place(self, pending: PendingWrite, base: str, path: str | None, spill: str,
+               info: ObjectInfo, ident: Identity,
+               before_rename: Callable[[ObjectInfo, Identity], None] | None) -> str:
+        """Rename the data onto the key's file or its spill place; where it went."""
+        target = self._file_target(base, path)
+        if before_rename is not None:
+            before_rename(replace(info, path=target or spill), ident)
+        placed = None
+        if target is not None:
+            try:
+                os.rename(pending.tmp_path, target)
+                placed = target
+            except (IsADirectoryError, NotADirectoryError, FileNotFoundError):
+                pass  # a concurrent write made the path a directory (or its parent a file)
+        if placed is None:
+            os.makedirs(os.path.dirname(spill), exist_ok=True)
+            os.rename(pending.tmp_path, spill)
+            placed = spill
+        _fsync_dir(os.path.dirname(placed))
+        self.checkpoint("placed")
+        return placed
 
     def _settle_spill(self, bucket: str) -> None:
         """Remove the spilled copies a crash left behind: data without metadata (a version
@@ -606,6 +645,19 @@ class Storage:
         """Remove the object, its file and any spilled copy (no error when it does not
         exist, as S3), then empty parent directories."""
         base, path, spill = self._locate(bucket, key)
+        with self._key_lock(bucket, key):
+            self._unlink_object(bucket, key, path, spill)
+        if path is None:
+            return
+        parent = os.path.dirname(path)
+        while parent != base and _inside(parent, base):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break
+            parent = os.path.dirname(parent)
+
+    def _unlink_object(self, bucket: str, key: str, path: str | None, spill: str) -> None:
         self._drop_other_meta(bucket, key, keep=None)
         with contextlib.suppress(OSError):
             os.rmdir(self._meta_key_dir(bucket, key))
@@ -619,15 +671,6 @@ class Storage:
                 os.unlink(p)
             except (FileNotFoundError, NotADirectoryError):
                 continue
-        if path is None:
-            return
-        parent = os.path.dirname(path)
-        while parent != base and _inside(parent, base):
-            try:
-                os.rmdir(parent)
-            except OSError:
-                break
-            parent = os.path.dirname(parent)
 
     def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
                     headers: dict[str, str] | None, src: ObjectInfo | None = None
@@ -645,8 +688,10 @@ class Storage:
         except BaseException:
             pending.abort()
             raise
-        return self.commit(pending, dst_bucket, dst_key,
-                           dict(src.headers) if headers is None else headers)
+        if headers is None:  # a composite checksum describes parts the copy does not have
+            headers = dict(src.headers) if src.headers.get(TYPE_HEADER) != COMPOSITE else {
+                k: v for k, v in src.headers.items() if not is_checksum_header(k)}
+        return self.commit(pending, dst_bucket, dst_key, headers)
 
     # -- listing ---------------------------------------------------------------------------
 
@@ -787,20 +832,25 @@ class Storage:
         return os.path.join(self.completed_dir, upload_id + ".json")
 
     @contextlib.contextmanager
-    def _upload_lock(self, upload_id: str) -> Iterator[None]:
-        with self._upload_locks_guard:
-            lock, users = self._upload_locks.get(upload_id, (threading.Lock(), 0))
-            self._upload_locks[upload_id] = (lock, users + 1)
+    def _lock(self, name: str) -> Iterator[None]:
+        """The lock of one upload (its id) or one key (`_key_lock`), while anyone uses it."""
+        with self._locks_guard:
+            lock, users = self._locks.get(name, (threading.Lock(), 0))
+            self._locks[name] = (lock, users + 1)
         try:
             with lock:
                 yield
         finally:
-            with self._upload_locks_guard:
-                lock, users = self._upload_locks[upload_id]
+            with self._locks_guard:
+                lock, users = self._locks[name]
                 if users == 1:
-                    del self._upload_locks[upload_id]
+                    del self._locks[name]
                 else:
-                    self._upload_locks[upload_id] = (lock, users - 1)
+                    self._locks[name] = (lock, users - 1)
+
+    def _key_lock(self, bucket: str, key: str) -> contextlib.AbstractContextManager[None]:
+        # "/" cannot be in an upload id, so key locks never share a name with upload locks.
+        return self._lock(f"/{bucket}/{key}")
 
     def create_upload(self, bucket: str, key: str, headers: dict[str, str],
                       owner: str | None) -> UploadInfo:
@@ -835,14 +885,16 @@ class Storage:
         d = self._upload_dir(upload.upload_id)
         try:
             pending._sync_close()
-            part = PartInfo(number, pending.digest(), pending.size, time.time())
+            part = PartInfo(number, pending.digest(), pending.size, time.time(),
+                            dict(pending.checksums))
             data = _part_data(number, part.etag)
-            with self._upload_lock(upload.upload_id):
+            with self._lock(upload.upload_id):
                 os.rename(pending.tmp_path, os.path.join(d, data))
                 self.checkpoint("part_data")
                 _write_json_atomic(os.path.join(d, f"part-{number:05d}.json"),
                                    {"etag": part.etag, "size": part.size,
-                                    "last_modified": part.last_modified}, self.tmp_dir)
+                                    "last_modified": part.last_modified,
+                                    "checksums": part.checksums}, self.tmp_dir)
                 for name in os.listdir(d):  # the data of the version this one replaced
                     if name.startswith(f"part-{number:05d}-") and name != data:
                         with contextlib.suppress(OSError):
@@ -854,6 +906,37 @@ class Storage:
             pending.abort()
             raise
         return part
+
+    def copy_part(self, src: ObjectInfo, start: int, length: int, upload: UploadInfo,
+                  number: int) -> PartInfo:
+        """UploadPartCopy: bytes [start, start+length) of the object `src` describes become
+        part `number`, with the checksum the upload declared (checksums.py)."""
+        algorithm = upload.headers.get(ALGORITHM_HEADER)
+        checksum = Checksum(algorithm.lower()) if algorithm else None
+        pending = self.begin_write()
+        try:
+            with open(src.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if (st.st_size, st.st_mtime_ns) != (src.size, src.mtime_ns):
+                    raise S3Error("PreconditionFailed", "The source object changed while "
+                                                        "being copied.")
+                offset = start
+                while offset < start + length:
+                    chunk = os.pread(f.fileno(), min(_COPY_CHUNK, start + length - offset),
+                                     offset)
+                    if not chunk:
+                        raise S3Error("InternalError", "The source object is shorter than "
+                                                       "recorded.")
+                    pending.write(chunk)
+                    if checksum is not None:
+                        checksum.update(chunk)
+                    offset += len(chunk)
+        except BaseException:
+            pending.abort()
+            raise
+        if checksum is not None:
+            pending.checksums = {checksum.algorithm: checksum.b64()}
+        return self.commit_part(pending, upload, number)
 
     def list_parts(self, upload: UploadInfo) -> list[PartInfo]:
         d = self._upload_dir(upload.upload_id)
@@ -872,32 +955,40 @@ class Storage:
                 number = int(m.group(1))
                 if os.path.exists(os.path.join(d, _part_data(number, str(data["etag"])))):
                     parts.append(PartInfo(number, str(data["etag"]), int(data["size"]),
-                                          float(data["last_modified"])))
+                                          float(data["last_modified"]),
+                                          dict(data.get("checksums", {}))))
         parts.sort(key=lambda p: p.number)
         return parts
 
     def complete_upload(self, bucket: str, key: str, upload_id: str,
-                        wanted: list[tuple[int, str]]) -> ObjectInfo:
-        """Join the listed parts (numbers ascending, ETags matching) into the object. For an
-        upload completed already with this part list, the object it made (as S3 answers a
-        retried Complete)."""
+                        wanted: list[tuple[int, str]],
+                        condition: WriteCondition | None = None,
+                        claimed: dict[str, str] | None = None,
+                        object_size: int | None = None) -> ObjectInfo:
+        """Join the listed parts (numbers ascending, ETags matching) into the object, when
+        `condition` holds (see `commit`), the parts make the `claimed` checksum (see
+        checksums.check_claimed) and have `object_size` bytes. For an upload completed
+        already with this part list, the object it made (as S3 answers a retried Complete)."""
         if not wanted:
             raise S3Error("MalformedXML", "You must specify at least one part.")
         numbers = [n for n, _ in wanted]
         if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
             raise S3Error("InvalidPartOrder")
         self._upload_dir(upload_id)  # a malformed id is NoSuchUpload
-        with self._upload_lock(upload_id):
+        with self._lock(upload_id):
             record = self._settle(upload_id)
             if record is None:
-                info = self._complete(self.get_upload(bucket, key, upload_id), wanted)
+                info = self._complete(self.get_upload(bucket, key, upload_id), wanted,
+                                      condition, claimed or {}, object_size)
             else:
                 info = self._replay(record, bucket, key, upload_id, wanted)
         with contextlib.suppress(OSError):  # housekeeping: never fails the Complete
             self._sweep_completed()
         return info
 
-    def _complete(self, upload: UploadInfo, wanted: list[tuple[int, str]]) -> ObjectInfo:
+    def _complete(self, upload: UploadInfo, wanted: list[tuple[int, str]],
+                  condition: WriteCondition | None, claimed: dict[str, str],
+                  object_size: int | None) -> ObjectInfo:
         have = {p.number: p for p in self.list_parts(upload)}
         chosen: list[PartInfo] = []
         for i, (n, etag) in enumerate(wanted):
@@ -909,6 +1000,13 @@ class Storage:
                     "ProposedSize": str(part.size), "MinSizeAllowed": str(self.min_part_bytes),
                     "PartNumber": str(n), "ETag": part.etag})
             chosen.append(part)
+        if object_size is not None and object_size != sum(p.size for p in chosen):
+            raise S3Error("InvalidRequest", f"The provided x-amz-mp-object-size {object_size} "
+                          "does not match the size of the parts.")
+        headers = {k: v for k, v in upload.headers.items() if not is_checksum_header(k)}
+        headers.update(multipart_checksum(upload.headers,
+                                          [(p.checksums, p.size) for p in chosen]))
+        check_claimed(headers, claimed)
         d = self._upload_dir(upload.upload_id)
         pending = self.begin_write()
         try:
@@ -922,19 +1020,20 @@ class Storage:
             raise
         md5s = b"".join(bytes.fromhex(p.etag) for p in chosen)
         etag = f"{hashlib.md5(md5s).hexdigest()}-{len(chosen)}"
+        sizes = tuple(p.size for p in chosen)
 
         def record(info: ObjectInfo, ident: Identity) -> None:
             _write_json_atomic(self._record_path(upload.upload_id), {
                 "bucket": upload.bucket, "key": upload.key, "identity": list(ident),
-                "etag": etag, "headers": upload.headers,
+                "etag": etag, "headers": headers, "part_sizes": list(sizes),
                 "parts": [[p.number, p.etag] for p in chosen], "completed": self.clock()},
                 self.tmp_dir)
             _fsync_dir(self.completed_dir)
             self.checkpoint("recorded")
 
         try:
-            info = self.commit(pending, upload.bucket, upload.key, upload.headers, etag=etag,
-                               parts=len(chosen), before_rename=record)
+            info = self.commit(pending, upload.bucket, upload.key, headers, etag=etag,
+                               part_sizes=sizes, before_rename=record, condition=condition)
         except BaseException:
             with contextlib.suppress(OSError):
                 self._settle(upload.upload_id)  # the record goes, unless the rename happened
@@ -952,7 +1051,8 @@ class Storage:
         size, mtime_ns, _ = record["identity"]
         path = self._committed_path(record)
         return ObjectInfo(key, path or "", size, mtime_ns, record["etag"],
-                          dict(record["headers"]), len(record["parts"]))
+                          dict(record["headers"]), len(record["parts"]),
+                          part_sizes=tuple(int(n) for n in record.get("part_sizes", ())))
 
     def _committed_path(self, record: dict[str, Any]) -> str | None:
         """Where the object a completion record describes is (its file or its spilled copy),
@@ -1000,7 +1100,7 @@ class Storage:
             upload_id = name.removesuffix(".json")
             if (name.endswith(".json") and _UPLOAD_ID.fullmatch(upload_id)
                     and not os.path.isdir(os.path.join(self.uploads_dir, upload_id))):
-                with self._upload_lock(upload_id):
+                with self._lock(upload_id):
                     self._settle(upload_id)
 
     def _discard_upload(self, upload_id: str) -> None:
@@ -1014,7 +1114,7 @@ class Storage:
         shutil.rmtree(trash, ignore_errors=True)
 
     def abort_upload(self, upload: UploadInfo) -> None:
-        with self._upload_lock(upload.upload_id):
+        with self._lock(upload.upload_id):
             self._discard_upload(upload.upload_id)
 
     def list_uploads(self, bucket: str, prefix: str = "") -> list[UploadInfo]:

@@ -334,7 +334,7 @@ class Versions:
         pending.fd = os.open(pending.tmp_path, os.O_RDONLY | os.O_CLOEXEC)
         pending.size = info.size
         self.storage.commit(pending, bucket, key, info.headers, etag=info.etag,
-                            parts=info.parts, restore=info.version_id)
+                            part_sizes=info.part_sizes, restore=info.version_id)
         self._remove(bucket, key, info.version_id)
 
     # -- listing -----------------------------------------------------------------------------

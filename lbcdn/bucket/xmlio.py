@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
+from lbcdn.bucket.checksums import part_checksum, xml_fields
 from lbcdn.bucket.errors import S3Error
 from lbcdn.bucket.httpsem import iso8601
 from lbcdn.bucket.storage import BucketState, ListResult, ObjectInfo, PartInfo, UploadInfo
@@ -185,6 +186,46 @@ def copy_result(info: ObjectInfo) -> bytes:
             f"<ETag>&quot;{escape(info.etag)}&quot;</ETag></CopyObjectResult>").encode()
 
 
+def copy_part_result(part: PartInfo) -> bytes:
+    return (f'{HEAD}<CopyPartResult xmlns="{NS}">'
+            f"<LastModified>{iso8601(part.last_modified)}</LastModified>"
+            f"<ETag>&quot;{escape(part.etag)}&quot;</ETag>"
+            f"{_checksums(part_checksum(part.checksums))}</CopyPartResult>").encode()
+
+
+OBJECT_ATTRIBUTES = frozenset({"ETag", "Checksum", "ObjectParts", "StorageClass",
+                               "ObjectSize"})
+
+
+def object_attributes(info: ObjectInfo, wanted: set[str], *, marker: int,
+                      max_parts: int) -> bytes:
+    """GetObjectAttributes: the `wanted` ones of OBJECT_ATTRIBUTES (the ETag unquoted, as S3
+    sends it there; ObjectParts only for a multipart object whose part sizes are known)."""
+    out = [HEAD, f'<GetObjectAttributesResponse xmlns="{NS}">']
+    if "ETag" in wanted:
+        out.append(_tag("ETag", info.etag))
+    checksum = _checksums(info.headers)
+    if "Checksum" in wanted and checksum:
+        out.append(f"<Checksum>{checksum}</Checksum>")
+    if "ObjectParts" in wanted and info.part_sizes:
+        numbered = list(enumerate(info.part_sizes, 1))[marker:]
+        page = numbered[:max_parts]
+        out.append(f"<ObjectParts>{_tag('PartsCount', info.parts)}"
+                   f"{_tag('PartNumberMarker', marker)}")
+        if page:
+            out.append(_tag("NextPartNumberMarker", page[-1][0]))
+        out.append(f"{_tag('MaxParts', max_parts)}"
+                   f"{_tag('IsTruncated', len(numbered) > max_parts)}")
+        out += [f"<Part>{_tag('PartNumber', n)}{_tag('Size', size)}</Part>" for n, size in page]
+        out.append("</ObjectParts>")
+    if "StorageClass" in wanted:
+        out.append("<StorageClass>STANDARD</StorageClass>")
+    if "ObjectSize" in wanted:
+        out.append(_tag("ObjectSize", info.size))
+    out.append("</GetObjectAttributesResponse>")
+    return "".join(out).encode("utf-8")
+
+
 def initiate_result(upload: UploadInfo) -> bytes:
     return (f'{HEAD}<InitiateMultipartUploadResult xmlns="{NS}">{_tag("Bucket", upload.bucket)}'
             f'{_tag("Key", upload.key)}{_tag("UploadId", upload.upload_id)}'
@@ -194,8 +235,12 @@ def initiate_result(upload: UploadInfo) -> bytes:
 def complete_result(location_url: str, bucket: str, info: ObjectInfo) -> bytes:
     return (f'{HEAD}<CompleteMultipartUploadResult xmlns="{NS}">'
             f'{_tag("Location", location_url)}{_tag("Bucket", bucket)}{_tag("Key", info.key)}'
-            f"<ETag>&quot;{escape(info.etag)}&quot;</ETag></CompleteMultipartUploadResult>"
-            ).encode()
+            f"<ETag>&quot;{escape(info.etag)}&quot;</ETag>{_checksums(info.headers)}"
+            "</CompleteMultipartUploadResult>").encode()
+
+
+def _checksums(stored: dict[str, str]) -> str:
+    return "".join(_tag(name, value) for name, value in xml_fields(stored))
 
 
 def list_parts(upload: UploadInfo, parts: list[PartInfo], *, marker: int, max_parts: int,
@@ -210,7 +255,8 @@ def list_parts(upload: UploadInfo, parts: list[PartInfo], *, marker: int, max_pa
     for p in parts:
         out.append(f"<Part>{_tag('PartNumber', p.number)}"
                    f"<LastModified>{iso8601(p.last_modified)}</LastModified>"
-                   f"<ETag>&quot;{p.etag}&quot;</ETag>{_tag('Size', p.size)}</Part>")
+                   f"<ETag>&quot;{p.etag}&quot;</ETag>{_tag('Size', p.size)}"
+                   f"{_checksums(part_checksum(p.checksums))}</Part>")
     out.append("</ListPartsResult>")
     return "".join(out).encode("utf-8")
 

@@ -91,3 +91,41 @@ def test_metadata_value_encodes_only_non_ascii() -> None:
     assert metadata_value("plain") == "plain"
     assert metadata_value("café ✓") == "=?UTF-8?B?Y2Fmw6kg4pyT?="
     assert metadata_text(metadata_value("café ✓")) == "café ✓"
+
+
+def test_write_conditions() -> None:
+    from lbcdn.bucket.httpsem import WriteCondition, check_write, write_condition
+    assert write_condition({}) is None
+    assert write_condition({"If-None-Match": "*"}) == WriteCondition(None, True)
+    assert write_condition({"If-Match": '"abc"'}) == WriteCondition('"abc"', False)
+    with pytest.raises(ValueError):
+        write_condition({"If-None-Match": '"abc"'})
+    create = WriteCondition(if_none_match=True)
+    assert check_write(create, None) == "ok"
+    assert check_write(create, "abc") == "precondition_failed"
+    cas = WriteCondition(if_match='"abc"')
+    assert check_write(cas, "abc") == "ok"
+    assert check_write(cas, "abd") == "precondition_failed"
+    assert check_write(cas, None) == "no_such_key"
+    assert check_write(WriteCondition(if_match='W/"abc"'), "abc") == "precondition_failed"
+
+
+def test_copy_source_range() -> None:
+    from lbcdn.bucket.httpsem import ByteRange, parse_copy_range
+    assert parse_copy_range("bytes=0-9", 10) == ByteRange(0, 9)
+    assert parse_copy_range("bytes=3-3", 10) == ByteRange(3, 3)
+    for bad in ("bytes=0-10", "bytes=5-", "bytes=-5", "bytes=9-3", "items=0-1", "0-1"):
+        with pytest.raises(ValueError):
+            parse_copy_range(bad, 10)
+
+
+def test_part_range() -> None:
+    from lbcdn.bucket.httpsem import ByteRange, Unsatisfiable, part_range
+    assert part_range((5, 5, 2), 3, 12, 1) == ByteRange(0, 4)
+    assert part_range((5, 5, 2), 3, 12, 3) == ByteRange(10, 11)
+    assert part_range((), 0, 7, 1) is None  # a plain object is its own part 1
+    for sizes, parts, number in (((5, 5, 2), 3, 4), ((), 0, 2)):
+        with pytest.raises(Unsatisfiable):
+            part_range(sizes, parts, 12, number)
+    with pytest.raises(ValueError):
+        part_range((), 3, 12, 1)  # completed before part sizes were kept

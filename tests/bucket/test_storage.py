@@ -658,3 +658,37 @@ def test_parts_of_an_earlier_version_survive_the_upgrade(st: Storage) -> None:
     up = st.get_upload("bkt", "big", uid)
     assert [(p.number, f'"{p.etag}"') for p in st.list_parts(up)] == tags
     assert Path(st.complete_upload("bkt", "big", uid, tags).path).read_bytes() == WHOLE
+
+
+@pytest.mark.parametrize("key", ["lock", "dir/lock/"])  # a file key and a spilled one
+def test_racing_conditional_commits_one_wins(st: Storage, key: str) -> None:
+    """Threads commit the same key with If-None-Match: * (then If-Match on one ETag) at
+    once: exactly one each time, and every writer's metadata survives the others' clean-up."""
+    from lbcdn.bucket.httpsem import WriteCondition
+    for cond in (WriteCondition(if_none_match=True), None):
+        if cond is None:
+            cond = WriteCondition(if_match=st.stat_object("bkt", key).etag)
+        barrier = threading.Barrier(8)
+        won: list[bytes] = []
+        lost: list[str] = []
+
+        def write(i: int, condition: WriteCondition = cond) -> None:
+            w = st.begin_write()
+            body = f"writer {i}".encode()
+            w.write(body)
+            barrier.wait()
+            try:
+                st.commit(w, "bkt", key, {"x-amz-meta-i": str(i)}, condition=condition)
+                won.append(body)
+            except S3Error as e:
+                lost.append(e.code)
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1 and lost == ["PreconditionFailed"] * 7
+        assert read(st, key) == won[0]
+        st._meta_cache.clear()
+        assert st.stat_object("bkt", key).headers == {"x-amz-meta-i": won[0].decode()[7:]}

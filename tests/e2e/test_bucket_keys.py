@@ -58,14 +58,15 @@ class Daemon:
                             config=BotoConfig(retries={"max_attempts": 1},
                                               s3={"addressing_style": "path"}))
 
-    def aws(self, cwd: Path, *args: str) -> str:
+    def aws(self, cwd: Path, *args: str, ok: bool = True) -> str:
+        """The aws CLI's stdout; with ok=False it must fail, and its stderr is returned."""
         env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET,
                "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(cwd / "none"),
                "AWS_SHARED_CREDENTIALS_FILE": str(cwd / "none")}
         r = subprocess.run([AWS, "--endpoint-url", self.url, *args], env=env, cwd=cwd,
                            capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, f"aws {' '.join(args)}: {r.stdout}\n{r.stderr}"
-        return r.stdout
+        assert (r.returncode == 0) == ok, f"aws {' '.join(args)}: {r.stdout}\n{r.stderr}"
+        return r.stdout if ok else r.stderr
 
 
 @pytest.fixture(params=WORKERS)
