@@ -42,7 +42,7 @@ NATIVE_DEBS := gcc libc6-dev $(shell $(PYTHON) -c 'import os, sysconfig; \
 # (tests/e2e/test_acme.py).
 IMAGE_DEBS := debootstrap buildah ca-certificates
 TEST_DEBS  := curl openssl knot pebble systemd docker-compose tini util-linux chromium $(NATIVE_DEBS) \
-              $(IMAGE_DEBS) knot-dnssecutils unbound bind9-dnsutils
+              $(IMAGE_DEBS) knot-dnssecutils unbound bind9-dnsutils nginx wrk
 BENCH_DEBS := nginx wrk util-linux dnsperf knot openssl $(NATIVE_DEBS)
 
 # Rebuilds only when a compiled module's source changed; fails on a compile error.

@@ -25,7 +25,7 @@ from __future__ import annotations
 import resource
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from harness import Bench, BenchError, Server, WrkResult, cpu_seconds, free_port, http_get, \
     median_by, need_tools, table
@@ -104,6 +104,10 @@ def seed(port: int) -> None:
         s3.create_bucket(Bucket=BUCKET)
     for i in range(KEYS):
         s3.put_object(Bucket=BUCKET, Key=get_key(i), Body=BODY)
+
+
+# A server of the comparison, started and seeded (the bucket and the GET objects).
+Starter = Callable[[Bench], Server]
 
 
 def start_lbcdn(bench: Bench) -> Server:
