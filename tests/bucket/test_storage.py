@@ -397,6 +397,18 @@ def test_symlink_inside_bucket_is_served(st: Storage) -> None:
     assert list(st.iter_keys("bkt")) == ["alias.txt", "real.txt"]
 
 
+def test_bucket_state_follows_changes_made_by_another_process(st: Storage) -> None:
+    # Another worker is another Storage over the same root: what it saves is seen at once,
+    # though this one remembers the state it read.
+    other = Storage(st.root)
+    assert st.bucket_state("bkt").website is None
+    other.set_website("bkt", "<WebsiteConfiguration/>")
+    assert st.bucket_state("bkt").website == "<WebsiteConfiguration/>"
+    st.set_website("bkt", None)
+    assert other.bucket_state("bkt").website is None
+    assert st.bucket_state("bkt").owner == other.bucket_state("bkt").owner == "alice"
+
+
 def test_bucket_directory_that_is_a_symlink(st: Storage, tmp_path: Path) -> None:
     # An operator may keep a bucket elsewhere and link it in: its objects resolve inside the
     # link's target, a symlink inside it that leaves the target is still refused, and a
