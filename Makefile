@@ -39,7 +39,8 @@ NATIVE_DEBS := gcc libc6-dev $(shell $(PYTHON) -c 'import os, sysconfig; \
 # certificates; chromium: the status page in a real browser; IMAGE_DEBS: tests/deploy/
 # test_image.py runs `make image`. knot-dnssecutils (kzonecheck), unbound, bind9-dnsutils
 # (delv): real validators of signed zones (tests/e2e/test_dnssec.py); pebble: a real ACME CA
-# (tests/e2e/test_acme.py).
+# (tests/e2e/test_acme.py); nginx, wrk: the `s3` benchmark scenario's smoke test
+# (tests/benchmarks/test_scenario_s3.py).
 IMAGE_DEBS := debootstrap buildah ca-certificates
 TEST_DEBS  := curl openssl knot pebble systemd docker-compose tini util-linux chromium $(NATIVE_DEBS) \
               $(IMAGE_DEBS) knot-dnssecutils unbound bind9-dnsutils nginx wrk
