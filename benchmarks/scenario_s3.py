@@ -209,7 +209,8 @@ def run(bench: Bench) -> None:
                 print(f"  round {r + 1}: {name:<6} {op} {res.rps:>8.0f} ops/s  p99 "
                       f"{res.p99_ms:6.2f} ms  errors {res.errors}  server {us:6.1f} us/op  "
                       f"wrk {client:4.0%} of a core")
-    med: dict[tuple[str, str], Row] = {k: median_by(v, lambda row: row[0].rps) for k, v in runs.items()}
+    med: dict[tuple[str, str], Row] = {k: median_by(v, lambda row: row[0].rps)
+                                       for k, v in runs.items()}
     errors = {k: sum(row[0].errors for row in v) for k, v in runs.items()}
     print()
     rows = []
