@@ -40,10 +40,11 @@ NATIVE_DEBS := gcc libc6-dev $(shell $(PYTHON) -c 'import os, sysconfig; \
 # test_image.py runs `make image`. knot-dnssecutils (kzonecheck), unbound, bind9-dnsutils
 # (delv): real validators of signed zones (tests/e2e/test_dnssec.py); pebble: a real ACME CA
 # (tests/e2e/test_acme.py); haproxy: a real PROXY protocol peer in front of and behind lbcdn
-# (tests/e2e/test_proxy_protocol.py).
+# (tests/e2e/test_proxy_protocol.py); nginx, wrk: the `s3` benchmark scenario's smoke test
+# (tests/benchmarks/test_scenario_s3.py).
 IMAGE_DEBS := debootstrap buildah ca-certificates
 TEST_DEBS  := curl openssl knot pebble systemd docker-compose tini util-linux chromium $(NATIVE_DEBS) \
-              haproxy \
+              haproxy nginx wrk \
               $(IMAGE_DEBS) knot-dnssecutils unbound bind9-dnsutils
 BENCH_DEBS := nginx wrk util-linux dnsperf knot openssl $(NATIVE_DEBS)
 

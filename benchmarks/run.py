@@ -34,6 +34,7 @@ import scenario_pools  # noqa: E402
 import scenario_proxy  # noqa: E402
 import scenario_reload  # noqa: E402
 import scenario_rules  # noqa: E402
+import scenario_s3  # noqa: E402
 import scenario_tls  # noqa: E402
 import scenario_workers  # noqa: E402
 from harness import REPO, Bench, BenchError, Scenario  # noqa: E402
@@ -44,6 +45,8 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "idle": ("RSS added by 10,000 idle keep-alive client connections to lbcdn",
              scenario_idle.run),
     "bucket": ("bucket origin: 256 MiB GET vs nginx (sendfile), 256 MiB PUT via boto3", scenario_bucket.run),
+    "s3": ("S3 API 1 KiB GET and PUT ops/s, 16 clients (wrk, presigned URLs): lbcdn vs moto "
+           "server and nginx (static GET, WebDAV PUT)", scenario_s3.run),
     "dns": ("authoritative UDP qps: Knot DNS (1 UDP worker) and lbcdn DnsServer (dnsperf)",
             scenario_dns.run),
     "cache": ("edge cache vs nginx proxy_cache: 1 KiB hit req/s, 64 MiB hit throughput, "

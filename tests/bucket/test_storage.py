@@ -397,6 +397,42 @@ def test_symlink_inside_bucket_is_served(st: Storage) -> None:
     assert list(st.iter_keys("bkt")) == ["alias.txt", "real.txt"]
 
 
+def test_bucket_state_follows_changes_made_by_another_process(st: Storage) -> None:
+    # Another worker is another Storage over the same root: what it saves is seen at once,
+    # though this one remembers the state it read.
+    other = Storage(st.root)
+    assert st.bucket_state("bkt").website is None
+    other.set_website("bkt", "<WebsiteConfiguration/>")
+    assert st.bucket_state("bkt").website == "<WebsiteConfiguration/>"
+    st.set_website("bkt", None)
+    assert other.bucket_state("bkt").website is None
+    assert st.bucket_state("bkt").owner == other.bucket_state("bkt").owner == "alice"
+
+
+def test_bucket_directory_that_is_a_symlink(st: Storage, tmp_path: Path) -> None:
+    # An operator may keep a bucket elsewhere and link it in: its objects resolve inside the
+    # link's target, a symlink inside it that leaves the target is still refused, and a
+    # dangling link (or one to a file) is no bucket.
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "sub").mkdir(parents=True)
+    (elsewhere / "sub" / "k.txt").write_bytes(b"linked")
+    (tmp_path / "secret").write_bytes(b"secret")
+    os.symlink(tmp_path / "secret", elsewhere / "out")
+    os.symlink(elsewhere, Path(st.root, "linked"))
+    assert st.require_bucket("linked") == os.path.realpath(elsewhere)
+    info = st.stat_object("linked", "sub/k.txt")
+    assert (info.size, info.path) == (6, os.path.realpath(elsewhere / "sub" / "k.txt"))
+    with pytest.raises(S3Error) as e:
+        st.stat_object("linked", "out")
+    assert e.value.code == "AccessDenied"
+    os.symlink(tmp_path / "gone", Path(st.root, "dangling"))
+    os.symlink(tmp_path / "secret", Path(st.root, "tofile"))
+    for bucket in ("dangling", "tofile", "missing"):
+        with pytest.raises(S3Error) as e:
+            st.require_bucket(bucket)
+        assert e.value.code == "NoSuchBucket"
+
+
 def test_metadata_and_temp_areas_are_not_buckets(st: Storage) -> None:
     for name in (".lbcdn", "tmp"):
         with pytest.raises(S3Error) as e:
