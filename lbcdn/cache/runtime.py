@@ -14,6 +14,10 @@ Rules:
   as Host.
 - A reload (`reconfigured`) keeps the stores when `storage` did not change, so a reload never
   empties the cache; everything else is rebuilt. Pools built here are closed by `close()`.
+- A distribution with a parent tier: a miss whose key another replica owns (lbcdn.cache.tier)
+  is asked of that replica first, with the tier's marker header, then of the behavior's origin
+  plan (the parent failing: connect error, timeout, 5xx). A request carrying the marker came
+  from a replica and follows the origin plan only, so a request crosses the tier at most once.
 - Wall-clock time (`clock`, injectable) drives freshness: Date, Expires and Last-Modified are
   wall-clock values.
 """
@@ -29,12 +33,14 @@ from datetime import UTC, datetime
 
 from lbcdn.bucket.config import BucketsConfig
 from lbcdn.bucket.sigv4 import sign_request
-from lbcdn.cache.behavior import Distribution
+from lbcdn.cache.behavior import Behavior, Distribution
 from lbcdn.cache.collapse import Collapser
-from lbcdn.cache.config import CacheConfig, OriginConfig, StorageConfig
+from lbcdn.cache.config import CacheConfig, OriginConfig, ParentTierConfig, StorageConfig
+from lbcdn.cache.directives import Headers, get_first
 from lbcdn.cache.disk import DiskStore
 from lbcdn.cache.entry import CachedResponse
 from lbcdn.cache.invalidation import Invalidation, apply
+from lbcdn.cache.tier import owner
 from lbcdn.metrics import CacheMetrics
 from lbcdn.cache.store import MemoryStore
 from lbcdn.tls import UpstreamTlsConfig
@@ -73,6 +79,7 @@ class OriginEndpoint:
     origin_path: bytes
     connect_attempts: int
     s3: S3Signer | None = None  # an S3 origin: its requests are signed
+    marker: bytes | None = None  # a parent replica: the tier's marker header, sent to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +146,48 @@ def _endpoint(oid: str, o: OriginConfig, buckets: BucketsConfig | None) -> Origi
     return OriginEndpoint(oid, None, pool, host.encode(), path, o.connect_attempts)
 
 
+# A parent answering these failed (its own origin's error included): ask the origin instead.
+PARENT_FAILOVER = frozenset({500, 502, 503, 504})
+
+
+class ParentTier:
+    """A distribution's parent tier: the peers, this replica among them, an attempt per peer."""
+    __slots__ = ("peers", "me", "marker", "attempts")
+
+    def __init__(self, config: ParentTierConfig) -> None:
+        self.peers = tuple(p.encode() for p in config.peers)
+        self.me = config.self_peer.encode() if config.self_peer is not None else None
+        self.marker = config.marker_header.lower().encode()
+        self.attempts: dict[bytes, Attempt] = {}
+        for peer in config.peers:
+            host, _, port = peer.rpartition(":")
+            pool = Pool(PoolConfig(
+                name=f"parent:{peer}", targets=(TargetConfig(host=host.strip("[]"),
+                                                             port=int(port)),),
+                connect_timeout_s=config.connect_timeout_s,
+                response_timeout_s=config.response_timeout_s))
+            # Host stays the viewer's and the path is not prefixed: the parent keys the
+            # request exactly as this replica did
+            endpoint = OriginEndpoint(f"parent:{peer}", None, pool, None, b"", 1,
+                                      marker=config.marker_header.encode())
+            self.attempts[peer.encode()] = Attempt(endpoint, PARENT_FAILOVER)
+
+    def attempt(self, key: bytes, request_headers: Headers) -> Attempt | None:
+        """The parent to ask first for `key`; None: this replica owns it, or the request came
+        from a replica."""
+        if get_first(request_headers, self.marker) is not None:
+            return None
+        peer = owner(self.peers, key)
+        if peer is None or peer == self.me:
+            return None
+        return self.attempts[peer]
+
+    def close(self) -> None:
+        for a in self.attempts.values():
+            if a.endpoint.pool is not None:
+                a.endpoint.pool.close()
+
+
 class CacheRuntime:
     def __init__(self, config: CacheConfig, buckets: BucketsConfig | None = None, *,
                  clock: Clock = time.time, metrics: CacheMetrics | None = None,
@@ -158,6 +207,8 @@ class CacheRuntime:
         self.refreshing: set[bytes] = set()   # keys with a background revalidation running
         self.distributions = {name: Distribution(d, config)
                               for name, d in config.distributions.items()}
+        self.tiers = {id(self.distributions[name]): ParentTier(d.parent_tier)
+                      for name, d in config.distributions.items() if d.parent_tier is not None}
         self.endpoints = {oid: _endpoint(oid, o, buckets) for oid, o in config.origins.items()}
         self.plans: dict[str, tuple[Attempt, ...]] = {
             oid: (Attempt(e, frozenset()),) for oid, e in self.endpoints.items()}
@@ -185,6 +236,17 @@ class CacheRuntime:
         for e in self.endpoints.values():
             if e.pool is not None:
                 e.pool.close()
+        for tier in self.tiers.values():
+            tier.close()
+
+    def plan(self, dist: Distribution, behavior: Behavior, key: bytes,
+             request_headers: Headers) -> tuple[Attempt, ...]:
+        """Where a fetch for `key` goes: the owning parent first when the distribution has a
+        tier, then the behavior's origin (or origin group)."""
+        plan = self.plans[behavior.origin]
+        tier = self.tiers.get(id(dist))
+        parent = tier.attempt(key, request_headers) if tier is not None else None
+        return plan if parent is None else (parent,) + plan
 
     @staticmethod
     def storage_changed(a: StorageConfig, b: StorageConfig) -> bool:

@@ -61,7 +61,8 @@ class MissJob:
         extra = validators(self.conditional) if self.conditional is not None else []
         self.request_time = self.rt.clock()
         forwarding = self.behavior.forwarding
-        self.fetch = OriginFetch(self.rt, self.rt.plans[self.behavior.origin], self.ex,
+        plan = self.rt.plan(self.dist, self.behavior, self.key, self.head.headers)
+        self.fetch = OriginFetch(self.rt, plan, self.ex,
                                  self.path, forwarding.query_for(self.query),
                                  forwarding.lines(self.head.fwd, passthrough=False), extra,
                                  self)

@@ -59,6 +59,8 @@ class OriginFetch(UpstreamOwner):
         extra = self.extra
         if e.s3 is not None:  # signed per attempt: the signature carries its time
             extra = extra + e.s3.fields(self.method, target, self.rt.clock())
+        if e.marker is not None:  # a parent replica: it must not ask another parent
+            extra = extra + [(e.marker, b"1")]
         return b"".join(origin_request(
             self.method, target, host, self.lines, extra, head,
             listener.config.x_forwarded_for, self.ex.conn.client_ip_bytes,
