@@ -81,3 +81,27 @@ def test_max_object_bytes() -> None:
     rt = CacheRuntime(cache_config({"storage": {"memory_max_bytes": 1000,
                                                 "max_object_bytes": 5000}}))
     assert rt.max_object_bytes() == 1000
+
+
+async def test_parent_tier_plan() -> None:
+    rt = CacheRuntime(cache_config({
+        "origins": {"o": {"url": "http://10.0.0.9:80"}},
+        "distributions": {
+            "d": {"default_behavior": {"path_pattern": "*", "origin": "o"},
+                  "parent_tier": {"peers": ["10.0.0.1:80", "10.0.0.2:80"],
+                                  "self_peer": "10.0.0.1:80"}},
+            "plain": {"default_behavior": {"path_pattern": "*", "origin": "o"}}}}))
+    d, plain = rt.distributions["d"], rt.distributions["plain"]
+    b = d.default
+    keys = [b"GET\0h\0/%d" % i for i in range(50)]
+    plans = {k: [a.endpoint.id for a in rt.plan(d, b, k, [])] for k in keys}
+    # about half the keys are this replica's own (straight to the origin), the rest the peer's
+    assert {tuple(p) for p in plans.values()} == {("o",), ("parent:10.0.0.2:80", "o")}
+    parent_first = next(k for k, p in plans.items() if len(p) == 2)
+    assert rt.plan(d, b, parent_first, [(b"X-LBCDN-Tier", b"1")]) == rt.plans["o"]
+    assert rt.plan(plain, plain.default, parent_first, []) == rt.plans["o"]
+    attempt = rt.plan(d, b, parent_first, [])[0]
+    assert attempt.endpoint.host_header is None and attempt.endpoint.origin_path == b""
+    assert attempt.endpoint.marker == b"X-Lbcdn-Tier"
+    assert attempt.failover_statuses == frozenset({500, 502, 503, 504})
+    rt.close()
