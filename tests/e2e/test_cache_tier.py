@@ -7,16 +7,19 @@ another parent."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from lbcdn.cache.key import KeyBuilder
 from lbcdn.cache.config import CachePolicyConfig, QueryStringsConfig
 from lbcdn.cache.tier import owner
 from tests.e2e.cache_origin import Answer, Origin, scripted_origin
-from tests.e2e.harness import HOST, DaemonProcess, RawClient, free_port, listener_port
+from tests.e2e.harness import HOST, DaemonProcess, RawClient, free_port, until
 from tests.e2e.test_cache import cdn_config
 
 CACHED = [("Cache-Control", "max-age=600")]
@@ -106,10 +109,11 @@ async def test_a_fleet_without_a_shield_fetches_once_per_edge(tmp_path: Path) ->
     assert counts == [3, 3, 3]
 
 
-def key_of(path: str) -> bytes:
+def key_of(path: str, query: str | None = None) -> bytes:
     """The cache key the edge builds for GET `path` from the test client (Host test.local)."""
     keys = KeyBuilder(CachePolicyConfig(query_strings=QueryStringsConfig(behavior="all")))
-    return keys.primary(b"GET", b"test.local", path.encode(), None, [])
+    return keys.primary(b"GET", b"test.local", path.encode(),
+                        query.encode() if query is not None else None, [])
 
 
 def path_owned_by(peers: tuple[bytes, ...], peer: bytes) -> str:
@@ -139,8 +143,9 @@ async def test_a_dead_parent_falls_back_to_the_origin(tmp_path: Path) -> None:
     assert origin.hits[path] == 1
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_a_failing_parent_falls_back_and_a_marked_request_skips_the_tier(
-        tmp_path: Path) -> None:
+        tmp_path: Path, workers: int) -> None:
     async with scripted_origin() as origin, scripted_origin() as parent:
         me = free_port()
         peers = (f"{HOST}:{me}".encode(), f"{HOST}:{parent.port}".encode())
@@ -153,7 +158,8 @@ async def test_a_failing_parent_falls_back_and_a_marked_request_skips_the_tier(
         mine = path_owned_by(peers, peers[0])
         origin.set(mine, Answer(headers=CACHED, body=b"mine"))
         daemon = await asyncio.to_thread(
-            DaemonProcess, edge_config(origin.port, [me, parent.port], me), tmp_path)
+            DaemonProcess, edge_config(origin.port, [me, parent.port], me), tmp_path,
+            ["--workers", str(workers)])
         try:
             c = await RawClient.open(me)
             try:
@@ -177,3 +183,36 @@ async def test_a_failing_parent_falls_back_and_a_marked_request_skips_the_tier(
     assert parent.hits[failing] == 1 and origin.hits[failing] == 1
     assert parent.hits[marked] == 0 and origin.hits[marked] == 1
     assert parent.hits[mine] == 0 and origin.hits[mine] == 1
+
+
+async def test_a_reload_changes_the_replica_set(tmp_path: Path) -> None:
+    async with scripted_origin() as origin, scripted_origin() as parent:
+        me = free_port()
+        peers = (f"{HOST}:{me}".encode(), f"{HOST}:{parent.port}".encode())
+        path = path_owned_by(peers, peers[1])
+        parent.set(path, Answer(headers=CACHED, body=b"from parent"))
+        daemon = await asyncio.to_thread(
+            DaemonProcess, edge_config(origin.port, [me, parent.port], me), tmp_path)
+        try:
+            async def get(target: str) -> bytes:
+                c = await RawClient.open(me)
+                try:
+                    r = await c.request("GET", target)
+                    assert r.status == 200, r
+                    return r.body
+                finally:
+                    await c.close()
+            assert await get(path) == b"from parent"
+            # the parent leaves the tier: this replica owns every key
+            daemon.path.write_text(yaml.safe_dump(edge_config(origin.port, [me], me)))
+            os.kill(daemon.pid, signal.SIGHUP)
+            origin.set(path, Answer(headers=CACHED, body=b"from origin"))
+            # new keys the parent owned before the reload: from the origin once it is applied
+            tries = iter(f"{path}?try={i}" for i in range(5000)
+                         if owner(peers, key_of(path, f"try={i}")) == peers[1])
+
+            async def own_fetch() -> bool:
+                return await get(next(tries)) == b"from origin"
+            await until(own_fetch, 10, what="the reload to drop the parent")
+        finally:
+            daemon.stop()
