@@ -137,6 +137,10 @@ class CachePolicyConfig:
     stale_if_error_s: float = doc(
         "Serve stale this long after expiry when the origin fails (5xx, timeout, refused); "
         "a response's own stale-if-error wins.", 0.0, lo=0)
+    slice_bytes: int = doc(
+        "Fetch and cache objects in aligned slices of this size (nginx's slice module): a "
+        "range request fetches only the slices it covers, each cached on its own, all with "
+        "the first slice's ETag. 0: whole objects.", 0, lo=0, hi=1 << 30)
     collapse: bool = doc(
         "Concurrent misses for one key make one origin request; the others wait for it.", True)
     lock_timeout_s: float = doc(
