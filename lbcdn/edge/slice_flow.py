@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from lbcdn.cache.conditional import RangeKind, plan_range
+from lbcdn.cache.conditional import RangeKind, plan_range, precondition
 from lbcdn.cache.directives import get_first
 from lbcdn.cache.entry import CachedResponse, build, serialize_head, with_date
-from lbcdn.cache.headers import Outcome, cache_lines
+from lbcdn.cache.headers import Outcome, cache_lines, not_modified_headers, serialize
 from lbcdn.cache.policy import Use, evaluate
 from lbcdn.cache.slices import assemble, covering, first_slice, range_field, slice_key, \
     slice_problem
@@ -78,6 +78,8 @@ class SliceFlow:
         k0 = first_slice(get_first(head.headers, b"range"), n)
         try:
             first, total = await self.slice(k0, None)
+            if flow.conditional and self.preconditions(first):
+                return
             plan = plan_range(b"GET", 200, head.headers, total, first.etag,
                               first.last_modified, first.date)
             if plan.kind is RangeKind.UNSATISFIABLE or total == 0:
@@ -136,6 +138,29 @@ class SliceFlow:
             rt.store(entry)
         return entry, total
 
+    def preconditions(self, first: CachedResponse) -> bool:
+        """Answer the client's conditionals from the object's validators (the first slice's);
+        True when they decided the answer (304, 412)."""
+        flow = self.flow
+        ex = flow.ex
+        pre = precondition(ex.head.method, ex.head.headers, first.etag, first.last_modified,
+                           first.date, first.response_time)
+        if pre is None or flow.lost:
+            return pre is not None
+        if pre == 304:
+            ex.set_tap(None)
+            ex.respond_cached(Head(304, b"", None, wire=b"HTTP/1.1 304 Not Modified\r\n"
+                                   + serialize(not_modified_headers(first.headers)),
+                                   extra=self.lines()), None)
+        else:
+            ex.respond_local(412, [(b"Content-Type", b"text/plain")]
+                             + flow._lines(Outcome.ERROR), b"precondition failed\n")
+        return True
+
+    def lines(self) -> bytes:
+        outcome = Outcome.MISS if self.fetched else Outcome.HIT
+        return cache_lines(outcome, None if self.fetched else 0.0, stored=bool(self.fetched))
+
     def respond(self, status: int, first: CachedResponse, content_range: bytes | None,
                 body: bytes) -> None:
         flow = self.flow
@@ -145,8 +170,7 @@ class SliceFlow:
                    if nm.lower() not in _SLICE_FIELDS]
         if content_range is not None:
             headers.append((b"Content-Range", content_range))
-        outcome = Outcome.MISS if self.fetched else Outcome.HIT
-        lines = cache_lines(outcome, None if self.fetched else 0.0, stored=bool(self.fetched))
+        lines = self.lines()
         flow.ex.set_tap(None)
         flow.ex.respond_cached(
             Head(status, b"", len(body), wire=serialize_head(status, headers, len(body)),

@@ -114,6 +114,11 @@ async def test_slices(origin: tuple[RangeOrigin, int], tmp_path: Path, workers: 
                                 headers=[("Range", f"bytes={len(small)}-")])
             assert r.status == 416
             assert r.header("Content-Range") == f"bytes */{len(small)}"
+            # conditionals against the object's ETag
+            r = await c.request("GET", "/small", headers=[("If-None-Match", '"v1"')])
+            assert r.status == 304 and r.body == b"" and r.header("ETag") == '"v1"'
+            r = await c.request("GET", "/small", headers=[("If-Match", '"v0"')])
+            assert r.status == 412
             assert len([p for p, _ in o.requests if p == "/small"]) == 6
             # slices of two versions: an error, not a mixed body
             r = await c.request("GET", "/changing",
