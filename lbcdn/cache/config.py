@@ -268,10 +268,18 @@ class ParentTierConfig:
     error, timeout, 5xx) falls back to the origin."""
     peers: tuple[str, ...] = doc(
         "Every replica of the tier, `host:port` of its cache listener (the same list on each, "
-        "this one included).", REQUIRED)
+        "this one included). Exactly one of `peers`, `dns_name`.", default_factory=tuple)
+    dns_name: str | None = doc(
+        "A name resolving to every replica's address (a Kubernetes headless Service), "
+        "re-resolved every `dns_refresh_s`; the replicas listen on `port`.", None)
+    port: int | None = doc("The replicas' cache listener port, with `dns_name`.", None,
+                           lo=1, hi=65535)
+    dns_refresh_s: float = doc("How often `dns_name` is resolved again.", 5.0, lo=0.1,
+                               hi=3600)
     self_peer: str | None = doc(
-        "This replica's entry in `peers`: keys it owns go to the origin directly. Unset: "
-        "this edge is not in the tier and always asks a peer.", None)
+        "This replica's entry in `peers` (`auto`: the peer whose address is one of this "
+        "host's and whose port is `port`, with `dns_name`): keys it owns go to the origin "
+        "directly. Unset: this edge is not in the tier and always asks a peer.", None)
     marker_header: str = doc(
         "Header marking a request from a replica; never forwarded to another parent.",
         "X-Lbcdn-Tier")
@@ -524,15 +532,22 @@ _PEER = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):[0-9]{1,5}")
 
 def _check_parent_tier(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     peers = v.get("peers", ())
-    if not peers:
-        ld.error(join(path, "peers"), "needs at least one host:port")
+    name = v.get("dns_name")
+    if bool(peers) == (name is not None):
+        ld.error(path, "needs exactly one of peers, dns_name")
+    if name is not None and v.get("port") is None:
+        ld.error(join(path, "port"), "is required with dns_name")
+    if name is None and v.get("port") is not None:
+        ld.error(join(path, "port"), "is only used with dns_name")
     for i, peer in enumerate(peers):
         if not _PEER.fullmatch(peer) or not 0 < int(peer.rpartition(":")[2]) < 65536:
             ld.error(f"{join(path, 'peers')}[{i}]", f"{peer!r} is not host:port")
     if len(set(peers)) != len(peers):
         ld.error(join(path, "peers"), "lists a peer twice")
     me = v.get("self_peer")
-    if me is not None and me not in peers:
+    if name is not None and me not in (None, "auto"):
+        ld.error(join(path, "self_peer"), "must be auto (or unset) with dns_name")
+    if name is None and me is not None and me not in peers:
         ld.error(join(path, "self_peer"), f"{me!r} is not one of peers")
     if not re.fullmatch(r"[A-Za-z0-9\-]+", v.get("marker_header", "X-Lbcdn-Tier")):
         ld.error(join(path, "marker_header"), "must be a header name (letters, digits, -)")

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -43,6 +44,7 @@ from lbcdn.cache.invalidation import Invalidation, apply
 from lbcdn.cache.tier import owner
 from lbcdn.metrics import CacheMetrics
 from lbcdn.cache.store import MemoryStore
+from lbcdn.tasks import spawn
 from lbcdn.tls import UpstreamTlsConfig
 from lbcdn.upstream.config import PoolConfig, TargetConfig
 from lbcdn.upstream.pool import Pool
@@ -150,16 +152,59 @@ def _endpoint(oid: str, o: OriginConfig, buckets: BucketsConfig | None) -> Origi
 PARENT_FAILOVER = frozenset({500, 502, 503, 504})
 
 
-class ParentTier:
-    """A distribution's parent tier: the peers, this replica among them, an attempt per peer."""
-    __slots__ = ("peers", "me", "marker", "attempts")
+Resolver = Callable[[str, int], Awaitable[list[str]]]
 
-    def __init__(self, config: ParentTierConfig) -> None:
-        self.peers = tuple(p.encode() for p in config.peers)
-        self.me = config.self_peer.encode() if config.self_peer is not None else None
+
+async def resolve_all(name: str, port: int) -> list[str]:
+    """Every address `name` resolves to (the system resolver, as for pool targets)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(name, port,
+                                                         type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def is_local(address: str) -> bool:
+    """Whether `address` is one of this host's: the kernel routes to it from itself (a UDP
+    connect sends nothing; binding would not tell, with ip_nonlocal_bind set)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((address, 9))
+            return bool(s.getsockname()[0] == address)
+    except OSError:
+        return False
+
+
+class ParentTier:
+    """A distribution's parent tier: the peers, this replica among them, an attempt per peer.
+    With `dns_name` the peers are what the name resolves to, followed while the runtime
+    lives; until the first answer there is no parent (misses go to the origin)."""
+    __slots__ = ("config", "peers", "me", "marker", "attempts", "task")
+
+    def __init__(self, config: ParentTierConfig, resolver: Resolver = resolve_all) -> None:
+        self.config = config
         self.marker = config.marker_header.lower().encode()
+        self.peers: tuple[bytes, ...] = ()
+        self.me: bytes | None = None
         self.attempts: dict[bytes, Attempt] = {}
-        for peer in config.peers:
+        self.task: asyncio.Task[None] | None = None
+        if config.dns_name is None:
+            self.set_peers(config.peers, config.self_peer)
+        else:
+            try:
+                self.task = spawn(self._follow(config.dns_name, config.port or 0, resolver),
+                                  "cache-parent-dns")
+            except RuntimeError:
+                pass  # no loop (a unit test): peers come from set_peers
+
+    def set_peers(self, peers: Iterable[str], me: str | None) -> None:
+        """The tier is now `peers` (this replica: `me`); pools of peers that stay are kept."""
+        config = self.config
+        attempts: dict[bytes, Attempt] = {}
+        for peer in peers:
+            kept = self.attempts.pop(peer.encode(), None)
+            if kept is not None:
+                attempts[peer.encode()] = kept
+                continue
             host, _, port = peer.rpartition(":")
             pool = Pool(PoolConfig(
                 name=f"parent:{peer}", targets=(TargetConfig(host=host.strip("[]"),
@@ -170,7 +215,27 @@ class ParentTier:
             # request exactly as this replica did
             endpoint = OriginEndpoint(f"parent:{peer}", None, pool, None, b"", 1,
                                       marker=config.marker_header.encode())
-            self.attempts[peer.encode()] = Attempt(endpoint, PARENT_FAILOVER)
+            attempts[peer.encode()] = Attempt(endpoint, PARENT_FAILOVER)
+        self.close()  # the peers that left
+        self.attempts = attempts
+        self.peers = tuple(attempts)
+        self.me = me.encode() if me is not None else None
+
+    async def _follow(self, name: str, port: int, resolver: Resolver) -> None:
+        auto = self.config.self_peer == "auto"
+        while True:
+            try:
+                addresses = await resolver(name, port)
+            except OSError as exc:  # keep the last peers: a resolver hiccup is no change
+                log.warning("parent tier %s: %s", name, exc)
+            else:
+                peers = [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]
+                me = next((p for a, p in zip(addresses, peers) if auto and is_local(a)), None)
+                if tuple(p.encode() for p in peers) != self.peers or \
+                        (me.encode() if me else None) != self.me:
+                    log.info("parent tier %s: %s", name, ", ".join(peers) or "no peers")
+                    self.set_peers(peers, me)
+            await asyncio.sleep(self.config.dns_refresh_s)
 
     def attempt(self, key: bytes, request_headers: Headers) -> Attempt | None:
         """The parent to ask first for `key`; None: this replica owns it, or the request came
@@ -186,6 +251,11 @@ class ParentTier:
         for a in self.attempts.values():
             if a.endpoint.pool is not None:
                 a.endpoint.pool.close()
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.close()
 
 
 class CacheRuntime:
@@ -237,7 +307,7 @@ class CacheRuntime:
             if e.pool is not None:
                 e.pool.close()
         for tier in self.tiers.values():
-            tier.close()
+            tier.stop()
 
     def plan(self, dist: Distribution, behavior: Behavior, key: bytes,
              request_headers: Headers) -> tuple[Attempt, ...]:

@@ -216,3 +216,24 @@ async def test_a_reload_changes_the_replica_set(tmp_path: Path) -> None:
             await until(own_fetch, 10, what="the reload to drop the parent")
         finally:
             daemon.stop()
+
+
+async def test_peers_from_a_dns_name(tmp_path: Path) -> None:
+    async with scripted_origin() as origin, scripted_origin() as parent:
+        parent.set("/d", Answer(headers=CACHED, body=b"from parent"))
+        config = edge_config(origin.port, None, None)
+        config["cache"]["distributions"]["site"]["parent_tier"] = {
+            "dns_name": HOST, "port": parent.port, "dns_refresh_s": 0.2}
+        daemon = await asyncio.to_thread(DaemonProcess, config, tmp_path)
+        try:
+            async def via_parent() -> bool:
+                c = await RawClient.open(config["listeners"][0]["port"])
+                try:
+                    r = await c.request("GET", "/d", headers=[("Cache-Control", "no-cache")])
+                    return r.body == b"from parent"
+                finally:
+                    await c.close()
+            # misses go to the origin until the name is first resolved
+            await until(via_parent, 10, what="misses to go to the resolved parent")
+        finally:
+            daemon.stop()
