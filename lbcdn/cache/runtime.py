@@ -275,6 +275,8 @@ class CacheRuntime:
         self.memory.on_evict = self._evicted
         self.collapser = Collapser()
         self.refreshing: set[bytes] = set()   # keys with a background revalidation running
+        # slice fetches in flight by slice key (lbcdn.edge.slice_flow): one per slice at a time
+        self.slicing: dict[bytes, asyncio.Future[tuple[CachedResponse, int]]] = {}
         self.distributions = {name: Distribution(d, config)
                               for name, d in config.distributions.items()}
         self.tiers = {id(self.distributions[name]): ParentTier(d.parent_tier)

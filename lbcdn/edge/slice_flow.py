@@ -116,6 +116,34 @@ class SliceFlow:
             total, why = slice_problem(k, self.n, 206, found.headers, etag)
             if why is None:
                 return found, total
+        pending = rt.slicing.get(key)
+        if pending is not None:  # collapsed on the fetch another request leads
+            entry, total = await asyncio.shield(pending)
+            why = slice_problem(k, self.n, 206, entry.headers, etag)[1]
+            if why is not None:
+                raise SliceError(why)
+            return entry, total
+        lead: asyncio.Future[tuple[CachedResponse, int]] = \
+            asyncio.get_running_loop().create_future()
+        rt.slicing[key] = lead
+        try:
+            got = await self.fetch(k, key, etag)
+        except BaseException as exc:
+            lead.set_exception(exc if isinstance(exc, SliceError)
+                               else SliceError("slice fetch abandoned"))
+            lead.exception()  # retrieved: no waiter is no error
+            raise
+        finally:
+            if rt.slicing.get(key) is lead:
+                del rt.slicing[key]
+        lead.set_result(got)
+        return got
+
+    async def fetch(self, k: int, key: bytes, etag: bytes | None
+                    ) -> tuple[CachedResponse, int]:
+        """Slice `k` from the origin (or the parent tier), stored when it may be."""
+        flow = self.flow
+        rt, head = flow.rt, flow.ex.head
         fwd = flow.behavior.forwarding
         receiver = SliceFetch()
         request_time = rt.clock()

@@ -32,11 +32,13 @@ class RangeOrigin:
         self.requests: list[tuple[str, str | None]] = []
         self.sent = 0
         self.changing = 0
+        self.delay_s = 0.0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         rng = request.headers.get("Range")
         self.requests.append((path, rng))
+        await asyncio.sleep(self.delay_s)
         body = self.objects[path] if path != "/changing" else self.objects["/small"]
         etag = '"v1"'
         if path == "/changing":  # a new version after each request
@@ -128,3 +130,31 @@ async def test_slices(origin: tuple[RangeOrigin, int], tmp_path: Path, workers: 
             await c.close()
     finally:
         daemon.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_concurrent_requests_share_slice_fetches(origin: tuple[RangeOrigin, int],
+                                                       tmp_path: Path, workers: int) -> None:
+    o, port = origin
+    o.delay_s = 0.3
+    config = cdn_config(port, policy={"slice_bytes": SLICE})
+    daemon = await asyncio.to_thread(DaemonProcess, config, tmp_path,
+                                     ["--workers", str(workers)])
+    big = o.objects["/big"]
+    try:
+        clients = await asyncio.gather(*(RawClient.open(config["listeners"][0]["port"])
+                                         for _ in range(50)))
+        try:
+            answers = await asyncio.gather(*(
+                c.request("GET", "/big", headers=[("Range", "bytes=5000000-6000000")],
+                          timeout_s=30) for c in clients))
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
+    finally:
+        daemon.stop()
+    assert all(r.status == 206 and r.body == big[5000000:6000001] for r in answers)
+    # slices 4 and 5, once per worker at most
+    assert sorted(set(o.requests)) == [("/big", "bytes=4194304-5242879"),
+                                       ("/big", "bytes=5242880-6291455")]
+    assert 2 <= len(o.requests) <= 2 * workers, o.requests
