@@ -84,25 +84,26 @@ class SliceFlow:
                               first.last_modified, first.date)
             if plan.kind is RangeKind.UNSATISFIABLE or total == 0:
                 self.respond(416 if total else 200, first, plan.content_range(total)
-                             if total else None, b"")
+                             if total else None, 0, b"")
                 return
             start, end = (plan.start, plan.end) if plan.kind is RangeKind.PARTIAL \
                 else (0, total - 1)
             wanted = covering(start, end, n)
             bodies = []
-            for k in wanted:
-                entry = first if k == k0 else (await self.slice(k, first.etag))[0]
-                bodies.append(entry.body)
+            if head.method != b"HEAD":  # a HEAD needs the size only: the first slice had it
+                for k in wanted:
+                    entry = first if k == k0 else (await self.slice(k, first.etag))[0]
+                    bodies.append(entry.body)
         except SliceError as exc:
             if not flow.lost:
                 ex.respond_local(502, [(b"Content-Type", b"text/plain")]
                                  + flow._lines(Outcome.ERROR), f"{exc}\n".encode())
             return
-        body = assemble(bodies, wanted.start, start, end, n)
+        body = assemble(bodies, wanted.start, start, end, n) if bodies else None
         if plan.kind is RangeKind.PARTIAL:
-            self.respond(206, first, plan.content_range(total), body)
+            self.respond(206, first, plan.content_range(total), end - start + 1, body)
         else:
-            self.respond(200, first, None, body)
+            self.respond(200, first, None, total, body)
 
     async def slice(self, k: int, etag: bytes | None) -> tuple[CachedResponse, int]:
         """Slice `k` from the cache or the origin, with the object's size; `etag`: the one it
@@ -190,7 +191,8 @@ class SliceFlow:
         return cache_lines(outcome, None if self.fetched else 0.0, stored=bool(self.fetched))
 
     def respond(self, status: int, first: CachedResponse, content_range: bytes | None,
-                body: bytes) -> None:
+                length: int, body: bytes | None) -> None:
+        """The answer: `length` bytes, `body` (None for a HEAD)."""
         flow = self.flow
         if flow.lost:
             return
@@ -201,6 +203,6 @@ class SliceFlow:
         lines = self.lines()
         flow.ex.set_tap(None)
         flow.ex.respond_cached(
-            Head(status, b"", len(body), wire=serialize_head(status, headers, len(body)),
+            Head(status, b"", length, wire=serialize_head(status, headers, length),
                  extra=lines),
-            None if flow.ex.head.method == b"HEAD" else (body,))
+            None if flow.ex.head.method == b"HEAD" or body is None else (body,))

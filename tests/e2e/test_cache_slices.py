@@ -116,6 +116,13 @@ async def test_slices(origin: tuple[RangeOrigin, int], tmp_path: Path, workers: 
                                 headers=[("Range", f"bytes={len(small)}-")])
             assert r.status == 416
             assert r.header("Content-Range") == f"bytes */{len(small)}"
+            # HEAD of the big object: the size from the one slice fetched already
+            before = len(o.requests)
+            r = await c.request("HEAD", "/big")
+            assert r.status == 200 and r.header("Content-Length") == str(64 * MIB)
+            r = await c.request("HEAD", "/big", headers=[("Range", "bytes=31000000-31000009")])
+            assert r.status == 206 and r.header("Content-Length") == "10"
+            assert o.requests[before:] == [("/big", "bytes=0-1048575")]
             # conditionals against the object's ETag
             r = await c.request("GET", "/small", headers=[("If-None-Match", '"v1"')])
             assert r.status == 304 and r.body == b"" and r.header("ETag") == '"v1"'
