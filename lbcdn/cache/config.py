@@ -137,6 +137,10 @@ class CachePolicyConfig:
     stale_if_error_s: float = doc(
         "Serve stale this long after expiry when the origin fails (5xx, timeout, refused); "
         "a response's own stale-if-error wins.", 0.0, lo=0)
+    slice_bytes: int = doc(
+        "Fetch and cache objects in aligned slices of this size (nginx's slice module): a "
+        "range request fetches only the slices it covers, each cached on its own, all with "
+        "the first slice's ETag. 0: whole objects.", 0, lo=0, hi=1 << 30)
     collapse: bool = doc(
         "Concurrent misses for one key make one origin request; the others wait for it.", True)
     lock_timeout_s: float = doc(
@@ -256,6 +260,36 @@ class ErrorResponseConfig:
 
 
 @dataclass(frozen=True)
+class ParentTierConfig:
+    """Other lbcdn replicas in front of the origin (CloudFront Origin Shield, Squid parents): a
+    miss goes to the replica owning its cache key (rendezvous hashing over `peers`), which
+    fetches from the origin once for the whole fleet. A request arriving with `marker_header`
+    came from another replica and goes to the origin (no loops); a parent that fails (connect
+    error, timeout, 5xx) falls back to the origin."""
+    peers: tuple[str, ...] = doc(
+        "Every replica of the tier, `host:port` of its cache listener (the same list on each, "
+        "this one included). Exactly one of `peers`, `dns_name`.", default_factory=tuple)
+    dns_name: str | None = doc(
+        "A name resolving to every replica's address (a Kubernetes headless Service), "
+        "re-resolved every `dns_refresh_s`; the replicas listen on `port`.", None)
+    port: int | None = doc("The replicas' cache listener port, with `dns_name`.", None,
+                           lo=1, hi=65535)
+    dns_refresh_s: float = doc("How often `dns_name` is resolved again.", 5.0, lo=0.1,
+                               hi=3600)
+    self_peer: str | None = doc(
+        "This replica's entry in `peers` (`auto`: the peer whose address is one of this "
+        "host's and whose port is `port`, with `dns_name`): keys it owns go to the origin "
+        "directly. Unset: this edge is not in the tier and always asks a peer.", None)
+    marker_header: str = doc(
+        "Header marking a request from a replica; never forwarded to another parent.",
+        "X-Lbcdn-Tier")
+    connect_timeout_s: float = doc("TCP connect timeout to a parent.", 1.0, lo=0.001, hi=60)
+    response_timeout_s: float = doc(
+        "Longest wait for a parent's response head, and between body reads.", 30.0,
+        lo=0.001)
+
+
+@dataclass(frozen=True)
 class DistributionConfig:
     """A set of ordered behaviors (first match wins; `default_behavior` last), error pages."""
     default_behavior: BehaviorConfig = doc(
@@ -263,6 +297,8 @@ class DistributionConfig:
     behaviors: tuple[BehaviorConfig, ...] = doc("Ordered behaviors.", default_factory=tuple)
     custom_error_responses: tuple[ErrorResponseConfig, ...] = doc(
         "Custom error responses by origin status.", default_factory=tuple)
+    parent_tier: ParentTierConfig | None = doc(
+        "Misses ask the replica owning the key first (origin shield across replicas).", None)
 
 
 @dataclass(frozen=True)
@@ -491,6 +527,32 @@ def _check_distribution(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         seen.add(err.error_code)
 
 
+_PEER = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):[0-9]{1,5}")
+
+
+def _check_parent_tier(ld: Loader, v: Mapping[str, Any], path: str) -> None:
+    peers = v.get("peers", ())
+    name = v.get("dns_name")
+    if bool(peers) == (name is not None):
+        ld.error(path, "needs exactly one of peers, dns_name")
+    if name is not None and v.get("port") is None:
+        ld.error(join(path, "port"), "is required with dns_name")
+    if name is None and v.get("port") is not None:
+        ld.error(join(path, "port"), "is only used with dns_name")
+    for i, peer in enumerate(peers):
+        if not _PEER.fullmatch(peer) or not 0 < int(peer.rpartition(":")[2]) < 65536:
+            ld.error(f"{join(path, 'peers')}[{i}]", f"{peer!r} is not host:port")
+    if len(set(peers)) != len(peers):
+        ld.error(join(path, "peers"), "lists a peer twice")
+    me = v.get("self_peer")
+    if name is not None and me not in (None, "auto"):
+        ld.error(join(path, "self_peer"), "must be auto (or unset) with dns_name")
+    if name is None and me is not None and me not in peers:
+        ld.error(join(path, "self_peer"), f"{me!r} is not one of peers")
+    if not re.fullmatch(r"[A-Za-z0-9\-]+", v.get("marker_header", "X-Lbcdn-Tier")):
+        ld.error(join(path, "marker_header"), "must be a header name (letters, digits, -)")
+
+
 def _check_cache(ld: Loader, v: Mapping[str, Any], path: str) -> None:
     origins = set(v.get("origins", {}))
     groups: Mapping[str, OriginGroupConfig] = v.get("origin_groups", {})
@@ -539,4 +601,5 @@ VALIDATORS.setdefault(ErrorResponseConfig, []).append(_check_error_response)
 VALIDATORS.setdefault(PublicKeyConfig, []).append(_check_public_key)
 VALIDATORS.setdefault(KeyGroupConfig, []).append(_check_key_group)
 VALIDATORS.setdefault(DistributionConfig, []).append(_check_distribution)
+VALIDATORS.setdefault(ParentTierConfig, []).append(_check_parent_tier)
 VALIDATORS.setdefault(CacheConfig, []).append(_check_cache)

@@ -14,6 +14,10 @@ Rules:
   as Host.
 - A reload (`reconfigured`) keeps the stores when `storage` did not change, so a reload never
   empties the cache; everything else is rebuilt. Pools built here are closed by `close()`.
+- A distribution with a parent tier: a miss whose key another replica owns (lbcdn.cache.tier)
+  is asked of that replica first, with the tier's marker header, then of the behavior's origin
+  plan (the parent failing: connect error, timeout, 5xx). A request carrying the marker came
+  from a replica and follows the origin plan only, so a request crosses the tier at most once.
 - Wall-clock time (`clock`, injectable) drives freshness: Date, Expires and Last-Modified are
   wall-clock values.
 """
@@ -22,21 +26,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from lbcdn.bucket.config import BucketsConfig
 from lbcdn.bucket.sigv4 import sign_request
-from lbcdn.cache.behavior import Distribution
+from lbcdn.cache.behavior import Behavior, Distribution
 from lbcdn.cache.collapse import Collapser
-from lbcdn.cache.config import CacheConfig, OriginConfig, StorageConfig
+from lbcdn.cache.config import CacheConfig, OriginConfig, ParentTierConfig, StorageConfig
+from lbcdn.cache.directives import Headers, get_first
 from lbcdn.cache.disk import DiskStore
 from lbcdn.cache.entry import CachedResponse
 from lbcdn.cache.invalidation import Invalidation, apply
+from lbcdn.cache.tier import owner
 from lbcdn.metrics import CacheMetrics
 from lbcdn.cache.store import MemoryStore
+from lbcdn.tasks import spawn
 from lbcdn.tls import UpstreamTlsConfig
 from lbcdn.upstream.config import PoolConfig, TargetConfig
 from lbcdn.upstream.pool import Pool
@@ -73,6 +81,7 @@ class OriginEndpoint:
     origin_path: bytes
     connect_attempts: int
     s3: S3Signer | None = None  # an S3 origin: its requests are signed
+    marker: bytes | None = None  # a parent replica: the tier's marker header, sent to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +148,116 @@ def _endpoint(oid: str, o: OriginConfig, buckets: BucketsConfig | None) -> Origi
     return OriginEndpoint(oid, None, pool, host.encode(), path, o.connect_attempts)
 
 
+# A parent answering these failed (its own origin's error included): ask the origin instead.
+PARENT_FAILOVER = frozenset({500, 502, 503, 504})
+
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def resolve_all(name: str, port: int) -> list[str]:
+    """Every address `name` resolves to (the system resolver, as for pool targets)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(name, port,
+                                                         type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def is_local(address: str) -> bool:
+    """Whether `address` is one of this host's: the kernel routes to it from itself (a UDP
+    connect sends nothing; binding would not tell, with ip_nonlocal_bind set)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((address, 9))
+            return bool(s.getsockname()[0] == address)
+    except OSError:
+        return False
+
+
+class ParentTier:
+    """A distribution's parent tier: the peers, this replica among them, an attempt per peer.
+    With `dns_name` the peers are what the name resolves to, followed while the runtime
+    lives; until the first answer there is no parent (misses go to the origin)."""
+    __slots__ = ("config", "peers", "me", "marker", "attempts", "task")
+
+    def __init__(self, config: ParentTierConfig, resolver: Resolver = resolve_all) -> None:
+        self.config = config
+        self.marker = config.marker_header.lower().encode()
+        self.peers: tuple[bytes, ...] = ()
+        self.me: bytes | None = None
+        self.attempts: dict[bytes, Attempt] = {}
+        self.task: asyncio.Task[None] | None = None
+        if config.dns_name is None:
+            self.set_peers(config.peers, config.self_peer)
+        else:
+            try:
+                self.task = spawn(self._follow(config.dns_name, config.port or 0, resolver),
+                                  "cache-parent-dns")
+            except RuntimeError:
+                pass  # no loop (a unit test): peers come from set_peers
+
+    def set_peers(self, peers: Iterable[str], me: str | None) -> None:
+        """The tier is now `peers` (this replica: `me`); pools of peers that stay are kept."""
+        config = self.config
+        attempts: dict[bytes, Attempt] = {}
+        for peer in peers:
+            kept = self.attempts.pop(peer.encode(), None)
+            if kept is not None:
+                attempts[peer.encode()] = kept
+                continue
+            host, _, port = peer.rpartition(":")
+            pool = Pool(PoolConfig(
+                name=f"parent:{peer}", targets=(TargetConfig(host=host.strip("[]"),
+                                                             port=int(port)),),
+                connect_timeout_s=config.connect_timeout_s,
+                response_timeout_s=config.response_timeout_s))
+            # Host stays the viewer's and the path is not prefixed: the parent keys the
+            # request exactly as this replica did
+            endpoint = OriginEndpoint(f"parent:{peer}", None, pool, None, b"", 1,
+                                      marker=config.marker_header.encode())
+            attempts[peer.encode()] = Attempt(endpoint, PARENT_FAILOVER)
+        self.close()  # the peers that left
+        self.attempts = attempts
+        self.peers = tuple(attempts)
+        self.me = me.encode() if me is not None else None
+
+    async def _follow(self, name: str, port: int, resolver: Resolver) -> None:
+        auto = self.config.self_peer == "auto"
+        while True:
+            try:
+                addresses = await resolver(name, port)
+            except OSError as exc:  # keep the last peers: a resolver hiccup is no change
+                log.warning("parent tier %s: %s", name, exc)
+            else:
+                peers = [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]
+                me = next((p for a, p in zip(addresses, peers) if auto and is_local(a)), None)
+                if tuple(p.encode() for p in peers) != self.peers or \
+                        (me.encode() if me else None) != self.me:
+                    log.info("parent tier %s: %s", name, ", ".join(peers) or "no peers")
+                    self.set_peers(peers, me)
+            await asyncio.sleep(self.config.dns_refresh_s)
+
+    def attempt(self, key: bytes, request_headers: Headers) -> Attempt | None:
+        """The parent to ask first for `key`; None: this replica owns it, or the request came
+        from a replica."""
+        if get_first(request_headers, self.marker) is not None:
+            return None
+        peer = owner(self.peers, key)
+        if peer is None or peer == self.me:
+            return None
+        return self.attempts[peer]
+
+    def close(self) -> None:
+        for a in self.attempts.values():
+            if a.endpoint.pool is not None:
+                a.endpoint.pool.close()
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.close()
+
+
 class CacheRuntime:
     def __init__(self, config: CacheConfig, buckets: BucketsConfig | None = None, *,
                  clock: Clock = time.time, metrics: CacheMetrics | None = None,
@@ -156,8 +275,12 @@ class CacheRuntime:
         self.memory.on_evict = self._evicted
         self.collapser = Collapser()
         self.refreshing: set[bytes] = set()   # keys with a background revalidation running
+        # slice fetches in flight by slice key (lbcdn.edge.slice_flow): one per slice at a time
+        self.slicing: dict[bytes, asyncio.Future[tuple[CachedResponse, int]]] = {}
         self.distributions = {name: Distribution(d, config)
                               for name, d in config.distributions.items()}
+        self.tiers = {id(self.distributions[name]): ParentTier(d.parent_tier)
+                      for name, d in config.distributions.items() if d.parent_tier is not None}
         self.endpoints = {oid: _endpoint(oid, o, buckets) for oid, o in config.origins.items()}
         self.plans: dict[str, tuple[Attempt, ...]] = {
             oid: (Attempt(e, frozenset()),) for oid, e in self.endpoints.items()}
@@ -185,6 +308,17 @@ class CacheRuntime:
         for e in self.endpoints.values():
             if e.pool is not None:
                 e.pool.close()
+        for tier in self.tiers.values():
+            tier.stop()
+
+    def plan(self, dist: Distribution, behavior: Behavior, key: bytes,
+             request_headers: Headers) -> tuple[Attempt, ...]:
+        """Where a fetch for `key` goes: the owning parent first when the distribution has a
+        tier, then the behavior's origin (or origin group)."""
+        plan = self.plans[behavior.origin]
+        tier = self.tiers.get(id(dist))
+        parent = tier.attempt(key, request_headers) if tier is not None else None
+        return plan if parent is None else (parent,) + plan
 
     @staticmethod
     def storage_changed(a: StorageConfig, b: StorageConfig) -> bool:

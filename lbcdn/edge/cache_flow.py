@@ -51,6 +51,7 @@ from lbcdn.edge.cache_hit import CONDITIONAL_FIELDS, DIRECTIVE_FIELDS, PLAIN, fa
 from lbcdn.edge.fill_sender import FillSender
 from lbcdn.edge.miss_job import MissJob, background_refresh
 from lbcdn.edge.passthrough import PassThrough
+from lbcdn.edge.slice_flow import SliceFlow
 from lbcdn.edge.stream import ExchangeTap
 from lbcdn.http.errors import HttpError, failure_status
 from lbcdn.http.head import Head, ResponseHead
@@ -130,6 +131,9 @@ class CacheFlow(ExchangeTap):
         self.conditional = not names.isdisjoint(CONDITIONAL_FIELDS)
         self.key = self.behavior.keys.primary(head.method, head.host, self.path, self.query,
                                               head.headers)
+        if policy.slice_bytes and method in ("GET", "HEAD"):
+            SliceFlow(self).start()
+            return
         found = self.rt.memory.lookup(self.key, head.headers)
         if isinstance(found, CachedResponse):
             self.found(found)

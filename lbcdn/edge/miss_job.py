@@ -16,7 +16,7 @@ from lbcdn.cache.policy import RequestDirectives, ResponseMeta, corrected_initia
 from lbcdn.cache.runtime import CacheRuntime
 from lbcdn.cache.store import Fill, FillInfo
 from lbcdn.edge.fill_sender import FillSender
-from lbcdn.edge.origin_fetch import OriginFetch
+from lbcdn.edge.origin_fetch import FetchReceiver, OriginFetch
 from lbcdn.http.errors import reason
 from lbcdn.http.head import ResponseHead
 from lbcdn.routing.router import normalize_host
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from lbcdn.edge.exchange import Exchange
 
 
-class MissJob:
+class MissJob(FetchReceiver):
     """One origin fetch for the cache: a miss (leader or alone), a revalidation, or a
     background refresh (no client). Owns the fill and stores the entry when it ends well."""
 
@@ -61,7 +61,8 @@ class MissJob:
         extra = validators(self.conditional) if self.conditional is not None else []
         self.request_time = self.rt.clock()
         forwarding = self.behavior.forwarding
-        self.fetch = OriginFetch(self.rt, self.rt.plans[self.behavior.origin], self.ex,
+        plan = self.rt.plan(self.dist, self.behavior, self.key, self.head.headers)
+        self.fetch = OriginFetch(self.rt, plan, self.ex,
                                  self.path, forwarding.query_for(self.query),
                                  forwarding.lines(self.head.fwd, passthrough=False), extra,
                                  self)

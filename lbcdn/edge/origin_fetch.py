@@ -1,6 +1,7 @@
 """One request from the edge cache to an origin, as the owner of an upstream connection:
 connect attempts, the one retry of a pooled connection the origin had closed, and origin-group
-failover (on a connection failure, or a status the group fails over on). Reports to a MissJob."""
+failover (on a connection failure, or a status the group fails over on). Reports to a
+FetchReceiver (a MissJob, or a slice fetch)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,22 @@ from lbcdn.upstream.pool import ConnectError, Pool, Target
 
 if TYPE_CHECKING:
     from lbcdn.edge.exchange import Exchange
-    from lbcdn.edge.miss_job import MissJob
+
+
+class FetchReceiver:
+    """What an OriginFetch reports to: a MissJob, or a slice fetch (lbcdn.edge.slice_flow)."""
+
+    def fetch_head(self, resp: ResponseHead, headers: list[tuple[bytes, bytes]]) -> None:
+        raise NotImplementedError
+
+    def fetch_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def fetch_done(self) -> None:
+        raise NotImplementedError
+
+    def fetch_failed(self, kind: str) -> None:
+        raise NotImplementedError
 
 
 class OriginFetch(UpstreamOwner):
@@ -34,7 +50,7 @@ class OriginFetch(UpstreamOwner):
 
     def __init__(self, rt: CacheRuntime, plan: tuple[Attempt, ...], ex: Exchange, path: bytes,
                  query: bytes | None, lines: list[bytes], extra: list[tuple[bytes, bytes]],
-                 job: MissJob) -> None:
+                 job: FetchReceiver) -> None:
         self.rt = rt
         self.plan = plan
         self.step = 0
@@ -59,6 +75,8 @@ class OriginFetch(UpstreamOwner):
         extra = self.extra
         if e.s3 is not None:  # signed per attempt: the signature carries its time
             extra = extra + e.s3.fields(self.method, target, self.rt.clock())
+        if e.marker is not None:  # a parent replica: it must not ask another parent
+            extra = extra + [(e.marker, b"1")]
         return b"".join(origin_request(
             self.method, target, host, self.lines, extra, head,
             listener.config.x_forwarded_for, self.ex.conn.client_ip_bytes,

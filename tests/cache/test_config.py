@@ -267,3 +267,27 @@ def test_s3_origin(tmp_path: Path) -> None:
            "secret_access_key_file" in problems
     assert "cache.origins.n.s3.credentials.secret_access_key_file: cannot read " \
            "'/nonexistent': No such file or directory" in problems
+
+
+def test_parent_tier_errors_name_the_path() -> None:
+    def tier(t: dict[str, Any]) -> list[str]:
+        return load({"origins": {"o": {"url": "http://o:80"}},
+                     "distributions": {"d": {"default_behavior": {"path_pattern": "*",
+                                                                  "origin": "o"},
+                                             "parent_tier": t}}})[1]
+    assert tier({"peers": ["10.0.0.1:80", "[::1]:81"], "self_peer": "[::1]:81"}) == []
+    assert tier({"peers": []}) == [
+        "cache.distributions.d.parent_tier: needs exactly one of peers, dns_name"]
+    assert tier({"dns_name": "edges.svc", "port": 8080, "self_peer": "auto"}) == []
+    assert tier({"dns_name": "edges.svc", "self_peer": "a:1"}) == [
+        "cache.distributions.d.parent_tier.port: is required with dns_name",
+        "cache.distributions.d.parent_tier.self_peer: must be auto (or unset) with dns_name"]
+    assert tier({"peers": ["a:1"], "port": 1}) == [
+        "cache.distributions.d.parent_tier.port: is only used with dns_name"]
+    assert tier({"peers": ["a:1", "a:1", "b"], "self_peer": "c:1",
+                 "marker_header": "x y"}) == [
+        "cache.distributions.d.parent_tier.peers[2]: 'b' is not host:port",
+        "cache.distributions.d.parent_tier.peers: lists a peer twice",
+        "cache.distributions.d.parent_tier.self_peer: 'c:1' is not one of peers",
+        "cache.distributions.d.parent_tier.marker_header: must be a header name "
+        "(letters, digits, -)"]

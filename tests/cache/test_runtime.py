@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -9,8 +10,8 @@ import pytest
 from lbcdn.bucket.config import BucketsConfig
 from lbcdn.cache.entry import build
 from lbcdn.cache.invalidation import Registry
-from lbcdn.cache.runtime import CacheRuntime
-from lbcdn.cache.config import CacheConfig, CachePolicyConfig
+from lbcdn.cache.runtime import CacheRuntime, ParentTier
+from lbcdn.cache.config import CacheConfig, CachePolicyConfig, ParentTierConfig
 from lbcdn.config.load import parse_config
 
 
@@ -81,3 +82,64 @@ def test_max_object_bytes() -> None:
     rt = CacheRuntime(cache_config({"storage": {"memory_max_bytes": 1000,
                                                 "max_object_bytes": 5000}}))
     assert rt.max_object_bytes() == 1000
+
+
+async def test_parent_tier_plan() -> None:
+    rt = CacheRuntime(cache_config({
+        "origins": {"o": {"url": "http://10.0.0.9:80"}},
+        "distributions": {
+            "d": {"default_behavior": {"path_pattern": "*", "origin": "o"},
+                  "parent_tier": {"peers": ["10.0.0.1:80", "10.0.0.2:80"],
+                                  "self_peer": "10.0.0.1:80"}},
+            "plain": {"default_behavior": {"path_pattern": "*", "origin": "o"}}}}))
+    d, plain = rt.distributions["d"], rt.distributions["plain"]
+    b = d.default
+    keys = [b"GET\0h\0/%d" % i for i in range(50)]
+    plans = {k: [a.endpoint.id for a in rt.plan(d, b, k, [])] for k in keys}
+    # about half the keys are this replica's own (straight to the origin), the rest the peer's
+    assert {tuple(p) for p in plans.values()} == {("o",), ("parent:10.0.0.2:80", "o")}
+    parent_first = next(k for k, p in plans.items() if len(p) == 2)
+    assert rt.plan(d, b, parent_first, [(b"X-LBCDN-Tier", b"1")]) == rt.plans["o"]
+    assert rt.plan(plain, plain.default, parent_first, []) == rt.plans["o"]
+    attempt = rt.plan(d, b, parent_first, [])[0]
+    assert attempt.endpoint.host_header is None and attempt.endpoint.origin_path == b""
+    assert attempt.endpoint.marker == b"X-Lbcdn-Tier"
+    assert attempt.failover_statuses == frozenset({500, 502, 503, 504})
+    rt.close()
+
+
+async def test_parent_tier_follows_its_dns_name() -> None:
+    answers = [["198.51.100.1", "127.0.0.1"], ["198.51.100.1", "127.0.0.1", "198.51.100.2"],
+               ["198.51.100.2", "127.0.0.1"]]
+    asked: list[tuple[str, int]] = []
+    changed = asyncio.Event()
+
+    async def resolver(name: str, port: int) -> list[str]:
+        asked.append((name, port))
+        if len(asked) > len(answers):
+            changed.set()
+            raise OSError("resolver down")  # the last peers stay
+        return answers[len(asked) - 1]
+    tier = ParentTier(ParentTierConfig(dns_name="edges.svc", port=8080, self_peer="auto",
+                                       dns_refresh_s=0.1), resolver)
+    assert tier.peers == () and tier.attempt(b"k", []) is None  # nothing resolved yet
+    first_pools: list[Any] = []
+    for i, answer in enumerate(answers):
+        await until_true(lambda: set(tier.peers) == {f"{a}:8080".encode() for a in answer})
+        assert tier.me == b"127.0.0.1:8080"  # the address this host can bind
+        if i == 0:
+            first_pools = [a.endpoint.pool for a in tier.attempts.values()]
+    await asyncio.wait_for(changed.wait(), 5)
+    assert set(tier.peers) == {b"198.51.100.2:8080", b"127.0.0.1:8080"}
+    # a peer that stays keeps its pool; one that left had its pool closed
+    assert tier.attempts[b"127.0.0.1:8080"].endpoint.pool is first_pools[1]
+    assert asked[0] == ("edges.svc", 8080)
+    tier.stop()
+
+
+async def until_true(predicate: Any) -> None:
+    for _ in range(100):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("not within 5 s")

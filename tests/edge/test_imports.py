@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("connection",),
     ("exchange",),
     ("cache_flow", "route_actions", "policy"),
-    ("passthrough", "miss_job"),
+    ("passthrough", "miss_job", "slice_flow"),
     ("fill_sender", "origin_fetch"),
     ("cache_hit",),
     ("accounting", "mirror"),

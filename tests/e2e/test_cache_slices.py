@@ -1,0 +1,167 @@
+"""Large objects in slices (`slice_bytes`) against a real `lbcdn serve` and a real origin that
+serves a generated 64 MiB object with Range support, counting the requests and bytes it
+sends: a seek fetches only the slices it covers, an overlapping request is answered from them,
+a full GET is assembled in order, and slices of two versions are never mixed."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from tests.e2e.harness import HOST, DaemonProcess, RawClient
+from tests.e2e.test_cache import cdn_config
+
+MIB = 1 << 20
+SLICE = MIB
+
+
+def pattern(size: int) -> bytes:
+    """Random bytes (seeded): a misplaced byte shows."""
+    return random.Random(size).randbytes(size)
+
+
+class RangeOrigin:
+    def __init__(self) -> None:
+        self.objects = {"/big": pattern(64 * MIB), "/small": pattern(5 * MIB + MIB // 2)}
+        self.requests: list[tuple[str, str | None]] = []
+        self.sent = 0
+        self.changing = 0
+        self.delay_s = 0.0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        rng = request.headers.get("Range")
+        self.requests.append((path, rng))
+        await asyncio.sleep(self.delay_s)
+        body = self.objects[path] if path != "/changing" else self.objects["/small"]
+        etag = '"v1"'
+        if path == "/changing":  # a new version after each request
+            self.changing += 1
+            etag = f'"v{self.changing}"'
+        headers = {"Cache-Control": "max-age=600", "ETag": etag, "Accept-Ranges": "bytes"}
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", rng or "")
+        if m is None:
+            self.sent += len(body)
+            return web.Response(body=body, headers=headers)
+        a, b = int(m.group(1)), min(int(m.group(2)), len(body) - 1)
+        headers["Content-Range"] = f"bytes {a}-{b}/{len(body)}"
+        self.sent += b - a + 1
+        return web.Response(status=206, body=body[a:b + 1], headers=headers)
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[tuple[RangeOrigin, int]]:
+    o = RangeOrigin()
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", o.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield o, port
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_slices(origin: tuple[RangeOrigin, int], tmp_path: Path, workers: int) -> None:
+    o, port = origin
+    config = cdn_config(port, policy={"slice_bytes": SLICE},
+                        storage={"memory_max_bytes": 256 * MIB})
+    daemon = await asyncio.to_thread(DaemonProcess, config, tmp_path,
+                                     ["--workers", str(workers)])
+    big = o.objects["/big"]
+    try:
+        c = await RawClient.open(config["listeners"][0]["port"])  # one worker for all
+        try:
+            # a seek into the middle: the two slices it covers, 2 MiB from the origin
+            r = await c.request("GET", "/big", headers=[("Range", "bytes=30000000-30999999")],
+                                timeout_s=30)
+            assert r.status == 206, r
+            assert r.header("Content-Range") == f"bytes 30000000-30999999/{64 * MIB}"
+            assert r.body == big[30000000:31000000]
+            assert r.header("ETag") == '"v1"'
+            assert o.requests == [("/big", "bytes=29360128-30408703"),
+                                  ("/big", "bytes=30408704-31457279")]
+            assert o.sent == 2 * SLICE
+            # an overlapping range inside the same slices: a hit
+            r = await c.request("GET", "/big", headers=[("Range", "bytes=29500000-30500000")])
+            assert r.status == 206 and r.body == big[29500000:30500001]
+            assert "hit" in (r.header("Cache-Status") or ""), r
+            assert len(o.requests) == 2
+            # one that reaches a slice further: only that slice is fetched
+            r = await c.request("GET", "/big", headers=[("Range", "bytes=31000000-31500000")])
+            assert r.status == 206 and r.body == big[31000000:31500001]
+            assert o.requests[2:] == [("/big", "bytes=31457280-32505855")]
+            assert o.sent == 3 * SLICE
+            # a full GET: every slice, in order, a 200 of the whole object
+            small = o.objects["/small"]
+            r = await c.request("GET", "/small", timeout_s=30)
+            assert r.status == 200 and r.body == small and r.header("Content-Range") is None
+            assert [rng for p, rng in o.requests if p == "/small"] == [
+                f"bytes={k * SLICE}-{(k + 1) * SLICE - 1}" for k in range(6)]
+            # a suffix range and an unsatisfiable one, from the cached slices
+            r = await c.request("GET", "/small", headers=[("Range", "bytes=-10")])
+            assert r.status == 206 and r.body == small[-10:]
+            r = await c.request("GET", "/small",
+                                headers=[("Range", f"bytes={len(small)}-")])
+            assert r.status == 416
+            assert r.header("Content-Range") == f"bytes */{len(small)}"
+            # HEAD of the big object: the size from the one slice fetched already
+            before = len(o.requests)
+            r = await c.request("HEAD", "/big")
+            assert r.status == 200 and r.header("Content-Length") == str(64 * MIB)
+            r = await c.request("HEAD", "/big", headers=[("Range", "bytes=31000000-31000009")])
+            assert r.status == 206 and r.header("Content-Length") == "10"
+            assert o.requests[before:] == [("/big", "bytes=0-1048575")]
+            # conditionals against the object's ETag
+            r = await c.request("GET", "/small", headers=[("If-None-Match", '"v1"')])
+            assert r.status == 304 and r.body == b"" and r.header("ETag") == '"v1"'
+            r = await c.request("GET", "/small", headers=[("If-Match", '"v0"')])
+            assert r.status == 412
+            assert len([p for p, _ in o.requests if p == "/small"]) == 6
+            # slices of two versions: an error, not a mixed body
+            r = await c.request("GET", "/changing",
+                                headers=[("Range", f"bytes={SLICE - 10}-{SLICE + 10}")])
+            assert r.status == 502 and b"etag mismatch" in r.body, r
+        finally:
+            await c.close()
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_concurrent_requests_share_slice_fetches(origin: tuple[RangeOrigin, int],
+                                                       tmp_path: Path, workers: int) -> None:
+    o, port = origin
+    o.delay_s = 0.3
+    config = cdn_config(port, policy={"slice_bytes": SLICE})
+    daemon = await asyncio.to_thread(DaemonProcess, config, tmp_path,
+                                     ["--workers", str(workers)])
+    big = o.objects["/big"]
+    try:
+        clients = await asyncio.gather(*(RawClient.open(config["listeners"][0]["port"])
+                                         for _ in range(50)))
+        try:
+            answers = await asyncio.gather(*(
+                c.request("GET", "/big", headers=[("Range", "bytes=5000000-6000000")],
+                          timeout_s=30) for c in clients))
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
+    finally:
+        daemon.stop()
+    assert all(r.status == 206 and r.body == big[5000000:6000001] for r in answers)
+    # slices 4 and 5, once per worker at most
+    assert sorted(set(o.requests)) == [("/big", "bytes=4194304-5242879"),
+                                       ("/big", "bytes=5242880-6291455")]
+    assert 2 <= len(o.requests) <= 2 * workers, o.requests
