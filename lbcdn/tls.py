@@ -249,7 +249,6 @@ class ServerTls:
     def __init__(self, config: ListenerTlsConfig,
                  acme: Sequence[CertificateConfig] = ()) -> None:
         self.context = _server_context(config.min_version)
-        self.context.sni_callback = self._select
         self.policy = HelloPolicy(self.context)
         self._exact: dict[str, ssl.SSLContext] = {}
         self._wildcard: dict[str, ssl.SSLContext] = {}
@@ -275,6 +274,9 @@ class ServerTls:
         if every:
             self.context.load_cert_chain(every[0].cert_file, every[0].key_file)
             self.has_default = True
+        # One certificate (or none yet): the base context already serves it for every name,
+        # so handshakes skip the call into Python and the context switch that would pick it.
+        self.context.sni_callback = self._select if len(every) > 1 else None
         self._exact, self._wildcard = exact, wildcard
         self.config = config
 

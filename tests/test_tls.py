@@ -1,15 +1,20 @@
 """hello_verdict: the ClientHellos a listener refuses, and the alert each gets, decided from
-real ClientHellos that Python's ssl module writes (no sockets)."""
+real ClientHellos that Python's ssl module writes (no sockets); ServerTls's SNI selection on
+real handshakes over memory BIOs."""
 
 from __future__ import annotations
 
 import ssl
 import warnings
+from pathlib import Path
 
 import pytest
+import trustme
+from cryptography import x509
 
 from lbcdn.tls import ALERT_HANDSHAKE_FAILURE, ALERT_PROTOCOL_VERSION, NEED_MORE, PASS, \
-    HelloPolicy, _server_context, alert_record, hello_sni_alpn, hello_verdict
+    CertificateConfig, HelloPolicy, ListenerTlsConfig, ServerTls, _server_context, \
+    alert_record, hello_sni_alpn, hello_verdict
 
 POLICY_12 = HelloPolicy(_server_context("1.2"))
 POLICY_13 = HelloPolicy(_server_context("1.3"))
@@ -96,3 +101,49 @@ def test_server_name_and_alpn_of_a_hello() -> None:
     assert hello_sni_alpn(hello[:40]) == (None, [])           # not whole yet
     assert hello_sni_alpn(b"GET / HTTP/1.1\r\n\r\n") == (None, [])
     assert hello_sni_alpn(hello[:-3]) == (None, [])
+
+
+def _served_name(context: ssl.SSLContext, server_name: str) -> str:
+    """The first DNS name of the certificate a handshake for `server_name` gets (memory BIOs)."""
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    c = client.wrap_bio(c_in, c_out, server_hostname=server_name)
+    s = context.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(10):
+        for end in (c, s):
+            try:
+                end.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+    der = c.getpeercert(binary_form=True)
+    assert der is not None
+    san = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName)
+    return str(san.value.get_values_for_type(x509.DNSName)[0])
+
+
+def test_sni_callback_only_when_it_can_choose(tmp_path: Path) -> None:
+    """One certificate serves every name from the base context, with no call into Python per
+    handshake; a reload to two puts the SNI selection back, and away again."""
+    ca = trustme.CA()
+    files = []
+    for name in ("a.test", "b.test"):
+        cert = ca.issue_cert(name)
+        cert.cert_chain_pems[0].write_to_path(tmp_path / f"{name}.pem")
+        cert.private_key_pem.write_to_path(tmp_path / f"{name}.key")
+        files.append(CertificateConfig(str(tmp_path / f"{name}.pem"),
+                                       str(tmp_path / f"{name}.key")))
+    one = ListenerTlsConfig(certificates=(files[0],))
+    tls = ServerTls(one)
+    assert tls.context.sni_callback is None
+    assert _served_name(tls.context, "b.test") == "a.test"
+    tls.load(ListenerTlsConfig(certificates=tuple(files)))
+    assert tls.context.sni_callback is not None
+    assert _served_name(tls.context, "b.test") == "b.test"
+    assert _served_name(tls.context, "a.test") == "a.test"
+    tls.load(one)
+    assert tls.context.sni_callback is None
+    assert _served_name(tls.context, "b.test") == "a.test"
