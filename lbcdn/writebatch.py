@@ -75,6 +75,14 @@ class Writer:
         if pending and self.transport is not None and not self.closed:
             if len(pending) == 1:
                 self.transport.write(pending[0])
+                return
+            size = 0
+            for part in pending:
+                size += len(part)
+            if size <= JOIN_MAX:
+                # one buffer: over TLS one record (a TLS transport seals each part of
+                # writelines on its own, so a head and its body went as two records)
+                self.transport.write(b"".join(pending))
             else:
                 self.transport.writelines(pending)
 
@@ -88,6 +96,9 @@ class _Batch:
         self.touched: list[Writer] = []
         self.now = 0.0   # time.monotonic() when the open batch opened
 
+
+# parts of a batch up to this many bytes in all are joined and written as one buffer
+JOIN_MAX: Final = 16384
 
 _state: Final = _Batch()
 _monotonic: Final = time.monotonic   # a C static, not a lookup on the time module

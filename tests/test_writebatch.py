@@ -1,6 +1,6 @@
 """writebatch: outside a batch writes go straight to the transport; inside one they are queued
-per writer and each touched writer sends once (write for one piece, writelines for several) when
-the outermost batch ends. Closed writers and writers without a transport send nothing."""
+per writer and each touched writer sends once (one write when the pieces come to at most
+JOIN_MAX bytes, joined: over TLS one record; writelines for more) when the outermost batch ends. Closed writers and writers without a transport send nothing."""
 
 from __future__ import annotations
 
@@ -72,14 +72,23 @@ async def test_one_write_in_a_batch_is_one_write_at_the_end() -> None:
     assert calls(c) == [("write", b"head")]
 
 
-async def test_several_writes_in_a_batch_become_one_writelines_in_order() -> None:
+async def test_several_small_writes_in_a_batch_become_one_write_in_order() -> None:
     c = conn()
     with writebatch.batch():
         c.write(b"1")
         c.writelines([b"2", b"3"])
         c.write(b"4")
         c.writelines([b"5"])
-    assert calls(c) == [("writelines", [b"1", b"2", b"3", b"4", b"5"])]
+    assert calls(c) == [("write", b"12345")]
+
+
+async def test_a_batch_over_join_max_becomes_one_writelines_in_order() -> None:
+    c = conn()
+    big = b"x" * writebatch.JOIN_MAX
+    with writebatch.batch():
+        c.write(b"head")
+        c.writelines([big, b"tail"])
+    assert calls(c) == [("writelines", [b"head", big, b"tail"])]
 
 
 async def test_writelines_first_in_a_batch_copies_the_list() -> None:
@@ -89,7 +98,7 @@ async def test_writelines_first_in_a_batch_copies_the_list() -> None:
         c.writelines(parts)
         c.write(b"c")
     assert parts == [b"a", b"b"]  # the caller's list is not extended
-    assert calls(c) == [("writelines", [b"a", b"b", b"c"])]
+    assert calls(c) == [("write", b"abc")]
 
 
 async def test_each_touched_writer_flushes_once() -> None:
@@ -98,7 +107,7 @@ async def test_each_touched_writer_flushes_once() -> None:
         a.write(b"a1")
         b.write(b"b1")
         a.write(b"a2")
-    assert calls(a) == [("writelines", [b"a1", b"a2"])]
+    assert calls(a) == [("write", b"a1a2")]
     assert calls(b) == [("write", b"b1")]
     assert calls(untouched) == []
 
@@ -111,7 +120,7 @@ async def test_nested_batch_does_not_end_the_outer_one() -> None:
             c.write(b"y")
         assert calls(c) == []  # inner exit must not flush
         c.write(b"z")
-    assert calls(c) == [("writelines", [b"x", b"y", b"z"])]
+    assert calls(c) == [("write", b"xyz")]
 
 
 def test_begin_returns_false_when_already_open() -> None:
