@@ -41,7 +41,7 @@ NATIVE_DEBS := gcc libc6-dev $(shell $(PYTHON) -c 'import os, sysconfig; \
 # (delv): real validators of signed zones (tests/e2e/test_dnssec.py); pebble: a real ACME CA
 # (tests/e2e/test_acme.py).
 IMAGE_DEBS := debootstrap buildah ca-certificates
-TEST_DEBS  := curl openssl knot pebble systemd docker-compose tini util-linux chromium $(NATIVE_DEBS) \
+TEST_DEBS  := curl nghttp2-client openssl knot pebble systemd docker-compose tini util-linux chromium $(NATIVE_DEBS) \
               $(IMAGE_DEBS) knot-dnssecutils unbound bind9-dnsutils
 BENCH_DEBS := nginx wrk util-linux dnsperf knot openssl $(NATIVE_DEBS)
 

@@ -46,6 +46,7 @@ import httptools
 
 from lbcdn.edge.cache_hit import NO_PLAN, KnownHead, answer_known
 from lbcdn.edge.exchange import SENDING, SWITCHING, Exchange
+from lbcdn.edge.h2connection import PREFACE, H2Connection
 from lbcdn.edge.stream import PAUSE_BODY, PAUSE_PIPELINE, ClientStream
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import Head, HeadLimits, RequestHead, check_request, is_token
@@ -224,6 +225,11 @@ class ClientConnection(ClientStream, Writer):
                 writebatch.end()
 
     def _received(self, data: bytes, known: KnownHead | None) -> None:
+        if self.bytes_in == 0 and data[:3] == b"PRI" and self.listener.h2 and \
+                self.transport is not None and \
+                PREFACE.startswith(data[:len(PREFACE)]):
+            self.become_h2(data)   # h2c with prior knowledge (RFC 9113 3.3)
+            return
         self.bytes_in += len(data)
         if known is not None:
             self._begin(known.head, writebatch.now())
@@ -307,6 +313,20 @@ class ClientConnection(ClientStream, Writer):
             return bool(sp) and is_token(method)
         # an RTSP method (DESCRIBE, SETUP...) that llhttp knows, on an HTTP/x.y line
         return str(exc) == "Invalid method for HTTP/x.x request"
+
+    def become_h2(self, data: bytes) -> None:
+        """Hand the connection to the HTTP/2 adapter, `data` its first bytes (a client that
+        spoke HTTP/2 from the start: prior knowledge, or TLS ALPN `h2`)."""
+        transport = self.transport
+        assert transport is not None
+        self.closed = True
+        self.deadline.cancel()
+        self.listener.connection_lost(self)
+        h2conn = H2Connection(self.listener)
+        transport.set_protocol(h2conn)  # type: ignore[arg-type]
+        h2conn.connection_made(transport)
+        if data:
+            h2conn.data_received(data)
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after its requests still gets the answers (keep the

@@ -113,6 +113,9 @@ class TlsGate(asyncio.Protocol):
         if tls_transport is None or transport.is_closing():
             return
         conn.connection_made(tls_transport)
+        ssl_object = tls_transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            conn.become_h2(b"")
 
     def _replay(self, transport: asyncio.Transport) -> None:
         protocol = cast(asyncio.BufferedProtocol, transport.get_protocol())

@@ -21,7 +21,7 @@ EDGE = Path(__file__).resolve().parents[2] / "lbcdn" / "edge"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("listener",),
     ("tls_gate",),
-    ("connection",),
+    ("connection", "h2connection"),
     ("exchange",),
     ("cache_flow", "route_actions", "policy"),
     ("passthrough", "miss_job"),
