@@ -40,6 +40,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hyperframe.frame import GoAwayFrame
 
 from lbcdn import writebatch
 from lbcdn.edge.exchange import Exchange
@@ -256,6 +257,7 @@ class H2Connection:
         self.streams: dict[int, H2Stream] = {}
         self.closed = False
         self.draining = False
+        self.last_stream = 0   # after a GOAWAY: streams above this one are refused
         self.write_paused = False
         self.deadline = Deadline(self.loop, self._timed_out)
         now = self.loop.time()
@@ -376,6 +378,10 @@ class H2Connection:
 
     def _request(self, event: h2.events.RequestReceived) -> None:
         sid = event.stream_id or 0
+        if self.draining and sid > self.last_stream:
+            # begun after our GOAWAY: not processed, the client may retry it elsewhere
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
         stream = H2Stream(self, sid)
         stream.draining = self.draining
         self.streams[sid] = stream
@@ -523,8 +529,13 @@ class H2Connection:
         self.draining = True
         for stream in self.streams.values():
             stream.draining = True
-        self.h2.close_connection(h2.errors.ErrorCodes.NO_ERROR)
+        # GOAWAY written by us, not `h2.close_connection`: that closes `h2`'s connection state
+        # machine, which then refuses every frame, the in-flight streams' included
         self.flush()
+        self.last_stream = self.h2.highest_inbound_stream_id
+        frame = GoAwayFrame(0, last_stream_id=self.last_stream, error_code=0)
+        if self.transport is not None:
+            self.transport.write(frame.serialize())
         self._maybe_close()
 
     def idle_since(self, before: float) -> bool:

@@ -8,7 +8,7 @@ import asyncio
 import json
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import h2.config
 import h2.connection
@@ -119,8 +119,181 @@ async def test_tls_alpn_offers_h2_and_http11(tmp_path: Path) -> None:
             port = listener_port(config)
             base = ["--cacert", str(ca_file), "--resolve", f"a.test:{port}:{HOST}",
                     "-o", "/dev/null", "-w", "%{http_version} %{http_code}"]
-            assert (await _curl("--http2", *base, f"https://a.test:{port}/x"))[1] == "2 200"
+            got = await _curl("--http2", *base, f"https://a.test:{port}/x")
+            assert got[1] == "2 200", got
             assert (await _curl("--http1.1", *base, f"https://a.test:{port}/x"))[1] == "1.1 200"
             assert seen.requests[0][0] == "GET /x HTTP/1.1"
             names = {n.lower() for n, _ in seen.requests[0][1]}
             assert "x-forwarded-proto" in names
+
+
+class GoAway(NamedTuple):
+    last_stream_id: int
+    error_code: int
+    debug: bytes
+
+
+class RawH2:
+    """A raw HTTP/2 client over a real socket: python-hyper's `h2` with its checks off where
+    a test sends what a well-behaved client would not."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 validate: bool = True) -> None:
+        self.reader, self.writer = reader, writer
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=validate,
+            normalize_outbound_headers=validate, validate_inbound_headers=validate))
+        self.events: list[Any] = []
+        self.closed = False
+        self.raw = b""
+        self.goaways: list[GoAway] = []
+
+    @classmethod
+    async def open(cls, port: int, validate: bool = True) -> RawH2:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        client = cls(reader, writer, validate)
+        client.h2.initiate_connection()
+        client.flush()
+        return client
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+
+    def request(self, path: str = "/", method: str = "GET", body: bytes | None = None,
+                extra: list[tuple[bytes, bytes]] | None = None, end: bool = True) -> int:
+        sid = self.h2.get_next_available_stream_id()
+        headers = [(b":method", method.encode()), (b":scheme", b"http"),
+                   (b":authority", b"t.test"), (b":path", path.encode())] + (extra or [])
+        self.h2.send_headers(sid, headers, end_stream=end and body is None)
+        if body is not None:
+            self.h2.send_data(sid, body, end_stream=end)
+        self.flush()
+        return sid
+
+    async def read_until(self, done: Any, timeout_s: float = 10.0) -> None:
+        """Read and handle frames (acknowledging DATA) until `done(events)` or EOF."""
+        async def loop() -> None:
+            while not done(self.events):
+                data = await self.reader.read(65536)
+                if not data:
+                    self.closed = True
+                    return
+                for event in self.h2.receive_data(self._keep_goaway(data)):
+                    self.events.append(event)
+                    if isinstance(event, h2.events.DataReceived):
+                        self.h2.acknowledge_received_data(event.flow_controlled_length,
+                                                          event.stream_id)
+                self.flush()
+        await asyncio.wait_for(loop(), timeout_s)
+
+    def _keep_goaway(self, data: bytes) -> bytes:
+        """`data` without its GOAWAY frames, which go to `goaways`: `h2` closes its state
+        machine on one, and a graceful GOAWAY is followed by the in-flight streams' frames."""
+        self.raw += data
+        out = []
+        while len(self.raw) >= 9:
+            size = int.from_bytes(self.raw[:3], "big") + 9
+            if len(self.raw) < size:
+                break
+            frame, self.raw = self.raw[:size], self.raw[size:]
+            if frame[3] == 7:
+                self.goaways.append(GoAway(int.from_bytes(frame[9:13], "big") & 0x7FFFFFFF,
+                                           int.from_bytes(frame[13:17], "big"), frame[17:]))
+            else:
+                out.append(frame)
+        return b"".join(out)
+
+    def body(self, sid: int) -> bytes:
+        return b"".join(e.data for e in self.events
+                        if isinstance(e, h2.events.DataReceived) and e.stream_id == sid)
+
+    def status(self, sid: int) -> int | None:
+        for e in self.events:
+            if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid:
+                return int(dict(e.headers)[b":status"])
+        return None
+
+    def ended(self, sid: int) -> bool:
+        return any(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset))
+                   and e.stream_id == sid for e in self.events)
+
+    def goaway(self) -> GoAway | None:
+        return self.goaways[0] if self.goaways else None
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_request_bodies_both_framings_and_flow_control_both_ways() -> None:
+    seen = Seen()
+    big = bytes(range(256)) * 12_000   # 3 MB: many windows of the default 64 KiB each way
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            port = listener_port(config)
+            client = await RawH2.open(port)
+            sized = client.request("/sized", "POST", b"hello",
+                                   extra=[(b"content-length", b"5")])
+            await client.read_until(lambda ev: client.ended(sized))
+            assert client.status(sized) == 200
+            assert seen.requests[0][2] == b"hello"
+            assert ("content-length", "5") in seen.requests[0][1]
+            # no content-length, and more than the connection's and stream's windows: sent as
+            # the server's WINDOW_UPDATEs allow, re-chunked to the backend, echoed back
+            sid = client.request("/big", "POST", end=False)
+            rest = big
+            while rest:
+                window = min(client.h2.local_flow_control_window(sid),
+                             client.h2.max_outbound_frame_size)
+                if window == 0:
+                    await client.read_until(
+                        lambda ev: client.h2.local_flow_control_window(sid) > 0)
+                    continue
+                client.h2.send_data(sid, rest[:window])
+                rest = rest[window:]
+                client.flush()
+            client.h2.end_stream(sid)
+            client.flush()
+            await client.read_until(lambda ev: client.ended(sid), 30)
+            assert client.status(sid) == 200
+            line, headers, body = seen.requests[1]
+            assert body == big and ("Transfer-Encoding", "chunked") in headers
+            assert json.loads(client.body(sid))["body"].encode("latin-1") == big
+            client.close()
+
+            # curl sends a body with its length; the daemon answers over h2c
+            rc, out, err = await _curl("--http2-prior-knowledge", "--data-binary", "abc",
+                                       f"http://{HOST}:{port}/curl")
+            assert rc == 0 and json.loads(out)["body"] == "abc", err
+
+
+async def test_drain_sends_goaway_and_streams_in_flight_finish() -> None:
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        arrived.set()
+        await release.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+        await writer.drain()
+
+    async with raw_backend(slow) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config) as daemon:
+            client = await RawH2.open(listener_port(config))
+            sid = client.request("/slow")
+            await asyncio.wait_for(arrived.wait(), 10)
+            listener = daemon.listeners[0]
+            drained = asyncio.ensure_future(listener.drain(listener.loop.time() + 10))
+            await client.read_until(lambda ev: client.goaway() is not None)
+            assert client.goaway() == GoAway(sid, 0, b"")
+            late = client.request("/late")   # begun after the GOAWAY: refused, not served
+            release.set()
+            await client.read_until(lambda ev: client.ended(sid) and client.closed)
+            assert client.status(sid) == 200 and client.body(sid) == b"slow", client.events
+            assert client.status(late) is None and client.ended(late)
+            await asyncio.wait_for(drained, 10)
+            client.close()
