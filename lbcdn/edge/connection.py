@@ -170,6 +170,9 @@ class ClientConnection(ClientStream, Writer):
         self._chunked = False
         self._trailers = b""
         self._keep = False
+        # HTTP/2 bytes read before `connection_made` (TLS delivers the first records before
+        # the handshake's waiter gives us the transport)
+        self._early_h2: bytes | None = None
 
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -190,6 +193,8 @@ class ClientConnection(ClientStream, Writer):
             self.client_ip_bytes = self.client_ip.encode()
         self.listener.connection_made(self)
         self.deadline.set(self.limits.idle_timeout_s)
+        if self._early_h2 is not None:
+            self.become_h2(self._early_h2)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -225,10 +230,15 @@ class ClientConnection(ClientStream, Writer):
                 writebatch.end()
 
     def _received(self, data: bytes, known: KnownHead | None) -> None:
-        if self.bytes_in == 0 and data[:3] == b"PRI" and self.listener.h2 and \
-                self.transport is not None and \
-                PREFACE.startswith(data[:len(PREFACE)]):
-            self.become_h2(data)   # h2c with prior knowledge (RFC 9113 3.3)
+        if self.bytes_in == 0 and (self._early_h2 is not None or (
+                data[:3] == b"PRI" and self.listener.h2 and
+                PREFACE.startswith(data[:len(PREFACE)]))):
+            # HTTP/2 from the first byte: h2c with prior knowledge (RFC 9113 3.3), or after
+            # TLS ALPN h2; bytes that come before the transport is ours wait for it
+            if self.transport is None:
+                self._early_h2 = (self._early_h2 or b"") + data
+            else:
+                self.become_h2(data)
             return
         self.bytes_in += len(data)
         if known is not None:
@@ -319,6 +329,7 @@ class ClientConnection(ClientStream, Writer):
         spoke HTTP/2 from the start: prior knowledge, or TLS ALPN `h2`)."""
         transport = self.transport
         assert transport is not None
+        self._early_h2 = None
         self.closed = True
         self.deadline.cancel()
         self.listener.connection_lost(self)

@@ -60,6 +60,7 @@ RESETS_PER_S: Final = 100.0         # client RST_STREAMs allowed per second ...
 RESETS_BURST: Final = 200.0         # ... after a burst of this many
 CONTROL_PER_S: Final = 50.0         # SETTINGS + PING frames per second ...
 CONTROL_BURST: Final = 100.0        # ... after a burst of this many
+GOAWAY_LINGER_S: Final = 1.0        # reading after a GOAWAY for an error, so the peer gets it
 # request fields no HTTP/2 request may carry (RFC 9113 8.2.2): `h2` refuses them already;
 # listed for the head a backend gets, which must never carry one
 _CONNECTION_FIELDS: Final = frozenset((b"connection", b"keep-alive", b"proxy-connection",
@@ -289,6 +290,9 @@ class H2Connection:
         self.closed = True
         self.deadline.cancel()
         self.listener.connection_lost(self)
+        self._streams_lost()
+
+    def _streams_lost(self) -> None:
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream.closed = True
@@ -323,8 +327,7 @@ class H2Connection:
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError:
-            self.flush()   # `h2` queued its GOAWAY
-            self._close()
+            self._goaway_close()   # `h2` queued its GOAWAY
             return
         now = self.loop.time()
         for event in events:
@@ -390,10 +393,12 @@ class H2Connection:
         try:
             head = request_head(list(event.headers or ()), end_stream,
                                 self.listener.header_kinds)
-            size = 0
-            for name, value in head.headers:
-                size += len(name) + len(value) + 4
-                err = self.limits.header_error(len(name) + len(value) + 4, size, 0)
+            # the listener's head limits, as an HTTP/1.1 head of the same fields meets them
+            total = 0
+            for count, (name, value) in enumerate(head.headers, 1):
+                size = len(name) + len(value) + 4
+                total += size
+                err = self.limits.header_error(size, total, count)
                 if err is not None:
                     raise err
             err = self.limits.url_error(len(head.target))
@@ -491,8 +496,25 @@ class H2Connection:
         """The peer is abusive: GOAWAY ENHANCE_YOUR_CALM, and close."""
         self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
                                  additional_data=why.encode())
+        self._goaway_close()
+
+    def _goaway_close(self) -> None:
+        """Send the GOAWAY `h2` queued and end the connection so that the client reads it:
+        a close with its unread frames still arriving would reset the connection, and the
+        GOAWAY with it. So: our side is shut, what arrives is read and dropped, for
+        GOAWAY_LINGER_S at most."""
         self.flush()
-        self._close()
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        self._streams_lost()
+        self.closed = True
+        self.deadline.cancel()
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(GOAWAY_LINGER_S, transport.abort)
+        else:
+            transport.close()
 
     def flush(self) -> None:
         data = self.h2.data_to_send()

@@ -114,7 +114,8 @@ class TlsGate(asyncio.Protocol):
             return
         conn.connection_made(tls_transport)
         ssl_object = tls_transport.get_extra_info("ssl_object")
-        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2" and \
+                not conn.closed:   # (not handed over already by its first bytes)
             conn.become_h2(b"")
 
     def _replay(self, transport: asyncio.Transport) -> None:

@@ -13,8 +13,10 @@ from typing import Any, NamedTuple
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import pytest
 import trustme
+from hyperframe.frame import ContinuationFrame, HeadersFrame
 
 from lbcdn.edge.h2connection import Flood, request_head
 from lbcdn.http.errors import HttpError
@@ -176,7 +178,10 @@ class RawH2:
         """Read and handle frames (acknowledging DATA) until `done(events)` or EOF."""
         async def loop() -> None:
             while not done(self.events):
-                data = await self.reader.read(65536)
+                try:
+                    data = await self.reader.read(65536)
+                except ConnectionResetError:
+                    data = b""
                 if not data:
                     self.closed = True
                     return
@@ -297,3 +302,149 @@ async def test_drain_sends_goaway_and_streams_in_flight_finish() -> None:
             assert client.status(late) is None and client.ended(late)
             await asyncio.wait_for(drained, 10)
             client.close()
+
+
+BASE = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"t.test")]
+MALFORMED = {
+    "uppercase name": BASE + [(b":path", b"/"), (b"X-Up", b"1")],
+    "connection": BASE + [(b":path", b"/"), (b"connection", b"close")],
+    "keep-alive": BASE + [(b":path", b"/"), (b"keep-alive", b"5")],
+    "proxy-connection": BASE + [(b":path", b"/"), (b"proxy-connection", b"x")],
+    "transfer-encoding": BASE + [(b":path", b"/"), (b"transfer-encoding", b"chunked")],
+    "upgrade": BASE + [(b":path", b"/"), (b"upgrade", b"websocket")],
+    "te gzip": BASE + [(b":path", b"/"), (b"te", b"gzip")],
+    "missing :path": BASE,
+    "duplicate :method": BASE + [(b":path", b"/"), (b":method", b"POST")],
+    "unknown pseudo": BASE + [(b":path", b"/"), (b":proto", b"x"), (b":foo", b"1")],
+    "pseudo after regular": BASE[:2] + [(b"x-a", b"1"), (b":authority", b"t"),
+                                        (b":path", b"/")],
+    "empty :path": BASE + [(b":path", b"")],
+    "CR LF in value": BASE + [(b":path", b"/"), (b"x-a", b"1\r\nx-b: 2")],
+    "NUL in value": BASE + [(b":path", b"/"), (b"x-a", b"1\x002")],
+    "leading space in value": BASE + [(b":path", b"/"), (b"x-a", b" 1")],
+    "relative :path": BASE + [(b":path", b"x/y")],
+    "bad content-length": BASE + [(b":path", b"/"), (b"content-length", b"1x")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+async def test_a_malformed_request_is_refused_and_never_forwarded(case: str) -> None:
+    seen = Seen()
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            client = await RawH2.open(listener_port(config), validate=False)
+            sid = client.h2.get_next_available_stream_id()
+            client.h2.send_headers(sid, MALFORMED[case], end_stream=True)
+            client.flush()
+            await client.read_until(lambda ev: client.ended(sid) or client.goaway())
+            goaway = client.goaway()
+            # a connection error PROTOCOL_ERROR, or the stream's own 400
+            assert (goaway is not None and goaway.error_code == 1) or \
+                client.status(sid) == 400, (case, client.events)
+            client.close()
+            # a good request on a new connection goes through: the backend saw only that
+            good = await RawH2.open(listener_port(config))
+            ok = good.request("/ok")
+            await good.read_until(lambda ev: good.ended(ok))
+            assert good.status(ok) == 200
+            assert [r[0] for r in seen.requests] == ["GET /ok HTTP/1.1"]
+            good.close()
+
+
+@pytest.mark.parametrize("sent", [b"abc", b"abcdefghijklmnop"])
+async def test_content_length_disagreeing_with_the_data_is_refused(sent: bytes) -> None:
+    seen = Seen()
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            client = await RawH2.open(listener_port(config), validate=False)
+            sid = client.h2.get_next_available_stream_id()
+            client.h2.send_headers(sid, BASE + [(b":method", b"POST"), (b":path", b"/"),
+                                                (b"content-length", b"10")][:3] +
+                                   [(b":path", b"/"), (b"content-length", b"10")])
+            client.h2.send_data(sid, sent, end_stream=True)
+            client.flush()
+            await client.read_until(lambda ev: client.goaway() or client.ended(sid))
+            assert client.goaway() is not None and client.goaway().error_code == 1
+            await asyncio.sleep(0.2)
+            assert seen.requests == []   # no whole request reached the backend
+            client.close()
+
+
+async def _attacked(send: Any, expect: int) -> RawH2:
+    """Run the attack `send(client)` against a daemon; the GOAWAY must carry `expect`."""
+    seen = Seen()
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            client = await RawH2.open(listener_port(config), validate=False)
+            await send(client)
+            await client.read_until(lambda ev: client.closed, 20)
+            goaway = client.goaway()
+            assert goaway is not None and goaway.error_code == expect, client.goaways
+            client.close()
+            # the daemon still serves others
+            other = await RawH2.open(listener_port(config))
+            ok = other.request("/ok")
+            await other.read_until(lambda ev: other.ended(ok))
+            assert other.status(ok) == 200
+            other.close()
+            return client
+
+
+async def test_rapid_reset_ends_in_enhance_your_calm() -> None:
+    async def send(client: RawH2) -> None:
+        for _ in range(1000):
+            sid = client.request("/r")
+            client.h2.reset_stream(sid)
+        client.flush()
+    await _attacked(send, 11)
+
+
+async def test_settings_and_ping_floods_end_in_enhance_your_calm() -> None:
+    async def settings(client: RawH2) -> None:
+        for i in range(1000):
+            client.h2.update_settings({h2.settings.SettingCodes.ENABLE_PUSH: 0})
+        client.flush()
+
+    async def pings(client: RawH2) -> None:
+        for i in range(1000):
+            client.h2.ping(i.to_bytes(8, "big"))
+        client.flush()
+    await _attacked(settings, 11)
+    await _attacked(pings, 11)
+
+
+async def test_continuation_flood_is_a_connection_error() -> None:
+    async def send(client: RawH2) -> None:
+        block = client.h2.encoder.encode(BASE + [(b":path", b"/")])
+        # HEADERS without END_HEADERS, then CONTINUATION frames that never end the block
+        frames = [HeadersFrame(1, block, flags=["END_STREAM"])]
+        frames += [ContinuationFrame(1, b"\x40\x01a\x01b") for _ in range(200)]
+        client.writer.write(b"".join(f.serialize() for f in frames))
+    await _attacked(send, 1)
+
+
+async def test_hpack_bomb_is_bounded_by_the_header_list_size() -> None:
+    async def send(client: RawH2) -> None:
+        # one big field put in the dynamic table, then named by its index 200 times: a small
+        # block that decodes to megabytes
+        big = (b"x-big", b"a" * 3000)
+        client.h2.send_headers(1, BASE + [(b":path", b"/")] + [big] * 200, end_stream=True)
+        client.flush()
+    await _attacked(send, 11)
+
+
+async def test_too_many_streams_are_refused() -> None:
+    async def send(client: RawH2) -> None:
+        await client.read_until(lambda ev: client.h2.remote_settings.max_concurrent_streams
+                                < 1000)
+        limit = client.h2.remote_settings.max_concurrent_streams
+        # open streams (no END_STREAM) a backend keeps waiting, one more than allowed (made
+        # by hand: the client's `h2` would not)
+        client.writer.write(b"".join(
+            HeadersFrame(2 * i + 1, client.h2.encoder.encode(
+                BASE[1:] + [(b":method", b"POST"), (b":path", b"/w")]),
+                flags=["END_HEADERS"]).serialize() for i in range(limit + 1)))
+    await _attacked(send, 1)
