@@ -135,6 +135,7 @@ class ClientConnection(ClientStream, Writer):
         self.client_ip = ""
         self.client_ip_bytes = b""
         self.client_port = 0
+        self.protocol = ""
         self.parser = self._new_parser()
         self.deadline = Deadline(self.loop, self._timed_out)
         # in arrival order; a list, not a deque: compiled code has list operations built in,

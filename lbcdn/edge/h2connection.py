@@ -136,6 +136,7 @@ class H2Stream(ClientStream):
         self.client_ip = conn.client_ip
         self.client_ip_bytes = conn.client_ip_bytes
         self.draining = False
+        self.protocol = "HTTP/2.0"
         self.exchange: Exchange | None = None
         self.pending: list[bytes] = []   # response bytes waiting for a window
         self.pending_bytes = 0

@@ -21,8 +21,8 @@ from hyperframe.frame import ContinuationFrame, HeadersFrame
 from lbcdn.edge.h2connection import Flood, request_head
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import request_header_kinds
-from tests.e2e.harness import HOST, listener_port, proxy_config, raw_backend, read_request, \
-    running_daemon
+from tests.e2e.harness import HOST, DaemonProcess, backend_process, listener_port, \
+    proxy_config, raw_backend, read_request, running_daemon, wait_for_port
 
 
 async def _curl(*args: str) -> tuple[int, str, str]:
@@ -448,3 +448,40 @@ async def test_too_many_streams_are_refused() -> None:
                 BASE[1:] + [(b":method", b"POST"), (b":path", b"/w")]),
                 flags=["END_HEADERS"]).serialize() for i in range(limit + 1)))
     await _attacked(send, 1)
+
+
+async def test_access_log_says_the_protocol(tmp_path: Path) -> None:
+    seen = Seen()
+    log_path = tmp_path / "access.log"
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        config["logging"]["access_log"] = {"enabled": True, "path": str(log_path)}
+        async with running_daemon(config):
+            url = f"http://{HOST}:{listener_port(config)}/"
+            assert (await _curl("--http2-prior-knowledge", url + "two"))[0] == 0
+            assert (await _curl("--http1.1", url + "one"))[0] == 0
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert {(e["path"], e["protocol"]) for e in lines} == {("/two", "HTTP/2.0"),
+                                                          ("/one", "HTTP/1.1")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_nghttp_and_h2load_against_the_daemon(tmp_path: Path, workers: int) -> None:
+    """Real clients against the real daemon, in one process and with --workers 2: nghttp
+    (several streams on one connection) and h2load (many), every request answered."""
+    with backend_process() as backend:
+        config = proxy_config(backend.port)
+        daemon = DaemonProcess(config, tmp_path, extra_args=["--workers", str(workers)])
+        try:
+            port = listener_port(config)
+            wait_for_port(port)
+            url = f"http://{HOST}:{port}/"
+            out = subprocess.run(["nghttp", "-n", "-s", url, url + "a", url + "b"],
+                         capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, out.stderr
+            load = subprocess.run(["h2load", "-n", "2000", "-c", "4", "-m", "10", url],
+                          capture_output=True, text=True, timeout=60)
+            assert "2000 succeeded, 0 failed" in load.stdout, load.stdout
+        finally:
+            daemon.stop()
