@@ -261,6 +261,7 @@ class H2Connection:
         self.draining = False
         self.last_stream = 0   # after a GOAWAY: streams above this one are refused
         self.write_paused = False
+        self.flush_queued = False
         self.deadline = Deadline(self.loop, self._timed_out)
         now = self.loop.time()
         self.resets = Flood(RESETS_PER_S, RESETS_BURST, now)
@@ -369,7 +370,7 @@ class H2Connection:
                     if stream.pending or stream.ending:
                         self.send_pending(stream)
             elif isinstance(event, h2.events.ConnectionTerminated):
-                self.flush()
+                self.flush_now()
                 self._close()
                 return
             # TrailersReceived: request trailers are not forwarded (re-chunked bodies end bare)
@@ -390,6 +391,7 @@ class H2Connection:
         stream.draining = self.draining
         self.streams[sid] = stream
         end_stream = event.stream_ended is not None
+        stream.request_ended = end_stream
         started = writebatch.now()
         try:
             head = request_head(list(event.headers or ()), end_stream,
@@ -415,7 +417,6 @@ class H2Connection:
         stream.exchange = ex
         ex.start()
         if end_stream and stream.exchange is not None:
-            stream.request_ended = True
             ex.request_done()
 
     # -- what streams ask ------------------------------------------------------------------
@@ -504,7 +505,7 @@ class H2Connection:
         a close with its unread frames still arriving would reset the connection, and the
         GOAWAY with it. So: our side is shut, what arrives is read and dropped, for
         GOAWAY_LINGER_S at most."""
-        self.flush()
+        self.flush_now()
         transport = self.transport
         if self.closed or transport is None:
             return
@@ -518,6 +519,14 @@ class H2Connection:
             transport.close()
 
     def flush(self) -> None:
+        """Write what `h2` made, once this turn of the loop is over: the frames of every
+        stream that answered meanwhile go in one write (one syscall, not one per frame)."""
+        if not self.flush_queued:
+            self.flush_queued = True
+            self.loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self.flush_queued = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
@@ -531,6 +540,7 @@ class H2Connection:
 
     def _close(self) -> None:
         if not self.closed:
+            self.flush_now()
             self.closed = True
             self.deadline.cancel()
             if self.transport is not None:
@@ -554,7 +564,7 @@ class H2Connection:
             stream.draining = True
         # GOAWAY written by us, not `h2.close_connection`: that closes `h2`'s connection state
         # machine, which then refuses every frame, the in-flight streams' included
-        self.flush()
+        self.flush_now()
         self.last_stream = self.h2.highest_inbound_stream_id
         frame = GoAwayFrame(0, last_stream_id=self.last_stream, error_code=0)
         if self.transport is not None:
