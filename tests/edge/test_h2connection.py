@@ -485,3 +485,17 @@ def test_nghttp_and_h2load_against_the_daemon(tmp_path: Path, workers: int) -> N
             assert "2000 succeeded, 0 failed" in load.stdout, load.stdout
         finally:
             daemon.stop()
+
+
+async def test_a_listener_without_h2_speaks_only_http11() -> None:
+    seen = Seen()
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        config["listeners"][0]["http_versions"] = ["http1.1"]
+        async with running_daemon(config):
+            url = f"http://{HOST}:{listener_port(config)}/x"
+            rc, out, err = await _curl("--http2-prior-knowledge", url)
+            assert rc != 0 and seen.requests == []   # the preface is no HTTP/1.1 request
+            rc, out, err = await _curl("--http2", "-o", "/dev/null", "-w", "%{http_version}",
+                                       url)
+            assert (rc, out) == (0, "1.1")   # Upgrade: h2c ignored
