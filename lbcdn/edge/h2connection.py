@@ -262,6 +262,7 @@ class H2Connection:
         self.last_stream = 0   # after a GOAWAY: streams above this one are refused
         self.write_paused = False
         self.flush_queued = False
+        self.stalled = False   # a response waits for the client's window: the idle timeout runs
         self.deadline = Deadline(self.loop, self._timed_out)
         now = self.loop.time()
         self.resets = Flood(RESETS_PER_S, RESETS_BURST, now)
@@ -307,11 +308,15 @@ class H2Connection:
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.stalled = True   # the client does not read: the idle timeout runs
+        self.deadline.set(self.limits.idle_timeout_s)
         for stream in self.streams.values():
             self._tell_paused(stream, True)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.stalled = False
+        self.deadline.clear()
         for stream in list(self.streams.values()):
             self._tell_paused(stream, stream.pending_bytes > STREAM_BUFFER)
 
@@ -377,7 +382,8 @@ class H2Connection:
             # PriorityUpdated: priorities are ignored (RFC 9113 5.3.2)
         self.flush()
         if self.streams:
-            self.deadline.clear()
+            if not self.stalled:
+                self.deadline.clear()
         elif not self.closed:
             self.deadline.set(self.limits.idle_timeout_s)
 
@@ -436,6 +442,7 @@ class H2Connection:
             return
         sid = stream.stream_id
         h2c = self.h2
+        sent = False
         while stream.pending:
             window = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
             if window <= 0:
@@ -448,6 +455,7 @@ class H2Connection:
                 stream.pending.pop(0)
             stream.pending_bytes -= len(data)
             h2c.send_data(sid, data)
+            sent = True
         if not stream.pending and stream.ending and not stream.finished:
             stream.finished = True
             if stream.trailers:
@@ -458,6 +466,13 @@ class H2Connection:
             if stream.exchange is None:   # its exchange ended while bytes waited
                 self.stream_done(stream)
         self.flush()
+        if stream.pending:
+            if sent or not self.stalled:   # waiting for the client's window: the idle timeout
+                self.stalled = True        # runs from the last bytes it let through
+                self.deadline.set(self.limits.idle_timeout_s)
+        elif self.stalled and not any(s.pending for s in self.streams.values()):
+            self.stalled = False
+            self.deadline.clear()
         self._tell_paused(stream, stream.pending_bytes > STREAM_BUFFER or self.write_paused)
 
     def _tell_paused(self, stream: H2Stream, paused: bool) -> None:
@@ -577,5 +592,11 @@ class H2Connection:
             at - self.limits.idle_timeout_s <= before
 
     def _timed_out(self) -> None:
-        if not self.closed and not self.streams:
+        if self.closed:
+            return
+        if self.stalled:
+            # a client that left our response unread (a zero window) for the idle timeout: its
+            # streams hold backends' connections
+            self.abort()
+        elif not self.streams:
             self.drain()

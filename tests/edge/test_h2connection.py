@@ -499,3 +499,37 @@ async def test_a_listener_without_h2_speaks_only_http11() -> None:
             rc, out, err = await _curl("--http2", "-o", "/dev/null", "-w", "%{http_version}",
                                        url)
             assert (rc, out) == (0, "1.1")   # Upgrade: h2c ignored
+
+
+async def test_a_client_that_opens_no_window_is_cut_after_the_idle_timeout() -> None:
+    """Zero-window slow read of a large response: the stream's bytes wait, the backend is
+    paused, and after the listener's idle timeout the connection is closed."""
+    big = b"x" * (4 * 1024 * 1024)
+
+    async def large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big))
+        writer.write(big)
+        await writer.drain()
+        await reader.read()
+
+    async with raw_backend(large) as backend:
+        config = proxy_config(backend)
+        config["listeners"][0]["idle_timeout_s"] = 1.0
+        async with running_daemon(config):
+            reader, writer = await asyncio.open_connection(HOST, listener_port(config))
+            client = RawH2(reader, writer)
+            client.h2.local_settings.initial_window_size = 0   # never grows: no WINDOW_UPDATE
+            client.h2.initiate_connection()
+            client.flush()
+            sid = client.request("/big")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+
+            async def until_closed() -> None:
+                while await reader.read(65536):
+                    pass   # read frames, open no window
+            await asyncio.wait_for(until_closed(), 10)
+            assert 0.9 <= loop.time() - started < 8
+            assert client.status(sid) is None   # (frames not fed to `h2` here)
+            writer.close()
