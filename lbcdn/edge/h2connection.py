@@ -57,7 +57,8 @@ MAX_STREAMS: Final = 128            # SETTINGS_MAX_CONCURRENT_STREAMS
 WINDOW: Final = 1024 * 1024         # initial stream window we offer (a fast client not stalled)
 STREAM_BUFFER: Final = 256 * 1024   # response bytes waiting for a window before the exchange pauses
 RESETS_PER_S: Final = 100.0         # client RST_STREAMs allowed per second ...
-RESETS_BURST: Final = 200.0         # ... after a burst of this many
+RESETS_BURST: Final = 100.0         # ... after a burst of this many
+FEED_BYTES: Final = 8192            # bytes handed to `h2` at once (see data_received)
 CONTROL_PER_S: Final = 50.0         # SETTINGS + PING frames per second ...
 CONTROL_BURST: Final = 100.0        # ... after a burst of this many
 GOAWAY_LINGER_S: Final = 1.0        # reading after a GOAWAY for an error, so the peer gets it
@@ -325,7 +326,13 @@ class H2Connection:
             return
         owner = writebatch.begin()
         try:
-            self._received(data)
+            # fed to `h2` a slice at a time: it parses a whole slice before we see its events,
+            # so a flood (a read of a thousand HEADERS and RST_STREAMs) is cut off after the
+            # slice that ran out its budget, not after all of it
+            for start in range(0, len(data), FEED_BYTES):
+                if self.closed:
+                    break
+                self._received(data[start:start + FEED_BYTES])
         finally:
             if owner:
                 writebatch.end()

@@ -373,22 +373,37 @@ async def test_content_length_disagreeing_with_the_data_is_refused(sent: bytes) 
 
 
 async def _attacked(send: Any, expect: int) -> RawH2:
-    """Run the attack `send(client)` against a daemon; the GOAWAY must carry `expect`."""
+    """Run the attack `send(client)` against a daemon; the GOAWAY must carry `expect`, and
+    another client's requests meanwhile keep their latency (within a generous second)."""
     seen = Seen()
     async with raw_backend(seen.handle) as backend:
         config = proxy_config(backend)
         async with running_daemon(config):
+            loop = asyncio.get_running_loop()
+            other = await RawH2.open(listener_port(config))
+
+            async def one() -> float:
+                start = loop.time()
+                ok = other.request("/ok")
+                await other.read_until(lambda ev: other.ended(ok))
+                assert other.status(ok) == 200
+                return loop.time() - start
+            before = max([await one() for _ in range(5)])
             client = await RawH2.open(listener_port(config), validate=False)
-            await send(client)
-            await client.read_until(lambda ev: client.closed, 20)
+
+            async def attack() -> None:
+                await send(client)
+                await client.read_until(lambda ev: client.closed, 20)
+            attacking = asyncio.ensure_future(attack())
+            during = [await one()]
+            while not attacking.done():
+                during.append(await one())
+            await attacking
             goaway = client.goaway()
             assert goaway is not None and goaway.error_code == expect, client.goaways
             client.close()
-            # the daemon still serves others
-            other = await RawH2.open(listener_port(config))
-            ok = other.request("/ok")
-            await other.read_until(lambda ev: other.ended(ok))
-            assert other.status(ok) == 200
+            assert max(during) < before + 1.0, (before, during)
+            assert await one() < before + 1.0   # and after
             other.close()
             return client
 
