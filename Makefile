@@ -43,7 +43,7 @@ NATIVE_DEBS := gcc libc6-dev $(shell $(PYTHON) -c 'import os, sysconfig; \
 # (tests/e2e/test_proxy_protocol.py); nginx, wrk: the `s3` benchmark scenario's smoke test
 # (tests/benchmarks/test_scenario_s3.py).
 IMAGE_DEBS := debootstrap buildah ca-certificates
-TEST_DEBS  := curl openssl knot pebble systemd docker-compose tini util-linux chromium $(NATIVE_DEBS) \
+TEST_DEBS  := curl nghttp2-client openssl knot pebble systemd docker-compose tini util-linux chromium $(NATIVE_DEBS) \
               haproxy nginx wrk \
               $(IMAGE_DEBS) knot-dnssecutils unbound bind9-dnsutils
 BENCH_DEBS := nginx wrk util-linux dnsperf knot openssl $(NATIVE_DEBS)

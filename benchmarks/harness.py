@@ -412,14 +412,15 @@ class Bench:
                            workers=workers)
 
     def nginx_proxy(self, backend_port: int, name: str = "nginx", *, workers: int = 1,
-                    listen_opts: str = "") -> Server:
-        """nginx as a reverse proxy to backend_port (see nginx_proxy_block)."""
+                    listen_opts: str = "", ready: Probe | None = None) -> Server:
+        """nginx as a reverse proxy to backend_port (see nginx_proxy_block); `ready`: how to
+        tell it is up (a GET over HTTP/1.1 unless told)."""
         need_tools("nginx")
         d = self._dir(name)
         port = free_port()
         return self._nginx(name, d, nginx_proxy_block(port, [backend_port],
                                                       listen_opts=listen_opts), port,
-                           path="/1k.bin", workers=workers)
+                           path="/1k.bin", workers=workers, ready=ready)
 
     def lbcdn(self, backend_port: int, *, idle_timeout_s: float = 60.0,
               name: str = "lbcdn") -> Server:

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scenario_dns  # noqa: E402
 import scenario_bucket  # noqa: E402
 import scenario_cache  # noqa: E402
+import scenario_h2  # noqa: E402
 import scenario_idle  # noqa: E402
 import scenario_pools  # noqa: E402
 import scenario_proxy  # noqa: E402
@@ -56,6 +57,8 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
                      "proxy_cache", scenario_cache.run_signed),
     "tls": ("HTTPS: keep-alive req/s, resumed and full TLS handshakes/s, lbcdn vs nginx",
             scenario_tls.run),
+    "h2": ("HTTP/2 (h2c) req/s and cpu us/req: nginx http2, lbcdn 1 and 2 workers, and lbcdn "
+           "over HTTP/1.1 (h2load)", scenario_h2.run),
     "workers": ("req/s with lbcdn --workers 1 and 2 vs nginx worker_processes 1 and 2",
                 scenario_workers.run),
     "reload": ("500 req/s while lbcdn reloads 5 times (SIGHUP), slow requests in flight: "

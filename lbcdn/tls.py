@@ -220,13 +220,13 @@ def alert_record(description: int, record_version: int) -> bytes:
     return bytes((21, record_version >> 8, record_version & 0xFF, 0, 2, 2, description))
 
 
-def _server_context(min_version: str) -> ssl.SSLContext:
+def _server_context(min_version: str, alpn: Sequence[str] = ("http/1.1",)) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = (ssl.TLSVersion.TLSv1_3 if min_version == "1.3"
                            else ssl.TLSVersion.TLSv1_2)
     ctx.set_ciphers(CIPHERS_TLS12)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(list(alpn))
     tlstickets.install(ctx)  # the daemon's shared ticket keys, so any worker resumes
     return ctx
 
@@ -247,8 +247,10 @@ class ServerTls:
     """The SSLContext a listener serves with, and its SNI selection."""
 
     def __init__(self, config: ListenerTlsConfig,
-                 acme: Sequence[CertificateConfig] = ()) -> None:
-        self.context = _server_context(config.min_version)
+                 acme: Sequence[CertificateConfig] = (),
+                 alpn: Sequence[str] = ("http/1.1",)) -> None:
+        self.alpn = alpn   # the protocols offered (the listener's `http_versions`)
+        self.context = _server_context(config.min_version, alpn)
         self.policy = HelloPolicy(self.context)
         self._exact: dict[str, ssl.SSLContext] = {}
         self._wildcard: dict[str, ssl.SSLContext] = {}
@@ -264,13 +266,14 @@ class ServerTls:
         wildcard: dict[str, ssl.SSLContext] = {}
         every = config.certificates + self.acme
         for cert in every:
-            ctx = _server_context(config.min_version)
+            ctx = _server_context(config.min_version, self.alpn)
             ctx.load_cert_chain(cert.cert_file, cert.key_file)
             for name in self._names(cert):
                 if name.startswith("*."):
                     wildcard.setdefault(name[2:], ctx)
                 else:
                     exact.setdefault(name, ctx)
+        self.context.set_alpn_protocols(list(self.alpn))
         if every:
             self.context.load_cert_chain(every[0].cert_file, every[0].key_file)
             self.has_default = True

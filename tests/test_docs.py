@@ -162,7 +162,8 @@ def test_rows_show_defaults_and_bounds(cls: type,
         elif f.default is not dataclasses.MISSING and f.default is not None:
             code = re.search(r"`([^`]*)`", default_cell)
             assert code is not None, f"{cls.__name__}.{key}: default not shown"
-            assert yaml.safe_load(code.group(1)) == f.default, \
+            default = list(f.default) if isinstance(f.default, tuple) else f.default  # YAML list
+            assert yaml.safe_load(code.group(1)) == default, \
                 f"{cls.__name__}.{key}: reference default {code.group(1)} != {f.default!r}"
 
 

@@ -413,6 +413,9 @@ def _check_listener(ld: Loader, v: Mapping[str, Any], path: str) -> None:
         problem = names.bind_address_problem(v["address"])
         if problem:
             ld.error(join(path, "address"), problem)
+    versions = v.get("http_versions")
+    if versions is not None and (not versions or len(set(versions)) != len(versions)):
+        ld.error(join(path, "http_versions"), "list h2, http1.1 or both, each once")
     one, total = v.get("max_header_bytes"), v.get("max_headers_total_bytes")
     if one is not None and total is not None and one > total:
         ld.error(join(path, "max_header_bytes"),

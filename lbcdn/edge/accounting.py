@@ -32,6 +32,7 @@ def record(conn: ClientStream, head: RequestHead, metrics: RouteMetrics, status:
     listener.access_log.log({
         "time": time.time(), "listener": listener.name,
         "client": conn.client_ip, "method": head.method.decode("latin-1"),
+        "protocol": conn.protocol or "HTTP/" + head.version.decode("latin-1"),
         "path": head.target.decode("latin-1"), "status": status,
         "bytes_in": bytes_in, "bytes_out": bytes_out,
         "route": metrics.route, "target": target.key if target is not None else None,

@@ -19,6 +19,7 @@ from lbcdn.tls import ListenerTlsConfig
 
 
 XffMode = Literal["append", "preserve", "remove"]
+HttpVersion = Literal["h2", "http1.1"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,11 @@ class ListenerConfig:
         "for each (see "
         "[Operations](../operations.md#a-connection-flood-on-an-edge-listener)).", None,
         lo=1, hi=1_000_000)
+    http_versions: tuple[HttpVersion, ...] = doc(
+        "HTTP versions served, in order of preference: a TLS listener offers them by ALPN "
+        "(`h2`, `http/1.1`); a plain one with `h2` takes HTTP/2 with prior knowledge (a "
+        "connection that begins with the HTTP/2 preface; `Upgrade: h2c` stays ignored). "
+        "See [HTTP/2](../guides/edge.md#http2).", ("h2", "http1.1"))
     tls: ListenerTlsConfig | None = doc(
         "Serve HTTPS on this listener. Unset: plain HTTP.", None)
     proxy_protocol: ProxyProtocolConfig | None = doc(

@@ -46,6 +46,7 @@ import httptools
 
 from lbcdn.edge.cache_hit import NO_PLAN, KnownHead, answer_known
 from lbcdn.edge.exchange import SENDING, SWITCHING, Exchange
+from lbcdn.edge.h2connection import PREFACE, H2Connection
 from lbcdn.edge.stream import PAUSE_BODY, PAUSE_PIPELINE, ClientStream
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import Head, HeadLimits, RequestHead, check_request, is_token
@@ -134,6 +135,7 @@ class ClientConnection(ClientStream, Writer):
         self.client_ip = ""
         self.client_ip_bytes = b""
         self.client_port = 0
+        self.protocol = ""
         self.parser = self._new_parser()
         self.deadline = Deadline(self.loop, self._timed_out)
         # in arrival order; a list, not a deque: compiled code has list operations built in,
@@ -169,6 +171,9 @@ class ClientConnection(ClientStream, Writer):
         self._chunked = False
         self._trailers = b""
         self._keep = False
+        # HTTP/2 bytes read before `connection_made` (TLS delivers the first records before
+        # the handshake's waiter gives us the transport)
+        self._early_h2: bytes | None = None
 
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -188,6 +193,8 @@ class ClientConnection(ClientStream, Writer):
             self.set_client(peer[0], peer[1])
         self.listener.connection_made(self)
         self.deadline.set(self.limits.idle_timeout_s)
+        if self._early_h2 is not None:
+            self.become_h2(self._early_h2)
 
     def set_client(self, ip: str, port: int) -> None:
         """The client's address: the peer's, or the one a PROXY header gave (proxy_gate)."""
@@ -228,6 +235,16 @@ class ClientConnection(ClientStream, Writer):
                 writebatch.end()
 
     def _received(self, data: bytes, known: KnownHead | None) -> None:
+        if self.bytes_in == 0 and (self._early_h2 is not None or (
+                data[:3] == b"PRI" and self.listener.h2 and
+                PREFACE.startswith(data[:len(PREFACE)]))):
+            # HTTP/2 from the first byte: h2c with prior knowledge (RFC 9113 3.3), or after
+            # TLS ALPN h2; bytes that come before the transport is ours wait for it
+            if self.transport is None:
+                self._early_h2 = (self._early_h2 or b"") + data
+            else:
+                self.become_h2(data)
+            return
         self.bytes_in += len(data)
         if known is not None:
             self._begin(known.head, writebatch.now())
@@ -311,6 +328,24 @@ class ClientConnection(ClientStream, Writer):
             return bool(sp) and is_token(method)
         # an RTSP method (DESCRIBE, SETUP...) that llhttp knows, on an HTTP/x.y line
         return str(exc) == "Invalid method for HTTP/x.x request"
+
+    def become_h2(self, data: bytes) -> None:
+        """Hand the connection to the HTTP/2 adapter, `data` its first bytes (a client that
+        spoke HTTP/2 from the start: prior knowledge, or TLS ALPN `h2`)."""
+        transport = self.transport
+        assert transport is not None
+        self._early_h2 = None
+        self.closed = True
+        self.deadline.cancel()
+        self.listener.connection_lost(self)
+        h2conn = H2Connection(self.listener)
+        transport.set_protocol(h2conn)  # type: ignore[arg-type]
+        h2conn.connection_made(transport)
+        # the address a PROXY header gave (proxy_gate), not the balancer's
+        h2conn.client_ip, h2conn.client_port = self.client_ip, self.client_port
+        h2conn.client_ip_bytes = self.client_ip_bytes
+        if data:
+            h2conn.data_received(data)
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after its requests still gets the answers (keep the

@@ -28,6 +28,7 @@ from lbcdn.edge.config import ListenerConfig
 from lbcdn.routing.config import ForwardAction, RouteConfig
 from lbcdn.edge.cache_hit import KnownHead
 from lbcdn.edge.connection import ClientConnection, Limits
+from lbcdn.edge.h2connection import H2Connection
 from lbcdn.edge.policy import RoutePolicy
 from lbcdn.edge.proxy_gate import ProxyGate, proxy_settings
 from lbcdn.edge.tls_gate import TlsGate
@@ -51,6 +52,11 @@ EVICT_IDLE_S: Final = 1.0   # waiting this long, a connection may make room for 
 EVICT_SCAN: Final = 64      # connections looked at for one to close (a flood is not O(n^2))
 
 _LOG_LIMIT: Final = LogLimiter()
+
+
+def alpn_protocols(versions: Sequence[str]) -> list[str]:
+    """The ALPN names of a listener's `http_versions`, in the order of preference given."""
+    return ["http/1.1" if v == "http1.1" else v for v in versions]
 
 
 class _Server(Protocol):
@@ -90,7 +96,7 @@ class Listener:
         self.pools = pools
         self.access_log = access_log
         self.loop = asyncio.get_running_loop()
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[ClientConnection | H2Connection] = set()
         # connections before their PROXY header is read or their TLS handshake done
         self.gates: set[TlsGate | ProxyGate] = set()
         self.refusing: set[Refusal] = set()
@@ -101,7 +107,11 @@ class Listener:
         # a handshake asking for a certificate on demand (lbcdn.acme.manager), set by the
         # daemon: awaits the certificate being served (None) or the reason it is not
         self.acme_demand: Callable[[str, str], Awaitable[str | None]] | None = None
-        self.tls = ServerTls(config.tls) if config.tls is not None else None
+        # what a TLS handshake offers by ALPN, and whether a plain connection may begin with
+        # the HTTP/2 preface (h2c with prior knowledge)
+        self.h2 = "h2" in config.http_versions
+        self.tls = ServerTls(config.tls, alpn=alpn_protocols(config.http_versions)) \
+            if config.tls is not None else None
         # trusted networks and `required`, when a PROXY header is read (lbcdn.edge.proxy_gate)
         self.proxy = proxy_settings(config.proxy_protocol)
         self.scheme = "https" if self.tls is not None else "http"
@@ -128,7 +138,9 @@ class Listener:
         self.id_header_lower = self.id_header.lower()
         self.header_kinds = request_header_kinds(self.id_header_lower)
         self.proxy = proxy_settings(config.proxy_protocol)
+        self.h2 = "h2" in config.http_versions
         if self.tls is not None and config.tls is not None:
+            self.tls.alpn = alpn_protocols(config.http_versions)
             self.tls.load(config.tls)  # new handshakes use the new certificates
         self._route_metrics = {}
         self._plans = {}
@@ -203,7 +215,7 @@ class Listener:
     def _make_room(self) -> bool:
         """At the cap: close a connection waiting for a request since EVICT_IDLE_S ago."""
         before = self.loop.time() - EVICT_IDLE_S
-        idle: ClientConnection | None = None
+        idle: ClientConnection | H2Connection | None = None
         looked = 0
         for conn in self.connections:
             if conn.idle_since(before):
@@ -235,12 +247,12 @@ class Listener:
                         self.name, len(self.connections) + len(self.gates),
                         self.max_connections, what, held_note(held))
 
-    def connection_made(self, conn: ClientConnection) -> None:
+    def connection_made(self, conn: ClientConnection | H2Connection) -> None:
         self.connections.add(conn)
         conn.gauge = self.metrics  # the listener may be renamed by a reload meanwhile
         self.metrics.connection_opened()
 
-    def connection_lost(self, conn: ClientConnection) -> None:
+    def connection_lost(self, conn: ClientConnection | H2Connection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
             conn.gauge.connection_closed()

@@ -48,12 +48,14 @@ PAUSE_BODY: Final = 4            # request bodies buffered while no upstream con
 class ClientStream:
     """The client side of an exchange (see the module docstring). Attributes every adapter
     sets: `listener`, `client_ip` (str), `client_ip_bytes` and `client_port`, `draining`
-    (shutting down: the response ends the stream)."""
+    (shutting down: the response ends the stream), `protocol` (the access log's: "HTTP/2.0",
+    or "" for HTTP/1.x, whose request head says which)."""
     listener: Listener
     client_ip: str
     client_ip_bytes: bytes
     client_port: int
     draining: bool
+    protocol: str
 
     # -- the response ---------------------------------------------------------------------
     def start_response(self, head: Head, body: bool, keep_alive: bool) -> bool:

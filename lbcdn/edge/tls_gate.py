@@ -117,6 +117,10 @@ class TlsGate(asyncio.Protocol):
         conn.connection_made(tls_transport)
         if self.client is not None:
             conn.set_client(self.client[0], self.client[1])
+        ssl_object = tls_transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2" and \
+                not conn.closed:   # (not handed over already by its first bytes)
+            conn.become_h2(b"")
 
     def _replay(self, transport: asyncio.Transport) -> None:
         protocol = cast(asyncio.BufferedProtocol, transport.get_protocol())

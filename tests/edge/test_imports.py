@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("listener",),
     ("proxy_gate",),
     ("tls_gate",),
-    ("connection",),
+    ("connection", "h2connection"),
     ("exchange",),
     ("cache_flow", "route_actions", "policy"),
     ("passthrough", "miss_job", "slice_flow"),

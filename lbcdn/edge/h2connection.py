@@ -1,0 +1,611 @@
+"""The HTTP/2 adapter (RFC 9113): one asyncio protocol per connection, one ClientStream per
+request stream, over the same Exchange as HTTP/1.1 (lbcdn.edge.stream).
+
+The framing, HPACK (RFC 7541), stream states, SETTINGS, PING and flow-control bookkeeping are
+python-hyper's `h2` (a sans-IO state machine, chosen by measurement: docs/guides/edge.md,
+"HTTP/2"); this module feeds it the bytes, turns its events into exchanges and writes what it
+wants sent. Rules:
+- A request's pseudo-header fields become the head the HTTP/1.1 parser would have made of the
+  same request (`request_head`): `:authority` is Host, cookie fields are joined with "; ", and
+  `check_request` validates it; so routing, the cache, policies and the access log see no
+  difference. A body without content-length is re-chunked to the backend as HTTP/1.1's would be.
+- Malformed requests (RFC 9113 8.2, 8.3: uppercase or connection-specific fields, `te` other
+  than `trailers`, pseudo-header faults, an empty :path, a content-length the DATA disagrees
+  with) are refused by `h2` as a connection error PROTOCOL_ERROR (RFC 9113 5.4.1 allows a
+  stream error to be treated so); what `h2` lets through and our rules refuse (a relative
+  :path, a bad content-length, a head past the listener's limits) gets its 4xx on its stream.
+  Either way nothing is forwarded.
+- Abuse is bounded per connection (`Flood`): stream resets by the client (rapid reset,
+  CVE-2023-44487), SETTINGS and PING frames; past the budget the connection gets GOAWAY
+  ENHANCE_YOUR_CALM and closes. CONTINUATION floods are bounded by `h2` (64 frames), the
+  decoded header list by SETTINGS_MAX_HEADER_LIST_SIZE, open streams by
+  SETTINGS_MAX_CONCURRENT_STREAMS (one more is a connection error).
+- Flow control: a response's bytes go out as the client's windows allow; what waits is kept
+  per stream and, past STREAM_BUFFER bytes, its exchange is told the client is not reading.
+  Received DATA is acknowledged (WINDOW_UPDATE) as it is handed to the exchange, unless the
+  exchange paused reading: then when it resumes, so a slow backend holds back the client.
+- Drain (SIGTERM, reload): GOAWAY with the last stream id; streams under way finish, then the
+  connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Final, TYPE_CHECKING
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from hyperframe.frame import GoAwayFrame
+
+from lbcdn import writebatch
+from lbcdn.edge.exchange import Exchange
+from lbcdn.edge.stream import ClientStream
+from lbcdn.http.errors import HttpError
+from lbcdn.http.head import Head, RequestHead, check_request
+from lbcdn.timers import Deadline
+
+if TYPE_CHECKING:
+    from lbcdn.edge.listener import Listener
+
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+MAX_STREAMS: Final = 128            # SETTINGS_MAX_CONCURRENT_STREAMS
+WINDOW: Final = 1024 * 1024         # initial stream window we offer (a fast client not stalled)
+STREAM_BUFFER: Final = 256 * 1024   # response bytes waiting for a window before the exchange pauses
+RESETS_PER_S: Final = 100.0         # client RST_STREAMs allowed per second ...
+RESETS_BURST: Final = 100.0         # ... after a burst of this many
+FEED_BYTES: Final = 8192            # bytes handed to `h2` at once (see data_received)
+CONTROL_PER_S: Final = 50.0         # SETTINGS + PING frames per second ...
+CONTROL_BURST: Final = 100.0        # ... after a burst of this many
+GOAWAY_LINGER_S: Final = 1.0        # reading after a GOAWAY for an error, so the peer gets it
+# request fields no HTTP/2 request may carry (RFC 9113 8.2.2): `h2` refuses them already;
+# listed for the head a backend gets, which must never carry one
+_CONNECTION_FIELDS: Final = frozenset((b"connection", b"keep-alive", b"proxy-connection",
+                                       b"transfer-encoding", b"upgrade"))
+
+
+class Flood:
+    """A token bucket: `hit(now)` spends one token, False when none is left (abuse)."""
+    __slots__ = ("rate", "burst", "tokens", "at")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at = now
+
+    def hit(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+def request_head(fields: list[tuple[bytes, bytes]], end_stream: bool,
+                 kinds: dict[bytes, int]) -> RequestHead:
+    """The RequestHead of an HTTP/2 request (its decoded field block, `h2` having checked the
+    pseudo-header rules), as the HTTP/1.1 parser makes it of the same request; HttpError
+    names what is wrong."""
+    method = path = authority = b""
+    headers: list[tuple[bytes, bytes]] = []
+    cookies: list[bytes] = []
+    host: bytes | None = None
+    lengths: set[bytes] = set()
+    for name, value in fields:
+        if name[:1] == b":":
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+        elif name == b"cookie":
+            cookies.append(value)   # one field per crumb is allowed (RFC 9113 8.2.3)
+        elif name == b"host":
+            host = value
+        else:
+            if name == b"content-length":
+                lengths.add(value)
+            headers.append((name, value))
+    if not (path[:1] == b"/" or (path == b"*" and method == b"OPTIONS")):
+        raise HttpError(400, "invalid :path (not absolute)")
+    if len(lengths) > 1 or (lengths and not next(iter(lengths)).isdigit()):
+        raise HttpError(400, "invalid content-length")
+    # :authority is the Host (RFC 9113 8.3.1); `h2` checked that a Host beside it agrees
+    headers.insert(0, (b"host", authority or host or b""))
+    if cookies:
+        headers.append((b"cookie", b"; ".join(cookies)))
+    head = check_request(method, path, b"1.1", headers, True, False, kinds)
+    if not end_stream and head.content_length is None:
+        head.chunked = True   # a body of unknown length: re-chunked to the backend
+    return head
+
+
+class H2Stream(ClientStream):
+    """One request stream: the exchange's ClientStream."""
+
+    def __init__(self, conn: H2Connection, stream_id: int) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.listener = conn.listener
+        self.client_ip = conn.client_ip
+        self.client_ip_bytes = conn.client_ip_bytes
+        self.client_port = conn.client_port
+        self.draining = False
+        self.protocol = "HTTP/2.0"
+        self.exchange: Exchange | None = None
+        self.pending: list[bytes] = []   # response bytes waiting for a window
+        self.pending_bytes = 0
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.ending = False              # end_response came; END_STREAM once `pending` is out
+        self.finished = False            # END_STREAM sent
+        self.request_ended = False
+        self.unacked = 0                 # request bytes received, not yet acknowledged
+        self.paused = 0
+        self.client_paused = False
+        self.sent = 0
+        self.closed = False
+
+    # -- the response ---------------------------------------------------------------------
+    def start_response(self, head: Head, body: bool, keep_alive: bool) -> bool:
+        fields = [(b":status", b"%d" % head.status)]
+        for name, value in head.fields():
+            name = name.lower()
+            if name not in _CONNECTION_FIELDS:
+                fields.append((name, value))
+        if head.length is not None:
+            fields.append((b"content-length", b"%d" % head.length))
+        self.sent += sum(len(n) + len(v) for n, v in fields)
+        self.conn.send_headers(self, fields, not body)
+        return False  # a stream carries one request: `end` comes once both sides are done
+
+    def interim(self, head: Head) -> None:
+        fields = [(b":status", b"%d" % head.status)]
+        fields += [(n.lower(), v) for n, v in head.fields() if n.lower() not in _CONNECTION_FIELDS]
+        self.conn.send_headers(self, fields, False)
+
+    def send_body(self, data: bytes) -> None:
+        if data:
+            self.sent += len(data)
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+            self.conn.send_pending(self)
+
+    def send_body_parts(self, parts: list[bytes]) -> None:
+        for data in parts:
+            self.send_body(data)
+
+    def send_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        self.trailers = [(n.lower(), v) for n, v in fields if n.lower() not in _CONNECTION_FIELDS]
+
+    def end_response(self) -> None:
+        self.ending = True
+        self.conn.send_pending(self)
+
+    def respond(self, head: Head, body: tuple[bytes, ...], keep_alive: bool) -> bool:
+        self.start_response(head, bool(body), keep_alive)
+        if body:
+            self.send_body_parts(list(body))
+            self.end_response()
+        return False
+
+    def response_bytes(self) -> int:
+        return self.sent
+
+    def checkpoint(self) -> tuple[list[bytes], int] | None:
+        return None   # frames leave as they are made: nothing to take back
+
+    def take_back(self, mark: tuple[list[bytes], int] | None) -> bool:
+        return False
+
+    def end(self, keep_alive: bool) -> None:
+        self.exchange = None
+        self.conn.stream_done(self)
+
+    def close(self) -> None:
+        self.end_response()
+
+    def abort(self) -> None:
+        self.exchange = None
+        self.conn.reset(self, h2.errors.ErrorCodes.INTERNAL_ERROR)
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    # -- the request ----------------------------------------------------------------------
+    def pause(self, reason: int) -> None:
+        self.paused |= reason
+
+    def resume(self, reason: int) -> None:
+        self.paused &= ~reason
+        if not self.paused and self.unacked:
+            self.conn.acknowledge(self)
+
+    def body_buffered(self, size: int) -> None:
+        pass   # bounded by the stream's window: nothing more is sent until we acknowledge
+
+    def body_unbuffered(self, size: int) -> None:
+        pass
+
+    def request_stopped(self, ex: object) -> bool:
+        return True
+
+    def become_tunnel(self, ex: object) -> None:
+        raise HttpError(501, "no upgrade over HTTP/2")  # h2 refuses Upgrade fields before
+
+    def tunnel_active(self) -> None:
+        pass
+
+
+class H2Connection:
+    """The connection: an asyncio protocol by its methods (as ClientConnection)."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.limits = listener.limits
+        self.loop = listener.loop
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = ""
+        self.client_ip_bytes = b""
+        self.client_port = 0
+        self.gauge = listener.metrics
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None,
+                                           validate_inbound_headers=True,
+                                           normalize_inbound_headers=False)
+        self.h2 = h2.connection.H2Connection(config)
+        self.streams: dict[int, H2Stream] = {}
+        self.closed = False
+        self.draining = False
+        self.last_stream = 0   # after a GOAWAY: streams above this one are refused
+        self.write_paused = False
+        self.flush_queued = False
+        self.stalled = False   # a response waits for the client's window: the idle timeout runs
+        self.deadline = Deadline(self.loop, self._timed_out)
+        now = self.loop.time()
+        self.resets = Flood(RESETS_PER_S, RESETS_BURST, now)
+        self.control = Flood(CONTROL_PER_S, CONTROL_BURST, now)
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_ip, self.client_port = peer[0], peer[1]
+            self.client_ip_bytes = self.client_ip.encode()
+        self.listener.connection_made(self)
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.limits.max_headers_total_bytes,
+        })
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(WINDOW * 4)   # the connection's window
+        self.flush()
+        self.deadline.set(self.limits.idle_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.deadline.cancel()
+        self.listener.connection_lost(self)
+        self._streams_lost()
+
+    def _streams_lost(self) -> None:
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.closed = True
+            ex = stream.exchange
+            if ex is not None:
+                ex.client_lost()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.stalled = True   # the client does not read: the idle timeout runs
+        self.deadline.set(self.limits.idle_timeout_s)
+        for stream in self.streams.values():
+            self._tell_paused(stream, True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.stalled = False
+        self.deadline.clear()
+        for stream in list(self.streams.values()):
+            self._tell_paused(stream, stream.pending_bytes > STREAM_BUFFER)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        owner = writebatch.begin()
+        try:
+            # fed to `h2` a slice at a time: it parses a whole slice before we see its events,
+            # so a flood (a read of a thousand HEADERS and RST_STREAMs) is cut off after the
+            # slice that ran out its budget, not after all of it
+            for start in range(0, len(data), FEED_BYTES):
+                if self.closed:
+                    break
+                self._received(data[start:start + FEED_BYTES])
+        finally:
+            if owner:
+                writebatch.end()
+
+    def _received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self._goaway_close()   # `h2` queued its GOAWAY
+            return
+        now = self.loop.time()
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                self._request(event)
+            elif isinstance(event, h2.events.DataReceived):
+                stream = self.streams.get(event.stream_id or 0)
+                if stream is None or stream.exchange is None:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length,
+                                                      event.stream_id or 0)
+                else:
+                    stream.unacked += event.flow_controlled_length
+                    stream.exchange.request_body(event.data or b"")
+                    if not stream.paused:
+                        self.acknowledge(stream)
+            elif isinstance(event, h2.events.StreamEnded):
+                stream = self.streams.get(event.stream_id or 0)
+                if stream is not None:
+                    stream.request_ended = True
+                    if stream.exchange is not None:
+                        stream.exchange.request_done()
+            elif isinstance(event, h2.events.StreamReset):
+                stream = self.streams.pop(event.stream_id or 0, None)
+                if stream is not None:
+                    stream.closed = True
+                    ex, stream.exchange = stream.exchange, None
+                    if ex is not None:
+                        ex.client_lost()
+                if not self.resets.hit(now):
+                    self.calm("too many stream resets")
+                    return
+            elif isinstance(event, (h2.events.RemoteSettingsChanged, h2.events.PingReceived)):
+                if not self.control.hit(now):
+                    self.calm("too many SETTINGS or PING frames")
+                    return
+            elif isinstance(event, h2.events.WindowUpdated):
+                for stream in list(self.streams.values()):
+                    if stream.pending or stream.ending:
+                        self.send_pending(stream)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.flush_now()
+                self._close()
+                return
+            # TrailersReceived: request trailers are not forwarded (re-chunked bodies end bare)
+            # PriorityUpdated: priorities are ignored (RFC 9113 5.3.2)
+        self.flush()
+        if self.streams:
+            if not self.stalled:
+                self.deadline.clear()
+        elif not self.closed:
+            self.deadline.set(self.limits.idle_timeout_s)
+
+    def _request(self, event: h2.events.RequestReceived) -> None:
+        sid = event.stream_id or 0
+        if self.draining and sid > self.last_stream:
+            # begun after our GOAWAY: not processed, the client may retry it elsewhere
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        stream = H2Stream(self, sid)
+        stream.draining = self.draining
+        self.streams[sid] = stream
+        end_stream = event.stream_ended is not None
+        stream.request_ended = end_stream
+        started = writebatch.now()
+        try:
+            head = request_head(list(event.headers or ()), end_stream,
+                                self.listener.header_kinds)
+            # the listener's head limits, as an HTTP/1.1 head of the same fields meets them
+            total = 0
+            for count, (name, value) in enumerate(head.headers, 1):
+                size = len(name) + len(value) + 4
+                total += size
+                err = self.limits.header_error(size, total, count)
+                if err is not None:
+                    raise err
+            err = self.limits.url_error(len(head.target))
+            if err is not None:
+                raise err
+        except (HttpError, ValueError) as exc:
+            error = exc if isinstance(exc, HttpError) else HttpError(400, "malformed request")
+            ex = Exchange.for_error(stream, error, started)
+            stream.exchange = ex
+            ex.start()
+            return
+        ex = Exchange(stream, head, started)
+        stream.exchange = ex
+        ex.start()
+        if end_stream and stream.exchange is not None:
+            ex.request_done()
+
+    # -- what streams ask ------------------------------------------------------------------
+    def send_headers(self, stream: H2Stream, fields: list[tuple[bytes, bytes]],
+                     end_stream: bool) -> None:
+        if stream.closed or self.closed:
+            return
+        self.h2.send_headers(stream.stream_id, fields, end_stream=end_stream)
+        if end_stream:
+            stream.ending = stream.finished = True
+        self.flush()
+
+    def send_pending(self, stream: H2Stream) -> None:
+        """Send what the stream's window and the connection's allow; END_STREAM (or the
+        trailers) once all of it left after end_response."""
+        if stream.closed or self.closed:
+            return
+        sid = stream.stream_id
+        h2c = self.h2
+        sent = False
+        while stream.pending:
+            window = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
+            if window <= 0:
+                break
+            data = stream.pending[0]
+            if len(data) > window:
+                stream.pending[0] = data[window:]
+                data = data[:window]
+            else:
+                stream.pending.pop(0)
+            stream.pending_bytes -= len(data)
+            h2c.send_data(sid, data)
+            sent = True
+        if not stream.pending and stream.ending and not stream.finished:
+            stream.finished = True
+            if stream.trailers:
+                h2c.send_headers(sid, stream.trailers, end_stream=True)
+            else:
+                h2c.end_stream(sid)
+            stream.trailers = None
+            if stream.exchange is None:   # its exchange ended while bytes waited
+                self.stream_done(stream)
+        self.flush()
+        if stream.pending:
+            if sent or not self.stalled:   # waiting for the client's window: the idle timeout
+                self.stalled = True        # runs from the last bytes it let through
+                self.deadline.set(self.limits.idle_timeout_s)
+        elif self.stalled and not any(s.pending for s in self.streams.values()):
+            self.stalled = False
+            self.deadline.clear()
+        self._tell_paused(stream, stream.pending_bytes > STREAM_BUFFER or self.write_paused)
+
+    def _tell_paused(self, stream: H2Stream, paused: bool) -> None:
+        if paused != stream.client_paused:
+            stream.client_paused = paused
+            if stream.exchange is not None:
+                stream.exchange.client_paused(paused)
+
+    def acknowledge(self, stream: H2Stream) -> None:
+        size, stream.unacked = stream.unacked, 0
+        if size and not self.closed:
+            try:
+                self.h2.acknowledge_received_data(size, stream.stream_id)
+            except h2.exceptions.StreamClosedError:
+                pass   # reset meanwhile: `h2` gave the connection's window back then
+            self.flush()
+
+    def stream_done(self, stream: H2Stream) -> None:
+        """Its exchange is over; a request still arriving is not wanted (RFC 9113 8.1)."""
+        if not stream.request_ended and not stream.closed:
+            self.reset(stream, h2.errors.ErrorCodes.NO_ERROR)
+        if stream.finished:
+            self.streams.pop(stream.stream_id, None)
+        self._maybe_close()
+
+    def reset(self, stream: H2Stream, code: h2.errors.ErrorCodes) -> None:
+        self.streams.pop(stream.stream_id, None)
+        if not stream.closed and not self.closed:
+            stream.closed = True
+            try:
+                self.h2.reset_stream(stream.stream_id, code)
+            except h2.exceptions.StreamClosedError:
+                pass
+            self.flush()
+        self._maybe_close()
+
+    def calm(self, why: str) -> None:
+        """The peer is abusive: GOAWAY ENHANCE_YOUR_CALM, and close."""
+        self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
+                                 additional_data=why.encode())
+        self._goaway_close()
+
+    def _goaway_close(self) -> None:
+        """Send the GOAWAY `h2` queued and end the connection so that the client reads it:
+        a close with its unread frames still arriving would reset the connection, and the
+        GOAWAY with it. So: our side is shut, what arrives is read and dropped, for
+        GOAWAY_LINGER_S at most."""
+        self.flush_now()
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        self._streams_lost()
+        self.closed = True
+        self.deadline.cancel()
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(GOAWAY_LINGER_S, transport.abort)
+        else:
+            transport.close()
+
+    def flush(self) -> None:
+        """Write what `h2` made, once this turn of the loop is over: the frames of every
+        stream that answered meanwhile go in one write (one syscall, not one per frame)."""
+        if not self.flush_queued:
+            self.flush_queued = True
+            self.loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self.flush_queued = False
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    # -- the connection's life --------------------------------------------------------------
+    def _maybe_close(self) -> None:
+        if self.draining and not self.streams:
+            self._close()
+        elif not self.streams and not self.closed:
+            self.deadline.set(self.limits.idle_timeout_s)
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.flush_now()
+            self.closed = True
+            self.deadline.cancel()
+            if self.transport is not None:
+                self.transport.close()
+
+    def close(self) -> None:
+        self._close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self.deadline.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def drain(self) -> None:
+        """Shutdown: GOAWAY naming the last stream begun; those finish, then close."""
+        if self.draining or self.closed:
+            return
+        self.draining = True
+        for stream in self.streams.values():
+            stream.draining = True
+        # GOAWAY written by us, not `h2.close_connection`: that closes `h2`'s connection state
+        # machine, which then refuses every frame, the in-flight streams' included
+        self.flush_now()
+        self.last_stream = self.h2.highest_inbound_stream_id
+        frame = GoAwayFrame(0, last_stream_id=self.last_stream, error_code=0)
+        if self.transport is not None:
+            self.transport.write(frame.serialize())
+        self._maybe_close()
+
+    def idle_since(self, before: float) -> bool:
+        at = self.deadline.at
+        return at is not None and not self.streams and not self.closed and \
+            at - self.limits.idle_timeout_s <= before
+
+    def _timed_out(self) -> None:
+        if self.closed:
+            return
+        if self.stalled:
+            # a client that left our response unread (a zero window) for the idle timeout: its
+            # streams hold backends' connections
+            self.abort()
+        elif not self.streams:
+            self.drain()

@@ -1,0 +1,550 @@
+"""The HTTP/2 adapter (lbcdn.edge.h2connection), through real sockets: curl and nghttp as
+clients (h2c with prior knowledge, TLS with ALPN h2), and the `h2` library as a raw-frame
+client for the malformed requests and the attacks; a backend counting what reaches it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import pytest
+import trustme
+from hyperframe.frame import ContinuationFrame, HeadersFrame
+
+from lbcdn.edge.h2connection import Flood, request_head
+from lbcdn.http.errors import HttpError
+from lbcdn.http.head import request_header_kinds
+from tests.e2e.harness import HOST, DaemonProcess, backend_process, listener_port, \
+    proxy_config, raw_backend, read_request, running_daemon, wait_for_port
+
+
+async def _curl(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--max-time", "10", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+class Seen:
+    """A backend answering each request with what it received (as JSON), counting them."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, list[tuple[str, str]], bytes]] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            line, headers, body = await read_request(reader)
+            self.requests.append((line, headers, body))
+            out = json.dumps({"line": line, "headers": headers,
+                              "body": body.decode("latin-1")}).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
+                         b"Cache-Control: max-age=60\r\n\r\n%s" % (len(out), out))
+            await writer.drain()
+
+
+def test_request_head_is_what_http1_makes_of_it() -> None:
+    kinds = request_header_kinds(b"x-request-id")
+    head = request_head([(b":method", b"GET"), (b":scheme", b"https"),
+                         (b":authority", b"a.test"), (b":path", b"/p?q=1"),
+                         (b"cookie", b"a=1"), (b"cookie", b"b=2"), (b"user-agent", b"t")],
+                        True, kinds)
+    assert (head.method, head.host, head.path, head.query) == (b"GET", b"a.test", b"/p", b"q=1")
+    assert (b"cookie", b"a=1; b=2") in head.headers
+    assert head.user_agent == b"t" and not head.chunked and head.content_length is None
+    body = request_head([(b":method", b"POST"), (b":scheme", b"http"),
+                         (b":authority", b"a"), (b":path", b"/")], False, kinds)
+    assert body.chunked   # a body of unknown length goes to the backend chunked
+    for bad in ([(b":path", b"x")], [(b":path", b"/"), (b"content-length", b"1"),
+                                     (b"content-length", b"2")]):
+        with pytest.raises(HttpError) as err:
+            request_head([(b":method", b"GET"), (b":authority", b"a"), *bad], True, kinds)
+        assert err.value.status == 400
+
+
+def test_flood_allows_a_burst_then_the_rate() -> None:
+    flood = Flood(10.0, 3.0, 0.0)
+    assert [flood.hit(0.0) for _ in range(4)] == [True, True, True, False]
+    assert flood.hit(0.1) and not flood.hit(0.1)
+
+
+async def test_h2c_prior_knowledge_proxies_and_serves_a_cache_hit() -> None:
+    seen = Seen()
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend, routes=[
+            {"name": "cdn", "cache": "site", "match": {"path_prefix": "/c"}}], cache={
+            "policies": {"default": {}},
+            "origins": {"o": {"url": f"http://{HOST}:{backend}"}},
+            "distributions": {"site": {"default_behavior": {"path_pattern": "*",
+                                                            "origin": "o"}}}})
+        async with running_daemon(config):
+            url = f"http://{HOST}:{listener_port(config)}/c?x=1"
+            for _ in range(2):
+                rc, out, err = await _curl("--http2-prior-knowledge", "-i",
+                                           "-b", "a=1; b=2", url)
+                assert rc == 0, err
+                assert out.startswith("HTTP/2 200"), out
+            assert len(seen.requests) == 1   # the second was a cache hit
+            line, headers, _ = seen.requests[0]
+            assert line.startswith("GET /c") and "hit" in out.lower()
+            rc, out, err = await _curl("--http2-prior-knowledge", "-b", "a=1; b=2",
+                                       f"http://{HOST}:{listener_port(config)}/p?x=1")
+            assert rc == 0, err
+            line, headers, _ = seen.requests[1]
+            assert line == "GET /p?x=1 HTTP/1.1"
+            names = {n.lower(): v for n, v in headers}
+            assert names["host"] == f"{HOST}:{listener_port(config)}"
+            assert names["cookie"] == "a=1; b=2"
+            assert names["x-forwarded-proto"] == "http" and "x-request-id" in names
+
+
+async def test_tls_alpn_offers_h2_and_http11(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("a.test")
+    crt, key, ca_file = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(crt))
+    cert.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    seen = Seen()
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        config["listeners"][0]["tls"] = {"certificates": [
+            {"cert_file": str(crt), "key_file": str(key)}]}
+        async with running_daemon(config):
+            port = listener_port(config)
+            base = ["--cacert", str(ca_file), "--resolve", f"a.test:{port}:{HOST}",
+                    "-o", "/dev/null", "-w", "%{http_version} %{http_code}"]
+            got = await _curl("--http2", *base, f"https://a.test:{port}/x")
+            assert got[1] == "2 200", got
+            assert (await _curl("--http1.1", *base, f"https://a.test:{port}/x"))[1] == "1.1 200"
+            assert seen.requests[0][0] == "GET /x HTTP/1.1"
+            names = {n.lower() for n, _ in seen.requests[0][1]}
+            assert "x-forwarded-proto" in names
+
+
+class GoAway(NamedTuple):
+    last_stream_id: int
+    error_code: int
+    debug: bytes
+
+
+class RawH2:
+    """A raw HTTP/2 client over a real socket: python-hyper's `h2` with its checks off where
+    a test sends what a well-behaved client would not."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 validate: bool = True) -> None:
+        self.reader, self.writer = reader, writer
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=validate,
+            normalize_outbound_headers=validate, validate_inbound_headers=validate))
+        self.events: list[Any] = []
+        self.closed = False
+        self.raw = b""
+        self.goaways: list[GoAway] = []
+
+    @classmethod
+    async def open(cls, port: int, validate: bool = True) -> RawH2:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        client = cls(reader, writer, validate)
+        client.h2.initiate_connection()
+        client.flush()
+        return client
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+
+    def request(self, path: str = "/", method: str = "GET", body: bytes | None = None,
+                extra: list[tuple[bytes, bytes]] | None = None, end: bool = True) -> int:
+        sid = self.h2.get_next_available_stream_id()
+        headers = [(b":method", method.encode()), (b":scheme", b"http"),
+                   (b":authority", b"t.test"), (b":path", path.encode())] + (extra or [])
+        self.h2.send_headers(sid, headers, end_stream=end and body is None)
+        if body is not None:
+            self.h2.send_data(sid, body, end_stream=end)
+        self.flush()
+        return sid
+
+    async def read_until(self, done: Any, timeout_s: float = 10.0) -> None:
+        """Read and handle frames (acknowledging DATA) until `done(events)` or EOF."""
+        async def loop() -> None:
+            while not done(self.events):
+                try:
+                    data = await self.reader.read(65536)
+                except ConnectionResetError:
+                    data = b""
+                if not data:
+                    self.closed = True
+                    return
+                for event in self.h2.receive_data(self._keep_goaway(data)):
+                    self.events.append(event)
+                    if isinstance(event, h2.events.DataReceived):
+                        self.h2.acknowledge_received_data(event.flow_controlled_length,
+                                                          event.stream_id)
+                self.flush()
+        await asyncio.wait_for(loop(), timeout_s)
+
+    def _keep_goaway(self, data: bytes) -> bytes:
+        """`data` without its GOAWAY frames, which go to `goaways`: `h2` closes its state
+        machine on one, and a graceful GOAWAY is followed by the in-flight streams' frames."""
+        self.raw += data
+        out = []
+        while len(self.raw) >= 9:
+            size = int.from_bytes(self.raw[:3], "big") + 9
+            if len(self.raw) < size:
+                break
+            frame, self.raw = self.raw[:size], self.raw[size:]
+            if frame[3] == 7:
+                self.goaways.append(GoAway(int.from_bytes(frame[9:13], "big") & 0x7FFFFFFF,
+                                           int.from_bytes(frame[13:17], "big"), frame[17:]))
+            else:
+                out.append(frame)
+        return b"".join(out)
+
+    def body(self, sid: int) -> bytes:
+        return b"".join(e.data for e in self.events
+                        if isinstance(e, h2.events.DataReceived) and e.stream_id == sid)
+
+    def status(self, sid: int) -> int | None:
+        for e in self.events:
+            if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid:
+                return int(dict(e.headers)[b":status"])
+        return None
+
+    def ended(self, sid: int) -> bool:
+        return any(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset))
+                   and e.stream_id == sid for e in self.events)
+
+    def goaway(self) -> GoAway | None:
+        return self.goaways[0] if self.goaways else None
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_request_bodies_both_framings_and_flow_control_both_ways() -> None:
+    seen = Seen()
+    big = bytes(range(256)) * 12_000   # 3 MB: many windows of the default 64 KiB each way
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            port = listener_port(config)
+            client = await RawH2.open(port)
+            sized = client.request("/sized", "POST", b"hello",
+                                   extra=[(b"content-length", b"5")])
+            await client.read_until(lambda ev: client.ended(sized))
+            assert client.status(sized) == 200
+            assert seen.requests[0][2] == b"hello"
+            assert ("content-length", "5") in seen.requests[0][1]
+            # no content-length, and more than the connection's and stream's windows: sent as
+            # the server's WINDOW_UPDATEs allow, re-chunked to the backend, echoed back
+            sid = client.request("/big", "POST", end=False)
+            rest = big
+            while rest:
+                window = min(client.h2.local_flow_control_window(sid),
+                             client.h2.max_outbound_frame_size)
+                if window == 0:
+                    await client.read_until(
+                        lambda ev: client.h2.local_flow_control_window(sid) > 0)
+                    continue
+                client.h2.send_data(sid, rest[:window])
+                rest = rest[window:]
+                client.flush()
+            client.h2.end_stream(sid)
+            client.flush()
+            await client.read_until(lambda ev: client.ended(sid), 30)
+            assert client.status(sid) == 200
+            line, headers, body = seen.requests[1]
+            assert body == big and ("Transfer-Encoding", "chunked") in headers
+            assert json.loads(client.body(sid))["body"].encode("latin-1") == big
+            client.close()
+
+            # curl sends a body with its length; the daemon answers over h2c
+            rc, out, err = await _curl("--http2-prior-knowledge", "--data-binary", "abc",
+                                       f"http://{HOST}:{port}/curl")
+            assert rc == 0 and json.loads(out)["body"] == "abc", err
+
+
+async def test_drain_sends_goaway_and_streams_in_flight_finish() -> None:
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        arrived.set()
+        await release.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+        await writer.drain()
+
+    async with raw_backend(slow) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config) as daemon:
+            client = await RawH2.open(listener_port(config))
+            sid = client.request("/slow")
+            await asyncio.wait_for(arrived.wait(), 10)
+            listener = daemon.listeners[0]
+            drained = asyncio.ensure_future(listener.drain(listener.loop.time() + 10))
+            await client.read_until(lambda ev: client.goaway() is not None)
+            assert client.goaway() == GoAway(sid, 0, b"")
+            late = client.request("/late")   # begun after the GOAWAY: refused, not served
+            release.set()
+            await client.read_until(lambda ev: client.ended(sid) and client.closed)
+            assert client.status(sid) == 200 and client.body(sid) == b"slow", client.events
+            assert client.status(late) is None and client.ended(late)
+            await asyncio.wait_for(drained, 10)
+            client.close()
+
+
+BASE = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"t.test")]
+MALFORMED = {
+    "uppercase name": BASE + [(b":path", b"/"), (b"X-Up", b"1")],
+    "connection": BASE + [(b":path", b"/"), (b"connection", b"close")],
+    "keep-alive": BASE + [(b":path", b"/"), (b"keep-alive", b"5")],
+    "proxy-connection": BASE + [(b":path", b"/"), (b"proxy-connection", b"x")],
+    "transfer-encoding": BASE + [(b":path", b"/"), (b"transfer-encoding", b"chunked")],
+    "upgrade": BASE + [(b":path", b"/"), (b"upgrade", b"websocket")],
+    "te gzip": BASE + [(b":path", b"/"), (b"te", b"gzip")],
+    "missing :path": BASE,
+    "duplicate :method": BASE + [(b":path", b"/"), (b":method", b"POST")],
+    "unknown pseudo": BASE + [(b":path", b"/"), (b":proto", b"x"), (b":foo", b"1")],
+    "pseudo after regular": BASE[:2] + [(b"x-a", b"1"), (b":authority", b"t"),
+                                        (b":path", b"/")],
+    "empty :path": BASE + [(b":path", b"")],
+    "CR LF in value": BASE + [(b":path", b"/"), (b"x-a", b"1\r\nx-b: 2")],
+    "NUL in value": BASE + [(b":path", b"/"), (b"x-a", b"1\x002")],
+    "leading space in value": BASE + [(b":path", b"/"), (b"x-a", b" 1")],
+    "relative :path": BASE + [(b":path", b"x/y")],
+    "bad content-length": BASE + [(b":path", b"/"), (b"content-length", b"1x")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+async def test_a_malformed_request_is_refused_and_never_forwarded(case: str) -> None:
+    seen = Seen()
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            client = await RawH2.open(listener_port(config), validate=False)
+            sid = client.h2.get_next_available_stream_id()
+            client.h2.send_headers(sid, MALFORMED[case], end_stream=True)
+            client.flush()
+            await client.read_until(lambda ev: client.ended(sid) or client.goaway())
+            goaway = client.goaway()
+            # a connection error PROTOCOL_ERROR, or the stream's own 400
+            assert (goaway is not None and goaway.error_code == 1) or \
+                client.status(sid) == 400, (case, client.events)
+            client.close()
+            # a good request on a new connection goes through: the backend saw only that
+            good = await RawH2.open(listener_port(config))
+            ok = good.request("/ok")
+            await good.read_until(lambda ev: good.ended(ok))
+            assert good.status(ok) == 200
+            assert [r[0] for r in seen.requests] == ["GET /ok HTTP/1.1"]
+            good.close()
+
+
+@pytest.mark.parametrize("sent", [b"abc", b"abcdefghijklmnop"])
+async def test_content_length_disagreeing_with_the_data_is_refused(sent: bytes) -> None:
+    seen = Seen()
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            client = await RawH2.open(listener_port(config), validate=False)
+            sid = client.h2.get_next_available_stream_id()
+            client.h2.send_headers(sid, BASE + [(b":method", b"POST"), (b":path", b"/"),
+                                                (b"content-length", b"10")][:3] +
+                                   [(b":path", b"/"), (b"content-length", b"10")])
+            client.h2.send_data(sid, sent, end_stream=True)
+            client.flush()
+            await client.read_until(lambda ev: client.goaway() or client.ended(sid))
+            assert client.goaway() is not None and client.goaway().error_code == 1
+            await asyncio.sleep(0.2)
+            assert seen.requests == []   # no whole request reached the backend
+            client.close()
+
+
+async def _attacked(send: Any, expect: int) -> RawH2:
+    """Run the attack `send(client)` against a daemon; the GOAWAY must carry `expect`, and
+    another client's requests meanwhile keep their latency (within a generous second)."""
+    seen = Seen()
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            loop = asyncio.get_running_loop()
+            other = await RawH2.open(listener_port(config))
+
+            async def one() -> float:
+                start = loop.time()
+                ok = other.request("/ok")
+                await other.read_until(lambda ev: other.ended(ok))
+                assert other.status(ok) == 200
+                return loop.time() - start
+            before = max([await one() for _ in range(5)])
+            client = await RawH2.open(listener_port(config), validate=False)
+
+            async def attack() -> None:
+                await send(client)
+                await client.read_until(lambda ev: client.closed, 20)
+            attacking = asyncio.ensure_future(attack())
+            during = [await one()]
+            while not attacking.done():
+                during.append(await one())
+            await attacking
+            goaway = client.goaway()
+            assert goaway is not None and goaway.error_code == expect, client.goaways
+            client.close()
+            assert max(during) < before + 1.0, (before, during)
+            assert await one() < before + 1.0   # and after
+            other.close()
+            return client
+
+
+async def test_rapid_reset_ends_in_enhance_your_calm() -> None:
+    async def send(client: RawH2) -> None:
+        for _ in range(1000):
+            sid = client.request("/r")
+            client.h2.reset_stream(sid)
+        client.flush()
+    await _attacked(send, 11)
+
+
+async def test_settings_and_ping_floods_end_in_enhance_your_calm() -> None:
+    async def settings(client: RawH2) -> None:
+        for i in range(1000):
+            client.h2.update_settings({h2.settings.SettingCodes.ENABLE_PUSH: 0})
+        client.flush()
+
+    async def pings(client: RawH2) -> None:
+        for i in range(1000):
+            client.h2.ping(i.to_bytes(8, "big"))
+        client.flush()
+    await _attacked(settings, 11)
+    await _attacked(pings, 11)
+
+
+async def test_continuation_flood_is_a_connection_error() -> None:
+    async def send(client: RawH2) -> None:
+        block = client.h2.encoder.encode(BASE + [(b":path", b"/")])
+        # HEADERS without END_HEADERS, then CONTINUATION frames that never end the block
+        frames = [HeadersFrame(1, block, flags=["END_STREAM"])]
+        frames += [ContinuationFrame(1, b"\x40\x01a\x01b") for _ in range(200)]
+        client.writer.write(b"".join(f.serialize() for f in frames))
+    await _attacked(send, 1)
+
+
+async def test_hpack_bomb_is_bounded_by_the_header_list_size() -> None:
+    async def send(client: RawH2) -> None:
+        # one big field put in the dynamic table, then named by its index 200 times: a small
+        # block that decodes to megabytes
+        big = (b"x-big", b"a" * 3000)
+        client.h2.send_headers(1, BASE + [(b":path", b"/")] + [big] * 200, end_stream=True)
+        client.flush()
+    await _attacked(send, 11)
+
+
+async def test_too_many_streams_are_refused() -> None:
+    async def send(client: RawH2) -> None:
+        await client.read_until(lambda ev: client.h2.remote_settings.max_concurrent_streams
+                                < 1000)
+        limit = client.h2.remote_settings.max_concurrent_streams
+        # open streams (no END_STREAM) a backend keeps waiting, one more than allowed (made
+        # by hand: the client's `h2` would not)
+        client.writer.write(b"".join(
+            HeadersFrame(2 * i + 1, client.h2.encoder.encode(
+                BASE[1:] + [(b":method", b"POST"), (b":path", b"/w")]),
+                flags=["END_HEADERS"]).serialize() for i in range(limit + 1)))
+    await _attacked(send, 1)
+
+
+async def test_access_log_says_the_protocol(tmp_path: Path) -> None:
+    seen = Seen()
+    log_path = tmp_path / "access.log"
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        config["logging"]["access_log"] = {"enabled": True, "path": str(log_path)}
+        async with running_daemon(config):
+            url = f"http://{HOST}:{listener_port(config)}/"
+            assert (await _curl("--http2-prior-knowledge", url + "two"))[0] == 0
+            assert (await _curl("--http1.1", url + "one"))[0] == 0
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert {(e["path"], e["protocol"]) for e in lines} == {("/two", "HTTP/2.0"),
+                                                          ("/one", "HTTP/1.1")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_nghttp_and_h2load_against_the_daemon(tmp_path: Path, workers: int) -> None:
+    """Real clients against the real daemon, in one process and with --workers 2: nghttp
+    (several streams on one connection) and h2load (many), every request answered."""
+    with backend_process() as backend:
+        config = proxy_config(backend.port)
+        daemon = DaemonProcess(config, tmp_path, extra_args=["--workers", str(workers)])
+        try:
+            port = listener_port(config)
+            wait_for_port(port)
+            url = f"http://{HOST}:{port}/"
+            out = subprocess.run(["nghttp", "-n", "-s", url, url + "a", url + "b"],
+                         capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, out.stderr
+            load = subprocess.run(["h2load", "-n", "2000", "-c", "4", "-m", "10", url],
+                          capture_output=True, text=True, timeout=60)
+            assert "2000 succeeded, 0 failed" in load.stdout, load.stdout
+        finally:
+            daemon.stop()
+
+
+async def test_a_listener_without_h2_speaks_only_http11() -> None:
+    seen = Seen()
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        config["listeners"][0]["http_versions"] = ["http1.1"]
+        async with running_daemon(config):
+            url = f"http://{HOST}:{listener_port(config)}/x"
+            rc, out, err = await _curl("--http2-prior-knowledge", url)
+            assert rc != 0 and seen.requests == []   # the preface is no HTTP/1.1 request
+            rc, out, err = await _curl("--http2", "-o", "/dev/null", "-w", "%{http_version}",
+                                       url)
+            assert (rc, out) == (0, "1.1")   # Upgrade: h2c ignored
+
+
+async def test_a_client_that_opens_no_window_is_cut_after_the_idle_timeout() -> None:
+    """Zero-window slow read of a large response: the stream's bytes wait, the backend is
+    paused, and after the listener's idle timeout the connection is closed."""
+    big = b"x" * (4 * 1024 * 1024)
+
+    async def large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big))
+        writer.write(big)
+        await writer.drain()
+        await reader.read()
+
+    async with raw_backend(large) as backend:
+        config = proxy_config(backend)
+        config["listeners"][0]["idle_timeout_s"] = 1.0
+        async with running_daemon(config):
+            reader, writer = await asyncio.open_connection(HOST, listener_port(config))
+            client = RawH2(reader, writer)
+            client.h2.local_settings.initial_window_size = 0   # never grows: no WINDOW_UPDATE
+            client.h2.initiate_connection()
+            client.flush()
+            sid = client.request("/big")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+
+            async def until_closed() -> None:
+                while await reader.read(65536):
+                    pass   # read frames, open no window
+            await asyncio.wait_for(until_closed(), 10)
+            assert 0.9 <= loop.time() - started < 8
+            assert client.status(sid) is None   # (frames not fed to `h2` here)
+            writer.close()
