@@ -20,10 +20,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
 
-from mypy_extensions import trait
+from mypy_extensions import mypyc_attr, trait
 
 
+# interpreted subclasses allowed: lbcdn.upstream.h2connection.H2Stream is one (through
+# UpstreamConnection)
 @trait
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Writer:
     """Mixin for a protocol object: `write()` to its transport, batched when a batch is open.
     The class using it sets `transport`, `closed` and `_pending` (None) in its __init__. A
