@@ -36,26 +36,10 @@ class Writer:
     _pending: list[bytes] | None
 
     def write(self, data: bytes) -> None:
-        if _state.open:
-            pending = self._pending
-            if pending is None:
-                self._pending = [data]
-                _state.touched.append(self)
-            else:
-                pending.append(data)
-        elif self.transport is not None and not self.closed:
-            self.transport.write(data)
+        write_to(self, data)
 
     def writelines(self, parts: list[bytes]) -> None:
-        if _state.open:
-            pending = self._pending
-            if pending is None:
-                self._pending = list(parts)
-                _state.touched.append(self)
-            else:
-                pending.extend(parts)
-        elif self.transport is not None and not self.closed:
-            self.transport.writelines(parts)
+        writelines_to(self, parts)
 
     def mark(self) -> tuple[list[bytes], int] | None:
         """Where the next write will land, for `rewind`; None when it goes out at once."""
@@ -74,20 +58,7 @@ class Writer:
         return True
 
     def flush(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending and self.transport is not None and not self.closed:
-            if len(pending) == 1:
-                self.transport.write(pending[0])
-                return
-            size = 0
-            for part in pending:
-                size += len(part)
-            if size <= JOIN_MAX:
-                # one buffer: over TLS one record (a TLS transport seals each part of
-                # writelines on its own, so a head and its body went as two records)
-                self.transport.write(b"".join(pending))
-            else:
-                self.transport.writelines(pending)
+        flush_to(self)
 
 
 class _Batch:
@@ -136,3 +107,44 @@ def batch() -> Iterator[None]:
     finally:
         if owner:
             end()
+
+
+def write_to(w: Writer, data: bytes) -> None:
+    if _state.open:
+        pending = w._pending
+        if pending is None:
+            w._pending = [data]
+            _state.touched.append(w)
+        else:
+            pending.append(data)
+    elif w.transport is not None and not w.closed:
+        w.transport.write(data)
+
+
+def writelines_to(w: Writer, parts: list[bytes]) -> None:
+    if _state.open:
+        pending = w._pending
+        if pending is None:
+            w._pending = list(parts)
+            _state.touched.append(w)
+        else:
+            pending.extend(parts)
+    elif w.transport is not None and not w.closed:
+        w.transport.writelines(parts)
+
+
+def flush_to(w: Writer) -> None:
+    pending, w._pending = w._pending, None
+    if pending and w.transport is not None and not w.closed:
+        if len(pending) == 1:
+            w.transport.write(pending[0])
+            return
+        size = 0
+        for part in pending:
+            size += len(part)
+        if size <= JOIN_MAX:
+            # one buffer: over TLS one record (a TLS transport seals each part of
+            # writelines on its own, so a head and its body went as two records)
+            w.transport.write(b"".join(pending))
+        else:
+            w.transport.writelines(pending)

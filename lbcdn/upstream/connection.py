@@ -27,7 +27,7 @@ from lbcdn.http.errors import HttpError
 from lbcdn.http.head import ResponseHead
 from lbcdn.http.response import ResponseReader, ResponseSink
 from lbcdn.timers import Deadline
-from lbcdn.writebatch import Writer
+from lbcdn.writebatch import Writer, flush_to, write_to, writelines_to
 
 if TYPE_CHECKING:
     # Only the annotation of `target`: the edge reads a connection's target as the pool's
@@ -113,6 +113,18 @@ class UpstreamConnection(ResponseSink, Writer):
         self._reader: ResponseReader | None = None
         self._timeout = pool.response_timeout_s
         self._deadline = Deadline(asyncio.get_event_loop(), self._timed_out)
+
+    # The Writer methods again, as this class's own: compiled code calls a trait's methods
+    # through the compiled class's table, which an interpreted subclass (H2Stream) cannot
+    # override; a method of this class it can.
+    def write(self, data: bytes) -> None:
+        write_to(self, data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        writelines_to(self, parts)
+
+    def flush(self) -> None:
+        flush_to(self)
 
     # -- lifecycle ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
