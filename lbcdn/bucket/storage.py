@@ -592,16 +592,24 @@ class Storage:
                 if placed != spill:
                     with contextlib.suppress(OSError):
                         os.unlink(spill)
+                # under the lock too: a later commit's entry must not be overwritten by this
+                self._remember(placed, ident, info)
         except BaseException:
             pending.abort()
             if orphan_meta is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(orphan_meta)
             raise
-        self._remember(placed, ident, info)
         return info
 
     def _check_condition(self, bucket: str, key: str, condition: WriteCondition) -> None:
+        # From the disk, not the metadata cache: a replaced file's inode is reused at once and
+        # files written within one clock tick share mtime_ns, so a cached identity can match
+        # a newer version of the same size (racing writers of equal-sized bodies).
+        _, path, spill = self._locate(bucket, key)
+        for p in (path, spill):
+            if p is not None:
+                self._meta_cache.pop(p, None)
         try:
             current: str | None = self.stat_object(bucket, key).etag
         except S3Error as e:
