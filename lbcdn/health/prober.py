@@ -217,6 +217,19 @@ class _Judge:
                             "search string not found in the first 5120 bytes of the body")
 
 
+def _failed(e: Exception, spec: ProbeSpec, connected: bool, what: str) -> tuple[Outcome, str]:
+    """What a probe that raised `e` found (called in its `except` block)."""
+    if isinstance(e, TimeoutError):
+        return Outcome.TIMEOUT, _timeout_detail(spec, connected)
+    if isinstance(e, ssl.SSLError):
+        return Outcome.CONNECT_FAILED, f"TLS handshake failed: {e}"
+    if isinstance(e, OSError):
+        return Outcome.CONNECT_FAILED, f"connect failed: {e.strerror or e}"
+    # a bug of ours must not take the checker down
+    log.exception("%s of %s:%s failed", what, spec.address, spec.port)
+    return Outcome.INTERNAL_ERROR, f"internal error: {e!r}"
+
+
 def _timeout_detail(spec: ProbeSpec, connected: bool) -> str:
     what = "complete answer" if connected else "connection"
     return f"no {what} within {spec.timeout_s:g} s"
@@ -559,15 +572,8 @@ async def _probe_via_transport(spec: ProbeSpec) -> ProbeResult:
                 await loop.create_connection(lambda: proto, spec.address, spec.port, ssl=tls,
                                              server_hostname=spec.server_hostname)
             outcome, detail = await done
-    except TimeoutError:
-        outcome, detail = Outcome.TIMEOUT, _timeout_detail(spec, proto.connected)
-    except ssl.SSLError as e:
-        outcome, detail = Outcome.CONNECT_FAILED, f"TLS handshake failed: {e}"
-    except OSError as e:
-        outcome, detail = Outcome.CONNECT_FAILED, f"connect failed: {e.strerror or e}"
-    except Exception as e:  # a bug of ours must not take the checker down
-        log.exception("health probe of %s:%s failed", spec.address, spec.port)
-        outcome, detail = Outcome.INTERNAL_ERROR, f"internal error: {e!r}"
+    except Exception as e:
+        outcome, detail = _failed(e, spec, proto.connected, "health probe")
     finally:
         proto.close()
         if not done.done():
@@ -675,15 +681,8 @@ async def _probe_grpc(spec: ProbeSpec) -> ProbeResult:
             await loop.create_connection(lambda: proto, spec.address, spec.port, ssl=tls,
                                          server_hostname=spec.server_hostname)
             outcome, detail = await done
-    except TimeoutError:
-        outcome, detail = Outcome.TIMEOUT, _timeout_detail(spec, proto.connected)
-    except ssl.SSLError as e:
-        outcome, detail = Outcome.CONNECT_FAILED, f"TLS handshake failed: {e}"
-    except OSError as e:
-        outcome, detail = Outcome.CONNECT_FAILED, f"connect failed: {e.strerror or e}"
-    except Exception as e:  # a bug of ours must not take the checker down
-        log.exception("gRPC health probe of %s:%s failed", spec.address, spec.port)
-        outcome, detail = Outcome.INTERNAL_ERROR, f"internal error: {e!r}"
+    except Exception as e:
+        outcome, detail = _failed(e, spec, proto.connected, "gRPC health probe")
     finally:
         if proto.transport is not None:
             proto.transport.abort()
