@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Final, cast
 
 from lbcdn.edge.connection import ClientConnection
-from lbcdn.edge.tls_gate import TlsGate
+from lbcdn.edge.tls_gate import Gate, TlsGate
 from lbcdn.http.proxyproto import ProxyError, ProxyHeader, may_be_header, parse
 from lbcdn.logs import LogLimiter, held_note
 
@@ -60,17 +60,15 @@ def is_trusted(ip: str, networks: tuple[Network, ...]) -> bool:
     return any(addr in net for net in networks)
 
 
-class ProxyGate(asyncio.Protocol):
+class ProxyGate(Gate):
     def __init__(self, listener: Listener, networks: tuple[Network, ...],
                  required: bool) -> None:
-        self.listener = listener
+        super().__init__(listener)
         self.networks = networks
         self.required = required
-        self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
         self.trusted = False
         self.data = b""
-        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -150,13 +148,3 @@ class ProxyGate(asyncio.Protocol):
         self.listener.metrics.proxy_refused()
         self.abort()
 
-    def abort(self) -> None:
-        self._done()
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _done(self) -> None:
-        self.listener.gates.discard(self)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None

@@ -34,15 +34,34 @@ if TYPE_CHECKING:
     from lbcdn.tls import ServerTls
 
 
-class TlsGate(asyncio.Protocol):
+class Gate(asyncio.Protocol):
+    """A connection before it is a ClientConnection (its TLS handshake or PROXY header not
+    done yet): in `listener.gates` until `_done`, cut by its `timer`."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def abort(self) -> None:
+        self._done()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _done(self) -> None:
+        self.listener.gates.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class TlsGate(Gate):
     def __init__(self, listener: Listener, tls: ServerTls,
                  client: tuple[str, int] | None = None) -> None:
-        self.listener = listener
+        super().__init__(listener)
         self.tls = tls
         self.client = client   # the address a PROXY header gave (lbcdn.edge.proxy_gate)
-        self.transport: asyncio.Transport | None = None
         self.hello = b""
-        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -132,14 +151,3 @@ class TlsGate(asyncio.Protocol):
             protocol.buffer_updated(n)
             data = data[n:]
         self.hello = b""
-
-    def abort(self) -> None:
-        self._done()
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _done(self) -> None:
-        self.listener.gates.discard(self)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
