@@ -275,6 +275,40 @@ async def test_client_conditionals_ranges_from_cache(origin: Origin) -> None:
         assert "range" not in origin.last_headers("/f")
 
 
+async def test_a_range_on_a_miss_is_cut_from_the_fill(origin: Origin) -> None:
+    """A Range on a miss fetches the whole object (stored) and answers 206 with the range
+    cut from it as it arrives, as nginx's cache and CloudFront do; 416 for a range past the
+    end; an origin that sends no length gets the whole body as 200 (allowed by RFC 9110 14.2)."""
+    body = bytes(range(256)) * 64
+    origin.set("/r", Answer(headers=[("Cache-Control", "max-age=60"), ("ETag", '"r1"')],
+                            body=body))
+    origin.set("/past", Answer(headers=[("Cache-Control", "max-age=60")], body=body))
+    origin.set("/chunked", Answer(headers=[("Cache-Control", "max-age=60")], body=body,
+                                  chunked=True))
+    origin.set("/stale-if", Answer(headers=[("Cache-Control", "max-age=60"), ("ETag", '"s"')],
+                                   body=body))
+    async for d, port, clock in started(cdn_config(origin.port)):
+        r = await get(port, "/r", headers=[("Range", "bytes=5000-5099")])
+        assert r.status == 206 and r.body == body[5000:5100], (r.status, len(r.body))
+        assert r.header("Content-Range") == f"bytes 5000-5099/{len(body)}"
+        assert r.header_all("Content-Length") == ["100"]
+        assert r.header("X-Cache") == "Miss from lbcdn"
+        assert "range" not in origin.last_headers("/r")
+        full = await get(port, "/r")
+        assert full.status == 200 and full.body == body
+        assert full.header("X-Cache") == "Hit from lbcdn" and origin.hits["/r"] == 1
+        r = await get(port, "/past", headers=[("Range", "bytes=99999-")])
+        assert r.status == 416 and r.body == b""
+        assert r.header("Content-Range") == f"bytes */{len(body)}"
+        assert (await get(port, "/past")).header("X-Cache") == "Hit from lbcdn"
+        r = await get(port, "/chunked", headers=[("Range", "bytes=0-9")])
+        assert r.status == 200 and r.body == body
+        r = await get(port, "/stale-if", headers=[("Range", "bytes=0-9"),
+                                                  ("If-Range", '"other"')])
+        assert r.status == 200 and r.body == body
+        assert origin.hits == {"/r": 1, "/past": 1, "/chunked": 1, "/stale-if": 1}
+
+
 async def test_vary_variants_and_vary_star(origin: Origin) -> None:
     def by_lang(method: str, headers: list[tuple[str, str]]) -> Answer:
         lang = dict((n.lower(), v) for n, v in headers).get("accept-language", "none")
