@@ -61,8 +61,16 @@ def slice_problem(k: int, n: int, status: int, headers: Headers, etag: bytes | N
     return total, None
 
 
-def assemble(bodies: list[bytes], first: int, start: int, end: int, n: int) -> bytes:
-    """Bytes `start`..`end` of the object from consecutive slice bodies, the first of them
-    slice `first`."""
-    offset = first * n
-    return b"".join(bodies)[start - offset:end - offset + 1]
+def part(chunks: tuple[bytes, ...], k: int, start: int, end: int, n: int) -> list[bytes]:
+    """The bytes of slice `k` (its body as `chunks`) inside bytes `start`..`end` (inclusive)
+    of the object, as pieces of those chunks: a slice wholly inside is sent as it is stored,
+    without a copy."""
+    out = []
+    offset = k * n
+    for chunk in chunks:
+        size = len(chunk)
+        if offset + size > start and offset <= end:
+            out.append(chunk if start <= offset and offset + size <= end + 1
+                       else chunk[max(start - offset, 0):end + 1 - offset])
+        offset += size
+    return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lbcdn.cache.slices import assemble, covering, first_slice, range_field, slice_key, \
+from lbcdn.cache.slices import covering, first_slice, part, range_field, slice_key, \
     slice_problem
 
 N = 1000
@@ -35,7 +35,11 @@ def test_slice_answers_are_checked() -> None:
     assert slice_problem(1, N, 206, [], None)[1] == "slice answer without a valid Content-Range"
 
 
-def test_assemble() -> None:
-    bodies = [bytes([k]) * N for k in (1, 2, 3)]
-    got = assemble(bodies, 1, 1500, 3001, N)
-    assert got == b"\x01" * 500 + b"\x02" * 1000 + b"\x03" * 2
+def test_part_of_a_slice() -> None:
+    chunks = (b"a" * 400, b"b" * 600)   # slice 1: bytes 1000-1999
+    assert part(chunks, 1, 1500, 3001, N) == [b"b" * 500]
+    assert part(chunks, 1, 0, 1399, N) == [b"a" * 400]
+    assert part(chunks, 1, 1399, 1400, N) == [b"a", b"b"]
+    assert part(chunks, 1, 1000, 1999, N)[0] is chunks[0]   # whole chunks are not copied
+    assert b"".join(part(chunks, 1, 1100, 1899, N)) == b"a" * 300 + b"b" * 500
+    assert part(chunks, 1, 2000, 2999, N) == []
