@@ -334,6 +334,17 @@ class CacheRuntime:
             except RuntimeError:
                 pass  # no loop (a unit test): the entry is simply dropped
 
+    async def disk_lookup(self, key: bytes, headers: Headers) -> CachedResponse | None:
+        """The variant of `key` on the disk tier (None without one, or without a match), read
+        in a thread (the disk tier blocks) and promoted to memory when it fits there."""
+        disk = self.disk
+        if disk is None:
+            return None
+        entry = await asyncio.to_thread(disk.lookup, key, headers)
+        if entry is not None:
+            self.memory.put(entry)
+        return entry
+
     def store(self, entry: CachedResponse) -> str | None:
         """Keep an entry in memory, else on disk (in a thread); the tier, or None."""
         if self.memory.put(entry):

@@ -5,12 +5,12 @@ cached on its own; the client's answer streamed from them (lbcdn.cache.slices ha
 The slice holding the first byte asked for comes first: its Content-Range gives the object's
 size, and its ETag is the one every other slice must carry. The client's Range is then planned
 against that size (206, 416, or the whole object as 200). The head goes out once the first slice
-of the answer is there, then each slice's part in order, each slice taken from the cache or
-fetched only when the client has taken the one before (its connection is not paused): a
-multi-GiB answer holds about two slices in memory, whatever the client's speed. A slice that
-is not the right piece of the same version ends the request: with a 502 before the head went
-out, by cutting the connection after (only closing can tell the client then); nothing of it is
-stored.
+of the answer is there, then each slice's part in order, each slice taken from the cache
+(memory, then disk) or fetched only when the client has taken the one before (its connection is
+not paused): a multi-GiB answer holds about two slices in memory, whatever the client's speed. A
+slice that is not the right piece of the same version ends the request: with a 502 before the
+head went out, by cutting the connection after (only closing can tell the client then); nothing
+of it is stored.
 """
 
 from __future__ import annotations
@@ -160,7 +160,9 @@ class SliceFlow(ExchangeTap):
         flow = self.flow
         rt, head = flow.rt, flow.ex.head
         key = slice_key(flow.key, k)
-        found = rt.memory.lookup(key, head.headers)
+        found: CachedResponse | str | None = rt.memory.lookup(key, head.headers)
+        if not isinstance(found, CachedResponse) and rt.disk is not None:
+            found = await rt.disk_lookup(key, head.headers)  # slices too big for memory
         if isinstance(found, CachedResponse) and (etag is None or found.etag == etag) and \
                 evaluate(found, flow.req, rt.clock()).use is Use.FRESH:
             total, why = slice_problem(k, self.n, 206, found.headers, etag)

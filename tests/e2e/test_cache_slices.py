@@ -1,8 +1,8 @@
 """Large objects in slices (`slice_bytes`) against a real `lbcdn serve` and a real origin that
 serves a generated 64 MiB object with Range support, counting the requests and bytes it
 sends: a seek fetches only the slices it covers, an overlapping request is answered from them,
-a full GET is streamed slice by slice as the client takes it (bounded memory), and slices of
-two versions are never mixed."""
+a full GET is streamed slice by slice as the client takes it (bounded memory), slices on the
+disk tier are found there, and slices of two versions are never mixed."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.e2e.harness import HOST, DaemonProcess, RawClient, read_response
+from tests.e2e.harness import HOST, DaemonProcess, RawClient, read_response, until
 from tests.e2e.test_cache import cdn_config
 
 MIB = 1 << 20
@@ -256,3 +256,36 @@ async def test_a_later_slice_of_another_version_cuts_the_connection(
     assert err.value.expected == len(small)
     assert err.value.partial == small[:3 * SLICE]
     assert len(o.requests) == 4
+
+
+@pytest.mark.slow
+async def test_slices_on_the_disk_tier_are_hits(origin: tuple[RangeOrigin, int],
+                                                tmp_path: Path) -> None:
+    """Slices larger than the memory tier's `max_object_bytes` are stored on disk; the next
+    read finds them there: no origin request. (One worker: each worker has its own index of
+    the disk tier today, so another worker would not know these files.)"""
+    o, port = origin
+    disk = tmp_path / "disk"
+    config = cdn_config(port, policy={"slice_bytes": SLICE},
+                        storage={"max_object_bytes": SLICE // 2, "disk_path": str(disk)})
+    daemon = await asyncio.to_thread(DaemonProcess, config, tmp_path, ["--workers", "1"])
+    small = o.objects["/small"]
+    try:
+        c = await RawClient.open(config["listeners"][0]["port"])
+        try:
+            r = await c.request("GET", "/small", timeout_s=30)
+            assert r.status == 200 and r.body == small
+            assert len(o.requests) == 6
+            # written in a thread after the answer: wait for the six files
+            await until(lambda: len(list(disk.rglob("*.lbc"))) == 6, what="slices on disk")
+            r = await c.request("GET", "/small", timeout_s=30)
+            assert r.status == 200 and r.body == small
+            assert "hit" in (r.header("Cache-Status") or ""), r
+            r = await c.request("GET", "/small", headers=[("Range", "bytes=2000000-4000000")])
+            assert r.status == 206 and r.body == small[2000000:4000001]
+            assert "hit" in (r.header("Cache-Status") or ""), r
+            assert len(o.requests) == 6, o.requests
+        finally:
+            await c.close()
+    finally:
+        daemon.stop()
