@@ -289,3 +289,34 @@ async def test_slices_on_the_disk_tier_are_hits(origin: tuple[RangeOrigin, int],
             await c.close()
     finally:
         daemon.stop()
+
+
+@pytest.mark.slow
+async def test_a_client_leaving_mid_answer_stops_the_slice_fetches(
+        origin: tuple[RangeOrigin, int], tmp_path: Path) -> None:
+    """A client that reads the head and a little of a full GET of 64 MiB, then stops reading
+    and leaves: no more slices are fetched for it, and the daemon serves on."""
+    o, port = origin
+    config = cdn_config(port, policy={"slice_bytes": SLICE})
+    daemon = await asyncio.to_thread(DaemonProcess, config, tmp_path, ["--workers", "1"])
+    big = o.objects["/big"]
+    lport = config["listeners"][0]["port"]
+    try:
+        reader, writer = await slow_client(lport)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert len(await reader.read(64 * 1024)) > 0
+        await asyncio.sleep(1)  # the daemon fills the buffers, then waits for the client
+        waiting = len(o.requests)
+        assert waiting <= 12, o.requests
+        writer.close()
+        await asyncio.sleep(1)
+        assert len(o.requests) <= waiting + 1  # the fetch under way when it left, at most
+        r = await RawClient.open(lport)
+        try:
+            got = await r.request("GET", "/big", headers=[("Range", "bytes=100-199")])
+            assert got.status == 206 and got.body == big[100:200]
+        finally:
+            await r.close()
+    finally:
+        daemon.stop()
