@@ -320,3 +320,26 @@ async def test_a_client_leaving_mid_answer_stops_the_slice_fetches(
             await r.close()
     finally:
         daemon.stop()
+
+
+@pytest.mark.slow
+async def test_streamed_over_http2(origin: tuple[RangeOrigin, int], tmp_path: Path) -> None:
+    """The same streaming on an HTTP/2 stream (its flow control is the back-pressure): curl,
+    h2c with prior knowledge, reading at a limited rate."""
+    o, port = origin
+    config = cdn_config(port, policy={"slice_bytes": SLICE})
+    daemon = await asyncio.to_thread(DaemonProcess, config, tmp_path, ["--workers", "1"])
+    out = tmp_path / "body"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "curl", "-sS", "--max-time", "60", "--http2-prior-knowledge", "--limit-rate", "8M",
+            "-o", str(out), "-w", "%{http_version} %{http_code}",
+            f"http://{HOST}:{config['listeners'][0]['port']}/small",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await proc.communicate()
+    finally:
+        daemon.stop()
+    assert proc.returncode == 0, stderr
+    assert stdout == b"2 200"
+    assert out.read_bytes() == o.objects["/small"]
+    assert len(o.requests) == 6
