@@ -792,8 +792,9 @@ class Exchange(UpstreamOwner):
         if upstream is None:
             self.abort()
             return
-        if self.state != SWITCHING:
-            # a 101 to a request that asked for no upgrade: a broken backend (RFC 9110 15.2.2)
+        if self.state != SWITCHING or not self.conn.switch_accepted(resp):
+            # a 101 to a request that asked for no upgrade: a broken backend (RFC 9110 15.2.2);
+            # or one that does not complete the handshake its client stream made
             upstream.tunnel = None
             upstream.abort()
             self.upstream_failed("malformed_response")

@@ -139,6 +139,12 @@ class ClientStream:
         raise NotImplementedError
 
     # -- an upgrade -----------------------------------------------------------------------
+    def switch_accepted(self, resp: ResponseHead) -> bool:
+        """Whether the backend's 101 `resp` completes the switch. An adapter that made the
+        handshake for its client (a WebSocket over HTTP/2, whose client sends no key) checks
+        the backend's answer here; one whose client checks it itself (HTTP/1.1) takes it."""
+        return True
+
     def become_tunnel(self, ex: object) -> None:
         """`ex`'s backend switched protocols: the stream's bytes are the tunnel's now."""
         raise NotImplementedError
