@@ -180,6 +180,7 @@ class H2Stream(ClientStream):
         self.closed = False
         self.ws = 0                      # WS_*: a WebSocket CONNECT's state
         self.ws_key = b""                # the Sec-WebSocket-Key the backend got for it
+        self.idle: Deadline | None = None   # a tunnel's idle timeout, as HTTP/1.1's has
 
     # -- the response ---------------------------------------------------------------------
     def start_response(self, head: Head, body: bool, keep_alive: bool) -> bool:
@@ -247,6 +248,8 @@ class H2Stream(ClientStream):
         """The tunnel's backend side closed: END_STREAM after the bytes it sent (a TCP FIN,
         RFC 8441 5), and the tunnel is over (recorded as when the viewer goes)."""
         ex, self.exchange = self.exchange, None
+        if self.idle is not None:
+            self.idle.cancel()
         self.end_response()
         if ex is not None:
             ex.client_lost()
@@ -282,6 +285,8 @@ class H2Stream(ClientStream):
 
     def become_tunnel(self, ex: object) -> None:
         self.ws = WS_TUNNEL
+        self.idle = Deadline(self.conn.loop, self._idle_timeout)
+        self.tunnel_active()
         if self.request_ended:
             # the viewer half-closed before the switch: passed on once the exchange has
             # written what it held for the backend (it does so after this call)
@@ -290,7 +295,16 @@ class H2Stream(ClientStream):
             self.conn.acknowledge(self)   # what arrived meanwhile: the window opens now
 
     def tunnel_active(self) -> None:
-        pass
+        if self.idle is not None:
+            self.idle.set(self.conn.limits.idle_timeout_s)
+
+    def _idle_timeout(self) -> None:
+        """No byte either way for the listener's idle timeout: the tunnel is cut, its stream
+        cancelled, as an HTTP/1.1 tunnel's connection is closed."""
+        ex, self.exchange = self.exchange, None
+        if ex is not None and not self.closed:
+            self.conn.reset(self, h2.errors.ErrorCodes.CANCEL)
+            ex.client_lost()
 
     def tunnel_data(self, data: bytes, size: int) -> None:
         """DATA on a WebSocket CONNECT stream: the tunnel's bytes, held by the exchange until
@@ -302,8 +316,10 @@ class H2Stream(ClientStream):
             self.conn.acknowledge(self)
             return
         ex.client_tunnel_data(data)
-        if self.ws == WS_TUNNEL and not self.paused:
-            self.conn.acknowledge(self)
+        if self.ws == WS_TUNNEL:
+            self.tunnel_active()
+            if not self.paused:
+                self.conn.acknowledge(self)
 
     def tunnel_ended(self) -> None:
         """END_STREAM from the viewer on a WebSocket CONNECT stream: its half-close."""

@@ -305,3 +305,26 @@ async def test_a_refusal_is_passed_through_and_a_bad_accept_is_a_502(
                 assert ws.status == 405 and ws.headers[b"allow"].startswith(b"GET")
             finally:
                 ws.close()
+
+
+async def test_an_idle_tunnel_is_cut_after_the_idle_timeout(tmp_path: Path) -> None:
+    async with ws_backend() as backend:
+        config = proxy_config(backend.port)
+        config["listeners"][0]["idle_timeout_s"] = 1.0
+        with daemon(config, tmp_path, 1) as port:
+            ws = await H2WebSocket.open(port)
+            try:
+                assert await ws.connect() == 200
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                for _ in range(3):   # traffic keeps it open past the timeout
+                    await asyncio.sleep(0.6)
+                    await ws.send(OP_TEXT, b"still here")
+                    assert await ws.receive() == (OP_TEXT, b"still here")
+                await ws.until(lambda: ws.reset, timeout_s=8)
+                assert 2.5 <= loop.time() - started < 8
+                await until(lambda: len(backend.closes) == 1)
+                # the connection's other streams are unaffected
+                assert await ws.connect() == 200
+            finally:
+                ws.close()
