@@ -662,6 +662,9 @@ class Exchange(UpstreamOwner):
             self.conn.interim(resp)
 
     def upstream_head(self, resp: ResponseHead) -> None:
+        if self.state == SWITCHING and not self.conn.switch_accepted(resp):
+            # the upstream connection ends the attempt as malformed_response (a 502)
+            raise HttpError(502, "the answer to an upgrade does not complete it")
         if self.tap is not None:
             self.tap.head(resp)
         if self.policy is not None:

@@ -280,8 +280,12 @@ class H2Stream(ClientStream):
         return True
 
     def switch_accepted(self, resp: ResponseHead) -> bool:
-        # the viewer checks no accept over HTTP/2: we made the key, we check the answer
-        return self.ws == WS_SWITCHING and accepted(self.ws_key, resp.fields())
+        # the viewer checks no accept over HTTP/2: we made the key, we check the answer. A
+        # backend that ignored the Upgrade (a 200 of a plain GET) must not pass for one that
+        # switched: over HTTP/2 any 2xx says it did (RFC 8441 5)
+        if resp.status == 101:
+            return self.ws == WS_SWITCHING and accepted(self.ws_key, resp.fields())
+        return not 200 <= resp.status < 300
 
     def become_tunnel(self, ex: object) -> None:
         self.ws = WS_TUNNEL

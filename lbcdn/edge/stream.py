@@ -140,9 +140,11 @@ class ClientStream:
 
     # -- an upgrade -----------------------------------------------------------------------
     def switch_accepted(self, resp: ResponseHead) -> bool:
-        """Whether the backend's 101 `resp` completes the switch. An adapter that made the
-        handshake for its client (a WebSocket over HTTP/2, whose client sends no key) checks
-        the backend's answer here; one whose client checks it itself (HTTP/1.1) takes it."""
+        """Whether the backend's final answer `resp` to a request that asked to switch
+        protocols may be passed on (else it is a bad response: 502). An adapter that made the
+        handshake for its client checks it here (a WebSocket over HTTP/2: the client sent no
+        key, and takes any 2xx for the switch); one whose client checks it (HTTP/1.1) takes
+        any."""
         return True
 
     def become_tunnel(self, ex: object) -> None:

@@ -7,7 +7,8 @@ extended CONNECT through the daemon to aiohttp's WebSocket server.
   200, and the stream carries the WebSocket's bytes both ways, flow-controlled (a message much
   larger than the windows goes through whole, each way).
 - A close from either side ends the other; a backend that refuses (403) is the viewer's 403;
-  one whose 101 does not answer the key is a 502; a plain CONNECT stays a 405.
+  one whose 101 does not answer the key, or that answers 200 without switching, is a 502; a
+  plain CONNECT stays a 405. A tunnel idle for the listener's idle timeout is cut.
 One process and --workers 2.
 """
 
@@ -45,7 +46,7 @@ class Backend:
 @contextlib.asynccontextmanager
 async def ws_backend() -> AsyncIterator[Backend]:
     """aiohttp's WebSocket server: /ws echoes each message (the text `close-me` makes it close
-    with 4000), /refuse answers 403."""
+    with 4000), /refuse answers 403, /plain 200 (as a server ignoring Upgrade may)."""
     backend = Backend(free_port())
 
     async def ws(request: web.Request) -> web.StreamResponse:
@@ -65,9 +66,13 @@ async def ws_backend() -> AsyncIterator[Backend]:
     async def refuse(request: web.Request) -> web.StreamResponse:
         return web.Response(status=403, text="not you")
 
+    async def plain(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="a page, not a WebSocket")   # the Upgrade ignored
+
     app = web.Application()
     app.router.add_get("/ws", ws)
     app.router.add_get("/refuse", refuse)
+    app.router.add_get("/plain", plain)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, HOST, backend.port).start()
@@ -274,7 +279,7 @@ async def test_the_backend_closing_ends_the_stream(tmp_path: Path, workers: int)
 
 
 @WORKERS
-async def test_a_refusal_is_passed_through_and_a_bad_accept_is_a_502(
+async def test_a_refusal_is_passed_through_and_a_failed_switch_is_a_502(
         tmp_path: Path, workers: int) -> None:
     async def wrong_accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
@@ -295,6 +300,8 @@ async def test_a_refusal_is_passed_through_and_a_bad_accept_is_a_502(
                 await ws.until(lambda: ws.ended)
                 assert bytes(ws.buf) == b"not you"
                 assert await ws.connect("/liar") == 502
+                # a 200 over HTTP/2 would say the switch was made: a backend that ignored it
+                assert await ws.connect("/plain") == 502
                 # a plain CONNECT (no :protocol) is refused as over HTTP/1.1
                 sid = ws.sid = ws.h2.get_next_available_stream_id()
                 ws.status = None
