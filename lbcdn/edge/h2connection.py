@@ -189,6 +189,13 @@ class H2Stream(ClientStream):
         switched = head.status == 101
         if self.ws == WS_SWITCHING and not switched:
             self.ws = WS_REFUSED
+            if 200 <= head.status < 300:
+                # answered by lbcdn (a fixed response, the cache), not by a backend that
+                # switched (those are checked by switch_accepted): a 2xx would tell the viewer
+                # the WebSocket is open. Its body is dropped (send_body after END_STREAM).
+                self.conn.send_headers(self, [(b":status", b"501"),
+                                              (b"content-type", b"text/plain")], True)
+                return False
         fields = [(b":status", b"200" if switched else b"%d" % head.status)]
         left_out = _TUNNEL_LEFT_OUT if switched else _CONNECTION_FIELDS
         for name, value in head.fields():
@@ -207,7 +214,7 @@ class H2Stream(ClientStream):
         self.conn.send_headers(self, fields, False)
 
     def send_body(self, data: bytes) -> None:
-        if data:
+        if data and not self.finished:
             self.sent += len(data)
             self.pending.append(data)
             self.pending_bytes += len(data)

@@ -8,7 +8,7 @@ extended CONNECT through the daemon to aiohttp's WebSocket server.
   larger than the windows goes through whole, each way).
 - A close from either side ends the other; a backend that refuses (403) is the viewer's 403;
   one whose 101 does not answer the key, or that answers 200 without switching, is a 502; a
-  plain CONNECT stays a 405. A tunnel idle for the listener's idle timeout is cut.
+  route answering 200 itself (a fixed response) a 501; a plain CONNECT stays a 405. A tunnel idle for the listener's idle timeout is cut.
 One process and --workers 2.
 """
 
@@ -292,7 +292,9 @@ async def test_a_refusal_is_passed_through_and_a_failed_switch_is_a_502(
         config = proxy_config(backend.port, pools={
             "app": {"targets": [f"{HOST}:{backend.port}"], "health": {"enabled": False}},
             "liar": {"targets": [f"{HOST}:{liar}"], "health": {"enabled": False}}},
-            routes=[{"name": "liar", "match": {"path_prefix": "/liar"}, "forward": "liar"}])
+            routes=[{"name": "liar", "match": {"path_prefix": "/liar"}, "forward": "liar"},
+                    {"name": "fixed", "match": {"path_prefix": "/fixed"},
+                     "fixed_response": {"status": 200, "body": "no WebSocket here"}}])
         with daemon(config, tmp_path, workers) as port:
             ws = await H2WebSocket.open(port)
             try:
@@ -302,6 +304,10 @@ async def test_a_refusal_is_passed_through_and_a_failed_switch_is_a_502(
                 assert await ws.connect("/liar") == 502
                 # a 200 over HTTP/2 would say the switch was made: a backend that ignored it
                 assert await ws.connect("/plain") == 502
+                # nor may a 200 of lbcdn's own (a fixed response, the cache)
+                assert await ws.connect("/fixed") == 501
+                await ws.until(lambda: ws.ended)
+                assert bytes(ws.buf) == b""
                 # a plain CONNECT (no :protocol) is refused as over HTTP/1.1
                 sid = ws.sid = ws.h2.get_next_available_stream_id()
                 ws.status = None
