@@ -26,6 +26,11 @@ wants sent. Rules:
   exchange paused reading: then when it resumes, so a slow backend holds back the client.
 - Drain (SIGTERM, reload): GOAWAY with the last stream id; streams under way finish, then the
   connection closes.
+- WebSockets (RFC 8441): SETTINGS_ENABLE_CONNECT_PROTOCOL is offered; an extended CONNECT is the
+  HTTP/1.1 opening handshake to the backend (`request_head` makes it, with a key of ours), the
+  exchange's tunnel once the backend's 101 answers that key (`switch_accepted`): the viewer gets
+  200 and the stream's DATA is the tunnel's both ways (`tunnel_data`), acknowledged as the
+  backend takes it; END_STREAM is a half-close each way, RST_STREAM ends it.
 """
 
 from __future__ import annotations
