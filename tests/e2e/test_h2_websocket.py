@@ -9,7 +9,8 @@ extended CONNECT through the daemon to aiohttp's WebSocket server.
 - A close from either side ends the other; a backend that refuses (403) is the viewer's 403;
   one whose 101 does not answer the key, or that answers 200 without switching, is a 502; a
   route answering 200 itself (a fixed response) a 501; a plain CONNECT stays a 405. A tunnel idle for the listener's idle timeout is cut.
-One process and --workers 2.
+One process and --workers 2. And a real browser: headless Chromium opens one over HTTPS, on the
+HTTP/2 connection its page came by (the access log says HTTP/2.0).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +30,13 @@ import h2.connection
 import h2.events
 import h2.settings
 import pytest
+import trustme
 from aiohttp import WSMsgType, web
 
 from lbcdn.demo.websocket import OP_BINARY, OP_CLOSE, OP_TEXT, encode_frame
 from tests.e2e.harness import HOST, DaemonProcess, free_port, listener_port, proxy_config, \
     raw_backend, read_request, until
+from tests.e2e.test_proxy import access_log_lines
 
 BIG = os.urandom(3 << 20)   # 3 MiB: many times each window on the way (64 KiB .. 1 MiB)
 
@@ -41,12 +46,14 @@ class Backend:
     port: int
     handshakes: list[dict[str, str]] = field(default_factory=list)
     closes: list[int | None] = field(default_factory=list)   # close codes the backend saw
+    echoed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @contextlib.asynccontextmanager
-async def ws_backend() -> AsyncIterator[Backend]:
+async def ws_backend(page: str = "") -> AsyncIterator[Backend]:
     """aiohttp's WebSocket server: /ws echoes each message (the text `close-me` makes it close
-    with 4000), /refuse answers 403, /plain 200 (as a server ignoring Upgrade may)."""
+    with 4000), /refuse answers 403, /plain 200 (as a server ignoring Upgrade may), / `page`
+    and /after-echo.js a script once /ws echoed a message."""
     backend = Backend(free_port())
 
     async def ws(request: web.Request) -> web.StreamResponse:
@@ -58,6 +65,7 @@ async def ws_backend() -> AsyncIterator[Backend]:
                 await sock.close(code=4000, message=b"asked")
             elif msg.type == WSMsgType.TEXT:
                 await sock.send_str(msg.data)
+                backend.echoed.set()
             elif msg.type == WSMsgType.BINARY:
                 await sock.send_bytes(msg.data)
         backend.closes.append(sock.close_code)
@@ -73,6 +81,19 @@ async def ws_backend() -> AsyncIterator[Backend]:
     app.router.add_get("/ws", ws)
     app.router.add_get("/refuse", refuse)
     app.router.add_get("/plain", plain)
+
+    async def index(request: web.Request) -> web.StreamResponse:
+        return web.Response(text=page, content_type="text/html")
+
+    async def after_echo(request: web.Request) -> web.StreamResponse:
+        # the page's load waits for this script: a browser dumping the page once it loaded
+        # then shows what its WebSocket received
+        await asyncio.wait_for(backend.echoed.wait(), 20)
+        await asyncio.sleep(0.5)
+        return web.Response(text="//", content_type="text/javascript")
+
+    app.router.add_get("/", index)
+    app.router.add_get("/after-echo.js", after_echo)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, HOST, backend.port).start()
@@ -341,3 +362,49 @@ async def test_an_idle_tunnel_is_cut_after_the_idle_timeout(tmp_path: Path) -> N
                 assert await ws.connect() == 200
             finally:
                 ws.close()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PAGE = """<!doctype html><html><body><pre id="out"></pre><script>
+const ws = new WebSocket("wss://" + location.host + "/ws");
+const out = document.getElementById("out");
+ws.onopen = () => ws.send("hello from chromium");
+ws.onmessage = (e) => { out.textContent = e.data; ws.close(1000); };
+ws.onerror = () => { out.textContent = "error"; };
+</script><script src="/after-echo.js"></script></body></html>"""
+
+
+@pytest.mark.slow
+async def test_chromium_opens_a_websocket_over_http2(tmp_path: Path) -> None:
+    """A real browser: headless Chromium loads a page over HTTPS (h2 by ALPN) whose script
+    opens a WebSocket to the same origin, on the same HTTP/2 connection (RFC 8441)."""
+    assert CHROMIUM is not None, "install the Debian package chromium (make test does)"
+    ca = trustme.CA()
+    cert = ca.issue_cert("ws.test")
+    crt, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.cert_chain_pems[0].write_to_path(str(crt))
+    cert.private_key_pem.write_to_path(str(key))
+    log_path = tmp_path / "access.log"
+    async with ws_backend(page=PAGE) as backend:
+        config = proxy_config(backend.port, logging={"level": "warning", "access_log": {
+            "enabled": True, "path": str(log_path)}})
+        config["listeners"][0]["tls"] = {"certificates": [
+            {"cert_file": str(crt), "key_file": str(key)}]}
+        with daemon(config, tmp_path, 1) as port:
+            proc = await asyncio.create_subprocess_exec(
+                CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                "--ignore-certificate-errors", f"--host-resolver-rules=MAP ws.test {HOST}",
+                "--virtual-time-budget=10000", "--dump-dom", f"https://ws.test:{port}/",
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(), 60)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            await until(lambda: len(backend.closes) == 1)
+    assert '<pre id="out">hello from chromium</pre>' in out.decode(), out.decode()[:2000]
+    lines = {(e["path"], e["protocol"], e["status"]) for e in access_log_lines(log_path)}
+    assert ("/ws", "HTTP/2.0", 101) in lines, lines
