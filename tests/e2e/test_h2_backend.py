@@ -187,8 +187,8 @@ RSS_GROWTH_MAX_KIB = 16 * 1024   # far below the response: it is not buffered in
 
 async def read_slowly(port: int, path: str, daemon: DaemonProcess
                       ) -> tuple[int | None, bytes, int]:
-    """GET `path` over HTTP/2 with the default windows (64 KiB), reading about 0.5 MB/s for SLOW_S, then the
-    rest at once; (status, body, the daemon's RSS growth in KiB while read slowly)."""
+    """GET `path` over HTTP/2 with the default windows (64 KiB), reading about 0.5 MB/s for
+    SLOW_S, then the rest at once: (status, body, the daemon's RSS growth in KiB meanwhile)."""
     reader, writer = await asyncio.open_connection(HOST, port)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
                                                                 header_encoding=None))

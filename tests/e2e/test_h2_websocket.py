@@ -8,7 +8,8 @@ extended CONNECT through the daemon to aiohttp's WebSocket server.
   larger than the windows goes through whole, each way).
 - A close from either side ends the other; a backend that refuses (403) is the viewer's 403;
   one whose 101 does not answer the key, or that answers 200 without switching, is a 502; a
-  route answering 200 itself (a fixed response) a 501; a plain CONNECT stays a 405. A tunnel idle for the listener's idle timeout is cut.
+  route answering 200 itself (a fixed response) a 501; a plain CONNECT stays a 405. A tunnel
+  idle for the listener's idle timeout is cut.
 One process and --workers 2. And a real browser: headless Chromium opens one over HTTPS, on the
 HTTP/2 connection its page came by (the access log says HTTP/2.0).
 """
