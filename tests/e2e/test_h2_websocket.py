@@ -35,6 +35,7 @@ import trustme
 from aiohttp import WSMsgType, web
 
 from lbcdn.demo.websocket import OP_BINARY, OP_CLOSE, OP_TEXT, encode_frame
+from lbcdn.http.websocket import accept_key
 from tests.e2e.harness import HOST, DaemonProcess, free_port, listener_port, proxy_config, \
     raw_backend, read_request, until
 from tests.e2e.test_proxy import access_log_lines
@@ -132,6 +133,7 @@ class H2WebSocket:
         self.headers: dict[bytes, bytes] = {}
         self.buf = bytearray()
         self.ended = self.reset = self.eof = False
+        self.sent = 0   # WebSocket bytes sent
         self.changed = asyncio.Event()
         self.pump = asyncio.create_task(self._pump())
 
@@ -190,14 +192,15 @@ class H2WebSocket:
 
     async def send(self, opcode: int, payload: bytes) -> None:
         """A masked frame, as the stream's and connection's windows let it go."""
-        data = encode_frame(opcode, payload, mask=os.urandom(4))
+        data = memoryview(encode_frame(opcode, payload, mask=os.urandom(4)))
         while data:
             room = min(self.h2.local_flow_control_window(self.sid),
                        self.h2.max_outbound_frame_size)
             if room <= 0:
                 await self.until(lambda: self.h2.local_flow_control_window(self.sid) > 0)
                 continue
-            self.h2.send_data(self.sid, data[:room])
+            self.h2.send_data(self.sid, bytes(data[:room]))
+            self.sent += min(room, len(data))
             data = data[room:]
             self.flush()
 
@@ -409,3 +412,35 @@ async def test_chromium_opens_a_websocket_over_http2(tmp_path: Path) -> None:
     assert '<pre id="out">hello from chromium</pre>' in out.decode(), out.decode()[:2000]
     lines = {(e["path"], e["protocol"], e["status"]) for e in access_log_lines(log_path)}
     assert ("/ws", "HTTP/2.0", 101) in lines, lines
+
+
+@pytest.mark.slow
+async def test_a_backend_that_does_not_read_holds_the_viewer_back(tmp_path: Path) -> None:
+    """Flow control from the backend's socket to the viewer's window: while the backend reads
+    nothing, the daemon stops acknowledging the stream's DATA, so the viewer gets to send a
+    window and what the sockets between hold (5 MiB here), not the 48 MiB it tries to."""
+    switched = asyncio.Event()
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _, headers, _ = await read_request(reader)
+        key = {n.lower(): v for n, v in headers}["sec-websocket-key"]
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n"
+                     % accept_key(key).encode())
+        switched.set()
+        await asyncio.sleep(60)   # and reads nothing more
+
+    async with raw_backend(deaf) as backend:
+        with daemon(proxy_config(backend), tmp_path, 1) as port:
+            ws = await H2WebSocket.open(port)
+            try:
+                assert await ws.connect() == 200
+                await switched.wait()
+                sending = asyncio.create_task(ws.send(OP_BINARY, bytes(48 << 20)))
+                await asyncio.sleep(3)
+                # without the pause all of it goes in well under a second, into the daemon
+                assert not sending.done() and ws.sent < 16 << 20, ws.sent
+                assert ws.h2.local_flow_control_window(ws.sid) == 0
+                sending.cancel()
+            finally:
+                ws.close()
