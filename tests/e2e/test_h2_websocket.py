@@ -40,6 +40,9 @@ from tests.e2e.harness import HOST, DaemonProcess, free_port, listener_port, pro
     raw_backend, read_request, until
 from tests.e2e.test_proxy import access_log_lines
 
+# each test starts a daemon process (or two workers) and a backend: several seconds each
+pytestmark = pytest.mark.slow
+
 BIG = os.urandom(3 << 20)   # 3 MiB: many times each window on the way (64 KiB .. 1 MiB)
 
 
@@ -378,7 +381,6 @@ ws.onerror = () => { out.textContent = "error"; };
 </script><script src="/after-echo.js"></script></body></html>"""
 
 
-@pytest.mark.slow
 async def test_chromium_opens_a_websocket_over_http2(tmp_path: Path) -> None:
     """A real browser: headless Chromium loads a page over HTTPS (h2 by ALPN) whose script
     opens a WebSocket to the same origin, on the same HTTP/2 connection (RFC 8441)."""
@@ -414,7 +416,6 @@ async def test_chromium_opens_a_websocket_over_http2(tmp_path: Path) -> None:
     assert ("/ws", "HTTP/2.0", 101) in lines, lines
 
 
-@pytest.mark.slow
 async def test_a_backend_that_does_not_read_holds_the_viewer_back(tmp_path: Path) -> None:
     """Flow control from the backend's socket to the viewer's window: while the backend reads
     nothing, the daemon stops acknowledging the stream's DATA, so the viewer gets to send a
