@@ -35,8 +35,9 @@ import httptools
 from lbcdn.demo import routes
 from lbcdn.demo.routes import PATTERN_CHUNK, Kind, Route, has_no_body, status_line
 from lbcdn.demo.websocket import (OP_CLOSE, OP_PING, OP_PONG, FrameDecoder, WebSocketError,
-                                  accept_key, encode_frame)
+                                  encode_frame)
 from lbcdn.http.date import http_date
+from lbcdn.http.websocket import accept_key
 
 log = logging.getLogger("lbcdn.demo")
 

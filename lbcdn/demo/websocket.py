@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import base64
 import codecs
-import hashlib
 from dataclasses import dataclass
-
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -33,12 +30,6 @@ _CONTROL_OPS = frozenset({OP_CLOSE, OP_PING, OP_PONG})
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_DATA = 1007
 CLOSE_TOO_BIG = 1009
-
-
-def accept_key(key: str) -> str:
-    """The Sec-WebSocket-Accept value answering a client's Sec-WebSocket-Key."""
-    digest = hashlib.sha1((key + GUID).encode("ascii")).digest()
-    return base64.b64encode(digest).decode("ascii")
 
 
 def valid_client_key(key: str) -> bool:

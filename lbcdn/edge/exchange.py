@@ -662,6 +662,9 @@ class Exchange(UpstreamOwner):
             self.conn.interim(resp)
 
     def upstream_head(self, resp: ResponseHead) -> None:
+        if self.state == SWITCHING and not self.conn.switch_accepted(resp):
+            # the upstream connection ends the attempt as malformed_response (a 502)
+            raise HttpError(502, "the answer to an upgrade does not complete it")
         if self.tap is not None:
             self.tap.head(resp)
         if self.policy is not None:
@@ -792,8 +795,9 @@ class Exchange(UpstreamOwner):
         if upstream is None:
             self.abort()
             return
-        if self.state != SWITCHING:
-            # a 101 to a request that asked for no upgrade: a broken backend (RFC 9110 15.2.2)
+        if self.state != SWITCHING or not self.conn.switch_accepted(resp):
+            # a 101 to a request that asked for no upgrade: a broken backend (RFC 9110 15.2.2);
+            # or one that does not complete the handshake its client stream made
             upstream.tunnel = None
             upstream.abort()
             self.upstream_failed("malformed_response")

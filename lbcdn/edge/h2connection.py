@@ -26,6 +26,11 @@ wants sent. Rules:
   exchange paused reading: then when it resumes, so a slow backend holds back the client.
 - Drain (SIGTERM, reload): GOAWAY with the last stream id; streams under way finish, then the
   connection closes.
+- WebSockets (RFC 8441): SETTINGS_ENABLE_CONNECT_PROTOCOL is offered; an extended CONNECT is the
+  HTTP/1.1 opening handshake to the backend (`request_head` makes it, with a key of ours), the
+  exchange's tunnel once the backend's 101 answers that key (`switch_accepted`): the viewer gets
+  200 and the stream's DATA is the tunnel's both ways (`tunnel_data`), acknowledged as the
+  backend takes it; END_STREAM is a half-close each way, RST_STREAM ends it.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ from lbcdn import writebatch
 from lbcdn.edge.exchange import Exchange
 from lbcdn.edge.stream import ClientStream
 from lbcdn.http.errors import HttpError
-from lbcdn.http.head import Head, RequestHead, check_request
+from lbcdn.http.head import Head, RequestHead, ResponseHead, check_request
+from lbcdn.http.websocket import accepted, new_key
 from lbcdn.timers import Deadline
 
 if TYPE_CHECKING:
@@ -66,6 +72,12 @@ GOAWAY_LINGER_S: Final = 1.0        # reading after a GOAWAY for an error, so th
 # listed for the head a backend gets, which must never carry one
 _CONNECTION_FIELDS: Final = frozenset((b"connection", b"keep-alive", b"proxy-connection",
                                        b"transfer-encoding", b"upgrade"))
+# a switched WebSocket's 200 leaves out the backend's accept too (RFC 8441 5: not used)
+_TUNNEL_LEFT_OUT: Final = _CONNECTION_FIELDS | {b"sec-websocket-accept"}
+# a WebSocket CONNECT stream's states (H2Stream.ws); 0 for any other stream
+WS_SWITCHING: Final = 1   # the backend has not answered yet
+WS_TUNNEL: Final = 2      # it switched: DATA both ways is the WebSocket's bytes
+WS_REFUSED: Final = 3     # it answered otherwise: that answer is the stream's response
 
 
 class Flood:
@@ -91,8 +103,14 @@ def request_head(fields: list[tuple[bytes, bytes]], end_stream: bool,
                  kinds: dict[bytes, int]) -> RequestHead:
     """The RequestHead of an HTTP/2 request (its decoded field block, `h2` having checked the
     pseudo-header rules), as the HTTP/1.1 parser makes it of the same request; HttpError
-    names what is wrong."""
+    names what is wrong.
+
+    An extended CONNECT for a WebSocket (RFC 8441 4: `:protocol websocket`) is the GET with
+    Upgrade that opens one over HTTP/1.1 (RFC 6455 4.1), with a fresh Sec-WebSocket-Key: the
+    viewer sends none (RFC 8441 5), and the backend's 101 must answer it. Any other CONNECT
+    is refused as HTTP/1.1's is (405 by check_request)."""
     method = path = authority = b""
+    protocol: bytes | None = None
     headers: list[tuple[bytes, bytes]] = []
     cookies: list[bytes] = []
     host: bytes | None = None
@@ -105,6 +123,8 @@ def request_head(fields: list[tuple[bytes, bytes]], end_stream: bool,
                 path = value
             elif name == b":authority":
                 authority = value
+            elif name == b":protocol":
+                protocol = value
         elif name == b"cookie":
             cookies.append(value)   # one field per crumb is allowed (RFC 9113 8.2.3)
         elif name == b"host":
@@ -113,7 +133,17 @@ def request_head(fields: list[tuple[bytes, bytes]], end_stream: bool,
             if name == b"content-length":
                 lengths.add(value)
             headers.append((name, value))
-    if not (path[:1] == b"/" or (path == b"*" and method == b"OPTIONS")):
+    websocket = method == b"CONNECT" and protocol is not None
+    if websocket:
+        if protocol != b"websocket":
+            raise HttpError(501, "unsupported :protocol (only websocket)")
+        if lengths:
+            raise HttpError(400, "content-length on a WebSocket CONNECT")
+        method = b"GET"
+        # not used over HTTP/2 (RFC 8441 5): a viewer's own is dropped, ours goes instead
+        headers = [f for f in headers if f[0] != b"sec-websocket-key"]
+        headers.append((b"sec-websocket-key", new_key()))
+    if method != b"CONNECT" and not (path[:1] == b"/" or (path == b"*" and method == b"OPTIONS")):
         raise HttpError(400, "invalid :path (not absolute)")
     if len(lengths) > 1 or (lengths and not next(iter(lengths)).isdigit()):
         raise HttpError(400, "invalid content-length")
@@ -122,7 +152,9 @@ def request_head(fields: list[tuple[bytes, bytes]], end_stream: bool,
     if cookies:
         headers.append((b"cookie", b"; ".join(cookies)))
     head = check_request(method, path, b"1.1", headers, True, False, kinds)
-    if not end_stream and head.content_length is None:
+    if websocket:
+        head.upgrade = b"websocket"   # its stream's DATA is the tunnel's, not a body
+    elif not end_stream and head.content_length is None:
         head.chunked = True   # a body of unknown length: re-chunked to the backend
     return head
 
@@ -151,18 +183,34 @@ class H2Stream(ClientStream):
         self.client_paused = False
         self.sent = 0
         self.closed = False
+        self.ws = 0                      # WS_*: a WebSocket CONNECT's state
+        self.ws_key = b""                # the Sec-WebSocket-Key the backend got for it
+        self.idle: Deadline | None = None   # a tunnel's idle timeout, as HTTP/1.1's has
 
     # -- the response ---------------------------------------------------------------------
     def start_response(self, head: Head, body: bool, keep_alive: bool) -> bool:
-        fields = [(b":status", b"%d" % head.status)]
+        # a 101 comes only for a WebSocket CONNECT (switch_accepted): its success is a 200
+        # whose stream stays open both ways (RFC 8441 5)
+        switched = head.status == 101
+        if self.ws == WS_SWITCHING and not switched:
+            self.ws = WS_REFUSED
+            if 200 <= head.status < 300:
+                # answered by lbcdn (a fixed response, the cache), not by a backend that
+                # switched (those are checked by switch_accepted): a 2xx would tell the viewer
+                # the WebSocket is open. Its body is dropped (send_body after END_STREAM).
+                self.conn.send_headers(self, [(b":status", b"501"),
+                                              (b"content-type", b"text/plain")], True)
+                return False
+        fields = [(b":status", b"200" if switched else b"%d" % head.status)]
+        left_out = _TUNNEL_LEFT_OUT if switched else _CONNECTION_FIELDS
         for name, value in head.fields():
             name = name.lower()
-            if name not in _CONNECTION_FIELDS:
+            if name not in left_out:
                 fields.append((name, value))
         if head.length is not None:
             fields.append((b"content-length", b"%d" % head.length))
         self.sent += sum(len(n) + len(v) for n, v in fields)
-        self.conn.send_headers(self, fields, not body)
+        self.conn.send_headers(self, fields, not body and not switched)
         return False  # a stream carries one request: `end` comes once both sides are done
 
     def interim(self, head: Head) -> None:
@@ -171,7 +219,7 @@ class H2Stream(ClientStream):
         self.conn.send_headers(self, fields, False)
 
     def send_body(self, data: bytes) -> None:
-        if data:
+        if data and not self.finished:
             self.sent += len(data)
             self.pending.append(data)
             self.pending_bytes += len(data)
@@ -209,7 +257,14 @@ class H2Stream(ClientStream):
         self.conn.stream_done(self)
 
     def close(self) -> None:
+        """The tunnel's backend side closed: END_STREAM after the bytes it sent (a TCP FIN,
+        RFC 8441 5), and the tunnel is over (recorded as when the viewer goes)."""
+        ex, self.exchange = self.exchange, None
+        if self.idle is not None:
+            self.idle.cancel()
         self.end_response()
+        if ex is not None:
+            ex.client_lost()
 
     def abort(self) -> None:
         self.exchange = None
@@ -236,11 +291,61 @@ class H2Stream(ClientStream):
     def request_stopped(self, ex: object) -> bool:
         return True
 
+    def switch_accepted(self, resp: ResponseHead) -> bool:
+        # the viewer checks no accept over HTTP/2: we made the key, we check the answer. A
+        # backend that ignored the Upgrade (a 200 of a plain GET) must not pass for one that
+        # switched: over HTTP/2 any 2xx says it did (RFC 8441 5)
+        if resp.status == 101:
+            return self.ws == WS_SWITCHING and accepted(self.ws_key, resp.fields())
+        return not 200 <= resp.status < 300
+
     def become_tunnel(self, ex: object) -> None:
-        raise HttpError(501, "no upgrade over HTTP/2")  # h2 refuses Upgrade fields before
+        self.ws = WS_TUNNEL
+        self.idle = Deadline(self.conn.loop, self._idle_timeout)
+        self.tunnel_active()
+        if self.request_ended:
+            # the viewer half-closed before the switch: passed on once the exchange has
+            # written what it held for the backend (it does so after this call)
+            self.conn.loop.call_soon(self._viewer_eof)
+        elif not self.paused:
+            self.conn.acknowledge(self)   # what arrived meanwhile: the window opens now
 
     def tunnel_active(self) -> None:
-        pass
+        if self.idle is not None:
+            self.idle.set(self.conn.limits.idle_timeout_s)
+
+    def _idle_timeout(self) -> None:
+        """No byte either way for the listener's idle timeout: the tunnel is cut, its stream
+        cancelled, as an HTTP/1.1 tunnel's connection is closed."""
+        ex, self.exchange = self.exchange, None
+        if ex is not None and not self.closed:
+            self.conn.reset(self, h2.errors.ErrorCodes.CANCEL)
+            ex.client_lost()
+
+    def tunnel_data(self, data: bytes, size: int) -> None:
+        """DATA on a WebSocket CONNECT stream: the tunnel's bytes, held by the exchange until
+        the backend switches (unacknowledged meanwhile: the stream's window bounds them),
+        dropped after a refusal. Acknowledged as the backend takes them."""
+        self.unacked += size
+        ex = self.exchange
+        if ex is None or self.ws == WS_REFUSED:
+            self.conn.acknowledge(self)
+            return
+        ex.client_tunnel_data(data)
+        if self.ws == WS_TUNNEL:
+            self.tunnel_active()
+            if not self.paused:
+                self.conn.acknowledge(self)
+
+    def tunnel_ended(self) -> None:
+        """END_STREAM from the viewer on a WebSocket CONNECT stream: its half-close."""
+        self.request_ended = True
+        if self.ws == WS_TUNNEL:
+            self._viewer_eof()
+
+    def _viewer_eof(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client_eof()
 
 
 class H2Connection:
@@ -286,6 +391,7 @@ class H2Connection:
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.limits.max_headers_total_bytes,
+            h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,   # WebSockets (RFC 8441 3)
         })
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(WINDOW * 4)   # the connection's window
@@ -354,6 +460,8 @@ class H2Connection:
                 if stream is None or stream.exchange is None:
                     self.h2.acknowledge_received_data(event.flow_controlled_length,
                                                       event.stream_id or 0)
+                elif stream.ws:
+                    stream.tunnel_data(event.data or b"", event.flow_controlled_length)
                 else:
                     stream.unacked += event.flow_controlled_length
                     stream.exchange.request_body(event.data or b"")
@@ -361,7 +469,9 @@ class H2Connection:
                         self.acknowledge(stream)
             elif isinstance(event, h2.events.StreamEnded):
                 stream = self.streams.get(event.stream_id or 0)
-                if stream is not None:
+                if stream is not None and stream.ws:
+                    stream.tunnel_ended()
+                elif stream is not None:
                     stream.request_ended = True
                     if stream.exchange is not None:
                         stream.exchange.request_done()
@@ -428,6 +538,11 @@ class H2Connection:
             stream.exchange = ex
             ex.start()
             return
+        if head.upgrade is not None:   # a WebSocket CONNECT (request_head)
+            stream.ws = WS_SWITCHING
+            for name, value in head.headers:
+                if name == b"sec-websocket-key":
+                    stream.ws_key = value
         ex = Exchange(stream, head, started)
         stream.exchange = ex
         ex.start()

@@ -139,6 +139,14 @@ class ClientStream:
         raise NotImplementedError
 
     # -- an upgrade -----------------------------------------------------------------------
+    def switch_accepted(self, resp: ResponseHead) -> bool:
+        """Whether the backend's final answer `resp` to a request that asked to switch
+        protocols may be passed on (else it is a bad response: 502). An adapter that made the
+        handshake for its client checks it here (a WebSocket over HTTP/2: the client sent no
+        key, and takes any 2xx for the switch); one whose client checks it (HTTP/1.1) takes
+        any."""
+        return True
+
     def become_tunnel(self, ex: object) -> None:
         """`ex`'s backend switched protocols: the stream's bytes are the tunnel's now."""
         raise NotImplementedError

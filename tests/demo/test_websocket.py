@@ -1,4 +1,4 @@
-"""The WebSocket codec: handshake key, masking, frame lengths, and the protocol errors the
+"""The WebSocket codec: masking, frame lengths, and the protocol errors the
 server must answer with a close code."""
 
 from __future__ import annotations
@@ -7,15 +7,10 @@ import pytest
 
 from lbcdn.demo.websocket import (CLOSE_INVALID_DATA, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
                                   OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_TEXT, Frame,
-                                  FrameDecoder, WebSocketError, accept_key, apply_mask,
-                                  encode_frame, valid_client_key)
+                                  FrameDecoder, WebSocketError, apply_mask, encode_frame,
+                                  valid_client_key)
 
 MASK = b"\x37\xfa\x21\x3d"
-
-
-def test_accept_key_matches_rfc_example() -> None:
-    # RFC 6455 section 1.3.
-    assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
 
 def test_client_key_must_be_16_bytes_base64() -> None:

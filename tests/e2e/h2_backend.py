@@ -46,7 +46,7 @@ class _EchoProtocol(asyncio.Protocol):
             client_side=False, header_encoding="utf-8"))
         self.transport: asyncio.Transport | None = None
         self.requests: dict[int, dict[str, Any]] = {}
-        self.sending: dict[int, bytes] = {}   # response bodies waiting for the windows
+        self.sending: dict[int, memoryview] = {}   # response bodies waiting for the windows
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -92,7 +92,7 @@ class _EchoProtocol(asyncio.Protocol):
                 json.dumps(req).encode())
         self.conn.send_headers(sid, [(":status", "200"), ("content-type", "application/json"),
                                      ("x-echo", "yes")])
-        self.sending[sid] = body
+        self.sending[sid] = memoryview(body)   # sliced per frame without copying the rest
         self._send(sid)
 
     def _send(self, sid: int) -> None:
@@ -103,7 +103,7 @@ class _EchoProtocol(asyncio.Protocol):
                        self.conn.max_outbound_frame_size)
             if room <= 0:
                 break
-            self.conn.send_data(sid, body[:room])
+            self.conn.send_data(sid, bytes(body[:room]))
             body = body[room:]
         self.sending[sid] = body
         self.stats.unsent = sum(map(len, self.sending.values()))

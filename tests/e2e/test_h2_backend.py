@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from tests.e2e.h2_backend import h2_echo_backend
-from tests.e2e.harness import (free_port, listener_port, proxy_config, raw_client,
-                               raw_exchange, running_daemon)
+from tests.e2e.harness import (HOST, DaemonProcess, free_port, listener_port, proxy_config,
+                               raw_backend, raw_client, raw_exchange, read_request,
+                               running_daemon)
 
 
 def h2c_config(*ports: int, **pool: Any) -> dict[str, Any]:
@@ -171,3 +176,106 @@ async def test_bodies_larger_than_the_http2_windows_flow_both_ways() -> None:
     assert resp.status == 200, resp
     assert json.loads(resp.body)["body"] == body.decode()
 
+
+
+BIG_BYTES = 64 << 20          # the response read slowly
+SLOW_S = 4.0                  # how long it is read slowly, before the rest is read at once
+SLOW_READ = 16 * 1024         # bytes read per SLOW_TICK_S: about 0.5 MB/s
+SLOW_TICK_S = 0.032
+RSS_GROWTH_MAX_KIB = 16 * 1024   # far below the response: it is not buffered in lbcdn
+
+
+async def read_slowly(port: int, path: str, daemon: DaemonProcess
+                      ) -> tuple[int | None, bytes, int]:
+    """GET `path` over HTTP/2 with the default windows (64 KiB), reading about 0.5 MB/s for
+    SLOW_S, then the rest at once: (status, body, the daemon's RSS growth in KiB meanwhile)."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                                header_encoding=None))
+    conn.initiate_connection()
+    conn.send_headers(1, [(b":method", b"GET"), (b":scheme", b"http"),
+                          (b":authority", b"slow.test"), (b":path", path.encode())],
+                      end_stream=True)
+    writer.write(conn.data_to_send())
+    status: int | None = None
+    body = bytearray()
+    ended = False
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    base = peak = daemon.rss_kib()
+    try:
+        while not ended:
+            slow = loop.time() - started < SLOW_S
+            data = await asyncio.wait_for(reader.read(SLOW_READ if slow else 1 << 20), 10)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    ended = True
+            writer.write(conn.data_to_send())
+            if slow:
+                peak = max(peak, daemon.rss_kib())
+                await asyncio.sleep(SLOW_TICK_S)
+    finally:
+        writer.close()
+    return status, bytes(body), peak - base
+
+
+@pytest.mark.slow
+async def test_a_slow_http2_viewer_pauses_an_http1_backend(tmp_path: Path) -> None:
+    pattern = bytes(range(256)) * (BIG_BYTES // 256)
+    written: list[int] = []
+
+    async def large(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG_BYTES)
+            written.append(0)
+            for at in range(0, BIG_BYTES, 1 << 20):
+                writer.write(pattern[at:at + (1 << 20)])
+                await writer.drain()
+                written[-1] = at + (1 << 20)
+
+    async with raw_backend(large) as backend:
+        daemon = DaemonProcess(proxy_config(backend), tmp_path)
+        try:
+            status, body, growth = await read_slowly(listener_port(daemon.config), "/big",
+                                                     daemon)
+        finally:
+            daemon.stop()
+    assert status == 200
+    assert len(body) == BIG_BYTES and body == pattern   # exact, after the pause
+    assert growth < RSS_GROWTH_MAX_KIB, f"RSS grew {growth} KiB while the viewer read slowly"
+
+
+@pytest.mark.slow
+async def test_a_slow_http2_viewer_holds_back_an_http2_backends_stream(
+        tmp_path: Path) -> None:
+    unsent: list[int] = []
+    async with h2_echo_backend(delay_s=0.0) as (backend, stats):
+        daemon = DaemonProcess(h2c_config(backend), tmp_path)
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(0.5)
+                unsent.append(stats.unsent)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            status, body, growth = await read_slowly(listener_port(daemon.config),
+                                                     f"/bytes/{BIG_BYTES}", daemon)
+        finally:
+            watcher.cancel()
+            daemon.stop()
+    assert status == 200
+    assert len(body) == BIG_BYTES and body.count(b"x") == BIG_BYTES
+    assert growth < RSS_GROWTH_MAX_KIB, f"RSS grew {growth} KiB while the viewer read slowly"
+    # while the viewer read slowly, most of the response still waited in the backend for
+    # lbcdn's WINDOW_UPDATEs (about 0.5 MB/s of it went through)
+    slow_phase = unsent[1:int(SLOW_S / 0.5) - 1]
+    assert slow_phase and min(slow_phase) > BIG_BYTES - 8 * (1 << 20), unsent

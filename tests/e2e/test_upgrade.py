@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from lbcdn.demo.backend import BackendState, start_backend
-from lbcdn.demo.websocket import accept_key
+from lbcdn.http.websocket import accept_key
 from tests.e2e.harness import HOST, admin_port, demo_backend, listener_port, proxy_config, \
     running_daemon, until
 from tests.e2e.test_proxy import access_log_lines

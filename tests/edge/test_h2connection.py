@@ -18,6 +18,7 @@ import pytest
 import trustme
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 
+from lbcdn.demo.websocket import valid_client_key
 from lbcdn.edge.h2connection import Flood, request_head
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import request_header_kinds
@@ -548,3 +549,27 @@ async def test_a_client_that_opens_no_window_is_cut_after_the_idle_timeout() -> 
             assert 0.9 <= loop.time() - started < 8
             assert client.status(sid) is None   # (frames not fed to `h2` here)
             writer.close()
+
+
+def test_a_websocket_connect_is_the_http11_upgrade_with_a_key_of_ours() -> None:
+    kinds = request_header_kinds(b"x-request-id")
+    connect = [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"),
+               (b":authority", b"a.test"), (b":path", b"/chat?room=1"),
+               (b"sec-websocket-version", b"13"), (b"sec-websocket-protocol", b"chat"),
+               (b"sec-websocket-key", b"theirs")]
+    head = request_head(connect, False, kinds)
+    assert (head.method, head.host, head.target) == (b"GET", b"a.test", b"/chat?room=1")
+    assert head.upgrade == b"websocket" and not head.chunked and head.content_length is None
+    keys = [v for n, v in head.headers if n == b"sec-websocket-key"]
+    assert len(keys) == 1 and keys[0] != b"theirs" and valid_client_key(keys[0].decode())
+    assert (b"sec-websocket-protocol", b"chat") in head.headers
+    assert keys != [v for n, v in request_head(connect, False, kinds).headers
+                    if n == b"sec-websocket-key"]   # a fresh key each time
+    for fields, status in (
+            ([(b":protocol", b"connect-udp"), (b":path", b"/")], 501),
+            ([(b":protocol", b"websocket"), (b":path", b"/"), (b"content-length", b"0")], 400),
+            ([], 405)):   # a plain CONNECT, as over HTTP/1.1
+        with pytest.raises(HttpError) as err:
+            request_head([(b":method", b"CONNECT"), (b":authority", b"a:443"), *fields],
+                         False, kinds)
+        assert err.value.status == status
