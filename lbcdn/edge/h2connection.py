@@ -14,7 +14,8 @@ wants sent. Rules:
   with) are refused by `h2` as a connection error PROTOCOL_ERROR (RFC 9113 5.4.1 allows a
   stream error to be treated so); what `h2` lets through and our rules refuse (a relative
   :path, a bad content-length, a head past the listener's limits) gets its 4xx on its stream.
-  Either way nothing is forwarded.
+  Either way nothing is forwarded. Frame faults get `h2`'s codes (RFC 9113 5, 6), except an
+  undecodable field block: COMPRESSION_ERROR (4.3), where `h2` says PROTOCOL_ERROR.
 - Abuse is bounded per connection (`Flood`): stream resets by the client (rapid reset,
   CVE-2023-44487), SETTINGS and PING frames; past the budget the connection gets GOAWAY
   ENHANCE_YOUR_CALM and closes. CONTINUATION floods are bounded by `h2` (64 frames), the
@@ -40,6 +41,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hpack.exceptions import HPACKError
 from hyperframe.frame import GoAwayFrame
 
 from lbcdn import writebatch
@@ -342,7 +344,9 @@ class H2Connection:
     def _received(self, data: bytes) -> None:
         try:
             events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError:
+        except h2.exceptions.ProtocolError as exc:
+            if isinstance(exc.__cause__, HPACKError):
+                self._compression_error()
             self._goaway_close()   # `h2` queued its GOAWAY
             return
         now = self.loop.time()
@@ -523,6 +527,18 @@ class H2Connection:
         self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
                                  additional_data=why.encode())
         self._goaway_close()
+
+    def _compression_error(self) -> None:
+        """`h2` answers a field block it cannot decode with GOAWAY PROTOCOL_ERROR; RFC 9113
+        4.3 wants COMPRESSION_ERROR (the peer's HPACK state is lost, not its grammar wrong).
+        That GOAWAY is the last frame `h2` queued (17 bytes, no debug data): it is swapped."""
+        data = self.h2.data_to_send()
+        if data[-14:-13] == b"\x07":
+            data = data[:-17] + GoAwayFrame(
+                0, last_stream_id=self.h2.highest_inbound_stream_id,
+                error_code=h2.errors.ErrorCodes.COMPRESSION_ERROR).serialize()
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
 
     def _goaway_close(self) -> None:
         """Send the GOAWAY `h2` queued and end the connection so that the client reads it:

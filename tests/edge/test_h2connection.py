@@ -18,7 +18,7 @@ import pytest
 import trustme
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 
-from lbcdn.edge.h2connection import Flood, request_head
+from lbcdn.edge.h2connection import PREFACE, Flood, request_head
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import request_header_kinds
 from tests.e2e.harness import HOST, DaemonProcess, backend_process, listener_port, \
@@ -548,3 +548,151 @@ async def test_a_client_that_opens_no_window_is_cut_after_the_idle_timeout() -> 
             assert 0.9 <= loop.time() - started < 8
             assert client.status(sid) is None   # (frames not fed to `h2` here)
             writer.close()
+
+
+def frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
+    """One HTTP/2 frame made by hand (RFC 9113 4.1), whatever its length or content."""
+    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + sid.to_bytes(4, "big") + \
+        payload
+
+
+def _headers_block(path: str = "/", method: bytes = b"GET") -> bytes:
+    # HPACK without the dynamic table (RFC 7541 6.2.2: literal, never indexed): every block
+    # stands alone, so the tests' hand-made frames need no encoder state
+    def literal(name: bytes, value: bytes) -> bytes:
+        return b"\x10" + bytes((len(name),)) + name + bytes((len(value),)) + value
+    return b"".join(literal(n, v) for n, v in [
+        (b":method", method), (b":scheme", b"http"), (b":authority", b"t.test"),
+        (b":path", path.encode())])
+
+
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY_T, WINDOW_UPDATE, CONTINUATION = \
+    0, 1, 3, 4, 6, 7, 8, 9
+END_STREAM, END_HEADERS = 0x1, 0x4
+
+
+class RawFrames:
+    """A client speaking hand-made frames over a real socket, keeping every frame it gets as
+    (type, flags, stream id, payload): for what no HTTP/2 library lets a client send."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.frames: list[tuple[int, int, int, bytes]] = []
+        self.buf = b""
+        self.closed = False
+
+    @classmethod
+    async def open(cls, port: int) -> RawFrames:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(PREFACE + frame(SETTINGS, 0, 0, b""))
+        return cls(reader, writer)
+
+    def send(self, *frames: bytes) -> None:
+        self.writer.write(b"".join(frames))
+
+    async def read_until(self, done: Any, timeout_s: float = 10.0) -> None:
+        async def loop() -> None:
+            while not done():
+                try:
+                    data = await self.reader.read(65536)
+                except ConnectionResetError:
+                    data = b""
+                if not data:
+                    self.closed = True
+                    return
+                self.buf += data
+                while len(self.buf) >= 9:
+                    size = int.from_bytes(self.buf[:3], "big")
+                    if len(self.buf) < 9 + size:
+                        break
+                    head, self.buf = self.buf[:9 + size], self.buf[9 + size:]
+                    sid = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+                    self.frames.append((head[3], head[4], sid, head[9:]))
+                    if head[3] == SETTINGS and not head[4] & 1:
+                        self.send(frame(SETTINGS, 1, 0, b""))   # ACK theirs
+        await asyncio.wait_for(loop(), timeout_s)
+
+    def goaway_code(self) -> int | None:
+        for kind, _, _, payload in self.frames:
+            if kind == GOAWAY_T:
+                return int.from_bytes(payload[4:8], "big")
+        return None
+
+    def reset_code(self, sid: int) -> int | None:
+        for kind, _, stream, payload in self.frames:
+            if kind == RST_STREAM and stream == sid:
+                return int.from_bytes(payload, "big")
+        return None
+
+    def ended(self, sid: int) -> bool:
+        return any(f[2] == sid and (f[0] == RST_STREAM or
+                                    (f[0] in (DATA, HEADERS) and f[1] & END_STREAM))
+                   for f in self.frames)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _get(sid: int, path: str = "/") -> bytes:
+    return frame(HEADERS, END_HEADERS | END_STREAM, sid, _headers_block(path))
+
+
+def _open_post(sid: int) -> bytes:
+    return frame(HEADERS, END_HEADERS, sid, _headers_block("/w", b"POST"))
+
+
+H2_ERRORS = {"PROTOCOL_ERROR": 1, "FLOW_CONTROL_ERROR": 3, "STREAM_CLOSED": 5,
+             "FRAME_SIZE_ERROR": 6, "COMPRESSION_ERROR": 9}
+# each: (frames sent after a first good request on stream 1 was answered, the stream a
+# stream error is expected on (0: a connection error, GOAWAY), the error code expected)
+FRAME_ERRORS: dict[str, tuple[list[bytes], int, str]] = {
+    "DATA larger than SETTINGS_MAX_FRAME_SIZE": (
+        [_open_post(3), frame(DATA, 0, 3, b"x" * 16385)], 0, "FRAME_SIZE_ERROR"),
+    "HEADERS larger than SETTINGS_MAX_FRAME_SIZE": (
+        [frame(HEADERS, END_HEADERS | END_STREAM, 3,
+               _headers_block() + b"\x10\x01x\x7f\x81\x7f" + b"a" * 16400)],
+        0, "FRAME_SIZE_ERROR"),
+    "PING of 7 bytes": ([frame(PING, 0, 0, b"1234567")], 0, "FRAME_SIZE_ERROR"),
+    "SETTINGS of 5 bytes": ([frame(SETTINGS, 0, 0, b"\x00\x04\x00\x00\x01")], 0,
+                            "FRAME_SIZE_ERROR"),
+    "WINDOW_UPDATE of 3 bytes": ([frame(WINDOW_UPDATE, 0, 0, b"\x00\x00\x01")], 0,
+                                 "FRAME_SIZE_ERROR"),
+    "connection WINDOW_UPDATE past 2^31-1": (
+        [frame(WINDOW_UPDATE, 0, 0, (2**31 - 1).to_bytes(4, "big"))], 0,
+        "FLOW_CONTROL_ERROR"),
+    "stream WINDOW_UPDATE past 2^31-1": (
+        [_open_post(3), frame(WINDOW_UPDATE, 0, 3, (2**31 - 1).to_bytes(4, "big"))], 3,
+        "FLOW_CONTROL_ERROR"),
+    "DATA on a closed stream": ([frame(DATA, 0, 1, b"late")], 1, "STREAM_CLOSED"),
+    "even client stream id": ([_get(4)], 0, "PROTOCOL_ERROR"),
+    "decreasing stream id": ([_get(7), _get(5)], 0, "PROTOCOL_ERROR"),
+    "bad HPACK block": ([frame(HEADERS, END_HEADERS | END_STREAM, 3, b"\xff\xff\xff\xff\x0f")],
+                        0, "COMPRESSION_ERROR"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FRAME_ERRORS))
+async def test_a_frame_error_gets_its_error_code(case: str) -> None:
+    """RFC 9113 sections 5 and 6: each fault a GOAWAY (connection error) or RST_STREAM
+    (stream error) with its own code, sent before the connection closes."""
+    sent, on_stream, code = FRAME_ERRORS[case]
+    seen = Seen()
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            client = await RawFrames.open(listener_port(config))
+            client.send(_get(1))
+            await client.read_until(lambda: client.ended(1))
+            client.send(*sent)
+            if on_stream:
+                await client.read_until(lambda: client.reset_code(on_stream) is not None)
+                assert client.reset_code(on_stream) == H2_ERRORS[code], client.frames
+                assert client.goaway_code() is None
+                # a stream error: the connection goes on
+                client.send(_get(9))
+                await client.read_until(lambda: client.ended(9))
+                assert client.reset_code(9) is None
+            else:
+                await client.read_until(lambda: client.closed)
+                assert client.goaway_code() == H2_ERRORS[code], client.frames
+            client.close()
