@@ -17,7 +17,7 @@ wants sent. Rules:
   Either way nothing is forwarded. Frame faults get `h2`'s codes (RFC 9113 5, 6), except an
   undecodable field block: COMPRESSION_ERROR (4.3), where `h2` says PROTOCOL_ERROR.
 - Abuse is bounded per connection (`Flood`): stream resets by the client (rapid reset,
-  CVE-2023-44487), SETTINGS and PING frames; past the budget the connection gets GOAWAY
+  CVE-2023-44487), SETTINGS, PING and empty DATA frames; past the budget the connection gets GOAWAY
   ENHANCE_YOUR_CALM and closes. CONTINUATION floods are bounded by `h2` (64 frames), the
   decoded header list by SETTINGS_MAX_HEADER_LIST_SIZE, open streams by
   SETTINGS_MAX_CONCURRENT_STREAMS (one more is a connection error).
@@ -61,7 +61,7 @@ STREAM_BUFFER: Final = 256 * 1024   # response bytes waiting for a window before
 RESETS_PER_S: Final = 100.0         # client RST_STREAMs allowed per second ...
 RESETS_BURST: Final = 100.0         # ... after a burst of this many
 FEED_BYTES: Final = 8192            # bytes handed to `h2` at once (see data_received)
-CONTROL_PER_S: Final = 50.0         # SETTINGS + PING frames per second ...
+CONTROL_PER_S: Final = 50.0         # SETTINGS + PING + empty DATA frames per second ...
 CONTROL_BURST: Final = 100.0        # ... after a burst of this many
 GOAWAY_LINGER_S: Final = 1.0        # reading after a GOAWAY for an error, so the peer gets it
 # request fields no HTTP/2 request may carry (RFC 9113 8.2.2): `h2` refuses them already;
@@ -345,7 +345,8 @@ class H2Connection:
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
-            if isinstance(exc.__cause__, HPACKError):
+            if exc.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR and \
+                    isinstance(exc.__cause__, HPACKError):
                 self._compression_error()
             self._goaway_close()   # `h2` queued its GOAWAY
             return
@@ -354,6 +355,10 @@ class H2Connection:
             if isinstance(event, h2.events.RequestReceived):
                 self._request(event)
             elif isinstance(event, h2.events.DataReceived):
+                if not event.flow_controlled_length and event.stream_ended is None and \
+                        not self.control.hit(now):
+                    self.calm("too many empty DATA frames")   # each free to the client
+                    return
                 stream = self.streams.get(event.stream_id or 0)
                 if stream is None or stream.exchange is None:
                     self.h2.acknowledge_received_data(event.flow_controlled_length,

@@ -43,6 +43,12 @@ class Seen:
         while True:
             line, headers, body = await read_request(reader)
             self.requests.append((line, headers, body))
+            if line.startswith("GET /big "):   # written a piece at a time, as it is read
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
+                for _ in range(BIG // 65536):
+                    writer.write(b"x" * 65536)
+                    await writer.drain()
+                continue
             out = json.dumps({"line": line, "headers": headers,
                               "body": body.decode("latin-1")}).encode()
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
@@ -372,12 +378,32 @@ async def test_content_length_disagreeing_with_the_data_is_refused(sent: bytes) 
             client.close()
 
 
-async def _attacked(send: Any, expect: int) -> RawH2:
-    """Run the attack `send(client)` against a daemon; the GOAWAY must carry `expect`, and
-    another client's requests meanwhile keep their latency (within a generous second)."""
+BIG = 4 * 1024 * 1024   # what Seen answers to GET /big
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _p50_max(times: list[float]) -> tuple[float, float]:
+    ordered = sorted(times)
+    return ordered[len(ordered) // 2], ordered[-1]
+
+
+async def _attacked(send: Any, expect: int | None, idle_timeout_s: float | None = None,
+                    max_growth_mib: float = 64.0) -> RawH2:
+    """Run the attack `send(client)` against a daemon (in this process); the GOAWAY must carry
+    `expect` (None: the connection is cut without one); another client's requests meanwhile
+    keep their latency (p50 and max within generous bounds of before), and the process grows
+    by `max_growth_mib` at most."""
     seen = Seen()
     async with raw_backend(seen.handle) as backend:
         config = proxy_config(backend)
+        if idle_timeout_s is not None:
+            config["listeners"][0]["idle_timeout_s"] = idle_timeout_s
         async with running_daemon(config):
             loop = asyncio.get_running_loop()
             other = await RawH2.open(listener_port(config))
@@ -388,22 +414,35 @@ async def _attacked(send: Any, expect: int) -> RawH2:
                 await other.read_until(lambda ev: other.ended(ok))
                 assert other.status(ok) == 200
                 return loop.time() - start
-            before = max([await one() for _ in range(5)])
+            before = [await one() for _ in range(9)]
+            rss = _rss_mib()
             client = await RawH2.open(listener_port(config), validate=False)
 
             async def attack() -> None:
                 await send(client)
-                await client.read_until(lambda ev: client.closed, 20)
+                await client.read_until(lambda ev: client.closed, 30)
             attacking = asyncio.ensure_future(attack())
             during = [await one()]
             while not attacking.done():
                 during.append(await one())
             await attacking
+            grown = _rss_mib() - rss
             goaway = client.goaway()
-            assert goaway is not None and goaway.error_code == expect, client.goaways
+            if expect is None:
+                assert goaway is None, client.goaways
+            else:
+                assert goaway is not None and goaway.error_code == expect, client.goaways
             client.close()
-            assert max(during) < before + 1.0, (before, during)
-            assert await one() < before + 1.0   # and after
+            (p50_before, max_before), (p50_during, max_during) = \
+                _p50_max(before), _p50_max(during)
+            print(f"other client: before p50 {p50_before * 1000:.1f} ms max "
+                  f"{max_before * 1000:.1f} ms; during ({len(during)} requests) p50 "
+                  f"{p50_during * 1000:.1f} ms max {max_during * 1000:.1f} ms; "
+                  f"grown {grown:.1f} MiB")
+            assert p50_during < p50_before + 0.25, (before, during)
+            assert max_during < max_before + 1.0, (before, during)
+            assert await one() < max_before + 1.0   # and after
+            assert grown < max_growth_mib
             other.close()
             return client
 
@@ -696,3 +735,63 @@ async def test_a_frame_error_gets_its_error_code(case: str) -> None:
                 await client.read_until(lambda: client.closed)
                 assert client.goaway_code() == H2_ERRORS[code], client.frames
             client.close()
+
+
+async def test_empty_data_flood_ends_in_enhance_your_calm() -> None:
+    """DATA frames carrying nothing cost the server a frame each and the client nothing."""
+    async def send(client: RawH2) -> None:
+        sid = client.request("/w", "POST", end=False)
+        client.writer.write(frame(DATA, 0, sid, b"") * 100_000)
+        client.flush()
+    await _attacked(send, 11)
+
+
+async def test_empty_headers_and_continuation_flood_is_a_connection_error() -> None:
+    async def send(client: RawH2) -> None:
+        client.writer.write(frame(HEADERS, 0, 1, b"") + frame(CONTINUATION, 0, 1, b"") * 100_000)
+    await _attacked(send, 1)
+
+
+@pytest.mark.slow
+async def test_100000_streams_requested_are_bounded() -> None:
+    """100,000 requests on one connection at once, far past SETTINGS_MAX_CONCURRENT_STREAMS:
+    a connection error once the limit is passed; what the GOAWAY names as maybe processed is
+    at most what the limit allowed; memory stays bounded."""
+    requests = b"".join(_get(2 * i + 1, "/s") for i in range(100_000))   # made beforehand
+
+    async def send(client: RawH2) -> None:
+        client.writer.write(requests)
+    client = await _attacked(send, 1)
+    goaway = client.goaway()
+    assert goaway is not None and goaway.last_stream_id < 2 * 100_000 + 1
+
+
+@pytest.mark.slow
+async def test_zero_window_slow_read_is_bounded_and_cut() -> None:
+    """100 streams of a 4 MiB response each (400 MiB if it were buffered) to a client that
+    opens no window: the backends are paused, and the connection is cut after the idle
+    timeout, while another client is served as before."""
+    async def send(client: RawH2) -> None:
+        client.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        for _ in range(100):
+            client.request("/big")
+        client.flush()
+        # the client's side of `h2` would ACK nothing we do not read: read, open no window
+        client.read_until = _never_acknowledging(client)  # type: ignore[method-assign]
+    await _attacked(send, None, idle_timeout_s=1.0)
+
+
+def _never_acknowledging(client: RawH2) -> Any:
+    async def read_until(done: Any, timeout_s: float = 10.0) -> None:
+        async def loop() -> None:
+            while not done(client.events):
+                try:
+                    data = await client.reader.read(65536)
+                except ConnectionResetError:
+                    data = b""
+                if not data:
+                    client.closed = True
+                    return
+                client._keep_goaway(data)
+        await asyncio.wait_for(loop(), timeout_s)
+    return read_until
