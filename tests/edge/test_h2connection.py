@@ -5,6 +5,7 @@ client for the malformed requests and the attacks; a backend counting what reach
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -21,8 +22,8 @@ from hyperframe.frame import ContinuationFrame, HeadersFrame
 from lbcdn.edge.h2connection import PREFACE, Flood, request_head
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import request_header_kinds
-from tests.e2e.harness import HOST, DaemonProcess, backend_process, listener_port, \
-    proxy_config, raw_backend, read_request, running_daemon, wait_for_port
+from tests.e2e.harness import HOST, DaemonProcess, backend_process, demo_backend, \
+    listener_port, proxy_config, raw_backend, read_request, running_daemon, wait_for_port
 
 
 async def _curl(*args: str) -> tuple[int, str, str]:
@@ -795,3 +796,72 @@ def _never_acknowledging(client: RawH2) -> Any:
                 client._keep_goaway(data)
         await asyncio.wait_for(loop(), timeout_s)
     return read_until
+
+
+def _informational(client: RawH2, sid: int) -> list[int]:
+    return [int(dict(e.headers)[b":status"]) for e in client.events
+            if isinstance(e, h2.events.InformationalResponseReceived) and e.stream_id == sid]
+
+
+async def test_expect_100_continue_gets_the_100_before_the_body_is_sent() -> None:
+    """As over HTTP/1.1: the backend's 100 Continue reaches the client, which sends its body
+    only then; and a backend's 103 Early Hints reaches the client before the response."""
+    async with demo_backend() as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            client = await RawH2.open(listener_port(config))
+            body = bytes(range(256)) * 400
+            sid = client.request("/sink", "POST", end=False, extra=[
+                (b"content-length", b"%d" % len(body)), (b"expect", b"100-continue")])
+            await client.read_until(lambda ev: _informational(client, sid) or
+                                    client.ended(sid))
+            assert _informational(client, sid) == [100] and client.status(sid) is None
+            rest = body
+            while rest:   # sent as the windows allow
+                window = min(client.h2.local_flow_control_window(sid),
+                             client.h2.max_outbound_frame_size)
+                client.h2.send_data(sid, rest[:window], end_stream=window >= len(rest))
+                rest = rest[window:]
+                client.flush()
+            await client.read_until(lambda ev: client.ended(sid))
+            assert client.status(sid) == 200
+            assert json.loads(client.body(sid)) == {
+                "body_bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+            hints = client.request("/early-hints")
+            await client.read_until(lambda ev: client.ended(hints))
+            assert _informational(client, hints) == [103] and client.status(hints) == 200
+            kinds = [type(e) for e in client.events if getattr(e, "stream_id", 0) == hints]
+            assert kinds.index(h2.events.InformationalResponseReceived) < \
+                kinds.index(h2.events.ResponseReceived)
+            client.close()
+
+
+async def test_priority_frames_and_the_priority_header_are_accepted_and_ignored() -> None:
+    """RFC 9113 5.3.2: PRIORITY frames (on idle and open streams, and HEADERS' priority
+    fields) are parsed and ignored; RFC 9218: the `priority` field and PRIORITY_UPDATE frames
+    (type 0x10, unknown to RFC 9113, so ignored) change nothing."""
+    seen = Seen()
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            client = await RawFrames.open(listener_port(config))
+            client.send(
+                frame(2, 0, 3, (1).to_bytes(4, "big") + b"\x10"),    # PRIORITY, idle stream 3
+                frame(0x10, 0, 0, (1).to_bytes(4, "big") + b"u=0"),  # PRIORITY_UPDATE
+                # HEADERS with the PRIORITY flag: exclusive on stream 0, weight 200
+                frame(HEADERS, END_HEADERS | END_STREAM | 0x20, 1,
+                      (0x80000000).to_bytes(4, "big") + b"\xc8" + _headers_block("/a")),
+                frame(2, 0, 1, (0).to_bytes(4, "big") + b"\x01"))    # PRIORITY, stream 1
+            block = _headers_block("/b") + b"\x10\x08priority\x05u=1,i"
+            client.send(frame(HEADERS, END_HEADERS | END_STREAM, 5, block))
+            await client.read_until(lambda: client.ended(1) and client.ended(5))
+            assert client.goaway_code() is None
+            assert client.reset_code(1) is None and client.reset_code(5) is None
+            statuses = [f[3][:1] for f in client.frames if f[0] == HEADERS]
+            assert statuses == [b"\x88", b"\x88"]   # :status 200 (static table index 8)
+            assert sorted(r[0] for r in seen.requests) == ["GET /a HTTP/1.1",
+                                                           "GET /b HTTP/1.1"]
+            # passed on: the backend may use it (RFC 9218 is end to end)
+            assert any(("priority", "u=1,i") in r[1] for r in seen.requests)
+            client.close()
