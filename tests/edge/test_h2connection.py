@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,13 +19,15 @@ import h2.events
 import h2.settings
 import pytest
 import trustme
+import yaml
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 
 from lbcdn.edge.h2connection import PREFACE, Flood, request_head
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import request_header_kinds
-from tests.e2e.harness import HOST, DaemonProcess, backend_process, demo_backend, \
-    listener_port, proxy_config, raw_backend, read_request, running_daemon, wait_for_port
+from tests.e2e.harness import HOST, DaemonProcess, backend_process, demo_backend, free_port, \
+    listener_port, proxy_config, raw_backend, read_request, running_daemon, until, \
+    wait_for_port
 
 
 async def _curl(*args: str) -> tuple[int, str, str]:
@@ -865,3 +869,69 @@ async def test_priority_frames_and_the_priority_header_are_accepted_and_ignored(
             # passed on: the backend may use it (RFC 9218 is end to end)
             assert any(("priority", "u=1,i") in r[1] for r in seen.requests)
             client.close()
+
+
+def _reload_config(base: dict[str, Any], hello: str, old_listener: bool) -> dict[str, Any]:
+    config = dict(base)
+    config["routes"] = [{"name": "hello", "match": {"path": "/hello"},
+                         "fixed_response": {"body": hello}}]
+    config["listeners"] = base["listeners"][:2 if old_listener else 1]
+    return config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sighup_with_h2_streams_in_flight(tmp_path: Path, workers: int) -> None:
+    """A reload (SIGHUP) while HTTP/2 streams wait on a backend: on a listener the reload
+    removes, the connection gets GOAWAY naming its last stream, which still finishes, then
+    the connection closes; on a listener that stays, the connection goes on and its new
+    streams, as new connections, see the new configuration; no stream fails."""
+    release = asyncio.Event()
+    arrived: list[str] = []
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line, _, _ = await read_request(reader)
+        arrived.append(line)
+        await release.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+        await writer.drain()
+
+    async with raw_backend(slow) as backend:
+        base = proxy_config(backend)
+        base["listeners"].append({"name": "old", "address": HOST, "port": free_port()})
+        config = _reload_config(base, "one", True)
+        daemon = DaemonProcess(config, tmp_path, extra_args=["--workers", str(workers)])
+        try:
+            wait_for_port(listener_port(config, 1))
+            stays = await RawH2.open(listener_port(config))
+            goes = await RawH2.open(listener_port(config, 1))
+            kept_sid, gone_sid = stays.request("/slow"), goes.request("/slow")
+            await until(lambda: len(arrived) == 2, what="both requests at the backend")
+            daemon.path.write_text(yaml.safe_dump(_reload_config(base, "two", False)))
+            os.kill(daemon.pid, signal.SIGHUP)
+
+            async def hello(client: RawH2) -> bytes:
+                sid = client.request("/hello")
+                await client.read_until(lambda ev: client.ended(sid))
+                return client.body(sid)
+
+            async def reloaded() -> bool:
+                fresh = await RawH2.open(listener_port(config))
+                try:
+                    return await hello(fresh) == b"two"
+                finally:
+                    fresh.close()
+            await until(reloaded, 30, 0.2, "a new connection sees the new config")
+            await goes.read_until(lambda ev: goes.goaway() is not None)
+            assert goes.goaway() == GoAway(gone_sid, 0, b"")
+            assert await hello(stays) == b"two"   # a new stream on the kept connection
+            assert stays.goaway() is None
+            release.set()
+            await goes.read_until(lambda ev: goes.closed)
+            assert goes.status(gone_sid) == 200 and goes.body(gone_sid) == b"slow"
+            await stays.read_until(lambda ev: stays.ended(kept_sid))
+            assert stays.status(kept_sid) == 200 and stays.body(kept_sid) == b"slow"
+            stays.close()
+            goes.close()
+        finally:
+            assert daemon.stop() == 0
