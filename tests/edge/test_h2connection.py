@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,9 +26,9 @@ from hyperframe.frame import ContinuationFrame, HeadersFrame
 from lbcdn.edge.h2connection import PREFACE, Flood, request_head
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import request_header_kinds
-from tests.e2e.harness import HOST, DaemonProcess, backend_process, demo_backend, free_port, \
-    listener_port, proxy_config, raw_backend, read_request, running_daemon, until, \
-    wait_for_port
+from tests.e2e.harness import HOST, DaemonProcess, admin_port, backend_process, demo_backend, \
+    free_port, listener_port, proxy_config, raw_backend, read_request, running_daemon, until, \
+    wait_for_port, wait_until
 
 
 async def _curl(*args: str) -> tuple[int, str, str]:
@@ -933,5 +934,36 @@ async def test_sighup_with_h2_streams_in_flight(tmp_path: Path, workers: int) ->
             assert stays.status(kept_sid) == 200 and stays.body(kept_sid) == b"slow"
             stays.close()
             goes.close()
+        finally:
+            assert daemon.stop() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_metrics_count_http2_requests_apart(tmp_path: Path, workers: int) -> None:
+    """/metrics: lbcdn_http_requests_total counts every request, lbcdn_http2_requests_total
+    those that came over HTTP/2 (aggregated over the workers)."""
+    with backend_process() as backend:
+        config = proxy_config(backend.port)
+        daemon = DaemonProcess(config, tmp_path, extra_args=["--workers", str(workers)])
+        try:
+            url = f"http://{HOST}:{listener_port(config)}/m"
+            for args in (["--http2-prior-knowledge"], ["--http2-prior-knowledge"],
+                         ["--http1.1"]):
+                out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                      *args, url], capture_output=True, text=True, timeout=10)
+                assert out.stdout == "200", out.stderr
+
+            def counts() -> tuple[float, float]:
+                with urllib.request.urlopen(
+                        f"http://{HOST}:{admin_port(config)}/metrics") as r:
+                    text = r.read().decode()
+                found = {}
+                for name in ("lbcdn_http_requests_total", "lbcdn_http2_requests_total"):
+                    key = name + '{listener="web",route="default",status_class="2xx"} '
+                    found[name] = sum(float(line.split()[-1]) for line in text.splitlines()
+                                      if line.startswith(key))
+                return found["lbcdn_http_requests_total"], found["lbcdn_http2_requests_total"]
+            wait_until(lambda: counts() == (3.0, 2.0), what="3 requests, 2 of them h2")
         finally:
             assert daemon.stop() == 0
