@@ -20,7 +20,7 @@ wants sent. Rules:
   CVE-2023-44487), SETTINGS, PING and empty DATA frames; past the budget the connection gets GOAWAY
   ENHANCE_YOUR_CALM and closes. CONTINUATION floods are bounded by `h2` (64 frames), the
   decoded header list by SETTINGS_MAX_HEADER_LIST_SIZE, open streams by
-  SETTINGS_MAX_CONCURRENT_STREAMS (one more is a connection error).
+  SETTINGS_MAX_CONCURRENT_STREAMS (one more is refused, REFUSED_STREAM, budgeted as resets).
 - Flow control: a response's bytes go out as the client's windows allow; what waits is kept
   per stream and, past STREAM_BUFFER bytes, its exchange is told the client is not reading.
   Received DATA is acknowledged (WINDOW_UPDATE) as it is handed to the exchange, unless the
@@ -284,12 +284,17 @@ class H2Connection:
             self.client_ip, self.client_port = peer[0], peer[1]
             self.client_ip_bytes = self.client_ip.encode()
         self.listener.connection_made(self)
-        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+        settings = {
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.limits.max_headers_total_bytes,
-        })
+        }
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values=settings)
         self.h2.initiate_connection()
+        # `h2` makes a stream past the limit a connection error; it is held to a looser limit
+        # than the one just sent, so that such a stream is ours to refuse (`_request`)
+        settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 2 * MAX_STREAMS
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values=settings)
         self.h2.increment_flow_control_window(WINDOW * 4)   # the connection's window
         self.flush()
         self.deadline.set(self.limits.idle_timeout_s)
@@ -354,6 +359,8 @@ class H2Connection:
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
                 self._request(event)
+                if self.closed:   # refused one stream too many
+                    return
             elif isinstance(event, h2.events.DataReceived):
                 if not event.flow_controlled_length and event.stream_ended is None and \
                         not self.control.hit(now):
@@ -410,6 +417,14 @@ class H2Connection:
         if self.draining and sid > self.last_stream:
             # begun after our GOAWAY: not processed, the client may retry it elsewhere
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        if len(self.streams) >= MAX_STREAMS:
+            # past SETTINGS_MAX_CONCURRENT_STREAMS (a client that did not wait for our SETTINGS,
+            # or ignores them): refused, so it may be retried (RFC 9113 5.1.2); budgeted as
+            # resets are, since each costs us a stream's parsing for nothing
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            if not self.resets.hit(self.loop.time()):
+                self.calm("too many streams past the limit")
             return
         stream = H2Stream(self, sid)
         stream.draining = self.draining

@@ -567,10 +567,28 @@ async def test_hpack_bomb_is_bounded_by_the_header_list_size() -> None:
     await _attacked(frame(HEADERS, END_HEADERS | END_STREAM, 1, block), ENHANCE_YOUR_CALM)
 
 
-async def test_too_many_streams_are_refused() -> None:
-    # open streams (no END_STREAM) a backend keeps waiting, one more than allowed
-    await _attacked(b"".join(_open_post(2 * i + 1) for i in range(MAX_STREAMS + 1)),
-                    H2_ERRORS["PROTOCOL_ERROR"])
+async def test_a_stream_past_the_limit_is_refused() -> None:
+    """One stream more than SETTINGS_MAX_CONCURRENT_STREAMS: that one is refused
+    (RST_STREAM REFUSED_STREAM, RFC 9113 5.1.2), the connection and its streams go on, and
+    once one of them ends a new stream is served."""
+    seen = Seen()
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            client = await RawFrames.open(listener_port(config))
+            # open streams (no END_STREAM), their bodies still to come
+            client.send(*(_open_post(2 * i + 1) for i in range(MAX_STREAMS + 1)))
+            past = 2 * MAX_STREAMS + 1
+            await client.read_until(lambda: client.reset_code(past) is not None)
+            assert client.reset_code(past) == 7   # REFUSED_STREAM
+            client.send(frame(DATA, END_STREAM, 1, b"body"))
+            await client.read_until(lambda: client.ended(1))
+            assert client.reset_code(1) is None
+            client.send(_get(past + 2, "/after"))
+            await client.read_until(lambda: client.ended(past + 2))
+            assert client.reset_code(past + 2) is None and client.goaway_code() is None
+            assert "GET /after HTTP/1.1" in [r[0] for r in seen.requests]
+            client.close()
 
 
 async def test_access_log_says_the_protocol(tmp_path: Path) -> None:
@@ -726,9 +744,12 @@ async def test_empty_headers_and_continuation_flood_is_a_connection_error() -> N
 @pytest.mark.slow
 async def test_100000_streams_requested_are_bounded() -> None:
     """100,000 requests on one connection at once, far past SETTINGS_MAX_CONCURRENT_STREAMS:
-    a connection error once the limit is passed, memory bounded."""
-    await _attacked(b"".join(_get(2 * i + 1, "/s") for i in range(100_000)),
-                    H2_ERRORS["PROTOCOL_ERROR"])
+    those past the limit refused, until the budget for refusals runs out: GOAWAY
+    ENHANCE_YOUR_CALM; memory bounded."""
+    client = await _attacked(b"".join(_get(2 * i + 1, "/s") for i in range(100_000)),
+                             ENHANCE_YOUR_CALM)
+    refused = [f for f in client.frames if f[0] == RST_STREAM]
+    assert refused and all(f[3] == b"\x00\x00\x00\x07" for f in refused)
 
 
 @pytest.mark.slow
