@@ -14,8 +14,8 @@ wants sent. Rules:
   with) are refused by `h2` as a connection error PROTOCOL_ERROR (RFC 9113 5.4.1 allows a
   stream error to be treated so); what `h2` lets through and our rules refuse (a relative
   :path, a bad content-length, a head past the listener's limits) gets its 4xx on its stream.
-  Either way nothing is forwarded. Frame faults get `h2`'s codes (RFC 9113 5, 6), except an
-  undecodable field block: COMPRESSION_ERROR (4.3), where `h2` says PROTOCOL_ERROR.
+  Either way nothing is forwarded. Frame faults get `h2`'s codes (RFC 9113 5, 6), except
+  where `h2` says PROTOCOL_ERROR for a fault with a code of its own (`rfc_error_code`).
 - Abuse is bounded per connection (`Flood`): stream resets by the client (rapid reset,
   CVE-2023-44487), SETTINGS, PING and empty DATA frames; past the budget the connection gets GOAWAY
   ENHANCE_YOUR_CALM and closes. CONTINUATION floods are bounded by `h2` (64 frames), the
@@ -42,6 +42,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from hpack.exceptions import HPACKError
+from hyperframe.exceptions import InvalidDataError
 from hyperframe.frame import GoAwayFrame
 
 from lbcdn import writebatch
@@ -127,6 +128,20 @@ def request_head(fields: list[tuple[bytes, bytes]], end_stream: bool,
     if not end_stream and head.content_length is None:
         head.chunked = True   # a body of unknown length: re-chunked to the backend
     return head
+
+
+def rfc_error_code(exc: h2.exceptions.ProtocolError) -> h2.errors.ErrorCodes | None:
+    """The code RFC 9113 gives a connection error that `h2` reports as PROTOCOL_ERROR; None
+    when `h2`'s code is the right one."""
+    cause = exc.__cause__
+    if exc.error_code != h2.errors.ErrorCodes.PROTOCOL_ERROR:
+        return None
+    if isinstance(cause, HPACKError):
+        # 4.3: a field block that cannot be decoded (the peer's HPACK state is lost)
+        return h2.errors.ErrorCodes.COMPRESSION_ERROR
+    if isinstance(cause, InvalidDataError) and str(cause).startswith("SETTINGS ack"):
+        return h2.errors.ErrorCodes.FRAME_SIZE_ERROR   # 6.5: a SETTINGS ACK with a payload
+    return None
 
 
 class H2Stream(ClientStream):
@@ -350,9 +365,9 @@ class H2Connection:
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
-            if exc.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR and \
-                    isinstance(exc.__cause__, HPACKError):
-                self._compression_error()
+            code = rfc_error_code(exc)
+            if code is not None:
+                self._replace_goaway(code)
             self._goaway_close()   # `h2` queued its GOAWAY
             return
         now = self.loop.time()
@@ -548,15 +563,13 @@ class H2Connection:
                                  additional_data=why.encode())
         self._goaway_close()
 
-    def _compression_error(self) -> None:
-        """`h2` answers a field block it cannot decode with GOAWAY PROTOCOL_ERROR; RFC 9113
-        4.3 wants COMPRESSION_ERROR (the peer's HPACK state is lost, not its grammar wrong).
-        That GOAWAY is the last frame `h2` queued (17 bytes, no debug data): it is swapped."""
+    def _replace_goaway(self, code: h2.errors.ErrorCodes) -> None:
+        """`h2`'s GOAWAY, with `code` instead of its own (`rfc_error_code`). It is the last
+        frame `h2` queued (17 bytes: no debug data)."""
         data = self.h2.data_to_send()
         if data[-14:-13] == b"\x07":
             data = data[:-17] + GoAwayFrame(
-                0, last_stream_id=self.h2.highest_inbound_stream_id,
-                error_code=h2.errors.ErrorCodes.COMPRESSION_ERROR).serialize()
+                0, last_stream_id=self.h2.highest_inbound_stream_id, error_code=code).serialize()
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 

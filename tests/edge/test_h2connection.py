@@ -699,6 +699,25 @@ FRAME_ERRORS: dict[str, tuple[list[bytes], int, str]] = {
     "DATA on a closed stream": ([frame(DATA, 0, 1, b"late")], 1, "STREAM_CLOSED"),
     "even client stream id": ([_get(4)], 0, "PROTOCOL_ERROR"),
     "decreasing stream id": ([_get(7), _get(5)], 0, "PROTOCOL_ERROR"),
+    "DATA on a half-closed (remote) stream": ([_get(3, "/big"), frame(DATA, 0, 3, b"late")], 3,
+                                              "STREAM_CLOSED"),
+    "DATA on an idle stream": ([frame(DATA, 0, 3, b"x")], 0, "PROTOCOL_ERROR"),
+    "DATA on stream 0": ([frame(DATA, 0, 0, b"x")], 0, "PROTOCOL_ERROR"),
+    "HEADERS on stream 0": ([_get(0)], 0, "PROTOCOL_ERROR"),
+    "connection WINDOW_UPDATE of 0": ([frame(WINDOW_UPDATE, 0, 0, bytes(4))], 0,
+                                      "PROTOCOL_ERROR"),
+    # a stream error made a connection error (allowed by 5.4.1): `h2` checks the increment
+    # as it parses the frame, before it looks at the stream
+    "stream WINDOW_UPDATE of 0": ([_open_post(3), frame(WINDOW_UPDATE, 0, 3, bytes(4))], 0,
+                                  "PROTOCOL_ERROR"),
+    "SETTINGS_INITIAL_WINDOW_SIZE past 2^31-1": (
+        [frame(SETTINGS, 0, 0, b"\x00\x04\x80\x00\x00\x00")], 0, "FLOW_CONTROL_ERROR"),
+    "SETTINGS_MAX_FRAME_SIZE under 16384": (
+        [frame(SETTINGS, 0, 0, b"\x00\x05\x00\x00\x10\x00")], 0, "PROTOCOL_ERROR"),
+    "SETTINGS_ENABLE_PUSH of 2": ([frame(SETTINGS, 0, 0, b"\x00\x02\x00\x00\x00\x02")], 0,
+                                  "PROTOCOL_ERROR"),
+    "SETTINGS ACK with a payload": ([frame(SETTINGS, 1, 0, b"\x00\x02\x00\x00\x00\x00")], 0,
+                                    "FRAME_SIZE_ERROR"),
     "bad HPACK block": ([frame(HEADERS, END_HEADERS | END_STREAM, 3, b"\xff\xff\xff\xff\x0f")],
                         0, "COMPRESSION_ERROR"),
 }
