@@ -16,13 +16,16 @@ from typing import Any, NamedTuple
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
-import hpack
+import h2.exceptions
+import hpack.exceptions
 import pytest
 import trustme
 import yaml
+from hyperframe.exceptions import InvalidDataError
 
-from lbcdn.edge.h2connection import MAX_STREAMS, PREFACE, Flood, request_head
+from lbcdn.edge.h2connection import MAX_STREAMS, PREFACE, Flood, request_head, rfc_error_code
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import request_header_kinds
 from tests.e2e.harness import HOST, DaemonProcess, admin_port, backend_process, demo_backend, \
@@ -84,6 +87,23 @@ def test_flood_allows_a_burst_then_the_rate() -> None:
     flood = Flood(10.0, 3.0, 0.0)
     assert [flood.hit(0.0) for _ in range(4)] == [True, True, True, False]
     assert flood.hit(0.1) and not flood.hit(0.1)
+
+
+def test_rfc_error_code_corrects_the_codes_h2_gets_wrong() -> None:
+    def raised(exc: h2.exceptions.ProtocolError, cause: Exception) -> h2.exceptions.ProtocolError:
+        exc.__cause__ = cause
+        return exc
+    bad = h2.exceptions.ProtocolError("x")
+    assert rfc_error_code(raised(bad, hpack.exceptions.InvalidTableIndex("i"))) == \
+        h2.errors.ErrorCodes.COMPRESSION_ERROR
+    assert rfc_error_code(raised(bad, InvalidDataError(
+        "SETTINGS ack frame must not have payload: got 6 bytes"))) == \
+        h2.errors.ErrorCodes.FRAME_SIZE_ERROR
+    assert rfc_error_code(raised(bad, InvalidDataError("WINDOW_UPDATE increment"))) is None
+    assert rfc_error_code(h2.exceptions.ProtocolError("y")) is None
+    # an HPACK bomb is h2's ENHANCE_YOUR_CALM, kept
+    assert rfc_error_code(raised(h2.exceptions.DenialOfServiceError("big"),
+                                 hpack.exceptions.OversizedHeaderListError("big"))) is None
 
 
 async def test_h2c_prior_knowledge_proxies_and_serves_a_cache_hit() -> None:
