@@ -17,7 +17,9 @@ wants sent. Rules:
   Either way nothing is forwarded. Frame faults get `h2`'s codes (RFC 9113 5, 6), except
   where `h2` says PROTOCOL_ERROR for a fault with a code of its own (`rfc_error_code`).
 - Abuse is bounded per connection (`Flood`): stream resets by the client (rapid reset,
-  CVE-2023-44487), SETTINGS, PING and empty DATA frames; past the budget the connection gets GOAWAY
+  CVE-2023-44487), SETTINGS, PING and empty DATA frames, frames that serve nothing
+  (PRIORITY, WINDOW_UPDATE, RST_STREAM, unknown types: `FrameTally`) beyond what the requests
+  and the response bytes earn; past the budget the connection gets GOAWAY
   ENHANCE_YOUR_CALM and closes. CONTINUATION floods are bounded by `h2` (64 frames), the
   decoded header list by SETTINGS_MAX_HEADER_LIST_SIZE, open streams by
   SETTINGS_MAX_CONCURRENT_STREAMS (one more is refused, REFUSED_STREAM, budgeted as resets).
@@ -65,6 +67,10 @@ FEED_BYTES: Final = 8192            # bytes handed to `h2` at once (see data_rec
 CONTROL_PER_S: Final = 50.0         # SETTINGS, PING, empty DATA frames per second ...
 CONTROL_BURST: Final = 100.0        # ... after a burst of this many
 GOAWAY_LINGER_S: Final = 1.0        # reading after a GOAWAY for an error, so the peer gets it
+IDLE_PER_S: Final = 100.0           # frames that serve nothing by themselves (FrameTally) per
+IDLE_BURST: Final = 1000.0          # second, after a burst of this many, and besides ...
+IDLE_PER_REQUEST: Final = 2.0       # ... this many for each HEADERS frame received ...
+IDLE_PER_DATA: Final = 4.0          # ... and for each DATA frame sent (its WINDOW_UPDATEs)
 # request fields no HTTP/2 request may carry (RFC 9113 8.2.2): `h2` refuses them already;
 # listed for the head a backend gets, which must never carry one
 _CONNECTION_FIELDS: Final = frozenset((b"connection", b"keep-alive", b"proxy-connection",
@@ -81,13 +87,57 @@ class Flood:
         self.tokens = burst
         self.at = now
 
-    def hit(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+    def hit(self, now: float, cost: float = 1.0) -> bool:
+        if self.tokens < self.burst:   # (tokens credited past the burst are kept)
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
-        if self.tokens < 1.0:
+        if self.tokens < cost:
             return False
-        self.tokens -= 1.0
+        self.tokens -= cost
         return True
+
+    def credit(self, tokens: float) -> None:
+        """Tokens the peer earned by using the connection for something."""
+        self.tokens += tokens
+
+
+# frame types that ask nothing of us and that `h2` may not even report (a WINDOW_UPDATE or an
+# RST_STREAM on a closed stream is dropped silently): PRIORITY, RST_STREAM, WINDOW_UPDATE, and
+# types RFC 9113 does not define (ignored, 5.5)
+_IDLE_TYPES: Final = bytes(1 if kind in (2, 3, 8) or kind > 9 else 0 for kind in range(256))
+
+
+class FrameTally:
+    """Walks the frame headers (RFC 9113 4.1) of a connection's bytes as they arrive, before
+    `h2` parses them: what they cost the idle-frame budget (Flood-tokens; negative: a
+    credit). So floods of frames `h2` handles without a word (PRIORITY: CVE-2019-9513, RST:
+    CVE-2019-9514, WINDOW_UPDATE) are bounded as SETTINGS and PING floods are."""
+    __slots__ = ("skip", "head")
+
+    def __init__(self) -> None:
+        self.skip = len(PREFACE)   # bytes still to pass before the next frame header
+        self.head = b""            # a frame header cut by the end of the last read
+
+    def cost(self, data: bytes) -> float:
+        if self.head:
+            data = self.head + data
+            self.head = b""
+        end = len(data)
+        pos = self.skip
+        cost = 0.0
+        while pos + 9 <= end:
+            kind = data[pos + 3]
+            if kind == 1:
+                cost -= IDLE_PER_REQUEST
+            else:
+                cost += _IDLE_TYPES[kind]
+            pos += 9 + int.from_bytes(data[pos:pos + 3], "big")
+        if pos >= end:
+            self.skip = pos - end
+        else:
+            self.skip = 0
+            self.head = data[pos:]
+        return cost
 
 
 def request_head(fields: list[tuple[bytes, bytes]], end_stream: bool,
@@ -287,6 +337,8 @@ class H2Connection:
         now = self.loop.time()
         self.resets = Flood(RESETS_PER_S, RESETS_BURST, now)
         self.control = Flood(CONTROL_PER_S, CONTROL_BURST, now)
+        self.idle = Flood(IDLE_PER_S, IDLE_BURST, now)
+        self.tally = FrameTally()
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -356,7 +408,14 @@ class H2Connection:
             for start in range(0, len(data), FEED_BYTES):
                 if self.closed:
                     break
-                self._received(data[start:start + FEED_BYTES])
+                piece = data[start:start + FEED_BYTES]
+                cost = self.tally.cost(piece)
+                if cost < 0:
+                    self.idle.credit(-cost)
+                elif cost and not self.idle.hit(self.loop.time(), cost):
+                    self.calm("too many frames that serve nothing")
+                    break
+                self._received(piece)
         finally:
             if owner:
                 writebatch.end()
@@ -503,6 +562,7 @@ class H2Connection:
                 stream.pending.pop(0)
             stream.pending_bytes -= len(data)
             h2c.send_data(sid, data)
+            self.idle.credit(IDLE_PER_DATA)
             sent = True
         if not stream.pending and stream.ending and not stream.finished:
             stream.finished = True

@@ -25,7 +25,8 @@ import trustme
 import yaml
 from hyperframe.exceptions import InvalidDataError
 
-from lbcdn.edge.h2connection import MAX_STREAMS, PREFACE, Flood, request_head, rfc_error_code
+from lbcdn.edge.h2connection import IDLE_PER_REQUEST, MAX_STREAMS, PREFACE, Flood, FrameTally, \
+    request_head, rfc_error_code
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import request_header_kinds
 from tests.e2e.harness import HOST, DaemonProcess, admin_port, backend_process, demo_backend, \
@@ -104,6 +105,18 @@ def test_rfc_error_code_corrects_the_codes_h2_gets_wrong() -> None:
     # an HPACK bomb is h2's ENHANCE_YOUR_CALM, kept
     assert rfc_error_code(raised(h2.exceptions.DenialOfServiceError("big"),
                                  hpack.exceptions.OversizedHeaderListError("big"))) is None
+
+
+def test_frame_tally_counts_idle_frames_across_reads() -> None:
+    tally = FrameTally()
+    wire = PREFACE + frame(SETTINGS, 0, 0, b"") + frame(PRIORITY, 0, 1, b"x" * 5) + \
+        frame(WINDOW_UPDATE, 0, 0, b"\x00\x00\x00\x01") + frame(0x20, 0, 0, b"") + \
+        frame(DATA, 0, 1, b"y" * 100) + frame(RST_STREAM, 0, 1, CANCEL) + _get(3)
+    assert tally.cost(wire) == 4 - IDLE_PER_REQUEST
+    for cut in (1, 5, 9, 20, 30, 50, 200):   # the same bytes, read in pieces
+        tally = FrameTally()
+        assert sum(tally.cost(wire[i:i + cut]) for i in range(0, len(wire), cut)) == \
+            4 - IDLE_PER_REQUEST, cut
 
 
 async def test_h2c_prior_knowledge_proxies_and_serves_a_cache_hit() -> None:
@@ -419,8 +432,8 @@ def _headers_block(path: str = "/", method: bytes = b"GET") -> bytes:
         (b":path", path.encode())])
 
 
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY_T, WINDOW_UPDATE, CONTINUATION = \
-    0, 1, 3, 4, 6, 7, 8, 9
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PING, GOAWAY_T, WINDOW_UPDATE, CONTINUATION = \
+    0, 1, 2, 3, 4, 6, 7, 8, 9
 END_STREAM, END_HEADERS = 0x1, 0x4
 H2_ERRORS = {"PROTOCOL_ERROR": 1, "FLOW_CONTROL_ERROR": 3, "STREAM_CLOSED": 5,
              "FRAME_SIZE_ERROR": 6, "COMPRESSION_ERROR": 9, "ENHANCE_YOUR_CALM": 11}
@@ -773,6 +786,24 @@ async def test_a_frame_error_gets_its_error_code(case: str) -> None:
 async def test_empty_data_flood_ends_in_enhance_your_calm() -> None:
     """DATA frames carrying nothing cost the server a frame each and the client nothing."""
     await _attacked(_open_post(1) + frame(DATA, 0, 1, b"") * 100_000, ENHANCE_YOUR_CALM)
+
+
+IDLE_FLOODS = {
+    "PRIORITY": b"".join(frame(PRIORITY, 0, 2 * i + 1, bytes(4) + b"\x10")
+                         for i in range(100_000)),
+    "connection WINDOW_UPDATE": frame(WINDOW_UPDATE, 0, 0, (1).to_bytes(4, "big")) * 100_000,
+    # on a stream that ends meanwhile: `h2` drops those silently
+    "stream WINDOW_UPDATE": _get(1) + frame(WINDOW_UPDATE, 0, 1, (1).to_bytes(4, "big")) *
+    100_000,
+    "RST_STREAM on a closed stream": _get(1) + frame(RST_STREAM, 0, 1, CANCEL) * 100_000,
+    "unknown frame type": frame(0x20, 0, 0, b"") * 100_000,
+}
+
+
+@pytest.mark.parametrize("case", sorted(IDLE_FLOODS))
+async def test_a_flood_of_frames_that_serve_nothing_ends_in_enhance_your_calm(case: str
+                                                                              ) -> None:
+    await _attacked(IDLE_FLOODS[case], ENHANCE_YOUR_CALM)
 
 
 async def test_empty_headers_and_continuation_flood_is_a_connection_error() -> None:
