@@ -366,6 +366,9 @@ MALFORMED = {
     "CR LF in value": BASE + [(b":path", b"/"), (b"x-a", b"1\r\nx-b: 2")],
     "NUL in value": BASE + [(b":path", b"/"), (b"x-a", b"1\x002")],
     "leading space in value": BASE + [(b":path", b"/"), (b"x-a", b" 1")],
+    "trailing tab in value": BASE + [(b":path", b"/"), (b"x-a", b"1\t")],
+    "empty name": BASE + [(b":path", b"/"), (b"", b"1")],
+    "space in name": BASE + [(b":path", b"/"), (b"x a", b"1")],
     "relative :path": BASE + [(b":path", b"x/y")],
     "bad content-length": BASE + [(b":path", b"/"), (b"content-length", b"1x")],
 }
