@@ -999,3 +999,37 @@ def test_metrics_count_http2_requests_apart(tmp_path: Path, workers: int) -> Non
             wait_until(lambda: counts() == (3.0, 2.0), what="3 requests, 2 of them h2")
         finally:
             assert daemon.stop() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_with_h2_streams_in_flight(tmp_path: Path, workers: int) -> None:
+    """SIGTERM while an HTTP/2 stream waits on its backend: GOAWAY naming that stream, which
+    still finishes; then the connection closes and the daemon exits cleanly."""
+    release = asyncio.Event()
+    arrived: list[str] = []
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line, _, _ = await read_request(reader)
+        arrived.append(line)
+        await release.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+        await writer.drain()
+
+    async with raw_backend(slow) as backend:
+        config = proxy_config(backend)
+        daemon = DaemonProcess(config, tmp_path, extra_args=["--workers", str(workers)])
+        try:
+            client = await RawH2.open(listener_port(config))
+            sid = client.request("/slow")
+            await until(lambda: arrived, what="the request at the backend")
+            daemon.proc.send_signal(signal.SIGTERM)
+            await client.read_until(lambda ev: client.goaway() is not None)
+            assert client.goaway() == GoAway(sid, 0, b"")
+            release.set()
+            await client.read_until(lambda ev: client.closed)
+            assert client.status(sid) == 200 and client.body(sid) == b"slow"
+            client.close()
+            await until(lambda: daemon.proc.poll() is not None, 15, what="the daemon's exit")
+        finally:
+            assert daemon.stop() == 0, daemon.stderr()
