@@ -27,8 +27,8 @@ wants sent. Rules:
   per stream and, past STREAM_BUFFER bytes, its exchange is told the client is not reading.
   Received DATA is acknowledged (WINDOW_UPDATE) as it is handed to the exchange, unless the
   exchange paused reading: then when it resumes, so a slow backend holds back the client.
-- Drain (SIGTERM, reload): GOAWAY with the last stream id; streams under way finish, then the
-  connection closes.
+- Drain (SIGTERM, a listener a reload removes): GOAWAY with the last stream id; streams under
+  way finish, then the connection closes. On a listener a reload keeps, connections go on.
 """
 
 from __future__ import annotations
