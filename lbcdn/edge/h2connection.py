@@ -18,8 +18,8 @@ wants sent. Rules:
   where `h2` says PROTOCOL_ERROR for a fault with a code of its own (`rfc_error_code`).
 - Abuse is bounded per connection (`Flood`): stream resets by the client (rapid reset,
   CVE-2023-44487), SETTINGS, PING and empty DATA frames, frames that serve nothing
-  (PRIORITY, WINDOW_UPDATE, RST_STREAM, unknown types: `FrameTally`) beyond what the requests
-  and the response bytes earn; past the budget the connection gets GOAWAY
+  (PRIORITY, WINDOW_UPDATE, RST_STREAM, unknown types, anything on a closed stream:
+  `FrameTally`) beyond what the requests and the response bytes earn; past the budget the connection gets GOAWAY
   ENHANCE_YOUR_CALM and closes. CONTINUATION floods are bounded by `h2` (64 frames), the
   decoded header list by SETTINGS_MAX_HEADER_LIST_SIZE, open streams by
   SETTINGS_MAX_CONCURRENT_STREAMS (one more is refused, REFUSED_STREAM, budgeted as resets).
@@ -69,7 +69,7 @@ CONTROL_BURST: Final = 100.0        # ... after a burst of this many
 GOAWAY_LINGER_S: Final = 1.0        # reading after a GOAWAY for an error, so the peer gets it
 IDLE_PER_S: Final = 100.0           # frames that serve nothing by themselves (FrameTally) per
 IDLE_BURST: Final = 1000.0          # second, after a burst of this many, and besides ...
-IDLE_PER_REQUEST: Final = 2.0       # ... this many for each HEADERS frame received ...
+IDLE_PER_REQUEST: Final = 2.0       # ... this many for each request received ...
 IDLE_PER_DATA: Final = 4.0          # ... and for each DATA frame sent (its WINDOW_UPDATEs)
 # request fields no HTTP/2 request may carry (RFC 9113 8.2.2): `h2` refuses them already;
 # listed for the head a backend gets, which must never carry one
@@ -109,26 +109,29 @@ _IDLE_TYPES: Final = bytes(1 if kind in (2, 3, 8) or kind > 9 else 0 for kind in
 
 class FrameTally:
     """Walks the frame headers (RFC 9113 4.1) of a connection's bytes as they arrive, before
-    `h2` parses them: what they cost the idle-frame budget (Flood-tokens; negative: a
-    credit). So floods of frames `h2` handles without a word (PRIORITY: CVE-2019-9513, RST:
-    CVE-2019-9514, WINDOW_UPDATE) are bounded as SETTINGS and PING floods are."""
-    __slots__ = ("skip", "head")
+    `h2` parses them: how many frames serve nothing by themselves (`cost`: PRIORITY, RST_STREAM,
+    WINDOW_UPDATE, unknown types) and how many DATA and HEADERS frames came (`carried`, for
+    `H2Connection._answered`). So floods `h2` handles without a word are bounded as SETTINGS and
+    PING floods are: PRIORITY (CVE-2019-9513), WINDOW_UPDATE or RST_STREAM on closed streams,
+    DATA or HEADERS on reset streams, each answered by an RST_STREAM (CVE-2019-9514)."""
+    __slots__ = ("skip", "head", "carried")
 
     def __init__(self) -> None:
         self.skip = len(PREFACE)   # bytes still to pass before the next frame header
         self.head = b""            # a frame header cut by the end of the last read
+        self.carried = 0           # DATA and HEADERS frames in the last `cost`'s bytes
 
-    def cost(self, data: bytes) -> float:
+    def cost(self, data: bytes) -> int:
         if self.head:
             data = self.head + data
             self.head = b""
         end = len(data)
         pos = self.skip
-        cost = 0.0
+        cost = carried = 0
         while pos + 9 <= end:
             kind = data[pos + 3]
-            if kind == 1:
-                cost -= IDLE_PER_REQUEST
+            if kind <= 1:
+                carried += 1
             else:
                 cost += _IDLE_TYPES[kind]
             pos += 9 + int.from_bytes(data[pos:pos + 3], "big")
@@ -137,6 +140,7 @@ class FrameTally:
         else:
             self.skip = 0
             self.head = data[pos:]
+        self.carried = carried
         return cost
 
 
@@ -339,6 +343,7 @@ class H2Connection:
         self.control = Flood(CONTROL_PER_S, CONTROL_BURST, now)
         self.idle = Flood(IDLE_PER_S, IDLE_BURST, now)
         self.tally = FrameTally()
+        self.owed = 0   # DATA and HEADERS frames the tally saw and `h2` did not report yet
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -410,9 +415,7 @@ class H2Connection:
                     break
                 piece = data[start:start + FEED_BYTES]
                 cost = self.tally.cost(piece)
-                if cost < 0:
-                    self.idle.credit(-cost)
-                elif cost and not self.idle.hit(self.loop.time(), cost):
+                if cost and not self.idle.hit(self.loop.time(), cost):
                     self.calm("too many frames that serve nothing")
                     break
                 self._received(piece)
@@ -430,6 +433,8 @@ class H2Connection:
             self._goaway_close()   # `h2` queued its GOAWAY
             return
         now = self.loop.time()
+        if not self._answered(events, now):
+            return
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
                 self._request(event)
@@ -485,6 +490,28 @@ class H2Connection:
                 self.deadline.clear()
         elif not self.closed:
             self.deadline.set(self.limits.idle_timeout_s)
+
+    def _answered(self, events: list[h2.events.Event], now: float) -> bool:
+        """The idle-frame budget's accounts after `h2` parsed a piece: requests earn tokens,
+        DATA and HEADERS frames that `h2` dropped without an event (on closed streams, each
+        answered with an RST_STREAM) cost one each. False: the budget ran out (GOAWAY sent)."""
+        requests = reported = 0
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                requests += 1
+            elif isinstance(event, (h2.events.DataReceived, h2.events.TrailersReceived)):
+                reported += 1
+        if requests:
+            self.idle.credit(IDLE_PER_REQUEST * requests)
+        # frames come one after another: one may still be on its way, more were dropped
+        owed = self.owed + self.tally.carried - requests - reported
+        if owed > 1:
+            if not self.idle.hit(now, owed - 1):
+                self.calm("too many frames on closed streams")
+                return False
+            owed = 1
+        self.owed = owed
+        return True
 
     def _request(self, event: h2.events.RequestReceived) -> None:
         sid = event.stream_id or 0

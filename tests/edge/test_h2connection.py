@@ -25,8 +25,8 @@ import trustme
 import yaml
 from hyperframe.exceptions import InvalidDataError
 
-from lbcdn.edge.h2connection import IDLE_PER_REQUEST, MAX_STREAMS, PREFACE, Flood, FrameTally, \
-    request_head, rfc_error_code
+from lbcdn.edge.h2connection import MAX_STREAMS, PREFACE, Flood, FrameTally, request_head, \
+    rfc_error_code
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import request_header_kinds
 from tests.e2e.harness import HOST, DaemonProcess, admin_port, backend_process, demo_backend, \
@@ -112,11 +112,14 @@ def test_frame_tally_counts_idle_frames_across_reads() -> None:
     wire = PREFACE + frame(SETTINGS, 0, 0, b"") + frame(PRIORITY, 0, 1, b"x" * 5) + \
         frame(WINDOW_UPDATE, 0, 0, b"\x00\x00\x00\x01") + frame(0x20, 0, 0, b"") + \
         frame(DATA, 0, 1, b"y" * 100) + frame(RST_STREAM, 0, 1, CANCEL) + _get(3)
-    assert tally.cost(wire) == 4 - IDLE_PER_REQUEST
+    assert (tally.cost(wire), tally.carried) == (4, 2)
     for cut in (1, 5, 9, 20, 30, 50, 200):   # the same bytes, read in pieces
         tally = FrameTally()
-        assert sum(tally.cost(wire[i:i + cut]) for i in range(0, len(wire), cut)) == \
-            4 - IDLE_PER_REQUEST, cut
+        costs = carried = 0
+        for i in range(0, len(wire), cut):
+            costs += tally.cost(wire[i:i + cut])
+            carried += tally.carried
+        assert (costs, carried) == (4, 2), cut
 
 
 async def test_h2c_prior_knowledge_proxies_and_serves_a_cache_hit() -> None:
@@ -800,6 +803,11 @@ IDLE_FLOODS = {
     100_000,
     "RST_STREAM on a closed stream": _get(1) + frame(RST_STREAM, 0, 1, CANCEL) * 100_000,
     "unknown frame type": frame(0x20, 0, 0, b"") * 100_000,
+    # each answered with an RST_STREAM, which `h2` sends without a word
+    "DATA on a reset stream": _open_post(1) + frame(RST_STREAM, 0, 1, CANCEL) +
+    frame(DATA, 0, 1, b"x") * 100_000,
+    "trailers on a reset stream": _open_post(1) + frame(RST_STREAM, 0, 1, CANCEL) +
+    frame(HEADERS, END_HEADERS | END_STREAM, 1, b"\x10\x01x\x01y") * 100_000,
 }
 
 
