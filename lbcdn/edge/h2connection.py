@@ -63,7 +63,7 @@ WINDOW: Final = 1024 * 1024         # initial stream window we offer (a fast cli
 STREAM_BUFFER: Final = 256 * 1024   # response bytes waiting for a window before the exchange pauses
 RESETS_PER_S: Final = 100.0         # client RST_STREAMs allowed per second ...
 RESETS_BURST: Final = 100.0         # ... after a burst of this many
-FEED_BYTES: Final = 8192            # bytes handed to `h2` at once (see data_received)
+FEED_BYTES: Final = 8192            # bytes handed to `h2` in one turn of the loop (_feed)
 CONTROL_PER_S: Final = 50.0         # SETTINGS, PING, empty DATA frames per second ...
 CONTROL_BURST: Final = 100.0        # ... after a burst of this many
 GOAWAY_LINGER_S: Final = 1.0        # reading after a GOAWAY for an error, so the peer gets it
@@ -403,25 +403,34 @@ class H2Connection:
             self._tell_paused(stream, stream.pending_bytes > STREAM_BUFFER)
 
     def data_received(self, data: bytes) -> None:
+        self._feed(data, 0)
+
+    def _feed(self, data: bytes, start: int) -> None:
+        """`data[start:]` to `h2`, FEED_BYTES of it in this turn of the loop: the rest waits
+        for the next turn, reading paused. `h2` parses all it is given before we see an event,
+        so a flood (a read of a thousand HEADERS and RST_STREAMs, or of small frames) is cut
+        off after the slice that ran out its budget, not after all of it; and a read full of
+        small frames does not hold the worker, other connections are served in between."""
+        transport = self.transport
+        if start and transport is not None and not transport.is_closing():
+            transport.resume_reading()
         if self.closed:
             return
+        end = start + FEED_BYTES
+        piece = data[start:end] if start or end < len(data) else data
         owner = writebatch.begin()
         try:
-            # fed to `h2` a slice at a time: it parses a whole slice before we see its events,
-            # so a flood (a read of a thousand HEADERS and RST_STREAMs) is cut off after the
-            # slice that ran out its budget, not after all of it
-            for start in range(0, len(data), FEED_BYTES):
-                if self.closed:
-                    break
-                piece = data[start:start + FEED_BYTES]
-                cost = self.tally.cost(piece)
-                if cost and not self.idle.hit(self.loop.time(), cost):
-                    self.calm("too many frames that serve nothing")
-                    break
+            cost = self.tally.cost(piece)
+            if cost and not self.idle.hit(self.loop.time(), cost):
+                self.calm("too many frames that serve nothing")
+            else:
                 self._received(piece)
         finally:
             if owner:
                 writebatch.end()
+        if end < len(data) and not self.closed and transport is not None:
+            transport.pause_reading()
+            self.loop.call_soon(self._feed, data, end)
 
     def _received(self, data: bytes) -> None:
         try:

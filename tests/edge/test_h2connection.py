@@ -5,6 +5,7 @@ client for the malformed requests and the attacks; a backend counting what reach
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -533,14 +534,20 @@ def _p50_max(times: list[float]) -> tuple[float, float]:
 
 
 async def _attacked(attack: bytes, expect: int | None, idle_timeout_s: float | None = None,
-                    max_growth_mib: float = 64.0) -> RawFrames:
+                    max_growth_mib: float = 64.0, until_stream: int = 0,
+                    demo_backend_process: bool = False) -> RawFrames:
     """Send `attack` (frames made beforehand: the test's own work is not timed) on a
-    connection to a daemon in this process and read until it closes; its GOAWAY must carry
-    `expect` (None: cut without one). Another client's requests meanwhile keep their latency
+    connection to a daemon in this process and read until it closes (or, `until_stream`, until
+    that stream ended); its GOAWAY must carry `expect` (None: cut without one, or none). The
+    backend: `Seen`, or the demo backend in a process of its own (`demo_backend_process`: when
+    the backend's work would be timed too). Another client's requests meanwhile keep their latency
     (p50 and max within generous bounds of before: the attacker, the daemon and that client
     share this process), and the process grows by `max_growth_mib` at most."""
-    seen = Seen()
-    async with raw_backend(seen.handle) as backend:
+    async with contextlib.AsyncExitStack() as backends:
+        if demo_backend_process:
+            backend = backends.enter_context(backend_process()).port
+        else:
+            backend = await backends.enter_async_context(raw_backend(Seen().handle))
         config = proxy_config(backend)
         if idle_timeout_s is not None:
             config["listeners"][0]["idle_timeout_s"] = idle_timeout_s
@@ -558,7 +565,8 @@ async def _attacked(attack: bytes, expect: int | None, idle_timeout_s: float | N
             rss = _rss_mib()
             client = await RawFrames.open(listener_port(config))
             client.send(attack)
-            attacking = asyncio.ensure_future(client.read_until(lambda: client.closed, 30))
+            attacking = asyncio.ensure_future(client.read_until(
+                lambda: client.closed or (until_stream and client.ended(until_stream)), 30))
             during = [await one()]
             while not attacking.done():
                 during.append(await one())
@@ -815,6 +823,17 @@ IDLE_FLOODS = {
 async def test_a_flood_of_frames_that_serve_nothing_ends_in_enhance_your_calm(case: str
                                                                               ) -> None:
     await _attacked(IDLE_FLOODS[case], ENHANCE_YOUR_CALM)
+
+
+async def test_a_body_in_100000_tiny_data_frames_does_not_hold_the_worker() -> None:
+    """Not abuse by itself (a slow stream of small chunks is legitimate), but each frame costs
+    far more to handle than to send: parsed a slice per turn of the loop, others are served
+    in between."""
+    sink = frame(HEADERS, END_HEADERS, 1, _headers_block("/sink", b"POST"))
+    client = await _attacked(sink + frame(DATA, 0, 1, b"x") * 99_999 +
+                             frame(DATA, END_STREAM, 1, b"x"), None, until_stream=1,
+                             demo_backend_process=True)
+    assert client.goaway_code() is None and client.reset_code(1) is None
 
 
 async def test_empty_headers_and_continuation_flood_is_a_connection_error() -> None:
