@@ -901,6 +901,26 @@ async def test_expect_100_continue_gets_the_100_before_the_body_is_sent() -> Non
             client.close()
 
 
+async def test_expect_100_continue_too_large_gets_413_without_100() -> None:
+    """As over HTTP/1.1: a body the route refuses by its announced length is answered at
+    once, with no 100 first; the stream is then closed (RST_STREAM NO_ERROR, RFC 9113 8.1)
+    rather than the body awaited, and the connection goes on."""
+    async with demo_backend() as backend:
+        config = proxy_config(backend, routes=[
+            {"name": "small", "match": {"path_prefix": "/sink"}, "forward": "app",
+             "max_body_bytes": 1000}])
+        async with running_daemon(config):
+            client = await RawH2.open(listener_port(config))
+            sid = client.request("/sink", "POST", end=False, extra=[
+                (b"content-length", b"100000"), (b"expect", b"100-continue")])
+            await client.read_until(lambda ev: client.ended(sid))
+            assert client.status(sid) == 413 and _informational(client, sid) == []
+            after = client.request("/after")
+            await client.read_until(lambda ev: client.ended(after))
+            assert client.status(after) == 200 and client.goaway() is None
+            client.close()
+
+
 async def test_priority_frames_and_the_priority_header_are_accepted_and_ignored() -> None:
     """RFC 9113 5.3.2: PRIORITY frames (on idle and open streams, and HEADERS' priority
     fields) are parsed and ignored; RFC 9218: the `priority` field and PRIORITY_UPDATE frames
