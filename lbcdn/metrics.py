@@ -83,6 +83,12 @@ UPSTREAM_ERROR_KINDS: Final[tuple[str, ...]] = (
 HTTP_REQUESTS: Final = Counter(
     "lbcdn_http_requests_total", "Requests answered, by listener, route and status class.",
     ["listener", "route", "status_class"], registry=REGISTRY)
+# a series of its own, not a `protocol` label on the one above: an HTTP/1.1 request pays
+# nothing for it (HTTP/1.1 is the difference), and the series above keeps its labels
+HTTP2_REQUESTS: Final = Counter(
+    "lbcdn_http2_requests_total", "HTTP/2 requests answered, by listener, route and status "
+    "class (also counted in lbcdn_http_requests_total).",
+    ["listener", "route", "status_class"], registry=REGISTRY)
 HTTP_REQUEST_DURATION: Final = Histogram(
     "lbcdn_http_request_duration_seconds",
     "Time from the first byte of the request head to the last byte of the response.",
@@ -143,7 +149,7 @@ class RouteMetrics:
 
     __slots__ = ("listener", "route", "_status", "_hist", "_seconds", "_bytes_in", "_bytes_out",
                  "_dirty", "_status_children", "_duration", "_bytes_in_child",
-                 "_bytes_out_child")
+                 "_bytes_out_child", "_h2_status", "_h2_children")
 
     def __init__(self, listener: str, route: str) -> None:
         self.listener = listener
@@ -157,6 +163,8 @@ class RouteMetrics:
         self._dirty = False
         # Status-class children are bound on first use so /metrics shows only classes seen.
         self._status_children: list[Counter | None] = [None] * 10
+        self._h2_status = [0] * 10   # the HTTP/2 requests among `_status`
+        self._h2_children: list[Counter | None] = [None] * 10
         self._duration = HTTP_REQUEST_DURATION.labels(route)
         self._bytes_in_child = BYTES.labels(listener, "in")
         self._bytes_out_child = BYTES.labels(listener, "out")
@@ -172,8 +180,22 @@ class RouteMetrics:
             self._dirty = True
             _dirty.append(self)
 
+    def observe_h2(self, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
+        """`observe` for a request that came over HTTP/2."""
+        self._h2_status[status // 100 if 100 <= status < 1000 else 0] += 1
+        self.observe(status, seconds, bytes_in, bytes_out)
+
     def _flush(self) -> None:
         self._dirty = False
+        h2_status = self._h2_status
+        for i, n in enumerate(h2_status):
+            if n:
+                child = self._h2_children[i]
+                if child is None:
+                    child = HTTP2_REQUESTS.labels(self.listener, self.route, _status_class(i))
+                    self._h2_children[i] = child
+                child.inc(n)
+                h2_status[i] = 0
         status = self._status
         for i, n in enumerate(status):
             if n:

@@ -206,3 +206,19 @@ def test_target_health_series_removed_or_zeroed_with_workers(
         warnings.simplefilter("error")
         set_target_health(pool, "t:2", None)
     assert sample("lbcdn_target_health", pool=pool, target="t:2", state="healthy") == 0
+
+
+def test_http2_requests_are_counted_apart_and_in_the_total() -> None:
+    listener, route = uniq("l"), uniq("r")
+    rm = route_metrics(listener, route)
+    rm.observe(200, 0.001, 1, 1)
+    rm.observe_h2(200, 0.001, 1, 1)
+    rm.observe_h2(404, 0.001, 1, 1)
+    render_metrics()
+    assert sample("lbcdn_http_requests_total", listener=listener, route=route,
+                  status_class="2xx") == 2
+    assert sample("lbcdn_http2_requests_total", listener=listener, route=route,
+                  status_class="2xx") == 1
+    assert sample("lbcdn_http2_requests_total", listener=listener, route=route,
+                  status_class="4xx") == 1
+    assert sample("lbcdn_http_request_duration_seconds_count", route=route) == 3

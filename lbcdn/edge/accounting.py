@@ -25,7 +25,10 @@ def record(conn: ClientStream, head: RequestHead, metrics: RouteMetrics, status:
     """Route metrics and the access log line of one finished request (request_id None: make
     one only if the line is written)."""
     elapsed = writebatch.now() - started
-    metrics.observe(status, elapsed, bytes_in, bytes_out)
+    if conn.protocol == "HTTP/2.0":
+        metrics.observe_h2(status, elapsed, bytes_in, bytes_out)
+    else:
+        metrics.observe(status, elapsed, bytes_in, bytes_out)
     listener = conn.listener
     if not listener.access_log.enabled:
         return

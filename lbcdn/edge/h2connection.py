@@ -14,18 +14,21 @@ wants sent. Rules:
   with) are refused by `h2` as a connection error PROTOCOL_ERROR (RFC 9113 5.4.1 allows a
   stream error to be treated so); what `h2` lets through and our rules refuse (a relative
   :path, a bad content-length, a head past the listener's limits) gets its 4xx on its stream.
-  Either way nothing is forwarded.
+  Either way nothing is forwarded. Frame faults get `h2`'s codes (RFC 9113 5, 6), except
+  where `h2` says PROTOCOL_ERROR for a fault with a code of its own (`rfc_error_code`).
 - Abuse is bounded per connection (`Flood`): stream resets by the client (rapid reset,
-  CVE-2023-44487), SETTINGS and PING frames; past the budget the connection gets GOAWAY
+  CVE-2023-44487), SETTINGS, PING and empty DATA frames, frames that serve nothing
+  (PRIORITY, WINDOW_UPDATE, RST_STREAM, unknown types, anything on a closed stream:
+  `FrameTally`) beyond what the requests and the response bytes earn; past the budget the connection gets GOAWAY
   ENHANCE_YOUR_CALM and closes. CONTINUATION floods are bounded by `h2` (64 frames), the
   decoded header list by SETTINGS_MAX_HEADER_LIST_SIZE, open streams by
-  SETTINGS_MAX_CONCURRENT_STREAMS (one more is a connection error).
+  SETTINGS_MAX_CONCURRENT_STREAMS (one more is refused, REFUSED_STREAM, budgeted as resets).
 - Flow control: a response's bytes go out as the client's windows allow; what waits is kept
   per stream and, past STREAM_BUFFER bytes, its exchange is told the client is not reading.
   Received DATA is acknowledged (WINDOW_UPDATE) as it is handed to the exchange, unless the
   exchange paused reading: then when it resumes, so a slow backend holds back the client.
-- Drain (SIGTERM, reload): GOAWAY with the last stream id; streams under way finish, then the
-  connection closes.
+- Drain (SIGTERM, a listener a reload removes): GOAWAY with the last stream id; streams under
+  way finish, then the connection closes. On a listener a reload keeps, connections go on.
 - WebSockets (RFC 8441): SETTINGS_ENABLE_CONNECT_PROTOCOL is offered; an extended CONNECT is the
   HTTP/1.1 opening handshake to the backend (`request_head` makes it, with a key of ours), the
   exchange's tunnel once the backend's 101 answers that key (`switch_accepted`): the viewer gets
@@ -45,6 +48,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hpack.exceptions import HPACKError
+from hyperframe.exceptions import InvalidDataError
 from hyperframe.frame import GoAwayFrame
 
 from lbcdn import writebatch
@@ -64,10 +69,14 @@ WINDOW: Final = 1024 * 1024         # initial stream window we offer (a fast cli
 STREAM_BUFFER: Final = 256 * 1024   # response bytes waiting for a window before the exchange pauses
 RESETS_PER_S: Final = 100.0         # client RST_STREAMs allowed per second ...
 RESETS_BURST: Final = 100.0         # ... after a burst of this many
-FEED_BYTES: Final = 8192            # bytes handed to `h2` at once (see data_received)
-CONTROL_PER_S: Final = 50.0         # SETTINGS + PING frames per second ...
+FEED_BYTES: Final = 8192            # bytes handed to `h2` in one turn of the loop (_feed)
+CONTROL_PER_S: Final = 50.0         # SETTINGS, PING, empty DATA frames per second ...
 CONTROL_BURST: Final = 100.0        # ... after a burst of this many
 GOAWAY_LINGER_S: Final = 1.0        # reading after a GOAWAY for an error, so the peer gets it
+IDLE_PER_S: Final = 100.0           # frames that serve nothing by themselves (FrameTally) per
+IDLE_BURST: Final = 1000.0          # second, after a burst of this many, and besides ...
+IDLE_PER_REQUEST: Final = 2.0       # ... this many for each request received ...
+IDLE_PER_DATA: Final = 4.0          # ... and for each DATA frame sent (its WINDOW_UPDATEs)
 # request fields no HTTP/2 request may carry (RFC 9113 8.2.2): `h2` refuses them already;
 # listed for the head a backend gets, which must never carry one
 _CONNECTION_FIELDS: Final = frozenset((b"connection", b"keep-alive", b"proxy-connection",
@@ -90,13 +99,61 @@ class Flood:
         self.tokens = burst
         self.at = now
 
-    def hit(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+    def hit(self, now: float, cost: float = 1.0) -> bool:
+        if self.tokens < self.burst:   # (tokens credited past the burst are kept)
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
-        if self.tokens < 1.0:
+        if self.tokens < cost:
             return False
-        self.tokens -= 1.0
+        self.tokens -= cost
         return True
+
+    def credit(self, tokens: float) -> None:
+        """Tokens the peer earned by using the connection for something."""
+        self.tokens += tokens
+
+
+# frame types that ask nothing of us and that `h2` may not even report (a WINDOW_UPDATE or an
+# RST_STREAM on a closed stream is dropped silently): PRIORITY, RST_STREAM, WINDOW_UPDATE, and
+# types RFC 9113 does not define (ignored, 5.5)
+_IDLE_TYPES: Final = bytes(1 if kind in (2, 3, 8) or kind > 9 else 0 for kind in range(256))
+
+
+class FrameTally:
+    """Walks the frame headers (RFC 9113 4.1) of a connection's bytes as they arrive, before
+    `h2` parses them: how many frames serve nothing by themselves (`cost`: PRIORITY, RST_STREAM,
+    WINDOW_UPDATE, unknown types) and how many DATA and HEADERS frames came (`carried`, for
+    `H2Connection._answered`). So floods `h2` handles without a word are bounded as SETTINGS and
+    PING floods are: PRIORITY (CVE-2019-9513), WINDOW_UPDATE or RST_STREAM on closed streams,
+    DATA or HEADERS on reset streams, each answered by an RST_STREAM (CVE-2019-9514)."""
+    __slots__ = ("skip", "head", "carried")
+
+    def __init__(self) -> None:
+        self.skip = len(PREFACE)   # bytes still to pass before the next frame header
+        self.head = b""            # a frame header cut by the end of the last read
+        self.carried = 0           # DATA and HEADERS frames in the last `cost`'s bytes
+
+    def cost(self, data: bytes) -> int:
+        if self.head:
+            data = self.head + data
+            self.head = b""
+        end = len(data)
+        pos = self.skip
+        cost = carried = 0
+        while pos + 9 <= end:
+            kind = data[pos + 3]
+            if kind <= 1:
+                carried += 1
+            else:
+                cost += _IDLE_TYPES[kind]
+            pos += 9 + int.from_bytes(data[pos:pos + 3], "big")
+        if pos >= end:
+            self.skip = pos - end
+        else:
+            self.skip = 0
+            self.head = data[pos:]
+        self.carried = carried
+        return cost
 
 
 def request_head(fields: list[tuple[bytes, bytes]], end_stream: bool,
@@ -157,6 +214,20 @@ def request_head(fields: list[tuple[bytes, bytes]], end_stream: bool,
     elif not end_stream and head.content_length is None:
         head.chunked = True   # a body of unknown length: re-chunked to the backend
     return head
+
+
+def rfc_error_code(exc: h2.exceptions.ProtocolError) -> h2.errors.ErrorCodes | None:
+    """The code RFC 9113 gives a connection error that `h2` reports as PROTOCOL_ERROR; None
+    when `h2`'s code is the right one."""
+    cause = exc.__cause__
+    if exc.error_code != h2.errors.ErrorCodes.PROTOCOL_ERROR:
+        return None
+    if isinstance(cause, HPACKError):
+        # 4.3: a field block that cannot be decoded (the peer's HPACK state is lost)
+        return h2.errors.ErrorCodes.COMPRESSION_ERROR
+    if isinstance(cause, InvalidDataError) and str(cause).startswith("SETTINGS ack"):
+        return h2.errors.ErrorCodes.FRAME_SIZE_ERROR   # 6.5: a SETTINGS ACK with a payload
+    return None
 
 
 class H2Stream(ClientStream):
@@ -375,6 +446,9 @@ class H2Connection:
         now = self.loop.time()
         self.resets = Flood(RESETS_PER_S, RESETS_BURST, now)
         self.control = Flood(CONTROL_PER_S, CONTROL_BURST, now)
+        self.idle = Flood(IDLE_PER_S, IDLE_BURST, now)
+        self.tally = FrameTally()
+        self.owed = 0   # DATA and HEADERS frames the tally saw and `h2` did not report yet
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -387,13 +461,18 @@ class H2Connection:
             self.client_ip, self.client_port = peer[0], peer[1]
             self.client_ip_bytes = self.client_ip.encode()
         self.listener.connection_made(self)
-        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+        settings = {
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.limits.max_headers_total_bytes,
             h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,   # WebSockets (RFC 8441 3)
-        })
+        }
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values=settings)
         self.h2.initiate_connection()
+        # `h2` makes a stream past the limit a connection error; it is held to a looser limit
+        # than the one just sent, so that such a stream is ours to refuse (`_request`)
+        settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 2 * MAX_STREAMS
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values=settings)
         self.h2.increment_flow_control_window(WINDOW * 4)   # the connection's window
         self.flush()
         self.deadline.set(self.limits.idle_timeout_s)
@@ -430,32 +509,57 @@ class H2Connection:
             self._tell_paused(stream, stream.pending_bytes > STREAM_BUFFER)
 
     def data_received(self, data: bytes) -> None:
+        self._feed(data, 0)
+
+    def _feed(self, data: bytes, start: int) -> None:
+        """`data[start:]` to `h2`, FEED_BYTES of it in this turn of the loop: the rest waits
+        for the next turn, reading paused. `h2` parses all it is given before we see an event,
+        so a flood (a read of a thousand HEADERS and RST_STREAMs, or of small frames) is cut
+        off after the slice that ran out its budget, not after all of it; and a read full of
+        small frames does not hold the worker, other connections are served in between."""
+        transport = self.transport
+        if start and transport is not None and not transport.is_closing():
+            transport.resume_reading()
         if self.closed:
             return
+        end = start + FEED_BYTES
+        piece = data[start:end] if start or end < len(data) else data
         owner = writebatch.begin()
         try:
-            # fed to `h2` a slice at a time: it parses a whole slice before we see its events,
-            # so a flood (a read of a thousand HEADERS and RST_STREAMs) is cut off after the
-            # slice that ran out its budget, not after all of it
-            for start in range(0, len(data), FEED_BYTES):
-                if self.closed:
-                    break
-                self._received(data[start:start + FEED_BYTES])
+            cost = self.tally.cost(piece)
+            if cost and not self.idle.hit(self.loop.time(), cost):
+                self.calm("too many frames that serve nothing")
+            else:
+                self._received(piece)
         finally:
             if owner:
                 writebatch.end()
+        if end < len(data) and not self.closed and transport is not None:
+            transport.pause_reading()
+            self.loop.call_soon(self._feed, data, end)
 
     def _received(self, data: bytes) -> None:
         try:
             events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError:
+        except h2.exceptions.ProtocolError as exc:
+            code = rfc_error_code(exc)
+            if code is not None:
+                self._replace_goaway(code)
             self._goaway_close()   # `h2` queued its GOAWAY
             return
         now = self.loop.time()
+        if not self._answered(events, now):
+            return
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
                 self._request(event)
+                if self.closed:   # refused one stream too many
+                    return
             elif isinstance(event, h2.events.DataReceived):
+                if not event.flow_controlled_length and event.stream_ended is None and \
+                        not self.control.hit(now):
+                    self.calm("too many empty DATA frames")   # each free to the client
+                    return
                 stream = self.streams.get(event.stream_id or 0)
                 if stream is None or stream.exchange is None:
                     self.h2.acknowledge_received_data(event.flow_controlled_length,
@@ -506,11 +610,41 @@ class H2Connection:
         elif not self.closed:
             self.deadline.set(self.limits.idle_timeout_s)
 
+    def _answered(self, events: list[h2.events.Event], now: float) -> bool:
+        """The idle-frame budget's accounts after `h2` parsed a piece: requests earn tokens,
+        DATA and HEADERS frames that `h2` dropped without an event (on closed streams, each
+        answered with an RST_STREAM) cost one each. False: the budget ran out (GOAWAY sent)."""
+        requests = reported = 0
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                requests += 1
+            elif isinstance(event, (h2.events.DataReceived, h2.events.TrailersReceived)):
+                reported += 1
+        if requests:
+            self.idle.credit(IDLE_PER_REQUEST * requests)
+        # frames come one after another: one may still be on its way, more were dropped
+        owed = self.owed + self.tally.carried - requests - reported
+        if owed > 1:
+            if not self.idle.hit(now, owed - 1):
+                self.calm("too many frames on closed streams")
+                return False
+            owed = 1
+        self.owed = owed
+        return True
+
     def _request(self, event: h2.events.RequestReceived) -> None:
         sid = event.stream_id or 0
         if self.draining and sid > self.last_stream:
             # begun after our GOAWAY: not processed, the client may retry it elsewhere
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        if len(self.streams) >= MAX_STREAMS:
+            # past SETTINGS_MAX_CONCURRENT_STREAMS (a client that did not wait for our SETTINGS,
+            # or ignores them): refused, so it may be retried (RFC 9113 5.1.2); budgeted as
+            # resets are, since each costs us a stream's parsing for nothing
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            if not self.resets.hit(self.loop.time()):
+                self.calm("too many streams past the limit")
             return
         stream = H2Stream(self, sid)
         stream.draining = self.draining
@@ -579,6 +713,7 @@ class H2Connection:
                 stream.pending.pop(0)
             stream.pending_bytes -= len(data)
             h2c.send_data(sid, data)
+            self.idle.credit(IDLE_PER_DATA)
             sent = True
         if not stream.pending and stream.ending and not stream.finished:
             stream.finished = True
@@ -638,6 +773,16 @@ class H2Connection:
         self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
                                  additional_data=why.encode())
         self._goaway_close()
+
+    def _replace_goaway(self, code: h2.errors.ErrorCodes) -> None:
+        """`h2`'s GOAWAY, with `code` instead of its own (`rfc_error_code`). It is the last
+        frame `h2` queued (17 bytes: no debug data)."""
+        data = self.h2.data_to_send()
+        if data[-14:-13] == b"\x07":
+            data = data[:-17] + GoAwayFrame(
+                0, last_stream_id=self.h2.highest_inbound_stream_id, error_code=code).serialize()
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
 
     def _goaway_close(self) -> None:
         """Send the GOAWAY `h2` queued and end the connection so that the client reads it:

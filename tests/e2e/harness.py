@@ -364,7 +364,9 @@ async def raw_backend(handler: Any) -> AsyncIterator[int]:
             tasks.discard(task)
             writer.close()
 
-    server = await asyncio.start_server(on_connect, HOST, 0)
+    # a backlog past asyncio's 100: a burst of connects beyond it loses SYNs, retried a second
+    # later, which a test would take for the daemon's delay
+    server = await asyncio.start_server(on_connect, HOST, 0, backlog=1024)
     try:
         yield int(server.sockets[0].getsockname()[1])
     finally:

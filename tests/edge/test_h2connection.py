@@ -5,25 +5,35 @@ client for the malformed requests and the attacks; a backend counting what reach
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
+import os
+import signal
 import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
-import h2.settings
+import h2.exceptions
+import hpack.exceptions
 import pytest
 import trustme
-from hyperframe.frame import ContinuationFrame, HeadersFrame
+import yaml
+from hyperframe.exceptions import InvalidDataError
 
 from lbcdn.demo.websocket import valid_client_key
-from lbcdn.edge.h2connection import Flood, request_head
+from lbcdn.edge.h2connection import MAX_STREAMS, PREFACE, Flood, FrameTally, request_head, \
+    rfc_error_code
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import request_header_kinds
-from tests.e2e.harness import HOST, DaemonProcess, backend_process, listener_port, \
-    proxy_config, raw_backend, read_request, running_daemon, wait_for_port
+from tests.e2e.harness import HOST, DaemonProcess, admin_port, backend_process, demo_backend, \
+    free_port, listener_port, proxy_config, raw_backend, read_request, running_daemon, until, \
+    wait_for_port, wait_until
 
 
 async def _curl(*args: str) -> tuple[int, str, str]:
@@ -44,6 +54,12 @@ class Seen:
         while True:
             line, headers, body = await read_request(reader)
             self.requests.append((line, headers, body))
+            if line.startswith("GET /big "):   # written a piece at a time, as it is read
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
+                for _ in range(BIG // 65536):
+                    writer.write(b"x" * 65536)
+                    await writer.drain()
+                continue
             out = json.dumps({"line": line, "headers": headers,
                               "body": body.decode("latin-1")}).encode()
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
@@ -74,6 +90,38 @@ def test_flood_allows_a_burst_then_the_rate() -> None:
     flood = Flood(10.0, 3.0, 0.0)
     assert [flood.hit(0.0) for _ in range(4)] == [True, True, True, False]
     assert flood.hit(0.1) and not flood.hit(0.1)
+
+
+def test_rfc_error_code_corrects_the_codes_h2_gets_wrong() -> None:
+    def raised(exc: h2.exceptions.ProtocolError, cause: Exception) -> h2.exceptions.ProtocolError:
+        exc.__cause__ = cause
+        return exc
+    bad = h2.exceptions.ProtocolError("x")
+    assert rfc_error_code(raised(bad, hpack.exceptions.InvalidTableIndex("i"))) == \
+        h2.errors.ErrorCodes.COMPRESSION_ERROR
+    assert rfc_error_code(raised(bad, InvalidDataError(
+        "SETTINGS ack frame must not have payload: got 6 bytes"))) == \
+        h2.errors.ErrorCodes.FRAME_SIZE_ERROR
+    assert rfc_error_code(raised(bad, InvalidDataError("WINDOW_UPDATE increment"))) is None
+    assert rfc_error_code(h2.exceptions.ProtocolError("y")) is None
+    # an HPACK bomb is h2's ENHANCE_YOUR_CALM, kept
+    assert rfc_error_code(raised(h2.exceptions.DenialOfServiceError("big"),
+                                 hpack.exceptions.OversizedHeaderListError("big"))) is None
+
+
+def test_frame_tally_counts_idle_frames_across_reads() -> None:
+    tally = FrameTally()
+    wire = PREFACE + frame(SETTINGS, 0, 0, b"") + frame(PRIORITY, 0, 1, b"x" * 5) + \
+        frame(WINDOW_UPDATE, 0, 0, b"\x00\x00\x00\x01") + frame(0x20, 0, 0, b"") + \
+        frame(DATA, 0, 1, b"y" * 100) + frame(RST_STREAM, 0, 1, CANCEL) + _get(3)
+    assert (tally.cost(wire), tally.carried) == (4, 2)
+    for cut in (1, 5, 9, 20, 30, 50, 200):   # the same bytes, read in pieces
+        tally = FrameTally()
+        costs = carried = 0
+        for i in range(0, len(wire), cut):
+            costs += tally.cost(wire[i:i + cut])
+            carried += tally.carried
+        assert (costs, carried) == (4, 2), cut
 
 
 async def test_h2c_prior_knowledge_proxies_and_serves_a_cache_hit() -> None:
@@ -323,6 +371,9 @@ MALFORMED = {
     "CR LF in value": BASE + [(b":path", b"/"), (b"x-a", b"1\r\nx-b: 2")],
     "NUL in value": BASE + [(b":path", b"/"), (b"x-a", b"1\x002")],
     "leading space in value": BASE + [(b":path", b"/"), (b"x-a", b" 1")],
+    "trailing tab in value": BASE + [(b":path", b"/"), (b"x-a", b"1\t")],
+    "empty name": BASE + [(b":path", b"/"), (b"", b"1")],
+    "space in name": BASE + [(b":path", b"/"), (b"x a", b"1")],
     "relative :path": BASE + [(b":path", b"x/y")],
     "bad content-length": BASE + [(b":path", b"/"), (b"content-length", b"1x")],
 }
@@ -373,12 +424,134 @@ async def test_content_length_disagreeing_with_the_data_is_refused(sent: bytes) 
             client.close()
 
 
-async def _attacked(send: Any, expect: int) -> RawH2:
-    """Run the attack `send(client)` against a daemon; the GOAWAY must carry `expect`, and
-    another client's requests meanwhile keep their latency (within a generous second)."""
-    seen = Seen()
-    async with raw_backend(seen.handle) as backend:
+def frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
+    """One HTTP/2 frame made by hand (RFC 9113 4.1), whatever its length or content."""
+    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + sid.to_bytes(4, "big") + \
+        payload
+
+
+def _headers_block(path: str = "/", method: bytes = b"GET") -> bytes:
+    # HPACK without the dynamic table (RFC 7541 6.2.2: literal, never indexed): every block
+    # stands alone, so the tests' hand-made frames need no encoder state
+    def literal(name: bytes, value: bytes) -> bytes:
+        return b"\x10" + bytes((len(name),)) + name + bytes((len(value),)) + value
+    return b"".join(literal(n, v) for n, v in [
+        (b":method", method), (b":scheme", b"http"), (b":authority", b"t.test"),
+        (b":path", path.encode())])
+
+
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PING, GOAWAY_T, WINDOW_UPDATE, CONTINUATION = \
+    0, 1, 2, 3, 4, 6, 7, 8, 9
+END_STREAM, END_HEADERS = 0x1, 0x4
+H2_ERRORS = {"PROTOCOL_ERROR": 1, "FLOW_CONTROL_ERROR": 3, "STREAM_CLOSED": 5,
+             "FRAME_SIZE_ERROR": 6, "COMPRESSION_ERROR": 9, "ENHANCE_YOUR_CALM": 11}
+ENHANCE_YOUR_CALM = H2_ERRORS["ENHANCE_YOUR_CALM"]
+CANCEL = (8).to_bytes(4, "big")   # RST_STREAM's payload
+
+
+class RawFrames:
+    """A client speaking hand-made frames over a real socket, keeping every frame it gets as
+    (type, flags, stream id, payload): for what no HTTP/2 library lets a client send."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.frames: list[tuple[int, int, int, bytes]] = []
+        self.buf = b""
+        self.closed = False
+
+    @classmethod
+    async def open(cls, port: int) -> RawFrames:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(PREFACE + frame(SETTINGS, 0, 0, b""))
+        return cls(reader, writer)
+
+    def send(self, *frames: bytes) -> None:
+        self.writer.write(b"".join(frames))
+
+    async def read_until(self, done: Any, timeout_s: float = 10.0) -> None:
+        async def loop() -> None:
+            while not done():
+                try:
+                    data = await self.reader.read(65536)
+                except ConnectionResetError:
+                    data = b""
+                if not data:
+                    self.closed = True
+                    return
+                self.buf += data
+                while len(self.buf) >= 9:
+                    size = int.from_bytes(self.buf[:3], "big")
+                    if len(self.buf) < 9 + size:
+                        break
+                    head, self.buf = self.buf[:9 + size], self.buf[9 + size:]
+                    sid = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+                    self.frames.append((head[3], head[4], sid, head[9:]))
+                    if head[3] == SETTINGS and not head[4] & 1:
+                        self.send(frame(SETTINGS, 1, 0, b""))   # ACK theirs
+        await asyncio.wait_for(loop(), timeout_s)
+
+    def goaway_code(self) -> int | None:
+        for kind, _, _, payload in self.frames:
+            if kind == GOAWAY_T:
+                return int.from_bytes(payload[4:8], "big")
+        return None
+
+    def reset_code(self, sid: int) -> int | None:
+        for kind, _, stream, payload in self.frames:
+            if kind == RST_STREAM and stream == sid:
+                return int.from_bytes(payload, "big")
+        return None
+
+    def ended(self, sid: int) -> bool:
+        return any(f[2] == sid and (f[0] == RST_STREAM or
+                                    (f[0] in (DATA, HEADERS) and f[1] & END_STREAM))
+                   for f in self.frames)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _get(sid: int, path: str = "/") -> bytes:
+    return frame(HEADERS, END_HEADERS | END_STREAM, sid, _headers_block(path))
+
+
+def _open_post(sid: int) -> bytes:
+    return frame(HEADERS, END_HEADERS, sid, _headers_block("/w", b"POST"))
+
+
+BIG = 4 * 1024 * 1024   # what Seen answers to GET /big
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _p50_max(times: list[float]) -> tuple[float, float]:
+    ordered = sorted(times)
+    return ordered[(len(ordered) - 1) // 2], ordered[-1]
+
+
+async def _attacked(attack: bytes, expect: int | None, idle_timeout_s: float | None = None,
+                    max_growth_mib: float = 64.0, until_stream: int = 0,
+                    demo_backend_process: bool = False) -> RawFrames:
+    """Send `attack` (frames made beforehand: the test's own work is not timed) on a
+    connection to a daemon in this process and read until it closes (or, `until_stream`, until
+    that stream ended); its GOAWAY must carry `expect` (None: cut without one, or none). The
+    backend: `Seen`, or the demo backend in a process of its own (`demo_backend_process`: when
+    the backend's work would be timed too). Another client's requests meanwhile keep their latency
+    (p50 and max within generous bounds of before: the attacker, the daemon and that client
+    share this process), and the process grows by `max_growth_mib` at most."""
+    async with contextlib.AsyncExitStack() as backends:
+        if demo_backend_process:
+            backend = backends.enter_context(backend_process()).port
+        else:
+            backend = await backends.enter_async_context(raw_backend(Seen().handle))
         config = proxy_config(backend)
+        if idle_timeout_s is not None:
+            config["listeners"][0]["idle_timeout_s"] = idle_timeout_s
         async with running_daemon(config):
             loop = asyncio.get_running_loop()
             other = await RawH2.open(listener_port(config))
@@ -389,81 +562,81 @@ async def _attacked(send: Any, expect: int) -> RawH2:
                 await other.read_until(lambda ev: other.ended(ok))
                 assert other.status(ok) == 200
                 return loop.time() - start
-            before = max([await one() for _ in range(5)])
-            client = await RawH2.open(listener_port(config), validate=False)
-
-            async def attack() -> None:
-                await send(client)
-                await client.read_until(lambda ev: client.closed, 20)
-            attacking = asyncio.ensure_future(attack())
+            before = [await one() for _ in range(9)]
+            rss = _rss_mib()
+            client = await RawFrames.open(listener_port(config))
+            client.send(attack)
+            attacking = asyncio.ensure_future(client.read_until(
+                lambda: client.closed or (until_stream and client.ended(until_stream)), 30))
             during = [await one()]
             while not attacking.done():
                 during.append(await one())
             await attacking
-            goaway = client.goaway()
-            assert goaway is not None and goaway.error_code == expect, client.goaways
+            grown = _rss_mib() - rss
+            assert client.goaway_code() == expect, client.frames[-3:]
             client.close()
-            assert max(during) < before + 1.0, (before, during)
-            assert await one() < before + 1.0   # and after
+            (p50_before, max_before), (p50_during, max_during) = \
+                _p50_max(before), _p50_max(during)
+            print(f"other client: before p50 {p50_before * 1000:.1f} ms max "
+                  f"{max_before * 1000:.1f} ms; during ({len(during)} requests) p50 "
+                  f"{p50_during * 1000:.1f} ms max {max_during * 1000:.1f} ms; "
+                  f"grown {grown:.1f} MiB")
+            assert p50_during < p50_before + 0.5, (before, during)
+            assert max_during < max_before + 1.0, (before, during)
+            assert await one() < max_before + 1.0   # and after
+            assert grown < max_growth_mib
             other.close()
             return client
 
 
 async def test_rapid_reset_ends_in_enhance_your_calm() -> None:
-    async def send(client: RawH2) -> None:
-        for _ in range(1000):
-            sid = client.request("/r")
-            client.h2.reset_stream(sid)
-        client.flush()
-    await _attacked(send, 11)
+    await _attacked(b"".join(_get(2 * i + 1, "/r") + frame(RST_STREAM, 0, 2 * i + 1, CANCEL)
+                             for i in range(1000)), ENHANCE_YOUR_CALM)
 
 
 async def test_settings_and_ping_floods_end_in_enhance_your_calm() -> None:
-    async def settings(client: RawH2) -> None:
-        for i in range(1000):
-            client.h2.update_settings({h2.settings.SettingCodes.ENABLE_PUSH: 0})
-        client.flush()
-
-    async def pings(client: RawH2) -> None:
-        for i in range(1000):
-            client.h2.ping(i.to_bytes(8, "big"))
-        client.flush()
-    await _attacked(settings, 11)
-    await _attacked(pings, 11)
+    enable_push_0 = b"\x00\x02\x00\x00\x00\x00"
+    await _attacked(frame(SETTINGS, 0, 0, enable_push_0) * 1000, ENHANCE_YOUR_CALM)
+    await _attacked(b"".join(frame(PING, 0, 0, i.to_bytes(8, "big")) for i in range(1000)),
+                    ENHANCE_YOUR_CALM)
 
 
 async def test_continuation_flood_is_a_connection_error() -> None:
-    async def send(client: RawH2) -> None:
-        block = client.h2.encoder.encode(BASE + [(b":path", b"/")])
-        # HEADERS without END_HEADERS, then CONTINUATION frames that never end the block
-        frames = [HeadersFrame(1, block, flags=["END_STREAM"])]
-        frames += [ContinuationFrame(1, b"\x40\x01a\x01b") for _ in range(200)]
-        client.writer.write(b"".join(f.serialize() for f in frames))
-    await _attacked(send, 1)
+    # HEADERS without END_HEADERS, then CONTINUATION frames that never end the block
+    await _attacked(frame(HEADERS, END_STREAM, 1, _headers_block()) +
+                    frame(CONTINUATION, 0, 1, b"\x40\x01a\x01b") * 200,
+                    H2_ERRORS["PROTOCOL_ERROR"])
 
 
 async def test_hpack_bomb_is_bounded_by_the_header_list_size() -> None:
-    async def send(client: RawH2) -> None:
-        # one big field put in the dynamic table, then named by its index 200 times: a small
-        # block that decodes to megabytes
-        big = (b"x-big", b"a" * 3000)
-        client.h2.send_headers(1, BASE + [(b":path", b"/")] + [big] * 200, end_stream=True)
-        client.flush()
-    await _attacked(send, 11)
+    # one big field put in the dynamic table, then named by its index 200 times: a small
+    # block that decodes to megabytes
+    block = hpack.Encoder().encode(BASE + [(b":path", b"/")] + [(b"x-big", b"a" * 3000)] * 200)
+    await _attacked(frame(HEADERS, END_HEADERS | END_STREAM, 1, block), ENHANCE_YOUR_CALM)
 
 
-async def test_too_many_streams_are_refused() -> None:
-    async def send(client: RawH2) -> None:
-        await client.read_until(lambda ev: client.h2.remote_settings.max_concurrent_streams
-                                < 1000)
-        limit = client.h2.remote_settings.max_concurrent_streams
-        # open streams (no END_STREAM) a backend keeps waiting, one more than allowed (made
-        # by hand: the client's `h2` would not)
-        client.writer.write(b"".join(
-            HeadersFrame(2 * i + 1, client.h2.encoder.encode(
-                BASE[1:] + [(b":method", b"POST"), (b":path", b"/w")]),
-                flags=["END_HEADERS"]).serialize() for i in range(limit + 1)))
-    await _attacked(send, 1)
+async def test_a_stream_past_the_limit_is_refused() -> None:
+    """One stream more than SETTINGS_MAX_CONCURRENT_STREAMS: that one is refused
+    (RST_STREAM REFUSED_STREAM, RFC 9113 5.1.2), the connection and its streams go on, and
+    once one of them ends a new stream is served."""
+    seen = Seen()
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            client = await RawFrames.open(listener_port(config))
+            # open streams (no END_STREAM), their bodies still to come
+            client.send(*(_open_post(2 * i + 1) for i in range(MAX_STREAMS + 1)))
+            past = 2 * MAX_STREAMS + 1
+            await client.read_until(lambda: client.reset_code(past) is not None)
+            assert client.reset_code(past) == 7   # REFUSED_STREAM
+            client.send(frame(DATA, END_STREAM, 1, b"body"))
+            await client.read_until(lambda: client.ended(1))
+            assert client.reset_code(1) is None
+            client.send(_get(past + 2, "/after"))
+            await client.read_until(lambda: client.ended(past + 2))
+            assert client.reset_code(past + 2) is None and client.goaway_code() is None
+            assert "GET /after HTTP/1.1" in [r[0] for r in seen.requests]
+            client.close()
 
 
 async def test_access_log_says_the_protocol(tmp_path: Path) -> None:
@@ -549,6 +722,365 @@ async def test_a_client_that_opens_no_window_is_cut_after_the_idle_timeout() -> 
             assert 0.9 <= loop.time() - started < 8
             assert client.status(sid) is None   # (frames not fed to `h2` here)
             writer.close()
+
+
+# each: (frames sent after a first good request on stream 1 was answered, the stream a
+# stream error is expected on (0: a connection error, GOAWAY), the error code expected)
+FRAME_ERRORS: dict[str, tuple[list[bytes], int, str]] = {
+    "DATA larger than SETTINGS_MAX_FRAME_SIZE": (
+        [_open_post(3), frame(DATA, 0, 3, b"x" * 16385)], 0, "FRAME_SIZE_ERROR"),
+    "HEADERS larger than SETTINGS_MAX_FRAME_SIZE": (
+        [frame(HEADERS, END_HEADERS | END_STREAM, 3,
+               _headers_block() + b"\x10\x01x\x7f\x81\x7f" + b"a" * 16400)],
+        0, "FRAME_SIZE_ERROR"),
+    "PING of 7 bytes": ([frame(PING, 0, 0, b"1234567")], 0, "FRAME_SIZE_ERROR"),
+    "SETTINGS of 5 bytes": ([frame(SETTINGS, 0, 0, b"\x00\x04\x00\x00\x01")], 0,
+                            "FRAME_SIZE_ERROR"),
+    "WINDOW_UPDATE of 3 bytes": ([frame(WINDOW_UPDATE, 0, 0, b"\x00\x00\x01")], 0,
+                                 "FRAME_SIZE_ERROR"),
+    "connection WINDOW_UPDATE past 2^31-1": (
+        [frame(WINDOW_UPDATE, 0, 0, (2**31 - 1).to_bytes(4, "big"))], 0,
+        "FLOW_CONTROL_ERROR"),
+    "stream WINDOW_UPDATE past 2^31-1": (
+        [_open_post(3), frame(WINDOW_UPDATE, 0, 3, (2**31 - 1).to_bytes(4, "big"))], 3,
+        "FLOW_CONTROL_ERROR"),
+    "DATA on a closed stream": ([frame(DATA, 0, 1, b"late")], 1, "STREAM_CLOSED"),
+    "even client stream id": ([_get(4)], 0, "PROTOCOL_ERROR"),
+    "decreasing stream id": ([_get(7), _get(5)], 0, "PROTOCOL_ERROR"),
+    "DATA on a half-closed (remote) stream": ([_get(3, "/big"), frame(DATA, 0, 3, b"late")], 3,
+                                              "STREAM_CLOSED"),
+    "DATA on an idle stream": ([frame(DATA, 0, 3, b"x")], 0, "PROTOCOL_ERROR"),
+    "DATA on stream 0": ([frame(DATA, 0, 0, b"x")], 0, "PROTOCOL_ERROR"),
+    "HEADERS on stream 0": ([_get(0)], 0, "PROTOCOL_ERROR"),
+    "connection WINDOW_UPDATE of 0": ([frame(WINDOW_UPDATE, 0, 0, bytes(4))], 0,
+                                      "PROTOCOL_ERROR"),
+    # a stream error made a connection error (allowed by 5.4.1): `h2` checks the increment
+    # as it parses the frame, before it looks at the stream
+    "stream WINDOW_UPDATE of 0": ([_open_post(3), frame(WINDOW_UPDATE, 0, 3, bytes(4))], 0,
+                                  "PROTOCOL_ERROR"),
+    "SETTINGS_INITIAL_WINDOW_SIZE past 2^31-1": (
+        [frame(SETTINGS, 0, 0, b"\x00\x04\x80\x00\x00\x00")], 0, "FLOW_CONTROL_ERROR"),
+    "SETTINGS_MAX_FRAME_SIZE under 16384": (
+        [frame(SETTINGS, 0, 0, b"\x00\x05\x00\x00\x10\x00")], 0, "PROTOCOL_ERROR"),
+    "SETTINGS_ENABLE_PUSH of 2": ([frame(SETTINGS, 0, 0, b"\x00\x02\x00\x00\x00\x02")], 0,
+                                  "PROTOCOL_ERROR"),
+    "SETTINGS ACK with a payload": ([frame(SETTINGS, 1, 0, b"\x00\x02\x00\x00\x00\x00")], 0,
+                                    "FRAME_SIZE_ERROR"),
+    "bad HPACK block": ([frame(HEADERS, END_HEADERS | END_STREAM, 3, b"\xff\xff\xff\xff\x0f")],
+                        0, "COMPRESSION_ERROR"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FRAME_ERRORS))
+async def test_a_frame_error_gets_its_error_code(case: str) -> None:
+    """RFC 9113 sections 5 and 6: each fault a GOAWAY (connection error) or RST_STREAM
+    (stream error) with its own code, sent before the connection closes."""
+    sent, on_stream, code = FRAME_ERRORS[case]
+    seen = Seen()
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            client = await RawFrames.open(listener_port(config))
+            client.send(_get(1))
+            await client.read_until(lambda: client.ended(1))
+            client.send(*sent)
+            if on_stream:
+                await client.read_until(lambda: client.reset_code(on_stream) is not None)
+                assert client.reset_code(on_stream) == H2_ERRORS[code], client.frames
+                assert client.goaway_code() is None
+                # a stream error: the connection goes on
+                client.send(_get(9))
+                await client.read_until(lambda: client.ended(9))
+                assert client.reset_code(9) is None
+            else:
+                await client.read_until(lambda: client.closed)
+                assert client.goaway_code() == H2_ERRORS[code], client.frames
+            client.close()
+
+
+async def test_empty_data_flood_ends_in_enhance_your_calm() -> None:
+    """DATA frames carrying nothing cost the server a frame each and the client nothing."""
+    await _attacked(_open_post(1) + frame(DATA, 0, 1, b"") * 100_000, ENHANCE_YOUR_CALM)
+
+
+IDLE_FLOODS = {
+    "PRIORITY": b"".join(frame(PRIORITY, 0, 2 * i + 1, bytes(4) + b"\x10")
+                         for i in range(100_000)),
+    "connection WINDOW_UPDATE": frame(WINDOW_UPDATE, 0, 0, (1).to_bytes(4, "big")) * 100_000,
+    # on a stream that ends meanwhile: `h2` drops those silently
+    "stream WINDOW_UPDATE": _get(1) + frame(WINDOW_UPDATE, 0, 1, (1).to_bytes(4, "big")) *
+    100_000,
+    "RST_STREAM on a closed stream": _get(1) + frame(RST_STREAM, 0, 1, CANCEL) * 100_000,
+    "unknown frame type": frame(0x20, 0, 0, b"") * 100_000,
+    # each answered with an RST_STREAM, which `h2` sends without a word
+    "DATA on a reset stream": _open_post(1) + frame(RST_STREAM, 0, 1, CANCEL) +
+    frame(DATA, 0, 1, b"x") * 100_000,
+    "trailers on a reset stream": _open_post(1) + frame(RST_STREAM, 0, 1, CANCEL) +
+    frame(HEADERS, END_HEADERS | END_STREAM, 1, b"\x10\x01x\x01y") * 100_000,
+}
+
+
+@pytest.mark.parametrize("case", sorted(IDLE_FLOODS))
+async def test_a_flood_of_frames_that_serve_nothing_ends_in_enhance_your_calm(case: str
+                                                                              ) -> None:
+    await _attacked(IDLE_FLOODS[case], ENHANCE_YOUR_CALM)
+
+
+async def test_a_body_in_100000_tiny_data_frames_does_not_hold_the_worker() -> None:
+    """Not abuse by itself (a slow stream of small chunks is legitimate), but each frame costs
+    far more to handle than to send: parsed a slice per turn of the loop, others are served
+    in between."""
+    sink = frame(HEADERS, END_HEADERS, 1, _headers_block("/sink", b"POST"))
+    client = await _attacked(sink + frame(DATA, 0, 1, b"x") * 99_999 +
+                             frame(DATA, END_STREAM, 1, b"x"), None, until_stream=1,
+                             demo_backend_process=True)
+    assert client.goaway_code() is None and client.reset_code(1) is None
+
+
+async def test_empty_headers_and_continuation_flood_is_a_connection_error() -> None:
+    await _attacked(frame(HEADERS, 0, 1, b"") + frame(CONTINUATION, 0, 1, b"") * 100_000,
+                    H2_ERRORS["PROTOCOL_ERROR"])
+
+
+@pytest.mark.slow
+async def test_100000_streams_requested_are_bounded() -> None:
+    """100,000 requests on one connection at once, far past SETTINGS_MAX_CONCURRENT_STREAMS:
+    those past the limit refused, until the budget for refusals runs out: GOAWAY
+    ENHANCE_YOUR_CALM; memory bounded."""
+    client = await _attacked(b"".join(_get(2 * i + 1, "/s") for i in range(100_000)),
+                             ENHANCE_YOUR_CALM)
+    refused = [f for f in client.frames if f[0] == RST_STREAM]
+    assert refused and all(f[3] == b"\x00\x00\x00\x07" for f in refused)
+
+
+@pytest.mark.slow
+async def test_zero_window_slow_read_is_bounded_and_cut() -> None:
+    """20 streams of a 4 MiB response each (80 MiB if it were buffered) to a client that
+    opens no window (SETTINGS_INITIAL_WINDOW_SIZE 0, no WINDOW_UPDATE): the backends are
+    paused, the connection is cut after the idle timeout."""
+    await _attacked(frame(SETTINGS, 0, 0, b"\x00\x04\x00\x00\x00\x00") +
+                    b"".join(_get(2 * i + 1, "/big") for i in range(20)),
+                    None, idle_timeout_s=1.0, max_growth_mib=40.0)
+
+
+def _informational(client: RawH2, sid: int) -> list[int]:
+    return [int(dict(e.headers)[b":status"]) for e in client.events
+            if isinstance(e, h2.events.InformationalResponseReceived) and e.stream_id == sid]
+
+
+async def test_expect_100_continue_gets_the_100_before_the_body_is_sent() -> None:
+    """As over HTTP/1.1: the backend's 100 Continue reaches the client, which sends its body
+    only then; and a backend's 103 Early Hints reaches the client before the response."""
+    async with demo_backend() as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            client = await RawH2.open(listener_port(config))
+            body = bytes(range(256)) * 400
+            sid = client.request("/sink", "POST", end=False, extra=[
+                (b"content-length", b"%d" % len(body)), (b"expect", b"100-continue")])
+            await client.read_until(lambda ev: _informational(client, sid) or
+                                    client.ended(sid))
+            assert _informational(client, sid) == [100] and client.status(sid) is None
+            rest = body
+            while rest:   # sent as the windows allow
+                window = min(client.h2.local_flow_control_window(sid),
+                             client.h2.max_outbound_frame_size)
+                client.h2.send_data(sid, rest[:window], end_stream=window >= len(rest))
+                rest = rest[window:]
+                client.flush()
+            await client.read_until(lambda ev: client.ended(sid))
+            assert client.status(sid) == 200
+            assert json.loads(client.body(sid)) == {
+                "body_bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+            hints = client.request("/early-hints")
+            await client.read_until(lambda ev: client.ended(hints))
+            assert _informational(client, hints) == [103] and client.status(hints) == 200
+            kinds = [type(e) for e in client.events if getattr(e, "stream_id", 0) == hints]
+            assert kinds.index(h2.events.InformationalResponseReceived) < \
+                kinds.index(h2.events.ResponseReceived)
+            client.close()
+
+
+async def test_expect_100_continue_too_large_gets_413_without_100() -> None:
+    """As over HTTP/1.1: a body the route refuses by its announced length is answered at
+    once, with no 100 first; the stream is then closed (RST_STREAM NO_ERROR, RFC 9113 8.1)
+    rather than the body awaited, and the connection goes on."""
+    async with demo_backend() as backend:
+        config = proxy_config(backend, routes=[
+            {"name": "small", "match": {"path_prefix": "/sink"}, "forward": "app",
+             "max_body_bytes": 1000}])
+        async with running_daemon(config):
+            client = await RawH2.open(listener_port(config))
+            sid = client.request("/sink", "POST", end=False, extra=[
+                (b"content-length", b"100000"), (b"expect", b"100-continue")])
+            await client.read_until(lambda ev: client.ended(sid))
+            assert client.status(sid) == 413 and _informational(client, sid) == []
+            after = client.request("/after")
+            await client.read_until(lambda ev: client.ended(after))
+            assert client.status(after) == 200 and client.goaway() is None
+            client.close()
+
+
+async def test_priority_frames_and_the_priority_header_are_accepted_and_ignored() -> None:
+    """RFC 9113 5.3.2: PRIORITY frames (on idle and open streams, and HEADERS' priority
+    fields) are parsed and ignored; RFC 9218: the `priority` field and PRIORITY_UPDATE frames
+    (type 0x10, unknown to RFC 9113, so ignored) change nothing."""
+    seen = Seen()
+    async with raw_backend(seen.handle) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            client = await RawFrames.open(listener_port(config))
+            client.send(
+                frame(2, 0, 3, (1).to_bytes(4, "big") + b"\x10"),    # PRIORITY, idle stream 3
+                frame(0x10, 0, 0, (1).to_bytes(4, "big") + b"u=0"),  # PRIORITY_UPDATE
+                # HEADERS with the PRIORITY flag: exclusive on stream 0, weight 200
+                frame(HEADERS, END_HEADERS | END_STREAM | 0x20, 1,
+                      (0x80000000).to_bytes(4, "big") + b"\xc8" + _headers_block("/a")),
+                frame(2, 0, 1, (0).to_bytes(4, "big") + b"\x01"))    # PRIORITY, stream 1
+            block = _headers_block("/b") + b"\x10\x08priority\x05u=1,i"
+            client.send(frame(HEADERS, END_HEADERS | END_STREAM, 5, block))
+            await client.read_until(lambda: client.ended(1) and client.ended(5))
+            assert client.goaway_code() is None
+            assert client.reset_code(1) is None and client.reset_code(5) is None
+            statuses = [f[3][:1] for f in client.frames if f[0] == HEADERS]
+            assert statuses == [b"\x88", b"\x88"]   # :status 200 (static table index 8)
+            assert sorted(r[0] for r in seen.requests) == ["GET /a HTTP/1.1",
+                                                           "GET /b HTTP/1.1"]
+            # passed on: the backend may use it (RFC 9218 is end to end)
+            assert any(("priority", "u=1,i") in r[1] for r in seen.requests)
+            client.close()
+
+
+def _reload_config(base: dict[str, Any], hello: str, old_listener: bool) -> dict[str, Any]:
+    config = dict(base)
+    config["routes"] = [{"name": "hello", "match": {"path": "/hello"},
+                         "fixed_response": {"body": hello}}]
+    config["listeners"] = base["listeners"][:2 if old_listener else 1]
+    return config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sighup_with_h2_streams_in_flight(tmp_path: Path, workers: int) -> None:
+    """A reload (SIGHUP) while HTTP/2 streams wait on a backend: on a listener the reload
+    removes, the connection gets GOAWAY naming its last stream, which still finishes, then
+    the connection closes; on a listener that stays, the connection goes on and its new
+    streams, as new connections, see the new configuration; no stream fails."""
+    release = asyncio.Event()
+    arrived: list[str] = []
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line, _, _ = await read_request(reader)
+        arrived.append(line)
+        await release.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+        await writer.drain()
+
+    async with raw_backend(slow) as backend:
+        base = proxy_config(backend)
+        base["listeners"].append({"name": "old", "address": HOST, "port": free_port()})
+        config = _reload_config(base, "one", True)
+        daemon = DaemonProcess(config, tmp_path, extra_args=["--workers", str(workers)])
+        try:
+            wait_for_port(listener_port(config, 1))
+            stays = await RawH2.open(listener_port(config))
+            goes = await RawH2.open(listener_port(config, 1))
+            kept_sid, gone_sid = stays.request("/slow"), goes.request("/slow")
+            await until(lambda: len(arrived) == 2, what="both requests at the backend")
+            daemon.path.write_text(yaml.safe_dump(_reload_config(base, "two", False)))
+            os.kill(daemon.pid, signal.SIGHUP)
+
+            async def hello(client: RawH2) -> bytes:
+                sid = client.request("/hello")
+                await client.read_until(lambda ev: client.ended(sid))
+                return client.body(sid)
+
+            async def reloaded() -> bool:
+                fresh = await RawH2.open(listener_port(config))
+                try:
+                    return await hello(fresh) == b"two"
+                finally:
+                    fresh.close()
+            await until(reloaded, 30, 0.2, "a new connection sees the new config")
+            await goes.read_until(lambda ev: goes.goaway() is not None)
+            assert goes.goaway() == GoAway(gone_sid, 0, b"")
+            assert await hello(stays) == b"two"   # a new stream on the kept connection
+            assert stays.goaway() is None
+            release.set()
+            await goes.read_until(lambda ev: goes.closed)
+            assert goes.status(gone_sid) == 200 and goes.body(gone_sid) == b"slow"
+            await stays.read_until(lambda ev: stays.ended(kept_sid))
+            assert stays.status(kept_sid) == 200 and stays.body(kept_sid) == b"slow"
+            stays.close()
+            goes.close()
+        finally:
+            assert daemon.stop() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_metrics_count_http2_requests_apart(tmp_path: Path, workers: int) -> None:
+    """/metrics: lbcdn_http_requests_total counts every request, lbcdn_http2_requests_total
+    those that came over HTTP/2 (aggregated over the workers)."""
+    with backend_process() as backend:
+        config = proxy_config(backend.port)
+        daemon = DaemonProcess(config, tmp_path, extra_args=["--workers", str(workers)])
+        try:
+            url = f"http://{HOST}:{listener_port(config)}/m"
+            for args in (["--http2-prior-knowledge"], ["--http2-prior-knowledge"],
+                         ["--http1.1"]):
+                out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                      *args, url], capture_output=True, text=True, timeout=10)
+                assert out.stdout == "200", out.stderr
+
+            def counts() -> tuple[float, float]:
+                with urllib.request.urlopen(
+                        f"http://{HOST}:{admin_port(config)}/metrics") as r:
+                    text = r.read().decode()
+                found = {}
+                for name in ("lbcdn_http_requests_total", "lbcdn_http2_requests_total"):
+                    key = name + '{listener="web",route="default",status_class="2xx"} '
+                    found[name] = sum(float(line.split()[-1]) for line in text.splitlines()
+                                      if line.startswith(key))
+                return found["lbcdn_http_requests_total"], found["lbcdn_http2_requests_total"]
+            wait_until(lambda: counts() == (3.0, 2.0), what="3 requests, 2 of them h2")
+        finally:
+            assert daemon.stop() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_with_h2_streams_in_flight(tmp_path: Path, workers: int) -> None:
+    """SIGTERM while an HTTP/2 stream waits on its backend: GOAWAY naming that stream, which
+    still finishes; then the connection closes and the daemon exits cleanly."""
+    release = asyncio.Event()
+    arrived: list[str] = []
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line, _, _ = await read_request(reader)
+        arrived.append(line)
+        await release.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+        await writer.drain()
+
+    async with raw_backend(slow) as backend:
+        config = proxy_config(backend)
+        daemon = DaemonProcess(config, tmp_path, extra_args=["--workers", str(workers)])
+        try:
+            client = await RawH2.open(listener_port(config))
+            sid = client.request("/slow")
+            await until(lambda: arrived, what="the request at the backend")
+            daemon.proc.send_signal(signal.SIGTERM)
+            await client.read_until(lambda ev: client.goaway() is not None)
+            assert client.goaway() == GoAway(sid, 0, b"")
+            release.set()
+            await client.read_until(lambda ev: client.closed)
+            assert client.status(sid) == 200 and client.body(sid) == b"slow"
+            client.close()
+            await until(lambda: daemon.proc.poll() is not None, 15, what="the daemon's exit")
+        finally:
+            assert daemon.stop() == 0, daemon.stderr()
 
 
 def test_a_websocket_connect_is_the_http11_upgrade_with_a_key_of_ours() -> None:
