@@ -18,13 +18,14 @@ from lbcdn.cache.miss import Revalidated, fill_head, refreshed, revalidated
 from lbcdn.cache.policy import RequestDirectives, ResponseMeta, corrected_initial_age, \
     usable_on_error, validators
 from lbcdn.cache.runtime import CacheRuntime
-from lbcdn.cache.shared import ALONE, FAILED
+from lbcdn.cache.shared import ALONE, FAILED, LEAD
 from lbcdn.cache.store import Fill, FillInfo
 from lbcdn.edge.fill_sender import FillSender
 from lbcdn.edge.origin_fetch import FetchReceiver, OriginFetch
 from lbcdn.http.errors import reason
 from lbcdn.http.head import ResponseHead
 from lbcdn.routing.router import normalize_host
+from lbcdn.tasks import spawn
 
 if TYPE_CHECKING:
     from lbcdn.edge.cache_flow import CacheFlow
@@ -262,8 +263,27 @@ class MissJob(FetchReceiver):
 def background_refresh(rt: CacheRuntime, dist: Distribution, behavior: Behavior,
                        ex: Exchange, entry: CachedResponse, path: bytes,
                        query: bytes | None) -> None:
-    """stale-while-revalidate: one revalidation per key, with no client waiting."""
+    """stale-while-revalidate: one revalidation per key, with no client waiting; with the
+    workers' shared store, one machine-wide (a worker that does not get the lead leaves it to
+    the one that does, whose store drops our copy)."""
     if entry.key in rt.refreshing:
         return
     rt.refreshing.add(entry.key)
-    MissJob(rt, dist, behavior, ex, entry.key, path, query, conditional=entry).start()
+    if rt.shared is None:
+        MissJob(rt, dist, behavior, ex, entry.key, path, query, conditional=entry).start()
+    else:
+        spawn(_machine_refresh(rt, dist, behavior, ex, entry, path, query),
+              "cache-machine-refresh")
+
+
+async def _machine_refresh(rt: CacheRuntime, dist: Distribution, behavior: Behavior,
+                           ex: Exchange, entry: CachedResponse, path: bytes,
+                           query: bytes | None) -> None:
+    shared = rt.shared
+    assert shared is not None
+    result, _ = await shared.leads.lead(entry.key, behavior.policy.lock_timeout_s)
+    if result == LEAD:
+        MissJob(rt, dist, behavior, ex, entry.key, path, query, conditional=entry,
+                machine=True).start()
+    else:
+        rt.refreshing.discard(entry.key)

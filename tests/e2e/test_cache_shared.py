@@ -151,3 +151,25 @@ async def test_a_worker_killed_mid_fill_leaves_the_store_consistent(tmp_path: Pa
             assert origin.hits["/big"] == 2
         finally:
             daemon.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_one_background_refresh_machine_wide(tmp_path: Path, workers: int) -> None:
+    async with scripted_origin() as origin:
+        daemon, config = await serve(origin, tmp_path, workers)
+        port = listener_port(config)
+        try:
+            swr = [("Cache-Control", "max-age=1, stale-while-revalidate=60")]
+            origin.set("/s", Answer(headers=swr, body=b"v1"))
+            await burst(port, "/s", 20)
+            assert origin.hits["/s"] == 1
+            origin.set("/s", Answer(headers=swr, body=b"v2", delay_s=0.5))
+            await asyncio.sleep(1.2)
+            answers = await burst(port, "/s", 100)  # all stale hits, during the refresh
+            assert {(s, b) for s, b, _ in answers} == {(200, b"v1")}
+            await asyncio.sleep(0.8)
+            assert origin.hits["/s"] == 2
+            assert set(await fetch_many(port, 20, "/s")) == {b"v2"}
+        finally:
+            daemon.stop()
