@@ -1,9 +1,9 @@
 """The cache side of an exchange: a route with `cache:` is answered here instead of by its action.
 
 Job: drive lbcdn.cache's pure decisions with real sockets. For one request: pick the behavior,
-build the key, look up memory (then disk, or the workers' shared store, in a thread), and then (plain fresh hits never get
-here: lbcdn.edge.cache_hit answers them; the pieces below live in fill_sender, miss_job,
-origin_fetch and passthrough)
+build the key, look up memory (then disk, or the workers' shared store, in a thread), and then
+(plain fresh hits never get here: lbcdn.edge.cache_hit answers them; the pieces below live in
+fill_sender, miss_job, origin_fetch and passthrough)
 - hit (fresh, or stale that the client or stale-while-revalidate allows): write the stored head,
   Age / Cache-Status / X-Cache and the stored chunks; client conditionals and ranges are answered
   from the entry (304 / 412 / 206 / 416), HEAD from the GET entry; stale-while-revalidate starts
