@@ -344,6 +344,10 @@ class Supervisor:
                                       "result": message["outcome"],
                                       "status": message.get("status")})
 
+    def _go_alone(self, waiting: list[tuple[int, int]]) -> None:
+        for index, ident in waiting:
+            self.workers[index].send({"op": "cache-led", "id": ident, "result": ALONE})
+
     async def _adopt(self, name: str) -> None:
         store = self.cache_store
         if store is not None:
@@ -415,6 +419,7 @@ class Supervisor:
         """Restart workers that die, with a growing pause when they keep dying."""
         while not self._draining:
             await asyncio.sleep(0.2)
+            self._go_alone(self.leads.expire(time.monotonic()))
             for worker in self.workers:
                 proc = worker.proc
                 if proc is None or proc.poll() is None or self._draining:
@@ -429,9 +434,7 @@ class Supervisor:
                     if not future.done():
                         future.set_result("worker died")
                 worker.acks.clear()
-                for index, ident in self.leads.gone(worker.index):  # they fetch themselves
-                    self.workers[index].send({"op": "cache-led", "id": ident,
-                                              "result": ALONE})
+                self._go_alone(self.leads.gone(worker.index))  # they fetch themselves
                 recent = time.monotonic() - worker.started_at < 10
                 delay = RESTART_BACKOFF_S[min(worker.restarts, len(RESTART_BACKOFF_S) - 1)]
                 worker.restarts += 1

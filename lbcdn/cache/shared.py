@@ -201,6 +201,17 @@ class Leads:
         del self._held[key]
         return held.waiters
 
+    def expire(self, now: float) -> list[Waiting]:
+        """Leads older than their lock timeout end (a leader that never said how its fetch
+        ended must not hold a key for ever); their waiters, to tell to go alone (they have
+        stopped waiting already, as their own timeout is the same)."""
+        released: list[Waiting] = []
+        for key, held in list(self._held.items()):
+            if now - held.started > held.timeout_s:
+                del self._held[key]
+                released.extend(held.waiters)
+        return released
+
     def gone(self, worker: int) -> list[Waiting]:
         """`worker` died: its leads end (their waiters go alone) and its waits are dropped."""
         released: list[Waiting] = []

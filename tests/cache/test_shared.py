@@ -121,6 +121,15 @@ def test_a_lead_past_its_lock_timeout_passes_on() -> None:
     assert leads.done("k", 1) == [(1, 2)]
 
 
+def test_leads_past_their_lock_timeout_expire() -> None:
+    leads = Leads()
+    assert leads.lead("old", 0, 1, 0.0, 1.0)
+    assert not leads.lead("old", 1, 2, 0.5, 1.0)
+    assert leads.lead("new", 1, 3, 0.9, 1.0)
+    assert leads.expire(1.5) == [(1, 2)]
+    assert len(leads) == 1 and leads.done("new", 1) == []
+
+
 def test_a_dead_worker_releases_its_leads_and_waits() -> None:
     leads = Leads()
     assert leads.lead("a", 0, 1, 0.0, 5.0)

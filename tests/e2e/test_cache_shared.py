@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,11 @@ async def test_a_worker_killed_mid_fill_leaves_the_store_consistent(tmp_path: Pa
             await asyncio.sleep(0.5)  # the fill holds half the body
             leader = port_owner(origin.peers[0], pids)
             os.kill(leader, signal.SIGKILL)
+            killed = time.monotonic()
             results = await pending
+            # released when the leader died, not after the 5 s lock timeout: the waiters'
+            # own fetch took the origin's 2 s
+            assert time.monotonic() - killed < 4.5
             await asyncio.gather(*(c.close() for c in clients))
             served = [r for r in results if isinstance(r, RawResponse)]
             # the killed worker's clients are cut; the other worker's waiters fetch themselves
