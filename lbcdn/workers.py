@@ -295,6 +295,7 @@ class Supervisor:
             "routes": [r.name for r in self.config.routes] + [self.config.default_route.name],
             "pools": self._runtime_pools(),
             "reloads": self.reloads,
+            "cache": self._describe_cache(),
             **self.control.describe(),
         }
 
@@ -343,6 +344,15 @@ class Supervisor:
             self.workers[index].send({"op": "cache-led", "id": ident,
                                       "result": message["outcome"],
                                       "status": message.get("status")})
+
+    def _describe_cache(self) -> dict[str, object]:
+        """The workers' shared store as its manager sees it, and the keys being fetched."""
+        store = self.cache_store
+        if store is None:
+            return {}
+        return {"shared": {"path": self.cache_dir, "objects": len(store), "bytes": store.bytes,
+                           "max_bytes": store.max_bytes, "evictions": store.evictions,
+                           "leads": len(self.leads)}}
 
     def _go_alone(self, waiting: list[tuple[int, int]]) -> None:
         for index, ident in waiting:

@@ -101,6 +101,9 @@ async def test_every_worker_serves_the_refreshed_version(tmp_path: Path, workers
             await asyncio.sleep(0.3)
             assert set(await fetch_many(port, 40, "/v")) == {b"v3"}
             assert origin.hits["/v"] == 3
+            if workers > 1:  # the control process's view of the shared store
+                shared = (await runtime(config))["cache"]["shared"]
+                assert (shared["objects"], shared["leads"]) == (1, 0)
         finally:
             daemon.stop()
 
