@@ -134,31 +134,44 @@ def path_of(root: str, name: str, suffix: str = SUFFIX) -> str:
     return os.path.join(root, name[:2], name + suffix)
 
 
-def write_file(root: str, name: str, data: bytes, fsync: bool,
-               suffix: str = SUFFIX) -> None:
-    """Put `data` in place atomically: a temp file in `tmp/`, (fsync,) rename. A reader sees
-    the old file or the new one, never a part; a crash leaves only the temp file."""
-    tmp = os.path.join(root, "tmp", f"{name}.{os.getpid()}.{threading.get_ident()}")
+Move = tuple[str, str]   # (temp file, final path)
+
+
+def _write_temp(root: str, name: str, data: bytes, fsync: bool, suffix: str) -> Move:
+    tmp = os.path.join(root, "tmp", f"{name}{suffix}.{os.getpid()}.{threading.get_ident()}")
     with open(tmp, "wb") as f:
         f.write(data)
         if fsync:
             f.flush()
             os.fsync(f.fileno())
-    final = path_of(root, name, suffix)
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    os.replace(tmp, final)
-    if fsync:
-        _fsync_dir(os.path.dirname(final))
+    return tmp, path_of(root, name, suffix)
+
+
+def prepare_entry(root: str, entry: CachedResponse, data: bytes, fsync: bool) -> list[Move]:
+    """An encoded entry (and its primary's Vary names when it has a Vary) written to temp
+    files, to be put in place by `place`: a reader sees the old file or the new one, never a
+    part; a crash leaves only temp files (removed at the next start)."""
+    moves = []
+    if entry.vary:
+        moves.append(_write_temp(root, file_name(entry.key, b""),
+                                 json.dumps([_s(v) for v in entry.vary]).encode(), fsync,
+                                 VARY_SUFFIX))
+    moves.append(_write_temp(root, file_name(entry.key, entry.variant), data, fsync, SUFFIX))
+    return moves
+
+
+def place(moves: list[Move], fsync: bool) -> None:
+    for tmp, final in moves:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.replace(tmp, final)
+        if fsync:
+            _fsync_dir(os.path.dirname(final))
 
 
 def write_entry(root: str, entry: CachedResponse, data: bytes, fsync: bool) -> str:
-    """Write an encoded entry (and its primary's Vary names when it has a Vary); its name."""
-    if entry.vary:
-        write_file(root, file_name(entry.key, b""),
-                   json.dumps([_s(v) for v in entry.vary]).encode(), fsync, VARY_SUFFIX)
-    name = file_name(entry.key, entry.variant)
-    write_file(root, name, data, fsync)
-    return name
+    """Write an encoded entry in place (prepare_entry, place); its name."""
+    place(prepare_entry(root, entry, data, fsync), fsync)
+    return file_name(entry.key, entry.variant)
 
 
 def read_vary(root: str, primary: bytes) -> tuple[bytes, ...] | None:
@@ -300,8 +313,10 @@ class DiskStore:
         data = encode(entry)
         if len(data) > min(self.max_object_bytes, self.max_bytes):
             return False
-        with self._lock:
-            name = write_entry(self.root, entry, data, self.fsync)
+        moves = prepare_entry(self.root, entry, data, self.fsync)
+        name = file_name(entry.key, entry.variant)
+        with self._lock:  # renamed and indexed in one step: the index says what is on disk
+            place(moves, self.fsync)
             self._index(name, _Indexed(entry.key, entry.variant, entry.vary, entry.host,
                                        entry.path, entry.query, entry.tags, len(data)))
         return True
