@@ -351,8 +351,9 @@ class Daemon:
     def drop_cached(self, key: bytes) -> None:
         """Another worker stored a newer response for `key` in the shared store: our memory
         copy is older (the next request takes the new one from the shared store)."""
-        if self.cache is not None:
-            self.cache.memory.delete(key)
+        memory = self.cache.memory if self.cache is not None else None
+        if memory is not None and memory.variants(key):  # else no change (its generation
+            memory.delete(key)                            # stays: remembered hits stay valid)
 
     async def invalidate_cache(self, inv: Invalidation) -> int:
         """Apply an invalidation to this process's cache (admin API, lbcdn.admin.cache)."""
