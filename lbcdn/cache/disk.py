@@ -196,6 +196,7 @@ class _Indexed:
     query: bytes
     tags: frozenset[bytes]
     size: int           # file bytes
+    ino: int            # the file's inode: a file renamed over it since is another one
 
 
 class DiskStore:
@@ -267,7 +268,7 @@ class DiskStore:
         try:
             item = _Indexed(_b(m["key"]), _b(m["variant"]), tuple(_b(v) for v in m["vary"]),
                             _b(m["host"]), _b(m["path"]), _b(m["query"]),
-                            frozenset(_b(t) for t in m["tags"]), st.st_size)
+                            frozenset(_b(t) for t in m["tags"]), st.st_size, st.st_ino)
         except (KeyError, TypeError) as e:
             raise CorruptFile(str(e)) from None
         return item, st.st_mtime
@@ -286,24 +287,28 @@ class DiskStore:
         self._lru[name] = item
         self.bytes += item.size
 
-    def _remove(self, name: str) -> None:
+    def _remove(self, name: str, evicting: bool = False) -> None:
         item = self._lru.pop(name, None)
         if item is None:
             return
         self.bytes -= item.size
+        # Evicting: a worker (lbcdn.cache.shared) may have just written a new response under
+        # this name, not adopted yet; that file is not the one evicted and stays.
+        keep = evicting and _inode(self._path(name)) not in (item.ino, None)
         entry = self._primaries.get(item.primary)
         if entry is not None:
             entry[1].pop(item.variant, None)
             if not entry[1]:
                 del self._primaries[item.primary]
-                if item.vary:
+                if item.vary and not keep:
                     _unlink(path_of(self.root, file_name(item.primary, b""), VARY_SUFFIX))
-        _unlink(self._path(name))
+        if not keep:
+            _unlink(self._path(name))
 
     def _evict(self) -> None:
         while self.bytes > self.max_bytes and self._lru:
             name = next(iter(self._lru))
-            self._remove(name)
+            self._remove(name, evicting=True)
             self.evictions += 1
 
     # -- public ----------------------------------------------------------------------------
@@ -318,7 +323,8 @@ class DiskStore:
         with self._lock:  # renamed and indexed in one step: the index says what is on disk
             place(moves, self.fsync)
             self._index(name, _Indexed(entry.key, entry.variant, entry.vary, entry.host,
-                                       entry.path, entry.query, entry.tags, len(data)))
+                                       entry.path, entry.query, entry.tags, len(data),
+                                       os.stat(moves[-1][1]).st_ino))
         return True
 
     def adopt(self, name: str) -> bool:
@@ -427,6 +433,13 @@ class DiskStore:
         with self._lock:
             names = [n for n, i in self._lru.items() if i.tags & wanted]
             return self._purge(names, soft)
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
 
 
 def _unlink(path: str) -> None:

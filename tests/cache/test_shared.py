@@ -70,6 +70,21 @@ def test_the_manager_adopts_evicts_and_purges_what_workers_wrote(tmp_path: Path)
     assert worker.lookup(entry("/3").key, []) is None
 
 
+def test_eviction_spares_a_file_rewritten_since_it_was_indexed(tmp_path: Path) -> None:
+    worker = store(tmp_path)
+    manager = DiskStore(str(tmp_path), 1 << 20, 1 << 20, fsync=False)
+    old = worker.put(entry("/a", b"old"))
+    assert old is not None and manager.adopt(old)
+    manager.max_bytes = manager.bytes
+    assert worker.put(entry("/a", b"new")) == old   # refreshed; its report still on its way
+    other = worker.put(entry("/b", b"b"))
+    assert other is not None and manager.adopt(other)   # evicts /a's indexed file
+    got = worker.lookup(entry("/a").key, [])
+    assert got is not None and got.body == b"new"
+    assert manager.adopt(old)   # the report arrives: indexed (and /b evicted for it)
+    assert len(manager) == 1 and worker.lookup(entry("/b").key, []) is None
+
+
 def test_vary_file_follows_the_variants(tmp_path: Path) -> None:
     worker = store(tmp_path)
     manager = DiskStore(str(tmp_path), 1 << 20, 1 << 20, fsync=False)
