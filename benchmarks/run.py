@@ -53,6 +53,9 @@ SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "cache": ("edge cache vs nginx proxy_cache: 1 KiB hit req/s, 64 MiB hit throughput, "
               "1,000 cold requests -> 1 origin request, RSS with a full 1 GiB memory tier",
               scenario_cache.run),
+    "cache-workers": ("edge cache with 2 workers sharing one cache vs nginx worker_processes 2 "
+                      "proxy_cache: 1 KiB hit req/s, 1,000 cold requests -> 1 origin request",
+                      scenario_cache.run_workers),
     "cache-signed": ("edge cache 1 KiB hit req/s with signed-URL checking off and on vs nginx "
                      "proxy_cache", scenario_cache.run_signed),
     "tls": ("HTTPS: keep-alive req/s, resumed and full TLS handshakes/s, lbcdn vs nginx",

@@ -8,6 +8,11 @@ other. Measured in the same run, each after a warm-up that fills the cache:
 - 1,000 concurrent requests for one cold key make exactly one origin request (lbcdn in front of
   a demo backend, whose /count tells how many requests it began);
 - the memory tier filled past its 1 GiB budget with 1 MiB objects: RSS <= 1.15 GiB.
+
+Scenario `cache-workers` (`run_workers`): the same 1 KiB hits with `lbcdn serve --workers 2`
+(the workers share one cache: lbcdn.cache.shared) against nginx `worker_processes 2` with its
+shared proxy_cache (target: lbcdn >= 1.5x), every server and wrk on both cores as in scenario
+`workers`; and 1,000 concurrent cold requests through 2 workers make one origin request.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import time
 from pathlib import Path
 
 from harness import Bench, BenchError, WrkResult, free_port, http_get, http_probe, \
-    raise_nofile, rss_kib, table, verdict
+    need_tools, raise_nofile, rss_kib, table, verdict
+from scenario_workers import _pinned, _wait_processes
 
 HIT_TARGET = 1.5
 SIGNED_TARGET = 1.0
@@ -32,7 +38,8 @@ MEMORY_TIER = 1 << 30
 
 def _lbcdn_cache(bench: Bench, backend_port: int, name: str, *, query: str = "none",
                  path: str = "/1k.bin", url_origin: bool = False,
-                 signers: Path | None = None, port: int | None = None) -> "object":
+                 signers: Path | None = None, port: int | None = None,
+                 workers: int = 1) -> "object":
     # A URL origin has no active health checks, and the route's pool must not probe the
     # counting origin either: its first check lands at a random point in the first second,
     # which can be during the cold burst (the bench then counted 2 origin requests for 1).
@@ -80,16 +87,19 @@ logging:
     enabled: false
 """)
     cmd = [*bench.lbcdn_cmd, "serve", "--config", str(cfg), "--log-level", "warning",
-           "--workers", "1"]
+           "--workers", str(workers)]
     # a signed URL names the host as wrk sends it
     ready = http_probe(path, lambda p, t: http_get(p, t, host=f"127.0.0.1:{p}")) \
         if signers else None
     return bench.start(name, cmd, port, path=path, ready=ready)
 
 
-def _nginx_cache(bench: Bench, backend_port: int) -> "object":
-    d = bench._dir("nginx-cache")
+def _nginx_cache(bench: Bench, backend_port: int, workers: int = 1,
+                 name: str = "nginx-cache") -> "object":
+    d = bench._dir(name)
     port = free_port()
+    # several workers: one listening socket each, as lbcdn's workers (SO_REUSEPORT)
+    reuse = " reuseport" if workers > 1 else ""
     block = f"""
     proxy_cache_path {d}/cache levels=1:2 keys_zone=c:64m max_size=2g inactive=1h
                      use_temp_path=off;
@@ -98,7 +108,7 @@ def _nginx_cache(bench: Bench, backend_port: int) -> "object":
         keepalive 64;
     }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{reuse};
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -109,7 +119,7 @@ def _nginx_cache(bench: Bench, backend_port: int) -> "object":
             add_header X-Cache $upstream_cache_status;
         }}
     }}"""
-    return bench._nginx("nginx-cache", d, block, port)
+    return bench._nginx(name, d, block, port, workers=workers)
 
 
 def _backend(bench: Bench) -> "object":
@@ -344,3 +354,67 @@ def run_signed(bench: Bench) -> None:
     bench.results["cache-signed"] = {
         "hit_rps": {n: r.rps for n, r in h.items()}, "ratio_off": off, "ratio_on": on,
         "hit_cpu_us": cpus, "pass": ok}
+
+
+def run_workers(bench: Bench) -> None:
+    need_tools("nginx", "wrk", "taskset")
+    raise_nofile()
+    both = f"{bench.server_cpu},{bench.client_cpu}"
+    with _pinned(bench, both, both):
+        origin = _backend(bench)
+        nginx = _nginx_cache(bench, origin.port, workers=2, name="nginx-cache-w2")
+        _wait_processes(nginx, 2)
+        lbcdn = _lbcdn_cache(bench, origin.port, "lbcdn-cache-w2", workers=2)
+        _wait_processes(lbcdn, 2)
+        subjects = [("nginx proxy_cache w2", nginx), ("lbcdn cache w2", lbcdn)]
+        print(f"  origin :{origin.port}  nginx :{nginx.port}  lbcdn :{lbcdn.port}  "
+              f"servers and wrk on cpu {both}")
+        for _, s in subjects:  # fill: new connections, so both workers of each ask
+            for _ in range(8):
+                http_get(s.port, "/1k.bin")
+        hits: dict[str, list[WrkResult]] = {n: [] for n, _ in subjects}
+        cpus: dict[str, list[float]] = {n: [] for n, _ in subjects}
+        for r in range(bench.rounds):
+            for name, s in subjects:
+                res, cpu_us = bench.wrk_cpu(s)
+                hits[name].append(res)
+                cpus[name].append(cpu_us)
+                print(f"  round {r + 1}: {name:<20} 1 KiB hit {res.rps:>9.0f} req/s  "
+                      f"p99 {res.p99_ms:.2f} ms  errors {res.errors}  cpu {cpu_us:.1f} us/hit")
+        h = {n: _median(rs) for n, rs in hits.items()}
+        ng_h, lb_h = h["nginx proxy_cache w2"], h["lbcdn cache w2"]
+        if ng_h.rps <= 0:
+            raise BenchError("nginx served nothing")
+        bench.stop(nginx)
+        bench.stop(lbcdn)
+        bench.stop(origin)
+
+        demo_port = free_port()
+        demo = bench.start("demo-w2", [*bench.lbcdn_cmd, "demo-backend", "--address",
+                                       "127.0.0.1", "--port", str(demo_port)], demo_port,
+                           path="/count")
+        lb2 = _lbcdn_cache(bench, demo_port, "lbcdn-collapse-w2", query="all", path="/count",
+                           url_origin=True, workers=2)
+        _wait_processes(lb2, 2)
+        before = _count(demo_port)
+        statuses = asyncio.run(_burst(lb2.port, "/delay/200?cold=1", 1000))
+        origin_requests = _count(demo_port) - before - 1
+        bench.stop(lb2)
+        bench.stop(demo)
+    print()
+    print(table(["server", "1 KiB hit req/s", "p99 ms", "cpu us/hit"],
+                [[n, f"{h[n].rps:.0f}", f"{h[n].p99_ms:.2f}",
+                  f"{statistics.median(cpus[n]):.1f}"] for n, _ in subjects]))
+    ratio = lb_h.rps / ng_h.rps
+    ok_hit = ratio >= HIT_TARGET and lb_h.errors == 0
+    ok_collapse = origin_requests == 1 and statuses.count(200) == 1000
+    print()
+    print(f"  {verdict(ok_hit)}  1 KiB hit req/s, 2 workers each, lbcdn/nginx = {ratio:.2f}x "
+          f"(target >= {HIT_TARGET}x)")
+    print(f"  {verdict(ok_collapse)}  1000 concurrent cold requests over 2 workers -> "
+          f"{origin_requests} origin request(s) (target: exactly 1)")
+    bench.results["cache-workers"] = {
+        "hit_rps": {"nginx": ng_h.rps, "lbcdn": lb_h.rps}, "hit_ratio": ratio,
+        "hit_cpu_us": cpus, "cold_origin_requests": origin_requests,
+        "pass": ok_hit and ok_collapse,
+    }

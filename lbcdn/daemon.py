@@ -31,6 +31,7 @@ from lbcdn.acme import answers
 from lbcdn.acme.manager import AcmeManager
 from lbcdn.cache.invalidation import Invalidation
 from lbcdn.cache.runtime import CacheRuntime
+from lbcdn.cache.shared import Shared
 from lbcdn.control import EDGE, ControlPlane, config_dir, connection_caps, log_lowered
 from lbcdn.edge import cache_hit
 from lbcdn.dns.engine import Engine
@@ -79,6 +80,8 @@ class Daemon:
         self.listeners: list[Listener] = []
         self.router: Router | None = None   # the listeners' (one per configuration)
         self.cache: CacheRuntime | None = None   # edge cache stores, per process
+        # a worker's share of the machine cache (lbcdn.cache.shared; set by lbcdn.workers)
+        self.cache_shared: Shared | None = None
         # pools' targets and health checks: here, unless a control process runs them (then
         # `on_drained` tells it when a draining target has nothing in flight here)
         self.targets: TargetsControl | None = None
@@ -208,7 +211,7 @@ class Daemon:
         self.pools = {name: self._wire_pool(Pool(pool)) for name, pool in config.pools.items()}
         if self.targets is not None:
             await self.targets.start(config.pools)
-        self.cache = CacheRuntime(config.cache, config.buckets)
+        self.cache = CacheRuntime(config.cache, config.buckets, shared=self.cache_shared)
         cache_hit.set_runtime(self.cache)
         router = self.router = Router(config.routes, config.default_route)
         caps = self._edge_caps(config)
@@ -344,6 +347,13 @@ class Daemon:
             await self.reload()
         except Exception as exc:  # ConfigError, ReloadError: the old config stays
             log.error("reload failed, configuration unchanged: %s", exc)
+
+    def drop_cached(self, key: bytes) -> None:
+        """Another worker stored a newer response for `key` in the shared store: our memory
+        copy is older (the next request takes the new one from the shared store)."""
+        memory = self.cache.memory if self.cache is not None else None
+        if memory is not None and memory.variants(key):  # else no change (its generation
+            memory.delete(key)                            # stays: remembered hits stay valid)
 
     async def invalidate_cache(self, inv: Invalidation) -> int:
         """Apply an invalidation to this process's cache (admin API, lbcdn.admin.cache)."""

@@ -35,7 +35,16 @@ once every live worker applied it. On-demand certificates: worker -> control {"o
 published to every worker.
 Edge-cache invalidations: control -> worker {"op": "invalidate", "id": N, "invalidation": {id,
 paths, tags, soft, hosts}}, worker -> control {"op": "invalidated", "id": N, "purged": COUNT};
-the admin API answers once every live worker applied it.
+the admin API answers once every live worker applied it (the control process first applies it
+to the shared store's files).
+The shared cache (lbcdn.cache.shared): the "config" message names its directory ("cache": {"dir",
+"owned"}: owned, a tmpfs directory the control process made and removes at stop); worker ->
+control {"op": "cache-lead", "id": N, "key": KEY, "timeout_s": S} (answered {"op": "cache-led",
+"id": N, "result": "lead"} at once, or when the leader's lead ends: "stored" | "failed" |
+"alone", with "status": the origin's error) and {"op": "cache-done", "key": KEY, "outcome":
+..., "name": FILE | null, "status": null | N} (a lead
+ended; FILE: an entry stored, which the control process indexes, evicting for it, and the
+other workers get {"op": "cache-drop", "key": KEY}: their memory copies are older).
 
 Metrics: the control process sets PROMETHEUS_MULTIPROC_DIR (a fresh directory) before
 prometheus-client is imported anywhere; workers write their samples there and flush their
@@ -54,13 +63,16 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from lbcdn import ratelimit
 from lbcdn.acme.manager import AcmeManager
-from lbcdn.cache.invalidation import Invalidation
+from lbcdn.cache.disk import DiskStore
+from lbcdn.cache.invalidation import Invalidation, apply
+from lbcdn.cache.shared import ALONE, LEAD, LeadClient, Leads, Shared, SharedStore, limits
 from lbcdn.config.load import load_config_text
 from lbcdn.config.schema import Config
 from lbcdn.edge.config import ListenerConfig
@@ -77,6 +89,7 @@ from lbcdn.tlstickets import Rotator, TicketKeys, set_keys
 log = logging.getLogger("lbcdn.workers")
 
 RESTART_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+SHM = "/dev/shm"
 # how long a worker whose control process died may take to exit before it is cut short
 ORPHAN_EXIT_S = 3.0
 
@@ -166,6 +179,12 @@ class Supervisor:
         self._next_ack = 0
         self._purges: dict[tuple[int, int], asyncio.Future[int]] = {}
         self._monitor: asyncio.Task[None] | None = None
+        # the workers' shared cache (lbcdn.cache.shared): its directory, whether we made it
+        # (tmpfs, removed at stop), its manager (index, eviction, invalidations) and leads
+        self.cache_dir: str | None = None
+        self.cache_owned = False
+        self.cache_store: DiskStore | None = None
+        self.leads = Leads()
 
     @property
     def draining(self) -> bool:
@@ -276,12 +295,14 @@ class Supervisor:
             "routes": [r.name for r in self.config.routes] + [self.config.default_route.name],
             "pools": self._runtime_pools(),
             "reloads": self.reloads,
+            "cache": self._describe_cache(),
             **self.control.describe(),
         }
 
     # -- start / stop ---------------------------------------------------------------------
     async def start(self) -> None:
         claim_ports(self.config.listeners)
+        await self._open_cache()
         await self.control.start(self.config)
         # before the workers: each one gets every pool's snapshot when it is ready
         await self.targets.start(self.config.pools)
@@ -300,6 +321,47 @@ class Supervisor:
         self._monitor = spawn(self._watch(), "workers-monitor")
         self.control.run_acme()
         log.info("%d workers serving", len(self.workers))
+
+    async def _open_cache(self) -> None:
+        storage = self.config.cache.storage
+        self.cache_owned = storage.disk_path is None
+        self.cache_dir = storage.disk_path or tempfile.mkdtemp(
+            prefix="lbcdn-cache-", dir=SHM if os.path.isdir(SHM) else None)
+        max_bytes, max_object = limits(storage)
+        # indexes what a disk_path holds already (as the disk tier does at start)
+        self.cache_store = await asyncio.to_thread(DiskStore, self.cache_dir, max_bytes,
+                                                   max_object, not self.cache_owned)
+
+    def _cache_done(self, worker: Worker, message: dict[str, Any]) -> None:
+        key, name = message["key"], message["name"]
+        if name is not None:
+            # before the waiters hear of it: a copy they take from the new file must stay
+            for other in self.workers:
+                if other is not worker:
+                    other.send({"op": "cache-drop", "key": key})
+            spawn(self._adopt(name), "cache-adopt")
+        for index, ident in self.leads.done(key, worker.index):
+            self.workers[index].send({"op": "cache-led", "id": ident,
+                                      "result": message["outcome"],
+                                      "status": message.get("status")})
+
+    def _describe_cache(self) -> dict[str, object]:
+        """The workers' shared store as its manager sees it, and the keys being fetched."""
+        store = self.cache_store
+        if store is None:
+            return {}
+        return {"shared": {"path": self.cache_dir, "objects": len(store), "bytes": store.bytes,
+                           "max_bytes": store.max_bytes, "evictions": store.evictions,
+                           "leads": len(self.leads)}}
+
+    def _go_alone(self, waiting: list[tuple[int, int]]) -> None:
+        for index, ident in waiting:
+            self.workers[index].send({"op": "cache-led", "id": ident, "result": ALONE})
+
+    async def _adopt(self, name: str) -> None:
+        store = self.cache_store
+        if store is not None:
+            await asyncio.to_thread(store.adopt, name)
 
     async def _spawn(self, worker: Worker) -> None:
         ours, theirs = socket.socketpair()
@@ -325,7 +387,8 @@ class Supervisor:
             raise
         worker.send({"op": "config", "yaml": self.config_text, "source": self.config_path,
                      "acme": self.acme_view,
-                     "ticket_keys": self.tickets.keys.to_wire()})
+                     "ticket_keys": self.tickets.keys.to_wire(),
+                     "cache": {"dir": self.cache_dir, "owned": self.cache_owned}})
         spawn(self._listen(worker, worker.reader), f"worker-{worker.index}-channel")
 
     async def _listen(self, worker: Worker, reader: asyncio.StreamReader) -> None:
@@ -351,6 +414,12 @@ class Supervisor:
                     future.set_result(message.get("error"))
             elif message["op"] == "acme-demand":
                 spawn(self._demand(worker, message), "acme-demand")
+            elif message["op"] == "cache-lead":
+                if self.leads.lead(message["key"], worker.index, message["id"],
+                                   time.monotonic(), float(message["timeout_s"])):
+                    worker.send({"op": "cache-led", "id": message["id"], "result": LEAD})
+            elif message["op"] == "cache-done":
+                self._cache_done(worker, message)
             elif message["op"] == "invalidated":
                 purge = self._purges.pop((worker.index, message["id"]), None)
                 if purge is not None and not purge.done():
@@ -360,6 +429,7 @@ class Supervisor:
         """Restart workers that die, with a growing pause when they keep dying."""
         while not self._draining:
             await asyncio.sleep(0.2)
+            self._go_alone(self.leads.expire(time.monotonic()))
             for worker in self.workers:
                 proc = worker.proc
                 if proc is None or proc.poll() is None or self._draining:
@@ -374,6 +444,7 @@ class Supervisor:
                     if not future.done():
                         future.set_result("worker died")
                 worker.acks.clear()
+                self._go_alone(self.leads.gone(worker.index))  # they fetch themselves
                 recent = time.monotonic() - worker.started_at < 10
                 delay = RESTART_BACKOFF_S[min(worker.restarts, len(RESTART_BACKOFF_S) - 1)]
                 worker.restarts += 1
@@ -423,6 +494,8 @@ class Supervisor:
         self.tickets.stop()
         await self.targets.stop()
         await self.control.stop()
+        if self.cache_owned and self.cache_dir is not None:
+            shutil.rmtree(self.cache_dir, ignore_errors=True)
         log.info("stopped")
 
     # -- reload ---------------------------------------------------------------------------
@@ -472,9 +545,12 @@ class Supervisor:
             log.error("reload failed: %s", exc)
 
     async def invalidate_cache(self, inv: Invalidation) -> int:
-        """Every worker applies `inv` to its cache; the objects affected, summed. A worker that
-        dies meanwhile restarts with an empty memory tier, so it is not waited for."""
+        """The shared store's files, then every worker's memory copies; the objects affected
+        (the most any one store had: the copies are of the same objects). A worker that dies
+        meanwhile restarts with an empty memory tier, so it is not waited for."""
         loop = asyncio.get_running_loop()
+        store = self.cache_store
+        shared = await asyncio.to_thread(apply, inv, [store]) if store is not None else 0
         self._next_ack += 1
         ack = self._next_ack
         waits = []
@@ -488,7 +564,7 @@ class Supervisor:
         done, _ = await asyncio.wait(waits, timeout=10)
         for worker in self.workers:
             self._purges.pop((worker.index, ack), None)
-        return sum(f.result() for f in done)
+        return max([shared] + [f.result() for f in done])
 
     def reopen_logs(self) -> None:
         for worker in self.workers:
@@ -575,6 +651,13 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
     set_keys(TicketKeys.from_wire(first["ticket_keys"]))  # before any listener accepts
     daemon = Daemon(config, None, log_level, role="worker")
     daemon.acme_view = first["acme"]
+
+    def send(message: dict[str, Any]) -> None:
+        writer.write(json.dumps(message).encode() + b"\n")
+    cache = first["cache"]
+    leads = LeadClient(send)
+    daemon.cache_shared = Shared(
+        SharedStore(cache["dir"], limits(config.cache.storage)[1], not cache["owned"]), leads)
     demands: dict[int, asyncio.Future[str | None]] = {}
     demand_ids = itertools.count(1)
 
@@ -630,6 +713,10 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
                 waiting = demands.get(message["id"])
                 if waiting is not None and not waiting.done():
                     waiting.set_result(message["error"])
+            elif message["op"] == "cache-led":
+                leads.answered(message["id"], message["result"], message.get("status"))
+            elif message["op"] == "cache-drop":
+                daemon.drop_cached(message["key"].encode("latin-1"))
             elif message["op"] == "ticket_keys":
                 set_keys(TicketKeys.from_wire(message["keys"]))
             elif message["op"] == "targets":
@@ -684,6 +771,8 @@ async def _worker_main(control_fd: int, index: int, log_level: str | None) -> in
             directory = os.environ.get(variable)
             if directory:
                 shutil.rmtree(directory, ignore_errors=True)
+        if cache["owned"]:
+            shutil.rmtree(cache["dir"], ignore_errors=True)
         return 1
     metrics.flush()
     return 0

@@ -43,10 +43,12 @@ class Signal(enum.Enum):
 class Reuse:
     """A revalidation that brought no new body: `entry` freshened by a 304, or (`failed`) the
     stale entry, for waiters whose own request lets stale stand in for a failed origin
-    (`fwd_status`: the origin's error status, None when there was no answer)."""
+    (`fwd_status`: the origin's error status, None when there was no answer); or (`hit`) a
+    fresh entry another worker stored (lbcdn.cache.shared), a plain hit for waiters."""
     entry: CachedResponse
     failed: bool = False
     fwd_status: int | None = None
+    hit: bool = False
 
 
 Result = Fill | Reuse | Signal

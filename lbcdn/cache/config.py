@@ -307,7 +307,9 @@ class StorageConfig:
     max_object_bytes: int = doc(
         "Largest object kept in memory; larger ones go to disk, or pass through.", 16 << 20,
         lo=0)
-    disk_path: str | None = doc("Directory of the disk tier; none when unset.", None)
+    disk_path: str | None = doc(
+        "Directory of the disk tier; none when unset. With --workers it holds the workers' "
+        "shared store (else that is on tmpfs).", None)
     disk_max_bytes: int = doc("Disk tier size, LRU.", 10 << 30, lo=0)
     disk_max_object_bytes: int = doc("Largest object kept on disk.", 1 << 30, lo=0)
 

@@ -8,6 +8,9 @@ File format (one file per variant, header and body together):
 - Writes are atomic: a temp file in `tmp/`, fsync, rename into place, fsync of the directory.
   Leftover temp files (a crash mid-write) are removed at start.
 - Names: sha256(primary key NUL variant key) in hex, under a two-hex-digit fan-out directory.
+  A primary whose responses have a Vary also has a `.vary` file named for its variant b""
+  (a name no Vary response takes) listing the Vary names, so a reader that has no index
+  (lbcdn.cache.shared, the workers' shared store) finds any entry from names alone.
 - The index (primary -> Vary names and variants, sizes, invalidation data) lives in memory and
   is rebuilt at start from the files' meta sections (bodies are not read then); LRU order
   starts from the files' mtimes, and a hit touches the file so the order survives restarts.
@@ -39,6 +42,7 @@ FLAGS_OFFSET = len(MAGIC)
 PREFIX = len(MAGIC) + _HEAD.size
 DIGEST = 32
 SUFFIX = ".lbc"
+VARY_SUFFIX = ".vary"
 
 
 class CorruptFile(ValueError):
@@ -126,6 +130,62 @@ def file_name(primary: bytes, variant: bytes) -> str:
     return hashlib.sha256(primary + b"\x00" + variant).hexdigest()
 
 
+def path_of(root: str, name: str, suffix: str = SUFFIX) -> str:
+    return os.path.join(root, name[:2], name + suffix)
+
+
+Move = tuple[str, str]   # (temp file, final path)
+
+
+def _write_temp(root: str, name: str, data: bytes, fsync: bool, suffix: str) -> Move:
+    tmp = os.path.join(root, "tmp", f"{name}{suffix}.{os.getpid()}.{threading.get_ident()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    return tmp, path_of(root, name, suffix)
+
+
+def prepare_entry(root: str, entry: CachedResponse, data: bytes, fsync: bool) -> list[Move]:
+    """An encoded entry (and its primary's Vary names when it has a Vary) written to temp
+    files, to be put in place by `place`: a reader sees the old file or the new one, never a
+    part; a crash leaves only temp files (removed at the next start)."""
+    moves = []
+    if entry.vary:
+        moves.append(_write_temp(root, file_name(entry.key, b""),
+                                 json.dumps([_s(v) for v in entry.vary]).encode(), fsync,
+                                 VARY_SUFFIX))
+    moves.append(_write_temp(root, file_name(entry.key, entry.variant), data, fsync, SUFFIX))
+    return moves
+
+
+def place(moves: list[Move], fsync: bool) -> None:
+    for tmp, final in moves:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.replace(tmp, final)
+        if fsync:
+            _fsync_dir(os.path.dirname(final))
+
+
+def write_entry(root: str, entry: CachedResponse, data: bytes, fsync: bool) -> str:
+    """Write an encoded entry in place (prepare_entry, place); its name."""
+    place(prepare_entry(root, entry, data, fsync), fsync)
+    return file_name(entry.key, entry.variant)
+
+
+def read_vary(root: str, primary: bytes) -> tuple[bytes, ...] | None:
+    """The Vary names of `primary`'s stored responses; None when it has no `.vary` file."""
+    try:
+        with open(path_of(root, file_name(primary, b""), VARY_SUFFIX), "rb") as f:
+            names = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return tuple(_b(n) for n in names)
+
+
 @dataclass(slots=True)
 class _Indexed:
     primary: bytes
@@ -136,6 +196,7 @@ class _Indexed:
     query: bytes
     tags: frozenset[bytes]
     size: int           # file bytes
+    ino: int            # the file's inode: a file renamed over it since is another one
 
 
 class DiskStore:
@@ -158,7 +219,7 @@ class DiskStore:
         return len(self._lru)
 
     def _path(self, name: str) -> str:
-        return os.path.join(self.root, name[:2], name + SUFFIX)
+        return path_of(self.root, name)
 
     # -- start -----------------------------------------------------------------------------
 
@@ -167,11 +228,14 @@ class DiskStore:
         for leftover in os.listdir(tmp):
             _unlink(os.path.join(tmp, leftover))
         found: list[tuple[float, str, _Indexed]] = []
+        vary_files: list[str] = []
         for sub in os.listdir(self.root):
             d = os.path.join(self.root, sub)
             if sub == "tmp" or len(sub) != 2 or not os.path.isdir(d):
                 continue
             for fname in os.listdir(d):
+                if fname.endswith(VARY_SUFFIX):
+                    vary_files.append(fname[:-len(VARY_SUFFIX)])
                 if not fname.endswith(SUFFIX):
                     continue
                 path = os.path.join(d, fname)
@@ -189,6 +253,10 @@ class DiskStore:
                 found.append((mtime, name, item))
         for _, name, item in sorted(found, key=lambda t: t[0]):
             self._add(name, item)
+        varied = {file_name(p, b"") for p, (vary, _) in self._primaries.items() if vary}
+        for name in vary_files:
+            if name not in varied:
+                _unlink(path_of(self.root, name, VARY_SUFFIX))
         self._evict()
 
     def _index_file(self, path: str) -> tuple[_Indexed, float]:
@@ -200,7 +268,7 @@ class DiskStore:
         try:
             item = _Indexed(_b(m["key"]), _b(m["variant"]), tuple(_b(v) for v in m["vary"]),
                             _b(m["host"]), _b(m["path"]), _b(m["query"]),
-                            frozenset(_b(t) for t in m["tags"]), st.st_size)
+                            frozenset(_b(t) for t in m["tags"]), st.st_size, st.st_ino)
         except (KeyError, TypeError) as e:
             raise CorruptFile(str(e)) from None
         return item, st.st_mtime
@@ -210,6 +278,7 @@ class DiskStore:
     def _add(self, name: str, item: _Indexed) -> None:
         vary, variants = self._primaries.get(item.primary, (item.vary, {}))
         if vary != item.vary:
+            del self._primaries[item.primary]  # so removing them keeps the new `.vary` file
             for old in list(variants.values()):
                 self._remove(old)
             variants = {}
@@ -218,22 +287,28 @@ class DiskStore:
         self._lru[name] = item
         self.bytes += item.size
 
-    def _remove(self, name: str) -> None:
+    def _remove(self, name: str, evicting: bool = False) -> None:
         item = self._lru.pop(name, None)
         if item is None:
             return
         self.bytes -= item.size
+        # Evicting: a worker (lbcdn.cache.shared) may have just written a new response under
+        # this name, not adopted yet; that file is not the one evicted and stays.
+        keep = evicting and _inode(self._path(name)) not in (item.ino, None)
         entry = self._primaries.get(item.primary)
         if entry is not None:
             entry[1].pop(item.variant, None)
             if not entry[1]:
                 del self._primaries[item.primary]
-        _unlink(self._path(name))
+                if item.vary and not keep:
+                    _unlink(path_of(self.root, file_name(item.primary, b""), VARY_SUFFIX))
+        if not keep:
+            _unlink(self._path(name))
 
     def _evict(self) -> None:
         while self.bytes > self.max_bytes and self._lru:
             name = next(iter(self._lru))
-            self._remove(name)
+            self._remove(name, evicting=True)
             self.evictions += 1
 
     # -- public ----------------------------------------------------------------------------
@@ -243,26 +318,37 @@ class DiskStore:
         data = encode(entry)
         if len(data) > min(self.max_object_bytes, self.max_bytes):
             return False
+        moves = prepare_entry(self.root, entry, data, self.fsync)
         name = file_name(entry.key, entry.variant)
-        tmp = os.path.join(self.root, "tmp", f"{name}.{os.getpid()}.{threading.get_ident()}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if self.fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        final = self._path(name)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        with self._lock:
-            os.replace(tmp, final)
-            if self.fsync:
-                _fsync_dir(os.path.dirname(final))
-            old = self._lru.pop(name, None)
-            if old is not None:
-                self.bytes -= old.size
-            self._add(name, _Indexed(entry.key, entry.variant, entry.vary, entry.host,
-                                     entry.path, entry.query, entry.tags, len(data)))
-            self._evict()
+        with self._lock:  # renamed and indexed in one step: the index says what is on disk
+            place(moves, self.fsync)
+            self._index(name, _Indexed(entry.key, entry.variant, entry.vary, entry.host,
+                                       entry.path, entry.query, entry.tags, len(data),
+                                       os.stat(moves[-1][1]).st_ino))
         return True
+
+    def adopt(self, name: str) -> bool:
+        """Index (and count against the budget, evicting for it) a file another process
+        wrote (write_entry); False when it is gone or damaged (then removed)."""
+        path = self._path(name)
+        try:
+            item, _ = self._index_file(path)
+        except FileNotFoundError:
+            return False
+        except (OSError, CorruptFile):
+            self.corrupt += 1
+            _unlink(path)
+            return False
+        with self._lock:
+            self._index(name, item)
+        return True
+
+    def _index(self, name: str, item: _Indexed) -> None:
+        old = self._lru.pop(name, None)
+        if old is not None:
+            self.bytes -= old.size
+        self._add(name, item)
+        self._evict()
 
     def lookup(self, primary: bytes, headers: Headers) -> CachedResponse | None:
         with self._lock:
@@ -347,6 +433,13 @@ class DiskStore:
         with self._lock:
             names = [n for n, i in self._lru.items() if i.tags & wanted]
             return self._purge(names, soft)
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
 
 
 def _unlink(path: str) -> None:

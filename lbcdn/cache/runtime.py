@@ -18,6 +18,9 @@ Rules:
   is asked of that replica first, with the tier's marker header, then of the behavior's origin
   plan (the parent failing: connect error, timeout, 5xx). A request carrying the marker came
   from a replica and follows the origin plan only, so a request crosses the tier at most once.
+- With `--workers N` the workers share one store (lbcdn.cache.shared): `shared` is set, the
+  memory store is this worker's hot copy in front of it, and there is no disk tier of its own
+  (the control process manages the shared directory, `storage.disk_path` included).
 - Wall-clock time (`clock`, injectable) drives freshness: Date, Expires and Last-Modified are
   wall-clock values.
 """
@@ -41,6 +44,7 @@ from lbcdn.cache.directives import Headers, get_first
 from lbcdn.cache.disk import DiskStore
 from lbcdn.cache.entry import CachedResponse
 from lbcdn.cache.invalidation import Invalidation, apply
+from lbcdn.cache.shared import ALONE, STORED, Shared
 from lbcdn.cache.tier import owner
 from lbcdn.metrics import CacheMetrics
 from lbcdn.cache.store import MemoryStore
@@ -261,14 +265,16 @@ class ParentTier:
 class CacheRuntime:
     def __init__(self, config: CacheConfig, buckets: BucketsConfig | None = None, *,
                  clock: Clock = time.time, metrics: CacheMetrics | None = None,
-                 memory: MemoryStore | None = None, disk: DiskStore | None = None) -> None:
+                 memory: MemoryStore | None = None, disk: DiskStore | None = None,
+                 shared: Shared | None = None) -> None:
         self.config = config
         self.buckets = buckets
         self.clock = clock
         self.metrics = metrics or CacheMetrics()
         storage = config.storage
         self.memory = memory or MemoryStore(storage.memory_max_bytes, storage.max_object_bytes)
-        if disk is None and storage.disk_path is not None:
+        self.shared = shared
+        if disk is None and storage.disk_path is not None and shared is None:
             disk = DiskStore(storage.disk_path, storage.disk_max_bytes,
                              storage.disk_max_object_bytes)
         self.disk = disk
@@ -297,7 +303,7 @@ class CacheRuntime:
         same = config.storage == self.config.storage
         rt = CacheRuntime(config, buckets, clock=self.clock, metrics=self.metrics,
                           memory=self.memory if same else None,
-                          disk=self.disk if same else None)
+                          disk=self.disk if same else None, shared=self.shared)
         if same:
             rt.collapser = self.collapser
             rt.refreshing = self.refreshing
@@ -346,7 +352,19 @@ class CacheRuntime:
         return entry
 
     def store(self, entry: CachedResponse) -> str | None:
-        """Keep an entry in memory, else on disk (in a thread); the tier, or None."""
+        """Keep an entry in memory, else on disk (in a thread); the tier, or None. With a
+        shared store: there too (in a thread), memory being this worker's copy; the control
+        process hears of it once the file is in place (which ends this worker's lead)."""
+        shared = self.shared
+        if shared is not None:
+            kept = self.memory.put(entry)
+            if kept:
+                self._update_gauges()
+            if entry.size > shared.store.max_object_bytes:
+                shared.leads.done(entry.key, ALONE)
+                return "memory" if kept else None
+            spawn(self._shared_put(shared, entry), "cache-shared-put")
+            return "memory" if kept else "shared"
         if self.memory.put(entry):
             self._update_gauges()
             return "memory"
@@ -355,6 +373,24 @@ class CacheRuntime:
             asyncio.get_running_loop().run_in_executor(None, self._disk_put, entry)
             return "disk"
         return None
+
+    @staticmethod
+    async def _shared_put(shared: Shared, entry: CachedResponse) -> None:
+        try:
+            name = await asyncio.to_thread(shared.store.put, entry)
+        except OSError as exc:
+            log.warning("shared cache write failed: %s", exc)
+            name = None
+        shared.leads.done(entry.key, STORED if name is not None else ALONE, name)
+
+    async def shared_lookup(self, primary: bytes, headers: Headers) -> CachedResponse | None:
+        """The shared store's entry for a request (in a thread), promoted to memory."""
+        shared = self.shared
+        assert shared is not None
+        entry = await asyncio.to_thread(shared.store.lookup, primary, headers)
+        if entry is not None:
+            self.memory.put(entry)
+        return entry
 
     def _disk_put(self, entry: CachedResponse) -> None:
         disk = self.disk
@@ -373,6 +409,8 @@ class CacheRuntime:
         """The largest body any tier may keep (a fill beyond it becomes a pass-through)."""
         storage = self.config.storage
         limit = min(storage.max_object_bytes, storage.memory_max_bytes)
+        if self.shared is not None:
+            limit = max(limit, self.shared.store.max_object_bytes)
         if self.disk is not None:
             limit = max(limit, min(storage.disk_max_object_bytes, storage.disk_max_bytes))
         return limit

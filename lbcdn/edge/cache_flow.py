@@ -1,9 +1,9 @@
 """The cache side of an exchange: a route with `cache:` is answered here instead of by its action.
 
 Job: drive lbcdn.cache's pure decisions with real sockets. For one request: pick the behavior,
-build the key, look up memory (then disk, in a thread), and then (plain fresh hits never get
-here: lbcdn.edge.cache_hit answers them; the pieces below live in fill_sender, miss_job,
-origin_fetch and passthrough)
+build the key, look up memory (then disk, or the workers' shared store, in a thread), and then
+(plain fresh hits never get here: lbcdn.edge.cache_hit answers them; the pieces below live in
+fill_sender, miss_job, origin_fetch and passthrough)
 - hit (fresh, or stale that the client or stale-while-revalidate allows): write the stored head,
   Age / Cache-Status / X-Cache and the stored chunks; client conditionals and ranges are answered
   from the entry (304 / 412 / 206 / 416), HEAD from the GET entry; stale-while-revalidate starts
@@ -14,6 +14,10 @@ origin_fetch and passthrough)
   own client, collapsed waiters and newcomers read as bytes arrive; when the fill ends well and
   the response is storable, the entry goes to memory (or disk). Compression happens in the fill,
   so every reader and the stored variant share it.
+- with the workers' shared store (lbcdn.cache.shared): a memory entry that cannot be used as it
+  is is looked up there too (another worker may have refreshed it), and the leader of a key in
+  this worker asks the control process for the machine lead before it goes to the origin; a
+  worker that does not get it waits, then answers from the shared store.
 - unsafe methods and requests with bodies pass through the exchange's own proxy path (a tap adds
   the cache headers and, on success, invalidates the target URI, Location and Content-Location).
 
@@ -45,6 +49,7 @@ from lbcdn.cache.headers import (Outcome, cache_lines, cache_status, not_modifie
 from lbcdn.cache.key import variant_key
 from lbcdn.cache.policy import RequestDirectives, Use, evaluate, parse_request, usable_on_error
 from lbcdn.cache.runtime import CacheRuntime
+from lbcdn.cache.shared import FAILED, LEAD, STORED
 from lbcdn.cache.store import Fill, Miss
 from lbcdn.edge.cache_hit import CONDITIONAL_FIELDS, DIRECTIVE_FIELDS, PLAIN, fast_hit, \
     get_runtime
@@ -137,7 +142,7 @@ class CacheFlow(ExchangeTap):
         found = self.rt.memory.lookup(self.key, head.headers)
         if isinstance(found, CachedResponse):
             self.found(found)
-        elif self.rt.disk is not None:
+        elif self.rt.disk is not None or self.rt.shared is not None:
             spawn(self._disk_lookup(found), "cache-disk-lookup")
         else:
             self.miss(found)
@@ -147,24 +152,36 @@ class CacheFlow(ExchangeTap):
         return [(b"Cache-Status", cache_status(outcome)), (b"X-Cache", x_cache(outcome))]
 
     async def _disk_lookup(self, reason_: str) -> None:
-        disk = self.rt.disk
-        assert disk is not None
-        entry = await asyncio.to_thread(disk.lookup, self.key, self.ex.head.headers)
+        rt = self.rt
+        disk = rt.disk
+        if disk is None:
+            entry = await rt.shared_lookup(self.key, self.ex.head.headers)
+        else:
+            entry = await asyncio.to_thread(disk.lookup, self.key, self.ex.head.headers)
+            if entry is not None:
+                rt.memory.put(entry)  # promote: the next hit is served without a thread hop
         if self.lost:
             return
         if entry is None:
             # the fill another request led may have ended (and been stored) while we looked
-            found = self.rt.memory.lookup(self.key, self.ex.head.headers)
+            found = rt.memory.lookup(self.key, self.ex.head.headers)
             if isinstance(found, CachedResponse):
-                self.found(found)
+                self.found(found, looked=True)
             else:
                 self.miss(reason_)
             return
-        self.rt.memory.put(entry)  # promote: the next hit is served without a thread hop
-        self.found(entry)
+        self.found(entry, looked=True)
+
+    async def _shared_recheck(self, stale: CachedResponse) -> None:
+        """A memory entry that cannot be used as it is: another worker may have refreshed it."""
+        entry = await self.rt.shared_lookup(self.key, self.ex.head.headers)
+        if not self.lost:
+            self.found(entry if entry is not None else stale, looked=True)
 
     # -- hits --------------------------------------------------------------------------------
-    def found(self, entry: CachedResponse) -> None:
+    def found(self, entry: CachedResponse, looked: bool = False) -> None:
+        """Answer from (or revalidate) a stored entry; `looked`: the shared store was looked
+        up already (else a memory entry that cannot be used is looked for there first)."""
         now = self.rt.clock()
         d = evaluate(entry, self.req, now)
         use = d.use
@@ -179,6 +196,8 @@ class CacheFlow(ExchangeTap):
                                    self.path, self.query)
         elif use is Use.GATEWAY_TIMEOUT:
             self.gateway_timeout()
+        elif self.rt.shared is not None and not looked:
+            spawn(self._shared_recheck(entry), "cache-shared-lookup")
         else:
             self.entry = entry
             # RFC 9211 2.2: a response was selected but could not be used as it was
@@ -273,7 +292,10 @@ class CacheFlow(ExchangeTap):
         joined = self.rt.collapser.join(self.key, loop.time(), self.policy.lock_timeout_s,
                                         self._collapsed)
         if isinstance(joined, Lead):
-            self.start_fetch(lead=joined, conditional=self.entry)
+            if self.rt.shared is None:
+                self.start_fetch(lead=joined, conditional=self.entry)
+            else:
+                spawn(self._machine_lead(joined), "cache-machine-lead")
         elif isinstance(joined, Fill):
             self.rt.metrics.collapsed_shared.inc()
             self.follow(joined, Outcome.HIT, collapsed=True)
@@ -300,6 +322,36 @@ class CacheFlow(ExchangeTap):
         self.rt.metrics.collapsed_alone.inc()
         self.start_fetch(conditional=self.entry)
 
+    async def _machine_lead(self, lead: Lead) -> None:
+        """Leading `key` in this worker: lead it machine-wide too, or wait for the worker that
+        does and answer from what it stored (lbcdn.cache.shared)."""
+        rt = self.rt
+        shared = rt.shared
+        assert shared is not None
+        result, status = await shared.leads.lead(self.key, self.policy.lock_timeout_s)
+        if result == LEAD or result == STORED:
+            # as leader too: a lead that ended while we looked up may have stored it
+            entry = await rt.shared_lookup(self.key, self.ex.head.headers)
+            fresh = entry is not None and \
+                evaluate(entry, self.req, rt.clock()).use is Use.FRESH
+            if result == LEAD and not fresh:
+                self.start_fetch(lead=lead, conditional=self.entry, machine=True)
+                return
+            if result == LEAD:
+                shared.leads.done(self.key, STORED)
+            if entry is not None and fresh:
+                rt.collapser.settle(lead, Reuse(entry, hit=True))
+                if not self.lost:
+                    self.found(entry, looked=True)
+                return
+        elif result == FAILED and self.entry is not None and \
+                usable_on_error(self.entry, self.req, rt.clock()):
+            rt.collapser.settle(lead, Reuse(self.entry, failed=True, fwd_status=status))
+            if not self.lost:
+                self.on_stale_on_error(self.entry, status, collapsed=True)
+            return
+        self.start_fetch(lead=lead, conditional=self.entry)
+
     def reuse(self, result: Reuse) -> bool:
         """Answer from the entry a collapsed revalidation settled on; False when it cannot
         answer this request (another variant; stale that this request does not accept)."""
@@ -312,6 +364,11 @@ class CacheFlow(ExchangeTap):
                 return False
             self.rt.metrics.results["stale"].inc()
             outcome = Outcome.STALE_ON_ERROR
+        elif result.hit:
+            if evaluate(entry, self.req, now).use is not Use.FRESH:
+                return False
+            self.rt.metrics.count_hit()
+            outcome = Outcome.HIT
         else:
             self.rt.metrics.results["refresh_hit"].inc()
             outcome = Outcome.REFRESH_HIT
@@ -340,9 +397,10 @@ class CacheFlow(ExchangeTap):
         return True
 
     def start_fetch(self, *, lead: Lead | None = None,
-                    conditional: CachedResponse | None = None) -> None:
+                    conditional: CachedResponse | None = None, machine: bool = False) -> None:
         job = MissJob(self.rt, self.dist, self.behavior, self.ex, self.key, self.path,
-                      self.query, lead=lead, conditional=conditional, client=self)
+                      self.query, lead=lead, conditional=conditional, client=self,
+                      machine=machine)
         job.start()
 
     # -- results of a MissJob for our client --------------------------------------------------
@@ -350,10 +408,12 @@ class CacheFlow(ExchangeTap):
         d = evaluate(entry, self.req, self.rt.clock())
         self.serve_entry(entry, Outcome.REFRESH_HIT, d.age, d.ttl, stored=True)
 
-    def on_stale_on_error(self, entry: CachedResponse, status: int | None) -> None:
+    def on_stale_on_error(self, entry: CachedResponse, status: int | None,
+                          collapsed: bool = False) -> None:
         d = evaluate(entry, self.req, self.rt.clock())
         self.rt.metrics.results["stale"].inc()
-        self.serve_entry(entry, Outcome.STALE_ON_ERROR, d.age, d.ttl, fwd_status=status)
+        self.serve_entry(entry, Outcome.STALE_ON_ERROR, d.age, d.ttl, fwd_status=status,
+                         collapsed=collapsed)
 
     def on_failed(self, kind: str) -> None:
         if self.lost or self.ex.is_finished():

@@ -1,5 +1,9 @@
 """One origin fetch for the cache (a miss, a revalidation, a background refresh) and the fill
-it feeds: what its response head means is decided by lbcdn.cache.miss; this module acts on it."""
+it feeds: what its response head means is decided by lbcdn.cache.miss; this module acts on it.
+
+A fetch that holds the machine lead of its key (lbcdn.cache.shared, `machine`) ends it exactly
+once: by storing (the runtime tells the control process when the file is in place), else with
+how it ended (`failed`: stale-if-error territory; `alone`: nothing the other workers can use)."""
 
 from __future__ import annotations
 
@@ -14,12 +18,14 @@ from lbcdn.cache.miss import Revalidated, fill_head, refreshed, revalidated
 from lbcdn.cache.policy import RequestDirectives, ResponseMeta, corrected_initial_age, \
     usable_on_error, validators
 from lbcdn.cache.runtime import CacheRuntime
+from lbcdn.cache.shared import ALONE, FAILED, LEAD
 from lbcdn.cache.store import Fill, FillInfo
 from lbcdn.edge.fill_sender import FillSender
 from lbcdn.edge.origin_fetch import FetchReceiver, OriginFetch
 from lbcdn.http.errors import reason
 from lbcdn.http.head import ResponseHead
 from lbcdn.routing.router import normalize_host
+from lbcdn.tasks import spawn
 
 if TYPE_CHECKING:
     from lbcdn.edge.cache_flow import CacheFlow
@@ -40,7 +46,7 @@ class MissJob(FetchReceiver):
     def __init__(self, rt: CacheRuntime, dist: Distribution, behavior: Behavior, ex: Exchange,
                  key: bytes, path: bytes, query: bytes | None, *, lead: Lead | None = None,
                  conditional: CachedResponse | None = None,
-                 client: CacheFlow | None = None) -> None:
+                 client: CacheFlow | None = None, machine: bool = False) -> None:
         self.rt = rt
         self.dist = dist
         self.behavior = behavior
@@ -53,6 +59,7 @@ class MissJob(FetchReceiver):
         self.lead = lead
         self.conditional = conditional
         self.client = client
+        self.machine = machine
         self.req = client.req if client is not None else RequestDirectives()
         self.request_time = 0.0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -82,7 +89,9 @@ class MissJob(FetchReceiver):
                 self.fetch.discard()
                 entry, replaces = refreshed(entry, headers, self.request_time, now, self.policy)
                 if replaces:
-                    rt.store(entry)
+                    self._store(entry)
+                else:
+                    self._machine_end(ALONE)
                 self._release(Reuse(entry))
                 if client is not None:
                     rt.metrics.results["refresh_hit"].inc()
@@ -90,6 +99,7 @@ class MissJob(FetchReceiver):
                 return
             if verdict is Revalidated.STALE_ON_ERROR:
                 self.fetch.abort()
+                self._machine_end(FAILED, status)
                 self._release(Reuse(entry, failed=True, fwd_status=status))
                 if client is not None:
                     client.on_stale_on_error(entry, status)
@@ -100,6 +110,7 @@ class MissJob(FetchReceiver):
         if client is not None and page is not None and plan.why is not None:
             self.fetch.abort()  # nothing to keep: the client gets the page
             self._release()
+            self._machine_end(ALONE)
             client.on_error_page(page, cache_lines(client.outcome, None, stored=self.storable))
             return
         meta = self.meta = plan.meta
@@ -122,6 +133,8 @@ class MissJob(FetchReceiver):
             else:
                 rt.collapser.release(self.lead)
             self.lead = None
+        if not self.storable:
+            self._machine_end(ALONE)
         if client is not None and page is not None:
             # a custom error response: the origin's error is read on and stored (for the
             # error caching minimum TTL when it gives none); the client gets the page
@@ -172,6 +185,7 @@ class MissJob(FetchReceiver):
         fill.finish()
         body = fill.complete_body
         if body is None or not self.storable or self.meta is None:
+            self._machine_end(ALONE)
             return
         now = self.rt.clock()
         info = fill.info
@@ -183,7 +197,7 @@ class MissJob(FetchReceiver):
                       request_time=self.request_time, response_time=now, policy=self.policy,
                       now=now, error_ttl_s=self.dist.error_ttl_s(fill.status),
                       age=self.meta.age)
-        self.rt.store(entry)
+        self._store(entry)
 
     def fetch_failed(self, kind: str) -> None:
         rt = self.rt
@@ -192,8 +206,10 @@ class MissJob(FetchReceiver):
         entry = self.conditional
         if fill is not None or entry is None:
             self._release()
+            self._machine_end(ALONE)
         else:  # a revalidation with no answer: waiters may stand the stale entry in for it
             self._release(Reuse(entry, failed=True))
+            self._machine_end(FAILED)
         if fill is not None:
             fill.fail(kind)
             return
@@ -216,6 +232,17 @@ class MissJob(FetchReceiver):
             else:
                 self.rt.collapser.release(lead)
 
+    def _store(self, entry: CachedResponse) -> None:
+        self.machine = False  # the store tells the control process (CacheRuntime.store)
+        self.rt.store(entry)
+
+    def _machine_end(self, outcome: str, status: int | None = None) -> None:
+        """End our machine lead (if we hold it) with `outcome`, for the other workers."""
+        shared = self.rt.shared
+        if self.machine and shared is not None:
+            self.machine = False
+            shared.leads.done(self.key, outcome, status=status)
+
     # -- from our client's sender -----------------------------------------------------------
     def client_paused(self, paused: bool) -> None:
         fill = self.fill
@@ -236,8 +263,27 @@ class MissJob(FetchReceiver):
 def background_refresh(rt: CacheRuntime, dist: Distribution, behavior: Behavior,
                        ex: Exchange, entry: CachedResponse, path: bytes,
                        query: bytes | None) -> None:
-    """stale-while-revalidate: one revalidation per key, with no client waiting."""
+    """stale-while-revalidate: one revalidation per key, with no client waiting; with the
+    workers' shared store, one machine-wide (a worker that does not get the lead leaves it to
+    the one that does, whose store drops our copy)."""
     if entry.key in rt.refreshing:
         return
     rt.refreshing.add(entry.key)
-    MissJob(rt, dist, behavior, ex, entry.key, path, query, conditional=entry).start()
+    if rt.shared is None:
+        MissJob(rt, dist, behavior, ex, entry.key, path, query, conditional=entry).start()
+    else:
+        spawn(_machine_refresh(rt, dist, behavior, ex, entry, path, query),
+              "cache-machine-refresh")
+
+
+async def _machine_refresh(rt: CacheRuntime, dist: Distribution, behavior: Behavior,
+                           ex: Exchange, entry: CachedResponse, path: bytes,
+                           query: bytes | None) -> None:
+    shared = rt.shared
+    assert shared is not None
+    result, _ = await shared.leads.lead(entry.key, behavior.policy.lock_timeout_s)
+    if result == LEAD:
+        MissJob(rt, dist, behavior, ex, entry.key, path, query, conditional=entry,
+                machine=True).start()
+    else:
+        rt.refreshing.discard(entry.key)

@@ -22,6 +22,7 @@ class Answer:
     body: bytes = b"hello"
     delay_s: float = 0.0
     chunked: bool = False
+    stall_s: float = 0.0      # chunked: a pause after the first half of the body
 
 
 Script = Answer | Callable[[str, Headers], Answer]
@@ -33,6 +34,7 @@ class Origin:
         self.script: dict[str, Script] = {}
         self.hits: Counter[str] = Counter()
         self.requests: list[tuple[str, Headers]] = []
+        self.peers: list[int] = []   # the client port of each request's connection
 
     def set(self, path: str, answer: Script) -> None:
         self.script[path] = answer
@@ -53,6 +55,7 @@ class Origin:
             path = target.split("?")[0]
             self.hits[path] += 1
             self.requests.append((line, headers))
+            self.peers.append(writer.get_extra_info("peername")[1])
             script = self.script.get(path, Answer(404, [], b"no such path"))
             answer = script(method, headers) if callable(script) else script
             if answer.delay_s:
@@ -63,9 +66,14 @@ class Origin:
                 head.append("Transfer-Encoding: chunked")
                 data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
                 half = len(answer.body) // 2
-                for part in (answer.body[:half], answer.body[half:]):
+                for first, part in ((True, answer.body[:half]), (False, answer.body[half:])):
                     if part:
                         data += b"%x\r\n%s\r\n" % (len(part), part)
+                    if answer.stall_s and first:
+                        writer.write(data)
+                        await writer.drain()
+                        data = b""
+                        await asyncio.sleep(answer.stall_s)
                 data += b"0\r\n\r\n"
             else:
                 if answer.status not in (204, 304):
