@@ -340,17 +340,6 @@ class CacheRuntime:
             except RuntimeError:
                 pass  # no loop (a unit test): the entry is simply dropped
 
-    async def disk_lookup(self, key: bytes, headers: Headers) -> CachedResponse | None:
-        """The variant of `key` on the disk tier (None without one, or without a match), read
-        in a thread (the disk tier blocks) and promoted to memory when it fits there."""
-        disk = self.disk
-        if disk is None:
-            return None
-        entry = await asyncio.to_thread(disk.lookup, key, headers)
-        if entry is not None:
-            self.memory.put(entry)
-        return entry
-
     def store(self, entry: CachedResponse) -> str | None:
         """Keep an entry in memory, else on disk (in a thread); the tier, or None. With a
         shared store: there too (in a thread), memory being this worker's copy; the control
@@ -383,11 +372,22 @@ class CacheRuntime:
             name = None
         shared.leads.done(entry.key, STORED if name is not None else ALONE, name)
 
-    async def shared_lookup(self, primary: bytes, headers: Headers) -> CachedResponse | None:
-        """The shared store's entry for a request (in a thread), promoted to memory."""
+    @property
+    def has_store(self) -> bool:
+        """Is there a store behind memory (the disk tier, or the workers' shared store)?"""
+        return self.disk is not None or self.shared is not None
+
+    async def store_lookup(self, key: bytes, headers: Headers) -> CachedResponse | None:
+        """The variant of `key` in the store behind memory: the shared store with `--workers`,
+        else the disk tier (None without either, or without a match). Read in a thread (both
+        block) and promoted to memory when it fits, so the next hit needs no thread hop."""
         shared = self.shared
-        assert shared is not None
-        entry = await asyncio.to_thread(shared.store.lookup, primary, headers)
+        if shared is not None:
+            entry = await asyncio.to_thread(shared.store.lookup, key, headers)
+        elif self.disk is not None:
+            entry = await asyncio.to_thread(self.disk.lookup, key, headers)
+        else:
+            return None
         if entry is not None:
             self.memory.put(entry)
         return entry

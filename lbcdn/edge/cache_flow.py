@@ -142,8 +142,8 @@ class CacheFlow(ExchangeTap):
         found = self.rt.memory.lookup(self.key, head.headers)
         if isinstance(found, CachedResponse):
             self.found(found)
-        elif self.rt.disk is not None or self.rt.shared is not None:
-            spawn(self._disk_lookup(found), "cache-disk-lookup")
+        elif self.rt.has_store:
+            spawn(self._store_lookup(found), "cache-store-lookup")
         else:
             self.miss(found)
 
@@ -151,15 +151,9 @@ class CacheFlow(ExchangeTap):
     def _lines(outcome: Outcome) -> list[tuple[bytes, bytes]]:
         return [(b"Cache-Status", cache_status(outcome)), (b"X-Cache", x_cache(outcome))]
 
-    async def _disk_lookup(self, reason_: str) -> None:
+    async def _store_lookup(self, reason_: str) -> None:
         rt = self.rt
-        disk = rt.disk
-        if disk is None:
-            entry = await rt.shared_lookup(self.key, self.ex.head.headers)
-        else:
-            entry = await asyncio.to_thread(disk.lookup, self.key, self.ex.head.headers)
-            if entry is not None:
-                rt.memory.put(entry)  # promote: the next hit is served without a thread hop
+        entry = await rt.store_lookup(self.key, self.ex.head.headers)
         if self.lost:
             return
         if entry is None:
@@ -174,7 +168,7 @@ class CacheFlow(ExchangeTap):
 
     async def _shared_recheck(self, stale: CachedResponse) -> None:
         """A memory entry that cannot be used as it is: another worker may have refreshed it."""
-        entry = await self.rt.shared_lookup(self.key, self.ex.head.headers)
+        entry = await self.rt.store_lookup(self.key, self.ex.head.headers)
         if not self.lost:
             self.found(entry if entry is not None else stale, looked=True)
 
@@ -331,7 +325,7 @@ class CacheFlow(ExchangeTap):
         result, status = await shared.leads.lead(self.key, self.policy.lock_timeout_s)
         if result == LEAD or result == STORED:
             # as leader too: a lead that ended while we looked up may have stored it
-            entry = await rt.shared_lookup(self.key, self.ex.head.headers)
+            entry = await rt.store_lookup(self.key, self.ex.head.headers)
             fresh = entry is not None and \
                 evaluate(entry, self.req, rt.clock()).use is Use.FRESH
             if result == LEAD and not fresh:

@@ -161,8 +161,8 @@ class SliceFlow(ExchangeTap):
         rt, head = flow.rt, flow.ex.head
         key = slice_key(flow.key, k)
         found: CachedResponse | str | None = rt.memory.lookup(key, head.headers)
-        if not isinstance(found, CachedResponse) and rt.disk is not None:
-            found = await rt.disk_lookup(key, head.headers)  # slices too big for memory
+        if not isinstance(found, CachedResponse) and rt.has_store:
+            found = await rt.store_lookup(key, head.headers)  # slices too big for memory
         if isinstance(found, CachedResponse) and (etag is None or found.etag == etag) and \
                 evaluate(found, flow.req, rt.clock()).use is Use.FRESH:
             total, why = slice_problem(k, self.n, 206, found.headers, etag)

@@ -78,12 +78,12 @@ async def test_invalidate_and_purge_uri() -> None:
     assert rt.purge_uri(b"h", b"/c") == 1 and len(rt.memory) == 0
 
 
-async def test_disk_lookup_promotes_to_memory(tmp_path: Any) -> None:
-    assert await CacheRuntime(cache_config({})).disk_lookup(b"GET\0h\0/a", []) is None
+async def test_store_lookup_promotes_to_memory(tmp_path: Any) -> None:
+    assert await CacheRuntime(cache_config({})).store_lookup(b"GET\0h\0/a", []) is None
     rt = CacheRuntime(cache_config({"storage": {"disk_path": str(tmp_path)}}))
     assert rt.disk is not None and rt.disk.put(entry(b"/a"))
-    assert await rt.disk_lookup(b"GET\0h\0/b", []) is None
-    found = await rt.disk_lookup(b"GET\0h\0/a", [])
+    assert await rt.store_lookup(b"GET\0h\0/b", []) is None
+    found = await rt.store_lookup(b"GET\0h\0/a", [])
     assert found is not None and found.body == b"body"
     assert rt.memory.lookup(b"GET\0h\0/a", []) == found
 
