@@ -30,6 +30,7 @@ class RecordingStream(ClientStream):
         self.client_ip_bytes = HOST.encode()
         self.client_port = 40000
         self.draining = False
+        self.protocol = ""  # the access log then says the request head's version
         self.events: list[tuple[Any, ...]] = []
         self.sent = 0
         self.done = asyncio.Event()
