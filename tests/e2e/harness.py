@@ -10,6 +10,7 @@ Two ways to run the daemon:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import os
@@ -32,10 +33,20 @@ from lbcdn.demo.backend import bound_address, start_demo_backend
 HOST = "127.0.0.1"
 
 
+_RECENT_PORTS: collections.deque[int] = collections.deque(maxlen=512)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    """A port free now. The kernel may hand the same free port to two binds in a row, and a
+    test picks several before its daemon binds any: so none of the last ports given is given
+    again (two of them named in one config made the daemon refuse it)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            port = int(s.getsockname()[1])
+        if port not in _RECENT_PORTS:
+            _RECENT_PORTS.append(port)
+            return port
 
 
 def proxy_config(*targets: int, **overrides: Any) -> dict[str, Any]:
