@@ -22,7 +22,7 @@ from aiohttp import web
 from lbcdn.config.load import load_config
 from lbcdn.daemon import Daemon
 from tests.e2e.harness import HOST, DaemonProcess, demo_backend, free_port, listener_port, \
-    proxy_config, running_daemon
+    proxy_config, running_daemon, wait_for_port
 
 
 @pytest.fixture
@@ -369,6 +369,7 @@ async def test_handed_to_tls_alpn_h2_and_refused_by_openssl(tmp_path: Path, ca: 
                 daemon = await in_thread(DaemonProcess, config, tmp_path, ["--workers", workers])
                 stack.push_async_callback(in_thread, daemon.stop)
             port = listener_port(config, 1)
+            await in_thread(wait_for_port, port)   # DaemonProcess waited for the first listener
             for flag, version in (("--http2", "2"), ("--http1.1", "1.1")) * 2:
                 out = await in_thread(subprocess.run, [
                     "curl", "-sS", flag, "--cacert", str(tmp_path / "ca.pem"), "-o", "/dev/null",
