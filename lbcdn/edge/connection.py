@@ -39,7 +39,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Final, TYPE_CHECKING
 
 import httptools
@@ -185,9 +184,8 @@ class ClientConnection(ClientStream, Writer):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # TCP_NODELAY: set by the loop on every TCP connection (asyncio since 3.7, uvloop),
+        # not again here: through uvloop that cost a socket object and a syscall per connection
         peer = transport.get_extra_info("peername")
         if peer:
             self.set_client(peer[0], peer[1])

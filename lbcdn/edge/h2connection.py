@@ -39,7 +39,6 @@ wants sent. Rules:
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Final, TYPE_CHECKING
 
 import h2.config
@@ -453,9 +452,8 @@ class H2Connection:
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # TCP_NODELAY: set by the loop on every TCP connection (asyncio since 3.7, uvloop),
+        # not again here: through uvloop that cost a socket object and a syscall per connection
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip, self.client_port = peer[0], peer[1]

@@ -22,7 +22,7 @@ from aiohttp import web
 from lbcdn.config.load import load_config
 from lbcdn.daemon import Daemon
 from tests.e2e.harness import HOST, DaemonProcess, demo_backend, free_port, listener_port, \
-    proxy_config, running_daemon
+    proxy_config, running_daemon, wait_for_port
 
 
 @pytest.fixture
@@ -350,3 +350,40 @@ def _peer_serial(port: int, ca: trustme.CA) -> str:
     with socket.create_connection((HOST, port), timeout=5) as raw:
         with ctx.wrap_socket(raw, server_hostname="a.test") as tls:
             return str(tls.getpeercert()["serialNumber"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [None, "2"])
+async def test_handed_to_tls_alpn_h2_and_refused_by_openssl(tmp_path: Path, ca: trustme.CA,
+                                                           workers: str | None) -> None:
+    """The gate hands the connection to the loop's TLS protocol (asyncio's in process,
+    uvloop's in the daemon): ALPN h2 and http/1.1 are served; a handshake OpenSSL refuses
+    (a ClientHello the gate passes on) is closed, not left open."""
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    async with demo_backend() as b:
+        config = tls_config(b, tmp_path, ca)
+        async with contextlib.AsyncExitStack() as stack:
+            if workers is None:
+                await stack.enter_async_context(running_daemon(config))
+            else:
+                daemon = await in_thread(DaemonProcess, config, tmp_path, ["--workers", workers])
+                stack.push_async_callback(in_thread, daemon.stop)
+            port = listener_port(config, 1)
+            await in_thread(wait_for_port, port)   # DaemonProcess waited for the first listener
+            for flag, version in (("--http2", "2"), ("--http1.1", "1.1")) * 2:
+                out = await in_thread(subprocess.run, [
+                    "curl", "-sS", flag, "--cacert", str(tmp_path / "ca.pem"), "-o", "/dev/null",
+                    "-w", "%{http_code} %{http_version}", "--resolve", f"a.test:{port}:{HOST}",
+                    f"https://a.test:{port}/hello"], capture_output=True, text=True, timeout=20)
+                assert (out.returncode, out.stdout) == (0, f"200 {version}"), out.stderr
+            # a well-formed record holding a ClientHello that is not one (too short to parse):
+            # the gate leaves it to OpenSSL, which refuses it
+            hello = bytes([1, 0, 0, 4]) + b"\x03\x03\x00\x00"
+            bogus = bytes([22, 3, 1, 0, len(hello)]) + hello
+            for _ in range(4):
+                reader, writer = await asyncio.open_connection(HOST, port)
+                writer.write(bogus)
+                with contextlib.suppress(ConnectionResetError):
+                    await asyncio.wait_for(reader.read(), 5)   # closed, with or without an alert
+                writer.close()
+            assert (await in_thread(handshake, port, ca, "a.test"))[0] == "a.test"
