@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Final, TYPE_CHECKING
+from typing import Final, Iterable, TYPE_CHECKING
 
 import h2.config
 import h2.connection
@@ -48,7 +48,10 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from hpack.exceptions import HPACKError
+from hpack.hpack import encode_integer
+from hpack.table import HeaderTable
 from hyperframe.exceptions import InvalidDataError
 from hyperframe.frame import GoAwayFrame
 
@@ -77,10 +80,11 @@ IDLE_PER_S: Final = 100.0           # frames that serve nothing by themselves (F
 IDLE_BURST: Final = 1000.0          # second, after a burst of this many, and besides ...
 IDLE_PER_REQUEST: Final = 2.0       # ... this many for each request received ...
 IDLE_PER_DATA: Final = 4.0          # ... and for each DATA frame sent (its WINDOW_UPDATEs)
-# request fields no HTTP/2 request may carry (RFC 9113 8.2.2): `h2` refuses them already;
-# listed for the head a backend gets, which must never carry one
+# fields no HTTP/2 message may carry (RFC 9113 8.2.2): `h2` refuses them in requests; left out
+# of the responses we send (`response_fields`), `te` too (it has no meaning in a response, and
+# a value other than `trailers` is malformed)
 _CONNECTION_FIELDS: Final = frozenset((b"connection", b"keep-alive", b"proxy-connection",
-                                       b"transfer-encoding", b"upgrade"))
+                                       b"transfer-encoding", b"upgrade", b"te"))
 # a switched WebSocket's 200 leaves out the backend's accept too (RFC 8441 5: not used)
 _TUNNEL_LEFT_OUT: Final = _CONNECTION_FIELDS | {b"sec-websocket-accept"}
 # a WebSocket CONNECT stream's states (H2Stream.ws); 0 for any other stream
@@ -156,6 +160,77 @@ class FrameTally:
         return cost
 
 
+# Response fields HPACK must keep out of every compression context (RFC 7541 7.1.3): sent as
+# "never indexed" literals, so no intermediary re-encodes them into an indexed table
+_SENSITIVE: Final = frozenset((b"set-cookie", b"cookie", b"authorization",
+                               b"proxy-authorization"))
+
+
+def _literal_prefixes() -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """For each name of HPACK's static table (RFC 7541 A), the start of a literal field
+    without indexing (6.2.2) naming it by its index, and of a never-indexed one (6.2.3)."""
+    plain: dict[bytes, bytes] = {}
+    never: dict[bytes, bytes] = {}
+    for index, (name, _) in enumerate(HeaderTable.STATIC_TABLE, 1):
+        if name not in plain:
+            code = encode_integer(index, 4)
+            plain[name] = bytes(code)
+            code[0] |= 0x10
+            never[name] = bytes(code)
+    return plain, never
+
+
+_PLAIN_NAME, _NEVER_NAME = _literal_prefixes()
+# the :status values the static table holds whole (indexes 8-14): one byte each (6.1)
+_STATUS: Final = {value: bytes((0x80 | index,))
+                  for index, (name, value) in enumerate(HeaderTable.STATIC_TABLE, 1)
+                  if name == b":status"}
+
+
+def _string(data: bytes) -> bytes:
+    """An HPACK string literal (5.2), not Huffman coded."""
+    size = len(data)
+    return (bytes((size,)) if size < 127 else bytes(encode_integer(size, 7))) + data
+
+
+class ResponseEncoder(Encoder):
+    """HPACK for the field blocks we send, as nginx encodes its responses: every field a
+    literal without indexing, its name by the static table's index where it has one, nothing
+    Huffman coded. RFC 7541 lets an encoder leave the dynamic table empty; `hpack`'s own
+    encoder searched and updated it field by field, and Huffman coded every value, the largest
+    part of an HTTP/2 response's cpu (docs/guides/edge.md, "HTTP/2"). A head is some 20% more
+    bytes than with indexing. A size the peer's SETTINGS_HEADER_TABLE_SIZE sets is still
+    acknowledged at the start of the next block (4.2: a decoder may insist on it), by the
+    base class's bookkeeping."""
+
+    def encode(self, headers: Iterable[HeaderTuple | tuple[bytes | str, bytes | str]
+                                       | tuple[bytes | str, bytes | str, bool | None]]
+               | dict[bytes | str, bytes | str], huffman: bool = True) -> bytes:
+        block: list[bytes] = []
+        if self.header_table.resized:
+            block.append(self._encode_table_size_change())
+            self.header_table.resized = False
+        if isinstance(headers, dict):
+            headers = list(headers.items())
+        for field in headers:
+            name, value = field[0], field[1]
+            if isinstance(name, str):
+                name = name.encode()
+            if isinstance(value, str):
+                value = value.encode()
+            if name == b":status":
+                whole = _STATUS.get(value)
+                if whole is not None:
+                    block.append(whole)
+                    continue
+            if name in _SENSITIVE or isinstance(field, NeverIndexedHeaderTuple):
+                block.append(_NEVER_NAME.get(name) or b"\x10" + _string(name))
+            else:
+                block.append(_PLAIN_NAME.get(name) or b"\x00" + _string(name))
+            block.append(_string(value))
+        return b"".join(block)
+
+
 def request_head(fields: list[tuple[bytes, bytes]], end_stream: bool,
                  kinds: dict[bytes, int]) -> RequestHead:
     """The RequestHead of an HTTP/2 request (its decoded field block, `h2` having checked the
@@ -216,6 +291,19 @@ def request_head(fields: list[tuple[bytes, bytes]], end_stream: bool,
     return head
 
 
+def response_fields(out: list[tuple[bytes, bytes]], fields: list[tuple[bytes, bytes]],
+                    left_out: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
+    """`out` (the pseudo-header fields) and then `fields` as HTTP/2 sends them: names lower case
+    (RFC 9113 8.2.1), no connection-specific field (8.2.2, `left_out`) and no pseudo-header
+    among them (8.3). `h2` does not check what we send (its outbound validation costs a
+    response more than its framing): this is that check, for every field block we send."""
+    for name, value in fields:
+        name = name.lower()
+        if name not in left_out and name[:1] != b":":
+            out.append((name, value))
+    return out
+
+
 def rfc_error_code(exc: h2.exceptions.ProtocolError) -> h2.errors.ErrorCodes | None:
     """The code RFC 9113 gives a connection error that `h2` reports as PROTOCOL_ERROR; None
     when `h2`'s code is the right one."""
@@ -272,12 +360,9 @@ class H2Stream(ClientStream):
                 self.conn.send_headers(self, [(b":status", b"501"),
                                               (b"content-type", b"text/plain")], True)
                 return False
-        fields = [(b":status", b"200" if switched else b"%d" % head.status)]
+        status = b"200" if switched else b"%d" % head.status
         left_out = _TUNNEL_LEFT_OUT if switched else _CONNECTION_FIELDS
-        for name, value in head.fields():
-            name = name.lower()
-            if name not in left_out:
-                fields.append((name, value))
+        fields = response_fields([(b":status", status)], head.fields(), left_out)
         if head.length is not None:
             fields.append((b"content-length", b"%d" % head.length))
         self.sent += sum(len(n) + len(v) for n, v in fields)
@@ -285,8 +370,8 @@ class H2Stream(ClientStream):
         return False  # a stream carries one request: `end` comes once both sides are done
 
     def interim(self, head: Head) -> None:
-        fields = [(b":status", b"%d" % head.status)]
-        fields += [(n.lower(), v) for n, v in head.fields() if n.lower() not in _CONNECTION_FIELDS]
+        fields = response_fields([(b":status", b"%d" % head.status)], head.fields(),
+                                 _CONNECTION_FIELDS)
         self.conn.send_headers(self, fields, False)
 
     def send_body(self, data: bytes) -> None:
@@ -301,7 +386,7 @@ class H2Stream(ClientStream):
             self.send_body(data)
 
     def send_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
-        self.trailers = [(n.lower(), v) for n, v in fields if n.lower() not in _CONNECTION_FIELDS]
+        self.trailers = response_fields([], fields, _CONNECTION_FIELDS)
 
     def end_response(self) -> None:
         self.ending = True
@@ -433,8 +518,13 @@ class H2Connection:
         self.gauge = listener.metrics
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
                                            validate_inbound_headers=True,
-                                           normalize_inbound_headers=False)
+                                           normalize_inbound_headers=False,
+                                           # the fields we send are made by start_response,
+                                           # interim and send_trailers (`response_fields`)
+                                           validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
         self.h2 = h2.connection.H2Connection(config)
+        self.h2.encoder = ResponseEncoder()
         self.streams: dict[int, H2Stream] = {}
         self.closed = False
         self.draining = False
