@@ -429,6 +429,12 @@ class H2Stream(ClientStream):
     def is_closed(self) -> bool:
         return self.closed
 
+    def exchange_live(self) -> bool:
+        """Its exchange goes on (`start` may have ended it). A method, not `self.exchange is
+        not None` at the call: compiled, that read would trust mypy's narrowing of the
+        attribute from the assignment just before, and fail on None."""
+        return self.exchange is not None
+
     # -- the request ----------------------------------------------------------------------
     def pause(self, reason: int) -> None:
         self.paused |= reason
@@ -770,7 +776,7 @@ class H2Connection:
         ex = Exchange(stream, head, started)
         stream.exchange = ex
         ex.start()
-        if end_stream and stream.exchange is not None:
+        if end_stream and stream.exchange_live():
             ex.request_done()
 
     # -- what streams ask ------------------------------------------------------------------
