@@ -342,6 +342,7 @@ class H2Stream(ClientStream):
         self.client_paused = False
         self.sent = 0
         self.closed = False
+        self.queued = False              # in the connection's `queued`
         self.ws = 0                      # WS_*: a WebSocket CONNECT's state
         self.ws_key = b""                # the Sec-WebSocket-Key the backend got for it
         self.idle: Deadline | None = None   # a tunnel's idle timeout, as HTTP/1.1's has
@@ -379,7 +380,7 @@ class H2Stream(ClientStream):
             self.sent += len(data)
             self.pending.append(data)
             self.pending_bytes += len(data)
-            self.conn.send_pending(self)
+            self.conn.queue(self)
 
     def send_body_parts(self, parts: list[bytes]) -> None:
         for data in parts:
@@ -390,7 +391,7 @@ class H2Stream(ClientStream):
 
     def end_response(self) -> None:
         self.ending = True
-        self.conn.send_pending(self)
+        self.conn.queue(self)
 
     def respond(self, head: Head, body: tuple[bytes, ...], keep_alive: bool) -> bool:
         self.start_response(head, bool(body), keep_alive)
@@ -537,6 +538,7 @@ class H2Connection:
         self.last_stream = 0   # after a GOAWAY: streams above this one are refused
         self.write_paused = False
         self.flush_queued = False
+        self.queued: list[H2Stream] = []   # streams with body or END_STREAM to send (`queue`)
         self.stalled = False   # a response waits for the client's window: the idle timeout runs
         self.deadline = Deadline(self.loop, self._timed_out)
         now = self.loop.time()
@@ -789,6 +791,15 @@ class H2Connection:
             stream.ending = stream.finished = True
         self.flush()
 
+    def queue(self, stream: H2Stream) -> None:
+        """The stream has body bytes or its end to send: done at this turn's `flush`, so a
+        response whose end comes in the same turn as its last bytes (a cache hit, a small
+        proxied one) ends with END_STREAM on its last DATA frame, not on a frame of its own."""
+        if not stream.queued:
+            stream.queued = True
+            self.queued.append(stream)
+            self.flush()
+
     def send_pending(self, stream: H2Stream) -> None:
         """Send what the stream's window and the connection's allow; END_STREAM (or the
         trailers) once all of it left after end_response."""
@@ -796,7 +807,7 @@ class H2Connection:
             return
         sid = stream.stream_id
         h2c = self.h2
-        sent = False
+        sent = ended = False
         while stream.pending:
             window = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
             if window <= 0:
@@ -808,14 +819,15 @@ class H2Connection:
             else:
                 stream.pending.pop(0)
             stream.pending_bytes -= len(data)
-            h2c.send_data(sid, data)
+            ended = not stream.pending and stream.ending and not stream.trailers
+            h2c.send_data(sid, data, end_stream=ended)
             self.idle.credit(IDLE_PER_DATA)
             sent = True
         if not stream.pending and stream.ending and not stream.finished:
             stream.finished = True
             if stream.trailers:
                 h2c.send_headers(sid, stream.trailers, end_stream=True)
-            else:
+            elif not ended:
                 h2c.end_stream(sid)
             stream.trailers = None
             if stream.exchange is None:   # its exchange ended while bytes waited
@@ -846,8 +858,11 @@ class H2Connection:
             self.flush()
 
     def stream_done(self, stream: H2Stream) -> None:
-        """Its exchange is over; a request still arriving is not wanted (RFC 9113 8.1)."""
-        if not stream.request_ended and not stream.closed:
+        """Its exchange is over; a request still arriving is not wanted (RFC 9113 8.1), once
+        the response is out (until then its end waits in `queued` or for a window, and
+        send_pending calls this again when it went)."""
+        if not stream.request_ended and not stream.closed and \
+                (stream.finished or not stream.ending):
             self.reset(stream, h2.errors.ErrorCodes.NO_ERROR)
         if stream.finished:
             self.streams.pop(stream.stream_id, None)
@@ -906,6 +921,11 @@ class H2Connection:
             self.loop.call_soon(self.flush_now)
 
     def flush_now(self) -> None:
+        # (flush_queued stays set meanwhile: what send_pending makes goes in this write)
+        queued, self.queued = self.queued, []
+        for stream in queued:
+            stream.queued = False
+            self.send_pending(stream)
         self.flush_queued = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.closed:

@@ -749,6 +749,29 @@ def test_a_client_without_a_header_table_gets_its_size_acknowledged(tmp_path: Pa
             daemon.stop()
 
 
+async def test_an_answer_before_the_request_ends_arrives_whole_then_the_reset() -> None:
+    """A response that comes while the request's body is still on its way (RFC 9113 8.1)
+    goes out whole, its END_STREAM on its last DATA frame, and only then the RST_STREAM
+    NO_ERROR that says the rest of the request is not wanted."""
+    async with raw_backend(Seen().handle) as backend:
+        config = proxy_config(backend, routes=[
+            {"name": "fixed", "fixed_response": {"status": 200, "body": "early"}}])
+        async with running_daemon(config):
+            client = await RawH2.open(listener_port(config))
+            try:
+                sid = client.request("/", method="POST", body=b"part", end=False)
+                await client.read_until(lambda events: any(
+                    isinstance(e, h2.events.StreamReset) for e in events))
+                assert client.status(sid) == 200 and client.body(sid) == b"early"
+                frames = [e for e in client.events if getattr(e, "stream_id", 0) == sid]
+                kinds = [type(e) for e in frames]
+                assert kinds[-3:] == [h2.events.DataReceived, h2.events.StreamEnded,
+                                      h2.events.StreamReset]   # END_STREAM on the DATA frame
+                assert frames[-1].error_code == h2.errors.ErrorCodes.NO_ERROR
+            finally:
+                client.close()
+
+
 async def test_a_listener_without_h2_speaks_only_http11() -> None:
     seen = Seen()
     async with raw_backend(seen.handle) as backend:
