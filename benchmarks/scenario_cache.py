@@ -24,7 +24,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness import Bench, BenchError, WrkResult, free_port, http_get, http_probe, \
+from harness import Bench, BenchError, Probe, Server, WrkResult, free_port, http_get, http_probe, \
     need_tools, raise_nofile, rss_kib, table, verdict
 from scenario_workers import _pinned, _wait_processes
 
@@ -39,7 +39,7 @@ MEMORY_TIER = 1 << 30
 def _lbcdn_cache(bench: Bench, backend_port: int, name: str, *, query: str = "none",
                  path: str = "/1k.bin", url_origin: bool = False,
                  signers: Path | None = None, port: int | None = None,
-                 workers: int = 1) -> "object":
+                 workers: int = 1) -> Server:
     # A URL origin has no active health checks, and the route's pool must not probe the
     # counting origin either: its first check lands at a random point in the first second,
     # which can be during the cold burst (the bench then counted 2 origin requests for 1).
@@ -95,11 +95,13 @@ logging:
 
 
 def _nginx_cache(bench: Bench, backend_port: int, workers: int = 1,
-                 name: str = "nginx-cache") -> "object":
+                 name: str = "nginx-cache", listen_opts: str = "",
+                 ready: Probe | None = None) -> Server:
     d = bench._dir(name)
     port = free_port()
     # several workers: one listening socket each, as lbcdn's workers (SO_REUSEPORT)
     reuse = " reuseport" if workers > 1 else ""
+    reuse += f" {listen_opts}" if listen_opts else ""
     block = f"""
     proxy_cache_path {d}/cache levels=1:2 keys_zone=c:64m max_size=2g inactive=1h
                      use_temp_path=off;
@@ -119,7 +121,7 @@ def _nginx_cache(bench: Bench, backend_port: int, workers: int = 1,
             add_header X-Cache $upstream_cache_status;
         }}
     }}"""
-    return bench._nginx(name, d, block, port, workers=workers)
+    return bench._nginx(name, d, block, port, workers=workers, ready=ready)
 
 
 def _backend(bench: Bench) -> "object":

@@ -4,7 +4,9 @@ A backend nginx serves a 1 KiB file; nginx (`listen ... http2`, proxying over HT
 keep-alive) and lbcdn (`http_versions` default: h2 and http1.1) proxy to it. h2load (Debian
 nghttp2-client) drives each with the same load: C connections, M concurrent streams each, for
 the duration; then lbcdn again over HTTP/1.1 (`h2load --h1`), so the per-request cost HTTP/2
-adds to lbcdn is the difference. lbcdn runs as one process and as --workers 2. cpu us/req is
+adds to lbcdn is the difference. lbcdn runs as one process and as --workers 2. Then cache hits
+of the same object: nginx `http2` with proxy_cache against lbcdn's edge cache (one process
+each; scenario_cache's servers, the warm-up fills the caches). cpu us/req is
 the server's own cpu time (all its processes) per request. No target: a report for the docs
 (docs/guides/edge.md, "HTTP/2").
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import re
 
+import scenario_cache
 from harness import Bench, BenchError, Server, backend_pool_yaml, cpu_seconds, free_port, \
     lbcdn_yaml, need_tools, run_tool, table
 
@@ -73,6 +76,13 @@ def run(bench: Bench) -> None:
         server = _lbcdn(bench, backend.port, workers)
         subjects += [(f"lbcdn h2 {workers}w", server, False),
                      (f"lbcdn h1 {workers}w", server, True)]
+    # cache hits (the warm-up fills both caches): nginx proxy_cache against the edge cache
+    origin = scenario_cache._backend(bench)
+    subjects += [
+        ("nginx h2 cache", scenario_cache._nginx_cache(bench, origin.port, listen_opts="http2",
+                                                       ready=_h2_ready), False),
+        ("lbcdn h2 cache", scenario_cache._lbcdn_cache(bench, origin.port, "lbcdn-cache"),
+         False)]
     for name, server, h1 in subjects:
         if bench.warmup_s > 0:
             h2load(bench, server, h1=h1, duration_s=bench.warmup_s)

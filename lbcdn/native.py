@@ -55,6 +55,7 @@ MODULES = (
     "lbcdn/edge/accounting.py",
     "lbcdn/edge/stream.py",
     "lbcdn/edge/listener.py",
+    "lbcdn/edge/h2connection.py",
     "lbcdn/http/head.py",
     "lbcdn/http/response.py",
     "lbcdn/http/errors.py",

@@ -39,7 +39,7 @@ wants sent. Rules:
 from __future__ import annotations
 
 import asyncio
-from typing import Final, TYPE_CHECKING
+from typing import Final, Iterable, TYPE_CHECKING
 
 import h2.config
 import h2.connection
@@ -47,7 +47,10 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from hpack.exceptions import HPACKError
+from hpack.hpack import encode_integer
+from hpack.table import HeaderTable
 from hyperframe.exceptions import InvalidDataError
 from hyperframe.frame import GoAwayFrame
 
@@ -76,10 +79,11 @@ IDLE_PER_S: Final = 100.0           # frames that serve nothing by themselves (F
 IDLE_BURST: Final = 1000.0          # second, after a burst of this many, and besides ...
 IDLE_PER_REQUEST: Final = 2.0       # ... this many for each request received ...
 IDLE_PER_DATA: Final = 4.0          # ... and for each DATA frame sent (its WINDOW_UPDATEs)
-# request fields no HTTP/2 request may carry (RFC 9113 8.2.2): `h2` refuses them already;
-# listed for the head a backend gets, which must never carry one
+# fields no HTTP/2 message may carry (RFC 9113 8.2.2): `h2` refuses them in requests; left out
+# of the responses we send (`response_fields`), `te` too (it has no meaning in a response, and
+# a value other than `trailers` is malformed)
 _CONNECTION_FIELDS: Final = frozenset((b"connection", b"keep-alive", b"proxy-connection",
-                                       b"transfer-encoding", b"upgrade"))
+                                       b"transfer-encoding", b"upgrade", b"te"))
 # a switched WebSocket's 200 leaves out the backend's accept too (RFC 8441 5: not used)
 _TUNNEL_LEFT_OUT: Final = _CONNECTION_FIELDS | {b"sec-websocket-accept"}
 # a WebSocket CONNECT stream's states (H2Stream.ws); 0 for any other stream
@@ -155,6 +159,77 @@ class FrameTally:
         return cost
 
 
+# Response fields HPACK must keep out of every compression context (RFC 7541 7.1.3): sent as
+# "never indexed" literals, so no intermediary re-encodes them into an indexed table
+_SENSITIVE: Final = frozenset((b"set-cookie", b"cookie", b"authorization",
+                               b"proxy-authorization"))
+
+
+def _literal_prefixes() -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """For each name of HPACK's static table (RFC 7541 A), the start of a literal field
+    without indexing (6.2.2) naming it by its index, and of a never-indexed one (6.2.3)."""
+    plain: dict[bytes, bytes] = {}
+    never: dict[bytes, bytes] = {}
+    for index, (name, _) in enumerate(HeaderTable.STATIC_TABLE, 1):
+        if name not in plain:
+            code = encode_integer(index, 4)
+            plain[name] = bytes(code)
+            code[0] |= 0x10
+            never[name] = bytes(code)
+    return plain, never
+
+
+_PLAIN_NAME, _NEVER_NAME = _literal_prefixes()
+# the :status values the static table holds whole (indexes 8-14): one byte each (6.1)
+_STATUS: Final = {value: bytes((0x80 | index,))
+                  for index, (name, value) in enumerate(HeaderTable.STATIC_TABLE, 1)
+                  if name == b":status"}
+
+
+def _string(data: bytes) -> bytes:
+    """An HPACK string literal (5.2), not Huffman coded."""
+    size = len(data)
+    return (bytes((size,)) if size < 127 else bytes(encode_integer(size, 7))) + data
+
+
+class ResponseEncoder(Encoder):
+    """HPACK for the field blocks we send, as nginx encodes its responses: every field a
+    literal without indexing, its name by the static table's index where it has one, nothing
+    Huffman coded. RFC 7541 lets an encoder leave the dynamic table empty; `hpack`'s own
+    encoder searched and updated it field by field, and Huffman coded every value, the largest
+    part of an HTTP/2 response's cpu (docs/guides/edge.md, "HTTP/2"). A head is some 20% more
+    bytes than with indexing. A size the peer's SETTINGS_HEADER_TABLE_SIZE sets is still
+    acknowledged at the start of the next block (4.2: a decoder may insist on it), by the
+    base class's bookkeeping."""
+
+    def encode(self, headers: Iterable[HeaderTuple | tuple[bytes | str, bytes | str]
+                                       | tuple[bytes | str, bytes | str, bool | None]]
+               | dict[bytes | str, bytes | str], huffman: bool = True) -> bytes:
+        block: list[bytes] = []
+        if self.header_table.resized:
+            block.append(self._encode_table_size_change())
+            self.header_table.resized = False
+        if isinstance(headers, dict):
+            headers = list(headers.items())
+        for field in headers:
+            name, value = field[0], field[1]
+            if isinstance(name, str):
+                name = name.encode()
+            if isinstance(value, str):
+                value = value.encode()
+            if name == b":status":
+                whole = _STATUS.get(value)
+                if whole is not None:
+                    block.append(whole)
+                    continue
+            if name in _SENSITIVE or isinstance(field, NeverIndexedHeaderTuple):
+                block.append(_NEVER_NAME.get(name) or b"\x10" + _string(name))
+            else:
+                block.append(_PLAIN_NAME.get(name) or b"\x00" + _string(name))
+            block.append(_string(value))
+        return b"".join(block)
+
+
 def request_head(fields: list[tuple[bytes, bytes]], end_stream: bool,
                  kinds: dict[bytes, int]) -> RequestHead:
     """The RequestHead of an HTTP/2 request (its decoded field block, `h2` having checked the
@@ -215,6 +290,19 @@ def request_head(fields: list[tuple[bytes, bytes]], end_stream: bool,
     return head
 
 
+def response_fields(out: list[tuple[bytes, bytes]], fields: list[tuple[bytes, bytes]],
+                    left_out: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
+    """`out` (the pseudo-header fields) and then `fields` as HTTP/2 sends them: names lower case
+    (RFC 9113 8.2.1), no connection-specific field (8.2.2, `left_out`) and no pseudo-header
+    among them (8.3). `h2` does not check what we send (its outbound validation costs a
+    response more than its framing): this is that check, for every field block we send."""
+    for name, value in fields:
+        name = name.lower()
+        if name not in left_out and name[:1] != b":":
+            out.append((name, value))
+    return out
+
+
 def rfc_error_code(exc: h2.exceptions.ProtocolError) -> h2.errors.ErrorCodes | None:
     """The code RFC 9113 gives a connection error that `h2` reports as PROTOCOL_ERROR; None
     when `h2`'s code is the right one."""
@@ -253,6 +341,7 @@ class H2Stream(ClientStream):
         self.client_paused = False
         self.sent = 0
         self.closed = False
+        self.queued = False              # in the connection's `queued`
         self.ws = 0                      # WS_*: a WebSocket CONNECT's state
         self.ws_key = b""                # the Sec-WebSocket-Key the backend got for it
         self.idle: Deadline | None = None   # a tunnel's idle timeout, as HTTP/1.1's has
@@ -271,12 +360,9 @@ class H2Stream(ClientStream):
                 self.conn.send_headers(self, [(b":status", b"501"),
                                               (b"content-type", b"text/plain")], True)
                 return False
-        fields = [(b":status", b"200" if switched else b"%d" % head.status)]
+        status = b"200" if switched else b"%d" % head.status
         left_out = _TUNNEL_LEFT_OUT if switched else _CONNECTION_FIELDS
-        for name, value in head.fields():
-            name = name.lower()
-            if name not in left_out:
-                fields.append((name, value))
+        fields = response_fields([(b":status", status)], head.fields(), left_out)
         if head.length is not None:
             fields.append((b"content-length", b"%d" % head.length))
         self.sent += sum(len(n) + len(v) for n, v in fields)
@@ -284,8 +370,8 @@ class H2Stream(ClientStream):
         return False  # a stream carries one request: `end` comes once both sides are done
 
     def interim(self, head: Head) -> None:
-        fields = [(b":status", b"%d" % head.status)]
-        fields += [(n.lower(), v) for n, v in head.fields() if n.lower() not in _CONNECTION_FIELDS]
+        fields = response_fields([(b":status", b"%d" % head.status)], head.fields(),
+                                 _CONNECTION_FIELDS)
         self.conn.send_headers(self, fields, False)
 
     def send_body(self, data: bytes) -> None:
@@ -293,18 +379,18 @@ class H2Stream(ClientStream):
             self.sent += len(data)
             self.pending.append(data)
             self.pending_bytes += len(data)
-            self.conn.send_pending(self)
+            self.conn.queue(self)
 
     def send_body_parts(self, parts: list[bytes]) -> None:
         for data in parts:
             self.send_body(data)
 
     def send_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
-        self.trailers = [(n.lower(), v) for n, v in fields if n.lower() not in _CONNECTION_FIELDS]
+        self.trailers = response_fields([], fields, _CONNECTION_FIELDS)
 
     def end_response(self) -> None:
         self.ending = True
-        self.conn.send_pending(self)
+        self.conn.queue(self)
 
     def respond(self, head: Head, body: tuple[bytes, ...], keep_alive: bool) -> bool:
         self.start_response(head, bool(body), keep_alive)
@@ -342,6 +428,12 @@ class H2Stream(ClientStream):
 
     def is_closed(self) -> bool:
         return self.closed
+
+    def exchange_live(self) -> bool:
+        """Its exchange goes on (`start` may have ended it). A method, not `self.exchange is
+        not None` at the call: compiled, that read would trust mypy's narrowing of the
+        attribute from the assignment just before, and fail on None."""
+        return self.exchange is not None
 
     # -- the request ----------------------------------------------------------------------
     def pause(self, reason: int) -> None:
@@ -432,14 +524,20 @@ class H2Connection:
         self.gauge = listener.metrics
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
                                            validate_inbound_headers=True,
-                                           normalize_inbound_headers=False)
+                                           normalize_inbound_headers=False,
+                                           # the fields we send are made by start_response,
+                                           # interim and send_trailers (`response_fields`)
+                                           validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
         self.h2 = h2.connection.H2Connection(config)
+        self.h2.encoder = ResponseEncoder()
         self.streams: dict[int, H2Stream] = {}
         self.closed = False
         self.draining = False
         self.last_stream = 0   # after a GOAWAY: streams above this one are refused
         self.write_paused = False
         self.flush_queued = False
+        self.queued: list[H2Stream] = []   # streams with body or END_STREAM to send (`queue`)
         self.stalled = False   # a response waits for the client's window: the idle timeout runs
         self.deadline = Deadline(self.loop, self._timed_out)
         now = self.loop.time()
@@ -678,7 +776,7 @@ class H2Connection:
         ex = Exchange(stream, head, started)
         stream.exchange = ex
         ex.start()
-        if end_stream and stream.exchange is not None:
+        if end_stream and stream.exchange_live():
             ex.request_done()
 
     # -- what streams ask ------------------------------------------------------------------
@@ -691,6 +789,15 @@ class H2Connection:
             stream.ending = stream.finished = True
         self.flush()
 
+    def queue(self, stream: H2Stream) -> None:
+        """The stream has body bytes or its end to send: done at this turn's `flush`, so a
+        response whose end comes in the same turn as its last bytes (a cache hit, a small
+        proxied one) ends with END_STREAM on its last DATA frame, not on a frame of its own."""
+        if not stream.queued:
+            stream.queued = True
+            self.queued.append(stream)
+            self.flush()
+
     def send_pending(self, stream: H2Stream) -> None:
         """Send what the stream's window and the connection's allow; END_STREAM (or the
         trailers) once all of it left after end_response."""
@@ -698,7 +805,7 @@ class H2Connection:
             return
         sid = stream.stream_id
         h2c = self.h2
-        sent = False
+        sent = ended = False
         while stream.pending:
             window = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
             if window <= 0:
@@ -710,14 +817,15 @@ class H2Connection:
             else:
                 stream.pending.pop(0)
             stream.pending_bytes -= len(data)
-            h2c.send_data(sid, data)
+            ended = not stream.pending and stream.ending and not stream.trailers
+            h2c.send_data(sid, data, end_stream=ended)
             self.idle.credit(IDLE_PER_DATA)
             sent = True
         if not stream.pending and stream.ending and not stream.finished:
             stream.finished = True
             if stream.trailers:
                 h2c.send_headers(sid, stream.trailers, end_stream=True)
-            else:
+            elif not ended:
                 h2c.end_stream(sid)
             stream.trailers = None
             if stream.exchange is None:   # its exchange ended while bytes waited
@@ -748,8 +856,11 @@ class H2Connection:
             self.flush()
 
     def stream_done(self, stream: H2Stream) -> None:
-        """Its exchange is over; a request still arriving is not wanted (RFC 9113 8.1)."""
-        if not stream.request_ended and not stream.closed:
+        """Its exchange is over; a request still arriving is not wanted (RFC 9113 8.1), once
+        the response is out (until then its end waits in `queued` or for a window, and
+        send_pending calls this again when it went)."""
+        if not stream.request_ended and not stream.closed and \
+                (stream.finished or not stream.ending):
             self.reset(stream, h2.errors.ErrorCodes.NO_ERROR)
         if stream.finished:
             self.streams.pop(stream.stream_id, None)
@@ -808,6 +919,11 @@ class H2Connection:
             self.loop.call_soon(self.flush_now)
 
     def flush_now(self) -> None:
+        # (flush_queued stays set meanwhile: what send_pending makes goes in this write)
+        queued, self.queued = self.queued, []
+        for stream in queued:
+            stream.queued = False
+            self.send_pending(stream)
         self.flush_queued = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.closed:

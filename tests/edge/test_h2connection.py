@@ -20,6 +20,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import hpack
 import hpack.exceptions
 import pytest
 import trustme
@@ -27,8 +28,8 @@ import yaml
 from hyperframe.exceptions import InvalidDataError
 
 from lbcdn.demo.websocket import valid_client_key
-from lbcdn.edge.h2connection import MAX_STREAMS, PREFACE, Flood, FrameTally, request_head, \
-    rfc_error_code
+from lbcdn.edge.h2connection import MAX_STREAMS, PREFACE, Flood, FrameTally, ResponseEncoder, \
+    request_head, response_fields, rfc_error_code
 from lbcdn.http.errors import HttpError
 from lbcdn.http.head import request_header_kinds
 from tests.e2e.harness import HOST, DaemonProcess, admin_port, backend_process, demo_backend, \
@@ -84,6 +85,33 @@ def test_request_head_is_what_http1_makes_of_it() -> None:
         with pytest.raises(HttpError) as err:
             request_head([(b":method", b"GET"), (b":authority", b"a"), *bad], True, kinds)
         assert err.value.status == 400
+
+
+def test_response_encoder_blocks_decode_to_the_fields() -> None:
+    """Literals without indexing (static names by index, never-indexed where sensitive), whole
+    :status where the static table has it; the peer's table size acknowledged once."""
+    encoder, decoder = ResponseEncoder(), hpack.Decoder()
+    fields = [(b":status", b"200"), (b"content-type", b"text/html"), (b"x-own", b"v" * 300),
+              (b"set-cookie", b"a=1"), (b"date", b"")]
+    for _ in range(2):
+        block = encoder.encode(fields)
+        assert decoder.decode(block, raw=True) == fields
+        assert len(decoder.header_table.dynamic_entries) == 0
+    assert encoder.encode([(b":status", b"299")]) == b"\x08\x03299"
+    never = hpack.Decoder().decode(encoder.encode([(b"set-cookie", b"a=1")]), raw=True)
+    assert isinstance(never[0], hpack.NeverIndexedHeaderTuple)
+    encoder.header_table_size = 0   # the peer's SETTINGS_HEADER_TABLE_SIZE
+    decoder.max_allowed_table_size = 0
+    assert encoder.encode([(b":status", b"204")]) == b"\x20\x89"   # size update 0, then 204
+    assert encoder.encode([(b":status", b"204")]) == b"\x89"
+
+
+def test_response_fields_are_what_http2_may_carry() -> None:
+    fields = [(b"Content-Type", b"a"), (b"Connection", b"close"), (b"TE", b"gzip"),
+              (b":path", b"/x"), (b"Keep-Alive", b"5"), (b"X-A", b"b")]
+    assert response_fields([(b":status", b"200")], fields, frozenset((b"connection",
+                                                                      b"keep-alive", b"te"))) \
+        == [(b":status", b"200"), (b"content-type", b"a"), (b"x-a", b"b")]
 
 
 def test_flood_allows_a_burst_then_the_rate() -> None:
@@ -674,6 +702,74 @@ def test_nghttp_and_h2load_against_the_daemon(tmp_path: Path, workers: int) -> N
             assert "2000 succeeded, 0 failed" in load.stdout, load.stdout
         finally:
             daemon.stop()
+
+
+async def test_response_fields_http2_may_not_carry_are_left_out() -> None:
+    """A backend's connection-specific fields and `te` never reach an HTTP/2 viewer (RFC 9113
+    8.2.2; `h2`'s own outbound checks are off): the response goes without them, names lower
+    case."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTE: gzip\r\n"
+                         b"Keep-Alive: timeout=5\r\nX-Mixed-Case: 1\r\n\r\nok")
+            await writer.drain()
+
+    async with raw_backend(handle) as backend:
+        config = proxy_config(backend)
+        async with running_daemon(config):
+            client = await RawH2.open(listener_port(config))
+            try:
+                sid = client.request("/")
+                await client.read_until(lambda _: client.ended(sid))
+                assert client.status(sid) == 200 and client.body(sid) == b"ok"
+                names = [n for e in client.events if isinstance(e, h2.events.ResponseReceived)
+                         for n, _ in e.headers]
+                assert b"x-mixed-case" in names
+                assert not {b"te", b"keep-alive", b"connection"} & set(names)
+            finally:
+                client.close()
+
+
+def test_a_client_without_a_header_table_gets_its_size_acknowledged(tmp_path: Path) -> None:
+    """h2load with a 0-byte HPACK table: nghttp2 refuses a field block that does not begin
+    with the table size update its SETTINGS asked for (RFC 7541 4.2), COMPRESSION_ERROR."""
+    with backend_process() as backend:
+        config = proxy_config(backend.port)
+        daemon = DaemonProcess(config, tmp_path)
+        try:
+            port = listener_port(config)
+            wait_for_port(port)
+            url = f"http://{HOST}:{port}/"
+            out = subprocess.run(["h2load", "-n", "20", "-c", "2", "-m", "5",
+                                  "--header-table-size=0", url],
+                                 capture_output=True, text=True, timeout=30)
+            assert "20 succeeded, 0 failed" in out.stdout, out.stdout
+        finally:
+            daemon.stop()
+
+
+async def test_an_answer_before_the_request_ends_arrives_whole_then_the_reset() -> None:
+    """A response that comes while the request's body is still on its way (RFC 9113 8.1)
+    goes out whole, its END_STREAM on its last DATA frame, and only then the RST_STREAM
+    NO_ERROR that says the rest of the request is not wanted."""
+    async with raw_backend(Seen().handle) as backend:
+        config = proxy_config(backend, routes=[
+            {"name": "fixed", "fixed_response": {"status": 200, "body": "early"}}])
+        async with running_daemon(config):
+            client = await RawH2.open(listener_port(config))
+            try:
+                sid = client.request("/", method="POST", body=b"part", end=False)
+                await client.read_until(lambda events: any(
+                    isinstance(e, h2.events.StreamReset) for e in events))
+                assert client.status(sid) == 200 and client.body(sid) == b"early"
+                frames = [e for e in client.events if getattr(e, "stream_id", 0) == sid]
+                kinds = [type(e) for e in frames]
+                assert kinds[-3:] == [h2.events.DataReceived, h2.events.StreamEnded,
+                                      h2.events.StreamReset]   # END_STREAM on the DATA frame
+                assert frames[-1].error_code == h2.errors.ErrorCodes.NO_ERROR
+            finally:
+                client.close()
 
 
 async def test_a_listener_without_h2_speaks_only_http11() -> None:
