@@ -884,7 +884,7 @@ class Storage:
     def create_upload(self, bucket: str, key: str, headers: dict[str, str],
                       owner: str | None) -> UploadInfo:
         self._locate(bucket, key)
-        upload_id = secrets.token_urlsafe(36)
+        upload_id = new_upload_id()
         info = UploadInfo(upload_id, bucket, key, time.time(), dict(headers), owner)
         staging = os.path.join(self.tmp_dir, upload_id)
         os.mkdir(staging)
@@ -1187,5 +1187,14 @@ def new_request_id() -> str:
     return secrets.token_hex(8).upper()
 
 
+def new_upload_id() -> str:
+    """An unguessable upload id that never begins with "-": the aws CLI (argparse) takes
+    `--upload-id -abc` for an option and refuses the command."""
+    while True:
+        upload_id = secrets.token_urlsafe(36)
+        if upload_id[0] != "-":
+            return upload_id
+
+
 __all__ = ["BucketState", "ListResult", "ObjectInfo", "PartInfo", "PendingWrite", "Storage",
-           "UploadInfo", "STORED_HEADERS", "new_request_id"]
+           "UploadInfo", "STORED_HEADERS", "new_request_id", "new_upload_id"]

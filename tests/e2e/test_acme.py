@@ -25,7 +25,7 @@ import pytest
 import trustme
 
 from lbcdn.acme.store import AcmeStore, cert_id
-from tests.e2e.harness import HOST, DaemonProcess, free_port, wait_until
+from tests.e2e.harness import HOST, DaemonProcess, free_port, wait_for_port, wait_until
 from tests.e2e.pebble import Pebble, acme_config
 
 pytestmark = pytest.mark.slow
@@ -52,6 +52,8 @@ class Setup:
         run.mkdir()
         self.daemon = DaemonProcess(config, run, extra_args=args)
         self.admin = int(config["admin"]["port"])
+        # the admin API answers the polls that follow: a slow start refused the first one
+        wait_for_port(self.admin, proc=self.daemon.proc)
         return self.daemon
 
     def api(self, method: str, path: str) -> tuple[int, Any]:
